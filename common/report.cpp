@@ -1,0 +1,66 @@
+#include "report.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+namespace taskfarm {
+namespace {
+
+double seconds(const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; }
+
+double cpu_seconds(int who) {
+    rusage usage{};
+    ::getrusage(who, &usage);
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+}  // namespace
+
+CpuTimes CpuTimes::now() { return CpuTimes{cpu_seconds(RUSAGE_SELF), cpu_seconds(RUSAGE_CHILDREN)}; }
+
+double speedup_vs_sequential(const std::vector<RunReport>& reports, const RunReport& report) {
+    const auto sequential = std::find_if(reports.begin(), reports.end(), [](const RunReport& r) {
+        return r.mode == "sequential" && !r.interrupted;
+    });
+    if (sequential == reports.end() || report.wall_s <= 0 || report.interrupted) return 0;
+    return sequential->wall_s / report.wall_s;
+}
+
+std::string format_table(const std::vector<RunReport>& reports) {
+    std::string out = fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>8} {:>10} {:>8}\n", "mode", "workers",
+                                  "tasks", "ok", "failed", "wall_s", "speedup", "efficiency", "cpu_s");
+    for (const RunReport& report : reports) {
+        const double speedup = speedup_vs_sequential(reports, report);
+        const std::string speedup_text = speedup > 0 ? fmt::format("x{:.2f}", speedup) : "-";
+        const std::string efficiency_text =
+            speedup > 0 ? fmt::format("{:.0f}%", 100.0 * speedup / std::max(report.workers, 1)) : "-";
+        out += fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9.3f} {:>8} {:>10} {:>8.3f}{}\n", report.mode,
+                           report.workers, report.tasks, report.ok, report.failed, report.wall_s, speedup_text,
+                           efficiency_text, report.cpu_s, report.interrupted ? "  (interrupted)" : "");
+    }
+    return out;
+}
+
+nlohmann::json report_json(const std::vector<RunReport>& reports, const RunReport& report) {
+    const double speedup = speedup_vs_sequential(reports, report);
+    nlohmann::json failures = nlohmann::json::array();
+    for (const Failure& failure : report.failures) failures.push_back({{"id", failure.id}, {"error", failure.error}});
+    return {
+        {"mode", report.mode},
+        {"workers", report.workers},
+        {"tasks", report.tasks},
+        {"ok", report.ok},
+        {"failed", report.failed},
+        {"wall_s", report.wall_s},
+        {"speedup_vs_sequential", speedup > 0 ? nlohmann::json(speedup) : nlohmann::json(nullptr)},
+        {"efficiency", speedup > 0 ? nlohmann::json(speedup / std::max(report.workers, 1)) : nlohmann::json(nullptr)},
+        {"cpu_s", report.cpu_s},
+        {"interrupted", report.interrupted},
+        {"failures", failures},
+    };
+}
+
+}  // namespace taskfarm

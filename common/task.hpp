@@ -1,0 +1,70 @@
+#pragma once
+// What a task is (TaskSpec), what running it produced (TaskResult), and the one
+// function every execution mode calls to run it (run_task).
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+
+#include <msgpack.hpp>
+#include <nlohmann/json.hpp>
+
+namespace taskfarm {
+
+using TaskId = std::uint64_t;
+inline constexpr TaskId kNoId = ~TaskId{0};
+
+enum class TaskKind { Sleep };
+
+std::string_view to_string(TaskKind kind);
+std::optional<TaskKind> parse_task_kind(std::string_view name);
+
+// Parameters of every kind in one flat struct: a kind reads only its own fields, and
+// msgpack's map encoding lets old and new peers ignore fields they do not know.
+struct TaskParams {
+    double seconds = 0;  // sleep: how long
+    MSGPACK_DEFINE_MAP(seconds)
+};
+
+struct TaskSpec {
+    TaskId id = kNoId;
+    TaskKind kind = TaskKind::Sleep;
+    TaskParams params;
+};
+
+// The parameters of `task` that matter for its kind, e.g. {"seconds":0.37}.
+nlohmann::json params_json(const TaskSpec& task);
+
+struct TaskResult {
+    TaskId id = kNoId;
+    std::uint32_t attempt = 1;  // 1 for the first try
+    TaskKind kind = TaskKind::Sleep;
+    bool ok = false;
+    std::string error;   // one line, empty when ok
+    std::string worker;  // who ran it: "seq", "t3", "w2"
+    std::chrono::duration<double> run_time{0};  // measured where the task ran
+    double start_s = 0;  // seconds since the start of the mode, set by the runner
+    double end_s = 0;
+    double slept_s = 0;  // sleep: seconds actually slept
+};
+
+// The kind-specific answer of a result, e.g. {"slept_s":0.37}; null when it failed.
+nlohmann::json value_json(const TaskResult& result);
+
+// The value in words for the console, e.g. "slept 0.370 s".
+std::string describe_value(const TaskResult& result);
+
+// Everything an executor may use besides the task itself. One per thread or worker.
+struct ExecContext {
+    std::string worker;    // goes into TaskResult::worker
+    std::stop_token stop;  // a requested stop cancels the running task
+};
+
+// Runs one task to completion, failure or cancellation. Never throws: every error
+// becomes TaskResult{ok = false, error}. The same function runs in every mode.
+TaskResult run_task(const TaskSpec& task, const ExecContext& context);
+
+}  // namespace taskfarm

@@ -1,0 +1,148 @@
+#include "cli.hpp"
+
+#include <sched.h>
+
+#include <charconv>
+#include <cmath>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+namespace taskfarm {
+namespace {
+
+constexpr std::string_view kModeNames[] = {"sequential", "threads", "processes"};
+
+std::optional<double> parse_seconds(std::string_view text) {
+    double value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end != text.data() + text.size() || !std::isfinite(value) || value < 0) return std::nullopt;
+    return value;
+}
+
+// "0.5" -> {0.5, 0.5}; "1:10" -> {1, 10}.
+std::optional<std::pair<double, double>> parse_duration(std::string_view text) {
+    const auto colon = text.find(':');
+    if (colon == std::string_view::npos) {
+        const auto seconds = parse_seconds(text);
+        if (!seconds) return std::nullopt;
+        return std::pair{*seconds, *seconds};
+    }
+    const auto lo = parse_seconds(text.substr(0, colon));
+    const auto hi = parse_seconds(text.substr(colon + 1));
+    if (!lo || !hi || *lo > *hi) return std::nullopt;
+    return std::pair{*lo, *hi};
+}
+
+const CLI::Validator kDuration(
+    [](std::string& text) -> std::string {
+        return parse_duration(text) ? "" : fmt::format("'{}' is not SECONDS or LO:HI with 0 <= LO <= HI", text);
+    },
+    "SECONDS|LO:HI");
+
+const CLI::Validator kModeList(
+    [](std::string& text) -> std::string {
+        if (text == "all" || parse_mode(text)) return "";
+        return fmt::format("unknown mode '{}' (want sequential, threads, processes or all)", text);
+    },
+    "MODE");
+
+}  // namespace
+
+std::string_view to_string(Mode mode) { return kModeNames[static_cast<int>(mode)]; }
+
+std::optional<Mode> parse_mode(std::string_view name) {
+    for (Mode mode : kAllModes)
+        if (to_string(mode) == name) return mode;
+    return std::nullopt;
+}
+
+int available_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    return std::max(1, CPU_COUNT(&set));
+}
+
+std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
+    RunConfig config;
+    config.workers = available_cpus();
+    config.command_line.assign(argv, argv + argc);
+    std::string task = "sleep";
+    std::string duration = "1";
+    std::vector<std::string> modes{"sequential", "threads", "processes"};
+
+    CLI::App app{
+        "taskfarm coordinator: runs one plan of tasks sequentially, on a pool of threads and on a pool of\n"
+        "worker processes, prints each result as it completes, then compares the modes' wall times.\n"};
+    app.get_formatter()->column_width(34);
+    app.add_option("-w,--workers", config.workers, "worker processes (and threads) to run tasks on")
+        ->check(CLI::Range(1, 1024))
+        ->capture_default_str();
+    app.add_option("-t,--task", task, "task kind: sleep")
+        ->check(CLI::IsMember({"sleep"}))
+        ->capture_default_str();
+    app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan")
+        ->check(CLI::Range(1, 100'000'000))
+        ->capture_default_str();
+    app.add_option("-d,--duration", duration,
+                   "sleep: seconds per task, or LO:HI for a uniformly random duration per task (see --seed)")
+        ->check(kDuration)
+        ->capture_default_str();
+    app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
+        ->capture_default_str();
+    app.add_option("-m,--mode", modes,
+                   "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
+                   "threads in the coordinator), processes (--workers worker processes over ZeroMQ), or all")
+        ->delimiter(',')
+        ->check(kModeList)
+        ->capture_default_str();
+    app.add_option("--prefetch", config.prefetch, "tasks a worker process may hold at once (credits)")
+        ->check(CLI::Range(1, 10'000))
+        ->capture_default_str();
+    app.add_option("--worker-bin", config.worker_bin, "worker executable (default: `worker` next to this binary)");
+    app.add_option("--json", config.json_path, "write the report as JSON to FILE")->type_name("FILE");
+    app.add_option("--results", config.results_path,
+                   "append one JSON line per finished task to FILE, flushed as each arrives")
+        ->type_name("FILE");
+    app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
+        ->check(CLI::Range(0.001, 3600.0))
+        ->capture_default_str();
+    app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
+                   "a worker (or coordinator) silent this long is dead")
+        ->check(CLI::Range(0.01, 86400.0))
+        ->capture_default_str();
+    app.add_option("--start-timeout", config.start_timeout_s, "seconds to wait for every worker's HELLO")
+        ->check(CLI::Range(0.1, 3600.0))
+        ->capture_default_str();
+    app.add_option("--max-attempts", config.max_attempts,
+                   "tries per task when its worker dies under it; then the task fails")
+        ->check(CLI::Range(1, 100))
+        ->capture_default_str();
+    app.add_option("--max-respawns", config.max_respawns, "replacement workers to start, per mode, for ones that died")
+        ->check(CLI::Range(0, 100'000))
+        ->capture_default_str();
+    app.footer(
+        "Exit status: 0 every task ok, 1 some task failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM.\n"
+        "Example: coordinator --workers 4 --task sleep --tasks 8 --duration 0.5");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? ExitCode::Ok : ExitCode::Usage;
+    }
+
+    config.task = *parse_task_kind(task);
+    std::tie(config.duration_lo_s, config.duration_hi_s) = *parse_duration(duration);
+    config.modes.clear();
+    for (const std::string& name : modes) {
+        if (name == "all") {
+            config.modes.assign(std::begin(kAllModes), std::end(kAllModes));
+            break;
+        }
+        config.modes.push_back(*parse_mode(name));
+    }
+    return config;
+}
+
+}  // namespace taskfarm

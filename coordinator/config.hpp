@@ -1,0 +1,44 @@
+#pragma once
+// RunConfig: everything the command line decides, checked, with defaults.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "task.hpp"
+
+namespace taskfarm {
+
+enum class Mode { Sequential, Threads, Processes };
+inline constexpr Mode kAllModes[] = {Mode::Sequential, Mode::Threads, Mode::Processes};
+
+std::string_view to_string(Mode mode);
+std::optional<Mode> parse_mode(std::string_view name);
+
+struct RunConfig {
+    int workers = 4;
+    TaskKind task = TaskKind::Sleep;
+    int tasks = 10;
+    double duration_lo_s = 1.0;  // sleep seconds; a range when lo < hi
+    double duration_hi_s = 1.0;
+    std::uint64_t seed = 1;
+    std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
+    int prefetch = 1;
+    std::filesystem::path worker_bin;  // empty: `worker` next to the coordinator binary
+    std::filesystem::path json_path;
+    std::filesystem::path results_path;
+    double heartbeat_interval_s = 0.2;
+    double heartbeat_timeout_s = 2.0;
+    double start_timeout_s = 10.0;
+    int max_attempts = 3;
+    int max_respawns = 10;
+    std::vector<std::string> command_line;  // argv, for reports
+};
+
+// CPUs this process may run on (sched_getaffinity), at least 1.
+int available_cpus();
+
+}  // namespace taskfarm

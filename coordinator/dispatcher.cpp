@@ -1,0 +1,255 @@
+#include "dispatcher.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "wire.hpp"
+
+namespace taskfarm {
+namespace {
+
+constexpr auto kChildCheckInterval = std::chrono::milliseconds(20);  // how soon an exit is noticed
+constexpr auto kRejectLogInterval = std::chrono::seconds(1);
+
+}  // namespace
+
+Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
+                       DispatchOptions options, std::stop_token stop)
+    : router_(router), pool_(pool), plan_(plan), recorder_(recorder), options_(options), stop_(std::move(stop)) {
+    for (std::size_t i = 0; i < plan_.tasks.size(); ++i) pending_.push_back({i, 1});
+}
+
+void Dispatcher::run() {
+    for (int i = 0; i < options_.workers; ++i) spawn(fmt::format("w{}", i + 1));
+    next_heartbeat_ = Clock::now() + options_.heartbeat_interval;
+    while (finished_ < plan_.tasks.size() && !stop_.stop_requested()) {
+        zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
+        zmq::poll(items, 1, wire::poll_timeout(std::min(next_heartbeat_, Clock::now() + kChildCheckInterval)));
+        if (items[0].revents & ZMQ_POLLIN) drain_incoming();
+        watch_processes();
+        watch_deadlines();
+        if (Clock::now() >= next_heartbeat_) send_heartbeats();
+        dispatch();
+    }
+}
+
+void Dispatcher::shutdown_workers() {
+    const std::string frame = proto::encode(proto::Shutdown{});
+    for (const auto& [identity, worker] : workers_) send(identity, frame);
+}
+
+void Dispatcher::spawn(const std::string& name) {
+    const pid_t pid = pool_.spawn(name);
+    spawned_[pid] = Spawned{name, Clock::now()};
+}
+
+void Dispatcher::drain_incoming() {
+    zmq::message_t identity;
+    while (router_.recv(identity, zmq::recv_flags::dontwait)) {
+        // A ROUTER delivers [identity, frames...]; a message of ours is exactly one frame.
+        zmq::message_t body;
+        zmq::message_t extra;
+        std::size_t frames = 0;
+        for (bool more = identity.more(); more; ++frames) {
+            zmq::message_t& part = frames == 0 ? body : extra;
+            if (!router_.recv(part, zmq::recv_flags::none)) break;
+            more = part.more();
+        }
+        if (frames == 1)
+            on_frame(identity.to_string(), body.to_string_view());
+        else
+            reject(identity.to_string(), fmt::format("message of {} frames, want 1", frames));
+    }
+}
+
+void Dispatcher::on_frame(const std::string& identity, std::string_view frame) {
+    if (auto worker = workers_.find(identity); worker != workers_.end()) worker->second.last_seen = Clock::now();
+    auto message = proto::decode(frame);
+    if (auto* hello = std::get_if<proto::Hello>(&message)) return on_hello(identity, *hello);
+    if (auto* result = std::get_if<proto::Result>(&message)) return on_result(identity, *result);
+    if (std::holds_alternative<proto::Heartbeat>(message)) return;
+    if (auto* error = std::get_if<proto::DecodeError>(&message)) return reject(identity, error->reason);
+    reject(identity, "unexpected message type from a worker");
+}
+
+void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello) {
+    if (workers_.contains(identity)) return reject(identity, "second HELLO");
+    const pid_t pid = static_cast<pid_t>(hello.pid);
+    if (auto spawned = spawned_.find(pid); spawned != spawned_.end()) {
+        spawned->second.said_hello = true;
+    } else {
+        spdlog::info("worker {} (pid {} on {}) attached", hello.name, hello.pid, hello.host);
+    }
+    workers_[identity] = WorkerState{hello.name, pid, hello.cpu, {}, Clock::now()};
+    spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
+    if (!dispatching_)
+        dispatching_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+}
+
+void Dispatcher::on_result(const std::string& identity, const proto::Result& message) {
+    const auto worker = workers_.find(identity);
+    if (worker == workers_.end()) {
+        spdlog::debug("ignored result of task {} from a worker no longer in the run", message.id);
+        return;
+    }
+    auto& in_flight = worker->second.in_flight;
+    const auto attempt = std::find_if(in_flight.begin(), in_flight.end(), [&](const Attempt& a) {
+        return plan_.tasks[a.index].id == message.id && a.number == message.attempt;
+    });
+    if (attempt == in_flight.end()) {
+        spdlog::debug("ignored duplicate or stale result of task {} attempt {}", message.id, message.attempt);
+        return;
+    }
+    const std::size_t index = attempt->index;
+    in_flight.erase(attempt);
+    ++finished_;
+    recorder_.record(plan_.tasks[index], proto::to_result(message, worker->second.name));
+}
+
+void Dispatcher::reject(const std::string& identity, const std::string& reason) {
+    RejectLog& log = rejects_[identity];
+    const auto now = Clock::now();
+    if (now - log.last < kRejectLogInterval) {
+        ++log.suppressed;
+        return;
+    }
+    const auto worker = workers_.find(identity);
+    const std::string peer = worker != workers_.end() ? worker->second.name : "an unknown peer";
+    if (log.suppressed > 0)
+        spdlog::warn("rejected a frame from {}: {} ({} more rejected since the last report)", peer, reason, log.suppressed);
+    else
+        spdlog::warn("rejected a frame from {}: {}", peer, reason);
+    log = RejectLog{now, 0};
+}
+
+void Dispatcher::watch_processes() {
+    for (const WorkerExit& exit : pool_.reap_exited()) {
+        const std::string identity = identity_of(exit.pid);
+        const std::string reason = fmt::format("worker {} died ({})", exit.name, exit.reason);
+        if (identity.empty())
+            lose_unconnected(exit.pid, reason);
+        else
+            lose_worker(identity, reason);
+    }
+}
+
+void Dispatcher::watch_deadlines() {
+    const auto now = Clock::now();
+    std::vector<std::pair<pid_t, std::string>> late;
+    for (const auto& [pid, spawned] : spawned_)
+        if (!spawned.said_hello && now - spawned.started > options_.start_timeout) late.emplace_back(pid, spawned.name);
+    for (const auto& [pid, name] : late) {
+        pool_.kill(pid);
+        lose_unconnected(pid, fmt::format("worker {} (pid {}) did not say hello within {:.1f} s", name, pid,
+                                          std::chrono::duration<double>(options_.start_timeout).count()));
+    }
+    std::vector<std::pair<std::string, std::string>> silent;
+    for (const auto& [identity, worker] : workers_)
+        if (now - worker.last_seen > options_.heartbeat_timeout)
+            silent.emplace_back(identity, fmt::format("worker {} silent for {:.1f} s", worker.name,
+                                                      std::chrono::duration<double>(now - worker.last_seen).count()));
+    for (const auto& [identity, reason] : silent) lose_worker(identity, reason);
+}
+
+void Dispatcher::send_heartbeats() {
+    const std::string frame = proto::encode(proto::Heartbeat{});
+    std::vector<std::string> gone;
+    for (const auto& [identity, worker] : workers_)
+        if (!send(identity, frame)) gone.push_back(identity);
+    for (const std::string& identity : gone) lose_worker(identity, fmt::format("worker {} disconnected", workers_.at(identity).name));
+    next_heartbeat_ = Clock::now() + options_.heartbeat_interval;
+}
+
+void Dispatcher::dispatch() {
+    if (!dispatching_) return;
+    // Shallowest queue first, so a short plan spreads over every worker before any prefetches.
+    while (!pending_.empty()) {
+        auto target = workers_.end();
+        for (auto it = workers_.begin(); it != workers_.end(); ++it)
+            if (std::cmp_less(it->second.in_flight.size(), options_.prefetch) &&
+                (target == workers_.end() || it->second.in_flight.size() < target->second.in_flight.size()))
+                target = it;
+        if (target == workers_.end()) break;
+        const Attempt attempt = pending_.front();
+        pending_.pop_front();
+        const std::string frame = proto::encode(proto::to_message(plan_.tasks[attempt.index], attempt.number, 0));
+        target->second.in_flight.push_back(attempt);
+        if (!send(target->first, frame)) lose_worker(target->first, fmt::format("worker {} disconnected", target->second.name));
+    }
+    if (!pending_.empty() && workers_.empty() && spawned_.empty()) fail_pending("no workers left");
+}
+
+void Dispatcher::lose_worker(const std::string& identity, const std::string& reason) {
+    const auto worker = workers_.find(identity);
+    if (worker == workers_.end()) return;
+    WorkerState lost = std::move(worker->second);
+    workers_.erase(worker);
+    spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
+    for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
+        retry_or_fail(*attempt, lost.name, reason);
+    if (spawned_.erase(lost.pid) > 0) pool_.kill(lost.pid);
+    replace(lost.name);
+}
+
+void Dispatcher::lose_unconnected(pid_t pid, const std::string& reason) {
+    const auto spawned = spawned_.find(pid);
+    if (spawned == spawned_.end()) return;
+    const std::string name = spawned->second.name;
+    spawned_.erase(spawned);
+    if (!dispatching_) throw RunError(fmt::format("{} before saying hello", reason));
+    spdlog::warn("{}", reason);
+    replace(name);
+}
+
+void Dispatcher::replace(const std::string& name) {
+    if (finished_ >= plan_.tasks.size() || stop_.stop_requested()) return;
+    if (respawns_ >= options_.max_respawns) {
+        spdlog::error("not replacing worker {}: --max-respawns {} used up", name, options_.max_respawns);
+        return;
+    }
+    ++respawns_;
+    spawn(name);
+}
+
+void Dispatcher::retry_or_fail(Attempt attempt, const std::string& worker, const std::string& reason) {
+    if (attempt.number < options_.max_attempts) {
+        pending_.push_front({attempt.index, attempt.number + 1});
+        return;
+    }
+    TaskResult result;
+    result.id = plan_.tasks[attempt.index].id;
+    result.kind = plan_.tasks[attempt.index].kind;
+    result.attempt = attempt.number;
+    result.worker = worker;
+    result.error = fmt::format("gave up after {} attempts: {}", attempt.number, reason);
+    ++finished_;
+    recorder_.record(plan_.tasks[attempt.index], std::move(result));
+}
+
+void Dispatcher::fail_pending(const std::string& reason) {
+    while (!pending_.empty()) {
+        const Attempt attempt = pending_.front();
+        pending_.pop_front();
+        TaskResult result;
+        result.id = plan_.tasks[attempt.index].id;
+        result.kind = plan_.tasks[attempt.index].kind;
+        result.attempt = attempt.number;
+        result.error = reason;
+        ++finished_;
+        recorder_.record(plan_.tasks[attempt.index], std::move(result));
+    }
+}
+
+bool Dispatcher::send(const std::string& identity, std::string_view frame) {
+    return wire::send_to(router_, identity, frame);
+}
+
+std::string Dispatcher::identity_of(pid_t pid) const {
+    for (const auto& [identity, worker] : workers_)
+        if (worker.pid == pid) return identity;
+    return {};
+}
+
+}  // namespace taskfarm

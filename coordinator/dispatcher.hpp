@@ -1,0 +1,113 @@
+#pragma once
+// The coordinator's side of the protocol: a ROUTER socket, one WorkerState per connected
+// worker, credits (at most --prefetch tasks per worker), heartbeats both ways, and
+// requeueing the tasks of a worker that died or went silent. Single-threaded: the
+// socket never leaves the thread that runs the dispatcher.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "plan.hpp"
+#include "process_pool.hpp"
+#include "protocol.hpp"
+#include "runner.hpp"
+
+namespace taskfarm {
+
+// The run cannot go on: e.g. a worker never came up.
+struct RunError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct DispatchOptions {
+    int workers = 1;
+    int prefetch = 1;
+    std::chrono::milliseconds heartbeat_interval{200};
+    std::chrono::milliseconds heartbeat_timeout{2000};
+    std::chrono::milliseconds start_timeout{10000};
+    std::uint32_t max_attempts = 3;
+    int max_respawns = 10;
+};
+
+class Dispatcher {
+public:
+    Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
+               DispatchOptions options, std::stop_token stop);
+
+    // Spawns the workers and runs until every task has its final result or `stop` fires.
+    // Throws RunError when the initial workers do not all say HELLO in time.
+    void run();
+
+    // Sends SHUTDOWN to every connected worker.
+    void shutdown_workers();
+
+private:
+    using Clock = std::chrono::steady_clock;
+
+    struct Attempt {
+        std::size_t index;  // into plan.tasks
+        std::uint32_t number;
+    };
+    struct WorkerState {
+        std::string name;                  // from HELLO, "w3"
+        pid_t pid = 0;                     // from HELLO; ours if the pool spawned it
+        int cpu = -1;                      // pinned CPU, -1 if none
+        std::vector<Attempt> in_flight;    // sent, no RESULT yet; requeued if it dies; size <= prefetch
+        Clock::time_point last_seen;       // any frame counts as a heartbeat
+    };
+    struct Spawned {
+        std::string name;
+        Clock::time_point started;
+        bool said_hello = false;
+    };
+    struct RejectLog {
+        Clock::time_point last;
+        std::size_t suppressed = 0;
+    };
+
+    void spawn(const std::string& name);
+    void drain_incoming();
+    void on_frame(const std::string& identity, std::string_view frame);
+    void on_hello(const std::string& identity, const proto::Hello& hello);
+    void on_result(const std::string& identity, const proto::Result& message);
+    void reject(const std::string& identity, const std::string& reason);
+    void watch_processes();
+    void watch_deadlines();
+    void send_heartbeats();
+    void dispatch();
+    void lose_worker(const std::string& identity, const std::string& reason);
+    void lose_unconnected(pid_t pid, const std::string& reason);
+    void replace(const std::string& name);
+    void retry_or_fail(Attempt attempt, const std::string& worker, const std::string& reason);
+    void fail_pending(const std::string& reason);
+    bool send(const std::string& identity, std::string_view frame);
+    std::string identity_of(pid_t pid) const;
+
+    zmq::socket_t& router_;
+    ProcessPool& pool_;
+    const Plan& plan_;
+    ModeRecorder& recorder_;
+    const DispatchOptions options_;
+    const std::stop_token stop_;
+
+    std::deque<Attempt> pending_;                 // not yet sent; retries go first
+    std::map<std::string, WorkerState> workers_;  // by ZeroMQ routing id
+    std::map<pid_t, Spawned> spawned_;            // live processes of ours, by pid
+    std::map<std::string, RejectLog> rejects_;    // rate-limits rejection logs per peer
+    std::size_t finished_ = 0;                    // tasks with a final result
+    int respawns_ = 0;
+    bool dispatching_ = false;                    // set once every initial worker said HELLO
+    Clock::time_point next_heartbeat_;
+};
+
+}  // namespace taskfarm

@@ -1,0 +1,120 @@
+#include "process_pool.hpp"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+
+#include <boost/process/args.hpp>
+#include <boost/process/child.hpp>
+#include <boost/process/exe.hpp>
+#include <boost/process/extend.hpp>
+#include <boost/process/io.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace bp = boost::process;
+
+namespace taskfarm {
+
+struct ProcessPool::Child {
+    std::string name;
+    bp::child process;
+};
+
+namespace {
+
+// Runs in the child between fork and exec: only async-signal-safe calls here.
+struct DieWithParent {
+    template <typename Executor>
+    void operator()(Executor&) const {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks SIGINT/SIGTERM
+    }
+};
+
+std::string describe_status(int status) {
+    if (WIFSIGNALED(status)) return fmt::format("signal {}", WTERMSIG(status));
+    if (WIFEXITED(status)) return fmt::format("exit code {}", WEXITSTATUS(status));
+    return fmt::format("status {}", status);
+}
+
+}  // namespace
+
+std::filesystem::path default_worker_binary() {
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return ec ? std::filesystem::path("worker") : self.parent_path() / "worker";
+}
+
+ProcessPool::ProcessPool(WorkerLaunch launch) : launch_(std::move(launch)) {}
+
+ProcessPool::~ProcessPool() {
+    try {
+        stop_all(std::chrono::milliseconds(0));
+    } catch (const std::exception& e) {
+        spdlog::error("cannot stop worker processes: {}", e.what());
+    }
+}
+
+pid_t ProcessPool::spawn(const std::string& name) {
+    std::vector<std::string> args{
+        "--connect",           launch_.endpoint,
+        "--name",              name,
+        "--parent-pid",        std::to_string(::getpid()),
+        "--heartbeat-interval", fmt::format("{}", launch_.heartbeat_interval_s),
+        "--heartbeat-timeout", fmt::format("{}", launch_.heartbeat_timeout_s),
+    };
+    auto child = std::make_unique<Child>(Child{
+        name, bp::child(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null,
+                        bp::std_in < bp::null, bp::extend::on_exec_setup = DieWithParent{})});
+    const pid_t pid = child->process.id();
+    spdlog::debug("started worker {} (pid {})", name, pid);
+    children_.push_back(std::move(child));
+    return pid;
+}
+
+std::vector<WorkerExit> ProcessPool::reap_exited() {
+    std::vector<WorkerExit> exits;
+    std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
+        std::error_code ec;
+        if (child->process.running(ec) || ec) return false;  // running() reaps an exited child
+        exits.push_back({child->process.id(), child->name, describe_status(child->process.native_exit_code())});
+        return true;
+    });
+    return exits;
+}
+
+void ProcessPool::kill(pid_t pid) {
+    std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
+        if (child->process.id() != pid) return false;
+        std::error_code ec;
+        child->process.terminate(ec);  // SIGKILL, then waitpid
+        if (ec) spdlog::warn("cannot kill worker {} (pid {}): {}", child->name, pid, ec.message());
+        return true;
+    });
+}
+
+void ProcessPool::stop_all(std::chrono::milliseconds grace) {
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    while (true) {
+        for (const WorkerExit& exit : reap_exited()) spdlog::debug("worker {} (pid {}) exited: {}", exit.name, exit.pid, exit.reason);
+        if (children_.empty() || std::chrono::steady_clock::now() >= deadline) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    for (const auto& child : children_) {
+        spdlog::debug("killing worker {} (pid {})", child->name, child->process.id());
+        std::error_code ec;
+        child->process.terminate(ec);
+    }
+    children_.clear();
+}
+
+std::size_t ProcessPool::alive() const { return children_.size(); }
+
+}  // namespace taskfarm

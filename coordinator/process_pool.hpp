@@ -1,0 +1,60 @@
+#pragma once
+// Spawns, watches and reaps worker processes. Whoever starts a process reaps it: the
+// destructor waits a short grace period for exits, then kills and reaps what is left.
+// Only pids this pool spawned and has not reaped are ever signalled.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace taskfarm {
+
+struct WorkerLaunch {
+    std::filesystem::path binary;
+    std::string endpoint;
+    double heartbeat_interval_s = 0.2;
+    double heartbeat_timeout_s = 2.0;
+};
+
+struct WorkerExit {
+    pid_t pid = 0;
+    std::string name;
+    std::string reason;  // "exit code 1", "signal 9"
+};
+
+class ProcessPool {
+public:
+    explicit ProcessPool(WorkerLaunch launch);
+    ~ProcessPool();  // noexcept: logs, never throws
+    ProcessPool(const ProcessPool&) = delete;
+    ProcessPool& operator=(const ProcessPool&) = delete;
+
+    // Starts `worker --connect ENDPOINT --name NAME`; it dies with this process
+    // (PR_SET_PDEATHSIG, set between fork and exec). Throws when it cannot start.
+    pid_t spawn(const std::string& name);
+
+    // Reaps the workers that exited since the last call, without blocking.
+    std::vector<WorkerExit> reap_exited();
+
+    // SIGKILLs a live worker of ours and reaps it; no-op for an unknown pid.
+    void kill(pid_t pid);
+
+    // Waits until every worker has exited or `grace` passed, then kills the rest.
+    void stop_all(std::chrono::milliseconds grace);
+
+    std::size_t alive() const;
+
+private:
+    struct Child;
+    WorkerLaunch launch_;
+    std::vector<std::unique_ptr<Child>> children_;  // live ones only
+};
+
+// Where the worker binary is when --worker-bin is not given: next to this executable.
+std::filesystem::path default_worker_binary();
+
+}  // namespace taskfarm

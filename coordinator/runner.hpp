@@ -1,0 +1,43 @@
+#pragma once
+// One Runner per execution mode. Runners differ only in where run_task() is called; they
+// never print, they hand every result to a sink the moment it completes.
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+
+#include "config.hpp"
+#include "plan.hpp"
+#include "report.hpp"
+#include "sinks.hpp"
+
+namespace taskfarm {
+
+struct Runner {
+    virtual ~Runner() = default;
+    // Runs every task of `plan` once (or until `stop`); each result goes to `sink` as it completes.
+    virtual RunReport run(const Plan& plan, ResultSink& sink) = 0;
+};
+
+// Builds the runner for `mode`; `stop` interrupts it (SIGINT, SIGTERM).
+std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, std::stop_token stop);
+
+// Shared by the runners: times the mode, stamps start_s/end_s on each result, tallies
+// ok/failed and forwards to the sink. Thread-safe.
+class ModeRecorder {
+public:
+    ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink);
+    void record(const TaskSpec& task, TaskResult result);
+    std::size_t recorded() const;
+    RunReport finish(bool interrupted);  // call once, after the mode's processes are reaped
+
+private:
+    const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+    const CpuTimes cpu_at_start_ = CpuTimes::now();
+    ResultSink& sink_;
+    mutable std::mutex mutex_;
+    RunReport report_;
+};
+
+}  // namespace taskfarm

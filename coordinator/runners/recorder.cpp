@@ -1,0 +1,43 @@
+#include <algorithm>
+
+#include "runner.hpp"
+
+namespace taskfarm {
+
+ModeRecorder::ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink) : sink_(sink) {
+    report_.mode = std::string(to_string(mode));
+    report_.workers = workers;
+    report_.tasks = plan.tasks.size();
+    sink_.begin_mode(report_.mode, plan.tasks.size());
+}
+
+void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
+    // Times are taken here, on one clock, so results from other processes line up.
+    result.end_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    result.start_s = std::max(0.0, result.end_s - result.run_time.count());
+    {
+        std::lock_guard lock(mutex_);
+        if (result.ok) {
+            ++report_.ok;
+        } else {
+            ++report_.failed;
+            report_.failures.push_back({result.id, result.error});
+        }
+    }
+    sink_.on_result(task, result);
+}
+
+std::size_t ModeRecorder::recorded() const {
+    std::lock_guard lock(mutex_);
+    return report_.ok + report_.failed;
+}
+
+RunReport ModeRecorder::finish(bool interrupted) {
+    std::lock_guard lock(mutex_);
+    report_.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    report_.cpu_s = CpuTimes::now().total() - cpu_at_start_.total();
+    report_.interrupted = interrupted;
+    return report_;
+}
+
+}  // namespace taskfarm

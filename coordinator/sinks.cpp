@@ -1,0 +1,80 @@
+#include "sinks.hpp"
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "errors.hpp"
+
+namespace taskfarm {
+
+void ResultSink::begin_mode(const std::string& mode, std::size_t tasks) {
+    std::lock_guard lock(mutex_);
+    mode_ = mode;
+    begin_mode_(mode, tasks);
+}
+
+void ResultSink::on_result(const TaskSpec& task, const TaskResult& result) {
+    std::lock_guard lock(mutex_);
+    try {
+        sink_it_(task, result);
+    } catch (const std::exception& e) {  // a sink never stops the run
+        spdlog::error("cannot record result of task {}: {}", result.id, e.what());
+    }
+}
+
+void FanOutSink::begin_mode_(const std::string& mode, std::size_t tasks) {
+    for (auto& sink : sinks_) sink->begin_mode(mode, tasks);
+}
+
+void FanOutSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
+    for (auto& sink : sinks_) sink->on_result(task, result);
+}
+
+void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
+    fmt::print(out_, "== {}: {} tasks\n", mode, tasks);
+    std::fflush(out_);
+}
+
+void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
+    const std::string outcome = result.ok ? describe_value(result) : "FAILED: " + result.error;
+    const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
+    fmt::print(out_, "{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n", mode_, result.id,
+               result.worker, result.end_s, result.run_time.count(), outcome, attempt);
+    std::fflush(out_);
+}
+
+JournalSink::JournalSink(const std::filesystem::path& path) : path_(path), file_(std::fopen(path.c_str(), "a")) {
+    if (!file_) throw ConfigError(fmt::format("cannot open results file '{}': {}", path.string(), std::strerror(errno)));
+}
+
+JournalSink::~JournalSink() {
+    if (std::fclose(file_) != 0 && !failed_)
+        spdlog::error("cannot write results file '{}': {}", path_.string(), std::strerror(errno));
+}
+
+void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
+    const nlohmann::json line = {
+        {"mode", mode_},
+        {"id", result.id},
+        {"attempt", result.attempt},
+        {"kind", to_string(result.kind)},
+        {"ok", result.ok},
+        {"worker", result.worker},
+        {"start_s", result.start_s},
+        {"end_s", result.end_s},
+        {"params", params_json(task)},
+        {"value", value_json(result)},
+        {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
+    };
+    const std::string text = line.dump() + "\n";
+    if (std::fwrite(text.data(), 1, text.size(), file_) != text.size() || std::fflush(file_) != 0) {
+        if (!failed_) spdlog::error("cannot write results file '{}': {}", path_.string(), std::strerror(errno));
+        failed_ = true;
+    }
+}
+
+}  // namespace taskfarm

@@ -1,0 +1,75 @@
+#pragma once
+// Where results go as they complete. Runners call on_result() from any thread; the base
+// class serialises calls (like spdlog's base_sink), so a sink never locks for itself.
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "task.hpp"
+
+namespace taskfarm {
+
+class ResultSink {
+public:
+    virtual ~ResultSink() = default;
+    void begin_mode(const std::string& mode, std::size_t tasks);
+    void on_result(const TaskSpec& task, const TaskResult& result);
+
+protected:
+    virtual void begin_mode_(const std::string& mode, std::size_t tasks) = 0;
+    virtual void sink_it_(const TaskSpec& task, const TaskResult& result) = 0;
+    std::string mode_;  // of the results arriving now
+
+private:
+    std::mutex mutex_;
+};
+
+// Fans every call out to several sinks, in order.
+class FanOutSink final : public ResultSink {
+public:
+    void add(std::unique_ptr<ResultSink> sink) { sinks_.push_back(std::move(sink)); }
+
+protected:
+    void begin_mode_(const std::string& mode, std::size_t tasks) override;
+    void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+
+private:
+    std::vector<std::unique_ptr<ResultSink>> sinks_;
+};
+
+// One human-readable line per result on `out` (stdout), like Python's as_completed.
+class ConsoleSink final : public ResultSink {
+public:
+    explicit ConsoleSink(std::FILE* out) : out_(out) {}
+
+protected:
+    void begin_mode_(const std::string& mode, std::size_t tasks) override;
+    void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+
+private:
+    std::FILE* out_;
+};
+
+// One JSON line per result, appended to a file and flushed as it arrives.
+class JournalSink final : public ResultSink {
+public:
+    explicit JournalSink(const std::filesystem::path& path);  // throws ConfigError
+    ~JournalSink() override;
+    JournalSink(const JournalSink&) = delete;
+    JournalSink& operator=(const JournalSink&) = delete;
+
+protected:
+    void begin_mode_(const std::string&, std::size_t) override {}
+    void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+
+private:
+    std::filesystem::path path_;
+    std::FILE* file_;
+    bool failed_ = false;  // a write failed; logged once, the run goes on
+};
+
+}  // namespace taskfarm
