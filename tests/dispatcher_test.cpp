@@ -1,0 +1,139 @@
+// The dispatcher against real worker processes on a real ipc:// socket, with a rogue
+// peer on the same socket.
+
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "dispatcher.hpp"
+#include "support.hpp"
+#include "wire.hpp"
+
+namespace taskfarm {
+namespace {
+
+class CollectingSink final : public ResultSink {
+public:
+    std::vector<TaskResult> results;
+
+protected:
+    void begin_mode_(const std::string&, std::size_t) override {}
+    void sink_it_(const TaskSpec&, const TaskResult& result) override { results.push_back(result); }
+};
+
+Plan sleeps(int tasks, double seconds) {
+    Plan plan;
+    for (int i = 0; i < tasks; ++i) plan.tasks.push_back({static_cast<TaskId>(i), TaskKind::Sleep, {.seconds = seconds}});
+    return plan;
+}
+
+struct Rig {
+    testing::TempDir dir;
+    zmq::context_t context{1};
+    zmq::socket_t router{context, zmq::socket_type::router};
+    std::string endpoint = "ipc://" + (dir / "socket").string();
+    Rig() {
+        wire::configure(router, zmq::socket_type::router);
+        router.bind(endpoint);
+    }
+};
+
+TEST(Dispatcher, GarbageFromARoguePeerIsDroppedAndTheRunGoesOn) {
+    Rig rig;
+    const Plan plan = sleeps(6, 0.05);
+    CollectingSink sink;
+    {
+        ProcessPool pool({testing::bin("worker"), rig.endpoint});
+        ModeRecorder recorder(Mode::Processes, 2, plan, sink);
+        std::stop_source never;
+        Dispatcher dispatcher(rig.router, pool, plan, recorder, DispatchOptions{.workers = 2}, never.get_token());
+        std::jthread rogue([&](std::stop_token stop) {
+            zmq::socket_t dealer(rig.context, zmq::socket_type::dealer);
+            dealer.set(zmq::sockopt::linger, 0);
+            dealer.connect(rig.endpoint);
+            proto::Result forged;  // claims to finish a task nobody gave it
+            forged.id = 3;
+            forged.kind = "sleep";
+            forged.ok = true;
+            proto::Hello old;
+            old.name = "old";
+            old.v = proto::kVersion + 1;
+            const std::vector<std::string> frames{"", "\xc1garbage", proto::encode(forged), proto::encode(old),
+                                                  std::string(100, '\x91'), std::string("\xdd\xff\xff\xff\xff", 5)};
+            while (!stop.stop_requested()) {
+                for (const std::string& frame : frames) wire::send(dealer, frame);
+                dealer.send(zmq::str_buffer("two"), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+                dealer.send(zmq::str_buffer("frames"), zmq::send_flags::dontwait);
+                std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            }
+        });
+        dispatcher.run();
+        dispatcher.shutdown_workers();
+        pool.stop_all(std::chrono::seconds(1));
+    }
+    ASSERT_EQ(sink.results.size(), 6u);
+    std::set<TaskId> ids;
+    for (const TaskResult& result : sink.results) {
+        EXPECT_TRUE(result.ok) << result.error;
+        EXPECT_TRUE(result.worker == "w1" || result.worker == "w2") << result.worker;
+        ids.insert(result.id);
+    }
+    EXPECT_EQ(ids.size(), 6u);
+}
+
+TEST(Dispatcher, AWorkerThatNeverSaysHelloIsNamedInTheError) {
+    Rig rig;
+    const Plan plan = sleeps(2, 0.01);
+    CollectingSink sink;
+    ProcessPool pool({"/bin/sleep", rig.endpoint});  // runs, but never connects
+    ModeRecorder recorder(Mode::Processes, 1, plan, sink);
+    std::stop_source never;
+    // /bin/sleep rejects our flags and exits at once; either way w1 never says hello.
+    Dispatcher dispatcher(rig.router, pool, plan, recorder,
+                          DispatchOptions{.workers = 1, .start_timeout = std::chrono::milliseconds(500)},
+                          never.get_token());
+    try {
+        dispatcher.run();
+        FAIL() << "expected RunError";
+    } catch (const RunError& e) {
+        EXPECT_NE(std::string(e.what()).find("worker w1"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("hello"), std::string::npos) << e.what();
+    }
+}
+
+TEST(Dispatcher, TasksOfAKilledWorkerAreRequeuedAndFinishElsewhere) {
+    Rig rig;
+    const Plan plan = sleeps(4, 0.6);
+    CollectingSink sink;
+    {
+        ProcessPool pool({testing::bin("worker"), rig.endpoint});
+        ModeRecorder recorder(Mode::Processes, 2, plan, sink);
+        std::stop_source never;
+        Dispatcher dispatcher(rig.router, pool, plan, recorder, DispatchOptions{.workers = 2}, never.get_token());
+        std::jthread killer([&] {
+            // Kill one worker once it runs a task: its process has a child thread busy sleeping.
+            std::vector<pid_t> workers;
+            testing::eventually([&] { return (workers = testing::children_of(::getpid())).size() == 2; },
+                                std::chrono::seconds(10));
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            if (!workers.empty()) ::kill(workers.front(), SIGKILL);
+        });
+        dispatcher.run();
+        dispatcher.shutdown_workers();
+        pool.stop_all(std::chrono::seconds(1));
+    }
+    ASSERT_EQ(sink.results.size(), 4u);
+    std::set<TaskId> ids;
+    std::size_t retried = 0;
+    for (const TaskResult& result : sink.results) {
+        EXPECT_TRUE(result.ok) << result.error;
+        ids.insert(result.id);
+        retried += result.attempt == 2;
+    }
+    EXPECT_EQ(ids.size(), 4u);
+    EXPECT_GE(retried, 1u);
+}
+
+}  // namespace
+}  // namespace taskfarm

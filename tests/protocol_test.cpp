@@ -1,0 +1,175 @@
+#include <random>
+#include <fmt/format.h>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "protocol.hpp"
+
+namespace taskfarm::proto {
+namespace {
+
+template <typename T>
+std::string raw(const T& value) {
+    std::stringstream buffer;
+    msgpack::pack(buffer, value);
+    return buffer.str();
+}
+
+std::string rejection(std::string_view frame) {
+    const Message message = decode(frame);
+    if (const auto* error = std::get_if<DecodeError>(&message)) return error->reason;
+    return "accepted";
+}
+
+TEST(Protocol, TaskRoundTripsWithEveryField) {
+    TaskSpec spec{42, TaskKind::Sleep, TaskParams{.seconds = 0.25}};
+    const Message message = decode(encode(to_message(spec, 3, 7.5)));
+    const auto* task = std::get_if<Task>(&message);
+    ASSERT_NE(task, nullptr) << rejection(encode(to_message(spec, 3, 7.5)));
+    EXPECT_EQ(task->id, 42u);
+    EXPECT_EQ(task->attempt, 3u);
+    EXPECT_EQ(task->kind, "sleep");
+    EXPECT_EQ(task->params.seconds, 0.25);
+    EXPECT_EQ(task->timeout_s, 7.5);
+    const TaskSpec back = to_spec(*task);
+    EXPECT_EQ(back.id, 42u);
+    EXPECT_EQ(back.kind, TaskKind::Sleep);
+}
+
+TEST(Protocol, ResultRoundTripsWithItsValue) {
+    TaskResult result;
+    result.id = 7;
+    result.attempt = 2;
+    result.ok = true;
+    result.slept_s = 0.5;
+    result.run_time = std::chrono::duration<double>(0.51);
+    const Message message = decode(encode(to_message(result)));
+    const auto* decoded = std::get_if<Result>(&message);
+    ASSERT_NE(decoded, nullptr);
+    const TaskResult back = to_result(*decoded, "w3");
+    EXPECT_EQ(back.id, 7u);
+    EXPECT_EQ(back.attempt, 2u);
+    EXPECT_TRUE(back.ok);
+    EXPECT_EQ(back.slept_s, 0.5);
+    EXPECT_EQ(back.run_time.count(), 0.51);
+    EXPECT_EQ(back.worker, "w3");
+}
+
+TEST(Protocol, HelloHeartbeatAndShutdownRoundTrip) {
+    Hello hello;
+    hello.name = "w1";
+    hello.pid = 1234;
+    hello.host = "box";
+    hello.cpu = 3;
+    const Message message = decode(encode(hello));
+    ASSERT_TRUE(std::holds_alternative<Hello>(message));
+    EXPECT_EQ(std::get<Hello>(message).name, "w1");
+    EXPECT_EQ(std::get<Hello>(message).pid, 1234);
+    EXPECT_EQ(std::get<Hello>(message).cpu, 3);
+    EXPECT_TRUE(std::holds_alternative<Heartbeat>(decode(encode(Heartbeat{}))));
+    EXPECT_TRUE(std::holds_alternative<Shutdown>(decode(encode(Shutdown{}))));
+}
+
+TEST(Protocol, RejectsGarbage) {
+    EXPECT_EQ(rejection(""), "truncated message");
+    EXPECT_NE(rejection("\xc1\xc1\xc1garbage"), "accepted");  // 0xc1 is never valid msgpack
+    EXPECT_EQ(rejection(raw(std::vector<int>{1, 2, 3})), "message is not a map");
+    EXPECT_EQ(rejection(raw(42)), "message is not a map");
+}
+
+TEST(Protocol, RejectsAMapWithoutTypeOrWithAnUnknownOne) {
+    EXPECT_EQ(rejection(raw(std::map<std::string, int>{{"v", 1}})), "message without a type");
+    Header header{"launch_missiles", kVersion};
+    EXPECT_EQ(rejection(raw(header)), "unknown message type 'launch_missiles'");
+}
+
+TEST(Protocol, RejectsAnotherVersion) {
+    Hello hello;
+    hello.name = "w1";
+    hello.v = kVersion + 1;
+    EXPECT_EQ(rejection(encode(hello)), fmt::format("protocol version {}, want {}", kVersion + 1, kVersion));
+    hello.v = 0;
+    EXPECT_EQ(rejection(encode(hello)), fmt::format("protocol version 0, want {}", kVersion));
+}
+
+TEST(Protocol, RejectsMissingRequiredFields) {
+    Task task;
+    task.kind = "sleep";
+    EXPECT_EQ(rejection(encode(task)), "task without an id");
+    task.id = 5;
+    task.kind.clear();
+    EXPECT_EQ(rejection(encode(task)), "task 5 has unknown kind ''");
+    task.kind = "mine_bitcoin";
+    EXPECT_EQ(rejection(encode(task)), "task 5 has unknown kind 'mine_bitcoin'");
+    Hello hello;
+    EXPECT_EQ(rejection(encode(hello)), "hello without a name");
+    Result result;
+    result.kind = "sleep";
+    EXPECT_EQ(rejection(encode(result)), "result without an id");
+}
+
+TEST(Protocol, RejectsAFieldOfTheWrongType) {
+    // {"type":"task","v":1,"id":"seven","kind":"sleep"}
+    std::stringstream buffer;
+    msgpack::packer packer(buffer);
+    packer.pack_map(4);
+    packer.pack(std::string("type")).pack(std::string("task"));
+    packer.pack(std::string("v")).pack(kVersion);
+    packer.pack(std::string("id")).pack(std::string("seven"));
+    packer.pack(std::string("kind")).pack(std::string("sleep"));
+    EXPECT_EQ(rejection(buffer.str()).rfind("malformed message: ", 0), 0u) << rejection(buffer.str());
+}
+
+TEST(Protocol, RejectsATruncatedMessage) {
+    const std::string whole = encode(to_message(TaskSpec{1, TaskKind::Sleep, {.seconds = 1}}, 1, 0));
+    for (std::size_t size = 0; size < whole.size(); ++size)
+        EXPECT_EQ(rejection(std::string_view(whole).substr(0, size)), "truncated message") << "size " << size;
+}
+
+TEST(Protocol, RejectsTrailingBytes) {
+    EXPECT_EQ(rejection(encode(Heartbeat{}) + "x"), "1 trailing bytes after the message");
+}
+
+TEST(Protocol, RejectsAnOversizedFrame) {
+    const std::string frame(kMaxFrameBytes + 1, '\x90');
+    EXPECT_EQ(rejection(frame), fmt::format("frame of {} bytes exceeds the limit of {}", kMaxFrameBytes + 1, kMaxFrameBytes));
+}
+
+TEST(Protocol, RejectsHugeDeclaredSizesWithoutAllocatingThem) {
+    // An array header claiming 2^32-1 elements in five bytes must not allocate 2^32 objects.
+    EXPECT_NE(rejection(std::string("\xdd\xff\xff\xff\xff", 5)), "accepted");
+    // A map of 2^32-1 entries, and a string of 2^32-1 bytes.
+    EXPECT_NE(rejection(std::string("\xdf\xff\xff\xff\xff", 5)), "accepted");
+    EXPECT_NE(rejection(std::string("\xdb\xff\xff\xff\xff", 5)), "accepted");
+}
+
+TEST(Protocol, RejectsDeepNesting) {
+    std::string frame(100, '\x91');  // [[[[...]]]]
+    frame += '\x90';
+    EXPECT_NE(rejection(frame), "accepted");
+}
+
+TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
+    const std::vector<std::string> seeds{encode(to_message(TaskSpec{9, TaskKind::Sleep, {.seconds = 2}}, 1, 0)),
+                                         encode(to_message(TaskResult{}))};
+    std::mt19937_64 random(7);
+    std::size_t accepted = 0;
+    for (int round = 0; round < 20000; ++round) {
+        std::string frame = seeds[random() % seeds.size()];
+        const int edits = 1 + static_cast<int>(random() % 4);
+        for (int e = 0; e < edits && !frame.empty(); ++e) {
+            const std::size_t at = random() % frame.size();
+            switch (random() % 3) {
+                case 0: frame[at] = static_cast<char>(random()); break;
+                case 1: frame.erase(at, 1); break;
+                default: frame.insert(at, 1, static_cast<char>(random())); break;
+            }
+        }
+        if (!std::holds_alternative<DecodeError>(decode(frame))) ++accepted;  // must simply not crash
+    }
+    EXPECT_LT(accepted, 20000u);
+}
+
+}  // namespace
+}  // namespace taskfarm::proto

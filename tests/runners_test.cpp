@@ -1,0 +1,146 @@
+// Every mode runs the same plan through the same executor: same ids, each exactly once.
+
+#include <algorithm>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "plan.hpp"
+#include "runner.hpp"
+#include "support.hpp"
+
+namespace taskfarm {
+namespace {
+
+struct Recorded {
+    TaskSpec task;
+    TaskResult result;
+};
+
+// Keeps every result in arrival order.
+class CollectingSink final : public ResultSink {
+public:
+    std::vector<Recorded> results;
+
+protected:
+    void begin_mode_(const std::string&, std::size_t) override {}
+    void sink_it_(const TaskSpec& task, const TaskResult& result) override { results.push_back({task, result}); }
+};
+
+RunConfig config_for(int workers, int tasks, double lo, double hi) {
+    RunConfig config;
+    config.workers = workers;
+    config.tasks = tasks;
+    config.duration_lo_s = lo;
+    config.duration_hi_s = hi;
+    config.worker_bin = testing::bin("worker");
+    return config;
+}
+
+class EveryMode : public ::testing::TestWithParam<Mode> {};
+
+TEST_P(EveryMode, RunsEachTaskExactlyOnceAndReportsIt) {
+    const RunConfig config = config_for(3, 7, 0.01, 0.05);
+    const Plan plan = make_plan(config);
+    CollectingSink sink;
+    std::stop_source never;
+    const RunReport report = make_runner(GetParam(), config, never.get_token())->run(plan, sink);
+
+    EXPECT_EQ(report.mode, to_string(GetParam()));
+    EXPECT_EQ(report.tasks, 7u);
+    EXPECT_EQ(report.ok, 7u);
+    EXPECT_EQ(report.failed, 0u);
+    EXPECT_FALSE(report.interrupted);
+    EXPECT_GT(report.wall_s, 0);
+    ASSERT_EQ(sink.results.size(), 7u);
+    std::set<TaskId> ids;
+    for (const auto& [task, result] : sink.results) {
+        ids.insert(result.id);
+        EXPECT_EQ(task.id, result.id);
+        EXPECT_TRUE(result.ok) << result.error;
+        EXPECT_EQ(result.attempt, 1u);
+        EXPECT_GE(result.slept_s, task.params.seconds);
+        EXPECT_LE(result.start_s, result.end_s);
+        EXPECT_LE(result.end_s, report.wall_s);
+    }
+    EXPECT_EQ(ids, (std::set<TaskId>{0, 1, 2, 3, 4, 5, 6}));
+}
+
+TEST_P(EveryMode, NamesTheWorkerThatRanEachTask) {
+    const RunConfig config = config_for(2, 4, 0.01, 0.01);
+    CollectingSink sink;
+    std::stop_source never;
+    make_runner(GetParam(), config, never.get_token())->run(make_plan(config), sink);
+    const std::set<std::string> allowed = GetParam() == Mode::Sequential ? std::set<std::string>{"seq"}
+                                          : GetParam() == Mode::Threads  ? std::set<std::string>{"t1", "t2"}
+                                                                         : std::set<std::string>{"w1", "w2"};
+    for (const auto& recorded : sink.results) EXPECT_TRUE(allowed.contains(recorded.result.worker)) << recorded.result.worker;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllModes, EveryMode, ::testing::ValuesIn(kAllModes),
+                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+
+class ConcurrentMode : public ::testing::TestWithParam<Mode> {};
+
+TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
+    // Four tasks on four workers, the long ones first in the plan: if they ran at once,
+    // every interval overlaps every other and the short ones arrive first.
+    RunConfig config = config_for(4, 4, 0, 0);
+    Plan plan = make_plan(config);
+    const double seconds[] = {1.2, 0.9, 0.6, 0.3};
+    for (std::size_t i = 0; i < 4; ++i) plan.tasks[i].params.seconds = seconds[i];
+    CollectingSink sink;
+    std::stop_source never;
+    make_runner(GetParam(), config, never.get_token())->run(plan, sink);
+    ASSERT_EQ(sink.results.size(), 4u);
+    std::vector<TaskId> order;
+    double latest_start = 0;
+    double earliest_end = 1e9;
+    for (const auto& recorded : sink.results) {
+        order.push_back(recorded.result.id);
+        latest_start = std::max(latest_start, recorded.result.start_s);
+        earliest_end = std::min(earliest_end, recorded.result.end_s);
+    }
+    EXPECT_EQ(order, (std::vector<TaskId>{3, 2, 1, 0}));
+    EXPECT_LT(latest_start, earliest_end) << "some task started after another had finished";
+}
+
+INSTANTIATE_TEST_SUITE_P(PoolModes, ConcurrentMode, ::testing::Values(Mode::Threads, Mode::Processes),
+                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+
+TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
+    const RunConfig config = config_for(4, 4, 0.05, 0.05);
+    CollectingSink sink;
+    std::stop_source never;
+    make_runner(Mode::Sequential, config, never.get_token())->run(make_plan(config), sink);
+    ASSERT_EQ(sink.results.size(), 4u);
+    for (std::size_t i = 0; i < 4; ++i) {
+        EXPECT_EQ(sink.results[i].result.id, i);
+        if (i > 0) {
+            EXPECT_GE(sink.results[i].result.start_s, sink.results[i - 1].result.end_s - 1e-3);
+        }
+    }
+}
+
+class StoppableMode : public ::testing::TestWithParam<Mode> {};
+
+TEST_P(StoppableMode, AStopRequestEndsTheRunEarlyAndMarksItInterrupted) {
+    const RunConfig config = config_for(2, 6, 30, 30);  // would take minutes
+    CollectingSink sink;
+    std::stop_source stop;
+    std::jthread stopper([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        stop.request_stop();
+    });
+    const RunReport report = make_runner(GetParam(), config, stop.get_token())->run(make_plan(config), sink);
+    EXPECT_TRUE(report.interrupted);
+    EXPECT_EQ(report.ok, 0u);
+    EXPECT_TRUE(sink.results.empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllModes, StoppableMode, ::testing::ValuesIn(kAllModes),
+                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+
+}  // namespace
+}  // namespace taskfarm

@@ -1,0 +1,71 @@
+#pragma once
+// Helpers for tests that run the real binaries: temp dirs, running a command and
+// collecting its exit code and output, reading JSON files, finding child processes.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace taskfarm::testing {
+
+// A fresh directory, removed with its contents at the end of the test.
+class TempDir {
+public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const std::filesystem::path& path() const { return path_; }
+    std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+private:
+    std::filesystem::path path_;
+};
+
+std::filesystem::path bin(const std::string& name);  // build/bin/<name>
+
+struct Output {
+    int exit_code = -1;
+    std::string out;
+    std::string err;
+};
+
+// Runs build/bin/<program> with `args` to completion; stdout and stderr are captured.
+Output run_binary(const std::string& program, const std::vector<std::string>& args);
+
+// A running build/bin/<program>, killed and reaped at the end of the test if still there.
+class Running {
+public:
+    Running(const std::string& program, const std::vector<std::string>& args);
+    ~Running();
+    Running(const Running&) = delete;
+    Running& operator=(const Running&) = delete;
+    pid_t pid() const { return pid_; }
+    void signal(int signo) const;
+    // Waits for the exit (killing it after `limit`) and returns exit code and output.
+    Output wait(std::chrono::seconds limit = std::chrono::seconds(60));
+    std::string out() const;  // what it printed to stdout so far
+    std::string err() const;
+
+private:
+    TempDir dir_;
+    pid_t pid_ = -1;
+};
+
+std::string read_file(const std::filesystem::path& path);
+nlohmann::json read_json(const std::filesystem::path& path);
+std::vector<nlohmann::json> read_json_lines(const std::filesystem::path& path);
+
+// Pids whose parent is `parent`, from /proc.
+std::vector<pid_t> children_of(pid_t parent);
+bool process_exists(pid_t pid);  // alive and not a zombie
+// Polls `condition` every 10 ms until it holds or `limit` passes; returns its last value.
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit);
+
+}  // namespace taskfarm::testing
