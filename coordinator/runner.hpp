@@ -5,6 +5,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 
 #include "config.hpp"
@@ -30,10 +31,14 @@ public:
     ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink);
     void record(const TaskSpec& task, TaskResult result);
     std::size_t recorded() const;
+    // Ends the wall-clock time of the mode (the last result is in); finish() calls it if
+    // nobody did. Process shutdown comes after it, and does not count.
+    void stop_clock();
     RunReport finish(bool interrupted);  // call once, after the mode's processes are reaped
 
 private:
     const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> stopped_;
     const CpuTimes cpu_at_start_ = CpuTimes::now();
     ResultSink& sink_;
     mutable std::mutex mutex_;

@@ -66,6 +66,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                                               static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns},
                               stop_);
         dispatcher.run();
+        recorder.stop_clock();
         dispatcher.shutdown_workers();
         pool.stop_all(kShutdownGrace);
     }  // every worker is reaped here, so cpu_s includes them

@@ -32,9 +32,15 @@ std::size_t ModeRecorder::recorded() const {
     return report_.ok + report_.failed;
 }
 
-RunReport ModeRecorder::finish(bool interrupted) {
+void ModeRecorder::stop_clock() {
     std::lock_guard lock(mutex_);
-    report_.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    if (!stopped_) stopped_ = std::chrono::steady_clock::now();
+}
+
+RunReport ModeRecorder::finish(bool interrupted) {
+    stop_clock();
+    std::lock_guard lock(mutex_);
+    report_.wall_s = std::chrono::duration<double>(*stopped_ - started_).count();
     report_.cpu_s = CpuTimes::now().total() - cpu_at_start_.total();
     report_.interrupted = interrupted;
     return report_;
