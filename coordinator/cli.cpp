@@ -105,6 +105,10 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     app.add_option("--results", config.results_path,
                    "append one JSON line per finished task to FILE, flushed as each arrives")
         ->type_name("FILE");
+    app.add_option("--resume", config.resume_path,
+                   "resume from the journal FILE of an earlier run of the same plan: skip the tasks it records as\n"
+                   "ok (per mode), run the rest and append their lines to FILE")
+        ->type_name("FILE");
     app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
         ->check(CLI::Range(0.001, 3600.0))
         ->capture_default_str();

@@ -30,6 +30,7 @@ struct RunConfig {
     std::filesystem::path worker_bin;  // empty: `worker` next to the coordinator binary
     std::filesystem::path json_path;
     std::filesystem::path results_path;
+    std::filesystem::path resume_path;  // a journal to resume: skip what it has as ok, append the rest
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
     double start_timeout_s = 10.0;

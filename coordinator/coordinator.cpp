@@ -11,6 +11,7 @@
 
 #include "cli.hpp"
 #include "dispatcher.hpp"
+#include "journal.hpp"
 #include "log.hpp"
 #include "plan.hpp"
 #include "process_pool.hpp"
@@ -72,6 +73,14 @@ void print_failures(const std::vector<RunReport>& reports) {
 ExitCode run(RunConfig config) {
     check_config(config);
     const Plan plan = make_plan(config);
+    Done done;
+    if (!config.resume_path.empty()) {
+        if (!config.results_path.empty() && config.results_path != config.resume_path)
+            throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
+                                          config.resume_path.string(), config.results_path.string()));
+        done = read_journal_for_resume(config.resume_path, plan);
+        config.results_path = config.resume_path;
+    }
     FanOutSink sinks;
     sinks.add(std::make_unique<ConsoleSink>(stdout));
     if (!config.results_path.empty()) sinks.add(std::make_unique<JournalSink>(config.results_path));
@@ -80,7 +89,12 @@ ExitCode run(RunConfig config) {
     std::vector<RunReport> reports;
     for (Mode mode : config.modes) {
         if (signals.token().stop_requested()) break;
-        reports.push_back(make_runner(mode, config, signals.token())->run(plan, sinks));
+        const Plan todo = remaining(plan, done[std::string(to_string(mode))]);
+        if (todo.tasks.size() < plan.tasks.size())
+            spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode),
+                         plan.tasks.size() - todo.tasks.size(), plan.tasks.size(), todo.tasks.size());
+        if (todo.tasks.empty()) continue;
+        reports.push_back(make_runner(mode, config, signals.token())->run(todo, sinks));
     }
     fmt::print("\n{}", format_table(reports));
     print_failures(reports);

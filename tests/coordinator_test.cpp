@@ -3,9 +3,12 @@
 
 #include <signal.h>
 
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <thread>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "support.hpp"
@@ -152,6 +155,82 @@ TEST(Coordinator, ThreadsModeStopsOnSigtermToo) {
     coordinator.signal(SIGTERM);
     const Output output = coordinator.wait(std::chrono::seconds(20));
     EXPECT_EQ(output.exit_code, 143) << output.err;
+}
+
+}  // namespace
+}  // namespace taskfarm
+
+namespace taskfarm {
+namespace {
+
+TEST(Resume, AfterTheCoordinatorIsKilledRunsExactlyTheRest) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "journal.jsonl").string();
+    const std::vector<std::string> plan{"--mode", "processes", "--workers", "2", "--tasks", "12", "--duration", "0.2"};
+    std::vector<std::string> first = plan;
+    first.insert(first.end(), {"--results", journal});
+    {
+        testing::Running coordinator("coordinator", first);
+        ASSERT_TRUE(testing::eventually([&] { return testing::read_json_lines(journal).size() >= 4; },
+                                        std::chrono::seconds(20)));
+        coordinator.signal(SIGKILL);
+        coordinator.wait();
+    }
+    // The kill may also have torn a line in half: resume must cut it off, not choke on it.
+    { std::ofstream(journal, std::ios::app) << R"({"mode":"processes","id":)"; }
+    std::set<int> before;
+    std::string text = testing::read_file(journal);
+    text.resize(text.rfind('\n') + 1);
+    std::istringstream complete(text);
+    for (std::string line; std::getline(complete, line);) before.insert(nlohmann::json::parse(line)["id"].get<int>());
+    ASSERT_LT(before.size(), 12u);
+
+    std::vector<std::string> again = plan;
+    again.insert(again.end(), {"--resume", journal});
+    const Output output = run_binary("coordinator", again);
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    const auto lines = testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 12u);
+    std::multiset<int> ids;
+    for (const auto& line : lines) {
+        ids.insert(line["id"].get<int>());
+        EXPECT_TRUE(line["ok"].get<bool>());
+    }
+    for (int id = 0; id < 12; ++id) EXPECT_EQ(ids.count(id), 1u) << "task " << id;
+    EXPECT_NE(output.out.find(fmt::format("{} tasks", 12 - before.size())), std::string::npos) << output.out;
+}
+
+TEST(Resume, AJournalOfAnotherPlanExitsTwoSayingSo) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "journal.jsonl").string();
+    ASSERT_EQ(run_binary("coordinator", {"--mode", "threads", "--tasks", "3", "--duration", "0.01", "--results", journal})
+                  .exit_code,
+              0);
+    const Output output =
+        run_binary("coordinator", {"--mode", "threads", "--tasks", "3", "--duration", "0.02", "--resume", journal});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("different plan"), std::string::npos) << output.err;
+    EXPECT_EQ(testing::read_json_lines(journal).size(), 3u);  // nothing appended
+}
+
+TEST(Resume, AMissingJournalExitsTwoNamingTheFlag) {
+    const Output output = run_binary("coordinator", {"--tasks", "1", "--resume", "/nonexistent/journal.jsonl"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--resume"), std::string::npos) << output.err;
+}
+
+TEST(Resume, ACompleteJournalRunsNothingAndSucceeds) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "journal.jsonl").string();
+    const std::vector<std::string> args{"--mode", "sequential", "--tasks", "2", "--duration", "0.01"};
+    auto first = args;
+    first.insert(first.end(), {"--results", journal});
+    ASSERT_EQ(run_binary("coordinator", first).exit_code, 0);
+    auto again = args;
+    again.insert(again.end(), {"--resume", journal});
+    const Output output = run_binary("coordinator", again);
+    EXPECT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(testing::read_json_lines(journal).size(), 2u);
 }
 
 }  // namespace
