@@ -1,0 +1,36 @@
+// Replays every file of the fuzz corpus and of the saved crashers through the fuzz target,
+// so ctest catches a regression of any input the fuzzer ever found interesting.
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
+
+namespace {
+
+std::vector<std::filesystem::path> inputs() {
+    std::vector<std::filesystem::path> files;
+    for (const char* dir : {"corpus/decode", "crashers/decode"})
+        for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::path(TASKFARM_FUZZ_DIR) / dir))
+            if (entry.is_regular_file()) files.push_back(entry.path());
+    return files;
+}
+
+TEST(DecodeFuzzReplay, EverySavedInputDecodesWithoutCrashing) {
+    const auto files = inputs();
+    ASSERT_GE(files.size(), 5u) << "the seed corpus is missing";
+    for (const auto& file : files) {
+        std::ifstream in(file, std::ios::binary);
+        const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        SCOPED_TRACE(file.filename().string());
+        EXPECT_EQ(LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), 0);
+    }
+}
+
+}  // namespace
