@@ -38,6 +38,13 @@ RunConfig config_for(int workers, int tasks, double lo, double hi) {
     return config;
 }
 
+// A test name for `mode`: gtest allows letters, digits and '_' only.
+std::string mode_name(const ::testing::TestParamInfo<Mode>& info) {
+    std::string name(to_string(info.param));
+    std::replace(name.begin(), name.end(), '-', '_');
+    return name;
+}
+
 class EveryMode : public ::testing::TestWithParam<Mode> {};
 
 TEST_P(EveryMode, RunsEachTaskExactlyOnceAndReportsIt) {
@@ -72,14 +79,14 @@ TEST_P(EveryMode, NamesTheWorkerThatRanEachTask) {
     CollectingSink sink;
     std::stop_source never;
     make_runner(GetParam(), config, never.get_token())->run(make_plan(config), sink);
-    const std::set<std::string> allowed = GetParam() == Mode::Sequential ? std::set<std::string>{"seq"}
-                                          : GetParam() == Mode::Threads  ? std::set<std::string>{"t1", "t2"}
-                                                                         : std::set<std::string>{"w1", "w2"};
+    const std::set<std::string> allowed = GetParam() == Mode::Sequential  ? std::set<std::string>{"seq"}
+                                          : GetParam() == Mode::Processes ? std::set<std::string>{"w1", "w2"}
+                                                                          : std::set<std::string>{"t1", "t2"};
     for (const auto& recorded : sink.results) EXPECT_TRUE(allowed.contains(recorded.result.worker)) << recorded.result.worker;
 }
 
 INSTANTIATE_TEST_SUITE_P(AllModes, EveryMode, ::testing::ValuesIn(kAllModes),
-                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+                         mode_name);
 
 class ConcurrentMode : public ::testing::TestWithParam<Mode> {};
 
@@ -106,8 +113,8 @@ TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
     EXPECT_LT(latest_start, earliest_end) << "some task started after another had finished";
 }
 
-INSTANTIATE_TEST_SUITE_P(PoolModes, ConcurrentMode, ::testing::Values(Mode::Threads, Mode::Processes),
-                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+INSTANTIATE_TEST_SUITE_P(PoolModes, ConcurrentMode, ::testing::Values(Mode::Threads, Mode::GilThreads, Mode::Processes),
+                         mode_name);
 
 TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
     const RunConfig config = config_for(4, 4, 0.05, 0.05);
@@ -140,7 +147,7 @@ TEST_P(StoppableMode, AStopRequestEndsTheRunEarlyAndMarksItInterrupted) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllModes, StoppableMode, ::testing::ValuesIn(kAllModes),
-                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+                         mode_name);
 
 }  // namespace
 }  // namespace taskfarm
