@@ -57,11 +57,11 @@ const CLI::Validator kCpuList(
             const std::vector<int> allowed = allowed_cpus();
             for (int cpu : parse_cpu_list(text))
                 if (std::find(allowed.begin(), allowed.end(), cpu) == allowed.end())
-                    return fmt::format("CPU {} in '{}' is not one this process may use ({})", cpu, text,
-                                       format_cpu_list(allowed));
+                    return fmt::format("CPU {} in '{}' is not one this process may use (it may use {})", cpu,
+                                       text, format_cpu_list(allowed));
             return "";
         } catch (const std::invalid_argument& e) {
-            return fmt::format("'{}': {}", text, e.what());
+            return fmt::format("bad CPU list '{}': {}", text, e.what());
         }
     },
     "LIST");
