@@ -121,8 +121,7 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     app.add_option("--plan", config.plan_path,
                    "run the tasks in FILE instead: JSON Lines, one task per line, e.g. {\"kind\":\"sleep\",\n"
                    "\"seconds\":0.5} or {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\");\n"
-                   "blank lines and lines starting with # are skipped. Not with --task, --tasks, --duration,\n"
-                   "--cpu-n")
+                   "blank lines and lines starting with # are skipped; a bad line stops the run before it starts")
         ->type_name("FILE")
         ->excludes(task_option)
         ->excludes(tasks_option)
@@ -169,6 +168,9 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         ->check(CLI::Range(0, 100'000))
         ->capture_default_str();
     app.footer(
+        "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
+        "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
+        "min(workers, CPUs available)); util = cpu_s / (wall_s x cpus).\n"
         "Exit status: 0 every task ok, 1 some task failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM.\n"
         "Examples: coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
         "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin");
