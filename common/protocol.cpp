@@ -95,6 +95,7 @@ Result to_message(const TaskResult& result) {
     message.error = result.error;
     message.run_s = result.run_time.count();
     message.slept_s = result.slept_s;
+    message.primes = result.primes;
     return message;
 }
 
@@ -108,6 +109,7 @@ TaskResult to_result(const Result& message, std::string worker) {
     result.worker = std::move(worker);
     result.run_time = std::chrono::duration<double>(message.run_s);
     result.slept_s = message.slept_s;
+    result.primes = message.primes;
     return result;
 }
 

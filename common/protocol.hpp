@@ -57,7 +57,8 @@ struct Result {
     std::string error;
     double run_s = 0;    // measured by the worker
     double slept_s = 0;  // sleep value
-    MSGPACK_DEFINE_MAP(type, v, id, attempt, kind, ok, error, run_s, slept_s)
+    std::uint64_t primes = 0;  // cpu value
+    MSGPACK_DEFINE_MAP(type, v, id, attempt, kind, ok, error, run_s, slept_s, primes)
 };
 
 // Either way: "I am alive". Any frame counts as a sign of life, this one says nothing else.

@@ -29,17 +29,40 @@ double speedup_vs_sequential(const std::vector<RunReport>& reports, const RunRep
     return sequential->wall_s / report.wall_s;
 }
 
+double utilisation(const RunReport& report) {
+    const double capacity = report.wall_s * std::max(report.cpus_used, 1);
+    return capacity > 0 ? report.cpu_s / capacity : 0;
+}
+
 std::string format_table(const std::vector<RunReport>& reports) {
-    std::string out = fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>8} {:>10} {:>8}\n", "mode", "workers",
-                                  "tasks", "ok", "failed", "wall_s", "speedup", "efficiency", "cpu_s");
+    std::string out = fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>8} {:>10} {:>8} {:>5} {:>5}\n", "mode",
+                                  "workers", "tasks", "ok", "failed", "wall_s", "speedup", "efficiency", "cpu_s",
+                                  "cpus", "util");
     for (const RunReport& report : reports) {
         const double speedup = speedup_vs_sequential(reports, report);
         const std::string speedup_text = speedup > 0 ? fmt::format("x{:.2f}", speedup) : "-";
         const std::string efficiency_text =
             speedup > 0 ? fmt::format("{:.0f}%", 100.0 * speedup / std::max(report.workers, 1)) : "-";
-        out += fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9.3f} {:>8} {:>10} {:>8.3f}{}\n", report.mode,
-                           report.workers, report.tasks, report.ok, report.failed, report.wall_s, speedup_text,
-                           efficiency_text, report.cpu_s, report.interrupted ? "  (interrupted)" : "");
+        out += fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9.3f} {:>8} {:>10} {:>8.3f} {:>5} {:>4.0f}%{}\n",
+                           report.mode, report.workers, report.tasks, report.ok, report.failed, report.wall_s,
+                           speedup_text, efficiency_text, report.cpu_s, report.cpus_used, 100.0 * utilisation(report),
+                           report.interrupted ? "  (interrupted)" : "");
+    }
+    return out;
+}
+
+std::string format_placement(const std::vector<RunReport>& reports) {
+    std::string out;
+    for (const RunReport& report : reports) {
+        if (std::none_of(report.placement.begin(), report.placement.end(), [](const Placement& p) { return p.cpu >= 0; }))
+            continue;
+        std::string line;
+        for (const Placement& place : report.placement) {
+            if (!line.empty()) line += ", ";
+            line += place.cpu >= 0 ? fmt::format("{} -> cpu {} (pid {})", place.worker, place.cpu, place.pid)
+                                   : fmt::format("{} -> not pinned (pid {})", place.worker, place.pid);
+        }
+        out += fmt::format("{}: {}\n", report.mode, line);
     }
     return out;
 }
@@ -48,6 +71,11 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
     const double speedup = speedup_vs_sequential(reports, report);
     nlohmann::json failures = nlohmann::json::array();
     for (const Failure& failure : report.failures) failures.push_back({{"id", failure.id}, {"error", failure.error}});
+    nlohmann::json placement = nlohmann::json::array();
+    for (const Placement& place : report.placement)
+        placement.push_back({{"worker", place.worker},
+                             {"cpu", place.cpu >= 0 ? nlohmann::json(place.cpu) : nlohmann::json(nullptr)},
+                             {"pid", place.pid}});
     return {
         {"mode", report.mode},
         {"workers", report.workers},
@@ -58,8 +86,11 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
         {"speedup_vs_sequential", speedup > 0 ? nlohmann::json(speedup) : nlohmann::json(nullptr)},
         {"efficiency", speedup > 0 ? nlohmann::json(speedup / std::max(report.workers, 1)) : nlohmann::json(nullptr)},
         {"cpu_s", report.cpu_s},
+        {"cpus_used", report.cpus_used},
+        {"utilisation", utilisation(report)},
         {"interrupted", report.interrupted},
         {"failures", failures},
+        {"placement", placement},
     };
 }
 

@@ -2,6 +2,7 @@
 // What one mode's run of a plan came to, and how modes compare.
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -16,9 +17,17 @@ struct Failure {
     std::string error;
 };
 
+// Where one worker process or thread of a mode ran.
+struct Placement {
+    std::string worker;    // "seq", "t2", "w1"
+    int cpu = -1;          // the one CPU it may run on, as the kernel reports it; -1: several
+    std::int64_t pid = 0;  // its process: the worker's, or the coordinator's for threads
+};
+
 struct RunReport {
-    std::string mode;    // "sequential", "threads", "processes"
+    std::string mode;    // "sequential", "threads", "gil-threads", "processes"
     int workers = 1;     // threads or processes that ran tasks
+    int cpus_used = 1;   // distinct pinned CPUs, or min(workers, available CPUs) when not pinned
     std::size_t tasks = 0;
     std::size_t ok = 0;
     std::size_t failed = 0;
@@ -26,7 +35,11 @@ struct RunReport {
     double cpu_s = 0;    // user + system CPU of the mode, worker processes included
     bool interrupted = false;  // stopped by a signal before every task ran
     std::vector<Failure> failures;  // in completion order
+    std::vector<Placement> placement;  // by worker name (w2 before w10); a respawned worker again
 };
+
+// cpu_s / (wall_s * cpus_used): 1 when the mode kept every CPU it had busy; 0 without wall time.
+double utilisation(const RunReport& report);
 
 // wall time of the sequential report divided by `report`'s; 0 when there is none.
 double speedup_vs_sequential(const std::vector<RunReport>& reports, const RunReport& report);
@@ -34,7 +47,12 @@ double speedup_vs_sequential(const std::vector<RunReport>& reports, const RunRep
 // The comparison table printed after the run: one row per mode.
 std::string format_table(const std::vector<RunReport>& reports);
 
-// {"mode","workers","tasks","ok","failed","wall_s","speedup_vs_sequential","cpu_s",...}
+// One line per mode whose workers were pinned, "processes: w1 -> cpu 0 (pid 4242), ...";
+// empty when nothing was pinned.
+std::string format_placement(const std::vector<RunReport>& reports);
+
+// {"mode","workers","tasks","ok","failed","wall_s","speedup_vs_sequential","cpu_s",
+//  "cpus_used","utilisation","placement":[{"worker","cpu","pid"}],...}
 nlohmann::json report_json(const std::vector<RunReport>& reports, const RunReport& report);
 
 // User + system CPU seconds of this process, and of its reaped children.

@@ -11,8 +11,9 @@
 namespace taskfarm {
 namespace {
 
-constexpr std::array<std::pair<TaskKind, std::string_view>, 1> kKindNames{{
+constexpr std::array<std::pair<TaskKind, std::string_view>, 2> kKindNames{{
     {TaskKind::Sleep, "sleep"},
+    {TaskKind::Cpu, "cpu"},
 }};
 
 }  // namespace
@@ -32,6 +33,7 @@ std::optional<TaskKind> parse_task_kind(std::string_view name) {
 nlohmann::json params_json(const TaskSpec& task) {
     switch (task.kind) {
         case TaskKind::Sleep: return {{"seconds", task.params.seconds}};
+        case TaskKind::Cpu: return {{"lo", task.params.lo}, {"hi", task.params.hi}};
     }
     return nlohmann::json::object();
 }
@@ -40,6 +42,7 @@ nlohmann::json value_json(const TaskResult& result) {
     if (!result.ok) return nullptr;
     switch (result.kind) {
         case TaskKind::Sleep: return {{"slept_s", result.slept_s}};
+        case TaskKind::Cpu: return {{"primes", result.primes}};
     }
     return nullptr;
 }
@@ -47,6 +50,7 @@ nlohmann::json value_json(const TaskResult& result) {
 std::string describe_value(const TaskResult& result) {
     switch (result.kind) {
         case TaskKind::Sleep: return fmt::format("slept {:.3f} s", result.slept_s);
+        case TaskKind::Cpu: return fmt::format("{} primes", result.primes);
     }
     return {};
 }
@@ -60,6 +64,7 @@ TaskResult run_task(const TaskSpec& task, const ExecContext& context) {
     try {
         switch (task.kind) {
             case TaskKind::Sleep: executors::run_sleep(task, context, result); break;
+            case TaskKind::Cpu: executors::run_cpu(task, context, result); break;
         }
     } catch (const std::exception& e) {
         result.ok = false;

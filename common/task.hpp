@@ -14,10 +14,12 @@
 
 namespace taskfarm {
 
+class Gil;
+
 using TaskId = std::uint64_t;
 inline constexpr TaskId kNoId = ~TaskId{0};
 
-enum class TaskKind { Sleep };
+enum class TaskKind { Sleep, Cpu };
 
 std::string_view to_string(TaskKind kind);
 std::optional<TaskKind> parse_task_kind(std::string_view name);
@@ -25,9 +27,14 @@ std::optional<TaskKind> parse_task_kind(std::string_view name);
 // Parameters of every kind in one flat struct: a kind reads only its own fields, and
 // msgpack's map encoding lets old and new peers ignore fields they do not know.
 struct TaskParams {
-    double seconds = 0;  // sleep: how long
-    MSGPACK_DEFINE_MAP(seconds)
+    double seconds = 0;     // sleep: how long
+    std::uint64_t lo = 0;   // cpu: count the primes in [lo, hi)
+    std::uint64_t hi = 0;   //      lo <= hi <= kMaxPrimeLimit
+    MSGPACK_DEFINE_MAP(seconds, lo, hi)
 };
+
+// Largest cpu `hi`: the executor sieves with the primes up to sqrt(hi), a 1 MB table here.
+inline constexpr std::uint64_t kMaxPrimeLimit = 1'000'000'000'000;
 
 struct TaskSpec {
     TaskId id = kNoId;
@@ -35,7 +42,7 @@ struct TaskSpec {
     TaskParams params;
 };
 
-// The parameters of `task` that matter for its kind, e.g. {"seconds":0.37}.
+// The parameters of `task` that matter for its kind, e.g. {"seconds":0.37} or {"lo":0,"hi":1000000}.
 nlohmann::json params_json(const TaskSpec& task);
 
 struct TaskResult {
@@ -49,9 +56,10 @@ struct TaskResult {
     double start_s = 0;  // seconds since the start of the mode, set by the runner
     double end_s = 0;
     double slept_s = 0;  // sleep: seconds actually slept
+    std::uint64_t primes = 0;  // cpu: primes in [lo, hi)
 };
 
-// The kind-specific answer of a result, e.g. {"slept_s":0.37}; null when it failed.
+// The kind-specific answer of a result, e.g. {"slept_s":0.37} or {"primes":78498}; null when it failed.
 nlohmann::json value_json(const TaskResult& result);
 
 // The value in words for the console, e.g. "slept 0.370 s".
@@ -61,6 +69,9 @@ std::string describe_value(const TaskResult& result);
 struct ExecContext {
     std::string worker;    // goes into TaskResult::worker
     std::stop_token stop;  // a requested stop cancels the running task
+    // gil-threads mode: the lock all threads share. Executors hold it while they compute
+    // and never while they block (sleep, network), as CPython threads do. Null: no lock.
+    Gil* gil = nullptr;
 };
 
 // Runs one task to completion, failure or cancellation. Never throws: every error

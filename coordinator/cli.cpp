@@ -2,16 +2,19 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "affinity.hpp"
+
 namespace taskfarm {
 namespace {
 
-constexpr std::string_view kModeNames[] = {"sequential", "threads", "processes"};
+constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
 
 std::optional<double> parse_seconds(std::string_view text) {
     double value = 0;
@@ -43,9 +46,25 @@ const CLI::Validator kDuration(
 const CLI::Validator kModeList(
     [](std::string& text) -> std::string {
         if (text == "all" || parse_mode(text)) return "";
-        return fmt::format("unknown mode '{}' (want sequential, threads, processes or all)", text);
+        return fmt::format("unknown mode '{}' (want sequential, threads, gil-threads, processes or all)", text);
     },
     "MODE");
+
+// Each CPU must be one sched_getaffinity allows: pinning to another would fail in the child.
+const CLI::Validator kCpuList(
+    [](std::string& text) -> std::string {
+        try {
+            const std::vector<int> allowed = allowed_cpus();
+            for (int cpu : parse_cpu_list(text))
+                if (std::find(allowed.begin(), allowed.end(), cpu) == allowed.end())
+                    return fmt::format("CPU {} in '{}' is not one this process may use (it may use {})", cpu,
+                                       text, format_cpu_list(allowed));
+            return "";
+        } catch (const std::invalid_argument& e) {
+            return fmt::format("bad CPU list '{}': {}", text, e.what());
+        }
+    },
+    "LIST");
 
 }  // namespace
 
@@ -71,6 +90,8 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     std::string task = "sleep";
     std::string duration = "1";
     std::vector<std::string> modes{"sequential", "threads", "processes"};
+    std::string cpus;
+    bool pin = false;
 
     CLI::App app{
         "taskfarm coordinator: runs one plan of tasks sequentially, on a pool of threads and on a pool of\n"
@@ -79,24 +100,48 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     app.add_option("-w,--workers", config.workers, "worker processes (and threads) to run tasks on")
         ->check(CLI::Range(1, 1024))
         ->capture_default_str();
-    app.add_option("-t,--task", task, "task kind: sleep")
-        ->check(CLI::IsMember({"sleep"}))
-        ->capture_default_str();
-    app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan")
-        ->check(CLI::Range(1, 100'000'000))
-        ->capture_default_str();
-    app.add_option("-d,--duration", duration,
-                   "sleep: seconds per task, or LO:HI for a uniformly random duration per task (see --seed)")
-        ->check(kDuration)
-        ->capture_default_str();
+    auto* task_option =
+        app.add_option("-t,--task", task, "task kind: sleep (waits --duration) or cpu (counts primes, see --cpu-n)")
+            ->check(CLI::IsMember({"sleep", "cpu"}))
+            ->capture_default_str();
+    auto* tasks_option = app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan")
+                             ->check(CLI::Range(1, 100'000'000))
+                             ->capture_default_str();
+    auto* duration_option =
+        app.add_option("-d,--duration", duration,
+                       "sleep: seconds per task, or LO:HI for a uniformly random duration per task (see --seed)")
+            ->check(kDuration)
+            ->capture_default_str();
+    auto* cpu_n_option =
+        app.add_option("--cpu-n", config.cpu_n,
+                       "cpu: numbers per task; task i counts the primes in [i*N, (i+1)*N). The default takes\n"
+                       "about 0.5 s of CPU per task on a current x86 core")
+            ->check(CLI::Range(std::uint64_t{1}, kMaxPrimeLimit))
+            ->capture_default_str();
+    app.add_option("--plan", config.plan_path,
+                   "run the tasks in FILE instead: JSON Lines, one task per line, e.g. {\"kind\":\"sleep\",\n"
+                   "\"seconds\":0.5} or {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\");\n"
+                   "blank lines and lines starting with # are skipped; a bad line stops the run before it starts")
+        ->type_name("FILE")
+        ->excludes(task_option)
+        ->excludes(tasks_option)
+        ->excludes(duration_option)
+        ->excludes(cpu_n_option);
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->capture_default_str();
     app.add_option("-m,--mode", modes,
                    "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
-                   "threads in the coordinator), processes (--workers worker processes over ZeroMQ), or all")
+                   "threads in the coordinator), gil-threads (the same pool, but a task must hold one global lock\n"
+                   "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
+                   "does not), processes (--workers worker processes over ZeroMQ), or all (all four)")
         ->delimiter(',')
         ->check(kModeList)
         ->capture_default_str();
+    app.add_flag("--pin", pin, "pin worker process (or thread) i to one CPU, going round the CPUs this process\n"
+                               "may use; sequential runs on the first");
+    app.add_option("--cpus", cpus, "CPUs to pin to, e.g. 0-3,6 (implies --pin); each must be one this process may\n"
+                                    "use (sched_getaffinity, see taskset)")
+        ->check(kCpuList);
     app.add_option("--prefetch", config.prefetch, "tasks a worker process may hold at once (credits)")
         ->check(CLI::Range(1, 10'000))
         ->capture_default_str();
@@ -127,16 +172,28 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         ->check(CLI::Range(0, 100'000))
         ->capture_default_str();
     app.footer(
+        "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
+        "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
+        "min(workers, CPUs available)); util = cpu_s / (wall_s x cpus).\n"
         "Exit status: 0 every task ok, 1 some task failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM.\n"
-        "Example: coordinator --workers 4 --task sleep --tasks 8 --duration 0.5");
+        "Examples: coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
+        "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin");
 
     try {
         app.parse(argc, argv);
+        if (task == "cpu" && config.cpu_n > kMaxPrimeLimit / static_cast<std::uint64_t>(config.tasks))
+            throw CLI::ValidationError(
+                "--cpu-n", fmt::format("{} tasks of {} numbers go beyond the largest number, {}; lower --cpu-n",
+                                       config.tasks, config.cpu_n, kMaxPrimeLimit));
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? ExitCode::Ok : ExitCode::Usage;
     }
 
     config.task = *parse_task_kind(task);
+    if (!cpus.empty())
+        config.pin_cpus = parse_cpu_list(cpus);
+    else if (pin)
+        config.pin_cpus = allowed_cpus();
     std::tie(config.duration_lo_s, config.duration_hi_s) = *parse_duration(duration);
     config.modes.clear();
     for (const std::string& name : modes) {

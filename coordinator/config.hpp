@@ -12,8 +12,9 @@
 
 namespace taskfarm {
 
-enum class Mode { Sequential, Threads, Processes };
-inline constexpr Mode kAllModes[] = {Mode::Sequential, Mode::Threads, Mode::Processes};
+// GilThreads: Threads, but every task computes under one shared Gil, as CPython threads do.
+enum class Mode { Sequential, Threads, GilThreads, Processes };
+inline constexpr Mode kAllModes[] = {Mode::Sequential, Mode::Threads, Mode::GilThreads, Mode::Processes};
 
 std::string_view to_string(Mode mode);
 std::optional<Mode> parse_mode(std::string_view name);
@@ -24,9 +25,13 @@ struct RunConfig {
     int tasks = 10;
     double duration_lo_s = 1.0;  // sleep seconds; a range when lo < hi
     double duration_hi_s = 1.0;
+    std::uint64_t cpu_n = 750'000'000;  // cpu: numbers per task; task i counts primes in [i*N, (i+1)*N)
+    std::filesystem::path plan_path;    // --plan: tasks from this JSON Lines file instead
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
     int prefetch = 1;
+    // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.
+    std::vector<int> pin_cpus;
     std::filesystem::path worker_bin;  // empty: `worker` next to the coordinator binary
     std::filesystem::path json_path;
     std::filesystem::path results_path;

@@ -2,13 +2,16 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "affinity.hpp"
 #include "cli.hpp"
 #include "dispatcher.hpp"
 #include "journal.hpp"
@@ -23,6 +26,10 @@ namespace taskfarm {
 namespace {
 
 void check_config(RunConfig& config) {
+    const bool pool = std::any_of(config.modes.begin(), config.modes.end(), [](Mode m) { return m != Mode::Sequential; });
+    if (pool && !config.pin_cpus.empty() && std::cmp_greater(config.workers, config.pin_cpus.size()))
+        spdlog::warn("{} workers on {} CPU(s) ({}): pinning round-robin, so some share a CPU", config.workers,
+                     config.pin_cpus.size(), format_cpu_list(config.pin_cpus));
     const bool processes = std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
     if (!processes) return;
     if (config.worker_bin.empty()) config.worker_bin = default_worker_binary();
@@ -30,27 +37,37 @@ void check_config(RunConfig& config) {
         throw ConfigError(fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
 }
 
-nlohmann::json config_json(const RunConfig& config) {
+nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
     nlohmann::json modes = nlohmann::json::array();
     for (Mode mode : config.modes) modes.push_back(to_string(mode));
     return {
         {"workers", config.workers},
-        {"tasks", config.tasks},
+        {"tasks", plan.tasks.size()},
         {"duration", {config.duration_lo_s, config.duration_hi_s}},
+        {"cpu_n", config.cpu_n},
+        {"plan", config.plan_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.plan_path.string())},
         {"seed", config.seed},
         {"modes", modes},
         {"prefetch", config.prefetch},
+        {"pin_cpus", config.pin_cpus},
         {"command", config.command_line},
     };
 }
 
-void write_json(const RunConfig& config, const std::vector<RunReport>& reports) {
+// The kind of every task in the plan, or "mixed".
+std::string_view plan_kind(const Plan& plan) {
+    const TaskKind first = plan.tasks.front().kind;
+    const bool same = std::all_of(plan.tasks.begin(), plan.tasks.end(), [&](const TaskSpec& t) { return t.kind == first; });
+    return same ? to_string(first) : "mixed";
+}
+
+void write_json(const RunConfig& config, const Plan& plan, const std::vector<RunReport>& reports) {
     nlohmann::json runs = nlohmann::json::array();
     for (const RunReport& report : reports) runs.push_back(report_json(reports, report));
     const nlohmann::json document = {
         {"version", 1},
-        {"task", to_string(config.task)},
-        {"config", config_json(config)},
+        {"task", plan_kind(plan)},
+        {"config", config_json(config, plan)},
         {"runs", runs},
     };
     // Temp file + rename: a reader never sees half a report.
@@ -97,9 +114,11 @@ ExitCode run(RunConfig config) {
         reports.push_back(make_runner(mode, config, signals.token())->run(todo, sinks));
     }
     fmt::print("\n{}", format_table(reports));
+    if (const std::string placement = format_placement(reports); !placement.empty())
+        fmt::print("\nplacement (worker -> cpu, pid):\n{}", placement);
     print_failures(reports);
     std::fflush(stdout);
-    if (!config.json_path.empty()) write_json(config, reports);
+    if (!config.json_path.empty()) write_json(config, plan, reports);
 
     if (signals.signal() == SIGINT) return ExitCode::Interrupted;
     if (signals.signal() == SIGTERM) return ExitCode::Terminated;

@@ -22,7 +22,8 @@ Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& pla
 }
 
 void Dispatcher::run() {
-    for (int i = 0; i < options_.workers; ++i) spawn(fmt::format("w{}", i + 1));
+    for (std::size_t i = 0; i < static_cast<std::size_t>(options_.workers); ++i)
+        spawn(fmt::format("w{}", i + 1), options_.cpus.empty() ? -1 : options_.cpus[i % options_.cpus.size()]);
     next_heartbeat_ = Clock::now() + options_.heartbeat_interval;
     while (finished_ < plan_.tasks.size() && !stop_.stop_requested()) {
         zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
@@ -40,9 +41,9 @@ void Dispatcher::shutdown_workers() {
     for (const auto& [identity, worker] : workers_) send(identity, frame);
 }
 
-void Dispatcher::spawn(const std::string& name) {
-    const pid_t pid = pool_.spawn(name);
-    spawned_[pid] = Spawned{name, Clock::now()};
+void Dispatcher::spawn(const std::string& name, int cpu) {
+    const pid_t pid = pool_.spawn(name, cpu);
+    spawned_[pid] = Spawned{name, cpu, Clock::now()};
 }
 
 void Dispatcher::drain_incoming() {
@@ -79,10 +80,14 @@ void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello
     const pid_t pid = static_cast<pid_t>(hello.pid);
     if (auto spawned = spawned_.find(pid); spawned != spawned_.end()) {
         spawned->second.said_hello = true;
+        if (spawned->second.cpu >= 0 && spawned->second.cpu != hello.cpu)
+            spdlog::warn("worker {} (pid {}) was to run on cpu {} only, but reports {}", hello.name, hello.pid,
+                         spawned->second.cpu, hello.cpu >= 0 ? fmt::format("cpu {}", hello.cpu) : "several CPUs");
     } else {
         spdlog::info("worker {} (pid {} on {}) attached", hello.name, hello.pid, hello.host);
     }
     workers_[identity] = WorkerState{hello.name, pid, hello.cpu, {}, Clock::now()};
+    recorder_.place({hello.name, hello.cpu, hello.pid});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
     if (!dispatching_)
         dispatching_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
@@ -189,28 +194,33 @@ void Dispatcher::lose_worker(const std::string& identity, const std::string& rea
     spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
     for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
         retry_or_fail(*attempt, lost.name, reason);
-    if (spawned_.erase(lost.pid) > 0) pool_.kill(lost.pid);
-    replace(lost.name);
+    int cpu = -1;
+    if (const auto spawned = spawned_.find(lost.pid); spawned != spawned_.end()) {
+        cpu = spawned->second.cpu;
+        spawned_.erase(spawned);
+        pool_.kill(lost.pid);
+    }
+    replace(lost.name, cpu);
 }
 
 void Dispatcher::lose_unconnected(pid_t pid, const std::string& reason) {
     const auto spawned = spawned_.find(pid);
     if (spawned == spawned_.end()) return;
-    const std::string name = spawned->second.name;
+    const Spawned lost = spawned->second;
     spawned_.erase(spawned);
     if (!dispatching_) throw RunError(fmt::format("{} before saying hello", reason));
     spdlog::warn("{}", reason);
-    replace(name);
+    replace(lost.name, lost.cpu);
 }
 
-void Dispatcher::replace(const std::string& name) {
+void Dispatcher::replace(const std::string& name, int cpu) {
     if (finished_ >= plan_.tasks.size() || stop_.stop_requested()) return;
     if (respawns_ >= options_.max_respawns) {
         spdlog::error("not replacing worker {}: --max-respawns {} used up", name, options_.max_respawns);
         return;
     }
     ++respawns_;
-    spawn(name);
+    spawn(name, cpu);
 }
 
 void Dispatcher::retry_or_fail(Attempt attempt, const std::string& worker, const std::string& reason) {

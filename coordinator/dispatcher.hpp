@@ -37,6 +37,7 @@ struct DispatchOptions {
     std::chrono::milliseconds start_timeout{10000};
     std::uint32_t max_attempts = 3;
     int max_respawns = 10;
+    std::vector<int> cpus{};  // worker i (and its replacements) pinned to cpus[i % size]; empty: not pinned
 };
 
 class Dispatcher {
@@ -67,6 +68,7 @@ private:
     };
     struct Spawned {
         std::string name;
+        int cpu = -1;  // asked to pin it to; -1: not pinned
         Clock::time_point started;
         bool said_hello = false;
     };
@@ -75,7 +77,7 @@ private:
         std::size_t suppressed = 0;
     };
 
-    void spawn(const std::string& name);
+    void spawn(const std::string& name, int cpu);
     void drain_incoming();
     void on_frame(const std::string& identity, std::string_view frame);
     void on_hello(const std::string& identity, const proto::Hello& hello);
@@ -87,7 +89,7 @@ private:
     void dispatch();
     void lose_worker(const std::string& identity, const std::string& reason);
     void lose_unconnected(pid_t pid, const std::string& reason);
-    void replace(const std::string& name);
+    void replace(const std::string& name, int cpu);
     void retry_or_fail(Attempt attempt, const std::string& worker, const std::string& reason);
     void fail_pending(const std::string& reason);
     bool send(const std::string& identity, std::string_view frame);

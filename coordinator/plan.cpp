@@ -1,7 +1,18 @@
 #include "plan.hpp"
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <fstream>
+#include <optional>
 #include <random>
+#include <set>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "errors.hpp"
 
 namespace taskfarm {
 namespace {
@@ -12,9 +23,142 @@ double unit_interval(std::mt19937_64& generator) { return static_cast<double>(ge
 
 double round_to_ms(double seconds) { return std::round(seconds * 1000.0) / 1000.0; }
 
+// What is wrong with one plan line; read_plan() adds the file name and line number.
+struct LineError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The fields of one plan line. Each getter checks the type of its field and remembers that
+// it was read, so that finish() can reject a field nobody reads (a typo, most likely).
+class Fields {
+public:
+    explicit Fields(const nlohmann::json& line) : line_(line) {}
+
+    bool has(const char* key) const { return line_.contains(key); }
+
+    std::optional<double> seconds(const char* key) {
+        const nlohmann::json* value = take(key);
+        if (!value) return std::nullopt;
+        if (!value->is_number() || !std::isfinite(value->get<double>()) || value->get<double>() < 0)
+            throw LineError(fmt::format("\"{}\" must be a number of seconds >= 0, not {}", key, value->dump()));
+        return value->get<double>();
+    }
+
+    std::optional<std::uint64_t> count(const char* key) {
+        const nlohmann::json* value = take(key);
+        if (!value) return std::nullopt;
+        if (!value->is_number_unsigned())
+            throw LineError(fmt::format("\"{}\" must be a whole number >= 0, not {}", key, value->dump()));
+        return value->get<std::uint64_t>();
+    }
+
+    std::optional<std::string> text(const char* key) {
+        const nlohmann::json* value = take(key);
+        if (!value) return std::nullopt;
+        if (!value->is_string()) throw LineError(fmt::format("\"{}\" must be a string, not {}", key, value->dump()));
+        return value->get<std::string>();
+    }
+
+    void finish() const {
+        for (const auto& [key, value] : line_.items())
+            if (!read_.contains(key)) throw LineError(fmt::format("unknown field \"{}\"", key));
+    }
+
+private:
+    const nlohmann::json* take(const char* key) {
+        read_.insert(key);
+        const auto found = line_.find(key);
+        return found == line_.end() ? nullptr : &*found;
+    }
+
+    const nlohmann::json& line_;
+    std::set<std::string> read_;
+};
+
+TaskParams sleep_params(Fields& fields) {
+    const auto seconds = fields.seconds("seconds");
+    if (!seconds) throw LineError("sleep needs \"seconds\"");
+    return TaskParams{.seconds = *seconds};
+}
+
+TaskParams cpu_params(Fields& fields) {
+    if (fields.has("n") && (fields.has("lo") || fields.has("hi")))
+        throw LineError("cpu takes \"n\" or \"lo\" and \"hi\", not both");
+    TaskParams params;
+    if (const auto n = fields.count("n")) {
+        params.hi = *n;
+    } else {
+        const auto lo = fields.count("lo");
+        const auto hi = fields.count("hi");
+        if (!lo || !hi) throw LineError("cpu needs \"n\", or \"lo\" and \"hi\"");
+        if (*lo > *hi) throw LineError(fmt::format("cpu \"lo\" {} is above \"hi\" {}", *lo, *hi));
+        params.lo = *lo;
+        params.hi = *hi;
+    }
+    if (params.hi > kMaxPrimeLimit)
+        throw LineError(fmt::format("cpu range end {} is above the limit {}", params.hi, kMaxPrimeLimit));
+    return params;
+}
+
+// One branch per task kind: a new kind adds its case and its *_params function.
+TaskSpec parse_line(const std::string& text) {
+    nlohmann::json line;
+    try {
+        line = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+        // e.what() starts with "[json.exception.parse_error.101] ", which helps nobody here.
+        const std::string what = e.what();
+        throw LineError(fmt::format("not JSON: {}", what.substr(what.find("] ") + 2)));
+    }
+    if (!line.is_object()) throw LineError(fmt::format("want a JSON object like {{\"kind\":\"sleep\",\"seconds\":1}}, not {}", line.dump()));
+    Fields fields(line);
+    const auto kind_name = fields.text("kind");
+    if (!kind_name) throw LineError("no \"kind\"");
+    const auto kind = parse_task_kind(*kind_name);
+    if (!kind) throw LineError(fmt::format("unknown kind \"{}\" (want sleep or cpu)", *kind_name));
+    TaskSpec task;
+    task.kind = *kind;
+    switch (*kind) {
+        case TaskKind::Sleep: task.params = sleep_params(fields); break;
+        case TaskKind::Cpu: task.params = cpu_params(fields); break;
+    }
+    fields.finish();
+    return task;
+}
+
+bool skipped(const std::string& line) {
+    const auto first = line.find_first_not_of(" \t\r");
+    return first == std::string::npos || line[first] == '#';
+}
+
 }  // namespace
 
+Plan read_plan(std::istream& in, const std::string& name) {
+    Plan plan;
+    std::size_t number = 0;
+    for (std::string line; std::getline(in, line);) {
+        ++number;
+        if (skipped(line)) continue;
+        try {
+            TaskSpec task = parse_line(line);
+            task.id = static_cast<TaskId>(plan.tasks.size());
+            plan.tasks.push_back(task);
+        } catch (const LineError& e) {
+            throw ConfigError(fmt::format("{}:{}: {}", name, number, e.what()));
+        }
+    }
+    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name, number + 1));
+    if (plan.tasks.empty()) throw ConfigError(fmt::format("{}: no tasks in the plan", name));
+    return plan;
+}
+
 Plan make_plan(const RunConfig& config) {
+    if (!config.plan_path.empty()) {
+        std::ifstream in(config.plan_path);
+        if (!in)
+            throw ConfigError(fmt::format("--plan: cannot open '{}': {}", config.plan_path.string(), std::strerror(errno)));
+        return read_plan(in, config.plan_path.string());
+    }
     Plan plan;
     plan.tasks.reserve(static_cast<std::size_t>(config.tasks));
     std::mt19937_64 generator(config.seed);
@@ -22,9 +166,18 @@ Plan make_plan(const RunConfig& config) {
         TaskSpec task;
         task.id = static_cast<TaskId>(i);
         task.kind = config.task;
-        const double span = config.duration_hi_s - config.duration_lo_s;
-        task.params.seconds =
-            span > 0 ? round_to_ms(config.duration_lo_s + span * unit_interval(generator)) : config.duration_lo_s;
+        switch (config.task) {
+            case TaskKind::Sleep: {
+                const double span = config.duration_hi_s - config.duration_lo_s;
+                task.params.seconds =
+                    span > 0 ? round_to_ms(config.duration_lo_s + span * unit_interval(generator)) : config.duration_lo_s;
+                break;
+            }
+            case TaskKind::Cpu:
+                task.params.lo = task.id * config.cpu_n;
+                task.params.hi = (task.id + 1) * config.cpu_n;
+                break;
+        }
         plan.tasks.push_back(task);
     }
     return plan;

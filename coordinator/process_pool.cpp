@@ -1,5 +1,6 @@
 #include "process_pool.hpp"
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -38,6 +39,21 @@ struct DieWithParent {
     }
 };
 
+// Runs in the child between fork and exec, so the pin holds before the worker's first
+// instruction. The set is built in the parent: the child only makes the system call.
+struct PinToCpu {
+    bool pin = false;
+    cpu_set_t set{};
+    explicit PinToCpu(int cpu) : pin(cpu >= 0) {
+        CPU_ZERO(&set);
+        if (pin) CPU_SET(cpu, &set);
+    }
+    template <typename Executor>
+    void operator()(Executor&) const {
+        if (pin) ::sched_setaffinity(0, sizeof set, &set);  // a failure shows as cpu -1 in HELLO
+    }
+};
+
 std::string describe_status(int status) {
     if (WIFSIGNALED(status)) return fmt::format("signal {}", WTERMSIG(status));
     if (WIFEXITED(status)) return fmt::format("exit code {}", WEXITSTATUS(status));
@@ -62,7 +78,7 @@ ProcessPool::~ProcessPool() {
     }
 }
 
-pid_t ProcessPool::spawn(const std::string& name) {
+pid_t ProcessPool::spawn(const std::string& name, int cpu) {
     std::vector<std::string> args{
         "--connect",           launch_.endpoint,
         "--name",              name,
@@ -72,9 +88,10 @@ pid_t ProcessPool::spawn(const std::string& name) {
     };
     auto child = std::make_unique<Child>(Child{
         name, bp::child(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null,
-                        bp::std_in < bp::null, bp::extend::on_exec_setup = DieWithParent{})});
+                        bp::std_in < bp::null, bp::extend::on_exec_setup = DieWithParent{},
+                        bp::extend::on_exec_setup = PinToCpu(cpu))});
     const pid_t pid = child->process.id();
-    spdlog::debug("started worker {} (pid {})", name, pid);
+    spdlog::debug("started worker {} (pid {}, cpu {})", name, pid, cpu);
     children_.push_back(std::move(child));
     return pid;
 }

@@ -34,8 +34,10 @@ public:
     ProcessPool& operator=(const ProcessPool&) = delete;
 
     // Starts `worker --connect ENDPOINT --name NAME`; it dies with this process
-    // (PR_SET_PDEATHSIG, set between fork and exec). Throws when it cannot start.
-    pid_t spawn(const std::string& name);
+    // (PR_SET_PDEATHSIG, set between fork and exec). With cpu >= 0 it runs only on that
+    // CPU from its first instruction (also set before exec); if the kernel refuses, it runs
+    // unpinned and says so in its HELLO. Throws when it cannot start.
+    pid_t spawn(const std::string& name, int cpu = -1);
 
     // Reaps the workers that exited since the last call, without blocking.
     std::vector<WorkerExit> reap_exited();

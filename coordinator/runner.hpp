@@ -30,6 +30,8 @@ class ModeRecorder {
 public:
     ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink);
     void record(const TaskSpec& task, TaskResult result);
+    // Notes where a worker or thread runs, for the report's placement and cpus_used.
+    void place(Placement placement);
     std::size_t recorded() const;
     // Ends the wall-clock time of the mode (the last result is in); finish() calls it if
     // nobody did. Process shutdown comes after it, and does not count.

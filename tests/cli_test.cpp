@@ -1,5 +1,8 @@
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
+#include "affinity.hpp"
 #include "cli.hpp"
 
 namespace taskfarm {
@@ -47,9 +50,41 @@ TEST(Cli, ReadsEveryValue) {
     EXPECT_EQ(config.results_path, "r.jsonl");
 }
 
-TEST(Cli, AllMeansEveryMode) {
+TEST(Cli, AllMeansEveryModeGilThreadsIncluded) {
     const auto parsed = parse({"--mode", "all"});
-    EXPECT_EQ(std::get<RunConfig>(parsed.result).modes, (std::vector<Mode>(std::begin(kAllModes), std::end(kAllModes))));
+    EXPECT_EQ(std::get<RunConfig>(parsed.result).modes,
+              (std::vector<Mode>{Mode::Sequential, Mode::Threads, Mode::GilThreads, Mode::Processes}));
+}
+
+TEST(Cli, ReadsCpuTasksAndGilThreads) {
+    const auto parsed = parse({"--task", "cpu", "--cpu-n", "2000000", "--mode", "gil-threads,threads"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    EXPECT_EQ(config.task, TaskKind::Cpu);
+    EXPECT_EQ(config.cpu_n, 2'000'000u);
+    EXPECT_EQ(config.modes, (std::vector<Mode>{Mode::GilThreads, Mode::Threads}));
+    EXPECT_TRUE(config.pin_cpus.empty());
+}
+
+TEST(Cli, PinUsesEveryAllowedCpuAndCpusChoosesThem) {
+    EXPECT_EQ(std::get<RunConfig>(parse({"--pin"}).result).pin_cpus, allowed_cpus());
+    const int last = allowed_cpus().back();
+    const auto chosen = parse({"--cpus", std::to_string(last)});
+    EXPECT_EQ(std::get<RunConfig>(chosen.result).pin_cpus, (std::vector<int>{last}));
+    const auto both = parse({"--pin", "--cpus", std::to_string(last)});
+    EXPECT_EQ(std::get<RunConfig>(both.result).pin_cpus, (std::vector<int>{last}));
+}
+
+TEST(Cli, ReadsAPlanPath) {
+    const auto parsed = parse({"--plan", "tasks.jsonl", "--workers", "2"});
+    EXPECT_EQ(std::get<RunConfig>(parsed.result).plan_path, "tasks.jsonl");
+}
+
+// The first CPU this process may not use: a valid number that --cpus must refuse.
+int forbidden_cpu() {
+    const std::vector<int> allowed = allowed_cpus();
+    int cpu = 0;
+    while (std::find(allowed.begin(), allowed.end(), cpu) != allowed.end()) ++cpu;
+    return cpu;
 }
 
 TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
@@ -60,7 +95,8 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
     EXPECT_EQ(std::get<ExitCode>(result), ExitCode::Ok);
     for (const char* flag : {"--workers", "--task", "--tasks", "--duration", "--seed", "--mode", "--prefetch",
                              "--worker-bin", "--json", "--results", "--heartbeat-interval", "--heartbeat-timeout",
-                             "--start-timeout", "--max-attempts", "--max-respawns"})
+                             "--start-timeout", "--max-attempts", "--max-respawns", "--cpu-n", "--pin", "--cpus",
+                             "--plan", "gil-threads", "cpu"})
         EXPECT_NE(help.find(flag), std::string::npos) << flag;
 }
 
@@ -92,7 +128,21 @@ INSTANTIATE_TEST_SUITE_P(
                       BadValue{{"--tasks", "-3"}, "--tasks", "-3"}, BadValue{{"--tasks", "0"}, "--tasks", "0"},
                       BadValue{{"--prefetch", "0"}, "--prefetch", "0"},
                       BadValue{{"--heartbeat-timeout", "0"}, "--heartbeat-timeout", "0"},
-                      BadValue{{"--nope"}, "--nope", "--nope"}));
+                      BadValue{{"--nope"}, "--nope", "--nope"},
+                      BadValue{{"--mode", "gil_threads"}, "--mode", "gil_threads"},
+                      BadValue{{"--cpu-n", "0"}, "--cpu-n", "0"}, BadValue{{"--cpu-n", "-5"}, "--cpu-n", "-5"},
+                      BadValue{{"--cpu-n", "1e3"}, "--cpu-n", "1e3"},
+                      BadValue{{"--cpu-n", "1000000000001"}, "--cpu-n", "1000000000001"},
+                      BadValue{{"--task", "cpu", "--tasks", "2000", "--cpu-n", "1000000000"}, "--cpu-n", "1000000000"},
+                      BadValue{{"--cpus", ""}, "--cpus", "empty item"}, BadValue{{"--cpus", "x"}, "--cpus", "'x'"},
+                      BadValue{{"--cpus", "0-"}, "--cpus", "0-"}, BadValue{{"--cpus", "1-0"}, "--cpus", "1-0"},
+                      BadValue{{"--cpus", "0,0"}, "--cpus", "0,0"}, BadValue{{"--cpus", "0,,1"}, "--cpus", "0,,1"},
+                      BadValue{{"--cpus", "5000"}, "--cpus", "5000"},
+                      BadValue{{"--cpus", std::to_string(forbidden_cpu())}, "--cpus", std::to_string(forbidden_cpu())},
+                      BadValue{{"--plan", "p.jsonl", "--task", "cpu"}, "--plan", "--task"},
+                      BadValue{{"--plan", "p.jsonl", "--tasks", "3"}, "--plan", "--tasks"},
+                      BadValue{{"--duration", "2", "--plan", "p.jsonl"}, "--plan", "--duration"},
+                      BadValue{{"--plan", "p.jsonl", "--cpu-n", "9"}, "--plan", "--cpu-n"}));
 
 }  // namespace
 }  // namespace taskfarm

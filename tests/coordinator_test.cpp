@@ -3,7 +3,9 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -11,6 +13,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "affinity.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -155,6 +158,199 @@ TEST(Coordinator, ThreadsModeStopsOnSigtermToo) {
     coordinator.signal(SIGTERM);
     const Output output = coordinator.wait(std::chrono::seconds(20));
     EXPECT_EQ(output.exit_code, 143) << output.err;
+}
+
+// The CPUs a process (or thread: /proc/PID/task/TID) may run on, from its status file.
+std::string cpus_allowed_list(const std::filesystem::path& proc_dir) {
+    std::istringstream status(testing::read_file(proc_dir / "status"));
+    for (std::string line; std::getline(status, line);)
+        if (line.rfind("Cpus_allowed_list:", 0) == 0) return line.substr(line.find_first_not_of(" \t", 18));
+    return "";
+}
+
+bool is_one_cpu(const std::string& list) { return !list.empty() && list.find_first_of(",-") == std::string::npos; }
+
+TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
+    if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--pin", "--workers", "2", "--tasks", "2",
+                                                 "--duration", "60"});
+    std::vector<pid_t> workers;
+    testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 2; },
+                        std::chrono::seconds(10));
+    ASSERT_EQ(workers.size(), 2u) << coordinator.err();
+    std::set<std::string> cpus;
+    for (pid_t worker : workers) {
+        const std::string list = cpus_allowed_list(std::filesystem::path("/proc") / std::to_string(worker));
+        EXPECT_TRUE(is_one_cpu(list)) << "worker " << worker << " may run on " << list;
+        cpus.insert(list);
+    }
+    EXPECT_EQ(cpus.size(), 2u);
+    coordinator.signal(SIGTERM);
+    EXPECT_EQ(coordinator.wait(std::chrono::seconds(20)).exit_code, 143);
+}
+
+TEST(Pinning, EachPoolThreadMayRunOnOneCpuOnlyAndTheyDiffer) {
+    if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
+    testing::Running coordinator("coordinator",
+                                 {"--mode", "threads", "--pin", "--workers", "2", "--tasks", "2", "--duration", "60"});
+    // The pool's two threads are pinned; the main and signal threads are not.
+    const auto tasks = std::filesystem::path("/proc") / std::to_string(coordinator.pid()) / "task";
+    std::multiset<std::string> pinned;
+    testing::eventually(
+        [&] {
+            pinned.clear();
+            std::error_code ec;
+            for (const auto& thread : std::filesystem::directory_iterator(tasks, ec))
+                if (const std::string list = cpus_allowed_list(thread.path()); is_one_cpu(list)) pinned.insert(list);
+            return pinned.size() == 2;
+        },
+        std::chrono::seconds(10));
+    EXPECT_EQ(pinned.size(), 2u) << coordinator.err();
+    EXPECT_EQ(std::set<std::string>(pinned.begin(), pinned.end()).size(), 2u);
+    coordinator.signal(SIGTERM);
+    EXPECT_EQ(coordinator.wait(std::chrono::seconds(20)).exit_code, 143);
+}
+
+TEST(Pinning, ThePlacementIsInTheReportAndTheJson) {
+    testing::TempDir dir;
+    const std::vector<int> cpus = allowed_cpus();
+    const Output output = run_binary("coordinator", {"--mode", "all", "--pin", "--workers", "2", "--task", "cpu",
+                                                     "--tasks", "4", "--cpu-n", "100000", "--json",
+                                                     (dir / "report.json").string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_NE(output.out.find("placement (worker -> cpu, pid):"), std::string::npos) << output.out;
+    EXPECT_NE(output.out.find(fmt::format("processes: w1 -> cpu {} (pid ", cpus[0])), std::string::npos) << output.out;
+    EXPECT_NE(output.out.find(fmt::format("threads: t1 -> cpu {} (pid ", cpus[0])), std::string::npos) << output.out;
+
+    const auto report = testing::read_json(dir / "report.json");
+    EXPECT_EQ(report["config"]["pin_cpus"], cpus);
+    ASSERT_EQ(report["runs"].size(), 4u);
+    for (const auto& run : report["runs"]) {
+        const bool sequential = run["mode"] == "sequential";
+        const std::string prefix = run["mode"] == "processes" ? "w" : "t";
+        ASSERT_EQ(run["placement"].size(), sequential ? 1u : 2u) << run["mode"];
+        for (std::size_t i = 0; i < run["placement"].size(); ++i) {
+            const auto& place = run["placement"][i];
+            EXPECT_EQ(place["worker"], sequential ? "seq" : prefix + std::to_string(i + 1));
+            EXPECT_EQ(place["cpu"], cpus[i % cpus.size()]);
+            EXPECT_GT(place["pid"].get<int>(), 0);
+        }
+        EXPECT_EQ(run["cpus_used"], sequential ? 1 : std::min<int>(2, static_cast<int>(cpus.size())));
+        EXPECT_GE(run["utilisation"].get<double>(), 0.0);
+    }
+    // Worker processes have pids of their own, threads share the coordinator's.
+    EXPECT_NE(report["runs"][3]["placement"][0]["pid"], report["runs"][3]["placement"][1]["pid"]);
+    EXPECT_EQ(report["runs"][1]["placement"][0]["pid"], report["runs"][1]["placement"][1]["pid"]);
+}
+
+TEST(Pinning, MoreWorkersThanCpusIsAWarningAndRoundRobin) {
+    testing::TempDir dir;
+    const std::vector<int> cpus = allowed_cpus();
+    const int workers = static_cast<int>(cpus.size()) + 1;
+    const Output output =
+        run_binary("coordinator", {"--mode", "threads", "--pin", "--workers", std::to_string(workers), "--tasks", "1",
+                                   "--duration", "0", "--json", (dir / "report.json").string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_NE(output.err.find("pinning round-robin"), std::string::npos) << output.err;
+    const auto placement = testing::read_json(dir / "report.json")["runs"][0]["placement"];
+    ASSERT_EQ(placement.size(), static_cast<std::size_t>(workers));
+    EXPECT_EQ(placement[workers - 1]["cpu"], cpus[0]);
+}
+
+TEST(Pinning, ACpuThisProcessMayNotUseExitsTwoNamingCpus) {
+    const std::vector<int> allowed = allowed_cpus();
+    int outside = 0;
+    while (std::find(allowed.begin(), allowed.end(), outside) != allowed.end()) ++outside;
+    const std::string list = fmt::format("{}-{}", allowed.front(), outside);
+    const Output output = run_binary("coordinator", {"--cpus", list, "--tasks", "1", "--duration", "0"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--cpus"), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find(list), std::string::npos) << output.err;
+    EXPECT_TRUE(output.out.empty()) << output.out;
+}
+
+TEST(CpuTasks, EveryModeGivesTheSameValuesAndTheJournalHasThem) {
+    testing::TempDir dir;
+    const Output output = run_binary("coordinator", {"--mode", "all", "--workers", "2", "--task", "cpu", "--tasks", "5",
+                                                     "--cpu-n", "200000", "--results", (dir / "r.jsonl").string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    std::map<std::string, std::map<int, std::uint64_t>> primes;
+    for (const auto& line : testing::read_json_lines(dir / "r.jsonl")) {
+        EXPECT_EQ(line["kind"], "cpu");
+        const int id = line["id"].get<int>();
+        EXPECT_EQ(line["params"]["lo"], id * 200'000);
+        EXPECT_EQ(line["params"]["hi"], (id + 1) * 200'000);
+        primes[line["mode"]][id] = line["value"]["primes"].get<std::uint64_t>();
+    }
+    // pi(200000) = 17984, then the primes in each next 200000 numbers.
+    const std::map<int, std::uint64_t> expected{{0, 17'984}, {1, 15'876}, {2, 15'238}, {3, 14'853}, {4, 14'547}};
+    for (const char* mode : {"sequential", "threads", "gil-threads", "processes"})
+        EXPECT_EQ(primes[mode], expected) << mode;
+    EXPECT_NE(output.out.find("gil-threads task"), std::string::npos);
+    EXPECT_NE(output.out.find(": 17984 primes"), std::string::npos) << output.out;
+}
+
+void write_file(const std::filesystem::path& path, const std::string& text) {
+    std::ofstream out(path);
+    out << text;
+}
+
+TEST(PlanFile, RunsAMixedPlanInEveryMode) {
+    testing::TempDir dir;
+    write_file(dir / "plan.jsonl",
+               "# two sleeps and two prime counts\n"
+               "{\"kind\":\"sleep\",\"seconds\":0.05}\n"
+               "{\"kind\":\"cpu\",\"n\":1000000}\n"
+               "\n"
+               "{\"kind\":\"cpu\",\"lo\":100,\"hi\":200}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0.02}\n");
+    const Output output =
+        run_binary("coordinator", {"--mode", "all", "--workers", "2", "--plan", (dir / "plan.jsonl").string(),
+                                   "--results", (dir / "r.jsonl").string(), "--json", (dir / "report.json").string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    const auto lines = testing::read_json_lines(dir / "r.jsonl");
+    ASSERT_EQ(lines.size(), 16u);
+    for (const auto& line : lines) {
+        const int id = line["id"].get<int>();
+        EXPECT_EQ(line["kind"], id == 0 || id == 3 ? "sleep" : "cpu") << line.dump();
+        if (id == 0) {
+            EXPECT_GE(line["value"]["slept_s"].get<double>(), 0.05);
+        } else if (id == 1) {
+            EXPECT_EQ(line["value"]["primes"], 78'498);
+        } else if (id == 2) {
+            EXPECT_EQ(line["value"]["primes"], 21);
+        }
+    }
+    const auto report = testing::read_json(dir / "report.json");
+    EXPECT_EQ(report["task"], "mixed");
+    EXPECT_EQ(report["config"]["tasks"], 4);
+    EXPECT_EQ(report["config"]["plan"], (dir / "plan.jsonl").string());
+}
+
+TEST(PlanFile, ABadLineExitsTwoNamingFileAndLineBeforeAnythingRuns) {
+    testing::TempDir dir;
+    const std::string plan = (dir / "plan.jsonl").string();
+    write_file(plan, "{\"kind\":\"sleep\",\"seconds\":0.01}\n# fine so far\n{\"kind\":\"teleport\"}\n");
+    const Output output = run_binary("coordinator", {"--plan", plan, "--results", (dir / "r.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find(plan + ":3: unknown kind \"teleport\""), std::string::npos) << output.err;
+    EXPECT_TRUE(output.out.empty()) << output.out;
+    EXPECT_FALSE(std::filesystem::exists(dir / "r.jsonl"));
+}
+
+TEST(PlanFile, WithTaskIsAnError) {
+    testing::TempDir dir;
+    write_file(dir / "plan.jsonl", "{\"kind\":\"sleep\",\"seconds\":0}\n");
+    const Output output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string(), "--task", "cpu"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--plan"), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find("--task"), std::string::npos) << output.err;
+}
+
+TEST(PlanFile, AMissingFileExitsTwoNamingIt) {
+    const Output output = run_binary("coordinator", {"--plan", "/nonexistent/plan.jsonl"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--plan: cannot open '/nonexistent/plan.jsonl'"), std::string::npos) << output.err;
 }
 
 }  // namespace

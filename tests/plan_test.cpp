@@ -1,6 +1,12 @@
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "errors.hpp"
 #include "plan.hpp"
+#include "support.hpp"
 
 namespace taskfarm {
 namespace {
@@ -51,6 +57,108 @@ TEST(Plan, KnownSeedGivesKnownDurations) {
     EXPECT_EQ(plan.tasks[0].params.seconds, 2.205);
     EXPECT_EQ(plan.tasks[1].params.seconds, 2.228);
     EXPECT_EQ(plan.tasks[2].params.seconds, 5.061);
+}
+
+TEST(Plan, CpuTaskIGetsItsOwnRangeOfCpuNNumbers) {
+    RunConfig config;
+    config.task = TaskKind::Cpu;
+    config.tasks = 3;
+    config.cpu_n = 1'000'000;
+    const Plan plan = make_plan(config);
+    ASSERT_EQ(plan.tasks.size(), 3u);
+    for (std::size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(plan.tasks[i].id, i);
+        EXPECT_EQ(plan.tasks[i].kind, TaskKind::Cpu);
+        EXPECT_EQ(plan.tasks[i].params.lo, i * 1'000'000);
+        EXPECT_EQ(plan.tasks[i].params.hi, (i + 1) * 1'000'000);
+    }
+}
+
+Plan plan_from(const std::string& text) {
+    std::istringstream in(text);
+    return read_plan(in, "p.jsonl");
+}
+
+// The message read_plan() throws for `text`, or "accepted".
+std::string plan_error(const std::string& text) {
+    try {
+        plan_from(text);
+        return "accepted";
+    } catch (const ConfigError& e) {
+        return e.what();
+    }
+}
+
+TEST(PlanFile, ReadsTasksInOrderSkippingBlankLinesAndComments) {
+    const Plan plan = plan_from(
+        "# a mixed plan\n"
+        "{\"kind\":\"sleep\",\"seconds\":0.5}\n"
+        "\n"
+        "   # indented comment\n"
+        "{\"kind\":\"cpu\",\"n\":2000000}\r\n"
+        "  {\"kind\": \"cpu\", \"lo\": 100, \"hi\": 200}  \n"
+        "{\"seconds\":2,\"kind\":\"sleep\"}");  // no newline at the end
+    ASSERT_EQ(plan.tasks.size(), 4u);
+    for (std::size_t i = 0; i < plan.tasks.size(); ++i) EXPECT_EQ(plan.tasks[i].id, i);
+    EXPECT_EQ(plan.tasks[0].kind, TaskKind::Sleep);
+    EXPECT_EQ(plan.tasks[0].params.seconds, 0.5);
+    EXPECT_EQ(plan.tasks[1].kind, TaskKind::Cpu);
+    EXPECT_EQ(plan.tasks[1].params.lo, 0u);
+    EXPECT_EQ(plan.tasks[1].params.hi, 2'000'000u);
+    EXPECT_EQ(plan.tasks[2].params.lo, 100u);
+    EXPECT_EQ(plan.tasks[2].params.hi, 200u);
+    EXPECT_EQ(plan.tasks[3].params.seconds, 2.0);
+}
+
+TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1}\n# ok\n{\"kind\":\"fly\"}\n"),
+              "p.jsonl:3: unknown kind \"fly\" (want sleep or cpu)");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\"}"), "p.jsonl:1: sleep needs \"seconds\"");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":-1}"),
+              "p.jsonl:1: \"seconds\" must be a number of seconds >= 0, not -1");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":\"1\"}"),
+              "p.jsonl:1: \"seconds\" must be a number of seconds >= 0, not \"1\"");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"secnds\":1}"), "p.jsonl:1: sleep needs \"seconds\"");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1,\"url\":\"x\"}"), "p.jsonl:1: unknown field \"url\"");
+    EXPECT_EQ(plan_error("{\"seconds\":1}"), "p.jsonl:1: no \"kind\"");
+    EXPECT_EQ(plan_error("{\"kind\":7}"), "p.jsonl:1: \"kind\" must be a string, not 7");
+    EXPECT_EQ(plan_error("[1,2]"), "p.jsonl:1: want a JSON object like {\"kind\":\"sleep\",\"seconds\":1}, not [1,2]");
+    EXPECT_EQ(plan_error("\n\n{\"kind\":\"sleep\",").rfind("p.jsonl:3: not JSON: ", 0), 0u);
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\"}"), "p.jsonl:1: cpu needs \"n\", or \"lo\" and \"hi\"");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"lo\":5}"), "p.jsonl:1: cpu needs \"n\", or \"lo\" and \"hi\"");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":5,\"hi\":9}"), "p.jsonl:1: cpu takes \"n\" or \"lo\" and \"hi\", not both");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"lo\":9,\"hi\":5}"), "p.jsonl:1: cpu \"lo\" 9 is above \"hi\" 5");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":-5}"), "p.jsonl:1: \"n\" must be a whole number >= 0, not -5");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":2.5}"), "p.jsonl:1: \"n\" must be a whole number >= 0, not 2.5");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":1000000000001}"),
+              "p.jsonl:1: cpu range end 1000000000001 is above the limit 1000000000000");
+}
+
+TEST(PlanFile, WithoutTasksIsAnError) {
+    EXPECT_EQ(plan_error(""), "p.jsonl: no tasks in the plan");
+    EXPECT_EQ(plan_error("# nothing\n\n"), "p.jsonl: no tasks in the plan");
+}
+
+TEST(PlanFile, MakePlanReadsTheFileAndNamesOneItCannotOpen) {
+    testing::TempDir dir;
+    {
+        std::ofstream out(dir / "plan.jsonl");
+        out << "{\"kind\":\"cpu\",\"n\":1000}\n";
+    }
+    RunConfig config;
+    config.plan_path = dir / "plan.jsonl";
+    const Plan plan = make_plan(config);
+    ASSERT_EQ(plan.tasks.size(), 1u);
+    EXPECT_EQ(plan.tasks[0].params.hi, 1000u);
+
+    config.plan_path = dir / "missing.jsonl";
+    try {
+        make_plan(config);
+        ADD_FAILURE() << "no error for a missing plan";
+    } catch (const ConfigError& e) {
+        EXPECT_EQ(std::string(e.what()), fmt::format("--plan: cannot open '{}': No such file or directory",
+                                                     (dir / "missing.jsonl").string()));
+    }
 }
 
 }  // namespace

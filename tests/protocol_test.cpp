@@ -56,6 +56,27 @@ TEST(Protocol, ResultRoundTripsWithItsValue) {
     EXPECT_EQ(back.worker, "w3");
 }
 
+TEST(Protocol, CpuTaskAndResultRoundTripWithTheirRangeAndCount) {
+    const TaskSpec spec{3, TaskKind::Cpu, TaskParams{.lo = 4'000'000'000, .hi = 5'000'000'000}};
+    const Message message = decode(encode(to_message(spec, 1, 0)));
+    ASSERT_TRUE(std::holds_alternative<Task>(message)) << rejection(encode(to_message(spec, 1, 0)));
+    const TaskSpec back = to_spec(std::get<Task>(message));
+    EXPECT_EQ(back.kind, TaskKind::Cpu);
+    EXPECT_EQ(back.params.lo, 4'000'000'000u);
+    EXPECT_EQ(back.params.hi, 5'000'000'000u);
+
+    TaskResult result;
+    result.id = 3;
+    result.kind = TaskKind::Cpu;
+    result.ok = true;
+    result.primes = 45'086'079;
+    const Message reply = decode(encode(to_message(result)));
+    ASSERT_TRUE(std::holds_alternative<Result>(reply));
+    const TaskResult decoded = to_result(std::get<Result>(reply), "w1");
+    EXPECT_EQ(decoded.kind, TaskKind::Cpu);
+    EXPECT_EQ(decoded.primes, 45'086'079u);
+}
+
 TEST(Protocol, HelloHeartbeatAndShutdownRoundTrip) {
     Hello hello;
     hello.name = "w1";

@@ -1,11 +1,13 @@
 // Every mode runs the same plan through the same executor: same ids, each exactly once.
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
 
+#include "affinity.hpp"
 #include "plan.hpp"
 #include "runner.hpp"
 #include "support.hpp"
@@ -36,6 +38,13 @@ RunConfig config_for(int workers, int tasks, double lo, double hi) {
     config.duration_hi_s = hi;
     config.worker_bin = testing::bin("worker");
     return config;
+}
+
+// A test name for `mode`: gtest allows letters, digits and '_' only.
+std::string mode_name(const ::testing::TestParamInfo<Mode>& info) {
+    std::string name(to_string(info.param));
+    std::replace(name.begin(), name.end(), '-', '_');
+    return name;
 }
 
 class EveryMode : public ::testing::TestWithParam<Mode> {};
@@ -72,14 +81,14 @@ TEST_P(EveryMode, NamesTheWorkerThatRanEachTask) {
     CollectingSink sink;
     std::stop_source never;
     make_runner(GetParam(), config, never.get_token())->run(make_plan(config), sink);
-    const std::set<std::string> allowed = GetParam() == Mode::Sequential ? std::set<std::string>{"seq"}
-                                          : GetParam() == Mode::Threads  ? std::set<std::string>{"t1", "t2"}
-                                                                         : std::set<std::string>{"w1", "w2"};
+    const std::set<std::string> allowed = GetParam() == Mode::Sequential  ? std::set<std::string>{"seq"}
+                                          : GetParam() == Mode::Processes ? std::set<std::string>{"w1", "w2"}
+                                                                          : std::set<std::string>{"t1", "t2"};
     for (const auto& recorded : sink.results) EXPECT_TRUE(allowed.contains(recorded.result.worker)) << recorded.result.worker;
 }
 
 INSTANTIATE_TEST_SUITE_P(AllModes, EveryMode, ::testing::ValuesIn(kAllModes),
-                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+                         mode_name);
 
 class ConcurrentMode : public ::testing::TestWithParam<Mode> {};
 
@@ -106,8 +115,8 @@ TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
     EXPECT_LT(latest_start, earliest_end) << "some task started after another had finished";
 }
 
-INSTANTIATE_TEST_SUITE_P(PoolModes, ConcurrentMode, ::testing::Values(Mode::Threads, Mode::Processes),
-                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+INSTANTIATE_TEST_SUITE_P(PoolModes, ConcurrentMode, ::testing::Values(Mode::Threads, Mode::GilThreads, Mode::Processes),
+                         mode_name);
 
 TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
     const RunConfig config = config_for(4, 4, 0.05, 0.05);
@@ -120,6 +129,88 @@ TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
         if (i > 0) {
             EXPECT_GE(sink.results[i].result.start_s, sink.results[i - 1].result.end_s - 1e-3);
         }
+    }
+}
+
+TEST(CpuTasks, GiveTheSameAnswerForEachTaskIdInEveryMode) {
+    RunConfig config = config_for(2, 6, 0, 0);
+    config.task = TaskKind::Cpu;
+    config.cpu_n = 300'000;
+    const Plan plan = make_plan(config);
+    std::map<Mode, std::map<TaskId, std::uint64_t>> primes;
+    for (Mode mode : kAllModes) {
+        CollectingSink sink;
+        std::stop_source never;
+        const RunReport report = make_runner(mode, config, never.get_token())->run(plan, sink);
+        EXPECT_EQ(report.ok, 6u) << to_string(mode);
+        for (const auto& [task, result] : sink.results) {
+            EXPECT_TRUE(result.ok) << to_string(mode) << ": " << result.error;
+            EXPECT_EQ(result.kind, TaskKind::Cpu);
+            primes[mode][result.id] = result.primes;
+        }
+    }
+    // pi(300000) = 25997 and the primes in each next 300000 numbers, from an independent sieve.
+    const std::map<TaskId, std::uint64_t> expected{{0, 25'997}, {1, 23'101}, {2, 22'176},
+                                                   {3, 21'664}, {4, 21'217}, {5, 20'917}};
+    for (Mode mode : kAllModes) EXPECT_EQ(primes[mode], expected) << to_string(mode);
+}
+
+class PinnedMode : public ::testing::TestWithParam<Mode> {};
+
+TEST_P(PinnedMode, PlacesWorkerIOnCpuIRoundRobinAndReportsIt) {
+    const std::vector<int> cpus = allowed_cpus();
+    RunConfig config = config_for(3, 3, 0.01, 0.01);
+    config.pin_cpus = cpus;
+    CollectingSink sink;
+    std::stop_source never;
+    const RunReport report = make_runner(GetParam(), config, never.get_token())->run(make_plan(config), sink);
+    EXPECT_EQ(report.ok, 3u);
+    const std::string prefix = GetParam() == Mode::Processes ? "w" : "t";
+    ASSERT_EQ(report.placement.size(), 3u);
+    for (std::size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(report.placement[i].worker, prefix + std::to_string(i + 1));
+        EXPECT_EQ(report.placement[i].cpu, cpus[i % cpus.size()]) << report.placement[i].worker;
+        EXPECT_GT(report.placement[i].pid, 0);
+    }
+    EXPECT_EQ(report.cpus_used, static_cast<int>(std::min<std::size_t>(3, cpus.size())));
+}
+
+INSTANTIATE_TEST_SUITE_P(PoolModes, PinnedMode, ::testing::Values(Mode::Threads, Mode::GilThreads, Mode::Processes),
+                         mode_name);
+
+TEST(SequentialMode, PinnedRunsOnTheFirstCpuAndGivesTheThreadBackAfter) {
+    const std::vector<int> before = allowed_cpus();
+    RunConfig config = config_for(1, 1, 0, 0);
+    config.pin_cpus = {before.back()};
+    CollectingSink sink;
+    std::stop_source never;
+    const RunReport report = make_runner(Mode::Sequential, config, never.get_token())->run(make_plan(config), sink);
+    ASSERT_EQ(report.placement.size(), 1u);
+    EXPECT_EQ(report.placement[0].worker, "seq");
+    EXPECT_EQ(report.placement[0].cpu, before.back());
+    EXPECT_EQ(report.cpus_used, 1);
+    EXPECT_EQ(allowed_cpus(), before);
+}
+
+TEST(Utilisation, IsCpuTimeOverWallTimeTimesCpusUsed) {
+    RunReport report;
+    report.wall_s = 2;
+    report.cpu_s = 3;
+    report.cpus_used = 2;
+    EXPECT_DOUBLE_EQ(utilisation(report), 0.75);
+    report.wall_s = 0;
+    EXPECT_EQ(utilisation(report), 0);
+}
+
+TEST(Utilisation, UnpinnedPoolsUseAtMostTheAvailableCpus) {
+    for (Mode mode : kAllModes) {
+        RunConfig config = config_for(64, 1, 0, 0);
+        if (mode == Mode::Processes) config.workers = 2;  // spawning 64 workers is slow for nothing
+        CollectingSink sink;
+        std::stop_source never;
+        const RunReport report = make_runner(mode, config, never.get_token())->run(make_plan(config), sink);
+        const int expected = mode == Mode::Sequential ? 1 : std::min(config.workers, available_cpus());
+        EXPECT_EQ(report.cpus_used, expected) << to_string(mode);
     }
 }
 
@@ -139,8 +230,24 @@ TEST_P(StoppableMode, AStopRequestEndsTheRunEarlyAndMarksItInterrupted) {
     EXPECT_TRUE(sink.results.empty());
 }
 
+TEST_P(StoppableMode, AStopRequestCancelsComputingTasksToo) {
+    RunConfig config = config_for(2, 6, 0, 0);
+    config.task = TaskKind::Cpu;
+    config.cpu_n = 100'000'000'000;  // minutes of work per task
+    CollectingSink sink;
+    std::stop_source stop;
+    std::jthread stopper([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        stop.request_stop();
+    });
+    const RunReport report = make_runner(GetParam(), config, stop.get_token())->run(make_plan(config), sink);
+    EXPECT_TRUE(report.interrupted);
+    EXPECT_EQ(report.ok, 0u);
+    EXPECT_TRUE(sink.results.empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(AllModes, StoppableMode, ::testing::ValuesIn(kAllModes),
-                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+                         mode_name);
 
 }  // namespace
 }  // namespace taskfarm

@@ -1,6 +1,5 @@
 #include "worker.hpp"
 
-#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -20,6 +19,7 @@
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
+#include "affinity.hpp"
 #include "errors.hpp"
 #include "log.hpp"
 #include "protocol.hpp"
@@ -49,15 +49,6 @@ void exit_with_parent(long parent) {
         spdlog::error("parent {} is gone; exiting", parent);
         std::_Exit(1);
     }
-}
-
-int pinned_cpu() {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (::sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) != 1) return -1;
-    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
-        if (CPU_ISSET(cpu, &set)) return cpu;
-    return -1;
 }
 
 std::string host_name() {

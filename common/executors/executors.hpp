@@ -9,4 +9,10 @@ namespace taskfarm::executors {
 // Sleeps task.params.seconds; returns early (not ok, "cancelled") when context.stop fires.
 void run_sleep(const TaskSpec& task, const ExecContext& context, TaskResult& result);
 
+// Counts the primes in [task.params.lo, task.params.hi) into result.primes. Holds
+// context.gil (if any) while it computes, passing a switch point after each sieve segment
+// (tens of microseconds); checks context.stop as often and returns early (not ok, "cancelled") when it fires.
+// Throws std::invalid_argument when lo > hi or hi > kMaxPrimeLimit.
+void run_cpu(const TaskSpec& task, const ExecContext& context, TaskResult& result);
+
 }  // namespace taskfarm::executors

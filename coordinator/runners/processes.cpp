@@ -63,7 +63,8 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         Dispatcher dispatcher(router, pool, plan, recorder,
                               DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
-                                              static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns},
+                                              static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns,
+                                              config_.pin_cpus},
                               stop_);
         dispatcher.run();
         recorder.stop_clock();
@@ -75,8 +76,13 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
 
 std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, std::stop_token stop) {
     switch (mode) {
-        case Mode::Sequential: return std::make_unique<SequentialRunner>(std::move(stop));
-        case Mode::Threads: return std::make_unique<ThreadsRunner>(config.workers, std::move(stop));
+        case Mode::Sequential:
+            return std::make_unique<SequentialRunner>(config.pin_cpus.empty() ? -1 : config.pin_cpus.front(),
+                                                      std::move(stop));
+        case Mode::Threads:
+            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, std::move(stop));
+        case Mode::GilThreads:
+            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, std::move(stop));
         case Mode::Processes: return std::make_unique<ProcessesRunner>(config, std::move(stop));
     }
     return nullptr;

@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <set>
+#include <utility>
 
 #include "runner.hpp"
 
@@ -27,6 +29,11 @@ void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
     sink_.on_result(task, result);
 }
 
+void ModeRecorder::place(Placement placement) {
+    std::lock_guard lock(mutex_);
+    report_.placement.push_back(std::move(placement));
+}
+
 std::size_t ModeRecorder::recorded() const {
     std::lock_guard lock(mutex_);
     return report_.ok + report_.failed;
@@ -43,6 +50,14 @@ RunReport ModeRecorder::finish(bool interrupted) {
     report_.wall_s = std::chrono::duration<double>(*stopped_ - started_).count();
     report_.cpu_s = CpuTimes::now().total() - cpu_at_start_.total();
     report_.interrupted = interrupted;
+    // "w2" before "w10"; a respawned worker after the one it replaced.
+    std::stable_sort(report_.placement.begin(), report_.placement.end(), [](const Placement& a, const Placement& b) {
+        return std::pair(a.worker.size(), a.worker) < std::pair(b.worker.size(), b.worker);
+    });
+    std::set<int> pinned;
+    for (const Placement& place : report_.placement)
+        if (place.cpu >= 0) pinned.insert(place.cpu);
+    report_.cpus_used = pinned.empty() ? std::min(report_.workers, available_cpus()) : static_cast<int>(pinned.size());
     return report_;
 }
 

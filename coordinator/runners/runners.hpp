@@ -1,27 +1,35 @@
 #pragma once
 
+#include <vector>
+
 #include "runner.hpp"
 
 namespace taskfarm {
 
-// Every task in plan order on the calling thread.
+// Every task in plan order on the calling thread, pinned to `cpu` for the run when cpu >= 0.
 class SequentialRunner final : public Runner {
 public:
-    explicit SequentialRunner(std::stop_token stop) : stop_(std::move(stop)) {}
+    SequentialRunner(int cpu, std::stop_token stop) : cpu_(cpu), stop_(std::move(stop)) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
+    int cpu_;
     std::stop_token stop_;
 };
 
-// A pool of threads in this process, each taking the next task as it frees up.
+// A pool of threads in this process, each taking the next task as it frees up. With
+// `gil`, every task runs under one shared Gil (gil-threads mode). Thread i is pinned to
+// cpus[i % size]; empty: not pinned.
 class ThreadsRunner final : public Runner {
 public:
-    ThreadsRunner(int threads, std::stop_token stop) : threads_(threads), stop_(std::move(stop)) {}
+    ThreadsRunner(int threads, bool gil, std::vector<int> cpus, std::stop_token stop)
+        : threads_(threads), gil_(gil), cpus_(std::move(cpus)), stop_(std::move(stop)) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
     int threads_;
+    bool gil_;
+    std::vector<int> cpus_;
     std::stop_token stop_;
 };
 

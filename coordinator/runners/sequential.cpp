@@ -1,9 +1,14 @@
+#include <unistd.h>
+
+#include "affinity.hpp"
 #include "runners.hpp"
 
 namespace taskfarm {
 
 RunReport SequentialRunner::run(const Plan& plan, ResultSink& sink) {
     ModeRecorder recorder(Mode::Sequential, 1, plan, sink);
+    const ScopedPin pin(cpu_);
+    recorder.place({"seq", pinned_cpu(), ::getpid()});
     const ExecContext context{"seq", stop_};
     for (const TaskSpec& task : plan.tasks) {
         if (stop_.stop_requested()) break;
