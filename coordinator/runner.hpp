@@ -30,6 +30,10 @@ class ModeRecorder {
 public:
     ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink);
     void record(const TaskSpec& task, TaskResult result);
+    // Stamps `event` with the time since the start of the mode and forwards it to the sink.
+    void note(RunEvent event);
+    // `when` in seconds since the start of the mode, on the clock results are stamped with.
+    double seconds_at(std::chrono::steady_clock::time_point when) const;
     std::size_t recorded() const;
     // Ends the wall-clock time of the mode (the last result is in); finish() calls it if
     // nobody did. Process shutdown comes after it, and does not count.
