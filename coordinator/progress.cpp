@@ -1,5 +1,6 @@
 #include "progress.hpp"
 
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -136,7 +137,14 @@ ProgressSink::ProgressSink(ProgressOptions options, std::unique_ptr<ResultSink> 
         saved_log_sinks_ = log_sinks;
         log_sinks = {std::make_shared<AboveStatusLogSink>(*status_, saved_log_sinks_)};
     }
+    // The timer thread starts with every signal blocked: SIGINT and SIGTERM are for the
+    // SignalWatcher, and this sink may well be made before it blocks them for the process.
+    sigset_t all;
+    sigset_t previous;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, &previous);
     timer_ = std::jthread([this](std::stop_token stop) { tick(std::move(stop)); });
+    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 }
 
 ProgressSink::~ProgressSink() {
