@@ -159,7 +159,7 @@ constexpr double kPanelHead = 24;
 constexpr double kPanelGap = 16;
 constexpr double kLane = 20;
 constexpr double kBar = 14;
-constexpr std::size_t kTitleChars = 130;  // about what fits in kWidth at the title's font size
+constexpr std::size_t kTitleChars = 110;  // about what fits in kWidth at the title's font size
 constexpr const char* kOkColour = "#4e79a7";
 constexpr const char* kFailedColour = "#e15759";
 constexpr const char* kStartColour = "#59a14f";
@@ -268,7 +268,7 @@ private:
         std::string summary = fmt::format("{}: {} tasks on {} {}", mode.mode, mode.results.size(), lanes.size(),
                                           lanes.size() == 1 ? "lane" : "lanes");
         if (failed > 0) summary += fmt::format(", {} failed", failed);
-        if (lost > 0) summary += fmt::format(", {} attempts lost", lost);
+        if (lost > 0) summary += fmt::format(", {} {} lost", lost, lost == 1 ? "attempt" : "attempts");
         summary += mode.report ? ", " + report_text(modes_, *mode.report) : ", did not finish";
         body_ += fmt::format(R"(<g class="mode"><text class="mode-title" x="{}" y="{:.1f}" font-size="13" font-weight="bold">{}</text>)",
                              kMargin, top + 16, xml_text(summary)) + "\n";
