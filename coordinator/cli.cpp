@@ -134,7 +134,7 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
             ->check(CLI::IsMember({"auto", "always", "never"}))
             ->capture_default_str();
     auto* quiet_flag = app.add_flag("-q,--quiet", quiet,
-                                    "only warnings and errors on stderr, no progress; stdout is the same");
+                                    "only warnings and errors on stderr, no progress; stdout is unchanged");
     auto* verbose_flag =
         app.add_flag("-v,--verbose", verbose, "debug logs on stderr, the worker processes' included; -vv: trace");
     auto* level_option =
