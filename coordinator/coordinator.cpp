@@ -134,7 +134,7 @@ ExitCode run(RunConfig config) {
     check_config(config);
     check_output_paths(config);
     const Plan plan = make_plan(config);
-    FanOutSink sinks;  // before the SignalWatcher: the progress sink must outlive its thread
+    FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
     auto console = std::make_unique<ConsoleSink>(stdout);
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
