@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "affinity.hpp"
+#include "log.hpp"
 
 namespace taskfarm {
 namespace {
@@ -171,6 +172,33 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     app.add_option("--max-respawns", config.max_respawns, "replacement workers to start, per mode, for ones that died")
         ->check(CLI::Range(0, 100'000))
         ->capture_default_str();
+    std::string progress = "auto";
+    bool quiet = false;
+    int verbose = 0;
+    auto* progress_option =
+        app.add_option("--progress", progress,
+                       "progress on stderr: auto (a bar redrawn in place if stderr is a terminal, else a log line\n"
+                       "every few seconds), always (the bar, even into a pipe) or never")
+            ->check(CLI::IsMember({"auto", "always", "never"}))
+            ->capture_default_str();
+    auto* quiet_flag = app.add_flag("-q,--quiet", quiet,
+                                    "only warnings and errors on stderr, no progress; stdout is unchanged");
+    auto* verbose_flag =
+        app.add_flag("-v,--verbose", verbose, "debug logs on stderr, the worker processes' included; -vv: trace");
+    auto* level_option =
+        app.add_option("--log-level", config.log_level, "log level on stderr, worker processes included (default: info,\n"
+                                                        "or SPDLOG_LEVEL)")
+            ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
+    quiet_flag->excludes(verbose_flag)->excludes(level_option);
+    verbose_flag->excludes(level_option);
+    app.add_option("--trace", config.trace_path,
+                   "write the run as Chrome trace-event JSON to FILE (open it in ui.perfetto.dev or\n"
+                   "chrome://tracing): a process per mode, a thread per worker, an event per task attempt")
+        ->type_name("FILE");
+    app.add_option("--timeline", config.timeline_path,
+                   "draw the run as an SVG timeline to FILE: a panel per mode on one time axis, a lane per\n"
+                   "worker or thread, a bar per task")
+        ->type_name("FILE.svg");
     app.footer(
         "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
@@ -203,6 +231,14 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         }
         config.modes.push_back(*parse_mode(name));
     }
+    config.progress = progress == "always" ? ProgressMode::Always
+                      : progress == "never"  ? ProgressMode::Never
+                                             : ProgressMode::Auto;
+    if (quiet) {
+        config.log_level = "warn";
+        if (progress_option->count() == 0) config.progress = ProgressMode::Never;
+    }
+    if (verbose > 0) config.log_level = verbose > 1 ? "trace" : "debug";
     return config;
 }
 

@@ -19,6 +19,10 @@ inline constexpr Mode kAllModes[] = {Mode::Sequential, Mode::Threads, Mode::GilT
 std::string_view to_string(Mode mode);
 std::optional<Mode> parse_mode(std::string_view name);
 
+// --progress: auto draws the bar only where stderr is a terminal whose TERM is not dumb,
+// and logs a progress line every few seconds elsewhere; always draws it; never does neither.
+enum class ProgressMode { Auto, Always, Never };
+
 struct RunConfig {
     int workers = 4;
     TaskKind task = TaskKind::Sleep;
@@ -41,6 +45,10 @@ struct RunConfig {
     double start_timeout_s = 10.0;
     int max_attempts = 3;
     int max_respawns = 10;
+    ProgressMode progress = ProgressMode::Auto;
+    std::string log_level;                  // spdlog level name; empty: SPDLOG_LEVEL or info
+    std::filesystem::path trace_path;       // Chrome trace-event JSON
+    std::filesystem::path timeline_path;    // SVG timeline
     std::vector<std::string> command_line;  // argv, for reports
 };
 

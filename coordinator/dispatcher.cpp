@@ -44,6 +44,7 @@ void Dispatcher::shutdown_workers() {
 void Dispatcher::spawn(const std::string& name, int cpu) {
     const pid_t pid = pool_.spawn(name, cpu);
     spawned_[pid] = Spawned{name, cpu, Clock::now()};
+    recorder_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = name, .detail = fmt::format("pid {}", pid)});
 }
 
 void Dispatcher::drain_incoming() {
@@ -177,8 +178,9 @@ void Dispatcher::dispatch() {
                 (target == workers_.end() || it->second.in_flight.size() < target->second.in_flight.size()))
                 target = it;
         if (target == workers_.end()) break;
-        const Attempt attempt = pending_.front();
+        Attempt attempt = pending_.front();
         pending_.pop_front();
+        attempt.sent = Clock::now();
         const std::string frame = proto::encode(proto::to_message(plan_.tasks[attempt.index], attempt.number, 0));
         target->second.in_flight.push_back(attempt);
         if (!send(target->first, frame)) lose_worker(target->first, fmt::format("worker {} disconnected", target->second.name));
@@ -192,6 +194,7 @@ void Dispatcher::lose_worker(const std::string& identity, const std::string& rea
     WorkerState lost = std::move(worker->second);
     workers_.erase(worker);
     spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
+    recorder_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
     for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
         retry_or_fail(*attempt, lost.name, reason);
     int cpu = -1;
@@ -208,6 +211,7 @@ void Dispatcher::lose_unconnected(pid_t pid, const std::string& reason) {
     if (spawned == spawned_.end()) return;
     const Spawned lost = spawned->second;
     spawned_.erase(spawned);
+    recorder_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
     if (!dispatching_) throw RunError(fmt::format("{} before saying hello", reason));
     spdlog::warn("{}", reason);
     replace(lost.name, lost.cpu);
@@ -224,8 +228,16 @@ void Dispatcher::replace(const std::string& name, int cpu) {
 }
 
 void Dispatcher::retry_or_fail(Attempt attempt, const std::string& worker, const std::string& reason) {
+    const TaskSpec& task = plan_.tasks[attempt.index];
     if (attempt.number < options_.max_attempts) {
         pending_.push_front({attempt.index, attempt.number + 1});
+        recorder_.note({.kind = RunEvent::Kind::Requeued,
+                        .worker = worker,
+                        .detail = reason,
+                        .task = task.id,
+                        .task_kind = task.kind,
+                        .attempt = attempt.number,
+                        .started_s = recorder_.seconds_at(attempt.sent)});
         return;
     }
     TaskResult result;
@@ -234,6 +246,7 @@ void Dispatcher::retry_or_fail(Attempt attempt, const std::string& worker, const
     result.attempt = attempt.number;
     result.worker = worker;
     result.error = fmt::format("gave up after {} attempts: {}", attempt.number, reason);
+    result.run_time = Clock::now() - attempt.sent;  // as far as we know: from handing it out to the loss
     ++finished_;
     recorder_.record(plan_.tasks[attempt.index], std::move(result));
 }

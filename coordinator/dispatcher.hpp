@@ -2,7 +2,8 @@
 // The coordinator's side of the protocol: a ROUTER socket, one WorkerState per connected
 // worker, credits (at most --prefetch tasks per worker), heartbeats both ways, and
 // requeueing the tasks of a worker that died or went silent. Single-threaded: the
-// socket never leaves the thread that runs the dispatcher.
+// socket never leaves the thread that runs the dispatcher. Worker starts, exits and
+// requeues go to the recorder as RunEvents, for --trace and --timeline.
 
 #include <sys/types.h>
 
@@ -58,6 +59,7 @@ private:
     struct Attempt {
         std::size_t index;  // into plan.tasks
         std::uint32_t number;
+        Clock::time_point sent{};  // when it was handed to a worker; unset while pending
     };
     struct WorkerState {
         std::string name;                  // from HELLO, "w3"

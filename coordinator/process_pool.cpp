@@ -86,6 +86,7 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
         "--heartbeat-interval", fmt::format("{}", launch_.heartbeat_interval_s),
         "--heartbeat-timeout", fmt::format("{}", launch_.heartbeat_timeout_s),
     };
+    if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
     auto child = std::make_unique<Child>(Child{
         name, bp::child(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null,
                         bp::std_in < bp::null, bp::extend::on_exec_setup = DieWithParent{},
@@ -117,10 +118,14 @@ void ProcessPool::kill(pid_t pid) {
     });
 }
 
-void ProcessPool::stop_all(std::chrono::milliseconds grace) {
+std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
+    std::vector<WorkerExit> exits;
     const auto deadline = std::chrono::steady_clock::now() + grace;
     while (true) {
-        for (const WorkerExit& exit : reap_exited()) spdlog::debug("worker {} (pid {}) exited: {}", exit.name, exit.pid, exit.reason);
+        for (WorkerExit& exit : reap_exited()) {
+            spdlog::debug("worker {} (pid {}) exited: {}", exit.name, exit.pid, exit.reason);
+            exits.push_back(std::move(exit));
+        }
         if (children_.empty() || std::chrono::steady_clock::now() >= deadline) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -128,8 +133,10 @@ void ProcessPool::stop_all(std::chrono::milliseconds grace) {
         spdlog::debug("killing worker {} (pid {})", child->name, child->process.id());
         std::error_code ec;
         child->process.terminate(ec);
+        exits.push_back({child->process.id(), child->name, "killed after the shutdown grace period"});
     }
     children_.clear();
+    return exits;
 }
 
 std::size_t ProcessPool::alive() const { return children_.size(); }

@@ -18,6 +18,7 @@ struct WorkerLaunch {
     std::string endpoint;
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
+    std::string log_level = {};  // passed as --log-level; empty: the worker's default (SPDLOG_LEVEL)
 };
 
 struct WorkerExit {
@@ -46,7 +47,8 @@ public:
     void kill(pid_t pid);
 
     // Waits until every worker has exited or `grace` passed, then kills the rest.
-    void stop_all(std::chrono::milliseconds grace);
+    // Returns how each one ended.
+    std::vector<WorkerExit> stop_all(std::chrono::milliseconds grace);
 
     std::size_t alive() const;
 

@@ -32,6 +32,10 @@ public:
     void record(const TaskSpec& task, TaskResult result);
     // Notes where a worker or thread runs, for the report's placement and cpus_used.
     void place(Placement placement);
+    // Stamps `event` with the time since the start of the mode and forwards it to the sink.
+    void note(RunEvent event);
+    // `when` in seconds since the start of the mode, on the clock results are stamped with.
+    double seconds_at(std::chrono::steady_clock::time_point when) const;
     std::size_t recorded() const;
     // Ends the wall-clock time of the mode (the last result is in); finish() calls it if
     // nobody did. Process shutdown comes after it, and does not count.

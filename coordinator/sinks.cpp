@@ -26,12 +26,25 @@ void ResultSink::on_result(const TaskSpec& task, const TaskResult& result) {
     }
 }
 
+void ResultSink::on_event(const RunEvent& event) {
+    std::lock_guard lock(mutex_);
+    try {
+        event_it_(event);
+    } catch (const std::exception& e) {  // a sink never stops the run
+        spdlog::error("cannot record {} event of worker {}: {}", to_string(event.kind), event.worker, e.what());
+    }
+}
+
 void FanOutSink::begin_mode_(const std::string& mode, std::size_t tasks) {
     for (auto& sink : sinks_) sink->begin_mode(mode, tasks);
 }
 
 void FanOutSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     for (auto& sink : sinks_) sink->on_result(task, result);
+}
+
+void FanOutSink::event_it_(const RunEvent& event) {
+    for (auto& sink : sinks_) sink->on_event(event);
 }
 
 void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
@@ -76,5 +89,14 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         failed_ = true;
     }
 }
+
+void RecordingSink::begin_mode_(const std::string& mode, std::size_t tasks) {
+    modes_.push_back({mode, std::nullopt, {}, {}});
+    modes_.back().results.reserve(tasks);
+}
+
+void RecordingSink::sink_it_(const TaskSpec&, const TaskResult& result) { modes_.back().results.push_back(result); }
+
+void RecordingSink::event_it_(const RunEvent& event) { modes_.back().events.push_back(event); }
 
 }  // namespace taskfarm

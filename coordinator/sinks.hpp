@@ -1,6 +1,7 @@
 #pragma once
 // Where results go as they complete. Runners call on_result() from any thread; the base
 // class serialises calls (like spdlog's base_sink), so a sink never locks for itself.
+// on_event() reports what else happened (worker lifecycle, requeues); most sinks ignore it.
 
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "task.hpp"
+#include "trace.hpp"
 
 namespace taskfarm {
 
@@ -18,10 +20,12 @@ public:
     virtual ~ResultSink() = default;
     void begin_mode(const std::string& mode, std::size_t tasks);
     void on_result(const TaskSpec& task, const TaskResult& result);
+    void on_event(const RunEvent& event);
 
 protected:
     virtual void begin_mode_(const std::string& mode, std::size_t tasks) = 0;
     virtual void sink_it_(const TaskSpec& task, const TaskResult& result) = 0;
+    virtual void event_it_(const RunEvent&) {}
     std::string mode_;  // of the results arriving now
 
 private:
@@ -36,6 +40,7 @@ public:
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;
     void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+    void event_it_(const RunEvent& event) override;
 
 private:
     std::vector<std::unique_ptr<ResultSink>> sinks_;
@@ -70,6 +75,22 @@ private:
     std::filesystem::path path_;
     std::FILE* file_;
     bool failed_ = false;  // a write failed; logged once, the run goes on
+};
+
+// Keeps every result and event of every mode in memory, for --trace and --timeline.
+class RecordingSink final : public ResultSink {
+public:
+    // What was recorded, one entry per begin_mode(); the report is left for the caller to
+    // fill in. Call it once no runner is running.
+    std::vector<ModeRecording> take() { return std::move(modes_); }
+
+protected:
+    void begin_mode_(const std::string& mode, std::size_t tasks) override;
+    void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+    void event_it_(const RunEvent& event) override;
+
+private:
+    std::vector<ModeRecording> modes_;
 };
 
 }  // namespace taskfarm

@@ -39,6 +39,7 @@ struct WorkerConfig {
     long parent_pid = 0;
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
+    std::string log_level;  // empty: SPDLOG_LEVEL or info
 };
 
 // Dies with the parent: PR_SET_PDEATHSIG is also set by the coordinator before exec; this
@@ -189,6 +190,8 @@ int worker_main(int argc, const char* const* argv) {
                    "exit when the coordinator is silent this many seconds")
         ->check(CLI::Range(0.01, 86400.0))
         ->capture_default_str();
+    app.add_option("--log-level", config.log_level, "log level on stderr (default: SPDLOG_LEVEL, else info)")
+        ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -196,6 +199,7 @@ int worker_main(int argc, const char* const* argv) {
     }
     if (config.name.empty()) config.name = fmt::format("{}-{}", host_name(), ::getpid());
     init_logging(config.name);
+    if (!config.log_level.empty()) set_log_level(config.log_level);
     // The coordinator may have blocked these for its own signal thread; the mask survives exec.
     sigset_t signals;
     sigemptyset(&signals);

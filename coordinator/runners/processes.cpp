@@ -59,7 +59,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         const std::string endpoint = "ipc://" + (dir.path() / "coordinator").string();
         router.bind(endpoint);
         ProcessPool pool({config_.worker_bin.empty() ? default_worker_binary() : config_.worker_bin, endpoint,
-                          config_.heartbeat_interval_s, config_.heartbeat_timeout_s});
+                          config_.heartbeat_interval_s, config_.heartbeat_timeout_s, config_.log_level});
         Dispatcher dispatcher(router, pool, plan, recorder,
                               DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
@@ -69,7 +69,8 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         dispatcher.run();
         recorder.stop_clock();
         dispatcher.shutdown_workers();
-        pool.stop_all(kShutdownGrace);
+        for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
+            recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
     }  // every worker is reaped here, so cpu_s includes them
     return recorder.finish(stop_.stop_requested());
 }

@@ -34,6 +34,15 @@ void ModeRecorder::place(Placement placement) {
     report_.placement.push_back(std::move(placement));
 }
 
+void ModeRecorder::note(RunEvent event) {
+    event.at_s = seconds_at(std::chrono::steady_clock::now());
+    sink_.on_event(event);
+}
+
+double ModeRecorder::seconds_at(std::chrono::steady_clock::time_point when) const {
+    return std::chrono::duration<double>(when - started_).count();
+}
+
 std::size_t ModeRecorder::recorded() const {
     std::lock_guard lock(mutex_);
     return report_.ok + report_.failed;
