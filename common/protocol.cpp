@@ -72,18 +72,18 @@ Message decode(std::string_view frame) {
     }
 }
 
-Task to_message(const TaskSpec& task, std::uint32_t attempt, double timeout_s) {
+Task to_message(const TaskSpec& task, std::uint32_t attempt) {
     Task message;
     message.id = task.id;
     message.attempt = attempt;
     message.kind = std::string(to_string(task.kind));
     message.params = task.params;
-    message.timeout_s = timeout_s;
+    message.timeout_s = task.timeout_s;
     return message;
 }
 
 TaskSpec to_spec(const Task& message) {
-    return TaskSpec{message.id, *parse_task_kind(message.kind), message.params};
+    return TaskSpec{message.id, *parse_task_kind(message.kind), message.params, message.timeout_s};
 }
 
 Result to_message(const TaskResult& result) {

@@ -92,7 +92,7 @@ std::string encode(const Shutdown& message);
 Message decode(std::string_view frame);
 
 // Conversions between the wire and the task model.
-Task to_message(const TaskSpec& task, std::uint32_t attempt, double timeout_s);
+Task to_message(const TaskSpec& task, std::uint32_t attempt);
 TaskSpec to_spec(const Task& message);  // message must come from decode()
 Result to_message(const TaskResult& result);
 TaskResult to_result(const Result& message, std::string worker);  // ditto

@@ -11,9 +11,11 @@
 namespace taskfarm {
 namespace {
 
-constexpr std::array<std::pair<TaskKind, std::string_view>, 2> kKindNames{{
+constexpr std::array<std::pair<TaskKind, std::string_view>, 4> kKindNames{{
     {TaskKind::Sleep, "sleep"},
     {TaskKind::Cpu, "cpu"},
+    {TaskKind::Fail, "fail"},
+    {TaskKind::Crash, "crash"},
 }};
 
 }  // namespace
@@ -34,6 +36,8 @@ nlohmann::json params_json(const TaskSpec& task) {
     switch (task.kind) {
         case TaskKind::Sleep: return {{"seconds", task.params.seconds}};
         case TaskKind::Cpu: return {{"lo", task.params.lo}, {"hi", task.params.hi}};
+        case TaskKind::Fail:
+        case TaskKind::Crash: break;
     }
     return nlohmann::json::object();
 }
@@ -43,6 +47,8 @@ nlohmann::json value_json(const TaskResult& result) {
     switch (result.kind) {
         case TaskKind::Sleep: return {{"slept_s", result.slept_s}};
         case TaskKind::Cpu: return {{"primes", result.primes}};
+        case TaskKind::Fail:
+        case TaskKind::Crash: break;
     }
     return nullptr;
 }
@@ -51,9 +57,13 @@ std::string describe_value(const TaskResult& result) {
     switch (result.kind) {
         case TaskKind::Sleep: return fmt::format("slept {:.3f} s", result.slept_s);
         case TaskKind::Cpu: return fmt::format("{} primes", result.primes);
+        case TaskKind::Fail:
+        case TaskKind::Crash: break;
     }
     return {};
 }
+
+std::string timed_out(const TaskSpec& task) { return fmt::format("timed out after {:g} s", task.timeout_s); }
 
 TaskResult run_task(const TaskSpec& task, const ExecContext& context) {
     TaskResult result;
@@ -61,10 +71,16 @@ TaskResult run_task(const TaskSpec& task, const ExecContext& context) {
     result.kind = task.kind;
     result.worker = context.worker;
     const auto started = std::chrono::steady_clock::now();
+    ExecContext bounded = context;
+    if (task.timeout_s > 0)
+        bounded.deadline = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                         std::chrono::duration<double>(task.timeout_s));
     try {
         switch (task.kind) {
-            case TaskKind::Sleep: executors::run_sleep(task, context, result); break;
-            case TaskKind::Cpu: executors::run_cpu(task, context, result); break;
+            case TaskKind::Sleep: executors::run_sleep(task, bounded, result); break;
+            case TaskKind::Cpu: executors::run_cpu(task, bounded, result); break;
+            case TaskKind::Fail: executors::run_fail(task, bounded, result); break;
+            case TaskKind::Crash: executors::run_crash(task, bounded, result); break;
         }
     } catch (const std::exception& e) {
         result.ok = false;

@@ -19,7 +19,9 @@ class Gil;
 using TaskId = std::uint64_t;
 inline constexpr TaskId kNoId = ~TaskId{0};
 
-enum class TaskKind { Sleep, Cpu };
+// Fail and Crash are fault injection for tests and demos (plan files only): Fail returns an
+// error, Crash aborts its worker process.
+enum class TaskKind { Sleep, Cpu, Fail, Crash };
 
 std::string_view to_string(TaskKind kind);
 std::optional<TaskKind> parse_task_kind(std::string_view name);
@@ -40,6 +42,7 @@ struct TaskSpec {
     TaskId id = kNoId;
     TaskKind kind = TaskKind::Sleep;
     TaskParams params;
+    double timeout_s = 0;  // --task-timeout: fail the task when it runs longer; 0: no limit
 };
 
 // The parameters of `task` that matter for its kind, e.g. {"seconds":0.37} or {"lo":0,"hi":1000000}.
@@ -72,7 +75,18 @@ struct ExecContext {
     // gil-threads mode: the lock all threads share. Executors hold it while they compute
     // and never while they block (sleep, network), as CPython threads do. Null: no lock.
     Gil* gil = nullptr;
+    // A worker process of its own (processes mode): a crash task may abort it. In the
+    // coordinator's own threads a crash task fails instead.
+    bool isolated = false;
+    // When the task must be done by (run_task sets it from TaskSpec::timeout_s). An executor
+    // that passes it fails with timed_out(); max(): no limit.
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+
+    bool expired() const { return std::chrono::steady_clock::now() >= deadline; }
 };
+
+// The error of a task that ran past its timeout, e.g. "timed out after 2.5 s".
+std::string timed_out(const TaskSpec& task);
 
 // Runs one task to completion, failure or cancellation. Never throws: every error
 // becomes TaskResult{ok = false, error}. The same function runs in every mode.

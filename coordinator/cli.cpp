@@ -165,6 +165,11 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     app.add_option("--start-timeout", config.start_timeout_s, "seconds to wait for every worker's HELLO")
         ->check(CLI::Range(0.1, 3600.0))
         ->capture_default_str();
+    app.add_option("--task-timeout", config.task_timeout_s,
+                   "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
+                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task")
+        ->check(CLI::Range(0.0, 31'536'000.0))
+        ->capture_default_str();
     app.add_option("--max-attempts", config.max_attempts,
                    "tries per task when its worker dies under it; then the task fails")
         ->check(CLI::Range(1, 100))

@@ -43,6 +43,7 @@ struct RunConfig {
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
     double start_timeout_s = 10.0;
+    double task_timeout_s = 0;  // a task running longer fails; 0: no limit
     int max_attempts = 3;
     int max_respawns = 10;
     ProgressMode progress = ProgressMode::Auto;

@@ -181,7 +181,7 @@ void Dispatcher::dispatch() {
         Attempt attempt = pending_.front();
         pending_.pop_front();
         attempt.sent = Clock::now();
-        const std::string frame = proto::encode(proto::to_message(plan_.tasks[attempt.index], attempt.number, 0));
+        const std::string frame = proto::encode(proto::to_message(plan_.tasks[attempt.index], attempt.number));
         target->second.in_flight.push_back(attempt);
         if (!send(target->first, frame)) lose_worker(target->first, fmt::format("worker {} disconnected", target->second.name));
     }

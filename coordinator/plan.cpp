@@ -115,13 +115,16 @@ TaskSpec parse_line(const std::string& text) {
     const auto kind_name = fields.text("kind");
     if (!kind_name) throw LineError("no \"kind\"");
     const auto kind = parse_task_kind(*kind_name);
-    if (!kind) throw LineError(fmt::format("unknown kind \"{}\" (want sleep or cpu)", *kind_name));
+    if (!kind) throw LineError(fmt::format("unknown kind \"{}\" (want sleep, cpu, fail or crash)", *kind_name));
     TaskSpec task;
     task.kind = *kind;
     switch (*kind) {
         case TaskKind::Sleep: task.params = sleep_params(fields); break;
         case TaskKind::Cpu: task.params = cpu_params(fields); break;
+        case TaskKind::Fail:
+        case TaskKind::Crash: break;  // no parameters
     }
+    task.timeout_s = fields.seconds("timeout_s").value_or(0);
     fields.finish();
     return task;
 }
@@ -152,13 +155,16 @@ Plan read_plan(std::istream& in, const std::string& name) {
     return plan;
 }
 
-Plan make_plan(const RunConfig& config) {
-    if (!config.plan_path.empty()) {
-        std::ifstream in(config.plan_path);
-        if (!in)
-            throw ConfigError(fmt::format("--plan: cannot open '{}': {}", config.plan_path.string(), std::strerror(errno)));
-        return read_plan(in, config.plan_path.string());
-    }
+namespace {
+
+Plan read_plan_file(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    if (!in) throw ConfigError(fmt::format("--plan: cannot open '{}': {}", path.string(), std::strerror(errno)));
+    return read_plan(in, path.string());
+}
+
+// --tasks tasks of --task, from --seed.
+Plan generate_plan(const RunConfig& config) {
     Plan plan;
     plan.tasks.reserve(static_cast<std::size_t>(config.tasks));
     std::mt19937_64 generator(config.seed);
@@ -177,9 +183,21 @@ Plan make_plan(const RunConfig& config) {
                 task.params.lo = task.id * config.cpu_n;
                 task.params.hi = (task.id + 1) * config.cpu_n;
                 break;
+            case TaskKind::Fail:
+            case TaskKind::Crash: break;  // only in plan files; the CLI does not offer them
         }
         plan.tasks.push_back(task);
     }
+    return plan;
+}
+
+}  // namespace
+
+Plan make_plan(const RunConfig& config) {
+    Plan plan = config.plan_path.empty() ? generate_plan(config) : read_plan_file(config.plan_path);
+    // --task-timeout is the default; a plan line's own "timeout_s" wins.
+    for (TaskSpec& task : plan.tasks)
+        if (task.timeout_s == 0) task.timeout_s = config.task_timeout_s;
     return plan;
 }
 

@@ -23,10 +23,10 @@ std::string rejection(std::string_view frame) {
 }
 
 TEST(Protocol, TaskRoundTripsWithEveryField) {
-    TaskSpec spec{42, TaskKind::Sleep, TaskParams{.seconds = 0.25}};
-    const Message message = decode(encode(to_message(spec, 3, 7.5)));
+    TaskSpec spec{42, TaskKind::Sleep, TaskParams{.seconds = 0.25}, 7.5};
+    const Message message = decode(encode(to_message(spec, 3)));
     const auto* task = std::get_if<Task>(&message);
-    ASSERT_NE(task, nullptr) << rejection(encode(to_message(spec, 3, 7.5)));
+    ASSERT_NE(task, nullptr) << rejection(encode(to_message(spec, 3)));
     EXPECT_EQ(task->id, 42u);
     EXPECT_EQ(task->attempt, 3u);
     EXPECT_EQ(task->kind, "sleep");
@@ -35,6 +35,7 @@ TEST(Protocol, TaskRoundTripsWithEveryField) {
     const TaskSpec back = to_spec(*task);
     EXPECT_EQ(back.id, 42u);
     EXPECT_EQ(back.kind, TaskKind::Sleep);
+    EXPECT_EQ(back.timeout_s, 7.5);
 }
 
 TEST(Protocol, ResultRoundTripsWithItsValue) {
@@ -58,8 +59,8 @@ TEST(Protocol, ResultRoundTripsWithItsValue) {
 
 TEST(Protocol, CpuTaskAndResultRoundTripWithTheirRangeAndCount) {
     const TaskSpec spec{3, TaskKind::Cpu, TaskParams{.lo = 4'000'000'000, .hi = 5'000'000'000}};
-    const Message message = decode(encode(to_message(spec, 1, 0)));
-    ASSERT_TRUE(std::holds_alternative<Task>(message)) << rejection(encode(to_message(spec, 1, 0)));
+    const Message message = decode(encode(to_message(spec, 1)));
+    ASSERT_TRUE(std::holds_alternative<Task>(message)) << rejection(encode(to_message(spec, 1)));
     const TaskSpec back = to_spec(std::get<Task>(message));
     EXPECT_EQ(back.kind, TaskKind::Cpu);
     EXPECT_EQ(back.params.lo, 4'000'000'000u);
@@ -143,7 +144,7 @@ TEST(Protocol, RejectsAFieldOfTheWrongType) {
 }
 
 TEST(Protocol, RejectsATruncatedMessage) {
-    const std::string whole = encode(to_message(TaskSpec{1, TaskKind::Sleep, {.seconds = 1}}, 1, 0));
+    const std::string whole = encode(to_message(TaskSpec{1, TaskKind::Sleep, {.seconds = 1}}, 1));
     for (std::size_t size = 0; size < whole.size(); ++size)
         EXPECT_EQ(rejection(std::string_view(whole).substr(0, size)), "truncated message") << "size " << size;
 }
@@ -172,7 +173,7 @@ TEST(Protocol, RejectsDeepNesting) {
 }
 
 TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
-    const std::vector<std::string> seeds{encode(to_message(TaskSpec{9, TaskKind::Sleep, {.seconds = 2}}, 1, 0)),
+    const std::vector<std::string> seeds{encode(to_message(TaskSpec{9, TaskKind::Sleep, {.seconds = 2}}, 1)),
                                          encode(to_message(TaskResult{}))};
     std::mt19937_64 random(7);
     std::size_t accepted = 0;

@@ -86,7 +86,7 @@ private:
         zmq::socket_t results(context, zmq::socket_type::pair);
         wire::configure(results, zmq::socket_type::pair);
         results.connect(kResultsEndpoint);
-        const ExecContext exec{name, stop};
+        const ExecContext exec{.worker = name, .stop = stop, .isolated = true};
         while (true) {
             Queued next;
             {

@@ -55,6 +55,10 @@ void run_cpu(const TaskSpec& task, const ExecContext& context, TaskResult& resul
             result.error = "cancelled";
             return;
         }
+        if (context.expired()) {
+            result.error = timed_out(task);
+            return;
+        }
         hold.switch_point();
         const std::uint64_t end = std::min(hi, first + 2 * kSegmentOdds);  // is_prime[i] is first + 2i
         const std::uint64_t odds = (end - first + 1) / 2;

@@ -6,7 +6,10 @@
 
 namespace taskfarm::executors {
 
-// Sleeps task.params.seconds; returns early (not ok, "cancelled") when context.stop fires.
+// Every executor returns early, not ok, with "cancelled" when context.stop fires and with
+// timed_out(task) when context.deadline passes.
+
+// Sleeps task.params.seconds.
 void run_sleep(const TaskSpec& task, const ExecContext& context, TaskResult& result);
 
 // Counts the primes in [task.params.lo, task.params.hi) into result.primes. Holds
@@ -14,5 +17,11 @@ void run_sleep(const TaskSpec& task, const ExecContext& context, TaskResult& res
 // (tens of microseconds); checks context.stop as often and returns early (not ok, "cancelled") when it fires.
 // Throws std::invalid_argument when lo > hi or hi > kMaxPrimeLimit.
 void run_cpu(const TaskSpec& task, const ExecContext& context, TaskResult& result);
+
+// Fault injection. run_fail fails with "failed on purpose". run_crash aborts the process
+// (SIGABRT) when context.isolated, as a crashing worker would; elsewhere it fails, since
+// aborting would take the coordinator with it.
+void run_fail(const TaskSpec& task, const ExecContext& context, TaskResult& result);
+void run_crash(const TaskSpec& task, const ExecContext& context, TaskResult& result);
 
 }  // namespace taskfarm::executors

@@ -12,10 +12,18 @@ void run_sleep(const TaskSpec& task, const ExecContext& context, TaskResult& res
     std::mutex mutex;
     std::condition_variable_any never;
     std::unique_lock lock(mutex);
-    static_cast<void>(never.wait_for(lock, context.stop, duration, [] { return false; }));
+    const auto wake = context.deadline - started > duration
+                          ? started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(duration)
+                          : context.deadline;
+    static_cast<void>(never.wait_until(lock, context.stop, wake, [] { return false; }));
     result.slept_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    result.ok = !context.stop.stop_requested();
-    if (!result.ok) result.error = "cancelled";
+    if (context.stop.stop_requested()) {
+        result.error = "cancelled";
+    } else if (wake == context.deadline) {
+        result.error = timed_out(task);
+    } else {
+        result.ok = true;
+    }
 }
 
 }  // namespace taskfarm::executors
