@@ -42,6 +42,16 @@ std::vector<pid_t> workers_of(const testing::Running& coordinator, std::size_t c
     return workers;
 }
 
+// Once the coordinator has `count` workers and `after` has passed, stops the first one with
+// SIGSTOP (it stays alive, silent); returns its pid (-1 if it never came) and the run's output.
+std::pair<pid_t, Output> stop_a_worker(testing::Running& coordinator, std::size_t count, std::chrono::milliseconds after) {
+    const std::vector<pid_t> workers = workers_of(coordinator, count);
+    if (workers.size() != count) return {-1, coordinator.wait()};
+    std::this_thread::sleep_for(after);
+    ::kill(workers[0], SIGSTOP);
+    return {workers[0], coordinator.wait(std::chrono::seconds(60))};
+}
+
 TEST(Reliability, KillingARandomWorkerEveryThirdOfASecondLosesNoTask) {
     testing::TempDir dir;
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "400",
@@ -77,11 +87,9 @@ TEST(Reliability, AStoppedWorkersTaskFinishesElsewhereAfterTheHeartbeatTimeout) 
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration",
                                                  "0.5", "--heartbeat-timeout", "1", "--results",
                                                  (dir / "r.jsonl").string()});
-    const std::vector<pid_t> workers = workers_of(coordinator, 2);
-    ASSERT_EQ(workers.size(), 2u) << coordinator.err();
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // both have a task by now
-    ASSERT_EQ(::kill(workers[0], SIGSTOP), 0);
-    const Output output = coordinator.wait(std::chrono::seconds(60));
+    // After 200 ms both workers have a task.
+    const auto [stopped, output] = stop_a_worker(coordinator, 2, std::chrono::milliseconds(200));
+    ASSERT_GT(stopped, 0) << output.err;
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_NE(output.err.find("silent for"), std::string::npos) << output.err;
     const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
@@ -92,7 +100,7 @@ TEST(Reliability, AStoppedWorkersTaskFinishesElsewhereAfterTheHeartbeatTimeout) 
         retried += line["attempt"].get<int>() > 1;
     }
     EXPECT_GE(retried, 1);
-    EXPECT_TRUE(testing::eventually([&] { return !testing::process_exists(workers[0]); }, std::chrono::seconds(5)))
+    EXPECT_TRUE(testing::eventually([&] { return !testing::process_exists(stopped); }, std::chrono::seconds(5)))
         << "the stopped worker was left behind";
 }
 
@@ -170,11 +178,8 @@ TEST(Reliability, AWorkerStuckPastATaskTimeoutIsKilledAndReplaced) {
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "3",
                                                  "--duration", "0.3", "--task-timeout", "0.5", "--heartbeat-timeout",
                                                  "600", "--results", (dir / "r.jsonl").string()});
-    const std::vector<pid_t> workers = workers_of(coordinator, 1);
-    ASSERT_EQ(workers.size(), 1u) << coordinator.err();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    ASSERT_EQ(::kill(workers[0], SIGSTOP), 0);
-    const Output output = coordinator.wait(std::chrono::seconds(60));
+    const auto [stopped, output] = stop_a_worker(coordinator, 1, std::chrono::milliseconds(100));
+    ASSERT_GT(stopped, 0) << output.err;
     EXPECT_EQ(output.exit_code, 1) << output.err;
     EXPECT_NE(output.err.find("overran the timeout"), std::string::npos) << output.err;
     const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
@@ -188,7 +193,7 @@ TEST(Reliability, AWorkerStuckPastATaskTimeoutIsKilledAndReplaced) {
             << line.dump();
     }
     EXPECT_EQ(timed_out, 1);
-    EXPECT_FALSE(testing::process_exists(workers[0]));
+    EXPECT_FALSE(testing::process_exists(stopped));
 }
 
 TEST(Reliability, WhenEveryReplacementIsUsedUpTheRestFailsSayingWhy) {
