@@ -65,14 +65,14 @@ def coordinator_help(coordinator):
     """The coordinator's --help text; UsageError naming --coordinator if it cannot be run."""
     path = Path(coordinator)
     if not path.is_file() or not os.access(path, os.X_OK):
-        raise UsageError(f"--coordinator: cannot run '{coordinator}': not an executable file "
+        raise UsageError(f"argument --coordinator: cannot run '{coordinator}': not an executable file "
                          f"(build it with scripts/setup)")
     try:
         done = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise UsageError(f"--coordinator: cannot run '{coordinator} --help': {e}") from e
+        raise UsageError(f"argument --coordinator: cannot run '{coordinator} --help': {e}") from e
     if done.returncode != 0:
-        raise UsageError(f"--coordinator: '{coordinator} --help' exited {done.returncode}")
+        raise UsageError(f"argument --coordinator: '{coordinator} --help' exited {done.returncode}")
     return done.stdout
 
 
@@ -289,7 +289,7 @@ def read_csv(path):
         reader = csv.DictReader(f)
         missing = [c for c in KEY_COLUMNS + ("command", "exit_code") if c not in (reader.fieldnames or [])]
         if missing:
-            raise UsageError(f"--out: '{path}' is not a sweep CSV (no column {', '.join(missing)})")
+            raise UsageError(f"argument --out: '{path}' is not a sweep CSV (no column {', '.join(missing)})")
         return [{c: (row.get(c) or "") for c in CSV_COLUMNS} for row in reader]
 
 
