@@ -25,7 +25,7 @@ DEFAULT_COORDINATOR = REPO / "build" / "bin" / "coordinator"
 # The issue's columns first, then what a reader needs to judge a row.
 CSV_COLUMNS = [
     "task", "mode", "workers", "repeat", "tasks", "ok", "failed", "wall_s", "speedup_vs_sequential",
-    "cpu_s", "utilisation", "command", "exit_code", "error", "started_at",
+    "cpu_s", "utilisation", "command", "exit_code", "error", "started_at", "load_1m",  # load: 1-min average as the run ended
 ]
 KEY_COLUMNS = ("task", "mode", "workers", "repeat")
 
@@ -55,6 +55,11 @@ def raise_interrupted_on_sigterm():
 
 def available_cpus():
     return len(os.sched_getaffinity(0))
+
+
+def load_text():
+    """The 1-minute load average against the core count: how busy the machine was with other work."""
+    return f"load average {os.getloadavg()[0]:.1f} on {available_cpus()} cores"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +234,7 @@ def row_from_result(setting, argv, result, tasks_arg, started_at):
     row = dict.fromkeys(CSV_COLUMNS, "")
     row.update(task=setting.task, mode=setting.mode, workers=str(setting.workers), repeat=str(setting.repeat),
                command=command_text(argv), exit_code=str(result.exit_code), error=result.error,
-               started_at=started_at)
+               started_at=started_at, load_1m=f"{os.getloadavg()[0]:.2f}")
     if tasks_arg:
         row["tasks"] = str(tasks_arg)
     runs = (result.report or {}).get("runs") or []
