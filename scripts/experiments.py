@@ -141,7 +141,7 @@ def run_coordinator(argv, json_path, log_path, timeout_s=None):
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                stop(process, signal.SIGTERM)
+                stop(process, signal.SIGTERM, grace_s=0.0)
         except KeyboardInterrupt:
             stop(process, signal.SIGINT, grace_s=2.0)
             raise Interrupted(130)
@@ -239,7 +239,7 @@ def row_from_result(setting, argv, result, tasks_arg, started_at):
         row["tasks"] = str(tasks_arg)
     runs = (result.report or {}).get("runs") or []
     run = next((r for r in runs if r.get("mode") == setting.mode), None)
-    if run is not None and not run.get("interrupted"):
+    if run is not None and not run.get("interrupted") and not result.timed_out:
         row.update(tasks=str(run["tasks"]), ok=str(run["ok"]), failed=str(run["failed"]),
                    wall_s=f"{run['wall_s']:.6f}", cpu_s=f"{run['cpu_s']:.6f}",
                    utilisation=f"{run['utilisation']:.4f}")

@@ -161,6 +161,7 @@ class SweepArguments(unittest.TestCase):
         self.check_usage(["--workers", "1,x"], "argument --workers")
         self.check_usage(["--workers", "2,2"], "argument --workers")
         self.check_usage(["--repeat", "-1"], "argument --repeat")
+        self.check_usage(["--run-timeout", "0"], "argument --run-timeout")
         self.check_usage(["--task", "nope"], "argument --task")
         self.check_usage(["--mode", "sequential,fast"], "argument --mode")
         self.check_usage(["--mode", "all"], "argument --mode")
@@ -288,6 +289,18 @@ class SweepFailures(unittest.TestCase):
             rows = read_rows(out / "sweep.csv")
             self.assertEqual(len(rows), 12)
             self.assertTrue(all(r["exit_code"] == "0" for r in rows))
+
+    def test_a_run_past_run_timeout_is_stopped_and_recorded_as_failed(self):
+        with tempfile.TemporaryDirectory() as d:
+            done = run([SWEEP, "--coordinator", COORDINATOR, "--workers", "1", "--mode", "threads,processes",
+                        "--repeat", "1", "--tasks", "1", "--run-timeout", "0.5", "--out", d, "--", "--duration", "60"],
+                       timeout=120)
+            self.assertEqual(done.returncode, 1, done.stderr)
+            rows = read_rows(Path(d) / "sweep.csv")
+            self.assertEqual(sorted(r["mode"] for r in rows), ["processes", "threads"])
+            for r in rows:
+                self.assertEqual((r["error"], r["wall_s"], r["ok"]), ("timed out after 0.5 s", "", ""))
+            self.assertEqual(run(["pgrep", "-f", d]).stdout.split(), [])
 
     def test_without_sequential_there_is_no_speedup_and_no_plot(self):
         with tempfile.TemporaryDirectory() as d:
