@@ -14,8 +14,6 @@ import shlex
 import signal
 import statistics
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,8 +60,6 @@ def load_text():
     return f"load average {os.getloadavg()[0]:.1f} on {available_cpus()} cores"
 
 
-# ---------------------------------------------------------------------------------------------
-# The coordinator: what it supports, running it
 
 
 def coordinator_help(coordinator):
@@ -108,7 +104,6 @@ class RunResult:
     exit_code: int        # the coordinator's exit status; negative: killed by that signal
     report: dict | None   # its --json report, if it wrote one
     error: str            # one line saying why, if the run failed
-    seconds: float        # how long the command took, start to exit
     timed_out: bool = False
 
 
@@ -130,7 +125,6 @@ def run_coordinator(argv, json_path, log_path, timeout_s=None):
     """
     json_path = Path(json_path)
     json_path.unlink(missing_ok=True)
-    started = time.monotonic()
     timed_out = False
     with open(log_path, "w") as log:
         log.write("$ " + shlex.join(argv) + "\n")
@@ -148,7 +142,6 @@ def run_coordinator(argv, json_path, log_path, timeout_s=None):
         except Interrupted:
             stop(process, signal.SIGTERM, grace_s=0.0)
             raise
-    seconds = time.monotonic() - started
     report = None
     if json_path.is_file():
         try:
@@ -162,10 +155,10 @@ def run_coordinator(argv, json_path, log_path, timeout_s=None):
     elif code != 0:
         why = last_error_line(Path(log_path).read_text(errors="replace"))
         error = f"exit {code}" + (f": {why}" if why else "")
-    return RunResult(exit_code=code, report=report, error=error, seconds=seconds, timed_out=timed_out)
+    return RunResult(exit_code=code, report=report, error=error, timed_out=timed_out)
 
 
-def stop(process, first_signal, grace_s=10.0):
+def stop(process, first_signal, grace_s):
     """Waits `grace_s` for `process` to end, then sends `first_signal`, waits 10 s more, then kills."""
     for sig in (None, first_signal, signal.SIGKILL):
         if sig is not None and process.poll() is None:
@@ -190,8 +183,6 @@ def command_text(argv):
     return shlex.join(str(a) for a in argv)
 
 
-# ---------------------------------------------------------------------------------------------
-# The sweep's grid and its run order
 
 
 @dataclass(frozen=True)
@@ -225,8 +216,6 @@ def run_order(tasks, modes, workers, repeats, seed):
     return order
 
 
-# ---------------------------------------------------------------------------------------------
-# CSV rows
 
 
 def row_from_result(setting, argv, result, tasks_arg, started_at):
@@ -314,8 +303,6 @@ def comparable_command(command):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Summary
 
 
 @dataclass
@@ -378,8 +365,6 @@ def write_text_atomically(path, text):
     os.replace(temp, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Plot
 
 
 def ideal_for_tasks(tasks, workers):

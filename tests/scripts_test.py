@@ -110,7 +110,7 @@ class SweepUnit(unittest.TestCase):
 
     def test_row_of_a_run_without_report_is_failed(self):
         setting = ex.Setting("cpu", "processes", 4, 2)
-        result = ex.RunResult(exit_code=-9, report=None, error="exit -9", seconds=1.0)
+        result = ex.RunResult(exit_code=-9, report=None, error="exit -9")
         r = ex.row_from_result(setting, ["coordinator", "--task", "cpu"], result, 8, "now")
         self.assertEqual((r["task"], r["mode"], r["workers"], r["repeat"], r["tasks"]), ("cpu", "processes", "4", "2", "8"))
         self.assertEqual((r["exit_code"], r["error"], r["wall_s"], r["ok"]), ("-9", "exit -9", "", ""))
@@ -120,7 +120,7 @@ class SweepUnit(unittest.TestCase):
         report = {"runs": [{"mode": "threads", "tasks": 4, "ok": 3, "failed": 1, "wall_s": 1.5, "cpu_s": 0.1,
                             "utilisation": 0.05, "interrupted": False,
                             "failures": [{"id": 2, "error": "timed out after 0.05 s"}]}]}
-        result = ex.RunResult(exit_code=1, report=report, error="exit 1", seconds=1.6)
+        result = ex.RunResult(exit_code=1, report=report, error="exit 1")
         r = ex.row_from_result(ex.Setting("sleep", "threads", 2, 1), ["c"], result, None, "now")
         self.assertEqual((r["tasks"], r["ok"], r["failed"], r["wall_s"]), ("4", "3", "1", "1.500000"))
         self.assertEqual(r["error"], "1 task(s) failed, first task 2: timed out after 0.05 s")
