@@ -181,6 +181,25 @@ class SweepArguments(unittest.TestCase):
             self.assertIn("--duration", done.stderr)
             self.assertEqual(ex.read_csv(Path(d) / "sweep.csv"), [])
 
+    def test_task_flags_go_to_the_runs_of_that_task_only(self):
+        with tempfile.TemporaryDirectory() as d:
+            log = Path(d) / "args.jsonl"
+            done = run([SWEEP, "--coordinator", FAKE, "--workers", "1", "--task", "sleep,download", "--mode",
+                        "sequential", "--repeat", "1", "--task-flags", "download:--latency 0.05", "--out",
+                        Path(d) / "out"], env={"FAKE_ARGS_LOG": str(log)})
+            self.assertEqual(done.returncode, 0, done.stderr)
+            commands = {c[c.index("--task") + 1]: c for c in map(json.loads, log.read_text().splitlines())
+                        if "--help" not in c}
+            self.assertEqual(sorted(commands), ["download", "sleep"])
+            download, sleep = commands["download"], commands["sleep"]
+            self.assertEqual(download[download.index("--latency") + 1], "0.05")
+            self.assertTrue(download[download.index("--out-dir") + 1].endswith("downloads"))
+            self.assertNotIn("--latency", sleep)
+            self.assertNotIn("--out-dir", sleep)
+        self.check_usage(["--task", "sleep", "--task-flags", "cpu:--cpu-n 5"], "argument --task-flags")
+        self.check_usage(["--task-flags", "no-colon"], "argument --task-flags")
+        self.check_usage(["--task-flags", "sleep:--mode threads"], "--mode")
+
     def test_an_out_made_with_other_flags_is_refused(self):
         with tempfile.TemporaryDirectory() as d:
             base = [SWEEP, "--coordinator", COORDINATOR, "--workers", "1", "--mode", "threads", "--repeat", "1",
