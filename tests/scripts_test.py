@@ -1,0 +1,440 @@
+"""Tests of scripts/sweep, scripts/reproduce-tutorial and scripts/experiments.py.
+
+  /usr/bin/python3 tests/scripts_test.py                 every test
+  /usr/bin/python3 tests/scripts_test.py SweepUnit       one class (CTest runs them class by class)
+
+TASKFARM_COORDINATOR names the coordinator to run (CTest passes the one it built; default
+build/bin/coordinator). tests/scripts/fake_coordinator stands in where a test needs a
+coordinator that fails on demand or has --task download. The tests check contents (rows,
+keys, columns, files, exit codes), never timings: the machine is shared.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import experiments as ex  # noqa: E402
+
+SWEEP = REPO / "scripts" / "sweep"
+TUTORIAL = REPO / "scripts" / "reproduce-tutorial"
+FAKE = REPO / "tests" / "scripts" / "fake_coordinator"
+COORDINATOR = Path(os.environ.get("TASKFARM_COORDINATOR", REPO / "build" / "bin" / "coordinator"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run(argv, env=None, timeout=300):
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def row(task="sleep", mode="threads", workers=2, repeat=1, wall="1.0", exit_code="0", failed="0"):
+    r = dict.fromkeys(ex.CSV_COLUMNS, "")
+    r.update(task=task, mode=mode, workers=str(workers), repeat=str(repeat), tasks="4", ok="4", failed=failed,
+             wall_s=wall, cpu_s="0.01", utilisation="0.01", exit_code=exit_code,
+             command=f"coordinator --task {task} --mode {mode} --workers {workers} --json x.json")
+    return r
+
+
+class SweepUnit(unittest.TestCase):
+    def test_run_order_is_randomised_blocks_one_per_repeat(self):
+        order = ex.run_order(["sleep", "cpu"], ["sequential", "threads"], [1, 2, 4], 3, seed=7)
+        self.assertEqual(len(order), 2 * 2 * 3 * 3)
+        for repeat in (1, 2, 3):
+            block = order[(repeat - 1) * 12:repeat * 12]
+            self.assertEqual({s.repeat for s in block}, {repeat})
+            self.assertEqual(len({(s.task, s.mode, s.workers) for s in block}), 12)
+        self.assertEqual(order, ex.run_order(["sleep", "cpu"], ["sequential", "threads"], [1, 2, 4], 3, seed=7))
+        blocks = [[(s.task, s.mode, s.workers) for s in order[i:i + 12]] for i in (0, 12, 24)]
+        self.assertFalse(blocks[0] == blocks[1] == blocks[2], "every block in the same order: not shuffled")
+
+    def test_speedup_pairs_the_sequential_run_of_the_same_task_workers_and_repeat(self):
+        rows = [row(mode="sequential", workers=2, repeat=1, wall="4.0"),
+                row(mode="sequential", workers=2, repeat=2, wall="8.0"),
+                row(mode="threads", workers=2, repeat=1, wall="2.0"),
+                row(mode="threads", workers=2, repeat=2, wall="2.0"),
+                row(mode="threads", workers=4, repeat=1, wall="1.0"),       # no sequential at workers 4
+                row(task="cpu", mode="threads", workers=2, repeat=1, wall="1.0")]  # nor for cpu
+        ex.fill_speedups(rows)
+        self.assertEqual([r["speedup_vs_sequential"] for r in rows], ["1.0000", "1.0000", "2.0000", "4.0000", "", ""])
+
+    def test_no_speedup_where_either_run_failed(self):
+        rows = [row(mode="sequential", wall="4.0", exit_code="1", failed="1"), row(mode="threads", wall="2.0"),
+                row(mode="sequential", repeat=2, wall="4.0"), row(mode="threads", repeat=2, wall="", exit_code="3")]
+        ex.fill_speedups(rows)
+        self.assertEqual([r["speedup_vs_sequential"] for r in rows], ["", "", "1.0000", ""])
+
+    def test_csv_round_trip_leaves_no_temp_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "sweep.csv"
+            rows = [row(), row(mode="sequential", wall="2.5")]
+            rows[0]["error"] = 'a "quoted", comma\nand newline'
+            ex.write_csv(path, rows)
+            self.assertEqual(ex.read_csv(path), rows)
+            self.assertEqual(sorted(p.name for p in Path(d).iterdir()), ["sweep.csv"])
+            self.assertEqual(ex.read_csv(Path(d) / "absent.csv"), [])
+
+    def test_read_csv_refuses_a_file_that_is_not_a_sweep(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "sweep.csv"
+            path.write_text("a,b\n1,2\n")
+            with self.assertRaisesRegex(ex.UsageError, "not a sweep CSV"):
+                ex.read_csv(path)
+
+    def test_summary_has_median_and_range_per_setting_and_lists_failures(self):
+        rows = [row(mode="sequential", repeat=r, wall="4.0") for r in (1, 2, 3)]
+        rows += [row(mode="threads", repeat=1, wall="1.0"), row(mode="threads", repeat=2, wall="2.0"),
+                 row(mode="threads", repeat=3, wall="4.0")]
+        rows.append(row(mode="processes", repeat=1, wall="", exit_code="3"))
+        rows[-1]["error"] = "exit 3: boom"
+        ex.fill_speedups(rows)
+        text = ex.summary_markdown(rows)
+        lines = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| sleep")}
+        self.assertIn("| 3/3 | 2.000 (1.000 - 4.000) | x2.00 (x1.00 - x4.00) |", lines["threads"])
+        self.assertIn("| 3/3 | 4.000 (4.000 - 4.000) | x1.00 (x1.00 - x1.00) |", lines["sequential"])
+        self.assertIn("| 0/1 | - | - |", lines["processes"])
+        self.assertIn("sleep processes workers=2 repeat=1: exit 3: boom", text)
+
+    def test_row_of_a_run_without_report_is_failed(self):
+        setting = ex.Setting("cpu", "processes", 4, 2)
+        result = ex.RunResult(exit_code=-9, report=None, error="exit -9")
+        r = ex.row_from_result(setting, ["coordinator", "--task", "cpu"], result, 8, "now")
+        self.assertEqual((r["task"], r["mode"], r["workers"], r["repeat"], r["tasks"]), ("cpu", "processes", "4", "2", "8"))
+        self.assertEqual((r["exit_code"], r["error"], r["wall_s"], r["ok"]), ("-9", "exit -9", "", ""))
+        self.assertFalse(ex.row_succeeded(r))
+
+    def test_row_of_a_run_with_failed_tasks_names_the_first_failure(self):
+        report = {"runs": [{"mode": "threads", "tasks": 4, "ok": 3, "failed": 1, "wall_s": 1.5, "cpu_s": 0.1,
+                            "utilisation": 0.05, "interrupted": False,
+                            "failures": [{"id": 2, "error": "timed out after 0.05 s"}]}]}
+        result = ex.RunResult(exit_code=1, report=report, error="exit 1")
+        r = ex.row_from_result(ex.Setting("sleep", "threads", 2, 1), ["c"], result, None, "now")
+        self.assertEqual((r["tasks"], r["ok"], r["failed"], r["wall_s"]), ("4", "3", "1", "1.500000"))
+        self.assertEqual(r["error"], "1 task(s) failed, first task 2: timed out after 0.05 s")
+        self.assertFalse(ex.row_succeeded(r))
+
+    def test_comparable_command_ignores_binary_and_json_path(self):
+        self.assertEqual(ex.comparable_command("/a/coordinator --task sleep --json /x/r.json --duration 0.2"),
+                         ex.comparable_command("build/bin/coordinator --task sleep --json y.json --duration 0.2"))
+        self.assertNotEqual(ex.comparable_command("c --task sleep --duration 0.2"),
+                            ex.comparable_command("c --task sleep --duration 0.3"))
+
+    def test_help_parsing_finds_task_kinds_and_options(self):
+        help_text = run([FAKE, "--help"]).stdout
+        self.assertTrue(ex.supports(help_text, "--task", "download"))
+        self.assertTrue(ex.supports(help_text, "--mode", "gil-threads"))
+        self.assertTrue(ex.supports(help_text, "--latency"))
+        self.assertFalse(ex.supports(help_text, "--task", "upload"))
+        self.assertFalse(ex.supports(help_text, "--bandwidth"))
+        self.assertFalse(ex.supports("  -t,--task TEXT:{sleep,cpu}=sleep\n     task kind: sleep or cpu\n  --json F\n"
+                                     "     the download report\n", "--task", "download"))
+
+    def test_ideal_for_tasks_counts_rounds(self):
+        self.assertEqual(ex.ideal_for_tasks(8, 4), 4)
+        self.assertAlmostEqual(ex.ideal_for_tasks(10, 4), 10 / 3)
+        self.assertEqual(ex.ideal_for_tasks(3, 8), 3)
+
+
+class SweepArguments(unittest.TestCase):
+    def check_usage(self, args, names):
+        with tempfile.TemporaryDirectory() as d:
+            done = run([SWEEP, "--coordinator", COORDINATOR] + args + (["--out", d] if "--out" not in args else []))
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn(names, done.stderr)
+        self.assertIn("usage:", done.stderr)
+
+    def test_bad_arguments_exit_2_naming_the_argument(self):
+        self.check_usage(["--workers", "0"], "argument --workers")
+        self.check_usage(["--workers", "1,x"], "argument --workers")
+        self.check_usage(["--workers", "2,2"], "argument --workers")
+        self.check_usage(["--repeat", "-1"], "argument --repeat")
+        self.check_usage(["--run-timeout", "0"], "argument --run-timeout")
+        self.check_usage(["--task", "nope"], "argument --task")
+        self.check_usage(["--mode", "sequential,fast"], "argument --mode")
+        self.check_usage(["--mode", "all"], "argument --mode")
+        self.check_usage(["--bogus"], "--bogus")
+        self.check_usage(["--", "--mode", "threads"], "--mode")
+        self.check_usage(["--", "-w", "3"], "--workers")
+        self.check_usage(["--coordinator", "/nonexistent/coordinator"], "argument --coordinator")
+        done = run([SWEEP, "--workers", "1"])
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--out", done.stderr)
+
+    def test_a_flag_the_coordinator_refuses_stops_the_sweep_with_2(self):
+        with tempfile.TemporaryDirectory() as d:
+            done = run([SWEEP, "--coordinator", COORDINATOR, "--workers", "1", "--repeat", "1", "--out", d,
+                        "--", "--duration", "-1"])
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertIn("--duration", done.stderr)
+            self.assertEqual(ex.read_csv(Path(d) / "sweep.csv"), [])
+
+    def test_task_flags_go_to_the_runs_of_that_task_only(self):
+        with tempfile.TemporaryDirectory() as d:
+            log = Path(d) / "args.jsonl"
+            done = run([SWEEP, "--coordinator", FAKE, "--workers", "1", "--task", "sleep,download", "--mode",
+                        "sequential", "--repeat", "1", "--task-flags", "download:--latency 0.05", "--out",
+                        Path(d) / "out"], env={"FAKE_ARGS_LOG": str(log)})
+            self.assertEqual(done.returncode, 0, done.stderr)
+            commands = {c[c.index("--task") + 1]: c for c in map(json.loads, log.read_text().splitlines())
+                        if "--help" not in c}
+            self.assertEqual(sorted(commands), ["download", "sleep"])
+            download, sleep = commands["download"], commands["sleep"]
+            self.assertEqual(download[download.index("--latency") + 1], "0.05")
+            self.assertTrue(download[download.index("--out-dir") + 1].endswith("downloads"))
+            self.assertNotIn("--latency", sleep)
+            self.assertNotIn("--out-dir", sleep)
+        self.check_usage(["--task", "sleep", "--task-flags", "cpu:--cpu-n 5"], "argument --task-flags")
+        self.check_usage(["--task-flags", "no-colon"], "argument --task-flags")
+        self.check_usage(["--task-flags", "sleep:--mode threads"], "--mode")
+
+    def test_an_out_made_with_other_flags_is_refused(self):
+        with tempfile.TemporaryDirectory() as d:
+            base = [SWEEP, "--coordinator", COORDINATOR, "--workers", "1", "--mode", "threads", "--repeat", "1",
+                    "--tasks", "1", "--out", d, "--", "--duration", "0.01"]
+            self.assertEqual(run(base).returncode, 0)
+            done = run(base[:-1] + ["0.02"])
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertIn("argument --out", done.stderr)
+            self.assertIn("other flags", done.stderr)
+
+
+class SweepEndToEnd(unittest.TestCase):
+    """The issue's check: a 3x2x2x2 sweep gives 24 rows and a PNG; a rerun skips what is done."""
+
+    GRID = ["--workers", "1,2,3", "--task", "sleep,cpu", "--mode", "sequential,processes", "--repeat", "2",
+            "--tasks", "3"]
+    EXTRA = ["--", "--duration", "0.01", "--cpu-n", "1000000"]
+
+    def sweep(self, out, *more):
+        return run([SWEEP, "--coordinator", COORDINATOR] + self.GRID + list(more) + ["--out", out] + self.EXTRA)
+
+    def test_grid_resume_and_outputs(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d)
+            done = self.sweep(out)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            rows = read_rows(out / "sweep.csv")
+            self.assertEqual(len(rows), 24)
+            self.assertEqual(list(rows[0].keys()), ex.CSV_COLUMNS)
+            keys = {(r["task"], r["mode"], r["workers"], r["repeat"]) for r in rows}
+            self.assertEqual(keys, {(t, m, w, rp) for t in ("sleep", "cpu") for m in ("sequential", "processes")
+                                    for w in ("1", "2", "3") for rp in ("1", "2")})
+            for r in rows:
+                self.assertEqual((r["exit_code"], r["tasks"], r["ok"], r["failed"]), ("0", "3", "3", "0"), r)
+                self.assertGreater(float(r["wall_s"]), 0)
+                self.assertGreater(float(r["speedup_vs_sequential"]), 0)
+                self.assertIn(f"--mode {r['mode']}", r["command"])
+                self.assertIn(f"--workers {r['workers']}", r["command"])
+                self.assertTrue((out / "runs" / f"{r['task']}-{r['mode']}-w{r['workers']}-r{r['repeat']}.json")
+                                .is_file())
+            self.assertEqual({r["speedup_vs_sequential"] for r in rows if r["mode"] == "sequential"}, {"1.0000"})
+            # Randomised blocks: repeat 1's twelve runs come before any of repeat 2's.
+            self.assertEqual([r["repeat"] for r in rows], ["1"] * 12 + ["2"] * 12)
+
+            png = (out / "speedup.png").read_bytes()
+            self.assertEqual(png[:8], PNG_SIGNATURE)
+            self.assertEqual(png[12:16], b"IHDR")
+            self.assertGreater(int.from_bytes(png[16:20], "big"), 100)  # width
+            summary = (out / "summary.md").read_text()
+            self.assertEqual(sum(1 for line in summary.splitlines() if line.startswith(("| sleep", "| cpu"))), 12)
+            self.assertIn("| sleep | processes | 3 | 3 | 2/2 |", summary)
+            self.assertIn("| cpu | sequential | 1 | 3 | 2/2 |", summary)
+
+            # Rerun: nothing to do, nothing changes.
+            before = (out / "sweep.csv").read_text()
+            again = self.sweep(out)
+            self.assertEqual(again.returncode, 0, again.stderr)
+            self.assertIn("24 already in", again.stderr)
+            self.assertIn("0 to run", again.stderr)
+            self.assertEqual((out / "sweep.csv").read_text(), before)
+
+            # Lose five rows: the rerun runs exactly those five.
+            kept = rows[:7] + rows[12:]
+            ex.write_csv(out / "sweep.csv", kept)
+            again = self.sweep(out)
+            self.assertEqual(again.returncode, 0, again.stderr)
+            self.assertIn("5 to run", again.stderr)
+            self.assertEqual(again.stderr.count("sweep: ["), 5)
+            rows_after = read_rows(out / "sweep.csv")
+            self.assertEqual(len(rows_after), 24)
+            # The old rows untouched, in their order; only a speedup may change, where the run it pairs
+            # with is one of the five.
+            def without_speedup(rows):
+                return [{k: v for k, v in r.items() if k != "speedup_vs_sequential"} for r in rows]
+            self.assertEqual(without_speedup(rows_after[:19]), without_speedup(kept))
+            self.assertEqual({(r["task"], r["mode"], r["workers"], r["repeat"]) for r in rows_after}, keys)
+
+
+class SweepFailures(unittest.TestCase):
+    def test_a_failing_run_is_recorded_and_the_sweep_goes_on(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d)
+            argv = [SWEEP, "--coordinator", FAKE, "--workers", "1,2", "--mode", "sequential,threads,processes",
+                    "--repeat", "2", "--tasks", "4", "--out", out]
+            done = run(argv, env={"FAKE_FAIL": "processes:3"})
+            self.assertEqual(done.returncode, 1, done.stderr)
+            rows = read_rows(out / "sweep.csv")
+            self.assertEqual(len(rows), 12)
+            failed = [r for r in rows if r["mode"] == "processes"]
+            self.assertEqual(len(failed), 4)
+            for r in failed:
+                self.assertEqual((r["exit_code"], r["wall_s"], r["speedup_vs_sequential"]), ("3", "", ""))
+                self.assertIn("fake failure in processes", r["error"])
+            for r in rows:
+                if r["mode"] != "processes":
+                    self.assertEqual(r["exit_code"], "0")
+                    self.assertNotEqual(r["speedup_vs_sequential"], "")
+            self.assertIn("Failed runs (4)", (out / "summary.md").read_text())
+            self.assertEqual((out / "speedup.png").read_bytes()[:8], PNG_SIGNATURE)
+
+            # A plain rerun keeps the failures; --retry-failed runs just those again.
+            self.assertIn("0 to run", run(argv, env={"FAKE_FAIL": "processes:3"}).stderr)
+            done = run(argv + ["--retry-failed"])
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn("4 to run", done.stderr)
+            rows = read_rows(out / "sweep.csv")
+            self.assertEqual(len(rows), 12)
+            self.assertTrue(all(r["exit_code"] == "0" for r in rows))
+
+    def test_a_run_past_run_timeout_is_stopped_and_recorded_as_failed(self):
+        with tempfile.TemporaryDirectory() as d:
+            done = run([SWEEP, "--coordinator", COORDINATOR, "--workers", "1", "--mode", "threads,processes",
+                        "--repeat", "1", "--tasks", "1", "--run-timeout", "0.5", "--out", d, "--", "--duration", "60"],
+                       timeout=120)
+            self.assertEqual(done.returncode, 1, done.stderr)
+            rows = read_rows(Path(d) / "sweep.csv")
+            self.assertEqual(sorted(r["mode"] for r in rows), ["processes", "threads"])
+            for r in rows:
+                self.assertEqual((r["error"], r["wall_s"], r["ok"]), ("timed out after 0.5 s", "", ""))
+            self.assertEqual(run(["pgrep", "-f", d]).stdout.split(), [])
+
+    def test_without_sequential_there_is_no_speedup_and_no_plot(self):
+        with tempfile.TemporaryDirectory() as d:
+            done = run([SWEEP, "--coordinator", FAKE, "--workers", "1,2", "--mode", "threads", "--repeat", "1",
+                        "--out", d])
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertEqual({r["speedup_vs_sequential"] for r in read_rows(Path(d) / "sweep.csv")}, {""})
+            self.assertIn("add sequential to --mode", done.stderr)
+            self.assertFalse((Path(d) / "speedup.png").exists())
+
+    def test_ctrl_c_leaves_a_valid_csv_and_no_coordinator(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d)
+            argv = [SWEEP, "--coordinator", COORDINATOR, "--workers", "1,2", "--mode", "sequential,threads,processes",
+                    "--repeat", "3", "--tasks", "2", "--out", out, "--", "--duration", "0.3"]
+            process = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (
+                    (out / "sweep.csv").exists() and len(ex.read_csv(out / "sweep.csv")) >= 2):
+                time.sleep(0.05)
+            time.sleep(0.1)  # most likely inside a run now
+            os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the sweep and its coordinator
+            _, stderr = process.communicate(timeout=60)
+            self.assertEqual(process.returncode, 130, stderr)
+            self.assertIn("interrupted", stderr)
+            rows = read_rows(out / "sweep.csv")
+            self.assertGreaterEqual(len(rows), 2)
+            self.assertLess(len(rows), 18)
+            for r in rows:
+                self.assertEqual((r["exit_code"], r["failed"]), ("0", "0"), r)  # the interrupted run is not a row
+            self.assertFalse(any(p.name.endswith(".tmp") for p in out.iterdir()))
+            # No coordinator or worker of this sweep is left.
+            left = run(["pgrep", "-f", str(out)]).stdout.split()
+            self.assertEqual(left, [])
+
+            done = run(argv)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertEqual(len(read_rows(out / "sweep.csv")), 18)
+
+
+class ReproduceTutorial(unittest.TestCase):
+    TITLES = ["func() sleeps 1 s, once", "4 calls in a loop", "2 threads", "10 threads", "10 threads of 1.5 s",
+              "as_completed, random 1..10 s", "15 image downloads: sequential", "15 image downloads: 8 threads",
+              "10 processes sleeping 2 s", "CPU-bound", "threads", "gil-threads", "processes"]
+
+    def table_rows(self, stdout):
+        return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+                if line.startswith("| ") and not line.startswith("| experiment")]
+
+    def test_quick_prints_the_table_and_draws_every_run(self):
+        with tempfile.TemporaryDirectory() as d:
+            done = run([TUTORIAL, "--quick", "--coordinator", COORDINATOR, "--out", d])
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn("| experiment | command | tutorial | taskfarm | ideal |", done.stdout)
+            rows = self.table_rows(done.stdout)
+            self.assertEqual(len(rows), 13)
+            text = done.stdout
+            for title in self.TITLES:
+                self.assertIn(title, text)
+            by_title = {r[0]: r for r in rows}
+            self.assertEqual(by_title["4 calls in a loop"][1],
+                             "`coordinator --mode sequential --tasks 4 --duration 0.1`")
+            self.assertEqual(by_title["4 calls in a loop"][2], "0.400 s")
+            self.assertRegex(by_title["4 calls in a loop"][3], r"^\d+\.\d{3} s$")
+            self.assertRegex(by_title["as_completed, random 1..10 s"][3], "results shortest first")
+            downloads = by_title["15 image downloads: sequential"][3]
+            if ex.supports(ex.coordinator_help(COORDINATOR), "--task", "download"):
+                self.assertRegex(downloads, r"^\d+\.\d{3} s")
+            else:
+                self.assertEqual(downloads, "skipped: download tasks not built yet")
+            self.assertEqual(sum(1 for r in rows if r[0].startswith("CPU-bound")), 4)
+            for r in rows:
+                self.assertNotIn("failed", r[3])
+            svgs = sorted(p.name for p in Path(d).glob("*.svg"))
+            self.assertIn("2-loop.svg", svgs)
+            self.assertIn("9-cpu-bound.svg", svgs)
+            self.assertGreaterEqual(len(svgs), 8)
+            for svg in Path(d).glob("*.svg"):
+                self.assertIn("<svg", svg.read_text())
+            self.assertEqual((Path(d) / "tutorial.md").read_text().split("\n\n", 1)[1],
+                             done.stdout.split("\n\n", 1)[1])
+
+    def test_downloads_run_where_the_coordinator_has_them(self):
+        with tempfile.TemporaryDirectory() as d:
+            log = Path(d) / "args.jsonl"
+            done = run([TUTORIAL, "--quick", "--coordinator", FAKE, "--out", d], env={"FAKE_ARGS_LOG": str(log)})
+            self.assertEqual(done.returncode, 0, done.stderr)
+            rows = {r[0]: r for r in self.table_rows(done.stdout)}
+            self.assertRegex(rows["15 image downloads: sequential"][3], r"^1\.500 s$")
+            self.assertRegex(rows["15 image downloads: 8 threads"][3], r"^0\.200 s \(x7\.50\)$")
+            self.assertEqual(rows["15 image downloads: 8 threads"][4], "0.040 s + transfer")
+            commands = [json.loads(line) for line in log.read_text().splitlines()]
+            download = next(c for c in commands if "download" in c)
+            self.assertEqual(download[download.index("--latency") + 1], "0.02")
+            self.assertIn("--out-dir", download)
+
+    def test_a_failed_experiment_shows_in_the_table_and_the_exit_status(self):
+        with tempfile.TemporaryDirectory() as d:
+            done = run([TUTORIAL, "--quick", "--coordinator", FAKE, "--out", d], env={"FAKE_FAIL": "gil-threads:1"})
+            self.assertEqual(done.returncode, 1, done.stderr)
+            rows = {r[0]: r for r in self.table_rows(done.stdout)}
+            gil = [r for title, r in rows.items() if title.startswith("CPU-bound") and title.endswith("gil-threads")]
+            self.assertEqual(len(gil), 1)
+            self.assertIn("failed (exit 1: error: fake failure in gil-threads)", gil[0][3])
+            self.assertRegex(rows["4 calls in a loop"][3], r"^0\.400 s$")  # the others still ran
+
+    def test_bad_arguments_exit_2(self):
+        done = run([TUTORIAL, "--coordinator", "/nonexistent/coordinator"])
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("argument --coordinator", done.stderr)
+        done = run([TUTORIAL, "--fast"])
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--fast", done.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
