@@ -15,7 +15,9 @@ Prints "port N" on the first line of stdout once it listens, then serves until k
   /huge-chunked?length=N 200, N bytes without Content-Length (chunked)
   /huge-close?length=N   200, N bytes without Content-Length, ended by closing (HTTP/1.0 style)
   /named?cd=VALUE        200 "named body" with Content-Disposition: VALUE (raw, as given)
-  /count/KEY             how many requests KEY of /flaky has seen
+  /count/KEY             how many requests KEY has seen: /flaky/KEY/N, or any URL with ?key=KEY
+  /peer                  200, the client's port: the same on a kept-alive connection
+  /any/...               200 "any body", whatever the rest of the path
 """
 
 import http.server
@@ -26,6 +28,12 @@ import urllib.parse
 
 counts = {}
 counts_lock = threading.Lock()
+
+
+def count(key):
+    with counts_lock:
+        counts[key] = counts.get(key, 0) + 1
+        return counts[key]
 
 
 def pattern(n, seed):
@@ -65,17 +73,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def route(self, parts, query):
         head = parts[0]
+        if "key" in query and head != "count":
+            count(query["key"][0])
         if head == "bytes":
             seed = int(query.get("seed", ["0"])[0])
             self.send_body(200, pattern(int(parts[1]), seed))
         elif head == "status":
             self.send_body(int(parts[1]), b"status body\n")
+        elif head == "peer":
+            self.send_body(200, str(self.client_address[1]).encode())
+        elif head == "any":
+            self.send_body(200, b"any body")
         elif head == "flaky":
             key, failures = parts[1], int(parts[2])
-            with counts_lock:
-                counts[key] = counts.get(key, 0) + 1
-                seen = counts[key]
-            if seen <= failures:
+            if count(key) <= failures:
                 self.send_body(500, b"try again\n")
             else:
                 self.send_body(200, b"recovered " + key.encode())
@@ -134,6 +145,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # clients hanging up mid-response is what the tests do on purpose
 
 
 def main():

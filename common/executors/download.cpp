@@ -284,8 +284,8 @@ struct Failure {
 };
 
 // Why a finished request did not give a body to keep, or nullopt when it did.
-std::optional<Failure> failure_of(CURL* curl, CURLcode code, long status, const Transfer& transfer,
-                                  const char* error_buffer) {
+std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode code, long status,
+                                  const Transfer& transfer, const char* error_buffer) {
     const std::string detail = error_buffer[0] ? error_buffer : curl_easy_strerror(code);
     if (transfer.too_big || code == CURLE_FILESIZE_EXCEEDED)
         return Failure{fmt::format("larger than the limit of {} bytes (--max-bytes)", transfer.max_bytes)};
@@ -294,7 +294,14 @@ std::optional<Failure> failure_of(CURL* curl, CURLcode code, long status, const 
         case CURLE_OK: break;
         case CURLE_HTTP_RETURNED_ERROR: return Failure{fmt::format("HTTP {}", status), status >= 500};
         case CURLE_TOO_MANY_REDIRECTS: return Failure{fmt::format("more than {} redirects", kMaxRedirects)};
-        case CURLE_UNSUPPORTED_PROTOCOL: return Failure{fmt::format("not an http or https URL: {}", detail)};
+        case CURLE_UNSUPPORTED_PROTOCOL: {
+            char* effective = nullptr;
+            curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
+            if (effective && url != effective)
+                return Failure{fmt::format("redirected to '{}', which is not http or https",
+                                           std::string(effective).substr(0, 200))};
+            return Failure{fmt::format("not an http or https URL: {}", detail)};
+        }
         // Transient: the server or the network may do better next time.
         case CURLE_COULDNT_CONNECT:
         case CURLE_OPERATION_TIMEDOUT:  // connect timeout or stall; the task's deadline is handled before
@@ -366,7 +373,7 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
             result.error = timed_out(task);
             return;
         }
-        const std::optional<Failure> failure = failure_of(curl, code, status, transfer, error_buffer);
+        const std::optional<Failure> failure = failure_of(curl, url, code, status, transfer, error_buffer);
         if (!failure) {
             bytes = transfer.bytes;
             disposition = transfer.content_disposition;
