@@ -25,6 +25,8 @@ Message checked(Task message) {
     if (message.id == kNoId) return DecodeError{"task without an id"};
     if (!parse_task_kind(message.kind)) return DecodeError{fmt::format("task {} has unknown kind '{}'", message.id, message.kind)};
     if (message.attempt == 0) return DecodeError{fmt::format("task {} has attempt 0", message.id)};
+    if (message.kind == "download" && message.params.url.empty())
+        return DecodeError{fmt::format("download task {} without a url", message.id)};
     return message;
 }
 
@@ -96,6 +98,12 @@ Result to_message(const TaskResult& result) {
     message.run_s = result.run_time.count();
     message.slept_s = result.slept_s;
     message.primes = result.primes;
+    message.http_status = result.http_status;
+    message.bytes = result.bytes;
+    message.sha256 = result.sha256;
+    message.final_url = result.final_url;
+    message.path = result.saved_path;
+    message.tries = result.tries;
     return message;
 }
 
@@ -110,6 +118,12 @@ TaskResult to_result(const Result& message, std::string worker) {
     result.run_time = std::chrono::duration<double>(message.run_s);
     result.slept_s = message.slept_s;
     result.primes = message.primes;
+    result.http_status = message.http_status;
+    result.bytes = message.bytes;
+    result.sha256 = message.sha256;
+    result.final_url = message.final_url;
+    result.saved_path = message.path;
+    result.tries = message.tries;
     return result;
 }
 

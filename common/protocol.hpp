@@ -58,7 +58,14 @@ struct Result {
     double run_s = 0;    // measured by the worker
     double slept_s = 0;  // sleep value
     std::uint64_t primes = 0;  // cpu value
-    MSGPACK_DEFINE_MAP(type, v, id, attempt, kind, ok, error, run_s, slept_s, primes)
+    int http_status = 0;       // download values
+    std::uint64_t bytes = 0;
+    std::string sha256;
+    std::string final_url;
+    std::string path;
+    std::uint32_t tries = 0;
+    MSGPACK_DEFINE_MAP(type, v, id, attempt, kind, ok, error, run_s, slept_s, primes, http_status, bytes, sha256,
+                       final_url, path, tries)
 };
 
 // Either way: "I am alive". Any frame counts as a sign of life, this one says nothing else.

@@ -21,7 +21,7 @@ inline constexpr TaskId kNoId = ~TaskId{0};
 
 // Fail and Crash are fault injection for tests and demos (plan files only): Fail returns an
 // error, Crash aborts its worker process.
-enum class TaskKind { Sleep, Cpu, Fail, Crash };
+enum class TaskKind { Sleep, Cpu, Download, Fail, Crash };
 
 std::string_view to_string(TaskKind kind);
 std::optional<TaskKind> parse_task_kind(std::string_view name);
@@ -32,7 +32,11 @@ struct TaskParams {
     double seconds = 0;     // sleep: how long
     std::uint64_t lo = 0;   // cpu: count the primes in [lo, hi)
     std::uint64_t hi = 0;   //      lo <= hi <= kMaxPrimeLimit
-    MSGPACK_DEFINE_MAP(seconds, lo, hi)
+    std::string url{};      // download: an http:// or https:// URL (see url_problem() in download.hpp)
+    std::string out_dir{};  //           the directory to save into (the coordinator's --out-dir/<mode>)
+    std::uint64_t max_bytes = 0;  //     a larger body fails the task; 0: no limit
+    std::uint32_t retries = 0;    //     further tries after a transient failure
+    MSGPACK_DEFINE_MAP(seconds, lo, hi, url, out_dir, max_bytes, retries)
 };
 
 // Largest cpu `hi`: the executor sieves with the primes up to sqrt(hi), a 1 MB table here.
@@ -60,6 +64,13 @@ struct TaskResult {
     double end_s = 0;
     double slept_s = 0;  // sleep: seconds actually slept
     std::uint64_t primes = 0;  // cpu: primes in [lo, hi)
+    // download: what was saved. http_status is also set when a task failed on an HTTP status.
+    int http_status = 0;
+    std::uint64_t bytes = 0;  // body bytes saved
+    std::string sha256;       // of the body, 64 lowercase hex digits
+    std::string final_url;    // after redirects
+    std::string saved_path;   // the file it is in now
+    std::uint32_t tries = 0;  // requests made, retries included
 };
 
 // The kind-specific answer of a result, e.g. {"slept_s":0.37} or {"primes":78498}; null when it failed.

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 
@@ -43,6 +44,37 @@ const CLI::Validator kDuration(
         return parse_duration(text) ? "" : fmt::format("'{}' is not SECONDS or LO:HI with 0 <= LO <= HI", text);
     },
     "SECONDS|LO:HI");
+
+// "200K" -> 204800: a number of bytes with an optional K, M or G (x1024 each; "KiB" and
+// "KB" mean the same), fractions allowed ("1.5M"), at most 2^50.
+std::optional<std::uint64_t> parse_size(std::string_view text) {
+    double number = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+    if (ec != std::errc{} || !std::isfinite(number) || number < 0) return std::nullopt;
+    std::string suffix(end, text.data() + text.size());
+    for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    double unit = 1;
+    if (!suffix.empty() && suffix != "B") {
+        const auto at = std::string_view("KMG").find(suffix[0]);
+        const std::string_view rest = std::string_view(suffix).substr(1);
+        if (at == std::string_view::npos || !(rest.empty() || rest == "B" || rest == "IB")) return std::nullopt;
+        unit = std::pow(1024.0, static_cast<double>(at + 1));
+    }
+    const double bytes = std::round(number * unit);
+    if (bytes > 0x1p50) return std::nullopt;
+    return static_cast<std::uint64_t>(bytes);
+}
+
+CLI::Validator size_validator(std::uint64_t least) {
+    return CLI::Validator(
+        [least](std::string& text) -> std::string {
+            const auto bytes = parse_size(text);
+            if (!bytes) return fmt::format("'{}' is not a size like 1000, 200K, 1.5M or 2G", text);
+            if (*bytes < least) return fmt::format("'{}' is below {} byte(s)", text, least);
+            return "";
+        },
+        "SIZE");
+}
 
 const CLI::Validator kModeList(
     [](std::string& text) -> std::string {
@@ -102,10 +134,12 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         ->check(CLI::Range(1, 1024))
         ->capture_default_str();
     auto* task_option =
-        app.add_option("-t,--task", task, "task kind: sleep (waits --duration) or cpu (counts primes, see --cpu-n)")
-            ->check(CLI::IsMember({"sleep", "cpu"}))
+        app.add_option("-t,--task", task,
+                       "task kind: sleep (waits --duration), cpu (counts primes, see --cpu-n) or download (fetches\n"
+                       "--tasks synthetic images from a built-in server on 127.0.0.1, or the --urls, with libcurl)")
+            ->check(CLI::IsMember({"sleep", "cpu", "download"}))
             ->capture_default_str();
-    auto* tasks_option = app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan")
+    auto* tasks_option = app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan (15 for download)")
                              ->check(CLI::Range(1, 100'000'000))
                              ->capture_default_str();
     auto* duration_option =
@@ -119,17 +153,64 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
                        "about 0.5 s of CPU per task on a current x86 core")
             ->check(CLI::Range(std::uint64_t{1}, kMaxPrimeLimit))
             ->capture_default_str();
-    app.add_option("--plan", config.plan_path,
-                   "run the tasks in FILE instead: JSON Lines, one task per line, e.g. {\"kind\":\"sleep\",\n"
-                   "\"seconds\":0.5} or {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\");\n"
-                   "\"timeout_s\" on any line sets that task's timeout; {\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults\n"
-                   "(see docs/reliability.md); blank lines and lines starting with # are skipped; a bad line stops\n"
-                   "the run before it starts")
-        ->type_name("FILE")
-        ->excludes(task_option)
-        ->excludes(tasks_option)
-        ->excludes(duration_option)
-        ->excludes(cpu_n_option);
+    auto* plan_option =
+        app.add_option("--plan", config.plan_path,
+                       "run the tasks in FILE instead: JSON Lines, one task per line, e.g. {\"kind\":\"sleep\",\n"
+                       "\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\") or\n"
+                       "{\"kind\":\"download\",\"url\":\"https://...\"}; any line may add \"timeout_s\";\n"
+                       "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
+                       "and lines starting with # are skipped; a bad line stops the run before it starts")
+            ->type_name("FILE")
+            ->excludes(task_option)
+            ->excludes(tasks_option)
+            ->excludes(duration_option)
+            ->excludes(cpu_n_option);
+    std::string file_size = "200K";
+    std::string max_bytes = "100M";
+    std::string bandwidth;
+    auto* urls_option =
+        app.add_option("--urls", config.urls_path,
+                       "download: fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
+                       "https:// URL per line, blank lines and lines starting with # skipped; implies --task download")
+            ->type_name("FILE")
+            ->excludes(tasks_option)
+            ->excludes(duration_option)
+            ->excludes(cpu_n_option);
+    auto* out_dir_option =
+        app.add_option("--out-dir", config.out_dir,
+                       "download: save into DIR/<mode>/ (made if missing), each file named <task id>-<name from the\n"
+                       "URL or a sanitised Content-Disposition>, written to a temp file and renamed when complete")
+            ->type_name("DIR")
+            ->capture_default_str();
+    auto* max_bytes_option =
+        app.add_option("--max-bytes", max_bytes,
+                       "download: fail a download whose body passes SIZE bytes, checked as it streams, with or\n"
+                       "without a Content-Length; K, M, G are x1024")
+            ->check(size_validator(1))
+            ->capture_default_str();
+    auto* retries_option =
+        app.add_option("--retries", config.retries,
+                       "download: tries after the first on a transient failure (HTTP 5xx, connection refused or\n"
+                       "reset, truncated body, stall, connect timeout), 0.25 s, 0.5 s, 1 s ... apart; never on 4xx")
+            ->check(CLI::Range(0, 100))
+            ->capture_default_str();
+    auto* file_size_option =
+        app.add_option("--file-size", file_size, "built-in server (download without --urls): bytes per image; K, M, G are x1024")
+            ->check(size_validator(0))
+            ->capture_default_str();
+    auto* latency_option =
+        app.add_option("--latency", config.latency_s,
+                       "built-in server: seconds before each response, like a remote host's round trip")
+            ->check(CLI::Range(0.0, 3600.0))
+            ->capture_default_str();
+    auto* bandwidth_option =
+        app.add_option("--bandwidth", bandwidth, "built-in server: bytes per second per response, e.g. 1M (default:\n"
+                                                 "unlimited)")
+            ->check(size_validator(1))
+            ->type_name("SIZE");
+    for (CLI::Option* option : {urls_option, file_size_option, latency_option, bandwidth_option})
+        plan_option->excludes(option);
+    for (CLI::Option* option : {file_size_option, latency_option, bandwidth_option}) option->excludes(urls_option);
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->capture_default_str();
     app.add_option("-m,--mode", modes,
@@ -212,11 +293,24 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         "min(workers, CPUs available)); util = cpu_s / (wall_s x cpus).\n"
         "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage,\n"
         "130/143 interrupted by SIGINT/SIGTERM.\n"
-        "Examples: coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
-        "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin");
+        "Examples: coordinator --workers 8 --task download\n"
+        "          coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
+        "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin\n"
+        "          coordinator --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60");
 
     try {
         app.parse(argc, argv);
+        if (urls_option->count() > 0) {
+            if (task_option->count() > 0 && task != "download")
+                throw CLI::ValidationError("--urls", fmt::format("downloads URLs, but --task {} asks for other tasks", task));
+            task = "download";
+        }
+        if (task != "download" && config.plan_path.empty())
+            for (CLI::Option* option : {out_dir_option, max_bytes_option, retries_option, file_size_option,
+                                        latency_option, bandwidth_option})
+                if (option->count() > 0)
+                    throw CLI::ValidationError(option->get_name(),
+                                               fmt::format("applies to download tasks only, not --task {}", task));
         if (task == "cpu" && config.cpu_n > kMaxPrimeLimit / static_cast<std::uint64_t>(config.tasks))
             throw CLI::ValidationError(
                 "--cpu-n", fmt::format("{} tasks of {} numbers go beyond the largest number, {}; lower --cpu-n",
@@ -226,6 +320,10 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     }
 
     config.task = *parse_task_kind(task);
+    if (config.task == TaskKind::Download && tasks_option->count() == 0) config.tasks = 15;  // the tutorial's 15 images
+    config.max_bytes = *parse_size(max_bytes);
+    config.file_size = *parse_size(file_size);
+    config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);
     if (!cpus.empty())
         config.pin_cpus = parse_cpu_list(cpus);
     else if (pin)

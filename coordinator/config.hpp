@@ -31,6 +31,14 @@ struct RunConfig {
     double duration_hi_s = 1.0;
     std::uint64_t cpu_n = 750'000'000;  // cpu: numbers per task; task i counts primes in [i*N, (i+1)*N)
     std::filesystem::path plan_path;    // --plan: tasks from this JSON Lines file instead
+    // download: --urls FILE, one URL per line; empty: the built-in server's synthetic images.
+    std::filesystem::path urls_path;
+    std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
+    std::uint64_t max_bytes = 100 * 1024 * 1024;  // a larger body fails its task
+    std::uint32_t retries = 2;                     // further tries after a transient failure
+    std::uint64_t file_size = 200 * 1024;          // built-in server: bytes per image
+    double latency_s = 0.2;                        //   seconds before each response
+    std::uint64_t bandwidth = 0;                   //   bytes per second per response; 0: unlimited
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
     int prefetch = 1;

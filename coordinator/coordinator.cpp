@@ -4,8 +4,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <optional>
 #include <utility>
 
 #include <fmt/format.h>
@@ -15,6 +18,8 @@
 #include "affinity.hpp"
 #include "cli.hpp"
 #include "dispatcher.hpp"
+#include "executors/executors.hpp"
+#include "http_fixture.hpp"
 #include "journal.hpp"
 #include "log.hpp"
 #include "plan.hpp"
@@ -52,6 +57,38 @@ void check_output_paths(const RunConfig& config) {
             throw ConfigError(fmt::format("{}: {}", flag, e.what()));
         }
     }
+}
+
+// With --task download and neither --urls nor --plan, the coordinator serves the images.
+bool serves_images(const RunConfig& config) {
+    return config.task == TaskKind::Download && config.urls_path.empty() && config.plan_path.empty();
+}
+
+FixtureOptions fixture_options(const RunConfig& config) {
+    return {.images = config.tasks,
+            .file_size = config.file_size,
+            .latency_s = config.latency_s,
+            .bandwidth = config.bandwidth,
+            // A thread per kept-alive connection: one per worker or thread, the sequential
+            // mode's, and spares for connections closing while new ones open.
+            .threads = config.workers + 4,
+            .seed = config.seed};
+}
+
+// --out-dir/<mode>/ for every mode, made before the run so that a bad --out-dir stops it
+// with exit 2 rather than failing every task.
+void make_out_dirs(const RunConfig& config, const Plan& plan) {
+    if (std::none_of(plan.tasks.begin(), plan.tasks.end(), [](const TaskSpec& t) { return t.kind == TaskKind::Download; }))
+        return;
+    for (Mode mode : config.modes) {
+        const std::filesystem::path dir = config.out_dir / to_string(mode);
+        std::error_code ec;
+        std::filesystem::create_directories(dir, ec);
+        if (ec) throw ConfigError(fmt::format("--out-dir: cannot create directory '{}': {}", dir.string(), ec.message()));
+        if (::access(dir.c_str(), W_OK | X_OK) != 0)
+            throw ConfigError(fmt::format("--out-dir: cannot write into '{}': {}", dir.string(), std::strerror(errno)));
+    }
+    spdlog::info("saving downloads into '{}'", (std::filesystem::absolute(config.out_dir) / "<mode>").string());
 }
 
 // argv as one shell-quoted line, argv[0] without its directory, so pictures of a run carry
@@ -110,6 +147,13 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"modes", modes},
         {"prefetch", config.prefetch},
         {"pin_cpus", config.pin_cpus},
+        {"urls", config.urls_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.urls_path.string())},
+        {"out_dir", config.out_dir.string()},
+        {"max_bytes", config.max_bytes},
+        {"retries", config.retries},
+        {"file_size", config.file_size},
+        {"latency_s", config.latency_s},
+        {"bandwidth", config.bandwidth},
         {"command", config.command_line},
     };
 }
@@ -146,7 +190,11 @@ ExitCode run(RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
     check_config(config);
     check_output_paths(config);
-    const Plan plan = make_plan(config);
+    // Bound now, for its URLs; its threads start after the SignalWatcher, like every thread.
+    std::optional<HttpFixture> fixture;
+    if (serves_images(config)) fixture.emplace(fixture_options(config));
+    const Plan plan = make_plan(config, fixture ? fixture->urls() : std::vector<std::string>{});
+    make_out_dirs(config, plan);
     Done done;
     if (!config.resume_path.empty()) {
         if (!config.results_path.empty() && config.results_path != config.resume_path)
@@ -179,6 +227,12 @@ ExitCode run(RunConfig config) {
     }
 
     const SignalWatcher signals;  // before any thread starts
+    if (fixture) {
+        fixture->start();
+        spdlog::info("serving {} synthetic images of {} bytes on {}, {:g} s latency{}", config.tasks, config.file_size,
+                     fixture->base_url(), config.latency_s,
+                     config.bandwidth ? fmt::format(", {} bytes/s per response", config.bandwidth) : "");
+    }
     std::vector<RunReport> reports;
     try {
         for (Mode mode : config.modes) {
@@ -188,8 +242,9 @@ ExitCode run(RunConfig config) {
                 spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode),
                              plan.tasks.size() - todo.tasks.size(), plan.tasks.size(), todo.tasks.size());
             if (todo.tasks.empty()) continue;
-            reports.push_back(make_runner(mode, config, signals.token())->run(todo, sinks));
+            reports.push_back(make_runner(mode, config, signals.token())->run(for_mode(todo, mode, config), sinks));
         }
+        executors::close_connections();  // the sequential mode's, kept by this thread
     } catch (const std::exception&) {
         // The run failed (no report for this mode): what it recorded still helps to see why.
         if (progress) progress->close();

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "download.hpp"
 #include "errors.hpp"
 
 namespace taskfarm {
@@ -100,6 +101,14 @@ TaskParams cpu_params(Fields& fields) {
     return params;
 }
 
+TaskParams download_params(Fields& fields) {
+    const auto url = fields.text("url");
+    if (!url) throw LineError("download needs \"url\"");
+    if (const std::string problem = url_problem(*url); !problem.empty())
+        throw LineError(fmt::format("\"url\" {} is not an http:// or https:// URL: {}", nlohmann::json(*url).dump(), problem));
+    return TaskParams{.url = *url};
+}
+
 // One branch per task kind: a new kind adds its case and its *_params function.
 TaskSpec parse_line(const std::string& text) {
     nlohmann::json line;
@@ -115,12 +124,14 @@ TaskSpec parse_line(const std::string& text) {
     const auto kind_name = fields.text("kind");
     if (!kind_name) throw LineError("no \"kind\"");
     const auto kind = parse_task_kind(*kind_name);
-    if (!kind) throw LineError(fmt::format("unknown kind \"{}\" (want sleep, cpu, fail or crash)", *kind_name));
+    if (!kind)
+        throw LineError(fmt::format("unknown kind \"{}\" (want sleep, cpu, download, fail or crash)", *kind_name));
     TaskSpec task;
     task.kind = *kind;
     switch (*kind) {
         case TaskKind::Sleep: task.params = sleep_params(fields); break;
         case TaskKind::Cpu: task.params = cpu_params(fields); break;
+        case TaskKind::Download: task.params = download_params(fields); break;
         case TaskKind::Fail:
         case TaskKind::Crash: break;  // no parameters
     }
@@ -163,8 +174,25 @@ Plan read_plan_file(const std::filesystem::path& path) {
     return read_plan(in, path.string());
 }
 
+Plan download_plan(const std::vector<std::string>& urls) {
+    Plan plan;
+    for (const std::string& url : urls)
+        plan.tasks.push_back(TaskSpec{.id = plan.tasks.size(), .kind = TaskKind::Download, .params = {.url = url}});
+    return plan;
+}
+
+Plan read_url_file(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    if (!in) throw ConfigError(fmt::format("--urls: cannot open '{}': {}", path.string(), std::strerror(errno)));
+    try {
+        return download_plan(read_url_list(in, path.string()));
+    } catch (const ConfigError& e) {
+        throw ConfigError(fmt::format("--urls: {}", e.what()));
+    }
+}
+
 // --tasks tasks of --task, from --seed.
-Plan generate_plan(const RunConfig& config) {
+Plan generate_plan(const RunConfig& config, const std::vector<std::string>& served_urls) {
     Plan plan;
     plan.tasks.reserve(static_cast<std::size_t>(config.tasks));
     std::mt19937_64 generator(config.seed);
@@ -183,6 +211,11 @@ Plan generate_plan(const RunConfig& config) {
                 task.params.lo = task.id * config.cpu_n;
                 task.params.hi = (task.id + 1) * config.cpu_n;
                 break;
+            case TaskKind::Download:
+                if (static_cast<std::size_t>(i) >= served_urls.size())
+                    throw std::logic_error("a download plan needs --urls or the built-in server's URLs");
+                task.params.url = served_urls[static_cast<std::size_t>(i)];
+                break;
             case TaskKind::Fail:
             case TaskKind::Crash: break;  // only in plan files; the CLI does not offer them
         }
@@ -193,11 +226,43 @@ Plan generate_plan(const RunConfig& config) {
 
 }  // namespace
 
-Plan make_plan(const RunConfig& config) {
-    Plan plan = config.plan_path.empty() ? generate_plan(config) : read_plan_file(config.plan_path);
-    // --task-timeout is the default; a plan line's own "timeout_s" wins.
-    for (TaskSpec& task : plan.tasks)
+std::vector<std::string> read_url_list(std::istream& in, const std::string& name) {
+    std::vector<std::string> urls;
+    std::size_t number = 0;
+    for (std::string line; std::getline(in, line);) {
+        ++number;
+        if (skipped(line)) continue;
+        const auto first = line.find_first_not_of(" \t\r");
+        const std::string url = line.substr(first, line.find_last_not_of(" \t\r") - first + 1);
+        if (const std::string problem = url_problem(url); !problem.empty())
+            throw ConfigError(fmt::format("{}:{}: '{}' is not an http:// or https:// URL: {}", name, number,
+                                          url.substr(0, 200), problem));
+        urls.push_back(url);
+    }
+    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name, number + 1));
+    if (urls.empty()) throw ConfigError(fmt::format("{}: no URLs in the list", name));
+    return urls;
+}
+
+Plan make_plan(const RunConfig& config, const std::vector<std::string>& served_urls) {
+    Plan plan = !config.plan_path.empty()   ? read_plan_file(config.plan_path)
+                : !config.urls_path.empty() ? read_url_file(config.urls_path)
+                                            : generate_plan(config, served_urls);
+    for (TaskSpec& task : plan.tasks) {
+        // --task-timeout is the default; a plan line's own "timeout_s" wins.
         if (task.timeout_s == 0) task.timeout_s = config.task_timeout_s;
+        if (task.kind == TaskKind::Download) {
+            task.params.max_bytes = config.max_bytes;
+            task.params.retries = config.retries;
+        }
+    }
+    return plan;
+}
+
+Plan for_mode(Plan plan, Mode mode, const RunConfig& config) {
+    const std::string dir = (std::filesystem::absolute(config.out_dir) / to_string(mode)).lexically_normal().string();
+    for (TaskSpec& task : plan.tasks)
+        if (task.kind == TaskKind::Download) task.params.out_dir = dir;
     return plan;
 }
 

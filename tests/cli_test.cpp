@@ -74,6 +74,50 @@ TEST(Cli, PinUsesEveryAllowedCpuAndCpusChoosesThem) {
     EXPECT_EQ(std::get<RunConfig>(both.result).pin_cpus, (std::vector<int>{last}));
 }
 
+TEST(Cli, DownloadDefaultsToFifteenImagesOfTheBuiltInServer) {
+    const auto parsed = parse({"--task", "download"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    EXPECT_EQ(config.task, TaskKind::Download);
+    EXPECT_EQ(config.tasks, 15);
+    EXPECT_TRUE(config.urls_path.empty());
+    EXPECT_EQ(config.out_dir, "downloads");
+    EXPECT_EQ(config.max_bytes, 100u * 1024 * 1024);
+    EXPECT_EQ(config.retries, 2u);
+    EXPECT_EQ(config.file_size, 200u * 1024);
+    EXPECT_EQ(config.latency_s, 0.2);
+    EXPECT_EQ(config.bandwidth, 0u);
+}
+
+TEST(Cli, ReadsEveryDownloadValueWithSizeSuffixes) {
+    const auto parsed = parse({"--task", "download", "--tasks", "3", "--file-size", "1.5M", "--latency", "0.05",
+                               "--bandwidth", "64k", "--max-bytes", "2GiB", "--retries", "0", "--out-dir", "pictures"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    EXPECT_EQ(config.tasks, 3);
+    EXPECT_EQ(config.file_size, 1'572'864u);
+    EXPECT_EQ(config.latency_s, 0.05);
+    EXPECT_EQ(config.bandwidth, 65'536u);
+    EXPECT_EQ(config.max_bytes, 2u << 30);
+    EXPECT_EQ(config.retries, 0u);
+    EXPECT_EQ(config.out_dir, "pictures");
+    EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "0"}).result).file_size, 0u);
+    EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "1000"}).result).file_size, 1000u);
+}
+
+TEST(Cli, UrlsImplyDownload) {
+    const auto parsed = parse({"--urls", "urls.txt", "--max-bytes", "1M"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    EXPECT_EQ(config.task, TaskKind::Download);
+    EXPECT_EQ(config.urls_path, "urls.txt");
+    EXPECT_EQ(config.max_bytes, 1u << 20);
+    EXPECT_EQ(std::get<RunConfig>(parse({"--urls", "u", "--task", "download"}).result).task, TaskKind::Download);
+}
+
+TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {
+    const auto parsed = parse({"--plan", "p.jsonl", "--out-dir", "d", "--retries", "5"});
+    EXPECT_EQ(std::get<RunConfig>(parsed.result).out_dir, "d");
+    EXPECT_EQ(std::get<RunConfig>(parsed.result).retries, 5u);
+}
+
 TEST(Cli, ReadsAPlanPath) {
     const auto parsed = parse({"--plan", "tasks.jsonl", "--workers", "2"});
     EXPECT_EQ(std::get<RunConfig>(parsed.result).plan_path, "tasks.jsonl");
@@ -96,7 +140,8 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
     for (const char* flag : {"--workers", "--task", "--tasks", "--duration", "--seed", "--mode", "--prefetch",
                              "--worker-bin", "--json", "--results", "--heartbeat-interval", "--heartbeat-timeout",
                              "--start-timeout", "--max-attempts", "--max-respawns", "--cpu-n", "--pin", "--cpus",
-                             "--plan", "gil-threads", "cpu"})
+                             "--plan", "gil-threads", "cpu", "download", "--urls", "--out-dir", "--max-bytes",
+                             "--retries", "--file-size", "--latency", "--bandwidth", "--task-timeout"})
         EXPECT_NE(help.find(flag), std::string::npos) << flag;
 }
 
@@ -142,7 +187,25 @@ INSTANTIATE_TEST_SUITE_P(
                       BadValue{{"--plan", "p.jsonl", "--task", "cpu"}, "--plan", "--task"},
                       BadValue{{"--plan", "p.jsonl", "--tasks", "3"}, "--plan", "--tasks"},
                       BadValue{{"--duration", "2", "--plan", "p.jsonl"}, "--plan", "--duration"},
-                      BadValue{{"--plan", "p.jsonl", "--cpu-n", "9"}, "--plan", "--cpu-n"}));
+                      BadValue{{"--plan", "p.jsonl", "--cpu-n", "9"}, "--plan", "--cpu-n"},
+                      BadValue{{"--task", "download", "--file-size", "x"}, "--file-size", "'x'"},
+                      BadValue{{"--task", "download", "--file-size", "-1K"}, "--file-size", "-1K"},
+                      BadValue{{"--task", "download", "--file-size", "1T"}, "--file-size", "1T"},
+                      BadValue{{"--task", "download", "--max-bytes", "0"}, "--max-bytes", "'0'"},
+                      BadValue{{"--task", "download", "--max-bytes", "10 M"}, "--max-bytes", "10 M"},
+                      BadValue{{"--task", "download", "--bandwidth", "0"}, "--bandwidth", "'0'"},
+                      BadValue{{"--task", "download", "--retries", "-1"}, "--retries", "-1"},
+                      BadValue{{"--task", "download", "--retries", "101"}, "--retries", "101"},
+                      BadValue{{"--task", "download", "--latency", "-1"}, "--latency", "-1"},
+                      BadValue{{"--urls", "u.txt", "--tasks", "3"}, "--urls", "--tasks"},
+                      BadValue{{"--urls", "u.txt", "--task", "sleep"}, "--urls", "sleep"},
+                      BadValue{{"--urls", "u.txt", "--file-size", "1M"}, "--urls", "--file-size"},
+                      BadValue{{"--urls", "u.txt", "--latency", "1"}, "--urls", "--latency"},
+                      BadValue{{"--plan", "p.jsonl", "--urls", "u.txt"}, "--plan", "--urls"},
+                      BadValue{{"--plan", "p.jsonl", "--bandwidth", "1M"}, "--plan", "--bandwidth"},
+                      BadValue{{"--out-dir", "d"}, "--out-dir", "download"},
+                      BadValue{{"--task", "cpu", "--retries", "3"}, "--retries", "download"},
+                      BadValue{{"--task", "sleep", "--file-size", "1K"}, "--file-size", "download"}));
 
 }  // namespace
 }  // namespace taskfarm

@@ -112,7 +112,7 @@ TEST(PlanFile, ReadsTasksInOrderSkippingBlankLinesAndComments) {
 
 TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1}\n# ok\n{\"kind\":\"fly\"}\n"),
-              "p.jsonl:3: unknown kind \"fly\" (want sleep, cpu, fail or crash)");
+              "p.jsonl:3: unknown kind \"fly\" (want sleep, cpu, download, fail or crash)");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\"}"), "p.jsonl:1: sleep needs \"seconds\"");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":-1}"),
               "p.jsonl:1: \"seconds\" must be a number of seconds >= 0, not -1");
@@ -132,6 +132,66 @@ TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":2.5}"), "p.jsonl:1: \"n\" must be a whole number >= 0, not 2.5");
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":1000000000001}"),
               "p.jsonl:1: cpu range end 1000000000001 is above the limit 1000000000000");
+}
+
+TEST(PlanFile, ReadsDownloadLinesAndChecksTheirUrls) {
+    const Plan plan = plan_from("{\"kind\":\"download\",\"url\":\"https://example.com/a.jpg\",\"timeout_s\":5}\n");
+    ASSERT_EQ(plan.tasks.size(), 1u);
+    EXPECT_EQ(plan.tasks[0].kind, TaskKind::Download);
+    EXPECT_EQ(plan.tasks[0].params.url, "https://example.com/a.jpg");
+    EXPECT_EQ(plan.tasks[0].timeout_s, 5.0);
+    EXPECT_EQ(plan_error("{\"kind\":\"download\"}"), "p.jsonl:1: download needs \"url\"");
+    EXPECT_EQ(plan_error("{\"kind\":\"download\",\"url\":7}"), "p.jsonl:1: \"url\" must be a string, not 7");
+    EXPECT_EQ(plan_error("{\"kind\":\"download\",\"url\":\"file:///etc/passwd\"}")
+                  .rfind("p.jsonl:1: \"url\" \"file:///etc/passwd\" is not an http:// or https:// URL: ", 0),
+              0u);
+    EXPECT_EQ(plan_error("{\"kind\":\"download\",\"url\":\"http://h/x\",\"seconds\":1}"),
+              "p.jsonl:1: unknown field \"seconds\"");
+}
+
+TEST(UrlList, SkipsBlankLinesCommentsAndSpaceAroundUrls) {
+    std::istringstream in("# pictures\n\n  https://example.com/a.jpg  \r\n\t# more\nhttp://127.0.0.1:8080/b?x=1\n");
+    EXPECT_EQ(read_url_list(in, "u.txt"),
+              (std::vector<std::string>{"https://example.com/a.jpg", "http://127.0.0.1:8080/b?x=1"}));
+}
+
+TEST(UrlList, NamesTheLineThatIsNotAnHttpUrl) {
+    const auto error = [](const std::string& text) -> std::string {
+        std::istringstream in(text);
+        try {
+            read_url_list(in, "u.txt");
+            return "accepted";
+        } catch (const ConfigError& e) {
+            return e.what();
+        }
+    };
+    EXPECT_EQ(error("https://a.example/x\n\nftp://b.example/y\n").rfind(
+                  "u.txt:3: 'ftp://b.example/y' is not an http:// or https:// URL: ", 0),
+              0u);
+    EXPECT_EQ(error("example.com/a.jpg\n").rfind("u.txt:1: 'example.com/a.jpg' is not", 0), 0u);
+    EXPECT_EQ(error("http://a.example/x y\n"),
+              "u.txt:1: 'http://a.example/x y' is not an http:// or https:// URL: contains a space or a control character");
+    EXPECT_EQ(error("# only a comment\n"), "u.txt: no URLs in the list");
+}
+
+TEST(Plan, DownloadsGetTheRunsLimitsAndADirectoryPerMode) {
+    RunConfig config;
+    config.task = TaskKind::Download;
+    config.tasks = 2;
+    config.max_bytes = 1000;
+    config.retries = 4;
+    config.task_timeout_s = 9;
+    config.out_dir = "pictures";
+    const Plan plan = make_plan(config, {"http://127.0.0.1:1/a", "http://127.0.0.1:1/b", "http://127.0.0.1:1/c"});
+    ASSERT_EQ(plan.tasks.size(), 2u);
+    EXPECT_EQ(plan.tasks[1].params.url, "http://127.0.0.1:1/b");
+    EXPECT_EQ(plan.tasks[1].params.max_bytes, 1000u);
+    EXPECT_EQ(plan.tasks[1].params.retries, 4u);
+    EXPECT_EQ(plan.tasks[1].timeout_s, 9.0);
+    EXPECT_EQ(plan.tasks[1].params.out_dir, "");
+    const Plan threads = for_mode(plan, Mode::Threads, config);
+    EXPECT_EQ(threads.tasks[1].params.out_dir, (std::filesystem::current_path() / "pictures" / "threads").string());
+    EXPECT_EQ(params_json(threads.tasks[1]), (nlohmann::json{{"url", "http://127.0.0.1:1/b"}}));
 }
 
 TEST(PlanFile, WithoutTasksIsAnError) {

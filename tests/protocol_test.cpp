@@ -78,6 +78,49 @@ TEST(Protocol, CpuTaskAndResultRoundTripWithTheirRangeAndCount) {
     EXPECT_EQ(decoded.primes, 45'086'079u);
 }
 
+TEST(Protocol, DownloadTaskAndResultRoundTripWithEveryField) {
+    TaskSpec spec{.id = 3, .kind = TaskKind::Download, .params = {}, .timeout_s = 30};
+    spec.params.url = "https://example.com/photo.jpg";
+    spec.params.out_dir = "/tmp/downloads/processes";
+    spec.params.max_bytes = 1 << 20;
+    spec.params.retries = 4;
+    const Message task_message = decode(encode(to_message(spec, 1)));
+    const auto* task = std::get_if<Task>(&task_message);
+    ASSERT_NE(task, nullptr) << rejection(encode(to_message(spec, 1)));
+    const TaskSpec back = to_spec(*task);
+    EXPECT_EQ(back.kind, TaskKind::Download);
+    EXPECT_EQ(back.params.url, spec.params.url);
+    EXPECT_EQ(back.params.out_dir, spec.params.out_dir);
+    EXPECT_EQ(back.params.max_bytes, 1u << 20);
+    EXPECT_EQ(back.params.retries, 4u);
+
+    TaskResult result;
+    result.id = 3;
+    result.kind = TaskKind::Download;
+    result.ok = true;
+    result.http_status = 200;
+    result.bytes = 204'800;
+    result.sha256 = std::string(64, 'a');
+    result.final_url = "https://cdn.example.com/photo.jpg";
+    result.saved_path = "/tmp/downloads/processes/003-photo.jpg";
+    result.tries = 2;
+    const Message result_message = decode(encode(to_message(result)));
+    const auto* decoded = std::get_if<Result>(&result_message);
+    ASSERT_NE(decoded, nullptr);
+    const TaskResult got = to_result(*decoded, "w1");
+    EXPECT_EQ(got.http_status, 200);
+    EXPECT_EQ(got.bytes, 204'800u);
+    EXPECT_EQ(got.sha256, result.sha256);
+    EXPECT_EQ(got.final_url, result.final_url);
+    EXPECT_EQ(got.saved_path, result.saved_path);
+    EXPECT_EQ(got.tries, 2u);
+}
+
+TEST(Protocol, RejectsADownloadTaskWithoutAUrl) {
+    const TaskSpec spec{.id = 5, .kind = TaskKind::Download, .params = {}, .timeout_s = 0};
+    EXPECT_EQ(rejection(encode(to_message(spec, 1))), "download task 5 without a url");
+}
+
 TEST(Protocol, HelloHeartbeatAndShutdownRoundTrip) {
     Hello hello;
     hello.name = "w1";

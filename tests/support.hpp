@@ -36,10 +36,12 @@ struct Output {
     std::string err;
 };
 
-// Runs build/bin/<program> with `args` to completion; stdout and stderr are captured.
+// Runs build/bin/<program> (or `program` itself when it is an absolute path) with `args` to
+// completion; stdout and stderr are captured.
 Output run_binary(const std::string& program, const std::vector<std::string>& args);
 
-// A running build/bin/<program>, killed and reaped at the end of the test if still there.
+// A running build/bin/<program> (or absolute `program`), killed and reaped at the end of the
+// test if still there.
 class Running {
 public:
     Running(const std::string& program, const std::vector<std::string>& args);

@@ -1,0 +1,442 @@
+// Download tasks: libcurl's easy interface, one handle per thread kept across tasks, the
+// body streamed into an unnamed file in the output directory and named when complete.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <system_error>
+
+#include <curl/curl.h>
+#include <fmt/format.h>
+
+#include "../digest.hpp"
+#include "../download.hpp"
+#include "executors.hpp"
+
+namespace taskfarm {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kFirstBackoff = std::chrono::milliseconds(250);
+constexpr auto kMaxBackoff = std::chrono::seconds(4);
+
+// curl_global_init is not thread-safe everywhere; a function-local static runs it once.
+void init_curl_once() {
+    static const CURLcode code = curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (code != CURLE_OK) throw std::runtime_error(fmt::format("cannot initialise libcurl: {}", curl_easy_strerror(code)));
+}
+
+// A CURLU, freed on every path.
+class Url {
+public:
+    Url() : url_(curl_url()) {
+        if (!url_) throw std::bad_alloc();
+    }
+    ~Url() { curl_url_cleanup(url_); }
+    Url(const Url&) = delete;
+    Url& operator=(const Url&) = delete;
+    CURLU* get() const { return url_; }
+
+    std::string part(CURLUPart which) const {
+        char* text = nullptr;
+        if (curl_url_get(url_, which, &text, 0) != CURLUE_OK) return {};
+        std::string copy = text;
+        curl_free(text);
+        return copy;
+    }
+
+private:
+    CURLU* url_;
+};
+
+// The easy handle of this thread. Kept across tasks, so a connection (and its TLS session)
+// to a host serves the next task too; reset before each task, which keeps the connections.
+struct Handle {
+    CURL* curl = nullptr;
+    ~Handle() { curl_easy_cleanup(curl); }
+};
+thread_local Handle this_thread_handle;
+
+CURL* thread_handle() {
+    init_curl_once();
+    if (!this_thread_handle.curl) this_thread_handle.curl = curl_easy_init();
+    if (!this_thread_handle.curl) throw std::runtime_error("cannot create a libcurl handle");
+    curl_easy_reset(this_thread_handle.curl);
+    return this_thread_handle.curl;
+}
+
+// Resets the handle when the task ends, so it keeps no pointer into this task's stack.
+struct ResetOnExit {
+    CURL* curl;
+    ~ResetOnExit() { curl_easy_reset(curl); }
+};
+
+std::system_error os_error(const std::string& what) { return {errno, std::generic_category(), what}; }
+
+// The body being downloaded. Where the file system allows it, an unnamed file (O_TMPFILE)
+// in the output directory, which vanishes with its process whatever kills it; elsewhere a
+// hidden ".taskfarm-*.part" file that the destructor removes. commit() names it.
+class PartFile {
+public:
+    explicit PartFile(const fs::path& dir) : dir_(dir) {
+        fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+        if (fd_ >= 0) return;
+        if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+            throw os_error(fmt::format("cannot create a file in '{}'", dir.string()));
+        std::string pattern = (dir / ".taskfarm-XXXXXX.part").string();
+        fd_ = ::mkostemps(pattern.data(), 5, O_CLOEXEC);
+        if (fd_ < 0) throw os_error(fmt::format("cannot create a file in '{}'", dir.string()));
+        named_ = pattern;
+        ::fchmod(fd_, 0644);
+    }
+    ~PartFile() {
+        if (fd_ >= 0) ::close(fd_);
+        if (!named_.empty()) ::unlink(named_.c_str());
+    }
+    PartFile(const PartFile&) = delete;
+    PartFile& operator=(const PartFile&) = delete;
+
+    void write(const char* data, std::size_t size) {
+        while (size > 0) {
+            const ssize_t written = ::write(fd_, data, size);
+            if (written < 0 && errno == EINTR) continue;
+            if (written < 0) throw os_error(fmt::format("cannot write into '{}'", dir_.string()));
+            data += written;
+            size -= static_cast<std::size_t>(written);
+        }
+    }
+
+    // Empties the file for another try.
+    void clear() {
+        if (::ftruncate(fd_, 0) != 0 || ::lseek(fd_, 0, SEEK_SET) != 0)
+            throw os_error(fmt::format("cannot truncate a file in '{}'", dir_.string()));
+    }
+
+    // Gives the file the name `target` (in the same directory), replacing a file of that name
+    // atomically. An unnamed file is first linked under a hidden temporary name, since
+    // linkat() cannot replace.
+    void commit(const fs::path& target) {
+        if (named_.empty()) {
+            static std::atomic<unsigned> counter{0};
+            const fs::path temp = dir_ / fmt::format(".taskfarm-{}-{}.part", ::getpid(), counter++);
+            const std::string proc = fmt::format("/proc/self/fd/{}", fd_);
+            if (::linkat(fd_, "", AT_FDCWD, temp.c_str(), AT_EMPTY_PATH) != 0 &&  // needs CAP_DAC_READ_SEARCH
+                ::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, temp.c_str(), AT_SYMLINK_FOLLOW) != 0)
+                throw os_error(fmt::format("cannot name the downloaded file '{}'", temp.string()));
+            named_ = temp;
+        }
+        if (::rename(named_.c_str(), target.c_str()) != 0)
+            throw os_error(fmt::format("cannot rename the downloaded file to '{}'", target.string()));
+        named_.clear();
+    }
+
+private:
+    fs::path dir_;
+    int fd_ = -1;
+    fs::path named_;  // the file's name while it has one that is not final; empty otherwise
+};
+
+// What the callbacks of one request see and say.
+struct Transfer {
+    Transfer(const ExecContext& context_, PartFile& file_, Sha256& digest_, std::uint64_t max_bytes_)
+        : context(context_), file(file_), digest(digest_), max_bytes(max_bytes_) {}
+
+    const ExecContext& context;
+    PartFile& file;
+    Sha256& digest;
+    std::uint64_t max_bytes = 0;  // 0: no limit
+    std::uint64_t bytes = 0;
+    bool too_big = false;     // the body passed max_bytes
+    std::string write_error;  // the file could not be written
+    bool stopped = false;     // stop requested
+    bool expired = false;     // deadline passed
+    std::string content_disposition;  // of the last response, if it had one
+};
+
+std::size_t on_body(char* data, std::size_t, std::size_t size, void* user) {
+    auto& transfer = *static_cast<Transfer*>(user);
+    if (transfer.max_bytes > 0 && transfer.bytes + size > transfer.max_bytes) {
+        transfer.too_big = true;
+        return 0;  // any other count aborts the transfer with CURLE_WRITE_ERROR
+    }
+    try {
+        transfer.file.write(data, size);
+        transfer.digest.update({data, size});
+    } catch (const std::exception& e) {
+        transfer.write_error = e.what();
+        return 0;
+    }
+    transfer.bytes += size;
+    return size;
+}
+
+bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
+    return text.size() >= prefix.size() &&
+           std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) {
+               return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+           });
+}
+
+// Called once per header line, for every response (redirects included).
+std::size_t on_header(char* data, std::size_t, std::size_t size, void* user) {
+    auto& transfer = *static_cast<Transfer*>(user);
+    const std::string_view line(data, size);
+    constexpr std::string_view kDisposition = "content-disposition:";
+    if (line.starts_with("HTTP/")) {
+        transfer.content_disposition.clear();  // a new response
+    } else if (starts_with_ignoring_case(line, kDisposition)) {
+        std::string_view value = line.substr(kDisposition.size());
+        while (!value.empty() && (value.back() == '\r' || value.back() == '\n')) value.remove_suffix(1);
+        transfer.content_disposition = std::string(value);
+    }
+    return size;
+}
+
+// Called often while a request runs, and about once a second while nothing moves.
+int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    auto& transfer = *static_cast<Transfer*>(user);
+    transfer.stopped = transfer.context.stop.stop_requested();
+    transfer.expired = transfer.context.expired();
+    return transfer.stopped || transfer.expired ? 1 : 0;  // nonzero: CURLE_ABORTED_BY_CALLBACK
+}
+
+// The proxy environment still applies, but never to loopback, where the tests and the
+// built-in server live.
+std::string no_proxy_list() {
+    std::string list = "localhost,127.0.0.0/8,::1";
+    for (const char* name : {"no_proxy", "NO_PROXY"})
+        if (const char* value = std::getenv(name); value && *value) return std::string(value) + "," + list;
+    return list;
+}
+
+long milliseconds_until(Clock::time_point when) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(when - Clock::now()).count();
+    return static_cast<long>(std::clamp<std::int64_t>(left, 1, std::numeric_limits<long>::max()));
+}
+
+template <typename T>
+void set(CURL* curl, CURLoption option, T value) {
+    if (const CURLcode code = curl_easy_setopt(curl, option, value); code != CURLE_OK)
+        throw std::runtime_error(fmt::format("cannot set libcurl option {}: {}", static_cast<int>(option),
+                                             curl_easy_strerror(code)));
+}
+
+void configure(CURL* curl, const std::string& url, const ExecContext& context, Transfer& transfer,
+               char* error_buffer, const std::string& no_proxy) {
+    set(curl, CURLOPT_URL, url.c_str());
+    set(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    set(curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    set(curl, CURLOPT_FOLLOWLOCATION, 1L);
+    set(curl, CURLOPT_MAXREDIRS, kMaxRedirects);
+    set(curl, CURLOPT_FAILONERROR, 1L);  // a status >= 400 ends the transfer before its body
+    set(curl, CURLOPT_NOSIGNAL, 1L);     // threads: no SIGALRM for DNS timeouts
+    set(curl, CURLOPT_USERAGENT, "taskfarm/0.1 (libcurl)");
+    set(curl, CURLOPT_NOPROXY, no_proxy.c_str());
+    set(curl, CURLOPT_ERRORBUFFER, error_buffer);
+    set(curl, CURLOPT_WRITEFUNCTION, on_body);
+    set(curl, CURLOPT_WRITEDATA, &transfer);
+    set(curl, CURLOPT_HEADERFUNCTION, on_header);
+    set(curl, CURLOPT_HEADERDATA, &transfer);
+    set(curl, CURLOPT_NOPROGRESS, 0L);
+    set(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+    set(curl, CURLOPT_XFERINFODATA, &transfer);
+    // A Content-Length over the limit fails at once; a body without one is counted in on_body.
+    if (transfer.max_bytes > 0)
+        set(curl, CURLOPT_MAXFILESIZE_LARGE,
+            static_cast<curl_off_t>(std::min<std::uint64_t>(transfer.max_bytes, std::numeric_limits<curl_off_t>::max())));
+    // A stalled response: less than one byte a second for kStallTimeout.
+    set(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    set(curl, CURLOPT_LOW_SPEED_TIME, static_cast<long>(kStallTimeout.count()));
+    long connect_ms = std::chrono::duration_cast<std::chrono::milliseconds>(kConnectTimeout).count();
+    if (context.deadline != Clock::time_point::max()) {
+        const long left = milliseconds_until(context.deadline);
+        set(curl, CURLOPT_TIMEOUT_MS, left);
+        connect_ms = std::min(connect_ms, left);
+    }
+    set(curl, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+}
+
+// One line, no control bytes: error texts go to terminals and journals.
+std::string one_line(std::string text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.pop_back();
+    for (char& c : text)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    return text;
+}
+
+struct Failure {
+    std::string reason;
+    bool transient = false;  // worth another try
+};
+
+// Why a finished request did not give a body to keep, or nullopt when it did.
+std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode code, long status,
+                                  const Transfer& transfer, const char* error_buffer) {
+    const std::string detail = error_buffer[0] ? error_buffer : curl_easy_strerror(code);
+    if (transfer.too_big || code == CURLE_FILESIZE_EXCEEDED)
+        return Failure{fmt::format("larger than the limit of {} bytes (--max-bytes)", transfer.max_bytes)};
+    if (!transfer.write_error.empty()) return Failure{transfer.write_error};
+    switch (code) {
+        case CURLE_OK: break;
+        case CURLE_HTTP_RETURNED_ERROR: return Failure{fmt::format("HTTP {}", status), status >= 500};
+        case CURLE_TOO_MANY_REDIRECTS: return Failure{fmt::format("more than {} redirects", kMaxRedirects)};
+        case CURLE_UNSUPPORTED_PROTOCOL: {
+            char* effective = nullptr;
+            curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
+            if (effective && url != effective)
+                return Failure{fmt::format("redirected to '{}', which is not http or https",
+                                           std::string(effective).substr(0, 200))};
+            return Failure{fmt::format("not an http or https URL: {}", detail)};
+        }
+        // Transient: the server or the network may do better next time.
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_OPERATION_TIMEDOUT:  // connect timeout or stall; the task's deadline is handled before
+        case CURLE_PARTIAL_FILE:
+        case CURLE_RECV_ERROR:
+        case CURLE_SEND_ERROR:
+        case CURLE_GOT_NOTHING:
+        case CURLE_HTTP2:
+        case CURLE_HTTP2_STREAM: return Failure{detail, true};
+        default: return Failure{detail};
+    }
+    if (status < 200 || status > 299) return Failure{fmt::format("HTTP {}", status)};
+    curl_off_t length = -1;
+    if (curl_easy_getinfo(curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK && length >= 0 &&
+        static_cast<std::uint64_t>(length) != transfer.bytes)
+        return Failure{fmt::format("got {} bytes, Content-Length said {}", transfer.bytes, length), true};
+    return std::nullopt;
+}
+
+// Waits before try number `next` (2, 3, ...): 0.25 s, 0.5 s, 1 s, ... at most kMaxBackoff.
+// False when the stop or the deadline came first.
+bool back_off(int next, const ExecContext& context) {
+    const auto delay = std::min<Clock::duration>(kFirstBackoff * (1 << std::min(next - 2, 8)), kMaxBackoff);
+    const auto wake = context.deadline - Clock::now() > delay ? Clock::now() + delay : context.deadline;
+    std::mutex mutex;
+    std::condition_variable_any never;
+    std::unique_lock lock(mutex);
+    static_cast<void>(never.wait_until(lock, context.stop, wake, [] { return false; }));
+    return !context.stop.stop_requested() && !context.expired();
+}
+
+// run_download() without the catch: every error it throws gets the URL in front.
+void download(const TaskSpec& task, const ExecContext& context, TaskResult& result) {
+    const std::string& url = task.params.url;
+    const auto fail = [&](const std::string& reason) {
+        result.error = one_line(fmt::format("cannot download '{}': {}", url, reason));
+    };
+    if (const std::string problem = url_problem(url); !problem.empty()) return fail(problem);
+    const fs::path dir = task.params.out_dir.empty() ? fs::path(".") : fs::path(task.params.out_dir);
+    if (std::error_code ec; !fs::create_directories(dir, ec) && ec)
+        return fail(fmt::format("cannot create directory '{}': {}", dir.string(), ec.message()));
+
+    CURL* curl = thread_handle();
+    const ResetOnExit reset{curl};
+    PartFile file(dir);
+    Sha256 digest;
+    const std::string no_proxy = no_proxy_list();
+    const int tries = 1 + static_cast<int>(std::min<std::uint32_t>(task.params.retries, 100));
+    std::uint64_t bytes = 0;
+    std::string disposition;
+    for (int attempt = 1;; ++attempt) {
+        if (attempt > 1) {
+            file.clear();
+            digest.reset();
+        }
+        Transfer transfer(context, file, digest, task.params.max_bytes);
+        char error_buffer[CURL_ERROR_SIZE] = {};
+        configure(curl, url, context, transfer, error_buffer, no_proxy);
+        const CURLcode code = curl_easy_perform(curl);
+        long status = 0;
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+        result.tries = static_cast<std::uint32_t>(attempt);
+        result.http_status = static_cast<int>(status);
+        if (transfer.stopped || context.stop.stop_requested()) {
+            result.error = "cancelled";
+            return;
+        }
+        if (transfer.expired || context.expired()) {
+            result.error = timed_out(task);
+            return;
+        }
+        const std::optional<Failure> failure = failure_of(curl, url, code, status, transfer, error_buffer);
+        if (!failure) {
+            bytes = transfer.bytes;
+            disposition = transfer.content_disposition;
+            break;
+        }
+        if (!failure->transient || attempt == tries)
+            return fail(attempt > 1 ? fmt::format("{} ({} tries)", failure->reason, attempt) : failure->reason);
+        if (!back_off(attempt + 1, context)) {
+            result.error = context.stop.stop_requested() ? "cancelled" : timed_out(task);
+            return;
+        }
+    }
+
+    char* effective = nullptr;
+    curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
+    result.final_url = effective ? std::string(effective).substr(0, kMaxUrlBytes) : url;
+    const std::optional<std::string> suggested = file_name_from_content_disposition(disposition);
+    const fs::path target = dir / saved_file_name(task.id, suggested ? *suggested : file_name_from_url(url));
+    file.commit(target);
+    result.bytes = bytes;
+    result.sha256 = digest.hex();
+    result.saved_path = target.string();
+    result.ok = true;
+}
+
+}  // namespace
+
+std::string url_problem(std::string_view url) {
+    if (url.empty()) return "empty URL";
+    if (url.size() > kMaxUrlBytes) return fmt::format("longer than {} bytes", kMaxUrlBytes);
+    if (std::any_of(url.begin(), url.end(), [](char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; }))
+        return "contains a space or a control character";
+    init_curl_once();
+    const Url parsed;
+    const std::string text(url);
+    // Without CURLU_NON_SUPPORT_SCHEME, a scheme libcurl lacks is an error; file:// etc. are checked next.
+    if (const CURLUcode code = curl_url_set(parsed.get(), CURLUPART_URL, text.c_str(), 0); code != CURLUE_OK)
+        return curl_url_strerror(code);
+    const std::string scheme = parsed.part(CURLUPART_SCHEME);
+    if (scheme != "http" && scheme != "https") return fmt::format("scheme '{}' is not http or https", scheme);
+    if (parsed.part(CURLUPART_HOST).empty()) return "no host";
+    return {};
+}
+
+namespace executors {
+
+void run_download(const TaskSpec& task, const ExecContext& context, TaskResult& result) {
+    const std::string& url = task.params.url;
+    const auto fail = [&](const std::string& reason) {
+        result.error = one_line(fmt::format("cannot download '{}': {}", url, reason));
+    };
+    try {
+        download(task, context, result);
+    } catch (const std::exception& e) {
+        result.ok = false;
+        fail(e.what());
+    }
+}
+
+void close_connections() {
+    curl_easy_cleanup(this_thread_handle.curl);  // does nothing with nullptr
+    this_thread_handle.curl = nullptr;
+}
+
+}  // namespace executors
+}  // namespace taskfarm

@@ -1,0 +1,170 @@
+#include "http_fixture.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <limits>
+
+#include <fmt/format.h>
+#include <httplib.h>
+
+#include "dispatcher.hpp"
+
+namespace taskfarm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kChunkBytes = 64 * 1024;
+constexpr std::uint64_t kWidth = 256;  // pixels per row, narrower only for tiny images
+constexpr std::uint64_t kDimsRoom = 32;  // "\n<width> <height>\n255\n" and at least one padding byte
+
+std::uint64_t splitmix64(std::uint64_t x) {
+    x += 0x9e3779b97f4a7c15;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111eb;
+    return x ^ (x >> 31);
+}
+
+}  // namespace
+
+class HttpFixture::Server : public httplib::Server {
+public:
+    std::atomic<std::uint64_t> requests{0};
+};
+
+HttpFixture::HttpFixture(FixtureOptions options) : options_(options), server_(std::make_unique<Server>()) {
+    const int threads = std::max(1, options_.threads);
+    server_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
+    server_->set_tcp_nodelay(true);              // headers and body are separate writes: no Nagle delay
+    server_->set_keep_alive_max_count(100'000);  // a client's connection serves all its downloads
+    // A thread waits on each idle kept-alive connection until it closes or this passes, and
+    // stopping the server waits for those threads; so idle connections are closed soon.
+    server_->set_keep_alive_timeout(1);
+    server_->Get(R"(/photo-(\d+)\.ppm)", [this](const httplib::Request& request, httplib::Response& response) {
+        ++server_->requests;
+        const std::string number = request.matches[1];
+        int image = -1;
+        const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), image);
+        if (ec != std::errc{} || end != number.data() + number.size() || image < 0 || image >= options_.images) {
+            response.status = 404;
+            return;
+        }
+        if (!sleep_until(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(options_.latency_s)))) {
+            response.status = 503;
+            return;
+        }
+        if (options_.file_size == 0) {
+            response.set_content("", "image/x-portable-pixmap");
+            return;
+        }
+        auto body_started = std::make_shared<Clock::time_point>(Clock::now());
+        response.set_content_provider(
+            options_.file_size, "image/x-portable-pixmap",
+            [this, image, body_started](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
+                const std::size_t chunk = std::min(length, kChunkBytes);
+                if (options_.bandwidth > 0) {
+                    const auto due = *body_started + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                                                         static_cast<double>(offset + chunk) / static_cast<double>(options_.bandwidth)));
+                    if (!sleep_until(due)) return false;
+                }
+                std::string bytes;
+                image_bytes(image, offset, chunk, bytes);
+                return sink.write(bytes.data(), bytes.size());
+            });
+    });
+    server_->set_error_handler([](const httplib::Request&, httplib::Response& response) {
+        response.set_content(fmt::format("{}\n", response.status), "text/plain");
+    });
+    port_ = server_->bind_to_any_port("127.0.0.1");
+    if (port_ <= 0) throw RunError("cannot bind the built-in HTTP server to 127.0.0.1");
+}
+
+HttpFixture::~HttpFixture() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) {
+        server_->stop();  // start() waited for is_running(), so this reaches the accept loop
+        thread_.join();   // the loop joins the server's threads before it returns
+    }
+}
+
+void HttpFixture::start() {
+    // A client that hangs up mid-body makes the next write raise SIGPIPE, which would end the
+    // process: the server's threads (started by this one) keep it blocked, so writes fail with EPIPE.
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    sigset_t old;
+    pthread_sigmask(SIG_BLOCK, &pipe, &old);
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    while (!server_->is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+bool HttpFixture::sleep_until(Clock::time_point when) {
+    std::unique_lock lock(mutex_);
+    return !wake_.wait_until(lock, when, [this] { return stopping_; });
+}
+
+std::string HttpFixture::base_url() const { return fmt::format("http://127.0.0.1:{}", port_); }
+
+std::string HttpFixture::name(int image) const { return fmt::format("photo-{}.ppm", image); }
+
+std::vector<std::string> HttpFixture::urls() const {
+    std::vector<std::string> urls;
+    for (int i = 0; i < options_.images; ++i) urls.push_back(base_url() + "/" + name(i));
+    return urls;
+}
+
+std::string HttpFixture::image(int image) const {
+    std::string bytes;
+    image_bytes(image, 0, options_.file_size, bytes);
+    return bytes;
+}
+
+std::uint64_t HttpFixture::requests() const { return server_->requests; }
+
+// "P6\n# taskfarm synthetic image 3<spaces>\n256 200\n255\n": a binary PPM header whose
+// comment is padded so that header and pixels come to exactly file_size bytes; empty when
+// file_size is too small for one pixel.
+std::string HttpFixture::header(int image) const {
+    const std::uint64_t size = options_.file_size;
+    const std::string comment = fmt::format("P6\n# taskfarm synthetic image {}", image);
+    const std::uint64_t room = size > comment.size() + kDimsRoom ? size - comment.size() - kDimsRoom : 0;
+    std::uint64_t width = kWidth;
+    std::uint64_t height = room / (3 * width);
+    if (height == 0) {
+        width = room / 3;
+        height = width > 0 ? 1 : 0;
+    }
+    if (height == 0) return {};
+    const std::string dims = fmt::format("\n{} {}\n255\n", width, height);
+    const std::uint64_t padding = size - 3 * width * height - comment.size() - dims.size();
+    return comment + std::string(padding, ' ') + dims;
+}
+
+void HttpFixture::image_bytes(int image, std::uint64_t offset, std::size_t size, std::string& out) const {
+    const std::string head = header(image);
+    out.resize(size);
+    const std::uint64_t stream = splitmix64(options_.seed * 0x100000001b3 + static_cast<std::uint64_t>(image));
+    for (std::size_t i = 0; i < size; ++i) {
+        const std::uint64_t at = offset + i;
+        if (at < head.size()) {
+            out[i] = head[at];
+        } else {
+            const std::uint64_t pixel_byte = at - head.size();
+            out[i] = static_cast<char>(splitmix64(stream ^ (pixel_byte / 8)) >> (8 * (pixel_byte % 8)));
+        }
+    }
+}
+
+}  // namespace taskfarm
