@@ -75,7 +75,7 @@ const CLI::Validator kListenEndpoint(
                            "interface; PORT * picks a free one)",
                            text);
     },
-    "tcp://ADDR:PORT");
+    "");  // the option's type_name says what it wants
 
 }  // namespace
 
@@ -223,7 +223,8 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
                        "also accept workers started by hand on other machines (`worker --connect`) on this tcp\n"
                        "endpoint; PORT * picks a free one, which the log names. Only the processes mode runs.\n"
                        "Plaintext is allowed on loopback only, unless --keys or --insecure. See docs/multihost.md")
-            ->check(kListenEndpoint);
+            ->check(kListenEndpoint)
+            ->type_name("tcp://ADDR:PORT");
     auto* keys_option =
         app.add_option("--keys", config.keys_dir,
                        "encrypt and authenticate remote workers with CurveZMQ: this coordinator's key pair\n"

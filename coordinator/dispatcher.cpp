@@ -246,7 +246,8 @@ void Dispatcher::watch_overruns() {
         result.kind = task.kind;
         result.attempt = attempt.number;
         result.worker = worker.name;
-        result.error = fmt::format("{}: worker {} did not stop it, so it was killed", timed_out(task), worker.name);
+        result.error = fmt::format("{}: worker {} did not stop it, so it was {}", timed_out(task), worker.name,
+                                   worker.remote ? "told to shut down" : "killed");
         result.run_time = now - worker.running_since;
         ++finished_;
         recorder_.record(task, std::move(result));

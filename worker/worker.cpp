@@ -267,7 +267,7 @@ const CLI::Validator kEndpoint(
         if ((text.starts_with("ipc://") && text.size() > 6) || curve::parse_tcp_endpoint(text, false)) return "";
         return fmt::format("'{}' is not ipc://PATH or tcp://HOST:PORT", text);
     },
-    "ENDPOINT");
+    "");  // the option's type_name says what it wants
 
 const CLI::Validator kAllowedCpu(
     [](std::string& text) -> std::string {
@@ -276,7 +276,7 @@ const CLI::Validator kAllowedCpu(
             if (std::to_string(cpu) == text) return "";
         return fmt::format("'{}' is not a CPU this process may use (it may use {})", text, format_cpu_list(allowed));
     },
-    "CPU");
+    "");  // the option's type_name says what it wants
 
 }  // namespace
 
@@ -289,7 +289,8 @@ int worker_main(int argc, const char* const* argv) {
     app.add_option("--connect", config.connect,
                    "the coordinator: tcp://HOST:PORT of its --listen, or the ipc://PATH it gives its own workers")
         ->required()
-        ->check(kEndpoint);
+        ->check(kEndpoint)
+        ->type_name("ENDPOINT");
     auto* keys_option =
         app.add_option("--keys", config.keys_dir,
                        "talk CurveZMQ (encrypted, authenticated) with this worker's worker.secret and the\n"
@@ -301,7 +302,8 @@ int worker_main(int argc, const char* const* argv) {
         ->excludes(keys_option);
     app.add_option("--name", config.name, "name in logs and results (default: host-pid)");
     app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
-        ->check(kAllowedCpu);
+        ->check(kAllowedCpu)
+        ->type_name("CPU");
     app.add_option("--connect-timeout", config.connect_timeout_s,
                    "exit 1 when no coordinator has answered this many seconds after starting (it may\n"
                    "start after its workers); a refused worker exits at once, saying why")
