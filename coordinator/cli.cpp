@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "affinity.hpp"
+#include "curve.hpp"
 #include "log.hpp"
 
 namespace taskfarm {
@@ -99,6 +100,15 @@ const CLI::Validator kCpuList(
     },
     "LIST");
 
+const CLI::Validator kListenEndpoint(
+    [](std::string& text) -> std::string {
+        if (curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)) return "";
+        return fmt::format("'{}' is not tcp://ADDRESS:PORT (e.g. tcp://10.0.0.5:5555; tcp://*:5555 for every "
+                           "interface; PORT * picks a free one)",
+                           text);
+    },
+    "");  // the option's type_name says what it wants
+
 }  // namespace
 
 std::string_view to_string(Mode mode) { return kModeNames[static_cast<int>(mode)]; }
@@ -116,7 +126,7 @@ int available_cpus() {
     return std::max(1, CPU_COUNT(&set));
 }
 
-std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
+ParsedCli parse_cli(int argc, const char* const* argv) {
     RunConfig config;
     config.workers = available_cpus();
     config.command_line.assign(argv, argv + argc);
@@ -130,8 +140,9 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         "taskfarm coordinator: runs one plan of tasks sequentially, on a pool of threads and on a pool of\n"
         "worker processes, prints each result as it completes, then compares the modes' wall times.\n"};
     app.get_formatter()->column_width(34);
-    app.add_option("-w,--workers", config.workers, "worker processes (and threads) to run tasks on")
-        ->check(CLI::Range(1, 1024))
+    app.add_option("-w,--workers", config.workers,
+                   "worker processes (and threads) to run tasks on; with --listen, 0 runs on remote workers only")
+        ->check(CLI::Range(0, 1024))
         ->capture_default_str();
     auto* task_option =
         app.add_option("-t,--task", task,
@@ -213,11 +224,12 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     for (CLI::Option* option : {file_size_option, latency_option, bandwidth_option}) option->excludes(urls_option);
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->capture_default_str();
-    app.add_option("-m,--mode", modes,
+    auto* mode_option = app.add_option("-m,--mode", modes,
                    "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
                    "threads in the coordinator), gil-threads (the same pool, but a task must hold one global lock\n"
                    "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
-                   "does not), processes (--workers worker processes over ZeroMQ), or all (all four)")
+                   "does not), processes (--workers worker processes over ZeroMQ), or all (all four). With --listen\n"
+                   "only processes runs: remote workers are worker processes")
         ->delimiter(',')
         ->check(kModeList)
         ->capture_default_str();
@@ -287,6 +299,54 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
                    "draw the run as an SVG timeline to FILE: a panel per mode on one time axis, a lane per\n"
                    "worker or thread, a bar per task")
         ->type_name("FILE.svg");
+    auto* listen_option =
+        app.add_option("--listen", config.listen,
+                       "also accept workers started by hand on other machines (`worker --connect`) on this tcp\n"
+                       "endpoint; PORT * picks a free one, which the log names. Only the processes mode runs.\n"
+                       "Plaintext is allowed on loopback only, unless --keys or --insecure. See docs/multihost.md")
+            ->check(kListenEndpoint)
+            ->type_name("tcp://ADDR:PORT");
+    auto* keys_option =
+        app.add_option("--keys", config.keys_dir,
+                       "encrypt and authenticate remote workers with CurveZMQ: this coordinator's key pair\n"
+                       "(coordinator.secret) and the authorised worker key (worker.public) from DIR, as\n"
+                       "`coordinator keygen DIR` writes them; a worker with any other key is refused")
+            ->type_name("DIR")
+            ->needs(listen_option);
+    app.add_option("--authorized", config.authorized_dir,
+                   "also admit the workers whose public keys are in DIR, one NAME.public file each (e.g. a\n"
+                   "worker.public from `coordinator keygen --worker-only`, renamed hostb.public)")
+        ->type_name("DIR")
+        ->needs(keys_option);
+    app.add_flag("--insecure", config.insecure,
+                 "allow plaintext tcp on a --listen address that is not loopback: tasks and results cross the\n"
+                 "network unencrypted and any peer that can connect gets tasks. Only on a network you trust")
+        ->needs(listen_option)
+        ->excludes(keys_option);
+    auto* expect_option =
+        app.add_option("--expect-workers", config.expect_workers,
+                       "remote workers to wait for before handing out the first task; more may join later")
+            ->check(CLI::Range(0, 100'000))
+            ->needs(listen_option)
+            ->capture_default_str();
+    app.add_option("--wait-workers", config.wait_workers_s,
+                   "seconds to wait for the --expect-workers (exit 1 if they do not all come), and how long a\n"
+                   "run with no worker left waits for one before the remaining tasks fail")
+        ->check(CLI::Range(0.1, 86'400.0))
+        ->needs(listen_option)
+        ->capture_default_str();
+    KeygenConfig keygen;
+    auto* keygen_command = app.add_subcommand(
+        "keygen", "write CurveZMQ key pairs for remote workers into DIR and exit: coordinator.secret,\n"
+                  "coordinator.public, worker.secret, worker.public (`coordinator keygen --help`)");
+    keygen_command->add_option("DIR", keygen.dir, "directory for the keys, created (mode 0700) if missing")->required();
+    keygen_command->add_flag("--worker-only", keygen.worker_only,
+                             "write only worker.secret and worker.public: a key of its own for another\n"
+                             "worker machine, admitted with the coordinator's --authorized DIR");
+    keygen_command->footer(
+        "Secret files get mode 0600; an existing key file is never overwritten (exit 2). Keep\n"
+        "coordinator.secret on the coordinator's machine; copy worker.secret and coordinator.public to\n"
+        "each worker machine. See docs/multihost.md.");
     app.footer(
         "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
@@ -296,7 +356,11 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         "Examples: coordinator --workers 8 --task download\n"
         "          coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
         "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin\n"
-        "          coordinator --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60");
+        "          coordinator --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
+        "Remote workers (docs/multihost.md):\n"
+        "          coordinator keygen keys\n"
+        "          coordinator --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
+        "          worker --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)");
 
     try {
         app.parse(argc, argv);
@@ -315,6 +379,32 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
             throw CLI::ValidationError(
                 "--cpu-n", fmt::format("{} tasks of {} numbers go beyond the largest number, {}; lower --cpu-n",
                                        config.tasks, config.cpu_n, kMaxPrimeLimit));
+        if (keygen_command->parsed()) return keygen;
+        if (!config.listen.empty()) {
+            for (const std::string& name : modes)
+                if (name != "processes" && mode_option->count() > 0)
+                    throw CLI::ValidationError(
+                        "--mode", fmt::format("'{}' cannot run with --listen: remote workers are worker processes, "
+                                              "so only the processes mode runs; compare the modes without --listen",
+                                              name));
+            modes = {"processes"};
+            const auto endpoint = *curve::parse_tcp_endpoint(config.listen, /*wildcard_port=*/true);
+            if (config.keys_dir.empty() && !config.insecure && !curve::is_loopback_host(endpoint.host))
+                throw CLI::ValidationError(
+                    "--listen", fmt::format("'{}' is not a loopback address, and without --keys tasks and results "
+                                            "would cross the network unencrypted to any peer that connects: give "
+                                            "--keys DIR (see `coordinator keygen --help`), or --insecure on a "
+                                            "network you trust",
+                                            config.listen));
+        }
+        if (config.workers == 0 && config.listen.empty())
+            throw CLI::ValidationError("--workers", "0 starts no worker; 0 local workers needs --listen and remote "
+                                                    "workers");
+        if (config.workers == 0 && config.expect_workers == 0)
+            throw CLI::ValidationError(
+                "--expect-workers", fmt::format("--workers 0 starts no local worker: give --expect-workers M (M >= 1), "
+                                                "the remote workers to wait for; got {}",
+                                                expect_option->count() > 0 ? "0" : "none"));
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? ExitCode::Ok : ExitCode::Usage;
     }

@@ -7,8 +7,11 @@
 
 namespace taskfarm {
 
-// argv -> RunConfig. On --help it prints the help and returns ExitCode::Ok; on a bad
-// value it prints one line naming the flag and the value and returns ExitCode::Usage.
-std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv);
+using ParsedCli = std::variant<RunConfig, KeygenConfig, ExitCode>;
+
+// argv -> RunConfig, or KeygenConfig for `coordinator keygen DIR`. On --help it prints the
+// help and returns ExitCode::Ok; on a bad value it prints one line naming the flag and the
+// value and returns ExitCode::Usage.
+ParsedCli parse_cli(int argc, const char* const* argv);
 
 }  // namespace taskfarm

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "curve.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
@@ -59,6 +60,21 @@ struct RunConfig {
     std::filesystem::path trace_path;       // Chrome trace-event JSON
     std::filesystem::path timeline_path;    // SVG timeline
     std::vector<std::string> command_line;  // argv, for reports
+
+    // Remote workers (processes mode only). workers may be 0 when expect_workers >= 1.
+    std::string listen;                       // --listen tcp://ADDR:PORT; empty: local workers only
+    std::filesystem::path keys_dir;           // --keys: CURVE; empty: plaintext (loopback or --insecure)
+    std::filesystem::path authorized_dir;     // --authorized: more worker keys, one NAME.public each
+    bool insecure = false;                    // plaintext on a non-loopback address
+    int expect_workers = 0;                   // remote workers to wait for before the first task
+    double wait_workers_s = 60.0;             // ... and how long; also how long a run with no worker left waits
+    std::optional<curve::ServerKeys> server_keys;  // read from keys_dir by the coordinator before the run
+};
+
+// `coordinator keygen DIR`: writes key pairs for CURVE instead of running anything.
+struct KeygenConfig {
+    std::filesystem::path dir;
+    bool worker_only = false;  // only worker.secret and worker.public
 };
 
 // CPUs this process may run on (sched_getaffinity), at least 1.

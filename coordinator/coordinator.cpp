@@ -17,6 +17,7 @@
 
 #include "affinity.hpp"
 #include "cli.hpp"
+#include "curve.hpp"
 #include "dispatcher.hpp"
 #include "executors/executors.hpp"
 #include "http_fixture.hpp"
@@ -40,6 +41,28 @@ void check_config(RunConfig& config) {
                      config.pin_cpus.size(), format_cpu_list(config.pin_cpus));
     const bool processes = std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
     if (!processes) return;
+    if (!config.keys_dir.empty()) {
+        if (!curve::available())
+            throw ConfigError("--keys: this libzmq was built without CURVE support (libsodium), so it cannot encrypt; "
+                              "install a libzmq with CURVE (Debian's libzmq5 has it)");
+        try {
+            config.server_keys = curve::read_server_keys(config.keys_dir);
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--keys: {}", e.what()));
+        }
+        if (!config.authorized_dir.empty()) {
+            try {
+                for (auto& key : curve::read_authorised_keys(config.authorized_dir))
+                    config.server_keys->workers.push_back(std::move(key));
+            } catch (const std::runtime_error& e) {
+                throw ConfigError(fmt::format("--authorized: {}", e.what()));
+            }
+        }
+        if (config.server_keys->workers.empty())
+            throw ConfigError(fmt::format("--keys: no worker key is authorised: '{}' has no worker.public and no "
+                                          "--authorized DIR was given",
+                                          config.keys_dir.string()));
+    }
     if (config.worker_bin.empty()) config.worker_bin = default_worker_binary();
     if (::access(config.worker_bin.c_str(), X_OK) != 0)
         throw ConfigError(fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
@@ -155,6 +178,8 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"latency_s", config.latency_s},
         {"bandwidth", config.bandwidth},
         {"command", config.command_line},
+        {"listen", config.listen.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.listen)},
+        {"expect_workers", config.expect_workers},
     };
 }
 
@@ -289,6 +314,27 @@ ExitCode run(RunConfig config) {
     return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
 }
 
+// `coordinator keygen DIR`: the key files, and what to do with each, on stdout.
+ExitCode keygen(const KeygenConfig& config) {
+    if (!curve::available())
+        throw ConfigError("keygen: this libzmq was built without CURVE support (libsodium), so it cannot make keys");
+    std::vector<std::filesystem::path> written;
+    try {
+        written = curve::write_key_directory(config.dir, config.worker_only);
+    } catch (const std::runtime_error& e) {
+        throw ConfigError(fmt::format("keygen: {}", e.what()));
+    }
+    for (const auto& path : written) {
+        const std::string name = path.filename().string();
+        const char* use = name == "coordinator.secret" ? "keep it on the coordinator's machine only"
+                          : name == "coordinator.public" ? "copy it to every worker machine"
+                          : name == "worker.secret"      ? "copy it to each worker machine (mode 0600)"
+                                                         : "the coordinator admits workers holding worker.secret";
+        fmt::print("{:<40} {}\n", path.string(), use);
+    }
+    return ExitCode::Ok;
+}
+
 }  // namespace
 
 int coordinator_main(int argc, const char* const* argv) {
@@ -296,6 +342,7 @@ int coordinator_main(int argc, const char* const* argv) {
     auto parsed = parse_cli(argc, argv);
     if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {
+        if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
         return static_cast<int>(run(std::get<RunConfig>(std::move(parsed))));
     } catch (const ConfigError& e) {
         spdlog::error("{}", e.what());

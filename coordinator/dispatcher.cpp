@@ -26,15 +26,18 @@ Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& pla
 }
 
 void Dispatcher::run() {
+    started_ = Clock::now();
     for (std::size_t i = 0; i < static_cast<std::size_t>(options_.workers); ++i)
         spawn(fmt::format("w{}", i + 1), options_.cpus.empty() ? -1 : options_.cpus[i % options_.cpus.size()]);
     next_heartbeat_ = Clock::now() + options_.heartbeat_interval;
+    if (spawned_.empty() && options_.expect_remote == 0) start_dispatching();
     while (finished_ < plan_.tasks.size() && !stop_.stop_requested()) {
         zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
         zmq::poll(items, 1, wire::poll_timeout(std::min(next_heartbeat_, Clock::now() + kChildCheckInterval)));
         if (items[0].revents & ZMQ_POLLIN) drain_incoming();
         watch_processes();
         watch_deadlines();
+        watch_remote();
         watch_overruns();
         if (Clock::now() >= next_heartbeat_) send_heartbeats();
         dispatch();
@@ -65,26 +68,37 @@ void Dispatcher::drain_incoming() {
             more = part.more();
         }
         if (frames == 1)
-            on_frame(identity.to_string(), body.to_string_view());
+            on_frame(identity.to_string(), body);
         else
             reject(identity.to_string(), fmt::format("message of {} frames, want 1", frames));
     }
 }
 
-void Dispatcher::on_frame(const std::string& identity, std::string_view frame) {
+void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& body) {
     if (auto worker = workers_.find(identity); worker != workers_.end()) worker->second.last_seen = Clock::now();
-    auto message = proto::decode(frame);
-    if (auto* hello = std::get_if<proto::Hello>(&message)) return on_hello(identity, *hello);
+    auto message = proto::decode(body.to_string_view());
+    if (auto* hello = std::get_if<proto::Hello>(&message)) return on_hello(identity, *hello, body);
     if (auto* result = std::get_if<proto::Result>(&message)) return on_result(identity, *result);
     if (std::holds_alternative<proto::Heartbeat>(message)) return;
     if (auto* error = std::get_if<proto::DecodeError>(&message)) return reject(identity, error->reason);
     reject(identity, "unexpected message type from a worker");
 }
 
-void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello) {
+void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello, const zmq::message_t& body) {
     if (workers_.contains(identity)) return reject(identity, "second HELLO");
     const pid_t pid = static_cast<pid_t>(hello.pid);
-    if (auto spawned = spawned_.find(pid); spawned != spawned_.end()) {
+    // Only the Listener's ZAP handler sets a User-Id, so a frame with one came over tcp. A
+    // remote pid means nothing here: it may even equal the pid of a local worker of ours.
+    const auto user = wire::property(body, "User-Id");
+    if (user) {
+        for (const auto& [other, worker] : workers_)
+            if (worker.name == hello.name)
+                spdlog::warn("two workers are called {}: their results cannot be told apart (give each --name)",
+                             hello.name);
+        spdlog::info("remote worker {} (pid {} on {}) attached from {} with {}{}", hello.name, hello.pid, hello.host,
+                     wire::property(body, "Peer-Address").value_or("an unknown address"), *user,
+                     dispatching_ ? "" : fmt::format(" ({} of {} expected)", remote_workers() + 1, options_.expect_remote));
+    } else if (auto spawned = spawned_.find(pid); spawned != spawned_.end()) {
         spawned->second.said_hello = true;
         if (spawned->second.cpu >= 0 && spawned->second.cpu != hello.cpu)
             spdlog::warn("worker {} (pid {}) was to run on cpu {} only, but reports {}", hello.name, hello.pid,
@@ -92,11 +106,56 @@ void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello
     } else {
         spdlog::info("worker {} (pid {} on {}) attached", hello.name, hello.pid, hello.host);
     }
-    workers_[identity] = WorkerState{hello.name, pid, hello.cpu, {}, Clock::now(), {}};
+    workers_[identity] = WorkerState{hello.name, pid, hello.cpu, {}, Clock::now(), {}, user.has_value()};
     recorder_.place({hello.name, hello.cpu, hello.pid});
+    recorder_.at_least_workers(static_cast<int>(workers_.size()));
+    if (user && dispatching_)
+        recorder_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = "remote, attached"});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
-    if (!dispatching_)
-        dispatching_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+    if (!dispatching_ && remote_workers() >= static_cast<std::size_t>(options_.expect_remote) &&
+        std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; }))
+        start_dispatching();
+}
+
+void Dispatcher::start_dispatching() {
+    dispatching_ = true;
+    if (options_.expect_remote > 0) {
+        spdlog::info("{} remote worker(s) attached after {:.1f} s; handing out tasks", remote_workers(),
+                     std::chrono::duration<double>(Clock::now() - started_).count());
+        // Waiting for a person or a scheduler to start remote workers is no cost of the process model.
+        recorder_.restart_clock();
+    }
+    for (const auto& [identity, worker] : workers_)
+        if (worker.remote)
+            recorder_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = "remote, attached"});
+}
+
+void Dispatcher::watch_remote() {
+    if (!options_.listening) return;
+    const auto now = Clock::now();
+    const double wait_s = std::chrono::duration<double>(options_.wait_remote).count();
+    if (!dispatching_) {
+        if (now - started_ > options_.wait_remote && remote_workers() < static_cast<std::size_t>(options_.expect_remote))
+            throw RunError(fmt::format("only {} of the {} remote worker(s) of --expect-workers attached within {:.1f} s "
+                                       "(--wait-workers); the log above names any that were refused",
+                                       remote_workers(), options_.expect_remote, wait_s));
+        return;
+    }
+    if (pending_.empty() || !workers_.empty() || !spawned_.empty()) {
+        alone_since_ = {};
+        return;
+    }
+    if (alone_since_ == Clock::time_point{}) {
+        alone_since_ = now;
+        spdlog::warn("no worker is left; waiting up to {:.1f} s (--wait-workers) for a remote worker to attach", wait_s);
+    } else if (now - alone_since_ > options_.wait_remote) {
+        fail_pending(fmt::format("not run: no worker was left and none attached within {:.1f} s (--wait-workers)", wait_s));
+    }
+}
+
+std::size_t Dispatcher::remote_workers() const {
+    return static_cast<std::size_t>(
+        std::count_if(workers_.begin(), workers_.end(), [](const auto& w) { return w.second.remote; }));
 }
 
 void Dispatcher::on_result(const std::string& identity, const proto::Result& message) {
@@ -187,7 +246,8 @@ void Dispatcher::watch_overruns() {
         result.kind = task.kind;
         result.attempt = attempt.number;
         result.worker = worker.name;
-        result.error = fmt::format("{}: worker {} did not stop it, so it was killed", timed_out(task), worker.name);
+        result.error = fmt::format("{}: worker {} did not stop it, so it was {}", timed_out(task), worker.name,
+                                   worker.remote ? "told to shut down" : "killed");
         result.run_time = now - worker.running_since;
         ++finished_;
         recorder_.record(task, std::move(result));
@@ -222,7 +282,7 @@ void Dispatcher::dispatch() {
         target->second.in_flight.push_back(attempt);
         if (!send(target->first, frame)) lose_worker(target->first, fmt::format("worker {} disconnected", target->second.name));
     }
-    if (!pending_.empty() && workers_.empty() && spawned_.empty())
+    if (!pending_.empty() && workers_.empty() && spawned_.empty() && !options_.listening)
         fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",
                                  options_.max_respawns));
 }
@@ -230,12 +290,16 @@ void Dispatcher::dispatch() {
 void Dispatcher::lose_worker(const std::string& identity, const std::string& reason) {
     const auto worker = workers_.find(identity);
     if (worker == workers_.end()) return;
+    // Before the erase, which may free `identity`. A remote worker that still hears us (a stopped
+    // or overloaded one) stops instead of finishing work that now goes to another worker.
+    if (worker->second.remote) send(identity, proto::encode(proto::Shutdown{}));
     WorkerState lost = std::move(worker->second);
     workers_.erase(worker);
     spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
     recorder_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
     for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
         retry_or_fail(*attempt, lost.name, reason);
+    if (lost.remote) return;  // not ours: nothing to kill, nothing to replace
     int cpu = -1;
     if (const auto spawned = spawned_.find(lost.pid); spawned != spawned_.end()) {
         cpu = spawned->second.cpu;
@@ -311,7 +375,7 @@ bool Dispatcher::send(const std::string& identity, std::string_view frame) {
 
 std::string Dispatcher::identity_of(pid_t pid) const {
     for (const auto& [identity, worker] : workers_)
-        if (worker.pid == pid) return identity;
+        if (worker.pid == pid && !worker.remote) return identity;
     return {};
 }
 

@@ -1,7 +1,10 @@
 #pragma once
 // The coordinator's side of the protocol: a ROUTER socket, one WorkerState per connected
 // worker, credits (at most --prefetch tasks per worker), heartbeats both ways, and
-// requeueing the tasks of a worker that died or went silent. Single-threaded: the
+// requeueing the tasks of a worker that died or went silent. Workers started by hand on other
+// machines (remote: their frames come through the tcp Listener, which names them in the
+// "User-Id" metadata) take part like local ones, but are never killed or replaced: losing
+// one only requeues its tasks. Single-threaded: the
 // socket never leaves the thread that runs the dispatcher. Worker starts, exits and
 // requeues go to the recorder as RunEvents, for --trace and --timeline.
 
@@ -39,6 +42,11 @@ struct DispatchOptions {
     std::uint32_t max_attempts = 3;
     int max_respawns = 100;
     std::vector<int> cpus{};  // worker i (and its replacements) pinned to cpus[i % size]; empty: not pinned
+    // Remote workers (--listen). With listening, a run whose workers are all gone waits
+    // wait_remote for one to attach before failing what is left.
+    bool listening = false;
+    int expect_remote = 0;                         // remote workers to wait for before the first task
+    std::chrono::milliseconds wait_remote{60000};  // how long they may take (RunError after)
 };
 
 class Dispatcher {
@@ -47,7 +55,8 @@ public:
                DispatchOptions options, std::stop_token stop);
 
     // Spawns the workers and runs until every task has its final result or `stop` fires.
-    // Throws RunError when the initial workers do not all say HELLO in time.
+    // Throws RunError when the initial workers do not all say HELLO in time, or fewer than
+    // expect_remote remote workers attach within wait_remote.
     void run();
 
     // Sends SHUTDOWN to every connected worker.
@@ -71,6 +80,7 @@ private:
         // at a time in the order sent, so the next starts when it is sent or when the one
         // before it ends, whichever is later.
         Clock::time_point running_since;
+        bool remote = false;  // attached by hand over tcp: ours to requeue from, not to kill or replace
     };
     struct Spawned {
         std::string name;
@@ -85,8 +95,11 @@ private:
 
     void spawn(const std::string& name, int cpu);
     void drain_incoming();
-    void on_frame(const std::string& identity, std::string_view frame);
-    void on_hello(const std::string& identity, const proto::Hello& hello);
+    void on_frame(const std::string& identity, const zmq::message_t& body);
+    void on_hello(const std::string& identity, const proto::Hello& hello, const zmq::message_t& body);
+    void start_dispatching();
+    void watch_remote();
+    std::size_t remote_workers() const;
     void on_result(const std::string& identity, const proto::Result& message);
     void reject(const std::string& identity, const std::string& reason);
     void watch_processes();
@@ -117,6 +130,8 @@ private:
     int respawns_ = 0;
     bool dispatching_ = false;                    // set once every initial worker said HELLO
     Clock::time_point next_heartbeat_;
+    Clock::time_point started_;                   // when run() began: the remote workers' deadline counts from it
+    Clock::time_point alone_since_{};             // listening: since when no worker is left; unset while one is
 };
 
 }  // namespace taskfarm

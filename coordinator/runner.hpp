@@ -37,13 +37,19 @@ public:
     // `when` in seconds since the start of the mode, on the clock results are stamped with.
     double seconds_at(std::chrono::steady_clock::time_point when) const;
     std::size_t recorded() const;
+    // Starts the mode's clock again, now: for a run that waited for remote workers before its
+    // first task, so the wait (a person or a scheduler starting them) is not counted. Call it
+    // before the first result, from the thread that records.
+    void restart_clock();
+    // The report's worker count becomes at least `workers` (remote workers that joined).
+    void at_least_workers(int workers);
     // Ends the wall-clock time of the mode (the last result is in); finish() calls it if
     // nobody did. Process shutdown comes after it, and does not count.
     void stop_clock();
     RunReport finish(bool interrupted);  // call once, after the mode's processes are reaped
 
 private:
-    const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
     std::optional<std::chrono::steady_clock::time_point> stopped_;
     const CpuTimes cpu_at_start_ = CpuTimes::now();
     ResultSink& sink_;

@@ -9,7 +9,7 @@ namespace taskfarm {
 namespace {
 
 struct Parsed {
-    std::variant<RunConfig, ExitCode> result;
+    ParsedCli result;
     std::string err;
 };
 
@@ -141,7 +141,9 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
                              "--worker-bin", "--json", "--results", "--heartbeat-interval", "--heartbeat-timeout",
                              "--start-timeout", "--max-attempts", "--max-respawns", "--cpu-n", "--pin", "--cpus",
                              "--plan", "gil-threads", "cpu", "download", "--urls", "--out-dir", "--max-bytes",
-                             "--retries", "--file-size", "--latency", "--bandwidth", "--task-timeout"})
+                             "--retries", "--file-size", "--latency", "--bandwidth", "--task-timeout",
+                             "--listen", "--keys", "--authorized", "--insecure", "--expect-workers", "--wait-workers",
+                             "keygen"})
         EXPECT_NE(help.find(flag), std::string::npos) << flag;
 }
 
@@ -205,7 +207,47 @@ INSTANTIATE_TEST_SUITE_P(
                       BadValue{{"--plan", "p.jsonl", "--bandwidth", "1M"}, "--plan", "--bandwidth"},
                       BadValue{{"--out-dir", "d"}, "--out-dir", "download"},
                       BadValue{{"--task", "cpu", "--retries", "3"}, "--retries", "download"},
-                      BadValue{{"--task", "sleep", "--file-size", "1K"}, "--file-size", "download"}));
+                      BadValue{{"--task", "sleep", "--file-size", "1K"}, "--file-size", "download"},
+                      BadValue{{"--listen", "nope"}, "--listen", "nope"},
+                      BadValue{{"--listen", "tcp://127.0.0.1"}, "--listen", "tcp://127.0.0.1"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:70000"}, "--listen", "70000"},
+                      BadValue{{"--listen", "tcp://0.0.0.0:5555"}, "--insecure", "0.0.0.0"},
+                      BadValue{{"--listen", "tcp://10.1.2.3:5555"}, "--insecure", "10.1.2.3"},
+                      BadValue{{"--keys", "k"}, "--keys", "--listen"},
+                      BadValue{{"--expect-workers", "2"}, "--expect-workers", "--listen"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--keys", "k", "--insecure"}, "--insecure", "--keys"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--mode", "threads"}, "--mode", "threads"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--workers", "0"}, "--expect-workers", "--workers 0"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--expect-workers", "-1"}, "--expect-workers", "-1"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--wait-workers", "0"}, "--wait-workers", "0"},
+                      BadValue{{"keygen"}, "DIR", "required"}));
+
+TEST(Cli, ListenRunsOnlyTheProcessesModeAndMayHaveNoLocalWorker) {
+    const auto parsed = parse({"--listen", "tcp://*:5555", "--keys", "keys", "--authorized", "more", "--workers", "0",
+                               "--expect-workers", "3", "--wait-workers", "5"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    EXPECT_EQ(config.listen, "tcp://*:5555");
+    EXPECT_EQ(config.keys_dir, "keys");
+    EXPECT_EQ(config.authorized_dir, "more");
+    EXPECT_EQ(config.workers, 0);
+    EXPECT_EQ(config.expect_workers, 3);
+    EXPECT_EQ(config.wait_workers_s, 5.0);
+    EXPECT_EQ(config.modes, std::vector<Mode>{Mode::Processes});
+    // Plaintext is fine on loopback, and elsewhere with --insecure.
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://127.0.0.1:5555"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://[::1]:5555"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://localhost:*"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://0.0.0.0:5555", "--insecure"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://127.0.0.1:5555", "--mode", "processes"}).result));
+}
+
+TEST(Cli, KeygenTakesADirectory) {
+    const auto parsed = parse({"keygen", "some/dir", "--worker-only"});
+    const auto& keygen = std::get<KeygenConfig>(parsed.result);
+    EXPECT_EQ(keygen.dir, "some/dir");
+    EXPECT_TRUE(keygen.worker_only);
+    EXPECT_FALSE(std::get<KeygenConfig>(parse({"keygen", "d"}).result).worker_only);
+}
 
 }  // namespace
 }  // namespace taskfarm

@@ -277,7 +277,7 @@ TEST(Quiet, LeavesStderrEmptyAndStdoutAsItWas) {
 
 // ---- the flags
 
-std::variant<RunConfig, ExitCode> parse(std::vector<std::string> args, std::string* err = nullptr) {
+ParsedCli parse(std::vector<std::string> args, std::string* err = nullptr) {
     args.insert(args.begin(), "coordinator");
     std::vector<const char*> argv;
     for (const std::string& arg : args) argv.push_back(arg.c_str());

@@ -8,11 +8,13 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -20,6 +22,7 @@
 #include <zmq.hpp>
 
 #include "affinity.hpp"
+#include "curve.hpp"
 #include "errors.hpp"
 #include "log.hpp"
 #include "protocol.hpp"
@@ -32,6 +35,10 @@ using Clock = std::chrono::steady_clock;
 using Seconds = std::chrono::duration<double>;
 
 constexpr const char* kResultsEndpoint = "inproc://results";
+constexpr const char* kMonitorEndpoint = "inproc://monitor";
+// Handshakes that fail with no reason given before a worker gives up: the coordinator closed
+// the connection, which is what a CURVE server does with a client that has the wrong server key.
+constexpr int kMaxHandshakeFailures = 3;
 
 struct WorkerConfig {
     std::string connect;
@@ -39,7 +46,12 @@ struct WorkerConfig {
     long parent_pid = 0;
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
+    double connect_timeout_s = 60.0;  // until the coordinator's first frame
     std::string log_level;  // empty: SPDLOG_LEVEL or info
+    std::filesystem::path keys_dir;  // CURVE keys; empty: plaintext
+    std::optional<curve::ClientKeys> keys;
+    bool insecure = false;
+    int pin = -1;  // the one CPU to run on; -1: any
 };
 
 // Dies with the parent: PR_SET_PDEATHSIG is also set by the coordinator before exec; this
@@ -110,6 +122,52 @@ private:
     std::jthread thread_;  // last: starts after the members it uses exist
 };
 
+// Why the coordinator at `config.connect` will not have this worker, from a failed handshake
+// before its first frame; empty while there is no reason to give up yet.
+class HandshakeVerdict {
+public:
+    explicit HandshakeVerdict(const WorkerConfig& config) : config_(config) {}
+
+    std::string on_event(const wire::MonitorEvent& event) {
+        const bool curve = config_.keys.has_value();
+        switch (event.event) {
+            case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: failures_ = 0; return "";
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+                return fmt::format("the coordinator at {} refused this worker (ZAP status {}): its public key {} "
+                                   "(of '{}') is not authorised there; add it to the coordinator's --keys DIR as "
+                                   "worker.public or to its --authorized DIR as NAME.public",
+                                   config_.connect, event.value, config_.keys ? config_.keys->worker.public_key : "-",
+                                   (config_.keys_dir / "worker.secret").string());
+            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                if (event.value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+                    return curve ? fmt::format("the coordinator at {} does not use CURVE (it listens without --keys); "
+                                               "drop --keys to connect in plaintext",
+                                               config_.connect)
+                                 : fmt::format("the coordinator at {} requires CURVE: start this worker with --keys DIR",
+                                               config_.connect);
+                return fmt::format("the handshake with {} failed (ZMTP protocol error {:#x}): is a taskfarm coordinator "
+                                   "listening there?",
+                                   config_.connect, event.value);
+            case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                if (++failures_ < kMaxHandshakeFailures) return "";
+                return curve ? fmt::format("the coordinator at {} closed the connection during the CURVE handshake {} "
+                                           "times: is '{}' the public key of the coordinator listening there?",
+                                           config_.connect, failures_,
+                                           (config_.keys_dir / "coordinator.public").string())
+                             // A CURVE server may close before this side reads its greeting, so a
+                             // mechanism mismatch can look like this too.
+                             : fmt::format("the handshake with {} failed {} times: is a taskfarm coordinator listening "
+                                           "there? If it requires CURVE, start this worker with --keys DIR",
+                                           config_.connect, failures_);
+            default: return "";
+        }
+    }
+
+private:
+    const WorkerConfig& config_;
+    int failures_ = 0;  // NO_DETAIL failures in a row
+};
+
 int run(const WorkerConfig& config) {
     zmq::context_t context(1);
     zmq::socket_t results(context, zmq::socket_type::pair);  // bound before the executor connects
@@ -117,6 +175,14 @@ int run(const WorkerConfig& config) {
     results.bind(kResultsEndpoint);
     zmq::socket_t dealer(context, zmq::socket_type::dealer);
     wire::configure(dealer, zmq::socket_type::dealer);
+    if (config.keys) wire::configure_curve_client(dealer, *config.keys);
+    if (::zmq_socket_monitor(dealer.handle(), kMonitorEndpoint,
+                             ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                 ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0)
+        throw zmq::error_t();
+    zmq::socket_t monitor(context, zmq::socket_type::pair);
+    wire::configure(monitor, zmq::socket_type::pair);
+    monitor.connect(kMonitorEndpoint);
     dealer.connect(config.connect);
 
     proto::Hello hello;
@@ -130,13 +196,30 @@ int run(const WorkerConfig& config) {
     Executor executor(context, config.name);
     const auto interval = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_interval_s));
     const auto timeout = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_timeout_s));
+    // Until the coordinator's first frame, it may not be up yet (a worker started by hand or by
+    // a scheduler before it): wait --connect-timeout for it, then the heartbeat timeout.
+    const auto connect_timeout = std::chrono::duration_cast<Clock::duration>(Seconds(config.connect_timeout_s));
+    bool heard = false;
     auto last_heard = Clock::now();
     auto next_heartbeat = Clock::now() + interval;
     const std::string heartbeat = proto::encode(proto::Heartbeat{});
+    HandshakeVerdict verdict(config);
 
     while (true) {
-        zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0}, {results.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 2, wire::poll_timeout(std::min(next_heartbeat, last_heard + timeout)));
+        const auto silence_limit = heard ? timeout : connect_timeout;
+        zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0},
+                                   {results.handle(), 0, ZMQ_POLLIN, 0},
+                                   {monitor.handle(), 0, ZMQ_POLLIN, 0}};
+        zmq::poll(items, 3, wire::poll_timeout(std::min(next_heartbeat, last_heard + silence_limit)));
+        if (items[2].revents & ZMQ_POLLIN) {
+            while (const auto event = wire::receive_monitor_event(monitor)) {
+                const std::string refusal = heard ? "" : verdict.on_event(*event);
+                if (refusal.empty()) continue;
+                spdlog::error("{}; exiting", refusal);
+                executor.stop();
+                return static_cast<int>(ExitCode::TasksFailed);
+            }
+        }
         if (items[1].revents & ZMQ_POLLIN) {
             zmq::message_t frame;
             while (results.recv(frame, zmq::recv_flags::dontwait)) {
@@ -148,6 +231,7 @@ int run(const WorkerConfig& config) {
             zmq::message_t frame;
             while (dealer.recv(frame, zmq::recv_flags::dontwait)) {
                 last_heard = Clock::now();
+                heard = true;
                 auto message = proto::decode(frame.to_string_view());
                 if (auto* task = std::get_if<proto::Task>(&message)) {
                     executor.push(proto::to_spec(*task), task->attempt);
@@ -161,7 +245,14 @@ int run(const WorkerConfig& config) {
             }
         }
         const auto now = Clock::now();
-        if (now - last_heard > timeout) {
+        if (!heard && now - last_heard > connect_timeout) {
+            spdlog::error("no coordinator answered at {} within {:.1f} s (--connect-timeout): is it running and listening "
+                          "there, and does every firewall on the way let the port through?; exiting",
+                          config.connect, config.connect_timeout_s);
+            executor.stop();
+            return static_cast<int>(ExitCode::TasksFailed);
+        }
+        if (heard && now - last_heard > timeout) {
             spdlog::error("coordinator silent for {:.1f} s; exiting", Seconds(now - last_heard).count());
             executor.stop();
             return static_cast<int>(ExitCode::TasksFailed);
@@ -173,27 +264,81 @@ int run(const WorkerConfig& config) {
     }
 }
 
+const CLI::Validator kEndpoint(
+    [](std::string& text) -> std::string {
+        if ((text.starts_with("ipc://") && text.size() > 6) || curve::parse_tcp_endpoint(text, false)) return "";
+        return fmt::format("'{}' is not ipc://PATH or tcp://HOST:PORT", text);
+    },
+    "");  // the option's type_name says what it wants
+
+const CLI::Validator kAllowedCpu(
+    [](std::string& text) -> std::string {
+        const std::vector<int> allowed = allowed_cpus();
+        for (int cpu : allowed)
+            if (std::to_string(cpu) == text) return "";
+        return fmt::format("'{}' is not a CPU this process may use (it may use {})", text, format_cpu_list(allowed));
+    },
+    "");  // the option's type_name says what it wants
+
 }  // namespace
 
 int worker_main(int argc, const char* const* argv) {
     WorkerConfig config;
-    CLI::App app{"taskfarm worker: runs tasks handed out by a coordinator"};
-    app.add_option("--connect", config.connect, "coordinator endpoint, e.g. ipc:///tmp/x/socket or tcp://host:5555")
-        ->required();
+    CLI::App app{
+        "taskfarm worker: runs the tasks a coordinator hands out. The coordinator starts its own local workers;\n"
+        "start one by hand (on this or another machine) to join a coordinator that runs with --listen.\n"};
+    app.get_formatter()->column_width(30);
+    app.add_option("--connect", config.connect,
+                   "the coordinator: tcp://HOST:PORT of its --listen, or the ipc://PATH it gives its own workers")
+        ->required()
+        ->check(kEndpoint)
+        ->type_name("ENDPOINT");
+    auto* keys_option =
+        app.add_option("--keys", config.keys_dir,
+                       "talk CurveZMQ (encrypted, authenticated) with this worker's worker.secret and the\n"
+                       "coordinator's coordinator.public from DIR; needed when the coordinator has --keys")
+            ->type_name("DIR");
+    app.add_flag("--insecure", config.insecure,
+                 "connect in plaintext to a tcp:// HOST that is not loopback (for a coordinator run with\n"
+                 "--insecure): tasks and results cross the network unencrypted")
+        ->excludes(keys_option);
     app.add_option("--name", config.name, "name in logs and results (default: host-pid)");
+    app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
+        ->check(kAllowedCpu)
+        ->type_name("CPU");
+    app.add_option("--connect-timeout", config.connect_timeout_s,
+                   "exit 1 when no coordinator has answered this many seconds after starting (it may\n"
+                   "start after its workers); a refused worker exits at once, saying why")
+        ->check(CLI::Range(0.1, 86400.0))
+        ->capture_default_str();
     app.add_option("--parent-pid", config.parent_pid, "exit when this process (the coordinator) dies")
         ->check(CLI::PositiveNumber);
-    app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats")
+    app.add_option("--heartbeat-interval", config.heartbeat_interval_s,
+                   "seconds between heartbeats; use the coordinator's --heartbeat-interval")
         ->check(CLI::Range(0.001, 3600.0))
         ->capture_default_str();
     app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
-                   "exit when the coordinator is silent this many seconds")
+                   "exit when the coordinator is silent this many seconds; use the coordinator's\n"
+                   "--heartbeat-timeout")
         ->check(CLI::Range(0.01, 86400.0))
         ->capture_default_str();
     app.add_option("--log-level", config.log_level, "log level on stderr (default: SPDLOG_LEVEL, else info)")
         ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
+    app.footer(
+        "Exit status: 0 after the coordinator's SHUTDOWN; 1 when the coordinator refused this worker, never\n"
+        "answered, or went silent; 2 bad usage. See docs/multihost.md.\n"
+        "Example: worker --connect tcp://coordinator-host:5555 --keys ~/.taskfarm/keys --pin 0");
     try {
         app.parse(argc, argv);
+        const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
+        if (!config.keys_dir.empty() && !tcp)
+            throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));
+        if (tcp && config.keys_dir.empty() && !config.insecure && !curve::is_loopback_host(tcp->host))
+            throw CLI::ValidationError(
+                "--connect", fmt::format("'{}' is not a loopback address, and without --keys tasks and results would "
+                                         "cross the network unencrypted: give --keys DIR, or --insecure on a network "
+                                         "you trust",
+                                         config.connect));
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::Usage);
     }
@@ -207,6 +352,25 @@ int worker_main(int argc, const char* const* argv) {
     sigaddset(&signals, SIGTERM);
     ::pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
     if (config.parent_pid > 0) exit_with_parent(config.parent_pid);
+    if (!config.keys_dir.empty()) {
+        if (!curve::available()) {
+            spdlog::error("--keys: this libzmq was built without CURVE support (libsodium), so it cannot encrypt");
+            return static_cast<int>(ExitCode::Usage);
+        }
+        try {
+            config.keys = curve::read_client_keys(config.keys_dir);
+        } catch (const std::runtime_error& e) {
+            spdlog::error("--keys: {}", e.what());
+            return static_cast<int>(ExitCode::Usage);
+        }
+    }
+    try {
+        // Before the ZeroMQ context and the executor start their threads, which inherit it.
+        if (config.pin >= 0) pin_this_thread(config.pin);
+    } catch (const std::exception& e) {
+        spdlog::error("--pin: cannot run on CPU {}: {}", config.pin, e.what());
+        return static_cast<int>(ExitCode::Usage);
+    }
     try {
         return run(config);
     } catch (const std::exception& e) {

@@ -1,7 +1,9 @@
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <optional>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -9,6 +11,7 @@
 
 #include "dispatcher.hpp"
 #include "errors.hpp"
+#include "listener.hpp"
 #include "process_pool.hpp"
 #include "runners.hpp"
 #include "wire.hpp"
@@ -47,24 +50,46 @@ private:
     std::filesystem::path path_;
 };
 
+// What a worker on another machine connects to: the bound endpoint, with this host's name
+// in place of an address that means "every interface".
+std::string endpoint_for_workers(const std::string& bound) {
+    for (const std::string any : {"tcp://0.0.0.0:", "tcp://[::]:"}) {
+        if (!bound.starts_with(any)) continue;
+        char host[256] = {};
+        if (::gethostname(host, sizeof host - 1) != 0) break;
+        return fmt::format("tcp://{}:{}", host, bound.substr(any.size()));
+    }
+    return bound;
+}
+
 }  // namespace
 
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
-    ModeRecorder recorder(Mode::Processes, config_.workers, plan, sink);
+    ModeRecorder recorder(Mode::Processes, config_.workers + config_.expect_workers, plan, sink);
     {
         const PrivateDir dir;
         zmq::context_t context(1);  // before its sockets: closing it waits for them
         zmq::socket_t router(context, zmq::socket_type::router);
         wire::configure(router, zmq::socket_type::router);
         const std::string endpoint = "ipc://" + (dir.path() / "coordinator").string();
-        router.bind(endpoint);
+        router.bind(endpoint);  // before the Listener's options: local workers stay on plaintext ipc
+        std::optional<Listener> listener;  // after the router: it unbinds from it when it goes
+        if (!config_.listen.empty()) {
+            listener.emplace(context, router, ListenConfig{config_.listen, config_.server_keys});
+            spdlog::info("listening for remote workers on {}", listener->describe());
+            if (config_.expect_workers > 0)
+                spdlog::info("waiting up to {:.0f} s for {} remote worker(s): worker --connect {}{}", config_.wait_workers_s,
+                             config_.expect_workers, endpoint_for_workers(listener->endpoint()),
+                             config_.server_keys ? " --keys DIR" : "");
+        }
         ProcessPool pool({config_.worker_bin.empty() ? default_worker_binary() : config_.worker_bin, endpoint,
                           config_.heartbeat_interval_s, config_.heartbeat_timeout_s, config_.log_level});
         Dispatcher dispatcher(router, pool, plan, recorder,
                               DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
                                               static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns,
-                                              config_.pin_cpus},
+                                              config_.pin_cpus, !config_.listen.empty(), config_.expect_workers,
+                                              millis(config_.wait_workers_s)},
                               stop_);
         dispatcher.run();
         recorder.stop_clock();

@@ -48,6 +48,16 @@ std::size_t ModeRecorder::recorded() const {
     return report_.ok + report_.failed;
 }
 
+void ModeRecorder::restart_clock() {
+    std::lock_guard lock(mutex_);
+    started_ = std::chrono::steady_clock::now();
+}
+
+void ModeRecorder::at_least_workers(int workers) {
+    std::lock_guard lock(mutex_);
+    report_.workers = std::max(report_.workers, workers);
+}
+
 void ModeRecorder::stop_clock() {
     std::lock_guard lock(mutex_);
     if (!stopped_) stopped_ = std::chrono::steady_clock::now();
