@@ -51,6 +51,37 @@ void BM_DecodeResult(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeResult);
 
+// Args: tasks per message. items/s counts tasks, not messages.
+void BM_EncodeTaskBatch(benchmark::State& state) {
+    proto::TaskBatch batch;
+    batch.tasks.assign(static_cast<std::size_t>(state.range(0)), a_task());
+    std::string frame;
+    for (auto _ : state) {
+        proto::encode_to(frame, batch);
+        benchmark::DoNotOptimize(frame.data());
+    }
+    state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+BENCHMARK(BM_EncodeTaskBatch)->Arg(1)->Arg(16)->Arg(128);
+
+void BM_DecodeTaskBatch(benchmark::State& state) {
+    proto::TaskBatch batch;
+    batch.tasks.assign(static_cast<std::size_t>(state.range(0)), a_task());
+    const std::string frame = proto::encode(batch);
+    for (auto _ : state) benchmark::DoNotOptimize(proto::decode(frame));
+    state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+BENCHMARK(BM_DecodeTaskBatch)->Arg(1)->Arg(16)->Arg(128);
+
+void BM_DecodeResultBatch(benchmark::State& state) {
+    proto::ResultBatch batch;
+    batch.results.assign(static_cast<std::size_t>(state.range(0)), a_result());
+    const std::string frame = proto::encode(batch);
+    for (auto _ : state) benchmark::DoNotOptimize(proto::decode(frame));
+    state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+BENCHMARK(BM_DecodeResultBatch)->Arg(1)->Arg(16)->Arg(128);
+
 }  // namespace
 }  // namespace taskfarm
 

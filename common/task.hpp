@@ -12,6 +12,8 @@
 #include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 
+#include "msgpack_map.hpp"
+
 namespace taskfarm {
 
 class Gil;
@@ -32,7 +34,7 @@ struct TaskParams {
     double seconds = 0;     // sleep: how long
     std::uint64_t lo = 0;   // cpu: count the primes in [lo, hi)
     std::uint64_t hi = 0;   //      lo <= hi <= kMaxPrimeLimit
-    MSGPACK_DEFINE_MAP(seconds, lo, hi)
+    TASKFARM_MSGPACK_MAP(seconds, lo, hi)
 };
 
 // Largest cpu `hi`: the executor sieves with the primes up to sqrt(hi), a 1 MB table here.
