@@ -122,7 +122,9 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
     app.add_option("--plan", config.plan_path,
                    "run the tasks in FILE instead: JSON Lines, one task per line, e.g. {\"kind\":\"sleep\",\n"
                    "\"seconds\":0.5} or {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\");\n"
-                   "blank lines and lines starting with # are skipped; a bad line stops the run before it starts")
+                   "\"timeout_s\" on any line sets that task's timeout; {\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults\n"
+                   "(see docs/reliability.md); blank lines and lines starting with # are skipped; a bad line stops\n"
+                   "the run before it starts")
         ->type_name("FILE")
         ->excludes(task_option)
         ->excludes(tasks_option)
@@ -171,7 +173,7 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         ->check(CLI::Range(0.0, 31'536'000.0))
         ->capture_default_str();
     app.add_option("--max-attempts", config.max_attempts,
-                   "tries per task when its worker dies under it; then the task fails")
+                   "tries per task when its worker dies or goes silent under it; then the task fails")
         ->check(CLI::Range(1, 100))
         ->capture_default_str();
     app.add_option("--max-respawns", config.max_respawns, "replacement workers to start, per mode, for ones that died")
@@ -208,7 +210,8 @@ std::variant<RunConfig, ExitCode> parse_cli(int argc, const char* const* argv) {
         "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
         "min(workers, CPUs available)); util = cpu_s / (wall_s x cpus).\n"
-        "Exit status: 0 every task ok, 1 some task failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM.\n"
+        "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage,\n"
+        "130/143 interrupted by SIGINT/SIGTERM.\n"
         "Examples: coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
         "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin");
 

@@ -45,7 +45,7 @@ struct RunConfig {
     double start_timeout_s = 10.0;
     double task_timeout_s = 0;  // a task running longer fails; 0: no limit
     int max_attempts = 3;
-    int max_respawns = 10;
+    int max_respawns = 100;
     ProgressMode progress = ProgressMode::Auto;
     std::string log_level;                  // spdlog level name; empty: SPDLOG_LEVEL or info
     std::filesystem::path trace_path;       // Chrome trace-event JSON

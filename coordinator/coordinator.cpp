@@ -42,8 +42,8 @@ void check_config(RunConfig& config) {
 
 // A bad --trace or --timeline path fails before the run, not after it.
 void check_output_paths(const RunConfig& config) {
-    const std::pair<const char*, const std::filesystem::path&> outputs[] = {{"--trace", config.trace_path},
-                                                                            {"--timeline", config.timeline_path}};
+    const std::pair<const char*, const std::filesystem::path&> outputs[] = {
+        {"--json", config.json_path}, {"--trace", config.trace_path}, {"--timeline", config.timeline_path}};
     for (const auto& [flag, path] : outputs) {
         if (path.empty()) continue;
         try {
@@ -131,12 +131,7 @@ void write_json(const RunConfig& config, const Plan& plan, const std::vector<Run
         {"runs", runs},
     };
     // Temp file + rename: a reader never sees half a report.
-    const auto temp = config.json_path.string() + ".tmp";
-    std::ofstream out(temp);
-    out << document.dump(2) << '\n';
-    out.close();
-    if (!out) throw ConfigError(fmt::format("cannot write JSON report '{}'", temp));
-    std::filesystem::rename(temp, config.json_path);
+    write_file_atomically(config.json_path, document.dump(2) + "\n");
 }
 
 void print_failures(const std::vector<RunReport>& reports) {
@@ -176,7 +171,12 @@ ExitCode run(RunConfig config) {
         recording = sink.get();
         sinks.add(std::move(sink));
     }
-    if (!config.results_path.empty()) sinks.add(std::make_unique<JournalSink>(config.results_path));
+    JournalSink* journal = nullptr;
+    if (!config.results_path.empty()) {
+        auto sink = std::make_unique<JournalSink>(config.results_path);
+        journal = sink.get();
+        sinks.add(std::move(sink));
+    }
 
     const SignalWatcher signals;  // before any thread starts
     std::vector<RunReport> reports;
@@ -206,13 +206,32 @@ ExitCode run(RunConfig config) {
         fmt::print("\nplacement (worker -> cpu, pid):\n{}", placement);
     print_failures(reports);
     std::fflush(stdout);
-    if (!config.json_path.empty()) write_json(config, plan, reports);
-    if (recording) write_pictures(config, recording->take(), reports);
+    // An output that could not be written (a full disk, say) fails the run, after the
+    // others are written: the results on stdout and in the other files still count.
+    std::vector<std::string> output_errors;
+    if (journal && journal->lost() > 0)
+        output_errors.push_back(fmt::format("--results '{}' lacks {} line(s): {}", config.results_path.string(),
+                                            journal->lost(), journal->error()));
+    if (!config.json_path.empty()) {
+        try {
+            write_json(config, plan, reports);
+        } catch (const std::exception& e) {
+            output_errors.push_back(fmt::format("--json: {}", e.what()));
+        }
+    }
+    if (recording) {
+        try {
+            write_pictures(config, recording->take(), reports);
+        } catch (const std::exception& e) {
+            output_errors.push_back(e.what());
+        }
+    }
+    for (const std::string& error : output_errors) spdlog::error("{}", error);
 
     if (signals.signal() == SIGINT) return ExitCode::Interrupted;
     if (signals.signal() == SIGTERM) return ExitCode::Terminated;
     const bool failed = std::any_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.failed > 0; });
-    return failed ? ExitCode::TasksFailed : ExitCode::Ok;
+    return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
 }
 
 }  // namespace

@@ -12,6 +12,10 @@ namespace {
 
 constexpr auto kChildCheckInterval = std::chrono::milliseconds(20);  // how soon an exit is noticed
 constexpr auto kRejectLogInterval = std::chrono::seconds(1);
+// How long past a task's timeout the coordinator waits for the worker's own "timed out"
+// result before it kills the worker: the executor stops itself at the deadline, so only a
+// stuck or stopped worker needs this.
+constexpr auto kOverrunGrace = std::chrono::seconds(1);
 
 }  // namespace
 
@@ -31,6 +35,7 @@ void Dispatcher::run() {
         if (items[0].revents & ZMQ_POLLIN) drain_incoming();
         watch_processes();
         watch_deadlines();
+        watch_overruns();
         if (Clock::now() >= next_heartbeat_) send_heartbeats();
         dispatch();
     }
@@ -87,7 +92,7 @@ void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello
     } else {
         spdlog::info("worker {} (pid {} on {}) attached", hello.name, hello.pid, hello.host);
     }
-    workers_[identity] = WorkerState{hello.name, pid, hello.cpu, {}, Clock::now()};
+    workers_[identity] = WorkerState{hello.name, pid, hello.cpu, {}, Clock::now(), {}};
     recorder_.place({hello.name, hello.cpu, hello.pid});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
     if (!dispatching_)
@@ -110,6 +115,7 @@ void Dispatcher::on_result(const std::string& identity, const proto::Result& mes
     }
     const std::size_t index = attempt->index;
     in_flight.erase(attempt);
+    worker->second.running_since = Clock::now();  // the next one, if any, starts now
     ++finished_;
     recorder_.record(plan_.tasks[index], proto::to_result(message, worker->second.name));
 }
@@ -159,6 +165,36 @@ void Dispatcher::watch_deadlines() {
     for (const auto& [identity, reason] : silent) lose_worker(identity, reason);
 }
 
+void Dispatcher::watch_overruns() {
+    const auto now = Clock::now();
+    std::vector<std::string> overran;
+    for (const auto& [identity, worker] : workers_) {
+        if (worker.in_flight.empty()) continue;
+        const double timeout_s = plan_.tasks[worker.in_flight.front().index].timeout_s;
+        if (timeout_s <= 0) continue;
+        const auto limit = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+        if (now - worker.running_since > limit + kOverrunGrace) overran.push_back(identity);
+    }
+    for (const std::string& identity : overran) {
+        // The task fails as a timeout (not retried: it would most likely overrun again);
+        // the worker is killed and replaced, and its other tasks go back to the queue.
+        WorkerState& worker = workers_.at(identity);
+        const Attempt attempt = worker.in_flight.front();
+        worker.in_flight.erase(worker.in_flight.begin());
+        const TaskSpec& task = plan_.tasks[attempt.index];
+        TaskResult result;
+        result.id = task.id;
+        result.kind = task.kind;
+        result.attempt = attempt.number;
+        result.worker = worker.name;
+        result.error = fmt::format("{}: worker {} did not stop it, so it was killed", timed_out(task), worker.name);
+        result.run_time = now - worker.running_since;
+        ++finished_;
+        recorder_.record(task, std::move(result));
+        lose_worker(identity, fmt::format("worker {} overran the timeout of task {}", worker.name, task.id));
+    }
+}
+
 void Dispatcher::send_heartbeats() {
     const std::string frame = proto::encode(proto::Heartbeat{});
     std::vector<std::string> gone;
@@ -182,10 +218,13 @@ void Dispatcher::dispatch() {
         pending_.pop_front();
         attempt.sent = Clock::now();
         const std::string frame = proto::encode(proto::to_message(plan_.tasks[attempt.index], attempt.number));
+        if (target->second.in_flight.empty()) target->second.running_since = attempt.sent;
         target->second.in_flight.push_back(attempt);
         if (!send(target->first, frame)) lose_worker(target->first, fmt::format("worker {} disconnected", target->second.name));
     }
-    if (!pending_.empty() && workers_.empty() && spawned_.empty()) fail_pending("no workers left");
+    if (!pending_.empty() && workers_.empty() && spawned_.empty())
+        fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",
+                                 options_.max_respawns));
 }
 
 void Dispatcher::lose_worker(const std::string& identity, const std::string& reason) {
@@ -220,7 +259,8 @@ void Dispatcher::lose_unconnected(pid_t pid, const std::string& reason) {
 void Dispatcher::replace(const std::string& name, int cpu) {
     if (finished_ >= plan_.tasks.size() || stop_.stop_requested()) return;
     if (respawns_ >= options_.max_respawns) {
-        spdlog::error("not replacing worker {}: --max-respawns {} used up", name, options_.max_respawns);
+        spdlog::error("not replacing worker {}: all {} replacements allowed by --max-respawns are used up", name,
+                      options_.max_respawns);
         return;
     }
     ++respawns_;

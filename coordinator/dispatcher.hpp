@@ -37,7 +37,7 @@ struct DispatchOptions {
     std::chrono::milliseconds heartbeat_timeout{2000};
     std::chrono::milliseconds start_timeout{10000};
     std::uint32_t max_attempts = 3;
-    int max_respawns = 10;
+    int max_respawns = 100;
     std::vector<int> cpus{};  // worker i (and its replacements) pinned to cpus[i % size]; empty: not pinned
 };
 
@@ -67,6 +67,10 @@ private:
         int cpu = -1;                      // pinned CPU, -1 if none
         std::vector<Attempt> in_flight;    // sent, no RESULT yet; requeued if it dies; size <= prefetch
         Clock::time_point last_seen;       // any frame counts as a heartbeat
+        // When in_flight.front() started, as far as we can tell: a worker runs its tasks one
+        // at a time in the order sent, so the next starts when it is sent or when the one
+        // before it ends, whichever is later.
+        Clock::time_point running_since;
     };
     struct Spawned {
         std::string name;
@@ -87,6 +91,7 @@ private:
     void reject(const std::string& identity, const std::string& reason);
     void watch_processes();
     void watch_deadlines();
+    void watch_overruns();
     void send_heartbeats();
     void dispatch();
     void lose_worker(const std::string& identity, const std::string& reason);

@@ -65,7 +65,7 @@ JournalSink::JournalSink(const std::filesystem::path& path) : path_(path), file_
 }
 
 JournalSink::~JournalSink() {
-    if (std::fclose(file_) != 0 && !failed_)
+    if (std::fclose(file_) != 0 && lost_ == 0)
         spdlog::error("cannot write results file '{}': {}", path_.string(), std::strerror(errno));
 }
 
@@ -83,10 +83,16 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"value", value_json(result)},
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
     };
+    if (lost_ > 0) {  // after a failed write, nothing more: the file stays a journal --resume can read
+        ++lost_;
+        return;
+    }
     const std::string text = line.dump() + "\n";
     if (std::fwrite(text.data(), 1, text.size(), file_) != text.size() || std::fflush(file_) != 0) {
-        if (!failed_) spdlog::error("cannot write results file '{}': {}", path_.string(), std::strerror(errno));
-        failed_ = true;
+        if (lost_++ == 0) {
+            error_ = std::strerror(errno);
+            spdlog::error("cannot write results file '{}': {}; the run goes on without it", path_.string(), error_);
+        }
     }
 }
 

@@ -66,6 +66,9 @@ public:
     ~JournalSink() override;
     JournalSink(const JournalSink&) = delete;
     JournalSink& operator=(const JournalSink&) = delete;
+    // Lines that could not be written (a full disk, say), and why the first one failed.
+    std::size_t lost() const { return lost_; }
+    const std::string& error() const { return error_; }
 
 protected:
     void begin_mode_(const std::string&, std::size_t) override {}
@@ -74,7 +77,8 @@ protected:
 private:
     std::filesystem::path path_;
     std::FILE* file_;
-    bool failed_ = false;  // a write failed; logged once, the run goes on
+    std::size_t lost_ = 0;  // lines not written: the first failure is logged, no line after it is written
+    std::string error_;
 };
 
 // Keeps every result and event of every mode in memory, for --trace and --timeline.

@@ -1,0 +1,226 @@
+// Workers that die, hang, stop or crash, tasks that fail or overrun, and outputs that cannot
+// be written: the coordinator loses nothing, records each task once, and says what happened.
+// Assertions are on counts, ids and messages, never on how long anything took.
+
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "support.hpp"
+
+namespace taskfarm {
+namespace {
+
+using nlohmann::json;
+using testing::Output;
+using testing::run_binary;
+
+void write_file(const std::filesystem::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+// The journal's lines by mode and task id; fails the test if a task has two lines.
+std::map<std::string, std::map<int, json>> by_mode_and_id(const std::filesystem::path& journal) {
+    std::map<std::string, std::map<int, json>> lines;
+    for (const json& line : testing::read_json_lines(journal)) {
+        const auto [where, inserted] = lines[line["mode"]].emplace(line["id"].get<int>(), line);
+        EXPECT_TRUE(inserted) << "two lines for task " << line["id"] << " in " << line["mode"];
+    }
+    return lines;
+}
+
+// Waits until the coordinator has `count` worker processes and returns their pids.
+std::vector<pid_t> workers_of(const testing::Running& coordinator, std::size_t count) {
+    std::vector<pid_t> workers;
+    testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == count; },
+                        std::chrono::seconds(20));
+    return workers;
+}
+
+TEST(Reliability, KillingARandomWorkerEveryThirdOfASecondLosesNoTask) {
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "400",
+                                                 "--duration", "0.02", "--results", (dir / "r.jsonl").string()});
+    std::atomic<bool> done = false;
+    int kills = 0;
+    std::thread killer([&] {
+        std::mt19937 random(7);
+        while (!done) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            const std::vector<pid_t> workers = testing::children_of(coordinator.pid());
+            if (done || workers.empty()) continue;
+            if (::kill(workers[random() % workers.size()], SIGKILL) == 0) ++kills;
+        }
+    });
+    const Output output = coordinator.wait(std::chrono::seconds(120));
+    done = true;
+    killer.join();
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_GE(kills, 3) << "the run ended before the test could kill anything worth counting";
+    const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
+    ASSERT_EQ(lines.size(), 400u);
+    for (const auto& [id, line] : lines) {
+        EXPECT_TRUE(line["ok"].get<bool>()) << line.dump();
+        EXPECT_GE(line["attempt"].get<int>(), 1);
+    }
+    EXPECT_EQ(lines.begin()->first, 0);
+    EXPECT_EQ(lines.rbegin()->first, 399);
+}
+
+TEST(Reliability, AStoppedWorkersTaskFinishesElsewhereAfterTheHeartbeatTimeout) {
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration",
+                                                 "0.5", "--heartbeat-timeout", "1", "--results",
+                                                 (dir / "r.jsonl").string()});
+    const std::vector<pid_t> workers = workers_of(coordinator, 2);
+    ASSERT_EQ(workers.size(), 2u) << coordinator.err();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // both have a task by now
+    ASSERT_EQ(::kill(workers[0], SIGSTOP), 0);
+    const Output output = coordinator.wait(std::chrono::seconds(60));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_NE(output.err.find("silent for"), std::string::npos) << output.err;
+    const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
+    ASSERT_EQ(lines.size(), 4u);
+    int retried = 0;
+    for (const auto& [id, line] : lines) {
+        EXPECT_TRUE(line["ok"].get<bool>()) << line.dump();
+        retried += line["attempt"].get<int>() > 1;
+    }
+    EXPECT_GE(retried, 1);
+    EXPECT_TRUE(testing::eventually([&] { return !testing::process_exists(workers[0]); }, std::chrono::seconds(5)))
+        << "the stopped worker was left behind";
+}
+
+TEST(Reliability, ACrashTaskFailsAfterThreeAttemptsAndTheRestSucceed) {
+    testing::TempDir dir;
+    write_file(dir / "plan.jsonl",
+               "{\"kind\":\"sleep\",\"seconds\":0.01}\n{\"kind\":\"crash\"}\n{\"kind\":\"sleep\",\"seconds\":0.01}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0.01}\n{\"kind\":\"sleep\",\"seconds\":0.01}\n");
+    const Output output =
+        run_binary("coordinator", {"--mode", "sequential,threads,processes", "--workers", "2", "--plan",
+                                   (dir / "plan.jsonl").string(), "--results", (dir / "r.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    auto lines = by_mode_and_id(dir / "r.jsonl");
+    for (const char* mode : {"sequential", "threads", "processes"}) {
+        SCOPED_TRACE(mode);
+        ASSERT_EQ(lines[mode].size(), 5u);
+        for (const auto& [id, line] : lines[mode]) EXPECT_EQ(line["ok"].get<bool>(), id != 1) << line.dump();
+    }
+    const json& crashed = lines["processes"][1];
+    EXPECT_EQ(crashed["attempt"], 3);
+    const std::string error = crashed["error"];
+    EXPECT_NE(error.find("gave up after 3 attempts"), std::string::npos) << error;
+    EXPECT_NE(error.find("signal 6"), std::string::npos) << error;
+    // In the coordinator's own threads a crash task fails instead of aborting the coordinator.
+    EXPECT_EQ(lines["threads"][1]["attempt"], 1);
+    EXPECT_NE(lines["threads"][1]["error"].get<std::string>().find("crash task"), std::string::npos);
+    EXPECT_NE(output.out.find("task 1: gave up after 3 attempts"), std::string::npos) << output.out;
+}
+
+TEST(Reliability, AFailTaskFailsOnceInEveryModeWithoutRetries) {
+    testing::TempDir dir;
+    write_file(dir / "plan.jsonl", "{\"kind\":\"fail\"}\n{\"kind\":\"sleep\",\"seconds\":0}\n");
+    const Output output = run_binary("coordinator", {"--mode", "all", "--workers", "2", "--plan",
+                                                     (dir / "plan.jsonl").string(), "--results",
+                                                     (dir / "r.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    auto lines = by_mode_and_id(dir / "r.jsonl");
+    ASSERT_EQ(lines.size(), 4u);
+    for (auto& [mode, tasks] : lines) {
+        SCOPED_TRACE(mode);
+        ASSERT_EQ(tasks.size(), 2u);
+        EXPECT_EQ(tasks[0]["error"], "failed on purpose");
+        EXPECT_EQ(tasks[0]["attempt"], 1);
+        EXPECT_TRUE(tasks[1]["ok"].get<bool>());
+    }
+}
+
+TEST(Reliability, ATaskPastItsTimeoutFailsInEveryModeAndTheOthersGoOn) {
+    testing::TempDir dir;
+    write_file(dir / "plan.jsonl",
+               "{\"kind\":\"sleep\",\"seconds\":30}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0.01}\n"
+               "{\"kind\":\"cpu\",\"n\":1000000000000,\"timeout_s\":0.2}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0.01}\n");
+    const Output output = run_binary("coordinator", {"--mode", "all", "--workers", "2", "--task-timeout", "0.3",
+                                                     "--plan", (dir / "plan.jsonl").string(), "--results",
+                                                     (dir / "r.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    auto lines = by_mode_and_id(dir / "r.jsonl");
+    ASSERT_EQ(lines.size(), 4u);
+    for (auto& [mode, tasks] : lines) {
+        SCOPED_TRACE(mode);
+        ASSERT_EQ(tasks.size(), 4u);
+        EXPECT_EQ(tasks[0]["error"], "timed out after 0.3 s");
+        EXPECT_EQ(tasks[2]["error"], "timed out after 0.2 s");
+        EXPECT_EQ(tasks[0]["attempt"], 1);
+        EXPECT_TRUE(tasks[1]["ok"].get<bool>());
+        EXPECT_TRUE(tasks[3]["ok"].get<bool>());
+    }
+}
+
+TEST(Reliability, AWorkerStuckPastATaskTimeoutIsKilledAndReplaced) {
+    // The heartbeat timeout is long, so only the task timeout can notice the stopped worker.
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "3",
+                                                 "--duration", "0.3", "--task-timeout", "0.5", "--heartbeat-timeout",
+                                                 "600", "--results", (dir / "r.jsonl").string()});
+    const std::vector<pid_t> workers = workers_of(coordinator, 1);
+    ASSERT_EQ(workers.size(), 1u) << coordinator.err();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ASSERT_EQ(::kill(workers[0], SIGSTOP), 0);
+    const Output output = coordinator.wait(std::chrono::seconds(60));
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    EXPECT_NE(output.err.find("overran the timeout"), std::string::npos) << output.err;
+    const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
+    ASSERT_EQ(lines.size(), 3u);
+    int timed_out = 0;
+    for (const auto& [id, line] : lines) {
+        if (line["ok"].get<bool>()) continue;
+        ++timed_out;
+        EXPECT_NE(line["error"].get<std::string>().find("timed out after 0.5 s: worker w1 did not stop it"),
+                  std::string::npos)
+            << line.dump();
+    }
+    EXPECT_EQ(timed_out, 1);
+    EXPECT_FALSE(testing::process_exists(workers[0]));
+}
+
+TEST(Reliability, WhenEveryReplacementIsUsedUpTheRestFailsSayingWhy) {
+    testing::TempDir dir;
+    write_file(dir / "plan.jsonl", "{\"kind\":\"crash\"}\n{\"kind\":\"sleep\",\"seconds\":0}\n");
+    const Output output = run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--max-respawns", "0",
+                                                     "--plan", (dir / "plan.jsonl").string(), "--results",
+                                                     (dir / "r.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    EXPECT_NE(output.err.find("--max-respawns"), std::string::npos) << output.err;
+    const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
+    ASSERT_EQ(lines.size(), 2u);
+    for (const auto& [id, line] : lines) {
+        EXPECT_FALSE(line["ok"].get<bool>());
+        EXPECT_NE(line["error"].get<std::string>().find("--max-respawns 0"), std::string::npos) << line.dump();
+    }
+}
+
+TEST(Reliability, AFullDiskUnderTheJournalFailsTheRunButNotTheTasks) {
+    if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+    testing::TempDir dir;
+    const Output output = run_binary("coordinator", {"--tasks", "3", "--duration", "0", "--results", "/dev/full",
+                                                     "--json", (dir / "report.json").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    EXPECT_NE(output.err.find("--results '/dev/full' lacks 9 line(s): No space left on device"), std::string::npos)
+        << output.err;
+    // Everything else is still there: the lines on stdout and the report.
+    EXPECT_NE(output.out.find("processes  task    2"), std::string::npos) << output.out;
+    const json report = testing::read_json(dir / "report.json");
+    ASSERT_EQ(report["runs"].size(), 3u);
+    for (const json& run : report["runs"]) EXPECT_EQ(run["ok"], 3);
+}
+
+}  // namespace
+}  // namespace taskfarm
