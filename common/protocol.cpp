@@ -1,40 +1,88 @@
 #include "protocol.hpp"
 
 #include <exception>
-#include <sstream>
 
 #include <fmt/format.h>
 
 namespace taskfarm::proto {
 namespace {
 
+// msgpack's packer writes through any `write(data, size)`; this one appends to a string.
+struct StringWriter {
+    std::string& out;
+    void write(const char* data, std::size_t size) { out.append(data, size); }
+};
+
+template <typename T>
+void pack_to(std::string& out, const T& message) {
+    out.clear();
+    StringWriter writer{out};
+    msgpack::pack(writer, message);
+}
+
 template <typename T>
 std::string pack(const T& message) {
-    std::stringstream buffer;
-    msgpack::pack(buffer, message);
-    return std::move(buffer).str();
+    std::string out;
+    pack_to(out, message);
+    return out;
 }
 
-// msgpack fills absent keys with defaults; required fields are checked here.
-Message checked(Hello message) {
-    if (message.name.empty()) return DecodeError{"hello without a name"};
+// msgpack fills absent keys with defaults; required fields are checked here. Empty: valid.
+std::string problem(const Hello& message) {
+    if (message.name.empty()) return "hello without a name";
+    return {};
+}
+
+std::string problem(const Task& message) {
+    if (message.id == kNoId) return "task without an id";
+    if (!parse_task_kind(message.kind)) return fmt::format("task {} has unknown kind '{}'", message.id, message.kind);
+    if (message.attempt == 0) return fmt::format("task {} has attempt 0", message.id);
+    if (message.kind == "download" && message.params.url.empty()) return fmt::format("download task {} without a url", message.id);
+    return {};
+}
+
+std::string problem(const Result& message) {
+    if (message.id == kNoId) return "result without an id";
+    if (!parse_task_kind(message.kind)) return fmt::format("result {} has unknown kind '{}'", message.id, message.kind);
+    return {};
+}
+
+// Each element of a batch must be a valid message of its own, of the one type the batch holds.
+template <typename Element>
+std::string batch_problem(const std::vector<Element>& elements, const char* batch, const char* type) {
+    if (elements.empty()) return fmt::format("{} without any", batch);
+    for (std::size_t i = 0; i < elements.size(); ++i) {
+        const Element& element = elements[i];
+        if (element.type != type || element.v != kVersion)
+            return fmt::format("{} element {} is a '{}' of version {}, want a '{}' of version {}", batch, i,
+                               element.type, element.v, type, kVersion);
+        if (std::string reason = problem(element); !reason.empty())
+            return fmt::format("{} element {}: {}", batch, i, reason);
+    }
+    return {};
+}
+
+std::string problem(const TaskBatch& message) { return batch_problem(message.tasks, "tasks", "task"); }
+std::string problem(const ResultBatch& message) { return batch_problem(message.results, "results", "result"); }
+
+std::string problem(const Returned& message) {
+    if (message.tasks.empty()) return "returned without any tasks";
+    for (const TaskRef& task : message.tasks) {
+        if (task.id == kNoId) return "returned a task without an id";
+        if (task.attempt == 0) return fmt::format("returned task {} with attempt 0", task.id);
+    }
+    return {};
+}
+
+template <typename T>
+Message checked(T message) {
+    if (std::string reason = problem(message); !reason.empty()) return DecodeError{std::move(reason)};
     return message;
 }
 
-Message checked(Task message) {
-    if (message.id == kNoId) return DecodeError{"task without an id"};
-    if (!parse_task_kind(message.kind)) return DecodeError{fmt::format("task {} has unknown kind '{}'", message.id, message.kind)};
-    if (message.attempt == 0) return DecodeError{fmt::format("task {} has attempt 0", message.id)};
-    if (message.kind == "download" && message.params.url.empty())
-        return DecodeError{fmt::format("download task {} without a url", message.id)};
-    return message;
-}
-
-Message checked(Result message) {
-    if (message.id == kNoId) return DecodeError{"result without an id"};
-    if (!parse_task_kind(message.kind)) return DecodeError{fmt::format("result {} has unknown kind '{}'", message.id, message.kind)};
-    return message;
-}
+// Strings in a frame are read in place rather than copied into the zone: decode() copies
+// what it keeps into the message before the frame goes away.
+bool reference_in_place(msgpack::type::object_type, std::size_t, void*) { return true; }
 
 }  // namespace
 
@@ -43,20 +91,34 @@ std::string encode(const Task& message) { return pack(message); }
 std::string encode(const Result& message) { return pack(message); }
 std::string encode(const Heartbeat& message) { return pack(message); }
 std::string encode(const Shutdown& message) { return pack(message); }
+std::string encode(const TaskBatch& message) { return pack(message); }
+std::string encode(const ResultBatch& message) { return pack(message); }
+std::string encode(const Returned& message) { return pack(message); }
+
+void encode_to(std::string& out, const Task& message) { pack_to(out, message); }
+void encode_to(std::string& out, const Result& message) { pack_to(out, message); }
+void encode_to(std::string& out, const TaskBatch& message) { pack_to(out, message); }
+void encode_to(std::string& out, const ResultBatch& message) { pack_to(out, message); }
 
 Message decode(std::string_view frame) {
     if (frame.size() > kMaxFrameBytes)
         return DecodeError{fmt::format("frame of {} bytes exceeds the limit of {}", frame.size(), kMaxFrameBytes)};
     // The defaults (2^32-1 of everything) would let one garbage frame ask for gigabytes.
-    const msgpack::unpack_limit limits(/*array=*/1024, /*map=*/64, /*str=*/kMaxFrameBytes,
+    const msgpack::unpack_limit limits(/*array=*/kMaxBatch, /*map=*/64, /*str=*/kMaxFrameBytes,
                                        /*bin=*/kMaxFrameBytes, /*ext=*/0, /*depth=*/8);
+    // One zone per thread, cleared after each frame: its first chunk is kept, so decoding a
+    // message of up to that size allocates nothing but the message's own strings and vectors.
+    thread_local msgpack::zone zone(64 * 1024);
+    struct ClearAfter {
+        msgpack::zone& zone;
+        ~ClearAfter() { zone.clear(); }
+    } clear_after{zone};
     try {
         std::size_t offset = 0;
-        const msgpack::object_handle handle =
-            msgpack::unpack(frame.data(), frame.size(), offset, nullptr, nullptr, limits);
+        const msgpack::object object =
+            msgpack::unpack(zone, frame.data(), frame.size(), offset, reference_in_place, nullptr, limits);
         if (offset != frame.size())
             return DecodeError{fmt::format("{} trailing bytes after the message", frame.size() - offset)};
-        const msgpack::object& object = handle.get();
         if (object.type != msgpack::type::MAP) return DecodeError{"message is not a map"};
         const auto head = object.as<Header>();
         if (head.type.empty()) return DecodeError{"message without a type"};
@@ -66,6 +128,9 @@ Message decode(std::string_view frame) {
         if (head.type == "result") return checked(object.as<Result>());
         if (head.type == "heartbeat") return object.as<Heartbeat>();
         if (head.type == "shutdown") return object.as<Shutdown>();
+        if (head.type == "tasks") return checked(object.as<TaskBatch>());
+        if (head.type == "results") return checked(object.as<ResultBatch>());
+        if (head.type == "returned") return checked(object.as<Returned>());
         return DecodeError{fmt::format("unknown message type '{}'", head.type)};
     } catch (const msgpack::insufficient_bytes&) {
         return DecodeError{"truncated message"};
@@ -76,12 +141,16 @@ Message decode(std::string_view frame) {
 
 Task to_message(const TaskSpec& task, std::uint32_t attempt) {
     Task message;
-    message.id = task.id;
-    message.attempt = attempt;
-    message.kind = std::string(to_string(task.kind));
-    message.params = task.params;
-    message.timeout_s = task.timeout_s;
+    to_message(task, attempt, message);
     return message;
+}
+
+void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out) {
+    out.id = task.id;
+    out.attempt = attempt;
+    out.kind = to_string(task.kind);
+    out.params = task.params;
+    out.timeout_s = task.timeout_s;
 }
 
 TaskSpec to_spec(const Task& message) {
@@ -90,21 +159,25 @@ TaskSpec to_spec(const Task& message) {
 
 Result to_message(const TaskResult& result) {
     Result message;
-    message.id = result.id;
-    message.attempt = result.attempt;
-    message.kind = std::string(to_string(result.kind));
-    message.ok = result.ok;
-    message.error = result.error;
-    message.run_s = result.run_time.count();
-    message.slept_s = result.slept_s;
-    message.primes = result.primes;
-    message.http_status = result.http_status;
-    message.bytes = result.bytes;
-    message.sha256 = result.sha256;
-    message.final_url = result.final_url;
-    message.path = result.saved_path;
-    message.tries = result.tries;
+    to_message(result, message);
     return message;
+}
+
+void to_message(const TaskResult& result, Result& out) {
+    out.id = result.id;
+    out.attempt = result.attempt;
+    out.kind = to_string(result.kind);
+    out.ok = result.ok;
+    out.error = result.error;
+    out.run_s = result.run_time.count();
+    out.slept_s = result.slept_s;
+    out.primes = result.primes;
+    out.http_status = result.http_status;
+    out.bytes = result.bytes;
+    out.sha256 = result.sha256;
+    out.final_url = result.final_url;
+    out.path = result.saved_path;
+    out.tries = result.tries;
 }
 
 TaskResult to_result(const Result& message, std::string worker) {

@@ -7,8 +7,11 @@
 #include <string_view>
 #include <variant>
 
+#include <vector>
+
 #include <msgpack.hpp>
 
+#include "msgpack_map.hpp"
 #include "task.hpp"
 
 namespace taskfarm::proto {
@@ -16,11 +19,13 @@ namespace taskfarm::proto {
 inline constexpr int kVersion = 1;
 // Largest frame either side accepts (ZMQ_MAXMSGSIZE and the msgpack unpack limit).
 inline constexpr std::size_t kMaxFrameBytes = 1 << 20;
+// Most tasks or results in one `tasks` or `results` message (the unpack limit on arrays).
+inline constexpr std::size_t kMaxBatch = 1024;
 
 struct Header {
     std::string type;
     int v = 0;
-    MSGPACK_DEFINE_MAP(type, v)
+    TASKFARM_MSGPACK_MAP(type, v)
 };
 
 // Worker -> coordinator, first message after connecting.
@@ -31,7 +36,7 @@ struct Hello {
     std::int64_t pid = 0;
     std::string host;
     int cpu = -1;  // CPU the worker is pinned to, -1 if not pinned
-    MSGPACK_DEFINE_MAP(type, v, name, pid, host, cpu)
+    TASKFARM_MSGPACK_MAP(type, v, name, pid, host, cpu)
 };
 
 // Coordinator -> worker: run this.
@@ -43,7 +48,7 @@ struct Task {
     std::string kind;   // required, a known task kind
     TaskParams params;
     double timeout_s = 0;  // 0: none
-    MSGPACK_DEFINE_MAP(type, v, id, attempt, kind, params, timeout_s)
+    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, params, timeout_s)
 };
 
 // Worker -> coordinator: what running a Task produced.
@@ -64,44 +69,90 @@ struct Result {
     std::string final_url;
     std::string path;
     std::uint32_t tries = 0;
-    MSGPACK_DEFINE_MAP(type, v, id, attempt, kind, ok, error, run_s, slept_s, primes, http_status, bytes, sha256,
-                       final_url, path, tries)
+    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, slept_s, primes, http_status, bytes, sha256,
+                         final_url, path, tries)
+};
+
+// Coordinator -> worker: several tasks in one frame, run in this order. Each element is a
+// complete `task` message.
+struct TaskBatch {
+    std::string type = "tasks";
+    int v = kVersion;
+    std::vector<Task> tasks;  // 1..kMaxBatch
+    TASKFARM_MSGPACK_MAP(type, v, tasks)
+};
+
+// Worker -> coordinator: several results in one frame, each a complete `result` message.
+struct ResultBatch {
+    std::string type = "results";
+    int v = kVersion;
+    std::vector<Result> results;  // 1..kMaxBatch
+    TASKFARM_MSGPACK_MAP(type, v, results)
+};
+
+// One attempt of one task, as in `returned`.
+struct TaskRef {
+    TaskId id = kNoId;  // required
+    std::uint32_t attempt = 1;
+    TASKFARM_MSGPACK_MAP(id, attempt)
+};
+
+// Worker -> coordinator: tasks it was sent but has not started and never will, because the
+// task it runs has taken `busy_s` already; the coordinator hands them to someone else.
+struct Returned {
+    std::string type = "returned";
+    int v = kVersion;
+    std::vector<TaskRef> tasks;  // 1..kMaxBatch
+    double busy_s = 0;           // how long the running task has run so far
+    TASKFARM_MSGPACK_MAP(type, v, tasks, busy_s)
 };
 
 // Either way: "I am alive". Any frame counts as a sign of life, this one says nothing else.
 struct Heartbeat {
     std::string type = "heartbeat";
     int v = kVersion;
-    MSGPACK_DEFINE_MAP(type, v)
+    TASKFARM_MSGPACK_MAP(type, v)
 };
 
 // Coordinator -> worker: stop now, drop what you hold, exit 0.
 struct Shutdown {
     std::string type = "shutdown";
     int v = kVersion;
-    MSGPACK_DEFINE_MAP(type, v)
+    TASKFARM_MSGPACK_MAP(type, v)
 };
 
 struct DecodeError {
     std::string reason;
 };
 
-using Message = std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown>;
+using Message = std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown, TaskBatch, ResultBatch, Returned>;
 
 std::string encode(const Hello& message);
 std::string encode(const Task& message);
 std::string encode(const Result& message);
 std::string encode(const Heartbeat& message);
 std::string encode(const Shutdown& message);
+std::string encode(const TaskBatch& message);
+std::string encode(const ResultBatch& message);
+std::string encode(const Returned& message);
+
+// The same into `out` (cleared first), whose capacity is reused: no allocation per message
+// once it has grown to the largest.
+void encode_to(std::string& out, const Task& message);
+void encode_to(std::string& out, const Result& message);
+void encode_to(std::string& out, const TaskBatch& message);
+void encode_to(std::string& out, const ResultBatch& message);
 
 // Never throws and never trusts `frame`: anything but a complete, valid message of this
-// version is a DecodeError saying why.
+// version is a DecodeError saying why. A batch is accepted only if every element is valid.
 Message decode(std::string_view frame);
 
 // Conversions between the wire and the task model.
 Task to_message(const TaskSpec& task, std::uint32_t attempt);
+void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out);  // reuses out's strings
 TaskSpec to_spec(const Task& message);  // message must come from decode()
 Result to_message(const TaskResult& result);
+void to_message(const TaskResult& result, Result& out);  // reuses out's strings
 TaskResult to_result(const Result& message, std::string worker);  // ditto
 
 }  // namespace taskfarm::proto

@@ -96,10 +96,15 @@ TaskResult run_task(const TaskSpec& task, const ExecContext& context) {
     result.kind = task.kind;
     result.worker = context.worker;
     const auto started = std::chrono::steady_clock::now();
-    ExecContext bounded = context;
-    if (task.timeout_s > 0)
-        bounded.deadline = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                         std::chrono::duration<double>(task.timeout_s));
+    // A copy only when there is a deadline to set: copying the context costs a string and a
+    // stop_token (an atomic count) per task.
+    std::optional<ExecContext> with_deadline;
+    if (task.timeout_s > 0) {
+        with_deadline.emplace(context);
+        with_deadline->deadline = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                std::chrono::duration<double>(task.timeout_s));
+    }
+    const ExecContext& bounded = with_deadline ? *with_deadline : context;
     try {
         switch (task.kind) {
             case TaskKind::Sleep: executors::run_sleep(task, bounded, result); break;

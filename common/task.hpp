@@ -12,6 +12,8 @@
 #include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 
+#include "msgpack_map.hpp"
+
 namespace taskfarm {
 
 class Gil;
@@ -36,7 +38,7 @@ struct TaskParams {
     std::string out_dir{};  //           the directory to save into (the coordinator's --out-dir/<mode>)
     std::uint64_t max_bytes = 0;  //     a larger body fails the task; 0: no limit
     std::uint32_t retries = 0;    //     further tries after a transient failure
-    MSGPACK_DEFINE_MAP(seconds, lo, hi, url, out_dir, max_bytes, retries)
+    TASKFARM_MSGPACK_MAP(seconds, lo, hi, url, out_dir, max_bytes, retries)
 };
 
 // Largest cpu `hi`: the executor sieves with the primes up to sqrt(hi), a 1 MB table here.

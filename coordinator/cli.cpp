@@ -12,6 +12,7 @@
 
 #include "affinity.hpp"
 #include "curve.hpp"
+#include "dispatcher.hpp"
 #include "log.hpp"
 
 namespace taskfarm {
@@ -76,6 +77,15 @@ CLI::Validator size_validator(std::uint64_t least) {
         },
         "SIZE");
 }
+const CLI::Validator kPrefetch(
+    [](std::string& text) -> std::string {
+        int value = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (text == "auto" || (ec == std::errc{} && end == text.data() + text.size() && value >= 1 && value <= 10'000))
+            return "";
+        return fmt::format("'{}' is not auto or a number of tasks from 1 to 10000", text);
+    },
+    "K|auto");
 
 const CLI::Validator kModeList(
     [](std::string& text) -> std::string {
@@ -238,8 +248,13 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
     app.add_option("--cpus", cpus, "CPUs to pin to, e.g. 0-3,6 (implies --pin); each must be one this process may\n"
                                     "use (sched_getaffinity, see taskset)")
         ->check(kCpuList);
-    app.add_option("--prefetch", config.prefetch, "tasks a worker process may hold at once (credits)")
-        ->check(CLI::Range(1, 10'000))
+    std::string prefetch = "auto";
+    app.add_option("--prefetch", prefetch,
+                   fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
+                               "It holds one until the tasks' times are known, then as many as take about {:g} ms;\n"
+                               "short tasks travel in batches, and a long task never has others waiting behind it",
+                               kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
+        ->check(kPrefetch)
         ->capture_default_str();
     app.add_option("--worker-bin", config.worker_bin, "worker executable (default: `worker` next to this binary)");
     app.add_option("--json", config.json_path, "write the report as JSON to FILE")->type_name("FILE");
@@ -414,6 +429,7 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
     config.max_bytes = *parse_size(max_bytes);
     config.file_size = *parse_size(file_size);
     config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);
+    config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
     if (!cpus.empty())
         config.pin_cpus = parse_cpu_list(cpus);
     else if (pin)

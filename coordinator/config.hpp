@@ -42,7 +42,7 @@ struct RunConfig {
     std::uint64_t bandwidth = 0;                   //   bytes per second per response; 0: unlimited
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
-    int prefetch = 1;
+    int prefetch = 0;  // tasks a worker may hold at once; 0: auto (see DispatchOptions)
     // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.
     std::vector<int> pin_cpus;
     std::filesystem::path worker_bin;  // empty: `worker` next to the coordinator binary

@@ -168,7 +168,8 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"plan", config.plan_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.plan_path.string())},
         {"seed", config.seed},
         {"modes", modes},
-        {"prefetch", config.prefetch},
+        {"prefetch", config.prefetch > 0 ? nlohmann::json(config.prefetch) : nlohmann::json("auto")},
+        {"max_in_flight", config.prefetch > 0 ? static_cast<std::size_t>(config.prefetch) : kMaxWindow},
         {"pin_cpus", config.pin_cpus},
         {"urls", config.urls_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.urls_path.string())},
         {"out_dir", config.out_dir.string()},
@@ -232,7 +233,7 @@ ExitCode run(RunConfig config) {
     auto console = std::make_unique<ConsoleSink>(stdout);
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
-        auto sink = std::make_unique<ProgressSink>(ProgressOptions{.style = *style}, std::move(console));
+        auto sink = std::make_unique<ProgressSink>(ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(STDOUT_FILENO) == 1}, std::move(console));
         progress = sink.get();
         sinks.add(std::move(sink));
     } else {

@@ -16,29 +16,46 @@ constexpr auto kRejectLogInterval = std::chrono::seconds(1);
 // result before it kills the worker: the executor stops itself at the deadline, so only a
 // stuck or stopped worker needs this.
 constexpr auto kOverrunGrace = std::chrono::seconds(1);
+// Weight of the newest task time in the moving average that sizes --prefetch auto.
+constexpr double kEstimateWeight = 0.2;
 
 }  // namespace
 
 Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
                        DispatchOptions options, std::stop_token stop)
-    : router_(router), pool_(pool), plan_(plan), recorder_(recorder), options_(options), stop_(std::move(stop)) {
-    for (std::size_t i = 0; i < plan_.tasks.size(); ++i) pending_.push_back({i, 1});
-}
+    : router_(router), pool_(pool), plan_(plan), recorder_(recorder), options_(options), stop_(std::move(stop)) {}
 
 void Dispatcher::run() {
-    started_ = Clock::now();
-    for (std::size_t i = 0; i < static_cast<std::size_t>(options_.workers); ++i)
-        spawn(fmt::format("w{}", i + 1), options_.cpus.empty() ? -1 : options_.cpus[i % options_.cpus.size()]);
+    began_ = Clock::now();
     next_heartbeat_ = Clock::now() + options_.heartbeat_interval;
-    if (spawned_.empty() && options_.expect_remote == 0) start_dispatching();
-    while (finished_ < plan_.tasks.size() && !stop_.stop_requested()) {
+    next_watch_ = Clock::now() + kChildCheckInterval;
+    // Without remote workers to wait for, work starts at the first hello.
+    dispatching_ = options_.expect_remote == 0;
+    // Between spawns, whoever is up already says hello and gets work: spawning is most of
+    // the start-up, so the first results need not wait for the last worker.
+    for (std::size_t i = 0; i < static_cast<std::size_t>(options_.workers); ++i) {
+        spawn(fmt::format("w{}", i + 1), options_.cpus.empty() ? -1 : options_.cpus[i % options_.cpus.size()]);
+        drain_incoming();
+        dispatch();
+    }
+    all_hello_ = spawned_.empty();
+    // A short plan may be done before the last worker is up; the run still waits for its
+    // hello (its placement goes in the report, and one that cannot start is an error), but
+    // the mode's clock stops at the last result.
+    while ((finished_ < plan_.tasks.size() || !all_hello_) && !stop_.stop_requested()) {
+        if (finished_ >= plan_.tasks.size()) recorder_.stop_clock();
         zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 1, wire::poll_timeout(std::min(next_heartbeat_, Clock::now() + kChildCheckInterval)));
+        zmq::poll(items, 1, wire::poll_timeout(std::min(next_heartbeat_, next_watch_)));
         if (items[0].revents & ZMQ_POLLIN) drain_incoming();
-        watch_processes();
-        watch_deadlines();
-        watch_remote();
-        watch_overruns();
+        // Checked on a timer, not after every frame: at 100,000s of results a second their
+        // system calls would cost more than the results.
+        if (const auto now = Clock::now(); now >= next_watch_) {
+            watch_processes();
+            watch_deadlines();
+            watch_remote();
+            watch_overruns();
+            next_watch_ = now + kChildCheckInterval;
+        }
         if (Clock::now() >= next_heartbeat_) send_heartbeats();
         dispatch();
     }
@@ -79,6 +96,8 @@ void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& bod
     auto message = proto::decode(body.to_string_view());
     if (auto* hello = std::get_if<proto::Hello>(&message)) return on_hello(identity, *hello, body);
     if (auto* result = std::get_if<proto::Result>(&message)) return on_result(identity, *result);
+    if (auto* results = std::get_if<proto::ResultBatch>(&message)) return on_results(identity, *results);
+    if (auto* returned = std::get_if<proto::Returned>(&message)) return on_returned(identity, *returned);
     if (std::holds_alternative<proto::Heartbeat>(message)) return;
     if (auto* error = std::get_if<proto::DecodeError>(&message)) return reject(identity, error->reason);
     reject(identity, "unexpected message type from a worker");
@@ -112,16 +131,16 @@ void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello
     if (user && dispatching_)
         recorder_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = "remote, attached"});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
-    if (!dispatching_ && remote_workers() >= static_cast<std::size_t>(options_.expect_remote) &&
-        std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; }))
-        start_dispatching();
+    if (!all_hello_)
+        all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+    if (!dispatching_ && remote_workers() >= static_cast<std::size_t>(options_.expect_remote)) start_dispatching();
 }
 
 void Dispatcher::start_dispatching() {
     dispatching_ = true;
     if (options_.expect_remote > 0) {
         spdlog::info("{} remote worker(s) attached after {:.1f} s; handing out tasks", remote_workers(),
-                     std::chrono::duration<double>(Clock::now() - started_).count());
+                     std::chrono::duration<double>(Clock::now() - began_).count());
         // Waiting for a person or a scheduler to start remote workers is no cost of the process model.
         recorder_.restart_clock();
     }
@@ -135,13 +154,13 @@ void Dispatcher::watch_remote() {
     const auto now = Clock::now();
     const double wait_s = std::chrono::duration<double>(options_.wait_remote).count();
     if (!dispatching_) {
-        if (now - started_ > options_.wait_remote && remote_workers() < static_cast<std::size_t>(options_.expect_remote))
+        if (now - began_ > options_.wait_remote && remote_workers() < static_cast<std::size_t>(options_.expect_remote))
             throw RunError(fmt::format("only {} of the {} remote worker(s) of --expect-workers attached within {:.1f} s "
                                        "(--wait-workers); the log above names any that were refused",
                                        remote_workers(), options_.expect_remote, wait_s));
         return;
     }
-    if (pending_.empty() || !workers_.empty() || !spawned_.empty()) {
+    if (pending() == 0 || !workers_.empty() || !spawned_.empty()) {
         alone_since_ = {};
         return;
     }
@@ -164,19 +183,58 @@ void Dispatcher::on_result(const std::string& identity, const proto::Result& mes
         spdlog::debug("ignored result of task {} from a worker no longer in the run", message.id);
         return;
     }
-    auto& in_flight = worker->second.in_flight;
+    take_result(worker->second, message);
+}
+
+void Dispatcher::on_results(const std::string& identity, const proto::ResultBatch& batch) {
+    const auto worker = workers_.find(identity);
+    if (worker == workers_.end()) {
+        spdlog::debug("ignored {} results from a worker no longer in the run", batch.results.size());
+        return;
+    }
+    for (const proto::Result& result : batch.results) take_result(worker->second, result);
+}
+
+bool Dispatcher::take_result(WorkerState& worker, const proto::Result& message) {
+    // Results come back in the order the tasks were sent, so this is almost always the first.
+    auto& in_flight = worker.in_flight;
     const auto attempt = std::find_if(in_flight.begin(), in_flight.end(), [&](const Attempt& a) {
         return plan_.tasks[a.index].id == message.id && a.number == message.attempt;
     });
     if (attempt == in_flight.end()) {
         spdlog::debug("ignored duplicate or stale result of task {} attempt {}", message.id, message.attempt);
-        return;
+        return false;
     }
     const std::size_t index = attempt->index;
     in_flight.erase(attempt);
-    worker->second.running_since = Clock::now();  // the next one, if any, starts now
+    worker.running_since = Clock::now();  // the next one, if any, starts now
+    run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
+                                          : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
     ++finished_;
-    recorder_.record(plan_.tasks[index], proto::to_result(message, worker->second.name));
+    recorder_.record(plan_.tasks[index], proto::to_result(message, worker.name));
+    return true;
+}
+
+void Dispatcher::on_returned(const std::string& identity, const proto::Returned& message) {
+    const auto worker = workers_.find(identity);
+    if (worker == workers_.end()) return;
+    // Queued behind a task that is taking long: they go to the front of the queue as they
+    // were (same attempt: they never ran), and the estimate learns that tasks can be this
+    // slow, so no worker is given a queue of them again.
+    auto& in_flight = worker->second.in_flight;
+    std::vector<Attempt> back;
+    for (const proto::TaskRef& ref : message.tasks) {
+        const auto attempt = std::find_if(in_flight.begin(), in_flight.end(), [&](const Attempt& a) {
+            return plan_.tasks[a.index].id == ref.id && a.number == ref.attempt;
+        });
+        if (attempt == in_flight.end()) continue;  // stale: not one it holds
+        back.push_back({attempt->index, attempt->number});
+        in_flight.erase(attempt);
+    }
+    for (auto attempt = back.rbegin(); attempt != back.rend(); ++attempt) retries_.push_front(*attempt);
+    run_s_estimate_ = std::max(run_s_estimate_, message.busy_s);
+    spdlog::debug("worker {} gave back {} task(s) queued behind one running for {:.3f} s", worker->second.name,
+                  back.size(), message.busy_s);
 }
 
 void Dispatcher::reject(const std::string& identity, const std::string& reason) {
@@ -264,27 +322,71 @@ void Dispatcher::send_heartbeats() {
     next_heartbeat_ = Clock::now() + options_.heartbeat_interval;
 }
 
-void Dispatcher::dispatch() {
-    if (!dispatching_) return;
-    // Shallowest queue first, so a short plan spreads over every worker before any prefetches.
-    while (!pending_.empty()) {
-        auto target = workers_.end();
-        for (auto it = workers_.begin(); it != workers_.end(); ++it)
-            if (std::cmp_less(it->second.in_flight.size(), options_.prefetch) &&
-                (target == workers_.end() || it->second.in_flight.size() < target->second.in_flight.size()))
-                target = it;
-        if (target == workers_.end()) break;
-        Attempt attempt = pending_.front();
-        pending_.pop_front();
-        attempt.sent = Clock::now();
-        const std::string frame = proto::encode(proto::to_message(plan_.tasks[attempt.index], attempt.number));
-        if (target->second.in_flight.empty()) target->second.running_since = attempt.sent;
-        target->second.in_flight.push_back(attempt);
-        if (!send(target->first, frame)) lose_worker(target->first, fmt::format("worker {} disconnected", target->second.name));
+std::size_t Dispatcher::window() const {
+    const std::size_t most = options_.prefetch > 0 ? static_cast<std::size_t>(options_.prefetch) : kMaxWindow;
+    if (run_s_estimate_ < 0) return 1;  // nothing known yet: as if every task were long
+    const double budget_s = std::chrono::duration<double>(kQueueBudget).count();
+    if (run_s_estimate_ * static_cast<double>(most) <= budget_s) return most;
+    return std::clamp(static_cast<std::size_t>(budget_s / run_s_estimate_), std::size_t{1}, most);
+}
+
+Dispatcher::Attempt Dispatcher::next_pending() {
+    if (!retries_.empty()) {
+        const Attempt attempt = retries_.front();
+        retries_.pop_front();
+        return attempt;
     }
-    if (!pending_.empty() && workers_.empty() && spawned_.empty() && !options_.listening)
-        fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",
-                                 options_.max_respawns));
+    return {next_index_++, 1};
+}
+
+void Dispatcher::dispatch() {
+    // Work starts at the first hello: a worker holds one task until results show that tasks
+    // are short, so an early worker cannot take work that later ones should have had.
+    if (!dispatching_) return;
+    if (workers_.empty()) {
+        if (pending() > 0 && spawned_.empty() && !options_.listening)
+            fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",
+                                     options_.max_respawns));
+        return;
+    }
+    const std::size_t limit = window();
+    // Shallowest queue first, and a fair share each, so a short plan spreads over every
+    // worker before any worker queues more.
+    while (pending() > 0) {
+        auto target = workers_.end();
+        std::size_t open = 0;
+        for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+            if (it->second.in_flight.size() >= limit) continue;
+            ++open;
+            if (target == workers_.end() || it->second.in_flight.size() < target->second.in_flight.size()) target = it;
+        }
+        if (target == workers_.end()) break;
+        const std::size_t share = std::max<std::size_t>(1, (pending() + open - 1) / open);
+        send_tasks(target, std::min({limit - target->second.in_flight.size(), share, pending()}));
+    }
+}
+
+void Dispatcher::send_tasks(std::map<std::string, WorkerState>::iterator target, std::size_t count) {
+    WorkerState& worker = target->second;
+    const auto now = Clock::now();
+    if (worker.in_flight.empty()) worker.running_since = now;
+    while (count > 0) {
+        const std::size_t size = std::min(count, proto::kMaxBatch);
+        batch_.tasks.resize(size);
+        for (proto::Task& task : batch_.tasks) {
+            Attempt attempt = next_pending();
+            attempt.sent = now;
+            worker.in_flight.push_back(attempt);
+            proto::to_message(plan_.tasks[attempt.index], attempt.number, task);
+        }
+        if (size == 1)
+            proto::encode_to(frame_, batch_.tasks.front());
+        else
+            proto::encode_to(frame_, batch_);
+        count -= size;
+        if (!send(target->first, frame_))
+            return lose_worker(target->first, fmt::format("worker {} disconnected", worker.name));
+    }
 }
 
 void Dispatcher::lose_worker(const std::string& identity, const std::string& reason) {
@@ -315,7 +417,7 @@ void Dispatcher::lose_unconnected(pid_t pid, const std::string& reason) {
     const Spawned lost = spawned->second;
     spawned_.erase(spawned);
     recorder_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
-    if (!dispatching_) throw RunError(fmt::format("{} before saying hello", reason));
+    if (!all_hello_) throw RunError(fmt::format("{} before saying hello", reason));
     spdlog::warn("{}", reason);
     replace(lost.name, lost.cpu);
 }
@@ -334,7 +436,7 @@ void Dispatcher::replace(const std::string& name, int cpu) {
 void Dispatcher::retry_or_fail(Attempt attempt, const std::string& worker, const std::string& reason) {
     const TaskSpec& task = plan_.tasks[attempt.index];
     if (attempt.number < options_.max_attempts) {
-        pending_.push_front({attempt.index, attempt.number + 1});
+        retries_.push_front({attempt.index, attempt.number + 1});
         recorder_.note({.kind = RunEvent::Kind::Requeued,
                         .worker = worker,
                         .detail = reason,
@@ -356,9 +458,8 @@ void Dispatcher::retry_or_fail(Attempt attempt, const std::string& worker, const
 }
 
 void Dispatcher::fail_pending(const std::string& reason) {
-    while (!pending_.empty()) {
-        const Attempt attempt = pending_.front();
-        pending_.pop_front();
+    while (pending() > 0) {
+        const Attempt attempt = next_pending();
         TaskResult result;
         result.id = plan_.tasks[attempt.index].id;
         result.kind = plan_.tasks[attempt.index].kind;

@@ -35,7 +35,10 @@ struct RunError : std::runtime_error {
 
 struct DispatchOptions {
     int workers = 1;
-    int prefetch = 1;
+    // The most tasks a worker may hold at once; 0 (auto): kMaxWindow. It holds fewer while
+    // tasks are long: one until the first result, then as many as it runs in about
+    // kQueueBudget, by a moving average of the task times so far.
+    int prefetch = 0;
     std::chrono::milliseconds heartbeat_interval{200};
     std::chrono::milliseconds heartbeat_timeout{2000};
     std::chrono::milliseconds start_timeout{10000};
@@ -48,6 +51,12 @@ struct DispatchOptions {
     int expect_remote = 0;                         // remote workers to wait for before the first task
     std::chrono::milliseconds wait_remote{60000};  // how long they may take (RunError after)
 };
+
+// --prefetch auto: a worker holds at most this many tasks...
+inline constexpr std::size_t kMaxWindow = 128;
+// ...and, whatever --prefetch says, no more than it should get through in this long, so
+// that at the end of a run no worker sits on work another could have done.
+inline constexpr std::chrono::microseconds kQueueBudget{2000};
 
 class Dispatcher {
 public:
@@ -74,7 +83,7 @@ private:
         std::string name;                  // from HELLO, "w3"
         pid_t pid = 0;                     // from HELLO; ours if the pool spawned it
         int cpu = -1;                      // pinned CPU, -1 if none
-        std::vector<Attempt> in_flight;    // sent, no RESULT yet; requeued if it dies; size <= prefetch
+        std::deque<Attempt> in_flight;     // sent, no RESULT yet, in the order sent; requeued if it dies
         Clock::time_point last_seen;       // any frame counts as a heartbeat
         // When in_flight.front() started, as far as we can tell: a worker runs its tasks one
         // at a time in the order sent, so the next starts when it is sent or when the one
@@ -101,12 +110,19 @@ private:
     void watch_remote();
     std::size_t remote_workers() const;
     void on_result(const std::string& identity, const proto::Result& message);
+    void on_results(const std::string& identity, const proto::ResultBatch& batch);
+    void on_returned(const std::string& identity, const proto::Returned& message);
+    bool take_result(WorkerState& worker, const proto::Result& message);  // false: not one it holds
     void reject(const std::string& identity, const std::string& reason);
     void watch_processes();
     void watch_deadlines();
     void watch_overruns();
     void send_heartbeats();
     void dispatch();
+    std::size_t window() const;  // tasks each worker may hold now
+    std::size_t pending() const { return retries_.size() + (plan_.tasks.size() - next_index_); }
+    Attempt next_pending();      // pending() > 0
+    void send_tasks(std::map<std::string, WorkerState>::iterator target, std::size_t count);
     void lose_worker(const std::string& identity, const std::string& reason);
     void lose_unconnected(pid_t pid, const std::string& reason);
     void replace(const std::string& name, int cpu);
@@ -122,16 +138,23 @@ private:
     const DispatchOptions options_;
     const std::stop_token stop_;
 
-    std::deque<Attempt> pending_;                 // not yet sent; retries go first
+    // Not yet sent: the retries and returned tasks first, then plan.tasks[next_index_...].
+    std::deque<Attempt> retries_;
+    std::size_t next_index_ = 0;
     std::map<std::string, WorkerState> workers_;  // by ZeroMQ routing id
     std::map<pid_t, Spawned> spawned_;            // live processes of ours, by pid
     std::map<std::string, RejectLog> rejects_;    // rate-limits rejection logs per peer
     std::size_t finished_ = 0;                    // tasks with a final result
     int respawns_ = 0;
-    bool dispatching_ = false;                    // set once every initial worker said HELLO
+    bool all_hello_ = false;                      // set once every initial worker said HELLO
+    bool dispatching_ = false;                    // tasks go out: the remote workers of --expect-workers are here
     Clock::time_point next_heartbeat_;
-    Clock::time_point started_;                   // when run() began: the remote workers' deadline counts from it
+    Clock::time_point began_;                     // when run() began: the remote workers' deadline counts from it
     Clock::time_point alone_since_{};             // listening: since when no worker is left; unset while one is
+    Clock::time_point next_watch_;                // processes and deadlines are checked this often
+    double run_s_estimate_ = -1;                  // moving average of task run times; < 0: none yet
+    proto::TaskBatch batch_;                      // reused for every batch sent
+    std::string frame_;
 };
 
 }  // namespace taskfarm

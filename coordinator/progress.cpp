@@ -180,7 +180,10 @@ void ProgressSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 }
 
 void ProgressSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
-    print([&] { printed_->on_result(task, result); });
+    if (options_.lines_share_terminal)
+        print([&] { printed_->on_result(task, result); });
+    else
+        printed_->on_result(task, result);
     bool complete = false;
     {
         std::lock_guard lock(state_mutex_);
@@ -198,6 +201,8 @@ void ProgressSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
 void ProgressSink::event_it_(const RunEvent& event) {
     printed_->on_event(event);  // not print(): the console prints no events, so no redraw for them
 }
+
+void ProgressSink::flush_() { printed_->flush(); }
 
 void ProgressSink::print(const std::function<void()>& write) {
     if (status_)

@@ -87,6 +87,10 @@ struct ProgressOptions {
     ProgressStyle style = ProgressStyle::Log;
     std::FILE* terminal = stderr;                   // Bar: where it is drawn
     std::chrono::milliseconds log_interval{5000};  // Log: between two lines
+    // Bar: the printed lines go to the terminal the bar is on, so the bar is erased while
+    // each is written. False (stdout redirected): the lines go elsewhere, and erasing and
+    // redrawing the bar for each would cost two terminal writes per result for nothing.
+    bool lines_share_terminal = true;
 };
 
 // Shows the progress of each mode as its results arrive. Every call is forwarded to
@@ -108,6 +112,7 @@ protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;
     void sink_it_(const TaskSpec& task, const TaskResult& result) override;
     void event_it_(const RunEvent& event) override;
+    void flush_() override;
 
 private:
     using Clock = std::chrono::steady_clock;

@@ -2,11 +2,14 @@
 // One Runner per execution mode. Runners differ only in where run_task() is called; they
 // never print, they hand every result to a sink the moment it completes.
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <stop_token>
+#include <thread>
 
 #include "config.hpp"
 #include "plan.hpp"
@@ -25,10 +28,16 @@ struct Runner {
 std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, std::stop_token stop);
 
 // Shared by the runners: times the mode, stamps start_s/end_s on each result, tallies
-// ok/failed and forwards to the sink. Thread-safe.
+// ok/failed and forwards to the sink. Thread-safe. A thread of its own flushes the sink
+// within kFlushDelay of a result, so sinks may buffer and a runner never has to flush.
 class ModeRecorder {
 public:
+    static constexpr auto kFlushDelay = std::chrono::milliseconds(10);
+
     ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink);
+    ~ModeRecorder();
+    ModeRecorder(const ModeRecorder&) = delete;
+    ModeRecorder& operator=(const ModeRecorder&) = delete;
     void record(const TaskSpec& task, TaskResult result);
     // Notes where a worker or thread runs, for the report's placement and cpus_used.
     void place(Placement placement);
@@ -49,12 +58,18 @@ public:
     RunReport finish(bool interrupted);  // call once, after the mode's processes are reaped
 
 private:
+    void flush_later(std::stop_token stop);
+
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
     std::optional<std::chrono::steady_clock::time_point> stopped_;
     const CpuTimes cpu_at_start_ = CpuTimes::now();
     ResultSink& sink_;
     mutable std::mutex mutex_;
     RunReport report_;
+    std::atomic<bool> unflushed_{false};  // a result went to the sink since the last flush
+    std::mutex flush_mutex_;
+    std::condition_variable_any flush_wanted_;
+    std::jthread flusher_;  // last: starts after everything it uses
 };
 
 }  // namespace taskfarm

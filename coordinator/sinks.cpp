@@ -1,5 +1,7 @@
 #include "sinks.hpp"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -35,6 +37,15 @@ void ResultSink::on_event(const RunEvent& event) {
     }
 }
 
+void ResultSink::flush() {
+    std::lock_guard lock(mutex_);
+    try {
+        flush_();
+    } catch (const std::exception& e) {  // a sink never stops the run
+        spdlog::error("cannot flush results: {}", e.what());
+    }
+}
+
 void FanOutSink::begin_mode_(const std::string& mode, std::size_t tasks) {
     for (auto& sink : sinks_) sink->begin_mode(mode, tasks);
 }
@@ -47,6 +58,12 @@ void FanOutSink::event_it_(const RunEvent& event) {
     for (auto& sink : sinks_) sink->on_event(event);
 }
 
+void FanOutSink::flush_() {
+    for (auto& sink : sinks_) sink->flush();
+}
+
+ConsoleSink::ConsoleSink(std::FILE* out) : out_(out), line_by_line_(::isatty(::fileno(out)) == 1) {}
+
 void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
     fmt::print(out_, "== {}: {} tasks\n", mode, tasks);
     std::fflush(out_);
@@ -57,8 +74,10 @@ void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
     const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
     fmt::print(out_, "{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n", mode_, result.id,
                result.worker, result.end_s, result.run_time.count(), outcome, attempt);
-    std::fflush(out_);
+    if (line_by_line_) std::fflush(out_);
 }
+
+void ConsoleSink::flush_() { std::fflush(out_); }
 
 JournalSink::JournalSink(const std::filesystem::path& path) : path_(path), file_(std::fopen(path.c_str(), "a")) {
     if (!file_) throw ConfigError(fmt::format("cannot open results file '{}': {}", path.string(), std::strerror(errno)));

@@ -236,5 +236,90 @@ TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
     EXPECT_LT(accepted, 20000u);
 }
 
+TEST(Protocol, BatchesRoundTripInOrder) {
+    TaskBatch tasks;
+    for (TaskId id = 0; id < 3; ++id) tasks.tasks.push_back(to_message(TaskSpec{id, TaskKind::Sleep, {.seconds = 0.5}}, 2));
+    const Message message = decode(encode(tasks));
+    ASSERT_TRUE(std::holds_alternative<TaskBatch>(message)) << rejection(encode(tasks));
+    const auto& back = std::get<TaskBatch>(message).tasks;
+    ASSERT_EQ(back.size(), 3u);
+    for (TaskId id = 0; id < 3; ++id) {
+        EXPECT_EQ(back[id].id, id);
+        EXPECT_EQ(back[id].attempt, 2u);
+        EXPECT_EQ(to_spec(back[id]).params.seconds, 0.5);
+    }
+    ResultBatch results;
+    for (TaskId id = 0; id < 2; ++id) {
+        TaskResult result;
+        result.id = id;
+        result.ok = true;
+        results.results.push_back(to_message(result));
+    }
+    const Message reply = decode(encode(results));
+    ASSERT_TRUE(std::holds_alternative<ResultBatch>(reply)) << rejection(encode(results));
+    EXPECT_EQ(std::get<ResultBatch>(reply).results.at(1).id, 1u);
+    Returned returned;
+    returned.tasks = {{4, 1}, {5, 2}};
+    returned.busy_s = 0.25;
+    const Message back_again = decode(encode(returned));
+    ASSERT_TRUE(std::holds_alternative<Returned>(back_again)) << rejection(encode(returned));
+    EXPECT_EQ(std::get<Returned>(back_again).tasks.at(1).attempt, 2u);
+    EXPECT_EQ(std::get<Returned>(back_again).busy_s, 0.25);
+}
+
+TEST(Protocol, EncodeToReusesItsBufferAndMatchesEncode) {
+    std::string frame = "left over from an earlier message";
+    const Task task = to_message(TaskSpec{8, TaskKind::Cpu, {.lo = 1, .hi = 9}}, 1);
+    encode_to(frame, task);
+    EXPECT_EQ(frame, encode(task));
+}
+
+TEST(Protocol, RejectsABatchWithOneBadElementNamingIt) {
+    TaskBatch tasks;
+    tasks.tasks.push_back(to_message(TaskSpec{1, TaskKind::Sleep, {}}, 1));
+    tasks.tasks.push_back(to_message(TaskSpec{2, TaskKind::Sleep, {}}, 1));
+    tasks.tasks[1].kind = "mine_bitcoin";
+    EXPECT_EQ(rejection(encode(tasks)), "tasks element 1: task 2 has unknown kind 'mine_bitcoin'");
+    tasks.tasks[1].kind = "sleep";
+    tasks.tasks[1].type = "result";
+    EXPECT_EQ(rejection(encode(tasks)),
+              fmt::format("tasks element 1 is a 'result' of version {0}, want a 'task' of version {0}", kVersion));
+    EXPECT_EQ(rejection(encode(TaskBatch{})), "tasks without any");
+    EXPECT_EQ(rejection(encode(ResultBatch{})), "results without any");
+    EXPECT_EQ(rejection(encode(Returned{})), "returned without any tasks");
+    Returned returned;
+    returned.tasks = {{kNoId, 1}};
+    EXPECT_EQ(rejection(encode(returned)), "returned a task without an id");
+}
+
+TEST(Protocol, RejectsAKeyGivenTwice) {
+    // {"type":"task","v":1,"id":1,"id":2,"kind":"sleep"}: which id was meant?
+    std::stringstream buffer;
+    msgpack::packer packer(buffer);
+    packer.pack_map(5);
+    packer.pack(std::string("type")).pack(std::string("task"));
+    packer.pack(std::string("v")).pack(kVersion);
+    packer.pack(std::string("id")).pack(1);
+    packer.pack(std::string("id")).pack(2);
+    packer.pack(std::string("kind")).pack(std::string("sleep"));
+    EXPECT_EQ(rejection(buffer.str()), "malformed message: duplicate key 'id'");
+}
+
+TEST(Protocol, IgnoresUnknownKeysAndKeepsDefaultsForMissingOnes) {
+    // {"type":"task","v":1,"id":3,"kind":"sleep","colour":"blue"}: a newer peer's extra field.
+    std::stringstream buffer;
+    msgpack::packer packer(buffer);
+    packer.pack_map(5);
+    packer.pack(std::string("type")).pack(std::string("task"));
+    packer.pack(std::string("v")).pack(kVersion);
+    packer.pack(std::string("id")).pack(3);
+    packer.pack(std::string("kind")).pack(std::string("sleep"));
+    packer.pack(std::string("colour")).pack(std::string("blue"));
+    const Message message = decode(buffer.str());
+    ASSERT_TRUE(std::holds_alternative<Task>(message)) << rejection(buffer.str());
+    EXPECT_EQ(std::get<Task>(message).attempt, 1u);
+    EXPECT_EQ(std::get<Task>(message).timeout_s, 0);
+}
+
 }  // namespace
 }  // namespace taskfarm::proto

@@ -4,11 +4,13 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -70,19 +72,60 @@ std::string host_name() {
     return buffer;
 }
 
+// Past this, the running task is slow enough that the tasks queued behind it are better
+// off on another worker: they go back to the coordinator (`returned`).
+constexpr auto kGiveBackAfter = std::chrono::milliseconds(20);
+// Most results in one `results` frame; more go in several.
+constexpr std::size_t kMaxResultsPerFrame = 256;
+
 // Runs tasks one at a time on its own thread, so the socket thread keeps heartbeating.
-// Results go back over an inproc PAIR socket, which the executor thread owns.
+// Results collect in an outbox; the executor wakes the socket thread (a byte over an
+// inproc PAIR socket that it owns) only when the outbox was empty, so a burst of short
+// tasks costs one wake-up and leaves as one `results` frame.
 class Executor {
 public:
     Executor(zmq::context_t& context, std::string name)
         : thread_([this, &context, name = std::move(name)](std::stop_token stop) { loop(stop, context, name); }) {}
 
-    void push(TaskSpec task, std::uint32_t attempt) {
+    void push(const proto::Task& task) {
         {
             std::lock_guard lock(mutex_);
-            queue_.push_back({std::move(task), attempt});
+            queue_.push_back({proto::to_spec(task), task.attempt});
         }
         ready_.notify_one();
+    }
+
+    void push(const proto::TaskBatch& batch) {
+        {
+            std::lock_guard lock(mutex_);
+            for (const proto::Task& task : batch.tasks) queue_.push_back({proto::to_spec(task), task.attempt});
+        }
+        ready_.notify_one();
+    }
+
+    // Moves the finished results into `out` (cleared first).
+    void take_results(std::vector<proto::Result>& out) {
+        out.clear();
+        std::lock_guard lock(outbox_mutex_);
+        out.swap(outbox_);
+    }
+
+    // The tasks not started yet, if the running one has run longer than `limit`; they will
+    // not run here. `busy` is set to how long the running one has run.
+    std::vector<proto::TaskRef> give_back_if_busy_for(Clock::duration limit, Clock::duration& busy) {
+        std::vector<proto::TaskRef> returned;
+        std::lock_guard lock(mutex_);
+        if (queue_.empty() || !running_since_) return returned;
+        busy = Clock::now() - *running_since_;
+        if (busy < limit) return returned;
+        for (const Queued& queued : queue_) returned.push_back({queued.task.id, queued.attempt});
+        queue_.clear();
+        return returned;
+    }
+
+    bool has_queued() {
+        std::lock_guard lock(mutex_);
+        return !queue_.empty();
     }
 
     // Cancels the running task and drops the queued ones; the destructor joins.
@@ -95,30 +138,42 @@ private:
     };
 
     void loop(std::stop_token stop, zmq::context_t& context, const std::string& name) {
-        zmq::socket_t results(context, zmq::socket_type::pair);
-        wire::configure(results, zmq::socket_type::pair);
-        results.connect(kResultsEndpoint);
+        zmq::socket_t wake(context, zmq::socket_type::pair);
+        wire::configure(wake, zmq::socket_type::pair);
+        wake.connect(kResultsEndpoint);
         const ExecContext exec{.worker = name, .stop = stop, .isolated = true};
+        proto::Result message;
         while (true) {
             Queued next;
             {
                 std::unique_lock lock(mutex_);
+                running_since_.reset();
                 if (!ready_.wait(lock, stop, [this] { return !queue_.empty(); })) return;
                 next = std::move(queue_.front());
                 queue_.pop_front();
+                running_since_ = Clock::now();
             }
             TaskResult result = run_task(next.task, exec);
             if (stop.stop_requested()) return;
             result.attempt = next.attempt;
+            proto::to_message(result, message);
+            bool was_empty = false;
+            {
+                std::lock_guard lock(outbox_mutex_);
+                was_empty = outbox_.empty();
+                outbox_.push_back(message);
+            }
             // A blocking send: inproc to our own socket thread, which never stops reading.
-            const std::string frame = proto::encode(proto::to_message(result));
-            results.send(zmq::buffer(frame), zmq::send_flags::none);
+            if (was_empty) wake.send(zmq::str_buffer("!"), zmq::send_flags::none);
         }
     }
 
-    std::mutex mutex_;
+    std::mutex mutex_;  // guards queue_ and running_since_
     std::condition_variable_any ready_;
     std::deque<Queued> queue_;
+    std::optional<Clock::time_point> running_since_;  // set while a task runs
+    std::mutex outbox_mutex_;
+    std::vector<proto::Result> outbox_;  // finished, not yet sent
     std::jthread thread_;  // last: starts after the members it uses exist
 };
 
@@ -168,6 +223,23 @@ private:
     int failures_ = 0;  // NO_DETAIL failures in a row
 };
 
+// Sends `results` as `result` frames (one) or `results` frames (several).
+void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, proto::ResultBatch& batch,
+                  std::string& frame) {
+    if (results.size() == 1) {
+        proto::encode_to(frame, results.front());
+        wire::send(dealer, frame);
+        return;
+    }
+    for (std::size_t first = 0; first < results.size(); first += kMaxResultsPerFrame) {
+        const std::size_t last = std::min(results.size(), first + kMaxResultsPerFrame);
+        batch.results.assign(std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(first)),
+                             std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(last)));
+        proto::encode_to(frame, batch);
+        wire::send(dealer, frame);
+    }
+}
+
 int run(const WorkerConfig& config) {
     zmq::context_t context(1);
     zmq::socket_t results(context, zmq::socket_type::pair);  // bound before the executor connects
@@ -204,13 +276,18 @@ int run(const WorkerConfig& config) {
     auto next_heartbeat = Clock::now() + interval;
     const std::string heartbeat = proto::encode(proto::Heartbeat{});
     HandshakeVerdict verdict(config);
+    std::vector<proto::Result> finished;
+    proto::ResultBatch batch;
+    std::string frame;
 
     while (true) {
         const auto silence_limit = heard ? timeout : connect_timeout;
+        auto wake_at = std::min(next_heartbeat, last_heard + silence_limit);
+        if (executor.has_queued()) wake_at = std::min(wake_at, Clock::now() + kGiveBackAfter / 2);
         zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0},
                                    {results.handle(), 0, ZMQ_POLLIN, 0},
                                    {monitor.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 3, wire::poll_timeout(std::min(next_heartbeat, last_heard + silence_limit)));
+        zmq::poll(items, 3, wire::poll_timeout(wake_at));
         if (items[2].revents & ZMQ_POLLIN) {
             while (const auto event = wire::receive_monitor_event(monitor)) {
                 const std::string refusal = heard ? "" : verdict.on_event(*event);
@@ -221,20 +298,25 @@ int run(const WorkerConfig& config) {
             }
         }
         if (items[1].revents & ZMQ_POLLIN) {
-            zmq::message_t frame;
-            while (results.recv(frame, zmq::recv_flags::dontwait)) {
-                wire::send(dealer, frame.to_string_view());
+            zmq::message_t wake;
+            while (results.recv(wake, zmq::recv_flags::dontwait)) {
+            }
+            executor.take_results(finished);
+            if (!finished.empty()) {
+                send_results(dealer, finished, batch, frame);
                 next_heartbeat = Clock::now() + interval;  // any frame is a sign of life
             }
         }
         if (items[0].revents & ZMQ_POLLIN) {
-            zmq::message_t frame;
-            while (dealer.recv(frame, zmq::recv_flags::dontwait)) {
+            zmq::message_t incoming;
+            while (dealer.recv(incoming, zmq::recv_flags::dontwait)) {
                 last_heard = Clock::now();
                 heard = true;
-                auto message = proto::decode(frame.to_string_view());
+                auto message = proto::decode(incoming.to_string_view());
                 if (auto* task = std::get_if<proto::Task>(&message)) {
-                    executor.push(proto::to_spec(*task), task->attempt);
+                    executor.push(*task);
+                } else if (auto* tasks = std::get_if<proto::TaskBatch>(&message)) {
+                    executor.push(*tasks);
                 } else if (std::holds_alternative<proto::Shutdown>(message)) {
                     spdlog::debug("shutdown requested");
                     executor.stop();
@@ -243,6 +325,20 @@ int run(const WorkerConfig& config) {
                     spdlog::warn("rejected a frame from the coordinator: {}", error->reason);
                 }
             }
+        }
+        Clock::duration busy{};
+        if (auto returned = executor.give_back_if_busy_for(kGiveBackAfter, busy); !returned.empty()) {
+            spdlog::debug("giving back {} task(s) queued behind one running for {:.3f} s", returned.size(),
+                          Seconds(busy).count());
+            proto::Returned message;
+            message.busy_s = Seconds(busy).count();
+            for (std::size_t first = 0; first < returned.size(); first += proto::kMaxBatch) {
+                const auto begin = returned.begin() + static_cast<std::ptrdiff_t>(first);
+                message.tasks.assign(begin, begin + static_cast<std::ptrdiff_t>(
+                                                        std::min(proto::kMaxBatch, returned.size() - first)));
+                wire::send(dealer, proto::encode(message));
+            }
+            next_heartbeat = Clock::now() + interval;
         }
         const auto now = Clock::now();
         if (!heard && now - last_heard > connect_timeout) {

@@ -1,3 +1,5 @@
+#include <signal.h>
+
 #include <algorithm>
 #include <set>
 #include <utility>
@@ -11,6 +13,31 @@ ModeRecorder::ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink&
     report_.workers = workers;
     report_.tasks = plan.tasks.size();
     sink_.begin_mode(report_.mode, plan.tasks.size());
+    // Every signal blocked: SIGINT and SIGTERM are for the coordinator's SignalWatcher.
+    sigset_t all;
+    sigset_t previous;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, &previous);
+    flusher_ = std::jthread([this](std::stop_token stop) { flush_later(std::move(stop)); });
+    ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+}
+
+ModeRecorder::~ModeRecorder() {
+    flusher_.request_stop();
+    if (flusher_.joinable()) flusher_.join();
+    sink_.flush();
+}
+
+void ModeRecorder::flush_later(std::stop_token stop) {
+    std::unique_lock lock(flush_mutex_);
+    while (flush_wanted_.wait(lock, stop, [this] { return unflushed_.load(); })) {
+        // Waiting first gathers the results of a burst into one write.
+        flush_wanted_.wait_for(lock, stop, kFlushDelay, [] { return false; });
+        unflushed_ = false;
+        lock.unlock();
+        sink_.flush();
+        lock.lock();
+    }
 }
 
 void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
@@ -27,6 +54,10 @@ void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
         }
     }
     sink_.on_result(task, result);
+    if (!unflushed_.exchange(true)) {
+        std::lock_guard lock(flush_mutex_);  // so the flusher cannot miss the notification
+        flush_wanted_.notify_one();
+    }
 }
 
 void ModeRecorder::place(Placement placement) {
@@ -65,6 +96,7 @@ void ModeRecorder::stop_clock() {
 
 RunReport ModeRecorder::finish(bool interrupted) {
     stop_clock();
+    sink_.flush();
     std::lock_guard lock(mutex_);
     report_.wall_s = std::chrono::duration<double>(*stopped_ - started_).count();
     report_.cpu_s = CpuTimes::now().total() - cpu_at_start_.total();

@@ -14,5 +14,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (const auto* task = std::get_if<taskfarm::proto::Task>(&message)) static_cast<void>(taskfarm::proto::encode(*task));
     if (const auto* result = std::get_if<taskfarm::proto::Result>(&message))
         static_cast<void>(taskfarm::proto::encode(*result));
+    if (const auto* tasks = std::get_if<taskfarm::proto::TaskBatch>(&message)) static_cast<void>(taskfarm::proto::encode(*tasks));
+    if (const auto* results = std::get_if<taskfarm::proto::ResultBatch>(&message))
+        static_cast<void>(taskfarm::proto::encode(*results));
+    if (const auto* returned = std::get_if<taskfarm::proto::Returned>(&message))
+        static_cast<void>(taskfarm::proto::encode(*returned));
     return 0;
 }
