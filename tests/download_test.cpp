@@ -3,6 +3,9 @@
 // on purpose. Files are compared byte for byte and by SHA-256; nothing may be written
 // outside the output directory, and no temp file may survive.
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -238,6 +241,39 @@ TEST(HttpFixture, ServesEachImageByteForByteAnd404sTheRest) {
     EXPECT_EQ(result.http_status, 404);
     EXPECT_EQ(files_under(dir.path()), (std::set<std::string>{"000-photo-0.ppm", "001-photo-1.ppm", "002-photo-2.ppm"}));
     executors::close_connections();
+}
+
+TEST(HttpFixture, ManyClientsConnectingAtOnceAreAllHeardAtOnce) {
+    // Bound but not started, so nothing accepts: only the kernel's accept queue completes
+    // handshakes. A shallow one (cpp-httplib's own is 5) drops the other SYNs, and those
+    // clients would retry a second later: 8 workers starting together lost a second.
+    HttpFixture fixture({.images = 1, .file_size = 10, .latency_s = 0});
+    constexpr int kClients = 32;
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<std::uint16_t>(fixture.port()));
+    ASSERT_EQ(::inet_pton(AF_INET, "127.0.0.1", &address.sin_addr), 1);
+    std::vector<pollfd> clients;
+    for (int i = 0; i < kClients; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        ASSERT_GE(fd, 0);
+        ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address);  // EINPROGRESS
+        clients.push_back({fd, POLLOUT, 0});
+    }
+    // Connected ones become writable at once; a dropped SYN is resent only after 1 s.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    int connected = 0;
+    for (pollfd& client : clients) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (::poll(&client, 1, static_cast<int>(std::max<std::int64_t>(0, left.count()))) == 1) {
+            int error = -1;
+            socklen_t size = sizeof error;
+            ::getsockopt(client.fd, SOL_SOCKET, SO_ERROR, &error, &size);
+            connected += error == 0;
+        }
+    }
+    for (const pollfd& client : clients) ::close(client.fd);
+    EXPECT_EQ(connected, kClients);
 }
 
 TEST(HttpFixture, ThrottledBodiesArriveWhole) {
