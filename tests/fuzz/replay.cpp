@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "protocol.hpp"
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
 
 namespace {
@@ -30,6 +32,21 @@ TEST(DecodeFuzzReplay, EverySavedInputDecodesWithoutCrashing) {
         const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         SCOPED_TRACE(file.filename().string());
         EXPECT_EQ(LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), 0);
+    }
+}
+
+// The seeds are where the fuzzer starts: one valid message of each type (download task and
+// result included) lets it reach every field's decoding, not just the header checks.
+TEST(DecodeFuzzReplay, TheSeedsOfEachMessageTypeAreValid) {
+    const std::filesystem::path corpus = std::filesystem::path(TASKFARM_FUZZ_DIR) / "corpus/decode";
+    for (const char* name : {"hello", "task", "tasks", "result", "results", "returned", "heartbeat", "shutdown",
+                             "download-task", "download-result"}) {
+        std::ifstream in(corpus / (std::string(name) + ".msgpack"), std::ios::binary);
+        ASSERT_TRUE(in) << name;
+        const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const auto message = taskfarm::proto::decode(bytes);
+        const auto* error = std::get_if<taskfarm::proto::DecodeError>(&message);
+        EXPECT_EQ(error, nullptr) << name << ": " << (error ? error->reason : "");
     }
 }
 
