@@ -2,11 +2,14 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cstring>
 #include <limits>
 
 #include <fmt/format.h>
@@ -81,8 +84,19 @@ HttpFixture::HttpFixture(FixtureOptions options) : options_(options), server_(st
     server_->set_error_handler([](const httplib::Request&, httplib::Response& response) {
         response.set_content(fmt::format("{}\n", response.status), "text/plain");
     });
+    // cpp-httplib listens with a backlog of 5 (compiled into Debian's libcpp-httplib). A SYN
+    // that finds the accept queue full is dropped and sent again by TCP only a second later,
+    // so 8 workers connecting at once waited 1 s; listen() again on the socket raises it.
+    socket_t listener = INVALID_SOCKET;
+    server_->set_socket_options([&listener](socket_t socket) {
+        httplib::default_socket_options(socket);
+        listener = socket;
+    });
     port_ = server_->bind_to_any_port("127.0.0.1");
+    server_->set_socket_options(httplib::default_socket_options);
     if (port_ <= 0) throw RunError("cannot bind the built-in HTTP server to 127.0.0.1");
+    if (::listen(listener, SOMAXCONN) != 0)
+        throw RunError(fmt::format("cannot listen on 127.0.0.1:{}: {}", port_, std::strerror(errno)));
 }
 
 HttpFixture::~HttpFixture() {
