@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cstring>
 #include <chrono>
+#include <cstring>
 #include <limits>
 
 #include <fmt/format.h>
@@ -84,20 +85,19 @@ HttpFixture::HttpFixture(FixtureOptions options) : options_(options), server_(st
     server_->set_error_handler([](const httplib::Request&, httplib::Response& response) {
         response.set_content(fmt::format("{}\n", response.status), "text/plain");
     });
-    // Debian's cpp-httplib is a compiled library that listens with a backlog of 5: when 8
-    // workers connect at once, the kernel drops the SYNs past the accept queue and those
-    // clients retry a second later (two of 15 downloads took 1.2 s instead of 0.2 s). So the
-    // listening socket is kept from the socket-options hook and listened on again, deeper.
-    int listening = -1;
-    server_->set_socket_options([&listening](socket_t sock) {
-        httplib::default_socket_options(sock);
-        listening = sock;
+    // cpp-httplib listens with a backlog of 5 (compiled into Debian's libcpp-httplib). A SYN
+    // that finds the accept queue full is dropped and sent again by TCP only a second later,
+    // so 8 workers connecting at once waited 1 s; listen() again on the socket raises it.
+    socket_t listener = INVALID_SOCKET;
+    server_->set_socket_options([&listener](socket_t socket) {
+        httplib::default_socket_options(socket);
+        listener = socket;
     });
     port_ = server_->bind_to_any_port("127.0.0.1");
     server_->set_socket_options(httplib::default_socket_options);
     if (port_ <= 0) throw RunError("cannot bind the built-in HTTP server to 127.0.0.1");
-    if (listening < 0 || ::listen(listening, SOMAXCONN) != 0)
-        throw RunError(fmt::format("cannot listen on the built-in HTTP server's socket: {}", std::strerror(errno)));
+    if (::listen(listener, SOMAXCONN) != 0)
+        throw RunError(fmt::format("cannot listen on 127.0.0.1:{}: {}", port_, std::strerror(errno)));
 }
 
 HttpFixture::~HttpFixture() {

@@ -174,13 +174,23 @@ TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
     if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
     testing::Running coordinator("coordinator", {"--mode", "processes", "--pin", "--workers", "2", "--tasks", "2",
                                                  "--duration", "60"});
+    // A child shows up at fork, before it pins itself and execs the worker: wait until both
+    // are pinned, then check that they are pinned apart.
     std::vector<pid_t> workers;
-    testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 2; },
-                        std::chrono::seconds(10));
+    std::map<pid_t, std::string> lists;
+    testing::eventually(
+        [&] {
+            workers = testing::children_of(coordinator.pid());
+            lists.clear();
+            for (pid_t worker : workers)
+                lists[worker] = cpus_allowed_list(std::filesystem::path("/proc") / std::to_string(worker));
+            return workers.size() == 2 &&
+                   std::all_of(lists.begin(), lists.end(), [](const auto& w) { return is_one_cpu(w.second); });
+        },
+        std::chrono::seconds(10));
     ASSERT_EQ(workers.size(), 2u) << coordinator.err();
     std::set<std::string> cpus;
-    for (pid_t worker : workers) {
-        const std::string list = cpus_allowed_list(std::filesystem::path("/proc") / std::to_string(worker));
+    for (const auto& [worker, list] : lists) {
         EXPECT_TRUE(is_one_cpu(list)) << "worker " << worker << " may run on " << list;
         cpus.insert(list);
     }

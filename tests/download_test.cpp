@@ -3,8 +3,6 @@
 // on purpose. Files are compared byte for byte and by SHA-256; nothing may be written
 // outside the output directory, and no temp file may survive.
 
-#include <arpa/inet.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -243,39 +241,6 @@ TEST(HttpFixture, ServesEachImageByteForByteAnd404sTheRest) {
     executors::close_connections();
 }
 
-TEST(HttpFixture, ManyClientsConnectingAtOnceAreAllHeardAtOnce) {
-    // Bound but not started, so nothing accepts: only the kernel's accept queue completes
-    // handshakes. A shallow one (cpp-httplib's own is 5) drops the other SYNs, and those
-    // clients would retry a second later: 8 workers starting together lost a second.
-    HttpFixture fixture({.images = 1, .file_size = 10, .latency_s = 0});
-    constexpr int kClients = 32;
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<std::uint16_t>(fixture.port()));
-    ASSERT_EQ(::inet_pton(AF_INET, "127.0.0.1", &address.sin_addr), 1);
-    std::vector<pollfd> clients;
-    for (int i = 0; i < kClients; ++i) {
-        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        ASSERT_GE(fd, 0);
-        ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address);  // EINPROGRESS
-        clients.push_back({fd, POLLOUT, 0});
-    }
-    // Connected ones become writable at once; a dropped SYN is resent only after 1 s.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
-    int connected = 0;
-    for (pollfd& client : clients) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (::poll(&client, 1, static_cast<int>(std::max<std::int64_t>(0, left.count()))) == 1) {
-            int error = -1;
-            socklen_t size = sizeof error;
-            ::getsockopt(client.fd, SOL_SOCKET, SO_ERROR, &error, &size);
-            connected += error == 0;
-        }
-    }
-    for (const pollfd& client : clients) ::close(client.fd);
-    EXPECT_EQ(connected, kClients);
-}
-
 TEST(HttpFixture, ThrottledBodiesArriveWhole) {
     HttpFixture fixture({.images = 1, .file_size = 300'000, .latency_s = 0, .bandwidth = 2'000'000});
     fixture.start();
@@ -284,6 +249,42 @@ TEST(HttpFixture, ThrottledBodiesArriveWhole) {
     ASSERT_TRUE(result.ok) << result.error;
     EXPECT_EQ(testing::read_file(result.saved_path), fixture.image(0));
     executors::close_connections();
+}
+
+// Workers connect all at once. A SYN that finds the accept queue full is dropped, and TCP
+// sends it again only a second later: with cpp-httplib's backlog of 5, 8 threads fetching
+// 15 images of 0.02 s latency took 1.04 s instead of 0.06 s. Before start() nothing accepts,
+// so the queue alone must hold the burst.
+TEST(HttpFixture, QueuesABurstOfConnectionsBeforeAcceptingAny) {
+    HttpFixture fixture({.images = 1, .latency_s = 0});  // not started
+    constexpr int kBurst = 64;
+    std::vector<pollfd> connecting;
+    for (int i = 0; i < kBurst; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        ASSERT_GE(fd, 0);
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        address.sin_port = htons(static_cast<std::uint16_t>(fixture.port()));
+        ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);  // EINPROGRESS
+        connecting.push_back({fd, POLLOUT, 0});
+    }
+    std::vector<int> sockets;
+    for (const pollfd& item : connecting) sockets.push_back(item.fd);
+    int connected = 0;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!connecting.empty() && std::chrono::steady_clock::now() < deadline) {
+        if (::poll(connecting.data(), connecting.size(), 100) <= 0) continue;
+        std::erase_if(connecting, [&](const pollfd& item) {
+            if (item.revents == 0) return false;
+            int error = -1;
+            socklen_t length = sizeof error;
+            if (::getsockopt(item.fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0) ++connected;
+            return true;
+        });
+    }
+    for (int fd : sockets) ::close(fd);
+    EXPECT_EQ(connected, kBurst);
 }
 
 // --- the executor in-process -------------------------------------------------------------
@@ -320,6 +321,54 @@ TEST(DownloadExecutor, ReusesItsConnectionForTheNextTaskOnTheSameThread) {
     executors::close_connections();
     EXPECT_NE(fetch(server.url("/peer")), first);
     executors::close_connections();
+}
+
+// A 304 must not have a body; this server sends one anyway, and libcurl, which reads none,
+// keeps the connection with those bytes unread. The next task on the thread must not take
+// them for its response (it failed with "Received HTTP/0.9 when not allowed").
+TEST(DownloadExecutor, AFailedTaskLeavesNoConnectionForTheNextToStumbleOn) {
+    const PythonServer server = PythonServer::hostile();
+    testing::TempDir dir;
+    // libcurl does not reuse a connection with bytes already waiting, so whether the stray
+    // body beats the next request is a race, lost most of the time: run it often.
+    for (int round = 0; round < 20; ++round) {
+        const TaskResult not_modified = download(download_task(0, server.url("/status/304"), dir.path()));
+        EXPECT_EQ(not_modified.error, fmt::format("cannot download '{}': HTTP 304", server.url("/status/304")));
+        const TaskResult next = download(download_task(1, server.url("/bytes/100?seed=1"), dir.path()));
+        ASSERT_TRUE(next.ok) << "round " << round << ": " << next.error;
+        EXPECT_EQ(next.tries, 1u);
+        EXPECT_EQ(testing::read_file(next.saved_path), pattern(100, 1));
+    }
+    executors::close_connections();
+}
+
+// The URL was http, so a reply that is not HTTP must not be blamed on the URL's scheme.
+TEST(DownloadExecutor, SaysWhenTheReplyIsNotHttp) {
+    const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    ASSERT_EQ(::listen(listener, 1), 0);
+    ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
+    std::thread server([listener] {
+        const int client = ::accept(listener, nullptr, nullptr);
+        char request[4096];
+        static_cast<void>(::recv(client, request, sizeof request, 0));
+        const std::string banner = "SSH-2.0-OpenSSH_9.2\r\n";
+        static_cast<void>(::send(client, banner.data(), banner.size(), MSG_NOSIGNAL));
+        ::close(client);
+    });
+    testing::TempDir dir;
+    const std::string url = fmt::format("http://127.0.0.1:{}/file", ntohs(address.sin_port));
+    const TaskResult result = download(download_task(0, url, dir.path()));
+    server.join();
+    ::close(listener);
+    EXPECT_FALSE(result.ok);
+    EXPECT_NE(result.error.find("HTTP/0.9"), std::string::npos) << result.error;
+    EXPECT_EQ(result.error.find("not an http or https"), std::string::npos) << result.error;
+    EXPECT_EQ(files_under(dir.path()), std::set<std::string>{});
 }
 
 TEST(DownloadExecutor, ReplacesItsOwnFileWhenRunAgain) {

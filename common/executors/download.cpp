@@ -79,10 +79,18 @@ CURL* thread_handle() {
     return this_thread_handle.curl;
 }
 
-// Resets the handle when the task ends, so it keeps no pointer into this task's stack.
-struct ResetOnExit {
-    CURL* curl;
-    ~ResetOnExit() { curl_easy_reset(curl); }
+// When the task ends: resets the handle, so it keeps no pointer into this task's stack; or,
+// unless the task succeeded, closes it with its connections. A server that broke HTTP (a body
+// after a 304, say) can leave bytes that the next request on its connection would read as
+// its own response ("Received HTTP/0.9"), failing a task that did nothing wrong.
+struct EndOfTask {
+    bool succeeded = false;
+    ~EndOfTask() {
+        if (succeeded)
+            curl_easy_reset(this_thread_handle.curl);
+        else
+            executors::close_connections();
+    }
 };
 
 std::system_error os_error(const std::string& what) { return {errno, std::generic_category(), what}; }
@@ -191,6 +199,10 @@ bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
            });
 }
 
+bool http_or_https(std::string_view url) {
+    return starts_with_ignoring_case(url, "http://") || starts_with_ignoring_case(url, "https://");
+}
+
 // Called once per header line, for every response (redirects included).
 std::size_t on_header(char* data, std::size_t, std::size_t size, void* user) {
     auto& transfer = *static_cast<Transfer*>(user);
@@ -295,12 +307,14 @@ std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode c
         case CURLE_HTTP_RETURNED_ERROR: return Failure{fmt::format("HTTP {}", status), status >= 500};
         case CURLE_TOO_MANY_REDIRECTS: return Failure{fmt::format("more than {} redirects", kMaxRedirects)};
         case CURLE_UNSUPPORTED_PROTOCOL: {
+            // A redirect to another scheme, or a reply that is not HTTP ("Received HTTP/0.9
+            // when not allowed"): `url` itself was checked to be http or https.
             char* effective = nullptr;
             curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
-            if (effective && url != effective)
-                return Failure{fmt::format("redirected to '{}', which is not http or https",
-                                           std::string(effective).substr(0, 200))};
-            return Failure{fmt::format("not an http or https URL: {}", detail)};
+            const std::string target = effective ? effective : url;
+            if (target != url && !http_or_https(target))
+                return Failure{fmt::format("redirected to '{}', which is not http or https", target.substr(0, 200))};
+            return Failure{detail};
         }
         // Transient: the server or the network may do better next time.
         case CURLE_COULDNT_CONNECT:
@@ -345,7 +359,7 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
         return fail(fmt::format("cannot create directory '{}': {}", dir.string(), ec.message()));
 
     CURL* curl = thread_handle();
-    const ResetOnExit reset{curl};
+    EndOfTask end;
     PartFile file(dir);
     Sha256 digest;
     const std::string no_proxy = no_proxy_list();
@@ -360,6 +374,7 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
         Transfer transfer(context, file, digest, task.params.max_bytes);
         char error_buffer[CURL_ERROR_SIZE] = {};
         configure(curl, url, context, transfer, error_buffer, no_proxy);
+        if (attempt > 1) set(curl, CURLOPT_FRESH_CONNECT, 1L);  // the failed try's may be in any state
         const CURLcode code = curl_easy_perform(curl);
         long status = 0;
         curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
@@ -393,6 +408,7 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
     const std::optional<std::string> suggested = file_name_from_content_disposition(disposition);
     const fs::path target = dir / saved_file_name(task.id, suggested ? *suggested : file_name_from_url(url));
     file.commit(target);
+    end.succeeded = true;
     result.bytes = bytes;
     result.sha256 = digest.hex();
     result.saved_path = target.string();
