@@ -37,6 +37,7 @@ void Dispatcher::run() {
         spawn(fmt::format("w{}", i + 1), options_.cpus.empty() ? -1 : options_.cpus[i % options_.cpus.size()]);
         drain_incoming();
         dispatch();
+        if (finished_ >= plan_.tasks.size()) recorder_.stop_clock();
     }
     all_hello_ = spawned_.empty();
     // A short plan may be done before the last worker is up; the run still waits for its

@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -174,23 +175,24 @@ TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
     if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
     testing::Running coordinator("coordinator", {"--mode", "processes", "--pin", "--workers", "2", "--tasks", "2",
                                                  "--duration", "60"});
-    // A child shows up at fork, before it pins itself and execs the worker: wait until both
-    // are pinned, then check that they are pinned apart.
+    // A child shows in /proc from its fork on, and pins itself between fork and exec: look
+    // once both run the worker binary, or a child caught before its pin reads as unpinned.
+    const auto runs_worker = [](pid_t pid) {
+        std::error_code ec;
+        return std::filesystem::read_symlink(std::filesystem::path("/proc") / std::to_string(pid) / "exe", ec)
+                   .filename() == "worker";
+    };
     std::vector<pid_t> workers;
-    std::map<pid_t, std::string> lists;
     testing::eventually(
         [&] {
             workers = testing::children_of(coordinator.pid());
-            lists.clear();
-            for (pid_t worker : workers)
-                lists[worker] = cpus_allowed_list(std::filesystem::path("/proc") / std::to_string(worker));
-            return workers.size() == 2 &&
-                   std::all_of(lists.begin(), lists.end(), [](const auto& w) { return is_one_cpu(w.second); });
+            return workers.size() == 2 && std::all_of(workers.begin(), workers.end(), runs_worker);
         },
         std::chrono::seconds(10));
     ASSERT_EQ(workers.size(), 2u) << coordinator.err();
     std::set<std::string> cpus;
-    for (const auto& [worker, list] : lists) {
+    for (pid_t worker : workers) {
+        const std::string list = cpus_allowed_list(std::filesystem::path("/proc") / std::to_string(worker));
         EXPECT_TRUE(is_one_cpu(list)) << "worker " << worker << " may run on " << list;
         cpus.insert(list);
     }

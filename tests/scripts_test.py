@@ -1,4 +1,4 @@
-"""Tests of scripts/sweep, scripts/reproduce-tutorial and scripts/experiments.py.
+"""Tests of scripts/sweep, scripts/reproduce-tutorial, scripts/experiments.py and scripts/bench.
 
   /usr/bin/python3 tests/scripts_test.py                 every test
   /usr/bin/python3 tests/scripts_test.py SweepUnit       one class (CTest runs them class by class)
@@ -11,6 +11,7 @@ keys, columns, files, exit codes), never timings: the machine is shared.
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import experiments as ex  # noqa: E402
 
 SWEEP = REPO / "scripts" / "sweep"
+BENCH = REPO / "scripts" / "bench"
 TUTORIAL = REPO / "scripts" / "reproduce-tutorial"
 FAKE = REPO / "tests" / "scripts" / "fake_coordinator"
 COORDINATOR = Path(os.environ.get("TASKFARM_COORDINATOR", REPO / "build" / "bin" / "coordinator"))
@@ -445,6 +447,67 @@ class ReproduceTutorial(unittest.TestCase):
         self.assertEqual(done.returncode, 2)
         self.assertIn("argument --coordinator", done.stderr)
         done = run([TUTORIAL, "--fast"])
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--fast", done.stderr)
+
+
+class BenchQuick(unittest.TestCase):
+    """scripts/bench --quick as a smoke test: every row is measured and its ratio is a number.
+    Whether a target is met depends on the machine and its load, so it is never asserted."""
+
+    ROWS = {  # experiment -> how many rows it has (one per anchor, or one without)
+        "no-op, processes, 2 workers": 3,
+        "no-op, threads, 2 threads": 1,
+        "no-op, processes, 100,000 tasks: peak RSS": 1,
+        "no-op tasks/s at 1,000, 10,000, 100,000": 1,
+        "no-op tasks/s between 1,000, 10,000, 100,000 (start-up left out)": 1,
+        "start-up to first result, 8 workers": 2,
+        "10 x sleep 0.1 s, 8 workers": 2,
+        "15 downloads, 0.05 s latency, 8 workers": 2,
+        "no-op, processes, 1,000 tasks": 1,
+        "no-op, processes, 10,000 tasks": 1,
+        "no-op, processes, 100,000 tasks": 1,
+        "bare ZeroMQ pipe, 1 in flight/worker": 1,
+        "bare ZeroMQ pipe, 8 in flight/worker": 1,
+        "bare ZeroMQ pipe, 64 in flight/worker": 1,
+    }
+
+    def test_quick_measures_every_row_and_writes_the_json(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "results.json"
+            done = run([sys.executable, BENCH, "--quick", "--no-setup", "--build-dir", COORDINATOR.parent.parent,
+                        "--out", out], timeout=120)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            results = json.loads(out.read_text())
+        self.assertEqual((results["version"], results["quick"], results["repeats"]), (1, True, 1))
+        self.assertIsInstance(results["window"], int)  # --prefetch auto's ceiling, not "auto"
+        self.assertGreaterEqual(results["window"], 1)
+        self.assertEqual(results["machine"]["nproc"], os.cpu_count())
+        self.assertEqual(len(results["machine"]["load_average"]), 3)
+        self.assertEqual(len(results["machine"]["load_average_at_start"]), 3)
+        rows = results["rows"]
+        counts = {}
+        for r in rows:
+            counts[r["experiment"]] = counts.get(r["experiment"], 0) + 1
+            self.assertIn(r["experiment"], done.stdout)
+            self.assertIsInstance(r["taskfarm"], float, r)
+            self.assertTrue(math.isfinite(r["taskfarm"]) and r["taskfarm"] > 0, r)
+            if r["anchor"]:
+                self.assertIsInstance(r["ratio"], float, r)
+                self.assertTrue(math.isfinite(r["ratio"]) and r["ratio"] > 0, r)
+            if r["target"]:
+                self.assertRegex(r["target"], r"^(>=|<=) \d")
+                self.assertIsInstance(r["met"], bool, r)
+                self.assertIn("yes" if r["met"] else "NO", done.stdout)
+        self.assertEqual(counts, self.ROWS)
+        self.assertEqual(sum(1 for r in rows if r["target"]), 8)
+        for key, values in results["samples"].items():
+            self.assertEqual(len(values), 1, key)
+        self.assertIn("fetch.wall_s", results["samples"])
+        self.assertIn("ppe_fetch.seconds", results["samples"])
+
+    def test_bad_arguments_exit_2(self):
+        done = run([sys.executable, BENCH, "--fast"])
         self.assertEqual(done.returncode, 2)
         self.assertIn("--fast", done.stderr)
 

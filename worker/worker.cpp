@@ -147,13 +147,18 @@ private:
             Queued next;
             {
                 std::unique_lock lock(mutex_);
-                running_since_.reset();
                 if (!ready_.wait(lock, stop, [this] { return !queue_.empty(); })) return;
                 next = std::move(queue_.front());
                 queue_.pop_front();
                 running_since_ = Clock::now();
             }
             TaskResult result = run_task(next.task, exec);
+            {
+                // Before the result goes out: the coordinator answers it with the next task,
+                // which must not look queued behind this finished one and be given back.
+                std::lock_guard lock(mutex_);
+                running_since_.reset();
+            }
             if (stop.stop_requested()) return;
             result.attempt = next.attempt;
             proto::to_message(result, message);
