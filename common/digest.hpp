@@ -1,5 +1,6 @@
 #pragma once
-// SHA-256 by OpenSSL's EVP interface; the only file that includes OpenSSL.
+// SHA-256 by OpenSSL's EVP interface (libcrypto, loaded at the first digest); the only file
+// that includes OpenSSL.
 
 #include <memory>
 #include <string>

@@ -25,6 +25,7 @@
 #include "download.hpp"
 #include "executors/executors.hpp"
 #include "http_fixture.hpp"
+#include "lazy_library.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -663,6 +664,80 @@ TEST(DownloadRun, AnOutDirThatCannotBeMadeIsAUsageError) {
                                                      (dir / "file").string()});
     EXPECT_EQ(output.exit_code, 2);
     EXPECT_NE(output.err.find("--out-dir: cannot create directory"), std::string::npos) << output.err;
+}
+
+
+// What a running process has mapped, from /proc/PID/maps: the libraries it has loaded.
+std::string mapped_files(pid_t pid) { return testing::read_file(fs::path("/proc") / std::to_string(pid) / "maps"); }
+
+// The worker of a one-worker coordinator, once it runs the worker binary with its libraries
+// loaded (libzmq is linked, so the loader has mapped it before main).
+pid_t started_worker(const testing::Running& coordinator) {
+    pid_t worker = -1;
+    testing::eventually(
+        [&] {
+            const std::vector<pid_t> children = testing::children_of(coordinator.pid());
+            if (children.size() != 1) return false;
+            std::error_code ec;
+            const fs::path exe = fs::read_symlink(fs::path("/proc") / std::to_string(children[0]) / "exe", ec);
+            if (exe.filename() != "worker" || mapped_files(children[0]).find("libzmq") == std::string::npos) return false;
+            worker = children[0];
+            return true;
+        },
+        std::chrono::seconds(10));
+    return worker;
+}
+
+// Decision 55: libcurl and libcrypto (and their dependencies) are loaded by the first
+// download, not at start-up, so sleep and CPU workers start in a third of the time.
+TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
+    testing::TempDir dir;
+    {
+        testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1",
+                                                 "--duration", "60"});
+        const pid_t worker = started_worker(sleeper);
+        ASSERT_GT(worker, 0) << sleeper.err();
+        const std::string maps = mapped_files(worker);
+        EXPECT_EQ(maps.find("libcurl"), std::string::npos) << maps;
+        EXPECT_EQ(maps.find("libcrypto"), std::string::npos) << maps;
+        sleeper.signal(SIGTERM);
+        EXPECT_EQ(sleeper.wait(std::chrono::seconds(20)).exit_code, 143);
+    }
+    // The same check sees them in a worker in the middle of a download (the server takes a minute).
+    testing::Running downloader("coordinator", {"--mode", "processes", "--workers", "1", "--task", "download",
+                                                "--tasks", "1", "--latency", "60", "--out-dir", dir.path().string()});
+    const pid_t worker = started_worker(downloader);
+    ASSERT_GT(worker, 0) << downloader.err();
+    EXPECT_TRUE(testing::eventually(
+        [&] {
+            const std::string maps = mapped_files(worker);
+            return maps.find("libcurl") != std::string::npos && maps.find("libcrypto") != std::string::npos;
+        },
+        std::chrono::seconds(10)))
+        << mapped_files(worker);
+    downloader.signal(SIGTERM);
+    EXPECT_EQ(downloader.wait(std::chrono::seconds(20)).exit_code, 143);
+}
+
+TEST(LazyLibrary, NamesTheLibraryOrSymbolItCannotFind) {
+    try {
+        lazy::open("libtaskfarm-no-such-library.so.0");
+        ADD_FAILURE() << "opened a library that does not exist";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot load libtaskfarm-no-such-library.so.0"), std::string::npos)
+            << e.what();
+    }
+    void* libc = lazy::open("libc.so.6");
+    EXPECT_EQ(lazy::open("libc.so.6"), libc);  // opened once
+    EXPECT_NE(lazy::function<decltype(::getpid)>(libc, "libc.so.6", "getpid"), nullptr);
+    EXPECT_EQ(lazy::function<decltype(::getpid)>(libc, "libc.so.6", "getpid")(), ::getpid());
+    try {
+        lazy::symbol(libc, "libc.so.6", "taskfarm_no_such_function");
+        ADD_FAILURE() << "found a symbol that does not exist";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot find taskfarm_no_such_function in libc.so.6"), std::string::npos)
+            << e.what();
+    }
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 
 #include "../digest.hpp"
 #include "../download.hpp"
+#include "../lazy_library.hpp"
 #include "executors.hpp"
 
 namespace taskfarm {
@@ -34,28 +35,63 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kFirstBackoff = std::chrono::milliseconds(250);
 constexpr auto kMaxBackoff = std::chrono::seconds(4);
 
-// curl_global_init is not thread-safe everywhere; a function-local static runs it once.
-void init_curl_once() {
-    static const CURLcode code = curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (code != CURLE_OK) throw std::runtime_error(fmt::format("cannot initialise libcurl: {}", curl_easy_strerror(code)));
+// The libcurl functions this file calls. libcurl is loaded at the first download or URL
+// check, not when the process starts (decision 55), so the build passes its soname and links
+// only its headers.
+struct CurlApi {
+    decltype(&curl_global_init) global_init;
+    decltype(&curl_easy_strerror) easy_strerror;
+    decltype(&curl_easy_init) easy_init;
+    decltype(&curl_easy_reset) easy_reset;
+    decltype(&curl_easy_cleanup) easy_cleanup;
+    decltype(&curl_easy_setopt) easy_setopt;
+    decltype(&curl_easy_perform) easy_perform;
+    decltype(&curl_easy_getinfo) easy_getinfo;
+    decltype(&curl_url) url;
+    decltype(&curl_url_cleanup) url_cleanup;
+    decltype(&curl_url_set) url_set;
+    decltype(&curl_url_get) url_get;
+    decltype(&curl_url_strerror) url_strerror;
+    decltype(&curl_free) free;
+};
+
+// libcurl, loaded and initialised once (a function-local static: curl_global_init is not
+// thread-safe everywhere). A failure throws, and the next call tries again.
+const CurlApi& libcurl() {
+    static const CurlApi api = [] {
+        void* library = lazy::open(TASKFARM_CURL_SONAME);
+#define TASKFARM_CURL(name) TASKFARM_LAZY_FUNCTION(library, TASKFARM_CURL_SONAME, name)
+        const CurlApi loaded{TASKFARM_CURL(curl_global_init), TASKFARM_CURL(curl_easy_strerror),
+                             TASKFARM_CURL(curl_easy_init),   TASKFARM_CURL(curl_easy_reset),
+                             TASKFARM_CURL(curl_easy_cleanup), TASKFARM_CURL(curl_easy_setopt),
+                             TASKFARM_CURL(curl_easy_perform), TASKFARM_CURL(curl_easy_getinfo),
+                             TASKFARM_CURL(curl_url),          TASKFARM_CURL(curl_url_cleanup),
+                             TASKFARM_CURL(curl_url_set),      TASKFARM_CURL(curl_url_get),
+                             TASKFARM_CURL(curl_url_strerror), TASKFARM_CURL(curl_free)};
+#undef TASKFARM_CURL
+        if (const CURLcode code = loaded.global_init(CURL_GLOBAL_DEFAULT); code != CURLE_OK)
+            throw std::runtime_error(fmt::format("cannot initialise libcurl: {}", loaded.easy_strerror(code)));
+        return loaded;
+    }();
+    return api;
 }
 
 // A CURLU, freed on every path.
 class Url {
 public:
-    Url() : url_(curl_url()) {
+    Url() : url_(libcurl().url()) {
         if (!url_) throw std::bad_alloc();
     }
-    ~Url() { curl_url_cleanup(url_); }
+    ~Url() { libcurl().url_cleanup(url_); }
     Url(const Url&) = delete;
     Url& operator=(const Url&) = delete;
     CURLU* get() const { return url_; }
 
     std::string part(CURLUPart which) const {
         char* text = nullptr;
-        if (curl_url_get(url_, which, &text, 0) != CURLUE_OK) return {};
+        if (libcurl().url_get(url_, which, &text, 0) != CURLUE_OK) return {};
         std::string copy = text;
-        curl_free(text);
+        libcurl().free(text);
         return copy;
     }
 
@@ -67,15 +103,16 @@ private:
 // to a host serves the next task too; reset before each task, which keeps the connections.
 struct Handle {
     CURL* curl = nullptr;
-    ~Handle() { curl_easy_cleanup(curl); }
+    ~Handle() {
+        if (curl) libcurl().easy_cleanup(curl);
+    }
 };
 thread_local Handle this_thread_handle;
 
 CURL* thread_handle() {
-    init_curl_once();
-    if (!this_thread_handle.curl) this_thread_handle.curl = curl_easy_init();
+    if (!this_thread_handle.curl) this_thread_handle.curl = libcurl().easy_init();
     if (!this_thread_handle.curl) throw std::runtime_error("cannot create a libcurl handle");
-    curl_easy_reset(this_thread_handle.curl);
+    libcurl().easy_reset(this_thread_handle.curl);
     return this_thread_handle.curl;
 }
 
@@ -87,7 +124,7 @@ struct EndOfTask {
     bool succeeded = false;
     ~EndOfTask() {
         if (succeeded)
-            curl_easy_reset(this_thread_handle.curl);
+            libcurl().easy_reset(this_thread_handle.curl);
         else
             executors::close_connections();
     }
@@ -242,9 +279,9 @@ long milliseconds_until(Clock::time_point when) {
 
 template <typename T>
 void set(CURL* curl, CURLoption option, T value) {
-    if (const CURLcode code = curl_easy_setopt(curl, option, value); code != CURLE_OK)
+    if (const CURLcode code = libcurl().easy_setopt(curl, option, value); code != CURLE_OK)
         throw std::runtime_error(fmt::format("cannot set libcurl option {}: {}", static_cast<int>(option),
-                                             curl_easy_strerror(code)));
+                                             libcurl().easy_strerror(code)));
 }
 
 void configure(CURL* curl, const std::string& url, const ExecContext& context, Transfer& transfer,
@@ -298,7 +335,7 @@ struct Failure {
 // Why a finished request did not give a body to keep, or nullopt when it did.
 std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode code, long status,
                                   const Transfer& transfer, const char* error_buffer) {
-    const std::string detail = error_buffer[0] ? error_buffer : curl_easy_strerror(code);
+    const std::string detail = error_buffer[0] ? error_buffer : libcurl().easy_strerror(code);
     if (transfer.too_big || code == CURLE_FILESIZE_EXCEEDED)
         return Failure{fmt::format("larger than the limit of {} bytes (--max-bytes)", transfer.max_bytes)};
     if (!transfer.write_error.empty()) return Failure{transfer.write_error};
@@ -310,7 +347,7 @@ std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode c
             // A redirect to another scheme, or a reply that is not HTTP ("Received HTTP/0.9
             // when not allowed"): `url` itself was checked to be http or https.
             char* effective = nullptr;
-            curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
+            libcurl().easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
             const std::string target = effective ? effective : url;
             if (target != url && !http_or_https(target))
                 return Failure{fmt::format("redirected to '{}', which is not http or https", target.substr(0, 200))};
@@ -329,7 +366,7 @@ std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode c
     }
     if (status < 200 || status > 299) return Failure{fmt::format("HTTP {}", status)};
     curl_off_t length = -1;
-    if (curl_easy_getinfo(curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK && length >= 0 &&
+    if (libcurl().easy_getinfo(curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK && length >= 0 &&
         static_cast<std::uint64_t>(length) != transfer.bytes)
         return Failure{fmt::format("got {} bytes, Content-Length said {}", transfer.bytes, length), true};
     return std::nullopt;
@@ -375,9 +412,9 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
         char error_buffer[CURL_ERROR_SIZE] = {};
         configure(curl, url, context, transfer, error_buffer, no_proxy);
         if (attempt > 1) set(curl, CURLOPT_FRESH_CONNECT, 1L);  // the failed try's may be in any state
-        const CURLcode code = curl_easy_perform(curl);
+        const CURLcode code = libcurl().easy_perform(curl);
         long status = 0;
-        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+        libcurl().easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
         result.tries = static_cast<std::uint32_t>(attempt);
         result.http_status = static_cast<int>(status);
         if (transfer.stopped || context.stop.stop_requested()) {
@@ -403,7 +440,7 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
     }
 
     char* effective = nullptr;
-    curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
+    libcurl().easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
     result.final_url = effective ? std::string(effective).substr(0, kMaxUrlBytes) : url;
     const std::optional<std::string> suggested = file_name_from_content_disposition(disposition);
     const fs::path target = dir / saved_file_name(task.id, suggested ? *suggested : file_name_from_url(url));
@@ -422,12 +459,11 @@ std::string url_problem(std::string_view url) {
     if (url.size() > kMaxUrlBytes) return fmt::format("longer than {} bytes", kMaxUrlBytes);
     if (std::any_of(url.begin(), url.end(), [](char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; }))
         return "contains a space or a control character";
-    init_curl_once();
     const Url parsed;
     const std::string text(url);
     // Without CURLU_NON_SUPPORT_SCHEME, a scheme libcurl lacks is an error; file:// etc. are checked next.
-    if (const CURLUcode code = curl_url_set(parsed.get(), CURLUPART_URL, text.c_str(), 0); code != CURLUE_OK)
-        return curl_url_strerror(code);
+    if (const CURLUcode code = libcurl().url_set(parsed.get(), CURLUPART_URL, text.c_str(), 0); code != CURLUE_OK)
+        return libcurl().url_strerror(code);
     const std::string scheme = parsed.part(CURLUPART_SCHEME);
     if (scheme != "http" && scheme != "https") return fmt::format("scheme '{}' is not http or https", scheme);
     if (parsed.part(CURLUPART_HOST).empty()) return "no host";
@@ -450,7 +486,8 @@ void run_download(const TaskSpec& task, const ExecContext& context, TaskResult& 
 }
 
 void close_connections() {
-    curl_easy_cleanup(this_thread_handle.curl);  // does nothing with nullptr
+    if (!this_thread_handle.curl) return;  // never downloaded: libcurl may not even be loaded
+    libcurl().easy_cleanup(this_thread_handle.curl);
     this_thread_handle.curl = nullptr;
 }
 
