@@ -248,7 +248,12 @@ ExitCode run(RunConfig config) {
     }
     JournalSink* journal = nullptr;
     if (!config.results_path.empty()) {
-        auto sink = std::make_unique<JournalSink>(config.results_path);
+        std::unique_ptr<JournalSink> sink;
+        try {
+            sink = std::make_unique<JournalSink>(config.results_path);
+        } catch (const ConfigError& e) {
+            throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
+        }
         journal = sink.get();
         sinks.add(std::move(sink));
     }

@@ -80,7 +80,7 @@ void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
 void ConsoleSink::flush_() { std::fflush(out_); }
 
 JournalSink::JournalSink(const std::filesystem::path& path) : path_(path), file_(std::fopen(path.c_str(), "a")) {
-    if (!file_) throw ConfigError(fmt::format("cannot open results file '{}': {}", path.string(), std::strerror(errno)));
+    if (!file_) throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", path.string(), std::strerror(errno)));
 }
 
 JournalSink::~JournalSink() {
