@@ -17,6 +17,7 @@
 #include <optional>
 #include <stdexcept>
 #include <system_error>
+#include <type_traits>
 
 #include <curl/curl.h>
 #include <fmt/format.h>
@@ -279,6 +280,10 @@ long milliseconds_until(Clock::time_point when) {
 
 template <typename T>
 void set(CURL* curl, CURLoption option, T value) {
+    // curl_easy_setopt reads its third argument as a long, a curl_off_t or a pointer, by the
+    // option; through a function pointer its own type checks do not apply, so this one does.
+    static_assert(std::is_same_v<T, long> || std::is_same_v<T, curl_off_t> || std::is_pointer_v<T>,
+                  "a libcurl option takes a long, a curl_off_t or a pointer");
     if (const CURLcode code = libcurl().easy_setopt(curl, option, value); code != CURLE_OK)
         throw std::runtime_error(fmt::format("cannot set libcurl option {}: {}", static_cast<int>(option),
                                              libcurl().easy_strerror(code)));
