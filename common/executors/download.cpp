@@ -35,6 +35,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto kFirstBackoff = std::chrono::milliseconds(250);
 constexpr auto kMaxBackoff = std::chrono::seconds(4);
+constexpr auto kDeadlineTimerSlack = std::chrono::milliseconds(50);
 
 // The libcurl functions this file calls. libcurl is loaded at the first download or URL
 // check, not when the process starts (decision 55), so the build passes its soname and links
@@ -426,7 +427,13 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
             result.error = "cancelled";
             return;
         }
-        if (transfer.expired || context.expired()) {
+        // libcurl's timer for the deadline (CURLOPT_TIMEOUT_MS) may fire a few milliseconds
+        // before this clock says the deadline passed; its other timers (connect, stall) are
+        // seconds long, so a timeout this close to the deadline is the deadline's.
+        const bool curl_hit_deadline = code == CURLE_OPERATION_TIMEDOUT &&
+                                       context.deadline != Clock::time_point::max() &&
+                                       Clock::now() + kDeadlineTimerSlack >= context.deadline;
+        if (transfer.expired || context.expired() || curl_hit_deadline) {
             result.error = timed_out(task);
             return;
         }
