@@ -3,15 +3,10 @@
 // Assertions are on counts, ids and messages, never on how long anything took.
 
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <cstring>
 #include <fstream>
 #include <map>
-#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -230,99 +225,6 @@ TEST(Reliability, AFullDiskUnderTheJournalFailsTheRunButNotTheTasks) {
     const json report = testing::read_json(dir / "report.json");
     ASSERT_EQ(report["runs"].size(), 3u);
     for (const json& run : report["runs"]) EXPECT_EQ(run["ok"], 3);
-}
-
-
-// The coordinators' private directories (taskfarm-*) under `tmp`.
-std::set<std::filesystem::path> private_dirs(const std::filesystem::path& tmp) {
-    std::set<std::filesystem::path> dirs;
-    for (const auto& entry : std::filesystem::directory_iterator(tmp))
-        if (const std::string name = entry.path().filename().string();
-            name.starts_with("taskfarm-") && !name.starts_with("taskfarm-test-"))  // not the tests' own
-            dirs.insert(entry.path());
-    return dirs;
-}
-
-// A unix socket file that nobody listens on, as a killed process leaves it.
-void make_dead_socket(const std::filesystem::path& path) {
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    ASSERT_LT(path.string().size(), sizeof address.sun_path);
-    std::strcpy(address.sun_path, path.c_str());
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address), 0) << std::strerror(errno);
-    ::close(fd);
-}
-
-// TMPDIR for the coordinators this test starts, restored when the test ends.
-class TmpDirForChildren {
-public:
-    explicit TmpDirForChildren(const std::filesystem::path& path) {
-        if (const char* old = std::getenv("TMPDIR")) old_ = old;
-        ::setenv("TMPDIR", path.c_str(), 1);
-    }
-    ~TmpDirForChildren() {
-        if (old_) ::setenv("TMPDIR", old_->c_str(), 1);
-        else ::unsetenv("TMPDIR");
-    }
-    TmpDirForChildren(const TmpDirForChildren&) = delete;
-    TmpDirForChildren& operator=(const TmpDirForChildren&) = delete;
-
-private:
-    std::optional<std::string> old_;
-};
-
-// A coordinator killed by SIGKILL cannot remove its socket's directory; the next processes
-// run removes it, and leaves alone the directories of coordinators that are running.
-TEST(Reliability, TheNextRunRemovesWhatAKilledCoordinatorLeftInTmp) {
-    testing::TempDir tmp;
-    const TmpDirForChildren env(tmp.path());
-    const std::vector<std::string> long_run{"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "60"};
-    const auto one_bound_dir = [&](const std::set<std::filesystem::path>& others) {
-        std::filesystem::path found;
-        testing::eventually(
-            [&] {
-                for (const auto& dir : private_dirs(tmp.path()))
-                    if (!others.contains(dir) && std::filesystem::exists(dir / "coordinator")) found = dir;
-                return !found.empty();
-            },
-            std::chrono::seconds(10));
-        return found;
-    };
-
-    testing::Running killed("coordinator", long_run);
-    const std::filesystem::path left = one_bound_dir({});
-    ASSERT_FALSE(left.empty()) << killed.err();
-    killed.signal(SIGKILL);
-    killed.wait();
-    ASSERT_TRUE(std::filesystem::exists(left / "coordinator"));  // what the next run must clean
-
-    // Look-alikes that must stay: no socket (a coordinator between making its directory and
-    // binding), and a dead socket with something else beside it.
-    const std::filesystem::path unbound = tmp / "taskfarm-new000";
-    const std::filesystem::path crowded = tmp / "taskfarm-old000";
-    std::filesystem::create_directory(unbound);
-    std::filesystem::create_directory(crowded);
-    make_dead_socket(crowded / "coordinator");
-    write_file(crowded / "notes.txt", "mine");
-
-    testing::Running running("coordinator", long_run);
-    const std::filesystem::path live = one_bound_dir({left, unbound, crowded});
-    ASSERT_FALSE(live.empty()) << running.err();
-    EXPECT_FALSE(std::filesystem::exists(left));
-    EXPECT_TRUE(std::filesystem::exists(unbound));
-    EXPECT_TRUE(std::filesystem::exists(crowded / "notes.txt"));
-
-    // A run while another coordinator runs leaves that one's directory alone, and its own goes.
-    const Output output = run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1",
-                                                     "--duration", "0"});
-    EXPECT_EQ(output.exit_code, 0) << output.err;
-    EXPECT_EQ(private_dirs(tmp.path()), (std::set<std::filesystem::path>{live, unbound, crowded}));
-
-    running.signal(SIGTERM);
-    EXPECT_EQ(running.wait(std::chrono::seconds(20)).exit_code, 143);
-    EXPECT_EQ(private_dirs(tmp.path()), (std::set<std::filesystem::path>{unbound, crowded}));
 }
 
 }  // namespace

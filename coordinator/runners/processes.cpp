@@ -1,15 +1,9 @@
 #include <stdlib.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <optional>
-#include <string_view>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -32,63 +26,13 @@ std::chrono::milliseconds millis(double seconds) {
     return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));
 }
 
-constexpr std::string_view kDirPrefix = "taskfarm-";
-constexpr std::string_view kSocketName = "coordinator";
-
-std::string private_dir_base() {
-    std::string base = std::filesystem::temp_directory_path().string();
-    if (base.size() > kMaxIpcPath - 32) base = "/tmp";  // long $TMPDIR: ipc paths are short
-    return base;
-}
-
-// Whether a process listens on the unix socket `path`: a socket left by a process that
-// died refuses connections. Asking the socket, not a pid, also holds when /tmp is shared
-// with another pid namespace.
-bool someone_listens(const std::filesystem::path& path) {
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    const std::string text = path.string();
-    if (text.size() >= sizeof address.sun_path) return true;  // cannot ask: assume so
-    std::memcpy(address.sun_path, text.c_str(), text.size() + 1);
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return true;
-    const bool refused = ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0 &&
-                         errno == ECONNREFUSED;
-    ::close(fd);
-    return !refused;
-}
-
-// A coordinator killed by SIGKILL cannot remove its private directory. The next one removes
-// such directories, and only what looks exactly like one: this user's, named
-// taskfarm-XXXXXX, holding nothing but a socket named `coordinator` that nobody listens on.
-void remove_stale_private_dirs(const std::string& base) {
-    std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(base, ec)) {
-        const std::filesystem::path& dir = entry.path();
-        const std::string name = dir.filename().string();
-        if (name.size() != kDirPrefix.size() + 6 || !name.starts_with(kDirPrefix)) continue;
-        struct stat info{};
-        if (::lstat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode) || info.st_uid != ::geteuid()) continue;
-        const std::filesystem::path socket = dir / kSocketName;
-        struct stat socket_info{};
-        if (::lstat(socket.c_str(), &socket_info) != 0 || !S_ISSOCK(socket_info.st_mode)) continue;
-        std::error_code listed;
-        const auto entries = std::distance(std::filesystem::directory_iterator(dir, listed), {});
-        if (listed || entries != 1 || someone_listens(socket)) continue;
-        std::error_code removed;
-        std::filesystem::remove_all(dir, removed);
-        if (removed)
-            spdlog::debug("cannot remove '{}', left by a coordinator that was killed: {}", dir.string(), removed.message());
-        else
-            spdlog::info("removed '{}', left by a coordinator that was killed", dir.string());
-    }
-}
-
 // A private (0700) directory for the ipc:// socket, removed with everything in it.
 class PrivateDir {
 public:
-    explicit PrivateDir(const std::string& base) {
-        std::string pattern = base + "/" + std::string(kDirPrefix) + "XXXXXX";
+    PrivateDir() {
+        std::string base = std::filesystem::temp_directory_path().string();
+        if (base.size() > kMaxIpcPath - 32) base = "/tmp";  // long $TMPDIR: ipc paths are short
+        std::string pattern = base + "/taskfarm-XXXXXX";
         if (!::mkdtemp(pattern.data()))
             throw RunError(fmt::format("cannot create a private directory in '{}': {}", base, std::strerror(errno)));
         path_ = pattern;
@@ -121,15 +65,13 @@ std::string endpoint_for_workers(const std::string& bound) {
 }  // namespace
 
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
-    const std::string base = private_dir_base();
-    remove_stale_private_dirs(base);  // before the mode's clock starts
     ModeRecorder recorder(Mode::Processes, config_.workers + config_.expect_workers, plan, sink);
     {
-        const PrivateDir dir(base);
+        const PrivateDir dir;
         zmq::context_t context(1);  // before its sockets: closing it waits for them
         zmq::socket_t router(context, zmq::socket_type::router);
         wire::configure(router, zmq::socket_type::router);
-        const std::string endpoint = "ipc://" + (dir.path() / std::string(kSocketName)).string();
+        const std::string endpoint = "ipc://" + (dir.path() / "coordinator").string();
         router.bind(endpoint);  // before the Listener's options: local workers stay on plaintext ipc
         std::optional<Listener> listener;  // after the router: it unbinds from it when it goes
         if (!config_.listen.empty()) {
