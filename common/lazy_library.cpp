@@ -2,8 +2,6 @@
 
 #include <dlfcn.h>
 
-#include <map>
-#include <mutex>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -11,17 +9,12 @@
 namespace taskfarm::lazy {
 
 void* open(const char* soname) {
-    static std::mutex mutex;
-    static std::map<std::string, void*> opened;
-    const std::lock_guard lock(mutex);
-    if (const auto found = opened.find(soname); found != opened.end()) return found->second;
     // RTLD_NOW: a missing symbol fails here, once, not in the middle of a task.
     void* handle = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         const char* why = dlerror();
         throw std::runtime_error(fmt::format("cannot load {}: {}", soname, why ? why : "unknown error"));
     }
-    opened.emplace(soname, handle);
     return handle;
 }
 

@@ -7,8 +7,8 @@
 
 namespace taskfarm::lazy {
 
-// The library `soname` (e.g. "libcurl.so.4"), opened once and never closed; later calls
-// return the same handle. Throws std::runtime_error naming the library when it cannot be loaded.
+// The library `soname` (e.g. "libcurl.so.4"), never closed; opening it again returns the
+// same handle (dlopen counts the opens). Throws std::runtime_error naming the library when it cannot be loaded.
 void* open(const char* soname);
 
 // The address of `name` in `library` (a handle from open()). Throws std::runtime_error naming

@@ -175,13 +175,9 @@ TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
     if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
     testing::Running coordinator("coordinator", {"--mode", "processes", "--pin", "--workers", "2", "--tasks", "2",
                                                  "--duration", "60"});
-    // A child shows in /proc from its fork on, and pins itself between fork and exec: look
-    // once both run the worker binary, or a child caught before its pin reads as unpinned.
-    const auto runs_worker = [](pid_t pid) {
-        std::error_code ec;
-        return std::filesystem::read_symlink(std::filesystem::path("/proc") / std::to_string(pid) / "exe", ec)
-                   .filename() == "worker";
-    };
+    // A child pins itself between fork and exec: look once both run the worker binary, or a
+    // child caught before its pin reads as unpinned.
+    const auto runs_worker = [](pid_t pid) { return testing::runs_program(pid, "worker"); };
     std::vector<pid_t> workers;
     testing::eventually(
         [&] {

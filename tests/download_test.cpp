@@ -666,7 +666,6 @@ TEST(DownloadRun, AnOutDirThatCannotBeMadeIsAUsageError) {
     EXPECT_NE(output.err.find("--out-dir: cannot create directory"), std::string::npos) << output.err;
 }
 
-
 // What a running process has mapped, from /proc/PID/maps: the libraries it has loaded.
 std::string mapped_files(pid_t pid) { return testing::read_file(fs::path("/proc") / std::to_string(pid) / "maps"); }
 
@@ -678,9 +677,9 @@ pid_t started_worker(const testing::Running& coordinator) {
         [&] {
             const std::vector<pid_t> children = testing::children_of(coordinator.pid());
             if (children.size() != 1) return false;
-            std::error_code ec;
-            const fs::path exe = fs::read_symlink(fs::path("/proc") / std::to_string(children[0]) / "exe", ec);
-            if (exe.filename() != "worker" || mapped_files(children[0]).find("libzmq") == std::string::npos) return false;
+            if (!testing::runs_program(children[0], "worker") ||
+                mapped_files(children[0]).find("libzmq") == std::string::npos)
+                return false;
             worker = children[0];
             return true;
         },

@@ -124,6 +124,12 @@ bool process_exists(pid_t pid) {
     return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
 }
 
+bool runs_program(pid_t pid, const std::string& program) {
+    std::error_code ec;
+    return std::filesystem::read_symlink(std::filesystem::path("/proc") / std::to_string(pid) / "exe", ec)
+               .filename() == program;
+}
+
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit) {
     const auto deadline = std::chrono::steady_clock::now() + limit;
     while (!condition()) {

@@ -67,6 +67,9 @@ std::vector<nlohmann::json> read_json_lines(const std::filesystem::path& path);
 // Pids whose parent is `parent`, from /proc.
 std::vector<pid_t> children_of(pid_t parent);
 bool process_exists(pid_t pid);  // alive and not a zombie
+// Whether `pid` has exec'd build/bin/<program>: a child shows in /proc from its fork on,
+// before it runs anything of its own.
+bool runs_program(pid_t pid, const std::string& program);
 // Polls `condition` every 10 ms until it holds or `limit` passes; returns its last value.
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit);
 
