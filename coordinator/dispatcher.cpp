@@ -23,7 +23,8 @@ constexpr double kEstimateWeight = 0.2;
 
 Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
                        DispatchOptions options, std::stop_token stop)
-    : router_(router), pool_(pool), plan_(plan), recorder_(recorder), options_(options), stop_(std::move(stop)) {}
+    : router_(router), pool_(pool), plan_(plan), recorder_(recorder), options_(std::move(options)),
+      stop_(std::move(stop)), setup_frame_(proto::encode(proto::Setup{.settings = options_.settings})) {}
 
 void Dispatcher::run() {
     began_ = Clock::now();
@@ -126,6 +127,8 @@ void Dispatcher::on_hello(const std::string& identity, const proto::Hello& hello
     } else {
         spdlog::info("worker {} (pid {} on {}) attached", hello.name, hello.pid, hello.host);
     }
+    // The run's settings before any task: a worker's tasks read them (Context::settings()).
+    if (!send(identity, setup_frame_)) return;
     workers_[identity] = WorkerState{hello.name, pid, hello.cpu, {}, Clock::now(), {}, user.has_value()};
     recorder_.place({hello.name, hello.cpu, hello.pid});
     recorder_.at_least_workers(static_cast<int>(workers_.size()));
@@ -212,7 +215,7 @@ bool Dispatcher::take_result(WorkerState& worker, const proto::Result& message) 
     run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
                                           : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
     ++finished_;
-    recorder_.record(plan_.tasks[index], proto::to_result(message, worker.name));
+    recorder_.record(plan_.tasks[index], proto::to_result(message, worker.name, plan_.tasks[index].type));
     return true;
 }
 
@@ -302,10 +305,10 @@ void Dispatcher::watch_overruns() {
         const TaskSpec& task = plan_.tasks[attempt.index];
         TaskResult result;
         result.id = task.id;
-        result.kind = task.kind;
+        result.type = task.type;
         result.attempt = attempt.number;
         result.worker = worker.name;
-        result.error = fmt::format("{}: worker {} did not stop it, so it was {}", timed_out(task), worker.name,
+        result.error = fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", task.timeout_s, worker.name,
                                    worker.remote ? "told to shut down" : "killed");
         result.run_time = now - worker.running_since;
         ++finished_;
@@ -442,14 +445,14 @@ void Dispatcher::retry_or_fail(Attempt attempt, const std::string& worker, const
                         .worker = worker,
                         .detail = reason,
                         .task = task.id,
-                        .task_kind = task.kind,
+                        .task_type = task.type,
                         .attempt = attempt.number,
                         .started_s = recorder_.seconds_at(attempt.sent)});
         return;
     }
     TaskResult result;
     result.id = plan_.tasks[attempt.index].id;
-    result.kind = plan_.tasks[attempt.index].kind;
+    result.type = plan_.tasks[attempt.index].type;
     result.attempt = attempt.number;
     result.worker = worker;
     result.error = fmt::format("gave up after {} attempts: {}", attempt.number, reason);
@@ -463,7 +466,7 @@ void Dispatcher::fail_pending(const std::string& reason) {
         const Attempt attempt = next_pending();
         TaskResult result;
         result.id = plan_.tasks[attempt.index].id;
-        result.kind = plan_.tasks[attempt.index].kind;
+        result.type = plan_.tasks[attempt.index].type;
         result.attempt = attempt.number;
         result.error = reason;
         ++finished_;

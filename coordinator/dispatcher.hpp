@@ -50,6 +50,7 @@ struct DispatchOptions {
     bool listening = false;
     int expect_remote = 0;                         // remote workers to wait for before the first task
     std::chrono::milliseconds wait_remote{60000};  // how long they may take (RunError after)
+    Json settings = Json::object();                // sent to each worker in SETUP, after its HELLO
 };
 
 // --prefetch auto: a worker holds at most this many tasks...
@@ -155,6 +156,7 @@ private:
     double run_s_estimate_ = -1;                  // moving average of task run times; < 0: none yet
     proto::TaskBatch batch_;                      // reused for every batch sent
     std::string frame_;
+    const std::string setup_frame_;  // SETUP with options_.settings, the same for every worker
 };
 
 }  // namespace taskfarm

@@ -93,13 +93,13 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"mode", mode_},
         {"id", result.id},
         {"attempt", result.attempt},
-        {"kind", to_string(result.kind)},
+        {"kind", kind_name(result)},
         {"ok", result.ok},
         {"worker", result.worker},
         {"start_s", result.start_s},
         {"end_s", result.end_s},
-        {"params", params_json(task)},
-        {"value", value_json(result)},
+        {"params", task.params},
+        {"value", result.ok ? result.value : nlohmann::json(nullptr)},
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
     };
     if (lost_ > 0) {  // after a failed write, nothing more: the file stays a journal --resume can read
