@@ -106,7 +106,9 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         ++lost_;
         return;
     }
-    const std::string text = line.dump() + "\n";
+    // Replace, not throw, on bytes that are not UTF-8 (a value or error may hold anything):
+    // a line the journal lost would be a task --resume runs again.
+    const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     if (std::fwrite(text.data(), 1, text.size(), file_) != text.size() || std::fflush(file_) != 0) {
         if (lost_++ == 0) {
             error_ = std::strerror(errno);
