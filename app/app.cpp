@@ -43,6 +43,7 @@ std::filesystem::path this_program() {
 
 App::App(std::string name, bool with_builtins) : name_(std::move(name)), registry_(std::make_unique<Registry>()) {
     if (with_builtins) add_builtin_types(*registry_);
+    builtins_ = registry_->types().size();
 }
 
 App::~App() = default;
@@ -64,7 +65,10 @@ int App::run(int argc, char** argv) {
 }
 
 int App::run_coordinator(int argc, const char* const* argv) {
-    return coordinator_main({name_, *registry_, {this_program(), {"worker"}}}, argc, argv);
+    // --task defaults to the program's own first type: what it is for.
+    const auto& types = registry_->types();
+    const std::string default_task = types.size() > builtins_ ? types[builtins_]->name() : types.empty() ? "" : types.front()->name();
+    return coordinator_main({name_, *registry_, {this_program(), {"worker"}}, default_task}, argc, argv);
 }
 
 int App::run_worker(int argc, const char* const* argv) { return worker_main(name_ + " worker", *registry_, argc, argv); }

@@ -167,7 +167,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     config.worker_prefix = program.worker.prefix;
     config.workers = available_cpus();
     config.command_line.assign(argv, argv + argc);
-    std::string task = "sleep";
+    std::string task = program.default_task;
     std::string duration = "1";
     std::vector<std::string> modes{"sequential", "threads", "processes"};
     std::string cpus;

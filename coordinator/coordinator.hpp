@@ -21,6 +21,7 @@ struct ProgramInfo {
     std::string name;
     const Registry& registry;
     WorkerProgram worker;
+    std::string default_task = "sleep";  // --task when not given
 };
 
 // The whole coordinator program; returns its exit code (see ExitCode).

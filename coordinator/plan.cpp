@@ -126,7 +126,9 @@ Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type
         const auto first = line.find_first_not_of(" \t\r");
         const std::string input = line.substr(first, line.find_last_not_of(" \t\r") - first + 1);
         try {
-            plan.tasks.push_back(TaskSpec{.id = plan.tasks.size(), .type = &type, .params = type.from_input(input)});
+            // Checked as a plan line is: a type's parameters cannot come from its input line
+            // (sleep's, say) fail here, not in every task.
+            plan.tasks.push_back(TaskSpec{.id = plan.tasks.size(), .type = &type, .params = type.parse(type.from_input(input))});
         } catch (const std::exception& e) {
             throw ConfigError(fmt::format("{}:{}: {}", name, number, e.what()));
         }

@@ -31,7 +31,8 @@ Json settings_json(const RunConfig& config);
 // input file it cannot read or accept, and for a type that cannot generate the tasks.
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings);
 
-// Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_input). Blank
+// Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_input, then
+// TaskType::parse, as for a plan line). Blank
 // lines and lines whose first non-blank character is '#' are skipped, as is blank space
 // around an input. A line the type refuses throws ConfigError("NAME:LINE: problem"); so does
 // a list without inputs.

@@ -45,8 +45,8 @@ public:
     // Registers a type of the user's own making (see TaskType).
     App& add(std::shared_ptr<const TaskType> type);
 
-    // `PROGRAM worker ...` runs a worker; anything else runs the coordinator. Returns the
-    // exit code for main().
+    // `PROGRAM worker ...` runs a worker; anything else runs the coordinator, whose --task
+    // defaults to the first type the program registered itself. Returns the exit code for main().
     int run(int argc, char** argv);
     int run_coordinator(int argc, const char* const* argv);
     int run_worker(int argc, const char* const* argv);
@@ -56,6 +56,7 @@ public:
 private:
     std::string name_;
     std::unique_ptr<Registry> registry_;
+    std::size_t builtins_ = 0;  // the first types of registry_ are the built-ins
 };
 
 }  // namespace taskfarm
