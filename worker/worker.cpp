@@ -28,6 +28,7 @@
 #include "errors.hpp"
 #include "log.hpp"
 #include "protocol.hpp"
+#include "text.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {
@@ -403,7 +404,15 @@ int worker_main(int argc, const char* const* argv) {
                  "connect in plaintext to a tcp:// HOST that is not loopback (for a coordinator run with\n"
                  "--insecure): tasks and results cross the network unencrypted")
         ->excludes(keys_option);
-    app.add_option("--name", config.name, "name in logs and results (default: host-pid)");
+    app.add_option("--name", config.name,
+                   "name in logs and results (default: host-pid); at most 64 bytes, no control characters")
+        ->check(CLI::Validator(
+            [](std::string& name) -> std::string {
+                // The coordinator rejects a hello whose name it could not print as it is.
+                return is_printable(name, kMaxWorkerName) ? "" : fmt::format("'{}' is not printable or longer than {} bytes",
+                                                                             printable(name, kMaxWorkerName), kMaxWorkerName);
+            },
+            "NAME"));
     app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
         ->check(kAllowedCpu)
         ->type_name("CPU");

@@ -1,0 +1,104 @@
+// Hardening (issue 16): how reports reach their paths, files given twice, text from
+// outside on a terminal, signals and a closed stdout, worker process groups, journals.
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "plan.hpp"
+#include "protocol.hpp"
+#include "sinks.hpp"
+#include "support.hpp"
+#include "text.hpp"
+
+namespace taskfarm {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::Output;
+using testing::run_binary;
+
+const std::vector<std::string> kQuickRun{"--mode", "threads", "--workers", "2", "--tasks", "2", "--duration", "0"};
+
+std::vector<std::string> quick_run(std::vector<std::string> more) {
+    std::vector<std::string> args = kQuickRun;
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+}
+
+// Runs `script` with bash -c; COORDINATOR and WORKER name the binaries built here.
+Output run_shell(const std::string& script) {
+    ::setenv("COORDINATOR", testing::bin("coordinator").c_str(), 1);
+    ::setenv("WORKER", testing::bin("worker").c_str(), 1);
+    return run_binary("/bin/bash", {"-c", script});
+}
+
+void write_text(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+unsigned mode_of(const fs::path& path) {
+    struct stat st {};
+    EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+    return st.st_mode & 07777;
+}
+
+// ---- 2. Text that reaches a terminal ----
+
+TEST(Printable, EscapesControlBytesAndBadUtf8AndKeepsTheRest) {
+    EXPECT_EQ(printable("a\x1b[2Jb"), "a\\x1b[2Jb");
+    EXPECT_EQ(printable("one\ntwo\r\tthree"), "one\\ntwo\\r\\tthree");
+    EXPECT_EQ(printable(std::string("nul\0tail", 8)), "nul\\x00tail");
+    EXPECT_EQ(printable("del\x7f"), "del\\x7f");
+    EXPECT_EQ(printable("caf\xc3\xa9 \xe2\x9c\x93"), "caf\xc3\xa9 \xe2\x9c\x93");  // UTF-8 stays
+    EXPECT_EQ(printable("bad\xff\xc3"), "bad\\xff\\xc3");                            // stray and cut-off bytes
+    EXPECT_EQ(printable("\xc0\xaf"), "\\xc0\\xaf");                                  // overlong '/'
+    EXPECT_EQ(printable("csi\xc2\x9b" "2J"), "csi\\u009b2J");                        // C1 control
+    EXPECT_EQ(printable("abc\xe2\x80\xae" "cba"), "abc\\u202ecba");                  // bidi override
+    EXPECT_EQ(printable(std::string(2000, 'a'), 10), "aaaaaaaaaa... (1990 more bytes)");
+    EXPECT_EQ(printable("\x1b\x1b", 5), "\\x1b... (1 more bytes)");  // never half an escape
+    EXPECT_EQ(printable_lines("a\x1b\nb\n"), "a\\x1b\nb\n");
+    EXPECT_TRUE(is_printable("w1"));
+    EXPECT_FALSE(is_printable("w\n1"));
+}
+
+TEST(Printable, AHelloNameWithControlBytesIsRejected) {
+    proto::Hello hello;
+    hello.name = "w1\x1b]0;owned\x07";
+    const auto message = proto::decode(proto::encode(hello));
+    const auto* error = std::get_if<proto::DecodeError>(&message);
+    ASSERT_NE(error, nullptr);
+    EXPECT_EQ(error->reason, "hello with a name that is not printable or longer than 64 bytes: 'w1\\x1b]0;owned\\x07'");
+    hello.name = std::string(65, 'w');
+    EXPECT_NE(std::get_if<proto::DecodeError>(&static_cast<const proto::Message&>(proto::decode(proto::encode(hello)))),
+              nullptr);
+    hello.name = "w\xc3\xa9";
+    EXPECT_NE(std::get_if<proto::Hello>(&static_cast<const proto::Message&>(proto::decode(proto::encode(hello)))), nullptr);
+}
+
+TEST(Printable, AWorkerRefusesANameWithControlBytes) {
+    const Output output = run_binary("worker", {"--connect", "ipc:///nonexistent/x", "--name", "w\x1b[2J"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("'w\\x1b[2J' is not printable"), std::string::npos) << output.err;
+    EXPECT_EQ(output.err.find('\x1b'), std::string::npos);
+}
+
+TEST(Printable, LogLinesShowEscapes) {
+    // A file name is logged as given; the logger shows its control bytes as escapes.
+    const Output output = run_binary("coordinator", {"--plan", "/nonexistent/\x1b[2Jplan"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--plan: cannot open '/nonexistent/\\x1b[2Jplan'"), std::string::npos) << output.err;
+    EXPECT_EQ(output.err.find('\x1b'), std::string::npos) << output.err;
+}
+
+}  // namespace
+}  // namespace taskfarm
