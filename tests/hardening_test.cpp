@@ -100,5 +100,52 @@ TEST(Printable, LogLinesShowEscapes) {
     EXPECT_EQ(output.err.find('\x1b'), std::string::npos) << output.err;
 }
 
+// ---- 3. Signals, pipes and wrappers ----
+
+TEST(Wrappers, AWorkerWrappersChildrenEndWithTheWorker) {
+    testing::TempDir dir;
+    const fs::path wrapper = dir / "wrapper.sh";
+    const fs::path pids = dir / "pids";
+    write_text(wrapper, fmt::format("#!/bin/sh\nsleep 300 &\necho $! >> '{}'\nexec '{}' \"$@\"\n", pids.string(),
+                                    testing::bin("worker").string()));
+    fs::permissions(wrapper, fs::perms::owner_all);
+    const Output output = run_binary("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4",
+                                                     "--duration", "0.01", "--worker-bin", wrapper.string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    std::istringstream lines(testing::read_file(pids));
+    std::vector<pid_t> children;
+    for (pid_t pid; lines >> pid;) children.push_back(pid);
+    ASSERT_EQ(children.size(), 2u);
+    for (pid_t child : children)
+        EXPECT_TRUE(testing::eventually([&] { return !testing::process_exists(child); }, std::chrono::seconds(3)))
+            << "the wrapper's child " << child << " outlived the run";
+}
+
+TEST(Wrappers, AWorkerKilledForSilenceTakesItsGroupWithIt) {
+    testing::TempDir dir;
+    const fs::path wrapper = dir / "wrapper.sh";
+    const fs::path pids = dir / "pids";
+    write_text(wrapper, fmt::format("#!/bin/sh\nsleep 300 &\necho $! >> '{}'\nexec '{}' \"$@\"\n", pids.string(),
+                                    testing::bin("worker").string()));
+    fs::permissions(wrapper, fs::perms::owner_all);
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "2", "--duration",
+                                                 "60", "--heartbeat-timeout", "0.5", "--worker-bin", wrapper.string(),
+                                                 "--log-level", "debug"});
+    std::vector<pid_t> workers;
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 1; },
+                                    std::chrono::seconds(10)));
+    ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find(" said hello") != std::string::npos; },
+                                    std::chrono::seconds(10)));
+    const pid_t sleeper = std::stoi(testing::read_file(pids));
+    ASSERT_TRUE(testing::process_exists(sleeper));
+    ::kill(workers[0], SIGSTOP);  // silent: the coordinator kills it and starts another
+    EXPECT_TRUE(testing::eventually([&] { return !testing::process_exists(sleeper); }, std::chrono::seconds(10)))
+        << "the stopped worker's group outlived it: " << coordinator.err();
+    coordinator.signal(SIGTERM);
+    const Output output = coordinator.wait(std::chrono::seconds(20));
+    EXPECT_EQ(output.exit_code, 143) << output.err;
+    EXPECT_FALSE(testing::process_exists(workers[0]));
+}
+
 }  // namespace
 }  // namespace taskfarm
