@@ -277,7 +277,7 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
         ->capture_default_str();
     app.add_option("--task-timeout", config.task_timeout_s,
                    "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
-                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task")
+                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit)")
         ->check(CLI::Range(0.0, 31'536'000.0))
         ->capture_default_str();
     app.add_option("--max-attempts", config.max_attempts,

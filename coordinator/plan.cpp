@@ -135,7 +135,7 @@ TaskSpec parse_line(const std::string& text) {
         case TaskKind::Fail:
         case TaskKind::Crash: break;  // no parameters
     }
-    task.timeout_s = fields.seconds("timeout_s").value_or(0);
+    task.timeout_s = fields.seconds("timeout_s").value_or(kTimeoutNotGiven);
     fields.finish();
     return task;
 }
@@ -249,8 +249,8 @@ Plan make_plan(const RunConfig& config, const std::vector<std::string>& served_u
                 : !config.urls_path.empty() ? read_url_file(config.urls_path)
                                             : generate_plan(config, served_urls);
     for (TaskSpec& task : plan.tasks) {
-        // --task-timeout is the default; a plan line's own "timeout_s" wins.
-        if (task.timeout_s == 0) task.timeout_s = config.task_timeout_s;
+        // --task-timeout is the default; a plan line's own "timeout_s" wins, 0 (no limit) included.
+        if (task.timeout_s == kTimeoutNotGiven || config.plan_path.empty()) task.timeout_s = config.task_timeout_s;
         if (task.kind == TaskKind::Download) {
             task.params.max_bytes = config.max_bytes;
             task.params.retries = config.retries;

@@ -38,7 +38,10 @@ std::vector<std::string> read_url_list(std::istream& in, const std::string& name
 //   {"kind":"cpu","lo":100,"hi":200}
 //   {"kind":"download","url":"https://example.com/a.jpg"}
 // Blank lines and lines whose first non-blank character is '#' are skipped. The first bad
-// line throws ConfigError("NAME:LINE: problem"); so does a plan without tasks.
+// line throws ConfigError("NAME:LINE: problem"); so does a plan without tasks. A line's
+// "timeout_s" is its task's (0: no limit); without one the task gets kTimeoutNotGiven,
+// which make_plan() replaces with --task-timeout.
 Plan read_plan(std::istream& in, const std::string& name);
+inline constexpr double kTimeoutNotGiven = -1;
 
 }  // namespace taskfarm

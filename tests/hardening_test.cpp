@@ -147,5 +147,33 @@ TEST(Wrappers, AWorkerKilledForSilenceTakesItsGroupWithIt) {
     EXPECT_FALSE(testing::process_exists(workers[0]));
 }
 
+// ---- 5. A plan line's timeout ----
+
+TEST(Timeouts, APlanLinesZeroMeansNoLimitAndAbsentMeansTheDefault) {
+    RunConfig config;
+    config.task_timeout_s = 2;
+    testing::TempDir dir;
+    write_text(dir / "plan.jsonl", "{\"kind\":\"sleep\",\"seconds\":0,\"timeout_s\":0}\n"
+                                   "{\"kind\":\"sleep\",\"seconds\":0}\n"
+                                   "{\"kind\":\"sleep\",\"seconds\":0,\"timeout_s\":5}\n");
+    config.plan_path = dir / "plan.jsonl";
+    const Plan plan = make_plan(config);
+    ASSERT_EQ(plan.tasks.size(), 3u);
+    EXPECT_EQ(plan.tasks[0].timeout_s, 0.0);
+    EXPECT_EQ(plan.tasks[1].timeout_s, 2.0);
+    EXPECT_EQ(plan.tasks[2].timeout_s, 5.0);
+}
+
+TEST(Timeouts, AZeroTimeoutLineOutlivesTaskTimeout) {
+    testing::TempDir dir;
+    write_text(dir / "plan.jsonl", "{\"kind\":\"sleep\",\"seconds\":0.3,\"timeout_s\":0}\n"
+                                   "{\"kind\":\"sleep\",\"seconds\":0.3}\n");
+    const Output output = run_binary("coordinator", {"--mode", "threads", "--workers", "2", "--task-timeout", "0.1",
+                                                     "--plan", (dir / "plan.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 1);
+    EXPECT_NE(output.out.find("1 task(s) failed in threads:\n  task 1: timed out after 0.1 s\n"), std::string::npos)
+        << output.out;
+}
+
 }  // namespace
 }  // namespace taskfarm
