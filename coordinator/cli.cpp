@@ -180,7 +180,7 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
                        "\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\") or\n"
                        "{\"kind\":\"download\",\"url\":\"https://...\"}; any line may add \"timeout_s\";\n"
                        "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
-                       "and lines starting with # are skipped; a bad line stops the run before it starts")
+                       "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin")
             ->type_name("FILE")
             ->excludes(task_option)
             ->excludes(tasks_option)
@@ -192,7 +192,8 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
     auto* urls_option =
         app.add_option("--urls", config.urls_path,
                        "download: fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
-                       "https:// URL per line, blank lines and lines starting with # skipped; implies --task download")
+                       "https:// URL per line, blank lines and lines starting with # skipped; implies --task download;\n"
+                       "- reads stdin")
             ->type_name("FILE")
             ->excludes(tasks_option)
             ->excludes(duration_option)
@@ -257,7 +258,12 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
         ->check(kPrefetch)
         ->capture_default_str();
     app.add_option("--worker-bin", config.worker_bin, "worker executable (default: `worker` next to this binary)");
-    app.add_option("--json", config.json_path, "write the report as JSON to FILE")->type_name("FILE");
+    app.add_option("--json", config.json_path,
+                   "write the report as JSON to FILE when the run ends. For --json, --trace and --timeline:\n"
+                   "- (or /dev/stdout) is stdout, and the result lines and table then go to stderr; a\n"
+                   "regular file is replaced through a temp file and a rename, keeping its mode; a symlink\n"
+                   "is followed; a FIFO, terminal or /dev/fd/N is written straight into")
+        ->type_name("FILE");
     app.add_option("--results", config.results_path,
                    "append one JSON line per finished task to FILE, flushed as each arrives")
         ->type_name("FILE");

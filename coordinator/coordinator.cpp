@@ -24,12 +24,14 @@
 #include "http_fixture.hpp"
 #include "journal.hpp"
 #include "log.hpp"
+#include "outputs.hpp"
 #include "plan.hpp"
 #include "process_pool.hpp"
 #include "progress.hpp"
 #include "runner.hpp"
 #include "signals.hpp"
 #include "sinks.hpp"
+#include "text.hpp"
 #include "trace.hpp"
 
 namespace taskfarm {
@@ -69,18 +71,36 @@ void check_config(RunConfig& config) {
         throw ConfigError(fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
 }
 
-// A bad --trace or --timeline path fails before the run, not after it.
-void check_output_paths(const RunConfig& config) {
-    const std::pair<const char*, const std::filesystem::path&> outputs[] = {
-        {"--json", config.json_path}, {"--trace", config.trace_path}, {"--timeline", config.timeline_path}};
-    for (const auto& [flag, path] : outputs) {
-        if (path.empty()) continue;
-        try {
-            check_writable(path);
-        } catch (const std::runtime_error& e) {
-            throw ConfigError(fmt::format("{}: {}", flag, e.what()));
-        }
-    }
+// A bad report path, or a file given twice, fails before the run, not after it.
+void check_files(const RunConfig& config) {
+    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--json", config.json_path},
+                                     {"--trace", config.trace_path},
+                                     {"--timeline", config.timeline_path}})
+        check_report_path(flag, path);
+    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
+                                     {"--resume", config.resume_path}})
+        if (path == "-")
+            throw ConfigError(fmt::format("{}: cannot append a journal to '-': it must be a file that --resume can "
+                                          "read back and lock",
+                                          flag));
+    check_distinct({{"--plan", config.plan_path, true},
+                    {"--urls", config.urls_path, true},
+                    {"--resume", config.resume_path},
+                    {"--results", config.results_path},
+                    {"--json", config.json_path},
+                    {"--trace", config.trace_path},
+                    {"--timeline", config.timeline_path}});
+    if (!config.resume_path.empty() && !config.results_path.empty() && !same_file(config.resume_path, config.results_path))
+        throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
+                                      printable(config.resume_path.string()), printable(config.results_path.string())));
+}
+
+// Whether a report goes to stdout: then it must be all that is there, and the result lines
+// and the table go to stderr.
+bool report_on_stdout(const RunConfig& config) {
+    const std::filesystem::path* reports[] = {&config.json_path, &config.trace_path, &config.timeline_path};
+    return std::any_of(std::begin(reports), std::end(reports),
+                       [](const std::filesystem::path* path) { return !path->empty() && is_stdout(*path); });
 }
 
 // With --task download and neither --urls nor --plan, the coordinator serves the images.
@@ -144,7 +164,7 @@ void write_pictures(const RunConfig& config, std::vector<ModeRecording> modes, c
     const auto write = [&](const char* flag, const std::filesystem::path& path, const auto& render) {
         if (path.empty()) return;
         try {
-            write_file_atomically(path, render());
+            write_report(path, render());
         } catch (const std::exception& e) {
             if (error.empty()) error = fmt::format("{}: {}", flag, e.what());
             else spdlog::error("{}: {}", flag, e.what());
@@ -201,22 +221,26 @@ void write_json(const RunConfig& config, const Plan& plan, const std::vector<Run
         {"config", config_json(config, plan)},
         {"runs", runs},
     };
-    // Temp file + rename: a reader never sees half a report.
-    write_file_atomically(config.json_path, document.dump(2) + "\n");
+    write_report(config.json_path, document.dump(2) + "\n");
 }
 
-void print_failures(const std::vector<RunReport>& reports) {
+// The table, the placement and the failure summary, as printed after the run.
+std::string summary_text(const std::vector<RunReport>& reports) {
+    std::string text = "\n" + format_table(reports);
+    if (const std::string placement = format_placement(reports); !placement.empty())
+        text += "\nplacement (worker -> cpu, pid):\n" + placement;
     for (const RunReport& report : reports) {
         if (report.failures.empty()) continue;
-        fmt::print("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
-        for (const Failure& failure : report.failures) fmt::print("  task {}: {}\n", failure.id, failure.error);
+        text += fmt::format("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
+        for (const Failure& failure : report.failures) text += fmt::format("  task {}: {}\n", failure.id, failure.error);
     }
+    return text;
 }
 
 ExitCode run(RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
     check_config(config);
-    check_output_paths(config);
+    check_files(config);
     // Bound now, for its URLs; its threads start after the SignalWatcher, like every thread.
     std::optional<HttpFixture> fixture;
     if (serves_images(config)) fixture.emplace(fixture_options(config));
@@ -224,17 +248,17 @@ ExitCode run(RunConfig config) {
     make_out_dirs(config, plan);
     Done done;
     if (!config.resume_path.empty()) {
-        if (!config.results_path.empty() && config.results_path != config.resume_path)
-            throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
-                                          config.resume_path.string(), config.results_path.string()));
         done = read_journal_for_resume(config.resume_path, plan);
         config.results_path = config.resume_path;
     }
+    // A report on stdout must be all there is on it; the results and the table then go to stderr.
+    std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
-    auto console = std::make_unique<ConsoleSink>(stdout);
+    auto console = std::make_unique<ConsoleSink>(results_out);
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
-        auto sink = std::make_unique<ProgressSink>(ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(STDOUT_FILENO) == 1}, std::move(console));
+        auto sink = std::make_unique<ProgressSink>(
+            ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(::fileno(results_out)) == 1}, std::move(console));
         progress = sink.get();
         sinks.add(std::move(sink));
     } else {
@@ -295,11 +319,8 @@ ExitCode run(RunConfig config) {
         throw;
     }
     if (progress) progress->close();
-    fmt::print("\n{}", format_table(reports));
-    if (const std::string placement = format_placement(reports); !placement.empty())
-        fmt::print("\nplacement (worker -> cpu, pid):\n{}", placement);
-    print_failures(reports);
-    std::fflush(stdout);
+    fmt::print(results_out, "{}", summary_text(reports));
+    std::fflush(results_out);
     // An output that could not be written (a full disk, say) fails the run, after the
     // others are written: the results on stdout and in the other files still count.
     std::vector<std::string> output_errors;

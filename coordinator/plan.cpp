@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <optional>
 #include <random>
 #include <set>
@@ -168,7 +169,9 @@ Plan read_plan(std::istream& in, const std::string& name) {
 
 namespace {
 
+// `-` is standard input, named "stdin" in messages.
 Plan read_plan_file(const std::filesystem::path& path) {
+    if (path == "-") return read_plan(std::cin, "stdin");
     std::ifstream in(path);
     if (!in) throw ConfigError(fmt::format("--plan: cannot open '{}': {}", path.string(), std::strerror(errno)));
     return read_plan(in, path.string());
@@ -182,10 +185,13 @@ Plan download_plan(const std::vector<std::string>& urls) {
 }
 
 Plan read_url_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    if (!in) throw ConfigError(fmt::format("--urls: cannot open '{}': {}", path.string(), std::strerror(errno)));
+    std::ifstream file;
+    if (path != "-") {
+        file.open(path);
+        if (!file) throw ConfigError(fmt::format("--urls: cannot open '{}': {}", path.string(), std::strerror(errno)));
+    }
     try {
-        return download_plan(read_url_list(in, path.string()));
+        return download_plan(path == "-" ? read_url_list(std::cin, "stdin") : read_url_list(file, path.string()));
     } catch (const ConfigError& e) {
         throw ConfigError(fmt::format("--urls: {}", e.what()));
     }

@@ -52,6 +52,157 @@ unsigned mode_of(const fs::path& path) {
     return st.st_mode & 07777;
 }
 
+// ---- 1. Output files ----
+
+TEST(Outputs, ASymlinkIsFollowedAndTheFileKeepsItsMode) {
+    testing::TempDir dir;
+    write_text(dir / "real.json", "old");
+    ASSERT_EQ(::chmod((dir / "real.json").c_str(), 0600), 0);
+    fs::create_symlink("real.json", dir / "link.json");
+    const Output output = run_binary("coordinator", quick_run({"--json", (dir / "link.json").string()}));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_TRUE(fs::is_symlink(dir / "link.json"));
+    EXPECT_EQ(testing::read_json(dir / "real.json")["runs"][0]["ok"], 2);
+    EXPECT_EQ(mode_of(dir / "real.json"), 0600u);
+}
+
+TEST(Outputs, ADanglingSymlinkCreatesItsTarget) {
+    testing::TempDir dir;
+    fs::create_symlink(dir / "made.svg", dir / "link.svg");
+    const Output output = run_binary("coordinator", quick_run({"--timeline", (dir / "link.svg").string()}));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_TRUE(fs::is_symlink(dir / "link.svg"));
+    EXPECT_NE(testing::read_file(dir / "made.svg").find("<svg"), std::string::npos);
+}
+
+TEST(Outputs, AnExistingFileKeepsItsModeWhenReplaced) {
+    testing::TempDir dir;
+    write_text(dir / "trace.json", "old");
+    ASSERT_EQ(::chmod((dir / "trace.json").c_str(), 0640), 0);
+    ASSERT_EQ(run_binary("coordinator", quick_run({"--trace", (dir / "trace.json").string()})).exit_code, 0);
+    EXPECT_TRUE(testing::read_json(dir / "trace.json").contains("traceEvents"));
+    EXPECT_EQ(mode_of(dir / "trace.json"), 0640u);
+    EXPECT_EQ(std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator()), 1);  // no temp file left
+}
+
+TEST(Outputs, DashIsStdoutAndTheResultLinesGoToStderr) {
+    const Output output = run_binary("coordinator", quick_run({"--json", "-"}));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    const auto report = nlohmann::json::parse(output.out);  // the report alone
+    EXPECT_EQ(report["runs"][0]["ok"], 2);
+    EXPECT_NE(output.err.find("threads    task    "), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find("mode         workers  tasks"), std::string::npos) << output.err;
+}
+
+TEST(Outputs, DevStdoutIsWrittenThroughNotReplaced) {
+    const Output output = run_binary("coordinator", quick_run({"--json", "/dev/stdout"}));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(nlohmann::json::parse(output.out)["runs"][0]["ok"], 2);
+    EXPECT_TRUE(fs::is_symlink("/dev/stdout"));
+}
+
+TEST(Outputs, AFifoIsWrittenStraightInto) {
+    testing::TempDir dir;
+    const fs::path fifo = dir / "report.fifo";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    std::string received;
+    std::thread reader([&] { received = testing::read_file(fifo); });
+    const Output output = run_binary("coordinator", quick_run({"--json", fifo.string()}));
+    reader.join();
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(nlohmann::json::parse(received)["runs"][0]["ok"], 2);
+    struct stat st {};
+    ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISFIFO(st.st_mode));
+}
+
+TEST(Outputs, ProcessSubstitutionWorks) {
+    testing::TempDir dir;
+    const Output output = run_shell(fmt::format(
+        R"("$COORDINATOR" --mode threads --tasks 2 --duration 0 --json >(cat > '{}') ; status=$?; wait $!; exit $status)",
+        (dir / "copy.json").string()));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(testing::read_json(dir / "copy.json")["runs"][0]["ok"], 2);
+}
+
+TEST(Outputs, ADirectoryExitsTwoBeforeTheRun) {
+    testing::TempDir dir;
+    const Output output = run_binary("coordinator", quick_run({"--trace", dir.path().string()}));
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find(fmt::format("--trace: cannot write '{}': it is a directory", dir.path().string())),
+              std::string::npos)
+        << output.err;
+    EXPECT_TRUE(output.out.empty()) << output.out;
+}
+
+TEST(Outputs, PlanAndUrlsReadStdinForDash) {
+    const Output plan = run_shell(
+        R"(printf '{"kind":"sleep","seconds":0}\n{"kind":"fail"}\n' | "$COORDINATOR" --mode threads --plan -)");
+    EXPECT_EQ(plan.exit_code, 1) << plan.err;
+    EXPECT_NE(plan.out.find("task 1: failed on purpose"), std::string::npos) << plan.out;
+    const Output urls = run_shell(R"(printf 'http://127.0.0.1:9/x\nnot a url\n' | "$COORDINATOR" --urls -)");
+    EXPECT_EQ(urls.exit_code, 2);
+    EXPECT_NE(urls.err.find("--urls: stdin:2: 'not a url' is not an http:// or https:// URL"), std::string::npos)
+        << urls.err;
+}
+
+struct SameFileCase {
+    std::vector<std::string> args;  // FILE stands for one path, LINK for a symlink to it
+    std::string message;
+};
+
+class SameFile : public ::testing::TestWithParam<SameFileCase> {};
+
+TEST_P(SameFile, ExitsTwoNamingBothFlags) {
+    testing::TempDir dir;
+    write_text(dir / "file", "http://127.0.0.1:9/a\n");
+    fs::create_symlink(dir / "file", dir / "link");
+    std::vector<std::string> args;
+    for (std::string arg : GetParam().args) {
+        if (arg == "FILE") arg = (dir / "file").string();
+        if (arg == "LINK") arg = (dir / "link").string();
+        if (arg == "NEW") arg = (dir / "new.json").string();
+        if (arg == "NEW2") arg = (dir / "sub" / ".." / "new.json").string();
+        args.push_back(arg);
+    }
+    fs::create_directory(dir / "sub");
+    const std::string before = testing::read_file(dir / "file");
+    const Output output = run_binary("coordinator", args);
+    EXPECT_EQ(output.exit_code, 2) << output.err;
+    std::string expected = GetParam().message;
+    for (const auto& [word, path] : {std::pair<std::string, fs::path>{"FILE", dir / "file"}, {"LINK", dir / "link"},
+                                     {"NEW2", dir / "sub" / ".." / "new.json"}, {"NEW", dir / "new.json"}})
+        for (auto at = expected.find(word); at != std::string::npos; at = expected.find(word))
+            expected.replace(at, word.size(), path.string());
+    EXPECT_NE(output.err.find(expected), std::string::npos) << output.err;
+    EXPECT_EQ(testing::read_file(dir / "file"), before);
+    EXPECT_FALSE(fs::exists(dir / "new.json"));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Hardening, SameFile,
+    ::testing::Values(
+        SameFileCase{{"--urls", "FILE", "--json", "FILE"}, "--json: cannot use 'FILE': it is the same file as --urls 'FILE'"},
+        SameFileCase{{"--tasks", "1", "--json", "FILE", "--results", "FILE"},
+                     "--json: cannot use 'FILE': it is the same file as --results 'FILE'"},
+        SameFileCase{{"--tasks", "1", "--trace", "FILE", "--timeline", "LINK"},
+                     "--timeline: cannot use 'LINK': it is the same file as --trace 'FILE'"},
+        SameFileCase{{"--plan", "LINK", "--results", "FILE"},
+                     "--results: cannot use 'FILE': it is the same file as --plan 'LINK'"},
+        SameFileCase{{"--tasks", "1", "--json", "NEW", "--trace", "NEW2"},
+                     "--trace: cannot use 'NEW2': it is the same file as --json 'NEW'"},
+        SameFileCase{{"--tasks", "1", "--json", "-", "--trace", "-"},
+                     "--trace: cannot use '-': it is the same file as --json '-'"}));
+
+TEST(Outputs, ResumeAndResultsMayNameTheSameJournal) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "j.jsonl").string();
+    ASSERT_EQ(run_binary("coordinator", quick_run({"--results", journal})).exit_code, 0);
+    fs::create_symlink(journal, dir / "alias.jsonl");
+    const Output output = run_binary("coordinator", quick_run({"--resume", journal, "--results", (dir / "alias.jsonl").string()}));
+    EXPECT_EQ(output.exit_code, 0) << output.err;
+}
+
 // ---- 2. Text that reaches a terminal ----
 
 TEST(Printable, EscapesControlBytesAndBadUtf8AndKeepsTheRest) {
