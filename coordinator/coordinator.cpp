@@ -224,15 +224,16 @@ void write_json(const RunConfig& config, const Plan& plan, const std::vector<Run
     write_report(config.json_path, document.dump(2) + "\n");
 }
 
-// The table, the placement and the failure summary, as printed after the run.
+// The table, the placement and the failure summary, as printed after the run. Errors and
+// worker names come from other processes: each is made printable, each failure one line.
 std::string summary_text(const std::vector<RunReport>& reports) {
-    std::string text = "\n" + format_table(reports);
+    std::string text = "\n" + printable_lines(format_table(reports), std::string::npos);
     if (const std::string placement = format_placement(reports); !placement.empty())
-        text += "\nplacement (worker -> cpu, pid):\n" + placement;
+        text += "\nplacement (worker -> cpu, pid):\n" + printable_lines(placement, std::string::npos);
     for (const RunReport& report : reports) {
         if (report.failures.empty()) continue;
         text += fmt::format("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
-        for (const Failure& failure : report.failures) text += fmt::format("  task {}: {}\n", failure.id, failure.error);
+        for (const Failure& failure : report.failures) text += fmt::format("  task {}: {}\n", failure.id, printable(failure.error));
     }
     return text;
 }

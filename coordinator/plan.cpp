@@ -15,6 +15,7 @@
 
 #include "download.hpp"
 #include "errors.hpp"
+#include "text.hpp"
 
 namespace taskfarm {
 namespace {
@@ -25,9 +26,10 @@ double unit_interval(std::mt19937_64& generator) { return static_cast<double>(ge
 
 double round_to_ms(double seconds) { return std::round(seconds * 1000.0) / 1000.0; }
 
-// What is wrong with one plan line; read_plan() adds the file name and line number.
+// What is wrong with one plan line; read_plan() adds the file name and line number. The
+// text may quote the line, so it is made printable here, before what() could cut it at a NUL.
 struct LineError : std::runtime_error {
-    using std::runtime_error::runtime_error;
+    explicit LineError(const std::string& what) : std::runtime_error(printable(what)) {}
 };
 
 // The fields of one plan line. Each getter checks the type of its field and remembers that
@@ -159,11 +161,11 @@ Plan read_plan(std::istream& in, const std::string& name) {
             task.id = static_cast<TaskId>(plan.tasks.size());
             plan.tasks.push_back(task);
         } catch (const LineError& e) {
-            throw ConfigError(fmt::format("{}:{}: {}", name, number, e.what()));
+            throw ConfigError(fmt::format("{}:{}: {}", printable(name), number, e.what()));
         }
     }
-    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name, number + 1));
-    if (plan.tasks.empty()) throw ConfigError(fmt::format("{}: no tasks in the plan", name));
+    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", printable(name), number + 1));
+    if (plan.tasks.empty()) throw ConfigError(fmt::format("{}: no tasks in the plan", printable(name)));
     return plan;
 }
 
@@ -241,12 +243,12 @@ std::vector<std::string> read_url_list(std::istream& in, const std::string& name
         const auto first = line.find_first_not_of(" \t\r");
         const std::string url = line.substr(first, line.find_last_not_of(" \t\r") - first + 1);
         if (const std::string problem = url_problem(url); !problem.empty())
-            throw ConfigError(fmt::format("{}:{}: '{}' is not an http:// or https:// URL: {}", name, number,
-                                          url.substr(0, 200), problem));
+            throw ConfigError(fmt::format("{}:{}: '{}' is not an http:// or https:// URL: {}", printable(name), number,
+                                          printable(url, 200), printable(problem)));
         urls.push_back(url);
     }
-    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name, number + 1));
-    if (urls.empty()) throw ConfigError(fmt::format("{}: no URLs in the list", name));
+    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", printable(name), number + 1));
+    if (urls.empty()) throw ConfigError(fmt::format("{}: no URLs in the list", printable(name)));
     return urls;
 }
 

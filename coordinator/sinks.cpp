@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "errors.hpp"
+#include "text.hpp"
 
 namespace taskfarm {
 
@@ -70,10 +71,11 @@ void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 }
 
 void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
-    const std::string outcome = result.ok ? describe_value(result) : "FAILED: " + result.error;
+    // The worker's name, error and value come from another process: one task, one line.
+    const std::string outcome = printable(result.ok ? describe_value(result) : "FAILED: " + result.error);
     const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
     fmt::print(out_, "{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n", mode_, result.id,
-               result.worker, result.end_s, result.run_time.count(), outcome, attempt);
+               printable(result.worker), result.end_s, result.run_time.count(), outcome, attempt);
     if (line_by_line_) std::fflush(out_);
 }
 

@@ -222,6 +222,29 @@ TEST(Printable, EscapesControlBytesAndBadUtf8AndKeepsTheRest) {
     EXPECT_FALSE(is_printable("w\n1"));
 }
 
+TEST(Printable, AResultIsOneLineWhateverItsWorkerSays) {
+    std::FILE* out = std::tmpfile();
+    ASSERT_NE(out, nullptr);
+    {
+        ConsoleSink sink(out);
+        sink.begin_mode("processes", 1);
+        TaskResult result;
+        result.id = 7;
+        result.ok = false;
+        result.worker = "w\x1b[31m1";
+        result.error = "boom\x1b[2J\x1b[H\nprocesses  task    8 on w2     done: ok";
+        sink.on_result(TaskSpec{}, result);
+        sink.flush();
+    }
+    std::rewind(out);
+    std::string text(4096, '\0');
+    text.resize(std::fread(text.data(), 1, text.size(), out));
+    std::fclose(out);
+    EXPECT_EQ(text, "== processes: 1 tasks\n"
+                    "processes  task    7 on w\\x1b[31m1 done at   0.000 s, ran 0.000 s: FAILED: "
+                    "boom\\x1b[2J\\x1b[H\\nprocesses  task    8 on w2     done: ok\n");
+}
+
 TEST(Printable, AHelloNameWithControlBytesIsRejected) {
     proto::Hello hello;
     hello.name = "w1\x1b]0;owned\x07";
@@ -241,6 +264,29 @@ TEST(Printable, AWorkerRefusesANameWithControlBytes) {
     EXPECT_EQ(output.exit_code, 2);
     EXPECT_NE(output.err.find("'w\\x1b[2J' is not printable"), std::string::npos) << output.err;
     EXPECT_EQ(output.err.find('\x1b'), std::string::npos);
+}
+
+TEST(Printable, PlanAndUrlErrorsShowEscapesAndAreNotCutAtANul) {
+    testing::TempDir dir;
+    // JSON escapes decode to raw bytes, which the error quotes.
+    write_text(dir / "plan.jsonl", "{\"kind\":\"sleep\",\"seconds\":0}\n"
+                                   "{\"kind\":\"sleep\",\"seconds\":0,\"\\u001b[2J\\u0000x\":1}\n");
+    const Output plan = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string()});
+    EXPECT_EQ(plan.exit_code, 2);
+    EXPECT_NE(plan.err.find(fmt::format("{}:2: unknown field \"\\x1b[2J\\x00x\"\n", (dir / "plan.jsonl").string())),
+              std::string::npos)
+        << plan.err;
+    EXPECT_EQ(plan.err.find('\x1b'), std::string::npos) << plan.err;
+
+    write_text(dir / "urls.txt", std::string("http://a/\x1b[2J\0tail\n", 19));
+    const Output urls = run_binary("coordinator", {"--urls", (dir / "urls.txt").string()});
+    EXPECT_EQ(urls.exit_code, 2);
+    EXPECT_NE(urls.err.find(fmt::format("--urls: {}:1: 'http://a/\\x1b[2J\\x00tail' is not an http:// or https:// URL: "
+                                        "contains a space or a control character",
+                                        (dir / "urls.txt").string())),
+              std::string::npos)
+        << urls.err;
+    EXPECT_EQ(urls.err.find('\x1b'), std::string::npos) << urls.err;
 }
 
 TEST(Printable, LogLinesShowEscapes) {
