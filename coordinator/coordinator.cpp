@@ -256,6 +256,7 @@ ExitCode run(RunConfig config) {
     std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
     auto console = std::make_unique<ConsoleSink>(results_out);
+    ConsoleSink* console_sink = console.get();
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
         auto sink = std::make_unique<ProgressSink>(
@@ -283,7 +284,10 @@ ExitCode run(RunConfig config) {
         sinks.add(std::move(sink));
     }
 
-    const SignalWatcher signals;  // before any thread starts
+    SignalWatcher signals;  // before any thread starts
+    // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
+    // the whole plan for no one; SIGPIPE itself is ignored (coordinator_main).
+    console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
     if (fixture) {
         fixture->start();
         spdlog::info("serving {} synthetic images of {} bytes on {}, {:g} s latency{}", config.tasks, config.file_size,
@@ -320,8 +324,13 @@ ExitCode run(RunConfig config) {
         throw;
     }
     if (progress) progress->close();
-    fmt::print(results_out, "{}", summary_text(reports));
-    std::fflush(results_out);
+    {
+        const std::string summary = summary_text(reports);
+        const bool written = std::fwrite(summary.data(), 1, summary.size(), results_out) == summary.size();
+        // After an EPIPE the console sink has said so; the files below are still written.
+        if ((std::fflush(results_out) != 0 || !written) && signals.signal() != SIGPIPE)
+            spdlog::error("cannot write the table: {}", std::strerror(errno));
+    }
     // An output that could not be written (a full disk, say) fails the run, after the
     // others are written: the results on stdout and in the other files still count.
     std::vector<std::string> output_errors;
@@ -344,8 +353,14 @@ ExitCode run(RunConfig config) {
     }
     for (const std::string& error : output_errors) spdlog::error("{}", error);
 
-    if (signals.signal() == SIGINT) return ExitCode::Interrupted;
-    if (signals.signal() == SIGTERM) return ExitCode::Terminated;
+    switch (signals.signal()) {
+        case SIGHUP: return ExitCode::HungUp;
+        case SIGINT: return ExitCode::Interrupted;
+        case SIGQUIT: return ExitCode::Quit;
+        case SIGPIPE: return ExitCode::BrokenPipe;
+        case SIGTERM: return ExitCode::Terminated;
+        default: break;
+    }
     const bool failed = std::any_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.failed > 0; });
     return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
 }
@@ -375,6 +390,10 @@ ExitCode keygen(const KeygenConfig& config) {
 
 int coordinator_main(int argc, const char* const* argv) {
     init_logging("coordinator");
+    // A closed stdout is then an EPIPE the console sink sees and stops the run for, instead
+    // of a signal that kills us with workers running and the socket directory left behind.
+    // Workers get the default back (process_pool.cpp).
+    ::signal(SIGPIPE, SIG_IGN);
     auto parsed = parse_cli(argc, argv);
     if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {

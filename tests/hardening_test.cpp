@@ -299,6 +299,53 @@ TEST(Printable, LogLinesShowEscapes) {
 
 // ---- 3. Signals, pipes and wrappers ----
 
+struct SignalCase {
+    int signo;
+    int exit_code;
+};
+
+class StopSignal : public ::testing::TestWithParam<SignalCase> {};
+
+TEST_P(StopSignal, PrintsThePartialTableAndLeavesNoSocketDirectory) {
+    testing::TempDir tmp;
+    ::setenv("TMPDIR", tmp.path().c_str(), 1);
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60"});
+    ::unsetenv("TMPDIR");
+    std::vector<pid_t> workers;
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 2; },
+                                    std::chrono::seconds(10)));
+    ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== processes") != std::string::npos; },
+                                    std::chrono::seconds(10)));
+    coordinator.signal(GetParam().signo);
+    const Output output = coordinator.wait(std::chrono::seconds(20));
+    EXPECT_EQ(output.exit_code, GetParam().exit_code) << output.err;
+    EXPECT_NE(output.out.find("(interrupted)"), std::string::npos) << output.out;
+    for (pid_t worker : workers) EXPECT_FALSE(testing::process_exists(worker)) << "worker " << worker;
+    for (const auto& entry : fs::directory_iterator(tmp.path()))  // Running keeps its output in a taskfarm-test-*
+        EXPECT_TRUE(entry.path().filename().string().starts_with("taskfarm-test-")) << entry.path() << " was left";
+}
+
+INSTANTIATE_TEST_SUITE_P(Hardening, StopSignal,
+                         ::testing::Values(SignalCase{SIGHUP, 129}, SignalCase{SIGQUIT, 131}),
+                         [](const auto& param_info) { return param_info.param.signo == SIGHUP ? "SIGHUP" : "SIGQUIT"; });
+
+TEST(Pipes, AClosedStdoutEndsTheRunAndItsWorkers) {
+    testing::TempDir dir;
+    const fs::path journal = dir / "j.jsonl";
+    const fs::path report = dir / "report.json";
+    const Output output = run_shell(fmt::format(
+        R"("$COORDINATOR" --mode processes --pin --workers 2 --tasks 400 --duration 0.05 --results '{}' --json '{}' 2>'{}' | head -2 >/dev/null; echo "${{PIPESTATUS[0]}}")",
+        journal.string(), report.string(), (dir / "err").string()));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(output.out, "141\n") << testing::read_file(dir / "err");
+    EXPECT_NE(testing::read_file(dir / "err").find("stdout is closed (its reader has gone): stopping"), std::string::npos);
+    EXPECT_LT(testing::read_json_lines(journal).size(), 400u);
+    const auto run = testing::read_json(report)["runs"][0];
+    EXPECT_TRUE(run["interrupted"].get<bool>());
+    for (const auto& place : run["placement"])
+        EXPECT_FALSE(testing::process_exists(place["pid"].get<pid_t>())) << place.dump();
+}
+
 TEST(Wrappers, AWorkerWrappersChildrenEndWithTheWorker) {
     testing::TempDir dir;
     const fs::path wrapper = dir / "wrapper.sh";
