@@ -265,11 +265,13 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
                    "is followed; a FIFO, terminal or /dev/fd/N is written straight into")
         ->type_name("FILE");
     app.add_option("--results", config.results_path,
-                   "append one JSON line per finished task to FILE, flushed as each arrives")
+                   "append one JSON line per finished task to FILE, flushed as each arrives; the file is\n"
+                   "locked for the run, so a journal another run writes to is refused")
         ->type_name("FILE");
     app.add_option("--resume", config.resume_path,
                    "resume from the journal FILE of an earlier run of the same plan: skip the tasks it records as\n"
-                   "ok (per mode), run the rest and append their lines to FILE")
+                   "ok (per mode), run the rest and append their lines to FILE; a journal with two ok lines\n"
+                   "for one task and mode is refused")
         ->type_name("FILE");
     app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
         ->check(CLI::Range(0.001, 3600.0))

@@ -247,11 +247,27 @@ ExitCode run(RunConfig config) {
     if (serves_images(config)) fixture.emplace(fixture_options(config));
     const Plan plan = make_plan(config, fixture ? fixture->urls() : std::vector<std::string>{});
     make_out_dirs(config, plan);
-    Done done;
-    if (!config.resume_path.empty()) {
-        done = read_journal_for_resume(config.resume_path, plan);
-        config.results_path = config.resume_path;
+    if (!config.resume_path.empty()) config.results_path = config.resume_path;
+    // Locked before --resume reads (and may repair) the journal, so that no other run
+    // appends to it between the reading and the writing.
+    std::unique_ptr<JournalSink> journal_sink;
+    if (!config.results_path.empty()) {
+        try {
+            journal_sink = std::make_unique<JournalSink>(config.results_path, /*create=*/config.resume_path.empty());
+        } catch (const ConfigError& e) {
+            throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
+        }
     }
+    const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
+    const auto done_in = [&](Mode mode) -> const std::set<TaskId>& {
+        static const std::set<TaskId> none;
+        const auto found = done.find(std::string(to_string(mode)));
+        return found == done.end() ? none : found->second;
+    };
+    if (!config.resume_path.empty() &&
+        std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) { return done_in(m).size() == plan.tasks.size(); }))
+        fmt::print(stderr, "nothing to do: all {} tasks are ok in '{}'\n", plan.tasks.size(),
+                   printable(config.resume_path.string()));
     // A report on stdout must be all there is on it; the results and the table then go to stderr.
     std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
@@ -272,17 +288,8 @@ ExitCode run(RunConfig config) {
         recording = sink.get();
         sinks.add(std::move(sink));
     }
-    JournalSink* journal = nullptr;
-    if (!config.results_path.empty()) {
-        std::unique_ptr<JournalSink> sink;
-        try {
-            sink = std::make_unique<JournalSink>(config.results_path);
-        } catch (const ConfigError& e) {
-            throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
-        }
-        journal = sink.get();
-        sinks.add(std::move(sink));
-    }
+    JournalSink* const journal = journal_sink.get();
+    if (journal_sink) sinks.add(std::move(journal_sink));
 
     SignalWatcher signals;  // before any thread starts
     // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
@@ -302,15 +309,26 @@ ExitCode run(RunConfig config) {
             if (signals.token().stop_requested()) break;
             // A plan of a million tasks is ~130 MB: a mode gets a copy of its own only when it
             // differs (tasks done in the journal, download tasks to give their directory).
-            const std::set<TaskId>& done_here = done[std::string(to_string(mode))];
+            const std::set<TaskId>& done_here = done_in(mode);
             std::optional<Plan> own;
             if (!done_here.empty() || has_downloads) own = for_mode(remaining(plan, done_here), mode, config);
             const Plan& todo = own ? *own : plan;
-            if (todo.tasks.size() < plan.tasks.size())
-                spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode),
-                             plan.tasks.size() - todo.tasks.size(), plan.tasks.size(), todo.tasks.size());
-            if (todo.tasks.empty()) continue;
-            reports.push_back(make_runner(mode, config, signals.token())->run(todo, sinks));
+            const std::size_t earlier = plan.tasks.size() - todo.tasks.size();
+            if (earlier > 0)
+                spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode), earlier,
+                             plan.tasks.size(), todo.tasks.size());
+            // A resumed mode's row counts the whole plan, the journal's ok tasks among its ok;
+            // its times are this run's, so a mode with nothing left has none (and no speedup).
+            RunReport report;
+            if (todo.tasks.empty()) {
+                report.mode = to_string(mode);
+                report.workers = report.cpus_used = 0;
+            } else {
+                report = make_runner(mode, config, signals.token())->run(todo, sinks);
+            }
+            report.tasks += earlier;
+            report.ok += earlier;
+            reports.push_back(std::move(report));
         }
         executors::close_connections();  // the sequential mode's, kept by this thread
     } catch (const std::exception&) {

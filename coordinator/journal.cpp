@@ -40,6 +40,7 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
     }
 
     Done done;
+    std::map<std::pair<std::string, TaskId>, int> ok_lines;  // (mode, task) -> the line saying ok
     std::istringstream lines(text.substr(0, complete));
     int number = 0;
     for (std::string line; std::getline(lines, line);) {
@@ -58,7 +59,16 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
                 throw ConfigError(fmt::format("{}: task {} is {} {} there but {} {} here; the journal is from a "
                                               "different plan", where, id, printable(entry.at("kind").get<std::string>()),
                                               entry.at("params").dump(), to_string(task.kind), params_json(task).dump()));
-            if (entry.at("ok").get<bool>()) done[entry.at("mode").get<std::string>()].insert(id);
+            if (!entry.at("ok").get<bool>()) continue;
+            const auto mode = entry.at("mode").get<std::string>();
+            // One run writes one line per task and mode, and a resume reruns only what is not
+            // ok: a second ok line means two runs appended at once (or a hand edit), and the
+            // counts built on this journal would be wrong.
+            if (const auto [first, added] = ok_lines.try_emplace({mode, id}, number); !added)
+                throw ConfigError(fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs "
+                                              "wrote to this journal, so it cannot say what is done",
+                                              where, id, printable(mode), first->second));
+            done[mode].insert(id);
         } catch (const nlohmann::json::exception& e) {
             throw ConfigError(printable(fmt::format("{}: not a journal line: {}", where, e.what())));
         }

@@ -1,5 +1,7 @@
 #include "sinks.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -102,8 +104,26 @@ void ConsoleSink::flush_() {
     if (!closed_ && std::fflush(out_) != 0) failed(errno);
 }
 
-JournalSink::JournalSink(const std::filesystem::path& path) : path_(path), file_(std::fopen(path.c_str(), "a")) {
-    if (!file_) throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", path.string(), std::strerror(errno)));
+JournalSink::JournalSink(const std::filesystem::path& path, bool create) : path_(path) {
+    // Close-on-exec: a worker must not inherit the descriptor, and with it the lock.
+    const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0666);
+    if (fd < 0)
+        throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(errno)));
+    // Held until the file is closed: lines of two runs appended at once would interleave, and
+    // a resume would then count tasks twice. flock, not fcntl, because fcntl's locks belong
+    // to the process and any close of the file by it drops them.
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int error = errno;
+        ::close(fd);
+        throw ConfigError(fmt::format("cannot lock '{}': {}", printable(path.string()),
+                                      error == EWOULDBLOCK ? "another run is writing to it" : std::strerror(error)));
+    }
+    file_ = ::fdopen(fd, "a");
+    if (!file_) {
+        const int error = errno;
+        ::close(fd);
+        throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(error)));
+    }
 }
 
 JournalSink::~JournalSink() {

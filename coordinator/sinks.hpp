@@ -83,10 +83,14 @@ private:
     std::function<void()> on_closed_;
 };
 
-// One JSON line per result, appended to a file and flushed as it arrives.
+// One JSON line per result, appended to a file and flushed as it arrives. The file is
+// locked (flock, exclusive) from construction to destruction: a journal another run holds
+// is refused, so two runs never interleave their lines.
 class JournalSink final : public ResultSink {
 public:
-    explicit JournalSink(const std::filesystem::path& path);  // throws ConfigError
+    // Creates the file if missing and `create`; throws ConfigError if it cannot be opened or
+    // another process holds its lock.
+    JournalSink(const std::filesystem::path& path, bool create);
     ~JournalSink() override;
     JournalSink(const JournalSink&) = delete;
     JournalSink& operator=(const JournalSink&) = delete;
@@ -100,7 +104,7 @@ protected:
 
 private:
     std::filesystem::path path_;
-    std::FILE* file_;
+    std::FILE* file_ = nullptr;
     std::size_t lost_ = 0;  // lines not written: the first failure is logged, no line after it is written
     std::string error_;
 };

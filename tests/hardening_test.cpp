@@ -391,6 +391,63 @@ TEST(Wrappers, AWorkerKilledForSilenceTakesItsGroupWithIt) {
     EXPECT_FALSE(testing::process_exists(workers[0]));
 }
 
+// ---- 4. Journals ----
+
+TEST(Journals, AJournalInUseIsRefusedNamingTheFlag) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "j.jsonl").string();
+    testing::Running first("coordinator", {"--mode", "threads", "--workers", "1", "--tasks", "3", "--duration", "60",
+                                           "--results", journal});
+    ASSERT_TRUE(testing::eventually([&] { return first.out().find("== threads") != std::string::npos; },
+                                    std::chrono::seconds(10)));
+    const Output second = run_binary("coordinator", quick_run({"--results", journal}));
+    EXPECT_EQ(second.exit_code, 2);
+    EXPECT_NE(second.err.find(fmt::format("--results: cannot lock '{}': another run is writing to it", journal)),
+              std::string::npos)
+        << second.err;
+    const Output resumed = run_binary("coordinator", quick_run({"--resume", journal}));
+    EXPECT_EQ(resumed.exit_code, 2);
+    EXPECT_NE(resumed.err.find(fmt::format("--resume: cannot lock '{}'", journal)), std::string::npos) << resumed.err;
+    first.signal(SIGTERM);
+    EXPECT_EQ(first.wait(std::chrono::seconds(20)).exit_code, 143);
+    EXPECT_TRUE(testing::read_file(journal).empty());
+}
+
+TEST(Journals, DuplicateOkLinesAreRejected) {
+    testing::TempDir dir;
+    const fs::path journal = dir / "j.jsonl";
+    ASSERT_EQ(run_binary("coordinator", quick_run({"--results", journal.string()})).exit_code, 0);
+    const std::string text = testing::read_file(journal);
+    write_text(journal, text + text);  // what two runs appending at once leave
+    const Output output = run_binary("coordinator", quick_run({"--resume", journal.string()}));
+    EXPECT_EQ(output.exit_code, 2);
+    const int first_id = nlohmann::json::parse(text.substr(0, text.find('\n')))["id"];
+    EXPECT_NE(output.err.find(fmt::format("--resume: journal '{}' line 3: task {} of threads is ok a second time (first "
+                                          "on line 1)",
+                                          journal.string(), first_id)),
+              std::string::npos)
+        << output.err;
+    EXPECT_EQ(testing::read_file(journal), text + text);
+}
+
+TEST(Journals, ResumingACompleteJournalSaysSoAndCountsThePlan) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "j.jsonl").string();
+    const std::vector<std::string> args{"--mode", "sequential,threads", "--tasks", "3", "--duration", "0"};
+    auto first = args;
+    first.insert(first.end(), {"--results", journal});
+    ASSERT_EQ(run_binary("coordinator", first).exit_code, 0);
+    auto again = args;
+    again.insert(again.end(), {"--resume", journal});
+    const Output output = run_binary("coordinator", again);
+    EXPECT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_NE(output.err.find(fmt::format("nothing to do: all 3 tasks are ok in '{}'", journal)), std::string::npos)
+        << output.err;
+    EXPECT_NE(output.out.find("sequential         0      3      3      0"), std::string::npos) << output.out;
+    EXPECT_NE(output.out.find("threads            0      3      3      0"), std::string::npos) << output.out;
+    EXPECT_EQ(testing::read_json_lines(journal).size(), 6u);
+}
+
 // ---- 5. A plan line's timeout ----
 
 TEST(Timeouts, APlanLinesZeroMeansNoLimitAndAbsentMeansTheDefault) {
