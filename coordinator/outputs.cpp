@@ -123,7 +123,7 @@ void write_to_stdout(std::string_view text) {
 // blocking, so that a FIFO nobody reads is an error (ENXIO) rather than a hang.
 void write_in_place(const fs::path& path, std::string_view text, bool truncate) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NONBLOCK | (truncate ? O_TRUNC : 0));
-    if (fd < 0) throw write_error(path, std::strerror(errno));
+    if (fd < 0) throw write_error(path, errno == ENXIO ? "nothing is reading from it" : std::strerror(errno));
     try {
         ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // a full pipe waits for its reader
         write_all(fd, text, path);

@@ -116,6 +116,17 @@ TEST(Outputs, AFifoIsWrittenStraightInto) {
     EXPECT_TRUE(S_ISFIFO(st.st_mode));
 }
 
+TEST(Outputs, AFifoWithoutAReaderFailsTheRunInsteadOfHanging) {
+    testing::TempDir dir;
+    const fs::path fifo = dir / "report.fifo";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const Output output = run_binary("coordinator", quick_run({"--json", fifo.string()}));
+    EXPECT_EQ(output.exit_code, 1);
+    EXPECT_NE(output.err.find(fmt::format("--json: cannot write '{}': nothing is reading from it", fifo.string())),
+              std::string::npos)
+        << output.err;
+}
+
 TEST(Outputs, ProcessSubstitutionWorks) {
     testing::TempDir dir;
     const Output output = run_shell(fmt::format(
