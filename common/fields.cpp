@@ -6,13 +6,13 @@
 
 #include <taskfarm/task_type.hpp>
 
+#include "text.hpp"
+
 namespace taskfarm {
 namespace {
 
-std::string shown(const Json& value) {
-    std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-    return text.size() > 100 ? text.substr(0, 100) + "..." : text;
-}
+// A value or key for a message: printable (a field may hold anything), at most 100 bytes.
+std::string shown(const Json& value) { return printable(value.dump(-1, ' ', false, Json::error_handler_t::replace), 100); }
 
 }  // namespace
 
@@ -34,7 +34,7 @@ std::optional<double> Fields::seconds(std::string_view key) {
     const Json* value = take(key);
     if (!value) return std::nullopt;
     if (!value->is_number() || !std::isfinite(value->get<double>()) || value->get<double>() < 0)
-        throw std::invalid_argument(fmt::format("\"{}\" must be a number of seconds >= 0, not {}", key, shown(*value)));
+        throw std::invalid_argument(fmt::format("\"{}\" must be a number of seconds >= 0, not {}", printable(key, 100), shown(*value)));
     return value->get<double>();
 }
 
@@ -42,21 +42,21 @@ std::optional<std::uint64_t> Fields::count(std::string_view key) {
     const Json* value = take(key);
     if (!value) return std::nullopt;
     if (!value->is_number_unsigned())
-        throw std::invalid_argument(fmt::format("\"{}\" must be a whole number >= 0, not {}", key, shown(*value)));
+        throw std::invalid_argument(fmt::format("\"{}\" must be a whole number >= 0, not {}", printable(key, 100), shown(*value)));
     return value->get<std::uint64_t>();
 }
 
 std::optional<std::string> Fields::text(std::string_view key) {
     const Json* value = take(key);
     if (!value) return std::nullopt;
-    if (!value->is_string()) throw std::invalid_argument(fmt::format("\"{}\" must be a string, not {}", key, shown(*value)));
+    if (!value->is_string()) throw std::invalid_argument(fmt::format("\"{}\" must be a string, not {}", printable(key, 100), shown(*value)));
     return value->get<std::string>();
 }
 
 void Fields::finish() const {
     for (const auto& [key, value] : params_.items())
         if (std::find(read_.begin(), read_.end(), key) == read_.end())
-            throw std::invalid_argument(fmt::format("unknown field \"{}\"", key));
+            throw std::invalid_argument(fmt::format("unknown field \"{}\"", printable(key, 100)));
 }
 
 }  // namespace taskfarm

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "text.hpp"
+
 namespace taskfarm::proto {
 namespace {
 
@@ -30,6 +32,11 @@ std::string pack(const T& message) {
 // msgpack fills absent keys with defaults; required fields are checked here. Empty: valid.
 std::string problem(const Hello& message) {
     if (message.name.empty()) return "hello without a name";
+    // A name is printed in every result line and log line about its worker: refused, not
+    // cleaned up, so that no two names differ only in what the cleaning hides.
+    if (!is_printable(message.name, kMaxWorkerName))
+        return fmt::format("hello with a name that is not printable or longer than {} bytes: '{}'", kMaxWorkerName,
+                           printable(message.name, kMaxWorkerName));
     return {};
 }
 

@@ -1,12 +1,7 @@
 #include "trace.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <map>
 #include <stdexcept>
 
@@ -455,41 +450,6 @@ nlohmann::json trace_json(const std::vector<ModeRecording>& modes, std::string_v
 
 std::string timeline_svg(const std::vector<ModeRecording>& modes, std::string_view title) {
     return SvgWriter(modes, title).write();
-}
-
-namespace {
-
-std::filesystem::path temp_path_for(const std::filesystem::path& path) {
-    return path.string() + fmt::format(".tmp{}", ::getpid());
-}
-
-}  // namespace
-
-void write_file_atomically(const std::filesystem::path& path, std::string_view text) {
-    const std::filesystem::path temp = temp_path_for(path);
-    std::FILE* file = std::fopen(temp.c_str(), "wb");
-    if (!file) throw std::runtime_error(fmt::format("cannot write '{}': {}", path.string(), std::strerror(errno)));
-    const bool written = std::fwrite(text.data(), 1, text.size(), file) == text.size();
-    const int saved_errno = errno;
-    if (std::fclose(file) != 0 || !written) {
-        const int error = written ? errno : saved_errno;
-        std::remove(temp.c_str());
-        throw std::runtime_error(fmt::format("cannot write '{}': {}", temp.string(), std::strerror(error)));
-    }
-    std::error_code ec;
-    std::filesystem::rename(temp, path, ec);
-    if (ec) {
-        std::remove(temp.c_str());
-        throw std::runtime_error(fmt::format("cannot rename '{}' to '{}': {}", temp.string(), path.string(), ec.message()));
-    }
-}
-
-void check_writable(const std::filesystem::path& path) {
-    const std::filesystem::path temp = temp_path_for(path);
-    std::FILE* file = std::fopen(temp.c_str(), "wb");
-    if (!file) throw std::runtime_error(fmt::format("cannot write '{}': {}", path.string(), std::strerror(errno)));
-    std::fclose(file);
-    std::remove(temp.c_str());
 }
 
 }  // namespace taskfarm

@@ -61,12 +61,4 @@ nlohmann::json trace_json(const std::vector<ModeRecording>& modes, std::string_v
 // one <rect class="attempt lost"> per lost attempt, then the axis and a legend.
 std::string timeline_svg(const std::vector<ModeRecording>& modes, std::string_view title);
 
-// Writes `text` to `path` through a temp file in the same directory and a rename, so the
-// file is either the old one or the complete new one. Throws std::runtime_error.
-void write_file_atomically(const std::filesystem::path& path, std::string_view text);
-
-// Throws std::runtime_error unless a file can be created next to `path` (checked up front,
-// so a bad path fails before the run, not after it).
-void check_writable(const std::filesystem::path& path);
-
 }  // namespace taskfarm

@@ -224,7 +224,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\") or\n"
                        "{\"kind\":\"download\",\"url\":\"https://...\"}; any line may add \"timeout_s\";\n"
                        "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
-                       "and lines starting with # are skipped; a bad line stops the run before it starts")
+                       "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin")
             ->type_name("FILE")
             ->excludes(task_option)
             ->excludes(tasks_option)
@@ -238,7 +238,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     auto* urls_option =
         app.add_option("--urls", config.urls_path,
                        "download: fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
-                       "https:// URL per line, blank lines and lines starting with # skipped; implies --task download")
+                       "https:// URL per line, blank lines and lines starting with # skipped; implies --task download;\n"
+                       "- reads stdin")
             ->type_name("FILE")
             ->excludes(tasks_option)
             ->excludes(duration_option)
@@ -315,13 +316,20 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        : fmt::format("worker executable (default: this program, run as `{} worker ...`); it gets\n"
                                      "`worker --connect ...`",
                                      program.name));
-    app.add_option("--json", config.json_path, "write the report as JSON to FILE")->type_name("FILE");
+    app.add_option("--json", config.json_path,
+                   "write the report as JSON to FILE when the run ends. For --json, --trace and --timeline:\n"
+                   "- (or /dev/stdout) is stdout, and the result lines and table then go to stderr; a\n"
+                   "regular file is replaced through a temp file and a rename, keeping its mode; a symlink\n"
+                   "is followed; a FIFO, terminal or /dev/fd/N is written straight into")
+        ->type_name("FILE");
     app.add_option("--results", config.results_path,
-                   "append one JSON line per finished task to FILE, flushed as each arrives")
+                   "append one JSON line per finished task to FILE, flushed as each arrives; the file is\n"
+                   "locked for the run, so a journal another run writes to is refused")
         ->type_name("FILE");
     app.add_option("--resume", config.resume_path,
                    "resume from the journal FILE of an earlier run of the same plan: skip the tasks it records as\n"
-                   "ok (per mode), run the rest and append their lines to FILE")
+                   "ok (per mode), run the rest and append their lines to FILE; a journal with two ok lines\n"
+                   "for one task and mode is refused")
         ->type_name("FILE");
     app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
         ->check(CLI::Range(0.001, 3600.0))
@@ -335,7 +343,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->capture_default_str();
     app.add_option("--task-timeout", config.task_timeout_s,
                    "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
-                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task")
+                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit)")
         ->check(CLI::Range(0.0, 31'536'000.0))
         ->capture_default_str();
     app.add_option("--max-attempts", config.max_attempts,
@@ -424,8 +432,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
         "min(workers, CPUs available)); util = cpu_s / (wall_s x cpus).\n"
-        "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage,\n"
-        "130/143 interrupted by SIGINT/SIGTERM.\n"
+        "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
+        "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
+        "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head).\n"
         "Examples: coordinator --workers 8 --task download\n"
         "          coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
         "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin\n"

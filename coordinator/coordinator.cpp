@@ -22,12 +22,14 @@
 #include "dispatcher.hpp"
 #include "journal.hpp"
 #include "log.hpp"
+#include "outputs.hpp"
 #include "plan.hpp"
 #include "process_pool.hpp"
 #include "progress.hpp"
 #include "runner.hpp"
 #include "signals.hpp"
 #include "sinks.hpp"
+#include "text.hpp"
 #include "trace.hpp"
 
 namespace taskfarm {
@@ -66,18 +68,36 @@ void check_config(RunConfig& config) {
         throw ConfigError(fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
 }
 
-// A bad --trace or --timeline path fails before the run, not after it.
-void check_output_paths(const RunConfig& config) {
-    const std::pair<const char*, const std::filesystem::path&> outputs[] = {
-        {"--json", config.json_path}, {"--trace", config.trace_path}, {"--timeline", config.timeline_path}};
-    for (const auto& [flag, path] : outputs) {
-        if (path.empty()) continue;
-        try {
-            check_writable(path);
-        } catch (const std::runtime_error& e) {
-            throw ConfigError(fmt::format("{}: {}", flag, e.what()));
-        }
-    }
+// A bad report path, or a file given twice, fails before the run, not after it.
+void check_files(const RunConfig& config) {
+    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--json", config.json_path},
+                                     {"--trace", config.trace_path},
+                                     {"--timeline", config.timeline_path}})
+        check_report_path(flag, path);
+    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
+                                     {"--resume", config.resume_path}})
+        if (path == "-")
+            throw ConfigError(fmt::format("{}: cannot append a journal to '-': it must be a file that --resume can "
+                                          "read back and lock",
+                                          flag));
+    check_distinct({{"--plan", config.plan_path, true},
+                    {"--urls", config.urls_path, true},
+                    {"--resume", config.resume_path},
+                    {"--results", config.results_path},
+                    {"--json", config.json_path},
+                    {"--trace", config.trace_path},
+                    {"--timeline", config.timeline_path}});
+    if (!config.resume_path.empty() && !config.results_path.empty() && !same_file(config.resume_path, config.results_path))
+        throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
+                                      printable(config.resume_path.string()), printable(config.results_path.string())));
+}
+
+// Whether a report goes to stdout: then it must be all that is there, and the result lines
+// and the table go to stderr.
+bool report_on_stdout(const RunConfig& config) {
+    const std::filesystem::path* reports[] = {&config.json_path, &config.trace_path, &config.timeline_path};
+    return std::any_of(std::begin(reports), std::end(reports),
+                       [](const std::filesystem::path* path) { return !path->empty() && is_stdout(*path); });
 }
 
 // The types of the plan's tasks, each once, in order of first use.
@@ -150,7 +170,7 @@ void write_pictures(const RunConfig& config, std::vector<ModeRecording> modes, c
     const auto write = [&](const char* flag, const std::filesystem::path& path, const auto& render) {
         if (path.empty()) return;
         try {
-            write_file_atomically(path, render());
+            write_report(path, render());
         } catch (const std::exception& e) {
             if (error.empty()) error = fmt::format("{}: {}", flag, e.what());
             else spdlog::error("{}: {}", flag, e.what());
@@ -204,22 +224,27 @@ void write_json(const RunConfig& config, const Plan& plan, const std::vector<Run
         {"config", config_json(config, plan)},
         {"runs", runs},
     };
-    // Temp file + rename: a reader never sees half a report.
-    write_file_atomically(config.json_path, document.dump(2) + "\n");
+    write_report(config.json_path, document.dump(2) + "\n");
 }
 
-void print_failures(const std::vector<RunReport>& reports) {
+// The table, the placement and the failure summary, as printed after the run. Errors and
+// worker names come from other processes: each is made printable, each failure one line.
+std::string summary_text(const std::vector<RunReport>& reports) {
+    std::string text = "\n" + printable_lines(format_table(reports), std::string::npos);
+    if (const std::string placement = format_placement(reports); !placement.empty())
+        text += "\nplacement (worker -> cpu, pid):\n" + printable_lines(placement, std::string::npos);
     for (const RunReport& report : reports) {
         if (report.failures.empty()) continue;
-        fmt::print("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
-        for (const Failure& failure : report.failures) fmt::print("  task {}: {}\n", failure.id, failure.error);
+        text += fmt::format("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
+        for (const Failure& failure : report.failures) text += fmt::format("  task {}: {}\n", failure.id, printable(failure.error));
     }
+    return text;
 }
 
 ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
     check_config(config);
-    check_output_paths(config);
+    check_files(config);
     // A type's services (the built-in image server) bind now; their threads start after the
     // SignalWatcher, like every thread.
     Json settings = settings_json(config);
@@ -227,19 +252,36 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     const std::vector<const TaskType*> types = plan_types(plan);
     warn_unread_settings(config, types);
     make_out_dirs(config, types);
-    Done done;
-    if (!config.resume_path.empty()) {
-        if (!config.results_path.empty() && config.results_path != config.resume_path)
-            throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
-                                          config.resume_path.string(), config.results_path.string()));
-        done = read_journal_for_resume(config.resume_path, plan);
-        config.results_path = config.resume_path;
+    if (!config.resume_path.empty()) config.results_path = config.resume_path;
+    // Locked before --resume reads (and may repair) the journal, so that no other run
+    // appends to it between the reading and the writing.
+    std::unique_ptr<JournalSink> journal_sink;
+    if (!config.results_path.empty()) {
+        try {
+            journal_sink = std::make_unique<JournalSink>(config.results_path, /*create=*/config.resume_path.empty());
+        } catch (const ConfigError& e) {
+            throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
+        }
     }
+    const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
+    const auto done_in = [&](Mode mode) -> const std::set<TaskId>& {
+        static const std::set<TaskId> none;
+        const auto found = done.find(std::string(to_string(mode)));
+        return found == done.end() ? none : found->second;
+    };
+    if (!config.resume_path.empty() &&
+        std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) { return done_in(m).size() == plan.tasks.size(); }))
+        fmt::print(stderr, "nothing to do: all {} tasks are ok in '{}'\n", plan.tasks.size(),
+                   printable(config.resume_path.string()));
+    // A report on stdout must be all there is on it; the results and the table then go to stderr.
+    std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
-    auto console = std::make_unique<ConsoleSink>(stdout);
+    auto console = std::make_unique<ConsoleSink>(results_out);
+    ConsoleSink* console_sink = console.get();
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
-        auto sink = std::make_unique<ProgressSink>(ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(STDOUT_FILENO) == 1}, std::move(console));
+        auto sink = std::make_unique<ProgressSink>(
+            ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(::fileno(results_out)) == 1}, std::move(console));
         progress = sink.get();
         sinks.add(std::move(sink));
     } else {
@@ -251,19 +293,13 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         recording = sink.get();
         sinks.add(std::move(sink));
     }
-    JournalSink* journal = nullptr;
-    if (!config.results_path.empty()) {
-        std::unique_ptr<JournalSink> sink;
-        try {
-            sink = std::make_unique<JournalSink>(config.results_path);
-        } catch (const ConfigError& e) {
-            throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
-        }
-        journal = sink.get();
-        sinks.add(std::move(sink));
-    }
+    JournalSink* const journal = journal_sink.get();
+    if (journal_sink) sinks.add(std::move(journal_sink));
 
-    const SignalWatcher signals;  // before any thread starts
+    SignalWatcher signals;  // before any thread starts
+    // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
+    // the whole plan for no one; SIGPIPE itself is ignored (coordinator_main).
+    console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
     for (const auto& service : plan.services) service->start();
     std::vector<RunReport> reports;
     const RunShared shared{program.registry, settings};
@@ -272,15 +308,26 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
             if (signals.token().stop_requested()) break;
             // A plan of a million tasks is ~130 MB: a mode gets a copy of its own only when
             // the journal has some of its tasks done.
-            const std::set<TaskId>& done_here = done[std::string(to_string(mode))];
+            const std::set<TaskId>& done_here = done_in(mode);
             std::optional<Plan> own;
             if (!done_here.empty()) own = remaining(plan, done_here);
             const Plan& todo = own ? *own : plan;
-            if (todo.tasks.size() < plan.tasks.size())
-                spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode),
-                             plan.tasks.size() - todo.tasks.size(), plan.tasks.size(), todo.tasks.size());
-            if (todo.tasks.empty()) continue;
-            reports.push_back(make_runner(mode, config, shared, signals.token())->run(todo, sinks));
+            const std::size_t earlier = plan.tasks.size() - todo.tasks.size();
+            if (earlier > 0)
+                spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode), earlier,
+                             plan.tasks.size(), todo.tasks.size());
+            // A resumed mode's row counts the whole plan, the journal's ok tasks among its ok;
+            // its times are this run's, so a mode with nothing left has none (and no speedup).
+            RunReport report;
+            if (todo.tasks.empty()) {
+                report.mode = to_string(mode);
+                report.workers = report.cpus_used = 0;
+            } else {
+                report = make_runner(mode, config, shared, signals.token())->run(todo, sinks);
+            }
+            report.tasks += earlier;
+            report.ok += earlier;
+            reports.push_back(std::move(report));
         }
     } catch (const std::exception&) {
         // The run failed (no report for this mode): what it recorded still helps to see why.
@@ -293,11 +340,13 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         throw;
     }
     if (progress) progress->close();
-    fmt::print("\n{}", format_table(reports));
-    if (const std::string placement = format_placement(reports); !placement.empty())
-        fmt::print("\nplacement (worker -> cpu, pid):\n{}", placement);
-    print_failures(reports);
-    std::fflush(stdout);
+    {
+        const std::string summary = summary_text(reports);
+        const bool written = std::fwrite(summary.data(), 1, summary.size(), results_out) == summary.size();
+        // After an EPIPE the console sink has said so; the files below are still written.
+        if ((std::fflush(results_out) != 0 || !written) && signals.signal() != SIGPIPE)
+            spdlog::error("cannot write the table: {}", std::strerror(errno));
+    }
     // An output that could not be written (a full disk, say) fails the run, after the
     // others are written: the results on stdout and in the other files still count.
     std::vector<std::string> output_errors;
@@ -320,8 +369,14 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     }
     for (const std::string& error : output_errors) spdlog::error("{}", error);
 
-    if (signals.signal() == SIGINT) return ExitCode::Interrupted;
-    if (signals.signal() == SIGTERM) return ExitCode::Terminated;
+    switch (signals.signal()) {
+        case SIGHUP: return ExitCode::HungUp;
+        case SIGINT: return ExitCode::Interrupted;
+        case SIGQUIT: return ExitCode::Quit;
+        case SIGPIPE: return ExitCode::BrokenPipe;
+        case SIGTERM: return ExitCode::Terminated;
+        default: break;
+    }
     const bool failed = std::any_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.failed > 0; });
     return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
 }
@@ -351,6 +406,10 @@ ExitCode keygen(const KeygenConfig& config) {
 
 int coordinator_main(const ProgramInfo& program, int argc, const char* const* argv) {
     init_logging(program.name);
+    // A closed stdout is then an EPIPE the console sink sees and stops the run for, instead
+    // of a signal that kills us with workers running and the socket directory left behind.
+    // Workers get the default back (process_pool.cpp).
+    ::signal(SIGPIPE, SIG_IGN);
     auto parsed = parse_cli(program, argc, argv);
     if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {

@@ -3,19 +3,22 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
 #include "errors.hpp"
+#include "text.hpp"
 
 namespace taskfarm {
 namespace {
 
-// What is wrong with one plan line; read_plan() adds the file name and line number.
+// What is wrong with one plan line; read_plan() adds the file name and line number. The
+// text may quote the line, so it is made printable here, before what() could cut it at a NUL.
 struct LineError : std::runtime_error {
-    using std::runtime_error::runtime_error;
+    explicit LineError(const std::string& what) : std::runtime_error(printable(what)) {}
 };
 
 TaskSpec parse_line(const std::string& text, const Registry& registry) {
@@ -35,7 +38,7 @@ TaskSpec parse_line(const std::string& text, const Registry& registry) {
         if (!kind) throw LineError("no \"kind\"");
         task.type = registry.find(*kind);
         if (!task.type) throw LineError(fmt::format("unknown kind \"{}\" (want {})", *kind, registry.names_text()));
-        task.timeout_s = fields.seconds("timeout_s").value_or(0);
+        task.timeout_s = fields.seconds("timeout_s").value_or(kTimeoutNotGiven);
         Params own = line;  // the type's fields: all but those two
         own.erase("kind");
         own.erase("timeout_s");
@@ -51,10 +54,13 @@ bool skipped(const std::string& line) {
     return first == std::string::npos || line[first] == '#';
 }
 
-std::ifstream open_input(const std::filesystem::path& path, const std::string& flag) {
+// Reads `path` with `read(stream, name)`; `-` is standard input, named "stdin" in messages.
+template <typename Read>
+Plan read_input_file(const std::filesystem::path& path, const std::string& flag, Read read) {
+    if (path == "-") return read(std::cin, std::string("stdin"));
     std::ifstream in(path);
-    if (!in) throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, path.string(), std::strerror(errno)));
-    return in;
+    if (!in) throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    return read(in, path.string());
 }
 
 // --tasks tasks of --task, from --seed.
@@ -71,7 +77,7 @@ Plan generate_plan(const RunConfig& config, const TaskType& type, Json& settings
     for (std::uint64_t i = 0; i < count; ++i) {
         Generate args{.index = i, .count = count, .random = random, .settings = settings};
         try {
-            plan.tasks.push_back(TaskSpec{.id = i, .type = &type, .params = type.generate(args)});
+            plan.tasks.push_back(TaskSpec{.id = i, .type = &type, .params = type.generate(args), .timeout_s = kTimeoutNotGiven});
         } catch (const std::exception& e) {
             throw ConfigError(fmt::format("--task {}: cannot make task {} of {}: {}", type.name(), i, count, e.what()));
         }
@@ -109,11 +115,11 @@ Plan read_plan(std::istream& in, const std::string& name, const Registry& regist
             task.id = static_cast<TaskId>(plan.tasks.size());
             plan.tasks.push_back(std::move(task));
         } catch (const LineError& e) {
-            throw ConfigError(fmt::format("{}:{}: {}", name, number, e.what()));
+            throw ConfigError(fmt::format("{}:{}: {}", printable(name), number, e.what()));
         }
     }
-    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name, number + 1));
-    if (plan.tasks.empty()) throw ConfigError(fmt::format("{}: no tasks in the plan", name));
+    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", printable(name), number + 1));
+    if (plan.tasks.empty()) throw ConfigError(fmt::format("{}: no tasks in the plan", printable(name)));
     return plan;
 }
 
@@ -128,34 +134,41 @@ Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type
         try {
             // Checked as a plan line is: a type's parameters cannot come from its input line
             // (sleep's, say) fail here, not in every task.
-            plan.tasks.push_back(TaskSpec{.id = plan.tasks.size(), .type = &type, .params = type.parse(type.from_input(input))});
+            plan.tasks.push_back(TaskSpec{.id = plan.tasks.size(),
+                                          .type = &type,
+                                          .params = type.parse(type.from_input(input)),
+                                          .timeout_s = kTimeoutNotGiven});
         } catch (const std::exception& e) {
-            throw ConfigError(fmt::format("{}:{}: {}", name, number, e.what()));
+            throw ConfigError(fmt::format("{}:{}: {}", printable(name), number, printable(e.what())));
         }
     }
-    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name, number + 1));
-    if (plan.tasks.empty()) throw ConfigError(fmt::format("{}: no inputs in the list", name));
+    if (in.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", printable(name), number + 1));
+    if (plan.tasks.empty()) throw ConfigError(fmt::format("{}: no inputs in the list", printable(name)));
     return plan;
 }
 
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings) {
     Plan plan;
     if (!config.plan_path.empty()) {
-        std::ifstream in = open_input(config.plan_path, "--plan");
-        plan = read_plan(in, config.plan_path.string(), registry);
+        plan = read_input_file(config.plan_path, "--plan", [&](std::istream& in, const std::string& name) {
+            return read_plan(in, name, registry);
+        });
     } else if (!config.inputs_path.empty()) {
-        std::ifstream in = open_input(config.inputs_path, config.inputs_flag);
+        const TaskType& type = registry.at(config.task);
         try {
-            plan = read_inputs(in, config.inputs_path.string(), registry.at(config.task));
+            plan = read_input_file(config.inputs_path, config.inputs_flag, [&](std::istream& in, const std::string& name) {
+                return read_inputs(in, name, type);
+            });
         } catch (const ConfigError& e) {
-            throw ConfigError(fmt::format("{}: {}", config.inputs_flag, e.what()));
+            const std::string what = e.what();
+            throw what.starts_with(config.inputs_flag + ":") ? e : ConfigError(fmt::format("{}: {}", config.inputs_flag, what));
         }
     } else {
         plan = generate_plan(config, registry.at(config.task), settings);
     }
-    // --task-timeout is the default; a plan line's own "timeout_s" wins.
+    // --task-timeout is the default; a plan line's own "timeout_s" wins, 0 (no limit) included.
     for (TaskSpec& task : plan.tasks)
-        if (task.timeout_s == 0) task.timeout_s = config.task_timeout_s;
+        if (task.timeout_s == kTimeoutNotGiven) task.timeout_s = config.task_timeout_s;
     return plan;
 }
 

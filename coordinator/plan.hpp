@@ -27,7 +27,7 @@ Json settings_json(const RunConfig& config);
 // With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,
 // a task of --task per line of it (read_inputs); else --tasks tasks of --task, each from
 // TaskType::generate() (after TaskType::prepare(), which may add to `settings`). Every task
-// gets --task-timeout unless its plan line has its own. Throws ConfigError for a plan or
+// gets --task-timeout unless its plan line has its own. A path of `-` is standard input. Throws ConfigError for a plan or
 // input file it cannot read or accept, and for a type that cannot generate the tasks.
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings);
 
@@ -44,7 +44,10 @@ Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type
 //   {"kind":"cpu","n":2000000}          primes below n, i.e. "lo":0,"hi":n
 //   {"kind":"download","url":"https://example.com/a.jpg"}
 // Blank lines and lines whose first non-blank character is '#' are skipped. The first bad
-// line throws ConfigError("NAME:LINE: problem"); so does a plan without tasks.
+// line throws ConfigError("NAME:LINE: problem"); so does a plan without tasks. A line's
+// "timeout_s" is its task's (0: no limit); without one the task gets kTimeoutNotGiven,
+// which make_plan() replaces with --task-timeout.
 Plan read_plan(std::istream& in, const std::string& name, const Registry& registry);
+inline constexpr double kTimeoutNotGiven = -1;
 
 }  // namespace taskfarm

@@ -33,11 +33,28 @@ struct DieWithParent {
     template <typename Executor>
     void operator()(Executor&) const {
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        // A group of its own, whose id is the worker's pid: whatever the worker starts (a
+        // --worker-bin wrapper's other children, say) is in it, and ends with it (kill_group).
+        // A Ctrl-C on the terminal reaches only the coordinator, which stops the workers itself.
+        ::setpgid(0, 0);
         sigset_t none;
         sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks SIGINT/SIGTERM
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks its stop signals
+        ::signal(SIGPIPE, SIG_DFL);                  // and ignores SIGPIPE; exec keeps an ignored signal ignored
     }
 };
+
+// SIGKILL to the worker's process group (see DieWithParent). Call it before the worker is
+// reaped: until then its pid, which is the group's id, cannot be reused.
+void kill_group(pid_t pid) {
+    if (pid > 0) ::kill(-pid, SIGKILL);
+}
+
+// Whether the child has exited, without reaping it, so that its group can still be killed.
+bool has_exited(pid_t pid) {
+    siginfo_t info{};
+    return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
+}
 
 // Runs in the child between fork and exec, so the pin holds before the worker's first
 // instruction. The set is built in the parent: the child only makes the system call.
@@ -102,6 +119,8 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
 std::vector<WorkerExit> ProcessPool::reap_exited() {
     std::vector<WorkerExit> exits;
     std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
+        if (!has_exited(child->process.id())) return false;
+        kill_group(child->process.id());  // what it left running dies with it
         std::error_code ec;
         if (child->process.running(ec) || ec) return false;  // running() reaps an exited child
         exits.push_back({child->process.id(), child->name, describe_status(child->process.native_exit_code())});
@@ -113,6 +132,7 @@ std::vector<WorkerExit> ProcessPool::reap_exited() {
 void ProcessPool::kill(pid_t pid) {
     std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
         if (child->process.id() != pid) return false;
+        kill_group(pid);
         std::error_code ec;
         child->process.terminate(ec);  // SIGKILL, then waitpid
         if (ec) spdlog::warn("cannot kill worker {} (pid {}): {}", child->name, pid, ec.message());
@@ -133,6 +153,7 @@ std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
     }
     for (const auto& child : children_) {
         spdlog::debug("killing worker {} (pid {})", child->name, child->process.id());
+        kill_group(child->process.id());
         std::error_code ec;
         child->process.terminate(ec);
         exits.push_back({child->process.id(), child->name, "killed after the shutdown grace period"});

@@ -12,9 +12,19 @@ namespace {
 sigset_t stop_signals() {
     sigset_t set;
     sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
+    for (int signal : {SIGHUP, SIGINT, SIGQUIT, SIGTERM}) sigaddset(&set, signal);
     return set;
+}
+
+const char* signal_name(int signal) {
+    switch (signal) {
+        case SIGHUP: return "SIGHUP";
+        case SIGINT: return "SIGINT";
+        case SIGQUIT: return "SIGQUIT";
+        case SIGTERM: return "SIGTERM";
+        case SIGPIPE: return "a closed stdout (EPIPE)";
+        default: return "a signal";
+    }
 }
 
 }  // namespace
@@ -27,16 +37,20 @@ SignalWatcher::SignalWatcher() {
         while (!done.stop_requested()) {
             const int received = ::sigtimedwait(&set, nullptr, &poll);
             if (received <= 0) continue;
-            if (signal_.load() == 0) {
-                signal_ = received;
-                spdlog::warn("{} received: stopping; press Ctrl-C again to quit at once",
-                             received == SIGINT ? "SIGINT" : "SIGTERM");
-                stop_.request_stop();
+            if (stop(received)) {
+                spdlog::warn("{} received: stopping; press Ctrl-C again to quit at once", signal_name(received));
             } else if (received == SIGINT) {
                 std::_Exit(128 + SIGINT);
             }
         }
     });
+}
+
+bool SignalWatcher::stop(int signal) {
+    int none = 0;
+    if (!signal_.compare_exchange_strong(none, signal)) return false;
+    stop_.request_stop();
+    return true;
 }
 
 SignalWatcher::~SignalWatcher() {

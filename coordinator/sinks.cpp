@@ -1,5 +1,7 @@
 #include "sinks.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "errors.hpp"
+#include "text.hpp"
 
 namespace taskfarm {
 
@@ -64,23 +67,63 @@ void FanOutSink::flush_() {
 
 ConsoleSink::ConsoleSink(std::FILE* out) : out_(out), line_by_line_(::isatty(::fileno(out)) == 1) {}
 
+template <typename... Args>
+void ConsoleSink::print(fmt::format_string<Args...> format, Args&&... args) {
+    if (closed_) return;
+    const std::string text = fmt::format(format, std::forward<Args>(args)...);
+    if (std::fwrite(text.data(), 1, text.size(), out_) != text.size()) failed(errno);
+}
+
+void ConsoleSink::failed(int error) {
+    if (closed_) return;
+    if (error == EPIPE) {
+        closed_ = true;
+        spdlog::warn("stdout is closed (its reader has gone): stopping");
+        if (on_closed_) on_closed_();
+    } else if (!error_logged_) {
+        error_logged_ = true;
+        spdlog::error("cannot write results to stdout: {}", std::strerror(error));
+    }
+}
+
 void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
-    fmt::print(out_, "== {}: {} tasks\n", mode, tasks);
-    std::fflush(out_);
+    print("== {}: {} tasks\n", mode, tasks);
+    flush_();
 }
 
 void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
-    const std::string outcome = result.ok ? describe_value(result) : "FAILED: " + result.error;
+    // The worker's name, error and value come from another process: one task, one line.
+    const std::string outcome = printable(result.ok ? describe_value(result) : "FAILED: " + result.error);
     const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
-    fmt::print(out_, "{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n", mode_, result.id,
-               result.worker, result.end_s, result.run_time.count(), outcome, attempt);
-    if (line_by_line_) std::fflush(out_);
+    print("{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n", mode_, result.id,
+          printable(result.worker), result.end_s, result.run_time.count(), outcome, attempt);
+    if (line_by_line_) flush_();
 }
 
-void ConsoleSink::flush_() { std::fflush(out_); }
+void ConsoleSink::flush_() {
+    if (!closed_ && std::fflush(out_) != 0) failed(errno);
+}
 
-JournalSink::JournalSink(const std::filesystem::path& path) : path_(path), file_(std::fopen(path.c_str(), "a")) {
-    if (!file_) throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", path.string(), std::strerror(errno)));
+JournalSink::JournalSink(const std::filesystem::path& path, bool create) : path_(path) {
+    // Close-on-exec: a worker must not inherit the descriptor, and with it the lock.
+    const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0666);
+    if (fd < 0)
+        throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(errno)));
+    // Held until the file is closed: lines of two runs appended at once would interleave, and
+    // a resume would then count tasks twice. flock, not fcntl, because fcntl's locks belong
+    // to the process and any close of the file by it drops them.
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int error = errno;
+        ::close(fd);
+        throw ConfigError(fmt::format("cannot lock '{}': {}", printable(path.string()),
+                                      error == EWOULDBLOCK ? "another run is writing to it" : std::strerror(error)));
+    }
+    file_ = ::fdopen(fd, "a");
+    if (!file_) {
+        const int error = errno;
+        ::close(fd);
+        throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(error)));
+    }
 }
 
 JournalSink::~JournalSink() {

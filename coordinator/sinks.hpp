@@ -5,10 +5,13 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "task.hpp"
 #include "trace.hpp"
@@ -55,9 +58,13 @@ private:
 // terminal each line is flushed as it is written; elsewhere (a file, a pipe) lines are
 // buffered until flush(), which costs a line a few milliseconds and saves a system call
 // per result.
+// A write that fails with EPIPE (the reader of a pipe has gone, as with `| head`) calls
+// `on_closed` once, and nothing more is written.
 class ConsoleSink final : public ResultSink {
 public:
     explicit ConsoleSink(std::FILE* out);
+    // Set before the first result arrives; called at most once, with the sink's lock held.
+    void on_closed(std::function<void()> callback) { on_closed_ = std::move(callback); }
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;
@@ -65,14 +72,25 @@ protected:
     void flush_() override;
 
 private:
+    template <typename... Args>
+    void print(fmt::format_string<Args...> format, Args&&... args);
+    void failed(int error);
+
     std::FILE* out_;
     bool line_by_line_;  // out_ is a terminal
+    bool closed_ = false;  // a write failed with EPIPE: nobody reads any more
+    bool error_logged_ = false;
+    std::function<void()> on_closed_;
 };
 
-// One JSON line per result, appended to a file and flushed as it arrives.
+// One JSON line per result, appended to a file and flushed as it arrives. The file is
+// locked (flock, exclusive) from construction to destruction: a journal another run holds
+// is refused, so two runs never interleave their lines.
 class JournalSink final : public ResultSink {
 public:
-    explicit JournalSink(const std::filesystem::path& path);  // throws ConfigError
+    // Creates the file if missing and `create`; throws ConfigError if it cannot be opened or
+    // another process holds its lock.
+    JournalSink(const std::filesystem::path& path, bool create);
     ~JournalSink() override;
     JournalSink(const JournalSink&) = delete;
     JournalSink& operator=(const JournalSink&) = delete;
@@ -86,7 +104,7 @@ protected:
 
 private:
     std::filesystem::path path_;
-    std::FILE* file_;
+    std::FILE* file_ = nullptr;
     std::size_t lost_ = 0;  // lines not written: the first failure is logged, no line after it is written
     std::string error_;
 };

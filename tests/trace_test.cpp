@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "outputs.hpp"
 #include "support.hpp"
 #include "trace.hpp"
 
@@ -209,21 +210,21 @@ TEST(TimelineSvg, HasAPanelPerModeABarPerTaskAndEscapesEveryText) {
 TEST(TimelineSvg, RendersWithRsvgConvert) {
     if (!rsvg_available()) GTEST_SKIP() << "rsvg-convert is not installed (Debian: librsvg2-bin)";
     testing::TempDir dir;
-    write_file_atomically(dir / "t.svg", timeline_svg(sample(), "taskfarm: a <title>"));
+    write_report(dir / "t.svg", timeline_svg(sample(), "taskfarm: a <title>"));
     EXPECT_EQ(render_error(dir / "t.svg"), "");
-    write_file_atomically(dir / "empty.svg", timeline_svg({}, "no modes"));
+    write_report(dir / "empty.svg", timeline_svg({}, "no modes"));
     EXPECT_EQ(render_error(dir / "empty.svg"), "");
 }
 
-TEST(WriteFileAtomically, ReplacesTheFileAndLeavesNoTempBehind) {
+TEST(WriteReport, ReplacesTheFileAndLeavesNoTempBehind) {
     testing::TempDir dir;
-    write_file_atomically(dir / "out.json", "old");
-    write_file_atomically(dir / "out.json", "new");
+    write_report(dir / "out.json", "old");
+    write_report(dir / "out.json", "new");
     EXPECT_EQ(testing::read_file(dir / "out.json"), "new");
     EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
-    EXPECT_THROW(write_file_atomically("/nonexistent/dir/out.json", "x"), std::runtime_error);
-    EXPECT_THROW(check_writable("/nonexistent/dir/out.json"), std::runtime_error);
-    EXPECT_NO_THROW(check_writable(dir / "other.json"));
+    EXPECT_THROW(write_report("/nonexistent/dir/out.json", "x"), std::runtime_error);
+    EXPECT_THROW(check_report_path("--json", "/nonexistent/dir/out.json"), std::runtime_error);
+    EXPECT_NO_THROW(check_report_path("--json", dir / "other.json"));
     EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
 }
 

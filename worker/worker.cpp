@@ -28,6 +28,7 @@
 #include "errors.hpp"
 #include "log.hpp"
 #include "protocol.hpp"
+#include "text.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {
@@ -452,7 +453,15 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                  "connect in plaintext to a tcp:// HOST that is not loopback (for a coordinator run with\n"
                  "--insecure): tasks and results cross the network unencrypted")
         ->excludes(keys_option);
-    app.add_option("--name", config.name, "name in logs and results (default: host-pid)");
+    app.add_option("--name", config.name,
+                   "name in logs and results (default: host-pid); at most 64 bytes, no control characters")
+        ->check(CLI::Validator(
+            [](std::string& name) -> std::string {
+                // The coordinator rejects a hello whose name it could not print as it is.
+                return is_printable(name, kMaxWorkerName) ? "" : fmt::format("'{}' is not printable or longer than {} bytes",
+                                                                             printable(name, kMaxWorkerName), kMaxWorkerName);
+            },
+            "NAME"));
     app.add_option("--out-dir", config.out_dir,
                    "where tasks save files (downloads, a task type's outputs); the coordinator's own\n"
                    "workers get its --out-dir/processes")

@@ -27,6 +27,7 @@
 #include "download.hpp"
 #include "image_server.hpp"
 #include "lazy_library.hpp"
+#include "text.hpp"
 
 namespace taskfarm {
 namespace {
@@ -500,7 +501,7 @@ public:
     Params from_input(std::string_view url) const override {
         if (const std::string problem = url_problem(url); !problem.empty())
             throw std::invalid_argument(
-                fmt::format("'{}' is not an http:// or https:// URL: {}", url.substr(0, 200), problem));
+                fmt::format("'{}' is not an http:// or https:// URL: {}", printable(url, 200), problem));
         return Params{{"url", std::string(url)}};
     }
 

@@ -1,0 +1,34 @@
+#pragma once
+// Text from outside (the wire, an input file, a worker's error) made safe to print.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace taskfarm {
+
+// The most bytes printable() returns by default, before its "..." marker: one error or
+// name, not a whole file.
+inline constexpr std::size_t kMaxPrintable = 1000;
+
+// The longest worker name a hello may carry (see docs/protocol.md).
+inline constexpr std::size_t kMaxWorkerName = 64;
+
+// `text` as one line of visible characters, so that nothing read from a peer or a file can
+// move the cursor, clear the screen, recolour the terminal or forge a line of its own:
+// newline, carriage return and tab become \n, \r and \t; every other control byte (C0, DEL),
+// every C1 control and Unicode line separator or bidi override becomes \xHH or \uHHHH; a
+// byte that is not part of valid UTF-8 becomes \xHH. Other UTF-8 passes unchanged, so
+// names in any script stay readable. Longer results are cut at a character boundary after
+// `max_bytes` and end in "... (N more bytes)". The escapes are for reading, not parsing:
+// a backslash is kept as it is.
+std::string printable(std::string_view text, std::size_t max_bytes = kMaxPrintable);
+
+// Whether printable(text) would return `text` unchanged.
+bool is_printable(std::string_view text, std::size_t max_bytes = kMaxPrintable);
+
+// printable() applied to each line of `text`, keeping its line ends: for tables and lists
+// that hold text from outside.
+std::string printable_lines(std::string_view text, std::size_t max_line_bytes = kMaxPrintable);
+
+}  // namespace taskfarm
