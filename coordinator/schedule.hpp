@@ -61,9 +61,6 @@ inline constexpr std::size_t kMaxWindow = 128;
 // ...and, whatever --prefetch says, no more than it should get through in this long, so
 // that at the end of a run no worker sits on work another could have done.
 inline constexpr std::chrono::microseconds kQueueBudget{2000};
-// The most encoded task bytes in one `tasks` frame. The headroom below the frame limit
-// covers the batch's own keys and array header many times over.
-inline constexpr std::size_t kMaxBatchBytes = proto::kMaxFrameBytes - (64 << 10);
 
 // A connected worker: its ZeroMQ routing id.
 using PeerId = std::string;
@@ -119,7 +116,7 @@ public:
     // `plan` and `actions` must outlive the schedule. `stop` (SIGINT) stops replacing workers.
     Schedule(const Plan& plan, DispatchOptions options, ScheduleActions& actions, Clock::time_point now,
              std::stop_token stop = {}, TaskBytes task_bytes = encoded_task_bytes,
-             std::size_t max_batch_bytes = kMaxBatchBytes);
+             std::size_t max_batch_bytes = proto::kMaxBatchBytes);
 
     // Events. Each may call actions before it returns; none blocks. Throw RunError when the
     // run cannot go on (a worker never came up, remote workers did not attach).

@@ -135,5 +135,37 @@ TEST(Dispatcher, TasksOfAKilledWorkerAreRequeuedAndFinishElsewhere) {
     EXPECT_GE(retried, 1u);
 }
 
+// No-op tasks that each carry a 9,000-byte parameter: a window of 128 of them is over the
+// 1 MiB a frame may hold, so batches must be cut by bytes as well as by count.
+class LargeTasks : public ::testing::TestWithParam<int> {};
+
+TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
+    Rig rig;
+    Plan plan = sleeps(300, 0);
+    for (TaskSpec& task : plan.tasks) task.params.url = "http://127.0.0.1:1/" + std::string(9000, 'a');
+    CollectingSink sink;
+    {
+        ProcessPool pool({testing::bin("worker"), rig.endpoint});
+        ModeRecorder recorder(Mode::Processes, 2, plan, sink);
+        std::stop_source never;
+        Dispatcher dispatcher(rig.router, pool, plan, recorder, DispatchOptions{.workers = 2, .prefetch = GetParam()},
+                              never.get_token());
+        dispatcher.run();
+        dispatcher.shutdown_workers();
+        pool.stop_all(std::chrono::seconds(1));
+    }
+    ASSERT_EQ(sink.results.size(), 300u);
+    std::set<TaskId> ids;
+    for (const TaskResult& result : sink.results) {
+        EXPECT_TRUE(result.ok) << result.error;
+        EXPECT_EQ(result.attempt, 1u) << "a worker was lost";
+        ids.insert(result.id);
+    }
+    EXPECT_EQ(ids.size(), 300u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Prefetch, LargeTasks, ::testing::Values(1, 8, 0),
+                         [](const auto& p) { return p.param == 0 ? std::string("auto") : std::to_string(p.param); });
+
 }  // namespace
 }  // namespace taskfarm

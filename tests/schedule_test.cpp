@@ -86,7 +86,7 @@ struct Rig {
     Schedule schedule;
     std::set<std::pair<TaskId, std::uint32_t>> answered;
 
-    Rig(Plan p, DispatchOptions options, TaskBytes bytes = encoded_task_bytes, std::size_t max_bytes = kMaxBatchBytes)
+    Rig(Plan p, DispatchOptions options, TaskBytes bytes = encoded_task_bytes, std::size_t max_bytes = proto::kMaxBatchBytes)
         : plan(std::move(p)), schedule(plan, std::move(options), world, now, {}, std::move(bytes), max_bytes) {}
 
     void advance(milliseconds by) {
@@ -482,10 +482,10 @@ TEST(Schedule, BatchesAreCappedByEncodedBytes) {
     EXPECT_EQ(ids_of(rig.world.recorded).size(), 300u);
     std::size_t largest = 0;
     for (const Sent& sent : rig.world.sent) {
-        EXPECT_LE(sent.attempts.size() * 9000, kMaxBatchBytes);
+        EXPECT_LE(sent.attempts.size() * 9000, proto::kMaxBatchBytes);
         largest = std::max(largest, sent.attempts.size());
     }
-    EXPECT_EQ(largest, kMaxBatchBytes / 9000) << "full frames, not one task each";
+    EXPECT_EQ(largest, proto::kMaxBatchBytes / 9000) << "full frames, not one task each";
 }
 
 TEST(Schedule, BatchesAreCappedByCount) {

@@ -228,20 +228,44 @@ private:
     int failures_ = 0;  // NO_DETAIL failures in a row
 };
 
-// Sends `results` as `result` frames (one) or `results` frames (several).
+// Encodes results[first, first + count) into `frame`: a `result` message for one, else `results`.
+void encode_results(const std::vector<proto::Result>& results, std::size_t first, std::size_t count,
+                    proto::ResultBatch& batch, std::string& frame) {
+    if (count == 1) return proto::encode_to(frame, results[first]);
+    const auto begin = results.begin() + static_cast<std::ptrdiff_t>(first);
+    batch.results.assign(begin, begin + static_cast<std::ptrdiff_t>(count));
+    proto::encode_to(frame, batch);
+}
+
+// Sends `results` in order, as few frames as fit: at most kMaxResultsPerFrame results and
+// proto::kMaxBatchBytes each, since the coordinator drops a frame over its limit together
+// with the connection. A frame that comes out too large is split in halves until it fits;
+// a result too large on its own goes as a failure of its task, saying so, because its
+// value could never reach the coordinator.
 void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, proto::ResultBatch& batch,
                   std::string& frame) {
-    if (results.size() == 1) {
-        proto::encode_to(frame, results.front());
+    for (std::size_t first = 0; first < results.size();) {
+        std::size_t count = std::min(results.size() - first, kMaxResultsPerFrame);
+        encode_results(results, first, count, batch, frame);
+        while (frame.size() > proto::kMaxBatchBytes && count > 1) {
+            count /= 2;
+            encode_results(results, first, count, batch, frame);
+        }
+        if (frame.size() > proto::kMaxBatchBytes) {
+            const proto::Result& large = results[first];
+            proto::Result failed;
+            failed.id = large.id;
+            failed.attempt = large.attempt;
+            failed.kind = large.kind;
+            failed.run_s = large.run_s;
+            failed.error = fmt::format("its result takes {} bytes encoded, more than the {} bytes a message to the "
+                                       "coordinator may hold",
+                                       frame.size(), proto::kMaxBatchBytes);
+            spdlog::warn("task {}: {}", large.id, failed.error);
+            proto::encode_to(frame, failed);
+        }
         wire::send(dealer, frame);
-        return;
-    }
-    for (std::size_t first = 0; first < results.size(); first += kMaxResultsPerFrame) {
-        const std::size_t last = std::min(results.size(), first + kMaxResultsPerFrame);
-        batch.results.assign(std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(first)),
-                             std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(last)));
-        proto::encode_to(frame, batch);
-        wire::send(dealer, frame);
+        first += count;
     }
 }
 
