@@ -383,13 +383,13 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
     for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
         retry_or_fail(*attempt, lost.name, reason, now);
-    if (lost.remote) return;  // not ours: nothing to kill, nothing to replace
-    int cpu = -1;
-    if (const auto spawned = spawned_.find(lost.pid); spawned != spawned_.end()) {
-        cpu = spawned->second.cpu;
-        spawned_.erase(spawned);
-        actions_.kill(lost.pid);
-    }
+    // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
+    // local socket that we did not start, only loses its tasks.
+    const auto spawned = spawned_.find(lost.pid);
+    if (lost.remote || spawned == spawned_.end()) return;
+    const int cpu = spawned->second.cpu;
+    spawned_.erase(spawned);
+    actions_.kill(lost.pid);
     replace(lost.name, cpu, now);
 }
 

@@ -436,6 +436,25 @@ TEST(Schedule, ALostRemoteWorkerIsToldToStopAndNeitherKilledNorReplaced) {
     EXPECT_EQ(rig.world.spawned.size(), 2u);
 }
 
+TEST(Schedule, ALostLocalPeerWeDidNotSpawnIsNeitherKilledNorReplaced) {
+    Rig rig(sleeps(2), {.workers = 1, .heartbeat_timeout = milliseconds(1000)});
+    rig.spawn_all();
+    rig.hello("w1");
+    proto::Hello stranger;
+    stranger.name = "by-hand";
+    stranger.pid = 999;
+    rig.schedule.hello("by-hand", stranger, std::nullopt, rig.now);
+    rig.schedule.tick(rig.now);
+    ASSERT_EQ(rig.world.sent_to("by-hand").size(), 1u);
+    for (int i = 0; i < 12; ++i) {
+        rig.schedule.frame("w1", rig.now);
+        rig.advance(milliseconds(100));
+    }
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+    EXPECT_TRUE(rig.world.killed.empty());
+    EXPECT_EQ(rig.world.spawned.size(), 1u);
+}
+
 TEST(Schedule, ExpectedRemoteWorkersHoldBackTheFirstTaskAndRestartTheClock) {
     Rig rig(sleeps(2), {.workers = 1, .listening = true, .expect_remote = 1});
     rig.spawn_all();
