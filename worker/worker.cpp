@@ -424,8 +424,8 @@ int worker_main(int argc, const char* const* argv) {
                        "coordinator's coordinator.public from DIR; needed when the coordinator has --keys")
             ->type_name("DIR");
     app.add_flag("--insecure", config.insecure,
-                 "connect in plaintext to a tcp:// HOST that is not loopback (for a coordinator run with\n"
-                 "--insecure): tasks and results cross the network unencrypted")
+                 "connect to a tcp:// endpoint in plaintext, without --keys (for a coordinator run with\n"
+                 "--insecure): tasks and results travel unencrypted")
         ->excludes(keys_option);
     app.add_option("--name", config.name, "name in logs and results (default: host-pid)");
     app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
@@ -458,11 +458,10 @@ int worker_main(int argc, const char* const* argv) {
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
         if (!config.keys_dir.empty() && !tcp)
             throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));
-        if (tcp && config.keys_dir.empty() && !config.insecure && !curve::is_loopback_host(tcp->host))
+        if (tcp && config.keys_dir.empty() && !config.insecure)
             throw CLI::ValidationError(
-                "--connect", fmt::format("'{}' is not a loopback address, and without --keys tasks and results would "
-                                         "cross the network unencrypted: give --keys DIR, or --insecure on a network "
-                                         "you trust",
+                "--connect", fmt::format("'{}' without --keys: tasks and results would travel unencrypted; give --keys "
+                                         "DIR, or --insecure to talk to a coordinator run with --insecure",
                                          config.connect));
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::Usage);
