@@ -1,6 +1,5 @@
 #include "curve.hpp"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -185,18 +184,6 @@ std::optional<TcpEndpoint> parse_tcp_endpoint(std::string_view endpoint, bool wi
         if (ec != std::errc{} || end != port.data() + port.size() || number < 1 || number > 65535) return std::nullopt;
     }
     return TcpEndpoint{std::string(host), std::string(port)};
-}
-
-bool is_loopback_host(std::string_view host) {
-    if (host == "localhost") return true;
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-        const std::string inner(host.substr(1, host.size() - 2));
-        in6_addr address{};
-        return ::inet_pton(AF_INET6, inner.c_str(), &address) == 1 && IN6_IS_ADDR_LOOPBACK(&address);
-    }
-    const std::string text(host);
-    in_addr address{};
-    return ::inet_pton(AF_INET, text.c_str(), &address) == 1 && (ntohl(address.s_addr) >> 24) == 127;
 }
 
 }  // namespace taskfarm::curve

@@ -84,8 +84,4 @@ struct TcpEndpoint {
 };
 std::optional<TcpEndpoint> parse_tcp_endpoint(std::string_view endpoint, bool wildcard_port);
 
-// Whether HOST is this machine's loopback only: 127.0.0.0/8, [::1] or localhost. "*",
-// 0.0.0.0, interface names and other host names are not.
-bool is_loopback_host(std::string_view host);
-
 }  // namespace taskfarm::curve

@@ -22,6 +22,9 @@ inline constexpr int kVersion = 2;
 inline constexpr std::size_t kMaxFrameBytes = 1 << 20;
 // Most tasks or results in one `tasks` or `results` message (the unpack limit on arrays).
 inline constexpr std::size_t kMaxBatch = 1024;
+// Most bytes a sender puts in one `tasks` or `results` message: the headroom below
+// kMaxFrameBytes covers the batch's own keys and array header many times over.
+inline constexpr std::size_t kMaxBatchBytes = kMaxFrameBytes - (64 << 10);
 
 struct Header {
     std::string type;

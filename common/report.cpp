@@ -30,7 +30,9 @@ double speedup_vs_sequential(const std::vector<RunReport>& reports, const RunRep
 }
 
 double utilisation(const RunReport& report) {
-    const double capacity = report.wall_s * std::max(report.cpus_used, 1);
+    const double capacity = report.cpu_span_s > 0 && report.cpus_available > 0
+                                ? report.cpu_span_s * report.cpus_available
+                                : report.wall_s * std::max(report.cpus_used, 1);
     return capacity > 0 ? report.cpu_s / capacity : 0;
 }
 
@@ -87,6 +89,8 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
         {"efficiency", speedup > 0 ? nlohmann::json(speedup / std::max(report.workers, 1)) : nlohmann::json(nullptr)},
         {"cpu_s", report.cpu_s},
         {"cpus_used", report.cpus_used},
+        {"cpu_span_s", report.cpu_span_s},
+        {"cpus_available", report.cpus_available},
         {"utilisation", utilisation(report)},
         {"interrupted", report.interrupted},
         {"failures", failures},

@@ -33,12 +33,20 @@ struct RunReport {
     std::size_t failed = 0;
     double wall_s = 0;   // from before the first task (or spawn) to after the last result
     double cpu_s = 0;    // user + system CPU of the mode, worker processes included
+    // What cpu_s is measured against: the time it was counted over (from the mode's start to
+    // its last process reaped, so spawning and shutting down are in) and the CPUs this
+    // coordinator may run on (its workers and threads can use no others). 0: unknown.
+    double cpu_span_s = 0;
+    int cpus_available = 0;
     bool interrupted = false;  // stopped by a signal before every task ran
     std::vector<Failure> failures;  // in completion order
     std::vector<Placement> placement;  // by worker name (w2 before w10); a respawned worker again
 };
 
-// cpu_s / (wall_s * cpus_used): 1 when the mode kept every CPU it had busy; 0 without wall time.
+// cpu_s / (cpu_span_s * cpus_available): the share of the CPUs this coordinator may run on
+// that the mode kept busy while its CPU time was counted, so never above 1 (but for clock
+// granularity). A report without them (made by hand) falls back to wall_s * cpus_used.
+// 0 without time.
 double utilisation(const RunReport& report);
 
 // wall time of the sequential report divided by `report`'s; 0 when there is none.

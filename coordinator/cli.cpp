@@ -384,7 +384,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         app.add_option("--listen", config.listen,
                        "also accept workers started by hand on other machines (`worker --connect`) on this tcp\n"
                        "endpoint; PORT * picks a free one, which the log names. Only the processes mode runs.\n"
-                       "Plaintext is allowed on loopback only, unless --keys or --insecure. See docs/multihost.md")
+                       "Needs --keys, or --insecure for plaintext. See docs/multihost.md")
             ->check(kListenEndpoint)
             ->type_name("tcp://ADDR:PORT");
     auto* keys_option =
@@ -400,8 +400,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->type_name("DIR")
         ->needs(keys_option);
     app.add_flag("--insecure", config.insecure,
-                 "allow plaintext tcp on a --listen address that is not loopback: tasks and results cross the\n"
-                 "network unencrypted and any peer that can connect gets tasks. Only on a network you trust")
+                 "listen in plaintext, without --keys: tasks and results travel unencrypted, and any peer that\n"
+                 "can connect gets tasks (on loopback, any user of this machine). Only where you trust them all")
         ->needs(listen_option)
         ->excludes(keys_option);
     auto* expect_option =
@@ -472,12 +472,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                               name));
             modes = {"processes"};
             const auto endpoint = *curve::parse_tcp_endpoint(config.listen, /*wildcard_port=*/true);
-            if (config.keys_dir.empty() && !config.insecure && !curve::is_loopback_host(endpoint.host))
+            // Loopback too: any user of this machine can connect to a port on it.
+            if (config.keys_dir.empty() && !config.insecure)
                 throw CLI::ValidationError(
-                    "--listen", fmt::format("'{}' is not a loopback address, and without --keys tasks and results "
-                                            "would cross the network unencrypted to any peer that connects: give "
-                                            "--keys DIR (see `coordinator keygen --help`), or --insecure on a "
-                                            "network you trust",
+                    "--listen", fmt::format("'{}' without --keys would hand tasks and results, unencrypted, to any "
+                                            "peer that connects (on loopback, any user of this machine): give --keys "
+                                            "DIR (see `coordinator keygen --help`), or --insecure where you trust them",
                                             config.listen));
         }
         if (config.workers == 0 && config.listen.empty())

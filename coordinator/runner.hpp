@@ -72,6 +72,9 @@ private:
 
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
     std::optional<std::chrono::steady_clock::time_point> stopped_;
+    // When CPU time started to count (restart_clock() keeps it), taken before the CPU time
+    // itself so that no CPU is counted from before it.
+    const std::chrono::steady_clock::time_point cpu_since_ = std::chrono::steady_clock::now();
     const CpuTimes cpu_at_start_ = CpuTimes::now();
     ResultSink& sink_;
     mutable std::mutex mutex_;

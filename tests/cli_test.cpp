@@ -211,13 +211,14 @@ INSTANTIATE_TEST_SUITE_P(
                       BadValue{{"--listen", "tcp://127.0.0.1:70000"}, "--listen", "70000"},
                       BadValue{{"--listen", "tcp://0.0.0.0:5555"}, "--insecure", "0.0.0.0"},
                       BadValue{{"--listen", "tcp://10.1.2.3:5555"}, "--insecure", "10.1.2.3"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555"}, "--insecure", "any user of this machine"},
                       BadValue{{"--keys", "k"}, "--keys", "--listen"},
                       BadValue{{"--expect-workers", "2"}, "--expect-workers", "--listen"},
                       BadValue{{"--listen", "tcp://127.0.0.1:5555", "--keys", "k", "--insecure"}, "--insecure", "--keys"},
-                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--mode", "threads"}, "--mode", "threads"},
-                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--workers", "0"}, "--expect-workers", "--workers 0"},
-                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--expect-workers", "-1"}, "--expect-workers", "-1"},
-                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--wait-workers", "0"}, "--wait-workers", "0"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--mode", "threads"}, "--mode", "threads"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--workers", "0"}, "--expect-workers", "--workers 0"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--expect-workers", "-1"}, "--expect-workers", "-1"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--wait-workers", "0"}, "--wait-workers", "0"},
                       BadValue{{"keygen"}, "DIR", "required"}));
 
 TEST(Cli, ListenRunsOnlyTheProcessesModeAndMayHaveNoLocalWorker) {
@@ -231,12 +232,14 @@ TEST(Cli, ListenRunsOnlyTheProcessesModeAndMayHaveNoLocalWorker) {
     EXPECT_EQ(config.expect_workers, 3);
     EXPECT_EQ(config.wait_workers_s, 5.0);
     EXPECT_EQ(config.modes, std::vector<Mode>{Mode::Processes});
-    // Plaintext is fine on loopback, and elsewhere with --insecure.
-    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://127.0.0.1:5555"}).result));
-    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://[::1]:5555"}).result));
-    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://localhost:*"}).result));
+    // Plaintext anywhere, loopback included, only with --insecure.
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://127.0.0.1:5555", "--insecure"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://[::1]:5555", "--insecure"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://localhost:*", "--insecure"}).result));
     EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://0.0.0.0:5555", "--insecure"}).result));
-    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://127.0.0.1:5555", "--mode", "processes"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(
+        parse({"--listen", "tcp://127.0.0.1:5555", "--insecure", "--mode", "processes"}).result));
+    EXPECT_TRUE(std::holds_alternative<ExitCode>(parse({"--listen", "tcp://[::1]:5555"}).result));
 }
 
 TEST(Cli, KeygenTakesADirectory) {

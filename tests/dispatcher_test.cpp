@@ -4,6 +4,7 @@
 #include <set>
 #include <thread>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "dispatcher.hpp"
@@ -134,6 +135,93 @@ TEST(Dispatcher, TasksOfAKilledWorkerAreRequeuedAndFinishElsewhere) {
     EXPECT_EQ(ids.size(), 4u);
     EXPECT_GE(retried, 1u);
 }
+
+TEST(Dispatcher, PeersThatSayHelloAndHoldTheirTasksLoseThemAtTheHeartbeatTimeout) {
+    Rig rig;
+    const Plan plan = sleeps(200, 0);
+    CollectingSink sink;
+    // 100 peers say hello before the run starts and then say nothing; one more never says
+    // hello but keeps sending heartbeats.
+    std::vector<zmq::socket_t> holders;
+    for (int i = 0; i < 100; ++i) {
+        zmq::socket_t& dealer = holders.emplace_back(rig.context, zmq::socket_type::dealer);
+        dealer.set(zmq::sockopt::linger, 0);
+        dealer.connect(rig.endpoint);
+        proto::Hello hello;
+        hello.name = fmt::format("holder{}", i);
+        wire::send(dealer, proto::encode(hello));
+    }
+    zmq::socket_t stranger(rig.context, zmq::socket_type::dealer);
+    stranger.set(zmq::sockopt::linger, 0);
+    stranger.connect(rig.endpoint);
+    {
+        ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});
+        ModeRecorder recorder(Mode::Processes, 2, plan, sink);
+        std::stop_source never;
+        Dispatcher dispatcher(rig.router, pool, plan, recorder,
+                              DispatchOptions{.workers = 2, .heartbeat_timeout = std::chrono::milliseconds(1000)},
+                              never.get_token());
+        std::jthread chatter([&](std::stop_token stop) {
+            while (!stop.stop_requested()) {
+                wire::send(stranger, proto::encode(proto::Heartbeat{}));
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            }
+        });
+        dispatcher.run();
+        dispatcher.shutdown_workers();
+        pool.stop_all(std::chrono::seconds(1));
+        EXPECT_EQ(pool.alive(), 0u);
+    }
+    ASSERT_EQ(sink.results.size(), 200u);
+    std::set<TaskId> ids;
+    std::size_t second = 0;
+    for (const TaskResult& result : sink.results) {
+        EXPECT_TRUE(result.ok) << result.error;
+        EXPECT_TRUE(result.worker == "w1" || result.worker == "w2") << result.worker;
+        ids.insert(result.id);
+        EXPECT_LE(result.attempt, 2u) << "a task was held twice";
+        second += result.attempt == 2;
+    }
+    EXPECT_EQ(ids.size(), 200u);
+    // A holder whose hello came late, under load, may find no task left to hold.
+    EXPECT_LE(second, 100u) << "a holder held more than one task";
+    // The stranger was sent heartbeats at most, never a task.
+    zmq::message_t frame;
+    while (stranger.recv(frame, zmq::recv_flags::dontwait))
+        EXPECT_TRUE(std::holds_alternative<proto::Heartbeat>(proto::decode(frame.to_string_view())));
+}
+
+// No-op tasks that each carry a 9,000-byte parameter: a window of 128 of them is over the
+// 1 MiB a frame may hold, so batches must be cut by bytes as well as by count.
+class LargeTasks : public ::testing::TestWithParam<int> {};
+
+TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
+    Rig rig;
+    Plan plan = sleeps(300, 0);
+    for (TaskSpec& task : plan.tasks) task.params["pad"] = std::string(9000, 'a');  // sleep reads only "seconds"
+    CollectingSink sink;
+    {
+        ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});
+        ModeRecorder recorder(Mode::Processes, 2, plan, sink);
+        std::stop_source never;
+        Dispatcher dispatcher(rig.router, pool, plan, recorder, DispatchOptions{.workers = 2, .prefetch = GetParam()},
+                              never.get_token());
+        dispatcher.run();
+        dispatcher.shutdown_workers();
+        pool.stop_all(std::chrono::seconds(1));
+    }
+    ASSERT_EQ(sink.results.size(), 300u);
+    std::set<TaskId> ids;
+    for (const TaskResult& result : sink.results) {
+        EXPECT_TRUE(result.ok) << result.error;
+        EXPECT_EQ(result.attempt, 1u) << "a worker was lost";
+        ids.insert(result.id);
+    }
+    EXPECT_EQ(ids.size(), 300u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Prefetch, LargeTasks, ::testing::Values(1, 8, 0),
+                         [](const auto& p) { return p.param == 0 ? std::string("auto") : std::to_string(p.param); });
 
 }  // namespace
 }  // namespace taskfarm

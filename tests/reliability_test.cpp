@@ -212,6 +212,26 @@ TEST(Reliability, WhenEveryReplacementIsUsedUpTheRestFailsSayingWhy) {
     }
 }
 
+TEST(Reliability, TheMostWorkersAllowedAllStartAndNoneIsLost) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "1024 workers under AddressSanitizer need more memory than a CI machine has";
+#endif
+    // Spawning 1024 workers takes longer than a heartbeat timeout: the first ones must keep
+    // hearing from the coordinator meanwhile, and the report must count the whole start.
+    testing::TempDir dir;
+    const Output output = run_binary("coordinator", {"--mode", "processes", "--workers", "1024", "--tasks", "2048",
+                                                     "--duration", "0", "--json", (dir / "report.json").string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err.substr(0, 4000);
+    EXPECT_EQ(output.err.find("silent"), std::string::npos) << output.err.substr(0, 4000);
+    EXPECT_EQ(output.err.find("requeueing"), std::string::npos) << output.err.substr(0, 4000);
+    const json run = testing::read_json(dir / "report.json")["runs"][0];
+    EXPECT_EQ(run["ok"], 2048);
+    EXPECT_EQ(run["workers"], 1024);
+    EXPECT_EQ(run["placement"].size(), 1024u);
+    EXPECT_LE(run["utilisation"].get<double>(), 1.0);
+    EXPECT_GE(run["cpu_span_s"].get<double>(), run["wall_s"].get<double>());
+}
+
 TEST(Reliability, AFullDiskUnderTheJournalFailsTheRunButNotTheTasks) {
     if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
     testing::TempDir dir;

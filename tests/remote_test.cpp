@@ -193,12 +193,14 @@ TEST(Remote, RefusedWorkersGetNoTaskAndExitSayingWhy) {
         {"wrong-server", wrong_server, "coordinator.public' the public key of the coordinator", "could not be decrypted"},
         // Either side may notice the mismatch first and hang up, so the coordinator's log of it is
         // best effort; the worker always says.
-        {"plaintext", std::nullopt, "start this worker with --keys", nullptr},
+        {"plaintext", std::nullopt, "start this worker with --keys", nullptr},  // with --insecure
     };
     for (const Refused& worker : refused) {
         SCOPED_TRACE(worker.name);
         // The connect timeout is far longer than the test's limit: only a refusal ends these.
-        Running process("worker", worker_args(endpoint, worker.name, worker.keys, {"--connect-timeout", "600"}));
+        std::vector<std::string> more{"--connect-timeout", "600"};
+        if (!worker.keys) more.push_back("--insecure");
+        Running process("worker", worker_args(endpoint, worker.name, worker.keys, more));
         const Output output = process.wait(kLimit);
         EXPECT_EQ(output.exit_code, 1) << output.err;
         EXPECT_NE(output.err.find(worker.worker_says), std::string::npos) << output.err;
@@ -277,28 +279,32 @@ TEST(Remote, WorkersExitWhenTheCoordinatorIsKilled) {
     EXPECT_NE(output.err.find("coordinator silent for"), std::string::npos) << output.err;
 }
 
-TEST(Remote, PlaintextOnLoopbackRunsAndElsewhereExitsTwoNamingInsecure) {
+TEST(Remote, PlaintextRunsWithInsecureAndWithoutItExitsTwoNamingIt) {
     testing::TempDir dir;
-    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--workers", "0", "--expect-workers", "1",
-                                        "--tasks", "3", "--duration", "0", "--results", (dir / "r.jsonl").string()});
+    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--insecure", "--workers", "0",
+                                        "--expect-workers", "1", "--tasks", "3", "--duration", "0", "--results",
+                                        (dir / "r.jsonl").string()});
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
     EXPECT_NE(coordinator.err().find("(plaintext"), std::string::npos) << coordinator.err();
-    Running worker("worker", worker_args(endpoint, "r1", std::nullopt));
+    Running worker("worker", worker_args(endpoint, "r1", std::nullopt, {"--insecure"}));
     const Output output = coordinator.wait(kLimit * 2);
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_EQ(workers_in(journal(dir / "r.jsonl")), std::set<std::string>{"r1"});
 
     // Refused while parsing the command line: nothing is bound or connected.
-    for (const char* address : {"tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://[::]:5555", "tcp://eth0:5555"}) {
+    for (const char* address : {"tcp://127.0.0.1:5555", "tcp://[::1]:5555", "tcp://localhost:5555", "tcp://0.0.0.0:5555",
+                                "tcp://*:5555", "tcp://[::]:5555", "tcp://eth0:5555"}) {
         const Output refused = run_binary("coordinator", {"--listen", address, "--workers", "1", "--tasks", "1"});
         EXPECT_EQ(refused.exit_code, 2) << address;
         EXPECT_NE(refused.err.find("--insecure"), std::string::npos) << refused.err;
         EXPECT_TRUE(refused.out.empty()) << refused.out;
     }
-    const Output worker_refused = run_binary("worker", {"--connect", "tcp://10.200.0.1:5555"});
-    EXPECT_EQ(worker_refused.exit_code, 2);
-    EXPECT_NE(worker_refused.err.find("--insecure"), std::string::npos) << worker_refused.err;
+    for (const char* address : {"tcp://127.0.0.1:5555", "tcp://10.200.0.1:5555"}) {
+        const Output worker_refused = run_binary("worker", {"--connect", address});
+        EXPECT_EQ(worker_refused.exit_code, 2) << address;
+        EXPECT_NE(worker_refused.err.find("--insecure"), std::string::npos) << worker_refused.err;
+    }
 }
 
 TEST(Remote, BadValuesExitTwoNamingTheFlag) {
@@ -320,8 +326,8 @@ TEST(Remote, BadValuesExitTwoNamingTheFlag) {
         {{"--listen", "tcp://127.0.0.1:*", "--keys", keys, "--authorized", (dir / "empty").string()}, "--authorized"},
         {{"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "empty").string()}, "--keys"},
         {{"--listen", busy, "--keys", keys}, "--listen"},
-        {{"--listen", "tcp://127.0.0.1:*", "--workers", "0"}, "--expect-workers"},
-        {{"--listen", "tcp://127.0.0.1:*", "--mode", "threads"}, "--mode"},
+        {{"--listen", "tcp://127.0.0.1:*", "--insecure", "--workers", "0"}, "--expect-workers"},
+        {{"--listen", "tcp://127.0.0.1:*", "--insecure", "--mode", "threads"}, "--mode"},
     };
     for (const auto& [args, flag] : coordinator_cases) {
         std::vector<std::string> full = args;

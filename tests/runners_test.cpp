@@ -202,6 +202,32 @@ TEST(Utilisation, IsCpuTimeOverWallTimeTimesCpusUsed) {
     EXPECT_EQ(utilisation(report), 0);
 }
 
+TEST(Utilisation, IsCpuTimeOverTheTimeItWasCountedTimesTheCpusAvailable) {
+    RunReport report;
+    report.wall_s = 1;  // the last result came early: shutting down took the rest
+    report.cpu_s = 3;
+    report.cpus_used = 1;
+    report.cpu_span_s = 4;
+    report.cpus_available = 2;
+    EXPECT_DOUBLE_EQ(utilisation(report), 0.375);
+}
+
+TEST(Utilisation, OfManyWorkersOnAShortPlanCoversTheirStartAndStaysAtMostOne) {
+    // Spawning 64 workers costs far more CPU than 4 no-op tasks: counted against the time
+    // from the mode's start to the last worker reaped, it is still no more than the machine.
+    RunConfig config = config_for(64, 4, 0, 0);
+    const Plan plan = testing::plan_for(config);
+    CollectingSink sink;
+    std::stop_source never;
+    const RunReport report = testing::runner_for(Mode::Processes, config, never.get_token())->run(plan, sink);
+    EXPECT_EQ(report.ok, 4u);
+    EXPECT_EQ(report.cpus_available, available_cpus());
+    EXPECT_GE(report.cpu_span_s, report.wall_s);
+    EXPECT_GT(report.cpu_s, 0);
+    EXPECT_LE(utilisation(report), 1.0);
+    EXPECT_EQ(report.placement.size(), 64u) << "the run waits for every worker";
+}
+
 TEST(Utilisation, UnpinnedPoolsUseAtMostTheAvailableCpus) {
     for (Mode mode : kAllModes) {
         RunConfig config = config_for(64, 1, 0, 0);

@@ -272,20 +272,44 @@ private:
     int failures_ = 0;  // NO_DETAIL failures in a row
 };
 
-// Sends `results` as `result` frames (one) or `results` frames (several).
+// Encodes results[first, first + count) into `frame`: a `result` message for one, else `results`.
+void encode_results(const std::vector<proto::Result>& results, std::size_t first, std::size_t count,
+                    proto::ResultBatch& batch, std::string& frame) {
+    if (count == 1) return proto::encode_to(frame, results[first]);
+    const auto begin = results.begin() + static_cast<std::ptrdiff_t>(first);
+    batch.results.assign(begin, begin + static_cast<std::ptrdiff_t>(count));
+    proto::encode_to(frame, batch);
+}
+
+// Sends `results` in order, as few frames as fit: at most kMaxResultsPerFrame results and
+// proto::kMaxBatchBytes each, since the coordinator drops a frame over its limit together
+// with the connection. A frame that comes out too large is split in halves until it fits;
+// a result too large on its own goes as a failure of its task, saying so, because its
+// value could never reach the coordinator.
 void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, proto::ResultBatch& batch,
                   std::string& frame) {
-    if (results.size() == 1) {
-        proto::encode_to(frame, results.front());
+    for (std::size_t first = 0; first < results.size();) {
+        std::size_t count = std::min(results.size() - first, kMaxResultsPerFrame);
+        encode_results(results, first, count, batch, frame);
+        while (frame.size() > proto::kMaxBatchBytes && count > 1) {
+            count /= 2;
+            encode_results(results, first, count, batch, frame);
+        }
+        if (frame.size() > proto::kMaxBatchBytes) {
+            const proto::Result& large = results[first];
+            proto::Result failed;
+            failed.id = large.id;
+            failed.attempt = large.attempt;
+            failed.kind = large.kind;
+            failed.run_s = large.run_s;
+            failed.error = fmt::format("its result takes {} bytes encoded, more than the {} bytes a message to the "
+                                       "coordinator may hold",
+                                       frame.size(), proto::kMaxBatchBytes);
+            spdlog::warn("task {}: {}", large.id, failed.error);
+            proto::encode_to(frame, failed);
+        }
         wire::send(dealer, frame);
-        return;
-    }
-    for (std::size_t first = 0; first < results.size(); first += kMaxResultsPerFrame) {
-        const std::size_t last = std::min(results.size(), first + kMaxResultsPerFrame);
-        batch.results.assign(std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(first)),
-                             std::make_move_iterator(results.begin() + static_cast<std::ptrdiff_t>(last)));
-        proto::encode_to(frame, batch);
-        wire::send(dealer, frame);
+        first += count;
     }
 }
 
@@ -450,8 +474,8 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                        "coordinator's coordinator.public from DIR; needed when the coordinator has --keys")
             ->type_name("DIR");
     app.add_flag("--insecure", config.insecure,
-                 "connect in plaintext to a tcp:// HOST that is not loopback (for a coordinator run with\n"
-                 "--insecure): tasks and results cross the network unencrypted")
+                 "connect to a tcp:// endpoint in plaintext, without --keys (for a coordinator run with\n"
+                 "--insecure): tasks and results travel unencrypted")
         ->excludes(keys_option);
     app.add_option("--name", config.name,
                    "name in logs and results (default: host-pid); at most 64 bytes, no control characters")
@@ -497,11 +521,10 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
         if (!config.keys_dir.empty() && !tcp)
             throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));
-        if (tcp && config.keys_dir.empty() && !config.insecure && !curve::is_loopback_host(tcp->host))
+        if (tcp && config.keys_dir.empty() && !config.insecure)
             throw CLI::ValidationError(
-                "--connect", fmt::format("'{}' is not a loopback address, and without --keys tasks and results would "
-                                         "cross the network unencrypted: give --keys DIR, or --insecure on a network "
-                                         "you trust",
+                "--connect", fmt::format("'{}' without --keys: tasks and results would travel unencrypted; give --keys "
+                                         "DIR, or --insecure to talk to a coordinator run with --insecure",
                                          config.connect));
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::Usage);

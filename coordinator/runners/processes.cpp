@@ -89,8 +89,8 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
                                               static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns,
                                               config_.pin_cpus, !config_.listen.empty(), config_.expect_workers,
-                                              millis(config_.wait_workers_s), settings_},
-                              stop_);
+                                              millis(config_.wait_workers_s)},
+                              stop_, settings_);
         dispatcher.run();
         recorder.stop_clock();
         dispatcher.shutdown_workers();

@@ -100,6 +100,8 @@ RunReport ModeRecorder::finish(bool interrupted) {
     std::lock_guard lock(mutex_);
     report_.wall_s = std::chrono::duration<double>(*stopped_ - started_).count();
     report_.cpu_s = CpuTimes::now().total() - cpu_at_start_.total();
+    report_.cpu_span_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - cpu_since_).count();
+    report_.cpus_available = available_cpus();
     report_.interrupted = interrupted;
     // "w2" before "w10"; a respawned worker after the one it replaced.
     std::stable_sort(report_.placement.begin(), report_.placement.end(), [](const Placement& a, const Placement& b) {

@@ -1,0 +1,458 @@
+#include "schedule.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace taskfarm {
+namespace {
+
+// How long past a task's timeout the coordinator waits for the worker's own "timed out"
+// result before it kills the worker: the executor stops itself at the deadline, so only a
+// stuck or stopped worker needs this.
+constexpr auto kOverrunGrace = std::chrono::seconds(1);
+// Weight of the newest task time in the moving average that sizes --prefetch auto.
+constexpr double kEstimateWeight = 0.2;
+
+double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+}  // namespace
+
+std::size_t encoded_task_bytes(const TaskSpec& task, std::uint32_t attempt) {
+    thread_local proto::Task message;
+    thread_local std::string frame;
+    proto::to_message(task, attempt, message);
+    proto::encode_to(frame, message);
+    return frame.size();
+}
+
+Schedule::Schedule(const Plan& plan, DispatchOptions options, ScheduleActions& actions, Clock::time_point now,
+                   std::stop_token stop, TaskBytes task_bytes, std::size_t max_batch_bytes)
+    : plan_(plan),
+      options_(std::move(options)),
+      actions_(actions),
+      stop_(std::move(stop)),
+      task_bytes_(std::move(task_bytes)),
+      max_batch_bytes_(max_batch_bytes),
+      to_spawn_(options_.workers),
+      all_hello_(options_.workers <= 0),
+      // Without remote workers to wait for, work starts at the first hello.
+      dispatching_(options_.expect_remote == 0),
+      began_(now),
+      next_heartbeat_(now + options_.heartbeat_interval),
+      next_watch_(now + kWatchInterval) {}
+
+Schedule::Clock::time_point Schedule::next_deadline() const {
+    // Spawning is most of the start-up: one worker per tick, and between two spawns whoever
+    // is up says hello, gets work and hears heartbeats, however many are still to come.
+    if (to_spawn_ > 0) return began_;  // passed already: tick at once
+    return std::min(next_heartbeat_, next_watch_);
+}
+
+bool Schedule::done() const {
+    // A short plan may be done before the last worker is up; the run still waits for its
+    // hello (its placement goes in the report, and one that cannot start is an error).
+    return finished_ >= plan_.tasks.size() && all_hello_;
+}
+
+void Schedule::shutdown_workers() {
+    for (const auto& [peer, worker] : workers_) actions_.send_shutdown(peer);
+}
+
+std::optional<std::string> Schedule::name_of(const PeerId& peer) const {
+    const auto worker = workers_.find(peer);
+    if (worker == workers_.end()) return std::nullopt;
+    return worker->second.name;
+}
+
+void Schedule::tick(Clock::time_point now) {
+    if (to_spawn_ > 0) {
+        const int i = options_.workers - to_spawn_--;
+        spawn(fmt::format("w{}", i + 1),
+              options_.cpus.empty() ? -1 : options_.cpus[static_cast<std::size_t>(i) % options_.cpus.size()], now);
+        if (to_spawn_ == 0 && !all_hello_)
+            all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+    }
+    // Checked on a timer, not at every event: at 100,000s of results a second, walking
+    // every worker each time would cost more than the results.
+    if (now >= next_watch_) {
+        watch_start(now);
+        watch_liveness(now);
+        watch_remote(now);
+        watch_overruns(now);
+        next_watch_ = now + kWatchInterval;
+    }
+    if (now >= next_heartbeat_) send_heartbeats(now);
+    dispatch(now);
+}
+
+void Schedule::spawn(const std::string& name, int cpu, Clock::time_point now) {
+    const pid_t pid = actions_.spawn(name, cpu);
+    spawned_[pid] = Spawned{name, cpu, now};
+    actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = name, .detail = fmt::format("pid {}", pid)});
+}
+
+void Schedule::frame(const PeerId& peer, Clock::time_point now) {
+    if (const auto worker = workers_.find(peer); worker != workers_.end()) worker->second.last_seen = now;
+}
+
+void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::optional<RemotePeer>& remote,
+                     Clock::time_point now) {
+    if (workers_.contains(peer)) {
+        spdlog::debug("ignored a second hello from worker {}", workers_.at(peer).name);
+        return;
+    }
+    const pid_t pid = static_cast<pid_t>(hello.pid);
+    // A remote pid means nothing here: it may even equal the pid of a local worker of ours.
+    if (remote) {
+        for (const auto& [other, worker] : workers_)
+            if (worker.name == hello.name)
+                spdlog::warn("two workers are called {}: their results cannot be told apart (give each --name)",
+                             hello.name);
+        spdlog::info("remote worker {} (pid {} on {}) attached from {} with {}{}", hello.name, hello.pid, hello.host,
+                     remote->address.empty() ? "an unknown address" : remote->address, remote->user,
+                     dispatching_ ? "" : fmt::format(" ({} of {} expected)", remote_workers() + 1, options_.expect_remote));
+    } else if (auto spawned = spawned_.find(pid); spawned != spawned_.end()) {
+        spawned->second.said_hello = true;
+        if (spawned->second.cpu >= 0 && spawned->second.cpu != hello.cpu)
+            spdlog::warn("worker {} (pid {}) was to run on cpu {} only, but reports {}", hello.name, hello.pid,
+                         spawned->second.cpu, hello.cpu >= 0 ? fmt::format("cpu {}", hello.cpu) : "several CPUs");
+    } else {
+        spdlog::info("worker {} (pid {} on {}) attached", hello.name, hello.pid, hello.host);
+    }
+    Worker& worker = workers_[peer];
+    worker.name = hello.name;
+    worker.pid = pid;
+    worker.cpu = hello.cpu;
+    worker.last_seen = now;
+    worker.remote = remote.has_value();
+    actions_.place({hello.name, hello.cpu, hello.pid}, static_cast<int>(workers_.size()));
+    if (remote && dispatching_)
+        actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = "remote, attached"});
+    spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
+    if (!all_hello_ && to_spawn_ == 0)
+        all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+    if (!dispatching_ && remote_workers() >= static_cast<std::size_t>(options_.expect_remote)) start_dispatching(now);
+}
+
+void Schedule::start_dispatching(Clock::time_point now) {
+    dispatching_ = true;
+    if (options_.expect_remote > 0) {
+        spdlog::info("{} remote worker(s) attached after {:.1f} s; handing out tasks", remote_workers(),
+                     seconds(now - began_));
+        // Waiting for a person or a scheduler to start remote workers is no cost of the process model.
+        actions_.restart_clock();
+    }
+    for (const auto& [peer, worker] : workers_)
+        if (worker.remote)
+            actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = "remote, attached"});
+}
+
+void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::time_point now) {
+    const auto found = workers_.find(peer);
+    if (found == workers_.end()) {
+        spdlog::debug("ignored result of task {} from a worker no longer in the run", message.id);
+        return;
+    }
+    Worker& worker = found->second;
+    // Results come back in the order the tasks were sent, so this is almost always the first.
+    const auto attempt = std::find_if(worker.in_flight.begin(), worker.in_flight.end(), [&](const Attempt& a) {
+        return plan_.tasks[a.index].id == message.id && a.number == message.attempt;
+    });
+    if (attempt == worker.in_flight.end()) {
+        spdlog::debug("ignored duplicate or stale result of task {} attempt {}", message.id, message.attempt);
+        return;
+    }
+    const std::size_t index = attempt->index;
+    worker.in_flight.erase(attempt);
+    worker.running_since = now;  // the next one, if any, starts now
+    worker.delivered = true;
+    run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
+                                          : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
+    ++finished_;
+    actions_.record(plan_.tasks[index], proto::to_result(message, worker.name, plan_.tasks[index].type));
+}
+
+void Schedule::returned(const PeerId& peer, const proto::Returned& message, Clock::time_point) {
+    const auto worker = workers_.find(peer);
+    if (worker == workers_.end()) return;
+    // Queued behind a task that is taking long: they go to the front of the queue as they
+    // were (same attempt: they never ran), and the estimate learns that tasks can be this
+    // slow, so no worker is given a queue of them again.
+    auto& in_flight = worker->second.in_flight;
+    std::vector<Attempt> back;
+    for (const proto::TaskRef& ref : message.tasks) {
+        const auto attempt = std::find_if(in_flight.begin(), in_flight.end(), [&](const Attempt& a) {
+            return plan_.tasks[a.index].id == ref.id && a.number == ref.attempt;
+        });
+        if (attempt == in_flight.end()) continue;  // stale: not one it holds
+        back.push_back({attempt->index, attempt->number});
+        in_flight.erase(attempt);
+    }
+    for (auto attempt = back.rbegin(); attempt != back.rend(); ++attempt) retries_.push_front(*attempt);
+    run_s_estimate_ = std::max(run_s_estimate_, message.busy_s);
+    spdlog::debug("worker {} gave back {} task(s) queued behind one running for {:.3f} s", worker->second.name,
+                  back.size(), message.busy_s);
+}
+
+void Schedule::exited(pid_t pid, const std::string& reason, Clock::time_point now) {
+    for (const auto& [peer, worker] : workers_)
+        if (worker.pid == pid && !worker.remote) return lose_worker(peer, reason, now);
+    lose_unconnected(pid, reason, now);
+}
+
+void Schedule::watch_start(Clock::time_point now) {
+    std::vector<std::pair<pid_t, std::string>> late;
+    for (const auto& [pid, spawned] : spawned_)
+        if (!spawned.said_hello && now - spawned.started > options_.start_timeout) late.emplace_back(pid, spawned.name);
+    for (const auto& [pid, name] : late) {
+        actions_.kill(pid);
+        lose_unconnected(pid, fmt::format("worker {} (pid {}) did not say hello within {:.1f} s", name, pid,
+                                          seconds(options_.start_timeout)),
+                         now);
+    }
+}
+
+void Schedule::watch_liveness(Clock::time_point now) {
+    std::vector<std::pair<PeerId, std::string>> silent;
+    for (const auto& [peer, worker] : workers_)
+        if (now - worker.last_seen > options_.heartbeat_timeout)
+            silent.emplace_back(peer, fmt::format("worker {} silent for {:.1f} s", worker.name, seconds(now - worker.last_seen)));
+    for (const auto& [peer, reason] : silent) lose_worker(peer, reason, now);
+}
+
+void Schedule::watch_overruns(Clock::time_point now) {
+    std::vector<PeerId> overran;
+    for (const auto& [peer, worker] : workers_) {
+        if (worker.in_flight.empty()) continue;
+        const double timeout_s = plan_.tasks[worker.in_flight.front().index].timeout_s;
+        if (timeout_s <= 0) continue;
+        const auto limit = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+        if (now - worker.running_since > limit + kOverrunGrace) overran.push_back(peer);
+    }
+    for (const PeerId& peer : overran) {
+        // The task fails as a timeout (not retried: it would most likely overrun again);
+        // the worker is killed and replaced, and its other tasks go back to the queue.
+        Worker& worker = workers_.at(peer);
+        const Attempt attempt = worker.in_flight.front();
+        worker.in_flight.pop_front();
+        const TaskSpec& task = plan_.tasks[attempt.index];
+        fail(attempt, worker.name,
+             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", task.timeout_s, worker.name,
+                         worker.remote ? "told to shut down" : "killed"),
+             now - worker.running_since);
+        lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, task.id), now);
+    }
+}
+
+void Schedule::watch_remote(Clock::time_point now) {
+    if (!options_.listening) return;
+    const double wait_s = seconds(options_.wait_remote);
+    if (!dispatching_) {
+        if (now - began_ > options_.wait_remote && remote_workers() < static_cast<std::size_t>(options_.expect_remote))
+            throw RunError(fmt::format("only {} of the {} remote worker(s) of --expect-workers attached within {:.1f} s "
+                                       "(--wait-workers); the log above names any that were refused",
+                                       remote_workers(), options_.expect_remote, wait_s));
+        return;
+    }
+    if (pending() == 0 || !workers_.empty() || !spawned_.empty() || to_spawn_ > 0) {
+        alone_since_ = {};
+        return;
+    }
+    if (alone_since_ == Clock::time_point{}) {
+        alone_since_ = now;
+        spdlog::warn("no worker is left; waiting up to {:.1f} s (--wait-workers) for a remote worker to attach", wait_s);
+    } else if (now - alone_since_ > options_.wait_remote) {
+        fail_pending(fmt::format("not run: no worker was left and none attached within {:.1f} s (--wait-workers)", wait_s));
+    }
+}
+
+std::size_t Schedule::remote_workers() const {
+    return static_cast<std::size_t>(
+        std::count_if(workers_.begin(), workers_.end(), [](const auto& w) { return w.second.remote; }));
+}
+
+void Schedule::send_heartbeats(Clock::time_point now) {
+    std::vector<PeerId> gone;
+    for (const auto& [peer, worker] : workers_)
+        if (!actions_.send_heartbeat(peer)) gone.push_back(peer);
+    for (const PeerId& peer : gone) lose_worker(peer, fmt::format("worker {} disconnected", workers_.at(peer).name), now);
+    next_heartbeat_ = now + options_.heartbeat_interval;
+}
+
+std::size_t Schedule::window() const {
+    const std::size_t most = options_.prefetch > 0 ? static_cast<std::size_t>(options_.prefetch) : kMaxWindow;
+    if (run_s_estimate_ < 0) return 1;  // nothing known yet: as if every task were long
+    const double budget_s = std::chrono::duration<double>(kQueueBudget).count();
+    if (run_s_estimate_ * static_cast<double>(most) <= budget_s) return most;
+    return std::clamp(static_cast<std::size_t>(budget_s / run_s_estimate_), std::size_t{1}, most);
+}
+
+std::size_t Schedule::limit(const Worker& worker) const {
+    // A worker earns its window with its first result: a peer that says hello and then
+    // holds its tasks without running them holds one, not a window's worth, until the
+    // heartbeat timeout finds it out.
+    return worker.delivered ? window() : 1;
+}
+
+Attempt& Schedule::peek_pending() {
+    if (!retries_.empty()) return retries_.front();
+    next_fresh_ = {next_index_, 1};
+    return next_fresh_;
+}
+
+void Schedule::pop_pending() {
+    if (!retries_.empty())
+        retries_.pop_front();
+    else
+        ++next_index_;
+}
+
+void Schedule::dispatch(Clock::time_point now) {
+    // Work starts at the first hello: a worker holds one task until results show that tasks
+    // are short, so an early worker cannot take work that later ones should have had.
+    if (!dispatching_) return;
+    if (workers_.empty()) {
+        if (pending() > 0 && spawned_.empty() && to_spawn_ == 0 && !options_.listening)
+            fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",
+                                     options_.max_respawns));
+        return;
+    }
+    // Shallowest queue first, and a fair share each, so a short plan spreads over every
+    // worker before any worker queues more.
+    while (pending() > 0) {
+        auto target = workers_.end();
+        std::size_t open = 0;
+        for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+            if (it->second.in_flight.size() >= limit(it->second)) continue;
+            ++open;
+            if (target == workers_.end() || it->second.in_flight.size() < target->second.in_flight.size()) target = it;
+        }
+        if (target == workers_.end()) break;
+        const std::size_t share = std::max<std::size_t>(1, (pending() + open - 1) / open);
+        send_tasks(target, std::min({limit(target->second) - target->second.in_flight.size(), share, pending()}), now);
+    }
+}
+
+void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now) {
+    Worker& worker = target->second;
+    if (worker.in_flight.empty()) worker.running_since = now;
+    while (count > 0 && pending() > 0) {
+        // A frame holds at most kMaxBatch tasks and max_batch_bytes_ of them, encoded; a task
+        // too large for a frame of its own fails here, naming itself, instead of reaching a
+        // worker that would drop the connection over it.
+        batch_.clear();
+        std::size_t bytes = 0;
+        while (batch_.size() < std::min(count, proto::kMaxBatch) && pending() > 0) {
+            Attempt attempt = peek_pending();
+            const TaskSpec& task = plan_.tasks[attempt.index];
+            const std::size_t size = task_bytes_(task, attempt.number);
+            if (size > max_batch_bytes_) {
+                pop_pending();
+                fail(attempt, {},
+                     fmt::format("not sent: task {} takes {} bytes encoded, more than the {} bytes a message to a "
+                                 "worker may hold",
+                                 task.id, size, max_batch_bytes_),
+                     Clock::duration::zero());
+                continue;
+            }
+            if (!batch_.empty() && bytes + size > max_batch_bytes_) break;
+            pop_pending();
+            attempt.sent = now;
+            batch_.push_back(attempt);
+            bytes += size;
+        }
+        if (batch_.empty()) return;
+        count -= batch_.size();
+        worker.in_flight.insert(worker.in_flight.end(), batch_.begin(), batch_.end());
+        if (!actions_.send_tasks(target->first, batch_))
+            return lose_worker(target->first, fmt::format("worker {} disconnected", worker.name), now);
+    }
+}
+
+void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now) {
+    const auto found = workers_.find(peer);
+    if (found == workers_.end()) return;
+    // A remote worker that still hears us (a stopped or overloaded one) stops instead of
+    // finishing work that now goes to another worker.
+    if (found->second.remote) actions_.send_shutdown(peer);
+    const Worker lost = std::move(found->second);
+    workers_.erase(found);
+    spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
+    actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
+    for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
+        retry_or_fail(*attempt, lost.name, reason, now);
+    // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
+    // local socket that we did not start, only loses its tasks.
+    const auto spawned = spawned_.find(lost.pid);
+    if (lost.remote || spawned == spawned_.end()) return;
+    const int cpu = spawned->second.cpu;
+    spawned_.erase(spawned);
+    actions_.kill(lost.pid);
+    replace(lost.name, cpu, now);
+}
+
+void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now) {
+    const auto spawned = spawned_.find(pid);
+    if (spawned == spawned_.end()) return;
+    const Spawned lost = spawned->second;
+    spawned_.erase(spawned);
+    actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
+    // At start-up this is a broken installation, not bad luck.
+    if (!all_hello_) throw RunError(fmt::format("{} before saying hello", reason));
+    spdlog::warn("{}", reason);
+    replace(lost.name, lost.cpu, now);
+}
+
+void Schedule::replace(const std::string& name, int cpu, Clock::time_point now) {
+    if (finished_ >= plan_.tasks.size() || stop_.stop_requested()) return;
+    if (respawns_ >= options_.max_respawns) {
+        spdlog::error("not replacing worker {}: all {} replacements allowed by --max-respawns are used up", name,
+                      options_.max_respawns);
+        return;
+    }
+    ++respawns_;
+    spawn(name, cpu, now);
+}
+
+void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, const std::string& reason,
+                             Clock::time_point now) {
+    const TaskSpec& task = plan_.tasks[attempt.index];
+    if (attempt.number < options_.max_attempts) {
+        retries_.push_front({attempt.index, attempt.number + 1});
+        actions_.note({.kind = RunEvent::Kind::Requeued,
+                       .worker = worker,
+                       .detail = reason,
+                       .task = task.id,
+                       .task_type = task.type,
+                       .attempt = attempt.number,
+                       .started_s = actions_.seconds_at(attempt.sent)});
+        return;
+    }
+    // As far as we know it ran from its hand-out to the loss.
+    fail(attempt, worker, fmt::format("gave up after {} attempts: {}", attempt.number, reason), now - attempt.sent);
+}
+
+void Schedule::fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran) {
+    const TaskSpec& task = plan_.tasks[attempt.index];
+    TaskResult result;
+    result.id = task.id;
+    result.type = task.type;
+    result.attempt = attempt.number;
+    result.worker = worker;
+    result.error = std::move(error);
+    result.run_time = ran;
+    ++finished_;
+    actions_.record(task, std::move(result));
+}
+
+void Schedule::fail_pending(const std::string& reason) {
+    while (pending() > 0) {
+        const Attempt attempt = peek_pending();
+        pop_pending();
+        fail(attempt, {}, reason, Clock::duration::zero());
+    }
+}
+
+}  // namespace taskfarm

@@ -1,0 +1,217 @@
+#pragma once
+// The dispatcher's policies without its I/O: which worker gets which tasks and when, how
+// many it may hold (credit windows, --prefetch auto), how they are batched (by count and by
+// encoded bytes), attempts and requeueing, deadlines (task timeouts, start timeouts),
+// liveness (heartbeats both ways), respawns, and remote workers that attach or vanish.
+//
+// Events come in as calls (a worker was spawned, said hello, sent a frame, results or
+// returned tasks, exited; time passed); what the world must do goes out through
+// ScheduleActions (send, kill, spawn, record). It owns no socket, no process and no clock:
+// every event carries `now`. The Dispatcher's ZeroMQ loop feeds it for real; the tests
+// feed it by hand and fake the actions, so every rule has a test that starts no process
+// (as ninja tests its Builder and Plan with a fake CommandRunner).
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "plan.hpp"
+#include "protocol.hpp"
+#include "report.hpp"
+#include "trace.hpp"
+
+namespace taskfarm {
+
+// The run cannot go on: e.g. a worker never came up.
+struct RunError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct DispatchOptions {
+    int workers = 1;
+    // The most tasks a worker may hold at once; 0 (auto): kMaxWindow. It holds fewer while
+    // tasks are long: one until the first result, then as many as it runs in about
+    // kQueueBudget, by a moving average of the task times so far.
+    int prefetch = 0;
+    std::chrono::milliseconds heartbeat_interval{200};
+    std::chrono::milliseconds heartbeat_timeout{2000};
+    std::chrono::milliseconds start_timeout{10000};
+    std::uint32_t max_attempts = 3;
+    int max_respawns = 100;
+    std::vector<int> cpus{};  // worker i (and its replacements) pinned to cpus[i % size]; empty: not pinned
+    // Remote workers (--listen). With listening, a run whose workers are all gone waits
+    // wait_remote for one to attach before failing what is left.
+    bool listening = false;
+    int expect_remote = 0;                         // remote workers to wait for before the first task
+    std::chrono::milliseconds wait_remote{60000};  // how long they may take (RunError after)
+};
+
+// --prefetch auto: a worker holds at most this many tasks...
+inline constexpr std::size_t kMaxWindow = 128;
+// ...and, whatever --prefetch says, no more than it should get through in this long, so
+// that at the end of a run no worker sits on work another could have done.
+inline constexpr std::chrono::microseconds kQueueBudget{2000};
+
+// A connected worker: its ZeroMQ routing id.
+using PeerId = std::string;
+
+// One hand-out of one task.
+struct Attempt {
+    std::size_t index;     // into plan.tasks
+    std::uint32_t number;  // 1 for the first
+    std::chrono::steady_clock::time_point sent{};  // when it was handed to a worker; unset while pending
+};
+
+// How a remote worker reached us (from the frame's metadata); local workers have none.
+struct RemotePeer {
+    std::string user;     // the Listener's User-Id: "CURVE key 'w1'", "plaintext"
+    std::string address;  // Peer-Address, or empty
+};
+
+// What the schedule asks of the world. The Dispatcher does it with a ROUTER socket, a
+// ProcessPool and a ModeRecorder; tests fake it. Calls never come back into the schedule.
+class ScheduleActions {
+public:
+    virtual ~ScheduleActions() = default;
+    // Starts a local worker process called `name` (pinned to `cpu` if >= 0); returns its pid.
+    // Throws when it cannot.
+    virtual pid_t spawn(const std::string& name, int cpu) = 0;
+    // SIGKILLs and reaps a local worker process of ours.
+    virtual void kill(pid_t pid) = 0;
+    // Sends `attempts` to `peer` in one frame, to run in this order. False: the peer is gone.
+    virtual bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) = 0;
+    virtual bool send_heartbeat(const PeerId& peer) = 0;  // false: the peer is gone
+    virtual void send_shutdown(const PeerId& peer) = 0;
+    // A task's final result.
+    virtual void record(const TaskSpec& task, TaskResult result) = 0;
+    // A worker started, exited or lost a task, for --trace and --timeline.
+    virtual void note(RunEvent event) = 0;
+    // Where a worker runs, and how many took part (for the report).
+    virtual void place(const Placement& placement, int connected) = 0;
+    // The first tasks go out after a wait for remote workers: the mode's clock starts now.
+    virtual void restart_clock() = 0;
+    // `when` on the clock of the mode, for events that refer back to it.
+    virtual double seconds_at(std::chrono::steady_clock::time_point when) const = 0;
+};
+
+// Encoded size of one task as it would travel in a `tasks` frame.
+using TaskBytes = std::function<std::size_t(const TaskSpec&, std::uint32_t attempt)>;
+// The real one: encodes the task.
+std::size_t encoded_task_bytes(const TaskSpec& task, std::uint32_t attempt);
+
+class Schedule {
+public:
+    using Clock = std::chrono::steady_clock;
+
+    // `plan` and `actions` must outlive the schedule. `stop` (SIGINT) stops replacing workers.
+    Schedule(const Plan& plan, DispatchOptions options, ScheduleActions& actions, Clock::time_point now,
+             std::stop_token stop = {}, TaskBytes task_bytes = encoded_task_bytes,
+             std::size_t max_batch_bytes = proto::kMaxBatchBytes);
+
+    // Events. Each may call actions before it returns; none blocks. Throw RunError when the
+    // run cannot go on (a worker never came up, remote workers did not attach).
+    void hello(const PeerId& peer, const proto::Hello& hello, const std::optional<RemotePeer>& remote,
+               Clock::time_point now);
+    void frame(const PeerId& peer, Clock::time_point now);  // any frame: a sign of life
+    void result(const PeerId& peer, const proto::Result& result, Clock::time_point now);
+    void returned(const PeerId& peer, const proto::Returned& returned, Clock::time_point now);
+    void exited(pid_t pid, const std::string& reason, Clock::time_point now);  // a process of ours
+    // Time passed: spawns the next initial worker, checks deadlines and liveness (every
+    // kWatchInterval), heartbeats (every heartbeat_interval), and hands out tasks.
+    void tick(Clock::time_point now);
+
+    // When tick() next has something to do; `now` while initial workers remain to spawn.
+    Clock::time_point next_deadline() const;
+    // Every task has its final result and every worker we spawned at the start said hello.
+    bool done() const;
+    // Sends SHUTDOWN to every connected worker.
+    void shutdown_workers();
+    // The worker's name, or nullopt for a peer that has not said hello.
+    std::optional<std::string> name_of(const PeerId& peer) const;
+    std::size_t finished() const { return finished_; }
+
+    // How often deadlines and liveness are checked: how soon a silent worker or a late
+    // task is noticed past its limit.
+    static constexpr auto kWatchInterval = std::chrono::milliseconds(20);
+
+private:
+    struct Worker {
+        std::string name;               // from HELLO, "w3"
+        pid_t pid = 0;                  // from HELLO; ours if we spawned it
+        int cpu = -1;                   // pinned CPU, -1 if none
+        std::deque<Attempt> in_flight;  // sent, no result yet, in the order sent; requeued if it is lost
+        Clock::time_point last_seen;    // any frame counts as a heartbeat
+        // When in_flight.front() started, as far as we can tell: a worker runs its tasks one
+        // at a time in the order sent, so the next starts when it is sent or when the one
+        // before it ends, whichever is later.
+        Clock::time_point running_since;
+        bool remote = false;       // attached by hand over tcp: ours to requeue from, not to kill or replace
+        bool delivered = false;    // has sent a result: until then it may hold one task only
+    };
+    struct Spawned {
+        std::string name;
+        int cpu = -1;  // asked to pin it to; -1: not pinned
+        Clock::time_point started;
+        bool said_hello = false;
+    };
+
+    void spawn(const std::string& name, int cpu, Clock::time_point now);
+    void start_dispatching(Clock::time_point now);
+    void watch_start(Clock::time_point now);
+    void watch_liveness(Clock::time_point now);
+    void watch_overruns(Clock::time_point now);
+    void watch_remote(Clock::time_point now);
+    void send_heartbeats(Clock::time_point now);
+    void dispatch(Clock::time_point now);
+    std::size_t window() const;                    // tasks each worker may hold now
+    std::size_t limit(const Worker& worker) const;  // tasks this worker may hold now
+    std::size_t pending() const { return retries_.size() + (plan_.tasks.size() - next_index_); }
+    Attempt& peek_pending();  // pending() > 0
+    void pop_pending();
+    void send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now);
+    void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now);
+    void lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now);
+    void replace(const std::string& name, int cpu, Clock::time_point now);
+    void retry_or_fail(const Attempt& attempt, const std::string& worker, const std::string& reason,
+                       Clock::time_point now);
+    void fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran);
+    void fail_pending(const std::string& reason);
+    std::size_t remote_workers() const;
+
+    const Plan& plan_;
+    const DispatchOptions options_;
+    ScheduleActions& actions_;
+    const std::stop_token stop_;
+    const TaskBytes task_bytes_;
+    const std::size_t max_batch_bytes_;
+
+    // Not yet sent: the retries and returned tasks first, then plan.tasks[next_index_...].
+    std::deque<Attempt> retries_;
+    std::size_t next_index_ = 0;
+    Attempt next_fresh_{0, 1};                 // scratch for peek_pending() of a fresh task
+    std::map<PeerId, Worker> workers_;         // connected: said hello, not lost
+    std::map<pid_t, Spawned> spawned_;         // live processes of ours, by pid
+    int to_spawn_ = 0;                         // initial workers not spawned yet; one per tick
+    std::size_t finished_ = 0;                 // tasks with a final result
+    int respawns_ = 0;
+    bool all_hello_ = false;                   // every initial worker was spawned and said HELLO
+    bool dispatching_ = false;                 // tasks go out: the remote workers of --expect-workers are here
+    const Clock::time_point began_;            // the remote workers' deadline counts from it
+    Clock::time_point alone_since_{};          // listening: since when no worker is left; unset while one is
+    Clock::time_point next_heartbeat_;
+    Clock::time_point next_watch_;
+    double run_s_estimate_ = -1;               // moving average of task run times; < 0: none yet
+    std::vector<Attempt> batch_;               // reused for every batch sent
+};
+
+}  // namespace taskfarm

@@ -1,0 +1,556 @@
+// The schedule alone: every dispatch policy, driven event by event with a clock of the
+// test's own and a fake world that records what the schedule asks for. No process, no
+// socket, no sleep: each test runs in microseconds.
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "schedule.hpp"
+#include "support.hpp"
+
+namespace taskfarm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+struct Sent {
+    PeerId peer;
+    std::vector<Attempt> attempts;
+};
+
+// Does nothing but remember; pids count up from 100, and sends to a peer in `gone` fail.
+class FakeWorld final : public ScheduleActions {
+public:
+    std::vector<std::string> spawned;  // names, in order
+    std::vector<pid_t> pids;           // the pid each spawn returned
+    std::vector<pid_t> killed;
+    std::vector<Sent> sent;
+    std::map<PeerId, int> heartbeats;
+    std::vector<PeerId> shutdowns;
+    std::vector<TaskResult> recorded;
+    std::vector<RunEvent> events;
+    std::vector<Placement> placed;
+    int clock_restarts = 0;
+    std::set<PeerId> gone;
+
+    pid_t spawn(const std::string& name, int) override {
+        spawned.push_back(name);
+        pids.push_back(static_cast<pid_t>(100 + pids.size()));
+        return pids.back();
+    }
+    void kill(pid_t pid) override { killed.push_back(pid); }
+    bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) override {
+        if (gone.contains(peer)) return false;
+        sent.push_back({peer, {attempts.begin(), attempts.end()}});
+        return true;
+    }
+    bool send_heartbeat(const PeerId& peer) override {
+        ++heartbeats[peer];
+        return !gone.contains(peer);
+    }
+    void send_shutdown(const PeerId& peer) override { shutdowns.push_back(peer); }
+    void record(const TaskSpec&, TaskResult result) override { recorded.push_back(std::move(result)); }
+    void note(RunEvent event) override { events.push_back(std::move(event)); }
+    void place(const Placement& placement, int) override { placed.push_back(placement); }
+    void restart_clock() override { ++clock_restarts; }
+    double seconds_at(Clock::time_point) const override { return 0; }
+
+    // The attempts sent to `peer` so far, in order.
+    std::vector<Attempt> sent_to(const PeerId& peer) const {
+        std::vector<Attempt> all;
+        for (const Sent& s : sent)
+            if (s.peer == peer) all.insert(all.end(), s.attempts.begin(), s.attempts.end());
+        return all;
+    }
+    std::size_t count(RunEvent::Kind kind) const {
+        return static_cast<std::size_t>(std::count_if(events.begin(), events.end(), [&](const RunEvent& e) { return e.kind == kind; }));
+    }
+};
+
+Plan sleeps(std::size_t tasks, double timeout_s = 0) {
+    Plan plan;
+    for (std::size_t i = 0; i < tasks; ++i)
+        plan.tasks.push_back(testing::task_of("sleep", {{"seconds", 0.001}}, static_cast<TaskId>(i), timeout_s));
+    return plan;
+}
+
+// A schedule over `plan` with a fake world and a clock that moves only when told.
+struct Rig {
+    Plan plan;
+    FakeWorld world;
+    Clock::time_point now = Clock::time_point{} + std::chrono::hours(1);
+    Schedule schedule;
+    std::set<std::pair<TaskId, std::uint32_t>> answered;
+
+    Rig(Plan p, DispatchOptions options, TaskBytes bytes = encoded_task_bytes, std::size_t max_bytes = proto::kMaxBatchBytes)
+        : plan(std::move(p)), schedule(plan, std::move(options), world, now, {}, std::move(bytes), max_bytes) {}
+
+    void advance(milliseconds by) {
+        now += by;
+        schedule.tick(now);
+    }
+    // Spawns the initial workers, one per tick.
+    void spawn_all() {
+        for (std::size_t before = 0; before == 0 || world.spawned.size() > before;) {
+            before = world.spawned.size();
+            schedule.tick(now);
+        }
+    }
+    // The worker spawned as `name` (its latest pid) says hello from peer `name`.
+    void hello(const std::string& name) {
+        pid_t pid = 0;
+        for (std::size_t i = 0; i < world.spawned.size(); ++i)
+            if (world.spawned[i] == name) pid = world.pids[i];
+        proto::Hello hello;
+        hello.name = name;
+        hello.pid = pid;
+        schedule.frame(name, now);
+        schedule.hello(name, hello, std::nullopt, now);
+        schedule.tick(now);
+    }
+    void remote_hello(const std::string& name) {
+        proto::Hello hello;
+        hello.name = name;
+        hello.pid = 100;  // the same as a local pid of ours: must not matter
+        schedule.hello(name, hello, RemotePeer{"plaintext", "tcp://127.0.0.1:5"}, now);
+        schedule.tick(now);
+    }
+    proto::Result result_of(const Attempt& attempt, double run_s = 0) const {
+        proto::Result result;
+        result.id = plan.tasks[attempt.index].id;
+        result.attempt = attempt.number;
+        result.kind = "sleep";
+        result.ok = true;
+        result.run_s = run_s;
+        return result;
+    }
+    // `peer` answers every task it was sent and has not answered yet; returns how many.
+    std::size_t answer_all(const PeerId& peer, double run_s = 0) {
+        std::size_t count = 0;
+        for (const Attempt& attempt : world.sent_to(peer)) {
+            if (!answered.emplace(plan.tasks[attempt.index].id, attempt.number).second) continue;
+            schedule.frame(peer, now);
+            schedule.result(peer, result_of(attempt, run_s), now);
+            ++count;
+        }
+        schedule.tick(now);
+        return count;
+    }
+};
+
+std::set<TaskId> ids_of(const std::vector<TaskResult>& results) {
+    std::set<TaskId> ids;
+    for (const TaskResult& result : results) EXPECT_TRUE(ids.insert(result.id).second) << "task " << result.id << " twice";
+    return ids;
+}
+
+TEST(Schedule, SpawnsOneWorkerPerTickAndHeartbeatsTheFirstWhileTheRestStart) {
+    Rig rig(sleeps(4), {.workers = 50, .heartbeat_interval = milliseconds(200)});
+    rig.schedule.tick(rig.now);
+    ASSERT_EQ(rig.world.spawned, std::vector<std::string>{"w1"});
+    rig.hello("w1");
+    // Spawning is slow: each of the other 49 takes 10 ms here, 490 ms in all.
+    while (rig.world.spawned.size() < 50) rig.advance(milliseconds(10));
+    EXPECT_GE(rig.world.heartbeats["w1"], 2) << "w1 heard nothing while the others were spawned";
+    EXPECT_TRUE(rig.world.killed.empty());
+    EXPECT_FALSE(rig.schedule.done());
+}
+
+TEST(Schedule, AConnectionThatNeverSaysHelloGetsNoTask) {
+    Rig rig(sleeps(4), {.workers = 1});
+    rig.spawn_all();
+    rig.schedule.frame("stranger", rig.now);
+    rig.schedule.result("stranger", rig.result_of({0, 1}), rig.now);  // forged: not recorded
+    rig.advance(milliseconds(1));
+    EXPECT_TRUE(rig.world.sent.empty());
+    EXPECT_TRUE(rig.world.recorded.empty());
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.sent.size(), 1u);
+    EXPECT_EQ(rig.world.sent[0].peer, "w1");
+}
+
+TEST(Schedule, AutoPrefetchSendsOneTaskUntilTimesAreKnownThenAFullWindowInOneBatch) {
+    Rig rig(sleeps(300), {.workers = 1});
+    rig.spawn_all();
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.sent.size(), 1u);
+    EXPECT_EQ(rig.world.sent[0].attempts.size(), 1u);
+    rig.answer_all("w1", 0.000001);  // no-op tasks
+    ASSERT_EQ(rig.world.sent.size(), 2u);
+    EXPECT_EQ(rig.world.sent[1].attempts.size(), kMaxWindow);
+}
+
+TEST(Schedule, AutoPrefetchHoldsAboutTheQueueBudgetOfLongerTasks) {
+    Rig rig(sleeps(300), {.workers = 1});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1", 0.0009);  // 0.9 ms each: 2 fit in the 2 ms budget
+    EXPECT_EQ(rig.world.sent.back().attempts.size(), 2u);
+}
+
+TEST(Schedule, PrefetchIsTheMostAWorkerHolds) {
+    Rig rig(sleeps(300), {.workers = 1, .prefetch = 8});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1");
+    EXPECT_EQ(rig.world.sent.back().attempts.size(), 8u);
+    rig.schedule.frame("w1", rig.now);
+    rig.advance(milliseconds(1));  // nothing answered: no credit, nothing sent
+    EXPECT_EQ(rig.world.sent_to("w1").size(), 9u);
+}
+
+TEST(Schedule, AShortPlanSpreadsOverEveryWorkerBeforeAnyQueuesMore) {
+    Rig rig(sleeps(9), {.workers = 3, .prefetch = 8});
+    rig.spawn_all();
+    for (const char* name : {"w1", "w2", "w3"}) rig.hello(name);
+    // The three results arrive together: each may now hold 8, but gets its share of the 6 left.
+    for (const char* name : {"w1", "w2", "w3"}) rig.schedule.result(name, rig.result_of(rig.world.sent_to(name)[0]), rig.now);
+    rig.schedule.tick(rig.now);
+    for (const char* name : {"w1", "w2", "w3"}) EXPECT_EQ(rig.world.sent_to(name).size(), 3u) << name;
+}
+
+TEST(Schedule, EveryTaskIsRecordedOnceAndTheRunIsDone) {
+    Rig rig(sleeps(1000), {.workers = 2});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.hello("w2");
+    while (rig.answer_all("w1") + rig.answer_all("w2") > 0) {}
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 1000u);
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(Schedule, TheRunIsNotDoneUntilTheLastWorkerSaidHello) {
+    Rig rig(sleeps(1), {.workers = 2});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1");
+    EXPECT_EQ(rig.world.recorded.size(), 1u);
+    EXPECT_FALSE(rig.schedule.done());
+    rig.hello("w2");
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(Schedule, AWorkersDeathRequeuesItsTasksWithTheNextAttemptAndReplacesIt) {
+    Rig rig(sleeps(2), {.workers = 2});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.hello("w2");
+    ASSERT_EQ(rig.world.sent_to("w1").size(), 1u);
+    const TaskId lost = rig.plan.tasks[rig.world.sent_to("w1")[0].index].id;
+    rig.schedule.exited(rig.world.pids[0], "worker w1 died (signal 9)", rig.now);
+    EXPECT_EQ(rig.world.spawned.back(), "w1") << "a replacement of the same name";
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+    rig.answer_all("w2");
+    const auto to_w2 = rig.world.sent_to("w2");
+    ASSERT_EQ(to_w2.size(), 2u);
+    EXPECT_EQ(rig.plan.tasks[to_w2[1].index].id, lost);
+    EXPECT_EQ(to_w2[1].number, 2u);
+    rig.answer_all("w2");
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    EXPECT_EQ(rig.world.recorded[1].attempt, 2u);
+}
+
+TEST(Schedule, ATaskWhoseWorkersKeepDyingFailsAfterMaxAttempts) {
+    Rig rig(sleeps(1), {.workers = 1, .max_attempts = 2});
+    rig.spawn_all();
+    for (int death = 1; death <= 2; ++death) {
+        rig.hello("w1");  // the latest w1
+        ASSERT_EQ(rig.world.sent_to("w1").size(), static_cast<std::size_t>(death));
+        rig.schedule.exited(rig.world.pids.back(), "worker w1 died (signal 6)", rig.now);
+    }
+    ASSERT_EQ(rig.world.recorded.size(), 1u);
+    EXPECT_FALSE(rig.world.recorded[0].ok);
+    EXPECT_EQ(rig.world.recorded[0].attempt, 2u);
+    EXPECT_EQ(rig.world.recorded[0].error, "gave up after 2 attempts: worker w1 died (signal 6)");
+    EXPECT_EQ(rig.world.spawned.size(), 2u) << "no replacement once every task is done";
+}
+
+TEST(Schedule, WhenRespawnsAreUsedUpTheRestFailsSayingSo) {
+    Rig rig(sleeps(3), {.workers = 1, .max_respawns = 1});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.schedule.exited(rig.world.pids.back(), "worker w1 died (signal 9)", rig.now);
+    ASSERT_EQ(rig.world.spawned.size(), 2u);
+    rig.hello("w1");
+    rig.schedule.exited(rig.world.pids.back(), "worker w1 died (signal 9)", rig.now);
+    rig.advance(milliseconds(1));
+    EXPECT_EQ(rig.world.spawned.size(), 2u);
+    ASSERT_EQ(rig.world.recorded.size(), 3u);
+    for (const TaskResult& result : rig.world.recorded) {
+        EXPECT_FALSE(result.ok);
+        EXPECT_NE(result.error.find("--max-respawns 1"), std::string::npos) << result.error;
+    }
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(Schedule, ASilentWorkerIsKilledItsTaskRequeuedAndItIsReplaced) {
+    Rig rig(sleeps(2), {.workers = 2, .heartbeat_timeout = milliseconds(1000)});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.hello("w2");
+    // w2 keeps talking, w1 says nothing.
+    for (int i = 0; i < 50; ++i) {
+        rig.schedule.frame("w2", rig.now);
+        rig.advance(milliseconds(100));
+    }
+    EXPECT_EQ(rig.world.killed, std::vector<pid_t>{rig.world.pids[0]});
+    EXPECT_EQ(rig.world.spawned.size(), 3u);
+    ASSERT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+    const auto requeue = std::find_if(rig.world.events.begin(), rig.world.events.end(),
+                                      [](const RunEvent& e) { return e.kind == RunEvent::Kind::Requeued; });
+    EXPECT_NE(requeue->detail.find("worker w1 silent for 1."), std::string::npos) << requeue->detail;
+    EXPECT_EQ(rig.world.killed.size(), 1u) << "w2 talked, so it stays";
+}
+
+TEST(Schedule, APeerThatSaysHelloAndHoldsItsTaskHoldsOneAndOnlyUntilTheHeartbeatTimeout) {
+    Rig rig(sleeps(400), {.workers = 1, .heartbeat_timeout = milliseconds(1000)});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1");  // times are known: a newcomer could get a full window
+    for (int i = 0; i < 100; ++i) rig.remote_hello(fmt::format("rogue{}", i));
+    for (int i = 0; i < 100; ++i) EXPECT_EQ(rig.world.sent_to(fmt::format("rogue{}", i)).size(), 1u);
+    // w1 runs everything else; the rogues answer nothing and send nothing.
+    while (rig.answer_all("w1") > 0) {}
+    EXPECT_EQ(rig.world.recorded.size(), 300u);
+    EXPECT_FALSE(rig.schedule.done());
+    for (int i = 0; i < 12; ++i) {
+        rig.schedule.frame("w1", rig.now);
+        rig.advance(milliseconds(100));
+    }
+    EXPECT_EQ(rig.world.shutdowns.size(), 100u) << "each rogue is dropped at the heartbeat timeout";
+    EXPECT_TRUE(rig.world.killed.empty()) << "remote peers are not ours to kill";
+    while (rig.answer_all("w1") > 0) {}
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 400u);
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(Schedule, AWorkerThatNeverSaysHelloAtStartUpIsARunError) {
+    Rig rig(sleeps(2), {.workers = 2, .start_timeout = milliseconds(500)});
+    rig.spawn_all();
+    rig.hello("w1");
+    try {
+        for (int i = 0; i < 10; ++i) rig.advance(milliseconds(100));
+        FAIL() << "expected RunError";
+    } catch (const RunError& e) {
+        EXPECT_EQ(std::string(e.what()), "worker w2 (pid 101) did not say hello within 0.5 s before saying hello");
+    }
+    EXPECT_EQ(rig.world.killed, std::vector<pid_t>{101});
+}
+
+TEST(Schedule, AReplacementThatNeverSaysHelloIsKilledAndReplacedAgain) {
+    Rig rig(sleeps(2), {.workers = 1, .start_timeout = milliseconds(500)});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.schedule.exited(rig.world.pids[0], "worker w1 died (signal 9)", rig.now);
+    ASSERT_EQ(rig.world.spawned.size(), 2u);
+    for (int i = 0; i < 7; ++i) rig.advance(milliseconds(100));
+    EXPECT_EQ(rig.world.killed.back(), rig.world.pids[1]);
+    EXPECT_EQ(rig.world.spawned.size(), 3u);
+}
+
+TEST(Schedule, ATaskPastItsTimeoutAndTheGraceFailsAndItsWorkerIsKilled) {
+    Rig rig(sleeps(3, 0.5), {.workers = 1, .prefetch = 4, .heartbeat_timeout = milliseconds(600000)});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1");  // task 0 done; 1 and 2 go out, 1 starts now and never ends
+    ASSERT_EQ(rig.world.sent_to("w1").size(), 3u);
+    for (int i = 0; i < 16; ++i) {
+        rig.schedule.frame("w1", rig.now);
+        rig.advance(milliseconds(100));
+    }
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    EXPECT_EQ(rig.world.recorded[1].id, 1u);
+    EXPECT_EQ(rig.world.recorded[1].attempt, 1u);
+    EXPECT_EQ(rig.world.recorded[1].error, "timed out after 0.5 s: worker w1 did not stop it, so it was killed");
+    EXPECT_EQ(rig.world.killed, std::vector<pid_t>{100});
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u) << "task 2, queued behind it";
+    rig.hello("w1");
+    EXPECT_EQ(rig.world.sent_to("w1").back().number, 2u);
+}
+
+TEST(Schedule, DuplicateStaleAndForgedResultsAreIgnored) {
+    Rig rig(sleeps(2), {.workers = 2});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.hello("w2");
+    const Attempt of_w1 = rig.world.sent_to("w1")[0];
+    const Attempt of_w2 = rig.world.sent_to("w2")[0];
+    rig.schedule.result("w1", rig.result_of(of_w2), rig.now);             // forged: w1 does not hold it
+    rig.schedule.result("w1", rig.result_of({of_w1.index, 2}), rig.now);  // an attempt never sent
+    EXPECT_TRUE(rig.world.recorded.empty());
+    rig.schedule.result("w1", rig.result_of(of_w1), rig.now);
+    rig.schedule.result("w1", rig.result_of(of_w1), rig.now);  // duplicate
+    EXPECT_EQ(rig.world.recorded.size(), 1u);
+    // w2 is declared dead; its late result is no longer its own.
+    rig.schedule.exited(rig.world.pids[1], "worker w2 died (signal 9)", rig.now);
+    rig.schedule.result("w2", rig.result_of(of_w2), rig.now);
+    EXPECT_EQ(rig.world.recorded.size(), 1u);
+    while (rig.answer_all("w1") > 0) {}
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    EXPECT_EQ(rig.world.recorded[1].attempt, 2u);
+}
+
+TEST(Schedule, ReturnedTasksGoBackToTheFrontWithTheSameAttempt) {
+    Rig rig(sleeps(20), {.workers = 2});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1");  // no-op times: w1 gets a window
+    const auto held = rig.world.sent_to("w1");
+    ASSERT_GE(held.size(), 5u);
+    proto::Returned back;
+    back.busy_s = 1.0;  // the running task is slow: the window shrinks to one
+    for (std::size_t i = 2; i < held.size(); ++i)
+        back.tasks.push_back({rig.plan.tasks[held[i].index].id, held[i].number});
+    back.tasks.push_back({999, 1});  // stale: not one it holds
+    rig.schedule.returned("w1", back, rig.now);
+    rig.hello("w2");
+    const auto to_w2 = rig.world.sent_to("w2");
+    ASSERT_EQ(to_w2.size(), 1u);
+    EXPECT_EQ(to_w2[0].index, held[2].index);
+    EXPECT_EQ(to_w2[0].number, 1u);
+    // A result for a returned task from the worker that gave it back is stale.
+    rig.schedule.result("w1", rig.result_of(held[3]), rig.now);
+    EXPECT_EQ(rig.world.recorded.size(), 1u);
+}
+
+TEST(Schedule, ALostRemoteWorkerIsToldToStopAndNeitherKilledNorReplaced) {
+    Rig rig(sleeps(2), {.workers = 1, .heartbeat_timeout = milliseconds(1000), .listening = true});
+    rig.spawn_all();
+    rig.remote_hello("far");
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.sent_to("far").size(), 1u);
+    for (int i = 0; i < 12; ++i) {
+        rig.schedule.frame("w1", rig.now);
+        rig.advance(milliseconds(100));
+    }
+    EXPECT_EQ(rig.world.shutdowns, std::vector<PeerId>{"far"});
+    EXPECT_TRUE(rig.world.killed.empty());
+    EXPECT_EQ(rig.world.spawned.size(), 1u);
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+    // The remote worker's pid equals w1's: its loss must not be taken for w1's exit.
+    rig.schedule.exited(100, "worker w1 died (signal 9)", rig.now);
+    EXPECT_EQ(rig.world.spawned.size(), 2u);
+}
+
+TEST(Schedule, ALostLocalPeerWeDidNotSpawnIsNeitherKilledNorReplaced) {
+    Rig rig(sleeps(2), {.workers = 1, .heartbeat_timeout = milliseconds(1000)});
+    rig.spawn_all();
+    rig.hello("w1");
+    proto::Hello stranger;
+    stranger.name = "by-hand";
+    stranger.pid = 999;
+    rig.schedule.hello("by-hand", stranger, std::nullopt, rig.now);
+    rig.schedule.tick(rig.now);
+    ASSERT_EQ(rig.world.sent_to("by-hand").size(), 1u);
+    for (int i = 0; i < 12; ++i) {
+        rig.schedule.frame("w1", rig.now);
+        rig.advance(milliseconds(100));
+    }
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+    EXPECT_TRUE(rig.world.killed.empty());
+    EXPECT_EQ(rig.world.spawned.size(), 1u);
+}
+
+TEST(Schedule, ExpectedRemoteWorkersHoldBackTheFirstTaskAndRestartTheClock) {
+    Rig rig(sleeps(2), {.workers = 1, .listening = true, .expect_remote = 1});
+    rig.spawn_all();
+    rig.hello("w1");
+    EXPECT_TRUE(rig.world.sent.empty());
+    rig.remote_hello("far");
+    EXPECT_EQ(rig.world.clock_restarts, 1);
+    EXPECT_EQ(rig.world.sent.size(), 2u);
+}
+
+TEST(Schedule, ExpectedRemoteWorkersThatNeverComeAreARunError) {
+    Rig rig(sleeps(2), {.workers = 1, .listening = true, .expect_remote = 2, .wait_remote = milliseconds(500)});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.remote_hello("far");
+    EXPECT_THROW(
+        for (int i = 0; i < 10; ++i) {
+            rig.schedule.frame("w1", rig.now);
+            rig.schedule.frame("far", rig.now);
+            rig.advance(milliseconds(100));
+        },
+        RunError);
+}
+
+TEST(Schedule, ListeningWithNoWorkerLeftWaitsForOneThenFailsTheRest) {
+    Rig rig(sleeps(2), {.workers = 1, .max_respawns = 0, .listening = true, .wait_remote = milliseconds(500)});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.schedule.exited(rig.world.pids[0], "worker w1 died (signal 9)", rig.now);
+    rig.advance(milliseconds(100));
+    EXPECT_TRUE(rig.world.recorded.empty()) << "a remote worker may still attach";
+    for (int i = 0; i < 7; ++i) rig.advance(milliseconds(100));
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    EXPECT_EQ(rig.world.recorded[0].error,
+              "not run: no worker was left and none attached within 0.5 s (--wait-workers)");
+}
+
+TEST(Schedule, BatchesAreCappedByEncodedBytes) {
+    // Tasks of 9,000 bytes, 128 to a window: about 1.1 MB, more than one frame may hold.
+    Rig rig(sleeps(300), {.workers = 1}, [](const TaskSpec&, std::uint32_t) { return std::size_t{9000}; });
+    rig.spawn_all();
+    rig.hello("w1");
+    while (rig.answer_all("w1") > 0) {}
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 300u);
+    std::size_t largest = 0;
+    for (const Sent& sent : rig.world.sent) {
+        EXPECT_LE(sent.attempts.size() * 9000, proto::kMaxBatchBytes);
+        largest = std::max(largest, sent.attempts.size());
+    }
+    EXPECT_EQ(largest, proto::kMaxBatchBytes / 9000) << "full frames, not one task each";
+}
+
+TEST(Schedule, BatchesAreCappedByCount) {
+    Rig rig(sleeps(3000), {.workers = 1, .prefetch = 3000}, [](const TaskSpec&, std::uint32_t) { return std::size_t{1}; });
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1");
+    ASSERT_EQ(rig.world.sent.size(), 4u);
+    EXPECT_EQ(rig.world.sent[1].attempts.size(), proto::kMaxBatch);
+    EXPECT_EQ(rig.world.sent[2].attempts.size(), proto::kMaxBatch);
+    EXPECT_EQ(rig.world.sent[3].attempts.size(), 3000 - 1 - 2 * proto::kMaxBatch);
+}
+
+TEST(Schedule, ATaskTooLargeForAFrameFailsNamingItselfAndTheOthersRun) {
+    Rig rig(sleeps(5), {.workers = 1}, [](const TaskSpec& task, std::uint32_t) {
+        return task.id == 2 ? std::size_t{2000} : std::size_t{10};
+    }, 1000);
+    rig.spawn_all();
+    rig.hello("w1");
+    while (rig.answer_all("w1") > 0) {}
+    ASSERT_EQ(ids_of(rig.world.recorded).size(), 5u);
+    for (const TaskResult& result : rig.world.recorded) {
+        if (result.id != 2) {
+            EXPECT_TRUE(result.ok) << result.id;
+            continue;
+        }
+        EXPECT_FALSE(result.ok);
+        EXPECT_EQ(result.error, "not sent: task 2 takes 2000 bytes encoded, more than the 1000 bytes a message to a "
+                                "worker may hold");
+    }
+    EXPECT_TRUE(rig.world.killed.empty());
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(Schedule, ASendToAVanishedWorkerRequeuesWhatItWasGiven) {
+    Rig rig(sleeps(2), {.workers = 2});
+    rig.spawn_all();
+    rig.world.gone.insert("w1");
+    rig.hello("w1");
+    EXPECT_EQ(rig.world.killed, std::vector<pid_t>{100});
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+    rig.hello("w2");
+    while (rig.answer_all("w2") > 0) {}
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 2u);
+}
+
+}  // namespace
+}  // namespace taskfarm
