@@ -30,7 +30,7 @@
 #include "signals.hpp"
 #include "sinks.hpp"
 #include "text.hpp"
-#include "trace.hpp"
+#include "pictures.hpp"
 
 namespace taskfarm {
 namespace {

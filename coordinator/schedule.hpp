@@ -28,7 +28,7 @@
 #include "plan.hpp"
 #include "protocol.hpp"
 #include "report.hpp"
-#include "trace.hpp"
+#include "pictures.hpp"
 
 namespace taskfarm {
 

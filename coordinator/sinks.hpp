@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 
 #include "task.hpp"
-#include "trace.hpp"
+#include "pictures.hpp"
 
 namespace taskfarm {
 

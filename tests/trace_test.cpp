@@ -12,7 +12,7 @@
 
 #include "outputs.hpp"
 #include "support.hpp"
-#include "trace.hpp"
+#include "pictures.hpp"
 
 namespace taskfarm {
 namespace {

@@ -13,7 +13,7 @@
 #include "errors.hpp"
 #include "listener.hpp"
 #include "process_pool.hpp"
-#include "runners.hpp"
+#include "mode_runners.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {

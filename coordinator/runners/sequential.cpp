@@ -1,7 +1,7 @@
 #include <unistd.h>
 
 #include "affinity.hpp"
-#include "runners.hpp"
+#include "mode_runners.hpp"
 
 namespace taskfarm {
 

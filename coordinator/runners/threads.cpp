@@ -10,7 +10,7 @@
 
 #include "affinity.hpp"
 #include "gil.hpp"
-#include "runners.hpp"
+#include "mode_runners.hpp"
 
 namespace taskfarm {
 namespace {

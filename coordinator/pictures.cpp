@@ -1,4 +1,4 @@
-#include "trace.hpp"
+#include "pictures.hpp"
 
 #include <algorithm>
 #include <cmath>
