@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <stop_token>
 
+#include "builtin.hpp"
 #include "dispatcher.hpp"
 #include "wire.hpp"
 
@@ -26,7 +27,8 @@ protected:
 
 Plan no_ops(std::size_t tasks) {
     Plan plan;
-    for (std::size_t i = 0; i < tasks; ++i) plan.tasks.push_back({static_cast<TaskId>(i), TaskKind::Sleep, {.seconds = 0}});
+    const TaskType* sleep = builtin_types().find("sleep");
+    for (std::size_t i = 0; i < tasks; ++i) plan.tasks.push_back({static_cast<TaskId>(i), sleep, {{"seconds", 0}}});
     return plan;
 }
 
@@ -47,7 +49,7 @@ void BM_DispatchNoOps(benchmark::State& state) {
         wire::configure(router, zmq::socket_type::router);
         const std::string endpoint = "ipc://" + (dir / "socket").string();
         router.bind(endpoint);
-        ProcessPool pool({worker_binary(), endpoint});
+        ProcessPool pool({.binary = worker_binary(), .endpoint = endpoint});
         ModeRecorder recorder(Mode::Processes, static_cast<int>(state.range(1)), plan, sink);
         std::stop_source never;
         Dispatcher dispatcher(router, pool, plan, recorder,

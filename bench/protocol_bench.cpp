@@ -3,13 +3,15 @@
 
 #include <benchmark/benchmark.h>
 
+#include "builtin.hpp"
 #include "protocol.hpp"
 
 namespace taskfarm {
 namespace {
 
 proto::Task a_task() {
-    return proto::to_message(TaskSpec{.id = 123456, .kind = TaskKind::Sleep, .params = {.seconds = 0.25}}, 1);
+    return proto::to_message(
+        TaskSpec{.id = 123456, .type = builtin_types().find("sleep"), .params = {{"seconds", 0.25}}}, 1);
 }
 
 proto::Result a_result() {
@@ -17,7 +19,8 @@ proto::Result a_result() {
     result.id = 123456;
     result.ok = true;
     result.run_time = std::chrono::duration<double>(0.25);
-    result.slept_s = 0.25;
+    result.type = builtin_types().find("sleep");
+    result.value = {{"slept_s", 0.25}};
     return proto::to_message(result);
 }
 

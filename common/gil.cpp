@@ -21,6 +21,16 @@ void Gil::Hold::switch_point() {
     since_ = Clock::now();
 }
 
+void Gil::Hold::release() {
+    if (gil_) gil_->release();
+}
+
+void Gil::Hold::reacquire() {
+    if (!gil_) return;
+    gil_->acquire();
+    since_ = Clock::now();
+}
+
 std::uint64_t Gil::contenders() const {
     std::lock_guard lock(mutex_);
     return next_ticket_ - serving_;

@@ -34,6 +34,10 @@ public:
         // Call often while computing. Once the lock has been held for the switch interval
         // and another thread waits, gives it to the longest waiting thread and queues again.
         void switch_point();
+        // Frees the lock while the thread blocks (CPython's Py_BEGIN_ALLOW_THREADS), and takes
+        // it again (Py_END_ALLOW_THREADS). Calls pair up; nothing with a null Gil.
+        void release();
+        void reacquire();
 
     private:
         Gil* gil_;

@@ -35,15 +35,20 @@ std::string problem(const Hello& message) {
 
 std::string problem(const Task& message) {
     if (message.id == kNoId) return "task without an id";
-    if (!parse_task_kind(message.kind)) return fmt::format("task {} has unknown kind '{}'", message.id, message.kind);
+    if (message.kind.empty()) return fmt::format("task {} without a kind", message.id);
     if (message.attempt == 0) return fmt::format("task {} has attempt 0", message.id);
-    if (message.kind == "download" && message.params.url.empty()) return fmt::format("download task {} without a url", message.id);
+    if (!message.params.is_object()) return fmt::format("task {} has params that are not a map", message.id);
     return {};
 }
 
 std::string problem(const Result& message) {
     if (message.id == kNoId) return "result without an id";
-    if (!parse_task_kind(message.kind)) return fmt::format("result {} has unknown kind '{}'", message.id, message.kind);
+    if (message.kind.empty()) return fmt::format("result {} without a kind", message.id);
+    return {};
+}
+
+std::string problem(const Setup& message) {
+    if (!message.settings.is_object()) return "setup whose settings are not a map";
     return {};
 }
 
@@ -94,6 +99,7 @@ std::string encode(const Shutdown& message) { return pack(message); }
 std::string encode(const TaskBatch& message) { return pack(message); }
 std::string encode(const ResultBatch& message) { return pack(message); }
 std::string encode(const Returned& message) { return pack(message); }
+std::string encode(const Setup& message) { return pack(message); }
 
 void encode_to(std::string& out, const Task& message) { pack_to(out, message); }
 void encode_to(std::string& out, const Result& message) { pack_to(out, message); }
@@ -104,8 +110,9 @@ Message decode(std::string_view frame) {
     if (frame.size() > kMaxFrameBytes)
         return DecodeError{fmt::format("frame of {} bytes exceeds the limit of {}", frame.size(), kMaxFrameBytes)};
     // The defaults (2^32-1 of everything) would let one garbage frame ask for gigabytes.
-    const msgpack::unpack_limit limits(/*array=*/kMaxBatch, /*map=*/64, /*str=*/kMaxFrameBytes,
-                                       /*bin=*/kMaxFrameBytes, /*ext=*/0, /*depth=*/8);
+    // Depth: a batch, a task, its params, and nesting of the task type's own below them.
+    const msgpack::unpack_limit limits(/*array=*/kMaxBatch, /*map=*/kMaxBatch, /*str=*/kMaxFrameBytes,
+                                       /*bin=*/kMaxFrameBytes, /*ext=*/0, /*depth=*/32);
     // One zone per thread, cleared after each frame: its first chunk is kept, so decoding a
     // message of up to that size allocates nothing but the message's own strings and vectors.
     thread_local msgpack::zone zone(64 * 1024);
@@ -131,6 +138,7 @@ Message decode(std::string_view frame) {
         if (head.type == "tasks") return checked(object.as<TaskBatch>());
         if (head.type == "results") return checked(object.as<ResultBatch>());
         if (head.type == "returned") return checked(object.as<Returned>());
+        if (head.type == "setup") return checked(object.as<Setup>());
         return DecodeError{fmt::format("unknown message type '{}'", head.type)};
     } catch (const msgpack::insufficient_bytes&) {
         return DecodeError{"truncated message"};
@@ -148,56 +156,46 @@ Task to_message(const TaskSpec& task, std::uint32_t attempt) {
 void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out) {
     out.id = task.id;
     out.attempt = attempt;
-    out.kind = to_string(task.kind);
+    out.kind = task.type->name();
     out.params = task.params;
     out.timeout_s = task.timeout_s;
 }
 
-TaskSpec to_spec(const Task& message) {
-    return TaskSpec{message.id, *parse_task_kind(message.kind), message.params, message.timeout_s};
+TaskSpec to_spec(Task message, const Registry& registry) {
+    return TaskSpec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s};
 }
 
-Result to_message(const TaskResult& result) {
+Result to_message(TaskResult result) {
     Result message;
-    to_message(result, message);
+    to_message(std::move(result), message);
     return message;
 }
 
-void to_message(const TaskResult& result, Result& out) {
+void to_message(TaskResult&& result, Result& out) {
     out.id = result.id;
     out.attempt = result.attempt;
-    out.kind = to_string(result.kind);
+    out.kind = kind_name(result);
     out.ok = result.ok;
-    out.error = result.error;
+    out.error = std::move(result.error);
     out.run_s = result.run_time.count();
-    out.slept_s = result.slept_s;
-    out.primes = result.primes;
-    out.http_status = result.http_status;
-    out.bytes = result.bytes;
-    out.sha256 = result.sha256;
-    out.final_url = result.final_url;
-    out.path = result.saved_path;
-    out.tries = result.tries;
+    out.value = std::move(result.value);
 }
 
-TaskResult to_result(const Result& message, std::string worker) {
+TaskResult to_result(Result&& message, std::string worker, const TaskType* type) {
     TaskResult result;
     result.id = message.id;
     result.attempt = message.attempt;
-    result.kind = *parse_task_kind(message.kind);
+    result.type = type;
     result.ok = message.ok;
-    result.error = message.error;
+    result.error = std::move(message.error);
     result.worker = std::move(worker);
     result.run_time = std::chrono::duration<double>(message.run_s);
-    result.slept_s = message.slept_s;
-    result.primes = message.primes;
-    result.http_status = message.http_status;
-    result.bytes = message.bytes;
-    result.sha256 = message.sha256;
-    result.final_url = message.final_url;
-    result.saved_path = message.path;
-    result.tries = message.tries;
+    result.value = message.ok ? std::move(message.value) : Json(nullptr);
     return result;
+}
+
+TaskResult to_result(const Result& message, std::string worker, const TaskType* type) {
+    return to_result(Result(message), std::move(worker), type);
 }
 
 }  // namespace taskfarm::proto

@@ -11,12 +11,13 @@
 
 #include <msgpack.hpp>
 
+#include "json_msgpack.hpp"
 #include "msgpack_map.hpp"
 #include "task.hpp"
 
 namespace taskfarm::proto {
 
-inline constexpr int kVersion = 1;
+inline constexpr int kVersion = 2;
 // Largest frame either side accepts (ZMQ_MAXMSGSIZE and the msgpack unpack limit).
 inline constexpr std::size_t kMaxFrameBytes = 1 << 20;
 // Most tasks or results in one `tasks` or `results` message (the unpack limit on arrays).
@@ -42,14 +43,23 @@ struct Hello {
     TASKFARM_MSGPACK_MAP(type, v, name, pid, host, cpu)
 };
 
+// Coordinator -> worker, the answer to its hello, before any task: what every task of the
+// run may read (Context::settings()).
+struct Setup {
+    std::string type = "setup";
+    int v = kVersion;
+    Json settings = Json::object();  // required: a map
+    TASKFARM_MSGPACK_MAP(type, v, settings)
+};
+
 // Coordinator -> worker: run this.
 struct Task {
     std::string type = "task";
     int v = kVersion;
     TaskId id = kNoId;  // required
     std::uint32_t attempt = 1;
-    std::string kind;   // required, a known task kind
-    TaskParams params;
+    std::string kind;   // required: a task type's name
+    Json params = Json::object();  // required: a map, what the type's run() reads
     double timeout_s = 0;  // 0: none
     TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, params, timeout_s)
 };
@@ -63,17 +73,9 @@ struct Result {
     std::string kind;   // required
     bool ok = false;
     std::string error;
-    double run_s = 0;    // measured by the worker
-    double slept_s = 0;  // sleep value
-    std::uint64_t primes = 0;  // cpu value
-    int http_status = 0;       // download values
-    std::uint64_t bytes = 0;
-    std::string sha256;
-    std::string final_url;
-    std::string path;
-    std::uint32_t tries = 0;
-    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, slept_s, primes, http_status, bytes, sha256,
-                         final_url, path, tries)
+    double run_s = 0;  // measured by the worker
+    Json value;        // what the type's run() returned; nil when not ok
+    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value)
 };
 
 // Coordinator -> worker: several tasks in one frame, run in this order. Each element is a
@@ -128,7 +130,8 @@ struct DecodeError {
     std::string reason;
 };
 
-using Message = std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown, TaskBatch, ResultBatch, Returned>;
+using Message =
+    std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown, TaskBatch, ResultBatch, Returned, Setup>;
 
 std::string encode(const Hello& message);
 std::string encode(const Task& message);
@@ -138,6 +141,7 @@ std::string encode(const Shutdown& message);
 std::string encode(const TaskBatch& message);
 std::string encode(const ResultBatch& message);
 std::string encode(const Returned& message);
+std::string encode(const Setup& message);
 
 // The same into `out` (cleared first), whose capacity is reused: no allocation per message
 // once it has grown to the largest.
@@ -153,9 +157,13 @@ Message decode(std::string_view frame);
 // Conversions between the wire and the task model.
 Task to_message(const TaskSpec& task, std::uint32_t attempt);
 void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out);  // reuses out's strings
-TaskSpec to_spec(const Task& message);  // message must come from decode()
-Result to_message(const TaskResult& result);
-void to_message(const TaskResult& result, Result& out);  // reuses out's strings
-TaskResult to_result(const Result& message, std::string worker);  // ditto
+// The task `message` (from decode()) asks for; its type from `registry`, or null when this
+// program has no type of that name.
+TaskSpec to_spec(Task message, const Registry& registry);
+Result to_message(TaskResult result);
+void to_message(TaskResult&& result, Result& out);  // reuses out's strings
+// `type`: the task's type in the plan (the result's own "kind" is not trusted).
+TaskResult to_result(Result&& message, std::string worker, const TaskType* type);
+TaskResult to_result(const Result& message, std::string worker, const TaskType* type);
 
 }  // namespace taskfarm::proto

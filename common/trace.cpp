@@ -71,21 +71,21 @@ nlohmann::json complete(std::string name, std::string_view category, double star
 }
 
 nlohmann::json result_event(const TaskResult& result, int pid, int tid) {
-    nlohmann::json args = {{"id", result.id}, {"kind", to_string(result.kind)}, {"attempt", result.attempt},
+    nlohmann::json args = {{"id", result.id}, {"kind", kind_name(result)}, {"attempt", result.attempt},
                            {"ok", result.ok}, {"worker", result.worker}};
     if (result.ok)
-        args["value"] = value_json(result);
+        args["value"] = result.value;
     else
         args["error"] = result.error;
-    return complete(fmt::format("{} #{}", to_string(result.kind), result.id), "task", result.start_s, result.end_s, pid,
+    return complete(fmt::format("{} #{}", kind_name(result), result.id), "task", result.start_s, result.end_s, pid,
                     tid, std::move(args));
 }
 
 nlohmann::json lost_attempt_event(const RunEvent& event, int pid, int tid) {
-    return complete(fmt::format("{} #{} (lost)", to_string(event.task_kind), event.task), "task,lost",
+    return complete(fmt::format("{} #{} (lost)", (event.task_type ? event.task_type->name() : std::string("?")), event.task), "task,lost",
                     event.started_s, event.at_s, pid, tid,
                     {{"id", event.task},
-                     {"kind", to_string(event.task_kind)},
+                     {"kind", (event.task_type ? event.task_type->name() : std::string("?"))},
                      {"attempt", event.attempt},
                      {"ok", false},
                      {"lost", true},
@@ -310,7 +310,7 @@ private:
         const std::string outline = retried ? fmt::format(R"( stroke="{}" stroke-width="2")", kInk)
                                             : std::string(R"( stroke="#ffffff" stroke-width="0.75")");
         const std::string tip = fmt::format("task {} ({}), attempt {}, on {}: {} to {}, {}", result.id,
-                                            to_string(result.kind), result.attempt, lane_of(result),
+                                            kind_name(result), result.attempt, lane_of(result),
                                             seconds_text(result.start_s), seconds_text(result.end_s),
                                             result.ok ? describe_value(result) : "FAILED: " + result.error);
         body_ += fmt::format(
@@ -328,7 +328,7 @@ private:
         const double x = x_of(event.started_s);
         const double width = std::max(1.5, x_of(event.at_s) - x);
         const std::string tip = fmt::format("task {} ({}), attempt {}, lost with {}: {} to {}, {}; queued again",
-                                            event.task, to_string(event.task_kind), event.attempt, event.worker,
+                                            event.task, (event.task_type ? event.task_type->name() : std::string("?")), event.attempt, event.worker,
                                             seconds_text(event.started_s), seconds_text(event.at_s), event.detail);
         body_ += fmt::format(
             R"svg(<rect class="attempt lost" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"><title>{}</title></rect>)svg",

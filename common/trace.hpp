@@ -32,7 +32,7 @@ struct RunEvent {
     std::string detail;
     // Requeued only: the attempt that was lost, from when it was handed to the worker.
     TaskId task = kNoId;
-    TaskKind task_kind = TaskKind::Sleep;
+    const TaskType* task_type = nullptr;
     std::uint32_t attempt = 0;
     double started_s = 0;
 };

@@ -12,6 +12,7 @@
 
 #include "affinity.hpp"
 #include "curve.hpp"
+#include "coordinator.hpp"
 #include "dispatcher.hpp"
 #include "log.hpp"
 
@@ -136,31 +137,63 @@ int available_cpus() {
     return std::max(1, CPU_COUNT(&set));
 }
 
-ParsedCli parse_cli(int argc, const char* const* argv) {
+namespace {
+
+// --task's help: every registered type with its summary.
+std::string task_help(const Registry& registry) {
+    std::string text = "task type of the plan's --tasks tasks:";
+    for (const auto& type : registry.types()) {
+        const std::string summary = type->summary();
+        text += fmt::format("\n  {}{}", type->name(), summary.empty() ? "" : ": " + summary);
+    }
+    return text;
+}
+
+// --set KEY=VALUE: VALUE as JSON when it parses as JSON (3, 0.5, true, "x", [1,2]), else as a string.
+const CLI::Validator kSetting(
+    [](std::string& text) -> std::string {
+        const auto equals = text.find('=');
+        if (equals == std::string::npos || equals == 0) return fmt::format("'{}' is not KEY=VALUE", text);
+        return "";
+    },
+    "KEY=VALUE");
+
+}  // namespace
+
+ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* argv) {
+    const Registry& registry = program.registry;
     RunConfig config;
+    config.worker_bin = program.worker.path;
+    config.worker_prefix = program.worker.prefix;
     config.workers = available_cpus();
     config.command_line.assign(argv, argv + argc);
-    std::string task = "sleep";
+    std::string task = program.default_task;
     std::string duration = "1";
     std::vector<std::string> modes{"sequential", "threads", "processes"};
     std::string cpus;
     bool pin = false;
 
-    CLI::App app{
-        "taskfarm coordinator: runs one plan of tasks sequentially, on a pool of threads and on a pool of\n"
-        "worker processes, prints each result as it completes, then compares the modes' wall times.\n"};
+    std::vector<std::string> settings;
+    CLI::App app{fmt::format(
+        "{}: runs one plan of tasks sequentially, on a pool of threads and on a pool of worker processes,\n"
+        "prints each result as it completes, then compares the modes' wall times. Task types: {}.\n",
+        program.name, registry.names_text())};
+    app.set_version_flag("--version", fmt::format("{} (taskfarm {})", program.name, version()));
     app.get_formatter()->column_width(34);
     app.add_option("-w,--workers", config.workers,
                    "worker processes (and threads) to run tasks on; with --listen, 0 runs on remote workers only")
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
     auto* task_option =
-        app.add_option("-t,--task", task,
-                       "task kind: sleep (waits --duration), cpu (counts primes, see --cpu-n) or download (fetches\n"
-                       "--tasks synthetic images from a built-in server on 127.0.0.1, or the --urls, with libcurl)")
-            ->check(CLI::IsMember({"sleep", "cpu", "download"}))
+        app.add_option("-t,--task", task, task_help(registry))
+            ->check(CLI::Validator(
+                [&registry](std::string& text) -> std::string {
+                    return registry.find(text) ? "" : fmt::format("unknown task type '{}' (want {})", text, registry.names_text());
+                },
+                "NAME"))
             ->capture_default_str();
-    auto* tasks_option = app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan (15 for download)")
+    auto* tasks_option = app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan (a type may have its own\n"
+                                                                   "default: 15 for download)")
                              ->check(CLI::Range(1, 100'000'000))
                              ->capture_default_str();
     auto* duration_option =
@@ -172,11 +205,22 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
         app.add_option("--cpu-n", config.cpu_n,
                        "cpu: numbers per task; task i counts the primes in [i*N, (i+1)*N). The default takes\n"
                        "about 0.5 s of CPU per task on a current x86 core")
-            ->check(CLI::Range(std::uint64_t{1}, kMaxPrimeLimit))
+            ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1'000'000'000'000}))  // the cpu type's limit
             ->capture_default_str();
+    app.add_option("--set", settings,
+                   "a setting every task can read (Context::settings()), for the user's own task types;\n"
+                   "VALUE is JSON if it parses as JSON, else a string. Repeatable: --set lang=en --set k=3")
+        ->check(kSetting)
+        ->take_all();
+    auto* inputs_option =
+        app.add_option("--inputs", config.inputs_path,
+                       "one task of --task per line of FILE (blank lines and lines starting with # skipped): the\n"
+                       "type makes its parameters from the line ({\"input\": LINE} for a user's function)")
+            ->type_name("FILE");
     auto* plan_option =
         app.add_option("--plan", config.plan_path,
-                       "run the tasks in FILE instead: JSON Lines, one task per line, e.g. {\"kind\":\"sleep\",\n"
+                       "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its\n"
+                       "parameters...}, e.g. {\"kind\":\"sleep\",\n"
                        "\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\") or\n"
                        "{\"kind\":\"download\",\"url\":\"https://...\"}; any line may add \"timeout_s\";\n"
                        "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
@@ -185,7 +229,9 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
             ->excludes(task_option)
             ->excludes(tasks_option)
             ->excludes(duration_option)
-            ->excludes(cpu_n_option);
+            ->excludes(cpu_n_option)
+            ->excludes(inputs_option);
+    inputs_option->excludes(tasks_option);
     std::string file_size = "200K";
     std::string max_bytes = "100M";
     std::string bandwidth;
@@ -196,11 +242,13 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
             ->type_name("FILE")
             ->excludes(tasks_option)
             ->excludes(duration_option)
-            ->excludes(cpu_n_option);
+            ->excludes(cpu_n_option)
+            ->excludes(inputs_option);
     auto* out_dir_option =
         app.add_option("--out-dir", config.out_dir,
-                       "download: save into DIR/<mode>/ (made if missing), each file named <task id>-<name from the\n"
-                       "URL or a sanitised Content-Disposition>, written to a temp file and renamed when complete")
+                       "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
+                       "a download is named <task id>-<name from the URL or a sanitised Content-Disposition>,\n"
+                       "written to a temp file and renamed when complete")
             ->type_name("DIR")
             ->capture_default_str();
     auto* max_bytes_option =
@@ -232,6 +280,11 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
     for (CLI::Option* option : {urls_option, file_size_option, latency_option, bandwidth_option})
         plan_option->excludes(option);
     for (CLI::Option* option : {file_size_option, latency_option, bandwidth_option}) option->excludes(urls_option);
+    // Each becomes a setting; given for a plan no type of which reads it, the run is refused.
+    const std::pair<CLI::Option*, const char*> setting_flags[] = {
+        {duration_option, "duration_s"},  {cpu_n_option, "cpu_n"},         {out_dir_option, "out_dir"},
+        {max_bytes_option, "max_bytes"}, {retries_option, "retries"},     {file_size_option, "file_size"},
+        {latency_option, "latency_s"},   {bandwidth_option, "bandwidth"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->capture_default_str();
     auto* mode_option = app.add_option("-m,--mode", modes,
@@ -256,7 +309,12 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
                                kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
         ->check(kPrefetch)
         ->capture_default_str();
-    app.add_option("--worker-bin", config.worker_bin, "worker executable (default: `worker` next to this binary)");
+    app.add_option("--worker-bin", config.worker_bin,
+                   program.worker.prefix.empty()
+                       ? std::string("worker executable (default: `worker` next to this binary)")
+                       : fmt::format("worker executable (default: this program, run as `{} worker ...`); it gets\n"
+                                     "`worker --connect ...`",
+                                     program.name));
     app.add_option("--json", config.json_path, "write the report as JSON to FILE")->type_name("FILE");
     app.add_option("--results", config.results_path,
                    "append one JSON line per finished task to FILE, flushed as each arrives")
@@ -379,21 +437,22 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
 
     try {
         app.parse(argc, argv);
+        // --urls FILE is the tutorial's name for --task download --inputs FILE.
         if (urls_option->count() > 0) {
             if (task_option->count() > 0 && task != "download")
                 throw CLI::ValidationError("--urls", fmt::format("downloads URLs, but --task {} asks for other tasks", task));
+            if (!registry.find("download"))
+                throw CLI::ValidationError("--urls", fmt::format("{} has no download task type", program.name));
             task = "download";
+            config.inputs_path = config.urls_path;
+            config.inputs_flag = "--urls";
         }
-        if (task != "download" && config.plan_path.empty())
-            for (CLI::Option* option : {out_dir_option, max_bytes_option, retries_option, file_size_option,
-                                        latency_option, bandwidth_option})
-                if (option->count() > 0)
-                    throw CLI::ValidationError(option->get_name(),
-                                               fmt::format("applies to download tasks only, not --task {}", task));
-        if (task == "cpu" && config.cpu_n > kMaxPrimeLimit / static_cast<std::uint64_t>(config.tasks))
-            throw CLI::ValidationError(
-                "--cpu-n", fmt::format("{} tasks of {} numbers go beyond the largest number, {}; lower --cpu-n",
-                                       config.tasks, config.cpu_n, kMaxPrimeLimit));
+        for (const std::string& setting : settings) {
+            const auto equals = setting.find('=');
+            const std::string value = setting.substr(equals + 1);
+            Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
+            config.settings[setting.substr(0, equals)] = parsed.is_discarded() ? Json(value) : std::move(parsed);
+        }
         if (keygen_command->parsed()) return keygen;
         if (!config.listen.empty()) {
             for (const std::string& name : modes)
@@ -424,8 +483,11 @@ ParsedCli parse_cli(int argc, const char* const* argv) {
         return app.exit(e) == 0 ? ExitCode::Ok : ExitCode::Usage;
     }
 
-    config.task = *parse_task_kind(task);
-    if (config.task == TaskKind::Download && tasks_option->count() == 0) config.tasks = 15;  // the tutorial's 15 images
+    for (const auto& [option, key] : setting_flags)
+        if (option->count() > 0) config.given_settings.emplace_back(option->get_name(), key);
+    config.task = task;
+    if (tasks_option->count() == 0)
+        if (const std::uint64_t count = registry.at(task).default_count(); count > 0) config.tasks = static_cast<int>(count);
     config.max_bytes = *parse_size(max_bytes);
     config.file_size = *parse_size(file_size);
     config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);

@@ -26,7 +26,7 @@ enum class ProgressMode { Auto, Always, Never };
 
 struct RunConfig {
     int workers = 4;
-    TaskKind task = TaskKind::Sleep;
+    std::string task = "sleep";  // --task: a registered type's name
     int tasks = 10;
     double duration_lo_s = 1.0;  // sleep seconds; a range when lo < hi
     double duration_hi_s = 1.0;
@@ -34,6 +34,14 @@ struct RunConfig {
     std::filesystem::path plan_path;    // --plan: tasks from this JSON Lines file instead
     // download: --urls FILE, one URL per line; empty: the built-in server's synthetic images.
     std::filesystem::path urls_path;
+    // --inputs FILE (or --urls, which is --task download --inputs FILE): a task per line.
+    std::filesystem::path inputs_path;
+    std::string inputs_flag = "--inputs";  // which flag gave inputs_path, for messages
+    Json settings = Json::object();        // --set KEY=VALUE; the built-in flags join them in settings_json()
+    // The built-in types' flags given on the command line, with the setting each becomes
+    // ({"--retries", "retries"}; "--out-dir" is "out_dir"): one no type of the plan reads is
+    // refused before the run.
+    std::vector<std::pair<std::string, std::string>> given_settings;
     std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
     std::uint64_t max_bytes = 100 * 1024 * 1024;  // a larger body fails its task
     std::uint32_t retries = 2;                     // further tries after a transient failure
@@ -45,7 +53,8 @@ struct RunConfig {
     int prefetch = 0;  // tasks a worker may hold at once; 0: auto (see DispatchOptions)
     // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.
     std::vector<int> pin_cpus;
-    std::filesystem::path worker_bin;  // empty: `worker` next to the coordinator binary
+    std::filesystem::path worker_bin;  // the program to start as a local worker
+    std::vector<std::string> worker_prefix;  // arguments before its own (an App: "worker")
     std::filesystem::path json_path;
     std::filesystem::path results_path;
     std::filesystem::path resume_path;  // a journal to resume: skip what it has as ok, append the rest

@@ -20,8 +20,6 @@
 #include "cli.hpp"
 #include "curve.hpp"
 #include "dispatcher.hpp"
-#include "executors/executors.hpp"
-#include "http_fixture.hpp"
 #include "journal.hpp"
 #include "log.hpp"
 #include "plan.hpp"
@@ -64,7 +62,6 @@ void check_config(RunConfig& config) {
                                           "--authorized DIR was given",
                                           config.keys_dir.string()));
     }
-    if (config.worker_bin.empty()) config.worker_bin = default_worker_binary();
     if (::access(config.worker_bin.c_str(), X_OK) != 0)
         throw ConfigError(fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
 }
@@ -83,27 +80,36 @@ void check_output_paths(const RunConfig& config) {
     }
 }
 
-// With --task download and neither --urls nor --plan, the coordinator serves the images.
-bool serves_images(const RunConfig& config) {
-    return config.task == TaskKind::Download && config.urls_path.empty() && config.plan_path.empty();
+// The types of the plan's tasks, each once, in order of first use.
+std::vector<const TaskType*> plan_types(const Plan& plan) {
+    std::vector<const TaskType*> types;
+    for (const TaskSpec& task : plan.tasks)
+        if (types.empty() || (types.back() != task.type && std::find(types.begin(), types.end(), task.type) == types.end()))
+            types.push_back(task.type);
+    return types;
 }
 
-FixtureOptions fixture_options(const RunConfig& config) {
-    return {.images = config.tasks,
-            .file_size = config.file_size,
-            .latency_s = config.latency_s,
-            .bandwidth = config.bandwidth,
-            // A thread per kept-alive connection: one per worker or thread, the sequential
-            // mode's, and spares for connections closing while new ones open.
-            .threads = config.workers + 4,
-            .seed = config.seed};
+// A built-in type's flag that no type of the plan reads is most likely a mistake (--retries
+// for sleeps): said, not silently ignored. Not refused: scripts/sweep passes the same flags
+// (-- --duration 0.2 --cpu-n 1e8) to runs of every type.
+void warn_unread_settings(const RunConfig& config, const std::vector<const TaskType*>& types) {
+    for (const auto& [flag, key] : config.given_settings) {
+        const bool read = std::any_of(types.begin(), types.end(), [&key = key](const TaskType* type) {
+            const std::vector<std::string> keys = type->settings_read();
+            return key == "out_dir" ? type->writes_files() : std::find(keys.begin(), keys.end(), key) != keys.end();
+        });
+        if (read) continue;
+        std::string names;
+        for (const TaskType* type : types) names += (names.empty() ? "" : ", ") + type->name();
+        spdlog::warn("{}: no task of this plan uses it (its task types: {}); it is for {}", flag, names,
+                     key == "out_dir" ? "types that save files, such as download" : "other task types");
+    }
 }
 
-// --out-dir/<mode>/ for every mode, made before the run so that a bad --out-dir stops it
-// with exit 2 rather than failing every task.
-void make_out_dirs(const RunConfig& config, const Plan& plan) {
-    if (std::none_of(plan.tasks.begin(), plan.tasks.end(), [](const TaskSpec& t) { return t.kind == TaskKind::Download; }))
-        return;
+// --out-dir/<mode>/ for every mode, made before the run when a type of the plan saves files,
+// so that a bad --out-dir stops it with exit 2 rather than failing every task.
+void make_out_dirs(const RunConfig& config, const std::vector<const TaskType*>& types) {
+    if (std::none_of(types.begin(), types.end(), [](const TaskType* type) { return type->writes_files(); })) return;
     for (Mode mode : config.modes) {
         const std::filesystem::path dir = config.out_dir / to_string(mode);
         std::error_code ec;
@@ -112,7 +118,7 @@ void make_out_dirs(const RunConfig& config, const Plan& plan) {
         if (::access(dir.c_str(), W_OK | X_OK) != 0)
             throw ConfigError(fmt::format("--out-dir: cannot write into '{}': {}", dir.string(), std::strerror(errno)));
     }
-    spdlog::info("saving downloads into '{}'", (std::filesystem::absolute(config.out_dir) / "<mode>").string());
+    spdlog::info("saving files into '{}'", (std::filesystem::absolute(config.out_dir) / "<mode>").string());
 }
 
 // argv as one shell-quoted line, argv[0] without its directory, so pictures of a run carry
@@ -173,6 +179,8 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"max_in_flight", config.prefetch > 0 ? static_cast<std::size_t>(config.prefetch) : kMaxWindow},
         {"pin_cpus", config.pin_cpus},
         {"urls", config.urls_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.urls_path.string())},
+        {"inputs", config.inputs_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.inputs_path.string())},
+        {"settings", config.settings},
         {"out_dir", config.out_dir.string()},
         {"max_bytes", config.max_bytes},
         {"retries", config.retries},
@@ -185,19 +193,14 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
     };
 }
 
-// The kind of every task in the plan, or "mixed".
-std::string_view plan_kind(const Plan& plan) {
-    const TaskKind first = plan.tasks.front().kind;
-    const bool same = std::all_of(plan.tasks.begin(), plan.tasks.end(), [&](const TaskSpec& t) { return t.kind == first; });
-    return same ? to_string(first) : "mixed";
-}
-
 void write_json(const RunConfig& config, const Plan& plan, const std::vector<RunReport>& reports) {
+    // The type of every task in the plan, or "mixed".
+    const std::vector<const TaskType*> types = plan_types(plan);
     nlohmann::json runs = nlohmann::json::array();
     for (const RunReport& report : reports) runs.push_back(report_json(reports, report));
     const nlohmann::json document = {
         {"version", 1},
-        {"task", plan_kind(plan)},
+        {"task", types.size() == 1 ? types.front()->name() : "mixed"},
         {"config", config_json(config, plan)},
         {"runs", runs},
     };
@@ -213,15 +216,17 @@ void print_failures(const std::vector<RunReport>& reports) {
     }
 }
 
-ExitCode run(RunConfig config) {
+ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
     check_config(config);
     check_output_paths(config);
-    // Bound now, for its URLs; its threads start after the SignalWatcher, like every thread.
-    std::optional<HttpFixture> fixture;
-    if (serves_images(config)) fixture.emplace(fixture_options(config));
-    const Plan plan = make_plan(config, fixture ? fixture->urls() : std::vector<std::string>{});
-    make_out_dirs(config, plan);
+    // A type's services (the built-in image server) bind now; their threads start after the
+    // SignalWatcher, like every thread.
+    Json settings = settings_json(config);
+    const Plan plan = make_plan(config, program.registry, settings);
+    const std::vector<const TaskType*> types = plan_types(plan);
+    warn_unread_settings(config, types);
+    make_out_dirs(config, types);
     Done done;
     if (!config.resume_path.empty()) {
         if (!config.results_path.empty() && config.results_path != config.resume_path)
@@ -259,31 +264,24 @@ ExitCode run(RunConfig config) {
     }
 
     const SignalWatcher signals;  // before any thread starts
-    if (fixture) {
-        fixture->start();
-        spdlog::info("serving {} synthetic images of {} bytes on {}, {:g} s latency{}", config.tasks, config.file_size,
-                     fixture->base_url(), config.latency_s,
-                     config.bandwidth ? fmt::format(", {} bytes/s per response", config.bandwidth) : "");
-    }
+    for (const auto& service : plan.services) service->start();
     std::vector<RunReport> reports;
-    const bool has_downloads = std::any_of(plan.tasks.begin(), plan.tasks.end(),
-                                           [](const TaskSpec& task) { return task.kind == TaskKind::Download; });
+    const RunShared shared{program.registry, settings};
     try {
         for (Mode mode : config.modes) {
             if (signals.token().stop_requested()) break;
-            // A plan of a million tasks is ~130 MB: a mode gets a copy of its own only when it
-            // differs (tasks done in the journal, download tasks to give their directory).
+            // A plan of a million tasks is ~130 MB: a mode gets a copy of its own only when
+            // the journal has some of its tasks done.
             const std::set<TaskId>& done_here = done[std::string(to_string(mode))];
             std::optional<Plan> own;
-            if (!done_here.empty() || has_downloads) own = for_mode(remaining(plan, done_here), mode, config);
+            if (!done_here.empty()) own = remaining(plan, done_here);
             const Plan& todo = own ? *own : plan;
             if (todo.tasks.size() < plan.tasks.size())
                 spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode),
                              plan.tasks.size() - todo.tasks.size(), plan.tasks.size(), todo.tasks.size());
             if (todo.tasks.empty()) continue;
-            reports.push_back(make_runner(mode, config, signals.token())->run(todo, sinks));
+            reports.push_back(make_runner(mode, config, shared, signals.token())->run(todo, sinks));
         }
-        executors::close_connections();  // the sequential mode's, kept by this thread
     } catch (const std::exception&) {
         // The run failed (no report for this mode): what it recorded still helps to see why.
         if (progress) progress->close();
@@ -351,13 +349,13 @@ ExitCode keygen(const KeygenConfig& config) {
 
 }  // namespace
 
-int coordinator_main(int argc, const char* const* argv) {
-    init_logging("coordinator");
-    auto parsed = parse_cli(argc, argv);
+int coordinator_main(const ProgramInfo& program, int argc, const char* const* argv) {
+    init_logging(program.name);
+    auto parsed = parse_cli(program, argc, argv);
     if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {
         if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
-        return static_cast<int>(run(std::get<RunConfig>(std::move(parsed))));
+        return static_cast<int>(run(program, std::get<RunConfig>(std::move(parsed))));
     } catch (const ConfigError& e) {
         spdlog::error("{}", e.what());
         return static_cast<int>(ExitCode::Usage);

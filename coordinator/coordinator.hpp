@@ -1,8 +1,30 @@
 #pragma once
 
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "task.hpp"
+
 namespace taskfarm {
 
-// The whole `coordinator` program; returns its exit code (see ExitCode).
-int coordinator_main(int argc, const char* const* argv);
+// How the coordinator starts a local worker: `path PREFIX... --connect ...`. The stock
+// coordinator runs `worker` next to itself; a user's App runs itself with prefix "worker".
+struct WorkerProgram {
+    std::filesystem::path path;
+    std::vector<std::string> prefix;
+};
+
+// What a program built on the library is: its name (--help, --version, logs), the task types
+// it knows, and its worker.
+struct ProgramInfo {
+    std::string name;
+    const Registry& registry;
+    WorkerProgram worker;
+    std::string default_task = "sleep";  // --task when not given
+};
+
+// The whole coordinator program; returns its exit code (see ExitCode).
+int coordinator_main(const ProgramInfo& program, int argc, const char* const* argv);
 
 }  // namespace taskfarm

@@ -22,6 +22,7 @@ Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& pla
       plan_(plan),
       recorder_(recorder),
       stop_(stop),
+      setup_frame_(proto::encode(proto::Setup{.settings = options.settings})),
       schedule_(plan, std::move(options), *this, Clock::now(), stop) {}
 
 void Dispatcher::run() {
@@ -72,6 +73,8 @@ void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& bod
         std::optional<RemotePeer> remote;
         if (auto user = wire::property(body, "User-Id"))
             remote = RemotePeer{std::move(*user), wire::property(body, "Peer-Address").value_or("")};
+        // The run's settings before any task: a worker's tasks read them (Context::settings()).
+        if (!wire::send_to(router_, identity, setup_frame_)) return;
         return schedule_.hello(identity, *hello, remote, now);
     }
     if (auto* result = std::get_if<proto::Result>(&message)) return schedule_.result(identity, *result, now);

@@ -51,10 +51,10 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
                 throw ConfigError(fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a "
                                               "different plan", where, id, plan.tasks.size()));
             const TaskSpec& task = plan.tasks[id];
-            if (entry.at("kind").get<std::string>() != to_string(task.kind) || entry.at("params") != params_json(task))
+            if (entry.at("kind").get<std::string>() != task.type->name() || entry.at("params") != task.params)
                 throw ConfigError(fmt::format("{}: task {} is {} {} there but {} {} here; the journal is from a "
                                               "different plan", where, id, entry.at("kind").get<std::string>(),
-                                              entry.at("params").dump(), to_string(task.kind), params_json(task).dump()));
+                                              entry.at("params").dump(), task.type->name(), task.params.dump()));
             if (entry.at("ok").get<bool>()) done[entry.at("mode").get<std::string>()].insert(id);
         } catch (const nlohmann::json::exception& e) {
             throw ConfigError(fmt::format("{}: not a journal line: {}", where, e.what()));

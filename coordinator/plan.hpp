@@ -1,6 +1,7 @@
 #pragma once
 
 #include <istream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,33 +13,38 @@ namespace taskfarm {
 // The tasks of one run. Ids are 0..N-1 in plan order; every mode runs the same plan.
 struct Plan {
     std::vector<TaskSpec> tasks;
+    // What the plan's types keep running for the run (TaskType::prepare), e.g. the built-in
+    // image server; started by the coordinator once its signal handling is set up.
+    std::vector<std::unique_ptr<RunService>> services;
 };
 
+// The settings every task sees (Context::settings()): the built-in types' flags (duration_s
+// as [lo, hi], cpu_n, max_bytes, retries, file_size, latency_s, bandwidth) and the run's seed,
+// tasks and workers, then --set KEY=VALUE on top.
+Json settings_json(const RunConfig& config);
+
 // Deterministic: the same config (seed included) gives the same plan on every machine.
-// With config.plan_path the tasks come from that file (read_plan); with config.urls_path,
-// a download per URL in that file (read_url_list); else --tasks tasks of kind --task:
-// sleeps of --duration, cpu task i counting the primes in [i*cpu_n, (i+1)*cpu_n), or
-// downloads of `served_urls` (the built-in server's, one per task). Download tasks get
-// --max-bytes and --retries; for_mode() gives them their directory. Throws ConfigError for
-// a plan or URL file it cannot read or accept.
-Plan make_plan(const RunConfig& config, const std::vector<std::string>& served_urls = {});
+// With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,
+// a task of --task per line of it (read_inputs); else --tasks tasks of --task, each from
+// TaskType::generate() (after TaskType::prepare(), which may add to `settings`). Every task
+// gets --task-timeout unless its plan line has its own. Throws ConfigError for a plan or
+// input file it cannot read or accept, and for a type that cannot generate the tasks.
+Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings);
 
-// `plan` for one mode: its download tasks save into config.out_dir/<mode>/ (made absolute,
-// so that a worker process with another working directory would agree).
-Plan for_mode(Plan plan, Mode mode, const RunConfig& config);
+// Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_input, then
+// TaskType::parse, as for a plan line). Blank
+// lines and lines whose first non-blank character is '#' are skipped, as is blank space
+// around an input. A line the type refuses throws ConfigError("NAME:LINE: problem"); so does
+// a list without inputs.
+Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type);
 
-// Reads a list of URLs, one per line; blank lines and lines whose first non-blank
-// character is '#' are skipped, as is blank space around a URL. A line that is not an
-// http:// or https:// URL throws ConfigError("NAME:LINE: problem"); so does a list without URLs.
-std::vector<std::string> read_url_list(std::istream& in, const std::string& name);
-
-// Reads a JSON Lines plan, one task per line:
+// Reads a JSON Lines plan, one task per line: {"kind":TYPE, "timeout_s":S (optional), the
+// type's parameters...}, e.g.
 //   {"kind":"sleep","seconds":0.5}
 //   {"kind":"cpu","n":2000000}          primes below n, i.e. "lo":0,"hi":n
-//   {"kind":"cpu","lo":100,"hi":200}
 //   {"kind":"download","url":"https://example.com/a.jpg"}
 // Blank lines and lines whose first non-blank character is '#' are skipped. The first bad
 // line throws ConfigError("NAME:LINE: problem"); so does a plan without tasks.
-Plan read_plan(std::istream& in, const std::string& name);
+Plan read_plan(std::istream& in, const std::string& name, const Registry& registry);
 
 }  // namespace taskfarm

@@ -79,13 +79,15 @@ ProcessPool::~ProcessPool() {
 }
 
 pid_t ProcessPool::spawn(const std::string& name, int cpu) {
-    std::vector<std::string> args{
+    std::vector<std::string> args = launch_.prefix;
+    args.insert(args.end(), {
         "--connect",           launch_.endpoint,
         "--name",              name,
         "--parent-pid",        std::to_string(::getpid()),
         "--heartbeat-interval", fmt::format("{}", launch_.heartbeat_interval_s),
         "--heartbeat-timeout", fmt::format("{}", launch_.heartbeat_timeout_s),
-    };
+        "--out-dir",           launch_.out_dir.string(),
+    });
     if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
     auto child = std::make_unique<Child>(Child{
         name, bp::child(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null,

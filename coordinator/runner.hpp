@@ -24,8 +24,18 @@ struct Runner {
     virtual RunReport run(const Plan& plan, ResultSink& sink) = 0;
 };
 
+// What every mode of a run shares besides the config.
+struct RunShared {
+    const Registry& registry;
+    const Json& settings;  // Context::settings() of every task
+};
+
 // Builds the runner for `mode`; `stop` interrupts it (SIGINT, SIGTERM).
-std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, std::stop_token stop);
+std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop);
+
+// Where the tasks of `mode` save files: --out-dir/<mode>, absolute, so that a worker process
+// with another working directory agrees.
+std::filesystem::path mode_out_dir(const RunConfig& config, Mode mode);
 
 // Shared by the runners: times the mode, stamps start_s/end_s on each result, tallies
 // ok/failed and forwards to the sink. Thread-safe. A thread of its own flushes the sink

@@ -171,7 +171,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
                                           : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
     ++finished_;
-    actions_.record(plan_.tasks[index], proto::to_result(message, worker.name));
+    actions_.record(plan_.tasks[index], proto::to_result(message, worker.name, plan_.tasks[index].type));
 }
 
 void Schedule::returned(const PeerId& peer, const proto::Returned& message, Clock::time_point) {
@@ -239,8 +239,8 @@ void Schedule::watch_overruns(Clock::time_point now) {
         worker.in_flight.pop_front();
         const TaskSpec& task = plan_.tasks[attempt.index];
         fail(attempt, worker.name,
-             fmt::format("{}: worker {} did not stop it, so it was {}", timed_out(task), worker.name,
-                         worker.remote ? "told to shut down" : "killed"),
+             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", task.timeout_s,
+                         worker.name, worker.remote ? "told to shut down" : "killed"),
              now - worker.running_since);
         lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, task.id), now);
     }
@@ -425,7 +425,7 @@ void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, 
                        .worker = worker,
                        .detail = reason,
                        .task = task.id,
-                       .task_kind = task.kind,
+                       .task_type = task.type,
                        .attempt = attempt.number,
                        .started_s = actions_.seconds_at(attempt.sent)});
         return;
@@ -438,7 +438,7 @@ void Schedule::fail(const Attempt& attempt, const std::string& worker, std::stri
     const TaskSpec& task = plan_.tasks[attempt.index];
     TaskResult result;
     result.id = task.id;
-    result.kind = task.kind;
+    result.type = task.type;
     result.attempt = attempt.number;
     result.worker = worker;
     result.error = std::move(error);

@@ -54,6 +54,7 @@ struct DispatchOptions {
     bool listening = false;
     int expect_remote = 0;                         // remote workers to wait for before the first task
     std::chrono::milliseconds wait_remote{60000};  // how long they may take (RunError after)
+    Json settings = Json::object();                // sent to each worker in SETUP, after its HELLO
 };
 
 // --prefetch auto: a worker holds at most this many tasks...

@@ -93,20 +93,22 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"mode", mode_},
         {"id", result.id},
         {"attempt", result.attempt},
-        {"kind", to_string(result.kind)},
+        {"kind", kind_name(result)},
         {"ok", result.ok},
         {"worker", result.worker},
         {"start_s", result.start_s},
         {"end_s", result.end_s},
-        {"params", params_json(task)},
-        {"value", value_json(result)},
+        {"params", task.params},
+        {"value", result.ok ? result.value : nlohmann::json(nullptr)},
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
     };
     if (lost_ > 0) {  // after a failed write, nothing more: the file stays a journal --resume can read
         ++lost_;
         return;
     }
-    const std::string text = line.dump() + "\n";
+    // Replace, not throw, on bytes that are not UTF-8 (a value or error may hold anything):
+    // a line the journal lost would be a task --resume runs again.
+    const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     if (std::fwrite(text.data(), 1, text.size(), file_) != text.size() || std::fflush(file_) != 0) {
         if (lost_++ == 0) {
             error_ = std::strerror(errno);

@@ -96,6 +96,31 @@ TEST(Coordinator, BadFlagsExitTwoWithOneLineNamingTheFlag) {
     EXPECT_TRUE(output.out.empty()) << output.out;
 }
 
+// The built-in types' flags become settings; one that no task of the plan reads is named.
+TEST(Coordinator, AFlagNoTaskOfThePlanUsesIsNamedInAWarning) {
+    const std::pair<std::vector<std::string>, std::string> cases[] = {
+        {{"--out-dir", "d"}, "--out-dir: no task of this plan uses it (its task types: sleep); it is for types that save files"},
+        {{"--task", "cpu", "--retries", "3"}, "--retries: no task of this plan uses it (its task types: cpu)"},
+        {{"--task", "sleep", "--file-size", "1K"}, "--file-size: no task of this plan uses it (its task types: sleep)"},
+        {{"--task", "sleep"}, "--cpu-n: no task of this plan uses it (its task types: sleep)"},
+    };
+    for (auto [args, message] : cases) {
+        args.insert(args.end(), {"--mode", "threads", "--tasks", "1", "--duration", "0", "--cpu-n", "10"});
+        const Output output = run_binary("coordinator", args);
+        EXPECT_EQ(output.exit_code, 0) << output.err;
+        EXPECT_NE(output.err.find(" warning " + message), std::string::npos) << output.err;
+    }
+}
+
+TEST(Coordinator, TooManyCpuTasksForCpuNExitTwoNamingTheFlags) {
+    const Output output = run_binary("coordinator", {"--task", "cpu", "--tasks", "2000", "--cpu-n", "1000000000"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--task cpu: cannot make task 1000 of 2000: cpu task 1000 would end at 1001 x --cpu-n "
+                              "1000000000, above the limit 1000000000000; lower --cpu-n or --tasks"),
+              std::string::npos)
+        << output.err;
+}
+
 TEST(Coordinator, AMissingWorkerBinaryExitsTwoNamingTheFlag) {
     const Output output = run_binary("coordinator", {"--worker-bin", "/nonexistent/worker", "--tasks", "1"});
     EXPECT_EQ(output.exit_code, 2);

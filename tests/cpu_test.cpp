@@ -9,19 +9,23 @@
 #include <gtest/gtest.h>
 
 #include "gil.hpp"
+#include "support.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
 namespace {
 
+constexpr std::uint64_t kMaxPrimeLimit = 1'000'000'000'000;  // the cpu type's largest hi
+
 TaskResult count(std::uint64_t lo, std::uint64_t hi, std::stop_token stop = {}, Gil* gil = nullptr) {
-    return run_task(TaskSpec{0, TaskKind::Cpu, TaskParams{.lo = lo, .hi = hi}}, ExecContext{"test", stop, gil});
+    return run_task(testing::task_of("cpu", {{"lo", lo}, {"hi", hi}}), 1,
+                    RunEnv{.worker = "test", .stop = stop, .gil = gil});
 }
 
 std::uint64_t primes(std::uint64_t lo, std::uint64_t hi) {
     const TaskResult result = count(lo, hi);
     EXPECT_TRUE(result.ok) << result.error;
-    return result.primes;
+    return result.value.at("primes").get<std::uint64_t>();
 }
 
 // below[n] = primes below n, from a plain (unsegmented) sieve: the simplest correct answer.
@@ -84,7 +88,7 @@ TEST(Cpu, AdjacentRangesAddUp) {
 TEST(Cpu, RejectsAReversedRangeAndOneBeyondTheLimit) {
     const TaskResult reversed = count(10, 5);
     EXPECT_FALSE(reversed.ok);
-    EXPECT_EQ(reversed.error, "cpu range [10, 5) has lo > hi");
+    EXPECT_EQ(reversed.error, "cpu \"lo\" 10 is above \"hi\" 5");
     const TaskResult huge = count(0, kMaxPrimeLimit + 1);
     EXPECT_FALSE(huge.ok);
     EXPECT_EQ(huge.error, fmt::format("cpu range end {} is above the limit {}", kMaxPrimeLimit + 1, kMaxPrimeLimit));
@@ -112,7 +116,7 @@ TEST(Cpu, AStopRequestedWhileComputingCancelsTheTask) {
 
 TEST(Cpu, GivesTheSameAnswerUnderTheGil) {
     Gil gil;
-    EXPECT_EQ(count(0, 10'000'000, {}, &gil).primes, 664'579u);
+    EXPECT_EQ(count(0, 10'000'000, {}, &gil).value.at("primes"), 664'579u);
     EXPECT_EQ(gil.contenders(), 0u);  // released at the end
 }
 
@@ -154,6 +158,22 @@ TEST(Gil, KeepsItWhenNobodyWaits) {
     Gil::Hold hold(&gil);
     hold.switch_point();
     EXPECT_EQ(gil.contenders(), 1u);
+}
+
+TEST(Gil, ATaskThatSaysItWaitsLetsAnotherThreadHaveTheLock) {
+    Gil gil;
+    std::atomic<bool> other_ran{false};
+    Gil::Hold hold(&gil);
+    const Context context(Context::Setup{.worker = "t1"}, &hold);
+    {
+        const auto waiting = context.waiting();
+        std::jthread other([&] {
+            const Gil::Hold mine(&gil);
+            other_ran = true;
+        });
+    }  // joined while this thread waited: the other one had the lock
+    EXPECT_TRUE(other_ran);
+    EXPECT_EQ(gil.contenders(), 1u);  // and this one has it back
 }
 
 TEST(Gil, ANullGilHoldsNothing) {

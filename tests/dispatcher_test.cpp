@@ -25,7 +25,7 @@ protected:
 
 Plan sleeps(int tasks, double seconds) {
     Plan plan;
-    for (int i = 0; i < tasks; ++i) plan.tasks.push_back({static_cast<TaskId>(i), TaskKind::Sleep, {.seconds = seconds}});
+    for (int i = 0; i < tasks; ++i) plan.tasks.push_back(testing::task_of("sleep", {{"seconds", seconds}}, static_cast<TaskId>(i)));
     return plan;
 }
 
@@ -45,7 +45,7 @@ TEST(Dispatcher, GarbageFromARoguePeerIsDroppedAndTheRunGoesOn) {
     const Plan plan = sleeps(6, 0.05);
     CollectingSink sink;
     {
-        ProcessPool pool({testing::bin("worker"), rig.endpoint});
+        ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});
         ModeRecorder recorder(Mode::Processes, 2, plan, sink);
         std::stop_source never;
         Dispatcher dispatcher(rig.router, pool, plan, recorder, DispatchOptions{.workers = 2}, never.get_token());
@@ -87,7 +87,7 @@ TEST(Dispatcher, AWorkerThatNeverSaysHelloIsNamedInTheError) {
     Rig rig;
     const Plan plan = sleeps(2, 0.01);
     CollectingSink sink;
-    ProcessPool pool({"/bin/sleep", rig.endpoint});  // runs, but never connects
+    ProcessPool pool({.binary = "/bin/sleep", .endpoint = rig.endpoint});  // runs, but never connects
     ModeRecorder recorder(Mode::Processes, 1, plan, sink);
     std::stop_source never;
     // /bin/sleep rejects our flags and exits at once; either way w1 never says hello.
@@ -108,7 +108,7 @@ TEST(Dispatcher, TasksOfAKilledWorkerAreRequeuedAndFinishElsewhere) {
     const Plan plan = sleeps(4, 0.6);
     CollectingSink sink;
     {
-        ProcessPool pool({testing::bin("worker"), rig.endpoint});
+        ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});
         ModeRecorder recorder(Mode::Processes, 2, plan, sink);
         std::stop_source never;
         Dispatcher dispatcher(rig.router, pool, plan, recorder, DispatchOptions{.workers = 2}, never.get_token());
@@ -155,7 +155,7 @@ TEST(Dispatcher, PeersThatSayHelloAndHoldTheirTasksLoseThemAtTheHeartbeatTimeout
     stranger.set(zmq::sockopt::linger, 0);
     stranger.connect(rig.endpoint);
     {
-        ProcessPool pool({testing::bin("worker"), rig.endpoint});
+        ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});
         ModeRecorder recorder(Mode::Processes, 2, plan, sink);
         std::stop_source never;
         Dispatcher dispatcher(rig.router, pool, plan, recorder,
@@ -198,10 +198,10 @@ class LargeTasks : public ::testing::TestWithParam<int> {};
 TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
     Rig rig;
     Plan plan = sleeps(300, 0);
-    for (TaskSpec& task : plan.tasks) task.params.url = "http://127.0.0.1:1/" + std::string(9000, 'a');
+    for (TaskSpec& task : plan.tasks) task.params["padding"] = std::string(9000, 'a');  // sleep reads "seconds" only
     CollectingSink sink;
     {
-        ProcessPool pool({testing::bin("worker"), rig.endpoint});
+        ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});
         ModeRecorder recorder(Mode::Processes, 2, plan, sink);
         std::stop_source never;
         Dispatcher dispatcher(rig.router, pool, plan, recorder, DispatchOptions{.workers = 2, .prefetch = GetParam()},

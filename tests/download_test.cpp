@@ -23,8 +23,7 @@
 
 #include "digest.hpp"
 #include "download.hpp"
-#include "executors/executors.hpp"
-#include "http_fixture.hpp"
+#include "image_server.hpp"
 #include "lazy_library.hpp"
 #include "support.hpp"
 
@@ -62,24 +61,34 @@ std::string pattern(std::size_t size, int seed) {
     return bytes;
 }
 
-TaskSpec download_task(TaskId id, const std::string& url, const fs::path& dir, double timeout_s = 0) {
-    TaskSpec task{.id = id, .kind = TaskKind::Download, .params = {}, .timeout_s = timeout_s};
-    task.params.url = url;
-    task.params.out_dir = dir.string();
-    task.params.max_bytes = 100 << 20;
-    return task;
+// A download task with where it saves and the run's settings it reads.
+struct DownloadTask {
+    TaskSpec spec;
+    fs::path dir;
+    Json settings;
+};
+
+DownloadTask download_task(TaskId id, const std::string& url, const fs::path& dir, double timeout_s = 0) {
+    return {testing::task_of("download", {{"url", url}}, id, timeout_s), dir, {{"max_bytes", 100 << 20}}};
 }
 
-TaskResult download(const TaskSpec& task, std::stop_token stop = {}) {
-    return run_task(task, ExecContext{.worker = "test", .stop = std::move(stop)});
+TaskResult download(const DownloadTask& task, std::stop_token stop = {}) {
+    return run_task(task.spec, 1,
+                    RunEnv{.worker = "test", .stop = std::move(stop), .settings = &task.settings, .out_dir = task.dir});
 }
+
+// What a download saved, from its value.
+std::string saved_path(const TaskResult& result) { return result.value.at("path").get<std::string>(); }
+
+// Closes the connections the download type keeps for this thread.
+void close_connections() { testing::type("download")->thread_done(); }
 
 // The body at `url`, fetched by the executor itself.
 std::string fetch(const std::string& url) {
     testing::TempDir dir;
     const TaskResult result = download(download_task(0, url, dir.path()));
     if (!result.ok) throw std::runtime_error(result.error);
-    return testing::read_file(result.saved_path);
+    return testing::read_file(saved_path(result));
 }
 
 // A port on 127.0.0.1 where nothing listens: bound, then closed.
@@ -201,9 +210,9 @@ TEST(Digest, Sha256OfKnownVectors) {
 
 // --- the built-in server ---------------------------------------------------------------
 
-TEST(HttpFixture, ImagesHaveExactlyTheFileSizeAndAConsistentPpmHeader) {
+TEST(ImageServer, ImagesHaveExactlyTheFileSizeAndAConsistentPpmHeader) {
     for (std::uint64_t size : {0ull, 1ull, 40ull, 100ull, 1000ull, 204'800ull, 1'000'003ull}) {
-        HttpFixture fixture({.images = 2, .file_size = size, .latency_s = 0});
+        ImageServer fixture({.images = 2, .file_size = size, .latency_s = 0});
         const std::string image = fixture.image(1);
         ASSERT_EQ(image.size(), size);
         if (size > 0) {
@@ -219,45 +228,45 @@ TEST(HttpFixture, ImagesHaveExactlyTheFileSizeAndAConsistentPpmHeader) {
     }
 }
 
-TEST(HttpFixture, ServesEachImageByteForByteAnd404sTheRest) {
-    HttpFixture fixture({.images = 3, .file_size = 100'000, .latency_s = 0});
+TEST(ImageServer, ServesEachImageByteForByteAnd404sTheRest) {
+    ImageServer fixture({.images = 3, .file_size = 100'000, .latency_s = 0});
     fixture.start();
     testing::TempDir dir;
     for (int i = 0; i < 3; ++i) {
         const TaskResult result = download(download_task(static_cast<TaskId>(i), fixture.urls()[i], dir.path()));
         ASSERT_TRUE(result.ok) << result.error;
-        EXPECT_EQ(result.http_status, 200);
-        EXPECT_EQ(result.bytes, 100'000u);
-        EXPECT_EQ(result.tries, 1u);
-        EXPECT_EQ(result.final_url, fixture.urls()[i]);
-        EXPECT_EQ(result.saved_path, (dir.path() / fmt::format("{:03}-photo-{}.ppm", i, i)).string());
-        EXPECT_EQ(testing::read_file(result.saved_path), fixture.image(i));
-        EXPECT_EQ(result.sha256, sha256_hex(fixture.image(i)));
+        EXPECT_EQ(result.value.at("http_status"), 200);
+        EXPECT_EQ(result.value.at("bytes"), 100'000u);
+        EXPECT_EQ(result.value.at("tries"), 1u);
+        EXPECT_EQ(result.value.at("final_url"), fixture.urls()[i]);
+        EXPECT_EQ(saved_path(result), (dir.path() / fmt::format("{:03}-photo-{}.ppm", i, i)).string());
+        EXPECT_EQ(testing::read_file(saved_path(result)), fixture.image(i));
+        EXPECT_EQ(result.value.at("sha256"), sha256_hex(fixture.image(i)));
     }
     const std::string missing = fixture.base_url() + "/photo-3.ppm";
     const TaskResult result = download(download_task(3, missing, dir.path()));
     EXPECT_EQ(result.error, fmt::format("cannot download '{}': HTTP 404", missing));
-    EXPECT_EQ(result.http_status, 404);
+    EXPECT_TRUE(result.value.is_null());
     EXPECT_EQ(files_under(dir.path()), (std::set<std::string>{"000-photo-0.ppm", "001-photo-1.ppm", "002-photo-2.ppm"}));
-    executors::close_connections();
+    close_connections();
 }
 
-TEST(HttpFixture, ThrottledBodiesArriveWhole) {
-    HttpFixture fixture({.images = 1, .file_size = 300'000, .latency_s = 0, .bandwidth = 2'000'000});
+TEST(ImageServer, ThrottledBodiesArriveWhole) {
+    ImageServer fixture({.images = 1, .file_size = 300'000, .latency_s = 0, .bandwidth = 2'000'000});
     fixture.start();
     testing::TempDir dir;
     const TaskResult result = download(download_task(0, fixture.urls()[0], dir.path()));
     ASSERT_TRUE(result.ok) << result.error;
-    EXPECT_EQ(testing::read_file(result.saved_path), fixture.image(0));
-    executors::close_connections();
+    EXPECT_EQ(testing::read_file(saved_path(result)), fixture.image(0));
+    close_connections();
 }
 
 // Workers connect all at once. A SYN that finds the accept queue full is dropped, and TCP
 // sends it again only a second later: with cpp-httplib's backlog of 5, 8 threads fetching
 // 15 images of 0.02 s latency took 1.04 s instead of 0.06 s. Before start() nothing accepts,
 // so the queue alone must hold the burst.
-TEST(HttpFixture, QueuesABurstOfConnectionsBeforeAcceptingAny) {
-    HttpFixture fixture({.images = 1, .latency_s = 0});  // not started
+TEST(ImageServer, QueuesABurstOfConnectionsBeforeAcceptingAny) {
+    ImageServer fixture({.images = 1, .latency_s = 0});  // not started
     constexpr int kBurst = 64;
     std::vector<pollfd> connecting;
     for (int i = 0; i < kBurst; ++i) {
@@ -291,7 +300,7 @@ TEST(HttpFixture, QueuesABurstOfConnectionsBeforeAcceptingAny) {
 // --- the executor in-process -------------------------------------------------------------
 
 TEST(DownloadExecutor, StopsWhenCancelledAndLeavesNoFile) {
-    HttpFixture fixture({.images = 1, .file_size = 1000, .latency_s = 600});
+    ImageServer fixture({.images = 1, .file_size = 1000, .latency_s = 600});
     fixture.start();
     testing::TempDir dir;
     std::stop_source stop;
@@ -306,22 +315,22 @@ TEST(DownloadExecutor, StopsWhenCancelledAndLeavesNoFile) {
 }
 
 TEST(DownloadExecutor, StopsAtItsDeadlineAndLeavesNoFile) {
-    HttpFixture fixture({.images = 1, .file_size = 1000, .latency_s = 600});
+    ImageServer fixture({.images = 1, .file_size = 1000, .latency_s = 600});
     fixture.start();
     testing::TempDir dir;
     const TaskResult result = download(download_task(0, fixture.urls()[0], dir.path(), 0.3));
     EXPECT_EQ(result.error, "timed out after 0.3 s");
     EXPECT_EQ(files_under(dir.path()), std::set<std::string>{});
-    executors::close_connections();
+    close_connections();
 }
 
 TEST(DownloadExecutor, ReusesItsConnectionForTheNextTaskOnTheSameThread) {
     const PythonServer server = PythonServer::hostile();
     const std::string first = fetch(server.url("/peer"));
     EXPECT_EQ(fetch(server.url("/peer")), first);  // the client's port: same connection
-    executors::close_connections();
+    close_connections();
     EXPECT_NE(fetch(server.url("/peer")), first);
-    executors::close_connections();
+    close_connections();
 }
 
 // A 304 must not have a body; this server sends one anyway, and libcurl, which reads none,
@@ -337,10 +346,10 @@ TEST(DownloadExecutor, AFailedTaskLeavesNoConnectionForTheNextToStumbleOn) {
         EXPECT_EQ(not_modified.error, fmt::format("cannot download '{}': HTTP 304", server.url("/status/304")));
         const TaskResult next = download(download_task(1, server.url("/bytes/100?seed=1"), dir.path()));
         ASSERT_TRUE(next.ok) << "round " << round << ": " << next.error;
-        EXPECT_EQ(next.tries, 1u);
-        EXPECT_EQ(testing::read_file(next.saved_path), pattern(100, 1));
+        EXPECT_EQ(next.value.at("tries"), 1u);
+        EXPECT_EQ(testing::read_file(saved_path(next)), pattern(100, 1));
     }
-    executors::close_connections();
+    close_connections();
 }
 
 // The URL was http, so a reply that is not HTTP must not be blamed on the URL's scheme.
@@ -382,26 +391,25 @@ TEST(DownloadExecutor, ReplacesItsOwnFileWhenRunAgain) {
     const TaskResult same = download(download_task(4, server.url("/bytes/100?seed=3"), dir.path()));
     ASSERT_TRUE(same.ok) << same.error;
     EXPECT_EQ(testing::read_file(dir.path() / "004-100"), pattern(100, 3));
-    executors::close_connections();
+    close_connections();
 }
 
 TEST(DownloadExecutor, RetriesA500UntilItRecoversButNeverA404) {
     const PythonServer server = PythonServer::hostile();
     testing::TempDir dir;
-    TaskSpec flaky = download_task(0, server.url("/flaky/twice/2"), dir.path());
-    flaky.params.retries = 2;
+    DownloadTask flaky = download_task(0, server.url("/flaky/twice/2"), dir.path());
+    flaky.settings["retries"] = 2;
     const TaskResult recovered = download(flaky);
     ASSERT_TRUE(recovered.ok) << recovered.error;
-    EXPECT_EQ(recovered.tries, 3u);
-    EXPECT_EQ(testing::read_file(recovered.saved_path), "recovered twice");
+    EXPECT_EQ(recovered.value.at("tries"), 3u);
+    EXPECT_EQ(testing::read_file(saved_path(recovered)), "recovered twice");
 
-    TaskSpec missing = download_task(1, server.url("/status/404?key=missing"), dir.path());
-    missing.params.retries = 3;
+    DownloadTask missing = download_task(1, server.url("/status/404?key=missing"), dir.path());
+    missing.settings["retries"] = 3;
     const TaskResult failed = download(missing);
-    EXPECT_EQ(failed.error, fmt::format("cannot download '{}': HTTP 404", missing.params.url));
-    EXPECT_EQ(failed.tries, 1u);
-    EXPECT_EQ(server.count("missing"), 1);
-    executors::close_connections();
+    EXPECT_EQ(failed.error, fmt::format("cannot download '{}': HTTP 404", missing.spec.params.at("url")));
+    EXPECT_EQ(server.count("missing"), 1);  // one try: a 404 is not retried
+    close_connections();
 }
 
 TEST(DownloadExecutor, FailsInOneLineWhenTheDirectoryCannotBeMade) {
@@ -433,7 +441,7 @@ TEST(DownloadRun, TheBuiltInServerGivesTheSameImagesInEveryMode) {
                                                      "--json", (dir / "report.json").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err << output.out;
     // The same options and seed make the same bytes in this process.
-    HttpFixture reference({.images = 6, .file_size = 50 * 1024, .latency_s = 0});
+    ImageServer reference({.images = 6, .file_size = 50 * 1024, .latency_s = 0});
     const auto journal = testing::read_json_lines(dir / "results.jsonl");
     for (const char* mode : {"sequential", "threads", "gil-threads", "processes"}) {
         std::set<std::string> expected;
@@ -593,7 +601,7 @@ TEST(DownloadRun, AHostileServerGetsClearErrorsAndTheGoodFilesStayIntact) {
     EXPECT_EQ(server.count("truncated"), 4);
     EXPECT_NE(output.out.find("task(s) failed in threads:"), std::string::npos) << output.out;
     EXPECT_NE(output.out.find("  task 1: " + error(1, "HTTP 404")), std::string::npos) << output.out;
-    executors::close_connections();
+    close_connections();
 }
 
 // Two downloads that are mid-body (10 bytes in, then the server goes quiet) when the
@@ -623,7 +631,7 @@ TEST_P(DownloadInterrupted, LeavesNoFileBehind) {
     for (pid_t worker : workers)
         EXPECT_TRUE(testing::eventually([&] { return !testing::process_exists(worker); }, std::chrono::seconds(5)));
     EXPECT_EQ(files_under(dir / "out"), std::set<std::string>{});
-    executors::close_connections();
+    close_connections();
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, DownloadInterrupted,
@@ -654,7 +662,7 @@ TEST(DownloadRun, ABadUrlListStopsTheRunBeforeItStarts) {
     std::ofstream(dir / "empty.txt") << "# nothing\n\n";
     const Output empty = run_binary("coordinator", {"--urls", (dir / "empty.txt").string()});
     EXPECT_EQ(empty.exit_code, 2);
-    EXPECT_NE(empty.err.find("no URLs"), std::string::npos) << empty.err;
+    EXPECT_NE(empty.err.find("no inputs in the list"), std::string::npos) << empty.err;
 }
 
 TEST(DownloadRun, AnOutDirThatCannotBeMadeIsAUsageError) {

@@ -6,6 +6,7 @@
 
 #include "errors.hpp"
 #include "plan.hpp"
+#include "runner.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -21,28 +22,28 @@ RunConfig sleeps(int tasks, double lo, double hi, std::uint64_t seed = 1) {
 }
 
 TEST(Plan, NumbersTasksFromZeroInPlanOrder) {
-    const Plan plan = make_plan(sleeps(5, 0.5, 0.5));
+    const Plan plan = testing::plan_for(sleeps(5, 0.5, 0.5));
     ASSERT_EQ(plan.tasks.size(), 5u);
     for (std::size_t i = 0; i < plan.tasks.size(); ++i) {
         EXPECT_EQ(plan.tasks[i].id, i);
-        EXPECT_EQ(plan.tasks[i].kind, TaskKind::Sleep);
-        EXPECT_EQ(plan.tasks[i].params.seconds, 0.5);
+        EXPECT_EQ(plan.tasks[i].type->name(), "sleep");
+        EXPECT_EQ(plan.tasks[i].params.at("seconds"), 0.5);
     }
 }
 
 TEST(Plan, RandomDurationsStayInRangeAndRepeatWithTheSeed) {
-    const Plan first = make_plan(sleeps(200, 1, 10, 42));
-    const Plan again = make_plan(sleeps(200, 1, 10, 42));
-    const Plan other = make_plan(sleeps(200, 1, 10, 43));
+    const Plan first = testing::plan_for(sleeps(200, 1, 10, 42));
+    const Plan again = testing::plan_for(sleeps(200, 1, 10, 42));
+    const Plan other = testing::plan_for(sleeps(200, 1, 10, 43));
     std::size_t differ = 0;
     double lowest = 10;
     double highest = 1;
     for (std::size_t i = 0; i < first.tasks.size(); ++i) {
-        const double seconds = first.tasks[i].params.seconds;
+        const double seconds = first.tasks[i].params.at("seconds");
         EXPECT_GE(seconds, 1.0);
         EXPECT_LE(seconds, 10.0);
-        EXPECT_EQ(seconds, again.tasks[i].params.seconds);
-        differ += seconds != other.tasks[i].params.seconds;
+        EXPECT_EQ(seconds, again.tasks[i].params.at("seconds"));
+        differ += seconds != other.tasks[i].params.at("seconds");
         lowest = std::min(lowest, seconds);
         highest = std::max(highest, seconds);
     }
@@ -53,30 +54,30 @@ TEST(Plan, RandomDurationsStayInRangeAndRepeatWithTheSeed) {
 
 TEST(Plan, KnownSeedGivesKnownDurations) {
     // Pinned: a change of generator would silently change every published experiment.
-    const Plan plan = make_plan(sleeps(3, 1, 10, 1));
-    EXPECT_EQ(plan.tasks[0].params.seconds, 2.205);
-    EXPECT_EQ(plan.tasks[1].params.seconds, 2.228);
-    EXPECT_EQ(plan.tasks[2].params.seconds, 5.061);
+    const Plan plan = testing::plan_for(sleeps(3, 1, 10, 1));
+    EXPECT_EQ(plan.tasks[0].params.at("seconds"), 2.205);
+    EXPECT_EQ(plan.tasks[1].params.at("seconds"), 2.228);
+    EXPECT_EQ(plan.tasks[2].params.at("seconds"), 5.061);
 }
 
 TEST(Plan, CpuTaskIGetsItsOwnRangeOfCpuNNumbers) {
     RunConfig config;
-    config.task = TaskKind::Cpu;
+    config.task = "cpu";
     config.tasks = 3;
     config.cpu_n = 1'000'000;
-    const Plan plan = make_plan(config);
+    const Plan plan = testing::plan_for(config);
     ASSERT_EQ(plan.tasks.size(), 3u);
     for (std::size_t i = 0; i < 3; ++i) {
         EXPECT_EQ(plan.tasks[i].id, i);
-        EXPECT_EQ(plan.tasks[i].kind, TaskKind::Cpu);
-        EXPECT_EQ(plan.tasks[i].params.lo, i * 1'000'000);
-        EXPECT_EQ(plan.tasks[i].params.hi, (i + 1) * 1'000'000);
+        EXPECT_EQ(plan.tasks[i].type->name(), "cpu");
+        EXPECT_EQ(plan.tasks[i].params.at("lo"), i * 1'000'000);
+        EXPECT_EQ(plan.tasks[i].params.at("hi"), (i + 1) * 1'000'000);
     }
 }
 
 Plan plan_from(const std::string& text) {
     std::istringstream in(text);
-    return read_plan(in, "p.jsonl");
+    return read_plan(in, "p.jsonl", builtin_types());
 }
 
 // The message read_plan() throws for `text`, or "accepted".
@@ -100,14 +101,14 @@ TEST(PlanFile, ReadsTasksInOrderSkippingBlankLinesAndComments) {
         "{\"seconds\":2,\"kind\":\"sleep\"}");  // no newline at the end
     ASSERT_EQ(plan.tasks.size(), 4u);
     for (std::size_t i = 0; i < plan.tasks.size(); ++i) EXPECT_EQ(plan.tasks[i].id, i);
-    EXPECT_EQ(plan.tasks[0].kind, TaskKind::Sleep);
-    EXPECT_EQ(plan.tasks[0].params.seconds, 0.5);
-    EXPECT_EQ(plan.tasks[1].kind, TaskKind::Cpu);
-    EXPECT_EQ(plan.tasks[1].params.lo, 0u);
-    EXPECT_EQ(plan.tasks[1].params.hi, 2'000'000u);
-    EXPECT_EQ(plan.tasks[2].params.lo, 100u);
-    EXPECT_EQ(plan.tasks[2].params.hi, 200u);
-    EXPECT_EQ(plan.tasks[3].params.seconds, 2.0);
+    EXPECT_EQ(plan.tasks[0].type->name(), "sleep");
+    EXPECT_EQ(plan.tasks[0].params.at("seconds"), 0.5);
+    EXPECT_EQ(plan.tasks[1].type->name(), "cpu");
+    EXPECT_EQ(plan.tasks[1].params.at("lo"), 0u);
+    EXPECT_EQ(plan.tasks[1].params.at("hi"), 2'000'000u);
+    EXPECT_EQ(plan.tasks[2].params.at("lo"), 100u);
+    EXPECT_EQ(plan.tasks[2].params.at("hi"), 200u);
+    EXPECT_EQ(plan.tasks[3].params.at("seconds"), 2.0);
 }
 
 TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
@@ -137,8 +138,8 @@ TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
 TEST(PlanFile, ReadsDownloadLinesAndChecksTheirUrls) {
     const Plan plan = plan_from("{\"kind\":\"download\",\"url\":\"https://example.com/a.jpg\",\"timeout_s\":5}\n");
     ASSERT_EQ(plan.tasks.size(), 1u);
-    EXPECT_EQ(plan.tasks[0].kind, TaskKind::Download);
-    EXPECT_EQ(plan.tasks[0].params.url, "https://example.com/a.jpg");
+    EXPECT_EQ(plan.tasks[0].type->name(), "download");
+    EXPECT_EQ(plan.tasks[0].params.at("url"), "https://example.com/a.jpg");
     EXPECT_EQ(plan.tasks[0].timeout_s, 5.0);
     EXPECT_EQ(plan_error("{\"kind\":\"download\"}"), "p.jsonl:1: download needs \"url\"");
     EXPECT_EQ(plan_error("{\"kind\":\"download\",\"url\":7}"), "p.jsonl:1: \"url\" must be a string, not 7");
@@ -151,15 +152,18 @@ TEST(PlanFile, ReadsDownloadLinesAndChecksTheirUrls) {
 
 TEST(UrlList, SkipsBlankLinesCommentsAndSpaceAroundUrls) {
     std::istringstream in("# pictures\n\n  https://example.com/a.jpg  \r\n\t# more\nhttp://127.0.0.1:8080/b?x=1\n");
-    EXPECT_EQ(read_url_list(in, "u.txt"),
-              (std::vector<std::string>{"https://example.com/a.jpg", "http://127.0.0.1:8080/b?x=1"}));
+    const Plan plan = read_inputs(in, "u.txt", *testing::type("download"));
+    ASSERT_EQ(plan.tasks.size(), 2u);
+    EXPECT_EQ(plan.tasks[0].params, (Json{{"url", "https://example.com/a.jpg"}}));
+    EXPECT_EQ(plan.tasks[1].params, (Json{{"url", "http://127.0.0.1:8080/b?x=1"}}));
+    EXPECT_EQ(plan.tasks[1].id, 1u);
 }
 
 TEST(UrlList, NamesTheLineThatIsNotAnHttpUrl) {
     const auto error = [](const std::string& text) -> std::string {
         std::istringstream in(text);
         try {
-            read_url_list(in, "u.txt");
+            read_inputs(in, "u.txt", *testing::type("download"));
             return "accepted";
         } catch (const ConfigError& e) {
             return e.what();
@@ -171,27 +175,50 @@ TEST(UrlList, NamesTheLineThatIsNotAnHttpUrl) {
     EXPECT_EQ(error("example.com/a.jpg\n").rfind("u.txt:1: 'example.com/a.jpg' is not", 0), 0u);
     EXPECT_EQ(error("http://a.example/x y\n"),
               "u.txt:1: 'http://a.example/x y' is not an http:// or https:// URL: contains a space or a control character");
-    EXPECT_EQ(error("# only a comment\n"), "u.txt: no URLs in the list");
+    EXPECT_EQ(error("# only a comment\n"), "u.txt: no inputs in the list");
 }
 
-TEST(Plan, DownloadsGetTheRunsLimitsAndADirectoryPerMode) {
+TEST(Plan, GeneratedDownloadsAreTheServersImagesWithTheRunsSettings) {
     RunConfig config;
-    config.task = TaskKind::Download;
+    config.task = "download";
     config.tasks = 2;
     config.max_bytes = 1000;
     config.retries = 4;
     config.task_timeout_s = 9;
     config.out_dir = "pictures";
-    const Plan plan = make_plan(config, {"http://127.0.0.1:1/a", "http://127.0.0.1:1/b", "http://127.0.0.1:1/c"});
+    Json settings = settings_json(config);
+    const Plan plan = make_plan(config, builtin_types(), settings);
     ASSERT_EQ(plan.tasks.size(), 2u);
-    EXPECT_EQ(plan.tasks[1].params.url, "http://127.0.0.1:1/b");
-    EXPECT_EQ(plan.tasks[1].params.max_bytes, 1000u);
-    EXPECT_EQ(plan.tasks[1].params.retries, 4u);
+    ASSERT_EQ(plan.services.size(), 1u);  // the image server, bound, not started
+    EXPECT_EQ(plan.tasks[1].params, (Json{{"url", settings.at("served_urls").at(1)}}));
+    EXPECT_TRUE(plan.tasks[1].params.at("url").get<std::string>().ends_with("/photo-1.ppm"));
     EXPECT_EQ(plan.tasks[1].timeout_s, 9.0);
-    EXPECT_EQ(plan.tasks[1].params.out_dir, "");
-    const Plan threads = for_mode(plan, Mode::Threads, config);
-    EXPECT_EQ(threads.tasks[1].params.out_dir, (std::filesystem::current_path() / "pictures" / "threads").string());
-    EXPECT_EQ(params_json(threads.tasks[1]), (nlohmann::json{{"url", "http://127.0.0.1:1/b"}}));
+    EXPECT_EQ(settings.at("max_bytes"), 1000u);
+    EXPECT_EQ(settings.at("retries"), 4u);
+    EXPECT_EQ(mode_out_dir(config, Mode::Threads), std::filesystem::current_path() / "pictures" / "threads");
+}
+
+TEST(Plan, SetValuesJoinTheSettingsAndWinOverTheFlags) {
+    RunConfig config;
+    config.settings = {{"lang", "en"}, {"retries", 7}};
+    const Json settings = settings_json(config);
+    EXPECT_EQ(settings.at("lang"), "en");
+    EXPECT_EQ(settings.at("retries"), 7);
+    EXPECT_EQ(settings.at("cpu_n"), config.cpu_n);
+}
+
+TEST(Plan, AGeneratorThatCannotMakeATaskIsAConfigErrorNamingTheType) {
+    RunConfig config;
+    config.task = "cpu";
+    config.tasks = 3;
+    config.cpu_n = 600'000'000'000;
+    try {
+        testing::plan_for(config);
+        ADD_FAILURE() << "no error for cpu tasks past the limit";
+    } catch (const ConfigError& e) {
+        EXPECT_EQ(std::string(e.what()), "--task cpu: cannot make task 1 of 3: cpu task 1 would end at 2 x --cpu-n 600000000000, "
+                                         "above the limit 1000000000000; lower --cpu-n or --tasks");
+    }
 }
 
 TEST(PlanFile, WithoutTasksIsAnError) {
@@ -207,13 +234,13 @@ TEST(PlanFile, MakePlanReadsTheFileAndNamesOneItCannotOpen) {
     }
     RunConfig config;
     config.plan_path = dir / "plan.jsonl";
-    const Plan plan = make_plan(config);
+    const Plan plan = testing::plan_for(config);
     ASSERT_EQ(plan.tasks.size(), 1u);
-    EXPECT_EQ(plan.tasks[0].params.hi, 1000u);
+    EXPECT_EQ(plan.tasks[0].params.at("hi"), 1000u);
 
     config.plan_path = dir / "missing.jsonl";
     try {
-        make_plan(config);
+        testing::plan_for(config);
         ADD_FAILURE() << "no error for a missing plan";
     } catch (const ConfigError& e) {
         EXPECT_EQ(std::string(e.what()), fmt::format("--plan: cannot open '{}': No such file or directory",

@@ -283,7 +283,7 @@ ParsedCli parse(std::vector<std::string> args, std::string* err = nullptr) {
     for (const std::string& arg : args) argv.push_back(arg.c_str());
     ::testing::internal::CaptureStderr();
     ::testing::internal::CaptureStdout();
-    auto result = parse_cli(static_cast<int>(argv.size()), argv.data());
+    auto result = parse_cli(testing::stock_program(), static_cast<int>(argv.size()), argv.data());
     ::testing::internal::GetCapturedStdout();
     const std::string captured = ::testing::internal::GetCapturedStderr();
     if (err) *err = captured;
@@ -328,7 +328,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(LoggingFlags, AreInTheHelp) {
     ::testing::internal::CaptureStdout();
     const char* argv[] = {"coordinator", "--help"};
-    EXPECT_EQ(std::get<ExitCode>(parse_cli(2, argv)), ExitCode::Ok);
+    EXPECT_EQ(std::get<ExitCode>(parse_cli(testing::stock_program(), 2, argv)), ExitCode::Ok);
     const std::string help = ::testing::internal::GetCapturedStdout();
     for (const char* flag : {"--progress", "--quiet", "--verbose", "--log-level", "--trace", "--timeline"})
         EXPECT_NE(help.find(flag), std::string::npos) << flag;

@@ -51,10 +51,10 @@ class EveryMode : public ::testing::TestWithParam<Mode> {};
 
 TEST_P(EveryMode, RunsEachTaskExactlyOnceAndReportsIt) {
     const RunConfig config = config_for(3, 7, 0.01, 0.05);
-    const Plan plan = make_plan(config);
+    const Plan plan = testing::plan_for(config);
     CollectingSink sink;
     std::stop_source never;
-    const RunReport report = make_runner(GetParam(), config, never.get_token())->run(plan, sink);
+    const RunReport report = testing::runner_for(GetParam(), config, never.get_token())->run(plan, sink);
 
     EXPECT_EQ(report.mode, to_string(GetParam()));
     EXPECT_EQ(report.tasks, 7u);
@@ -69,7 +69,7 @@ TEST_P(EveryMode, RunsEachTaskExactlyOnceAndReportsIt) {
         EXPECT_EQ(task.id, result.id);
         EXPECT_TRUE(result.ok) << result.error;
         EXPECT_EQ(result.attempt, 1u);
-        EXPECT_GE(result.slept_s, task.params.seconds);
+        EXPECT_GE(result.value.at("slept_s"), task.params.at("seconds"));
         EXPECT_LE(result.start_s, result.end_s);
         EXPECT_LE(result.end_s, report.wall_s);
     }
@@ -80,7 +80,7 @@ TEST_P(EveryMode, NamesTheWorkerThatRanEachTask) {
     const RunConfig config = config_for(2, 4, 0.01, 0.01);
     CollectingSink sink;
     std::stop_source never;
-    make_runner(GetParam(), config, never.get_token())->run(make_plan(config), sink);
+    testing::runner_for(GetParam(), config, never.get_token())->run(testing::plan_for(config), sink);
     const std::set<std::string> allowed = GetParam() == Mode::Sequential  ? std::set<std::string>{"seq"}
                                           : GetParam() == Mode::Processes ? std::set<std::string>{"w1", "w2"}
                                                                           : std::set<std::string>{"t1", "t2"};
@@ -96,12 +96,12 @@ TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
     // Four tasks on four workers, the long ones first in the plan: if they ran at once,
     // every interval overlaps every other and the short ones arrive first.
     RunConfig config = config_for(4, 4, 0, 0);
-    Plan plan = make_plan(config);
+    Plan plan = testing::plan_for(config);
     const double seconds[] = {1.2, 0.9, 0.6, 0.3};
-    for (std::size_t i = 0; i < 4; ++i) plan.tasks[i].params.seconds = seconds[i];
+    for (std::size_t i = 0; i < 4; ++i) plan.tasks[i].params.at("seconds") = seconds[i];
     CollectingSink sink;
     std::stop_source never;
-    make_runner(GetParam(), config, never.get_token())->run(plan, sink);
+    testing::runner_for(GetParam(), config, never.get_token())->run(plan, sink);
     ASSERT_EQ(sink.results.size(), 4u);
     std::vector<TaskId> order;
     double latest_start = 0;
@@ -122,7 +122,7 @@ TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
     const RunConfig config = config_for(4, 4, 0.05, 0.05);
     CollectingSink sink;
     std::stop_source never;
-    make_runner(Mode::Sequential, config, never.get_token())->run(make_plan(config), sink);
+    testing::runner_for(Mode::Sequential, config, never.get_token())->run(testing::plan_for(config), sink);
     ASSERT_EQ(sink.results.size(), 4u);
     for (std::size_t i = 0; i < 4; ++i) {
         EXPECT_EQ(sink.results[i].result.id, i);
@@ -134,19 +134,19 @@ TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
 
 TEST(CpuTasks, GiveTheSameAnswerForEachTaskIdInEveryMode) {
     RunConfig config = config_for(2, 6, 0, 0);
-    config.task = TaskKind::Cpu;
+    config.task = "cpu";
     config.cpu_n = 300'000;
-    const Plan plan = make_plan(config);
+    const Plan plan = testing::plan_for(config);
     std::map<Mode, std::map<TaskId, std::uint64_t>> primes;
     for (Mode mode : kAllModes) {
         CollectingSink sink;
         std::stop_source never;
-        const RunReport report = make_runner(mode, config, never.get_token())->run(plan, sink);
+        const RunReport report = testing::runner_for(mode, config, never.get_token())->run(plan, sink);
         EXPECT_EQ(report.ok, 6u) << to_string(mode);
         for (const auto& [task, result] : sink.results) {
             EXPECT_TRUE(result.ok) << to_string(mode) << ": " << result.error;
-            EXPECT_EQ(result.kind, TaskKind::Cpu);
-            primes[mode][result.id] = result.primes;
+            EXPECT_EQ(result.type->name(), "cpu");
+            primes[mode][result.id] = result.value.at("primes").get<std::uint64_t>();
         }
     }
     // pi(300000) = 25997 and the primes in each next 300000 numbers, from an independent sieve.
@@ -163,7 +163,7 @@ TEST_P(PinnedMode, PlacesWorkerIOnCpuIRoundRobinAndReportsIt) {
     config.pin_cpus = cpus;
     CollectingSink sink;
     std::stop_source never;
-    const RunReport report = make_runner(GetParam(), config, never.get_token())->run(make_plan(config), sink);
+    const RunReport report = testing::runner_for(GetParam(), config, never.get_token())->run(testing::plan_for(config), sink);
     EXPECT_EQ(report.ok, 3u);
     const std::string prefix = GetParam() == Mode::Processes ? "w" : "t";
     ASSERT_EQ(report.placement.size(), 3u);
@@ -184,7 +184,7 @@ TEST(SequentialMode, PinnedRunsOnTheFirstCpuAndGivesTheThreadBackAfter) {
     config.pin_cpus = {before.back()};
     CollectingSink sink;
     std::stop_source never;
-    const RunReport report = make_runner(Mode::Sequential, config, never.get_token())->run(make_plan(config), sink);
+    const RunReport report = testing::runner_for(Mode::Sequential, config, never.get_token())->run(testing::plan_for(config), sink);
     ASSERT_EQ(report.placement.size(), 1u);
     EXPECT_EQ(report.placement[0].worker, "seq");
     EXPECT_EQ(report.placement[0].cpu, before.back());
@@ -215,11 +215,11 @@ TEST(Utilisation, IsCpuTimeOverTheTimeItWasCountedTimesTheCpusAvailable) {
 TEST(Utilisation, OfManyWorkersOnAShortPlanCoversTheirStartAndStaysAtMostOne) {
     // Spawning 64 workers costs far more CPU than 4 no-op tasks: counted against the time
     // from the mode's start to the last worker reaped, it is still no more than the machine.
-    RunConfig config = config_for(64, 4, 0, 0);
-    const Plan plan = make_plan(config);
+    const RunConfig config = config_for(64, 4, 0, 0);
+    const Plan plan = testing::plan_for(config);
     CollectingSink sink;
     std::stop_source never;
-    const RunReport report = make_runner(Mode::Processes, config, never.get_token())->run(plan, sink);
+    const RunReport report = testing::runner_for(Mode::Processes, config, never.get_token())->run(plan, sink);
     EXPECT_EQ(report.ok, 4u);
     EXPECT_EQ(report.cpus_available, available_cpus());
     EXPECT_GE(report.cpu_span_s, report.wall_s);
@@ -234,7 +234,7 @@ TEST(Utilisation, UnpinnedPoolsUseAtMostTheAvailableCpus) {
         if (mode == Mode::Processes) config.workers = 2;  // spawning 64 workers is slow for nothing
         CollectingSink sink;
         std::stop_source never;
-        const RunReport report = make_runner(mode, config, never.get_token())->run(make_plan(config), sink);
+        const RunReport report = testing::runner_for(mode, config, never.get_token())->run(testing::plan_for(config), sink);
         const int expected = mode == Mode::Sequential ? 1 : std::min(config.workers, available_cpus());
         EXPECT_EQ(report.cpus_used, expected) << to_string(mode);
     }
@@ -250,7 +250,7 @@ TEST_P(StoppableMode, AStopRequestEndsTheRunEarlyAndMarksItInterrupted) {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         stop.request_stop();
     });
-    const RunReport report = make_runner(GetParam(), config, stop.get_token())->run(make_plan(config), sink);
+    const RunReport report = testing::runner_for(GetParam(), config, stop.get_token())->run(testing::plan_for(config), sink);
     EXPECT_TRUE(report.interrupted);
     EXPECT_EQ(report.ok, 0u);
     EXPECT_TRUE(sink.results.empty());
@@ -258,7 +258,7 @@ TEST_P(StoppableMode, AStopRequestEndsTheRunEarlyAndMarksItInterrupted) {
 
 TEST_P(StoppableMode, AStopRequestCancelsComputingTasksToo) {
     RunConfig config = config_for(2, 6, 0, 0);
-    config.task = TaskKind::Cpu;
+    config.task = "cpu";
     config.cpu_n = 100'000'000'000;  // minutes of work per task
     CollectingSink sink;
     std::stop_source stop;
@@ -266,7 +266,7 @@ TEST_P(StoppableMode, AStopRequestCancelsComputingTasksToo) {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         stop.request_stop();
     });
-    const RunReport report = make_runner(GetParam(), config, stop.get_token())->run(make_plan(config), sink);
+    const RunReport report = testing::runner_for(GetParam(), config, stop.get_token())->run(testing::plan_for(config), sink);
     EXPECT_TRUE(report.interrupted);
     EXPECT_EQ(report.ok, 0u);
     EXPECT_TRUE(sink.results.empty());

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "schedule.hpp"
+#include "support.hpp"
 
 namespace taskfarm {
 namespace {
@@ -74,7 +75,7 @@ public:
 Plan sleeps(std::size_t tasks, double timeout_s = 0) {
     Plan plan;
     for (std::size_t i = 0; i < tasks; ++i)
-        plan.tasks.push_back({static_cast<TaskId>(i), TaskKind::Sleep, {.seconds = 0.001}, timeout_s});
+        plan.tasks.push_back(testing::task_of("sleep", {{"seconds", 0.001}}, static_cast<TaskId>(i), timeout_s));
     return plan;
 }
 

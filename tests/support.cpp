@@ -139,4 +139,39 @@ bool eventually(const std::function<bool()>& condition, std::chrono::millisecond
     return true;
 }
 
+const ProgramInfo& stock_program() {
+    static const ProgramInfo program{"coordinator", builtin_types(), {bin("worker"), {}}};
+    return program;
+}
+
+const TaskType* type(std::string_view name) { return &builtin_types().at(name); }
+
+Plan plan_for(const RunConfig& config) {
+    Json settings = settings_json(config);
+    return make_plan(config, builtin_types(), settings);
+}
+
+namespace {
+
+class RunnerWithSettings final : public Runner {
+public:
+    RunnerWithSettings(Mode mode, const RunConfig& config, std::stop_token stop)
+        : settings_(settings_json(config)), runner_(make_runner(mode, config, {builtin_types(), settings_}, stop)) {}
+    RunReport run(const Plan& plan, ResultSink& sink) override { return runner_->run(plan, sink); }
+
+private:
+    const Json settings_;
+    std::unique_ptr<Runner> runner_;
+};
+
+}  // namespace
+
+std::unique_ptr<Runner> runner_for(Mode mode, const RunConfig& config, std::stop_token stop) {
+    return std::make_unique<RunnerWithSettings>(mode, config, std::move(stop));
+}
+
+TaskSpec task_of(std::string_view kind, Params params, TaskId id, double timeout_s) {
+    return TaskSpec{.id = id, .type = type(kind), .params = std::move(params), .timeout_s = timeout_s};
+}
+
 }  // namespace taskfarm::testing

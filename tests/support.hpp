@@ -12,7 +12,24 @@
 
 #include <nlohmann/json.hpp>
 
+#include "builtin.hpp"
+#include "coordinator.hpp"
+#include "plan.hpp"
+#include "runner.hpp"
+#include "task.hpp"
+
 namespace taskfarm::testing {
+
+// The stock coordinator: the built-in types, `worker` from the build.
+const ProgramInfo& stock_program();
+// A built-in task type by name ("sleep", "cpu", ...).
+const TaskType* type(std::string_view name);
+// make_plan() with the built-in types and the settings `config` gives.
+Plan plan_for(const RunConfig& config);
+// make_runner() with the built-in types and settings_json(config), which it keeps.
+std::unique_ptr<Runner> runner_for(Mode mode, const RunConfig& config, std::stop_token stop);
+// A task of a built-in type.
+TaskSpec task_of(std::string_view kind, Params params, TaskId id = 0, double timeout_s = 0);
 
 // A fresh directory, removed with its contents at the end of the test.
 class TempDir {

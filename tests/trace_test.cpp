@@ -95,7 +95,8 @@ TaskResult result(TaskId id, std::string worker, double start, double end, std::
     r.end_s = end;
     r.attempt = attempt;
     r.ok = ok;
-    r.slept_s = end - start;
+    r.type = testing::type("sleep");
+    if (ok) r.value = {{"slept_s", end - start}};
     if (!ok) r.error = "bad \"quote\" <tag> & \x01 control \xff\xfe not UTF-8 \xe2\x82 cut";
     return r;
 }
@@ -121,7 +122,7 @@ std::vector<ModeRecording> sample() {
                           .worker = "t10",
                           .detail = "worker t10 died (signal 9)",
                           .task = 0,
-                          .task_kind = TaskKind::Sleep,
+                          .task_type = testing::type("sleep"),
                           .attempt = 1,
                           .started_s = 0.1});
     odd.results.push_back(result(0, "t1", 0.5, 1.5, 2));

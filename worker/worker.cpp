@@ -52,8 +52,12 @@ struct WorkerConfig {
     std::string log_level;  // empty: SPDLOG_LEVEL or info
     std::filesystem::path keys_dir;  // CURVE keys; empty: plaintext
     std::optional<curve::ClientKeys> keys;
+    const Registry* registry = nullptr;
     bool insecure = false;
     int pin = -1;  // the one CPU to run on; -1: any
+    // Where tasks save files (Context::out_dir()): the worker's own, never the coordinator's
+    // say, so a coordinator cannot make it write elsewhere.
+    std::filesystem::path out_dir = "downloads";
 };
 
 // Dies with the parent: PR_SET_PDEATHSIG is also set by the coordinator before exec; this
@@ -84,21 +88,34 @@ constexpr std::size_t kMaxResultsPerFrame = 256;
 // tasks costs one wake-up and leaves as one `results` frame.
 class Executor {
 public:
-    Executor(zmq::context_t& context, std::string name)
-        : thread_([this, &context, name = std::move(name)](std::stop_token stop) { loop(stop, context, name); }) {}
+    Executor(zmq::context_t& context, const Registry& registry, RunEnv env)
+        : registry_(registry), env_(std::move(env)),
+          thread_([this, &context](std::stop_token stop) { loop(stop, context); }) {}
 
-    void push(const proto::Task& task) {
+    // The run's settings, from the coordinator's SETUP; only the first counts, and it comes
+    // before any task (the tasks read them on the executor's thread).
+    void set_settings(Json settings) {
+        std::lock_guard lock(mutex_);
+        if (settings_received_) {
+            spdlog::warn("ignored a second setup from the coordinator");
+            return;
+        }
+        settings_ = std::move(settings);
+        settings_received_ = true;
+    }
+
+    void push(proto::Task&& task) {
         {
             std::lock_guard lock(mutex_);
-            queue_.push_back({proto::to_spec(task), task.attempt});
+            queue(std::move(task));
         }
         ready_.notify_one();
     }
 
-    void push(const proto::TaskBatch& batch) {
+    void push(proto::TaskBatch&& batch) {
         {
             std::lock_guard lock(mutex_);
-            for (const proto::Task& task : batch.tasks) queue_.push_back({proto::to_spec(task), task.attempt});
+            for (proto::Task& task : batch.tasks) queue(std::move(task));
         }
         ready_.notify_one();
     }
@@ -135,14 +152,26 @@ private:
     struct Queued {
         TaskSpec task;
         std::uint32_t attempt;
+        std::string kind;  // the task's type name, kept for the error when this program lacks it
     };
 
-    void loop(std::stop_token stop, zmq::context_t& context, const std::string& name) {
+    void queue(proto::Task&& task) {
+        std::string kind = task.kind;
+        const std::uint32_t attempt = task.attempt;
+        queue_.push_back({proto::to_spec(std::move(task), registry_), attempt, std::move(kind)});
+    }
+
+    void loop(std::stop_token stop, zmq::context_t& context) {
         zmq::socket_t wake(context, zmq::socket_type::pair);
         wire::configure(wake, zmq::socket_type::pair);
         wake.connect(kResultsEndpoint);
-        const ExecContext exec{.worker = name, .stop = stop, .isolated = true};
-        proto::Result message;
+        struct ThreadDone {
+            const Registry& registry;
+            ~ThreadDone() { registry.thread_done(); }
+        } thread_done{registry_};
+        RunEnv env = env_;
+        env.stop = stop;
+        env.settings = &settings_;
         while (true) {
             Queued next;
             {
@@ -152,7 +181,7 @@ private:
                 queue_.pop_front();
                 running_since_ = Clock::now();
             }
-            TaskResult result = run_task(next.task, exec);
+            TaskResult result = next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
             {
                 // Before the result goes out: the coordinator answers it with the next task,
                 // which must not look queued behind this finished one and be given back.
@@ -160,20 +189,34 @@ private:
                 running_since_.reset();
             }
             if (stop.stop_requested()) return;
-            result.attempt = next.attempt;
-            proto::to_message(result, message);
+            proto::Result message;
+            proto::to_message(std::move(result), message);
+            message.kind = std::move(next.kind);
             bool was_empty = false;
             {
                 std::lock_guard lock(outbox_mutex_);
                 was_empty = outbox_.empty();
-                outbox_.push_back(message);
+                outbox_.push_back(std::move(message));
             }
             // A blocking send: inproc to our own socket thread, which never stops reading.
             if (was_empty) wake.send(zmq::str_buffer("!"), zmq::send_flags::none);
         }
     }
 
-    std::mutex mutex_;  // guards queue_ and running_since_
+    TaskResult unknown_kind(const Queued& queued) const {
+        TaskResult result;
+        result.id = queued.task.id;
+        result.attempt = queued.attempt;
+        result.worker = env_.worker;
+        result.error = fmt::format("this worker has no task type '{}' (it knows {})", queued.kind, registry_.names_text());
+        return result;
+    }
+
+    const Registry& registry_;
+    const RunEnv env_;  // all but the stop token and the settings, which the loop adds
+    std::mutex mutex_;  // guards queue_, running_since_, settings_ and settings_received_
+    Json settings_ = Json::object();
+    bool settings_received_ = false;
     std::condition_variable_any ready_;
     std::deque<Queued> queue_;
     std::optional<Clock::time_point> running_since_;  // set while a task runs
@@ -294,7 +337,8 @@ int run(const WorkerConfig& config) {
     wire::send(dealer, proto::encode(hello));
     spdlog::debug("connected to {} (pid {}, cpu {})", config.connect, hello.pid, hello.cpu);
 
-    Executor executor(context, config.name);
+    Executor executor(context, *config.registry,
+                      RunEnv{.worker = config.name, .mode = "processes", .isolated = true, .out_dir = config.out_dir});
     const auto interval = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_interval_s));
     const auto timeout = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_timeout_s));
     // Until the coordinator's first frame, it may not be up yet (a worker started by hand or by
@@ -343,9 +387,11 @@ int run(const WorkerConfig& config) {
                 heard = true;
                 auto message = proto::decode(incoming.to_string_view());
                 if (auto* task = std::get_if<proto::Task>(&message)) {
-                    executor.push(*task);
+                    executor.push(std::move(*task));
                 } else if (auto* tasks = std::get_if<proto::TaskBatch>(&message)) {
-                    executor.push(*tasks);
+                    executor.push(std::move(*tasks));
+                } else if (auto* setup = std::get_if<proto::Setup>(&message)) {
+                    executor.set_settings(std::move(setup->settings));
                 } else if (std::holds_alternative<proto::Shutdown>(message)) {
                     spdlog::debug("shutdown requested");
                     executor.stop();
@@ -407,11 +453,14 @@ const CLI::Validator kAllowedCpu(
 
 }  // namespace
 
-int worker_main(int argc, const char* const* argv) {
+int worker_main(const std::string& name, const Registry& registry, int argc, const char* const* argv) {
     WorkerConfig config;
-    CLI::App app{
-        "taskfarm worker: runs the tasks a coordinator hands out. The coordinator starts its own local workers;\n"
-        "start one by hand (on this or another machine) to join a coordinator that runs with --listen.\n"};
+    config.registry = &registry;
+    CLI::App app{fmt::format(
+        "{}: runs the tasks a coordinator hands out (task types: {}). The coordinator starts its own local\n"
+        "workers; start one by hand (on this or another machine) to join a coordinator that runs with --listen.\n",
+        name, registry.names_text())};
+    app.set_version_flag("--version", fmt::format("{} (taskfarm {})", name, version()));
     app.get_formatter()->column_width(30);
     app.add_option("--connect", config.connect,
                    "the coordinator: tcp://HOST:PORT of its --listen, or the ipc://PATH it gives its own workers")
@@ -428,6 +477,11 @@ int worker_main(int argc, const char* const* argv) {
                  "--insecure): tasks and results travel unencrypted")
         ->excludes(keys_option);
     app.add_option("--name", config.name, "name in logs and results (default: host-pid)");
+    app.add_option("--out-dir", config.out_dir,
+                   "where tasks save files (downloads, a task type's outputs); the coordinator's own\n"
+                   "workers get its --out-dir/processes")
+        ->type_name("DIR")
+        ->capture_default_str();
     app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
         ->check(kAllowedCpu)
         ->type_name("CPU");

@@ -82,14 +82,14 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                              config_.expect_workers, endpoint_for_workers(listener->endpoint()),
                              config_.server_keys ? " --keys DIR" : "");
         }
-        ProcessPool pool({config_.worker_bin.empty() ? default_worker_binary() : config_.worker_bin, endpoint,
+        ProcessPool pool({config_.worker_bin, config_.worker_prefix, mode_out_dir(config_, Mode::Processes), endpoint,
                           config_.heartbeat_interval_s, config_.heartbeat_timeout_s, config_.log_level});
         Dispatcher dispatcher(router, pool, plan, recorder,
                               DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
                                               static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns,
                                               config_.pin_cpus, !config_.listen.empty(), config_.expect_workers,
-                                              millis(config_.wait_workers_s)},
+                                              millis(config_.wait_workers_s), settings_},
                               stop_);
         dispatcher.run();
         recorder.stop_clock();
@@ -100,16 +100,28 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
     return recorder.finish(stop_.stop_requested());
 }
 
-std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, std::stop_token stop) {
+std::filesystem::path mode_out_dir(const RunConfig& config, Mode mode) {
+    return (std::filesystem::absolute(config.out_dir) / to_string(mode)).lexically_normal();
+}
+
+std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop) {
+    // What every task of the mode sees in the coordinator's own threads.
+    const auto env = [&](const char* worker) {
+        return RunEnv{.worker = worker,
+                      .mode = std::string(to_string(mode)),
+                      .stop = stop,
+                      .settings = &shared.settings,
+                      .out_dir = mode_out_dir(config, mode)};
+    };
     switch (mode) {
         case Mode::Sequential:
-            return std::make_unique<SequentialRunner>(config.pin_cpus.empty() ? -1 : config.pin_cpus.front(),
-                                                      std::move(stop));
+            return std::make_unique<SequentialRunner>(config.pin_cpus.empty() ? -1 : config.pin_cpus.front(), env("seq"),
+                                                      shared.registry);
         case Mode::Threads:
-            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, std::move(stop));
+            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, env(""), shared.registry);
         case Mode::GilThreads:
-            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, std::move(stop));
-        case Mode::Processes: return std::make_unique<ProcessesRunner>(config, std::move(stop));
+            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry);
+        case Mode::Processes: return std::make_unique<ProcessesRunner>(config, shared.settings, std::move(stop));
     }
     return nullptr;
 }

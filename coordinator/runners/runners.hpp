@@ -9,12 +9,15 @@ namespace taskfarm {
 // Every task in plan order on the calling thread, pinned to `cpu` for the run when cpu >= 0.
 class SequentialRunner final : public Runner {
 public:
-    SequentialRunner(int cpu, std::stop_token stop) : cpu_(cpu), stop_(std::move(stop)) {}
+    // `env.stop` stops the run; `registry`'s thread_done() runs when it is over.
+    SequentialRunner(int cpu, RunEnv env, const Registry& registry)
+        : cpu_(cpu), env_(std::move(env)), registry_(registry) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
     int cpu_;
-    std::stop_token stop_;
+    RunEnv env_;
+    const Registry& registry_;
 };
 
 // A pool of threads in this process, each taking the next task as it frees up. With
@@ -22,25 +25,30 @@ private:
 // cpus[i % size]; empty: not pinned.
 class ThreadsRunner final : public Runner {
 public:
-    ThreadsRunner(int threads, bool gil, std::vector<int> cpus, std::stop_token stop)
-        : threads_(threads), gil_(gil), cpus_(std::move(cpus)), stop_(std::move(stop)) {}
+    // `env` for every thread (each gets its own name, "t1", "t2", ..., and the Gil);
+    // `registry`'s thread_done() runs on each thread before it ends.
+    ThreadsRunner(int threads, bool gil, std::vector<int> cpus, RunEnv env, const Registry& registry)
+        : threads_(threads), gil_(gil), cpus_(std::move(cpus)), env_(std::move(env)), registry_(registry) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
     int threads_;
     bool gil_;
     std::vector<int> cpus_;
-    std::stop_token stop_;
+    RunEnv env_;
+    const Registry& registry_;
 };
 
 // Worker processes over ZeroMQ: see dispatcher.hpp and process_pool.hpp.
 class ProcessesRunner final : public Runner {
 public:
-    ProcessesRunner(const RunConfig& config, std::stop_token stop) : config_(config), stop_(std::move(stop)) {}
+    ProcessesRunner(const RunConfig& config, const Json& settings, std::stop_token stop)
+        : config_(config), settings_(settings), stop_(std::move(stop)) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
     const RunConfig& config_;
+    const Json& settings_;
     std::stop_token stop_;
 };
 

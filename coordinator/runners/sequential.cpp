@@ -9,14 +9,15 @@ RunReport SequentialRunner::run(const Plan& plan, ResultSink& sink) {
     ModeRecorder recorder(Mode::Sequential, 1, plan, sink);
     const ScopedPin pin(cpu_);
     recorder.place({"seq", pinned_cpu(), ::getpid()});
-    const ExecContext context{"seq", stop_};
+    const std::stop_token& stop = env_.stop;
     for (const TaskSpec& task : plan.tasks) {
-        if (stop_.stop_requested()) break;
-        TaskResult result = run_task(task, context);
-        if (stop_.stop_requested()) break;  // cancelled mid-task: not a result
+        if (stop.stop_requested()) break;
+        TaskResult result = run_task(task, 1, env_);
+        if (stop.stop_requested()) break;  // cancelled mid-task: not a result
         recorder.record(task, std::move(result));
     }
-    return recorder.finish(stop_.stop_requested());
+    registry_.thread_done();  // this thread goes on (the coordinator's): let go of what tasks kept
+    return recorder.finish(stop.stop_requested());
 }
 
 }  // namespace taskfarm

@@ -39,17 +39,23 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
             pool.emplace_back([&, cpu, name = fmt::format("t{}", i + 1)] {
                 if (cpu >= 0) pin_or_warn(cpu, name);  // before its first task
                 recorder.place({name, pinned_cpu(), ::getpid()});
-                const ExecContext context{name, stop_, gil ? &*gil : nullptr};
-                for (std::size_t index = next++; index < plan.tasks.size() && !stop_.stop_requested();
-                     index = next++) {
-                    TaskResult result = run_task(plan.tasks[index], context);
-                    if (stop_.stop_requested()) return;
+                RunEnv env = env_;
+                env.worker = name;
+                env.gil = gil ? &*gil : nullptr;
+                struct ThreadDone {
+                    const Registry& registry;
+                    ~ThreadDone() { registry.thread_done(); }
+                } thread_done{registry_};
+                const std::stop_token& stop = env.stop;
+                for (std::size_t index = next++; index < plan.tasks.size() && !stop.stop_requested(); index = next++) {
+                    TaskResult result = run_task(plan.tasks[index], 1, env);
+                    if (stop.stop_requested()) return;
                     recorder.record(plan.tasks[index], std::move(result));
                 }
             });
         }
     }  // joins every thread
-    return recorder.finish(stop_.stop_requested());
+    return recorder.finish(env_.stop.stop_requested());
 }
 
 }  // namespace taskfarm

@@ -36,11 +36,12 @@ TEST(DecodeFuzzReplay, EverySavedInputDecodesWithoutCrashing) {
 }
 
 // The seeds are where the fuzzer starts: one valid message of each type (download task and
-// result included) lets it reach every field's decoding, not just the header checks.
+// result, with their maps of params and values, and setup included) lets it reach every
+// field's decoding, not just the header checks.
 TEST(DecodeFuzzReplay, TheSeedsOfEachMessageTypeAreValid) {
     const std::filesystem::path corpus = std::filesystem::path(TASKFARM_FUZZ_DIR) / "corpus/decode";
     for (const char* name : {"hello", "task", "tasks", "result", "results", "returned", "heartbeat", "shutdown",
-                             "download-task", "download-result"}) {
+                             "download-task", "download-result", "setup"}) {
         std::ifstream in(corpus / (std::string(name) + ".msgpack"), std::ios::binary);
         ASSERT_TRUE(in) << name;
         const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

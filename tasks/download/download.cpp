@@ -22,10 +22,11 @@
 #include <curl/curl.h>
 #include <fmt/format.h>
 
-#include "../digest.hpp"
-#include "../download.hpp"
-#include "../lazy_library.hpp"
-#include "executors.hpp"
+#include "builtin.hpp"
+#include "digest.hpp"
+#include "download.hpp"
+#include "image_server.hpp"
+#include "lazy_library.hpp"
 
 namespace taskfarm {
 namespace {
@@ -111,6 +112,14 @@ struct Handle {
 };
 thread_local Handle this_thread_handle;
 
+// Closes the connections that the calling thread's handle keeps open for the next task;
+// the next download opens new ones.
+void close_connections() {
+    if (!this_thread_handle.curl) return;  // never downloaded: libcurl may not even be loaded
+    libcurl().easy_cleanup(this_thread_handle.curl);
+    this_thread_handle.curl = nullptr;
+}
+
 CURL* thread_handle() {
     if (!this_thread_handle.curl) this_thread_handle.curl = libcurl().easy_init();
     if (!this_thread_handle.curl) throw std::runtime_error("cannot create a libcurl handle");
@@ -128,7 +137,7 @@ struct EndOfTask {
         if (succeeded)
             libcurl().easy_reset(this_thread_handle.curl);
         else
-            executors::close_connections();
+            close_connections();
     }
 };
 
@@ -199,10 +208,10 @@ private:
 
 // What the callbacks of one request see and say.
 struct Transfer {
-    Transfer(const ExecContext& context_, PartFile& file_, Sha256& digest_, std::uint64_t max_bytes_)
+    Transfer(const Context& context_, PartFile& file_, Sha256& digest_, std::uint64_t max_bytes_)
         : context(context_), file(file_), digest(digest_), max_bytes(max_bytes_) {}
 
-    const ExecContext& context;
+    const Context& context;
     PartFile& file;
     Sha256& digest;
     std::uint64_t max_bytes = 0;  // 0: no limit
@@ -260,7 +269,7 @@ std::size_t on_header(char* data, std::size_t, std::size_t size, void* user) {
 // Called often while a request runs, and about once a second while nothing moves.
 int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
     auto& transfer = *static_cast<Transfer*>(user);
-    transfer.stopped = transfer.context.stop.stop_requested();
+    transfer.stopped = transfer.context.stop_requested();
     transfer.expired = transfer.context.expired();
     return transfer.stopped || transfer.expired ? 1 : 0;  // nonzero: CURLE_ABORTED_BY_CALLBACK
 }
@@ -290,7 +299,7 @@ void set(CURL* curl, CURLoption option, T value) {
                                              libcurl().easy_strerror(code)));
 }
 
-void configure(CURL* curl, const std::string& url, const ExecContext& context, Transfer& transfer,
+void configure(CURL* curl, const std::string& url, const Context& context, Transfer& transfer,
                char* error_buffer, const std::string& no_proxy) {
     set(curl, CURLOPT_URL, url.c_str());
     set(curl, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -317,8 +326,8 @@ void configure(CURL* curl, const std::string& url, const ExecContext& context, T
     set(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
     set(curl, CURLOPT_LOW_SPEED_TIME, static_cast<long>(kStallTimeout.count()));
     long connect_ms = std::chrono::duration_cast<std::chrono::milliseconds>(kConnectTimeout).count();
-    if (context.deadline != Clock::time_point::max()) {
-        const long left = milliseconds_until(context.deadline);
+    if (context.deadline() != Clock::time_point::max()) {
+        const long left = milliseconds_until(context.deadline());
         set(curl, CURLOPT_TIMEOUT_MS, left);
         connect_ms = std::min(connect_ms, left);
     }
@@ -380,63 +389,64 @@ std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode c
 
 // Waits before try number `next` (2, 3, ...): 0.25 s, 0.5 s, 1 s, ... at most kMaxBackoff.
 // False when the stop or the deadline came first.
-bool back_off(int next, const ExecContext& context) {
+bool back_off(int next, const Context& context) {
     const auto delay = std::min<Clock::duration>(kFirstBackoff * (1 << std::min(next - 2, 8)), kMaxBackoff);
-    const auto wake = context.deadline - Clock::now() > delay ? Clock::now() + delay : context.deadline;
+    const auto wake = context.deadline() - Clock::now() > delay ? Clock::now() + delay : context.deadline();
     std::mutex mutex;
     std::condition_variable_any never;
     std::unique_lock lock(mutex);
-    static_cast<void>(never.wait_until(lock, context.stop, wake, [] { return false; }));
-    return !context.stop.stop_requested() && !context.expired();
+    static_cast<void>(never.wait_until(lock, context.stop_token(), wake, [] { return false; }));
+    return !context.stop_requested() && !context.expired();
 }
 
-// run_download() without the catch: every error it throws gets the URL in front.
-void download(const TaskSpec& task, const ExecContext& context, TaskResult& result) {
-    const std::string& url = task.params.url;
-    const auto fail = [&](const std::string& reason) {
-        result.error = one_line(fmt::format("cannot download '{}': {}", url, reason));
-    };
-    if (const std::string problem = url_problem(url); !problem.empty()) return fail(problem);
-    const fs::path dir = task.params.out_dir.empty() ? fs::path(".") : fs::path(task.params.out_dir);
+// What one download task asks for: its parameters and the run's settings.
+struct Request {
+    std::string url;
+    TaskId id = kNoId;
+    fs::path dir;                // Context::out_dir()
+    std::uint64_t max_bytes = 0;  // a larger body fails the task; 0: no limit
+    std::uint32_t retries = 0;    // further tries after a transient failure
+};
+
+// Downloads `request`; throws TaskStopped when cancelled or past the deadline, and
+// runtime_error with the reason for anything else.
+Value download(const Request& request, const Context& context) {
+    const std::string& url = request.url;
+    if (const std::string problem = url_problem(url); !problem.empty()) throw std::runtime_error(problem);
+    const fs::path& dir = request.dir;
     if (std::error_code ec; !fs::create_directories(dir, ec) && ec)
-        return fail(fmt::format("cannot create directory '{}': {}", dir.string(), ec.message()));
+        throw std::runtime_error(fmt::format("cannot create directory '{}': {}", dir.string(), ec.message()));
 
     CURL* curl = thread_handle();
     EndOfTask end;
     PartFile file(dir);
     Sha256 digest;
     const std::string no_proxy = no_proxy_list();
-    const int tries = 1 + static_cast<int>(std::min<std::uint32_t>(task.params.retries, 100));
+    const int tries = 1 + static_cast<int>(std::min<std::uint32_t>(request.retries, 100));
     std::uint64_t bytes = 0;
+    long status = 0;
+    int attempt = 1;
     std::string disposition;
-    for (int attempt = 1;; ++attempt) {
+    for (;; ++attempt) {
         if (attempt > 1) {
             file.clear();
             digest.reset();
         }
-        Transfer transfer(context, file, digest, task.params.max_bytes);
+        Transfer transfer(context, file, digest, request.max_bytes);
         char error_buffer[CURL_ERROR_SIZE] = {};
         configure(curl, url, context, transfer, error_buffer, no_proxy);
         if (attempt > 1) set(curl, CURLOPT_FRESH_CONNECT, 1L);  // the failed try's may be in any state
         const CURLcode code = libcurl().easy_perform(curl);
-        long status = 0;
+        status = 0;
         libcurl().easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-        result.tries = static_cast<std::uint32_t>(attempt);
-        result.http_status = static_cast<int>(status);
-        if (transfer.stopped || context.stop.stop_requested()) {
-            result.error = "cancelled";
-            return;
-        }
+        if (transfer.stopped || context.stop_requested()) throw TaskStopped("cancelled");
         // libcurl's timer for the deadline (CURLOPT_TIMEOUT_MS) may fire a few milliseconds
         // before this clock says the deadline passed; its other timers (connect, stall) are
         // seconds long, so a timeout this close to the deadline is the deadline's.
         const bool curl_hit_deadline = code == CURLE_OPERATION_TIMEDOUT &&
-                                       context.deadline != Clock::time_point::max() &&
-                                       Clock::now() + kDeadlineTimerSlack >= context.deadline;
-        if (transfer.expired || context.expired() || curl_hit_deadline) {
-            result.error = timed_out(task);
-            return;
-        }
+                                       context.deadline() != Clock::time_point::max() &&
+                                       Clock::now() + kDeadlineTimerSlack >= context.deadline();
+        if (transfer.expired || context.expired() || curl_hit_deadline) throw TaskStopped(context.timed_out());
         const std::optional<Failure> failure = failure_of(curl, url, code, status, transfer, error_buffer);
         if (!failure) {
             bytes = transfer.bytes;
@@ -444,25 +454,102 @@ void download(const TaskSpec& task, const ExecContext& context, TaskResult& resu
             break;
         }
         if (!failure->transient || attempt == tries)
-            return fail(attempt > 1 ? fmt::format("{} ({} tries)", failure->reason, attempt) : failure->reason);
-        if (!back_off(attempt + 1, context)) {
-            result.error = context.stop.stop_requested() ? "cancelled" : timed_out(task);
-            return;
-        }
+            throw std::runtime_error(attempt > 1 ? fmt::format("{} ({} tries)", failure->reason, attempt) : failure->reason);
+        if (!back_off(attempt + 1, context)) context.check();
     }
 
     char* effective = nullptr;
     libcurl().easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
-    result.final_url = effective ? std::string(effective).substr(0, kMaxUrlBytes) : url;
+    const std::string final_url = effective ? std::string(effective).substr(0, kMaxUrlBytes) : url;
     const std::optional<std::string> suggested = file_name_from_content_disposition(disposition);
-    const fs::path target = dir / saved_file_name(task.id, suggested ? *suggested : file_name_from_url(url));
+    const fs::path target = dir / saved_file_name(request.id, suggested ? *suggested : file_name_from_url(url));
     file.commit(target);
     end.succeeded = true;
-    result.bytes = bytes;
-    result.sha256 = digest.hex();
-    result.saved_path = target.string();
-    result.ok = true;
+    return Value{{"http_status", status},   {"bytes", bytes},         {"sha256", digest.hex()},
+                 {"final_url", final_url},  {"path", target.string()}, {"tries", attempt}};
 }
+
+// `path` relative to the working directory when it lies inside it: shorter console lines.
+std::string display_path(const std::string& path) {
+    std::error_code ec;
+    const fs::path cwd = fs::current_path(ec);
+    if (ec) return path;
+    const fs::path relative = fs::path(path).lexically_relative(cwd);
+    return relative.empty() || *relative.begin() == ".." ? path : relative.string();
+}
+
+class DownloadType final : public TaskType {
+public:
+    std::string name() const override { return "download"; }
+    std::string summary() const override {
+        return "fetches a URL into --out-dir/<mode> (plan: \"url\"; --urls FILE; without either, the built-in "
+               "image server's --tasks images, 15 by default)";
+    }
+
+    Params parse(const Params& fields) const override {
+        Fields read(fields);
+        const auto url = read.text("url");
+        if (!url) throw std::invalid_argument("download needs \"url\"");
+        read.finish();
+        if (const std::string problem = url_problem(*url); !problem.empty())
+            throw std::invalid_argument(
+                fmt::format("\"url\" {} is not an http:// or https:// URL: {}", Json(*url).dump(), problem));
+        return Params{{"url", *url}};
+    }
+
+    Params from_input(std::string_view url) const override {
+        if (const std::string problem = url_problem(url); !problem.empty())
+            throw std::invalid_argument(
+                fmt::format("'{}' is not an http:// or https:// URL: {}", url.substr(0, 200), problem));
+        return Params{{"url", std::string(url)}};
+    }
+
+    // The built-in server's URLs, one per task (prepare() put them in the settings).
+    Params generate(Generate& args) const override {
+        return Params{{"url", args.settings.at("served_urls").at(args.index)}};
+    }
+
+    std::uint64_t default_count() const override { return 15; }  // the tutorial's 15 images
+    std::vector<std::string> settings_read() const override {
+        return {"max_bytes", "retries", "file_size", "latency_s", "bandwidth"};
+    }
+    bool writes_files() const override { return true; }
+
+    std::unique_ptr<RunService> prepare(Json& settings) const override { return serve_images(settings); }
+
+    Value run(const Params& params, Context& context) const override {
+        const auto started = Clock::now();
+        const auto waiting = context.waiting();  // CPython frees the GIL around network I/O
+        Fields read(params);
+        const auto url = read.text("url");
+        if (!url) throw std::invalid_argument("download needs \"url\"");
+        const Json& settings = context.settings();
+        const Request request{.url = *url,
+                              .id = context.id(),
+                              .dir = context.out_dir(),
+                              .max_bytes = settings.value("max_bytes", std::uint64_t{0}),
+                              .retries = settings.value("retries", std::uint32_t{0})};
+        try {
+            Value value = download(request, context);
+            value["elapsed_s"] = std::chrono::duration<double>(Clock::now() - started).count();
+            return value;
+        } catch (const TaskStopped&) {
+            throw;
+        } catch (const std::exception& e) {
+            throw std::runtime_error(one_line(fmt::format("cannot download '{}': {}", *url, e.what())));
+        }
+    }
+
+    std::string describe(const Value& value) const override {
+        const std::uint32_t tries = value.value("tries", 1u);
+        return fmt::format("HTTP {}, {} bytes, sha256 {:.12} -> {}{}", value.value("http_status", 0),
+                           value.value("bytes", std::uint64_t{0}), value.value("sha256", std::string()),
+                           display_path(value.value("path", std::string())),
+                           tries > 1 ? fmt::format(" ({} tries)", tries) : "");
+    }
+
+    void thread_done() const override { close_connections(); }
+};
 
 }  // namespace
 
@@ -482,26 +569,6 @@ std::string url_problem(std::string_view url) {
     return {};
 }
 
-namespace executors {
+std::shared_ptr<const TaskType> download_type() { return std::make_shared<DownloadType>(); }
 
-void run_download(const TaskSpec& task, const ExecContext& context, TaskResult& result) {
-    const std::string& url = task.params.url;
-    const auto fail = [&](const std::string& reason) {
-        result.error = one_line(fmt::format("cannot download '{}': {}", url, reason));
-    };
-    try {
-        download(task, context, result);
-    } catch (const std::exception& e) {
-        result.ok = false;
-        fail(e.what());
-    }
-}
-
-void close_connections() {
-    if (!this_thread_handle.curl) return;  // never downloaded: libcurl may not even be loaded
-    libcurl().easy_cleanup(this_thread_handle.curl);
-    this_thread_handle.curl = nullptr;
-}
-
-}  // namespace executors
 }  // namespace taskfarm

@@ -11,31 +11,37 @@
 #include <thread>
 #include <vector>
 
+#include <taskfarm/task_type.hpp>
+
 namespace taskfarm {
 
-struct FixtureOptions {
+struct ImageServerOptions {
     int images = 15;
     std::uint64_t file_size = 200 * 1024;  // bytes per image
     double latency_s = 0.2;                // before each response's headers
     std::uint64_t bandwidth = 0;           // bytes per second per response; 0: as fast as it goes
     int threads = 8;                       // responses served at once (each kept-alive connection holds one)
     std::uint64_t seed = 1;                // same seed, same bytes
+
+    // From the run's settings: "tasks" images, "file_size", "latency_s", "bandwidth", "seed",
+    // and a thread per worker ("workers") plus spares.
+    static ImageServerOptions from(const Json& settings);
 };
 
-// Binds in the constructor (throws RunError if it cannot) and serves from start() until it
+// Binds in the constructor (throws std::runtime_error if it cannot) and serves from start() until it
 // is destroyed, so that its threads can start after the coordinator has blocked signals.
 // GET /photo-<i>.ppm (0 <= i < images) answers a binary PPM image of exactly file_size
 // bytes (just bytes when file_size is too small for a header); anything else is a 404.
-class HttpFixture {
+class ImageServer final : public RunService {
 public:
-    explicit HttpFixture(FixtureOptions options);
-    ~HttpFixture();  // stops serving (cutting short delays and throttled bodies) and joins
-    HttpFixture(const HttpFixture&) = delete;
-    HttpFixture& operator=(const HttpFixture&) = delete;
+    explicit ImageServer(ImageServerOptions options);
+    ~ImageServer() override;  // stops serving (cutting short delays and throttled bodies) and joins
+    ImageServer(const ImageServer&) = delete;
+    ImageServer& operator=(const ImageServer&) = delete;
 
-    void start();  // returns once the server accepts connections
+    void start() override;  // returns once the server accepts connections; logs where
     int port() const { return port_; }
-    const FixtureOptions& options() const { return options_; }
+    const ImageServerOptions& options() const { return options_; }
     std::string base_url() const;              // "http://127.0.0.1:PORT"
     std::string name(int image) const;         // "photo-3.ppm"
     std::vector<std::string> urls() const;     // one per image, in order
@@ -50,7 +56,7 @@ private:
     void image_bytes(int image, std::uint64_t offset, std::size_t size, std::string& out) const;
     std::string header(int image) const;
 
-    FixtureOptions options_;
+    ImageServerOptions options_;
     std::unique_ptr<Server> server_;
     int port_ = 0;
     std::mutex mutex_;
@@ -58,5 +64,12 @@ private:
     bool stopping_ = false;  // under mutex_
     std::thread thread_;     // runs the server's accept loop from start()
 };
+
+// The download type's prepare(): an ImageServer for the run's settings, its URLs added to
+// them as "served_urls". Defined in image_server.cpp, in a library of its own
+// (taskfarm_image_server) that only coordinators link: cpp-httplib pulls in libssl and
+// libcrypto, which a worker should not load at start (decision 55). The stock worker links
+// worker/no_image_server.cpp instead, which throws.
+std::unique_ptr<RunService> serve_images(Json& settings);
 
 }  // namespace taskfarm

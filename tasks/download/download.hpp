@@ -1,6 +1,6 @@
 #pragma once
-// What download tasks accept and how they name what they save. The transfer itself is
-// executors::run_download() (common/executors/download.cpp, the only file using libcurl).
+// What download tasks accept and how they name what they save. The transfer itself is in
+// download.cpp, the only file using libcurl.
 
 #include <chrono>
 #include <cstddef>

@@ -1,4 +1,4 @@
-#include "http_fixture.hpp"
+#include "image_server.hpp"
 
 #include <pthread.h>
 #include <signal.h>
@@ -16,7 +16,7 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
-#include "dispatcher.hpp"
+#include <spdlog/spdlog.h>
 
 namespace taskfarm {
 namespace {
@@ -36,12 +36,12 @@ std::uint64_t splitmix64(std::uint64_t x) {
 
 }  // namespace
 
-class HttpFixture::Server : public httplib::Server {
+class ImageServer::Server : public httplib::Server {
 public:
     std::atomic<std::uint64_t> requests{0};
 };
 
-HttpFixture::HttpFixture(FixtureOptions options) : options_(options), server_(std::make_unique<Server>()) {
+ImageServer::ImageServer(ImageServerOptions options) : options_(options), server_(std::make_unique<Server>()) {
     const int threads = std::max(1, options_.threads);
     server_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
     server_->set_tcp_nodelay(true);              // headers and body are separate writes: no Nagle delay
@@ -95,12 +95,12 @@ HttpFixture::HttpFixture(FixtureOptions options) : options_(options), server_(st
     });
     port_ = server_->bind_to_any_port("127.0.0.1");
     server_->set_socket_options(httplib::default_socket_options);
-    if (port_ <= 0) throw RunError("cannot bind the built-in HTTP server to 127.0.0.1");
+    if (port_ <= 0) throw std::runtime_error("cannot bind the built-in HTTP server to 127.0.0.1");
     if (::listen(listener, SOMAXCONN) != 0)
-        throw RunError(fmt::format("cannot listen on 127.0.0.1:{}: {}", port_, std::strerror(errno)));
+        throw std::runtime_error(fmt::format("cannot listen on 127.0.0.1:{}: {}", port_, std::strerror(errno)));
 }
 
-HttpFixture::~HttpFixture() {
+ImageServer::~ImageServer() {
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
@@ -112,7 +112,7 @@ HttpFixture::~HttpFixture() {
     }
 }
 
-void HttpFixture::start() {
+void ImageServer::start() {
     // A client that hangs up mid-body makes the next write raise SIGPIPE, which would end the
     // process: the server's threads (started by this one) keep it blocked, so writes fail with EPIPE.
     sigset_t pipe;
@@ -123,35 +123,55 @@ void HttpFixture::start() {
     thread_ = std::thread([this] { server_->listen_after_bind(); });
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     while (!server_->is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    spdlog::info("serving {} synthetic images of {} bytes on {}, {:g} s latency{}", options_.images, options_.file_size,
+                 base_url(), options_.latency_s,
+                 options_.bandwidth ? fmt::format(", {} bytes/s per response", options_.bandwidth) : "");
 }
 
-bool HttpFixture::sleep_until(Clock::time_point when) {
+std::unique_ptr<RunService> serve_images(Json& settings) {
+    auto server = std::make_unique<ImageServer>(ImageServerOptions::from(settings));
+    settings["served_urls"] = server->urls();
+    return server;
+}
+
+ImageServerOptions ImageServerOptions::from(const Json& settings) {
+    return {.images = settings.value("tasks", 15),
+            .file_size = settings.value("file_size", std::uint64_t{200 * 1024}),
+            .latency_s = settings.value("latency_s", 0.2),
+            .bandwidth = settings.value("bandwidth", std::uint64_t{0}),
+            // A thread per kept-alive connection: one per worker or thread, the sequential
+            // mode's, and spares for connections closing while new ones open.
+            .threads = settings.value("workers", 4) + 4,
+            .seed = settings.value("seed", std::uint64_t{1})};
+}
+
+bool ImageServer::sleep_until(Clock::time_point when) {
     std::unique_lock lock(mutex_);
     return !wake_.wait_until(lock, when, [this] { return stopping_; });
 }
 
-std::string HttpFixture::base_url() const { return fmt::format("http://127.0.0.1:{}", port_); }
+std::string ImageServer::base_url() const { return fmt::format("http://127.0.0.1:{}", port_); }
 
-std::string HttpFixture::name(int image) const { return fmt::format("photo-{}.ppm", image); }
+std::string ImageServer::name(int image) const { return fmt::format("photo-{}.ppm", image); }
 
-std::vector<std::string> HttpFixture::urls() const {
+std::vector<std::string> ImageServer::urls() const {
     std::vector<std::string> urls;
     for (int i = 0; i < options_.images; ++i) urls.push_back(base_url() + "/" + name(i));
     return urls;
 }
 
-std::string HttpFixture::image(int image) const {
+std::string ImageServer::image(int image) const {
     std::string bytes;
     image_bytes(image, 0, options_.file_size, bytes);
     return bytes;
 }
 
-std::uint64_t HttpFixture::requests() const { return server_->requests; }
+std::uint64_t ImageServer::requests() const { return server_->requests; }
 
 // "P6\n# taskfarm synthetic image 3<spaces>\n256 200\n255\n": a binary PPM header whose
 // comment is padded so that header and pixels come to exactly file_size bytes; empty when
 // file_size is too small for one pixel.
-std::string HttpFixture::header(int image) const {
+std::string ImageServer::header(int image) const {
     const std::uint64_t size = options_.file_size;
     const std::string comment = fmt::format("P6\n# taskfarm synthetic image {}", image);
     const std::uint64_t room = size > comment.size() + kDimsRoom ? size - comment.size() - kDimsRoom : 0;
@@ -167,7 +187,7 @@ std::string HttpFixture::header(int image) const {
     return comment + std::string(padding, ' ') + dims;
 }
 
-void HttpFixture::image_bytes(int image, std::uint64_t offset, std::size_t size, std::string& out) const {
+void ImageServer::image_bytes(int image, std::uint64_t offset, std::size_t size, std::string& out) const {
     const std::string head = header(image);
     out.resize(size);
     const std::uint64_t stream = splitmix64(options_.seed * 0x100000001b3 + static_cast<std::uint64_t>(image));

@@ -1,0 +1,76 @@
+#include <taskfarm/app.hpp>
+
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "coordinator.hpp"
+#include "task.hpp"
+#include "worker.hpp"
+
+namespace taskfarm {
+namespace {
+
+// A user's function as a task type: parameters as the plan gives them, the value as it returns.
+class FunctionType final : public TaskType {
+public:
+    FunctionType(std::string name, TaskFunction fn, TaskOptions options)
+        : name_(std::move(name)), fn_(std::move(fn)), options_(std::move(options)) {}
+
+    std::string name() const override { return name_; }
+    std::string summary() const override { return options_.summary; }
+    bool writes_files() const override { return options_.writes_files; }
+    Value run(const Params& params, Context& context) const override { return fn_(params, context); }
+
+private:
+    std::string name_;
+    TaskFunction fn_;
+    TaskOptions options_;
+};
+
+// This very program, so that it can start itself as its workers.
+std::filesystem::path this_program() {
+    std::error_code ec;
+    std::filesystem::path path = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) throw std::runtime_error(fmt::format("cannot find this program's path in /proc/self/exe: {}", ec.message()));
+    return path;
+}
+
+}  // namespace
+
+App::App(std::string name, bool with_builtins) : name_(std::move(name)), registry_(std::make_unique<Registry>()) {
+    if (with_builtins) add_builtin_types(*registry_);
+    builtins_ = registry_->types().size();
+}
+
+App::~App() = default;
+
+App& App::task(const std::string& name, TaskFunction fn, TaskOptions options) {
+    if (!fn) throw std::invalid_argument(fmt::format("cannot register task type '{}': no function", name));
+    registry_->add(std::make_shared<FunctionType>(name, std::move(fn), std::move(options)));
+    return *this;
+}
+
+App& App::add(std::shared_ptr<const TaskType> type) {
+    registry_->add(std::move(type));
+    return *this;
+}
+
+int App::run(int argc, char** argv) {
+    if (argc > 1 && std::strcmp(argv[1], "worker") == 0) return run_worker(argc - 1, argv + 1);
+    return run_coordinator(argc, argv);
+}
+
+int App::run_coordinator(int argc, const char* const* argv) {
+    // --task defaults to the program's own first type: what it is for.
+    const auto& types = registry_->types();
+    const std::string default_task = types.size() > builtins_ ? types[builtins_]->name() : types.empty() ? "" : types.front()->name();
+    return coordinator_main({name_, *registry_, {this_program(), {"worker"}}, default_task}, argc, argv);
+}
+
+int App::run_worker(int argc, const char* const* argv) { return worker_main(name_ + " worker", *registry_, argc, argv); }
+
+}  // namespace taskfarm

@@ -1,0 +1,207 @@
+#pragma once
+// A task type: a name and one object that owns everything about its tasks (reading their
+// parameters, running one, describing its value). The engine (plans, the protocol, the
+// journal, resume, --trace, --timeline, every mode) knows task types only through this
+// interface; the built-in ones (sleep, cpu, download, fail, crash) implement it exactly as a
+// user's own does. Parameters and values are JSON objects: msgpack on the wire, JSON in
+// the journal. See docs/api.md.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace taskfarm {
+
+using Json = nlohmann::json;
+using Params = nlohmann::json;  // a task's parameters: a JSON object, as its plan line gives them
+using Value = nlohmann::json;   // what a task produced: any JSON, an object by convention
+
+// The version of the library, e.g. "0.2.0".
+const char* version();
+
+using TaskId = std::uint64_t;
+inline constexpr TaskId kNoId = ~TaskId{0};
+
+class Gil;
+
+// Thrown by Context::check() (and by the built-in types) when a task must stop early; the
+// task fails with what() ("cancelled", "timed out after 2.5 s"). Any other exception from
+// TaskType::run() fails the task with its what() as well: this type only names the reason.
+struct TaskStopped : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// What a running task may ask of the engine. One per task; valid while run() runs.
+class Context {
+public:
+    // What the engine knows where the task runs; filled by the engine (or a test).
+    struct Setup {
+        std::string_view worker;  // "seq", "t3", "w2", or a remote worker's --name
+        std::string_view mode;    // "sequential", "threads", "gil-threads" or "processes"
+        TaskId id = kNoId;
+        std::uint32_t attempt = 1;  // 1 for the first try
+        std::stop_token stop;
+        std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+        double timeout_s = 0;             // what the deadline came from; 0: none
+        const Json* settings = nullptr;   // null: none
+        const std::filesystem::path* out_dir = nullptr;  // null: the working directory
+        bool isolated = false;
+    };
+
+    // `gil`: held by the engine around run(); null outside gil-threads mode.
+    explicit Context(const Setup& setup, void* gil_hold = nullptr);
+    ~Context();  // removes the scratch directory, if one was made
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+
+    const std::string& worker() const { return worker_; }
+    const std::string& mode() const { return mode_; }
+    TaskId id() const { return setup_.id; }
+    std::uint32_t attempt() const { return setup_.attempt; }
+
+    // Cancellation: a run that stops (Ctrl-C, a worker told to shut down) requests a stop;
+    // a task with a timeout has a deadline. A long task checks one of these often and
+    // returns or throws soon after; check() throws TaskStopped for either.
+    const std::stop_token& stop_token() const { return setup_.stop; }
+    bool stop_requested() const { return setup_.stop.stop_requested(); }
+    std::chrono::steady_clock::time_point deadline() const { return setup_.deadline; }
+    bool expired() const { return std::chrono::steady_clock::now() >= setup_.deadline; }
+    void check() const;
+    // The error of a task that ran past its deadline: "timed out after 2.5 s".
+    std::string timed_out() const;
+
+    // The run's settings, the same for every task: --set KEY=VALUE, and the built-in types'
+    // flags (--duration, --cpu-n, --max-bytes, --retries, ...). An object, maybe empty.
+    const Json& settings() const;
+    // Where a task may save files it produces: --out-dir/<mode> in the coordinator, the
+    // worker's own --out-dir in a worker process. Made before the run for types whose
+    // writes_files() says so.
+    std::filesystem::path out_dir() const;
+    // A new empty directory of this task's own, made at the first call and removed with
+    // everything in it when the task ends.
+    const std::filesystem::path& scratch_dir();
+    // True in a worker process of its own (processes mode): a crash there costs only that
+    // worker. False on the coordinator's threads, where a crash would end the whole run.
+    bool isolated() const { return setup_.isolated; }
+
+    // gil-threads mode emulates CPython's global interpreter lock: run() starts holding it,
+    // so a function that computes keeps the other threads waiting, as Python code does.
+    // Hold a Waiting while the task blocks (sleeps, waits for the network or a child):
+    // the lock is free meanwhile, as CPython frees it around blocking calls. Outside
+    // gil-threads mode both do nothing.
+    class Waiting {
+    public:
+        ~Waiting();
+        Waiting(const Waiting&) = delete;
+        Waiting& operator=(const Waiting&) = delete;
+
+    private:
+        friend class Context;
+        explicit Waiting(void* hold);
+        void* hold_;
+    };
+    [[nodiscard]] Waiting waiting() const { return Waiting(gil_hold_); }
+    // Call often while computing: after the switch interval (5 ms) another waiting thread
+    // gets the lock, as CPython switches threads. Cheap when nobody waits.
+    void switch_point() const;
+
+private:
+    Setup setup_;
+    std::string worker_;
+    std::string mode_;
+    void* gil_hold_;  // a Gil::Hold, or null
+    std::optional<std::filesystem::path> scratch_;
+};
+
+// Something a task type keeps running in the coordinator for a whole run, e.g. the built-in
+// download's image server. Made by TaskType::prepare(), destroyed after the last mode.
+class RunService {
+public:
+    virtual ~RunService() = default;
+    // Called once the coordinator has set up its signal handling: start threads here, not
+    // in prepare(), so that they inherit it.
+    virtual void start() {}
+};
+
+// What `--task NAME --tasks N` gives a type to make task `index` of N from.
+struct Generate {
+    std::uint64_t index = 0;
+    std::uint64_t count = 0;
+    std::mt19937_64& random;  // seeded by --seed; tasks draw from it in order, 0 to N-1
+    const Json& settings;     // Context::settings(), plus what prepare() added
+};
+
+class TaskType {
+public:
+    virtual ~TaskType() = default;
+
+    // The name in --task, plan lines {"kind":NAME}, the journal and the pictures: letters,
+    // digits, '_' and '-'.
+    virtual std::string name() const = 0;
+    // One line for --help.
+    virtual std::string summary() const { return {}; }
+
+    // Runs one task. Returns its value (the journal's "value", the console's line via
+    // describe()); throws to fail the task with what() as its error. Called on any thread of
+    // the coordinator or of a worker, maybe several at once: it must be thread-safe. Params
+    // may come from the wire: check them (Fields) rather than trust them.
+    virtual Value run(const Params& params, Context& context) const = 0;
+
+    // A plan line's fields (all but "kind" and "timeout_s") as this type's parameters:
+    // checked, defaults filled in, normalised. Throws std::invalid_argument naming the field
+    // (the plan reader adds FILE:LINE). The default takes any object as it is.
+    virtual Params parse(const Params& fields) const { return fields; }
+    // Task `args.index` of `--task NAME --tasks N`. The default: {"index": i}.
+    virtual Params generate(Generate& args) const;
+    // The task for one line of --inputs FILE. The default: {"input": line}.
+    virtual Params from_input(std::string_view line) const;
+    // How many tasks `--task NAME` makes when --tasks is not given; 0: the run's default (10).
+    virtual std::uint64_t default_count() const { return 0; }
+    // Called in the coordinator before a plan of this type is generated (--task NAME,
+    // without --plan or --inputs); may add to the settings that generate() sees.
+    virtual std::unique_ptr<RunService> prepare(Json& /*settings*/) const { return nullptr; }
+    // The keys of Context::settings() its tasks (or prepare/generate) read: the coordinator
+    // refuses a built-in flag (--retries, --cpu-n, ...) that no type of the plan reads.
+    virtual std::vector<std::string> settings_read() const { return {}; }
+    // Whether its tasks save files into Context::out_dir(): the coordinator then makes
+    // --out-dir/<mode> before the run, so a bad --out-dir fails at once (exit 2).
+    virtual bool writes_files() const { return false; }
+
+    // The value in words for the console, e.g. "slept 0.370 s". The default: compact JSON.
+    virtual std::string describe(const Value& value) const;
+    // Called on each thread that ran tasks (of any type) before it ends, and on the
+    // coordinator's own thread after the sequential mode: release per-thread resources
+    // (the built-in download keeps a connection pool per thread).
+    virtual void thread_done() const {}
+};
+
+// Reads a parameters object field by field with errors that name the field, and remembers
+// what it read so that finish() can reject a field nobody reads (most likely a typo).
+// Throws std::invalid_argument.
+class Fields {
+public:
+    explicit Fields(const Params& params);  // throws unless params is an object
+    bool has(std::string_view key) const;
+    std::optional<double> seconds(std::string_view key);         // a finite number >= 0
+    std::optional<std::uint64_t> count(std::string_view key);    // a whole number >= 0
+    std::optional<std::string> text(std::string_view key);       // a string
+    const Json* any(std::string_view key);                      // any value, unchecked
+    void finish() const;
+
+private:
+    const Json* take(std::string_view key);
+    const Params& params_;
+    std::vector<std::string> read_;  // keys looked up so far, present or not
+};
+
+}  // namespace taskfarm

@@ -1,0 +1,78 @@
+// sleep: waits `seconds`, as the tutorial's time.sleep(); a sleep of 0 is the benchmarks' no-op.
+
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "builtin.hpp"
+
+namespace taskfarm {
+namespace {
+
+double round_to_ms(double seconds) { return std::round(seconds * 1000.0) / 1000.0; }
+
+// A uniform double in [0, 1) from the top 53 bits: std::uniform_real_distribution is not
+// specified bit for bit, so it could give other plans on other standard libraries.
+double unit_interval(std::mt19937_64& generator) { return static_cast<double>(generator() >> 11) * 0x1.0p-53; }
+
+class SleepType final : public TaskType {
+public:
+    std::string name() const override { return "sleep"; }
+    std::string summary() const override { return "waits --duration seconds (plan: \"seconds\")"; }
+
+    Params parse(const Params& fields) const override {
+        Fields read(fields);
+        const auto seconds = read.seconds("seconds");
+        if (!seconds) throw std::invalid_argument("sleep needs \"seconds\"");
+        read.finish();
+        return Params{{"seconds", *seconds}};
+    }
+
+    // --duration S or LO-HI (settings "duration_s": [lo, hi]): a range draws each sleep from
+    // the seeded generator, to the millisecond.
+    std::vector<std::string> settings_read() const override { return {"duration_s"}; }
+
+    Params generate(Generate& args) const override {
+        const Json& range = args.settings.at("duration_s");
+        const double lo = range.at(0).get<double>();
+        const double span = range.at(1).get<double>() - lo;
+        return Params{{"seconds", span > 0 ? round_to_ms(lo + span * unit_interval(args.random)) : lo}};
+    }
+
+    Value run(const Params& params, Context& context) const override {
+        const auto found = params.find("seconds");
+        if (found == params.end() || !found->is_number()) throw std::invalid_argument("sleep needs \"seconds\"");
+        const double seconds = found->get<double>();
+        if (!(seconds >= 0) || !std::isfinite(seconds))
+            throw std::invalid_argument(fmt::format("sleep \"seconds\" must be finite and >= 0, not {}", seconds));
+        if (seconds == 0) {  // a no-op: no clock, no wait (the benchmarks' task)
+            context.check();
+            return Value{{"slept_s", 0.0}};
+        }
+        const auto waiting = context.waiting();  // time.sleep() frees the GIL
+        const auto started = std::chrono::steady_clock::now();
+        const auto wake = std::min(context.deadline(), started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                     std::chrono::duration<double>(seconds)));
+        // A condition variable that nobody notifies: wait_until() wakes early only for a stop request.
+        std::mutex mutex;
+        std::condition_variable_any never;
+        std::unique_lock lock(mutex);
+        static_cast<void>(never.wait_until(lock, context.stop_token(), wake, [] { return false; }));
+        const double slept = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        if (context.stop_requested()) throw TaskStopped("cancelled");
+        if (wake == context.deadline()) throw TaskStopped(context.timed_out());
+        return Value{{"slept_s", slept}};
+    }
+
+    std::string describe(const Value& value) const override {
+        return fmt::format("slept {:.3f} s", value.value("slept_s", 0.0));
+    }
+};
+
+}  // namespace
+
+std::shared_ptr<const TaskType> sleep_type() { return std::make_shared<SleepType>(); }
+
+}  // namespace taskfarm

@@ -1,0 +1,208 @@
+// A task type defined in this file alone, through the public API only, run in every mode,
+// processes included: this test program is its own worker (`user_type_test worker ...`),
+// as a user's program is.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include <taskfarm/taskfarm.hpp>
+
+#include "support.hpp"
+
+namespace {
+
+using taskfarm::Context;
+using taskfarm::Params;
+using taskfarm::Value;
+
+std::string reversed(std::string text) {
+    std::reverse(text.begin(), text.end());
+    return text;
+}
+
+// A type of the user's own making, with its own parameter checks.
+class Shout final : public taskfarm::TaskType {
+public:
+    std::string name() const override { return "shout"; }
+    std::string summary() const override { return "upper-cases \"text\""; }
+    Params parse(const Params& fields) const override {
+        taskfarm::Fields read(fields);
+        const auto text = read.text("text");
+        if (!text) throw std::invalid_argument("shout needs \"text\"");
+        read.finish();
+        return Params{{"text", *text}};
+    }
+    Params from_input(std::string_view line) const override { return Params{{"text", std::string(line)}}; }
+    Value run(const Params& params, Context& context) const override {
+        std::string text = params.at("text").get<std::string>();
+        for (char& c : text) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        return Value{{"shouted", text}, {"by", context.worker()}, {"mode", context.mode()}};
+    }
+    std::string describe(const Value& value) const override { return value.at("shouted").get<std::string>(); }
+};
+
+void register_types(taskfarm::App& made) {
+        made.task("reverse", [](const Params& params, Context& context) {
+            // The settings of the run (--set) reach the function in every mode.
+            const std::string suffix = context.settings().value("suffix", std::string());
+            return Value{{"reversed", reversed(params.at("input").get<std::string>()) + suffix}};
+        });
+        made.task("refuse", [](const Params& params, Context&) -> Value {
+            throw std::runtime_error("refused " + params.at("input").get<std::string>());
+        });
+        made.task("scratch", [](const Params&, Context& context) {
+            const auto dir = context.scratch_dir();
+            std::ofstream(dir / "f") << "x";
+            return Value{{"dir", dir.string()}, {"exists", std::filesystem::exists(dir / "f")}};
+        });
+        made.task("die", [](const Params&, Context& context) -> Value {
+            if (context.isolated()) ::raise(SIGKILL);  // only a worker process of its own
+            throw std::runtime_error("not in a process of its own");
+        });
+        made.add(std::make_shared<Shout>());
+}
+
+taskfarm::App& app() {
+    static taskfarm::App app{"user_type_test"};
+    static const bool registered = (register_types(app), true);
+    static_cast<void>(registered);
+    return app;
+}
+
+// Runs this program as a coordinator with `args` and its output captured.
+taskfarm::testing::Output coordinator(const std::vector<std::string>& args) {
+    return taskfarm::testing::run_binary(std::filesystem::read_symlink("/proc/self/exe").string(), args);
+}
+
+std::filesystem::path write_lines(const taskfarm::testing::TempDir& dir, const std::string& name,
+                                  const std::vector<std::string>& lines) {
+    std::ofstream out(dir / name);
+    for (const std::string& line : lines) out << line << "\n";
+    return dir / name;
+}
+
+TEST(UserType, RunsInEveryModeWithItsValueInTheJournalExactlyOnce) {
+    taskfarm::testing::TempDir dir;
+    const std::vector<std::string> words{"alpha", "beta gamma", "δέλτα", "$(rm -rf ~)", "x"};
+    const auto inputs = write_lines(dir, "words.txt", words);
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator({"--task", "reverse", "--inputs", inputs.string(), "--mode", "all", "--workers",
+                                     "2", "--set", "suffix=!", "--results", journal.string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    std::map<std::string, std::set<std::uint64_t>> seen;
+    for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+        const auto id = line.at("id").get<std::uint64_t>();
+        const std::string mode = line.at("mode");
+        EXPECT_TRUE(seen[mode].insert(id).second) << "task " << id << " twice in " << mode;
+        EXPECT_EQ(line.at("kind"), "reverse");
+        EXPECT_EQ(line.at("params"), (taskfarm::Json{{"input", words.at(id)}}));
+        if (id == 2)  // reversed byte by byte, δέλτα is no longer UTF-8: the journal keeps the line, with U+FFFD
+            EXPECT_NE(line.at("value").at("reversed").get<std::string>().find("\xEF\xBF\xBD"), std::string::npos);
+        else
+            EXPECT_EQ(line.at("value"), (taskfarm::Json{{"reversed", reversed(words.at(id)) + "!"}})) << mode;
+    }
+    for (const char* mode : {"sequential", "threads", "gil-threads", "processes"})
+        EXPECT_EQ(seen[mode], (std::set<std::uint64_t>{0, 1, 2, 3, 4})) << mode;
+}
+
+TEST(UserType, AUserClassChecksItsPlanLinesAndRunsInWorkers) {
+    taskfarm::testing::TempDir dir;
+    const auto plan = write_lines(dir, "plan.jsonl", {R"({"kind":"shout","text":"hi"})", R"({"kind":"reverse","input":"ab"})"});
+    const auto json = dir / "report.json";
+    const auto output = coordinator({"--plan", plan.string(), "--mode", "processes", "--workers", "1"});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_NE(output.out.find(": HI\n"), std::string::npos) << output.out;  // Shout::describe
+    EXPECT_NE(output.out.find(R"({"reversed":"ba"})"), std::string::npos) << output.out;  // the default: JSON
+
+    const auto bad = write_lines(dir, "bad.jsonl", {R"({"kind":"shout","txt":"hi"})"});
+    const auto refused = coordinator({"--plan", bad.string()});
+    EXPECT_EQ(refused.exit_code, 2);
+    EXPECT_NE(refused.err.find(bad.string() + ":1: shout needs \"text\""), std::string::npos) << refused.err;
+}
+
+TEST(UserType, AnExceptionIsAFailedTaskWithItsMessageInEveryMode) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"one"});
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator({"--task", "refuse", "--inputs", inputs.string(), "--mode", "all", "--workers", "1",
+                                     "--results", journal.string()});
+    EXPECT_EQ(output.exit_code, 1);
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 4u);
+    for (const auto& line : lines) {
+        EXPECT_FALSE(line.at("ok").get<bool>());
+        EXPECT_EQ(line.at("error"), "refused one");
+        EXPECT_TRUE(line.at("value").is_null());
+    }
+}
+
+TEST(UserType, ACrashCostsOnlyItsWorkerAndTheTaskIsTriedAgainThenFails) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"one"});
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator({"--task", "die", "--inputs", inputs.string(), "--mode", "processes", "--workers",
+                                     "2", "--max-attempts", "2", "--results", journal.string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines[0].at("attempt"), 2);
+    EXPECT_TRUE(lines[0].at("error").get<std::string>().starts_with("gave up after 2 attempts")) << lines[0].dump();
+}
+
+TEST(UserType, AScratchDirectoryIsTheTasksOwnAndGoneAfterIt) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator({"--task", "scratch", "--tasks", "3", "--mode", "threads,processes", "--workers", "2",
+                                     "--results", journal.string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    std::set<std::string> dirs;
+    for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+        EXPECT_TRUE(line.at("value").at("exists").get<bool>());
+        const std::string scratch = line.at("value").at("dir");
+        EXPECT_FALSE(std::filesystem::exists(scratch)) << scratch;
+        dirs.insert(scratch);
+    }
+    EXPECT_EQ(dirs.size(), 6u);  // one per task and mode
+}
+
+TEST(UserType, HelpAndVersionNameTheProgramAndItsTypes) {
+    const auto help = coordinator({"--help"});
+    EXPECT_EQ(help.exit_code, 0);
+    EXPECT_NE(help.out.find("user_type_test: runs one plan"), std::string::npos) << help.out;
+    EXPECT_NE(help.out.find("shout: upper-cases \"text\""), std::string::npos) << help.out;
+    EXPECT_NE(help.out.find("reverse"), std::string::npos);
+    const auto version = coordinator({"--version"});
+    EXPECT_EQ(version.exit_code, 0);
+    EXPECT_EQ(version.out, std::string("user_type_test (taskfarm ") + taskfarm::version() + ")\n");
+    const auto worker_help = coordinator({"worker", "--help"});
+    EXPECT_EQ(worker_help.exit_code, 0);
+    EXPECT_NE(worker_help.out.find("user_type_test worker: runs the tasks"), std::string::npos) << worker_help.out;
+}
+
+TEST(UserType, ANameThatIsTakenOrNotANameIsRefused) {
+    taskfarm::App local{"local"};
+    EXPECT_THROW(local.task("sleep", [](const Params&, Context&) { return Value(); }), std::invalid_argument);
+    EXPECT_THROW(local.task("two words", [](const Params&, Context&) { return Value(); }), std::invalid_argument);
+    EXPECT_THROW(local.task("", [](const Params&, Context&) { return Value(); }), std::invalid_argument);
+    EXPECT_NO_THROW(local.task("fine_name-2", [](const Params&, Context&) { return Value(); }));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // The coordinator's side of the tests runs this same program; so do its workers.
+    if (argc > 1 && std::strcmp(argv[1], "--gtest_list_tests") != 0 && !std::string(argv[1]).starts_with("--gtest"))
+        return app().run(argc, argv);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}
