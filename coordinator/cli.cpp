@@ -305,8 +305,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     std::string prefetch = "auto";
     app.add_option("--prefetch", prefetch,
                    fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
-                               "It holds one until the tasks' times are known, then as many as take about {:g} ms;\n"
-                               "short tasks travel in batches, and a long task never has others waiting behind it",
+                               "It holds one until the tasks' times are known and it has sent a result, then as many\n"
+                               "as take about {:g} ms; short tasks travel in batches (of at most 1 MiB), and a long\n"
+                               "task never has others waiting behind it",
                                kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
         ->check(kPrefetch)
         ->capture_default_str();

@@ -68,7 +68,7 @@ private:
     const Plan& plan_;
     ModeRecorder& recorder_;
     const std::stop_token stop_;
-    Schedule schedule_;  // after everything its actions use
+    Schedule schedule_;              // after everything its actions use
 
     std::map<std::string, RejectLog> rejects_;  // rate-limits rejection logs per peer
     Clock::time_point next_reap_;               // exited workers are reaped this often

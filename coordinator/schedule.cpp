@@ -239,8 +239,8 @@ void Schedule::watch_overruns(Clock::time_point now) {
         worker.in_flight.pop_front();
         const TaskSpec& task = plan_.tasks[attempt.index];
         fail(attempt, worker.name,
-             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", task.timeout_s, worker.name,
-                         worker.remote ? "told to shut down" : "killed"),
+             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", task.timeout_s,
+                         worker.name, worker.remote ? "told to shut down" : "killed"),
              now - worker.running_since);
         lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, task.id), now);
     }

@@ -198,7 +198,7 @@ class LargeTasks : public ::testing::TestWithParam<int> {};
 TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
     Rig rig;
     Plan plan = sleeps(300, 0);
-    for (TaskSpec& task : plan.tasks) task.params["pad"] = std::string(9000, 'a');  // sleep reads only "seconds"
+    for (TaskSpec& task : plan.tasks) task.params["padding"] = std::string(9000, 'a');  // sleep reads "seconds" only
     CollectingSink sink;
     {
         ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});

@@ -215,7 +215,7 @@ TEST(Utilisation, IsCpuTimeOverTheTimeItWasCountedTimesTheCpusAvailable) {
 TEST(Utilisation, OfManyWorkersOnAShortPlanCoversTheirStartAndStaysAtMostOne) {
     // Spawning 64 workers costs far more CPU than 4 no-op tasks: counted against the time
     // from the mode's start to the last worker reaped, it is still no more than the machine.
-    RunConfig config = config_for(64, 4, 0, 0);
+    const RunConfig config = config_for(64, 4, 0, 0);
     const Plan plan = testing::plan_for(config);
     CollectingSink sink;
     std::stop_source never;

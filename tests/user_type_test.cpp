@@ -70,6 +70,10 @@ void register_types(taskfarm::App& made) {
             throw std::runtime_error("not in a process of its own");
         });
         made.add(std::make_shared<Shout>());
+        // A value of 9,000 bytes, or of 2 MB for the input "huge": more than a frame may hold.
+        made.task("bulky", [](const Params& params, Context&) {
+            return Value{{"text", std::string(params.at("input") == "huge" ? 2'000'000 : 9'000, 'x')}};
+        });
 }
 
 taskfarm::App& app() {
@@ -157,6 +161,36 @@ TEST(UserType, ACrashCostsOnlyItsWorkerAndTheTaskIsTriedAgainThenFails) {
     ASSERT_EQ(lines.size(), 1u);
     EXPECT_EQ(lines[0].at("attempt"), 2);
     EXPECT_TRUE(lines[0].at("error").get<std::string>().starts_with("gave up after 2 attempts")) << lines[0].dump();
+}
+
+TEST(UserType, LargeValuesReachTheCoordinatorAndOneTooLargeFailsItsTaskAlone) {
+    // 300 quick tasks with 9,000-byte values: a worker's batch of their results can pass the
+    // 1 MiB a frame may hold, so it is cut; a 2 MB value can never travel, so its task fails.
+    taskfarm::testing::TempDir dir;
+    std::vector<std::string> inputs(300, "large");
+    inputs[150] = "huge";
+    const auto file = write_lines(dir, "in.txt", inputs);
+    for (const char* prefetch : {"1", "8", "auto"}) {
+        SCOPED_TRACE(prefetch);
+        const auto journal = dir / (std::string("journal-") + prefetch + ".jsonl");
+        const auto output = coordinator({"--task", "bulky", "--inputs", file.string(), "--mode", "processes",
+                                         "--workers", "2", "--prefetch", prefetch, "--results", journal.string()});
+        EXPECT_EQ(output.exit_code, 1) << output.err.substr(0, 2000);
+        EXPECT_EQ(output.err.find("requeueing"), std::string::npos) << "a worker was lost";
+        std::set<std::uint64_t> seen;
+        for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+            const auto id = line.at("id").get<std::uint64_t>();
+            EXPECT_TRUE(seen.insert(id).second) << "task " << id << " twice";
+            EXPECT_EQ(line.at("attempt"), 1) << id;
+            if (id != 150) {
+                EXPECT_TRUE(line.at("ok").get<bool>()) << id;
+                continue;
+            }
+            EXPECT_FALSE(line.at("ok").get<bool>());
+            EXPECT_TRUE(line.at("error").get<std::string>().starts_with("its result takes ")) << line.at("error");
+        }
+        EXPECT_EQ(seen.size(), 300u);
+    }
 }
 
 TEST(UserType, AScratchDirectoryIsTheTasksOwnAndGoneAfterIt) {
