@@ -179,7 +179,9 @@ TEST(Dispatcher, PeersThatSayHelloAndHoldTheirTasksLoseThemAtTheHeartbeatTimeout
         EXPECT_TRUE(result.ok) << result.error;
         EXPECT_TRUE(result.worker == "w1" || result.worker == "w2") << result.worker;
         ids.insert(result.id);
-        EXPECT_LE(result.attempt, 2u) << "a task was held twice";
+        // A task lost with one holder may go to another holder whose hello came later (under
+        // load hellos are taken over time): two holders at most, then a real worker.
+        EXPECT_LE(result.attempt, 3u) << "a task was held three times";
         second += result.attempt == 2;
     }
     EXPECT_EQ(ids.size(), 200u);
