@@ -141,7 +141,7 @@ namespace {
 
 // --task's help: every registered type with its summary.
 std::string task_help(const Registry& registry) {
-    std::string text = "task type of the plan's --tasks tasks:";
+    std::string text = "task type of the run's tasks (--tasks of them, or one per --inputs line):";
     for (const auto& type : registry.types()) {
         const std::string summary = type->summary();
         text += fmt::format("\n  {}{}", type->name(), summary.empty() ? "" : ": " + summary);
@@ -214,14 +214,14 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->take_all();
     auto* inputs_option =
         app.add_option("--inputs", config.inputs_path,
-                       "one task of --task per line of FILE (blank lines and lines starting with # skipped): the\n"
-                       "type makes its parameters from the line ({\"input\": LINE} for a user's function)")
+                       "one task of --task per line of FILE (blank lines and lines starting with # skipped; - reads\n"
+                       "stdin): the type makes its parameters from the line ({\"input\": LINE} for a user's function)")
             ->type_name("FILE");
     auto* plan_option =
         app.add_option("--plan", config.plan_path,
-                       "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its\n"
-                       "parameters...}, e.g. {\"kind\":\"sleep\",\n"
-                       "\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\") or\n"
+                       "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its parameters},\n"
+                       "e.g. {\"kind\":\"sleep\",\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or\n"
+                       "\"lo\" and \"hi\") or "
                        "{\"kind\":\"download\",\"url\":\"https://...\"}; any line may add \"timeout_s\";\n"
                        "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
                        "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin")
