@@ -23,6 +23,7 @@ public:
     std::string name() const override { return name_; }
     std::string summary() const override { return options_.summary; }
     bool writes_files() const override { return options_.writes_files; }
+    std::vector<std::string> settings_read() const override { return options_.settings_read; }
     Value run(const Params& params, Context& context) const override { return fn_(params, context); }
 
 private:
@@ -50,11 +51,16 @@ App::~App() = default;
 
 App& App::task(const std::string& name, TaskFunction fn, TaskOptions options) {
     if (!fn) throw std::invalid_argument(fmt::format("cannot register task type '{}': no function", name));
-    registry_->add(std::make_shared<FunctionType>(name, std::move(fn), std::move(options)));
-    return *this;
+    return add(std::make_shared<FunctionType>(name, std::move(fn), std::move(options)));
 }
 
 App& App::add(std::shared_ptr<const TaskType> type) {
+    const auto& types = registry_->types();
+    for (std::size_t i = 0; type && i < builtins_; ++i)
+        if (types[i]->name() == type->name())
+            throw std::invalid_argument(fmt::format("cannot register task type '{}': a built-in type has that name "
+                                                    "(App{{\"{}\", false}} leaves the built-ins out)",
+                                                    type->name(), name_));
     registry_->add(std::move(type));
     return *this;
 }

@@ -57,7 +57,9 @@ std::filesystem::path Context::out_dir() const {
 const std::filesystem::path& Context::scratch_dir() {
     if (!scratch_) {
         std::error_code ec;
-        std::filesystem::path base = std::filesystem::temp_directory_path(ec);
+        std::filesystem::path base = setup_.scratch_base && !setup_.scratch_base->empty()
+                                         ? *setup_.scratch_base
+                                         : std::filesystem::temp_directory_path(ec);
         if (ec) base = "/tmp";
         std::string pattern = (base / "taskfarm-task-XXXXXX").string();
         if (!::mkdtemp(pattern.data()))
@@ -162,6 +164,7 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
                          .timeout_s = task.timeout_s,
                          .settings = env.settings,
                          .out_dir = &env.out_dir,
+                         .scratch_base = &env.scratch_base,
                          .isolated = env.isolated};
     if (task.timeout_s > 0)
         setup.deadline = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -171,11 +174,14 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
         Gil::Hold hold(env.gil);  // released inside wherever the task says it waits
         Context context(setup, env.gil ? &hold : nullptr);
         result.value = task.type->run(task.params, context);
+        // Past its deadline is a timeout in every mode, whether or not the task noticed: a
+        // thread cannot be killed, but its late result must not count where a worker's would not.
+        if (context.expired()) throw TaskStopped(context.timed_out());
         result.ok = true;
     } catch (const std::exception& e) {
         result.error = e.what();
     } catch (...) {
-        result.error = "unknown exception";
+        result.error = "threw something that is not a std::exception";
     }
     if (!result.ok) {
         result.value = nullptr;

@@ -45,7 +45,7 @@ void add_builtin_types(Registry& registry);
 struct TaskSpec {
     TaskId id = kNoId;
     const TaskType* type = nullptr;  // never null in a plan; owned by the Registry
-    Params params;                   // what the plan says: the journal's "params"
+    Params params{};                 // what the plan says: the journal's "params"
     double timeout_s = 0;            // fail the task when it runs longer; 0: no limit
 };
 
@@ -69,15 +69,16 @@ std::string describe_value(const TaskResult& result);
 
 // Everything a runner's thread or a worker gives every task it runs. One per thread.
 struct RunEnv {
-    std::string worker;     // goes into TaskResult::worker
-    std::string mode;       // "sequential", "threads", ...
-    std::stop_token stop;   // a requested stop cancels the running task
+    std::string worker{};    // goes into TaskResult::worker
+    std::string mode{};      // "sequential", "threads", ...
+    std::stop_token stop{};  // a requested stop cancels the running task
     // gil-threads mode: the lock all threads share; a task holds it except while it says
     // it waits (Context::waiting). Null: no lock.
     Gil* gil = nullptr;
     bool isolated = false;  // a worker process of its own (see Context::isolated)
     const Json* settings = nullptr;        // the run's settings; null: none
-    std::filesystem::path out_dir;         // Context::out_dir(); empty: the working directory
+    std::filesystem::path out_dir{};       // Context::out_dir(); empty: the working directory
+    std::filesystem::path scratch_base{};  // where Context::scratch_dir() makes its own; empty: TMPDIR
 };
 
 // Runs one task to completion, failure or cancellation. Never throws: every error becomes

@@ -15,6 +15,8 @@
 #include "coordinator.hpp"
 #include "dispatcher.hpp"
 #include "log.hpp"
+#include "plan.hpp"
+#include "text.hpp"
 
 namespace taskfarm {
 namespace {
@@ -139,6 +141,11 @@ int available_cpus() {
 
 namespace {
 
+// How a person starts this program's worker: `worker`, or `PROGRAM worker` for an App.
+std::string worker_command(const ProgramInfo& program) {
+    return program.worker.prefix.empty() ? std::string("worker") : program.name + " worker";
+}
+
 // --task's help: every registered type with its summary.
 std::string task_help(const Registry& registry) {
     std::string text = "task type of the run's tasks (--tasks of them, or one per --inputs line):";
@@ -165,6 +172,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     RunConfig config;
     config.worker_bin = program.worker.path;
     config.worker_prefix = program.worker.prefix;
+    config.worker_command = worker_command(program);
     config.workers = available_cpus();
     config.command_line.assign(argv, argv + argc);
     std::string task = program.default_task;
@@ -292,7 +300,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
                    "threads in the coordinator), gil-threads (the same pool, but a task must hold one global lock\n"
                    "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
-                   "does not), processes (--workers worker processes over ZeroMQ), or all (all four). With --listen\n"
+                   "does not; a task of your own lets go inside Context::waiting()), processes (--workers worker\n"
+                   "processes over ZeroMQ), or all (all four). With --listen\n"
                    "only processes runs: remote workers are worker processes")
         ->delimiter(',')
         ->check(kModeList)
@@ -430,20 +439,22 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "coordinator.secret on the coordinator's machine; copy worker.secret and coordinator.public to\n"
         "each worker machine. See docs/multihost.md.");
     app.footer(
-        "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
+        std::string("The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
-        "min(workers, CPUs available)); util = cpu_s / (wall_s x cpus).\n"
+        "min(workers, CPUs available)); util = cpu_s / (T x C), the share of the machine kept busy: T from the\n"
+        "mode's start to its last worker reaped, C the CPUs this process may use (one busy core of two: 50%).\n"
         "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
         "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
-        "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head).\n"
-        "Examples: coordinator --workers 8 --task download\n"
-        "          coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
-        "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin\n"
-        "          coordinator --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
-        "Remote workers (docs/multihost.md):\n"
-        "          coordinator keygen keys\n"
-        "          coordinator --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
-        "          worker --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)");
+        "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head).\n") +
+        fmt::format("Examples: {0} --workers 8 --task download\n"
+                    "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
+                    "          {0} --workers 2 --task cpu --tasks 8 --mode all --pin\n"
+                    "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
+                    "Remote workers (docs/multihost.md):\n"
+                    "          {0} keygen keys\n"
+                    "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
+                    "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)",
+                    program.name, worker_command(program)));
 
     try {
         app.parse(argc, argv);
@@ -459,6 +470,10 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         }
         for (const std::string& setting : settings) {
             const auto equals = setting.find('=');
+            for (const auto& [key, flag] : kFlagSettings)
+                if (setting.substr(0, equals) == key)
+                    throw CLI::ValidationError("--set", fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead",
+                                                                    printable(setting), key, flag, flag));
             const std::string value = setting.substr(equals + 1);
             Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
             config.settings[setting.substr(0, equals)] = parsed.is_discarded() ? Json(value) : std::move(parsed);

@@ -22,6 +22,12 @@ struct Plan {
 // as [lo, hi], cpu_n, max_bytes, retries, file_size, latency_s, bandwidth) and the run's seed,
 // tasks and workers, then --set KEY=VALUE on top.
 Json settings_json(const RunConfig& config);
+// The settings keys settings_json() fills from flags (and the types' prepare(): served_urls),
+// with the flag each comes from: --set may not replace them.
+inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] = {
+    {"duration_s", "--duration"}, {"cpu_n", "--cpu-n"},         {"max_bytes", "--max-bytes"}, {"retries", "--retries"},
+    {"file_size", "--file-size"}, {"latency_s", "--latency"},   {"bandwidth", "--bandwidth"}, {"seed", "--seed"},
+    {"tasks", "--tasks"},         {"workers", "--workers"},     {"served_urls", "--task download"}};
 
 // Deterministic: the same config (seed included) gives the same plan on every machine.
 // With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,

@@ -106,6 +106,7 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
         "--out-dir",           launch_.out_dir.string(),
     });
     if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
+    if (!launch_.scratch_dir.empty()) args.insert(args.end(), {"--scratch-dir", launch_.scratch_dir.string()});
     auto child = std::make_unique<Child>(Child{
         name, bp::child(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null,
                         bp::std_in < bp::null, bp::extend::on_exec_setup = DieWithParent{},

@@ -14,10 +14,11 @@
 namespace taskfarm {
 
 struct WorkerLaunch {
-    std::filesystem::path binary;
-    std::vector<std::string> prefix;  // arguments before the worker's own (an App's "worker")
-    std::filesystem::path out_dir;    // passed as --out-dir: where its tasks save files
-    std::string endpoint;
+    std::filesystem::path binary{};
+    std::vector<std::string> prefix{};    // arguments before the worker's own (an App's "worker")
+    std::filesystem::path out_dir{};      // passed as --out-dir: where its tasks save files
+    std::filesystem::path scratch_dir{};  // passed as --scratch-dir when set
+    std::string endpoint{};
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
     std::string log_level = {};  // passed as --log-level; empty: the worker's default (SPDLOG_LEVEL)

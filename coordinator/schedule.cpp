@@ -379,7 +379,10 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     if (found->second.remote) actions_.send_shutdown(peer);
     const Worker lost = std::move(found->second);
     workers_.erase(found);
-    spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
+    if (lost.in_flight.empty())
+        spdlog::warn("{}", reason);
+    else
+        spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
     actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
     for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
         retry_or_fail(*attempt, lost.name, reason, now);

@@ -59,6 +59,7 @@ struct WorkerConfig {
     // Where tasks save files (Context::out_dir()): the worker's own, never the coordinator's
     // say, so a coordinator cannot make it write elsewhere.
     std::filesystem::path out_dir = "downloads";
+    std::filesystem::path scratch_dir;  // where tasks' scratch directories go; empty: TMPDIR
 };
 
 // Dies with the parent: PR_SET_PDEATHSIG is also set by the coordinator before exec; this
@@ -339,7 +340,11 @@ int run(const WorkerConfig& config) {
     spdlog::debug("connected to {} (pid {}, cpu {})", config.connect, hello.pid, hello.cpu);
 
     Executor executor(context, *config.registry,
-                      RunEnv{.worker = config.name, .mode = "processes", .isolated = true, .out_dir = config.out_dir});
+                      RunEnv{.worker = config.name,
+                             .mode = "processes",
+                             .isolated = true,
+                             .out_dir = config.out_dir,
+                             .scratch_base = config.scratch_dir});
     const auto interval = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_interval_s));
     const auto timeout = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_timeout_s));
     // Until the coordinator's first frame, it may not be up yet (a worker started by hand or by
@@ -461,6 +466,7 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         "{}: runs the tasks a coordinator hands out (task types: {}). The coordinator starts its own local\n"
         "workers; start one by hand (on this or another machine) to join a coordinator that runs with --listen.\n",
         name, registry.names_text())};
+    app.name(name);  // "wordcount worker" in the usage line, not argv[0]
     app.set_version_flag("--version", fmt::format("{} (taskfarm {})", name, version()));
     app.get_formatter()->column_width(30);
     app.add_option("--connect", config.connect,
@@ -480,10 +486,10 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.add_option("--name", config.name,
                    "name in logs and results (default: host-pid); at most 64 bytes, no control characters")
         ->check(CLI::Validator(
-            [](std::string& name) -> std::string {
+            [](std::string& given) -> std::string {
                 // The coordinator rejects a hello whose name it could not print as it is.
-                return is_printable(name, kMaxWorkerName) ? "" : fmt::format("'{}' is not printable or longer than {} bytes",
-                                                                             printable(name, kMaxWorkerName), kMaxWorkerName);
+                return is_printable(given, kMaxWorkerName) ? "" : fmt::format("'{}' is not printable or longer than {} bytes",
+                                                                              printable(given, kMaxWorkerName), kMaxWorkerName);
             },
             "NAME"));
     app.add_option("--out-dir", config.out_dir,
@@ -491,6 +497,10 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                    "workers get its --out-dir/processes")
         ->type_name("DIR")
         ->capture_default_str();
+    app.add_option("--scratch-dir", config.scratch_dir,
+                   "where tasks make their scratch directories (default: TMPDIR); the coordinator gives its own\n"
+                   "workers its private run directory, removed after the run, so a killed worker's go with it")
+        ->type_name("DIR");
     app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
         ->check(kAllowedCpu)
         ->type_name("CPU");
@@ -513,9 +523,10 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.add_option("--log-level", config.log_level, "log level on stderr (default: SPDLOG_LEVEL, else info)")
         ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
     app.footer(
-        "Exit status: 0 after the coordinator's SHUTDOWN; 1 when the coordinator refused this worker, never\n"
-        "answered, or went silent; 2 bad usage. See docs/multihost.md.\n"
-        "Example: worker --connect tcp://coordinator-host:5555 --keys ~/.taskfarm/keys --pin 0");
+        fmt::format("Exit status: 0 after the coordinator's SHUTDOWN; 1 when the coordinator refused this worker, never\n"
+                    "answered, or went silent; 2 bad usage. See docs/multihost.md.\n"
+                    "Example: {} --connect tcp://coordinator-host:5555 --keys ~/.taskfarm/keys --pin 0",
+                    name));
     try {
         app.parse(argc, argv);
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);

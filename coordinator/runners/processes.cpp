@@ -78,12 +78,18 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
             listener.emplace(context, router, ListenConfig{config_.listen, config_.server_keys});
             spdlog::info("listening for remote workers on {}", listener->describe());
             if (config_.expect_workers > 0)
-                spdlog::info("waiting up to {:.0f} s for {} remote worker(s): worker --connect {}{}", config_.wait_workers_s,
-                             config_.expect_workers, endpoint_for_workers(listener->endpoint()),
+                spdlog::info("waiting up to {:.0f} s for {} remote worker(s): {} --connect {}{}", config_.wait_workers_s,
+                             config_.expect_workers, config_.worker_command, endpoint_for_workers(listener->endpoint()),
                              config_.server_keys ? " --keys DIR" : "");
         }
-        ProcessPool pool({config_.worker_bin, config_.worker_prefix, mode_out_dir(config_, Mode::Processes), endpoint,
-                          config_.heartbeat_interval_s, config_.heartbeat_timeout_s, config_.log_level});
+        ProcessPool pool({.binary = config_.worker_bin,
+                          .prefix = config_.worker_prefix,
+                          .out_dir = mode_out_dir(config_, Mode::Processes),
+                          .scratch_dir = dir.path(),  // removed after the mode, whatever became of the workers
+                          .endpoint = endpoint,
+                          .heartbeat_interval_s = config_.heartbeat_interval_s,
+                          .heartbeat_timeout_s = config_.heartbeat_timeout_s,
+                          .log_level = config_.log_level});
         Dispatcher dispatcher(router, pool, plan, recorder,
                               DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),

@@ -6,8 +6,8 @@
 //
 //   int main(int argc, char** argv) {
 //       taskfarm::App app{"wordcount"};
-//       app.task("count", [](const taskfarm::Params& p, taskfarm::Context&) {
-//           return taskfarm::Value{{"words", count_words(p.at("path").get<std::string>())}};
+//       app.task("count", [](const taskfarm::Params& p, taskfarm::Context&) {   // --inputs FILE:
+//           return taskfarm::Value{{"words", count_words(p.at("input").get<std::string>())}};  // a line each
 //       });
 //       return app.run(argc, argv);
 //   }
@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "task_type.hpp"
 
@@ -26,8 +27,9 @@ class Registry;
 using TaskFunction = std::function<Value(const Params&, Context&)>;
 
 struct TaskOptions {
-    std::string summary;       // one line for --help
-    bool writes_files = false;  // see TaskType::writes_files()
+    std::string summary;                     // one line for --help
+    bool writes_files = false;               // see TaskType::writes_files()
+    std::vector<std::string> settings_read;  // see TaskType::settings_read(), e.g. {"duration_s"}
 };
 
 class App {
@@ -42,7 +44,7 @@ public:
     // Registers `fn` as task type `name`. Throws std::invalid_argument for a name that is
     // taken or not made of letters, digits, '_' and '-'.
     App& task(const std::string& name, TaskFunction fn, TaskOptions options = {});
-    // Registers a type of the user's own making (see TaskType).
+    // Registers a type of the user's own making (see TaskType); throws as task() does.
     App& add(std::shared_ptr<const TaskType> type);
 
     // `PROGRAM worker ...` runs a worker; anything else runs the coordinator, whose --task

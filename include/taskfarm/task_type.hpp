@@ -46,15 +46,16 @@ class Context {
 public:
     // What the engine knows where the task runs; filled by the engine (or a test).
     struct Setup {
-        std::string_view worker;  // "seq", "t3", "w2", or a remote worker's --name
-        std::string_view mode;    // "sequential", "threads", "gil-threads" or "processes"
+        std::string_view worker{};  // "seq", "t3", "w2", or a remote worker's --name
+        std::string_view mode{};    // "sequential", "threads", "gil-threads" or "processes"
         TaskId id = kNoId;
         std::uint32_t attempt = 1;  // 1 for the first try
-        std::stop_token stop;
+        std::stop_token stop{};
         std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
         double timeout_s = 0;             // what the deadline came from; 0: none
         const Json* settings = nullptr;   // null: none
         const std::filesystem::path* out_dir = nullptr;  // null: the working directory
+        const std::filesystem::path* scratch_base = nullptr;  // where scratch_dir() makes its directory; null: TMPDIR
         bool isolated = false;
     };
 
@@ -88,7 +89,8 @@ public:
     // writes_files() says so.
     std::filesystem::path out_dir() const;
     // A new empty directory of this task's own, made at the first call and removed with
-    // everything in it when the task ends.
+    // everything in it when the task ends. In a worker process it lies in the run's private
+    // directory, which the coordinator removes after the mode, so a killed worker's goes too.
     const std::filesystem::path& scratch_dir();
     // True in a worker process of its own (processes mode): a crash there costs only that
     // worker. False on the coordinator's threads, where a crash would end the whole run.
