@@ -37,6 +37,7 @@ void Dispatcher::run() {
             for (const WorkerExit& exit : pool_.reap_exited())
                 schedule_.exited(exit.pid, fmt::format("worker {} died ({})", exit.name, exit.reason), now);
             next_reap_ = now + kChildCheckInterval;
+            if (watch_) watch_();
         }
         schedule_.tick(Clock::now());
     }

@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stop_token>
@@ -38,6 +39,10 @@ public:
 
     // Sends SHUTDOWN to every connected worker.
     void shutdown_workers();
+
+    // Called as often as exited workers are reaped, on the dispatcher's thread; it throws
+    // RunError to end the run (the Slurm job step of the workers ended under it).
+    void watch(std::function<void()> check) { watch_ = std::move(check); }
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -76,6 +81,7 @@ private:
     std::string frame_;
     const std::string heartbeat_ = proto::encode(proto::Heartbeat{});
     const std::string setup_;  // SETUP with the run's settings, the same for every worker
+    std::function<void()> watch_;
 };
 
 }  // namespace taskfarm
