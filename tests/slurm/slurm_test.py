@@ -182,6 +182,34 @@ class SlurmLaunch(unittest.TestCase):
         self.assertLessEqual({line["worker"] for line in lines}, {f"{host}-{pid}" for pid in victims})
         self.assert_nothing_left()
 
+    def test_the_step_ending_early_fails_the_run_with_the_reason(self):
+        results = self.dir / "run.jsonl"
+        job = self.submit(2, ["--task", "sleep", "--duration", "0.1", "--tasks", "200", "--results", str(results)])
+        wait_until("5 results in the journal", lambda: len(journal(results)) >= 5)
+        self.slurm("scancel", f"{job}.0")  # the workers' step only; the batch script goes on
+        self.assertEqual(self.wait_job(job), "1:0", self.output(job, "err"))
+        err = self.output(job, "err")
+        self.assertIn("the Slurm job step of the workers ended before the run did: srun exited with status", err)
+        ids = Counter(line["id"] for line in journal(results) if line["ok"])
+        self.assertLess(len(ids), 200)
+        self.assertEqual(max(ids.values()), 1, "a task recorded ok twice")
+        self.assert_nothing_left()
+
+    def test_outside_an_allocation_srun_allocates_with_slurm_args(self):
+        results = self.dir / "run.jsonl"
+        done = subprocess.run([str(COORDINATOR), "--launch", "slurm", "--workers", "3", "--pin", "--progress", "never",
+                               "--slurm-args", "--job-name='taskfarm test' --time=5", "--task", "cpu", "--tasks", "30",
+                               "--cpu-n", "1000", "--results", str(results)],
+                              cwd=self.dir, env=self.env, timeout=WAIT_S, capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("--ntasks=3 --cpus-per-task=1 --kill-on-bad-exit=0 --job-name=taskfarm-workers "
+                      "--cpu-bind=cores --job-name=taskfarm test --time=5", done.stderr)
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(30)))
+        self.assertLessEqual(len({line["worker"] for line in lines}), 3)
+        self.assertIn("srun exited with status 0", done.stderr)
+        self.assert_nothing_left()
+
 
 if __name__ == "__main__":
     unittest.main()
