@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 COORDINATOR = Path(os.environ["TASKFARM_COORDINATOR"])
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "slurm.sbatch"
 WORKER = COORDINATOR.parent / "worker"
 WAIT_S = 90  # the most any one wait takes before the test fails
 
@@ -208,6 +209,34 @@ class SlurmLaunch(unittest.TestCase):
         self.assertEqual(Counter(line["id"] for line in lines), Counter(range(30)))
         self.assertLessEqual(len({line["worker"] for line in lines}), 3)
         self.assertIn("srun exited with status 0", done.stderr)
+        self.assert_nothing_left()
+
+    def test_the_example_script_runs_a_plan_and_resumes_after_scancel(self):
+        # As the README says: sbatch the script, scancel it, sbatch it again.
+        script = self.dir / "slurm.sbatch"
+        shutil.copy(EXAMPLE, script)
+        export = f"--export=ALL,PATH={COORDINATOR.parent}:{os.environ['PATH']},TASKS=200,CPU_N=5000000"
+
+        def sbatch():
+            job = self.slurm("sbatch", "--parsable", "--ntasks=2", f"--chdir={self.dir}", export,
+                             str(script)).strip().split(";")[0]
+            self.jobs.append(job)
+            return job
+
+        results = self.dir / "taskfarm.jsonl"
+        first = sbatch()
+        wait_until("10 results in the journal", lambda: len(journal(results)) >= 10)
+        self.slurm("scancel", first)
+        self.wait_job(first)
+        self.assert_nothing_left()
+        done_before = {line["id"] for line in journal(results) if line["ok"]}
+        self.assertLess(len(done_before), 200, "the first job ended before scancel: nothing left to resume")
+        second = sbatch()
+        self.assertEqual(self.wait_job(second), "0:0", (self.dir / f"taskfarm-{second}.out").read_text())
+        ok = Counter(line["id"] for line in journal(results) if line["ok"])
+        self.assertEqual(ok, Counter(range(200)))
+        out = (self.dir / f"taskfarm-{second}.out").read_text()
+        self.assertIn(f"{len(done_before)} of 200 tasks done in the journal", out)
         self.assert_nothing_left()
 
 
