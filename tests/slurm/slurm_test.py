@@ -163,7 +163,7 @@ class SlurmLaunch(unittest.TestCase):
 
     def test_a_worker_killed_under_slurm_has_its_tasks_requeued_not_respawned(self):
         results = self.dir / "run.jsonl"
-        job = self.submit(2, ["--task", "sleep", "--duration", "0.5", "--tasks", "24", "--results", str(results)])
+        job = self.submit(2, ["--task", "sleep", "--duration", "0.5", "--tasks", "12", "--results", str(results)])
         wait_until("2 results in the journal", lambda: len(journal(results)) >= 2)
 
         def workers():  # the worker processes of this run (srun's command line names the keys too)
@@ -174,7 +174,7 @@ class SlurmLaunch(unittest.TestCase):
         os.kill(victim, signal.SIGKILL)
         self.assertEqual(self.wait_job(job), "0:0", self.output(job, "err"))
         lines = journal(results)
-        self.assertEqual(Counter(line["id"] for line in lines if line["ok"]), Counter(range(24)))
+        self.assertEqual(Counter(line["id"] for line in lines if line["ok"]), Counter(range(12)))
         err = self.output(job, "err")
         host = socket.gethostname().split(".")[0]
         self.assertRegex(err, rf"worker {host}-{victim} \S.*; requeueing its [1-9]\d* task\(s\)")
