@@ -460,7 +460,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "Remote workers (docs/multihost.md):\n"
         "          coordinator keygen keys\n"
         "          coordinator --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
-        "          worker --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)");
+        "          worker --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
+        "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
+        "          coordinator --launch slurm --pin --task cpu --tasks 1000 --results run.jsonl");
 
     try {
         app.parse(argc, argv);

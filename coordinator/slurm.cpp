@@ -225,8 +225,9 @@ std::string SlurmStep::describe() const {
                                               : fmt::format("srun ended with wait status {:#x}", status_);
     std::lock_guard lock(mutex_);
     if (!last_lines_.empty()) {
-        text += "; its last lines on stderr:";
-        for (const std::string& line : last_lines_) text += "\n  " + printable(line);
+        // One line: the error printer escapes line breaks.
+        text += "; its last lines on stderr: ";
+        for (std::size_t i = 0; i < last_lines_.size(); ++i) text += (i ? " | " : "") + printable(last_lines_[i]);
     }
     return text;
 }

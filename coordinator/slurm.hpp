@@ -65,7 +65,8 @@ public:
     SlurmStep& operator=(const SlurmStep&) = delete;
 
     // Reaps srun if it has exited, without blocking; then returns how it ended and its
-    // last lines of stderr: "srun exited with status 1: srun: error: ...". nullopt while it runs.
+    // last lines of stderr: "srun exited with status 1; its last lines on stderr: srun: error: ...
+    // | ...". nullopt while it runs.
     std::optional<std::string> ended();
 
     // Waits up to `grace` for srun to exit (its workers got SHUTDOWN), then sends it SIGTERM
