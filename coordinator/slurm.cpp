@@ -218,13 +218,13 @@ std::string SlurmStep::stop(std::chrono::milliseconds grace) {
     return pid_ > 0 ? "srun did not exit after SIGKILL" : describe();
 }
 
-std::string SlurmStep::describe() const {
+std::string SlurmStep::describe(bool last_lines) const {
     std::string text = WIFEXITED(status_)     ? fmt::format("srun exited with status {}", WEXITSTATUS(status_))
                        : WIFSIGNALED(status_) ? fmt::format("srun was killed by signal {} ({})", WTERMSIG(status_),
                                                             ::strsignal(WTERMSIG(status_)))
                                               : fmt::format("srun ended with wait status {:#x}", status_);
     std::lock_guard lock(mutex_);
-    if (!last_lines_.empty()) {
+    if (last_lines && !last_lines_.empty()) {
         // One line: the error printer escapes line breaks.
         text += "; its last lines on stderr: ";
         for (std::size_t i = 0; i < last_lines_.size(); ++i) text += (i ? " | " : "") + printable(last_lines_[i]);

@@ -64,10 +64,13 @@ public:
     SlurmStep(const SlurmStep&) = delete;
     SlurmStep& operator=(const SlurmStep&) = delete;
 
-    // Reaps srun if it has exited, without blocking; then returns how it ended and its
-    // last lines of stderr: "srun exited with status 1; its last lines on stderr: srun: error: ...
-    // | ...". nullopt while it runs.
+    // Reaps srun if it has exited, without blocking; then returns how it ended (describe()).
+    // nullopt while it runs.
     std::optional<std::string> ended();
+
+    // How srun ended, "srun exited with status 1", and with `last_lines` its last lines on
+    // stderr: "...; its last lines on stderr: srun: error: ... | ...".
+    std::string describe(bool last_lines = true) const;
 
     // Waits up to `grace` for srun to exit (its workers got SHUTDOWN), then sends it SIGTERM
     // (srun passes it to the workers and ends the step) and waits up to `grace` again, then
@@ -76,7 +79,6 @@ public:
 
 private:
     bool wait_until(std::chrono::steady_clock::time_point deadline);
-    std::string describe() const;
     void copy_stderr(int fd);
 
     pid_t pid_ = -1;  // -1 once reaped

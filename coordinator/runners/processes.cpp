@@ -124,14 +124,14 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                          config_.wait_workers_s, config_.slurm_workers, worker_endpoint);
             step.emplace(SlurmStepConfig{config_.slurm_workers, config_.slurm_pin, config_.slurm_args,
                                          slurm_worker_command(config_, worker_endpoint, run_keys->dir())});
-            dispatcher.watch([&step, this] {
-                auto reason = step->ended();
-                if (!reason) return;
+            dispatcher.watch([&step, this]() -> std::optional<std::string> {
+                if (!step->ended()) return std::nullopt;
                 for (auto waited = std::chrono::milliseconds(0); waited < kSignalGrace; waited += std::chrono::milliseconds(20)) {
-                    if (stop_.stop_requested()) return;  // the dispatcher stops as for any signal
+                    if (stop_.stop_requested()) return std::nullopt;  // the dispatcher stops as for any signal
                     std::this_thread::sleep_for(std::chrono::milliseconds(20));
                 }
-                throw RunError(fmt::format("the Slurm job step of the workers ended before the run did: {}", *reason));
+                spdlog::error("the Slurm job step of the workers ended before the run did: {}", step->describe(true));
+                return fmt::format("the Slurm job step of the workers ended ({})", step->describe(false));
             });
         }
         dispatcher.run();

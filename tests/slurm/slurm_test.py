@@ -191,9 +191,15 @@ class SlurmLaunch(unittest.TestCase):
         self.assertEqual(self.wait_job(job), "1:0", self.output(job, "err"))
         err = self.output(job, "err")
         self.assertIn("the Slurm job step of the workers ended before the run did: srun exited with status", err)
-        ids = Counter(line["id"] for line in journal(results) if line["ok"])
-        self.assertLess(len(ids), 200)
-        self.assertEqual(max(ids.values()), 1, "a task recorded ok twice")
+        # No worker will come: the rest fail at once with the reason, each recorded once.
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(200)))
+        failed = [line for line in lines if not line["ok"]]
+        self.assertGreater(len(failed), 0)
+        for line in failed:
+            self.assertRegex(line["error"], r"^not run: the Slurm job step of the workers ended \(srun exited with status \d+\)$")
+        # The table, with the failures counted.
+        self.assertRegex(self.output(job), rf"processes +2 +200 +{200 - len(failed)} +{len(failed)} ")
         self.assert_nothing_left()
 
     def test_outside_an_allocation_srun_allocates_with_slurm_args(self):
