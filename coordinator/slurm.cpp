@@ -134,6 +134,9 @@ SlurmStep::SlurmStep(SlurmStepConfig config) {
         ::setpgid(0, 0);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks its stop signals
         ::signal(SIGPIPE, SIG_DFL);
+        // srun passes its stdin to task 0: the plan may be on ours (--plan -), and is not the
+        // workers' to read.
+        if (const int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC); null >= 0) ::dup2(null, STDIN_FILENO);
         // Both to the pipe: the coordinator's stdout holds results only. dup2 clears O_CLOEXEC.
         ::dup2(pipe_fds[1], STDOUT_FILENO);
         ::dup2(pipe_fds[1], STDERR_FILENO);

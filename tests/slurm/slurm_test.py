@@ -204,10 +204,12 @@ class SlurmLaunch(unittest.TestCase):
 
     def test_outside_an_allocation_srun_allocates_with_slurm_args(self):
         results = self.dir / "run.jsonl"
+        # The plan on stdin: srun must not pass it on to a worker.
+        plan = "".join(json.dumps({"kind": "cpu", "lo": i * 1000, "hi": (i + 1) * 1000}) + "\n" for i in range(30))
         done = subprocess.run([str(COORDINATOR), "--launch", "slurm", "--workers", "3", "--pin", "--progress", "never",
-                               "--slurm-args", "--job-name='taskfarm test' --time=5", "--task", "cpu", "--tasks", "30",
-                               "--cpu-n", "1000", "--results", str(results)],
-                              cwd=self.dir, env=self.env, timeout=WAIT_S, capture_output=True, text=True)
+                               "--slurm-args", "--job-name='taskfarm test' --time=5", "--plan", "-",
+                               "--results", str(results)],
+                              cwd=self.dir, env=self.env, timeout=WAIT_S, capture_output=True, text=True, input=plan)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn("--ntasks=3 --cpus-per-task=1 --kill-on-bad-exit=0 --job-name=taskfarm-workers "
                       "--cpu-bind=cores --job-name=taskfarm test --time=5", done.stderr)
