@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstdlib>
 #include <cmath>
 
 #include <CLI/CLI.hpp>
@@ -16,6 +17,7 @@
 #include "dispatcher.hpp"
 #include "log.hpp"
 #include "plan.hpp"
+#include "slurm.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -188,7 +190,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         program.name, registry.names_text())};
     app.set_version_flag("--version", fmt::format("{} (taskfarm {})", program.name, version()));
     app.get_formatter()->column_width(34);
-    app.add_option("-w,--workers", config.workers,
+    auto* workers_option = app.add_option("-w,--workers", config.workers,
                    "worker processes (and threads) to run tasks on; with --listen, 0 runs on remote workers only")
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
@@ -409,7 +411,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "worker.public from `coordinator keygen --worker-only`, renamed hostb.public)")
         ->type_name("DIR")
         ->needs(keys_option);
-    app.add_flag("--insecure", config.insecure,
+    auto* insecure_option = app.add_flag("--insecure", config.insecure,
                  "listen in plaintext, without --keys: tasks and results travel unencrypted, and any peer that\n"
                  "can connect gets tasks (on loopback, any user of this machine). Only where you trust them all")
         ->needs(listen_option)
@@ -420,12 +422,27 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->check(CLI::Range(0, 100'000))
             ->needs(listen_option)
             ->capture_default_str();
-    app.add_option("--wait-workers", config.wait_workers_s,
+    auto* wait_option = app.add_option("--wait-workers", config.wait_workers_s,
                    "seconds to wait for the --expect-workers (exit 1 if they do not all come), and how long a\n"
                    "run with no worker left waits for one before the remaining tasks fail")
         ->check(CLI::Range(0.1, 86'400.0))
-        ->needs(listen_option)
         ->capture_default_str();
+    std::string launch = "local";
+    auto* launch_option =
+        app.add_option("--launch", launch,
+                       "how the worker processes start: local (forked here) or slurm (one `srun` job step of\n"
+                       "--workers tasks, default $SLURM_NTASKS, one CPU each, connecting back over tcp with keys\n"
+                       "made for the run in the working directory; inside sbatch or salloc it uses the allocation,\n"
+                       "outside one srun allocates with --slurm-args). Only the processes mode runs. See\n"
+                       "docs/multihost.md")
+            ->check(CLI::IsMember({"local", "slurm"}))
+            ->capture_default_str();
+    std::string slurm_args;
+    auto* slurm_args_option =
+        app.add_option("--slurm-args", slurm_args,
+                       "with --launch slurm: more srun options, split as the shell would, e.g.\n"
+                       "--slurm-args '--partition=short --time=10'")
+            ->type_name("'ARGS'");
     KeygenConfig keygen;
     auto* keygen_command = app.add_subcommand(
         "keygen", "write CurveZMQ key pairs for remote workers into DIR and exit: coordinator.secret,\n"
@@ -453,7 +470,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                     "Remote workers (docs/multihost.md):\n"
                     "          {0} keygen keys\n"
                     "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
-                    "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)",
+                    "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
+                    "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
+                    "          {0} --launch slurm --pin --task cpu --tasks 1000 --results run.jsonl",
                     program.name, worker_command(program)));
 
     try {
@@ -479,7 +498,49 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             config.settings[setting.substr(0, equals)] = parsed.is_discarded() ? Json(value) : std::move(parsed);
         }
         if (keygen_command->parsed()) return keygen;
-        if (!config.listen.empty()) {
+        if (wait_option->count() > 0 && config.listen.empty() && launch != "slurm")
+            throw CLI::ValidationError("--wait-workers", "is for remote workers: it needs --listen or --launch slurm");
+        if (slurm_args_option->count() > 0 && launch != "slurm")
+            throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
+        if (launch_option->count() > 0 && launch == "slurm") {
+            // The workers are remote workers that this coordinator starts, with keys of the run's own.
+            for (const CLI::Option* option : {keys_option, insecure_option, expect_option})
+                if (option->count() > 0)
+                    throw CLI::ValidationError(option->get_name(),
+                                               "cannot go with --launch slurm, which makes keys for the run and "
+                                               "waits for the --workers it starts");
+            if (workers_option->count() == 0) {
+                const char* ntasks = std::getenv("SLURM_NTASKS");
+                int value = 0;
+                const std::string_view text = ntasks ? ntasks : "";
+                const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+                if (!ntasks || ec != std::errc{} || end != text.data() + text.size() || value < 1)
+                    throw CLI::ValidationError(
+                        "--workers", fmt::format("--launch slurm starts --workers N workers, by default $SLURM_NTASKS, "
+                                                 "which is {}: give --workers N outside an allocation",
+                                                 ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
+                config.workers = value;
+            }
+            if (config.workers < 1)
+                throw CLI::ValidationError("--workers", "--launch slurm needs at least 1 worker");
+            try {
+                config.slurm_args = split_slurm_args(slurm_args);
+            } catch (const std::invalid_argument& e) {
+                throw CLI::ValidationError("--slurm-args", fmt::format("cannot split '{}': {}", printable(slurm_args), e.what()));
+            }
+            for (const std::string& name : modes)
+                if (name != "processes" && mode_option->count() > 0)
+                    throw CLI::ValidationError(
+                        "--mode", fmt::format("'{}' cannot run with --launch slurm: its workers are worker processes, "
+                                              "so only the processes mode runs",
+                                              name));
+            modes = {"processes"};
+            if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+            config.slurm = true;
+            config.slurm_pin = pin || !cpus.empty();
+            config.slurm_workers = config.expect_workers = config.workers;
+            config.workers = 0;
+        } else if (!config.listen.empty()) {
             for (const std::string& name : modes)
                 if (name != "processes" && mode_option->count() > 0)
                     throw CLI::ValidationError(

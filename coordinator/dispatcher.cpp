@@ -37,6 +37,11 @@ void Dispatcher::run() {
             for (const WorkerExit& exit : pool_.reap_exited())
                 schedule_.exited(exit.pid, fmt::format("worker {} died ({})", exit.name, exit.reason), now);
             next_reap_ = now + kChildCheckInterval;
+            if (watch_)
+                if (const auto reason = watch_()) {
+                    watch_ = nullptr;
+                    schedule_.no_more_workers(*reason);
+                }
         }
         schedule_.tick(Clock::now());
     }

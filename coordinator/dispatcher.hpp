@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stop_token>
@@ -38,6 +39,11 @@ public:
 
     // Sends SHUTDOWN to every connected worker.
     void shutdown_workers();
+
+    // Called as often as exited workers are reaped, on the dispatcher's thread, until it
+    // returns a reason why no remote worker will attach any more (the Slurm job step that
+    // started them ended): see Schedule::no_more_workers.
+    void watch(std::function<std::optional<std::string>()> check) { watch_ = std::move(check); }
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -76,6 +82,7 @@ private:
     std::string frame_;
     const std::string heartbeat_ = proto::encode(proto::Heartbeat{});
     const std::string setup_;  // SETUP with the run's settings, the same for every worker
+    std::function<std::optional<std::string>()> watch_;
 };
 
 }  // namespace taskfarm

@@ -260,12 +260,18 @@ void Schedule::watch_remote(Clock::time_point now) {
         alone_since_ = {};
         return;
     }
+    if (no_more_workers_) return fail_pending(fmt::format("not run: {}", *no_more_workers_));
     if (alone_since_ == Clock::time_point{}) {
         alone_since_ = now;
         spdlog::warn("no worker is left; waiting up to {:.1f} s (--wait-workers) for a remote worker to attach", wait_s);
     } else if (now - alone_since_ > options_.wait_remote) {
         fail_pending(fmt::format("not run: no worker was left and none attached within {:.1f} s (--wait-workers)", wait_s));
     }
+}
+
+void Schedule::no_more_workers(const std::string& reason) {
+    if (!dispatching_) throw RunError(reason);
+    no_more_workers_ = reason;
 }
 
 std::size_t Schedule::remote_workers() const {

@@ -126,6 +126,10 @@ public:
     void result(const PeerId& peer, const proto::Result& result, Clock::time_point now);
     void returned(const PeerId& peer, const proto::Returned& returned, Clock::time_point now);
     void exited(pid_t pid, const std::string& reason, Clock::time_point now);  // a process of ours
+    // No remote worker will attach any more (the Slurm job step that started them ended):
+    // once no worker is left, the tasks not done fail at once, "not run: REASON", instead of
+    // after --wait-workers. Before the first task it throws RunError with the reason.
+    void no_more_workers(const std::string& reason);
     // Time passed: spawns the next initial worker, checks deadlines and liveness (every
     // kWatchInterval), heartbeats (every heartbeat_interval), and hands out tasks.
     void tick(Clock::time_point now);
@@ -208,6 +212,7 @@ private:
     bool dispatching_ = false;                 // tasks go out: the remote workers of --expect-workers are here
     const Clock::time_point began_;            // the remote workers' deadline counts from it
     Clock::time_point alone_since_{};          // listening: since when no worker is left; unset while one is
+    std::optional<std::string> no_more_workers_;  // why none will come; see no_more_workers()
     Clock::time_point next_heartbeat_;
     Clock::time_point next_watch_;
     double run_s_estimate_ = -1;               // moving average of task run times; < 0: none yet

@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cstdlib>
+#include <optional>
 
 #include <gtest/gtest.h>
 
@@ -145,7 +147,7 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
                              "--plan", "gil-threads", "cpu", "download", "--urls", "--out-dir", "--max-bytes",
                              "--retries", "--file-size", "--latency", "--bandwidth", "--task-timeout",
                              "--listen", "--keys", "--authorized", "--insecure", "--expect-workers", "--wait-workers",
-                             "keygen"})
+                             "--launch", "--slurm-args", "keygen"})
         EXPECT_NE(help.find(flag), std::string::npos) << flag;
 }
 
@@ -219,7 +221,77 @@ INSTANTIATE_TEST_SUITE_P(
                       BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--workers", "0"}, "--expect-workers", "--workers 0"},
                       BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--expect-workers", "-1"}, "--expect-workers", "-1"},
                       BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--wait-workers", "0"}, "--wait-workers", "0"},
+                      BadValue{{"--wait-workers", "5"}, "--wait-workers", "--listen"},
+                      BadValue{{"--slurm-args", "-p short"}, "--slurm-args", "--launch slurm"},
+                      BadValue{{"--launch", "ssh"}, "--launch", "ssh"},
+                      BadValue{{"--launch", "slurm", "--workers", "0"}, "--workers", "at least 1"},
+                      BadValue{{"--launch", "slurm", "--workers", "2", "--mode", "threads"}, "--mode", "threads"},
+                      BadValue{{"--launch", "slurm", "--workers", "2", "--listen", "tcp://127.0.0.1:*", "--keys", "k"},
+                               "--keys", "--launch slurm"},
+                      BadValue{{"--launch", "slurm", "--workers", "2", "--listen", "tcp://127.0.0.1:*", "--insecure"},
+                               "--insecure", "--launch slurm"},
+                      BadValue{{"--launch", "slurm", "--workers", "2", "--slurm-args", "'-p short"}, "--slurm-args",
+                               "unbalanced quotes"},
+                      BadValue{{"--launch", "slurm", "--workers", "2", "--slurm-args", "-p $(id -un)"}, "--slurm-args",
+                               "command substitution"},
                       BadValue{{"keygen"}, "DIR", "required"}));
+
+// Sets an environment variable for one scope, and puts back what was there.
+class ScopedEnv {
+public:
+    ScopedEnv(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        if (value)
+            ::setenv(name, value, 1);
+        else
+            ::unsetenv(name);
+    }
+    ~ScopedEnv() {
+        if (old_)
+            ::setenv(name_, old_->c_str(), 1);
+        else
+            ::unsetenv(name_);
+    }
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
+
+TEST(Cli, LaunchSlurmStartsSlurmNtasksRemoteWorkersByDefault) {
+    const ScopedEnv ntasks("SLURM_NTASKS", "6");
+    const auto parsed = parse({"--launch", "slurm", "--pin", "--slurm-args", "--partition=short  --comment='a b'"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    EXPECT_TRUE(config.slurm);
+    EXPECT_TRUE(config.slurm_pin);
+    EXPECT_EQ(config.slurm_workers, 6);
+    EXPECT_EQ(config.expect_workers, 6);
+    EXPECT_EQ(config.workers, 0);  // no local worker
+    EXPECT_EQ(config.slurm_args, (std::vector<std::string>{"--partition=short", "--comment=a b"}));
+    EXPECT_EQ(config.modes, std::vector<Mode>{Mode::Processes});
+    EXPECT_TRUE(config.listen.starts_with("tcp://") && config.listen.ends_with(":*")) << config.listen;
+}
+
+TEST(Cli, LaunchSlurmTakesWorkersAndListenWhenGiven) {
+    const ScopedEnv ntasks("SLURM_NTASKS", "6");
+    const auto parsed = parse({"--launch", "slurm", "--workers", "3", "--listen", "tcp://10.0.0.5:5555"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    EXPECT_EQ(config.slurm_workers, 3);
+    EXPECT_FALSE(config.slurm_pin);
+    EXPECT_EQ(config.listen, "tcp://10.0.0.5:5555");
+    EXPECT_TRUE(config.slurm_args.empty());
+}
+
+TEST(Cli, LaunchSlurmOutsideAnAllocationNeedsWorkers) {
+    for (const char* value : {static_cast<const char*>(nullptr), "0", "x"}) {
+        const ScopedEnv ntasks("SLURM_NTASKS", value);
+        const auto parsed = parse({"--launch", "slurm"});
+        ASSERT_TRUE(std::holds_alternative<ExitCode>(parsed.result));
+        EXPECT_EQ(std::get<ExitCode>(parsed.result), ExitCode::Usage);
+        EXPECT_NE(parsed.err.find("--workers"), std::string::npos) << parsed.err;
+        EXPECT_NE(parsed.err.find("SLURM_NTASKS"), std::string::npos) << parsed.err;
+    }
+}
 
 TEST(Cli, ListenRunsOnlyTheProcessesModeAndMayHaveNoLocalWorker) {
     const auto parsed = parse({"--listen", "tcp://*:5555", "--keys", "keys", "--authorized", "more", "--workers", "0",

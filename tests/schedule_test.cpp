@@ -493,6 +493,23 @@ TEST(Schedule, ListeningWithNoWorkerLeftWaitsForOneThenFailsTheRest) {
               "not run: no worker was left and none attached within 0.5 s (--wait-workers)");
 }
 
+TEST(Schedule, WhenNoMoreWorkersWillComeTheRestFailOnceTheLastIsGone) {
+    Rig rig(sleeps(2), {.workers = 0, .heartbeat_timeout = milliseconds(1000), .listening = true, .expect_remote = 1});
+    rig.remote_hello("far");
+    rig.schedule.no_more_workers("the step ended");
+    rig.advance(milliseconds(100));
+    EXPECT_TRUE(rig.world.recorded.empty()) << "its worker is still there";
+    for (int i = 0; i < 15; ++i) rig.advance(milliseconds(100));  // silent past the heartbeat timeout
+    ASSERT_EQ(rig.world.recorded.size(), 2u);  // the one it held and the one waiting, at once
+    for (const auto& result : rig.world.recorded) EXPECT_EQ(result.error, "not run: the step ended");
+}
+
+TEST(Schedule, WhenNoMoreWorkersWillComeBeforeTheFirstTaskItIsARunError) {
+    Rig rig(sleeps(2), {.workers = 0, .listening = true, .expect_remote = 2});
+    rig.remote_hello("far");
+    EXPECT_THROW(rig.schedule.no_more_workers("the step ended"), RunError);
+}
+
 TEST(Schedule, BatchesAreCappedByEncodedBytes) {
     // Tasks of 9,000 bytes, 128 to a window: about 1.1 MB, more than one frame may hold.
     Rig rig(sleeps(300), {.workers = 1}, [](const TaskSpec&, std::uint32_t) { return std::size_t{9000}; });

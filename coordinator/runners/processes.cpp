@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -14,12 +15,18 @@
 #include "listener.hpp"
 #include "process_pool.hpp"
 #include "mode_runners.hpp"
+#include "slurm.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {
 namespace {
 
 constexpr auto kShutdownGrace = std::chrono::milliseconds(1000);
+// srun exits once every worker of its step has: a few hundred ms after SHUTDOWN.
+constexpr auto kStepGrace = std::chrono::milliseconds(5000);
+// When srun ends under a running coordinator, a `scancel` of the whole job may be the cause,
+// and its SIGTERM on its way to the coordinator too: that ends the run as a signal does.
+constexpr auto kSignalGrace = std::chrono::milliseconds(1000);
 constexpr std::size_t kMaxIpcPath = 107;  // sizeof(sockaddr_un::sun_path) - 1
 
 std::chrono::milliseconds millis(double seconds) {
@@ -62,6 +69,22 @@ std::string endpoint_for_workers(const std::string& bound) {
     return bound;
 }
 
+std::string seconds_text(double seconds) { return fmt::format("{}", seconds); }
+
+// What srun runs on each task: a worker that connects back with the run's keys.
+std::vector<std::string> slurm_worker_command(const RunConfig& config, const std::string& endpoint,
+                                              const std::filesystem::path& keys) {
+    std::vector<std::string> command{config.worker_bin.string()};
+    command.insert(command.end(), config.worker_prefix.begin(), config.worker_prefix.end());
+    command.insert(command.end(), {"--connect", endpoint, "--keys", keys.string(), "--out-dir",
+                                   mode_out_dir(config, Mode::Processes).string(), "--heartbeat-interval",
+                                   seconds_text(config.heartbeat_interval_s), "--heartbeat-timeout",
+                                   seconds_text(config.heartbeat_timeout_s), "--connect-timeout",
+                                   seconds_text(config.wait_workers_s)});
+    if (!config.log_level.empty()) command.insert(command.end(), {"--log-level", config.log_level});
+    return command;
+}
+
 }  // namespace
 
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
@@ -73,11 +96,14 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         wire::configure(router, zmq::socket_type::router);
         const std::string endpoint = "ipc://" + (dir.path() / "coordinator").string();
         router.bind(endpoint);  // before the Listener's options: local workers stay on plaintext ipc
+        std::optional<RunKeys> run_keys;  // --launch slurm: made for this run, in the working directory
+        if (config_.slurm) run_keys.emplace(std::filesystem::current_path());
         std::optional<Listener> listener;  // after the router: it unbinds from it when it goes
         if (!config_.listen.empty()) {
-            listener.emplace(context, router, ListenConfig{config_.listen, config_.server_keys});
+            listener.emplace(context, router,
+                             ListenConfig{config_.listen, run_keys ? std::optional(run_keys->server()) : config_.server_keys});
             spdlog::info("listening for remote workers on {}", listener->describe());
-            if (config_.expect_workers > 0)
+            if (config_.expect_workers > 0 && !config_.slurm)
                 spdlog::info("waiting up to {:.0f} s for {} remote worker(s): {} --connect {}{}", config_.wait_workers_s,
                              config_.expect_workers, config_.worker_command, endpoint_for_workers(listener->endpoint()),
                              config_.server_keys ? " --keys DIR" : "");
@@ -97,9 +123,31 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                                               config_.pin_cpus, !config_.listen.empty(), config_.expect_workers,
                                               millis(config_.wait_workers_s)},
                               stop_, settings_);
+        std::optional<SlurmStep> step;  // after the listener: its workers connect to it
+        if (config_.slurm) {
+            const std::string worker_endpoint = endpoint_for_workers(listener->endpoint());
+            spdlog::info("waiting up to {:.0f} s for the {} worker(s) of the Slurm job step to connect to {}",
+                         config_.wait_workers_s, config_.slurm_workers, worker_endpoint);
+            step.emplace(SlurmStepConfig{config_.slurm_workers, config_.slurm_pin, config_.slurm_args,
+                                         slurm_worker_command(config_, worker_endpoint, run_keys->dir())});
+            dispatcher.watch([&step, this]() -> std::optional<std::string> {
+                if (!step->ended()) return std::nullopt;
+                for (auto waited = std::chrono::milliseconds(0); waited < kSignalGrace; waited += std::chrono::milliseconds(20)) {
+                    if (stop_.stop_requested()) return std::nullopt;  // the dispatcher stops as for any signal
+                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                }
+                spdlog::error("the Slurm job step of the workers ended before the run did: {}", step->describe(true));
+                return fmt::format("the Slurm job step of the workers ended ({})", step->describe(false));
+            });
+        }
         dispatcher.run();
         recorder.stop_clock();
         dispatcher.shutdown_workers();
+        if (step) {
+            // Its status is not the run's: a worker killed on the way makes it non-zero, and
+            // that worker's tasks ran elsewhere.
+            spdlog::info("the Slurm job step of the workers ended: {}", step->stop(kStepGrace));
+        }
         for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
     }  // every worker is reaped here, so cpu_s includes them
