@@ -495,8 +495,6 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.add_option("--out-dir", config.out_dir,
                    "where tasks save files (downloads, a task type's outputs); the coordinator's own\n"
                    "workers get its --out-dir/processes")
-        ->check(CLI::Validator(
-            [](std::string& text) -> std::string { return text.empty() ? "an empty path names no file" : ""; }, ""))
         ->type_name("DIR")
         ->capture_default_str();
     app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
