@@ -33,8 +33,9 @@ const Json* Fields::any(std::string_view key) { return take(key); }
 std::optional<double> Fields::seconds(std::string_view key) {
     const Json* value = take(key);
     if (!value) return std::nullopt;
-    if (!value->is_number() || !std::isfinite(value->get<double>()) || value->get<double>() < 0)
-        throw std::invalid_argument(fmt::format("\"{}\" must be a number of seconds >= 0, not {}", printable(key, 100), shown(*value)));
+    if (!value->is_number() || !(value->get<double>() >= 0) || value->get<double>() > kMaxSeconds)
+        throw std::invalid_argument(fmt::format("\"{}\" must be a number of seconds from 0 to {:.0f} (a year), not {}",
+                                                printable(key, 100), kMaxSeconds, shown(*value)));
     return value->get<double>();
 }
 

@@ -1,6 +1,10 @@
 #include "protocol.hpp"
 
 #include <exception>
+#include <limits>
+#include <span>
+#include <sstream>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -40,8 +44,30 @@ std::string problem(const Hello& message) {
     return {};
 }
 
+// The id 2^64-1 is kNoId, which a missing id reads as: one message for both.
+std::string no_id_problem(std::string_view what) {
+    return fmt::format("{} without an id (or with id {}, which means none)", what, kNoId);
+}
+
+// msgpack-c says only "std::bad_cast" when a field has the wrong type; name the field when it
+// is an id or an attempt, the numbers a peer most likely gets wrong (negative, too large, a float).
+std::string number_problem(const msgpack::object& map) {
+    for (const auto& entry : std::span(map.via.map.ptr, map.via.map.size)) {
+        if (entry.key.type != msgpack::type::STR) continue;
+        const std::string_view key(entry.key.via.str.ptr, entry.key.via.str.size);
+        if ((key == "id" || key == "attempt") && entry.val.type != msgpack::type::POSITIVE_INTEGER) {
+            std::ostringstream value;
+            value << entry.val;
+            return fmt::format("\"{}\" must be a whole number >= 0, not {}", key, printable(value.str(), 100));
+        }
+        if (key == "attempt" && entry.val.via.u64 > std::numeric_limits<std::uint32_t>::max())
+            return fmt::format("\"attempt\" {} is too large", entry.val.via.u64);
+    }
+    return {};
+}
+
 std::string problem(const Task& message) {
-    if (message.id == kNoId) return "task without an id";
+    if (message.id == kNoId) return no_id_problem("task");
     if (message.kind.empty()) return fmt::format("task {} without a kind", message.id);
     if (message.attempt == 0) return fmt::format("task {} has attempt 0", message.id);
     if (!message.params.is_object()) return fmt::format("task {} has params that are not a map", message.id);
@@ -49,7 +75,7 @@ std::string problem(const Task& message) {
 }
 
 std::string problem(const Result& message) {
-    if (message.id == kNoId) return "result without an id";
+    if (message.id == kNoId) return no_id_problem("result");
     if (message.kind.empty()) return fmt::format("result {} without a kind", message.id);
     return {};
 }
@@ -137,6 +163,8 @@ Message decode(std::string_view frame) {
         const auto head = object.as<Header>();
         if (head.type.empty()) return DecodeError{"message without a type"};
         if (head.v != kVersion) return DecodeError{fmt::format("protocol version {}, want {}", head.v, kVersion)};
+        if (const std::string problem = number_problem(object); !problem.empty())
+            return DecodeError{fmt::format("malformed message: {}", problem)};
         if (head.type == "hello") return checked(object.as<Hello>());
         if (head.type == "task") return checked(object.as<Task>());
         if (head.type == "result") return checked(object.as<Result>());
@@ -149,7 +177,10 @@ Message decode(std::string_view frame) {
         return DecodeError{fmt::format("unknown message type '{}'", head.type)};
     } catch (const msgpack::insufficient_bytes&) {
         return DecodeError{"truncated message"};
-    } catch (const std::exception& e) {  // unpack_error, size_overflow, type_error, bad_alloc
+    } catch (const msgpack::type_error&) {  // its what() is "std::bad_cast"
+        return DecodeError{"malformed message: a field has the wrong type or does not fit (a negative or over-large "
+                           "number, a string for a number, ...)"};
+    } catch (const std::exception& e) {  // unpack_error, size_overflow, bad_alloc
         return DecodeError{fmt::format("malformed message: {}", e.what())};
     }
 }

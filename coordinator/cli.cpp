@@ -1,17 +1,26 @@
 #include "cli.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cerrno>
 #include <cstdlib>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include "affinity.hpp"
+#include "checks.hpp"
 #include "curve.hpp"
 #include "coordinator.hpp"
 #include "dispatcher.hpp"
@@ -115,9 +124,43 @@ const CLI::Validator kCpuList(
     },
     "LIST");
 
+CLI::Validator seconds_between(double lo, double hi) {
+    return CLI::Validator([lo, hi](std::string& text) { return check_seconds(text, lo, hi); },
+                          fmt::format("SECONDS in [{:g} - {:g}]", lo, hi));
+}
+
+const CLI::Validator kUnsigned([](std::string& text) { return check_unsigned(text); }, "UINT");
+
+// An empty path names no file: refused here rather than met as a filesystem error later.
+const CLI::Validator kPath([](std::string& text) -> std::string { return text.empty() ? "an empty path names no file" : ""; },
+                           "");
+
+// "" if ZeroMQ can bind `host` (of --listen): `*`, or an IPv4 address of this machine. ZeroMQ
+// reads any other name as a network interface, and fails only when the run starts.
+std::string check_listen_host(const std::string& host) {
+    if (host == "*") return "";
+    in_addr address{};
+    if (::inet_pton(AF_INET, host.c_str(), &address) != 1)
+        return "ADDRESS must be * or an IPv4 address of this machine (for loopback, tcp://127.0.0.1:PORT); "
+               "host names and IPv6 addresses are not supported";
+    const int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return "";  // cannot tell here; the run will say
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    local.sin_addr = address;
+    local.sin_port = 0;
+    const bool bound = ::bind(probe, reinterpret_cast<const sockaddr*>(&local), sizeof local) == 0;
+    const int error = errno;
+    ::close(probe);
+    return bound ? "" : fmt::format("{} is not an address of this machine ({})", host, std::strerror(error));
+}
+
 const CLI::Validator kListenEndpoint(
     [](std::string& text) -> std::string {
-        if (curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)) return "";
+        if (const auto endpoint = curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)) {
+            const std::string why = check_listen_host(endpoint->host);
+            return why.empty() ? "" : fmt::format("cannot listen on '{}': {}", printable(text, 100), why);
+        }
         return fmt::format("'{}' is not tcp://ADDRESS:PORT (e.g. tcp://10.0.0.5:5555; tcp://*:5555 for every "
                            "interface; PORT * picks a free one)",
                            text);
@@ -260,6 +303,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
                        "a download is named <task id>-<name from the URL or a sanitised Content-Disposition>,\n"
                        "written to a temp file and renamed when complete")
+            ->check(kPath)
             ->type_name("DIR")
             ->capture_default_str();
     auto* max_bytes_option =
@@ -274,6 +318,18 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "reset, truncated body, stall, connect timeout), 0.25 s, 0.5 s, 1 s ... apart; never on 4xx")
             ->check(CLI::Range(0, 100))
             ->capture_default_str();
+    std::string min_speed = "1K";
+    auto* min_speed_option =
+        app.add_option("--min-speed", min_speed,
+                       "download: a response slower than SIZE bytes a second, on average over --stall-time, fails\n"
+                       "as stalled (and is retried); 0: no such limit")
+            ->check(size_validator(0))
+            ->capture_default_str();
+    auto* stall_time_option =
+        app.add_option("--stall-time", config.stall_s,
+                       "download: seconds over which --min-speed is measured (whole seconds, as libcurl counts)")
+            ->check(seconds_between(1, 3600))
+            ->capture_default_str();
     auto* file_size_option =
         app.add_option("--file-size", file_size, "built-in server (download without --urls): bytes per image; K, M, G are x1024")
             ->check(size_validator(0))
@@ -281,7 +337,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     auto* latency_option =
         app.add_option("--latency", config.latency_s,
                        "built-in server: seconds before each response, like a remote host's round trip")
-            ->check(CLI::Range(0.0, 3600.0))
+            ->check(seconds_between(0, 3600))
             ->capture_default_str();
     auto* bandwidth_option =
         app.add_option("--bandwidth", bandwidth, "built-in server: bytes per second per response, e.g. 1M (default:\n"
@@ -294,9 +350,11 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     // Each becomes a setting; given for a plan no type of which reads it, the run is refused.
     const std::pair<CLI::Option*, const char*> setting_flags[] = {
         {duration_option, "duration_s"},  {cpu_n_option, "cpu_n"},         {out_dir_option, "out_dir"},
-        {max_bytes_option, "max_bytes"}, {retries_option, "retries"},     {file_size_option, "file_size"},
-        {latency_option, "latency_s"},   {bandwidth_option, "bandwidth"}};
+        {max_bytes_option, "max_bytes"}, {retries_option, "retries"},     {min_speed_option, "min_speed"},
+        {stall_time_option, "stall_s"},  {file_size_option, "file_size"}, {latency_option, "latency_s"},
+        {bandwidth_option, "bandwidth"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
+        ->check(kUnsigned)
         ->capture_default_str();
     auto* mode_option = app.add_option("-m,--mode", modes,
                    "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
@@ -333,30 +391,33 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "- (or /dev/stdout) is stdout, and the result lines and table then go to stderr; a\n"
                    "regular file is replaced through a temp file and a rename, keeping its mode; a symlink\n"
                    "is followed; a FIFO, terminal or /dev/fd/N is written straight into")
+        ->check(kPath)
         ->type_name("FILE");
     app.add_option("--results", config.results_path,
                    "append one JSON line per finished task to FILE, flushed as each arrives; the file is\n"
                    "locked for the run, so a journal another run writes to is refused")
+        ->check(kPath)
         ->type_name("FILE");
     app.add_option("--resume", config.resume_path,
                    "resume from the journal FILE of an earlier run of the same plan: skip the tasks it records as\n"
                    "ok (per mode), run the rest and append their lines to FILE; a journal with two ok lines\n"
                    "for one task and mode is refused")
+        ->check(kPath)
         ->type_name("FILE");
     app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
-        ->check(CLI::Range(0.001, 3600.0))
+        ->check(seconds_between(0.001, 3600))
         ->capture_default_str();
     app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
                    "a worker (or coordinator) silent this long is dead")
-        ->check(CLI::Range(0.01, 86400.0))
+        ->check(seconds_between(kMinHeartbeatTimeout, 86'400))
         ->capture_default_str();
     app.add_option("--start-timeout", config.start_timeout_s, "seconds to wait for every worker's HELLO")
-        ->check(CLI::Range(0.1, 3600.0))
+        ->check(seconds_between(0.1, 3600))
         ->capture_default_str();
     app.add_option("--task-timeout", config.task_timeout_s,
                    "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
                    "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit)")
-        ->check(CLI::Range(0.0, 31'536'000.0))
+        ->check(seconds_between(0, 31'536'000))
         ->capture_default_str();
     app.add_option("--max-attempts", config.max_attempts,
                    "tries per task when its worker dies or goes silent under it; then the task fails")
@@ -387,10 +448,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     app.add_option("--trace", config.trace_path,
                    "write the run as Chrome trace-event JSON to FILE (open it in ui.perfetto.dev or\n"
                    "chrome://tracing): a process per mode, a thread per worker, an event per task attempt")
+        ->check(kPath)
         ->type_name("FILE");
     app.add_option("--timeline", config.timeline_path,
                    "draw the run as an SVG timeline to FILE: a panel per mode on one time axis, a lane per\n"
                    "worker or thread, a bar per task")
+        ->check(kPath)
         ->type_name("FILE.svg");
     auto* listen_option =
         app.add_option("--listen", config.listen,
@@ -425,7 +488,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     auto* wait_option = app.add_option("--wait-workers", config.wait_workers_s,
                    "seconds to wait for the --expect-workers (exit 1 if they do not all come), and how long a\n"
                    "run with no worker left waits for one before the remaining tasks fail")
-        ->check(CLI::Range(0.1, 86'400.0))
+        ->check(seconds_between(0.1, 86'400))
         ->capture_default_str();
     std::string launch = "local";
     auto* launch_option =
@@ -498,6 +561,22 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             config.settings[setting.substr(0, equals)] = parsed.is_discarded() ? Json(value) : std::move(parsed);
         }
         if (keygen_command->parsed()) return keygen;
+        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
+            throw CLI::ValidationError("--heartbeat-interval", why);
+        for (auto name = modes.begin(); name != modes.end(); ++name)
+            if (std::find(modes.begin(), name, *name) != name || (*name == "all" && modes.size() > 1))
+                throw CLI::ValidationError(
+                    "--mode", fmt::format("'{}' names a mode twice (all is every mode): each mode runs once per run",
+                                          fmt::join(modes, ",")));
+        const bool processes = !config.listen.empty() || std::find_if(modes.begin(), modes.end(), [](const std::string& name) {
+                                                            return name == "processes" || name == "all";
+                                                        }) != modes.end();
+        if (std::error_code ec; processes && std::filesystem::temp_directory_path(ec).empty()) {
+            // The processes mode makes its socket directory there (libstdc++ also reads TMP, TEMP, TEMPDIR).
+            const char* tmpdir = std::getenv("TMPDIR");
+            throw CLI::ValidationError("TMPDIR", fmt::format("cannot use TMPDIR '{}': {}", printable(tmpdir ? tmpdir : "", 200),
+                                                             ec.message()));
+        }
         if (wait_option->count() > 0 && config.listen.empty() && launch != "slurm")
             throw CLI::ValidationError("--wait-workers", "is for remote workers: it needs --listen or --launch slurm");
         if (slurm_args_option->count() > 0 && launch != "slurm")
@@ -576,6 +655,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0) config.tasks = static_cast<int>(count);
     config.max_bytes = *parse_size(max_bytes);
     config.file_size = *parse_size(file_size);
+    config.min_speed = *parse_size(min_speed);
     config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);
     config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
     if (!cpus.empty())

@@ -45,6 +45,8 @@ struct RunConfig {
     std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
     std::uint64_t max_bytes = 100 * 1024 * 1024;  // a larger body fails its task
     std::uint32_t retries = 2;                     // further tries after a transient failure
+    std::uint64_t min_speed = 1024;                // bytes a second; slower for stall_s: stalled
+    double stall_s = 15;
     std::uint64_t file_size = 200 * 1024;          // built-in server: bytes per image
     double latency_s = 0.2;                        //   seconds before each response
     std::uint64_t bandwidth = 0;                   //   bytes per second per response; 0: unlimited

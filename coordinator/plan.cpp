@@ -1,11 +1,13 @@
 #include "plan.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <random>
 #include <stdexcept>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -21,11 +23,46 @@ struct LineError : std::runtime_error {
     explicit LineError(const std::string& what) : std::runtime_error(printable(what)) {}
 };
 
+// Valid JSON that a plan line may not hold (see parse_strict).
+struct RefusedJson : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Parses one plan line, refusing what JSON allows but no task can mean: a key given twice in
+// one object, and a NUL in any string or key (it would cut a path, URL or kind short).
+Json parse_strict(const std::string& text) {
+    std::vector<std::vector<std::string>> keys;  // the keys seen so far in each open object
+    const auto check = [&keys](int, Json::parse_event_t event, Json& parsed) {
+        switch (event) {
+            case Json::parse_event_t::object_start: keys.emplace_back(); break;
+            case Json::parse_event_t::object_end: keys.pop_back(); break;
+            case Json::parse_event_t::key: {
+                const auto& key = parsed.get_ref<const std::string&>();
+                if (key.find('\0') != std::string::npos) throw RefusedJson(fmt::format("a key holds a NUL byte: \"{}\"", printable(key, 100)));
+                if (std::find(keys.back().begin(), keys.back().end(), key) != keys.back().end())
+                    throw RefusedJson(fmt::format("key \"{}\" given twice in one object", printable(key, 100)));
+                keys.back().push_back(key);
+                break;
+            }
+            case Json::parse_event_t::value:
+                if (parsed.is_string() && parsed.get_ref<const std::string&>().find('\0') != std::string::npos)
+                    throw RefusedJson(fmt::format("a string holds a NUL byte: {}", printable(parsed.dump(), 100)));
+                break;
+            default: break;
+        }
+        return true;
+    };
+    return Json::parse(text, check);
+}
+
 TaskSpec parse_line(const std::string& text, const Registry& registry) {
     Json line;
     try {
-        line = Json::parse(text);
-    } catch (const Json::parse_error& e) {
+        line = parse_strict(text);
+    } catch (const RefusedJson& e) {
+        throw LineError(e.what());
+    } catch (const Json::exception& e) {
+        // parse_error (syntax) or out_of_range (a number such as 1e400 that no double holds).
         // e.what() starts with "[json.exception.parse_error.101] ", which helps nobody here.
         const std::string what = e.what();
         throw LineError(fmt::format("not JSON: {}", what.substr(what.find("] ") + 2)));
@@ -93,6 +130,8 @@ Json settings_json(const RunConfig& config) {
         {"cpu_n", config.cpu_n},
         {"max_bytes", config.max_bytes},
         {"retries", config.retries},
+        {"min_speed", config.min_speed},
+        {"stall_s", config.stall_s},
         {"file_size", config.file_size},
         {"latency_s", config.latency_s},
         {"bandwidth", config.bandwidth},

@@ -27,7 +27,8 @@ Json settings_json(const RunConfig& config);
 inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] = {
     {"duration_s", "--duration"}, {"cpu_n", "--cpu-n"},         {"max_bytes", "--max-bytes"}, {"retries", "--retries"},
     {"file_size", "--file-size"}, {"latency_s", "--latency"},   {"bandwidth", "--bandwidth"}, {"seed", "--seed"},
-    {"tasks", "--tasks"},         {"workers", "--workers"},     {"served_urls", "--task download"}};
+    {"tasks", "--tasks"},         {"workers", "--workers"},     {"served_urls", "--task download"},
+    {"min_speed", "--min-speed"}, {"stall_s", "--stall-time"}};
 
 // Deterministic: the same config (seed included) gives the same plan on every machine.
 // With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,

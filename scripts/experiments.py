@@ -442,6 +442,53 @@ def plot_speedup(rows, path, cores):
     return tasks
 
 
+def plot_wall_time(rows, path):
+    """DIR/wall_time.png, for a sweep without sequential runs (so no speedup): a panel per
+    task, wall time vs workers, a line per mode (the median, with min - max bars). Returns
+    the panels drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = group_rows(rows)
+    tasks = sorted({task for task, _, _ in groups})
+    all_workers = sorted({w for _, _, w in groups})
+    figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.2 * max(1, len(tasks)), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for mode in dict.fromkeys(m for t, m, _ in groups if t == task):
+            xs, ys, lo, hi = [], [], [], []
+            for workers in all_workers:
+                values = [float(r["wall_s"]) for r in groups.get((task, mode, workers), [])
+                          if row_succeeded(r) and r["wall_s"]]
+                if values:
+                    med = statistics.median(values)
+                    xs.append(workers)
+                    ys.append(med)
+                    lo.append(med - min(values))
+                    hi.append(max(values) - med)
+            if xs:
+                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=mode)
+        ax.set_title(f"--task {task}")
+        ax.set_xlabel("workers (threads or processes)")
+        ax.set_ylabel("wall time (s)")
+        if len(all_workers) > 1 and all_workers[-1] / all_workers[0] >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(all_workers)
+        ax.set_xticklabels([str(w) for w in all_workers])
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    figure.suptitle("taskfarm wall time vs workers (median and min - max over repeats; no sequential run, "
+                    "so no speedup)", fontsize=10)
+    figure.tight_layout()
+    temp = Path(path).with_name(Path(path).name + ".tmp.png")
+    figure.savefig(temp, dpi=80)
+    plt.close(figure)
+    os.replace(temp, path)
+    return tasks
+
+
 def format_duration(seconds):
     seconds = max(0, int(round(seconds)))
     if seconds >= 3600:

@@ -45,8 +45,9 @@ public:
         const auto found = params.find("seconds");
         if (found == params.end() || !found->is_number()) throw std::invalid_argument("sleep needs \"seconds\"");
         const double seconds = found->get<double>();
-        if (!(seconds >= 0) || !std::isfinite(seconds))
-            throw std::invalid_argument(fmt::format("sleep \"seconds\" must be finite and >= 0, not {}", seconds));
+        // Checked again here: a peer's task skips parse(), and NaN or 1e300 must fail, not hang.
+        if (!(seconds >= 0) || seconds > kMaxSeconds)
+            throw std::invalid_argument(fmt::format("sleep \"seconds\" must be from 0 to {:.0f}, not {}", kMaxSeconds, seconds));
         if (seconds == 0) {  // a no-op: no clock, no wait (the benchmarks' task)
             context.check();
             return Value{{"slept_s", 0.0}};

@@ -103,6 +103,11 @@ TEST(Cli, ReadsEveryDownloadValueWithSizeSuffixes) {
     EXPECT_EQ(config.max_bytes, 2u << 30);
     EXPECT_EQ(config.retries, 0u);
     EXPECT_EQ(config.out_dir, "pictures");
+    EXPECT_EQ(config.min_speed, 1024u);  // the defaults: a drip of a byte a second fails
+    EXPECT_EQ(config.stall_s, 15);
+    const auto slow = std::get<RunConfig>(parse({"--task", "download", "--min-speed", "2K", "--stall-time", "3"}).result);
+    EXPECT_EQ(slow.min_speed, 2048u);
+    EXPECT_EQ(slow.stall_s, 3);
     EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "0"}).result).file_size, 0u);
     EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "1000"}).result).file_size, 1000u);
 }
@@ -147,7 +152,7 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
                              "--plan", "gil-threads", "cpu", "download", "--urls", "--out-dir", "--max-bytes",
                              "--retries", "--file-size", "--latency", "--bandwidth", "--task-timeout",
                              "--listen", "--keys", "--authorized", "--insecure", "--expect-workers", "--wait-workers",
-                             "--launch", "--slurm-args", "keygen"})
+                             "--launch", "--slurm-args", "--min-speed", "--stall-time", "keygen"})
         EXPECT_NE(help.find(flag), std::string::npos) << flag;
 }
 
@@ -212,7 +217,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BadValue{{"--listen", "tcp://127.0.0.1"}, "--listen", "tcp://127.0.0.1"},
                       BadValue{{"--listen", "tcp://127.0.0.1:70000"}, "--listen", "70000"},
                       BadValue{{"--listen", "tcp://0.0.0.0:5555"}, "--insecure", "0.0.0.0"},
-                      BadValue{{"--listen", "tcp://10.1.2.3:5555"}, "--insecure", "10.1.2.3"},
+                      BadValue{{"--listen", "tcp://10.1.2.3:5555"}, "--listen", "10.1.2.3 is not an address of this machine"},
                       BadValue{{"--listen", "tcp://127.0.0.1:5555"}, "--insecure", "any user of this machine"},
                       BadValue{{"--keys", "k"}, "--keys", "--listen"},
                       BadValue{{"--expect-workers", "2"}, "--expect-workers", "--listen"},
@@ -234,7 +239,52 @@ INSTANTIATE_TEST_SUITE_P(
                                "unbalanced quotes"},
                       BadValue{{"--launch", "slurm", "--workers", "2", "--slurm-args", "-p $(id -un)"}, "--slurm-args",
                                "command substitution"},
-                      BadValue{{"keygen"}, "DIR", "required"}));
+                      BadValue{{"keygen"}, "DIR", "required"},
+                      // What cannot work is refused before the run, naming the flag and the value.
+                      BadValue{{"--heartbeat-interval", "1", "--heartbeat-timeout", "1"}, "--heartbeat-interval", "at most half of --heartbeat-timeout 1"},
+                      BadValue{{"--heartbeat-interval", "3"}, "--heartbeat-interval", "--heartbeat-interval 3"},
+                      BadValue{{"--heartbeat-timeout", "0.01"}, "--heartbeat-timeout", "'0.01' is not a number of seconds from 0.1"},
+                      BadValue{{"--heartbeat-timeout", "nan"}, "--heartbeat-timeout", "'nan'"},
+                      BadValue{{"--heartbeat-interval", "inf"}, "--heartbeat-interval", "'inf'"},
+                      BadValue{{"--start-timeout", "nan"}, "--start-timeout", "'nan'"},
+                      BadValue{{"--task-timeout", "nan"}, "--task-timeout", "'nan'"},
+                      BadValue{{"--task-timeout", "inf"}, "--task-timeout", "'inf'"},
+                      BadValue{{"--task-timeout", "1e999"}, "--task-timeout", "'1e999'"},
+                      BadValue{{"--task", "download", "--latency", "nan"}, "--latency", "'nan'"},
+                      BadValue{{"--duration", "nan"}, "--duration", "'nan'"},
+                      BadValue{{"--duration", "1:inf"}, "--duration", "'1:inf'"},
+                      BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--wait-workers", "nan"}, "--wait-workers", "'nan'"},
+                      BadValue{{"--seed", "-1"}, "--seed", "'-1'"},
+                      BadValue{{"--seed", "18446744073709551616"}, "--seed", "'18446744073709551616'"},
+                      BadValue{{"--mode", "threads,threads"}, "--mode", "'threads,threads' names a mode twice"},
+                      BadValue{{"--mode", "all,threads"}, "--mode", "'all,threads'"},
+                      BadValue{{"--out-dir", ""}, "--out-dir", "an empty path"},
+                      BadValue{{"--json", ""}, "--json", "an empty path"},
+                      BadValue{{"--results", ""}, "--results", "an empty path"},
+                      BadValue{{"--task", "download", "--min-speed", "x"}, "--min-speed", "'x'"},
+                      BadValue{{"--task", "download", "--stall-time", "0"}, "--stall-time", "'0'"},
+                      BadValue{{"--task", "download", "--stall-time", "nan"}, "--stall-time", "'nan'"},
+                      BadValue{{"--listen", "tcp://localhost:5555", "--insecure"}, "--listen", "'tcp://localhost:5555'"},
+                      BadValue{{"--listen", "tcp://[::1]:5555", "--insecure"}, "--listen", "'tcp://[::1]:5555'"},
+                      BadValue{{"--listen", "tcp://lo:5555", "--insecure"}, "--listen", "tcp://127.0.0.1:PORT"}));
+
+// The processes mode makes its socket directory in $TMPDIR: a missing one is exit 2 before
+// the run, not a filesystem error when that mode starts.
+TEST(Cli, RefusesATmpdirThatIsNotADirectory) {
+    const char* old = std::getenv("TMPDIR");
+    const std::string saved = old ? old : "";
+    ::setenv("TMPDIR", "/nonexistent-taskfarm-tmpdir", 1);
+    const auto parsed = parse({"--mode", "processes"});
+    const auto sequential = parse({"--mode", "sequential"});
+    if (old)
+        ::setenv("TMPDIR", saved.c_str(), 1);
+    else
+        ::unsetenv("TMPDIR");
+    ASSERT_TRUE(std::holds_alternative<ExitCode>(parsed.result));
+    EXPECT_EQ(std::get<ExitCode>(parsed.result), ExitCode::Usage);
+    EXPECT_NE(parsed.err.find("cannot use TMPDIR '/nonexistent-taskfarm-tmpdir': "), std::string::npos) << parsed.err;
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(sequential.result)) << sequential.err;  // it makes none
+}
 
 // Sets an environment variable for one scope, and puts back what was there.
 class ScopedEnv {
@@ -274,11 +324,11 @@ TEST(Cli, LaunchSlurmStartsSlurmNtasksRemoteWorkersByDefault) {
 
 TEST(Cli, LaunchSlurmTakesWorkersAndListenWhenGiven) {
     const ScopedEnv ntasks("SLURM_NTASKS", "6");
-    const auto parsed = parse({"--launch", "slurm", "--workers", "3", "--listen", "tcp://10.0.0.5:5555"});
+    const auto parsed = parse({"--launch", "slurm", "--workers", "3", "--listen", "tcp://127.0.0.1:5555"});
     const auto& config = std::get<RunConfig>(parsed.result);
     EXPECT_EQ(config.slurm_workers, 3);
     EXPECT_FALSE(config.slurm_pin);
-    EXPECT_EQ(config.listen, "tcp://10.0.0.5:5555");
+    EXPECT_EQ(config.listen, "tcp://127.0.0.1:5555");
     EXPECT_TRUE(config.slurm_args.empty());
 }
 
@@ -306,8 +356,8 @@ TEST(Cli, ListenRunsOnlyTheProcessesModeAndMayHaveNoLocalWorker) {
     EXPECT_EQ(config.modes, std::vector<Mode>{Mode::Processes});
     // Plaintext anywhere, loopback included, only with --insecure.
     EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://127.0.0.1:5555", "--insecure"}).result));
-    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://[::1]:5555", "--insecure"}).result));
-    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://localhost:*", "--insecure"}).result));
+    EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://127.0.0.1:*", "--insecure"}).result));
+    // ZeroMQ would read localhost as an interface name, and [::1] needs ZMQ_IPV6: refused (CliRejects).
     EXPECT_TRUE(std::holds_alternative<RunConfig>(parse({"--listen", "tcp://0.0.0.0:5555", "--insecure"}).result));
     EXPECT_TRUE(std::holds_alternative<RunConfig>(
         parse({"--listen", "tcp://127.0.0.1:5555", "--insecure", "--mode", "processes"}).result));

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -297,6 +298,47 @@ TEST(ImageServer, QueuesABurstOfConnectionsBeforeAcceptingAny) {
     EXPECT_EQ(connected, kBurst);
 }
 
+// Clients that trickle a request's headers a byte at a time never finish one; each request has
+// a deadline, so they cannot keep the server's threads (two here, all taken by them) from the
+// downloads that queue behind them.
+TEST(ImageServer, SlowHeaderClientsDoNotHoldUpDownloads) {
+    ImageServer fixture({.images = 4, .file_size = 1000, .latency_s = 0, .threads = 2});
+    fixture.start();
+    constexpr int kSlowClients = 3;
+    std::atomic<int> cut_off{0};
+    std::vector<std::thread> slow;
+    for (int i = 0; i < kSlowClients; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ASSERT_GE(fd, 0);
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        address.sin_port = htons(static_cast<std::uint16_t>(fixture.port()));
+        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+        slow.emplace_back([fd, &cut_off] {
+            const std::string request = "GET /photo-0.ppm HTTP/1.1\r\nHost: x\r\nX-Slow: " + std::string(1000, 'a');
+            // A byte every 0.3 s, for at most a minute, until the server cuts the connection.
+            for (std::size_t sent = 0; sent < 200; ++sent) {
+                if (::send(fd, request.data() + sent % request.size(), 1, MSG_NOSIGNAL) != 1) {
+                    ++cut_off;
+                    break;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            }
+            ::close(fd);
+        });
+    }
+    testing::TempDir dir;
+    std::vector<TaskResult> results;
+    for (TaskId id = 0; id < 4; ++id)
+        results.push_back(download(download_task(id, fixture.urls()[id], dir.path(), /*timeout_s=*/50)));
+    for (std::thread& thread : slow) thread.join();
+    for (const TaskResult& result : results) EXPECT_TRUE(result.ok) << result.error;
+    EXPECT_EQ(files_under(dir.path()).size(), 4u);
+    EXPECT_EQ(cut_off, kSlowClients);  // the server hung up on every one of them
+    close_connections();
+}
+
 // --- the executor in-process -------------------------------------------------------------
 
 TEST(DownloadExecutor, StopsWhenCancelledAndLeavesNoFile) {
@@ -320,6 +362,23 @@ TEST(DownloadExecutor, StopsAtItsDeadlineAndLeavesNoFile) {
     testing::TempDir dir;
     const TaskResult result = download(download_task(0, fixture.urls()[0], dir.path(), 0.3));
     EXPECT_EQ(result.error, "timed out after 0.3 s");
+    EXPECT_EQ(files_under(dir.path()), std::set<std::string>{});
+    close_connections();
+}
+
+// A server that sends a byte a second never stalls outright; --min-speed and --stall-time
+// (here 100 bytes a second over 1 s) fail it as stalled anyway, with no task deadline.
+TEST(DownloadExecutor, FailsADownloadSlowerThanTheMinimumSpeed) {
+    const PythonServer server = PythonServer::hostile();
+    testing::TempDir dir;
+    DownloadTask drip = download_task(0, server.url("/drip"), dir.path());
+    drip.settings["min_speed"] = 100;
+    drip.settings["stall_s"] = 1;
+    drip.settings["retries"] = 1;
+    const TaskResult result = download(drip);
+    EXPECT_EQ(result.error, fmt::format("cannot download '{}': stalled: less than 100 bytes a second for 1 s "
+                                        "(--min-speed, --stall-time) (2 tries)",
+                                        server.url("/drip")));
     EXPECT_EQ(files_under(dir.path()), std::set<std::string>{});
     close_connections();
 }

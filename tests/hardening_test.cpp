@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -284,7 +285,7 @@ TEST(Printable, PlanAndUrlErrorsShowEscapesAndAreNotCutAtANul) {
                                    "{\"kind\":\"sleep\",\"seconds\":0,\"\\u001b[2J\\u0000x\":1}\n");
     const Output plan = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string()});
     EXPECT_EQ(plan.exit_code, 2);
-    EXPECT_NE(plan.err.find(fmt::format("{}:2: unknown field \"\\x1b[2J\\x00x\"\n", (dir / "plan.jsonl").string())),
+    EXPECT_NE(plan.err.find(fmt::format("{}:2: a key holds a NUL byte: \"\\x1b[2J\\x00x\"\n", (dir / "plan.jsonl").string())),
               std::string::npos)
         << plan.err;
     EXPECT_EQ(plan.err.find('\x1b'), std::string::npos) << plan.err;
@@ -485,6 +486,65 @@ TEST(Timeouts, AZeroTimeoutLineOutlivesTaskTimeout) {
     EXPECT_EQ(output.exit_code, 1);
     EXPECT_NE(output.out.find("1 task(s) failed in threads:\n  task 1: timed out after 0.1 s\n"), std::string::npos)
         << output.out;
+}
+
+// ---- 5. Validation: what cannot work is exit 2 before the run, naming the flag or FILE:LINE ----
+
+struct Refused {
+    std::vector<std::string> args;
+    std::string message;  // must appear on stderr
+};
+
+class RefusedBeforeTheRun : public ::testing::TestWithParam<Refused> {};
+
+TEST_P(RefusedBeforeTheRun, ExitsTwoWithNothingOnStdout) {
+    const Output output = run_binary("coordinator", GetParam().args);
+    EXPECT_EQ(output.exit_code, 2) << output.err;
+    EXPECT_NE(output.err.find(GetParam().message), std::string::npos) << output.err;
+    EXPECT_EQ(output.err.find("filesystem error"), std::string::npos) << output.err;
+    EXPECT_TRUE(output.out.empty()) << output.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Validation, RefusedBeforeTheRun,
+    ::testing::Values(
+        Refused{quick_run({"--heartbeat-interval", "2", "--heartbeat-timeout", "2"}),
+                "--heartbeat-interval: --heartbeat-interval 2 must be at most half of --heartbeat-timeout 2"},
+        Refused{quick_run({"--heartbeat-timeout", "0.01"}), "--heartbeat-timeout: '0.01' is not a number of seconds from 0.1"},
+        Refused{quick_run({"--task-timeout", "nan"}), "--task-timeout: 'nan' is not a number of seconds"},
+        Refused{quick_run({"--seed", "-1"}), "--seed: '-1' is not a whole number"},
+        Refused{quick_run({"--mode", "threads,threads"}), "names a mode twice (all is every mode)"},
+        Refused{quick_run({"--out-dir", ""}), "--out-dir: an empty path names no file"},
+        Refused{{"--listen", "tcp://localhost:5555", "--insecure", "--workers", "1"}, "cannot listen on 'tcp://localhost:5555'"},
+        Refused{{"--listen", "tcp://[::1]:5555", "--insecure", "--workers", "1"}, "cannot listen on 'tcp://[::1]:5555'"}));
+
+TEST(Validation, APlanNumberThatOverflowsIsFileAndLine) {
+    testing::TempDir dir;
+    write_text(dir.path() / "p.jsonl", "{\"kind\":\"sleep\",\"seconds\":1e400}\n");
+    const Output output = run_binary("coordinator", {"--mode", "sequential", "--plan", (dir.path() / "p.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 2) << output.err;
+    EXPECT_NE(output.err.find("p.jsonl:1: not JSON: number overflow parsing '1e400'"), std::string::npos) << output.err;
+    EXPECT_TRUE(output.out.empty()) << output.out;
+}
+
+TEST(Validation, AMissingTmpdirIsExitTwoBeforeTheRun) {
+    const Output output = run_shell("TMPDIR=/nonexistent-taskfarm-tmp \"$COORDINATOR\" --mode processes --workers 1 "
+                                    "--tasks 1 --duration 0");
+    EXPECT_EQ(output.exit_code, 2) << output.err;
+    EXPECT_NE(output.err.find("TMPDIR: cannot use TMPDIR '/nonexistent-taskfarm-tmp': "), std::string::npos) << output.err;
+    EXPECT_TRUE(output.out.empty()) << output.out;
+}
+
+// A peer's task skips the plan's checks; sleep checks "seconds" again when it runs, so NaN or
+// a value past any clock fails at once instead of hanging its executor.
+TEST(Validation, ASleepOfNanOrHugeSecondsFromAPeerFailsAtOnce) {
+    RunEnv env;
+    env.worker = "test";
+    for (const double seconds : {std::numeric_limits<double>::quiet_NaN(), 1e300, -1.0}) {
+        const TaskResult result = run_task(testing::task_of("sleep", {{"seconds", seconds}}), 1, env);
+        EXPECT_FALSE(result.ok) << seconds;
+        EXPECT_EQ(result.error.rfind("sleep \"seconds\" must be from 0 to 31536000, not ", 0), 0u) << result.error;
+    }
 }
 
 }  // namespace

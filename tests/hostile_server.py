@@ -10,6 +10,7 @@ Prints "port N" on the first line of stdout once it listens, then serves until k
   /loop/N                302 to /loop/N+1, for ever
   /stall                 200 with Content-Length 100000, 10 bytes, then silence
   /stall-headers         reads the request, then never answers
+  /drip                  200 with Content-Length 100000, then one byte a second
   /truncated             200 with Content-Length 100000, 5000 bytes, then hangs up
   /huge?length=N         200, N bytes with Content-Length
   /huge-chunked?length=N 200, N bytes without Content-Length (chunked)
@@ -106,6 +107,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(120)
         elif head == "stall-headers":
             time.sleep(120)
+        elif head == "drip":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(120):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(1)
         elif head == "truncated":
             self.send_response(200)
             self.send_header("Content-Length", "100000")

@@ -116,9 +116,9 @@ TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
               "p.jsonl:3: unknown kind \"fly\" (want sleep, cpu, download, fail or crash)");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\"}"), "p.jsonl:1: sleep needs \"seconds\"");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":-1}"),
-              "p.jsonl:1: \"seconds\" must be a number of seconds >= 0, not -1");
+              "p.jsonl:1: \"seconds\" must be a number of seconds from 0 to 31536000 (a year), not -1");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":\"1\"}"),
-              "p.jsonl:1: \"seconds\" must be a number of seconds >= 0, not \"1\"");
+              "p.jsonl:1: \"seconds\" must be a number of seconds from 0 to 31536000 (a year), not \"1\"");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"secnds\":1}"), "p.jsonl:1: sleep needs \"seconds\"");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1,\"url\":\"x\"}"), "p.jsonl:1: unknown field \"url\"");
     EXPECT_EQ(plan_error("{\"seconds\":1}"), "p.jsonl:1: no \"kind\"");
@@ -133,6 +133,26 @@ TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":2.5}"), "p.jsonl:1: \"n\" must be a whole number >= 0, not 2.5");
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":1000000000001}"),
               "p.jsonl:1: cpu range end 1000000000001 is above the limit 1000000000000");
+}
+
+// JSON that parses but no task can mean is refused with FILE:LINE, like any other bad line.
+TEST(PlanFile, RefusesOverflowsDuplicateKeysNulsAndDurationsBeyondAYear) {
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1e400}"),
+              "p.jsonl:1: not JSON: number overflow parsing '1e400'");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":99999999999999999999999}").rfind("p.jsonl:1: ", 0), 0u);
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1,\"seconds\":2}"),
+              "p.jsonl:1: key \"seconds\" given twice in one object");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"kind\":\"cpu\",\"n\":5}"), "p.jsonl:1: key \"kind\" given twice in one object");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1}\n{\"kind\":\"sleep\",\"seconds\":1,\"a\\u0000b\":1}")
+                  .rfind("p.jsonl:2: a key holds a NUL byte: ", 0),
+              0u);
+    EXPECT_EQ(plan_error("{\"kind\":\"sle\\u0000ep\",\"seconds\":1}").rfind("p.jsonl:1: a string holds a NUL byte: ", 0), 0u);
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1e300}"),
+              "p.jsonl:1: \"seconds\" must be a number of seconds from 0 to 31536000 (a year), not 1e+300");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1,\"timeout_s\":1e20}"),
+              "p.jsonl:1: \"timeout_s\" must be a number of seconds from 0 to 31536000 (a year), not 1e+20");
+    // The same key in two objects is fine.
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1}\n{\"kind\":\"sleep\",\"seconds\":2}"), "accepted");
 }
 
 TEST(PlanFile, ReadsDownloadLinesAndChecksTheirUrls) {

@@ -161,7 +161,7 @@ TEST(Protocol, RejectsAnotherVersion) {
 TEST(Protocol, RejectsMissingRequiredFields) {
     Task task;
     task.kind = "sleep";
-    EXPECT_EQ(rejection(encode(task)), "task without an id");
+    EXPECT_EQ(rejection(encode(task)), "task without an id (or with id 18446744073709551615, which means none)");
     task.id = 5;
     task.kind.clear();
     EXPECT_EQ(rejection(encode(task)), "task 5 without a kind");
@@ -169,7 +169,7 @@ TEST(Protocol, RejectsMissingRequiredFields) {
     EXPECT_EQ(rejection(encode(hello)), "hello without a name");
     Result result;
     result.kind = "sleep";
-    EXPECT_EQ(rejection(encode(result)), "result without an id");
+    EXPECT_EQ(rejection(encode(result)), "result without an id (or with id 18446744073709551615, which means none)");
 }
 
 TEST(Protocol, RejectsAFieldOfTheWrongType) {
@@ -182,6 +182,24 @@ TEST(Protocol, RejectsAFieldOfTheWrongType) {
     packer.pack(std::string("id")).pack(std::string("seven"));
     packer.pack(std::string("kind")).pack(std::string("sleep"));
     EXPECT_EQ(rejection(buffer.str()).rfind("malformed message: ", 0), 0u) << rejection(buffer.str());
+}
+
+// A peer's id that no TaskId holds is named, not reported as msgpack-c's "std::bad_cast".
+TEST(Protocol, SaysWhatIsWrongWithAnIdThatIsNotAWholeNumber) {
+    const auto task_with_id = [](auto id) {
+        std::stringstream buffer;
+        msgpack::packer packer(buffer);
+        packer.pack_map(4);
+        packer.pack(std::string("type")).pack(std::string("task"));
+        packer.pack(std::string("v")).pack(kVersion);
+        packer.pack(std::string("id")).pack(id);
+        packer.pack(std::string("kind")).pack(std::string("sleep"));
+        return rejection(buffer.str());
+    };
+    EXPECT_EQ(task_with_id(-1), "malformed message: \"id\" must be a whole number >= 0, not -1");
+    EXPECT_EQ(task_with_id(2.5), "malformed message: \"id\" must be a whole number >= 0, not 2.5");
+    EXPECT_EQ(task_with_id(std::string("seven")), "malformed message: \"id\" must be a whole number >= 0, not \"seven\"");
+    EXPECT_EQ(task_with_id(~std::uint64_t{0}), "task without an id (or with id 18446744073709551615, which means none)");
 }
 
 TEST(Protocol, RejectsATruncatedMessage) {

@@ -323,14 +323,16 @@ class SweepFailures(unittest.TestCase):
                 self.assertEqual((r["error"], r["wall_s"], r["ok"]), ("timed out after 0.5 s", "", ""))
             self.assertEqual(run(["pgrep", "-f", d]).stdout.split(), [])
 
-    def test_without_sequential_there_is_no_speedup_and_no_plot(self):
+    def test_without_sequential_there_is_no_speedup_but_a_wall_time_plot(self):
         with tempfile.TemporaryDirectory() as d:
-            done = run([SWEEP, "--coordinator", FAKE, "--workers", "1,2", "--mode", "threads", "--repeat", "1",
-                        "--out", d])
+            done = run([SWEEP, "--coordinator", FAKE, "--workers", "1,2", "--mode", "threads,processes", "--repeat",
+                        "1", "--out", d])
             self.assertEqual(done.returncode, 0, done.stderr)
             self.assertEqual({r["speedup_vs_sequential"] for r in read_rows(Path(d) / "sweep.csv")}, {""})
-            self.assertIn("add sequential to --mode", done.stderr)
+            self.assertIn("so wall_time.png instead of speedup.png (add sequential to --mode)", done.stderr)
             self.assertFalse((Path(d) / "speedup.png").exists())
+            self.assertEqual((Path(d) / "wall_time.png").read_bytes()[:8], PNG_SIGNATURE)
+            self.assertIn(str(Path(d) / "wall_time.png"), done.stderr)
 
     def test_ctrl_c_leaves_a_valid_csv_and_no_coordinator(self):
         with tempfile.TemporaryDirectory() as d:

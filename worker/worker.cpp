@@ -24,6 +24,7 @@
 #include <zmq.hpp>
 
 #include "affinity.hpp"
+#include "checks.hpp"
 #include "curve.hpp"
 #include "errors.hpp"
 #include "log.hpp"
@@ -457,6 +458,11 @@ const CLI::Validator kAllowedCpu(
     },
     "");  // the option's type_name says what it wants
 
+CLI::Validator seconds_between(double lo, double hi) {
+    return CLI::Validator([lo, hi](std::string& text) { return check_seconds(text, lo, hi); },
+                          fmt::format("SECONDS in [{:g} - {:g}]", lo, hi));
+}
+
 }  // namespace
 
 int worker_main(const std::string& name, const Registry& registry, int argc, const char* const* argv) {
@@ -507,18 +513,18 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.add_option("--connect-timeout", config.connect_timeout_s,
                    "exit 1 when no coordinator has answered this many seconds after starting (it may\n"
                    "start after its workers); a refused worker exits at once, saying why")
-        ->check(CLI::Range(0.1, 86400.0))
+        ->check(seconds_between(0.1, 86'400))
         ->capture_default_str();
     app.add_option("--parent-pid", config.parent_pid, "exit when this process (the coordinator) dies")
         ->check(CLI::PositiveNumber);
     app.add_option("--heartbeat-interval", config.heartbeat_interval_s,
                    "seconds between heartbeats; use the coordinator's --heartbeat-interval")
-        ->check(CLI::Range(0.001, 3600.0))
+        ->check(seconds_between(0.001, 3600))
         ->capture_default_str();
     app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
                    "exit when the coordinator is silent this many seconds; use the coordinator's\n"
                    "--heartbeat-timeout")
-        ->check(CLI::Range(0.01, 86400.0))
+        ->check(seconds_between(kMinHeartbeatTimeout, 86'400))
         ->capture_default_str();
     app.add_option("--log-level", config.log_level, "log level on stderr (default: SPDLOG_LEVEL, else info)")
         ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
@@ -529,6 +535,8 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                     name));
     try {
         app.parse(argc, argv);
+        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
+            throw CLI::ValidationError("--heartbeat-interval", why);
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
         if (!config.keys_dir.empty() && !tcp)
             throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));

@@ -187,6 +187,10 @@ public:
     virtual void thread_done() const {}
 };
 
+// The longest duration a task field may give (a year): a longer one would overflow the
+// clocks' nanosecond counts, and no task means it.
+inline constexpr double kMaxSeconds = 31'536'000;
+
 // Reads a parameters object field by field with errors that name the field, and remembers
 // what it read so that finish() can reject a field nobody reads (most likely a typo).
 // Throws std::invalid_argument.
@@ -194,7 +198,7 @@ class Fields {
 public:
     explicit Fields(const Params& params);  // throws unless params is an object
     bool has(std::string_view key) const;
-    std::optional<double> seconds(std::string_view key);         // a finite number >= 0
+    std::optional<double> seconds(std::string_view key);         // a number from 0 to kMaxSeconds
     std::optional<std::uint64_t> count(std::string_view key);    // a whole number >= 0
     std::optional<std::string> text(std::string_view key);       // a string
     const Json* any(std::string_view key);                      // any value, unchecked

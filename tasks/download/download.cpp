@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string_view>
 #include <system_error>
 #include <type_traits>
 
@@ -216,6 +218,8 @@ struct Transfer {
     PartFile& file;
     Sha256& digest;
     std::uint64_t max_bytes = 0;  // 0: no limit
+    std::uint64_t min_speed = kMinSpeed;                     // bytes a second, averaged over stall_s
+    long stall_s = static_cast<long>(kStallTimeout.count());  // slower than min_speed this long: stalled
     std::uint64_t bytes = 0;
     bool too_big = false;     // the body passed max_bytes
     std::string write_error;  // the file could not be written
@@ -323,9 +327,10 @@ void configure(CURL* curl, const std::string& url, const Context& context, Trans
     if (transfer.max_bytes > 0)
         set(curl, CURLOPT_MAXFILESIZE_LARGE,
             static_cast<curl_off_t>(std::min<std::uint64_t>(transfer.max_bytes, std::numeric_limits<curl_off_t>::max())));
-    // A stalled response: less than one byte a second for kStallTimeout.
-    set(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    set(curl, CURLOPT_LOW_SPEED_TIME, static_cast<long>(kStallTimeout.count()));
+    // A stalled response: less than min_speed bytes a second for stall_s seconds (--min-speed,
+    // --stall-time).
+    set(curl, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(std::min<std::uint64_t>(transfer.min_speed, std::numeric_limits<long>::max())));
+    set(curl, CURLOPT_LOW_SPEED_TIME, transfer.stall_s);
     long connect_ms = std::chrono::duration_cast<std::chrono::milliseconds>(kConnectTimeout).count();
     if (context.deadline() != Clock::time_point::max()) {
         const long left = milliseconds_until(context.deadline());
@@ -372,6 +377,11 @@ std::optional<Failure> failure_of(CURL* curl, const std::string& url, CURLcode c
         // Transient: the server or the network may do better next time.
         case CURLE_COULDNT_CONNECT:
         case CURLE_OPERATION_TIMEDOUT:  // connect timeout or stall; the task's deadline is handled before
+            if (std::string_view(detail).starts_with("Operation too slow"))
+                return Failure{fmt::format("stalled: less than {} bytes a second for {} s (--min-speed, --stall-time)",
+                                           transfer.min_speed, transfer.stall_s),
+                               true};
+            return Failure{detail, true};
         case CURLE_PARTIAL_FILE:
         case CURLE_RECV_ERROR:
         case CURLE_SEND_ERROR:
@@ -407,6 +417,8 @@ struct Request {
     fs::path dir;                // Context::out_dir()
     std::uint64_t max_bytes = 0;  // a larger body fails the task; 0: no limit
     std::uint32_t retries = 0;    // further tries after a transient failure
+    std::uint64_t min_speed = kMinSpeed;  // --min-speed
+    long stall_s = static_cast<long>(kStallTimeout.count());  // --stall-time, whole seconds as libcurl counts
 };
 
 // Downloads `request`; throws TaskStopped when cancelled or past the deadline, and
@@ -434,6 +446,8 @@ Value download(const Request& request, const Context& context) {
             digest.reset();
         }
         Transfer transfer(context, file, digest, request.max_bytes);
+        transfer.min_speed = request.min_speed;
+        transfer.stall_s = request.stall_s;
         char error_buffer[CURL_ERROR_SIZE] = {};
         configure(curl, url, context, transfer, error_buffer, no_proxy);
         if (attempt > 1) set(curl, CURLOPT_FRESH_CONNECT, 1L);  // the failed try's may be in any state
@@ -512,7 +526,7 @@ public:
 
     std::uint64_t default_count() const override { return 15; }  // the tutorial's 15 images
     std::vector<std::string> settings_read() const override {
-        return {"max_bytes", "retries", "file_size", "latency_s", "bandwidth"};
+        return {"max_bytes", "retries", "min_speed", "stall_s", "file_size", "latency_s", "bandwidth"};
     }
     bool writes_files() const override { return true; }
 
@@ -529,7 +543,9 @@ public:
                               .id = context.id(),
                               .dir = context.out_dir(),
                               .max_bytes = settings.value("max_bytes", std::uint64_t{0}),
-                              .retries = settings.value("retries", std::uint32_t{0})};
+                              .retries = settings.value("retries", std::uint32_t{0}),
+                              .min_speed = settings.value("min_speed", kMinSpeed),
+                              .stall_s = std::lround(std::clamp(settings.value("stall_s", static_cast<double>(kStallTimeout.count())), 1.0, kMaxSeconds))};
         try {
             Value value = download(request, context);
             value["elapsed_s"] = std::chrono::duration<double>(Clock::now() - started).count();

@@ -15,9 +15,11 @@ namespace taskfarm {
 inline constexpr std::size_t kMaxUrlBytes = 8192;  // keeps every TASK and RESULT far below kMaxFrameBytes
 inline constexpr long kMaxRedirects = 5;
 inline constexpr std::chrono::seconds kConnectTimeout{10};
-// A response that sends no byte for this long fails (and may be retried), with or without
-// a --task-timeout.
-inline constexpr std::chrono::seconds kStallTimeout{30};
+// A response slower than kMinSpeed bytes a second, on average over kStallTimeout, fails as
+// stalled (and may be retried), with or without a --task-timeout: a server that drips a byte
+// a second cannot hold a task for ever. The defaults of --min-speed and --stall-time.
+inline constexpr std::chrono::seconds kStallTimeout{15};
+inline constexpr std::uint64_t kMinSpeed = 1024;
 inline constexpr std::size_t kMaxFileNameBytes = 120;  // of the sanitised name, before the "NNN-" prefix
 
 // Why `url` cannot be a download task, or empty when it can: it must be an absolute

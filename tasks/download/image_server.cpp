@@ -1,17 +1,26 @@
 #include "image_server.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
-#include <cstring>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <thread>
 
 #include <fmt/format.h>
 #include <httplib.h>
@@ -36,9 +45,99 @@ std::uint64_t splitmix64(std::uint64_t x) {
 
 }  // namespace
 
+// Gives each request a deadline: from the moment its connection is first seen, or the previous
+// response on it ends, the whole request (line and headers) must arrive within
+// kRequestDeadline, or the connection is shut down. cpp-httplib's own read timeout applies to
+// each read, so a client trickling a header byte every few seconds would hold a thread for
+// ever, and the run's downloads wait for threads. cpp-httplib never shows us a connection's
+// socket before its request is in, so the watchdog finds them in /proc/self/fd: the sockets
+// whose local port is the server's and that have a peer.
 class ImageServer::Server : public httplib::Server {
 public:
     std::atomic<std::uint64_t> requests{0};
+
+    Server() {
+        set_pre_routing_handler([this](const httplib::Request& request, httplib::Response&) {
+            set_deadline(peer_key(request.remote_addr, request.remote_port), Clock::time_point::max());  // being served
+            return HandlerResponse::Unhandled;
+        });
+        set_logger([this](const httplib::Request& request, const httplib::Response&) {
+            set_deadline(peer_key(request.remote_addr, request.remote_port), Clock::now() + kRequestDeadline);
+        });
+    }
+
+    // Starts the thread that shuts down connections past their deadline.
+    void watch(int port) {
+        watchdog_ = std::jthread([this, port](std::stop_token stop) {
+            std::mutex sleep_mutex;
+            std::condition_variable_any tick;
+            std::unique_lock sleep_lock(sleep_mutex);
+            while (!stop.stop_requested()) {
+                static_cast<void>(tick.wait_for(sleep_lock, stop, kWatchInterval, [] { return false; }));
+                if (!stop.stop_requested()) enforce(port);
+            }
+        });
+    }
+
+private:
+    static constexpr std::chrono::seconds kRequestDeadline{5};
+    static constexpr std::chrono::milliseconds kWatchInterval{200};
+
+    static std::string peer_key(const std::string& address, int port) { return fmt::format("{}:{}", address, port); }
+
+    // The peer of `fd` when it is a connection accepted on `port`, else "".
+    static std::string server_peer(int fd, int port) {
+        sockaddr_storage local{};
+        sockaddr_storage remote{};
+        socklen_t local_size = sizeof local;
+        socklen_t remote_size = sizeof remote;
+        if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) != 0 || local.ss_family != AF_INET ||
+            ntohs(reinterpret_cast<sockaddr_in*>(&local)->sin_port) != port ||
+            ::getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &remote_size) != 0 || remote.ss_family != AF_INET)
+            return "";
+        char host[INET_ADDRSTRLEN] = {};
+        const auto* peer = reinterpret_cast<sockaddr_in*>(&remote);
+        ::inet_ntop(AF_INET, &peer->sin_addr, host, sizeof host);
+        return peer_key(host, ntohs(peer->sin_port));
+    }
+
+    void set_deadline(const std::string& peer, Clock::time_point deadline) {
+        std::lock_guard lock(mutex_);
+        deadlines_[peer] = deadline;
+    }
+
+    void enforce(int port) {
+        std::map<std::string, int> open;  // peer -> fd, this round
+        std::error_code ec;
+        for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+            int fd = -1;
+            const std::string name = entry.path().filename().string();
+            if (std::from_chars(name.data(), name.data() + name.size(), fd).ec != std::errc{}) continue;
+            if (std::string peer = server_peer(fd, port); !peer.empty()) open.emplace(std::move(peer), fd);
+        }
+        const auto now = Clock::now();
+        std::lock_guard lock(mutex_);
+        std::erase_if(deadlines_, [&open](const auto& entry) { return !open.contains(entry.first); });  // closed
+        for (const auto& [peer, fd] : open) {
+            const auto [found, added] = deadlines_.emplace(peer, now + kRequestDeadline);  // new: its first request
+            if (found->second == Clock::time_point::max()) continue;  // being served
+            // Bytes nobody has read: it waits in the queue for a thread, which it does not hold;
+            // its time starts when a thread takes it (a trickler's bytes are read as they come).
+            if (int unread = 0; ::ioctl(fd, FIONREAD, &unread) == 0 && unread > 0) {
+                found->second = now + kRequestDeadline;
+                continue;
+            }
+            // Checked again just before: the number may have been closed and reused since the scan.
+            if (!added && found->second < now && server_peer(fd, port) == peer) {
+                ::shutdown(fd, SHUT_RDWR);  // its thread's next read fails and the thread is free
+                found->second = Clock::time_point::max();
+            }
+        }
+    }
+
+    std::mutex mutex_;
+    std::map<std::string, Clock::time_point> deadlines_;  // by the peer's address:port; max: being served
+    std::jthread watchdog_;                               // last: stopped and joined first
 };
 
 ImageServer::ImageServer(ImageServerOptions options) : options_(options), server_(std::make_unique<Server>()) {
@@ -121,6 +220,7 @@ void ImageServer::start() {
     sigset_t old;
     pthread_sigmask(SIG_BLOCK, &pipe, &old);
     thread_ = std::thread([this] { server_->listen_after_bind(); });
+    server_->watch(port_);
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     while (!server_->is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     spdlog::info("serving {} synthetic images of {} bytes on {}, {:g} s latency{}", options_.images, options_.file_size,
