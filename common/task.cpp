@@ -172,13 +172,15 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
         Context context(setup, env.gil ? &hold : nullptr);
         result.value = task.type->run(task.params, context);
         result.ok = true;
+    } catch (const TaskFailed& e) {
+        result.error = e.what();
+        result.value = e.value;
     } catch (const std::exception& e) {
         result.error = e.what();
     } catch (...) {
         result.error = "unknown exception";
     }
     if (!result.ok) {
-        result.value = nullptr;
         if (result.error.empty()) result.error = "failed without a reason";
     }
     result.run_time = std::chrono::steady_clock::now() - started;

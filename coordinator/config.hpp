@@ -50,6 +50,10 @@ struct RunConfig {
     std::uint64_t bandwidth = 0;                   //   bytes per second per response; 0: unlimited
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
+    bool modes_given = false;  // --mode was given: a plan with side effects keeps these modes
+    std::string command;       // --command TEMPLATE, for each line of --inputs (the setting "command")
+    std::uint64_t max_output = 256 * 1024;  // command: bytes of stdout and of stderr kept per task
+    bool show_output = true;                // --output group; false: --output none
     int prefetch = 0;  // tasks a worker may hold at once; 0: auto (see DispatchOptions)
     // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.
     std::vector<int> pin_cpus;
