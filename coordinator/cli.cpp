@@ -21,6 +21,10 @@ namespace {
 
 constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
 
+// The command type's own limit (tasks/command/command.cpp): two streams of this size and
+// the rest of a result fit in proto::kMaxFrameBytes.
+constexpr std::uint64_t kMaxCommandOutput = 384 * 1024;
+
 std::optional<double> parse_seconds(std::string_view text) {
     double value = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -232,6 +236,34 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(cpu_n_option)
             ->excludes(inputs_option);
     inputs_option->excludes(tasks_option);
+    auto* command_option =
+        app.add_option("--command", config.command,
+                       "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read whole before\n"
+                       "the run), with GNU parallel's replacement strings, each quoted as one shell word: {} the\n"
+                       "line, {.} without extension, {/} base name, {//} directory, {/.} base name without\n"
+                       "extension, {#} task number from 1; no replacement string: the line is appended. Runs only\n"
+                       "the processes mode unless --mode says otherwise. See docs/commands.md")
+            ->type_name("TEMPLATE")
+            ->excludes(plan_option)
+            ->excludes(task_option)
+            ->excludes(tasks_option)
+            ->excludes(duration_option)
+            ->excludes(cpu_n_option);
+    std::string max_output = "256K";
+    auto* max_output_option =
+        app.add_option("--max-output", max_output,
+                       fmt::format("command: bytes of each task's stdout and of its stderr kept for the console and\n"
+                                   "the journal (the byte counts are of the whole); at most {}K, so that a result fits\n"
+                                   "in one message",
+                                   kMaxCommandOutput / 1024))
+            ->check(size_validator(0))
+            ->capture_default_str();
+    std::string output = "group";
+    app.add_option("--output", output,
+                   "command output on stdout: group (each task's stdout and stderr as one block under its result\n"
+                   "line, lines marked \"  | \" and \"  ! \") or none (the journal still has them)")
+        ->check(CLI::IsMember({"group", "none"}))
+        ->capture_default_str();
     std::string file_size = "200K";
     std::string max_bytes = "100M";
     std::string bandwidth;
@@ -285,7 +317,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     const std::pair<CLI::Option*, const char*> setting_flags[] = {
         {duration_option, "duration_s"},  {cpu_n_option, "cpu_n"},         {out_dir_option, "out_dir"},
         {max_bytes_option, "max_bytes"}, {retries_option, "retries"},     {file_size_option, "file_size"},
-        {latency_option, "latency_s"},   {bandwidth_option, "bandwidth"}};
+        {latency_option, "latency_s"},   {bandwidth_option, "bandwidth"}, {max_output_option, "max_output"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->capture_default_str();
     auto* mode_option = app.add_option("-m,--mode", modes,
@@ -436,6 +468,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
         "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head).\n"
         "Examples: coordinator --workers 8 --task download\n"
+        "          ls *.txt | coordinator --command 'gzip -k {}' --inputs -\n"
         "          coordinator --workers 4 --task sleep --tasks 8 --duration 0.5\n"
         "          coordinator --workers 2 --task cpu --tasks 8 --mode all --pin\n"
         "          coordinator --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
@@ -456,6 +489,19 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             config.inputs_path = config.urls_path;
             config.inputs_flag = "--urls";
         }
+        if (command_option->count() > 0) {
+            if (!registry.find("command"))
+                throw CLI::ValidationError("--command", fmt::format("{} has no command task type", program.name));
+            if (config.inputs_path.empty())
+                throw CLI::ValidationError("--command", "needs --inputs FILE (or --inputs - for standard input): the "
+                                                        "template runs once per line");
+            if (config.command.empty()) throw CLI::ValidationError("--command", "the template is empty");
+            task = "command";
+        }
+        if (*parse_size(max_output) > kMaxCommandOutput)
+            throw CLI::ValidationError("--max-output", fmt::format("'{}' is over {}K: a task's stdout and stderr must fit "
+                                                                   "in one message of the protocol",
+                                                                   max_output, kMaxCommandOutput / 1024));
         for (const std::string& setting : settings) {
             const auto equals = setting.find('=');
             const std::string value = setting.substr(equals + 1);
@@ -498,6 +544,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     if (tasks_option->count() == 0)
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0) config.tasks = static_cast<int>(count);
     config.max_bytes = *parse_size(max_bytes);
+    config.max_output = *parse_size(max_output);
+    config.show_output = output == "group";
+    config.modes_given = mode_option->count() > 0;
     config.file_size = *parse_size(file_size);
     config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);
     config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
