@@ -226,7 +226,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its\n"
                        "parameters...}, e.g. {\"kind\":\"sleep\",\n"
                        "\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or \"lo\" and \"hi\") or\n"
-                       "{\"kind\":\"download\",\"url\":\"https://...\"}; any line may add \"timeout_s\";\n"
+                       "{\"kind\":\"download\",\"url\":\"https://...\"} or {\"kind\":\"command\",\"argv\":[\"gzip\",\"a b\"]}\n"
+                       "(or \"shell\":\"...\"; see docs/commands.md); any line may add \"timeout_s\";\n"
                        "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
                        "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin")
             ->type_name("FILE")
@@ -276,7 +277,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(tasks_option)
             ->excludes(duration_option)
             ->excludes(cpu_n_option)
-            ->excludes(inputs_option);
+            ->excludes(inputs_option)
+            ->excludes(command_option);
     auto* out_dir_option =
         app.add_option("--out-dir", config.out_dir,
                        "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
