@@ -113,7 +113,7 @@ TEST(PlanFile, ReadsTasksInOrderSkippingBlankLinesAndComments) {
 
 TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1}\n# ok\n{\"kind\":\"fly\"}\n"),
-              "p.jsonl:3: unknown kind \"fly\" (want sleep, cpu, download, fail or crash)");
+              "p.jsonl:3: unknown kind \"fly\" (want sleep, cpu, download, fail, crash or command)");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\"}"), "p.jsonl:1: sleep needs \"seconds\"");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":-1}"),
               "p.jsonl:1: \"seconds\" must be a number of seconds >= 0, not -1");
