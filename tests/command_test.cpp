@@ -144,7 +144,7 @@ TEST(Command, ATimeoutEndsTheWholeTreeEvenWhenItIgnoresSigterm) {
     for (const bool ignore : {false, true}) {
         testing::TempDir dir;
         const TaskResult result =
-            run_command({{"shell", process_tree(dir / "pids", ignore)}}, {{"command_grace_s", 0.2}}, 1.5);
+            run_command({{"shell", process_tree(dir / "pids", ignore)}}, {{"command_grace_s", 1.0}}, 1.5);
         EXPECT_FALSE(result.ok);
         EXPECT_EQ(result.error, "timed out after 1.5 s");
         EXPECT_EQ(result.value["exit_code"], nullptr);
