@@ -262,8 +262,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     std::string output = "group";
     app.add_option("--output", output,
                    "command output on stdout: group (each task's stdout and stderr as one block under its result\n"
-                   "line, lines marked \"  | \" and \"  ! \") or none (the journal still has them)")
-        ->check(CLI::IsMember({"group", "none"}))
+                   "line, lines marked \"  | \" and \"  ! \"), tag (the same, each line starting with \"task ID\", for\n"
+                   "grep) or none (the journal still has them)")
+        ->check(CLI::IsMember({"group", "tag", "none"}))
         ->capture_default_str();
     std::string file_size = "200K";
     std::string max_bytes = "100M";
@@ -547,7 +548,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0) config.tasks = static_cast<int>(count);
     config.max_bytes = *parse_size(max_bytes);
     config.max_output = *parse_size(max_output);
-    config.show_output = output == "group";
+    config.output = output == "tag" ? OutputBlocks::Tag : output == "none" ? OutputBlocks::None : OutputBlocks::Group;
     config.modes_given = mode_option->count() > 0;
     config.file_size = *parse_size(file_size);
     config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);

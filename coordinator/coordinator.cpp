@@ -291,7 +291,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     // A report on stdout must be all there is on it; the results and the table then go to stderr.
     std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
-    auto console = std::make_unique<ConsoleSink>(results_out, config.show_output);
+    auto console = std::make_unique<ConsoleSink>(results_out, config.output);
     ConsoleSink* console_sink = console.get();
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {

@@ -65,15 +65,15 @@ void FanOutSink::flush_() {
     for (auto& sink : sinks_) sink->flush();
 }
 
-ConsoleSink::ConsoleSink(std::FILE* out, bool show_output)
-    : out_(out), show_output_(show_output), line_by_line_(::isatty(::fileno(out)) == 1) {}
+ConsoleSink::ConsoleSink(std::FILE* out, OutputBlocks blocks)
+    : out_(out), blocks_(blocks), line_by_line_(::isatty(::fileno(out)) == 1) {}
 
 namespace {
 
 // The type's output block for the console, printable line by line and ending in a newline;
 // "" when there is none.
-std::string output_block(const TaskResult& result) {
-    if (!result.type || result.value.is_null()) return {};
+std::string output_block(const TaskResult& result, OutputBlocks blocks) {
+    if (blocks == OutputBlocks::None || !result.type || result.value.is_null()) return {};
     std::string block;
     try {
         block = result.type->output(result.value);
@@ -82,7 +82,17 @@ std::string output_block(const TaskResult& result) {
     }
     if (block.empty()) return {};
     if (block.back() != '\n') block += '\n';
-    return printable_lines(block, std::string::npos);
+    block = printable_lines(block, std::string::npos);
+    if (blocks != OutputBlocks::Tag) return block;
+    const std::string tag = fmt::format("task {}", result.id);
+    std::string tagged;
+    for (std::size_t at = 0; at < block.size();) {
+        const std::size_t end = block.find('\n', at) + 1;  // every line ends in one
+        tagged += tag;
+        tagged.append(block, at, end - at);
+        at = end;
+    }
+    return tagged;
 }
 
 }  // namespace
@@ -117,7 +127,7 @@ void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
     const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
     print("{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n{}", mode_, result.id,
           printable(result.worker), result.end_s, result.run_time.count(), outcome, attempt,
-          show_output_ ? output_block(result) : std::string());
+          output_block(result, blocks_));
     if (line_by_line_) flush_();
 }
 

@@ -216,6 +216,10 @@ TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
                                                     "--workers", "2", "--output", "none"});
     ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
     EXPECT_EQ(quiet.out.find("  | "), std::string::npos) << quiet.out;
+    const Output tagged = run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2", "--inputs",
+                                                     (dir / "inputs").string(), "--workers", "2", "--output", "tag"});
+    ASSERT_EQ(tagged.exit_code, 0) << tagged.err;
+    EXPECT_NE(tagged.out.find(" of stderr\ntask 7  | out in7\ntask 7  ! err in7\n"), std::string::npos) << tagged.out;
 }
 
 TEST(CommandLine, AFailedCommandKeepsItsExitCodeAndOutputInTheJournal) {
