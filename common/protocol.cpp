@@ -228,7 +228,7 @@ TaskResult to_result(Result&& message, std::string worker, const TaskType* type)
     result.error = std::move(message.error);
     result.worker = std::move(worker);
     result.run_time = std::chrono::duration<double>(message.run_s);
-    result.value = message.ok ? std::move(message.value) : Json(nullptr);
+    result.value = std::move(message.value);  // a failed task's too (TaskFailed)
     return result;
 }
 

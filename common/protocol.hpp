@@ -74,7 +74,7 @@ struct Result {
     bool ok = false;
     std::string error;
     double run_s = 0;  // measured by the worker
-    Json value;        // what the type's run() returned; nil when not ok
+    Json value;        // what the type's run() returned, or a failure's TaskFailed value; else nil
     TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value)
 };
 

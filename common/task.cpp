@@ -178,13 +178,15 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
         // thread cannot be killed, but its late result must not count where a worker's would not.
         if (context.expired()) throw TaskStopped(context.timed_out());
         result.ok = true;
+    } catch (const TaskFailed& e) {
+        result.error = e.what();
+        result.value = e.value;
     } catch (const std::exception& e) {
         result.error = e.what();
     } catch (...) {
         result.error = "threw something that is not a std::exception";
     }
     if (!result.ok) {
-        result.value = nullptr;
         if (result.error.empty()) result.error = "failed without a reason";
     }
     result.run_time = std::chrono::steady_clock::now() - started;

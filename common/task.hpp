@@ -59,7 +59,7 @@ struct TaskResult {
     std::chrono::duration<double> run_time{0};  // measured where the task ran
     double start_s = 0;  // seconds since the start of the mode, set by the runner
     double end_s = 0;
-    Value value;  // what TaskType::run() returned; null when the task failed
+    Value value;  // what TaskType::run() returned; for a failed task, TaskFailed's value or null
 };
 
 // The type's name, or "?" for a result without one.

@@ -34,6 +34,10 @@ namespace {
 
 constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
 
+// The command type's own limit (tasks/command/command.cpp): two streams of this size and
+// the rest of a result fit in proto::kMaxFrameBytes.
+constexpr std::uint64_t kMaxCommandOutput = 384 * 1024;
+
 std::optional<double> parse_seconds(std::string_view text) {
     double value = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -274,8 +278,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         app.add_option("--plan", config.plan_path,
                        "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its parameters},\n"
                        "e.g. {\"kind\":\"sleep\",\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or\n"
-                       "\"lo\" and \"hi\") or "
-                       "{\"kind\":\"download\",\"url\":\"https://...\"}; any line may add \"timeout_s\";\n"
+                       "\"lo\" and \"hi\") or {\"kind\":\"download\",\"url\":\"https://...\"} or\n"
+                       "{\"kind\":\"command\",\"argv\":[\"gzip\",\"a b\"]} (or \"shell\":\"...\"; see docs/commands.md); any\n"
+                       "line may add \"timeout_s\";\n"
                        "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
                        "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin")
             ->type_name("FILE")
@@ -285,6 +290,35 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(cpu_n_option)
             ->excludes(inputs_option);
     inputs_option->excludes(tasks_option);
+    auto* command_option =
+        app.add_option("--command", config.command,
+                       "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read whole before\n"
+                       "the run), with GNU parallel's replacement strings, each quoted as one shell word: {} the\n"
+                       "line, {.} without extension, {/} base name, {//} directory, {/.} base name without\n"
+                       "extension, {#} task number from 1; no replacement string: the line is appended. Runs only\n"
+                       "the processes mode unless --mode says otherwise. See docs/commands.md")
+            ->type_name("TEMPLATE")
+            ->excludes(plan_option)
+            ->excludes(task_option)
+            ->excludes(tasks_option)
+            ->excludes(duration_option)
+            ->excludes(cpu_n_option);
+    std::string max_output = "256K";
+    auto* max_output_option =
+        app.add_option("--max-output", max_output,
+                       fmt::format("command: bytes of each task's stdout and of its stderr kept for the console and\n"
+                                   "the journal (the byte counts are of the whole); at most {}K, so that a result fits\n"
+                                   "in one message",
+                                   kMaxCommandOutput / 1024))
+            ->check(size_validator(0))
+            ->capture_default_str();
+    std::string output = "group";
+    app.add_option("--output", output,
+                   "command output on stdout: group (each task's stdout and stderr as one block under its result\n"
+                   "line, lines marked \"  | \" and \"  ! \"), tag (the same, each line starting with \"task ID\", for\n"
+                   "grep) or none (the journal still has them)")
+        ->check(CLI::IsMember({"group", "tag", "none"}))
+        ->capture_default_str();
     std::string file_size = "200K";
     std::string max_bytes = "100M";
     std::string bandwidth;
@@ -297,7 +331,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(tasks_option)
             ->excludes(duration_option)
             ->excludes(cpu_n_option)
-            ->excludes(inputs_option);
+            ->excludes(inputs_option)
+            ->excludes(command_option);
     auto* out_dir_option =
         app.add_option("--out-dir", config.out_dir,
                        "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
@@ -352,7 +387,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         {duration_option, "duration_s"},  {cpu_n_option, "cpu_n"},         {out_dir_option, "out_dir"},
         {max_bytes_option, "max_bytes"}, {retries_option, "retries"},     {min_speed_option, "min_speed"},
         {stall_time_option, "stall_s"},  {file_size_option, "file_size"}, {latency_option, "latency_s"},
-        {bandwidth_option, "bandwidth"}};
+        {bandwidth_option, "bandwidth"}, {max_output_option, "max_output"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->check(kUnsigned)
         ->capture_default_str();
@@ -527,6 +562,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
         "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head).\n") +
         fmt::format("Examples: {0} --workers 8 --task download\n"
+                    "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
                     "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
                     "          {0} --workers 2 --task cpu --tasks 8 --mode all --pin\n"
                     "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
@@ -550,6 +586,19 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             config.inputs_path = config.urls_path;
             config.inputs_flag = "--urls";
         }
+        if (command_option->count() > 0) {
+            if (!registry.find("command"))
+                throw CLI::ValidationError("--command", fmt::format("{} has no command task type", program.name));
+            if (config.inputs_path.empty())
+                throw CLI::ValidationError("--command", "needs --inputs FILE (or --inputs - for standard input): the "
+                                                        "template runs once per line");
+            if (config.command.empty()) throw CLI::ValidationError("--command", "the template is empty");
+            task = "command";
+        }
+        if (*parse_size(max_output) > kMaxCommandOutput)
+            throw CLI::ValidationError("--max-output", fmt::format("'{}' is over {}K: a task's stdout and stderr must fit "
+                                                                   "in one message of the protocol",
+                                                                   max_output, kMaxCommandOutput / 1024));
         for (const std::string& setting : settings) {
             const auto equals = setting.find('=');
             for (const auto& [key, flag] : kFlagSettings)
@@ -654,6 +703,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     if (tasks_option->count() == 0)
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0) config.tasks = static_cast<int>(count);
     config.max_bytes = *parse_size(max_bytes);
+    config.max_output = *parse_size(max_output);
+    config.output = output == "tag" ? OutputBlocks::Tag : output == "none" ? OutputBlocks::None : OutputBlocks::Group;
+    config.modes_given = mode_option->count() > 0;
     config.file_size = *parse_size(file_size);
     config.min_speed = *parse_size(min_speed);
     config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);

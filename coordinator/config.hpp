@@ -20,6 +20,10 @@ inline constexpr Mode kAllModes[] = {Mode::Sequential, Mode::Threads, Mode::GilT
 std::string_view to_string(Mode mode);
 std::optional<Mode> parse_mode(std::string_view name);
 
+// --output: a type's output block (a command's stdout and stderr) under its task's line as
+// it is (Group), each line starting with "task ID" (Tag, like GNU parallel's --tag), or none.
+enum class OutputBlocks { Group, Tag, None };
+
 // --progress: auto draws the bar only where stderr is a terminal whose TERM is not dumb,
 // and logs a progress line every few seconds elsewhere; always draws it; never does neither.
 enum class ProgressMode { Auto, Always, Never };
@@ -52,6 +56,10 @@ struct RunConfig {
     std::uint64_t bandwidth = 0;                   //   bytes per second per response; 0: unlimited
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
+    bool modes_given = false;  // --mode was given: a plan with side effects keeps these modes
+    std::string command;       // --command TEMPLATE, for each line of --inputs (the setting "command")
+    std::uint64_t max_output = 256 * 1024;  // command: bytes of stdout and of stderr kept per task
+    OutputBlocks output = OutputBlocks::Group;  // --output: command output on the console
     int prefetch = 0;  // tasks a worker may hold at once; 0: auto (see DispatchOptions)
     // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.
     std::vector<int> pin_cpus;

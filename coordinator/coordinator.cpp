@@ -126,6 +126,20 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
     }
 }
 
+// A type whose tasks have side effects (a user's command) runs in one mode unless --mode
+// names others: running every command once per mode would compress each file three times.
+void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types) {
+    const auto acting = std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
+    if (acting == types.end()) return;
+    if (!config.modes_given) {
+        config.modes = {Mode::Processes};
+        return;
+    }
+    if (config.modes.size() > 1)
+        spdlog::warn("--mode: each of the {} modes runs every {} task again, side effects and all", config.modes.size(),
+                     (*acting)->name());
+}
+
 // --out-dir/<mode>/ for every mode, made before the run when a type of the plan saves files,
 // so that a bad --out-dir stops it with exit 2 rather than failing every task.
 void make_out_dirs(const RunConfig& config, const std::vector<const TaskType*>& types) {
@@ -251,6 +265,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     const Plan plan = make_plan(config, program.registry, settings);
     const std::vector<const TaskType*> types = plan_types(plan);
     warn_unread_settings(config, types);
+    choose_modes(config, types);
     make_out_dirs(config, types);
     if (!config.resume_path.empty()) config.results_path = config.resume_path;
     // Locked before --resume reads (and may repair) the journal, so that no other run
@@ -276,7 +291,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     // A report on stdout must be all there is on it; the results and the table then go to stderr.
     std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
-    auto console = std::make_unique<ConsoleSink>(results_out);
+    auto console = std::make_unique<ConsoleSink>(results_out, config.output);
     ConsoleSink* console_sink = console.get();
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {

@@ -138,7 +138,9 @@ Json settings_json(const RunConfig& config) {
         {"seed", config.seed},
         {"tasks", config.tasks},
         {"workers", config.workers},
+        {"max_output", config.max_output},
     };
+    if (!config.command.empty()) settings["command"] = config.command;
     for (const auto& [key, value] : config.settings.items()) settings[key] = value;
     return settings;
 }
@@ -162,7 +164,7 @@ Plan read_plan(std::istream& in, const std::string& name, const Registry& regist
     return plan;
 }
 
-Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type) {
+Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type, const Json& settings) {
     Plan plan;
     std::size_t number = 0;
     for (std::string line; std::getline(in, line);) {
@@ -173,9 +175,10 @@ Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type
         try {
             // Checked as a plan line is: a type's parameters cannot come from its input line
             // (sleep's, say) fail here, not in every task.
+            const Input numbered{.line = input, .index = plan.tasks.size(), .settings = settings};
             plan.tasks.push_back(TaskSpec{.id = plan.tasks.size(),
                                           .type = &type,
-                                          .params = type.parse(type.from_input(input)),
+                                          .params = type.parse(type.from_numbered_input(numbered)),
                                           .timeout_s = kTimeoutNotGiven});
         } catch (const std::exception& e) {
             throw ConfigError(fmt::format("{}:{}: {}", printable(name), number, printable(e.what())));
@@ -196,7 +199,7 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
         const TaskType& type = registry.at(config.task);
         try {
             plan = read_input_file(config.inputs_path, config.inputs_flag, [&](std::istream& in, const std::string& name) {
-                return read_inputs(in, name, type);
+                return read_inputs(in, name, type, settings);
             });
         } catch (const ConfigError& e) {
             const std::string what = e.what();

@@ -19,8 +19,9 @@ struct Plan {
 };
 
 // The settings every task sees (Context::settings()): the built-in types' flags (duration_s
-// as [lo, hi], cpu_n, max_bytes, retries, file_size, latency_s, bandwidth) and the run's seed,
-// tasks and workers, then --set KEY=VALUE on top.
+// as [lo, hi], cpu_n, max_bytes, retries, file_size, latency_s, bandwidth, max_output, and
+// command when --command is given) and the run's seed, tasks and workers, then --set
+// KEY=VALUE on top.
 Json settings_json(const RunConfig& config);
 // The settings keys settings_json() fills from flags (and the types' prepare(): served_urls),
 // with the flag each comes from: --set may not replace them.
@@ -38,12 +39,13 @@ inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] =
 // input file it cannot read or accept, and for a type that cannot generate the tasks.
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings);
 
-// Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_input, then
-// TaskType::parse, as for a plan line). Blank
+// Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_numbered_input
+// with the run's `settings`, then TaskType::parse, as for a plan line). The whole list is read
+// before the run starts, standard input included. Blank
 // lines and lines whose first non-blank character is '#' are skipped, as is blank space
 // around an input. A line the type refuses throws ConfigError("NAME:LINE: problem"); so does
 // a list without inputs.
-Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type);
+Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type, const Json& settings);
 
 // Reads a JSON Lines plan, one task per line: {"kind":TYPE, "timeout_s":S (optional), the
 // type's parameters...}, e.g.

@@ -65,7 +65,37 @@ void FanOutSink::flush_() {
     for (auto& sink : sinks_) sink->flush();
 }
 
-ConsoleSink::ConsoleSink(std::FILE* out) : out_(out), line_by_line_(::isatty(::fileno(out)) == 1) {}
+ConsoleSink::ConsoleSink(std::FILE* out, OutputBlocks blocks)
+    : out_(out), blocks_(blocks), line_by_line_(::isatty(::fileno(out)) == 1) {}
+
+namespace {
+
+// The type's output block for the console, printable line by line and ending in a newline;
+// "" when there is none.
+std::string output_block(const TaskResult& result, OutputBlocks blocks) {
+    if (blocks == OutputBlocks::None || !result.type || result.value.is_null()) return {};
+    std::string block;
+    try {
+        block = result.type->output(result.value);
+    } catch (const std::exception& e) {
+        block = fmt::format("(cannot show the output: {})", e.what());
+    }
+    if (block.empty()) return {};
+    if (block.back() != '\n') block += '\n';
+    block = printable_lines(block, std::string::npos);
+    if (blocks != OutputBlocks::Tag) return block;
+    const std::string tag = fmt::format("task {}", result.id);
+    std::string tagged;
+    for (std::size_t at = 0; at < block.size();) {
+        const std::size_t end = block.find('\n', at) + 1;  // every line ends in one
+        tagged += tag;
+        tagged.append(block, at, end - at);
+        at = end;
+    }
+    return tagged;
+}
+
+}  // namespace
 
 template <typename... Args>
 void ConsoleSink::print(fmt::format_string<Args...> format, Args&&... args) {
@@ -95,8 +125,9 @@ void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
     // The worker's name, error and value come from another process: one task, one line.
     const std::string outcome = printable(result.ok ? describe_value(result) : "FAILED: " + result.error);
     const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
-    print("{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n", mode_, result.id,
-          printable(result.worker), result.end_s, result.run_time.count(), outcome, attempt);
+    print("{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n{}", mode_, result.id,
+          printable(result.worker), result.end_s, result.run_time.count(), outcome, attempt,
+          output_block(result, blocks_));
     if (line_by_line_) flush_();
 }
 
@@ -142,7 +173,7 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"start_s", result.start_s},
         {"end_s", result.end_s},
         {"params", task.params},
-        {"value", result.ok ? result.value : nlohmann::json(nullptr)},
+        {"value", result.value},  // a failed task's too, when it has one (TaskFailed)
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
     };
     if (lost_ > 0) {  // after a failed write, nothing more: the file stays a journal --resume can read

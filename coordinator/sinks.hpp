@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "config.hpp"
 #include "task.hpp"
 #include "pictures.hpp"
 
@@ -60,9 +61,11 @@ private:
 // per result.
 // A write that fails with EPIPE (the reader of a pipe has gone, as with `| head`) calls
 // `on_closed` once, and nothing more is written.
+// A type's output block (TaskType::output, e.g. a command's stdout and stderr) follows its
+// task's line in the same write, so two tasks' blocks never interleave (see OutputBlocks).
 class ConsoleSink final : public ResultSink {
 public:
-    explicit ConsoleSink(std::FILE* out);
+    explicit ConsoleSink(std::FILE* out, OutputBlocks blocks = OutputBlocks::Group);
     // Set before the first result arrives; called at most once, with the sink's lock held.
     void on_closed(std::function<void()> callback) { on_closed_ = std::move(callback); }
 
@@ -77,6 +80,7 @@ private:
     void failed(int error);
 
     std::FILE* out_;
+    OutputBlocks blocks_;
     bool line_by_line_;  // out_ is a terminal
     bool closed_ = false;  // a write failed with EPIPE: nobody reads any more
     bool error_logged_ = false;

@@ -10,6 +10,7 @@ void add_builtin_types(Registry& registry) {
     registry.add(download_type());
     registry.add(fail_type());
     registry.add(crash_type());
+    registry.add(command_type());
 }
 
 const Registry& builtin_types() {

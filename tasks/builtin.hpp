@@ -13,6 +13,7 @@ std::shared_ptr<const TaskType> cpu_type();       // cpu.cpp
 std::shared_ptr<const TaskType> download_type();  // download/download.cpp
 std::shared_ptr<const TaskType> fail_type();      // fail.cpp
 std::shared_ptr<const TaskType> crash_type();     // crash.cpp
+std::shared_ptr<const TaskType> command_type();   // command/command.cpp
 
 class Registry;
 // A registry of the built-in types alone, made at the first call: for tests and benchmarks.

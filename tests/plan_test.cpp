@@ -113,7 +113,7 @@ TEST(PlanFile, ReadsTasksInOrderSkippingBlankLinesAndComments) {
 
 TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1}\n# ok\n{\"kind\":\"fly\"}\n"),
-              "p.jsonl:3: unknown kind \"fly\" (want sleep, cpu, download, fail or crash)");
+              "p.jsonl:3: unknown kind \"fly\" (want sleep, cpu, download, fail, crash or command)");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\"}"), "p.jsonl:1: sleep needs \"seconds\"");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":-1}"),
               "p.jsonl:1: \"seconds\" must be a number of seconds from 0 to 31536000 (a year), not -1");
@@ -172,7 +172,7 @@ TEST(PlanFile, ReadsDownloadLinesAndChecksTheirUrls) {
 
 TEST(UrlList, SkipsBlankLinesCommentsAndSpaceAroundUrls) {
     std::istringstream in("# pictures\n\n  https://example.com/a.jpg  \r\n\t# more\nhttp://127.0.0.1:8080/b?x=1\n");
-    const Plan plan = read_inputs(in, "u.txt", *testing::type("download"));
+    const Plan plan = read_inputs(in, "u.txt", *testing::type("download"), Json::object());
     ASSERT_EQ(plan.tasks.size(), 2u);
     EXPECT_EQ(plan.tasks[0].params, (Json{{"url", "https://example.com/a.jpg"}}));
     EXPECT_EQ(plan.tasks[1].params, (Json{{"url", "http://127.0.0.1:8080/b?x=1"}}));
@@ -183,7 +183,7 @@ TEST(UrlList, NamesTheLineThatIsNotAnHttpUrl) {
     const auto error = [](const std::string& text) -> std::string {
         std::istringstream in(text);
         try {
-            read_inputs(in, "u.txt", *testing::type("download"));
+            read_inputs(in, "u.txt", *testing::type("download"), Json::object());
             return "accepted";
         } catch (const ConfigError& e) {
             return e.what();

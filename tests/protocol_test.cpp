@@ -90,17 +90,17 @@ TEST(Protocol, ResultRoundTripsWithItsValue) {
     EXPECT_EQ(back.worker, "w3");
 }
 
-TEST(Protocol, AFailedResultCarriesNoValue) {
+TEST(Protocol, AFailedResultKeepsTheValueItWasSentWith) {
     Result result;
     result.id = 7;
-    result.kind = "sleep";
+    result.kind = "command";
     result.ok = false;
-    result.error = "cancelled";
-    result.value = {{"slept_s", 0.5}};  // a peer's leftover: not part of a failure
-    const TaskResult back = to_result(result, "w1", type("sleep"));
+    result.error = "exited with status 3";
+    result.value = {{"exit_code", 3}};  // a type's TaskFailed value, for the journal
+    const TaskResult back = to_result(result, "w1", type("command"));
     EXPECT_FALSE(back.ok);
-    EXPECT_TRUE(back.value.is_null());
-    EXPECT_EQ(back.error, "cancelled");
+    EXPECT_EQ(back.value, (Json{{"exit_code", 3}}));
+    EXPECT_EQ(back.error, "exited with status 3");
 }
 
 TEST(Protocol, SetupRoundTripsAndMustHoldAMap) {

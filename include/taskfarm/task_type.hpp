@@ -41,6 +41,16 @@ struct TaskStopped : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Thrown by TaskType::run() to fail a task that still has a value worth keeping (a
+// command's exit status and output): the task fails with what() as its error, and `value`
+// becomes its value in the journal and on the console, as an ok task's would. Any other
+// exception leaves a failed task's value null.
+struct TaskFailed : std::runtime_error {
+    TaskFailed(const std::string& what, Value failed_value)
+        : std::runtime_error(what), value(std::move(failed_value)) {}
+    Value value;
+};
+
 // What a running task may ask of the engine. One per task; valid while run() runs.
 class Context {
 public:
@@ -135,6 +145,13 @@ public:
     virtual void start() {}
 };
 
+// What `--inputs FILE` gives a type to make the task of one line from.
+struct Input {
+    std::string_view line;  // without the blank space around it
+    std::uint64_t index = 0;  // the task's id: 0 for the first input
+    const Json& settings;     // Context::settings()
+};
+
 // What `--task NAME --tasks N` gives a type to make task `index` of N from.
 struct Generate {
     std::uint64_t index = 0;
@@ -167,6 +184,10 @@ public:
     virtual Params generate(Generate& args) const;
     // The task for one line of --inputs FILE. The default: {"input": line}.
     virtual Params from_input(std::string_view line) const;
+    // The same, for a type that needs more than the line: the task's number and the run's
+    // settings (the built-in command expands --command TEMPLATE with them). The default
+    // calls from_input(input.line).
+    virtual Params from_numbered_input(const Input& input) const { return from_input(input.line); }
     // How many tasks `--task NAME` makes when --tasks is not given; 0: the run's default (10).
     virtual std::uint64_t default_count() const { return 0; }
     // Called in the coordinator before a plan of this type is generated (--task NAME,
@@ -178,9 +199,17 @@ public:
     // Whether its tasks save files into Context::out_dir(): the coordinator then makes
     // --out-dir/<mode> before the run, so a bad --out-dir fails at once (exit 2).
     virtual bool writes_files() const { return false; }
+    // Whether its tasks act on the world beyond Context::out_dir() (a user's command may
+    // delete or send anything): a plan with such tasks runs in one mode, processes, unless
+    // --mode names others, and a warning says when several modes will each run every task.
+    virtual bool side_effects() const { return false; }
 
     // The value in words for the console, e.g. "slept 0.370 s". The default: compact JSON.
     virtual std::string describe(const Value& value) const;
+    // Text to print under the task's console line, as one block that no other task's output
+    // interleaves (a command's stdout and stderr); called for failed tasks too when their
+    // value is not null (TaskFailed). The console makes it printable. The default: none.
+    virtual std::string output(const Value& /*value*/) const { return {}; }
     // Called on each thread that ran tasks (of any type) before it ends, and on the
     // coordinator's own thread after the sequential mode: release per-thread resources
     // (the built-in download keeps a connection pool per thread).

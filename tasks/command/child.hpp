@@ -1,0 +1,52 @@
+#pragma once
+// Runs one program as the command type's child: in a process group of its own, its stdout
+// and stderr read through pipes, and the whole group ended with the task (on a timeout, a
+// stop, or the death of the process that started it). Linux only (pidfd, PR_SET_PDEATHSIG).
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+namespace taskfarm::command {
+
+struct ChildSpec {
+    std::vector<std::string> argv;  // argv[0] is looked up in the PATH of `env` when it has no '/'
+    std::vector<std::string> env;   // the whole environment, "KEY=VALUE" each
+    std::string cwd;                // empty: the caller's working directory
+};
+
+struct Watch {
+    std::stop_token stop;
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+    std::chrono::steady_clock::duration grace = std::chrono::seconds(2);  // SIGTERM to SIGKILL
+    std::size_t max_output = 256 * 1024;  // bytes of each stream kept
+};
+
+struct Captured {
+    std::string head;         // the first Watch::max_output bytes, as they came
+    std::uint64_t bytes = 0;  // all of them
+};
+
+struct Outcome {
+    enum class End { Exited, TimedOut, Stopped };
+    End end = End::Exited;
+    std::optional<int> exit_code;  // set when the program exited
+    int signal = 0;                // what killed it, when it did not exit
+    Captured out;
+    Captured err;
+};
+
+// Starts spec.argv[0] and waits for it, holding no lock, reading both pipes as they fill.
+// Its standard input is /dev/null. When it ends, whatever it left in its process group is
+// killed; on a timeout or a stop the group gets SIGTERM, then SIGKILL after Watch::grace.
+// A guardian process does the same if the calling process dies first. Throws
+// std::runtime_error ("cannot run 'prog': No such file or directory") when it cannot start.
+Outcome run_child(const ChildSpec& spec, const Watch& watch);
+
+// "SIGSEGV" for SIGSEGV; "signal 77" for one without a name.
+std::string signal_name(int signal);
+
+}  // namespace taskfarm::command

@@ -1,0 +1,235 @@
+// command: runs the user's own program, with /bin/sh ("shell") or without ("argv"), in a
+// process group that ends with its task. See docs/commands.md.
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "builtin.hpp"
+#include "child.hpp"
+#include "template.hpp"
+#include "text.hpp"
+
+extern char** environ;
+
+namespace taskfarm {
+namespace {
+
+// Bytes of each stream a task keeps (--max-output): both streams of one result must fit
+// in one message of the protocol (1 MiB) with room to spare.
+constexpr std::uint64_t kDefaultMaxOutput = 256 * 1024;
+constexpr std::uint64_t kMostOutput = 384 * 1024;
+constexpr double kDefaultGraceS = 2;  // from SIGTERM to SIGKILL
+
+bool has_nul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
+
+// The length of the valid UTF-8 sequence at `at`, or 0 if none starts there.
+std::size_t sequence_length(std::string_view text, std::size_t at) {
+    const auto lead = static_cast<unsigned char>(text[at]);
+    if (lead < 0x80) return 1;
+    std::size_t length = 0;
+    std::uint32_t point = 0;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+        length = 2;
+        point = lead & 0x1Fu;
+    } else if ((lead & 0xF0u) == 0xE0) {
+        length = 3;
+        point = lead & 0x0Fu;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+        length = 4;
+        point = lead & 0x07u;
+    } else {
+        return 0;
+    }
+    if (at + length > text.size()) return 0;
+    for (std::size_t i = 1; i < length; ++i) {
+        const auto next = static_cast<unsigned char>(text[at + i]);
+        if ((next & 0xC0u) != 0x80) return 0;
+        point = (point << 6) | (next & 0x3Fu);
+    }
+    if (length == 3 && (point < 0x800 || (point >= 0xD800 && point <= 0xDFFF))) return 0;  // overlong, surrogate
+    if (length == 4 && (point < 0x10000 || point > 0x10FFFF)) return 0;
+    return length;
+}
+
+// The kept head of a stream as JSON text: valid UTF-8 (each stray byte becomes U+FFFD), at
+// most `max` bytes, and a last line that says how much is missing when it was cut.
+std::string stream_text(const command::Captured& captured, std::size_t max) {
+    const std::string_view head = captured.head;
+    std::string text;
+    std::size_t at = 0;
+    while (at < head.size()) {
+        const std::size_t length = sequence_length(head, at);
+        const std::string_view piece = length > 0 ? head.substr(at, length) : std::string_view("\xEF\xBF\xBD");
+        if (text.size() + piece.size() > max) break;
+        text += piece;
+        at += length > 0 ? length : 1;
+    }
+    if (at < captured.bytes)
+        text += fmt::format("{}... ({} more bytes)\n", text.empty() || text.back() == '\n' ? "" : "\n", captured.bytes - at);
+    return text;
+}
+
+// "exited with status 3: grep: f: No such file or directory".
+std::string failure_text(const std::string& reason, const std::string& stderr_text) {
+    std::string_view text = stderr_text;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
+    const auto newline = text.rfind('\n');
+    if (newline != std::string_view::npos) text.remove_prefix(newline + 1);
+    return text.empty() ? reason : fmt::format("{}: {}", reason, printable(text, 200));
+}
+
+std::vector<std::string> environment(const Params& params, const Context& context) {
+    std::map<std::string, std::string, std::less<>> variables;
+    for (char** entry = environ; entry && *entry; ++entry) {
+        const std::string_view text = *entry;
+        variables[std::string(text.substr(0, text.find('=')))] = text;
+    }
+    const auto set = [&](const std::string& key, const std::string& value) { variables[key] = key + "=" + value; };
+    if (const auto env = params.find("env"); env != params.end())
+        for (const auto& [key, value] : env->items()) set(key, value.get<std::string>());
+    // Last, so that they always tell the truth.
+    set("TASKFARM_TASK_ID", std::to_string(context.id()));
+    set("TASKFARM_ATTEMPT", std::to_string(context.attempt()));
+    set("TASKFARM_WORKER", context.worker());
+    set("TASKFARM_MODE", context.mode());
+    std::vector<std::string> entries;
+    entries.reserve(variables.size());
+    for (auto& [key, entry] : variables) entries.push_back(std::move(entry));
+    return entries;
+}
+
+std::string prefixed_lines(std::string_view text, std::string_view prefix) {
+    std::string block;
+    while (!text.empty()) {
+        const auto end = text.find('\n');
+        block += prefix;
+        block += text.substr(0, end);
+        block += '\n';
+        if (end == std::string_view::npos) break;
+        text.remove_prefix(end + 1);
+    }
+    return block;
+}
+
+class CommandType final : public TaskType {
+public:
+    std::string name() const override { return "command"; }
+    std::string summary() const override {
+        return "runs a program: --command TEMPLATE per --inputs line (plan: \"argv\" or \"shell\")";
+    }
+
+    Params parse(const Params& fields) const override {
+        Fields read(fields);
+        Params params = Params::object();
+        const Json* argv = read.any("argv");
+        const auto shell = read.text("shell");
+        if ((argv != nullptr) == shell.has_value())
+            throw std::invalid_argument("command needs either \"argv\" (an array of strings, no shell) or \"shell\" (a "
+                                        "string for /bin/sh -c)");
+        if (argv) {
+            if (!argv->is_array() || argv->empty()) throw std::invalid_argument("\"argv\" must be a non-empty array of strings");
+            for (std::size_t i = 0; i < argv->size(); ++i) {
+                const Json& arg = (*argv)[i];
+                if (!arg.is_string()) throw std::invalid_argument(fmt::format("\"argv\"[{}] must be a string, not {}", i, arg.dump()));
+                if (has_nul(arg.get_ref<const std::string&>()))
+                    throw std::invalid_argument(fmt::format("\"argv\"[{}] holds a NUL byte", i));
+            }
+            if ((*argv)[0].get_ref<const std::string&>().empty()) throw std::invalid_argument("\"argv\"[0] is empty");
+            params["argv"] = *argv;
+        } else {
+            if (shell->empty()) throw std::invalid_argument("\"shell\" is empty");
+            if (has_nul(*shell)) throw std::invalid_argument("\"shell\" holds a NUL byte");
+            params["shell"] = *shell;
+        }
+        if (const auto cwd = read.text("cwd")) {
+            if (cwd->empty() || has_nul(*cwd)) throw std::invalid_argument("\"cwd\" must be a directory's path");
+            params["cwd"] = *cwd;
+        }
+        if (const Json* env = read.any("env")) {
+            if (!env->is_object()) throw std::invalid_argument("\"env\" must be an object of strings, like {\"LANG\":\"C\"}");
+            for (const auto& [key, value] : env->items()) {
+                if (key.empty() || key.find('=') != std::string::npos || has_nul(key))
+                    throw std::invalid_argument(fmt::format("\"env\": '{}' is not a variable name", key));
+                if (!value.is_string() || has_nul(value.get_ref<const std::string&>()))
+                    throw std::invalid_argument(fmt::format("\"env\": {} must be a string without NUL bytes", key));
+            }
+            params["env"] = *env;
+        }
+        read.finish();
+        return params;
+    }
+
+    // --command TEMPLATE is the setting "command"; without it each line is a shell command
+    // of its own, as GNU parallel runs a list of commands.
+    Params from_numbered_input(const Input& input) const override {
+        const auto found = input.settings.find("command");
+        if (found == input.settings.end() || !found->is_string()) return Params{{"shell", std::string(input.line)}};
+        return Params{{"shell", command::expand(found->get_ref<const std::string&>(), input.line, input.index + 1)}};
+    }
+
+    Params generate(Generate&) const override {
+        throw std::invalid_argument("makes no tasks by itself: give --command TEMPLATE with --inputs FILE, or a --plan of "
+                                    "{\"kind\":\"command\",...} lines");
+    }
+
+    std::vector<std::string> settings_read() const override { return {"max_output"}; }
+    bool side_effects() const override { return true; }
+
+    Value run(const Params& params, Context& context) const override {
+        const Params checked = parse(params);  // they may come from the wire
+        command::ChildSpec spec;
+        if (const auto shell = checked.find("shell"); shell != checked.end())
+            spec.argv = {"/bin/sh", "-c", shell->get<std::string>()};
+        else
+            spec.argv = checked.at("argv").get<std::vector<std::string>>();
+        spec.env = environment(checked, context);
+        spec.cwd = checked.value("cwd", "");
+        const Json& settings = context.settings();
+        command::Watch watch{.stop = context.stop_token(), .deadline = context.deadline()};
+        const std::uint64_t max_output = std::min(settings.value("max_output", kDefaultMaxOutput), kMostOutput);
+        watch.max_output = max_output;
+        const double grace_s = settings.value("command_grace_s", kDefaultGraceS);  // --set command_grace_s=S
+        if (std::isfinite(grace_s) && grace_s >= 0 && grace_s <= 3600)
+            watch.grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(grace_s));
+        command::Outcome outcome;
+        {
+            const auto waiting = context.waiting();  // a child runs on its own, as CPython's subprocess frees the GIL
+            outcome = command::run_child(spec, watch);
+        }
+        const std::string err = stream_text(outcome.err, max_output);
+        Value value{
+            {"exit_code", outcome.exit_code ? Json(*outcome.exit_code) : Json(nullptr)},
+            {"signal", outcome.exit_code ? Json(nullptr) : Json(command::signal_name(outcome.signal))},
+            {"stdout", stream_text(outcome.out, max_output)},
+            {"stderr", err},
+            {"stdout_bytes", outcome.out.bytes},
+            {"stderr_bytes", outcome.err.bytes},
+        };
+        if (outcome.end == command::Outcome::End::TimedOut) throw TaskFailed(context.timed_out(), std::move(value));
+        if (outcome.end == command::Outcome::End::Stopped) throw TaskFailed("cancelled", std::move(value));
+        if (outcome.exit_code == 0) return value;
+        const std::string reason = outcome.exit_code ? fmt::format("exited with status {}", *outcome.exit_code)
+                                                     : fmt::format("killed by {}", command::signal_name(outcome.signal));
+        throw TaskFailed(failure_text(reason, err), std::move(value));
+    }
+
+    std::string describe(const Value& value) const override {
+        return fmt::format("exit 0, {} bytes of stdout, {} of stderr", value.value("stdout_bytes", 0),
+                           value.value("stderr_bytes", 0));
+    }
+
+    // GNU parallel's --group: a task's output together, after its line; "  | " marks stdout
+    // and "  ! " stderr, so that a reader of our stdout tells them from result lines.
+    std::string output(const Value& value) const override {
+        return prefixed_lines(value.value("stdout", ""), "  | ") + prefixed_lines(value.value("stderr", ""), "  ! ");
+    }
+};
+
+}  // namespace
+
+std::shared_ptr<const TaskType> command_type() { return std::make_shared<CommandType>(); }
+
+}  // namespace taskfarm

@@ -1,0 +1,341 @@
+// The command task type: replacement strings and quoting, what a command records (exit
+// status, signal, output, environment), the console's grouped output, and the process
+// group that ends with its task: on a timeout, a stop, a killed worker or a killed
+// coordinator, checked by pid.
+
+#include <signal.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "command/template.hpp"
+#include "support.hpp"
+
+namespace taskfarm {
+namespace {
+
+using nlohmann::json;
+using testing::Output;
+using testing::run_binary;
+
+void write_file(const std::filesystem::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+TaskResult run_command(Params params, const Json& settings = Json::object(), double timeout_s = 0,
+                       std::stop_token stop = {}) {
+    const TaskSpec task = testing::task_of("command", testing::type("command")->parse(params), 5, timeout_s);
+    RunEnv env;
+    env.worker = "t1";
+    env.mode = "threads";
+    env.stop = std::move(stop);
+    env.settings = &settings;
+    return run_task(task, 2, env);
+}
+
+// A shell script that starts two sleeps (one of them in a subshell of its own, so a
+// grandchild of the shell) and writes the pids of the sleeps and of the shell to `pids`.
+std::string process_tree(const std::filesystem::path& pids, bool ignore_sigterm = false) {
+    const std::string file = command::shell_quote(pids.string());
+    return std::string(ignore_sigterm ? "trap '' TERM; " : "") + "(sleep 300 & echo $! >> " + file +
+           "; wait) & sleep 300 & echo $! >> " + file + "; echo $$ >> " + file + "; wait";
+}
+
+std::vector<pid_t> read_pids(const std::filesystem::path& path) {
+    std::vector<pid_t> pids;
+    std::istringstream in(testing::read_file(path));
+    for (pid_t pid = 0; in >> pid;) pids.push_back(pid);
+    return pids;
+}
+
+// The three pids of process_tree(), once it has written them all.
+std::vector<pid_t> wait_for_tree(const std::filesystem::path& path) {
+    std::vector<pid_t> pids;
+    testing::eventually([&] { return (pids = read_pids(path)).size() == 3; }, std::chrono::seconds(30));
+    EXPECT_EQ(pids.size(), 3u) << testing::read_file(path);
+    return pids;
+}
+
+// Whether every pid is gone; waits a little, since a guardian acts after its caller's death.
+bool all_gone(const std::vector<pid_t>& pids) {
+    return testing::eventually(
+        [&] { return std::none_of(pids.begin(), pids.end(), [](pid_t pid) { return testing::process_exists(pid); }); },
+        std::chrono::seconds(20));
+}
+
+TEST(CommandTemplate, EachReplacementStringIsOneQuotedWord) {
+    EXPECT_EQ(command::expand("{} {.} {/} {//} {/.} {#}", "dir/sub/x.tar.gz", 7),
+              "'dir/sub/x.tar.gz' 'dir/sub/x.tar' 'x.tar.gz' 'dir/sub' 'x.tar' 7");
+    EXPECT_EQ(command::expand("gzip -k {}", "a b.txt", 1), "gzip -k 'a b.txt'");
+    EXPECT_EQ(command::expand("echo {//} {.}", "x", 1), "echo '.' 'x'");
+    EXPECT_EQ(command::expand("echo {.} {//}", "/.bashrc", 1), "echo '/.bashrc' '/'");
+    EXPECT_EQ(command::expand("echo {x} {", "a", 1), "echo {x} { 'a'");
+}
+
+TEST(CommandTemplate, WithoutAReplacementStringTheInputIsAppended) {
+    EXPECT_EQ(command::expand("echo", "it's $(rm -rf ~)", 1), "echo 'it'\\''s $(rm -rf ~)'");
+    EXPECT_EQ(command::expand("echo {#}", "a", 3), "echo 3");
+    EXPECT_EQ(command::expand("echo", "", 1), "echo ''");
+}
+
+TEST(Command, AnArgvRunsWithoutAShellAndKeepsEachArgumentWhole) {
+    const TaskResult result = run_command({{"argv", {"printf", "%s|", "a b", "$(x)", ""}}});
+    ASSERT_TRUE(result.ok) << result.error;
+    EXPECT_EQ(result.value, (json{{"exit_code", 0}, {"signal", nullptr}, {"stdout", "a b|$(x)||"}, {"stderr", ""},
+                                  {"stdout_bytes", 10}, {"stderr_bytes", 0}}));
+}
+
+TEST(Command, SeesItsTaskInItsEnvironmentWithItsOwnVariablesAndDirectory) {
+    testing::TempDir dir;
+    const TaskResult result = run_command(
+        {{"shell", "echo $TASKFARM_TASK_ID $TASKFARM_ATTEMPT $TASKFARM_WORKER $TASKFARM_MODE $FOO; pwd"},
+         {"env", {{"FOO", "a b"}}},
+         {"cwd", dir.path().string()}});
+    ASSERT_TRUE(result.ok) << result.error;
+    EXPECT_EQ(result.value["stdout"], "5 2 t1 threads a b\n" + std::filesystem::canonical(dir.path()).string() + "\n");
+}
+
+TEST(Command, ANonZeroExitFailsWithTheLastLineOfStderrAndKeepsTheValue) {
+    const TaskResult result = run_command({{"shell", "echo out; echo first >&2; printf 'last\\033[2J\\n\\n' >&2; exit 3"}});
+    EXPECT_FALSE(result.ok);
+    EXPECT_EQ(result.error, "exited with status 3: last\\x1b[2J");
+    EXPECT_EQ(result.value, (json{{"exit_code", 3}, {"signal", nullptr}, {"stdout", "out\n"}, {"stderr", "first\nlast\033[2J\n\n"},
+                                  {"stdout_bytes", 4}, {"stderr_bytes", 16}}));
+}
+
+TEST(Command, ASignalFailsTheTaskNamingIt) {
+    const TaskResult result = run_command({{"shell", "kill -SEGV $$"}});
+    EXPECT_FALSE(result.ok);
+    EXPECT_EQ(result.error, "killed by SIGSEGV");
+    EXPECT_EQ(result.value["exit_code"], nullptr);
+    EXPECT_EQ(result.value["signal"], "SIGSEGV");
+}
+
+TEST(Command, AProgramThatCannotStartFailsSayingWhy) {
+    TaskResult result = run_command({{"argv", {"no-such-program-taskfarm"}}});
+    EXPECT_FALSE(result.ok);
+    EXPECT_EQ(result.error, "cannot run 'no-such-program-taskfarm': No such file or directory");
+    EXPECT_EQ(result.value, nullptr);
+    result = run_command({{"argv", {"true"}}, {"cwd", "/no/such/dir"}});
+    EXPECT_EQ(result.error, "cannot change to directory '/no/such/dir': No such file or directory");
+}
+
+TEST(Command, KeepsTheFirstMaxOutputBytesAsUtf8AndCountsThemAll) {
+    TaskResult result = run_command({{"shell", "printf 0123456789abcdef"}}, {{"max_output", 10}});
+    ASSERT_TRUE(result.ok) << result.error;
+    EXPECT_EQ(result.value["stdout"], "0123456789\n... (6 more bytes)\n");
+    EXPECT_EQ(result.value["stdout_bytes"], 16);
+    result = run_command({{"shell", "printf 'a\\377b\\303\\251'"}});
+    EXPECT_EQ(result.value["stdout"], "a\xEF\xBF\xBD" "b\xC3\xA9");
+    EXPECT_EQ(result.value["stdout_bytes"], 5);
+}
+
+TEST(Command, ReadsBothLargeStreamsWithoutDeadlock) {
+    const TaskResult result =
+        run_command({{"shell", "head -c 3000000 /dev/zero | tr '\\0' e >&2; head -c 2000000 /dev/zero | tr '\\0' o"}});
+    ASSERT_TRUE(result.ok) << result.error;
+    EXPECT_EQ(result.value["stdout_bytes"], 2000000);
+    EXPECT_EQ(result.value["stderr_bytes"], 3000000);
+    EXPECT_EQ(result.value["stdout"].get<std::string>().size(), 256u * 1024 + std::string("\n... (1737856 more bytes)\n").size());
+}
+
+TEST(Command, ATimeoutEndsTheWholeTreeEvenWhenItIgnoresSigterm) {
+    for (const bool ignore : {false, true}) {
+        testing::TempDir dir;
+        const TaskResult result =
+            run_command({{"shell", process_tree(dir / "pids", ignore)}}, {{"command_grace_s", 1.0}}, 1.5);
+        EXPECT_FALSE(result.ok);
+        EXPECT_EQ(result.error, "timed out after 1.5 s");
+        EXPECT_EQ(result.value["exit_code"], nullptr);
+        EXPECT_EQ(result.value["signal"], ignore ? "SIGKILL" : "SIGTERM");
+        const std::vector<pid_t> pids = read_pids(dir / "pids");
+        EXPECT_EQ(pids.size(), 3u);
+        // The group has had SIGKILL by the time run_task returns; the kernel ends it a moment later.
+        EXPECT_TRUE(all_gone(pids)) << (ignore ? "TERM ignored" : "");
+    }
+}
+
+TEST(Command, AStopEndsTheWholeTree) {
+    testing::TempDir dir;
+    std::stop_source stop;
+    std::thread stopper([&] {
+        wait_for_tree(dir / "pids");
+        stop.request_stop();
+    });
+    const TaskResult result = run_command({{"shell", process_tree(dir / "pids")}}, Json::object(), 0, stop.get_token());
+    stopper.join();
+    EXPECT_FALSE(result.ok);
+    EXPECT_EQ(result.error, "cancelled");
+    EXPECT_TRUE(all_gone(read_pids(dir / "pids")));
+}
+
+TEST(Command, WhatAProgramLeavesInItsGroupEndsWithIt) {
+    testing::TempDir dir;
+    const TaskResult result = run_command({{"shell", "sleep 300 & echo $! > " + command::shell_quote((dir / "pids").string())}});
+    ASSERT_TRUE(result.ok) << result.error;
+    const std::vector<pid_t> pids = read_pids(dir / "pids");
+    ASSERT_EQ(pids.size(), 1u);
+    EXPECT_TRUE(all_gone(pids));
+}
+
+TEST(CommandLine, HostileInputsReachTheProgramAsOneLiteralArgument) {
+    testing::TempDir dir;
+    const std::string pwned = (dir / "pwned").string();
+    write_file(dir / "inputs", "$(touch " + pwned + ")\na b; touch " + pwned + "\nit's `touch " + pwned + "`\n");
+    const Output output = run_binary("coordinator", {"--command", "printf '[%s]'", "--inputs", (dir / "inputs").string(),
+                                                     "--workers", "2", "--results", (dir / "r.jsonl").string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_FALSE(std::filesystem::exists(pwned));
+    std::map<int, std::string> printed;
+    for (const json& line : testing::read_json_lines(dir / "r.jsonl")) {
+        EXPECT_EQ(line["mode"], "processes");  // the one mode of a command run
+        printed[line["id"].get<int>()] = line["value"]["stdout"];
+    }
+    EXPECT_EQ(printed, (std::map<int, std::string>{{0, "[$(touch " + pwned + ")]"},
+                                                   {1, "[a b; touch " + pwned + "]"},
+                                                   {2, "[it's `touch " + pwned + "`]"}}));
+}
+
+TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
+    testing::TempDir dir;
+    std::string inputs;
+    for (int i = 0; i < 20; ++i) inputs += "in" + std::to_string(i) + "\n";
+    write_file(dir / "inputs", inputs);
+    const Output output = run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
+                                                     (dir / "inputs").string(), "--workers", "2", "--mode", "threads"});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    for (int i = 0; i < 20; ++i) {
+        const std::string in = "in" + std::to_string(i);
+        const std::string block = "exit 0, " + std::to_string(11 + 2 * in.size()) + " bytes of stdout, " +
+                                  std::to_string(5 + in.size()) + " of stderr\n  | out " + in + "\n  | more " + in +
+                                  "\n  ! err " + in + "\n";
+        EXPECT_NE(output.out.find(block), std::string::npos) << in << "\n" << output.out;
+    }
+    const Output quiet = run_binary("coordinator", {"--command", "echo out {}", "--inputs", (dir / "inputs").string(),
+                                                    "--workers", "2", "--output", "none"});
+    ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+    EXPECT_EQ(quiet.out.find("  | "), std::string::npos) << quiet.out;
+    const Output tagged = run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2", "--inputs",
+                                                     (dir / "inputs").string(), "--workers", "2", "--output", "tag"});
+    ASSERT_EQ(tagged.exit_code, 0) << tagged.err;
+    EXPECT_NE(tagged.out.find(" of stderr\ntask 7  | out in7\ntask 7  ! err in7\n"), std::string::npos) << tagged.out;
+}
+
+TEST(CommandLine, AFailedCommandKeepsItsExitCodeAndOutputInTheJournal) {
+    testing::TempDir dir;
+    write_file(dir / "plan.jsonl", "{\"kind\":\"command\",\"shell\":\"echo partial; echo oops >&2; exit 3\"}\n"
+                                   "{\"kind\":\"command\",\"argv\":[\"true\"]}\n");
+    const Output output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string(), "--workers", "1",
+                                                     "--results", (dir / "r.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    const std::vector<json> lines = testing::read_json_lines(dir / "r.jsonl");
+    ASSERT_EQ(lines.size(), 2u);
+    for (const json& line : lines) {
+        if (line["id"] != 0) continue;
+        EXPECT_EQ(line["ok"], false);
+        EXPECT_EQ(line["error"], "exited with status 3: oops");
+        EXPECT_EQ(line["value"], (json{{"exit_code", 3}, {"signal", nullptr}, {"stdout", "partial\n"}, {"stderr", "oops\n"},
+                                       {"stdout_bytes", 8}, {"stderr_bytes", 5}}));
+    }
+    EXPECT_NE(output.out.find("FAILED: exited with status 3: oops\n  | partial\n  ! oops\n"), std::string::npos) << output.out;
+}
+
+TEST(CommandLine, BadUsageExitsTwoNamingTheFlagOrLine) {
+    testing::TempDir dir;
+    Output output = run_binary("coordinator", {"--command", "echo {}"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--command: needs --inputs FILE"), std::string::npos) << output.err;
+    write_file(dir / "plan.jsonl", "{\"kind\":\"command\",\"argv\":[\"true\"]}\n{\"kind\":\"command\",\"argv\":[]}\n");
+    output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("plan.jsonl:2: \"argv\" must be a non-empty array of strings"), std::string::npos) << output.err;
+    write_file(dir / "plan.jsonl", "{\"kind\":\"command\",\"shell\":\"true\",\"argv\":[\"true\"]}\n");
+    output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("plan.jsonl:1: command needs either \"argv\""), std::string::npos) << output.err;
+    output = run_binary("coordinator", {"--task", "command", "--tasks", "2"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("makes no tasks by itself"), std::string::npos) << output.err;
+    output = run_binary("coordinator", {"--command", "true", "--inputs", "-", "--max-output", "1M"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--max-output"), std::string::npos) << output.err;
+}
+
+TEST(CommandLine, SeveralModesRunEveryCommandEachAndSaySo) {
+    testing::TempDir dir;
+    write_file(dir / "inputs", "a\n");
+    const Output output = run_binary("coordinator", {"--command", "echo {} >> " + command::shell_quote((dir / "ran").string()),
+                                                     "--inputs", (dir / "inputs").string(), "--mode", "sequential,threads",
+                                                     "--workers", "1"});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(testing::read_file(dir / "ran"), "a\na\n");
+    EXPECT_NE(output.err.find("--mode: each of the 2 modes runs every command task again"), std::string::npos) << output.err;
+}
+
+// A plan of one command that starts a process tree and never ends by itself.
+std::filesystem::path tree_plan(const testing::TempDir& dir, bool ignore_sigterm) {
+    write_file(dir / "plan.jsonl", json{{"kind", "command"}, {"shell", process_tree(dir / "pids", ignore_sigterm)}}.dump() + "\n");
+    return dir / "plan.jsonl";
+}
+
+class TreeInMode : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TreeInMode, ATimeoutLeavesNoProcessBehind) {
+    for (const bool ignore : {false, true}) {
+        testing::TempDir dir;
+        write_file(dir / "plan.jsonl", json{{"kind", "command"}, {"shell", process_tree(dir / "pids", ignore)}, {"timeout_s", 2}}.dump() + "\n");
+        const Output output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string(), "--mode", GetParam(),
+                                                         "--workers", "1", "--set", "command_grace_s=0.3"});
+        EXPECT_EQ(output.exit_code, 1) << output.err;
+        EXPECT_NE(output.out.find("FAILED: timed out after 2 s"), std::string::npos) << output.out;
+        const std::vector<pid_t> pids = read_pids(dir / "pids");
+        EXPECT_EQ(pids.size(), 3u);
+        EXPECT_TRUE(all_gone(pids)) << (ignore ? "TERM ignored" : "");
+    }
+}
+
+TEST_P(TreeInMode, SigtermOfTheCoordinatorLeavesNoProcessBehind) {
+    for (const bool ignore : {false, true}) {
+        testing::TempDir dir;
+        testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, ignore).string(), "--mode", GetParam(),
+                                                     "--workers", "1", "--set", "command_grace_s=0.3"});
+        const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
+        coordinator.signal(SIGTERM);
+        const Output output = coordinator.wait();
+        EXPECT_EQ(output.exit_code, 143) << output.err;
+        EXPECT_TRUE(all_gone(pids)) << (ignore ? "TERM ignored" : "");
+    }
+}
+
+TEST_P(TreeInMode, SigkillOfTheCoordinatorLeavesNoProcessBehind) {
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", GetParam(),
+                                                 "--workers", "1", "--set", "command_grace_s=0.3"});
+    const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
+    coordinator.signal(SIGKILL);
+    coordinator.wait();
+    EXPECT_TRUE(all_gone(pids));
+}
+
+std::string mode_name(const ::testing::TestParamInfo<std::string>& param) { return param.param; }
+
+INSTANTIATE_TEST_SUITE_P(Modes, TreeInMode, ::testing::Values("sequential", "threads", "processes"), mode_name);
+
+TEST(CommandLine, AKilledWorkerLeavesNoProcessBehind) {
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "processes",
+                                                 "--workers", "1", "--max-attempts", "1", "--set", "command_grace_s=0.3"});
+    const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
+    std::vector<pid_t> workers = testing::children_of(coordinator.pid());
+    workers.erase(std::remove_if(workers.begin(), workers.end(), [](pid_t pid) { return !testing::runs_program(pid, "worker"); }),
+                  workers.end());
+    ASSERT_EQ(workers.size(), 1u);
+    ::kill(workers[0], SIGKILL);
+    const Output output = coordinator.wait();
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    EXPECT_TRUE(all_gone(pids));
+}
+
+}  // namespace
+}  // namespace taskfarm
