@@ -372,6 +372,21 @@ def ideal_for_tasks(tasks, workers):
     return tasks / math.ceil(tasks / workers)
 
 
+def median_series(groups, task, mode, all_workers, column):
+    """For one line of a plot: the worker counts with successful runs of `task` in `mode`, the
+    median of `column` over their repeats, and its distance to the min and the max (error bars)."""
+    xs, ys, lo, hi = [], [], [], []
+    for workers in all_workers:
+        values = [float(r[column]) for r in groups.get((task, mode, workers), []) if row_succeeded(r) and r[column]]
+        if values:
+            med = statistics.median(values)
+            xs.append(workers)
+            ys.append(med)
+            lo.append(med - min(values))
+            hi.append(max(values) - med)
+    return xs, ys, lo, hi
+
+
 def plot_speedup(rows, path, cores):
     """DIR/speedup.png: a panel per task, speedup vs workers, a line per mode (the median, with
     min - max bars), the ideal line and the machine's core count. Returns the panels drawn."""
@@ -392,17 +407,9 @@ def plot_speedup(rows, path, cores):
     for ax, task in zip(axes[0], tasks):
         drew = False
         for mode in modes:
-            xs, ys, lo, hi = [], [], [], []
-            for workers in all_workers:
-                values = [float(r["speedup_vs_sequential"]) for r in groups.get((task, mode, workers), [])
-                          if row_succeeded(r) and r["speedup_vs_sequential"]]
-                if values:
-                    med = statistics.median(values)
-                    xs.append(workers)
-                    ys.append(med)
-                    lo.append(med - min(values))
-                    hi.append(max(values) - med)
-                    top = max(top, max(values))
+            xs, ys, lo, hi = median_series(groups, task, mode, all_workers, "speedup_vs_sequential")
+            if xs:
+                top = max(top, max(y + h for y, h in zip(ys, hi)))
             if xs:
                 drew = True
                 ax.errorbar(xs, ys, yerr=[lo, hi], marker=markers.get(mode, "D"), capsize=3,
@@ -457,16 +464,7 @@ def plot_wall_time(rows, path):
     figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5.2 * max(1, len(tasks)), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for mode in dict.fromkeys(m for t, m, _ in groups if t == task):
-            xs, ys, lo, hi = [], [], [], []
-            for workers in all_workers:
-                values = [float(r["wall_s"]) for r in groups.get((task, mode, workers), [])
-                          if row_succeeded(r) and r["wall_s"]]
-                if values:
-                    med = statistics.median(values)
-                    xs.append(workers)
-                    ys.append(med)
-                    lo.append(med - min(values))
-                    hi.append(max(values) - med)
+            xs, ys, lo, hi = median_series(groups, task, mode, all_workers, "wall_s")
             if xs:
                 ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=mode)
         ax.set_title(f"--task {task}")
