@@ -567,6 +567,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
     report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
         ->check(CLI::Range(0, 1000000))
+        ->type_name("N")
         ->capture_default_str();
     report_command->footer(
         "Reads the journal without changing it (a torn last line is reported and left out, as --resume\n"
