@@ -182,6 +182,13 @@ TEST(Report, TellsWhatHappenedInARunWithFailuresAKilledWorkerAndCrashes) {
     EXPECT_EQ(w1.at("attempts_lost"), 3);
     EXPECT_EQ(w1.at("lost").size(), 4u);
     EXPECT_EQ(w1.at("host"), host_name());
+    // The slowest: task 0, the only one that sleeps (half a second, twice).
+    ASSERT_FALSE(mode.at("slowest").empty());
+    EXPECT_EQ(mode.at("slowest").at(0).at("id"), 0) << mode.dump(2);
+    EXPECT_EQ(mode.at("slowest").size(), 4u);
+    // Cost: the command's tree for task 0, the worker process for the others that came back.
+    EXPECT_EQ(mode.at("cost").at("measured"), 3) << mode.dump(2);  // the given-up crash has none
+    EXPECT_EQ(mode.at("cost").at("scopes"), json::parse(R"(["tree","process"])")) << mode.dump(2);
     // --resume would run what failed: tasks 1 and 2.
     EXPECT_EQ(mode.at("resume_would_run").at("count"), 2);
     EXPECT_EQ(mode.at("resume_would_run").at("ranges"), json::parse("[[1,2]]"));
