@@ -593,10 +593,10 @@ std::string journal_report_text(const json& report) {
                                    printable(slow["worker"].is_string() ? slow["worker"].get<std::string>() : "?"),
                                    slow["ok"].get<bool>() ? "ok" : "failed", slow["line"].get<int>());
         }
-        out += fmt::format("  {:<8} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>5}  {}\n", "worker", "results", "ok", "failed",
-                           "busy_s", "cpu_s", "peak_rss", "lost", "host");
+        out += fmt::format("  {:<8} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8}  {}\n", "worker", "results", "ok", "failed",
+                           "busy_s", "cpu_s", "peak_rss", "requeued", "host");
         for (const json& load : mode["workers"]) {
-            out += fmt::format("  {:<8} {:>7} {:>6} {:>6} {:>9.3f} {:>9.3f} {:>9} {:>5}  {}\n",
+            out += fmt::format("  {:<8} {:>7} {:>6} {:>6} {:>9.3f} {:>9.3f} {:>9} {:>8}  {}\n",
                                printable(load["worker"].get<std::string>(), 64), load["results"].get<std::size_t>(),
                                load["ok"].get<std::size_t>(), load["failed"].get<std::size_t>(), load["busy_s"].get<double>(),
                                load["cpu_s"].get<double>(),
