@@ -72,8 +72,8 @@ rusage usage_at_end(bool process) {
 class PeakMemory {
 public:
     static PeakMemory& instance() {
-        static PeakMemory peak;
-        return peak;
+        static PeakMemory* const peak = new PeakMemory;  // never destroyed: a task may still run at exit
+        return *peak;
     }
     // Before a task: resets the mark if a measured task (or nothing) came before.
     void before() {
