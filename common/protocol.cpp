@@ -1,5 +1,6 @@
 #include "protocol.hpp"
 
+#include <cmath>
 #include <exception>
 #include <limits>
 #include <span>
@@ -217,6 +218,10 @@ void to_message(TaskResult&& result, Result& out) {
     out.error = std::move(result.error);
     out.run_s = result.run_time.count();
     out.value = std::move(result.value);
+    out.cost.scope = to_string(result.cost.scope);
+    out.cost.user_s = result.cost.user_s;
+    out.cost.sys_s = result.cost.sys_s;
+    out.cost.max_rss_kb = result.cost.max_rss_kb;
 }
 
 TaskResult to_result(Result&& message, std::string worker, const TaskType* type) {
@@ -229,6 +234,14 @@ TaskResult to_result(Result&& message, std::string worker, const TaskType* type)
     result.worker = std::move(worker);
     result.run_time = std::chrono::duration<double>(message.run_s);
     result.value = std::move(message.value);  // a failed task's too (TaskFailed)
+    // From another process: an unknown scope is no measurement, a nonsense number none.
+    const auto seconds = [](double s) { return std::isfinite(s) && s >= 0 && s <= kMaxSeconds ? s : 0.0; };
+    result.cost.scope = cost_scope(message.cost.scope);
+    if (result.cost.scope != TaskCost::Scope::None) {
+        result.cost.user_s = seconds(message.cost.user_s);
+        result.cost.sys_s = seconds(message.cost.sys_s);
+        result.cost.max_rss_kb = message.cost.max_rss_kb >= 0 ? message.cost.max_rss_kb : -1;
+    }
     return result;
 }
 

@@ -64,6 +64,16 @@ struct Task {
     TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, params, timeout_s)
 };
 
+// What a task cost where it ran (TaskCost), inside a result. Missing (an older worker) or
+// with an unknown scope: not measured. Numbers that are negative or not finite read as 0.
+struct Cost {
+    std::string scope;  // "thread", "process", "tree"
+    double user_s = 0;
+    double sys_s = 0;
+    std::int64_t max_rss_kb = -1;  // -1: not measured
+    TASKFARM_MSGPACK_MAP(scope, user_s, sys_s, max_rss_kb)
+};
+
 // Worker -> coordinator: what running a Task produced.
 struct Result {
     std::string type = "result";
@@ -75,7 +85,8 @@ struct Result {
     std::string error;
     double run_s = 0;  // measured by the worker
     Json value;        // what the type's run() returned, or a failure's TaskFailed value; else nil
-    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value)
+    Cost cost;         // what it cost (the host is the worker's, from its hello)
+    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value, cost)
 };
 
 // Coordinator -> worker: several tasks in one frame, run in this order. Each element is a

@@ -1,9 +1,14 @@
 #include "task.hpp"
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <exception>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <system_error>
@@ -26,7 +31,121 @@ const Json& empty_object() {
     return empty;
 }
 
+double seconds(const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; }
+
+rusage usage_now(bool process) {
+    rusage usage{};
+    ::getrusage(process ? RUSAGE_SELF : RUSAGE_THREAD, &usage);
+    return usage;
+}
+
+// getrusage() costs about a microsecond, as much as a no-op task. A thread that runs tasks
+// back to back measures each from the end of the one before, when that was at most
+// kChainWithin ago: one call per task instead of two, and the bookkeeping in between (a few
+// microseconds) counts as the next task's. See decision 92.
+constexpr auto kChainWithin = std::chrono::milliseconds(1);
+
+struct LastUsage {
+    bool process = false;
+    std::chrono::steady_clock::time_point at{};
+    rusage usage{};
+};
+thread_local LastUsage last_usage;
+
+rusage usage_at_start(bool process, std::chrono::steady_clock::time_point now) {
+    if (last_usage.process == process && last_usage.at != std::chrono::steady_clock::time_point{} &&
+        now - last_usage.at <= kChainWithin)
+        return last_usage.usage;
+    return usage_now(process);
+}
+
+rusage usage_at_end(bool process) {
+    last_usage = {process, std::chrono::steady_clock::now(), usage_now(process)};
+    return last_usage.usage;
+}
+
+// The peak resident memory of this process during one task: Linux keeps a high-water mark
+// (VmHWM) that writing "5" to /proc/self/clear_refs resets to the present size (since 4.0).
+// ru_maxrss will not do: it also counts the process this one was forked from, before its
+// exec (the coordinator, whose size says nothing about a task). Used only in a worker
+// process, which runs one task at a time. See decision 92.
+class PeakMemory {
+public:
+    static PeakMemory& instance() {
+        static PeakMemory* const peak = new PeakMemory;  // never destroyed: a task may still run at exit
+        return *peak;
+    }
+    // Before a task: resets the mark if a measured task (or nothing) came before.
+    void before() {
+        std::lock_guard lock(mutex_);  // one task at a time in a worker: never contended there
+        if (!pending_reset_) return;
+        pending_reset_ = false;
+        own();
+        works_ = clear_fd_ >= 0 && ::pwrite(clear_fd_, "5", 1, 0) == 1;
+    }
+    // After a task that ran `ran`: its peak in KiB, or -1 when not measured.
+    std::int64_t after(std::chrono::steady_clock::duration ran) {
+        std::lock_guard lock(mutex_);
+        if (!works_ || ran < kPeakMinRun) return -1;
+        pending_reset_ = true;
+        own();
+        char text[4096];
+        const ssize_t size = status_fd_ < 0 ? -1 : ::pread(status_fd_, text, sizeof text - 1, 0);
+        if (size <= 0) return -1;
+        text[size] = '\0';
+        const char* line = std::strstr(text, "\nVmHWM:");
+        if (!line) return -1;
+        return std::strtoll(line + 7, nullptr, 10);
+    }
+
+private:
+    // The files of this process: a process forked after they were opened (a fork server's
+    // worker) would otherwise read and reset its parent's.
+    void own() {
+        const pid_t pid = ::getpid();
+        if (pid == pid_) return;
+        for (const int fd : {clear_fd_, status_fd_})
+            if (fd >= 0) ::close(fd);
+        clear_fd_ = ::open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+        status_fd_ = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+        pid_ = pid;
+    }
+    // Open for the life of the process: reopening costs more than reading.
+    std::mutex mutex_;
+    pid_t pid_ = 0;
+    int clear_fd_ = -1;
+    int status_fd_ = -1;
+    bool pending_reset_ = true;
+    bool works_ = false;
+};
+
 }  // namespace
+
+std::string_view to_string(TaskCost::Scope scope) {
+    switch (scope) {
+        case TaskCost::Scope::Thread: return "thread";
+        case TaskCost::Scope::Process: return "process";
+        case TaskCost::Scope::Tree: return "tree";
+        case TaskCost::Scope::None: break;
+    }
+    return "";
+}
+
+TaskCost::Scope cost_scope(std::string_view name) {
+    if (name == "thread") return TaskCost::Scope::Thread;
+    if (name == "process") return TaskCost::Scope::Process;
+    if (name == "tree") return TaskCost::Scope::Tree;
+    return TaskCost::Scope::None;
+}
+
+const std::string& this_host() {
+    static const std::string host = [] {
+        char name[256] = {};
+        if (::gethostname(name, sizeof name - 1) != 0) return std::string("?");
+        return std::string(name);
+    }();
+    return host;
+}
 
 const char* version() { return TASKFARM_VERSION; }
 
@@ -76,6 +195,16 @@ Context::Waiting::Waiting(void* hold) : hold_(hold) {
 
 Context::Waiting::~Waiting() {
     if (hold_) static_cast<Gil::Hold*>(hold_)->reacquire();
+}
+
+void Context::add_child_usage(const ChildUsage& usage) {
+    if (!child_usage_) {
+        child_usage_ = usage;
+        return;
+    }
+    child_usage_->user_s += usage.user_s;
+    child_usage_->sys_s += usage.sys_s;
+    child_usage_->max_rss_kb = std::max(child_usage_->max_rss_kb, usage.max_rss_kb);
 }
 
 void Context::switch_point() const {
@@ -169,10 +298,20 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     if (task.timeout_s > 0)
         setup.deadline = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                        std::chrono::duration<double>(task.timeout_s));
+    // A worker process runs one task at a time, so its own usage is the task's, helper
+    // threads of the task included; a thread of the coordinator has only its own.
+    if (env.isolated) PeakMemory::instance().before();
+    const rusage usage_before = usage_at_start(env.isolated, started);
+    std::optional<Context::ChildUsage> children;
     try {
         if (!task.type) throw std::logic_error("task without a type");
         Gil::Hold hold(env.gil);  // released inside wherever the task says it waits
         Context context(setup, env.gil ? &hold : nullptr);
+        struct TakeChildUsage {  // also when run() throws
+            const Context& context;
+            std::optional<Context::ChildUsage>& out;
+            ~TakeChildUsage() { out = context.child_usage(); }
+        } take_child_usage{context, children};
         result.value = task.type->run(task.params, context);
         // Past its deadline is a timeout in every mode, whether or not the task noticed: a
         // thread cannot be killed, but its late result must not count where a worker's would not.
@@ -189,7 +328,22 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     if (!result.ok) {
         if (result.error.empty()) result.error = "failed without a reason";
     }
-    result.run_time = std::chrono::steady_clock::now() - started;
+    const rusage usage_after = usage_at_end(env.isolated);
+    const auto ran = std::chrono::steady_clock::now() - started;
+    result.run_time = ran;
+    TaskCost& cost = result.cost;
+    cost.host = this_host();
+    if (children) {
+        cost.scope = TaskCost::Scope::Tree;
+        cost.user_s = children->user_s;
+        cost.sys_s = children->sys_s;
+        cost.max_rss_kb = children->max_rss_kb;
+    } else {
+        cost.scope = env.isolated ? TaskCost::Scope::Process : TaskCost::Scope::Thread;
+        cost.user_s = std::max(0.0, seconds(usage_after.ru_utime) - seconds(usage_before.ru_utime));
+        cost.sys_s = std::max(0.0, seconds(usage_after.ru_stime) - seconds(usage_before.ru_stime));
+    }
+    if (env.isolated && !children) cost.max_rss_kb = PeakMemory::instance().after(ran);
     return result;
 }
 

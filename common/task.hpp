@@ -49,6 +49,37 @@ struct TaskSpec {
     double timeout_s = 0;            // fail the task when it runs longer; 0: no limit
 };
 
+// What one task cost where it ran (decision 92). Measured by run_task() in every mode; a
+// result the coordinator makes itself (a task given up, not sent, not run) has none.
+struct TaskCost {
+    enum class Scope {
+        None,     // not measured
+        Thread,   // the thread that ran it (RUSAGE_THREAD): sequential, threads, gil-threads
+        Process,  // the worker process that ran it (RUSAGE_SELF delta): processes mode
+        Tree,     // the processes it started and waited for (wait4): a command's tree
+    };
+    Scope scope = Scope::None;
+    double user_s = 0;  // CPU seconds in user mode
+    double sys_s = 0;   // CPU seconds in the kernel
+    // Peak resident memory in KiB, -1 when not measured: for Process the worker's high-water
+    // mark, reset after each measured task and read after a task of at least
+    // kPeakMinRun; for Tree the largest process of the tree; never for Thread (memory is
+    // the whole process's, not a thread's).
+    std::int64_t max_rss_kb = -1;
+    std::string host;  // where it ran: the worker's host name (its hello), else this one's
+};
+
+// Peak memory is read after a task in a worker process only when it ran at least this long:
+// reading it (/proc/self/status) costs some 10 to 40 us, more than a no-op task takes.
+inline constexpr std::chrono::milliseconds kPeakMinRun{1};
+
+// "thread", "process", "tree", "" for None.
+std::string_view to_string(TaskCost::Scope scope);
+// The inverse; None for anything else.
+TaskCost::Scope cost_scope(std::string_view name);
+// This machine's host name (gethostname), read once.
+const std::string& this_host();
+
 struct TaskResult {
     TaskId id = kNoId;
     std::uint32_t attempt = 1;  // 1 for the first try
@@ -60,6 +91,7 @@ struct TaskResult {
     double start_s = 0;  // seconds since the start of the mode, set by the runner
     double end_s = 0;
     Value value;  // what TaskType::run() returned; for a failed task, TaskFailed's value or null
+    TaskCost cost{};  // what it cost where it ran
 };
 
 // The type's name, or "?" for a result without one.

@@ -553,11 +553,34 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "Secret files get mode 0600; an existing key file is never overwritten (exit 2). Keep\n"
         "coordinator.secret on the coordinator's machine; copy worker.secret and coordinator.public to\n"
         "each worker machine. See docs/multihost.md.");
+    ReportConfig report;
+    auto* report_command = app.add_subcommand(
+        "report", "summarise a --results journal, finished or not, and exit: per mode, counts, failures by\n"
+                  "reason, retried tasks and why, the slowest, each worker's load and deaths, what the tasks\n"
+                  "cost, and what --resume would run (`coordinator report --help`)");
+    report_command->add_option("JOURNAL", report.journal, "the journal (--results FILE); - reads standard input")->required();
+    TaskId report_task = 0;
+    auto* report_task_option =
+        report_command->add_option("--task", report_task, "tell this task's whole story instead: every attempt, worker,\n"
+                                                          "host, reason, time and cost, mode by mode")
+            ->type_name("ID");
+    report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
+    report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
+        ->check(CLI::Range(0, 1000000))
+        ->type_name("N")
+        ->capture_default_str();
+    report_command->footer(
+        "Reads the journal without changing it (a torn last line is reported and left out, as --resume\n"
+        "would cut it off). A line that is not a journal line exits 2 naming FILE:LINE. 'what --resume\n"
+        "would run' comes from --resume's own reading of the journal; tasks of the plan that never\n"
+        "reached it (ids past the last one it names) would run too. See docs/reliability.md.");
     app.footer(
         std::string("The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
         "min(workers, CPUs available)); util = cpu_s / (T x C), the share of the machine kept busy: T from the\n"
         "mode's start to its last worker reaped, C the CPUs this process may use (one busy core of two: 50%).\n"
+        "The second table (task cost): per mode, the tasks' own user and system CPU seconds and their largest\n"
+        "peak memory, measured where each ran (scope thread, process or a command's tree; docs/reliability.md).\n"
         "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
         "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
         "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head).\n") +
@@ -568,6 +591,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                     "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
                     "Remote workers (docs/multihost.md):\n"
                     "          {0} keygen keys\n"
+                    "A journal's story (docs/reliability.md):\n"
+                    "          {0} report run.jsonl [--task ID] [--json]\n"
                     "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
                     "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
                     "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
@@ -610,6 +635,10 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             config.settings[setting.substr(0, equals)] = parsed.is_discarded() ? Json(value) : std::move(parsed);
         }
         if (keygen_command->parsed()) return keygen;
+        if (report_command->parsed()) {
+            if (report_task_option->count() > 0) report.task = report_task;
+            return report;
+        }
         if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
             throw CLI::ValidationError("--heartbeat-interval", why);
         for (auto name = modes.begin(); name != modes.end(); ++name)

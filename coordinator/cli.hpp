@@ -5,12 +5,13 @@
 #include "config.hpp"
 #include "coordinator.hpp"
 #include "errors.hpp"
+#include "journal_report.hpp"
 
 namespace taskfarm {
 
-using ParsedCli = std::variant<RunConfig, KeygenConfig, ExitCode>;
+using ParsedCli = std::variant<RunConfig, KeygenConfig, ReportConfig, ExitCode>;
 
-// argv -> RunConfig (the task types are `program`'s), or KeygenConfig for `coordinator keygen DIR`. On --help it prints the
+// argv -> RunConfig (the task types are `program`'s), or KeygenConfig for `coordinator keygen DIR`, or ReportConfig for `coordinator report JOURNAL`. On --help it prints the
 // help and returns ExitCode::Ok; on a bad value it prints one line naming the flag and the
 // value and returns ExitCode::Usage.
 ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* argv);

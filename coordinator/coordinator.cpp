@@ -21,6 +21,7 @@
 #include "curve.hpp"
 #include "dispatcher.hpp"
 #include "journal.hpp"
+#include "journal_report.hpp"
 #include "log.hpp"
 #include "outputs.hpp"
 #include "plan.hpp"
@@ -245,6 +246,7 @@ void write_json(const RunConfig& config, const Plan& plan, const std::vector<Run
 // worker names come from other processes: each is made printable, each failure one line.
 std::string summary_text(const std::vector<RunReport>& reports) {
     std::string text = "\n" + printable_lines(format_table(reports), std::string::npos);
+    if (const std::string cost = format_cost_table(reports); !cost.empty()) text += "\n" + cost;
     if (const std::string placement = format_placement(reports); !placement.empty())
         text += "\nplacement (worker -> cpu, pid):\n" + printable_lines(placement, std::string::npos);
     for (const RunReport& report : reports) {
@@ -429,6 +431,7 @@ int coordinator_main(const ProgramInfo& program, int argc, const char* const* ar
     if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {
         if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
+        if (auto* report = std::get_if<ReportConfig>(&parsed)) return journal_report(*report);
         return static_cast<int>(run(program, std::get<RunConfig>(std::move(parsed))));
     } catch (const ConfigError& e) {
         spdlog::error("{}", e.what());

@@ -50,6 +50,9 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
         nlohmann::json entry;
         try {
             entry = nlohmann::json::parse(line);
+            // What happened on the way (a lost attempt, a lost worker; decision 93) says
+            // nothing about what is done.
+            if (entry.is_object() && entry.contains("event")) continue;
             const auto id = entry.at("id").get<TaskId>();
             if (id >= plan.tasks.size() || plan.tasks[id].id != id)
                 throw ConfigError(fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a "

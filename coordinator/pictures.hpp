@@ -30,6 +30,9 @@ struct RunEvent {
     double at_s = 0;
     std::string worker;  // "w2"
     std::string detail;
+    // WorkerExited only: it died or went silent while the run needed it (not a shutdown);
+    // such exits, and every Requeued, are also journal lines (decision 93).
+    bool lost = false;
     // Requeued only: the attempt that was lost, from when it was handed to the worker.
     TaskId task = kNoId;
     const TaskType* task_type = nullptr;

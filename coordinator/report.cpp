@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace taskfarm {
 namespace {
@@ -53,6 +54,36 @@ std::string format_table(const std::vector<RunReport>& reports) {
     return out;
 }
 
+void CostTotals::add(const TaskCost& cost) {
+    if (cost.scope == TaskCost::Scope::None) return;
+    ++measured;
+    user_s += cost.user_s;
+    sys_s += cost.sys_s;
+    max_rss_kb = std::max(max_rss_kb, cost.max_rss_kb);
+    const std::string_view scope = to_string(cost.scope);
+    if (std::find(scopes.begin(), scopes.end(), scope) == scopes.end()) scopes.emplace_back(scope);
+}
+
+std::string format_kib(std::int64_t kib) {
+    if (kib < 0) return "-";
+    if (kib < 1024) return fmt::format("{}K", kib);
+    if (kib < 1024 * 1024) return fmt::format("{:.1f}M", static_cast<double>(kib) / 1024);
+    return fmt::format("{:.2f}G", static_cast<double>(kib) / (1024 * 1024));
+}
+
+std::string format_cost_table(const std::vector<RunReport>& reports) {
+    if (std::none_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.cost.measured > 0; })) return {};
+    std::string out = fmt::format("{:<12} {:>8} {:>9} {:>9} {:>9} {:>9}  {}\n", "task cost", "measured", "user_s",
+                                  "sys_s", "cpu_s", "peak_rss", "scope");
+    for (const RunReport& report : reports) {
+        const CostTotals& cost = report.cost;
+        out += fmt::format("{:<12} {:>8} {:>9.3f} {:>9.3f} {:>9.3f} {:>9}  {}\n", report.mode, cost.measured,
+                           cost.user_s, cost.sys_s, cost.user_s + cost.sys_s, format_kib(cost.max_rss_kb),
+                           cost.scopes.empty() ? "-" : fmt::format("{}", fmt::join(cost.scopes, "+")));
+    }
+    return out;
+}
+
 std::string format_placement(const std::vector<RunReport>& reports) {
     std::string out;
     for (const RunReport& report : reports) {
@@ -95,6 +126,12 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
         {"interrupted", report.interrupted},
         {"failures", failures},
         {"placement", placement},
+        {"task_cost",
+         {{"measured", report.cost.measured},
+          {"user_s", report.cost.user_s},
+          {"sys_s", report.cost.sys_s},
+          {"max_rss_kb", report.cost.max_rss_kb >= 0 ? nlohmann::json(report.cost.max_rss_kb) : nlohmann::json(nullptr)},
+          {"scopes", report.cost.scopes}}},
     };
 }
 

@@ -24,6 +24,16 @@ struct Placement {
     std::int64_t pid = 0;  // its process: the worker's, or the coordinator's for threads
 };
 
+// What the tasks of a mode cost where they ran, summed over their results (decision 92).
+struct CostTotals {
+    std::size_t measured = 0;  // results that carry a cost
+    double user_s = 0;
+    double sys_s = 0;
+    std::int64_t max_rss_kb = -1;  // the largest peak of any task; -1: none measured
+    std::vector<std::string> scopes;  // "thread", "process", "tree": each once, in order of first use
+    void add(const TaskCost& cost);
+};
+
 struct RunReport {
     std::string mode;    // "sequential", "threads", "gil-threads", "processes"
     int workers = 1;     // threads or processes that ran tasks
@@ -41,6 +51,7 @@ struct RunReport {
     bool interrupted = false;  // stopped by a signal before every task ran
     std::vector<Failure> failures;  // in completion order
     std::vector<Placement> placement;  // by worker name (w2 before w10); a respawned worker again
+    CostTotals cost;  // of this run's results (a resumed mode: not the journal's earlier ones)
 };
 
 // cpu_s / (cpu_span_s * cpus_available): the share of the CPUs this coordinator may run on
@@ -55,12 +66,20 @@ double speedup_vs_sequential(const std::vector<RunReport>& reports, const RunRep
 // The comparison table printed after the run: one row per mode.
 std::string format_table(const std::vector<RunReport>& reports);
 
+// The second table: per mode, what its tasks cost where they ran (user and system CPU, the
+// largest peak memory, the scopes measured). Empty when no result carries a cost.
+std::string format_cost_table(const std::vector<RunReport>& reports);
+
+// "3.2M" for 3276 KiB: sizes in K, M, G (x1024).
+std::string format_kib(std::int64_t kib);
+
 // One line per mode whose workers were pinned, "processes: w1 -> cpu 0 (pid 4242), ...";
 // empty when nothing was pinned.
 std::string format_placement(const std::vector<RunReport>& reports);
 
 // {"mode","workers","tasks","ok","failed","wall_s","speedup_vs_sequential","cpu_s",
-//  "cpus_used","utilisation","placement":[{"worker","cpu","pid"}],...}
+//  "cpus_used","utilisation","placement":[{"worker","cpu","pid"}],
+//  "task_cost":{"measured","user_s","sys_s","max_rss_kb","scopes"},...}
 nlohmann::json report_json(const std::vector<RunReport>& reports, const RunReport& report);
 
 // User + system CPU seconds of this process, and of its reaped children.

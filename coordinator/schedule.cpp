@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "text.hpp"
+
 namespace taskfarm {
 namespace {
 
@@ -127,6 +129,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     worker.cpu = hello.cpu;
     worker.last_seen = now;
     worker.remote = remote.has_value();
+    worker.host = printable(hello.host, 255);
     actions_.place({hello.name, hello.cpu, hello.pid}, static_cast<int>(workers_.size()));
     if (remote && dispatching_)
         actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = "remote, attached"});
@@ -171,7 +174,9 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
                                           : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
     ++finished_;
-    actions_.record(plan_.tasks[index], proto::to_result(message, worker.name, plan_.tasks[index].type));
+    TaskResult result = proto::to_result(message, worker.name, plan_.tasks[index].type);
+    if (result.cost.scope != TaskCost::Scope::None) result.cost.host = worker.host;
+    actions_.record(plan_.tasks[index], std::move(result));
 }
 
 void Schedule::returned(const PeerId& peer, const proto::Returned& message, Clock::time_point) {
@@ -389,7 +394,7 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
         spdlog::warn("{}", reason);
     else
         spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
-    actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
+    actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason, .lost = true});
     for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
         retry_or_fail(*attempt, lost.name, reason, now);
     // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
@@ -407,7 +412,7 @@ void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::tim
     if (spawned == spawned_.end()) return;
     const Spawned lost = spawned->second;
     spawned_.erase(spawned);
-    actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason});
+    actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason, .lost = true});
     // At start-up this is a broken installation, not bad luck.
     if (!all_hello_) throw RunError(fmt::format("{} before saying hello", reason));
     spdlog::warn("{}", reason);

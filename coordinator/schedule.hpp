@@ -161,6 +161,7 @@ private:
         Clock::time_point running_since;
         bool remote = false;       // attached by hand over tcp: ours to requeue from, not to kill or replace
         bool delivered = false;    // has sent a result: until then it may hold one task only
+        std::string host;          // from HELLO, printable: where its results ran (TaskCost::host)
     };
     struct Spawned {
         std::string name;

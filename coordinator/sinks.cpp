@@ -162,8 +162,23 @@ JournalSink::~JournalSink() {
         spdlog::error("cannot write results file '{}': {}", path_.string(), std::strerror(errno));
 }
 
+namespace {
+
+nlohmann::json cost_json(const TaskCost& cost) {
+    if (cost.scope == TaskCost::Scope::None) return nullptr;
+    return {
+        {"scope", to_string(cost.scope)},
+        {"user_s", cost.user_s},
+        {"sys_s", cost.sys_s},
+        {"max_rss_kb", cost.max_rss_kb >= 0 ? nlohmann::json(cost.max_rss_kb) : nlohmann::json(nullptr)},
+    };
+}
+
+}  // namespace
+
 void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
-    const nlohmann::json line = {
+    const bool measured = result.cost.scope != TaskCost::Scope::None;
+    write_line({
         {"mode", mode_},
         {"id", result.id},
         {"attempt", result.attempt},
@@ -175,7 +190,31 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"params", task.params},
         {"value", result.value},  // a failed task's too, when it has one (TaskFailed)
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
-    };
+        {"host", measured ? nlohmann::json(result.cost.host) : nlohmann::json(nullptr)},
+        {"cost", cost_json(result.cost)},
+    });
+}
+
+void JournalSink::event_it_(const RunEvent& event) {
+    if (event.kind == RunEvent::Kind::Requeued) {
+        write_line({
+            {"event", "requeue"},
+            {"mode", mode_},
+            {"id", event.task},
+            {"attempt", event.attempt},
+            {"kind", event.task_type ? nlohmann::json(event.task_type->name()) : nlohmann::json(nullptr)},
+            {"worker", event.worker},
+            {"start_s", event.started_s},
+            {"at_s", event.at_s},
+            {"reason", event.detail},
+        });
+    } else if (event.kind == RunEvent::Kind::WorkerExited && event.lost) {
+        write_line({{"event", "worker lost"}, {"mode", mode_}, {"worker", event.worker}, {"at_s", event.at_s},
+                    {"reason", event.detail}});
+    }
+}
+
+void JournalSink::write_line(const nlohmann::json& line) {
     if (lost_ > 0) {  // after a failed write, nothing more: the file stays a journal --resume can read
         ++lost_;
         return;

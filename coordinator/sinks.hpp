@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "config.hpp"
 #include "task.hpp"
@@ -105,8 +106,13 @@ public:
 protected:
     void begin_mode_(const std::string&, std::size_t) override {}
     void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+    // A lost attempt or a worker lost mid-run, as an "event" line (decision 93); --resume
+    // skips them.
+    void event_it_(const RunEvent& event) override;
 
 private:
+    void write_line(const nlohmann::json& line);
+
     std::filesystem::path path_;
     std::FILE* file_ = nullptr;
     std::size_t lost_ = 0;  // lines not written: the first failure is logged, no line after it is written

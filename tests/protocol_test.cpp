@@ -1,3 +1,4 @@
+#include <cmath>
 #include <random>
 #include <fmt/format.h>
 #include <sstream>
@@ -88,6 +89,70 @@ TEST(Protocol, ResultRoundTripsWithItsValue) {
     EXPECT_EQ(back.value, (Json{{"slept_s", 0.5}}));
     EXPECT_EQ(back.run_time.count(), 0.51);
     EXPECT_EQ(back.worker, "w3");
+}
+
+TEST(Protocol, AResultCarriesItsCostAndAnOldOneWithoutItReadsAsNotMeasured) {
+    TaskResult result;
+    result.id = 3;
+    result.type = type("cpu");
+    result.ok = true;
+    result.cost = {.scope = TaskCost::Scope::Process, .user_s = 1.25, .sys_s = 0.5, .max_rss_kb = 4096, .host = "here"};
+    const Message message = decode(encode(to_message(result)));
+    const auto* decoded = std::get_if<Result>(&message);
+    ASSERT_NE(decoded, nullptr);
+    EXPECT_EQ(decoded->cost.scope, "process");
+    const TaskResult back = to_result(*decoded, "w1", type("cpu"));
+    EXPECT_EQ(back.cost.scope, TaskCost::Scope::Process);
+    EXPECT_EQ(back.cost.user_s, 1.25);
+    EXPECT_EQ(back.cost.sys_s, 0.5);
+    EXPECT_EQ(back.cost.max_rss_kb, 4096);
+    EXPECT_EQ(back.cost.host, "") << "the host is the worker's, from its hello: the schedule sets it";
+
+    // A result of a worker from before costs: no "cost" key.
+    std::stringstream buffer;
+    msgpack::packer packer(buffer);
+    packer.pack_map(4);
+    packer.pack(std::string("type")).pack(std::string("result"));
+    packer.pack(std::string("v")).pack(kVersion);
+    packer.pack(std::string("id")).pack(3);
+    packer.pack(std::string("kind")).pack(std::string("cpu"));
+    const Message old = decode(buffer.str());
+    ASSERT_TRUE(std::holds_alternative<Result>(old)) << rejection(buffer.str());
+    EXPECT_EQ(to_result(std::get<Result>(old), "w1", type("cpu")).cost.scope, TaskCost::Scope::None);
+}
+
+TEST(Protocol, ACostFromAPeerIsNeverTrusted) {
+    Result result;
+    result.id = 1;
+    result.kind = "cpu";
+    result.cost = {.scope = "process", .user_s = -3, .sys_s = std::nan(""), .max_rss_kb = -77};
+    TaskResult back = to_result(result, "w1", type("cpu"));
+    EXPECT_EQ(back.cost.user_s, 0);
+    EXPECT_EQ(back.cost.sys_s, 0);
+    EXPECT_EQ(back.cost.max_rss_kb, -1);
+    result.cost.scope = "galaxy";  // an unknown scope is no measurement at all
+    result.cost.user_s = 5;
+    back = to_result(result, "w1", type("cpu"));
+    EXPECT_EQ(back.cost.scope, TaskCost::Scope::None);
+    EXPECT_EQ(back.cost.user_s, 0);
+    // A cost that is not a map, or a field of the wrong type, is a malformed message.
+    for (int variant = 0; variant < 2; ++variant) {
+        std::stringstream buffer;
+        msgpack::packer packer(buffer);
+        packer.pack_map(5);
+        packer.pack(std::string("type")).pack(std::string("result"));
+        packer.pack(std::string("v")).pack(kVersion);
+        packer.pack(std::string("id")).pack(3);
+        packer.pack(std::string("kind")).pack(std::string("cpu"));
+        packer.pack(std::string("cost"));
+        if (variant == 0) {
+            packer.pack(std::string("lots"));
+        } else {
+            packer.pack_map(1);
+            packer.pack(std::string("user_s")).pack(std::string("1.5"));
+        }
+        EXPECT_EQ(rejection(buffer.str()).rfind("malformed message: ", 0), 0u) << rejection(buffer.str());
+    }
 }
 
 TEST(Protocol, AFailedResultKeepsTheValueItWasSentWith) {
@@ -233,7 +298,15 @@ TEST(Protocol, RejectsDeepNesting) {
 
 TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
     const std::vector<std::string> seeds{encode(to_message(TaskSpec{9, type("sleep"), {{"seconds", 2}}}, 1)),
-                                         encode(to_message(TaskResult{}))};
+                                         encode(to_message(TaskResult{})),
+                                         encode(to_message([] {
+                                             TaskResult measured;
+                                             measured.id = 4;
+                                             measured.cost.scope = TaskCost::Scope::Tree;
+                                             measured.cost.user_s = 0.25;
+                                             measured.cost.max_rss_kb = 1024;
+                                             return measured;
+                                         }()))};
     std::mt19937_64 random(7);
     std::size_t accepted = 0;
     for (int round = 0; round < 20000; ++round) {

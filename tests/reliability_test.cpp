@@ -27,7 +27,7 @@ void write_file(const std::filesystem::path& path, const std::string& text) { st
 // The journal's lines by mode and task id; fails the test if a task has two lines.
 std::map<std::string, std::map<int, json>> by_mode_and_id(const std::filesystem::path& journal) {
     std::map<std::string, std::map<int, json>> lines;
-    for (const json& line : testing::read_json_lines(journal)) {
+    for (const json& line : testing::read_result_lines(journal)) {
         const auto [where, inserted] = lines[line["mode"]].emplace(line["id"].get<int>(), line);
         EXPECT_TRUE(inserted) << "two lines for task " << line["id"] << " in " << line["mode"];
     }

@@ -80,7 +80,7 @@ std::vector<std::string> worker_args(const std::string& endpoint, const std::str
 // Task id -> journal line of the processes mode; a second line for one id fails the test.
 std::map<int, json> journal(const fs::path& path) {
     std::map<int, json> lines;
-    for (const json& line : testing::read_json_lines(path)) {
+    for (const json& line : testing::read_result_lines(path)) {
         EXPECT_EQ(line["mode"], "processes");
         EXPECT_TRUE(lines.emplace(line["id"].get<int>(), line).second) << "two lines for task " << line["id"];
     }

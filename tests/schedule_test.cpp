@@ -161,6 +161,43 @@ TEST(Schedule, SpawnsOneWorkerPerTickAndHeartbeatsTheFirstWhileTheRestStart) {
     EXPECT_FALSE(rig.schedule.done());
 }
 
+TEST(Schedule, AResultsCostRanOnTheHostItsWorkerNamedInItsHello) {
+    Rig rig(sleeps(2), {.workers = 1, .prefetch = 1});
+    rig.spawn_all();
+    proto::Hello hello;
+    hello.name = "w1";
+    hello.pid = rig.world.pids.at(0);
+    hello.host = "node7\x1b[2J";  // from the wire: made printable
+    rig.schedule.frame("w1", rig.now);
+    rig.schedule.hello("w1", hello, std::nullopt, rig.now);
+    rig.schedule.tick(rig.now);
+    ASSERT_EQ(rig.world.sent.size(), 1u);
+    proto::Result measured = rig.result_of(rig.world.sent_to("w1").at(0));
+    measured.cost = {.scope = "process", .user_s = 0.5, .sys_s = 0.25, .max_rss_kb = 900};
+    rig.schedule.result("w1", measured, rig.now);
+    rig.schedule.tick(rig.now);
+    proto::Result unmeasured = rig.result_of(rig.world.sent_to("w1").at(1));  // an older worker: no cost
+    rig.schedule.result("w1", unmeasured, rig.now);
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    EXPECT_EQ(rig.world.recorded[0].cost.scope, TaskCost::Scope::Process);
+    EXPECT_EQ(rig.world.recorded[0].cost.host, "node7\\x1b[2J");
+    EXPECT_EQ(rig.world.recorded[0].cost.user_s, 0.5);
+    EXPECT_EQ(rig.world.recorded[1].cost.scope, TaskCost::Scope::None);
+    EXPECT_EQ(rig.world.recorded[1].cost.host, "");
+}
+
+TEST(Schedule, AWorkerThatDiesIsNotedAsLostForTheJournal) {
+    Rig rig(sleeps(2), {.workers = 1, .prefetch = 1});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.schedule.exited(rig.world.pids.at(0), "worker w1 died (signal 9)", rig.now);
+    const auto exited = std::find_if(rig.world.events.begin(), rig.world.events.end(),
+                                     [](const RunEvent& e) { return e.kind == RunEvent::Kind::WorkerExited; });
+    ASSERT_NE(exited, rig.world.events.end());
+    EXPECT_TRUE(exited->lost);
+    EXPECT_EQ(exited->detail, "worker w1 died (signal 9)");
+}
+
 TEST(Schedule, AConnectionThatNeverSaysHelloGetsNoTask) {
     Rig rig(sleeps(4), {.workers = 1});
     rig.spawn_all();

@@ -46,6 +46,12 @@ std::vector<nlohmann::json> read_json_lines(const std::filesystem::path& path) {
     return lines;
 }
 
+std::vector<nlohmann::json> read_result_lines(const std::filesystem::path& path) {
+    std::vector<nlohmann::json> lines = read_json_lines(path);
+    std::erase_if(lines, [](const nlohmann::json& line) { return line.contains("event"); });
+    return lines;
+}
+
 Running::Running(const std::string& program, const std::vector<std::string>& args) {
     const std::string exe = bin(program).string();
     std::vector<char*> argv{const_cast<char*>(exe.c_str())};

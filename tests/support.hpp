@@ -80,6 +80,8 @@ private:
 std::string read_file(const std::filesystem::path& path);
 nlohmann::json read_json(const std::filesystem::path& path);
 std::vector<nlohmann::json> read_json_lines(const std::filesystem::path& path);
+// A --results journal's result lines: its "event" lines (lost attempts and workers) left out.
+std::vector<nlohmann::json> read_result_lines(const std::filesystem::path& path);
 
 // Pids whose parent is `parent`, from /proc.
 std::vector<pid_t> children_of(pid_t parent);

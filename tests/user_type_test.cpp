@@ -157,10 +157,23 @@ TEST(UserType, ACrashCostsOnlyItsWorkerAndTheTaskIsTriedAgainThenFails) {
     const auto output = coordinator({"--task", "die", "--inputs", inputs.string(), "--mode", "processes", "--workers",
                                      "2", "--max-attempts", "2", "--results", journal.string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
-    const auto lines = taskfarm::testing::read_json_lines(journal);
+    const auto lines = taskfarm::testing::read_result_lines(journal);
     ASSERT_EQ(lines.size(), 1u);
     EXPECT_EQ(lines[0].at("attempt"), 2);
     EXPECT_TRUE(lines[0].at("error").get<std::string>().starts_with("gave up after 2 attempts")) << lines[0].dump();
+
+    // The program's own `report` subcommand tells the story: App::run() is the coordinator.
+    const auto story = coordinator({"report", journal.string(), "--task", "0", "--json"});
+    ASSERT_EQ(story.exit_code, 0) << story.err;
+    const auto report = taskfarm::Json::parse(story.out);
+    const auto& steps = report.at("task").at("modes").at(0).at("story");
+    ASSERT_EQ(steps.size(), 2u) << story.out;  // attempt 1 lost with its worker, attempt 2 the final result
+    EXPECT_EQ(steps[0].at("what"), "requeue");
+    EXPECT_EQ(steps[0].at("attempt"), 1);
+    EXPECT_TRUE(steps[0].at("reason").get<std::string>().starts_with("worker w")) << story.out;  // died or disconnected
+    EXPECT_EQ(steps[1].at("what"), "result");
+    EXPECT_EQ(steps[1].at("attempt"), 2);
+    EXPECT_EQ(report.at("task").at("modes").at(0).at("resume_would_run"), true);
 }
 
 TEST(UserType, LargeValuesReachTheCoordinatorAndOneTooLargeFailsItsTaskAlone) {

@@ -46,6 +46,7 @@ void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
     result.start_s = std::max(0.0, result.end_s - result.run_time.count());
     {
         std::lock_guard lock(mutex_);
+        report_.cost.add(result.cost);
         if (result.ok) {
             ++report_.ok;
         } else {

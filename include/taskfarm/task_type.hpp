@@ -106,6 +106,19 @@ public:
     // worker. False on the coordinator's threads, where a crash would end the whole run.
     bool isolated() const { return setup_.isolated; }
 
+    // What processes a task started and waited for cost, for a type that runs programs (the
+    // built-in command): their CPU seconds and the peak resident memory of the largest, as
+    // wait4() reports them for a child and the descendants it waited for. Each call adds to
+    // what earlier ones said (CPU summed, memory the largest). The task's cost is then theirs,
+    // scope "tree", instead of the thread's or the worker process's (docs/reliability.md).
+    struct ChildUsage {
+        double user_s = 0;
+        double sys_s = 0;
+        std::int64_t max_rss_kb = -1;  // -1: unknown
+    };
+    void add_child_usage(const ChildUsage& usage);
+    const std::optional<ChildUsage>& child_usage() const { return child_usage_; }
+
     // gil-threads mode emulates CPython's global interpreter lock: run() starts holding it,
     // so a function that computes keeps the other threads waiting, as Python code does.
     // Hold a Waiting while the task blocks (sleeps, waits for the network or a child):
@@ -133,6 +146,7 @@ private:
     std::string mode_;
     void* gil_hold_;  // a Gil::Hold, or null
     std::optional<std::filesystem::path> scratch_;
+    std::optional<ChildUsage> child_usage_;
 };
 
 // Something a task type keeps running in the coordinator for a whole run, e.g. the built-in

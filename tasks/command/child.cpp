@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -198,11 +199,13 @@ public:
         write_all(to_guardian_.get(), &child_, sizeof child_);
     }
     pid_t child() const { return child_; }
-    // The child's wait status. Its group id stays ours until this reaps it: a pid is not
-    // reused while its process is a zombie, so killing -child before this is always safe.
-    int reap_child() {
+    // The child's wait status, and what it cost into `usage` when given. Its group id stays
+    // ours until this reaps it: a pid is not reused while its process is a zombie, so
+    // killing -child before this is always safe.
+    int reap_child(rusage* usage = nullptr) {
         int status = 0;
-        while (::waitpid(child_, &status, 0) < 0 && errno == EINTR) {
+        rusage ignored{};
+        while (::wait4(child_, &status, 0, usage ? usage : &ignored) < 0 && errno == EINTR) {
         }
         child_ = -1;
         return status;
@@ -304,8 +307,13 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
         if (::poll(polled, 2, poll_ms(give_up)) < 0 && errno != EINTR) break;
         read_streams(polled);
     }
-    const int status = children.reap_child();
+    rusage usage{};
+    const int status = children.reap_child(&usage);
     children.release_guardian();
+    const auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+    outcome.user_s = seconds(usage.ru_utime);
+    outcome.sys_s = seconds(usage.ru_stime);
+    outcome.max_rss_kb = usage.ru_maxrss;
     if (WIFEXITED(status)) {
         outcome.exit_code = WEXITSTATUS(status);
     } else if (WIFSIGNALED(status)) {

@@ -37,6 +37,12 @@ struct Outcome {
     int signal = 0;                // what killed it, when it did not exit
     Captured out;
     Captured err;
+    // What the program and the descendants it waited for cost, from wait4(): CPU seconds and
+    // the peak resident memory of the largest of them. What it left running in its group and
+    // that was killed at the end is not in it (nobody waited for those).
+    double user_s = 0;
+    double sys_s = 0;
+    std::int64_t max_rss_kb = -1;
 };
 
 // Starts spec.argv[0] and waits for it, holding no lock, reading both pipes as they fill.

@@ -199,6 +199,7 @@ public:
             const auto waiting = context.waiting();  // a child runs on its own, as CPython's subprocess frees the GIL
             outcome = command::run_child(spec, watch);
         }
+        context.add_child_usage({.user_s = outcome.user_s, .sys_s = outcome.sys_s, .max_rss_kb = outcome.max_rss_kb});
         const std::string err = stream_text(outcome.err, max_output);
         Value value{
             {"exit_code", outcome.exit_code ? Json(*outcome.exit_code) : Json(nullptr)},
