@@ -2,10 +2,12 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <stdexcept>
 #include <system_error>
 
@@ -103,6 +105,17 @@ ScopedPin::~ScopedPin() {
     } catch (const std::exception& e) {
         spdlog::error("{}", e.what());
     }
+}
+
+std::uint64_t resident_bytes() {
+    std::FILE* statm = std::fopen("/proc/self/statm", "re");
+    if (!statm) return 0;
+    unsigned long long size = 0;
+    unsigned long long resident = 0;
+    const bool read = std::fscanf(statm, "%llu %llu", &size, &resident) == 2;
+    std::fclose(statm);
+    const long page = ::sysconf(_SC_PAGESIZE);
+    return read && page > 0 ? resident * static_cast<std::uint64_t>(page) : 0;
 }
 
 }  // namespace taskfarm

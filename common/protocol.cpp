@@ -112,6 +112,13 @@ std::string problem(const Returned& message) {
     return {};
 }
 
+std::string problem(const Cancel& message) {
+    if (message.tasks.empty()) return "cancel without any tasks";
+    for (const TaskRef& task : message.tasks)
+        if (task.id == kNoId) return "cancel of a task without an id";
+    return {};
+}
+
 template <typename T>
 Message checked(T message) {
     if (std::string reason = problem(message); !reason.empty()) return DecodeError{std::move(reason)};
@@ -133,6 +140,7 @@ std::string encode(const TaskBatch& message) { return pack(message); }
 std::string encode(const ResultBatch& message) { return pack(message); }
 std::string encode(const Returned& message) { return pack(message); }
 std::string encode(const Setup& message) { return pack(message); }
+std::string encode(const Cancel& message) { return pack(message); }
 
 void encode_to(std::string& out, const Task& message) { pack_to(out, message); }
 void encode_to(std::string& out, const Result& message) { pack_to(out, message); }
@@ -174,6 +182,7 @@ Message decode(std::string_view frame) {
         if (head.type == "results") return checked(object.as<ResultBatch>());
         if (head.type == "returned") return checked(object.as<Returned>());
         if (head.type == "setup") return checked(object.as<Setup>());
+        if (head.type == "cancel") return checked(object.as<Cancel>());
         return DecodeError{fmt::format("unknown message type '{}'", head.type)};
     } catch (const msgpack::insufficient_bytes&) {
         return DecodeError{"truncated message"};
