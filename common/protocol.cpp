@@ -50,12 +50,13 @@ std::string no_id_problem(std::string_view what) {
 }
 
 // msgpack-c says only "std::bad_cast" when a field has the wrong type; name the field when it
-// is an id or an attempt, the numbers a peer most likely gets wrong (negative, too large, a float).
+// is an id, an attempt or a resident size, the numbers a peer most likely gets wrong
+// (negative, too large, a float).
 std::string number_problem(const msgpack::object& map) {
     for (const auto& entry : std::span(map.via.map.ptr, map.via.map.size)) {
         if (entry.key.type != msgpack::type::STR) continue;
         const std::string_view key(entry.key.via.str.ptr, entry.key.via.str.size);
-        if ((key == "id" || key == "attempt") && entry.val.type != msgpack::type::POSITIVE_INTEGER) {
+        if ((key == "id" || key == "attempt" || key == "rss") && entry.val.type != msgpack::type::POSITIVE_INTEGER) {
             std::ostringstream value;
             value << entry.val;
             return fmt::format("\"{}\" must be a whole number >= 0, not {}", key, printable(value.str(), 100));

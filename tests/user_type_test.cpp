@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -77,6 +79,17 @@ void register_types(taskfarm::App& made) {
             static std::vector<std::vector<char>> kept;
             kept.emplace_back(std::size_t{16} << 20, 'x');
             return Value{{"kept_mib", 16 * kept.size()}};
+        });
+        // Notes its input in the file the setting "started" names, then takes 0.3 s, stopping early on a stop.
+        made.task("nap", [](const Params& params, Context& context) -> Value {
+            std::ofstream(context.settings().at("started").get<std::string>(), std::ios::app)
+                << params.at("input").get<std::string>() << "\n"
+                << std::flush;
+            for (int slice = 0; slice < 30; ++slice) {
+                context.check();
+                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            }
+            return Value{{"napped", true}};
         });
         // Fails until its attempt reaches the number it is given.
         made.task("flaky", [](const Params& params, Context& context) -> Value {
@@ -299,5 +312,47 @@ TEST(UserType, AFailedFunctionRunsAgainWithRetriesInEveryMode) {
         EXPECT_EQ(attempts[mode][1], (std::vector<int>{1, 2, 3}));
         EXPECT_EQ(attempts[mode][2], (std::vector<int>{1, 2, 3}));
         EXPECT_EQ(final_ok[mode], (std::map<std::uint64_t, bool>{{0, true}, {1, true}, {2, false}}));
+    }
+}
+
+TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    for (const std::string mode : {"sequential", "threads", "processes"}) {
+        SCOPED_TRACE(mode);
+        taskfarm::testing::TempDir dir;
+        std::vector<std::string> inputs;
+        for (int i = 0; i < 20; ++i) inputs.push_back(std::to_string(i));
+        const auto file = write_lines(dir, "in.txt", inputs);
+        const auto started = dir / "started";
+        const auto journal = dir / "journal.jsonl";
+        const std::vector<std::string> args{"--task", "nap", "--inputs", file.string(), "--mode", mode, "--workers", "2",
+                                            "--set", "started=" + started.string()};
+        std::vector<std::string> first = args;
+        first.insert(first.end(), {"--results", journal.string()});
+        taskfarm::testing::Running run(self, first);
+        const auto started_count = [&] {
+            std::ifstream in(started);
+            return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
+        };
+        ASSERT_TRUE(taskfarm::testing::eventually([&] { return started_count() >= 3; }, std::chrono::seconds(30)))
+            << run.err();
+        run.signal(SIGTERM);
+        const auto drained = run.wait(std::chrono::seconds(60));
+        EXPECT_EQ(drained.exit_code, 143) << drained.err;
+        std::set<std::uint64_t> ok;
+        for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+            EXPECT_TRUE(line.at("ok").get<bool>()) << "a drained task did not finish: " << line.dump();
+            EXPECT_TRUE(ok.insert(line.at("id").get<std::uint64_t>()).second) << line.dump();
+        }
+        EXPECT_EQ(static_cast<long>(ok.size()), started_count()) << "every task that started finished, and no other";
+        std::vector<std::string> second = args;
+        second.insert(second.end(), {"--resume", journal.string()});
+        EXPECT_EQ(coordinator(second).exit_code, 0);
+        std::map<std::uint64_t, int> all;
+        for (const auto& line : taskfarm::testing::read_json_lines(journal))
+            if (line.at("ok").get<bool>()) ++all[line.at("id").get<std::uint64_t>()];
+        EXPECT_EQ(all.size(), 20u);
+        for (const auto& [id, count] : all) EXPECT_EQ(count, 1) << "task " << id;
+        EXPECT_EQ(started_count(), 20) << "a task ran twice";
     }
 }
