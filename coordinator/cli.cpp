@@ -354,7 +354,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "its tasks instead, only on a transient failure (HTTP 5xx, connection refused or reset,\n"
                        "truncated body, stall, connect timeout), 0.25 s, 0.5 s, 1 s ... apart, never on 4xx\n"
                        "(default for download: 2)")
-            ->check(CLI::Range(0, 100));
+            ->check(CLI::Range(0, 100))
+            ->type_name("N");
     std::string min_speed = "1K";
     auto* min_speed_option =
         app.add_option("--min-speed", min_speed,
@@ -466,7 +467,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     app.add_option("--max-tasks-per-worker", config.max_tasks_per_worker,
                    "processes: a worker that has run N tasks exits and is replaced (recycled, not counted as\n"
                    "a death or a task's attempt); 0: never. No effect on the coordinator's own threads")
-        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 62))
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1'000'000'000}))
         ->type_name("N")
         ->capture_default_str();
     std::string max_worker_memory = "0";
