@@ -2,10 +2,13 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <stdexcept>
 #include <system_error>
 
@@ -103,6 +106,31 @@ ScopedPin::~ScopedPin() {
     } catch (const std::exception& e) {
         spdlog::error("{}", e.what());
     }
+}
+
+std::uint64_t resident_bytes() {
+    // Opened once per thread and process, and read with pread: one system call a read, cheap
+    // enough for every results frame of a worker. After a fork the file would still be the
+    // parent's ("self" is resolved at open), so a new pid opens it again.
+    struct Statm {
+        pid_t pid = -1;
+        int fd = -1;
+    };
+    thread_local Statm statm;
+    if (const pid_t pid = ::getpid(); statm.pid != pid) {
+        if (statm.fd >= 0) ::close(statm.fd);
+        statm = {pid, ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC)};
+    }
+    static const long page = ::sysconf(_SC_PAGESIZE);
+    if (statm.fd < 0 || page <= 0) return 0;
+    char text[128];
+    const ssize_t size = ::pread(statm.fd, text, sizeof text - 1, 0);
+    if (size <= 0) return 0;
+    text[size] = '\0';
+    unsigned long long total = 0;
+    unsigned long long resident = 0;
+    if (std::sscanf(text, "%llu %llu", &total, &resident) != 2) return 0;
+    return resident * static_cast<std::uint64_t>(page);
 }
 
 }  // namespace taskfarm

@@ -1,7 +1,8 @@
 #pragma once
 // CPU lists and pinning: which CPUs this process may use, "0-3,6" lists, and pinning the
-// calling thread. Worker processes are pinned between fork and exec (process_pool.cpp).
+// calling thread; and this process's resident memory. Worker processes are pinned between fork and exec (process_pool.cpp).
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,5 +39,8 @@ public:
 private:
     std::vector<int> before_;  // empty: nothing to restore
 };
+
+// This process's resident memory in bytes (/proc/self/statm); 0 when it cannot be read.
+std::uint64_t resident_bytes();
 
 }  // namespace taskfarm

@@ -51,12 +51,13 @@ std::string no_id_problem(std::string_view what) {
 }
 
 // msgpack-c says only "std::bad_cast" when a field has the wrong type; name the field when it
-// is an id or an attempt, the numbers a peer most likely gets wrong (negative, too large, a float).
+// is an id, an attempt or a resident size, the numbers a peer most likely gets wrong
+// (negative, too large, a float).
 std::string number_problem(const msgpack::object& map) {
     for (const auto& entry : std::span(map.via.map.ptr, map.via.map.size)) {
         if (entry.key.type != msgpack::type::STR) continue;
         const std::string_view key(entry.key.via.str.ptr, entry.key.via.str.size);
-        if ((key == "id" || key == "attempt") && entry.val.type != msgpack::type::POSITIVE_INTEGER) {
+        if ((key == "id" || key == "attempt" || key == "rss") && entry.val.type != msgpack::type::POSITIVE_INTEGER) {
             std::ostringstream value;
             value << entry.val;
             return fmt::format("\"{}\" must be a whole number >= 0, not {}", key, printable(value.str(), 100));
@@ -113,6 +114,13 @@ std::string problem(const Returned& message) {
     return {};
 }
 
+std::string problem(const Cancel& message) {
+    if (message.tasks.empty()) return "cancel without any tasks";
+    for (const TaskRef& task : message.tasks)
+        if (task.id == kNoId) return "cancel of a task without an id";
+    return {};
+}
+
 template <typename T>
 Message checked(T message) {
     if (std::string reason = problem(message); !reason.empty()) return DecodeError{std::move(reason)};
@@ -134,6 +142,7 @@ std::string encode(const TaskBatch& message) { return pack(message); }
 std::string encode(const ResultBatch& message) { return pack(message); }
 std::string encode(const Returned& message) { return pack(message); }
 std::string encode(const Setup& message) { return pack(message); }
+std::string encode(const Cancel& message) { return pack(message); }
 
 void encode_to(std::string& out, const Task& message) { pack_to(out, message); }
 void encode_to(std::string& out, const Result& message) { pack_to(out, message); }
@@ -175,6 +184,7 @@ Message decode(std::string_view frame) {
         if (head.type == "results") return checked(object.as<ResultBatch>());
         if (head.type == "returned") return checked(object.as<Returned>());
         if (head.type == "setup") return checked(object.as<Setup>());
+        if (head.type == "cancel") return checked(object.as<Cancel>());
         return DecodeError{fmt::format("unknown message type '{}'", head.type)};
     } catch (const msgpack::insufficient_bytes&) {
         return DecodeError{"truncated message"};

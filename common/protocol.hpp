@@ -40,7 +40,8 @@ struct Hello {
     std::int64_t pid = 0;
     std::string host;
     int cpu = -1;  // CPU the worker is pinned to, -1 if not pinned
-    TASKFARM_MSGPACK_MAP(type, v, name, pid, host, cpu)
+    std::uint64_t rss = 0;  // resident bytes as it starts; 0: not known (an older worker)
+    TASKFARM_MSGPACK_MAP(type, v, name, pid, host, cpu, rss)
 };
 
 // Coordinator -> worker, the answer to its hello, before any task: what every task of the
@@ -86,7 +87,8 @@ struct Result {
     double run_s = 0;  // measured by the worker
     Json value;        // what the type's run() returned, or a failure's TaskFailed value; else nil
     Cost cost;         // what it cost (the host is the worker's, from its hello)
-    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value, cost)
+    std::uint64_t rss = 0;  // the worker's resident bytes when it sent this; 0: not known
+    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value, cost, rss)
 };
 
 // Coordinator -> worker: several tasks in one frame, run in this order. Each element is a
@@ -127,7 +129,17 @@ struct Returned {
 struct Heartbeat {
     std::string type = "heartbeat";
     int v = kVersion;
-    TASKFARM_MSGPACK_MAP(type, v)
+    std::uint64_t rss = 0;  // worker -> coordinator: its resident bytes; 0: not known (and from the coordinator)
+    TASKFARM_MSGPACK_MAP(type, v, rss)
+};
+
+// Coordinator -> worker: cancel these attempts (`coordinator cancel`): the running one is
+// stopped (its stop token), queued ones are dropped, each answered with a failed result.
+struct Cancel {
+    std::string type = "cancel";
+    int v = kVersion;
+    std::vector<TaskRef> tasks;  // 1..kMaxBatch
+    TASKFARM_MSGPACK_MAP(type, v, tasks)
 };
 
 // Coordinator -> worker: stop now, drop what you hold, exit 0.
@@ -142,7 +154,7 @@ struct DecodeError {
 };
 
 using Message =
-    std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown, TaskBatch, ResultBatch, Returned, Setup>;
+    std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown, TaskBatch, ResultBatch, Returned, Setup, Cancel>;
 
 std::string encode(const Hello& message);
 std::string encode(const Task& message);
@@ -153,6 +165,7 @@ std::string encode(const TaskBatch& message);
 std::string encode(const ResultBatch& message);
 std::string encode(const Returned& message);
 std::string encode(const Setup& message);
+std::string encode(const Cancel& message);
 
 // The same into `out` (cleared first), whose capacity is reused: no allocation per message
 // once it has grown to the largest.

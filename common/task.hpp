@@ -92,6 +92,9 @@ struct TaskResult {
     double end_s = 0;
     Value value;  // what TaskType::run() returned; for a failed task, TaskFailed's value or null
     TaskCost cost{};  // what it cost where it ran
+    // A failed attempt that runs again (--retries): not the task's final result.
+    bool retrying = false;
+    bool cancelled = false;  // by `coordinator cancel`: not ok, never retried
 };
 
 // The type's name, or "?" for a result without one.

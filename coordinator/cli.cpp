@@ -349,10 +349,13 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->capture_default_str();
     auto* retries_option =
         app.add_option("--retries", config.retries,
-                       "download: tries after the first on a transient failure (HTTP 5xx, connection refused or\n"
-                       "reset, truncated body, stall, connect timeout), 0.25 s, 0.5 s, 1 s ... apart; never on 4xx")
+                       "runs a failed task up to N more times, on any worker, in every mode; each failed attempt\n"
+                       "is in --results, the last one is the task's result (default: 0). download retries inside\n"
+                       "its tasks instead, only on a transient failure (HTTP 5xx, connection refused or reset,\n"
+                       "truncated body, stall, connect timeout), 0.25 s, 0.5 s, 1 s ... apart, never on 4xx\n"
+                       "(default for download: 2)")
             ->check(CLI::Range(0, 100))
-            ->capture_default_str();
+            ->type_name("N");
     std::string min_speed = "1K";
     auto* min_speed_option =
         app.add_option("--min-speed", min_speed,
@@ -460,6 +463,26 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->capture_default_str();
     app.add_option("--max-respawns", config.max_respawns, "replacement workers to start, per mode, for ones that died")
         ->check(CLI::Range(0, 100'000))
+        ->capture_default_str();
+    app.add_option("--max-tasks-per-worker", config.max_tasks_per_worker,
+                   "processes: a worker that has run N tasks exits and is replaced (recycled, not counted as\n"
+                   "a death or a task's attempt); 0: never. No effect on the coordinator's own threads")
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1'000'000'000}))
+        ->type_name("N")
+        ->capture_default_str();
+    std::string max_worker_memory = "0";
+    app.add_option("--max-worker-memory", max_worker_memory,
+                   "processes: a worker whose resident memory (as it reports it, in heartbeats and results)\n"
+                   "passes SIZE finishes its task, exits and is replaced; K, M, G are x1024; 0: no limit.\n"
+                   "A worker that starts above SIZE stops the run with exit 2")
+        ->check(size_validator(0))
+        ->type_name("SIZE")
+        ->capture_default_str();
+    app.add_option("--drain-timeout", config.drain_timeout_s,
+                   "after SIGTERM (or SIGHUP) no task starts and the running ones may finish for S seconds;\n"
+                   "then, or at a second SIGTERM or a SIGINT, they are cancelled")
+        ->check(seconds_between(0, 31'536'000))
+        ->type_name("S")
         ->capture_default_str();
     std::string progress = "auto";
     bool quiet = false;
@@ -574,6 +597,23 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "would cut it off). A line that is not a journal line exits 2 naming FILE:LINE. 'what --resume\n"
         "would run' comes from --resume's own reading of the journal; tasks of the plan that never\n"
         "reached it (ids past the last one it names) would run too. See docs/reliability.md.");
+    CancelConfig cancel;
+    auto* cancel_command = app.add_subcommand(
+        "cancel", "cancel tasks of a live run by id, without stopping the run: a running task is stopped and\n"
+                  "recorded as cancelled, a queued one is when its turn comes (`coordinator cancel --help`)");
+    cancel_command
+        ->add_option("--run", cancel.run,
+                     "the run: its coordinator's pid (the run logs it at start), or its control directory\n"
+                     "($TMPDIR/taskfarm-run-PID-XXXXXX)")
+        ->required()
+        ->type_name("DIR_OR_PID");
+    cancel_command->add_option("ID", cancel.ids, "task ids, as the result lines and the journal show them")
+        ->required()
+        ->check(CLI::Range(std::uint64_t{0}, kNoId - 1));
+    cancel_command->footer(
+        "A cancelled task fails with \"cancelled (coordinator cancel)\" (\"cancelled\": true in --results) and is\n"
+        "never retried; --resume runs it again. The cancel is for the mode that runs when it comes. Exit\n"
+        "status: 0 the run took the request, 1 it did not answer within 5 s, 2 no such run.");
     app.footer(
         std::string("The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
@@ -583,7 +623,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "peak memory, measured where each ran (scope thread, process or a command's tree; docs/reliability.md).\n"
         "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
         "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
-        "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head).\n") +
+        "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
+        "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n") +
         fmt::format("Examples: {0} --workers 8 --task download\n"
                     "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
                     "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
@@ -639,6 +680,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             if (report_task_option->count() > 0) report.task = report_task;
             return report;
         }
+        if (cancel_command->parsed()) return cancel;
         if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
             throw CLI::ValidationError("--heartbeat-interval", why);
         for (auto name = modes.begin(); name != modes.end(); ++name)
@@ -733,6 +775,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0) config.tasks = static_cast<int>(count);
     config.max_bytes = *parse_size(max_bytes);
     config.max_output = *parse_size(max_output);
+    config.max_worker_memory = *parse_size(max_worker_memory);
+    if (retries_option->count() > 0) config.task_retries = config.retries;
     config.output = output == "tag" ? OutputBlocks::Tag : output == "none" ? OutputBlocks::None : OutputBlocks::Group;
     config.modes_given = mode_option->count() > 0;
     config.file_size = *parse_size(file_size);

@@ -3,15 +3,18 @@
 #include <variant>
 
 #include "config.hpp"
+#include "control.hpp"
 #include "coordinator.hpp"
 #include "errors.hpp"
 #include "journal_report.hpp"
 
 namespace taskfarm {
 
-using ParsedCli = std::variant<RunConfig, KeygenConfig, ReportConfig, ExitCode>;
+using ParsedCli = std::variant<RunConfig, KeygenConfig, ReportConfig, CancelConfig, ExitCode>;
 
-// argv -> RunConfig (the task types are `program`'s), or KeygenConfig for `coordinator keygen DIR`, or ReportConfig for `coordinator report JOURNAL`. On --help it prints the
+// argv -> RunConfig (the task types are `program`'s), or KeygenConfig for `coordinator keygen DIR`,
+// ReportConfig for `coordinator report JOURNAL`, or CancelConfig for `coordinator cancel --run
+// DIR_OR_PID ID...`. On --help it prints the
 // help and returns ExitCode::Ok; on a bad value it prints one line naming the flag and the
 // value and returns ExitCode::Usage.
 ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* argv);

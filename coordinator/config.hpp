@@ -75,6 +75,12 @@ struct RunConfig {
     double task_timeout_s = 0;  // a task running longer fails; 0: no limit
     int max_attempts = 3;
     int max_respawns = 100;
+    // --retries given: a failed task runs up to this many more times (engine_retries); without
+    // the flag 0, while `retries` keeps the download type's own default.
+    std::uint32_t task_retries = 0;
+    std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
+    std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never
+    double drain_timeout_s = 25;             // SIGTERM: how long running tasks may take to finish
     ProgressMode progress = ProgressMode::Auto;
     std::string log_level;                  // spdlog level name; empty: SPDLOG_LEVEL or info
     std::filesystem::path trace_path;       // Chrome trace-event JSON

@@ -18,6 +18,7 @@
 
 #include "affinity.hpp"
 #include "cli.hpp"
+#include "control.hpp"
 #include "curve.hpp"
 #include "dispatcher.hpp"
 #include "journal.hpp"
@@ -42,6 +43,10 @@ void check_config(RunConfig& config) {
         spdlog::warn("{} workers on {} CPU(s) ({}): pinning round-robin, so some share a CPU", config.workers,
                      config.pin_cpus.size(), format_cpu_list(config.pin_cpus));
     const bool processes = std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
+    if ((config.max_tasks_per_worker > 0 || config.max_worker_memory > 0) &&
+        std::any_of(config.modes.begin(), config.modes.end(), [](Mode m) { return m != Mode::Processes; }))
+        spdlog::warn("--max-tasks-per-worker and --max-worker-memory recycle worker processes: in the sequential and "
+                     "threads modes, whose tasks run in the coordinator's own threads, they do nothing");
     if (!processes) return;
     if (!config.keys_dir.empty()) {
         if (!curve::available())
@@ -115,6 +120,7 @@ std::vector<const TaskType*> plan_types(const Plan& plan) {
 // (-- --duration 0.2 --cpu-n 1e8) to runs of every type.
 void warn_unread_settings(const RunConfig& config, const std::vector<const TaskType*>& types) {
     for (const auto& [flag, key] : config.given_settings) {
+        if (key == "retries") continue;  // the engine reruns failed tasks of every other type (--retries)
         const bool read = std::any_of(types.begin(), types.end(), [&key = key](const TaskType* type) {
             const std::vector<std::string> keys = type->settings_read();
             return key == "out_dir" ? type->writes_files() : std::find(keys.begin(), keys.end(), key) != keys.end();
@@ -219,6 +225,10 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"out_dir", config.out_dir.string()},
         {"max_bytes", config.max_bytes},
         {"retries", config.retries},
+        {"task_retries", config.task_retries},
+        {"max_tasks_per_worker", config.max_tasks_per_worker},
+        {"max_worker_memory", config.max_worker_memory},
+        {"drain_timeout_s", config.drain_timeout_s},
         {"file_size", config.file_size},
         {"latency_s", config.latency_s},
         {"bandwidth", config.bandwidth},
@@ -253,6 +263,13 @@ std::string summary_text(const std::vector<RunReport>& reports) {
         if (report.failures.empty()) continue;
         text += fmt::format("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
         for (const Failure& failure : report.failures) text += fmt::format("  task {}: {}\n", failure.id, printable(failure.error));
+    }
+    for (const RunReport& report : reports) {
+        if (report.retried > 0)
+            text += fmt::format("{}: {} failed attempt(s) ran again (--retries)\n", report.mode, report.retried);
+        if (report.recycled > 0)
+            text += fmt::format("{}: {} worker(s) recycled (--max-tasks-per-worker, --max-worker-memory)\n", report.mode,
+                                report.recycled);
     }
     return text;
 }
@@ -313,16 +330,19 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     JournalSink* const journal = journal_sink.get();
     if (journal_sink) sinks.add(std::move(journal_sink));
 
-    SignalWatcher signals;  // before any thread starts
+    SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config.drain_timeout_s * 1000)));  // before any thread starts
     // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
     // the whole plan for no one; SIGPIPE itself is ignored (coordinator_main).
     console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
     for (const auto& service : plan.services) service->start();
+    CancelBoard cancels;
+    const ControlServer control(cancels);  // `coordinator cancel --run PID ID...`
     std::vector<RunReport> reports;
-    const RunShared shared{program.registry, settings};
+    const RunShared shared{program.registry, settings, &cancels};
     try {
         for (Mode mode : config.modes) {
-            if (signals.token().stop_requested()) break;
+            if (signals.drain_token().stop_requested()) break;  // a stop is a drain too
+            cancels.clear();  // a cancel is for the mode that runs when it comes
             // A plan of a million tasks is ~130 MB: a mode gets a copy of its own only when
             // the journal has some of its tasks done.
             const std::set<TaskId>& done_here = done_in(mode);
@@ -340,7 +360,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
                 report.mode = to_string(mode);
                 report.workers = report.cpus_used = 0;
             } else {
-                report = make_runner(mode, config, shared, signals.token())->run(todo, sinks);
+                report = make_runner(mode, config, shared, signals.token(), signals.drain_token())->run(todo, sinks);
             }
             report.tasks += earlier;
             report.ok += earlier;
@@ -432,6 +452,7 @@ int coordinator_main(const ProgramInfo& program, int argc, const char* const* ar
     try {
         if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
         if (auto* report = std::get_if<ReportConfig>(&parsed)) return journal_report(*report);
+        if (auto* cancel = std::get_if<CancelConfig>(&parsed)) return static_cast<int>(cancel_tasks(*cancel));
         return static_cast<int>(run(program, std::get<RunConfig>(std::move(parsed))));
     } catch (const ConfigError& e) {
         spdlog::error("{}", e.what());

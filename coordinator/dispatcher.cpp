@@ -16,12 +16,13 @@ constexpr auto kRejectLogInterval = std::chrono::seconds(1);
 }  // namespace
 
 Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
-                       DispatchOptions options, std::stop_token stop, const Json& settings)
+                       DispatchOptions options, std::stop_token stop, const Json& settings, std::stop_token drain)
     : router_(router),
       pool_(pool),
       plan_(plan),
       recorder_(recorder),
       stop_(stop),
+      drain_(std::move(drain)),
       schedule_(plan, std::move(options), *this, Clock::now(), stop),
       setup_(proto::encode(proto::Setup{.settings = settings})) {}
 
@@ -43,6 +44,9 @@ void Dispatcher::run() {
                     schedule_.no_more_workers(*reason);
                 }
         }
+        if (drain_.stop_requested()) schedule_.drain(Clock::now());
+        if (cancels_ && cancels_->has_new())
+            for (const TaskId id : cancels_->take_new()) schedule_.cancel(id, Clock::now());
         schedule_.tick(Clock::now());
     }
 }
@@ -88,7 +92,7 @@ void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& bod
         return;
     }
     if (auto* returned = std::get_if<proto::Returned>(&message)) return schedule_.returned(identity, *returned, now);
-    if (std::holds_alternative<proto::Heartbeat>(message)) return;
+    if (auto* heartbeat = std::get_if<proto::Heartbeat>(&message)) return schedule_.heartbeat(identity, *heartbeat, now);
     if (auto* error = std::get_if<proto::DecodeError>(&message)) return reject(identity, error->reason);
     reject(identity, "unexpected message type from a worker");
 }
@@ -128,6 +132,21 @@ bool Dispatcher::send_heartbeat(const PeerId& peer) { return wire::send_to(route
 void Dispatcher::send_shutdown(const PeerId& peer) { wire::send_to(router_, peer, proto::encode(proto::Shutdown{})); }
 
 void Dispatcher::record(const TaskSpec& task, TaskResult result) { recorder_.record(task, std::move(result)); }
+
+void Dispatcher::record_retry(const TaskSpec& task, TaskResult result) {
+    recorder_.record_retry(task, std::move(result));
+}
+
+void Dispatcher::recycled(const std::string& worker, const std::string& reason) {
+    recorder_.count_recycled();
+    recorder_.note({.kind = RunEvent::Kind::WorkerExited, .worker = worker, .detail = "recycled: " + reason});
+}
+
+void Dispatcher::send_cancel(const PeerId& peer, std::span<const Attempt> attempts) {
+    proto::Cancel message;
+    for (const Attempt& attempt : attempts) message.tasks.push_back({plan_.tasks[attempt.index].id, attempt.number});
+    wire::send_to(router_, peer, proto::encode(message));
+}
 
 void Dispatcher::note(RunEvent event) { recorder_.note(std::move(event)); }
 

@@ -18,6 +18,7 @@
 
 #include <zmq.hpp>
 
+#include "control.hpp"
 #include "plan.hpp"
 #include "process_pool.hpp"
 #include "protocol.hpp"
@@ -29,10 +30,13 @@ namespace taskfarm {
 class Dispatcher final : private ScheduleActions {
 public:
     // `settings` go to each worker in SETUP, after its HELLO and before any task.
+    // `drain` (SIGTERM) hands out no more tasks and ends the run once the workers hold none.
     Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
-               DispatchOptions options, std::stop_token stop, const Json& settings = Json::object());
+               DispatchOptions options, std::stop_token stop, const Json& settings = Json::object(),
+               std::stop_token drain = {});
 
-    // Spawns the workers and runs until every task has its final result or `stop` fires.
+    // Spawns the workers and runs until every task has its final result, `stop` fires, or
+    // `drain` fired and the workers finished what they held.
     // Throws RunError when the initial workers do not all say HELLO in time, or fewer than
     // expect_remote remote workers attach within wait_remote.
     void run();
@@ -44,6 +48,9 @@ public:
     // returns a reason why no remote worker will attach any more (the Slurm job step that
     // started them ended): see Schedule::no_more_workers.
     void watch(std::function<std::optional<std::string>()> check) { watch_ = std::move(check); }
+
+    // Tasks asked for on `board` (`coordinator cancel`) are cancelled: see Schedule::cancel.
+    void watch_cancels(CancelBoard* board) { cancels_ = board; }
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -64,6 +71,9 @@ private:
     bool send_heartbeat(const PeerId& peer) override;
     void send_shutdown(const PeerId& peer) override;
     void record(const TaskSpec& task, TaskResult result) override;
+    void record_retry(const TaskSpec& task, TaskResult result) override;
+    void recycled(const std::string& worker, const std::string& reason) override;
+    void send_cancel(const PeerId& peer, std::span<const Attempt> attempts) override;
     void note(RunEvent event) override;
     void place(const Placement& placement, int connected) override;
     void restart_clock() override;
@@ -74,6 +84,7 @@ private:
     const Plan& plan_;
     ModeRecorder& recorder_;
     const std::stop_token stop_;
+    const std::stop_token drain_;
     Schedule schedule_;              // after everything its actions use
 
     std::map<std::string, RejectLog> rejects_;  // rate-limits rejection logs per peer
@@ -83,6 +94,7 @@ private:
     const std::string heartbeat_ = proto::encode(proto::Heartbeat{});
     const std::string setup_;  // SETUP with the run's settings, the same for every worker
     std::function<std::optional<std::string>()> watch_;
+    CancelBoard* cancels_ = nullptr;
 };
 
 }  // namespace taskfarm

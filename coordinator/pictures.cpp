@@ -257,7 +257,7 @@ private:
         const std::vector<std::string> lanes = lanes_of(mode);
         std::map<std::string, std::size_t> lane_index;
         for (std::size_t i = 0; i < lanes.size(); ++i) lane_index[lanes[i]] = i;
-        const auto failed = std::count_if(mode.results.begin(), mode.results.end(), [](const TaskResult& r) { return !r.ok; });
+        const auto failed = std::count_if(mode.results.begin(), mode.results.end(), [](const TaskResult& r) { return !r.ok && !r.retrying; });
         const auto lost = std::count_if(mode.events.begin(), mode.events.end(),
                                         [](const RunEvent& e) { return e.kind == RunEvent::Kind::Requeued; });
         std::string summary = fmt::format("{}: {} tasks on {} {}", mode.mode, mode.results.size(), lanes.size(),

@@ -184,6 +184,7 @@ void ProgressSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         print([&] { printed_->on_result(task, result); });
     else
         printed_->on_result(task, result);
+    if (result.retrying) return;  // the task is not done: it runs again
     bool complete = false;
     {
         std::lock_guard lock(state_mutex_);

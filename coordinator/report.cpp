@@ -124,6 +124,8 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
         {"cpus_available", report.cpus_available},
         {"utilisation", utilisation(report)},
         {"interrupted", report.interrupted},
+        {"retried", report.retried},
+        {"recycled", report.recycled},
         {"failures", failures},
         {"placement", placement},
         {"task_cost",

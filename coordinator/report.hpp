@@ -49,6 +49,10 @@ struct RunReport {
     double cpu_span_s = 0;
     int cpus_available = 0;
     bool interrupted = false;  // stopped by a signal before every task ran
+    std::size_t retried = 0;   // failed attempts that ran again (--retries)
+    // Worker processes that exited and were replaced at a limit (--max-tasks-per-worker,
+    // --max-worker-memory): not deaths, charged to no task.
+    std::size_t recycled = 0;
     std::vector<Failure> failures;  // in completion order
     std::vector<Placement> placement;  // by worker name (w2 before w10); a respawned worker again
     CostTotals cost;  // of this run's results (a resumed mode: not the journal's earlier ones)

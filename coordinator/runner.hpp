@@ -25,13 +25,22 @@ struct Runner {
 };
 
 // What every mode of a run shares besides the config.
+class CancelBoard;
 struct RunShared {
     const Registry& registry;
     const Json& settings;  // Context::settings() of every task
+    CancelBoard* cancels = nullptr;  // tasks `coordinator cancel` asks for; null: none can be
 };
 
-// Builds the runner for `mode`; `stop` interrupts it (SIGINT, SIGTERM).
-std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop);
+// Builds the runner for `mode`; `stop` interrupts it (SIGINT; running tasks are cancelled),
+// `drain` lets it start no more tasks (SIGTERM; running tasks finish). See SignalWatcher.
+std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop,
+                                    std::stop_token drain = {});
+
+// --retries: how many more times the engine runs a failed task of `type`: `retries`, or 0
+// for a type that retries inside its own tasks (one that reads the "retries" setting, as
+// download does), so that no failure is retried twice over.
+std::uint32_t engine_retries(const TaskType* type, std::uint32_t retries);
 
 // Where the tasks of `mode` save files: --out-dir/<mode>, absolute, so that a worker process
 // with another working directory agrees.
@@ -49,6 +58,10 @@ public:
     ModeRecorder(const ModeRecorder&) = delete;
     ModeRecorder& operator=(const ModeRecorder&) = delete;
     void record(const TaskSpec& task, TaskResult result);
+    // A failed attempt of `task` that runs again (--retries): to the sinks, marked retrying,
+    // not counted as failed; its task's final result comes later through record().
+    void record_retry(const TaskSpec& task, TaskResult result);
+    void count_recycled();  // a worker was recycled (RunReport::recycled)
     // Notes where a worker or thread runs, for the report's placement and cpus_used.
     void place(Placement placement);
     // Stamps `event` with the time since the start of the mode and forwards it to the sink.

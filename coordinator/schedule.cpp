@@ -6,6 +6,9 @@
 #include <spdlog/spdlog.h>
 
 #include "text.hpp"
+#include "control.hpp"
+#include "errors.hpp"
+#include "runner.hpp"
 
 namespace taskfarm {
 namespace {
@@ -18,6 +21,11 @@ constexpr auto kOverrunGrace = std::chrono::seconds(1);
 constexpr double kEstimateWeight = 0.2;
 
 double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string mib(std::uint64_t bytes) {
+    if (bytes < (1 << 20)) return fmt::format("{:.1f} KiB", static_cast<double>(bytes) / 1024);
+    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+}
 
 }  // namespace
 
@@ -53,6 +61,8 @@ Schedule::Clock::time_point Schedule::next_deadline() const {
 }
 
 bool Schedule::done() const {
+    if (draining_)
+        return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w.second.in_flight.empty(); });
     // A short plan may be done before the last worker is up; the run still waits for its
     // hello (its placement goes in the report, and one that cannot start is an error).
     return finished_ >= plan_.tasks.size() && all_hello_;
@@ -83,6 +93,7 @@ void Schedule::tick(Clock::time_point now) {
         watch_liveness(now);
         watch_remote(now);
         watch_overruns(now);
+        watch_retired(now);
         next_watch_ = now + kWatchInterval;
     }
     if (now >= next_heartbeat_) send_heartbeats(now);
@@ -106,6 +117,11 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
         return;
     }
     const pid_t pid = static_cast<pid_t>(hello.pid);
+    // Recycled at this size, a worker would never run a task: the limit cannot work.
+    if (options_.max_worker_memory > 0 && hello.rss > options_.max_worker_memory)
+        throw ConfigError(fmt::format("--max-worker-memory {}: worker {} (pid {}) uses {} as it starts, before any "
+                                      "task; give a larger size",
+                                      mib(options_.max_worker_memory), hello.name, hello.pid, mib(hello.rss)));
     // A remote pid means nothing here: it may even equal the pid of a local worker of ours.
     if (remote) {
         for (const auto& [other, worker] : workers_)
@@ -130,6 +146,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     worker.last_seen = now;
     worker.remote = remote.has_value();
     worker.host = printable(hello.host, 255);
+    worker.rss = hello.rss;
     actions_.place({hello.name, hello.cpu, hello.pid}, static_cast<int>(workers_.size()));
     if (remote && dispatching_)
         actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = "remote, attached"});
@@ -167,16 +184,123 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
         spdlog::debug("ignored duplicate or stale result of task {} attempt {}", message.id, message.attempt);
         return;
     }
-    const std::size_t index = attempt->index;
+    const Attempt done = *attempt;
     worker.in_flight.erase(attempt);
     worker.running_since = now;  // the next one, if any, starts now
     worker.delivered = true;
+    ++worker.ran;
+    if (message.rss > 0) worker.rss = message.rss;
     run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
                                           : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
-    ++finished_;
-    TaskResult result = proto::to_result(message, worker.name, plan_.tasks[index].type);
-    if (result.cost.scope != TaskCost::Scope::None) result.cost.host = worker.host;
-    actions_.record(plan_.tasks[index], std::move(result));
+    const auto with_host = [&worker](TaskResult result) {
+        if (result.cost.scope != TaskCost::Scope::None) result.cost.host = worker.host;
+        return result;
+    };
+    const TaskSpec& task = plan_.tasks[done.index];
+    if (cancelled_.contains(done.index) && !message.ok) {
+        ++finished_;
+        actions_.record(task, cancelled(with_host(proto::to_result(message, worker.name, task.type))));
+    } else if (!message.ok && !draining_ && done.number <= engine_retries(task.type, options_.retries)) {
+        // --retries: a failure runs again, on whichever worker is free first; not while
+        // draining, which starts nothing.
+        retries_.push_front({done.index, done.number + 1});
+        actions_.record_retry(task, with_host(proto::to_result(message, worker.name, task.type)));
+    } else {
+        ++finished_;
+        actions_.record(task, with_host(proto::to_result(message, worker.name, task.type)));
+    }
+    check_recycle(found, now);
+}
+
+void Schedule::heartbeat(const PeerId& peer, const proto::Heartbeat& message, Clock::time_point now) {
+    const auto found = workers_.find(peer);
+    if (found == workers_.end()) return;
+    if (message.rss > 0) found->second.rss = message.rss;
+    check_recycle(found, now);
+}
+
+void Schedule::check_recycle(std::map<PeerId, Worker>::iterator found, Clock::time_point now) {
+    Worker& worker = found->second;
+    // Only a worker of ours is ours to replace; and one that has run nothing is never
+    // recycled, so a worker that starts near the limit still gets through a task each time.
+    if (worker.remote || worker.ran == 0 || !spawned_.contains(worker.pid)) return;
+    if (worker.retiring.empty()) {
+        if (options_.max_tasks_per_worker > 0 && worker.ran >= options_.max_tasks_per_worker)
+            worker.retiring = fmt::format("it ran {} tasks (--max-tasks-per-worker {})", worker.ran,
+                                          options_.max_tasks_per_worker);
+        else if (options_.max_worker_memory > 0 && worker.rss > options_.max_worker_memory)
+            worker.retiring = fmt::format("it uses {} of memory, over --max-worker-memory {}", mib(worker.rss),
+                                          mib(options_.max_worker_memory));
+        else
+            return;
+    }
+    // It finishes what it holds first; and at the end of the run there is nothing to replace it for.
+    if (!worker.in_flight.empty() || finished_ >= plan_.tasks.size() || draining_) return;
+    const auto spawned = spawned_.find(worker.pid);
+    spdlog::info("recycling worker {} (pid {}): {}", worker.name, worker.pid, worker.retiring);
+    retired_[worker.pid] = Retired{worker.name, spawned->second.cpu, now};
+    spawned_.erase(spawned);
+    actions_.send_shutdown(found->first);
+    actions_.recycled(worker.name, worker.retiring);
+    workers_.erase(found);
+}
+
+void Schedule::watch_retired(Clock::time_point now) {
+    // SHUTDOWN ends a worker within milliseconds; one that is still there after a heartbeat
+    // timeout is stuck, and killed.
+    std::vector<pid_t> stuck;
+    for (const auto& [pid, retired] : retired_)
+        if (now - retired.since > options_.heartbeat_timeout) stuck.push_back(pid);
+    for (pid_t pid : stuck) {
+        const Retired retired = retired_.at(pid);
+        retired_.erase(pid);
+        spdlog::warn("worker {} (pid {}) did not exit within {:.1f} s of its shutdown for recycling; killing it",
+                     retired.name, pid, seconds(options_.heartbeat_timeout));
+        actions_.kill(pid);
+        replace(retired.name, retired.cpu, now, /*counted=*/false);
+    }
+}
+
+void Schedule::cancel(TaskId id, Clock::time_point now) {
+    const auto task = std::find_if(plan_.tasks.begin(), plan_.tasks.end(), [id](const TaskSpec& t) { return t.id == id; });
+    if (task == plan_.tasks.end()) {
+        spdlog::warn("cannot cancel task {}: it is not in this run's plan (or is done in the journal)", id);
+        return;
+    }
+    const auto index = static_cast<std::size_t>(task - plan_.tasks.begin());
+    if (cancelled_.contains(index)) return;
+    for (auto& [peer, worker] : workers_) {
+        const auto held = std::find_if(worker.in_flight.begin(), worker.in_flight.end(),
+                                       [index](const Attempt& a) { return a.index == index; });
+        if (held == worker.in_flight.end()) continue;
+        cancelled_.insert(index);
+        actions_.send_cancel(peer, std::span<const Attempt>(&*held, 1));
+        return;
+    }
+    const auto queued = std::find_if(retries_.begin(), retries_.end(), [index](const Attempt& a) { return a.index == index; });
+    if (queued != retries_.end()) {
+        const Attempt attempt = *queued;
+        retries_.erase(queued);
+        cancelled_.insert(index);
+        return record_cancelled(attempt, {}, Clock::duration::zero());
+    }
+    if (index >= next_index_) {
+        cancelled_.insert(index);  // skipped when it comes up
+        return record_cancelled({index, 1, now}, {}, Clock::duration::zero());
+    }
+    spdlog::warn("cannot cancel task {}: it has its result already", id);
+}
+
+void Schedule::record_cancelled(const Attempt& attempt, const std::string& worker, Clock::duration ran) {
+    fail(attempt, worker, kCancelledError, ran, /*cancelled=*/true);
+}
+
+void Schedule::drain(Clock::time_point) {
+    if (draining_) return;
+    draining_ = true;
+    std::size_t held = 0;
+    for (const auto& [peer, worker] : workers_) held += worker.in_flight.size();
+    spdlog::info("draining: {} task(s) held by workers finish; {} not handed out stay for --resume", held, pending());
 }
 
 void Schedule::returned(const PeerId& peer, const proto::Returned& message, Clock::time_point) {
@@ -192,8 +316,13 @@ void Schedule::returned(const PeerId& peer, const proto::Returned& message, Cloc
             return plan_.tasks[a.index].id == ref.id && a.number == ref.attempt;
         });
         if (attempt == in_flight.end()) continue;  // stale: not one it holds
-        back.push_back({attempt->index, attempt->number});
+        const Attempt given = *attempt;
         in_flight.erase(attempt);
+        if (cancelled_.contains(given.index)) {  // never ran: its cancel is the result
+            record_cancelled(given, worker->second.name, Clock::duration::zero());
+            continue;
+        }
+        back.push_back({given.index, given.number});
     }
     for (auto attempt = back.rbegin(); attempt != back.rend(); ++attempt) retries_.push_front(*attempt);
     run_s_estimate_ = std::max(run_s_estimate_, message.busy_s);
@@ -202,6 +331,12 @@ void Schedule::returned(const PeerId& peer, const proto::Returned& message, Cloc
 }
 
 void Schedule::exited(pid_t pid, const std::string& reason, Clock::time_point now) {
+    if (const auto retired = retired_.find(pid); retired != retired_.end()) {
+        const Retired done = retired->second;
+        retired_.erase(retired);
+        spdlog::debug("recycled worker {} (pid {}) exited", done.name, pid);
+        return replace(done.name, done.cpu, now, /*counted=*/false);
+    }
     for (const auto& [peer, worker] : workers_)
         if (worker.pid == pid && !worker.remote) return lose_worker(peer, reason, now);
     lose_unconnected(pid, reason, now);
@@ -252,7 +387,7 @@ void Schedule::watch_overruns(Clock::time_point now) {
 }
 
 void Schedule::watch_remote(Clock::time_point now) {
-    if (!options_.listening) return;
+    if (!options_.listening || draining_) return;  // a drain runs nothing more: nothing fails as "not run"
     const double wait_s = seconds(options_.wait_remote);
     if (!dispatching_) {
         if (now - began_ > options_.wait_remote && remote_workers() < static_cast<std::size_t>(options_.expect_remote))
@@ -261,7 +396,7 @@ void Schedule::watch_remote(Clock::time_point now) {
                                        remote_workers(), options_.expect_remote, wait_s));
         return;
     }
-    if (pending() == 0 || !workers_.empty() || !spawned_.empty() || to_spawn_ > 0) {
+    if (pending() == 0 || !workers_.empty() || !spawned_.empty() || !retired_.empty() || to_spawn_ > 0) {
         alone_since_ = {};
         return;
     }
@@ -304,7 +439,12 @@ std::size_t Schedule::limit(const Worker& worker) const {
     // A worker earns its window with its first result: a peer that says hello and then
     // holds its tasks without running them holds one, not a window's worth, until the
     // heartbeat timeout finds it out.
-    return worker.delivered ? window() : 1;
+    if (!worker.retiring.empty()) return 0;
+    const std::size_t most = worker.delivered ? window() : 1;
+    if (options_.max_tasks_per_worker == 0) return most;
+    // No more than it may run before it is recycled.
+    const std::uint64_t left = options_.max_tasks_per_worker - std::min(options_.max_tasks_per_worker, worker.ran);
+    return std::min<std::uint64_t>(most, left);
 }
 
 Attempt& Schedule::peek_pending() {
@@ -323,9 +463,9 @@ void Schedule::pop_pending() {
 void Schedule::dispatch(Clock::time_point now) {
     // Work starts at the first hello: a worker holds one task until results show that tasks
     // are short, so an early worker cannot take work that later ones should have had.
-    if (!dispatching_) return;
+    if (!dispatching_ || draining_) return;
     if (workers_.empty()) {
-        if (pending() > 0 && spawned_.empty() && to_spawn_ == 0 && !options_.listening)
+        if (pending() > 0 && spawned_.empty() && retired_.empty() && to_spawn_ == 0 && !options_.listening)
             fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",
                                      options_.max_respawns));
         return;
@@ -357,6 +497,10 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
         std::size_t bytes = 0;
         while (batch_.size() < std::min(count, proto::kMaxBatch) && pending() > 0) {
             Attempt attempt = peek_pending();
+            if (skipped(attempt)) {
+                pop_pending();
+                continue;
+            }
             const TaskSpec& task = plan_.tasks[attempt.index];
             const std::size_t size = task_bytes_(task, attempt.number);
             if (size > max_batch_bytes_) {
@@ -419,8 +563,9 @@ void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::tim
     replace(lost.name, lost.cpu, now);
 }
 
-void Schedule::replace(const std::string& name, int cpu, Clock::time_point now) {
-    if (finished_ >= plan_.tasks.size() || stop_.stop_requested()) return;
+void Schedule::replace(const std::string& name, int cpu, Clock::time_point now, bool counted) {
+    if (finished_ >= plan_.tasks.size() || stop_.stop_requested() || draining_) return;
+    if (!counted) return spawn(name, cpu, now);  // recycled: a replacement by design, not for a death
     if (respawns_ >= options_.max_respawns) {
         spdlog::error("not replacing worker {}: all {} replacements allowed by --max-respawns are used up", name,
                       options_.max_respawns);
@@ -433,6 +578,7 @@ void Schedule::replace(const std::string& name, int cpu, Clock::time_point now) 
 void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, const std::string& reason,
                              Clock::time_point now) {
     const TaskSpec& task = plan_.tasks[attempt.index];
+    if (cancelled_.contains(attempt.index)) return record_cancelled(attempt, worker, now - attempt.sent);
     if (attempt.number < options_.max_attempts) {
         retries_.push_front({attempt.index, attempt.number + 1});
         actions_.note({.kind = RunEvent::Kind::Requeued,
@@ -448,9 +594,11 @@ void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, 
     fail(attempt, worker, fmt::format("gave up after {} attempts: {}", attempt.number, reason), now - attempt.sent);
 }
 
-void Schedule::fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran) {
+void Schedule::fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran,
+                    bool cancelled) {
     const TaskSpec& task = plan_.tasks[attempt.index];
     TaskResult result;
+    result.cancelled = cancelled;
     result.id = task.id;
     result.type = task.type;
     result.attempt = attempt.number;
@@ -465,6 +613,7 @@ void Schedule::fail_pending(const std::string& reason) {
     while (pending() > 0) {
         const Attempt attempt = peek_pending();
         pop_pending();
+        if (skipped(attempt)) continue;
         fail(attempt, {}, reason, Clock::duration::zero());
     }
 }

@@ -1,8 +1,10 @@
 #pragma once
 // The dispatcher's policies without its I/O: which worker gets which tasks and when, how
 // many it may hold (credit windows, --prefetch auto), how they are batched (by count and by
-// encoded bytes), attempts and requeueing, deadlines (task timeouts, start timeouts),
-// liveness (heartbeats both ways), respawns, and remote workers that attach or vanish.
+// encoded bytes), attempts and requeueing, retries of failed tasks, deadlines (task
+// timeouts, start timeouts), liveness (heartbeats both ways), respawns, recycling (workers
+// replaced at a task count or a memory size), draining, and remote workers that attach or
+// vanish.
 //
 // Events come in as calls (a worker was spawned, said hello, sent a frame, results or
 // returned tasks, exited; time passed); what the world must do goes out through
@@ -19,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <stdexcept>
 #include <stop_token>
@@ -54,6 +57,12 @@ struct DispatchOptions {
     bool listening = false;
     int expect_remote = 0;                         // remote workers to wait for before the first task
     std::chrono::milliseconds wait_remote{60000};  // how long they may take (RunError after)
+    std::uint32_t retries = 0;  // --retries: a failed task runs up to this many more times (see engine_retries)
+    // Recycling: a local worker that has run this many tasks (0: no limit), or whose resident
+    // memory, as it reports it, passes this many bytes (0: no limit), finishes what it holds,
+    // is shut down and replaced; not a death, and charged to no task's attempts.
+    std::uint64_t max_tasks_per_worker = 0;
+    std::uint64_t max_worker_memory = 0;
 };
 
 // --prefetch auto: a worker holds at most this many tasks...
@@ -94,6 +103,13 @@ public:
     virtual void send_shutdown(const PeerId& peer) = 0;
     // A task's final result.
     virtual void record(const TaskSpec& task, TaskResult result) = 0;
+    // A failed attempt of `task` that runs again (--retries); not its final result.
+    virtual void record_retry(const TaskSpec&, TaskResult) {}
+    // Asks `peer` to cancel these attempts it holds (`coordinator cancel`); each comes back
+    // as a result.
+    virtual void send_cancel(const PeerId& /*peer*/, std::span<const Attempt> /*attempts*/) {}
+    // A worker was shut down to be replaced at a limit (recycling), for the report.
+    virtual void recycled(const std::string& /*worker*/, const std::string& /*reason*/) {}
     // A worker started, exited or lost a task, for --trace and --timeline.
     virtual void note(RunEvent event) = 0;
     // Where a worker runs, and how many took part (for the report).
@@ -125,6 +141,14 @@ public:
     void frame(const PeerId& peer, Clock::time_point now);  // any frame: a sign of life
     void result(const PeerId& peer, const proto::Result& result, Clock::time_point now);
     void returned(const PeerId& peer, const proto::Returned& returned, Clock::time_point now);
+    void heartbeat(const PeerId& peer, const proto::Heartbeat& heartbeat, Clock::time_point now);
+    // SIGTERM: no task is handed out any more; the run is done once no worker holds one.
+    // What was not handed out, or was handed back, has no result (--resume runs it).
+    void drain(Clock::time_point now);
+    // `coordinator cancel`: task `id` is recorded as cancelled, at once if it was not handed
+    // out, else when its worker answers the cancel it is sent; never retried. A task done or
+    // not in the plan is logged and left alone.
+    void cancel(TaskId id, Clock::time_point now);
     void exited(pid_t pid, const std::string& reason, Clock::time_point now);  // a process of ours
     // No remote worker will attach any more (the Slurm job step that started them ended):
     // once no worker is left, the tasks not done fail at once, "not run: REASON", instead of
@@ -136,7 +160,8 @@ public:
 
     // When tick() next has something to do; `now` while initial workers remain to spawn.
     Clock::time_point next_deadline() const;
-    // Every task has its final result and every worker we spawned at the start said hello.
+    // Every task has its final result and every worker we spawned at the start said hello;
+    // or, draining, no worker holds a task.
     bool done() const;
     // Sends SHUTDOWN to every connected worker.
     void shutdown_workers();
@@ -162,6 +187,15 @@ private:
         bool remote = false;       // attached by hand over tcp: ours to requeue from, not to kill or replace
         bool delivered = false;    // has sent a result: until then it may hold one task only
         std::string host;          // from HELLO, printable: where its results ran (TaskCost::host)
+        std::uint64_t ran = 0;     // results it sent (recycling counts them)
+        std::uint64_t rss = 0;     // resident bytes, as it last reported; 0: not known
+        std::string retiring;      // why it is to be recycled once it holds no task; empty: not
+    };
+    // A worker of ours that was told to shut down to be recycled: replaced when it exits.
+    struct Retired {
+        std::string name;
+        int cpu = -1;
+        Clock::time_point since;
     };
     struct Spawned {
         std::string name;
@@ -186,10 +220,16 @@ private:
     void send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now);
     void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now);
     void lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now);
-    void replace(const std::string& name, int cpu, Clock::time_point now);
+    void replace(const std::string& name, int cpu, Clock::time_point now, bool counted = true);
+    void check_recycle(std::map<PeerId, Worker>::iterator worker, Clock::time_point now);
+    void watch_retired(Clock::time_point now);
     void retry_or_fail(const Attempt& attempt, const std::string& worker, const std::string& reason,
                        Clock::time_point now);
-    void fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran);
+    void fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran,
+              bool cancelled = false);
+    void record_cancelled(const Attempt& attempt, const std::string& worker, Clock::duration ran);
+    // A pending attempt of a task cancelled (and recorded) while it was pending.
+    bool skipped(const Attempt& attempt) const { return !cancelled_.empty() && cancelled_.contains(attempt.index); }
     void fail_pending(const std::string& reason);
     std::size_t remote_workers() const;
 
@@ -218,6 +258,11 @@ private:
     Clock::time_point next_watch_;
     double run_s_estimate_ = -1;               // moving average of task run times; < 0: none yet
     std::vector<Attempt> batch_;               // reused for every batch sent
+    bool draining_ = false;                    // drain(): nothing more is handed out
+    // Cancelled (by plan index): recorded when it was pending (and skipped when it comes up),
+    // else recorded as cancelled when its result or its worker's loss comes.
+    std::set<std::size_t> cancelled_;
+    std::map<pid_t, Retired> retired_;         // recycled, not exited yet, by pid
 };
 
 }  // namespace taskfarm

@@ -1,33 +1,44 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <stop_token>
 #include <thread>
 
 namespace taskfarm {
 
-// Turns SIGHUP, SIGINT, SIGQUIT and SIGTERM into a stop request, so that each ends the run
-// the same way: workers shut down and reaped, the partial table printed, the socket
-// directory removed, exit 128 + the signal. Construct it before any other thread starts: it
-// blocks these signals in the calling thread, whose mask new threads inherit, and waits for
-// them on a thread of its own. A second SIGINT exits at once (130); the workers die with us
-// through PR_SET_PDEATHSIG.
+// Turns the stop signals into two requests that every mode obeys:
+// - drain (SIGTERM, SIGHUP: what `kill`, schedulers and a closed terminal send): no task is
+//   started any more, the running ones finish; after `drain_timeout` the drain becomes a stop;
+// - stop (SIGINT, SIGQUIT, a second SIGTERM or SIGHUP, the drain timeout): the running tasks
+//   are cancelled as well.
+// A stop is also a drain. Either way the run ends the same: workers shut down and reaped,
+// the partial table printed, the socket directory removed, exit 128 + the first signal.
+// Construct it before any other thread starts: it blocks these signals in the calling
+// thread, whose mask new threads inherit, and waits for them on a thread of its own. A
+// SIGINT during a stop exits at once (130); the workers die with us through PR_SET_PDEATHSIG.
 class SignalWatcher {
 public:
-    SignalWatcher();
+    explicit SignalWatcher(std::chrono::milliseconds drain_timeout = std::chrono::milliseconds(25'000));
     ~SignalWatcher();
     SignalWatcher(const SignalWatcher&) = delete;
     SignalWatcher& operator=(const SignalWatcher&) = delete;
 
-    std::stop_token token() const { return stop_.get_token(); }
+    std::stop_token token() const { return stop_.get_token(); }         // stop: cancel running tasks
+    std::stop_token drain_token() const { return drain_.get_token(); }  // drain: start no task
     int signal() const { return signal_.load(); }  // the first one received, 0 if none
     // Stops the run as if `signal` had come (SIGPIPE for a closed stdout), unless a stop is
     // already under way; says whether this call started it. Thread-safe.
     bool stop(int signal);
 
 private:
+    void on_signal(int received);
+
+    const std::chrono::milliseconds drain_timeout_;
     std::stop_source stop_;
+    std::stop_source drain_;
     std::atomic<int> signal_{0};
+    std::chrono::steady_clock::time_point drain_deadline_{};  // the watcher thread's only
     std::jthread thread_;
 };
 

@@ -123,7 +123,9 @@ void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 
 void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
     // The worker's name, error and value come from another process: one task, one line.
-    const std::string outcome = printable(result.ok ? describe_value(result) : "FAILED: " + result.error);
+    const std::string outcome = printable(result.ok         ? describe_value(result)
+                                          : result.retrying ? "FAILED, runs again (--retries): " + result.error
+                                                            : "FAILED: " + result.error);
     const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
     print("{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n{}", mode_, result.id,
           printable(result.worker), result.end_s, result.run_time.count(), outcome, attempt,
@@ -178,7 +180,7 @@ nlohmann::json cost_json(const TaskCost& cost) {
 
 void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     const bool measured = result.cost.scope != TaskCost::Scope::None;
-    write_line({
+    nlohmann::json line = {
         {"mode", mode_},
         {"id", result.id},
         {"attempt", result.attempt},
@@ -192,7 +194,10 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
         {"host", measured ? nlohmann::json(result.cost.host) : nlohmann::json(nullptr)},
         {"cost", cost_json(result.cost)},
-    });
+    };
+    if (result.retrying) line["retrying"] = true;  // a failed attempt, not the task's final result
+    if (result.cancelled) line["cancelled"] = true;
+    write_line(line);
 }
 
 void JournalSink::event_it_(const RunEvent& event) {

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -80,6 +81,17 @@ TEST(Affinity, PinningToACpuNotAllowedThrows) {
     int outside = 0;
     while (std::find(allowed.begin(), allowed.end(), outside) != allowed.end()) ++outside;
     std::jthread([&] { EXPECT_THROW(pin_this_thread(outside), std::system_error); }).join();
+}
+
+TEST(ResidentMemory, IsThisProcesssOwnAndFollowsWhatItTouches) {
+    const std::uint64_t before = resident_bytes();
+    EXPECT_GT(before, 0u);
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "resident memory under AddressSanitizer is not the program's own";
+#endif
+    std::vector<char> touched(std::size_t{64} << 20, 'x');
+    EXPECT_GE(resident_bytes(), before + (std::uint64_t{48} << 20)) << "64 MiB touched";
+    EXPECT_EQ(touched.back(), 'x');
 }
 
 }  // namespace

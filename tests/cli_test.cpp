@@ -125,6 +125,8 @@ TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {
     const auto parsed = parse({"--plan", "p.jsonl", "--out-dir", "d", "--retries", "5"});
     EXPECT_EQ(std::get<RunConfig>(parsed.result).out_dir, "d");
     EXPECT_EQ(std::get<RunConfig>(parsed.result).retries, 5u);
+    EXPECT_EQ(std::get<RunConfig>(parsed.result).task_retries, 5u) << "--retries given: the engine's too";
+    EXPECT_EQ(std::get<RunConfig>(parse({"--plan", "p.jsonl"}).result).task_retries, 0u) << "the engine's default";
 }
 
 TEST(Cli, ReadsAPlanPath) {
@@ -152,7 +154,8 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
                              "--plan", "gil-threads", "cpu", "download", "--urls", "--out-dir", "--max-bytes",
                              "--retries", "--file-size", "--latency", "--bandwidth", "--task-timeout",
                              "--listen", "--keys", "--authorized", "--insecure", "--expect-workers", "--wait-workers",
-                             "--launch", "--slurm-args", "--min-speed", "--stall-time", "keygen"})
+                             "--launch", "--slurm-args", "--min-speed", "--stall-time", "keygen", "--drain-timeout",
+                             "--max-tasks-per-worker", "--max-worker-memory"})
         EXPECT_NE(help.find(flag), std::string::npos) << flag;
 }
 

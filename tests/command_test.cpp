@@ -298,8 +298,10 @@ TEST_P(TreeInMode, ATimeoutLeavesNoProcessBehind) {
 TEST_P(TreeInMode, SigtermOfTheCoordinatorLeavesNoProcessBehind) {
     for (const bool ignore : {false, true}) {
         testing::TempDir dir;
+        // --drain-timeout 0: the drain cancels the running command at once.
         testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, ignore).string(), "--mode", GetParam(),
-                                                     "--workers", "1", "--set", "command_grace_s=0.3"});
+                                                     "--workers", "1", "--set", "command_grace_s=0.3",
+                                                     "--drain-timeout", "0"});
         const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
         coordinator.signal(SIGTERM);
         const Output output = coordinator.wait();

@@ -100,7 +100,7 @@ TEST(Coordinator, BadFlagsExitTwoWithOneLineNamingTheFlag) {
 TEST(Coordinator, AFlagNoTaskOfThePlanUsesIsNamedInAWarning) {
     const std::pair<std::vector<std::string>, std::string> cases[] = {
         {{"--out-dir", "d"}, "--out-dir: no task of this plan uses it (its task types: sleep); it is for types that save files"},
-        {{"--task", "cpu", "--retries", "3"}, "--retries: no task of this plan uses it (its task types: cpu)"},
+        {{"--task", "cpu", "--max-bytes", "1M"}, "--max-bytes: no task of this plan uses it (its task types: cpu)"},
         {{"--task", "sleep", "--file-size", "1K"}, "--file-size: no task of this plan uses it (its task types: sleep)"},
         {{"--task", "sleep"}, "--cpu-n: no task of this plan uses it (its task types: sleep)"},
     };
@@ -151,8 +151,9 @@ struct SignalCase {
 class CoordinatorSignal : public ::testing::TestWithParam<SignalCase> {};
 
 TEST_P(CoordinatorSignal, StopsReapsItsWorkersAndExitsWithTheSignalCode) {
-    testing::Running coordinator("coordinator",
-                                 {"--mode", "processes", "--workers", "3", "--tasks", "6", "--duration", "60"});
+    // --drain-timeout 0: a SIGTERM's drain gives up on 60 s tasks at once (DrainTest waits for them).
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "3", "--tasks", "6", "--duration",
+                                                 "60", "--drain-timeout", "0"});
     const std::vector<pid_t> workers = start_long_run(coordinator);
     ASSERT_EQ(workers.size(), 3u) << coordinator.err();
     coordinator.signal(GetParam().signo);
@@ -179,7 +180,8 @@ TEST(Coordinator, WorkersDieWithAKilledCoordinator) {
 }
 
 TEST(Coordinator, ThreadsModeStopsOnSigtermToo) {
-    testing::Running coordinator("coordinator", {"--mode", "sequential,threads", "--tasks", "4", "--duration", "60"});
+    testing::Running coordinator("coordinator", {"--mode", "sequential,threads", "--tasks", "4", "--duration", "60",
+                                                 "--drain-timeout", "0"});
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     coordinator.signal(SIGTERM);
     const Output output = coordinator.wait(std::chrono::seconds(20));
@@ -199,7 +201,7 @@ bool is_one_cpu(const std::string& list) { return !list.empty() && list.find_fir
 TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
     if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
     testing::Running coordinator("coordinator", {"--mode", "processes", "--pin", "--workers", "2", "--tasks", "2",
-                                                 "--duration", "60"});
+                                                 "--duration", "60", "--drain-timeout", "0"});
     // A child pins itself between fork and exec: look once both run the worker binary, or a
     // child caught before its pin reads as unpinned.
     const auto runs_worker = [](pid_t pid) { return testing::runs_program(pid, "worker"); };
@@ -225,7 +227,8 @@ TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
 TEST(Pinning, EachPoolThreadMayRunOnOneCpuOnlyAndTheyDiffer) {
     if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
     testing::Running coordinator("coordinator",
-                                 {"--mode", "threads", "--pin", "--workers", "2", "--tasks", "2", "--duration", "60"});
+                                 {"--mode", "threads", "--pin", "--workers", "2", "--tasks", "2", "--duration", "60",
+                                  "--drain-timeout", "0"});
     // The pool's two threads are pinned; the main and signal threads are not.
     const auto tasks = std::filesystem::path("/proc") / std::to_string(coordinator.pid()) / "task";
     std::multiset<std::string> pinned;

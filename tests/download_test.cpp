@@ -760,7 +760,7 @@ TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
     testing::TempDir dir;
     {
         testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1",
-                                                 "--duration", "60"});
+                                                 "--duration", "60", "--drain-timeout", "0"});
         const pid_t worker = started_worker(sleeper);
         ASSERT_GT(worker, 0) << sleeper.err();
         const std::string maps = mapped_files(worker);
@@ -771,7 +771,8 @@ TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
     }
     // The same check sees them in a worker in the middle of a download (the server takes a minute).
     testing::Running downloader("coordinator", {"--mode", "processes", "--workers", "1", "--task", "download",
-                                                "--tasks", "1", "--latency", "60", "--out-dir", dir.path().string()});
+                                                "--tasks", "1", "--latency", "60", "--out-dir", dir.path().string(),
+                                                "--drain-timeout", "0"});
     const pid_t worker = started_worker(downloader);
     ASSERT_GT(worker, 0) << downloader.err();
     EXPECT_TRUE(testing::eventually(

@@ -321,7 +321,9 @@ class StopSignal : public ::testing::TestWithParam<SignalCase> {};
 TEST_P(StopSignal, PrintsThePartialTableAndLeavesNoSocketDirectory) {
     testing::TempDir tmp;
     ::setenv("TMPDIR", tmp.path().c_str(), 1);
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60"});
+    // --drain-timeout 0: SIGHUP drains, and gives up on 60 s tasks at once.
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60",
+                                                 "--drain-timeout", "0"});
     ::unsetenv("TMPDIR");
     std::vector<pid_t> workers;
     ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 2; },
@@ -386,7 +388,7 @@ TEST(Wrappers, AWorkerKilledForSilenceTakesItsGroupWithIt) {
     fs::permissions(wrapper, fs::perms::owner_all);
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "2", "--duration",
                                                  "60", "--heartbeat-timeout", "0.5", "--worker-bin", wrapper.string(),
-                                                 "--log-level", "debug"});
+                                                 "--log-level", "debug", "--drain-timeout", "0"});
     std::vector<pid_t> workers;
     ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 1; },
                                     std::chrono::seconds(10)));
@@ -409,7 +411,7 @@ TEST(Journals, AJournalInUseIsRefusedNamingTheFlag) {
     testing::TempDir dir;
     const std::string journal = (dir / "j.jsonl").string();
     testing::Running first("coordinator", {"--mode", "threads", "--workers", "1", "--tasks", "3", "--duration", "60",
-                                           "--results", journal});
+                                           "--results", journal, "--drain-timeout", "0"});
     ASSERT_TRUE(testing::eventually([&] { return first.out().find("== threads") != std::string::npos; },
                                     std::chrono::seconds(10)));
     const Output second = run_binary("coordinator", quick_run({"--results", journal}));

@@ -412,3 +412,60 @@ TEST(Protocol, IgnoresUnknownKeysAndKeepsDefaultsForMissingOnes) {
 
 }  // namespace
 }  // namespace taskfarm::proto
+
+namespace taskfarm::proto {
+namespace {
+
+// A heartbeat of `rss`, packed by hand so that any type can stand in for the number.
+template <typename T>
+std::string heartbeat_with_rss(const T& rss) {
+    std::stringstream buffer;
+    msgpack::packer packer(buffer);
+    packer.pack_map(3);
+    packer.pack(std::string("type")).pack(std::string("heartbeat"));
+    packer.pack(std::string("v")).pack(kVersion);
+    packer.pack(std::string("rss")).pack(rss);
+    return buffer.str();
+}
+
+TEST(Protocol, ResidentMemoryTravelsInHelloHeartbeatAndResultAndIsOptional) {
+    Hello hello;
+    hello.name = "w1";
+    hello.rss = 12u << 20;
+    EXPECT_EQ(std::get<Hello>(decode(encode(hello))).rss, 12u << 20);
+    Heartbeat heartbeat;
+    heartbeat.rss = 99u << 20;
+    EXPECT_EQ(std::get<Heartbeat>(decode(encode(heartbeat))).rss, 99u << 20);
+    Result result;
+    result.id = 1;
+    result.kind = "sleep";
+    result.rss = 5;
+    EXPECT_EQ(std::get<Result>(decode(encode(result))).rss, 5u);
+    // A peer without the field: 0, not known.
+    std::stringstream old;
+    msgpack::packer packer(old);
+    packer.pack_map(2);
+    packer.pack(std::string("type")).pack(std::string("heartbeat"));
+    packer.pack(std::string("v")).pack(kVersion);
+    EXPECT_EQ(std::get<Heartbeat>(decode(old.str())).rss, 0u);
+    // Hostile values are rejections, never a crash or a wrapped-around size.
+    EXPECT_EQ(rejection(heartbeat_with_rss(-1)), "malformed message: \"rss\" must be a whole number >= 0, not -1");
+    EXPECT_NE(rejection(heartbeat_with_rss(std::string("lots"))), "accepted");
+    EXPECT_NE(rejection(heartbeat_with_rss(1.5)), "accepted");
+}
+
+TEST(Protocol, CancelRoundTripsAndNeedsTasksWithIds) {
+    Cancel cancel;
+    cancel.tasks = {{3, 1}, {7, 2}};
+    const Message message = decode(encode(cancel));
+    ASSERT_TRUE(std::holds_alternative<Cancel>(message)) << rejection(encode(cancel));
+    ASSERT_EQ(std::get<Cancel>(message).tasks.size(), 2u);
+    EXPECT_EQ(std::get<Cancel>(message).tasks[1].id, 7u);
+    EXPECT_EQ(std::get<Cancel>(message).tasks[1].attempt, 2u);
+    EXPECT_EQ(rejection(encode(Cancel{})), "cancel without any tasks");
+    cancel.tasks = {{kNoId, 1}};
+    EXPECT_EQ(rejection(encode(cancel)), "cancel of a task without an id");
+}
+
+}  // namespace
+}  // namespace taskfarm::proto

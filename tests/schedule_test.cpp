@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "errors.hpp"
 #include "schedule.hpp"
 #include "support.hpp"
 
@@ -33,6 +34,9 @@ public:
     std::map<PeerId, int> heartbeats;
     std::vector<PeerId> shutdowns;
     std::vector<TaskResult> recorded;
+    std::vector<TaskResult> retried;            // record_retry
+    std::vector<std::string> recycled_reasons;  // recycled
+    std::vector<Sent> cancels;                  // send_cancel
     std::vector<RunEvent> events;
     std::vector<Placement> placed;
     int clock_restarts = 0;
@@ -55,6 +59,13 @@ public:
     }
     void send_shutdown(const PeerId& peer) override { shutdowns.push_back(peer); }
     void record(const TaskSpec&, TaskResult result) override { recorded.push_back(std::move(result)); }
+    void record_retry(const TaskSpec&, TaskResult result) override { retried.push_back(std::move(result)); }
+    void send_cancel(const PeerId& peer, std::span<const Attempt> attempts) override {
+        cancels.push_back({peer, {attempts.begin(), attempts.end()}});
+    }
+    void recycled(const std::string& worker, const std::string& reason) override {
+        recycled_reasons.push_back(worker + ": " + reason);
+    }
     void note(RunEvent event) override { events.push_back(std::move(event)); }
     void place(const Placement& placement, int) override { placed.push_back(placement); }
     void restart_clock() override { ++clock_restarts; }
@@ -604,6 +615,191 @@ TEST(Schedule, ASendToAVanishedWorkerRequeuesWhatItWasGiven) {
     rig.hello("w2");
     while (rig.answer_all("w2") > 0) {}
     EXPECT_EQ(ids_of(rig.world.recorded).size(), 2u);
+}
+
+}  // namespace
+}  // namespace taskfarm
+
+namespace taskfarm {
+namespace {
+
+// `peer` answers what it holds and has not answered, failing each; returns how many.
+std::size_t fail_all(Rig& rig, const PeerId& peer) {
+    std::size_t count = 0;
+    for (const Attempt& attempt : rig.world.sent_to(peer)) {
+        if (!rig.answered.emplace(rig.plan.tasks[attempt.index].id, attempt.number).second) continue;
+        proto::Result result = rig.result_of(attempt);
+        result.ok = false;
+        result.error = fmt::format("failed on attempt {}", attempt.number);
+        rig.schedule.result(peer, result, rig.now);
+        ++count;
+    }
+    rig.schedule.tick(rig.now);
+    return count;
+}
+
+TEST(Schedule, RunsAFailedTaskAgainUpToRetriesAndRecordsOnlyTheLastAttempt) {
+    Rig rig(sleeps(1), {.workers = 2, .retries = 2});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.hello("w2");
+    std::size_t failures = 0;
+    for (int round = 0; round < 5 && rig.world.recorded.empty(); ++round) failures += fail_all(rig, "w1") + fail_all(rig, "w2");
+    EXPECT_EQ(failures, 3u);
+    ASSERT_EQ(rig.world.retried.size(), 2u);
+    EXPECT_EQ(rig.world.retried[0].attempt, 1u);
+    EXPECT_EQ(rig.world.retried[1].attempt, 2u);
+    ASSERT_EQ(rig.world.recorded.size(), 1u);
+    EXPECT_FALSE(rig.world.recorded[0].ok);
+    EXPECT_EQ(rig.world.recorded[0].attempt, 3u);
+    EXPECT_EQ(rig.world.recorded[0].error, "failed on attempt 3");
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(Schedule, AnOkRetryIsTheResultAndAFailureWithoutRetriesIsFinal) {
+    Rig rig(sleeps(2), {.workers = 1, .prefetch = 1, .retries = 1});
+    rig.spawn_all();
+    rig.hello("w1");
+    ASSERT_EQ(fail_all(rig, "w1"), 1u);  // task 0, attempt 1: runs again
+    ASSERT_EQ(rig.world.retried.size(), 1u);
+    EXPECT_EQ(rig.answer_all("w1"), 1u);  // its attempt 2 goes first, and is ok
+    ASSERT_EQ(rig.world.recorded.size(), 1u);
+    EXPECT_TRUE(rig.world.recorded[0].ok);
+    EXPECT_EQ(rig.world.recorded[0].id, 0u);
+    EXPECT_EQ(rig.world.recorded[0].attempt, 2u);
+
+    Rig none(sleeps(1), {.workers = 1});  // --retries 0, the default
+    none.spawn_all();
+    none.hello("w1");
+    ASSERT_EQ(fail_all(none, "w1"), 1u);
+    EXPECT_TRUE(none.world.retried.empty());
+    ASSERT_EQ(none.world.recorded.size(), 1u);
+    EXPECT_EQ(none.world.recorded[0].attempt, 1u);
+}
+
+TEST(Schedule, DrainingHandsOutNothingMoreAndIsDoneOnceNoWorkerHoldsATask) {
+    Rig rig(sleeps(10), {.workers = 2, .prefetch = 1, .retries = 3});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.hello("w2");
+    ASSERT_EQ(rig.world.sent.size(), 2u);
+    rig.schedule.drain(rig.now);
+    EXPECT_FALSE(rig.schedule.done()) << "two tasks are still running";
+    EXPECT_EQ(rig.answer_all("w1"), 1u);
+    EXPECT_EQ(fail_all(rig, "w2"), 1u);  // not run again while draining: its failure is final
+    rig.advance(milliseconds(500));
+    EXPECT_EQ(rig.world.sent.size(), 2u) << "a task went out after the drain";
+    EXPECT_TRUE(rig.schedule.done());
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    EXPECT_TRUE(rig.world.retried.empty());
+    EXPECT_EQ(rig.schedule.finished(), 2u) << "the 8 not handed out have no result: --resume runs them";
+}
+
+TEST(Schedule, RecyclesAWorkerAtMaxTasksAndReplacesItWithoutARespawnOrAnAttempt) {
+    // No respawn is allowed at all: a recycled worker's replacement must not need one.
+    Rig rig(sleeps(5), {.workers = 1, .prefetch = 8, .max_respawns = 0, .max_tasks_per_worker = 2});
+    rig.spawn_all();
+    for (int round = 0; round < 20 && !rig.schedule.done(); ++round) {
+        rig.hello("w1");
+        // It is never sent more than it may run before it is recycled.
+        const std::size_t held = rig.world.sent_to("w1").size() - rig.answered.size();
+        EXPECT_LE(held, 2u);
+        rig.answer_all("w1");
+        if (!rig.world.shutdowns.empty() && rig.world.shutdowns.size() == rig.world.spawned.size())
+            rig.schedule.exited(rig.world.pids.back(), "exited (status 0)", rig.now);
+        rig.schedule.tick(rig.now);
+    }
+    EXPECT_TRUE(rig.schedule.done());
+    ASSERT_EQ(rig.world.recorded.size(), 5u);
+    for (const TaskResult& result : rig.world.recorded) EXPECT_EQ(result.attempt, 1u) << "task " << result.id;
+    EXPECT_EQ(rig.world.spawned.size(), 3u) << "2 + 2 + 1 tasks";
+    EXPECT_EQ(rig.world.recycled_reasons.size(), 2u);
+    EXPECT_EQ(rig.world.recycled_reasons.at(0), "w1: it ran 2 tasks (--max-tasks-per-worker 2)");
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 0u);
+    EXPECT_TRUE(rig.world.killed.empty());
+}
+
+TEST(Schedule, RecyclesAWorkerOverTheMemoryLimitOnlyAfterItHasRunATask) {
+    Rig rig(sleeps(3), {.workers = 1, .prefetch = 1, .max_worker_memory = 10 << 20});
+    rig.spawn_all();
+    rig.hello("w1");
+    proto::Heartbeat heavy;
+    heavy.rss = 50 << 20;
+    rig.schedule.heartbeat("w1", heavy, rig.now);  // over, but has run nothing yet: never recycled then
+    EXPECT_TRUE(rig.world.shutdowns.empty());
+    proto::Result result = rig.result_of(rig.world.sent_to("w1").at(0));
+    result.rss = 50 << 20;
+    rig.answered.emplace(0, 1);
+    rig.schedule.result("w1", result, rig.now);
+    ASSERT_EQ(rig.world.shutdowns.size(), 1u);
+    ASSERT_EQ(rig.world.recycled_reasons.size(), 1u);
+    EXPECT_EQ(rig.world.recycled_reasons[0], "w1: it uses 50.0 MiB of memory, over --max-worker-memory 10.0 MiB");
+    rig.schedule.tick(rig.now);
+    EXPECT_EQ(rig.world.sent_to("w1").size(), 1u) << "a recycled worker got another task";
+    rig.schedule.exited(rig.world.pids.back(), "exited (status 0)", rig.now);
+    EXPECT_EQ(rig.world.spawned.size(), 2u);
+    rig.hello("w1");
+    EXPECT_EQ(rig.answer_all("w1"), 1u);
+    EXPECT_EQ(rig.answer_all("w1"), 1u);  // rss unknown (0): no reason to recycle
+    EXPECT_TRUE(rig.schedule.done());
+    EXPECT_EQ(rig.world.recorded.size(), 3u);
+}
+
+TEST(Schedule, AWorkerThatStartsOverTheMemoryLimitIsAConfigError) {
+    Rig rig(sleeps(3), {.workers = 1, .max_worker_memory = 1 << 20});
+    rig.spawn_all();
+    proto::Hello hello;
+    hello.name = "w1";
+    hello.pid = rig.world.pids.at(0);
+    hello.rss = 3 << 20;
+    try {
+        rig.schedule.hello("w1", hello, std::nullopt, rig.now);
+        FAIL() << "no error";
+    } catch (const ConfigError& e) {
+        EXPECT_STREQ(e.what(), "--max-worker-memory 1.0 MiB: worker w1 (pid 100) uses 3.0 MiB as it starts, before any "
+                               "task; give a larger size");
+    }
+}
+
+TEST(Schedule, ARecycledWorkerThatDoesNotExitIsKilledAndReplaced) {
+    Rig rig(sleeps(3), {.workers = 1, .prefetch = 1, .heartbeat_timeout = milliseconds(2000), .max_tasks_per_worker = 1});
+    rig.spawn_all();
+    rig.hello("w1");
+    EXPECT_EQ(rig.answer_all("w1"), 1u);
+    ASSERT_EQ(rig.world.shutdowns.size(), 1u);
+    rig.advance(milliseconds(1000));
+    EXPECT_TRUE(rig.world.killed.empty());
+    rig.advance(milliseconds(1500));
+    EXPECT_EQ(rig.world.killed, std::vector<pid_t>{100});
+    EXPECT_EQ(rig.world.spawned.size(), 2u);
+}
+
+TEST(Schedule, ACancelledTaskIsRecordedAtOnceWhenQueuedAndWhenItsWorkerAnswersWhenRunning) {
+    Rig rig(sleeps(4), {.workers = 1, .prefetch = 1, .retries = 3});
+    rig.spawn_all();
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.sent_to("w1").size(), 1u);
+    rig.schedule.cancel(3, rig.now);  // never handed out: recorded now
+    ASSERT_EQ(rig.world.recorded.size(), 1u);
+    EXPECT_EQ(rig.world.recorded[0].id, 3u);
+    EXPECT_TRUE(rig.world.recorded[0].cancelled);
+    EXPECT_EQ(rig.world.recorded[0].error, "cancelled (coordinator cancel)");
+    rig.schedule.cancel(0, rig.now);  // running on w1: it is asked to stop it
+    ASSERT_EQ(rig.world.cancels.size(), 1u);
+    EXPECT_EQ(rig.world.cancels[0].peer, "w1");
+    EXPECT_EQ(rig.world.cancels[0].attempts.at(0).index, 0u);
+    EXPECT_EQ(fail_all(rig, "w1"), 1u);  // stopped: a failure, recorded as the cancel, not retried
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    EXPECT_TRUE(rig.world.recorded[1].cancelled);
+    EXPECT_EQ(rig.world.recorded[1].error, "cancelled (coordinator cancel)");
+    EXPECT_TRUE(rig.world.retried.empty());
+    rig.schedule.cancel(0, rig.now);  // twice: nothing more
+    EXPECT_EQ(rig.world.cancels.size(), 1u);
+    while (rig.answer_all("w1") > 0) {
+    }
+    EXPECT_TRUE(rig.schedule.done());
+    EXPECT_EQ(ids_of(rig.world.recorded), (std::set<TaskId>{0, 1, 2, 3}));
+    for (const Attempt& sent : rig.world.sent_to("w1")) EXPECT_NE(sent.index, 3u) << "a cancelled task was sent";
 }
 
 }  // namespace

@@ -8,11 +8,15 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <taskfarm/taskfarm.hpp>
@@ -70,6 +74,29 @@ void register_types(taskfarm::App& made) {
             throw std::runtime_error("not in a process of its own");
         });
         made.add(std::make_shared<Shout>());
+        // Keeps 16 MiB more of touched memory at each task, for good: a worker that grows.
+        made.task("leak", [](const Params&, Context&) {
+            static std::vector<std::vector<char>> kept;
+            kept.emplace_back(std::size_t{16} << 20, 'x');
+            return Value{{"kept_mib", 16 * kept.size()}};
+        });
+        // Notes its input in the file the setting "started" names, then takes 0.3 s, stopping early on a stop.
+        made.task("nap", [](const Params& params, Context& context) -> Value {
+            std::ofstream(context.settings().at("started").get<std::string>(), std::ios::app)
+                << params.at("input").get<std::string>() << "\n"
+                << std::flush;
+            for (int slice = 0; slice < 30; ++slice) {
+                context.check();
+                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            }
+            return Value{{"napped", true}};
+        });
+        // Fails until its attempt reaches the number it is given.
+        made.task("flaky", [](const Params& params, Context& context) -> Value {
+            const unsigned want = std::stoul(params.at("input").get<std::string>());
+            if (context.attempt() < want) throw std::runtime_error(fmt::format("attempt {} of {}", context.attempt(), want));
+            return Value{{"attempt", context.attempt()}};
+        });
         // A value of 9,000 bytes, or of 2 MB for the input "huge": more than a frame may hold.
         made.task("bulky", [](const Params& params, Context&) {
             return Value{{"text", std::string(params.at("input") == "huge" ? 2'000'000 : 9'000, 'x')}};
@@ -252,4 +279,93 @@ int main(int argc, char** argv) {
         return app().run(argc, argv);
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();
+}
+
+TEST(UserType, AWorkerThatLeaksIsRecycledByMaxWorkerMemoryAndNoTaskFails) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "resident memory under AddressSanitizer is not the program's own";
+#endif
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const auto json = dir / "report.json";
+    // 16 MiB a task against 96 MiB: a worker is recycled every few tasks.
+    const auto output = coordinator({"--task", "leak", "--tasks", "16", "--mode", "processes", "--workers", "1",
+                                     "--max-worker-memory", "96M", "--max-respawns", "0", "--prefetch", "1", "--results", journal.string(),
+                                     "--json", json.string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 16u);
+    for (const auto& line : lines) {
+        EXPECT_TRUE(line.at("ok").get<bool>()) << line.dump();
+        EXPECT_EQ(line.at("attempt"), 1) << line.dump();
+        EXPECT_LE(line.at("value").at("kept_mib").get<int>(), 96) << "a worker went on past the limit";
+    }
+    const auto run = taskfarm::testing::read_json(json).at("runs").at(0);
+    EXPECT_GE(run.at("recycled").get<int>(), 2) << output.err;
+    EXPECT_NE(output.err.find("over --max-worker-memory 96.0 MiB"), std::string::npos) << output.err;
+}
+
+TEST(UserType, AFailedFunctionRunsAgainWithRetriesInEveryMode) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"1", "3", "5"});
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator({"--task", "flaky", "--inputs", inputs.string(), "--mode", "all", "--workers", "2",
+                                     "--retries", "2", "--results", journal.string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    std::map<std::string, std::map<std::uint64_t, std::vector<int>>> attempts;  // mode -> id -> attempts
+    std::map<std::string, std::map<std::uint64_t, bool>> final_ok;
+    for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+        const auto id = line.at("id").get<std::uint64_t>();
+        attempts[line.at("mode")][id].push_back(line.at("attempt").get<int>());
+        if (!line.contains("retrying")) final_ok[line.at("mode")][id] = line.at("ok").get<bool>();
+    }
+    for (const char* mode : {"sequential", "threads", "gil-threads", "processes"}) {
+        SCOPED_TRACE(mode);
+        EXPECT_EQ(attempts[mode][0], std::vector<int>{1});
+        EXPECT_EQ(attempts[mode][1], (std::vector<int>{1, 2, 3}));
+        EXPECT_EQ(attempts[mode][2], (std::vector<int>{1, 2, 3}));
+        EXPECT_EQ(final_ok[mode], (std::map<std::uint64_t, bool>{{0, true}, {1, true}, {2, false}}));
+    }
+}
+
+TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    for (const std::string mode : {"sequential", "threads", "processes"}) {
+        SCOPED_TRACE(mode);
+        taskfarm::testing::TempDir dir;
+        std::vector<std::string> inputs;
+        for (int i = 0; i < 20; ++i) inputs.push_back(std::to_string(i));
+        const auto file = write_lines(dir, "in.txt", inputs);
+        const auto started = dir / "started";
+        const auto journal = dir / "journal.jsonl";
+        const std::vector<std::string> args{"--task", "nap", "--inputs", file.string(), "--mode", mode, "--workers", "2",
+                                            "--set", "started=" + started.string()};
+        std::vector<std::string> first = args;
+        first.insert(first.end(), {"--results", journal.string()});
+        taskfarm::testing::Running run(self, first);
+        const auto started_count = [&] {
+            std::ifstream in(started);
+            return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
+        };
+        ASSERT_TRUE(taskfarm::testing::eventually([&] { return started_count() >= 3; }, std::chrono::seconds(30)))
+            << run.err();
+        run.signal(SIGTERM);
+        const auto drained = run.wait(std::chrono::seconds(60));
+        EXPECT_EQ(drained.exit_code, 143) << drained.err;
+        std::set<std::uint64_t> ok;
+        for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+            EXPECT_TRUE(line.at("ok").get<bool>()) << "a drained task did not finish: " << line.dump();
+            EXPECT_TRUE(ok.insert(line.at("id").get<std::uint64_t>()).second) << line.dump();
+        }
+        EXPECT_EQ(static_cast<long>(ok.size()), started_count()) << "every task that started finished, and no other";
+        std::vector<std::string> second = args;
+        second.insert(second.end(), {"--resume", journal.string()});
+        EXPECT_EQ(coordinator(second).exit_code, 0);
+        std::map<std::uint64_t, int> all;
+        for (const auto& line : taskfarm::testing::read_json_lines(journal))
+            if (line.at("ok").get<bool>()) ++all[line.at("id").get<std::uint64_t>()];
+        EXPECT_EQ(all.size(), 20u);
+        for (const auto& [id, count] : all) EXPECT_EQ(count, 1) << "task " << id;
+        EXPECT_EQ(started_count(), 20) << "a task ran twice";
+    }
 }

@@ -148,6 +148,31 @@ public:
         return !queue_.empty();
     }
 
+    // The coordinator's cancel: the running attempt among `tasks` is stopped (its result
+    // comes as usual); queued ones are dropped and returned as failed results, to be sent.
+    std::vector<proto::Result> cancel(const std::vector<proto::TaskRef>& tasks) {
+        std::vector<proto::Result> dropped;
+        std::lock_guard lock(mutex_);
+        for (const proto::TaskRef& ref : tasks) {
+            if (running_stop_ && running_.id == ref.id && running_.attempt == ref.attempt) {
+                running_stop_->request_stop();
+                continue;
+            }
+            const auto queued = std::find_if(queue_.begin(), queue_.end(), [&](const Queued& q) {
+                return q.task.id == ref.id && q.attempt == ref.attempt;
+            });
+            if (queued == queue_.end()) continue;  // done already, or never here
+            proto::Result result;
+            result.id = ref.id;
+            result.attempt = ref.attempt;
+            result.kind = queued->kind;
+            result.error = "cancelled before it started";
+            dropped.push_back(std::move(result));
+            queue_.erase(queued);
+        }
+        return dropped;
+    }
+
     // Cancels the running task and drops the queued ones; the destructor joins.
     void stop() { thread_.request_stop(); }
 
@@ -184,12 +209,22 @@ private:
                 queue_.pop_front();
                 running_since_ = Clock::now();
             }
+            // A stop of the task's own, for a cancel of it alone; the executor's stop stops it too.
+            std::stop_source own;
+            const std::stop_callback link(stop, [&own] { own.request_stop(); });
+            {
+                std::lock_guard lock(mutex_);
+                running_ = {next.task.id, next.attempt};
+                running_stop_ = &own;
+            }
+            env.stop = own.get_token();
             TaskResult result = next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
             {
                 // Before the result goes out: the coordinator answers it with the next task,
                 // which must not look queued behind this finished one and be given back.
                 std::lock_guard lock(mutex_);
                 running_since_.reset();
+                running_stop_ = nullptr;
             }
             if (stop.stop_requested()) return;
             proto::Result message;
@@ -217,12 +252,14 @@ private:
 
     const Registry& registry_;
     const RunEnv env_;  // all but the stop token and the settings, which the loop adds
-    std::mutex mutex_;  // guards queue_, running_since_, settings_ and settings_received_
+    std::mutex mutex_;  // guards queue_, running_since_, running_, running_stop_, settings_ and settings_received_
     Json settings_ = Json::object();
     bool settings_received_ = false;
     std::condition_variable_any ready_;
     std::deque<Queued> queue_;
     std::optional<Clock::time_point> running_since_;  // set while a task runs
+    proto::TaskRef running_;                          // the attempt that runs while running_stop_ is set
+    std::stop_source* running_stop_ = nullptr;        // its own stop, for a cancel
     std::mutex outbox_mutex_;
     std::vector<proto::Result> outbox_;  // finished, not yet sent
     std::jthread thread_;  // last: starts after the members it uses exist
@@ -290,6 +327,9 @@ void encode_results(const std::vector<proto::Result>& results, std::size_t first
 // value could never reach the coordinator.
 void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, proto::ResultBatch& batch,
                   std::string& frame) {
+    // Read once a frame, not once a result: the coordinator recycles a worker by it.
+    const std::uint64_t rss = resident_bytes();
+    for (proto::Result& result : results) result.rss = rss;
     for (std::size_t first = 0; first < results.size();) {
         std::size_t count = std::min(results.size() - first, kMaxResultsPerFrame);
         encode_results(results, first, count, batch, frame);
@@ -304,6 +344,7 @@ void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, pr
             failed.attempt = large.attempt;
             failed.kind = large.kind;
             failed.run_s = large.run_s;
+            failed.rss = large.rss;
             failed.error = fmt::format("its result takes {} bytes encoded, more than the {} bytes a message to the "
                                        "coordinator may hold",
                                        frame.size(), proto::kMaxBatchBytes);
@@ -337,6 +378,7 @@ int run(const WorkerConfig& config) {
     hello.pid = ::getpid();
     hello.host = host_name();
     hello.cpu = pinned_cpu();
+    hello.rss = resident_bytes();
     wire::send(dealer, proto::encode(hello));
     spdlog::debug("connected to {} (pid {}, cpu {})", config.connect, hello.pid, hello.cpu);
 
@@ -354,7 +396,7 @@ int run(const WorkerConfig& config) {
     bool heard = false;
     auto last_heard = Clock::now();
     auto next_heartbeat = Clock::now() + interval;
-    const std::string heartbeat = proto::encode(proto::Heartbeat{});
+    proto::Heartbeat heartbeat;  // with the resident memory of the moment (recycling)
     HandshakeVerdict verdict(config);
     std::vector<proto::Result> finished;
     proto::ResultBatch batch;
@@ -397,6 +439,9 @@ int run(const WorkerConfig& config) {
                     executor.push(std::move(*task));
                 } else if (auto* tasks = std::get_if<proto::TaskBatch>(&message)) {
                     executor.push(std::move(*tasks));
+                } else if (auto* cancel = std::get_if<proto::Cancel>(&message)) {
+                    std::vector<proto::Result> dropped = executor.cancel(cancel->tasks);
+                    if (!dropped.empty()) send_results(dealer, dropped, batch, frame);
                 } else if (auto* setup = std::get_if<proto::Setup>(&message)) {
                     executor.set_settings(std::move(setup->settings));
                 } else if (std::holds_alternative<proto::Shutdown>(message)) {
@@ -436,7 +481,8 @@ int run(const WorkerConfig& config) {
             return static_cast<int>(ExitCode::TasksFailed);
         }
         if (now >= next_heartbeat) {
-            wire::send(dealer, heartbeat);
+            heartbeat.rss = resident_bytes();
+            wire::send(dealer, proto::encode(heartbeat));
             next_heartbeat = now + interval;
         }
     }

@@ -1,23 +1,40 @@
 #pragma once
 
+#include <optional>
 #include <vector>
 
+#include "control.hpp"
 #include "runner.hpp"
 
 namespace taskfarm {
 
+// Runs `task` on this thread and, while it fails, again as attempt 2, 3, ... up to `retries`
+// more times (see engine_retries), unless `drain` asks that no task start; each failed
+// attempt that is run again goes to `recorder` as a retry. Nullopt when `env.stop` stopped
+// the run: a task stopped so has no result. With `cancels`, a task asked for there is not run,
+// or stopped, and its result is cancelled(); `env.stop` is then the task's own for its run.
+std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, std::uint32_t retries,
+                                           const std::stop_token& drain, ModeRecorder& recorder,
+                                           CancelBoard* cancels = nullptr);
+
 // Every task in plan order on the calling thread, pinned to `cpu` for the run when cpu >= 0.
 class SequentialRunner final : public Runner {
 public:
-    // `env.stop` stops the run; `registry`'s thread_done() runs when it is over.
-    SequentialRunner(int cpu, RunEnv env, const Registry& registry)
-        : cpu_(cpu), env_(std::move(env)), registry_(registry) {}
+    // `env.stop` stops the run, `drain` starts no more tasks; a failed task runs up to
+    // `retries` more times; `registry`'s thread_done() runs when it is over.
+    SequentialRunner(int cpu, RunEnv env, const Registry& registry, std::stop_token drain = {}, std::uint32_t retries = 0,
+                     CancelBoard* cancels = nullptr)
+        : cpu_(cpu), env_(std::move(env)), registry_(registry), drain_(std::move(drain)), retries_(retries),
+          cancels_(cancels) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
     int cpu_;
     RunEnv env_;
     const Registry& registry_;
+    std::stop_token drain_;
+    std::uint32_t retries_;
+    CancelBoard* cancels_;
 };
 
 // A pool of threads in this process, each taking the next task as it frees up. With
@@ -27,8 +44,11 @@ class ThreadsRunner final : public Runner {
 public:
     // `env` for every thread (each gets its own name, "t1", "t2", ..., and the Gil);
     // `registry`'s thread_done() runs on each thread before it ends.
-    ThreadsRunner(int threads, bool gil, std::vector<int> cpus, RunEnv env, const Registry& registry)
-        : threads_(threads), gil_(gil), cpus_(std::move(cpus)), env_(std::move(env)), registry_(registry) {}
+    // `drain` and `retries` as for SequentialRunner.
+    ThreadsRunner(int threads, bool gil, std::vector<int> cpus, RunEnv env, const Registry& registry,
+                  std::stop_token drain = {}, std::uint32_t retries = 0, CancelBoard* cancels = nullptr)
+        : threads_(threads), gil_(gil), cpus_(std::move(cpus)), env_(std::move(env)), registry_(registry),
+          drain_(std::move(drain)), retries_(retries), cancels_(cancels) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
@@ -37,19 +57,25 @@ private:
     std::vector<int> cpus_;
     RunEnv env_;
     const Registry& registry_;
+    std::stop_token drain_;
+    std::uint32_t retries_;
+    CancelBoard* cancels_;
 };
 
 // Worker processes over ZeroMQ: see dispatcher.hpp and process_pool.hpp.
 class ProcessesRunner final : public Runner {
 public:
-    ProcessesRunner(const RunConfig& config, const Json& settings, std::stop_token stop)
-        : config_(config), settings_(settings), stop_(std::move(stop)) {}
+    ProcessesRunner(const RunConfig& config, const Json& settings, std::stop_token stop, std::stop_token drain = {},
+                    CancelBoard* cancels = nullptr)
+        : config_(config), settings_(settings), stop_(std::move(stop)), drain_(std::move(drain)), cancels_(cancels) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
     const RunConfig& config_;
     const Json& settings_;
     std::stop_token stop_;
+    std::stop_token drain_;
+    CancelBoard* cancels_;
 };
 
 }  // namespace taskfarm

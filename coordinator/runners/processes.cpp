@@ -121,8 +121,10 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
                                               static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns,
                                               config_.pin_cpus, !config_.listen.empty(), config_.expect_workers,
-                                              millis(config_.wait_workers_s)},
-                              stop_, settings_);
+                                              millis(config_.wait_workers_s), config_.task_retries,
+                                              config_.max_tasks_per_worker, config_.max_worker_memory},
+                              stop_, settings_, drain_);
+        if (cancels_) dispatcher.watch_cancels(cancels_);
         std::optional<SlurmStep> step;  // after the listener: its workers connect to it
         if (config_.slurm) {
             const std::string worker_endpoint = endpoint_for_workers(listener->endpoint());
@@ -151,14 +153,15 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
     }  // every worker is reaped here, so cpu_s includes them
-    return recorder.finish(stop_.stop_requested());
+    return recorder.finish(stop_.stop_requested() || drain_.stop_requested());
 }
 
 std::filesystem::path mode_out_dir(const RunConfig& config, Mode mode) {
     return (std::filesystem::absolute(config.out_dir) / to_string(mode)).lexically_normal();
 }
 
-std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop) {
+std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop,
+                                    std::stop_token drain) {
     // What every task of the mode sees in the coordinator's own threads.
     const auto env = [&](const char* worker) {
         return RunEnv{.worker = worker,
@@ -170,12 +173,16 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
     switch (mode) {
         case Mode::Sequential:
             return std::make_unique<SequentialRunner>(config.pin_cpus.empty() ? -1 : config.pin_cpus.front(), env("seq"),
-                                                      shared.registry);
+                                                      shared.registry, drain, config.task_retries, shared.cancels);
         case Mode::Threads:
-            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, env(""), shared.registry);
+            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, env(""), shared.registry, drain,
+                                                   config.task_retries, shared.cancels);
         case Mode::GilThreads:
-            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry);
-        case Mode::Processes: return std::make_unique<ProcessesRunner>(config, shared.settings, std::move(stop));
+            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry, drain,
+                                                   config.task_retries, shared.cancels);
+        case Mode::Processes:
+            return std::make_unique<ProcessesRunner>(config, shared.settings, std::move(stop), std::move(drain),
+                                                     shared.cancels);
     }
     return nullptr;
 }

@@ -4,6 +4,7 @@
 #include <set>
 #include <utility>
 
+#include "mode_runners.hpp"
 #include "runner.hpp"
 
 namespace taskfarm {
@@ -59,6 +60,73 @@ void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
         std::lock_guard lock(flush_mutex_);  // so the flusher cannot miss the notification
         flush_wanted_.notify_one();
     }
+}
+
+void ModeRecorder::record_retry(const TaskSpec& task, TaskResult result) {
+    result.end_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    result.start_s = std::max(0.0, result.end_s - result.run_time.count());
+    result.retrying = true;
+    {
+        std::lock_guard lock(mutex_);
+        ++report_.retried;
+    }
+    sink_.on_result(task, result);
+    if (!unflushed_.exchange(true)) {
+        std::lock_guard lock(flush_mutex_);
+        flush_wanted_.notify_one();
+    }
+}
+
+void ModeRecorder::count_recycled() {
+    std::lock_guard lock(mutex_);
+    ++report_.recycled;
+}
+
+namespace {
+
+// One attempt; with `cancels`, under a stop of the task's own that a cancel requests.
+TaskResult run_attempt(const TaskSpec& task, std::uint32_t attempt, RunEnv& env, CancelBoard* cancels) {
+    if (!cancels) return run_task(task, attempt, env);
+    TaskResult result;
+    result.id = task.id;
+    result.type = task.type;
+    result.attempt = attempt;
+    result.worker = env.worker;
+    if (cancels->requested(task.id)) return cancelled(std::move(result));
+    const std::stop_token run_stop = env.stop;
+    std::stop_source own;
+    const std::stop_callback link(run_stop, [&own] { own.request_stop(); });
+    env.stop = own.get_token();
+    cancels->running(task.id, &own);
+    result = run_task(task, attempt, env);
+    cancels->finished(task.id);
+    env.stop = run_stop;
+    // Stopped by a cancel, not by the run's stop: a result that is not ok is the cancel's.
+    if (own.stop_requested() && !run_stop.stop_requested() && !result.ok) result = cancelled(std::move(result));
+    return result;
+}
+
+}  // namespace
+
+std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, std::uint32_t retries,
+                                           const std::stop_token& drain, ModeRecorder& recorder, CancelBoard* cancels) {
+    TaskResult result = run_attempt(task, 1, env, cancels);
+    // Asked once, on the first failure: settings_read() builds a list.
+    const std::uint32_t more = result.ok ? 0 : engine_retries(task.type, retries);
+    while (!env.stop.stop_requested() && !result.ok && !result.cancelled && result.attempt <= more &&
+           !drain.stop_requested()) {
+        const std::uint32_t next = result.attempt + 1;
+        recorder.record_retry(task, std::move(result));
+        result = run_attempt(task, next, env, cancels);
+    }
+    if (env.stop.stop_requested()) return std::nullopt;
+    return result;
+}
+
+std::uint32_t engine_retries(const TaskType* type, std::uint32_t retries) {
+    if (retries == 0 || !type) return 0;
+    const std::vector<std::string> reads = type->settings_read();
+    return std::find(reads.begin(), reads.end(), "retries") != reads.end() ? 0 : retries;
 }
 
 void ModeRecorder::place(Placement placement) {

@@ -11,13 +11,13 @@ RunReport SequentialRunner::run(const Plan& plan, ResultSink& sink) {
     recorder.place({"seq", pinned_cpu(), ::getpid()});
     const std::stop_token& stop = env_.stop;
     for (const TaskSpec& task : plan.tasks) {
-        if (stop.stop_requested()) break;
-        TaskResult result = run_task(task, 1, env_);
-        if (stop.stop_requested()) break;  // cancelled mid-task: not a result
-        recorder.record(task, std::move(result));
+        if (stop.stop_requested() || drain_.stop_requested()) break;  // a drain lets the running task finish
+        std::optional<TaskResult> result = run_with_retries(task, env_, retries_, drain_, recorder, cancels_);
+        if (!result) break;  // cancelled mid-task: not a result
+        recorder.record(task, std::move(*result));
     }
     registry_.thread_done();  // this thread goes on (the coordinator's): let go of what tasks kept
-    return recorder.finish(stop.stop_requested());
+    return recorder.finish(stop.stop_requested() || drain_.stop_requested());
 }
 
 }  // namespace taskfarm

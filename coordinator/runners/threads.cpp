@@ -47,15 +47,17 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
                     ~ThreadDone() { registry.thread_done(); }
                 } thread_done{registry_};
                 const std::stop_token& stop = env.stop;
-                for (std::size_t index = next++; index < plan.tasks.size() && !stop.stop_requested(); index = next++) {
-                    TaskResult result = run_task(plan.tasks[index], 1, env);
-                    if (stop.stop_requested()) return;
-                    recorder.record(plan.tasks[index], std::move(result));
+                // A drain lets each thread finish the task it runs, and take no other.
+                for (std::size_t index = next++;
+                     index < plan.tasks.size() && !stop.stop_requested() && !drain_.stop_requested(); index = next++) {
+                    std::optional<TaskResult> result = run_with_retries(plan.tasks[index], env, retries_, drain_, recorder, cancels_);
+                    if (!result) return;  // cancelled mid-task: not a result
+                    recorder.record(plan.tasks[index], std::move(*result));
                 }
             });
         }
     }  // joins every thread
-    return recorder.finish(env_.stop.stop_requested());
+    return recorder.finish(env_.stop.stop_requested() || drain_.stop_requested());
 }
 
 }  // namespace taskfarm
