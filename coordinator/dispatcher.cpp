@@ -45,6 +45,7 @@ void Dispatcher::run() {
         }
         schedule_.tick(Clock::now());
     }
+    if (const auto& error = schedule_.plan_error()) recorder_.plan_error(*error);
 }
 
 void Dispatcher::shutdown_workers() { schedule_.shutdown_workers(); }
@@ -115,7 +116,7 @@ void Dispatcher::kill(pid_t pid) { pool_.kill(pid); }
 bool Dispatcher::send_tasks(const PeerId& peer, std::span<const Attempt> attempts) {
     batch_.tasks.resize(attempts.size());
     for (std::size_t i = 0; i < attempts.size(); ++i)
-        proto::to_message(plan_.tasks[attempts[i].index], attempts[i].number, batch_.tasks[i]);
+        proto::to_message(schedule_.task(attempts[i].index), attempts[i].number, batch_.tasks[i]);
     if (attempts.size() == 1)
         proto::encode_to(frame_, batch_.tasks.front());
     else

@@ -94,6 +94,8 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
         {"utilisation", utilisation(report)},
         {"interrupted", report.interrupted},
         {"failures", failures},
+        {"failures_not_listed", report.failed - std::min(report.failed, report.failures.size())},
+        {"plan_error", report.plan_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(report.plan_error)},
         {"placement", placement},
     };
 }

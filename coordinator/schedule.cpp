@@ -35,6 +35,7 @@ Schedule::Schedule(const Plan& plan, DispatchOptions options, ScheduleActions& a
       stop_(std::move(stop)),
       task_bytes_(std::move(task_bytes)),
       max_batch_bytes_(max_batch_bytes),
+      cursor_(plan.open()),
       to_spawn_(options_.workers),
       all_hello_(options_.workers <= 0),
       // Without remote workers to wait for, work starts at the first hello.
@@ -53,7 +54,7 @@ Schedule::Clock::time_point Schedule::next_deadline() const {
 bool Schedule::done() const {
     // A short plan may be done before the last worker is up; the run still waits for its
     // hello (its placement goes in the report, and one that cannot start is an error).
-    return finished_ >= plan_.tasks.size() && all_hello_;
+    return all_finished() && all_hello_;
 }
 
 void Schedule::shutdown_workers() {
@@ -158,7 +159,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     Worker& worker = found->second;
     // Results come back in the order the tasks were sent, so this is almost always the first.
     const auto attempt = std::find_if(worker.in_flight.begin(), worker.in_flight.end(), [&](const Attempt& a) {
-        return plan_.tasks[a.index].id == message.id && a.number == message.attempt;
+        return a.index == message.id && a.number == message.attempt;
     });
     if (attempt == worker.in_flight.end()) {
         spdlog::debug("ignored duplicate or stale result of task {} attempt {}", message.id, message.attempt);
@@ -171,7 +172,9 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
                                           : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
     ++finished_;
-    actions_.record(plan_.tasks[index], proto::to_result(message, worker.name, plan_.tasks[index].type));
+    const TaskSpec& task = live_.at(index);
+    actions_.record(task, proto::to_result(message, worker.name, task.type));
+    retire(index);
 }
 
 void Schedule::returned(const PeerId& peer, const proto::Returned& message, Clock::time_point) {
@@ -184,7 +187,7 @@ void Schedule::returned(const PeerId& peer, const proto::Returned& message, Cloc
     std::vector<Attempt> back;
     for (const proto::TaskRef& ref : message.tasks) {
         const auto attempt = std::find_if(in_flight.begin(), in_flight.end(), [&](const Attempt& a) {
-            return plan_.tasks[a.index].id == ref.id && a.number == ref.attempt;
+            return a.index == ref.id && a.number == ref.attempt;
         });
         if (attempt == in_flight.end()) continue;  // stale: not one it holds
         back.push_back({attempt->index, attempt->number});
@@ -226,7 +229,7 @@ void Schedule::watch_overruns(Clock::time_point now) {
     std::vector<PeerId> overran;
     for (const auto& [peer, worker] : workers_) {
         if (worker.in_flight.empty()) continue;
-        const double timeout_s = plan_.tasks[worker.in_flight.front().index].timeout_s;
+        const double timeout_s = task(worker.in_flight.front().index).timeout_s;
         if (timeout_s <= 0) continue;
         const auto limit = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
         if (now - worker.running_since > limit + kOverrunGrace) overran.push_back(peer);
@@ -237,12 +240,12 @@ void Schedule::watch_overruns(Clock::time_point now) {
         Worker& worker = workers_.at(peer);
         const Attempt attempt = worker.in_flight.front();
         worker.in_flight.pop_front();
-        const TaskSpec& task = plan_.tasks[attempt.index];
+        const double timeout_s = task(attempt.index).timeout_s;
         fail(attempt, worker.name,
-             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", task.timeout_s,
+             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", timeout_s,
                          worker.name, worker.remote ? "told to shut down" : "killed"),
              now - worker.running_since);
-        lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, task.id), now);
+        lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, attempt.index), now);
     }
 }
 
@@ -302,17 +305,47 @@ std::size_t Schedule::limit(const Worker& worker) const {
     return worker.delivered ? window() : 1;
 }
 
+bool Schedule::has_fresh() const {
+    if (peeked_) return true;
+    if (cursor_ended_) return false;
+    TaskSpec task;
+    try {
+        if (cursor_->next(task)) {
+            peeked_ = task.id;
+            live_.emplace(task.id, std::move(task));
+            return true;
+        }
+    } catch (const std::exception& e) {
+        // A bad line of standard input: the tasks before it run, none after it.
+        plan_error_ = e.what();
+    }
+    cursor_ended_ = true;
+    cursor_.reset();
+    return false;
+}
+
+std::size_t Schedule::pending() const {
+    if (!has_fresh()) return retries_.size();
+    const auto count = plan_.count;
+    return retries_.size() + (count && *count > taken_ ? static_cast<std::size_t>(*count - taken_) : kUnknownFresh);
+}
+
+bool Schedule::all_finished() const { return !has_fresh() && live_.empty(); }
+
 Attempt& Schedule::peek_pending() {
     if (!retries_.empty()) return retries_.front();
-    next_fresh_ = {next_index_, 1};
+    has_fresh();
+    next_fresh_ = {*peeked_, 1};
     return next_fresh_;
 }
 
 void Schedule::pop_pending() {
-    if (!retries_.empty())
+    if (!retries_.empty()) {
         retries_.pop_front();
-    else
-        ++next_index_;
+    } else {
+        peeked_.reset();
+        ++taken_;
+    }
 }
 
 void Schedule::dispatch(Clock::time_point now) {
@@ -352,7 +385,7 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
         std::size_t bytes = 0;
         while (batch_.size() < std::min(count, proto::kMaxBatch) && pending() > 0) {
             Attempt attempt = peek_pending();
-            const TaskSpec& task = plan_.tasks[attempt.index];
+            const TaskSpec& task = this->task(attempt.index);
             const std::size_t size = task_bytes_(task, attempt.number);
             if (size > max_batch_bytes_) {
                 pop_pending();
@@ -415,7 +448,7 @@ void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::tim
 }
 
 void Schedule::replace(const std::string& name, int cpu, Clock::time_point now) {
-    if (finished_ >= plan_.tasks.size() || stop_.stop_requested()) return;
+    if (all_finished() || stop_.stop_requested()) return;
     if (respawns_ >= options_.max_respawns) {
         spdlog::error("not replacing worker {}: all {} replacements allowed by --max-respawns are used up", name,
                       options_.max_respawns);
@@ -427,7 +460,7 @@ void Schedule::replace(const std::string& name, int cpu, Clock::time_point now) 
 
 void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, const std::string& reason,
                              Clock::time_point now) {
-    const TaskSpec& task = plan_.tasks[attempt.index];
+    const TaskSpec& task = this->task(attempt.index);
     if (attempt.number < options_.max_attempts) {
         retries_.push_front({attempt.index, attempt.number + 1});
         actions_.note({.kind = RunEvent::Kind::Requeued,
@@ -444,7 +477,7 @@ void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, 
 }
 
 void Schedule::fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran) {
-    const TaskSpec& task = plan_.tasks[attempt.index];
+    const TaskSpec& task = this->task(attempt.index);
     TaskResult result;
     result.id = task.id;
     result.type = task.type;
@@ -454,6 +487,7 @@ void Schedule::fail(const Attempt& attempt, const std::string& worker, std::stri
     result.run_time = ran;
     ++finished_;
     actions_.record(task, std::move(result));
+    retire(attempt.index);
 }
 
 void Schedule::fail_pending(const std::string& reason) {
