@@ -100,10 +100,12 @@ bool report_on_stdout(const RunConfig& config) {
                        [](const std::filesystem::path* path) { return !path->empty() && is_stdout(*path); });
 }
 
-// What --trace and --timeline keep of each result, about (measured: see bench/README.md).
-constexpr std::size_t kRecordedResultBytes = 400;
-// The most results they keep in all: about 400 MiB.
-constexpr std::size_t kMaxRecordedResults = 1'000'000;
+// The peak memory per result of --trace (the results kept, then the trace built from them)
+// and of --timeline alone, measured at 200,000 results (bench/README.md).
+constexpr std::size_t kTraceBytesPerResult = 2400;
+constexpr std::size_t kTimelineBytesPerResult = 1000;
+// The most results they keep in all (tasks x modes): about 570 MiB with --trace.
+constexpr std::size_t kMaxRecordedResults = 250'000;
 
 // --trace and --timeline keep every result of every mode in memory, by design: said before
 // the run, and refused past kMaxRecordedResults when the plan's size is known. A plan read
@@ -111,14 +113,15 @@ constexpr std::size_t kMaxRecordedResults = 1'000'000;
 void check_recording(const RunConfig& config, const Plan& plan) {
     if (config.trace_path.empty() && config.timeline_path.empty()) return;
     const char* flag = config.trace_path.empty() ? "--timeline" : "--trace";
+    const std::size_t per_result = config.trace_path.empty() ? kTimelineBytesPerResult : kTraceBytesPerResult;
     const auto count = plan.known_count();
     if (!count) {
-        spdlog::info("{}: keeps every result in memory (about {} bytes each), the first {} at most", flag,
-                     kRecordedResultBytes, kMaxRecordedResults);
+        spdlog::info("{}: keeps every result in memory (about {} bytes each), the first {} at most", flag, per_result,
+                     kMaxRecordedResults);
         return;
     }
     const std::uint64_t results = *count * config.modes.size();
-    const double mib = static_cast<double>(results * kRecordedResultBytes) / (1 << 20);
+    const double mib = static_cast<double>(results * per_result) / (1 << 20);
     if (results > kMaxRecordedResults)
         throw ConfigError(fmt::format("{}: would keep every result in memory: {} tasks x {} mode(s), about {:.0f} MiB; "
                                       "it draws at most {} results (a smaller --tasks, or fewer --mode)",

@@ -315,8 +315,8 @@ TEST(Memory, TraceSaysWhatItWouldKeepAndRefusesPastItsBound) {
     const Output output = run_binary("coordinator", {"--tasks", "600000", "--duration", "0", "--mode", "threads,processes",
                                                      "--trace", (dir / "t.json").string()});
     EXPECT_EQ(output.exit_code, 2);
-    EXPECT_NE(output.err.find("--trace: would keep every result in memory: 600000 tasks x 2 mode(s), about 458 MiB; "
-                              "it draws at most 1000000 results"),
+    EXPECT_NE(output.err.find("--trace: would keep every result in memory: 600000 tasks x 2 mode(s), about 2747 MiB; "
+                              "it draws at most 250000 results"),
               std::string::npos)
         << output.err;
     EXPECT_FALSE(fs::exists(dir / "t.json"));
