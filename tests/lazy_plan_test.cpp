@@ -289,6 +289,28 @@ TEST(LazyStdin, ABadLineLateInStandardInputEndsTheRunAfterTheTasksBeforeIt) {
     EXPECT_NE(out.find("threads            2  30000  30000      0"), std::string::npos) << out.substr(out.size() - 500);
 }
 
+TEST(LazyStdin, ResumeReadsItWholeChecksItAndRunsTheRest) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "j.jsonl").string();
+    const std::string run = fmt::format("{} --task sleep --inputs - --mode threads,sequential -q", coordinator());
+    ASSERT_EQ(shell(fmt::format("yes 0 | head -n 1000 | {} --results '{}' > /dev/null", run, journal)).exit_code, 0);
+    const std::string text = testing::read_file(journal);
+    std::size_t cut = 0;
+    for (int line = 0; line < 1500; ++line) cut = text.find('\n', cut) + 1;
+    write_text(journal, text.substr(0, cut));  // threads all done, sequential half
+    const Output resumed = shell(fmt::format("yes 0 | head -n 1000 | {} --resume '{}' > /dev/null", run, journal));
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+    std::map<std::string, IdSet> by_mode;
+    for (const auto& line : testing::read_json_lines(journal))
+        EXPECT_TRUE(by_mode[line["mode"].get<std::string>()].insert(line["id"].get<TaskId>())) << line.dump();
+    EXPECT_EQ(by_mode["threads"].size(), 1000u);
+    EXPECT_EQ(by_mode["sequential"].size(), 1000u);
+    // Another list on stdin is another plan.
+    const Output other = shell(fmt::format("yes 1 | head -n 1000 | {} --resume '{}' > /dev/null", run, journal));
+    EXPECT_EQ(other.exit_code, 2);
+    EXPECT_NE(other.err.find("the journal is from a different plan"), std::string::npos) << other.err;
+}
+
 TEST(Memory, TwoMillionNoOpsStayUnderABound) {
 #if defined(__SANITIZE_ADDRESS__)
     GTEST_SKIP() << "AddressSanitizer's shadow memory and quarantine make resident size no measure of the plan";
