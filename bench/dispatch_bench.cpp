@@ -26,10 +26,10 @@ protected:
 };
 
 Plan no_ops(std::size_t tasks) {
-    Plan plan;
+    std::vector<TaskSpec> list;
     const TaskType* sleep = builtin_types().find("sleep");
-    for (std::size_t i = 0; i < tasks; ++i) plan.tasks.push_back({static_cast<TaskId>(i), sleep, {{"seconds", 0}}});
-    return plan;
+    for (std::size_t i = 0; i < tasks; ++i) list.push_back({static_cast<TaskId>(i), sleep, {{"seconds", 0}}});
+    return Plan::of(std::move(list));
 }
 
 std::filesystem::path worker_binary() {
@@ -59,7 +59,7 @@ void BM_DispatchNoOps(benchmark::State& state) {
         dispatcher.run();
         dispatcher.shutdown_workers();
         pool.stop_all(std::chrono::seconds(1));
-        if (sink.results != plan.tasks.size()) state.SkipWithError("lost results");
+        if (sink.results != *plan.count) state.SkipWithError("lost results");
     }
     std::filesystem::remove_all(dir);
     state.SetItemsProcessed(state.iterations() * state.range(0));

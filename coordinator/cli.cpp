@@ -271,8 +271,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->take_all();
     auto* inputs_option =
         app.add_option("--inputs", config.inputs_path,
-                       "one task of --task per line of FILE (blank lines and lines starting with # skipped; - reads\n"
-                       "stdin): the type makes its parameters from the line ({\"input\": LINE} for a user's function)")
+                       "one task of --task per line of FILE (blank lines and lines starting with # skipped): the type\n"
+                       "makes its parameters from the line ({\"input\": LINE} for a user's function). A FILE is checked\n"
+                       "whole before the run (a bad line: exit 2 naming FILE:LINE) and read again as tasks go out;\n"
+                       "- reads stdin as tasks go out, in bounded memory: a bad line there ends the run after the\n"
+                       "tasks before it (exit 2, stdin:LINE). Several modes read it again from a private temporary\n"
+                       "copy; with --resume it is read whole first")
             ->type_name("FILE");
     auto* plan_option =
         app.add_option("--plan", config.plan_path,
@@ -282,7 +286,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "{\"kind\":\"command\",\"argv\":[\"gzip\",\"a b\"]} (or \"shell\":\"...\"; see docs/commands.md); any\n"
                        "line may add \"timeout_s\";\n"
                        "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
-                       "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin")
+                       "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin\n"
+                       "(whole, into a private temporary file, before the run). Read again as tasks go out: never held")
             ->type_name("FILE")
             ->excludes(task_option)
             ->excludes(tasks_option)
@@ -292,8 +297,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     inputs_option->excludes(tasks_option);
     auto* command_option =
         app.add_option("--command", config.command,
-                       "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read whole before\n"
-                       "the run), with GNU parallel's replacement strings, each quoted as one shell word: {} the\n"
+                       "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read as the tasks\n"
+                       "go out), with GNU parallel's replacement strings, each quoted as one shell word: {} the\n"
                        "line, {.} without extension, {/} base name, {//} directory, {/.} base name without\n"
                        "extension, {#} task number from 1; no replacement string: the line is appended. Runs only\n"
                        "the processes mode unless --mode says otherwise. See docs/commands.md")
@@ -505,12 +510,15 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     verbose_flag->excludes(level_option);
     app.add_option("--trace", config.trace_path,
                    "write the run as Chrome trace-event JSON to FILE (open it in ui.perfetto.dev or\n"
-                   "chrome://tracing): a process per mode, a thread per worker, an event per task attempt")
+                   "chrome://tracing): a process per mode, a thread per worker, an event per task attempt.\n"
+                   "Keeps every result in memory (about 2.4 KB each at its peak): refused past 250,000 results\n"
+                   "in all (tasks x modes); a list on stdin, of no known size, is drawn up to that many")
         ->check(kPath)
         ->type_name("FILE");
     app.add_option("--timeline", config.timeline_path,
                    "draw the run as an SVG timeline to FILE: a panel per mode on one time axis, a lane per\n"
-                   "worker or thread, a bar per task")
+                   "worker or thread, a bar per task; keeps every result in memory (about 1 KB each), up to\n"
+                   "250,000 results, as --trace does")
         ->check(kPath)
         ->type_name("FILE.svg");
     auto* listen_option =

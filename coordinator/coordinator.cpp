@@ -106,13 +106,33 @@ bool report_on_stdout(const RunConfig& config) {
                        [](const std::filesystem::path* path) { return !path->empty() && is_stdout(*path); });
 }
 
-// The types of the plan's tasks, each once, in order of first use.
-std::vector<const TaskType*> plan_types(const Plan& plan) {
-    std::vector<const TaskType*> types;
-    for (const TaskSpec& task : plan.tasks)
-        if (types.empty() || (types.back() != task.type && std::find(types.begin(), types.end(), task.type) == types.end()))
-            types.push_back(task.type);
-    return types;
+// The peak memory per result of --trace (the results kept, then the trace built from them)
+// and of --timeline alone, measured at 200,000 results (bench/README.md).
+constexpr std::size_t kTraceBytesPerResult = 2400;
+constexpr std::size_t kTimelineBytesPerResult = 1000;
+// The most results they keep in all (tasks x modes): about 570 MiB with --trace.
+constexpr std::size_t kMaxRecordedResults = 250'000;
+
+// --trace and --timeline keep every result of every mode in memory, by design: said before
+// the run, and refused past kMaxRecordedResults when the plan's size is known. A plan read
+// from standard input as the run goes is drawn up to that many results.
+void check_recording(const RunConfig& config, const Plan& plan) {
+    if (config.trace_path.empty() && config.timeline_path.empty()) return;
+    const char* flag = config.trace_path.empty() ? "--timeline" : "--trace";
+    const std::size_t per_result = config.trace_path.empty() ? kTimelineBytesPerResult : kTraceBytesPerResult;
+    const auto count = plan.known_count();
+    if (!count) {
+        spdlog::info("{}: keeps every result in memory (about {} bytes each), the first {} at most", flag, per_result,
+                     kMaxRecordedResults);
+        return;
+    }
+    const std::uint64_t results = *count * config.modes.size();
+    const double mib = static_cast<double>(results * per_result) / (1 << 20);
+    if (results > kMaxRecordedResults)
+        throw ConfigError(fmt::format("{}: would keep every result in memory: {} tasks x {} mode(s), about {:.0f} MiB; "
+                                      "it draws at most {} results (a smaller --tasks, or fewer --mode)",
+                                      flag, *count, config.modes.size(), mib, kMaxRecordedResults));
+    if (mib >= 16) spdlog::info("{}: keeps every result in memory: about {:.0f} MiB for {} results", flag, mib, results);
 }
 
 // A built-in type's flag that no type of the plan reads is most likely a mistake (--retries
@@ -208,9 +228,10 @@ void write_pictures(const RunConfig& config, std::vector<ModeRecording> modes, c
 nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
     nlohmann::json modes = nlohmann::json::array();
     for (Mode mode : config.modes) modes.push_back(to_string(mode));
+    const auto count = plan.known_count();
     return {
         {"workers", config.workers},
-        {"tasks", plan.tasks.size()},
+        {"tasks", count ? nlohmann::json(*count) : nlohmann::json(nullptr)},
         {"duration", {config.duration_lo_s, config.duration_hi_s}},
         {"cpu_n", config.cpu_n},
         {"plan", config.plan_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.plan_path.string())},
@@ -240,7 +261,7 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
 
 void write_json(const RunConfig& config, const Plan& plan, const std::vector<RunReport>& reports) {
     // The type of every task in the plan, or "mixed".
-    const std::vector<const TaskType*> types = plan_types(plan);
+    const std::vector<const TaskType*>& types = plan.types;
     nlohmann::json runs = nlohmann::json::array();
     for (const RunReport& report : reports) runs.push_back(report_json(reports, report));
     const nlohmann::json document = {
@@ -263,6 +284,9 @@ std::string summary_text(const std::vector<RunReport>& reports) {
         if (report.failures.empty()) continue;
         text += fmt::format("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
         for (const Failure& failure : report.failures) text += fmt::format("  task {}: {}\n", failure.id, printable(failure.error));
+        if (report.failed > report.failures.size())
+            text += fmt::format("  ... and {} more (every failure is in the journal, --results FILE)\n",
+                                report.failed - report.failures.size());
     }
     for (const RunReport& report : reports) {
         if (report.retried > 0)
@@ -281,11 +305,23 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     // A type's services (the built-in image server) bind now; their threads start after the
     // SignalWatcher, like every thread.
     Json settings = settings_json(config);
-    const Plan plan = make_plan(config, program.registry, settings);
-    const std::vector<const TaskType*> types = plan_types(plan);
+    Plan plan = make_plan(config, program.registry, settings);
+    const std::vector<const TaskType*>& types = plan.types;
     warn_unread_settings(config, types);
     choose_modes(config, types);
     make_out_dirs(config, types);
+    if (plan.stdin_spool) {
+        // Standard input can be read once: kept in a private temporary file for the modes
+        // after the first, and read whole before the run for --resume, which checks the
+        // journal against the whole plan (disk, not memory, either way).
+        if (!config.resume_path.empty()) {
+            plan.stdin_spool->read_all();
+            count_tasks(plan);
+        } else if (config.modes.size() > 1) {
+            plan.stdin_spool->keep();
+        }
+    }
+    check_recording(config, plan);
     if (!config.resume_path.empty()) config.results_path = config.resume_path;
     // Locked before --resume reads (and may repair) the journal, so that no other run
     // appends to it between the reading and the writing.
@@ -298,14 +334,14 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         }
     }
     const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
-    const auto done_in = [&](Mode mode) -> const std::set<TaskId>& {
-        static const std::set<TaskId> none;
+    const auto done_in = [&](Mode mode) -> const IdSet& {
+        static const IdSet none;
         const auto found = done.find(std::string(to_string(mode)));
         return found == done.end() ? none : found->second;
     };
     if (!config.resume_path.empty() &&
-        std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) { return done_in(m).size() == plan.tasks.size(); }))
-        fmt::print(stderr, "nothing to do: all {} tasks are ok in '{}'\n", plan.tasks.size(),
+        std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) { return done_in(m).size() == plan.count; }))
+        fmt::print(stderr, "nothing to do: all {} tasks are ok in '{}'\n", *plan.count,
                    printable(config.resume_path.string()));
     // A report on stdout must be all there is on it; the results and the table then go to stderr.
     std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
@@ -323,7 +359,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     }
     RecordingSink* recording = nullptr;
     if (!config.trace_path.empty() || !config.timeline_path.empty()) {
-        auto sink = std::make_unique<RecordingSink>();
+        auto sink = std::make_unique<RecordingSink>(kMaxRecordedResults);
         recording = sink.get();
         sinks.add(std::move(sink));
     }
@@ -343,20 +379,19 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         for (Mode mode : config.modes) {
             if (signals.drain_token().stop_requested()) break;  // a stop is a drain too
             cancels.clear();  // a cancel is for the mode that runs when it comes
-            // A plan of a million tasks is ~130 MB: a mode gets a copy of its own only when
-            // the journal has some of its tasks done.
-            const std::set<TaskId>& done_here = done_in(mode);
+            // A mode with tasks done in the journal skips them as its cursor goes.
+            const IdSet& done_here = done_in(mode);
             std::optional<Plan> own;
-            if (!done_here.empty()) own = remaining(plan, done_here);
+            if (!done_here.empty()) own = skipping(plan, done_here);
             const Plan& todo = own ? *own : plan;
-            const std::size_t earlier = plan.tasks.size() - todo.tasks.size();
+            const std::size_t earlier = done_here.size();
             if (earlier > 0)
                 spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode), earlier,
-                             plan.tasks.size(), todo.tasks.size());
+                             *plan.count, *todo.count);
             // A resumed mode's row counts the whole plan, the journal's ok tasks among its ok;
             // its times are this run's, so a mode with nothing left has none (and no speedup).
             RunReport report;
-            if (todo.tasks.empty()) {
+            if (todo.count == std::uint64_t{0}) {
                 report.mode = to_string(mode);
                 report.workers = report.cpus_used = 0;
             } else {
@@ -365,6 +400,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
             report.tasks += earlier;
             report.ok += earlier;
             reports.push_back(std::move(report));
+            if (!reports.back().plan_error.empty()) break;  // the plan ended early: no mode runs it again
         }
     } catch (const std::exception&) {
         // The run failed (no report for this mode): what it recorded still helps to see why.
@@ -405,6 +441,9 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         }
     }
     for (const std::string& error : output_errors) spdlog::error("{}", error);
+    if (recording && recording->dropped() > 0)
+        spdlog::warn("--trace/--timeline: drew the first {} results; {} more were not kept", kMaxRecordedResults,
+                     recording->dropped());
 
     switch (signals.signal()) {
         case SIGHUP: return ExitCode::HungUp;
@@ -414,6 +453,13 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         case SIGTERM: return ExitCode::Terminated;
         default: break;
     }
+    // A bad line of standard input, found as the run read it: bad input, as it would have
+    // been before the run; the tasks before it ran and are in the table and the journal.
+    for (const RunReport& report : reports)
+        if (!report.plan_error.empty()) {
+            spdlog::error("{} (the run stopped there: the tasks after it did not run)", report.plan_error);
+            return ExitCode::Usage;
+        }
     const bool failed = std::any_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.failed > 0; });
     return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
 }

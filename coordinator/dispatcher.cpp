@@ -49,6 +49,7 @@ void Dispatcher::run() {
             for (const TaskId id : cancels_->take_new()) schedule_.cancel(id, Clock::now());
         schedule_.tick(Clock::now());
     }
+    if (const auto& error = schedule_.plan_error()) recorder_.plan_error(*error);
 }
 
 void Dispatcher::shutdown_workers() { schedule_.shutdown_workers(); }
@@ -119,7 +120,7 @@ void Dispatcher::kill(pid_t pid) { pool_.kill(pid); }
 bool Dispatcher::send_tasks(const PeerId& peer, std::span<const Attempt> attempts) {
     batch_.tasks.resize(attempts.size());
     for (std::size_t i = 0; i < attempts.size(); ++i)
-        proto::to_message(plan_.tasks[attempts[i].index], attempts[i].number, batch_.tasks[i]);
+        proto::to_message(schedule_.task(attempts[i].index), attempts[i].number, batch_.tasks[i]);
     if (attempts.size() == 1)
         proto::encode_to(frame_, batch_.tasks.front());
     else
@@ -144,7 +145,7 @@ void Dispatcher::recycled(const std::string& worker, const std::string& reason) 
 
 void Dispatcher::send_cancel(const PeerId& peer, std::span<const Attempt> attempts) {
     proto::Cancel message;
-    for (const Attempt& attempt : attempts) message.tasks.push_back({plan_.tasks[attempt.index].id, attempt.number});
+    for (const Attempt& attempt : attempts) message.tasks.push_back({attempt.index, attempt.number});  // the index is the id
     wire::send_to(router_, peer, proto::encode(message));
 }
 

@@ -1,9 +1,12 @@
 #include "journal.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
-#include <sstream>
+#include <functional>
+#include <optional>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -15,76 +18,178 @@
 namespace taskfarm {
 namespace {
 
-// Everything in `text` up to and including its last '\n'; the rest is a torn line.
-std::size_t complete_length(const std::string& text) {
-    const auto last_newline = text.rfind('\n');
-    return last_newline == std::string::npos ? 0 : last_newline + 1;
+// How many task ids the search for a mismatching line holds at once (8 bytes each).
+constexpr std::uint64_t kCheckChunk = std::uint64_t{1} << 20;
+
+// The length of `path` up to and including its last '\n'; what follows is a torn line.
+std::uintmax_t complete_length(const std::filesystem::path& path, const std::string& flag) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw ConfigError(fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    in.seekg(0, std::ios::end);
+    std::streamoff end = in.tellg();
+    char buffer[4096];
+    while (end > 0) {
+        const std::streamoff start = std::max<std::streamoff>(0, end - static_cast<std::streamoff>(sizeof buffer));
+        in.seekg(start);
+        in.read(buffer, end - start);
+        for (std::streamoff i = end - start; i > 0; --i)
+            if (buffer[i - 1] == '\n') return static_cast<std::uintmax_t>(start + i);
+        end = start;
+    }
+    return 0;
+}
+
+std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+// What a journal line and a plan task have to agree on, in 64 bits.
+std::uint64_t task_digest(TaskId id, const std::string& kind, const Json& params) {
+    return mix(std::hash<std::string>{}(kind + '\0' + params.dump()) + mix(id + 1));
+}
+
+struct Line {
+    std::size_t number;
+    TaskId id;
+    std::string kind;
+    Json params;
+    bool ok;
+    std::string mode;
+};
+
+// Calls `each` for every line of the journal's first `length` bytes, parsed; empty lines
+// are skipped. Throws ConfigError naming the line for one that is not a journal line.
+void for_each_line(const std::filesystem::path& path, std::uintmax_t length, const std::string& flag,
+                   const std::function<void(const Line&)>& each) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw ConfigError(fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    std::uintmax_t read = 0;
+    std::size_t number = 0;
+    Line parsed;
+    for (std::string line; read < length && std::getline(in, line);) {
+        read += line.size() + 1;
+        ++number;
+        if (line.empty()) continue;
+        try {
+            const nlohmann::json entry = nlohmann::json::parse(line);
+            // What happened on the way (a lost attempt, a lost worker; decision 93) says
+            // nothing about what is done.
+            if (entry.is_object() && entry.contains("event")) continue;
+            parsed.number = number;
+            parsed.id = entry.at("id").get<TaskId>();
+            parsed.kind = entry.at("kind").get<std::string>();
+            parsed.params = entry.at("params");
+            parsed.ok = entry.at("ok").get<bool>();
+            parsed.mode = parsed.ok ? entry.at("mode").get<std::string>() : std::string();
+        } catch (const nlohmann::json::exception& e) {
+            throw ConfigError(printable(fmt::format("{}: journal '{}' line {}: not a journal line: {}", flag,
+                                                    path.string(), number, e.what())));
+        }
+        each(parsed);
+    }
+    if (in.bad()) throw ConfigError(fmt::format("{}: cannot read journal '{}'", flag, printable(path.string())));
+}
+
+std::string where(const std::string& flag, const std::filesystem::path& path, std::size_t number) {
+    return fmt::format("{}: journal '{}' line {}", flag, printable(path.string()), number);
+}
+
+// Reads the ok lines into a Done; a second ok line of one task and mode is refused, naming
+// the first (found by reading again: only then is a line number per task needed).
+Done read_ok_lines(const std::filesystem::path& path, std::uintmax_t length, const std::string& flag,
+                   const std::function<void(const Line&)>& also = nullptr) {
+    Done done;
+    for_each_line(path, length, flag, [&](const Line& line) {
+        if (also) also(line);
+        if (!line.ok) return;
+        // One run writes one line per task and mode, and a resume reruns only what is not
+        // ok: a second ok line means two runs appended at once (or a hand edit), and the
+        // counts built on this journal would be wrong.
+        if (done[line.mode].insert(line.id)) return;
+        std::size_t first = 0;
+        try {
+            for_each_line(path, length, flag, [&](const Line& earlier) {
+                if (earlier.ok && earlier.id == line.id && earlier.mode == line.mode) {
+                    first = earlier.number;
+                    throw std::range_error("found");
+                }
+            });
+        } catch (const std::range_error&) {
+        }
+        throw ConfigError(fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs wrote to this "
+                                      "journal, so it cannot say what is done",
+                                      where(flag, path, line.number), line.id, printable(line.mode), first));
+    });
+    return done;
+}
+
+// The task of `plan` with id `id`, made by a cursor of its own.
+std::optional<TaskSpec> task_of(const Plan& plan, TaskId id) {
+    const auto cursor = plan.open();
+    for (TaskSpec task; cursor->next(task);)
+        if (task.id == id) return task;
+    return std::nullopt;
+}
+
+// The digests disagree: finds the first line (a million ids at a time) whose task differs
+// from the plan's and throws naming it. Returns if none does (the digest of a number can
+// differ where JSON's comparison does not: 2 and 2.0).
+void name_the_mismatch(const std::filesystem::path& path, std::uintmax_t length, const Plan& plan, std::uint64_t count) {
+    for (std::uint64_t lo = 0; lo < count; lo += kCheckChunk) {
+        const std::uint64_t hi = std::min(count, lo + kCheckChunk);
+        std::vector<std::uint64_t> digests(hi - lo);
+        const auto cursor = plan.open();
+        for (TaskSpec task; cursor->next(task);)
+            if (task.id >= lo && task.id < hi) digests[task.id - lo] = task_digest(task.id, task.type->name(), task.params);
+        for_each_line(path, length, "--resume", [&](const Line& line) {
+            if (line.id < lo || line.id >= hi || task_digest(line.id, line.kind, line.params) == digests[line.id - lo]) return;
+            const auto task = task_of(plan, line.id);
+            if (task && task->type->name() == line.kind && task->params == line.params) return;
+            throw ConfigError(fmt::format("{}: task {} is {} {} there but {} {} here; the journal is from a different plan",
+                                          where("--resume", path, line.number), line.id, printable(line.kind),
+                                          printable(line.params.dump()), task ? task->type->name() : "?",
+                                          task ? printable(task->params.dump()) : "?"));
+        });
+    }
 }
 
 }  // namespace
 
 Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        throw ConfigError(fmt::format("--resume: cannot read journal '{}': {}", printable(path.string()), std::strerror(errno)));
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    const std::string text = buffer.str();
-    const std::size_t complete = complete_length(text);
-    if (complete < text.size()) {
-        spdlog::warn("journal '{}' ends in a torn line; cutting it off: {}", path.string(), printable(text.substr(complete)));
-        std::error_code ec;
+    const std::uint64_t count = plan.known_count().value();
+    const std::uintmax_t complete = complete_length(path, "--resume");
+    std::error_code ec;
+    if (const auto size = std::filesystem::file_size(path, ec); !ec && complete < size) {
+        std::ifstream in(path, std::ios::binary);
+        in.seekg(static_cast<std::streamoff>(complete));
+        std::string torn(static_cast<std::size_t>(std::min<std::uintmax_t>(size - complete, 4096)), '\0');
+        in.read(torn.data(), static_cast<std::streamsize>(torn.size()));
+        spdlog::warn("journal '{}' ends in a torn line; cutting it off: {}", path.string(), printable(torn));
         std::filesystem::resize_file(path, complete, ec);
         if (ec)
             throw ConfigError(fmt::format("--resume: cannot repair journal '{}': {}", printable(path.string()), ec.message()));
     }
-
-    Done done;
-    std::map<std::pair<std::string, TaskId>, int> ok_lines;  // (mode, task) -> the line saying ok
-    std::istringstream lines(text.substr(0, complete));
-    int number = 0;
-    for (std::string line; std::getline(lines, line);) {
-        ++number;
-        if (line.empty()) continue;
-        const auto where = fmt::format("--resume: journal '{}' line {}", printable(path.string()), number);
-        nlohmann::json entry;
-        try {
-            entry = nlohmann::json::parse(line);
-            // What happened on the way (a lost attempt, a lost worker; decision 93) says
-            // nothing about what is done.
-            if (entry.is_object() && entry.contains("event")) continue;
-            const auto id = entry.at("id").get<TaskId>();
-            if (id >= plan.tasks.size() || plan.tasks[id].id != id)
-                throw ConfigError(fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a "
-                                              "different plan", where, id, plan.tasks.size()));
-            const TaskSpec& task = plan.tasks[id];
-            if (entry.at("kind").get<std::string>() != task.type->name() || entry.at("params") != task.params)
-                throw ConfigError(fmt::format("{}: task {} is {} {} there but {} {} here; the journal is from a "
-                                              "different plan", where, id, printable(entry.at("kind").get<std::string>()),
-                                              printable(entry.at("params").dump()), task.type->name(),
-                                              printable(task.params.dump())));
-            if (!entry.at("ok").get<bool>()) continue;
-            const auto mode = entry.at("mode").get<std::string>();
-            // One run writes one line per task and mode, and a resume reruns only what is not
-            // ok: a second ok line means two runs appended at once (or a hand edit), and the
-            // counts built on this journal would be wrong.
-            if (const auto [first, added] = ok_lines.try_emplace({mode, id}, number); !added)
-                throw ConfigError(fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs "
-                                              "wrote to this journal, so it cannot say what is done",
-                                              where, id, printable(mode), first->second));
-            done[mode].insert(id);
-        } catch (const nlohmann::json::exception& e) {
-            throw ConfigError(printable(fmt::format("{}: not a journal line: {}", where, e.what())));
-        }
-    }
+    IdSet seen;                        // ids with a line
+    std::uint64_t journal_digest = 0;  // summed over the first line of each id
+    Done done = read_ok_lines(path, complete, "--resume", [&](const Line& line) {
+        if (line.id >= count)
+            throw ConfigError(fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a different plan",
+                                          where("--resume", path, line.number), line.id, count));
+        if (seen.insert(line.id)) journal_digest += task_digest(line.id, line.kind, line.params);
+    });
+    if (seen.empty()) return done;
+    std::uint64_t plan_digest = 0;
+    const auto cursor = plan.open();
+    for (TaskSpec task; cursor->next(task);)
+        if (seen.contains(task.id)) plan_digest += task_digest(task.id, task.type->name(), task.params);
+    if (plan_digest != journal_digest) name_the_mismatch(path, complete, plan, count);
     return done;
 }
 
-Plan remaining(const Plan& plan, const std::set<TaskId>& done) {
-    Plan rest;
-    for (const TaskSpec& task : plan.tasks)
-        if (!done.contains(task.id)) rest.tasks.push_back(task);
-    return rest;
+Done read_done(const std::filesystem::path& path, const std::string& flag) {
+    return read_ok_lines(path, complete_length(path, flag), flag);
 }
 
 }  // namespace taskfarm

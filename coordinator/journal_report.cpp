@@ -235,8 +235,7 @@ ResumeView resume_view(const Journal& journal) {
     }
     view.plan_size = highest + 1;
     std::map<std::string, std::shared_ptr<const TaskType>> types;
-    Plan plan;
-    plan.tasks.resize(view.plan_size);
+    std::vector<TaskSpec> tasks(view.plan_size);
     std::vector<bool> seen(view.plan_size, false);
     for (const Line& line : journal.lines) {
         if (line.event()) continue;
@@ -247,13 +246,14 @@ ResumeView resume_view(const Journal& journal) {
         auto& type = types[kind];
         if (!type) type = std::make_shared<NamedType>(kind);
         const auto params = line.entry.find("params");
-        plan.tasks[id] = TaskSpec{id, type.get(), params != line.entry.end() ? *params : json(nullptr), 0};
+        tasks[id] = TaskSpec{id, type.get(), params != line.entry.end() ? *params : json(nullptr), 0};
     }
     // Ids the journal never names: --resume runs them (they are in the plan, not done); no
     // line refers to them, so their kind and params are never compared.
     static const NamedType unnamed("?");
     for (TaskId id = 0; id < view.plan_size; ++id)
-        if (!seen[id]) plan.tasks[id] = TaskSpec{id, &unnamed, json(nullptr), 0};
+        if (!seen[id]) tasks[id] = TaskSpec{id, &unnamed, json(nullptr), 0};
+    const Plan plan = Plan::of(std::move(tasks));
     const char* base = std::getenv("TMPDIR");
     std::string pattern = (std::filesystem::path(base && *base ? base : "/tmp") / "taskfarm-report-XXXXXX").string();
     const int fd = ::mkstemp(pattern.data());
@@ -424,15 +424,15 @@ json mode_json(const Journal& journal, const ModeLines& mode, const ResumeView& 
                                {"attempts_lost", load.attempts_lost}, {"lost", load.lost}});
     json would_run = nullptr;
     if (resume.refused.empty() && resume.unknown.empty() && resume.plan_size > 0) {
-        Plan ids;  // the plan's ids only: remaining() goes by id
-        ids.tasks.resize(resume.plan_size);
-        for (TaskId id = 0; id < resume.plan_size; ++id) ids.tasks[id].id = id;
+        std::vector<TaskSpec> ids(resume.plan_size);  // the plan's ids only: skipping() goes by id
+        for (TaskId id = 0; id < resume.plan_size; ++id) ids[id].id = id;
+        const Plan all = Plan::of(std::move(ids));
         const auto done = resume.done.find(mode.mode);
-        static const std::set<TaskId> none;
-        const Plan rest = remaining(ids, done == resume.done.end() ? none : done->second);
+        static const IdSet none;
+        const Plan rest = skipping(all, done == resume.done.end() ? none : done->second);
         std::vector<TaskId> rest_ids;
-        rest_ids.reserve(rest.tasks.size());
-        for (const TaskSpec& task : rest.tasks) rest_ids.push_back(task.id);
+        const auto cursor = rest.open();
+        for (TaskSpec task; cursor->next(task);) rest_ids.push_back(task.id);
         would_run = {{"count", rest_ids.size()}, {"ranges", ranges_of(rest_ids)}, {"after_id", resume.plan_size - 1}};
     }
     std::size_t tasks = 0;

@@ -1,7 +1,9 @@
 #pragma once
 
+#include <cstdio>
 #include <istream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,13 +12,108 @@
 
 namespace taskfarm {
 
-// The tasks of one run. Ids are 0..N-1 in plan order; every mode runs the same plan.
+// Hands out the tasks of a plan one at a time, in id order from the first (ids 0, 1, ...).
+// A plan is never held whole: each mode opens a cursor of its own and gets the same tasks.
+class TaskCursor {
+public:
+    virtual ~TaskCursor() = default;
+    // The next task into `task` (its id, type, params and timeout); false after the last.
+    // Throws ConfigError("NAME:LINE: problem") for a line it cannot accept: with a file
+    // checked before the run only if the file changed since, with standard input read as
+    // the run goes for the first bad line.
+    virtual bool next(TaskSpec& task) = 0;
+};
+
+// Opens cursors over one plan (a generator, a file reader, standard input).
+class PlanSource {
+public:
+    virtual ~PlanSource() = default;
+    virtual std::unique_ptr<TaskCursor> open() const = 0;
+    // How many tasks a cursor found when it reached the end of a plan whose size was not
+    // known before (standard input); nullopt until then.
+    virtual std::optional<std::uint64_t> counted() const { return std::nullopt; }
+};
+
+// Standard input, read once for every cursor. The first reader reads it as it asks for
+// lines; with keep(), every line read is also written to a private temporary file (made
+// in TMPDIR and unlinked at once, so nothing is left behind), which later readers read
+// before they go on from standard input. Memory stays flat either way.
+class StdinSpool {
+public:
+    explicit StdinSpool(std::istream& in);
+    ~StdinSpool();
+    StdinSpool(const StdinSpool&) = delete;
+    StdinSpool& operator=(const StdinSpool&) = delete;
+    // From now on every line read is kept for later readers: call it before the first read
+    // when standard input will be read more than once. Throws ConfigError if it cannot
+    // make the file.
+    void keep();
+    // Keeps and reads standard input to its end now.
+    void read_all();
+
+    // Every line of standard input from the first. Throws ConfigError for a second reader
+    // without keep(), and when reading or the file fails.
+    class Reader {
+    public:
+        explicit Reader(StdinSpool& spool);
+        ~Reader();
+        Reader(Reader&& other) noexcept;
+        Reader& operator=(Reader&&) = delete;
+        bool next(std::string& line);
+
+    private:
+        StdinSpool* spool_;
+        std::uint64_t line_ = 0;      // lines this reader has read
+        std::FILE* kept_ = nullptr;   // its own handle on the file, opened at its first kept line
+    };
+    Reader reader() { return Reader(*this); }
+
+private:
+    bool read_more(std::string& line);  // the next line of standard input, kept if keeping
+
+    std::istream& in_;
+    int fd_ = -1;                 // the kept lines' file, unlinked; -1: not keeping
+    std::FILE* out_ = nullptr;    // appends to it
+    std::uint64_t read_ = 0;      // lines read from standard input so far
+    std::uint64_t flushed_ = 0;   // of those, written through to the file
+    bool readers_ = false;        // a reader has read a line
+};
+
+// The tasks of one run. Ids are 0..N-1 in plan order; every mode runs the same plan. The
+// tasks themselves are made as they are handed out (see TaskCursor), so a plan's memory
+// does not grow with its size.
 struct Plan {
-    std::vector<TaskSpec> tasks;
+    std::shared_ptr<const PlanSource> source;
+    // How many tasks there are; unknown (nullopt) for standard input read as the run goes,
+    // until a cursor has reached its end (then known_count() says).
+    std::optional<std::uint64_t> count;
+    // The types of its tasks, each once, in order of first use.
+    std::vector<const TaskType*> types;
     // What the plan's types keep running for the run (TaskType::prepare), e.g. the built-in
     // image server; started by the coordinator once its signal handling is set up.
     std::vector<std::unique_ptr<RunService>> services;
+    // Standard input, for a plan read from it (--inputs -, --plan -); null otherwise.
+    std::shared_ptr<StdinSpool> stdin_spool;
+
+    std::unique_ptr<TaskCursor> open() const { return source->open(); }
+    // count, or what a cursor that reached the end of standard input counted.
+    std::optional<std::uint64_t> known_count() const;
+
+    // A plan of these tasks, held in memory (tests, benchmarks). Ids as given.
+    static Plan of(std::vector<TaskSpec> tasks);
 };
+
+// Every task of `plan`, in memory: for tests and small plans only.
+std::vector<TaskSpec> all_tasks(const Plan& plan);
+
+// Reads a whole cursor of `plan` once, checking every task, and sets its count and types.
+// Throws ConfigError for the first task it cannot make.
+void count_tasks(Plan& plan);
+
+class IdSet;
+// The tasks of `plan` whose ids `skip` does not hold, in plan order, with their own ids;
+// `skip` must outlive it.
+Plan skipping(const Plan& plan, const IdSet& skip);
 
 // The settings every task sees (Context::settings()): the built-in types' flags (duration_s
 // as [lo, hi], cpu_n, max_bytes, retries, file_size, latency_s, bandwidth, max_output, and
@@ -34,14 +131,21 @@ inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] =
 // Deterministic: the same config (seed included) gives the same plan on every machine.
 // With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,
 // a task of --task per line of it (read_inputs); else --tasks tasks of --task, each from
-// TaskType::generate() (after TaskType::prepare(), which may add to `settings`). Every task
-// gets --task-timeout unless its plan line has its own. A path of `-` is standard input. Throws ConfigError for a plan or
-// input file it cannot read or accept, and for a type that cannot generate the tasks.
+// TaskType::generate() (after TaskType::prepare(), which may add to `settings`), made
+// again in the same order with the same seed by every cursor. Every task gets
+// --task-timeout unless its plan line has its own.
+// A file is read once here to check every line and count the tasks (nothing is kept), then
+// again by each cursor. `--plan -` is kept whole (StdinSpool::read_all) and then checked
+// alike, since its lines decide which modes run; `--inputs -` is read as the run goes and
+// checked line by line as it comes (plan.stdin_spool: the caller calls keep() when it
+// will be read again). Throws ConfigError for a plan or input file it cannot read or
+// accept, and for a type that cannot generate the tasks (its first and last task are made
+// here to find out).
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings);
 
 // Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_numbered_input
-// with the run's `settings`, then TaskType::parse, as for a plan line). The whole list is read
-// before the run starts, standard input included. Blank
+// with the run's `settings`, then TaskType::parse, as for a plan line), all held in memory
+// (for tests; make_plan() reads lazily). Blank
 // lines and lines whose first non-blank character is '#' are skipped, as is blank space
 // around an input. A line the type refuses throws ConfigError("NAME:LINE: problem"); so does
 // a list without inputs.
@@ -55,7 +159,7 @@ Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type
 // Blank lines and lines whose first non-blank character is '#' are skipped. The first bad
 // line throws ConfigError("NAME:LINE: problem"); so does a plan without tasks. A line's
 // "timeout_s" is its task's (0: no limit); without one the task gets kTimeoutNotGiven,
-// which make_plan() replaces with --task-timeout.
+// which make_plan() replaces with --task-timeout. All held in memory (for tests).
 Plan read_plan(std::istream& in, const std::string& name, const Registry& registry);
 inline constexpr double kTimeoutNotGiven = -1;
 

@@ -38,7 +38,11 @@ double rate_of(const ProgressSnapshot& s) {
     return s.elapsed_s > 0 ? static_cast<double>(s.done) / s.elapsed_s : 0.0;
 }
 
+// The total, or "?" while it is not known (a list read from standard input as the run goes).
+std::string total_text(const ProgressSnapshot& s) { return s.total > 0 ? fmt::format("{}", s.total) : "?"; }
+
 std::string eta_text(const ProgressSnapshot& s) {
+    if (s.total == 0) return "?";
     if (s.done >= s.total) return duration_text(0);
     if (s.done == 0) return "?";
     return duration_text(static_cast<double>(s.total - s.done) / rate_of(s));
@@ -59,7 +63,7 @@ std::optional<ProgressStyle> progress_style(ProgressMode mode, int fd) {
 
 std::string progress_bar(const ProgressSnapshot& s, std::size_t width) {
     const std::string head = fmt::format("{:<10} ", s.mode);
-    std::string tail = fmt::format(" {}/{}", s.done, s.total);
+    std::string tail = fmt::format(" {}/{}", s.done, total_text(s));
     if (s.failed > 0) tail += fmt::format("  {} failed", s.failed);
     tail += fmt::format("  {:.1f} tasks/s  {}  ETA {}", rate_of(s), duration_text(s.elapsed_s), eta_text(s));
     const std::size_t room = width > head.size() + tail.size() + 3 ? width - 1 - head.size() - tail.size() - 2 : 0;
@@ -74,7 +78,7 @@ std::string progress_bar(const ProgressSnapshot& s, std::size_t width) {
 }
 
 std::string progress_summary(const ProgressSnapshot& s) {
-    return fmt::format("{}: {}/{} tasks done, {} failed, {:.1f} tasks/s, {} elapsed, ETA {}", s.mode, s.done, s.total,
+    return fmt::format("{}: {}/{} tasks done, {} failed, {:.1f} tasks/s, {} elapsed, ETA {}", s.mode, s.done, total_text(s),
                        s.failed, rate_of(s), duration_text(s.elapsed_s), eta_text(s));
 }
 
@@ -173,7 +177,7 @@ void ProgressSink::begin_mode_(const std::string& mode, std::size_t tasks) {
         failed_ = 0;
         started_ = Clock::now();
         finished_.reset();
-        running_ = tasks > 0;
+        running_ = true;  // tasks 0: not known yet (standard input), not none
         last_update_ = started_;
     }
     update(true);
@@ -190,7 +194,7 @@ void ProgressSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         std::lock_guard lock(state_mutex_);
         ++done_;
         if (!result.ok) ++failed_;
-        if (done_ >= total_) {
+        if (total_ > 0 && done_ >= total_) {
             finished_ = Clock::now();
             running_ = false;
             complete = true;

@@ -127,6 +127,8 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
         {"retried", report.retried},
         {"recycled", report.recycled},
         {"failures", failures},
+        {"failures_not_listed", report.failed - std::min(report.failed, report.failures.size())},
+        {"plan_error", report.plan_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(report.plan_error)},
         {"placement", placement},
         {"task_cost",
          {{"measured", report.cost.measured},

@@ -12,6 +12,10 @@
 
 namespace taskfarm {
 
+// How many failures a report lists: a run of millions of failing tasks keeps no list of
+// them all in memory.
+inline constexpr std::size_t kMaxFailuresListed = 100;
+
 struct Failure {
     TaskId id = kNoId;
     std::string error;
@@ -53,7 +57,12 @@ struct RunReport {
     // Worker processes that exited and were replaced at a limit (--max-tasks-per-worker,
     // --max-worker-memory): not deaths, charged to no task.
     std::size_t recycled = 0;
-    std::vector<Failure> failures;  // in completion order
+    // The first kMaxFailuresListed failures, in completion order: `failed` counts them all,
+    // the journal (--results) has every one.
+    std::vector<Failure> failures;
+    // Why the plan stopped giving tasks before its end (a bad line of standard input read as
+    // the run went); empty if it did not. The tasks after it did not run.
+    std::string plan_error;
     std::vector<Placement> placement;  // by worker name (w2 before w10); a respawned worker again
     CostTotals cost;  // of this run's results (a resumed mode: not the journal's earlier ones)
 };

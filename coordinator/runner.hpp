@@ -62,6 +62,8 @@ public:
     // not counted as failed; its task's final result comes later through record().
     void record_retry(const TaskSpec& task, TaskResult result);
     void count_recycled();  // a worker was recycled (RunReport::recycled)
+    // The plan stopped giving tasks before its end, for this reason (RunReport::plan_error).
+    void plan_error(const std::string& error);
     // Notes where a worker or thread runs, for the report's placement and cpus_used.
     void place(Placement placement);
     // Stamps `event` with the time since the start of the mode and forwards it to the sink.
@@ -90,6 +92,7 @@ private:
     const std::chrono::steady_clock::time_point cpu_since_ = std::chrono::steady_clock::now();
     const CpuTimes cpu_at_start_ = CpuTimes::now();
     ResultSink& sink_;
+    const Plan& plan_;  // its known_count() is the report's tasks once the mode is over
     mutable std::mutex mutex_;
     RunReport report_;
     std::atomic<bool> unflushed_{false};  // a result went to the sink since the last flush

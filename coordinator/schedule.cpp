@@ -45,6 +45,7 @@ Schedule::Schedule(const Plan& plan, DispatchOptions options, ScheduleActions& a
       stop_(std::move(stop)),
       task_bytes_(std::move(task_bytes)),
       max_batch_bytes_(max_batch_bytes),
+      cursor_(plan.open()),
       to_spawn_(options_.workers),
       all_hello_(options_.workers <= 0),
       // Without remote workers to wait for, work starts at the first hello.
@@ -65,7 +66,7 @@ bool Schedule::done() const {
         return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w.second.in_flight.empty(); });
     // A short plan may be done before the last worker is up; the run still waits for its
     // hello (its placement goes in the report, and one that cannot start is an error).
-    return finished_ >= plan_.tasks.size() && all_hello_;
+    return all_finished() && all_hello_;
 }
 
 void Schedule::shutdown_workers() {
@@ -178,7 +179,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     Worker& worker = found->second;
     // Results come back in the order the tasks were sent, so this is almost always the first.
     const auto attempt = std::find_if(worker.in_flight.begin(), worker.in_flight.end(), [&](const Attempt& a) {
-        return plan_.tasks[a.index].id == message.id && a.number == message.attempt;
+        return a.index == message.id && a.number == message.attempt;
     });
     if (attempt == worker.in_flight.end()) {
         spdlog::debug("ignored duplicate or stale result of task {} attempt {}", message.id, message.attempt);
@@ -196,10 +197,11 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
         if (result.cost.scope != TaskCost::Scope::None) result.cost.host = worker.host;
         return result;
     };
-    const TaskSpec& task = plan_.tasks[done.index];
+    const TaskSpec& task = live_.at(done.index);
     if (cancelled_.contains(done.index) && !message.ok) {
         ++finished_;
         actions_.record(task, cancelled(with_host(proto::to_result(message, worker.name, task.type))));
+        retire(done.index);
     } else if (!message.ok && !draining_ && done.number <= engine_retries(task.type, options_.retries)) {
         // --retries: a failure runs again, on whichever worker is free first; not while
         // draining, which starts nothing.
@@ -208,6 +210,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     } else {
         ++finished_;
         actions_.record(task, with_host(proto::to_result(message, worker.name, task.type)));
+        retire(done.index);
     }
     check_recycle(found, now);
 }
@@ -235,7 +238,7 @@ void Schedule::check_recycle(std::map<PeerId, Worker>::iterator found, Clock::ti
             return;
     }
     // It finishes what it holds first; and at the end of the run there is nothing to replace it for.
-    if (!worker.in_flight.empty() || finished_ >= plan_.tasks.size() || draining_) return;
+    if (!worker.in_flight.empty() || all_finished() || draining_) return;
     const auto spawned = spawned_.find(worker.pid);
     spdlog::info("recycling worker {} (pid {}): {}", worker.name, worker.pid, worker.retiring);
     retired_[worker.pid] = Retired{worker.name, spawned->second.cpu, now};
@@ -262,12 +265,11 @@ void Schedule::watch_retired(Clock::time_point now) {
 }
 
 void Schedule::cancel(TaskId id, Clock::time_point now) {
-    const auto task = std::find_if(plan_.tasks.begin(), plan_.tasks.end(), [id](const TaskSpec& t) { return t.id == id; });
-    if (task == plan_.tasks.end()) {
-        spdlog::warn("cannot cancel task {}: it is not in this run's plan (or is done in the journal)", id);
+    const std::size_t index = id;
+    if (plan_.count && id >= *plan_.count) {
+        spdlog::warn("cannot cancel task {}: this run's plan has {} tasks", id, *plan_.count);
         return;
     }
-    const auto index = static_cast<std::size_t>(task - plan_.tasks.begin());
     if (cancelled_.contains(index)) return;
     for (auto& [peer, worker] : workers_) {
         const auto held = std::find_if(worker.in_flight.begin(), worker.in_flight.end(),
@@ -284,11 +286,11 @@ void Schedule::cancel(TaskId id, Clock::time_point now) {
         cancelled_.insert(index);
         return record_cancelled(attempt, {}, Clock::duration::zero());
     }
-    if (index >= next_index_) {
-        cancelled_.insert(index);  // skipped when it comes up
-        return record_cancelled({index, 1, now}, {}, Clock::duration::zero());
-    }
-    spdlog::warn("cannot cancel task {}: it has its result already", id);
+    // Not handed out yet, or done already: the plan is made as it goes (decision 96), so a task
+    // not yet made is recorded as cancelled when its turn comes; one that is done never comes.
+    (void)now;
+    cancelled_.insert(index);
+    spdlog::info("task {} is cancelled when its turn comes, unless it has its result already", id);
 }
 
 void Schedule::record_cancelled(const Attempt& attempt, const std::string& worker, Clock::duration ran) {
@@ -313,7 +315,7 @@ void Schedule::returned(const PeerId& peer, const proto::Returned& message, Cloc
     std::vector<Attempt> back;
     for (const proto::TaskRef& ref : message.tasks) {
         const auto attempt = std::find_if(in_flight.begin(), in_flight.end(), [&](const Attempt& a) {
-            return plan_.tasks[a.index].id == ref.id && a.number == ref.attempt;
+            return a.index == ref.id && a.number == ref.attempt;
         });
         if (attempt == in_flight.end()) continue;  // stale: not one it holds
         const Attempt given = *attempt;
@@ -366,7 +368,7 @@ void Schedule::watch_overruns(Clock::time_point now) {
     std::vector<PeerId> overran;
     for (const auto& [peer, worker] : workers_) {
         if (worker.in_flight.empty()) continue;
-        const double timeout_s = plan_.tasks[worker.in_flight.front().index].timeout_s;
+        const double timeout_s = task(worker.in_flight.front().index).timeout_s;
         if (timeout_s <= 0) continue;
         const auto limit = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
         if (now - worker.running_since > limit + kOverrunGrace) overran.push_back(peer);
@@ -377,12 +379,12 @@ void Schedule::watch_overruns(Clock::time_point now) {
         Worker& worker = workers_.at(peer);
         const Attempt attempt = worker.in_flight.front();
         worker.in_flight.pop_front();
-        const TaskSpec& task = plan_.tasks[attempt.index];
+        const double timeout_s = task(attempt.index).timeout_s;
         fail(attempt, worker.name,
-             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", task.timeout_s,
+             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", timeout_s,
                          worker.name, worker.remote ? "told to shut down" : "killed"),
              now - worker.running_since);
-        lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, task.id), now);
+        lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, attempt.index), now);
     }
 }
 
@@ -447,17 +449,47 @@ std::size_t Schedule::limit(const Worker& worker) const {
     return std::min<std::uint64_t>(most, left);
 }
 
+bool Schedule::has_fresh() const {
+    if (peeked_) return true;
+    if (cursor_ended_) return false;
+    TaskSpec task;
+    try {
+        if (cursor_->next(task)) {
+            peeked_ = task.id;
+            live_.emplace(task.id, std::move(task));
+            return true;
+        }
+    } catch (const std::exception& e) {
+        // A bad line of standard input: the tasks before it run, none after it.
+        plan_error_ = e.what();
+    }
+    cursor_ended_ = true;
+    cursor_.reset();
+    return false;
+}
+
+std::size_t Schedule::pending() const {
+    if (!has_fresh()) return retries_.size();
+    const auto count = plan_.count;
+    return retries_.size() + (count && *count > taken_ ? static_cast<std::size_t>(*count - taken_) : kUnknownFresh);
+}
+
+bool Schedule::all_finished() const { return !has_fresh() && live_.empty(); }
+
 Attempt& Schedule::peek_pending() {
     if (!retries_.empty()) return retries_.front();
-    next_fresh_ = {next_index_, 1};
+    has_fresh();
+    next_fresh_ = {*peeked_, 1};
     return next_fresh_;
 }
 
 void Schedule::pop_pending() {
-    if (!retries_.empty())
+    if (!retries_.empty()) {
         retries_.pop_front();
-    else
-        ++next_index_;
+    } else {
+        peeked_.reset();
+        ++taken_;
+    }
 }
 
 void Schedule::dispatch(Clock::time_point now) {
@@ -497,11 +529,12 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
         std::size_t bytes = 0;
         while (batch_.size() < std::min(count, proto::kMaxBatch) && pending() > 0) {
             Attempt attempt = peek_pending();
-            if (skipped(attempt)) {
+            if (skipped(attempt)) {  // cancelled before it was made: its cancel is its result
                 pop_pending();
+                record_cancelled(attempt, {}, Clock::duration::zero());
                 continue;
             }
-            const TaskSpec& task = plan_.tasks[attempt.index];
+            const TaskSpec& task = this->task(attempt.index);
             const std::size_t size = task_bytes_(task, attempt.number);
             if (size > max_batch_bytes_) {
                 pop_pending();
@@ -564,7 +597,7 @@ void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::tim
 }
 
 void Schedule::replace(const std::string& name, int cpu, Clock::time_point now, bool counted) {
-    if (finished_ >= plan_.tasks.size() || stop_.stop_requested() || draining_) return;
+    if (all_finished() || stop_.stop_requested() || draining_) return;
     if (!counted) return spawn(name, cpu, now);  // recycled: a replacement by design, not for a death
     if (respawns_ >= options_.max_respawns) {
         spdlog::error("not replacing worker {}: all {} replacements allowed by --max-respawns are used up", name,
@@ -577,7 +610,7 @@ void Schedule::replace(const std::string& name, int cpu, Clock::time_point now, 
 
 void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, const std::string& reason,
                              Clock::time_point now) {
-    const TaskSpec& task = plan_.tasks[attempt.index];
+    const TaskSpec& task = this->task(attempt.index);
     if (cancelled_.contains(attempt.index)) return record_cancelled(attempt, worker, now - attempt.sent);
     if (attempt.number < options_.max_attempts) {
         retries_.push_front({attempt.index, attempt.number + 1});
@@ -596,7 +629,7 @@ void Schedule::retry_or_fail(const Attempt& attempt, const std::string& worker, 
 
 void Schedule::fail(const Attempt& attempt, const std::string& worker, std::string error, Clock::duration ran,
                     bool cancelled) {
-    const TaskSpec& task = plan_.tasks[attempt.index];
+    const TaskSpec& task = this->task(attempt.index);
     TaskResult result;
     result.cancelled = cancelled;
     result.id = task.id;
@@ -607,13 +640,17 @@ void Schedule::fail(const Attempt& attempt, const std::string& worker, std::stri
     result.run_time = ran;
     ++finished_;
     actions_.record(task, std::move(result));
+    retire(attempt.index);
 }
 
 void Schedule::fail_pending(const std::string& reason) {
     while (pending() > 0) {
         const Attempt attempt = peek_pending();
         pop_pending();
-        if (skipped(attempt)) continue;
+        if (skipped(attempt)) {  // cancelled before it was made: its cancel is its result
+            record_cancelled(attempt, {}, Clock::duration::zero());
+            continue;
+        }
         fail(attempt, {}, reason, Clock::duration::zero());
     }
 }

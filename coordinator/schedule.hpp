@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "plan.hpp"
@@ -76,7 +77,7 @@ using PeerId = std::string;
 
 // One hand-out of one task.
 struct Attempt {
-    std::size_t index;     // into plan.tasks
+    std::size_t index;     // the task's id, its place in the plan: Schedule::task(index) gives it
     std::uint32_t number;  // 1 for the first
     std::chrono::steady_clock::time_point sent{};  // when it was handed to a worker; unset while pending
 };
@@ -168,6 +169,11 @@ public:
     // The worker's name, or nullopt for a peer that has not said hello.
     std::optional<std::string> name_of(const PeerId& peer) const;
     std::size_t finished() const { return finished_; }
+    // A task handed out and not finished (in flight or to be retried), or the next to go out.
+    const TaskSpec& task(std::size_t index) const { return live_.at(index); }
+    // Why the plan stopped giving tasks before its end (a bad line of standard input), if
+    // it did: the tasks after it are not run, the run is done once those before it are.
+    const std::optional<std::string>& plan_error() const { return plan_error_; }
 
     // How often deadlines and liveness are checked: how soon a silent worker or a late
     // task is noticed past its limit.
@@ -214,9 +220,14 @@ private:
     void dispatch(Clock::time_point now);
     std::size_t window() const;                    // tasks each worker may hold now
     std::size_t limit(const Worker& worker) const;  // tasks this worker may hold now
-    std::size_t pending() const { return retries_.size() + (plan_.tasks.size() - next_index_); }
+    // Tasks not yet sent: the retries, then the fresh ones (an estimate while their number
+    // is not known: kUnknownFresh).
+    std::size_t pending() const;
+    bool has_fresh() const;      // the cursor has a task not yet taken (made now, into live_)
+    bool all_finished() const;   // every task of the plan has its final result
     Attempt& peek_pending();  // pending() > 0
     void pop_pending();
+    void retire(std::size_t index) { live_.erase(index); }  // the task has its final result
     void send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now);
     void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now);
     void lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now);
@@ -240,9 +251,16 @@ private:
     const TaskBytes task_bytes_;
     const std::size_t max_batch_bytes_;
 
-    // Not yet sent: the retries and returned tasks first, then plan.tasks[next_index_...].
+    // Not yet sent: the retries and returned tasks first, then the cursor's, made as they go
+    // out: only the tasks handed out and not finished are held (live_), never the plan.
+    static constexpr std::size_t kUnknownFresh = std::size_t{1} << 30;
     std::deque<Attempt> retries_;
-    std::size_t next_index_ = 0;
+    mutable std::unique_ptr<TaskCursor> cursor_;
+    mutable std::optional<std::size_t> peeked_;  // the cursor's next task, made and in live_, not yet taken
+    mutable bool cursor_ended_ = false;
+    mutable std::optional<std::string> plan_error_;
+    mutable std::unordered_map<std::size_t, TaskSpec> live_;  // by id: peeked, in flight or to be retried
+    std::uint64_t taken_ = 0;                  // fresh tasks taken from the cursor
     Attempt next_fresh_{0, 1};                 // scratch for peek_pending() of a fresh task
     std::map<PeerId, Worker> workers_;         // connected: said hello, not lost
     std::map<pid_t, Spawned> spawned_;         // live processes of ours, by pid
@@ -259,7 +277,7 @@ private:
     double run_s_estimate_ = -1;               // moving average of task run times; < 0: none yet
     std::vector<Attempt> batch_;               // reused for every batch sent
     bool draining_ = false;                    // drain(): nothing more is handed out
-    // Cancelled (by plan index): recorded when it was pending (and skipped when it comes up),
+    // Cancelled (by id): recorded at once when it was queued, or when it comes up if it was not made yet,
     // else recorded as cancelled when its result or its worker's loss comes.
     std::set<std::size_t> cancelled_;
     std::map<pid_t, Retired> retired_;         // recycled, not exited yet, by pid

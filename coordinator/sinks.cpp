@@ -1,5 +1,7 @@
 #include "sinks.hpp"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -237,10 +239,17 @@ void JournalSink::write_line(const nlohmann::json& line) {
 
 void RecordingSink::begin_mode_(const std::string& mode, std::size_t tasks) {
     modes_.push_back({mode, std::nullopt, {}, {}});
-    modes_.back().results.reserve(tasks);
+    modes_.back().results.reserve(std::min(tasks, max_results_ - kept_));
 }
 
-void RecordingSink::sink_it_(const TaskSpec&, const TaskResult& result) { modes_.back().results.push_back(result); }
+void RecordingSink::sink_it_(const TaskSpec&, const TaskResult& result) {
+    if (kept_ >= max_results_) {
+        ++dropped_;
+        return;
+    }
+    ++kept_;
+    modes_.back().results.push_back(result);
+}
 
 void RecordingSink::event_it_(const RunEvent& event) { modes_.back().events.push_back(event); }
 

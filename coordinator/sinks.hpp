@@ -119,9 +119,13 @@ private:
     std::string error_;
 };
 
-// Keeps every result and event of every mode in memory, for --trace and --timeline.
+// Keeps every result and event of every mode in memory, for --trace and --timeline, up to
+// `max_results` results in all: past it (a plan read from standard input, whose size was not
+// known before the run) the rest are counted, not kept, and dropped() says how many.
 class RecordingSink final : public ResultSink {
 public:
+    explicit RecordingSink(std::size_t max_results = static_cast<std::size_t>(-1)) : max_results_(max_results) {}
+    std::size_t dropped() const { return dropped_; }
     // What was recorded, one entry per begin_mode(); the report is left for the caller to
     // fill in. Call it once no runner is running.
     std::vector<ModeRecording> take() { return std::move(modes_); }
@@ -133,6 +137,9 @@ protected:
 
 private:
     std::vector<ModeRecording> modes_;
+    std::size_t max_results_;
+    std::size_t kept_ = 0;
+    std::size_t dropped_ = 0;
 };
 
 }  // namespace taskfarm

@@ -1,5 +1,6 @@
 // sleep: waits `seconds`, as the tutorial's time.sleep(); a sleep of 0 is the benchmarks' no-op.
 
+#include <charconv>
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
@@ -28,6 +29,16 @@ public:
         if (!seconds) throw std::invalid_argument("sleep needs \"seconds\"");
         read.finish();
         return Params{{"seconds", *seconds}};
+    }
+
+    // A line of --inputs is its seconds: `yes 0 | head -n 100000 | coordinator --task sleep
+    // --inputs -` is 100,000 no-ops read from standard input.
+    Params from_input(std::string_view line) const override {
+        double seconds = 0;
+        const auto [end, error] = std::from_chars(line.data(), line.data() + line.size(), seconds);
+        if (error != std::errc{} || end != line.data() + line.size())
+            throw std::invalid_argument(fmt::format("sleep takes a number of seconds per line, not '{}'", line));
+        return Params{{"seconds", seconds}};
     }
 
     // --duration S or LO-HI (settings "duration_s": [lo, hi]): a range draws each sleep from

@@ -24,8 +24,9 @@ protected:
 };
 
 Plan sleeps(int tasks, double seconds) {
-    Plan plan;
-    for (int i = 0; i < tasks; ++i) plan.tasks.push_back(testing::task_of("sleep", {{"seconds", seconds}}, static_cast<TaskId>(i)));
+    std::vector<TaskSpec> list;
+    for (int i = 0; i < tasks; ++i) list.push_back(testing::task_of("sleep", {{"seconds", seconds}}, static_cast<TaskId>(i)));
+    Plan plan = Plan::of(std::move(list));
     return plan;
 }
 
@@ -199,8 +200,9 @@ class LargeTasks : public ::testing::TestWithParam<int> {};
 
 TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
     Rig rig;
-    Plan plan = sleeps(300, 0);
-    for (TaskSpec& task : plan.tasks) task.params["padding"] = std::string(9000, 'a');  // sleep reads "seconds" only
+    std::vector<TaskSpec> padded = all_tasks(sleeps(300, 0));
+    for (TaskSpec& task : padded) task.params["padding"] = std::string(9000, 'a');  // sleep reads "seconds" only
+    const Plan plan = Plan::of(std::move(padded));
     CollectingSink sink;
     {
         ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});

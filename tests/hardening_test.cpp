@@ -473,10 +473,10 @@ TEST(Timeouts, APlanLinesZeroMeansNoLimitAndAbsentMeansTheDefault) {
                                    "{\"kind\":\"sleep\",\"seconds\":0,\"timeout_s\":5}\n");
     config.plan_path = dir / "plan.jsonl";
     const Plan plan = testing::plan_for(config);
-    ASSERT_EQ(plan.tasks.size(), 3u);
-    EXPECT_EQ(plan.tasks[0].timeout_s, 0.0);
-    EXPECT_EQ(plan.tasks[1].timeout_s, 2.0);
-    EXPECT_EQ(plan.tasks[2].timeout_s, 5.0);
+    ASSERT_EQ(all_tasks(plan).size(), 3u);
+    EXPECT_EQ(all_tasks(plan)[0].timeout_s, 0.0);
+    EXPECT_EQ(all_tasks(plan)[1].timeout_s, 2.0);
+    EXPECT_EQ(all_tasks(plan)[2].timeout_s, 5.0);
 }
 
 TEST(Timeouts, AZeroTimeoutLineOutlivesTaskTimeout) {

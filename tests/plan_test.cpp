@@ -23,11 +23,11 @@ RunConfig sleeps(int tasks, double lo, double hi, std::uint64_t seed = 1) {
 
 TEST(Plan, NumbersTasksFromZeroInPlanOrder) {
     const Plan plan = testing::plan_for(sleeps(5, 0.5, 0.5));
-    ASSERT_EQ(plan.tasks.size(), 5u);
-    for (std::size_t i = 0; i < plan.tasks.size(); ++i) {
-        EXPECT_EQ(plan.tasks[i].id, i);
-        EXPECT_EQ(plan.tasks[i].type->name(), "sleep");
-        EXPECT_EQ(plan.tasks[i].params.at("seconds"), 0.5);
+    ASSERT_EQ(all_tasks(plan).size(), 5u);
+    for (std::size_t i = 0; i < all_tasks(plan).size(); ++i) {
+        EXPECT_EQ(all_tasks(plan)[i].id, i);
+        EXPECT_EQ(all_tasks(plan)[i].type->name(), "sleep");
+        EXPECT_EQ(all_tasks(plan)[i].params.at("seconds"), 0.5);
     }
 }
 
@@ -38,12 +38,12 @@ TEST(Plan, RandomDurationsStayInRangeAndRepeatWithTheSeed) {
     std::size_t differ = 0;
     double lowest = 10;
     double highest = 1;
-    for (std::size_t i = 0; i < first.tasks.size(); ++i) {
-        const double seconds = first.tasks[i].params.at("seconds");
+    for (std::size_t i = 0; i < all_tasks(first).size(); ++i) {
+        const double seconds = all_tasks(first)[i].params.at("seconds");
         EXPECT_GE(seconds, 1.0);
         EXPECT_LE(seconds, 10.0);
-        EXPECT_EQ(seconds, again.tasks[i].params.at("seconds"));
-        differ += seconds != other.tasks[i].params.at("seconds");
+        EXPECT_EQ(seconds, all_tasks(again)[i].params.at("seconds"));
+        differ += seconds != all_tasks(other)[i].params.at("seconds");
         lowest = std::min(lowest, seconds);
         highest = std::max(highest, seconds);
     }
@@ -55,9 +55,9 @@ TEST(Plan, RandomDurationsStayInRangeAndRepeatWithTheSeed) {
 TEST(Plan, KnownSeedGivesKnownDurations) {
     // Pinned: a change of generator would silently change every published experiment.
     const Plan plan = testing::plan_for(sleeps(3, 1, 10, 1));
-    EXPECT_EQ(plan.tasks[0].params.at("seconds"), 2.205);
-    EXPECT_EQ(plan.tasks[1].params.at("seconds"), 2.228);
-    EXPECT_EQ(plan.tasks[2].params.at("seconds"), 5.061);
+    EXPECT_EQ(all_tasks(plan)[0].params.at("seconds"), 2.205);
+    EXPECT_EQ(all_tasks(plan)[1].params.at("seconds"), 2.228);
+    EXPECT_EQ(all_tasks(plan)[2].params.at("seconds"), 5.061);
 }
 
 TEST(Plan, CpuTaskIGetsItsOwnRangeOfCpuNNumbers) {
@@ -66,12 +66,12 @@ TEST(Plan, CpuTaskIGetsItsOwnRangeOfCpuNNumbers) {
     config.tasks = 3;
     config.cpu_n = 1'000'000;
     const Plan plan = testing::plan_for(config);
-    ASSERT_EQ(plan.tasks.size(), 3u);
+    ASSERT_EQ(all_tasks(plan).size(), 3u);
     for (std::size_t i = 0; i < 3; ++i) {
-        EXPECT_EQ(plan.tasks[i].id, i);
-        EXPECT_EQ(plan.tasks[i].type->name(), "cpu");
-        EXPECT_EQ(plan.tasks[i].params.at("lo"), i * 1'000'000);
-        EXPECT_EQ(plan.tasks[i].params.at("hi"), (i + 1) * 1'000'000);
+        EXPECT_EQ(all_tasks(plan)[i].id, i);
+        EXPECT_EQ(all_tasks(plan)[i].type->name(), "cpu");
+        EXPECT_EQ(all_tasks(plan)[i].params.at("lo"), i * 1'000'000);
+        EXPECT_EQ(all_tasks(plan)[i].params.at("hi"), (i + 1) * 1'000'000);
     }
 }
 
@@ -99,16 +99,16 @@ TEST(PlanFile, ReadsTasksInOrderSkippingBlankLinesAndComments) {
         "{\"kind\":\"cpu\",\"n\":2000000}\r\n"
         "  {\"kind\": \"cpu\", \"lo\": 100, \"hi\": 200}  \n"
         "{\"seconds\":2,\"kind\":\"sleep\"}");  // no newline at the end
-    ASSERT_EQ(plan.tasks.size(), 4u);
-    for (std::size_t i = 0; i < plan.tasks.size(); ++i) EXPECT_EQ(plan.tasks[i].id, i);
-    EXPECT_EQ(plan.tasks[0].type->name(), "sleep");
-    EXPECT_EQ(plan.tasks[0].params.at("seconds"), 0.5);
-    EXPECT_EQ(plan.tasks[1].type->name(), "cpu");
-    EXPECT_EQ(plan.tasks[1].params.at("lo"), 0u);
-    EXPECT_EQ(plan.tasks[1].params.at("hi"), 2'000'000u);
-    EXPECT_EQ(plan.tasks[2].params.at("lo"), 100u);
-    EXPECT_EQ(plan.tasks[2].params.at("hi"), 200u);
-    EXPECT_EQ(plan.tasks[3].params.at("seconds"), 2.0);
+    ASSERT_EQ(all_tasks(plan).size(), 4u);
+    for (std::size_t i = 0; i < all_tasks(plan).size(); ++i) EXPECT_EQ(all_tasks(plan)[i].id, i);
+    EXPECT_EQ(all_tasks(plan)[0].type->name(), "sleep");
+    EXPECT_EQ(all_tasks(plan)[0].params.at("seconds"), 0.5);
+    EXPECT_EQ(all_tasks(plan)[1].type->name(), "cpu");
+    EXPECT_EQ(all_tasks(plan)[1].params.at("lo"), 0u);
+    EXPECT_EQ(all_tasks(plan)[1].params.at("hi"), 2'000'000u);
+    EXPECT_EQ(all_tasks(plan)[2].params.at("lo"), 100u);
+    EXPECT_EQ(all_tasks(plan)[2].params.at("hi"), 200u);
+    EXPECT_EQ(all_tasks(plan)[3].params.at("seconds"), 2.0);
 }
 
 TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
@@ -157,10 +157,10 @@ TEST(PlanFile, RefusesOverflowsDuplicateKeysNulsAndDurationsBeyondAYear) {
 
 TEST(PlanFile, ReadsDownloadLinesAndChecksTheirUrls) {
     const Plan plan = plan_from("{\"kind\":\"download\",\"url\":\"https://example.com/a.jpg\",\"timeout_s\":5}\n");
-    ASSERT_EQ(plan.tasks.size(), 1u);
-    EXPECT_EQ(plan.tasks[0].type->name(), "download");
-    EXPECT_EQ(plan.tasks[0].params.at("url"), "https://example.com/a.jpg");
-    EXPECT_EQ(plan.tasks[0].timeout_s, 5.0);
+    ASSERT_EQ(all_tasks(plan).size(), 1u);
+    EXPECT_EQ(all_tasks(plan)[0].type->name(), "download");
+    EXPECT_EQ(all_tasks(plan)[0].params.at("url"), "https://example.com/a.jpg");
+    EXPECT_EQ(all_tasks(plan)[0].timeout_s, 5.0);
     EXPECT_EQ(plan_error("{\"kind\":\"download\"}"), "p.jsonl:1: download needs \"url\"");
     EXPECT_EQ(plan_error("{\"kind\":\"download\",\"url\":7}"), "p.jsonl:1: \"url\" must be a string, not 7");
     EXPECT_EQ(plan_error("{\"kind\":\"download\",\"url\":\"file:///etc/passwd\"}")
@@ -173,10 +173,10 @@ TEST(PlanFile, ReadsDownloadLinesAndChecksTheirUrls) {
 TEST(UrlList, SkipsBlankLinesCommentsAndSpaceAroundUrls) {
     std::istringstream in("# pictures\n\n  https://example.com/a.jpg  \r\n\t# more\nhttp://127.0.0.1:8080/b?x=1\n");
     const Plan plan = read_inputs(in, "u.txt", *testing::type("download"), Json::object());
-    ASSERT_EQ(plan.tasks.size(), 2u);
-    EXPECT_EQ(plan.tasks[0].params, (Json{{"url", "https://example.com/a.jpg"}}));
-    EXPECT_EQ(plan.tasks[1].params, (Json{{"url", "http://127.0.0.1:8080/b?x=1"}}));
-    EXPECT_EQ(plan.tasks[1].id, 1u);
+    ASSERT_EQ(all_tasks(plan).size(), 2u);
+    EXPECT_EQ(all_tasks(plan)[0].params, (Json{{"url", "https://example.com/a.jpg"}}));
+    EXPECT_EQ(all_tasks(plan)[1].params, (Json{{"url", "http://127.0.0.1:8080/b?x=1"}}));
+    EXPECT_EQ(all_tasks(plan)[1].id, 1u);
 }
 
 TEST(UrlList, NamesTheLineThatIsNotAnHttpUrl) {
@@ -208,11 +208,11 @@ TEST(Plan, GeneratedDownloadsAreTheServersImagesWithTheRunsSettings) {
     config.out_dir = "pictures";
     Json settings = settings_json(config);
     const Plan plan = make_plan(config, builtin_types(), settings);
-    ASSERT_EQ(plan.tasks.size(), 2u);
+    ASSERT_EQ(all_tasks(plan).size(), 2u);
     ASSERT_EQ(plan.services.size(), 1u);  // the image server, bound, not started
-    EXPECT_EQ(plan.tasks[1].params, (Json{{"url", settings.at("served_urls").at(1)}}));
-    EXPECT_TRUE(plan.tasks[1].params.at("url").get<std::string>().ends_with("/photo-1.ppm"));
-    EXPECT_EQ(plan.tasks[1].timeout_s, 9.0);
+    EXPECT_EQ(all_tasks(plan)[1].params, (Json{{"url", settings.at("served_urls").at(1)}}));
+    EXPECT_TRUE(all_tasks(plan)[1].params.at("url").get<std::string>().ends_with("/photo-1.ppm"));
+    EXPECT_EQ(all_tasks(plan)[1].timeout_s, 9.0);
     EXPECT_EQ(settings.at("max_bytes"), 1000u);
     EXPECT_EQ(settings.at("retries"), 4u);
     EXPECT_EQ(mode_out_dir(config, Mode::Threads), std::filesystem::current_path() / "pictures" / "threads");
@@ -236,7 +236,7 @@ TEST(Plan, AGeneratorThatCannotMakeATaskIsAConfigErrorNamingTheType) {
         testing::plan_for(config);
         ADD_FAILURE() << "no error for cpu tasks past the limit";
     } catch (const ConfigError& e) {
-        EXPECT_EQ(std::string(e.what()), "--task cpu: cannot make task 1 of 3: cpu task 1 would end at 2 x --cpu-n 600000000000, "
+        EXPECT_EQ(std::string(e.what()), "--task cpu: cannot make task 2 of 3: cpu task 2 would end at 3 x --cpu-n 600000000000, "
                                          "above the limit 1000000000000; lower --cpu-n or --tasks");
     }
 }
@@ -255,8 +255,8 @@ TEST(PlanFile, MakePlanReadsTheFileAndNamesOneItCannotOpen) {
     RunConfig config;
     config.plan_path = dir / "plan.jsonl";
     const Plan plan = testing::plan_for(config);
-    ASSERT_EQ(plan.tasks.size(), 1u);
-    EXPECT_EQ(plan.tasks[0].params.at("hi"), 1000u);
+    ASSERT_EQ(all_tasks(plan).size(), 1u);
+    EXPECT_EQ(all_tasks(plan)[0].params.at("hi"), 1000u);
 
     config.plan_path = dir / "missing.jsonl";
     try {

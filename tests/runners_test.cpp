@@ -96,9 +96,10 @@ TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
     // Four tasks on four workers, the long ones first in the plan: if they ran at once,
     // every interval overlaps every other and the short ones arrive first.
     RunConfig config = config_for(4, 4, 0, 0);
-    Plan plan = testing::plan_for(config);
+    std::vector<TaskSpec> tasks = all_tasks(testing::plan_for(config));
     const double seconds[] = {1.2, 0.9, 0.6, 0.3};
-    for (std::size_t i = 0; i < 4; ++i) plan.tasks[i].params.at("seconds") = seconds[i];
+    for (std::size_t i = 0; i < 4; ++i) tasks[i].params.at("seconds") = seconds[i];
+    const Plan plan = Plan::of(std::move(tasks));
     CollectingSink sink;
     std::stop_source never;
     testing::runner_for(GetParam(), config, never.get_token())->run(plan, sink);

@@ -473,6 +473,10 @@ class BenchQuick(unittest.TestCase):
         "bare ZeroMQ pipe, 1 in flight/worker": 1,
         "bare ZeroMQ pipe, 8 in flight/worker": 1,
         "bare ZeroMQ pipe, 64 in flight/worker": 1,
+        # memory (the lazy plan): against the bound, and against the same at 100,000 tasks
+        "no-op, threads, 300,000 tasks: coordinator peak RSS": 2,
+        "no-op, processes, 300,000 tasks: coordinator peak RSS": 2,
+        "10,000 inputs on stdin (--task sleep --inputs -, processes): peak RSS": 1,
     }
 
     def test_quick_measures_every_row_and_writes_the_json(self):
@@ -503,7 +507,7 @@ class BenchQuick(unittest.TestCase):
                 self.assertIsInstance(r["met"], bool, r)
                 self.assertIn("yes" if r["met"] else "NO", done.stdout)
         self.assertEqual(counts, self.ROWS)
-        self.assertEqual(sum(1 for r in rows if r["target"]), 10)
+        self.assertEqual(sum(1 for r in rows if r["target"]), 10 + 5)  # + the memory rows
         for key, values in results["samples"].items():
             self.assertEqual(len(values), 1, key)
         self.assertIn("fetch.wall_s", results["samples"])

@@ -9,11 +9,12 @@
 
 namespace taskfarm {
 
-ModeRecorder::ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink) : sink_(sink) {
+ModeRecorder::ModeRecorder(Mode mode, int workers, const Plan& plan, ResultSink& sink) : sink_(sink), plan_(plan) {
     report_.mode = std::string(to_string(mode));
     report_.workers = workers;
-    report_.tasks = plan.tasks.size();
-    sink_.begin_mode(report_.mode, plan.tasks.size());
+    // Standard input read as the run goes: 0 (unknown) until the mode is over.
+    report_.tasks = plan.known_count().value_or(0);
+    sink_.begin_mode(report_.mode, report_.tasks);
     // Every signal blocked: SIGINT and SIGTERM are for the coordinator's SignalWatcher.
     sigset_t all;
     sigset_t previous;
@@ -51,8 +52,8 @@ void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
         if (result.ok) {
             ++report_.ok;
         } else {
+            if (report_.failures.size() < kMaxFailuresListed) report_.failures.push_back({result.id, result.error});
             ++report_.failed;
-            report_.failures.push_back({result.id, result.error});
         }
     }
     sink_.on_result(task, result);
@@ -129,6 +130,11 @@ std::uint32_t engine_retries(const TaskType* type, std::uint32_t retries) {
     return std::find(reads.begin(), reads.end(), "retries") != reads.end() ? 0 : retries;
 }
 
+void ModeRecorder::plan_error(const std::string& error) {
+    std::lock_guard lock(mutex_);
+    if (report_.plan_error.empty()) report_.plan_error = error;
+}
+
 void ModeRecorder::place(Placement placement) {
     std::lock_guard lock(mutex_);
     report_.placement.push_back(std::move(placement));
@@ -172,6 +178,9 @@ RunReport ModeRecorder::finish(bool interrupted) {
     report_.cpu_span_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - cpu_since_).count();
     report_.cpus_available = available_cpus();
     report_.interrupted = interrupted;
+    // A plan whose end came only now (standard input): what was read of it.
+    report_.tasks = plan_.known_count().value_or(report_.ok + report_.failed);
+    if (!report_.plan_error.empty()) report_.tasks = std::max(report_.tasks, report_.ok + report_.failed);
     // "w2" before "w10"; a respawned worker after the one it replaced.
     std::stable_sort(report_.placement.begin(), report_.placement.end(), [](const Placement& a, const Placement& b) {
         return std::pair(a.worker.size(), a.worker) < std::pair(b.worker.size(), b.worker);

@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include "affinity.hpp"
+#include "errors.hpp"
 #include "mode_runners.hpp"
 
 namespace taskfarm {
@@ -10,11 +11,17 @@ RunReport SequentialRunner::run(const Plan& plan, ResultSink& sink) {
     const ScopedPin pin(cpu_);
     recorder.place({"seq", pinned_cpu(), ::getpid()});
     const std::stop_token& stop = env_.stop;
-    for (const TaskSpec& task : plan.tasks) {
-        if (stop.stop_requested() || drain_.stop_requested()) break;  // a drain lets the running task finish
-        std::optional<TaskResult> result = run_with_retries(task, env_, retries_, drain_, recorder, cancels_);
-        if (!result) break;  // cancelled mid-task: not a result
-        recorder.record(task, std::move(*result));
+    const auto cursor = plan.open();
+    TaskSpec task;
+    try {
+        // A drain lets the running task finish, and starts no other.
+        while (!stop.stop_requested() && !drain_.stop_requested() && cursor->next(task)) {
+            std::optional<TaskResult> result = run_with_retries(task, env_, retries_, drain_, recorder, cancels_);
+            if (!result) break;  // cancelled mid-task: not a result
+            recorder.record(task, std::move(*result));
+        }
+    } catch (const ConfigError& e) {  // a bad line of standard input: the tasks after it do not run
+        recorder.plan_error(e.what());
     }
     registry_.thread_done();  // this thread goes on (the coordinator's): let go of what tasks kept
     return recorder.finish(stop.stop_requested() || drain_.stop_requested());

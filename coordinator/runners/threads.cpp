@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -9,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "affinity.hpp"
+#include "errors.hpp"
 #include "gil.hpp"
 #include "mode_runners.hpp"
 
@@ -30,7 +32,21 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
     ModeRecorder recorder(gil_ ? Mode::GilThreads : Mode::Threads, threads_, plan, sink);
     std::optional<Gil> gil;
     if (gil_) gil.emplace();
-    std::atomic<std::size_t> next{0};
+    // Each thread takes the next task from the one cursor, which makes it as it goes.
+    const auto cursor = plan.open();
+    std::mutex cursor_mutex;
+    bool ended = false;
+    const auto take = [&](TaskSpec& task) {
+        std::lock_guard lock(cursor_mutex);
+        if (ended) return false;
+        try {
+            if (cursor->next(task)) return true;
+        } catch (const ConfigError& e) {  // a bad line of standard input: the tasks after it do not run
+            recorder.plan_error(e.what());
+        }
+        ended = true;
+        return false;
+    };
     {
         std::vector<std::jthread> pool;
         pool.reserve(static_cast<std::size_t>(threads_));
@@ -47,12 +63,12 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
                     ~ThreadDone() { registry.thread_done(); }
                 } thread_done{registry_};
                 const std::stop_token& stop = env.stop;
+                TaskSpec task;
                 // A drain lets each thread finish the task it runs, and take no other.
-                for (std::size_t index = next++;
-                     index < plan.tasks.size() && !stop.stop_requested() && !drain_.stop_requested(); index = next++) {
-                    std::optional<TaskResult> result = run_with_retries(plan.tasks[index], env, retries_, drain_, recorder, cancels_);
+                while (!stop.stop_requested() && !drain_.stop_requested() && take(task)) {
+                    std::optional<TaskResult> result = run_with_retries(task, env, retries_, drain_, recorder, cancels_);
                     if (!result) return;  // cancelled mid-task: not a result
-                    recorder.record(plan.tasks[index], std::move(*result));
+                    recorder.record(task, std::move(*result));
                 }
             });
         }
