@@ -65,6 +65,7 @@ private:
     void send_shutdown(const PeerId& peer) override;
     void record(const TaskSpec& task, TaskResult result) override;
     void note(RunEvent event) override;
+    void started(const std::string& worker, const TaskSpec& task, std::uint32_t attempt, Clock::time_point at) override;
     void place(const Placement& placement, int connected) override;
     void restart_clock() override;
     double seconds_at(Clock::time_point when) const override;

@@ -1,6 +1,7 @@
 #include "schedule.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -16,6 +17,9 @@ constexpr auto kOverrunGrace = std::chrono::seconds(1);
 constexpr double kEstimateWeight = 0.2;
 
 double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// A remote worker's start, with its host: the live view shows where each worker runs.
+std::string remote_detail(const std::string& host) { return fmt::format("remote on {}, attached", host); }
 
 }  // namespace
 
@@ -123,13 +127,14 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     }
     Worker& worker = workers_[peer];
     worker.name = hello.name;
+    worker.host = hello.host;
     worker.pid = pid;
     worker.cpu = hello.cpu;
     worker.last_seen = now;
     worker.remote = remote.has_value();
     actions_.place({hello.name, hello.cpu, hello.pid}, static_cast<int>(workers_.size()));
     if (remote && dispatching_)
-        actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = "remote, attached"});
+        actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = remote_detail(worker.host)});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
     if (!all_hello_ && to_spawn_ == 0)
         all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
@@ -146,7 +151,7 @@ void Schedule::start_dispatching(Clock::time_point now) {
     }
     for (const auto& [peer, worker] : workers_)
         if (worker.remote)
-            actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = "remote, attached"});
+            actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = remote_detail(worker.host)});
 }
 
 void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::time_point now) {
@@ -165,8 +170,10 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
         return;
     }
     const std::size_t index = attempt->index;
+    const bool was_running = attempt == worker.in_flight.begin();
     worker.in_flight.erase(attempt);
     worker.running_since = now;  // the next one, if any, starts now
+    if (was_running && !worker.in_flight.empty()) front_started(worker, now);
     worker.delivered = true;
     run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
                                           : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
@@ -343,7 +350,8 @@ void Schedule::dispatch(Clock::time_point now) {
 
 void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now) {
     Worker& worker = target->second;
-    if (worker.in_flight.empty()) worker.running_since = now;
+    bool idle = worker.in_flight.empty();
+    if (idle) worker.running_since = now;
     while (count > 0 && pending() > 0) {
         // A frame holds at most kMaxBatch tasks and max_batch_bytes_ of them, encoded; a task
         // too large for a frame of its own fails here, naming itself, instead of reaching a
@@ -372,9 +380,15 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
         if (batch_.empty()) return;
         count -= batch_.size();
         worker.in_flight.insert(worker.in_flight.end(), batch_.begin(), batch_.end());
+        if (std::exchange(idle, false)) front_started(worker, now);
         if (!actions_.send_tasks(target->first, batch_))
             return lose_worker(target->first, fmt::format("worker {} disconnected", worker.name), now);
     }
+}
+
+void Schedule::front_started(const Worker& worker, Clock::time_point now) {
+    const Attempt& front = worker.in_flight.front();
+    actions_.started(worker.name, plan_.tasks[front.index], front.number, now);
 }
 
 void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now) {

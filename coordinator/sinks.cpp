@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -57,8 +58,13 @@ void FanOutSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     for (auto& sink : sinks_) sink->on_result(task, result);
 }
 
+bool FanOutSink::wants_task_starts() const {
+    return std::any_of(sinks_.begin(), sinks_.end(), [](const auto& sink) { return sink->wants_task_starts(); });
+}
+
 void FanOutSink::event_it_(const RunEvent& event) {
-    for (auto& sink : sinks_) sink->on_event(event);
+    for (auto& sink : sinks_)
+        if (event.kind != RunEvent::Kind::TaskStarted || sink->wants_task_starts()) sink->on_event(event);
 }
 
 void FanOutSink::flush_() {
@@ -198,6 +204,8 @@ void RecordingSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 
 void RecordingSink::sink_it_(const TaskSpec&, const TaskResult& result) { modes_.back().results.push_back(result); }
 
-void RecordingSink::event_it_(const RunEvent& event) { modes_.back().events.push_back(event); }
+void RecordingSink::event_it_(const RunEvent& event) {
+    if (event.kind != RunEvent::Kind::TaskStarted) modes_.back().events.push_back(event);
+}
 
 }  // namespace taskfarm

@@ -28,6 +28,9 @@ public:
     // Writes out what the sink buffered. Runners' recorders call it at least every few
     // milliseconds while results arrive, so a buffered line is never long in coming.
     void flush();
+    // Whether the sink wants a RunEvent::Kind::TaskStarted per task; runners skip making
+    // them otherwise. Fixed before the first mode begins.
+    virtual bool wants_task_starts() const { return false; }
 
 protected:
     virtual void begin_mode_(const std::string& mode, std::size_t tasks) = 0;
@@ -44,6 +47,7 @@ private:
 class FanOutSink final : public ResultSink {
 public:
     void add(std::unique_ptr<ResultSink> sink) { sinks_.push_back(std::move(sink)); }
+    bool wants_task_starts() const override;
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;

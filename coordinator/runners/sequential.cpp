@@ -12,6 +12,7 @@ RunReport SequentialRunner::run(const Plan& plan, ResultSink& sink) {
     const std::stop_token& stop = env_.stop;
     for (const TaskSpec& task : plan.tasks) {
         if (stop.stop_requested()) break;
+        recorder.started(task, 1, env_.worker);
         TaskResult result = run_task(task, 1, env_);
         if (stop.stop_requested()) break;  // cancelled mid-task: not a result
         recorder.record(task, std::move(result));

@@ -48,6 +48,7 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
                 } thread_done{registry_};
                 const std::stop_token& stop = env.stop;
                 for (std::size_t index = next++; index < plan.tasks.size() && !stop.stop_requested(); index = next++) {
+                    recorder.started(plan.tasks[index], 1, name);
                     TaskResult result = run_task(plan.tasks[index], 1, env);
                     if (stop.stop_requested()) return;
                     recorder.record(plan.tasks[index], std::move(result));
