@@ -74,7 +74,15 @@ function makePanel(mode) {
   mode.el = {panel, count, plot, grid, lanes, bars, running, axis, laneEls: [], barEls: [], runEls: [], history: []};
 }
 
-function laneY(i) { return i * (LANE_H + LANE_GAP); }
+// Lanes in natural order of their names (t2 before t10), whatever order they appeared in.
+function laneY(mode, i) { return (mode.rows[i] ?? i) * (LANE_H + LANE_GAP); }
+
+function order(mode) {
+  const names = mode.lanes.map((lane, i) => [lane ? lane.name : "", i]);
+  names.sort((a, b) => a[0].localeCompare(b[0], undefined, {numeric: true}));
+  mode.rows = [];
+  names.forEach(([, i], row) => { mode.rows[i] = row; });
+}
 
 function placeBar(rect, bar) {
   const [, , start, end] = bar;
@@ -87,7 +95,7 @@ function updateLane(mode, lane) {
   const e = mode.el;
   let g = e.laneEls[lane.i];
   if (!g) {
-    g = svg("g", {"class": "lane", "transform": `translate(0 ${laneY(lane.i)})`});
+    g = svg("g", {"class": "lane"});
     g.append(svg("rect", {"class": "lane-bg", "x": LABEL_W, "y": 0, "width": PLOT_W, "height": LANE_H}));
     const label = svg("text", {"x": LABEL_W - 6, "y": LANE_H - 4, "text-anchor": "end"});
     g.append(label);
@@ -120,7 +128,12 @@ function layout(mode) {
   const e = mode.el;
   const height = mode.lanes.length * (LANE_H + LANE_GAP) + AXIS_H;
   e.plot.setAttribute("viewBox", `0 0 ${LABEL_W + PLOT_W + 10} ${height}`);
-  e.bars.querySelectorAll("rect").forEach((rect) => placeBar(rect, mode.bars[Number(rect.dataset.index)]));
+  e.laneEls.forEach((g, i) => g && g.setAttribute("transform", `translate(0 ${laneY(mode, i)})`));
+  e.bars.querySelectorAll("rect").forEach((rect) => {
+    const bar = mode.bars[Number(rect.dataset.index)];
+    rect.setAttribute("y", laneY(mode, bar[1]));
+    placeBar(rect, bar);
+  });
   // Axis and grid
   e.axis.replaceChildren();
   e.grid.replaceChildren();
@@ -144,11 +157,12 @@ function drawRunning(mode) {
       continue;
     }
     if (!rect) {
-      rect = svg("rect", {"class": "bar running", "height": LANE_H, "y": laneY(lane.i)});
+      rect = svg("rect", {"class": "bar running", "height": LANE_H});
       e.running.append(rect);
       e.runEls[lane.i] = rect;
     }
     rect.setAttribute("data-task", String(lane.running[0]));
+    rect.setAttribute("y", laneY(mode, lane.i));
     placeBar(rect, [0, 0, lane.running[1], Math.max(lane.running[1], mode.now_s)]);
   }
 }
@@ -176,21 +190,24 @@ function updateCounts(mode) {
 function applyMode(update) {
   let mode = modes[update.i];
   if (!mode) {
-    mode = modes[update.i] = {i: update.i, name: update.name, lanes: [], bars: []};
+    mode = modes[update.i] = {i: update.i, name: update.name, lanes: [], bars: [], rows: []};
     makePanel(mode);
   }
   for (const key of ["tasks", "ok", "failed", "running", "now_s", "ended"]) mode[key] = update[key];
+  let added = false;
   for (const lane of update.lanes) {
+    added ||= !mode.lanes[lane.i];
     mode.lanes[lane.i] = lane;
     updateLane(mode, lane);
   }
+  if (added) order(mode);
   const e = mode.el;
   for (const bar of update.bars) {
     const [index, lane, , , status, tasks, id] = bar;
     mode.bars[index] = bar;
     let rect = e.barEls[index];
     if (!rect) {
-      rect = svg("rect", {"height": LANE_H, "y": laneY(lane)});
+      rect = svg("rect", {"height": LANE_H});
       rect.dataset.index = String(index);
       e.bars.append(rect);
       e.barEls[index] = rect;
@@ -198,6 +215,7 @@ function applyMode(update) {
     rect.setAttribute("class", "bar " + STATUS[status]);
     rect.setAttribute("data-task", String(id));
     rect.setAttribute("data-tasks", String(tasks));
+    rect.setAttribute("y", laneY(mode, lane));
     placeBar(rect, bar);
   }
   return mode;
