@@ -106,9 +106,20 @@ LiveState::Lane& LiveState::lane(Mode& mode, const std::string& worker, std::uin
     return lane;
 }
 
+// A mode is over: its threads are gone too (worker processes say so themselves).
+void LiveState::close(Mode& mode) {
+    if (mode.end_s < 0) mode.end_s = now_s(mode);
+    for (Lane& lane : mode.lanes)
+        if (lane.alive) {
+            lane.alive = false;
+            lane.changed = generation_;
+        }
+    mode.changed = generation_;
+}
+
 void LiveState::begin_mode(const std::string& mode, std::size_t tasks) {
     std::lock_guard lock(mutex_);
-    if (!modes_.empty() && modes_.back().end_s < 0) modes_.back().end_s = now_s(modes_.back());
+    if (!modes_.empty()) close(modes_.back());
     Mode& added = modes_.emplace_back();
     added.name = mode;
     added.tasks = tasks;
@@ -171,15 +182,13 @@ void LiveState::event(const RunEvent& event) {
 
 void LiveState::finish(const std::vector<RunReport>& reports) {
     std::lock_guard lock(mutex_);
-    for (Mode& mode : modes_)
-        if (mode.end_s < 0) mode.end_s = now_s(mode);
+    for (Mode& mode : modes_) close(mode);
     nlohmann::json rows = nlohmann::json::array();
     for (const RunReport& report : reports) {
         rows.push_back(report_json(reports, report));
         rows.back().erase("failures");  // the page has them, and a million would make a huge message
     }
     reports_ = std::move(rows);
-    for (Mode& mode : modes_) mode.changed = generation_;
 }
 
 bool LiveState::finished() const {

@@ -62,7 +62,7 @@ function makePanel(mode) {
     counts.append(span);
   }
   panel.append(counts);
-  const plot = svg("svg", {"class": "lanes", "viewBox": `0 0 ${LABEL_W + PLOT_W + 10} ${AXIS_H}`});
+  const plot = svg("svg", {"class": "lanes", "viewBox": `0 0 ${LABEL_W + PLOT_W + 30} ${AXIS_H}`});
   const grid = svg("g", {"class": "grid-lines"});
   const lanes = svg("g", {"class": "lane-rows"});
   const bars = svg("g", {"class": "bars"});
@@ -118,7 +118,7 @@ function updateLane(mode, lane) {
   cells[0].textContent = mode.name;
   cells[1].textContent = lane.name;
   cells[2].textContent = lane.where;
-  cells[3].textContent = lane.alive ? "alive" : "gone";
+  cells[3].textContent = lane.alive ? "alive" : mode.ended ? "done" : "gone";
   cells[3].className = lane.alive ? "" : "dead";
   cells[4].textContent = String(lane.done);
   cells[5].textContent = lane.running ? `task ${lane.running[0]} since ${fmtSeconds(lane.running[1])}` : "";
@@ -127,7 +127,7 @@ function updateLane(mode, lane) {
 function layout(mode) {
   const e = mode.el;
   const height = mode.lanes.length * (LANE_H + LANE_GAP) + AXIS_H;
-  e.plot.setAttribute("viewBox", `0 0 ${LABEL_W + PLOT_W + 10} ${height}`);
+  e.plot.setAttribute("viewBox", `0 0 ${LABEL_W + PLOT_W + 30} ${height}`);
   e.laneEls.forEach((g, i) => g && g.setAttribute("transform", `translate(0 ${laneY(mode, i)})`));
   e.bars.querySelectorAll("rect").forEach((rect) => {
     const bar = mode.bars[Number(rect.dataset.index)];
