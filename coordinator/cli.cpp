@@ -519,8 +519,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "looked at (default: until Ctrl-C, which then ends only the serving: the exit status is the\n"
                    "run's); a run stopped by a signal does not linger")
         ->check(seconds_between(0, 31'536'000))
-        ->needs(ui_option)
-        ->type_name("SECONDS");
+        ->needs(ui_option);
     auto* listen_option =
         app.add_option("--listen", config.listen,
                        "also accept workers started by hand on other machines (`worker --connect`) on this tcp\n"

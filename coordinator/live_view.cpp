@@ -340,6 +340,9 @@ public:
 
     void start() {
         listener_ = std::thread([this] { http_.listen_after_bind(); });
+        // cpp-httplib's stop() does nothing to a server not yet running, whose thread would
+        // then never end: wait until it runs.
+        for (int i = 0; i < 5000 && !http_.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
         flusher_ = std::jthread([this](std::stop_token stop) { flush_every_interval(stop); });
     }
 

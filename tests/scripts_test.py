@@ -473,6 +473,8 @@ class BenchQuick(unittest.TestCase):
         "bare ZeroMQ pipe, 1 in flight/worker": 1,
         "bare ZeroMQ pipe, 8 in flight/worker": 1,
         "bare ZeroMQ pipe, 64 in flight/worker": 1,
+        "no-op, processes, 2 workers, --ui": 1,
+        "no-op, threads, 2 threads, --ui": 1,
     }
 
     def test_quick_measures_every_row_and_writes_the_json(self):
