@@ -91,7 +91,8 @@ double LiveState::now_s(const Mode& mode) const {
 }
 
 LiveState::Lane& LiveState::lane(Mode& mode, const std::string& worker, std::uint32_t* index) {
-    const std::string& name = worker.empty() ? std::string("unassigned") : worker;
+    static const std::string kUnassigned = "unassigned";  // a result that never ran anywhere
+    const std::string& name = worker.empty() ? kUnassigned : worker;  // no copy per task
     auto [found, added] = mode.lane_of.try_emplace(name, static_cast<std::uint32_t>(mode.lanes.size()));
     if (added) {
         // In-process lanes (seq, t1...) never get a WorkerStarted event.

@@ -106,6 +106,7 @@ class LiveSink final : public ResultSink {
 public:
     explicit LiveSink(LiveState& state) : state_(state) {}
     bool wants_task_starts() const override { return true; }
+    void on_task_started(const RunEvent& event) override { state_.event(event); }  // LiveState locks
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override { state_.begin_mode(mode, tasks); }

@@ -62,9 +62,13 @@ bool FanOutSink::wants_task_starts() const {
     return std::any_of(sinks_.begin(), sinks_.end(), [](const auto& sink) { return sink->wants_task_starts(); });
 }
 
-void FanOutSink::event_it_(const RunEvent& event) {
+void FanOutSink::on_task_started(const RunEvent& event) {
     for (auto& sink : sinks_)
-        if (event.kind != RunEvent::Kind::TaskStarted || sink->wants_task_starts()) sink->on_event(event);
+        if (sink->wants_task_starts()) sink->on_task_started(event);
+}
+
+void FanOutSink::event_it_(const RunEvent& event) {
+    for (auto& sink : sinks_) sink->on_event(event);
 }
 
 void FanOutSink::flush_() {

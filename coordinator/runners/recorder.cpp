@@ -74,14 +74,14 @@ void ModeRecorder::started(const TaskSpec& task, std::uint32_t attempt, const st
                            std::chrono::steady_clock::time_point when) {
     if (!starts_wanted_) return;
     const double at_s = seconds_at(when);
-    sink_.on_event({.kind = RunEvent::Kind::TaskStarted,
-                    .at_s = at_s,
-                    .worker = worker,
-                    .detail = {},
-                    .task = task.id,
-                    .task_type = task.type,
-                    .attempt = attempt,
-                    .started_s = at_s});
+    sink_.on_task_started({.kind = RunEvent::Kind::TaskStarted,
+                           .at_s = at_s,
+                           .worker = worker,
+                           .detail = {},
+                           .task = task.id,
+                           .task_type = task.type,
+                           .attempt = attempt,
+                           .started_s = at_s});
 }
 
 double ModeRecorder::seconds_at(std::chrono::steady_clock::time_point when) const {
