@@ -24,6 +24,7 @@
 #include "curve.hpp"
 #include "coordinator.hpp"
 #include "dispatcher.hpp"
+#include "live_view.hpp"
 #include "log.hpp"
 #include "plan.hpp"
 #include "slurm.hpp"
@@ -170,6 +171,18 @@ const CLI::Validator kListenEndpoint(
                            text);
     },
     "");  // the option's type_name says what it wants
+
+// --ui [ADDR:]PORT: ADDR by --listen's rules, so what --listen refuses --ui refuses too.
+const CLI::Validator kUiAddress(
+    [](std::string& text) -> std::string {
+        const auto address = parse_ui_address(text);
+        if (!address)
+            return fmt::format("'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
+                               printable(text, 100));
+        const std::string why = check_listen_host(address->host);
+        return why.empty() ? "" : fmt::format("cannot serve on '{}': {}", printable(text, 100), why);
+    },
+    "");
 
 }  // namespace
 
@@ -521,6 +534,23 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "250,000 results, as --trace does")
         ->check(kPath)
         ->type_name("FILE.svg");
+    auto* ui_option =
+        app.add_option("--ui", config.ui,
+                       "serve a live view of the run on http://ADDR:PORT (ADDR 127.0.0.1 unless given; * or an IPv4\n"
+                       "address of this machine, as for --listen; PORT 0 picks a free one): a lane per worker or\n"
+                       "thread with a bar per task as it runs, a panel per mode on one time axis, counts, rate and\n"
+                       "ETA, failures with their reasons, where each worker runs, and at the end the table. The\n"
+                       "URL, printed on stderr, holds a secret path: the page is served only to who has it. Read\n"
+                       "only; plain HTTP, so on another address anyone on the network path can read it. See\n"
+                       "docs/observability.md")
+            ->check(kUiAddress)
+            ->type_name("[ADDR:]PORT");
+    app.add_option("--ui-linger", config.ui_linger_s,
+                   "with --ui: seconds to keep serving the page after the run, so the final picture can be\n"
+                   "looked at (default: until Ctrl-C, which then ends only the serving: the exit status is the\n"
+                   "run's); a run stopped by a signal does not linger")
+        ->check(seconds_between(0, 31'536'000))
+        ->needs(ui_option);
     auto* listen_option =
         app.add_option("--listen", config.listen,
                        "also accept workers started by hand on other machines (`worker --connect`) on this tcp\n"

@@ -86,6 +86,9 @@ struct RunConfig {
     std::filesystem::path trace_path;       // Chrome trace-event JSON
     std::filesystem::path timeline_path;    // SVG timeline
     std::vector<std::string> command_line;  // argv, for reports
+    // --ui [ADDR:]PORT: serve a live page of the run; empty: none. ADDR is checked as --listen's.
+    std::string ui;
+    double ui_linger_s = -1;  // --ui-linger: seconds to keep serving after the run; < 0: until a signal
 
     // Remote workers (processes mode only). workers may be 0 when expect_workers >= 1.
     std::string listen;                       // --listen tcp://ADDR:PORT; empty: local workers only

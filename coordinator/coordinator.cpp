@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -23,6 +25,7 @@
 #include "dispatcher.hpp"
 #include "journal.hpp"
 #include "journal_report.hpp"
+#include "live_view.hpp"
 #include "log.hpp"
 #include "outputs.hpp"
 #include "plan.hpp"
@@ -298,6 +301,41 @@ std::string summary_text(const std::vector<RunReport>& reports) {
     return text;
 }
 
+ExitCode exit_code(int signal, const std::vector<RunReport>& reports, const std::vector<std::string>& output_errors) {
+    switch (signal) {
+        case SIGHUP: return ExitCode::HungUp;
+        case SIGINT: return ExitCode::Interrupted;
+        case SIGQUIT: return ExitCode::Quit;
+        case SIGPIPE: return ExitCode::BrokenPipe;
+        case SIGTERM: return ExitCode::Terminated;
+        default: break;
+    }
+    // A bad line of standard input, found as the run read it: bad input, as it would have
+    // been before the run; the tasks before it ran and are in the table and the journal.
+    for (const RunReport& report : reports)
+        if (!report.plan_error.empty()) {
+            spdlog::error("{} (the run stopped there: the tasks after it did not run)", report.plan_error);
+            return ExitCode::Usage;
+        }
+    const bool failed = std::any_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.failed > 0; });
+    return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
+}
+
+// --ui: the page stays up after the run, for `linger_s` seconds (< 0: until a signal). A signal
+// now ends only this: the run is over and its exit status stands.
+void linger(const LiveView& live, double linger_s, std::stop_token stop) {
+    if (linger_s == 0) return;
+    fmt::print(stderr, "live view: the run is over; still serving {} {}\n", live.url(),
+               linger_s < 0 ? std::string("until Ctrl-C") : fmt::format("for {:g} s (--ui-linger)", linger_s));
+    std::mutex mutex;
+    std::condition_variable_any never;
+    std::unique_lock lock(mutex);
+    if (linger_s < 0)
+        never.wait(lock, stop, [] { return false; });
+    else
+        never.wait_for(lock, stop, std::chrono::duration<double>(linger_s), [] { return false; });
+}
+
 ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
     check_config(config);
@@ -333,6 +371,9 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
             throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
         }
     }
+    // --ui binds now: a port in use is exit 2 before the run, naming --ui.
+    std::unique_ptr<LiveView> live;
+    if (!config.ui.empty()) live = std::make_unique<LiveView>(config.ui, command_text(config.command_line), config.slurm);
     const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
     const auto done_in = [&](Mode mode) -> const IdSet& {
         static const IdSet none;
@@ -365,8 +406,13 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     }
     JournalSink* const journal = journal_sink.get();
     if (journal_sink) sinks.add(std::move(journal_sink));
+    if (live) sinks.add(live->sink());
 
     SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config.drain_timeout_s * 1000)));  // before any thread starts
+    if (live) {
+        live->start();
+        fmt::print(stderr, "live view: {}\n", live->url());
+    }
     // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
     // the whole plan for no one; SIGPIPE itself is ignored (coordinator_main).
     console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
@@ -445,23 +491,12 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         spdlog::warn("--trace/--timeline: drew the first {} results; {} more were not kept", kMaxRecordedResults,
                      recording->dropped());
 
-    switch (signals.signal()) {
-        case SIGHUP: return ExitCode::HungUp;
-        case SIGINT: return ExitCode::Interrupted;
-        case SIGQUIT: return ExitCode::Quit;
-        case SIGPIPE: return ExitCode::BrokenPipe;
-        case SIGTERM: return ExitCode::Terminated;
-        default: break;
+    const ExitCode code = exit_code(signals.signal(), reports, output_errors);
+    if (live) {
+        live->state().finish(reports);
+        if (signals.signal() == 0) linger(*live, config.ui_linger_s, signals.token());
     }
-    // A bad line of standard input, found as the run read it: bad input, as it would have
-    // been before the run; the tasks before it ran and are in the table and the journal.
-    for (const RunReport& report : reports)
-        if (!report.plan_error.empty()) {
-            spdlog::error("{} (the run stopped there: the tasks after it did not run)", report.plan_error);
-            return ExitCode::Usage;
-        }
-    const bool failed = std::any_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.failed > 0; });
-    return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
+    return code;
 }
 
 // `coordinator keygen DIR`: the key files, and what to do with each, on stdout.

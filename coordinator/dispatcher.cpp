@@ -151,6 +151,10 @@ void Dispatcher::send_cancel(const PeerId& peer, std::span<const Attempt> attemp
 
 void Dispatcher::note(RunEvent event) { recorder_.note(std::move(event)); }
 
+void Dispatcher::started(const std::string& worker, const TaskSpec& task, std::uint32_t attempt, Clock::time_point at) {
+    recorder_.started(task, attempt, worker, at);
+}
+
 void Dispatcher::place(const Placement& placement, int connected) {
     recorder_.place(placement);
     recorder_.at_least_workers(connected);

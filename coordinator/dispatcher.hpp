@@ -75,6 +75,7 @@ private:
     void recycled(const std::string& worker, const std::string& reason) override;
     void send_cancel(const PeerId& peer, std::span<const Attempt> attempts) override;
     void note(RunEvent event) override;
+    void started(const std::string& worker, const TaskSpec& task, std::uint32_t attempt, Clock::time_point at) override;
     void place(const Placement& placement, int connected) override;
     void restart_clock() override;
     double seconds_at(Clock::time_point when) const override;

@@ -25,6 +25,9 @@ struct RunEvent {
         WorkerStarted,  // a worker process was spawned; detail: "pid 1234"
         WorkerExited,   // it exited or was killed; detail: why ("signal 9", "silent for 2.0 s")
         Requeued,       // an attempt was lost with its worker and the task queued again
+        // A task began on `worker` (task, task_type, attempt set; started_s == at_s). Only
+        // for sinks that ask (ResultSink::wants_task_starts, on_task_started: the live view).
+        TaskStarted,
     };
     Kind kind = Kind::WorkerStarted;
     double at_s = 0;

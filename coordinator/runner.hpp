@@ -68,6 +68,10 @@ public:
     void place(Placement placement);
     // Stamps `event` with the time since the start of the mode and forwards it to the sink.
     void note(RunEvent event);
+    // A task began on `worker` at `when`: a RunEvent::Kind::TaskStarted for a sink that
+    // wants one (the live view), nothing otherwise.
+    void started(const TaskSpec& task, std::uint32_t attempt, const std::string& worker,
+                 std::chrono::steady_clock::time_point when = std::chrono::steady_clock::now());
     // `when` in seconds since the start of the mode, on the clock results are stamped with.
     double seconds_at(std::chrono::steady_clock::time_point when) const;
     std::size_t recorded() const;
@@ -93,6 +97,7 @@ private:
     const CpuTimes cpu_at_start_ = CpuTimes::now();
     ResultSink& sink_;
     const Plan& plan_;  // its known_count() is the report's tasks once the mode is over
+    const bool starts_wanted_ = sink_.wants_task_starts();
     mutable std::mutex mutex_;
     RunReport report_;
     std::atomic<bool> unflushed_{false};  // a result went to the sink since the last flush

@@ -1,6 +1,7 @@
 #include "schedule.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -26,6 +27,8 @@ std::string mib(std::uint64_t bytes) {
     if (bytes < (1 << 20)) return fmt::format("{:.1f} KiB", static_cast<double>(bytes) / 1024);
     return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
 }
+// A remote worker's start, with its host: the live view shows where each worker runs.
+std::string remote_detail(const std::string& host) { return fmt::format("remote on {}, attached", host); }
 
 }  // namespace
 
@@ -142,6 +145,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     }
     Worker& worker = workers_[peer];
     worker.name = hello.name;
+    worker.host = hello.host;
     worker.pid = pid;
     worker.cpu = hello.cpu;
     worker.last_seen = now;
@@ -150,7 +154,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     worker.rss = hello.rss;
     actions_.place({hello.name, hello.cpu, hello.pid}, static_cast<int>(workers_.size()));
     if (remote && dispatching_)
-        actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = "remote, attached"});
+        actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = remote_detail(worker.host)});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
     if (!all_hello_ && to_spawn_ == 0)
         all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
@@ -167,7 +171,7 @@ void Schedule::start_dispatching(Clock::time_point now) {
     }
     for (const auto& [peer, worker] : workers_)
         if (worker.remote)
-            actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = "remote, attached"});
+            actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = remote_detail(worker.host)});
 }
 
 void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::time_point now) {
@@ -186,8 +190,10 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
         return;
     }
     const Attempt done = *attempt;
+    const bool was_running = attempt == worker.in_flight.begin();
     worker.in_flight.erase(attempt);
     worker.running_since = now;  // the next one, if any, starts now
+    if (was_running && !worker.in_flight.empty()) front_started(worker, now);
     worker.delivered = true;
     ++worker.ran;
     if (message.rss > 0) worker.rss = message.rss;
@@ -520,7 +526,8 @@ void Schedule::dispatch(Clock::time_point now) {
 
 void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now) {
     Worker& worker = target->second;
-    if (worker.in_flight.empty()) worker.running_since = now;
+    bool idle = worker.in_flight.empty();
+    if (idle) worker.running_since = now;
     while (count > 0 && pending() > 0) {
         // A frame holds at most kMaxBatch tasks and max_batch_bytes_ of them, encoded; a task
         // too large for a frame of its own fails here, naming itself, instead of reaching a
@@ -554,9 +561,15 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
         if (batch_.empty()) return;
         count -= batch_.size();
         worker.in_flight.insert(worker.in_flight.end(), batch_.begin(), batch_.end());
+        if (std::exchange(idle, false)) front_started(worker, now);
         if (!actions_.send_tasks(target->first, batch_))
             return lose_worker(target->first, fmt::format("worker {} disconnected", worker.name), now);
     }
+}
+
+void Schedule::front_started(const Worker& worker, Clock::time_point now) {
+    const Attempt& front = worker.in_flight.front();
+    actions_.started(worker.name, plan_.tasks[front.index], front.number, now);
 }
 
 void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now) {

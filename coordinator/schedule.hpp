@@ -113,6 +113,10 @@ public:
     virtual void recycled(const std::string& /*worker*/, const std::string& /*reason*/) {}
     // A worker started, exited or lost a task, for --trace and --timeline.
     virtual void note(RunEvent event) = 0;
+    // `worker` began `task` at `at`, as far as the schedule can tell (see Worker::running_since):
+    // for the live view. Most fakes ignore it.
+    virtual void started(const std::string& /*worker*/, const TaskSpec& /*task*/, std::uint32_t /*attempt*/,
+                         std::chrono::steady_clock::time_point /*at*/) {}
     // Where a worker runs, and how many took part (for the report).
     virtual void place(const Placement& placement, int connected) = 0;
     // The first tasks go out after a wait for remote workers: the mode's clock starts now.
@@ -182,6 +186,7 @@ public:
 private:
     struct Worker {
         std::string name;               // from HELLO, "w3"
+        std::string host;               // from HELLO
         pid_t pid = 0;                  // from HELLO; ours if we spawned it
         int cpu = -1;                   // pinned CPU, -1 if none
         std::deque<Attempt> in_flight;  // sent, no result yet, in the order sent; requeued if it is lost
@@ -229,6 +234,7 @@ private:
     void pop_pending();
     void retire(std::size_t index) { live_.erase(index); }  // the task has its final result
     void send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now);
+    void front_started(const Worker& worker, Clock::time_point now);  // in_flight.front() runs from now
     void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now);
     void lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now);
     void replace(const std::string& name, int cpu, Clock::time_point now, bool counted = true);

@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -57,6 +58,15 @@ void FanOutSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 
 void FanOutSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     for (auto& sink : sinks_) sink->on_result(task, result);
+}
+
+bool FanOutSink::wants_task_starts() const {
+    return std::any_of(sinks_.begin(), sinks_.end(), [](const auto& sink) { return sink->wants_task_starts(); });
+}
+
+void FanOutSink::on_task_started(const RunEvent& event) {
+    for (auto& sink : sinks_)
+        if (sink->wants_task_starts()) sink->on_task_started(event);
 }
 
 void FanOutSink::event_it_(const RunEvent& event) {
@@ -251,6 +261,8 @@ void RecordingSink::sink_it_(const TaskSpec&, const TaskResult& result) {
     modes_.back().results.push_back(result);
 }
 
-void RecordingSink::event_it_(const RunEvent& event) { modes_.back().events.push_back(event); }
+void RecordingSink::event_it_(const RunEvent& event) {
+    if (event.kind != RunEvent::Kind::TaskStarted) modes_.back().events.push_back(event);
+}
 
 }  // namespace taskfarm

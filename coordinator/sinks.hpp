@@ -29,6 +29,13 @@ public:
     // Writes out what the sink buffered. Runners' recorders call it at least every few
     // milliseconds while results arrive, so a buffered line is never long in coming.
     void flush();
+    // Whether the sink wants a RunEvent::Kind::TaskStarted per task; runners skip making
+    // them otherwise. Fixed before the first mode begins.
+    virtual bool wants_task_starts() const { return false; }
+    // A task began: for a sink that wants_task_starts(). Called from any thread WITHOUT the
+    // sink's lock, once per task, so that starts never queue behind results on it: such a
+    // sink synchronises itself (the live view's state has a lock of its own).
+    virtual void on_task_started(const RunEvent&) {}
 
 protected:
     virtual void begin_mode_(const std::string& mode, std::size_t tasks) = 0;
@@ -45,6 +52,8 @@ private:
 class FanOutSink final : public ResultSink {
 public:
     void add(std::unique_ptr<ResultSink> sink) { sinks_.push_back(std::move(sink)); }
+    bool wants_task_starts() const override;
+    void on_task_started(const RunEvent& event) override;  // sinks_ is fixed by then: no lock
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;

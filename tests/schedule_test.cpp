@@ -41,6 +41,7 @@ public:
     std::vector<Placement> placed;
     int clock_restarts = 0;
     std::set<PeerId> gone;
+    std::vector<std::pair<std::string, TaskId>> starts;  // worker, task: for the live view
 
     pid_t spawn(const std::string& name, int) override {
         spawned.push_back(name);
@@ -69,6 +70,9 @@ public:
     void note(RunEvent event) override { events.push_back(std::move(event)); }
     void place(const Placement& placement, int) override { placed.push_back(placement); }
     void restart_clock() override { ++clock_restarts; }
+    void started(const std::string& worker, const TaskSpec& task, std::uint32_t, Clock::time_point) override {
+        starts.emplace_back(worker, task.id);
+    }
     double seconds_at(Clock::time_point) const override { return 0; }
 
     // The attempts sent to `peer` so far, in order.
@@ -239,6 +243,22 @@ TEST(Schedule, AutoPrefetchHoldsAboutTheQueueBudgetOfLongerTasks) {
     rig.hello("w1");
     rig.answer_all("w1", 0.0009);  // 0.9 ms each: 2 fit in the 2 ms budget
     EXPECT_EQ(rig.world.sent.back().attempts.size(), 2u);
+}
+
+TEST(Schedule, ATaskStartsWhenSentToAnIdleWorkerOrWhenTheOneBeforeItOnTheWorkerEnds) {
+    Rig rig(sleeps(4), {.workers = 1, .prefetch = 4});
+    rig.spawn_all();
+    rig.hello("w1");
+    using Starts = std::vector<std::pair<std::string, TaskId>>;
+    EXPECT_EQ(rig.world.starts, (Starts{{"w1", 0}}));  // one task until the first result
+    rig.answer_all("w1");  // then the other three in one batch: the first of them runs
+    ASSERT_EQ(rig.world.sent_to("w1").size(), 4u);
+    EXPECT_EQ(rig.world.starts, (Starts{{"w1", 0}, {"w1", 1}}));
+    rig.schedule.result("w1", rig.result_of(rig.world.sent_to("w1")[1]), rig.now);
+    EXPECT_EQ(rig.world.starts, (Starts{{"w1", 0}, {"w1", 1}, {"w1", 2}}));
+    rig.schedule.result("w1", rig.result_of(rig.world.sent_to("w1")[2]), rig.now);
+    rig.schedule.result("w1", rig.result_of(rig.world.sent_to("w1")[3]), rig.now);
+    EXPECT_EQ(rig.world.starts, (Starts{{"w1", 0}, {"w1", 1}, {"w1", 2}, {"w1", 3}}));  // each once
 }
 
 TEST(Schedule, PrefetchIsTheMostAWorkerHolds) {

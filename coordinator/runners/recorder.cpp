@@ -111,6 +111,7 @@ TaskResult run_attempt(const TaskSpec& task, std::uint32_t attempt, RunEnv& env,
 
 std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, std::uint32_t retries,
                                            const std::stop_token& drain, ModeRecorder& recorder, CancelBoard* cancels) {
+    recorder.started(task, 1, env.worker);
     TaskResult result = run_attempt(task, 1, env, cancels);
     // Asked once, on the first failure: settings_read() builds a list.
     const std::uint32_t more = result.ok ? 0 : engine_retries(task.type, retries);
@@ -118,6 +119,7 @@ std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, st
            !drain.stop_requested()) {
         const std::uint32_t next = result.attempt + 1;
         recorder.record_retry(task, std::move(result));
+        recorder.started(task, next, env.worker);
         result = run_attempt(task, next, env, cancels);
     }
     if (env.stop.stop_requested()) return std::nullopt;
@@ -143,6 +145,20 @@ void ModeRecorder::place(Placement placement) {
 void ModeRecorder::note(RunEvent event) {
     event.at_s = seconds_at(std::chrono::steady_clock::now());
     sink_.on_event(event);
+}
+
+void ModeRecorder::started(const TaskSpec& task, std::uint32_t attempt, const std::string& worker,
+                           std::chrono::steady_clock::time_point when) {
+    if (!starts_wanted_) return;
+    const double at_s = seconds_at(when);
+    sink_.on_task_started({.kind = RunEvent::Kind::TaskStarted,
+                           .at_s = at_s,
+                           .worker = worker,
+                           .detail = {},
+                           .task = task.id,
+                           .task_type = task.type,
+                           .attempt = attempt,
+                           .started_s = at_s});
 }
 
 double ModeRecorder::seconds_at(std::chrono::steady_clock::time_point when) const {

@@ -1,0 +1,448 @@
+#include "live_view.hpp"
+
+#include <arpa/inet.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <thread>
+#include <variant>
+
+#include <fmt/format.h>
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include "errors.hpp"
+#include "live_view_assets.hpp"
+
+namespace taskfarm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+enum BarStatus { kOk = 0, kFailed = 1, kLost = 2 };
+
+// Bars shorter than this share of the time so far, and as close to the one before on their
+// lane, are merged into it: a million tiny tasks make a few thousand bars, not a million.
+constexpr double kMergeShare = 1.0 / 1000;
+constexpr double kMergeLeast_s = 0.001;
+// A page that falls this many messages behind gets a fresh snapshot instead.
+constexpr std::size_t kMaxQueued = 50;
+constexpr auto kKeepAlive = std::chrono::seconds(15);
+constexpr std::size_t kHttpThreads = 8;  // each open page holds one
+
+std::string dump(const nlohmann::json& document) {
+    // Replace, not throw, on bytes that are not UTF-8: an error text may hold anything.
+    return document.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string sse(const char* event, const nlohmann::json& document) {
+    return fmt::format("event: {}\ndata: {}\n\n", event, dump(document));  // dump() has no line breaks
+}
+
+// Where a worker runs, from its WorkerStarted event's detail.
+std::string where_of(const std::string& detail, bool slurm) {
+    constexpr std::string_view kRemote = "remote on ";
+    if (detail.starts_with(kRemote)) {
+        std::string host = detail.substr(kRemote.size());
+        host = host.substr(0, host.rfind(", attached"));
+        return fmt::format("{} {}", slurm ? "Slurm node" : "remote host", host);
+    }
+    return "this machine, " + detail;  // "pid 1234"
+}
+
+std::string random_token() {
+    unsigned char bytes[16];
+    for (std::size_t got = 0; got < sizeof bytes;) {
+        const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+        if (n < 0 && errno != EINTR) throw std::runtime_error(fmt::format("cannot make a token for --ui: {}", std::strerror(errno)));
+        if (n > 0) got += static_cast<std::size_t>(n);
+    }
+    std::string token;
+    for (unsigned char byte : bytes) token += fmt::format("{:02x}", byte);
+    return token;
+}
+
+}  // namespace
+
+std::optional<UiAddress> parse_ui_address(const std::string& text) {
+    const auto colon = text.rfind(':');
+    UiAddress address{colon == std::string::npos ? "127.0.0.1" : text.substr(0, colon), 0};
+    const std::string port = colon == std::string::npos ? text : text.substr(colon + 1);
+    const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), address.port);
+    if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || address.port < 0 || address.port > 65535)
+        return std::nullopt;
+    return address;
+}
+
+// ---- LiveState
+
+LiveState::LiveState(std::string title, bool slurm) : title_(std::move(title)), slurm_(slurm) {}
+
+double LiveState::now_s(const Mode& mode) const {
+    if (mode.end_s >= 0) return mode.end_s;
+    return std::chrono::duration<double>(Clock::now() - mode.began).count();
+}
+
+LiveState::Lane& LiveState::lane(Mode& mode, const std::string& worker, std::uint32_t* index) {
+    static const std::string kUnassigned = "unassigned";  // a result that never ran anywhere
+    const std::string& name = worker.empty() ? kUnassigned : worker;  // no copy per task
+    auto [found, added] = mode.lane_of.try_emplace(name, static_cast<std::uint32_t>(mode.lanes.size()));
+    if (added) {
+        // In-process lanes (seq, t1...) never get a WorkerStarted event.
+        Lane& added_lane = mode.lanes.emplace_back();
+        added_lane.name = name;
+        added_lane.where = fmt::format("this machine, coordinator pid {}", ::getpid());
+        mode.changed = generation_;
+    }
+    Lane& lane = mode.lanes[found->second];
+    lane.changed = generation_;
+    if (index) *index = found->second;
+    return lane;
+}
+
+// A mode is over: its threads are gone too (worker processes say so themselves).
+void LiveState::close(Mode& mode) {
+    if (mode.end_s < 0) mode.end_s = now_s(mode);
+    for (Lane& lane : mode.lanes)
+        if (lane.alive) {
+            lane.alive = false;
+            lane.changed = generation_;
+        }
+    mode.changed = generation_;
+}
+
+void LiveState::begin_mode(const std::string& mode, std::size_t tasks) {
+    std::lock_guard lock(mutex_);
+    if (!modes_.empty()) close(modes_.back());
+    Mode& added = modes_.emplace_back();
+    added.name = mode;
+    added.tasks = tasks;
+    added.began = Clock::now();
+    added.changed = generation_;
+}
+
+void LiveState::result(const TaskResult& result) {
+    std::lock_guard lock(mutex_);
+    if (modes_.empty()) return;
+    Mode& mode = modes_.back();
+    mode.changed = generation_;
+    ++(result.ok ? mode.ok : mode.failed);
+    std::uint32_t index = 0;
+    Lane& lane = this->lane(mode, result.worker, &index);
+    ++lane.done;
+    if (lane.running && lane.running->first == result.id) lane.running.reset();
+    const int status = result.ok ? kOk : kFailed;
+    const double merge_s = std::max(kMergeLeast_s, result.end_s * kMergeShare);
+    Bar* last = lane.last_bar ? &mode.bars[*lane.last_bar] : nullptr;
+    if (last && last->ok == (status == kOk) && result.end_s - result.start_s < merge_s &&
+        result.start_s - last->end_s < merge_s) {
+        last->end_s = std::max(last->end_s, result.end_s);
+        ++last->tasks;
+        last->changed = generation_;
+    } else {
+        lane.last_bar = mode.bars.size();
+        mode.bars.push_back({index, result.start_s, result.end_s, result.ok, 1, result.id, generation_});
+    }
+    if (!result.ok) {
+        ++failures_total_;
+        if (failures_.size() < kMaxFailures) failures_.push_back({mode.name, result.id, result.worker, result.error});
+    }
+    if (mode.ok + mode.failed >= mode.tasks) mode.end_s = std::max(result.end_s, now_s(mode));
+}
+
+void LiveState::event(const RunEvent& event) {
+    std::lock_guard lock(mutex_);
+    if (modes_.empty()) return;
+    Mode& mode = modes_.back();
+    Lane& lane = this->lane(mode, event.worker);
+    switch (event.kind) {
+        case RunEvent::Kind::TaskStarted: lane.running.emplace(event.task, event.at_s); break;
+        case RunEvent::Kind::WorkerStarted:
+            lane.alive = true;
+            lane.where = where_of(event.detail, slurm_);
+            break;
+        case RunEvent::Kind::WorkerExited:
+            lane.alive = false;
+            lane.running.reset();
+            break;
+        case RunEvent::Kind::Requeued:
+            if (lane.running && lane.running->first == event.task) lane.running.reset();
+            // The lost attempt, drawn as such; never merged.
+            mode.bars.push_back({mode.lane_of.at(lane.name), event.started_s, event.at_s, false, 1, event.task, generation_});
+            mode.bars.back().tasks = 0;  // a lost attempt is no finished task
+            break;
+    }
+}
+
+void LiveState::finish(const std::vector<RunReport>& reports) {
+    std::lock_guard lock(mutex_);
+    for (Mode& mode : modes_) close(mode);
+    nlohmann::json rows = nlohmann::json::array();
+    for (const RunReport& report : reports) {
+        rows.push_back(report_json(reports, report));
+        rows.back().erase("failures");  // the page has them, and a million would make a huge message
+    }
+    reports_ = std::move(rows);
+}
+
+bool LiveState::finished() const {
+    std::lock_guard lock(mutex_);
+    return reports_.has_value();
+}
+
+nlohmann::json LiveState::mode_json(const Mode& mode, std::size_t index, std::uint64_t since) const {
+    nlohmann::json lanes = nlohmann::json::array();
+    std::size_t running = 0;
+    for (std::size_t i = 0; i < mode.lanes.size(); ++i) {
+        const Lane& lane = mode.lanes[i];
+        if (lane.running) ++running;
+        if (lane.changed < since) continue;
+        lanes.push_back({{"i", i},
+                         {"name", lane.name},
+                         {"where", lane.where},
+                         {"alive", lane.alive},
+                         {"done", lane.done},
+                         {"running", lane.running ? nlohmann::json::array({lane.running->first, lane.running->second})
+                                                  : nlohmann::json(nullptr)}});
+    }
+    nlohmann::json bars = nlohmann::json::array();
+    for (std::size_t i = 0; i < mode.bars.size(); ++i) {
+        const Bar& bar = mode.bars[i];
+        if (bar.changed < since) continue;
+        const int status = bar.tasks == 0 ? kLost : bar.ok ? kOk : kFailed;
+        bars.push_back({i, bar.lane, bar.start_s, bar.end_s, status, bar.tasks, bar.id});
+    }
+    return {{"i", index},
+            {"name", mode.name},
+            {"tasks", mode.tasks},
+            {"ok", mode.ok},
+            {"failed", mode.failed},
+            {"running", running},
+            {"now_s", now_s(mode)},
+            {"ended", mode.end_s >= 0},
+            {"lanes", std::move(lanes)},
+            {"bars", std::move(bars)}};
+}
+
+nlohmann::json LiveState::document(std::uint64_t since, std::size_t failures_from) const {
+    nlohmann::json modes = nlohmann::json::array();
+    for (std::size_t i = 0; i < modes_.size(); ++i)
+        if (modes_[i].changed >= since || modes_[i].end_s < 0) modes.push_back(mode_json(modes_[i], i, since));
+    nlohmann::json failures = nlohmann::json::array();
+    for (std::size_t i = failures_from; i < failures_.size(); ++i)
+        failures.push_back({{"mode", failures_[i].mode},
+                            {"id", failures_[i].id},
+                            {"worker", failures_[i].worker},
+                            {"error", failures_[i].error}});
+    nlohmann::json document = {{"modes", std::move(modes)},
+                               {"failures", std::move(failures)},
+                               {"failures_total", failures_total_},
+                               {"finished", reports_.has_value()}};
+    if (reports_) document["reports"] = *reports_;
+    if (since == 0) document["title"] = title_;
+    return document;
+}
+
+nlohmann::json LiveState::snapshot() {
+    std::lock_guard lock(mutex_);
+    return document(0, 0);
+}
+
+std::optional<nlohmann::json> LiveState::delta() {
+    std::lock_guard lock(mutex_);
+    const bool running = !modes_.empty() && modes_.back().end_s < 0;
+    const bool changed = std::any_of(modes_.begin(), modes_.end(), [&](const Mode& m) { return m.changed >= generation_; });
+    const bool news = changed || running || failures_sent_ < failures_.size() || (reports_ && !reports_sent_);
+    std::optional<nlohmann::json> out;
+    if (news) out = document(generation_, failures_sent_);
+    failures_sent_ = failures_.size();
+    reports_sent_ = reports_.has_value();
+    ++generation_;
+    return out;
+}
+
+// ---- LiveView
+
+class LiveView::Server {
+public:
+    struct Page {
+        std::deque<std::string> queue;  // SSE messages not yet written
+        bool behind = false;            // fell kMaxQueued behind: the queue restarts with a snapshot
+    };
+
+    explicit Server(LiveState& state) : state_(state) {}
+
+    void serve(const std::string& token) {
+        http_.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
+        http_.set_keep_alive_timeout(1);  // stopping waits for idle kept-alive connections
+        const std::string base = "/" + token + "/";
+        const auto headers = [](httplib::Response& response) {
+            // Defence in depth: the page escapes every text, and no script but its own may run.
+            response.set_header("Content-Security-Policy",
+                                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+            response.set_header("X-Content-Type-Options", "nosniff");
+            response.set_header("Referrer-Policy", "no-referrer");
+            response.set_header("Cache-Control", "no-store");
+        };
+        http_.Get(base, [headers](const httplib::Request&, httplib::Response& response) {
+            headers(response);
+            response.set_content(std::string(ui_assets::kPageHtml), "text/html; charset=utf-8");
+        });
+        http_.Get(base + "page.js", [headers](const httplib::Request&, httplib::Response& response) {
+            headers(response);
+            response.set_content(std::string(ui_assets::kPageJs), "text/javascript; charset=utf-8");
+        });
+        http_.Get(base + "page.css", [headers](const httplib::Request&, httplib::Response& response) {
+            headers(response);
+            response.set_content(std::string(ui_assets::kPageCss), "text/css; charset=utf-8");
+        });
+        http_.Get(base + "events", [this, headers](const httplib::Request&, httplib::Response& response) {
+            headers(response);
+            auto page = std::make_shared<Page>();
+            {
+                std::lock_guard lock(mutex_);
+                page->queue.push_back(sse("state", state_.snapshot()));
+                pages_.push_back(page);
+            }
+            response.set_chunked_content_provider(
+                "text/event-stream",
+                [this, page](std::size_t, httplib::DataSink& sink) { return stream(*page, sink); },
+                [this, page](bool) {
+                    std::lock_guard lock(mutex_);
+                    std::erase(pages_, page);
+                });
+        });
+        http_.set_error_handler([](const httplib::Request&, httplib::Response& response) {
+            response.set_content(fmt::format("{}: the page is at the address the coordinator printed\n", response.status),
+                                 "text/plain");
+        });
+    }
+
+    // Binds; the port (a free one for 0), or an error message.
+    std::variant<int, std::string> bind(const std::string& host, int port) {
+        // Not cpp-httplib's default SO_REUSEPORT: a port another program holds must be refused.
+        http_.set_socket_options([](socket_t socket) {
+            int yes = 1;
+            ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+        });
+        errno = 0;
+        const int bound = port == 0 ? http_.bind_to_any_port(host) : (http_.bind_to_port(host, port) ? port : -1);
+        if (bound > 0) return bound;
+        return errno != 0 ? std::string(std::strerror(errno)) : std::string("cannot bind");
+    }
+
+    void start() {
+        listener_ = std::thread([this] { http_.listen_after_bind(); });
+        // cpp-httplib's stop() does nothing to a server not yet running, whose thread would
+        // then never end: wait until it runs.
+        for (int i = 0; i < 5000 && !http_.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        flusher_ = std::jthread([this](std::stop_token stop) { flush_every_interval(stop); });
+    }
+
+    ~Server() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        if (flusher_.joinable()) {
+            flusher_.request_stop();
+            flusher_.join();
+        }
+        http_.stop();
+        if (listener_.joinable()) listener_.join();
+    }
+
+private:
+    bool stream(Page& page, httplib::DataSink& sink) {
+        std::unique_lock lock(mutex_);
+        if (page.behind) {
+            page.behind = false;
+            page.queue.assign(1, sse("state", state_.snapshot()));
+        }
+        wake_.wait_for(lock, kKeepAlive, [&] { return stopping_ || ended_ || !page.queue.empty(); });
+        if (stopping_) return false;
+        if (page.queue.empty()) {
+            if (!ended_) return sink.write(": keep-alive\n\n", 15);
+            // The run is over and the page has all of it: the stream ends (the page does not reconnect).
+            lock.unlock();
+            const std::string end = "event: end\ndata: {}\n\n";
+            if (!sink.write(end.data(), end.size())) return false;
+            sink.done();
+            return true;
+        }
+        const std::string message = std::move(page.queue.front());
+        page.queue.pop_front();
+        lock.unlock();
+        return sink.write(message.data(), message.size());
+    }
+
+    void flush_every_interval(std::stop_token stop) {
+        std::mutex sleep_mutex;
+        std::condition_variable_any sleeping;
+        while (!stop.stop_requested()) {
+            {
+                std::unique_lock sleep_lock(sleep_mutex);
+                sleeping.wait_for(sleep_lock, stop, kFlushInterval, [] { return false; });
+            }
+            std::lock_guard lock(mutex_);  // deltas go out in the order made, after any snapshot taken before
+            const bool finished = state_.finished();
+            const auto delta = state_.delta();
+            if (delta && !pages_.empty()) {
+                const auto message = sse("state", *delta);
+                for (auto& page : pages_) {
+                    if (page->queue.size() >= kMaxQueued) {
+                        page->behind = true;
+                        page->queue.clear();
+                    } else {
+                        page->queue.push_back(message);
+                    }
+                }
+            }
+            if (finished) ended_ = true;  // the delta made after finish() holds the table
+            wake_.notify_all();
+        }
+    }
+
+    LiveState& state_;
+    httplib::Server http_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::vector<std::shared_ptr<Page>> pages_;
+    bool stopping_ = false;
+    bool ended_ = false;
+    std::thread listener_;
+    std::jthread flusher_;
+};
+
+LiveView::LiveView(const std::string& address, std::string title, bool slurm)
+    : state_(std::move(title), slurm), server_(std::make_unique<Server>(state_)) {
+    const auto parsed = parse_ui_address(address);
+    if (!parsed) throw ConfigError(fmt::format("--ui: '{}' is not [ADDRESS:]PORT", address));
+    const std::string host = parsed->host == "*" ? "0.0.0.0" : parsed->host;
+    const std::string token = random_token();
+    server_->serve(token);
+    const auto bound = server_->bind(host, parsed->port);
+    if (const auto* why = std::get_if<std::string>(&bound))
+        throw ConfigError(fmt::format("--ui: cannot listen on {}:{}: {}", host, parsed->port, *why));
+    std::string shown = host;
+    if (host == "0.0.0.0") {
+        char name[256] = {};
+        if (::gethostname(name, sizeof name - 1) == 0) shown = name;
+    }
+    url_ = fmt::format("http://{}:{}/{}/", shown, std::get<int>(bound), token);
+}
+
+LiveView::~LiveView() = default;
+
+void LiveView::start() { server_->start(); }
+
+}  // namespace taskfarm

@@ -1,0 +1,154 @@
+#pragma once
+// --ui: a live page of the run in the browser. A LiveState keeps what the page shows (per
+// mode: counts, a lane per worker or thread with its bars and running task, failures; at the
+// end the comparison table) and turns it into JSON: a whole snapshot for a page that
+// connects, and every kFlushInterval a delta of what changed. LiveView serves the page with
+// cpp-httplib and pushes those as server-sent events. The sink only updates memory under a
+// lock, in O(1) per task: no I/O and no JSON on the runners' threads.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pictures.hpp"
+#include "report.hpp"
+#include "sinks.hpp"
+
+namespace taskfarm {
+
+// What the page shows, with a generation count per item so that a delta holds only what
+// changed since the last one. Thread-safe.
+class LiveState {
+public:
+    // At most this many failures are kept with their reasons (the journal has them all).
+    static constexpr std::size_t kMaxFailures = 200;
+
+    // `title`: the command line. `slurm`: remote workers were started by --launch slurm.
+    LiveState(std::string title, bool slurm);
+
+    void begin_mode(const std::string& mode, std::size_t tasks);
+    void result(const TaskResult& result);
+    void event(const RunEvent& event);
+    // The modes' reports, once the run is over: the comparison table, and the end of the stream.
+    void finish(const std::vector<RunReport>& reports);
+
+    // Everything, for a page that connects now.
+    nlohmann::json snapshot();
+    // What changed since the last delta() (nullopt: nothing, and no mode running).
+    std::optional<nlohmann::json> delta();
+    bool finished() const;
+
+private:
+    struct Bar {
+        std::uint32_t lane = 0;
+        double start_s = 0;
+        double end_s = 0;
+        bool ok = true;
+        std::uint32_t tasks = 1;  // tasks merged into this bar: too short to tell apart at the scale
+        TaskId id = kNoId;        // the first of them
+        std::uint64_t changed = 0;
+    };
+    struct Lane {
+        std::string name;
+        std::string where;   // "this machine, pid 42", "remote host b7", "Slurm node n3"
+        bool alive = true;
+        std::size_t done = 0;
+        std::optional<std::pair<TaskId, double>> running;  // id and start, seconds of the mode
+        std::optional<std::size_t> last_bar;                // index into Mode::bars
+        std::uint64_t changed = 0;
+    };
+    struct Mode {
+        std::string name;
+        std::size_t tasks = 0;
+        std::size_t ok = 0;
+        std::size_t failed = 0;
+        std::chrono::steady_clock::time_point began;
+        double end_s = -1;  // < 0: running
+        std::vector<Lane> lanes;
+        std::unordered_map<std::string, std::uint32_t> lane_of;
+        std::vector<Bar> bars;
+        std::uint64_t changed = 0;
+    };
+    struct FailureLine {
+        std::string mode;
+        TaskId id = kNoId;
+        std::string worker;
+        std::string error;
+    };
+
+    Lane& lane(Mode& mode, const std::string& worker, std::uint32_t* index = nullptr);
+    double now_s(const Mode& mode) const;
+    void close(Mode& mode);
+    nlohmann::json mode_json(const Mode& mode, std::size_t index, std::uint64_t since) const;
+    nlohmann::json document(std::uint64_t since, std::size_t failures_from) const;
+
+    mutable std::mutex mutex_;
+    const std::string title_;
+    const bool slurm_;
+    std::vector<Mode> modes_;
+    std::vector<FailureLine> failures_;
+    std::size_t failures_total_ = 0;
+    std::optional<nlohmann::json> reports_;
+    std::uint64_t generation_ = 1;  // what changes now is stamped with it; delta() moves it on
+    std::size_t failures_sent_ = 0;
+    bool reports_sent_ = false;
+};
+
+// The sink that feeds a LiveState; asks for task starts.
+class LiveSink final : public ResultSink {
+public:
+    explicit LiveSink(LiveState& state) : state_(state) {}
+    bool wants_task_starts() const override { return true; }
+    void on_task_started(const RunEvent& event) override { state_.event(event); }  // LiveState locks
+
+protected:
+    void begin_mode_(const std::string& mode, std::size_t tasks) override { state_.begin_mode(mode, tasks); }
+    void sink_it_(const TaskSpec&, const TaskResult& result) override { state_.result(result); }
+    void event_it_(const RunEvent& event) override { state_.event(event); }
+
+private:
+    LiveState& state_;
+};
+
+// "[ADDR:]PORT" of --ui: ADDR 127.0.0.1 when absent (the CLI checks it as --listen's); PORT
+// from 0 (a free one) to 65535. Nullopt when it is not that.
+struct UiAddress {
+    std::string host;
+    int port = 0;
+};
+std::optional<UiAddress> parse_ui_address(const std::string& text);
+
+// The page's HTTP server: binds in the constructor (ConfigError naming --ui when it cannot),
+// serves from start() until destruction. Pages get a snapshot, then a delta every
+// kFlushInterval while anything changes; once the run is over, the final state and then
+// the end of the stream.
+class LiveView {
+public:
+    static constexpr auto kFlushInterval = std::chrono::milliseconds(100);
+
+    LiveView(const std::string& address, std::string title, bool slurm);
+    ~LiveView();
+    LiveView(const LiveView&) = delete;
+    LiveView& operator=(const LiveView&) = delete;
+
+    // The page's address, with its secret path: only who has it can see the page.
+    const std::string& url() const { return url_; }
+    std::unique_ptr<ResultSink> sink() { return std::make_unique<LiveSink>(state_); }
+    LiveState& state() { return state_; }
+    void start();  // after the SignalWatcher, like every thread
+
+private:
+    class Server;
+    LiveState state_;
+    std::string url_;
+    std::unique_ptr<Server> server_;
+};
+
+}  // namespace taskfarm

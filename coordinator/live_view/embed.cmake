@@ -1,0 +1,17 @@
+# Writes OUTPUT, a header holding the live view's page files as string constants, so the
+# binary serves them without reading files (cmake -DOUTPUT=... -DSOURCE_DIR=... -P embed.cmake).
+set(text "#pragma once\n// Generated from coordinator/live_view/ by embed.cmake; edit those files.\n#include <string_view>\nnamespace taskfarm::ui_assets {\n")
+foreach(pair "kPageHtml=page.html" "kPageJs=page.js" "kPageCss=page.css")
+  string(REPLACE "=" ";" parts "${pair}")
+  list(GET parts 0 name)
+  list(GET parts 1 file)
+  file(READ "${SOURCE_DIR}/${file}" content)
+  string(FIND "${content}" ")taskfarm_ui\"" clash)
+  if(NOT clash EQUAL -1)
+    message(FATAL_ERROR "${file} contains the raw string delimiter )taskfarm_ui\"")
+  endif()
+  string(APPEND text "inline constexpr std::string_view ${name} = R\"taskfarm_ui(${content})taskfarm_ui\";\n")
+endforeach()
+string(APPEND text "}  // namespace taskfarm::ui_assets\n")
+file(WRITE "${OUTPUT}.tmp" "${text}")
+file(COPY_FILE "${OUTPUT}.tmp" "${OUTPUT}" ONLY_IF_DIFFERENT)

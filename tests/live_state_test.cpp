@@ -1,0 +1,133 @@
+// The live view's state without a server or a browser: what the page is sent for results
+// and events (counts, lanes, running tasks, bars, failures, the table), that tiny tasks
+// share bars, and that deltas hold only what changed. tests/live_view_test.py runs the page
+// in Chromium.
+
+#include <gtest/gtest.h>
+
+#include "live_view.hpp"
+#include "support.hpp"
+
+namespace taskfarm {
+namespace {
+
+TaskResult result_of(TaskId id, const std::string& worker, double start_s, double end_s, bool ok = true,
+                     std::string error = {}) {
+    TaskResult result;
+    result.id = id;
+    result.worker = worker;
+    result.ok = ok;
+    result.error = std::move(error);
+    result.start_s = start_s;
+    result.end_s = end_s;
+    return result;
+}
+
+RunEvent started(TaskId id, const std::string& worker, double at_s) {
+    return {.kind = RunEvent::Kind::TaskStarted, .at_s = at_s, .worker = worker, .detail = {}, .task = id,
+            .task_type = nullptr, .attempt = 1, .started_s = at_s};
+}
+
+const nlohmann::json& lane_named(const nlohmann::json& mode, const std::string& name) {
+    for (const auto& lane : mode["lanes"])
+        if (lane["name"] == name) return lane;
+    throw std::runtime_error("no lane " + name);
+}
+
+TEST(LiveState, CountsLanesRunningTasksAndBarsFollowTheRun) {
+    LiveState state("coordinator --ui 0", false);
+    state.begin_mode("threads", 3);
+    state.event(started(0, "t1", 0.0));
+    state.event(started(1, "t2", 0.0));
+    nlohmann::json mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(mode["running"], 2);
+    EXPECT_EQ(lane_named(mode, "t1")["running"], nlohmann::json::array({0, 0.0}));
+    EXPECT_EQ(mode["ended"], false);
+    state.result(result_of(0, "t1", 0.0, 0.5));
+    state.event(started(2, "t1", 0.5));
+    state.result(result_of(1, "t2", 0.0, 0.6, false, "<b>no</b>"));
+    state.result(result_of(2, "t1", 0.5, 1.0));
+    const nlohmann::json snapshot = state.snapshot();
+    mode = snapshot["modes"][0];
+    EXPECT_EQ(mode["ok"], 2);
+    EXPECT_EQ(mode["failed"], 1);
+    EXPECT_EQ(mode["running"], 0);
+    EXPECT_EQ(mode["ended"], true);  // every task has its result
+    EXPECT_EQ(lane_named(mode, "t1")["done"], 2);
+    EXPECT_TRUE(lane_named(mode, "t1")["running"].is_null());
+    ASSERT_EQ(mode["bars"].size(), 3u);  // 0.5 s tasks are far from tiny: a bar each
+    EXPECT_EQ(mode["bars"][1][4], 1);    // failed
+    ASSERT_EQ(snapshot["failures"].size(), 1u);
+    EXPECT_EQ(snapshot["failures"][0]["error"], "<b>no</b>");  // as data: the page shows it as text
+    EXPECT_EQ(snapshot["title"], "coordinator --ui 0");
+}
+
+TEST(LiveState, TinyTasksShareABarThatCountsThem) {
+    LiveState state("", false);
+    state.begin_mode("processes", 10'000);
+    for (TaskId id = 0; id < 10'000; ++id)
+        state.result(result_of(id, id % 2 ? "w2" : "w1", 1.0 + static_cast<double>(id) * 1e-5,
+                               1.0 + static_cast<double>(id + 1) * 1e-5));
+    const nlohmann::json mode = state.snapshot()["modes"][0];
+    ASSERT_EQ(mode["bars"].size(), 2u);  // one per lane
+    std::size_t tasks = 0;
+    for (const auto& bar : mode["bars"]) tasks += bar[5].get<std::size_t>();
+    EXPECT_EQ(tasks, 10'000u);
+}
+
+TEST(LiveState, KeepsAtMostKMaxFailuresWithTheirReasonsButCountsAll) {
+    LiveState state("", false);
+    state.begin_mode("sequential", 500);
+    for (TaskId id = 0; id < 500; ++id) state.result(result_of(id, "seq", 0, 0, false, "failed on purpose"));
+    const nlohmann::json snapshot = state.snapshot();
+    EXPECT_EQ(snapshot["failures"].size(), LiveState::kMaxFailures);
+    EXPECT_EQ(snapshot["failures_total"], 500);
+}
+
+TEST(LiveState, ADeltaHoldsWhatChangedSinceTheLastAndNothingOnceAllIsSent) {
+    LiveState state("", false);
+    state.begin_mode("threads", 2);
+    state.result(result_of(0, "t1", 0, 1));
+    ASSERT_TRUE(state.delta());  // everything so far
+    state.result(result_of(1, "t2", 0, 1.5));
+    const auto delta = state.delta();
+    ASSERT_TRUE(delta);
+    const nlohmann::json& mode = (*delta)["modes"][0];
+    ASSERT_EQ(mode["lanes"].size(), 1u);
+    EXPECT_EQ(mode["lanes"][0]["name"], "t2");
+    ASSERT_EQ(mode["bars"].size(), 1u);
+    EXPECT_EQ(mode["bars"][0][0], 1);  // the bar's index
+    EXPECT_FALSE(delta->contains("title"));
+    EXPECT_FALSE(state.delta());  // the mode is over and nothing changed
+    RunReport report;
+    report.mode = "threads";
+    report.failures.push_back({1, "x"});
+    state.finish({report});
+    const auto last = state.delta();
+    ASSERT_TRUE(last);
+    EXPECT_TRUE((*last)["finished"]);
+    EXPECT_EQ((*last)["reports"][0]["mode"], "threads");
+    EXPECT_FALSE((*last)["reports"][0].contains("failures"));  // the page lists them on its own
+}
+
+TEST(LiveState, WorkersSayWhereTheyRunAndWhenTheyAreGone) {
+    LiveState state("", true);
+    state.begin_mode("processes", 4);
+    state.event({.kind = RunEvent::Kind::WorkerStarted, .at_s = 0, .worker = "w1", .detail = "pid 42"});
+    state.event({.kind = RunEvent::Kind::WorkerStarted, .at_s = 0, .worker = "n1-0", .detail = "remote on n1, attached"});
+    state.event(started(0, "w1", 0.1));
+    state.event({.kind = RunEvent::Kind::Requeued, .at_s = 0.3, .worker = "w1", .detail = "worker w1 died",
+                 .task = 0, .task_type = nullptr, .attempt = 1, .started_s = 0.1});
+    state.event({.kind = RunEvent::Kind::WorkerExited, .at_s = 0.3, .worker = "w1", .detail = "signal 9"});
+    const nlohmann::json mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(lane_named(mode, "w1")["where"], "this machine, pid 42");
+    EXPECT_EQ(lane_named(mode, "w1")["alive"], false);
+    EXPECT_TRUE(lane_named(mode, "w1")["running"].is_null());
+    EXPECT_EQ(lane_named(mode, "n1-0")["where"], "Slurm node n1");
+    ASSERT_EQ(mode["bars"].size(), 1u);
+    EXPECT_EQ(mode["bars"][0][4], 2);  // lost
+    EXPECT_EQ(mode["bars"][0][5], 0);  // no finished task in it
+}
+
+}  // namespace
+}  // namespace taskfarm
