@@ -145,7 +145,6 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     }
     Worker& worker = workers_[peer];
     worker.name = hello.name;
-    worker.host = hello.host;
     worker.pid = pid;
     worker.cpu = hello.cpu;
     worker.last_seen = now;
@@ -569,7 +568,7 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
 
 void Schedule::front_started(const Worker& worker, Clock::time_point now) {
     const Attempt& front = worker.in_flight.front();
-    actions_.started(worker.name, plan_.tasks[front.index], front.number, now);
+    actions_.started(worker.name, task(front.index), front.number, now);
 }
 
 void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now) {

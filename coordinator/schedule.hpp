@@ -186,7 +186,6 @@ public:
 private:
     struct Worker {
         std::string name;               // from HELLO, "w3"
-        std::string host;               // from HELLO
         pid_t pid = 0;                  // from HELLO; ours if we spawned it
         int cpu = -1;                   // pinned CPU, -1 if none
         std::deque<Attempt> in_flight;  // sent, no result yet, in the order sent; requeued if it is lost
