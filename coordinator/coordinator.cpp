@@ -266,6 +266,16 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     const std::vector<const TaskType*> types = plan_types(plan);
     warn_unread_settings(config, types);
     choose_modes(config, types);
+    // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
+    std::optional<ForkServer> fork_server;
+    if (config.fork_server && config.workers > 0 && !config.slurm &&
+        std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end()) {
+        try {
+            fork_server.emplace(config.worker_bin, config.worker_prefix, config.log_level);
+        } catch (const std::exception& e) {  // the workers are exec'd then, as with --worker-bin
+            spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
+        }
+    }
     make_out_dirs(config, types);
     if (!config.resume_path.empty()) config.results_path = config.resume_path;
     // Locked before --resume reads (and may repair) the journal, so that no other run
@@ -317,7 +327,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
     for (const auto& service : plan.services) service->start();
     std::vector<RunReport> reports;
-    const RunShared shared{program.registry, settings};
+    const RunShared shared{program.registry, settings, fork_server ? &*fork_server : nullptr};
     try {
         for (Mode mode : config.modes) {
             if (signals.token().stop_requested()) break;

@@ -25,9 +25,12 @@ struct Runner {
 };
 
 // What every mode of a run shares besides the config.
+class ForkServer;
+
 struct RunShared {
     const Registry& registry;
     const Json& settings;  // Context::settings() of every task
+    ForkServer* fork_server = nullptr;  // forks the local workers; null: they are exec'd
 };
 
 // Builds the runner for `mode`; `stop` interrupts it (SIGINT, SIGTERM).

@@ -324,7 +324,7 @@ TEST_P(StopSignal, PrintsThePartialTableAndLeavesNoSocketDirectory) {
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60"});
     ::unsetenv("TMPDIR");
     std::vector<pid_t> workers;
-    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 2; },
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
                                     std::chrono::seconds(10)));
     ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== processes") != std::string::npos; },
                                     std::chrono::seconds(10)));
@@ -388,7 +388,7 @@ TEST(Wrappers, AWorkerKilledForSilenceTakesItsGroupWithIt) {
                                                  "60", "--heartbeat-timeout", "0.5", "--worker-bin", wrapper.string(),
                                                  "--log-level", "debug"});
     std::vector<pid_t> workers;
-    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 1; },
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 1; },
                                     std::chrono::seconds(10)));
     ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find(" said hello") != std::string::npos; },
                                     std::chrono::seconds(10)));

@@ -1,5 +1,7 @@
 #include "support.hpp"
 
+#include "fork_protocol.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -116,6 +118,24 @@ std::vector<pid_t> children_of(pid_t parent) {
         if (ppid == parent && state != 'Z') children.push_back(std::stoi(name));
     }
     return children;
+}
+
+namespace {
+bool is_fork_server(pid_t pid) {
+    return read_file(std::filesystem::path("/proc") / std::to_string(pid) / "comm") == std::string(kForkServerName) + "\n";
+}
+}  // namespace
+
+std::vector<pid_t> workers_of(pid_t coordinator) {
+    std::vector<pid_t> workers = children_of(coordinator);
+    std::erase_if(workers, is_fork_server);
+    return workers;
+}
+
+pid_t fork_server_of(pid_t coordinator) {
+    for (pid_t child : children_of(coordinator))
+        if (is_fork_server(child)) return child;
+    return -1;
 }
 
 bool process_exists(pid_t pid) {

@@ -42,14 +42,16 @@ private:
 // Worker processes over ZeroMQ: see dispatcher.hpp and process_pool.hpp.
 class ProcessesRunner final : public Runner {
 public:
-    ProcessesRunner(const RunConfig& config, const Json& settings, std::stop_token stop)
-        : config_(config), settings_(settings), stop_(std::move(stop)) {}
+    ProcessesRunner(const RunConfig& config, const Json& settings, std::stop_token stop,
+                    ForkServer* fork_server = nullptr)
+        : config_(config), settings_(settings), stop_(std::move(stop)), fork_server_(fork_server) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:
     const RunConfig& config_;
     const Json& settings_;
     std::stop_token stop_;
+    ForkServer* fork_server_;
 };
 
 }  // namespace taskfarm
