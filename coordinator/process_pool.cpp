@@ -191,7 +191,10 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
     });
     if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
     if (!launch_.scratch_dir.empty()) args.insert(args.end(), {"--scratch-dir", launch_.scratch_dir.string()});
-    pid_t pid = launch_.fork_server ? launch_.fork_server->fork_worker(args, cpu) : -1;
+    // The fork server is already the program run with the prefix: it gets the rest.
+    pid_t pid = launch_.fork_server ? launch_.fork_server->fork_worker(
+                                          {args.begin() + static_cast<std::ptrdiff_t>(launch_.prefix.size()), args.end()}, cpu)
+                                    : -1;
     if (pid <= 0) {
         bp::child process(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,
                           bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = PinToCpu(cpu));

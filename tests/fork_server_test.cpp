@@ -59,7 +59,7 @@ bool all_gone(const std::vector<pid_t>& pids) {
 TEST(ForkServer, ForksEachWorkerAsAChildOfTheCoordinatorInAGroupOfItsOwn) {
     testing::TempDir dir;
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
-                                                 "60", "--json", (dir / "report.json").string()});
+                                                 "60", "--json", (dir / "report.json").string(), "--log-level", "debug"});
     const auto [server, workers] = server_and_workers(coordinator, 2);
     ASSERT_GT(server, 0) << coordinator.err();
     ASSERT_EQ(workers.size(), 2u) << coordinator.err();
@@ -71,9 +71,16 @@ TEST(ForkServer, ForksEachWorkerAsAChildOfTheCoordinatorInAGroupOfItsOwn) {
         EXPECT_EQ(group_of(worker), worker) << worker;
         EXPECT_EQ(proc_file(worker, "comm"), "worker\n") << worker;
     }
-    // Both said hello with their own pids: the run is under way, then stopped.
-    ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== processes") != std::string::npos; },
-                                    std::chrono::seconds(10)));
+    // Both said hello with the pids the pool was told (a pid it did not spawn would be "attached").
+    ASSERT_TRUE(testing::eventually(
+        [&] {
+            const std::string err = coordinator.err();
+            const auto first = err.find(" said hello");
+            return first != std::string::npos && err.find(" said hello", first + 1) != std::string::npos;
+        },
+        std::chrono::seconds(10)))
+        << coordinator.err();
+    EXPECT_EQ(coordinator.err().find(") attached"), std::string::npos) << coordinator.err();
     coordinator.signal(SIGTERM);
     const Output output = coordinator.wait(std::chrono::seconds(20));
     EXPECT_EQ(output.exit_code, 143) << output.err;

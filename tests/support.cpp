@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -101,7 +102,10 @@ Output run_binary(const std::string& program, const std::vector<std::string>& ar
     return running.wait();
 }
 
-std::vector<pid_t> children_of(pid_t parent) {
+namespace {
+
+// Pids whose parent is `parent`, zombies (not yet reaped) included when asked.
+std::vector<pid_t> children(pid_t parent, bool zombies) {
     std::vector<pid_t> children;
     for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
         const std::string name = entry.path().filename().string();
@@ -115,26 +119,36 @@ std::vector<pid_t> children_of(pid_t parent) {
         char state = 0;
         pid_t ppid = 0;
         rest >> state >> ppid;
-        if (ppid == parent && state != 'Z') children.push_back(std::stoi(name));
+        if (ppid == parent && (zombies || state != 'Z')) children.push_back(std::stoi(name));
     }
     return children;
 }
 
-namespace {
-bool is_fork_server(pid_t pid) {
-    return read_file(std::filesystem::path("/proc") / std::to_string(pid) / "comm") == std::string(kForkServerName) + "\n";
+std::string proc_text(pid_t pid, const char* file) {
+    return read_file(std::filesystem::path("/proc") / std::to_string(pid) / file);
 }
+
+bool named_fork_server(pid_t pid) { return proc_text(pid, "comm") == std::string(kForkServerName) + "\n"; }
+
 }  // namespace
 
+std::vector<pid_t> children_of(pid_t parent) { return children(parent, false); }
+
+// The fork server renames itself before it forks anything, so until some child (a zombie, if
+// it was killed) has its name, a child with its command line is the server itself, starting.
 std::vector<pid_t> workers_of(pid_t coordinator) {
+    const std::vector<pid_t> all = children(coordinator, true);
+    const bool server_named = std::any_of(all.begin(), all.end(), named_fork_server);
     std::vector<pid_t> workers = children_of(coordinator);
-    std::erase_if(workers, is_fork_server);
+    std::erase_if(workers, [&](pid_t pid) {
+        return named_fork_server(pid) || (!server_named && proc_text(pid, "cmdline").find("--fork-server") != std::string::npos);
+    });
     return workers;
 }
 
 pid_t fork_server_of(pid_t coordinator) {
     for (pid_t child : children_of(coordinator))
-        if (is_fork_server(child)) return child;
+        if (named_fork_server(child)) return child;
     return -1;
 }
 
