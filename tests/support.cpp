@@ -134,14 +134,18 @@ bool named_fork_server(pid_t pid) { return proc_text(pid, "comm") == std::string
 
 std::vector<pid_t> children_of(pid_t parent) { return children(parent, false); }
 
-// The fork server renames itself before it forks anything, so until some child (a zombie, if
-// it was killed) has its name, a child with its command line is the server itself, starting.
+// A child with the coordinator's own command line has not exec'd yet: it may become the fork
+// server. The fork server renames itself before it forks anything, so until some child (a
+// zombie, if it was killed) has its name, a child with its command line is the server itself.
 std::vector<pid_t> workers_of(pid_t coordinator) {
     const std::vector<pid_t> all = children(coordinator, true);
     const bool server_named = std::any_of(all.begin(), all.end(), named_fork_server);
+    const std::string unexeced = proc_text(coordinator, "cmdline");
     std::vector<pid_t> workers = children_of(coordinator);
     std::erase_if(workers, [&](pid_t pid) {
-        return named_fork_server(pid) || (!server_named && proc_text(pid, "cmdline").find("--fork-server") != std::string::npos);
+        if (named_fork_server(pid)) return true;
+        const std::string cmdline = proc_text(pid, "cmdline");
+        return cmdline == unexeced || (!server_named && cmdline.find("--fork-server") != std::string::npos);
     });
     return workers;
 }
