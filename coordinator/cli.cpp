@@ -436,12 +436,15 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
         ->check(kPrefetch)
         ->capture_default_str();
-    app.add_option("--worker-bin", config.worker_bin,
-                   program.worker.prefix.empty()
-                       ? std::string("worker executable (default: `worker` next to this binary)")
-                       : fmt::format("worker executable (default: this program, run as `{} worker ...`); it gets\n"
-                                     "`worker --connect ...`",
-                                     program.name));
+    auto* worker_bin_option = app.add_option(
+        "--worker-bin", config.worker_bin,
+        program.worker.prefix.empty()
+            ? std::string("worker executable (default: `worker` next to this binary, whose fork server forks\n"
+                          "the local workers); each worker given here is exec'd, with `--connect ...`")
+            : fmt::format("worker executable (default: this program, whose fork server, `{} worker\n"
+                          "--fork-server`, forks the local workers); each worker given here is exec'd, with\n"
+                          "`worker --connect ...`",
+                          program.name));
     app.add_option("--json", config.json_path,
                    "write the report as JSON to FILE when the run ends. For --json, --trace and --timeline:\n"
                    "- (or /dev/stdout) is stdout, and the result lines and table then go to stderr; a\n"
@@ -680,6 +683,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
 
     try {
         app.parse(argc, argv);
+        config.fork_server = worker_bin_option->count() == 0;  // a binary of the user's own is exec'd (decision 102)
         // --urls FILE is the tutorial's name for --task download --inputs FILE.
         if (urls_option->count() > 0) {
             if (task_option->count() > 0 && task != "download")

@@ -66,6 +66,7 @@ struct RunConfig {
     std::filesystem::path worker_bin;  // the program to start as a local worker
     std::vector<std::string> worker_prefix;  // arguments before its own (an App: "worker")
     std::string worker_command = "worker";   // how a person starts one by hand, for messages
+    bool fork_server = true;  // local workers are forked by the program's fork server; false: exec'd (--worker-bin)
     std::filesystem::path json_path;
     std::filesystem::path results_path;
     std::filesystem::path resume_path;  // a journal to resume: skip what it has as ok, append the rest

@@ -1,12 +1,18 @@
 #include "process_pool.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <system_error>
 #include <thread>
 
 #include <boost/process/args.hpp>
@@ -17,13 +23,19 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "fork_protocol.hpp"
+
 namespace bp = boost::process;
 
 namespace taskfarm {
 
 struct ProcessPool::Child {
     std::string name;
-    bp::child process;
+    pid_t pid = -1;  // ours until reaped (detached from Boost.Process, or forked by the server)
+};
+
+struct ForkServer::Process {
+    bp::child child;
 };
 
 namespace {
@@ -71,6 +83,22 @@ struct PinToCpu {
     }
 };
 
+// Runs in the fork server between fork and exec: its end of the socket becomes descriptor 3
+// (dup2 clears close-on-exec; a descriptor already 3 keeps it, so clear it by hand).
+struct HandOverChannel {
+    int fd = -1;
+    template <typename Executor>
+    void operator()(Executor&) const {
+        if (fd == 3)
+            ::fcntl(fd, F_SETFD, 0);
+        else
+            ::dup2(fd, 3);
+    }
+};
+
+constexpr auto kForkReplyTimeout = std::chrono::seconds(10);
+constexpr auto kForkServerGrace = std::chrono::milliseconds(1000);
+
 std::string describe_status(int status) {
     if (WIFSIGNALED(status)) return fmt::format("signal {}", WTERMSIG(status));
     if (WIFEXITED(status)) return fmt::format("exit code {}", WEXITSTATUS(status));
@@ -83,6 +111,62 @@ std::filesystem::path default_worker_binary() {
     std::error_code ec;
     const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
     return ec ? std::filesystem::path("worker") : self.parent_path() / "worker";
+}
+
+ForkServer::ForkServer(const std::filesystem::path& binary, const std::vector<std::string>& prefix,
+                       const std::string& log_level) {
+    int ends[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ends) != 0)
+        throw std::system_error(errno, std::generic_category(), "cannot make the fork server's socket");
+    std::vector<std::string> args = prefix;
+    args.insert(args.end(), {"--fork-server", "--parent-pid", std::to_string(::getpid())});
+    if (!log_level.empty()) args.insert(args.end(), {"--log-level", log_level});
+    try {
+        process_ = std::make_unique<Process>(Process{bp::child(
+            bp::exe = binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,
+            bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = HandOverChannel{ends[1]})});
+    } catch (...) {
+        ::close(ends[0]);
+        ::close(ends[1]);
+        throw;
+    }
+    ::close(ends[1]);
+    channel_ = ends[0];
+    spdlog::debug("started the fork server (pid {})", process_->child.id());
+}
+
+ForkServer::~ForkServer() {
+    if (channel_ >= 0) ::close(channel_);  // its end of file: it exits
+    std::error_code ec;
+    if (!process_->child.wait_for(kForkServerGrace, ec)) {
+        process_->child.terminate(ec);
+        if (ec) spdlog::warn("cannot kill the fork server (pid {}): {}", process_->child.id(), ec.message());
+    }
+}
+
+pid_t ForkServer::pid() const { return process_->child.id(); }
+
+pid_t ForkServer::fork_worker(const std::vector<std::string>& args, int cpu) {
+    if (channel_ < 0) return -1;
+    std::string request = std::to_string(cpu);
+    for (const std::string& arg : args) {
+        request += '\0';
+        request += arg;
+    }
+    ForkReply reply;
+    pollfd readable{channel_, POLLIN, 0};
+    const bool sent = ::send(channel_, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size());
+    const bool answered = sent && ::poll(&readable, 1, static_cast<int>(std::chrono::milliseconds(kForkReplyTimeout).count())) == 1 &&
+                          ::recv(channel_, &reply, sizeof reply, 0) == static_cast<ssize_t>(sizeof reply);
+    if (!answered) {
+        spdlog::warn("the fork server (pid {}) is gone; workers are exec'd from now on", pid());
+        ::close(channel_);
+        channel_ = -1;
+        return -1;
+    }
+    if (reply.pid < 0)
+        throw std::system_error(reply.error, std::generic_category(), "the fork server cannot fork a worker");
+    return reply.pid;
 }
 
 ProcessPool::ProcessPool(WorkerLaunch launch) : launch_(std::move(launch)) {}
@@ -107,24 +191,29 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
     });
     if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
     if (!launch_.scratch_dir.empty()) args.insert(args.end(), {"--scratch-dir", launch_.scratch_dir.string()});
-    auto child = std::make_unique<Child>(Child{
-        name, bp::child(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null,
-                        bp::std_in < bp::null, bp::extend::on_exec_setup = DieWithParent{},
-                        bp::extend::on_exec_setup = PinToCpu(cpu))});
-    const pid_t pid = child->process.id();
+    // The fork server is already the program run with the prefix: it gets the rest.
+    pid_t pid = launch_.fork_server ? launch_.fork_server->fork_worker(
+                                          {args.begin() + static_cast<std::ptrdiff_t>(launch_.prefix.size()), args.end()}, cpu)
+                                    : -1;
+    if (pid <= 0) {
+        bp::child process(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,
+                          bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = PinToCpu(cpu));
+        pid = process.id();
+        process.detach();  // reaped here, by pid (waitpid), like a forked one
+    }
     spdlog::debug("started worker {} (pid {}, cpu {})", name, pid, cpu);
-    children_.push_back(std::move(child));
+    children_.push_back(std::make_unique<Child>(Child{name, pid}));
     return pid;
 }
 
 std::vector<WorkerExit> ProcessPool::reap_exited() {
     std::vector<WorkerExit> exits;
     std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
-        if (!has_exited(child->process.id())) return false;
-        kill_group(child->process.id());  // what it left running dies with it
-        std::error_code ec;
-        if (child->process.running(ec) || ec) return false;  // running() reaps an exited child
-        exits.push_back({child->process.id(), child->name, describe_status(child->process.native_exit_code())});
+        if (!has_exited(child->pid)) return false;
+        kill_group(child->pid);  // what it left running dies with it
+        int status = 0;
+        if (::waitpid(child->pid, &status, WNOHANG) != child->pid) return false;
+        exits.push_back({child->pid, child->name, describe_status(status)});
         return true;
     });
     return exits;
@@ -132,13 +221,17 @@ std::vector<WorkerExit> ProcessPool::reap_exited() {
 
 void ProcessPool::kill(pid_t pid) {
     std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
-        if (child->process.id() != pid) return false;
-        kill_group(pid);
-        std::error_code ec;
-        child->process.terminate(ec);  // SIGKILL, then waitpid
-        if (ec) spdlog::warn("cannot kill worker {} (pid {}): {}", child->name, pid, ec.message());
+        if (child->pid != pid) return false;
+        kill_and_reap(*child);
         return true;
     });
+}
+
+void ProcessPool::kill_and_reap(const Child& child) {
+    kill_group(child.pid);
+    ::kill(child.pid, SIGKILL);
+    while (::waitpid(child.pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
 }
 
 std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
@@ -153,11 +246,9 @@ std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     for (const auto& child : children_) {
-        spdlog::debug("killing worker {} (pid {})", child->name, child->process.id());
-        kill_group(child->process.id());
-        std::error_code ec;
-        child->process.terminate(ec);
-        exits.push_back({child->process.id(), child->name, "killed after the shutdown grace period"});
+        spdlog::debug("killing worker {} (pid {})", child->name, child->pid);
+        kill_and_reap(*child);
+        exits.push_back({child->pid, child->name, "killed after the shutdown grace period"});
     }
     children_.clear();
     return exits;

@@ -13,6 +13,31 @@
 
 namespace taskfarm {
 
+// The program's own fork server (decision 101): `binary PREFIX... --fork-server`, started
+// through Boost.Process while this process has no thread and no ZeroMQ context, with the
+// worker code and libraries loaded; it forks each local worker on request, as a child of
+// this process (so the pool reaps it and sees its exit as it would an exec'd one). Its
+// protocol is one SOCK_SEQPACKET socket: "CPU\0ARG\0..." -> {pid, errno}.
+class ForkServer {
+public:
+    // Throws when it cannot start.
+    ForkServer(const std::filesystem::path& binary, const std::vector<std::string>& prefix, const std::string& log_level);
+    ~ForkServer();  // closes its socket (it exits), waits a moment, kills and reaps it
+    ForkServer(const ForkServer&) = delete;
+    ForkServer& operator=(const ForkServer&) = delete;
+
+    // A worker running the program with `args` (after PREFIX), pinned to `cpu` when >= 0;
+    // its pid (a child of this process), or -1 when the server is gone (it is not asked again).
+    pid_t fork_worker(const std::vector<std::string>& args, int cpu);
+    pid_t pid() const;
+    bool alive() const { return channel_ >= 0; }
+
+private:
+    struct Process;
+    std::unique_ptr<Process> process_;
+    int channel_ = -1;  // our end of the socket; -1 once the server is gone
+};
+
 struct WorkerLaunch {
     std::filesystem::path binary{};
     std::vector<std::string> prefix{};    // arguments before the worker's own (an App's "worker")
@@ -22,6 +47,8 @@ struct WorkerLaunch {
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
     std::string log_level = {};  // passed as --log-level; empty: the worker's default (SPDLOG_LEVEL)
+    // Forks the workers when set and alive; else (--worker-bin, or a dead server) they are exec'd.
+    ForkServer* fork_server = nullptr;
 };
 
 struct WorkerExit {
@@ -37,10 +64,11 @@ public:
     ProcessPool(const ProcessPool&) = delete;
     ProcessPool& operator=(const ProcessPool&) = delete;
 
-    // Starts `worker --connect ENDPOINT --name NAME`; it dies with this process
-    // (PR_SET_PDEATHSIG, set between fork and exec). With cpu >= 0 it runs only on that
-    // CPU from its first instruction (also set before exec); if the kernel refuses, it runs
-    // unpinned and says so in its HELLO. Throws when it cannot start.
+    // Starts `worker --connect ENDPOINT --name NAME`, forked by the fork server or exec'd;
+    // it dies with this process (PR_SET_PDEATHSIG, set before it runs worker code) and is in
+    // a process group of its own. With cpu >= 0 it runs only on that CPU from its first
+    // instruction of worker code; if the kernel refuses, it runs unpinned and says so in its
+    // HELLO. Throws when it cannot start.
     pid_t spawn(const std::string& name, int cpu = -1);
 
     // Reaps the workers that exited since the last call, without blocking.
@@ -57,6 +85,7 @@ public:
 
 private:
     struct Child;
+    static void kill_and_reap(const Child& child);
     WorkerLaunch launch_;
     std::vector<std::unique_ptr<Child>> children_;  // live ones only
 };

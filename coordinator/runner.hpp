@@ -26,10 +26,13 @@ struct Runner {
 
 // What every mode of a run shares besides the config.
 class CancelBoard;
+class ForkServer;
+
 struct RunShared {
     const Registry& registry;
     const Json& settings;  // Context::settings() of every task
     CancelBoard* cancels = nullptr;  // tasks `coordinator cancel` asks for; null: none can be
+    ForkServer* fork_server = nullptr;  // forks the local workers; null: they are exec'd
 };
 
 // Builds the runner for `mode`; `stop` interrupts it (SIGINT; running tasks are cancelled),

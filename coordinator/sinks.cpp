@@ -112,8 +112,9 @@ std::string output_block(const TaskResult& result, OutputBlocks blocks) {
 template <typename... Args>
 void ConsoleSink::print(fmt::format_string<Args...> format, Args&&... args) {
     if (closed_) return;
-    const std::string text = fmt::format(format, std::forward<Args>(args)...);
-    if (std::fwrite(text.data(), 1, text.size(), out_) != text.size()) failed(errno);
+    line_.clear();
+    fmt::format_to(std::back_inserter(line_), format, std::forward<Args>(args)...);
+    if (std::fwrite(line_.data(), 1, line_.size(), out_) != line_.size()) failed(errno);
 }
 
 void ConsoleSink::failed(int error) {

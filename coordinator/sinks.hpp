@@ -94,6 +94,7 @@ private:
     bool line_by_line_;  // out_ is a terminal
     bool closed_ = false;  // a write failed with EPIPE: nobody reads any more
     bool error_logged_ = false;
+    fmt::memory_buffer line_;  // each line is formatted here: no allocation per result once it is grown
     std::function<void()> on_closed_;
 };
 

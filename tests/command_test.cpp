@@ -329,7 +329,7 @@ TEST(CommandLine, AKilledWorkerLeavesNoProcessBehind) {
     testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "processes",
                                                  "--workers", "1", "--max-attempts", "1", "--set", "command_grace_s=0.3"});
     const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
-    std::vector<pid_t> workers = testing::children_of(coordinator.pid());
+    std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
     workers.erase(std::remove_if(workers.begin(), workers.end(), [](pid_t pid) { return !testing::runs_program(pid, "worker"); }),
                   workers.end());
     ASSERT_EQ(workers.size(), 1u);

@@ -139,7 +139,7 @@ TEST(Coordinator, AnUnwritableResultsFileExitsTwoBeforeRunning) {
 // Starts a processes run of long tasks and waits until its workers are up.
 std::vector<pid_t> start_long_run(testing::Running& coordinator) {
     std::vector<pid_t> workers;
-    testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 3; },
+    testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 3; },
                         std::chrono::seconds(10));
     return workers;
 }
@@ -209,7 +209,7 @@ TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
     std::vector<pid_t> workers;
     testing::eventually(
         [&] {
-            workers = testing::children_of(coordinator.pid());
+            workers = testing::workers_of(coordinator.pid());
             return workers.size() == 2 && std::all_of(workers.begin(), workers.end(), runs_worker);
         },
         std::chrono::seconds(10));

@@ -683,7 +683,7 @@ TEST_P(DownloadInterrupted, LeavesNoFileBehind) {
     ASSERT_TRUE(testing::eventually([&] { return server.count(key) == 2; }, std::chrono::seconds(20)))
         << coordinator.err();
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the first bytes are in
-    const std::vector<pid_t> workers = testing::children_of(coordinator.pid());
+    const std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
     coordinator.signal(GetParam().signo);
     const Output output = coordinator.wait(std::chrono::seconds(30));
     EXPECT_EQ(output.exit_code, GetParam().exit_code) << output.err;
@@ -742,7 +742,7 @@ pid_t started_worker(const testing::Running& coordinator) {
     pid_t worker = -1;
     testing::eventually(
         [&] {
-            const std::vector<pid_t> children = testing::children_of(coordinator.pid());
+            const std::vector<pid_t> children = testing::workers_of(coordinator.pid());
             if (children.size() != 1) return false;
             if (!testing::runs_program(children[0], "worker") ||
                 mapped_files(children[0]).find("libzmq") == std::string::npos)
@@ -755,14 +755,18 @@ pid_t started_worker(const testing::Running& coordinator) {
 }
 
 // Decision 55: libcurl and libcrypto (and their dependencies) are loaded by the first
-// download, not at start-up, so sleep and CPU workers start in a third of the time.
+// download, not at start-up, so an exec'd worker (--worker-bin) that sleeps starts in a third
+// of the time; a forked one has them from its fork server (decision 101), which loaded them
+// once, so even its first download pays nothing for them.
 TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
     testing::TempDir dir;
     {
         testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1",
-                                                 "--duration", "60", "--drain-timeout", "0"});
+                                                 "--duration", "60", "--worker-bin", testing::bin("worker").string(),
+                                                "--drain-timeout", "0"});
         const pid_t worker = started_worker(sleeper);
         ASSERT_GT(worker, 0) << sleeper.err();
+        EXPECT_EQ(testing::fork_server_of(sleeper.pid()), -1) << "--worker-bin workers are exec'd";
         const std::string maps = mapped_files(worker);
         EXPECT_EQ(maps.find("libcurl"), std::string::npos) << maps;
         EXPECT_EQ(maps.find("libcrypto"), std::string::npos) << maps;
@@ -772,6 +776,7 @@ TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
     // The same check sees them in a worker in the middle of a download (the server takes a minute).
     testing::Running downloader("coordinator", {"--mode", "processes", "--workers", "1", "--task", "download",
                                                 "--tasks", "1", "--latency", "60", "--out-dir", dir.path().string(),
+                                                "--worker-bin", testing::bin("worker").string(),
                                                 "--drain-timeout", "0"});
     const pid_t worker = started_worker(downloader);
     ASSERT_GT(worker, 0) << downloader.err();
@@ -784,6 +789,23 @@ TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
         << mapped_files(worker);
     downloader.signal(SIGTERM);
     EXPECT_EQ(downloader.wait(std::chrono::seconds(20)).exit_code, 143);
+}
+
+TEST(DownloadRun, AForkedWorkerStartsWithLibcurlItsForkServerLoaded) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "60"});
+    const pid_t worker = started_worker(sleeper);
+    ASSERT_GT(worker, 0) << sleeper.err();
+    const pid_t server = testing::fork_server_of(sleeper.pid());
+    ASSERT_GT(server, 0) << sleeper.err();
+    EXPECT_NE(mapped_files(server).find("libcurl"), std::string::npos);
+    EXPECT_NE(mapped_files(worker).find("libcurl"), std::string::npos);  // a sleep worker: nothing downloaded
+    sleeper.signal(SIGTERM);
+    EXPECT_EQ(sleeper.wait(std::chrono::seconds(20)).exit_code, 143);
+    EXPECT_FALSE(testing::process_exists(worker));
+    EXPECT_FALSE(testing::process_exists(server));
 }
 
 TEST(LazyLibrary, NamesTheLibraryOrSymbolItCannotFind) {

@@ -326,7 +326,7 @@ TEST_P(StopSignal, PrintsThePartialTableAndLeavesNoSocketDirectory) {
                                                  "--drain-timeout", "0"});
     ::unsetenv("TMPDIR");
     std::vector<pid_t> workers;
-    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 2; },
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
                                     std::chrono::seconds(10)));
     ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== processes") != std::string::npos; },
                                     std::chrono::seconds(10)));
@@ -390,7 +390,7 @@ TEST(Wrappers, AWorkerKilledForSilenceTakesItsGroupWithIt) {
                                                  "60", "--heartbeat-timeout", "0.5", "--worker-bin", wrapper.string(),
                                                  "--log-level", "debug", "--drain-timeout", "0"});
     std::vector<pid_t> workers;
-    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 1; },
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 1; },
                                     std::chrono::seconds(10)));
     ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find(" said hello") != std::string::npos; },
                                     std::chrono::seconds(10)));

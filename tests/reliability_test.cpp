@@ -37,7 +37,7 @@ std::map<std::string, std::map<int, json>> by_mode_and_id(const std::filesystem:
 // Waits until the coordinator has `count` worker processes and returns their pids.
 std::vector<pid_t> workers_of(const testing::Running& coordinator, std::size_t count) {
     std::vector<pid_t> workers;
-    testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == count; },
+    testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == count; },
                         std::chrono::seconds(20));
     return workers;
 }
@@ -62,7 +62,7 @@ TEST(Reliability, KillingARandomWorkerEveryThirdOfASecondLosesNoTask) {
         std::mt19937 random(7);
         while (!done) {
             std::this_thread::sleep_for(std::chrono::milliseconds(300));
-            const std::vector<pid_t> workers = testing::children_of(coordinator.pid());
+            const std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
             if (done || workers.empty()) continue;
             if (::kill(workers[random() % workers.size()], SIGKILL) == 0) ++kills;
         }

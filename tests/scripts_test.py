@@ -479,6 +479,9 @@ class BenchQuick(unittest.TestCase):
         "10,000 inputs on stdin (--task sleep --inputs -, processes): peak RSS": 1,
         "no-op, processes, 2 workers, --ui": 1,
         "no-op, threads, 2 threads, --ui": 1,
+        "no-op tasks/s at 1,000 against 100,000": 1,
+        "128 workers all said hello (+1 no-op task)": 1,
+        "registered no-op function, processes, 2 workers": 1,
     }
 
     def test_quick_measures_every_row_and_writes_the_json(self):
@@ -509,7 +512,7 @@ class BenchQuick(unittest.TestCase):
                 self.assertIsInstance(r["met"], bool, r)
                 self.assertIn("yes" if r["met"] else "NO", done.stdout)
         self.assertEqual(counts, self.ROWS)
-        self.assertEqual(sum(1 for r in rows if r["target"]), 10 + 5 + 2)  # + the memory rows, the two --ui rows' >= 0.9
+        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2)  # + the memory rows, the two --ui rows' >= 0.9
         for key, values in results["samples"].items():
             self.assertEqual(len(values), 1, key)
         self.assertIn("fetch.wall_s", results["samples"])

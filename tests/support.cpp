@@ -1,11 +1,14 @@
 #include "support.hpp"
 
+#include "fork_protocol.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -105,7 +108,10 @@ Output run_binary(const std::string& program, const std::vector<std::string>& ar
     return running.wait();
 }
 
-std::vector<pid_t> children_of(pid_t parent) {
+namespace {
+
+// Pids whose parent is `parent`, zombies (not yet reaped) included when asked.
+std::vector<pid_t> children(pid_t parent, bool zombies) {
     std::vector<pid_t> children;
     for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
         const std::string name = entry.path().filename().string();
@@ -119,9 +125,41 @@ std::vector<pid_t> children_of(pid_t parent) {
         char state = 0;
         pid_t ppid = 0;
         rest >> state >> ppid;
-        if (ppid == parent && state != 'Z') children.push_back(std::stoi(name));
+        if (ppid == parent && (zombies || state != 'Z')) children.push_back(std::stoi(name));
     }
     return children;
+}
+
+std::string proc_text(pid_t pid, const char* file) {
+    return read_file(std::filesystem::path("/proc") / std::to_string(pid) / file);
+}
+
+bool named_fork_server(pid_t pid) { return proc_text(pid, "comm") == std::string(kForkServerName) + "\n"; }
+
+}  // namespace
+
+std::vector<pid_t> children_of(pid_t parent) { return children(parent, false); }
+
+// A child with the coordinator's own command line has not exec'd yet: it may become the fork
+// server. The fork server renames itself before it forks anything, so until some child (a
+// zombie, if it was killed) has its name, a child with its command line is the server itself.
+std::vector<pid_t> workers_of(pid_t coordinator) {
+    const std::vector<pid_t> all = children(coordinator, true);
+    const bool server_named = std::any_of(all.begin(), all.end(), named_fork_server);
+    const std::string unexeced = proc_text(coordinator, "cmdline");
+    std::vector<pid_t> workers = children_of(coordinator);
+    std::erase_if(workers, [&](pid_t pid) {
+        if (named_fork_server(pid)) return true;
+        const std::string cmdline = proc_text(pid, "cmdline");
+        return cmdline == unexeced || (!server_named && cmdline.find("--fork-server") != std::string::npos);
+    });
+    return workers;
+}
+
+pid_t fork_server_of(pid_t coordinator) {
+    for (pid_t child : children_of(coordinator))
+        if (named_fork_server(child)) return child;
+    return -1;
 }
 
 bool process_exists(pid_t pid) {

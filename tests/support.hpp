@@ -85,6 +85,11 @@ std::vector<nlohmann::json> read_result_lines(const std::filesystem::path& path)
 
 // Pids whose parent is `parent`, from /proc.
 std::vector<pid_t> children_of(pid_t parent);
+// The coordinator's worker processes: its children but its fork server (decision 101), which
+// forks them as children of the coordinator.
+std::vector<pid_t> workers_of(pid_t coordinator);
+// Its fork server, or -1 when it has none (--worker-bin, or not started yet).
+pid_t fork_server_of(pid_t coordinator);
 bool process_exists(pid_t pid);  // alive and not a zombie
 // Whether `pid` has exec'd build/bin/<program>: a child shows in /proc from its fork on,
 // before it runs anything of its own.

@@ -287,7 +287,7 @@ TEST(CoordinatorTrace, ShowsTheAttemptLostWithAKilledWorker) {
                                                  "0.6", "--trace", (dir / "run.json").string(), "--timeline",
                                                  (dir / "run.svg").string()});
     std::vector<pid_t> workers;
-    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::children_of(coordinator.pid())).size() == 2; },
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
                                     std::chrono::seconds(10)))
         << coordinator.err();
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // both are running a task now

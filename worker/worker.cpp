@@ -27,6 +27,7 @@
 #include "checks.hpp"
 #include "curve.hpp"
 #include "errors.hpp"
+#include "fork_server.hpp"
 #include "log.hpp"
 #include "protocol.hpp"
 #include "text.hpp"
@@ -514,6 +515,7 @@ CLI::Validator seconds_between(double lo, double hi) {
 int worker_main(const std::string& name, const Registry& registry, int argc, const char* const* argv) {
     WorkerConfig config;
     config.registry = &registry;
+    bool fork_server = false;
     CLI::App app{fmt::format(
         "{}: runs the tasks a coordinator hands out (task types: {}). The coordinator starts its own local\n"
         "workers; start one by hand (on this or another machine) to join a coordinator that runs with --listen.\n",
@@ -523,7 +525,6 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.get_formatter()->column_width(30);
     app.add_option("--connect", config.connect,
                    "the coordinator: tcp://HOST:PORT of its --listen, or the ipc://PATH it gives its own workers")
-        ->required()
         ->check(kEndpoint)
         ->type_name("ENDPOINT");
     auto* keys_option =
@@ -574,6 +575,9 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         ->capture_default_str();
     app.add_option("--log-level", config.log_level, "log level on stderr (default: SPDLOG_LEVEL, else info)")
         ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
+    app.add_flag("--fork-server", fork_server,
+                 "instead of connecting, fork workers on the coordinator's requests on descriptor 3, with\n"
+                 "--parent-pid (the coordinator starts one itself for its local workers; see decision 101)");
     app.footer(
         fmt::format("Exit status: 0 after the coordinator's SHUTDOWN; 1 when the coordinator refused this worker, never\n"
                     "answered, or went silent; 2 bad usage. See docs/multihost.md.\n"
@@ -581,6 +585,9 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                     name));
     try {
         app.parse(argc, argv);
+        if (fork_server && config.parent_pid <= 0)
+            throw CLI::ValidationError("--fork-server", "needs --parent-pid, the coordinator it forks workers for");
+        if (!fork_server && config.connect.empty()) throw CLI::RequiredError("--connect");
         if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
             throw CLI::ValidationError("--heartbeat-interval", why);
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
@@ -593,6 +600,17 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                                          config.connect));
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::Usage);
+    }
+    if (fork_server) {
+        init_logging("fork-server");
+        if (!config.log_level.empty()) set_log_level(config.log_level);
+        exit_with_parent(config.parent_pid);
+        auto args = serve_forks(registry, kForkServerChannel, static_cast<pid_t>(config.parent_pid));
+        if (!args) return static_cast<int>(ExitCode::Ok);
+        // A new worker: the arguments the coordinator would have exec'd it with.
+        std::vector<const char*> child_argv{argv[0]};
+        for (const std::string& arg : *args) child_argv.push_back(arg.c_str());
+        return worker_main(name, registry, static_cast<int>(child_argv.size()), child_argv.data());
     }
     if (config.name.empty()) config.name = fmt::format("{}-{}", host_name(), ::getpid());
     init_logging(config.name);

@@ -115,7 +115,8 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                           .endpoint = endpoint,
                           .heartbeat_interval_s = config_.heartbeat_interval_s,
                           .heartbeat_timeout_s = config_.heartbeat_timeout_s,
-                          .log_level = config_.log_level});
+                          .log_level = config_.log_level,
+                          .fork_server = fork_server_});
         Dispatcher dispatcher(router, pool, plan, recorder,
                               DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
                                               millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
@@ -182,7 +183,7 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
                                                    config.task_retries, shared.cancels);
         case Mode::Processes:
             return std::make_unique<ProcessesRunner>(config, shared.settings, std::move(stop), std::move(drain),
-                                                     shared.cancels);
+                                                     shared.cancels, shared.fork_server);
     }
     return nullptr;
 }

@@ -228,6 +228,11 @@ public:
     // coordinator's own thread after the sequential mode: release per-thread resources
     // (the built-in download keeps a connection pool per thread).
     virtual void thread_done() const {}
+    // Called once in the fork server of a program's local workers, before it forks any of
+    // them: load what the first task would (the built-in download loads and initialises
+    // libcurl), so that every worker starts with it loaded. Single-threaded: start no thread
+    // here. A throw is logged at debug level and ignored. The default: nothing.
+    virtual void preload() const {}
 };
 
 // The longest duration a task field may give (a year): a longer one would overflow the

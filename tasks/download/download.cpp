@@ -566,6 +566,7 @@ public:
     }
 
     void thread_done() const override { close_connections(); }
+    void preload() const override { libcurl(); }
 };
 
 }  // namespace

@@ -1,0 +1,173 @@
+// The fork server (decision 101): local workers are forked from it as children of the
+// coordinator, and no process outlives a SIGKILL of any level: the coordinator, the fork
+// server, a worker. Assertions are on pids, parents, exit codes and counts, never on time.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "support.hpp"
+
+namespace taskfarm {
+namespace {
+
+using nlohmann::json;
+using testing::Output;
+
+std::string proc_file(pid_t pid, const char* name) {
+    return testing::read_file(std::filesystem::path("/proc") / std::to_string(pid) / name);
+}
+
+// The fields of /proc/PID/stat after the command name: state, ppid, pgrp, ...
+std::vector<std::string> stat_fields(pid_t pid) {
+    const std::string stat = proc_file(pid, "stat");
+    std::istringstream rest(stat.substr(stat.rfind(')') + 1));
+    std::vector<std::string> fields;
+    for (std::string field; rest >> field;) fields.push_back(field);
+    return fields;
+}
+
+pid_t parent_of(pid_t pid) { return std::stoi(stat_fields(pid).at(1)); }
+pid_t group_of(pid_t pid) { return std::stoi(stat_fields(pid).at(2)); }
+
+// Waits for the fork server and `count` workers of a running coordinator.
+std::pair<pid_t, std::vector<pid_t>> server_and_workers(const testing::Running& coordinator, std::size_t count) {
+    pid_t server = -1;
+    std::vector<pid_t> workers;
+    testing::eventually(
+        [&] {
+            server = testing::fork_server_of(coordinator.pid());
+            workers = testing::workers_of(coordinator.pid());
+            return server > 0 && workers.size() == count &&
+                   std::all_of(workers.begin(), workers.end(), [](pid_t w) { return testing::runs_program(w, "worker"); });
+        },
+        std::chrono::seconds(20));
+    return {server, workers};
+}
+
+bool all_gone(const std::vector<pid_t>& pids) {
+    return testing::eventually(
+        [&] { return std::none_of(pids.begin(), pids.end(), testing::process_exists); }, std::chrono::seconds(10));
+}
+
+TEST(ForkServer, ForksEachWorkerAsAChildOfTheCoordinatorInAGroupOfItsOwn) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
+                                                 "60", "--json", (dir / "report.json").string(), "--log-level", "debug"});
+    const auto [server, workers] = server_and_workers(coordinator, 2);
+    ASSERT_GT(server, 0) << coordinator.err();
+    ASSERT_EQ(workers.size(), 2u) << coordinator.err();
+    EXPECT_EQ(parent_of(server), coordinator.pid());
+    EXPECT_TRUE(testing::runs_program(server, "worker"));
+    EXPECT_NE(proc_file(server, "cmdline").find("--fork-server"), std::string::npos);
+    for (pid_t worker : workers) {
+        EXPECT_EQ(parent_of(worker), coordinator.pid()) << worker;
+        EXPECT_EQ(group_of(worker), worker) << worker;
+        EXPECT_EQ(proc_file(worker, "comm"), "worker\n") << worker;
+    }
+    // Both said hello with the pids the pool was told (a pid it did not spawn would be "attached").
+    ASSERT_TRUE(testing::eventually(
+        [&] {
+            const std::string err = coordinator.err();
+            const auto first = err.find(" said hello");
+            return first != std::string::npos && err.find(" said hello", first + 1) != std::string::npos;
+        },
+        std::chrono::seconds(10)))
+        << coordinator.err();
+    EXPECT_EQ(coordinator.err().find(") attached"), std::string::npos) << coordinator.err();
+    coordinator.signal(SIGTERM);
+    const Output output = coordinator.wait(std::chrono::seconds(20));
+    EXPECT_EQ(output.exit_code, 143) << output.err;
+    const json run = testing::read_json(dir / "report.json")["runs"][0];
+    std::vector<pid_t> placed;
+    for (const json& place : run["placement"]) placed.push_back(place["pid"].get<pid_t>());
+    std::sort(placed.begin(), placed.end());
+    std::vector<pid_t> expected = workers;
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(placed, expected) << run["placement"].dump();
+    EXPECT_TRUE(all_gone({server, workers[0], workers[1]}));
+}
+
+TEST(ForkServer, NothingOutlivesASigkillOfTheCoordinator) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "3", "--tasks", "3", "--duration", "60"});
+    const auto [server, workers] = server_and_workers(coordinator, 3);
+    ASSERT_GT(server, 0) << coordinator.err();
+    ASSERT_EQ(workers.size(), 3u) << coordinator.err();
+    coordinator.signal(SIGKILL);
+    EXPECT_EQ(coordinator.wait().exit_code, 128 + SIGKILL);
+    std::vector<pid_t> everyone = workers;
+    everyone.push_back(server);
+    EXPECT_TRUE(all_gone(everyone)) << "PR_SET_PDEATHSIG should have ended them with the coordinator";
+}
+
+// Without its fork server the run goes on: its workers are the coordinator's, and a
+// replacement for one that dies afterwards is exec'd.
+TEST(ForkServer, ASigkilledForkServerLosesNothingAndLaterWorkersAreExecd) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "6", "--duration",
+                                                 "1", "--results", (dir / "r.jsonl").string()});
+    const auto [server, workers] = server_and_workers(coordinator, 2);
+    ASSERT_GT(server, 0) << coordinator.err();
+    ASSERT_EQ(workers.size(), 2u) << coordinator.err();
+    ::kill(server, SIGKILL);
+    ASSERT_TRUE(testing::eventually([&] { return !testing::process_exists(server); }, std::chrono::seconds(10)));
+    EXPECT_TRUE(testing::process_exists(workers[0]));
+    EXPECT_TRUE(testing::process_exists(workers[1]));
+    ::kill(workers[0], SIGKILL);  // its tasks are requeued, and its replacement cannot be forked
+    const Output output = coordinator.wait(std::chrono::seconds(60));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_NE(output.err.find("workers are exec'd from now on"), std::string::npos) << output.err;
+    std::set<int> ok;
+    for (const json& line : testing::read_json_lines(dir / "r.jsonl"))
+        if (line["ok"].get<bool>()) ok.insert(line["id"].get<int>());
+    EXPECT_EQ(ok.size(), 6u);
+    EXPECT_TRUE(all_gone(workers));
+}
+
+TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
+                                                 "60", "--worker-bin", testing::bin("worker").string()});
+    std::vector<pid_t> workers;
+    ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
+                                    std::chrono::seconds(20)));
+    EXPECT_EQ(testing::fork_server_of(coordinator.pid()), -1);
+    for (pid_t worker : workers) EXPECT_EQ(proc_file(worker, "cmdline").find("--fork-server"), std::string::npos);
+    coordinator.signal(SIGTERM);
+    EXPECT_EQ(coordinator.wait(std::chrono::seconds(20)).exit_code, 143);
+    EXPECT_TRUE(all_gone(workers));
+}
+
+// Only the processes mode starts one, and only when it has local workers to fork.
+TEST(ForkServer, ARunWithoutWorkerProcessesStartsNone) {
+    testing::Running coordinator("coordinator", {"--mode", "threads", "--workers", "2", "--tasks", "2", "--duration", "60"});
+    ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== threads") != std::string::npos; },
+                                    std::chrono::seconds(10)));
+    EXPECT_EQ(testing::children_of(coordinator.pid()), std::vector<pid_t>{});
+    coordinator.signal(SIGTERM);
+    EXPECT_EQ(coordinator.wait(std::chrono::seconds(20)).exit_code, 143);
+}
+
+TEST(ForkServer, TheWorkerRefusesAForkServerWithoutItsParent) {
+    const Output output = testing::run_binary("worker", {"--fork-server"});
+    EXPECT_EQ(output.exit_code, 2);
+    EXPECT_NE(output.err.find("--fork-server"), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find("--parent-pid"), std::string::npos) << output.err;
+}
+
+}  // namespace
+}  // namespace taskfarm

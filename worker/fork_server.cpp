@@ -1,0 +1,94 @@
+#include "fork_server.hpp"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+#include <spdlog/spdlog.h>
+
+namespace taskfarm {
+namespace {
+
+// fork(), except that the child's parent is our parent, the coordinator: glibc's fork has no
+// such flag. The process is single-threaded and holds no lock, so glibc's fork handlers have
+// nothing to do; its main thread's cached thread id stays the server's (decision 101).
+pid_t fork_as_sibling() { return static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0)); }
+
+// In the new child, before it runs any worker code: what the coordinator's exec'd workers
+// get between fork and exec (process_pool.cpp), plus the pin.
+void become_worker(int channel, pid_t coordinator, int cpu, const char* comm) {
+    ::close(channel);
+    ::prctl(PR_SET_NAME, comm);  // the program's name again, not the server's, in ps and /proc
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != coordinator) std::_Exit(1);  // the coordinator died before the prctl
+    ::setpgid(0, 0);
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        ::sched_setaffinity(0, sizeof set, &set);  // a failure shows as cpu -1 in HELLO
+    }
+}
+
+}  // namespace
+
+std::optional<std::vector<std::string>> serve_forks(const Registry& registry, int channel, pid_t coordinator) {
+    for (const auto& type : registry.types()) {
+        try {
+            type->preload();
+        } catch (const std::exception& e) {  // its first task will say so again, in its result
+            spdlog::debug("cannot preload task type '{}': {}", type->name(), e.what());
+        }
+    }
+    // /proc/PID/comm and ps: the server is "fork-server"; a worker has the program's name.
+    // (Its command line stays the server's: a forked process cannot change it.)
+    char comm[17] = {};
+    ::prctl(PR_GET_NAME, comm);
+    ::prctl(PR_SET_NAME, kForkServerName);
+    std::vector<char> request(kMaxForkRequest + 1);
+    while (true) {
+        const ssize_t got = ::recv(channel, request.data(), request.size(), 0);
+        if (got == 0) return std::nullopt;  // the coordinator closed its end: done
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            spdlog::error("fork server: cannot read a request: {}", std::strerror(errno));
+            return std::nullopt;
+        }
+        ForkReply reply;
+        std::vector<std::string> args;
+        for (const char *at = request.data(), *end = at + got; at < end;) {
+            const char* nul = static_cast<const char*>(std::memchr(at, '\0', static_cast<std::size_t>(end - at)));
+            if (!nul) nul = end;
+            args.emplace_back(at, nul);
+            at = nul + 1;
+        }
+        int cpu = -1;
+        if (static_cast<std::size_t>(got) > kMaxForkRequest || args.size() < 2) {
+            reply.error = EINVAL;
+        } else {
+            cpu = std::atoi(args.front().c_str());
+            args.erase(args.begin());
+            reply.pid = fork_as_sibling();
+            if (reply.pid == 0) {
+                become_worker(channel, coordinator, cpu, comm);
+                return args;
+            }
+            if (reply.pid < 0) reply.error = errno;
+        }
+        if (::send(channel, &reply, sizeof reply, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof reply)) {
+            // The coordinator stopped waiting (or is gone): it will never know this worker.
+            if (reply.pid > 0) ::kill(reply.pid, SIGKILL);
+            return std::nullopt;
+        }
+    }
+}
+
+}  // namespace taskfarm
