@@ -323,6 +323,8 @@ json step_json(const Line& line) {
     step["host"] = entry.value("host", json(nullptr));
     step["cost"] = entry.value("cost", json(nullptr));
     step["value"] = entry.value("value", json(nullptr));
+    if (entry.value("retrying", false)) step["retrying"] = true;
+    if (entry.value("cancelled", false)) step["cancelled"] = true;
     return step;
 }
 
@@ -354,7 +356,7 @@ json mode_json(const Journal& journal, const ModeLines& mode, const ResumeView& 
         json lost = json::array();
         for (std::size_t index : task.lines) {
             const Line& line = journal.lines[index];
-            if (line.event())
+            if (line.event() || line.entry.value("retrying", false))  // lost with its worker, or failed and run again
                 lost.push_back(step_json(line));
             else
                 ++results;
@@ -496,12 +498,14 @@ std::string step_text(const json& step) {
                                         printable(step["worker"].is_string() ? step["worker"].get<std::string>() : "?"));
     const std::string what = step["what"].get<std::string>();
     if (what == "result") {
+        // A failed attempt that --retries ran again, or the task's own result.
+        const std::string again = step["retrying"].is_boolean() && step["retrying"].get<bool>() ? ", ran again (--retries)" : "";
         const std::string host = step["host"].is_string() ? " (" + printable(step["host"].get<std::string>()) + ")" : "";
         const std::string outcome = step["ok"].get<bool>()
                                         ? "ok"
                                         : "FAILED: " + printable(step["error"].is_string() ? step["error"].get<std::string>() : "?");
-        return fmt::format("line {}: {}{}, {} to {}: {}; {}", step["line"].get<int>(), who, host, seconds_text(step["start_s"]),
-                           seconds_text(step["end_s"]), outcome, cost_text(step["cost"]));
+        return fmt::format("line {}: {}{}, {} to {}: {}{}; {}", step["line"].get<int>(), who, host, seconds_text(step["start_s"]),
+                           seconds_text(step["end_s"]), outcome, again, cost_text(step["cost"]));
     }
     return fmt::format("line {}: {}: {} at {} (handed out at {}): {}", step["line"].get<int>(), who, printable(what),
                        seconds_text(step["at_s"]), seconds_text(step["start_s"]),
@@ -577,7 +581,7 @@ std::string journal_report_text(const json& report) {
             }
         }
         if (!mode["retried"].empty()) {
-            out += "retried (attempts lost with their worker):\n";
+            out += "retried (attempts lost with their worker, or failed and run again by --retries):\n";
             for (const json& retry : mode["retried"]) {
                 out += fmt::format("  task {}: {} on attempt {} on {}\n", retry["id"].get<TaskId>(),
                                    retry["ok"].get<bool>() ? "ok" : "failed", retry["attempt"].dump(),

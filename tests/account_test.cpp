@@ -122,7 +122,7 @@ struct EventfulRun {
         const bool began = testing::eventually([&] { return std::filesystem::exists(dir / "started"); },
                                                std::chrono::seconds(30));
         if (began) {
-            const std::vector<pid_t> workers = testing::children_of(coordinator.pid());
+            const std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
             for (pid_t pid : workers)
                 if (testing::runs_program(pid, "worker")) ::kill(pid, SIGKILL);
         }
@@ -242,6 +242,36 @@ TEST(Report, ResumeSkipsEventLinesAndTheReportCountsTheRerun) {
     EXPECT_EQ(mode.at("rerun"), 2);
     EXPECT_EQ(mode.at("failed"), 2);
     EXPECT_EQ(mode.at("resume_would_run").at("ranges"), json::parse("[[1,2]]"));
+}
+
+// --retries writes a "retrying" line for each failed attempt it runs again: the report tells
+// them as steps of the task's story, not as results of their own (nor as --resume's reruns).
+TEST(Report, TellsAttemptsThatRetriesRanAgain) {
+    testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const auto inputs = dir / "inputs.txt";
+    write_file(inputs, "1\n2\n3\n");
+    const Output run = run_binary("coordinator", {"--command", "test {} -ne 2", "--inputs", inputs.string(), "--retries",
+                                                  "2", "--workers", "1", "--results", journal.string(), "--output", "none"});
+    ASSERT_EQ(run.exit_code, 1) << run.err;  // task 1 ("2") fails three times
+    const Output report = run_binary("coordinator", {"report", journal.string(), "--json"});
+    ASSERT_EQ(report.exit_code, 0) << report.err;
+    const json mode = json::parse(report.out).at("modes").at(0);
+    EXPECT_EQ(mode.at("tasks"), 3);
+    EXPECT_EQ(mode.at("failed"), 1);
+    EXPECT_EQ(mode.at("rerun"), 0);
+    ASSERT_EQ(mode.at("retried").size(), 1u) << mode.dump(2);
+    const json& retried = mode.at("retried").at(0);
+    EXPECT_EQ(retried.at("id"), 1);
+    EXPECT_EQ(retried.at("attempt"), 3);
+    ASSERT_EQ(retried.at("lost").size(), 2u) << retried.dump(2);
+    for (int i = 0; i < 2; ++i) {
+        EXPECT_EQ(retried.at("lost").at(i).at("attempt"), i + 1);
+        EXPECT_EQ(retried.at("lost").at(i).at("retrying"), true);
+    }
+    const Output text = run_binary("coordinator", {"report", journal.string(), "--task", "1"});
+    ASSERT_EQ(text.exit_code, 0) << text.err;
+    EXPECT_NE(text.out.find("ran again (--retries)"), std::string::npos) << text.out;
 }
 
 TEST(Report, AnOldJournalWithoutCostsResumesAndIsReported) {

@@ -795,7 +795,8 @@ TEST(DownloadRun, AForkedWorkerStartsWithLibcurlItsForkServerLoaded) {
 #if defined(__SANITIZE_ADDRESS__)
     GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
 #endif
-    testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "60"});
+    testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "60",
+                                             "--drain-timeout", "0"});
     const pid_t worker = started_worker(sleeper);
     ASSERT_GT(worker, 0) << sleeper.err();
     const pid_t server = testing::fork_server_of(sleeper.pid());

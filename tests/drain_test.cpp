@@ -102,12 +102,12 @@ TEST(Drain, ASecondSignalOrTheDrainTimeoutCancelsTheRunningTasks) {
         testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration",
                                                      "60", "--results", journal.string(), "--drain-timeout",
                                                      second == 0 ? "0.5" : "600"});
-        ASSERT_TRUE(testing::eventually([&] { return testing::children_of(coordinator.pid()).size() == 2; },
+        ASSERT_TRUE(testing::eventually([&] { return testing::workers_of(coordinator.pid()).size() == 2; },
                                         std::chrono::seconds(10)));
         ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find("said hello") != std::string::npos ||
                                                      coordinator.out().find("== processes") != std::string::npos; },
                                         std::chrono::seconds(10)));
-        const std::vector<pid_t> workers = testing::children_of(coordinator.pid());
+        const std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
         coordinator.signal(SIGTERM);
         ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find("draining") != std::string::npos; },
                                         std::chrono::seconds(10)));

@@ -62,7 +62,8 @@ TEST(ForkServer, ForksEachWorkerAsAChildOfTheCoordinatorInAGroupOfItsOwn) {
 #endif
     testing::TempDir dir;
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
-                                                 "60", "--json", (dir / "report.json").string(), "--log-level", "debug"});
+                                                 "60", "--json", (dir / "report.json").string(), "--log-level", "debug",
+                                                 "--drain-timeout", "0"});
     const auto [server, workers] = server_and_workers(coordinator, 2);
     ASSERT_GT(server, 0) << coordinator.err();
     ASSERT_EQ(workers.size(), 2u) << coordinator.err();
@@ -133,7 +134,7 @@ TEST(ForkServer, ASigkilledForkServerLosesNothingAndLaterWorkersAreExecd) {
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_NE(output.err.find("workers are exec'd from now on"), std::string::npos) << output.err;
     std::set<int> ok;
-    for (const json& line : testing::read_json_lines(dir / "r.jsonl"))
+    for (const json& line : testing::read_result_lines(dir / "r.jsonl"))  // not the "worker lost" line
         if (line["ok"].get<bool>()) ok.insert(line["id"].get<int>());
     EXPECT_EQ(ok.size(), 6u);
     EXPECT_TRUE(all_gone(workers));
@@ -141,7 +142,7 @@ TEST(ForkServer, ASigkilledForkServerLosesNothingAndLaterWorkersAreExecd) {
 
 TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
     testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
-                                                 "60", "--worker-bin", testing::bin("worker").string()});
+                                                 "60", "--worker-bin", testing::bin("worker").string(), "--drain-timeout", "0"});
     std::vector<pid_t> workers;
     ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
                                     std::chrono::seconds(20)));
@@ -154,7 +155,8 @@ TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
 
 // Only the processes mode starts one, and only when it has local workers to fork.
 TEST(ForkServer, ARunWithoutWorkerProcessesStartsNone) {
-    testing::Running coordinator("coordinator", {"--mode", "threads", "--workers", "2", "--tasks", "2", "--duration", "60"});
+    testing::Running coordinator("coordinator", {"--mode", "threads", "--workers", "2", "--tasks", "2", "--duration", "60",
+                                                 "--drain-timeout", "0"});
     ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== threads") != std::string::npos; },
                                     std::chrono::seconds(10)));
     EXPECT_EQ(testing::children_of(coordinator.pid()), std::vector<pid_t>{});
