@@ -18,8 +18,9 @@
 namespace taskfarm::proto {
 
 inline constexpr int kVersion = 2;
-// Largest frame either side accepts (ZMQ_MAXMSGSIZE and the msgpack unpack limit).
-inline constexpr std::size_t kMaxFrameBytes = 1 << 20;
+// Largest frame either side accepts (ZMQ_MAXMSGSIZE and the msgpack unpack limit): room for a
+// command's two streams of --max-output 1M and the rest of its result (decision 84).
+inline constexpr std::size_t kMaxFrameBytes = 4 << 20;
 // Most tasks or results in one `tasks` or `results` message (the unpack limit on arrays).
 inline constexpr std::size_t kMaxBatch = 1024;
 // Most bytes a sender puts in one `tasks` or `results` message: the headroom below

@@ -37,7 +37,7 @@ constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads
 
 // The command type's own limit (tasks/command/command.cpp): two streams of this size and
 // the rest of a result fit in proto::kMaxFrameBytes.
-constexpr std::uint64_t kMaxCommandOutput = 384 * 1024;
+constexpr std::uint64_t kMaxCommandOutput = 1536 * 1024;
 
 std::optional<double> parse_seconds(std::string_view text) {
     double value = 0;
@@ -321,7 +321,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(tasks_option)
             ->excludes(duration_option)
             ->excludes(cpu_n_option);
-    std::string max_output = "256K";
+    std::string max_output = "1M";
     auto* max_output_option =
         app.add_option("--max-output", max_output,
                        fmt::format("command: bytes of each task's stdout and of its stderr kept for the console and\n"
@@ -431,7 +431,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     app.add_option("--prefetch", prefetch,
                    fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
                                "It holds one until the tasks' times are known and it has sent a result, then as many\n"
-                               "as take about {:g} ms; short tasks travel in batches (of at most 1 MiB), and a long\n"
+                               "as take about {:g} ms; short tasks travel in batches (of at most 4 MiB), and a long\n"
                                "task never has others waiting behind it",
                                kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
         ->check(kPrefetch)

@@ -137,7 +137,7 @@ TEST(Command, ReadsBothLargeStreamsWithoutDeadlock) {
     ASSERT_TRUE(result.ok) << result.error;
     EXPECT_EQ(result.value["stdout_bytes"], 2000000);
     EXPECT_EQ(result.value["stderr_bytes"], 3000000);
-    EXPECT_EQ(result.value["stdout"].get<std::string>().size(), 256u * 1024 + std::string("\n... (1737856 more bytes)\n").size());
+    EXPECT_EQ(result.value["stdout"].get<std::string>().size(), 1024u * 1024 + std::string("\n... (951424 more bytes)\n").size());
 }
 
 TEST(Command, ATimeoutEndsTheWholeTreeEvenWhenItIgnoresSigterm) {
@@ -257,7 +257,7 @@ TEST(CommandLine, BadUsageExitsTwoNamingTheFlagOrLine) {
     output = run_binary("coordinator", {"--task", "command", "--tasks", "2"});
     EXPECT_EQ(output.exit_code, 2);
     EXPECT_NE(output.err.find("makes no tasks by itself"), std::string::npos) << output.err;
-    output = run_binary("coordinator", {"--command", "true", "--inputs", "-", "--max-output", "1M"});
+    output = run_binary("coordinator", {"--command", "true", "--inputs", "-", "--max-output", "2M"});
     EXPECT_EQ(output.exit_code, 2);
     EXPECT_NE(output.err.find("--max-output"), std::string::npos) << output.err;
 }

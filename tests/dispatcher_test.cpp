@@ -194,14 +194,14 @@ TEST(Dispatcher, PeersThatSayHelloAndHoldTheirTasksLoseThemAtTheHeartbeatTimeout
         EXPECT_TRUE(std::holds_alternative<proto::Heartbeat>(proto::decode(frame.to_string_view())));
 }
 
-// No-op tasks that each carry a 9,000-byte parameter: a window of 128 of them is over the
-// 1 MiB a frame may hold, so batches must be cut by bytes as well as by count.
+// No-op tasks that each carry a 40,000-byte parameter: a window of 128 of them is over the
+// 4 MiB a frame may hold, so batches must be cut by bytes as well as by count.
 class LargeTasks : public ::testing::TestWithParam<int> {};
 
 TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
     Rig rig;
     std::vector<TaskSpec> padded = all_tasks(sleeps(300, 0));
-    for (TaskSpec& task : padded) task.params["padding"] = std::string(9000, 'a');  // sleep reads "seconds" only
+    for (TaskSpec& task : padded) task.params["padding"] = std::string(40000, 'a');  // sleep reads "seconds" only
     const Plan plan = Plan::of(std::move(padded));
     CollectingSink sink;
     {

@@ -579,18 +579,18 @@ TEST(Schedule, WhenNoMoreWorkersWillComeBeforeTheFirstTaskItIsARunError) {
 }
 
 TEST(Schedule, BatchesAreCappedByEncodedBytes) {
-    // Tasks of 9,000 bytes, 128 to a window: about 1.1 MB, more than one frame may hold.
-    Rig rig(sleeps(300), {.workers = 1}, [](const TaskSpec&, std::uint32_t) { return std::size_t{9000}; });
+    // Tasks of 40,000 bytes, 128 to a window: about 5.1 MB, more than one frame may hold.
+    Rig rig(sleeps(300), {.workers = 1}, [](const TaskSpec&, std::uint32_t) { return std::size_t{40000}; });
     rig.spawn_all();
     rig.hello("w1");
     while (rig.answer_all("w1") > 0) {}
     EXPECT_EQ(ids_of(rig.world.recorded).size(), 300u);
     std::size_t largest = 0;
     for (const Sent& sent : rig.world.sent) {
-        EXPECT_LE(sent.attempts.size() * 9000, proto::kMaxBatchBytes);
+        EXPECT_LE(sent.attempts.size() * 40000, proto::kMaxBatchBytes);
         largest = std::max(largest, sent.attempts.size());
     }
-    EXPECT_EQ(largest, proto::kMaxBatchBytes / 9000) << "full frames, not one task each";
+    EXPECT_EQ(largest, proto::kMaxBatchBytes / 40000) << "full frames, not one task each";
 }
 
 TEST(Schedule, BatchesAreCappedByCount) {

@@ -97,9 +97,9 @@ void register_types(taskfarm::App& made) {
             if (context.attempt() < want) throw std::runtime_error(fmt::format("attempt {} of {}", context.attempt(), want));
             return Value{{"attempt", context.attempt()}};
         });
-        // A value of 9,000 bytes, or of 2 MB for the input "huge": more than a frame may hold.
+        // A value of 40,000 bytes, or of 5 MB for the input "huge": more than a frame may hold.
         made.task("bulky", [](const Params& params, Context&) {
-            return Value{{"text", std::string(params.at("input") == "huge" ? 2'000'000 : 9'000, 'x')}};
+            return Value{{"text", std::string(params.at("input") == "huge" ? 5'000'000 : 40'000, 'x')}};
         });
 }
 
@@ -204,8 +204,8 @@ TEST(UserType, ACrashCostsOnlyItsWorkerAndTheTaskIsTriedAgainThenFails) {
 }
 
 TEST(UserType, LargeValuesReachTheCoordinatorAndOneTooLargeFailsItsTaskAlone) {
-    // 300 quick tasks with 9,000-byte values: a worker's batch of their results can pass the
-    // 1 MiB a frame may hold, so it is cut; a 2 MB value can never travel, so its task fails.
+    // 300 quick tasks with 40,000-byte values: a worker's batch of their results can pass the
+    // 4 MiB a frame may hold, so it is cut; a 5 MB value can never travel, so its task fails.
     taskfarm::testing::TempDir dir;
     std::vector<std::string> inputs(300, "large");
     inputs[150] = "huge";

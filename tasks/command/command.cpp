@@ -18,9 +18,9 @@ namespace taskfarm {
 namespace {
 
 // Bytes of each stream a task keeps (--max-output): both streams of one result must fit
-// in one message of the protocol (1 MiB) with room to spare.
-constexpr std::uint64_t kDefaultMaxOutput = 256 * 1024;
-constexpr std::uint64_t kMostOutput = 384 * 1024;
+// in one message of the protocol (4 MiB) with room to spare.
+constexpr std::uint64_t kDefaultMaxOutput = 1024 * 1024;
+constexpr std::uint64_t kMostOutput = 1536 * 1024;
 constexpr double kDefaultGraceS = 2;  // from SIGTERM to SIGKILL
 
 bool has_nul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
