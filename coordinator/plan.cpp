@@ -308,7 +308,7 @@ public:
         private:
             StdinSpool::Reader reader_;
         };
-        return std::make_unique<LineCursor>(std::make_unique<Lines>(spool_->reader()), "stdin", prefix_, empty_, make_,
+        return std::make_unique<LineCursor>(std::make_unique<Lines>(spool_->reader()), spool_->name(), prefix_, empty_, make_,
                                             timeout_s_, [this](std::uint64_t tasks) { counted_ = tasks; });
     }
     std::optional<std::uint64_t> counted() const override { return counted_; }
@@ -431,25 +431,28 @@ Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type
 
 StdinSpool::StdinSpool(std::istream& in) : in_(in) {}
 
+StdinSpool::StdinSpool(std::unique_ptr<std::istream> in, std::string name)
+    : owned_(std::move(in)), in_(*owned_), name_(printable(name)) {}
+
 StdinSpool::~StdinSpool() {
     if (out_) std::fclose(out_);
 }
 
 void StdinSpool::keep() {
     if (fd_ >= 0) return;
-    if (readers_) throw ConfigError("stdin: already read in part, so it cannot be read again");
+    if (readers_) throw ConfigError(fmt::format("{}: already read in part, so it cannot be read again", name_));
     std::string base = std::filesystem::temp_directory_path().string();
     std::string pattern = base + "/taskfarm-stdin-XXXXXX";
     fd_ = ::mkstemp(pattern.data());
     if (fd_ < 0)
-        throw ConfigError(fmt::format("stdin: cannot make a file in '{}' to keep the lines for the next mode: {}",
-                                      printable(base), std::strerror(errno)));
+        throw ConfigError(fmt::format("{}: cannot make a file in '{}' to keep the lines for the next mode: {}",
+                                      name_, printable(base), std::strerror(errno)));
     ::unlink(pattern.c_str());  // private from now on, and gone with the process
     out_ = ::fdopen(fd_, "w");
     if (!out_) {
         ::close(fd_);
         fd_ = -1;
-        throw ConfigError(fmt::format("stdin: cannot write the file that keeps its lines: {}", std::strerror(errno)));
+        throw ConfigError(fmt::format("{}: cannot write the file that keeps its lines: {}", name_, std::strerror(errno)));
     }
 }
 
@@ -461,19 +464,19 @@ void StdinSpool::read_all() {
 
 bool StdinSpool::read_more(std::string& line) {
     if (!std::getline(in_, line)) {
-        if (in_.bad()) throw ConfigError(fmt::format("stdin:{}: cannot read further", read_ + 1));
+        if (in_.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name_, read_ + 1));
         return false;
     }
     ++read_;
     if (out_ && (std::fwrite(line.data(), 1, line.size(), out_) != line.size() || std::fputc('\n', out_) == EOF))
-        throw ConfigError(fmt::format("stdin:{}: cannot keep the line for the next mode: {}", read_, std::strerror(errno)));
+        throw ConfigError(fmt::format("{}:{}: cannot keep the line for the next mode: {}", name_, read_, std::strerror(errno)));
     if (!out_) flushed_ = read_;  // nothing to write through
     return true;
 }
 
 StdinSpool::Reader::Reader(StdinSpool& spool) : spool_(&spool) {
     if (spool.readers_ && spool.fd_ < 0)
-        throw ConfigError("stdin: it was read once already, and a list on stdin can be read only once");
+        throw ConfigError(fmt::format("{}: it was read once already, and a list there can be read only once", spool.name_));
 }
 
 StdinSpool::Reader::Reader(Reader&& other) noexcept
@@ -490,19 +493,19 @@ bool StdinSpool::Reader::next(std::string& line) {
         // Behind the first reader: from the file, through a handle of its own.
         if (spool.flushed_ < spool.read_) {
             if (std::fflush(spool.out_) != 0)
-                throw ConfigError(fmt::format("stdin: cannot write the file that keeps its lines: {}", std::strerror(errno)));
+                throw ConfigError(fmt::format("{}: cannot write the file that keeps its lines: {}", spool.name_, std::strerror(errno)));
             spool.flushed_ = spool.read_;
         }
         if (!kept_) {
             kept_ = std::fopen(fmt::format("/proc/self/fd/{}", spool.fd_).c_str(), "r");
-            if (!kept_) throw ConfigError(fmt::format("stdin: cannot read back its kept lines: {}", std::strerror(errno)));
+            if (!kept_) throw ConfigError(fmt::format("{}: cannot read back its kept lines: {}", spool.name_, std::strerror(errno)));
         }
         char* text = nullptr;
         std::size_t capacity = 0;
         const ssize_t length = ::getline(&text, &capacity, kept_);
         if (length <= 0) {
             std::free(text);
-            throw ConfigError(fmt::format("stdin: cannot read back kept line {}", line_ + 1));
+            throw ConfigError(fmt::format("{}: cannot read back kept line {}", spool.name_, line_ + 1));
         }
         line.assign(text, static_cast<std::size_t>(length) - (text[length - 1] == '\n' ? 1 : 0));
         std::free(text);
@@ -515,12 +518,35 @@ bool StdinSpool::Reader::next(std::string& line) {
     return true;
 }
 
+namespace {
+
+// A path that is not a regular file (a pipe, bash's `<(...)`, a FIFO, a device) can be read
+// only once, like standard input: it is read as the run goes, through a spool of its own, not
+// checked in a first pass and read again (decision 97).
+bool read_once(const std::filesystem::path& path) {
+    std::error_code ec;
+    const auto status = std::filesystem::status(path, ec);
+    return !ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status) &&
+           !std::filesystem::is_directory(status);
+}
+
+// Standard input for "-", else the file at `path`, opened now.
+std::shared_ptr<StdinSpool> spool_for(const std::filesystem::path& path, const std::string& flag) {
+    if (path == "-") return std::make_shared<StdinSpool>(std::cin);
+    auto in = std::make_unique<std::ifstream>(path, std::ios::binary);
+    if (!*in)
+        throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    return std::make_shared<StdinSpool>(std::move(in), path.string());
+}
+
+}  // namespace
+
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings) {
     Plan plan;
     const double timeout_s = config.task_timeout_s;
     if (!config.plan_path.empty()) {
-        if (config.plan_path == "-") {
-            plan.stdin_spool = std::make_shared<StdinSpool>(std::cin);
+        if (config.plan_path == "-" || read_once(config.plan_path)) {
+            plan.stdin_spool = spool_for(config.plan_path, "--plan");
             plan.stdin_spool->read_all();
             plan.source = std::make_shared<StdinSource>(plan.stdin_spool, "", "no tasks in the plan",
                                                         plan_line_maker(registry), timeout_s);
@@ -533,8 +559,8 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
         const TaskType& type = registry.at(config.task);
         const std::string prefix = config.inputs_flag + ": ";
         plan.types = {&type};
-        if (config.inputs_path == "-") {
-            plan.stdin_spool = std::make_shared<StdinSpool>(std::cin);
+        if (config.inputs_path == "-" || read_once(config.inputs_path)) {
+            plan.stdin_spool = spool_for(config.inputs_path, config.inputs_flag);
             plan.source = std::make_shared<StdinSource>(plan.stdin_spool, prefix, "no inputs in the list",
                                                         input_line_maker(type, settings), timeout_s);
         } else {

@@ -41,6 +41,10 @@ public:
 class StdinSpool {
 public:
     explicit StdinSpool(std::istream& in);
+    // A file that can be read only once too (a pipe, `<(...)`, a FIFO, a device), opened by the
+    // spool and named `name` in messages.
+    StdinSpool(std::unique_ptr<std::istream> in, std::string name);
+    const std::string& name() const { return name_; }
     ~StdinSpool();
     StdinSpool(const StdinSpool&) = delete;
     StdinSpool& operator=(const StdinSpool&) = delete;
@@ -71,7 +75,9 @@ public:
 private:
     bool read_more(std::string& line);  // the next line of standard input, kept if keeping
 
+    std::unique_ptr<std::istream> owned_;  // the stream, when the spool opened it
     std::istream& in_;
+    std::string name_ = "stdin";  // in messages: "stdin:LINE: ..."
     int fd_ = -1;                 // the kept lines' file, unlinked; -1: not keeping
     std::FILE* out_ = nullptr;    // appends to it
     std::uint64_t read_ = 0;      // lines read from standard input so far

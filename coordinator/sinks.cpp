@@ -130,7 +130,11 @@ void ConsoleSink::failed(int error) {
 }
 
 void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
-    print("== {}: {} tasks\n", mode, tasks);
+    // 0: not known yet, a list read as the run goes (an empty plan never runs).
+    if (tasks == 0)
+        print("== {}: tasks as the list is read\n", mode);
+    else
+        print("== {}: {} tasks\n", mode, tasks);
     flush_();
 }
 

@@ -272,6 +272,33 @@ TEST(LazyStdin, MoreLinesThanAPipeHoldsRunOnceEachInEveryMode) {
     }
 }
 
+// A list that is not a regular file (a FIFO, bash's `<(...)`) can be read once too: it is
+// read as the run goes, like standard input, kept for the second mode, and named in errors.
+TEST(LazyStdin, AFifoOrAPipeNamedByPathIsReadOnceAndKeptForTheNextMode) {
+    testing::TempDir dir;
+    const fs::path fifo = dir / "list";
+    // 40,000 lines (80 KB): more than a pipe holds, so the writer waits on the run's reading.
+    const Output output = shell(fmt::format("mkfifo '{0}' && ((yes 0 | head -n 40000) > '{0}' &) && {1} --task sleep "
+                                            "--inputs '{0}' --mode threads,processes --workers 2 -q "
+                                            "--results '{2}' > '{3}'",
+                                            fifo.string(), coordinator(), (dir / "r.jsonl").string(),
+                                            (dir / "out").string()));
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    std::map<std::string, IdSet> by_mode;
+    for (const auto& line : testing::read_json_lines(dir / "r.jsonl")) {
+        EXPECT_TRUE(line["ok"].get<bool>()) << line.dump();
+        EXPECT_TRUE(by_mode[line["mode"].get<std::string>()].insert(line["id"].get<TaskId>())) << line.dump();
+    }
+    EXPECT_EQ(by_mode["threads"].size(), 40000u);
+    EXPECT_EQ(by_mode["processes"].size(), 40000u);
+    EXPECT_NE(testing::read_file(dir / "out").find("== threads: tasks as the list is read"), std::string::npos);
+    const Output late = run_binary("/bin/bash", {"-c", fmt::format("{} --task sleep --inputs <(printf '0\\nsoon\\n') -q "
+                                                                   ">/dev/null", coordinator())});
+    EXPECT_EQ(late.exit_code, 2) << late.err;
+    EXPECT_NE(late.err.find(":2: sleep takes a number of seconds per line, not 'soon'"), std::string::npos) << late.err;
+    EXPECT_NE(late.err.find("--inputs: /dev/fd/"), std::string::npos) << late.err;
+}
+
 TEST(LazyStdin, ABadLineLateInStandardInputEndsTheRunAfterTheTasksBeforeIt) {
     testing::TempDir dir;
     const Output output = shell(fmt::format("(yes 0 | head -n 30000; echo soon; yes 0 | head -n 10) | {} --task sleep "
