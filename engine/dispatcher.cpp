@@ -15,7 +15,7 @@ constexpr auto kRejectLogInterval = std::chrono::seconds(1);
 
 }  // namespace
 
-Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
+Dispatcher::Dispatcher(zmq::socket_t& router, WorkerLauncher& pool, const Plan& plan, ModeRecorder& recorder,
                        DispatchOptions options, std::stop_token stop, const Json& settings, std::stop_token drain)
     : router_(router),
       pool_(pool),

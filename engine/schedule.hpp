@@ -32,14 +32,10 @@
 #include "plan.hpp"
 #include "protocol.hpp"
 #include "report.hpp"
-#include "pictures.hpp"
+#include "errors.hpp"
+#include "events.hpp"
 
 namespace taskfarm {
-
-// The run cannot go on: e.g. a worker never came up.
-struct RunError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
 
 struct DispatchOptions {
     int workers = 1;
