@@ -117,6 +117,8 @@ pid_t Dispatcher::spawn(const std::string& name, int cpu) { return pool_.spawn(n
 
 void Dispatcher::kill(pid_t pid) { pool_.kill(pid); }
 
+LastRunning Dispatcher::last_running(pid_t pid) { return pool_.last_running(pid); }
+
 bool Dispatcher::send_tasks(const PeerId& peer, std::span<const Attempt> attempts) {
     batch_.tasks.resize(attempts.size());
     for (std::size_t i = 0; i < attempts.size(); ++i)

@@ -67,6 +67,7 @@ private:
     // ScheduleActions
     pid_t spawn(const std::string& name, int cpu) override;
     void kill(pid_t pid) override;
+    LastRunning last_running(pid_t pid) override;
     bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) override;
     bool send_heartbeat(const PeerId& peer) override;
     void send_shutdown(const PeerId& peer) override;

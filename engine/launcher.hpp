@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "running_board.hpp"
+
 namespace taskfarm {
 
 struct WorkerExit {
@@ -26,6 +28,9 @@ public:
     virtual void kill(pid_t pid) = 0;
     // The workers that exited since the last call, reaped, without blocking.
     virtual std::vector<WorkerExit> reap_exited() = 0;
+    // What worker `pid`, which has ended (reaped by reap_exited() or kill()), was running
+    // when it ended, from its RunningBoard; Known::No when the launcher keeps no boards.
+    virtual LastRunning last_running(pid_t) const { return {}; }
 };
 
 }  // namespace taskfarm

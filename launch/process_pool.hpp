@@ -45,6 +45,7 @@ struct WorkerLaunch {
     std::vector<std::string> prefix{};    // arguments before the worker's own (an App's "worker")
     std::filesystem::path out_dir{};      // passed as --out-dir: where its tasks save files
     std::filesystem::path scratch_dir{};  // passed as --scratch-dir when set
+    std::filesystem::path state_dir{};    // passed as --state-dir when set: where each keeps its RunningBoard
     std::string endpoint{};
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
@@ -78,6 +79,10 @@ public:
     std::vector<WorkerExit> stop_all(std::chrono::milliseconds grace);
 
     std::size_t alive() const;
+
+    // What the board of worker `pid`, which has ended (reaped by reap_exited() or kill()),
+    // says it was running; Known::No without a state_dir.
+    LastRunning last_running(pid_t pid) const override;
 
 private:
     struct Child;

@@ -112,6 +112,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                           .prefix = config_.worker_prefix,
                           .out_dir = mode_out_dir(config_.out_dir, Mode::Processes),
                           .scratch_dir = dir.path(),  // removed after the mode, whatever became of the workers
+                          .state_dir = dir.path(),    // each worker's RunningBoard: which task a lost one ran
                           .endpoint = endpoint,
                           .heartbeat_interval_s = config_.heartbeat_interval_s,
                           .heartbeat_timeout_s = config_.heartbeat_timeout_s,
