@@ -131,6 +131,22 @@ TEST(Command, KeepsTheFirstMaxOutputBytesAsUtf8AndCountsThemAll) {
     EXPECT_EQ(result.value["stdout_bytes"], 5);
 }
 
+// The reason a task failed is what the program said last, even when its stderr was cut to
+// --max-output: not the "... (N more bytes)" line that marks the cut.
+TEST(Command, ACutStderrFailsWithItsLastLine) {
+    const TaskResult result = run_command(
+        {{"shell", "echo first >&2; head -c 5000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'the real reason' >&2; exit 4"}},
+        {{"max_output", 100}});
+    EXPECT_FALSE(result.ok);
+    EXPECT_EQ(result.error, "exited with status 4: the real reason");
+    EXPECT_NE(result.value["stderr"].get<std::string>().find("more bytes)"), std::string::npos);
+    // A last line longer than what is kept of the end still gives its end, shortened.
+    const TaskResult long_line = run_command(
+        {{"shell", "echo first >&2; head -c 50000 /dev/zero | tr '\\0' y >&2; echo ' end' >&2; exit 5"}},
+        {{"max_output", 100}});
+    EXPECT_EQ(long_line.error.substr(0, 23), "exited with status 5: y") << long_line.error;
+}
+
 TEST(Command, ReadsBothLargeStreamsWithoutDeadlock) {
     const TaskResult result =
         run_command({{"shell", "head -c 3000000 /dev/zero | tr '\\0' e >&2; head -c 2000000 /dev/zero | tr '\\0' o"}});

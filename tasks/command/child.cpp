@@ -155,6 +155,12 @@ std::vector<char*> c_strings(const std::vector<std::string>& strings) {
 void keep(Captured& captured, const char* data, std::size_t size, std::size_t max) {
     captured.bytes += size;
     if (captured.head.size() < max) captured.head.append(data, std::min(size, max - captured.head.size()));
+    if (size >= kTailBytes) {
+        captured.tail.assign(data + size - kTailBytes, kTailBytes);
+    } else {
+        captured.tail.append(data, size);
+        if (captured.tail.size() > 2 * kTailBytes) captured.tail.erase(0, captured.tail.size() - kTailBytes);
+    }
 }
 
 // Reads what `fd` has now into `captured`; closes it at end of file.

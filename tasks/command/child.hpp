@@ -27,8 +27,10 @@ struct Watch {
 
 struct Captured {
     std::string head;         // the first Watch::max_output bytes, as they came
+    std::string tail;         // the last kTailBytes of them (the last line, for a failure's reason)
     std::uint64_t bytes = 0;  // all of them
 };
+inline constexpr std::size_t kTailBytes = 4096;
 
 struct Outcome {
     enum class End { Exited, TimedOut, Stopped };

@@ -72,9 +72,10 @@ std::string stream_text(const command::Captured& captured, std::size_t max) {
     return text;
 }
 
-// "exited with status 3: grep: f: No such file or directory".
-std::string failure_text(const std::string& reason, const std::string& stderr_text) {
-    std::string_view text = stderr_text;
+// "exited with status 3: grep: f: No such file or directory": the last line of stderr, as
+// it came, also when the stream was cut to --max-output (its end is kept for this).
+std::string failure_text(const std::string& reason, const command::Captured& err) {
+    std::string_view text = err.tail;
     while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
     const auto newline = text.rfind('\n');
     if (newline != std::string_view::npos) text.remove_prefix(newline + 1);
@@ -214,7 +215,7 @@ public:
         if (outcome.exit_code == 0) return value;
         const std::string reason = outcome.exit_code ? fmt::format("exited with status {}", *outcome.exit_code)
                                                      : fmt::format("killed by {}", command::signal_name(outcome.signal));
-        throw TaskFailed(failure_text(reason, err), std::move(value));
+        throw TaskFailed(failure_text(reason, outcome.err), std::move(value));
     }
 
     std::string describe(const Value& value) const override {
