@@ -532,10 +532,17 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                        "talk CurveZMQ (encrypted, authenticated) with this worker's worker.secret and the\n"
                        "coordinator's coordinator.public from DIR; needed when the coordinator has --keys")
             ->type_name("DIR");
-    app.add_flag("--insecure", config.insecure,
-                 "connect to a tcp:// endpoint in plaintext, without --keys (for a coordinator run with\n"
-                 "--insecure): tasks and results travel unencrypted")
-        ->excludes(keys_option);
+    auto* insecure_option =
+        app.add_flag("--insecure", config.insecure,
+                     "connect to a tcp:// endpoint in plaintext, without --keys (for a coordinator run with\n"
+                     "--insecure): tasks and results travel unencrypted, and whoever holds the port runs\n"
+                     "commands here as this worker's user; refused as root without --insecure-as-root")
+            ->excludes(keys_option);
+    bool insecure_as_root = false;
+    app.add_flag("--insecure-as-root", insecure_as_root,
+                 "with --insecure, run as root all the same: anyone who can reach the port (or take it\n"
+                 "over) then runs any command as root on this machine")
+        ->needs(insecure_option);
     app.add_option("--name", config.name,
                    "name in logs and results (default: host-pid); at most 64 bytes, no control characters")
         ->check(CLI::Validator(
@@ -593,6 +600,10 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
         if (!config.keys_dir.empty() && !tcp)
             throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));
+        if (config.insecure && ::geteuid() == 0 && !insecure_as_root)
+            throw CLI::ValidationError(
+                "--insecure", "refused as root: without --keys, whoever holds the port runs commands here as root; run "
+                              "the worker as another user, give --keys DIR, or add --insecure-as-root to accept it");
         if (tcp && config.keys_dir.empty() && !config.insecure)
             throw CLI::ValidationError(
                 "--connect", fmt::format("'{}' without --keys: tasks and results would travel unencrypted; give --keys "
