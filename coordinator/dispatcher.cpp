@@ -1,5 +1,8 @@
 #include "dispatcher.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -116,6 +119,10 @@ void Dispatcher::reject(const std::string& identity, const std::string& reason) 
 pid_t Dispatcher::spawn(const std::string& name, int cpu) { return pool_.spawn(name, cpu); }
 
 void Dispatcher::kill(pid_t pid) { pool_.kill(pid); }
+
+void Dispatcher::kill_group(pid_t group) {
+    if (group > 1 && group != ::getpgrp()) ::kill(-group, SIGKILL);  // ESRCH: it ended already
+}
 
 bool Dispatcher::send_tasks(const PeerId& peer, std::span<const Attempt> attempts) {
     batch_.tasks.resize(attempts.size());

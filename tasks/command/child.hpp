@@ -50,7 +50,9 @@ struct Outcome {
 // Starts spec.argv[0] and waits for it, holding no lock, reading both pipes as they fill.
 // Its standard input is /dev/null. When it ends, whatever it left in its process group is
 // killed; on a timeout or a stop the group gets SIGTERM, then SIGKILL after Watch::grace.
-// A guardian process does the same if the calling process dies first. Throws
+// A guardian process does the same if the calling process dies first, and the group is in
+// command_groups::live() while it runs, for a process that outlives both (the coordinator of
+// a worker) to end it. Throws
 // std::runtime_error ("cannot run 'prog': No such file or directory") when it cannot start.
 Outcome run_child(const ChildSpec& spec, const Watch& watch);
 

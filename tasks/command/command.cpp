@@ -2,13 +2,13 @@
 // process group that ends with its task. See docs/commands.md.
 
 #include <algorithm>
-#include <cmath>
 #include <map>
 
 #include <fmt/format.h>
 
 #include "builtin.hpp"
 #include "child.hpp"
+#include "command_groups.hpp"
 #include "template.hpp"
 #include "text.hpp"
 
@@ -21,7 +21,6 @@ namespace {
 // in one message of the protocol (4 MiB) with room to spare.
 constexpr std::uint64_t kDefaultMaxOutput = 1024 * 1024;
 constexpr std::uint64_t kMostOutput = 1536 * 1024;
-constexpr double kDefaultGraceS = 2;  // from SIGTERM to SIGKILL
 
 bool has_nul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
 
@@ -192,9 +191,8 @@ public:
         command::Watch watch{.stop = context.stop_token(), .deadline = context.deadline()};
         const std::uint64_t max_output = std::min(settings.value("max_output", kDefaultMaxOutput), kMostOutput);
         watch.max_output = max_output;
-        const double grace_s = settings.value("command_grace_s", kDefaultGraceS);  // --set command_grace_s=S
-        if (std::isfinite(grace_s) && grace_s >= 0 && grace_s <= 3600)
-            watch.grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(grace_s));
+        // --set command_grace_s=S; the coordinator waits it out too before it calls a worker stuck.
+        watch.grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(command_groups::grace(settings));
         command::Outcome outcome;
         {
             const auto waiting = context.waiting();  // a child runs on its own, as CPython's subprocess frees the GIL
