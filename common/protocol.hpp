@@ -126,12 +126,16 @@ struct Returned {
     TASKFARM_MSGPACK_MAP(type, v, tasks, busy_s)
 };
 
-// Either way: "I am alive". Any frame counts as a sign of life, this one says nothing else.
+// Either way: "I am alive". Any frame counts as a sign of life.
 struct Heartbeat {
     std::string type = "heartbeat";
     int v = kVersion;
     std::uint64_t rss = 0;  // worker -> coordinator: its resident bytes; 0: not known (and from the coordinator)
-    TASKFARM_MSGPACK_MAP(type, v, rss)
+    // Worker -> coordinator: the process groups of the commands it runs now, all of them
+    // (command_groups::live()); sent again at once when they change. Absent from an older
+    // worker: none known.
+    std::vector<std::int64_t> groups;
+    TASKFARM_MSGPACK_MAP(type, v, rss, groups)
 };
 
 // Coordinator -> worker: cancel these attempts (`coordinator cancel`): the running one is

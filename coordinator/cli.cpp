@@ -21,6 +21,7 @@
 
 #include "affinity.hpp"
 #include "checks.hpp"
+#include "command_groups.hpp"
 #include "curve.hpp"
 #include "coordinator.hpp"
 #include "dispatcher.hpp"
@@ -460,7 +461,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->capture_default_str();
     app.add_option("--task-timeout", config.task_timeout_s,
                    "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
-                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit)")
+                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit).\n"
+                   "A command gets SIGTERM, then SIGKILL after --set command_grace_s=S (2 s); a worker that\n"
+                   "has not stopped its task a second after that is killed, and with it its commands")
         ->check(seconds_between(0, 31'536'000))
         ->capture_default_str();
     app.add_option("--max-attempts", config.max_attempts,
@@ -700,7 +703,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                                                     printable(setting), key, flag, flag));
             const std::string value = setting.substr(equals + 1);
             Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
-            config.settings[setting.substr(0, equals)] = parsed.is_discarded() ? Json(value) : std::move(parsed);
+            if (parsed.is_discarded()) parsed = Json(value);
+            // The coordinator waits out this grace too (Schedule's overrun), so it must be one.
+            if (setting.substr(0, equals) == "command_grace_s")
+                if (const std::string why = command_groups::check_grace(parsed); !why.empty())
+                    throw CLI::ValidationError("--set", fmt::format("'{}': command_grace_s {}", printable(setting), why));
+            config.settings[setting.substr(0, equals)] = std::move(parsed);
         }
         if (keygen_command->parsed()) return keygen;
         if (report_command->parsed()) {

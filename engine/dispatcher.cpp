@@ -1,5 +1,8 @@
 #include "dispatcher.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -118,6 +121,10 @@ pid_t Dispatcher::spawn(const std::string& name, int cpu) { return pool_.spawn(n
 void Dispatcher::kill(pid_t pid) { pool_.kill(pid); }
 
 LastRunning Dispatcher::last_running(pid_t pid) { return pool_.last_running(pid); }
+
+void Dispatcher::kill_group(pid_t group) {
+    if (group > 1 && group != ::getpgrp()) ::kill(-group, SIGKILL);  // ESRCH: it ended already
+}
 
 bool Dispatcher::send_tasks(const PeerId& peer, std::span<const Attempt> attempts) {
     batch_.tasks.resize(attempts.size());

@@ -43,6 +43,8 @@ public:
 
     // Sends SHUTDOWN to every connected worker.
     void shutdown_workers();
+    // After the workers are gone: see Schedule::end_commands.
+    void end_commands() { schedule_.end_commands(); }
 
     // Called as often as exited workers are reaped, on the dispatcher's thread, until it
     // returns a reason why no remote worker will attach any more (the Slurm job step that
@@ -68,6 +70,7 @@ private:
     pid_t spawn(const std::string& name, int cpu) override;
     void kill(pid_t pid) override;
     LastRunning last_running(pid_t pid) override;
+    void kill_group(pid_t group) override;
     bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) override;
     bool send_heartbeat(const PeerId& peer) override;
     void send_shutdown(const PeerId& peer) override;

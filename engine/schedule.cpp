@@ -1,12 +1,14 @@
 #include "schedule.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "text.hpp"
+#include "command_groups.hpp"
 #include "control.hpp"
 #include "errors.hpp"
 #include "runner.hpp"
@@ -14,7 +16,8 @@
 namespace taskfarm {
 namespace {
 
-// How long past a task's timeout the coordinator waits for the worker's own "timed out"
+// How long past a task's timeout, and past the grace the worker gives the task to stop
+// (DispatchOptions::stop_grace), the coordinator waits for the worker's own "timed out"
 // result before it kills the worker: the executor stops itself at the deadline, so only a
 // stuck or stopped worker needs this.
 constexpr auto kOverrunGrace = std::chrono::seconds(1);
@@ -74,6 +77,20 @@ bool Schedule::done() const {
 
 void Schedule::shutdown_workers() {
     for (const auto& [peer, worker] : workers_) actions_.send_shutdown(peer);
+}
+
+void Schedule::end_commands() {
+    for (auto& [peer, worker] : workers_) {
+        kill_groups(worker);
+        worker.groups.clear();
+    }
+}
+
+void Schedule::kill_groups(const Worker& worker) {
+    for (const pid_t group : worker.groups) {
+        spdlog::debug("ending process group {} of a command of worker {}", group, worker.name);
+        actions_.kill_group(group);
+    }
 }
 
 std::optional<std::string> Schedule::name_of(const PeerId& peer) const {
@@ -224,6 +241,15 @@ void Schedule::heartbeat(const PeerId& peer, const proto::Heartbeat& message, Cl
     const auto found = workers_.find(peer);
     if (found == workers_.end()) return;
     if (message.rss > 0) found->second.rss = message.rss;
+    // Only a worker of ours reports groups of this machine that are ours to end. Never 0 or
+    // 1: kill(0) and kill(-1) mean other things.
+    if (!found->second.remote && spawned_.contains(found->second.pid)) {
+        std::vector<pid_t>& groups = found->second.groups;
+        groups.clear();
+        for (const std::int64_t group : message.groups)
+            if (group > 1 && group <= std::numeric_limits<pid_t>::max() && groups.size() < command_groups::kMaxReported)
+                groups.push_back(static_cast<pid_t>(group));
+    }
     check_recycle(found, now);
 }
 
@@ -376,7 +402,7 @@ void Schedule::watch_overruns(Clock::time_point now) {
         const double timeout_s = task(worker.in_flight.front().index).timeout_s;
         if (timeout_s <= 0) continue;
         const auto limit = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
-        if (now - worker.running_since > limit + kOverrunGrace) overran.push_back(peer);
+        if (now - worker.running_since > limit + options_.stop_grace + kOverrunGrace) overran.push_back(peer);
     }
     for (const PeerId& peer : overran) {
         // The task fails as a timeout (not retried: it would most likely overrun again);
@@ -581,6 +607,9 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     if (found->second.remote) actions_.send_shutdown(peer);
     const Worker lost = std::move(found->second);
     workers_.erase(found);
+    // Its commands, which its death may have orphaned (a guardian killed with it): before the
+    // worker is reaped, so that a group a command of it still holds has not ended (decision 116).
+    kill_groups(lost);
     // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
     // local socket that we did not start, only loses its tasks. Killed first: its board is
     // final once it is reaped.

@@ -61,6 +61,10 @@ struct DispatchOptions {
     // is shut down and replaced; not a death, and charged to no task's attempts.
     std::uint64_t max_tasks_per_worker = 0;
     std::uint64_t max_worker_memory = 0;
+    // How long past its deadline a task may take to stop in its worker before the worker is
+    // called stuck and killed: the command type's grace from SIGTERM to SIGKILL
+    // (command_groups::grace), to which the schedule adds a second for the result to come.
+    std::chrono::milliseconds stop_grace{2000};
 };
 
 // --prefetch auto: a worker holds at most this many tasks...
@@ -98,6 +102,9 @@ public:
     // What a local worker process of ours that has ended (exited, or kill()ed) was running,
     // as it recorded it itself (its RunningBoard); Known::No where nothing says.
     virtual LastRunning last_running(pid_t /*pid*/) { return {}; }
+    // SIGKILLs process group `group`: a command a local worker of ours reported running (in
+    // its heartbeats) when the worker was lost or the run ended (decision 116).
+    virtual void kill_group(pid_t /*group*/) {}
     // Sends `attempts` to `peer` in one frame, to run in this order. False: the peer is gone.
     virtual bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) = 0;
     virtual bool send_heartbeat(const PeerId& peer) = 0;  // false: the peer is gone
@@ -170,6 +177,10 @@ public:
     bool done() const;
     // Sends SHUTDOWN to every connected worker.
     void shutdown_workers();
+    // The run is over and its local workers are gone: the groups of the commands they
+    // reported last get SIGKILL (kill_group), in case a worker died with its command's
+    // guardian and left the command running.
+    void end_commands();
     // The worker's name, or nullopt for a peer that has not said hello.
     std::optional<std::string> name_of(const PeerId& peer) const;
     std::size_t finished() const { return finished_; }
@@ -200,6 +211,7 @@ private:
         std::uint64_t ran = 0;     // results it sent (recycling counts them)
         std::uint64_t rss = 0;     // resident bytes, as it last reported; 0: not known
         std::string retiring;      // why it is to be recycled once it holds no task; empty: not
+        std::vector<pid_t> groups;  // its commands' process groups, as it last reported; only ours are kept
     };
     // A worker of ours that was told to shut down to be recycled: replaced when it exits.
     struct Retired {
@@ -240,6 +252,7 @@ private:
     // result already (an overrun), so none of those left is charged.
     void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now, bool running_done = false);
     void requeue(const Attempt& attempt, const std::string& worker);  // never started: same attempt
+    void kill_groups(const Worker& worker);  // see end_commands()
     void lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now);
     void replace(const std::string& name, int cpu, Clock::time_point now, bool counted = true);
     void check_recycle(std::map<PeerId, Worker>::iterator worker, Clock::time_point now);

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
+#include "command_groups.hpp"
 #include "dispatcher.hpp"
 #include "errors.hpp"
 #include "listener.hpp"
@@ -124,7 +125,8 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                                               static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns,
                                               config_.pin_cpus, !config_.listen.empty(), config_.expect_workers,
                                               millis(config_.wait_workers_s), config_.task_retries,
-                                              config_.max_tasks_per_worker, config_.max_worker_memory},
+                                              config_.max_tasks_per_worker, config_.max_worker_memory,
+                                              std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_))},
                               stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
         std::optional<SlurmStep> step;  // after the listener: its workers connect to it
@@ -154,6 +156,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         }
         for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
+        dispatcher.end_commands();  // what a worker killed with its command's guardian left
     }  // every worker is reaped here, so cpu_s includes them
     return recorder.finish(stop_.stop_requested() || drain_.stop_requested());
 }

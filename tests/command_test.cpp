@@ -5,6 +5,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -129,6 +130,22 @@ TEST(Command, KeepsTheFirstMaxOutputBytesAsUtf8AndCountsThemAll) {
     result = run_command({{"shell", "printf 'a\\377b\\303\\251'"}});
     EXPECT_EQ(result.value["stdout"], "a\xEF\xBF\xBD" "b\xC3\xA9");
     EXPECT_EQ(result.value["stdout_bytes"], 5);
+}
+
+// The reason a task failed is what the program said last, even when its stderr was cut to
+// --max-output: not the "... (N more bytes)" line that marks the cut.
+TEST(Command, ACutStderrFailsWithItsLastLine) {
+    const TaskResult result = run_command(
+        {{"shell", "echo first >&2; head -c 5000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'the real reason' >&2; exit 4"}},
+        {{"max_output", 100}});
+    EXPECT_FALSE(result.ok);
+    EXPECT_EQ(result.error, "exited with status 4: the real reason");
+    EXPECT_NE(result.value["stderr"].get<std::string>().find("more bytes)"), std::string::npos);
+    // A last line longer than what is kept of the end still gives its end, shortened.
+    const TaskResult long_line = run_command(
+        {{"shell", "echo first >&2; head -c 50000 /dev/zero | tr '\\0' y >&2; echo ' end' >&2; exit 5"}},
+        {{"max_output", 100}});
+    EXPECT_EQ(long_line.error.substr(0, 23), "exited with status 5: y") << long_line.error;
 }
 
 TEST(Command, ReadsBothLargeStreamsWithoutDeadlock) {
@@ -336,6 +353,80 @@ TEST(CommandLine, AKilledWorkerLeavesNoProcessBehind) {
     ::kill(workers[0], SIGKILL);
     const Output output = coordinator.wait();
     EXPECT_EQ(output.exit_code, 1) << output.err;
+    EXPECT_TRUE(all_gone(pids));
+}
+
+// The worker that runs the command of tree_plan(), and the command's guardian: the worker's
+// child that is not the shell (one of `pids`: the lines come in any order).
+std::pair<pid_t, pid_t> worker_and_guardian(pid_t coordinator, const std::vector<pid_t>& pids) {
+    std::vector<pid_t> workers = testing::workers_of(coordinator);
+    std::erase_if(workers, [](pid_t pid) { return !testing::runs_program(pid, "worker"); });
+    if (workers.size() != 1 || pids.size() != 3) return {-1, -1};
+    std::vector<pid_t> children = testing::children_of(workers[0]);
+    std::erase_if(children, [&](pid_t child) { return std::find(pids.begin(), pids.end(), child) != pids.end(); });
+    return {workers[0], children.size() == 1 ? children[0] : -1};
+}
+
+// SIGKILLs whatever of `pids` is left, so that a failed test leaves no sleep behind.
+void kill_left(const std::vector<pid_t>& pids) {
+    for (pid_t pid : pids)
+        if (pid > 1 && testing::process_exists(pid)) ::kill(pid, SIGKILL);
+}
+
+// `pkill -9 worker` kills the worker and the command's guardian together: the coordinator,
+// which knows the command's process group from the worker, ends it (issue 26, class 7).
+TEST(CommandLine, AWorkerKilledWithItsGuardianLeavesNoProcessBehind) {
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "processes",
+                                                 "--workers", "1", "--max-attempts", "1"});
+    const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
+    const auto [worker, guardian] = worker_and_guardian(coordinator.pid(), pids);
+    ASSERT_GT(worker, 0);
+    ASSERT_GT(guardian, 0);
+    ::kill(guardian, SIGKILL);  // first, so that it cannot act for the worker
+    ::kill(worker, SIGKILL);
+    const Output output = coordinator.wait();
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    EXPECT_TRUE(all_gone(pids)) << output.err;
+    kill_left(pids);
+}
+
+// A command that ignores SIGTERM past --task-timeout gets the whole grace (2 s by default)
+// from its worker before SIGKILL: the coordinator waits for that, and kills neither the
+// worker nor the task's result (issue 26, class 7).
+TEST(CommandLine, ATimedOutCommandThatIgnoresSigtermGetsTheWholeGrace) {
+    testing::TempDir dir;
+    write_file(dir / "inputs", "x\n");
+    const std::string command = ": {}; trap '' TERM; echo $$ > " + command::shell_quote((dir / "pid").string()) +
+                                "; while :; do sleep 0.05; done";
+    const Output output =
+        run_binary("coordinator", {"--command", command, "--inputs", (dir / "inputs").string(), "--task-timeout", "1",
+                                   "--workers", "1", "--max-attempts", "1", "--results", (dir / "r.jsonl").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    const std::vector<json> lines = testing::read_json_lines(dir / "r.jsonl");
+    ASSERT_EQ(lines.size(), 1u) << output.err;  // no "worker lost" event
+    EXPECT_EQ(lines[0]["error"], "timed out after 1 s") << output.err;
+    EXPECT_EQ(lines[0]["value"]["signal"], "SIGKILL");
+    EXPECT_EQ(output.err.find("did not stop it"), std::string::npos) << output.err;
+    EXPECT_TRUE(all_gone(read_pids(dir / "pid")));
+}
+
+// In ps, the guardian is named as what it is, not as a second worker.
+TEST(CommandLine, TheGuardianIsNamedInPs) {
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, false).string(), "--mode", "processes",
+                                                 "--workers", "1", "--drain-timeout", "0"});
+    const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
+    const auto [worker, guardian] = worker_and_guardian(coordinator.pid(), pids);
+    ASSERT_GT(guardian, 0);
+    EXPECT_EQ(testing::read_file("/proc/" + std::to_string(guardian) + "/comm"), "worker-guard\n");
+    std::string cmdline = testing::read_file("/proc/" + std::to_string(guardian) + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    EXPECT_EQ(cmdline.substr(0, 13), "worker-guard ") << cmdline;
+    const pid_t group = std::atoi(cmdline.c_str() + 13);  // the group it guards: the shell's
+    EXPECT_NE(std::find(pids.begin(), pids.end(), group), pids.end()) << cmdline;
+    coordinator.signal(SIGTERM);
+    coordinator.wait();
     EXPECT_TRUE(all_gone(pids));
 }
 

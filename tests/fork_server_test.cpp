@@ -7,9 +7,12 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
 #include "support.hpp"
@@ -138,6 +141,39 @@ TEST(ForkServer, ASigkilledForkServerLosesNothingAndLaterWorkersAreExecd) {
         if (line["ok"].get<bool>()) ok.insert(line["id"].get<int>());
     EXPECT_EQ(ok.size(), 6u);
     EXPECT_TRUE(all_gone(workers));
+}
+
+// /proc/PID/cmdline as ps shows it: NULs as spaces, without the trailing ones.
+std::string command_line(pid_t pid) {
+    std::string text = proc_file(pid, "cmdline");
+    std::replace(text.begin(), text.end(), '\0', ' ');
+    while (!text.empty() && text.back() == ' ') text.pop_back();
+    return text;
+}
+
+// In ps a forked worker is named as what it is, "worker w1", not with the fork server's
+// arguments it was forked with (issue 26, class 7).
+TEST(ForkServer, AForkedWorkerShowsItsNameInPs) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
+                                                 "60", "--drain-timeout", "0"});
+    const auto [server, workers] = server_and_workers(coordinator, 2);
+    ASSERT_EQ(workers.size(), 2u) << coordinator.err();
+    std::set<std::string> names;
+    EXPECT_TRUE(testing::eventually(
+        [&] {
+            names.clear();
+            for (pid_t worker : workers) names.insert(command_line(worker));
+            return names == std::set<std::string>{"worker w1", "worker w2"};
+        },
+        std::chrono::seconds(10)))
+        << fmt::format("{}", fmt::join(names, ", "));
+    for (pid_t worker : workers) EXPECT_EQ(proc_file(worker, "comm"), "worker\n");
+    EXPECT_NE(command_line(server).find("--fork-server"), std::string::npos);  // the server is what it says
+    coordinator.signal(SIGTERM);
+    EXPECT_EQ(coordinator.wait(std::chrono::seconds(20)).exit_code, 143);
 }
 
 TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {

@@ -199,7 +199,7 @@ TEST(Remote, RefusedWorkersGetNoTaskAndExitSayingWhy) {
         SCOPED_TRACE(worker.name);
         // The connect timeout is far longer than the test's limit: only a refusal ends these.
         std::vector<std::string> more{"--connect-timeout", "600"};
-        if (!worker.keys) more.push_back("--insecure");
+        if (!worker.keys) more.insert(more.end(), {"--insecure", "--insecure-as-root"});
         Running process("worker", worker_args(endpoint, worker.name, worker.keys, more));
         const Output output = process.wait(kLimit);
         EXPECT_EQ(output.exit_code, 1) << output.err;
@@ -287,7 +287,9 @@ TEST(Remote, PlaintextRunsWithInsecureAndWithoutItExitsTwoNamingIt) {
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
     EXPECT_NE(coordinator.err().find("(plaintext"), std::string::npos) << coordinator.err();
-    Running worker("worker", worker_args(endpoint, "r1", std::nullopt, {"--insecure"}));
+    std::vector<std::string> insecure{"--insecure"};
+    if (::geteuid() == 0) insecure.push_back("--insecure-as-root");  // see the test below
+    Running worker("worker", worker_args(endpoint, "r1", std::nullopt, insecure));
     const Output output = coordinator.wait(kLimit * 2);
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_EQ(workers_in(journal(dir / "r.jsonl")), std::set<std::string>{"r1"});
@@ -311,6 +313,26 @@ TEST(Remote, PlaintextRunsWithInsecureAndWithoutItExitsTwoNamingIt) {
         EXPECT_EQ(worker_refused.exit_code, 2) << address;
         EXPECT_NE(worker_refused.err.find("--insecure"), std::string::npos) << worker_refused.err;
     }
+}
+
+// A worker in plaintext runs the commands of whoever holds its port: as root, only when
+// asked for by name (issue 26, class 8). The tests run as root.
+TEST(Remote, AnInsecureWorkerAsRootIsRefusedWithoutInsecureAsRoot) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+    const Output refused = run_binary("worker", {"--connect", "tcp://127.0.0.1:9", "--insecure", "--connect-timeout", "0.2"});
+    EXPECT_EQ(refused.exit_code, 2) << refused.err;
+    EXPECT_NE(refused.err.find("--insecure-as-root"), std::string::npos) << refused.err;
+    EXPECT_NE(refused.err.find("root"), std::string::npos) << refused.err;
+    // Asked for by name, it runs (and here finds no coordinator: exit 1).
+    const Output allowed = run_binary("worker", {"--connect", "tcp://127.0.0.1:9", "--insecure", "--insecure-as-root",
+                                                 "--connect-timeout", "0.2"});
+    EXPECT_EQ(allowed.exit_code, 1) << allowed.err;
+    EXPECT_NE(allowed.err.find("no coordinator answered"), std::string::npos) << allowed.err;
+    // Without --insecure it means nothing.
+    const Output alone = run_binary("worker", {"--connect", "tcp://127.0.0.1:9", "--insecure-as-root"});
+    EXPECT_EQ(alone.exit_code, 2) << alone.err;
+    const Output help = run_binary("worker", {"--help"});
+    EXPECT_NE(help.out.find("--insecure-as-root"), std::string::npos) << help.out;
 }
 
 TEST(Remote, BadValuesExitTwoNamingTheFlag) {

@@ -58,6 +58,8 @@ public:
         const auto board = boards.find(pid);
         return board == boards.end() ? LastRunning{} : board->second;
     }
+    void kill_group(pid_t group) override { killed_groups.push_back(group); }
+    std::vector<pid_t> killed_groups;
     bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) override {
         if (gone.contains(peer)) return false;
         sent.push_back({peer, {attempts.begin(), attempts.end()}});
@@ -431,12 +433,20 @@ TEST(Schedule, AReplacementThatNeverSaysHelloIsKilledAndReplacedAgain) {
 }
 
 TEST(Schedule, ATaskPastItsTimeoutAndTheGraceFailsAndItsWorkerIsKilled) {
-    Rig rig(sleeps(3, 0.5), {.workers = 1, .prefetch = 4, .heartbeat_timeout = milliseconds(600000)});
+    // The worker's own grace to stop it (a command's SIGTERM to SIGKILL), then a second.
+    Rig rig(sleeps(3, 0.5), {.workers = 1, .prefetch = 4, .heartbeat_timeout = milliseconds(600000),
+                             .stop_grace = milliseconds(500)});
     rig.spawn_all();
     rig.hello("w1");
     rig.answer_all("w1");  // task 0 done; 1 and 2 go out, 1 starts now and never ends
     ASSERT_EQ(rig.world.sent_to("w1").size(), 3u);
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < 19; ++i) {  // 1.9 s: within deadline + grace + 1 s
+        rig.schedule.frame("w1", rig.now);
+        rig.advance(milliseconds(100));
+    }
+    ASSERT_EQ(rig.world.recorded.size(), 1u) << "killed before the worker's own grace was over";
+    EXPECT_TRUE(rig.world.killed.empty());
+    for (int i = 0; i < 2; ++i) {
         rig.schedule.frame("w1", rig.now);
         rig.advance(milliseconds(100));
     }
@@ -449,6 +459,32 @@ TEST(Schedule, ATaskPastItsTimeoutAndTheGraceFailsAndItsWorkerIsKilled) {
     rig.hello("w1");
     EXPECT_EQ(rig.world.sent_to("w1").back().index, 2u);
     EXPECT_EQ(rig.world.sent_to("w1").back().number, 1u) << "not charged for the overrun of the task before it";
+}
+
+// A worker of ours reports its commands' process groups in heartbeats; when it is lost, or
+// the run ends, they get SIGKILL (decision 116). A remote worker's are not this machine's.
+TEST(Schedule, TheGroupsALostWorkerReportedAreKilled) {
+    Rig rig(sleeps(2), {.workers = 2, .max_attempts = 1, .max_respawns = 0});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.hello("w2");
+    rig.remote_hello("r1");
+    proto::Heartbeat beat;
+    beat.groups = {4242, 0, 1, -7};  // 0, 1 and negatives are never groups to kill
+    rig.schedule.heartbeat("w1", beat, rig.now);
+    beat.groups = {5151};
+    rig.schedule.heartbeat("r1", beat, rig.now);
+    beat.groups = {6000, 6001};
+    rig.schedule.heartbeat("w2", beat, rig.now);
+    beat.groups = {6001};  // the latest report is the truth: 6000 ended
+    rig.schedule.heartbeat("w2", beat, rig.now);
+    rig.schedule.exited(rig.world.pids[0], "worker w1 died (signal 9)", rig.now);
+    EXPECT_EQ(rig.world.killed_groups, std::vector<pid_t>{4242});
+    rig.schedule.exited(100, "a pid of a remote worker means nothing here", rig.now);  // already gone: no-op
+    rig.schedule.end_commands();
+    EXPECT_EQ(rig.world.killed_groups, (std::vector<pid_t>{4242, 6001}));
+    rig.schedule.end_commands();  // once each
+    EXPECT_EQ(rig.world.killed_groups.size(), 2u);
 }
 
 TEST(Schedule, DuplicateStaleAndForgedResultsAreIgnored) {

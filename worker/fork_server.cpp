@@ -49,7 +49,7 @@ std::optional<std::vector<std::string>> serve_forks(const Registry& registry, in
         }
     }
     // /proc/PID/comm and ps: the server is "fork-server"; a worker has the program's name.
-    // (Its command line stays the server's: a forked process cannot change it.)
+    // (Its command line is the server's until worker_main overwrites it: "worker w3".)
     char comm[17] = {};
     ::prctl(PR_GET_NAME, comm);
     ::prctl(PR_SET_NAME, kForkServerName);

@@ -25,10 +25,12 @@
 
 #include "affinity.hpp"
 #include "checks.hpp"
+#include "command_groups.hpp"
 #include "curve.hpp"
 #include "errors.hpp"
 #include "fork_server.hpp"
 #include "log.hpp"
+#include "process_title.hpp"
 #include "protocol.hpp"
 #include "running_board.hpp"
 #include "text.hpp"
@@ -407,7 +409,8 @@ int run(const WorkerConfig& config) {
     bool heard = false;
     auto last_heard = Clock::now();
     auto next_heartbeat = Clock::now() + interval;
-    proto::Heartbeat heartbeat;  // with the resident memory of the moment (recycling)
+    proto::Heartbeat heartbeat;  // with the resident memory of the moment (recycling) and the commands' groups
+    const int groups_changed = command_groups::change_fd();
     HandshakeVerdict verdict(config);
     std::vector<proto::Result> finished;
     proto::ResultBatch batch;
@@ -419,8 +422,9 @@ int run(const WorkerConfig& config) {
         if (executor.has_queued()) wake_at = std::min(wake_at, Clock::now() + kGiveBackAfter / 2);
         zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0},
                                    {results.handle(), 0, ZMQ_POLLIN, 0},
-                                   {monitor.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 3, wire::poll_timeout(wake_at));
+                                   {monitor.handle(), 0, ZMQ_POLLIN, 0},
+                                   {nullptr, groups_changed, ZMQ_POLLIN, 0}};
+        zmq::poll(items, 4, wire::poll_timeout(wake_at));
         if (items[2].revents & ZMQ_POLLIN) {
             while (const auto event = wire::receive_monitor_event(monitor)) {
                 const std::string refusal = heard ? "" : verdict.on_event(*event);
@@ -435,10 +439,21 @@ int run(const WorkerConfig& config) {
             while (results.recv(wake, zmq::recv_flags::dontwait)) {
             }
             executor.take_results(finished);
-            if (!finished.empty()) {
-                send_results(dealer, finished, batch, frame);
-                next_heartbeat = Clock::now() + interval;  // any frame is a sign of life
-            }
+        }
+        // The commands' groups as they are now, at once, so that the coordinator can end
+        // them if this worker dies; read after the results, and sent before them: a
+        // command's group is gone before its result is queued, so the coordinator never
+        // holds the group of a task whose result it has (decision 116).
+        if (command_groups::take_change()) {
+            heartbeat.rss = resident_bytes();
+            heartbeat.groups = command_groups::live();
+            wire::send(dealer, proto::encode(heartbeat));
+            next_heartbeat = Clock::now() + interval;
+        }
+        if (!finished.empty()) {
+            send_results(dealer, finished, batch, frame);
+            finished.clear();
+            next_heartbeat = Clock::now() + interval;  // any frame is a sign of life
         }
         if (items[0].revents & ZMQ_POLLIN) {
             zmq::message_t incoming;
@@ -493,6 +508,7 @@ int run(const WorkerConfig& config) {
         }
         if (now >= next_heartbeat) {
             heartbeat.rss = resident_bytes();
+            heartbeat.groups = command_groups::live();
             wire::send(dealer, proto::encode(heartbeat));
             next_heartbeat = now + interval;
         }
@@ -542,10 +558,17 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                        "talk CurveZMQ (encrypted, authenticated) with this worker's worker.secret and the\n"
                        "coordinator's coordinator.public from DIR; needed when the coordinator has --keys")
             ->type_name("DIR");
-    app.add_flag("--insecure", config.insecure,
-                 "connect to a tcp:// endpoint in plaintext, without --keys (for a coordinator run with\n"
-                 "--insecure): tasks and results travel unencrypted")
-        ->excludes(keys_option);
+    auto* insecure_option =
+        app.add_flag("--insecure", config.insecure,
+                     "connect to a tcp:// endpoint in plaintext, without --keys (for a coordinator run with\n"
+                     "--insecure): tasks and results travel unencrypted, and whoever holds the port runs\n"
+                     "commands here as this worker's user; refused as root without --insecure-as-root")
+            ->excludes(keys_option);
+    bool insecure_as_root = false;
+    app.add_flag("--insecure-as-root", insecure_as_root,
+                 "with --insecure, run as root all the same: anyone who can reach the port (or take it\n"
+                 "over) then runs any command as root on this machine")
+        ->needs(insecure_option);
     app.add_option("--name", config.name,
                    "name in logs and results (default: host-pid); at most 64 bytes, no control characters")
         ->check(CLI::Validator(
@@ -608,6 +631,10 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
         if (!config.keys_dir.empty() && !tcp)
             throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));
+        if (config.insecure && ::geteuid() == 0 && !insecure_as_root)
+            throw CLI::ValidationError(
+                "--insecure", "refused as root: without --keys, whoever holds the port runs commands here as root; run "
+                              "the worker as another user, give --keys DIR, or add --insecure-as-root to accept it");
         if (tcp && config.keys_dir.empty() && !config.insecure)
             throw CLI::ValidationError(
                 "--connect", fmt::format("'{}' without --keys: tasks and results would travel unencrypted; give --keys "
@@ -623,8 +650,13 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         auto args = serve_forks(registry, kForkServerChannel, static_cast<pid_t>(config.parent_pid));
         if (!args) return static_cast<int>(ExitCode::Ok);
         // A new worker: the arguments the coordinator would have exec'd it with.
-        std::vector<const char*> child_argv{argv[0]};
+        const std::string program = argv[0];  // the title below overwrites what argv points to
+        std::vector<const char*> child_argv{program.c_str()};
         for (const std::string& arg : *args) child_argv.push_back(arg.c_str());
+        // ps shows "worker w3", not the server's "worker --fork-server --parent-pid N".
+        const auto name_flag = std::find(args->begin(), args->end(), "--name");
+        if (name_flag != args->end() && name_flag + 1 != args->end())
+            ProcessTitle(fmt::format("{} {}", name, *(name_flag + 1)), "").apply();
         return worker_main(name, registry, static_cast<int>(child_argv.size()), child_argv.data());
     }
     if (config.name.empty()) config.name = fmt::format("{}-{}", host_name(), ::getpid());

@@ -18,6 +18,9 @@
 
 #include <fmt/format.h>
 
+#include "command_groups.hpp"
+#include "process_title.hpp"
+
 extern char** environ;
 
 namespace taskfarm::command {
@@ -91,7 +94,8 @@ void nap(long long ns) {
 // a crash): PR_SET_PDEATHSIG reaches only the command's own process, not what it started.
 // The caller sends the group id, then one byte once the group is gone and the command
 // reaped; an end of file before that byte means the caller died.
-[[noreturn]] void guardian(int from_caller, long long grace_ns) {
+[[noreturn]] void guardian(int from_caller, long long grace_ns, const ProcessTitle& title) {
+    title.apply();  // "worker-guard" in ps, not a second "worker"
     sigset_t all;
     ::sigfillset(&all);
     ::sigprocmask(SIG_SETMASK, &all, nullptr);  // Ctrl-C and the caller's signals are not for it
@@ -102,12 +106,21 @@ void nap(long long ns) {
     ::syscall(SYS_close_range, 3U, ~0U, 0U);
     pid_t group = 0;
     char done = 0;
-    if (!read_all(0, &group, sizeof group) || read_all(0, &done, 1)) ::_exit(0);
+    if (!read_all(0, &group, sizeof group)) ::_exit(0);
+    title.apply(group);  // "worker-guard 1234": the group it guards
+    if (read_all(0, &done, 1)) ::_exit(0);
     ::kill(-group, SIGTERM);
     constexpr long long kStep = 20'000'000;
     for (long long waited = 0; waited < grace_ns && ::kill(-group, 0) == 0; waited += kStep) nap(kStep);
     ::kill(-group, SIGKILL);
     ::_exit(0);
+}
+
+// "worker-guard" for a guardian forked by a worker: its caller's name and what it is.
+std::string guardian_title() {
+    char name[17] = {};
+    ::prctl(PR_GET_NAME, name);
+    return fmt::format("{}-guard", name[0] ? name : "taskfarm");
 }
 
 struct StartFailure {
@@ -155,6 +168,12 @@ std::vector<char*> c_strings(const std::vector<std::string>& strings) {
 void keep(Captured& captured, const char* data, std::size_t size, std::size_t max) {
     captured.bytes += size;
     if (captured.head.size() < max) captured.head.append(data, std::min(size, max - captured.head.size()));
+    if (size >= kTailBytes) {
+        captured.tail.assign(data + size - kTailBytes, kTailBytes);
+    } else {
+        captured.tail.append(data, size);
+        if (captured.tail.size() > 2 * kTailBytes) captured.tail.erase(0, captured.tail.size() - kTailBytes);
+    }
 }
 
 // Reads what `fd` has now into `captured`; closes it at end of file.
@@ -197,6 +216,7 @@ public:
     void started(pid_t child) {
         child_ = child;
         write_all(to_guardian_.get(), &child_, sizeof child_);
+        command_groups::add(child_);
     }
     pid_t child() const { return child_; }
     // The child's wait status, and what it cost into `usage` when given. Its group id stays
@@ -207,6 +227,7 @@ public:
         rusage ignored{};
         while (::wait4(child_, &status, 0, usage ? usage : &ignored) < 0 && errno == EINTR) {
         }
+        command_groups::remove(child_);  // killed before it was reaped: nothing is left of it
         child_ = -1;
         return status;
     }
@@ -243,10 +264,13 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     auto [err_read, err_write] = make_pipe();
     auto [report_read, report_write] = make_pipe();
     const pid_t caller = ::getpid();
+    const std::string title_text = guardian_title();
+    const ProcessTitle title(title_text, title_text);
 
     const pid_t guardian_pid = ::fork();
     if (guardian_pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start a guardian process");
-    if (guardian_pid == 0) guardian(guard_read.get(), std::chrono::duration_cast<std::chrono::nanoseconds>(watch.grace).count());
+    if (guardian_pid == 0)
+        guardian(guard_read.get(), std::chrono::duration_cast<std::chrono::nanoseconds>(watch.grace).count(), title);
     guard_read.reset();
     Children children(guardian_pid, std::move(guard_write));
     const pid_t pid = ::fork();

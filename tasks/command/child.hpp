@@ -27,8 +27,10 @@ struct Watch {
 
 struct Captured {
     std::string head;         // the first Watch::max_output bytes, as they came
+    std::string tail;         // the last kTailBytes of them (the last line, for a failure's reason)
     std::uint64_t bytes = 0;  // all of them
 };
+inline constexpr std::size_t kTailBytes = 4096;
 
 struct Outcome {
     enum class End { Exited, TimedOut, Stopped };
@@ -48,7 +50,9 @@ struct Outcome {
 // Starts spec.argv[0] and waits for it, holding no lock, reading both pipes as they fill.
 // Its standard input is /dev/null. When it ends, whatever it left in its process group is
 // killed; on a timeout or a stop the group gets SIGTERM, then SIGKILL after Watch::grace.
-// A guardian process does the same if the calling process dies first. Throws
+// A guardian process does the same if the calling process dies first, and the group is in
+// command_groups::live() while it runs, for a process that outlives both (the coordinator of
+// a worker) to end it. Throws
 // std::runtime_error ("cannot run 'prog': No such file or directory") when it cannot start.
 Outcome run_child(const ChildSpec& spec, const Watch& watch);
 

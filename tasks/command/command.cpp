@@ -2,13 +2,13 @@
 // process group that ends with its task. See docs/commands.md.
 
 #include <algorithm>
-#include <cmath>
 #include <map>
 
 #include <fmt/format.h>
 
 #include "builtin.hpp"
 #include "child.hpp"
+#include "command_groups.hpp"
 #include "template.hpp"
 #include "text.hpp"
 
@@ -21,7 +21,6 @@ namespace {
 // in one message of the protocol (4 MiB) with room to spare.
 constexpr std::uint64_t kDefaultMaxOutput = 1024 * 1024;
 constexpr std::uint64_t kMostOutput = 1536 * 1024;
-constexpr double kDefaultGraceS = 2;  // from SIGTERM to SIGKILL
 
 bool has_nul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
 
@@ -72,9 +71,10 @@ std::string stream_text(const command::Captured& captured, std::size_t max) {
     return text;
 }
 
-// "exited with status 3: grep: f: No such file or directory".
-std::string failure_text(const std::string& reason, const std::string& stderr_text) {
-    std::string_view text = stderr_text;
+// "exited with status 3: grep: f: No such file or directory": the last line of stderr, as
+// it came, also when the stream was cut to --max-output (its end is kept for this).
+std::string failure_text(const std::string& reason, const command::Captured& err) {
+    std::string_view text = err.tail;
     while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
     const auto newline = text.rfind('\n');
     if (newline != std::string_view::npos) text.remove_prefix(newline + 1);
@@ -191,9 +191,8 @@ public:
         command::Watch watch{.stop = context.stop_token(), .deadline = context.deadline()};
         const std::uint64_t max_output = std::min(settings.value("max_output", kDefaultMaxOutput), kMostOutput);
         watch.max_output = max_output;
-        const double grace_s = settings.value("command_grace_s", kDefaultGraceS);  // --set command_grace_s=S
-        if (std::isfinite(grace_s) && grace_s >= 0 && grace_s <= 3600)
-            watch.grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(grace_s));
+        // --set command_grace_s=S; the coordinator waits it out too before it calls a worker stuck.
+        watch.grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(command_groups::grace(settings));
         command::Outcome outcome;
         {
             const auto waiting = context.waiting();  // a child runs on its own, as CPython's subprocess frees the GIL
@@ -214,7 +213,7 @@ public:
         if (outcome.exit_code == 0) return value;
         const std::string reason = outcome.exit_code ? fmt::format("exited with status {}", *outcome.exit_code)
                                                      : fmt::format("killed by {}", command::signal_name(outcome.signal));
-        throw TaskFailed(failure_text(reason, err), std::move(value));
+        throw TaskFailed(failure_text(reason, outcome.err), std::move(value));
     }
 
     std::string describe(const Value& value) const override {
