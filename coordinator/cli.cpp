@@ -501,7 +501,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->capture_default_str();
     app.add_option("--drain-timeout", config.drain_timeout_s,
                    "after SIGTERM (or SIGHUP) no task starts and the running ones may finish for S seconds;\n"
-                   "then, or at a second SIGTERM or a SIGINT, they are cancelled")
+                   "then, or at a second SIGTERM more than 1 s after the first, or a SIGINT, they are cancelled")
         ->check(seconds_between(0, 31'536'000))
         ->type_name("S")
         ->capture_default_str();
@@ -665,7 +665,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
         "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
         "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
-        "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n") +
+        "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n"
+        "The same request again within 1 s (timeout(1) and a closing terminal send theirs twice) is one.\n") +
         fmt::format("Examples: {0} --workers 8 --task download\n"
                     "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
                     "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"

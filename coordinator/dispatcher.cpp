@@ -44,7 +44,9 @@ void Dispatcher::run() {
                     schedule_.no_more_workers(*reason);
                 }
         }
-        if (drain_.stop_requested()) schedule_.drain(Clock::now());
+        // A stop is a drain too, whose running tasks are cancelled, not left to finish: only a
+        // drain alone says "draining" (the loop ends at the stop).
+        if (drain_.stop_requested() && !stop_.stop_requested()) schedule_.drain(Clock::now());
         if (cancels_ && cancels_->has_new())
             for (const TaskId id : cancels_->take_new()) schedule_.cancel(id, Clock::now());
         schedule_.tick(Clock::now());

@@ -112,6 +112,9 @@ TEST(Drain, ASecondSignalOrTheDrainTimeoutCancelsTheRunningTasks) {
         ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find("draining") != std::string::npos; },
                                         std::chrono::seconds(10)));
         if (second != 0) {
+            // Within a second of the first, the same signal would be the same request (timeout(1)
+            // sends it twice): a second request comes later.
+            std::this_thread::sleep_for(std::chrono::milliseconds(1200));
             EXPECT_TRUE(testing::process_exists(coordinator.pid())) << "a drain did not wait for the running tasks";
             coordinator.signal(second);
         }
