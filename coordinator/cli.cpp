@@ -645,7 +645,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     cancel_command
         ->add_option("--run", cancel.run,
                      "the run: its coordinator's pid (the run logs it at start), or its control directory\n"
-                     "($TMPDIR/taskfarm-run-PID-XXXXXX)")
+                     "($TMPDIR/taskfarm-run-PID-XXXXXX). Only a directory of this user's, mode 0700, not a\n"
+                     "symlink, with a socket of this user's is used; others are skipped with a message")
         ->required()
         ->type_name("DIR_OR_PID");
     cancel_command->add_option("ID", cancel.ids, "task ids, as the result lines and the journal show them")
@@ -653,8 +654,10 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->check(CLI::Range(std::uint64_t{0}, kNoId - 1));
     cancel_command->footer(
         "A cancelled task fails with \"cancelled (coordinator cancel)\" (\"cancelled\": true in --results) and is\n"
-        "never retried; --resume runs it again. The cancel is for the mode that runs when it comes. Exit\n"
-        "status: 0 the run took the request, 1 it did not answer within 5 s, 2 no such run.");
+        "never retried; --resume runs it again. The cancel is for the mode that runs when it comes. The run\n"
+        "answers once it has applied the request, and a line per task says what it did. Exit status: 0 every\n"
+        "task is cancelled, 1 some task is not (not in the plan, no mode running) or no answer within 5 s,\n"
+        "2 no such run.");
     app.footer(
         std::string("The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"

@@ -198,5 +198,116 @@ TEST_P(CtrlCInMode, CtrlCOnTheTerminalCancelsSaysSoAndASecondPressIsTheSameReque
 
 INSTANTIATE_TEST_SUITE_P(Modes, CtrlCInMode, ::testing::Values("threads", "processes"));
 
+// A directory another user can reach (the test runs as root): mode 0711.
+void let_others_through(const testing::TempDir& dir) { ::chmod(dir.path().c_str(), 0711); }
+
+// A shared TMPDIR (1777, like /tmp) where nobody plants a symlink named like the victim's
+// control directory, to the control directory of a run of nobody's own; and a directory of
+// nobody's next to the victim's real one. The victim's cancel skips both.
+TEST(Cancel, ASymlinkOrDirectoryPlantedByAnotherUserIsSkipped) {
+    if (::getuid() != 0) GTEST_SKIP() << "needs root, to run a coordinator as nobody through setpriv";
+    testing::TempDir dir;
+    let_others_through(dir);
+    const auto victim_tmp = dir / "victim";   // the victim's TMPDIR
+    const auto shared_tmp = dir / "shared";   // a TMPDIR every user writes
+    const auto nobody_tmp = dir / "nobody";   // nobody's own TMPDIR
+    std::filesystem::create_directory(victim_tmp);
+    std::filesystem::create_directory(shared_tmp);
+    std::filesystem::create_directory(nobody_tmp);
+    ::chmod(shared_tmp.c_str(), 01777);
+    ASSERT_EQ(::chown(nobody_tmp.c_str(), kNobody, kNogroup), 0);
+    const auto started = dir / "started";
+    const auto journal = dir / "journal.jsonl";
+    Job victim(coordinator({"--mode", "threads", "--workers", "2", "--command",
+                            fmt::format("echo {{}} >> {}; exec sleep 300", started.string()), "--inputs",
+                            numbers(dir, 2).string(), "--results", journal.string(), "--set", "command_grace_s=0.3"}),
+               {"TMPDIR=" + victim_tmp.string()});
+    Job fake({"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", testing::bin("coordinator").string(),
+              "--mode", "threads", "--workers", "1", "--task", "sleep", "--tasks", "2", "--duration", "300"},
+             {"TMPDIR=" + nobody_tmp.string()});
+    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30)))
+        << victim.err();
+    std::filesystem::path fake_dir;
+    ASSERT_TRUE(testing::eventually(
+        [&] {
+            std::error_code ec;
+            for (const auto& entry : std::filesystem::directory_iterator(nobody_tmp, ec))
+                if (std::filesystem::exists(entry.path() / "control")) fake_dir = entry.path();
+            return !fake_dir.empty();
+        },
+        std::chrono::seconds(30)))
+        << fake.err();
+    const std::string pid = std::to_string(victim.pid());
+
+    // nobody's symlinks in the shared TMPDIR: one named like the victim's control directory,
+    // to the shared TMPDIR itself (a directory the victim owns, as root owns /tmp), and one
+    // there named `control`, to the socket of nobody's run. On main, cancel followed them,
+    // nobody's run answered ok, and nothing of the victim's was cancelled.
+    const auto link = shared_tmp / fmt::format("taskfarm-run-{}-AAAAAA", pid);
+    std::filesystem::create_directory_symlink(shared_tmp, link);
+    ASSERT_EQ(::lchown(link.c_str(), kNobody, kNogroup), 0);
+    std::filesystem::create_symlink(fake_dir / "control", shared_tmp / "control");
+    ASSERT_EQ(::lchown((shared_tmp / "control").c_str(), kNobody, kNogroup), 0);
+    const Output followed = run_binary("/usr/bin/env", {"TMPDIR=" + shared_tmp.string(),
+                                                        testing::bin("coordinator").string(), "cancel", "--run", pid, "0"});
+    EXPECT_EQ(followed.exit_code, 2) << followed.out << followed.err;
+    EXPECT_TRUE(has(followed.err, "skipping '" + link.string() + "': a symbolic link")) << followed.err;
+    EXPECT_FALSE(has(followed.out, "cancelled")) << followed.out;
+    EXPECT_TRUE(testing::read_json_lines(journal).empty()) << "the victim's task ended";
+    EXPECT_FALSE(has(fake.err(), "coordinator cancel: task") || has(fake.err(), "cancelling task"))
+        << "nobody's run was asked: " << fake.err();
+
+    // A directory of nobody's next to the victim's own: on main, cancel refused ("2 control
+    // directories match"); now it is skipped and the victim's run cancels task 0.
+    const auto planted = victim_tmp / fmt::format("taskfarm-run-{}-BBBBBB", pid);
+    std::filesystem::create_directory(planted);
+    ::chmod(planted.c_str(), 0755);
+    ASSERT_EQ(::chown(planted.c_str(), kNobody, kNogroup), 0);
+    const Output cancelled = run_binary("/usr/bin/env", {"TMPDIR=" + victim_tmp.string(),
+                                                         testing::bin("coordinator").string(), "cancel", "--run", pid, "0"});
+    EXPECT_EQ(cancelled.exit_code, 0) << cancelled.out << cancelled.err;
+    EXPECT_TRUE(has(cancelled.err, fmt::format("skipping '{}': owned by uid {}", planted.string(), kNobody)))
+        << cancelled.err;
+    EXPECT_TRUE(has(cancelled.out, fmt::format("run of pid {}: task 0: cancelled: running", pid))) << cancelled.out;
+    ASSERT_TRUE(testing::eventually([&] { return testing::read_json_lines(journal).size() == 1; }, std::chrono::seconds(30)))
+        << victim.err();
+    EXPECT_EQ(testing::read_json_lines(journal).at(0).at("id"), 0);
+    EXPECT_EQ(testing::read_json_lines(journal).at(0).value("cancelled", false), true);
+
+    // The directory given by path: a symlink, or another user's, is refused.
+    const Output by_link = run_binary("coordinator", {"cancel", "--run", link.string(), "1"});
+    EXPECT_EQ(by_link.exit_code, 2) << by_link.err;
+    EXPECT_TRUE(has(by_link.err, "is a symbolic link")) << by_link.err;
+    const Output by_planted = run_binary("coordinator", {"cancel", "--run", planted.string(), "1"});
+    EXPECT_EQ(by_planted.exit_code, 2) << by_planted.err;
+    EXPECT_TRUE(has(by_planted.err, "not by this user")) << by_planted.err;
+}
+
+// The answer is what the run did with each id, from the point where it applied it: a task
+// held by a worker is stopped; an id not in the plan is not cancelled, and the command says
+// so and exits 1 (on main: "asked the run ... to cancel" and 0 for both).
+TEST(Cancel, TheAnswerSaysWhatTheRunDidWithEachTask) {
+    testing::TempDir dir;
+    const auto started = dir / "started";
+    const auto journal = dir / "journal.jsonl";
+    testing::Running run("coordinator", {"--command", fmt::format("echo {{}} >> {}; exec sleep 300", started.string()),
+                                         "--inputs", numbers(dir, 3).string(), "--mode", "processes", "--workers", "1",
+                                         "--results", journal.string(), "--set", "command_grace_s=0.3"});
+    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 1; }, std::chrono::seconds(30))) << run.err();
+    const std::string pid = std::to_string(run.pid());
+    const Output mixed = run_binary("coordinator", {"cancel", "--run", pid, "0", "7"});
+    EXPECT_EQ(mixed.exit_code, 1) << mixed.out << mixed.err;
+    EXPECT_TRUE(has(mixed.out, fmt::format("run of pid {}: task 0: cancelled: held by worker w1", pid))) << mixed.out;
+    EXPECT_TRUE(has(mixed.out, fmt::format("run of pid {}: task 7: NOT cancelled: not in this run's plan (3 tasks)", pid)))
+        << mixed.out;
+    const Output rest = run_binary("coordinator", {"cancel", "--run", pid, "1", "2"});
+    EXPECT_EQ(rest.exit_code, 0) << rest.out << rest.err;
+    const Output output = run.wait(std::chrono::seconds(60));
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    const auto lines = testing::read_json_lines(journal);
+    EXPECT_EQ(lines.size(), 3u) << output.err;
+    for (const auto& line : lines) EXPECT_EQ(line.value("cancelled", false), true) << line.dump();
+}
+
 }  // namespace
 }  // namespace taskfarm
