@@ -489,7 +489,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->capture_default_str();
     app.add_option("--drain-timeout", config.drain_timeout_s,
                    "after SIGTERM (or SIGHUP) no task starts and the running ones may finish for S seconds;\n"
-                   "then, or at a second SIGTERM or a SIGINT, they are cancelled")
+                   "then, or at a second SIGTERM more than 1 s after the first, or a SIGINT, they are cancelled")
         ->check(seconds_between(0, 31'536'000))
         ->type_name("S")
         ->capture_default_str();
@@ -633,7 +633,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     cancel_command
         ->add_option("--run", cancel.run,
                      "the run: its coordinator's pid (the run logs it at start), or its control directory\n"
-                     "($TMPDIR/taskfarm-run-PID-XXXXXX)")
+                     "($TMPDIR/taskfarm-run-PID-XXXXXX). Only a directory of this user's, mode 0700, not a\n"
+                     "symlink, with a socket of this user's is used; others are skipped with a message")
         ->required()
         ->type_name("DIR_OR_PID");
     cancel_command->add_option("ID", cancel.ids, "task ids, as the result lines and the journal show them")
@@ -641,8 +642,10 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->check(CLI::Range(std::uint64_t{0}, kNoId - 1));
     cancel_command->footer(
         "A cancelled task fails with \"cancelled (coordinator cancel)\" (\"cancelled\": true in --results) and is\n"
-        "never retried; --resume runs it again. The cancel is for the mode that runs when it comes. Exit\n"
-        "status: 0 the run took the request, 1 it did not answer within 5 s, 2 no such run.");
+        "never retried; --resume runs it again. The cancel is for the mode that runs when it comes. The run\n"
+        "answers once it has applied the request, and a line per task says what it did. Exit status: 0 every\n"
+        "task is cancelled, 1 some task is not (not in the plan, no mode running) or no answer within 5 s,\n"
+        "2 no such run.");
     app.footer(
         std::string("The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
         "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
@@ -653,7 +656,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
         "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
         "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
-        "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n") +
+        "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n"
+        "The same request again within 1 s (timeout(1) and a closing terminal send theirs twice) is one.\n") +
         fmt::format("Examples: {0} --workers 8 --task download\n"
                     "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
                     "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"

@@ -463,6 +463,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
             } else {
                 report = make_runner(mode, config, shared, signals.token(), signals.drain_token())->run(todo, sinks);
             }
+            cancels.close();  // until the next mode, a cancel is answered "nothing cancelled"
             report.tasks += earlier;
             report.ok += earlier;
             reports.push_back(std::move(report));

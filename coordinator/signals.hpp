@@ -12,6 +12,11 @@ namespace taskfarm {
 //   started any more, the running ones finish; after `drain_timeout` the drain becomes a stop;
 // - stop (SIGINT, SIGQUIT, a second SIGTERM or SIGHUP, the drain timeout): the running tasks
 //   are cancelled as well.
+// One request is often delivered twice: timeout(1) signals its child and then its process
+// group, a closing terminal sends SIGHUP and so does the shell when it exits. So a signal
+// that asks for what is already under way (a drain signal while draining, SIGINT while
+// stopping) within kSameRequest of the one that started it is that same request, said so in
+// the log and otherwise ignored; later, it is a second request.
 // A stop is also a drain. Either way the run ends the same: workers shut down and reaped,
 // the partial table printed, the socket directory removed, exit 128 + the first signal.
 // Construct it before any other thread starts: it blocks these signals in the calling
@@ -19,6 +24,8 @@ namespace taskfarm {
 // SIGINT during a stop exits at once (130); the workers die with us through PR_SET_PDEATHSIG.
 class SignalWatcher {
 public:
+    static constexpr std::chrono::milliseconds kSameRequest{1000};
+
     explicit SignalWatcher(std::chrono::milliseconds drain_timeout = std::chrono::milliseconds(25'000));
     ~SignalWatcher();
     SignalWatcher(const SignalWatcher&) = delete;
@@ -32,13 +39,19 @@ public:
     bool stop(int signal);
 
 private:
-    void on_signal(int received);
+    void on_signal(int received, int sender);
+    // Whether `received` repeats the request that began at `since` (then it is logged as such).
+    bool repeats(int received, int sender, std::chrono::steady_clock::time_point since) const;
 
     const std::chrono::milliseconds drain_timeout_;
     std::stop_source stop_;
     std::stop_source drain_;
     std::atomic<int> signal_{0};
-    std::chrono::steady_clock::time_point drain_deadline_{};  // the watcher thread's only
+    // The watcher thread's only:
+    std::chrono::steady_clock::time_point drain_deadline_{};
+    std::chrono::steady_clock::time_point drain_began_{};  // the drain's first signal
+    std::chrono::steady_clock::time_point stop_began_{};   // the stop's first signal
+    int stop_signal_ = 0;                                   // that signal; 0: the stop came otherwise
     std::jthread thread_;
 };
 

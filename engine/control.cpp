@@ -1,5 +1,6 @@
 #include "control.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,12 +50,30 @@ std::string serve(CancelBoard& board, std::string_view request) {
             if (!id.is_number_unsigned()) return answer({{"ok", false}, {"error", "a task id is a whole number >= 0"}});
             ids.push_back(id.get<TaskId>());
         }
-        board.request(ids);
-        spdlog::warn("cancelling task(s) {} (coordinator cancel)", fmt::join(ids, ", "));
-        return answer({{"ok", true}, {"pid", ::getpid()}, {"cancel", ids}});
+        // Answered with what the run did, once it did it (CancelBoard::request).
+        const std::vector<CancelOutcome> outcomes = board.request(ids);
+        nlohmann::json answers = nlohmann::json::array();
+        bool all = true;
+        for (const CancelOutcome& outcome : outcomes) {
+            all = all && outcome.cancelled;
+            answers.push_back({{"id", outcome.id}, {"cancelled", outcome.cancelled}, {"what", outcome.what}});
+            spdlog::warn("coordinator cancel: task {}: {}", outcome.id, outcome.what);
+        }
+        return answer({{"ok", all}, {"pid", ::getpid()}, {"cancel", ids}, {"outcomes", std::move(answers)}});
     } catch (const std::exception& e) {
         return answer({{"ok", false}, {"error", printable(e.what())}});
     }
+}
+
+// Why `info` (an lstat of a control directory) is not one this user may trust, or empty.
+// Another local user can plant anything in a shared TMPDIR: a symlink to a socket of their
+// own (whose "ok" would be a lie), a directory of theirs (that would make --run ambiguous).
+std::string untrusted_dir(const struct stat& info) {
+    if (S_ISLNK(info.st_mode)) return "a symbolic link";
+    if (!S_ISDIR(info.st_mode)) return "not a directory";
+    if (info.st_uid != ::getuid()) return fmt::format("owned by uid {}, not by this user (uid {})", info.st_uid, ::getuid());
+    if ((info.st_mode & 077) != 0) return fmt::format("mode {:04o}, not 0700", info.st_mode & 07777);
+    return {};
 }
 
 // The control directory of the coordinator with pid `pid` that this user owns.
@@ -66,18 +85,57 @@ std::filesystem::path find_run(const std::string& pid) {
         for (const auto& entry : std::filesystem::directory_iterator(base, ec)) {
             const std::string name = entry.path().filename().string();
             if (!name.starts_with(prefix) || name.size() != prefix.size() + 6) continue;
-            if (std::find(found.begin(), found.end(), entry.path()) == found.end()) found.push_back(entry.path());
+            if (std::find(found.begin(), found.end(), entry.path()) != found.end()) continue;
+            struct stat info {};
+            if (::lstat(entry.path().c_str(), &info) != 0) continue;  // gone meanwhile
+            if (const std::string why = untrusted_dir(info); !why.empty()) {
+                spdlog::warn("--run {}: skipping '{}': {}", pid, printable(entry.path().string()), why);
+                continue;
+            }
+            found.push_back(entry.path());
         }
         if (!found.empty()) break;
     }
     if (found.empty())
-        throw ConfigError(fmt::format("--run {}: no run of a coordinator with pid {} is here (no {}XXXXXX in '{}'); is it "
-                                      "running, as this user, with the same TMPDIR?",
+        throw ConfigError(fmt::format("--run {}: no run of a coordinator with pid {} is here (no {}XXXXXX of this user in "
+                                      "'{}'); is it running, as this user, with the same TMPDIR?",
                                       pid, pid, prefix, control_base().string()));
     if (found.size() > 1)
         throw ConfigError(fmt::format("--run {}: {} control directories match ('{}', '{}'); give the directory", pid,
                                       found.size(), found[0].string(), found[1].string()));
     return found.front();
+}
+
+// A descriptor of the control directory `dir`, opened without following a symlink and
+// checked as find_run checks; the socket is then reached through it (/proc/self/fd/N), so
+// what was checked is what is used. Throws ConfigError.
+int open_run_dir(const std::filesystem::path& dir, const std::string& run) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat info {};
+    if (fd < 0) {
+        const int error = errno;
+        if (::lstat(dir.c_str(), &info) == 0 && S_ISLNK(info.st_mode))
+            throw ConfigError(fmt::format("--run '{}': '{}' is a symbolic link; give the directory itself",
+                                          printable(run), printable(dir.string())));
+        throw ConfigError(fmt::format("--run '{}': not a run's control directory or a coordinator's pid ({})",
+                                      printable(run), std::strerror(error)));
+    }
+    std::string why;
+    if (::fstat(fd, &info) != 0) why = std::strerror(errno);
+    if (why.empty()) why = untrusted_dir(info);
+    struct stat socket_info {};
+    if (why.empty() && ::fstatat(fd, "control", &socket_info, AT_SYMLINK_NOFOLLOW) != 0)
+        why = "no control socket in it (has the run ended?)";
+    else if (why.empty() && !S_ISSOCK(socket_info.st_mode))
+        why = "its 'control' is not a socket";
+    else if (why.empty() && socket_info.st_uid != ::getuid())
+        why = fmt::format("its control socket is owned by uid {}, not by this user", socket_info.st_uid);
+    if (!why.empty()) {
+        ::close(fd);
+        throw ConfigError(fmt::format("--run '{}': '{}' is not a control directory of this user's: {}", printable(run),
+                                      printable(dir.string()), why));
+    }
+    return fd;
 }
 
 }  // namespace
@@ -89,21 +147,91 @@ TaskResult cancelled(TaskResult result) {
     return result;
 }
 
-void CancelBoard::request(const std::vector<TaskId>& ids) {
-    std::lock_guard lock(mutex_);
+std::vector<CancelOutcome> CancelBoard::request(const std::vector<TaskId>& ids, std::chrono::milliseconds wait) {
+    std::unique_lock lock(mutex_);
+    std::vector<CancelOutcome> outcomes;
+    if (!open_) {
+        for (TaskId id : ids)
+            outcomes.push_back({id, false, "no mode of the run is running now (not started yet, between modes, or "
+                                           "ending): nothing cancelled"});
+        return outcomes;
+    }
+    std::vector<TaskId> dispatched;  // to wait for
     for (TaskId id : ids) {
-        if (!requested_.insert(id).second) continue;
+        if (!requested_.insert(id).second) {
+            outcomes.push_back({id, true, "cancel asked for already"});
+            continue;
+        }
         new_.push_back(id);
-        if (const auto running = running_.find(id); running != running_.end()) running->second->request_stop();
+        if (attached_) {
+            waiting_[id].reset();
+            dispatched.push_back(id);
+            outcomes.push_back({id, false, {}});  // filled below
+        } else if (const auto running = running_.find(id); running != running_.end()) {
+            running->second->request_stop();
+            outcomes.push_back({id, true, "running: stopped, and recorded as cancelled (unless it finished ok first)"});
+        } else {
+            outcomes.push_back({id, true, "not running: recorded as cancelled when its turn comes, unless it has its "
+                                          "result already"});
+        }
     }
     fresh_.store(!new_.empty(), std::memory_order_release);
+    if (dispatched.empty()) return outcomes;
+    answered_.wait_for(lock, wait, [&] {
+        return !attached_ || std::all_of(dispatched.begin(), dispatched.end(),
+                                         [&](TaskId id) { return waiting_.at(id).has_value(); });
+    });
+    for (CancelOutcome& outcome : outcomes) {
+        const auto found = waiting_.find(outcome.id);
+        if (found == waiting_.end() || std::find(dispatched.begin(), dispatched.end(), outcome.id) == dispatched.end())
+            continue;
+        if (found->second)
+            outcome = *found->second;
+        else if (!attached_)
+            outcome.what = "the mode ended before it applied the cancel: nothing cancelled";
+        else
+            outcome.what = fmt::format("the run did not apply it within {} ms (it may still)", wait.count());
+        waiting_.erase(found);
+    }
+    return outcomes;
+}
+
+void CancelBoard::applied(TaskId id, bool cancelled, std::string what) {
+    {
+        std::lock_guard lock(mutex_);
+        const auto found = waiting_.find(id);
+        if (found == waiting_.end()) return;  // asked before the dispatcher came: answered then
+        found->second = CancelOutcome{id, cancelled, std::move(what)};
+    }
+    answered_.notify_all();
+}
+
+CancelBoard::Attached::Attached(CancelBoard* board) : board_(board) {
+    if (!board_) return;
+    std::lock_guard lock(board_->mutex_);
+    board_->attached_ = true;
+}
+
+CancelBoard::Attached::~Attached() {
+    if (!board_) return;
+    {
+        std::lock_guard lock(board_->mutex_);
+        board_->attached_ = false;
+    }
+    board_->answered_.notify_all();
 }
 
 void CancelBoard::clear() {
     std::lock_guard lock(mutex_);
     requested_.clear();
     new_.clear();
+    open_ = true;
     fresh_.store(false, std::memory_order_release);
+}
+
+void CancelBoard::close() {
+    std::lock_guard lock(mutex_);
+    open_ = false;
 }
 
 bool CancelBoard::requested(TaskId id) const {
@@ -183,20 +311,16 @@ ControlServer::~ControlServer() {
 ExitCode cancel_tasks(const CancelConfig& config) {
     const bool pid = !config.run.empty() && config.run.find_first_not_of("0123456789") == std::string::npos;
     const std::filesystem::path dir = pid ? find_run(config.run) : std::filesystem::path(config.run);
-    struct stat info {};
-    if (::stat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode))
-        throw ConfigError(fmt::format("--run '{}': not a run's control directory or a coordinator's pid",
-                                      printable(config.run)));
-    if (info.st_uid != ::getuid())
-        throw ConfigError(fmt::format("--run '{}': the directory is another user's", printable(dir.string())));
-    const std::filesystem::path socket_path = dir / "control";
-    if (socket_path.string().size() > kMaxIpcPath || !std::filesystem::exists(socket_path))
-        throw ConfigError(fmt::format("--run '{}': no control socket in it (has the run ended?)", printable(dir.string())));
+    const int dir_fd = open_run_dir(dir, config.run);
+    struct CloseFd {
+        int fd;
+        ~CloseFd() { ::close(fd); }
+    } close_dir{dir_fd};
 
     zmq::context_t context(1);
     zmq::socket_t socket(context, zmq::socket_type::req);
     wire::configure(socket, zmq::socket_type::req);
-    socket.connect("ipc://" + socket_path.string());
+    socket.connect(fmt::format("ipc:///proc/self/fd/{}/control", dir_fd));
     const std::string request = nlohmann::json{{"cancel", config.ids}}.dump();
     socket.send(zmq::buffer(request), zmq::send_flags::none);
     zmq::pollitem_t items[] = {{socket.handle(), 0, ZMQ_POLLIN, 0}};
@@ -207,13 +331,21 @@ ExitCode cancel_tasks(const CancelConfig& config) {
         return ExitCode::TasksFailed;
     }
     const nlohmann::json body = nlohmann::json::parse(reply.to_string_view(), nullptr, false);
-    if (body.is_discarded() || !body.value("ok", false)) {
+    if (body.is_discarded() || !body.is_object() || !body.contains("outcomes") || !body.at("outcomes").is_array()) {
         spdlog::error("the run refused: {}",
                       printable(body.is_object() ? body.value("error", std::string("no reason")) : reply.to_string()));
         return ExitCode::TasksFailed;
     }
-    fmt::print("asked the run of pid {} to cancel task(s) {}\n", body.value("pid", 0), fmt::join(config.ids, ", "));
-    return ExitCode::Ok;
+    // What the run did with each, as it did it: exit 0 only if every one is cancelled.
+    bool all = true;
+    for (const auto& outcome : body.at("outcomes")) {
+        if (!outcome.is_object()) continue;
+        const bool cancelled = outcome.value("cancelled", false);
+        all = all && cancelled;
+        fmt::print("run of pid {}: task {}: {}{}\n", body.value("pid", 0), outcome.value("id", TaskId{0}),
+                   cancelled ? "cancelled: " : "NOT cancelled: ", printable(outcome.value("what", std::string())));
+    }
+    return all && body.value("ok", false) ? ExitCode::Ok : ExitCode::TasksFailed;
 }
 
 }  // namespace taskfarm

@@ -7,9 +7,12 @@
 // retried; --resume runs it again, as any task that is not ok.
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stop_token>
 #include <string>
@@ -28,11 +31,25 @@ inline constexpr const char* kCancelledError = "cancelled (coordinator cancel)";
 // (its value, its run time) is kept.
 TaskResult cancelled(TaskResult result);
 
+// What a cancel did to one task, as the run applied it: the answer `coordinator cancel` prints.
+struct CancelOutcome {
+    TaskId id = 0;
+    bool cancelled = false;  // it is, or will be, recorded as cancelled (unless it finishes ok first)
+    std::string what;
+};
+
 // The ids asked for, shared by the control thread and the mode's runner. Thread-safe.
+// A request is answered only once the run has applied it: in the sequential and threads
+// modes the board is what their runners read, so recording it here is applying it; in
+// processes mode the dispatcher applies it to its schedule (attach ... applied ... detach)
+// and request() waits for that. Between modes nothing runs, and nothing is cancelled.
 class CancelBoard {
 public:
-    void request(const std::vector<TaskId>& ids);  // the control thread
-    void clear();                                 // a new mode starts: what was asked was for the last
+    // The control thread: waits up to `wait` for a dispatcher to apply the request.
+    std::vector<CancelOutcome> request(const std::vector<TaskId>& ids,
+                                       std::chrono::milliseconds wait = std::chrono::milliseconds(4000));
+    void clear();  // a new mode starts: what was asked was for the last; requests are taken again
+    void close();  // the mode ended: requests are refused until the next clear()
     bool requested(TaskId id) const;
     // Task `id` runs under `stop` on the calling thread until finished(id): a cancel (asked
     // before or meanwhile) requests `stop`.
@@ -41,20 +58,37 @@ public:
     // The dispatcher: ids asked for since its last call; cheap when there are none.
     bool has_new() const { return fresh_.load(std::memory_order_acquire); }
     std::vector<TaskId> take_new();
+    // The dispatcher, while it runs (RAII; null board: nothing): requests wait for applied().
+    class Attached {
+    public:
+        explicit Attached(CancelBoard* board);
+        ~Attached();
+        Attached(const Attached&) = delete;
+        Attached& operator=(const Attached&) = delete;
+
+    private:
+        CancelBoard* board_;
+    };
+    void applied(TaskId id, bool cancelled, std::string what);
 
 private:
     mutable std::mutex mutex_;
+    std::condition_variable answered_;
+    bool open_ = false;      // a mode runs
+    bool attached_ = false;  // a dispatcher applies the requests
     std::set<TaskId> requested_;
     std::vector<TaskId> new_;
     std::map<TaskId, std::stop_source*> running_;
+    std::map<TaskId, std::optional<CancelOutcome>> waiting_;  // asked, to be applied by the dispatcher
     std::atomic<bool> fresh_{false};
 };
 
 // The control socket, ipc://DIR/control in a private (0700) directory DIR =
 // $TMPDIR/taskfarm-run-PID-XXXXXX, answered by a thread of its own until destroyed (which
 // removes DIR). Construct it after the SignalWatcher, like every thread. Requests are one
-// JSON object per message, `{"cancel": [ID, ...]}`; answers `{"ok": true, "pid": PID,
-// "cancel": [ID, ...]}` or `{"ok": false, "error": "..."}`.
+// JSON object per message, `{"cancel": [ID, ...]}`; answers `{"ok": B, "pid": PID,
+// "cancel": [ID, ...], "outcomes": [{"id": ID, "cancelled": B, "what": "..."}, ...]}` once
+// the run applied it (ok: every one is cancelled), or `{"ok": false, "error": "..."}`.
 class ControlServer {
 public:
     explicit ControlServer(CancelBoard& board);  // throws RunError when it cannot bind
@@ -75,8 +109,10 @@ struct CancelConfig {
     std::vector<TaskId> ids;
 };
 
-// Asks the run to cancel the tasks; prints its answer on stdout. Throws ConfigError (exit 2)
-// for a run that cannot be found; returns TasksFailed (1) when it does not answer.
+// Asks the run to cancel the tasks; prints its answer on stdout, a line per task. Throws
+// ConfigError (exit 2) for a run that cannot be found: only a directory and a socket of the
+// caller's own (owner, 0700, no symlink) are used, others are skipped with a message.
+// Returns TasksFailed (1) when it does not answer, or a task was not cancelled.
 ExitCode cancel_tasks(const CancelConfig& config);
 
 }  // namespace taskfarm

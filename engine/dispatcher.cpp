@@ -30,6 +30,8 @@ Dispatcher::Dispatcher(zmq::socket_t& router, WorkerLauncher& pool, const Plan& 
       setup_(proto::encode(proto::Setup{.settings = settings})) {}
 
 void Dispatcher::run() {
+    // From here to the end of the loop a cancel is answered by the schedule (CancelBoard::attach).
+    const CancelBoard::Attached attached(cancels_);
     next_reap_ = Clock::now() + kChildCheckInterval;
     while (!schedule_.done() && !stop_.stop_requested()) {
         zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
@@ -47,9 +49,15 @@ void Dispatcher::run() {
                     schedule_.no_more_workers(*reason);
                 }
         }
-        if (drain_.stop_requested()) schedule_.drain(Clock::now());
+        // A stop is a drain too, whose running tasks are cancelled, not left to finish: only a
+        // drain alone says "draining" (the loop ends at the stop).
+        if (drain_.stop_requested() && !stop_.stop_requested()) schedule_.drain(Clock::now());
         if (cancels_ && cancels_->has_new())
-            for (const TaskId id : cancels_->take_new()) schedule_.cancel(id, Clock::now());
+            for (const TaskId id : cancels_->take_new()) {
+                // The answer to `coordinator cancel` is what the schedule did, not that it was asked.
+                auto [cancelled, what] = schedule_.cancel(id, Clock::now());
+                cancels_->applied(id, cancelled, std::move(what));
+            }
         schedule_.tick(Clock::now());
     }
     if (const auto& error = schedule_.plan_error()) recorder_.plan_error(*error);

@@ -295,33 +295,37 @@ void Schedule::watch_retired(Clock::time_point now) {
     }
 }
 
-void Schedule::cancel(TaskId id, Clock::time_point now) {
+Schedule::Cancelled Schedule::cancel(TaskId id, Clock::time_point now) {
     const std::size_t index = id;
     if (plan_.count && id >= *plan_.count) {
         spdlog::warn("cannot cancel task {}: this run's plan has {} tasks", id, *plan_.count);
-        return;
+        return {false, fmt::format("not in this run's plan ({} tasks): nothing cancelled", *plan_.count)};
     }
-    if (cancelled_.contains(index)) return;
+    if (cancelled_.contains(index)) return {true, "cancelled already"};
     for (auto& [peer, worker] : workers_) {
         const auto held = std::find_if(worker.in_flight.begin(), worker.in_flight.end(),
                                        [index](const Attempt& a) { return a.index == index; });
         if (held == worker.in_flight.end()) continue;
         cancelled_.insert(index);
         actions_.send_cancel(peer, std::span<const Attempt>(&*held, 1));
-        return;
+        return {true, fmt::format("held by worker {}: it stops it, and it is recorded as cancelled (unless it "
+                                  "finished ok first)",
+                                  worker.name)};
     }
     const auto queued = std::find_if(retries_.begin(), retries_.end(), [index](const Attempt& a) { return a.index == index; });
     if (queued != retries_.end()) {
         const Attempt attempt = *queued;
         retries_.erase(queued);
         cancelled_.insert(index);
-        return record_cancelled(attempt, {}, Clock::duration::zero());
+        record_cancelled(attempt, {}, Clock::duration::zero());
+        return {true, "queued: recorded as cancelled"};
     }
     // Not handed out yet, or done already: the plan is made as it goes (decision 96), so a task
     // not yet made is recorded as cancelled when its turn comes; one that is done never comes.
     (void)now;
     cancelled_.insert(index);
     spdlog::info("task {} is cancelled when its turn comes, unless it has its result already", id);
+    return {true, "not handed out: recorded as cancelled when its turn comes, unless it has its result already"};
 }
 
 void Schedule::record_cancelled(const Attempt& attempt, const std::string& worker, Clock::duration ran) {

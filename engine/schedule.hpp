@@ -159,8 +159,12 @@ public:
     void drain(Clock::time_point now);
     // `coordinator cancel`: task `id` is recorded as cancelled, at once if it was not handed
     // out, else when its worker answers the cancel it is sent; never retried. A task done or
-    // not in the plan is logged and left alone.
-    void cancel(TaskId id, Clock::time_point now);
+    // not in the plan is logged and left alone. Says what it did, for the one who asked.
+    struct Cancelled {
+        bool cancelled = false;  // it is, or will be, recorded as cancelled (unless it finishes ok first)
+        std::string what;
+    };
+    Cancelled cancel(TaskId id, Clock::time_point now);
     void exited(pid_t pid, const std::string& reason, Clock::time_point now);  // a process of ours
     // No remote worker will attach any more (the Slurm job step that started them ended):
     // once no worker is left, the tasks not done fail at once, "not run: REASON", instead of

@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "child_signals.hpp"
 #include "fork_protocol.hpp"
 
 namespace bp = boost::process;
@@ -49,6 +50,7 @@ struct DieWithParent {
         // --worker-bin wrapper's other children, say) is in it, and ends with it (kill_group).
         // A Ctrl-C on the terminal reaches only the coordinator, which stops the workers itself.
         ::setpgid(0, 0);
+        drop_stop_signals_meant_for_the_parent();  // sent to the coordinator's group before the line above
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks its stop signals

@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "child_signals.hpp"
 #include "errors.hpp"
 #include "text.hpp"
 
@@ -132,6 +133,7 @@ SlurmStep::SlurmStep(SlurmStepConfig config) {
         // A group of its own: a Ctrl-C on the terminal reaches only the coordinator, which
         // stops srun itself (srun's first SIGINT would only print the step's status).
         ::setpgid(0, 0);
+        drop_stop_signals_meant_for_the_parent();  // sent to the coordinator's group before the line above
         ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks its stop signals
         ::signal(SIGPIPE, SIG_DFL);
         // srun passes its stdin to task 0: the plan may be on ours (--plan -), and is not the

@@ -208,21 +208,20 @@ private:
         env.settings = &settings_;
         while (true) {
             Queued next;
+            // A stop of the task's own, for a cancel of it alone; the executor's stop stops it too.
+            std::stop_source own;
             {
+                // Out of the queue and running in one step: a cancel in between would find it
+                // neither queued nor running, and be lost.
                 std::unique_lock lock(mutex_);
                 if (!ready_.wait(lock, stop, [this] { return !queue_.empty(); })) return;
                 next = std::move(queue_.front());
                 queue_.pop_front();
                 running_since_ = Clock::now();
-            }
-            // A stop of the task's own, for a cancel of it alone; the executor's stop stops it too.
-            std::stop_source own;
-            const std::stop_callback link(stop, [&own] { own.request_stop(); });
-            {
-                std::lock_guard lock(mutex_);
                 running_ = {next.task.id, next.attempt};
                 running_stop_ = &own;
             }
+            const std::stop_callback link(stop, [&own] { own.request_stop(); });
             env.stop = own.get_token();
             if (board_) board_->started(next.task.id, next.attempt);
             TaskResult result = next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);

@@ -18,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include "child_signals.hpp"
 #include "command_groups.hpp"
 #include "process_title.hpp"
 
@@ -128,10 +129,14 @@ struct StartFailure {
     int error;
 };
 
-[[noreturn]] void child(char* const* argv, char** envp, const char* cwd, pid_t caller, int out, int err, int report) {
+[[noreturn]] void child(char* const* argv, char** envp, const char* cwd, pid_t caller, pid_t guardian, int out, int err,
+                        int report) {
     ::setpgid(0, 0);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != caller) ::_exit(127);  // the caller died before the line above
+    // A Ctrl-C or a drain's SIGTERM sent to the caller's group before the setpgid is not for
+    // the command; a stop from the caller or the guardian is.
+    drop_stop_signals_meant_for_the_parent(caller, guardian);
     // Ignored signals stay ignored across exec (the coordinator ignores SIGPIPE), and the
     // mask is inherited: give the program what a shell would.
     struct sigaction default_action {};
@@ -276,7 +281,8 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     const pid_t pid = ::fork();
     if (pid < 0)
         throw std::system_error(errno, std::generic_category(), fmt::format("cannot start '{}'", spec.argv[0]));
-    if (pid == 0) child(argv.data(), envp.data(), cwd, caller, out_write.get(), err_write.get(), report_write.get());
+    if (pid == 0)
+        child(argv.data(), envp.data(), cwd, caller, guardian_pid, out_write.get(), err_write.get(), report_write.get());
     ::setpgid(pid, pid);  // as the child does: whichever runs first, the group exists before a kill (EACCES after exec)
     children.started(pid);
     out_write.reset();
