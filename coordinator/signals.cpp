@@ -50,6 +50,10 @@ SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout) : drain_ti
 }
 
 void SignalWatcher::on_signal(int received) {
+    if (over_.load()) {  // nothing runs: no drain, no "cancelling", and the run's exit status stands
+        stop(received);
+        return;
+    }
     if (drains(received) && signal_.load() == 0) {
         int none = 0;
         if (signal_.compare_exchange_strong(none, received)) {
