@@ -1,6 +1,9 @@
 #include "live_view_door.hpp"
 
 #include <arpa/inet.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -64,6 +67,56 @@ void refuse(int fd, int status, std::string_view why) {
 }
 
 bool hex_digit(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+
+// Whether the other end of a connection accepted here is a socket of this machine owned by
+// the user we run as: asked of the kernel through sock_diag, as `ss -e` does. No, for
+// another user's, another machine's, or when it cannot tell.
+class SameUser {
+public:
+    SameUser() : netlink_(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)) {}
+    ~SameUser() { close_fd(netlink_); }
+    SameUser(const SameUser&) = delete;
+    SameUser& operator=(const SameUser&) = delete;
+
+    bool operator()(int fd, const sockaddr_in& peer) const {
+        sockaddr_in local{};
+        socklen_t length = sizeof local;
+        if (netlink_ < 0 || peer.sin_family != AF_INET || ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) != 0)
+            return false;
+        struct {
+            nlmsghdr header;
+            inet_diag_req_v2 request;
+        } ask{};
+        ask.header.nlmsg_len = sizeof ask;
+        ask.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+        ask.header.nlmsg_flags = NLM_F_REQUEST;  // one socket, looked up exactly: no dump
+        ask.request.sdiag_family = AF_INET;
+        ask.request.sdiag_protocol = IPPROTO_TCP;
+        ask.request.idiag_states = ~0u;
+        // The client's socket: its local end is our peer, its remote end is us.
+        ask.request.id.idiag_sport = peer.sin_port;
+        ask.request.id.idiag_dport = local.sin_port;
+        ask.request.id.idiag_src[0] = peer.sin_addr.s_addr;
+        ask.request.id.idiag_dst[0] = local.sin_addr.s_addr;
+        ask.request.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+        ask.request.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+        sockaddr_nl kernel{};
+        kernel.nl_family = AF_NETLINK;
+        if (::sendto(netlink_, &ask, sizeof ask, 0, reinterpret_cast<const sockaddr*>(&kernel), sizeof kernel) < 0)
+            return false;
+        alignas(nlmsghdr) char answer[1024];
+        // The kernel answers while sendto() runs: the reply is there already.
+        const ssize_t got = ::recv(netlink_, answer, sizeof answer, MSG_DONTWAIT);
+        const auto* header = reinterpret_cast<const nlmsghdr*>(answer);
+        if (got < static_cast<ssize_t>(NLMSG_LENGTH(sizeof(inet_diag_msg))) || header->nlmsg_type != SOCK_DIAG_BY_FAMILY)
+            return false;  // NLMSG_ERROR: no such socket here (another machine's), or not allowed
+        const auto* found = static_cast<const inet_diag_msg*>(NLMSG_DATA(header));
+        return found->idiag_uid == ::geteuid();
+    }
+
+private:
+    const int netlink_;
+};
 
 }  // namespace
 
@@ -145,7 +198,8 @@ void UiDoor::stop() {
 void UiDoor::hand_over(Request request) {
     {
         std::lock_guard lock(shared_->mutex);
-        if (shared_->stopping || shared_->serving >= kMaxServing) {
+        const std::size_t limit = request.ours ? kMaxServing : kMaxServing - kServingOurs;
+        if (shared_->stopping || shared_->serving >= limit) {
             ++shared_->refused;
             refuse(request.fd, 503, fmt::format("{} requests for this page are being served already; try again", kMaxServing));
             return;
@@ -183,8 +237,10 @@ void UiDoor::run() {
         int fd = -1;
         std::string head;
         Clock::time_point accepted;
+        bool ours = false;    // from a socket of our own user on this machine
         bool proven = false;  // carries the token: never evicted for a newcomer
     };
+    const SameUser same_user;
     std::deque<Pending> pending;  // oldest first
     const int ceiling = descriptor_ceiling();
     Clock::time_point paused_until{};
@@ -256,7 +312,7 @@ void UiDoor::run() {
             }
             p.proven = verdict > 0;
             if (p.proven && (p.head.find("\r\n\r\n") != std::string::npos || p.head.find("\n\n") != std::string::npos)) {
-                hand_over({p.fd, std::move(p.head), p.accepted});
+                hand_over({p.fd, std::move(p.head), p.accepted, p.ours});
                 p.fd = -1;
             } else if (p.head.size() >= kMaxHead) {
                 ++shared_->refused;
@@ -269,7 +325,9 @@ void UiDoor::run() {
         if (!accepting || (polled[1].revents & POLLIN) == 0) continue;
         now = Clock::now();
         for (int i = 0; i < kAcceptBatch; ++i) {
-            const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            sockaddr_in peer{};
+            socklen_t peer_length = sizeof peer;
+            const int fd = ::accept4(listener_, reinterpret_cast<sockaddr*>(&peer), &peer_length, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0) {
                 if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
                 if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) paused_until = now + kAcceptPause;
@@ -281,18 +339,24 @@ void UiDoor::run() {
                 paused_until = now + kAcceptPause;
                 break;
             }
-            if (pending.size() >= kMaxPending) {
-                const auto oldest = std::find_if(pending.begin(), pending.end(), [](const Pending& p) { return !p.proven; });
+            // Our user's connections and everyone else's have slots of their own: a newcomer
+            // evicts the oldest unproven one of its own kind only, so other users, however many
+            // connections they open, never take the owner's.
+            const bool ours = same_user(fd, peer);
+            const std::size_t limit = ours ? kMaxPendingOurs : kMaxPending - kMaxPendingOurs;
+            if (static_cast<std::size_t>(std::count_if(pending.begin(), pending.end(),
+                                                       [&](const Pending& p) { return p.ours == ours; })) >= limit) {
+                const auto oldest = std::find_if(pending.begin(), pending.end(),
+                                                 [&](const Pending& p) { return p.ours == ours && !p.proven; });
+                ++shared_->refused;
                 if (oldest == pending.end()) {
-                    ++shared_->refused;
                     ::close(fd);
                     continue;
                 }
-                ++shared_->refused;
                 ::close(oldest->fd);
                 pending.erase(oldest);
             }
-            pending.push_back({fd, {}, now, false});
+            pending.push_back({fd, {}, now, ours, false});
         }
     }
     for (const Pending& p : pending) ::close(p.fd);

@@ -3,12 +3,15 @@
 // to carry the page's secret. Anyone on the machine can connect to the port, so what a
 // connection may cost is bounded before it proves anything:
 // - one thread polls every connection that is still sending its request head; there are at
-//   most kMaxPending of them, each for at most kHeadDeadline, and a new one evicts the oldest
-//   unproven one when they are all taken (so idle connections cannot keep the owner out);
+//   most kMaxPending of them, each for at most kHeadDeadline. Connections from our own user
+//   on this machine (the owner's browser, or an ssh tunnel: the kernel says whose socket the
+//   other end is) have kMaxPendingOurs of these slots, everyone else the rest, and a
+//   newcomer evicts the oldest unproven connection of its own kind: other users, however
+//   many connections they open or hold, cannot keep the owner out;
 // - a request is checked byte by byte against "GET /TOKEN/": the first byte that differs
 //   gets a 404 and the connection is closed, without waiting for the rest;
 // - a request that carries the token is handed to a thread of its own, at most kMaxServing
-//   at once (503 past that);
+//   at once, kServingOurs of them kept for our own user (503 past that);
 // - a connection that would take one of the last descriptors the process may open (its
 //   RLIMIT_NOFILE, less a reserve) is closed at once, and accept() failing for want of
 //   descriptors pauses accepting: the run's own sockets and pipes come first;
@@ -29,7 +32,9 @@ namespace taskfarm {
 class UiDoor {
 public:
     static constexpr std::size_t kMaxPending = 64;
+    static constexpr std::size_t kMaxPendingOurs = 16;
     static constexpr std::size_t kMaxServing = 16;
+    static constexpr std::size_t kServingOurs = 4;
     static constexpr std::size_t kMaxHead = 8192;  // bytes of request line and headers
     static constexpr auto kHeadDeadline = std::chrono::seconds(2);
     static constexpr auto kStopWait = std::chrono::seconds(1);
@@ -41,6 +46,7 @@ public:
         int fd = -1;
         std::string head;
         std::chrono::steady_clock::time_point accepted;
+        bool ours = false;  // from our own user on this machine
     };
     using Handler = std::function<void(Request&)>;
 

@@ -208,7 +208,7 @@ class LiveViewDoor(unittest.TestCase):
         process, url, port = self.start(["--task", "sleep", "--tasks", "2", "--duration", "0", "--mode", "threads"])
         attackers = [self.attack(port, "slow", 20, 120), self.attack(port, "prefix", 20, 120),
                      self.attack(port, "idle", 300, 120)]
-        for _ in range(3):  # each time, with the others' connections open
+        for _ in range(10):  # each time, with the others' connections open
             with urllib.request.urlopen(url, timeout=20) as page:
                 self.assertEqual(page.status, 200)
                 self.assertIn(b"<title>taskfarm: live view</title>", page.read())
