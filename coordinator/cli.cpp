@@ -551,14 +551,16 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "thread with a bar per task as it runs, a panel per mode on one time axis, counts, rate and\n"
                        "ETA, failures with their reasons, where each worker runs, and at the end the table. The\n"
                        "URL, printed on stderr, holds a secret path: the page is served only to who has it. Read\n"
-                       "only; plain HTTP, so on another address anyone on the network path can read it. See\n"
+                       "only; plain HTTP, so on another address anyone on the network path can read it. Other\n"
+                       "users' connections are bounded (64 pending, 2 s each, 16 slots kept for yours) and never\n"
+                       "take the run's last descriptors, and the run's exit never waits on a client. See\n"
                        "docs/observability.md")
             ->check(kUiAddress)
             ->type_name("[ADDR:]PORT");
     app.add_option("--ui-linger", config.ui_linger_s,
                    "with --ui: seconds to keep serving the page after the run, so the final picture can be\n"
                    "looked at (default: until Ctrl-C, which then ends only the serving: the exit status is the\n"
-                   "run's); a run stopped by a signal does not linger")
+                   "run's; SIGTERM too, at once); a run stopped by a signal does not linger")
         ->check(seconds_between(0, 31'536'000))
         ->needs(ui_option);
     auto* listen_option =
