@@ -450,7 +450,12 @@ public:
             flusher_.request_stop();
             flusher_.join();
         }
-        if (door_) door_->stop();
+        if (door_) {
+            door_->stop();
+            if (door_->refused() > 0)
+                spdlog::debug("live view: {} connection(s) closed unserved: without the token, too slow, or over a limit",
+                              door_->refused());
+        }
         http_.serving(INVALID_SOCKET);
     }
 
