@@ -561,7 +561,14 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "with --ui: seconds to keep serving the page after the run, so the final picture can be\n"
                    "looked at (default: until Ctrl-C, which then ends only the serving: the exit status is the\n"
                    "run's; SIGTERM too, at once); a run stopped by a signal does not linger")
-        ->check(seconds_between(0, 31'536'000))
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+                const std::string why = check_seconds(text, 0, 31'536'000);  // a year
+                return why.empty() ? why
+                                   : why + " (e.g. --ui-linger 60; --ui-linger 0 does not linger; without it, the "
+                                           "page stays until Ctrl-C)";
+            },
+            fmt::format("SECONDS in [{:g} - {:g}]", 0.0, 31'536'000.0)))
         ->needs(ui_option);
     auto* listen_option =
         app.add_option("--listen", config.listen,

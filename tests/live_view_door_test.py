@@ -273,9 +273,18 @@ class UiMessages(unittest.TestCase):
     """Every error about --ui suggests a value that --ui accepts: taken from the message, it runs."""
 
     def run_ui(self, value, *more):
-        return subprocess.run([COORDINATOR, "--ui", value, "--ui-linger", "0", "--tasks", "1", "--duration", "0",
-                               "--mode", "threads", "--progress", "never", *more],
-                              capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
+        """Runs one task with --ui VALUE; a linger that --ui-linger asks for is ended by SIGTERM once it starts."""
+        linger = [] if "--ui-linger" in more else ["--ui-linger", "0"]
+        process = subprocess.Popen([COORDINATOR, "--ui", value, *linger, "--tasks", "1", "--duration", "0",
+                                    "--mode", "threads", "--progress", "never", *more],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   cwd=tempfile.gettempdir())
+        stderr = ""
+        for line in process.stderr:
+            stderr += line
+            if "the run is over" in line:
+                process.send_signal(signal.SIGTERM)
+        return subprocess.CompletedProcess(process.args, process.wait(timeout=60), "", stderr)
 
     def suggested(self, stderr):
         """The values an error message offers (after 'e.g.' or 'such as', or after '--ui ')."""
@@ -302,6 +311,17 @@ class UiMessages(unittest.TestCase):
                         example = example[:-4] + "0"  # 8080 may be taken here
                     accepted = self.run_ui(example)
                     self.assertEqual(accepted.returncode, 0, (value, example, done.stderr, accepted.stderr))
+
+    def test_each_refusal_of_ui_linger_suggests_a_value_that_is_accepted(self):
+        for value in ["-1", "abc", "1e9", ""]:
+            done = subprocess.run([COORDINATOR, "--ui", "127.0.0.1:0", "--ui-linger", value, "--tasks", "1"],
+                                  capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
+            self.assertEqual(done.returncode, 2, (value, done.stderr))
+            offered = re.findall(r"--ui-linger ([^\s,;)'\"]+)", done.stderr)
+            self.assertTrue(offered, (value, done.stderr))
+            for example in offered:
+                accepted = self.run_ui("127.0.0.1:0", "--ui-linger", example)
+                self.assertEqual(accepted.returncode, 0, (value, example, accepted.stderr))
 
 
 if __name__ == "__main__":
