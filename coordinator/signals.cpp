@@ -51,7 +51,7 @@ SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout) : drain_ti
 
 void SignalWatcher::on_signal(int received) {
     if (over_.load()) {  // nothing runs: no drain, no "cancelling", and the run's exit status stands
-        stop(received);
+        if (!stop(received) && received == SIGINT) std::_Exit(128 + SIGINT);  // a second Ctrl-C, as ever
         return;
     }
     if (drains(received) && signal_.load() == 0) {
