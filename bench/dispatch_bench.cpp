@@ -11,6 +11,7 @@
 
 #include "builtin.hpp"
 #include "dispatcher.hpp"
+#include "process_pool.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {

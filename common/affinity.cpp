@@ -49,6 +49,13 @@ std::vector<int> allowed_cpus() {
     return cpus;
 }
 
+int available_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    return std::max(1, CPU_COUNT(&set));
+}
+
 int pinned_cpu() {
     const std::vector<int> cpus = allowed_cpus();
     return cpus.size() == 1 ? cpus.front() : -1;

@@ -12,6 +12,9 @@ namespace taskfarm {
 // The CPUs the calling thread may run on (sched_getaffinity), ascending; never empty.
 std::vector<int> allowed_cpus();
 
+// How many CPUs this process may run on (sched_getaffinity), at least 1.
+int available_cpus();
+
 // The one CPU the calling thread may run on, or -1 when it may run on several.
 int pinned_cpu();
 

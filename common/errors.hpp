@@ -21,4 +21,9 @@ struct ConfigError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The run cannot go on: e.g. a worker never came up, a launcher failed.
+struct RunError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 }  // namespace taskfarm

@@ -26,7 +26,7 @@
 #include "dispatcher.hpp"
 #include "live_view.hpp"
 #include "log.hpp"
-#include "plan.hpp"
+#include "plan_sources.hpp"
 #include "slurm.hpp"
 #include "text.hpp"
 
@@ -192,21 +192,6 @@ const CLI::Validator kUiAddress(
     "");
 
 }  // namespace
-
-std::string_view to_string(Mode mode) { return kModeNames[static_cast<int>(mode)]; }
-
-std::optional<Mode> parse_mode(std::string_view name) {
-    for (Mode mode : kAllModes)
-        if (to_string(mode) == name) return mode;
-    return std::nullopt;
-}
-
-int available_cpus() {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-    return std::max(1, CPU_COUNT(&set));
-}
 
 namespace {
 

@@ -8,25 +8,12 @@
 #include <string_view>
 #include <vector>
 
+#include "console_modes.hpp"
 #include "curve.hpp"
+#include "mode.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
-
-// GilThreads: Threads, but every task computes under one shared Gil, as CPython threads do.
-enum class Mode { Sequential, Threads, GilThreads, Processes };
-inline constexpr Mode kAllModes[] = {Mode::Sequential, Mode::Threads, Mode::GilThreads, Mode::Processes};
-
-std::string_view to_string(Mode mode);
-std::optional<Mode> parse_mode(std::string_view name);
-
-// --output: a type's output block (a command's stdout and stderr) under its task's line as
-// it is (Group), each line starting with "task ID" (Tag, like GNU parallel's --tag), or none.
-enum class OutputBlocks { Group, Tag, None };
-
-// --progress: auto draws the bar only where stderr is a terminal whose TERM is not dumb,
-// and logs a progress line every few seconds elsewhere; always draws it; never does neither.
-enum class ProgressMode { Auto, Always, Never };
 
 struct RunConfig {
     int workers = 4;
@@ -114,8 +101,5 @@ struct KeygenConfig {
     std::filesystem::path dir;
     bool worker_only = false;  // only worker.secret and worker.public
 };
-
-// CPUs this process may run on (sched_getaffinity), at least 1.
-int available_cpus();
 
 }  // namespace taskfarm

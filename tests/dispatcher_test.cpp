@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "dispatcher.hpp"
+#include "process_pool.hpp"
 #include "support.hpp"
 #include "wire.hpp"
 

@@ -130,6 +130,46 @@ TEST(Reliability, ACrashTaskFailsAfterThreeAttemptsAndTheRestSucceed) {
     EXPECT_NE(output.out.find("task 1: gave up after 3 attempts"), std::string::npos) << output.out;
 }
 
+TEST(Reliability, ACrashChargesOnlyTheTaskThatWasRunningNotThoseQueuedBehindIt) {
+    // Issue 26: 5 crash tasks among 115 zero-second sleeps on one worker, which holds a
+    // window of them: each crash is charged to the crash task alone; the tasks queued behind
+    // it, and those whose results were still in the dead worker's outbox, go back unchanged.
+    testing::TempDir dir;
+    std::string plan;
+    std::set<int> crashes;
+    for (int id = 0; id < 120; ++id) {
+        const bool crash = id % 24 == 12;
+        if (crash) crashes.insert(id);
+        plan += crash ? "{\"kind\":\"crash\"}\n" : "{\"kind\":\"sleep\",\"seconds\":0}\n";
+    }
+    write_file(dir / "plan.jsonl", plan);
+    const Output output = run_binary(
+        "coordinator", {"--mode", "processes", "--workers", "1", "--plan", (dir / "plan.jsonl").string(), "--results",
+                        (dir / "r.jsonl").string(), "--json", (dir / "report.json").string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err;
+    const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
+    ASSERT_EQ(lines.size(), 120u);
+    for (const auto& [id, line] : lines) {
+        SCOPED_TRACE(line.dump());
+        if (crashes.contains(id)) {
+            EXPECT_FALSE(line["ok"].get<bool>());
+            EXPECT_EQ(line["attempt"], 3);
+            EXPECT_NE(line["error"].get<std::string>().find("gave up after 3 attempts"), std::string::npos);
+        } else {
+            EXPECT_TRUE(line["ok"].get<bool>());
+            EXPECT_EQ(line["attempt"], 1) << "a sleep was charged for a crash it did not run";
+        }
+    }
+    // Each lost attempt is in the journal, and only the crash tasks lost any.
+    std::map<int, int> requeued;
+    for (const json& line : testing::read_json_lines(dir / "r.jsonl"))
+        if (line.value("event", "") == "requeue") ++requeued[line["id"].get<int>()];
+    EXPECT_EQ(requeued, (std::map<int, int>{{12, 2}, {36, 2}, {60, 2}, {84, 2}, {108, 2}}));
+    const json report = testing::read_json(dir / "report.json");
+    EXPECT_EQ(report["runs"][0]["ok"], 115);
+    EXPECT_EQ(report["runs"][0]["failed"], 5);
+}
+
 TEST(Reliability, AFailTaskFailsOnceInEveryModeWithoutRetries) {
     testing::TempDir dir;
     write_file(dir / "plan.jsonl", "{\"kind\":\"fail\"}\n{\"kind\":\"sleep\",\"seconds\":0}\n");

@@ -42,6 +42,9 @@ public:
     int clock_restarts = 0;
     std::set<PeerId> gone;
     std::vector<std::pair<std::string, TaskId>> starts;  // worker, task: for the live view
+    std::map<pid_t, LastRunning> boards;                 // what last_running() answers; else Known::No
+    std::vector<pid_t> boards_read_live;                 // read while the pid was neither exited nor killed
+    std::set<pid_t> exited;                              // the test says so before Schedule::exited
 
     pid_t spawn(const std::string& name, int) override {
         spawned.push_back(name);
@@ -49,6 +52,12 @@ public:
         return pids.back();
     }
     void kill(pid_t pid) override { killed.push_back(pid); }
+    LastRunning last_running(pid_t pid) override {
+        if (!exited.contains(pid) && std::find(killed.begin(), killed.end(), pid) == killed.end())
+            boards_read_live.push_back(pid);
+        const auto board = boards.find(pid);
+        return board == boards.end() ? LastRunning{} : board->second;
+    }
     bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) override {
         if (gone.contains(peer)) return false;
         sent.push_back({peer, {attempts.begin(), attempts.end()}});
@@ -436,9 +445,10 @@ TEST(Schedule, ATaskPastItsTimeoutAndTheGraceFailsAndItsWorkerIsKilled) {
     EXPECT_EQ(rig.world.recorded[1].attempt, 1u);
     EXPECT_EQ(rig.world.recorded[1].error, "timed out after 0.5 s: worker w1 did not stop it, so it was killed");
     EXPECT_EQ(rig.world.killed, std::vector<pid_t>{100});
-    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u) << "task 2, queued behind it";
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 0u) << "task 2, queued behind it, never started";
     rig.hello("w1");
-    EXPECT_EQ(rig.world.sent_to("w1").back().number, 2u);
+    EXPECT_EQ(rig.world.sent_to("w1").back().index, 2u);
+    EXPECT_EQ(rig.world.sent_to("w1").back().number, 1u) << "not charged for the overrun of the task before it";
 }
 
 TEST(Schedule, DuplicateStaleAndForgedResultsAreIgnored) {
@@ -623,6 +633,140 @@ TEST(Schedule, ATaskTooLargeForAFrameFailsNamingItselfAndTheOthersRun) {
     }
     EXPECT_TRUE(rig.world.killed.empty());
     EXPECT_TRUE(rig.schedule.done());
+}
+
+// A lost worker's tasks, issue 26: only the attempt it had started is charged.
+
+// w1 holds tasks 1..8 (task 0 answered, so its window is open) and is lost with `board`;
+// then a new w1 runs everything. Returns the attempt each task's result has.
+std::map<TaskId, std::uint32_t> lose_a_full_window(Rig& rig, const LastRunning& board, bool silent = false) {
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1");
+    EXPECT_EQ(rig.world.sent_to("w1").size(), 9u);
+    const pid_t pid = rig.world.pids.back();
+    rig.world.boards[pid] = board;
+    if (silent) {
+        while (rig.world.killed.empty()) rig.advance(milliseconds(100));
+    } else {
+        rig.world.exited.insert(pid);
+        rig.schedule.exited(pid, "worker w1 died (signal 6)", rig.now);
+    }
+    EXPECT_TRUE(rig.world.boards_read_live.empty()) << "a board is read only once its process has ended";
+    EXPECT_EQ(rig.world.spawned.size(), 2u) << "replaced";
+    rig.world.sent.clear();  // the replacement has the same peer name
+    rig.answered.clear();
+    rig.hello("w1");
+    while (rig.answer_all("w1") > 0) {}
+    std::map<TaskId, std::uint32_t> attempts;
+    for (const TaskResult& result : rig.world.recorded) {
+        EXPECT_TRUE(result.ok) << result.id << ": " << result.error;
+        EXPECT_TRUE(attempts.emplace(result.id, result.attempt).second) << "task " << result.id << " twice";
+    }
+    EXPECT_EQ(attempts.size(), 12u);
+    EXPECT_TRUE(rig.schedule.done());
+    return attempts;
+}
+
+std::map<TaskId, std::uint32_t> all_first_but(std::map<TaskId, std::uint32_t> except) {
+    std::map<TaskId, std::uint32_t> attempts;
+    for (TaskId id = 0; id < 12; ++id) attempts[id] = except.contains(id) ? except[id] : 1;
+    return attempts;
+}
+
+TEST(Schedule, ALostWorkerChargesOnlyTheTaskItsBoardSaysItWasRunningAndTheRestGoBackUnchanged) {
+    // Tasks 1 and 2 ran, their results died in the worker's outbox; task 3 was running; 4..8
+    // were queued behind it.
+    Rig rig(sleeps(12), {.workers = 1, .prefetch = 8});
+    const auto attempts =
+        lose_a_full_window(rig, {.known = LastRunning::Known::Running, .id = 3, .attempt = 1});
+    EXPECT_EQ(attempts, all_first_but({{3, 2}}));
+    ASSERT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+    const auto requeue = std::find_if(rig.world.events.begin(), rig.world.events.end(),
+                                      [](const RunEvent& e) { return e.kind == RunEvent::Kind::Requeued; });
+    EXPECT_EQ(requeue->task, 3u);
+    EXPECT_EQ(requeue->attempt, 1u);
+}
+
+TEST(Schedule, ASilentWorkerIsKilledBeforeItsBoardIsReadAndChargesOnlyItsRunningTask) {
+    Rig rig(sleeps(12), {.workers = 1, .prefetch = 8, .heartbeat_timeout = milliseconds(1000)});
+    const auto attempts =
+        lose_a_full_window(rig, {.known = LastRunning::Known::Running, .id = 5, .attempt = 1}, /*silent=*/true);
+    EXPECT_EQ(attempts, all_first_but({{5, 2}}));
+}
+
+TEST(Schedule, AWorkerLostBetweenTasksChargesNoTask) {
+    Rig rig(sleeps(12), {.workers = 1, .prefetch = 8});
+    EXPECT_EQ(lose_a_full_window(rig, {.known = LastRunning::Known::Idle}), all_first_but({}));
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 0u);
+}
+
+TEST(Schedule, WithoutABoardTheOldestTaskWithoutAResultIsTheOneCharged) {
+    // A worker runs its tasks one at a time in the order sent: no other can have started.
+    Rig rig(sleeps(12), {.workers = 1, .prefetch = 8});
+    EXPECT_EQ(lose_a_full_window(rig, {}), all_first_but({{1, 2}}));
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
+}
+
+TEST(Schedule, ACrashTaskAmongManyFailsAloneAfterMaxAttempts) {
+    // Task 3 crashes its worker each time it runs, with the results of the tasks before it
+    // still in the outbox: it alone is charged, and fails; everything else runs once.
+    Rig rig(sleeps(12), {.workers = 1, .prefetch = 8, .max_attempts = 3});
+    rig.spawn_all();
+    std::set<std::pair<TaskId, std::uint32_t>> sent_before;
+    for (int guard = 0; guard < 100 && !rig.schedule.done(); ++guard) {
+        if (rig.world.spawned.size() > rig.world.pids.size()) break;
+        rig.hello("w1");
+        for (int round = 0; round < 100; ++round) {
+            const auto held = rig.world.sent_to("w1");
+            const auto crash = std::find_if(held.begin(), held.end(), [&](const Attempt& a) {
+                return a.index == 3 && !rig.answered.contains({a.index, a.number});
+            });
+            if (crash != held.end()) {
+                const pid_t pid = rig.world.pids.back();
+                rig.world.boards[pid] = {.known = LastRunning::Known::Running, .id = 3, .attempt = crash->number};
+                rig.answered.emplace(crash->index, crash->number);
+                rig.world.exited.insert(pid);
+                rig.schedule.exited(pid, "worker w1 died (signal 6)", rig.now);
+                break;
+            }
+            if (rig.answer_all("w1") == 0) break;
+        }
+        rig.world.sent.clear();  // the next w1 has the same peer name
+        rig.answered.clear();
+    }
+    ASSERT_TRUE(rig.schedule.done());
+    std::map<TaskId, TaskResult> results;
+    for (const TaskResult& result : rig.world.recorded) results[result.id] = result;
+    ASSERT_EQ(results.size(), 12u);
+    for (const auto& [id, result] : results) {
+        if (id == 3) {
+            EXPECT_FALSE(result.ok);
+            EXPECT_EQ(result.attempt, 3u);
+            EXPECT_EQ(result.error, "gave up after 3 attempts: worker w1 died (signal 6)");
+        } else {
+            EXPECT_TRUE(result.ok) << id << ": " << result.error;
+            EXPECT_EQ(result.attempt, 1u) << id;
+        }
+    }
+    EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 2u);
+}
+
+TEST(Schedule, ALostRemoteWorkersOldestTaskIsChargedAndTheRestGoBackUnchanged) {
+    Rig rig(sleeps(6), {.workers = 0, .prefetch = 4, .heartbeat_timeout = milliseconds(1000), .listening = true});
+    rig.remote_hello("far");
+    rig.answer_all("far");
+    ASSERT_EQ(rig.world.sent_to("far").size(), 5u);
+    rig.advance(milliseconds(1100));
+    rig.advance(milliseconds(100));
+    EXPECT_EQ(rig.world.shutdowns, std::vector<PeerId>{"far"});
+    rig.world.sent.clear();
+    rig.answered.clear();
+    rig.remote_hello("far");
+    while (rig.answer_all("far") > 0) {}
+    std::map<TaskId, std::uint32_t> attempts;
+    for (const TaskResult& result : rig.world.recorded) attempts[result.id] = result.attempt;
+    EXPECT_EQ(attempts, (std::map<TaskId, std::uint32_t>{{0, 1}, {1, 2}, {2, 1}, {3, 1}, {4, 1}, {5, 1}}));
 }
 
 TEST(Schedule, ASendToAVanishedWorkerRequeuesWhatItWasGiven) {

@@ -14,8 +14,8 @@
 
 #include "builtin.hpp"
 #include "coordinator.hpp"
-#include "plan.hpp"
-#include "runner.hpp"
+#include "modes.hpp"
+#include "plan_sources.hpp"
 #include "task.hpp"
 
 namespace taskfarm::testing {

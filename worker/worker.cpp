@@ -30,6 +30,7 @@
 #include "fork_server.hpp"
 #include "log.hpp"
 #include "protocol.hpp"
+#include "running_board.hpp"
 #include "text.hpp"
 #include "wire.hpp"
 
@@ -62,6 +63,7 @@ struct WorkerConfig {
     // say, so a coordinator cannot make it write elsewhere.
     std::filesystem::path out_dir = "downloads";
     std::filesystem::path scratch_dir;  // where tasks' scratch directories go; empty: TMPDIR
+    std::filesystem::path state_dir;    // where its RunningBoard goes (a coordinator's own workers); empty: none
 };
 
 // Dies with the parent: PR_SET_PDEATHSIG is also set by the coordinator before exec; this
@@ -92,8 +94,9 @@ constexpr std::size_t kMaxResultsPerFrame = 256;
 // tasks costs one wake-up and leaves as one `results` frame.
 class Executor {
 public:
-    Executor(zmq::context_t& context, const Registry& registry, RunEnv env)
-        : registry_(registry), env_(std::move(env)),
+    // `board`, if any, says which task runs (it outlives a crash); it must outlive the executor.
+    Executor(zmq::context_t& context, const Registry& registry, RunEnv env, RunningBoard* board)
+        : registry_(registry), env_(std::move(env)), board_(board),
           thread_([this, &context](std::stop_token stop) { loop(stop, context); }) {}
 
     // The run's settings, from the coordinator's SETUP; only the first counts, and it comes
@@ -219,7 +222,9 @@ private:
                 running_stop_ = &own;
             }
             env.stop = own.get_token();
+            if (board_) board_->started(next.task.id, next.attempt);
             TaskResult result = next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
+            if (board_) board_->ended();
             {
                 // Before the result goes out: the coordinator answers it with the next task,
                 // which must not look queued behind this finished one and be given back.
@@ -253,6 +258,7 @@ private:
 
     const Registry& registry_;
     const RunEnv env_;  // all but the stop token and the settings, which the loop adds
+    RunningBoard* const board_;  // or null
     std::mutex mutex_;  // guards queue_, running_since_, running_, running_stop_, settings_ and settings_received_
     Json settings_ = Json::object();
     bool settings_received_ = false;
@@ -380,6 +386,9 @@ int run(const WorkerConfig& config) {
     hello.host = host_name();
     hello.cpu = pinned_cpu();
     hello.rss = resident_bytes();
+    // Before the hello, so that no task can start here before the board exists.
+    const std::unique_ptr<RunningBoard> board =
+        config.state_dir.empty() ? nullptr : RunningBoard::create(config.state_dir);
     wire::send(dealer, proto::encode(hello));
     spdlog::debug("connected to {} (pid {}, cpu {})", config.connect, hello.pid, hello.cpu);
 
@@ -388,7 +397,8 @@ int run(const WorkerConfig& config) {
                              .mode = "processes",
                              .isolated = true,
                              .out_dir = config.out_dir,
-                             .scratch_base = config.scratch_dir});
+                             .scratch_base = config.scratch_dir},
+                      board.get());
     const auto interval = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_interval_s));
     const auto timeout = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_timeout_s));
     // Until the coordinator's first frame, it may not be up yet (a worker started by hand or by
@@ -553,6 +563,11 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.add_option("--scratch-dir", config.scratch_dir,
                    "where tasks make their scratch directories (default: TMPDIR); the coordinator gives its own\n"
                    "workers its private run directory, removed after the run, so a killed worker's go with it")
+        ->type_name("DIR");
+    app.add_option("--state-dir", config.state_dir,
+                   "keep DIR/PID.running, which says which task runs, so that a coordinator on this machine\n"
+                   "charges a crash of this worker to that task alone (the coordinator gives its own workers\n"
+                   "its private run directory)")
         ->type_name("DIR");
     app.add_option("--pin", config.pin, "run only on this CPU (one worker per core: --pin 0, --pin 1, ...)")
         ->check(kAllowedCpu)

@@ -15,7 +15,7 @@ constexpr auto kRejectLogInterval = std::chrono::seconds(1);
 
 }  // namespace
 
-Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
+Dispatcher::Dispatcher(zmq::socket_t& router, WorkerLauncher& pool, const Plan& plan, ModeRecorder& recorder,
                        DispatchOptions options, std::stop_token stop, const Json& settings, std::stop_token drain)
     : router_(router),
       pool_(pool),
@@ -116,6 +116,8 @@ void Dispatcher::reject(const std::string& identity, const std::string& reason) 
 pid_t Dispatcher::spawn(const std::string& name, int cpu) { return pool_.spawn(name, cpu); }
 
 void Dispatcher::kill(pid_t pid) { pool_.kill(pid); }
+
+LastRunning Dispatcher::last_running(pid_t pid) { return pool_.last_running(pid); }
 
 bool Dispatcher::send_tasks(const PeerId& peer, std::span<const Attempt> attempts) {
     batch_.tasks.resize(attempts.size());

@@ -191,6 +191,7 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
     });
     if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
     if (!launch_.scratch_dir.empty()) args.insert(args.end(), {"--scratch-dir", launch_.scratch_dir.string()});
+    if (!launch_.state_dir.empty()) args.insert(args.end(), {"--state-dir", launch_.state_dir.string()});
     // The fork server is already the program run with the prefix: it gets the rest.
     pid_t pid = launch_.fork_server ? launch_.fork_server->fork_worker(
                                           {args.begin() + static_cast<std::ptrdiff_t>(launch_.prefix.size()), args.end()}, cpu)
@@ -217,6 +218,11 @@ std::vector<WorkerExit> ProcessPool::reap_exited() {
         return true;
     });
     return exits;
+}
+
+LastRunning ProcessPool::last_running(pid_t pid) const {
+    if (launch_.state_dir.empty()) return {};
+    return read_running_board(launch_.state_dir, pid);
 }
 
 void ProcessPool::kill(pid_t pid) {

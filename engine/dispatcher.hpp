@@ -20,7 +20,7 @@
 
 #include "control.hpp"
 #include "plan.hpp"
-#include "process_pool.hpp"
+#include "launcher.hpp"
 #include "protocol.hpp"
 #include "runner.hpp"
 #include "schedule.hpp"
@@ -31,7 +31,7 @@ class Dispatcher final : private ScheduleActions {
 public:
     // `settings` go to each worker in SETUP, after its HELLO and before any task.
     // `drain` (SIGTERM) hands out no more tasks and ends the run once the workers hold none.
-    Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& plan, ModeRecorder& recorder,
+    Dispatcher(zmq::socket_t& router, WorkerLauncher& pool, const Plan& plan, ModeRecorder& recorder,
                DispatchOptions options, std::stop_token stop, const Json& settings = Json::object(),
                std::stop_token drain = {});
 
@@ -67,6 +67,7 @@ private:
     // ScheduleActions
     pid_t spawn(const std::string& name, int cpu) override;
     void kill(pid_t pid) override;
+    LastRunning last_running(pid_t pid) override;
     bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) override;
     bool send_heartbeat(const PeerId& peer) override;
     void send_shutdown(const PeerId& peer) override;
@@ -81,7 +82,7 @@ private:
     double seconds_at(Clock::time_point when) const override;
 
     zmq::socket_t& router_;
-    ProcessPool& pool_;
+    WorkerLauncher& pool_;
     const Plan& plan_;
     ModeRecorder& recorder_;
     const std::stop_token stop_;

@@ -1,7 +1,5 @@
 #pragma once
-// Where results go as they complete. Runners call on_result() from any thread; the base
-// class serialises calls (like spdlog's base_sink), so a sink never locks for itself.
-// on_event() reports what else happened (worker lifecycle, requeues); most sinks ignore it.
+// The sinks that write results out: the console, the journal, the recording for pictures.
 
 #include <cstdio>
 #include <filesystem>
@@ -14,56 +12,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "config.hpp"
-#include "task.hpp"
+#include "console_modes.hpp"
 #include "pictures.hpp"
+#include "sink.hpp"
+#include "task.hpp"
 
 namespace taskfarm {
-
-class ResultSink {
-public:
-    virtual ~ResultSink() = default;
-    void begin_mode(const std::string& mode, std::size_t tasks);
-    void on_result(const TaskSpec& task, const TaskResult& result);
-    void on_event(const RunEvent& event);
-    // Writes out what the sink buffered. Runners' recorders call it at least every few
-    // milliseconds while results arrive, so a buffered line is never long in coming.
-    void flush();
-    // Whether the sink wants a RunEvent::Kind::TaskStarted per task; runners skip making
-    // them otherwise. Fixed before the first mode begins.
-    virtual bool wants_task_starts() const { return false; }
-    // A task began: for a sink that wants_task_starts(). Called from any thread WITHOUT the
-    // sink's lock, once per task, so that starts never queue behind results on it: such a
-    // sink synchronises itself (the live view's state has a lock of its own).
-    virtual void on_task_started(const RunEvent&) {}
-
-protected:
-    virtual void begin_mode_(const std::string& mode, std::size_t tasks) = 0;
-    virtual void sink_it_(const TaskSpec& task, const TaskResult& result) = 0;
-    virtual void event_it_(const RunEvent&) {}
-    virtual void flush_() {}
-    std::string mode_;  // of the results arriving now
-
-private:
-    std::mutex mutex_;
-};
-
-// Fans every call out to several sinks, in order.
-class FanOutSink final : public ResultSink {
-public:
-    void add(std::unique_ptr<ResultSink> sink) { sinks_.push_back(std::move(sink)); }
-    bool wants_task_starts() const override;
-    void on_task_started(const RunEvent& event) override;  // sinks_ is fixed by then: no lock
-
-protected:
-    void begin_mode_(const std::string& mode, std::size_t tasks) override;
-    void sink_it_(const TaskSpec& task, const TaskResult& result) override;
-    void event_it_(const RunEvent& event) override;
-    void flush_() override;
-
-private:
-    std::vector<std::unique_ptr<ResultSink>> sinks_;
-};
 
 // One human-readable line per result on `out` (stdout), like Python's as_completed. On a
 // terminal each line is flushed as it is written; elsewhere (a file, a pipe) lines are

@@ -14,7 +14,7 @@
 #include "errors.hpp"
 #include "listener.hpp"
 #include "process_pool.hpp"
-#include "mode_runners.hpp"
+#include "processes.hpp"
 #include "slurm.hpp"
 #include "wire.hpp"
 
@@ -72,12 +72,12 @@ std::string endpoint_for_workers(const std::string& bound) {
 std::string seconds_text(double seconds) { return fmt::format("{}", seconds); }
 
 // What srun runs on each task: a worker that connects back with the run's keys.
-std::vector<std::string> slurm_worker_command(const RunConfig& config, const std::string& endpoint,
+std::vector<std::string> slurm_worker_command(const ProcessesOptions& config, const std::string& endpoint,
                                               const std::filesystem::path& keys) {
     std::vector<std::string> command{config.worker_bin.string()};
     command.insert(command.end(), config.worker_prefix.begin(), config.worker_prefix.end());
     command.insert(command.end(), {"--connect", endpoint, "--keys", keys.string(), "--out-dir",
-                                   mode_out_dir(config, Mode::Processes).string(), "--heartbeat-interval",
+                                   mode_out_dir(config.out_dir, Mode::Processes).string(), "--heartbeat-interval",
                                    seconds_text(config.heartbeat_interval_s), "--heartbeat-timeout",
                                    seconds_text(config.heartbeat_timeout_s), "--connect-timeout",
                                    seconds_text(config.wait_workers_s)});
@@ -110,8 +110,9 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         }
         ProcessPool pool({.binary = config_.worker_bin,
                           .prefix = config_.worker_prefix,
-                          .out_dir = mode_out_dir(config_, Mode::Processes),
+                          .out_dir = mode_out_dir(config_.out_dir, Mode::Processes),
                           .scratch_dir = dir.path(),  // removed after the mode, whatever became of the workers
+                          .state_dir = dir.path(),    // each worker's RunningBoard: which task a lost one ran
                           .endpoint = endpoint,
                           .heartbeat_interval_s = config_.heartbeat_interval_s,
                           .heartbeat_timeout_s = config_.heartbeat_timeout_s,
@@ -155,37 +156,6 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
     }  // every worker is reaped here, so cpu_s includes them
     return recorder.finish(stop_.stop_requested() || drain_.stop_requested());
-}
-
-std::filesystem::path mode_out_dir(const RunConfig& config, Mode mode) {
-    return (std::filesystem::absolute(config.out_dir) / to_string(mode)).lexically_normal();
-}
-
-std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop,
-                                    std::stop_token drain) {
-    // What every task of the mode sees in the coordinator's own threads.
-    const auto env = [&](const char* worker) {
-        return RunEnv{.worker = worker,
-                      .mode = std::string(to_string(mode)),
-                      .stop = stop,
-                      .settings = &shared.settings,
-                      .out_dir = mode_out_dir(config, mode)};
-    };
-    switch (mode) {
-        case Mode::Sequential:
-            return std::make_unique<SequentialRunner>(config.pin_cpus.empty() ? -1 : config.pin_cpus.front(), env("seq"),
-                                                      shared.registry, drain, config.task_retries, shared.cancels);
-        case Mode::Threads:
-            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, env(""), shared.registry, drain,
-                                                   config.task_retries, shared.cancels);
-        case Mode::GilThreads:
-            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry, drain,
-                                                   config.task_retries, shared.cancels);
-        case Mode::Processes:
-            return std::make_unique<ProcessesRunner>(config, shared.settings, std::move(stop), std::move(drain),
-                                                     shared.cancels, shared.fork_server);
-    }
-    return nullptr;
 }
 
 }  // namespace taskfarm

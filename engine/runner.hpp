@@ -11,10 +11,10 @@
 #include <stop_token>
 #include <thread>
 
-#include "config.hpp"
+#include "mode.hpp"
 #include "plan.hpp"
 #include "report.hpp"
-#include "sinks.hpp"
+#include "sink.hpp"
 
 namespace taskfarm {
 
@@ -24,30 +24,10 @@ struct Runner {
     virtual RunReport run(const Plan& plan, ResultSink& sink) = 0;
 };
 
-// What every mode of a run shares besides the config.
-class CancelBoard;
-class ForkServer;
-
-struct RunShared {
-    const Registry& registry;
-    const Json& settings;  // Context::settings() of every task
-    CancelBoard* cancels = nullptr;  // tasks `coordinator cancel` asks for; null: none can be
-    ForkServer* fork_server = nullptr;  // forks the local workers; null: they are exec'd
-};
-
-// Builds the runner for `mode`; `stop` interrupts it (SIGINT; running tasks are cancelled),
-// `drain` lets it start no more tasks (SIGTERM; running tasks finish). See SignalWatcher.
-std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop,
-                                    std::stop_token drain = {});
-
 // --retries: how many more times the engine runs a failed task of `type`: `retries`, or 0
 // for a type that retries inside its own tasks (one that reads the "retries" setting, as
 // download does), so that no failure is retried twice over.
 std::uint32_t engine_retries(const TaskType* type, std::uint32_t retries);
-
-// Where the tasks of `mode` save files: --out-dir/<mode>, absolute, so that a worker process
-// with another working directory agrees.
-std::filesystem::path mode_out_dir(const RunConfig& config, Mode mode);
 
 // Shared by the runners: times the mode, stamps start_s/end_s on each result, tallies
 // ok/failed and forwards to the sink. Thread-safe. A thread of its own flushes the sink

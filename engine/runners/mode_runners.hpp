@@ -62,26 +62,4 @@ private:
     CancelBoard* cancels_;
 };
 
-// Worker processes over ZeroMQ: see dispatcher.hpp and process_pool.hpp.
-class ProcessesRunner final : public Runner {
-public:
-    ProcessesRunner(const RunConfig& config, const Json& settings, std::stop_token stop, std::stop_token drain = {},
-                    CancelBoard* cancels = nullptr, ForkServer* fork_server = nullptr)
-        : config_(config),
-          settings_(settings),
-          stop_(std::move(stop)),
-          drain_(std::move(drain)),
-          cancels_(cancels),
-          fork_server_(fork_server) {}
-    RunReport run(const Plan& plan, ResultSink& sink) override;
-
-private:
-    const RunConfig& config_;
-    const Json& settings_;
-    std::stop_token stop_;
-    std::stop_token drain_;
-    CancelBoard* cancels_;
-    ForkServer* fork_server_;
-};
-
 }  // namespace taskfarm

@@ -4,6 +4,7 @@
 #include <set>
 #include <utility>
 
+#include "affinity.hpp"
 #include "mode_runners.hpp"
 #include "runner.hpp"
 

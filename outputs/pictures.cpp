@@ -401,16 +401,6 @@ private:
 
 }  // namespace
 
-std::string_view to_string(RunEvent::Kind kind) {
-    switch (kind) {
-        case RunEvent::Kind::WorkerStarted: return "worker started";
-        case RunEvent::Kind::WorkerExited: return "worker exited";
-        case RunEvent::Kind::Requeued: return "requeue";
-        case RunEvent::Kind::TaskStarted: return "task started";
-    }
-    return "unknown";
-}
-
 std::vector<std::string> lanes_of(const ModeRecording& mode) {
     std::vector<std::string> lanes;
     const auto add = [&](const std::string& lane) {

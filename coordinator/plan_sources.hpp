@@ -1,4 +1,6 @@
 #pragma once
+// Where a run's tasks come from: generators for --task, readers over --plan, --inputs
+// and --urls, standard input read as the run goes; and the settings every task sees.
 
 #include <cstdio>
 #include <istream>
@@ -8,31 +10,10 @@
 #include <vector>
 
 #include "config.hpp"
+#include "plan.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
-
-// Hands out the tasks of a plan one at a time, in id order from the first (ids 0, 1, ...).
-// A plan is never held whole: each mode opens a cursor of its own and gets the same tasks.
-class TaskCursor {
-public:
-    virtual ~TaskCursor() = default;
-    // The next task into `task` (its id, type, params and timeout); false after the last.
-    // Throws ConfigError("NAME:LINE: problem") for a line it cannot accept: with a file
-    // checked before the run only if the file changed since, with standard input read as
-    // the run goes for the first bad line.
-    virtual bool next(TaskSpec& task) = 0;
-};
-
-// Opens cursors over one plan (a generator, a file reader, standard input).
-class PlanSource {
-public:
-    virtual ~PlanSource() = default;
-    virtual std::unique_ptr<TaskCursor> open() const = 0;
-    // How many tasks a cursor found when it reached the end of a plan whose size was not
-    // known before (standard input); nullopt until then.
-    virtual std::optional<std::uint64_t> counted() const { return std::nullopt; }
-};
 
 // Standard input, read once for every cursor. The first reader reads it as it asks for
 // lines; with keep(), every line read is also written to a private temporary file (made
@@ -84,42 +65,6 @@ private:
     std::uint64_t flushed_ = 0;   // of those, written through to the file
     bool readers_ = false;        // a reader has read a line
 };
-
-// The tasks of one run. Ids are 0..N-1 in plan order; every mode runs the same plan. The
-// tasks themselves are made as they are handed out (see TaskCursor), so a plan's memory
-// does not grow with its size.
-struct Plan {
-    std::shared_ptr<const PlanSource> source;
-    // How many tasks there are; unknown (nullopt) for standard input read as the run goes,
-    // until a cursor has reached its end (then known_count() says).
-    std::optional<std::uint64_t> count;
-    // The types of its tasks, each once, in order of first use.
-    std::vector<const TaskType*> types;
-    // What the plan's types keep running for the run (TaskType::prepare), e.g. the built-in
-    // image server; started by the coordinator once its signal handling is set up.
-    std::vector<std::unique_ptr<RunService>> services;
-    // Standard input, for a plan read from it (--inputs -, --plan -); null otherwise.
-    std::shared_ptr<StdinSpool> stdin_spool;
-
-    std::unique_ptr<TaskCursor> open() const { return source->open(); }
-    // count, or what a cursor that reached the end of standard input counted.
-    std::optional<std::uint64_t> known_count() const;
-
-    // A plan of these tasks, held in memory (tests, benchmarks). Ids as given.
-    static Plan of(std::vector<TaskSpec> tasks);
-};
-
-// Every task of `plan`, in memory: for tests and small plans only.
-std::vector<TaskSpec> all_tasks(const Plan& plan);
-
-// Reads a whole cursor of `plan` once, checking every task, and sets its count and types.
-// Throws ConfigError for the first task it cannot make.
-void count_tasks(Plan& plan);
-
-class IdSet;
-// The tasks of `plan` whose ids `skip` does not hold, in plan order, with their own ids;
-// `skip` must outlive it.
-Plan skipping(const Plan& plan, const IdSet& skip);
 
 // The settings every task sees (Context::settings()): the built-in types' flags (duration_s
 // as [lo, hi], cpu_n, max_bytes, retries, file_size, latency_s, bandwidth, max_output, and

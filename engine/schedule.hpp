@@ -32,14 +32,11 @@
 #include "plan.hpp"
 #include "protocol.hpp"
 #include "report.hpp"
-#include "pictures.hpp"
+#include "errors.hpp"
+#include "events.hpp"
+#include "running_board.hpp"
 
 namespace taskfarm {
-
-// The run cannot go on: e.g. a worker never came up.
-struct RunError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
 
 struct DispatchOptions {
     int workers = 1;
@@ -98,6 +95,9 @@ public:
     virtual pid_t spawn(const std::string& name, int cpu) = 0;
     // SIGKILLs and reaps a local worker process of ours.
     virtual void kill(pid_t pid) = 0;
+    // What a local worker process of ours that has ended (exited, or kill()ed) was running,
+    // as it recorded it itself (its RunningBoard); Known::No where nothing says.
+    virtual LastRunning last_running(pid_t /*pid*/) { return {}; }
     // Sends `attempts` to `peer` in one frame, to run in this order. False: the peer is gone.
     virtual bool send_tasks(const PeerId& peer, std::span<const Attempt> attempts) = 0;
     virtual bool send_heartbeat(const PeerId& peer) = 0;  // false: the peer is gone
@@ -234,7 +234,12 @@ private:
     void retire(std::size_t index) { live_.erase(index); }  // the task has its final result
     void send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now);
     void front_started(const Worker& worker, Clock::time_point now);  // in_flight.front() runs from now
-    void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now);
+    // The one place a worker is lost (death, exit, silence, disconnection, an overrun):
+    // the attempt it had started is charged (retry_or_fail), every other task it held goes
+    // back to the queue as it was (requeue). `running_done`: the running attempt has its
+    // result already (an overrun), so none of those left is charged.
+    void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now, bool running_done = false);
+    void requeue(const Attempt& attempt, const std::string& worker);  // never started: same attempt
     void lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now);
     void replace(const std::string& name, int cpu, Clock::time_point now, bool counted = true);
     void check_recycle(std::map<PeerId, Worker>::iterator worker, Clock::time_point now);

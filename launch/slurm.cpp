@@ -19,7 +19,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "schedule.hpp"
+#include "errors.hpp"
 #include "text.hpp"
 
 namespace taskfarm {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "launcher.hpp"
+
 namespace taskfarm {
 
 // The program's own fork server (decision 101): `binary PREFIX... --fork-server`, started
@@ -43,6 +45,7 @@ struct WorkerLaunch {
     std::vector<std::string> prefix{};    // arguments before the worker's own (an App's "worker")
     std::filesystem::path out_dir{};      // passed as --out-dir: where its tasks save files
     std::filesystem::path scratch_dir{};  // passed as --scratch-dir when set
+    std::filesystem::path state_dir{};    // passed as --state-dir when set: where each keeps its RunningBoard
     std::string endpoint{};
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
@@ -51,13 +54,7 @@ struct WorkerLaunch {
     ForkServer* fork_server = nullptr;
 };
 
-struct WorkerExit {
-    pid_t pid = 0;
-    std::string name;
-    std::string reason;  // "exit code 1", "signal 9"
-};
-
-class ProcessPool {
+class ProcessPool final : public WorkerLauncher {
 public:
     explicit ProcessPool(WorkerLaunch launch);
     ~ProcessPool();  // noexcept: logs, never throws
@@ -69,19 +66,23 @@ public:
     // a process group of its own. With cpu >= 0 it runs only on that CPU from its first
     // instruction of worker code; if the kernel refuses, it runs unpinned and says so in its
     // HELLO. Throws when it cannot start.
-    pid_t spawn(const std::string& name, int cpu = -1);
+    pid_t spawn(const std::string& name, int cpu = -1) override;
 
     // Reaps the workers that exited since the last call, without blocking.
-    std::vector<WorkerExit> reap_exited();
+    std::vector<WorkerExit> reap_exited() override;
 
     // SIGKILLs a live worker of ours and reaps it; no-op for an unknown pid.
-    void kill(pid_t pid);
+    void kill(pid_t pid) override;
 
     // Waits until every worker has exited or `grace` passed, then kills the rest.
     // Returns how each one ended.
     std::vector<WorkerExit> stop_all(std::chrono::milliseconds grace);
 
     std::size_t alive() const;
+
+    // What the board of worker `pid`, which has ended (reaped by reap_exited() or kill()),
+    // says it was running; Known::No without a state_dir.
+    LastRunning last_running(pid_t pid) const override;
 
 private:
     struct Child;

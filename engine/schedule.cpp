@@ -380,7 +380,8 @@ void Schedule::watch_overruns(Clock::time_point now) {
     }
     for (const PeerId& peer : overran) {
         // The task fails as a timeout (not retried: it would most likely overrun again);
-        // the worker is killed and replaced, and its other tasks go back to the queue.
+        // the worker is killed and replaced, and its other tasks go back to the queue as they
+        // were: they never started.
         Worker& worker = workers_.at(peer);
         const Attempt attempt = worker.in_flight.front();
         worker.in_flight.pop_front();
@@ -389,7 +390,8 @@ void Schedule::watch_overruns(Clock::time_point now) {
              fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", timeout_s,
                          worker.name, worker.remote ? "told to shut down" : "killed"),
              now - worker.running_since);
-        lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, attempt.index), now);
+        lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, attempt.index), now,
+                    /*running_done=*/true);
     }
 }
 
@@ -571,7 +573,7 @@ void Schedule::front_started(const Worker& worker, Clock::time_point now) {
     actions_.started(worker.name, task(front.index), front.number, now);
 }
 
-void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now) {
+void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now, bool running_done) {
     const auto found = workers_.find(peer);
     if (found == workers_.end()) return;
     // A remote worker that still hears us (a stopped or overloaded one) stops instead of
@@ -579,21 +581,52 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     if (found->second.remote) actions_.send_shutdown(peer);
     const Worker lost = std::move(found->second);
     workers_.erase(found);
+    // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
+    // local socket that we did not start, only loses its tasks. Killed first: its board is
+    // final once it is reaped.
+    const auto spawned = lost.remote ? spawned_.end() : spawned_.find(lost.pid);
+    const bool ours = spawned != spawned_.end();
+    const int cpu = ours ? spawned->second.cpu : -1;
+    if (ours) {
+        spawned_.erase(spawned);
+        actions_.kill(lost.pid);
+    }
+    // Which of its tasks it had started (decision 110): what its board says, the one attempt
+    // it was running, or none when it was between tasks. Without a board (a remote worker),
+    // the oldest without a result: a worker runs its tasks one at a time in the order sent,
+    // so no other can have started. Every other task never ran and goes back as it was.
+    std::optional<std::size_t> running;
+    if (!running_done && !lost.in_flight.empty()) {
+        const LastRunning board = ours ? actions_.last_running(lost.pid) : LastRunning{};
+        if (board.known == LastRunning::Known::No) {
+            running = 0;
+        } else if (board.known == LastRunning::Known::Running) {
+            const auto held = std::find_if(lost.in_flight.begin(), lost.in_flight.end(), [&](const Attempt& a) {
+                return a.index == board.id && a.number == board.attempt;
+            });
+            if (held != lost.in_flight.end()) running = static_cast<std::size_t>(held - lost.in_flight.begin());
+        }
+    }
     if (lost.in_flight.empty())
         spdlog::warn("{}", reason);
+    else if (running)
+        spdlog::warn("{}; task {} (attempt {}) was running; requeueing its {} task(s)", reason,
+                     task(lost.in_flight[*running].index).id, lost.in_flight[*running].number, lost.in_flight.size());
     else
-        spdlog::warn("{}; requeueing its {} task(s)", reason, lost.in_flight.size());
+        spdlog::warn("{}; requeueing its {} task(s), none of them started", reason, lost.in_flight.size());
     actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason, .lost = true});
-    for (auto attempt = lost.in_flight.rbegin(); attempt != lost.in_flight.rend(); ++attempt)
-        retry_or_fail(*attempt, lost.name, reason, now);
-    // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
-    // local socket that we did not start, only loses its tasks.
-    const auto spawned = spawned_.find(lost.pid);
-    if (lost.remote || spawned == spawned_.end()) return;
-    const int cpu = spawned->second.cpu;
-    spawned_.erase(spawned);
-    actions_.kill(lost.pid);
-    replace(lost.name, cpu, now);
+    for (std::size_t i = lost.in_flight.size(); i-- > 0;) {
+        if (running == i)
+            retry_or_fail(lost.in_flight[i], lost.name, reason, now);
+        else
+            requeue(lost.in_flight[i], lost.name);
+    }
+    if (ours) replace(lost.name, cpu, now);
+}
+
+void Schedule::requeue(const Attempt& attempt, const std::string& worker) {
+    if (cancelled_.contains(attempt.index)) return record_cancelled(attempt, worker, Clock::duration::zero());
+    retries_.push_front({attempt.index, attempt.number});
 }
 
 void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now) {

@@ -18,7 +18,7 @@
 
 #include <spdlog/sinks/sink.h>
 
-#include "config.hpp"
+#include "console_modes.hpp"
 #include "sinks.hpp"
 
 namespace taskfarm {

@@ -19,64 +19,6 @@
 
 namespace taskfarm {
 
-void ResultSink::begin_mode(const std::string& mode, std::size_t tasks) {
-    std::lock_guard lock(mutex_);
-    mode_ = mode;
-    begin_mode_(mode, tasks);
-}
-
-void ResultSink::on_result(const TaskSpec& task, const TaskResult& result) {
-    std::lock_guard lock(mutex_);
-    try {
-        sink_it_(task, result);
-    } catch (const std::exception& e) {  // a sink never stops the run
-        spdlog::error("cannot record result of task {}: {}", result.id, e.what());
-    }
-}
-
-void ResultSink::on_event(const RunEvent& event) {
-    std::lock_guard lock(mutex_);
-    try {
-        event_it_(event);
-    } catch (const std::exception& e) {  // a sink never stops the run
-        spdlog::error("cannot record {} event of worker {}: {}", to_string(event.kind), event.worker, e.what());
-    }
-}
-
-void ResultSink::flush() {
-    std::lock_guard lock(mutex_);
-    try {
-        flush_();
-    } catch (const std::exception& e) {  // a sink never stops the run
-        spdlog::error("cannot flush results: {}", e.what());
-    }
-}
-
-void FanOutSink::begin_mode_(const std::string& mode, std::size_t tasks) {
-    for (auto& sink : sinks_) sink->begin_mode(mode, tasks);
-}
-
-void FanOutSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
-    for (auto& sink : sinks_) sink->on_result(task, result);
-}
-
-bool FanOutSink::wants_task_starts() const {
-    return std::any_of(sinks_.begin(), sinks_.end(), [](const auto& sink) { return sink->wants_task_starts(); });
-}
-
-void FanOutSink::on_task_started(const RunEvent& event) {
-    for (auto& sink : sinks_)
-        if (sink->wants_task_starts()) sink->on_task_started(event);
-}
-
-void FanOutSink::event_it_(const RunEvent& event) {
-    for (auto& sink : sinks_) sink->on_event(event);
-}
-
-void FanOutSink::flush_() {
-    for (auto& sink : sinks_) sink->flush();
-}
-
 ConsoleSink::ConsoleSink(std::FILE* out, OutputBlocks blocks)
     : out_(out), blocks_(blocks), line_by_line_(::isatty(::fileno(out)) == 1) {}
 

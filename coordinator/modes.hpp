@@ -1,0 +1,35 @@
+#pragma once
+// The program picks a runner per mode and hands it the part of the configuration it needs:
+// the engine's runners and launch/'s processes mode never see RunConfig.
+
+#include <filesystem>
+#include <memory>
+#include <stop_token>
+
+#include "config.hpp"
+#include "runner.hpp"
+
+namespace taskfarm {
+
+class CancelBoard;
+class ForkServer;
+
+// What every mode of a run shares besides the config.
+struct RunShared {
+    const Registry& registry;
+    const Json& settings;               // Context::settings() of every task
+    CancelBoard* cancels = nullptr;     // tasks `coordinator cancel` asks for; null: none can be
+    ForkServer* fork_server = nullptr;  // forks the local workers; null: they are exec'd
+};
+
+// Builds the runner for `mode`; `stop` interrupts it (SIGINT; running tasks are cancelled),
+// `drain` lets it start no more tasks (SIGTERM; running tasks finish). See SignalWatcher.
+std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop,
+                                    std::stop_token drain = {});
+
+// Where the tasks of `mode` save files: --out-dir/<mode>, absolute.
+inline std::filesystem::path mode_out_dir(const RunConfig& config, Mode mode) {
+    return mode_out_dir(config.out_dir, mode);
+}
+
+}  // namespace taskfarm

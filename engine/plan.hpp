@@ -1,0 +1,75 @@
+#pragma once
+// The engine's view of a plan: cursors that hand out tasks one at a time, in id order. Where
+// the tasks come from (a generator, a file, standard input) is the program's: see
+// coordinator/plan_sources.hpp.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "task.hpp"
+
+namespace taskfarm {
+
+class StdinSpool;  // coordinator/plan_sources.hpp
+
+// Hands out the tasks of a plan one at a time, in id order from the first (ids 0, 1, ...).
+// A plan is never held whole: each mode opens a cursor of its own and gets the same tasks.
+class TaskCursor {
+public:
+    virtual ~TaskCursor() = default;
+    // The next task into `task` (its id, type, params and timeout); false after the last.
+    // Throws ConfigError("NAME:LINE: problem") for a line it cannot accept: with a file
+    // checked before the run only if the file changed since, with standard input read as
+    // the run goes for the first bad line.
+    virtual bool next(TaskSpec& task) = 0;
+};
+
+// Opens cursors over one plan (a generator, a file reader, standard input).
+class PlanSource {
+public:
+    virtual ~PlanSource() = default;
+    virtual std::unique_ptr<TaskCursor> open() const = 0;
+    // How many tasks a cursor found when it reached the end of a plan whose size was not
+    // known before (standard input); nullopt until then.
+    virtual std::optional<std::uint64_t> counted() const { return std::nullopt; }
+};
+
+// The tasks of one run. Ids are 0..N-1 in plan order; every mode runs the same plan. The
+// tasks themselves are made as they are handed out (see TaskCursor), so a plan's memory
+// does not grow with its size.
+struct Plan {
+    std::shared_ptr<const PlanSource> source;
+    // How many tasks there are; unknown (nullopt) for standard input read as the run goes,
+    // until a cursor has reached its end (then known_count() says).
+    std::optional<std::uint64_t> count;
+    // The types of its tasks, each once, in order of first use.
+    std::vector<const TaskType*> types;
+    // What the plan's types keep running for the run (TaskType::prepare), e.g. the built-in
+    // image server; started by the coordinator once its signal handling is set up.
+    std::vector<std::unique_ptr<RunService>> services;
+    // Standard input, for a plan read from it (--inputs -, --plan -); null otherwise.
+    std::shared_ptr<StdinSpool> stdin_spool;
+
+    std::unique_ptr<TaskCursor> open() const { return source->open(); }
+    // count, or what a cursor that reached the end of standard input counted.
+    std::optional<std::uint64_t> known_count() const;
+
+    // A plan of these tasks, held in memory (tests, benchmarks). Ids as given.
+    static Plan of(std::vector<TaskSpec> tasks);
+};
+
+// Every task of `plan`, in memory: for tests and small plans only.
+std::vector<TaskSpec> all_tasks(const Plan& plan);
+
+// Reads a whole cursor of `plan` once, checking every task, and sets its count and types.
+// Throws ConfigError for the first task it cannot make.
+void count_tasks(Plan& plan);
+
+class IdSet;
+// The tasks of `plan` whose ids `skip` does not hold, in plan order, with their own ids;
+// `skip` must outlive it.
+Plan skipping(const Plan& plan, const IdSet& skip);
+
+}  // namespace taskfarm

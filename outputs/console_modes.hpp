@@ -1,0 +1,14 @@
+#pragma once
+// How the console outputs behave, as the command line chooses.
+
+namespace taskfarm {
+
+// --output: a type's output block (a command's stdout and stderr) under its task's line as
+// it is (Group), each line starting with "task ID" (Tag, like GNU parallel's --tag), or none.
+enum class OutputBlocks { Group, Tag, None };
+
+// --progress: auto draws the bar only where stderr is a terminal whose TERM is not dumb,
+// and logs a progress line every few seconds elsewhere; always draws it; never does neither.
+enum class ProgressMode { Auto, Always, Never };
+
+}  // namespace taskfarm
