@@ -141,14 +141,17 @@ const CLI::Validator kUnsigned([](std::string& text) { return check_unsigned(tex
 const CLI::Validator kPath([](std::string& text) -> std::string { return text.empty() ? "an empty path names no file" : ""; },
                            "");
 
-// "" if ZeroMQ can bind `host` (of --listen): `*`, or an IPv4 address of this machine. ZeroMQ
-// reads any other name as a network interface, and fails only when the run starts.
-std::string check_listen_host(const std::string& host) {
+// "" if ZeroMQ can bind `host` (of --listen, or --ui's): `*`, or an IPv4 address of this
+// machine. ZeroMQ reads any other name as a network interface, and fails only when the run
+// starts. `flag` and `loopback`: the option, and a value of it for loopback ("--listen",
+// "tcp://127.0.0.1:PORT"), which the message suggests.
+std::string check_listen_host(const std::string& host, std::string_view flag, std::string_view loopback) {
     if (host == "*") return "";
     in_addr address{};
     if (::inet_pton(AF_INET, host.c_str(), &address) != 1)
-        return "ADDRESS must be * or an IPv4 address of this machine (for loopback, tcp://127.0.0.1:PORT); "
-               "host names and IPv6 addresses are not supported";
+        return fmt::format("ADDRESS must be * or an IPv4 address of this machine (for loopback, {} {}); "
+                           "host names and IPv6 addresses are not supported",
+                           flag, loopback);
     const int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (probe < 0) return "";  // cannot tell here; the run will say
     sockaddr_in local{};
@@ -158,13 +161,14 @@ std::string check_listen_host(const std::string& host) {
     const bool bound = ::bind(probe, reinterpret_cast<const sockaddr*>(&local), sizeof local) == 0;
     const int error = errno;
     ::close(probe);
-    return bound ? "" : fmt::format("{} is not an address of this machine ({})", host, std::strerror(error));
+    return bound ? "" : fmt::format("{} is not an address of this machine ({}; for loopback, {} {})", host,
+                                    std::strerror(error), flag, loopback);
 }
 
 const CLI::Validator kListenEndpoint(
     [](std::string& text) -> std::string {
         if (const auto endpoint = curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)) {
-            const std::string why = check_listen_host(endpoint->host);
+            const std::string why = check_listen_host(endpoint->host, "--listen", "tcp://127.0.0.1:PORT");
             return why.empty() ? "" : fmt::format("cannot listen on '{}': {}", printable(text, 100), why);
         }
         return fmt::format("'{}' is not tcp://ADDRESS:PORT (e.g. tcp://10.0.0.5:5555; tcp://*:5555 for every "
@@ -180,7 +184,10 @@ const CLI::Validator kUiAddress(
         if (!address)
             return fmt::format("'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
                                printable(text, 100));
-        const std::string why = check_listen_host(address->host);
+        const std::string loopback = address->port == 0 ? std::string("127.0.0.1:0")
+                                                        : fmt::format("127.0.0.1:{}, or --ui 127.0.0.1:0 for a free port",
+                                                                      address->port);
+        const std::string why = check_listen_host(address->host, "--ui", loopback);
         return why.empty() ? "" : fmt::format("cannot serve on '{}': {}", printable(text, 100), why);
     },
     "");
@@ -532,15 +539,24 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "thread with a bar per task as it runs, a panel per mode on one time axis, counts, rate and\n"
                        "ETA, failures with their reasons, where each worker runs, and at the end the table. The\n"
                        "URL, printed on stderr, holds a secret path: the page is served only to who has it. Read\n"
-                       "only; plain HTTP, so on another address anyone on the network path can read it. See\n"
+                       "only; plain HTTP, so on another address anyone on the network path can read it. Other\n"
+                       "users' connections are bounded (64 pending, 2 s each, 16 slots kept for yours) and never\n"
+                       "take the run's last descriptors, and the run's exit never waits on a client. See\n"
                        "docs/observability.md")
             ->check(kUiAddress)
             ->type_name("[ADDR:]PORT");
     app.add_option("--ui-linger", config.ui_linger_s,
                    "with --ui: seconds to keep serving the page after the run, so the final picture can be\n"
                    "looked at (default: until Ctrl-C, which then ends only the serving: the exit status is the\n"
-                   "run's); a run stopped by a signal does not linger")
-        ->check(seconds_between(0, 31'536'000))
+                   "run's; SIGTERM too, at once); a run stopped by a signal does not linger")
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+                const std::string why = check_seconds(text, 0, 31'536'000);  // a year
+                return why.empty() ? why
+                                   : why + " (e.g. --ui-linger 60; --ui-linger 0 does not linger; without it, the "
+                                           "page stays until Ctrl-C)";
+            },
+            fmt::format("SECONDS in [{:g} - {:g}]", 0.0, 31'536'000.0)))
         ->needs(ui_option);
     auto* listen_option =
         app.add_option("--listen", config.listen,

@@ -331,9 +331,11 @@ ExitCode exit_code(int signal, const std::vector<RunReport>& reports, const std:
     return failed || !output_errors.empty() ? ExitCode::TasksFailed : ExitCode::Ok;
 }
 
-// --ui: the page stays up after the run, for `linger_s` seconds (< 0: until a signal). A signal
-// now ends only this: the run is over and its exit status stands.
-void linger(const LiveView& live, double linger_s, std::stop_token stop) {
+// --ui: the page stays up after the run, for `linger_s` seconds (< 0: until a signal). Any
+// stop signal now ends only this, at once: the run is over and its exit status stands.
+void linger(const LiveView& live, double linger_s, SignalWatcher& signals) {
+    signals.run_over();
+    const std::stop_token stop = signals.drain_token();  // a stop is a drain too
     if (linger_s == 0) return;
     fmt::print(stderr, "live view: the run is over; still serving {} {}\n", live.url(),
                linger_s < 0 ? std::string("until Ctrl-C") : fmt::format("for {:g} s (--ui-linger)", linger_s));
@@ -515,7 +517,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     const ExitCode code = exit_code(signals.signal(), reports, output_errors);
     if (live) {
         live->state().finish(reports);
-        if (signals.signal() == 0) linger(*live, config.ui_linger_s, signals.token());
+        if (signals.signal() == 0) linger(*live, config.ui_linger_s, signals);
     }
     return code;
 }

@@ -67,6 +67,10 @@ bool SignalWatcher::repeats(int received, int sender, std::chrono::steady_clock:
 }
 
 void SignalWatcher::on_signal(int received, int sender) {
+    if (over_.load()) {  // nothing runs: no drain, no "cancelling", and the run's exit status stands
+        if (!stop(received) && received == SIGINT) std::_Exit(128 + SIGINT);  // a second Ctrl-C, as ever
+        return;
+    }
     const auto now = std::chrono::steady_clock::now();
     const std::string from = sender > 0 ? fmt::format(" (sent by pid {})", sender) : std::string();
     const double window = std::chrono::duration<double>(kSameRequest).count();

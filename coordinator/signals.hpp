@@ -37,6 +37,9 @@ public:
     // Stops the run as if `signal` had come (SIGPIPE for a closed stdout), unless a stop is
     // already under way; says whether this call started it. Thread-safe.
     bool stop(int signal);
+    // The run is over (only --ui's linger is left): a signal now stops at once and quietly,
+    // with nothing to drain or cancel. Thread-safe.
+    void run_over() { over_.store(true); }
 
 private:
     void on_signal(int received, int sender);
@@ -47,6 +50,7 @@ private:
     std::stop_source stop_;
     std::stop_source drain_;
     std::atomic<int> signal_{0};
+    std::atomic<bool> over_{false};
     // The watcher thread's only:
     std::chrono::steady_clock::time_point drain_deadline_{};
     std::chrono::steady_clock::time_point drain_began_{};  // the drain's first signal

@@ -1,6 +1,8 @@
 #include "live_view.hpp"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,6 +13,9 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <optional>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <variant>
 
@@ -20,6 +25,7 @@
 
 #include "errors.hpp"
 #include "live_view_assets.hpp"
+#include "live_view_door.hpp"
 
 namespace taskfarm {
 namespace {
@@ -34,8 +40,10 @@ constexpr double kMergeShare = 1.0 / 1000;
 constexpr double kMergeLeast_s = 0.001;
 // A page that falls this many messages behind gets a fresh snapshot instead.
 constexpr std::size_t kMaxQueued = 50;
-constexpr auto kKeepAlive = std::chrono::seconds(15);
-constexpr std::size_t kHttpThreads = 8;  // each open page holds one
+// An open page with nothing new gets a comment this often: a page that went away is noticed.
+constexpr auto kKeepAlive = std::chrono::seconds(5);
+// A request for the page or its script or style is answered within this, or cut.
+constexpr auto kRequestDeadline = std::chrono::seconds(10);
 
 std::string dump(const nlohmann::json& document) {
     // Replace, not throw, on bytes that are not UTF-8: an error text may hold anything.
@@ -270,19 +278,104 @@ std::optional<nlohmann::json> LiveState::delta() {
 
 // ---- LiveView
 
-class LiveView::Server {
+namespace {
+
+// cpp-httplib's handling of one request (parsing, routing, the response, a chunked stream)
+// on a connection the door has vetted; its own accept loop and thread pool are not used:
+// they hold a thread per connection, proven or not, for as long as the client likes.
+class Http final : public httplib::Server {
+public:
+    // One request, answered with "Connection: close": no connection outlives its request.
+    bool serve(httplib::Stream& stream) {
+        bool closed = false;
+        return process_request(stream, /*close_connection=*/true, closed, nullptr);
+    }
+    // cpp-httplib ends a content provider when this is no socket: a stop.
+    void serving(int fd) { svr_sock_ = fd; }
+};
+
+// A vetted connection to cpp-httplib: the head the door has read, then the socket, every
+// wait at most kIoTimeout and, unless it is an event stream, all of it within a deadline.
+class Connection final : public httplib::Stream {
+public:
+    Connection(int fd, std::string head, std::optional<Clock::time_point> deadline)
+        : fd_(fd), head_(std::move(head)), deadline_(deadline) {}
+
+    bool is_readable() const override { return given_ < head_.size() || wait(POLLIN); }
+    bool is_writable() const override { return wait(POLLOUT); }
+
+    ssize_t read(char* ptr, std::size_t size) override {
+        if (given_ < head_.size()) {
+            const std::size_t n = std::min(size, head_.size() - given_);
+            std::memcpy(ptr, head_.data() + given_, n);
+            given_ += n;
+            return static_cast<ssize_t>(n);
+        }
+        if (!wait(POLLIN)) return -1;
+        ssize_t got;
+        do got = ::recv(fd_, ptr, size, 0);
+        while (got < 0 && errno == EINTR);
+        return got;
+    }
+
+    ssize_t write(const char* ptr, std::size_t size) override {
+        if (!wait(POLLOUT)) return -1;
+        ssize_t sent;
+        do sent = ::send(fd_, ptr, size, MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        return sent < 0 && errno == EAGAIN ? 0 : sent;  // cpp-httplib writes the rest again
+    }
+
+    void get_remote_ip_and_port(std::string& ip, int& port) const override { address(::getpeername, ip, port); }
+    void get_local_ip_and_port(std::string& ip, int& port) const override { address(::getsockname, ip, port); }
+    socket_t socket() const override { return fd_; }
+
+private:
+    static constexpr auto kIoTimeout = std::chrono::seconds(5);
+
+    bool wait(short events) const {
+        auto left = std::chrono::duration_cast<Clock::duration>(kIoTimeout);
+        if (deadline_) left = std::min(left, *deadline_ - Clock::now());
+        if (left <= Clock::duration::zero()) return false;
+        pollfd polled{fd_, events, 0};
+        const int ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
+        int ready;
+        do ready = ::poll(&polled, 1, ms);
+        while (ready < 0 && errno == EINTR);
+        return ready > 0 && (polled.revents & events) != 0 && (polled.revents & (POLLERR | POLLNVAL)) == 0;
+    }
+
+    void address(int (*get)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
+        sockaddr_in peer{};
+        socklen_t length = sizeof peer;
+        char text[INET_ADDRSTRLEN] = {};
+        if (get(fd_, reinterpret_cast<sockaddr*>(&peer), &length) == 0 && peer.sin_family == AF_INET &&
+            ::inet_ntop(AF_INET, &peer.sin_addr, text, sizeof text)) {
+            ip = text;
+            port = ntohs(peer.sin_port);
+        }
+    }
+
+    const int fd_;
+    const std::string head_;
+    std::size_t given_ = 0;
+    const std::optional<Clock::time_point> deadline_;
+};
+
+}  // namespace
+
+class LiveView::Server : public std::enable_shared_from_this<LiveView::Server> {
 public:
     struct Page {
         std::deque<std::string> queue;  // SSE messages not yet written
         bool behind = false;            // fell kMaxQueued behind: the queue restarts with a snapshot
     };
 
-    explicit Server(LiveState& state) : state_(state) {}
+    explicit Server(std::shared_ptr<LiveState> state) : state_(std::move(state)) {}
 
-    void serve(const std::string& token) {
-        http_.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
-        http_.set_keep_alive_timeout(1);  // stopping waits for idle kept-alive connections
-        const std::string base = "/" + token + "/";
+    void routes(const std::string& token) {
+        base_ = "/" + token + "/";
+        http_.set_payload_max_length(4096);  // the page is read only: no request has a body to speak of
         const auto headers = [](httplib::Response& response) {
             // Defence in depth: the page escapes every text, and no script but its own may run.
             response.set_header("Content-Security-Policy",
@@ -292,24 +385,24 @@ public:
             response.set_header("Referrer-Policy", "no-referrer");
             response.set_header("Cache-Control", "no-store");
         };
-        http_.Get(base, [headers](const httplib::Request&, httplib::Response& response) {
+        http_.Get(base_, [headers](const httplib::Request&, httplib::Response& response) {
             headers(response);
             response.set_content(std::string(ui_assets::kPageHtml), "text/html; charset=utf-8");
         });
-        http_.Get(base + "page.js", [headers](const httplib::Request&, httplib::Response& response) {
+        http_.Get(base_ + "page.js", [headers](const httplib::Request&, httplib::Response& response) {
             headers(response);
             response.set_content(std::string(ui_assets::kPageJs), "text/javascript; charset=utf-8");
         });
-        http_.Get(base + "page.css", [headers](const httplib::Request&, httplib::Response& response) {
+        http_.Get(base_ + "page.css", [headers](const httplib::Request&, httplib::Response& response) {
             headers(response);
             response.set_content(std::string(ui_assets::kPageCss), "text/css; charset=utf-8");
         });
-        http_.Get(base + "events", [this, headers](const httplib::Request&, httplib::Response& response) {
+        http_.Get(base_ + "events", [this, headers](const httplib::Request&, httplib::Response& response) {
             headers(response);
             auto page = std::make_shared<Page>();
             {
                 std::lock_guard lock(mutex_);
-                page->queue.push_back(sse("state", state_.snapshot()));
+                page->queue.push_back(sse("state", state_->snapshot()));
                 pages_.push_back(page);
             }
             response.set_chunked_content_provider(
@@ -328,28 +421,28 @@ public:
 
     // Binds; the port (a free one for 0), or an error message.
     std::variant<int, std::string> bind(const std::string& host, int port) {
-        // Not cpp-httplib's default SO_REUSEPORT: a port another program holds must be refused.
-        http_.set_socket_options([](socket_t socket) {
-            int yes = 1;
-            ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-        });
-        errno = 0;
-        const int bound = port == 0 ? http_.bind_to_any_port(host) : (http_.bind_to_port(host, port) ? port : -1);
-        if (bound > 0) return bound;
-        return errno != 0 ? std::string(std::strerror(errno)) : std::string("cannot bind");
+        try {
+            door_.emplace(host, port);
+            return door_->port();
+        } catch (const std::system_error& e) {
+            return std::string(std::strerror(e.code().value()));
+        }
     }
 
-    void start() {
-        listener_ = std::thread([this] { http_.listen_after_bind(); });
-        // cpp-httplib's stop() does nothing to a server not yet running, whose thread would
-        // then never end: wait until it runs.
-        for (int i = 0; i < 5000 && !http_.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    void start(const std::string& token) {
+        http_.serving(door_->listening_fd());
+        std::weak_ptr<Server> weak = weak_from_this();
+        door_->start(token, [weak](UiDoor::Request& request) {
+            if (const auto self = weak.lock()) self->handle(request);
+        });
         flusher_ = std::jthread([this](std::stop_token stop) { flush_every_interval(stop); });
     }
 
-    ~Server() {
+    // Bounded: the flusher wakes at once, and the door waits at most UiDoor::kStopWait.
+    void stop() {
         {
             std::lock_guard lock(mutex_);
+            if (stopping_) return;
             stopping_ = true;
         }
         wake_.notify_all();
@@ -357,16 +450,34 @@ public:
             flusher_.request_stop();
             flusher_.join();
         }
-        http_.stop();
-        if (listener_.joinable()) listener_.join();
+        if (door_) {
+            door_->stop();
+            if (door_->refused() > 0)
+                spdlog::debug("live view: {} connection(s) closed unserved: without the token, too slow, or over a limit",
+                              door_->refused());
+        }
+        http_.serving(INVALID_SOCKET);
     }
 
+    ~Server() { stop(); }
+
 private:
+    // On the request's own thread (the door's handler).
+    void handle(UiDoor::Request& request) {
+        // An event stream lasts as long as the run; every other answer has kRequestDeadline.
+        const std::string_view rest = std::string_view(request.head).substr(std::min(request.head.size(), base_.size() + 4));
+        const bool events = rest.starts_with("events") && rest.size() > 6 && (rest[6] == ' ' || rest[6] == '?');
+        std::optional<Clock::time_point> deadline;
+        if (!events) deadline = request.accepted + kRequestDeadline;
+        Connection connection(request.fd, std::move(request.head), deadline);
+        http_.serve(connection);
+    }
+
     bool stream(Page& page, httplib::DataSink& sink) {
         std::unique_lock lock(mutex_);
         if (page.behind) {
             page.behind = false;
-            page.queue.assign(1, sse("state", state_.snapshot()));
+            page.queue.assign(1, sse("state", state_->snapshot()));
         }
         wake_.wait_for(lock, kKeepAlive, [&] { return stopping_ || ended_ || !page.queue.empty(); });
         if (stopping_) return false;
@@ -394,8 +505,8 @@ private:
                 sleeping.wait_for(sleep_lock, stop, kFlushInterval, [] { return false; });
             }
             std::lock_guard lock(mutex_);  // deltas go out in the order made, after any snapshot taken before
-            const bool finished = state_.finished();
-            const auto delta = state_.delta();
+            const bool finished = state_->finished();
+            const auto delta = state_->delta();
             if (delta && !pages_.empty()) {
                 const auto message = sse("state", *delta);
                 for (auto& page : pages_) {
@@ -412,37 +523,40 @@ private:
         }
     }
 
-    LiveState& state_;
-    httplib::Server http_;
+    const std::shared_ptr<LiveState> state_;
+    Http http_;
+    std::string base_;
+    std::optional<UiDoor> door_;
     std::mutex mutex_;
     std::condition_variable wake_;
     std::vector<std::shared_ptr<Page>> pages_;
     bool stopping_ = false;
     bool ended_ = false;
-    std::thread listener_;
     std::jthread flusher_;
 };
 
 LiveView::LiveView(const std::string& address, std::string title, bool slurm)
-    : state_(std::move(title), slurm), server_(std::make_unique<Server>(state_)) {
+    : state_(std::make_shared<LiveState>(std::move(title), slurm)), server_(std::make_shared<Server>(state_)) {
     const auto parsed = parse_ui_address(address);
-    if (!parsed) throw ConfigError(fmt::format("--ui: '{}' is not [ADDRESS:]PORT", address));
+    if (!parsed)
+        throw ConfigError(fmt::format("--ui: '{}' is not [ADDRESS:]PORT (e.g. --ui 127.0.0.1:0)", address));
     const std::string host = parsed->host == "*" ? "0.0.0.0" : parsed->host;
-    const std::string token = random_token();
-    server_->serve(token);
+    token_ = random_token();
+    server_->routes(token_);
     const auto bound = server_->bind(host, parsed->port);
     if (const auto* why = std::get_if<std::string>(&bound))
-        throw ConfigError(fmt::format("--ui: cannot listen on {}:{}: {}", host, parsed->port, *why));
+        throw ConfigError(fmt::format("--ui: cannot listen on {}:{}: {} (PORT 0 picks a free one: --ui {}:0)", host,
+                                      parsed->port, *why, parsed->host));
     std::string shown = host;
     if (host == "0.0.0.0") {
         char name[256] = {};
         if (::gethostname(name, sizeof name - 1) == 0) shown = name;
     }
-    url_ = fmt::format("http://{}:{}/{}/", shown, std::get<int>(bound), token);
+    url_ = fmt::format("http://{}:{}/{}/", shown, std::get<int>(bound), token_);
 }
 
-LiveView::~LiveView() = default;
+LiveView::~LiveView() { server_->stop(); }
 
-void LiveView::start() { server_->start(); }
+void LiveView::start() { server_->start(token_); }
 
 }  // namespace taskfarm

@@ -128,7 +128,9 @@ std::optional<UiAddress> parse_ui_address(const std::string& text);
 // The page's HTTP server: binds in the constructor (ConfigError naming --ui when it cannot),
 // serves from start() until destruction. Pages get a snapshot, then a delta every
 // kFlushInterval while anything changes; once the run is over, the final state and then
-// the end of the stream.
+// the end of the stream. Connections go through a UiDoor (live_view_door.hpp): bounded in
+// number, time and descriptors, closed at once without the token; destruction never waits
+// on a client for more than about a second.
 class LiveView {
 public:
     static constexpr auto kFlushInterval = std::chrono::milliseconds(100);
@@ -140,15 +142,17 @@ public:
 
     // The page's address, with its secret path: only who has it can see the page.
     const std::string& url() const { return url_; }
-    std::unique_ptr<ResultSink> sink() { return std::make_unique<LiveSink>(state_); }
-    LiveState& state() { return state_; }
+    std::unique_ptr<ResultSink> sink() { return std::make_unique<LiveSink>(*state_); }
+    LiveState& state() { return *state_; }
     void start();  // after the SignalWatcher, like every thread
 
 private:
     class Server;
-    LiveState state_;
+    // Shared with the threads that serve requests: stopping waits for them a bounded time only.
+    std::shared_ptr<LiveState> state_;
+    std::shared_ptr<Server> server_;
+    std::string token_;
     std::string url_;
-    std::unique_ptr<Server> server_;
 };
 
 }  // namespace taskfarm
