@@ -1,10 +1,15 @@
 #pragma once
 
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <istream>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config.hpp"
@@ -18,11 +23,25 @@ class TaskCursor {
 public:
     virtual ~TaskCursor() = default;
     // The next task into `task` (its id, type, params and timeout); false after the last.
+    // Waits for a plan read as the run goes (standard input, a FIFO) until its next line
+    // comes: only for callers that have nothing else to do (see take()).
     // Throws ConfigError("NAME:LINE: problem") for a line it cannot accept: with a file
-    // checked before the run only if the file changed since, with standard input read as
-    // the run goes for the first bad line.
+    // checked before the run only if the file changed since (a count that changed is such
+    // a problem too), with standard input read as the run goes for the first bad line.
     virtual bool next(TaskSpec& task) = 0;
+
+    enum class Take { Task, Later, End };
+    // As next(), but never waits on the producer of a plan read as the run goes: Later
+    // when its next line has not come yet (ready_fd() becomes readable when it may have).
+    virtual Take take(TaskSpec& task) { return next(task) ? Take::Task : Take::End; }
+    // Readable once take() may give more after a Later; -1 for a cursor that never says Later.
+    virtual int ready_fd() const { return -1; }
 };
+
+// The next task of `cursor` for a runner that waits for it: while the plan's producer is
+// slow it waits, but a stop or a drain ends the wait (false, as at the end), so a signal
+// is obeyed while no input comes.
+bool next_task(TaskCursor& cursor, TaskSpec& task, const std::stop_token& stop, const std::stop_token& drain);
 
 // Opens cursors over one plan (a generator, a file reader, standard input).
 class PlanSource {
@@ -34,18 +53,20 @@ public:
     virtual std::optional<std::uint64_t> counted() const { return std::nullopt; }
 };
 
-// Standard input, read once for every cursor. The first reader reads it as it asks for
-// lines; with keep(), every line read is also written to a private temporary file (made
-// in TMPDIR and unlinked at once, so nothing is left behind), which later readers read
-// before they go on from standard input. Memory stays flat either way.
+// Standard input, read once for every cursor. A thread of its own reads it, line by line,
+// each line bounded as it is read (kMaxLineBytes), into a bounded queue, so a reader is
+// never held by a slow producer unless it asks to wait (StdinSpool::Reader::next). The
+// first reader takes the lines as it asks for them; with keep(), every line taken is also
+// written to a private temporary file (made in TMPDIR and unlinked at once, so nothing
+// is left behind), which later readers read before they go on from the queue. Memory
+// stays flat either way.
 class StdinSpool {
 public:
-    explicit StdinSpool(std::istream& in);
-    // A file that can be read only once too (a pipe, `<(...)`, a FIFO, a device), opened by the
-    // spool and named `name` in messages.
-    StdinSpool(std::unique_ptr<std::istream> in, std::string name);
+    // Reads descriptor `fd`, named `name` in messages ("stdin:LINE: ..."); closes it at the
+    // end when `owned` (a pipe, `<(...)`, a FIFO, a device opened for the run).
+    StdinSpool(int fd, std::string name, bool owned);
     const std::string& name() const { return name_; }
-    ~StdinSpool();
+    ~StdinSpool();  // stops its thread, even while it waits for input
     StdinSpool(const StdinSpool&) = delete;
     StdinSpool& operator=(const StdinSpool&) = delete;
     // From now on every line read is kept for later readers: call it before the first read
@@ -55,6 +76,7 @@ public:
     // Keeps and reads standard input to its end now.
     void read_all();
 
+    enum class Got { Line, Later, End, TooLong };
     // Every line of standard input from the first. Throws ConfigError for a second reader
     // without keep(), and when reading or the file fails.
     class Reader {
@@ -63,7 +85,10 @@ public:
         ~Reader();
         Reader(Reader&& other) noexcept;
         Reader& operator=(Reader&&) = delete;
-        bool next(std::string& line);
+        // The next line; with `wait` false, Later when it has not come yet. TooLong: the
+        // next line is over kMaxLineBytes (and nothing after it is read).
+        Got next(std::string& line, bool wait);
+        int ready_fd() const { return spool_->wake_fd_; }
 
     private:
         StdinSpool* spool_;
@@ -73,16 +98,32 @@ public:
     Reader reader() { return Reader(*this); }
 
 private:
-    bool read_more(std::string& line);  // the next line of standard input, kept if keeping
+    Got read_more(std::string& line, bool wait);  // the next line of standard input, kept if keeping
+    void start();                                 // the reading thread, at the first read
+    void read_lines();                            // the reading thread's work
 
-    std::unique_ptr<std::istream> owned_;  // the stream, when the spool opened it
-    std::istream& in_;
+    int in_fd_;
+    bool owned_fd_;
     std::string name_ = "stdin";  // in messages: "stdin:LINE: ..."
     int fd_ = -1;                 // the kept lines' file, unlinked; -1: not keeping
     std::FILE* out_ = nullptr;    // appends to it
     std::uint64_t read_ = 0;      // lines read from standard input so far
     std::uint64_t flushed_ = 0;   // of those, written through to the file
     bool readers_ = false;        // a reader has read a line
+
+    // Between the reading thread and the readers.
+    std::mutex mutex_;
+    std::condition_variable changed_;  // a line came, the input ended, or room was made
+    std::deque<std::string> queue_;
+    std::size_t queued_bytes_ = 0;
+    bool ended_ = false;               // no line comes after the queued ones
+    bool too_long_ = false;            // ...because the next one was over kMaxLineBytes
+    std::optional<std::string> error_;  // ...because reading failed: why
+    bool waiting_ = false;             // a reader got Later: wake_fd_ is to be signalled
+    bool quit_ = false;                // the spool is going: the thread stops
+    int wake_fd_ = -1;                 // eventfd: readable when a line came for a reader that got Later
+    int stop_fd_ = -1;                 // eventfd: readable when the thread is to stop
+    std::thread thread_;
 };
 
 // The tasks of one run. Ids are 0..N-1 in plan order; every mode runs the same plan. The
