@@ -29,8 +29,18 @@ Dispatcher::Dispatcher(zmq::socket_t& router, ProcessPool& pool, const Plan& pla
 void Dispatcher::run() {
     next_reap_ = Clock::now() + kChildCheckInterval;
     while (!schedule_.done() && !stop_.stop_requested()) {
-        zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 1, wire::poll_timeout(std::min(schedule_.next_deadline(), next_reap_)));
+        // Nothing here waits on another process: a slow producer of the plan and a slow fork
+        // server each get a descriptor polled with the workers' socket, and only what
+        // depends on them waits for them.
+        const int plan_ready = schedule_.plan_ready_fd();
+        const int forked = pool_.fork_reply_fd();
+        zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0},
+                                   {nullptr, plan_ready, ZMQ_POLLIN, 0},
+                                   {nullptr, forked, ZMQ_POLLIN, 0}};
+        const int watched = 1 + (plan_ready >= 0 ? 1 : 0) + (forked >= 0 ? 1 : 0);
+        if (plan_ready < 0) std::swap(items[1], items[2]);  // the watched ones first
+        zmq::poll(items, watched, wire::poll_timeout(std::min(schedule_.next_deadline(), next_reap_)));
+        if (forked >= 0) pool_.take_fork_replies();  // before the HELLOs of the workers it forked
         if (items[0].revents & ZMQ_POLLIN) drain_incoming();
         // On a timer, not after every frame: at 100,000s of results a second the system
         // calls would cost more than the results.
@@ -83,6 +93,8 @@ void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& bod
         std::optional<RemotePeer> remote;
         if (auto user = wire::property(body, "User-Id"))
             remote = RemotePeer{std::move(*user), wire::property(body, "Peer-Address").value_or("")};
+        // A worker forked by the fork server is known by the id spawn() gave it.
+        if (!remote) hello->pid = pool_.id_of(static_cast<pid_t>(hello->pid));
         // The run's settings before any task: a worker's tasks read them (Context::settings()).
         if (!wire::send_to(router_, identity, setup_)) return;
         return schedule_.hello(identity, *hello, remote, now);
