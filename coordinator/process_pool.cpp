@@ -318,6 +318,12 @@ pid_t ProcessPool::id_of(pid_t pid) {
     return child == children_.end() ? pid : (*child)->id;
 }
 
+pid_t ProcessPool::pid_of(pid_t id) const {
+    const auto found =
+        std::find_if(children_.begin(), children_.end(), [id](const auto& child) { return child->id == id; });
+    return found == children_.end() || (*found)->pid < 0 ? id : (*found)->pid;
+}
+
 std::vector<WorkerExit> ProcessPool::reap_exited() {
     take_fork_replies();
     std::vector<WorkerExit> exits = std::move(failed_);

@@ -96,6 +96,8 @@ public:
     // The id spawn() returned for the worker whose pid is `pid` (the pid a HELLO carries);
     // `pid` itself for a process the pool does not know.
     pid_t id_of(pid_t pid);
+    // The pid of the worker spawn() called `id`, once known; `id` itself otherwise.
+    pid_t pid_of(pid_t id) const;
 
     // Reaps the workers that exited since the last call, without blocking; a worker that
     // could not be forked or exec'd is among them.
