@@ -279,10 +279,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         app.add_option("--inputs", config.inputs_path,
                        "one task of --task per line of FILE (blank lines and lines starting with # skipped): the type\n"
                        "makes its parameters from the line ({\"input\": LINE} for a user's function). A FILE is checked\n"
-                       "whole before the run (a bad line: exit 2 naming FILE:LINE) and read again as tasks go out;\n"
-                       "- reads stdin as tasks go out, in bounded memory: a bad line there ends the run after the\n"
-                       "tasks before it (exit 2, stdin:LINE). Several modes read it again from a private temporary\n"
-                       "copy; with --resume it is read whole first")
+                       "whole before the run (a bad line: exit 2 naming FILE:LINE) and read again as tasks go out\n"
+                       "(one that has more or fewer tasks by then changed under the run: exit 2 naming it);\n"
+                       "- reads stdin as tasks go out, in bounded memory, never holding up the run while the next\n"
+                       "line is slow to come: a bad line there ends the run after the tasks before it (exit 2,\n"
+                       "stdin:LINE). A line over 4 MiB is refused as it is read. Several modes read it again from a\n"
+                       "private temporary copy; with --resume it is read whole first")
             ->type_name("FILE");
     auto* plan_option =
         app.add_option("--plan", config.plan_path,

@@ -1,5 +1,9 @@
 #include "plan_sources.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,11 +14,13 @@
 #include <iostream>
 #include <random>
 #include <stdexcept>
+#include <system_error>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "errors.hpp"
+#include "line_reader.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -94,58 +100,107 @@ bool skipped(const std::string& line) {
     return first == std::string::npos || line[first] == '#';
 }
 
-// Lines of a file or of standard input, one at a time.
+// Lines of a file or of standard input, one at a time, each bounded as it is read.
+using Got = StdinSpool::Got;
 class LineSource {
 public:
     virtual ~LineSource() = default;
-    // The next line, without its '\n'; false at the end. Throws ConfigError if reading fails.
-    virtual bool next(std::string& line) = 0;
+    // The next line, without its '\n'; End at the end; with `wait` false, Later when it has
+    // not come yet; TooLong for a line over kMaxLineBytes. Throws ConfigError if reading fails.
+    virtual Got next(std::string& line, bool wait) = 0;
+    virtual int ready_fd() const { return -1; }
 };
 
+// A stream held by the caller (read_plan, read_inputs: tests).
 class StreamLines final : public LineSource {
 public:
-    StreamLines(std::unique_ptr<std::istream> owned, std::istream& in, std::string name)
-        : owned_(std::move(owned)), in_(in), name_(std::move(name)) {}
-    bool next(std::string& line) override {
-        if (std::getline(in_, line)) return ++number_, true;
-        if (in_.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", printable(name_), number_ + 1));
-        return false;
+    StreamLines(std::istream& in, std::string name) : in_(in), name_(std::move(name)) {}
+    Got next(std::string& line, bool) override {
+        line.clear();
+        std::streambuf& buffer = *in_.rdbuf();
+        for (int c = buffer.sbumpc();; c = buffer.sbumpc()) {
+            if (c == std::char_traits<char>::eof()) return line.empty() ? Got::End : (++number_, Got::Line);
+            if (c == '\n') return ++number_, Got::Line;
+            if (line.size() == kMaxLineBytes) return Got::TooLong;
+            line.push_back(static_cast<char>(c));
+        }
     }
 
 private:
-    std::unique_ptr<std::istream> owned_;
     std::istream& in_;
     std::string name_;
     std::size_t number_ = 0;
 };
 
+// A file of the run's, opened by us.
+class FileLines final : public LineSource {
+public:
+    FileLines(int fd, std::string name) : fd_(fd), name_(std::move(name)), lines_(fd) {}
+    ~FileLines() override { ::close(fd_); }
+    FileLines(const FileLines&) = delete;
+    FileLines& operator=(const FileLines&) = delete;
+    Got next(std::string& line, bool) override {
+        try {
+            switch (lines_.next(line)) {
+                case LineReader::Got::Line: return ++number_, Got::Line;
+                case LineReader::Got::TooLong: return Got::TooLong;
+                default: return Got::End;
+            }
+        } catch (const std::system_error& e) {
+            throw ConfigError(fmt::format("{}:{}: cannot read further: {}", printable(name_), number_ + 1, e.code().message()));
+        }
+    }
+
+private:
+    int fd_;
+    std::string name_;
+    LineReader lines_;
+    std::size_t number_ = 0;
+};
+
 std::unique_ptr<LineSource> open_file(const std::filesystem::path& path, const std::string& flag) {
-    auto in = std::make_unique<std::ifstream>(path);
-    if (!*in) throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
-    std::istream& stream = *in;
-    return std::make_unique<StreamLines>(std::move(in), stream, path.string());
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    return std::make_unique<FileLines>(fd, path.string());
 }
 
 // The task of one non-skipped line; throws what the line's problem is.
 using MakeTask = std::function<TaskSpec(const std::string& line, TaskId id)>;
 
-// Tasks from the lines of `lines`, numbered from 0, with FILE:LINE in every error.
+// Tasks from the lines of `lines`, numbered from 0, with FILE:LINE in every error. With
+// `expected`, the lines hold that many tasks (counted before the run): any other number
+// means the file changed under the run, an error.
 class LineCursor final : public TaskCursor {
 public:
     LineCursor(std::unique_ptr<LineSource> lines, std::string name, std::string prefix, std::string empty, MakeTask make,
-               double timeout_s, std::function<void(std::uint64_t)> at_end = nullptr)
+               double timeout_s, std::function<void(std::uint64_t)> at_end = nullptr,
+               std::optional<std::uint64_t> expected = std::nullopt)
         : lines_(std::move(lines)),
           name_(printable(std::move(name))),
           prefix_(std::move(prefix)),
           empty_(std::move(empty)),
           make_(std::move(make)),
           timeout_s_(timeout_s),
-          at_end_(std::move(at_end)) {}
+          at_end_(std::move(at_end)),
+          expected_(expected) {}
 
-    bool next(TaskSpec& task) override {
-        while (lines_->next(line_)) {
+    bool next(TaskSpec& task) override { return step(task, true) == Take::Task; }
+    Take take(TaskSpec& task) override { return step(task, false); }
+    int ready_fd() const override { return lines_->ready_fd(); }
+
+private:
+    Take step(TaskSpec& task, bool wait) {
+        while (true) {
+            const Got got = lines_->next(line_, wait);
+            if (got == Got::Later) return Take::Later;
+            if (got == Got::End) break;
             ++number_;
+            if (got == Got::TooLong) throw ConfigError(fmt::format("{}{}:{}: {}", prefix_, name_, number_, too_long_text()));
             if (skipped(line_)) continue;
+            if (expected_ && tasks_ >= *expected_)
+                throw ConfigError(fmt::format("{}{}:{}: more than the {} task(s) it held when it was checked before the "
+                                              "run: the file changed under the run",
+                                              prefix_, name_, number_, *expected_));
             try {
                 task = make_(line_, tasks_);
             } catch (const std::exception& e) {
@@ -153,14 +208,17 @@ public:
             }
             if (task.timeout_s == kTimeoutNotGiven) task.timeout_s = timeout_s_;
             ++tasks_;
-            return true;
+            return Take::Task;
         }
+        if (expected_ && tasks_ != *expected_)
+            throw ConfigError(fmt::format("{}{}:{}: ends after {} task(s), but held {} when it was checked before the run: "
+                                          "the file changed under the run",
+                                          prefix_, name_, number_ + 1, tasks_, *expected_));
         if (tasks_ == 0) throw ConfigError(fmt::format("{}{}: {}", prefix_, name_, empty_));
         if (at_end_) at_end_(tasks_);
-        return false;
+        return Take::End;
     }
 
-private:
     std::unique_ptr<LineSource> lines_;
     std::string name_;
     std::string prefix_;  // "--inputs: " or ""
@@ -168,6 +226,7 @@ private:
     MakeTask make_;
     double timeout_s_;
     std::function<void(std::uint64_t)> at_end_;
+    std::optional<std::uint64_t> expected_;
     std::string line_;
     std::size_t number_ = 0;
     std::uint64_t tasks_ = 0;
@@ -251,8 +310,14 @@ public:
           empty_(std::move(empty)),
           make_(std::move(make)),
           timeout_s_(timeout_s) {}
+    // The first cursor to reach the end counts the tasks (the check before the run); every
+    // later one must find as many.
     std::unique_ptr<TaskCursor> open() const override {
-        return std::make_unique<LineCursor>(open_file(path_, flag_), path_.string(), prefix_, empty_, make_, timeout_s_);
+        return std::make_unique<LineCursor>(open_file(path_, flag_), path_.string(), prefix_, empty_, make_, timeout_s_,
+                                            [this](std::uint64_t tasks) {
+                                                if (!counted_) counted_ = tasks;
+                                            },
+                                            counted_);
     }
 
 private:
@@ -262,6 +327,7 @@ private:
     std::string empty_;
     MakeTask make_;
     double timeout_s_;
+    mutable std::optional<std::uint64_t> counted_;  // tasks found by the first full read
 };
 
 // Standard input through a StdinSpool: the first cursor reads it as the run goes.
@@ -277,7 +343,8 @@ public:
         class Lines final : public LineSource {
         public:
             explicit Lines(StdinSpool::Reader reader) : reader_(std::move(reader)) {}
-            bool next(std::string& line) override { return reader_.next(line); }
+            Got next(std::string& line, bool wait) override { return reader_.next(line, wait); }
+            int ready_fd() const override { return reader_.ready_fd(); }
 
         private:
             StdinSpool::Reader reader_;
@@ -322,7 +389,7 @@ Json settings_json(const RunConfig& config) {
 }
 
 Plan read_plan(std::istream& in, const std::string& name, const Registry& registry) {
-    LineCursor cursor(std::make_unique<StreamLines>(nullptr, in, name), name, "", "no tasks in the plan",
+    LineCursor cursor(std::make_unique<StreamLines>(in, name), name, "", "no tasks in the plan",
                       plan_line_maker(registry), kTimeoutNotGiven);
     std::vector<TaskSpec> tasks;
     for (TaskSpec task; cursor.next(task);) tasks.push_back(std::move(task));
@@ -330,20 +397,101 @@ Plan read_plan(std::istream& in, const std::string& name, const Registry& regist
 }
 
 Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type, const Json& settings) {
-    LineCursor cursor(std::make_unique<StreamLines>(nullptr, in, name), name, "", "no inputs in the list",
+    LineCursor cursor(std::make_unique<StreamLines>(in, name), name, "", "no inputs in the list",
                       input_line_maker(type, settings), kTimeoutNotGiven);
     std::vector<TaskSpec> tasks;
     for (TaskSpec task; cursor.next(task);) tasks.push_back(std::move(task));
     return Plan::of(std::move(tasks));
 }
 
-StdinSpool::StdinSpool(std::istream& in) : in_(in) {}
-
-StdinSpool::StdinSpool(std::unique_ptr<std::istream> in, std::string name)
-    : owned_(std::move(in)), in_(*owned_), name_(printable(name)) {}
+StdinSpool::StdinSpool(int fd, std::string name, bool owned) : in_fd_(fd), owned_fd_(owned), name_(printable(name)) {
+    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake_fd_ < 0 || stop_fd_ < 0) {
+        const int error = errno;
+        if (wake_fd_ >= 0) ::close(wake_fd_);
+        if (stop_fd_ >= 0) ::close(stop_fd_);
+        if (owned_fd_) ::close(in_fd_);
+        throw ConfigError(fmt::format("{}: cannot make the descriptors to read it with: {}", name_, std::strerror(error)));
+    }
+}
 
 StdinSpool::~StdinSpool() {
+    if (thread_.joinable()) {
+        {
+            std::lock_guard lock(mutex_);
+            quit_ = true;
+        }
+        changed_.notify_all();
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const auto written = ::write(stop_fd_, &one, sizeof one);
+        thread_.join();
+    }
+    ::close(wake_fd_);
+    ::close(stop_fd_);
+    if (owned_fd_) ::close(in_fd_);
     if (out_) std::fclose(out_);
+}
+
+void StdinSpool::start() {
+    if (thread_.joinable()) return;
+    // The thread takes no signal: the process's are handled elsewhere (SignalWatcher), and a
+    // stop signal it took would end the process unhandled.
+    sigset_t all;
+    sigset_t before;
+    sigfillset(&all);
+    for (int synchronous : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT}) sigdelset(&all, synchronous);
+    ::pthread_sigmask(SIG_BLOCK, &all, &before);
+    try {
+        thread_ = std::thread([this] { read_lines(); });
+    } catch (...) {
+        ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
+        throw;
+    }
+    ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
+}
+
+void StdinSpool::read_lines() {
+    // Holds at most this many lines, and bytes, that no reader took yet (but always one).
+    constexpr std::size_t kQueuedLines = 1024;
+    constexpr std::size_t kQueuedBytes = 16 << 20;
+    LineReader lines(in_fd_, kMaxLineBytes, stop_fd_);
+    std::string line;
+    std::uint64_t number = 0;
+    const auto wake = [this] {  // with mutex_ held
+        changed_.notify_all();
+        if (!std::exchange(waiting_, false)) return;
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof one);
+    };
+    while (true) {
+        LineReader::Got got;
+        std::optional<std::string> error;
+        try {
+            got = lines.next(line);
+        } catch (const std::system_error& e) {
+            got = LineReader::Got::End;
+            error = fmt::format("{}:{}: cannot read further: {}", name_, number + 1, e.code().message());
+        }
+        std::unique_lock lock(mutex_);
+        if (got == LineReader::Got::Stopped || quit_) return;
+        if (got != LineReader::Got::Line) {
+            ended_ = true;
+            too_long_ = got == LineReader::Got::TooLong;
+            error_ = std::move(error);
+            wake();
+            return;
+        }
+        ++number;
+        changed_.wait(lock, [&] {
+            return quit_ || queue_.empty() || (queue_.size() < kQueuedLines && queued_bytes_ + line.size() <= kQueuedBytes);
+        });
+        if (quit_) return;
+        queued_bytes_ += line.size();
+        queue_.push_back(std::move(line));
+        line = std::string();
+        wake();
+    }
 }
 
 void StdinSpool::keep() {
@@ -367,19 +515,42 @@ void StdinSpool::keep() {
 void StdinSpool::read_all() {
     keep();
     std::string line;
-    while (read_more(line)) {}
+    while (true) {
+        const Got got = read_more(line, true);
+        if (got == Got::TooLong) throw ConfigError(fmt::format("{}:{}: {}", name_, read_ + 1, too_long_text()));
+        if (got != Got::Line) break;
+    }
 }
 
-bool StdinSpool::read_more(std::string& line) {
-    if (!std::getline(in_, line)) {
-        if (in_.bad()) throw ConfigError(fmt::format("{}:{}: cannot read further", name_, read_ + 1));
-        return false;
+StdinSpool::Got StdinSpool::read_more(std::string& line, bool wait) {
+    start();
+    if (!wait) {  // drained before the queue is looked at: a line that comes after that wakes it again
+        std::uint64_t count = 0;
+        [[maybe_unused]] const auto got = ::read(wake_fd_, &count, sizeof count);
     }
+    {
+        std::unique_lock lock(mutex_);
+        while (queue_.empty() && !ended_) {
+            if (!wait) {
+                waiting_ = true;
+                return Got::Later;
+            }
+            changed_.wait(lock);
+        }
+        if (queue_.empty()) {
+            if (error_) throw ConfigError(*error_);
+            return too_long_ ? Got::TooLong : Got::End;
+        }
+        line = std::move(queue_.front());
+        queue_.pop_front();
+        queued_bytes_ -= line.size();
+    }
+    changed_.notify_all();  // room for the next line
     ++read_;
     if (out_ && (std::fwrite(line.data(), 1, line.size(), out_) != line.size() || std::fputc('\n', out_) == EOF))
         throw ConfigError(fmt::format("{}:{}: cannot keep the line for the next mode: {}", name_, read_, std::strerror(errno)));
     if (!out_) flushed_ = read_;  // nothing to write through
-    return true;
+    return Got::Line;
 }
 
 StdinSpool::Reader::Reader(StdinSpool& spool) : spool_(&spool) {
@@ -394,7 +565,7 @@ StdinSpool::Reader::~Reader() {
     if (kept_) std::fclose(kept_);
 }
 
-bool StdinSpool::Reader::next(std::string& line) {
+StdinSpool::Got StdinSpool::Reader::next(std::string& line, bool wait) {
     StdinSpool& spool = *spool_;
     spool.readers_ = true;
     if (line_ < spool.read_) {
@@ -418,12 +589,13 @@ bool StdinSpool::Reader::next(std::string& line) {
         line.assign(text, static_cast<std::size_t>(length) - (text[length - 1] == '\n' ? 1 : 0));
         std::free(text);
         ++line_;
-        return true;
+        return Got::Line;
     }
-    if (!spool.read_more(line)) return false;
+    const Got got = spool.read_more(line, wait);
+    if (got != Got::Line) return got;
     ++line_;
     if (kept_) std::fseek(kept_, 0, SEEK_END);  // caught up: its handle stays at the end of the file
-    return true;
+    return Got::Line;
 }
 
 namespace {
@@ -440,11 +612,11 @@ bool read_once(const std::filesystem::path& path) {
 
 // Standard input for "-", else the file at `path`, opened now.
 std::shared_ptr<StdinSpool> spool_for(const std::filesystem::path& path, const std::string& flag) {
-    if (path == "-") return std::make_shared<StdinSpool>(std::cin);
-    auto in = std::make_unique<std::ifstream>(path, std::ios::binary);
-    if (!*in)
+    if (path == "-") return std::make_shared<StdinSpool>(STDIN_FILENO, "stdin", false);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
-    return std::make_shared<StdinSpool>(std::move(in), path.string());
+    return std::make_shared<StdinSpool>(fd, path.string(), true);
 }
 
 }  // namespace

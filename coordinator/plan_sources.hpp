@@ -2,11 +2,16 @@
 // Where a run's tasks come from: generators for --task, readers over --plan, --inputs
 // and --urls, standard input read as the run goes; and the settings every task sees.
 
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <istream>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config.hpp"
@@ -15,18 +20,20 @@
 
 namespace taskfarm {
 
-// Standard input, read once for every cursor. The first reader reads it as it asks for
-// lines; with keep(), every line read is also written to a private temporary file (made
-// in TMPDIR and unlinked at once, so nothing is left behind), which later readers read
-// before they go on from standard input. Memory stays flat either way.
+// Standard input, read once for every cursor. A thread of its own reads it, line by line,
+// each line bounded as it is read (kMaxLineBytes), into a bounded queue, so a reader is
+// never held by a slow producer unless it asks to wait (StdinSpool::Reader::next). The
+// first reader takes the lines as it asks for them; with keep(), every line taken is also
+// written to a private temporary file (made in TMPDIR and unlinked at once, so nothing
+// is left behind), which later readers read before they go on from the queue. Memory
+// stays flat either way.
 class StdinSpool {
 public:
-    explicit StdinSpool(std::istream& in);
-    // A file that can be read only once too (a pipe, `<(...)`, a FIFO, a device), opened by the
-    // spool and named `name` in messages.
-    StdinSpool(std::unique_ptr<std::istream> in, std::string name);
+    // Reads descriptor `fd`, named `name` in messages ("stdin:LINE: ..."); closes it at the
+    // end when `owned` (a pipe, `<(...)`, a FIFO, a device opened for the run).
+    StdinSpool(int fd, std::string name, bool owned);
     const std::string& name() const { return name_; }
-    ~StdinSpool();
+    ~StdinSpool();  // stops its thread, even while it waits for input
     StdinSpool(const StdinSpool&) = delete;
     StdinSpool& operator=(const StdinSpool&) = delete;
     // From now on every line read is kept for later readers: call it before the first read
@@ -36,6 +43,7 @@ public:
     // Keeps and reads standard input to its end now.
     void read_all();
 
+    enum class Got { Line, Later, End, TooLong };
     // Every line of standard input from the first. Throws ConfigError for a second reader
     // without keep(), and when reading or the file fails.
     class Reader {
@@ -44,7 +52,10 @@ public:
         ~Reader();
         Reader(Reader&& other) noexcept;
         Reader& operator=(Reader&&) = delete;
-        bool next(std::string& line);
+        // The next line; with `wait` false, Later when it has not come yet. TooLong: the
+        // next line is over kMaxLineBytes (and nothing after it is read).
+        Got next(std::string& line, bool wait);
+        int ready_fd() const { return spool_->wake_fd_; }
 
     private:
         StdinSpool* spool_;
@@ -54,16 +65,32 @@ public:
     Reader reader() { return Reader(*this); }
 
 private:
-    bool read_more(std::string& line);  // the next line of standard input, kept if keeping
+    Got read_more(std::string& line, bool wait);  // the next line of standard input, kept if keeping
+    void start();                                 // the reading thread, at the first read
+    void read_lines();                            // the reading thread's work
 
-    std::unique_ptr<std::istream> owned_;  // the stream, when the spool opened it
-    std::istream& in_;
+    int in_fd_;
+    bool owned_fd_;
     std::string name_ = "stdin";  // in messages: "stdin:LINE: ..."
     int fd_ = -1;                 // the kept lines' file, unlinked; -1: not keeping
     std::FILE* out_ = nullptr;    // appends to it
     std::uint64_t read_ = 0;      // lines read from standard input so far
     std::uint64_t flushed_ = 0;   // of those, written through to the file
     bool readers_ = false;        // a reader has read a line
+
+    // Between the reading thread and the readers.
+    std::mutex mutex_;
+    std::condition_variable changed_;  // a line came, the input ended, or room was made
+    std::deque<std::string> queue_;
+    std::size_t queued_bytes_ = 0;
+    bool ended_ = false;               // no line comes after the queued ones
+    bool too_long_ = false;            // ...because the next one was over kMaxLineBytes
+    std::optional<std::string> error_;  // ...because reading failed: why
+    bool waiting_ = false;             // a reader got Later: wake_fd_ is to be signalled
+    bool quit_ = false;                // the spool is going: the thread stops
+    int wake_fd_ = -1;                 // eventfd: readable when a line came for a reader that got Later
+    int stop_fd_ = -1;                 // eventfd: readable when the thread is to stop
+    std::thread thread_;
 };
 
 // The settings every task sees (Context::settings()): the built-in types' flags (duration_s

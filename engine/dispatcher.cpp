@@ -34,9 +34,20 @@ void Dispatcher::run() {
     const CancelBoard::Attached attached(cancels_);
     next_reap_ = Clock::now() + kChildCheckInterval;
     while (!schedule_.done() && !stop_.stop_requested()) {
-        zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 1, wire::poll_timeout(std::min(schedule_.next_deadline(), next_reap_)));
+        // Nothing here waits on another process: a slow producer of the plan and a slow fork
+        // server each get a descriptor polled with the workers' socket, and only what
+        // depends on them waits for them.
+        const int plan_ready = schedule_.plan_ready_fd();
+        const int forked = pool_.fork_reply_fd();
+        zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0},
+                                   {nullptr, plan_ready, ZMQ_POLLIN, 0},
+                                   {nullptr, forked, ZMQ_POLLIN, 0}};
+        const int watched = 1 + (plan_ready >= 0 ? 1 : 0) + (forked >= 0 ? 1 : 0);
+        if (plan_ready < 0) std::swap(items[1], items[2]);  // the watched ones first
+        zmq::poll(items, watched, wire::poll_timeout(std::min(schedule_.next_deadline(), next_reap_)));
+        if (forked >= 0) pool_.take_fork_replies();  // before the HELLOs of the workers it forked
         if (items[0].revents & ZMQ_POLLIN) drain_incoming();
+        if (!deferred_hellos_.empty()) resume_hellos();
         // On a timer, not after every frame: at 100,000s of results a second the system
         // calls would cost more than the results.
         if (const auto now = Clock::now(); now >= next_reap_) {
@@ -61,6 +72,20 @@ void Dispatcher::run() {
         schedule_.tick(Clock::now());
     }
     if (const auto& error = schedule_.plan_error()) recorder_.plan_error(*error);
+}
+
+void Dispatcher::resume_hellos() {
+    pool_.take_fork_replies();
+    const bool waiting = pool_.fork_reply_fd() >= 0;
+    std::erase_if(deferred_hellos_, [&](DeferredHello& deferred) {
+        const auto pid = static_cast<pid_t>(deferred.hello.pid);
+        const pid_t id = pool_.id_of(pid);
+        if (id == pid && waiting) return false;  // its answer has not come yet
+        deferred.hello.pid = id;  // or, no answer left to wait for, as it said
+        if (wire::send_to(router_, deferred.identity, setup_))
+            schedule_.hello(deferred.identity, deferred.hello, std::nullopt, Clock::now());
+        return true;
+    });
 }
 
 void Dispatcher::shutdown_workers() { schedule_.shutdown_workers(); }
@@ -94,6 +119,18 @@ void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& bod
         std::optional<RemotePeer> remote;
         if (auto user = wire::property(body, "User-Id"))
             remote = RemotePeer{std::move(*user), wire::property(body, "Peer-Address").value_or("")};
+        // A worker forked by the fork server is known by the id spawn() gave it. It may say
+        // hello before the server's answer names its pid (the server sends it after the
+        // fork): then its hello waits for that answer (resume_hellos()).
+        if (!remote) {
+            const auto pid = static_cast<pid_t>(hello->pid);
+            const pid_t id = pool_.id_of(pid);
+            if (id == pid && pool_.fork_reply_fd() >= 0) {
+                deferred_hellos_.push_back({identity, *hello});
+                return;
+            }
+            hello->pid = id;
+        }
         // The run's settings before any task: a worker's tasks read them (Context::settings()).
         if (!wire::send_to(router_, identity, setup_)) return;
         return schedule_.hello(identity, *hello, remote, now);
@@ -173,7 +210,9 @@ void Dispatcher::started(const std::string& worker, const TaskSpec& task, std::u
 }
 
 void Dispatcher::place(const Placement& placement, int connected) {
-    recorder_.place(placement);
+    Placement where = placement;
+    where.pid = pool_.pid_of(static_cast<pid_t>(placement.pid));  // a forked worker's own pid, not its id
+    recorder_.place(where);
     recorder_.at_least_workers(connected);
 }
 

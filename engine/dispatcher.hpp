@@ -99,6 +99,13 @@ private:
     const std::string heartbeat_ = proto::encode(proto::Heartbeat{});
     const std::string setup_;  // SETUP with the run's settings, the same for every worker
     std::function<std::optional<std::string>()> watch_;
+    // HELLOs of local workers whose fork the fork server has not answered yet.
+    struct DeferredHello {
+        std::string identity;
+        proto::Hello hello;
+    };
+    std::vector<DeferredHello> deferred_hellos_;
+    void resume_hellos();
     CancelBoard* cancels_ = nullptr;
 };
 

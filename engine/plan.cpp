@@ -1,5 +1,7 @@
 #include "plan.hpp"
 
+#include <poll.h>
+
 #include <algorithm>
 
 #include "id_set.hpp"
@@ -45,6 +47,13 @@ public:
                     if (!skip_.contains(task.id)) return true;
                 return false;
             }
+            Take take(TaskSpec& task) override {
+                while (true) {
+                    const Take took = inner_->take(task);
+                    if (took != Take::Task || !skip_.contains(task.id)) return took;
+                }
+            }
+            int ready_fd() const override { return inner_->ready_fd(); }
 
         private:
             std::unique_ptr<TaskCursor> inner_;
@@ -99,6 +108,22 @@ Plan skipping(const Plan& plan, const IdSet& skip) {
     if (plan.count) rest.count = *plan.count - std::min(*plan.count, skip.size());
     rest.types = plan.types;
     return rest;
+}
+
+
+bool next_task(TaskCursor& cursor, TaskSpec& task, const std::stop_token& stop, const std::stop_token& drain) {
+    // How often a wait for input looks at the stop requests.
+    constexpr int kStopCheckMs = 50;
+    while (true) {
+        switch (cursor.take(task)) {
+            case TaskCursor::Take::Task: return true;
+            case TaskCursor::Take::End: return false;
+            case TaskCursor::Take::Later: break;
+        }
+        if (stop.stop_requested() || drain.stop_requested()) return false;
+        pollfd ready{cursor.ready_fd(), POLLIN, 0};
+        ::poll(&ready, ready.fd >= 0 ? 1 : 0, kStopCheckMs);
+    }
 }
 
 }  // namespace taskfarm

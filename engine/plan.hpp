@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <vector>
 
 #include "task.hpp"
@@ -20,11 +21,25 @@ class TaskCursor {
 public:
     virtual ~TaskCursor() = default;
     // The next task into `task` (its id, type, params and timeout); false after the last.
+    // Waits for a plan read as the run goes (standard input, a FIFO) until its next line
+    // comes: only for callers that have nothing else to do (see take()).
     // Throws ConfigError("NAME:LINE: problem") for a line it cannot accept: with a file
-    // checked before the run only if the file changed since, with standard input read as
-    // the run goes for the first bad line.
+    // checked before the run only if the file changed since (a count that changed is such
+    // a problem too), with standard input read as the run goes for the first bad line.
     virtual bool next(TaskSpec& task) = 0;
+
+    enum class Take { Task, Later, End };
+    // As next(), but never waits on the producer of a plan read as the run goes: Later
+    // when its next line has not come yet (ready_fd() becomes readable when it may have).
+    virtual Take take(TaskSpec& task) { return next(task) ? Take::Task : Take::End; }
+    // Readable once take() may give more after a Later; -1 for a cursor that never says Later.
+    virtual int ready_fd() const { return -1; }
 };
+
+// The next task of `cursor` for a runner that waits for it: while the plan's producer is
+// slow it waits, but a stop or a drain ends the wait (false, as at the end), so a signal
+// is obeyed while no input comes.
+bool next_task(TaskCursor& cursor, TaskSpec& task, const std::stop_token& stop, const std::stop_token& drain);
 
 // Opens cursors over one plan (a generator, a file reader, standard input).
 class PlanSource {

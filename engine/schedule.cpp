@@ -491,7 +491,12 @@ bool Schedule::has_fresh() const {
     if (cursor_ended_) return false;
     TaskSpec task;
     try {
-        if (cursor_->next(task)) {
+        // Never waits for a slow producer (standard input, a FIFO): its next line is taken
+        // when it comes (plan_ready_fd()), and meanwhile the loop heartbeats and receives.
+        const TaskCursor::Take took = cursor_->take(task);
+        cursor_waiting_ = took == TaskCursor::Take::Later;
+        if (took == TaskCursor::Take::Later) return false;
+        if (took == TaskCursor::Take::Task) {
             peeked_ = task.id;
             live_.emplace(task.id, std::move(task));
             return true;
@@ -501,8 +506,15 @@ bool Schedule::has_fresh() const {
         plan_error_ = e.what();
     }
     cursor_ended_ = true;
+    cursor_waiting_ = false;
     cursor_.reset();
     return false;
+}
+
+int Schedule::plan_ready_fd() const {
+    // Only while a line is awaited and would be handed out: else the loop need not wake for it.
+    if (!cursor_waiting_ || !cursor_ || !dispatching_ || draining_) return -1;
+    return cursor_->ready_fd();
 }
 
 std::size_t Schedule::pending() const {
@@ -511,7 +523,7 @@ std::size_t Schedule::pending() const {
     return retries_.size() + (count && *count > taken_ ? static_cast<std::size_t>(*count - taken_) : kUnknownFresh);
 }
 
-bool Schedule::all_finished() const { return !has_fresh() && live_.empty(); }
+bool Schedule::all_finished() const { return !has_fresh() && !cursor_waiting_ && live_.empty(); }
 
 Attempt& Schedule::peek_pending() {
     if (!retries_.empty()) return retries_.front();
@@ -533,6 +545,7 @@ void Schedule::dispatch(Clock::time_point now) {
     // Work starts at the first hello: a worker holds one task until results show that tasks
     // are short, so an early worker cannot take work that later ones should have had.
     if (!dispatching_ || draining_) return;
+    has_fresh();  // a line awaited from a slow producer may have come (plan_ready_fd())
     if (workers_.empty()) {
         if (pending() > 0 && spawned_.empty() && retired_.empty() && to_spawn_ == 0 && !options_.listening)
             fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",

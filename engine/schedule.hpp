@@ -174,6 +174,9 @@ public:
     // kWatchInterval), heartbeats (every heartbeat_interval), and hands out tasks.
     void tick(Clock::time_point now);
 
+    // Readable when the plan's next line, awaited from a slow producer (standard input, a
+    // FIFO), may have come: tick() then hands it out. -1 while none is awaited.
+    int plan_ready_fd() const;
     // When tick() next has something to do; `now` while initial workers remain to spawn.
     Clock::time_point next_deadline() const;
     // Every task has its final result and every worker we spawned at the start said hello;
@@ -285,6 +288,7 @@ private:
     mutable std::unique_ptr<TaskCursor> cursor_;
     mutable std::optional<std::size_t> peeked_;  // the cursor's next task, made and in live_, not yet taken
     mutable bool cursor_ended_ = false;
+    mutable bool cursor_waiting_ = false;  // the cursor's next line has not come yet (a slow producer)
     mutable std::optional<std::string> plan_error_;
     mutable std::unordered_map<std::size_t, TaskSpec> live_;  // by id: peeked, in flight or to be retried
     std::uint64_t taken_ = 0;                  // fresh tasks taken from the cursor

@@ -32,7 +32,13 @@ namespace taskfarm {
 
 struct ProcessPool::Child {
     std::string name;
-    pid_t pid = -1;  // ours until reaped (detached from Boost.Process, or forked by the server)
+    pid_t pid = -1;  // ours until reaped (detached from Boost.Process, or forked by the server); -1 until the server answers
+    pid_t id = -1;   // what spawn() returned: the pid, or a number of the pool's for a worker asked of the fork server
+    // While the fork server has not answered: how to exec it instead, and since when it waits.
+    int cpu = -1;
+    std::vector<std::string> args{};
+    std::chrono::steady_clock::time_point asked{};
+    bool killed = false;  // kill() came before the answer: killed as it comes
 };
 
 struct ForkServer::Process {
@@ -98,8 +104,10 @@ struct HandOverChannel {
     }
 };
 
-constexpr auto kForkReplyTimeout = std::chrono::seconds(10);
 constexpr auto kForkServerGrace = std::chrono::milliseconds(1000);
+// The ids of workers asked of the fork server start above any pid (Linux's PID_MAX_LIMIT is
+// 2^22), so an id never names another process.
+constexpr pid_t kFirstForkedId = pid_t{1} << 24;
 
 std::string describe_status(int status) {
     if (WIFSIGNALED(status)) return fmt::format("signal {}", WTERMSIG(status));
@@ -140,7 +148,12 @@ ForkServer::ForkServer(const std::filesystem::path& binary, const std::vector<st
 ForkServer::~ForkServer() {
     if (channel_ >= 0) ::close(channel_);  // its end of file: it exits
     std::error_code ec;
-    if (!process_->child.wait_for(kForkServerGrace, ec)) {
+    // Polled, not Boost.Process's wait_for(): that waits for a SIGCHLD, which another thread
+    // of ours may take, and then sits out the whole grace after the server has exited.
+    const auto deadline = std::chrono::steady_clock::now() + kForkServerGrace;
+    while (process_->child.running(ec) && !ec && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    if (process_->child.running(ec) && !ec) {
         process_->child.terminate(ec);
         if (ec) spdlog::warn("cannot kill the fork server (pid {}): {}", process_->child.id(), ec.message());
     }
@@ -148,30 +161,39 @@ ForkServer::~ForkServer() {
 
 pid_t ForkServer::pid() const { return process_->child.id(); }
 
-pid_t ForkServer::fork_worker(const std::vector<std::string>& args, int cpu) {
-    if (channel_ < 0) return -1;
+bool ForkServer::request(const std::vector<std::string>& args, int cpu) {
+    if (channel_ < 0) return false;
     std::string request = std::to_string(cpu);
     for (const std::string& arg : args) {
         request += '\0';
         request += arg;
     }
-    ForkReply reply;
-    pollfd readable{channel_, POLLIN, 0};
-    const bool sent = ::send(channel_, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size());
-    const bool answered = sent && ::poll(&readable, 1, static_cast<int>(std::chrono::milliseconds(kForkReplyTimeout).count())) == 1 &&
-                          ::recv(channel_, &reply, sizeof reply, 0) == static_cast<ssize_t>(sizeof reply);
-    if (!answered) {
-        spdlog::warn("the fork server (pid {}) is gone; workers are exec'd from now on", pid());
-        ::close(channel_);
-        channel_ = -1;
-        return -1;
-    }
-    if (reply.pid < 0)
-        throw std::system_error(reply.error, std::generic_category(), "the fork server cannot fork a worker");
-    return reply.pid;
+    // A request is one small packet, and the socket holds many: one that does not fit now
+    // means the server has stopped taking them.
+    if (::send(channel_, request.data(), request.size(), MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(request.size()))
+        return true;
+    give_up(fmt::format("cannot be asked for a worker ({})", std::strerror(errno)));
+    return false;
 }
 
-ProcessPool::ProcessPool(WorkerLaunch launch) : launch_(std::move(launch)) {}
+std::optional<ForkReply> ForkServer::take_reply() {
+    if (channel_ < 0) return std::nullopt;
+    ForkReply reply;
+    const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
+    if (got == static_cast<ssize_t>(sizeof reply)) return reply;
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return std::nullopt;
+    give_up(got == 0 ? "is gone" : "sent a reply that is not one");
+    return std::nullopt;
+}
+
+void ForkServer::give_up(const std::string& why) {
+    if (channel_ < 0) return;
+    spdlog::warn("the fork server (pid {}) {}; workers are exec'd from now on", pid(), why);
+    ::close(channel_);
+    channel_ = -1;
+}
+
+ProcessPool::ProcessPool(WorkerLaunch launch) : launch_(std::move(launch)), next_id_(kFirstForkedId) {}
 
 ProcessPool::~ProcessPool() {
     try {
@@ -194,48 +216,157 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
     if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
     if (!launch_.scratch_dir.empty()) args.insert(args.end(), {"--scratch-dir", launch_.scratch_dir.string()});
     if (!launch_.state_dir.empty()) args.insert(args.end(), {"--state-dir", launch_.state_dir.string()});
-    // The fork server is already the program run with the prefix: it gets the rest.
-    pid_t pid = launch_.fork_server ? launch_.fork_server->fork_worker(
-                                          {args.begin() + static_cast<std::ptrdiff_t>(launch_.prefix.size()), args.end()}, cpu)
-                                    : -1;
-    if (pid <= 0) {
-        bp::child process(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,
-                          bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = PinToCpu(cpu));
-        pid = process.id();
-        process.detach();  // reaped here, by pid (waitpid), like a forked one
+    // The fork server is already the program run with the prefix: it gets the rest. Its
+    // answer is taken when it comes (take_fork_replies()).
+    if (launch_.fork_server && launch_.fork_server->alive()) {
+        std::vector<std::string> rest(args.begin() + static_cast<std::ptrdiff_t>(launch_.prefix.size()), args.end());
+        if (launch_.fork_server->request(rest, cpu)) {
+            const pid_t id = next_id_++;
+            spdlog::debug("asked the fork server for worker {} (id {}, cpu {})", name, id, cpu);
+            children_.push_back(std::make_unique<Child>(
+                Child{name, -1, id, cpu, std::move(args), std::chrono::steady_clock::now()}));
+            return id;
+        }
     }
+    const pid_t pid = exec_worker(args, cpu);
     spdlog::debug("started worker {} (pid {}, cpu {})", name, pid, cpu);
-    children_.push_back(std::make_unique<Child>(Child{name, pid}));
+    children_.push_back(std::make_unique<Child>(Child{name, pid, pid}));
     return pid;
 }
 
+pid_t ProcessPool::exec_worker(const std::vector<std::string>& args, int cpu) {
+    bp::child process(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,
+                      bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = PinToCpu(cpu));
+    const pid_t pid = process.id();
+    process.detach();  // reaped here, by pid (waitpid), like a forked one
+    return pid;
+}
+
+void ProcessPool::take_fork_replies() {
+    ForkServer* server = launch_.fork_server;
+    if (!server) return;
+    const auto waiting = [this] {
+        return std::find_if(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; });
+    };
+    // Answers come in the order asked: each is the oldest waiting worker's.
+    while (server->alive()) {
+        const auto reply = server->take_reply();
+        if (!reply) break;
+        const auto child = waiting();
+        if (child == children_.end()) {  // asked by nobody: not ours to keep
+            if (reply->pid > 0) {
+                kill_group(reply->pid);
+                ::kill(reply->pid, SIGKILL);
+                ::waitpid(reply->pid, nullptr, 0);
+            }
+            continue;
+        }
+        Child& asked = **child;
+        if (reply->pid < 0) {
+            failed_.push_back({asked.id, asked.name,
+                               fmt::format("the fork server cannot fork it: {}", std::strerror(reply->error))});
+            children_.erase(child);
+            continue;
+        }
+        asked.pid = reply->pid;
+        asked.args.clear();
+        spdlog::debug("forked worker {} (pid {}, id {})", asked.name, asked.pid, asked.id);
+        if (asked.killed) {
+            kill_and_reap(asked);
+            children_.erase(child);
+        }
+    }
+    if (const auto oldest = waiting(); oldest != children_.end() && server->alive() &&
+                                       std::chrono::steady_clock::now() - (*oldest)->asked > kForkReplyTimeout)
+        server->give_up(fmt::format("did not answer within {} s (stopped or stuck?)",
+                                    std::chrono::duration_cast<std::chrono::seconds>(kForkReplyTimeout).count()));
+    if (server->alive()) return;
+    // Given up: what it was asked for is exec'd instead (or, killed meanwhile, forgotten).
+    for (auto child = children_.begin(); child != children_.end();) {
+        Child& asked = **child;
+        if (asked.pid >= 0) {
+            ++child;
+            continue;
+        }
+        if (!asked.killed) {
+            try {
+                asked.pid = exec_worker(asked.args, asked.cpu);
+                asked.args.clear();
+                spdlog::debug("started worker {} (pid {}, id {}) instead of the fork server", asked.name, asked.pid, asked.id);
+                ++child;
+                continue;
+            } catch (const std::exception& e) {
+                failed_.push_back({asked.id, asked.name, fmt::format("cannot start it: {}", e.what())});
+            }
+        }
+        child = children_.erase(child);
+    }
+}
+
+int ProcessPool::fork_reply_fd() const {
+    if (!launch_.fork_server) return -1;
+    const bool waiting = std::any_of(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; });
+    return waiting ? launch_.fork_server->channel() : -1;
+}
+
+pid_t ProcessPool::id_of(pid_t pid) {
+    const auto find = [&] {
+        return std::find_if(children_.begin(), children_.end(), [pid](const auto& child) { return child->pid == pid; });
+    };
+    auto child = find();
+    if (child == children_.end()) {  // its answer may have come after its HELLO was sent
+        take_fork_replies();
+        child = find();
+    }
+    return child == children_.end() ? pid : (*child)->id;
+}
+
+pid_t ProcessPool::pid_of(pid_t id) const {
+    const auto found =
+        std::find_if(children_.begin(), children_.end(), [id](const auto& child) { return child->id == id; });
+    return found == children_.end() || (*found)->pid < 0 ? id : (*found)->pid;
+}
+
 std::vector<WorkerExit> ProcessPool::reap_exited() {
-    std::vector<WorkerExit> exits;
+    take_fork_replies();
+    std::vector<WorkerExit> exits = std::move(failed_);
+    failed_.clear();
     std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
-        if (!has_exited(child->pid)) return false;
+        if (child->pid < 0 || !has_exited(child->pid)) return false;
         kill_group(child->pid);  // what it left running dies with it
         int status = 0;
         if (::waitpid(child->pid, &status, WNOHANG) != child->pid) return false;
-        exits.push_back({child->pid, child->name, describe_status(status)});
+        exits.push_back({child->id, child->name, describe_status(status)});
+        ended_[child->id] = child->pid;
         return true;
     });
     return exits;
 }
 
-LastRunning ProcessPool::last_running(pid_t pid) const {
+LastRunning ProcessPool::last_running(pid_t id) {
     if (launch_.state_dir.empty()) return {};
+    // The board is named by the worker's own pid; a forked worker's id is not its pid.
+    const auto ended = ended_.find(id);
+    const pid_t pid = ended != ended_.end() ? ended->second : pid_of(id);
+    if (ended != ended_.end()) ended_.erase(ended);
     return read_running_board(launch_.state_dir, pid);
 }
 
-void ProcessPool::kill(pid_t pid) {
+void ProcessPool::kill(pid_t id) {
     std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
-        if (child->pid != pid) return false;
+        if (child->id != id) return false;
+        if (child->pid < 0) {  // not forked yet: killed when the answer comes
+            child->killed = true;
+            return false;
+        }
         kill_and_reap(*child);
+        ended_[child->id] = child->pid;
         return true;
     });
 }
 
 void ProcessPool::kill_and_reap(const Child& child) {
+    if (child.pid < 0) return;
     kill_group(child.pid);
     ::kill(child.pid, SIGKILL);
     while (::waitpid(child.pid, nullptr, 0) < 0 && errno == EINTR) {
@@ -253,10 +384,19 @@ std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
         if (children_.empty() || std::chrono::steady_clock::now() >= deadline) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    // A worker the fork server never forked is not asked for any more: the server is given
+    // up, so one it forks now is killed by it.
+    if (launch_.fork_server &&
+        std::any_of(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; }))
+        launch_.fork_server->give_up("had not answered by the end of the mode");
     for (const auto& child : children_) {
+        if (child->pid < 0) {
+            exits.push_back({child->id, child->name, "never started: the fork server did not answer"});
+            continue;
+        }
         spdlog::debug("killing worker {} (pid {})", child->name, child->pid);
         kill_and_reap(*child);
-        exits.push_back({child->pid, child->name, "killed after the shutdown grace period"});
+        exits.push_back({child->id, child->name, "killed after the shutdown grace period"});
     }
     children_.clear();
     return exits;

@@ -7,10 +7,13 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "fork_protocol.hpp"
 #include "launcher.hpp"
 
 namespace taskfarm {
@@ -19,7 +22,9 @@ namespace taskfarm {
 // through Boost.Process while this process has no thread and no ZeroMQ context, with the
 // worker code and libraries loaded; it forks each local worker on request, as a child of
 // this process (so the pool reaps it and sees its exit as it would an exec'd one). Its
-// protocol is one SOCK_SEQPACKET socket: "CPU\0ARG\0..." -> {pid, errno}.
+// protocol is one SOCK_SEQPACKET socket: "CPU\0ARG\0..." -> {pid, errno}, answered in the
+// order asked. Nothing here waits for it: a request is sent and its reply taken when it
+// comes (a stopped or slow server holds up only the workers it was asked for).
 class ForkServer {
 public:
     // Throws when it cannot start.
@@ -28,9 +33,18 @@ public:
     ForkServer(const ForkServer&) = delete;
     ForkServer& operator=(const ForkServer&) = delete;
 
-    // A worker running the program with `args` (after PREFIX), pinned to `cpu` when >= 0;
-    // its pid (a child of this process), or -1 when the server is gone (it is not asked again).
-    pid_t fork_worker(const std::vector<std::string>& args, int cpu);
+    // Asks for a worker running the program with `args` (after PREFIX), pinned to `cpu` when
+    // >= 0, without waiting; false when the server is gone or cannot take it now (then it
+    // is given up: not asked again).
+    bool request(const std::vector<std::string>& args, int cpu);
+    // The next reply, if one came (it never waits); nullopt if none yet. A server that
+    // closed its end is given up (alive() false).
+    std::optional<ForkReply> take_reply();
+    // Asks nothing more of it: its socket is closed, so a worker it forks after this is
+    // killed by it (it cannot send the reply), and the rest are exec'd.
+    void give_up(const std::string& why);
+    // Readable when a reply (or the server's end) came; -1 once it is given up.
+    int channel() const { return channel_; }
     pid_t pid() const;
     bool alive() const { return channel_ >= 0; }
 
@@ -65,14 +79,30 @@ public:
     // it dies with this process (PR_SET_PDEATHSIG, set before it runs worker code) and is in
     // a process group of its own. With cpu >= 0 it runs only on that CPU from its first
     // instruction of worker code; if the kernel refuses, it runs unpinned and says so in its
-    // HELLO. Throws when it cannot start.
+    // HELLO. Throws when it cannot start. Never waits on the fork server: a forked worker's
+    // pid is not known until the server answers, so the id returned stands for it (its
+    // pid for an exec'd worker, else a number above any pid: see id_of()) in every call and
+    // exit until it ends. A server that does not answer within kForkReplyTimeout is given
+    // up and the worker exec'd instead.
     pid_t spawn(const std::string& name, int cpu = -1) override;
 
-    // Reaps the workers that exited since the last call, without blocking.
+    // Takes the fork server's replies that came, without waiting (also done by reap_exited()).
+    void take_fork_replies() override;
+    // Readable when the fork server answered a request; -1 while none is waiting.
+    int fork_reply_fd() const override;
+    // The id spawn() returned for the worker whose pid is `pid` (the pid a HELLO carries);
+    // `pid` itself for a process the pool does not know.
+    pid_t id_of(pid_t pid) override;
+    // The pid of the worker spawn() called `id`, once known; `id` itself otherwise.
+    pid_t pid_of(pid_t id) const override;
+
+    // Reaps the workers that exited since the last call, without blocking; a worker that
+    // could not be forked or exec'd is among them.
     std::vector<WorkerExit> reap_exited() override;
 
-    // SIGKILLs a live worker of ours and reaps it; no-op for an unknown pid.
-    void kill(pid_t pid) override;
+    // SIGKILLs a live worker of ours and reaps it; no-op for an unknown id. A worker the fork
+    // server has not forked yet is killed when it answers.
+    void kill(pid_t id) override;
 
     // Waits until every worker has exited or `grace` passed, then kills the rest.
     // Returns how each one ended.
@@ -80,15 +110,25 @@ public:
 
     std::size_t alive() const;
 
-    // What the board of worker `pid`, which has ended (reaped by reap_exited() or kill()),
+    // How long a fork request may wait for its reply before the server is given up. Well
+    // within the time a worker has to say hello (--start-timeout, 10 s by default), so the
+    // worker exec'd instead still makes it.
+    static constexpr auto kForkReplyTimeout = std::chrono::seconds(2);
+
+    // What the board of worker `id`, which has ended (reaped by reap_exited() or kill()),
     // says it was running; Known::No without a state_dir.
-    LastRunning last_running(pid_t pid) const override;
+    LastRunning last_running(pid_t id) override;
 
 private:
     struct Child;
     static void kill_and_reap(const Child& child);
+    pid_t exec_worker(const std::vector<std::string>& args, int cpu);
+    void give_up_fork_server(const std::string& why);
     WorkerLaunch launch_;
-    std::vector<std::unique_ptr<Child>> children_;  // live ones only
+    std::vector<std::unique_ptr<Child>> children_;
+    std::map<pid_t, pid_t> ended_;  // id -> pid of workers reaped whose board was not read yet  // live ones only, and those asked of the fork server
+    std::vector<WorkerExit> failed_;                // could not start: reported by the next reap_exited()
+    pid_t next_id_;                                 // for the next worker asked of the fork server
 };
 
 // Where the worker binary is when --worker-bin is not given: next to this executable.

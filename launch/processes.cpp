@@ -136,12 +136,15 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                          config_.wait_workers_s, config_.slurm_workers, worker_endpoint);
             step.emplace(SlurmStepConfig{config_.slurm_workers, config_.slurm_pin, config_.slurm_args,
                                          slurm_worker_command(config_, worker_endpoint, run_keys->dir())});
-            dispatcher.watch([&step, this]() -> std::optional<std::string> {
+            // Asked on the dispatcher's loop, so it never waits there: the grace is counted
+            // across calls.
+            dispatcher.watch([&step, ended_at = std::optional<std::chrono::steady_clock::time_point>(),
+                              this]() mutable -> std::optional<std::string> {
                 if (!step->ended()) return std::nullopt;
-                for (auto waited = std::chrono::milliseconds(0); waited < kSignalGrace; waited += std::chrono::milliseconds(20)) {
-                    if (stop_.stop_requested()) return std::nullopt;  // the dispatcher stops as for any signal
-                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-                }
+                const auto now = std::chrono::steady_clock::now();
+                if (!ended_at) ended_at = now;
+                // Meanwhile a signal stops the dispatcher as any signal does.
+                if (stop_.stop_requested() || now - *ended_at < kSignalGrace) return std::nullopt;
                 spdlog::error("the Slurm job step of the workers ended before the run did: {}", step->describe(true));
                 return fmt::format("the Slurm job step of the workers ended ({})", step->describe(false));
             });

@@ -14,8 +14,9 @@ RunReport SequentialRunner::run(const Plan& plan, ResultSink& sink) {
     const auto cursor = plan.open();
     TaskSpec task;
     try {
-        // A drain lets the running task finish, and starts no other.
-        while (!stop.stop_requested() && !drain_.stop_requested() && cursor->next(task)) {
+        // A drain lets the running task finish, and starts no other; a signal that comes
+        // while the plan's producer is slow ends the wait for its next line.
+        while (!stop.stop_requested() && !drain_.stop_requested() && next_task(*cursor, task, stop, drain_)) {
             std::optional<TaskResult> result = run_with_retries(task, env_, retries_, drain_, recorder, cancels_);
             if (!result) break;  // cancelled mid-task: not a result
             recorder.record(task, std::move(*result));

@@ -40,7 +40,8 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
         std::lock_guard lock(cursor_mutex);
         if (ended) return false;
         try {
-            if (cursor->next(task)) return true;
+            // A signal ends a wait for a slow producer's next line, as it ends the run.
+            if (next_task(*cursor, task, env_.stop, drain_)) return true;
         } catch (const ConfigError& e) {  // a bad line of standard input: the tasks after it do not run
             recorder.plan_error(e.what());
         }
