@@ -89,13 +89,21 @@ void check_files(const RunConfig& config) {
             throw ConfigError(fmt::format("{}: cannot append a journal to '-': it must be a file that --resume can "
                                           "read back and lock",
                                           flag));
-    check_distinct({{"--plan", config.plan_path, true},
-                    {"--urls", config.urls_path, true},
-                    {"--resume", config.resume_path},
+    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
+                                     {"--resume", config.resume_path}})
+        check_journal_path(flag, path);
+    using Role = NamedFile::Role;
+    // Every file the run reads against every file it writes (decision 120).
+    check_distinct({{"--plan", config.plan_path, Role::Input},
+                    {config.inputs_flag.c_str(), config.inputs_path, Role::Input},  // --urls too
+                    {"--worker-bin", config.worker_bin, Role::Input},
+                    {"--resume", config.resume_path, Role::Journal},
                     {"--results", config.results_path},
                     {"--json", config.json_path},
                     {"--trace", config.trace_path},
-                    {"--timeline", config.timeline_path}});
+                    {"--timeline", config.timeline_path},
+                    {"standard output", {}, Role::Console, STDOUT_FILENO},
+                    {"standard error", {}, Role::Console, STDERR_FILENO}});
     if (!config.resume_path.empty() && !config.results_path.empty() && !same_file(config.resume_path, config.results_path))
         throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
                                       printable(config.resume_path.string()), printable(config.results_path.string())));
