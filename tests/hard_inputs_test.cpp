@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,130 @@ TEST(HardInputs, AJournalThatIsAFifoIsRefusedNotWaitedOn) {
         EXPECT_EQ(output.exit_code, 2) << flag << ": " << output.err;
         EXPECT_TRUE(has(output.err, flag + ": cannot use 'F' as a journal: it is a FIFO")) << output.err;
     }
+}
+
+// ---- Journal readers: bounded per line, FILE:LINE, never a library's message ----
+
+struct BadLine {
+    std::string line;  // the journal's second line
+    std::string why;   // after "not a journal line: " (or the whole complaint)
+};
+
+void PrintTo(const BadLine& c, std::ostream* os) { *os << c.line.substr(0, 60); }
+
+class BadJournalLine : public ::testing::TestWithParam<BadLine> {};
+
+TEST_P(BadJournalLine, EveryReaderNamesFileAndLine) {
+    testing::TempDir dir;
+    write_text(dir / "L", "a\nb\n");
+    const fs::path journal = dir / "j.jsonl";
+    write_text(journal, "{\"mode\":\"threads\",\"id\":0,\"attempt\":1,\"kind\":\"command\",\"ok\":true,"
+                        "\"params\":{\"shell\":\"echo 'a'\"}}\n" +
+                            GetParam().line + "\n");
+    const std::vector<std::pair<std::string, std::vector<std::string>>> readers{
+        {"report", {"report", journal.string()}},
+        {"--resume", {"--mode", "threads", "--command", "echo {}", "--inputs", (dir / "L").string(), "--resume",
+                      journal.string()}}};
+    for (const auto& [flag, args] : readers) {
+        const Output output = run_binary("coordinator", args);
+        EXPECT_EQ(output.exit_code, 2) << flag << ": " << output.err;
+        EXPECT_TRUE(has(output.err, fmt::format("{}: {}:2: ", flag, journal.string()) + GetParam().why)) << output.err;
+        EXPECT_FALSE(has(output.err, "json.exception")) << output.err;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    HardInputs, BadJournalLine,
+    ::testing::Values(BadLine{R"({"mode":"threads","id":"1","ok":true,"kind":"command","params":{}})",
+                              "not a journal line: \"id\" is not a whole number >= 0"},
+                      BadLine{R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{}, "x)",
+                              "not a journal line: not JSON (at byte"},
+                      BadLine{"{\"mode\":\"threads\",\"id\":1,\"ok\":true,\"kind\":\"command\",\"params\":\"caf\xe9\"}",
+                              "not a journal line: byte 66 is not UTF-8 (0xe9)"},
+                      BadLine{R"({"mode":"threads","id":1,"ok":"yes","kind":"command","params":{}})",
+                              "not a journal line: \"ok\" is not true or false"},
+                      BadLine{R"({"mode":"threads","id":1,"attempt":"2","ok":true,"kind":"command","params":{}})",
+                              "not a journal line: \"attempt\" is not a whole number >= 0"},
+                      BadLine{R"({"id":1,"ok":true,"kind":"command","params":{}})",
+                              "not a journal line: \"mode\" is not a string"},
+                      BadLine{R"([1, 2])", "not a journal line: not a JSON object"},
+                      BadLine{R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{"shell":"x"},"bytes":{"/params/shell":"%%%%"}})",
+                              "not a journal line: \"bytes\" names '/params/shell': its value is not base64"},
+                      BadLine{R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{"shell":"x"},"bytes":{"/params/nothing":"eA=="}})",
+                              "not a journal line: \"bytes\" names '/params/nothing', which is not a string of the line"}));
+
+TEST(HardInputs, AJournalLineIsBoundedInEveryReader) {
+    testing::TempDir dir;
+    write_text(dir / "L", "a\n");
+    // A stream without a line end, without end: refused at the limit, in bounded memory (the
+    // address space is capped at 1 GiB: a reader that kept it all would fail otherwise).
+    const Output stream = run_shell("ulimit -v 1048576; yes | tr -d '\\n' | timeout -k 2 60 \"$COORDINATOR\" report -");
+    EXPECT_EQ(stream.exit_code, 2) << stream.err;
+    EXPECT_TRUE(has(stream.err, "report: -:1: a line longer than 32 MiB")) << stream.err;
+    // A file whose second line is over the limit: named by both readers.
+    const fs::path journal = dir / "j.jsonl";
+    write_text(journal, "{\"mode\":\"threads\",\"id\":0,\"ok\":true,\"kind\":\"command\",\"params\":{\"shell\":\"echo 'a'\"}}\n{\"error\":\"" +
+                            std::string(33u << 20, 'e') + "\"}\n");
+    const Output report = run_shell(fmt::format("ulimit -v 1048576; \"$COORDINATOR\" report '{}'", journal.string()));
+    EXPECT_EQ(report.exit_code, 2) << report.err;
+    EXPECT_TRUE(has(report.err, fmt::format("report: {}:2: a line longer than 32 MiB", journal.string()))) << report.err;
+    const Output resume = run_shell(fmt::format("ulimit -v 1048576; \"$COORDINATOR\" --mode threads --command 'echo {{}}' "
+                                                "--inputs '{}' --resume '{}'",
+                                                (dir / "L").string(), journal.string()));
+    EXPECT_EQ(resume.exit_code, 2) << resume.err;
+    EXPECT_TRUE(has(resume.err, fmt::format("--resume: {}:2: a line longer than 32 MiB", journal.string()))) << resume.err;
+}
+
+// ---- A journal keeps the exact bytes of what ran ----
+
+std::vector<nlohmann::json> lines_of(const fs::path& journal) { return testing::read_json_lines(journal); }
+
+TEST(HardInputs, AnInputThatIsNotUtf8IsKeptExactlyAndResumes) {
+    testing::TempDir dir;
+    // Two inputs that U+FFFD would make one, and one of UTF-8.
+    write_text(dir / "L", "caf\xe9\ncaf\xe8\nb\n");
+    const fs::path journal = dir / "j.jsonl";
+    const auto run = [&](const std::string& flag) {
+        return run_binary("coordinator", {"--mode", "threads", "--command", "echo {}", "--inputs", (dir / "L").string(), flag,
+                                          journal.string()});
+    };
+    const Output first = run("--results");
+    ASSERT_EQ(first.exit_code, 0) << first.err;
+    std::map<std::uint64_t, nlohmann::json> by_id;
+    for (const auto& line : lines_of(journal)) by_id[line.at("id").get<std::uint64_t>()] = line;
+    ASSERT_EQ(by_id.size(), 3u);
+    EXPECT_EQ(by_id[0].at("bytes").at("/params/shell"), "ZWNobyAnY2Fm6Sc=");  // echo 'caf\xe9'
+    EXPECT_EQ(by_id[1].at("bytes").at("/params/shell"), "ZWNobyAnY2Fm6Cc=");  // echo 'caf\xe8'
+    EXPECT_FALSE(by_id[2].contains("bytes"));
+    // Resumed: all three are done, nothing runs again.
+    const Output resumed = run("--resume");
+    EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+    EXPECT_EQ(lines_of(journal).size(), 3u);
+    // `report` shows the bytes.
+    const Output report = run_binary("coordinator", {"report", journal.string(), "--task", "1"});
+    EXPECT_EQ(report.exit_code, 0) << report.err;
+    EXPECT_TRUE(has(report.out, "echo 'caf\\xe8'")) << report.out;
+    // One byte of the list changed: the journal is from another list, said with FILE:LINE.
+    write_text(dir / "L", "caf\xe9\ncaf\xe7\nb\n");
+    const Output changed = run("--resume");
+    EXPECT_EQ(changed.exit_code, 2) << changed.err;
+    EXPECT_TRUE(has(changed.err, "task 1 is command {\"shell\":\"echo 'caf\\xe8'\"} there but command "
+                                 "{\"shell\":\"echo 'caf\\xe7'\"} here")) << changed.err;
+    // A journal from before "bytes" (U+FFFD in place of the byte) still reads: a clear
+    // refusal of that task, not a library's error.
+    std::string old;
+    for (auto line : lines_of(journal)) {
+        line.erase("bytes");
+        old += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+    write_text(journal, old);
+    write_text(dir / "L", "caf\xe9\ncaf\xe8\nb\n");
+    const Output older = run("--resume");
+    EXPECT_EQ(older.exit_code, 2) << older.err;
+    EXPECT_TRUE(has(older.err, fmt::format("--resume: {}:", journal.string()))) << older.err;
+    EXPECT_TRUE(has(older.err, "the journal is from a different plan")) << older.err;
+    EXPECT_FALSE(has(older.err, "json.exception")) << older.err;
+    EXPECT_TRUE(run_binary("coordinator", {"report", journal.string()}).exit_code == 0);
 }
 
 }  // namespace
