@@ -34,6 +34,7 @@
 #include "runner.hpp"
 #include "signals.hpp"
 #include "sinks.hpp"
+#include "temp_dirs.hpp"
 #include "text.hpp"
 #include "pictures.hpp"
 
@@ -358,6 +359,9 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
     check_config(config);
     check_files(config);
+    // What runs of ours that were killed (SIGKILL) left in $TMPDIR: their pids are gone.
+    if (const std::size_t swept = sweep_stale_temp_dirs(); swept > 0)
+        spdlog::info("removed {} temporary director{} left by killed runs", swept, swept == 1 ? "y" : "ies");
     // A type's services (the built-in image server) bind now; their threads start after the
     // SignalWatcher, like every thread.
     Json settings = settings_json(config);

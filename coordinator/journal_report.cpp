@@ -26,6 +26,7 @@
 #include "journal.hpp"
 #include "journal_line.hpp"
 #include "report.hpp"
+#include "temp_dirs.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -237,15 +238,19 @@ ResumeView resume_view(const Journal& journal) {
         if (!seen[id]) tasks[id] = TaskSpec{id, &unnamed, json(nullptr), 0};
     const Plan plan = Plan::of(std::move(tasks));
     const char* base = std::getenv("TMPDIR");
-    std::string pattern = (std::filesystem::path(base && *base ? base : "/tmp") / "taskfarm-report-XXXXXX").string();
-    const int fd = ::mkstemp(pattern.data());
+    std::filesystem::path copy;
+    const int fd = make_temp_file(base && *base ? base : "/tmp", "report", copy);  // temp_dirs.hpp
+    const std::string pattern = copy.string();
     if (fd < 0) {
         view.unknown = fmt::format("cannot create a temporary file: {}", std::strerror(errno));
         return view;
     }
     struct Remove {
         std::string path;
-        ~Remove() { ::unlink(path.c_str()); }
+        ~Remove() {
+            ::unlink(path.c_str());
+            forget_temp_dir(path);
+        }
     } remove{pattern};
     const bool written = ::write(fd, journal.text.data(), journal.text.size()) == static_cast<ssize_t>(journal.text.size());
     ::close(fd);

@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "temp_dirs.hpp"
+
 namespace taskfarm {
 namespace {
 
@@ -70,6 +72,7 @@ void SignalWatcher::on_signal(int received) {
         spdlog::warn("{} received while draining: cancelling the running tasks; press Ctrl-C again to quit at once",
                      signal_name(received));
     } else if (received == SIGINT) {
+        remove_temp_dirs();  // _Exit runs no destructor and no exit handler
         std::_Exit(128 + SIGINT);
     }
 }

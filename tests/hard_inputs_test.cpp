@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -230,6 +231,76 @@ TEST(HardInputs, AnInputThatIsNotUtf8IsKeptExactlyAndResumes) {
     EXPECT_TRUE(has(older.err, "the journal is from a different plan")) << older.err;
     EXPECT_FALSE(has(older.err, "json.exception")) << older.err;
     EXPECT_TRUE(run_binary("coordinator", {"report", journal.string()}).exit_code == 0);
+}
+
+// ---- Temporary directories do not outlive their run ----
+
+// The entries of `dir` a run made (taskfarm-WHAT-PID-XXXXXX, or main's taskfarm-XXXXXX);
+// not the taskfarm-test-* directories of testing::Running.
+std::vector<std::string> run_leftovers(const fs::path& dir) {
+    std::vector<std::string> found;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+        const std::string name = entry.path().filename().string();
+        if (name.starts_with("taskfarm-") && !name.starts_with("taskfarm-test-")) found.push_back(name);
+    }
+    return found;
+}
+
+// Sets TMPDIR for the processes a test starts, and back at the end.
+class TmpDir {
+public:
+    explicit TmpDir(const fs::path& dir) {
+        if (const char* old = std::getenv("TMPDIR")) old_ = old;
+        ::setenv("TMPDIR", dir.c_str(), 1);
+    }
+    ~TmpDir() {
+        if (old_.empty())
+            ::unsetenv("TMPDIR");
+        else
+            ::setenv("TMPDIR", old_.c_str(), 1);
+    }
+
+private:
+    std::string old_;
+};
+
+TEST(HardInputs, WhatAKilledRunLeftIsRemovedByTheNextRun) {
+    testing::TempDir tmp;
+    {
+        const TmpDir use(tmp.path());
+        testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60"});
+        ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== processes") != std::string::npos; },
+                                        std::chrono::seconds(30)))
+            << coordinator.err();
+        ASSERT_GE(run_leftovers(tmp.path()).size(), 2u);  // the control directory and the socket's
+        coordinator.signal(SIGKILL);
+        coordinator.wait();
+        ASSERT_GE(run_leftovers(tmp.path()).size(), 2u);
+        const Output next = run_binary("coordinator", {"--mode", "threads", "--tasks", "1", "--duration", "0"});
+        EXPECT_EQ(next.exit_code, 0) << next.err;
+        EXPECT_TRUE(has(next.err, "temporary director")) << next.err;
+    }
+    EXPECT_EQ(run_leftovers(tmp.path()), std::vector<std::string>{});
+}
+
+TEST(HardInputs, ASecondCtrlCLeavesNoTemporaryDirectory) {
+    testing::TempDir tmp;
+    write_text(tmp / "L", "a\nb\n");
+    {
+        const TmpDir use(tmp.path());
+        // Commands that ignore SIGTERM: the first Ctrl-C cannot end the run at once.
+        testing::Running coordinator("coordinator", {"--mode", "threads", "--workers", "2", "--command",
+                                                     "trap '' TERM INT; sleep 20 # {}", "--inputs", (tmp / "L").string()});
+        ASSERT_TRUE(testing::eventually([&] { return run_leftovers(tmp.path()).size() >= 1; }, std::chrono::seconds(30)));
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        coordinator.signal(SIGINT);
+        ASSERT_TRUE(testing::eventually([&] { return has(coordinator.err(), "press Ctrl-C again"); }, std::chrono::seconds(10)))
+            << coordinator.err();
+        coordinator.signal(SIGINT);
+        const Output output = coordinator.wait();
+        EXPECT_EQ(output.exit_code, 128 + SIGINT) << output.err;
+    }
+    EXPECT_EQ(run_leftovers(tmp.path()), std::vector<std::string>{});
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -72,6 +73,12 @@ void register_types(taskfarm::App& made) {
         made.task("die", [](const Params&, Context& context) -> Value {
             if (context.isolated()) ::raise(SIGKILL);  // only a worker process of its own
             throw std::runtime_error("not in a process of its own");
+        });
+        // Ends its whole process with exit(3), after making its scratch directory: what a
+        // careless function may do.
+        made.task("quit", [](const Params&, Context& context) -> Value {
+            static_cast<void>(context.scratch_dir());
+            std::exit(3);
         });
         made.add(std::make_shared<Shout>());
         // Keeps 16 MiB more of touched memory at each task, for good: a worker that grows.
@@ -367,5 +374,23 @@ TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
         EXPECT_EQ(all.size(), 20u);
         for (const auto& [id, count] : all) EXPECT_EQ(count, 1) << "task " << id;
         EXPECT_EQ(started_count(), 20) << "a task ran twice";
+    }
+}
+
+// A function that calls exit(): the process ends with its status, says why, and leaves no
+// temporary directory (the control directory, the function's scratch directory).
+TEST(UserType, ExitInAFunctionIsSaidAndLeavesNoTemporaryDirectory) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "one.txt", {"x"});
+    const char* old = std::getenv("TMPDIR");
+    const std::string kept = old ? old : "";
+    ::setenv("TMPDIR", dir.path().c_str(), 1);
+    const auto output = coordinator({"--task", "quit", "--inputs", inputs.string(), "--mode", "threads"});
+    if (old) ::setenv("TMPDIR", kept.c_str(), 1); else ::unsetenv("TMPDIR");
+    EXPECT_EQ(output.exit_code, 3) << output.err;
+    EXPECT_NE(output.err.find("task 0 called exit() from its function"), std::string::npos) << output.err;
+    for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+        const std::string name = entry.path().filename().string();
+        EXPECT_TRUE(!name.starts_with("taskfarm-") || name.starts_with("taskfarm-test-")) << name << " was left";
     }
 }
