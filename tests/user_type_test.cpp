@@ -80,6 +80,8 @@ void register_types(taskfarm::App& made) {
             static_cast<void>(context.scratch_dir());
             std::exit(3);
         });
+        // Fails with an error of 40 MB, more than a journal line holds.
+        made.task("vast", [](const Params&, Context&) -> Value { throw std::runtime_error(std::string(40'000'000, 'e')); });
         made.add(std::make_shared<Shout>());
         // Keeps 16 MiB more of touched memory at each task, for good: a worker that grows.
         made.task("leak", [](const Params&, Context&) {
@@ -394,3 +396,28 @@ TEST(UserType, ExitInAFunctionIsSaidAndLeavesNoTemporaryDirectory) {
         EXPECT_TRUE(!name.starts_with("taskfarm-") || name.starts_with("taskfarm-test-")) << name << " was left";
     }
 }
+
+// A result too large for a journal line is shortened by the writer, so that every reader,
+// bounded at kMaxJournalLineBytes, still reads the journal.
+TEST(UserType, AResultOverTheJournalLineLimitIsCutAndTheJournalStillReads) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "one.txt", {"x"});
+    const auto journal = dir / "j.jsonl";
+    const auto output = coordinator({"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--results",
+                                     journal.string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err.substr(0, 2000);
+    const std::string text = taskfarm::testing::read_file(journal);
+    EXPECT_LE(text.size(), (std::size_t{32} << 20) + 1);
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_TRUE(lines[0].contains("cut")) << text.substr(0, 300);
+    EXPECT_FALSE(lines[0].at("ok").get<bool>());
+    const auto report = coordinator({"report", journal.string()});
+    EXPECT_EQ(report.exit_code, 0) << report.err.substr(0, 2000);
+    const auto resumed = coordinator({"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--resume",
+                                      journal.string()});
+    EXPECT_EQ(resumed.exit_code, 1) << resumed.err.substr(0, 2000);
+    EXPECT_EQ(resumed.err.find("not a journal line"), std::string::npos);
+    EXPECT_EQ(taskfarm::testing::read_json_lines(journal).size(), 2u);
+}
+
