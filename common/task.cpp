@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "gil.hpp"
+#include "temp_dirs.hpp"
 
 namespace taskfarm {
 namespace {
@@ -158,6 +159,7 @@ Context::~Context() {
     if (!scratch_) return;
     std::error_code ec;
     std::filesystem::remove_all(*scratch_, ec);  // a destructor reports nothing; the OS tmp cleaner has the rest
+    forget_temp_dir(*scratch_);
 }
 
 void Context::check() const {
@@ -180,11 +182,12 @@ const std::filesystem::path& Context::scratch_dir() {
                                          ? *setup_.scratch_base
                                          : std::filesystem::temp_directory_path(ec);
         if (ec) base = "/tmp";
-        std::string pattern = (base / "taskfarm-task-XXXXXX").string();
-        if (!::mkdtemp(pattern.data()))
-            throw std::system_error(errno, std::generic_category(),
-                                    fmt::format("cannot create a scratch directory in '{}'", base.string()));
-        scratch_ = pattern;
+        // Named with our pid, and removed at exit() too, or by the next run if we are killed.
+        try {
+            scratch_ = make_temp_dir(base, "task");
+        } catch (const std::system_error& e) {
+            throw std::system_error(e.code(), fmt::format("cannot create a scratch directory in '{}'", base.string()));
+        }
     }
     return *scratch_;
 }
@@ -312,6 +315,7 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
             std::optional<Context::ChildUsage>& out;
             ~TakeChildUsage() { out = context.child_usage(); }
         } take_child_usage{context, children};
+        const RunningTask running(task.id);  // an exit() from the function is said (temp_dirs.hpp)
         result.value = task.type->run(task.params, context);
         // Past its deadline is a timeout in every mode, whether or not the task noticed: a
         // thread cannot be killed, but its late result must not count where a worker's would not.

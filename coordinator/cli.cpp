@@ -449,7 +449,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->type_name("FILE");
     app.add_option("--results", config.results_path,
                    "append one JSON line per finished task to FILE, flushed as each arrives; the file is\n"
-                   "locked for the run, so a journal another run writes to is refused")
+                   "locked for the run, so a journal another run writes to is refused; a regular file (not a\n"
+                   "FIFO); bytes that are not UTF-8 are kept exactly in the line's \"bytes\"")
         ->check(kPath)
         ->type_name("FILE");
     app.add_option("--resume", config.resume_path,
@@ -672,7 +673,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "The second table (task cost): per mode, the tasks' own user and system CPU seconds and their largest\n"
         "peak memory, measured where each ran (scope thread, process or a command's tree; docs/reliability.md).\n"
         "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
-        "(also: an output that is a directory, two flags naming the same file), 129/130/131/143 stopped by\n"
+        "(also: an output that is a directory, two flags naming the same file, a file read that is also\n"
+        "written, --inputs L --json L), 129/130/131/143 stopped by\n"
         "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
         "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n"
         "The same request again within 1 s (timeout(1) and a closing terminal send theirs twice) is one.\n") +

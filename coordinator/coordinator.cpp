@@ -34,6 +34,7 @@
 #include "modes.hpp"
 #include "signals.hpp"
 #include "sinks.hpp"
+#include "temp_dirs.hpp"
 #include "text.hpp"
 #include "pictures.hpp"
 
@@ -89,13 +90,21 @@ void check_files(const RunConfig& config) {
             throw ConfigError(fmt::format("{}: cannot append a journal to '-': it must be a file that --resume can "
                                           "read back and lock",
                                           flag));
-    check_distinct({{"--plan", config.plan_path, true},
-                    {"--urls", config.urls_path, true},
-                    {"--resume", config.resume_path},
+    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
+                                     {"--resume", config.resume_path}})
+        check_journal_path(flag, path);
+    using Role = NamedFile::Role;
+    // Every file the run reads against every file it writes (decision 120).
+    check_distinct({{"--plan", config.plan_path, Role::Input},
+                    {config.inputs_flag.c_str(), config.inputs_path, Role::Input},  // --urls too
+                    {"--worker-bin", config.worker_bin, Role::Input},
+                    {"--resume", config.resume_path, Role::Journal},
                     {"--results", config.results_path},
                     {"--json", config.json_path},
                     {"--trace", config.trace_path},
-                    {"--timeline", config.timeline_path}});
+                    {"--timeline", config.timeline_path},
+                    {"standard output", {}, Role::Console, STDOUT_FILENO},
+                    {"standard error", {}, Role::Console, STDERR_FILENO}});
     if (!config.resume_path.empty() && !config.results_path.empty() && !same_file(config.resume_path, config.results_path))
         throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
                                       printable(config.resume_path.string()), printable(config.results_path.string())));
@@ -352,6 +361,9 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
     check_config(config);
     check_files(config);
+    // What runs of ours that were killed (SIGKILL) left in $TMPDIR: their pids are gone.
+    if (const std::size_t swept = sweep_stale_temp_dirs(); swept > 0)
+        spdlog::info("removed {} temporary director{} left by killed runs", swept, swept == 1 ? "y" : "ies");
     // A type's services (the built-in image server) bind now; their threads start after the
     // SignalWatcher, like every thread.
     Json settings = settings_json(config);

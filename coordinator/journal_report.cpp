@@ -1,5 +1,6 @@
 #include "journal_report.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,7 +24,9 @@
 
 #include "errors.hpp"
 #include "journal.hpp"
+#include "journal_line.hpp"
 #include "report.hpp"
+#include "temp_dirs.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -75,59 +78,38 @@ struct Journal {
     std::vector<ModeLines> modes;  // in order of first appearance
 };
 
-std::string read_all(const ReportConfig& config) {
-    std::string text;
-    if (config.journal == "-") {
-        text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-        if (std::cin.bad()) throw ConfigError(fmt::format("report: cannot read the journal from standard input: {}", std::strerror(errno)));
-        return text;
-    }
-    std::error_code ec;
-    if (std::filesystem::is_directory(config.journal, ec))
-        throw ConfigError(fmt::format("report: cannot read journal '{}': it is a directory", printable(config.journal.string())));
-    std::ifstream in(config.journal, std::ios::binary);
-    if (!in)
-        throw ConfigError(fmt::format("report: cannot read journal '{}': {}", printable(config.journal.string()), std::strerror(errno)));
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    return text;
-}
-
-std::string where(const Journal& journal, int line) {
-    return fmt::format("{}:{}", journal.name == "-" ? "-" : printable(journal.name), line);
-}
-
 Journal parse(const ReportConfig& config) {
     Journal journal;
     journal.name = config.journal.string();
-    std::string text = read_all(config);
-    const auto last_newline = text.rfind('\n');
-    const std::size_t complete = last_newline == std::string::npos ? 0 : last_newline + 1;
-    journal.torn_bytes = text.size() - complete;
-    text.resize(complete);
-    journal.text = std::move(text);
-    std::map<std::string, std::size_t> mode_index;
-    std::istringstream in(journal.text);
-    int number = 0;
-    for (std::string line; std::getline(in, line);) {
-        ++number;
-        if (line.empty()) continue;
-        Line parsed{number, {}};
-        try {
-            parsed.entry = json::parse(line);
-            const json& entry = parsed.entry;
-            if (!entry.is_object()) throw std::invalid_argument("not a JSON object");
-            if (entry.contains("event")) {
-                if (!entry.at("event").is_string()) throw std::invalid_argument("\"event\" is not a string");
-            } else {
-                entry.at("id").get<TaskId>();
-                if (!entry.at("ok").is_boolean()) throw std::invalid_argument("\"ok\" is not true or false");
-            }
-            if (!entry.at("mode").is_string()) throw std::invalid_argument("\"mode\" is not a string");
-            if (entry.contains("id") && !entry.at("id").is_number_unsigned())
-                throw std::invalid_argument("\"id\" is not a whole number >= 0");
-        } catch (const std::exception& e) {
-            throw ConfigError(printable(fmt::format("report: {}: not a journal line: {}", where(journal, number), e.what())));
+    // A file is read up to its last '\n' (what follows is torn); a stream (`-`, a FIFO) once,
+    // to its end. Either way one line at a time, each bounded (journal_line.hpp).
+    std::istream* in = &std::cin;
+    std::ifstream file;
+    std::uintmax_t length = UINTMAX_MAX;
+    std::uintmax_t size = 0;
+    if (config.journal != "-") {
+        struct stat st {};
+        const bool known = ::stat(config.journal.c_str(), &st) == 0;
+        if (known && S_ISDIR(st.st_mode))
+            throw ConfigError(fmt::format("report: cannot read journal '{}': it is a directory", printable(journal.name)));
+        if (known && S_ISREG(st.st_mode)) {
+            length = complete_length(config.journal, "report");
+            size = static_cast<std::uintmax_t>(st.st_size);
         }
+        file.open(config.journal, std::ios::binary);
+        if (!file)
+            throw ConfigError(fmt::format("report: cannot read journal '{}': {}", printable(journal.name), std::strerror(errno)));
+        in = &file;
+    }
+    JournalLineReader reader(*in, "report", journal.name, length);
+    std::map<std::string, std::size_t> mode_index;
+    for (std::string text; reader.next(text);) {
+        journal.text += text;
+        journal.text += '\n';
+        if (text.empty()) continue;
+        const std::string at = reader.where();
+        Line parsed{static_cast<int>(reader.number()), parse_journal_line(text, at)};
+        check_journal_line(parsed.entry, at);
         const std::string mode = parsed.entry.at("mode").get<std::string>();
         auto [found, added] = mode_index.try_emplace(mode, journal.modes.size());
         if (added) journal.modes.push_back({mode, {}, {}, 0});
@@ -145,7 +127,8 @@ Journal parse(const ReportConfig& config) {
         }
         journal.lines.push_back(std::move(parsed));
     }
-    if (journal.torn_bytes > 0) journal.torn_line = number + 1;
+    journal.torn_bytes = length == UINTMAX_MAX ? reader.torn_bytes() : size - length;
+    if (journal.torn_bytes > 0) journal.torn_line = static_cast<int>(reader.number()) + 1;
     return journal;
 }
 
@@ -255,15 +238,19 @@ ResumeView resume_view(const Journal& journal) {
         if (!seen[id]) tasks[id] = TaskSpec{id, &unnamed, json(nullptr), 0};
     const Plan plan = Plan::of(std::move(tasks));
     const char* base = std::getenv("TMPDIR");
-    std::string pattern = (std::filesystem::path(base && *base ? base : "/tmp") / "taskfarm-report-XXXXXX").string();
-    const int fd = ::mkstemp(pattern.data());
+    std::filesystem::path copy;
+    const int fd = make_temp_file(base && *base ? base : "/tmp", "report", copy);  // temp_dirs.hpp
+    const std::string pattern = copy.string();
     if (fd < 0) {
         view.unknown = fmt::format("cannot create a temporary file: {}", std::strerror(errno));
         return view;
     }
     struct Remove {
         std::string path;
-        ~Remove() { ::unlink(path.c_str()); }
+        ~Remove() {
+            ::unlink(path.c_str());
+            forget_temp_dir(path);
+        }
     } remove{pattern};
     const bool written = ::write(fd, journal.text.data(), journal.text.size()) == static_cast<ssize_t>(journal.text.size());
     ::close(fd);
@@ -366,7 +353,11 @@ json mode_json(const Journal& journal, const ModeLines& mode, const ResumeView& 
         if (task.ok) {
             ++ok;
         } else {
-            const std::string error = text_or(last, "error", "failed without a reason");
+            // Its first kMaxPrintable bytes: the reason is there, and the patterns then never
+            // run over megabytes.
+            std::string error = text_or(last, "error", "failed without a reason");
+            if (error.size() > kMaxPrintable)
+                error = fmt::format("{}... ({} more bytes)", error.substr(0, kMaxPrintable), error.size() - kMaxPrintable);
             const std::string reason = reason_of(error);
             auto [found, added] = failures.try_emplace(reason, json{{"reason", reason}, {"count", 0}, {"ids", json::array()},
                                                                      {"example", error}});
@@ -557,7 +548,7 @@ std::string journal_report_text(const json& report) {
         const json& task = report["task"];
         out += fmt::format("task {}: {} {}\n", task["id"].get<TaskId>(),
                            printable(task["kind"].is_string() ? task["kind"].get<std::string>() : "?"),
-                           printable(task["params"].dump(-1, ' ', false, json::error_handler_t::replace), 300));
+                           printable(exact_text(task["params"]), 300));  // a byte that is not UTF-8 as \xNN
         for (const json& mode : task["modes"]) {
             out += fmt::format("== {}: {}\n", printable(mode["mode"].get<std::string>()), mode["ok"].get<bool>() ? "ok" : "not ok");
             for (const json& step : mode["story"]) out += "  " + step_text(step) + "\n";
@@ -631,7 +622,8 @@ std::string journal_report_text(const json& report) {
 }
 
 int journal_report(const ReportConfig& config) {
-    const json report = journal_report_json(config);
+    json report = journal_report_json(config);
+    if (config.json) keep_exact_bytes(report);  // strings that are not UTF-8: their bytes in "bytes", as in the journal
     const std::string text = config.json ? report.dump(2, ' ', false, json::error_handler_t::replace) + "\n"
                                          : journal_report_text(report);
     if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0)

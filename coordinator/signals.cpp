@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "temp_dirs.hpp"
+
 namespace taskfarm {
 namespace {
 
@@ -104,6 +106,7 @@ void SignalWatcher::on_signal(int received, int sender) {
                      "Ctrl-C again to quit at once{}",
                      signal_name(received), from);
     } else if (received == SIGINT) {
+        remove_temp_dirs();  // _Exit runs no destructor and no exit handler
         std::_Exit(128 + SIGINT);
     }
 }

@@ -16,6 +16,7 @@
 #include <zmq.hpp>
 
 #include "text.hpp"
+#include "temp_dirs.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {
@@ -261,6 +262,7 @@ ControlServer::ControlServer(CancelBoard& board) : board_(board) {
     if (!::mkdtemp(pattern.data()))
         throw std::runtime_error(fmt::format("cannot create a control directory '{}': {}", pattern, std::strerror(errno)));
     dir_ = pattern;
+    keep_track_of(dir_);  // removed at exit(), or by the next run if we are killed (temp_dirs.hpp)
     const std::string endpoint = "ipc://" + (dir_ / "control").string();
     // Bound here, so that a failure is the constructor's; the socket then moves to the thread.
     auto context = std::make_shared<zmq::context_t>(1);
@@ -306,6 +308,7 @@ ControlServer::~ControlServer() {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
     if (ec) spdlog::warn("cannot remove '{}': {}", dir_.string(), ec.message());
+    forget_temp_dir(dir_);
 }
 
 ExitCode cancel_tasks(const CancelConfig& config) {

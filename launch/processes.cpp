@@ -17,6 +17,7 @@
 #include "process_pool.hpp"
 #include "processes.hpp"
 #include "slurm.hpp"
+#include "temp_dirs.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {
@@ -39,15 +40,17 @@ class PrivateDir {
 public:
     PrivateDir() {
         std::string base = std::filesystem::temp_directory_path().string();
-        if (base.size() > kMaxIpcPath - 32) base = "/tmp";  // long $TMPDIR: ipc paths are short
-        std::string pattern = base + "/taskfarm-XXXXXX";
-        if (!::mkdtemp(pattern.data()))
-            throw RunError(fmt::format("cannot create a private directory in '{}': {}", base, std::strerror(errno)));
-        path_ = pattern;
+        if (base.size() > kMaxIpcPath - 44) base = "/tmp";  // long $TMPDIR: ipc paths are short
+        try {  // taskfarm-ipc-PID-XXXXXX: removed at exit(), or by the next run if we are killed
+            path_ = make_temp_dir(base, "ipc");
+        } catch (const std::system_error& e) {
+            throw RunError(fmt::format("cannot create a private directory in '{}': {}", base, e.code().message()));
+        }
     }
     ~PrivateDir() {
         std::error_code ec;
         std::filesystem::remove_all(path_, ec);
+        forget_temp_dir(path_);
         if (ec) spdlog::warn("cannot remove '{}': {}", path_.string(), ec.message());
     }
     PrivateDir(const PrivateDir&) = delete;

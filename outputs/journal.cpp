@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "errors.hpp"
+#include "journal_line.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -20,24 +21,6 @@ namespace {
 
 // How many task ids the search for a mismatching line holds at once (8 bytes each).
 constexpr std::uint64_t kCheckChunk = std::uint64_t{1} << 20;
-
-// The length of `path` up to and including its last '\n'; what follows is a torn line.
-std::uintmax_t complete_length(const std::filesystem::path& path, const std::string& flag) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw ConfigError(fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
-    in.seekg(0, std::ios::end);
-    std::streamoff end = in.tellg();
-    char buffer[4096];
-    while (end > 0) {
-        const std::streamoff start = std::max<std::streamoff>(0, end - static_cast<std::streamoff>(sizeof buffer));
-        in.seekg(start);
-        in.read(buffer, end - start);
-        for (std::streamoff i = end - start; i > 0; --i)
-            if (buffer[i - 1] == '\n') return static_cast<std::uintmax_t>(start + i);
-        end = start;
-    }
-    return 0;
-}
 
 std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -47,7 +30,8 @@ std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
 
 // What a journal line and a plan task have to agree on, in 64 bits.
 std::uint64_t task_digest(TaskId id, const std::string& kind, const Json& params) {
-    return mix(std::hash<std::string>{}(kind + '\0' + params.dump()) + mix(id + 1));
+    // exact_text(): the bytes that ran, whether or not they are UTF-8 (journal_line.hpp).
+    return mix(std::hash<std::string>{}(kind + '\0' + exact_text(params)) + mix(id + 1));
 }
 
 struct Line {
@@ -65,35 +49,34 @@ void for_each_line(const std::filesystem::path& path, std::uintmax_t length, con
                    const std::function<void(const Line&)>& each) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw ConfigError(fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
-    std::uintmax_t read = 0;
-    std::size_t number = 0;
+    // Bounded per line, and every message FILE:LINE (journal_line.hpp).
+    JournalLineReader reader(in, flag, path.string(), length);
     Line parsed;
-    for (std::string line; read < length && std::getline(in, line);) {
-        read += line.size() + 1;
-        ++number;
-        if (line.empty()) continue;
-        try {
-            const nlohmann::json entry = nlohmann::json::parse(line);
-            // What happened on the way (a lost attempt, a lost worker; decision 93) says
-            // nothing about what is done.
-            if (entry.is_object() && entry.contains("event")) continue;
-            parsed.number = number;
-            parsed.id = entry.at("id").get<TaskId>();
-            parsed.kind = entry.at("kind").get<std::string>();
-            parsed.params = entry.at("params");
-            parsed.ok = entry.at("ok").get<bool>();
-            parsed.mode = parsed.ok ? entry.at("mode").get<std::string>() : std::string();
-        } catch (const nlohmann::json::exception& e) {
-            throw ConfigError(printable(fmt::format("{}: journal '{}' line {}: not a journal line: {}", flag,
-                                                    path.string(), number, e.what())));
-        }
+    for (std::string text; reader.next(text);) {
+        if (text.empty()) continue;
+        const std::string at = reader.where();
+        const nlohmann::json entry = parse_journal_line(text, at);
+        check_journal_line(entry, at);
+        // What happened on the way (a lost attempt, a lost worker; decision 93) says
+        // nothing about what is done.
+        if (entry.contains("event")) continue;
+        const auto kind = entry.find("kind");
+        const auto params = entry.find("params");
+        if (kind == entry.end() || !kind->is_string())
+            throw ConfigError(fmt::format("{}: not a journal line: \"kind\" is not a string", at));
+        if (params == entry.end()) throw ConfigError(fmt::format("{}: not a journal line: it has no \"params\"", at));
+        parsed.number = reader.number();
+        parsed.id = entry.at("id").get<TaskId>();
+        parsed.kind = kind->get<std::string>();
+        parsed.params = *params;
+        parsed.ok = entry.at("ok").get<bool>();
+        parsed.mode = entry.at("mode").get<std::string>();
         each(parsed);
     }
-    if (in.bad()) throw ConfigError(fmt::format("{}: cannot read journal '{}'", flag, printable(path.string())));
 }
 
 std::string where(const std::string& flag, const std::filesystem::path& path, std::size_t number) {
-    return fmt::format("{}: journal '{}' line {}", flag, printable(path.string()), number);
+    return fmt::format("{}: {}:{}", flag, printable(path.string()), number);
 }
 
 // Reads the ok lines into a Done; a second ok line of one task and mode is refused, naming
@@ -149,8 +132,8 @@ void name_the_mismatch(const std::filesystem::path& path, std::uintmax_t length,
             if (task && task->type->name() == line.kind && task->params == line.params) return;
             throw ConfigError(fmt::format("{}: task {} is {} {} there but {} {} here; the journal is from a different plan",
                                           where("--resume", path, line.number), line.id, printable(line.kind),
-                                          printable(line.params.dump()), task ? task->type->name() : "?",
-                                          task ? printable(task->params.dump()) : "?"));
+                                          printable(exact_text(line.params)), task ? task->type->name() : "?",
+                                          task ? printable(exact_text(task->params)) : "?"));
         });
     }
 }

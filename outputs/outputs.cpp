@@ -232,10 +232,22 @@ void write_report(const fs::path& path, std::string_view text) {
 
 namespace {
 
+// The device and inode of what `fd` is open on, when it is a regular file.
+std::string descriptor_identity(int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return {};
+    return fmt::format("{}:{}", st.st_dev, st.st_ino);
+}
+
 // What identifies the file behind `file`, for comparing; empty when it is not compared.
 std::string identity(const NamedFile& file) {
+    using Role = NamedFile::Role;
+    if (file.role == Role::Console) return descriptor_identity(file.fd);
     if (file.path == "-") {
-        if (file.input) return "stdin";
+        if (file.role == Role::Input) {  // `--inputs - < L` reads L
+            const std::string id = descriptor_identity(STDIN_FILENO);
+            return id.empty() ? "stdin" : id;
+        }
         const auto out = stdout_stat();
         return out && S_ISREG(out->st_mode) ? fmt::format("{}:{}", out->st_dev, out->st_ino) : "stdout";
     }
@@ -250,19 +262,43 @@ std::string identity(const NamedFile& file) {
         case Kind::Regular: return fmt::format("{}:{}", resolved.st.st_dev, resolved.st.st_ino);
         case Kind::Descriptor:
             if (S_ISREG(resolved.st.st_mode)) return fmt::format("{}:{}", resolved.st.st_dev, resolved.st.st_ino);
-            return !file.input && names_stdout(resolved) ? "stdout" : "";
+            return file.role == Role::Output && names_stdout(resolved) ? "stdout" : "";
         case Kind::Directory:
         case Kind::Stream: return {};
     }
     return {};
 }
 
-bool journal_pair(const NamedFile& a, const NamedFile& b) {
+bool reads(const NamedFile& file) { return file.role == NamedFile::Role::Input || file.role == NamedFile::Role::Journal; }
+bool writes(const NamedFile& file) { return file.role != NamedFile::Role::Input; }
+
+// Whether two files that are one file may be given together: see check_distinct().
+bool may_share(const NamedFile& a, const NamedFile& b) {
+    using Role = NamedFile::Role;
     const std::string_view x = a.flag, y = b.flag;
-    return (x == "--resume" && y == "--results") || (x == "--results" && y == "--resume");
+    if ((x == "--resume" && y == "--results") || (x == "--results" && y == "--resume")) return true;
+    if (a.role == Role::Input && b.role == Role::Input) return true;  // read twice, written never
+    // Standard output and error count only against what the run reads: a report on `-`
+    // is meant to go there.
+    if (a.role == Role::Console || b.role == Role::Console) return !reads(a) && !reads(b);
+    return false;
 }
 
 }  // namespace
+
+void check_journal_path(const char* flag, const fs::path& path) {
+    if (path.empty()) return;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode)) return;  // a missing one: opening it says why
+    const char* what = S_ISFIFO(st.st_mode)  ? "a FIFO"
+                       : S_ISDIR(st.st_mode) ? "a directory"
+                       : S_ISCHR(st.st_mode) ? "a character device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a regular file";
+    throw ConfigError(fmt::format("{}: cannot use '{}' as a journal: it is {}; a journal must be a regular file, which "
+                                  "the run locks, repairs and appends to (`report` reads a journal from a stream)",
+                                  flag, printable(path.string()), what));
+}
 
 bool same_file(const fs::path& a, const fs::path& b) {
     const std::string first = identity({"", a}), second = identity({"", b});
@@ -272,14 +308,23 @@ bool same_file(const fs::path& a, const fs::path& b) {
 void check_distinct(const std::vector<NamedFile>& files) {
     std::vector<std::pair<const NamedFile*, std::string>> seen;
     for (const NamedFile& file : files) {
-        if (file.path.empty()) continue;
+        if (file.path.empty() && file.role != NamedFile::Role::Console) continue;
         const std::string id = identity(file);
         if (id.empty()) continue;
-        for (const auto& [earlier, earlier_id] : seen)
-            if (earlier_id == id && !journal_pair(*earlier, file))
-                throw ConfigError(fmt::format("{}: cannot use '{}': it is the same file as {} '{}'", file.flag,
-                                              printable(file.path.string()), earlier->flag,
-                                              printable(earlier->path.string())));
+        for (const auto& [earlier, earlier_id] : seen) {
+            if (earlier_id != id || may_share(*earlier, file)) continue;
+            // Named by the flag the user gave: standard output or error only as the other file.
+            const bool console = file.role == NamedFile::Role::Console;
+            const NamedFile& flag = console ? *earlier : file;
+            const NamedFile& other = console ? file : *earlier;
+            const bool overwrites_input = (reads(*earlier) && writes(file)) || (reads(file) && writes(*earlier));
+            throw ConfigError(fmt::format("{}: cannot use '{}': it is the same file as {}{}", flag.flag,
+                                          printable(flag.path.string()),
+                                          other.role == NamedFile::Role::Console
+                                              ? std::string(other.flag)
+                                              : fmt::format("{} '{}'", other.flag, printable(other.path.string())),
+                                          overwrites_input ? ", and a run never writes to a file it reads" : ""));
+        }
         seen.emplace_back(&file, id);
     }
 }

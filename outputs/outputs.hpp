@@ -31,17 +31,32 @@ void write_report(const std::filesystem::path& path, std::string_view text);
 
 // One file a run reads or writes: the flag and its value; an input's `-` is stdin.
 struct NamedFile {
+    enum class Role {
+        Output,   // written: a report, a journal
+        Input,    // read: --plan, --inputs, --urls, --worker-bin
+        Journal,  // --resume: read, then appended to
+        Console,  // standard output or error (`fd`), by whatever the shell made of them
+    };
     const char* flag;
     std::filesystem::path path;
-    bool input = false;
+    Role role = Role::Output;
+    int fd = -1;  // a Console's descriptor
 };
 
-// Throws ConfigError naming both flags when two of `files` are the same file: the same
-// device and inode, or the same path after symlinks and `..` are resolved when it does not
-// exist yet, or `-` for two outputs. `--resume F --results F` is the one pair allowed: a
-// resumed journal is appended to. Empty paths are skipped; streams (pipes, terminals)
-// named by path are not compared.
+// The one rule for the files of a run: throws ConfigError naming both flags when a file
+// the run reads is also one it writes (an input and an output, or an input and the
+// shell's redirection of standard output or error), or when two outputs are one file.
+// "The same file": the same device and inode, or the same path after symlinks and `..`
+// are resolved when it does not exist yet, or `-` for two outputs; an input's `-` is
+// standard input, compared by what it is open on. Allowed: two inputs that are one file,
+// and `--resume F --results F` (a resumed journal is appended to). Empty paths are
+// skipped; streams (pipes, terminals) named by path are not compared.
 void check_distinct(const std::vector<NamedFile>& files);
+
+// Throws ConfigError naming `flag` unless `path` (--results, --resume) is a regular file or
+// a new path: a journal is locked, cut back to its last complete line and appended to, and
+// opening a FIFO for that would wait for a peer that may never come (decision 121).
+void check_journal_path(const char* flag, const std::filesystem::path& path);
 
 // Whether the two outputs are one file by the rule of check_distinct().
 bool same_file(const std::filesystem::path& a, const std::filesystem::path& b);

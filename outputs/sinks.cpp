@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "errors.hpp"
+#include "journal_line.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -183,9 +184,10 @@ void JournalSink::write_line(const nlohmann::json& line) {
         ++lost_;
         return;
     }
-    // Replace, not throw, on bytes that are not UTF-8 (a value or error may hold anything):
-    // a line the journal lost would be a task --resume runs again.
-    const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    // Never throws on bytes that are not UTF-8 (a value or error may hold anything): a line
+    // the journal lost would be a task --resume runs again. Their exact bytes go in
+    // "bytes", and a line over the readers' limit is shortened (journal_line.hpp).
+    const std::string text = journal_line_text(line) + "\n";
     if (std::fwrite(text.data(), 1, text.size(), file_) != text.size() || std::fflush(file_) != 0) {
         if (lost_++ == 0) {
             error_ = std::strerror(errno);

@@ -436,7 +436,7 @@ TEST(Journals, DuplicateOkLinesAreRejected) {
     const Output output = run_binary("coordinator", quick_run({"--resume", journal.string()}));
     EXPECT_EQ(output.exit_code, 2);
     const int first_id = nlohmann::json::parse(text.substr(0, text.find('\n')))["id"];
-    EXPECT_NE(output.err.find(fmt::format("--resume: journal '{}' line 3: task {} of threads is ok a second time (first "
+    EXPECT_NE(output.err.find(fmt::format("--resume: {}:3: task {} of threads is ok a second time (first "
                                           "on line 1)",
                                           journal.string(), first_id)),
               std::string::npos)

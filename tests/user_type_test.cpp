@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -73,6 +74,14 @@ void register_types(taskfarm::App& made) {
             if (context.isolated()) ::raise(SIGKILL);  // only a worker process of its own
             throw std::runtime_error("not in a process of its own");
         });
+        // Ends its whole process with exit(3), after making its scratch directory: what a
+        // careless function may do.
+        made.task("quit", [](const Params&, Context& context) -> Value {
+            static_cast<void>(context.scratch_dir());
+            std::exit(3);
+        });
+        // Fails with an error of 40 MB, more than a journal line holds.
+        made.task("vast", [](const Params&, Context&) -> Value { throw std::runtime_error(std::string(40'000'000, 'e')); });
         made.add(std::make_shared<Shout>());
         // Keeps 16 MiB more of touched memory at each task, for good: a worker that grows.
         made.task("leak", [](const Params&, Context&) {
@@ -369,3 +378,46 @@ TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
         EXPECT_EQ(started_count(), 20) << "a task ran twice";
     }
 }
+
+// A function that calls exit(): the process ends with its status, says why, and leaves no
+// temporary directory (the control directory, the function's scratch directory).
+TEST(UserType, ExitInAFunctionIsSaidAndLeavesNoTemporaryDirectory) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "one.txt", {"x"});
+    const char* old = std::getenv("TMPDIR");
+    const std::string kept = old ? old : "";
+    ::setenv("TMPDIR", dir.path().c_str(), 1);
+    const auto output = coordinator({"--task", "quit", "--inputs", inputs.string(), "--mode", "threads"});
+    if (old) ::setenv("TMPDIR", kept.c_str(), 1); else ::unsetenv("TMPDIR");
+    EXPECT_EQ(output.exit_code, 3) << output.err;
+    EXPECT_NE(output.err.find("task 0 called exit() from its function"), std::string::npos) << output.err;
+    for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
+        const std::string name = entry.path().filename().string();
+        EXPECT_TRUE(!name.starts_with("taskfarm-") || name.starts_with("taskfarm-test-")) << name << " was left";
+    }
+}
+
+// A result too large for a journal line is shortened by the writer, so that every reader,
+// bounded at kMaxJournalLineBytes, still reads the journal.
+TEST(UserType, AResultOverTheJournalLineLimitIsCutAndTheJournalStillReads) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "one.txt", {"x"});
+    const auto journal = dir / "j.jsonl";
+    const auto output = coordinator({"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--results",
+                                     journal.string()});
+    EXPECT_EQ(output.exit_code, 1) << output.err.substr(0, 2000);
+    const std::string text = taskfarm::testing::read_file(journal);
+    EXPECT_LE(text.size(), (std::size_t{32} << 20) + 1);
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_TRUE(lines[0].contains("cut")) << text.substr(0, 300);
+    EXPECT_FALSE(lines[0].at("ok").get<bool>());
+    const auto report = coordinator({"report", journal.string()});
+    EXPECT_EQ(report.exit_code, 0) << report.err.substr(0, 2000);
+    const auto resumed = coordinator({"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--resume",
+                                      journal.string()});
+    EXPECT_EQ(resumed.exit_code, 1) << resumed.err.substr(0, 2000);
+    EXPECT_EQ(resumed.err.find("not a journal line"), std::string::npos);
+    EXPECT_EQ(taskfarm::testing::read_json_lines(journal).size(), 2u);
+}
+
