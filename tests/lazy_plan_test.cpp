@@ -180,7 +180,7 @@ TEST(Resume, TheCompactRecordHasTheGapsAndRefusesAnotherPlan) {
         read_journal_for_resume(journal, plan);
         ADD_FAILURE() << "accepted a journal of another plan";
     } catch (const ConfigError& e) {
-        EXPECT_NE(std::string(e.what()).find("line 3: task 2 is sleep {\"seconds\":0.5} there but sleep {\"seconds\":0.0} "
+        EXPECT_NE(std::string(e.what()).find("j.jsonl:3: task 2 is sleep {\"seconds\":0.5} there but sleep {\"seconds\":0.0} "
                                              "here; the journal is from a different plan"),
                   std::string::npos)
             << e.what();
@@ -190,7 +190,7 @@ TEST(Resume, TheCompactRecordHasTheGapsAndRefusesAnotherPlan) {
         read_journal_for_resume(journal, plan);
         ADD_FAILURE() << "accepted a second ok line";
     } catch (const ConfigError& e) {
-        EXPECT_NE(std::string(e.what()).find("line 3: task 3 of threads is ok a second time (first on line 1)"),
+        EXPECT_NE(std::string(e.what()).find("j.jsonl:3: task 3 of threads is ok a second time (first on line 1)"),
                   std::string::npos)
             << e.what();
     }
