@@ -36,7 +36,8 @@ private:
 std::filesystem::path this_program() {
     std::error_code ec;
     std::filesystem::path path = std::filesystem::read_symlink("/proc/self/exe", ec);
-    if (ec) throw std::runtime_error(fmt::format("cannot find this program's path in /proc/self/exe: {}", ec.message()));
+    if (ec)
+        throw std::runtime_error(fmt::format("cannot find this program's path in /proc/self/exe: {}", ec.message()));
     return path;
 }
 
@@ -58,9 +59,10 @@ App& App::add(std::shared_ptr<const TaskType> type) {
     const auto& types = registry_->types();
     for (std::size_t i = 0; type && i < builtins_; ++i)
         if (types[i]->name() == type->name())
-            throw std::invalid_argument(fmt::format("cannot register task type '{}': a built-in type has that name "
-                                                    "(App{{\"{}\", false}} leaves the built-ins out)",
-                                                    type->name(), name_));
+            throw std::invalid_argument(
+                fmt::format("cannot register task type '{}': a built-in type has that name "
+                            "(App{{\"{}\", false}} leaves the built-ins out)",
+                            type->name(), name_));
     registry_->add(std::move(type));
     return *this;
 }
@@ -73,10 +75,14 @@ int App::run(int argc, char** argv) {
 int App::run_coordinator(int argc, const char* const* argv) {
     // --task defaults to the program's own first type: what it is for.
     const auto& types = registry_->types();
-    const std::string default_task = types.size() > builtins_ ? types[builtins_]->name() : types.empty() ? "" : types.front()->name();
+    const std::string default_task = types.size() > builtins_ ? types[builtins_]->name()
+                                     : types.empty()          ? ""
+                                                              : types.front()->name();
     return coordinator_main({name_, *registry_, {this_program(), {"worker"}}, default_task}, argc, argv);
 }
 
-int App::run_worker(int argc, const char* const* argv) { return worker_main(name_ + " worker", *registry_, argc, argv); }
+int App::run_worker(int argc, const char* const* argv) {
+    return worker_main(name_ + " worker", *registry_, argc, argv);
+}
 
 }  // namespace taskfarm

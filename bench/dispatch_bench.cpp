@@ -53,10 +53,10 @@ void BM_DispatchNoOps(benchmark::State& state) {
         ProcessPool pool({.binary = worker_binary(), .endpoint = endpoint});
         ModeRecorder recorder(Mode::Processes, static_cast<int>(state.range(1)), plan, sink);
         std::stop_source never;
-        Dispatcher dispatcher(router, pool, plan, recorder,
-                              DispatchOptions{.workers = static_cast<int>(state.range(1)),
-                                              .prefetch = static_cast<int>(state.range(2))},
-                              never.get_token());
+        Dispatcher dispatcher(
+            router, pool, plan, recorder,
+            DispatchOptions{.workers = static_cast<int>(state.range(1)), .prefetch = static_cast<int>(state.range(2))},
+            never.get_token());
         dispatcher.run();
         dispatcher.shutdown_workers();
         pool.stop_all(std::chrono::seconds(1));

@@ -43,15 +43,21 @@ struct Options {
 
 Options parse(int argc, char** argv) {
     Options options;
-    if (argc < 2) throw std::invalid_argument("usage: zmq_pipe throughput|startup [--workers N] [--inflight K] [--tasks N]");
+    if (argc < 2)
+        throw std::invalid_argument("usage: zmq_pipe throughput|startup [--workers N] [--inflight K] [--tasks N]");
     options.command = argv[1];
     for (int i = 2; i + 1 < argc; i += 2) {
         const std::string_view flag = argv[i];
-        if (flag == "--workers") options.workers = std::stoi(argv[i + 1]);
-        else if (flag == "--inflight") options.inflight = std::stoi(argv[i + 1]);
-        else if (flag == "--tasks") options.tasks = std::stol(argv[i + 1]);
-        else if (flag == "--connect") options.endpoint = argv[i + 1];
-        else throw std::invalid_argument("unknown flag " + std::string(flag));
+        if (flag == "--workers")
+            options.workers = std::stoi(argv[i + 1]);
+        else if (flag == "--inflight")
+            options.inflight = std::stoi(argv[i + 1]);
+        else if (flag == "--tasks")
+            options.tasks = std::stol(argv[i + 1]);
+        else if (flag == "--connect")
+            options.endpoint = argv[i + 1];
+        else
+            throw std::invalid_argument("unknown flag " + std::string(flag));
     }
     return options;
 }
@@ -61,7 +67,8 @@ std::int64_t read_id(const msgpack::object& object) {
     if (object.type != msgpack::type::MAP) return -1;
     for (std::uint32_t i = 0; i < object.via.map.size; ++i) {
         const auto& entry = object.via.map.ptr[i];
-        if (entry.key.type == msgpack::type::STR && std::string_view(entry.key.via.str.ptr, entry.key.via.str.size) == "id")
+        if (entry.key.type == msgpack::type::STR &&
+            std::string_view(entry.key.via.str.ptr, entry.key.via.str.size) == "id")
             return entry.val.as<std::int64_t>();
     }
     return -1;
@@ -197,7 +204,8 @@ int throughput(const Options& options, const char* self) {
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     std::printf("{\"workers\": %d, \"inflight\": %d, \"tasks\": %ld, \"seconds\": %.6f, \"per_s\": %.1f}\n",
-                options.workers, options.inflight, options.tasks, seconds, static_cast<double>(options.tasks) / seconds);
+                options.workers, options.inflight, options.tasks, seconds,
+                static_cast<double>(options.tasks) / seconds);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 // CPU lists and pinning: which CPUs this process may use, "0-3,6" lists, and pinning the
-// calling thread; and this process's resident memory. Worker processes are pinned between fork and exec (process_pool.cpp).
+// calling thread; and this process's resident memory. Worker processes are pinned between fork and exec
+// (process_pool.cpp).
 
 #include <cstdint>
 #include <string>

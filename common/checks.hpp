@@ -48,9 +48,10 @@ inline constexpr double kMinHeartbeatTimeout = 0.1;
 // two heartbeats fit in a timeout, so one late heartbeat is not a death.
 inline std::string check_heartbeats(double interval, double timeout) {
     if (interval * 2 > timeout)
-        return fmt::format("--heartbeat-interval {:g} must be at most half of --heartbeat-timeout {:g}: a peer is "
-                           "declared dead when silent for the timeout, so two heartbeats must fit in it",
-                           interval, timeout);
+        return fmt::format(
+            "--heartbeat-interval {:g} must be at most half of --heartbeat-timeout {:g}: a peer is "
+            "declared dead when silent for the timeout, so two heartbeats must fit in it",
+            interval, timeout);
     return "";
 }
 

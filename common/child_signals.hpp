@@ -28,7 +28,8 @@ inline void drop_stop_signals_meant_for_the_parent(pid_t keep_a = 0, pid_t keep_
     siginfo_t info;
     // The system call itself: it is async-signal-safe, whatever the C library's wrapper does.
     while (::syscall(SYS_rt_sigtimedwait, &stops, &info, &now, _NSIG / 8) > 0) {
-        const bool asked = info.si_code == SI_USER && info.si_pid > 0 && (info.si_pid == keep_a || info.si_pid == keep_b);
+        const bool asked =
+            info.si_code == SI_USER && info.si_pid > 0 && (info.si_pid == keep_a || info.si_pid == keep_b);
         if (asked) ::sigaddset(&again, info.si_signo);
     }
     for (int signal : {SIGHUP, SIGINT, SIGQUIT, SIGTERM})

@@ -50,7 +50,8 @@ void remove(pid_t group) {
     {
         std::lock_guard lock(registry().mutex);
         auto& groups = registry().groups;
-        if (const auto found = std::find(groups.begin(), groups.end(), group); found != groups.end()) groups.erase(found);
+        if (const auto found = std::find(groups.begin(), groups.end(), group); found != groups.end())
+            groups.erase(found);
     }
     changed();
 }

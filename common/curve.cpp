@@ -50,8 +50,8 @@ bool is_z85_key(std::string_view text) {
 std::string public_of(const std::string& secret, const std::filesystem::path& path) {
     char public_key[kZ85KeyChars + 1] = {};
     if (::zmq_curve_public(public_key, secret.c_str()) != 0)
-        throw std::runtime_error(fmt::format("cannot derive the public key of '{}': {}", path.string(),
-                                             ::zmq_strerror(::zmq_errno())));
+        throw std::runtime_error(
+            fmt::format("cannot derive the public key of '{}': {}", path.string(), ::zmq_strerror(::zmq_errno())));
     return public_key;
 }
 
@@ -155,8 +155,7 @@ ClientKeys read_client_keys(const std::filesystem::path& dir) {
 std::string decode(std::string_view z85) {
     std::string raw(kKeyBytes, '\0');
     const std::string copy(z85);
-    if (copy.size() != kZ85KeyChars ||
-        !::zmq_z85_decode(reinterpret_cast<std::uint8_t*>(raw.data()), copy.c_str()))
+    if (copy.size() != kZ85KeyChars || !::zmq_z85_decode(reinterpret_cast<std::uint8_t*>(raw.data()), copy.c_str()))
         throw std::invalid_argument("not a Z85 key");
     return raw;
 }

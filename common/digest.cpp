@@ -25,8 +25,8 @@ const CryptoApi& libcrypto() {
     static const CryptoApi api = [] {
         void* library = lazy::open(TASKFARM_CRYPTO_SONAME);
 #define TASKFARM_CRYPTO(name) TASKFARM_LAZY_FUNCTION(library, TASKFARM_CRYPTO_SONAME, name)
-        return CryptoApi{TASKFARM_CRYPTO(EVP_MD_CTX_new),  TASKFARM_CRYPTO(EVP_MD_CTX_free),
-                         TASKFARM_CRYPTO(EVP_sha256),      TASKFARM_CRYPTO(EVP_DigestInit_ex),
+        return CryptoApi{TASKFARM_CRYPTO(EVP_MD_CTX_new),   TASKFARM_CRYPTO(EVP_MD_CTX_free),
+                         TASKFARM_CRYPTO(EVP_sha256),       TASKFARM_CRYPTO(EVP_DigestInit_ex),
                          TASKFARM_CRYPTO(EVP_DigestUpdate), TASKFARM_CRYPTO(EVP_DigestFinal_ex)};
 #undef TASKFARM_CRYPTO
     }();

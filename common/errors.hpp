@@ -7,8 +7,8 @@ namespace taskfarm {
 // The only list of exit codes. main() alone picks one.
 enum class ExitCode : int {
     Ok = 0,
-    TasksFailed = 1,  // the run finished, some tasks failed
-    Usage = 2,        // bad command line or configuration, nothing ran
+    TasksFailed = 1,    // the run finished, some tasks failed
+    Usage = 2,          // bad command line or configuration, nothing ran
     HungUp = 129,       // SIGHUP (128 + 1): the terminal went away
     Interrupted = 130,  // SIGINT (128 + 2)
     Quit = 131,         // SIGQUIT (128 + 3)

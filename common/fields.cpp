@@ -12,12 +12,15 @@ namespace taskfarm {
 namespace {
 
 // A value or key for a message: printable (a field may hold anything), at most 100 bytes.
-std::string shown(const Json& value) { return printable(value.dump(-1, ' ', false, Json::error_handler_t::replace), 100); }
+std::string shown(const Json& value) {
+    return printable(value.dump(-1, ' ', false, Json::error_handler_t::replace), 100);
+}
 
 }  // namespace
 
 Fields::Fields(const Params& params) : params_(params) {
-    if (!params_.is_object()) throw std::invalid_argument(fmt::format("parameters must be a JSON object, not {}", shown(params_)));
+    if (!params_.is_object())
+        throw std::invalid_argument(fmt::format("parameters must be a JSON object, not {}", shown(params_)));
 }
 
 bool Fields::has(std::string_view key) const { return params_.contains(key); }
@@ -43,14 +46,16 @@ std::optional<std::uint64_t> Fields::count(std::string_view key) {
     const Json* value = take(key);
     if (!value) return std::nullopt;
     if (!value->is_number_unsigned())
-        throw std::invalid_argument(fmt::format("\"{}\" must be a whole number >= 0, not {}", printable(key, 100), shown(*value)));
+        throw std::invalid_argument(
+            fmt::format("\"{}\" must be a whole number >= 0, not {}", printable(key, 100), shown(*value)));
     return value->get<std::uint64_t>();
 }
 
 std::optional<std::string> Fields::text(std::string_view key) {
     const Json* value = take(key);
     if (!value) return std::nullopt;
-    if (!value->is_string()) throw std::invalid_argument(fmt::format("\"{}\" must be a string, not {}", printable(key, 100), shown(*value)));
+    if (!value->is_string())
+        throw std::invalid_argument(fmt::format("\"{}\" must be a string, not {}", printable(key, 100), shown(*value)));
     return value->get<std::string>();
 }
 

@@ -24,5 +24,4 @@ F* function(void* library, const char* soname, const char* name) {
 }  // namespace taskfarm::lazy
 
 // One member of an API table: `name`'s pointer from `library`, typed as `name` is declared.
-#define TASKFARM_LAZY_FUNCTION(library, soname, name) \
-    ::taskfarm::lazy::function<decltype(name)>(library, soname, #name)
+#define TASKFARM_LAZY_FUNCTION(library, soname, name) ::taskfarm::lazy::function<decltype(name)>(library, soname, #name)

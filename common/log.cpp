@@ -19,7 +19,8 @@ namespace {
 class PrintablePayload final : public spdlog::custom_flag_formatter {
 public:
     void format(const spdlog::details::log_msg& message, const std::tm&, spdlog::memory_buf_t& dest) override {
-        const std::string text = printable(std::string_view(message.payload.data(), message.payload.size()), 4 * kMaxPrintable);
+        const std::string text =
+            printable(std::string_view(message.payload.data(), message.payload.size()), 4 * kMaxPrintable);
         dest.append(text.data(), text.data() + text.size());
     }
     std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<PrintablePayload>(); }

@@ -37,12 +37,14 @@ void unpack_map(const msgpack::object& object, const Fields& fields, std::index_
         if (entry.key.type != msgpack::type::STR) throw msgpack::type_error();
         const std::string_view key(entry.key.via.str.ptr, entry.key.via.str.size);
         const auto take = [&](std::size_t index, auto& field) {
-            if (seen & (std::uint64_t{1} << index)) throw std::runtime_error("duplicate key '" + std::string(key) + "'");
+            if (seen & (std::uint64_t{1} << index))
+                throw std::runtime_error("duplicate key '" + std::string(key) + "'");
             seen |= std::uint64_t{1} << index;
             entry.val.convert(field);
             return true;
         };
-        static_cast<void>(((key == field_name(std::get<2 * I>(fields)) && take(I, std::get<2 * I + 1>(fields))) || ...));
+        static_cast<void>(
+            ((key == field_name(std::get<2 * I>(fields)) && take(I, std::get<2 * I + 1>(fields))) || ...));
     }
 }
 
@@ -54,15 +56,16 @@ void unpack_map(const msgpack::object& object, const msgpack::type::define_map<A
 
 }  // namespace taskfarm::detail
 
-#define TASKFARM_MSGPACK_MAP(...)                                                                          \
-    template <typename Packer>                                                                             \
-    void msgpack_pack(Packer& msgpack_pk) const {                                                          \
-        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(__VA_ARGS__).msgpack_pack(msgpack_pk);      \
-    }                                                                                                      \
-    void msgpack_unpack(msgpack::object const& msgpack_o) {                                                \
-        ::taskfarm::detail::unpack_map(msgpack_o, msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(__VA_ARGS__)); \
-    }                                                                                                      \
-    template <typename MSGPACK_OBJECT>                                                                     \
-    void msgpack_object(MSGPACK_OBJECT* msgpack_o, msgpack::zone& msgpack_z) const {                       \
+#define TASKFARM_MSGPACK_MAP(...)                                                                                 \
+    template <typename Packer>                                                                                    \
+    void msgpack_pack(Packer& msgpack_pk) const {                                                                 \
+        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(__VA_ARGS__).msgpack_pack(msgpack_pk);             \
+    }                                                                                                             \
+    void msgpack_unpack(msgpack::object const& msgpack_o) {                                                       \
+        ::taskfarm::detail::unpack_map(msgpack_o,                                                                 \
+                                       msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(__VA_ARGS__));      \
+    }                                                                                                             \
+    template <typename MSGPACK_OBJECT>                                                                            \
+    void msgpack_object(MSGPACK_OBJECT* msgpack_o, msgpack::zone& msgpack_z) const {                              \
         msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(__VA_ARGS__).msgpack_object(msgpack_o, msgpack_z); \
     }

@@ -22,7 +22,7 @@ public:
 private:
     char* args_ = nullptr;  // the arguments' block; null when it could not be found
     std::size_t size_ = 0;
-    char text_[256] = {};   // the title, NUL-padded
+    char text_[256] = {};  // the title, NUL-padded
     char name_[16] = {};
 };
 

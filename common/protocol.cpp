@@ -189,8 +189,9 @@ Message decode(std::string_view frame) {
     } catch (const msgpack::insufficient_bytes&) {
         return DecodeError{"truncated message"};
     } catch (const msgpack::type_error&) {  // its what() is "std::bad_cast"
-        return DecodeError{"malformed message: a field has the wrong type or does not fit (a negative or over-large "
-                           "number, a string for a number, ...)"};
+        return DecodeError{
+            "malformed message: a field has the wrong type or does not fit (a negative or over-large "
+            "number, a string for a number, ...)"};
     } catch (const std::exception& e) {  // unpack_error, size_overflow, bad_alloc
         return DecodeError{fmt::format("malformed message: {}", e.what())};
     }

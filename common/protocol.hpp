@@ -40,7 +40,7 @@ struct Hello {
     std::string name;  // required: "w3"
     std::int64_t pid = 0;
     std::string host;
-    int cpu = -1;  // CPU the worker is pinned to, -1 if not pinned
+    int cpu = -1;           // CPU the worker is pinned to, -1 if not pinned
     std::uint64_t rss = 0;  // resident bytes as it starts; 0: not known (an older worker)
     TASKFARM_MSGPACK_MAP(type, v, name, pid, host, cpu, rss)
 };
@@ -60,9 +60,9 @@ struct Task {
     int v = kVersion;
     TaskId id = kNoId;  // required
     std::uint32_t attempt = 1;
-    std::string kind;   // required: a task type's name
+    std::string kind;              // required: a task type's name
     Json params = Json::object();  // required: a map, what the type's run() reads
-    double timeout_s = 0;  // 0: none
+    double timeout_s = 0;          // 0: none
     TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, params, timeout_s)
 };
 
@@ -82,12 +82,12 @@ struct Result {
     int v = kVersion;
     TaskId id = kNoId;  // required
     std::uint32_t attempt = 1;
-    std::string kind;   // required
+    std::string kind;  // required
     bool ok = false;
     std::string error;
-    double run_s = 0;  // measured by the worker
-    Json value;        // what the type's run() returned, or a failure's TaskFailed value; else nil
-    Cost cost;         // what it cost (the host is the worker's, from its hello)
+    double run_s = 0;       // measured by the worker
+    Json value;             // what the type's run() returned, or a failure's TaskFailed value; else nil
+    Cost cost;              // what it cost (the host is the worker's, from its hello)
     std::uint64_t rss = 0;  // the worker's resident bytes when it sent this; 0: not known
     TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value, cost, rss)
 };
@@ -158,8 +158,8 @@ struct DecodeError {
     std::string reason;
 };
 
-using Message =
-    std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown, TaskBatch, ResultBatch, Returned, Setup, Cancel>;
+using Message = std::variant<DecodeError, Hello, Task, Result, Heartbeat, Shutdown, TaskBatch, ResultBatch, Returned,
+                             Setup, Cancel>;
 
 std::string encode(const Hello& message);
 std::string encode(const Task& message);

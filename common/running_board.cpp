@@ -65,8 +65,7 @@ LastRunning read_running_board(const std::filesystem::path& dir, pid_t pid) {
     ::unlink(path.c_str());
     if (got != static_cast<ssize_t>(kBytes)) return {};
     if (slots[0] == 0) return {.known = LastRunning::Known::Idle};
-    return {.known = LastRunning::Known::Running, .id = slots[0] - 1,
-            .attempt = static_cast<std::uint32_t>(slots[1])};
+    return {.known = LastRunning::Known::Running, .id = slots[0] - 1, .attempt = static_cast<std::uint32_t>(slots[1])};
 }
 
 }  // namespace taskfarm

@@ -233,7 +233,8 @@ void Registry::add(std::shared_ptr<const TaskType> type) {
     if (!type) throw std::invalid_argument("cannot register a null task type");
     const std::string name = type->name();
     if (!valid_type_name(name))
-        throw std::invalid_argument(fmt::format("cannot register task type '{}': a name is 1 to 64 letters, digits, '_' or '-'", name));
+        throw std::invalid_argument(
+            fmt::format("cannot register task type '{}': a name is 1 to 64 letters, digits, '_' or '-'", name));
     if (by_name_.contains(name))
         throw std::invalid_argument(fmt::format("cannot register task type '{}': the name is taken", name));
     by_name_.emplace(name, type.get());

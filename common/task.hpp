@@ -85,12 +85,12 @@ struct TaskResult {
     std::uint32_t attempt = 1;  // 1 for the first try
     const TaskType* type = nullptr;
     bool ok = false;
-    std::string error;   // one line, empty when ok
-    std::string worker;  // who ran it: "seq", "t3", "w2"
+    std::string error;                          // one line, empty when ok
+    std::string worker;                         // who ran it: "seq", "t3", "w2"
     std::chrono::duration<double> run_time{0};  // measured where the task ran
-    double start_s = 0;  // seconds since the start of the mode, set by the runner
+    double start_s = 0;                         // seconds since the start of the mode, set by the runner
     double end_s = 0;
-    Value value;  // what TaskType::run() returned; for a failed task, TaskFailed's value or null
+    Value value;      // what TaskType::run() returned; for a failed task, TaskFailed's value or null
     TaskCost cost{};  // what it cost where it ran
     // A failed attempt that runs again (--retries): not the task's final result.
     bool retrying = false;
@@ -110,7 +110,7 @@ struct RunEnv {
     // gil-threads mode: the lock all threads share; a task holds it except while it says
     // it waits (Context::waiting). Null: no lock.
     Gil* gil = nullptr;
-    bool isolated = false;  // a worker process of its own (see Context::isolated)
+    bool isolated = false;                 // a worker process of its own (see Context::isolated)
     const Json* settings = nullptr;        // the run's settings; null: none
     std::filesystem::path out_dir{};       // Context::out_dir(); empty: the working directory
     std::filesystem::path scratch_base{};  // where Context::scratch_dir() makes its own; empty: TMPDIR

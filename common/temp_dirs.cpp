@@ -48,10 +48,11 @@ void write_stderr(const std::string& text) {
 
 void at_exit() {
     if (running_task != kNoTask)
-        write_stderr(fmt::format("taskfarm: task {} called exit() from its function (process {}): a task function returns "
-                                 "a value or throws; the process ends here with the status it gave, without the rest of "
-                                 "the run\n",
-                                 running_task, ::getpid()));
+        write_stderr(
+            fmt::format("taskfarm: task {} called exit() from its function (process {}): a task function returns "
+                        "a value or throws; the process ends here with the status it gave, without the rest of "
+                        "the run\n",
+                        running_task, ::getpid()));
     remove_temp_dirs();
 }
 
@@ -79,7 +80,8 @@ std::filesystem::path make_temp_dir(const std::filesystem::path& base, std::stri
     Registry& all = registry();
     std::string pattern = pattern_for(base, what);
     if (!::mkdtemp(pattern.data()))
-        throw std::system_error(errno, std::generic_category(), fmt::format("cannot create a directory in '{}'", base.string()));
+        throw std::system_error(errno, std::generic_category(),
+                                fmt::format("cannot create a directory in '{}'", base.string()));
     std::lock_guard lock(all.mutex);
     all.paths.emplace_back(::getpid(), pattern);
     return pattern;

@@ -13,10 +13,14 @@ std::size_t utf8_sequence(std::string_view text, std::size_t at, char32_t& code)
     std::size_t length = 0;
     char32_t least = 0;
     if (lead < 0x80) return code = lead, 1;
-    if ((lead & 0xE0) == 0xC0) length = 2, code = lead & 0x1F, least = 0x80;
-    else if ((lead & 0xF0) == 0xE0) length = 3, code = lead & 0x0F, least = 0x800;
-    else if ((lead & 0xF8) == 0xF0) length = 4, code = lead & 0x07, least = 0x10000;
-    else return 0;
+    if ((lead & 0xE0) == 0xC0)
+        length = 2, code = lead & 0x1F, least = 0x80;
+    else if ((lead & 0xF0) == 0xE0)
+        length = 3, code = lead & 0x0F, least = 0x800;
+    else if ((lead & 0xF8) == 0xF0)
+        length = 4, code = lead & 0x07, least = 0x10000;
+    else
+        return 0;
     if (at + length > text.size()) return 0;
     for (std::size_t i = 1; i < length; ++i) {
         if ((byte(at + i) & 0xC0) != 0x80) return 0;
@@ -53,10 +57,14 @@ std::string printable(std::string_view text, std::size_t max_bytes) {
         char32_t code = 0;
         const std::size_t length = utf8_sequence(text, at, code);
         std::string piece;
-        if (length == 0) piece = escaped_byte(static_cast<unsigned char>(text[at]));
-        else if (code < 0x20 || code == 0x7F) piece = escaped_byte(static_cast<unsigned char>(code));
-        else if (hidden_control(code)) piece = fmt::format("\\u{:04x}", static_cast<std::uint32_t>(code));
-        else piece = std::string(text.substr(at, length));
+        if (length == 0)
+            piece = escaped_byte(static_cast<unsigned char>(text[at]));
+        else if (code < 0x20 || code == 0x7F)
+            piece = escaped_byte(static_cast<unsigned char>(code));
+        else if (hidden_control(code))
+            piece = fmt::format("\\u{:04x}", static_cast<std::uint32_t>(code));
+        else
+            piece = std::string(text.substr(at, length));
         if (out.size() + piece.size() > max_bytes) {
             out += fmt::format("... ({} more bytes)", text.size() - at);
             return out;

@@ -43,7 +43,8 @@ constexpr std::uint64_t kMaxCommandOutput = 1536 * 1024;
 std::optional<double> parse_seconds(std::string_view text) {
     double value = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc{} || end != text.data() + text.size() || !std::isfinite(value) || value < 0) return std::nullopt;
+    if (ec != std::errc{} || end != text.data() + text.size() || !std::isfinite(value) || value < 0)
+        return std::nullopt;
     return value;
 }
 
@@ -121,8 +122,8 @@ const CLI::Validator kCpuList(
             const std::vector<int> allowed = allowed_cpus();
             for (int cpu : parse_cpu_list(text))
                 if (std::find(allowed.begin(), allowed.end(), cpu) == allowed.end())
-                    return fmt::format("CPU {} in '{}' is not one this process may use (it may use {})", cpu,
-                                       text, format_cpu_list(allowed));
+                    return fmt::format("CPU {} in '{}' is not one this process may use (it may use {})", cpu, text,
+                                       format_cpu_list(allowed));
             return "";
         } catch (const std::invalid_argument& e) {
             return fmt::format("bad CPU list '{}': {}", text, e.what());
@@ -138,8 +139,8 @@ CLI::Validator seconds_between(double lo, double hi) {
 const CLI::Validator kUnsigned([](std::string& text) { return check_unsigned(text); }, "UINT");
 
 // An empty path names no file: refused here rather than met as a filesystem error later.
-const CLI::Validator kPath([](std::string& text) -> std::string { return text.empty() ? "an empty path names no file" : ""; },
-                           "");
+const CLI::Validator kPath(
+    [](std::string& text) -> std::string { return text.empty() ? "an empty path names no file" : ""; }, "");
 
 // "" if ZeroMQ can bind `host` (of --listen, or --ui's): `*`, or an IPv4 address of this
 // machine. ZeroMQ reads any other name as a network interface, and fails only when the run
@@ -149,9 +150,10 @@ std::string check_listen_host(const std::string& host, std::string_view flag, st
     if (host == "*") return "";
     in_addr address{};
     if (::inet_pton(AF_INET, host.c_str(), &address) != 1)
-        return fmt::format("ADDRESS must be * or an IPv4 address of this machine (for loopback, {} {}); "
-                           "host names and IPv6 addresses are not supported",
-                           flag, loopback);
+        return fmt::format(
+            "ADDRESS must be * or an IPv4 address of this machine (for loopback, {} {}); "
+            "host names and IPv6 addresses are not supported",
+            flag, loopback);
     const int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (probe < 0) return "";  // cannot tell here; the run will say
     sockaddr_in local{};
@@ -161,8 +163,9 @@ std::string check_listen_host(const std::string& host, std::string_view flag, st
     const bool bound = ::bind(probe, reinterpret_cast<const sockaddr*>(&local), sizeof local) == 0;
     const int error = errno;
     ::close(probe);
-    return bound ? "" : fmt::format("{} is not an address of this machine ({}; for loopback, {} {})", host,
-                                    std::strerror(error), flag, loopback);
+    return bound ? ""
+                 : fmt::format("{} is not an address of this machine ({}; for loopback, {} {})", host,
+                               std::strerror(error), flag, loopback);
 }
 
 const CLI::Validator kListenEndpoint(
@@ -171,9 +174,10 @@ const CLI::Validator kListenEndpoint(
             const std::string why = check_listen_host(endpoint->host, "--listen", "tcp://127.0.0.1:PORT");
             return why.empty() ? "" : fmt::format("cannot listen on '{}': {}", printable(text, 100), why);
         }
-        return fmt::format("'{}' is not tcp://ADDRESS:PORT (e.g. tcp://10.0.0.5:5555; tcp://*:5555 for every "
-                           "interface; PORT * picks a free one)",
-                           text);
+        return fmt::format(
+            "'{}' is not tcp://ADDRESS:PORT (e.g. tcp://10.0.0.5:5555; tcp://*:5555 for every "
+            "interface; PORT * picks a free one)",
+            text);
     },
     "");  // the option's type_name says what it wants
 
@@ -182,11 +186,12 @@ const CLI::Validator kUiAddress(
     [](std::string& text) -> std::string {
         const auto address = parse_ui_address(text);
         if (!address)
-            return fmt::format("'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
-                               printable(text, 100));
-        const std::string loopback = address->port == 0 ? std::string("127.0.0.1:0")
-                                                        : fmt::format("127.0.0.1:{}, or --ui 127.0.0.1:0 for a free port",
-                                                                      address->port);
+            return fmt::format(
+                "'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
+                printable(text, 100));
+        const std::string loopback =
+            address->port == 0 ? std::string("127.0.0.1:0")
+                               : fmt::format("127.0.0.1:{}, or --ui 127.0.0.1:0 for a free port", address->port);
         const std::string why = check_listen_host(address->host, "--ui", loopback);
         return why.empty() ? "" : fmt::format("cannot serve on '{}': {}", printable(text, 100), why);
     },
@@ -237,26 +242,29 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     bool pin = false;
 
     std::vector<std::string> settings;
-    CLI::App app{fmt::format(
-        "{}: runs one plan of tasks sequentially, on a pool of threads and on a pool of worker processes,\n"
-        "prints each result as it completes, then compares the modes' wall times. Task types: {}.\n",
-        program.name, registry.names_text())};
+    CLI::App app{
+        fmt::format("{}: runs one plan of tasks sequentially, on a pool of threads and on a pool of worker processes,\n"
+                    "prints each result as it completes, then compares the modes' wall times. Task types: {}.\n",
+                    program.name, registry.names_text())};
     app.set_version_flag("--version", fmt::format("{} (taskfarm {})", program.name, version()));
     app.get_formatter()->column_width(34);
-    auto* workers_option = app.add_option("-w,--workers", config.workers,
-                   "worker processes (and threads) to run tasks on; with --listen, 0 runs on remote workers only")
-        ->check(CLI::Range(0, 1024))
-        ->capture_default_str();
-    auto* task_option =
-        app.add_option("-t,--task", task, task_help(registry))
-            ->check(CLI::Validator(
-                [&registry](std::string& text) -> std::string {
-                    return registry.find(text) ? "" : fmt::format("unknown task type '{}' (want {})", text, registry.names_text());
-                },
-                "NAME"))
+    auto* workers_option =
+        app.add_option("-w,--workers", config.workers,
+                       "worker processes (and threads) to run tasks on; with --listen, 0 runs on remote workers only")
+            ->check(CLI::Range(0, 1024))
             ->capture_default_str();
-    auto* tasks_option = app.add_option("-n,--tasks", config.tasks, "number of tasks in the plan (a type may have its own\n"
-                                                                   "default: 15 for download)")
+    auto* task_option = app.add_option("-t,--task", task, task_help(registry))
+                            ->check(CLI::Validator(
+                                [&registry](std::string& text) -> std::string {
+                                    return registry.find(text) ? ""
+                                                               : fmt::format("unknown task type '{}' (want {})", text,
+                                                                             registry.names_text());
+                                },
+                                "NAME"))
+                            ->capture_default_str();
+    auto* tasks_option = app.add_option("-n,--tasks", config.tasks,
+                                        "number of tasks in the plan (a type may have its own\n"
+                                        "default: 15 for download)")
                              ->check(CLI::Range(1, 100'000'000))
                              ->capture_default_str();
     auto* duration_option =
@@ -276,26 +284,28 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         ->check(kSetting)
         ->take_all();
     auto* inputs_option =
-        app.add_option("--inputs", config.inputs_path,
-                       "one task of --task per line of FILE (blank lines and lines starting with # skipped): the type\n"
-                       "makes its parameters from the line ({\"input\": LINE} for a user's function). A FILE is checked\n"
-                       "whole before the run (a bad line: exit 2 naming FILE:LINE) and read again as tasks go out\n"
-                       "(one that has more or fewer tasks by then changed under the run: exit 2 naming it);\n"
-                       "- reads stdin as tasks go out, in bounded memory, never holding up the run while the next\n"
-                       "line is slow to come: a bad line there ends the run after the tasks before it (exit 2,\n"
-                       "stdin:LINE). A line over 4 MiB is refused as it is read. Several modes read it again from a\n"
-                       "private temporary copy; with --resume it is read whole first")
+        app.add_option(
+               "--inputs", config.inputs_path,
+               "one task of --task per line of FILE (blank lines and lines starting with # skipped): the type\n"
+               "makes its parameters from the line ({\"input\": LINE} for a user's function). A FILE is checked\n"
+               "whole before the run (a bad line: exit 2 naming FILE:LINE) and read again as tasks go out\n"
+               "(one that has more or fewer tasks by then changed under the run: exit 2 naming it);\n"
+               "- reads stdin as tasks go out, in bounded memory, never holding up the run while the next\n"
+               "line is slow to come: a bad line there ends the run after the tasks before it (exit 2,\n"
+               "stdin:LINE). A line over 4 MiB is refused as it is read. Several modes read it again from a\n"
+               "private temporary copy; with --resume it is read whole first")
             ->type_name("FILE");
     auto* plan_option =
-        app.add_option("--plan", config.plan_path,
-                       "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its parameters},\n"
-                       "e.g. {\"kind\":\"sleep\",\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or\n"
-                       "\"lo\" and \"hi\") or {\"kind\":\"download\",\"url\":\"https://...\"} or\n"
-                       "{\"kind\":\"command\",\"argv\":[\"gzip\",\"a b\"]} (or \"shell\":\"...\"; see docs/commands.md); any\n"
-                       "line may add \"timeout_s\";\n"
-                       "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
-                       "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin\n"
-                       "(whole, into a private temporary file, before the run). Read again as tasks go out: never held")
+        app.add_option(
+               "--plan", config.plan_path,
+               "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its parameters},\n"
+               "e.g. {\"kind\":\"sleep\",\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or\n"
+               "\"lo\" and \"hi\") or {\"kind\":\"download\",\"url\":\"https://...\"} or\n"
+               "{\"kind\":\"command\",\"argv\":[\"gzip\",\"a b\"]} (or \"shell\":\"...\"; see docs/commands.md); any\n"
+               "line may add \"timeout_s\";\n"
+               "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
+               "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin\n"
+               "(whole, into a private temporary file, before the run). Read again as tasks go out: never held")
             ->type_name("FILE")
             ->excludes(task_option)
             ->excludes(tasks_option)
@@ -318,28 +328,31 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(cpu_n_option);
     std::string max_output = "1M";
     auto* max_output_option =
-        app.add_option("--max-output", max_output,
-                       fmt::format("command: bytes of each task's stdout and of its stderr kept for the console and\n"
-                                   "the journal (the byte counts are of the whole); at most {}K, so that a result fits\n"
-                                   "in one message",
-                                   kMaxCommandOutput / 1024))
+        app.add_option(
+               "--max-output", max_output,
+               fmt::format("command: bytes of each task's stdout and of its stderr kept for the console and\n"
+                           "the journal (the byte counts are of the whole); at most {}K, so that a result fits\n"
+                           "in one message",
+                           kMaxCommandOutput / 1024))
             ->check(size_validator(0))
             ->capture_default_str();
     std::string output = "group";
-    app.add_option("--output", output,
-                   "command output on stdout: group (each task's stdout and stderr as one block under its result\n"
-                   "line, lines marked \"  | \" and \"  ! \"), tag (the same, each line starting with \"task ID\", for\n"
-                   "grep) or none (the journal still has them)")
+    app.add_option(
+           "--output", output,
+           "command output on stdout: group (each task's stdout and stderr as one block under its result\n"
+           "line, lines marked \"  | \" and \"  ! \"), tag (the same, each line starting with \"task ID\", for\n"
+           "grep) or none (the journal still has them)")
         ->check(CLI::IsMember({"group", "tag", "none"}))
         ->capture_default_str();
     std::string file_size = "200K";
     std::string max_bytes = "100M";
     std::string bandwidth;
     auto* urls_option =
-        app.add_option("--urls", config.urls_path,
-                       "download: fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
-                       "https:// URL per line, blank lines and lines starting with # skipped; implies --task download;\n"
-                       "- reads stdin")
+        app.add_option(
+               "--urls", config.urls_path,
+               "download: fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
+               "https:// URL per line, blank lines and lines starting with # skipped; implies --task download;\n"
+               "- reads stdin")
             ->type_name("FILE")
             ->excludes(tasks_option)
             ->excludes(duration_option)
@@ -382,7 +395,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->check(seconds_between(1, 3600))
             ->capture_default_str();
     auto* file_size_option =
-        app.add_option("--file-size", file_size, "built-in server (download without --urls): bytes per image; K, M, G are x1024")
+        app.add_option("--file-size", file_size,
+                       "built-in server (download without --urls): bytes per image; K, M, G are x1024")
             ->check(size_validator(0))
             ->capture_default_str();
     auto* latency_option =
@@ -390,37 +404,40 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "built-in server: seconds before each response, like a remote host's round trip")
             ->check(seconds_between(0, 3600))
             ->capture_default_str();
-    auto* bandwidth_option =
-        app.add_option("--bandwidth", bandwidth, "built-in server: bytes per second per response, e.g. 1M (default:\n"
-                                                 "unlimited)")
-            ->check(size_validator(1))
-            ->type_name("SIZE");
+    auto* bandwidth_option = app.add_option("--bandwidth", bandwidth,
+                                            "built-in server: bytes per second per response, e.g. 1M (default:\n"
+                                            "unlimited)")
+                                 ->check(size_validator(1))
+                                 ->type_name("SIZE");
     for (CLI::Option* option : {urls_option, file_size_option, latency_option, bandwidth_option})
         plan_option->excludes(option);
     for (CLI::Option* option : {file_size_option, latency_option, bandwidth_option}) option->excludes(urls_option);
     // Each becomes a setting; given for a plan no type of which reads it, the run is refused.
     const std::pair<CLI::Option*, const char*> setting_flags[] = {
-        {duration_option, "duration_s"},  {cpu_n_option, "cpu_n"},         {out_dir_option, "out_dir"},
-        {max_bytes_option, "max_bytes"}, {retries_option, "retries"},     {min_speed_option, "min_speed"},
-        {stall_time_option, "stall_s"},  {file_size_option, "file_size"}, {latency_option, "latency_s"},
+        {duration_option, "duration_s"}, {cpu_n_option, "cpu_n"},          {out_dir_option, "out_dir"},
+        {max_bytes_option, "max_bytes"}, {retries_option, "retries"},      {min_speed_option, "min_speed"},
+        {stall_time_option, "stall_s"},  {file_size_option, "file_size"},  {latency_option, "latency_s"},
         {bandwidth_option, "bandwidth"}, {max_output_option, "max_output"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->check(kUnsigned)
         ->capture_default_str();
-    auto* mode_option = app.add_option("-m,--mode", modes,
-                   "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
-                   "threads in the coordinator), gil-threads (the same pool, but a task must hold one global lock\n"
-                   "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
-                   "does not; a task of your own lets go inside Context::waiting()), processes (--workers worker\n"
-                   "processes over ZeroMQ), or all (all four). With --listen\n"
-                   "only processes runs: remote workers are worker processes")
-        ->delimiter(',')
-        ->check(kModeList)
-        ->capture_default_str();
-    app.add_flag("--pin", pin, "pin worker process (or thread) i to one CPU, going round the CPUs this process\n"
-                               "may use; sequential runs on the first");
-    app.add_option("--cpus", cpus, "CPUs to pin to, e.g. 0-3,6 (implies --pin); each must be one this process may\n"
-                                    "use (sched_getaffinity, see taskset)")
+    auto* mode_option =
+        app.add_option("-m,--mode", modes,
+                       "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
+                       "threads in the coordinator), gil-threads (the same pool, but a task must hold one global lock\n"
+                       "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
+                       "does not; a task of your own lets go inside Context::waiting()), processes (--workers worker\n"
+                       "processes over ZeroMQ), or all (all four). With --listen\n"
+                       "only processes runs: remote workers are worker processes")
+            ->delimiter(',')
+            ->check(kModeList)
+            ->capture_default_str();
+    app.add_flag("--pin", pin,
+                 "pin worker process (or thread) i to one CPU, going round the CPUs this process\n"
+                 "may use; sequential runs on the first");
+    app.add_option("--cpus", cpus,
+                   "CPUs to pin to, e.g. 0-3,6 (implies --pin); each must be one this process may\n"
+                   "use (sched_getaffinity, see taskset)")
         ->check(kCpuList);
     std::string prefetch = "auto";
     app.add_option("--prefetch", prefetch,
@@ -512,13 +529,14 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "every few seconds), always (the bar, even into a pipe) or never")
             ->check(CLI::IsMember({"auto", "always", "never"}))
             ->capture_default_str();
-    auto* quiet_flag = app.add_flag("-q,--quiet", quiet,
-                                    "only warnings and errors on stderr, no progress; stdout is unchanged");
+    auto* quiet_flag =
+        app.add_flag("-q,--quiet", quiet, "only warnings and errors on stderr, no progress; stdout is unchanged");
     auto* verbose_flag =
         app.add_flag("-v,--verbose", verbose, "debug logs on stderr, the worker processes' included; -vv: trace");
     auto* level_option =
-        app.add_option("--log-level", config.log_level, "log level on stderr, worker processes included (default: info,\n"
-                                                        "or SPDLOG_LEVEL)")
+        app.add_option("--log-level", config.log_level,
+                       "log level on stderr, worker processes included (default: info,\n"
+                       "or SPDLOG_LEVEL)")
             ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
     quiet_flag->excludes(verbose_flag)->excludes(level_option);
     verbose_flag->excludes(level_option);
@@ -556,8 +574,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             [](std::string& text) -> std::string {
                 const std::string why = check_seconds(text, 0, 31'536'000);  // a year
                 return why.empty() ? why
-                                   : why + " (e.g. --ui-linger 60; --ui-linger 0 does not linger; without it, the "
-                                           "page stays until Ctrl-C)";
+                                   : why +
+                                         " (e.g. --ui-linger 60; --ui-linger 0 does not linger; without it, the "
+                                         "page stays until Ctrl-C)";
             },
             fmt::format("SECONDS in [{:g} - {:g}]", 0.0, 31'536'000.0)))
         ->needs(ui_option);
@@ -580,22 +599,24 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "worker.public from `coordinator keygen --worker-only`, renamed hostb.public)")
         ->type_name("DIR")
         ->needs(keys_option);
-    auto* insecure_option = app.add_flag("--insecure", config.insecure,
-                 "listen in plaintext, without --keys: tasks and results travel unencrypted, and any peer that\n"
-                 "can connect gets tasks (on loopback, any user of this machine). Only where you trust them all")
-        ->needs(listen_option)
-        ->excludes(keys_option);
+    auto* insecure_option =
+        app.add_flag("--insecure", config.insecure,
+                     "listen in plaintext, without --keys: tasks and results travel unencrypted, and any peer that\n"
+                     "can connect gets tasks (on loopback, any user of this machine). Only where you trust them all")
+            ->needs(listen_option)
+            ->excludes(keys_option);
     auto* expect_option =
         app.add_option("--expect-workers", config.expect_workers,
                        "remote workers to wait for before handing out the first task; more may join later")
             ->check(CLI::Range(0, 100'000))
             ->needs(listen_option)
             ->capture_default_str();
-    auto* wait_option = app.add_option("--wait-workers", config.wait_workers_s,
-                   "seconds to wait for the --expect-workers (exit 1 if they do not all come), and how long a\n"
-                   "run with no worker left waits for one before the remaining tasks fail")
-        ->check(seconds_between(0.1, 86'400))
-        ->capture_default_str();
+    auto* wait_option =
+        app.add_option("--wait-workers", config.wait_workers_s,
+                       "seconds to wait for the --expect-workers (exit 1 if they do not all come), and how long a\n"
+                       "run with no worker left waits for one before the remaining tasks fail")
+            ->check(seconds_between(0.1, 86'400))
+            ->capture_default_str();
     std::string launch = "local";
     auto* launch_option =
         app.add_option("--launch", launch,
@@ -607,15 +628,15 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->check(CLI::IsMember({"local", "slurm"}))
             ->capture_default_str();
     std::string slurm_args;
-    auto* slurm_args_option =
-        app.add_option("--slurm-args", slurm_args,
-                       "with --launch slurm: more srun options, split as the shell would, e.g.\n"
-                       "--slurm-args '--partition=short --time=10'")
-            ->type_name("'ARGS'");
+    auto* slurm_args_option = app.add_option("--slurm-args", slurm_args,
+                                             "with --launch slurm: more srun options, split as the shell would, e.g.\n"
+                                             "--slurm-args '--partition=short --time=10'")
+                                  ->type_name("'ARGS'");
     KeygenConfig keygen;
-    auto* keygen_command = app.add_subcommand(
-        "keygen", "write CurveZMQ key pairs for remote workers into DIR and exit: coordinator.secret,\n"
-                  "coordinator.public, worker.secret, worker.public (`coordinator keygen --help`)");
+    auto* keygen_command =
+        app.add_subcommand("keygen",
+                           "write CurveZMQ key pairs for remote workers into DIR and exit: coordinator.secret,\n"
+                           "coordinator.public, worker.secret, worker.public (`coordinator keygen --help`)");
     keygen_command->add_option("DIR", keygen.dir, "directory for the keys, created (mode 0700) if missing")->required();
     keygen_command->add_flag("--worker-only", keygen.worker_only,
                              "write only worker.secret and worker.public: a key of its own for another\n"
@@ -625,16 +646,19 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "coordinator.secret on the coordinator's machine; copy worker.secret and coordinator.public to\n"
         "each worker machine. See docs/multihost.md.");
     ReportConfig report;
-    auto* report_command = app.add_subcommand(
-        "report", "summarise a --results journal, finished or not, and exit: per mode, counts, failures by\n"
-                  "reason, retried tasks and why, the slowest, each worker's load and deaths, what the tasks\n"
-                  "cost, and what --resume would run (`coordinator report --help`)");
-    report_command->add_option("JOURNAL", report.journal, "the journal (--results FILE); - reads standard input")->required();
+    auto* report_command =
+        app.add_subcommand("report",
+                           "summarise a --results journal, finished or not, and exit: per mode, counts, failures by\n"
+                           "reason, retried tasks and why, the slowest, each worker's load and deaths, what the tasks\n"
+                           "cost, and what --resume would run (`coordinator report --help`)");
+    report_command->add_option("JOURNAL", report.journal, "the journal (--results FILE); - reads standard input")
+        ->required();
     TaskId report_task = 0;
-    auto* report_task_option =
-        report_command->add_option("--task", report_task, "tell this task's whole story instead: every attempt, worker,\n"
-                                                          "host, reason, time and cost, mode by mode")
-            ->type_name("ID");
+    auto* report_task_option = report_command
+                                   ->add_option("--task", report_task,
+                                                "tell this task's whole story instead: every attempt, worker,\n"
+                                                "host, reason, time and cost, mode by mode")
+                                   ->type_name("ID");
     report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
     report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
         ->check(CLI::Range(0, 1000000))
@@ -646,9 +670,10 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "would run' comes from --resume's own reading of the journal; tasks of the plan that never\n"
         "reached it (ids past the last one it names) would run too. See docs/reliability.md.");
     CancelConfig cancel;
-    auto* cancel_command = app.add_subcommand(
-        "cancel", "cancel tasks of a live run by id, without stopping the run: a running task is stopped and\n"
-                  "recorded as cancelled, a queued one is when its turn comes (`coordinator cancel --help`)");
+    auto* cancel_command =
+        app.add_subcommand("cancel",
+                           "cancel tasks of a live run by id, without stopping the run: a running task is stopped and\n"
+                           "recorded as cancelled, a queued one is when its turn comes (`coordinator cancel --help`)");
     cancel_command
         ->add_option("--run", cancel.run,
                      "the run: its coordinator's pid (the run logs it at start), or its control directory\n"
@@ -666,32 +691,34 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "task is cancelled, 1 some task is not (not in the plan, no mode running) or no answer within 5 s,\n"
         "2 no such run.");
     app.footer(
-        std::string("The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
-        "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
-        "min(workers, CPUs available)); util = cpu_s / (T x C), the share of the machine kept busy: T from the\n"
-        "mode's start to its last worker reaped, C the CPUs this process may use (one busy core of two: 50%).\n"
-        "The second table (task cost): per mode, the tasks' own user and system CPU seconds and their largest\n"
-        "peak memory, measured where each ran (scope thread, process or a command's tree; docs/reliability.md).\n"
-        "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
-        "(also: an output that is a directory, two flags naming the same file, a file read that is also\n"
-        "written, --inputs L --json L), 129/130/131/143 stopped by\n"
-        "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
-        "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n"
-        "The same request again within 1 s (timeout(1) and a closing terminal send theirs twice) is one.\n") +
-        fmt::format("Examples: {0} --workers 8 --task download\n"
-                    "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
-                    "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
-                    "          {0} --workers 2 --task cpu --tasks 8 --mode all --pin\n"
-                    "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
-                    "Remote workers (docs/multihost.md):\n"
-                    "          {0} keygen keys\n"
-                    "A journal's story (docs/reliability.md):\n"
-                    "          {0} report run.jsonl [--task ID] [--json]\n"
-                    "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
-                    "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
-                    "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
-                    "          {0} --launch slurm --pin --task cpu --tasks 1000 --results run.jsonl",
-                    program.name, worker_command(program)));
+        std::string(
+            "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
+            "CPU seconds, worker processes included; cpus = CPUs the mode could use (its pinned CPUs, else\n"
+            "min(workers, CPUs available)); util = cpu_s / (T x C), the share of the machine kept busy: T from the\n"
+            "mode's start to its last worker reaped, C the CPUs this process may use (one busy core of two: 50%).\n"
+            "The second table (task cost): per mode, the tasks' own user and system CPU seconds and their largest\n"
+            "peak memory, measured where each ran (scope thread, process or a command's tree; docs/reliability.md).\n"
+            "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
+            "(also: an output that is a directory, two flags naming the same file, a file read that is also\n"
+            "written, --inputs L --json L), 129/130/131/143 stopped by\n"
+            "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
+            "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n"
+            "The same request again within 1 s (timeout(1) and a closing terminal send theirs twice) is one.\n") +
+        fmt::format(
+            "Examples: {0} --workers 8 --task download\n"
+            "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
+            "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
+            "          {0} --workers 2 --task cpu --tasks 8 --mode all --pin\n"
+            "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
+            "Remote workers (docs/multihost.md):\n"
+            "          {0} keygen keys\n"
+            "A journal's story (docs/reliability.md):\n"
+            "          {0} report run.jsonl [--task ID] [--json]\n"
+            "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
+            "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
+            "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
+            "          {0} --launch slurm --pin --task cpu --tasks 1000 --results run.jsonl",
+            program.name, worker_command(program)));
 
     try {
         app.parse(argc, argv);
@@ -699,7 +726,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         // --urls FILE is the tutorial's name for --task download --inputs FILE.
         if (urls_option->count() > 0) {
             if (task_option->count() > 0 && task != "download")
-                throw CLI::ValidationError("--urls", fmt::format("downloads URLs, but --task {} asks for other tasks", task));
+                throw CLI::ValidationError("--urls",
+                                           fmt::format("downloads URLs, but --task {} asks for other tasks", task));
             if (!registry.find("download"))
                 throw CLI::ValidationError("--urls", fmt::format("{} has no download task type", program.name));
             task = "download";
@@ -710,28 +738,32 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             if (!registry.find("command"))
                 throw CLI::ValidationError("--command", fmt::format("{} has no command task type", program.name));
             if (config.inputs_path.empty())
-                throw CLI::ValidationError("--command", "needs --inputs FILE (or --inputs - for standard input): the "
-                                                        "template runs once per line");
+                throw CLI::ValidationError("--command",
+                                           "needs --inputs FILE (or --inputs - for standard input): the "
+                                           "template runs once per line");
             if (config.command.empty()) throw CLI::ValidationError("--command", "the template is empty");
             task = "command";
         }
         if (*parse_size(max_output) > kMaxCommandOutput)
-            throw CLI::ValidationError("--max-output", fmt::format("'{}' is over {}K: a task's stdout and stderr must fit "
-                                                                   "in one message of the protocol",
-                                                                   max_output, kMaxCommandOutput / 1024));
+            throw CLI::ValidationError("--max-output",
+                                       fmt::format("'{}' is over {}K: a task's stdout and stderr must fit "
+                                                   "in one message of the protocol",
+                                                   max_output, kMaxCommandOutput / 1024));
         for (const std::string& setting : settings) {
             const auto equals = setting.find('=');
             for (const auto& [key, flag] : kFlagSettings)
                 if (setting.substr(0, equals) == key)
-                    throw CLI::ValidationError("--set", fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead",
-                                                                    printable(setting), key, flag, flag));
+                    throw CLI::ValidationError("--set",
+                                               fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead",
+                                                           printable(setting), key, flag, flag));
             const std::string value = setting.substr(equals + 1);
             Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
             if (parsed.is_discarded()) parsed = Json(value);
             // The coordinator waits out this grace too (Schedule's overrun), so it must be one.
             if (setting.substr(0, equals) == "command_grace_s")
                 if (const std::string why = command_groups::check_grace(parsed); !why.empty())
-                    throw CLI::ValidationError("--set", fmt::format("'{}': command_grace_s {}", printable(setting), why));
+                    throw CLI::ValidationError("--set",
+                                               fmt::format("'{}': command_grace_s {}", printable(setting), why));
             config.settings[setting.substr(0, equals)] = std::move(parsed);
         }
         if (keygen_command->parsed()) return keygen;
@@ -740,21 +772,23 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             return report;
         }
         if (cancel_command->parsed()) return cancel;
-        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
+        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s);
+            !why.empty())
             throw CLI::ValidationError("--heartbeat-interval", why);
         for (auto name = modes.begin(); name != modes.end(); ++name)
             if (std::find(modes.begin(), name, *name) != name || (*name == "all" && modes.size() > 1))
                 throw CLI::ValidationError(
                     "--mode", fmt::format("'{}' names a mode twice (all is every mode): each mode runs once per run",
                                           fmt::join(modes, ",")));
-        const bool processes = !config.listen.empty() || std::find_if(modes.begin(), modes.end(), [](const std::string& name) {
-                                                            return name == "processes" || name == "all";
-                                                        }) != modes.end();
+        const bool processes =
+            !config.listen.empty() || std::find_if(modes.begin(), modes.end(), [](const std::string& name) {
+                                          return name == "processes" || name == "all";
+                                      }) != modes.end();
         if (std::error_code ec; processes && std::filesystem::temp_directory_path(ec).empty()) {
             // The processes mode makes its socket directory there (libstdc++ also reads TMP, TEMP, TEMPDIR).
             const char* tmpdir = std::getenv("TMPDIR");
-            throw CLI::ValidationError("TMPDIR", fmt::format("cannot use TMPDIR '{}': {}", printable(tmpdir ? tmpdir : "", 200),
-                                                             ec.message()));
+            throw CLI::ValidationError("TMPDIR", fmt::format("cannot use TMPDIR '{}': {}",
+                                                             printable(tmpdir ? tmpdir : "", 200), ec.message()));
         }
         if (wait_option->count() > 0 && config.listen.empty() && launch != "slurm")
             throw CLI::ValidationError("--wait-workers", "is for remote workers: it needs --listen or --launch slurm");
@@ -779,12 +813,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                                  ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
                 config.workers = value;
             }
-            if (config.workers < 1)
-                throw CLI::ValidationError("--workers", "--launch slurm needs at least 1 worker");
+            if (config.workers < 1) throw CLI::ValidationError("--workers", "--launch slurm needs at least 1 worker");
             try {
                 config.slurm_args = split_slurm_args(slurm_args);
             } catch (const std::invalid_argument& e) {
-                throw CLI::ValidationError("--slurm-args", fmt::format("cannot split '{}': {}", printable(slurm_args), e.what()));
+                throw CLI::ValidationError("--slurm-args",
+                                           fmt::format("cannot split '{}': {}", printable(slurm_args), e.what()));
             }
             for (const std::string& name : modes)
                 if (name != "processes" && mode_option->count() > 0)
@@ -816,8 +850,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                             config.listen));
         }
         if (config.workers == 0 && config.listen.empty())
-            throw CLI::ValidationError("--workers", "0 starts no worker; 0 local workers needs --listen and remote "
-                                                    "workers");
+            throw CLI::ValidationError("--workers",
+                                       "0 starts no worker; 0 local workers needs --listen and remote "
+                                       "workers");
         if (config.workers == 0 && config.expect_workers == 0)
             throw CLI::ValidationError(
                 "--expect-workers", fmt::format("--workers 0 starts no local worker: give --expect-workers M (M >= 1), "
@@ -831,7 +866,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         if (option->count() > 0) config.given_settings.emplace_back(option->get_name(), key);
     config.task = task;
     if (tasks_option->count() == 0)
-        if (const std::uint64_t count = registry.at(task).default_count(); count > 0) config.tasks = static_cast<int>(count);
+        if (const std::uint64_t count = registry.at(task).default_count(); count > 0)
+            config.tasks = static_cast<int>(count);
     config.max_bytes = *parse_size(max_bytes);
     config.max_output = *parse_size(max_output);
     config.max_worker_memory = *parse_size(max_worker_memory);
@@ -855,9 +891,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         }
         config.modes.push_back(*parse_mode(name));
     }
-    config.progress = progress == "always" ? ProgressMode::Always
-                      : progress == "never"  ? ProgressMode::Never
-                                             : ProgressMode::Auto;
+    config.progress = progress == "always"  ? ProgressMode::Always
+                      : progress == "never" ? ProgressMode::Never
+                                            : ProgressMode::Auto;
     if (quiet) {
         config.log_level = "warn";
         if (progress_option->count() == 0) config.progress = ProgressMode::Never;

@@ -35,22 +35,22 @@ struct RunConfig {
     std::vector<std::pair<std::string, std::string>> given_settings;
     std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
     std::uint64_t max_bytes = 100 * 1024 * 1024;  // a larger body fails its task
-    std::uint32_t retries = 2;                     // further tries after a transient failure
-    std::uint64_t min_speed = 1024;                // bytes a second; slower for stall_s: stalled
+    std::uint32_t retries = 2;                    // further tries after a transient failure
+    std::uint64_t min_speed = 1024;               // bytes a second; slower for stall_s: stalled
     double stall_s = 15;
-    std::uint64_t file_size = 200 * 1024;          // built-in server: bytes per image
-    double latency_s = 0.2;                        //   seconds before each response
-    std::uint64_t bandwidth = 0;                   //   bytes per second per response; 0: unlimited
+    std::uint64_t file_size = 200 * 1024;  // built-in server: bytes per image
+    double latency_s = 0.2;                //   seconds before each response
+    std::uint64_t bandwidth = 0;           //   bytes per second per response; 0: unlimited
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
-    bool modes_given = false;  // --mode was given: a plan with side effects keeps these modes
-    std::string command;       // --command TEMPLATE, for each line of --inputs (the setting "command")
-    std::uint64_t max_output = 256 * 1024;  // command: bytes of stdout and of stderr kept per task
+    bool modes_given = false;                   // --mode was given: a plan with side effects keeps these modes
+    std::string command;                        // --command TEMPLATE, for each line of --inputs (the setting "command")
+    std::uint64_t max_output = 256 * 1024;      // command: bytes of stdout and of stderr kept per task
     OutputBlocks output = OutputBlocks::Group;  // --output: command output on the console
-    int prefetch = 0;  // tasks a worker may hold at once; 0: auto (see DispatchOptions)
+    int prefetch = 0;                           // tasks a worker may hold at once; 0: auto (see DispatchOptions)
     // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.
     std::vector<int> pin_cpus;
-    std::filesystem::path worker_bin;  // the program to start as a local worker
+    std::filesystem::path worker_bin;        // the program to start as a local worker
     std::vector<std::string> worker_prefix;  // arguments before its own (an App: "worker")
     std::string worker_command = "worker";   // how a person starts one by hand, for messages
     bool fork_server = true;  // local workers are forked by the program's fork server; false: exec'd (--worker-bin)
@@ -79,12 +79,12 @@ struct RunConfig {
     double ui_linger_s = -1;  // --ui-linger: seconds to keep serving after the run; < 0: until a signal
 
     // Remote workers (processes mode only). workers may be 0 when expect_workers >= 1.
-    std::string listen;                       // --listen tcp://ADDR:PORT; empty: local workers only
-    std::filesystem::path keys_dir;           // --keys: CURVE; empty: plaintext (loopback or --insecure)
-    std::filesystem::path authorized_dir;     // --authorized: more worker keys, one NAME.public each
-    bool insecure = false;                    // plaintext on a non-loopback address
-    int expect_workers = 0;                   // remote workers to wait for before the first task
-    double wait_workers_s = 60.0;             // ... and how long; also how long a run with no worker left waits
+    std::string listen;                            // --listen tcp://ADDR:PORT; empty: local workers only
+    std::filesystem::path keys_dir;                // --keys: CURVE; empty: plaintext (loopback or --insecure)
+    std::filesystem::path authorized_dir;          // --authorized: more worker keys, one NAME.public each
+    bool insecure = false;                         // plaintext on a non-loopback address
+    int expect_workers = 0;                        // remote workers to wait for before the first task
+    double wait_workers_s = 60.0;                  // ... and how long; also how long a run with no worker left waits
     std::optional<curve::ServerKeys> server_keys;  // read from keys_dir by the coordinator before the run
 
     // --launch slurm: the remote workers are one srun job step of slurm_workers tasks that the

@@ -42,20 +42,23 @@ namespace taskfarm {
 namespace {
 
 void check_config(RunConfig& config) {
-    const bool pool = std::any_of(config.modes.begin(), config.modes.end(), [](Mode m) { return m != Mode::Sequential; });
+    const bool pool =
+        std::any_of(config.modes.begin(), config.modes.end(), [](Mode m) { return m != Mode::Sequential; });
     if (pool && !config.pin_cpus.empty() && std::cmp_greater(config.workers, config.pin_cpus.size()))
         spdlog::warn("{} workers on {} CPU(s) ({}): pinning round-robin, so some share a CPU", config.workers,
                      config.pin_cpus.size(), format_cpu_list(config.pin_cpus));
     const bool processes = std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
     if ((config.max_tasks_per_worker > 0 || config.max_worker_memory > 0) &&
         std::any_of(config.modes.begin(), config.modes.end(), [](Mode m) { return m != Mode::Processes; }))
-        spdlog::warn("--max-tasks-per-worker and --max-worker-memory recycle worker processes: in the sequential and "
-                     "threads modes, whose tasks run in the coordinator's own threads, they do nothing");
+        spdlog::warn(
+            "--max-tasks-per-worker and --max-worker-memory recycle worker processes: in the sequential and "
+            "threads modes, whose tasks run in the coordinator's own threads, they do nothing");
     if (!processes) return;
     if (!config.keys_dir.empty()) {
         if (!curve::available())
-            throw ConfigError("--keys: this libzmq was built without CURVE support (libsodium), so it cannot encrypt; "
-                              "install a libzmq with CURVE (Debian's libzmq5 has it)");
+            throw ConfigError(
+                "--keys: this libzmq was built without CURVE support (libsodium), so it cannot encrypt; "
+                "install a libzmq with CURVE (Debian's libzmq5 has it)");
         try {
             config.server_keys = curve::read_server_keys(config.keys_dir);
         } catch (const std::runtime_error& e) {
@@ -70,12 +73,14 @@ void check_config(RunConfig& config) {
             }
         }
         if (config.server_keys->workers.empty())
-            throw ConfigError(fmt::format("--keys: no worker key is authorised: '{}' has no worker.public and no "
-                                          "--authorized DIR was given",
-                                          config.keys_dir.string()));
+            throw ConfigError(
+                fmt::format("--keys: no worker key is authorised: '{}' has no worker.public and no "
+                            "--authorized DIR was given",
+                            config.keys_dir.string()));
     }
     if (::access(config.worker_bin.c_str(), X_OK) != 0)
-        throw ConfigError(fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
+        throw ConfigError(
+            fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
 }
 
 // A bad report path, or a file given twice, fails before the run, not after it.
@@ -84,14 +89,17 @@ void check_files(const RunConfig& config) {
                                      {"--trace", config.trace_path},
                                      {"--timeline", config.timeline_path}})
         check_report_path(flag, path);
-    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
-                                     {"--resume", config.resume_path}})
+    for (const auto& [flag, path] :
+         {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
+          {"--resume", config.resume_path}})
         if (path == "-")
-            throw ConfigError(fmt::format("{}: cannot append a journal to '-': it must be a file that --resume can "
-                                          "read back and lock",
-                                          flag));
-    for (const auto& [flag, path] : {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
-                                     {"--resume", config.resume_path}})
+            throw ConfigError(
+                fmt::format("{}: cannot append a journal to '-': it must be a file that --resume can "
+                            "read back and lock",
+                            flag));
+    for (const auto& [flag, path] :
+         {std::pair<const char*, const std::filesystem::path&>{"--results", config.results_path},
+          {"--resume", config.resume_path}})
         check_journal_path(flag, path);
     using Role = NamedFile::Role;
     // Every file the run reads against every file it writes (decision 120).
@@ -105,7 +113,8 @@ void check_files(const RunConfig& config) {
                     {"--timeline", config.timeline_path},
                     {"standard output", {}, Role::Console, STDOUT_FILENO},
                     {"standard error", {}, Role::Console, STDERR_FILENO}});
-    if (!config.resume_path.empty() && !config.results_path.empty() && !same_file(config.resume_path, config.results_path))
+    if (!config.resume_path.empty() && !config.results_path.empty() &&
+        !same_file(config.resume_path, config.results_path))
         throw ConfigError(fmt::format("--resume '{}' appends to that journal; --results '{}' names another file",
                                       printable(config.resume_path.string()), printable(config.results_path.string())));
 }
@@ -141,10 +150,12 @@ void check_recording(const RunConfig& config, const Plan& plan) {
     const std::uint64_t results = *count * config.modes.size();
     const double mib = static_cast<double>(results * per_result) / (1 << 20);
     if (results > kMaxRecordedResults)
-        throw ConfigError(fmt::format("{}: would keep every result in memory: {} tasks x {} mode(s), about {:.0f} MiB; "
-                                      "it draws at most {} results (a smaller --tasks, or fewer --mode)",
-                                      flag, *count, config.modes.size(), mib, kMaxRecordedResults));
-    if (mib >= 16) spdlog::info("{}: keeps every result in memory: about {:.0f} MiB for {} results", flag, mib, results);
+        throw ConfigError(
+            fmt::format("{}: would keep every result in memory: {} tasks x {} mode(s), about {:.0f} MiB; "
+                        "it draws at most {} results (a smaller --tasks, or fewer --mode)",
+                        flag, *count, config.modes.size(), mib, kMaxRecordedResults));
+    if (mib >= 16)
+        spdlog::info("{}: keeps every result in memory: about {:.0f} MiB for {} results", flag, mib, results);
 }
 
 // A built-in type's flag that no type of the plan reads is most likely a mistake (--retries
@@ -168,7 +179,8 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
 // A type whose tasks have side effects (a user's command) runs in one mode unless --mode
 // names others: running every command once per mode would compress each file three times.
 void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types) {
-    const auto acting = std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
+    const auto acting =
+        std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
     if (acting == types.end()) return;
     if (!config.modes_given) {
         config.modes = {Mode::Processes};
@@ -187,7 +199,8 @@ void make_out_dirs(const RunConfig& config, const std::vector<const TaskType*>& 
         const std::filesystem::path dir = config.out_dir / to_string(mode);
         std::error_code ec;
         std::filesystem::create_directories(dir, ec);
-        if (ec) throw ConfigError(fmt::format("--out-dir: cannot create directory '{}': {}", dir.string(), ec.message()));
+        if (ec)
+            throw ConfigError(fmt::format("--out-dir: cannot create directory '{}': {}", dir.string(), ec.message()));
         if (::access(dir.c_str(), W_OK | X_OK) != 0)
             throw ConfigError(fmt::format("--out-dir: cannot write into '{}': {}", dir.string(), std::strerror(errno)));
     }
@@ -200,8 +213,9 @@ std::string command_text(const std::vector<std::string>& argv) {
     std::string text;
     for (std::size_t i = 0; i < argv.size(); ++i) {
         std::string arg = i == 0 ? std::filesystem::path(argv[0]).filename().string() : argv[i];
-        const bool plain = !arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                                 "0123456789_-+=.,:/@%") == std::string::npos;
+        const bool plain = !arg.empty() && arg.find_first_not_of(
+                                               "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                               "0123456789_-+=.,:/@%") == std::string::npos;
         if (!plain) {
             std::string quoted = "'";
             for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -225,8 +239,10 @@ void write_pictures(const RunConfig& config, std::vector<ModeRecording> modes, c
         try {
             write_report(path, render());
         } catch (const std::exception& e) {
-            if (error.empty()) error = fmt::format("{}: {}", flag, e.what());
-            else spdlog::error("{}: {}", flag, e.what());
+            if (error.empty())
+                error = fmt::format("{}: {}", flag, e.what());
+            else
+                spdlog::error("{}: {}", flag, e.what());
         }
     };
     write("--trace", config.trace_path, [&] {
@@ -295,7 +311,8 @@ std::string summary_text(const std::vector<RunReport>& reports) {
     for (const RunReport& report : reports) {
         if (report.failures.empty()) continue;
         text += fmt::format("{} task(s) failed in {}:\n", report.failures.size(), report.mode);
-        for (const Failure& failure : report.failures) text += fmt::format("  task {}: {}\n", failure.id, printable(failure.error));
+        for (const Failure& failure : report.failures)
+            text += fmt::format("  task {}: {}\n", failure.id, printable(failure.error));
         if (report.failed > report.failures.size())
             text += fmt::format("  ... and {} more (every failure is in the journal, --results FILE)\n",
                                 report.failed - report.failures.size());
@@ -304,8 +321,8 @@ std::string summary_text(const std::vector<RunReport>& reports) {
         if (report.retried > 0)
             text += fmt::format("{}: {} failed attempt(s) ran again (--retries)\n", report.mode, report.retried);
         if (report.recycled > 0)
-            text += fmt::format("{}: {} worker(s) recycled (--max-tasks-per-worker, --max-worker-memory)\n", report.mode,
-                                report.recycled);
+            text += fmt::format("{}: {} worker(s) recycled (--max-tasks-per-worker, --max-worker-memory)\n",
+                                report.mode, report.recycled);
     }
     return text;
 }
@@ -407,7 +424,8 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     }
     // --ui binds now: a port in use is exit 2 before the run, naming --ui.
     std::unique_ptr<LiveView> live;
-    if (!config.ui.empty()) live = std::make_unique<LiveView>(config.ui, command_text(config.command_line), config.slurm);
+    if (!config.ui.empty())
+        live = std::make_unique<LiveView>(config.ui, command_text(config.command_line), config.slurm);
     const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
     const auto done_in = [&](Mode mode) -> const IdSet& {
         static const IdSet none;
@@ -426,7 +444,8 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
         auto sink = std::make_unique<ProgressSink>(
-            ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(::fileno(results_out)) == 1}, std::move(console));
+            ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(::fileno(results_out)) == 1},
+            std::move(console));
         progress = sink.get();
         sinks.add(std::move(sink));
     } else {
@@ -442,7 +461,8 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (journal_sink) sinks.add(std::move(journal_sink));
     if (live) sinks.add(live->sink());
 
-    SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config.drain_timeout_s * 1000)));  // before any thread starts
+    SignalWatcher signals(std::chrono::milliseconds(
+        static_cast<std::int64_t>(config.drain_timeout_s * 1000)));  // before any thread starts
     if (live) {
         live->start();
         fmt::print(stderr, "live view: {}\n", live->url());
@@ -458,7 +478,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     try {
         for (Mode mode : config.modes) {
             if (signals.drain_token().stop_requested()) break;  // a stop is a drain too
-            cancels.clear();  // a cancel is for the mode that runs when it comes
+            cancels.clear();                                    // a cancel is for the mode that runs when it comes
             // A mode with tasks done in the journal skips them as its cursor goes.
             const IdSet& done_here = done_in(mode);
             std::optional<Plan> own;
@@ -546,7 +566,7 @@ ExitCode keygen(const KeygenConfig& config) {
     }
     for (const auto& path : written) {
         const std::string name = path.filename().string();
-        const char* use = name == "coordinator.secret" ? "keep it on the coordinator's machine only"
+        const char* use = name == "coordinator.secret"   ? "keep it on the coordinator's machine only"
                           : name == "coordinator.public" ? "copy it to every worker machine"
                           : name == "worker.secret"      ? "copy it to each worker machine (mode 0600)"
                                                          : "the coordinator admits workers holding worker.secret";

@@ -91,14 +91,16 @@ Journal parse(const ReportConfig& config) {
         struct stat st {};
         const bool known = ::stat(config.journal.c_str(), &st) == 0;
         if (known && S_ISDIR(st.st_mode))
-            throw ConfigError(fmt::format("report: cannot read journal '{}': it is a directory", printable(journal.name)));
+            throw ConfigError(
+                fmt::format("report: cannot read journal '{}': it is a directory", printable(journal.name)));
         if (known && S_ISREG(st.st_mode)) {
             length = complete_length(config.journal, "report");
             size = static_cast<std::uintmax_t>(st.st_size);
         }
         file.open(config.journal, std::ios::binary);
         if (!file)
-            throw ConfigError(fmt::format("report: cannot read journal '{}': {}", printable(journal.name), std::strerror(errno)));
+            throw ConfigError(
+                fmt::format("report: cannot read journal '{}': {}", printable(journal.name), std::strerror(errno)));
         in = &file;
     }
     JournalLineReader reader(*in, "report", journal.name, length);
@@ -211,9 +213,10 @@ ResumeView resume_view(const Journal& journal) {
         }
     if (!any) return view;
     if (highest > 2 * journal.lines.size() + kMostMissingIds) {
-        view.unknown = fmt::format("the journal names task {} in only {} lines, too sparse a plan to "
-                                   "rebuild",
-                                   highest, journal.lines.size());
+        view.unknown = fmt::format(
+            "the journal names task {} in only {} lines, too sparse a plan to "
+            "rebuild",
+            highest, journal.lines.size());
         return view;
     }
     view.plan_size = highest + 1;
@@ -252,7 +255,8 @@ ResumeView resume_view(const Journal& journal) {
             forget_temp_dir(path);
         }
     } remove{pattern};
-    const bool written = ::write(fd, journal.text.data(), journal.text.size()) == static_cast<ssize_t>(journal.text.size());
+    const bool written =
+        ::write(fd, journal.text.data(), journal.text.size()) == static_cast<ssize_t>(journal.text.size());
     ::close(fd);
     if (!written) {
         view.unknown = fmt::format("cannot write a temporary file: {}", std::strerror(errno));
@@ -293,7 +297,8 @@ TaskCost task_cost(const json& entry) {
 // A result or event line as one step of a task's story.
 json step_json(const Line& line) {
     const json& entry = line.entry;
-    json step = {{"line", line.number}, {"attempt", entry.value("attempt", json(nullptr))},
+    json step = {{"line", line.number},
+                 {"attempt", entry.value("attempt", json(nullptr))},
                  {"worker", entry.value("worker", json(nullptr))}};
     if (line.event()) {
         step["what"] = entry.at("event");
@@ -357,18 +362,22 @@ json mode_json(const Journal& journal, const ModeLines& mode, const ResumeView& 
             // run over megabytes.
             std::string error = text_or(last, "error", "failed without a reason");
             if (error.size() > kMaxPrintable)
-                error = fmt::format("{}... ({} more bytes)", error.substr(0, kMaxPrintable), error.size() - kMaxPrintable);
+                error =
+                    fmt::format("{}... ({} more bytes)", error.substr(0, kMaxPrintable), error.size() - kMaxPrintable);
             const std::string reason = reason_of(error);
-            auto [found, added] = failures.try_emplace(reason, json{{"reason", reason}, {"count", 0}, {"ids", json::array()},
-                                                                     {"example", error}});
+            auto [found, added] = failures.try_emplace(
+                reason, json{{"reason", reason}, {"count", 0}, {"ids", json::array()}, {"example", error}});
             if (added) failure_order.push_back(reason);
             found->second["count"] = found->second["count"].get<std::size_t>() + 1;
             found->second["ids"].push_back(id);
         }
         const auto attempt = last.value("attempt", 1);
         if (attempt > 1 || !lost.empty())
-            retried.push_back({{"id", id}, {"attempt", attempt}, {"ok", last.at("ok")},
-                               {"worker", last.value("worker", json(nullptr))}, {"lost", lost}});
+            retried.push_back({{"id", id},
+                               {"attempt", attempt},
+                               {"ok", last.at("ok")},
+                               {"worker", last.value("worker", json(nullptr))},
+                               {"lost", lost}});
         runs.emplace_back(run_s(last), *task.last_result);
     }
     for (const auto& [id, task] : mode.tasks)
@@ -393,7 +402,8 @@ json mode_json(const Journal& journal, const ModeLines& mode, const ResumeView& 
             ++worker(entry).attempts_lost;
         } else if (event == "worker lost") {
             ++workers_lost;
-            worker(entry).lost.push_back({{"line", journal.lines[index].number}, {"at_s", entry.value("at_s", json(nullptr))},
+            worker(entry).lost.push_back({{"line", journal.lines[index].number},
+                                          {"at_s", entry.value("at_s", json(nullptr))},
                                           {"reason", entry.value("reason", json(nullptr))}});
         }
     }
@@ -401,20 +411,29 @@ json mode_json(const Journal& journal, const ModeLines& mode, const ResumeView& 
     json slowest = json::array();
     for (std::size_t i = 0; i < runs.size() && std::cmp_less(i, config.slowest); ++i) {
         const json& entry = journal.lines[runs[i].second].entry;
-        slowest.push_back({{"id", entry.at("id")}, {"run_s", runs[i].first}, {"worker", entry.value("worker", json(nullptr))},
-                           {"ok", entry.at("ok")}, {"line", journal.lines[runs[i].second].number}});
+        slowest.push_back({{"id", entry.at("id")},
+                           {"run_s", runs[i].first},
+                           {"worker", entry.value("worker", json(nullptr))},
+                           {"ok", entry.at("ok")},
+                           {"line", journal.lines[runs[i].second].number}});
     }
     json failure_list = json::array();
     for (const std::string& reason : failure_order) failure_list.push_back(failures.at(reason));
-    std::stable_sort(failure_list.begin(), failure_list.end(),
-                     [](const json& a, const json& b) { return a["count"].get<std::size_t>() > b["count"].get<std::size_t>(); });
+    std::stable_sort(failure_list.begin(), failure_list.end(), [](const json& a, const json& b) {
+        return a["count"].get<std::size_t>() > b["count"].get<std::size_t>();
+    });
     json worker_list = json::array();
     for (const auto& [key, load] : workers)
-        worker_list.push_back({{"worker", key.second}, {"host", load.host.empty() ? json(nullptr) : json(load.host)},
-                               {"results", load.results}, {"ok", load.ok}, {"failed", load.failed},
-                               {"busy_s", load.busy_s}, {"cpu_s", load.cpu_s},
+        worker_list.push_back({{"worker", key.second},
+                               {"host", load.host.empty() ? json(nullptr) : json(load.host)},
+                               {"results", load.results},
+                               {"ok", load.ok},
+                               {"failed", load.failed},
+                               {"busy_s", load.busy_s},
+                               {"cpu_s", load.cpu_s},
                                {"max_rss_kb", load.max_rss_kb >= 0 ? json(load.max_rss_kb) : json(nullptr)},
-                               {"attempts_lost", load.attempts_lost}, {"lost", load.lost}});
+                               {"attempts_lost", load.attempts_lost},
+                               {"lost", load.lost}});
     json would_run = nullptr;
     if (resume.refused.empty() && resume.unknown.empty() && resume.plan_size > 0) {
         std::vector<TaskSpec> ids(resume.plan_size);  // the plan's ids only: skipping() goes by id
@@ -468,7 +487,8 @@ json task_json(const Journal& journal, const ResumeView& resume, TaskId id) {
             const auto done = resume.done.find(mode.mode);
             would_run = done == resume.done.end() || !done->second.contains(id);
         }
-        modes.push_back({{"mode", mode.mode}, {"ok", found->second.ok}, {"story", story}, {"resume_would_run", would_run}});
+        modes.push_back(
+            {{"mode", mode.mode}, {"ok", found->second.ok}, {"story", story}, {"resume_would_run", would_run}});
     }
     return {{"id", id}, {"kind", kind}, {"params", params}, {"modes", modes}};
 }
@@ -485,18 +505,23 @@ std::string cost_text(const json& cost) {
 }
 
 std::string step_text(const json& step) {
-    const std::string who = fmt::format("attempt {} on {}", step["attempt"].is_number() ? step["attempt"].dump() : "?",
-                                        printable(step["worker"].is_string() ? step["worker"].get<std::string>() : "?"));
+    const std::string who =
+        fmt::format("attempt {} on {}", step["attempt"].is_number() ? step["attempt"].dump() : "?",
+                    printable(step["worker"].is_string() ? step["worker"].get<std::string>() : "?"));
     const std::string what = step["what"].get<std::string>();
     if (what == "result") {
         // A failed attempt that --retries ran again, or the task's own result.
-        const std::string again = step["retrying"].is_boolean() && step["retrying"].get<bool>() ? ", ran again (--retries)" : "";
-        const std::string host = step["host"].is_string() ? " (" + printable(step["host"].get<std::string>()) + ")" : "";
-        const std::string outcome = step["ok"].get<bool>()
-                                        ? "ok"
-                                        : "FAILED: " + printable(step["error"].is_string() ? step["error"].get<std::string>() : "?");
-        return fmt::format("line {}: {}{}, {} to {}: {}{}; {}", step["line"].get<int>(), who, host, seconds_text(step["start_s"]),
-                           seconds_text(step["end_s"]), outcome, again, cost_text(step["cost"]));
+        const std::string again =
+            step["retrying"].is_boolean() && step["retrying"].get<bool>() ? ", ran again (--retries)" : "";
+        const std::string host =
+            step["host"].is_string() ? " (" + printable(step["host"].get<std::string>()) + ")" : "";
+        const std::string outcome =
+            step["ok"].get<bool>()
+                ? "ok"
+                : "FAILED: " + printable(step["error"].is_string() ? step["error"].get<std::string>() : "?");
+        return fmt::format("line {}: {}{}, {} to {}: {}{}; {}", step["line"].get<int>(), who, host,
+                           seconds_text(step["start_s"]), seconds_text(step["end_s"]), outcome, again,
+                           cost_text(step["cost"]));
     }
     return fmt::format("line {}: {}: {} at {} (handed out at {}): {}", step["line"].get<int>(), who, printable(what),
                        seconds_text(step["at_s"]), seconds_text(step["start_s"]),
@@ -515,15 +540,16 @@ json journal_report_json(const ReportConfig& config) {
         {"lines", journal.lines.size()},
         {"results", journal.lines.size() - events},
         {"events", events},
-        {"torn_last_line", journal.torn_bytes > 0 ? json{{"line", journal.torn_line}, {"bytes", journal.torn_bytes}} : json(nullptr)},
+        {"torn_last_line",
+         journal.torn_bytes > 0 ? json{{"line", journal.torn_line}, {"bytes", journal.torn_bytes}} : json(nullptr)},
         {"resume_refused", resume.refused.empty() ? json(nullptr) : json(resume.refused)},
         {"resume_unknown", resume.unknown.empty() ? json(nullptr) : json(resume.unknown)},
     };
     if (config.task) {
         report["task"] = task_json(journal, resume, *config.task);
         if (report["task"]["modes"].empty())
-            throw ConfigError(fmt::format("report --task: no line of journal '{}' names task {}", printable(journal.name),
-                                          *config.task));
+            throw ConfigError(fmt::format("report --task: no line of journal '{}' names task {}",
+                                          printable(journal.name), *config.task));
         return report;
     }
     json modes = json::array();
@@ -537,9 +563,10 @@ std::string journal_report_text(const json& report) {
                                   printable(report["journal"].get<std::string>()), report["lines"].get<std::size_t>(),
                                   report["results"].get<std::size_t>(), report["events"].get<std::size_t>());
     if (const json& torn = report["torn_last_line"]; !torn.is_null())
-        out += fmt::format("line {} is torn ({} bytes without a line end: the run was killed while writing it); left "
-                           "out, as --resume cuts it off\n",
-                           torn["line"].get<int>(), torn["bytes"].get<std::size_t>());
+        out += fmt::format(
+            "line {} is torn ({} bytes without a line end: the run was killed while writing it); left "
+            "out, as --resume cuts it off\n",
+            torn["line"].get<int>(), torn["bytes"].get<std::size_t>());
     if (const json& refused = report["resume_refused"]; !refused.is_null())
         out += fmt::format("--resume would refuse this journal: {}\n", printable(refused.get<std::string>()));
     if (const json& unknown = report["resume_unknown"]; !unknown.is_null())
@@ -550,25 +577,30 @@ std::string journal_report_text(const json& report) {
                            printable(task["kind"].is_string() ? task["kind"].get<std::string>() : "?"),
                            printable(exact_text(task["params"]), 300));  // a byte that is not UTF-8 as \xNN
         for (const json& mode : task["modes"]) {
-            out += fmt::format("== {}: {}\n", printable(mode["mode"].get<std::string>()), mode["ok"].get<bool>() ? "ok" : "not ok");
+            out += fmt::format("== {}: {}\n", printable(mode["mode"].get<std::string>()),
+                               mode["ok"].get<bool>() ? "ok" : "not ok");
             for (const json& step : mode["story"]) out += "  " + step_text(step) + "\n";
             if (mode["resume_would_run"].is_boolean())
-                out += mode["resume_would_run"].get<bool>() ? "  --resume would run it again\n" : "  --resume would not run it: it is done\n";
+                out += mode["resume_would_run"].get<bool>() ? "  --resume would run it again\n"
+                                                            : "  --resume would not run it: it is done\n";
         }
         return out;
     }
     for (const json& mode : report["modes"]) {
-        out += fmt::format("\n== {}: {} task(s) in the journal, {} ok, {} failed", printable(mode["mode"].get<std::string>()),
-                           mode["tasks"].get<std::size_t>(), mode["ok"].get<std::size_t>(), mode["failed"].get<std::size_t>());
-        if (const auto rerun = mode["rerun"].get<std::size_t>(); rerun > 0) out += fmt::format(", {} run again by --resume", rerun);
+        out += fmt::format("\n== {}: {} task(s) in the journal, {} ok, {} failed",
+                           printable(mode["mode"].get<std::string>()), mode["tasks"].get<std::size_t>(),
+                           mode["ok"].get<std::size_t>(), mode["failed"].get<std::size_t>());
+        if (const auto rerun = mode["rerun"].get<std::size_t>(); rerun > 0)
+            out += fmt::format(", {} run again by --resume", rerun);
         out += fmt::format("; {} attempt(s) lost, {} worker(s) lost\n", mode["attempts_lost"].get<std::size_t>(),
                            mode["workers_lost"].get<std::size_t>());
         if (!mode["failures"].empty()) {
             out += "failures by reason:\n";
             for (const json& failure : mode["failures"]) {
                 std::vector<TaskId> ids = failure["ids"].get<std::vector<TaskId>>();
-                out += fmt::format("  {:>5} x {}  (tasks {})\n", failure["count"].get<std::size_t>(),
-                                   printable(failure["reason"].get<std::string>(), 300), ranges_text(ranges_of(ids), 10));
+                out +=
+                    fmt::format("  {:>5} x {}  (tasks {})\n", failure["count"].get<std::size_t>(),
+                                printable(failure["reason"].get<std::string>(), 300), ranges_text(ranges_of(ids), 10));
             }
         }
         if (!mode["retried"].empty()) {
@@ -588,13 +620,13 @@ std::string journal_report_text(const json& report) {
                                    printable(slow["worker"].is_string() ? slow["worker"].get<std::string>() : "?"),
                                    slow["ok"].get<bool>() ? "ok" : "failed", slow["line"].get<int>());
         }
-        out += fmt::format("  {:<8} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8}  {}\n", "worker", "results", "ok", "failed",
-                           "busy_s", "cpu_s", "peak_rss", "requeued", "host");
+        out += fmt::format("  {:<8} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9} {:>8}  {}\n", "worker", "results", "ok",
+                           "failed", "busy_s", "cpu_s", "peak_rss", "requeued", "host");
         for (const json& load : mode["workers"]) {
             out += fmt::format("  {:<8} {:>7} {:>6} {:>6} {:>9.3f} {:>9.3f} {:>9} {:>8}  {}\n",
                                printable(load["worker"].get<std::string>(), 64), load["results"].get<std::size_t>(),
-                               load["ok"].get<std::size_t>(), load["failed"].get<std::size_t>(), load["busy_s"].get<double>(),
-                               load["cpu_s"].get<double>(),
+                               load["ok"].get<std::size_t>(), load["failed"].get<std::size_t>(),
+                               load["busy_s"].get<double>(), load["cpu_s"].get<double>(),
                                format_kib(load["max_rss_kb"].is_number() ? load["max_rss_kb"].get<std::int64_t>() : -1),
                                load["attempts_lost"].get<std::size_t>(),
                                printable(load["host"].is_string() ? load["host"].get<std::string>() : "-", 100));
@@ -606,7 +638,8 @@ std::string journal_report_text(const json& report) {
         const json& cost = mode["cost"];
         if (cost["measured"].get<std::size_t>() > 0)
             out += fmt::format("cost of {} result(s): cpu {:.3f} s user + {:.3f} s sys, largest peak {} ({})\n",
-                               cost["measured"].get<std::size_t>(), cost["user_s"].get<double>(), cost["sys_s"].get<double>(),
+                               cost["measured"].get<std::size_t>(), cost["user_s"].get<double>(),
+                               cost["sys_s"].get<double>(),
                                format_kib(cost["max_rss_kb"].is_number() ? cost["max_rss_kb"].get<std::int64_t>() : -1),
                                fmt::join(cost["scopes"].get<std::vector<std::string>>(), "+"));
         if (const json& rest = mode["resume_would_run"]; rest.is_object()) {
@@ -615,7 +648,8 @@ std::string journal_report_text(const json& report) {
                                    rest["after_id"].get<TaskId>(), rest["after_id"].get<TaskId>());
             else
                 out += fmt::format("--resume would run {} task(s): {}, and any task of the plan after {}\n",
-                                   rest["count"].get<std::size_t>(), ranges_text(rest["ranges"]), rest["after_id"].get<TaskId>());
+                                   rest["count"].get<std::size_t>(), ranges_text(rest["ranges"]),
+                                   rest["after_id"].get<TaskId>());
         }
     }
     return out;
@@ -624,8 +658,8 @@ std::string journal_report_text(const json& report) {
 int journal_report(const ReportConfig& config) {
     json report = journal_report_json(config);
     if (config.json) keep_exact_bytes(report);  // strings that are not UTF-8: their bytes in "bytes", as in the journal
-    const std::string text = config.json ? report.dump(2, ' ', false, json::error_handler_t::replace) + "\n"
-                                         : journal_report_text(report);
+    const std::string text =
+        config.json ? report.dump(2, ' ', false, json::error_handler_t::replace) + "\n" : journal_report_text(report);
     if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0)
         return static_cast<int>(ExitCode::TasksFailed);
     return static_cast<int>(ExitCode::Ok);

@@ -15,7 +15,8 @@ namespace {
 constexpr std::size_t kReadBytes = 64 * 1024;
 }
 
-LineReader::LineReader(int fd, std::size_t max, int stop_fd) : fd_(fd), max_(max), stop_fd_(stop_fd), buffer_(kReadBytes) {}
+LineReader::LineReader(int fd, std::size_t max, int stop_fd)
+    : fd_(fd), max_(max), stop_fd_(stop_fd), buffer_(kReadBytes) {}
 
 bool LineReader::fill() {
     if (eof_ || stopped_) return false;
@@ -73,9 +74,10 @@ LineReader::Got LineReader::next(std::string& line) {
 }
 
 std::string too_long_text(std::size_t max) {
-    return fmt::format("a line of more than {} bytes, the most a task's line may hold (it must fit one message to a "
-                       "worker): refused as it was read",
-                       max);
+    return fmt::format(
+        "a line of more than {} bytes, the most a task's line may hold (it must fit one message to a "
+        "worker): refused as it was read",
+        max);
 }
 
 }  // namespace taskfarm

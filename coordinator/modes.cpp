@@ -47,14 +47,15 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
     };
     switch (mode) {
         case Mode::Sequential:
-            return std::make_unique<SequentialRunner>(config.pin_cpus.empty() ? -1 : config.pin_cpus.front(), env("seq"),
-                                                      shared.registry, drain, config.task_retries, shared.cancels);
+            return std::make_unique<SequentialRunner>(config.pin_cpus.empty() ? -1 : config.pin_cpus.front(),
+                                                      env("seq"), shared.registry, drain, config.task_retries,
+                                                      shared.cancels);
         case Mode::Threads:
-            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, env(""), shared.registry, drain,
-                                                   config.task_retries, shared.cancels);
+            return std::make_unique<ThreadsRunner>(config.workers, false, config.pin_cpus, env(""), shared.registry,
+                                                   drain, config.task_retries, shared.cancels);
         case Mode::GilThreads:
-            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry, drain,
-                                                   config.task_retries, shared.cancels);
+            return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry,
+                                                   drain, config.task_retries, shared.cancels);
         case Mode::Processes:
             return std::make_unique<ProcessesRunner>(processes_options(config), shared.settings, std::move(stop),
                                                      std::move(drain), shared.cancels, shared.fork_server);

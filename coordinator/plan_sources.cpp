@@ -47,7 +47,8 @@ Json parse_strict(const std::string& text) {
             case Json::parse_event_t::object_end: keys.pop_back(); break;
             case Json::parse_event_t::key: {
                 const auto& key = parsed.get_ref<const std::string&>();
-                if (key.find('\0') != std::string::npos) throw RefusedJson(fmt::format("a key holds a NUL byte: \"{}\"", printable(key, 100)));
+                if (key.find('\0') != std::string::npos)
+                    throw RefusedJson(fmt::format("a key holds a NUL byte: \"{}\"", printable(key, 100)));
                 if (std::find(keys.back().begin(), keys.back().end(), key) != keys.back().end())
                     throw RefusedJson(fmt::format("key \"{}\" given twice in one object", printable(key, 100)));
                 keys.back().push_back(key);
@@ -76,7 +77,9 @@ TaskSpec parse_line(const std::string& text, const Registry& registry) {
         const std::string what = e.what();
         throw LineError(fmt::format("not JSON: {}", what.substr(what.find("] ") + 2)));
     }
-    if (!line.is_object()) throw LineError(fmt::format("want a JSON object like {{\"kind\":\"sleep\",\"seconds\":1}}, not {}", line.dump()));
+    if (!line.is_object())
+        throw LineError(
+            fmt::format("want a JSON object like {{\"kind\":\"sleep\",\"seconds\":1}}, not {}", line.dump()));
     TaskSpec task;
     try {
         Fields fields(line);
@@ -147,7 +150,8 @@ public:
                 default: return Got::End;
             }
         } catch (const std::system_error& e) {
-            throw ConfigError(fmt::format("{}:{}: cannot read further: {}", printable(name_), number_ + 1, e.code().message()));
+            throw ConfigError(
+                fmt::format("{}:{}: cannot read further: {}", printable(name_), number_ + 1, e.code().message()));
         }
     }
 
@@ -160,7 +164,9 @@ private:
 
 std::unique_ptr<LineSource> open_file(const std::filesystem::path& path, const std::string& flag) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    if (fd < 0)
+        throw ConfigError(
+            fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
     return std::make_unique<FileLines>(fd, path.string());
 }
 
@@ -172,8 +178,8 @@ using MakeTask = std::function<TaskSpec(const std::string& line, TaskId id)>;
 // means the file changed under the run, an error.
 class LineCursor final : public TaskCursor {
 public:
-    LineCursor(std::unique_ptr<LineSource> lines, std::string name, std::string prefix, std::string empty, MakeTask make,
-               double timeout_s, std::function<void(std::uint64_t)> at_end = nullptr,
+    LineCursor(std::unique_ptr<LineSource> lines, std::string name, std::string prefix, std::string empty,
+               MakeTask make, double timeout_s, std::function<void(std::uint64_t)> at_end = nullptr,
                std::optional<std::uint64_t> expected = std::nullopt)
         : lines_(std::move(lines)),
           name_(printable(std::move(name))),
@@ -195,12 +201,14 @@ private:
             if (got == Got::Later) return Take::Later;
             if (got == Got::End) break;
             ++number_;
-            if (got == Got::TooLong) throw ConfigError(fmt::format("{}{}:{}: {}", prefix_, name_, number_, too_long_text()));
+            if (got == Got::TooLong)
+                throw ConfigError(fmt::format("{}{}:{}: {}", prefix_, name_, number_, too_long_text()));
             if (skipped(line_)) continue;
             if (expected_ && tasks_ >= *expected_)
-                throw ConfigError(fmt::format("{}{}:{}: more than the {} task(s) it held when it was checked before the "
-                                              "run: the file changed under the run",
-                                              prefix_, name_, number_, *expected_));
+                throw ConfigError(
+                    fmt::format("{}{}:{}: more than the {} task(s) it held when it was checked before the "
+                                "run: the file changed under the run",
+                                prefix_, name_, number_, *expected_));
             try {
                 task = make_(line_, tasks_);
             } catch (const std::exception& e) {
@@ -211,9 +219,10 @@ private:
             return Take::Task;
         }
         if (expected_ && tasks_ != *expected_)
-            throw ConfigError(fmt::format("{}{}:{}: ends after {} task(s), but held {} when it was checked before the run: "
-                                          "the file changed under the run",
-                                          prefix_, name_, number_ + 1, tasks_, *expected_));
+            throw ConfigError(
+                fmt::format("{}{}:{}: ends after {} task(s), but held {} when it was checked before the run: "
+                            "the file changed under the run",
+                            prefix_, name_, number_ + 1, tasks_, *expected_));
         if (tasks_ == 0) throw ConfigError(fmt::format("{}{}: {}", prefix_, name_, empty_));
         if (at_end_) at_end_(tasks_);
         return Take::End;
@@ -248,7 +257,9 @@ MakeTask input_line_maker(const TaskType& type, const Json& run_settings) {
         // Checked as a plan line is: a type's parameters cannot come from its input line
         // (sleep's, say) fail here, not in every task.
         const Input numbered{.line = input, .index = id, .settings = *settings};
-        return TaskSpec{.id = id, .type = &type, .params = type.parse(type.from_numbered_input(numbered)),
+        return TaskSpec{.id = id,
+                        .type = &type,
+                        .params = type.parse(type.from_numbered_input(numbered)),
                         .timeout_s = kTimeoutNotGiven};
     };
 }
@@ -257,7 +268,8 @@ MakeTask input_line_maker(const TaskType& type, const Json& run_settings) {
 // seeded alike, so every mode gets the same tasks.
 class GeneratedSource final : public PlanSource {
 public:
-    GeneratedSource(const TaskType& type, std::uint64_t count, std::uint64_t seed, const Json& settings, double timeout_s)
+    GeneratedSource(const TaskType& type, std::uint64_t count, std::uint64_t seed, const Json& settings,
+                    double timeout_s)
         : type_(type), count_(count), seed_(seed), settings_(settings), timeout_s_(timeout_s) {}
 
     std::unique_ptr<TaskCursor> open() const override {
@@ -287,7 +299,8 @@ public:
         try {
             return type_.generate(args);
         } catch (const std::exception& e) {
-            throw ConfigError(fmt::format("--task {}: cannot make task {} of {}: {}", type_.name(), index, count_, e.what()));
+            throw ConfigError(
+                fmt::format("--task {}: cannot make task {} of {}: {}", type_.name(), index, count_, e.what()));
         }
     }
 
@@ -313,11 +326,12 @@ public:
     // The first cursor to reach the end counts the tasks (the check before the run); every
     // later one must find as many.
     std::unique_ptr<TaskCursor> open() const override {
-        return std::make_unique<LineCursor>(open_file(path_, flag_), path_.string(), prefix_, empty_, make_, timeout_s_,
-                                            [this](std::uint64_t tasks) {
-                                                if (!counted_) counted_ = tasks;
-                                            },
-                                            counted_);
+        return std::make_unique<LineCursor>(
+            open_file(path_, flag_), path_.string(), prefix_, empty_, make_, timeout_s_,
+            [this](std::uint64_t tasks) {
+                if (!counted_) counted_ = tasks;
+            },
+            counted_);
     }
 
 private:
@@ -333,7 +347,8 @@ private:
 // Standard input through a StdinSpool: the first cursor reads it as the run goes.
 class StdinSource final : public PlanSource {
 public:
-    StdinSource(std::shared_ptr<StdinSpool> spool, std::string prefix, std::string empty, MakeTask make, double timeout_s)
+    StdinSource(std::shared_ptr<StdinSpool> spool, std::string prefix, std::string empty, MakeTask make,
+                double timeout_s)
         : spool_(std::move(spool)),
           prefix_(std::move(prefix)),
           empty_(std::move(empty)),
@@ -349,8 +364,8 @@ public:
         private:
             StdinSpool::Reader reader_;
         };
-        return std::make_unique<LineCursor>(std::make_unique<Lines>(spool_->reader()), spool_->name(), prefix_, empty_, make_,
-                                            timeout_s_, [this](std::uint64_t tasks) { counted_ = tasks; });
+        return std::make_unique<LineCursor>(std::make_unique<Lines>(spool_->reader()), spool_->name(), prefix_, empty_,
+                                            make_, timeout_s_, [this](std::uint64_t tasks) { counted_ = tasks; });
     }
     std::optional<std::uint64_t> counted() const override { return counted_; }
 
@@ -364,8 +379,6 @@ private:
 };
 
 }  // namespace
-
-
 
 Json settings_json(const RunConfig& config) {
     Json settings = {
@@ -412,7 +425,8 @@ StdinSpool::StdinSpool(int fd, std::string name, bool owned) : in_fd_(fd), owned
         if (wake_fd_ >= 0) ::close(wake_fd_);
         if (stop_fd_ >= 0) ::close(stop_fd_);
         if (owned_fd_) ::close(in_fd_);
-        throw ConfigError(fmt::format("{}: cannot make the descriptors to read it with: {}", name_, std::strerror(error)));
+        throw ConfigError(
+            fmt::format("{}: cannot make the descriptors to read it with: {}", name_, std::strerror(error)));
     }
 }
 
@@ -484,7 +498,8 @@ void StdinSpool::read_lines() {
         }
         ++number;
         changed_.wait(lock, [&] {
-            return quit_ || queue_.empty() || (queue_.size() < kQueuedLines && queued_bytes_ + line.size() <= kQueuedBytes);
+            return quit_ || queue_.empty() ||
+                   (queue_.size() < kQueuedLines && queued_bytes_ + line.size() <= kQueuedBytes);
         });
         if (quit_) return;
         queued_bytes_ += line.size();
@@ -501,14 +516,15 @@ void StdinSpool::keep() {
     std::string pattern = base + "/taskfarm-stdin-XXXXXX";
     fd_ = ::mkstemp(pattern.data());
     if (fd_ < 0)
-        throw ConfigError(fmt::format("{}: cannot make a file in '{}' to keep the lines for the next mode: {}",
-                                      name_, printable(base), std::strerror(errno)));
+        throw ConfigError(fmt::format("{}: cannot make a file in '{}' to keep the lines for the next mode: {}", name_,
+                                      printable(base), std::strerror(errno)));
     ::unlink(pattern.c_str());  // private from now on, and gone with the process
     out_ = ::fdopen(fd_, "w");
     if (!out_) {
         ::close(fd_);
         fd_ = -1;
-        throw ConfigError(fmt::format("{}: cannot write the file that keeps its lines: {}", name_, std::strerror(errno)));
+        throw ConfigError(
+            fmt::format("{}: cannot write the file that keeps its lines: {}", name_, std::strerror(errno)));
     }
 }
 
@@ -548,14 +564,16 @@ StdinSpool::Got StdinSpool::read_more(std::string& line, bool wait) {
     changed_.notify_all();  // room for the next line
     ++read_;
     if (out_ && (std::fwrite(line.data(), 1, line.size(), out_) != line.size() || std::fputc('\n', out_) == EOF))
-        throw ConfigError(fmt::format("{}:{}: cannot keep the line for the next mode: {}", name_, read_, std::strerror(errno)));
+        throw ConfigError(
+            fmt::format("{}:{}: cannot keep the line for the next mode: {}", name_, read_, std::strerror(errno)));
     if (!out_) flushed_ = read_;  // nothing to write through
     return Got::Line;
 }
 
 StdinSpool::Reader::Reader(StdinSpool& spool) : spool_(&spool) {
     if (spool.readers_ && spool.fd_ < 0)
-        throw ConfigError(fmt::format("{}: it was read once already, and a list there can be read only once", spool.name_));
+        throw ConfigError(
+            fmt::format("{}: it was read once already, and a list there can be read only once", spool.name_));
 }
 
 StdinSpool::Reader::Reader(Reader&& other) noexcept
@@ -572,12 +590,15 @@ StdinSpool::Got StdinSpool::Reader::next(std::string& line, bool wait) {
         // Behind the first reader: from the file, through a handle of its own.
         if (spool.flushed_ < spool.read_) {
             if (std::fflush(spool.out_) != 0)
-                throw ConfigError(fmt::format("{}: cannot write the file that keeps its lines: {}", spool.name_, std::strerror(errno)));
+                throw ConfigError(fmt::format("{}: cannot write the file that keeps its lines: {}", spool.name_,
+                                              std::strerror(errno)));
             spool.flushed_ = spool.read_;
         }
         if (!kept_) {
             kept_ = std::fopen(fmt::format("/proc/self/fd/{}", spool.fd_).c_str(), "r");
-            if (!kept_) throw ConfigError(fmt::format("{}: cannot read back its kept lines: {}", spool.name_, std::strerror(errno)));
+            if (!kept_)
+                throw ConfigError(
+                    fmt::format("{}: cannot read back its kept lines: {}", spool.name_, std::strerror(errno)));
         }
         char* text = nullptr;
         std::size_t capacity = 0;
@@ -615,7 +636,8 @@ std::shared_ptr<StdinSpool> spool_for(const std::filesystem::path& path, const s
     if (path == "-") return std::make_shared<StdinSpool>(STDIN_FILENO, "stdin", false);
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        throw ConfigError(fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+        throw ConfigError(
+            fmt::format("{}: cannot open '{}': {}", flag, printable(path.string()), std::strerror(errno)));
     return std::make_shared<StdinSpool>(fd, path.string(), true);
 }
 
@@ -644,8 +666,9 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
             plan.source = std::make_shared<StdinSource>(plan.stdin_spool, prefix, "no inputs in the list",
                                                         input_line_maker(type, settings), timeout_s);
         } else {
-            plan.source = std::make_shared<FileSource>(config.inputs_path, config.inputs_flag, prefix,
-                                                       "no inputs in the list", input_line_maker(type, settings), timeout_s);
+            plan.source =
+                std::make_shared<FileSource>(config.inputs_path, config.inputs_flag, prefix, "no inputs in the list",
+                                             input_line_maker(type, settings), timeout_s);
             count_tasks(plan);
         }
     } else {

@@ -59,8 +59,8 @@ public:
 
     private:
         StdinSpool* spool_;
-        std::uint64_t line_ = 0;      // lines this reader has read
-        std::FILE* kept_ = nullptr;   // its own handle on the file, opened at its first kept line
+        std::uint64_t line_ = 0;     // lines this reader has read
+        std::FILE* kept_ = nullptr;  // its own handle on the file, opened at its first kept line
     };
     Reader reader() { return Reader(*this); }
 
@@ -83,13 +83,13 @@ private:
     std::condition_variable changed_;  // a line came, the input ended, or room was made
     std::deque<std::string> queue_;
     std::size_t queued_bytes_ = 0;
-    bool ended_ = false;               // no line comes after the queued ones
-    bool too_long_ = false;            // ...because the next one was over kMaxLineBytes
+    bool ended_ = false;                // no line comes after the queued ones
+    bool too_long_ = false;             // ...because the next one was over kMaxLineBytes
     std::optional<std::string> error_;  // ...because reading failed: why
-    bool waiting_ = false;             // a reader got Later: wake_fd_ is to be signalled
-    bool quit_ = false;                // the spool is going: the thread stops
-    int wake_fd_ = -1;                 // eventfd: readable when a line came for a reader that got Later
-    int stop_fd_ = -1;                 // eventfd: readable when the thread is to stop
+    bool waiting_ = false;              // a reader got Later: wake_fd_ is to be signalled
+    bool quit_ = false;                 // the spool is going: the thread stops
+    int wake_fd_ = -1;                  // eventfd: readable when a line came for a reader that got Later
+    int stop_fd_ = -1;                  // eventfd: readable when the thread is to stop
     std::thread thread_;
 };
 
@@ -100,11 +100,19 @@ private:
 Json settings_json(const RunConfig& config);
 // The settings keys settings_json() fills from flags (and the types' prepare(): served_urls),
 // with the flag each comes from: --set may not replace them.
-inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] = {
-    {"duration_s", "--duration"}, {"cpu_n", "--cpu-n"},         {"max_bytes", "--max-bytes"}, {"retries", "--retries"},
-    {"file_size", "--file-size"}, {"latency_s", "--latency"},   {"bandwidth", "--bandwidth"}, {"seed", "--seed"},
-    {"tasks", "--tasks"},         {"workers", "--workers"},     {"served_urls", "--task download"},
-    {"min_speed", "--min-speed"}, {"stall_s", "--stall-time"}};
+inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] = {{"duration_s", "--duration"},
+                                                                                  {"cpu_n", "--cpu-n"},
+                                                                                  {"max_bytes", "--max-bytes"},
+                                                                                  {"retries", "--retries"},
+                                                                                  {"file_size", "--file-size"},
+                                                                                  {"latency_s", "--latency"},
+                                                                                  {"bandwidth", "--bandwidth"},
+                                                                                  {"seed", "--seed"},
+                                                                                  {"tasks", "--tasks"},
+                                                                                  {"workers", "--workers"},
+                                                                                  {"served_urls", "--task download"},
+                                                                                  {"min_speed", "--min-speed"},
+                                                                                  {"stall_s", "--stall-time"}};
 
 // Deterministic: the same config (seed included) gives the same plan on every machine.
 // With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,

@@ -44,7 +44,8 @@ SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout) : drain_ti
             siginfo_t info{};
             const int received = ::sigtimedwait(&set, &info, &poll);
             // Sent by a process (kill, timeout(1), a shell), or by the kernel (a terminal's Ctrl-C): 0.
-            if (received > 0) on_signal(received, info.si_code == SI_USER || info.si_code == SI_QUEUE ? info.si_pid : 0);
+            if (received > 0)
+                on_signal(received, info.si_code == SI_USER || info.si_code == SI_QUEUE ? info.si_pid : 0);
             if (drain_.stop_requested() && !stop_.stop_requested() &&
                 std::chrono::steady_clock::now() >= drain_deadline_) {
                 spdlog::warn("--drain-timeout {:g} s passed: cancelling the tasks still running",
@@ -60,8 +61,9 @@ bool SignalWatcher::repeats(int received, int sender, std::chrono::steady_clock:
     const std::string from = sender > 0 ? fmt::format(" (sent by pid {})", sender) : std::string();
     const double window = std::chrono::duration<double>(kSameRequest).count();
     if (stop_.stop_requested())
-        spdlog::warn("{} again{} within {:g} s: the same request, still stopping; press Ctrl-C again later to quit at once",
-                     signal_name(received), from, window);
+        spdlog::warn(
+            "{} again{} within {:g} s: the same request, still stopping; press Ctrl-C again later to quit at once",
+            signal_name(received), from, window);
     else
         spdlog::warn("{} again{} within {:g} s: the same request, still draining (the running tasks finish)",
                      signal_name(received), from, window);
@@ -82,29 +84,33 @@ void SignalWatcher::on_signal(int received, int sender) {
             drain_began_ = now;
             drain_deadline_ = now + drain_timeout_;
             drain_.request_stop();
-            spdlog::warn("{} received: draining: no new task starts, the running ones finish (up to --drain-timeout "
-                         "{:g} s); a SIGTERM or SIGHUP more than {:g} s from now, or Ctrl-C, cancels them{}",
-                         signal_name(received), std::chrono::duration<double>(drain_timeout_).count(), window, from);
+            spdlog::warn(
+                "{} received: draining: no new task starts, the running ones finish (up to --drain-timeout "
+                "{:g} s); a SIGTERM or SIGHUP more than {:g} s from now, or Ctrl-C, cancels them{}",
+                signal_name(received), std::chrono::duration<double>(drain_timeout_).count(), window, from);
             return;
         }
     }
-    if (!stop_.stop_requested() && drains(received) && drain_.stop_requested() && repeats(received, sender, drain_began_))
+    if (!stop_.stop_requested() && drains(received) && drain_.stop_requested() &&
+        repeats(received, sender, drain_began_))
         return;  // timeout(1), a closing terminal: one drain delivered twice
     if (stop_.stop_requested() && received == stop_signal_ && repeats(received, sender, stop_began_)) return;
     if (stop(received)) {
         stop_began_ = now;
         stop_signal_ = received;
-        spdlog::warn("{} received: stopping: no new task starts and the running ones are cancelled, then the table "
-                     "is printed; press Ctrl-C again to quit at once{}",
-                     signal_name(received), from);
+        spdlog::warn(
+            "{} received: stopping: no new task starts and the running ones are cancelled, then the table "
+            "is printed; press Ctrl-C again to quit at once{}",
+            signal_name(received), from);
     } else if (!stop_.stop_requested()) {
         // Draining: a second request cancels what is still running.
         stop_began_ = now;
         stop_signal_ = received;
         stop_.request_stop();
-        spdlog::warn("{} received while draining: cancelling the running tasks, then the table is printed; press "
-                     "Ctrl-C again to quit at once{}",
-                     signal_name(received), from);
+        spdlog::warn(
+            "{} received while draining: cancelling the running tasks, then the table is printed; press "
+            "Ctrl-C again to quit at once{}",
+            signal_name(received), from);
     } else if (received == SIGINT) {
         remove_temp_dirs();  // _Exit runs no destructor and no exit handler
         std::_Exit(128 + SIGINT);

@@ -33,7 +33,7 @@ public:
 
     std::stop_token token() const { return stop_.get_token(); }         // stop: cancel running tasks
     std::stop_token drain_token() const { return drain_.get_token(); }  // drain: start no task
-    int signal() const { return signal_.load(); }  // the first one received, 0 if none
+    int signal() const { return signal_.load(); }                       // the first one received, 0 if none
     // Stops the run as if `signal` had come (SIGPIPE for a closed stdout), unless a stop is
     // already under way; says whether this call started it. Thread-safe.
     bool stop(int signal);
@@ -55,7 +55,7 @@ private:
     std::chrono::steady_clock::time_point drain_deadline_{};
     std::chrono::steady_clock::time_point drain_began_{};  // the drain's first signal
     std::chrono::steady_clock::time_point stop_began_{};   // the stop's first signal
-    int stop_signal_ = 0;                                   // that signal; 0: the stop came otherwise
+    int stop_signal_ = 0;                                  // that signal; 0: the stop came otherwise
     std::jthread thread_;
 };
 

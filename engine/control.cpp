@@ -22,7 +22,7 @@
 namespace taskfarm {
 namespace {
 
-constexpr std::size_t kMaxIpcPath = 107;  // sizeof(sockaddr_un::sun_path) - 1
+constexpr std::size_t kMaxIpcPath = 107;                // sizeof(sockaddr_un::sun_path) - 1
 constexpr auto kPoll = std::chrono::milliseconds(100);  // how soon the server notices it should end
 constexpr auto kAnswerTimeout = std::chrono::seconds(5);
 constexpr std::size_t kMaxIds = 100'000;  // in one request
@@ -35,7 +35,9 @@ std::filesystem::path control_base() {
     return base;
 }
 
-std::string answer(const nlohmann::json& body) { return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+std::string answer(const nlohmann::json& body) {
+    return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 // One request's answer; never throws.
 std::string serve(CancelBoard& board, std::string_view request) {
@@ -72,7 +74,8 @@ std::string serve(CancelBoard& board, std::string_view request) {
 std::string untrusted_dir(const struct stat& info) {
     if (S_ISLNK(info.st_mode)) return "a symbolic link";
     if (!S_ISDIR(info.st_mode)) return "not a directory";
-    if (info.st_uid != ::getuid()) return fmt::format("owned by uid {}, not by this user (uid {})", info.st_uid, ::getuid());
+    if (info.st_uid != ::getuid())
+        return fmt::format("owned by uid {}, not by this user (uid {})", info.st_uid, ::getuid());
     if ((info.st_mode & 077) != 0) return fmt::format("mode {:04o}, not 0700", info.st_mode & 07777);
     return {};
 }
@@ -98,9 +101,10 @@ std::filesystem::path find_run(const std::string& pid) {
         if (!found.empty()) break;
     }
     if (found.empty())
-        throw ConfigError(fmt::format("--run {}: no run of a coordinator with pid {} is here (no {}XXXXXX of this user in "
-                                      "'{}'); is it running, as this user, with the same TMPDIR?",
-                                      pid, pid, prefix, control_base().string()));
+        throw ConfigError(
+            fmt::format("--run {}: no run of a coordinator with pid {} is here (no {}XXXXXX of this user in "
+                        "'{}'); is it running, as this user, with the same TMPDIR?",
+                        pid, pid, prefix, control_base().string()));
     if (found.size() > 1)
         throw ConfigError(fmt::format("--run {}: {} control directories match ('{}', '{}'); give the directory", pid,
                                       found.size(), found[0].string(), found[1].string()));
@@ -153,8 +157,9 @@ std::vector<CancelOutcome> CancelBoard::request(const std::vector<TaskId>& ids, 
     std::vector<CancelOutcome> outcomes;
     if (!open_) {
         for (TaskId id : ids)
-            outcomes.push_back({id, false, "no mode of the run is running now (not started yet, between modes, or "
-                                           "ending): nothing cancelled"});
+            outcomes.push_back({id, false,
+                                "no mode of the run is running now (not started yet, between modes, or "
+                                "ending): nothing cancelled"});
         return outcomes;
     }
     std::vector<TaskId> dispatched;  // to wait for
@@ -172,8 +177,9 @@ std::vector<CancelOutcome> CancelBoard::request(const std::vector<TaskId>& ids, 
             running->second->request_stop();
             outcomes.push_back({id, true, "running: stopped, and recorded as cancelled (unless it finished ok first)"});
         } else {
-            outcomes.push_back({id, true, "not running: recorded as cancelled when its turn comes, unless it has its "
-                                          "result already"});
+            outcomes.push_back({id, true,
+                                "not running: recorded as cancelled when its turn comes, unless it has its "
+                                "result already"});
         }
     }
     fresh_.store(!new_.empty(), std::memory_order_release);
@@ -260,7 +266,8 @@ std::vector<TaskId> CancelBoard::take_new() {
 ControlServer::ControlServer(CancelBoard& board) : board_(board) {
     std::string pattern = (control_base() / fmt::format("taskfarm-run-{}-XXXXXX", ::getpid())).string();
     if (!::mkdtemp(pattern.data()))
-        throw std::runtime_error(fmt::format("cannot create a control directory '{}': {}", pattern, std::strerror(errno)));
+        throw std::runtime_error(
+            fmt::format("cannot create a control directory '{}': {}", pattern, std::strerror(errno)));
     dir_ = pattern;
     keep_track_of(dir_);  // removed at exit(), or by the next run if we are killed (temp_dirs.hpp)
     const std::string endpoint = "ipc://" + (dir_ / "control").string();

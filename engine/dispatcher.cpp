@@ -81,7 +81,7 @@ void Dispatcher::resume_hellos() {
         const auto pid = static_cast<pid_t>(deferred.hello.pid);
         const pid_t id = pool_.id_of(pid);
         if (id == pid && waiting) return false;  // its answer has not come yet
-        deferred.hello.pid = id;  // or, no answer left to wait for, as it said
+        deferred.hello.pid = id;                 // or, no answer left to wait for, as it said
         if (wire::send_to(router_, deferred.identity, setup_))
             schedule_.hello(deferred.identity, deferred.hello, std::nullopt, Clock::now());
         return true;
@@ -141,7 +141,8 @@ void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& bod
         return;
     }
     if (auto* returned = std::get_if<proto::Returned>(&message)) return schedule_.returned(identity, *returned, now);
-    if (auto* heartbeat = std::get_if<proto::Heartbeat>(&message)) return schedule_.heartbeat(identity, *heartbeat, now);
+    if (auto* heartbeat = std::get_if<proto::Heartbeat>(&message))
+        return schedule_.heartbeat(identity, *heartbeat, now);
     if (auto* error = std::get_if<proto::DecodeError>(&message)) return reject(identity, error->reason);
     reject(identity, "unexpected message type from a worker");
 }
@@ -155,7 +156,8 @@ void Dispatcher::reject(const std::string& identity, const std::string& reason) 
     }
     const std::string peer = schedule_.name_of(identity).value_or("an unknown peer");
     if (log.suppressed > 0)
-        spdlog::warn("rejected a frame from {}: {} ({} more rejected since the last report)", peer, reason, log.suppressed);
+        spdlog::warn("rejected a frame from {}: {} ({} more rejected since the last report)", peer, reason,
+                     log.suppressed);
     else
         spdlog::warn("rejected a frame from {}: {}", peer, reason);
     log = RejectLog{now, 0};
@@ -199,7 +201,8 @@ void Dispatcher::recycled(const std::string& worker, const std::string& reason) 
 
 void Dispatcher::send_cancel(const PeerId& peer, std::span<const Attempt> attempts) {
     proto::Cancel message;
-    for (const Attempt& attempt : attempts) message.tasks.push_back({attempt.index, attempt.number});  // the index is the id
+    for (const Attempt& attempt : attempts)
+        message.tasks.push_back({attempt.index, attempt.number});  // the index is the id
     wire::send_to(router_, peer, proto::encode(message));
 }
 

@@ -90,7 +90,7 @@ private:
     ModeRecorder& recorder_;
     const std::stop_token stop_;
     const std::stop_token drain_;
-    Schedule schedule_;              // after everything its actions use
+    Schedule schedule_;  // after everything its actions use
 
     std::map<std::string, RejectLog> rejects_;  // rate-limits rejection logs per peer
     Clock::time_point next_reap_;               // exited workers are reaped this often

@@ -37,7 +37,8 @@ private:
 // The tasks of `source` whose ids `skip` does not hold.
 class SkippingSource final : public PlanSource {
 public:
-    SkippingSource(std::shared_ptr<const PlanSource> source, const IdSet& skip) : source_(std::move(source)), skip_(skip) {}
+    SkippingSource(std::shared_ptr<const PlanSource> source, const IdSet& skip)
+        : source_(std::move(source)), skip_(skip) {}
     std::unique_ptr<TaskCursor> open() const override {
         class Cursor final : public TaskCursor {
         public:
@@ -76,7 +77,8 @@ void count_tasks(Plan& plan) {
     std::uint64_t count = 0;
     while (cursor->next(task)) {
         ++count;
-        if (std::find(plan.types.begin(), plan.types.end(), task.type) == plan.types.end()) plan.types.push_back(task.type);
+        if (std::find(plan.types.begin(), plan.types.end(), task.type) == plan.types.end())
+            plan.types.push_back(task.type);
     }
     plan.count = count;
 }
@@ -90,7 +92,8 @@ Plan Plan::of(std::vector<TaskSpec> tasks) {
     Plan plan;
     plan.count = tasks.size();
     for (const TaskSpec& task : tasks)
-        if (std::find(plan.types.begin(), plan.types.end(), task.type) == plan.types.end()) plan.types.push_back(task.type);
+        if (std::find(plan.types.begin(), plan.types.end(), task.type) == plan.types.end())
+            plan.types.push_back(task.type);
     plan.source = std::make_shared<HeldSource>(std::move(tasks));
     return plan;
 }
@@ -109,7 +112,6 @@ Plan skipping(const Plan& plan, const IdSet& skip) {
     rest.types = plan.types;
     return rest;
 }
-
 
 bool next_task(TaskCursor& cursor, TaskSpec& task, const std::stop_token& stop, const std::stop_token& drain) {
     // How often a wait for input looks at the stop requests.

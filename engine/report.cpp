@@ -23,9 +23,8 @@ double cpu_seconds(int who) {
 CpuTimes CpuTimes::now() { return CpuTimes{cpu_seconds(RUSAGE_SELF), cpu_seconds(RUSAGE_CHILDREN)}; }
 
 double speedup_vs_sequential(const std::vector<RunReport>& reports, const RunReport& report) {
-    const auto sequential = std::find_if(reports.begin(), reports.end(), [](const RunReport& r) {
-        return r.mode == "sequential" && !r.interrupted;
-    });
+    const auto sequential = std::find_if(reports.begin(), reports.end(),
+                                         [](const RunReport& r) { return r.mode == "sequential" && !r.interrupted; });
     if (sequential == reports.end() || report.wall_s <= 0 || report.interrupted) return 0;
     return sequential->wall_s / report.wall_s;
 }
@@ -38,9 +37,9 @@ double utilisation(const RunReport& report) {
 }
 
 std::string format_table(const std::vector<RunReport>& reports) {
-    std::string out = fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>8} {:>10} {:>8} {:>5} {:>5}\n", "mode",
-                                  "workers", "tasks", "ok", "failed", "wall_s", "speedup", "efficiency", "cpu_s",
-                                  "cpus", "util");
+    std::string out =
+        fmt::format("{:<12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>8} {:>10} {:>8} {:>5} {:>5}\n", "mode", "workers", "tasks",
+                    "ok", "failed", "wall_s", "speedup", "efficiency", "cpu_s", "cpus", "util");
     for (const RunReport& report : reports) {
         const double speedup = speedup_vs_sequential(reports, report);
         const std::string speedup_text = speedup > 0 ? fmt::format("x{:.2f}", speedup) : "-";
@@ -87,7 +86,8 @@ std::string format_cost_table(const std::vector<RunReport>& reports) {
 std::string format_placement(const std::vector<RunReport>& reports) {
     std::string out;
     for (const RunReport& report : reports) {
-        if (std::none_of(report.placement.begin(), report.placement.end(), [](const Placement& p) { return p.cpu >= 0; }))
+        if (std::none_of(report.placement.begin(), report.placement.end(),
+                         [](const Placement& p) { return p.cpu >= 0; }))
             continue;
         std::string line;
         for (const Placement& place : report.placement) {
@@ -134,7 +134,8 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
          {{"measured", report.cost.measured},
           {"user_s", report.cost.user_s},
           {"sys_s", report.cost.sys_s},
-          {"max_rss_kb", report.cost.max_rss_kb >= 0 ? nlohmann::json(report.cost.max_rss_kb) : nlohmann::json(nullptr)},
+          {"max_rss_kb",
+           report.cost.max_rss_kb >= 0 ? nlohmann::json(report.cost.max_rss_kb) : nlohmann::json(nullptr)},
           {"scopes", report.cost.scopes}}},
     };
 }

@@ -33,20 +33,20 @@ struct CostTotals {
     std::size_t measured = 0;  // results that carry a cost
     double user_s = 0;
     double sys_s = 0;
-    std::int64_t max_rss_kb = -1;  // the largest peak of any task; -1: none measured
+    std::int64_t max_rss_kb = -1;     // the largest peak of any task; -1: none measured
     std::vector<std::string> scopes;  // "thread", "process", "tree": each once, in order of first use
     void add(const TaskCost& cost);
 };
 
 struct RunReport {
-    std::string mode;    // "sequential", "threads", "gil-threads", "processes"
-    int workers = 1;     // threads or processes that ran tasks
-    int cpus_used = 1;   // distinct pinned CPUs, or min(workers, available CPUs) when not pinned
+    std::string mode;   // "sequential", "threads", "gil-threads", "processes"
+    int workers = 1;    // threads or processes that ran tasks
+    int cpus_used = 1;  // distinct pinned CPUs, or min(workers, available CPUs) when not pinned
     std::size_t tasks = 0;
     std::size_t ok = 0;
     std::size_t failed = 0;
-    double wall_s = 0;   // from before the first task (or spawn) to after the last result
-    double cpu_s = 0;    // user + system CPU of the mode, worker processes included
+    double wall_s = 0;  // from before the first task (or spawn) to after the last result
+    double cpu_s = 0;   // user + system CPU of the mode, worker processes included
     // What cpu_s is measured against: the time it was counted over (from the mode's start to
     // its last process reaped, so spawning and shutting down are in) and the CPUs this
     // coordinator may run on (its workers and threads can use no others). 0: unknown.
@@ -64,7 +64,7 @@ struct RunReport {
     // the run went); empty if it did not. The tasks after it did not run.
     std::string plan_error;
     std::vector<Placement> placement;  // by worker name (w2 before w10); a respawned worker again
-    CostTotals cost;  // of this run's results (a resumed mode: not the journal's earlier ones)
+    CostTotals cost;                   // of this run's results (a resumed mode: not the journal's earlier ones)
 };
 
 // cpu_s / (cpu_span_s * cpus_available): the share of the CPUs this coordinator may run on

@@ -105,7 +105,8 @@ void Schedule::tick(Clock::time_point now) {
         spawn(fmt::format("w{}", i + 1),
               options_.cpus.empty() ? -1 : options_.cpus[static_cast<std::size_t>(i) % options_.cpus.size()], now);
         if (to_spawn_ == 0 && !all_hello_)
-            all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+            all_hello_ =
+                std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
     }
     // Checked on a timer, not at every event: at 100,000s of results a second, walking
     // every worker each time would cost more than the results.
@@ -140,18 +141,20 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     const pid_t pid = static_cast<pid_t>(hello.pid);
     // Recycled at this size, a worker would never run a task: the limit cannot work.
     if (options_.max_worker_memory > 0 && hello.rss > options_.max_worker_memory)
-        throw ConfigError(fmt::format("--max-worker-memory {}: worker {} (pid {}) uses {} as it starts, before any "
-                                      "task; give a larger size",
-                                      mib(options_.max_worker_memory), hello.name, hello.pid, mib(hello.rss)));
+        throw ConfigError(
+            fmt::format("--max-worker-memory {}: worker {} (pid {}) uses {} as it starts, before any "
+                        "task; give a larger size",
+                        mib(options_.max_worker_memory), hello.name, hello.pid, mib(hello.rss)));
     // A remote pid means nothing here: it may even equal the pid of a local worker of ours.
     if (remote) {
         for (const auto& [other, worker] : workers_)
             if (worker.name == hello.name)
                 spdlog::warn("two workers are called {}: their results cannot be told apart (give each --name)",
                              hello.name);
-        spdlog::info("remote worker {} (pid {} on {}) attached from {} with {}{}", hello.name, hello.pid, hello.host,
-                     remote->address.empty() ? "an unknown address" : remote->address, remote->user,
-                     dispatching_ ? "" : fmt::format(" ({} of {} expected)", remote_workers() + 1, options_.expect_remote));
+        spdlog::info(
+            "remote worker {} (pid {} on {}) attached from {} with {}{}", hello.name, hello.pid, hello.host,
+            remote->address.empty() ? "an unknown address" : remote->address, remote->user,
+            dispatching_ ? "" : fmt::format(" ({} of {} expected)", remote_workers() + 1, options_.expect_remote));
     } else if (auto spawned = spawned_.find(pid); spawned != spawned_.end()) {
         spawned->second.said_hello = true;
         if (spawned->second.cpu >= 0 && spawned->second.cpu != hello.cpu)
@@ -170,7 +173,8 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
     worker.rss = hello.rss;
     actions_.place({hello.name, hello.cpu, hello.pid}, static_cast<int>(workers_.size()));
     if (remote && dispatching_)
-        actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = remote_detail(worker.host)});
+        actions_.note(
+            {.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = remote_detail(worker.host)});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
     if (!all_hello_ && to_spawn_ == 0)
         all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
@@ -187,7 +191,8 @@ void Schedule::start_dispatching(Clock::time_point now) {
     }
     for (const auto& [peer, worker] : workers_)
         if (worker.remote)
-            actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = remote_detail(worker.host)});
+            actions_.note(
+                {.kind = RunEvent::Kind::WorkerStarted, .worker = worker.name, .detail = remote_detail(worker.host)});
 }
 
 void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::time_point now) {
@@ -213,8 +218,8 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     worker.delivered = true;
     ++worker.ran;
     if (message.rss > 0) worker.rss = message.rss;
-    run_s_estimate_ = run_s_estimate_ < 0 ? message.run_s
-                                          : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
+    run_s_estimate_ =
+        run_s_estimate_ < 0 ? message.run_s : (1 - kEstimateWeight) * run_s_estimate_ + kEstimateWeight * message.run_s;
     const auto with_host = [&worker](TaskResult result) {
         if (result.cost.scope != TaskCost::Scope::None) result.cost.host = worker.host;
         return result;
@@ -260,8 +265,8 @@ void Schedule::check_recycle(std::map<PeerId, Worker>::iterator found, Clock::ti
     if (worker.remote || worker.ran == 0 || !spawned_.contains(worker.pid)) return;
     if (worker.retiring.empty()) {
         if (options_.max_tasks_per_worker > 0 && worker.ran >= options_.max_tasks_per_worker)
-            worker.retiring = fmt::format("it ran {} tasks (--max-tasks-per-worker {})", worker.ran,
-                                          options_.max_tasks_per_worker);
+            worker.retiring =
+                fmt::format("it ran {} tasks (--max-tasks-per-worker {})", worker.ran, options_.max_tasks_per_worker);
         else if (options_.max_worker_memory > 0 && worker.rss > options_.max_worker_memory)
             worker.retiring = fmt::format("it uses {} of memory, over --max-worker-memory {}", mib(worker.rss),
                                           mib(options_.max_worker_memory));
@@ -312,7 +317,8 @@ Schedule::Cancelled Schedule::cancel(TaskId id, Clock::time_point now) {
                                   "finished ok first)",
                                   worker.name)};
     }
-    const auto queued = std::find_if(retries_.begin(), retries_.end(), [index](const Attempt& a) { return a.index == index; });
+    const auto queued =
+        std::find_if(retries_.begin(), retries_.end(), [index](const Attempt& a) { return a.index == index; });
     if (queued != retries_.end()) {
         const Attempt attempt = *queued;
         retries_.erase(queued);
@@ -385,8 +391,9 @@ void Schedule::watch_start(Clock::time_point now) {
         if (!spawned.said_hello && now - spawned.started > options_.start_timeout) late.emplace_back(pid, spawned.name);
     for (const auto& [pid, name] : late) {
         actions_.kill(pid);
-        lose_unconnected(pid, fmt::format("worker {} (pid {}) did not say hello within {:.1f} s", name, pid,
-                                          seconds(options_.start_timeout)),
+        lose_unconnected(pid,
+                         fmt::format("worker {} (pid {}) did not say hello within {:.1f} s", name, pid,
+                                     seconds(options_.start_timeout)),
                          now);
     }
 }
@@ -395,7 +402,8 @@ void Schedule::watch_liveness(Clock::time_point now) {
     std::vector<std::pair<PeerId, std::string>> silent;
     for (const auto& [peer, worker] : workers_)
         if (now - worker.last_seen > options_.heartbeat_timeout)
-            silent.emplace_back(peer, fmt::format("worker {} silent for {:.1f} s", worker.name, seconds(now - worker.last_seen)));
+            silent.emplace_back(
+                peer, fmt::format("worker {} silent for {:.1f} s", worker.name, seconds(now - worker.last_seen)));
     for (const auto& [peer, reason] : silent) lose_worker(peer, reason, now);
 }
 
@@ -417,8 +425,8 @@ void Schedule::watch_overruns(Clock::time_point now) {
         worker.in_flight.pop_front();
         const double timeout_s = task(attempt.index).timeout_s;
         fail(attempt, worker.name,
-             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", timeout_s,
-                         worker.name, worker.remote ? "told to shut down" : "killed"),
+             fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", timeout_s, worker.name,
+                         worker.remote ? "told to shut down" : "killed"),
              now - worker.running_since);
         lose_worker(peer, fmt::format("worker {} overran the timeout of task {}", worker.name, attempt.index), now,
                     /*running_done=*/true);
@@ -430,9 +438,10 @@ void Schedule::watch_remote(Clock::time_point now) {
     const double wait_s = seconds(options_.wait_remote);
     if (!dispatching_) {
         if (now - began_ > options_.wait_remote && remote_workers() < static_cast<std::size_t>(options_.expect_remote))
-            throw RunError(fmt::format("only {} of the {} remote worker(s) of --expect-workers attached within {:.1f} s "
-                                       "(--wait-workers); the log above names any that were refused",
-                                       remote_workers(), options_.expect_remote, wait_s));
+            throw RunError(
+                fmt::format("only {} of the {} remote worker(s) of --expect-workers attached within {:.1f} s "
+                            "(--wait-workers); the log above names any that were refused",
+                            remote_workers(), options_.expect_remote, wait_s));
         return;
     }
     if (pending() == 0 || !workers_.empty() || !spawned_.empty() || !retired_.empty() || to_spawn_ > 0) {
@@ -442,9 +451,11 @@ void Schedule::watch_remote(Clock::time_point now) {
     if (no_more_workers_) return fail_pending(fmt::format("not run: {}", *no_more_workers_));
     if (alone_since_ == Clock::time_point{}) {
         alone_since_ = now;
-        spdlog::warn("no worker is left; waiting up to {:.1f} s (--wait-workers) for a remote worker to attach", wait_s);
+        spdlog::warn("no worker is left; waiting up to {:.1f} s (--wait-workers) for a remote worker to attach",
+                     wait_s);
     } else if (now - alone_since_ > options_.wait_remote) {
-        fail_pending(fmt::format("not run: no worker was left and none attached within {:.1f} s (--wait-workers)", wait_s));
+        fail_pending(
+            fmt::format("not run: no worker was left and none attached within {:.1f} s (--wait-workers)", wait_s));
     }
 }
 
@@ -462,7 +473,8 @@ void Schedule::send_heartbeats(Clock::time_point now) {
     std::vector<PeerId> gone;
     for (const auto& [peer, worker] : workers_)
         if (!actions_.send_heartbeat(peer)) gone.push_back(peer);
-    for (const PeerId& peer : gone) lose_worker(peer, fmt::format("worker {} disconnected", workers_.at(peer).name), now);
+    for (const PeerId& peer : gone)
+        lose_worker(peer, fmt::format("worker {} disconnected", workers_.at(peer).name), now);
     next_heartbeat_ = now + options_.heartbeat_interval;
 }
 

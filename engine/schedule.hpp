@@ -212,12 +212,12 @@ private:
         // at a time in the order sent, so the next starts when it is sent or when the one
         // before it ends, whichever is later.
         Clock::time_point running_since;
-        bool remote = false;       // attached by hand over tcp: ours to requeue from, not to kill or replace
-        bool delivered = false;    // has sent a result: until then it may hold one task only
-        std::string host;          // from HELLO, printable: where its results ran (TaskCost::host)
-        std::uint64_t ran = 0;     // results it sent (recycling counts them)
-        std::uint64_t rss = 0;     // resident bytes, as it last reported; 0: not known
-        std::string retiring;      // why it is to be recycled once it holds no task; empty: not
+        bool remote = false;        // attached by hand over tcp: ours to requeue from, not to kill or replace
+        bool delivered = false;     // has sent a result: until then it may hold one task only
+        std::string host;           // from HELLO, printable: where its results ran (TaskCost::host)
+        std::uint64_t ran = 0;      // results it sent (recycling counts them)
+        std::uint64_t rss = 0;      // resident bytes, as it last reported; 0: not known
+        std::string retiring;       // why it is to be recycled once it holds no task; empty: not
         std::vector<pid_t> groups;  // its commands' process groups, as it last reported; only ours are kept
     };
     // A worker of ours that was told to shut down to be recycled: replaced when it exits.
@@ -241,14 +241,14 @@ private:
     void watch_remote(Clock::time_point now);
     void send_heartbeats(Clock::time_point now);
     void dispatch(Clock::time_point now);
-    std::size_t window() const;                    // tasks each worker may hold now
+    std::size_t window() const;                     // tasks each worker may hold now
     std::size_t limit(const Worker& worker) const;  // tasks this worker may hold now
     // Tasks not yet sent: the retries, then the fresh ones (an estimate while their number
     // is not known: kUnknownFresh).
     std::size_t pending() const;
-    bool has_fresh() const;      // the cursor has a task not yet taken (made now, into live_)
-    bool all_finished() const;   // every task of the plan has its final result
-    Attempt& peek_pending();  // pending() > 0
+    bool has_fresh() const;     // the cursor has a task not yet taken (made now, into live_)
+    bool all_finished() const;  // every task of the plan has its final result
+    Attempt& peek_pending();    // pending() > 0
     void pop_pending();
     void retire(std::size_t index) { live_.erase(index); }  // the task has its final result
     void send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now);
@@ -259,7 +259,7 @@ private:
     // result already (an overrun), so none of those left is charged.
     void lose_worker(const PeerId& peer, const std::string& reason, Clock::time_point now, bool running_done = false);
     void requeue(const Attempt& attempt, const std::string& worker);  // never started: same attempt
-    void kill_groups(const Worker& worker);  // see end_commands()
+    void kill_groups(const Worker& worker);                           // see end_commands()
     void lose_unconnected(pid_t pid, const std::string& reason, Clock::time_point now);
     void replace(const std::string& name, int cpu, Clock::time_point now, bool counted = true);
     void check_recycle(std::map<PeerId, Worker>::iterator worker, Clock::time_point now);
@@ -291,27 +291,27 @@ private:
     mutable bool cursor_waiting_ = false;  // the cursor's next line has not come yet (a slow producer)
     mutable std::optional<std::string> plan_error_;
     mutable std::unordered_map<std::size_t, TaskSpec> live_;  // by id: peeked, in flight or to be retried
-    std::uint64_t taken_ = 0;                  // fresh tasks taken from the cursor
-    Attempt next_fresh_{0, 1};                 // scratch for peek_pending() of a fresh task
-    std::map<PeerId, Worker> workers_;         // connected: said hello, not lost
-    std::map<pid_t, Spawned> spawned_;         // live processes of ours, by pid
-    int to_spawn_ = 0;                         // initial workers not spawned yet; one per tick
-    std::size_t finished_ = 0;                 // tasks with a final result
+    std::uint64_t taken_ = 0;                                 // fresh tasks taken from the cursor
+    Attempt next_fresh_{0, 1};                                // scratch for peek_pending() of a fresh task
+    std::map<PeerId, Worker> workers_;                        // connected: said hello, not lost
+    std::map<pid_t, Spawned> spawned_;                        // live processes of ours, by pid
+    int to_spawn_ = 0;                                        // initial workers not spawned yet; one per tick
+    std::size_t finished_ = 0;                                // tasks with a final result
     int respawns_ = 0;
-    bool all_hello_ = false;                   // every initial worker was spawned and said HELLO
-    bool dispatching_ = false;                 // tasks go out: the remote workers of --expect-workers are here
-    const Clock::time_point began_;            // the remote workers' deadline counts from it
-    Clock::time_point alone_since_{};          // listening: since when no worker is left; unset while one is
+    bool all_hello_ = false;                      // every initial worker was spawned and said HELLO
+    bool dispatching_ = false;                    // tasks go out: the remote workers of --expect-workers are here
+    const Clock::time_point began_;               // the remote workers' deadline counts from it
+    Clock::time_point alone_since_{};             // listening: since when no worker is left; unset while one is
     std::optional<std::string> no_more_workers_;  // why none will come; see no_more_workers()
     Clock::time_point next_heartbeat_;
     Clock::time_point next_watch_;
-    double run_s_estimate_ = -1;               // moving average of task run times; < 0: none yet
-    std::vector<Attempt> batch_;               // reused for every batch sent
-    bool draining_ = false;                    // drain(): nothing more is handed out
+    double run_s_estimate_ = -1;  // moving average of task run times; < 0: none yet
+    std::vector<Attempt> batch_;  // reused for every batch sent
+    bool draining_ = false;       // drain(): nothing more is handed out
     // Cancelled (by id): recorded at once when it was queued, or when it comes up if it was not made yet,
     // else recorded as cancelled when its result or its worker's loss comes.
     std::set<std::size_t> cancelled_;
-    std::map<pid_t, Retired> retired_;         // recycled, not exited yet, by pid
+    std::map<pid_t, Retired> retired_;  // recycled, not exited yet, by pid
 };
 
 }  // namespace taskfarm

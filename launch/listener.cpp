@@ -62,8 +62,7 @@ void send_reply(zmq::socket_t& zap, const std::string& request_id, const ZapRepl
 
 Listener::Listener(zmq::context_t& context, zmq::socket_t& router, ListenConfig config)
     : router_(router), config_(std::move(config)) {
-    if (::zmq_socket_monitor(router_.handle(), kMonitorEndpoint, kMonitorEvents) != 0)
-        throw zmq::error_t();
+    if (::zmq_socket_monitor(router_.handle(), kMonitorEndpoint, kMonitorEvents) != 0) throw zmq::error_t();
     std::promise<void> ready;
     auto started = ready.get_future();
     thread_ = std::jthread([this, &context, &ready](std::stop_token stop) { serve(stop, context, ready); });
@@ -111,7 +110,8 @@ void Listener::serve(std::stop_token stop, zmq::context_t& context, std::promise
     }
     std::map<std::string, std::string> authorised;  // raw 32-byte key -> name
     if (config_.keys)
-        for (const curve::AuthorisedKey& key : config_.keys->workers) authorised[curve::decode(key.public_key)] = key.name;
+        for (const curve::AuthorisedKey& key : config_.keys->workers)
+            authorised[curve::decode(key.public_key)] = key.name;
     RateLimitedLog log;
 
     const auto answer = [&](std::vector<zmq::message_t>& request) -> std::pair<std::string, ZapReply> {
@@ -125,8 +125,9 @@ void Listener::serve(std::stop_token stop, zmq::context_t& context, std::promise
             const std::string key = request[6].to_string();
             if (const auto found = authorised.find(key); found != authorised.end())
                 return {request[1].to_string(), {"200", "OK", "CURVE key '" + found->second + "'"}};
-            log.warn(address, "refused a worker from {}: its public key {} is not authorised (to admit it, put it in "
-                              "a NAME.public file in the --authorized directory)",
+            log.warn(address,
+                     "refused a worker from {}: its public key {} is not authorised (to admit it, put it in "
+                     "a NAME.public file in the --authorized directory)",
                      address, curve::encode(key));
             return {request[1].to_string(), {"400", "key not authorised", ""}};
         }
@@ -152,8 +153,9 @@ void Listener::serve(std::stop_token stop, zmq::context_t& context, std::promise
                 if (!event->endpoint.starts_with("tcp://")) continue;
                 if (event->event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
                     if (event->value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
-                        log.warn("crypto", "refused a connection on {}: its CURVE handshake could not be decrypted "
-                                           "(a worker whose coordinator.public is another coordinator's key?)",
+                        log.warn("crypto",
+                                 "refused a connection on {}: its CURVE handshake could not be decrypted "
+                                 "(a worker whose coordinator.public is another coordinator's key?)",
                                  event->endpoint);
                     else if (event->value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
                         log.warn("mechanism", "refused a connection on {}: {}", event->endpoint,
@@ -161,11 +163,13 @@ void Listener::serve(std::stop_token stop, zmq::context_t& context, std::promise
                                               : "the peer uses CURVE, this coordinator listens in plaintext "
                                                 "(a worker started with --keys?)");
                     else
-                        log.warn("protocol", "refused a connection on {}: ZMTP handshake error {:#x} (not a taskfarm "
-                                             "worker?)",
+                        log.warn("protocol",
+                                 "refused a connection on {}: ZMTP handshake error {:#x} (not a taskfarm "
+                                 "worker?)",
                                  event->endpoint, event->value);
                 } else {
-                    spdlog::debug("a handshake on {} failed: {}", event->endpoint, std::strerror(static_cast<int>(event->value)));
+                    spdlog::debug("a handshake on {} failed: {}", event->endpoint,
+                                  std::strerror(static_cast<int>(event->value)));
                 }
             }
         } catch (const zmq::error_t& e) {

@@ -21,8 +21,8 @@
 namespace taskfarm {
 
 struct ListenConfig {
-    std::string endpoint;                    // tcp://ADDR:PORT; port * picks a free one
-    std::optional<curve::ServerKeys> keys;   // CURVE when set, plaintext otherwise
+    std::string endpoint;                   // tcp://ADDR:PORT; port * picks a free one
+    std::optional<curve::ServerKeys> keys;  // CURVE when set, plaintext otherwise
 };
 
 class Listener {

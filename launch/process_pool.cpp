@@ -32,8 +32,9 @@ namespace taskfarm {
 
 struct ProcessPool::Child {
     std::string name;
-    pid_t pid = -1;  // ours until reaped (detached from Boost.Process, or forked by the server); -1 until the server answers
-    pid_t id = -1;   // what spawn() returned: the pid, or a number of the pool's for a worker asked of the fork server
+    pid_t pid =
+        -1;  // ours until reaped (detached from Boost.Process, or forked by the server); -1 until the server answers
+    pid_t id = -1;  // what spawn() returned: the pid, or a number of the pool's for a worker asked of the fork server
     // While the fork server has not answered: how to exec it instead, and since when it waits.
     int cpu = -1;
     std::vector<std::string> args{};
@@ -170,7 +171,8 @@ bool ForkServer::request(const std::vector<std::string>& args, int cpu) {
     }
     // A request is one small packet, and the socket holds many: one that does not fit now
     // means the server has stopped taking them.
-    if (::send(channel_, request.data(), request.size(), MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(request.size()))
+    if (::send(channel_, request.data(), request.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+        static_cast<ssize_t>(request.size()))
         return true;
     give_up(fmt::format("cannot be asked for a worker ({})", std::strerror(errno)));
     return false;
@@ -206,13 +208,19 @@ ProcessPool::~ProcessPool() {
 pid_t ProcessPool::spawn(const std::string& name, int cpu) {
     std::vector<std::string> args = launch_.prefix;
     args.insert(args.end(), {
-        "--connect",           launch_.endpoint,
-        "--name",              name,
-        "--parent-pid",        std::to_string(::getpid()),
-        "--heartbeat-interval", fmt::format("{}", launch_.heartbeat_interval_s),
-        "--heartbeat-timeout", fmt::format("{}", launch_.heartbeat_timeout_s),
-        "--out-dir",           launch_.out_dir.string(),
-    });
+                                "--connect",
+                                launch_.endpoint,
+                                "--name",
+                                name,
+                                "--parent-pid",
+                                std::to_string(::getpid()),
+                                "--heartbeat-interval",
+                                fmt::format("{}", launch_.heartbeat_interval_s),
+                                "--heartbeat-timeout",
+                                fmt::format("{}", launch_.heartbeat_timeout_s),
+                                "--out-dir",
+                                launch_.out_dir.string(),
+                            });
     if (!launch_.log_level.empty()) args.insert(args.end(), {"--log-level", launch_.log_level});
     if (!launch_.scratch_dir.empty()) args.insert(args.end(), {"--scratch-dir", launch_.scratch_dir.string()});
     if (!launch_.state_dir.empty()) args.insert(args.end(), {"--state-dir", launch_.state_dir.string()});
@@ -223,8 +231,8 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
         if (launch_.fork_server->request(rest, cpu)) {
             const pid_t id = next_id_++;
             spdlog::debug("asked the fork server for worker {} (id {}, cpu {})", name, id, cpu);
-            children_.push_back(std::make_unique<Child>(
-                Child{name, -1, id, cpu, std::move(args), std::chrono::steady_clock::now()}));
+            children_.push_back(
+                std::make_unique<Child>(Child{name, -1, id, cpu, std::move(args), std::chrono::steady_clock::now()}));
             return id;
         }
     }
@@ -263,8 +271,8 @@ void ProcessPool::take_fork_replies() {
         }
         Child& asked = **child;
         if (reply->pid < 0) {
-            failed_.push_back({asked.id, asked.name,
-                               fmt::format("the fork server cannot fork it: {}", std::strerror(reply->error))});
+            failed_.push_back(
+                {asked.id, asked.name, fmt::format("the fork server cannot fork it: {}", std::strerror(reply->error))});
             children_.erase(child);
             continue;
         }
@@ -292,7 +300,8 @@ void ProcessPool::take_fork_replies() {
             try {
                 asked.pid = exec_worker(asked.args, asked.cpu);
                 asked.args.clear();
-                spdlog::debug("started worker {} (pid {}, id {}) instead of the fork server", asked.name, asked.pid, asked.id);
+                spdlog::debug("started worker {} (pid {}, id {}) instead of the fork server", asked.name, asked.pid,
+                              asked.id);
                 ++child;
                 continue;
             } catch (const std::exception& e) {
@@ -305,7 +314,8 @@ void ProcessPool::take_fork_replies() {
 
 int ProcessPool::fork_reply_fd() const {
     if (!launch_.fork_server) return -1;
-    const bool waiting = std::any_of(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; });
+    const bool waiting =
+        std::any_of(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; });
     return waiting ? launch_.fork_server->channel() : -1;
 }
 

@@ -28,7 +28,8 @@ namespace taskfarm {
 class ForkServer {
 public:
     // Throws when it cannot start.
-    ForkServer(const std::filesystem::path& binary, const std::vector<std::string>& prefix, const std::string& log_level);
+    ForkServer(const std::filesystem::path& binary, const std::vector<std::string>& prefix,
+               const std::string& log_level);
     ~ForkServer();  // closes its socket (it exits), waits a moment, kills and reaps it
     ForkServer(const ForkServer&) = delete;
     ForkServer& operator=(const ForkServer&) = delete;
@@ -126,9 +127,10 @@ private:
     void give_up_fork_server(const std::string& why);
     WorkerLaunch launch_;
     std::vector<std::unique_ptr<Child>> children_;
-    std::map<pid_t, pid_t> ended_;  // id -> pid of workers reaped whose board was not read yet  // live ones only, and those asked of the fork server
-    std::vector<WorkerExit> failed_;                // could not start: reported by the next reap_exited()
-    pid_t next_id_;                                 // for the next worker asked of the fork server
+    std::map<pid_t, pid_t> ended_;  // id -> pid of workers reaped whose board was not read yet  // live ones only, and
+                                    // those asked of the fork server
+    std::vector<WorkerExit> failed_;  // could not start: reported by the next reap_exited()
+    pid_t next_id_;                   // for the next worker asked of the fork server
 };
 
 // Where the worker binary is when --worker-bin is not given: next to this executable.

@@ -99,18 +99,19 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         zmq::socket_t router(context, zmq::socket_type::router);
         wire::configure(router, zmq::socket_type::router);
         const std::string endpoint = "ipc://" + (dir.path() / "coordinator").string();
-        router.bind(endpoint);  // before the Listener's options: local workers stay on plaintext ipc
+        router.bind(endpoint);            // before the Listener's options: local workers stay on plaintext ipc
         std::optional<RunKeys> run_keys;  // --launch slurm: made for this run, in the working directory
         if (config_.slurm) run_keys.emplace(std::filesystem::current_path());
         std::optional<Listener> listener;  // after the router: it unbinds from it when it goes
         if (!config_.listen.empty()) {
-            listener.emplace(context, router,
-                             ListenConfig{config_.listen, run_keys ? std::optional(run_keys->server()) : config_.server_keys});
+            listener.emplace(
+                context, router,
+                ListenConfig{config_.listen, run_keys ? std::optional(run_keys->server()) : config_.server_keys});
             spdlog::info("listening for remote workers on {}", listener->describe());
             if (config_.expect_workers > 0 && !config_.slurm)
-                spdlog::info("waiting up to {:.0f} s for {} remote worker(s): {} --connect {}{}", config_.wait_workers_s,
-                             config_.expect_workers, config_.worker_command, endpoint_for_workers(listener->endpoint()),
-                             config_.server_keys ? " --keys DIR" : "");
+                spdlog::info("waiting up to {:.0f} s for {} remote worker(s): {} --connect {}{}",
+                             config_.wait_workers_s, config_.expect_workers, config_.worker_command,
+                             endpoint_for_workers(listener->endpoint()), config_.server_keys ? " --keys DIR" : "");
         }
         ProcessPool pool({.binary = config_.worker_bin,
                           .prefix = config_.worker_prefix,
@@ -122,15 +123,15 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                           .heartbeat_timeout_s = config_.heartbeat_timeout_s,
                           .log_level = config_.log_level,
                           .fork_server = fork_server_});
-        Dispatcher dispatcher(router, pool, plan, recorder,
-                              DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
-                                              millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
-                                              static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns,
-                                              config_.pin_cpus, !config_.listen.empty(), config_.expect_workers,
-                                              millis(config_.wait_workers_s), config_.task_retries,
-                                              config_.max_tasks_per_worker, config_.max_worker_memory,
-                                              std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_))},
-                              stop_, settings_, drain_);
+        Dispatcher dispatcher(
+            router, pool, plan, recorder,
+            DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
+                            millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
+                            static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns, config_.pin_cpus,
+                            !config_.listen.empty(), config_.expect_workers, millis(config_.wait_workers_s),
+                            config_.task_retries, config_.max_tasks_per_worker, config_.max_worker_memory,
+                            std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_))},
+            stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
         std::optional<SlurmStep> step;  // after the listener: its workers connect to it
         if (config_.slurm) {
@@ -163,7 +164,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
         dispatcher.end_commands();  // what a worker killed with its command's guardian left
-    }  // every worker is reaped here, so cpu_s includes them
+    }                               // every worker is reaped here, so cpu_s includes them
     return recorder.finish(stop_.stop_requested() || drain_.stop_requested());
 }
 

@@ -20,21 +20,21 @@ class ForkServer;
 
 // What processes mode needs of the run's configuration, and nothing else.
 struct ProcessesOptions {
-    int workers = 4;  // local worker processes
-    int prefetch = 0;  // tasks a worker may hold at once; 0: auto (see DispatchOptions)
-    std::vector<int> pin_cpus;  // worker i runs only on pin_cpus[i % size]; empty: not pinned
+    int workers = 4;                              // local worker processes
+    int prefetch = 0;                             // tasks a worker may hold at once; 0: auto (see DispatchOptions)
+    std::vector<int> pin_cpus;                    // worker i runs only on pin_cpus[i % size]; empty: not pinned
     std::filesystem::path out_dir = "downloads";  // the tasks' files go to out_dir/processes
-    std::filesystem::path worker_bin;         // the program to start as a local worker
-    std::vector<std::string> worker_prefix;   // arguments before its own (an App: "worker")
-    std::string worker_command = "worker";    // how a person starts one by hand, for messages
-    std::string log_level;                    // passed to the workers; empty: their default
+    std::filesystem::path worker_bin;             // the program to start as a local worker
+    std::vector<std::string> worker_prefix;       // arguments before its own (an App: "worker")
+    std::string worker_command = "worker";        // how a person starts one by hand, for messages
+    std::string log_level;                        // passed to the workers; empty: their default
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
     double start_timeout_s = 10.0;
     int max_attempts = 3;
     int max_respawns = 100;
-    std::uint32_t task_retries = 0;           // --retries (see engine_retries)
-    std::uint64_t max_tasks_per_worker = 0;   // recycling; 0: never
+    std::uint32_t task_retries = 0;          // --retries (see engine_retries)
+    std::uint64_t max_tasks_per_worker = 0;  // recycling; 0: never
     std::uint64_t max_worker_memory = 0;
     // Remote workers: an address to listen on (empty: local only), its keys, how many to wait for.
     std::string listen;

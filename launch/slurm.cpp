@@ -43,9 +43,10 @@ std::string find_program(const std::string& name) {
         if (colon == std::string_view::npos) break;
         dirs.remove_prefix(colon + 1);
     }
-    throw RunError(fmt::format("--launch slurm: cannot start '{}': not found in PATH (is this a Slurm client "
-                               "machine? Debian's package is slurm-client)",
-                               name));
+    throw RunError(
+        fmt::format("--launch slurm: cannot start '{}': not found in PATH (is this a Slurm client "
+                    "machine? Debian's package is slurm-client)",
+                    name));
 }
 
 }  // namespace
@@ -133,7 +134,7 @@ SlurmStep::SlurmStep(SlurmStepConfig config) {
         // A group of its own: a Ctrl-C on the terminal reaches only the coordinator, which
         // stops srun itself (srun's first SIGINT would only print the step's status).
         ::setpgid(0, 0);
-        drop_stop_signals_meant_for_the_parent();  // sent to the coordinator's group before the line above
+        drop_stop_signals_meant_for_the_parent();    // sent to the coordinator's group before the line above
         ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks its stop signals
         ::signal(SIGPIPE, SIG_DFL);
         // srun passes its stdin to task 0: the plan may be on ours (--plan -), and is not the

@@ -46,10 +46,10 @@ private:
 };
 
 struct SlurmStepConfig {
-    int tasks = 1;                      // srun --ntasks: one worker each
-    bool pin = false;                   // --cpu-bind=cores, else Slurm's default binding
-    std::vector<std::string> srun_args; // from --slurm-args, before the worker's command
-    std::vector<std::string> worker;    // the worker's command line, binary first
+    int tasks = 1;                       // srun --ntasks: one worker each
+    bool pin = false;                    // --cpu-bind=cores, else Slurm's default binding
+    std::vector<std::string> srun_args;  // from --slurm-args, before the worker's command
+    std::vector<std::string> worker;     // the worker's command line, binary first
 };
 
 // One running `srun` and the workers it started. Its stderr is copied to ours line by line

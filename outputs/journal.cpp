@@ -48,7 +48,9 @@ struct Line {
 void for_each_line(const std::filesystem::path& path, std::uintmax_t length, const std::string& flag,
                    const std::function<void(const Line&)>& each) {
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw ConfigError(fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    if (!in)
+        throw ConfigError(
+            fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
     // Bounded per line, and every message FILE:LINE (journal_line.hpp).
     JournalLineReader reader(in, flag, path.string(), length);
     Line parsed;
@@ -101,9 +103,10 @@ Done read_ok_lines(const std::filesystem::path& path, std::uintmax_t length, con
             });
         } catch (const std::range_error&) {
         }
-        throw ConfigError(fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs wrote to this "
-                                      "journal, so it cannot say what is done",
-                                      where(flag, path, line.number), line.id, printable(line.mode), first));
+        throw ConfigError(
+            fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs wrote to this "
+                        "journal, so it cannot say what is done",
+                        where(flag, path, line.number), line.id, printable(line.mode), first));
     });
     return done;
 }
@@ -119,21 +122,24 @@ std::optional<TaskSpec> task_of(const Plan& plan, TaskId id) {
 // The digests disagree: finds the first line (a million ids at a time) whose task differs
 // from the plan's and throws naming it. Returns if none does (the digest of a number can
 // differ where JSON's comparison does not: 2 and 2.0).
-void name_the_mismatch(const std::filesystem::path& path, std::uintmax_t length, const Plan& plan, std::uint64_t count) {
+void name_the_mismatch(const std::filesystem::path& path, std::uintmax_t length, const Plan& plan,
+                       std::uint64_t count) {
     for (std::uint64_t lo = 0; lo < count; lo += kCheckChunk) {
         const std::uint64_t hi = std::min(count, lo + kCheckChunk);
         std::vector<std::uint64_t> digests(hi - lo);
         const auto cursor = plan.open();
         for (TaskSpec task; cursor->next(task);)
-            if (task.id >= lo && task.id < hi) digests[task.id - lo] = task_digest(task.id, task.type->name(), task.params);
+            if (task.id >= lo && task.id < hi)
+                digests[task.id - lo] = task_digest(task.id, task.type->name(), task.params);
         for_each_line(path, length, "--resume", [&](const Line& line) {
-            if (line.id < lo || line.id >= hi || task_digest(line.id, line.kind, line.params) == digests[line.id - lo]) return;
+            if (line.id < lo || line.id >= hi || task_digest(line.id, line.kind, line.params) == digests[line.id - lo])
+                return;
             const auto task = task_of(plan, line.id);
             if (task && task->type->name() == line.kind && task->params == line.params) return;
-            throw ConfigError(fmt::format("{}: task {} is {} {} there but {} {} here; the journal is from a different plan",
-                                          where("--resume", path, line.number), line.id, printable(line.kind),
-                                          printable(exact_text(line.params)), task ? task->type->name() : "?",
-                                          task ? printable(exact_text(task->params)) : "?"));
+            throw ConfigError(fmt::format(
+                "{}: task {} is {} {} there but {} {} here; the journal is from a different plan",
+                where("--resume", path, line.number), line.id, printable(line.kind), printable(exact_text(line.params)),
+                task ? task->type->name() : "?", task ? printable(exact_text(task->params)) : "?"));
         });
     }
 }
@@ -152,14 +158,16 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
         spdlog::warn("journal '{}' ends in a torn line; cutting it off: {}", path.string(), printable(torn));
         std::filesystem::resize_file(path, complete, ec);
         if (ec)
-            throw ConfigError(fmt::format("--resume: cannot repair journal '{}': {}", printable(path.string()), ec.message()));
+            throw ConfigError(
+                fmt::format("--resume: cannot repair journal '{}': {}", printable(path.string()), ec.message()));
     }
     IdSet seen;                        // ids with a line
     std::uint64_t journal_digest = 0;  // summed over the first line of each id
     Done done = read_ok_lines(path, complete, "--resume", [&](const Line& line) {
         if (line.id >= count)
-            throw ConfigError(fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a different plan",
-                                          where("--resume", path, line.number), line.id, count));
+            throw ConfigError(
+                fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a different plan",
+                            where("--resume", path, line.number), line.id, count));
         if (seen.insert(line.id)) journal_digest += task_digest(line.id, line.kind, line.params);
     });
     if (seen.empty()) return done;

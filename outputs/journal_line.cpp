@@ -67,10 +67,14 @@ std::size_t utf8_length(std::string_view text, std::size_t at) {
     std::size_t length = 0;
     char32_t code = 0, least = 0;
     if (lead < 0x80) return 1;
-    if ((lead & 0xE0) == 0xC0) length = 2, code = lead & 0x1F, least = 0x80;
-    else if ((lead & 0xF0) == 0xE0) length = 3, code = lead & 0x0F, least = 0x800;
-    else if ((lead & 0xF8) == 0xF0) length = 4, code = lead & 0x07, least = 0x10000;
-    else return 0;
+    if ((lead & 0xE0) == 0xC0)
+        length = 2, code = lead & 0x1F, least = 0x80;
+    else if ((lead & 0xF0) == 0xE0)
+        length = 3, code = lead & 0x0F, least = 0x800;
+    else if ((lead & 0xF8) == 0xF0)
+        length = 4, code = lead & 0x07, least = 0x10000;
+    else
+        return 0;
     if (at + length > text.size()) return 0;
     for (std::size_t i = 1; i < length; ++i) {
         if ((byte(at + i) & 0xC0) != 0x80) return 0;
@@ -181,7 +185,8 @@ bool JournalLineReader::fill() {
     buffer_.resize(old + got);
     left_ -= got;
     if (in_.bad())
-        throw ConfigError(fmt::format("{}: {}:{}: cannot read further: {}", flag_, name_, number_ + 1, std::strerror(errno)));
+        throw ConfigError(
+            fmt::format("{}: {}:{}: cannot read further: {}", flag_, name_, number_ + 1, std::strerror(errno)));
     return got > 0;
 }
 
@@ -196,9 +201,10 @@ bool JournalLineReader::next(std::string& line) {
             return true;
         }
         if (buffer_.size() - at_ > kMaxJournalLineBytes)
-            throw ConfigError(fmt::format("{}: {}:{}: a line longer than {} MiB; no journal line is (the run shortens what "
-                                          "it writes to fit)",
-                                          flag_, name_, number_ + 1, kMaxJournalLineBytes >> 20));
+            throw ConfigError(
+                fmt::format("{}: {}:{}: a line longer than {} MiB; no journal line is (the run shortens what "
+                            "it writes to fit)",
+                            flag_, name_, number_ + 1, kMaxJournalLineBytes >> 20));
         buffer_.erase(0, at_);
         scanned = buffer_.size();
         at_ = 0;
@@ -213,7 +219,8 @@ bool JournalLineReader::next(std::string& line) {
 std::uintmax_t complete_length(const std::filesystem::path& path, const std::string& flag) {
     std::ifstream in(path, std::ios::binary);
     if (!in)
-        throw ConfigError(fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+        throw ConfigError(
+            fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
     in.seekg(0, std::ios::end);
     std::streamoff end = in.tellg();
     char buffer[4096];
@@ -235,10 +242,12 @@ json parse_journal_line(std::string_view line, const std::string& where) {
     } catch (const json::parse_error& e) {
         const std::size_t bad = first_bad_byte(line);
         if (bad != std::string_view::npos)
-            not_a_line(where, fmt::format("byte {} is not UTF-8 (0x{:02x}); journals are UTF-8, with the exact bytes in "
-                                          "\"bytes\"",
-                                          bad + 1, static_cast<unsigned char>(line[bad])));
-        not_a_line(where, fmt::format("not JSON (at byte {} of {})", std::min<std::size_t>(e.byte, line.size()), line.size()));
+            not_a_line(where,
+                       fmt::format("byte {} is not UTF-8 (0x{:02x}); journals are UTF-8, with the exact bytes in "
+                                   "\"bytes\"",
+                                   bad + 1, static_cast<unsigned char>(line[bad])));
+        not_a_line(where,
+                   fmt::format("not JSON (at byte {} of {})", std::min<std::size_t>(e.byte, line.size()), line.size()));
     }
     if (!entry.is_object()) not_a_line(where, "not a JSON object");
     const auto bytes = entry.find("bytes");
@@ -310,10 +319,12 @@ std::string journal_line_text(json line) {
     const std::size_t was = text.size();
     line.erase("bytes");
     if (auto value = line.find("value"); value != line.end() && !value->is_null()) *value = nullptr;
-    if (auto error = line.find("error"); error != line.end() && error->is_string() && error->get_ref<const std::string&>().size() > kCutError)
+    if (auto error = line.find("error");
+        error != line.end() && error->is_string() && error->get_ref<const std::string&>().size() > kCutError)
         *error = cut_text(error->get<std::string>(), kCutError);
-    line["cut"] = fmt::format("the line was {} bytes, over the journal's {} MiB: its value was left out and its error cut",
-                              was, kMaxJournalLineBytes >> 20);
+    line["cut"] =
+        fmt::format("the line was {} bytes, over the journal's {} MiB: its value was left out and its error cut", was,
+                    kMaxJournalLineBytes >> 20);
     keep_exact_bytes(line);
     return line.dump(-1, ' ', false, json::error_handler_t::replace);
 }

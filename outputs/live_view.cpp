@@ -69,7 +69,8 @@ std::string random_token() {
     unsigned char bytes[16];
     for (std::size_t got = 0; got < sizeof bytes;) {
         const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
-        if (n < 0 && errno != EINTR) throw std::runtime_error(fmt::format("cannot make a token for --ui: {}", std::strerror(errno)));
+        if (n < 0 && errno != EINTR)
+            throw std::runtime_error(fmt::format("cannot make a token for --ui: {}", std::strerror(errno)));
         if (n > 0) got += static_cast<std::size_t>(n);
     }
     std::string token;
@@ -84,7 +85,8 @@ std::optional<UiAddress> parse_ui_address(const std::string& text) {
     UiAddress address{colon == std::string::npos ? "127.0.0.1" : text.substr(0, colon), 0};
     const std::string port = colon == std::string::npos ? text : text.substr(colon + 1);
     const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), address.port);
-    if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || address.port < 0 || address.port > 65535)
+    if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || address.port < 0 ||
+        address.port > 65535)
         return std::nullopt;
     return address;
 }
@@ -99,7 +101,7 @@ double LiveState::now_s(const Mode& mode) const {
 }
 
 LiveState::Lane& LiveState::lane(Mode& mode, const std::string& worker, std::uint32_t* index) {
-    static const std::string kUnassigned = "unassigned";  // a result that never ran anywhere
+    static const std::string kUnassigned = "unassigned";              // a result that never ran anywhere
     const std::string& name = worker.empty() ? kUnassigned : worker;  // no copy per task
     auto [found, added] = mode.lane_of.try_emplace(name, static_cast<std::uint32_t>(mode.lanes.size()));
     if (added) {
@@ -183,7 +185,8 @@ void LiveState::event(const RunEvent& event) {
         case RunEvent::Kind::Requeued:
             if (lane.running && lane.running->first == event.task) lane.running.reset();
             // The lost attempt, drawn as such; never merged.
-            mode.bars.push_back({mode.lane_of.at(lane.name), event.started_s, event.at_s, false, 1, event.task, generation_});
+            mode.bars.push_back(
+                {mode.lane_of.at(lane.name), event.started_s, event.at_s, false, 1, event.task, generation_});
             mode.bars.back().tasks = 0;  // a lost attempt is no finished task
             break;
     }
@@ -266,7 +269,8 @@ nlohmann::json LiveState::snapshot() {
 std::optional<nlohmann::json> LiveState::delta() {
     std::lock_guard lock(mutex_);
     const bool running = !modes_.empty() && modes_.back().end_s < 0;
-    const bool changed = std::any_of(modes_.begin(), modes_.end(), [&](const Mode& m) { return m.changed >= generation_; });
+    const bool changed =
+        std::any_of(modes_.begin(), modes_.end(), [&](const Mode& m) { return m.changed >= generation_; });
     const bool news = changed || running || failures_sent_ < failures_.size() || (reports_ && !reports_sent_);
     std::optional<nlohmann::json> out;
     if (news) out = document(generation_, failures_sent_);
@@ -406,16 +410,15 @@ public:
                 pages_.push_back(page);
             }
             response.set_chunked_content_provider(
-                "text/event-stream",
-                [this, page](std::size_t, httplib::DataSink& sink) { return stream(*page, sink); },
+                "text/event-stream", [this, page](std::size_t, httplib::DataSink& sink) { return stream(*page, sink); },
                 [this, page](bool) {
                     std::lock_guard lock(mutex_);
                     std::erase(pages_, page);
                 });
         });
         http_.set_error_handler([](const httplib::Request&, httplib::Response& response) {
-            response.set_content(fmt::format("{}: the page is at the address the coordinator printed\n", response.status),
-                                 "text/plain");
+            response.set_content(
+                fmt::format("{}: the page is at the address the coordinator printed\n", response.status), "text/plain");
         });
     }
 
@@ -453,8 +456,9 @@ public:
         if (door_) {
             door_->stop();
             if (door_->refused() > 0)
-                spdlog::debug("live view: {} connection(s) closed unserved: without the token, too slow, or over a limit",
-                              door_->refused());
+                spdlog::debug(
+                    "live view: {} connection(s) closed unserved: without the token, too slow, or over a limit",
+                    door_->refused());
         }
         http_.serving(INVALID_SOCKET);
     }
@@ -465,7 +469,8 @@ private:
     // On the request's own thread (the door's handler).
     void handle(UiDoor::Request& request) {
         // An event stream lasts as long as the run; every other answer has kRequestDeadline.
-        const std::string_view rest = std::string_view(request.head).substr(std::min(request.head.size(), base_.size() + 4));
+        const std::string_view rest =
+            std::string_view(request.head).substr(std::min(request.head.size(), base_.size() + 4));
         const bool events = rest.starts_with("events") && rest.size() > 6 && (rest[6] == ' ' || rest[6] == '?');
         std::optional<Clock::time_point> deadline;
         if (!events) deadline = request.accepted + kRequestDeadline;
@@ -538,8 +543,7 @@ private:
 LiveView::LiveView(const std::string& address, std::string title, bool slurm)
     : state_(std::make_shared<LiveState>(std::move(title), slurm)), server_(std::make_shared<Server>(state_)) {
     const auto parsed = parse_ui_address(address);
-    if (!parsed)
-        throw ConfigError(fmt::format("--ui: '{}' is not [ADDRESS:]PORT (e.g. --ui 127.0.0.1:0)", address));
+    if (!parsed) throw ConfigError(fmt::format("--ui: '{}' is not [ADDRESS:]PORT (e.g. --ui 127.0.0.1:0)", address));
     const std::string host = parsed->host == "*" ? "0.0.0.0" : parsed->host;
     token_ = random_token();
     server_->routes(token_);

@@ -57,11 +57,11 @@ private:
     };
     struct Lane {
         std::string name;
-        std::string where;   // "this machine, pid 42", "remote host b7", "Slurm node n3"
+        std::string where;  // "this machine, pid 42", "remote host b7", "Slurm node n3"
         bool alive = true;
         std::size_t done = 0;
         std::optional<std::pair<TaskId, double>> running;  // id and start, seconds of the mode
-        std::optional<std::size_t> last_bar;                // index into Mode::bars
+        std::optional<std::size_t> last_bar;               // index into Mode::bars
         std::uint64_t changed = 0;
     };
     struct Mode {

@@ -56,7 +56,9 @@ void close_fd(int fd) {
 // A short answer to a connection the door will not serve, without waiting for the client to
 // read it, then the connection closed.
 void refuse(int fd, int status, std::string_view why) {
-    const char* reason = status == 404 ? "Not Found" : status == 431 ? "Request Header Fields Too Large" : "Service Unavailable";
+    const char* reason = status == 404   ? "Not Found"
+                         : status == 431 ? "Request Header Fields Too Large"
+                                         : "Service Unavailable";
     const std::string body = fmt::format("{}: {}\n", status, why);
     const std::string response = fmt::format(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n"
@@ -81,7 +83,8 @@ public:
     bool operator()(int fd, const sockaddr_in& peer) const {
         sockaddr_in local{};
         socklen_t length = sizeof local;
-        if (netlink_ < 0 || peer.sin_family != AF_INET || ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) != 0)
+        if (netlink_ < 0 || peer.sin_family != AF_INET ||
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) != 0)
             return false;
         struct {
             nlmsghdr header;
@@ -108,7 +111,8 @@ public:
         // The kernel answers while sendto() runs: the reply is there already.
         const ssize_t got = ::recv(netlink_, answer, sizeof answer, MSG_DONTWAIT);
         const auto* header = reinterpret_cast<const nlmsghdr*>(answer);
-        if (got < static_cast<ssize_t>(NLMSG_LENGTH(sizeof(inet_diag_msg))) || header->nlmsg_type != SOCK_DIAG_BY_FAMILY)
+        if (got < static_cast<ssize_t>(NLMSG_LENGTH(sizeof(inet_diag_msg))) ||
+            header->nlmsg_type != SOCK_DIAG_BY_FAMILY)
             return false;  // NLMSG_ERROR: no such socket here (another machine's), or not allowed
         const auto* found = static_cast<const inet_diag_msg*>(NLMSG_DATA(header));
         return found->idiag_uid == ::geteuid();
@@ -201,7 +205,8 @@ void UiDoor::hand_over(Request request) {
         const std::size_t limit = request.ours ? kMaxServing : kMaxServing - kServingOurs;
         if (shared_->stopping || shared_->serving >= limit) {
             ++shared_->refused;
-            refuse(request.fd, 503, fmt::format("{} requests for this page are being served already; try again", kMaxServing));
+            refuse(request.fd, 503,
+                   fmt::format("{} requests for this page are being served already; try again", kMaxServing));
             return;
         }
         ++shared_->serving;
@@ -311,7 +316,8 @@ void UiDoor::run() {
                 continue;
             }
             p.proven = verdict > 0;
-            if (p.proven && (p.head.find("\r\n\r\n") != std::string::npos || p.head.find("\n\n") != std::string::npos)) {
+            if (p.proven &&
+                (p.head.find("\r\n\r\n") != std::string::npos || p.head.find("\n\n") != std::string::npos)) {
                 hand_over({p.fd, std::move(p.head), p.accepted, p.ours});
                 p.fd = -1;
             } else if (p.head.size() >= kMaxHead) {
@@ -327,10 +333,12 @@ void UiDoor::run() {
         for (int i = 0; i < kAcceptBatch; ++i) {
             sockaddr_in peer{};
             socklen_t peer_length = sizeof peer;
-            const int fd = ::accept4(listener_, reinterpret_cast<sockaddr*>(&peer), &peer_length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            const int fd =
+                ::accept4(listener_, reinterpret_cast<sockaddr*>(&peer), &peer_length, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0) {
                 if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) paused_until = now + kAcceptPause;
+                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                    paused_until = now + kAcceptPause;
                 break;  // EAGAIN: none left
             }
             if (fd >= ceiling) {  // the run's descriptors come first

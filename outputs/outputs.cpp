@@ -269,7 +269,9 @@ std::string identity(const NamedFile& file) {
     return {};
 }
 
-bool reads(const NamedFile& file) { return file.role == NamedFile::Role::Input || file.role == NamedFile::Role::Journal; }
+bool reads(const NamedFile& file) {
+    return file.role == NamedFile::Role::Input || file.role == NamedFile::Role::Journal;
+}
 bool writes(const NamedFile& file) { return file.role != NamedFile::Role::Input; }
 
 // Whether two files that are one file may be given together: see check_distinct().
@@ -290,14 +292,15 @@ void check_journal_path(const char* flag, const fs::path& path) {
     if (path.empty()) return;
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode)) return;  // a missing one: opening it says why
-    const char* what = S_ISFIFO(st.st_mode)  ? "a FIFO"
-                       : S_ISDIR(st.st_mode) ? "a directory"
-                       : S_ISCHR(st.st_mode) ? "a character device"
+    const char* what = S_ISFIFO(st.st_mode)   ? "a FIFO"
+                       : S_ISDIR(st.st_mode)  ? "a directory"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
                        : S_ISSOCK(st.st_mode) ? "a socket"
                                               : "not a regular file";
-    throw ConfigError(fmt::format("{}: cannot use '{}' as a journal: it is {}; a journal must be a regular file, which "
-                                  "the run locks, repairs and appends to (`report` reads a journal from a stream)",
-                                  flag, printable(path.string()), what));
+    throw ConfigError(
+        fmt::format("{}: cannot use '{}' as a journal: it is {}; a journal must be a regular file, which "
+                    "the run locks, repairs and appends to (`report` reads a journal from a stream)",
+                    flag, printable(path.string()), what));
 }
 
 bool same_file(const fs::path& a, const fs::path& b) {

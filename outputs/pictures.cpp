@@ -66,26 +66,30 @@ nlohmann::json complete(std::string name, std::string_view category, double star
 }
 
 nlohmann::json result_event(const TaskResult& result, int pid, int tid) {
-    nlohmann::json args = {{"id", result.id}, {"kind", kind_name(result)}, {"attempt", result.attempt},
-                           {"ok", result.ok}, {"worker", result.worker}};
+    nlohmann::json args = {{"id", result.id},
+                           {"kind", kind_name(result)},
+                           {"attempt", result.attempt},
+                           {"ok", result.ok},
+                           {"worker", result.worker}};
     if (result.ok)
         args["value"] = result.value;
     else
         args["error"] = result.error;
-    return complete(fmt::format("{} #{}", kind_name(result), result.id), "task", result.start_s, result.end_s, pid,
-                    tid, std::move(args));
+    return complete(fmt::format("{} #{}", kind_name(result), result.id), "task", result.start_s, result.end_s, pid, tid,
+                    std::move(args));
 }
 
 nlohmann::json lost_attempt_event(const RunEvent& event, int pid, int tid) {
-    return complete(fmt::format("{} #{} (lost)", (event.task_type ? event.task_type->name() : std::string("?")), event.task), "task,lost",
-                    event.started_s, event.at_s, pid, tid,
-                    {{"id", event.task},
-                     {"kind", (event.task_type ? event.task_type->name() : std::string("?"))},
-                     {"attempt", event.attempt},
-                     {"ok", false},
-                     {"lost", true},
-                     {"worker", event.worker},
-                     {"error", event.detail}});
+    return complete(
+        fmt::format("{} #{} (lost)", (event.task_type ? event.task_type->name() : std::string("?")), event.task),
+        "task,lost", event.started_s, event.at_s, pid, tid,
+        {{"id", event.task},
+         {"kind", (event.task_type ? event.task_type->name() : std::string("?"))},
+         {"attempt", event.attempt},
+         {"ok", false},
+         {"lost", true},
+         {"worker", event.worker},
+         {"error", event.detail}});
 }
 
 nlohmann::json instant_event(const RunEvent& event, int pid, int tid) {
@@ -94,8 +98,8 @@ nlohmann::json instant_event(const RunEvent& event, int pid, int tid) {
         args["id"] = event.task;
         args["lost_attempt"] = event.attempt;
     }
-    return {{"name", to_string(event.kind)}, {"cat", "worker"}, {"ph", "i"}, {"s", "t"}, {"ts", micros(event.at_s)},
-            {"pid", pid}, {"tid", tid}, {"args", std::move(args)}};
+    return {{"name", to_string(event.kind)}, {"cat", "worker"}, {"ph", "i"},  {"s", "t"},
+            {"ts", micros(event.at_s)},      {"pid", pid},      {"tid", tid}, {"args", std::move(args)}};
 }
 
 // ---- SVG
@@ -124,13 +128,20 @@ std::string xml_text(std::string_view text) {
         std::size_t length = 0;
         unsigned char lo = 0x80;
         unsigned char hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) length = 2;
-        else if (c == 0xE0) length = 3, lo = 0xA0;
-        else if (c == 0xED) length = 3, hi = 0x9F;
-        else if (c >= 0xE1 && c <= 0xEF) length = 3;
-        else if (c == 0xF0) length = 4, lo = 0x90;
-        else if (c == 0xF4) length = 4, hi = 0x8F;
-        else if (c >= 0xF1 && c <= 0xF3) length = 4;
+        if (c >= 0xC2 && c <= 0xDF)
+            length = 2;
+        else if (c == 0xE0)
+            length = 3, lo = 0xA0;
+        else if (c == 0xED)
+            length = 3, hi = 0x9F;
+        else if (c >= 0xE1 && c <= 0xEF)
+            length = 3;
+        else if (c == 0xF0)
+            length = 4, lo = 0x90;
+        else if (c == 0xF4)
+            length = 4, hi = 0x8F;
+        else if (c >= 0xF1 && c <= 0xF3)
+            length = 4;
         bool valid = length > 0 && i + length <= text.size() && byte(i + 1) >= lo && byte(i + 1) <= hi;
         for (std::size_t k = 2; valid && k < length; ++k) valid = byte(i + k) >= 0x80 && byte(i + k) <= 0xBF;
         if (valid) {
@@ -227,7 +238,8 @@ public:
         for (const std::string& line : wrap(title_)) {
             y += kTitleLine;
             body_ += fmt::format(R"(<text class="title" x="{}" y="{:.1f}" font-size="14" font-weight="bold">{}</text>)",
-                                 kMargin, y - 4, xml_text(line)) + "\n";
+                                 kMargin, y - 4, xml_text(line)) +
+                     "\n";
         }
         y += 10;
         for (const ModeRecording& mode : modes_) y = panel(mode, y);
@@ -257,7 +269,8 @@ private:
         const std::vector<std::string> lanes = lanes_of(mode);
         std::map<std::string, std::size_t> lane_index;
         for (std::size_t i = 0; i < lanes.size(); ++i) lane_index[lanes[i]] = i;
-        const auto failed = std::count_if(mode.results.begin(), mode.results.end(), [](const TaskResult& r) { return !r.ok && !r.retrying; });
+        const auto failed = std::count_if(mode.results.begin(), mode.results.end(),
+                                          [](const TaskResult& r) { return !r.ok && !r.retrying; });
         const auto lost = std::count_if(mode.events.begin(), mode.events.end(),
                                         [](const RunEvent& e) { return e.kind == RunEvent::Kind::Requeued; });
         std::string summary = fmt::format("{}: {} tasks on {} {}", mode.mode, mode.results.size(), lanes.size(),
@@ -265,8 +278,11 @@ private:
         if (failed > 0) summary += fmt::format(", {} failed", failed);
         if (lost > 0) summary += fmt::format(", {} {} lost", lost, lost == 1 ? "attempt" : "attempts");
         summary += mode.report ? ", " + report_text(modes_, *mode.report) : ", did not finish";
-        body_ += fmt::format(R"(<g class="mode"><text class="mode-title" x="{}" y="{:.1f}" font-size="13" font-weight="bold">{}</text>)",
-                             kMargin, top + 16, xml_text(summary)) + "\n";
+        body_ +=
+            fmt::format(
+                R"(<g class="mode"><text class="mode-title" x="{}" y="{:.1f}" font-size="13" font-weight="bold">{}</text>)",
+                kMargin, top + 16, xml_text(summary)) +
+            "\n";
 
         const double lanes_top = top + kPanelHead;
         const double lanes_bottom = lanes_top + kLane * static_cast<double>(std::max<std::size_t>(lanes.size(), 1));
@@ -274,12 +290,16 @@ private:
             const double lane_y = lanes_top + kLane * static_cast<double>(i);
             body_ += fmt::format(R"(<rect class="lane" x="{}" y="{:.1f}" width="{}" height="{}" fill="{}"/>)", kLeft,
                                  lane_y, kPlotWidth, kLane, i % 2 == 0 ? "#f3f3f3" : "#fafafa");
-            body_ += fmt::format(R"(<text class="lane-name" x="{}" y="{:.1f}" font-size="11" text-anchor="end">{}</text>)",
-                                 kLeft - 8, lane_y + kLane / 2 + 4, xml_text(lanes[i])) + "\n";
+            body_ +=
+                fmt::format(R"(<text class="lane-name" x="{}" y="{:.1f}" font-size="11" text-anchor="end">{}</text>)",
+                            kLeft - 8, lane_y + kLane / 2 + 4, xml_text(lanes[i])) +
+                "\n";
         }
         for (int i = 1; i <= ticks_; ++i)
-            body_ += fmt::format(R"(<line class="grid" x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="#dddddd"/>)",
-                                 x_of(step_ * i), lanes_top, lanes_bottom) + "\n";
+            body_ += fmt::format(
+                         R"(<line class="grid" x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="#dddddd"/>)",
+                         x_of(step_ * i), lanes_top, lanes_bottom) +
+                     "\n";
 
         const auto bar_y = [&](const std::string& lane) {
             return lanes_top + kLane * static_cast<double>(lane_index.at(lane)) + (kLane - kBar) / 2;
@@ -290,9 +310,11 @@ private:
         for (const RunEvent& event : mode.events)
             if (event.kind != RunEvent::Kind::Requeued) marker(event, bar_y(event.worker));
         if (const double wall = wall_of(mode); wall > 0)
-            body_ += fmt::format(
-                R"(<line class="wall" x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}" stroke-width="1.5" stroke-dasharray="5,3"><title>wall time {4}</title></line>)",
-                x_of(wall), lanes_top - 4, lanes_bottom + 4, kInk, seconds_text(wall)) + "\n";
+            body_ +=
+                fmt::format(
+                    R"(<line class="wall" x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}" stroke-width="1.5" stroke-dasharray="5,3"><title>wall time {4}</title></line>)",
+                    x_of(wall), lanes_top - 4, lanes_bottom + 4, kInk, seconds_text(wall)) +
+                "\n";
         body_ += "</g>\n";
         return lanes_bottom + kPanelGap;
     }
@@ -304,30 +326,37 @@ private:
         // A retry is outlined dark; a first attempt thinly in white, so that back-to-back bars stay apart.
         const std::string outline = retried ? fmt::format(R"( stroke="{}" stroke-width="2")", kInk)
                                             : std::string(R"( stroke="#ffffff" stroke-width="0.75")");
-        const std::string tip = fmt::format("task {} ({}), attempt {}, on {}: {} to {}, {}", result.id,
-                                            kind_name(result), result.attempt, lane_of(result),
-                                            seconds_text(result.start_s), seconds_text(result.end_s),
-                                            result.ok ? describe_value(result) : "FAILED: " + result.error);
-        body_ += fmt::format(
-            R"(<rect class="task {}{}" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" fill="{}"{}><title>{}</title></rect>)",
-            result.ok ? "ok" : "failed", retried ? " retry" : "", x, y, width, kBar,
-            result.ok ? kOkColour : kFailedColour, outline, xml_text(tip)) + "\n";
+        const std::string tip =
+            fmt::format("task {} ({}), attempt {}, on {}: {} to {}, {}", result.id, kind_name(result), result.attempt,
+                        lane_of(result), seconds_text(result.start_s), seconds_text(result.end_s),
+                        result.ok ? describe_value(result) : "FAILED: " + result.error);
+        body_ +=
+            fmt::format(
+                R"(<rect class="task {}{}" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" fill="{}"{}><title>{}</title></rect>)",
+                result.ok ? "ok" : "failed", retried ? " retry" : "", x, y, width, kBar,
+                result.ok ? kOkColour : kFailedColour, outline, xml_text(tip)) +
+            "\n";
         const std::string label = std::to_string(result.id);
         if (width >= 7.0 * static_cast<double>(label.size()) + 6)
-            body_ += fmt::format(
-                R"(<text class="task-id" x="{:.2f}" y="{:.1f}" font-size="10" fill="#ffffff" text-anchor="middle">{}</text>)",
-                x + width / 2, y + kBar - 3.5, label) + "\n";
+            body_ +=
+                fmt::format(
+                    R"(<text class="task-id" x="{:.2f}" y="{:.1f}" font-size="10" fill="#ffffff" text-anchor="middle">{}</text>)",
+                    x + width / 2, y + kBar - 3.5, label) +
+                "\n";
     }
 
     void lost_bar(const RunEvent& event, double y) {
         const double x = x_of(event.started_s);
         const double width = std::max(1.5, x_of(event.at_s) - x);
-        const std::string tip = fmt::format("task {} ({}), attempt {}, lost with {}: {} to {}, {}; queued again",
-                                            event.task, (event.task_type ? event.task_type->name() : std::string("?")), event.attempt, event.worker,
-                                            seconds_text(event.started_s), seconds_text(event.at_s), event.detail);
-        body_ += fmt::format(
-            R"svg(<rect class="attempt lost" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"><title>{}</title></rect>)svg",
-            x, y, width, kBar, kFailedColour, xml_text(tip)) + "\n";
+        const std::string tip =
+            fmt::format("task {} ({}), attempt {}, lost with {}: {} to {}, {}; queued again", event.task,
+                        (event.task_type ? event.task_type->name() : std::string("?")), event.attempt, event.worker,
+                        seconds_text(event.started_s), seconds_text(event.at_s), event.detail);
+        body_ +=
+            fmt::format(
+                R"svg(<rect class="attempt lost" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"><title>{}</title></rect>)svg",
+                x, y, width, kBar, kFailedColour, xml_text(tip)) +
+            "\n";
     }
 
     void marker(const RunEvent& event, double y) {
@@ -335,57 +364,74 @@ private:
         const std::string tip =
             fmt::format("{} {} at {}: {}", event.worker, to_string(event.kind), seconds_text(event.at_s), event.detail);
         if (event.kind == RunEvent::Kind::WorkerStarted)
-            body_ += fmt::format(
-                R"(<path class="event start" d="M{:.2f},{:.1f} l6,{} l-6,{} z" fill="{}"><title>{}</title></path>)",
-                x - 6, y, kBar / 2, kBar / 2, kStartColour, xml_text(tip)) + "\n";
+            body_ +=
+                fmt::format(
+                    R"(<path class="event start" d="M{:.2f},{:.1f} l6,{} l-6,{} z" fill="{}"><title>{}</title></path>)",
+                    x - 6, y, kBar / 2, kBar / 2, kStartColour, xml_text(tip)) +
+                "\n";
         else
-            body_ += fmt::format(
-                R"(<rect class="event exit" x="{:.2f}" y="{:.1f}" width="2.5" height="{}" fill="{}"><title>{}</title></rect>)",
-                x, y, kBar, kInk, xml_text(tip)) + "\n";
+            body_ +=
+                fmt::format(
+                    R"(<rect class="event exit" x="{:.2f}" y="{:.1f}" width="2.5" height="{}" fill="{}"><title>{}</title></rect>)",
+                    x, y, kBar, kInk, xml_text(tip)) +
+                "\n";
     }
 
     void axis(double bottom) {
         const double y = bottom - kPanelGap + 6;
         body_ += fmt::format(R"(<g class="axis"><line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="{}"/>)", kLeft, y,
-                             kLeft + kPlotWidth, y, kInk) + "\n";
+                             kLeft + kPlotWidth, y, kInk) +
+                 "\n";
         for (int i = 0; i <= ticks_; ++i) {
             const double seconds = step_ * i;
-            body_ += fmt::format(
-                R"(<line x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}"/><text class="tick" x="{0:.2f}" y="{4:.1f}" font-size="11" text-anchor="middle">{5:.{6}f} s</text>)",
-                x_of(seconds), y, y + 5, kInk, y + 18, seconds, decimals_) + "\n";
+            body_ +=
+                fmt::format(
+                    R"(<line x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}"/><text class="tick" x="{0:.2f}" y="{4:.1f}" font-size="11" text-anchor="middle">{5:.{6}f} s</text>)",
+                    x_of(seconds), y, y + 5, kInk, y + 18, seconds, decimals_) +
+                "\n";
         }
-        body_ += fmt::format(
-            R"(<text x="{:.1f}" y="{:.1f}" font-size="11" text-anchor="middle" fill="#555555">seconds since the start of each mode; one lane per worker or thread</text></g>)",
-            kLeft + kPlotWidth / 2, y + 34) + "\n";
+        body_ +=
+            fmt::format(
+                R"(<text x="{:.1f}" y="{:.1f}" font-size="11" text-anchor="middle" fill="#555555">seconds since the start of each mode; one lane per worker or thread</text></g>)",
+                kLeft + kPlotWidth / 2, y + 34) +
+            "\n";
     }
 
     double legend(double y) {
         double x = kMargin;
         const auto item = [&](const std::string& swatch, std::string_view label) {
             body_ += swatch;
-            body_ += fmt::format(R"(<text x="{:.1f}" y="{:.1f}" font-size="11">{}</text>)", x + 20, y + 11, label) + "\n";
+            body_ +=
+                fmt::format(R"(<text x="{:.1f}" y="{:.1f}" font-size="11">{}</text>)", x + 20, y + 11, label) + "\n";
             x += 28 + 6.2 * static_cast<double>(label.size());
         };
         body_ += R"(<g class="legend">)";
-        item(fmt::format(R"(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="{}"/>)", x, y, kBar, kOkColour),
+        item(fmt::format(R"(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="{}"/>)", x, y, kBar,
+                         kOkColour),
              "task ok");
         item(fmt::format(R"(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="{}"/>)", x, y, kBar,
                          kFailedColour),
              "task failed");
-        item(fmt::format(R"(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="{}" stroke="{}" stroke-width="2"/>)",
-                         x + 1, y + 1, kBar - 2, kOkColour, kInk),
-             "ok on a later attempt");
-        item(fmt::format(R"svg(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"/>)svg",
-                         x, y, kBar, kFailedColour),
-             "attempt lost with its worker, retried");
+        item(
+            fmt::format(
+                R"(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="{}" stroke="{}" stroke-width="2"/>)",
+                x + 1, y + 1, kBar - 2, kOkColour, kInk),
+            "ok on a later attempt");
+        item(
+            fmt::format(
+                R"svg(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"/>)svg",
+                x, y, kBar, kFailedColour),
+            "attempt lost with its worker, retried");
         item(fmt::format(R"(<path d="M{:.1f},{:.1f} l6,{} l-6,{} z" fill="{}"/>)", x + 4, y, kBar / 2, kBar / 2,
                          kStartColour),
              "worker started");
         item(fmt::format(R"(<rect x="{:.1f}" y="{:.1f}" width="2.5" height="{}" fill="{}"/>)", x + 6, y, kBar, kInk),
              "worker exited");
-        item(fmt::format(R"(<line x1="{0:.1f}" y1="{1:.1f}" x2="{0:.1f}" y2="{2:.1f}" stroke="{3}" stroke-width="1.5" stroke-dasharray="5,3"/>)",
-                         x + 7, y - 2, y + kBar + 2, kInk),
-             "wall time");
+        item(
+            fmt::format(
+                R"(<line x1="{0:.1f}" y1="{1:.1f}" x2="{0:.1f}" y2="{2:.1f}" stroke="{3}" stroke-width="1.5" stroke-dasharray="5,3"/>)",
+                x + 7, y - 2, y + kBar + 2, kInk),
+            "wall time");
         body_ += "</g>\n";
         return y + kBar;
     }
@@ -419,7 +465,8 @@ nlohmann::json trace_json(const std::vector<ModeRecording>& modes, std::string_v
         const int pid = static_cast<int>(m) + 1;
         events.push_back(metadata("process_name", pid, 0, {{"name", mode.mode}}));
         events.push_back(metadata("process_sort_index", pid, 0, {{"sort_index", pid}}));
-        if (mode.report) events.push_back(metadata("process_labels", pid, 0, {{"labels", report_text(modes, *mode.report)}}));
+        if (mode.report)
+            events.push_back(metadata("process_labels", pid, 0, {{"labels", report_text(modes, *mode.report)}}));
         std::map<std::string, int> tids;
         for (const std::string& lane : lanes_of(mode)) {
             const int tid = static_cast<int>(tids.size()) + 1;
@@ -427,7 +474,8 @@ nlohmann::json trace_json(const std::vector<ModeRecording>& modes, std::string_v
             events.push_back(metadata("thread_name", pid, tid, {{"name", lane}}));
             events.push_back(metadata("thread_sort_index", pid, tid, {{"sort_index", tid}}));
         }
-        for (const TaskResult& result : mode.results) events.push_back(result_event(result, pid, tids.at(lane_of(result))));
+        for (const TaskResult& result : mode.results)
+            events.push_back(result_event(result, pid, tids.at(lane_of(result))));
         for (const RunEvent& event : mode.events) {
             if (event.kind == RunEvent::Kind::Requeued)
                 events.push_back(lost_attempt_event(event, pid, tids.at(event.worker)));

@@ -19,7 +19,6 @@
 
 namespace taskfarm {
 
-
 // One mode's run, as the writers need it.
 struct ModeRecording {
     std::string mode;                 // any name: "sequential", "threads", "processes", ...
@@ -33,13 +32,13 @@ struct ModeRecording {
 std::vector<std::string> lanes_of(const ModeRecording& mode);
 
 // The Chrome trace-event document: one process (pid) per mode, one thread (tid) per lane,
-// named by metadata events (the report, when there is one, as process labels); an "X" event per attempt (lost ones too, with "lost": true in
-// args) and an "i" event per worker start, exit and requeue. `command` goes in otherData.
+// named by metadata events (the report, when there is one, as process labels); an "X" event per attempt (lost ones too,
+// with "lost": true in args) and an "i" event per worker start, exit and requeue. `command` goes in otherData.
 nlohmann::json trace_json(const std::vector<ModeRecording>& modes, std::string_view command);
 
 // A self-contained SVG: `title` on top, then one panel per mode on one shared time axis,
-// headed by its report (wall time, speedup, CPU cores kept busy), one lane per worker or thread, one <rect class="task ok|failed"> per final result and
-// one <rect class="attempt lost"> per lost attempt, then the axis and a legend.
+// headed by its report (wall time, speedup, CPU cores kept busy), one lane per worker or thread, one <rect class="task
+// ok|failed"> per final result and one <rect class="attempt lost"> per lost attempt, then the axis and a legend.
 std::string timeline_svg(const std::vector<ModeRecording>& modes, std::string_view title);
 
 }  // namespace taskfarm

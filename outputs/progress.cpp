@@ -15,9 +15,9 @@ namespace taskfarm {
 namespace {
 
 constexpr auto kRedrawInterval = std::chrono::milliseconds(100);  // at most ~10 redraws a second
-constexpr std::size_t kDefaultWidth = 80;                          // when the terminal does not say
+constexpr std::size_t kDefaultWidth = 80;                         // when the terminal does not say
 constexpr std::size_t kMaxBarCells = 30;
-constexpr std::size_t kMinBarCells = 10;  // below this the bar is left out, the numbers stay
+constexpr std::size_t kMinBarCells = 10;        // below this the bar is left out, the numbers stay
 constexpr const char* kEraseLine = "\r\x1b[K";  // back to column 0, clear to the end of the line
 
 std::size_t terminal_width(std::FILE* out) {
@@ -34,9 +34,7 @@ std::string duration_text(double seconds) {
     return fmt::format("{}h{:02}m", whole / 3600, whole / 60 % 60);
 }
 
-double rate_of(const ProgressSnapshot& s) {
-    return s.elapsed_s > 0 ? static_cast<double>(s.done) / s.elapsed_s : 0.0;
-}
+double rate_of(const ProgressSnapshot& s) { return s.elapsed_s > 0 ? static_cast<double>(s.done) / s.elapsed_s : 0.0; }
 
 // The total, or "?" while it is not known (a list read from standard input as the run goes).
 std::string total_text(const ProgressSnapshot& s) { return s.total > 0 ? fmt::format("{}", s.total) : "?"; }
@@ -78,8 +76,8 @@ std::string progress_bar(const ProgressSnapshot& s, std::size_t width) {
 }
 
 std::string progress_summary(const ProgressSnapshot& s) {
-    return fmt::format("{}: {}/{} tasks done, {} failed, {:.1f} tasks/s, {} elapsed, ETA {}", s.mode, s.done, total_text(s),
-                       s.failed, rate_of(s), duration_text(s.elapsed_s), eta_text(s));
+    return fmt::format("{}: {}/{} tasks done, {} failed, {:.1f} tasks/s, {} elapsed, ETA {}", s.mode, s.done,
+                       total_text(s), s.failed, rate_of(s), duration_text(s.elapsed_s), eta_text(s));
 }
 
 void StatusLine::show(std::string text) {

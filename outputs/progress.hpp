@@ -85,7 +85,7 @@ private:
 
 struct ProgressOptions {
     ProgressStyle style = ProgressStyle::Log;
-    std::FILE* terminal = stderr;                   // Bar: where it is drawn
+    std::FILE* terminal = stderr;                  // Bar: where it is drawn
     std::chrono::milliseconds log_interval{5000};  // Log: between two lines
     // Bar: the printed lines go to the terminal the bar is on, so the bar is erased while
     // each is written. False (stdout redirected): the lines go elsewhere, and erasing and
@@ -117,14 +117,14 @@ protected:
 private:
     using Clock = std::chrono::steady_clock;
 
-    void print(const std::function<void()>& write);  // above the bar, if there is one
+    void print(const std::function<void()>& write);          // above the bar, if there is one
     ProgressSnapshot snapshot(Clock::time_point now) const;  // call with state_mutex_ held
-    void update(bool force);  // redraws the bar, or logs a line if one is due
+    void update(bool force);                                 // redraws the bar, or logs a line if one is due
     void tick(std::stop_token stop);
 
     const ProgressOptions options_;
     const std::unique_ptr<ResultSink> printed_;
-    std::unique_ptr<StatusLine> status_;  // Bar only
+    std::unique_ptr<StatusLine> status_;             // Bar only
     std::vector<spdlog::sink_ptr> saved_log_sinks_;  // Bar: the default logger's own, put back at the end
 
     // Shared with the timer thread, so guarded by a lock of its own.
@@ -133,11 +133,11 @@ private:
     std::size_t total_ = 0;
     std::size_t done_ = 0;
     std::size_t failed_ = 0;
-    bool running_ = false;                  // a mode began and is not complete
+    bool running_ = false;  // a mode began and is not complete
     bool closed_ = false;
     Clock::time_point started_{};
     std::optional<Clock::time_point> finished_;  // when the last result came in
-    Clock::time_point last_update_{};        // last redraw (Bar) or line (Log)
+    Clock::time_point last_update_{};            // last redraw (Bar) or line (Log)
     std::condition_variable_any wake_;
     std::jthread timer_;  // last: starts after everything it uses
 };

@@ -101,7 +101,8 @@ JournalSink::JournalSink(const std::filesystem::path& path, bool create) : path_
     // Close-on-exec: a worker must not inherit the descriptor, and with it the lock.
     const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0666);
     if (fd < 0)
-        throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(errno)));
+        throw ConfigError(
+            fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(errno)));
     // Held until the file is closed: lines of two runs appended at once would interleave, and
     // a resume would then count tasks twice. flock, not fcntl, because fcntl's locks belong
     // to the process and any close of the file by it drops them.
@@ -115,7 +116,8 @@ JournalSink::JournalSink(const std::filesystem::path& path, bool create) : path_
     if (!file_) {
         const int error = errno;
         ::close(fd);
-        throw ConfigError(fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(error)));
+        throw ConfigError(
+            fmt::format("cannot open '{}' to append to it: {}", printable(path.string()), std::strerror(error)));
     }
 }
 
@@ -174,7 +176,10 @@ void JournalSink::event_it_(const RunEvent& event) {
             {"reason", event.detail},
         });
     } else if (event.kind == RunEvent::Kind::WorkerExited && event.lost) {
-        write_line({{"event", "worker lost"}, {"mode", mode_}, {"worker", event.worker}, {"at_s", event.at_s},
+        write_line({{"event", "worker lost"},
+                    {"mode", mode_},
+                    {"worker", event.worker},
+                    {"at_s", event.at_s},
                     {"reason", event.detail}});
     }
 }

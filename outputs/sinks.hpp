@@ -45,7 +45,7 @@ private:
 
     std::FILE* out_;
     OutputBlocks blocks_;
-    bool line_by_line_;  // out_ is a terminal
+    bool line_by_line_;    // out_ is a terminal
     bool closed_ = false;  // a write failed with EPIPE: nobody reads any more
     bool error_logged_ = false;
     fmt::memory_buffer line_;  // each line is formatted here: no allocation per result once it is grown

@@ -104,9 +104,10 @@ public:
     Params generate(Generate& args) const override {
         const std::uint64_t n = args.settings.at("cpu_n").get<std::uint64_t>();
         if (n > 0 && args.index + 1 > kMaxPrimeLimit / n)
-            throw std::invalid_argument(fmt::format("cpu task {} would end at {} x --cpu-n {}, above the limit {}; "
-                                                    "lower --cpu-n or --tasks",
-                                                    args.index, args.index + 1, n, kMaxPrimeLimit));
+            throw std::invalid_argument(
+                fmt::format("cpu task {} would end at {} x --cpu-n {}, above the limit {}; "
+                            "lower --cpu-n or --tasks",
+                            args.index, args.index + 1, n, kMaxPrimeLimit));
         return Params{{"lo", args.index * n}, {"hi", (args.index + 1) * n}};
     }
 

@@ -58,15 +58,17 @@ public:
         const double seconds = found->get<double>();
         // Checked again here: a peer's task skips parse(), and NaN or 1e300 must fail, not hang.
         if (!(seconds >= 0) || seconds > kMaxSeconds)
-            throw std::invalid_argument(fmt::format("sleep \"seconds\" must be from 0 to {:.0f}, not {}", kMaxSeconds, seconds));
+            throw std::invalid_argument(
+                fmt::format("sleep \"seconds\" must be from 0 to {:.0f}, not {}", kMaxSeconds, seconds));
         if (seconds == 0) {  // a no-op: no clock, no wait (the benchmarks' task)
             context.check();
             return Value{{"slept_s", 0.0}};
         }
         const auto waiting = context.waiting();  // time.sleep() frees the GIL
         const auto started = std::chrono::steady_clock::now();
-        const auto wake = std::min(context.deadline(), started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                                     std::chrono::duration<double>(seconds)));
+        const auto wake =
+            std::min(context.deadline(), started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                       std::chrono::duration<double>(seconds)));
         // A condition variable that nobody notifies: wait_until() wakes early only for a stop request.
         std::mutex mutex;
         std::condition_variable_any never;

@@ -34,8 +34,8 @@ std::string host_name() {
 
 TEST(Accounting, ACpuTaskRecordsTheCpuItUsedAndWhereInEveryMode) {
     testing::TempDir dir;
-    const Output output = run_binary("coordinator", {"--task", "cpu", "--tasks", "2", "--cpu-n", "30000000", "--workers",
-                                                     "1", "--results", (dir / "r.jsonl").string()});
+    const Output output = run_binary("coordinator", {"--task", "cpu", "--tasks", "2", "--cpu-n", "30000000",
+                                                     "--workers", "1", "--results", (dir / "r.jsonl").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const std::map<std::string, std::string> scope_of{
         {"sequential", "thread"}, {"threads", "thread"}, {"processes", "process"}};
@@ -48,7 +48,8 @@ TEST(Accounting, ACpuTaskRecordsTheCpuItUsedAndWhereInEveryMode) {
         EXPECT_GT(cost.at("user_s").get<double>(), 0) << line.dump();
         EXPECT_GE(cost.at("sys_s").get<double>(), 0) << line.dump();
         EXPECT_EQ(line.at("host"), host_name());
-        if (mode == "processes" && ::access("/proc/self/clear_refs", W_OK) == 0)  // the worker's peak while the task ran, in KiB
+        if (mode == "processes" &&
+            ::access("/proc/self/clear_refs", W_OK) == 0)  // the worker's peak while the task ran, in KiB
             EXPECT_GT(cost.at("max_rss_kb").get<std::int64_t>(), 0) << line.dump();
         else if (mode == "processes")  // a kernel or sandbox that cannot reset the peak: not measured
             EXPECT_TRUE(cost.at("max_rss_kb").is_null()) << line.dump();
@@ -82,8 +83,9 @@ TEST(Accounting, ACommandRecordsItsProcessTreesCpuNotTheWorkers) {
 
 TEST(Accounting, GilThreadsSayScopeThread) {
     testing::TempDir dir;
-    const Output output = run_binary("coordinator", {"--task", "sleep", "--tasks", "2", "--duration", "0", "--mode",
-                                                     "gil-threads", "--workers", "2", "--results", (dir / "r.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--task", "sleep", "--tasks", "2", "--duration", "0", "--mode", "gil-threads",
+                                   "--workers", "2", "--results", (dir / "r.jsonl").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const auto lines = testing::read_result_lines(dir / "r.jsonl");
     ASSERT_EQ(lines.size(), 2u);
@@ -92,8 +94,9 @@ TEST(Accounting, GilThreadsSayScopeThread) {
 
 TEST(Accounting, TheJsonReportHasPerModeTotals) {
     testing::TempDir dir;
-    const Output output = run_binary("coordinator", {"--task", "cpu", "--tasks", "3", "--cpu-n", "10000000", "--workers",
-                                                     "2", "--mode", "threads,processes", "--json", (dir / "r.json").string()});
+    const Output output =
+        run_binary("coordinator", {"--task", "cpu", "--tasks", "3", "--cpu-n", "10000000", "--workers", "2", "--mode",
+                                   "threads,processes", "--json", (dir / "r.json").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const json report = testing::read_json(dir / "r.json");
     for (const json& run : report.at("runs")) {
@@ -119,8 +122,8 @@ struct EventfulRun {
         testing::Running coordinator("coordinator", {"--plan", plan.string(), "--mode", "processes", "--workers", "1",
                                                      "--prefetch", "1", "--results", journal.string()});
         // The first worker runs task 0 once the file is there: kill it then, by its pid.
-        const bool began = testing::eventually([&] { return std::filesystem::exists(dir / "started"); },
-                                               std::chrono::seconds(30));
+        const bool began =
+            testing::eventually([&] { return std::filesystem::exists(dir / "started"); }, std::chrono::seconds(30));
         if (began) {
             const std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
             for (pid_t pid : workers)
@@ -156,8 +159,9 @@ TEST(Report, TellsWhatHappenedInARunWithFailuresAKilledWorkerAndCrashes) {
     for (const json& failure : mode.at("failures")) failures[failure.at("reason")] = failure;
     ASSERT_EQ(failures.size(), 2u) << mode.dump(2);
     EXPECT_EQ(failures.at("failed on purpose").at("ids"), json::array({1}));
-    const auto gave_up = std::find_if(failures.begin(), failures.end(),
-                                      [](const auto& f) { return f.first.starts_with("gave up after 3 attempts: worker wN "); });
+    const auto gave_up = std::find_if(failures.begin(), failures.end(), [](const auto& f) {
+        return f.first.starts_with("gave up after 3 attempts: worker wN ");
+    });
     ASSERT_NE(gave_up, failures.end()) << mode.dump(2);
     EXPECT_EQ(gave_up->second.at("ids"), json::array({2}));
     // Retried: task 0 (ok on attempt 2) and task 2 (failed on attempt 3), each with the attempts lost and why.
@@ -169,7 +173,8 @@ TEST(Report, TellsWhatHappenedInARunWithFailuresAKilledWorkerAndCrashes) {
     ASSERT_EQ(retried.at(0).at("lost").size(), 1u);
     EXPECT_EQ(retried.at(0).at("lost").at(0).at("worker"), "w1");
     // "died (signal 9)", or "disconnected" when a send to it failed first.
-    EXPECT_TRUE(retried.at(0).at("lost").at(0).at("reason").get<std::string>().starts_with("worker w1 ")) << mode.dump(2);
+    EXPECT_TRUE(retried.at(0).at("lost").at(0).at("reason").get<std::string>().starts_with("worker w1 "))
+        << mode.dump(2);
     EXPECT_EQ(retried.at(2).at("attempt"), 3);
     EXPECT_EQ(retried.at(2).at("lost").size(), 2u);
     // Per worker: a replacement takes the name of the worker it replaces, so w1's row covers
@@ -198,9 +203,10 @@ TEST(Report, TellsWhatHappenedInARunWithFailuresAKilledWorkerAndCrashes) {
     // For people: the same, in words.
     const Output text = run_binary("coordinator", {"report", run.journal.string()});
     ASSERT_EQ(text.exit_code, 0) << text.err;
-    for (const char* expected : {"== processes: 4 task(s) in the journal, 2 ok, 2 failed; 3 attempt(s) lost, 4 worker(s) lost",
-                                 "1 x failed on purpose  (tasks 1)", "task 0: ok on attempt 2 on w1",
-                                 "requeue at", "--resume would run 2 task(s): 1-2"})
+    for (const char* expected :
+         {"== processes: 4 task(s) in the journal, 2 ok, 2 failed; 3 attempt(s) lost, 4 worker(s) lost",
+          "1 x failed on purpose  (tasks 1)", "task 0: ok on attempt 2 on w1", "requeue at",
+          "--resume would run 2 task(s): 1-2"})
         EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
 }
 
@@ -251,8 +257,9 @@ TEST(Report, TellsAttemptsThatRetriesRanAgain) {
     const auto journal = dir / "journal.jsonl";
     const auto inputs = dir / "inputs.txt";
     write_file(inputs, "1\n2\n3\n");
-    const Output run = run_binary("coordinator", {"--command", "test {} -ne 2", "--inputs", inputs.string(), "--retries",
-                                                  "2", "--workers", "1", "--results", journal.string(), "--output", "none"});
+    const Output run =
+        run_binary("coordinator", {"--command", "test {} -ne 2", "--inputs", inputs.string(), "--retries", "2",
+                                   "--workers", "1", "--results", journal.string(), "--output", "none"});
     ASSERT_EQ(run.exit_code, 1) << run.err;  // task 1 ("2") fails three times
     const Output report = run_binary("coordinator", {"report", journal.string(), "--json"});
     ASSERT_EQ(report.exit_code, 0) << report.err;
@@ -279,9 +286,19 @@ TEST(Report, AnOldJournalWithoutCostsResumesAndIsReported) {
     // As taskfarm wrote journals before costs and events: no "host", no "cost".
     std::string journal;
     for (int id : {0, 2})
-        journal += json{{"mode", "threads"}, {"id", id}, {"attempt", 1}, {"kind", "sleep"}, {"ok", true}, {"worker", "t1"},
-                        {"start_s", 0.0}, {"end_s", 0.01}, {"params", {{"seconds", 0.0}}}, {"value", {{"slept_s", 0.0}}},
-                        {"error", nullptr}}.dump() + "\n";
+        journal += json{{"mode", "threads"},
+                        {"id", id},
+                        {"attempt", 1},
+                        {"kind", "sleep"},
+                        {"ok", true},
+                        {"worker", "t1"},
+                        {"start_s", 0.0},
+                        {"end_s", 0.01},
+                        {"params", {{"seconds", 0.0}}},
+                        {"value", {{"slept_s", 0.0}}},
+                        {"error", nullptr}}
+                       .dump() +
+                   "\n";
     write_file(dir / "r.jsonl", journal);
     const json before = json::parse(run_binary("coordinator", {"report", (dir / "r.jsonl").string(), "--json"}).out);
     const json& mode = before.at("modes").at(0);
@@ -298,15 +315,18 @@ TEST(Report, AnOldJournalWithoutCostsResumesAndIsReported) {
 
 TEST(Report, ReadsStandardInputATornLineAndNamesFileAndLineOfABadOne) {
     testing::TempDir dir;
-    const std::string good = json{{"mode", "threads"}, {"id", 0}, {"kind", "sleep"}, {"ok", false}, {"error", "boom"},
-                                  {"params", json::object()}}.dump() + "\n";
+    const std::string good = json{{"mode", "threads"}, {"id", 0},         {"kind", "sleep"},
+                                  {"ok", false},       {"error", "boom"}, {"params", json::object()}}
+                                 .dump() +
+                             "\n";
     write_file(dir / "torn.jsonl", good + "{\"mode\":\"threads\",\"id\":1,\"ok");
     const Output torn = run_binary("coordinator", {"report", (dir / "torn.jsonl").string(), "--json"});
     ASSERT_EQ(torn.exit_code, 0) << torn.err;
     const json report = json::parse(torn.out);
     EXPECT_EQ(report.at("torn_last_line").at("line"), 2);
     EXPECT_EQ(report.at("modes").at(0).at("failures").at(0).at("example"), "boom");
-    EXPECT_EQ(testing::read_file(dir / "torn.jsonl"), good + "{\"mode\":\"threads\",\"id\":1,\"ok") << "report changed the journal";
+    EXPECT_EQ(testing::read_file(dir / "torn.jsonl"), good + "{\"mode\":\"threads\",\"id\":1,\"ok")
+        << "report changed the journal";
 
     write_file(dir / "bad.jsonl", good + "not json\n");
     const Output bad = run_binary("coordinator", {"report", (dir / "bad.jsonl").string()});
@@ -322,23 +342,25 @@ TEST(Report, ReadsStandardInputATornLineAndNamesFileAndLineOfABadOne) {
     EXPECT_NE(no_task.err.find("names task 7"), std::string::npos) << no_task.err;
 
     // `-`: standard input, through a shell so that it is a pipe.
-    const Output piped = run_binary("/bin/sh", {"-c", "\"$0\" report - --json < \"$1\"", testing::bin("coordinator").string(),
-                                                (dir / "torn.jsonl").string()});
+    const Output piped = run_binary("/bin/sh", {"-c", "\"$0\" report - --json < \"$1\"",
+                                                testing::bin("coordinator").string(), (dir / "torn.jsonl").string()});
     ASSERT_EQ(piped.exit_code, 0) << piped.err;
     EXPECT_EQ(json::parse(piped.out).at("modes").at(0).at("failed"), 1);
 }
 
 TEST(Report, SaysWhyResumeWouldRefuseAJournalNamingTheJournal) {
     testing::TempDir dir;
-    const std::string ok = json{{"mode", "threads"}, {"id", 0}, {"kind", "sleep"}, {"ok", true},
-                                {"params", {{"seconds", 0}}}}.dump() + "\n";
+    const std::string ok =
+        json{{"mode", "threads"}, {"id", 0}, {"kind", "sleep"}, {"ok", true}, {"params", {{"seconds", 0}}}}.dump() +
+        "\n";
     write_file(dir / "twice.jsonl", ok + ok);
     const Output output = run_binary("coordinator", {"report", (dir / "twice.jsonl").string(), "--json"});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const json report = json::parse(output.out);
     const std::string refused = report.at("resume_refused");
     EXPECT_NE(refused.find((dir / "twice.jsonl").string() + ":2: task 0 of threads is ok a second time"),
-              std::string::npos) << refused;
+              std::string::npos)
+        << refused;
     EXPECT_TRUE(report.at("modes").at(0).at("resume_would_run").is_null());
 }
 

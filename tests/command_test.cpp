@@ -83,26 +83,35 @@ TEST(CommandTemplate, WithoutAReplacementStringTheInputIsAppended) {
 TEST(Command, AnArgvRunsWithoutAShellAndKeepsEachArgumentWhole) {
     const TaskResult result = run_command({{"argv", {"printf", "%s|", "a b", "$(x)", ""}}});
     ASSERT_TRUE(result.ok) << result.error;
-    EXPECT_EQ(result.value, (json{{"exit_code", 0}, {"signal", nullptr}, {"stdout", "a b|$(x)||"}, {"stderr", ""},
-                                  {"stdout_bytes", 10}, {"stderr_bytes", 0}}));
+    EXPECT_EQ(result.value, (json{{"exit_code", 0},
+                                  {"signal", nullptr},
+                                  {"stdout", "a b|$(x)||"},
+                                  {"stderr", ""},
+                                  {"stdout_bytes", 10},
+                                  {"stderr_bytes", 0}}));
 }
 
 TEST(Command, SeesItsTaskInItsEnvironmentWithItsOwnVariablesAndDirectory) {
     testing::TempDir dir;
-    const TaskResult result = run_command(
-        {{"shell", "echo $TASKFARM_TASK_ID $TASKFARM_ATTEMPT $TASKFARM_WORKER $TASKFARM_MODE $FOO; pwd"},
-         {"env", {{"FOO", "a b"}}},
-         {"cwd", dir.path().string()}});
+    const TaskResult result =
+        run_command({{"shell", "echo $TASKFARM_TASK_ID $TASKFARM_ATTEMPT $TASKFARM_WORKER $TASKFARM_MODE $FOO; pwd"},
+                     {"env", {{"FOO", "a b"}}},
+                     {"cwd", dir.path().string()}});
     ASSERT_TRUE(result.ok) << result.error;
     EXPECT_EQ(result.value["stdout"], "5 2 t1 threads a b\n" + std::filesystem::canonical(dir.path()).string() + "\n");
 }
 
 TEST(Command, ANonZeroExitFailsWithTheLastLineOfStderrAndKeepsTheValue) {
-    const TaskResult result = run_command({{"shell", "echo out; echo first >&2; printf 'last\\033[2J\\n\\n' >&2; exit 3"}});
+    const TaskResult result =
+        run_command({{"shell", "echo out; echo first >&2; printf 'last\\033[2J\\n\\n' >&2; exit 3"}});
     EXPECT_FALSE(result.ok);
     EXPECT_EQ(result.error, "exited with status 3: last\\x1b[2J");
-    EXPECT_EQ(result.value, (json{{"exit_code", 3}, {"signal", nullptr}, {"stdout", "out\n"}, {"stderr", "first\nlast\033[2J\n\n"},
-                                  {"stdout_bytes", 4}, {"stderr_bytes", 16}}));
+    EXPECT_EQ(result.value, (json{{"exit_code", 3},
+                                  {"signal", nullptr},
+                                  {"stdout", "out\n"},
+                                  {"stderr", "first\nlast\033[2J\n\n"},
+                                  {"stdout_bytes", 4},
+                                  {"stderr_bytes", 16}}));
 }
 
 TEST(Command, ASignalFailsTheTaskNamingIt) {
@@ -128,7 +137,9 @@ TEST(Command, KeepsTheFirstMaxOutputBytesAsUtf8AndCountsThemAll) {
     EXPECT_EQ(result.value["stdout"], "0123456789\n... (6 more bytes)\n");
     EXPECT_EQ(result.value["stdout_bytes"], 16);
     result = run_command({{"shell", "printf 'a\\377b\\303\\251'"}});
-    EXPECT_EQ(result.value["stdout"], "a\xEF\xBF\xBD" "b\xC3\xA9");
+    EXPECT_EQ(result.value["stdout"],
+              "a\xEF\xBF\xBD"
+              "b\xC3\xA9");
     EXPECT_EQ(result.value["stdout_bytes"], 5);
 }
 
@@ -136,15 +147,16 @@ TEST(Command, KeepsTheFirstMaxOutputBytesAsUtf8AndCountsThemAll) {
 // --max-output: not the "... (N more bytes)" line that marks the cut.
 TEST(Command, ACutStderrFailsWithItsLastLine) {
     const TaskResult result = run_command(
-        {{"shell", "echo first >&2; head -c 5000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'the real reason' >&2; exit 4"}},
+        {{"shell",
+          "echo first >&2; head -c 5000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'the real reason' >&2; exit 4"}},
         {{"max_output", 100}});
     EXPECT_FALSE(result.ok);
     EXPECT_EQ(result.error, "exited with status 4: the real reason");
     EXPECT_NE(result.value["stderr"].get<std::string>().find("more bytes)"), std::string::npos);
     // A last line longer than what is kept of the end still gives its end, shortened.
-    const TaskResult long_line = run_command(
-        {{"shell", "echo first >&2; head -c 50000 /dev/zero | tr '\\0' y >&2; echo ' end' >&2; exit 5"}},
-        {{"max_output", 100}});
+    const TaskResult long_line =
+        run_command({{"shell", "echo first >&2; head -c 50000 /dev/zero | tr '\\0' y >&2; echo ' end' >&2; exit 5"}},
+                    {{"max_output", 100}});
     EXPECT_EQ(long_line.error.substr(0, 23), "exited with status 5: y") << long_line.error;
 }
 
@@ -154,7 +166,8 @@ TEST(Command, ReadsBothLargeStreamsWithoutDeadlock) {
     ASSERT_TRUE(result.ok) << result.error;
     EXPECT_EQ(result.value["stdout_bytes"], 2000000);
     EXPECT_EQ(result.value["stderr_bytes"], 3000000);
-    EXPECT_EQ(result.value["stdout"].get<std::string>().size(), 1024u * 1024 + std::string("\n... (951424 more bytes)\n").size());
+    EXPECT_EQ(result.value["stdout"].get<std::string>().size(),
+              1024u * 1024 + std::string("\n... (951424 more bytes)\n").size());
 }
 
 TEST(Command, ATimeoutEndsTheWholeTreeEvenWhenItIgnoresSigterm) {
@@ -189,7 +202,8 @@ TEST(Command, AStopEndsTheWholeTree) {
 
 TEST(Command, WhatAProgramLeavesInItsGroupEndsWithIt) {
     testing::TempDir dir;
-    const TaskResult result = run_command({{"shell", "sleep 300 & echo $! > " + command::shell_quote((dir / "pids").string())}});
+    const TaskResult result =
+        run_command({{"shell", "sleep 300 & echo $! > " + command::shell_quote((dir / "pids").string())}});
     ASSERT_TRUE(result.ok) << result.error;
     const std::vector<pid_t> pids = read_pids(dir / "pids");
     ASSERT_EQ(pids.size(), 1u);
@@ -200,8 +214,9 @@ TEST(CommandLine, HostileInputsReachTheProgramAsOneLiteralArgument) {
     testing::TempDir dir;
     const std::string pwned = (dir / "pwned").string();
     write_file(dir / "inputs", "$(touch " + pwned + ")\na b; touch " + pwned + "\nit's `touch " + pwned + "`\n");
-    const Output output = run_binary("coordinator", {"--command", "printf '[%s]'", "--inputs", (dir / "inputs").string(),
-                                                     "--workers", "2", "--results", (dir / "r.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--command", "printf '[%s]'", "--inputs", (dir / "inputs").string(), "--workers",
+                                   "2", "--results", (dir / "r.jsonl").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_FALSE(std::filesystem::exists(pwned));
     std::map<int, std::string> printed;
@@ -219,8 +234,9 @@ TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
     std::string inputs;
     for (int i = 0; i < 20; ++i) inputs += "in" + std::to_string(i) + "\n";
     write_file(dir / "inputs", inputs);
-    const Output output = run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
-                                                     (dir / "inputs").string(), "--workers", "2", "--mode", "threads"});
+    const Output output =
+        run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
+                                   (dir / "inputs").string(), "--workers", "2", "--mode", "threads"});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     for (int i = 0; i < 20; ++i) {
         const std::string in = "in" + std::to_string(i);
@@ -241,8 +257,9 @@ TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
 
 TEST(CommandLine, AFailedCommandKeepsItsExitCodeAndOutputInTheJournal) {
     testing::TempDir dir;
-    write_file(dir / "plan.jsonl", "{\"kind\":\"command\",\"shell\":\"echo partial; echo oops >&2; exit 3\"}\n"
-                                   "{\"kind\":\"command\",\"argv\":[\"true\"]}\n");
+    write_file(dir / "plan.jsonl",
+               "{\"kind\":\"command\",\"shell\":\"echo partial; echo oops >&2; exit 3\"}\n"
+               "{\"kind\":\"command\",\"argv\":[\"true\"]}\n");
     const Output output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string(), "--workers", "1",
                                                      "--results", (dir / "r.jsonl").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
@@ -252,10 +269,15 @@ TEST(CommandLine, AFailedCommandKeepsItsExitCodeAndOutputInTheJournal) {
         if (line["id"] != 0) continue;
         EXPECT_EQ(line["ok"], false);
         EXPECT_EQ(line["error"], "exited with status 3: oops");
-        EXPECT_EQ(line["value"], (json{{"exit_code", 3}, {"signal", nullptr}, {"stdout", "partial\n"}, {"stderr", "oops\n"},
-                                       {"stdout_bytes", 8}, {"stderr_bytes", 5}}));
+        EXPECT_EQ(line["value"], (json{{"exit_code", 3},
+                                       {"signal", nullptr},
+                                       {"stdout", "partial\n"},
+                                       {"stderr", "oops\n"},
+                                       {"stdout_bytes", 8},
+                                       {"stderr_bytes", 5}}));
     }
-    EXPECT_NE(output.out.find("FAILED: exited with status 3: oops\n  | partial\n  ! oops\n"), std::string::npos) << output.out;
+    EXPECT_NE(output.out.find("FAILED: exited with status 3: oops\n  | partial\n  ! oops\n"), std::string::npos)
+        << output.out;
 }
 
 TEST(CommandLine, BadUsageExitsTwoNamingTheFlagOrLine) {
@@ -266,7 +288,8 @@ TEST(CommandLine, BadUsageExitsTwoNamingTheFlagOrLine) {
     write_file(dir / "plan.jsonl", "{\"kind\":\"command\",\"argv\":[\"true\"]}\n{\"kind\":\"command\",\"argv\":[]}\n");
     output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string()});
     EXPECT_EQ(output.exit_code, 2);
-    EXPECT_NE(output.err.find("plan.jsonl:2: \"argv\" must be a non-empty array of strings"), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find("plan.jsonl:2: \"argv\" must be a non-empty array of strings"), std::string::npos)
+        << output.err;
     write_file(dir / "plan.jsonl", "{\"kind\":\"command\",\"shell\":\"true\",\"argv\":[\"true\"]}\n");
     output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string()});
     EXPECT_EQ(output.exit_code, 2);
@@ -282,17 +305,19 @@ TEST(CommandLine, BadUsageExitsTwoNamingTheFlagOrLine) {
 TEST(CommandLine, SeveralModesRunEveryCommandEachAndSaySo) {
     testing::TempDir dir;
     write_file(dir / "inputs", "a\n");
-    const Output output = run_binary("coordinator", {"--command", "echo {} >> " + command::shell_quote((dir / "ran").string()),
-                                                     "--inputs", (dir / "inputs").string(), "--mode", "sequential,threads",
-                                                     "--workers", "1"});
+    const Output output = run_binary(
+        "coordinator", {"--command", "echo {} >> " + command::shell_quote((dir / "ran").string()), "--inputs",
+                        (dir / "inputs").string(), "--mode", "sequential,threads", "--workers", "1"});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_EQ(testing::read_file(dir / "ran"), "a\na\n");
-    EXPECT_NE(output.err.find("--mode: each of the 2 modes runs every command task again"), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find("--mode: each of the 2 modes runs every command task again"), std::string::npos)
+        << output.err;
 }
 
 // A plan of one command that starts a process tree and never ends by itself.
 std::filesystem::path tree_plan(const testing::TempDir& dir, bool ignore_sigterm) {
-    write_file(dir / "plan.jsonl", json{{"kind", "command"}, {"shell", process_tree(dir / "pids", ignore_sigterm)}}.dump() + "\n");
+    write_file(dir / "plan.jsonl",
+               json{{"kind", "command"}, {"shell", process_tree(dir / "pids", ignore_sigterm)}}.dump() + "\n");
     return dir / "plan.jsonl";
 }
 
@@ -301,7 +326,9 @@ class TreeInMode : public ::testing::TestWithParam<std::string> {};
 TEST_P(TreeInMode, ATimeoutLeavesNoProcessBehind) {
     for (const bool ignore : {false, true}) {
         testing::TempDir dir;
-        write_file(dir / "plan.jsonl", json{{"kind", "command"}, {"shell", process_tree(dir / "pids", ignore)}, {"timeout_s", 2}}.dump() + "\n");
+        write_file(
+            dir / "plan.jsonl",
+            json{{"kind", "command"}, {"shell", process_tree(dir / "pids", ignore)}, {"timeout_s", 2}}.dump() + "\n");
         const Output output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string(), "--mode", GetParam(),
                                                          "--workers", "1", "--set", "command_grace_s=0.3"});
         EXPECT_EQ(output.exit_code, 1) << output.err;
@@ -316,9 +343,9 @@ TEST_P(TreeInMode, SigtermOfTheCoordinatorLeavesNoProcessBehind) {
     for (const bool ignore : {false, true}) {
         testing::TempDir dir;
         // --drain-timeout 0: the drain cancels the running command at once.
-        testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, ignore).string(), "--mode", GetParam(),
-                                                     "--workers", "1", "--set", "command_grace_s=0.3",
-                                                     "--drain-timeout", "0"});
+        testing::Running coordinator(
+            "coordinator", {"--plan", tree_plan(dir, ignore).string(), "--mode", GetParam(), "--workers", "1", "--set",
+                            "command_grace_s=0.3", "--drain-timeout", "0"});
         const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
         coordinator.signal(SIGTERM);
         const Output output = coordinator.wait();
@@ -343,12 +370,14 @@ INSTANTIATE_TEST_SUITE_P(Modes, TreeInMode, ::testing::Values("sequential", "thr
 
 TEST(CommandLine, AKilledWorkerLeavesNoProcessBehind) {
     testing::TempDir dir;
-    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "processes",
-                                                 "--workers", "1", "--max-attempts", "1", "--set", "command_grace_s=0.3"});
+    testing::Running coordinator("coordinator",
+                                 {"--plan", tree_plan(dir, true).string(), "--mode", "processes", "--workers", "1",
+                                  "--max-attempts", "1", "--set", "command_grace_s=0.3"});
     const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
     std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
-    workers.erase(std::remove_if(workers.begin(), workers.end(), [](pid_t pid) { return !testing::runs_program(pid, "worker"); }),
-                  workers.end());
+    workers.erase(
+        std::remove_if(workers.begin(), workers.end(), [](pid_t pid) { return !testing::runs_program(pid, "worker"); }),
+        workers.end());
     ASSERT_EQ(workers.size(), 1u);
     ::kill(workers[0], SIGKILL);
     const Output output = coordinator.wait();

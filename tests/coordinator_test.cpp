@@ -25,9 +25,9 @@ using testing::run_binary;
 
 TEST(Coordinator, RunsEveryModeAndWritesReportAndJournal) {
     testing::TempDir dir;
-    const Output output = run_binary("coordinator", {"--workers", "3", "--tasks", "6", "--duration", "0.05", "--json",
-                                                     (dir / "report.json").string(), "--results",
-                                                     (dir / "results.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--workers", "3", "--tasks", "6", "--duration", "0.05", "--json",
+                                   (dir / "report.json").string(), "--results", (dir / "results.jsonl").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
 
     const auto report = testing::read_json(dir / "report.json");
@@ -78,9 +78,9 @@ TEST(Coordinator, SequentialOnlyReportHasNoSpeedup) {
 
 TEST(Coordinator, RandomDurationsArriveShortestFirst) {
     testing::TempDir dir;
-    const Output output = run_binary("coordinator", {"--mode", "threads", "--workers", "5", "--tasks", "5",
-                                                     "--duration", "0.1:1.5", "--seed", "3", "--results",
-                                                     (dir / "r.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "threads", "--workers", "5", "--tasks", "5", "--duration", "0.1:1.5",
+                                   "--seed", "3", "--results", (dir / "r.jsonl").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const auto lines = testing::read_json_lines(dir / "r.jsonl");
     ASSERT_EQ(lines.size(), 5u);
@@ -99,7 +99,8 @@ TEST(Coordinator, BadFlagsExitTwoWithOneLineNamingTheFlag) {
 // The built-in types' flags become settings; one that no task of the plan reads is named.
 TEST(Coordinator, AFlagNoTaskOfThePlanUsesIsNamedInAWarning) {
     const std::pair<std::vector<std::string>, std::string> cases[] = {
-        {{"--out-dir", "d"}, "--out-dir: no task of this plan uses it (its task types: sleep); it is for types that save files"},
+        {{"--out-dir", "d"},
+         "--out-dir: no task of this plan uses it (its task types: sleep); it is for types that save files"},
         {{"--task", "cpu", "--max-bytes", "1M"}, "--max-bytes: no task of this plan uses it (its task types: cpu)"},
         {{"--task", "sleep", "--file-size", "1K"}, "--file-size: no task of this plan uses it (its task types: sleep)"},
         {{"--task", "sleep"}, "--cpu-n: no task of this plan uses it (its task types: sleep)"},
@@ -166,7 +167,9 @@ TEST_P(CoordinatorSignal, StopsReapsItsWorkersAndExitsWithTheSignalCode) {
 
 INSTANTIATE_TEST_SUITE_P(Signals, CoordinatorSignal,
                          ::testing::Values(SignalCase{SIGTERM, 143}, SignalCase{SIGINT, 130}),
-                         [](const auto& param_info) { return param_info.param.signo == SIGTERM ? "SIGTERM" : "SIGINT"; });
+                         [](const auto& param_info) {
+                             return param_info.param.signo == SIGTERM ? "SIGTERM" : "SIGINT";
+                         });
 
 TEST(Coordinator, WorkersDieWithAKilledCoordinator) {
     testing::Running coordinator("coordinator",
@@ -181,8 +184,8 @@ TEST(Coordinator, WorkersDieWithAKilledCoordinator) {
 }
 
 TEST(Coordinator, ThreadsModeStopsOnSigtermToo) {
-    testing::Running coordinator("coordinator", {"--mode", "sequential,threads", "--tasks", "4", "--duration", "60",
-                                                 "--drain-timeout", "0"});
+    testing::Running coordinator(
+        "coordinator", {"--mode", "sequential,threads", "--tasks", "4", "--duration", "60", "--drain-timeout", "0"});
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     coordinator.signal(SIGTERM);
     const Output output = coordinator.wait(std::chrono::seconds(20));
@@ -227,9 +230,8 @@ TEST(Pinning, EachWorkerProcessMayRunOnOneCpuOnlyAndTheyDiffer) {
 
 TEST(Pinning, EachPoolThreadMayRunOnOneCpuOnlyAndTheyDiffer) {
     if (allowed_cpus().size() < 2) GTEST_SKIP() << "needs two CPUs";
-    testing::Running coordinator("coordinator",
-                                 {"--mode", "threads", "--pin", "--workers", "2", "--tasks", "2", "--duration", "60",
-                                  "--drain-timeout", "0"});
+    testing::Running coordinator("coordinator", {"--mode", "threads", "--pin", "--workers", "2", "--tasks", "2",
+                                                 "--duration", "60", "--drain-timeout", "0"});
     // The pool's two threads are pinned; the main and signal threads are not.
     const auto tasks = std::filesystem::path("/proc") / std::to_string(coordinator.pid()) / "task";
     std::multiset<std::string> pinned;
@@ -251,9 +253,9 @@ TEST(Pinning, EachPoolThreadMayRunOnOneCpuOnlyAndTheyDiffer) {
 TEST(Pinning, ThePlacementIsInTheReportAndTheJson) {
     testing::TempDir dir;
     const std::vector<int> cpus = allowed_cpus();
-    const Output output = run_binary("coordinator", {"--mode", "all", "--pin", "--workers", "2", "--task", "cpu",
-                                                     "--tasks", "4", "--cpu-n", "100000", "--json",
-                                                     (dir / "report.json").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "all", "--pin", "--workers", "2", "--task", "cpu", "--tasks", "4",
+                                   "--cpu-n", "100000", "--json", (dir / "report.json").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_NE(output.out.find("placement (worker -> cpu, pid):"), std::string::npos) << output.out;
     EXPECT_NE(output.out.find(fmt::format("processes: w1 -> cpu {} (pid ", cpus[0])), std::string::npos) << output.out;
@@ -436,9 +438,10 @@ TEST(Resume, AfterTheCoordinatorIsKilledRunsExactlyTheRest) {
 TEST(Resume, AJournalOfAnotherPlanExitsTwoSayingSo) {
     testing::TempDir dir;
     const std::string journal = (dir / "journal.jsonl").string();
-    ASSERT_EQ(run_binary("coordinator", {"--mode", "threads", "--tasks", "3", "--duration", "0.01", "--results", journal})
-                  .exit_code,
-              0);
+    ASSERT_EQ(
+        run_binary("coordinator", {"--mode", "threads", "--tasks", "3", "--duration", "0.01", "--results", journal})
+            .exit_code,
+        0);
     const Output output =
         run_binary("coordinator", {"--mode", "threads", "--tasks", "3", "--duration", "0.02", "--resume", journal});
     EXPECT_EQ(output.exit_code, 2);

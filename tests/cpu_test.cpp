@@ -56,8 +56,8 @@ TEST(Cpu, CountsSmallRangesWithTheirEndsExcluded) {
     EXPECT_EQ(primes(0, 3), 1u);  // 2
     EXPECT_EQ(primes(2, 3), 1u);
     EXPECT_EQ(primes(3, 3), 0u);
-    EXPECT_EQ(primes(1, 2), 0u);  // 1 is not prime
-    EXPECT_EQ(primes(2, 4), 2u);  // 2, 3
+    EXPECT_EQ(primes(1, 2), 0u);    // 1 is not prime
+    EXPECT_EQ(primes(2, 4), 2u);    // 2, 3
     EXPECT_EQ(primes(10, 20), 4u);  // 11, 13, 17, 19
     EXPECT_EQ(primes(11, 19), 3u);  // 11, 13, 17
     EXPECT_EQ(primes(24, 29), 0u);

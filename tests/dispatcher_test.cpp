@@ -26,7 +26,8 @@ protected:
 
 Plan sleeps(int tasks, double seconds) {
     std::vector<TaskSpec> list;
-    for (int i = 0; i < tasks; ++i) list.push_back(testing::task_of("sleep", {{"seconds", seconds}}, static_cast<TaskId>(i)));
+    for (int i = 0; i < tasks; ++i)
+        list.push_back(testing::task_of("sleep", {{"seconds", seconds}}, static_cast<TaskId>(i)));
     Plan plan = Plan::of(std::move(list));
     return plan;
 }
@@ -62,8 +63,12 @@ TEST(Dispatcher, GarbageFromARoguePeerIsDroppedAndTheRunGoesOn) {
             proto::Hello old;
             old.name = "old";
             old.v = proto::kVersion + 1;
-            const std::vector<std::string> frames{"", "\xc1garbage", proto::encode(forged), proto::encode(old),
-                                                  std::string(100, '\x91'), std::string("\xdd\xff\xff\xff\xff", 5)};
+            const std::vector<std::string> frames{"",
+                                                  "\xc1garbage",
+                                                  proto::encode(forged),
+                                                  proto::encode(old),
+                                                  std::string(100, '\x91'),
+                                                  std::string("\xdd\xff\xff\xff\xff", 5)};
             while (!stop.stop_requested()) {
                 for (const std::string& frame : frames) wire::send(dealer, frame);
                 dealer.send(zmq::str_buffer("two"), zmq::send_flags::sndmore | zmq::send_flags::dontwait);

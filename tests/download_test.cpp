@@ -248,7 +248,8 @@ TEST(ImageServer, ServesEachImageByteForByteAnd404sTheRest) {
     const TaskResult result = download(download_task(3, missing, dir.path()));
     EXPECT_EQ(result.error, fmt::format("cannot download '{}': HTTP 404", missing));
     EXPECT_TRUE(result.value.is_null());
-    EXPECT_EQ(files_under(dir.path()), (std::set<std::string>{"000-photo-0.ppm", "001-photo-1.ppm", "002-photo-2.ppm"}));
+    EXPECT_EQ(files_under(dir.path()),
+              (std::set<std::string>{"000-photo-0.ppm", "001-photo-1.ppm", "002-photo-2.ppm"}));
     close_connections();
 }
 
@@ -494,10 +495,10 @@ std::map<TaskId, nlohmann::json> lines_of(const std::vector<nlohmann::json>& jou
 TEST(DownloadRun, TheBuiltInServerGivesTheSameImagesInEveryMode) {
     testing::TempDir dir;
     const fs::path out = dir / "out";
-    const Output output = run_binary("coordinator", {"--task", "download", "--tasks", "6", "--workers", "3", "--mode",
-                                                     "all", "--file-size", "50K", "--latency", "0.05", "--out-dir",
-                                                     out.string(), "--results", (dir / "results.jsonl").string(),
-                                                     "--json", (dir / "report.json").string()});
+    const Output output =
+        run_binary("coordinator", {"--task", "download", "--tasks", "6", "--workers", "3", "--mode", "all",
+                                   "--file-size", "50K", "--latency", "0.05", "--out-dir", out.string(), "--results",
+                                   (dir / "results.jsonl").string(), "--json", (dir / "report.json").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err << output.out;
     // The same options and seed make the same bytes in this process.
     ImageServer reference({.images = 6, .file_size = 50 * 1024, .latency_s = 0});
@@ -539,13 +540,16 @@ TEST(DownloadRun, SavesEveryUrlOfAnotherServerByteForByte) {
     const PythonServer server = PythonServer::serving(site.path());
     // Listed order: id i is line i of the URLs; names as they come out.
     const std::vector<std::pair<std::string, std::string>> listed = {
-        {"small.txt", "/small.txt"},         {"empty.bin", "/empty.bin"},
-        {"big.bin", "/big.bin"},             {"with space.dat", "/with%20space.dat"},
-        {"one/same.txt", "/one/same.txt"},   {"two/same.txt", "/two/same.txt"},
+        {"small.txt", "/small.txt"},
+        {"empty.bin", "/empty.bin"},
+        {"big.bin", "/big.bin"},
+        {"with space.dat", "/with%20space.dat"},
+        {"one/same.txt", "/one/same.txt"},
+        {"two/same.txt", "/two/same.txt"},
         {"caf\xc3\xa9.bin", "/caf%C3%A9.bin"},
     };
-    const std::vector<std::string> saved = {"000-small.txt",      "001-empty.bin", "002-big.bin", "003-with_space.dat",
-                                            "004-same.txt",       "005-same.txt",  "006-caf__.bin"};
+    const std::vector<std::string> saved = {"000-small.txt", "001-empty.bin", "002-big.bin",  "003-with_space.dat",
+                                            "004-same.txt",  "005-same.txt",  "006-caf__.bin"};
     testing::TempDir dir;
     std::ofstream list(dir / "urls.txt");
     list << "# files of a python http.server\n\n";
@@ -553,9 +557,9 @@ TEST(DownloadRun, SavesEveryUrlOfAnotherServerByteForByte) {
     list.close();
 
     const fs::path out = dir / "out";
-    const Output output = run_binary("coordinator", {"--urls", (dir / "urls.txt").string(), "--workers", "3",
-                                                     "--out-dir", out.string(), "--results",
-                                                     (dir / "results.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--urls", (dir / "urls.txt").string(), "--workers", "3", "--out-dir", out.string(),
+                                   "--results", (dir / "results.jsonl").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err << output.out;
     const auto journal = testing::read_json_lines(dir / "results.jsonl");
     for (const char* mode : {"sequential", "threads", "processes"}) {
@@ -603,10 +607,10 @@ TEST(DownloadRun, AHostileServerGetsClearErrorsAndTheGoodFilesStayIntact) {
     for (const std::string& url : urls) list << url << "\n";
     list.close();
     const fs::path out = dir / "out";
-    const Output output = run_binary(
-        "coordinator", {"--urls", (dir / "urls.txt").string(), "--mode", "threads,processes", "--workers", "6",
-                        "--retries", "1", "--max-bytes", "1M", "--task-timeout", "2", "--out-dir", out.string(),
-                        "--results", (dir / "results.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--urls", (dir / "urls.txt").string(), "--mode", "threads,processes", "--workers",
+                                   "6", "--retries", "1", "--max-bytes", "1M", "--task-timeout", "2", "--out-dir",
+                                   out.string(), "--results", (dir / "results.jsonl").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err << output.out;
 
     const auto error = [&](std::size_t i, const std::string& reason) {
@@ -677,7 +681,8 @@ TEST_P(DownloadInterrupted, LeavesNoFileBehind) {
     const PythonServer server = PythonServer::hostile();
     testing::TempDir dir;
     const std::string key = "stall-" + GetParam().mode;
-    std::ofstream(dir / "urls.txt") << server.url("/stall?key=" + key) << "\n" << server.url("/stall?key=" + key) << "\n";
+    std::ofstream(dir / "urls.txt") << server.url("/stall?key=" + key) << "\n"
+                                    << server.url("/stall?key=" + key) << "\n";
     testing::Running coordinator("coordinator", {"--urls", (dir / "urls.txt").string(), "--mode", GetParam().mode,
                                                  "--workers", "2", "--out-dir", (dir / "out").string()});
     ASSERT_TRUE(testing::eventually([&] { return server.count(key) == 2; }, std::chrono::seconds(20)))
@@ -705,7 +710,8 @@ INSTANTIATE_TEST_SUITE_P(Modes, DownloadInterrupted,
 TEST(DownloadRun, ABadUrlListStopsTheRunBeforeItStarts) {
     testing::TempDir dir;
     std::ofstream(dir / "urls.txt") << "# list\nhttp://127.0.0.1:9/a.jpg\n\nfile:///etc/passwd\n";
-    const Output bad = run_binary("coordinator", {"--urls", (dir / "urls.txt").string(), "--out-dir", (dir / "out").string()});
+    const Output bad =
+        run_binary("coordinator", {"--urls", (dir / "urls.txt").string(), "--out-dir", (dir / "out").string()});
     EXPECT_EQ(bad.exit_code, 2);
     EXPECT_NE(bad.err.find(fmt::format("--urls: {}:4: 'file:///etc/passwd' is not an http:// or https:// URL",
                                        (dir / "urls.txt").string())),
@@ -727,8 +733,8 @@ TEST(DownloadRun, ABadUrlListStopsTheRunBeforeItStarts) {
 TEST(DownloadRun, AnOutDirThatCannotBeMadeIsAUsageError) {
     testing::TempDir dir;
     write_file(dir / "file", "x");
-    const Output output = run_binary("coordinator", {"--task", "download", "--tasks", "1", "--out-dir",
-                                                     (dir / "file").string()});
+    const Output output =
+        run_binary("coordinator", {"--task", "download", "--tasks", "1", "--out-dir", (dir / "file").string()});
     EXPECT_EQ(output.exit_code, 2);
     EXPECT_NE(output.err.find("--out-dir: cannot create directory"), std::string::npos) << output.err;
 }
@@ -761,9 +767,9 @@ pid_t started_worker(const testing::Running& coordinator) {
 TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
     testing::TempDir dir;
     {
-        testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1",
-                                                 "--duration", "60", "--worker-bin", testing::bin("worker").string(),
-                                                "--drain-timeout", "0"});
+        testing::Running sleeper(
+            "coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "60", "--worker-bin",
+                            testing::bin("worker").string(), "--drain-timeout", "0"});
         const pid_t worker = started_worker(sleeper);
         ASSERT_GT(worker, 0) << sleeper.err();
         EXPECT_EQ(testing::fork_server_of(sleeper.pid()), -1) << "--worker-bin workers are exec'd";
@@ -774,10 +780,10 @@ TEST(DownloadRun, AWorkerLoadsLibcurlAndLibcryptoOnlyWhenItDownloads) {
         EXPECT_EQ(sleeper.wait(std::chrono::seconds(20)).exit_code, 143);
     }
     // The same check sees them in a worker in the middle of a download (the server takes a minute).
-    testing::Running downloader("coordinator", {"--mode", "processes", "--workers", "1", "--task", "download",
-                                                "--tasks", "1", "--latency", "60", "--out-dir", dir.path().string(),
-                                                "--worker-bin", testing::bin("worker").string(),
-                                                "--drain-timeout", "0"});
+    testing::Running downloader(
+        "coordinator",
+        {"--mode", "processes", "--workers", "1", "--task", "download", "--tasks", "1", "--latency", "60", "--out-dir",
+         dir.path().string(), "--worker-bin", testing::bin("worker").string(), "--drain-timeout", "0"});
     const pid_t worker = started_worker(downloader);
     ASSERT_GT(worker, 0) << downloader.err();
     EXPECT_TRUE(testing::eventually(
@@ -795,8 +801,8 @@ TEST(DownloadRun, AForkedWorkerStartsWithLibcurlItsForkServerLoaded) {
 #if defined(__SANITIZE_ADDRESS__)
     GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
 #endif
-    testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "60",
-                                             "--drain-timeout", "0"});
+    testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration",
+                                             "60", "--drain-timeout", "0"});
     const pid_t worker = started_worker(sleeper);
     ASSERT_GT(worker, 0) << sleeper.err();
     const pid_t server = testing::fork_server_of(sleeper.pid());

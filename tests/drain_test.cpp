@@ -53,8 +53,10 @@ TEST_P(DrainInMode, SigtermLetsTheRunningCommandsFinishAndResumeRunsExactlyTheRe
     const auto started = dir / "started";
     const auto journal = dir / "journal.jsonl";
     const std::vector<std::string> args{"--command", fmt::format("echo {{}} >> {}; sleep 0.3", started.string()),
-                                        "--inputs", numbers(dir, 20).string(), "--mode", GetParam(), "--workers", "2",
-                                        "--output", "none"};
+                                        "--inputs",  numbers(dir, 20).string(),
+                                        "--mode",    GetParam(),
+                                        "--workers", "2",
+                                        "--output",  "none"};
     std::vector<std::string> first = args;
     first.insert(first.end(), {"--results", journal.string()});
     testing::Running coordinator("coordinator", first);
@@ -70,7 +72,8 @@ TEST_P(DrainInMode, SigtermLetsTheRunningCommandsFinishAndResumeRunsExactlyTheRe
     const std::vector<std::string> began = lines_of(started);
     EXPECT_LT(began.size(), 20u) << "the drain started every task";
     for (const std::string& id : began)
-        EXPECT_EQ(ok.count(std::stoull(id)) ? ok.at(std::stoull(id)) : 0, 1) << "task " << id << " started but is not ok once";
+        EXPECT_EQ(ok.count(std::stoull(id)) ? ok.at(std::stoull(id)) : 0, 1)
+            << "task " << id << " started but is not ok once";
     EXPECT_EQ(ok.size(), began.size()) << "a task is ok that never started";
     EXPECT_EQ(testing::read_json_lines(journal).size(), began.size()) << "a drained task was recorded as failed";
 
@@ -99,14 +102,17 @@ TEST(Drain, ASecondSignalOrTheDrainTimeoutCancelsTheRunningTasks) {
         SCOPED_TRACE(second);
         testing::TempDir dir;
         const auto journal = dir / "journal.jsonl";
-        testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration",
-                                                     "60", "--results", journal.string(), "--drain-timeout",
-                                                     second == 0 ? "0.5" : "600"});
+        testing::Running coordinator(
+            "coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60", "--results",
+                            journal.string(), "--drain-timeout", second == 0 ? "0.5" : "600"});
         ASSERT_TRUE(testing::eventually([&] { return testing::workers_of(coordinator.pid()).size() == 2; },
                                         std::chrono::seconds(10)));
-        ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find("said hello") != std::string::npos ||
-                                                     coordinator.out().find("== processes") != std::string::npos; },
-                                        std::chrono::seconds(10)));
+        ASSERT_TRUE(testing::eventually(
+            [&] {
+                return coordinator.err().find("said hello") != std::string::npos ||
+                       coordinator.out().find("== processes") != std::string::npos;
+            },
+            std::chrono::seconds(10)));
         const std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
         coordinator.signal(SIGTERM);
         ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find("draining") != std::string::npos; },
@@ -129,9 +135,9 @@ TEST(Drain, ASecondSignalOrTheDrainTimeoutCancelsTheRunningTasks) {
 TEST(Recycling, OneWorkerWithMaxTasksOneRunsFiftyTasksOnFiftyWorkers) {
     testing::TempDir dir;
     const auto json = dir / "report.json";
-    const Output output = run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "50", "--duration",
-                                                     "0", "--max-tasks-per-worker", "1", "--max-respawns", "0", "--json",
-                                                     json.string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "50", "--duration", "0",
+                                   "--max-tasks-per-worker", "1", "--max-respawns", "0", "--json", json.string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const auto run = testing::read_json(json).at("runs").at(0);
     EXPECT_EQ(run.at("ok"), 50);
@@ -144,8 +150,8 @@ TEST(Recycling, OneWorkerWithMaxTasksOneRunsFiftyTasksOnFiftyWorkers) {
 }
 
 TEST(Recycling, TheLimitsAreRefusedOrSaidToDoNothingWhereTheyCannotWork) {
-    const Output tiny = run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "2", "--duration",
-                                                   "0", "--max-worker-memory", "1K"});
+    const Output tiny = run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "2",
+                                                   "--duration", "0", "--max-worker-memory", "1K"});
     EXPECT_EQ(tiny.exit_code, 2) << tiny.err;
     EXPECT_NE(tiny.err.find("--max-worker-memory 1.0 KiB: worker w1"), std::string::npos) << tiny.err;
     EXPECT_NE(tiny.err.find("as it starts, before any task; give a larger size"), std::string::npos) << tiny.err;
@@ -154,8 +160,8 @@ TEST(Recycling, TheLimitsAreRefusedOrSaidToDoNothingWhereTheyCannotWork) {
     EXPECT_EQ(bad.exit_code, 2);
     EXPECT_NE(bad.err.find("--max-worker-memory"), std::string::npos) << bad.err;
 
-    const Output threads = run_binary("coordinator", {"--mode", "threads", "--tasks", "2", "--duration", "0",
-                                                      "--max-tasks-per-worker", "1"});
+    const Output threads = run_binary(
+        "coordinator", {"--mode", "threads", "--tasks", "2", "--duration", "0", "--max-tasks-per-worker", "1"});
     EXPECT_EQ(threads.exit_code, 0) << threads.err;
     EXPECT_NE(threads.err.find("in the sequential and threads modes, whose tasks run in the coordinator's own threads, "
                                "they do nothing"),
@@ -174,26 +180,28 @@ TEST_P(RetriesInMode, AFailedCommandRunsAgainAndEachAttemptIsInTheJournal) {
         out << "1\n2\n3\n";
     }
     const auto journal = dir / "journal.jsonl";
-    const Output output = run_binary("coordinator", {"--command", "test \"$TASKFARM_ATTEMPT\" -ge", "--inputs",
-                                                     (dir / "inputs.txt").string(), "--mode", GetParam(), "--workers",
-                                                     "2", "--retries", "1", "--results", journal.string()});
+    const Output output = run_binary(
+        "coordinator", {"--command", "test \"$TASKFARM_ATTEMPT\" -ge", "--inputs", (dir / "inputs.txt").string(),
+                        "--mode", GetParam(), "--workers", "2", "--retries", "1", "--results", journal.string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     std::map<std::uint64_t, std::vector<std::pair<int, bool>>> attempts;  // id -> (attempt, ok), in journal order
     for (const auto& line : testing::read_json_lines(journal)) {
-        attempts[line.at("id").get<std::uint64_t>()].emplace_back(line.at("attempt").get<int>(), line.at("ok").get<bool>());
+        attempts[line.at("id").get<std::uint64_t>()].emplace_back(line.at("attempt").get<int>(),
+                                                                  line.at("ok").get<bool>());
         EXPECT_EQ(line.contains("retrying"), !line.at("ok").get<bool>() && line.at("attempt") == 1) << line.dump();
     }
     EXPECT_EQ(attempts[0], (std::vector<std::pair<int, bool>>{{1, true}}));
     EXPECT_EQ(attempts[1], (std::vector<std::pair<int, bool>>{{1, false}, {2, true}}));
     EXPECT_EQ(attempts[2], (std::vector<std::pair<int, bool>>{{1, false}, {2, false}}));
     EXPECT_NE(output.out.find("1 task(s) failed in " + GetParam()), std::string::npos) << output.out;
-    EXPECT_NE(output.out.find(GetParam() + ": 2 failed attempt(s) ran again (--retries)"), std::string::npos) << output.out;
+    EXPECT_NE(output.out.find(GetParam() + ": 2 failed attempt(s) ran again (--retries)"), std::string::npos)
+        << output.out;
     EXPECT_NE(output.out.find("FAILED, runs again (--retries): exited with status 1"), std::string::npos) << output.out;
 
     // Resume reruns only the failed task, from attempt 1, and leaves what is ok alone.
-    const Output resumed = run_binary("coordinator", {"--command", "test \"$TASKFARM_ATTEMPT\" -ge", "--inputs",
-                                                      (dir / "inputs.txt").string(), "--mode", GetParam(), "--workers",
-                                                      "2", "--retries", "2", "--resume", journal.string()});
+    const Output resumed = run_binary(
+        "coordinator", {"--command", "test \"$TASKFARM_ATTEMPT\" -ge", "--inputs", (dir / "inputs.txt").string(),
+                        "--mode", GetParam(), "--workers", "2", "--retries", "2", "--resume", journal.string()});
     EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
     const std::map<std::uint64_t, int> ok = ok_counts(journal);
     EXPECT_EQ(ok, (std::map<std::uint64_t, int>{{0, 1}, {1, 1}, {2, 1}}));
@@ -258,7 +266,8 @@ INSTANTIATE_TEST_SUITE_P(Modes, CancelInMode, ::testing::Values("sequential", "t
 TEST(Cancel, ARunThatIsNotThereIsExitTwoNamingTheFlag) {
     const Output missing = run_binary("coordinator", {"cancel", "--run", "999999999", "1"});
     EXPECT_EQ(missing.exit_code, 2);
-    EXPECT_NE(missing.err.find("--run 999999999: no run of a coordinator with pid 999999999 is here"), std::string::npos)
+    EXPECT_NE(missing.err.find("--run 999999999: no run of a coordinator with pid 999999999 is here"),
+              std::string::npos)
         << missing.err;
     const Output no_id = run_binary("coordinator", {"cancel", "--run", "1"});
     EXPECT_EQ(no_id.exit_code, 2);

@@ -47,16 +47,17 @@ std::pair<pid_t, std::vector<pid_t>> server_and_workers(const testing::Running& 
         [&] {
             server = testing::fork_server_of(coordinator.pid());
             workers = testing::workers_of(coordinator.pid());
-            return server > 0 && workers.size() == count &&
-                   std::all_of(workers.begin(), workers.end(), [](pid_t w) { return testing::runs_program(w, "worker"); });
+            return server > 0 && workers.size() == count && std::all_of(workers.begin(), workers.end(), [](pid_t w) {
+                       return testing::runs_program(w, "worker");
+                   });
         },
         std::chrono::seconds(20));
     return {server, workers};
 }
 
 bool all_gone(const std::vector<pid_t>& pids) {
-    return testing::eventually(
-        [&] { return std::none_of(pids.begin(), pids.end(), testing::process_exists); }, std::chrono::seconds(10));
+    return testing::eventually([&] { return std::none_of(pids.begin(), pids.end(), testing::process_exists); },
+                               std::chrono::seconds(10));
 }
 
 TEST(ForkServer, ForksEachWorkerAsAChildOfTheCoordinatorInAGroupOfItsOwn) {
@@ -64,9 +65,9 @@ TEST(ForkServer, ForksEachWorkerAsAChildOfTheCoordinatorInAGroupOfItsOwn) {
     GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
 #endif
     testing::TempDir dir;
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
-                                                 "60", "--json", (dir / "report.json").string(), "--log-level", "debug",
-                                                 "--drain-timeout", "0"});
+    testing::Running coordinator("coordinator",
+                                 {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration", "60", "--json",
+                                  (dir / "report.json").string(), "--log-level", "debug", "--drain-timeout", "0"});
     const auto [server, workers] = server_and_workers(coordinator, 2);
     ASSERT_GT(server, 0) << coordinator.err();
     ASSERT_EQ(workers.size(), 2u) << coordinator.err();
@@ -105,7 +106,8 @@ TEST(ForkServer, NothingOutlivesASigkillOfTheCoordinator) {
 #if defined(__SANITIZE_ADDRESS__)
     GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
 #endif
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "3", "--tasks", "3", "--duration", "60"});
+    testing::Running coordinator("coordinator",
+                                 {"--mode", "processes", "--workers", "3", "--tasks", "3", "--duration", "60"});
     const auto [server, workers] = server_and_workers(coordinator, 3);
     ASSERT_GT(server, 0) << coordinator.err();
     ASSERT_EQ(workers.size(), 3u) << coordinator.err();
@@ -177,8 +179,9 @@ TEST(ForkServer, AForkedWorkerShowsItsNameInPs) {
 }
 
 TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration",
-                                                 "60", "--worker-bin", testing::bin("worker").string(), "--drain-timeout", "0"});
+    testing::Running coordinator(
+        "coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration", "60", "--worker-bin",
+                        testing::bin("worker").string(), "--drain-timeout", "0"});
     std::vector<pid_t> workers;
     ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
                                     std::chrono::seconds(20)));
@@ -191,8 +194,8 @@ TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
 
 // Only the processes mode starts one, and only when it has local workers to fork.
 TEST(ForkServer, ARunWithoutWorkerProcessesStartsNone) {
-    testing::Running coordinator("coordinator", {"--mode", "threads", "--workers", "2", "--tasks", "2", "--duration", "60",
-                                                 "--drain-timeout", "0"});
+    testing::Running coordinator("coordinator", {"--mode", "threads", "--workers", "2", "--tasks", "2", "--duration",
+                                                 "60", "--drain-timeout", "0"});
     ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== threads") != std::string::npos; },
                                     std::chrono::seconds(10)));
     EXPECT_EQ(testing::children_of(coordinator.pid()), std::vector<pid_t>{});

@@ -41,8 +41,8 @@ bool has(const std::string& text, const std::string& part) { return text.find(pa
 // ---- An input is never an output ----
 
 struct ReadWriteCase {
-    std::string script;    // L is the list (two lines), run in the test's directory
-    std::string message;   // what stderr must say
+    std::string script;   // L is the list (two lines), run in the test's directory
+    std::string message;  // what stderr must say
 };
 
 void PrintTo(const ReadWriteCase& c, std::ostream* os) { *os << c.script; }
@@ -53,8 +53,9 @@ TEST_P(InputIsOutput, IsRefusedNamingBothAndTheListIsUntouched) {
     testing::TempDir dir;
     write_text(dir / "L", "a\nb\n");
     write_text(dir / "P", "{\"kind\": \"sleep\", \"seconds\": 0}\n");
-    const Output output = run_shell(fmt::format("cd '{}' && ulimit -f 2048 && timeout -k 2 10 \"$COORDINATOR\" --mode threads {}", dir.path().string(),
-                                                GetParam().script));
+    const Output output =
+        run_shell(fmt::format("cd '{}' && ulimit -f 2048 && timeout -k 2 10 \"$COORDINATOR\" --mode threads {}",
+                              dir.path().string(), GetParam().script));
     // With `2>> L` the refusal itself is all that reaches the list.
     const std::string list = testing::read_file(dir / "L");
     const std::string err = output.err + (list.size() > 4 ? list.substr(4) : "");
@@ -68,29 +69,32 @@ TEST_P(InputIsOutput, IsRefusedNamingBothAndTheListIsUntouched) {
 
 INSTANTIATE_TEST_SUITE_P(
     HardInputs, InputIsOutput,
-    ::testing::Values(
-        ReadWriteCase{"--command 'echo {}' --inputs L --json L", "--json: cannot use 'L': it is the same file as --inputs 'L'"},
-        ReadWriteCase{"--command 'echo {}' --inputs L --trace L", "--trace: cannot use 'L': it is the same file as --inputs 'L'"},
-        ReadWriteCase{"--command 'echo {}' --inputs L --timeline L",
-                      "--timeline: cannot use 'L': it is the same file as --inputs 'L'"},
-        ReadWriteCase{"--command 'echo {}' --inputs L --results L",
-                      "--results: cannot use 'L': it is the same file as --inputs 'L'"},
-        ReadWriteCase{"--command 'echo {}' --inputs ./L --resume L",
-                      "--resume: cannot use 'L': it is the same file as --inputs './L'"},
-        ReadWriteCase{"--plan P --json ./P", "--json: cannot use './P': it is the same file as --plan 'P'"},
-        ReadWriteCase{"--command 'echo {}' --inputs - --json L < L",
-                      "--json: cannot use 'L': it is the same file as --inputs '-'"},
-        ReadWriteCase{"--command 'echo {}' --inputs L >> L",
-                      "--inputs: cannot use 'L': it is the same file as standard output"},
-        ReadWriteCase{"--command 'echo {}' --inputs L 2>> L",
-                      "--inputs: cannot use 'L': it is the same file as standard error"}));
+    ::testing::Values(ReadWriteCase{"--command 'echo {}' --inputs L --json L",
+                                    "--json: cannot use 'L': it is the same file as --inputs 'L'"},
+                      ReadWriteCase{"--command 'echo {}' --inputs L --trace L",
+                                    "--trace: cannot use 'L': it is the same file as --inputs 'L'"},
+                      ReadWriteCase{"--command 'echo {}' --inputs L --timeline L",
+                                    "--timeline: cannot use 'L': it is the same file as --inputs 'L'"},
+                      ReadWriteCase{"--command 'echo {}' --inputs L --results L",
+                                    "--results: cannot use 'L': it is the same file as --inputs 'L'"},
+                      ReadWriteCase{"--command 'echo {}' --inputs ./L --resume L",
+                                    "--resume: cannot use 'L': it is the same file as --inputs './L'"},
+                      ReadWriteCase{"--plan P --json ./P",
+                                    "--json: cannot use './P': it is the same file as --plan 'P'"},
+                      ReadWriteCase{"--command 'echo {}' --inputs - --json L < L",
+                                    "--json: cannot use 'L': it is the same file as --inputs '-'"},
+                      ReadWriteCase{"--command 'echo {}' --inputs L >> L",
+                                    "--inputs: cannot use 'L': it is the same file as standard output"},
+                      ReadWriteCase{"--command 'echo {}' --inputs L 2>> L",
+                                    "--inputs: cannot use 'L': it is the same file as standard error"}));
 
 TEST(HardInputs, TwoInputsMayBeOneFile) {
     testing::TempDir dir;
     write_text(dir / "L", "a\n");
-    const Output output = run_shell(fmt::format("cd '{}' && timeout 20 \"$COORDINATOR\" --mode threads --command 'echo {{}}' "
-                                                "--inputs - < L",
-                                                dir.path().string()));
+    const Output output =
+        run_shell(fmt::format("cd '{}' && timeout 20 \"$COORDINATOR\" --mode threads --command 'echo {{}}' "
+                              "--inputs - < L",
+                              dir.path().string()));
     EXPECT_EQ(output.exit_code, 0) << output.err;
 }
 
@@ -101,9 +105,10 @@ TEST(HardInputs, AJournalThatIsAFifoIsRefusedNotWaitedOn) {
     write_text(dir / "L", "a\n");
     ASSERT_EQ(::mkfifo((dir / "F").c_str(), 0600), 0);
     for (const std::string flag : {"--resume", "--results"}) {
-        const Output output = run_shell(fmt::format("cd '{}' && timeout -k 2 5 \"$COORDINATOR\" --mode threads --command 'echo {{}}' "
-                                                    "--inputs L {} F",
-                                                    dir.path().string(), flag));
+        const Output output =
+            run_shell(fmt::format("cd '{}' && timeout -k 2 5 \"$COORDINATOR\" --mode threads --command 'echo {{}}' "
+                                  "--inputs L {} F",
+                                  dir.path().string(), flag));
         EXPECT_EQ(output.exit_code, 2) << flag << ": " << output.err;
         EXPECT_TRUE(has(output.err, flag + ": cannot use 'F' as a journal: it is a FIFO")) << output.err;
     }
@@ -124,13 +129,15 @@ TEST_P(BadJournalLine, EveryReaderNamesFileAndLine) {
     testing::TempDir dir;
     write_text(dir / "L", "a\nb\n");
     const fs::path journal = dir / "j.jsonl";
-    write_text(journal, "{\"mode\":\"threads\",\"id\":0,\"attempt\":1,\"kind\":\"command\",\"ok\":true,"
-                        "\"params\":{\"shell\":\"echo 'a'\"}}\n" +
-                            GetParam().line + "\n");
+    write_text(journal,
+               "{\"mode\":\"threads\",\"id\":0,\"attempt\":1,\"kind\":\"command\",\"ok\":true,"
+               "\"params\":{\"shell\":\"echo 'a'\"}}\n" +
+                   GetParam().line + "\n");
     const std::vector<std::pair<std::string, std::vector<std::string>>> readers{
         {"report", {"report", journal.string()}},
-        {"--resume", {"--mode", "threads", "--command", "echo {}", "--inputs", (dir / "L").string(), "--resume",
-                      journal.string()}}};
+        {"--resume",
+         {"--mode", "threads", "--command", "echo {}", "--inputs", (dir / "L").string(), "--resume",
+          journal.string()}}};
     for (const auto& [flag, args] : readers) {
         const Output output = run_binary("coordinator", args);
         EXPECT_EQ(output.exit_code, 2) << flag << ": " << output.err;
@@ -141,23 +148,25 @@ TEST_P(BadJournalLine, EveryReaderNamesFileAndLine) {
 
 INSTANTIATE_TEST_SUITE_P(
     HardInputs, BadJournalLine,
-    ::testing::Values(BadLine{R"({"mode":"threads","id":"1","ok":true,"kind":"command","params":{}})",
-                              "not a journal line: \"id\" is not a whole number >= 0"},
-                      BadLine{R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{}, "x)",
-                              "not a journal line: not JSON (at byte"},
-                      BadLine{"{\"mode\":\"threads\",\"id\":1,\"ok\":true,\"kind\":\"command\",\"params\":\"caf\xe9\"}",
-                              "not a journal line: byte 66 is not UTF-8 (0xe9)"},
-                      BadLine{R"({"mode":"threads","id":1,"ok":"yes","kind":"command","params":{}})",
-                              "not a journal line: \"ok\" is not true or false"},
-                      BadLine{R"({"mode":"threads","id":1,"attempt":"2","ok":true,"kind":"command","params":{}})",
-                              "not a journal line: \"attempt\" is not a whole number >= 0"},
-                      BadLine{R"({"id":1,"ok":true,"kind":"command","params":{}})",
-                              "not a journal line: \"mode\" is not a string"},
-                      BadLine{R"([1, 2])", "not a journal line: not a JSON object"},
-                      BadLine{R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{"shell":"x"},"bytes":{"/params/shell":"%%%%"}})",
-                              "not a journal line: \"bytes\" names '/params/shell': its value is not base64"},
-                      BadLine{R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{"shell":"x"},"bytes":{"/params/nothing":"eA=="}})",
-                              "not a journal line: \"bytes\" names '/params/nothing', which is not a string of the line"}));
+    ::testing::Values(
+        BadLine{R"({"mode":"threads","id":"1","ok":true,"kind":"command","params":{}})",
+                "not a journal line: \"id\" is not a whole number >= 0"},
+        BadLine{R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{}, "x)",
+                "not a journal line: not JSON (at byte"},
+        BadLine{"{\"mode\":\"threads\",\"id\":1,\"ok\":true,\"kind\":\"command\",\"params\":\"caf\xe9\"}",
+                "not a journal line: byte 66 is not UTF-8 (0xe9)"},
+        BadLine{R"({"mode":"threads","id":1,"ok":"yes","kind":"command","params":{}})",
+                "not a journal line: \"ok\" is not true or false"},
+        BadLine{R"({"mode":"threads","id":1,"attempt":"2","ok":true,"kind":"command","params":{}})",
+                "not a journal line: \"attempt\" is not a whole number >= 0"},
+        BadLine{R"({"id":1,"ok":true,"kind":"command","params":{}})", "not a journal line: \"mode\" is not a string"},
+        BadLine{R"([1, 2])", "not a journal line: not a JSON object"},
+        BadLine{
+            R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{"shell":"x"},"bytes":{"/params/shell":"%%%%"}})",
+            "not a journal line: \"bytes\" names '/params/shell': its value is not base64"},
+        BadLine{
+            R"({"mode":"threads","id":1,"ok":true,"kind":"command","params":{"shell":"x"},"bytes":{"/params/nothing":"eA=="}})",
+            "not a journal line: \"bytes\" names '/params/nothing', which is not a string of the line"}));
 
 TEST(HardInputs, AJournalLineIsBoundedInEveryReader) {
     testing::TempDir dir;
@@ -169,16 +178,21 @@ TEST(HardInputs, AJournalLineIsBoundedInEveryReader) {
     EXPECT_TRUE(has(stream.err, "report: -:1: a line longer than 32 MiB")) << stream.err;
     // A file whose second line is over the limit: named by both readers.
     const fs::path journal = dir / "j.jsonl";
-    write_text(journal, "{\"mode\":\"threads\",\"id\":0,\"ok\":true,\"kind\":\"command\",\"params\":{\"shell\":\"echo 'a'\"}}\n{\"error\":\"" +
-                            std::string(33u << 20, 'e') + "\"}\n");
+    write_text(journal,
+               "{\"mode\":\"threads\",\"id\":0,\"ok\":true,\"kind\":\"command\",\"params\":{\"shell\":\"echo "
+               "'a'\"}}\n{\"error\":\"" +
+                   std::string(33u << 20, 'e') + "\"}\n");
     const Output report = run_shell(fmt::format("ulimit -v 1048576; \"$COORDINATOR\" report '{}'", journal.string()));
     EXPECT_EQ(report.exit_code, 2) << report.err;
-    EXPECT_TRUE(has(report.err, fmt::format("report: {}:2: a line longer than 32 MiB", journal.string()))) << report.err;
-    const Output resume = run_shell(fmt::format("ulimit -v 1048576; \"$COORDINATOR\" --mode threads --command 'echo {{}}' "
-                                                "--inputs '{}' --resume '{}'",
-                                                (dir / "L").string(), journal.string()));
+    EXPECT_TRUE(has(report.err, fmt::format("report: {}:2: a line longer than 32 MiB", journal.string())))
+        << report.err;
+    const Output resume =
+        run_shell(fmt::format("ulimit -v 1048576; \"$COORDINATOR\" --mode threads --command 'echo {{}}' "
+                              "--inputs '{}' --resume '{}'",
+                              (dir / "L").string(), journal.string()));
     EXPECT_EQ(resume.exit_code, 2) << resume.err;
-    EXPECT_TRUE(has(resume.err, fmt::format("--resume: {}:2: a line longer than 32 MiB", journal.string()))) << resume.err;
+    EXPECT_TRUE(has(resume.err, fmt::format("--resume: {}:2: a line longer than 32 MiB", journal.string())))
+        << resume.err;
 }
 
 // ---- A journal keeps the exact bytes of what ran ----
@@ -191,8 +205,8 @@ TEST(HardInputs, AnInputThatIsNotUtf8IsKeptExactlyAndResumes) {
     write_text(dir / "L", "caf\xe9\ncaf\xe8\nb\n");
     const fs::path journal = dir / "j.jsonl";
     const auto run = [&](const std::string& flag) {
-        return run_binary("coordinator", {"--mode", "threads", "--command", "echo {}", "--inputs", (dir / "L").string(), flag,
-                                          journal.string()});
+        return run_binary("coordinator", {"--mode", "threads", "--command", "echo {}", "--inputs", (dir / "L").string(),
+                                          flag, journal.string()});
     };
     const Output first = run("--results");
     ASSERT_EQ(first.exit_code, 0) << first.err;
@@ -214,8 +228,10 @@ TEST(HardInputs, AnInputThatIsNotUtf8IsKeptExactlyAndResumes) {
     write_text(dir / "L", "caf\xe9\ncaf\xe7\nb\n");
     const Output changed = run("--resume");
     EXPECT_EQ(changed.exit_code, 2) << changed.err;
-    EXPECT_TRUE(has(changed.err, "task 1 is command {\"shell\":\"echo 'caf\\xe8'\"} there but command "
-                                 "{\"shell\":\"echo 'caf\\xe7'\"} here")) << changed.err;
+    EXPECT_TRUE(has(changed.err,
+                    "task 1 is command {\"shell\":\"echo 'caf\\xe8'\"} there but command "
+                    "{\"shell\":\"echo 'caf\\xe7'\"} here"))
+        << changed.err;
     // A journal from before "bytes" (U+FFFD in place of the byte) still reads: a clear
     // refusal of that task, not a library's error.
     std::string old;
@@ -268,7 +284,8 @@ TEST(HardInputs, WhatAKilledRunLeftIsRemovedByTheNextRun) {
     testing::TempDir tmp;
     {
         const TmpDir use(tmp.path());
-        testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60"});
+        testing::Running coordinator("coordinator",
+                                     {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60"});
         ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== processes") != std::string::npos; },
                                         std::chrono::seconds(30)))
             << coordinator.err();
@@ -289,12 +306,15 @@ TEST(HardInputs, ASecondCtrlCLeavesNoTemporaryDirectory) {
     {
         const TmpDir use(tmp.path());
         // Commands that ignore SIGTERM: the first Ctrl-C cannot end the run at once.
-        testing::Running coordinator("coordinator", {"--mode", "threads", "--workers", "2", "--command",
-                                                     "trap '' TERM INT; sleep 20 # {}", "--inputs", (tmp / "L").string()});
-        ASSERT_TRUE(testing::eventually([&] { return run_leftovers(tmp.path()).size() >= 1; }, std::chrono::seconds(30)));
+        testing::Running coordinator(
+            "coordinator", {"--mode", "threads", "--workers", "2", "--command", "trap '' TERM INT; sleep 20 # {}",
+                            "--inputs", (tmp / "L").string()});
+        ASSERT_TRUE(
+            testing::eventually([&] { return run_leftovers(tmp.path()).size() >= 1; }, std::chrono::seconds(30)));
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         coordinator.signal(SIGINT);
-        ASSERT_TRUE(testing::eventually([&] { return has(coordinator.err(), "press Ctrl-C again"); }, std::chrono::seconds(10)))
+        ASSERT_TRUE(
+            testing::eventually([&] { return has(coordinator.err(), "press Ctrl-C again"); }, std::chrono::seconds(10)))
             << coordinator.err();
         coordinator.signal(SIGINT);
         const Output output = coordinator.wait();

@@ -182,8 +182,10 @@ TEST_P(SameFile, ExitsTwoNamingBothFlags) {
     const Output output = run_binary("coordinator", args);
     EXPECT_EQ(output.exit_code, 2) << output.err;
     std::string expected = GetParam().message;
-    for (const auto& [word, path] : {std::pair<std::string, fs::path>{"FILE", dir / "file"}, {"LINK", dir / "link"},
-                                     {"NEW2", dir / "sub" / ".." / "new.json"}, {"NEW", dir / "new.json"}})
+    for (const auto& [word, path] : {std::pair<std::string, fs::path>{"FILE", dir / "file"},
+                                     {"LINK", dir / "link"},
+                                     {"NEW2", dir / "sub" / ".." / "new.json"},
+                                     {"NEW", dir / "new.json"}})
         for (auto at = expected.find(word); at != std::string::npos; at = expected.find(word))
             expected.replace(at, word.size(), path.string());
     EXPECT_NE(output.err.find(expected), std::string::npos) << output.err;
@@ -193,25 +195,26 @@ TEST_P(SameFile, ExitsTwoNamingBothFlags) {
 
 INSTANTIATE_TEST_SUITE_P(
     Hardening, SameFile,
-    ::testing::Values(
-        SameFileCase{{"--urls", "FILE", "--json", "FILE"}, "--json: cannot use 'FILE': it is the same file as --urls 'FILE'"},
-        SameFileCase{{"--tasks", "1", "--json", "FILE", "--results", "FILE"},
-                     "--json: cannot use 'FILE': it is the same file as --results 'FILE'"},
-        SameFileCase{{"--tasks", "1", "--trace", "FILE", "--timeline", "LINK"},
-                     "--timeline: cannot use 'LINK': it is the same file as --trace 'FILE'"},
-        SameFileCase{{"--plan", "LINK", "--results", "FILE"},
-                     "--results: cannot use 'FILE': it is the same file as --plan 'LINK'"},
-        SameFileCase{{"--tasks", "1", "--json", "NEW", "--trace", "NEW2"},
-                     "--trace: cannot use 'NEW2': it is the same file as --json 'NEW'"},
-        SameFileCase{{"--tasks", "1", "--json", "-", "--trace", "-"},
-                     "--trace: cannot use '-': it is the same file as --json '-'"}));
+    ::testing::Values(SameFileCase{{"--urls", "FILE", "--json", "FILE"},
+                                   "--json: cannot use 'FILE': it is the same file as --urls 'FILE'"},
+                      SameFileCase{{"--tasks", "1", "--json", "FILE", "--results", "FILE"},
+                                   "--json: cannot use 'FILE': it is the same file as --results 'FILE'"},
+                      SameFileCase{{"--tasks", "1", "--trace", "FILE", "--timeline", "LINK"},
+                                   "--timeline: cannot use 'LINK': it is the same file as --trace 'FILE'"},
+                      SameFileCase{{"--plan", "LINK", "--results", "FILE"},
+                                   "--results: cannot use 'FILE': it is the same file as --plan 'LINK'"},
+                      SameFileCase{{"--tasks", "1", "--json", "NEW", "--trace", "NEW2"},
+                                   "--trace: cannot use 'NEW2': it is the same file as --json 'NEW'"},
+                      SameFileCase{{"--tasks", "1", "--json", "-", "--trace", "-"},
+                                   "--trace: cannot use '-': it is the same file as --json '-'"}));
 
 TEST(Outputs, ResumeAndResultsMayNameTheSameJournal) {
     testing::TempDir dir;
     const std::string journal = (dir / "j.jsonl").string();
     ASSERT_EQ(run_binary("coordinator", quick_run({"--results", journal})).exit_code, 0);
     fs::create_symlink(journal, dir / "alias.jsonl");
-    const Output output = run_binary("coordinator", quick_run({"--resume", journal, "--results", (dir / "alias.jsonl").string()}));
+    const Output output =
+        run_binary("coordinator", quick_run({"--resume", journal, "--results", (dir / "alias.jsonl").string()}));
     EXPECT_EQ(output.exit_code, 0) << output.err;
 }
 
@@ -223,10 +226,14 @@ TEST(Printable, EscapesControlBytesAndBadUtf8AndKeepsTheRest) {
     EXPECT_EQ(printable(std::string("nul\0tail", 8)), "nul\\x00tail");
     EXPECT_EQ(printable("del\x7f"), "del\\x7f");
     EXPECT_EQ(printable("caf\xc3\xa9 \xe2\x9c\x93"), "caf\xc3\xa9 \xe2\x9c\x93");  // UTF-8 stays
-    EXPECT_EQ(printable("bad\xff\xc3"), "bad\\xff\\xc3");                            // stray and cut-off bytes
-    EXPECT_EQ(printable("\xc0\xaf"), "\\xc0\\xaf");                                  // overlong '/'
-    EXPECT_EQ(printable("csi\xc2\x9b" "2J"), "csi\\u009b2J");                        // C1 control
-    EXPECT_EQ(printable("abc\xe2\x80\xae" "cba"), "abc\\u202ecba");                  // bidi override
+    EXPECT_EQ(printable("bad\xff\xc3"), "bad\\xff\\xc3");                          // stray and cut-off bytes
+    EXPECT_EQ(printable("\xc0\xaf"), "\\xc0\\xaf");                                // overlong '/'
+    EXPECT_EQ(printable("csi\xc2\x9b"
+                        "2J"),
+              "csi\\u009b2J");  // C1 control
+    EXPECT_EQ(printable("abc\xe2\x80\xae"
+                        "cba"),
+              "abc\\u202ecba");  // bidi override
     EXPECT_EQ(printable(std::string(2000, 'a'), 10), "aaaaaaaaaa... (1990 more bytes)");
     EXPECT_EQ(printable("\x1b\x1b", 5), "\\x1b... (1 more bytes)");  // never half an escape
     EXPECT_EQ(printable_lines("a\x1b\nb\n"), "a\\x1b\nb\n");
@@ -252,9 +259,10 @@ TEST(Printable, AResultIsOneLineWhateverItsWorkerSays) {
     std::string text(4096, '\0');
     text.resize(std::fread(text.data(), 1, text.size(), out));
     std::fclose(out);
-    EXPECT_EQ(text, "== processes: 1 tasks\n"
-                    "processes  task    7 on w\\x1b[31m1 done at   0.000 s, ran 0.000 s: FAILED: "
-                    "boom\\x1b[2J\\x1b[H\\nprocesses  task    8 on w2     done: ok\n");
+    EXPECT_EQ(text,
+              "== processes: 1 tasks\n"
+              "processes  task    7 on w\\x1b[31m1 done at   0.000 s, ran 0.000 s: FAILED: "
+              "boom\\x1b[2J\\x1b[H\\nprocesses  task    8 on w2     done: ok\n");
 }
 
 TEST(Printable, AHelloNameWithControlBytesIsRejected) {
@@ -268,7 +276,8 @@ TEST(Printable, AHelloNameWithControlBytesIsRejected) {
     EXPECT_NE(std::get_if<proto::DecodeError>(&static_cast<const proto::Message&>(proto::decode(proto::encode(hello)))),
               nullptr);
     hello.name = "w\xc3\xa9";
-    EXPECT_NE(std::get_if<proto::Hello>(&static_cast<const proto::Message&>(proto::decode(proto::encode(hello)))), nullptr);
+    EXPECT_NE(std::get_if<proto::Hello>(&static_cast<const proto::Message&>(proto::decode(proto::encode(hello)))),
+              nullptr);
 }
 
 TEST(Printable, AWorkerRefusesANameWithControlBytes) {
@@ -281,12 +290,14 @@ TEST(Printable, AWorkerRefusesANameWithControlBytes) {
 TEST(Printable, PlanAndUrlErrorsShowEscapesAndAreNotCutAtANul) {
     testing::TempDir dir;
     // JSON escapes decode to raw bytes, which the error quotes.
-    write_text(dir / "plan.jsonl", "{\"kind\":\"sleep\",\"seconds\":0}\n"
-                                   "{\"kind\":\"sleep\",\"seconds\":0,\"\\u001b[2J\\u0000x\":1}\n");
+    write_text(dir / "plan.jsonl",
+               "{\"kind\":\"sleep\",\"seconds\":0}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0,\"\\u001b[2J\\u0000x\":1}\n");
     const Output plan = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string()});
     EXPECT_EQ(plan.exit_code, 2);
-    EXPECT_NE(plan.err.find(fmt::format("{}:2: a key holds a NUL byte: \"\\x1b[2J\\x00x\"\n", (dir / "plan.jsonl").string())),
-              std::string::npos)
+    EXPECT_NE(
+        plan.err.find(fmt::format("{}:2: a key holds a NUL byte: \"\\x1b[2J\\x00x\"\n", (dir / "plan.jsonl").string())),
+        std::string::npos)
         << plan.err;
     EXPECT_EQ(plan.err.find('\x1b'), std::string::npos) << plan.err;
 
@@ -322,8 +333,8 @@ TEST_P(StopSignal, PrintsThePartialTableAndLeavesNoSocketDirectory) {
     testing::TempDir tmp;
     ::setenv("TMPDIR", tmp.path().c_str(), 1);
     // --drain-timeout 0: SIGHUP drains, and gives up on 60 s tasks at once.
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60",
-                                                 "--drain-timeout", "0"});
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration",
+                                                 "60", "--drain-timeout", "0"});
     ::unsetenv("TMPDIR");
     std::vector<pid_t> workers;
     ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
@@ -339,9 +350,10 @@ TEST_P(StopSignal, PrintsThePartialTableAndLeavesNoSocketDirectory) {
         EXPECT_TRUE(entry.path().filename().string().starts_with("taskfarm-test-")) << entry.path() << " was left";
 }
 
-INSTANTIATE_TEST_SUITE_P(Hardening, StopSignal,
-                         ::testing::Values(SignalCase{SIGHUP, 129}, SignalCase{SIGQUIT, 131}),
-                         [](const auto& param_info) { return param_info.param.signo == SIGHUP ? "SIGHUP" : "SIGQUIT"; });
+INSTANTIATE_TEST_SUITE_P(Hardening, StopSignal, ::testing::Values(SignalCase{SIGHUP, 129}, SignalCase{SIGQUIT, 131}),
+                         [](const auto& param_info) {
+                             return param_info.param.signo == SIGHUP ? "SIGHUP" : "SIGQUIT";
+                         });
 
 TEST(Pipes, AClosedStdoutEndsTheRunAndItsWorkers) {
     testing::TempDir dir;
@@ -352,7 +364,8 @@ TEST(Pipes, AClosedStdoutEndsTheRunAndItsWorkers) {
         journal.string(), report.string(), (dir / "err").string()));
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_EQ(output.out, "141\n") << testing::read_file(dir / "err");
-    EXPECT_NE(testing::read_file(dir / "err").find("stdout is closed (its reader has gone): stopping"), std::string::npos);
+    EXPECT_NE(testing::read_file(dir / "err").find("stdout is closed (its reader has gone): stopping"),
+              std::string::npos);
     EXPECT_LT(testing::read_json_lines(journal).size(), 400u);
     const auto run = testing::read_json(report)["runs"][0];
     EXPECT_TRUE(run["interrupted"].get<bool>());
@@ -468,9 +481,10 @@ TEST(Timeouts, APlanLinesZeroMeansNoLimitAndAbsentMeansTheDefault) {
     RunConfig config;
     config.task_timeout_s = 2;
     testing::TempDir dir;
-    write_text(dir / "plan.jsonl", "{\"kind\":\"sleep\",\"seconds\":0,\"timeout_s\":0}\n"
-                                   "{\"kind\":\"sleep\",\"seconds\":0}\n"
-                                   "{\"kind\":\"sleep\",\"seconds\":0,\"timeout_s\":5}\n");
+    write_text(dir / "plan.jsonl",
+               "{\"kind\":\"sleep\",\"seconds\":0,\"timeout_s\":0}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0,\"timeout_s\":5}\n");
     config.plan_path = dir / "plan.jsonl";
     const Plan plan = testing::plan_for(config);
     ASSERT_EQ(all_tasks(plan).size(), 3u);
@@ -481,8 +495,9 @@ TEST(Timeouts, APlanLinesZeroMeansNoLimitAndAbsentMeansTheDefault) {
 
 TEST(Timeouts, AZeroTimeoutLineOutlivesTaskTimeout) {
     testing::TempDir dir;
-    write_text(dir / "plan.jsonl", "{\"kind\":\"sleep\",\"seconds\":0.3,\"timeout_s\":0}\n"
-                                   "{\"kind\":\"sleep\",\"seconds\":0.3}\n");
+    write_text(dir / "plan.jsonl",
+               "{\"kind\":\"sleep\",\"seconds\":0.3,\"timeout_s\":0}\n"
+               "{\"kind\":\"sleep\",\"seconds\":0.3}\n");
     const Output output = run_binary("coordinator", {"--mode", "threads", "--workers", "2", "--task-timeout", "0.1",
                                                      "--plan", (dir / "plan.jsonl").string()});
     EXPECT_EQ(output.exit_code, 1);
@@ -512,28 +527,34 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Refused{quick_run({"--heartbeat-interval", "2", "--heartbeat-timeout", "2"}),
                 "--heartbeat-interval: --heartbeat-interval 2 must be at most half of --heartbeat-timeout 2"},
-        Refused{quick_run({"--heartbeat-timeout", "0.01"}), "--heartbeat-timeout: '0.01' is not a number of seconds from 0.1"},
+        Refused{quick_run({"--heartbeat-timeout", "0.01"}),
+                "--heartbeat-timeout: '0.01' is not a number of seconds from 0.1"},
         Refused{quick_run({"--task-timeout", "nan"}), "--task-timeout: 'nan' is not a number of seconds"},
         Refused{quick_run({"--seed", "-1"}), "--seed: '-1' is not a whole number"},
         Refused{quick_run({"--mode", "threads,threads"}), "names a mode twice (all is every mode)"},
         Refused{quick_run({"--out-dir", ""}), "--out-dir: an empty path names no file"},
-        Refused{{"--listen", "tcp://localhost:5555", "--insecure", "--workers", "1"}, "cannot listen on 'tcp://localhost:5555'"},
-        Refused{{"--listen", "tcp://[::1]:5555", "--insecure", "--workers", "1"}, "cannot listen on 'tcp://[::1]:5555'"}));
+        Refused{{"--listen", "tcp://localhost:5555", "--insecure", "--workers", "1"},
+                "cannot listen on 'tcp://localhost:5555'"},
+        Refused{{"--listen", "tcp://[::1]:5555", "--insecure", "--workers", "1"},
+                "cannot listen on 'tcp://[::1]:5555'"}));
 
 TEST(Validation, APlanNumberThatOverflowsIsFileAndLine) {
     testing::TempDir dir;
     write_text(dir.path() / "p.jsonl", "{\"kind\":\"sleep\",\"seconds\":1e400}\n");
-    const Output output = run_binary("coordinator", {"--mode", "sequential", "--plan", (dir.path() / "p.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "sequential", "--plan", (dir.path() / "p.jsonl").string()});
     EXPECT_EQ(output.exit_code, 2) << output.err;
     EXPECT_NE(output.err.find("p.jsonl:1: not JSON: number overflow parsing '1e400'"), std::string::npos) << output.err;
     EXPECT_TRUE(output.out.empty()) << output.out;
 }
 
 TEST(Validation, AMissingTmpdirIsExitTwoBeforeTheRun) {
-    const Output output = run_shell("TMPDIR=/nonexistent-taskfarm-tmp \"$COORDINATOR\" --mode processes --workers 1 "
-                                    "--tasks 1 --duration 0");
+    const Output output = run_shell(
+        "TMPDIR=/nonexistent-taskfarm-tmp \"$COORDINATOR\" --mode processes --workers 1 "
+        "--tasks 1 --duration 0");
     EXPECT_EQ(output.exit_code, 2) << output.err;
-    EXPECT_NE(output.err.find("TMPDIR: cannot use TMPDIR '/nonexistent-taskfarm-tmp': "), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find("TMPDIR: cannot use TMPDIR '/nonexistent-taskfarm-tmp': "), std::string::npos)
+        << output.err;
     EXPECT_TRUE(output.out.empty()) << output.out;
 }
 

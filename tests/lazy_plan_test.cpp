@@ -101,7 +101,8 @@ TEST(LazyPlan, AFileIsCheckedWholeBeforeTheRunAndNamesALateBadLine) {
 
 TEST(LazyPlan, AFileIsCountedAndReadAgainByEachCursor) {
     testing::TempDir dir;
-    write_text(dir / "plan.jsonl", "# a comment\n{\"kind\":\"sleep\",\"seconds\":0.5}\n\n{\"kind\":\"cpu\",\"n\":10}\n");
+    write_text(dir / "plan.jsonl",
+               "# a comment\n{\"kind\":\"sleep\",\"seconds\":0.5}\n\n{\"kind\":\"cpu\",\"n\":10}\n");
     RunConfig config;
     config.plan_path = dir / "plan.jsonl";
     config.task_timeout_s = 3;
@@ -144,8 +145,8 @@ TEST(IdSet, HoldsIdsInAnyOrderOnceEach) {
 std::string journal_lines(const std::vector<TaskId>& ids, const std::string& mode, double seconds = 0) {
     std::string text;
     for (const TaskId id : ids)
-        text += nlohmann::json{{"id", id},  {"kind", "sleep"}, {"params", {{"seconds", seconds}}},
-                               {"ok", true}, {"mode", mode},   {"attempt", 1}}
+        text += nlohmann::json{{"id", id},   {"kind", "sleep"}, {"params", {{"seconds", seconds}}},
+                               {"ok", true}, {"mode", mode},    {"attempt", 1}}
                     .dump() +
                 "\n";
     return text;
@@ -180,9 +181,10 @@ TEST(Resume, TheCompactRecordHasTheGapsAndRefusesAnotherPlan) {
         read_journal_for_resume(journal, plan);
         ADD_FAILURE() << "accepted a journal of another plan";
     } catch (const ConfigError& e) {
-        EXPECT_NE(std::string(e.what()).find("j.jsonl:3: task 2 is sleep {\"seconds\":0.5} there but sleep {\"seconds\":0.0} "
-                                             "here; the journal is from a different plan"),
-                  std::string::npos)
+        EXPECT_NE(
+            std::string(e.what()).find("j.jsonl:3: task 2 is sleep {\"seconds\":0.5} there but sleep {\"seconds\":0.0} "
+                                       "here; the journal is from a different plan"),
+            std::string::npos)
             << e.what();
     }
     write_text(journal, journal_lines({3, 4, 3}, "threads"));
@@ -211,8 +213,10 @@ TEST(Resume, RunsOnlyTheGapsOfAGeneratedPlan) {
     std::set<TaskId> dropped;
     std::size_t number = 0;
     for (std::string line; std::getline(lines, line); ++number) {
-        if (number % 3 == 0) dropped.insert(nlohmann::json::parse(line)["id"].get<TaskId>());
-        else kept += line + "\n";
+        if (number % 3 == 0)
+            dropped.insert(nlohmann::json::parse(line)["id"].get<TaskId>());
+        else
+            kept += line + "\n";
     }
     write_text(journal, kept);
     auto again = args;
@@ -249,9 +253,10 @@ TEST(LazyStdin, MoreLinesThanAPipeHoldsRunOnceEachInEveryMode) {
     // 100,000 lines (about 200 KB) do not fit a 64 KiB pipe; two modes read them twice,
     // the second time from the private copy.
     testing::TempDir dir;
-    const Output output = shell(fmt::format("yes 0 | head -n 100000 | {} --task sleep --inputs - --mode threads,processes "
-                                            "--workers 2 -q --results '{}' --json '{}' > /dev/null",
-                                            coordinator(), (dir / "r.jsonl").string(), (dir / "report.json").string()));
+    const Output output =
+        shell(fmt::format("yes 0 | head -n 100000 | {} --task sleep --inputs - --mode threads,processes "
+                          "--workers 2 -q --results '{}' --json '{}' > /dev/null",
+                          coordinator(), (dir / "r.jsonl").string(), (dir / "report.json").string()));
     ASSERT_EQ(output.exit_code, 0) << output.err;
     std::map<std::string, IdSet> by_mode;
     std::size_t lines = 0;
@@ -278,11 +283,11 @@ TEST(LazyStdin, AFifoOrAPipeNamedByPathIsReadOnceAndKeptForTheNextMode) {
     testing::TempDir dir;
     const fs::path fifo = dir / "list";
     // 40,000 lines (80 KB): more than a pipe holds, so the writer waits on the run's reading.
-    const Output output = shell(fmt::format("mkfifo '{0}' && ((yes 0 | head -n 40000) > '{0}' &) && {1} --task sleep "
-                                            "--inputs '{0}' --mode threads,processes --workers 2 -q "
-                                            "--results '{2}' > '{3}'",
-                                            fifo.string(), coordinator(), (dir / "r.jsonl").string(),
-                                            (dir / "out").string()));
+    const Output output =
+        shell(fmt::format("mkfifo '{0}' && ((yes 0 | head -n 40000) > '{0}' &) && {1} --task sleep "
+                          "--inputs '{0}' --mode threads,processes --workers 2 -q "
+                          "--results '{2}' > '{3}'",
+                          fifo.string(), coordinator(), (dir / "r.jsonl").string(), (dir / "out").string()));
     ASSERT_EQ(output.exit_code, 0) << output.err;
     std::map<std::string, IdSet> by_mode;
     for (const auto& line : testing::read_json_lines(dir / "r.jsonl")) {
@@ -292,8 +297,10 @@ TEST(LazyStdin, AFifoOrAPipeNamedByPathIsReadOnceAndKeptForTheNextMode) {
     EXPECT_EQ(by_mode["threads"].size(), 40000u);
     EXPECT_EQ(by_mode["processes"].size(), 40000u);
     EXPECT_NE(testing::read_file(dir / "out").find("== threads: tasks as the list is read"), std::string::npos);
-    const Output late = run_binary("/bin/bash", {"-c", fmt::format("{} --task sleep --inputs <(printf '0\\nsoon\\n') -q "
-                                                                   ">/dev/null", coordinator())});
+    const Output late =
+        run_binary("/bin/bash", {"-c", fmt::format("{} --task sleep --inputs <(printf '0\\nsoon\\n') -q "
+                                                   ">/dev/null",
+                                                   coordinator())});
     EXPECT_EQ(late.exit_code, 2) << late.err;
     EXPECT_NE(late.err.find(":2: sleep takes a number of seconds per line, not 'soon'"), std::string::npos) << late.err;
     EXPECT_NE(late.err.find("--inputs: /dev/fd/"), std::string::npos) << late.err;
@@ -301,9 +308,10 @@ TEST(LazyStdin, AFifoOrAPipeNamedByPathIsReadOnceAndKeptForTheNextMode) {
 
 TEST(LazyStdin, ABadLineLateInStandardInputEndsTheRunAfterTheTasksBeforeIt) {
     testing::TempDir dir;
-    const Output output = shell(fmt::format("(yes 0 | head -n 30000; echo soon; yes 0 | head -n 10) | {} --task sleep "
-                                            "--inputs - --mode threads,sequential --workers 2 -q --results '{}' > '{}'",
-                                            coordinator(), (dir / "r.jsonl").string(), (dir / "out").string()));
+    const Output output =
+        shell(fmt::format("(yes 0 | head -n 30000; echo soon; yes 0 | head -n 10) | {} --task sleep "
+                          "--inputs - --mode threads,sequential --workers 2 -q --results '{}' > '{}'",
+                          coordinator(), (dir / "r.jsonl").string(), (dir / "out").string()));
     EXPECT_EQ(output.exit_code, 2) << output.err;
     EXPECT_NE(output.err.find("--inputs: stdin:30001: sleep takes a number of seconds per line, not 'soon'"),
               std::string::npos)
@@ -347,12 +355,12 @@ TEST(Memory, TwoMillionNoOpsStayUnderABound) {
     // python3 that runs the coordinator (threads mode: no worker processes), not in this
     // process: a child spawned from here with CLONE_VM is charged this process's own peak.
     testing::TempDir dir;
-    const Output output = shell(fmt::format(
-        "python3 -c 'import resource, subprocess, sys; "
-        "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
-        "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)' "
-        "{} --tasks 2000000 --duration 0 --mode threads --workers 2 -q --json '{}'",
-        coordinator(), (dir / "report.json").string()));
+    const Output output =
+        shell(fmt::format("python3 -c 'import resource, subprocess, sys; "
+                          "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+                          "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)' "
+                          "{} --tasks 2000000 --duration 0 --mode threads --workers 2 -q --json '{}'",
+                          coordinator(), (dir / "report.json").string()));
     ASSERT_EQ(output.exit_code, 0) << output.err;
     std::istringstream words(output.out);
     int code = -1;
@@ -366,8 +374,8 @@ TEST(Memory, TwoMillionNoOpsStayUnderABound) {
 
 TEST(Memory, TraceSaysWhatItWouldKeepAndRefusesPastItsBound) {
     testing::TempDir dir;
-    const Output output = run_binary("coordinator", {"--tasks", "600000", "--duration", "0", "--mode", "threads,processes",
-                                                     "--trace", (dir / "t.json").string()});
+    const Output output = run_binary("coordinator", {"--tasks", "600000", "--duration", "0", "--mode",
+                                                     "threads,processes", "--trace", (dir / "t.json").string()});
     EXPECT_EQ(output.exit_code, 2);
     EXPECT_NE(output.err.find("--trace: would keep every result in memory: 600000 tasks x 2 mode(s), about 2747 MiB; "
                               "it draws at most 250000 results"),

@@ -24,8 +24,14 @@ TaskResult result_of(TaskId id, const std::string& worker, double start_s, doubl
 }
 
 RunEvent started(TaskId id, const std::string& worker, double at_s) {
-    return {.kind = RunEvent::Kind::TaskStarted, .at_s = at_s, .worker = worker, .detail = {}, .task = id,
-            .task_type = nullptr, .attempt = 1, .started_s = at_s};
+    return {.kind = RunEvent::Kind::TaskStarted,
+            .at_s = at_s,
+            .worker = worker,
+            .detail = {},
+            .task = id,
+            .task_type = nullptr,
+            .attempt = 1,
+            .started_s = at_s};
 }
 
 const nlohmann::json& lane_named(const nlohmann::json& mode, const std::string& name) {
@@ -114,10 +120,17 @@ TEST(LiveState, WorkersSayWhereTheyRunAndWhenTheyAreGone) {
     LiveState state("", true);
     state.begin_mode("processes", 4);
     state.event({.kind = RunEvent::Kind::WorkerStarted, .at_s = 0, .worker = "w1", .detail = "pid 42"});
-    state.event({.kind = RunEvent::Kind::WorkerStarted, .at_s = 0, .worker = "n1-0", .detail = "remote on n1, attached"});
+    state.event(
+        {.kind = RunEvent::Kind::WorkerStarted, .at_s = 0, .worker = "n1-0", .detail = "remote on n1, attached"});
     state.event(started(0, "w1", 0.1));
-    state.event({.kind = RunEvent::Kind::Requeued, .at_s = 0.3, .worker = "w1", .detail = "worker w1 died",
-                 .task = 0, .task_type = nullptr, .attempt = 1, .started_s = 0.1});
+    state.event({.kind = RunEvent::Kind::Requeued,
+                 .at_s = 0.3,
+                 .worker = "w1",
+                 .detail = "worker w1 died",
+                 .task = 0,
+                 .task_type = nullptr,
+                 .attempt = 1,
+                 .started_s = 0.1});
     state.event({.kind = RunEvent::Kind::WorkerExited, .at_s = 0.3, .worker = "w1", .detail = "signal 9"});
     const nlohmann::json mode = state.snapshot()["modes"][0];
     EXPECT_EQ(lane_named(mode, "w1")["where"], "this machine, pid 42");

@@ -124,8 +124,8 @@ TEST_P(SignalWhileWaiting, EndsTheRunWithoutTheNextLine) {
     const SignalCase& param = GetParam();
     testing::TempDir tmp;
     Fifo fifo(tmp / "inputs");
-    std::vector<std::string> args{"--command", "echo {}", "--inputs", param.stdin ? "-" : fifo.path().string(),
-                                  "--mode", param.mode, "--workers", "2"};
+    std::vector<std::string> args{"--command", "echo {}",  "--inputs",  param.stdin ? "-" : fifo.path().string(),
+                                  "--mode",    param.mode, "--workers", "2"};
     std::optional<testing::Running> coordinator;
     if (param.stdin) {
         // bash execs the coordinator with the FIFO as its standard input: the pid is the coordinator's.
@@ -214,8 +214,8 @@ TEST(Inputs, AListThatShrinksUnderTheRunIsAnErrorNamingTheFile) {
         std::ofstream out(list);
         for (int i = 0; i < 2000; ++i) out << std::string(200, 'a') << i << "\n";  // far more than one read
     }
-    const Output output = testing::run_binary(
-        "coordinator", {"--command", ": > '" + list.string() + "' #", "--inputs", list.string(), "--mode", "sequential"});
+    const Output output = testing::run_binary("coordinator", {"--command", ": > '" + list.string() + "' #", "--inputs",
+                                                              list.string(), "--mode", "sequential"});
     EXPECT_EQ(output.exit_code, 2) << output.err;
     EXPECT_NE(output.err.find(list.string() + ":"), std::string::npos) << output.err;
     EXPECT_NE(output.err.find("changed under the run"), std::string::npos) << output.err;
@@ -235,8 +235,9 @@ TEST(Inputs, ALongLineIsRefusedWithoutBeingHeld) {
     for (const bool from_stdin : {false, true}) {
         const std::string inputs = from_stdin ? "-" : list.string();
         const std::string name = from_stdin ? "stdin" : list.string();
-        const Output output = run_shell(fmt::format("{} \"$COORDINATOR\" --command 'echo {{}}' --inputs {} --mode processes",
-                                                    from_stdin ? "cat '" + list.string() + "' |" : "", inputs));
+        const Output output =
+            run_shell(fmt::format("{} \"$COORDINATOR\" --command 'echo {{}}' --inputs {} --mode processes",
+                                  from_stdin ? "cat '" + list.string() + "' |" : "", inputs));
         EXPECT_EQ(output.exit_code, 2) << output.err;
         EXPECT_NE(output.err.find(name + ":1: a line of more than"), std::string::npos) << output.err;
     }

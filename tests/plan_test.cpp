@@ -127,7 +127,8 @@ TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
     EXPECT_EQ(plan_error("\n\n{\"kind\":\"sleep\",").rfind("p.jsonl:3: not JSON: ", 0), 0u);
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\"}"), "p.jsonl:1: cpu needs \"n\", or \"lo\" and \"hi\"");
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"lo\":5}"), "p.jsonl:1: cpu needs \"n\", or \"lo\" and \"hi\"");
-    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":5,\"hi\":9}"), "p.jsonl:1: cpu takes \"n\" or \"lo\" and \"hi\", not both");
+    EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":5,\"hi\":9}"),
+              "p.jsonl:1: cpu takes \"n\" or \"lo\" and \"hi\", not both");
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"lo\":9,\"hi\":5}"), "p.jsonl:1: cpu \"lo\" 9 is above \"hi\" 5");
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":-5}"), "p.jsonl:1: \"n\" must be a whole number >= 0, not -5");
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":2.5}"), "p.jsonl:1: \"n\" must be a whole number >= 0, not 2.5");
@@ -142,11 +143,13 @@ TEST(PlanFile, RefusesOverflowsDuplicateKeysNulsAndDurationsBeyondAYear) {
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"n\":99999999999999999999999}").rfind("p.jsonl:1: ", 0), 0u);
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1,\"seconds\":2}"),
               "p.jsonl:1: key \"seconds\" given twice in one object");
-    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"kind\":\"cpu\",\"n\":5}"), "p.jsonl:1: key \"kind\" given twice in one object");
+    EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"kind\":\"cpu\",\"n\":5}"),
+              "p.jsonl:1: key \"kind\" given twice in one object");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1}\n{\"kind\":\"sleep\",\"seconds\":1,\"a\\u0000b\":1}")
                   .rfind("p.jsonl:2: a key holds a NUL byte: ", 0),
               0u);
-    EXPECT_EQ(plan_error("{\"kind\":\"sle\\u0000ep\",\"seconds\":1}").rfind("p.jsonl:1: a string holds a NUL byte: ", 0), 0u);
+    EXPECT_EQ(
+        plan_error("{\"kind\":\"sle\\u0000ep\",\"seconds\":1}").rfind("p.jsonl:1: a string holds a NUL byte: ", 0), 0u);
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1e300}"),
               "p.jsonl:1: \"seconds\" must be a number of seconds from 0 to 31536000 (a year), not 1e+300");
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1,\"timeout_s\":1e20}"),
@@ -189,12 +192,13 @@ TEST(UrlList, NamesTheLineThatIsNotAnHttpUrl) {
             return e.what();
         }
     };
-    EXPECT_EQ(error("https://a.example/x\n\nftp://b.example/y\n").rfind(
-                  "u.txt:3: 'ftp://b.example/y' is not an http:// or https:// URL: ", 0),
+    EXPECT_EQ(error("https://a.example/x\n\nftp://b.example/y\n")
+                  .rfind("u.txt:3: 'ftp://b.example/y' is not an http:// or https:// URL: ", 0),
               0u);
     EXPECT_EQ(error("example.com/a.jpg\n").rfind("u.txt:1: 'example.com/a.jpg' is not", 0), 0u);
-    EXPECT_EQ(error("http://a.example/x y\n"),
-              "u.txt:1: 'http://a.example/x y' is not an http:// or https:// URL: contains a space or a control character");
+    EXPECT_EQ(
+        error("http://a.example/x y\n"),
+        "u.txt:1: 'http://a.example/x y' is not an http:// or https:// URL: contains a space or a control character");
     EXPECT_EQ(error("# only a comment\n"), "u.txt: no inputs in the list");
 }
 
@@ -236,8 +240,9 @@ TEST(Plan, AGeneratorThatCannotMakeATaskIsAConfigErrorNamingTheType) {
         testing::plan_for(config);
         ADD_FAILURE() << "no error for cpu tasks past the limit";
     } catch (const ConfigError& e) {
-        EXPECT_EQ(std::string(e.what()), "--task cpu: cannot make task 2 of 3: cpu task 2 would end at 3 x --cpu-n 600000000000, "
-                                         "above the limit 1000000000000; lower --cpu-n or --tasks");
+        EXPECT_EQ(std::string(e.what()),
+                  "--task cpu: cannot make task 2 of 3: cpu task 2 would end at 3 x --cpu-n 600000000000, "
+                  "above the limit 1000000000000; lower --cpu-n or --tasks");
     }
 }
 
@@ -263,8 +268,8 @@ TEST(PlanFile, MakePlanReadsTheFileAndNamesOneItCannotOpen) {
         testing::plan_for(config);
         ADD_FAILURE() << "no error for a missing plan";
     } catch (const ConfigError& e) {
-        EXPECT_EQ(std::string(e.what()), fmt::format("--plan: cannot open '{}': No such file or directory",
-                                                     (dir / "missing.jsonl").string()));
+        EXPECT_EQ(std::string(e.what()),
+                  fmt::format("--plan: cannot open '{}': No such file or directory", (dir / "missing.jsonl").string()));
     }
 }
 

@@ -36,7 +36,8 @@ TEST(ProgressBar, ShowsCountsFailuresRateElapsedAndEta) {
 
 TEST(ProgressBar, HasNoEtaBeforeTheFirstResultAndZeroAfterTheLast) {
     EXPECT_NE(progress_bar({"processes", 3, 0, 0, 0.5}, 100).find("0/3  0.0 tasks/s  0.5s  ETA ?"), std::string::npos);
-    EXPECT_NE(progress_bar({"processes", 3, 3, 0, 1.5}, 100).find("3/3  2.0 tasks/s  1.5s  ETA 0.0s"), std::string::npos);
+    EXPECT_NE(progress_bar({"processes", 3, 3, 0, 1.5}, 100).find("3/3  2.0 tasks/s  1.5s  ETA 0.0s"),
+              std::string::npos);
 }
 
 TEST(ProgressBar, NeverWrapsANarrowTerminal) {
@@ -112,8 +113,8 @@ TEST(ProgressSink, KeepsLogLinesAboveTheBar) {
     std::FILE* terminal = std::tmpfile();
     ASSERT_NE(terminal, nullptr);
     auto ostream = std::make_shared<std::ostringstream>();
-    auto logger = std::make_shared<spdlog::logger>("progress-test",
-                                                   std::make_shared<spdlog::sinks::ostream_sink_mt>(*ostream));
+    auto logger =
+        std::make_shared<spdlog::logger>("progress-test", std::make_shared<spdlog::sinks::ostream_sink_mt>(*ostream));
     logger->set_pattern("%v");
     const auto previous = spdlog::default_logger();
     spdlog::set_default_logger(logger);
@@ -219,7 +220,8 @@ TerminalRun run_on_terminal(const std::string& program, const std::vector<std::s
 TEST(ProgressOnATerminal, ShowsABarWithRateAndEtaAndErasesItBeforeTheTable) {
     // Three 0.3 s tasks: the bar is drawn after each of the first two, with a rate and an ETA.
     const TerminalRun run = run_on_terminal(
-        "coordinator", {"--mode", "sequential,processes", "--workers", "2", "--tasks", "3", "--duration", "0.3"}, "xterm");
+        "coordinator", {"--mode", "sequential,processes", "--workers", "2", "--tasks", "3", "--duration", "0.3"},
+        "xterm");
     ASSERT_EQ(run.exit_code, 0) << run.output;
     const std::regex bar(R"(\rsequential \[#+-+\] [12]/3  [0-9]+\.[0-9] tasks/s  [0-9.]+s  ETA [0-9]+\.[0-9]s\x1b\[K)");
     EXPECT_TRUE(std::regex_search(run.output, bar)) << run.output;
@@ -233,7 +235,8 @@ TEST(ProgressOnATerminal, ShowsABarWithRateAndEtaAndErasesItBeforeTheTable) {
 }
 
 TEST(ProgressOnATerminal, ADumbTerminalGetsNoBarAndNoControlSequences) {
-    const TerminalRun run = run_on_terminal("coordinator", {"--mode", "threads", "--tasks", "2", "--duration", "0.2"}, "dumb");
+    const TerminalRun run =
+        run_on_terminal("coordinator", {"--mode", "threads", "--tasks", "2", "--duration", "0.2"}, "dumb");
     ASSERT_EQ(run.exit_code, 0) << run.output;
     EXPECT_EQ(run.output.find('\x1b'), std::string::npos) << run.output;
     EXPECT_EQ(run.output.find("tasks/s"), std::string::npos) << run.output;
@@ -320,10 +323,11 @@ TEST_P(LoggingFlagsReject, WithExitTwoNamingTheFlag) {
     EXPECT_NE(err.find(GetParam().named), std::string::npos) << err;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, LoggingFlagsReject,
-    ::testing::Values(BadFlags{{"--progress", "sometimes"}, "sometimes"}, BadFlags{{"--log-level", "loud"}, "loud"},
-                      BadFlags{{"-q", "-v"}, "--verbose"}, BadFlags{{"-v", "--log-level", "info"}, "--log-level"}));
+INSTANTIATE_TEST_SUITE_P(Cases, LoggingFlagsReject,
+                         ::testing::Values(BadFlags{{"--progress", "sometimes"}, "sometimes"},
+                                           BadFlags{{"--log-level", "loud"}, "loud"},
+                                           BadFlags{{"-q", "-v"}, "--verbose"},
+                                           BadFlags{{"-v", "--log-level", "info"}, "--log-level"}));
 
 TEST(LoggingFlags, AreInTheHelp) {
     ::testing::internal::CaptureStdout();

@@ -43,8 +43,13 @@ TEST(Protocol, TaskRoundTripsWithEveryField) {
 }
 
 TEST(Protocol, ParamsAndValuesKeepEveryJsonTypeAndNesting) {
-    const Json params = {{"text", "a b\u00e9"}, {"n", 18446744073709551615u}, {"neg", -3}, {"x", 0.125},
-                         {"yes", true}, {"none", nullptr}, {"list", {1, "two", {{"three", 3}}}},
+    const Json params = {{"text", "a b\u00e9"},
+                         {"n", 18446744073709551615u},
+                         {"neg", -3},
+                         {"x", 0.125},
+                         {"yes", true},
+                         {"none", nullptr},
+                         {"list", {1, "two", {{"three", 3}}}},
                          {"map", {{"deep", {{"deeper", {1, 2}}}}}}};
     TaskSpec spec{1, type("sleep"), params, 0};
     const Message message = decode(encode(to_message(spec, 1)));
@@ -263,8 +268,10 @@ TEST(Protocol, SaysWhatIsWrongWithAnIdThatIsNotAWholeNumber) {
     };
     EXPECT_EQ(task_with_id(-1), "malformed message: \"id\" must be a whole number >= 0, not -1");
     EXPECT_EQ(task_with_id(2.5), "malformed message: \"id\" must be a whole number >= 0, not 2.5");
-    EXPECT_EQ(task_with_id(std::string("seven")), "malformed message: \"id\" must be a whole number >= 0, not \"seven\"");
-    EXPECT_EQ(task_with_id(~std::uint64_t{0}), "task without an id (or with id 18446744073709551615, which means none)");
+    EXPECT_EQ(task_with_id(std::string("seven")),
+              "malformed message: \"id\" must be a whole number >= 0, not \"seven\"");
+    EXPECT_EQ(task_with_id(~std::uint64_t{0}),
+              "task without an id (or with id 18446744073709551615, which means none)");
 }
 
 TEST(Protocol, RejectsATruncatedMessage) {
@@ -279,7 +286,8 @@ TEST(Protocol, RejectsTrailingBytes) {
 
 TEST(Protocol, RejectsAnOversizedFrame) {
     const std::string frame(kMaxFrameBytes + 1, '\x90');
-    EXPECT_EQ(rejection(frame), fmt::format("frame of {} bytes exceeds the limit of {}", kMaxFrameBytes + 1, kMaxFrameBytes));
+    EXPECT_EQ(rejection(frame),
+              fmt::format("frame of {} bytes exceeds the limit of {}", kMaxFrameBytes + 1, kMaxFrameBytes));
 }
 
 TEST(Protocol, RejectsHugeDeclaredSizesWithoutAllocatingThem) {
@@ -298,8 +306,7 @@ TEST(Protocol, RejectsDeepNesting) {
 
 TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
     const std::vector<std::string> seeds{encode(to_message(TaskSpec{9, type("sleep"), {{"seconds", 2}}}, 1)),
-                                         encode(to_message(TaskResult{})),
-                                         encode(to_message([] {
+                                         encode(to_message(TaskResult{})), encode(to_message([] {
                                              TaskResult measured;
                                              measured.id = 4;
                                              measured.cost.scope = TaskCost::Scope::Tree;
@@ -327,7 +334,8 @@ TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
 
 TEST(Protocol, BatchesRoundTripInOrder) {
     TaskBatch tasks;
-    for (TaskId id = 0; id < 3; ++id) tasks.tasks.push_back(to_message(TaskSpec{id, type("sleep"), {{"seconds", 0.5}}}, 2));
+    for (TaskId id = 0; id < 3; ++id)
+        tasks.tasks.push_back(to_message(TaskSpec{id, type("sleep"), {{"seconds", 0.5}}}, 2));
     const Message message = decode(encode(tasks));
     ASSERT_TRUE(std::holds_alternative<TaskBatch>(message)) << rejection(encode(tasks));
     const auto& back = std::get<TaskBatch>(message).tasks;

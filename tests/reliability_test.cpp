@@ -49,7 +49,8 @@ std::vector<pid_t> workers_of(const testing::Running& coordinator, std::size_t c
 
 // Once the coordinator has `count` workers and `after` has passed, stops the first one with
 // SIGSTOP (it stays alive, silent); returns its pid (-1 if it never came) and the run's output.
-std::pair<pid_t, Output> stop_a_worker(testing::Running& coordinator, std::size_t count, std::chrono::milliseconds after) {
+std::pair<pid_t, Output> stop_a_worker(testing::Running& coordinator, std::size_t count,
+                                       std::chrono::milliseconds after) {
     const std::vector<pid_t> workers = workers_of(coordinator, count);
     if (workers.size() != count) return {-1, coordinator.wait()};
     std::this_thread::sleep_for(after);
@@ -89,9 +90,9 @@ TEST(Reliability, KillingARandomWorkerEveryThirdOfASecondLosesNoTask) {
 
 TEST(Reliability, AStoppedWorkersTaskFinishesElsewhereAfterTheHeartbeatTimeout) {
     testing::TempDir dir;
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration",
-                                                 "0.5", "--heartbeat-timeout", "1", "--results",
-                                                 (dir / "r.jsonl").string()});
+    testing::Running coordinator("coordinator",
+                                 {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "0.5",
+                                  "--heartbeat-timeout", "1", "--results", (dir / "r.jsonl").string()});
     // After 200 ms both workers have a task.
     const auto [stopped, output] = stop_a_worker(coordinator, 2, std::chrono::milliseconds(200));
     ASSERT_GT(stopped, 0) << output.err;
@@ -148,9 +149,9 @@ TEST(Reliability, ACrashChargesOnlyTheTaskThatWasRunningNotThoseQueuedBehindIt) 
         plan += crash ? "{\"kind\":\"crash\"}\n" : "{\"kind\":\"sleep\",\"seconds\":0}\n";
     }
     write_file(dir / "plan.jsonl", plan);
-    const Output output = run_binary(
-        "coordinator", {"--mode", "processes", "--workers", "1", "--plan", (dir / "plan.jsonl").string(), "--results",
-                        (dir / "r.jsonl").string(), "--json", (dir / "report.json").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--plan", (dir / "plan.jsonl").string(),
+                                   "--results", (dir / "r.jsonl").string(), "--json", (dir / "report.json").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
     ASSERT_EQ(lines.size(), 120u);
@@ -178,9 +179,9 @@ TEST(Reliability, ACrashChargesOnlyTheTaskThatWasRunningNotThoseQueuedBehindIt) 
 TEST(Reliability, AFailTaskFailsOnceInEveryModeWithoutRetries) {
     testing::TempDir dir;
     write_file(dir / "plan.jsonl", "{\"kind\":\"fail\"}\n{\"kind\":\"sleep\",\"seconds\":0}\n");
-    const Output output = run_binary("coordinator", {"--mode", "all", "--workers", "2", "--plan",
-                                                     (dir / "plan.jsonl").string(), "--results",
-                                                     (dir / "r.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "all", "--workers", "2", "--plan", (dir / "plan.jsonl").string(),
+                                   "--results", (dir / "r.jsonl").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     auto lines = by_mode_and_id(dir / "r.jsonl");
     ASSERT_EQ(lines.size(), 4u);
@@ -200,9 +201,9 @@ TEST(Reliability, ATaskPastItsTimeoutFailsInEveryModeAndTheOthersGoOn) {
                "{\"kind\":\"sleep\",\"seconds\":0.01}\n"
                "{\"kind\":\"cpu\",\"n\":1000000000000,\"timeout_s\":0.2}\n"
                "{\"kind\":\"sleep\",\"seconds\":0.01}\n");
-    const Output output = run_binary("coordinator", {"--mode", "all", "--workers", "2", "--task-timeout", "0.3",
-                                                     "--plan", (dir / "plan.jsonl").string(), "--results",
-                                                     (dir / "r.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "all", "--workers", "2", "--task-timeout", "0.3", "--plan",
+                                   (dir / "plan.jsonl").string(), "--results", (dir / "r.jsonl").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     auto lines = by_mode_and_id(dir / "r.jsonl");
     ASSERT_EQ(lines.size(), 4u);
@@ -220,9 +221,9 @@ TEST(Reliability, ATaskPastItsTimeoutFailsInEveryModeAndTheOthersGoOn) {
 TEST(Reliability, AWorkerStuckPastATaskTimeoutIsKilledAndReplaced) {
     // The heartbeat timeout is long, so only the task timeout can notice the stopped worker.
     testing::TempDir dir;
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "3",
-                                                 "--duration", "0.3", "--task-timeout", "0.5", "--heartbeat-timeout",
-                                                 "600", "--results", (dir / "r.jsonl").string()});
+    testing::Running coordinator(
+        "coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "3", "--duration", "0.3", "--task-timeout",
+                        "0.5", "--heartbeat-timeout", "600", "--results", (dir / "r.jsonl").string()});
     const auto [stopped, output] = stop_a_worker(coordinator, 1, std::chrono::milliseconds(100));
     ASSERT_GT(stopped, 0) << output.err;
     EXPECT_EQ(output.exit_code, 1) << output.err;
@@ -244,9 +245,9 @@ TEST(Reliability, AWorkerStuckPastATaskTimeoutIsKilledAndReplaced) {
 TEST(Reliability, WhenEveryReplacementIsUsedUpTheRestFailsSayingWhy) {
     testing::TempDir dir;
     write_file(dir / "plan.jsonl", "{\"kind\":\"crash\"}\n{\"kind\":\"sleep\",\"seconds\":0}\n");
-    const Output output = run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--max-respawns", "0",
-                                                     "--plan", (dir / "plan.jsonl").string(), "--results",
-                                                     (dir / "r.jsonl").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--max-respawns", "0", "--plan",
+                                   (dir / "plan.jsonl").string(), "--results", (dir / "r.jsonl").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     EXPECT_NE(output.err.find("--max-respawns"), std::string::npos) << output.err;
     const auto lines = by_mode_and_id(dir / "r.jsonl")["processes"];
@@ -315,8 +316,8 @@ TEST(Reliability, AFullDiskUnderTheJournalFailsTheRunButNotTheTasks) {
     const FullDisk disk(dir.path());
     if (!disk.error().empty()) GTEST_SKIP() << "cannot mount a tmpfs to fill: " << disk.error();
     const std::string journal = disk.file("journal.jsonl").string();
-    const Output output = run_binary("coordinator", {"--tasks", "3", "--duration", "0", "--results", journal,
-                                                     "--json", (dir / "report.json").string()});
+    const Output output = run_binary("coordinator", {"--tasks", "3", "--duration", "0", "--results", journal, "--json",
+                                                     (dir / "report.json").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     EXPECT_NE(output.err.find("--results '" + journal + "' lacks 9 line(s): No space left on device"),
               std::string::npos)

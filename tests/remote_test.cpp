@@ -27,8 +27,8 @@ namespace {
 
 using nlohmann::json;
 using testing::Output;
-using testing::Running;
 using testing::run_binary;
+using testing::Running;
 namespace fs = std::filesystem;
 
 constexpr auto kLimit = std::chrono::seconds(30);
@@ -69,8 +69,8 @@ std::string endpoint_of(const Running& coordinator) {
     return endpoint;
 }
 
-std::vector<std::string> worker_args(const std::string& endpoint, const std::string& name,
-                                     std::optional<fs::path> keys, std::vector<std::string> more = {}) {
+std::vector<std::string> worker_args(const std::string& endpoint, const std::string& name, std::optional<fs::path> keys,
+                                     std::vector<std::string> more = {}) {
     std::vector<std::string> args{"--connect", endpoint, "--name", name};
     if (keys) args.insert(args.end(), {"--keys", keys->string()});
     args.insert(args.end(), more.begin(), more.end());
@@ -176,9 +176,9 @@ TEST(Remote, RefusedWorkersGetNoTaskAndExitSayingWhy) {
     const fs::path unauthorised = worker_keys(dir / "unauthorised", dir / "stranger", dir / "keys");
     const fs::path wrong_server = worker_keys(dir / "wrong-server", dir / "keys", dir / "stranger");
 
-    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(),
-                                        "--workers", "0", "--expect-workers", "1", "--tasks", "4", "--duration", "0.05",
-                                        "--results", (dir / "r.jsonl").string()});
+    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(), "--workers",
+                                        "0", "--expect-workers", "1", "--tasks", "4", "--duration", "0.05", "--results",
+                                        (dir / "r.jsonl").string()});
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
 
@@ -190,7 +190,8 @@ TEST(Remote, RefusedWorkersGetNoTaskAndExitSayingWhy) {
     };
     const Refused refused[] = {
         {"unauthorised", unauthorised, "is not authorised there", "is not authorised"},
-        {"wrong-server", wrong_server, "coordinator.public' the public key of the coordinator", "could not be decrypted"},
+        {"wrong-server", wrong_server, "coordinator.public' the public key of the coordinator",
+         "could not be decrypted"},
         // Either side may notice the mismatch first and hang up, so the coordinator's log of it is
         // best effort; the worker always says.
         {"plaintext", std::nullopt, "start this worker with --keys", nullptr},  // with --insecure
@@ -221,9 +222,9 @@ TEST(Remote, RefusedWorkersGetNoTaskAndExitSayingWhy) {
 TEST(Remote, TooFewWorkersWithinTheWaitExitOneSayingSo) {
     testing::TempDir dir;
     make_keys(dir / "keys");
-    const Output output = run_binary("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(),
-                                                     "--workers", "0", "--expect-workers", "2", "--wait-workers", "0.5",
-                                                     "--tasks", "2"});
+    const Output output =
+        run_binary("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(), "--workers", "0",
+                                   "--expect-workers", "2", "--wait-workers", "0.5", "--tasks", "2"});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     EXPECT_NE(output.err.find("only 0 of the 2 remote worker(s) of --expect-workers attached within 0.5 s"),
               std::string::npos)
@@ -233,9 +234,9 @@ TEST(Remote, TooFewWorkersWithinTheWaitExitOneSayingSo) {
 TEST(Remote, ALostWorkersTasksAreRequeuedNotRespawnedAndALaterArrivalFinishesThem) {
     testing::TempDir dir;
     make_keys(dir / "keys");
-    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(),
-                                        "--workers", "0", "--expect-workers", "1", "--heartbeat-timeout", "1",
-                                        "--tasks", "4", "--duration", "1", "--results", (dir / "r.jsonl").string()});
+    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(), "--workers",
+                                        "0", "--expect-workers", "1", "--heartbeat-timeout", "1", "--tasks", "4",
+                                        "--duration", "1", "--results", (dir / "r.jsonl").string()});
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
     Running stopped("worker", worker_args(endpoint, "stopped", dir / "keys"));
@@ -267,8 +268,8 @@ TEST(Remote, ALostWorkersTasksAreRequeuedNotRespawnedAndALaterArrivalFinishesThe
 TEST(Remote, WorkersExitWhenTheCoordinatorIsKilled) {
     testing::TempDir dir;
     make_keys(dir / "keys");
-    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(),
-                                        "--workers", "0", "--expect-workers", "1", "--tasks", "2", "--duration", "60"});
+    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(), "--workers",
+                                        "0", "--expect-workers", "1", "--tasks", "2", "--duration", "60"});
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
     Running worker("worker", worker_args(endpoint, "r1", dir / "keys", {"--heartbeat-timeout", "1"}));
@@ -281,9 +282,9 @@ TEST(Remote, WorkersExitWhenTheCoordinatorIsKilled) {
 
 TEST(Remote, PlaintextRunsWithInsecureAndWithoutItExitsTwoNamingIt) {
     testing::TempDir dir;
-    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--insecure", "--workers", "0",
-                                        "--expect-workers", "1", "--tasks", "3", "--duration", "0", "--results",
-                                        (dir / "r.jsonl").string()});
+    Running coordinator("coordinator",
+                        {"--listen", "tcp://127.0.0.1:*", "--insecure", "--workers", "0", "--expect-workers", "1",
+                         "--tasks", "3", "--duration", "0", "--results", (dir / "r.jsonl").string()});
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
     EXPECT_NE(coordinator.err().find("(plaintext"), std::string::npos) << coordinator.err();
@@ -305,7 +306,8 @@ TEST(Remote, PlaintextRunsWithInsecureAndWithoutItExitsTwoNamingIt) {
     for (const char* address : {"tcp://[::1]:5555", "tcp://localhost:5555", "tcp://[::]:5555", "tcp://eth0:5555"}) {
         const Output refused = run_binary("coordinator", {"--listen", address, "--workers", "1", "--tasks", "1"});
         EXPECT_EQ(refused.exit_code, 2) << address;
-        EXPECT_NE(refused.err.find(fmt::format("--listen: cannot listen on '{}'", address)), std::string::npos) << refused.err;
+        EXPECT_NE(refused.err.find(fmt::format("--listen: cannot listen on '{}'", address)), std::string::npos)
+            << refused.err;
         EXPECT_TRUE(refused.out.empty()) << refused.out;
     }
     for (const char* address : {"tcp://127.0.0.1:5555", "tcp://10.200.0.1:5555"}) {
@@ -319,13 +321,14 @@ TEST(Remote, PlaintextRunsWithInsecureAndWithoutItExitsTwoNamingIt) {
 // asked for by name (issue 26, class 8). The tests run as root.
 TEST(Remote, AnInsecureWorkerAsRootIsRefusedWithoutInsecureAsRoot) {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root";
-    const Output refused = run_binary("worker", {"--connect", "tcp://127.0.0.1:9", "--insecure", "--connect-timeout", "0.2"});
+    const Output refused =
+        run_binary("worker", {"--connect", "tcp://127.0.0.1:9", "--insecure", "--connect-timeout", "0.2"});
     EXPECT_EQ(refused.exit_code, 2) << refused.err;
     EXPECT_NE(refused.err.find("--insecure-as-root"), std::string::npos) << refused.err;
     EXPECT_NE(refused.err.find("root"), std::string::npos) << refused.err;
     // Asked for by name, it runs (and here finds no coordinator: exit 1).
-    const Output allowed = run_binary("worker", {"--connect", "tcp://127.0.0.1:9", "--insecure", "--insecure-as-root",
-                                                 "--connect-timeout", "0.2"});
+    const Output allowed = run_binary(
+        "worker", {"--connect", "tcp://127.0.0.1:9", "--insecure", "--insecure-as-root", "--connect-timeout", "0.2"});
     EXPECT_EQ(allowed.exit_code, 1) << allowed.err;
     EXPECT_NE(allowed.err.find("no coordinator answered"), std::string::npos) << allowed.err;
     // Without --insecure it means nothing.
@@ -402,10 +405,9 @@ TEST(LaunchSsh, StartsPinnedWorkersOnEveryHostThatExitWithTheRun) {
     fs::permissions(fake_ssh, fs::perms::owner_all);
     ASSERT_EQ(::setenv("TASKFARM_SSH", fake_ssh.c_str(), 1), 0);
 
-    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(),
-                                        "--workers", "0", "--expect-workers", "3", "--tasks", "6", "--duration", "0.05",
-                                        "--results", (dir / "r.jsonl").string(), "--json",
-                                        (dir / "report.json").string()});
+    Running coordinator("coordinator", {"--listen", "tcp://127.0.0.1:*", "--keys", (dir / "keys").string(), "--workers",
+                                        "0", "--expect-workers", "3", "--tasks", "6", "--duration", "0.05", "--results",
+                                        (dir / "r.jsonl").string(), "--json", (dir / "report.json").string()});
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
     Running launcher(fs::path(TASKFARM_SCRIPTS_DIR) / "launch-ssh",
@@ -501,7 +503,8 @@ TEST(Remote, AcrossTwoNetworkNamespacesALostHostsTasksAreRequeued) {
                    "--tasks", "6", "--duration", "1", "--results", (dir / "r.jsonl").string()});
     const std::string endpoint = endpoint_of(*coordinator);
     ASSERT_NE(endpoint.find(netns.coordinator_address()), std::string::npos) << coordinator->err();
-    const auto worker = netns.run(1, "worker", worker_args(endpoint, "far", dir / "keys", {"--heartbeat-timeout", "1"}));
+    const auto worker =
+        netns.run(1, "worker", worker_args(endpoint, "far", dir / "keys", {"--heartbeat-timeout", "1"}));
     ASSERT_TRUE(logged(*coordinator, "handing out tasks")) << coordinator->err() << worker->err();
     EXPECT_NE(coordinator->err().find(fmt::format("attached from {}", "10.200.")), std::string::npos)
         << coordinator->err();

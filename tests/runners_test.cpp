@@ -84,11 +84,11 @@ TEST_P(EveryMode, NamesTheWorkerThatRanEachTask) {
     const std::set<std::string> allowed = GetParam() == Mode::Sequential  ? std::set<std::string>{"seq"}
                                           : GetParam() == Mode::Processes ? std::set<std::string>{"w1", "w2"}
                                                                           : std::set<std::string>{"t1", "t2"};
-    for (const auto& recorded : sink.results) EXPECT_TRUE(allowed.contains(recorded.result.worker)) << recorded.result.worker;
+    for (const auto& recorded : sink.results)
+        EXPECT_TRUE(allowed.contains(recorded.result.worker)) << recorded.result.worker;
 }
 
-INSTANTIATE_TEST_SUITE_P(AllModes, EveryMode, ::testing::ValuesIn(kAllModes),
-                         mode_name);
+INSTANTIATE_TEST_SUITE_P(AllModes, EveryMode, ::testing::ValuesIn(kAllModes), mode_name);
 
 class ConcurrentMode : public ::testing::TestWithParam<Mode> {};
 
@@ -164,7 +164,8 @@ TEST_P(PinnedMode, PlacesWorkerIOnCpuIRoundRobinAndReportsIt) {
     config.pin_cpus = cpus;
     CollectingSink sink;
     std::stop_source never;
-    const RunReport report = testing::runner_for(GetParam(), config, never.get_token())->run(testing::plan_for(config), sink);
+    const RunReport report =
+        testing::runner_for(GetParam(), config, never.get_token())->run(testing::plan_for(config), sink);
     EXPECT_EQ(report.ok, 3u);
     const std::string prefix = GetParam() == Mode::Processes ? "w" : "t";
     ASSERT_EQ(report.placement.size(), 3u);
@@ -185,7 +186,8 @@ TEST(SequentialMode, PinnedRunsOnTheFirstCpuAndGivesTheThreadBackAfter) {
     config.pin_cpus = {before.back()};
     CollectingSink sink;
     std::stop_source never;
-    const RunReport report = testing::runner_for(Mode::Sequential, config, never.get_token())->run(testing::plan_for(config), sink);
+    const RunReport report =
+        testing::runner_for(Mode::Sequential, config, never.get_token())->run(testing::plan_for(config), sink);
     ASSERT_EQ(report.placement.size(), 1u);
     EXPECT_EQ(report.placement[0].worker, "seq");
     EXPECT_EQ(report.placement[0].cpu, before.back());
@@ -235,7 +237,8 @@ TEST(Utilisation, UnpinnedPoolsUseAtMostTheAvailableCpus) {
         if (mode == Mode::Processes) config.workers = 2;  // spawning 64 workers is slow for nothing
         CollectingSink sink;
         std::stop_source never;
-        const RunReport report = testing::runner_for(mode, config, never.get_token())->run(testing::plan_for(config), sink);
+        const RunReport report =
+            testing::runner_for(mode, config, never.get_token())->run(testing::plan_for(config), sink);
         const int expected = mode == Mode::Sequential ? 1 : std::min(config.workers, available_cpus());
         EXPECT_EQ(report.cpus_used, expected) << to_string(mode);
     }
@@ -251,7 +254,8 @@ TEST_P(StoppableMode, AStopRequestEndsTheRunEarlyAndMarksItInterrupted) {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         stop.request_stop();
     });
-    const RunReport report = testing::runner_for(GetParam(), config, stop.get_token())->run(testing::plan_for(config), sink);
+    const RunReport report =
+        testing::runner_for(GetParam(), config, stop.get_token())->run(testing::plan_for(config), sink);
     EXPECT_TRUE(report.interrupted);
     EXPECT_EQ(report.ok, 0u);
     EXPECT_TRUE(sink.results.empty());
@@ -267,14 +271,14 @@ TEST_P(StoppableMode, AStopRequestCancelsComputingTasksToo) {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         stop.request_stop();
     });
-    const RunReport report = testing::runner_for(GetParam(), config, stop.get_token())->run(testing::plan_for(config), sink);
+    const RunReport report =
+        testing::runner_for(GetParam(), config, stop.get_token())->run(testing::plan_for(config), sink);
     EXPECT_TRUE(report.interrupted);
     EXPECT_EQ(report.ok, 0u);
     EXPECT_TRUE(sink.results.empty());
 }
 
-INSTANTIATE_TEST_SUITE_P(AllModes, StoppableMode, ::testing::ValuesIn(kAllModes),
-                         mode_name);
+INSTANTIATE_TEST_SUITE_P(AllModes, StoppableMode, ::testing::ValuesIn(kAllModes), mode_name);
 
 }  // namespace
 }  // namespace taskfarm

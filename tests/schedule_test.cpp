@@ -94,7 +94,8 @@ public:
         return all;
     }
     std::size_t count(RunEvent::Kind kind) const {
-        return static_cast<std::size_t>(std::count_if(events.begin(), events.end(), [&](const RunEvent& e) { return e.kind == kind; }));
+        return static_cast<std::size_t>(
+            std::count_if(events.begin(), events.end(), [&](const RunEvent& e) { return e.kind == kind; }));
     }
 };
 
@@ -113,7 +114,8 @@ struct Rig {
     Schedule schedule;
     std::set<std::pair<TaskId, std::uint32_t>> answered;
 
-    Rig(Plan p, DispatchOptions options, TaskBytes bytes = encoded_task_bytes, std::size_t max_bytes = proto::kMaxBatchBytes)
+    Rig(Plan p, DispatchOptions options, TaskBytes bytes = encoded_task_bytes,
+        std::size_t max_bytes = proto::kMaxBatchBytes)
         : plan(std::move(p)), schedule(plan, std::move(options), world, now, {}, std::move(bytes), max_bytes) {}
 
     void advance(milliseconds by) {
@@ -171,7 +173,8 @@ struct Rig {
 
 std::set<TaskId> ids_of(const std::vector<TaskResult>& results) {
     std::set<TaskId> ids;
-    for (const TaskResult& result : results) EXPECT_TRUE(ids.insert(result.id).second) << "task " << result.id << " twice";
+    for (const TaskResult& result : results)
+        EXPECT_TRUE(ids.insert(result.id).second) << "task " << result.id << " twice";
     return ids;
 }
 
@@ -262,7 +265,7 @@ TEST(Schedule, ATaskStartsWhenSentToAnIdleWorkerOrWhenTheOneBeforeItOnTheWorkerE
     rig.hello("w1");
     using Starts = std::vector<std::pair<std::string, TaskId>>;
     EXPECT_EQ(rig.world.starts, (Starts{{"w1", 0}}));  // one task until the first result
-    rig.answer_all("w1");  // then the other three in one batch: the first of them runs
+    rig.answer_all("w1");                              // then the other three in one batch: the first of them runs
     ASSERT_EQ(rig.world.sent_to("w1").size(), 4u);
     EXPECT_EQ(rig.world.starts, (Starts{{"w1", 0}, {"w1", 1}}));
     rig.schedule.result("w1", rig.result_of(rig.world.sent_to("w1")[1]), rig.now);
@@ -288,7 +291,8 @@ TEST(Schedule, AShortPlanSpreadsOverEveryWorkerBeforeAnyQueuesMore) {
     rig.spawn_all();
     for (const char* name : {"w1", "w2", "w3"}) rig.hello(name);
     // The three results arrive together: each may now hold 8, but gets its share of the 6 left.
-    for (const char* name : {"w1", "w2", "w3"}) rig.schedule.result(name, rig.result_of(rig.world.sent_to(name)[0]), rig.now);
+    for (const char* name : {"w1", "w2", "w3"})
+        rig.schedule.result(name, rig.result_of(rig.world.sent_to(name)[0]), rig.now);
     rig.schedule.tick(rig.now);
     for (const char* name : {"w1", "w2", "w3"}) EXPECT_EQ(rig.world.sent_to(name).size(), 3u) << name;
 }
@@ -298,7 +302,8 @@ TEST(Schedule, EveryTaskIsRecordedOnceAndTheRunIsDone) {
     rig.spawn_all();
     rig.hello("w1");
     rig.hello("w2");
-    while (rig.answer_all("w1") + rig.answer_all("w2") > 0) {}
+    while (rig.answer_all("w1") + rig.answer_all("w2") > 0) {
+    }
     EXPECT_EQ(ids_of(rig.world.recorded).size(), 1000u);
     EXPECT_TRUE(rig.schedule.done());
 }
@@ -394,7 +399,8 @@ TEST(Schedule, APeerThatSaysHelloAndHoldsItsTaskHoldsOneAndOnlyUntilTheHeartbeat
     for (int i = 0; i < 100; ++i) rig.remote_hello(fmt::format("rogue{}", i));
     for (int i = 0; i < 100; ++i) EXPECT_EQ(rig.world.sent_to(fmt::format("rogue{}", i)).size(), 1u);
     // w1 runs everything else; the rogues answer nothing and send nothing.
-    while (rig.answer_all("w1") > 0) {}
+    while (rig.answer_all("w1") > 0) {
+    }
     EXPECT_EQ(rig.world.recorded.size(), 300u);
     EXPECT_FALSE(rig.schedule.done());
     for (int i = 0; i < 12; ++i) {
@@ -403,7 +409,8 @@ TEST(Schedule, APeerThatSaysHelloAndHoldsItsTaskHoldsOneAndOnlyUntilTheHeartbeat
     }
     EXPECT_EQ(rig.world.shutdowns.size(), 100u) << "each rogue is dropped at the heartbeat timeout";
     EXPECT_TRUE(rig.world.killed.empty()) << "remote peers are not ours to kill";
-    while (rig.answer_all("w1") > 0) {}
+    while (rig.answer_all("w1") > 0) {
+    }
     EXPECT_EQ(ids_of(rig.world.recorded).size(), 400u);
     EXPECT_TRUE(rig.schedule.done());
 }
@@ -434,8 +441,8 @@ TEST(Schedule, AReplacementThatNeverSaysHelloIsKilledAndReplacedAgain) {
 
 TEST(Schedule, ATaskPastItsTimeoutAndTheGraceFailsAndItsWorkerIsKilled) {
     // The worker's own grace to stop it (a command's SIGTERM to SIGKILL), then a second.
-    Rig rig(sleeps(3, 0.5), {.workers = 1, .prefetch = 4, .heartbeat_timeout = milliseconds(600000),
-                             .stop_grace = milliseconds(500)});
+    Rig rig(sleeps(3, 0.5),
+            {.workers = 1, .prefetch = 4, .heartbeat_timeout = milliseconds(600000), .stop_grace = milliseconds(500)});
     rig.spawn_all();
     rig.hello("w1");
     rig.answer_all("w1");  // task 0 done; 1 and 2 go out, 1 starts now and never ends
@@ -504,7 +511,8 @@ TEST(Schedule, DuplicateStaleAndForgedResultsAreIgnored) {
     rig.schedule.exited(rig.world.pids[1], "worker w2 died (signal 9)", rig.now);
     rig.schedule.result("w2", rig.result_of(of_w2), rig.now);
     EXPECT_EQ(rig.world.recorded.size(), 1u);
-    while (rig.answer_all("w1") > 0) {}
+    while (rig.answer_all("w1") > 0) {
+    }
     ASSERT_EQ(rig.world.recorded.size(), 2u);
     EXPECT_EQ(rig.world.recorded[1].attempt, 2u);
 }
@@ -518,8 +526,7 @@ TEST(Schedule, ReturnedTasksGoBackToTheFrontWithTheSameAttempt) {
     ASSERT_GE(held.size(), 5u);
     proto::Returned back;
     back.busy_s = 1.0;  // the running task is slow: the window shrinks to one
-    for (std::size_t i = 2; i < held.size(); ++i)
-        back.tasks.push_back({held[i].index, held[i].number});
+    for (std::size_t i = 2; i < held.size(); ++i) back.tasks.push_back({held[i].index, held[i].number});
     back.tasks.push_back({999, 1});  // stale: not one it holds
     rig.schedule.returned("w1", back, rig.now);
     rig.hello("w2");
@@ -614,7 +621,7 @@ TEST(Schedule, WhenNoMoreWorkersWillComeTheRestFailOnceTheLastIsGone) {
     rig.advance(milliseconds(100));
     EXPECT_TRUE(rig.world.recorded.empty()) << "its worker is still there";
     for (int i = 0; i < 15; ++i) rig.advance(milliseconds(100));  // silent past the heartbeat timeout
-    ASSERT_EQ(rig.world.recorded.size(), 2u);  // the one it held and the one waiting, at once
+    ASSERT_EQ(rig.world.recorded.size(), 2u);                     // the one it held and the one waiting, at once
     for (const auto& result : rig.world.recorded) EXPECT_EQ(result.error, "not run: the step ended");
 }
 
@@ -629,7 +636,8 @@ TEST(Schedule, BatchesAreCappedByEncodedBytes) {
     Rig rig(sleeps(300), {.workers = 1}, [](const TaskSpec&, std::uint32_t) { return std::size_t{40000}; });
     rig.spawn_all();
     rig.hello("w1");
-    while (rig.answer_all("w1") > 0) {}
+    while (rig.answer_all("w1") > 0) {
+    }
     EXPECT_EQ(ids_of(rig.world.recorded).size(), 300u);
     std::size_t largest = 0;
     for (const Sent& sent : rig.world.sent) {
@@ -640,7 +648,8 @@ TEST(Schedule, BatchesAreCappedByEncodedBytes) {
 }
 
 TEST(Schedule, BatchesAreCappedByCount) {
-    Rig rig(sleeps(3000), {.workers = 1, .prefetch = 3000}, [](const TaskSpec&, std::uint32_t) { return std::size_t{1}; });
+    Rig rig(sleeps(3000), {.workers = 1, .prefetch = 3000},
+            [](const TaskSpec&, std::uint32_t) { return std::size_t{1}; });
     rig.spawn_all();
     rig.hello("w1");
     rig.answer_all("w1");
@@ -651,12 +660,13 @@ TEST(Schedule, BatchesAreCappedByCount) {
 }
 
 TEST(Schedule, ATaskTooLargeForAFrameFailsNamingItselfAndTheOthersRun) {
-    Rig rig(sleeps(5), {.workers = 1}, [](const TaskSpec& task, std::uint32_t) {
-        return task.id == 2 ? std::size_t{2000} : std::size_t{10};
-    }, 1000);
+    Rig rig(
+        sleeps(5), {.workers = 1},
+        [](const TaskSpec& task, std::uint32_t) { return task.id == 2 ? std::size_t{2000} : std::size_t{10}; }, 1000);
     rig.spawn_all();
     rig.hello("w1");
-    while (rig.answer_all("w1") > 0) {}
+    while (rig.answer_all("w1") > 0) {
+    }
     ASSERT_EQ(ids_of(rig.world.recorded).size(), 5u);
     for (const TaskResult& result : rig.world.recorded) {
         if (result.id != 2) {
@@ -664,8 +674,9 @@ TEST(Schedule, ATaskTooLargeForAFrameFailsNamingItselfAndTheOthersRun) {
             continue;
         }
         EXPECT_FALSE(result.ok);
-        EXPECT_EQ(result.error, "not sent: task 2 takes 2000 bytes encoded, more than the 1000 bytes a message to a "
-                                "worker may hold");
+        EXPECT_EQ(result.error,
+                  "not sent: task 2 takes 2000 bytes encoded, more than the 1000 bytes a message to a "
+                  "worker may hold");
     }
     EXPECT_TRUE(rig.world.killed.empty());
     EXPECT_TRUE(rig.schedule.done());
@@ -693,7 +704,8 @@ std::map<TaskId, std::uint32_t> lose_a_full_window(Rig& rig, const LastRunning& 
     rig.world.sent.clear();  // the replacement has the same peer name
     rig.answered.clear();
     rig.hello("w1");
-    while (rig.answer_all("w1") > 0) {}
+    while (rig.answer_all("w1") > 0) {
+    }
     std::map<TaskId, std::uint32_t> attempts;
     for (const TaskResult& result : rig.world.recorded) {
         EXPECT_TRUE(result.ok) << result.id << ": " << result.error;
@@ -714,8 +726,7 @@ TEST(Schedule, ALostWorkerChargesOnlyTheTaskItsBoardSaysItWasRunningAndTheRestGo
     // Tasks 1 and 2 ran, their results died in the worker's outbox; task 3 was running; 4..8
     // were queued behind it.
     Rig rig(sleeps(12), {.workers = 1, .prefetch = 8});
-    const auto attempts =
-        lose_a_full_window(rig, {.known = LastRunning::Known::Running, .id = 3, .attempt = 1});
+    const auto attempts = lose_a_full_window(rig, {.known = LastRunning::Known::Running, .id = 3, .attempt = 1});
     EXPECT_EQ(attempts, all_first_but({{3, 2}}));
     ASSERT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
     const auto requeue = std::find_if(rig.world.events.begin(), rig.world.events.end(),
@@ -799,7 +810,8 @@ TEST(Schedule, ALostRemoteWorkersOldestTaskIsChargedAndTheRestGoBackUnchanged) {
     rig.world.sent.clear();
     rig.answered.clear();
     rig.remote_hello("far");
-    while (rig.answer_all("far") > 0) {}
+    while (rig.answer_all("far") > 0) {
+    }
     std::map<TaskId, std::uint32_t> attempts;
     for (const TaskResult& result : rig.world.recorded) attempts[result.id] = result.attempt;
     EXPECT_EQ(attempts, (std::map<TaskId, std::uint32_t>{{0, 1}, {1, 2}, {2, 1}, {3, 1}, {4, 1}, {5, 1}}));
@@ -813,7 +825,8 @@ TEST(Schedule, ASendToAVanishedWorkerRequeuesWhatItWasGiven) {
     EXPECT_EQ(rig.world.killed, std::vector<pid_t>{100});
     EXPECT_EQ(rig.world.count(RunEvent::Kind::Requeued), 1u);
     rig.hello("w2");
-    while (rig.answer_all("w2") > 0) {}
+    while (rig.answer_all("w2") > 0) {
+    }
     EXPECT_EQ(ids_of(rig.world.recorded).size(), 2u);
 }
 
@@ -844,7 +857,8 @@ TEST(Schedule, RunsAFailedTaskAgainUpToRetriesAndRecordsOnlyTheLastAttempt) {
     rig.hello("w1");
     rig.hello("w2");
     std::size_t failures = 0;
-    for (int round = 0; round < 5 && rig.world.recorded.empty(); ++round) failures += fail_all(rig, "w1") + fail_all(rig, "w2");
+    for (int round = 0; round < 5 && rig.world.recorded.empty(); ++round)
+        failures += fail_all(rig, "w1") + fail_all(rig, "w2");
     EXPECT_EQ(failures, 3u);
     ASSERT_EQ(rig.world.retried.size(), 2u);
     EXPECT_EQ(rig.world.retried[0].attempt, 1u);
@@ -956,13 +970,15 @@ TEST(Schedule, AWorkerThatStartsOverTheMemoryLimitIsAConfigError) {
         rig.schedule.hello("w1", hello, std::nullopt, rig.now);
         FAIL() << "no error";
     } catch (const ConfigError& e) {
-        EXPECT_STREQ(e.what(), "--max-worker-memory 1.0 MiB: worker w1 (pid 100) uses 3.0 MiB as it starts, before any "
-                               "task; give a larger size");
+        EXPECT_STREQ(e.what(),
+                     "--max-worker-memory 1.0 MiB: worker w1 (pid 100) uses 3.0 MiB as it starts, before any "
+                     "task; give a larger size");
     }
 }
 
 TEST(Schedule, ARecycledWorkerThatDoesNotExitIsKilledAndReplaced) {
-    Rig rig(sleeps(3), {.workers = 1, .prefetch = 1, .heartbeat_timeout = milliseconds(2000), .max_tasks_per_worker = 1});
+    Rig rig(sleeps(3),
+            {.workers = 1, .prefetch = 1, .heartbeat_timeout = milliseconds(2000), .max_tasks_per_worker = 1});
     rig.spawn_all();
     rig.hello("w1");
     EXPECT_EQ(rig.answer_all("w1"), 1u);

@@ -57,7 +57,8 @@ public:
         for (char** at = environ; *at; ++at) {
             const std::string entry = *at;
             const std::string name = entry.substr(0, entry.find('=') + 1);
-            if (std::none_of(environment.begin(), environment.end(), [&](const std::string& e) { return e.starts_with(name); }))
+            if (std::none_of(environment.begin(), environment.end(),
+                             [&](const std::string& e) { return e.starts_with(name); }))
                 environment.push_back(entry);
         }
         std::vector<char*> envp;
@@ -125,10 +126,12 @@ TEST(Signals, OneSigtermDeliveredTwiceDrainsAndTheRunningTasksFinish) {
     const auto started = dir / "started";
     const auto done = dir / "done";
     const auto journal = dir / "journal.jsonl";
-    const std::string command = fmt::format("echo {{}} >> {}; sleep 1.5; echo {{}} >> {}", started.string(), done.string());
+    const std::string command =
+        fmt::format("echo {{}} >> {}; sleep 1.5; echo {{}} >> {}", started.string(), done.string());
     Job job(coordinator({"--mode", "processes", "--workers", "2", "--command", command, "--inputs",
                          numbers(dir, 4).string(), "--output", "none", "--results", journal.string()}));
-    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30))) << job.err();
+    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30)))
+        << job.err();
     // As timeout(1) does, but the second only once the first was taken (else the kernel merges them).
     ::kill(job.pid(), SIGTERM);
     ASSERT_TRUE(testing::eventually([&] { return has(job.err(), "SIGTERM received"); }, std::chrono::seconds(10)));
@@ -148,7 +151,8 @@ TEST(Signals, TimeoutsSigtermDrainsTheRun) {
     testing::TempDir dir;
     const auto started = dir / "started";
     const auto done = dir / "done";
-    const std::string command = fmt::format("echo {{}} >> {}; sleep 1.5; echo {{}} >> {}", started.string(), done.string());
+    const std::string command =
+        fmt::format("echo {{}} >> {}; sleep 1.5; echo {{}} >> {}", started.string(), done.string());
     for (int round = 0; round < 3; ++round) {
         SCOPED_TRACE(round);
         std::filesystem::remove(started);
@@ -179,7 +183,8 @@ TEST_P(CtrlCInMode, CtrlCOnTheTerminalCancelsSaysSoAndASecondPressIsTheSameReque
     const std::string command = fmt::format("echo {{}} $$ >> {}; trap '' TERM; sleep 300", started.string());
     Job job(coordinator({"--mode", GetParam(), "--workers", "2", "--command", command, "--inputs",
                          numbers(dir, 4).string(), "--set", "command_grace_s=1.5"}));
-    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30))) << job.err();
+    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30)))
+        << job.err();
     ::kill(-job.pid(), SIGINT);
     ASSERT_TRUE(testing::eventually([&] { return has(job.err(), "SIGINT received"); }, std::chrono::seconds(10)));
     ::kill(-job.pid(), SIGINT);
@@ -208,9 +213,9 @@ TEST(Cancel, ASymlinkOrDirectoryPlantedByAnotherUserIsSkipped) {
     if (::getuid() != 0) GTEST_SKIP() << "needs root, to run a coordinator as nobody through setpriv";
     testing::TempDir dir;
     let_others_through(dir);
-    const auto victim_tmp = dir / "victim";   // the victim's TMPDIR
-    const auto shared_tmp = dir / "shared";   // a TMPDIR every user writes
-    const auto nobody_tmp = dir / "nobody";   // nobody's own TMPDIR
+    const auto victim_tmp = dir / "victim";  // the victim's TMPDIR
+    const auto shared_tmp = dir / "shared";  // a TMPDIR every user writes
+    const auto nobody_tmp = dir / "nobody";  // nobody's own TMPDIR
     std::filesystem::create_directory(victim_tmp);
     std::filesystem::create_directory(shared_tmp);
     std::filesystem::create_directory(nobody_tmp);
@@ -222,8 +227,9 @@ TEST(Cancel, ASymlinkOrDirectoryPlantedByAnotherUserIsSkipped) {
                             fmt::format("echo {{}} >> {}; exec sleep 300", started.string()), "--inputs",
                             numbers(dir, 2).string(), "--results", journal.string(), "--set", "command_grace_s=0.3"}),
                {"TMPDIR=" + victim_tmp.string()});
-    Job fake({"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", testing::bin("coordinator").string(),
-              "--mode", "threads", "--workers", "1", "--task", "sleep", "--tasks", "2", "--duration", "300"},
+    Job fake({"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+              testing::bin("coordinator").string(), "--mode", "threads", "--workers", "1", "--task", "sleep", "--tasks",
+              "2", "--duration", "300"},
              {"TMPDIR=" + nobody_tmp.string()});
     ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30)))
         << victim.err();
@@ -248,8 +254,9 @@ TEST(Cancel, ASymlinkOrDirectoryPlantedByAnotherUserIsSkipped) {
     ASSERT_EQ(::lchown(link.c_str(), kNobody, kNogroup), 0);
     std::filesystem::create_symlink(fake_dir / "control", shared_tmp / "control");
     ASSERT_EQ(::lchown((shared_tmp / "control").c_str(), kNobody, kNogroup), 0);
-    const Output followed = run_binary("/usr/bin/env", {"TMPDIR=" + shared_tmp.string(),
-                                                        testing::bin("coordinator").string(), "cancel", "--run", pid, "0"});
+    const Output followed = run_binary(
+        "/usr/bin/env",
+        {"TMPDIR=" + shared_tmp.string(), testing::bin("coordinator").string(), "cancel", "--run", pid, "0"});
     EXPECT_EQ(followed.exit_code, 2) << followed.out << followed.err;
     EXPECT_TRUE(has(followed.err, "skipping '" + link.string() + "': a symbolic link")) << followed.err;
     EXPECT_FALSE(has(followed.out, "cancelled")) << followed.out;
@@ -263,13 +270,15 @@ TEST(Cancel, ASymlinkOrDirectoryPlantedByAnotherUserIsSkipped) {
     std::filesystem::create_directory(planted);
     ::chmod(planted.c_str(), 0755);
     ASSERT_EQ(::chown(planted.c_str(), kNobody, kNogroup), 0);
-    const Output cancelled = run_binary("/usr/bin/env", {"TMPDIR=" + victim_tmp.string(),
-                                                         testing::bin("coordinator").string(), "cancel", "--run", pid, "0"});
+    const Output cancelled = run_binary(
+        "/usr/bin/env",
+        {"TMPDIR=" + victim_tmp.string(), testing::bin("coordinator").string(), "cancel", "--run", pid, "0"});
     EXPECT_EQ(cancelled.exit_code, 0) << cancelled.out << cancelled.err;
     EXPECT_TRUE(has(cancelled.err, fmt::format("skipping '{}': owned by uid {}", planted.string(), kNobody)))
         << cancelled.err;
     EXPECT_TRUE(has(cancelled.out, fmt::format("run of pid {}: task 0: cancelled: running", pid))) << cancelled.out;
-    ASSERT_TRUE(testing::eventually([&] { return testing::read_json_lines(journal).size() == 1; }, std::chrono::seconds(30)))
+    ASSERT_TRUE(
+        testing::eventually([&] { return testing::read_json_lines(journal).size() == 1; }, std::chrono::seconds(30)))
         << victim.err();
     EXPECT_EQ(testing::read_json_lines(journal).at(0).at("id"), 0);
     EXPECT_EQ(testing::read_json_lines(journal).at(0).value("cancelled", false), true);
@@ -293,12 +302,14 @@ TEST(Cancel, TheAnswerSaysWhatTheRunDidWithEachTask) {
     testing::Running run("coordinator", {"--command", fmt::format("echo {{}} >> {}; exec sleep 300", started.string()),
                                          "--inputs", numbers(dir, 3).string(), "--mode", "processes", "--workers", "1",
                                          "--results", journal.string(), "--set", "command_grace_s=0.3"});
-    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 1; }, std::chrono::seconds(30))) << run.err();
+    ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 1; }, std::chrono::seconds(30)))
+        << run.err();
     const std::string pid = std::to_string(run.pid());
     const Output mixed = run_binary("coordinator", {"cancel", "--run", pid, "0", "7"});
     EXPECT_EQ(mixed.exit_code, 1) << mixed.out << mixed.err;
     EXPECT_TRUE(has(mixed.out, fmt::format("run of pid {}: task 0: cancelled: held by worker w1", pid))) << mixed.out;
-    EXPECT_TRUE(has(mixed.out, fmt::format("run of pid {}: task 7: NOT cancelled: not in this run's plan (3 tasks)", pid)))
+    EXPECT_TRUE(
+        has(mixed.out, fmt::format("run of pid {}: task 7: NOT cancelled: not in this run's plan (3 tasks)", pid)))
         << mixed.out;
     const Output rest = run_binary("coordinator", {"cancel", "--run", pid, "1", "2"});
     EXPECT_EQ(rest.exit_code, 0) << rest.out << rest.err;

@@ -170,8 +170,8 @@ bool process_exists(pid_t pid) {
 
 bool runs_program(pid_t pid, const std::string& program) {
     std::error_code ec;
-    return std::filesystem::read_symlink(std::filesystem::path("/proc") / std::to_string(pid) / "exe", ec)
-               .filename() == program;
+    return std::filesystem::read_symlink(std::filesystem::path("/proc") / std::to_string(pid) / "exe", ec).filename() ==
+           program;
 }
 
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit) {

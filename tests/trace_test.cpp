@@ -137,7 +137,8 @@ TEST(Lanes, AreEveryWorkerInNaturalOrder) {
 }
 
 TEST(TraceJson, HasAProcessPerModeAThreadPerLaneAndAnEventPerAttempt) {
-    const std::string text = trace_json(sample(), "coordinator --x 'y z'").dump(-1, ' ', false, json::error_handler_t::replace);
+    const std::string text =
+        trace_json(sample(), "coordinator --x 'y z'").dump(-1, ' ', false, json::error_handler_t::replace);
     const json trace = json::parse(text);  // valid JSON, even with the hostile error text
     EXPECT_EQ(trace["otherData"]["command"], "coordinator --x 'y z'");
     const auto modes = modes_of(trace);
@@ -162,8 +163,10 @@ TEST(TraceJson, HasAProcessPerModeAThreadPerLaneAndAnEventPerAttempt) {
     ASSERT_EQ(odd.complete.size(), 4u);
     std::multiset<std::pair<std::string, int>> attempts;  // lane, attempt
     for (const json& event : odd.complete) attempts.insert({odd.lanes.at(event["tid"]), event["args"]["attempt"]});
-    EXPECT_EQ(attempts, (std::multiset<std::pair<std::string, int>>{{"t2", 1}, {"t10", 1}, {"t1", 2}, {"unassigned", 1}}));
-    const auto lost = std::find_if(odd.complete.begin(), odd.complete.end(), [](const json& e) { return e["args"].contains("lost"); });
+    EXPECT_EQ(attempts,
+              (std::multiset<std::pair<std::string, int>>{{"t2", 1}, {"t10", 1}, {"t1", 2}, {"unassigned", 1}}));
+    const auto lost = std::find_if(odd.complete.begin(), odd.complete.end(),
+                                   [](const json& e) { return e["args"].contains("lost"); });
     ASSERT_NE(lost, odd.complete.end());
     EXPECT_EQ((*lost)["ts"], 100'000);
     EXPECT_EQ((*lost)["dur"], 300'000);
@@ -172,7 +175,9 @@ TEST(TraceJson, HasAProcessPerModeAThreadPerLaneAndAnEventPerAttempt) {
     std::vector<std::string> instants;
     for (const json& event : odd.instant) instants.push_back(event["name"]);
     EXPECT_EQ(instants, (std::vector<std::string>{"worker started", "worker exited", "requeue"}));
-    const auto failed = std::find_if(odd.complete.begin(), odd.complete.end(), [](const json& e) { return e["args"]["ok"] == false && !e["args"].contains("lost"); });
+    const auto failed = std::find_if(odd.complete.begin(), odd.complete.end(), [](const json& e) {
+        return e["args"]["ok"] == false && !e["args"].contains("lost");
+    });
     ASSERT_NE(failed, odd.complete.end());
     EXPECT_NE((*failed)["args"]["error"].get<std::string>().find(R"(bad "quote" <tag> &)"), std::string::npos);
 }
@@ -190,7 +195,8 @@ TEST(TimelineSvg, HasAPanelPerModeABarPerTaskAndEscapesEveryText) {
     EXPECT_EQ(count(found[1], R"(class="lane")"), 4u);
     EXPECT_EQ(count(found[1], R"(class="event start")"), 1u);
     EXPECT_EQ(count(found[1], R"(class="event exit")"), 1u);
-    EXPECT_NE(found[0].find("sequential: 3 tasks on 1 lane, wall 3.00 s, CPU 0.01 s (0.0 cores busy)"), std::string::npos)
+    EXPECT_NE(found[0].find("sequential: 3 tasks on 1 lane, wall 3.00 s, CPU 0.01 s (0.0 cores busy)"),
+              std::string::npos)
         << found[0];
     EXPECT_NE(found[1].find("x1.88 vs sequential, CPU 1.50 s (0.9 cores busy)"), std::string::npos) << found[1];
     // Escaped, never raw: the mode name, the title, the error text.
@@ -232,9 +238,9 @@ TEST(WriteReport, ReplacesTheFileAndLeavesNoTempBehind) {
 
 TEST(CoordinatorTrace, HasOneEventPerTaskPerModeAndALanePerWorker) {
     testing::TempDir dir;
-    const Output output = run_binary("coordinator", {"--mode", "all", "--workers", "3", "--tasks", "5", "--duration",
-                                                     "0.02", "--trace", (dir / "run.json").string(), "--timeline",
-                                                     (dir / "run.svg").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "all", "--workers", "3", "--tasks", "5", "--duration", "0.02", "--trace",
+                                   (dir / "run.json").string(), "--timeline", (dir / "run.svg").string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const auto modes = modes_of(testing::read_json(dir / "run.json"));
     ASSERT_EQ(modes.size(), 4u);
@@ -283,9 +289,9 @@ TEST(CoordinatorTrace, HasOneEventPerTaskPerModeAndALanePerWorker) {
 
 TEST(CoordinatorTrace, ShowsTheAttemptLostWithAKilledWorker) {
     testing::TempDir dir;
-    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration",
-                                                 "0.6", "--trace", (dir / "run.json").string(), "--timeline",
-                                                 (dir / "run.svg").string()});
+    testing::Running coordinator(
+        "coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "0.6", "--trace",
+                        (dir / "run.json").string(), "--timeline", (dir / "run.svg").string()});
     std::vector<pid_t> workers;
     ASSERT_TRUE(testing::eventually([&] { return (workers = testing::workers_of(coordinator.pid())).size() == 2; },
                                     std::chrono::seconds(10)))
@@ -307,8 +313,8 @@ TEST(CoordinatorTrace, ShowsTheAttemptLostWithAKilledWorker) {
     bool killed = false;
     for (const json& event : mode.instant) {
         instants.insert(event["name"]);
-        killed |= event["name"] == "worker exited" && event["args"]["detail"].get<std::string>().find("signal 9") !=
-                                                          std::string::npos;
+        killed |= event["name"] == "worker exited" &&
+                  event["args"]["detail"].get<std::string>().find("signal 9") != std::string::npos;
     }
     EXPECT_EQ(instants.count("requeue"), lost);
     EXPECT_GE(instants.count("worker started"), 3u);  // two, and the replacement
@@ -322,9 +328,9 @@ TEST(CoordinatorTrace, ShowsTheAttemptLostWithAKilledWorker) {
 TEST(CoordinatorTrace, IsWrittenEvenWhenTheRunFails) {
     testing::TempDir dir;
     // /bin/true exits at once without saying hello: the run fails.
-    const Output output = run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--worker-bin", "/bin/true",
-                                                     "--trace", (dir / "run.json").string(), "--timeline",
-                                                     (dir / "run.svg").string()});
+    const Output output =
+        run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--worker-bin", "/bin/true", "--trace",
+                                   (dir / "run.json").string(), "--timeline", (dir / "run.svg").string()});
     EXPECT_EQ(output.exit_code, 1) << output.err;
     const auto modes = modes_of(testing::read_json(dir / "run.json"));
     ASSERT_EQ(modes.size(), 1u);

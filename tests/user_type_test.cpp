@@ -57,59 +57,60 @@ public:
 };
 
 void register_types(taskfarm::App& made) {
-        made.task("reverse", [](const Params& params, Context& context) {
-            // The settings of the run (--set) reach the function in every mode.
-            const std::string suffix = context.settings().value("suffix", std::string());
-            return Value{{"reversed", reversed(params.at("input").get<std::string>()) + suffix}};
-        });
-        made.task("refuse", [](const Params& params, Context&) -> Value {
-            throw std::runtime_error("refused " + params.at("input").get<std::string>());
-        });
-        made.task("scratch", [](const Params&, Context& context) {
-            const auto dir = context.scratch_dir();
-            std::ofstream(dir / "f") << "x";
-            return Value{{"dir", dir.string()}, {"exists", std::filesystem::exists(dir / "f")}};
-        });
-        made.task("die", [](const Params&, Context& context) -> Value {
-            if (context.isolated()) ::raise(SIGKILL);  // only a worker process of its own
-            throw std::runtime_error("not in a process of its own");
-        });
-        // Ends its whole process with exit(3), after making its scratch directory: what a
-        // careless function may do.
-        made.task("quit", [](const Params&, Context& context) -> Value {
-            static_cast<void>(context.scratch_dir());
-            std::exit(3);
-        });
-        // Fails with an error of 40 MB, more than a journal line holds.
-        made.task("vast", [](const Params&, Context&) -> Value { throw std::runtime_error(std::string(40'000'000, 'e')); });
-        made.add(std::make_shared<Shout>());
-        // Keeps 16 MiB more of touched memory at each task, for good: a worker that grows.
-        made.task("leak", [](const Params&, Context&) {
-            static std::vector<std::vector<char>> kept;
-            kept.emplace_back(std::size_t{16} << 20, 'x');
-            return Value{{"kept_mib", 16 * kept.size()}};
-        });
-        // Notes its input in the file the setting "started" names, then takes 0.3 s, stopping early on a stop.
-        made.task("nap", [](const Params& params, Context& context) -> Value {
-            std::ofstream(context.settings().at("started").get<std::string>(), std::ios::app)
-                << params.at("input").get<std::string>() << "\n"
-                << std::flush;
-            for (int slice = 0; slice < 30; ++slice) {
-                context.check();
-                std::this_thread::sleep_for(std::chrono::milliseconds(10));
-            }
-            return Value{{"napped", true}};
-        });
-        // Fails until its attempt reaches the number it is given.
-        made.task("flaky", [](const Params& params, Context& context) -> Value {
-            const unsigned want = std::stoul(params.at("input").get<std::string>());
-            if (context.attempt() < want) throw std::runtime_error(fmt::format("attempt {} of {}", context.attempt(), want));
-            return Value{{"attempt", context.attempt()}};
-        });
-        // A value of 40,000 bytes, or of 5 MB for the input "huge": more than a frame may hold.
-        made.task("bulky", [](const Params& params, Context&) {
-            return Value{{"text", std::string(params.at("input") == "huge" ? 5'000'000 : 40'000, 'x')}};
-        });
+    made.task("reverse", [](const Params& params, Context& context) {
+        // The settings of the run (--set) reach the function in every mode.
+        const std::string suffix = context.settings().value("suffix", std::string());
+        return Value{{"reversed", reversed(params.at("input").get<std::string>()) + suffix}};
+    });
+    made.task("refuse", [](const Params& params, Context&) -> Value {
+        throw std::runtime_error("refused " + params.at("input").get<std::string>());
+    });
+    made.task("scratch", [](const Params&, Context& context) {
+        const auto dir = context.scratch_dir();
+        std::ofstream(dir / "f") << "x";
+        return Value{{"dir", dir.string()}, {"exists", std::filesystem::exists(dir / "f")}};
+    });
+    made.task("die", [](const Params&, Context& context) -> Value {
+        if (context.isolated()) ::raise(SIGKILL);  // only a worker process of its own
+        throw std::runtime_error("not in a process of its own");
+    });
+    // Ends its whole process with exit(3), after making its scratch directory: what a
+    // careless function may do.
+    made.task("quit", [](const Params&, Context& context) -> Value {
+        static_cast<void>(context.scratch_dir());
+        std::exit(3);
+    });
+    // Fails with an error of 40 MB, more than a journal line holds.
+    made.task("vast", [](const Params&, Context&) -> Value { throw std::runtime_error(std::string(40'000'000, 'e')); });
+    made.add(std::make_shared<Shout>());
+    // Keeps 16 MiB more of touched memory at each task, for good: a worker that grows.
+    made.task("leak", [](const Params&, Context&) {
+        static std::vector<std::vector<char>> kept;
+        kept.emplace_back(std::size_t{16} << 20, 'x');
+        return Value{{"kept_mib", 16 * kept.size()}};
+    });
+    // Notes its input in the file the setting "started" names, then takes 0.3 s, stopping early on a stop.
+    made.task("nap", [](const Params& params, Context& context) -> Value {
+        std::ofstream(context.settings().at("started").get<std::string>(), std::ios::app)
+            << params.at("input").get<std::string>() << "\n"
+            << std::flush;
+        for (int slice = 0; slice < 30; ++slice) {
+            context.check();
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        return Value{{"napped", true}};
+    });
+    // Fails until its attempt reaches the number it is given.
+    made.task("flaky", [](const Params& params, Context& context) -> Value {
+        const unsigned want = std::stoul(params.at("input").get<std::string>());
+        if (context.attempt() < want)
+            throw std::runtime_error(fmt::format("attempt {} of {}", context.attempt(), want));
+        return Value{{"attempt", context.attempt()}};
+    });
+    // A value of 40,000 bytes, or of 5 MB for the input "huge": more than a frame may hold.
+    made.task("bulky", [](const Params& params, Context&) {
+        return Value{{"text", std::string(params.at("input") == "huge" ? 5'000'000 : 40'000, 'x')}};
+    });
 }
 
 taskfarm::App& app() {
@@ -157,11 +158,12 @@ TEST(UserType, RunsInEveryModeWithItsValueInTheJournalExactlyOnce) {
 
 TEST(UserType, AUserClassChecksItsPlanLinesAndRunsInWorkers) {
     taskfarm::testing::TempDir dir;
-    const auto plan = write_lines(dir, "plan.jsonl", {R"({"kind":"shout","text":"hi"})", R"({"kind":"reverse","input":"ab"})"});
+    const auto plan =
+        write_lines(dir, "plan.jsonl", {R"({"kind":"shout","text":"hi"})", R"({"kind":"reverse","input":"ab"})"});
     const auto json = dir / "report.json";
     const auto output = coordinator({"--plan", plan.string(), "--mode", "processes", "--workers", "1"});
     ASSERT_EQ(output.exit_code, 0) << output.err;
-    EXPECT_NE(output.out.find(": HI\n"), std::string::npos) << output.out;  // Shout::describe
+    EXPECT_NE(output.out.find(": HI\n"), std::string::npos) << output.out;                // Shout::describe
     EXPECT_NE(output.out.find(R"({"reversed":"ba"})"), std::string::npos) << output.out;  // the default: JSON
 
     const auto bad = write_lines(dir, "bad.jsonl", {R"({"kind":"shout","txt":"hi"})"});
@@ -245,8 +247,8 @@ TEST(UserType, LargeValuesReachTheCoordinatorAndOneTooLargeFailsItsTaskAlone) {
 TEST(UserType, AScratchDirectoryIsTheTasksOwnAndGoneAfterIt) {
     taskfarm::testing::TempDir dir;
     const auto journal = dir / "journal.jsonl";
-    const auto output = coordinator({"--task", "scratch", "--tasks", "3", "--mode", "threads,processes", "--workers", "2",
-                                     "--results", journal.string()});
+    const auto output = coordinator({"--task", "scratch", "--tasks", "3", "--mode", "threads,processes", "--workers",
+                                     "2", "--results", journal.string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     std::set<std::string> dirs;
     for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
@@ -299,8 +301,8 @@ TEST(UserType, AWorkerThatLeaksIsRecycledByMaxWorkerMemoryAndNoTaskFails) {
     const auto json = dir / "report.json";
     // 16 MiB a task against 96 MiB: a worker is recycled every few tasks.
     const auto output = coordinator({"--task", "leak", "--tasks", "16", "--mode", "processes", "--workers", "1",
-                                     "--max-worker-memory", "96M", "--max-respawns", "0", "--prefetch", "1", "--results", journal.string(),
-                                     "--json", json.string()});
+                                     "--max-worker-memory", "96M", "--max-respawns", "0", "--prefetch", "1",
+                                     "--results", journal.string(), "--json", json.string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const auto lines = taskfarm::testing::read_json_lines(journal);
     ASSERT_EQ(lines.size(), 16u);
@@ -347,8 +349,9 @@ TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
         const auto file = write_lines(dir, "in.txt", inputs);
         const auto started = dir / "started";
         const auto journal = dir / "journal.jsonl";
-        const std::vector<std::string> args{"--task", "nap", "--inputs", file.string(), "--mode", mode, "--workers", "2",
-                                            "--set", "started=" + started.string()};
+        const std::vector<std::string> args{
+            "--task", "nap",       "--inputs", file.string(), "--mode",
+            mode,     "--workers", "2",        "--set",       "started=" + started.string()};
         std::vector<std::string> first = args;
         first.insert(first.end(), {"--results", journal.string()});
         taskfarm::testing::Running run(self, first);
@@ -388,7 +391,10 @@ TEST(UserType, ExitInAFunctionIsSaidAndLeavesNoTemporaryDirectory) {
     const std::string kept = old ? old : "";
     ::setenv("TMPDIR", dir.path().c_str(), 1);
     const auto output = coordinator({"--task", "quit", "--inputs", inputs.string(), "--mode", "threads"});
-    if (old) ::setenv("TMPDIR", kept.c_str(), 1); else ::unsetenv("TMPDIR");
+    if (old)
+        ::setenv("TMPDIR", kept.c_str(), 1);
+    else
+        ::unsetenv("TMPDIR");
     EXPECT_EQ(output.exit_code, 3) << output.err;
     EXPECT_NE(output.err.find("task 0 called exit() from its function"), std::string::npos) << output.err;
     for (const auto& entry : std::filesystem::directory_iterator(dir.path())) {
@@ -403,8 +409,8 @@ TEST(UserType, AResultOverTheJournalLineLimitIsCutAndTheJournalStillReads) {
     taskfarm::testing::TempDir dir;
     const auto inputs = write_lines(dir, "one.txt", {"x"});
     const auto journal = dir / "j.jsonl";
-    const auto output = coordinator({"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--results",
-                                     journal.string()});
+    const auto output = coordinator(
+        {"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--results", journal.string()});
     EXPECT_EQ(output.exit_code, 1) << output.err.substr(0, 2000);
     const std::string text = taskfarm::testing::read_file(journal);
     EXPECT_LE(text.size(), (std::size_t{32} << 20) + 1);
@@ -414,10 +420,9 @@ TEST(UserType, AResultOverTheJournalLineLimitIsCutAndTheJournalStillReads) {
     EXPECT_FALSE(lines[0].at("ok").get<bool>());
     const auto report = coordinator({"report", journal.string()});
     EXPECT_EQ(report.exit_code, 0) << report.err.substr(0, 2000);
-    const auto resumed = coordinator({"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--resume",
-                                      journal.string()});
+    const auto resumed =
+        coordinator({"--task", "vast", "--inputs", inputs.string(), "--mode", "threads", "--resume", journal.string()});
     EXPECT_EQ(resumed.exit_code, 1) << resumed.err.substr(0, 2000);
     EXPECT_EQ(resumed.err.find("not a journal line"), std::string::npos);
     EXPECT_EQ(taskfarm::testing::read_json_lines(journal).size(), 2u);
 }
-

@@ -55,8 +55,8 @@ struct WorkerConfig {
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
     double connect_timeout_s = 60.0;  // until the coordinator's first frame
-    std::string log_level;  // empty: SPDLOG_LEVEL or info
-    std::filesystem::path keys_dir;  // CURVE keys; empty: plaintext
+    std::string log_level;            // empty: SPDLOG_LEVEL or info
+    std::filesystem::path keys_dir;   // CURVE keys; empty: plaintext
     std::optional<curve::ClientKeys> keys;
     const Registry* registry = nullptr;
     bool insecure = false;
@@ -98,7 +98,9 @@ class Executor {
 public:
     // `board`, if any, says which task runs (it outlives a crash); it must outlive the executor.
     Executor(zmq::context_t& context, const Registry& registry, RunEnv env, RunningBoard* board)
-        : registry_(registry), env_(std::move(env)), board_(board),
+        : registry_(registry),
+          env_(std::move(env)),
+          board_(board),
           thread_([this, &context](std::stop_token stop) { loop(stop, context); }) {}
 
     // The run's settings, from the coordinator's SETUP; only the first counts, and it comes
@@ -253,12 +255,13 @@ private:
         result.id = queued.task.id;
         result.attempt = queued.attempt;
         result.worker = env_.worker;
-        result.error = fmt::format("this worker has no task type '{}' (it knows {})", queued.kind, registry_.names_text());
+        result.error =
+            fmt::format("this worker has no task type '{}' (it knows {})", queued.kind, registry_.names_text());
         return result;
     }
 
     const Registry& registry_;
-    const RunEnv env_;  // all but the stop token and the settings, which the loop adds
+    const RunEnv env_;           // all but the stop token and the settings, which the loop adds
     RunningBoard* const board_;  // or null
     std::mutex mutex_;  // guards queue_, running_since_, running_, running_stop_, settings_ and settings_received_
     Json settings_ = Json::object();
@@ -270,7 +273,7 @@ private:
     std::stop_source* running_stop_ = nullptr;        // its own stop, for a cancel
     std::mutex outbox_mutex_;
     std::vector<proto::Result> outbox_;  // finished, not yet sent
-    std::jthread thread_;  // last: starts after the members it uses exist
+    std::jthread thread_;                // last: starts after the members it uses exist
 };
 
 // Why the coordinator at `config.connect` will not have this worker, from a failed handshake
@@ -284,32 +287,37 @@ public:
         switch (event.event) {
             case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: failures_ = 0; return "";
             case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-                return fmt::format("the coordinator at {} refused this worker (ZAP status {}): its public key {} "
-                                   "(of '{}') is not authorised there; add it to the coordinator's --keys DIR as "
-                                   "worker.public or to its --authorized DIR as NAME.public",
-                                   config_.connect, event.value, config_.keys ? config_.keys->worker.public_key : "-",
-                                   (config_.keys_dir / "worker.secret").string());
+                return fmt::format(
+                    "the coordinator at {} refused this worker (ZAP status {}): its public key {} "
+                    "(of '{}') is not authorised there; add it to the coordinator's --keys DIR as "
+                    "worker.public or to its --authorized DIR as NAME.public",
+                    config_.connect, event.value, config_.keys ? config_.keys->worker.public_key : "-",
+                    (config_.keys_dir / "worker.secret").string());
             case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 if (event.value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
-                    return curve ? fmt::format("the coordinator at {} does not use CURVE (it listens without --keys); "
-                                               "drop --keys to connect in plaintext",
-                                               config_.connect)
-                                 : fmt::format("the coordinator at {} requires CURVE: start this worker with --keys DIR",
-                                               config_.connect);
-                return fmt::format("the handshake with {} failed (ZMTP protocol error {:#x}): is a taskfarm coordinator "
-                                   "listening there?",
-                                   config_.connect, event.value);
+                    return curve
+                               ? fmt::format(
+                                     "the coordinator at {} does not use CURVE (it listens without --keys); "
+                                     "drop --keys to connect in plaintext",
+                                     config_.connect)
+                               : fmt::format("the coordinator at {} requires CURVE: start this worker with --keys DIR",
+                                             config_.connect);
+                return fmt::format(
+                    "the handshake with {} failed (ZMTP protocol error {:#x}): is a taskfarm coordinator "
+                    "listening there?",
+                    config_.connect, event.value);
             case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 if (++failures_ < kMaxHandshakeFailures) return "";
-                return curve ? fmt::format("the coordinator at {} closed the connection during the CURVE handshake {} "
-                                           "times: is '{}' the public key of the coordinator listening there?",
-                                           config_.connect, failures_,
-                                           (config_.keys_dir / "coordinator.public").string())
+                return curve ? fmt::format(
+                                   "the coordinator at {} closed the connection during the CURVE handshake {} "
+                                   "times: is '{}' the public key of the coordinator listening there?",
+                                   config_.connect, failures_, (config_.keys_dir / "coordinator.public").string())
                              // A CURVE server may close before this side reads its greeting, so a
                              // mechanism mismatch can look like this too.
-                             : fmt::format("the handshake with {} failed {} times: is a taskfarm coordinator listening "
-                                           "there? If it requires CURVE, start this worker with --keys DIR",
-                                           config_.connect, failures_);
+                             : fmt::format(
+                                   "the handshake with {} failed {} times: is a taskfarm coordinator listening "
+                                   "there? If it requires CURVE, start this worker with --keys DIR",
+                                   config_.connect, failures_);
             default: return "";
         }
     }
@@ -353,9 +361,10 @@ void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, pr
             failed.kind = large.kind;
             failed.run_s = large.run_s;
             failed.rss = large.rss;
-            failed.error = fmt::format("its result takes {} bytes encoded, more than the {} bytes a message to the "
-                                       "coordinator may hold",
-                                       frame.size(), proto::kMaxBatchBytes);
+            failed.error = fmt::format(
+                "its result takes {} bytes encoded, more than the {} bytes a message to the "
+                "coordinator may hold",
+                frame.size(), proto::kMaxBatchBytes);
             spdlog::warn("task {}: {}", large.id, failed.error);
             proto::encode_to(frame, failed);
         }
@@ -486,17 +495,18 @@ int run(const WorkerConfig& config) {
             message.busy_s = Seconds(busy).count();
             for (std::size_t first = 0; first < returned.size(); first += proto::kMaxBatch) {
                 const auto begin = returned.begin() + static_cast<std::ptrdiff_t>(first);
-                message.tasks.assign(begin, begin + static_cast<std::ptrdiff_t>(
-                                                        std::min(proto::kMaxBatch, returned.size() - first)));
+                message.tasks.assign(
+                    begin, begin + static_cast<std::ptrdiff_t>(std::min(proto::kMaxBatch, returned.size() - first)));
                 wire::send(dealer, proto::encode(message));
             }
             next_heartbeat = Clock::now() + interval;
         }
         const auto now = Clock::now();
         if (!heard && now - last_heard > connect_timeout) {
-            spdlog::error("no coordinator answered at {} within {:.1f} s (--connect-timeout): is it running and listening "
-                          "there, and does every firewall on the way let the port through?; exiting",
-                          config.connect, config.connect_timeout_s);
+            spdlog::error(
+                "no coordinator answered at {} within {:.1f} s (--connect-timeout): is it running and listening "
+                "there, and does every firewall on the way let the port through?; exiting",
+                config.connect, config.connect_timeout_s);
             executor.stop();
             return static_cast<int>(ExitCode::TasksFailed);
         }
@@ -573,8 +583,10 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         ->check(CLI::Validator(
             [](std::string& given) -> std::string {
                 // The coordinator rejects a hello whose name it could not print as it is.
-                return is_printable(given, kMaxWorkerName) ? "" : fmt::format("'{}' is not printable or longer than {} bytes",
-                                                                              printable(given, kMaxWorkerName), kMaxWorkerName);
+                return is_printable(given, kMaxWorkerName)
+                           ? ""
+                           : fmt::format("'{}' is not printable or longer than {} bytes",
+                                         printable(given, kMaxWorkerName), kMaxWorkerName);
             },
             "NAME"));
     app.add_option("--out-dir", config.out_dir,
@@ -615,25 +627,27 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.add_flag("--fork-server", fork_server,
                  "instead of connecting, fork workers on the coordinator's requests on descriptor 3, with\n"
                  "--parent-pid (the coordinator starts one itself for its local workers; see decision 101)");
-    app.footer(
-        fmt::format("Exit status: 0 after the coordinator's SHUTDOWN; 1 when the coordinator refused this worker, never\n"
-                    "answered, or went silent; 2 bad usage. See docs/multihost.md.\n"
-                    "Example: {} --connect tcp://coordinator-host:5555 --keys ~/.taskfarm/keys --pin 0",
-                    name));
+    app.footer(fmt::format(
+        "Exit status: 0 after the coordinator's SHUTDOWN; 1 when the coordinator refused this worker, never\n"
+        "answered, or went silent; 2 bad usage. See docs/multihost.md.\n"
+        "Example: {} --connect tcp://coordinator-host:5555 --keys ~/.taskfarm/keys --pin 0",
+        name));
     try {
         app.parse(argc, argv);
         if (fork_server && config.parent_pid <= 0)
             throw CLI::ValidationError("--fork-server", "needs --parent-pid, the coordinator it forks workers for");
         if (!fork_server && config.connect.empty()) throw CLI::RequiredError("--connect");
-        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
+        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s);
+            !why.empty())
             throw CLI::ValidationError("--heartbeat-interval", why);
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
         if (!config.keys_dir.empty() && !tcp)
             throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));
         if (config.insecure && ::geteuid() == 0 && !insecure_as_root)
             throw CLI::ValidationError(
-                "--insecure", "refused as root: without --keys, whoever holds the port runs commands here as root; run "
-                              "the worker as another user, give --keys DIR, or add --insecure-as-root to accept it");
+                "--insecure",
+                "refused as root: without --keys, whoever holds the port runs commands here as root; run "
+                "the worker as another user, give --keys DIR, or add --insecure-as-root to accept it");
         if (tcp && config.keys_dir.empty() && !config.insecure)
             throw CLI::ValidationError(
                 "--connect", fmt::format("'{}' without --keys: tasks and results would travel unencrypted; give --keys "

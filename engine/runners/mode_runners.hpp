@@ -22,9 +22,13 @@ class SequentialRunner final : public Runner {
 public:
     // `env.stop` stops the run, `drain` starts no more tasks; a failed task runs up to
     // `retries` more times; `registry`'s thread_done() runs when it is over.
-    SequentialRunner(int cpu, RunEnv env, const Registry& registry, std::stop_token drain = {}, std::uint32_t retries = 0,
-                     CancelBoard* cancels = nullptr)
-        : cpu_(cpu), env_(std::move(env)), registry_(registry), drain_(std::move(drain)), retries_(retries),
+    SequentialRunner(int cpu, RunEnv env, const Registry& registry, std::stop_token drain = {},
+                     std::uint32_t retries = 0, CancelBoard* cancels = nullptr)
+        : cpu_(cpu),
+          env_(std::move(env)),
+          registry_(registry),
+          drain_(std::move(drain)),
+          retries_(retries),
           cancels_(cancels) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
@@ -47,8 +51,14 @@ public:
     // `drain` and `retries` as for SequentialRunner.
     ThreadsRunner(int threads, bool gil, std::vector<int> cpus, RunEnv env, const Registry& registry,
                   std::stop_token drain = {}, std::uint32_t retries = 0, CancelBoard* cancels = nullptr)
-        : threads_(threads), gil_(gil), cpus_(std::move(cpus)), env_(std::move(env)), registry_(registry),
-          drain_(std::move(drain)), retries_(retries), cancels_(cancels) {}
+        : threads_(threads),
+          gil_(gil),
+          cpus_(std::move(cpus)),
+          env_(std::move(env)),
+          registry_(registry),
+          drain_(std::move(drain)),
+          retries_(retries),
+          cancels_(cancels) {}
     RunReport run(const Plan& plan, ResultSink& sink) override;
 
 private:

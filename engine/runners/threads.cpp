@@ -67,7 +67,8 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
                 TaskSpec task;
                 // A drain lets each thread finish the task it runs, and take no other.
                 while (!stop.stop_requested() && !drain_.stop_requested() && take(task)) {
-                    std::optional<TaskResult> result = run_with_retries(task, env, retries_, drain_, recorder, cancels_);
+                    std::optional<TaskResult> result =
+                        run_with_retries(task, env, retries_, drain_, recorder, cancels_);
                     if (!result) return;  // cancelled mid-task: not a result
                     recorder.record(task, std::move(*result));
                 }

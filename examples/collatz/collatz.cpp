@@ -39,7 +39,9 @@ taskfarm::Value longest_chain(const taskfarm::Params& params, taskfarm::Context&
 class Longest final : public taskfarm::TaskType {
 public:
     std::string name() const override { return "longest"; }
-    std::string summary() const override { return "longest Collatz chain in [lo, hi); --set span=N per generated task"; }
+    std::string summary() const override {
+        return "longest Collatz chain in [lo, hi); --set span=N per generated task";
+    }
     taskfarm::Params generate(taskfarm::Generate& args) const override {
         const std::uint64_t span = args.settings.value("span", std::uint64_t{2'000'000});
         return {{"lo", 1 + args.index * span}, {"hi", 1 + (args.index + 1) * span}};
@@ -48,7 +50,8 @@ public:
         taskfarm::Fields read(fields);
         const auto lo = read.count("lo");
         const auto hi = read.count("hi");
-        if (!lo || !hi || *lo < 1 || *lo > *hi) throw std::invalid_argument("longest needs \"lo\" and \"hi\", 1 <= lo <= hi");
+        if (!lo || !hi || *lo < 1 || *lo > *hi)
+            throw std::invalid_argument("longest needs \"lo\" and \"hi\", 1 <= lo <= hi");
         read.finish();
         return {{"lo", *lo}, {"hi", *hi}};
     }

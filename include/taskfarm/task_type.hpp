@@ -62,9 +62,9 @@ public:
         std::uint32_t attempt = 1;  // 1 for the first try
         std::stop_token stop{};
         std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
-        double timeout_s = 0;             // what the deadline came from; 0: none
-        const Json* settings = nullptr;   // null: none
-        const std::filesystem::path* out_dir = nullptr;  // null: the working directory
+        double timeout_s = 0;                                 // what the deadline came from; 0: none
+        const Json* settings = nullptr;                       // null: none
+        const std::filesystem::path* out_dir = nullptr;       // null: the working directory
         const std::filesystem::path* scratch_base = nullptr;  // where scratch_dir() makes its directory; null: TMPDIR
         bool isolated = false;
     };
@@ -161,7 +161,7 @@ public:
 
 // What `--inputs FILE` gives a type to make the task of one line from.
 struct Input {
-    std::string_view line;  // without the blank space around it
+    std::string_view line;    // without the blank space around it
     std::uint64_t index = 0;  // the task's id: 0 for the first input
     const Json& settings;     // Context::settings()
 };
@@ -246,10 +246,10 @@ class Fields {
 public:
     explicit Fields(const Params& params);  // throws unless params is an object
     bool has(std::string_view key) const;
-    std::optional<double> seconds(std::string_view key);         // a number from 0 to kMaxSeconds
-    std::optional<std::uint64_t> count(std::string_view key);    // a whole number >= 0
-    std::optional<std::string> text(std::string_view key);       // a string
-    const Json* any(std::string_view key);                      // any value, unchecked
+    std::optional<double> seconds(std::string_view key);       // a number from 0 to kMaxSeconds
+    std::optional<std::uint64_t> count(std::string_view key);  // a whole number >= 0
+    std::optional<std::string> text(std::string_view key);     // a string
+    const Json* any(std::string_view key);                     // any value, unchecked
     void finish() const;
 
 private:

@@ -282,7 +282,8 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     if (pid < 0)
         throw std::system_error(errno, std::generic_category(), fmt::format("cannot start '{}'", spec.argv[0]));
     if (pid == 0)
-        child(argv.data(), envp.data(), cwd, caller, guardian_pid, out_write.get(), err_write.get(), report_write.get());
+        child(argv.data(), envp.data(), cwd, caller, guardian_pid, out_write.get(), err_write.get(),
+              report_write.get());
     ::setpgid(pid, pid);  // as the child does: whichever runs first, the group exists before a kill (EACCES after exec)
     children.started(pid);
     out_write.reset();
@@ -291,7 +292,8 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     if (StartFailure failure{}; read_all(report_read.get(), &failure, sizeof failure)) {
         children.reap_child();
         if (failure.stage == 0)
-            throw std::runtime_error(fmt::format("cannot change to directory '{}': {}", spec.cwd, std::strerror(failure.error)));
+            throw std::runtime_error(
+                fmt::format("cannot change to directory '{}': {}", spec.cwd, std::strerror(failure.error)));
         throw std::runtime_error(fmt::format("cannot run '{}': {}", spec.argv[0], std::strerror(failure.error)));
     }
 
@@ -340,7 +342,9 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     rusage usage{};
     const int status = children.reap_child(&usage);
     children.release_guardian();
-    const auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+    const auto seconds = [](const timeval& tv) {
+        return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+    };
     outcome.user_s = seconds(usage.ru_utime);
     outcome.sys_s = seconds(usage.ru_stime);
     outcome.max_rss_kb = usage.ru_maxrss;

@@ -22,7 +22,7 @@ struct Watch {
     std::stop_token stop;
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
     std::chrono::steady_clock::duration grace = std::chrono::seconds(2);  // SIGTERM to SIGKILL
-    std::size_t max_output = 256 * 1024;  // bytes of each stream kept
+    std::size_t max_output = 256 * 1024;                                  // bytes of each stream kept
 };
 
 struct Captured {

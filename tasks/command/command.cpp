@@ -67,7 +67,8 @@ std::string stream_text(const command::Captured& captured, std::size_t max) {
         at += length > 0 ? length : 1;
     }
     if (at < captured.bytes)
-        text += fmt::format("{}... ({} more bytes)\n", text.empty() || text.back() == '\n' ? "" : "\n", captured.bytes - at);
+        text += fmt::format("{}... ({} more bytes)\n", text.empty() || text.back() == '\n' ? "" : "\n",
+                            captured.bytes - at);
     return text;
 }
 
@@ -127,13 +128,16 @@ public:
         const Json* argv = read.any("argv");
         const auto shell = read.text("shell");
         if ((argv != nullptr) == shell.has_value())
-            throw std::invalid_argument("command needs either \"argv\" (an array of strings, no shell) or \"shell\" (a "
-                                        "string for /bin/sh -c)");
+            throw std::invalid_argument(
+                "command needs either \"argv\" (an array of strings, no shell) or \"shell\" (a "
+                "string for /bin/sh -c)");
         if (argv) {
-            if (!argv->is_array() || argv->empty()) throw std::invalid_argument("\"argv\" must be a non-empty array of strings");
+            if (!argv->is_array() || argv->empty())
+                throw std::invalid_argument("\"argv\" must be a non-empty array of strings");
             for (std::size_t i = 0; i < argv->size(); ++i) {
                 const Json& arg = (*argv)[i];
-                if (!arg.is_string()) throw std::invalid_argument(fmt::format("\"argv\"[{}] must be a string, not {}", i, arg.dump()));
+                if (!arg.is_string())
+                    throw std::invalid_argument(fmt::format("\"argv\"[{}] must be a string, not {}", i, arg.dump()));
                 if (has_nul(arg.get_ref<const std::string&>()))
                     throw std::invalid_argument(fmt::format("\"argv\"[{}] holds a NUL byte", i));
             }
@@ -149,7 +153,8 @@ public:
             params["cwd"] = *cwd;
         }
         if (const Json* env = read.any("env")) {
-            if (!env->is_object()) throw std::invalid_argument("\"env\" must be an object of strings, like {\"LANG\":\"C\"}");
+            if (!env->is_object())
+                throw std::invalid_argument("\"env\" must be an object of strings, like {\"LANG\":\"C\"}");
             for (const auto& [key, value] : env->items()) {
                 if (key.empty() || key.find('=') != std::string::npos || has_nul(key))
                     throw std::invalid_argument(fmt::format("\"env\": '{}' is not a variable name", key));
@@ -171,8 +176,9 @@ public:
     }
 
     Params generate(Generate&) const override {
-        throw std::invalid_argument("makes no tasks by itself: give --command TEMPLATE with --inputs FILE, or a --plan of "
-                                    "{\"kind\":\"command\",...} lines");
+        throw std::invalid_argument(
+            "makes no tasks by itself: give --command TEMPLATE with --inputs FILE, or a --plan of "
+            "{\"kind\":\"command\",...} lines");
     }
 
     std::vector<std::string> settings_read() const override { return {"max_output"}; }
@@ -211,8 +217,9 @@ public:
         if (outcome.end == command::Outcome::End::TimedOut) throw TaskFailed(context.timed_out(), std::move(value));
         if (outcome.end == command::Outcome::End::Stopped) throw TaskFailed("cancelled", std::move(value));
         if (outcome.exit_code == 0) return value;
-        const std::string reason = outcome.exit_code ? fmt::format("exited with status {}", *outcome.exit_code)
-                                                     : fmt::format("killed by {}", command::signal_name(outcome.signal));
+        const std::string reason = outcome.exit_code
+                                       ? fmt::format("exited with status {}", *outcome.exit_code)
+                                       : fmt::format("killed by {}", command::signal_name(outcome.signal));
         throw TaskFailed(failure_text(reason, outcome.err), std::move(value));
     }
 

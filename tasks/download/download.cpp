@@ -67,13 +67,12 @@ const CurlApi& libcurl() {
     static const CurlApi api = [] {
         void* library = lazy::open(TASKFARM_CURL_SONAME);
 #define TASKFARM_CURL(name) TASKFARM_LAZY_FUNCTION(library, TASKFARM_CURL_SONAME, name)
-        const CurlApi loaded{TASKFARM_CURL(curl_global_init), TASKFARM_CURL(curl_easy_strerror),
-                             TASKFARM_CURL(curl_easy_init),   TASKFARM_CURL(curl_easy_reset),
-                             TASKFARM_CURL(curl_easy_cleanup), TASKFARM_CURL(curl_easy_setopt),
-                             TASKFARM_CURL(curl_easy_perform), TASKFARM_CURL(curl_easy_getinfo),
-                             TASKFARM_CURL(curl_url),          TASKFARM_CURL(curl_url_cleanup),
-                             TASKFARM_CURL(curl_url_set),      TASKFARM_CURL(curl_url_get),
-                             TASKFARM_CURL(curl_url_strerror), TASKFARM_CURL(curl_free)};
+        const CurlApi loaded{
+            TASKFARM_CURL(curl_global_init),  TASKFARM_CURL(curl_easy_strerror), TASKFARM_CURL(curl_easy_init),
+            TASKFARM_CURL(curl_easy_reset),   TASKFARM_CURL(curl_easy_cleanup),  TASKFARM_CURL(curl_easy_setopt),
+            TASKFARM_CURL(curl_easy_perform), TASKFARM_CURL(curl_easy_getinfo),  TASKFARM_CURL(curl_url),
+            TASKFARM_CURL(curl_url_cleanup),  TASKFARM_CURL(curl_url_set),       TASKFARM_CURL(curl_url_get),
+            TASKFARM_CURL(curl_url_strerror), TASKFARM_CURL(curl_free)};
 #undef TASKFARM_CURL
         if (const CURLcode code = loaded.global_init(CURL_GLOBAL_DEFAULT); code != CURLE_OK)
             throw std::runtime_error(fmt::format("cannot initialise libcurl: {}", loaded.easy_strerror(code)));
@@ -217,14 +216,14 @@ struct Transfer {
     const Context& context;
     PartFile& file;
     Sha256& digest;
-    std::uint64_t max_bytes = 0;  // 0: no limit
-    std::uint64_t min_speed = kMinSpeed;                     // bytes a second, averaged over stall_s
+    std::uint64_t max_bytes = 0;                              // 0: no limit
+    std::uint64_t min_speed = kMinSpeed;                      // bytes a second, averaged over stall_s
     long stall_s = static_cast<long>(kStallTimeout.count());  // slower than min_speed this long: stalled
     std::uint64_t bytes = 0;
-    bool too_big = false;     // the body passed max_bytes
-    std::string write_error;  // the file could not be written
-    bool stopped = false;     // stop requested
-    bool expired = false;     // deadline passed
+    bool too_big = false;             // the body passed max_bytes
+    std::string write_error;          // the file could not be written
+    bool stopped = false;             // stop requested
+    bool expired = false;             // deadline passed
     std::string content_disposition;  // of the last response, if it had one
 };
 
@@ -246,8 +245,7 @@ std::size_t on_body(char* data, std::size_t, std::size_t size, void* user) {
 }
 
 bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
-    return text.size() >= prefix.size() &&
-           std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) {
+    return text.size() >= prefix.size() && std::equal(prefix.begin(), prefix.end(), text.begin(), [](char a, char b) {
                return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
            });
 }
@@ -300,12 +298,12 @@ void set(CURL* curl, CURLoption option, T value) {
     static_assert(std::is_same_v<T, long> || std::is_same_v<T, curl_off_t> || std::is_pointer_v<T>,
                   "a libcurl option takes a long, a curl_off_t or a pointer");
     if (const CURLcode code = libcurl().easy_setopt(curl, option, value); code != CURLE_OK)
-        throw std::runtime_error(fmt::format("cannot set libcurl option {}: {}", static_cast<int>(option),
-                                             libcurl().easy_strerror(code)));
+        throw std::runtime_error(
+            fmt::format("cannot set libcurl option {}: {}", static_cast<int>(option), libcurl().easy_strerror(code)));
 }
 
-void configure(CURL* curl, const std::string& url, const Context& context, Transfer& transfer,
-               char* error_buffer, const std::string& no_proxy) {
+void configure(CURL* curl, const std::string& url, const Context& context, Transfer& transfer, char* error_buffer,
+               const std::string& no_proxy) {
     set(curl, CURLOPT_URL, url.c_str());
     set(curl, CURLOPT_PROTOCOLS_STR, "http,https");
     set(curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -326,10 +324,12 @@ void configure(CURL* curl, const std::string& url, const Context& context, Trans
     // A Content-Length over the limit fails at once; a body without one is counted in on_body.
     if (transfer.max_bytes > 0)
         set(curl, CURLOPT_MAXFILESIZE_LARGE,
-            static_cast<curl_off_t>(std::min<std::uint64_t>(transfer.max_bytes, std::numeric_limits<curl_off_t>::max())));
+            static_cast<curl_off_t>(
+                std::min<std::uint64_t>(transfer.max_bytes, std::numeric_limits<curl_off_t>::max())));
     // A stalled response: less than min_speed bytes a second for stall_s seconds (--min-speed,
     // --stall-time).
-    set(curl, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(std::min<std::uint64_t>(transfer.min_speed, std::numeric_limits<long>::max())));
+    set(curl, CURLOPT_LOW_SPEED_LIMIT,
+        static_cast<long>(std::min<std::uint64_t>(transfer.min_speed, std::numeric_limits<long>::max())));
     set(curl, CURLOPT_LOW_SPEED_TIME, transfer.stall_s);
     long connect_ms = std::chrono::duration_cast<std::chrono::milliseconds>(kConnectTimeout).count();
     if (context.deadline() != Clock::time_point::max()) {
@@ -414,10 +414,10 @@ bool back_off(int next, const Context& context) {
 struct Request {
     std::string url;
     TaskId id = kNoId;
-    fs::path dir;                // Context::out_dir()
-    std::uint64_t max_bytes = 0;  // a larger body fails the task; 0: no limit
-    std::uint32_t retries = 0;    // further tries after a transient failure
-    std::uint64_t min_speed = kMinSpeed;  // --min-speed
+    fs::path dir;                                             // Context::out_dir()
+    std::uint64_t max_bytes = 0;                              // a larger body fails the task; 0: no limit
+    std::uint32_t retries = 0;                                // further tries after a transient failure
+    std::uint64_t min_speed = kMinSpeed;                      // --min-speed
     long stall_s = static_cast<long>(kStallTimeout.count());  // --stall-time, whole seconds as libcurl counts
 };
 
@@ -469,7 +469,8 @@ Value download(const Request& request, const Context& context) {
             break;
         }
         if (!failure->transient || attempt == tries)
-            throw std::runtime_error(attempt > 1 ? fmt::format("{} ({} tries)", failure->reason, attempt) : failure->reason);
+            throw std::runtime_error(attempt > 1 ? fmt::format("{} ({} tries)", failure->reason, attempt)
+                                                 : failure->reason);
         if (!back_off(attempt + 1, context)) context.check();
     }
 
@@ -480,8 +481,8 @@ Value download(const Request& request, const Context& context) {
     const fs::path target = dir / saved_file_name(request.id, suggested ? *suggested : file_name_from_url(url));
     file.commit(target);
     end.succeeded = true;
-    return Value{{"http_status", status},   {"bytes", bytes},         {"sha256", digest.hex()},
-                 {"final_url", final_url},  {"path", target.string()}, {"tries", attempt}};
+    return Value{{"http_status", status},  {"bytes", bytes},          {"sha256", digest.hex()},
+                 {"final_url", final_url}, {"path", target.string()}, {"tries", attempt}};
 }
 
 // `path` relative to the working directory when it lies inside it: shorter console lines.
@@ -539,13 +540,15 @@ public:
         const auto url = read.text("url");
         if (!url) throw std::invalid_argument("download needs \"url\"");
         const Json& settings = context.settings();
-        const Request request{.url = *url,
-                              .id = context.id(),
-                              .dir = context.out_dir(),
-                              .max_bytes = settings.value("max_bytes", std::uint64_t{0}),
-                              .retries = settings.value("retries", std::uint32_t{0}),
-                              .min_speed = settings.value("min_speed", kMinSpeed),
-                              .stall_s = std::lround(std::clamp(settings.value("stall_s", static_cast<double>(kStallTimeout.count())), 1.0, kMaxSeconds))};
+        const Request request{
+            .url = *url,
+            .id = context.id(),
+            .dir = context.out_dir(),
+            .max_bytes = settings.value("max_bytes", std::uint64_t{0}),
+            .retries = settings.value("retries", std::uint32_t{0}),
+            .min_speed = settings.value("min_speed", kMinSpeed),
+            .stall_s = std::lround(
+                std::clamp(settings.value("stall_s", static_cast<double>(kStallTimeout.count())), 1.0, kMaxSeconds))};
         try {
             Value value = download(request, context);
             value["elapsed_s"] = std::chrono::duration<double>(Clock::now() - started).count();

@@ -33,7 +33,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kChunkBytes = 64 * 1024;
-constexpr std::uint64_t kWidth = 256;  // pixels per row, narrower only for tiny images
+constexpr std::uint64_t kWidth = 256;    // pixels per row, narrower only for tiny images
 constexpr std::uint64_t kDimsRoom = 32;  // "\n<width> <height>\n255\n" and at least one padding byte
 
 std::uint64_t splitmix64(std::uint64_t x) {
@@ -120,7 +120,7 @@ private:
         std::erase_if(deadlines_, [&open](const auto& entry) { return !open.contains(entry.first); });  // closed
         for (const auto& [peer, fd] : open) {
             const auto [found, added] = deadlines_.emplace(peer, now + kRequestDeadline);  // new: its first request
-            if (found->second == Clock::time_point::max()) continue;  // being served
+            if (found->second == Clock::time_point::max()) continue;                       // being served
             // Bytes nobody has read: it waits in the queue for a thread, which it does not hold;
             // its time starts when a thread takes it (a trickler's bytes are read as they come).
             if (int unread = 0; ::ioctl(fd, FIONREAD, &unread) == 0 && unread > 0) {
@@ -172,8 +172,10 @@ ImageServer::ImageServer(ImageServerOptions options) : options_(options), server
             [this, image, body_started](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
                 const std::size_t chunk = std::min(length, kChunkBytes);
                 if (options_.bandwidth > 0) {
-                    const auto due = *body_started + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
-                                                         static_cast<double>(offset + chunk) / static_cast<double>(options_.bandwidth)));
+                    const auto due =
+                        *body_started +
+                        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                            static_cast<double>(offset + chunk) / static_cast<double>(options_.bandwidth)));
                     if (!sleep_until(due)) return false;
                 }
                 std::string bytes;

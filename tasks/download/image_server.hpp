@@ -42,11 +42,11 @@ public:
     void start() override;  // returns once the server accepts connections; logs where
     int port() const { return port_; }
     const ImageServerOptions& options() const { return options_; }
-    std::string base_url() const;              // "http://127.0.0.1:PORT"
-    std::string name(int image) const;         // "photo-3.ppm"
-    std::vector<std::string> urls() const;     // one per image, in order
-    std::string image(int image) const;        // its bytes, as served
-    std::uint64_t requests() const;            // answered so far, 404s included
+    std::string base_url() const;           // "http://127.0.0.1:PORT"
+    std::string name(int image) const;      // "photo-3.ppm"
+    std::vector<std::string> urls() const;  // one per image, in order
+    std::string image(int image) const;     // its bytes, as served
+    std::uint64_t requests() const;         // answered so far, 404s included
 
 private:
     class Server;

@@ -128,6 +128,8 @@ std::string safe_file_name(std::string_view raw) {
     return name;
 }
 
-std::string saved_file_name(TaskId id, std::string_view raw) { return fmt::format("{:03}-{}", id, safe_file_name(raw)); }
+std::string saved_file_name(TaskId id, std::string_view raw) {
+    return fmt::format("{:03}-{}", id, safe_file_name(raw));
+}
 
 }  // namespace taskfarm

@@ -11,10 +11,12 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const auto message = taskfarm::proto::decode(std::string_view(reinterpret_cast<const char*>(data), size));
     // Whatever decoded must encode again: the structs it produced are complete.
-    if (const auto* task = std::get_if<taskfarm::proto::Task>(&message)) static_cast<void>(taskfarm::proto::encode(*task));
+    if (const auto* task = std::get_if<taskfarm::proto::Task>(&message))
+        static_cast<void>(taskfarm::proto::encode(*task));
     if (const auto* result = std::get_if<taskfarm::proto::Result>(&message))
         static_cast<void>(taskfarm::proto::encode(*result));
-    if (const auto* tasks = std::get_if<taskfarm::proto::TaskBatch>(&message)) static_cast<void>(taskfarm::proto::encode(*tasks));
+    if (const auto* tasks = std::get_if<taskfarm::proto::TaskBatch>(&message))
+        static_cast<void>(taskfarm::proto::encode(*tasks));
     if (const auto* results = std::get_if<taskfarm::proto::ResultBatch>(&message))
         static_cast<void>(taskfarm::proto::encode(*results));
     if (const auto* returned = std::get_if<taskfarm::proto::Returned>(&message))
