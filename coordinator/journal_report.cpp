@@ -26,7 +26,6 @@
 #include "journal.hpp"
 #include "journal_line.hpp"
 #include "report.hpp"
-#include "temp_dirs.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -191,10 +190,10 @@ std::string ranges_text(const json& ranges, std::size_t most = 20) {
 }
 
 // What --resume would make of this journal, by its own code: a plan is made of the tasks
-// the journal names (kind and params from their first line), the complete lines are copied
-// into a temporary file (--resume cuts a torn line off the file it reads; this one must not
-// touch the journal), and read_journal_for_resume() says what is done; remaining() what is
-// not. Either the done ids per mode, or why --resume would refuse the journal.
+// the journal names (kind and params from their first line), and the journal module checks
+// the journal's complete lines against it as --resume does, without touching the journal
+// (check_journal; --resume would cut a torn line off); remaining() says what is not done.
+// Either the done ids per mode, or why --resume would refuse the journal.
 struct ResumeView {
     Done done;
     std::string refused;  // --resume would refuse the journal: why
@@ -240,37 +239,10 @@ ResumeView resume_view(const Journal& journal) {
     for (TaskId id = 0; id < view.plan_size; ++id)
         if (!seen[id]) tasks[id] = TaskSpec{id, &unnamed, json(nullptr), 0};
     const Plan plan = Plan::of(std::move(tasks));
-    const char* base = std::getenv("TMPDIR");
-    std::filesystem::path copy;
-    const int fd = make_temp_file(base && *base ? base : "/tmp", "report", copy);  // temp_dirs.hpp
-    const std::string pattern = copy.string();
-    if (fd < 0) {
-        view.unknown = fmt::format("cannot create a temporary file: {}", std::strerror(errno));
-        return view;
-    }
-    struct Remove {
-        std::string path;
-        ~Remove() {
-            ::unlink(path.c_str());
-            forget_temp_dir(path);
-        }
-    } remove{pattern};
-    const bool written =
-        ::write(fd, journal.text.data(), journal.text.size()) == static_cast<ssize_t>(journal.text.size());
-    ::close(fd);
-    if (!written) {
-        view.unknown = fmt::format("cannot write a temporary file: {}", std::strerror(errno));
-        return view;
-    }
     try {
-        view.done = read_journal_for_resume(pattern, plan);
+        view.done = check_journal(JournalSource::text(journal.text, journal.name), plan);
     } catch (const ConfigError& e) {
-        // Its message names the copy: name the journal instead.
-        std::string message = e.what();
-        const std::string copy = printable(pattern);
-        for (auto at = message.find(copy); at != std::string::npos; at = message.find(copy, at))
-            message.replace(at, copy.size(), printable(journal.name));
-        view.refused = message;
+        view.refused = e.what();
     }
     return view;
 }

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <functional>
 #include <optional>
 #include <vector>
@@ -43,16 +44,14 @@ struct Line {
     std::string mode;
 };
 
-// Calls `each` for every line of the journal's first `length` bytes, parsed; empty lines
-// are skipped. Throws ConfigError naming the line for one that is not a journal line.
-void for_each_line(const std::filesystem::path& path, std::uintmax_t length, const std::string& flag,
+// Calls `each` for every line of the journal's complete lines, parsed; empty lines are
+// skipped. Throws ConfigError naming the line for one that is not a journal line.
+void for_each_line(const JournalSource& journal, const std::string& flag,
                    const std::function<void(const Line&)>& each) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        throw ConfigError(
-            fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()), std::strerror(errno)));
+    const std::unique_ptr<std::istream> opened = journal.open();
+    std::istream& in = *opened;
     // Bounded per line, and every message FILE:LINE (journal_line.hpp).
-    JournalLineReader reader(in, flag, path.string(), length);
+    JournalLineReader reader(in, flag, journal.name, journal.length);
     Line parsed;
     for (std::string text; reader.next(text);) {
         if (text.empty()) continue;
@@ -77,16 +76,16 @@ void for_each_line(const std::filesystem::path& path, std::uintmax_t length, con
     }
 }
 
-std::string where(const std::string& flag, const std::filesystem::path& path, std::size_t number) {
-    return fmt::format("{}: {}:{}", flag, printable(path.string()), number);
+std::string where(const std::string& flag, const JournalSource& journal, std::size_t number) {
+    return fmt::format("{}: {}:{}", flag, printable(journal.name), number);
 }
 
 // Reads the ok lines into a Done; a second ok line of one task and mode is refused, naming
 // the first (found by reading again: only then is a line number per task needed).
-Done read_ok_lines(const std::filesystem::path& path, std::uintmax_t length, const std::string& flag,
+Done read_ok_lines(const JournalSource& journal, const std::string& flag,
                    const std::function<void(const Line&)>& also = nullptr) {
     Done done;
-    for_each_line(path, length, flag, [&](const Line& line) {
+    for_each_line(journal, flag, [&](const Line& line) {
         if (also) also(line);
         if (!line.ok) return;
         // One run writes one line per task and mode, and a resume reruns only what is not
@@ -95,7 +94,7 @@ Done read_ok_lines(const std::filesystem::path& path, std::uintmax_t length, con
         if (done[line.mode].insert(line.id)) return;
         std::size_t first = 0;
         try {
-            for_each_line(path, length, flag, [&](const Line& earlier) {
+            for_each_line(journal, flag, [&](const Line& earlier) {
                 if (earlier.ok && earlier.id == line.id && earlier.mode == line.mode) {
                     first = earlier.number;
                     throw std::range_error("found");
@@ -106,7 +105,7 @@ Done read_ok_lines(const std::filesystem::path& path, std::uintmax_t length, con
         throw ConfigError(
             fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs wrote to this "
                         "journal, so it cannot say what is done",
-                        where(flag, path, line.number), line.id, printable(line.mode), first));
+                        where(flag, journal, line.number), line.id, printable(line.mode), first));
     });
     return done;
 }
@@ -122,8 +121,7 @@ std::optional<TaskSpec> task_of(const Plan& plan, TaskId id) {
 // The digests disagree: finds the first line (a million ids at a time) whose task differs
 // from the plan's and throws naming it. Returns if none does (the digest of a number can
 // differ where JSON's comparison does not: 2 and 2.0).
-void name_the_mismatch(const std::filesystem::path& path, std::uintmax_t length, const Plan& plan,
-                       std::uint64_t count) {
+void name_the_mismatch(const JournalSource& journal, const std::string& flag, const Plan& plan, std::uint64_t count) {
     for (std::uint64_t lo = 0; lo < count; lo += kCheckChunk) {
         const std::uint64_t hi = std::min(count, lo + kCheckChunk);
         std::vector<std::uint64_t> digests(hi - lo);
@@ -131,14 +129,14 @@ void name_the_mismatch(const std::filesystem::path& path, std::uintmax_t length,
         for (TaskSpec task; cursor->next(task);)
             if (task.id >= lo && task.id < hi)
                 digests[task.id - lo] = task_digest(task.id, task.type->name(), task.params);
-        for_each_line(path, length, "--resume", [&](const Line& line) {
+        for_each_line(journal, flag, [&](const Line& line) {
             if (line.id < lo || line.id >= hi || task_digest(line.id, line.kind, line.params) == digests[line.id - lo])
                 return;
             const auto task = task_of(plan, line.id);
             if (task && task->type->name() == line.kind && task->params == line.params) return;
             throw ConfigError(fmt::format(
                 "{}: task {} is {} {} there but {} {} here; the journal is from a different plan",
-                where("--resume", path, line.number), line.id, printable(line.kind), printable(exact_text(line.params)),
+                where(flag, journal, line.number), line.id, printable(line.kind), printable(exact_text(line.params)),
                 task ? task->type->name() : "?", task ? printable(exact_text(task->params)) : "?"));
         });
     }
@@ -146,8 +144,45 @@ void name_the_mismatch(const std::filesystem::path& path, std::uintmax_t length,
 
 }  // namespace
 
-Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan) {
+JournalSource JournalSource::file(const std::filesystem::path& path, std::uintmax_t length, const std::string& flag) {
+    return {path.string(),
+            [path, flag]() -> std::unique_ptr<std::istream> {
+                auto in = std::make_unique<std::ifstream>(path, std::ios::binary);
+                if (!*in)
+                    throw ConfigError(fmt::format("{}: cannot read journal '{}': {}", flag, printable(path.string()),
+                                                  std::strerror(errno)));
+                return in;
+            },
+            length};
+}
+
+JournalSource JournalSource::text(std::string_view text, std::string name) {
+    return {std::move(name), [text]() -> std::unique_ptr<std::istream> {
+                return std::make_unique<std::istringstream>(std::string(text));
+            }};
+}
+
+Done check_journal(const JournalSource& journal, const Plan& plan, const std::string& flag) {
     const std::uint64_t count = plan.known_count().value();
+    IdSet seen;                        // ids with a line
+    std::uint64_t journal_digest = 0;  // summed over the first line of each id
+    Done done = read_ok_lines(journal, flag, [&](const Line& line) {
+        if (line.id >= count)
+            throw ConfigError(
+                fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a different plan",
+                            where(flag, journal, line.number), line.id, count));
+        if (seen.insert(line.id)) journal_digest += task_digest(line.id, line.kind, line.params);
+    });
+    if (seen.empty()) return done;
+    std::uint64_t plan_digest = 0;
+    const auto cursor = plan.open();
+    for (TaskSpec task; cursor->next(task);)
+        if (seen.contains(task.id)) plan_digest += task_digest(task.id, task.type->name(), task.params);
+    if (plan_digest != journal_digest) name_the_mismatch(journal, flag, plan, count);
+    return done;
+}
+
+Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan) {
     const std::uintmax_t complete = complete_length(path, "--resume");
     std::error_code ec;
     if (const auto size = std::filesystem::file_size(path, ec); !ec && complete < size) {
@@ -161,26 +196,11 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
             throw ConfigError(
                 fmt::format("--resume: cannot repair journal '{}': {}", printable(path.string()), ec.message()));
     }
-    IdSet seen;                        // ids with a line
-    std::uint64_t journal_digest = 0;  // summed over the first line of each id
-    Done done = read_ok_lines(path, complete, "--resume", [&](const Line& line) {
-        if (line.id >= count)
-            throw ConfigError(
-                fmt::format("{}: task {} is not in this plan of {} tasks; the journal is from a different plan",
-                            where("--resume", path, line.number), line.id, count));
-        if (seen.insert(line.id)) journal_digest += task_digest(line.id, line.kind, line.params);
-    });
-    if (seen.empty()) return done;
-    std::uint64_t plan_digest = 0;
-    const auto cursor = plan.open();
-    for (TaskSpec task; cursor->next(task);)
-        if (seen.contains(task.id)) plan_digest += task_digest(task.id, task.type->name(), task.params);
-    if (plan_digest != journal_digest) name_the_mismatch(path, complete, plan, count);
-    return done;
+    return check_journal(JournalSource::file(path, complete, "--resume"), plan, "--resume");
 }
 
 Done read_done(const std::filesystem::path& path, const std::string& flag) {
-    return read_ok_lines(path, complete_length(path, flag), flag);
+    return read_ok_lines(JournalSource::file(path, complete_length(path, flag), flag), flag);
 }
 
 }  // namespace taskfarm

@@ -1,9 +1,14 @@
 #pragma once
 // Reading a --results journal back for --resume.
 
+#include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <istream>
 #include <map>
+#include <memory>
 #include <string>
+#include <string_view>
 
 #include "id_set.hpp"
 #include "plan.hpp"
@@ -12,6 +17,22 @@ namespace taskfarm {
 
 // Task ids recorded as ok, per mode name: a compact record (IdSet), not a set of ids.
 using Done = std::map<std::string, IdSet>;
+
+// A journal to read: its name in messages ("NAME:LINE") and a way to open it from its start,
+// as often as a reader needs to (a file, or the text a report holds), up to `length` bytes
+// (its complete lines; what follows the last '\n' of a stream is a torn line, left out).
+struct JournalSource {
+    std::string name;
+    std::function<std::unique_ptr<std::istream>()> open;  // throws ConfigError when it cannot
+    std::uintmax_t length = UINTMAX_MAX;
+
+    static JournalSource file(const std::filesystem::path& path, std::uintmax_t length, const std::string& flag);
+    static JournalSource text(std::string_view text, std::string name);  // `text` must outlive it
+};
+
+// What --resume would make of `journal` against `plan`, without touching it (a report asks
+// this): the checks and the result of read_journal_for_resume(), with `flag` in messages.
+Done check_journal(const JournalSource& journal, const Plan& plan, const std::string& flag = "--resume");
 
 // Reads the journal at `path`, line by line (never whole), checks that every line belongs
 // to `plan` (an id below its count, the same kind and parameters) and returns what is

@@ -86,7 +86,13 @@ TEST(Coordinator, RandomDurationsArriveShortestFirst) {
     ASSERT_EQ(lines.size(), 5u);
     std::vector<double> durations;
     for (const auto& line : lines) durations.push_back(line["params"]["seconds"].get<double>());
-    EXPECT_TRUE(std::is_sorted(durations.begin(), durations.end())) << testing::read_file(dir / "r.jsonl");
+    // In completion order, so by duration: a result may come before a shorter one only when
+    // the two are within a margin that a loaded machine's scheduling can swap (seed 3 draws
+    // 0.882 s and 0.884 s, 2 ms apart).
+    constexpr double kMargin = 0.1;
+    for (std::size_t i = 0; i < durations.size(); ++i)
+        for (std::size_t j = i + 1; j < durations.size(); ++j)
+            EXPECT_LE(durations[i], durations[j] + kMargin) << testing::read_file(dir / "r.jsonl");
 }
 
 TEST(Coordinator, BadFlagsExitTwoWithOneLineNamingTheFlag) {
