@@ -188,9 +188,15 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
     if (const auto size = std::filesystem::file_size(path, ec); !ec && complete < size) {
         std::ifstream in(path, std::ios::binary);
         in.seekg(static_cast<std::streamoff>(complete));
-        std::string torn(static_cast<std::size_t>(std::min<std::uintmax_t>(size - complete, 4096)), '\0');
+        // Its size, and its start to recognise it by: never "(N more bytes)" of a 4 KiB read,
+        // which would understate a torn tail of hundreds of megabytes.
+        constexpr std::size_t kShown = 80;
+        std::string torn(static_cast<std::size_t>(std::min<std::uintmax_t>(size - complete, kShown)), '\0');
         in.read(torn.data(), static_cast<std::streamsize>(torn.size()));
-        spdlog::warn("journal '{}' ends in a torn line; cutting it off: {}", path.string(), printable(torn));
+        spdlog::warn(
+            "journal '{}' ends in a torn line of {} bytes without a line end (the run was killed while "
+            "writing it); cutting it off. It begins: {}{}",
+            printable(path.string()), size - complete, printable(torn, kShown), size - complete > kShown ? " ..." : "");
         std::filesystem::resize_file(path, complete, ec);
         if (ec)
             throw ConfigError(

@@ -441,6 +441,28 @@ TEST(Resume, AfterTheCoordinatorIsKilledRunsExactlyTheRest) {
     EXPECT_NE(output.out.find(fmt::format("{} tasks", 12 - before.size())), std::string::npos) << output.out;
 }
 
+TEST(Resume, ATornTailIsReportedWithItsWholeSizeAndCutOff) {
+    testing::TempDir dir;
+    const std::string journal = (dir / "journal.jsonl").string();
+    const std::vector<std::string> plan{"--mode", "threads", "--tasks", "3", "--duration", "0"};
+    std::vector<std::string> first = plan;
+    first.insert(first.end(), {"--results", journal});
+    ASSERT_EQ(run_binary("coordinator", first).exit_code, 0);
+    const std::string complete = testing::read_file(journal);
+    // A kill while writing a line holding a large value: a megabyte without a line end.
+    const std::string torn = R"({"mode":"threads","id":0,"value":")" + std::string(1'000'000, 'x');
+    { std::ofstream(journal, std::ios::app) << torn; }
+    std::vector<std::string> again = plan;
+    again.insert(again.end(), {"--resume", journal});
+    const Output output = run_binary("coordinator", again);
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_NE(output.err.find(fmt::format("ends in a torn line of {} bytes without a line end", torn.size())),
+              std::string::npos)
+        << output.err.substr(0, 2000);
+    EXPECT_EQ(output.err.find("more bytes"), std::string::npos) << output.err.substr(0, 2000);
+    EXPECT_EQ(testing::read_file(journal), complete);  // cut off; nothing was left to run
+}
+
 TEST(Resume, AJournalOfAnotherPlanExitsTwoSayingSo) {
     testing::TempDir dir;
     const std::string journal = (dir / "journal.jsonl").string();
