@@ -15,14 +15,7 @@
 namespace taskfarm {
 namespace {
 
-class CollectingSink final : public ResultSink {
-public:
-    std::vector<TaskResult> results;
-
-protected:
-    void begin_mode_(const std::string&, std::size_t) override {}
-    void sink_it_(const TaskSpec&, const TaskResult& result) override { results.push_back(result); }
-};
+using testing::CollectingSink;
 
 Plan sleeps(int tasks, double seconds) {
     std::vector<TaskSpec> list;

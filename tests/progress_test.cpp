@@ -54,18 +54,7 @@ TEST(ProgressSummary, SaysTheSameInWords) {
 
 // ---- the sink
 
-class CollectingSink final : public ResultSink {
-public:
-    std::vector<std::string>* calls;
-    explicit CollectingSink(std::vector<std::string>* c) : calls(c) {}
-
-protected:
-    void begin_mode_(const std::string& mode, std::size_t) override { calls->push_back("begin " + mode); }
-    void sink_it_(const TaskSpec&, const TaskResult& result) override {
-        calls->push_back("result " + std::to_string(result.id));
-    }
-    void event_it_(const RunEvent& event) override { calls->push_back("event " + event.worker); }
-};
+using testing::CollectingSink;
 
 TaskResult result_of(TaskId id, bool ok) {
     TaskResult result;

@@ -15,20 +15,7 @@
 namespace taskfarm {
 namespace {
 
-struct Recorded {
-    TaskSpec task;
-    TaskResult result;
-};
-
-// Keeps every result in arrival order.
-class CollectingSink final : public ResultSink {
-public:
-    std::vector<Recorded> results;
-
-protected:
-    void begin_mode_(const std::string&, std::size_t) override {}
-    void sink_it_(const TaskSpec& task, const TaskResult& result) override { results.push_back({task, result}); }
-};
+using testing::CollectingSink;
 
 RunConfig config_for(int workers, int tasks, double lo, double hi) {
     RunConfig config;
@@ -62,9 +49,9 @@ TEST_P(EveryMode, RunsEachTaskExactlyOnceAndReportsIt) {
     EXPECT_EQ(report.failed, 0u);
     EXPECT_FALSE(report.interrupted);
     EXPECT_GT(report.wall_s, 0);
-    ASSERT_EQ(sink.results.size(), 7u);
+    ASSERT_EQ(sink.recorded.size(), 7u);
     std::set<TaskId> ids;
-    for (const auto& [task, result] : sink.results) {
+    for (const auto& [task, result] : sink.recorded) {
         ids.insert(result.id);
         EXPECT_EQ(task.id, result.id);
         EXPECT_TRUE(result.ok) << result.error;
@@ -84,7 +71,7 @@ TEST_P(EveryMode, NamesTheWorkerThatRanEachTask) {
     const std::set<std::string> allowed = GetParam() == Mode::Sequential  ? std::set<std::string>{"seq"}
                                           : GetParam() == Mode::Processes ? std::set<std::string>{"w1", "w2"}
                                                                           : std::set<std::string>{"t1", "t2"};
-    for (const auto& recorded : sink.results)
+    for (const auto& recorded : sink.recorded)
         EXPECT_TRUE(allowed.contains(recorded.result.worker)) << recorded.result.worker;
 }
 
@@ -103,11 +90,11 @@ TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
     CollectingSink sink;
     std::stop_source never;
     testing::runner_for(GetParam(), config, never.get_token())->run(plan, sink);
-    ASSERT_EQ(sink.results.size(), 4u);
+    ASSERT_EQ(sink.recorded.size(), 4u);
     std::vector<TaskId> order;
     double latest_start = 0;
     double earliest_end = 1e9;
-    for (const auto& recorded : sink.results) {
+    for (const auto& recorded : sink.recorded) {
         order.push_back(recorded.result.id);
         latest_start = std::max(latest_start, recorded.result.start_s);
         earliest_end = std::min(earliest_end, recorded.result.end_s);
@@ -124,11 +111,11 @@ TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
     CollectingSink sink;
     std::stop_source never;
     testing::runner_for(Mode::Sequential, config, never.get_token())->run(testing::plan_for(config), sink);
-    ASSERT_EQ(sink.results.size(), 4u);
+    ASSERT_EQ(sink.recorded.size(), 4u);
     for (std::size_t i = 0; i < 4; ++i) {
-        EXPECT_EQ(sink.results[i].result.id, i);
+        EXPECT_EQ(sink.recorded[i].result.id, i);
         if (i > 0) {
-            EXPECT_GE(sink.results[i].result.start_s, sink.results[i - 1].result.end_s - 1e-3);
+            EXPECT_GE(sink.recorded[i].result.start_s, sink.recorded[i - 1].result.end_s - 1e-3);
         }
     }
 }
@@ -144,7 +131,7 @@ TEST(CpuTasks, GiveTheSameAnswerForEachTaskIdInEveryMode) {
         std::stop_source never;
         const RunReport report = testing::runner_for(mode, config, never.get_token())->run(plan, sink);
         EXPECT_EQ(report.ok, 6u) << to_string(mode);
-        for (const auto& [task, result] : sink.results) {
+        for (const auto& [task, result] : sink.recorded) {
             EXPECT_TRUE(result.ok) << to_string(mode) << ": " << result.error;
             EXPECT_EQ(result.type->name(), "cpu");
             primes[mode][result.id] = result.value.at("primes").get<std::uint64_t>();

@@ -28,6 +28,34 @@ const TaskType* type(std::string_view name);
 Plan plan_for(const RunConfig& config);
 // make_runner() with the built-in types and settings_json(config), which it keeps.
 std::unique_ptr<Runner> runner_for(Mode mode, const RunConfig& config, std::stop_token stop);
+
+// Keeps what reaches it, in arrival order: every result with its task (`recorded`), the
+// results alone, and a log of its calls ("begin MODE", "result ID", "event WORKER") in
+// `calls`, or in `*log` for a sink handed to another that owns it.
+class CollectingSink final : public ResultSink {
+public:
+    struct Recorded {
+        TaskSpec task;
+        TaskResult result;
+    };
+    CollectingSink() = default;
+    explicit CollectingSink(std::vector<std::string>* log) : log_(log) {}
+    std::vector<Recorded> recorded;
+    std::vector<TaskResult> results;
+    std::vector<std::string> calls;
+
+protected:
+    void begin_mode_(const std::string& mode, std::size_t) override { log_->push_back("begin " + mode); }
+    void sink_it_(const TaskSpec& task, const TaskResult& result) override {
+        recorded.push_back({task, result});
+        results.push_back(result);
+        log_->push_back("result " + std::to_string(result.id));
+    }
+    void event_it_(const RunEvent& event) override { log_->push_back("event " + event.worker); }
+
+private:
+    std::vector<std::string>* log_ = &calls;
+};
 // A task of a built-in type.
 TaskSpec task_of(std::string_view kind, Params params, TaskId id = 0, double timeout_s = 0);
 
