@@ -3,10 +3,7 @@
 #include <fmt/format.h>
 
 namespace taskfarm {
-namespace {
 
-// The length of the UTF-8 sequence starting at text[at] and its code point, or 0 when the
-// bytes there are not one well-formed sequence (overlong forms and surrogates included).
 std::size_t utf8_sequence(std::string_view text, std::size_t at, char32_t& code) {
     const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
     const unsigned char lead = byte(at);
@@ -29,6 +26,9 @@ std::size_t utf8_sequence(std::string_view text, std::size_t at, char32_t& code)
     if (code < least || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
     return length;
 }
+
+namespace {
+
 
 // Code points a terminal acts on or that change how the rest of a line reads: C1 controls
 // (0x9B is a CSI on some terminals), line and paragraph separators, bidi overrides and

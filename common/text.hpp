@@ -24,6 +24,10 @@ inline constexpr std::size_t kMaxWorkerName = 64;
 // a backslash is kept as it is.
 std::string printable(std::string_view text, std::size_t max_bytes = kMaxPrintable);
 
+// The length of the UTF-8 sequence starting at text[at] and its code point, or 0 when the
+// bytes there are not one well-formed sequence (overlong forms and surrogates included).
+std::size_t utf8_sequence(std::string_view text, std::size_t at, char32_t& code);
+
 // Whether printable(text) would return `text` unchanged.
 bool is_printable(std::string_view text, std::size_t max_bytes = kMaxPrintable);
 

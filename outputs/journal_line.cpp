@@ -60,33 +60,10 @@ std::string unbase64(std::string_view text) {
     return out;
 }
 
-// The length of the well-formed UTF-8 sequence at text[at], or 0.
-std::size_t utf8_length(std::string_view text, std::size_t at) {
-    const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
-    const unsigned char lead = byte(at);
-    std::size_t length = 0;
-    char32_t code = 0, least = 0;
-    if (lead < 0x80) return 1;
-    if ((lead & 0xE0) == 0xC0)
-        length = 2, code = lead & 0x1F, least = 0x80;
-    else if ((lead & 0xF0) == 0xE0)
-        length = 3, code = lead & 0x0F, least = 0x800;
-    else if ((lead & 0xF8) == 0xF0)
-        length = 4, code = lead & 0x07, least = 0x10000;
-    else
-        return 0;
-    if (at + length > text.size()) return 0;
-    for (std::size_t i = 1; i < length; ++i) {
-        if ((byte(at + i) & 0xC0) != 0x80) return 0;
-        code = (code << 6) | (byte(at + i) & 0x3F);
-    }
-    if (code < least || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
-    return length;
-}
-
 std::size_t first_bad_byte(std::string_view text) {
     for (std::size_t at = 0; at < text.size();) {
-        const std::size_t length = utf8_length(text, at);
+        char32_t code = 0;
+        const std::size_t length = utf8_sequence(text, at, code);
         if (length == 0) return at;
         at += length;
     }
