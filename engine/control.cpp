@@ -173,7 +173,9 @@ std::vector<CancelOutcome> CancelBoard::request(const std::vector<TaskId>& ids, 
             waiting_[id].reset();
             dispatched.push_back(id);
             outcomes.push_back({id, false, {}});  // filled below
-        } else if (const auto running = running_.find(id); running != running_.end()) {
+        } else if (const auto running = std::find_if(running_.begin(), running_.end(),
+                                                     [id](const auto& entry) { return entry.first == id; });
+                   running != running_.end()) {
             running->second->request_stop();
             outcomes.push_back({id, true, "running: stopped, and recorded as cancelled (unless it finished ok first)"});
         } else {
@@ -248,13 +250,17 @@ bool CancelBoard::requested(TaskId id) const {
 
 void CancelBoard::running(TaskId id, std::stop_source* stop) {
     std::lock_guard lock(mutex_);
-    running_[id] = stop;
+    running_.emplace_back(id, stop);
     if (requested_.contains(id)) stop->request_stop();
 }
 
 void CancelBoard::finished(TaskId id) {
     std::lock_guard lock(mutex_);
-    running_.erase(id);
+    const auto running =
+        std::find_if(running_.begin(), running_.end(), [id](const auto& entry) { return entry.first == id; });
+    if (running == running_.end()) return;
+    *running = running_.back();
+    running_.pop_back();
 }
 
 std::vector<TaskId> CancelBoard::take_new() {

@@ -78,7 +78,9 @@ private:
     bool attached_ = false;  // a dispatcher applies the requests
     std::set<TaskId> requested_;
     std::vector<TaskId> new_;
-    std::map<TaskId, std::stop_source*> running_;
+    // One entry per thread running a task: a few, searched in place; once grown to the number of
+    // threads, registering a task allocates nothing (a std::map did, per task).
+    std::vector<std::pair<TaskId, std::stop_source*>> running_;
     std::map<TaskId, std::optional<CancelOutcome>> waiting_;  // asked, to be applied by the dispatcher
     std::atomic<bool> fresh_{false};
 };

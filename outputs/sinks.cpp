@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,8 +21,20 @@
 
 namespace taskfarm {
 
+namespace {
+
+// `out` is the null device: the same character device as /dev/null.
+bool is_dev_null(std::FILE* out) {
+    struct stat mine {};
+    struct stat null {};
+    return ::fstat(::fileno(out), &mine) == 0 && S_ISCHR(mine.st_mode) && ::stat("/dev/null", &null) == 0 &&
+           S_ISCHR(null.st_mode) && mine.st_rdev == null.st_rdev;
+}
+
+}  // namespace
+
 ConsoleSink::ConsoleSink(std::FILE* out, OutputBlocks blocks)
-    : out_(out), blocks_(blocks), line_by_line_(::isatty(::fileno(out)) == 1) {}
+    : out_(out), blocks_(blocks), line_by_line_(::isatty(::fileno(out)) == 1), discarded_(is_dev_null(out)) {}
 
 namespace {
 
@@ -82,6 +95,7 @@ void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 }
 
 void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
+    if (discarded_) return;
     // The worker's name, error and value come from another process: one task, one line.
     const std::string outcome = printable(result.ok         ? describe_value(result)
                                           : result.retrying ? "FAILED, runs again (--retries): " + result.error

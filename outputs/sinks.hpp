@@ -27,6 +27,8 @@ namespace taskfarm {
 // `on_closed` once, and nothing more is written.
 // A type's output block (TaskType::output, e.g. a command's stdout and stderr) follows its
 // task's line in the same write, so two tasks' blocks never interleave (see OutputBlocks).
+// When `out` is /dev/null (scripts/bench, `> /dev/null`) no result line is formatted at all:
+// per task, only the work the run asked for.
 class ConsoleSink final : public ResultSink {
 public:
     explicit ConsoleSink(std::FILE* out, OutputBlocks blocks = OutputBlocks::Group);
@@ -46,6 +48,7 @@ private:
     std::FILE* out_;
     OutputBlocks blocks_;
     bool line_by_line_;    // out_ is a terminal
+    bool discarded_;       // out_ is /dev/null: nothing reads the lines, so none is formatted
     bool closed_ = false;  // a write failed with EPIPE: nobody reads any more
     bool error_logged_ = false;
     fmt::memory_buffer line_;  // each line is formatted here: no allocation per result once it is grown

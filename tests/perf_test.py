@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""The instruction-count guard (label perf): instructions per no-op task, counted by callgrind.
+
+Each case runs the coordinator under `valgrind --tool=callgrind` at two plan sizes and divides
+the difference in instructions by the difference in tasks, so start-up and shutdown cancel
+out. Instruction counts do not depend on how loaded the machine is; a timing would, so nothing
+here is timed. The budgets, the value measured when they were set and how to update them are
+in tests/perf_budget.json.
+
+  perf_test.py COORDINATOR [CASE ...]     (cases: threads, processes; default: every one)
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUDGET_FILE = os.path.join(HERE, "perf_budget.json")
+
+# The coordinator's flags per case; stdout goes to /dev/null as in scripts/bench.
+CASES = {
+    "threads": ["--mode", "threads", "--workers", "2"],
+    # Only the coordinator is counted: callgrind does not follow the workers (no
+    # --trace-children), so this is the coordinator's side of processes mode.
+    "processes": ["--mode", "processes", "--workers", "2"],
+}
+
+
+def instructions(coordinator, case, tasks):
+    """Instructions callgrind counts for one run of `tasks` no-op tasks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
+                   coordinator, *CASES[case], "--tasks", str(tasks), "--duration", "0",
+                   "-q", "--progress", "never"]
+        with open(os.devnull, "w") as devnull:
+            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240)
+        if run.returncode != 0:
+            sys.exit(f"{' '.join(command)} exited {run.returncode}:\n{run.stderr[-3000:]}")
+        found = re.search(r"Collected : (\d+)", run.stderr)
+        if not found:
+            sys.exit(f"no instruction count in callgrind's output:\n{run.stderr[-3000:]}")
+        return int(found.group(1))
+
+
+def per_task(coordinator, case, small, large):
+    return (instructions(coordinator, case, large) - instructions(coordinator, case, small)) / (large - small)
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    coordinator = sys.argv[1]
+    with open(BUDGET_FILE) as f:
+        budgets = json.load(f)
+    cases = sys.argv[2:] or [c for c in budgets["cases"]]
+    failed = []
+    for case in cases:
+        budget = budgets["cases"][case]
+        measured = per_task(coordinator, case, budgets["small_tasks"], budgets["large_tasks"])
+        print(f"{case}: {measured:,.0f} instructions per no-op task (budget {budget['budget']:,}, "
+              f"measured {budget['measured']:,} when it was set)")
+        if measured > budget["budget"]:
+            failed.append(f"{case}: {measured:,.0f} instructions per task, over the budget of "
+                          f"{budget['budget']:,} in tests/perf_budget.json (see its \"update\")")
+    if failed:
+        sys.exit("\n".join(failed))
+
+
+if __name__ == "__main__":
+    main()
