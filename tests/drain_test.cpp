@@ -102,17 +102,22 @@ TEST(Drain, ASecondSignalOrTheDrainTimeoutCancelsTheRunningTasks) {
         SCOPED_TRACE(second);
         testing::TempDir dir;
         const auto journal = dir / "journal.jsonl";
+        const auto inputs = dir / "inputs";
+        const auto started = dir / "started";
+        std::ofstream(inputs) << "a\nb\nc\nd\n";
+        // Commands that say they started: the drain must find both workers running one (a
+        // worker that has said hello may not have its task yet, slowly so under ASan).
         testing::Running coordinator(
-            "coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60", "--results",
-                            journal.string(), "--drain-timeout", second == 0 ? "0.5" : "600"});
-        ASSERT_TRUE(testing::eventually([&] { return testing::workers_of(coordinator.pid()).size() == 2; },
-                                        std::chrono::seconds(10)));
+            "coordinator", {"--mode", "processes", "--workers", "2", "--command",
+                            "echo {} >> '" + started.string() + "'; exec sleep 60", "--inputs", inputs.string(),
+                            "--results", journal.string(), "--drain-timeout", second == 0 ? "0.5" : "600"});
         ASSERT_TRUE(testing::eventually(
             [&] {
-                return coordinator.err().find("said hello") != std::string::npos ||
-                       coordinator.out().find("== processes") != std::string::npos;
+                const std::string text = testing::read_file(started);
+                return std::count(text.begin(), text.end(), '\n') == 2;
             },
-            std::chrono::seconds(10)));
+            std::chrono::seconds(20)))
+            << coordinator.err();
         const std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
         coordinator.signal(SIGTERM);
         ASSERT_TRUE(testing::eventually([&] { return coordinator.err().find("draining") != std::string::npos; },
