@@ -22,19 +22,8 @@ namespace {
 using testing::Output;
 using testing::run_binary;
 
-std::vector<std::string> lines_of(const std::filesystem::path& path) {
-    std::vector<std::string> lines;
-    std::istringstream in(testing::read_file(path));
-    for (std::string line; std::getline(in, line);)
-        if (!line.empty()) lines.push_back(line);
-    return lines;
-}
-
-std::filesystem::path numbers(const testing::TempDir& dir, int count) {
-    std::ofstream out(dir / "inputs.txt");
-    for (int i = 0; i < count; ++i) out << i << "\n";
-    return dir / "inputs.txt";
-}
+using testing::lines_of;
+using testing::numbers;
 
 // ok lines of the journal per task id.
 std::map<std::uint64_t, int> ok_counts(const std::filesystem::path& journal) {

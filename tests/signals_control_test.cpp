@@ -31,19 +31,8 @@ using testing::run_binary;
 constexpr uid_t kNobody = 65534;
 constexpr gid_t kNogroup = 65534;
 
-std::vector<std::string> lines_of(const std::filesystem::path& path) {
-    std::vector<std::string> lines;
-    std::istringstream in(testing::read_file(path));
-    for (std::string line; std::getline(in, line);)
-        if (!line.empty()) lines.push_back(line);
-    return lines;
-}
-
-std::filesystem::path numbers(const testing::TempDir& dir, int count) {
-    std::ofstream out(dir / "inputs.txt");
-    for (int i = 0; i < count; ++i) out << i << "\n";
-    return dir / "inputs.txt";
-}
+using testing::lines_of;
+using testing::numbers;
 
 // A process started as a shell starts a job: in a process group of its own (what a terminal's
 // Ctrl-C and timeout(1)'s second kill reach), with `env` added to the environment.

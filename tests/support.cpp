@@ -55,6 +55,20 @@ std::vector<nlohmann::json> read_result_lines(const std::filesystem::path& path)
     return lines;
 }
 
+std::vector<std::string> lines_of(const std::filesystem::path& path) {
+    std::vector<std::string> lines;
+    std::istringstream in(read_file(path));
+    for (std::string line; std::getline(in, line);)
+        if (!line.empty()) lines.push_back(line);
+    return lines;
+}
+
+std::filesystem::path numbers(const TempDir& dir, int count) {
+    std::ofstream out(dir / "inputs.txt");
+    for (int i = 0; i < count; ++i) out << i << "\n";
+    return dir / "inputs.txt";
+}
+
 Running::Running(const std::string& program, const std::vector<std::string>& args) {
     const std::string exe = bin(program).string();
     std::vector<char*> argv{const_cast<char*>(exe.c_str())};

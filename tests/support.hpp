@@ -29,6 +29,12 @@ Plan plan_for(const RunConfig& config);
 // make_runner() with the built-in types and settings_json(config), which it keeps.
 std::unique_ptr<Runner> runner_for(Mode mode, const RunConfig& config, std::stop_token stop);
 
+// The non-empty lines of the file at `path`.
+std::vector<std::string> lines_of(const std::filesystem::path& path);
+class TempDir;
+// dir/inputs.txt holding the numbers 0 .. count-1, one per line.
+std::filesystem::path numbers(const TempDir& dir, int count);
+
 // Keeps what reaches it, in arrival order: every result with its task (`recorded`), the
 // results alone, and a log of its calls ("begin MODE", "result ID", "event WORKER") in
 // `calls`, or in `*log` for a sink handed to another that owns it.
