@@ -167,7 +167,7 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
         if (key == "retries") continue;  // the engine reruns failed tasks of every other type (--retries)
         const bool read = std::any_of(types.begin(), types.end(), [&key = key](const TaskType* type) {
             std::vector<std::string> keys = type->settings_read();
-            for (const Flag& flag : type->flags()) keys.push_back(flag.key);
+            for (const Flag& declared : type->flags()) keys.push_back(declared.key);
             return key == "out_dir" ? type->writes_files() : std::find(keys.begin(), keys.end(), key) != keys.end();
         });
         if (read) continue;

@@ -188,12 +188,12 @@ struct Flag {
         Count,   // a whole number from `least` to `most`, a JSON unsigned integer
         Number,  // a finite number from `least` to `most`, a JSON number
     };
-    std::string name;  // "--cpu-n"; "-d,--duration" adds a short name
-    std::string key;   // its setting in Context::settings(), e.g. "cpu_n"
+    std::string name{};  // "--cpu-n"; "-d,--duration" adds a short name
+    std::string key{};   // its setting in Context::settings(), e.g. "cpu_n"
     Type type = Type::Text;
-    std::string default_value;  // as written on the command line: read as a given value is, shown in --help
-    std::string help;
-    std::string value_name;  // in --help, e.g. "SECONDS"; empty: TEXT, COUNT or NUMBER
+    std::string default_value{};  // as written on the command line: read as a given value is, shown in --help
+    std::string help{};
+    std::string value_name{};  // in --help, e.g. "SECONDS"; empty: TEXT, COUNT or NUMBER
     double least = 0;
     double most = std::numeric_limits<double>::max();
     // Whether the value changes what tasks produce (--cpu-n: yes; a limit on output kept: no).
@@ -203,7 +203,7 @@ struct Flag {
     bool generated_only = false;
     // Optional: reads the text into the setting instead of `type`; throws std::invalid_argument
     // saying why the text is bad (the program adds the flag's name).
-    std::function<Json(const std::string& text)> parse;
+    std::function<Json(const std::string& text)> parse{};
 
     // The setting of `text`, by `parse` or `type`; throws std::invalid_argument saying why not.
     Json read(const std::string& text) const;
