@@ -423,7 +423,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     for (CLI::Option* option : {urls_option, file_size_option, latency_option, bandwidth_option})
         plan_option->excludes(option);
     for (CLI::Option* option : {file_size_option, latency_option, bandwidth_option}) option->excludes(urls_option);
-    // Each becomes a setting; given for a plan no type of which reads it, the run is refused.
+    // Each becomes a setting; given for a plan no type of which reads it, a warning says so (the run goes on).
     const std::pair<CLI::Option*, const char*> setting_flags[] = {
         {out_dir_option, "out_dir"},     {max_bytes_option, "max_bytes"}, {retries_option, "retries"},
         {min_speed_option, "min_speed"}, {stall_time_option, "stall_s"},  {file_size_option, "file_size"},
