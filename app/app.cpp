@@ -24,6 +24,7 @@ public:
     std::string summary() const override { return options_.summary; }
     bool writes_files() const override { return options_.writes_files; }
     std::vector<std::string> settings_read() const override { return options_.settings_read; }
+    std::vector<Flag> flags() const override { return options_.flags; }
     Value run(const Params& params, Context& context) const override { return fn_(params, context); }
 
 private:

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <stdexcept>
 
@@ -17,6 +18,28 @@ std::string shown(const Json& value) {
 }
 
 }  // namespace
+
+Json Flag::read(const std::string& text) const {
+    if (parse) return parse(text);
+    if (type == Type::Text) return Json(text);
+    const auto out_of_range = [&] {
+        return std::invalid_argument(fmt::format("'{}' is not a {} from {:.16g} to {:.16g}", printable(text, 100),
+                                                 type == Type::Count ? "whole number" : "number", least, most));
+    };
+    if (type == Type::Count) {
+        std::uint64_t value = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (ec != std::errc{} || end != text.data() + text.size() || text.empty() ||
+            static_cast<double>(value) < least || static_cast<double>(value) > most)
+            throw out_of_range();
+        return Json(value);
+    }
+    double value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end != text.data() + text.size() || !std::isfinite(value) || value < least || value > most)
+        throw out_of_range();
+    return Json(value);
+}
 
 Fields::Fields(const Params& params) : params_(params) {
     if (!params_.is_object())

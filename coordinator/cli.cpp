@@ -40,34 +40,6 @@ constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads
 // the rest of a result fit in proto::kMaxFrameBytes.
 constexpr std::uint64_t kMaxCommandOutput = 1536 * 1024;
 
-std::optional<double> parse_seconds(std::string_view text) {
-    double value = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc{} || end != text.data() + text.size() || !std::isfinite(value) || value < 0)
-        return std::nullopt;
-    return value;
-}
-
-// "0.5" -> {0.5, 0.5}; "1:10" -> {1, 10}.
-std::optional<std::pair<double, double>> parse_duration(std::string_view text) {
-    const auto colon = text.find(':');
-    if (colon == std::string_view::npos) {
-        const auto seconds = parse_seconds(text);
-        if (!seconds) return std::nullopt;
-        return std::pair{*seconds, *seconds};
-    }
-    const auto lo = parse_seconds(text.substr(0, colon));
-    const auto hi = parse_seconds(text.substr(colon + 1));
-    if (!lo || !hi || *lo > *hi) return std::nullopt;
-    return std::pair{*lo, *hi};
-}
-
-const CLI::Validator kDuration(
-    [](std::string& text) -> std::string {
-        return parse_duration(text) ? "" : fmt::format("'{}' is not SECONDS or LO:HI with 0 <= LO <= HI", text);
-    },
-    "SECONDS|LO:HI");
-
 // "200K" -> 204800: a number of bytes with an optional K, M or G (x1024 each; "KiB" and
 // "KB" mean the same), fractions allowed ("1.5M"), at most 2^50.
 std::optional<std::uint64_t> parse_size(std::string_view text) {
@@ -216,6 +188,56 @@ std::string task_help(const Registry& registry) {
     return text;
 }
 
+// A type's flag (TaskType::flags()) as an option of the program.
+struct TypeFlag {
+    Flag declared;
+    std::unique_ptr<std::string> value;  // where CLI11 writes it; its default until given
+    CLI::Option* option = nullptr;
+};
+
+// Adds every registered type's flags to `app`, each under its type's name in --help. Two types
+// that declare the same flag share it when they give it the same key; another key is a
+// program that cannot run (std::logic_error, before any parse).
+std::vector<TypeFlag> add_type_flags(CLI::App& app, const Registry& registry) {
+    std::vector<TypeFlag> added;
+    for (const auto& type : registry.types()) {
+        for (Flag& flag : type->flags()) {
+            const auto same = std::find_if(added.begin(), added.end(),
+                                           [&](const TypeFlag& other) { return other.declared.name == flag.name; });
+            if (same != added.end()) {
+                if (same->declared.key != flag.key)
+                    throw std::logic_error(
+                        fmt::format("task type {} declares {} for setting '{}', another type for '{}'", type->name(),
+                                    flag.name, flag.key, same->declared.key));
+                continue;
+            }
+            TypeFlag made{std::move(flag), std::make_unique<std::string>(), nullptr};
+            *made.value = made.declared.default_value;
+            const Flag& declared = made.declared;
+            const std::string value_name = !declared.value_name.empty()          ? declared.value_name
+                                           : declared.type == Flag::Type::Count  ? "COUNT"
+                                           : declared.type == Flag::Type::Number ? "NUMBER"
+                                                                                 : "TEXT";
+            made.option = app.add_option(declared.name, *made.value, declared.help)
+                              ->check(CLI::Validator(
+                                  [declared](std::string& text) -> std::string {
+                                      try {
+                                          static_cast<void>(declared.read(text));
+                                          return "";
+                                      } catch (const std::invalid_argument& e) {
+                                          return e.what();
+                                      }
+                                  },
+                                  ""))
+                              ->type_name(value_name)
+                              ->group(fmt::format("{} task type", type->name()))
+                              ->capture_default_str();
+            added.push_back(std::move(made));
+        }
+    }
+    return added;
+}
+
 // --set KEY=VALUE: VALUE as JSON when it parses as JSON (3, 0.5, true, "x", [1,2]), else as a string.
 const CLI::Validator kSetting(
     [](std::string& text) -> std::string {
@@ -236,7 +258,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     config.workers = available_cpus();
     config.command_line.assign(argv, argv + argc);
     std::string task = program.default_task;
-    std::string duration = "1";
     std::vector<std::string> modes{"sequential", "threads", "processes"};
     std::string cpus;
     bool pin = false;
@@ -267,17 +288,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                         "default: 15 for download)")
                              ->check(CLI::Range(1, 100'000'000))
                              ->capture_default_str();
-    auto* duration_option =
-        app.add_option("-d,--duration", duration,
-                       "sleep: seconds per task, or LO:HI for a uniformly random duration per task (see --seed)")
-            ->check(kDuration)
-            ->capture_default_str();
-    auto* cpu_n_option =
-        app.add_option("--cpu-n", config.cpu_n,
-                       "cpu: numbers per task; task i counts the primes in [i*N, (i+1)*N). The default takes\n"
-                       "about 0.5 s of CPU per task on a current x86 core")
-            ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1'000'000'000'000}))  // the cpu type's limit
-            ->capture_default_str();
+    // The types' own flags, each in a group of its type's name (before the coordinator's, which
+    // follow under OPTIONS).
+    std::vector<TypeFlag> type_flags = add_type_flags(app, registry);
     app.add_option("--set", settings,
                    "a setting every task can read (Context::settings()), for the user's own task types;\n"
                    "VALUE is JSON if it parses as JSON, else a string. Repeatable: --set lang=en --set k=3")
@@ -309,8 +322,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->type_name("FILE")
             ->excludes(task_option)
             ->excludes(tasks_option)
-            ->excludes(duration_option)
-            ->excludes(cpu_n_option)
             ->excludes(inputs_option);
     inputs_option->excludes(tasks_option);
     auto* command_option =
@@ -323,9 +334,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->type_name("TEMPLATE")
             ->excludes(plan_option)
             ->excludes(task_option)
-            ->excludes(tasks_option)
-            ->excludes(duration_option)
-            ->excludes(cpu_n_option);
+            ->excludes(tasks_option);
     std::string max_output = "1M";
     auto* max_output_option =
         app.add_option(
@@ -355,10 +364,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                "- reads stdin")
             ->type_name("FILE")
             ->excludes(tasks_option)
-            ->excludes(duration_option)
-            ->excludes(cpu_n_option)
             ->excludes(inputs_option)
             ->excludes(command_option);
+    // A flag for the tasks a type generates goes with no plan of other tasks.
+    for (const TypeFlag& flag : type_flags)
+        if (flag.declared.generated_only)
+            for (CLI::Option* other : {plan_option, command_option, urls_option}) other->excludes(flag.option);
     auto* out_dir_option =
         app.add_option("--out-dir", config.out_dir,
                        "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
@@ -412,12 +423,11 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     for (CLI::Option* option : {urls_option, file_size_option, latency_option, bandwidth_option})
         plan_option->excludes(option);
     for (CLI::Option* option : {file_size_option, latency_option, bandwidth_option}) option->excludes(urls_option);
-    // Each becomes a setting; given for a plan no type of which reads it, the run is refused.
+    // Each becomes a setting; given for a plan no type of which reads it, a warning says so (the run goes on).
     const std::pair<CLI::Option*, const char*> setting_flags[] = {
-        {duration_option, "duration_s"}, {cpu_n_option, "cpu_n"},          {out_dir_option, "out_dir"},
-        {max_bytes_option, "max_bytes"}, {retries_option, "retries"},      {min_speed_option, "min_speed"},
-        {stall_time_option, "stall_s"},  {file_size_option, "file_size"},  {latency_option, "latency_s"},
-        {bandwidth_option, "bandwidth"}, {max_output_option, "max_output"}};
+        {out_dir_option, "out_dir"},     {max_bytes_option, "max_bytes"}, {retries_option, "retries"},
+        {min_speed_option, "min_speed"}, {stall_time_option, "stall_s"},  {file_size_option, "file_size"},
+        {latency_option, "latency_s"},   {bandwidth_option, "bandwidth"}, {max_output_option, "max_output"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->check(kUnsigned)
         ->capture_default_str();
@@ -749,6 +759,13 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                        fmt::format("'{}' is over {}K: a task's stdout and stderr must fit "
                                                    "in one message of the protocol",
                                                    max_output, kMaxCommandOutput / 1024));
+        for (const TypeFlag& flag : type_flags) {  // given or not: its default is its setting
+            try {
+                config.settings[flag.declared.key] = flag.declared.read(*flag.value);
+            } catch (const std::invalid_argument& e) {  // a given value failed the validator already
+                throw CLI::ValidationError(flag.option->get_name(), fmt::format("default {}", e.what()));
+            }
+        }
         for (const std::string& setting : settings) {
             const auto equals = setting.find('=');
             for (const auto& [key, flag] : kFlagSettings)
@@ -756,6 +773,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                     throw CLI::ValidationError("--set",
                                                fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead",
                                                            printable(setting), key, flag, flag));
+            for (const TypeFlag& flag : type_flags)
+                if (setting.substr(0, equals) == flag.declared.key)
+                    throw CLI::ValidationError(
+                        "--set",
+                        fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead", printable(setting),
+                                    flag.declared.key, flag.option->get_name(), flag.option->get_name()));
             const std::string value = setting.substr(equals + 1);
             Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
             if (parsed.is_discarded()) parsed = Json(value);
@@ -864,6 +887,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
 
     for (const auto& [option, key] : setting_flags)
         if (option->count() > 0) config.given_settings.emplace_back(option->get_name(), key);
+    for (const TypeFlag& flag : type_flags)
+        if (flag.option->count() > 0) config.given_settings.emplace_back(flag.option->get_name(), flag.declared.key);
     config.task = task;
     if (tasks_option->count() == 0)
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0)
@@ -882,7 +907,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         config.pin_cpus = parse_cpu_list(cpus);
     else if (pin)
         config.pin_cpus = allowed_cpus();
-    std::tie(config.duration_lo_s, config.duration_hi_s) = *parse_duration(duration);
     config.modes.clear();
     for (const std::string& name : modes) {
         if (name == "all") {

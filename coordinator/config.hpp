@@ -19,19 +19,18 @@ struct RunConfig {
     int workers = 4;
     std::string task = "sleep";  // --task: a registered type's name
     int tasks = 10;
-    double duration_lo_s = 1.0;  // sleep seconds; a range when lo < hi
-    double duration_hi_s = 1.0;
-    std::uint64_t cpu_n = 750'000'000;  // cpu: numbers per task; task i counts primes in [i*N, (i+1)*N)
-    std::filesystem::path plan_path;    // --plan: tasks from this JSON Lines file instead
+    std::filesystem::path plan_path;  // --plan: tasks from this JSON Lines file instead
     // download: --urls FILE, one URL per line; empty: the built-in server's synthetic images.
     std::filesystem::path urls_path;
     // --inputs FILE (or --urls, which is --task download --inputs FILE): a task per line.
     std::filesystem::path inputs_path;
     std::string inputs_flag = "--inputs";  // which flag gave inputs_path, for messages
-    Json settings = Json::object();        // --set KEY=VALUE; the built-in flags join them in settings_json()
-    // The built-in types' flags given on the command line, with the setting each becomes
-    // ({"--retries", "retries"}; "--out-dir" is "out_dir"): one no type of the plan reads is
-    // refused before the run.
+    // The types' own flags (TaskType::flags(), given or their defaults: "duration_s", "cpu_n",
+    // a user's) and --set KEY=VALUE; the coordinator's flags join them in settings_json().
+    Json settings = Json::object();
+    // The flags given on the command line that become settings, with the setting each becomes
+    // ({"--retries", "retries"}; "--out-dir" is "out_dir"): one that no type of the plan reads
+    // is warned about before the run, which still runs.
     std::vector<std::pair<std::string, std::string>> given_settings;
     std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
     std::uint64_t max_bytes = 100 * 1024 * 1024;  // a larger body fails its task

@@ -158,14 +158,16 @@ void check_recording(const RunConfig& config, const Plan& plan) {
         spdlog::info("{}: keeps every result in memory: about {:.0f} MiB for {} results", flag, mib, results);
 }
 
-// A built-in type's flag that no type of the plan reads is most likely a mistake (--retries
-// for sleeps): said, not silently ignored. Not refused: scripts/sweep passes the same flags
-// (-- --duration 0.2 --cpu-n 1e8) to runs of every type.
+// A flag that no type of the plan reads (neither declares it in flags() nor lists its setting
+// in settings_read()) is most likely a mistake (--retries for sleeps): said, not silently
+// ignored. Not refused: scripts/sweep passes the same flags (-- --duration 0.2 --cpu-n 1e8)
+// to runs of every type.
 void warn_unread_settings(const RunConfig& config, const std::vector<const TaskType*>& types) {
     for (const auto& [flag, key] : config.given_settings) {
         if (key == "retries") continue;  // the engine reruns failed tasks of every other type (--retries)
         const bool read = std::any_of(types.begin(), types.end(), [&key = key](const TaskType* type) {
-            const std::vector<std::string> keys = type->settings_read();
+            std::vector<std::string> keys = type->settings_read();
+            for (const Flag& declared : type->flags()) keys.push_back(declared.key);
             return key == "out_dir" ? type->writes_files() : std::find(keys.begin(), keys.end(), key) != keys.end();
         });
         if (read) continue;
@@ -260,8 +262,8 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
     return {
         {"workers", config.workers},
         {"tasks", count ? nlohmann::json(*count) : nlohmann::json(nullptr)},
-        {"duration", {config.duration_lo_s, config.duration_hi_s}},
-        {"cpu_n", config.cpu_n},
+        {"duration", config.settings.value("duration_s", nlohmann::json(nullptr))},
+        {"cpu_n", config.settings.value("cpu_n", nlohmann::json(nullptr))},
         {"plan", config.plan_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.plan_path.string())},
         {"seed", config.seed},
         {"modes", modes},

@@ -382,18 +382,11 @@ private:
 
 Json settings_json(const RunConfig& config) {
     Json settings = {
-        {"duration_s", {config.duration_lo_s, config.duration_hi_s}},
-        {"cpu_n", config.cpu_n},
-        {"max_bytes", config.max_bytes},
-        {"retries", config.retries},
-        {"min_speed", config.min_speed},
-        {"stall_s", config.stall_s},
-        {"file_size", config.file_size},
-        {"latency_s", config.latency_s},
-        {"bandwidth", config.bandwidth},
-        {"seed", config.seed},
-        {"tasks", config.tasks},
-        {"workers", config.workers},
+        {"max_bytes", config.max_bytes},   {"retries", config.retries},
+        {"min_speed", config.min_speed},   {"stall_s", config.stall_s},
+        {"file_size", config.file_size},   {"latency_s", config.latency_s},
+        {"bandwidth", config.bandwidth},   {"seed", config.seed},
+        {"tasks", config.tasks},           {"workers", config.workers},
         {"max_output", config.max_output},
     };
     if (!config.command.empty()) settings["command"] = config.command;

@@ -16,6 +16,7 @@ namespace {
 
 // Largest `hi`: the sieve needs the primes up to sqrt(hi), a 1 MB table here.
 constexpr std::uint64_t kMaxPrimeLimit = 1'000'000'000'000;
+constexpr std::uint64_t kDefaultN = 750'000'000;  // --cpu-n: about 0.5 s of CPU per task
 
 // Odd numbers per sieve segment: 32 KiB of flags stay in the L1 cache, and a segment takes
 // tens of microseconds, so stop requests and GIL switches are noticed quickly.
@@ -98,11 +99,24 @@ public:
         return Params{{"lo", lo}, {"hi", hi}};
     }
 
-    std::vector<std::string> settings_read() const override { return {"cpu_n"}; }
+    std::vector<Flag> flags() const override {
+        Flag cpu_n{.name = "--cpu-n",
+                   .key = "cpu_n",
+                   .type = Flag::Type::Count,
+                   .default_value = std::to_string(kDefaultN),
+                   .help =
+                       "numbers per task; task i counts the primes in [i*N, (i+1)*N). The default takes\n"
+                       "about 0.5 s of CPU per task on a current x86 core",
+                   .value_name = "N",
+                   .least = 1,
+                   .most = static_cast<double>(kMaxPrimeLimit),
+                   .generated_only = true};
+        return {cpu_n};
+    }
 
     // Task i of --cpu-n N counts the primes in [i*N, (i+1)*N).
     Params generate(Generate& args) const override {
-        const std::uint64_t n = args.settings.at("cpu_n").get<std::uint64_t>();
+        const std::uint64_t n = args.settings.value("cpu_n", kDefaultN);
         if (n > 0 && args.index + 1 > kMaxPrimeLimit / n)
             throw std::invalid_argument(
                 fmt::format("cpu task {} would end at {} x --cpu-n {}, above the limit {}; "

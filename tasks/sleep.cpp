@@ -4,6 +4,8 @@
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -11,6 +13,24 @@
 
 namespace taskfarm {
 namespace {
+
+std::optional<double> parse_seconds(std::string_view text) {
+    double value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end != text.data() + text.size() || !std::isfinite(value) || value < 0)
+        return std::nullopt;
+    return value;
+}
+
+// --duration: "0.5" -> [0.5, 0.5]; "1:10" -> [1, 10].
+Json parse_duration(const std::string& text) {
+    const auto colon = text.find(':');
+    const auto lo = parse_seconds(std::string_view(text).substr(0, colon));
+    const auto hi = colon == std::string::npos ? lo : parse_seconds(std::string_view(text).substr(colon + 1));
+    if (!lo || !hi || *lo > *hi)
+        throw std::invalid_argument(fmt::format("'{}' is not SECONDS or LO:HI with 0 <= LO <= HI", text));
+    return Json::array({*lo, *hi});
+}
 
 double round_to_ms(double seconds) { return std::round(seconds * 1000.0) / 1000.0; }
 
@@ -41,12 +61,22 @@ public:
         return Params{{"seconds", seconds}};
     }
 
-    // --duration S or LO-HI (settings "duration_s": [lo, hi]): a range draws each sleep from
+    // --duration S or LO:HI (settings "duration_s": [lo, hi]): a range draws each sleep from
     // the seeded generator, to the millisecond.
-    std::vector<std::string> settings_read() const override { return {"duration_s"}; }
+    std::vector<Flag> flags() const override {
+        Flag duration{.name = "-d,--duration",
+                      .key = "duration_s",
+                      .default_value = "1",
+                      .help = "seconds per task, or LO:HI for a uniformly random duration per task (see --seed)",
+                      .value_name = "SECONDS|LO:HI",
+                      .generated_only = true,
+                      .parse = parse_duration};
+        return {duration};
+    }
 
     Params generate(Generate& args) const override {
-        const Json& range = args.settings.at("duration_s");
+        const auto given = args.settings.find("duration_s");  // absent: a program that reads no flags
+        const Json range = given != args.settings.end() ? *given : parse_duration("1");
         const double lo = range.at(0).get<double>();
         const double span = range.at(1).get<double>() - lo;
         return Params{{"seconds", span > 0 ? round_to_ms(lo + span * unit_interval(args.random)) : lo}};

@@ -51,8 +51,7 @@ TEST(LazyPlan, TheGeneratorGivesTheEagerPlansTasksToEveryCursor) {
     for (const std::uint64_t seed : {1, 7, 42}) {
         RunConfig config;
         config.tasks = 500;
-        config.duration_lo_s = 0.1;
-        config.duration_hi_s = 3;
+        config.settings["duration_s"] = {0.1, 3};
         config.seed = seed;
         config.task_timeout_s = 4;
         Json settings = settings_json(config);
@@ -155,7 +154,7 @@ std::string journal_lines(const std::vector<TaskId>& ids, const std::string& mod
 Plan zero_sleeps(int tasks) {
     RunConfig config;
     config.tasks = tasks;
-    config.duration_lo_s = config.duration_hi_s = 0;
+    config.settings["duration_s"] = {0, 0};
     return testing::plan_for(config);
 }
 

@@ -15,8 +15,7 @@ namespace {
 RunConfig sleeps(int tasks, double lo, double hi, std::uint64_t seed = 1) {
     RunConfig config;
     config.tasks = tasks;
-    config.duration_lo_s = lo;
-    config.duration_hi_s = hi;
+    config.settings["duration_s"] = {lo, hi};  // what sleep's --duration LO:HI sets
     config.seed = seed;
     return config;
 }
@@ -64,7 +63,7 @@ TEST(Plan, CpuTaskIGetsItsOwnRangeOfCpuNNumbers) {
     RunConfig config;
     config.task = "cpu";
     config.tasks = 3;
-    config.cpu_n = 1'000'000;
+    config.settings["cpu_n"] = std::uint64_t{1'000'000};
     const Plan plan = testing::plan_for(config);
     ASSERT_EQ(all_tasks(plan).size(), 3u);
     for (std::size_t i = 0; i < 3; ++i) {
@@ -228,14 +227,14 @@ TEST(Plan, SetValuesJoinTheSettingsAndWinOverTheFlags) {
     const Json settings = settings_json(config);
     EXPECT_EQ(settings.at("lang"), "en");
     EXPECT_EQ(settings.at("retries"), 7);
-    EXPECT_EQ(settings.at("cpu_n"), config.cpu_n);
+    EXPECT_EQ(settings.at("workers"), config.workers);
 }
 
 TEST(Plan, AGeneratorThatCannotMakeATaskIsAConfigErrorNamingTheType) {
     RunConfig config;
     config.task = "cpu";
     config.tasks = 3;
-    config.cpu_n = 600'000'000'000;
+    config.settings["cpu_n"] = std::uint64_t{600'000'000'000};
     try {
         testing::plan_for(config);
         ADD_FAILURE() << "no error for cpu tasks past the limit";

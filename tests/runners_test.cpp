@@ -21,8 +21,7 @@ RunConfig config_for(int workers, int tasks, double lo, double hi) {
     RunConfig config;
     config.workers = workers;
     config.tasks = tasks;
-    config.duration_lo_s = lo;
-    config.duration_hi_s = hi;
+    config.settings["duration_s"] = {lo, hi};  // what sleep's --duration LO:HI sets
     config.worker_bin = testing::bin("worker");
     return config;
 }
@@ -123,7 +122,7 @@ TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
 TEST(CpuTasks, GiveTheSameAnswerForEachTaskIdInEveryMode) {
     RunConfig config = config_for(2, 6, 0, 0);
     config.task = "cpu";
-    config.cpu_n = 300'000;
+    config.settings["cpu_n"] = std::uint64_t{300'000};
     const Plan plan = testing::plan_for(config);
     std::map<Mode, std::map<TaskId, std::uint64_t>> primes;
     for (Mode mode : kAllModes) {
@@ -251,7 +250,7 @@ TEST_P(StoppableMode, AStopRequestEndsTheRunEarlyAndMarksItInterrupted) {
 TEST_P(StoppableMode, AStopRequestCancelsComputingTasksToo) {
     RunConfig config = config_for(2, 6, 0, 0);
     config.task = "cpu";
-    config.cpu_n = 100'000'000'000;  // minutes of work per task
+    config.settings["cpu_n"] = std::uint64_t{100'000'000'000};  // minutes of work per task
     CollectingSink sink;
     std::stop_source stop;
     std::jthread stopper([&] {

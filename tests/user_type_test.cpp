@@ -107,6 +107,27 @@ void register_types(taskfarm::App& made) {
             throw std::runtime_error(fmt::format("attempt {} of {}", context.attempt(), want));
         return Value{{"attempt", context.attempt()}};
     });
+    // Repeats its input --times N times, joined with --joiner: a type with flags of its own.
+    taskfarm::TaskOptions repeat{.summary = "repeats each input line --times times"};
+    repeat.flags.push_back(taskfarm::Flag{.name = "--times",
+                                          .key = "times",
+                                          .type = taskfarm::Flag::Type::Count,
+                                          .default_value = "2",
+                                          .help = "how many times each line is repeated",
+                                          .least = 1,
+                                          .most = 100});
+    repeat.flags.push_back(
+        taskfarm::Flag{.name = "--joiner", .key = "joiner", .default_value = "-", .help = "between"});
+    made.task(
+        "repeat",
+        [](const Params& params, Context& context) {
+            const auto times = context.settings().at("times").get<std::uint64_t>();
+            const auto joiner = context.settings().at("joiner").get<std::string>();
+            std::string text = params.at("input").get<std::string>();
+            for (std::uint64_t i = 1; i < times; ++i) text += joiner + params.at("input").get<std::string>();
+            return Value{{"repeated", text}};
+        },
+        repeat);
     // A value of 40,000 bytes, or of 5 MB for the input "huge": more than a frame may hold.
     made.task("bulky", [](const Params& params, Context&) {
         return Value{{"text", std::string(params.at("input") == "huge" ? 5'000'000 : 40'000, 'x')}};
@@ -272,6 +293,52 @@ TEST(UserType, HelpAndVersionNameTheProgramAndItsTypes) {
     const auto worker_help = coordinator({"worker", "--help"});
     EXPECT_EQ(worker_help.exit_code, 0);
     EXPECT_NE(worker_help.out.find("user_type_test worker: runs the tasks"), std::string::npos) << worker_help.out;
+}
+
+TEST(UserType, ATypesFlagsAreInHelpUnderTheTypeAndReachItsTasksInEveryMode) {
+    const auto help = coordinator({"--help"});
+    ASSERT_EQ(help.exit_code, 0) << help.err;
+    const auto group = help.out.find("repeat task type");
+    ASSERT_NE(group, std::string::npos) << help.out;
+    const auto times = help.out.find("--times", group);
+    ASSERT_NE(times, std::string::npos) << help.out;
+    EXPECT_NE(help.out.find("how many times each line is repeated", times), std::string::npos) << help.out;
+    EXPECT_NE(help.out.find("--joiner", group), std::string::npos) << help.out;
+    // The built-ins' flags come the same way, each under its own type.
+    EXPECT_NE(help.out.find("--duration", help.out.find("sleep task type")), std::string::npos) << help.out;
+    EXPECT_NE(help.out.find("--cpu-n", help.out.find("cpu task type")), std::string::npos) << help.out;
+
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"ab", "c"});
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator({"--task", "repeat", "--inputs", inputs.string(), "--times", "3", "--joiner", "+",
+                                     "--mode", "all", "--workers", "2", "--results", journal.string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    const std::vector<std::string> want{"ab+ab+ab", "c+c+c"};
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 8u);
+    for (const auto& line : lines)
+        EXPECT_EQ(line.at("value").at("repeated"), want.at(line.at("id").get<std::size_t>())) << line.dump();
+
+    // Not given: the declared defaults.
+    const auto defaults = coordinator({"--task", "repeat", "--inputs", inputs.string(), "--mode", "threads"});
+    ASSERT_EQ(defaults.exit_code, 0) << defaults.err;
+    EXPECT_NE(defaults.out.find(R"({"repeated":"ab-ab"})"), std::string::npos) << defaults.out;
+}
+
+TEST(UserType, ABadValueOfATypesFlagExitsTwoNamingTheFlag) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"ab"});
+    for (const std::string bad : {"0", "101", "x", "-1", "2.5"}) {
+        const auto output = coordinator({"--task", "repeat", "--inputs", inputs.string(), "--times", bad});
+        EXPECT_EQ(output.exit_code, 2) << bad;
+        EXPECT_NE(output.err.find("--times"), std::string::npos) << output.err;
+        EXPECT_NE(output.err.find("'" + bad + "'"), std::string::npos) << output.err;
+    }
+    // Its setting is the flag's: --set may not replace it.
+    const auto set = coordinator({"--task", "repeat", "--inputs", inputs.string(), "--set", "times=4"});
+    EXPECT_EQ(set.exit_code, 2);
+    EXPECT_NE(set.err.find("give --times instead"), std::string::npos) << set.err;
 }
 
 TEST(UserType, ANameThatIsTakenOrNotANameIsRefused) {

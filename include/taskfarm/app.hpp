@@ -29,7 +29,8 @@ using TaskFunction = std::function<Value(const Params&, Context&)>;
 struct TaskOptions {
     std::string summary;                     // one line for --help
     bool writes_files = false;               // see TaskType::writes_files()
-    std::vector<std::string> settings_read;  // see TaskType::settings_read(), e.g. {"duration_s"}
+    std::vector<std::string> settings_read{};  // see TaskType::settings_read(), e.g. {"max_bytes"}
+    std::vector<Flag> flags{};               // its own command-line flags: see TaskType::flags() and Flag
 };
 
 class App {

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <random>
@@ -91,8 +93,9 @@ public:
     // The error of a task that ran past its deadline: "timed out after 2.5 s".
     std::string timed_out() const;
 
-    // The run's settings, the same for every task: --set KEY=VALUE, and the built-in types'
-    // flags (--duration, --cpu-n, --max-bytes, --retries, ...). An object, maybe empty.
+    // The run's settings, the same for every task: the flags of the program's types (each
+    // type's flags(): --duration, --cpu-n, a user's own), the coordinator's own (--max-bytes,
+    // --retries, ...) and --set KEY=VALUE. An object, maybe empty.
     const Json& settings() const;
     // Where a task may save files it produces: --out-dir/<mode> in the coordinator, the
     // worker's own --out-dir in a worker process. Made before the run for types whose
@@ -174,6 +177,38 @@ struct Generate {
     const Json& settings;     // Context::settings(), plus what prepare() added
 };
 
+// A command-line flag that a task type declares (TaskType::flags()): whatever program
+// registers the type (the coordinator, a user's App) lists it in --help under the type,
+// reads it, and puts its value into the run's settings under `key`, given or not (the
+// default then), where the type's tasks, generate() and prepare() read it. A bad value stops
+// the run with exit 2 and a message that names the flag.
+struct Flag {
+    enum class Type {
+        Text,    // the text as it is, a JSON string
+        Count,   // a whole number from `least` to `most`, a JSON unsigned integer
+        Number,  // a finite number from `least` to `most`, a JSON number
+    };
+    std::string name{};  // "--cpu-n"; "-d,--duration" adds a short name
+    std::string key{};   // its setting in Context::settings(), e.g. "cpu_n"
+    Type type = Type::Text;
+    std::string default_value{};  // as written on the command line: read as a given value is, shown in --help
+    std::string help{};
+    std::string value_name{};  // in --help, e.g. "SECONDS"; empty: TEXT, COUNT or NUMBER
+    double least = 0;
+    double most = std::numeric_limits<double>::max();
+    // Whether the value changes what tasks produce (--cpu-n: yes; a limit on output kept: no).
+    bool changes_results = true;
+    // Only for tasks the type generates (--task NAME --tasks N): refused with --plan, --inputs'
+    // alias --urls and --command, which bring their own tasks.
+    bool generated_only = false;
+    // Optional: reads the text into the setting instead of `type`; throws std::invalid_argument
+    // saying why the text is bad (the program adds the flag's name).
+    std::function<Json(const std::string& text)> parse{};
+
+    // The setting of `text`, by `parse` or `type`; throws std::invalid_argument saying why not.
+    Json read(const std::string& text) const;
+};
+
 class TaskType {
 public:
     virtual ~TaskType() = default;
@@ -207,8 +242,12 @@ public:
     // Called in the coordinator before a plan of this type is generated (--task NAME,
     // without --plan or --inputs); may add to the settings that generate() sees.
     virtual std::unique_ptr<RunService> prepare(Json& /*settings*/) const { return nullptr; }
-    // The keys of Context::settings() its tasks (or prepare/generate) read: the coordinator
-    // refuses a built-in flag (--retries, --cpu-n, ...) that no type of the plan reads.
+    // Its own command-line flags, each a setting its tasks read (see Flag). Two types may
+    // declare the same flag with the same key: the first registered one's declaration is used.
+    virtual std::vector<Flag> flags() const { return {}; }
+    // The keys of Context::settings() its tasks (or prepare/generate) read besides its flags':
+    // the coordinator warns (and still runs) when a flag is given that no type of the plan
+    // reads (--retries for sleeps).
     virtual std::vector<std::string> settings_read() const { return {}; }
     // Whether its tasks save files into Context::out_dir(): the coordinator then makes
     // --out-dir/<mode> before the run, so a bad --out-dir fails at once (exit 2).
