@@ -17,6 +17,7 @@
 #include "process_pool.hpp"
 #include "processes.hpp"
 #include "slurm.hpp"
+#include "task.hpp"
 #include "temp_dirs.hpp"
 #include "wire.hpp"
 
@@ -66,9 +67,7 @@ private:
 std::string endpoint_for_workers(const std::string& bound) {
     for (const std::string any : {"tcp://0.0.0.0:", "tcp://[::]:"}) {
         if (!bound.starts_with(any)) continue;
-        char host[256] = {};
-        if (::gethostname(host, sizeof host - 1) != 0) break;
-        return fmt::format("tcp://{}:{}", host, bound.substr(any.size()));
+        return fmt::format("tcp://{}:{}", this_host(), bound.substr(any.size()));
     }
     return bound;
 }
