@@ -34,6 +34,10 @@ using Clock = std::chrono::steady_clock;
 
 // Checks the stop token this often while nothing else wakes the wait.
 constexpr auto kStopCheck = std::chrono::milliseconds(50);
+// A command still running this long after its start has its group reported (command_groups:
+// the worker sends it to its coordinator at once); one that ended before costs no report,
+// no wake-up of the worker's loop and no message.
+constexpr auto kReportAfter = std::chrono::milliseconds(1);
 
 class Fd {
 public:
@@ -151,7 +155,7 @@ public:
             table_ = new (memory) GuardTable;
         }
         table_->grace_ns.store(grace.count());
-        if (guardian_ <= 0 || gone()) start();
+        if (guardian_ <= 0) start();  // a killed one is found by the poll of a running command
         std::uint32_t slot = 0;
         if (!free_.empty()) {
             slot = free_.back();
@@ -167,7 +171,7 @@ public:
     void give_back(std::atomic<pid_t>* slot) {
         slot->store(0);
         std::lock_guard lock(mutex_);
-        if (owner_ != ::getpid() || !table_) return;
+        if (!table_ || slot < table_->slots || slot >= table_->slots + kSlots) return;  // a parent's
         free_.push_back(static_cast<std::uint32_t>(slot - table_->slots));
     }
 
@@ -409,10 +413,14 @@ public:
     Child(const Child&) = delete;
     Child& operator=(const Child&) = delete;
 
-    void started(pid_t pid) {
-        pid_ = pid;
+    void started(pid_t pid) { pid_ = pid; }
+    // Puts the group in command_groups, once.
+    void report() {
+        if (reported_ || pid_ <= 0) return;
         command_groups::add(pid_);
+        reported_ = true;
     }
+    bool reported() const { return reported_; }
     pid_t pid() const { return pid_; }
     std::atomic<pid_t>* slot() const { return slot_; }
     // The child's wait status, and what it cost into `usage` when given. Its group id stays
@@ -424,7 +432,8 @@ public:
         rusage ignored{};
         while (::wait4(pid_, &status, 0, usage ? usage : &ignored) < 0 && errno == EINTR) {
         }
-        command_groups::remove(pid_);  // killed before it was reaped: nothing is left of it
+        if (reported_) command_groups::remove(pid_);  // killed before it was reaped: nothing is left of it
+        reported_ = false;
         pid_ = -1;
         return status;
     }
@@ -432,6 +441,7 @@ public:
 private:
     std::atomic<pid_t>* slot_;
     pid_t pid_ = -1;
+    bool reported_ = false;
 };
 
 // Starts the child with clone(CLONE_VM | CLONE_VFORK): no copy of this (large) process's
@@ -519,8 +529,10 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     };
     bool ending = false;  // SIGTERM sent
     auto kill_at = Clock::time_point::max();
+    const auto report_at = Clock::now() + kReportAfter;
     while (true) {
         const auto now = Clock::now();
+        if (!child_process.reported() && now >= report_at) child_process.report();
         if (!ending && (watch.stop.stop_requested() || now >= watch.deadline)) {
             outcome.end = watch.stop.stop_requested() ? Outcome::End::Stopped : Outcome::End::TimedOut;
             ::kill(-pid, SIGTERM);
@@ -532,6 +544,7 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
         }
         auto wake = std::min(now + kStopCheck, kill_at);
         if (!ending) wake = std::min(wake, watch.deadline);
+        if (!child_process.reported()) wake = std::min(wake, report_at);
         if (pidfd.get() < 0) wake = std::min(wake, now + std::chrono::milliseconds(5));
         // The guardian's pipe, for no event: POLLERR says it is gone (killed), and a new one
         // takes over the groups running now.

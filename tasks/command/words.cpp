@@ -74,8 +74,10 @@ std::optional<std::vector<std::string>> plain_words(std::string_view command) {
         words.push_back(std::move(word));
     }
     if (words.empty() || words[0].empty() || first_has_equals) return std::nullopt;
-    const bool alone = words.size() == 1;
-    if (alone && (words[0] == "true" || words[0] == "false")) return words;
+    // The programs true and false differ from the builtins only in --help and --version.
+    const bool no_options =
+        std::none_of(words.begin() + 1, words.end(), [](const std::string& w) { return w.starts_with('-'); });
+    if (no_options && (words[0] == "true" || words[0] == "false")) return words;
     if (shell_word(words[0])) return std::nullopt;
     return words;
 }

@@ -18,7 +18,8 @@ namespace taskfarm::command {
 // `)`, `*`, `?`, `[`, `{`, `}`, `~`, `#`, `!`, `^`, a newline, a control byte, a byte above
 // 0x7F outside quotes), a first word with `=` (an assignment) or one that is a reserved
 // word or a builtin of sh or bash (`cd`, `echo`, `exit`, `[`, ...; `true` and `false` with no
-// arguments excepted: the programs do the same), an unterminated quote, or no word at all.
+// argument that starts with `-` excepted: the programs do the same, as xargs runs them), an
+// unterminated quote, or no word at all.
 std::optional<std::vector<std::string>> plain_words(std::string_view command);
 
 }  // namespace taskfarm::command
