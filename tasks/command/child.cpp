@@ -23,6 +23,10 @@
 
 #include <fmt/format.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 #include "child_signals.hpp"
 #include "command_groups.hpp"
 #include "process_title.hpp"
@@ -464,6 +468,11 @@ pid_t spawn(Launch& launch, int& pidfd) {
     // A kernel before 5.2 ignores CLONE_PIDFD; pidfd_open() is 5.3: polled without one.
     if (pid > 0 && pidfd < 0) pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
     const int error = errno;
+#if defined(__SANITIZE_ADDRESS__)
+    // The child's frames poisoned parts of `stack` in the shadow memory we share, and never
+    // returned to clear them: ours would read as overflows when the stack is used again.
+    ASAN_UNPOISON_MEMORY_REGION(stack, sizeof stack);
+#endif
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     errno = error;
     return pid;
