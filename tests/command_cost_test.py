@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What one command costs in processes and system calls, counted by strace (label perf).
 
-Runs `coordinator --command true` under `strace -f -c` (every process of the run: the
+Runs `coordinator --command /usr/bin/true` (the program by its path: dash's builtin `true`
+would hide a shell's exec) under `strace -f -c` (every process of the run: the
 coordinator, the fork server, the workers, the guardians and the commands) at two numbers of
 inputs and divides the difference in counts by the difference in inputs, so start-up and
 shutdown cancel out. Counts do not depend on how loaded the machine is, except the calls that
@@ -14,12 +15,15 @@ update them are in tests/command_cost_budget.json.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUDGET_FILE = os.path.join(HERE, "command_cost_budget.json")
+
+TRUE = shutil.which("true", path="/usr/bin:/bin") or "/usr/bin/true"
 
 # System calls that make a process (or a thread: none is made per command, and those of
 # start-up cancel out).
@@ -33,12 +37,10 @@ def counts(coordinator, inputs):
         with open(listing, "w") as f:
             f.writelines(f"{i}\n" for i in range(inputs))
         summary = os.path.join(tmp, "strace.txt")
-        command = ["strace", "-f", "-c", "-o", summary, coordinator, "--command", "true", "--inputs", listing,
+        command = ["strace", "-f", "-c", "-o", summary, coordinator, "--command", TRUE, "--inputs", listing,
                    "--mode", "processes", "--workers", "2", "-q", "--progress", "never"]
-        # A PATH of its own: execvp tries each entry before the one that holds `true`.
-        env = dict(os.environ, PATH="/usr/bin:/bin")
         with open(os.devnull, "w") as devnull:
-            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240, env=env)
+            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240)
         if run.returncode != 0:
             sys.exit(f"{' '.join(command)} exited {run.returncode}:\n{run.stderr[-3000:]}")
         calls = {}
