@@ -395,7 +395,9 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (kForkServerUsable && config.fork_server && config.workers > 0 && !config.step &&
         std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end()) {
         try {
-            fork_server.emplace(config.worker_bin, config.worker_prefix, config.log_level);
+            std::vector<std::string> preload;  // the plan's types only: libcurl in every fork made each one dearer
+            for (const TaskType* type : types) preload.push_back(type->name());
+            fork_server.emplace(config.worker_bin, config.worker_prefix, config.log_level, preload);
         } catch (const std::exception& e) {  // the workers are exec'd then, as with --worker-bin
             spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
         }

@@ -125,13 +125,16 @@ std::filesystem::path default_worker_binary() {
 }
 
 ForkServer::ForkServer(const std::filesystem::path& binary, const std::vector<std::string>& prefix,
-                       const std::string& log_level) {
+                       const std::string& log_level, const std::vector<std::string>& preload) {
     int ends[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ends) != 0)
         throw std::system_error(errno, std::generic_category(), "cannot make the fork server's socket");
     std::vector<std::string> args = prefix;
     args.insert(args.end(), {"--fork-server", "--parent-pid", std::to_string(::getpid())});
     if (!log_level.empty()) args.insert(args.end(), {"--log-level", log_level});
+    std::string types;
+    for (const std::string& type : preload) types += (types.empty() ? "" : ",") + type;
+    args.insert(args.end(), {"--preload", types});
     try {
         process_ = std::make_unique<Process>(Process{bp::child(
             bp::exe = binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,

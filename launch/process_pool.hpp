@@ -27,9 +27,10 @@ namespace taskfarm {
 // comes (a stopped or slow server holds up only the workers it was asked for).
 class ForkServer {
 public:
-    // Throws when it cannot start.
+    // Throws when it cannot start. It preloads what the task types named in `preload` need
+    // (worker --preload), so that a type the run does not use makes no fork dearer.
     ForkServer(const std::filesystem::path& binary, const std::vector<std::string>& prefix,
-               const std::string& log_level);
+               const std::string& log_level, const std::vector<std::string>& preload);
     ~ForkServer();  // closes its socket (it exits), waits a moment, kills and reaps it
     ForkServer(const ForkServer&) = delete;
     ForkServer& operator=(const ForkServer&) = delete;

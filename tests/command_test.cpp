@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "command/template.hpp"
+#include "command/words.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -78,6 +79,86 @@ TEST(CommandTemplate, WithoutAReplacementStringTheInputIsAppended) {
     EXPECT_EQ(command::expand("echo", "it's $(rm -rf ~)", 1), "echo 'it'\\''s $(rm -rf ~)'");
     EXPECT_EQ(command::expand("echo {#}", "a", 3), "echo 3");
     EXPECT_EQ(command::expand("echo", "", 1), "echo ''");
+}
+
+// A shell command of plain words is exec'd without /bin/sh, as the shell would split and
+// unquote it; anything the shell could read differently is left to it (issue 29).
+TEST(CommandWords, PlainWordsAreSplitAndUnquotedAsTheShellWould) {
+    using Words = std::vector<std::string>;
+    EXPECT_EQ(command::plain_words("true"), Words{"true"});
+    EXPECT_EQ(command::plain_words("true '17'"), (Words{"true", "17"}));  // as `xargs -n 1 true` runs it
+    EXPECT_EQ(command::plain_words(" \tgzip -9  'a b.txt' "), (Words{"gzip", "-9", "a b.txt"}));
+    EXPECT_EQ(command::plain_words("grep 'it'\\''s' f"), (Words{"grep", "it's", "f"}));
+    EXPECT_EQ(command::plain_words("cp a\\ b ''"), (Words{"cp", "a b", ""}));
+    EXPECT_EQ(command::plain_words("./run --x=1 a,b:c+d@e%f 'x=$(y);*'"),
+              (Words{"./run", "--x=1", "a,b:c+d@e%f", "x=$(y);*"}));
+    EXPECT_EQ(command::plain_words("'/bin/true'"), Words{"/bin/true"});
+    EXPECT_EQ(command::plain_words(command::expand("wc -c {}", "a'b $(c) \"d\\n", 1)),
+              (Words{"wc", "-c", "a'b $(c) \"d\\n"}));
+    for (const char* shell :
+         {"",       "  ",         "a; b",     "a && b",    "a | b",    "a > f",  "a < f",       "a $HOME",
+          "a `b`",  "a $(b)",     "a \"b\"",  "a *",       "a ?",      "a [x]",  "a {x,y}",     "a ~",
+          "a ~/x",  "a # c",      "! a",      "a\nb",      "a\rb",     "X=1 a",  "a& b",        "(a)",
+          "a ^b",   "a \xC3\xA9", "'a",       "a \\",      "a \\\n",   "''",     "cd /",        "exit 3",
+          "echo x", "printf x",   "[ -f x ]", "test -f x", "'echo' x", "kill 1", "true --help", "false -v",
+          "if",     "while",      "source f", ". f",       "exec a",   "time a"})
+        EXPECT_EQ(command::plain_words(shell), std::nullopt) << shell;
+}
+
+// What the shell would have given the program (its environment, its PWD), and when the
+// program cannot be exec'd, the shell after all, which says why as it did (issue 29).
+TEST(Command, APlainCommandGetsWhatTheShellWouldHaveGivenIt) {
+    const auto lines = [](const TaskResult& result) {
+        std::istringstream in(result.value["stdout"].get<std::string>());
+        std::vector<std::string> sorted;
+        for (std::string line; std::getline(in, line);) sorted.push_back(line);
+        std::sort(sorted.begin(), sorted.end());
+        return sorted;
+    };
+    const TaskResult direct = run_command({{"shell", "env"}, {"env", {{"A", "1"}}}});
+    const TaskResult shell = run_command({{"shell", "env; :"}, {"env", {{"A", "1"}}}});
+    ASSERT_TRUE(direct.ok) << direct.error;
+    ASSERT_TRUE(shell.ok) << shell.error;
+    EXPECT_EQ(lines(direct), lines(shell));
+    EXPECT_NE(std::find(lines(direct).begin(), lines(direct).end(), "A=1"), lines(direct).end());
+    const TaskResult missing = run_command({{"shell", "no-such-program-taskfarm x"}});
+    EXPECT_FALSE(missing.ok);
+    EXPECT_EQ(missing.error, "exited with status 127: /bin/sh: 1: no-such-program-taskfarm: not found");
+    EXPECT_EQ(missing.value["exit_code"], 127);
+    const TaskResult builtin = run_command({{"shell", "cd /"}});
+    EXPECT_TRUE(builtin.ok) << builtin.error;
+    const TaskResult killed = run_command({{"shell", "sleep 30"}}, Json::object(), 0.3);
+    EXPECT_EQ(killed.value["signal"], "SIGTERM");
+}
+
+// The guardians of a process's commands: its children that run its own program (forked,
+// never exec'd), named "...-guard" (cut to 15 bytes).
+std::vector<pid_t> guardians_of(pid_t caller) {
+    const auto exe = [](pid_t pid) {
+        std::error_code ec;
+        return std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/exe", ec);
+    };
+    std::vector<pid_t> children = testing::children_of(caller);
+    std::erase_if(children, [&](pid_t child) {
+        const std::string comm = testing::read_file("/proc/" + std::to_string(child) + "/comm");
+        return exe(child) != exe(caller) || comm.find("-g") == std::string::npos;
+    });
+    return children;
+}
+
+// One guardian per process guards every command it runs: no process per command but the
+// command's own (issue 29). It is named after the process it guards.
+TEST(Command, OneGuardianServesEveryCommandOfAProcess) {
+    ASSERT_TRUE(run_command({{"argv", {"true"}}}).ok);
+    const std::vector<pid_t> guardians = guardians_of(::getpid());
+    ASSERT_EQ(guardians.size(), 1u);
+    std::string cmdline = testing::read_file("/proc/" + std::to_string(guardians[0]) + "/cmdline");
+    cmdline.erase(cmdline.find('\0'));
+    // Cut to the space our own arguments had.
+    EXPECT_TRUE(("command_test-guard " + std::to_string(::getpid())).starts_with(cmdline)) << cmdline;
+    EXPECT_GE(cmdline.size(), 12u) << cmdline;
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(run_command({{"shell", "true"}}).ok);
+    EXPECT_EQ(guardians_of(::getpid()), guardians);
 }
 
 TEST(Command, AnArgvRunsWithoutAShellAndKeepsEachArgumentWhole) {
@@ -420,6 +501,29 @@ TEST(CommandLine, AWorkerKilledWithItsGuardianLeavesNoProcessBehind) {
     kill_left(pids);
 }
 
+// A guardian killed while a command runs is replaced at once by one that guards the same
+// groups: when the coordinator that runs the command dies, the new guardian ends the tree.
+TEST(CommandLine, AKilledGuardianIsReplacedAndEndsTheTreeWhenItsCallerDies) {
+    testing::TempDir dir;
+    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "sequential",
+                                                 "--set", "command_grace_s=0.3"});
+    const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
+    const std::vector<pid_t> first = guardians_of(coordinator.pid());
+    ASSERT_EQ(first.size(), 1u) << coordinator.err();
+    ::kill(first[0], SIGKILL);
+    std::vector<pid_t> second;
+    EXPECT_TRUE(testing::eventually(
+        [&] {
+            second = guardians_of(coordinator.pid());
+            return second.size() == 1 && second != first;
+        },
+        std::chrono::seconds(10)));
+    coordinator.signal(SIGKILL);
+    coordinator.wait();
+    EXPECT_TRUE(all_gone(pids));
+    kill_left(pids);
+}
+
 // A command that ignores SIGTERM past --task-timeout gets the whole grace (2 s by default)
 // from its worker before SIGKILL: the coordinator waits for that, and kills neither the
 // worker nor the task's result (issue 26, class 7).
@@ -440,7 +544,8 @@ TEST(CommandLine, ATimedOutCommandThatIgnoresSigtermGetsTheWholeGrace) {
     EXPECT_TRUE(all_gone(read_pids(dir / "pid")));
 }
 
-// In ps, the guardian is named as what it is, not as a second worker.
+// In ps, the guardian is named as what it is, not as a second worker, with the worker whose
+// commands it guards.
 TEST(CommandLine, TheGuardianIsNamedInPs) {
     testing::TempDir dir;
     testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, false).string(), "--mode", "processes",
@@ -452,8 +557,7 @@ TEST(CommandLine, TheGuardianIsNamedInPs) {
     std::string cmdline = testing::read_file("/proc/" + std::to_string(guardian) + "/cmdline");
     std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
     EXPECT_EQ(cmdline.substr(0, 13), "worker-guard ") << cmdline;
-    const pid_t group = std::atoi(cmdline.c_str() + 13);  // the group it guards: the shell's
-    EXPECT_NE(std::find(pids.begin(), pids.end(), group), pids.end()) << cmdline;
+    EXPECT_EQ(std::atoi(cmdline.c_str() + 13), worker) << cmdline;
     coordinator.signal(SIGTERM);
     coordinator.wait();
     EXPECT_TRUE(all_gone(pids));

@@ -178,6 +178,25 @@ TEST(ForkServer, AForkedWorkerShowsItsNameInPs) {
     EXPECT_EQ(coordinator.wait(std::chrono::seconds(20)).exit_code, 143);
 }
 
+// The fork server loads only what the plan's types need: libcurl (the download type's) in a
+// run of sleep tasks made every fork of a worker, and every fork a worker makes for a
+// command, dearer (issue 29).
+TEST(ForkServer, PreloadsOnlyWhatThePlansTypesNeed) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    testing::Running coordinator("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration",
+                                                 "60", "--drain-timeout", "0"});
+    const auto [server, workers] = server_and_workers(coordinator, 1);
+    ASSERT_GT(server, 0) << coordinator.err();
+    ASSERT_EQ(workers.size(), 1u) << coordinator.err();
+    EXPECT_EQ(proc_file(server, "maps").find("libcurl"), std::string::npos);
+    EXPECT_EQ(proc_file(workers[0], "maps").find("libcurl"), std::string::npos);
+    EXPECT_NE(proc_file(server, "cmdline").find(std::string("--preload\0sleep", 15)), std::string::npos);
+    coordinator.signal(SIGTERM);
+    coordinator.wait();
+}
+
 TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
     testing::Running coordinator(
         "coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration", "60", "--worker-bin",

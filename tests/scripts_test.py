@@ -467,6 +467,7 @@ class BenchQuick(unittest.TestCase):
         "10 x sleep 0.1 s, 8 workers": 2,
         "15 downloads, 0.05 s latency, 8 workers": 2,
         "1,000 `true` commands, 2 workers (start to exit)": 2,
+        "1,000 `true` commands, 2 workers: CPU per command": 2,  # against xargs' and GNU parallel's
         "no-op, processes, 1,000 tasks": 1,
         "no-op, processes, 10,000 tasks": 1,
         "no-op, processes, 100,000 tasks": 1,
@@ -512,7 +513,8 @@ class BenchQuick(unittest.TestCase):
                 self.assertIsInstance(r["met"], bool, r)
                 self.assertIn("yes" if r["met"] else "NO", done.stdout)
         self.assertEqual(counts, self.ROWS)
-        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2)  # + the memory rows, the two --ui rows' >= 0.9
+        # + the memory rows, the two --ui rows' >= 0.9, and CPU per command against xargs'
+        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2 + 1)
         for key, values in results["samples"].items():
             self.assertEqual(len(values), 1, key)
         self.assertIn("fetch.wall_s", results["samples"])

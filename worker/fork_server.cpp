@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -40,8 +41,10 @@ void become_worker(int channel, pid_t coordinator, int cpu, const char* comm) {
 
 }  // namespace
 
-std::optional<std::vector<std::string>> serve_forks(const Registry& registry, int channel, pid_t coordinator) {
+std::optional<std::vector<std::string>> serve_forks(const Registry& registry, int channel, pid_t coordinator,
+                                                    const std::vector<std::string>* preload) {
     for (const auto& type : registry.types()) {
+        if (preload && std::find(preload->begin(), preload->end(), type->name()) == preload->end()) continue;
         try {
             type->preload();
         } catch (const std::exception& e) {  // its first task will say so again, in its result

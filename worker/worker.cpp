@@ -545,6 +545,7 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     WorkerConfig config;
     config.registry = &registry;
     bool fork_server = false;
+    std::vector<std::string> preload;
     CLI::App app{fmt::format(
         "{}: runs the tasks a coordinator hands out (task types: {}). The coordinator starts its own local\n"
         "workers; start one by hand (on this or another machine) to join a coordinator that runs with --listen.\n",
@@ -622,6 +623,12 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     app.add_flag("--fork-server", fork_server,
                  "instead of connecting, fork workers on the coordinator's requests on descriptor 3, with\n"
                  "--parent-pid (the coordinator starts one itself for its local workers; see decision 101)");
+    auto* preload_option =
+        app.add_option("--preload", preload,
+                       "with --fork-server: load only what these task types need before forking (the plan's\n"
+                       "types; every type's without it), so that each fork copies no more than the run uses")
+            ->delimiter(',')
+            ->type_name("TYPE,...");
     app.footer(fmt::format(
         "Exit status: 0 after the coordinator's SHUTDOWN; 1 when the coordinator refused this worker, never\n"
         "answered, or went silent; 2 bad usage. See docs/multihost.md.\n"
@@ -655,7 +662,8 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         init_logging("fork-server");
         if (!config.log_level.empty()) set_log_level(config.log_level);
         exit_with_parent(config.parent_pid);
-        auto args = serve_forks(registry, kForkServerChannel, static_cast<pid_t>(config.parent_pid));
+        auto args = serve_forks(registry, kForkServerChannel, static_cast<pid_t>(config.parent_pid),
+                                preload_option->count() > 0 ? &preload : nullptr);
         if (!args) return static_cast<int>(ExitCode::Ok);
         // A new worker: the arguments the coordinator would have exec'd it with.
         const std::string program = argv[0];  // the title below overwrites what argv points to

@@ -1,9 +1,12 @@
 #include "child.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -11,18 +14,22 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <mutex>
 #include <stdexcept>
 #include <system_error>
 #include <utility>
 
 #include <fmt/format.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 #include "child_signals.hpp"
 #include "command_groups.hpp"
 #include "process_title.hpp"
-
-extern char** environ;
 
 namespace taskfarm::command {
 namespace {
@@ -31,6 +38,10 @@ using Clock = std::chrono::steady_clock;
 
 // Checks the stop token this often while nothing else wakes the wait.
 constexpr auto kStopCheck = std::chrono::milliseconds(50);
+// A command still running this long after its start has its group reported (command_groups:
+// the worker sends it to its coordinator at once); one that ended before costs no report,
+// no wake-up of the worker's loop and no message.
+constexpr auto kReportAfter = std::chrono::milliseconds(1);
 
 class Fd {
 public:
@@ -43,6 +54,7 @@ public:
     }
     ~Fd() { reset(); }
     int get() const { return fd_; }
+    int release() { return std::exchange(fd_, -1); }
     void reset(int fd = -1) {
         if (fd_ >= 0) ::close(fd_);
         fd_ = fd;
@@ -60,43 +72,30 @@ std::pair<Fd, Fd> make_pipe() {
     return {Fd(fds[0]), Fd(fds[1])};
 }
 
-// Between fork() and exec in a process with threads only async-signal-safe calls are
-// allowed; the helpers the children use keep to them (no allocation, no locks).
-void write_all(int fd, const void* data, std::size_t size) {
-    const char* at = static_cast<const char*>(data);
-    while (size > 0) {
-        const ssize_t n = ::write(fd, at, size);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return;
-        at += n;
-        size -= static_cast<std::size_t>(n);
-    }
-}
-
-bool read_all(int fd, void* data, std::size_t size) {
-    char* at = static_cast<char*>(data);
-    while (size > 0) {
-        const ssize_t n = ::read(fd, at, size);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
-        at += n;
-        size -= static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
 void nap(long long ns) {
     timespec left{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
     while (::nanosleep(&left, &left) != 0 && errno == EINTR) {
     }
 }
 
-// The guardian outlives the caller to end the command's group if the caller dies (SIGKILL,
-// a crash): PR_SET_PDEATHSIG reaches only the command's own process, not what it started.
-// The caller sends the group id, then one byte once the group is gone and the command
-// reaped; an end of file before that byte means the caller died.
-[[noreturn]] void guardian(int from_caller, long long grace_ns, const ProcessTitle& title) {
-    title.apply();  // "worker-guard" in ps, not a second "worker"
+// The groups of the commands this process runs, in memory shared with its guardian
+// (MAP_SHARED, made before the guardian is forked): the command writes its own group id
+// into its slot before it execs, and the caller clears the slot once the group is killed,
+// so the guardian knows every live group without a message per command.
+constexpr std::uint32_t kSlots = 64 * 1024;  // commands at once in one process; pages are touched as used
+struct GuardTable {
+    std::atomic<std::int64_t> grace_ns{0};
+    std::atomic<std::uint32_t> used{0};  // slots below this may hold a group
+    std::atomic<pid_t> slots[kSlots];
+};
+
+// The guardian outlives its caller to end the commands' groups if the caller dies (SIGKILL,
+// a crash): PR_SET_PDEATHSIG reaches only each command's own process, not what it started.
+// It waits for an end of file on a pipe whose only writer is the caller, then sends every
+// group in the table SIGTERM, and SIGKILL after the grace. One per process that runs
+// commands, started with its first command; it exits with its caller.
+[[noreturn]] void guardian(int from_caller, const GuardTable* table, const ProcessTitle& title, pid_t caller) {
+    title.apply(caller);  // "worker-guard 1234" in ps: the guardian of worker 1234's commands
     sigset_t all;
     ::sigfillset(&all);
     ::sigprocmask(SIG_SETMASK, &all, nullptr);  // Ctrl-C and the caller's signals are not for it
@@ -105,61 +104,254 @@ void nap(long long ns) {
     ::dup2(from_caller, 0);
     // The caller's sockets and pipes: holding them would hide its death from its peers.
     ::syscall(SYS_close_range, 3U, ~0U, 0U);
-    pid_t group = 0;
-    char done = 0;
-    if (!read_all(0, &group, sizeof group)) ::_exit(0);
-    title.apply(group);  // "worker-guard 1234": the group it guards
-    if (read_all(0, &done, 1)) ::_exit(0);
-    ::kill(-group, SIGTERM);
+    char byte = 0;
+    while (::read(0, &byte, 1) != 0) {  // the caller never writes: this returns at its death
+        if (errno != EINTR) break;
+    }
+    pid_t groups[256];
+    std::uint32_t count = 0;
+    const std::uint32_t used = std::min(table->used.load(), kSlots);
+    for (std::uint32_t at = 0; at < used; ++at) {
+        const pid_t group = table->slots[at].load();
+        if (group <= 1) continue;
+        ::kill(-group, SIGTERM);
+        if (count < std::size(groups)) groups[count++] = group;
+    }
+    if (count == 0) ::_exit(0);
+    const auto any_left = [&] {
+        for (std::uint32_t i = 0; i < count; ++i)
+            if (::kill(-groups[i], 0) == 0) return true;
+        return false;
+    };
     constexpr long long kStep = 20'000'000;
-    for (long long waited = 0; waited < grace_ns && ::kill(-group, 0) == 0; waited += kStep) nap(kStep);
-    ::kill(-group, SIGKILL);
+    const long long grace_ns = table->grace_ns.load();
+    for (long long waited = 0; waited < grace_ns && any_left(); waited += kStep) nap(kStep);
+    for (std::uint32_t at = 0; at < used; ++at)
+        if (const pid_t group = table->slots[at].load(); group > 1) ::kill(-group, SIGKILL);
     ::_exit(0);
 }
 
-// "worker-guard" for a guardian forked by a worker: its caller's name and what it is.
+// "worker-guard" for the guardian of a worker: its caller's name and what it is.
 std::string guardian_title() {
     char name[17] = {};
     ::prctl(PR_GET_NAME, name);
     return fmt::format("{}-guard", name[0] ? name : "taskfarm");
 }
 
-struct StartFailure {
-    int stage;  // 0: chdir, 1: exec
-    int error;
+// This process's guardian and the table it reads. A process forked from one that had a
+// guardian (without exec) makes its own: the table and the pipe it inherited are its parent's.
+class Guard {
+public:
+    static Guard& instance() {
+        static Guard* const guard = new Guard;  // never destroyed: commands may end during exit
+        return *guard;
+    }
+
+    // A free slot for a command, the guardian started (again) if it is not running.
+    std::atomic<pid_t>* take(std::chrono::nanoseconds grace) {
+        std::lock_guard lock(mutex_);
+        if (owner_ != ::getpid()) adopt();
+        if (!table_) {
+            void* memory =
+                ::mmap(nullptr, sizeof(GuardTable), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+            if (memory == MAP_FAILED)
+                throw std::system_error(errno, std::generic_category(), "cannot map a guardian's table");
+            table_ = new (memory) GuardTable;
+        }
+        table_->grace_ns.store(grace.count());
+        if (guardian_ <= 0) start();  // a killed one is found by the poll of a running command
+        std::uint32_t slot = 0;
+        if (!free_.empty()) {
+            slot = free_.back();
+            free_.pop_back();
+        } else {
+            slot = table_->used.load();
+            if (slot == kSlots) throw std::runtime_error("cannot run more commands at once in one process");
+            table_->used.store(slot + 1);
+        }
+        return &table_->slots[slot];
+    }
+
+    void give_back(std::atomic<pid_t>* slot) {
+        slot->store(0);
+        std::lock_guard lock(mutex_);
+        if (!table_ || slot < table_->slots || slot >= table_->slots + kSlots) return;  // a parent's
+        free_.push_back(static_cast<std::uint32_t>(slot - table_->slots));
+    }
+
+    // The caller's end of the guardian's pipe, to poll with no events: POLLERR once the
+    // guardian is gone. -1 when there is none.
+    int watch_fd() const { return watch_.load(); }
+    pid_t pid() const { return guardian_pid_.load(); }
+
+    // After a poll found the guardian's pipe without a reader: a new guardian, with the
+    // same table, so the groups running now are guarded again.
+    void restart_if_gone() {
+        std::lock_guard lock(mutex_);
+        if (owner_ == ::getpid() && table_ && guardian_ > 0 && gone()) start();
+    }
+
+private:
+    // Called with the lock held: forget what a parent process left us.
+    void adopt() {
+        if (table_) ::munmap(table_, sizeof(GuardTable));
+        table_ = nullptr;
+        if (to_guardian_ >= 0) ::close(to_guardian_);
+        to_guardian_ = -1;
+        watch_.store(-1);
+        guardian_ = -1;
+        guardian_pid_.store(-1);
+        free_.clear();
+        owner_ = ::getpid();
+    }
+
+    bool gone() const {
+        pollfd polled{to_guardian_, 0, 0};
+        return to_guardian_ < 0 || (::poll(&polled, 1, 0) == 1 && (polled.revents & (POLLERR | POLLHUP)) != 0);
+    }
+
+    void start() {
+        if (guardian_ > 0) {  // dead: reaped, its pipe closed
+            while (::waitpid(guardian_, nullptr, WNOHANG) < 0 && errno == EINTR) {
+            }
+            ::close(to_guardian_);
+            to_guardian_ = -1;
+            watch_.store(-1);
+            guardian_ = -1;
+        }
+        auto [from_caller, to_guardian] = make_pipe();
+        const std::string title_text = guardian_title();
+        const ProcessTitle title(title_text, title_text);
+        const pid_t caller = ::getpid();
+        const pid_t pid = ::fork();
+        if (pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start a guardian process");
+        if (pid == 0) guardian(from_caller.get(), table_, title, caller);
+        guardian_ = pid;
+        guardian_pid_.store(pid);
+        to_guardian_ = to_guardian.release();
+        watch_.store(to_guardian_);
+    }
+
+    std::mutex mutex_;
+    pid_t owner_ = ::getpid();
+    GuardTable* table_ = nullptr;
+    std::vector<std::uint32_t> free_;
+    pid_t guardian_ = -1;
+    int to_guardian_ = -1;
+    std::atomic<int> watch_{-1};
+    std::atomic<pid_t> guardian_pid_{-1};
 };
 
-[[noreturn]] void child(char* const* argv, char** envp, const char* cwd, pid_t caller, pid_t guardian, int out, int err,
-                        int report) {
+struct StartFailure {
+    int stage = -1;  // -1: none; 0: chdir; 1: exec
+    int error = 0;
+};
+
+// What the child needs, prepared by the caller: the child shares the caller's memory
+// (CLONE_VM) and allocates nothing.
+struct Launch {
+    char* const* argv;
+    char* const* envp;
+    const char* path;       // where to look for argv[0] without '/': the PATH of envp
+    char* const* fallback;  // exec'd when argv cannot be (nullptr: none)
+    char** script;          // {"/bin/sh", FILE, argv[1], ...}: for a file without a #! line
+    const char* cwd;
+    pid_t caller;
+    pid_t guardian;
+    int null;
+    int out;
+    int err;
+    std::atomic<pid_t>* slot;
+    StartFailure failure;  // written by the child when it cannot start
+};
+
+// execvp(), with the PATH of the command's environment rather than ours (which a child that
+// shares our memory must not change): async-signal-safe, on the child's stack. Returns
+// with errno set when it cannot exec.
+void exec_in_path(const Launch& launch) {
+    const char* file = launch.argv[0];
+    const auto exec = [&](const char* path) {
+        ::execve(path, launch.argv, launch.envp);
+        if (errno == ENOEXEC) {  // as execvp: a script without "#!" is run by /bin/sh
+            launch.script[1] = const_cast<char*>(path);
+            ::execve(launch.script[0], launch.script, launch.envp);
+            errno = ENOEXEC;
+        }
+    };
+    if (::strchr(file, '/')) return exec(file);
+    const std::size_t file_length = ::strlen(file);
+    if (file_length > NAME_MAX) {
+        errno = ENAMETOOLONG;
+        return;
+    }
+    bool denied = false;
+    char buffer[PATH_MAX + NAME_MAX + 2];
+    for (const char* at = launch.path;;) {
+        const char* end = ::strchrnul(at, ':');
+        std::size_t length = static_cast<std::size_t>(end - at);
+        if (length < PATH_MAX) {
+            ::memcpy(buffer, at, length);
+            if (length > 0) buffer[length++] = '/';  // an empty entry is the working directory
+            ::memcpy(buffer + length, file, file_length + 1);
+            exec(buffer);
+            switch (errno) {
+                case EACCES: denied = true; break;
+                case ENOENT:
+                case ENOTDIR:
+                case ESTALE:
+                case ENODEV:
+                case ETIMEDOUT: break;
+                default: return;
+            }
+        }
+        if (*end == '\0') break;
+        at = end + 1;
+    }
+    if (denied) errno = EACCES;
+}
+
+// Runs in the child, which shares the caller's memory and stack page until it execs (the
+// caller waits, CLONE_VFORK): only async-signal-safe calls, nothing allocated, nothing of
+// the caller's changed but `failure` and the slot.
+int child(void* argument) {
+    Launch& launch = *static_cast<Launch*>(argument);
     ::setpgid(0, 0);
+    launch.slot->store(static_cast<pid_t>(::syscall(SYS_getpid)));  // guarded from here on
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != caller) ::_exit(127);  // the caller died before the line above
+    if (::getppid() != launch.caller) ::_exit(127);  // the caller died before the line above
     // A Ctrl-C or a drain's SIGTERM sent to the caller's group before the setpgid is not for
     // the command; a stop from the caller or the guardian is.
-    drop_stop_signals_meant_for_the_parent(caller, guardian);
+    drop_stop_signals_meant_for_the_parent(launch.caller, launch.guardian);
     // Ignored signals stay ignored across exec (the coordinator ignores SIGPIPE), and the
-    // mask is inherited: give the program what a shell would.
+    // mask is inherited: give the program what a shell would. A handler of the caller's must
+    // not run here either, in its memory: every signal is blocked until this is done.
     struct sigaction default_action {};
     default_action.sa_handler = SIG_DFL;
-    for (int signal = 1; signal < NSIG; ++signal) ::sigaction(signal, &default_action, nullptr);
+    for (int signal = 1; signal < NSIG; ++signal)
+        if (signal != SIGKILL && signal != SIGSTOP) ::sigaction(signal, &default_action, nullptr);
     sigset_t none;
     ::sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     // Never the caller's stdin: with --inputs - that is the list of inputs.
-    const int null = ::open("/dev/null", O_RDONLY);
-    if (null >= 0 && null != 0) ::dup2(null, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    if (cwd && ::chdir(cwd) != 0) {
-        const StartFailure failure{0, errno};
-        write_all(report, &failure, sizeof failure);
+    ::dup2(launch.null, 0);
+    ::dup2(launch.out, 1);
+    ::dup2(launch.err, 2);
+    if (launch.cwd && ::chdir(launch.cwd) != 0) {
+        launch.failure = {0, errno};
         ::_exit(127);
     }
-    environ = envp;  // execvp() searches the PATH of the command's own environment
-    ::execvp(argv[0], argv);
-    const StartFailure failure{1, errno};
-    write_all(report, &failure, sizeof failure);
+    exec_in_path(launch);
+    const int error = errno;
+    if (launch.fallback) ::execve(launch.fallback[0], launch.fallback, launch.envp);
+    launch.failure = {1, error};
     ::_exit(127);
+}
+
+// /dev/null, opened once (close-on-exec; dup2 in the child clears that for its stdin).
+int dev_null() {
+    static const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open /dev/null");
+    return fd;
 }
 
 std::vector<char*> c_strings(const std::vector<std::string>& strings) {
@@ -168,6 +360,13 @@ std::vector<char*> c_strings(const std::vector<std::string>& strings) {
     for (const std::string& text : strings) pointers.push_back(const_cast<char*>(text.c_str()));
     pointers.push_back(nullptr);
     return pointers;
+}
+
+// The value of PATH in `env`, or glibc's execvp() default when it has none.
+const char* search_path(const std::vector<std::string>& env) {
+    for (const std::string& entry : env)
+        if (entry.starts_with("PATH=")) return entry.c_str() + 5;
+    return "/bin:/usr/bin";
 }
 
 void keep(Captured& captured, const char* data, std::size_t size, std::size_t max) {
@@ -181,7 +380,7 @@ void keep(Captured& captured, const char* data, std::size_t size, std::size_t ma
     }
 }
 
-// Reads what `fd` has now into `captured`; closes it at end of file.
+// Reads once from `fd`, which poll() found readable, into `captured`; closes it at end of file.
 void drain(Fd& fd, Captured& captured, std::size_t max) {
     char buffer[64 * 1024];
     while (fd.get() >= 0) {
@@ -191,9 +390,9 @@ void drain(Fd& fd, Captured& captured, std::size_t max) {
         } else if (n < 0 && errno == EINTR) {
             continue;
         } else {
-            if (n == 0 || errno != EAGAIN) fd.reset();
-            return;
+            fd.reset();
         }
+        return;
     }
 }
 
@@ -203,54 +402,81 @@ int poll_ms(Clock::time_point until) {
     return static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count());
 }
 
-// Owns the two processes until they are reaped, so that no path out of run_child(), an
-// exception included, leaves either behind.
-class Children {
+// Owns the command until it is reaped, so that no path out of run_child(), an exception
+// included, leaves it or its group behind, and gives its guardian's slot back.
+class Child {
 public:
-    Children(pid_t guardian, Fd to_guardian) : guardian_(guardian), to_guardian_(std::move(to_guardian)) {}
-    ~Children() {
-        if (child_ > 0) {
-            ::kill(-child_, SIGKILL);
-            reap_child();
+    explicit Child(std::atomic<pid_t>* slot) : slot_(slot) {}
+    ~Child() {
+        if (pid_ > 0) {
+            ::kill(-pid_, SIGKILL);
+            reap();
         }
-        release_guardian();
+        if (slot_) Guard::instance().give_back(slot_);
     }
-    Children(const Children&) = delete;
-    Children& operator=(const Children&) = delete;
+    Child(const Child&) = delete;
+    Child& operator=(const Child&) = delete;
 
-    void started(pid_t child) {
-        child_ = child;
-        write_all(to_guardian_.get(), &child_, sizeof child_);
-        command_groups::add(child_);
+    void started(pid_t pid) { pid_ = pid; }
+    // Puts the group in command_groups, once.
+    void report() {
+        if (reported_ || pid_ <= 0) return;
+        command_groups::add(pid_);
+        reported_ = true;
     }
-    pid_t child() const { return child_; }
+    bool reported() const { return reported_; }
+    pid_t pid() const { return pid_; }
+    std::atomic<pid_t>* slot() const { return slot_; }
     // The child's wait status, and what it cost into `usage` when given. Its group id stays
     // ours until this reaps it: a pid is not reused while its process is a zombie, so
-    // killing -child before this is always safe.
-    int reap_child(rusage* usage = nullptr) {
+    // killing -pid before this is always safe. The guardian forgets the group first.
+    int reap(rusage* usage = nullptr) {
+        if (slot_) Guard::instance().give_back(std::exchange(slot_, nullptr));
         int status = 0;
         rusage ignored{};
-        while (::wait4(child_, &status, 0, usage ? usage : &ignored) < 0 && errno == EINTR) {
+        while (::wait4(pid_, &status, 0, usage ? usage : &ignored) < 0 && errno == EINTR) {
         }
-        command_groups::remove(child_);  // killed before it was reaped: nothing is left of it
-        child_ = -1;
+        if (reported_) command_groups::remove(pid_);  // killed before it was reaped: nothing is left of it
+        reported_ = false;
+        pid_ = -1;
         return status;
-    }
-    void release_guardian() {
-        if (guardian_ <= 0) return;
-        const char done = 'd';
-        write_all(to_guardian_.get(), &done, 1);
-        to_guardian_.reset();
-        while (::waitpid(guardian_, nullptr, 0) < 0 && errno == EINTR) {
-        }
-        guardian_ = -1;
     }
 
 private:
-    pid_t guardian_;
-    Fd to_guardian_;
-    pid_t child_ = -1;
+    std::atomic<pid_t>* slot_;
+    pid_t pid_ = -1;
+    bool reported_ = false;
 };
+
+// Starts the child with clone(CLONE_VM | CLONE_VFORK): no copy of this (large) process's
+// page tables, and the caller waits until the child has exec'd or failed. Every signal is
+// blocked meanwhile, so that none of our handlers runs in the child. Returns the pid, and a
+// pidfd for it in `pidfd` when the kernel gives one (Linux 5.2: CLONE_PIDFD).
+pid_t spawn(Launch& launch, int& pidfd) {
+    // The child's stack, while it runs: ours is not used meanwhile, below this frame.
+    alignas(16) char stack[32 * 1024];
+    sigset_t all;
+    sigset_t old;
+    ::sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    pidfd = -1;
+    pid_t pid = ::clone(child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &launch, &pidfd);
+    if (pid < 0 && errno == EINVAL) {
+        pidfd = -1;
+        pid = ::clone(child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &launch);
+    }
+    // A kernel before 5.2 ignores CLONE_PIDFD; pidfd_open() is 5.3: polled without one.
+    if (pid > 0 && pidfd < 0) pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    const int error = errno;
+#if defined(__SANITIZE_ADDRESS__)
+    // The child's frames poisoned parts of `stack` in the shadow memory we share, and never
+    // returned to clear them: ours would read as overflows when the stack is used again.
+    ASAN_UNPOISON_MEMORY_REGION(stack, sizeof stack);
+#endif
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    errno = error;
+    return pid;
+}
 
 }  // namespace
 
@@ -263,42 +489,44 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     if (spec.argv.empty()) throw std::invalid_argument("cannot run a command without a program");
     std::vector<char*> argv = c_strings(spec.argv);
     std::vector<char*> envp = c_strings(spec.env);
-    const char* cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str();
-    auto [guard_read, guard_write] = make_pipe();
+    std::vector<char*> fallback = c_strings(spec.fallback);
+    std::vector<char*> script{const_cast<char*>("/bin/sh"), nullptr};
+    script.insert(script.end(), argv.begin() + 1, argv.end());
     auto [out_read, out_write] = make_pipe();
     auto [err_read, err_write] = make_pipe();
-    auto [report_read, report_write] = make_pipe();
-    const pid_t caller = ::getpid();
-    const std::string title_text = guardian_title();
-    const ProcessTitle title(title_text, title_text);
 
-    const pid_t guardian_pid = ::fork();
-    if (guardian_pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start a guardian process");
-    if (guardian_pid == 0)
-        guardian(guard_read.get(), std::chrono::duration_cast<std::chrono::nanoseconds>(watch.grace).count(), title);
-    guard_read.reset();
-    Children children(guardian_pid, std::move(guard_write));
-    const pid_t pid = ::fork();
+    Guard& guard = Guard::instance();
+    Child child_process(guard.take(std::chrono::duration_cast<std::chrono::nanoseconds>(watch.grace)));
+    Launch launch{.argv = argv.data(),
+                  .envp = envp.data(),
+                  .path = search_path(spec.env),
+                  .fallback = spec.fallback.empty() ? nullptr : fallback.data(),
+                  .script = script.data(),
+                  .cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str(),
+                  .caller = ::getpid(),
+                  .guardian = guard.pid(),
+                  .null = dev_null(),
+                  .out = out_write.get(),
+                  .err = err_write.get(),
+                  .slot = nullptr,
+                  .failure = {}};
+    int pidfd_number = -1;
+    launch.slot = child_process.slot();  // the child writes its group into it
+    const pid_t pid = spawn(launch, pidfd_number);
+    const Fd pidfd(pidfd_number);
     if (pid < 0)
         throw std::system_error(errno, std::generic_category(), fmt::format("cannot start '{}'", spec.argv[0]));
-    if (pid == 0)
-        child(argv.data(), envp.data(), cwd, caller, guardian_pid, out_write.get(), err_write.get(),
-              report_write.get());
-    ::setpgid(pid, pid);  // as the child does: whichever runs first, the group exists before a kill (EACCES after exec)
-    children.started(pid);
+    child_process.started(pid);
     out_write.reset();
     err_write.reset();
-    report_write.reset();
-    if (StartFailure failure{}; read_all(report_read.get(), &failure, sizeof failure)) {
-        children.reap_child();
-        if (failure.stage == 0)
+    if (launch.failure.stage >= 0) {
+        child_process.reap();
+        if (launch.failure.stage == 0)
             throw std::runtime_error(
-                fmt::format("cannot change to directory '{}': {}", spec.cwd, std::strerror(failure.error)));
-        throw std::runtime_error(fmt::format("cannot run '{}': {}", spec.argv[0], std::strerror(failure.error)));
+                fmt::format("cannot change to directory '{}': {}", spec.cwd, std::strerror(launch.failure.error)));
+        throw std::runtime_error(fmt::format("cannot run '{}': {}", spec.argv[0], std::strerror(launch.failure.error)));
     }
 
-    for (const Fd* fd : {&out_read, &err_read}) ::fcntl(fd->get(), F_SETFL, ::fcntl(fd->get(), F_GETFL) | O_NONBLOCK);
-    const Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));  // -1 on kernels before 5.3: polled below
     const auto exited = [&] {
         siginfo_t info{};
         return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
@@ -310,8 +538,10 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     };
     bool ending = false;  // SIGTERM sent
     auto kill_at = Clock::time_point::max();
+    const auto report_at = Clock::now() + kReportAfter;
     while (true) {
         const auto now = Clock::now();
+        if (!child_process.reported() && now >= report_at) child_process.report();
         if (!ending && (watch.stop.stop_requested() || now >= watch.deadline)) {
             outcome.end = watch.stop.stop_requested() ? Outcome::End::Stopped : Outcome::End::TimedOut;
             ::kill(-pid, SIGTERM);
@@ -323,11 +553,18 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
         }
         auto wake = std::min(now + kStopCheck, kill_at);
         if (!ending) wake = std::min(wake, watch.deadline);
+        if (!child_process.reported()) wake = std::min(wake, report_at);
         if (pidfd.get() < 0) wake = std::min(wake, now + std::chrono::milliseconds(5));
-        pollfd polled[] = {{out_read.get(), POLLIN, 0}, {err_read.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
-        if (::poll(polled, 3, poll_ms(wake)) < 0 && errno != EINTR)
+        // The guardian's pipe, for no event: POLLERR says it is gone (killed), and a new one
+        // takes over the groups running now.
+        pollfd polled[] = {{out_read.get(), POLLIN, 0},
+                           {err_read.get(), POLLIN, 0},
+                           {pidfd.get(), POLLIN, 0},
+                           {guard.watch_fd(), 0, 0}};
+        if (::poll(polled, 4, poll_ms(wake)) < 0 && errno != EINTR)
             throw std::system_error(errno, std::generic_category(), "cannot wait for a command");
         read_streams(polled);
+        if (polled[3].revents & (POLLERR | POLLHUP | POLLNVAL)) guard.restart_if_gone();
         if (pidfd.get() >= 0 ? (polled[2].revents & POLLIN) != 0 : exited()) break;
     }
     // The program is gone; whatever it started in its group ends with it, so that it never
@@ -340,8 +577,7 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
         read_streams(polled);
     }
     rusage usage{};
-    const int status = children.reap_child(&usage);
-    children.release_guardian();
+    const int status = child_process.reap(&usage);
     const auto seconds = [](const timeval& tv) {
         return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
     };

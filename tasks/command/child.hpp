@@ -16,6 +16,9 @@ struct ChildSpec {
     std::vector<std::string> argv;  // argv[0] is looked up in the PATH of `env` when it has no '/'
     std::vector<std::string> env;   // the whole environment, "KEY=VALUE" each
     std::string cwd;                // empty: the caller's working directory
+    // exec'd instead when argv cannot be (not found, not executable): /bin/sh -c COMMAND for
+    // a shell command run without its shell, so that the shell says why, as it would have.
+    std::vector<std::string> fallback;
 };
 
 struct Watch {
@@ -50,9 +53,11 @@ struct Outcome {
 // Starts spec.argv[0] and waits for it, holding no lock, reading both pipes as they fill.
 // Its standard input is /dev/null. When it ends, whatever it left in its process group is
 // killed; on a timeout or a stop the group gets SIGTERM, then SIGKILL after Watch::grace.
-// A guardian process does the same if the calling process dies first, and the group is in
-// command_groups::live() while it runs, for a process that outlives both (the coordinator of
-// a worker) to end it. Throws
+// The calling process's guardian (one per process, started with its first command, shown
+// as "worker-guard PID" in ps) does the same for every group it runs if the process dies
+// first, and the group is in command_groups::live() while it runs, for a process that
+// outlives both (the coordinator of a worker) to end it. The program is started without a
+// copy of this process (clone with CLONE_VM | CLONE_VFORK) and with no other process. Throws
 // std::runtime_error ("cannot run 'prog': No such file or directory") when it cannot start.
 Outcome run_child(const ChildSpec& spec, const Watch& watch);
 

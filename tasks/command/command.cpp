@@ -1,8 +1,13 @@
 // command: runs the user's own program, with /bin/sh ("shell") or without ("argv"), in a
 // process group that ends with its task. See docs/commands.md.
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <climits>
 #include <map>
+#include <mutex>
 
 #include <fmt/format.h>
 
@@ -11,6 +16,7 @@
 #include "command_groups.hpp"
 #include "template.hpp"
 #include "text.hpp"
+#include "words.hpp"
 
 extern char** environ;
 
@@ -102,6 +108,60 @@ std::vector<std::string> environment(const Params& params, const Context& contex
     return entries;
 }
 
+bool shell_name(std::string_view name) {
+    if (name.empty() || (name[0] >= '0' && name[0] <= '9')) return false;
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    });
+}
+
+// What /bin/sh (dash) makes PWD for the programs it runs: the inherited value when it is an
+// absolute path without . or .. that names the working directory, else the physical path.
+std::string shell_pwd(const std::string& inherited) {
+    static std::mutex mutex;
+    static std::string last_inherited;
+    static std::string last_pwd;
+    std::lock_guard lock(mutex);
+    if (!last_pwd.empty() && inherited == last_inherited) return last_pwd;  // the working directory stays
+    std::string pwd;
+    struct stat named {};
+    struct stat here {};
+    const bool dots = inherited.find("/./") != std::string::npos || inherited.find("/../") != std::string::npos ||
+                      inherited.ends_with("/.") || inherited.ends_with("/..");
+    if (inherited.starts_with('/') && !dots && ::stat(inherited.c_str(), &named) == 0 && ::stat(".", &here) == 0 &&
+        named.st_dev == here.st_dev && named.st_ino == here.st_ino) {
+        pwd = inherited;
+    } else {
+        char buffer[PATH_MAX];
+        if (::getcwd(buffer, sizeof buffer) == nullptr) return {};
+        pwd = buffer;
+    }
+    last_inherited = inherited;
+    last_pwd = pwd;
+    return pwd;
+}
+
+// The environment /bin/sh would pass on to the program of a shell command that is run
+// without it: only variables with a shell name, and PWD as the shell sets it. Empty when
+// that cannot be made (no working directory): the shell runs it then.
+std::vector<std::string> as_the_shell_passes_it(const std::vector<std::string>& env) {
+    std::vector<std::string> passed;
+    passed.reserve(env.size() + 1);
+    std::string inherited_pwd;
+    for (const std::string& entry : env) {
+        const std::string_view name = std::string_view(entry).substr(0, entry.find('='));
+        if (name == "PWD") {
+            inherited_pwd = entry.substr(4);
+        } else if (shell_name(name)) {
+            passed.push_back(entry);
+        }
+    }
+    const std::string pwd = shell_pwd(inherited_pwd);
+    if (pwd.empty()) return {};
+    passed.push_back("PWD=" + pwd);
+    return passed;
+}
+
 std::string prefixed_lines(std::string_view text, std::string_view prefix) {
     std::string block;
     while (!text.empty()) {
@@ -187,12 +247,27 @@ public:
     Value run(const Params& params, Context& context) const override {
         const Params checked = parse(params);  // they may come from the wire
         command::ChildSpec spec;
-        if (const auto shell = checked.find("shell"); shell != checked.end())
-            spec.argv = {"/bin/sh", "-c", shell->get<std::string>()};
-        else
-            spec.argv = checked.at("argv").get<std::vector<std::string>>();
         spec.env = environment(checked, context);
         spec.cwd = checked.value("cwd", "");
+        if (const auto shell = checked.find("shell"); shell != checked.end()) {
+            const std::string& text = shell->get_ref<const std::string&>();
+            spec.argv = {"/bin/sh", "-c", text};
+            // Plain words need no shell: exec'd as xargs does, with what the shell would pass
+            // on, and the shell after all if they cannot be (it says why, as before). Not with
+            // "cwd" (the shell's PWD there is its own) nor without a PATH (the shell's default
+            // differs from execvp's).
+            const bool has_path = std::any_of(spec.env.begin(), spec.env.end(),
+                                              [](const std::string& entry) { return entry.starts_with("PATH="); });
+            if (auto words = command::plain_words(text); words && spec.cwd.empty() && has_path) {
+                if (std::vector<std::string> env = as_the_shell_passes_it(spec.env); !env.empty()) {
+                    spec.fallback = std::move(spec.argv);
+                    spec.argv = std::move(*words);
+                    spec.env = std::move(env);
+                }
+            }
+        } else {
+            spec.argv = checked.at("argv").get<std::vector<std::string>>();
+        }
         const Json& settings = context.settings();
         command::Watch watch{.stop = context.stop_token(), .deadline = context.deadline()};
         const std::uint64_t max_output = std::min(settings.value("max_output", kDefaultMaxOutput), kMostOutput);

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""What one command costs in processes and system calls, counted by strace (label perf).
+
+Runs `coordinator --command /usr/bin/true` (the program by its path: dash's builtin `true`
+would hide a shell's exec) under `strace -f -c` (every process of the run: the
+coordinator, the fork server, the workers, the guardians and the commands) at two numbers of
+inputs and divides the difference in counts by the difference in inputs, so start-up and
+shutdown cancel out. Counts do not depend on how loaded the machine is, except the calls that
+wait (poll, read of a wake-up), which vary a little: the budgets for those have a margin, the
+process counts have none. The budgets, the values measured when they were set and how to
+update them are in tests/command_cost_budget.json.
+
+  command_cost_test.py COORDINATOR
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUDGET_FILE = os.path.join(HERE, "command_cost_budget.json")
+
+TRUE = shutil.which("true", path="/usr/bin:/bin") or "/usr/bin/true"
+
+# System calls that make a process (or a thread: none is made per command, and those of
+# start-up cancel out).
+PROCESS_CALLS = ("clone", "clone3", "fork", "vfork")
+
+
+def counts(coordinator, inputs):
+    """strace's count per system call for one run of `inputs` `true` commands on 2 workers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = os.path.join(tmp, "inputs")
+        with open(listing, "w") as f:
+            f.writelines(f"{i}\n" for i in range(inputs))
+        summary = os.path.join(tmp, "strace.txt")
+        command = ["strace", "-f", "-c", "-o", summary, coordinator, "--command", TRUE, "--inputs", listing,
+                   "--mode", "processes", "--workers", "2", "-q", "--progress", "never"]
+        with open(os.devnull, "w") as devnull:
+            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240)
+        if run.returncode != 0:
+            sys.exit(f"{' '.join(command)} exited {run.returncode}:\n{run.stderr[-3000:]}")
+        calls = {}
+        with open(summary) as f:
+            for line in f:
+                # % time  seconds  usecs/call  calls  [errors]  syscall
+                fields = line.split()
+                if len(fields) >= 5 and re.fullmatch(r"[\d.]+", fields[0]) and fields[-1] != "total":
+                    calls[fields[-1]] = int(fields[3])
+        return calls
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    coordinator = sys.argv[1]
+    with open(BUDGET_FILE) as f:
+        budget = json.load(f)
+    small, large = budget["small_inputs"], budget["large_inputs"]
+    a, b = counts(coordinator, small), counts(coordinator, large)
+    per = {name: (b.get(name, 0) - a.get(name, 0)) / (large - small) for name in set(a) | set(b)}
+    measured = {
+        "processes": sum(per.get(name, 0) for name in PROCESS_CALLS),
+        "execve": per.get("execve", 0),
+        "syscalls": sum(per.values()),
+    }
+    print("per command: " + ", ".join(f"{name} {value:.2f}" for name, value in sorted(measured.items())))
+    print("busiest calls per command: " +
+          ", ".join(f"{name} {value:.1f}" for name, value in sorted(per.items(), key=lambda kv: -kv[1])[:12]))
+    # Counts of a process or an exec are whole numbers per command: 1.01 is one in a hundred
+    # commands that made a second process.
+    failed = [f"{name}: {measured[name]:.2f} per command, budget {limit}"
+              for name, limit in budget["budgets"].items() if measured[name] > limit + 0.005]
+    if failed:
+        sys.exit("over budget (see tests/command_cost_budget.json):\n  " + "\n  ".join(failed))
+
+
+if __name__ == "__main__":
+    main()
