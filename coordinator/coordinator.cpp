@@ -178,17 +178,22 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
     }
 }
 
-// A type whose tasks have side effects (a user's command) runs in one mode unless --mode
-// names others: running every command once per mode would compress each file three times.
-void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types) {
-    const auto acting =
-        std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
-    if (acting == types.end()) return;
+// The modes a run takes without --mode (decision 127), decided here alone: the comparison of
+// the modes is the tutorial's lesson, the default for a plan of the built-in demo types only;
+// a user's work (a program's own types, --command) runs once, in processes, so that its
+// journal, table and report hold one mode. With --mode given, a type whose tasks have side
+// effects gets a warning when several modes will each run every task.
+void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types, const Registry& registry) {
     if (!config.modes_given) {
-        config.modes = {Mode::Processes};
+        const bool demo = std::all_of(types.begin(), types.end(), [&](const TaskType* type) {
+            return registry.builtin(type) && !type->side_effects();
+        });
+        if (!demo) config.modes = {Mode::Processes};
         return;
     }
-    if (config.modes.size() > 1)
+    const auto acting =
+        std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
+    if (acting != types.end() && config.modes.size() > 1)
         spdlog::warn("--mode: each of the {} modes runs every {} task again, side effects and all", config.modes.size(),
                      (*acting)->name());
 }
@@ -389,7 +394,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     Plan plan = make_plan(config, program.registry, settings);
     const std::vector<const TaskType*>& types = plan.types;
     warn_unread_settings(config, types);
-    choose_modes(config, types);
+    choose_modes(config, types, program.registry);
     // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
     std::optional<ForkServer> fork_server;
     if (kForkServerUsable && config.fork_server && config.workers > 0 && !config.slurm &&

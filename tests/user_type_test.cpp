@@ -341,6 +341,27 @@ TEST(UserType, ABadValueOfATypesFlagExitsTwoNamingTheFlag) {
     EXPECT_NE(set.err.find("give --times instead"), std::string::npos) << set.err;
 }
 
+TEST(UserType, AProgramsOwnTypeRunsOnceInProcessesUnlessModeAsksForMore) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"ab", "c"});
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator(
+        {"--task", "reverse", "--inputs", inputs.string(), "--workers", "2", "--results", journal.string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    std::multiset<std::uint64_t> ids;
+    for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+        if (line.contains("event")) continue;
+        EXPECT_EQ(line.at("mode"), "processes") << line.dump();
+        ids.insert(line.at("id").get<std::uint64_t>());
+    }
+    EXPECT_EQ(ids, (std::multiset<std::uint64_t>{0, 1})) << "each task once";
+    // The built-in demo keeps its comparison of the modes.
+    const auto demo = coordinator({"--task", "sleep", "--duration", "0", "--tasks", "2", "--workers", "1"});
+    ASSERT_EQ(demo.exit_code, 0) << demo.err;
+    for (const char* mode : {"sequential", "threads", "processes"})
+        EXPECT_NE(demo.out.find(mode), std::string::npos) << demo.out;
+}
+
 TEST(UserType, ANameThatIsTakenOrNotANameIsRefused) {
     taskfarm::App local{"local"};
     EXPECT_THROW(local.task("sleep", [](const Params&, Context&) { return Value(); }), std::invalid_argument);
