@@ -198,6 +198,54 @@ void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types, 
                      (*acting)->name());
 }
 
+// What of the run's settings changes what its tasks produce (decision 128): every --set KEY
+// (the run cannot tell what a type does with it) and each flag of a plan's type declared
+// changes_results, but for a generated_only one (what it changes is in the tasks' params,
+// which --resume checks already). The journal records them when there are any (a journal
+// without them was written with none); --resume refuses a journal written under others.
+Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types) {
+    std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
+    for (const auto& type : registry.types())
+        for (const Flag& flag : type->flags()) declared.insert(flag.key);
+    // Settings of the built-in types that say how a run goes, not what a task produces: how
+    // long a cancelled command's group gets between SIGTERM and SIGKILL.
+    for (const char* policy : {"command_grace_s"}) declared.insert(policy);
+    Json identity = Json::object();
+    for (const auto& [key, value] : config.settings.items())
+        if (!declared.contains(key)) identity[key] = value;
+    for (const TaskType* type : types)
+        for (const Flag& flag : type->flags())
+            if (flag.changes_results && !flag.generated_only && config.settings.contains(flag.key))
+                identity[flag.key] = config.settings[flag.key];
+    return identity;
+}
+
+// The setting `key` as the command line gives it: a type's flag ("--times") or "--set KEY".
+std::string setting_flag(const std::string& key, const Registry& registry) {
+    for (const auto& type : registry.types())
+        for (const Flag& flag : type->flags())
+            if (flag.key == key) return flag.name.substr(flag.name.rfind(',') + 1);
+    return "--set " + key;
+}
+
+void check_resume_settings(const std::filesystem::path& journal, const Json& identity, const Registry& registry) {
+    const auto recorded =
+        journal_settings(journal, "--resume").value_or(JournalSettings{Json::object(), "it records none"});
+    std::set<std::string> keys;
+    for (const auto& [key, value] : identity.items()) keys.insert(key);
+    for (const auto& [key, value] : recorded.settings.items()) keys.insert(key);
+    const auto shown = [](const Json& value) { return value.is_null() ? std::string("not given") : value.dump(); };
+    for (const std::string& key : keys) {
+        const Json now = identity.value(key, Json(nullptr));
+        const Json then = recorded.settings.value(key, Json(nullptr));
+        if (now == then) continue;
+        throw ConfigError(fmt::format(
+            "--resume: {} is {} now, but the journal's results were made with {} ({}): resume with the same "
+            "value, or write a new journal (--results)",
+            setting_flag(key, registry), printable(shown(now)), printable(shown(then)), recorded.where));
+    }
+}
+
 // --out-dir/<mode>/ for every mode, made before the run when a type of the plan saves files,
 // so that a bad --out-dir stops it with exit 2 rather than failing every task.
 void make_out_dirs(const RunConfig& config, const std::vector<const TaskType*>& types) {
@@ -433,7 +481,11 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     std::unique_ptr<LiveView> live;
     if (!config.ui.empty())
         live = std::make_unique<LiveView>(config.ui, command_text(config.command_line), config.slurm);
+    const Json identity = result_settings(config, program.registry, types);
+    if (!config.resume_path.empty()) check_resume_settings(config.resume_path, identity, program.registry);
     const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
+    if (journal_sink && !identity.empty())
+        journal_sink->note_settings(std::string(to_string(config.modes.front())), identity);
     const auto done_in = [&](Mode mode) -> const IdSet& {
         static const IdSet none;
         const auto found = done.find(std::string(to_string(mode)));

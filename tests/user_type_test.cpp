@@ -163,6 +163,7 @@ TEST(UserType, RunsInEveryModeWithItsValueInTheJournalExactlyOnce) {
     ASSERT_EQ(output.exit_code, 0) << output.err;
     std::map<std::string, std::set<std::uint64_t>> seen;
     for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+        if (line.contains("event")) continue;  // the settings (--set suffix) that --resume checks
         const auto id = line.at("id").get<std::uint64_t>();
         const std::string mode = line.at("mode");
         EXPECT_TRUE(seen[mode].insert(id).second) << "task " << id << " twice in " << mode;
@@ -315,7 +316,13 @@ TEST(UserType, ATypesFlagsAreInHelpUnderTheTypeAndReachItsTasksInEveryMode) {
                                      "--mode", "all", "--workers", "2", "--results", journal.string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const std::vector<std::string> want{"ab+ab+ab", "c+c+c"};
-    const auto lines = taskfarm::testing::read_json_lines(journal);
+    auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_FALSE(lines.empty());
+    // First, what --resume checks: the flags that change results.
+    EXPECT_EQ(
+        lines.front(),
+        (taskfarm::Json{{"event", "settings"}, {"mode", "sequential"}, {"settings", {{"times", 3}, {"joiner", "+"}}}}));
+    lines.erase(lines.begin());
     ASSERT_EQ(lines.size(), 8u);
     for (const auto& line : lines)
         EXPECT_EQ(line.at("value").at("repeated"), want.at(line.at("id").get<std::size_t>())) << line.dump();
@@ -360,6 +367,32 @@ TEST(UserType, AProgramsOwnTypeRunsOnceInProcessesUnlessModeAsksForMore) {
     ASSERT_EQ(demo.exit_code, 0) << demo.err;
     for (const char* mode : {"sequential", "threads", "processes"})
         EXPECT_NE(demo.out.find(mode), std::string::npos) << demo.out;
+}
+
+TEST(UserType, ResumeRefusesOtherValuesOfSettingsThatChangeResults) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"ab", "c"});
+    const auto journal = dir / "journal.jsonl";
+    const std::vector<std::string> run{"--task", "repeat", "--inputs", inputs.string(), "--mode", "threads"};
+    const auto with = [&](std::vector<std::string> more) {
+        std::vector<std::string> args = run;
+        args.insert(args.end(), more.begin(), more.end());
+        return coordinator(args);
+    };
+    ASSERT_EQ(with({"--times", "3", "--set", "chunk=200000", "--results", journal.string()}).exit_code, 0);
+    const auto other_set = with({"--times", "3", "--set", "chunk=100000", "--resume", journal.string()});
+    EXPECT_EQ(other_set.exit_code, 2) << other_set.err;
+    EXPECT_NE(other_set.err.find("--set chunk is 100000 now"), std::string::npos) << other_set.err;
+    EXPECT_NE(other_set.err.find("200000"), std::string::npos) << other_set.err;
+    const auto other_flag = with({"--times", "4", "--set", "chunk=200000", "--resume", journal.string()});
+    EXPECT_EQ(other_flag.exit_code, 2) << other_flag.err;
+    EXPECT_NE(other_flag.err.find("--times is 4 now"), std::string::npos) << other_flag.err;
+    const auto dropped = with({"--times", "3", "--resume", journal.string()});
+    EXPECT_EQ(dropped.exit_code, 2) << dropped.err;
+    EXPECT_NE(dropped.err.find("--set chunk is not given now"), std::string::npos) << dropped.err;
+    const auto same = with({"--times", "3", "--set", "chunk=200000", "--resume", journal.string()});
+    EXPECT_EQ(same.exit_code, 0) << same.err;
+    EXPECT_NE(same.err.find("nothing to do"), std::string::npos) << same.err;
 }
 
 TEST(UserType, ANameThatIsTakenOrNotANameIsRefused) {
@@ -454,6 +487,7 @@ TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
         EXPECT_EQ(drained.exit_code, 143) << drained.err;
         std::set<std::uint64_t> ok;
         for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+            if (line.contains("event")) continue;  // the settings (--set started) that --resume checks
             EXPECT_TRUE(line.at("ok").get<bool>()) << "a drained task did not finish: " << line.dump();
             EXPECT_TRUE(ok.insert(line.at("id").get<std::uint64_t>()).second) << line.dump();
         }
@@ -463,7 +497,7 @@ TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
         EXPECT_EQ(coordinator(second).exit_code, 0);
         std::map<std::uint64_t, int> all;
         for (const auto& line : taskfarm::testing::read_json_lines(journal))
-            if (line.at("ok").get<bool>()) ++all[line.at("id").get<std::uint64_t>()];
+            if (!line.contains("event") && line.at("ok").get<bool>()) ++all[line.at("id").get<std::uint64_t>()];
         EXPECT_EQ(all.size(), 20u);
         for (const auto& [id, count] : all) EXPECT_EQ(count, 1) << "task " << id;
         EXPECT_EQ(started_count(), 20) << "a task ran twice";
