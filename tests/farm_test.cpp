@@ -28,7 +28,15 @@ using taskfarm::FarmOptions;
 using taskfarm::Params;
 using taskfarm::Value;
 
+// Typed parameters: read once, at submit.
+struct Box {
+    long width = 0;
+    long height = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Box, width, height)
+
 void register_types(Farm& farm) {
+    farm.task<Box>("area", [](const Box& box, Context&) { return box.width * box.height; });
     farm.task("square", [](const Params& params, Context&) {
         const auto x = params.at("x").get<long>();
         return Value(x * x);
@@ -194,6 +202,25 @@ TEST(Farm, AFailedTasksErrorIsInspected) {
     EXPECT_EQ(failures, 2);
     // A parameter the type cannot take fails at submit, naming the type.
     EXPECT_THROW(farm.submit("no-such-type", Params::object()), std::invalid_argument);
+}
+
+TEST(Farm, TypedParametersAreCheckedAtSubmitNamingTheField) {
+    Farm farm{{.mode = FarmMode::Threads, .workers = 2}};
+    register_types(farm);
+    const auto refused = [&](const Params& params) {
+        try {
+            farm.submit("area", params);
+        } catch (const std::invalid_argument& e) {
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    EXPECT_EQ(refused({{"width", 2}, {"height", "three"}}), "field \"height\": type must be number, but is string");
+    EXPECT_NE(refused({{"width", 2}}).find("'height'"), std::string::npos) << refused({{"width", 2}});
+    EXPECT_EQ(refused({{"width", 2}, {"height", 3}, {"depth", 4}}), "unknown field \"depth\"");
+    EXPECT_EQ(farm.outstanding(), 0u) << "a refused task was queued";
+    farm.submit("area", {{"width", 6}, {"height", 7}});
+    EXPECT_EQ(farm.next()->as<long>().value(), 42);
 }
 
 TEST(Farm, MemoryStaysFlatFor200000TasksConsumedAsTheyComplete) {

@@ -56,7 +56,15 @@ public:
     std::string describe(const Value& value) const override { return value.at("shouted").get<std::string>(); }
 };
 
+// Typed parameters: checked when the plan line is read.
+struct Box {
+    long width = 0;
+    long height = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Box, width, height)
+
 void register_types(taskfarm::App& made) {
+    made.task<Box>("area", [](const Box& box, Context&) { return box.width * box.height; });
     made.task("reverse", [](const Params& params, Context& context) {
         // The settings of the run (--set) reach the function in every mode.
         const std::string suffix = context.settings().value("suffix", std::string());
@@ -393,6 +401,25 @@ TEST(UserType, ResumeRefusesOtherValuesOfSettingsThatChangeResults) {
     const auto same = with({"--times", "3", "--set", "chunk=200000", "--resume", journal.string()});
     EXPECT_EQ(same.exit_code, 0) << same.err;
     EXPECT_NE(same.err.find("nothing to do"), std::string::npos) << same.err;
+}
+
+TEST(UserType, ATypedParameterThatIsBadFailsWhenThePlanIsReadNamingFileLineAndField) {
+    taskfarm::testing::TempDir dir;
+    const auto plan = write_lines(
+        dir, "plan.jsonl", {R"({"kind":"area","width":2,"height":3})", R"({"kind":"area","width":2,"height":"x"})"});
+    const auto journal = dir / "journal.jsonl";
+    const auto refused = coordinator({"--plan", plan.string(), "--mode", "all", "--results", journal.string()});
+    EXPECT_EQ(refused.exit_code, 2) << refused.err;
+    EXPECT_NE(refused.err.find(plan.string() + ":2: field \"height\": type must be number"), std::string::npos)
+        << refused.err;
+    EXPECT_EQ(taskfarm::testing::read_json_lines(journal).size(), 0u) << "a task ran before the bad line was found";
+    const auto good = write_lines(dir, "good.jsonl", {R"({"kind":"area","width":2,"height":3})"});
+    const auto ran = coordinator({"--plan", good.string(), "--workers", "1", "--results", journal.string()});
+    ASSERT_EQ(ran.exit_code, 0) << ran.err;
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines.front().at("value"), 6);
+    EXPECT_EQ(lines.front().at("params"), (taskfarm::Json{{"width", 2}, {"height", 3}}));
 }
 
 TEST(UserType, ANameThatIsTakenOrNotANameIsRefused) {

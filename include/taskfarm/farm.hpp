@@ -150,6 +150,12 @@ public:
     // program's worker side). Throws std::invalid_argument as App::task() does.
     Farm& task(const std::string& name, TaskFunction fn, TaskOptions options = {});
     Farm& add(std::shared_ptr<const TaskType> type);
+    // `fn(const P&, Context&)` with typed parameters, as App::task<P>(): a bad parameter
+    // fails submit() naming the field.
+    template <class P, class Fn>
+    Farm& task(const std::string& name, Fn fn, TaskOptions options = {}) {
+        return add(std::make_shared<TypedFunctionType<P, Fn>>(name, std::move(fn), std::move(options)));
+    }
 
     // Whether this process was started as one of the farm's workers (`PROGRAM worker ...`);
     // then run_worker() is all main() does, with the same types registered.
