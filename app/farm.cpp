@@ -96,9 +96,12 @@ public:
         if (failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
         task.id = next_id_++;
+        const bool was_empty = queue_.empty();
         queue_.push_back(std::move(task));
         ++outstanding_;
-        wake();
+        // Only an empty queue can have a cursor waiting on it (its Later read the wake-up
+        // away under this lock): one write per burst, not per task.
+        if (was_empty) wake();
         return {queue_.back().id};
     }
 
