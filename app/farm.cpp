@@ -22,6 +22,7 @@
 #include "config.hpp"
 #include "control.hpp"
 #include "function_type.hpp"
+#include "id_set.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
@@ -129,7 +130,7 @@ public:
     bool cancel(TaskId id) {
         {
             std::lock_guard lock(mutex_);
-            if (!started_ || closed_ || id >= next_id_) return false;
+            if (!started_ || closed_ || id >= next_id_ || completed_.contains(id)) return false;
         }
         const auto outcomes = cancels_.request({id});
         return !outcomes.empty() && outcomes.front().cancelled;
@@ -239,6 +240,7 @@ private:
         outcome->value = result.value;
         {
             std::lock_guard lock(mutex_);
+            completed_.insert(task.id);
             done_.push_back(std::move(outcome));
         }
         done_cv_.notify_all();
@@ -309,6 +311,7 @@ private:
     std::condition_variable done_cv_;    // a result came, or the engine ended
     std::deque<TaskSpec> queue_;
     std::deque<std::shared_ptr<const detail::Outcome>> done_;
+    IdSet completed_;  // ids whose result came: ranges, so it stays small as results come in order
     TaskId next_id_ = 0;
     std::uint64_t outstanding_ = 0;  // submitted, result not taken
     bool started_ = false;

@@ -204,6 +204,24 @@ TEST(Farm, AFailedTasksErrorIsInspected) {
     EXPECT_THROW(farm.submit("no-such-type", Params::object()), std::invalid_argument);
 }
 
+TEST(Farm, ACancelledTaskIsStoppedAndSaysSo) {
+    taskfarm::testing::TempDir dir;
+    const auto pidfile = dir / "pid";
+    Farm farm{{.mode = FarmMode::Processes, .workers = 1, .settings = {{"pidfile", pidfile.string()}}}};
+    register_types(farm);
+    const auto held = farm.submit("hold", {{"x", 3}});  // waits 10 s for a stop on its first attempt
+    ASSERT_TRUE(
+        taskfarm::testing::eventually([&] { return std::filesystem::exists(pidfile); }, std::chrono::seconds(30)));
+    EXPECT_TRUE(farm.cancel(held));
+    const auto result = farm.next();
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->id(), held.id);
+    ASSERT_FALSE(result->ok());
+    EXPECT_TRUE(result->error().cancelled()) << result->error().reason();
+    EXPECT_EQ(result->attempts(), 1u) << "a cancelled task was tried again";
+    EXPECT_FALSE(farm.cancel(held)) << "cancelled twice";
+}
+
 TEST(Farm, TypedParametersAreCheckedAtSubmitNamingTheField) {
     Farm farm{{.mode = FarmMode::Threads, .workers = 2}};
     register_types(farm);
