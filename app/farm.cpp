@@ -265,7 +265,13 @@ private:
         config_.settings = options_.settings.is_object() ? options_.settings : Json::object();
         settings_ = settings_json(config_);
         if (!options_.log_level.empty()) set_log_level(options_.log_level);
-        if (options_.mode == FarmMode::Processes) {
+            // As the coordinator does (decision 104): sanitized builds exec every worker.
+#if defined(__SANITIZE_ADDRESS__)
+        constexpr bool kForkServerUsable = false;
+#else
+        constexpr bool kForkServerUsable = true;
+#endif
+        if (kForkServerUsable && options_.mode == FarmMode::Processes) {
             try {
                 fork_server_.emplace(config_.worker_bin, config_.worker_prefix, config_.log_level);
             } catch (const std::exception& e) {
