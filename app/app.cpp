@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "coordinator.hpp"
+#include "function_type.hpp"
 #include "task.hpp"
 #include "worker.hpp"
 
@@ -44,6 +45,10 @@ std::filesystem::path this_program() {
 
 }  // namespace
 
+std::shared_ptr<const TaskType> make_function_type(const std::string& name, TaskFunction fn, TaskOptions options) {
+    return std::make_shared<FunctionType>(name, std::move(fn), std::move(options));
+}
+
 App::App(std::string name, bool with_builtins) : name_(std::move(name)), registry_(std::make_unique<Registry>()) {
     if (with_builtins) add_builtin_types(*registry_);
     builtins_ = registry_->types().size();
@@ -53,7 +58,7 @@ App::~App() = default;
 
 App& App::task(const std::string& name, TaskFunction fn, TaskOptions options) {
     if (!fn) throw std::invalid_argument(fmt::format("cannot register task type '{}': no function", name));
-    return add(std::make_shared<FunctionType>(name, std::move(fn), std::move(options)));
+    return add(make_function_type(name, std::move(fn), std::move(options)));
 }
 
 App& App::add(std::shared_ptr<const TaskType> type) {

@@ -237,7 +237,7 @@ std::string TaskType::describe(const Value& value) const {
 
 // --- Registry ---
 
-void Registry::add(std::shared_ptr<const TaskType> type) {
+void Registry::add(std::shared_ptr<const TaskType> type, bool builtin) {
     if (!type) throw std::invalid_argument("cannot register a null task type");
     const std::string name = type->name();
     if (!valid_type_name(name))
@@ -246,7 +246,12 @@ void Registry::add(std::shared_ptr<const TaskType> type) {
     if (by_name_.contains(name))
         throw std::invalid_argument(fmt::format("cannot register task type '{}': the name is taken", name));
     by_name_.emplace(name, type.get());
+    if (builtin) builtins_.push_back(type.get());
     types_.push_back(std::move(type));
+}
+
+bool Registry::builtin(const TaskType* type) const {
+    return std::find(builtins_.begin(), builtins_.end(), type) != builtins_.end();
 }
 
 const TaskType* Registry::find(std::string_view name) const {

@@ -22,8 +22,11 @@ class Gil;
 // user's), read-only after, so any thread may look up.
 class Registry {
 public:
-    // Throws std::invalid_argument for a name that is taken or not [A-Za-z0-9_-]+.
-    void add(std::shared_ptr<const TaskType> type);
+    // Throws std::invalid_argument for a name that is taken or not [A-Za-z0-9_-]+. `builtin`:
+    // one of the types the library brings (add_builtin_types), not a program's own.
+    void add(std::shared_ptr<const TaskType> type, bool builtin = false);
+    // Whether `type` was added as a built-in.
+    bool builtin(const TaskType* type) const;
     // Null when there is none of that name.
     const TaskType* find(std::string_view name) const;
     // Throws std::invalid_argument naming the known types.
@@ -36,6 +39,7 @@ public:
 
 private:
     std::vector<std::shared_ptr<const TaskType>> types_;  // in registration order
+    std::vector<const TaskType*> builtins_;
     std::map<std::string, const TaskType*, std::less<>> by_name_;
 };
 

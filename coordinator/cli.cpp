@@ -437,7 +437,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "threads in the coordinator), gil-threads (the same pool, but a task must hold one global lock\n"
                        "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
                        "does not; a task of your own lets go inside Context::waiting()), processes (--workers worker\n"
-                       "processes over ZeroMQ), or all (all four). With --listen\n"
+                       "processes over ZeroMQ), or all (all four). Not given: the three below for a plan of the\n"
+                       "built-in demo types (sleep, cpu, download, fail, crash), processes alone for anything else\n"
+                       "(a program's own types, --command), which then runs once. With --listen\n"
                        "only processes runs: remote workers are worker processes")
             ->delimiter(',')
             ->check(kModeList)

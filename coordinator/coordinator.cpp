@@ -178,19 +178,72 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
     }
 }
 
-// A type whose tasks have side effects (a user's command) runs in one mode unless --mode
-// names others: running every command once per mode would compress each file three times.
-void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types) {
-    const auto acting =
-        std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
-    if (acting == types.end()) return;
+// The modes a run takes without --mode (decision 127), decided here alone: the comparison of
+// the modes is the tutorial's lesson, the default for a plan of the built-in demo types only;
+// a user's work (a program's own types, --command) runs once, in processes, so that its
+// journal, table and report hold one mode. With --mode given, a type whose tasks have side
+// effects gets a warning when several modes will each run every task.
+void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types, const Registry& registry) {
     if (!config.modes_given) {
-        config.modes = {Mode::Processes};
+        const bool demo = std::all_of(types.begin(), types.end(), [&](const TaskType* type) {
+            return registry.builtin(type) && !type->side_effects();
+        });
+        if (!demo) config.modes = {Mode::Processes};
         return;
     }
-    if (config.modes.size() > 1)
+    const auto acting =
+        std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
+    if (acting != types.end() && config.modes.size() > 1)
         spdlog::warn("--mode: each of the {} modes runs every {} task again, side effects and all", config.modes.size(),
                      (*acting)->name());
+}
+
+// What of the run's settings changes what its tasks produce (decision 128): every --set KEY
+// (the run cannot tell what a type does with it) and each flag of a plan's type declared
+// changes_results, but for a generated_only one (what it changes is in the tasks' params,
+// which --resume checks already). The journal records them when there are any (a journal
+// without them was written with none); --resume refuses a journal written under others.
+Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types) {
+    std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
+    for (const auto& type : registry.types())
+        for (const Flag& flag : type->flags()) declared.insert(flag.key);
+    // Settings of the built-in types that say how a run goes, not what a task produces: how
+    // long a cancelled command's group gets between SIGTERM and SIGKILL.
+    for (const char* policy : {"command_grace_s"}) declared.insert(policy);
+    Json identity = Json::object();
+    for (const auto& [key, value] : config.settings.items())
+        if (!declared.contains(key)) identity[key] = value;
+    for (const TaskType* type : types)
+        for (const Flag& flag : type->flags())
+            if (flag.changes_results && !flag.generated_only && config.settings.contains(flag.key))
+                identity[flag.key] = config.settings[flag.key];
+    return identity;
+}
+
+// The setting `key` as the command line gives it: a type's flag ("--times") or "--set KEY".
+std::string setting_flag(const std::string& key, const Registry& registry) {
+    for (const auto& type : registry.types())
+        for (const Flag& flag : type->flags())
+            if (flag.key == key) return flag.name.substr(flag.name.rfind(',') + 1);
+    return "--set " + key;
+}
+
+void check_resume_settings(const std::filesystem::path& journal, const Json& identity, const Registry& registry) {
+    const auto recorded =
+        journal_settings(journal, "--resume").value_or(JournalSettings{Json::object(), "it records none"});
+    std::set<std::string> keys;
+    for (const auto& [key, value] : identity.items()) keys.insert(key);
+    for (const auto& [key, value] : recorded.settings.items()) keys.insert(key);
+    const auto shown = [](const Json& value) { return value.is_null() ? std::string("not given") : value.dump(); };
+    for (const std::string& key : keys) {
+        const Json now = identity.value(key, Json(nullptr));
+        const Json then = recorded.settings.value(key, Json(nullptr));
+        if (now == then) continue;
+        throw ConfigError(fmt::format(
+            "--resume: {} is {} now, but the journal's results were made with {} ({}): resume with the same "
+            "value, or write a new journal (--results)",
+            setting_flag(key, registry), printable(shown(now)), printable(shown(then)), recorded.where));
+    }
 }
 
 // --out-dir/<mode>/ for every mode, made before the run when a type of the plan saves files,
@@ -389,7 +442,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     Plan plan = make_plan(config, program.registry, settings);
     const std::vector<const TaskType*>& types = plan.types;
     warn_unread_settings(config, types);
-    choose_modes(config, types);
+    choose_modes(config, types, program.registry);
     // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
     std::optional<ForkServer> fork_server;
     if (kForkServerUsable && config.fork_server && config.workers > 0 && !config.step &&
@@ -431,7 +484,11 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     if (!config.ui.empty())
         live = std::make_unique<LiveView>(config.ui, command_text(config.command_line),
                                           config.step && config.step->launcher == StepLauncher::Slurm);
+    const Json identity = result_settings(config, program.registry, types);
+    if (!config.resume_path.empty()) check_resume_settings(config.resume_path, identity, program.registry);
     const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
+    if (journal_sink && !identity.empty())
+        journal_sink->note_settings(std::string(to_string(config.modes.front())), identity);
     const auto done_in = [&](Mode mode) -> const IdSet& {
         static const IdSet none;
         const auto found = done.find(std::string(to_string(mode)));

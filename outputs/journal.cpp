@@ -205,6 +205,26 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
     return check_journal(JournalSource::file(path, complete, "--resume"), plan, "--resume");
 }
 
+std::optional<JournalSettings> journal_settings(const std::filesystem::path& path, const std::string& flag) {
+    const JournalSource journal = JournalSource::file(path, complete_length(path, flag), flag);
+    const std::unique_ptr<std::istream> opened = journal.open();
+    JournalLineReader reader(*opened, flag, journal.name, journal.length);
+    std::optional<JournalSettings> last;
+    for (std::string text; reader.next(text);) {
+        // Cheap for the result lines: only a line that names the event is parsed.
+        if (text.find("\"settings\"") == std::string::npos) continue;
+        const std::string at = reader.where();
+        const nlohmann::json entry = parse_journal_line(text, at);
+        const auto event = entry.find("event");
+        if (event == entry.end() || *event != "settings") continue;
+        const auto settings = entry.find("settings");
+        if (settings == entry.end() || !settings->is_object())
+            throw ConfigError(fmt::format("{}: not a journal line: \"settings\" is not an object", at));
+        last = JournalSettings{*settings, fmt::format("{}:{}", printable(journal.name), reader.number())};
+    }
+    return last;
+}
+
 Done read_done(const std::filesystem::path& path, const std::string& flag) {
     return read_ok_lines(JournalSource::file(path, complete_length(path, flag), flag), flag);
 }

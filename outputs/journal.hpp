@@ -7,6 +7,7 @@
 #include <istream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -46,6 +47,15 @@ Done check_journal(const JournalSource& journal, const Plan& plan, const std::st
 // Only when the two differ is the journal read again, a million ids at a time, to name the
 // first line that does not match.
 Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan);
+
+// The settings the last run that wrote to the journal at `path` recorded (JournalSink::
+// note_settings()), with "FILE:LINE" of that line; nullopt for a journal without one (a run
+// with no such settings writes none). Throws ConfigError as read_done() does.
+struct JournalSettings {
+    Json settings;
+    std::string where;
+};
+std::optional<JournalSettings> journal_settings(const std::filesystem::path& path, const std::string& flag);
 
 // What a journal records as ok per mode, without a plan to check it against: for readers
 // of journals (a report). Throws ConfigError as above, naming `flag`.

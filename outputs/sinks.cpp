@@ -198,6 +198,10 @@ void JournalSink::event_it_(const RunEvent& event) {
     }
 }
 
+void JournalSink::note_settings(const std::string& mode, const nlohmann::json& settings) {
+    write_line({{"event", "settings"}, {"mode", mode}, {"settings", settings}});
+}
+
 void JournalSink::write_line(const nlohmann::json& line) {
     if (lost_ > 0) {  // after a failed write, nothing more: the file stays a journal --resume can read
         ++lost_;

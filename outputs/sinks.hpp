@@ -66,6 +66,9 @@ public:
     ~JournalSink() override;
     JournalSink(const JournalSink&) = delete;
     JournalSink& operator=(const JournalSink&) = delete;
+    // Writes `{"event":"settings","mode":MODE,"settings":SETTINGS}`: what the run's results
+    // depend on besides its tasks, which --resume compares (journal_settings()).
+    void note_settings(const std::string& mode, const nlohmann::json& settings);
     // Lines that could not be written (a full disk, say), and why the first one failed.
     std::size_t lost() const { return lost_; }
     const std::string& error() const { return error_; }

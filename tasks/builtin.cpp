@@ -5,12 +5,12 @@
 namespace taskfarm {
 
 void add_builtin_types(Registry& registry) {
-    registry.add(sleep_type());
-    registry.add(cpu_type());
-    registry.add(download_type());
-    registry.add(fail_type());
-    registry.add(crash_type());
-    registry.add(command_type());
+    registry.add(sleep_type(), /*builtin=*/true);
+    registry.add(cpu_type(), /*builtin=*/true);
+    registry.add(download_type(), /*builtin=*/true);
+    registry.add(fail_type(), /*builtin=*/true);
+    registry.add(crash_type(), /*builtin=*/true);
+    registry.add(command_type(), /*builtin=*/true);
 }
 
 const Registry& builtin_types() {

@@ -56,7 +56,15 @@ public:
     std::string describe(const Value& value) const override { return value.at("shouted").get<std::string>(); }
 };
 
+// Typed parameters: checked when the plan line is read.
+struct Box {
+    long width = 0;
+    long height = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Box, width, height)
+
 void register_types(taskfarm::App& made) {
+    made.task<Box>("area", [](const Box& box, Context&) { return box.width * box.height; });
     made.task("reverse", [](const Params& params, Context& context) {
         // The settings of the run (--set) reach the function in every mode.
         const std::string suffix = context.settings().value("suffix", std::string());
@@ -163,6 +171,7 @@ TEST(UserType, RunsInEveryModeWithItsValueInTheJournalExactlyOnce) {
     ASSERT_EQ(output.exit_code, 0) << output.err;
     std::map<std::string, std::set<std::uint64_t>> seen;
     for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+        if (line.contains("event")) continue;  // the settings (--set suffix) that --resume checks
         const auto id = line.at("id").get<std::uint64_t>();
         const std::string mode = line.at("mode");
         EXPECT_TRUE(seen[mode].insert(id).second) << "task " << id << " twice in " << mode;
@@ -315,7 +324,13 @@ TEST(UserType, ATypesFlagsAreInHelpUnderTheTypeAndReachItsTasksInEveryMode) {
                                      "--mode", "all", "--workers", "2", "--results", journal.string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const std::vector<std::string> want{"ab+ab+ab", "c+c+c"};
-    const auto lines = taskfarm::testing::read_json_lines(journal);
+    auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_FALSE(lines.empty());
+    // First, what --resume checks: the flags that change results.
+    EXPECT_EQ(
+        lines.front(),
+        (taskfarm::Json{{"event", "settings"}, {"mode", "sequential"}, {"settings", {{"times", 3}, {"joiner", "+"}}}}));
+    lines.erase(lines.begin());
     ASSERT_EQ(lines.size(), 8u);
     for (const auto& line : lines)
         EXPECT_EQ(line.at("value").at("repeated"), want.at(line.at("id").get<std::size_t>())) << line.dump();
@@ -339,6 +354,72 @@ TEST(UserType, ABadValueOfATypesFlagExitsTwoNamingTheFlag) {
     const auto set = coordinator({"--task", "repeat", "--inputs", inputs.string(), "--set", "times=4"});
     EXPECT_EQ(set.exit_code, 2);
     EXPECT_NE(set.err.find("give --times instead"), std::string::npos) << set.err;
+}
+
+TEST(UserType, AProgramsOwnTypeRunsOnceInProcessesUnlessModeAsksForMore) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"ab", "c"});
+    const auto journal = dir / "journal.jsonl";
+    const auto output = coordinator(
+        {"--task", "reverse", "--inputs", inputs.string(), "--workers", "2", "--results", journal.string()});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    std::multiset<std::uint64_t> ids;
+    for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+        if (line.contains("event")) continue;
+        EXPECT_EQ(line.at("mode"), "processes") << line.dump();
+        ids.insert(line.at("id").get<std::uint64_t>());
+    }
+    EXPECT_EQ(ids, (std::multiset<std::uint64_t>{0, 1})) << "each task once";
+    // The built-in demo keeps its comparison of the modes.
+    const auto demo = coordinator({"--task", "sleep", "--duration", "0", "--tasks", "2", "--workers", "1"});
+    ASSERT_EQ(demo.exit_code, 0) << demo.err;
+    for (const char* mode : {"sequential", "threads", "processes"})
+        EXPECT_NE(demo.out.find(mode), std::string::npos) << demo.out;
+}
+
+TEST(UserType, ResumeRefusesOtherValuesOfSettingsThatChangeResults) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "in.txt", {"ab", "c"});
+    const auto journal = dir / "journal.jsonl";
+    const std::vector<std::string> run{"--task", "repeat", "--inputs", inputs.string(), "--mode", "threads"};
+    const auto with = [&](std::vector<std::string> more) {
+        std::vector<std::string> args = run;
+        args.insert(args.end(), more.begin(), more.end());
+        return coordinator(args);
+    };
+    ASSERT_EQ(with({"--times", "3", "--set", "chunk=200000", "--results", journal.string()}).exit_code, 0);
+    const auto other_set = with({"--times", "3", "--set", "chunk=100000", "--resume", journal.string()});
+    EXPECT_EQ(other_set.exit_code, 2) << other_set.err;
+    EXPECT_NE(other_set.err.find("--set chunk is 100000 now"), std::string::npos) << other_set.err;
+    EXPECT_NE(other_set.err.find("200000"), std::string::npos) << other_set.err;
+    const auto other_flag = with({"--times", "4", "--set", "chunk=200000", "--resume", journal.string()});
+    EXPECT_EQ(other_flag.exit_code, 2) << other_flag.err;
+    EXPECT_NE(other_flag.err.find("--times is 4 now"), std::string::npos) << other_flag.err;
+    const auto dropped = with({"--times", "3", "--resume", journal.string()});
+    EXPECT_EQ(dropped.exit_code, 2) << dropped.err;
+    EXPECT_NE(dropped.err.find("--set chunk is not given now"), std::string::npos) << dropped.err;
+    const auto same = with({"--times", "3", "--set", "chunk=200000", "--resume", journal.string()});
+    EXPECT_EQ(same.exit_code, 0) << same.err;
+    EXPECT_NE(same.err.find("nothing to do"), std::string::npos) << same.err;
+}
+
+TEST(UserType, ATypedParameterThatIsBadFailsWhenThePlanIsReadNamingFileLineAndField) {
+    taskfarm::testing::TempDir dir;
+    const auto plan = write_lines(
+        dir, "plan.jsonl", {R"({"kind":"area","width":2,"height":3})", R"({"kind":"area","width":2,"height":"x"})"});
+    const auto journal = dir / "journal.jsonl";
+    const auto refused = coordinator({"--plan", plan.string(), "--mode", "all", "--results", journal.string()});
+    EXPECT_EQ(refused.exit_code, 2) << refused.err;
+    EXPECT_NE(refused.err.find(plan.string() + ":2: field \"height\": type must be number"), std::string::npos)
+        << refused.err;
+    EXPECT_EQ(taskfarm::testing::read_json_lines(journal).size(), 0u) << "a task ran before the bad line was found";
+    const auto good = write_lines(dir, "good.jsonl", {R"({"kind":"area","width":2,"height":3})"});
+    const auto ran = coordinator({"--plan", good.string(), "--workers", "1", "--results", journal.string()});
+    ASSERT_EQ(ran.exit_code, 0) << ran.err;
+    const auto lines = taskfarm::testing::read_json_lines(journal);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines.front().at("value"), 6);
+    EXPECT_EQ(lines.front().at("params"), (taskfarm::Json{{"width", 2}, {"height", 3}}));
 }
 
 TEST(UserType, ANameThatIsTakenOrNotANameIsRefused) {
@@ -433,6 +514,7 @@ TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
         EXPECT_EQ(drained.exit_code, 143) << drained.err;
         std::set<std::uint64_t> ok;
         for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+            if (line.contains("event")) continue;  // the settings (--set started) that --resume checks
             EXPECT_TRUE(line.at("ok").get<bool>()) << "a drained task did not finish: " << line.dump();
             EXPECT_TRUE(ok.insert(line.at("id").get<std::uint64_t>()).second) << line.dump();
         }
@@ -442,7 +524,7 @@ TEST(UserType, SigtermLetsRunningFunctionsFinishAndResumeRunsExactlyTheRest) {
         EXPECT_EQ(coordinator(second).exit_code, 0);
         std::map<std::uint64_t, int> all;
         for (const auto& line : taskfarm::testing::read_json_lines(journal))
-            if (line.at("ok").get<bool>()) ++all[line.at("id").get<std::uint64_t>()];
+            if (!line.contains("event") && line.at("ok").get<bool>()) ++all[line.at("id").get<std::uint64_t>()];
         EXPECT_EQ(all.size(), 20u);
         for (const auto& [id, count] : all) EXPECT_EQ(count, 1) << "task " << id;
         EXPECT_EQ(started_count(), 20) << "a task ran twice";

@@ -14,6 +14,7 @@
 
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -27,10 +28,68 @@ class Registry;
 using TaskFunction = std::function<Value(const Params&, Context&)>;
 
 struct TaskOptions {
-    std::string summary;                     // one line for --help
-    bool writes_files = false;               // see TaskType::writes_files()
+    std::string summary;                       // one line for --help
+    bool writes_files = false;                 // see TaskType::writes_files()
     std::vector<std::string> settings_read{};  // see TaskType::settings_read(), e.g. {"max_bytes"}
-    std::vector<Flag> flags{};               // its own command-line flags: see TaskType::flags() and Flag
+    std::vector<Flag> flags{};                 // its own command-line flags: see TaskType::flags() and Flag
+};
+
+// Typed parameters: a struct with nlohmann's from_json/to_json (NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE
+// does both) is read from a plan line (or a submit()) once, when the line is read: a missing
+// field, a field of the wrong type and a field the struct does not have fail there, naming
+// the field (the plan reader adds FILE:LINE), before any task runs.
+//
+//   struct Square { long x = 0; };
+//   NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Square, x)
+//   app.task<Square>("square", [](const Square& p, taskfarm::Context&) { return p.x * p.x; });
+template <class P, class Fn>
+class TypedFunctionType final : public TaskType {
+public:
+    TypedFunctionType(std::string name, Fn fn, TaskOptions options)
+        : name_(std::move(name)), fn_(std::move(fn)), options_(std::move(options)) {}
+    std::string name() const override { return name_; }
+    std::string summary() const override { return options_.summary; }
+    bool writes_files() const override { return options_.writes_files; }
+    std::vector<std::string> settings_read() const override { return options_.settings_read; }
+    std::vector<Flag> flags() const override { return options_.flags; }
+    Params parse(const Params& fields) const override {
+        if (!fields.is_object()) throw std::invalid_argument("parameters must be a JSON object");
+        const Params normal = Params(read(fields));
+        for (const auto& [key, value] : fields.items())
+            if (!normal.contains(key)) throw std::invalid_argument("unknown field \"" + key + "\"");
+        return normal;
+    }
+    Value run(const Params& params, Context& context) const override { return Value(fn_(read(params), context)); }
+
+private:
+    // `params` as a P; throws std::invalid_argument with nlohmann's reason, naming the field
+    // when it is a missing one, or the first field whose value does not convert.
+    static P read(const Params& params) {
+        try {
+            return params.template get<P>();
+        } catch (const nlohmann::json::exception& e) {
+            std::string why = e.what();
+            if (const auto end = why.find("] "); why.starts_with("[json.exception.") && end != std::string::npos)
+                why = why.substr(end + 2);
+            // Which field: the first whose value, replaced by the struct's default, makes it read.
+            P fallback{};
+            const Params defaults = Params(fallback);
+            for (const auto& [key, value] : params.items()) {
+                if (!defaults.contains(key)) continue;
+                Params fixed = params;
+                fixed[key] = defaults[key];
+                try {
+                    static_cast<void>(fixed.template get<P>());
+                    throw std::invalid_argument("field \"" + key + "\": " + why);
+                } catch (const nlohmann::json::exception&) {
+                }
+            }
+            throw std::invalid_argument(why);
+        }
+    }
+    std::string name_;
+    Fn fn_;
+    TaskOptions options_;
 };
 
 class App {
@@ -45,6 +104,12 @@ public:
     // Registers `fn` as task type `name`. Throws std::invalid_argument for a name that is
     // taken or not made of letters, digits, '_' and '-'.
     App& task(const std::string& name, TaskFunction fn, TaskOptions options = {});
+    // Registers `fn(const P&, Context&)`, whose result converts to JSON, with typed
+    // parameters P (see TypedFunctionType); throws as task() does.
+    template <class P, class Fn>
+    App& task(const std::string& name, Fn fn, TaskOptions options = {}) {
+        return add(std::make_shared<TypedFunctionType<P, Fn>>(name, std::move(fn), std::move(options)));
+    }
     // Registers a type of the user's own making (see TaskType); throws as task() does.
     App& add(std::shared_ptr<const TaskType> type);
 

@@ -1,0 +1,373 @@
+// The farm: a plan that the program feeds as it goes (a PlanSource whose cursor says Later
+// while nothing is queued, as standard input's does), one mode's runner on a thread of its
+// own, and a sink that hands each final result to the program. No engine of its own: the
+// runners, the dispatcher and the schedule are the coordinator's (decision 126).
+
+#include <taskfarm/farm.hpp>
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "config.hpp"
+#include "control.hpp"
+#include "function_type.hpp"
+#include "id_set.hpp"
+#include "log.hpp"
+#include "modes.hpp"
+#include "plan_sources.hpp"
+#include "process_pool.hpp"
+#include "sinks.hpp"
+#include "task.hpp"
+#include "worker.hpp"
+
+namespace taskfarm {
+
+TaskError::TaskError(TaskId id, std::string type, const std::string& reason, std::uint32_t attempts, bool cancelled,
+                     Value value)
+    : std::runtime_error(fmt::format("task {} ({}): {}", id, type, reason)),
+      id_(id),
+      type_(std::move(type)),
+      reason_(reason),
+      attempts_(attempts),
+      cancelled_(cancelled),
+      value_(std::move(value)) {}
+
+std::optional<int> TaskError::exit() const {
+    if (value_.is_object()) {
+        const auto found = value_.find("exit_code");
+        if (found != value_.end() && found->is_number_integer()) return found->get<int>();
+    }
+    return std::nullopt;
+}
+
+void detail::Outcome::raise() const { throw TaskError(id, type, error, attempts, cancelled, value); }
+
+namespace {
+
+std::filesystem::path this_program() {
+    std::error_code ec;
+    std::filesystem::path path = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec)
+        throw std::runtime_error(fmt::format("cannot find this program's path in /proc/self/exe: {}", ec.message()));
+    return path;
+}
+
+Mode engine_mode(FarmMode mode) {
+    switch (mode) {
+        case FarmMode::Threads: return Mode::Threads;
+        case FarmMode::Sequential: return Mode::Sequential;
+        case FarmMode::Processes: break;
+    }
+    return Mode::Processes;
+}
+
+}  // namespace
+
+class Farm::Impl {
+public:
+    explicit Impl(FarmOptions options) : options_(std::move(options)) { add_builtin_types(registry_); }
+
+    ~Impl() {
+        close();
+        if (wake_fd_ >= 0) ::close(wake_fd_);
+    }
+
+    Registry registry_;
+    FarmOptions options_;
+
+    TaskHandle submit(const std::string& type_name, Params params, double timeout_s) {
+        const TaskType& type = registry_.at(type_name);  // throws std::invalid_argument naming the known types
+        TaskSpec task{
+            .type = &type, .params = type.parse(params), .timeout_s = timeout_s < 0 ? options_.timeout_s : timeout_s};
+        std::unique_lock lock(mutex_);
+        if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
+        if (!started_) start(lock);
+        space_.wait(lock, [&] { return queue_.size() < options_.max_queued || closed_ || failed(); });
+        if (failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
+        if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
+        task.id = next_id_++;
+        const bool was_empty = queue_.empty();
+        queue_.push_back(std::move(task));
+        ++outstanding_;
+        // Only an empty queue can have a cursor waiting on it (its Later read the wake-up
+        // away under this lock): one write per burst, not per task.
+        if (was_empty) wake();
+        return {queue_.back().id};
+    }
+
+    std::optional<Result<>> next(bool wait) {
+        std::unique_lock lock(mutex_);
+        if (wait) done_cv_.wait(lock, [&] { return !done_.empty() || outstanding_ == 0 || failed(); });
+        if (done_.empty()) {
+            if (failed() && outstanding_ > 0)
+                throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
+            return std::nullopt;
+        }
+        Result<> result(std::move(done_.front()));
+        done_.pop_front();
+        --outstanding_;
+        return result;
+    }
+
+    void wait_all() {
+        std::unique_lock lock(mutex_);
+        done_cv_.wait(lock, [&] { return done_.size() == outstanding_ || failed(); });
+        if (failed() && done_.size() < outstanding_)
+            throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
+    }
+
+    bool cancel(TaskId id) {
+        {
+            std::lock_guard lock(mutex_);
+            if (!started_ || closed_ || id >= next_id_ || completed_.contains(id)) return false;
+        }
+        const auto outcomes = cancels_.request({id});
+        return !outcomes.empty() && outcomes.front().cancelled;
+    }
+
+    std::uint64_t outstanding() const {
+        std::lock_guard lock(mutex_);
+        return outstanding_;
+    }
+
+    void close() {
+        {
+            std::lock_guard lock(mutex_);
+            if (closed_) return;
+            closed_ = true;
+            wake();
+        }
+        space_.notify_all();
+        if (engine_.joinable()) engine_.join();
+        cancels_.close();
+        done_cv_.notify_all();
+    }
+
+private:
+    // The plan the farm feeds: one cursor, over the queue submit() fills.
+    class Source final : public PlanSource {
+    public:
+        explicit Source(Impl& farm) : farm_(farm) {}
+        std::unique_ptr<TaskCursor> open() const override { return std::make_unique<Cursor>(farm_); }
+        std::optional<std::uint64_t> counted() const override {
+            std::lock_guard lock(farm_.mutex_);
+            if (!farm_.closed_ || !farm_.queue_.empty()) return std::nullopt;
+            return farm_.next_id_;
+        }
+
+    private:
+        Impl& farm_;
+    };
+
+    class Cursor final : public TaskCursor {
+    public:
+        explicit Cursor(Impl& farm) : farm_(farm) {}
+        bool next(TaskSpec& task) override {
+            std::unique_lock lock(farm_.mutex_);
+            farm_.queued_cv_.wait(lock, [&] { return !farm_.queue_.empty() || farm_.closed_; });
+            return farm_.pop(task);
+        }
+        Take take(TaskSpec& task) override {
+            std::lock_guard lock(farm_.mutex_);
+            if (farm_.pop(task)) return Take::Task;
+            if (farm_.closed_) return Take::End;
+            // Nothing queued: the wake-up is consumed under the lock submit() writes it under,
+            // so none is lost.
+            std::uint64_t count = 0;
+            while (::read(farm_.wake_fd_, &count, sizeof count) < 0 && errno == EINTR) {
+            }
+            return Take::Later;
+        }
+        int ready_fd() const override { return farm_.wake_fd_; }
+
+    private:
+        Impl& farm_;
+    };
+
+    // The final result of each task to the program; failed attempts that run again are not.
+    class Sink final : public ResultSink {
+    public:
+        explicit Sink(Impl& farm) : farm_(farm) {}
+
+    protected:
+        void begin_mode_(const std::string&, std::size_t) override {}
+        void sink_it_(const TaskSpec& task, const TaskResult& result) override {
+            if (result.retrying) return;
+            farm_.deliver(task, result);
+        }
+
+    private:
+        Impl& farm_;
+    };
+
+    // With the lock held.
+    bool pop(TaskSpec& task) {
+        if (queue_.empty()) return false;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+        space_.notify_one();
+        return true;
+    }
+
+    void wake() {
+        const std::uint64_t one = 1;
+        while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+        queued_cv_.notify_one();
+    }
+
+    bool failed() const { return !engine_error_.empty(); }
+
+    void deliver(const TaskSpec& task, const TaskResult& result) {
+        auto outcome = std::make_shared<detail::Outcome>();
+        outcome->id = task.id;
+        outcome->type = task.type ? task.type->name() : kind_name(result);
+        outcome->ok = result.ok;
+        outcome->attempts = result.attempt;
+        outcome->cancelled = result.cancelled;
+        outcome->error = result.error;
+        outcome->value = result.value;
+        {
+            std::lock_guard lock(mutex_);
+            completed_.insert(task.id);
+            done_.push_back(std::move(outcome));
+        }
+        done_cv_.notify_all();
+    }
+
+    // With the lock held, at the first submit: the fork server first (while this process may
+    // still have no thread), then the engine's thread.
+    void start(std::unique_lock<std::mutex>& lock) {
+        started_ = true;
+        wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (wake_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
+        config_.modes = {engine_mode(options_.mode)};
+        config_.workers = options_.workers;
+        config_.task_retries = options_.retries;
+        config_.max_tasks_per_worker = options_.max_tasks_per_worker;
+        config_.max_worker_memory = options_.max_worker_memory;
+        config_.max_attempts = options_.max_attempts;
+        config_.log_level = options_.log_level;
+        config_.worker_bin = this_program();
+        config_.worker_prefix = {"worker"};
+        config_.worker_command = config_.worker_bin.filename().string() + " worker";
+        config_.settings = options_.settings.is_object() ? options_.settings : Json::object();
+        settings_ = settings_json(config_);
+        if (!options_.log_level.empty()) set_log_level(options_.log_level);
+            // As the coordinator does (decision 104): sanitized builds exec every worker.
+#if defined(__SANITIZE_ADDRESS__)
+        constexpr bool kForkServerUsable = false;
+#else
+        constexpr bool kForkServerUsable = true;
+#endif
+        if (kForkServerUsable && options_.mode == FarmMode::Processes) {
+            try {
+                fork_server_.emplace(config_.worker_bin, config_.worker_prefix, config_.log_level);
+            } catch (const std::exception& e) {
+                spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
+            }
+        }
+        plan_.source = std::make_shared<Source>(*this);
+        for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
+        if (!options_.journal.empty()) {
+            try {
+                sinks_.add(std::make_unique<JournalSink>(options_.journal, /*create=*/true));
+            } catch (const std::exception& e) {
+                throw std::invalid_argument(fmt::format("FarmOptions::journal: {}", e.what()));
+            }
+        }
+        sinks_.add(std::make_unique<Sink>(*this));
+        cancels_.clear();
+        lock.unlock();  // the runner's threads may take tasks as soon as they start
+        const RunShared shared{registry_, settings_, &cancels_, fork_server_ ? &*fork_server_ : nullptr};
+        runner_ = make_runner(config_.modes.front(), config_, shared, stop_.get_token(), drain_.get_token());
+        engine_ = std::thread([this] {
+            try {
+                report_ = runner_->run(plan_, sinks_);
+            } catch (const std::exception& e) {
+                spdlog::error("{}", e.what());
+                std::lock_guard guard(mutex_);
+                engine_error_ = e.what();
+            }
+            {
+                std::lock_guard guard(mutex_);
+                if (engine_error_.empty() && done_.size() < outstanding_ && !closed_)
+                    engine_error_ = "the engine ended with tasks not done";
+            }
+            done_cv_.notify_all();
+            space_.notify_all();
+        });
+        lock.lock();
+    }
+
+    mutable std::mutex mutex_;
+    std::condition_variable space_;      // the queue has room
+    std::condition_variable queued_cv_;  // a task was queued, or the farm closed
+    std::condition_variable done_cv_;    // a result came, or the engine ended
+    std::deque<TaskSpec> queue_;
+    std::deque<std::shared_ptr<const detail::Outcome>> done_;
+    IdSet completed_;  // ids whose result came: ranges, so it stays small as results come in order
+    TaskId next_id_ = 0;
+    std::uint64_t outstanding_ = 0;  // submitted, result not taken
+    bool started_ = false;
+    bool closed_ = false;
+    std::string engine_error_;
+    int wake_fd_ = -1;
+
+    RunConfig config_;
+    Json settings_;
+    std::optional<ForkServer> fork_server_;
+    Plan plan_;
+    FanOutSink sinks_;
+    CancelBoard cancels_;
+    std::stop_source stop_;
+    std::stop_source drain_;
+    std::unique_ptr<Runner> runner_;
+    RunReport report_;
+    std::thread engine_;
+};
+
+Farm::Farm(FarmOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+Farm::~Farm() = default;
+
+Farm& Farm::task(const std::string& name, TaskFunction fn, TaskOptions options) {
+    if (!fn) throw std::invalid_argument(fmt::format("cannot register task type '{}': no function", name));
+    return add(make_function_type(name, std::move(fn), std::move(options)));
+}
+
+Farm& Farm::add(std::shared_ptr<const TaskType> type) {
+    impl_->registry_.add(std::move(type));
+    return *this;
+}
+
+bool Farm::is_worker(int argc, const char* const* argv) { return argc > 1 && std::strcmp(argv[1], "worker") == 0; }
+
+int Farm::run_worker(int argc, const char* const* argv) {
+    std::string name = argc > 0 ? std::filesystem::path(argv[0]).filename().string() : "farm";
+    return worker_main(name + " worker", impl_->registry_, argc - 1, argv + 1);
+}
+
+TaskHandle Farm::submit(const std::string& type, Params params, double timeout_s) {
+    return impl_->submit(type, std::move(params), timeout_s);
+}
+
+std::optional<Result<>> Farm::next() { return impl_->next(true); }
+std::optional<Result<>> Farm::try_next() { return impl_->next(false); }
+void Farm::wait() { impl_->wait_all(); }
+bool Farm::cancel(TaskHandle task) { return impl_->cancel(task.id); }
+std::uint64_t Farm::outstanding() const { return impl_->outstanding(); }
+void Farm::close() { impl_->close(); }
+
+}  // namespace taskfarm

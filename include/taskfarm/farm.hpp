@@ -1,0 +1,250 @@
+#pragma once
+// A farm that a program drives from its own main(): register task types, submit tasks while
+// others run, and take each result back, typed, as it completes. It runs on the engine the
+// coordinator runs on (processes mode's dispatcher and workers, or the threads and sequential
+// runners), with its guarantees: a worker killed mid-task has its tasks requeued, failed tasks
+// run again (retries), timeouts, recycling, a journal (a --results file). The program is its
+// own worker (`PROGRAM worker ...`). See docs/api.md.
+//
+//   int main(int argc, char** argv) {
+//       taskfarm::Farm farm{{.workers = 4}};
+//       farm.task("square", [](const taskfarm::Params& p, taskfarm::Context&) {
+//           return taskfarm::Value(p.at("x").get<long>() * p.at("x").get<long>());
+//       });
+//       if (farm.is_worker(argc, argv)) return farm.run_worker(argc, argv);
+//       for (long x = 0; x < 1000; ++x) farm.submit("square", {{"x", x}});
+//       long sum = 0;
+//       for (const auto& result : farm.as_completed<long>()) sum += result.value();
+//       std::printf("%ld\n", sum);
+//   }
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "app.hpp"
+#include "task_type.hpp"
+
+namespace taskfarm {
+
+// Where a farm's tasks run.
+enum class FarmMode {
+    Processes,   // worker processes of this program (`PROGRAM worker ...`), each task in a process
+    Threads,     // a pool of threads in this process
+    Sequential,  // one thread of this process, one task at a time
+};
+
+struct FarmOptions {
+    FarmMode mode = FarmMode::Processes;
+    int workers = 4;  // worker processes or threads
+    // A JSON Lines journal of every result (the coordinator's --results FILE): appended to,
+    // locked while the farm runs. Empty: none.
+    std::filesystem::path journal{};
+    std::uint32_t retries = 0;               // a failed task runs up to this many more times (--retries)
+    double timeout_s = 0;                    // a task running longer fails; 0: no limit (submit may say otherwise)
+    std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
+    std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never
+    int max_attempts = 3;                    // tries of a task whose worker died under it
+    Json settings = Json::object();          // Context::settings() of every task
+    // submit() waits while this many submitted tasks have not been handed to a worker yet,
+    // so that a program submitting a million tasks holds a bounded queue.
+    std::size_t max_queued = 10'000;
+    std::string log_level{};  // the workers' and the engine's spdlog level; empty: SPDLOG_LEVEL or info
+};
+
+// A task that did not succeed, as the program sees it: Result::value() throws it.
+class TaskError : public std::runtime_error {
+public:
+    TaskError(TaskId id, std::string type, const std::string& reason, std::uint32_t attempts, bool cancelled,
+              Value value);
+    TaskId id() const { return id_; }
+    const std::string& type() const { return type_; }
+    // Why it failed: the exception's what(), "timed out after 2 s", "worker w1 died: signal 9",
+    // "cancelled" ... (what() says the same, with the task's id and type).
+    const std::string& reason() const { return reason_; }
+    std::uint32_t attempts() const { return attempts_; }  // how many times it ran
+    bool cancelled() const { return cancelled_; }
+    // The exit status of a command that failed ("exit_code" in its value); nullopt otherwise.
+    std::optional<int> exit() const;
+    // What the failed task left (TaskFailed's value), or null.
+    const Value& value() const { return value_; }
+
+private:
+    TaskId id_;
+    std::string type_;
+    std::string reason_;
+    std::uint32_t attempts_;
+    bool cancelled_;
+    Value value_;
+};
+
+namespace detail {
+struct Outcome {
+    TaskId id = kNoId;
+    std::string type;
+    bool ok = false;
+    std::uint32_t attempts = 1;
+    bool cancelled = false;
+    std::string error;
+    Value value;
+    [[noreturn]] void raise() const;
+};
+}  // namespace detail
+
+// One task's result, its value read as T (T from JSON: nlohmann's get<T>(), so a struct with
+// from_json works; Value keeps it as JSON).
+template <class T = Value>
+class Result {
+public:
+    explicit Result(std::shared_ptr<const detail::Outcome> outcome) : outcome_(std::move(outcome)) {}
+    TaskId id() const { return outcome_->id; }
+    const std::string& type() const { return outcome_->type; }
+    bool ok() const { return outcome_->ok; }
+    std::uint32_t attempts() const { return outcome_->attempts; }
+    // The value as T; throws TaskError for a task that failed (and nlohmann::json's
+    // type_error for a value that is not a T).
+    T value() const {
+        if (!outcome_->ok) outcome_->raise();
+        if constexpr (std::is_same_v<T, Value>)
+            return outcome_->value;
+        else
+            return outcome_->value.template get<T>();
+    }
+    // The value as JSON, whether ok or not (a failed task's is TaskFailed's, or null).
+    const Value& json() const { return outcome_->value; }
+    // The error of a failed task (as value() would throw it); throws std::logic_error when ok.
+    TaskError error() const {
+        if (outcome_->ok) throw std::logic_error("the task succeeded: it has no error");
+        return {outcome_->id,       outcome_->type,      outcome_->error,
+                outcome_->attempts, outcome_->cancelled, outcome_->value};
+    }
+    template <class U>
+    Result<U> as() const {
+        return Result<U>(outcome_);
+    }
+
+private:
+    std::shared_ptr<const detail::Outcome> outcome_;
+};
+
+// What submit() gives back: the task's id, the same as Result::id() and the journal's "id".
+struct TaskHandle {
+    TaskId id = kNoId;
+};
+
+class Farm {
+public:
+    explicit Farm(FarmOptions options = {});
+    // Closes the farm: waits for the tasks submitted to finish (their results not taken are
+    // dropped), stops the workers.
+    ~Farm();
+    Farm(const Farm&) = delete;
+    Farm& operator=(const Farm&) = delete;
+
+    // Registers a function or a type as App does (before the first submit; the same in the
+    // program's worker side). Throws std::invalid_argument as App::task() does.
+    Farm& task(const std::string& name, TaskFunction fn, TaskOptions options = {});
+    Farm& add(std::shared_ptr<const TaskType> type);
+    // `fn(const P&, Context&)` with typed parameters, as App::task<P>(): a bad parameter
+    // fails submit() naming the field.
+    template <class P, class Fn>
+    Farm& task(const std::string& name, Fn fn, TaskOptions options = {}) {
+        return add(std::make_shared<TypedFunctionType<P, Fn>>(name, std::move(fn), std::move(options)));
+    }
+
+    // Whether this process was started as one of the farm's workers (`PROGRAM worker ...`);
+    // then run_worker() is all main() does, with the same types registered.
+    static bool is_worker(int argc, const char* const* argv);
+    int run_worker(int argc, const char* const* argv);
+
+    // Queues a task of type `type` with `params` (checked by the type's parse(): a bad one
+    // throws std::invalid_argument naming the field, before anything runs). The first call
+    // starts the workers. Waits while max_queued tasks wait for a worker. Thread-safe: a
+    // program may submit from anywhere, while results come back.
+    TaskHandle submit(const std::string& type, Params params, double timeout_s = -1);
+    // Submits one task per element of `range` (params_of(element) its parameters) and hands
+    // each result to `on_result` as it completes (on the calling thread), until every one is
+    // in; `on_result` may submit more (they are waited for too). Memory stays flat in the
+    // range's size: at most max_queued tasks wait, and results are handed over, not kept.
+    template <class Range, class ParamsOf, class OnResult>
+    void map(const std::string& type, const Range& range, ParamsOf params_of, OnResult on_result);
+
+    // The next result to complete, of any task submitted and not yet taken; waits for it.
+    // nullopt when every task submitted has been taken.
+    std::optional<Result<>> next();
+    // next() without waiting: nullopt when none is complete now.
+    std::optional<Result<>> try_next();
+    // The results of every task submitted and not yet taken, in completion order, including
+    // tasks submitted while iterating; ends when none is left.
+    template <class T = Value>
+    class Completed;
+    template <class T = Value>
+    Completed<T> as_completed() {
+        return Completed<T>(*this);
+    }
+    // Waits until every task submitted has completed (their results wait for next()).
+    void wait();
+    // Cancels a task: one not started never runs, a running one is stopped (through its
+    // stop token); its result is a failure with cancelled(). False if it already completed.
+    bool cancel(TaskHandle task);
+    // Tasks submitted whose results have not been taken.
+    std::uint64_t outstanding() const;
+    // Lets the running tasks finish and stops the workers; submit() throws afterwards.
+    void close();
+
+    class Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+template <class T>
+class Farm::Completed {
+public:
+    explicit Completed(Farm& farm) : farm_(farm) {}
+    class iterator {
+    public:
+        using value_type = Result<T>;
+        using difference_type = std::ptrdiff_t;
+        iterator() = default;
+        explicit iterator(Farm* farm) : farm_(farm) { ++*this; }
+        const Result<T>& operator*() const { return *current_; }
+        const Result<T>* operator->() const { return &*current_; }
+        iterator& operator++() {
+            auto next = farm_->next();
+            if (next)
+                current_.emplace(next->template as<T>());
+            else
+                current_.reset();
+            return *this;
+        }
+        void operator++(int) { ++*this; }
+        bool operator==(const iterator& other) const { return !current_ && !other.current_; }
+
+    private:
+        Farm* farm_ = nullptr;
+        std::optional<Result<T>> current_;
+    };
+    iterator begin() { return iterator(&farm_); }
+    iterator end() { return {}; }
+
+private:
+    Farm& farm_;
+};
+
+template <class Range, class ParamsOf, class OnResult>
+void Farm::map(const std::string& type, const Range& range, ParamsOf params_of, OnResult on_result) {
+    for (const auto& element : range) {
+        submit(type, params_of(element));
+        // Hand over what is done as it goes, so results do not pile up while submitting.
+        while (auto result = try_next()) on_result(*result);
+    }
+    while (auto result = next()) on_result(*result);
+}
+
+}  // namespace taskfarm
