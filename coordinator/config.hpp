@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -14,6 +15,8 @@
 #include "task.hpp"
 
 namespace taskfarm {
+
+struct ParallelOutput;  // parallel_output.hpp
 
 struct RunConfig {
     int workers = 4;
@@ -93,6 +96,10 @@ struct RunConfig {
     int slurm_workers = 0;
     std::vector<std::string> slurm_args;  // --slurm-args, split into words: more srun options
     bool slurm_pin = false;               // --pin: srun --cpu-bind=cores
+
+    // `coordinator parallel` (parallel_cli.hpp): GNU parallel's output and exit status
+    // instead of the result lines and the table; null for every other run.
+    std::shared_ptr<ParallelOutput> parallel;
 };
 
 // `coordinator keygen DIR`: writes key pairs for CURVE instead of running anything.

@@ -41,7 +41,8 @@ namespace {
 // The type's output block for the console, printable line by line and ending in a newline;
 // "" when there is none.
 std::string output_block(const TaskResult& result, OutputBlocks blocks) {
-    if (blocks == OutputBlocks::None || !result.type || result.value.is_null()) return {};
+    if (blocks == OutputBlocks::None || blocks == OutputBlocks::Plain || !result.type || result.value.is_null())
+        return {};
     std::string block;
     try {
         block = result.type->output(result.value);

@@ -234,9 +234,9 @@ TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
     std::string inputs;
     for (int i = 0; i < 20; ++i) inputs += "in" + std::to_string(i) + "\n";
     write_file(dir / "inputs", inputs);
-    const Output output =
-        run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
-                                   (dir / "inputs").string(), "--workers", "2", "--mode", "threads"});
+    const Output output = run_binary(
+        "coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
+                        (dir / "inputs").string(), "--workers", "2", "--mode", "threads", "--output", "group"});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     for (int i = 0; i < 20; ++i) {
         const std::string in = "in" + std::to_string(i);
@@ -247,12 +247,45 @@ TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
     }
     const Output quiet = run_binary("coordinator", {"--command", "echo out {}", "--inputs", (dir / "inputs").string(),
                                                     "--workers", "2", "--output", "none"});
+    EXPECT_EQ(quiet.out.find("out in"), std::string::npos) << quiet.out;
     ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
     EXPECT_EQ(quiet.out.find("  | "), std::string::npos) << quiet.out;
     const Output tagged = run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2", "--inputs",
                                                      (dir / "inputs").string(), "--workers", "2", "--output", "tag"});
     ASSERT_EQ(tagged.exit_code, 0) << tagged.err;
     EXPECT_NE(tagged.out.find(" of stderr\ntask 7  | out in7\ntask 7  ! err in7\n"), std::string::npos) << tagged.out;
+}
+
+// --output plain, the default with --command: stdout is the commands' output alone, each
+// task's whole; their stderr, the result lines and the table are on stderr.
+TEST(CommandLine, StdoutHoldsTheCommandsOutputAloneEachTasksWhole) {
+    testing::TempDir dir;
+    std::string inputs;
+    for (int i = 0; i < 20; ++i) inputs += "in" + std::to_string(i) + "\n";
+    write_file(dir / "inputs", inputs);
+    for (const std::string mode : {"threads", "processes"}) {
+        const Output output =
+            run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
+                                       (dir / "inputs").string(), "--workers", "2", "--mode", mode, "--results",
+                                       (dir / (mode + ".jsonl")).string()});
+        ASSERT_EQ(output.exit_code, 0) << output.err;
+        std::string expected_lines;
+        std::vector<std::string> blocks;
+        for (std::size_t at = 0; at < output.out.size(); at = output.out.find('\n', output.out.find('\n', at) + 1) + 1)
+            blocks.push_back(output.out.substr(at, output.out.find('\n', output.out.find('\n', at) + 1) + 1 - at));
+        std::sort(blocks.begin(), blocks.end());
+        std::vector<std::string> expected;
+        for (int i = 0; i < 20; ++i) {
+            const std::string in = "in" + std::to_string(i);
+            expected.push_back("out " + in + "\nmore " + in + "\n");
+            EXPECT_NE(output.err.find("err " + in + "\n"), std::string::npos) << output.err;
+        }
+        std::sort(expected.begin(), expected.end());
+        EXPECT_EQ(blocks, expected) << output.out;
+        EXPECT_NE(output.err.find(mode + "  "), std::string::npos) << output.err;  // the result lines
+        EXPECT_NE(output.err.find("wall_s"), std::string::npos) << output.err;     // and the table
+        EXPECT_EQ(testing::read_json_lines(dir / (mode + ".jsonl")).size(), 20u);  // the journal as ever
+    }
 }
 
 TEST(CommandLine, AFailedCommandKeepsItsExitCodeAndOutputInTheJournal) {
