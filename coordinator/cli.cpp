@@ -330,10 +330,11 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         app.add_option("--command", config.command,
                        "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read as the tasks\n"
                        "go out; every line an input, as it is, # and blank lines too), with GNU parallel's\n"
-                       "replacement strings, each quoted as one shell word: {} the line, {.} without extension,\n"
-                       "{/} base name, {//} directory, {/.} base name without extension, {#} task number from 1;\n"
-                       "no replacement string: the line is appended. Write {} bare: '{}' ends the quoting and\n"
-                       "\"{}\" keeps the quotes as text. stdout: the commands' output alone (--output). Runs only\n"
+                       "replacement strings, quoted where the shell would change them: {} the line, {.} without\n"
+                       "extension, {/} base name, {//} directory, {/.} base name without extension, {#} task\n"
+                       "number from 1; no replacement string: the line is appended. Write {} bare: '{}' ends\n"
+                       "the quoting, and \"{}\" RUNS THE INPUT AS CODE (as in GNU parallel). stdout: the\n"
+                       "commands' output alone (--output). Runs only\n"
                        "the processes mode unless --mode says otherwise. GNU parallel's own command line:\n"
                        "`coordinator parallel --help`. See docs/commands.md")
             ->type_name("TEMPLATE")
@@ -356,7 +357,8 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                "--output", output,
                "command output on stdout: plain (the default with --command and --task command: the\n"
                "commands' stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU parallel\n"
-               "prints them; the result lines and the table go to stderr), group (the default otherwise: each\n"
+               "prints them; failed tasks' result lines and the table go to stderr), group (the default otherwise: "
+               "each\n"
                "task's stdout and stderr as one block under its result line, lines marked \"  | \" and \"  ! \"),\n"
                "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
             ->check(CLI::IsMember({"plain", "group", "tag", "none"}))

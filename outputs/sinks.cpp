@@ -96,7 +96,8 @@ void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 }
 
 void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
-    if (discarded_) return;
+    // --output plain: stdout is the commands' own; only what failed is told, on stderr.
+    if (discarded_ || (blocks_ == OutputBlocks::Plain && result.ok)) return;
     // The worker's name, error and value come from another process: one task, one line.
     const std::string outcome = printable(result.ok         ? describe_value(result)
                                           : result.retrying ? "FAILED, runs again (--retries): " + result.error
