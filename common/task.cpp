@@ -148,6 +148,14 @@ const std::string& this_host() {
     return host;
 }
 
+const std::string& this_node() {
+    static const std::string node = [] {
+        const char* slurm = std::getenv("SLURMD_NODENAME");
+        return slurm != nullptr && *slurm != '\0' ? std::string(slurm) : this_host();
+    }();
+    return node;
+}
+
 const char* version() { return TASKFARM_VERSION; }
 
 // --- Context ---
@@ -337,7 +345,7 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     const auto ran = std::chrono::steady_clock::now() - started;
     result.run_time = ran;
     TaskCost& cost = result.cost;
-    cost.host = this_host();
+    cost.host = this_node();
     if (children) {
         cost.scope = TaskCost::Scope::Tree;
         cost.user_s = children->user_s;

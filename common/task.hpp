@@ -77,8 +77,12 @@ inline constexpr std::chrono::milliseconds kPeakMinRun{1};
 std::string_view to_string(TaskCost::Scope scope);
 // The inverse; None for anything else.
 TaskCost::Scope cost_scope(std::string_view name);
-// This machine's host name (gethostname), read once.
+// This machine's host name (gethostname), read once: the name to reach it by.
 const std::string& this_host();
+// The node this process runs on, read once: Slurm's node name ($SLURMD_NODENAME) inside a
+// Slurm job, where one host may run several nodes and the scheduler places work by node
+// name; else this_host(). Worker names, results' `host` and the journal use it.
+const std::string& this_node();
 
 struct TaskResult {
     TaskId id = kNoId;

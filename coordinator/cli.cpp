@@ -29,7 +29,7 @@
 #include "log.hpp"
 #include "parallel_cli.hpp"
 #include "plan_sources.hpp"
-#include "slurm.hpp"
+#include "step.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -640,18 +640,25 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     std::string launch = "local";
     auto* launch_option =
         app.add_option("--launch", launch,
-                       "how the worker processes start: local (forked here) or slurm (one `srun` job step of\n"
+                       "how the worker processes start: local (forked here), slurm (one `srun` job step of\n"
                        "--workers tasks, default $SLURM_NTASKS, one CPU each, connecting back over tcp with keys\n"
                        "made for the run in the working directory; inside sbatch or salloc it uses the allocation,\n"
-                       "outside one srun allocates with --slurm-args). Only the processes mode runs. See\n"
-                       "docs/multihost.md")
-            ->check(CLI::IsMember({"local", "slurm"}))
+                       "outside one srun allocates with --slurm-args) or mpirun (one `mpirun -n N` of --workers\n"
+                       "workers on the hosts it is given: PBS, LSF, Grid Engine; Open MPI or MPICH). Only the\n"
+                       "processes mode runs. See docs/multihost.md")
+            ->check(CLI::IsMember({"local", "slurm", "mpirun"}))
             ->capture_default_str();
     std::string slurm_args;
     auto* slurm_args_option = app.add_option("--slurm-args", slurm_args,
                                              "with --launch slurm: more srun options, split as the shell would, e.g.\n"
                                              "--slurm-args '--partition=short --time=10'")
                                   ->type_name("'ARGS'");
+    std::string mpirun_args;
+    auto* mpirun_args_option =
+        app.add_option("--mpirun-args", mpirun_args,
+                       "with --launch mpirun: more mpirun options, split as the shell would, e.g.\n"
+                       "--mpirun-args '--hostfile hosts --map-by node'")
+            ->type_name("'ARGS'");
     KeygenConfig keygen;
     auto* keygen_command =
         app.add_subcommand("keygen",
@@ -824,18 +831,24 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             throw CLI::ValidationError("TMPDIR", fmt::format("cannot use TMPDIR '{}': {}",
                                                              printable(tmpdir ? tmpdir : "", 200), ec.message()));
         }
-        if (wait_option->count() > 0 && config.listen.empty() && launch != "slurm")
-            throw CLI::ValidationError("--wait-workers", "is for remote workers: it needs --listen or --launch slurm");
+        const bool stepped = launch == "slurm" || launch == "mpirun";
+        if (wait_option->count() > 0 && config.listen.empty() && !stepped)
+            throw CLI::ValidationError("--wait-workers",
+                                       "is for remote workers: it needs --listen or --launch slurm|mpirun");
         if (slurm_args_option->count() > 0 && launch != "slurm")
             throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
-        if (launch_option->count() > 0 && launch == "slurm") {
+        if (mpirun_args_option->count() > 0 && launch != "mpirun")
+            throw CLI::ValidationError("--mpirun-args", "goes to mpirun: it needs --launch mpirun");
+        if (launch_option->count() > 0 && stepped) {
+            const StepLauncher launcher = launch == "slurm" ? StepLauncher::Slurm : StepLauncher::Mpirun;
             // The workers are remote workers that this coordinator starts, with keys of the run's own.
             for (const CLI::Option* option : {keys_option, insecure_option, expect_option})
                 if (option->count() > 0)
                     throw CLI::ValidationError(option->get_name(),
-                                               "cannot go with --launch slurm, which makes keys for the run and "
-                                               "waits for the --workers it starts");
-            if (workers_option->count() == 0) {
+                                               fmt::format("cannot go with --launch {}, which makes keys for the run "
+                                                           "and waits for the --workers it starts",
+                                                           launch));
+            if (launcher == StepLauncher::Slurm && workers_option->count() == 0) {
                 const char* ntasks = std::getenv("SLURM_NTASKS");
                 int value = 0;
                 const std::string_view text = ntasks ? ntasks : "";
@@ -847,24 +860,30 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                                  ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
                 config.workers = value;
             }
-            if (config.workers < 1) throw CLI::ValidationError("--workers", "--launch slurm needs at least 1 worker");
+            if (launcher == StepLauncher::Mpirun && workers_option->count() == 0)
+                throw CLI::ValidationError("--workers",
+                                           "--launch mpirun starts --workers N workers: give --workers N (the slots "
+                                           "of the job, e.g. $NSLOTS, $PBS_NP)");
+            if (config.workers < 1)
+                throw CLI::ValidationError("--workers", fmt::format("--launch {} needs at least 1 worker", launch));
+            const std::string& args_text = launcher == StepLauncher::Slurm ? slurm_args : mpirun_args;
+            StepConfig step{.launcher = launcher, .tasks = config.workers, .pin = pin || !cpus.empty()};
             try {
-                config.slurm_args = split_slurm_args(slurm_args);
+                step.args = split_launcher_args(args_text);
             } catch (const std::invalid_argument& e) {
-                throw CLI::ValidationError("--slurm-args",
-                                           fmt::format("cannot split '{}': {}", printable(slurm_args), e.what()));
+                throw CLI::ValidationError(launcher == StepLauncher::Slurm ? "--slurm-args" : "--mpirun-args",
+                                           fmt::format("cannot split '{}': {}", printable(args_text), e.what()));
             }
             for (const std::string& name : modes)
                 if (name != "processes" && mode_option->count() > 0)
                     throw CLI::ValidationError(
-                        "--mode", fmt::format("'{}' cannot run with --launch slurm: its workers are worker processes, "
+                        "--mode", fmt::format("'{}' cannot run with --launch {}: its workers are worker processes, "
                                               "so only the processes mode runs",
-                                              name));
+                                              name, launch));
             modes = {"processes"};
             if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
-            config.slurm = true;
-            config.slurm_pin = pin || !cpus.empty();
-            config.slurm_workers = config.expect_workers = config.workers;
+            config.expect_workers = config.workers;
+            config.step = std::move(step);
             config.workers = 0;
         } else if (!config.listen.empty()) {
             for (const std::string& name : modes)

@@ -12,6 +12,7 @@
 #include "console_modes.hpp"
 #include "curve.hpp"
 #include "mode.hpp"
+#include "step.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
@@ -89,13 +90,12 @@ struct RunConfig {
     double wait_workers_s = 60.0;                  // ... and how long; also how long a run with no worker left waits
     std::optional<curve::ServerKeys> server_keys;  // read from keys_dir by the coordinator before the run
 
-    // --launch slurm: the remote workers are one srun job step of slurm_workers tasks that the
-    // coordinator starts (workers is then 0 and expect_workers slurm_workers), with keys made
-    // for the run; empty listen is filled in with an address the nodes can reach.
-    bool slurm = false;
-    int slurm_workers = 0;
-    std::vector<std::string> slurm_args;  // --slurm-args, split into words: more srun options
-    bool slurm_pin = false;               // --pin: srun --cpu-bind=cores
+    // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
+    // of step->tasks workers that the coordinator starts (workers is then 0 and expect_workers
+    // step->tasks), with keys made for the run; empty listen is filled in with an address the
+    // nodes can reach. step->args: --slurm-args or --mpirun-args split into words; step->pin:
+    // --pin.
+    std::optional<StepConfig> step;
 
     // `coordinator parallel` (parallel_cli.hpp): GNU parallel's output and exit status
     // instead of the result lines and the table; null for every other run.

@@ -393,7 +393,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     choose_modes(config, types);
     // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
     std::optional<ForkServer> fork_server;
-    if (kForkServerUsable && config.fork_server && config.workers > 0 && !config.slurm &&
+    if (kForkServerUsable && config.fork_server && config.workers > 0 && !config.step &&
         std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end()) {
         try {
             fork_server.emplace(config.worker_bin, config.worker_prefix, config.log_level);
@@ -428,7 +428,8 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     // --ui binds now: a port in use is exit 2 before the run, naming --ui.
     std::unique_ptr<LiveView> live;
     if (!config.ui.empty())
-        live = std::make_unique<LiveView>(config.ui, command_text(config.command_line), config.slurm);
+        live = std::make_unique<LiveView>(config.ui, command_text(config.command_line),
+                                          config.step && config.step->launcher == StepLauncher::Slurm);
     const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
     const auto done_in = [&](Mode mode) -> const IdSet& {
         static const IdSet none;

@@ -27,10 +27,7 @@ ProcessesOptions processes_options(const RunConfig& config) {
             .server_keys = config.server_keys,
             .expect_workers = config.expect_workers,
             .wait_workers_s = config.wait_workers_s,
-            .slurm = config.slurm,
-            .slurm_workers = config.slurm_workers,
-            .slurm_args = config.slurm_args,
-            .slurm_pin = config.slurm_pin};
+            .step = config.step};
 }
 
 }  // namespace

@@ -16,7 +16,8 @@
 #include "listener.hpp"
 #include "process_pool.hpp"
 #include "processes.hpp"
-#include "slurm.hpp"
+#include "step.hpp"
+#include "task.hpp"
 #include "temp_dirs.hpp"
 #include "wire.hpp"
 
@@ -66,18 +67,16 @@ private:
 std::string endpoint_for_workers(const std::string& bound) {
     for (const std::string any : {"tcp://0.0.0.0:", "tcp://[::]:"}) {
         if (!bound.starts_with(any)) continue;
-        char host[256] = {};
-        if (::gethostname(host, sizeof host - 1) != 0) break;
-        return fmt::format("tcp://{}:{}", host, bound.substr(any.size()));
+        return fmt::format("tcp://{}:{}", this_host(), bound.substr(any.size()));
     }
     return bound;
 }
 
 std::string seconds_text(double seconds) { return fmt::format("{}", seconds); }
 
-// What srun runs on each task: a worker that connects back with the run's keys.
-std::vector<std::string> slurm_worker_command(const ProcessesOptions& config, const std::string& endpoint,
-                                              const std::filesystem::path& keys) {
+// What srun or mpirun runs on each task: a worker that connects back with the run's keys.
+std::vector<std::string> step_worker_command(const ProcessesOptions& config, const std::string& endpoint,
+                                             const std::filesystem::path& keys) {
     std::vector<std::string> command{config.worker_bin.string()};
     command.insert(command.end(), config.worker_prefix.begin(), config.worker_prefix.end());
     command.insert(command.end(), {"--connect", endpoint, "--keys", keys.string(), "--out-dir",
@@ -100,15 +99,15 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         wire::configure(router, zmq::socket_type::router);
         const std::string endpoint = "ipc://" + (dir.path() / "coordinator").string();
         router.bind(endpoint);            // before the Listener's options: local workers stay on plaintext ipc
-        std::optional<RunKeys> run_keys;  // --launch slurm: made for this run, in the working directory
-        if (config_.slurm) run_keys.emplace(std::filesystem::current_path());
+        std::optional<RunKeys> run_keys;  // --launch slurm|mpirun: made for this run, in the working directory
+        if (config_.step) run_keys.emplace(std::filesystem::current_path());
         std::optional<Listener> listener;  // after the router: it unbinds from it when it goes
         if (!config_.listen.empty()) {
             listener.emplace(
                 context, router,
                 ListenConfig{config_.listen, run_keys ? std::optional(run_keys->server()) : config_.server_keys});
             spdlog::info("listening for remote workers on {}", listener->describe());
-            if (config_.expect_workers > 0 && !config_.slurm)
+            if (config_.expect_workers > 0 && !config_.step)
                 spdlog::info("waiting up to {:.0f} s for {} remote worker(s): {} --connect {}{}",
                              config_.wait_workers_s, config_.expect_workers, config_.worker_command,
                              endpoint_for_workers(listener->endpoint()), config_.server_keys ? " --keys DIR" : "");
@@ -133,24 +132,26 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                             std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_))},
             stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
-        std::optional<SlurmStep> step;  // after the listener: its workers connect to it
-        if (config_.slurm) {
+        std::optional<WorkerStep> step;  // after the listener: its workers connect to it
+        const char* noun = config_.step ? step_noun(config_.step->launcher) : "";
+        if (config_.step) {
             const std::string worker_endpoint = endpoint_for_workers(listener->endpoint());
-            spdlog::info("waiting up to {:.0f} s for the {} worker(s) of the Slurm job step to connect to {}",
-                         config_.wait_workers_s, config_.slurm_workers, worker_endpoint);
-            step.emplace(SlurmStepConfig{config_.slurm_workers, config_.slurm_pin, config_.slurm_args,
-                                         slurm_worker_command(config_, worker_endpoint, run_keys->dir())});
+            spdlog::info("waiting up to {:.0f} s for the {} worker(s) of the {} to connect to {}",
+                         config_.wait_workers_s, config_.step->tasks, noun, worker_endpoint);
+            StepConfig step_config = *config_.step;
+            step_config.worker = step_worker_command(config_, worker_endpoint, run_keys->dir());
+            step.emplace(step_config);
             // Asked on the dispatcher's loop, so it never waits there: the grace is counted
             // across calls.
-            dispatcher.watch([&step, ended_at = std::optional<std::chrono::steady_clock::time_point>(),
+            dispatcher.watch([&step, noun, ended_at = std::optional<std::chrono::steady_clock::time_point>(),
                               this]() mutable -> std::optional<std::string> {
                 if (!step->ended()) return std::nullopt;
                 const auto now = std::chrono::steady_clock::now();
                 if (!ended_at) ended_at = now;
                 // Meanwhile a signal stops the dispatcher as any signal does.
                 if (stop_.stop_requested() || now - *ended_at < kSignalGrace) return std::nullopt;
-                spdlog::error("the Slurm job step of the workers ended before the run did: {}", step->describe(true));
-                return fmt::format("the Slurm job step of the workers ended ({})", step->describe(false));
+                spdlog::error("the {} of the workers ended before the run did: {}", noun, step->describe(true));
+                return fmt::format("the {} of the workers ended ({})", noun, step->describe(false));
             });
         }
         dispatcher.run();
@@ -159,7 +160,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         if (step) {
             // Its status is not the run's: a worker killed on the way makes it non-zero, and
             // that worker's tasks ran elsewhere.
-            spdlog::info("the Slurm job step of the workers ended: {}", step->stop(kStepGrace));
+            spdlog::info("the {} of the workers ended: {}", noun, step->stop(kStepGrace));
         }
         for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});

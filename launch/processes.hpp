@@ -13,6 +13,7 @@
 #include "control.hpp"
 #include "curve.hpp"
 #include "runner.hpp"
+#include "step.hpp"
 
 namespace taskfarm {
 
@@ -41,11 +42,9 @@ struct ProcessesOptions {
     std::optional<curve::ServerKeys> server_keys;
     int expect_workers = 0;
     double wait_workers_s = 60.0;
-    // --launch slurm: one srun step of slurm_workers workers, with keys made for the run.
-    bool slurm = false;
-    int slurm_workers = 0;
-    std::vector<std::string> slurm_args;
-    bool slurm_pin = false;
+    // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
+    // of step->tasks workers, with keys made for the run; the runner fills in step->worker.
+    std::optional<StepConfig> step;
 };
 
 class ProcessesRunner final : public Runner {

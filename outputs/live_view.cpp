@@ -26,6 +26,7 @@
 #include "errors.hpp"
 #include "live_view_assets.hpp"
 #include "live_view_door.hpp"
+#include "task.hpp"
 
 namespace taskfarm {
 namespace {
@@ -551,11 +552,7 @@ LiveView::LiveView(const std::string& address, std::string title, bool slurm)
     if (const auto* why = std::get_if<std::string>(&bound))
         throw ConfigError(fmt::format("--ui: cannot listen on {}:{}: {} (PORT 0 picks a free one: --ui {}:0)", host,
                                       parsed->port, *why, parsed->host));
-    std::string shown = host;
-    if (host == "0.0.0.0") {
-        char name[256] = {};
-        if (::gethostname(name, sizeof name - 1) == 0) shown = name;
-    }
+    const std::string& shown = host == "0.0.0.0" ? this_host() : host;
     url_ = fmt::format("http://{}:{}/{}/", shown, std::get<int>(bound), token_);
 }
 

@@ -75,8 +75,9 @@ public:
     }
 
     Params generate(Generate& args) const override {
-        const auto given = args.settings.find("duration_s");  // absent: a program that reads no flags
-        const Json range = given != args.settings.end() ? *given : parse_duration("1");
+        static const Json kDefault = parse_duration("1");  // for a program that reads no flags
+        const auto given = args.settings.find("duration_s");
+        const Json& range = given != args.settings.end() ? *given : kDefault;  // no copy per task
         const double lo = range.at(0).get<double>();
         const double span = range.at(1).get<double>() - lo;
         return Params{{"seconds", span > 0 ? round_to_ms(lo + span * unit_interval(args.random)) : lo}};

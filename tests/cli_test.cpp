@@ -186,6 +186,7 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
                              "--wait-workers",
                              "--launch",
                              "--slurm-args",
+                             "--mpirun-args",
                              "--min-speed",
                              "--stall-time",
                              "keygen",
@@ -265,6 +266,13 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{{"--listen", "tcp://127.0.0.1:5555", "--insecure", "--wait-workers", "0"}, "--wait-workers", "0"},
         BadValue{{"--wait-workers", "5"}, "--wait-workers", "--listen"},
         BadValue{{"--slurm-args", "-p short"}, "--slurm-args", "--launch slurm"},
+        BadValue{{"--mpirun-args", "-x A"}, "--mpirun-args", "--launch mpirun"},
+        BadValue{{"--launch", "slurm", "--workers", "2", "--mpirun-args", "-x A"}, "--mpirun-args", "--launch mpirun"},
+        BadValue{{"--launch", "mpirun"}, "--workers", "give --workers N"},
+        BadValue{{"--launch", "mpirun", "--workers", "2", "--mpirun-args", "-x $(id)"},
+                 "--mpirun-args",
+                 "command substitution"},
+        BadValue{{"--launch", "mpirun", "--workers", "2", "--mode", "threads"}, "--mode", "threads"},
         BadValue{{"--launch", "ssh"}, "--launch", "ssh"},
         BadValue{{"--launch", "slurm", "--workers", "0"}, "--workers", "at least 1"},
         BadValue{{"--launch", "slurm", "--workers", "2", "--mode", "threads"}, "--mode", "threads"},
@@ -354,12 +362,13 @@ TEST(Cli, LaunchSlurmStartsSlurmNtasksRemoteWorkersByDefault) {
     const ScopedEnv ntasks("SLURM_NTASKS", "6");
     const auto parsed = parse({"--launch", "slurm", "--pin", "--slurm-args", "--partition=short  --comment='a b'"});
     const auto& config = std::get<RunConfig>(parsed.result);
-    EXPECT_TRUE(config.slurm);
-    EXPECT_TRUE(config.slurm_pin);
-    EXPECT_EQ(config.slurm_workers, 6);
+    ASSERT_TRUE(config.step);
+    EXPECT_EQ(config.step->launcher, StepLauncher::Slurm);
+    EXPECT_TRUE(config.step->pin);
+    EXPECT_EQ(config.step->tasks, 6);
     EXPECT_EQ(config.expect_workers, 6);
     EXPECT_EQ(config.workers, 0);  // no local worker
-    EXPECT_EQ(config.slurm_args, (std::vector<std::string>{"--partition=short", "--comment=a b"}));
+    EXPECT_EQ(config.step->args, (std::vector<std::string>{"--partition=short", "--comment=a b"}));
     EXPECT_EQ(config.modes, std::vector<Mode>{Mode::Processes});
     EXPECT_TRUE(config.listen.starts_with("tcp://") && config.listen.ends_with(":*")) << config.listen;
 }
@@ -368,10 +377,25 @@ TEST(Cli, LaunchSlurmTakesWorkersAndListenWhenGiven) {
     const ScopedEnv ntasks("SLURM_NTASKS", "6");
     const auto parsed = parse({"--launch", "slurm", "--workers", "3", "--listen", "tcp://127.0.0.1:5555"});
     const auto& config = std::get<RunConfig>(parsed.result);
-    EXPECT_EQ(config.slurm_workers, 3);
-    EXPECT_FALSE(config.slurm_pin);
+    ASSERT_TRUE(config.step);
+    EXPECT_EQ(config.step->tasks, 3);
+    EXPECT_FALSE(config.step->pin);
     EXPECT_EQ(config.listen, "tcp://127.0.0.1:5555");
-    EXPECT_TRUE(config.slurm_args.empty());
+    EXPECT_TRUE(config.step->args.empty());
+}
+
+TEST(Cli, LaunchMpirunStartsWorkersWithItsOwnArgs) {
+    const auto parsed =
+        parse({"--launch", "mpirun", "--workers", "4", "--pin", "--mpirun-args", "--hostfile 'my hosts'"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    ASSERT_TRUE(config.step);
+    EXPECT_EQ(config.step->launcher, StepLauncher::Mpirun);
+    EXPECT_EQ(config.step->tasks, 4);
+    EXPECT_TRUE(config.step->pin);
+    EXPECT_EQ(config.expect_workers, 4);
+    EXPECT_EQ(config.workers, 0);
+    EXPECT_EQ(config.step->args, (std::vector<std::string>{"--hostfile", "my hosts"}));
+    EXPECT_EQ(config.modes, std::vector<Mode>{Mode::Processes});
 }
 
 TEST(Cli, LaunchSlurmOutsideAnAllocationNeedsWorkers) {

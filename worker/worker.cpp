@@ -78,12 +78,6 @@ void exit_with_parent(long parent) {
     }
 }
 
-std::string host_name() {
-    char buffer[256] = {};
-    if (::gethostname(buffer, sizeof buffer - 1) != 0) return "unknown";
-    return buffer;
-}
-
 // Past this, the running task is slow enough that the tasks queued behind it are better
 // off on another worker: they go back to the coordinator (`returned`).
 constexpr auto kGiveBackAfter = std::chrono::milliseconds(20);
@@ -393,7 +387,7 @@ int run(const WorkerConfig& config) {
     proto::Hello hello;
     hello.name = config.name;
     hello.pid = ::getpid();
-    hello.host = host_name();
+    hello.host = this_node();
     hello.cpu = pinned_cpu();
     hello.rss = resident_bytes();
     // Before the hello, so that no task can start here before the board exists.
@@ -579,7 +573,8 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
                  "over) then runs any command as root on this machine")
         ->needs(insecure_option);
     app.add_option("--name", config.name,
-                   "name in logs and results (default: host-pid); at most 64 bytes, no control characters")
+                   "name in logs and results (default: HOST-PID, or NODE-PID with Slurm's node name in a Slurm job); "
+                   "at most 64 bytes, no control characters")
         ->check(CLI::Validator(
             [](std::string& given) -> std::string {
                 // The coordinator rejects a hello whose name it could not print as it is.
@@ -672,7 +667,7 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
             ProcessTitle(fmt::format("{} {}", name, *(name_flag + 1)), "").apply();
         return worker_main(name, registry, static_cast<int>(child_argv.size()), child_argv.data());
     }
-    if (config.name.empty()) config.name = fmt::format("{}-{}", host_name(), ::getpid());
+    if (config.name.empty()) config.name = fmt::format("{}-{}", this_node(), ::getpid());
     init_logging(config.name);
     if (!config.log_level.empty()) set_log_level(config.log_level);
     // The coordinator may have blocked these for its own signal thread; the mask survives exec.

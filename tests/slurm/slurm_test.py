@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""coordinator --launch slurm against a real one-node Slurm: the one tests/slurm/cluster
-starts as a CTest fixture (TASKFARM_SLURM_STATE names the file that holds its directory).
+"""coordinator --launch slurm against a real three-node Slurm (tf1, tf2, tf3 on this host): the
+one tests/slurm/cluster starts as a CTest fixture (TASKFARM_SLURM_STATE names the file that holds its directory).
 With no cluster these tests fail, never skip: CI must not pass without having run them.
 
 Every process a test starts has the test's own temporary directory on its command line (the
@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 COORDINATOR = Path(os.environ["TASKFARM_COORDINATOR"])
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "slurm.sbatch"
+CLUSTER = Path(__file__).resolve().parent / "cluster"
+NODES = ["tf1", "tf2", "tf3"]
 WORKER = COORDINATOR.parent / "worker"
 WAIT_S = 90  # the most any one wait takes before the test fails
 
@@ -89,11 +90,11 @@ class SlurmLaunch(unittest.TestCase):
         self.assertEqual(done.returncode, 0, f"{args}: {done.stderr}")
         return done.stdout
 
-    def submit(self, ntasks, coordinator_args):
+    def submit(self, ntasks, coordinator_args, sbatch_args=()):
         """sbatch a job of `ntasks` tasks whose batch script runs the coordinator in the test's
         directory; returns the job id."""
         command = " ".join([str(COORDINATOR), "--launch", "slurm", "--progress", "never"] + coordinator_args)
-        job = self.slurm("sbatch", "--parsable", f"--ntasks={ntasks}", f"--chdir={self.dir}",
+        job = self.slurm("sbatch", "--parsable", f"--ntasks={ntasks}", *sbatch_args, f"--chdir={self.dir}",
                          f"--output={self.dir}/job-%j.out", f"--error={self.dir}/job-%j.err",
                          "--wrap", f"exec {command}").strip().split(";")[0]
         self.jobs.append(job)
@@ -132,9 +133,11 @@ class SlurmLaunch(unittest.TestCase):
         self.assertTrue(all(line["ok"] for line in lines))
         workers = {line["worker"] for line in lines}
         self.assertLessEqual(len(workers), 4)
-        # The default names are HOST-PID: the node each task ran on.
-        host = socket.gethostname().split(".")[0]
-        self.assertTrue(all(name.startswith(host + "-") for name in workers), workers)
+        # The default names are NODE-PID: the Slurm node each task ran on (one node: 4 tasks fit
+        # the 8 CPUs of the first).
+        self.assertEqual(len({name.rsplit("-", 1)[0] for name in workers}), 1, workers)
+        self.assertTrue(all(name.rsplit("-", 1)[0] in NODES for name in workers), workers)
+        self.assertTrue(all(line["host"] == line["worker"].rsplit("-", 1)[0] for line in lines))
         out = self.output(job)
         self.assertIn("processes", out)
         self.assertNotIn("(interrupted)", out)
@@ -178,12 +181,83 @@ class SlurmLaunch(unittest.TestCase):
         lines = journal(results)
         self.assertEqual(Counter(line["id"] for line in lines if line["ok"]), Counter(range(12)))
         err = self.output(job, "err")
-        host = socket.gethostname().split(".")[0]
-        self.assertRegex(err, rf"worker {host}-{victim} \S.*; requeueing its [1-9]\d* task\(s\)")
+        self.assertRegex(err, rf"worker tf\d-{victim} \S.*; requeueing its [1-9]\d* task\(s\)")
         self.assertTrue(any(line["attempt"] >= 2 for line in lines), "no task ran a second time")
         # Nothing replaced it: the rest ran on the one worker left.
-        self.assertLessEqual({line["worker"] for line in lines}, {f"{host}-{pid}" for pid in victims})
+        self.assertLessEqual({line["worker"].rsplit("-", 1)[1] for line in lines}, {str(pid) for pid in victims})
         self.assert_nothing_left()
+
+    def test_three_nodes_run_each_task_once_and_the_journal_says_where(self):
+        results = self.dir / "run.jsonl"
+        job = self.submit(6, ["--task", "sleep", "--duration", "0.01", "--tasks", "300", "--results", str(results)],
+                          ["--nodes=3", "--ntasks-per-node=2"])
+        self.assertEqual(self.wait_job(job), "0:0", self.output(job, "err"))
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(300)))
+        self.assertTrue(all(line["ok"] for line in lines))
+        # Placement: each line's host is the Slurm node its worker ran on, and the worker's
+        # default name says the same; two workers per node, every node used.
+        workers = {line["worker"] for line in lines}
+        self.assertTrue(all(line["host"] == line["worker"].rsplit("-", 1)[0] for line in lines))
+        per_node = Counter(name.rsplit("-", 1)[0] for name in workers)
+        self.assertEqual(set(per_node), set(NODES), per_node)
+        self.assertTrue(all(count <= 2 for count in per_node.values()), per_node)
+        self.assertIn("started 6 worker(s) as a Slurm job step", self.output(job, "err"))
+        self.assert_nothing_left()
+
+    def test_a_node_lost_mid_run_has_its_workers_tasks_requeued_on_the_others(self):
+        # A node lost as a power cut loses it: its slurmd, its job step daemon and its
+        # worker, all SIGKILLed. The batch script (the coordinator) runs on the first node;
+        # the last one is lost. --no-kill keeps Slurm from ending the job for a lost node.
+        lost = NODES[-1]
+        self.addCleanup(subprocess.run, [str(CLUSTER), "slurmd", os.environ["TASKFARM_SLURM_STATE"], lost],
+                        env=self.env, timeout=60, check=False)
+        results = self.dir / "run.jsonl"
+        job = self.submit(3, ["--task", "sleep", "--duration", "0.3", "--tasks", "30", "--results", str(results)],
+                          ["--nodes=3", "--ntasks-per-node=1", "--no-kill"])
+        wait_until("3 results in the journal", lambda: len(journal(results)) >= 3)
+
+        def workers_on(node):
+            found = []
+            for pid in pids_with(str(self.dir)):
+                try:
+                    if Path(f"/proc/{pid}/exe").resolve() != WORKER.resolve():
+                        continue
+                    if f"SLURMD_NODENAME={node}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                        found.append(pid)
+                except OSError:
+                    pass
+            return found
+
+        victims = wait_until(f"the worker on {lost}", lambda: workers_on(lost))
+        state_dir = Path(Path(os.environ["TASKFARM_SLURM_STATE"]).read_text().strip())
+        slurmd = int((state_dir / "run" / f"slurmd-{lost}.pid").read_text())
+        stepds = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in victims}
+        for pid in [slurmd, *stepds, *victims]:
+            os.kill(pid, signal.SIGKILL)
+
+        self.assertEqual(self.wait_job(job), "0:0", self.output(job, "err"))
+        lines = journal(results)
+        ok = [line for line in lines if line["ok"]]
+        self.assertEqual(Counter(line["id"] for line in ok), Counter(range(30)))
+        err = self.output(job, "err")
+        self.assertRegex(err, rf"worker {lost}-{victims[0]} \S.*; requeueing its [1-9]\d* task\(s\)")
+        # Every task after the loss ran on the nodes left.
+        self.assertIn(lost, {line["host"] for line in ok})
+        self.assertEqual({line["host"] for line in ok if line["attempt"] >= 2} - set(NODES[:-1]), set())
+        self.assert_nothing_left()
+
+    def test_scancel_of_a_three_node_job_leaves_no_process(self):
+        results = self.dir / "run.jsonl"
+        job = self.submit(3, ["--task", "sleep", "--duration", "0.1", "--tasks", "300", "--results", str(results)],
+                          ["--nodes=3", "--ntasks-per-node=1"])
+        wait_until("10 results in the journal", lambda: len(journal(results)) >= 10)
+        self.slurm("scancel", job)
+        self.wait_job(job)
+        self.assert_nothing_left()
+        ids = Counter(line["id"] for line in journal(results) if line["ok"])
+        self.assertEqual(max(ids.values()), 1, "a task recorded ok twice")
+        self.assertEqual(len({line["host"] for line in journal(results)}), 3)
 
     def test_the_step_ending_early_fails_the_run_with_the_reason(self):
         results = self.dir / "run.jsonl"

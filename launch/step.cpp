@@ -1,4 +1,4 @@
-#include "slurm.hpp"
+#include "step.hpp"
 
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -26,12 +26,13 @@
 namespace taskfarm {
 namespace {
 
-constexpr std::size_t kKeptLines = 8;  // of srun's stderr, for the reason it ended
+constexpr std::size_t kKeptLines = 8;  // of the launcher's stderr, for the reason it ended
 constexpr auto kPollInterval = std::chrono::milliseconds(20);
 
 // `name` as execv wants it: a path, found in PATH when it has no slash (execvp may allocate
 // between fork and exec, so the search happens before the fork).
-std::string find_program(const std::string& name) {
+std::string find_program(StepLauncher launcher) {
+    const std::string name = program_of(launcher);
     if (name.find('/') != std::string::npos) return name;
     const char* path = std::getenv("PATH");
     std::string_view dirs = path ? path : "/usr/bin:/bin";
@@ -43,13 +44,48 @@ std::string find_program(const std::string& name) {
         if (colon == std::string_view::npos) break;
         dirs.remove_prefix(colon + 1);
     }
-    throw RunError(
-        fmt::format("--launch slurm: cannot start '{}': not found in PATH (is this a Slurm client "
-                    "machine? Debian's package is slurm-client)",
-                    name));
+    throw RunError(fmt::format("--launch {}: cannot start '{}': not found in PATH ({})", launch_name(launcher), name,
+                               launcher == StepLauncher::Slurm
+                                   ? "is this a Slurm client machine? Debian's package is slurm-client"
+                                   : "Debian's packages are openmpi-bin and mpich"));
 }
 
 }  // namespace
+
+const char* program_of(StepLauncher launcher) { return launcher == StepLauncher::Slurm ? "srun" : "mpirun"; }
+const char* step_noun(StepLauncher launcher) {
+    return launcher == StepLauncher::Slurm ? "Slurm job step" : "mpirun job";
+}
+const char* launch_name(StepLauncher launcher) { return launcher == StepLauncher::Slurm ? "slurm" : "mpirun"; }
+
+StepCommand step_command(const StepConfig& config) {
+    StepCommand command;
+    command.argv.push_back(find_program(config.launcher));
+    if (config.launcher == StepLauncher::Slurm) {
+        command.argv.insert(command.argv.end(), {fmt::format("--ntasks={}", config.tasks), "--cpus-per-task=1",
+                                                 // A worker that dies is the coordinator's to handle
+                                                 // (its tasks are requeued): the others go on.
+                                                 "--kill-on-bad-exit=0", "--job-name=taskfarm-workers"});
+        if (config.pin) command.argv.emplace_back("--cpu-bind=cores");
+    } else {
+        // -n and -bind-to are spelled the same by Open MPI and MPICH (hydra).
+        command.argv.insert(command.argv.end(), {"-n", std::to_string(config.tasks)});
+        if (config.pin) command.argv.insert(command.argv.end(), {"-bind-to", "core"});
+        // Open MPI's defaults, through its environment (MPICH ignores these names): a worker
+        // that dies must not abort the others (its tasks are requeued), and without --pin no
+        // binding (Open MPI binds to cores when it starts two processes or fewer). A value the
+        // user set wins.
+        for (const char* variable : {"OMPI_MCA_orte_abort_on_non_zero_status=0",
+                                     config.pin ? "" : "OMPI_MCA_hwloc_base_binding_policy=none"}) {
+            const std::string_view text = variable;
+            if (text.empty() || std::getenv(std::string(text.substr(0, text.find('='))).c_str())) continue;
+            command.env.emplace_back(text);
+        }
+    }
+    command.argv.insert(command.argv.end(), config.args.begin(), config.args.end());
+    command.argv.insert(command.argv.end(), config.worker.begin(), config.worker.end());
+    return command;
+}
 
 std::string first_non_loopback_address() {
     ifaddrs* list = nullptr;
@@ -69,7 +105,7 @@ std::string first_non_loopback_address() {
     return found;
 }
 
-std::vector<std::string> split_slurm_args(const std::string& text) {
+std::vector<std::string> split_launcher_args(const std::string& text) {
     wordexp_t words{};
     const int error = ::wordexp(text.c_str(), &words, WRDE_NOCMD | WRDE_UNDEF);
     if (error != 0) {
@@ -89,8 +125,8 @@ std::vector<std::string> split_slurm_args(const std::string& text) {
 RunKeys::RunKeys(const std::filesystem::path& parent) {
     std::string pattern = (std::filesystem::absolute(parent) / ".taskfarm-keys-XXXXXX").string();
     if (!::mkdtemp(pattern.data()))  // mode 0700: only this user can read the secrets
-        throw RunError(fmt::format("--launch slurm: cannot create a key directory in '{}': {}",
-                                   printable(parent.string()), std::strerror(errno)));
+        throw RunError(fmt::format("--launch: cannot create a key directory in '{}': {}", printable(parent.string()),
+                                   std::strerror(errno)));
     dir_ = pattern;
     try {
         curve::write_key_directory(dir_, /*worker_only=*/false);
@@ -98,7 +134,7 @@ RunKeys::RunKeys(const std::filesystem::path& parent) {
     } catch (const std::exception& e) {
         std::error_code ec;
         std::filesystem::remove_all(dir_, ec);
-        throw RunError(fmt::format("--launch slurm: cannot make keys for the run: {}", e.what()));
+        throw RunError(fmt::format("--launch: cannot make keys for the run: {}", e.what()));
     }
 }
 
@@ -108,43 +144,44 @@ RunKeys::~RunKeys() {
     if (ec) spdlog::warn("cannot remove the run's key directory '{}': {}", dir_.string(), ec.message());
 }
 
-SlurmStep::SlurmStep(SlurmStepConfig config) {
-    std::vector<std::string> argv{find_program("srun"), fmt::format("--ntasks={}", config.tasks), "--cpus-per-task=1",
-                                  // A worker that dies is the coordinator's to handle (its tasks
-                                  // are requeued): the others go on.
-                                  "--kill-on-bad-exit=0", "--job-name=taskfarm-workers"};
-    if (config.pin) argv.emplace_back("--cpu-bind=cores");
-    argv.insert(argv.end(), config.srun_args.begin(), config.srun_args.end());
-    argv.insert(argv.end(), config.worker.begin(), config.worker.end());
+WorkerStep::WorkerStep(const StepConfig& config) : program_(program_of(config.launcher)) {
+    StepCommand command = step_command(config);
     std::vector<char*> raw;
-    for (std::string& arg : argv) raw.push_back(arg.data());
+    for (std::string& arg : command.argv) raw.push_back(arg.data());
     raw.push_back(nullptr);
+    // The environment is built before the fork: only async-signal-safe calls after it.
+    std::vector<char*> env;
+    for (char** entry = environ; *entry; ++entry) env.push_back(*entry);
+    for (std::string& entry : command.env) env.push_back(entry.data());
+    env.push_back(nullptr);
 
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0)
-        throw RunError(fmt::format("--launch slurm: cannot make a pipe for srun: {}", std::strerror(errno)));
+        throw RunError(fmt::format("--launch {}: cannot make a pipe for {}: {}", launch_name(config.launcher), program_,
+                                   std::strerror(errno)));
     sigset_t none;
     sigemptyset(&none);
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid == 0) {  // only async-signal-safe calls from here to exec
-        // srun ends the step when it gets SIGTERM; the coordinator's death must end it too.
+        // srun and mpirun end their workers when they get SIGTERM; the coordinator's death
+        // must end them too.
         ::prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (::getppid() != parent) ::_exit(127);
         // A group of its own: a Ctrl-C on the terminal reaches only the coordinator, which
-        // stops srun itself (srun's first SIGINT would only print the step's status).
+        // stops the launcher itself (srun's first SIGINT would only print the step's status).
         ::setpgid(0, 0);
         drop_stop_signals_meant_for_the_parent();    // sent to the coordinator's group before the line above
         ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the coordinator blocks its stop signals
         ::signal(SIGPIPE, SIG_DFL);
-        // srun passes its stdin to task 0: the plan may be on ours (--plan -), and is not the
-        // workers' to read.
+        // srun and mpirun pass their stdin to task 0: the plan may be on ours (--plan -), and
+        // is not the workers' to read.
         if (const int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC); null >= 0) ::dup2(null, STDIN_FILENO);
         // Both to the pipe: the coordinator's stdout holds results only. dup2 clears O_CLOEXEC.
         ::dup2(pipe_fds[1], STDOUT_FILENO);
         ::dup2(pipe_fds[1], STDERR_FILENO);
-        ::execv(raw[0], raw.data());
-        const char message[] = "cannot run srun\n";
+        ::execve(raw[0], raw.data(), env.data());
+        const char message[] = "cannot run the launcher\n";
         [[maybe_unused]] const auto written = ::write(STDERR_FILENO, message, sizeof message - 1);
         ::_exit(127);
     }
@@ -152,21 +189,24 @@ SlurmStep::SlurmStep(SlurmStepConfig config) {
     ::close(pipe_fds[1]);
     if (pid < 0) {
         ::close(pipe_fds[0]);
-        throw RunError(fmt::format("--launch slurm: cannot start srun: {}", std::strerror(error)));
+        throw RunError(fmt::format("--launch {}: cannot start {}: {}", launch_name(config.launcher), program_,
+                                   std::strerror(error)));
     }
     pid_ = pid;
     std::string shown;
-    for (std::size_t i = 0; i + 1 < raw.size(); ++i) shown += (i ? " " : "") + argv[i];
-    spdlog::info("started {} worker(s) as a Slurm job step: {}", config.tasks, printable(shown));
+    for (const std::string& entry : command.env) shown += entry + " ";
+    for (std::size_t i = 0; i + 1 < raw.size(); ++i) shown += (i ? " " : "") + command.argv[i];
+    spdlog::info("started {} worker(s) as a{} {}: {}", config.tasks, config.launcher == StepLauncher::Mpirun ? "n" : "",
+                 step_noun(config.launcher), printable(shown));
     reader_ = std::jthread([this, fd = pipe_fds[0]] { copy_stderr(fd); });
 }
 
-SlurmStep::~SlurmStep() {
+WorkerStep::~WorkerStep() {
     if (pid_ > 0) stop(std::chrono::milliseconds(1000));
     // reader_ joins here: srun is gone, so its pipe is at its end.
 }
 
-void SlurmStep::copy_stderr(int fd) {
+void WorkerStep::copy_stderr(int fd) {
     std::string pending;
     char buffer[4096];
     for (;;) {
@@ -193,7 +233,7 @@ void SlurmStep::copy_stderr(int fd) {
     ::close(fd);
 }
 
-std::optional<std::string> SlurmStep::ended() {
+std::optional<std::string> WorkerStep::ended() {
     if (pid_ > 0) {
         int status = 0;
         if (::waitpid(pid_, &status, WNOHANG) != pid_) return std::nullopt;
@@ -205,7 +245,7 @@ std::optional<std::string> SlurmStep::ended() {
     return describe();
 }
 
-bool SlurmStep::wait_until(std::chrono::steady_clock::time_point deadline) {
+bool WorkerStep::wait_until(std::chrono::steady_clock::time_point deadline) {
     while (!ended()) {
         if (std::chrono::steady_clock::now() >= deadline) return false;
         std::this_thread::sleep_for(kPollInterval);
@@ -213,22 +253,23 @@ bool SlurmStep::wait_until(std::chrono::steady_clock::time_point deadline) {
     return true;
 }
 
-std::string SlurmStep::stop(std::chrono::milliseconds grace) {
+std::string WorkerStep::stop(std::chrono::milliseconds grace) {
     if (wait_until(std::chrono::steady_clock::now() + grace)) return describe();
-    spdlog::info("srun (pid {}) still running {} ms after SHUTDOWN: SIGTERM ends its job step", pid_, grace.count());
+    spdlog::info("{} (pid {}) still running {} ms after SHUTDOWN: SIGTERM ends its workers", program_, pid_,
+                 grace.count());
     ::kill(pid_, SIGTERM);
     if (wait_until(std::chrono::steady_clock::now() + grace)) return describe();
-    spdlog::warn("srun (pid {}) still running after SIGTERM: SIGKILL", pid_);
+    spdlog::warn("{} (pid {}) still running after SIGTERM: SIGKILL", program_, pid_);
     ::kill(pid_, SIGKILL);
     wait_until(std::chrono::steady_clock::now() + grace * 10);
-    return pid_ > 0 ? "srun did not exit after SIGKILL" : describe();
+    return pid_ > 0 ? program_ + " did not exit after SIGKILL" : describe();
 }
 
-std::string SlurmStep::describe(bool last_lines) const {
-    std::string text = WIFEXITED(status_)     ? fmt::format("srun exited with status {}", WEXITSTATUS(status_))
-                       : WIFSIGNALED(status_) ? fmt::format("srun was killed by signal {} ({})", WTERMSIG(status_),
-                                                            ::strsignal(WTERMSIG(status_)))
-                                              : fmt::format("srun ended with wait status {:#x}", status_);
+std::string WorkerStep::describe(bool last_lines) const {
+    std::string text = WIFEXITED(status_)     ? fmt::format("{} exited with status {}", program_, WEXITSTATUS(status_))
+                       : WIFSIGNALED(status_) ? fmt::format("{} was killed by signal {} ({})", program_,
+                                                            WTERMSIG(status_), ::strsignal(WTERMSIG(status_)))
+                                              : fmt::format("{} ended with wait status {:#x}", program_, status_);
     std::lock_guard lock(mutex_);
     if (last_lines && !last_lines_.empty()) {
         // One line: the error printer escapes line breaks.
