@@ -1,5 +1,6 @@
 #include "temp_dirs.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -90,7 +91,7 @@ std::filesystem::path make_temp_dir(const std::filesystem::path& base, std::stri
 int make_temp_file(const std::filesystem::path& base, std::string_view what, std::filesystem::path& path) {
     Registry& all = registry();
     std::string pattern = pattern_for(base, what);
-    const int fd = ::mkstemp(pattern.data());
+    const int fd = ::mkostemp(pattern.data(), O_CLOEXEC);  // no command may inherit it
     if (fd < 0) return fd;
     std::lock_guard lock(all.mutex);
     all.paths.emplace_back(::getpid(), pattern);

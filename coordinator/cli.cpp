@@ -27,6 +27,7 @@
 #include "dispatcher.hpp"
 #include "live_view.hpp"
 #include "log.hpp"
+#include "parallel_cli.hpp"
 #include "plan_sources.hpp"
 #include "step.hpp"
 #include "text.hpp"
@@ -250,6 +251,7 @@ const CLI::Validator kSetting(
 }  // namespace
 
 ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* argv) {
+    if (argc > 1 && std::string_view(argv[1]) == "parallel") return parse_parallel(program, argc - 1, argv + 1);
     const Registry& registry = program.registry;
     RunConfig config;
     config.worker_bin = program.worker.path;
@@ -327,10 +329,14 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     auto* command_option =
         app.add_option("--command", config.command,
                        "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read as the tasks\n"
-                       "go out), with GNU parallel's replacement strings, each quoted as one shell word: {} the\n"
-                       "line, {.} without extension, {/} base name, {//} directory, {/.} base name without\n"
-                       "extension, {#} task number from 1; no replacement string: the line is appended. Runs only\n"
-                       "the processes mode unless --mode says otherwise. See docs/commands.md")
+                       "go out; every line an input, as it is, # and blank lines too), with GNU parallel's\n"
+                       "replacement strings, quoted where the shell would change them: {} the line, {.} without\n"
+                       "extension, {/} base name, {//} directory, {/.} base name without extension, {#} task\n"
+                       "number from 1; no replacement string: the line is appended. Write {} bare: '{}' ends\n"
+                       "the quoting, and \"{}\" RUNS THE INPUT AS CODE (as in GNU parallel). stdout: the\n"
+                       "commands' output alone (--output). Runs only\n"
+                       "the processes mode unless --mode says otherwise. GNU parallel's own command line:\n"
+                       "`coordinator parallel --help`. See docs/commands.md")
             ->type_name("TEMPLATE")
             ->excludes(plan_option)
             ->excludes(task_option)
@@ -346,13 +352,17 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->check(size_validator(0))
             ->capture_default_str();
     std::string output = "group";
-    app.add_option(
-           "--output", output,
-           "command output on stdout: group (each task's stdout and stderr as one block under its result\n"
-           "line, lines marked \"  | \" and \"  ! \"), tag (the same, each line starting with \"task ID\", for\n"
-           "grep) or none (the journal still has them)")
-        ->check(CLI::IsMember({"group", "tag", "none"}))
-        ->capture_default_str();
+    auto* output_option =
+        app.add_option(
+               "--output", output,
+               "command output on stdout: plain (the default with --command and --task command: the\n"
+               "commands' stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU parallel\n"
+               "prints them; failed tasks' result lines and the table go to stderr), group (the default otherwise: "
+               "each\n"
+               "task's stdout and stderr as one block under its result line, lines marked \"  | \" and \"  ! \"),\n"
+               "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
+            ->check(CLI::IsMember({"plain", "group", "tag", "none"}))
+            ->capture_default_str();
     std::string file_size = "200K";
     std::string max_bytes = "100M";
     std::string bandwidth;
@@ -726,6 +736,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         fmt::format(
             "Examples: {0} --workers 8 --task download\n"
             "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
+            "          {0} parallel -j 4 -k gzip -k ::: *.txt      (GNU parallel's command line)\n"
             "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
             "          {0} --workers 2 --task cpu --tasks 8 --mode all --pin\n"
             "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
@@ -918,7 +929,11 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     config.max_output = *parse_size(max_output);
     config.max_worker_memory = *parse_size(max_worker_memory);
     if (retries_option->count() > 0) config.task_retries = config.retries;
-    config.output = output == "tag" ? OutputBlocks::Tag : output == "none" ? OutputBlocks::None : OutputBlocks::Group;
+    config.output = output == "tag"     ? OutputBlocks::Tag
+                    : output == "none"  ? OutputBlocks::None
+                    : output == "plain" ? OutputBlocks::Plain
+                                        : OutputBlocks::Group;
+    if (output_option->count() == 0 && task == "command") config.output = OutputBlocks::Plain;
     config.modes_given = mode_option->count() > 0;
     config.file_size = *parse_size(file_size);
     config.min_speed = *parse_size(min_speed);

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,6 +16,8 @@
 #include "task.hpp"
 
 namespace taskfarm {
+
+struct ParallelOutput;  // parallel_output.hpp
 
 struct RunConfig {
     int workers = 4;
@@ -93,6 +96,10 @@ struct RunConfig {
     // nodes can reach. step->args: --slurm-args or --mpirun-args split into words; step->pin:
     // --pin.
     std::optional<StepConfig> step;
+
+    // `coordinator parallel` (parallel_cli.hpp): GNU parallel's output and exit status
+    // instead of the result lines and the table; null for every other run.
+    std::shared_ptr<ParallelOutput> parallel;
 };
 
 // `coordinator keygen DIR`: writes key pairs for CURVE instead of running anything.

@@ -28,6 +28,7 @@
 #include "live_view.hpp"
 #include "log.hpp"
 #include "outputs.hpp"
+#include "parallel_output.hpp"
 #include "plan_sources.hpp"
 #include "process_pool.hpp"
 #include "progress.hpp"
@@ -499,10 +500,26 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         fmt::print(stderr, "nothing to do: all {} tasks are ok in '{}'\n", *plan.count,
                    printable(config.resume_path.string()));
     // A report on stdout must be all there is on it; the results and the table then go to stderr.
-    std::FILE* const results_out = report_on_stdout(config) ? stderr : stdout;
+    // --output plain: stdout is the commands' own (or stderr's too, under a report on stdout).
+    const bool plain = config.output == OutputBlocks::Plain && !config.parallel;
+    std::FILE* const results_out = report_on_stdout(config) || plain ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
-    auto console = std::make_unique<ConsoleSink>(results_out, config.output);
-    ConsoleSink* console_sink = console.get();
+    // `coordinator parallel`: the jobs' output as GNU parallel prints it, in place of the result lines.
+    std::unique_ptr<ResultSink> console;
+    ConsoleSink* console_sink = nullptr;
+    ParallelSink* parallel_sink = nullptr;
+    const ParallelOutput plain_output;
+    if (config.parallel || plain) {
+        auto sink = std::make_unique<ParallelSink>(plain ? plain_output : *config.parallel,
+                                                   report_on_stdout(config) ? stderr : stdout);
+        if (plain) sinks.add(std::make_unique<ConsoleSink>(results_out, config.output));
+        parallel_sink = sink.get();
+        console = std::move(sink);
+    } else {
+        auto sink = std::make_unique<ConsoleSink>(results_out, config.output);
+        console_sink = sink.get();
+        console = std::move(sink);
+    }
     ProgressSink* progress = nullptr;
     if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
         auto sink = std::make_unique<ProgressSink>(
@@ -531,7 +548,11 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     }
     // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
     // the whole plan for no one; SIGPIPE itself is ignored (coordinator_main).
-    console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
+    if (console_sink) console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
+    if (parallel_sink) {
+        parallel_sink->on_halt([&signals](bool now) { signals.halt(now); });
+        parallel_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
+    }
     for (const auto& service : plan.services) service->start();
     CancelBoard cancels;
     const ControlServer control(cancels);  // `coordinator cancel --run PID ID...`
@@ -576,7 +597,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         throw;
     }
     if (progress) progress->close();
-    {
+    if (!config.parallel) {
         const std::string summary = summary_text(reports);
         const bool written = std::fwrite(summary.data(), 1, summary.size(), results_out) == summary.size();
         // After an EPIPE the console sink has said so; the files below are still written.
@@ -608,7 +629,10 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         spdlog::warn("--trace/--timeline: drew the first {} results; {} more were not kept", kMaxRecordedResults,
                      recording->dropped());
 
-    const ExitCode code = exit_code(signals.signal(), reports, output_errors);
+    ExitCode code = exit_code(signals.signal(), reports, output_errors);
+    if (config.parallel && signals.signal() == 0 && output_errors.empty() &&
+        std::all_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.plan_error.empty(); }))
+        code = static_cast<ExitCode>(parallel_sink->exit_status());
     if (live) {
         live->state().finish(reports);
         if (signals.signal() == 0) linger(*live, config.ui_linger_s, signals);

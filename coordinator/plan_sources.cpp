@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -162,7 +163,24 @@ private:
     std::size_t number_ = 0;
 };
 
+// A list named by a descriptor of ours (`--inputs <(...)` is /dev/fd/63): close-on-exec from
+// now on, so that no command of the run inherits it (the descriptor we read is our own).
+void keep_from_commands(const std::filesystem::path& path) {
+    const std::string text = path.string();
+    for (const std::string_view prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+        if (!text.starts_with(prefix)) continue;
+        int fd = -1;
+        const char* digits = text.data() + prefix.size();
+        const auto [end, ec] = std::from_chars(digits, text.data() + text.size(), fd);
+        if (ec == std::errc{} && end == text.data() + text.size() && fd > STDERR_FILENO) {
+            const int flags = ::fcntl(fd, F_GETFD);
+            if (flags >= 0) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+        }
+    }
+}
+
 std::unique_ptr<LineSource> open_file(const std::filesystem::path& path, const std::string& flag) {
+    keep_from_commands(path);
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         throw ConfigError(
@@ -171,7 +189,12 @@ std::unique_ptr<LineSource> open_file(const std::filesystem::path& path, const s
 }
 
 // The task of one non-skipped line; throws what the line's problem is.
-using MakeTask = std::function<TaskSpec(const std::string& line, TaskId id)>;
+struct MakeTask {
+    std::function<TaskSpec(const std::string& line, TaskId id)> make;
+    // Every line is a task, as it is: none skipped, nothing trimmed (a command's inputs:
+    // a file named "#notes" or " x " is an input like any other, as for GNU parallel).
+    bool verbatim = false;
+};
 
 // Tasks from the lines of `lines`, numbered from 0, with FILE:LINE in every error. With
 // `expected`, the lines hold that many tasks (counted before the run): any other number
@@ -203,14 +226,14 @@ private:
             ++number_;
             if (got == Got::TooLong)
                 throw ConfigError(fmt::format("{}{}:{}: {}", prefix_, name_, number_, too_long_text()));
-            if (skipped(line_)) continue;
+            if (!make_.verbatim && skipped(line_)) continue;
             if (expected_ && tasks_ >= *expected_)
                 throw ConfigError(
                     fmt::format("{}{}:{}: more than the {} task(s) it held when it was checked before the "
                                 "run: the file changed under the run",
                                 prefix_, name_, number_, *expected_));
             try {
-                task = make_(line_, tasks_);
+                task = make_.make(line_, tasks_);
             } catch (const std::exception& e) {
                 throw ConfigError(fmt::format("{}{}:{}: {}", prefix_, name_, number_, printable(e.what())));
             }
@@ -242,18 +265,22 @@ private:
 };
 
 MakeTask plan_line_maker(const Registry& registry) {
-    return [&registry](const std::string& line, TaskId id) {
+    return {[&registry](const std::string& line, TaskId id) {
         TaskSpec task = parse_line(line, registry);
         task.id = id;
         return task;
-    };
+    }};
 }
 
 // Holds a copy of the settings: the plan may outlive the caller's.
 MakeTask input_line_maker(const TaskType& type, const Json& run_settings) {
-    return [&type, settings = std::make_shared<const Json>(run_settings)](const std::string& line, TaskId id) {
+    const bool verbatim = type.name() == "command";
+    auto make = [&type, verbatim, settings = std::make_shared<const Json>(run_settings)](const std::string& line,
+                                                                                         TaskId id) {
         const auto first = line.find_first_not_of(" \t\r");
-        const std::string_view input = std::string_view(line).substr(first, line.find_last_not_of(" \t\r") - first + 1);
+        const std::string_view input =
+            verbatim ? std::string_view(line)
+                     : std::string_view(line).substr(first, line.find_last_not_of(" \t\r") - first + 1);
         // Checked as a plan line is: a type's parameters cannot come from its input line
         // (sleep's, say) fail here, not in every task.
         const Input numbered{.line = input, .index = id, .settings = *settings};
@@ -262,6 +289,7 @@ MakeTask input_line_maker(const TaskType& type, const Json& run_settings) {
                         .params = type.parse(type.from_numbered_input(numbered)),
                         .timeout_s = kTimeoutNotGiven};
     };
+    return {std::move(make), verbatim};
 }
 
 // --tasks tasks of --task, from --seed: every cursor draws from a generator of its own,
@@ -507,7 +535,7 @@ void StdinSpool::keep() {
     if (readers_) throw ConfigError(fmt::format("{}: already read in part, so it cannot be read again", name_));
     std::string base = std::filesystem::temp_directory_path().string();
     std::string pattern = base + "/taskfarm-stdin-XXXXXX";
-    fd_ = ::mkstemp(pattern.data());
+    fd_ = ::mkostemp(pattern.data(), O_CLOEXEC);  // no command may inherit it
     if (fd_ < 0)
         throw ConfigError(fmt::format("{}: cannot make a file in '{}' to keep the lines for the next mode: {}", name_,
                                       printable(base), std::strerror(errno)));
@@ -588,7 +616,7 @@ StdinSpool::Got StdinSpool::Reader::next(std::string& line, bool wait) {
             spool.flushed_ = spool.read_;
         }
         if (!kept_) {
-            kept_ = std::fopen(fmt::format("/proc/self/fd/{}", spool.fd_).c_str(), "r");
+            kept_ = std::fopen(fmt::format("/proc/self/fd/{}", spool.fd_).c_str(), "re");
             if (!kept_)
                 throw ConfigError(
                     fmt::format("{}: cannot read back its kept lines: {}", spool.name_, std::strerror(errno)));
@@ -627,6 +655,7 @@ bool read_once(const std::filesystem::path& path) {
 // Standard input for "-", else the file at `path`, opened now.
 std::shared_ptr<StdinSpool> spool_for(const std::filesystem::path& path, const std::string& flag) {
     if (path == "-") return std::make_shared<StdinSpool>(STDIN_FILENO, "stdin", false);
+    keep_from_commands(path);
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         throw ConfigError(

@@ -40,6 +40,12 @@ public:
     // The run is over (only --ui's linger is left): a signal now stops at once and quietly,
     // with nothing to drain or cancel. Thread-safe.
     void run_over() { over_.store(true); }
+    // Ends the run from within, with no signal (GNU parallel's --halt): no task starts any
+    // more, and with `now` the running ones are cancelled. Thread-safe.
+    void halt(bool now) {
+        if (now) stop_.request_stop();
+        drain_.request_stop();
+    }
 
 private:
     void on_signal(int received, int sender);

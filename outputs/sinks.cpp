@@ -41,7 +41,8 @@ namespace {
 // The type's output block for the console, printable line by line and ending in a newline;
 // "" when there is none.
 std::string output_block(const TaskResult& result, OutputBlocks blocks) {
-    if (blocks == OutputBlocks::None || !result.type || result.value.is_null()) return {};
+    if (blocks == OutputBlocks::None || blocks == OutputBlocks::Plain || !result.type || result.value.is_null())
+        return {};
     std::string block;
     try {
         block = result.type->output(result.value);
@@ -95,7 +96,8 @@ void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 }
 
 void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
-    if (discarded_) return;
+    // --output plain: stdout is the commands' own; only what failed is told, on stderr.
+    if (discarded_ || (blocks_ == OutputBlocks::Plain && result.ok)) return;
     // The worker's name, error and value come from another process: one task, one line.
     const std::string outcome = printable(result.ok         ? describe_value(result)
                                           : result.retrying ? "FAILED, runs again (--retries): " + result.error

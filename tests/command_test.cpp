@@ -66,19 +66,24 @@ bool all_gone(const std::vector<pid_t>& pids) {
         std::chrono::seconds(20));
 }
 
-TEST(CommandTemplate, EachReplacementStringIsOneQuotedWord) {
+// As GNU parallel: a value is quoted only where the shell would change it.
+TEST(CommandTemplate, EachReplacementIsQuotedWhereTheShellWouldChangeIt) {
     EXPECT_EQ(command::expand("{} {.} {/} {//} {/.} {#}", "dir/sub/x.tar.gz", 7),
-              "'dir/sub/x.tar.gz' 'dir/sub/x.tar' 'x.tar.gz' 'dir/sub' 'x.tar' 7");
+              "dir/sub/x.tar.gz dir/sub/x.tar x.tar.gz dir/sub x.tar 7");
     EXPECT_EQ(command::expand("gzip -k {}", "a b.txt", 1), "gzip -k 'a b.txt'");
-    EXPECT_EQ(command::expand("echo {//} {.}", "x", 1), "echo '.' 'x'");
-    EXPECT_EQ(command::expand("echo {.} {//}", "/.bashrc", 1), "echo '/.bashrc' '/'");
-    EXPECT_EQ(command::expand("echo {x} {", "a", 1), "echo {x} { 'a'");
+    EXPECT_EQ(command::expand("echo {//} {.}", "x", 1), "echo . x");
+    EXPECT_EQ(command::expand("echo {.} {//}", "/.bashrc", 1), "echo /.bashrc /");
+    EXPECT_EQ(command::expand("echo {x} {", "a", 1), "echo {x} { a");
+    EXPECT_EQ(command::expand("echo \"value={}\" $(( {} * 2 ))", "3", 1), "echo \"value=3\" $(( 3 * 2 ))");
+    for (const std::string hostile : {"a b", "$(x)", "`x`", "a;b", "*", "~", "a=b", "x'y", "a\nb", "-a,b", "\\", "é"})
+        EXPECT_EQ(command::expand("echo {}", hostile, 1), "echo " + command::shell_quote(hostile)) << hostile;
 }
 
 TEST(CommandTemplate, WithoutAReplacementStringTheInputIsAppended) {
     EXPECT_EQ(command::expand("echo", "it's $(rm -rf ~)", 1), "echo 'it'\\''s $(rm -rf ~)'");
     EXPECT_EQ(command::expand("echo {#}", "a", 3), "echo 3");
     EXPECT_EQ(command::expand("echo", "", 1), "echo ''");
+    EXPECT_EQ(command::expand("echo", "plain-1.x/y", 1), "echo plain-1.x/y");
 }
 
 // A shell command of plain words is exec'd without /bin/sh, as the shell would split and
@@ -310,14 +315,24 @@ TEST(CommandLine, HostileInputsReachTheProgramAsOneLiteralArgument) {
                                                    {2, "[it's `touch " + pwned + "`]"}}));
 }
 
+// "value={}" and $(( {} * 2 )) work for ordinary inputs, as in GNU parallel.
+TEST(CommandLine, AnOrdinaryInputWorksInsideDoubleQuotesAndArithmetic) {
+    testing::TempDir dir;
+    write_file(dir / "inputs", "3\n");
+    const Output output = run_binary("coordinator", {"--command", "echo \"value={}\" $(( {} * 2 ))", "--inputs",
+                                                     (dir / "inputs").string(), "--workers", "1"});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(output.out, "value=3 6\n");
+}
+
 TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
     testing::TempDir dir;
     std::string inputs;
     for (int i = 0; i < 20; ++i) inputs += "in" + std::to_string(i) + "\n";
     write_file(dir / "inputs", inputs);
-    const Output output =
-        run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
-                                   (dir / "inputs").string(), "--workers", "2", "--mode", "threads"});
+    const Output output = run_binary(
+        "coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
+                        (dir / "inputs").string(), "--workers", "2", "--mode", "threads", "--output", "group"});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     for (int i = 0; i < 20; ++i) {
         const std::string in = "in" + std::to_string(i);
@@ -328,12 +343,52 @@ TEST(CommandLine, EachTasksOutputIsOneBlockUnderItsLine) {
     }
     const Output quiet = run_binary("coordinator", {"--command", "echo out {}", "--inputs", (dir / "inputs").string(),
                                                     "--workers", "2", "--output", "none"});
+    EXPECT_EQ(quiet.out.find("out in"), std::string::npos) << quiet.out;
     ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
     EXPECT_EQ(quiet.out.find("  | "), std::string::npos) << quiet.out;
     const Output tagged = run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2", "--inputs",
                                                      (dir / "inputs").string(), "--workers", "2", "--output", "tag"});
     ASSERT_EQ(tagged.exit_code, 0) << tagged.err;
     EXPECT_NE(tagged.out.find(" of stderr\ntask 7  | out in7\ntask 7  ! err in7\n"), std::string::npos) << tagged.out;
+}
+
+// --output plain, the default with --command: stdout is the commands' output alone, each
+// task's whole; their stderr, the result lines and the table are on stderr.
+TEST(CommandLine, StdoutHoldsTheCommandsOutputAloneEachTasksWhole) {
+    testing::TempDir dir;
+    std::string inputs;
+    for (int i = 0; i < 20; ++i) inputs += "in" + std::to_string(i) + "\n";
+    write_file(dir / "inputs", inputs);
+    for (const std::string mode : {"threads", "processes"}) {
+        const Output output =
+            run_binary("coordinator", {"--command", "echo out {}; echo err {} >&2; echo more {}", "--inputs",
+                                       (dir / "inputs").string(), "--workers", "2", "--mode", mode, "--results",
+                                       (dir / (mode + ".jsonl")).string()});
+        ASSERT_EQ(output.exit_code, 0) << output.err;
+        std::string expected_lines;
+        std::vector<std::string> blocks;
+        for (std::size_t at = 0; at < output.out.size(); at = output.out.find('\n', output.out.find('\n', at) + 1) + 1)
+            blocks.push_back(output.out.substr(at, output.out.find('\n', output.out.find('\n', at) + 1) + 1 - at));
+        std::sort(blocks.begin(), blocks.end());
+        std::vector<std::string> expected;
+        for (int i = 0; i < 20; ++i) {
+            const std::string in = "in" + std::to_string(i);
+            expected.push_back("out " + in + "\nmore " + in + "\n");
+            EXPECT_NE(output.err.find("err " + in + "\n"), std::string::npos) << output.err;
+        }
+        std::sort(expected.begin(), expected.end());
+        EXPECT_EQ(blocks, expected) << output.out;
+        EXPECT_EQ(output.err.find("done at"), std::string::npos) << output.err;    // no line for an ok task
+        EXPECT_NE(output.err.find("wall_s"), std::string::npos) << output.err;     // the table
+        EXPECT_EQ(testing::read_json_lines(dir / (mode + ".jsonl")).size(), 20u);  // the journal as ever
+    }
+    // A failed task's line is on stderr, its output where it belongs.
+    const Output failed = run_binary("coordinator", {"--command", "echo out {}; echo oops >&2; exit 3", "--inputs",
+                                                     (dir / "inputs").string(), "--workers", "2"});
+    EXPECT_EQ(failed.exit_code, 1) << failed.err;
+    EXPECT_NE(failed.out.find("out in7\n"), std::string::npos) << failed.out;
+    EXPECT_EQ(failed.out.find("FAILED"), std::string::npos) << failed.out;
+    EXPECT_NE(failed.err.find("FAILED: exited with status 3: oops\n"), std::string::npos) << failed.err;
 }
 
 TEST(CommandLine, AFailedCommandKeepsItsExitCodeAndOutputInTheJournal) {

@@ -176,7 +176,8 @@ TEST_P(RetriesInMode, AFailedCommandRunsAgainAndEachAttemptIsInTheJournal) {
     const auto journal = dir / "journal.jsonl";
     const Output output = run_binary(
         "coordinator", {"--command", "test \"$TASKFARM_ATTEMPT\" -ge", "--inputs", (dir / "inputs.txt").string(),
-                        "--mode", GetParam(), "--workers", "2", "--retries", "1", "--results", journal.string()});
+                        "--mode", GetParam(), "--workers", "2", "--retries", "1", "--results", journal.string(),
+                        "--output", "group"});  // the result lines on stdout
     EXPECT_EQ(output.exit_code, 1) << output.err;
     std::map<std::uint64_t, std::vector<std::pair<int, bool>>> attempts;  // id -> (attempt, ok), in journal order
     for (const auto& line : testing::read_json_lines(journal)) {

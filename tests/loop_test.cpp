@@ -73,8 +73,9 @@ TEST(SlowProducer, TheFirstResultComesBeforeTheSecondLineAndEveryTaskIsOk) {
     testing::TempDir tmp;
     Fifo fifo(tmp / "inputs");
     const fs::path journal = tmp / "results.jsonl";
-    testing::Running coordinator("coordinator", {"--command", "echo {}", "--inputs", fifo.path().string(), "--mode",
-                                                 "processes", "--workers", "2", "--results", journal.string()});
+    testing::Running coordinator(
+        "coordinator", {"--command", "echo {}", "--inputs", fifo.path().string(), "--mode", "processes", "--workers",
+                        "2", "--results", journal.string(), "--output", "group"});  // the result lines on stdout
     fifo.write_line("one");
     // Longer than the heartbeat timeout (2 s): a loop that waited for the line would lose its workers.
     const bool first = shows(coordinator, "task    0", std::chrono::seconds(4));
@@ -97,7 +98,8 @@ TEST(SlowProducer, TheFirstResultComesBeforeTheSecondLineAndEveryTaskIsOk) {
 TEST(SlowProducer, AStdinPipelineWithAPauseRunsEveryTaskOnce) {
     const Output output = run_shell(
         "( echo one; sleep 4; echo two; echo three ) | "
-        "\"$COORDINATOR\" --command 'echo {}' --inputs - --mode processes --workers 2 --max-respawns 1");
+        "\"$COORDINATOR\" --command 'echo {}' --inputs - --mode processes --workers 2 --max-respawns 1 "
+        "--output group");
     EXPECT_EQ(output.exit_code, 0) << output.err;
     EXPECT_EQ(output.err.find("silent"), std::string::npos) << output.err;
     EXPECT_EQ(output.err.find("died"), std::string::npos) << output.err;
@@ -125,7 +127,8 @@ TEST_P(SignalWhileWaiting, EndsTheRunWithoutTheNextLine) {
     testing::TempDir tmp;
     Fifo fifo(tmp / "inputs");
     std::vector<std::string> args{"--command", "echo {}",  "--inputs",  param.stdin ? "-" : fifo.path().string(),
-                                  "--mode",    param.mode, "--workers", "2"};
+                                  "--mode",    param.mode, "--workers", "2",
+                                  "--output",  "group"};
     std::optional<testing::Running> coordinator;
     if (param.stdin) {
         // bash execs the coordinator with the FIFO as its standard input: the pid is the coordinator's.

@@ -171,7 +171,7 @@ TEST_P(CtrlCInMode, CtrlCOnTheTerminalCancelsSaysSoAndASecondPressIsTheSameReque
     // Ignores SIGTERM, so the stop takes command_grace_s: the second Ctrl-C comes during it.
     const std::string command = fmt::format("echo {{}} $$ >> {}; trap '' TERM; sleep 300", started.string());
     Job job(coordinator({"--mode", GetParam(), "--workers", "2", "--command", command, "--inputs",
-                         numbers(dir, 4).string(), "--set", "command_grace_s=1.5"}));
+                         numbers(dir, 4).string(), "--set", "command_grace_s=1.5", "--output", "group"}));
     ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30)))
         << job.err();
     ::kill(-job.pid(), SIGINT);

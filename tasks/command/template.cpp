@@ -1,5 +1,6 @@
 #include "template.hpp"
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -39,14 +40,22 @@ std::string shell_quote(std::string_view text) {
     return quoted + "'";
 }
 
+std::string word_quote(std::string_view text) {
+    const bool plain = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '+' ||
+               c == '-' || c == '.' || c == '/';
+    });
+    return plain ? std::string(text) : shell_quote(text);
+}
+
 std::string expand(std::string_view command_template, std::string_view input, std::uint64_t number) {
     // Longest first: "{/.}" before "{/}".
     const std::array<std::pair<std::string_view, std::string>, 6> replacements{{
-        {"{/.}", shell_quote(without_extension(base_name(input)))},
-        {"{//}", shell_quote(directory(input))},
-        {"{}", shell_quote(input)},
-        {"{.}", shell_quote(without_extension(input))},
-        {"{/}", shell_quote(base_name(input))},
+        {"{/.}", word_quote(without_extension(base_name(input)))},
+        {"{//}", word_quote(directory(input))},
+        {"{}", word_quote(input)},
+        {"{.}", word_quote(without_extension(input))},
+        {"{/}", word_quote(base_name(input))},
         {"{#}", std::to_string(number)},
     }};
     std::string command;
@@ -67,7 +76,7 @@ std::string expand(std::string_view command_template, std::string_view input, st
     }
     if (!replaced) {
         command += ' ';
-        command += shell_quote(input);
+        command += word_quote(input);
     }
     return command;
 }

@@ -1,0 +1,195 @@
+#include "parallel_output.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cmath>
+#include <cstring>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "errors.hpp"
+#include "text.hpp"
+
+namespace taskfarm {
+namespace {
+
+std::string text_field(const Value& value, const char* key) {
+    if (!value.is_object()) return {};
+    const auto found = value.find(key);
+    return found != value.end() && found->is_string() ? found->get<std::string>() : std::string();
+}
+
+// "SIGKILL" -> 9; 0 for none or an unknown name.
+int signal_number(const Value& value) {
+    const std::string name = text_field(value, "signal");
+    if (name.size() <= 3) return 0;
+    for (int signal = 1; signal < NSIG; ++signal)
+        if (const char* abbrev = ::sigabbrev_np(signal); abbrev && name.substr(3) == abbrev) return signal;
+    return 0;
+}
+
+// Every line of `text` starting with `tag` and a tab, as parallel's --tag writes them.
+std::string tagged(const std::string& text, const std::string& tag) {
+    std::string lines;
+    for (std::size_t at = 0; at < text.size();) {
+        const auto end = text.find('\n', at);
+        const std::size_t stop = end == std::string::npos ? text.size() : end + 1;
+        lines += tag;
+        lines += '\t';
+        lines.append(text, at, stop - at);
+        at = stop;
+    }
+    return lines;
+}
+
+void write_file(const std::filesystem::path& path, const std::string& text) {
+    std::FILE* file = std::fopen(path.c_str(), "we");  // close-on-exec, as every file of ours
+    const bool written = file && std::fwrite(text.data(), 1, text.size(), file) == text.size();
+    if ((file && std::fclose(file) != 0) || !written)
+        spdlog::error("--results: cannot write '{}': {}", printable(path.string()), std::strerror(errno));
+}
+
+}  // namespace
+
+ParallelOutput::~ParallelOutput() {
+    if (plan_fd >= 0) ::close(plan_fd);
+}
+
+ParallelSink::ParallelSink(const ParallelOutput& output, std::FILE* out) : output_(output), out_(out) {
+    if (!output_.joblog.empty()) {
+        joblog_ = std::fopen(output_.joblog.c_str(), "we");  // close-on-exec
+        if (!joblog_)
+            throw ConfigError(fmt::format("--joblog: cannot write '{}': {}", printable(output_.joblog.string()),
+                                          std::strerror(errno)));
+        std::fputs("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n", joblog_);
+        std::fflush(joblog_);
+    }
+}
+
+ParallelSink::~ParallelSink() {
+    if (joblog_) std::fclose(joblog_);
+}
+
+void ParallelSink::begin_mode_(const std::string&, std::size_t) { began_ = std::chrono::system_clock::now(); }
+
+void ParallelSink::write(const Finished& finished) {
+    // A job's stdout, then its stderr, as parallel writes them; --joblog in the same order.
+    if (!finished.out.empty() && !closed_ &&
+        std::fwrite(finished.out.data(), 1, finished.out.size(), out_) != finished.out.size())
+        failed();
+    if (!finished.err.empty()) {
+        if (!closed_ && std::fflush(out_) != 0) failed();
+        std::fwrite(finished.err.data(), 1, finished.err.size(), stderr);
+        std::fflush(stderr);
+    }
+    if (joblog_ && !finished.joblog.empty()) {
+        std::fputs(finished.joblog.c_str(), joblog_);
+        std::fflush(joblog_);
+    }
+}
+
+void ParallelSink::failed() {
+    if (errno != EPIPE) {
+        spdlog::error("cannot write the output: {}", std::strerror(errno));
+        return;
+    }
+    closed_ = true;
+    if (on_closed_) on_closed_();
+}
+
+void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
+    if (result.retrying || halted_) return;
+    const std::uint64_t job = result.id;
+    const std::string command = job < output_.commands.size() ? output_.commands[job] : std::string();
+    Finished finished;
+    finished.out = text_field(result.value, "stdout");
+    finished.err = text_field(result.value, "stderr");
+    // No command ran (a worker died, say): `coordinator parallel` says so; --output plain
+    // has the result line on stderr for it.
+    if (!result.ok && finished.err.empty() && !result.value.is_object() && !output_.commands.empty())
+        finished.err = fmt::format("parallel: job {} failed: {}\n", job + 1, result.error);
+    if (!output_.tags.empty() && job < output_.tags.size()) {
+        finished.out = tagged(finished.out, output_.tags[job]);
+        finished.err = tagged(finished.err, output_.tags[job]);
+    }
+    if (output_.verbose) finished.out = command + "\n" + finished.out;
+    const int signal = signal_number(result.value);
+    int status = 0;
+    if (result.ok)
+        status = 0;
+    else if (result.value.is_object() && result.value.value("exit_code", Json()).is_number_integer())
+        status = result.value["exit_code"].get<int>();
+    else
+        status = signal > 0 ? 128 + signal : 1;
+    ++done_;
+    if (!result.ok) ++failed_;
+    if (joblog_) {
+        const double start = std::chrono::duration<double>(began_.time_since_epoch()).count() + result.start_s;
+        finished.joblog =
+            fmt::format("{}\t:\t{:.3f}\t{:10.3f}\t0\t{}\t{}\t{}\t{}\n", job + 1, start, result.run_time.count(),
+                        result.value.is_object() ? result.value.value("stdout_bytes", 0) : 0, signal > 0 ? -1 : status,
+                        signal, command);
+    }
+    if (!output_.results_dirs.empty() && job < output_.results_dirs.size()) {
+        const std::filesystem::path dir = output_.results_dirs[job];
+        std::error_code ec;
+        std::filesystem::create_directories(dir, ec);
+        write_file(dir / "seq", std::to_string(job + 1));
+        write_file(dir / "stdout", text_field(result.value, "stdout"));
+        write_file(dir / "stderr", text_field(result.value, "stderr"));
+    }
+    if (output_.keep_order) {
+        waiting_.emplace(job, std::move(finished));
+        for (auto next = waiting_.find(next_); next != waiting_.end(); next = waiting_.find(next_)) {
+            write(next->second);
+            waiting_.erase(next);
+            ++next_;
+        }
+    } else {
+        write(finished);
+    }
+    check_halt(result, status);
+    if (halted_) {
+        std::fflush(out_);
+        fmt::print(stderr, "parallel: This job {}:\n{}\n", result.ok ? "succeeded" : "failed", command);
+    }
+}
+
+void ParallelSink::check_halt(const TaskResult& result, int status) {
+    const ParallelHalt& halt = output_.halt;
+    if (halt.when == ParallelHalt::When::Never) return;
+    const std::size_t counted = halt.on == ParallelHalt::On::Fail      ? failed_
+                                : halt.on == ParallelHalt::On::Success ? done_ - failed_
+                                                                       : done_;
+    const bool relevant = halt.on == ParallelHalt::On::Completed || (halt.on == ParallelHalt::On::Fail) != result.ok;
+    if (!relevant) return;
+    const double needed =
+        halt.percent ? std::ceil(halt.count / 100.0 * static_cast<double>(output_.commands.size())) : halt.count;
+    if (static_cast<double>(counted) < std::max(needed, 1.0)) return;
+    halted_ = true;
+    // As parallel: the job's own status for fail=1, the share of failed jobs in percent
+    // (rounded up) for fail=N%, the number failed for fail=N.
+    if (halt.on != ParallelHalt::On::Fail)
+        halt_status_ = 0;
+    else if (halt.percent)
+        halt_status_ = static_cast<int>(
+            std::ceil(static_cast<double>(failed_) * 100.0 / static_cast<double>(output_.commands.size())));
+    else
+        halt_status_ = halt.count == 1 ? status : static_cast<int>(failed_);
+    if (on_halt_) on_halt_(halt.when == ParallelHalt::When::Now);
+}
+
+void ParallelSink::flush_() {
+    if (!closed_ && std::fflush(out_) != 0) failed();
+}
+
+int ParallelSink::exit_status() const {
+    if (halted_) return halt_status_;
+    return static_cast<int>(std::min<std::size_t>(failed_, 101));
+}
+
+}  // namespace taskfarm

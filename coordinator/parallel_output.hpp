@@ -1,0 +1,87 @@
+#pragma once
+// `coordinator parallel`: what a run started with GNU parallel's command line prints and
+// writes as it goes (ParallelSink), and its exit status, as GNU parallel's.
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "sink.hpp"
+
+namespace taskfarm {
+
+// --halt WHEN,fail=N|success=N|done=N (N may be a percentage of the jobs).
+struct ParallelHalt {
+    enum class When { Never, Soon, Now };
+    enum class On { Fail, Success, Completed };  // done=N: any job
+    When when = When::Never;
+    On on = On::Fail;
+    double count = 1;      // jobs, or percent when `percent`
+    bool percent = false;  // count is a percentage of all jobs
+};
+
+// What parse_parallel() decided about output, per job (a job is the task with the same id).
+struct ParallelOutput {
+    std::vector<std::string> commands;      // each job's shell command
+    std::vector<std::string> tags;          // --tag/--tagstring: each job's tag; empty: no tags
+    std::vector<std::string> results_dirs;  // --results DIR: each job's directory; empty: none
+    bool keep_order = false;                // -k
+    bool verbose = false;                   // -v: the command before its output
+    std::filesystem::path joblog;           // --joblog FILE; empty: none
+    ParallelHalt halt;
+    int plan_fd = -1;  // the plan's file (parse_parallel), closed with this
+    ParallelOutput() = default;
+    ~ParallelOutput();
+    ParallelOutput(const ParallelOutput&) = delete;
+    ParallelOutput& operator=(const ParallelOutput&) = delete;
+};
+
+// Writes each finished job's stdout to `out` and its stderr to stderr, whole and in one
+// write each (parallel's --group), in job order with keep_order; --joblog and --results as
+// GNU parallel writes them. A failed attempt that runs again (--retries) is not shown.
+class ParallelSink final : public ResultSink {
+public:
+    ParallelSink(const ParallelOutput& output, std::FILE* out);
+    ~ParallelSink() override;
+    ParallelSink(const ParallelSink&) = delete;
+    ParallelSink& operator=(const ParallelSink&) = delete;
+    // --halt met: called once, with true for `now` (cancel the running jobs), false for `soon`.
+    void on_halt(std::function<void(bool now)> callback) { on_halt_ = std::move(callback); }
+    // Nobody reads `out` any more (EPIPE, as with | head): called once, and nothing more is written.
+    void on_closed(std::function<void()> callback) { on_closed_ = std::move(callback); }
+    // GNU parallel's exit status: the halting job's status after a --halt on failure, 0 after
+    // one on success or done, else the number of failed jobs (at most 101).
+    int exit_status() const;
+
+protected:
+    void begin_mode_(const std::string& mode, std::size_t tasks) override;
+    void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+    void flush_() override;
+
+private:
+    struct Finished {
+        std::string out, err, joblog;
+    };
+    void write(const Finished& finished);
+    void failed();  // a write to `out` failed: errno says why
+    void check_halt(const TaskResult& result, int status);
+
+    const ParallelOutput& output_;
+    std::FILE* out_;
+    std::FILE* joblog_ = nullptr;
+    std::chrono::system_clock::time_point began_{};
+    std::map<std::uint64_t, Finished> waiting_;  // -k: finished, behind one that has not
+    std::uint64_t next_ = 0;                     // -k: the next job to write
+    std::size_t done_ = 0, failed_ = 0;
+    bool halted_ = false;
+    int halt_status_ = 0;
+    std::function<void(bool)> on_halt_;
+    std::function<void()> on_closed_;
+    bool closed_ = false;
+};
+
+}  // namespace taskfarm

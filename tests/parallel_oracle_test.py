@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""`coordinator parallel` against GNU parallel, the oracle.
+
+Each row of TABLE is a bash snippet in which $P is the program: it runs once with
+P="parallel" (GNU parallel, Debian's) and once with P="COORDINATOR parallel", each in a fresh
+directory, and both runs must give the same stdout, byte for byte, and the same exit status.
+The rest are checks of our own: options we do not take exit 2 naming them.
+
+Usage: parallel_oracle_test.py [-v] [unittest args]; TASKFARM_COORDINATOR names the coordinator.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+COORDINATOR = os.environ.get("TASKFARM_COORDINATOR", "coordinator")
+
+# (name, snippet). Order-sensitive rows use -k or -j1.
+TABLE = [
+    ("one source", "$P -k echo ::: a b c"),
+    ("two sources: every combination", "$P -k echo ::: a b ::: 1 2"),
+    ("positional", "$P -k echo {2}-{1} ::: a b ::: 1 2"),
+    ("--link wraps the shorter", "$P -k --link echo {1}-{2} ::: a b c ::: 1 2"),
+    (":::+ links", "$P -k echo {1}-{2} ::: a b :::+ 1 2"),
+    ("::::", "printf 'x\\ny\\n' > f; $P -k echo :::: f"),
+    ("::::+", "printf 'x\\ny\\n' > f; printf '1\\n2\\n' > g; $P -k echo {1}{2} :::: f ::::+ g"),
+    ("::: then ::::", "printf 'x\\ny\\n' > f; $P -k echo {1}{2} ::: a b :::: f"),
+    ("stdin", "printf 'a\\nb\\n' | $P -k echo"),
+    (":::: - is stdin", "printf 'a\\nb\\n' | $P -k echo {1}{2} :::: - ::: x"),
+    ("-a", "printf 'a\\nb\\n' > f; $P -k -a f echo"),
+    ("two -a", "printf 'a\\nb\\n' > f; printf '1\\n' > g; $P -k -a f -a g echo {2}{1}"),
+    ("{.}", "$P -k echo {.} ::: dir/x.tar.gz .bashrc a.b/c x. .a.b /x/.y"),
+    ("{/} {//} {/.}", "$P -k echo {/} {//} {/.} ::: dir/sub/x.tar.gz x /top"),
+    ("{#}", "$P -k echo {#} {} ::: a b c"),
+    ("{#} alone", "$P -k echo {#} ::: a b"),
+    ("{%} with one slot", "$P -j1 echo {%} ::: a b"),
+    ("{2.} {-1} {1/}", "$P -k echo {2.} {-1} {1/} ::: a/b.c ::: d.e f"),
+    ("{} twice", "$P -k echo {} {} ::: a"),
+    ("--colsep", "$P -k --colsep , echo {2} {1} ::: a,b c,d"),
+    ("--colsep {}", "$P -k --colsep , echo {} ::: a,b"),
+    ("--colsep tab file", "printf 'a\\tb\\nc\\td\\n' > f; $P -k --colsep '\\t' echo {2}:{1} :::: f"),
+    ("--header :", "$P -k --header : echo {x}-{y} ::: x 1 2 ::: y 3 4"),
+    ("--header : --colsep", "printf 'n,m\\n1,2\\n' | $P -k --header : --colsep , echo {m}{n}"),
+    ("-k keeps order", "$P -j3 -k 'sleep 0.{}; echo {}' ::: 3 1 2"),
+    ("-j N%", "$P -j 200% -k echo ::: a b"),
+    ("-j +N", "$P -j +1 -k echo ::: a b"),
+    ("-j -N", "$P -j -1 -k echo ::: a b"),
+    ("-j0", "$P -j0 -k echo ::: a b"),
+    ("-j2 bundled", "$P -kj2 echo ::: a b"),
+    ("--jobs=", "$P --jobs=2 -k echo ::: a b"),
+    ("--dry-run quoting", "$P -k --dry-run echo ::: 'a b' \"it's\" '$x' plain-1.x/y '' '~' 'a=b'"),
+    ("--dry-run {#}", "$P --dry-run -k echo {}.{#} ::: a b"),
+    ("--tag", "$P -k --tag echo ::: a 'b c'"),
+    ("--tag two sources", "$P -k --tag echo ::: a b ::: 1"),
+    ("--tagstring", "$P -k --tagstring 'x{}y' echo ::: a b"),
+    ("--tag stderr", "$P -k --tag 'echo e{} >&2' ::: a 2>&1"),
+    ("-N2 positional", "$P -k -N2 echo {1}-{2} ::: a b c"),
+    ("-N2", "$P -k -N2 echo ::: a b c d"),
+    ("-n1", "$P -k -n1 echo ::: a b"),
+    ("-X context", "$P -j1 -X echo pre-{}-post ::: 1 2 3"),
+    ("-m", "$P -j1 -m echo pre-{}-post ::: 1 2 3"),
+    ("-X spreads over slots", "$P -j2 -kX echo ::: 1 2 3 4 5"),
+    ("-X {#}", "$P -j2 -kX echo {#} {} ::: 1 2 3 4"),
+    ("-0 stdin", "printf 'a b\\0c\\nd\\0' | $P -0 -k echo '[{}]'"),
+    ("--null file", "printf 'a\\0b\\0' > f; $P --null -k echo :::: f"),
+    ("every line verbatim", "printf 'a\\n\\n#c\\n d \\n' | $P -k echo '[{}]'"),
+    ("last line without newline", "printf 'a\\nb' | $P -k echo"),
+    ("--halt now,fail=1", "$P -j1 --halt now,fail=1 'echo {}; exit {}' ::: 0 3 0"),
+    ("--halt soon,fail=1", "$P -j1 --halt soon,fail=1 'echo {}; exit {}' ::: 0 4 0"),
+    ("--halt now,success=1", "$P -j1 --halt now,success=1 'echo {}; exit {}' ::: 3 0 4"),
+    ("--halt now,fail=50%", "$P -j1 --halt now,fail=50% 'echo {}; exit {}' ::: 1 0 2 0"),
+    ("--halt now,fail=30%", "$P -j1 --halt now,fail=30% 'echo {}; exit {}' ::: 1 0 2 0 0 0"),
+    ("--halt soon,fail=2", "$P -j1 --halt soon,fail=2 'echo {}; exit {}' ::: 1 3 0"),
+    ("--halt 2", "$P -j1 --halt 2 'echo {}; exit {}' ::: 0 5 0"),
+    ("exit status: failed jobs", "$P -j1 'echo {}; exit {}' ::: 0 3 4"),
+    ("--joblog", "$P -k --joblog jl 'echo {}; exit {}' ::: 0 2; cut -f1,2,5,6,7,8,9 jl"),
+    ("--results tree",
+     "$P -k --results rr echo ::: a 'b c' ::: x >/dev/null; find rr -type f | sort; cat rr/1/a/2/x/stdout rr/1/a/2/x/seq"),
+    ("--retries: output of the last try", "$P -k --retries 3 'echo try; exit 1' ::: x"),
+    ("--retries: tries in all",
+     "$P -j1 --retries 3 'echo {} >> log; [ $(wc -l < log) -ge 2 ]' ::: a; cat log"),
+    ("--retries 1 is one try", "$P -j1 --retries 1 'echo {} >> log; exit 1' ::: a; cat log"),
+    ("--line-buffer", "$P -k --line-buffer echo ::: a b"),
+    ("--ungroup", "$P -j1 --ungroup echo ::: a b"),
+    ("--group", "$P -k --group echo ::: a b"),
+    ("quoting: in double quotes", "$P -k echo '\"v={}\"' ::: 'a b' x"),
+    ("quoting: arithmetic", "$P -k echo '$(( {} * 2 ))' ::: 3 4"),
+    ("quoting: hostile inputs stay data",
+     "$P -k echo ::: '$(touch pwned)' 'a;b' '*' '`id`' \"'\"; ls pwned 2>&1 | wc -l"),
+    ("-q", "$P -q -k echo 'a  b' ::: x"),
+    ("-v", "$P -kv echo ::: a b"),
+    ("stderr apart", "$P -k 'echo out{}; echo err{} >&2' ::: a b 2>/dev/null"),
+    ("--timeout", "$P -k --timeout 1 'sleep {}; echo {}' ::: 0 5"),
+    ("a source with no value", "$P -k echo ::: a ::: "),
+    ("a first source with no value", "$P -k echo ::: ::: a"),
+    ("stdout then stderr", "$P -k 'echo out{}; echo err{} >&2' ::: a b 2>&1"),
+    ("no input", "$P -k echo :::"),
+    ("--", "$P -k -- echo ::: a"),
+]
+
+
+def run(snippet, program, directory, env):
+    result = subprocess.run(["bash", "-c", snippet], cwd=directory, capture_output=True, timeout=60,
+                            env=dict(env, P=program))
+    return result.returncode, result.stdout, result.stderr
+
+
+class ParallelOracle(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not shutil.which("parallel"):
+            raise unittest.SkipTest("GNU parallel is not installed")
+        cls.home = tempfile.mkdtemp(prefix="parallel-oracle-home-")
+        # GNU parallel's citation notice and its files stay in a home of the test's own.
+        os.makedirs(os.path.join(cls.home, ".parallel"))
+        open(os.path.join(cls.home, ".parallel", "will-cite"), "w").close()
+        cls.env = dict(os.environ, HOME=cls.home, PARALLEL_HOME=os.path.join(cls.home, ".parallel"), LC_ALL="C")
+        cls.env.pop("PARALLEL", None)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.home, ignore_errors=True)
+
+    def both(self, snippet):
+        with tempfile.TemporaryDirectory() as theirs, tempfile.TemporaryDirectory() as ours:
+            with ThreadPoolExecutor(2) as pool:
+                a = pool.submit(run, snippet, "parallel", theirs, self.env)
+                b = pool.submit(run, snippet, f"{COORDINATOR} parallel", ours, self.env)
+                return a.result(), b.result()
+
+    def test_table(self):
+        self.assertGreaterEqual(len(TABLE), 40)
+        with ThreadPoolExecutor(3) as pool:
+            outcomes = list(pool.map(lambda row: (row, self.both(row[1])), TABLE))
+        for (name, snippet), (theirs, ours) in outcomes:
+            with self.subTest(name, snippet=snippet):
+                self.assertEqual(ours[1], theirs[1], f"stdout differs; our stderr: {ours[2]!r}")
+                self.assertEqual(ours[0], theirs[0], f"exit status differs; our stderr: {ours[2]!r}")
+
+    def test_an_option_it_does_not_take_exits_2_naming_it(self):
+        for option in ["--pipe", "--bar", "--delay", "-S", "--resume"]:
+            with self.subTest(option):
+                result = subprocess.run([COORDINATOR, "parallel", option, "1", "echo", ":::", "a"],
+                                        capture_output=True, text=True, timeout=30)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn(option, result.stderr)
+                self.assertEqual(result.stdout, "")
+
+    def test_a_bad_value_exits_2_naming_the_option(self):
+        for args in [["-j", "x"], ["--halt", "later"], ["-N", "0"], ["--header", "x"], ["--colsep", "("]]:
+            with self.subTest(args):
+                result = subprocess.run([COORDINATOR, "parallel", *args, "echo", ":::", "a"], capture_output=True,
+                                        text=True, timeout=30)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn(args[0], result.stderr)
+
+    def test_no_command_gets_the_plan_file(self):
+        # Each command lists where its descriptors above 2 lead: never to the plan, a file
+        # with no name in TMPDIR.
+        listing = "for f in /proc/self/fd/*; do [ ${f##*/} -gt 2 ] && readlink $f; done; : {}"
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = subprocess.run([COORDINATOR, "parallel", "-j2", "-k", listing, ":::", "a", "b"],
+                                    capture_output=True, text=True, timeout=30, env=dict(os.environ, TMPDIR=tmpdir))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertFalse([link for link in result.stdout.splitlines() if link.startswith(tmpdir)], result.stdout)
+
+
+class CommandInputs(unittest.TestCase):
+    """--command's inputs: the descriptor a list comes on never reaches a command."""
+
+    def test_the_inputs_descriptor_never_reaches_a_command(self):
+        # Each command lists where its descriptors above 2 lead; none may be the list's.
+        listing = "for f in /proc/self/fd/*; do [ ${f##*/} -gt 2 ] && readlink $f; done; : {}"
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "inputs")
+            with open(path, "w") as f:
+                f.write("a\nb\nc\n")
+            file_fd = os.open(path, os.O_RDONLY)  # inheritable, as a shell's `3< inputs` is
+            read_end, write_end = os.pipe()  # as `<(...)` gives a list
+            os.set_inheritable(read_end, True)
+            os.write(write_end, b"a\nb\nc\n")
+            os.close(write_end)
+            pipe_link = os.readlink(f"/proc/self/fd/{read_end}")
+            try:
+                for fd, leads_to in [(file_fd, path), (read_end, pipe_link)]:
+                    with self.subTest(leads_to):
+                        result = subprocess.run(
+                            [COORDINATOR, "--command", listing, "--inputs", f"/dev/fd/{fd}", "--workers", "2",
+                             "--mode", "sequential,threads,processes"],
+                            capture_output=True, text=True, timeout=60, pass_fds=(fd,))
+                        self.assertEqual(result.returncode, 0, result.stderr)
+                        links = result.stdout.split("\n")
+                        self.assertNotIn(leads_to, links)
+                        self.assertFalse([link for link in links if "taskfarm-stdin" in link], result.stdout)
+            finally:
+                os.close(file_fd)
+                os.close(read_end)
+
+    def test_every_line_is_an_input_as_it_is(self):
+        result = subprocess.run([COORDINATOR, "--command", "printf '[%s]\\n'", "--inputs", "-", "--workers", "2"],
+                                input="a\n\n#c\n d \n", capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(sorted(result.stdout.splitlines()), sorted(["[a]", "[]", "[#c]", "[ d ]"]))
+
+
+if __name__ == "__main__":
+    unittest.main()
