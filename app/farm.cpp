@@ -265,7 +265,7 @@ private:
         config_.settings = options_.settings.is_object() ? options_.settings : Json::object();
         settings_ = settings_json(config_);
         if (!options_.log_level.empty()) set_log_level(options_.log_level);
-            // As the coordinator does (decision 104): sanitized builds exec every worker.
+        // As the coordinator does (decision 104): sanitized builds exec every worker.
 #if defined(__SANITIZE_ADDRESS__)
         constexpr bool kForkServerUsable = false;
 #else
@@ -273,7 +273,9 @@ private:
 #endif
         if (kForkServerUsable && options_.mode == FarmMode::Processes) {
             try {
-                fork_server_.emplace(config_.worker_bin, config_.worker_prefix, config_.log_level);
+                std::vector<std::string> preload;  // what the farm's types need, nothing more (decision 145)
+                for (const auto& type : registry_.types()) preload.push_back(type->name());
+                fork_server_.emplace(config_.worker_bin, config_.worker_prefix, config_.log_level, preload);
             } catch (const std::exception& e) {
                 spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
             }
