@@ -105,6 +105,53 @@ TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
 INSTANTIATE_TEST_SUITE_P(PoolModes, ConcurrentMode, ::testing::Values(Mode::Threads, Mode::GilThreads, Mode::Processes),
                          mode_name);
 
+// A thread keeps the results of quick tasks for a slice (decision 149); one that then runs a
+// long task must not keep them until it ends: the flusher takes them. The sink stops the run
+// when the quick task's result comes: with the result kept, it would come only after the long
+// task had finished (and been recorded).
+TEST(ThreadsMode, AResultKeptByAThreadThatRunsALongTaskStillComes) {
+    RunConfig config = config_for(1, 2, 0, 0);
+    std::vector<TaskSpec> tasks = all_tasks(testing::plan_for(config));
+    tasks[1].params.at("seconds") = 20.0;
+    const Plan plan = Plan::of(std::move(tasks));
+    std::stop_source stop;
+    class StopAtFirst final : public ResultSink {
+    public:
+        explicit StopAtFirst(std::stop_source& stop) : stop_(stop) {}
+        std::vector<TaskId> ids;
+
+    protected:
+        void begin_mode_(const std::string&, std::size_t) override {}
+        void sink_it_(const TaskSpec&, const TaskResult& result) override {
+            ids.push_back(result.id);
+            stop_.request_stop();
+        }
+
+    private:
+        std::stop_source& stop_;
+    } sink(stop);
+    const RunReport report = testing::runner_for(Mode::Threads, config, stop.get_token())->run(plan, sink);
+    EXPECT_EQ(sink.ids, std::vector<TaskId>{0}) << "the long task was not stopped by the first result";
+    EXPECT_TRUE(report.interrupted);
+}
+
+// Threads mode measures a thread's CPU once per slice of results and shares it out: every
+// result still carries a cost of the thread's scope, and the report counts them all.
+TEST(ThreadsMode, EveryResultCarriesItsShareOfTheThreadsCpu) {
+    const RunConfig config = config_for(2, 2000, 0, 0);
+    CollectingSink sink;
+    std::stop_source never;
+    const RunReport report =
+        testing::runner_for(Mode::Threads, config, never.get_token())->run(testing::plan_for(config), sink);
+    ASSERT_EQ(sink.results.size(), 2000u);
+    for (const TaskResult& result : sink.results) {
+        EXPECT_EQ(result.cost.scope, TaskCost::Scope::Thread) << "task " << result.id;
+        EXPECT_GE(result.cost.user_s, 0);
+        EXPECT_GE(result.cost.sys_s, 0);
+    }
+    EXPECT_EQ(report.cost.measured, 2000u);
+}
+
 TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
     const RunConfig config = config_for(4, 4, 0.05, 0.05);
     CollectingSink sink;
