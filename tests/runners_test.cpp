@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "affinity.hpp"
+#include "control.hpp"
 #include "plan.hpp"
 #include "runner.hpp"
 #include "support.hpp"
@@ -150,6 +151,33 @@ TEST(ThreadsMode, EveryResultCarriesItsShareOfTheThreadsCpu) {
         EXPECT_GE(result.cost.sys_s, 0);
     }
     EXPECT_EQ(report.cost.measured, 2000u);
+}
+
+// A thread's cancel lane (decision 148) keeps one stop source for its tasks: a cancel stops the
+// task that runs, the next task runs under a fresh source, and a task cancelled before it
+// started is not run, without leaving the source stopped for the one after it.
+TEST(CancelLane, StopsOnlyTheTaskCancelledAndTheNextRunsUnstopped) {
+    CancelBoard board;
+    board.clear();
+    std::stop_source run;
+    CancelBoard::Lane lane(&board, run.get_token());
+    ASSERT_TRUE(lane.begin(5));
+    EXPECT_FALSE(lane.token().stop_requested());
+    const auto outcomes = board.request({5}, std::chrono::milliseconds(0));
+    ASSERT_EQ(outcomes.size(), 1u);
+    EXPECT_TRUE(outcomes[0].cancelled) << outcomes[0].what;
+    EXPECT_TRUE(lane.token().stop_requested());
+    EXPECT_TRUE(lane.end()) << "stopped by the cancel";
+    ASSERT_TRUE(lane.begin(6));
+    EXPECT_FALSE(lane.token().stop_requested()) << "the next task runs under a fresh source";
+    EXPECT_FALSE(lane.end());
+    board.request({7}, std::chrono::milliseconds(0));
+    EXPECT_FALSE(lane.begin(7)) << "cancelled before it started";
+    ASSERT_TRUE(lane.begin(8));
+    EXPECT_FALSE(lane.token().stop_requested());
+    run.request_stop();
+    EXPECT_TRUE(lane.token().stop_requested()) << "the run's stop reaches the task";
+    EXPECT_FALSE(lane.end()) << "a run's stop is not a cancel";
 }
 
 TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
