@@ -149,6 +149,27 @@ void encode_to(std::string& out, const Result& message) { pack_to(out, message);
 void encode_to(std::string& out, const TaskBatch& message) { pack_to(out, message); }
 void encode_to(std::string& out, const ResultBatch& message) { pack_to(out, message); }
 
+void append_encoded(std::string& out, const Task& message) {
+    StringWriter writer{out};
+    msgpack::pack(writer, message);
+}
+
+void encode_batch_of(std::string& out, std::span<const std::string_view> encoded_tasks) {
+    out.clear();
+    StringWriter writer{out};
+    msgpack::packer<StringWriter> packer(writer);
+    // The keys in TaskBatch's order, as TASKFARM_MSGPACK_MAP packs them.
+    const TaskBatch header;
+    packer.pack_map(3);
+    packer.pack(std::string_view("type"));
+    packer.pack(header.type);
+    packer.pack(std::string_view("v"));
+    packer.pack(header.v);
+    packer.pack(std::string_view("tasks"));
+    packer.pack_array(static_cast<std::uint32_t>(encoded_tasks.size()));
+    for (const std::string_view task : encoded_tasks) out.append(task);
+}
+
 Message decode(std::string_view frame) {
     if (frame.size() > kMaxFrameBytes)
         return DecodeError{fmt::format("frame of {} bytes exceeds the limit of {}", frame.size(), kMaxFrameBytes)};

@@ -3,6 +3,7 @@
 // a `type` and the protocol version `v`. See docs/protocol.md.
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -178,6 +179,12 @@ void encode_to(std::string& out, const Task& message);
 void encode_to(std::string& out, const Result& message);
 void encode_to(std::string& out, const TaskBatch& message);
 void encode_to(std::string& out, const ResultBatch& message);
+// A `task` message appended to `out` (not cleared): the coordinator encodes each task once,
+// to count its bytes, and sends those bytes (decision 151).
+void append_encoded(std::string& out, const Task& message);
+// A `tasks` message of tasks encoded already (each a whole `task` message, in order) into
+// `out` (cleared first): byte for byte what encode_to() makes of a TaskBatch of them.
+void encode_batch_of(std::string& out, std::span<const std::string_view> encoded_tasks);
 
 // Never throws and never trusts `frame`: anything but a complete, valid message of this
 // version is a DecodeError saying why. A batch is accepted only if every element is valid.

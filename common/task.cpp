@@ -318,7 +318,8 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     // A worker process runs one task at a time, so its own usage is the task's, helper
     // threads of the task included; a thread of the coordinator has only its own.
     if (env.isolated) PeakMemory::instance().before();
-    const rusage usage_before = usage_at_start(env.isolated, started);
+    const bool measure = env.isolated || !env.cost_per_slice;
+    const rusage usage_before = measure ? usage_at_start(env.isolated, started) : rusage{};
     std::optional<Context::ChildUsage> children;
     try {
         if (!task.type) throw std::logic_error("task without a type");
@@ -346,7 +347,7 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     if (!result.ok) {
         if (result.error.empty()) result.error = "failed without a reason";
     }
-    const rusage usage_after = usage_at_end(env.isolated);
+    const rusage usage_after = measure ? usage_at_end(env.isolated) : rusage{};
     const auto ran = std::chrono::steady_clock::now() - started;
     result.run_time = ran;
     TaskCost& cost = result.cost;
@@ -356,7 +357,7 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
         cost.user_s = children->user_s;
         cost.sys_s = children->sys_s;
         cost.max_rss_kb = children->max_rss_kb;
-    } else {
+    } else if (measure) {
         cost.scope = env.isolated ? TaskCost::Scope::Process : TaskCost::Scope::Thread;
         cost.user_s = std::max(0.0, seconds(usage_after.ru_utime) - seconds(usage_before.ru_utime));
         cost.sys_s = std::max(0.0, seconds(usage_after.ru_stime) - seconds(usage_before.ru_stime));

@@ -118,7 +118,10 @@ struct RunEnv {
     // gil-threads mode: the lock all threads share; a task holds it except while it says
     // it waits (Context::waiting). Null: no lock.
     Gil* gil = nullptr;
-    bool isolated = false;                 // a worker process of its own (see Context::isolated)
+    bool isolated = false;  // a worker process of its own (see Context::isolated)
+    // The runner measures this thread's CPU per slice of tasks and shares it out (threads
+    // mode, decision 150): run_task() leaves a result's cost None unless a tree's.
+    bool cost_per_slice = false;
     const Json* settings = nullptr;        // the run's settings; null: none
     std::filesystem::path out_dir{};       // Context::out_dir(); empty: the working directory
     std::filesystem::path scratch_base{};  // where Context::scratch_dir() makes its own; empty: TMPDIR

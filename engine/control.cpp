@@ -168,15 +168,13 @@ std::vector<CancelOutcome> CancelBoard::request(const std::vector<TaskId>& ids, 
             outcomes.push_back({id, true, "cancel asked for already"});
             continue;
         }
+        requests_.store(requested_.size(), std::memory_order_seq_cst);
         new_.push_back(id);
         if (attached_) {
             waiting_[id].reset();
             dispatched.push_back(id);
             outcomes.push_back({id, false, {}});  // filled below
-        } else if (const auto running = std::find_if(running_.begin(), running_.end(),
-                                                     [id](const auto& entry) { return entry.first == id; });
-                   running != running_.end()) {
-            running->second->request_stop();
+        } else if (stop_running(id)) {
             outcomes.push_back({id, true, "running: stopped, and recorded as cancelled (unless it finished ok first)"});
         } else {
             outcomes.push_back({id, true,
@@ -233,6 +231,7 @@ CancelBoard::Attached::~Attached() {
 void CancelBoard::clear() {
     std::lock_guard lock(mutex_);
     requested_.clear();
+    requests_.store(0, std::memory_order_seq_cst);
     new_.clear();
     open_ = true;
     fresh_.store(false, std::memory_order_release);
@@ -248,19 +247,60 @@ bool CancelBoard::requested(TaskId id) const {
     return requested_.contains(id);
 }
 
-void CancelBoard::running(TaskId id, std::stop_source* stop) {
-    std::lock_guard lock(mutex_);
-    running_.emplace_back(id, stop);
-    if (requested_.contains(id)) stop->request_stop();
+bool CancelBoard::stop_running(TaskId id) {
+    // A Lane stores its task's id, then reads stopping_; this increments stopping_, then reads
+    // the ids (all sequentially consistent): either this sees the id, or the Lane sees that a
+    // stop may come and waits for the mutex before it reuses its source.
+    stopping_.fetch_add(1, std::memory_order_seq_cst);
+    bool found = false;
+    for (Lane* lane : lanes_) {
+        if (lane->running_.load(std::memory_order_seq_cst) != id) continue;
+        lane->source_.request_stop();
+        found = true;
+    }
+    stopping_.fetch_sub(1, std::memory_order_seq_cst);
+    return found;
 }
 
-void CancelBoard::finished(TaskId id) {
-    std::lock_guard lock(mutex_);
-    const auto running =
-        std::find_if(running_.begin(), running_.end(), [id](const auto& entry) { return entry.first == id; });
-    if (running == running_.end()) return;
-    *running = running_.back();
-    running_.pop_back();
+CancelBoard::Lane::Lane(CancelBoard* board, std::stop_token run_stop) : board_(board), run_stop_(std::move(run_stop)) {
+    if (!board_) return;
+    link();
+    std::lock_guard lock(board_->mutex_);
+    board_->lanes_.push_back(this);
+}
+
+CancelBoard::Lane::~Lane() {
+    if (!board_) return;
+    std::lock_guard lock(board_->mutex_);
+    std::erase(board_->lanes_, this);
+}
+
+void CancelBoard::Lane::link() {
+    link_.reset();
+    source_ = std::stop_source();
+    link_.emplace(run_stop_, std::function<void()>([source = source_]() mutable { source.request_stop(); }));
+}
+
+bool CancelBoard::Lane::begin(TaskId id) {
+    if (!board_) return true;
+    running_.store(id, std::memory_order_seq_cst);
+    if (board_->requests_.load(std::memory_order_seq_cst) == 0) return true;
+    if (!board_->requested(id)) return true;
+    end();  // a cancel may have stopped the source meanwhile: a fresh one for the next task
+    return false;
+}
+
+bool CancelBoard::Lane::end() {
+    if (!board_) return false;
+    running_.store(kNoId, std::memory_order_seq_cst);
+    // A request() that saw the id may still be stopping the source: wait until it is done.
+    if (board_->stopping_.load(std::memory_order_seq_cst) != 0) {
+        const std::lock_guard lock(board_->mutex_);
+    }
+    if (!source_.stop_requested()) return false;
+    const bool by_cancel = !run_stop_.stop_requested();
+    if (by_cancel) link();  // the run's stop stays requested: no new source then
+    return by_cancel;
 }
 
 std::vector<TaskId> CancelBoard::take_new() {

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -51,10 +52,34 @@ public:
     void clear();  // a new mode starts: what was asked was for the last; requests are taken again
     void close();  // the mode ended: requests are refused until the next clear()
     bool requested(TaskId id) const;
-    // Task `id` runs under `stop` on the calling thread until finished(id): a cancel (asked
-    // before or meanwhile) requests `stop`.
-    void running(TaskId id, std::stop_source* stop);
-    void finished(TaskId id);
+    // A thread that runs tasks one after another (sequential, threads modes) holds one Lane
+    // for all of them: its stop source, linked to the run's stop, is made once and made again
+    // only after a cancel used it, and a task's start and end are two atomic stores and a
+    // load, the board's mutex taken only when a cancel was asked in this mode (decision 148).
+    class Lane {
+    public:
+        // `board` may be null: nothing is ever cancelled, token() is `run_stop`.
+        Lane(CancelBoard* board, std::stop_token run_stop);
+        ~Lane();
+        Lane(const Lane&) = delete;
+        Lane& operator=(const Lane&) = delete;
+        // Task `id` starts on this thread: false when it was cancelled before it started
+        // (then do not run it, and call no end()).
+        bool begin(TaskId id);
+        // The token the task runs under until end(): a cancel of its id requests it.
+        std::stop_token token() const { return board_ ? source_.get_token() : run_stop_; }
+        // The task ended: true when a cancel stopped it (and not the run's stop).
+        bool end();
+
+    private:
+        friend class CancelBoard;
+        void link();
+        CancelBoard* board_;
+        std::stop_token run_stop_;
+        std::stop_source source_;
+        std::optional<std::stop_callback<std::function<void()>>> link_;
+        std::atomic<TaskId> running_{kNoId};  // the task it runs; kNoId between tasks
+    };
     // The dispatcher: ids asked for since its last call; cheap when there are none.
     bool has_new() const { return fresh_.load(std::memory_order_acquire); }
     std::vector<TaskId> take_new();
@@ -72,15 +97,16 @@ public:
     void applied(TaskId id, bool cancelled, std::string what);
 
 private:
+    bool stop_running(TaskId id);  // under mutex_: stops the lanes running `id`; false when none does
     mutable std::mutex mutex_;
     std::condition_variable answered_;
     bool open_ = false;      // a mode runs
     bool attached_ = false;  // a dispatcher applies the requests
     std::set<TaskId> requested_;
+    std::atomic<std::size_t> requests_{0};  // requested_.size(): a Lane looks at the set only when not 0
     std::vector<TaskId> new_;
-    // One entry per thread running a task: a few, searched in place; once grown to the number of
-    // threads, registering a task allocates nothing (a std::map did, per task).
-    std::vector<std::pair<TaskId, std::stop_source*>> running_;
+    std::vector<Lane*> lanes_;                                // every Lane of the board, registered once per thread
+    std::atomic<int> stopping_{0};                            // request() is looking at the lanes' running tasks
     std::map<TaskId, std::optional<CancelOutcome>> waiting_;  // asked, to be applied by the dispatcher
     std::atomic<bool> fresh_{false};
 };

@@ -26,7 +26,8 @@ Dispatcher::Dispatcher(zmq::socket_t& router, WorkerLauncher& pool, const Plan& 
       recorder_(recorder),
       stop_(stop),
       drain_(std::move(drain)),
-      schedule_(plan, std::move(options), *this, Clock::now(), stop),
+      schedule_(plan, std::move(options), *this, Clock::now(), stop,
+                [this](const TaskSpec& task, std::uint32_t attempt) { return encode_task(task, attempt); }),
       setup_(proto::encode(proto::Setup{.settings = settings})) {}
 
 void Dispatcher::run() {
@@ -173,7 +174,42 @@ void Dispatcher::kill_group(pid_t group) {
     if (group > 1 && group != ::getpgrp()) ::kill(-group, SIGKILL);  // ESRCH: it ended already
 }
 
+std::size_t Dispatcher::encode_task(const TaskSpec& task, std::uint32_t attempt) {
+    proto::to_message(task, attempt, message_);
+    const std::size_t at = encoded_.size();
+    proto::append_encoded(encoded_, message_);
+    const std::size_t size = encoded_.size() - at;
+    if (size > proto::kMaxBatchBytes) {
+        encoded_.resize(at);  // never sent: the schedule fails it
+        return size;
+    }
+    encoded_at_.push_back({task.id, attempt, at, size});
+    return size;
+}
+
 bool Dispatcher::send_tasks(const PeerId& peer, std::span<const Attempt> attempts) {
+    // The bytes encode_task() made for the schedule, in the order it took them; a task not
+    // found there (not counted since the last frame) is encoded as before.
+    pieces_.clear();
+    std::size_t from = 0;
+    for (const Attempt& attempt : attempts) {
+        const TaskId id = schedule_.task(attempt.index).id;
+        while (from < encoded_at_.size() && (encoded_at_[from].id != id || encoded_at_[from].attempt != attempt.number))
+            ++from;
+        if (from == encoded_at_.size()) break;
+        pieces_.emplace_back(encoded_.data() + encoded_at_[from].at, encoded_at_[from].size);
+        ++from;
+    }
+    const bool all = pieces_.size() == attempts.size();
+    if (all) {
+        if (attempts.size() == 1)
+            frame_.assign(pieces_.front());
+        else
+            proto::encode_batch_of(frame_, pieces_);
+    }
+    encoded_.clear();
+    encoded_at_.clear();
+    if (all) return wire::send_to(router_, peer, frame_);
     batch_.tasks.resize(attempts.size());
     for (std::size_t i = 0; i < attempts.size(); ++i)
         proto::to_message(schedule_.task(attempts[i].index), attempts[i].number, batch_.tasks[i]);

@@ -90,7 +90,20 @@ private:
     ModeRecorder& recorder_;
     const std::stop_token stop_;
     const std::stop_token drain_;
-    Schedule schedule_;  // after everything its actions use
+    // Each task is encoded once (decision 151): the schedule's byte count for the cap of a
+    // frame encodes it into encoded_, and send_tasks() sends those bytes.
+    std::size_t encode_task(const TaskSpec& task, std::uint32_t attempt);
+    struct Encoded {
+        TaskId id;
+        std::uint32_t attempt;
+        std::size_t at;
+        std::size_t size;
+    };
+    std::string encoded_;                   // tasks counted since the last frame, back to back
+    std::vector<Encoded> encoded_at_;       // where each is in encoded_
+    std::vector<std::string_view> pieces_;  // reused for every frame
+    proto::Task message_;                   // reused for every task
+    Schedule schedule_;                     // after everything its actions use
 
     std::map<std::string, RejectLog> rejects_;  // rate-limits rejection logs per peer
     Clock::time_point next_reap_;               // exited workers are reaped this often

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
+#include <span>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -41,6 +43,18 @@ public:
     ModeRecorder(const ModeRecorder&) = delete;
     ModeRecorder& operator=(const ModeRecorder&) = delete;
     void record(const TaskSpec& task, TaskResult result);
+    // Sets result's end_s (now) and start_s, as record() does.
+    void stamp(TaskResult& result, std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
+    // Results stamped already, tallied under one lock and handed to the sink in one call.
+    // It does not wake the flusher: a runner calls holding() after it (the collector need not).
+    void record_all(std::span<const Finished> batch);
+    // Called by the flusher thread before each flush while results came since the last one:
+    // hands over results a runner still holds, and says whether it still holds some (then
+    // the flusher comes again). Set it before the first result, clear it before what it
+    // uses goes; it must not wait for a lock that a thread holds while it records.
+    void set_collector(std::function<bool()> collect);
+    // A runner holds results: the flusher calls the collector within kFlushDelay.
+    void holding();
     // A failed attempt of `task` that runs again (--retries): to the sinks, marked retrying,
     // not counted as failed; its task's final result comes later through record().
     void record_retry(const TaskSpec& task, TaskResult result);
@@ -86,7 +100,8 @@ private:
     std::atomic<bool> unflushed_{false};  // a result went to the sink since the last flush
     std::mutex flush_mutex_;
     std::condition_variable_any flush_wanted_;
-    std::jthread flusher_;  // last: starts after everything it uses
+    std::function<bool()> collect_;  // under flush_mutex_
+    std::jthread flusher_;           // last: starts after everything it uses
 };
 
 }  // namespace taskfarm

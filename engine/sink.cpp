@@ -22,6 +22,22 @@ void ResultSink::on_result(const TaskSpec& task, const TaskResult& result) {
     }
 }
 
+void ResultSink::on_results(std::span<const Finished> batch) {
+    if (batch.empty()) return;
+    std::lock_guard lock(mutex_);
+    sink_all_(batch);
+}
+
+void ResultSink::sink_all_(std::span<const Finished> batch) {
+    for (const Finished& done : batch) {
+        try {
+            sink_it_(done.task, done.result);
+        } catch (const std::exception& e) {  // a sink never stops the run
+            spdlog::error("cannot record result of task {}: {}", done.result.id, e.what());
+        }
+    }
+}
+
 void ResultSink::on_event(const RunEvent& event) {
     std::lock_guard lock(mutex_);
     try {
@@ -46,6 +62,10 @@ void FanOutSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 
 void FanOutSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     for (auto& sink : sinks_) sink->on_result(task, result);
+}
+
+void FanOutSink::sink_all_(std::span<const Finished> batch) {
+    for (auto& sink : sinks_) sink->on_results(batch);
 }
 
 bool FanOutSink::wants_task_starts() const {

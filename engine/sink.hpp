@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -14,11 +15,20 @@
 
 namespace taskfarm {
 
+// A result with its task, as a runner hands several over at once (ResultSink::on_results).
+struct Finished {
+    TaskSpec task;
+    TaskResult result;
+};
+
 class ResultSink {
 public:
     virtual ~ResultSink() = default;
     void begin_mode(const std::string& mode, std::size_t tasks);
     void on_result(const TaskSpec& task, const TaskResult& result);
+    // Several results in one call, under one lock (threads mode hands over a slice of a
+    // thread's results so: decision 149); the same as on_result() for each, in order.
+    void on_results(std::span<const Finished> batch);
     void on_event(const RunEvent& event);
     // Writes out what the sink buffered. Runners' recorders call it at least every few
     // milliseconds while results arrive, so a buffered line is never long in coming.
@@ -34,6 +44,8 @@ public:
 protected:
     virtual void begin_mode_(const std::string& mode, std::size_t tasks) = 0;
     virtual void sink_it_(const TaskSpec& task, const TaskResult& result) = 0;
+    // Called under the lock; by default sink_it_() for each result.
+    virtual void sink_all_(std::span<const Finished> batch);
     virtual void event_it_(const RunEvent&) {}
     virtual void flush_() {}
     std::string mode_;  // of the results arriving now
@@ -52,6 +64,7 @@ public:
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;
     void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+    void sink_all_(std::span<const Finished> batch) override;
     void event_it_(const RunEvent& event) override;
     void flush_() override;
 

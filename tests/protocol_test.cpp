@@ -332,6 +332,31 @@ TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
     EXPECT_LT(accepted, 20000u);
 }
 
+// The coordinator encodes each task once (decision 151) and puts those bytes into a frame:
+// the frame must be exactly the TaskBatch an encoder of the whole would make, so a worker
+// reads it as before.
+TEST(Protocol, ABatchOfTasksEncodedAlreadyIsTheBatchEncodedWhole) {
+    for (const std::size_t count : {1u, 2u, 17u, 128u}) {
+        TaskBatch tasks;
+        std::string each;
+        for (TaskId id = 0; id < count; ++id) {
+            tasks.tasks.push_back(
+                to_message(TaskSpec{id * 1000, type("sleep"), {{"seconds", 0.5 * id}}, id % 2 ? 3.0 : 0}, 1 + id % 3));
+            append_encoded(each, tasks.tasks.back());
+        }
+        std::vector<std::string_view> pieces;
+        std::size_t at = 0;
+        for (const Task& task : tasks.tasks) {
+            const std::size_t size = encode(task).size();
+            pieces.emplace_back(each.data() + at, size);
+            at += size;
+        }
+        std::string frame = "left over";
+        encode_batch_of(frame, pieces);
+        EXPECT_EQ(frame, encode(tasks)) << count << " tasks";
+    }
+}
+
 TEST(Protocol, BatchesRoundTripInOrder) {
     TaskBatch tasks;
     for (TaskId id = 0; id < 3; ++id)

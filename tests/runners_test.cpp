@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "affinity.hpp"
+#include "control.hpp"
 #include "plan.hpp"
 #include "runner.hpp"
 #include "support.hpp"
@@ -104,6 +105,80 @@ TEST_P(ConcurrentMode, RunsTasksAtOnceAndDeliversThemInCompletionOrder) {
 
 INSTANTIATE_TEST_SUITE_P(PoolModes, ConcurrentMode, ::testing::Values(Mode::Threads, Mode::GilThreads, Mode::Processes),
                          mode_name);
+
+// A thread keeps the results of quick tasks for a slice (decision 149); one that then runs a
+// long task must not keep them until it ends: the flusher takes them. The sink stops the run
+// when the quick task's result comes: with the result kept, it would come only after the long
+// task had finished (and been recorded).
+TEST(ThreadsMode, AResultKeptByAThreadThatRunsALongTaskStillComes) {
+    RunConfig config = config_for(1, 2, 0, 0);
+    std::vector<TaskSpec> tasks = all_tasks(testing::plan_for(config));
+    tasks[1].params.at("seconds") = 20.0;
+    const Plan plan = Plan::of(std::move(tasks));
+    std::stop_source stop;
+    class StopAtFirst final : public ResultSink {
+    public:
+        explicit StopAtFirst(std::stop_source& stop) : stop_(stop) {}
+        std::vector<TaskId> ids;
+
+    protected:
+        void begin_mode_(const std::string&, std::size_t) override {}
+        void sink_it_(const TaskSpec&, const TaskResult& result) override {
+            ids.push_back(result.id);
+            stop_.request_stop();
+        }
+
+    private:
+        std::stop_source& stop_;
+    } sink(stop);
+    const RunReport report = testing::runner_for(Mode::Threads, config, stop.get_token())->run(plan, sink);
+    EXPECT_EQ(sink.ids, std::vector<TaskId>{0}) << "the long task was not stopped by the first result";
+    EXPECT_TRUE(report.interrupted);
+}
+
+// Threads mode measures a thread's CPU once per slice of results and shares it out: every
+// result still carries a cost of the thread's scope, and the report counts them all.
+TEST(ThreadsMode, EveryResultCarriesItsShareOfTheThreadsCpu) {
+    const RunConfig config = config_for(2, 2000, 0, 0);
+    CollectingSink sink;
+    std::stop_source never;
+    const RunReport report =
+        testing::runner_for(Mode::Threads, config, never.get_token())->run(testing::plan_for(config), sink);
+    ASSERT_EQ(sink.results.size(), 2000u);
+    for (const TaskResult& result : sink.results) {
+        EXPECT_EQ(result.cost.scope, TaskCost::Scope::Thread) << "task " << result.id;
+        EXPECT_GE(result.cost.user_s, 0);
+        EXPECT_GE(result.cost.sys_s, 0);
+    }
+    EXPECT_EQ(report.cost.measured, 2000u);
+}
+
+// A thread's cancel lane (decision 148) keeps one stop source for its tasks: a cancel stops the
+// task that runs, the next task runs under a fresh source, and a task cancelled before it
+// started is not run, without leaving the source stopped for the one after it.
+TEST(CancelLane, StopsOnlyTheTaskCancelledAndTheNextRunsUnstopped) {
+    CancelBoard board;
+    board.clear();
+    std::stop_source run;
+    CancelBoard::Lane lane(&board, run.get_token());
+    ASSERT_TRUE(lane.begin(5));
+    EXPECT_FALSE(lane.token().stop_requested());
+    const auto outcomes = board.request({5}, std::chrono::milliseconds(0));
+    ASSERT_EQ(outcomes.size(), 1u);
+    EXPECT_TRUE(outcomes[0].cancelled) << outcomes[0].what;
+    EXPECT_TRUE(lane.token().stop_requested());
+    EXPECT_TRUE(lane.end()) << "stopped by the cancel";
+    ASSERT_TRUE(lane.begin(6));
+    EXPECT_FALSE(lane.token().stop_requested()) << "the next task runs under a fresh source";
+    EXPECT_FALSE(lane.end());
+    board.request({7}, std::chrono::milliseconds(0));
+    EXPECT_FALSE(lane.begin(7)) << "cancelled before it started";
+    ASSERT_TRUE(lane.begin(8));
+    EXPECT_FALSE(lane.token().stop_requested());
+    run.request_stop();
+    EXPECT_TRUE(lane.token().stop_requested()) << "the run's stop reaches the task";
+    EXPECT_FALSE(lane.end()) << "a run's stop is not a cancel";
+}
 
 TEST(SequentialMode, RunsTasksOneAfterAnotherInPlanOrder) {
     const RunConfig config = config_for(4, 4, 0.05, 0.05);

@@ -11,11 +11,12 @@ namespace taskfarm {
 // Runs `task` on this thread and, while it fails, again as attempt 2, 3, ... up to `retries`
 // more times (see engine_retries), unless `drain` asks that no task start; each failed
 // attempt that is run again goes to `recorder` as a retry. Nullopt when `env.stop` stopped
-// the run: a task stopped so has no result. With `cancels`, a task asked for there is not run,
-// or stopped, and its result is cancelled(); `env.stop` is then the task's own for its run.
+// the run: a task stopped so has no result. A task that a cancel asks for on the board of
+// `cancels` (the calling thread's lane) is not run, or stopped, and its result is
+// cancelled(); `env.stop` is then the lane's for its run.
 std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, std::uint32_t retries,
                                            const std::stop_token& drain, ModeRecorder& recorder,
-                                           CancelBoard* cancels = nullptr);
+                                           CancelBoard::Lane& cancels);
 
 // Every task in plan order on the calling thread, pinned to `cpu` for the run when cpu >= 0.
 class SequentialRunner final : public Runner {

@@ -37,6 +37,7 @@ void ModeRecorder::flush_later(std::stop_token stop) {
         // Waiting first gathers the results of a burst into one write.
         flush_wanted_.wait_for(lock, stop, kFlushDelay, [] { return false; });
         unflushed_ = false;
+        if (collect_ && collect_()) unflushed_ = true;  // some still held: again after the next wait
         lock.unlock();
         sink_.flush();
         lock.lock();
@@ -64,6 +65,41 @@ void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
     }
 }
 
+void ModeRecorder::stamp(TaskResult& result, std::chrono::steady_clock::time_point now) const {
+    result.end_s = std::chrono::duration<double>(now - started_).count();
+    result.start_s = std::max(0.0, result.end_s - result.run_time.count());
+}
+
+void ModeRecorder::record_all(std::span<const Finished> batch) {
+    if (batch.empty()) return;
+    {
+        std::lock_guard lock(mutex_);
+        for (const Finished& done : batch) {
+            const TaskResult& result = done.result;
+            report_.cost.add(result.cost);
+            if (result.ok) {
+                ++report_.ok;
+            } else {
+                if (report_.failures.size() < kMaxFailuresListed) report_.failures.push_back({result.id, result.error});
+                ++report_.failed;
+            }
+        }
+    }
+    sink_.on_results(batch);
+}
+
+void ModeRecorder::holding() {
+    if (!unflushed_.exchange(true)) {
+        std::lock_guard lock(flush_mutex_);  // so the flusher cannot miss the notification
+        flush_wanted_.notify_one();
+    }
+}
+
+void ModeRecorder::set_collector(std::function<bool()> collect) {
+    std::lock_guard lock(flush_mutex_);
+    collect_ = std::move(collect);
+}
+
 void ModeRecorder::record_retry(const TaskSpec& task, TaskResult result) {
     result.end_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
     result.start_s = std::max(0.0, result.end_s - result.run_time.count());
@@ -86,32 +122,29 @@ void ModeRecorder::count_recycled() {
 
 namespace {
 
-// One attempt; with `cancels`, under a stop of the task's own that a cancel requests.
-TaskResult run_attempt(const TaskSpec& task, std::uint32_t attempt, RunEnv& env, CancelBoard* cancels) {
-    if (!cancels) return run_task(task, attempt, env);
-    TaskResult result;
-    result.id = task.id;
-    result.type = task.type;
-    result.attempt = attempt;
-    result.worker = env.worker;
-    if (cancels->requested(task.id)) return cancelled(std::move(result));
-    const std::stop_token run_stop = env.stop;
-    std::stop_source own;
-    const std::stop_callback link(run_stop, [&own] { own.request_stop(); });
-    env.stop = own.get_token();
-    cancels->running(task.id, &own);
-    result = run_task(task, attempt, env);
-    cancels->finished(task.id);
+// One attempt, under the lane's stop: a task cancelled before it starts is not run.
+TaskResult run_attempt(const TaskSpec& task, std::uint32_t attempt, RunEnv& env, CancelBoard::Lane& lane) {
+    if (!lane.begin(task.id)) {
+        TaskResult result;
+        result.id = task.id;
+        result.type = task.type;
+        result.attempt = attempt;
+        result.worker = env.worker;
+        return cancelled(std::move(result));
+    }
+    const std::stop_token run_stop = std::exchange(env.stop, lane.token());
+    TaskResult result = run_task(task, attempt, env);
     env.stop = run_stop;
     // Stopped by a cancel, not by the run's stop: a result that is not ok is the cancel's.
-    if (own.stop_requested() && !run_stop.stop_requested() && !result.ok) result = cancelled(std::move(result));
+    if (lane.end() && !result.ok) result = cancelled(std::move(result));
     return result;
 }
 
 }  // namespace
 
 std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, std::uint32_t retries,
-                                           const std::stop_token& drain, ModeRecorder& recorder, CancelBoard* cancels) {
+                                           const std::stop_token& drain, ModeRecorder& recorder,
+                                           CancelBoard::Lane& cancels) {
     recorder.started(task, 1, env.worker);
     TaskResult result = run_attempt(task, 1, env, cancels);
     // Asked once, on the first failure: settings_read() builds a list.

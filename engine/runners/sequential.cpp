@@ -13,11 +13,12 @@ RunReport SequentialRunner::run(const Plan& plan, ResultSink& sink) {
     const std::stop_token& stop = env_.stop;
     const auto cursor = plan.open();
     TaskSpec task;
+    CancelBoard::Lane lane(cancels_, env_.stop);
     try {
         // A drain lets the running task finish, and starts no other; a signal that comes
         // while the plan's producer is slow ends the wait for its next line.
         while (!stop.stop_requested() && !drain_.stop_requested() && next_task(*cursor, task, stop, drain_)) {
-            std::optional<TaskResult> result = run_with_retries(task, env_, retries_, drain_, recorder, cancels_);
+            std::optional<TaskResult> result = run_with_retries(task, env_, retries_, drain_, recorder, lane);
             if (!result) break;  // cancelled mid-task: not a result
             recorder.record(task, std::move(*result));
         }
