@@ -40,26 +40,6 @@ constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads
 // the rest of a result fit in proto::kMaxFrameBytes.
 constexpr std::uint64_t kMaxCommandOutput = 1536 * 1024;
 
-// "200K" -> 204800: a number of bytes with an optional K, M or G (x1024 each; "KiB" and
-// "KB" mean the same), fractions allowed ("1.5M"), at most 2^50.
-std::optional<std::uint64_t> parse_size(std::string_view text) {
-    double number = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
-    if (ec != std::errc{} || !std::isfinite(number) || number < 0) return std::nullopt;
-    std::string suffix(end, text.data() + text.size());
-    for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    double unit = 1;
-    if (!suffix.empty() && suffix != "B") {
-        const auto at = std::string_view("KMG").find(suffix[0]);
-        const std::string_view rest = std::string_view(suffix).substr(1);
-        if (at == std::string_view::npos || !(rest.empty() || rest == "B" || rest == "IB")) return std::nullopt;
-        unit = std::pow(1024.0, static_cast<double>(at + 1));
-    }
-    const double bytes = std::round(number * unit);
-    if (bytes > 0x1p50) return std::nullopt;
-    return static_cast<std::uint64_t>(bytes);
-}
-
 CLI::Validator size_validator(std::uint64_t least) {
     return CLI::Validator(
         [least](std::string& text) -> std::string {
