@@ -413,13 +413,14 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         }
     }
     check_recording(config, plan);
-    if (!config.resume_path.empty()) config.results_path = config.resume_path;
+    // The journal this run appends to: --resume's, else --results' (check_files: the same file when both).
+    const std::filesystem::path& journal_path = config.resume_path.empty() ? config.results_path : config.resume_path;
     // Locked before --resume reads (and may repair) the journal, so that no other run
     // appends to it between the reading and the writing.
     std::unique_ptr<JournalSink> journal_sink;
-    if (!config.results_path.empty()) {
+    if (!journal_path.empty()) {
         try {
-            journal_sink = std::make_unique<JournalSink>(config.results_path, /*create=*/config.resume_path.empty());
+            journal_sink = std::make_unique<JournalSink>(journal_path, /*create=*/config.resume_path.empty());
         } catch (const ConfigError& e) {
             throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
         }
@@ -527,7 +528,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     // others are written: the results on stdout and in the other files still count.
     std::vector<std::string> output_errors;
     if (journal && journal->lost() > 0)
-        output_errors.push_back(fmt::format("--results '{}' lacks {} line(s): {}", config.results_path.string(),
+        output_errors.push_back(fmt::format("--results '{}' lacks {} line(s): {}", journal_path.string(),
                                             journal->lost(), journal->error()));
     if (!config.json_path.empty()) {
         try {
