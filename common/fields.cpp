@@ -26,6 +26,17 @@ Json Flag::read(const std::string& text) const {
         return std::invalid_argument(fmt::format("'{}' is not a {} from {:.16g} to {:.16g}", printable(text, 100),
                                                  type == Type::Count ? "whole number" : "number", least, most));
     };
+    if (type == Type::Size) {
+        const auto bytes = parse_size(text);
+        if (!bytes)
+            throw std::invalid_argument(
+                fmt::format("'{}' is not a size like 1000, 200K, 1.5M or 2G", printable(text, 100)));
+        if (static_cast<double>(*bytes) < least)
+            throw std::invalid_argument(fmt::format("'{}' is below {:.16g} byte(s)", printable(text, 100), least));
+        if (static_cast<double>(*bytes) > most)
+            throw std::invalid_argument(fmt::format("'{}' is over {:.16g} bytes", printable(text, 100), most));
+        return Json(*bytes);
+    }
     if (type == Type::Count) {
         std::uint64_t value = 0;
         const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);

@@ -1,5 +1,9 @@
 #include "text.hpp"
 
+#include <cctype>
+#include <charconv>
+#include <cmath>
+
 #include <fmt/format.h>
 
 namespace taskfarm {
@@ -87,6 +91,24 @@ std::string printable_lines(std::string_view text, std::size_t max_line_bytes) {
         text.remove_prefix(end + 1);
     }
     return out;
+}
+
+std::optional<std::uint64_t> parse_size(std::string_view text) {
+    double number = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+    if (ec != std::errc{} || !std::isfinite(number) || number < 0) return std::nullopt;
+    std::string suffix(end, text.data() + text.size());
+    for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    double unit = 1;
+    if (!suffix.empty() && suffix != "B") {
+        const auto at = std::string_view("KMG").find(suffix[0]);
+        const std::string_view rest = std::string_view(suffix).substr(1);
+        if (at == std::string_view::npos || !(rest.empty() || rest == "B" || rest == "IB")) return std::nullopt;
+        unit = std::pow(1024.0, static_cast<double>(at + 1));
+    }
+    const double bytes = std::round(number * unit);
+    if (bytes > 0x1p50) return std::nullopt;
+    return static_cast<std::uint64_t>(bytes);
 }
 
 }  // namespace taskfarm

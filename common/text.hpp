@@ -2,6 +2,8 @@
 // Text from outside (the wire, an input file, a worker's error) made safe to print.
 
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -34,5 +36,9 @@ bool is_printable(std::string_view text, std::size_t max_bytes = kMaxPrintable);
 // printable() applied to each line of `text`, keeping its line ends: for tables and lists
 // that hold text from outside.
 std::string printable_lines(std::string_view text, std::size_t max_line_bytes = kMaxPrintable);
+
+// "200K" -> 204800: a number of bytes with an optional K, M or G (x1024 each; "KiB" and
+// "KB" mean the same), fractions allowed ("1.5M"), at most 2^50.
+std::optional<std::uint64_t> parse_size(std::string_view text);
 
 }  // namespace taskfarm

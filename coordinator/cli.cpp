@@ -41,26 +41,6 @@ constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads
 // the rest of a result fit in proto::kMaxFrameBytes.
 constexpr std::uint64_t kMaxCommandOutput = 1536 * 1024;
 
-// "200K" -> 204800: a number of bytes with an optional K, M or G (x1024 each; "KiB" and
-// "KB" mean the same), fractions allowed ("1.5M"), at most 2^50.
-std::optional<std::uint64_t> parse_size(std::string_view text) {
-    double number = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
-    if (ec != std::errc{} || !std::isfinite(number) || number < 0) return std::nullopt;
-    std::string suffix(end, text.data() + text.size());
-    for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    double unit = 1;
-    if (!suffix.empty() && suffix != "B") {
-        const auto at = std::string_view("KMG").find(suffix[0]);
-        const std::string_view rest = std::string_view(suffix).substr(1);
-        if (at == std::string_view::npos || !(rest.empty() || rest == "B" || rest == "IB")) return std::nullopt;
-        unit = std::pow(1024.0, static_cast<double>(at + 1));
-    }
-    const double bytes = std::round(number * unit);
-    if (bytes > 0x1p50) return std::nullopt;
-    return static_cast<std::uint64_t>(bytes);
-}
-
 CLI::Validator size_validator(std::uint64_t least) {
     return CLI::Validator(
         [least](std::string& text) -> std::string {
@@ -218,6 +198,7 @@ std::vector<TypeFlag> add_type_flags(CLI::App& app, const Registry& registry) {
             const std::string value_name = !declared.value_name.empty()          ? declared.value_name
                                            : declared.type == Flag::Type::Count  ? "COUNT"
                                            : declared.type == Flag::Type::Number ? "NUMBER"
+                                           : declared.type == Flag::Type::Size   ? "SIZE"
                                                                                  : "TEXT";
             made.option = app.add_option(declared.name, *made.value, declared.help)
                               ->check(CLI::Validator(
@@ -363,9 +344,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
             ->check(CLI::IsMember({"plain", "group", "tag", "none"}))
             ->capture_default_str();
-    std::string file_size = "200K";
-    std::string max_bytes = "100M";
-    std::string bandwidth;
     auto* urls_option =
         app.add_option(
                "--urls", config.urls_path,
@@ -388,12 +366,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->check(kPath)
             ->type_name("DIR")
             ->capture_default_str();
-    auto* max_bytes_option =
-        app.add_option("--max-bytes", max_bytes,
-                       "download: fail a download whose body passes SIZE bytes, checked as it streams, with or\n"
-                       "without a Content-Length; K, M, G are x1024")
-            ->check(size_validator(1))
-            ->capture_default_str();
     auto* retries_option =
         app.add_option("--retries", config.retries,
                        "runs a failed task up to N more times, on any worker, in every mode; each failed attempt\n"
@@ -403,41 +375,10 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "(default for download: 2)")
             ->check(CLI::Range(0, 100))
             ->type_name("N");
-    std::string min_speed = "1K";
-    auto* min_speed_option =
-        app.add_option("--min-speed", min_speed,
-                       "download: a response slower than SIZE bytes a second, on average over --stall-time, fails\n"
-                       "as stalled (and is retried); 0: no such limit")
-            ->check(size_validator(0))
-            ->capture_default_str();
-    auto* stall_time_option =
-        app.add_option("--stall-time", config.stall_s,
-                       "download: seconds over which --min-speed is measured (whole seconds, as libcurl counts)")
-            ->check(seconds_between(1, 3600))
-            ->capture_default_str();
-    auto* file_size_option =
-        app.add_option("--file-size", file_size,
-                       "built-in server (download without --urls): bytes per image; K, M, G are x1024")
-            ->check(size_validator(0))
-            ->capture_default_str();
-    auto* latency_option =
-        app.add_option("--latency", config.latency_s,
-                       "built-in server: seconds before each response, like a remote host's round trip")
-            ->check(seconds_between(0, 3600))
-            ->capture_default_str();
-    auto* bandwidth_option = app.add_option("--bandwidth", bandwidth,
-                                            "built-in server: bytes per second per response, e.g. 1M (default:\n"
-                                            "unlimited)")
-                                 ->check(size_validator(1))
-                                 ->type_name("SIZE");
-    for (CLI::Option* option : {urls_option, file_size_option, latency_option, bandwidth_option})
-        plan_option->excludes(option);
-    for (CLI::Option* option : {file_size_option, latency_option, bandwidth_option}) option->excludes(urls_option);
+    plan_option->excludes(urls_option);
     // Each becomes a setting; given for a plan no type of which reads it, a warning says so (the run goes on).
     const std::pair<CLI::Option*, const char*> setting_flags[] = {
-        {out_dir_option, "out_dir"},     {max_bytes_option, "max_bytes"}, {retries_option, "retries"},
-        {min_speed_option, "min_speed"}, {stall_time_option, "stall_s"},  {file_size_option, "file_size"},
-        {latency_option, "latency_s"},   {bandwidth_option, "bandwidth"}, {max_output_option, "max_output"}};
+        {out_dir_option, "out_dir"}, {retries_option, "retries"}, {max_output_option, "max_output"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->check(kUnsigned)
         ->capture_default_str();
@@ -925,7 +866,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     if (tasks_option->count() == 0)
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0)
             config.tasks = static_cast<int>(count);
-    config.max_bytes = *parse_size(max_bytes);
     config.max_output = *parse_size(max_output);
     config.max_worker_memory = *parse_size(max_worker_memory);
     if (retries_option->count() > 0) config.task_retries = config.retries;
@@ -935,9 +875,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                         : OutputBlocks::Group;
     if (output_option->count() == 0 && task == "command") config.output = OutputBlocks::Plain;
     config.modes_given = mode_option->count() > 0;
-    config.file_size = *parse_size(file_size);
-    config.min_speed = *parse_size(min_speed);
-    config.bandwidth = bandwidth.empty() ? 0 : *parse_size(bandwidth);
     config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
     if (!cpus.empty())
         config.pin_cpus = parse_cpu_list(cpus);

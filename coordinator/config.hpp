@@ -30,20 +30,14 @@ struct RunConfig {
     std::filesystem::path inputs_path;
     std::string inputs_flag = "--inputs";  // which flag gave inputs_path, for messages
     // The types' own flags (TaskType::flags(), given or their defaults: "duration_s", "cpu_n",
-    // a user's) and --set KEY=VALUE; the coordinator's flags join them in settings_json().
+    // "max_bytes", a user's) and --set KEY=VALUE; the coordinator's flags join them in settings_json().
     Json settings = Json::object();
     // The flags given on the command line that become settings, with the setting each becomes
     // ({"--retries", "retries"}; "--out-dir" is "out_dir"): one that no type of the plan reads
     // is warned about before the run, which still runs.
     std::vector<std::pair<std::string, std::string>> given_settings;
     std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
-    std::uint64_t max_bytes = 100 * 1024 * 1024;  // a larger body fails its task
-    std::uint32_t retries = 2;                    // further tries after a transient failure
-    std::uint64_t min_speed = 1024;               // bytes a second; slower for stall_s: stalled
-    double stall_s = 15;
-    std::uint64_t file_size = 200 * 1024;  // built-in server: bytes per image
-    double latency_s = 0.2;                //   seconds before each response
-    std::uint64_t bandwidth = 0;           //   bytes per second per response; 0: unlimited
+    std::uint32_t retries = 2;  // --retries, the setting "retries": download's tries after a transient failure
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
     bool modes_given = false;                   // --mode was given: a plan with side effects keeps these modes

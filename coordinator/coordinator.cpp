@@ -328,15 +328,15 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"inputs", config.inputs_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.inputs_path.string())},
         {"settings", config.settings},
         {"out_dir", config.out_dir.string()},
-        {"max_bytes", config.max_bytes},
+        {"max_bytes", config.settings.value("max_bytes", nlohmann::json(nullptr))},
         {"retries", config.retries},
         {"task_retries", config.task_retries},
         {"max_tasks_per_worker", config.max_tasks_per_worker},
         {"max_worker_memory", config.max_worker_memory},
         {"drain_timeout_s", config.drain_timeout_s},
-        {"file_size", config.file_size},
-        {"latency_s", config.latency_s},
-        {"bandwidth", config.bandwidth},
+        {"file_size", config.settings.value("file_size", nlohmann::json(nullptr))},
+        {"latency_s", config.settings.value("latency_s", nlohmann::json(nullptr))},
+        {"bandwidth", config.settings.value("bandwidth", nlohmann::json(nullptr))},
         {"command", config.command_line},
         {"listen", config.listen.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.listen)},
         {"expect_workers", config.expect_workers},
@@ -469,13 +469,14 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         }
     }
     check_recording(config, plan);
-    if (!config.resume_path.empty()) config.results_path = config.resume_path;
+    // The journal this run appends to: --resume's, else --results' (check_files: the same file when both).
+    const std::filesystem::path& journal_path = config.resume_path.empty() ? config.results_path : config.resume_path;
     // Locked before --resume reads (and may repair) the journal, so that no other run
     // appends to it between the reading and the writing.
     std::unique_ptr<JournalSink> journal_sink;
-    if (!config.results_path.empty()) {
+    if (!journal_path.empty()) {
         try {
-            journal_sink = std::make_unique<JournalSink>(config.results_path, /*create=*/config.resume_path.empty());
+            journal_sink = std::make_unique<JournalSink>(journal_path, /*create=*/config.resume_path.empty());
         } catch (const ConfigError& e) {
             throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
         }
@@ -608,7 +609,7 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     // others are written: the results on stdout and in the other files still count.
     std::vector<std::string> output_errors;
     if (journal && journal->lost() > 0)
-        output_errors.push_back(fmt::format("--results '{}' lacks {} line(s): {}", config.results_path.string(),
+        output_errors.push_back(fmt::format("--results '{}' lacks {} line(s): {}", journal_path.string(),
                                             journal->lost(), journal->error()));
     if (!config.json_path.empty()) {
         try {

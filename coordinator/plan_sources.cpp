@@ -410,11 +410,7 @@ private:
 
 Json settings_json(const RunConfig& config) {
     Json settings = {
-        {"max_bytes", config.max_bytes},   {"retries", config.retries},
-        {"min_speed", config.min_speed},   {"stall_s", config.stall_s},
-        {"file_size", config.file_size},   {"latency_s", config.latency_s},
-        {"bandwidth", config.bandwidth},   {"seed", config.seed},
-        {"tasks", config.tasks},           {"workers", config.workers},
+        {"retries", config.retries},       {"seed", config.seed}, {"tasks", config.tasks}, {"workers", config.workers},
         {"max_output", config.max_output},
     };
     if (!config.command.empty()) settings["command"] = config.command;

@@ -93,18 +93,17 @@ private:
     std::thread thread_;
 };
 
-// The settings every task sees (Context::settings()): the coordinator's flags for the built-in
-// download and command types (max_bytes, retries, file_size, latency_s, bandwidth, max_output,
-// and command when --command is given) and the run's seed, tasks and workers, then
-// config.settings on top (the types' own flags and --set KEY=VALUE).
+// The settings every task sees (Context::settings()): the coordinator's flags that tasks read
+// (retries, max_output, and command when --command is given) and the run's seed, tasks and
+// workers, then config.settings on top (the types' own flags and --set KEY=VALUE).
 Json settings_json(const RunConfig& config);
 // The settings keys settings_json() fills from flags (and the types' prepare(): served_urls),
 // with the flag each comes from: --set may not replace them (nor a type's flag: parse_cli).
-inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] = {
-    {"max_bytes", "--max-bytes"}, {"retries", "--retries"},     {"file_size", "--file-size"},
-    {"latency_s", "--latency"},   {"bandwidth", "--bandwidth"}, {"seed", "--seed"},
-    {"tasks", "--tasks"},         {"workers", "--workers"},     {"served_urls", "--task download"},
-    {"min_speed", "--min-speed"}, {"stall_s", "--stall-time"}};
+inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] = {{"retries", "--retries"},
+                                                                                  {"seed", "--seed"},
+                                                                                  {"tasks", "--tasks"},
+                                                                                  {"workers", "--workers"},
+                                                                                  {"served_urls", "--task download"}};
 
 // Deterministic: the same config (seed included) gives the same plan on every machine.
 // With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,

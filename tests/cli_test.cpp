@@ -7,6 +7,7 @@
 #include "affinity.hpp"
 #include "builtin.hpp"
 #include "cli.hpp"
+#include "task.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -84,11 +85,11 @@ TEST(Cli, DownloadDefaultsToFifteenImagesOfTheBuiltInServer) {
     EXPECT_EQ(config.tasks, 15);
     EXPECT_TRUE(config.urls_path.empty());
     EXPECT_EQ(config.out_dir, "downloads");
-    EXPECT_EQ(config.max_bytes, 100u * 1024 * 1024);
+    EXPECT_EQ(config.settings.at("max_bytes"), 100u * 1024 * 1024);  // the download type's flags' defaults
     EXPECT_EQ(config.retries, 2u);
-    EXPECT_EQ(config.file_size, 200u * 1024);
-    EXPECT_EQ(config.latency_s, 0.2);
-    EXPECT_EQ(config.bandwidth, 0u);
+    EXPECT_EQ(config.settings.at("file_size"), 200u * 1024);
+    EXPECT_EQ(config.settings.at("latency_s"), 0.2);
+    EXPECT_EQ(config.settings.at("bandwidth"), 0u);
 }
 
 TEST(Cli, ReadsEveryDownloadValueWithSizeSuffixes) {
@@ -96,20 +97,22 @@ TEST(Cli, ReadsEveryDownloadValueWithSizeSuffixes) {
                                "--bandwidth", "64k", "--max-bytes", "2GiB", "--retries", "0", "--out-dir", "pictures"});
     const auto& config = std::get<RunConfig>(parsed.result);
     EXPECT_EQ(config.tasks, 3);
-    EXPECT_EQ(config.file_size, 1'572'864u);
-    EXPECT_EQ(config.latency_s, 0.05);
-    EXPECT_EQ(config.bandwidth, 65'536u);
-    EXPECT_EQ(config.max_bytes, 2u << 30);
+    EXPECT_EQ(config.settings.at("file_size"), 1'572'864u);
+    EXPECT_EQ(config.settings.at("latency_s"), 0.05);
+    EXPECT_EQ(config.settings.at("bandwidth"), 65'536u);
+    EXPECT_EQ(config.settings.at("max_bytes"), 2u << 30);
     EXPECT_EQ(config.retries, 0u);
     EXPECT_EQ(config.out_dir, "pictures");
-    EXPECT_EQ(config.min_speed, 1024u);  // the defaults: a drip of a byte a second fails
-    EXPECT_EQ(config.stall_s, 15);
+    EXPECT_EQ(config.settings.at("min_speed"), 1024u);  // the defaults: a drip of a byte a second fails
+    EXPECT_EQ(config.settings.at("stall_s"), 15);
     const auto slow =
         std::get<RunConfig>(parse({"--task", "download", "--min-speed", "2K", "--stall-time", "3"}).result);
-    EXPECT_EQ(slow.min_speed, 2048u);
-    EXPECT_EQ(slow.stall_s, 3);
-    EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "0"}).result).file_size, 0u);
-    EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "1000"}).result).file_size, 1000u);
+    EXPECT_EQ(slow.settings.at("min_speed"), 2048u);
+    EXPECT_EQ(slow.settings.at("stall_s"), 3);
+    EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "0"}).result).settings.at("file_size"),
+              0u);
+    EXPECT_EQ(std::get<RunConfig>(parse({"--task", "download", "--file-size", "1000"}).result).settings.at("file_size"),
+              1000u);
 }
 
 TEST(Cli, UrlsImplyDownload) {
@@ -117,8 +120,42 @@ TEST(Cli, UrlsImplyDownload) {
     const auto& config = std::get<RunConfig>(parsed.result);
     EXPECT_EQ(config.task, "download");
     EXPECT_EQ(config.urls_path, "urls.txt");
-    EXPECT_EQ(config.max_bytes, 1u << 20);
+    EXPECT_EQ(config.settings.at("max_bytes"), 1u << 20);
     EXPECT_EQ(std::get<RunConfig>(parse({"--urls", "u", "--task", "download"}).result).task, "download");
+}
+
+// The download type declares its flags (TaskType::flags()), as sleep and cpu do theirs: a
+// program without the type has none of them, and the stock one lists them under the type.
+TEST(Cli, DownloadsFlagsAreTheDownloadTypesOwn) {
+    Registry sleeps_only;
+    sleeps_only.add(sleep_type());
+    const ProgramInfo program{"sleeper", sleeps_only, testing::stock_program().worker};
+    const auto run = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), "sleeper");
+        std::vector<const char*> argv;
+        for (const std::string& arg : args) argv.push_back(arg.c_str());
+        ::testing::internal::CaptureStdout();
+        ::testing::internal::CaptureStderr();
+        auto result = parse_cli(program, static_cast<int>(argv.size()), argv.data());
+        const std::string out = ::testing::internal::GetCapturedStdout();
+        return std::pair{std::move(result), out + ::testing::internal::GetCapturedStderr()};
+    };
+    const auto [help, help_text] = run({"--help"});
+    for (const char* flag : {"--max-bytes", "--min-speed", "--stall-time", "--file-size", "--latency", "--bandwidth"}) {
+        EXPECT_EQ(help_text.find(flag), std::string::npos) << flag;
+        const auto [given, text] = run({flag, "1"});
+        ASSERT_TRUE(std::holds_alternative<ExitCode>(given)) << flag;
+        EXPECT_EQ(std::get<ExitCode>(given), ExitCode::Usage) << flag;
+    }
+    EXPECT_FALSE(std::get<RunConfig>(run({}).first).settings.contains("max_bytes"));
+    ::testing::internal::CaptureStdout();
+    const char* argv[] = {"coordinator", "--help"};
+    static_cast<void>(parse_cli(testing::stock_program(), 2, argv));
+    const std::string stock = ::testing::internal::GetCapturedStdout();
+    const auto group = stock.find("download task type");
+    ASSERT_NE(group, std::string::npos);
+    EXPECT_GT(stock.find("\n  --max-bytes"), group);  // each one's line of help, under the type
+    EXPECT_GT(stock.find("\n  --bandwidth"), group);
 }
 
 TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {

@@ -205,7 +205,7 @@ TEST(Plan, GeneratedDownloadsAreTheServersImagesWithTheRunsSettings) {
     RunConfig config;
     config.task = "download";
     config.tasks = 2;
-    config.max_bytes = 1000;
+    config.settings["max_bytes"] = 1000;  // --max-bytes, the download type's flag
     config.retries = 4;
     config.task_timeout_s = 9;
     config.out_dir = "pictures";

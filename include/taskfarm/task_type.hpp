@@ -187,6 +187,7 @@ struct Flag {
         Text,    // the text as it is, a JSON string
         Count,   // a whole number from `least` to `most`, a JSON unsigned integer
         Number,  // a finite number from `least` to `most`, a JSON number
+        Size,    // bytes, K, M or G x1024 ("1.5M"), from `least` to `most`, a JSON unsigned integer
     };
     std::string name{};  // "--cpu-n"; "-d,--duration" adds a short name
     std::string key{};   // its setting in Context::settings(), e.g. "cpu_n"

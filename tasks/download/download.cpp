@@ -494,6 +494,15 @@ std::string display_path(const std::string& path) {
     return relative.empty() || *relative.begin() == ".." ? path : relative.string();
 }
 
+// --bandwidth: "unlimited" (0 in the settings) or a size of at least one byte.
+Json read_bandwidth(const std::string& text) {
+    if (text == "unlimited") return Json(std::uint64_t{0});
+    Flag size;
+    size.type = Flag::Type::Size;
+    size.least = 1;
+    return size.read(text);
+}
+
 class DownloadType final : public TaskType {
 public:
     std::string name() const override { return "download"; }
@@ -526,9 +535,60 @@ public:
     }
 
     std::uint64_t default_count() const override { return 15; }  // the tutorial's 15 images
-    std::vector<std::string> settings_read() const override {
-        return {"max_bytes", "retries", "min_speed", "stall_s", "file_size", "latency_s", "bandwidth"};
+    // Its limits (every download) and the built-in server's shape (only the images it serves,
+    // so those go with no --plan, --urls or --command). --retries is the engine's flag too.
+    std::vector<Flag> flags() const override {
+        return {
+            Flag{.name = "--max-bytes",
+                 .key = "max_bytes",
+                 .type = Flag::Type::Size,
+                 .default_value = "100M",
+                 .help = "fail a download whose body passes SIZE bytes, checked as it streams, with or\n"
+                         "without a Content-Length; K, M, G are x1024",
+                 .value_name = "SIZE",
+                 .least = 1},
+            Flag{.name = "--min-speed",
+                 .key = "min_speed",
+                 .type = Flag::Type::Size,
+                 .default_value = "1K",
+                 .help = "a response slower than SIZE bytes a second, on average over --stall-time, fails\n"
+                         "as stalled (and is retried); 0: no such limit",
+                 .value_name = "SIZE"},
+            Flag{.name = "--stall-time",
+                 .key = "stall_s",
+                 .type = Flag::Type::Number,
+                 .default_value = "15",
+                 .help = "seconds over which --min-speed is measured (whole seconds, as libcurl counts)",
+                 .value_name = "SECONDS",
+                 .least = 1,
+                 .most = 3600},
+            Flag{.name = "--file-size",
+                 .key = "file_size",
+                 .type = Flag::Type::Size,
+                 .default_value = "200K",
+                 .help = "built-in server (download without --urls): bytes per image; K, M, G are x1024",
+                 .value_name = "SIZE",
+                 .generated_only = true},
+            Flag{.name = "--latency",
+                 .key = "latency_s",
+                 .type = Flag::Type::Number,
+                 .default_value = "0.2",
+                 .help = "built-in server: seconds before each response, like a remote host's round trip",
+                 .value_name = "SECONDS",
+                 .most = 3600,
+                 .changes_results = false,
+                 .generated_only = true},
+            Flag{.name = "--bandwidth",
+                 .key = "bandwidth",
+                 .default_value = "unlimited",
+                 .help = "built-in server: bytes per second per response, e.g. 1M",
+                 .value_name = "SIZE",
+                 .changes_results = false,
+                 .generated_only = true,
+                 .parse = read_bandwidth},
+        };
     }
+    std::vector<std::string> settings_read() const override { return {"retries"}; }
     bool writes_files() const override { return true; }
 
     std::unique_ptr<RunService> prepare(Json& settings) const override { return serve_images(settings); }
