@@ -182,7 +182,8 @@ class LiveViewDoor(unittest.TestCase):
         stderr = self.read(self.stderr_path)
         self.assertEqual(code, 0, stderr[-3000:])
         self.assertNotIn("Too many open files", stderr)
-        table = self.read(self.stdout_path)
+        # With --command the table is on stderr (stdout holds the commands' output alone).
+        table = self.read(self.stdout_path) + stderr
         for mode in modes:
             self.assertRegex(table, rf"(?m)^{mode}\s+\d+\s+{tasks}\s+{tasks}\s+0\s", table)
         self.assertEqual(self.journal_counts(), {(mode, True): tasks for mode in modes})
