@@ -60,18 +60,22 @@ ParallelOutput::~ParallelOutput() {
 }
 
 ParallelSink::ParallelSink(const ParallelOutput& output, std::FILE* out) : output_(output), out_(out) {
-    if (!output_.joblog.empty()) {
+    if (output_.joblog == "-") {
+        joblog_ = out_;  // `-` is stdout, as everywhere (and as parallel's --joblog -)
+    } else if (!output_.joblog.empty()) {
         joblog_ = std::fopen(output_.joblog.c_str(), "we");  // close-on-exec
         if (!joblog_)
             throw ConfigError(fmt::format("--joblog: cannot write '{}': {}", printable(output_.joblog.string()),
                                           std::strerror(errno)));
+    }
+    if (joblog_) {
         std::fputs("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n", joblog_);
         std::fflush(joblog_);
     }
 }
 
 ParallelSink::~ParallelSink() {
-    if (joblog_) std::fclose(joblog_);
+    if (joblog_ && joblog_ != out_) std::fclose(joblog_);
 }
 
 void ParallelSink::begin_mode_(const std::string&, std::size_t) { began_ = std::chrono::system_clock::now(); }

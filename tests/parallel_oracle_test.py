@@ -78,6 +78,7 @@ TABLE = [
     ("--halt 2", "$P -j1 --halt 2 'echo {}; exit {}' ::: 0 5 0"),
     ("exit status: failed jobs", "$P -j1 'echo {}; exit {}' ::: 0 3 4"),
     ("--joblog", "$P -k --joblog jl 'echo {}; exit {}' ::: 0 2; cut -f1,2,5,6,7,8,9 jl"),
+    ("--joblog - is stdout", "$P -k -j1 --joblog - 'echo {}' ::: a b | cut -f1,7,8; test ! -e ./- && echo no-file"),
     ("--results tree",
      "$P -k --results rr echo ::: a 'b c' ::: x >/dev/null; find rr -type f | sort; cat rr/1/a/2/x/stdout rr/1/a/2/x/seq"),
     ("--retries: output of the last try", "$P -k --retries 3 'echo try; exit 1' ::: x"),
