@@ -34,7 +34,8 @@ private:
     TaskOptions options_;
 };
 
-// This very program, so that it can start itself as its workers.
+}  // namespace
+
 std::filesystem::path this_program() {
     std::error_code ec;
     std::filesystem::path path = std::filesystem::read_symlink("/proc/self/exe", ec);
@@ -42,8 +43,6 @@ std::filesystem::path this_program() {
         throw std::runtime_error(fmt::format("cannot find this program's path in /proc/self/exe: {}", ec.message()));
     return path;
 }
-
-}  // namespace
 
 std::shared_ptr<const TaskType> make_function_type(const std::string& name, TaskFunction fn, TaskOptions options) {
     return std::make_shared<FunctionType>(name, std::move(fn), std::move(options));

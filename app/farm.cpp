@@ -55,14 +55,6 @@ void detail::Outcome::raise() const { throw TaskError(id, type, error, attempts,
 
 namespace {
 
-std::filesystem::path this_program() {
-    std::error_code ec;
-    std::filesystem::path path = std::filesystem::read_symlink("/proc/self/exe", ec);
-    if (ec)
-        throw std::runtime_error(fmt::format("cannot find this program's path in /proc/self/exe: {}", ec.message()));
-    return path;
-}
-
 Mode engine_mode(FarmMode mode) {
     switch (mode) {
         case FarmMode::Threads: return Mode::Threads;
@@ -265,7 +257,7 @@ private:
         config_.settings = options_.settings.is_object() ? options_.settings : Json::object();
         settings_ = settings_json(config_);
         if (!options_.log_level.empty()) set_log_level(options_.log_level);
-        // As the coordinator does (decision 104): sanitized builds exec every worker.
+            // As the coordinator does (decision 104): sanitized builds exec every worker.
 #if defined(__SANITIZE_ADDRESS__)
         constexpr bool kForkServerUsable = false;
 #else

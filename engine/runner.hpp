@@ -85,6 +85,8 @@ public:
 
 private:
     void flush_later(std::stop_token stop);
+    // Counts a result into the report (ok, failed, the first failures, cost); under mutex_.
+    void tally(const TaskResult& result);
 
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
     std::optional<std::chrono::steady_clock::time_point> stopped_;

@@ -45,18 +45,10 @@ void ModeRecorder::flush_later(std::stop_token stop) {
 }
 
 void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
-    // Times are taken here, on one clock, so results from other processes line up.
-    result.end_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-    result.start_s = std::max(0.0, result.end_s - result.run_time.count());
+    stamp(result);  // times are taken here, on one clock, so results from other processes line up
     {
         std::lock_guard lock(mutex_);
-        report_.cost.add(result.cost);
-        if (result.ok) {
-            ++report_.ok;
-        } else {
-            if (report_.failures.size() < kMaxFailuresListed) report_.failures.push_back({result.id, result.error});
-            ++report_.failed;
-        }
+        tally(result);
     }
     sink_.on_result(task, result);
     if (!unflushed_.exchange(true)) {
@@ -74,18 +66,19 @@ void ModeRecorder::record_all(std::span<const Finished> batch) {
     if (batch.empty()) return;
     {
         std::lock_guard lock(mutex_);
-        for (const Finished& done : batch) {
-            const TaskResult& result = done.result;
-            report_.cost.add(result.cost);
-            if (result.ok) {
-                ++report_.ok;
-            } else {
-                if (report_.failures.size() < kMaxFailuresListed) report_.failures.push_back({result.id, result.error});
-                ++report_.failed;
-            }
-        }
+        for (const Finished& done : batch) tally(done.result);
     }
     sink_.on_results(batch);
+}
+
+void ModeRecorder::tally(const TaskResult& result) {
+    report_.cost.add(result.cost);
+    if (result.ok) {
+        ++report_.ok;
+    } else {
+        if (report_.failures.size() < kMaxFailuresListed) report_.failures.push_back({result.id, result.error});
+        ++report_.failed;
+    }
 }
 
 void ModeRecorder::holding() {
