@@ -106,7 +106,10 @@ void ParallelSink::failed() {
 }
 
 void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
-    if (result.retrying || halted_) return;
+    // After --halt now the running jobs were killed: parallel shows none of them. After --halt
+    // soon they finish, and their output, joblog lines and results are kept as any job's.
+    const bool halted_before = halted_;
+    if (result.retrying || (halted_ && output_.halt.when == ParallelHalt::When::Now)) return;
     const std::uint64_t job = result.id;
     const std::string command = job < output_.commands.size() ? output_.commands[job] : std::string();
     Finished finished;
@@ -156,6 +159,7 @@ void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
     } else {
         write(finished);
     }
+    if (halted_before) return;
     check_halt(result, status);
     if (halted_) {
         std::fflush(out_);

@@ -46,7 +46,9 @@ SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout) : drain_ti
             // Sent by a process (kill, timeout(1), a shell), or by the kernel (a terminal's Ctrl-C): 0.
             if (received > 0)
                 on_signal(received, info.si_code == SI_USER || info.si_code == SI_QUEUE ? info.si_pid : 0);
-            if (drain_.stop_requested() && !stop_.stop_requested() &&
+            // --drain-timeout bounds a drain a signal began; --halt soon's waits for its tasks,
+            // as GNU parallel's does (its deadline was never set, so it cancelled at once).
+            if (drain_.stop_requested() && !stop_.stop_requested() && signal_.load() != 0 &&
                 std::chrono::steady_clock::now() >= drain_deadline_) {
                 spdlog::warn("--drain-timeout {:g} s passed: cancelling the tasks still running",
                              std::chrono::duration<double>(drain_timeout_).count());

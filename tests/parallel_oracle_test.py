@@ -75,6 +75,9 @@ TABLE = [
     ("--halt now,fail=50%", "$P -j1 --halt now,fail=50% 'echo {}; exit {}' ::: 1 0 2 0"),
     ("--halt now,fail=30%", "$P -j1 --halt now,fail=30% 'echo {}; exit {}' ::: 1 0 2 0 0 0"),
     ("--halt soon,fail=2", "$P -j1 --halt soon,fail=2 'echo {}; exit {}' ::: 1 3 0"),
+    # a fails after b has surely started (both workers up), and b is still running then.
+    ("--halt soon lets the running job finish",
+     "$P -k -j2 --halt soon,fail=1 'if [ {} = a ]; then sleep 0.4; exit 1; fi; sleep 1; echo done {}' ::: a b"),
     ("--halt 2", "$P -j1 --halt 2 'echo {}; exit {}' ::: 0 5 0"),
     ("exit status: failed jobs", "$P -j1 'echo {}; exit {}' ::: 0 3 4"),
     ("--joblog", "$P -k --joblog jl 'echo {}; exit {}' ::: 0 2; cut -f1,2,5,6,7,8,9 jl"),
