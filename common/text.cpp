@@ -1,5 +1,6 @@
 #include "text.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -32,7 +33,6 @@ std::size_t utf8_sequence(std::string_view text, std::size_t at, char32_t& code)
 }
 
 namespace {
-
 
 // Code points a terminal acts on or that change how the rest of a line reads: C1 controls
 // (0x9B is a CSI on some terminals), line and paragraph separators, bidi overrides and
@@ -109,6 +109,13 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
     const double bytes = std::round(number * unit);
     if (bytes > 0x1p50) return std::nullopt;
     return static_cast<std::uint64_t>(bytes);
+}
+
+bool is_plain_shell_word(std::string_view text) {
+    return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '+' ||
+               c == '-' || c == '.' || c == '/';
+    });
 }
 
 }  // namespace taskfarm

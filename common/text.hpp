@@ -30,6 +30,10 @@ std::string printable(std::string_view text, std::size_t max_bytes = kMaxPrintab
 // bytes there are not one well-formed sequence (overlong forms and surrogates included).
 std::size_t utf8_sequence(std::string_view text, std::size_t at, char32_t& code);
 
+// Whether /bin/sh reads `text` as one word, unchanged, written bare: not empty, and only
+// letters, digits and _ + - . / (the values GNU parallel leaves unquoted).
+bool is_plain_shell_word(std::string_view text);
+
 // Whether printable(text) would return `text` unchanged.
 bool is_printable(std::string_view text, std::size_t max_bytes = kMaxPrintable);
 

@@ -23,11 +23,7 @@ namespace taskfarm {
 namespace parallel {
 
 std::string quote(std::string_view text) {
-    const bool plain = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '+' ||
-               c == '-' || c == '.' || c == '/';
-    });
-    if (plain) return std::string(text);
+    if (is_plain_shell_word(text)) return std::string(text);
     std::string quoted = "'";
     for (char c : text) {
         if (c == '\'')

@@ -4,6 +4,8 @@
 #include <array>
 #include <utility>
 
+#include "text.hpp"
+
 namespace taskfarm::command {
 namespace {
 
@@ -41,11 +43,7 @@ std::string shell_quote(std::string_view text) {
 }
 
 std::string word_quote(std::string_view text) {
-    const bool plain = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '+' ||
-               c == '-' || c == '.' || c == '/';
-    });
-    return plain ? std::string(text) : shell_quote(text);
+    return is_plain_shell_word(text) ? std::string(text) : shell_quote(text);
 }
 
 std::string expand(std::string_view command_template, std::string_view input, std::uint64_t number) {
