@@ -75,12 +75,11 @@ StepCommand step_command(const StepConfig& config) {
         // that dies must not abort the others (its tasks are requeued), and without --pin no
         // binding (Open MPI binds to cores when it starts two processes or fewer). A value the
         // user set wins.
-        for (const char* variable : {"OMPI_MCA_orte_abort_on_non_zero_status=0",
-                                     config.pin ? "" : "OMPI_MCA_hwloc_base_binding_policy=none"}) {
-            const std::string_view text = variable;
-            if (text.empty() || std::getenv(std::string(text.substr(0, text.find('='))).c_str())) continue;
-            command.env.emplace_back(text);
-        }
+        const auto unless_set = [&command](const char* name, const char* value) {
+            if (!std::getenv(name)) command.env.push_back(fmt::format("{}={}", name, value));
+        };
+        unless_set("OMPI_MCA_orte_abort_on_non_zero_status", "0");
+        if (!config.pin) unless_set("OMPI_MCA_hwloc_base_binding_policy", "none");
     }
     command.argv.insert(command.argv.end(), config.args.begin(), config.args.end());
     command.argv.insert(command.argv.end(), config.worker.begin(), config.worker.end());
