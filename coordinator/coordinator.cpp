@@ -210,7 +210,8 @@ Json result_settings(const RunConfig& config, const Registry& registry, const st
         for (const Flag& flag : type->flags()) declared.insert(flag.key);
     // Settings of the built-in types that say how a run goes, not what a task produces: how
     // long a cancelled command's group gets between SIGTERM and SIGKILL.
-    for (const char* policy : {"command_grace_s"}) declared.insert(policy);
+    // Where a command's long streams go (spill_dir) is not what it produces either.
+    for (const char* policy : {"command_grace_s", "spill_dir"}) declared.insert(policy);
     Json identity = Json::object();
     for (const auto& [key, value] : config.settings.items())
         if (!declared.contains(key)) identity[key] = value;
@@ -440,6 +441,20 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     // A type's services (the built-in image server) bind now; their threads start after the
     // SignalWatcher, like every thread.
     Json settings = settings_json(config);
+    // --output plain with local workers: a command's stream longer than a result holds comes
+    // whole through a file of this directory, as with `coordinator parallel`.
+    const bool plain = config.output == OutputBlocks::Plain && !config.parallel;
+    ParallelOutput plain_output;
+    if (plain && config.listen.empty() && !config.step) {
+        std::error_code ec;
+        const std::filesystem::path base = std::filesystem::temp_directory_path(ec);
+        try {
+            plain_output.spool_dir = make_temp_dir(ec ? std::filesystem::path("/tmp") : base, "plain");
+            settings["spill_dir"] = plain_output.spool_dir.string();
+        } catch (const std::system_error& e) {
+            spdlog::warn("no temporary directory ({}): a command's output over --max-output is cut", e.what());
+        }
+    }
     Plan plan = make_plan(config, program.registry, settings);
     const std::vector<const TaskType*>& types = plan.types;
     warn_unread_settings(config, types);
@@ -502,14 +517,12 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
                    printable(config.resume_path.string()));
     // A report on stdout must be all there is on it; the results and the table then go to stderr.
     // --output plain: stdout is the commands' own (or stderr's too, under a report on stdout).
-    const bool plain = config.output == OutputBlocks::Plain && !config.parallel;
     std::FILE* const results_out = report_on_stdout(config) || plain ? stderr : stdout;
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
     // `coordinator parallel`: the jobs' output as GNU parallel prints it, in place of the result lines.
     std::unique_ptr<ResultSink> console;
     ConsoleSink* console_sink = nullptr;
     ParallelSink* parallel_sink = nullptr;
-    const ParallelOutput plain_output;
     if (config.parallel || plain) {
         auto sink = std::make_unique<ParallelSink>(plain ? plain_output : *config.parallel,
                                                    report_on_stdout(config) ? stderr : stdout);
@@ -625,6 +638,9 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
             output_errors.push_back(e.what());
         }
     }
+    if (plain && parallel_sink && parallel_sink->cut() > 0)
+        output_errors.push_back(
+            fmt::format("the output of {} task(s) was cut (said above for each)", parallel_sink->cut()));
     for (const std::string& error : output_errors) spdlog::error("{}", error);
     if (recording && recording->dropped() > 0)
         spdlog::warn("--trace/--timeline: drew the first {} results; {} more were not kept", kMaxRecordedResults,

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -15,6 +16,8 @@
 #include <fmt/format.h>
 
 #include "affinity.hpp"
+#include "journal_line.hpp"
+#include "temp_dirs.hpp"
 #include "parallel_output.hpp"
 #include "text.hpp"
 
@@ -62,6 +65,13 @@ struct Options {
     std::uint32_t retries = 0;  // total tries; 0: not given
     double timeout_s = 0;
     std::vector<std::string> arg_files;
+    std::string replace = "{}";    // -I STR: what stands for the whole input
+    bool no_run_if_empty = false;  // -r
+    std::string trim = "n";        // --trim n|l|r|lr|rl
+    std::string wd;                // --wd DIR
+    bool pipe = false;             // --pipe: each job's stdin is a chunk of ours
+    std::size_t block = 1024 * 1024;
+    std::optional<std::string> recstart, recend;  // neither: a record ends with "\n"
 };
 
 constexpr char kHelp[] =
@@ -73,11 +83,14 @@ constexpr char kHelp[] =
     "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX,\n"
     "--header : (then {{NAME}}). A value is quoted only where the shell would change it, as parallel does: so\n"
     "\"{{}}\" in double quotes runs an input such as $(cmd) as code; write {{}} bare.\n"
-    "Options: -j N|N%|+N|-N, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N, -X, -m, -0,\n"
+    "Options: -j N|N%|+N|-N, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N, -n N, -X, -m, -0,\n"
+    "-I STR, -r, --trim n|l|r|lr|rl, --wd DIR, --env VAR (every variable reaches a command here),\n"
     "--halt now|soon,fail|success|done=N|N%, --joblog FILE, --results DIR, --retries N (tries in all),\n"
-    "--timeout S, --group, --line-buffer, --ungroup (output comes whole when a job ends), --link, -a FILE.\n"
-    "Any other option: exit 2 naming it. Exit status: the number of failed jobs (at most 101); with --halt\n"
-    "on failure, the failing job's. How it differs from GNU parallel: docs/commands.md.\n";
+    "--timeout S, --group, --link, -a FILE; --pipe with --block SIZE, --recstart STR, --recend STR (each\n"
+    "job's standard input is a chunk of ours, cut after a record's end). A job's output comes whole when it\n"
+    "ends, byte for byte, however long: --line-buffer, --ungroup, --delay and {{= perl =}} are refused.\n"
+    "Any other option: exit 2 naming it. Exit status: the number of failed jobs (at most 101), a job whose\n"
+    "output could not be written whole counted as failed; with --halt on failure, as parallel's.\n";
 
 std::vector<std::string> split(const std::string& text, char separator) {
     std::vector<std::string> parts;
@@ -122,6 +135,22 @@ std::size_t positive(std::string_view flag, const std::string& text) {
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
     if (ec != std::errc{} || end != text.data() + text.size() || value < 1 || value > 1'000'000)
         throw Usage(fmt::format("{}: '{}' is not a whole number from 1", flag, printable(text)));
+    return value;
+}
+
+// --block SIZE as parallel reads it: K M G T (and Ki, Mi...) are powers of 1024, k m g t of 1000.
+std::size_t block_size(const std::string& text) {
+    std::size_t value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    std::string unit(end, text.data() + text.size());
+    if (unit.size() == 2 && (unit[1] == 'i' || unit[1] == 'I'))
+        unit = std::string(1, static_cast<char>(std::toupper(unit[0])));
+    static const std::string kUnits = "KMGTkmgt";
+    const auto found = unit.empty() ? std::string::npos : kUnits.find(unit);
+    if (ec != std::errc{} || value == 0 || (!unit.empty() && (unit.size() != 1 || found == std::string::npos)))
+        throw Usage(fmt::format("--block: '{}' is not a size such as 1M, 100k or 65536", printable(text)));
+    for (std::size_t i = 0; i <= found % 4 && !unit.empty(); ++i) value *= found < 4 ? 1024 : 1000;
+    if (value > (std::size_t{1} << 30)) throw Usage(fmt::format("--block: '{}' is over 1G", printable(text)));
     return value;
 }
 
@@ -210,10 +239,18 @@ std::string modified(const std::string& value, const std::string& modifier) {
     return slash == 0 ? "/" : value.substr(0, slash);
 }
 
-std::vector<Piece> pieces_of(const std::string& text, const std::map<std::string, long>& names) {
+std::vector<Piece> pieces_of(const std::string& text, const std::map<std::string, long>& names,
+                             const std::string& replace = "{}") {
     std::vector<Piece> pieces;
     Piece literal;
     for (std::size_t at = 0; at < text.size();) {
+        // -I STR: STR is {}, and {} itself is text.
+        if (replace != "{}" && text.compare(at, replace.size(), replace) == 0) {
+            if (!literal.text.empty()) pieces.push_back(std::exchange(literal, Piece{}));
+            pieces.push_back(Piece{Piece::Kind::All, {}, 0, {}});
+            at += replace.size();
+            continue;
+        }
         if (text[at] == '{') {
             const auto close = text.find('}', at);
             if (close != std::string::npos) {
@@ -221,7 +258,8 @@ std::vector<Piece> pieces_of(const std::string& text, const std::map<std::string
                 std::optional<Piece> found;
                 static const std::regex kPositional(R"((-?[0-9]+)(\.|/|//|/\.)?)");
                 std::smatch match;
-                if (inner.empty() || inner == "." || inner == "/" || inner == "//" || inner == "/.")
+                if ((inner.empty() && replace == "{}") || inner == "." || inner == "/" || inner == "//" ||
+                    inner == "/.")
                     found = Piece{Piece::Kind::All, {}, 0, inner};
                 else if (inner == "#")
                     found = Piece{Piece::Kind::Sequence, {}, 0, {}};
@@ -281,7 +319,7 @@ std::string expand(const std::vector<Piece>& pieces, const std::vector<std::stri
 
 // -X: each word of the template with {} in it repeated for each argument; -m: {} is all of them.
 std::string expand_context(const std::string& text, const std::map<std::string, long>& names,
-                           const std::vector<std::string>& args, std::size_t sequence) {
+                           const std::string& replace, const std::vector<std::string>& args, std::size_t sequence) {
     std::string command;
     std::size_t at = 0;
     while (at < text.size()) {
@@ -290,7 +328,7 @@ std::string expand_context(const std::string& text, const std::map<std::string, 
         if (word_start == std::string::npos) break;
         auto word_end = text.find_first_of(" \t", word_start);
         if (word_end == std::string::npos) word_end = text.size();
-        const std::vector<Piece> pieces = pieces_of(text.substr(word_start, word_end - word_start), names);
+        const std::vector<Piece> pieces = pieces_of(text.substr(word_start, word_end - word_start), names, replace);
         const bool context =
             std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind == Piece::Kind::All; });
         if (context) {
@@ -322,7 +360,8 @@ std::string results_name(const std::string& value) {
 
 // The plan: one {"kind":"command","shell":...} line per job, in a file with no name (O_TMPFILE)
 // that the run reads through /proc/self/fd; close-on-exec, so no command inherits it.
-std::filesystem::path write_plan(const std::vector<std::string>& commands, int& fd_out) {
+std::filesystem::path write_plan(const std::vector<std::string>& commands, const std::string& wd,
+                                 const std::vector<std::string>& stdins, int& fd_out) {
     std::error_code ec;
     std::filesystem::path dir = std::filesystem::temp_directory_path(ec);
     if (ec) dir = "/tmp";
@@ -331,14 +370,13 @@ std::filesystem::path write_plan(const std::vector<std::string>& commands, int& 
         throw Usage(fmt::format("cannot make the plan's temporary file in '{}': {}", printable(dir.string()),
                                 std::strerror(errno)));
     std::string text;
-    for (const std::string& command : commands) {
-        Json line{{"kind", "command"}, {"shell", command}};
-        try {
-            text += line.dump();
-        } catch (const Json::exception&) {
-            ::close(fd);
-            throw Usage(fmt::format("the command '{}' is not UTF-8 text", printable(command, 200)));
-        }
+    for (std::size_t job = 0; job < commands.size(); ++job) {
+        Json line{{"kind", "command"}, {"shell", commands[job]}};
+        if (!wd.empty()) line["cwd"] = wd;
+        if (job < stdins.size()) line["stdin"] = stdins[job];
+        // A command that is not UTF-8 (an input's bytes) is kept exactly, in "bytes".
+        keep_exact_bytes(line);
+        text += line.dump(-1, ' ', false, Json::error_handler_t::replace);
         text += '\n';
     }
     for (std::size_t at = 0; at < text.size();) {
@@ -353,6 +391,103 @@ std::filesystem::path write_plan(const std::vector<std::string>& commands, int& 
     }
     fd_out = fd;
     return fmt::format("/proc/self/fd/{}", fd);
+}
+
+// What to use instead of an option of parallel's that users type often and that is not
+// taken; "" for any other.
+std::string refused(const std::string& name) {
+    if (name == "line-buffer" || name == "lb" || name == "u" || name == "ungroup")
+        return "a job's output comes whole when it ends, never mixed with another's (as --group); leave the "
+               "option out, or have each job write a file of its own ('CMD > out.{#}') to watch it as it runs";
+    if (name == "delay")
+        return "jobs start as soon as a slot is free; to space them out, sleep in the command "
+               "('sleep {#}; CMD' starts job N after N seconds) or lower -j";
+    if (name == "pipepart" || name == "roundrobin" || name == "round-robin" || name == "cat" || name == "fifo")
+        return "use --pipe (with --block SIZE) and read the chunk from standard input";
+    if (name == "S" || name == "sshlogin" || name == "slf" || name == "sshloginfile" || name == "transfer" ||
+        name == "return" || name == "cleanup" || name == "trc")
+        return "jobs run on this machine; for other machines start workers there (taskfarm's --listen and "
+               "`worker --connect`)";
+    if (name == "resume" || name == "resume-failed")
+        return "keep a journal with --results FILE and --resume FILE in the full command line (--command)";
+    if (name == "bar" || name == "eta" || name == "progress")
+        return "the full command line (--command) shows progress on stderr";
+    if (name == "memfree" || name == "load" || name == "noswap") return "set -j to what the machine can take";
+    return {};
+}
+
+// --trim: spaces and tabs off the left, the right, or both ends of a value.
+std::string trimmed(std::string value, const std::string& trim) {
+    if (trim.find('r') != std::string::npos) value.erase(value.find_last_not_of(" \t") + 1);
+    if (trim.find('l') != std::string::npos) value.erase(0, std::min(value.size(), value.find_first_not_of(" \t")));
+    return value;
+}
+
+// --pipe: standard input cut into chunks as parallel cuts it: read until a multiple of the
+// block is held, then cut after the last record end that a record start follows; the rest
+// goes with the next chunk. No such place: the block grows by 1.3 (said on stderr), as
+// parallel's. Each chunk is a file of `dir`, written as it is read; returns their paths.
+std::vector<std::string> write_chunks(const Options& options, const std::filesystem::path& dir) {
+    std::vector<std::string> paths;
+    // As parallel: only one of them given, the other is empty.
+    const std::string recend = options.recend.value_or(options.recstart ? "" : "\n");
+    const std::string separator = recend + options.recstart.value_or("");
+    const auto write_chunk = [&](std::string_view bytes) {
+        const std::string path = (dir / fmt::format("chunk-{}", paths.size() + 1)).string();
+        std::FILE* file = std::fopen(path.c_str(), "wxe");
+        const bool written = file && std::fwrite(bytes.data(), 1, bytes.size(), file) == bytes.size();
+        if ((file && std::fclose(file) != 0) || !written)
+            throw Usage(fmt::format("--pipe: cannot write '{}': {}", printable(path), std::strerror(errno)));
+        paths.push_back(path);
+    };
+    std::string buffer;
+    bool end = false;
+    std::size_t block = options.block;
+    while (!end) {
+        const std::size_t want = block - buffer.size() % block;
+        const std::size_t old = buffer.size();
+        buffer.resize(old + want);
+        std::size_t got = 0;
+        while (got < want) {
+            const ssize_t n = ::read(STDIN_FILENO, buffer.data() + old + got, want - got);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) throw Usage(fmt::format("--pipe: cannot read standard input: {}", std::strerror(errno)));
+            if (n == 0) {
+                end = true;
+                break;
+            }
+            got += static_cast<std::size_t>(n);
+        }
+        buffer.resize(old + got);
+        if (end) break;
+        const auto found = buffer.rfind(separator);
+        const std::size_t cut = found == std::string::npos ? 0 : found + recend.size();
+        if (cut == 0) {
+            const std::size_t grown = std::min<std::size_t>(
+                static_cast<std::size_t>(std::ceil(static_cast<double>(block) * 1.3 + 1)), (std::size_t{1} << 31) - 1);
+            fmt::print(stderr, "parallel: Warning: A record was longer than {}. Increasing to --blocksize {}.\n", block,
+                       grown);
+            block = grown;
+            continue;
+        }
+        write_chunk(std::string_view(buffer).substr(0, cut));
+        buffer.erase(0, cut);
+    }
+    if (!buffer.empty()) write_chunk(buffer);
+    return paths;
+}
+
+// A directory of our own for the workers' long streams and --pipe's chunks (removed at the
+// end, also after a kill: common/temp_dirs).
+std::filesystem::path make_spool_dir() {
+    std::error_code ec;
+    std::filesystem::path dir = std::filesystem::temp_directory_path(ec);
+    if (ec) dir = "/tmp";
+    try {
+        return make_temp_dir(dir, "parallel");
+    } catch (const std::system_error& e) {
+        throw Usage(fmt::format("cannot make a temporary directory in '{}': {}", printable(dir.string()), e.what()));
+    }
 }
 
 }  // namespace
@@ -397,6 +532,32 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 options.retries = static_cast<std::uint32_t>(positive(flag, value_of(flag, inline_value)));
             else if (name == "a" || name == "arg-file")
                 options.arg_files.push_back(value_of(flag, inline_value));
+            else if (name == "I") {
+                options.replace = value_of(flag, inline_value);
+                if (options.replace.empty()) throw Usage("-I: the replacement string is empty");
+            } else if (name == "trim") {
+                options.trim = value_of(flag, inline_value);
+                if (options.trim != "n" && options.trim != "l" && options.trim != "r" && options.trim != "lr" &&
+                    options.trim != "rl")
+                    throw Usage(fmt::format("--trim: '{}' is not n, l, r, lr or rl", printable(options.trim)));
+            } else if (name == "wd" || name == "workdir") {
+                options.wd = value_of(flag, inline_value);
+                if (options.wd == "..." || options.wd.empty())
+                    throw Usage(fmt::format("{}: give a directory ('...', a new one per job, is not supported)", flag));
+                std::error_code ec;
+                if (!std::filesystem::is_directory(options.wd, ec))
+                    throw Usage(fmt::format("{}: '{}' is not a directory", flag, printable(options.wd)));
+                options.wd = std::filesystem::absolute(options.wd, ec).string();
+            } else if (name == "env")
+                value_of(flag, inline_value);  // every variable reaches a local command anyway
+            else if (name == "block" || name == "block-size" || name == "blocksize")
+                options.block = block_size(value_of(flag, inline_value));
+            else if (name == "recstart")
+                options.recstart = value_of(flag, inline_value);
+            else if (name == "recend")
+                options.recend = value_of(flag, inline_value);
+            else if (name == "regexp")
+                throw Usage("--regexp is not supported: --recstart and --recend are fixed strings here");
             else if (name == "timeout") {
                 const std::string text = value_of(flag, inline_value);
                 const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), options.timeout_s);
@@ -426,10 +587,14 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                     options.multi = Multi::X;
                 else if (name == "m")
                     options.multi = Multi::M;
-                // Output comes whole when a job ends, in every one of these (docs/commands.md).
-                else if (name == "group" || name == "line-buffer" || name == "lb" || name == "u" || name == "ungroup" ||
-                         name == "no-notice" || name == "will-cite")
+                else if (name == "r" || name == "no-run-if-empty")
+                    options.no_run_if_empty = true;
+                else if (name == "pipe" || name == "spreadstdin")
+                    options.pipe = true;
+                else if (name == "group" || name == "no-notice" || name == "will-cite")
                     ;
+                else if (const std::string why = refused(name); !why.empty())
+                    throw Usage(fmt::format("option {} is not supported: {}", flag, why));
                 else
                     return false;
             }
@@ -457,24 +622,23 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 if (equals != std::string::npos) inline_value = arg.substr(equals + 1);
                 if (!apply(name, false, inline_value, took))
                     throw Usage(
-                        fmt::format("option --{} is not supported (see docs/commands.md for the options it "
-                                    "takes)",
-                                    printable(name)));
+                        fmt::format("option --{} is not supported ({} parallel --help lists the options it takes)",
+                                    printable(name), program.name));
                 continue;
             }
             if (arg.size() > 1 && arg[0] == '-') {
                 for (std::size_t k = 1; k < arg.size(); ++k) {
                     const std::string name(1, arg[k]);
                     // A value may follow the letter in the same word: -j2, -N2.
-                    static const std::string kWithValue = "jPNnCa";
+                    static const std::string kWithValue = "jPNnCaI";
                     std::optional<std::string> inline_value;
                     if (kWithValue.find(arg[k]) != std::string::npos && k + 1 < arg.size())
                         inline_value = arg.substr(k + 1);
                     if (!apply(name, true, inline_value, took))
                         throw Usage(
-                            fmt::format("option -{} is not supported (see docs/commands.md for the options "
-                                        "it takes)",
-                                        printable(name)));
+                            fmt::format("option -{} is not supported ({} parallel --help lists the options it "
+                                        "takes)",
+                                        printable(name), program.name));
                     if (took) break;
                 }
                 continue;
@@ -492,9 +656,28 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             if (!command_template.empty()) command_template += ' ';
             command_template += options.quote_words ? parallel::quote(word) : word;
         }
+        if (const auto open = command_template.find("{=");
+            open != std::string::npos && command_template.find("=}", open + 2) != std::string::npos)
+            throw Usage(
+                "{= perl expression =} is not supported (no perl here): use the shell in the command instead, "
+                "e.g. \"$(echo {} | tr a-z A-Z)\" or ${x%.*} on a variable set from {}");
+        if (options.pipe && (options.max_args > 0 || options.multi != Multi::None || !options.arg_files.empty() ||
+                             options.no_run_if_empty || at < argc))
+            throw Usage(
+                "--pipe: the jobs' input is standard input, cut by --block (not -N, -n, -X, -m, -r, -a "
+                "nor ::: sources)");
+        if (options.pipe && options.recend.value_or("x").empty() && options.recstart.value_or("").empty())
+            throw Usage("--pipe: --recstart and --recend are both empty");
+        auto output = std::make_shared<ParallelOutput>();
+        output->spool_dir = make_spool_dir();
         const char separator_char = options.null ? '\0' : '\n';
         std::vector<Source> sources;
         for (const std::string& file : options.arg_files) sources.push_back({split(read_whole(file), separator_char)});
+        std::vector<std::string> stdins;  // --pipe: each job's chunk
+        if (options.pipe) {
+            stdins = write_chunks(options, output->spool_dir);
+            sources.push_back({std::vector<std::string>(stdins.size())});
+        }
         while (at < argc) {
             const std::string kind = argv[at++];
             const bool files = kind.starts_with("::::");
@@ -528,11 +711,12 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                                         e.what()));
             }
         }
+        // --trim: of each column (of each value without --colsep).
         const auto columns = [&](const std::string& value) {
-            if (!colsep) return std::vector<std::string>{value};
+            if (!colsep) return std::vector<std::string>{trimmed(value, options.trim)};
             std::vector<std::string> parts;
             std::sregex_token_iterator part(value.begin(), value.end(), *colsep, -1), end;
-            for (; part != end; ++part) parts.push_back(part->str());
+            for (; part != end; ++part) parts.push_back(trimmed(part->str(), options.trim));
             if (parts.empty()) parts.push_back("");
             return parts;
         };
@@ -578,23 +762,29 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 if (g == 0) break;
             }
         }
+        // -r: a record whose values are all white space runs nothing.
+        if (options.no_run_if_empty)
+            std::erase_if(records, [](const std::vector<std::string>& record) {
+                return std::all_of(record.begin(), record.end(), [](const std::string& value) {
+                    return value.find_first_not_of(" \t\n\r\v\f") == std::string::npos;
+                });
+            });
         if (records.empty()) return ExitCode::Ok;  // parallel runs nothing for no input
 
         // Jobs: a record each, -N of them, or (-X, -m) the records spread over the job slots.
         std::size_t per_job = 1;
-        if (options.multi != Multi::None) {
+        if (options.max_args > 0) {
+            per_job = options.max_args;  // also with -X, -m: -n 2 -X is two a command
+        } else if (options.multi != Multi::None) {
             const auto slots = static_cast<std::size_t>(job_slots(options.jobs, records.size()));
             per_job = (records.size() + slots - 1) / slots;
-        } else if (options.max_args > 0) {
-            per_job = options.max_args;
         }
-        auto output = std::make_shared<ParallelOutput>();
-        const std::vector<Piece> pieces = pieces_of(command_template, names);
-        const bool append = !replaces(pieces);
-        const std::string full_template = append ? command_template + " {}" : command_template;
-        const std::vector<Piece> full_pieces = append ? pieces_of(full_template, names) : pieces;
+        const std::vector<Piece> pieces = pieces_of(command_template, names, options.replace);
+        const bool append = !replaces(pieces) && !options.pipe;
+        const std::string full_template = append ? command_template + " " + options.replace : command_template;
+        const std::vector<Piece> full_pieces = append ? pieces_of(full_template, names, options.replace) : pieces;
         const std::vector<Piece> tag_pieces =
-            options.tagstring ? pieces_of(*options.tagstring, names) : std::vector<Piece>{};
+            options.tagstring ? pieces_of(*options.tagstring, names, options.replace) : std::vector<Piece>{};
         for (std::size_t first = 0; first < records.size(); first += per_job) {
             const std::size_t sequence = first / per_job + 1;
             std::vector<std::string> args;
@@ -604,8 +794,9 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                     raw.push_back(value);
                     for (std::string& column : columns(value)) args.push_back(std::move(column));
                 }
-            output->commands.push_back(options.multi == Multi::X ? expand_context(full_template, names, args, sequence)
-                                                                 : expand(full_pieces, args, sequence));
+            output->commands.push_back(options.multi == Multi::X
+                                           ? expand_context(full_template, names, options.replace, args, sequence)
+                                           : expand(full_pieces, args, sequence));
             if (options.tagstring) {
                 // A tag is text, not shell code: the values go in as they are.
                 std::string tag;
@@ -664,7 +855,9 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         config.task_timeout_s = options.timeout_s;
         // --halt: a worker holds one job at a time, so that no job starts after the one that halts.
         if (options.halt.when != ParallelHalt::When::Never) config.prefetch = 1;
-        config.plan_path = write_plan(output->commands, output->plan_fd);
+        config.plan_path = write_plan(output->commands, options.wd, stdins, output->plan_fd);
+        // A stream longer than a result holds comes whole through a file there.
+        config.settings["spill_dir"] = output->spool_dir.string();
         config.parallel = std::move(output);
         return config;
     } catch (const Usage& e) {

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "errors.hpp"
+#include "temp_dirs.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -46,6 +47,39 @@ std::string tagged(const std::string& text, const std::string& tag) {
     return lines;
 }
 
+// A stream of a job: all of its bytes, from its spill file when it had one (removed once
+// read), else the head the result holds. Sets `cut` when that is not all of them.
+std::string stream(const TaskResult& result, const std::string& key, std::string& cut) {
+    if (!result.value.is_object()) return {};
+    std::string text = text_field(result.value, key.c_str());
+    const std::string file = text_field(result.value, (key + "_file").c_str());
+    if (!file.empty()) {
+        std::FILE* in = std::fopen(file.c_str(), "re");
+        std::string whole;
+        char buffer[65536];
+        for (std::size_t got; in && (got = std::fread(buffer, 1, sizeof buffer, in)) > 0;) whole.append(buffer, got);
+        if (in && !std::ferror(in))
+            text = std::move(whole);
+        else
+            cut = fmt::format("cannot read '{}': {}", printable(file), std::strerror(errno));
+        if (in) std::fclose(in);
+        ::unlink(file.c_str());
+    }
+    const std::uint64_t bytes = result.value.value(key + "_bytes", std::uint64_t{0});
+    if (text.size() < bytes && cut.empty()) {
+        cut = text_field(result.value, (key + "_cut").c_str());
+        if (cut.empty()) cut = "--max-output";
+    }
+    if (!cut.empty()) cut = fmt::format("its {} was cut to {} of {} bytes ({})", key, text.size(), bytes, cut);
+    return text;
+}
+
+// The spill files of a result that is not shown.
+void remove_files(const TaskResult& result) {
+    for (const char* key : {"stdout_file", "stderr_file"})
+        if (const std::string file = text_field(result.value, key); !file.empty()) ::unlink(file.c_str());
+}
+
 void write_file(const std::filesystem::path& path, const std::string& text) {
     std::FILE* file = std::fopen(path.c_str(), "we");  // close-on-exec, as every file of ours
     const bool written = file && std::fwrite(text.data(), 1, text.size(), file) == text.size();
@@ -57,6 +91,10 @@ void write_file(const std::filesystem::path& path, const std::string& text) {
 
 ParallelOutput::~ParallelOutput() {
     if (plan_fd >= 0) ::close(plan_fd);
+    std::error_code ec;
+    if (spool_dir.empty()) return;
+    std::filesystem::remove_all(spool_dir, ec);
+    forget_temp_dir(spool_dir);
 }
 
 ParallelSink::ParallelSink(const ParallelOutput& output, std::FILE* out) : output_(output), out_(out) {
@@ -105,16 +143,35 @@ void ParallelSink::failed() {
     if (on_closed_) on_closed_();
 }
 
-void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
+void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
+    // --pipe: a job's chunk is not needed once it has its last try.
+    if (!result.retrying && !output_.spool_dir.empty() && task.params.is_object())
+        if (const auto in = task.params.find("stdin"); in != task.params.end() && in->is_string())
+            ::unlink(in->get_ref<const std::string&>().c_str());
     // After --halt now the running jobs were killed: parallel shows none of them. After --halt
     // soon they finish, and their output, joblog lines and results are kept as any job's.
     const bool halted_before = halted_;
-    if (result.retrying || (halted_ && output_.halt.when == ParallelHalt::When::Now)) return;
+    if (result.retrying || (halted_ && output_.halt.when == ParallelHalt::When::Now)) return remove_files(result);
     const std::uint64_t job = result.id;
     const std::string command = job < output_.commands.size() ? output_.commands[job] : std::string();
     Finished finished;
-    finished.out = text_field(result.value, "stdout");
-    finished.err = text_field(result.value, "stderr");
+    std::string out_cut, err_cut;
+    finished.out = stream(result, "stdout", out_cut);
+    finished.err = stream(result, "stderr", err_cut);
+    const std::string results_out = output_.results_dirs.empty() ? std::string() : finished.out;
+    const std::string results_err = output_.results_dirs.empty() ? std::string() : finished.err;
+    // Never silent: a cut stream is said on stderr after the job's own, and fails the run.
+    for (const std::string* cut : {&out_cut, &err_cut})
+        if (!cut->empty()) {
+            finished.err +=
+                fmt::format("{}: job {}: {}\n", output_.commands.empty() ? "taskfarm" : "parallel", job + 1, *cut);
+            ++cut_;
+        }
+    if (result.error.starts_with("timed out"))
+        finished.err += fmt::format(
+            "parallel: Warning: This job was killed because it timed out:\n"
+            "parallel: Warning: {}\n",
+            command);
     // No command ran (a worker died, say): `coordinator parallel` says so; --output plain
     // has the result line on stderr for it.
     if (!result.ok && finished.err.empty() && !result.value.is_object() && !output_.commands.empty())
@@ -138,7 +195,7 @@ void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
         const double start = std::chrono::duration<double>(began_.time_since_epoch()).count() + result.start_s;
         finished.joblog =
             fmt::format("{}\t:\t{:.3f}\t{:10.3f}\t0\t{}\t{}\t{}\t{}\n", job + 1, start, result.run_time.count(),
-                        result.value.is_object() ? result.value.value("stdout_bytes", 0) : 0, signal > 0 ? -1 : status,
+                        result.value.is_object() ? result.value.value("stdout_bytes", 0) : 0, signal > 0 ? 0 : status,
                         signal, command);
     }
     if (!output_.results_dirs.empty() && job < output_.results_dirs.size()) {
@@ -146,8 +203,8 @@ void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
         std::error_code ec;
         std::filesystem::create_directories(dir, ec);
         write_file(dir / "seq", std::to_string(job + 1));
-        write_file(dir / "stdout", text_field(result.value, "stdout"));
-        write_file(dir / "stderr", text_field(result.value, "stderr"));
+        write_file(dir / "stdout", results_out);
+        write_file(dir / "stderr", results_err);
     }
     if (output_.keep_order) {
         waiting_.emplace(job, std::move(finished));
@@ -175,19 +232,22 @@ void ParallelSink::check_halt(const TaskResult& result, int status) {
                                                                        : done_;
     const bool relevant = halt.on == ParallelHalt::On::Completed || (halt.on == ParallelHalt::On::Fail) != result.ok;
     if (!relevant) return;
-    const double needed =
-        halt.percent ? std::ceil(halt.count / 100.0 * static_cast<double>(output_.commands.size())) : halt.count;
-    if (static_cast<double>(counted) < std::max(needed, 1.0)) return;
+    // As parallel: N% of the jobs is a number of jobs, not rounded.
+    const double needed = halt.percent ? halt.count / 100.0 * static_cast<double>(output_.commands.size()) : halt.count;
+    if (static_cast<double>(counted) < needed) return;
     halted_ = true;
-    // As parallel: the job's own status for fail=1, the share of failed jobs in percent
-    // (rounded up) for fail=N%, the number failed for fail=N.
-    if (halt.on != ParallelHalt::On::Fail)
+    // As parallel: the job's own status when one job was needed (fail=1, or N% of the jobs
+    // is one), the share of failed jobs in percent (rounded up) for fail=N%, the number
+    // failed for fail=N; done=... as fail=...; 0 after success=...
+    if (halt.on == ParallelHalt::On::Success)
         halt_status_ = 0;
+    else if (needed == 1)
+        halt_status_ = status;
     else if (halt.percent)
         halt_status_ = static_cast<int>(
             std::ceil(static_cast<double>(failed_) * 100.0 / static_cast<double>(output_.commands.size())));
     else
-        halt_status_ = halt.count == 1 ? status : static_cast<int>(failed_);
+        halt_status_ = static_cast<int>(std::min<std::size_t>(failed_, 101));
     if (on_halt_) on_halt_(halt.when == ParallelHalt::When::Now);
 }
 
@@ -196,8 +256,11 @@ void ParallelSink::flush_() {
 }
 
 int ParallelSink::exit_status() const {
-    if (halted_) return halt_status_;
-    return static_cast<int>(std::min<std::size_t>(failed_, 101));
+    if (halted_) return halt_status_ != 0 || cut_ == 0 ? halt_status_ : 1;
+    // As parallel: with --halt ...=N% that never halted, the share of failed jobs in percent.
+    if (output_.halt.when != ParallelHalt::When::Never && output_.halt.percent && done_ > 0 && failed_ + cut_ > 0)
+        return static_cast<int>(std::ceil(static_cast<double>(failed_ + cut_) * 100.0 / static_cast<double>(done_)));
+    return static_cast<int>(std::min<std::size_t>(failed_ + cut_, 101));
 }
 
 }  // namespace taskfarm

@@ -34,6 +34,9 @@ struct ParallelOutput {
     std::filesystem::path joblog;           // --joblog FILE; empty: none
     ParallelHalt halt;
     int plan_fd = -1;  // the plan's file (parse_parallel), closed with this
+    // Where workers put the streams longer than a result holds (spill_dir), and --pipe's
+    // chunks: removed, with what is left in it, with this.
+    std::filesystem::path spool_dir;
     ParallelOutput() = default;
     ~ParallelOutput();
     ParallelOutput(const ParallelOutput&) = delete;
@@ -42,7 +45,9 @@ struct ParallelOutput {
 
 // Writes each finished job's stdout to `out` and its stderr to stderr, whole and in one
 // write each (parallel's --group), in job order with keep_order; --joblog and --results as
-// GNU parallel writes them. A failed attempt that runs again (--retries) is not shown.
+// GNU parallel writes them. A failed attempt that runs again (--retries) is not shown. A
+// stream comes whole, as its bytes came, from its spill file when it outgrew the result; one
+// that was cut all the same is said on stderr and counts as a failure.
 class ParallelSink final : public ResultSink {
 public:
     ParallelSink(const ParallelOutput& output, std::FILE* out);
@@ -56,6 +61,8 @@ public:
     // GNU parallel's exit status: the halting job's status after a --halt on failure, 0 after
     // one on success or done, else the number of failed jobs (at most 101).
     int exit_status() const;
+    // Jobs whose stdout or stderr could not be written whole (said on stderr for each).
+    std::size_t cut() const { return cut_; }
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;
@@ -76,7 +83,7 @@ private:
     std::chrono::system_clock::time_point began_{};
     std::map<std::uint64_t, Finished> waiting_;  // -k: finished, behind one that has not
     std::uint64_t next_ = 0;                     // -k: the next job to write
-    std::size_t done_ = 0, failed_ = 0;
+    std::size_t done_ = 0, failed_ = 0, cut_ = 0;
     bool halted_ = false;
     int halt_status_ = 0;
     std::function<void(bool)> on_halt_;

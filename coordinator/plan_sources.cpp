@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "errors.hpp"
+#include "journal_line.hpp"
 #include "line_reader.hpp"
 #include "text.hpp"
 
@@ -81,6 +82,12 @@ TaskSpec parse_line(const std::string& text, const Registry& registry) {
     if (!line.is_object())
         throw LineError(
             fmt::format("want a JSON object like {{\"kind\":\"sleep\",\"seconds\":1}}, not {}", line.dump()));
+    // Bytes that are not UTF-8 (a command's), kept as a journal line keeps them.
+    try {
+        put_back_exact_bytes(line);
+    } catch (const std::invalid_argument& e) {
+        throw LineError(e.what());
+    }
     TaskSpec task;
     try {
         Fields fields(line);

@@ -227,35 +227,43 @@ json parse_journal_line(std::string_view line, const std::string& where) {
                    fmt::format("not JSON (at byte {} of {})", std::min<std::size_t>(e.byte, line.size()), line.size()));
     }
     if (!entry.is_object()) not_a_line(where, "not a JSON object");
+    try {
+        put_back_exact_bytes(entry);
+    } catch (const std::invalid_argument& e) {
+        not_a_line(where, e.what());
+    }
+    return entry;
+}
+
+void put_back_exact_bytes(json& entry) {
     const auto bytes = entry.find("bytes");
-    if (bytes == entry.end()) return entry;
-    if (!bytes->is_object()) not_a_line(where, "\"bytes\" is not an object");
+    if (bytes == entry.end()) return;
+    if (!bytes->is_object()) throw std::invalid_argument("\"bytes\" is not an object");
     const json kept = std::move(*bytes);
     entry.erase("bytes");
     for (const auto& [pointer, encoded] : kept.items()) {
         const std::string shown = fmt::format("\"bytes\" names '{}'", pointer);
-        if (!encoded.is_string()) not_a_line(where, shown + ": its value is not a string");
+        if (!encoded.is_string()) throw std::invalid_argument(shown + ": its value is not a string");
         std::string decoded;
         try {
             decoded = unbase64(encoded.get_ref<const std::string&>());
         } catch (const std::invalid_argument& e) {
-            not_a_line(where, fmt::format("{}: its value is not base64: {}", shown, e.what()));
+            throw std::invalid_argument(fmt::format("{}: its value is not base64: {}", shown, e.what()));
         }
         json::json_pointer at;
         try {
             at = json::json_pointer(pointer);
         } catch (const json::exception&) {
-            not_a_line(where, shown + ", which is not a JSON pointer (/params/shell)");
+            throw std::invalid_argument(shown + ", which is not a JSON pointer (/params/shell)");
         }
         json* target = nullptr;
         try {
             target = &entry.at(at);
         } catch (const json::exception&) {
         }
-        if (!target || !target->is_string()) not_a_line(where, shown + ", which is not a string of the line");
+        if (!target || !target->is_string()) throw std::invalid_argument(shown + ", which is not a string of the line");
         *target = std::move(decoded);
     }
-    return entry;
 }
 
 void check_journal_line(const json& entry, const std::string& where) {

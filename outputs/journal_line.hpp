@@ -59,6 +59,11 @@ private:
 // a torn line. Throws ConfigError ("FLAG: cannot read journal 'PATH': REASON").
 std::uintmax_t complete_length(const std::filesystem::path& path, const std::string& flag);
 
+// Puts a line's "bytes" (if any) back into the strings they name, and removes them: also
+// for a plan line, which holds a command that is not UTF-8 the same way. Throws
+// std::invalid_argument saying what is wrong with them.
+void put_back_exact_bytes(nlohmann::json& line);
+
 // Parses one journal line: a JSON object whose "bytes" (if any) are put back into the
 // strings they name, and removed. Throws ConfigError("WHERE: not a journal line: WHY").
 nlohmann::json parse_journal_line(std::string_view line, const std::string& where);

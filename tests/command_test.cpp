@@ -14,6 +14,7 @@
 
 #include "command/template.hpp"
 #include "command/words.hpp"
+#include "parallel_output.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -217,20 +218,77 @@ TEST(Command, AProgramThatCannotStartFailsSayingWhy) {
     EXPECT_EQ(result.error, "cannot change to directory '/no/such/dir': No such file or directory");
 }
 
-TEST(Command, KeepsTheFirstMaxOutputBytesAsUtf8AndCountsThemAll) {
+// Bytes, not text: a stream is kept as it came (the journal keeps bytes that are not UTF-8
+// exactly), cut to --max-output with no mark in it; stdout_bytes says how many there were.
+TEST(Command, KeepsTheFirstMaxOutputBytesAsTheyCameAndCountsThemAll) {
     TaskResult result = run_command({{"shell", "printf 0123456789abcdef"}}, {{"max_output", 10}});
     ASSERT_TRUE(result.ok) << result.error;
-    EXPECT_EQ(result.value["stdout"], "0123456789\n... (6 more bytes)\n");
+    EXPECT_EQ(result.value["stdout"], "0123456789");
     EXPECT_EQ(result.value["stdout_bytes"], 16);
-    result = run_command({{"shell", "printf 'a\\377b\\303\\251'"}});
-    EXPECT_EQ(result.value["stdout"],
-              "a\xEF\xBF\xBD"
-              "b\xC3\xA9");
-    EXPECT_EQ(result.value["stdout_bytes"], 5);
+    EXPECT_FALSE(result.value.contains("stdout_file"));
+    result = run_command({{"shell", "printf 'a\\377b\\000\\303\\251'"}});
+    EXPECT_EQ(result.value["stdout"], std::string("a\xFF"
+                                                  "b\0\xC3\xA9",
+                                                  6));
+    EXPECT_EQ(result.value["stdout_bytes"], 6);
+}
+
+// With a spill_dir, a stream longer than --max-output is all in a file there, byte for byte.
+TEST(Command, AStreamOverMaxOutputGoesWholeIntoAFileOfTheSpillDir) {
+    testing::TempDir dir;
+    const TaskResult result = run_command(
+        {{"shell", "head -c 300000 /dev/urandom > data; cat data; cat data >&2"}, {"cwd", dir.path().string()}},
+        {{"max_output", 1000}, {"spill_dir", dir.path().string()}});
+    ASSERT_TRUE(result.ok) << result.error;
+    const std::string data = testing::read_file(dir / "data");
+    ASSERT_EQ(data.size(), 300000u);
+    for (const char* key : {"stdout", "stderr"}) {
+        EXPECT_EQ(result.value[key].get<std::string>(), data.substr(0, 1000)) << key;
+        const std::string file = result.value[std::string(key) + "_file"].get<std::string>();
+        EXPECT_EQ(std::filesystem::path(file).parent_path(), dir.path()) << key;
+        EXPECT_TRUE(testing::read_file(file) == data) << key;
+    }
+    // A short one has no file.
+    const TaskResult small =
+        run_command({{"shell", "echo hi"}}, {{"max_output", 1000}, {"spill_dir", dir.path().string()}});
+    EXPECT_FALSE(small.value.contains("stdout_file"));
 }
 
 // The reason a task failed is what the program said last, even when its stderr was cut to
 // --max-output: not the "... (N more bytes)" line that marks the cut.
+// Plain output (coordinator parallel, --output plain) is never cut in silence: a stream
+// whose result holds less than its count and no file of it is said on stderr, and fails.
+TEST(Command, APlainOutputThatWasCutIsSaidOnStderrAndFails) {
+    for (const bool file_gone : {false, true}) {
+        testing::TempDir dir;
+        const std::string out_path = (dir / "out").string();
+        std::FILE* out = std::fopen(out_path.c_str(), "w");
+        ASSERT_NE(out, nullptr);
+        ParallelOutput output;
+        output.commands = {"cat big"};
+        ParallelSink sink(output, out);
+        TaskResult result;
+        result.id = 0;
+        result.ok = true;
+        result.value = {{"exit_code", 0}, {"signal", nullptr}, {"stdout", "abc"}, {"stderr", ""},
+                        {"stdout_bytes", 10}, {"stderr_bytes", 0}};
+        if (file_gone) result.value["stdout_file"] = (dir / "gone").string();
+        ::testing::internal::CaptureStderr();
+        sink.begin_mode("processes", 1);
+        sink.on_result(testing::task_of("command", {{"shell", "cat big"}}), result);
+        sink.flush();
+        const std::string err = ::testing::internal::GetCapturedStderr();
+        std::fclose(out);
+        EXPECT_EQ(testing::read_file(out_path), "abc");
+        EXPECT_NE(err.find("parallel: job 1: its stdout was cut to 3 of 10 bytes"), std::string::npos) << err;
+        if (file_gone) {
+            EXPECT_NE(err.find("cannot read"), std::string::npos) << err;
+        }
+        EXPECT_EQ(sink.cut(), 1u);
+        EXPECT_EQ(sink.exit_status(), 1);
+    }
+}
+
 TEST(Command, ACutStderrFailsWithItsLastLine) {
     const TaskResult result = run_command(
         {{"shell",
@@ -238,7 +296,8 @@ TEST(Command, ACutStderrFailsWithItsLastLine) {
         {{"max_output", 100}});
     EXPECT_FALSE(result.ok);
     EXPECT_EQ(result.error, "exited with status 4: the real reason");
-    EXPECT_NE(result.value["stderr"].get<std::string>().find("more bytes)"), std::string::npos);
+    EXPECT_EQ(result.value["stderr"].get<std::string>().size(), 100u);
+    EXPECT_GT(result.value["stderr_bytes"].get<std::uint64_t>(), 5000u);
     // A last line longer than what is kept of the end still gives its end, shortened.
     const TaskResult long_line =
         run_command({{"shell", "echo first >&2; head -c 50000 /dev/zero | tr '\\0' y >&2; echo ' end' >&2; exit 5"}},
@@ -252,8 +311,7 @@ TEST(Command, ReadsBothLargeStreamsWithoutDeadlock) {
     ASSERT_TRUE(result.ok) << result.error;
     EXPECT_EQ(result.value["stdout_bytes"], 2000000);
     EXPECT_EQ(result.value["stderr_bytes"], 3000000);
-    EXPECT_EQ(result.value["stdout"].get<std::string>().size(),
-              1024u * 1024 + std::string("\n... (951424 more bytes)\n").size());
+    EXPECT_EQ(result.value["stdout"].get<std::string>().size(), 1024u * 1024);
 }
 
 TEST(Command, ATimeoutEndsTheWholeTreeEvenWhenItIgnoresSigterm) {

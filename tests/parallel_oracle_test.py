@@ -88,8 +88,6 @@ TABLE = [
     ("--retries: tries in all",
      "$P -j1 --retries 3 'echo {} >> log; [ $(wc -l < log) -ge 2 ]' ::: a; cat log"),
     ("--retries 1 is one try", "$P -j1 --retries 1 'echo {} >> log; exit 1' ::: a; cat log"),
-    ("--line-buffer", "$P -k --line-buffer echo ::: a b"),
-    ("--ungroup", "$P -j1 --ungroup echo ::: a b"),
     ("--group", "$P -k --group echo ::: a b"),
     ("quoting: in double quotes", "$P -k echo '\"v={}\"' ::: 'a b' x"),
     ("quoting: arithmetic", "$P -k echo '$(( {} * 2 ))' ::: 3 4"),
@@ -104,6 +102,45 @@ TABLE = [
     ("stdout then stderr", "$P -k 'echo out{}; echo err{} >&2' ::: a b 2>&1"),
     ("no input", "$P -k echo :::"),
     ("--", "$P -k -- echo ::: a"),
+    # A job's output whole and byte for byte: over --max-output, on stdout and stderr, binary.
+    ("output over a megabyte", "seq 400000 > big; $P cat ::: big | cksum"),
+    ("stderr over a megabyte", "seq 400000 > big; $P 'cat {} >&2' ::: big 2>&1 >/dev/null | cksum"),
+    ("big outputs in order", "seq 300000 > big; $P -k -j2 cat ::: big big | cksum"),
+    ("binary output", "printf 'a\\377b\\000c\\351' > s; $P -k cat ::: s s | od -An -c"),
+    ("gzip -c", "seq 1000 > s; $P gzip -c ::: s | gzip -dc | cksum"),
+    ("--tag binary output", "printf 'x\\377\\n' > s; $P -k --tag cat ::: s | od -An -c"),
+    # Inputs that are not UTF-8, byte for byte.
+    ("input not UTF-8", "$P -k echo ::: $'caf\\xe9' x | od -An -c"),
+    ("stdin not UTF-8", "printf 'caf\\351\\n\\377\\n' | $P -k echo '[{}]' | od -An -c"),
+    ("--tag with input not UTF-8", "$P -k --tag echo ::: $'\\xff' | od -An -c"),
+    ("--results with input not UTF-8",
+     "$P --results rr echo ::: $'\\xe9' >/dev/null; cat rr/1/*/stdout | od -An -c"),
+    # Options users type often.
+    ("-n2 -X", "$P -j1 -n2 -X echo ::: 1 2 3 4 5"),
+    ("-n2 -m", "$P -j1 -n2 -m echo ::: 1 2 3"),
+    ("-I", "$P -k -I ,, echo ',,-{}-{.}' ::: a.b"),
+    ("-I appended", "$P -k -I ,, echo ::: a b"),
+    ("-r", "printf 'a\\n\\n  \\nb\\n' | $P -r -k echo '[{}]'"),
+    ("--trim lr", "printf ' a \\n b\\n' | $P --trim lr -k echo '[{}]'"),
+    ("--trim r --colsep", "printf ' a , b \\n' | $P --trim r --colsep , -k echo '[{1}]' '[{2}]'"),
+    ("--wd", "mkdir d; $P --wd d 'basename $(pwd)' ::: 1"),
+    ("--env", "x=v $P --env x -k 'echo $x {}' ::: a"),
+    # --halt's exit status and messages, the joblog of a signal, a timeout's warning.
+    ("--halt soon,fail=50%", "$P -j1 --halt soon,fail=50% 'echo {}; exit {}' ::: 1 0 2 0"),
+    ("--halt now,fail=50% of two: the job's status", "$P -j1 --halt now,fail=50% 'echo {}; exit {}' ::: 0 3"),
+    ("--halt now,fail=34%", "$P -j1 --halt now,fail=34% 'echo {}; exit {}' ::: 0 5 0"),
+    ("--halt now,done=2", "$P -j1 --halt now,done=2 'echo {}; exit {}' ::: 4 0 1"),
+    ("--joblog of a signal", "$P --joblog jl 'kill -9 $$' ::: a; cut -f7,8 jl"),
+    ("--timeout warns", "$P -k --timeout 1 'sleep {}; echo {}' ::: 0 5 2>&1"),
+    # --pipe: each job's stdin a chunk.
+    ("--pipe", "seq 300000 | $P --pipe -k wc -l"),
+    ("--pipe --block", "seq 300000 | $P --pipe --block 100k -k wc -c"),
+    ("--pipe --block 1M", "seq 400000 | $P --pipe --block 1M -k wc -l"),
+    ("--pipe {#}", "seq 10 | $P --pipe --block 6 -k 'echo {#}; cat'"),
+    ("--pipe --recstart", "printf '>a\\nx\\n>b\\ny\\n>c\\n' | $P --pipe --block 5 --recstart '>' -k 'echo [; cat'"),
+    ("--pipe --recend", "printf 'a;b;c;d;' | $P --pipe --block 3 --recend ';' -k 'cat; echo'"),
+    ("--pipe: a record longer than a block", "printf 'aaaaaaaaaa\\nb\\n' | $P --pipe --block 4 -k 'cat; echo .'"),
+    ("--pipe with no input", "printf '' | $P --pipe -k 'echo x; cat'"),
 ]
 
 
@@ -146,16 +183,26 @@ class ParallelOracle(unittest.TestCase):
                 self.assertEqual(ours[0], theirs[0], f"exit status differs; our stderr: {ours[2]!r}")
 
     def test_an_option_it_does_not_take_exits_2_naming_it(self):
-        for option in ["--pipe", "--bar", "--delay", "-S", "--resume"]:
+        for option in ["--bar", "--delay", "-S", "--resume", "--line-buffer", "--ungroup", "-u", "--shuf"]:
             with self.subTest(option):
                 result = subprocess.run([COORDINATOR, "parallel", option, "1", "echo", ":::", "a"],
                                         capture_output=True, text=True, timeout=30)
                 self.assertEqual(result.returncode, 2, result.stderr)
                 self.assertIn(option, result.stderr)
                 self.assertEqual(result.stdout, "")
+                # An installed copy has no docs/: the message says what to do instead.
+                self.assertNotIn("docs/", result.stderr)
+
+    def test_a_perl_expression_is_refused_saying_what_to_use(self):
+        result = subprocess.run([COORDINATOR, "parallel", "echo", "{= s/a/b/ =}", ":::", "a"], capture_output=True,
+                                text=True, timeout=30)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("{= perl expression =} is not supported", result.stderr)
+        self.assertEqual(result.stdout, "")
 
     def test_a_bad_value_exits_2_naming_the_option(self):
-        for args in [["-j", "x"], ["--halt", "later"], ["-N", "0"], ["--header", "x"], ["--colsep", "("]]:
+        for args in [["-j", "x"], ["--halt", "later"], ["-N", "0"], ["--header", "x"], ["--colsep", "("],
+                     ["--block", "1x"], ["--trim", "x"], ["--wd", "/no/such/dir"], ["-I", ""]]:
             with self.subTest(args):
                 result = subprocess.run([COORDINATOR, "parallel", *args, "echo", ":::", "a"], capture_output=True,
                                         text=True, timeout=30)
@@ -209,6 +256,22 @@ class CommandInputs(unittest.TestCase):
                                 input="a\n\n#c\n d \n", capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(sorted(result.stdout.splitlines()), sorted(["[a]", "[]", "[#c]", "[ d ]"]))
+
+    def test_plain_output_comes_whole_and_byte_exact(self):
+        # Over --max-output, and not UTF-8: through a file of the run's temporary directory.
+        with tempfile.TemporaryDirectory() as directory:
+            data = os.path.join(directory, "data")
+            with open(data, "wb") as f:
+                f.write(bytes(range(256)) * 2000)
+            for mode in ["processes", "threads"]:
+                with self.subTest(mode):
+                    result = subprocess.run(
+                        [COORDINATOR, "--command", "cat {}", "--inputs", "-", "--max-output", "1K", "--mode", mode],
+                        input=(data + "\n").encode(), capture_output=True, timeout=60,
+                        env=dict(os.environ, TMPDIR=directory))
+                    self.assertEqual(result.returncode, 0, result.stderr)
+                    self.assertTrue(result.stdout == bytes(range(256)) * 2000, len(result.stdout))
+                    self.assertEqual(sorted(os.listdir(directory)), ["data"])  # nothing left behind
 
 
 if __name__ == "__main__":

@@ -333,9 +333,11 @@ int child(void* argument) {
     ::sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     // Never the caller's stdin: with --inputs - that is the list of inputs.
-    ::dup2(launch.null, 0);
-    ::dup2(launch.out, 1);
-    ::dup2(launch.err, 2);
+    // dup2 onto itself leaves close-on-exec set: cleared instead, so that the program has it.
+    const auto give = [](int fd, int as) { fd == as ? ::fcntl(fd, F_SETFD, 0) : ::dup2(fd, as); };
+    give(launch.null, 0);
+    give(launch.out, 1);
+    give(launch.err, 2);
     if (launch.cwd && ::chdir(launch.cwd) != 0) {
         launch.failure = {0, errno};
         ::_exit(127);
@@ -369,9 +371,44 @@ const char* search_path(const std::vector<std::string>& env) {
     return "/bin:/usr/bin";
 }
 
-void keep(Captured& captured, const char* data, std::size_t size, std::size_t max) {
+bool write_all(int fd, const char* data, std::size_t size) {
+    while (size > 0) {
+        const ssize_t wrote = ::write(fd, data, size);
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote <= 0) return false;
+        data += wrote;
+        size -= static_cast<std::size_t>(wrote);
+    }
+    return true;
+}
+
+// Past the head: all of the stream into a file of Watch::spill_dir, the head first. A file
+// that cannot be made or written is removed, and the stream is then cut (spill_error).
+void spill(Captured& captured, const char* data, std::size_t size, const std::string& dir) {
+    if (!captured.spill_error.empty()) return;
+    if (captured.spill_fd < 0) {
+        std::string path = dir + "/stream-XXXXXX";
+        captured.spill_fd = ::mkostemp(path.data(), O_CLOEXEC);
+        if (captured.spill_fd < 0) {
+            captured.spill_error = fmt::format("cannot make a file in '{}': {}", dir, std::strerror(errno));
+            return;
+        }
+        captured.file = path;
+        if (!write_all(captured.spill_fd, captured.head.data(), captured.head.size())) size = 0;
+    }
+    if (size > 0 && write_all(captured.spill_fd, data, size)) return;
+    captured.spill_error = fmt::format("cannot write '{}': {}", captured.file, std::strerror(errno ? errno : EIO));
+    ::close(std::exchange(captured.spill_fd, -1));
+    ::unlink(captured.file.c_str());
+    captured.file.clear();
+}
+
+void keep(Captured& captured, const char* data, std::size_t size, const Watch& watch) {
+    const std::size_t max = watch.max_output;
     captured.bytes += size;
-    if (captured.head.size() < max) captured.head.append(data, std::min(size, max - captured.head.size()));
+    const std::size_t kept = captured.head.size() < max ? std::min(size, max - captured.head.size()) : 0;
+    captured.head.append(data, kept);
+    if (kept < size && !watch.spill_dir.empty()) spill(captured, data + kept, size - kept, watch.spill_dir);
     if (size >= kTailBytes) {
         captured.tail.assign(data + size - kTailBytes, kTailBytes);
     } else {
@@ -381,12 +418,12 @@ void keep(Captured& captured, const char* data, std::size_t size, std::size_t ma
 }
 
 // Reads once from `fd`, which poll() found readable, into `captured`; closes it at end of file.
-void drain(Fd& fd, Captured& captured, std::size_t max) {
+void drain(Fd& fd, Captured& captured, const Watch& watch) {
     char buffer[64 * 1024];
     while (fd.get() >= 0) {
         const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
         if (n > 0) {
-            keep(captured, buffer, static_cast<std::size_t>(n), max);
+            keep(captured, buffer, static_cast<std::size_t>(n), watch);
         } else if (n < 0 && errno == EINTR) {
             continue;
         } else {
@@ -492,6 +529,13 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     std::vector<char*> fallback = c_strings(spec.fallback);
     std::vector<char*> script{const_cast<char*>("/bin/sh"), nullptr};
     script.insert(script.end(), argv.begin() + 1, argv.end());
+    Fd input;
+    if (!spec.stdin_path.empty()) {
+        input.reset(::open(spec.stdin_path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (input.get() < 0)
+            throw std::runtime_error(
+                fmt::format("cannot open '{}' for the standard input: {}", spec.stdin_path, std::strerror(errno)));
+    }
     auto [out_read, out_write] = make_pipe();
     auto [err_read, err_write] = make_pipe();
 
@@ -505,7 +549,7 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
                   .cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str(),
                   .caller = ::getpid(),
                   .guardian = guard.pid(),
-                  .null = dev_null(),
+                  .null = input.get() >= 0 ? input.get() : dev_null(),
                   .out = out_write.get(),
                   .err = err_write.get(),
                   .slot = nullptr,
@@ -533,8 +577,8 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     };
     Outcome outcome;
     const auto read_streams = [&](const pollfd* polled) {
-        if (polled[0].revents) drain(out_read, outcome.out, watch.max_output);
-        if (polled[1].revents) drain(err_read, outcome.err, watch.max_output);
+        if (polled[0].revents) drain(out_read, outcome.out, watch);
+        if (polled[1].revents) drain(err_read, outcome.err, watch);
     };
     bool ending = false;  // SIGTERM sent
     auto kill_at = Clock::time_point::max();
@@ -576,6 +620,8 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
         if (::poll(polled, 2, poll_ms(give_up)) < 0 && errno != EINTR) break;
         read_streams(polled);
     }
+    for (Captured* captured : {&outcome.out, &outcome.err})
+        if (captured->spill_fd >= 0) ::close(std::exchange(captured->spill_fd, -1));
     rusage usage{};
     const int status = child_process.reap(&usage);
     const auto seconds = [](const timeval& tv) {

@@ -16,6 +16,7 @@ struct ChildSpec {
     std::vector<std::string> argv;  // argv[0] is looked up in the PATH of `env` when it has no '/'
     std::vector<std::string> env;   // the whole environment, "KEY=VALUE" each
     std::string cwd;                // empty: the caller's working directory
+    std::string stdin_path;         // the file its standard input reads; empty: /dev/null
     // exec'd instead when argv cannot be (not found, not executable): /bin/sh -c COMMAND for
     // a shell command run without its shell, so that the shell says why, as it would have.
     std::vector<std::string> fallback;
@@ -26,12 +27,20 @@ struct Watch {
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
     std::chrono::steady_clock::duration grace = std::chrono::seconds(2);  // SIGTERM to SIGKILL
     std::size_t max_output = 256 * 1024;                                  // bytes of each stream kept
+    // Not empty: a stream longer than max_output goes whole into a file of its own made in
+    // this directory (Captured::file), so that nothing of it is lost.
+    std::string spill_dir;
 };
 
 struct Captured {
     std::string head;         // the first Watch::max_output bytes, as they came
     std::string tail;         // the last kTailBytes of them (the last line, for a failure's reason)
     std::uint64_t bytes = 0;  // all of them
+    // With Watch::spill_dir, once the stream outgrew head: the file holding all of its bytes
+    // (the caller's to remove), or empty with `spill_error` saying why it could not be written.
+    std::string file;
+    std::string spill_error;
+    int spill_fd = -1;  // open while the stream is read
 };
 inline constexpr std::size_t kTailBytes = 4096;
 
@@ -51,7 +60,7 @@ struct Outcome {
 };
 
 // Starts spec.argv[0] and waits for it, holding no lock, reading both pipes as they fill.
-// Its standard input is /dev/null. When it ends, whatever it left in its process group is
+// Its standard input is /dev/null, or ChildSpec::stdin_path. When it ends, whatever it left in its process group is
 // killed; on a timeout or a stop the group gets SIGTERM, then SIGKILL after Watch::grace.
 // The calling process's guardian (one per process, started with its first command, shown
 // as "worker-guard PID" in ps) does the same for every group it runs if the process dies

@@ -30,54 +30,6 @@ constexpr std::uint64_t kMostOutput = 1536 * 1024;
 
 bool has_nul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
 
-// The length of the valid UTF-8 sequence at `at`, or 0 if none starts there.
-std::size_t sequence_length(std::string_view text, std::size_t at) {
-    const auto lead = static_cast<unsigned char>(text[at]);
-    if (lead < 0x80) return 1;
-    std::size_t length = 0;
-    std::uint32_t point = 0;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-        length = 2;
-        point = lead & 0x1Fu;
-    } else if ((lead & 0xF0u) == 0xE0) {
-        length = 3;
-        point = lead & 0x0Fu;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-        length = 4;
-        point = lead & 0x07u;
-    } else {
-        return 0;
-    }
-    if (at + length > text.size()) return 0;
-    for (std::size_t i = 1; i < length; ++i) {
-        const auto next = static_cast<unsigned char>(text[at + i]);
-        if ((next & 0xC0u) != 0x80) return 0;
-        point = (point << 6) | (next & 0x3Fu);
-    }
-    if (length == 3 && (point < 0x800 || (point >= 0xD800 && point <= 0xDFFF))) return 0;  // overlong, surrogate
-    if (length == 4 && (point < 0x10000 || point > 0x10FFFF)) return 0;
-    return length;
-}
-
-// The kept head of a stream as JSON text: valid UTF-8 (each stray byte becomes U+FFFD), at
-// most `max` bytes, and a last line that says how much is missing when it was cut.
-std::string stream_text(const command::Captured& captured, std::size_t max) {
-    const std::string_view head = captured.head;
-    std::string text;
-    std::size_t at = 0;
-    while (at < head.size()) {
-        const std::size_t length = sequence_length(head, at);
-        const std::string_view piece = length > 0 ? head.substr(at, length) : std::string_view("\xEF\xBF\xBD");
-        if (text.size() + piece.size() > max) break;
-        text += piece;
-        at += length > 0 ? length : 1;
-    }
-    if (at < captured.bytes)
-        text += fmt::format("{}... ({} more bytes)\n", text.empty() || text.back() == '\n' ? "" : "\n",
-                            captured.bytes - at);
-    return text;
-}
-
 // "exited with status 3: grep: f: No such file or directory": the last line of stderr, as
 // it came, also when the stream was cut to --max-output (its end is kept for this).
 std::string failure_text(const std::string& reason, const command::Captured& err) {
@@ -212,6 +164,10 @@ public:
             if (cwd->empty() || has_nul(*cwd)) throw std::invalid_argument("\"cwd\" must be a directory's path");
             params["cwd"] = *cwd;
         }
+        if (const auto in = read.text("stdin")) {
+            if (in->empty() || has_nul(*in)) throw std::invalid_argument("\"stdin\" must be a file's path");
+            params["stdin"] = *in;
+        }
         if (const Json* env = read.any("env")) {
             if (!env->is_object())
                 throw std::invalid_argument("\"env\" must be an object of strings, like {\"LANG\":\"C\"}");
@@ -241,7 +197,7 @@ public:
             "{\"kind\":\"command\",...} lines");
     }
 
-    std::vector<std::string> settings_read() const override { return {"max_output"}; }
+    std::vector<std::string> settings_read() const override { return {"max_output", "spill_dir"}; }
     bool side_effects() const override { return true; }
 
     Value run(const Params& params, Context& context) const override {
@@ -249,6 +205,7 @@ public:
         command::ChildSpec spec;
         spec.env = environment(checked, context);
         spec.cwd = checked.value("cwd", "");
+        spec.stdin_path = checked.value("stdin", "");
         if (const auto shell = checked.find("shell"); shell != checked.end()) {
             const std::string& text = shell->get_ref<const std::string&>();
             spec.argv = {"/bin/sh", "-c", text};
@@ -272,6 +229,8 @@ public:
         command::Watch watch{.stop = context.stop_token(), .deadline = context.deadline()};
         const std::uint64_t max_output = std::min(settings.value("max_output", kDefaultMaxOutput), kMostOutput);
         watch.max_output = max_output;
+        if (const auto dir = settings.find("spill_dir"); dir != settings.end() && dir->is_string())
+            watch.spill_dir = dir->get<std::string>();
         // --set command_grace_s=S; the coordinator waits it out too before it calls a worker stuck.
         watch.grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(command_groups::grace(settings));
         command::Outcome outcome;
@@ -280,15 +239,21 @@ public:
             outcome = command::run_child(spec, watch);
         }
         context.add_child_usage({.user_s = outcome.user_s, .sys_s = outcome.sys_s, .max_rss_kb = outcome.max_rss_kb});
-        const std::string err = stream_text(outcome.err, max_output);
+        // Each stream's bytes as they came (UTF-8 or not: the journal keeps them exactly), its
+        // first --max-output of them; "stdout_bytes" counts them all, and "stdout_file", with a
+        // spill_dir, holds them all when there were more.
         Value value{
             {"exit_code", outcome.exit_code ? Json(*outcome.exit_code) : Json(nullptr)},
             {"signal", outcome.exit_code ? Json(nullptr) : Json(command::signal_name(outcome.signal))},
-            {"stdout", stream_text(outcome.out, max_output)},
-            {"stderr", err},
+            {"stdout", std::move(outcome.out.head)},
+            {"stderr", std::move(outcome.err.head)},
             {"stdout_bytes", outcome.out.bytes},
             {"stderr_bytes", outcome.err.bytes},
         };
+        for (const auto& [key, captured] : {std::pair{"stdout", &outcome.out}, std::pair{"stderr", &outcome.err}}) {
+            if (!captured->file.empty()) value[fmt::format("{}_file", key)] = captured->file;
+            if (!captured->spill_error.empty()) value[fmt::format("{}_cut", key)] = captured->spill_error;
+        }
         if (outcome.end == command::Outcome::End::TimedOut) throw TaskFailed(context.timed_out(), std::move(value));
         if (outcome.end == command::Outcome::End::Stopped) throw TaskFailed("cancelled", std::move(value));
         if (outcome.exit_code == 0) return value;
@@ -306,7 +271,18 @@ public:
     // GNU parallel's --group: a task's output together, after its line; "  | " marks stdout
     // and "  ! " stderr, so that a reader of our stdout tells them from result lines.
     std::string output(const Value& value) const override {
-        return prefixed_lines(value.value("stdout", ""), "  | ") + prefixed_lines(value.value("stderr", ""), "  ! ");
+        return prefixed_lines(shown(value, "stdout"), "  | ") + prefixed_lines(shown(value, "stderr"), "  ! ");
+    }
+
+private:
+    // A stream's kept head, and a last line that says how much of it is not shown.
+    static std::string shown(const Value& value, const std::string& key) {
+        std::string text = value.value(key, "");
+        const std::uint64_t bytes = value.value(key + "_bytes", std::uint64_t{0});
+        if (bytes > text.size())
+            text += fmt::format("{}... ({} more bytes)\n", text.empty() || text.back() == '\n' ? "" : "\n",
+                                bytes - text.size());
+        return text;
     }
 };
 
