@@ -216,12 +216,18 @@ void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     } else {
         write(finished);
     }
-    if (halted_before) return;
-    check_halt(result, status);
-    if (halted_) {
+    // As parallel: with --halt, each job that counts towards it is named on stderr, halting or not.
+    const ParallelHalt::On on = output_.halt.on;
+    if (output_.halt.when != ParallelHalt::When::Never &&
+        (on == ParallelHalt::On::Completed || (on == ParallelHalt::On::Fail) != result.ok)) {
         std::fflush(out_);
-        fmt::print(stderr, "parallel: This job {}:\n{}\n", result.ok ? "succeeded" : "failed", command);
+        fmt::print(stderr, "parallel: This job {}:\n{}\n",
+                   on == ParallelHalt::On::Completed ? "finished"
+                   : result.ok                       ? "succeeded"
+                                                     : "failed",
+                   command);
     }
+    if (!halted_before) check_halt(result, status);
 }
 
 void ParallelSink::check_halt(const TaskResult& result, int status) {

@@ -130,6 +130,8 @@ TABLE = [
     ("--halt now,fail=50% of two: the job's status", "$P -j1 --halt now,fail=50% 'echo {}; exit {}' ::: 0 3"),
     ("--halt now,fail=34%", "$P -j1 --halt now,fail=34% 'echo {}; exit {}' ::: 0 5 0"),
     ("--halt now,done=2", "$P -j1 --halt now,done=2 'echo {}; exit {}' ::: 4 0 1"),
+    ("--halt names each job that counts", "$P -j1 --halt soon,fail=50% 'echo {}; exit {}' ::: 1 0 2 0 2>&1"),
+    ("--halt done names every job", "$P -j1 --halt now,done=2 'echo {}; exit {}' ::: 4 0 1 2>&1"),
     ("--joblog of a signal", "$P --joblog jl 'kill -9 $$' ::: a; cut -f7,8 jl"),
     ("--timeout warns", "$P -k --timeout 1 'sleep {}; echo {}' ::: 0 5 2>&1"),
     # A command has 0, 1 and 2, and nothing of ours (ls's own listing is the 3).
