@@ -163,8 +163,8 @@ void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     // Never silent: a cut stream is said on stderr after the job's own, and fails the run.
     for (const std::string* cut : {&out_cut, &err_cut})
         if (!cut->empty()) {
-            finished.err +=
-                fmt::format("{}: job {}: {}\n", output_.commands.empty() ? "taskfarm" : "parallel", job + 1, *cut);
+            finished.err += output_.commands.empty() ? fmt::format("taskfarm: task {}: {}\n", job, *cut)
+                                                     : fmt::format("parallel: job {}: {}\n", job + 1, *cut);
             ++cut_;
         }
     if (result.error.starts_with("timed out"))
