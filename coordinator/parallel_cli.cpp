@@ -86,9 +86,10 @@ constexpr char kHelp[] =
     "Options: -j N|N%|+N|-N, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N, -n N, -X, -m, -0,\n"
     "-I STR, -r, --trim n|l|r|lr|rl, --wd DIR, --env VAR (every variable reaches a command here),\n"
     "--halt now|soon,fail|success|done=N|N%, --joblog FILE, --results DIR, --retries N (tries in all),\n"
-    "--timeout S, --group, --link, -a FILE; --pipe with --block SIZE, --recstart STR, --recend STR (each\n"
-    "job's standard input is a chunk of ours, cut after a record's end). A job's output comes whole when it\n"
-    "ends, byte for byte, however long: --line-buffer, --ungroup, --delay and {{= perl =}} are refused.\n"
+    "--timeout S, --group, --link, -a FILE; --pipe with --block SIZE, --recstart STR, --recend STR, -N N\n"
+    "(each job's standard input is a chunk of ours, cut after a record's end). A job's output comes whole\n"
+    "when it ends, byte for byte, however long: --line-buffer, --ungroup, --delay and {{= perl =}} are\n"
+    "refused.\n"
     "Any other option: exit 2 naming it. Exit status: the number of failed jobs (at most 101), a job whose\n"
     "output could not be written whole counted as failed; with --halt on failure, as parallel's.\n";
 
@@ -425,8 +426,9 @@ std::string trimmed(std::string value, const std::string& trim) {
 
 // --pipe: standard input cut into chunks as parallel cuts it: read until a multiple of the
 // block is held, then cut after the last record end that a record start follows; the rest
-// goes with the next chunk. No such place: the block grows by 1.3 (said on stderr), as
-// parallel's. Each chunk is a file of `dir`, written as it is read; returns their paths.
+// goes with the next chunk; with -N N, after every Nth record instead. No such place: the
+// block grows by 1.3 (said on stderr), as parallel's. Each chunk is a file of `dir`, written as it is read; returns
+// their paths.
 std::vector<std::string> write_chunks(const Options& options, const std::filesystem::path& dir) {
     std::vector<std::string> paths;
     // As parallel: only one of them given, the other is empty.
@@ -439,6 +441,13 @@ std::vector<std::string> write_chunks(const Options& options, const std::filesys
         if ((file && std::fclose(file) != 0) || !written)
             throw Usage(fmt::format("--pipe: cannot write '{}': {}", printable(path), std::strerror(errno)));
         paths.push_back(path);
+    };
+    // Where the Nth record end (as parallel counts them: from the second byte on) ends; npos: fewer.
+    const auto nth_end = [&](const std::string& buffer) {
+        std::size_t at = 0;
+        for (std::size_t k = 0; k < options.max_args; ++k)
+            if ((at = buffer.find(separator, at + 1)) == std::string::npos) return at;
+        return at + recend.size();
     };
     std::string buffer;
     bool end = false;
@@ -459,19 +468,30 @@ std::vector<std::string> write_chunks(const Options& options, const std::filesys
             got += static_cast<std::size_t>(n);
         }
         buffer.resize(old + got);
+        bool written = false;
+        if (options.max_args > 0) {
+            // -N N: a chunk at every Nth record end, the end of input too.
+            for (std::size_t cut; !buffer.empty() && (cut = nth_end(buffer)) != std::string::npos;) {
+                write_chunk(std::string_view(buffer).substr(0, cut));
+                buffer.erase(0, cut);
+                written = true;
+            }
+        } else if (!end) {
+            const auto found = buffer.rfind(separator);
+            if (const std::size_t cut = found == std::string::npos ? 0 : found + recend.size(); cut > 0) {
+                write_chunk(std::string_view(buffer).substr(0, cut));
+                buffer.erase(0, cut);
+                written = true;
+            }
+        }
         if (end) break;
-        const auto found = buffer.rfind(separator);
-        const std::size_t cut = found == std::string::npos ? 0 : found + recend.size();
-        if (cut == 0) {
+        if (!written) {
             const std::size_t grown = std::min<std::size_t>(
                 static_cast<std::size_t>(std::ceil(static_cast<double>(block) * 1.3 + 1)), (std::size_t{1} << 31) - 1);
             fmt::print(stderr, "parallel: Warning: A record was longer than {}. Increasing to --blocksize {}.\n", block,
                        grown);
             block = grown;
-            continue;
         }
-        write_chunk(std::string_view(buffer).substr(0, cut));
-        buffer.erase(0, cut);
     }
     if (!buffer.empty()) write_chunk(buffer);
     return paths;
@@ -661,11 +681,11 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             throw Usage(
                 "{= perl expression =} is not supported (no perl here): use the shell in the command instead, "
                 "e.g. \"$(echo {} | tr a-z A-Z)\" or ${x%.*} on a variable set from {}");
-        if (options.pipe && (options.max_args > 0 || options.multi != Multi::None || !options.arg_files.empty() ||
-                             options.no_run_if_empty || at < argc))
+        if (options.pipe &&
+            (options.multi != Multi::None || !options.arg_files.empty() || options.no_run_if_empty || at < argc))
             throw Usage(
-                "--pipe: the jobs' input is standard input, cut by --block (not -N, -n, -X, -m, -r, -a "
-                "nor ::: sources)");
+                "--pipe: the jobs' input is standard input, cut by --block or -N (not -X, -m, -r, -a nor "
+                "::: sources)");
         if (options.pipe && options.recend.value_or("x").empty() && options.recstart.value_or("").empty())
             throw Usage("--pipe: --recstart and --recend are both empty");
         auto output = std::make_shared<ParallelOutput>();
@@ -773,7 +793,9 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
 
         // Jobs: a record each, -N of them, or (-X, -m) the records spread over the job slots.
         std::size_t per_job = 1;
-        if (options.max_args > 0) {
+        if (options.pipe) {
+            per_job = 1;  // a chunk each (-N N is N records a chunk)
+        } else if (options.max_args > 0) {
             per_job = options.max_args;  // also with -X, -m: -n 2 -X is two a command
         } else if (options.multi != Multi::None) {
             const auto slots = static_cast<std::size_t>(job_slots(options.jobs, records.size()));

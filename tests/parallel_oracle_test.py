@@ -145,6 +145,10 @@ TABLE = [
     ("--pipe --recstart", "printf '>a\\nx\\n>b\\ny\\n>c\\n' | $P --pipe --block 5 --recstart '>' -k 'echo [; cat'"),
     ("--pipe --recend", "printf 'a;b;c;d;' | $P --pipe --block 3 --recend ';' -k 'cat; echo'"),
     ("--pipe: a record longer than a block", "printf 'aaaaaaaaaa\\nb\\n' | $P --pipe --block 4 -k 'cat; echo .'"),
+    ("--pipe -N", "seq 10 | $P --pipe -N3 -k 'echo [; cat'"),
+    ("--pipe -N over blocks", "seq 20 | $P --pipe -N3 --block 4 -k 'echo [; cat'"),
+    ("--pipe -N many", "seq 100000 | $P --pipe -N 7000 -k wc -l"),
+    ("--pipe -N --recend", "printf 'a;b;c;d;e' | $P --pipe -N2 --recend ';' -k 'cat; echo'"),
     ("--pipe with no input", "printf '' | $P --pipe -k 'echo x; cat'"),
 ]
 
