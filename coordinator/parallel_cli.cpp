@@ -714,6 +714,12 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             }
         }
         if (sources.empty()) sources.push_back({split(read_whole("-"), separator_char)});
+        // -r: a value of white space alone is no value, in every source.
+        if (options.no_run_if_empty)
+            for (Source& source : sources)
+                std::erase_if(source.values, [](const std::string& value) {
+                    return value.find_first_not_of(" \t\n\r\v\f") == std::string::npos;
+                });
         // As parallel: `:::` with no value is one empty value when another source has values.
         if (std::any_of(sources.begin(), sources.end(), [](const Source& s) { return !s.values.empty(); }))
             for (Source& source : sources)
@@ -782,13 +788,6 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 if (g == 0) break;
             }
         }
-        // -r: a record whose values are all white space runs nothing.
-        if (options.no_run_if_empty)
-            std::erase_if(records, [](const std::vector<std::string>& record) {
-                return std::all_of(record.begin(), record.end(), [](const std::string& value) {
-                    return value.find_first_not_of(" \t\n\r\v\f") == std::string::npos;
-                });
-            });
         if (records.empty()) return ExitCode::Ok;  // parallel runs nothing for no input
 
         // Jobs: a record each, -N of them, or (-X, -m) the records spread over the job slots.

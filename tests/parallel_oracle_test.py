@@ -121,6 +121,7 @@ TABLE = [
     ("-I", "$P -k -I ,, echo ',,-{}-{.}' ::: a.b"),
     ("-I appended", "$P -k -I ,, echo ::: a b"),
     ("-r", "printf 'a\\n\\n  \\nb\\n' | $P -r -k echo '[{}]'"),
+    ("-r in every source", "$P -r -k echo '[{1}{2}]' ::: '' a ' ' ::: '' b"),
     ("--trim lr", "printf ' a \\n b\\n' | $P --trim lr -k echo '[{}]'"),
     ("--trim r --colsep", "printf ' a , b \\n' | $P --trim r --colsep , -k echo '[{1}]' '[{2}]'"),
     ("--wd", "mkdir d; $P --wd d 'basename $(pwd)' ::: 1"),
