@@ -424,6 +424,28 @@ std::string trimmed(std::string value, const std::string& trim) {
     return value;
 }
 
+// -r with --pipe: lines of white space alone go, as parallel's s/^\s*\n//gm.
+void drop_blank_lines(std::string& text) {
+    const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+    std::string kept;
+    kept.reserve(text.size());
+    bool line_start = true;
+    for (std::size_t at = 0; at < text.size();) {
+        if (line_start) {
+            std::size_t end = at;
+            while (end < text.size() && space(text[end])) ++end;
+            if (const auto newline = end > at ? text.rfind('\n', end - 1) : std::string::npos;
+                newline != std::string::npos && newline >= at) {
+                at = newline + 1;
+                continue;
+            }
+        }
+        line_start = text[at] == '\n';
+        kept += text[at++];
+    }
+    text = std::move(kept);
+}
+
 // --pipe: standard input cut into chunks as parallel cuts it: read until a multiple of the
 // block is held, then cut after the last record end that a record start follows; the rest
 // goes with the next chunk; with -N N, after every Nth record instead. No such place: the
@@ -468,6 +490,10 @@ std::vector<std::string> write_chunks(const Options& options, const std::filesys
             got += static_cast<std::size_t>(n);
         }
         buffer.resize(old + got);
+        if (options.no_run_if_empty) {
+            drop_blank_lines(buffer);
+            if (buffer.empty()) continue;  // no chunk, and the block stays (or the input ended)
+        }
         bool written = false;
         if (options.max_args > 0) {
             // -N N: a chunk at every Nth record end, the end of input too.
@@ -681,11 +707,10 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             throw Usage(
                 "{= perl expression =} is not supported (no perl here): use the shell in the command instead, "
                 "e.g. \"$(echo {} | tr a-z A-Z)\" or ${x%.*} on a variable set from {}");
-        if (options.pipe &&
-            (options.multi != Multi::None || !options.arg_files.empty() || options.no_run_if_empty || at < argc))
+        if (options.pipe && (options.multi != Multi::None || !options.arg_files.empty() || at < argc))
             throw Usage(
-                "--pipe: the jobs' input is standard input, cut by --block or -N (not -X, -m, -r, -a nor "
-                "::: sources)");
+                "--pipe: the jobs' input is standard input, cut by --block or -N (not -X, -m, -a nor ::: "
+                "sources)");
         if (options.pipe && options.recend.value_or("x").empty() && options.recstart.value_or("").empty())
             throw Usage("--pipe: --recstart and --recend are both empty");
         auto output = std::make_shared<ParallelOutput>();
@@ -715,7 +740,7 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         }
         if (sources.empty()) sources.push_back({split(read_whole("-"), separator_char)});
         // -r: a value of white space alone is no value, in every source.
-        if (options.no_run_if_empty)
+        if (options.no_run_if_empty && !options.pipe)  // --pipe: in its chunks (drop_blank_lines)
             for (Source& source : sources)
                 std::erase_if(source.values, [](const std::string& value) {
                     return value.find_first_not_of(" \t\n\r\v\f") == std::string::npos;

@@ -150,6 +150,9 @@ TABLE = [
     ("--pipe -N over blocks", "seq 20 | $P --pipe -N3 --block 4 -k 'echo [; cat'"),
     ("--pipe -N many", "seq 100000 | $P --pipe -N 7000 -k wc -l"),
     ("--pipe -N --recend", "printf 'a;b;c;d;e' | $P --pipe -N2 --recend ';' -k 'cat; echo'"),
+    ("--pipe -r", "printf 'a\\n\\n \\n\\t\\nb\\n\\n' | $P --pipe -r --block 2 -k 'cat; echo .'"),
+    ("--pipe -r over blocks", "seq 30000 | sed 's/5/\\n/' | $P --pipe -r --block 10k -k wc -l"),
+    ("--pipe -r, nothing left", "printf '\\n \\n' | $P --pipe -r -k 'echo x; cat'"),
     ("--pipe with no input", "printf '' | $P --pipe -k 'echo x; cat'"),
 ]
 
