@@ -137,7 +137,7 @@ TABLE = [
     ("--timeout warns", "$P -k --timeout 1 'sleep {}; echo {}' ::: 0 5 2>&1"),
     # A command has 0, 1 and 2, and nothing of ours (ls's own listing is the 3).
     ("no stray descriptor in a command", "$P -k 'ls /proc/self/fd; : {}' ::: a b"),
-    ("--pipe: none either", "echo x | $P --pipe 'ls /proc/self/fd'"),
+    ("--pipe: none either", "echo x | $P --pipe 'cat >/dev/null; ls /proc/self/fd'"),
     # --pipe: each job's stdin a chunk.
     ("--pipe", "seq 300000 | $P --pipe -k wc -l"),
     ("--pipe --block", "seq 300000 | $P --pipe --block 100k -k wc -c"),
