@@ -270,8 +270,8 @@ TEST(Command, APlainOutputThatWasCutIsSaidOnStderrAndFails) {
         TaskResult result;
         result.id = 0;
         result.ok = true;
-        result.value = {{"exit_code", 0}, {"signal", nullptr}, {"stdout", "abc"}, {"stderr", ""},
-                        {"stdout_bytes", 10}, {"stderr_bytes", 0}};
+        result.value = {{"exit_code", 0}, {"signal", nullptr},  {"stdout", "abc"},
+                        {"stderr", ""},   {"stdout_bytes", 10}, {"stderr_bytes", 0}};
         if (file_gone) result.value["stdout_file"] = (dir / "gone").string();
         ::testing::internal::CaptureStderr();
         sink.begin_mode("processes", 1);
