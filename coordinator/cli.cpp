@@ -37,10 +37,6 @@ namespace {
 
 constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
 
-// The command type's own limit (tasks/command/command.cpp): two streams of this size and
-// the rest of a result fit in proto::kMaxFrameBytes.
-constexpr std::uint64_t kMaxCommandOutput = 1536 * 1024;
-
 CLI::Validator size_validator(std::uint64_t least) {
     return CLI::Validator(
         [least](std::string& text) -> std::string {
@@ -172,6 +168,7 @@ std::string task_help(const Registry& registry) {
 // A type's flag (TaskType::flags()) as an option of the program.
 struct TypeFlag {
     Flag declared;
+    std::string type;                    // the type that declares it (the first, when shared)
     std::unique_ptr<std::string> value;  // where CLI11 writes it; its default until given
     CLI::Option* option = nullptr;
 };
@@ -192,7 +189,7 @@ std::vector<TypeFlag> add_type_flags(CLI::App& app, const Registry& registry) {
                                     flag.name, flag.key, same->declared.key));
                 continue;
             }
-            TypeFlag made{std::move(flag), std::make_unique<std::string>(), nullptr};
+            TypeFlag made{std::move(flag), type->name(), std::make_unique<std::string>(), nullptr};
             *made.value = made.declared.default_value;
             const Flag& declared = made.declared;
             const std::string value_name = !declared.value_name.empty()          ? declared.value_name
@@ -307,31 +304,18 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(tasks_option)
             ->excludes(inputs_option);
     inputs_option->excludes(tasks_option);
-    auto* command_option =
-        app.add_option("--command", config.command,
-                       "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read as the tasks\n"
-                       "go out; every line an input, as it is, # and blank lines too), with GNU parallel's\n"
-                       "replacement strings, quoted where the shell would change them: {} the line, {.} without\n"
-                       "extension, {/} base name, {//} directory, {/.} base name without extension, {#} task\n"
-                       "number from 1; no replacement string: the line is appended. Write {} bare: '{}' ends\n"
-                       "the quoting, and \"{}\" RUNS THE INPUT AS CODE (as in GNU parallel). stdout: the\n"
-                       "commands' output alone (--output). Runs only\n"
-                       "the processes mode unless --mode says otherwise. GNU parallel's own command line:\n"
-                       "`coordinator parallel --help`. See docs/commands.md")
-            ->type_name("TEMPLATE")
-            ->excludes(plan_option)
-            ->excludes(task_option)
-            ->excludes(tasks_option);
-    std::string max_output = "1M";
-    auto* max_output_option =
-        app.add_option(
-               "--max-output", max_output,
-               fmt::format("command: bytes of each task's stdout and of its stderr kept for the console and\n"
-                           "the journal (the byte counts are of the whole); at most {}K, so that a result fits\n"
-                           "in one message",
-                           kMaxCommandOutput / 1024))
-            ->check(size_validator(0))
-            ->capture_default_str();
+    // A type's flag that picks the run's tasks (--command, --urls) brings them: no --plan, no
+    // --tasks, no other such flag, and none of the flags for the tasks a type generates.
+    for (const TypeFlag& flag : type_flags) {
+        if (flag.declared.picks == Flag::Picks::Nothing) continue;
+        flag.option->excludes(plan_option)->excludes(tasks_option);
+        if (flag.declared.picks == Flag::Picks::InputsFile) flag.option->excludes(inputs_option);
+        for (const TypeFlag& other : type_flags)
+            if (&other != &flag && (other.declared.generated_only || other.declared.picks != Flag::Picks::Nothing))
+                flag.option->excludes(other.option);
+    }
+    for (const TypeFlag& flag : type_flags)
+        if (flag.declared.generated_only) plan_option->excludes(flag.option);
     std::string output = "group";
     auto* output_option =
         app.add_option(
@@ -344,20 +328,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
             ->check(CLI::IsMember({"plain", "group", "tag", "none"}))
             ->capture_default_str();
-    auto* urls_option =
-        app.add_option(
-               "--urls", config.urls_path,
-               "download: fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
-               "https:// URL per line, blank lines and lines starting with # skipped; implies --task download;\n"
-               "- reads stdin")
-            ->type_name("FILE")
-            ->excludes(tasks_option)
-            ->excludes(inputs_option)
-            ->excludes(command_option);
-    // A flag for the tasks a type generates goes with no plan of other tasks.
-    for (const TypeFlag& flag : type_flags)
-        if (flag.declared.generated_only)
-            for (CLI::Option* other : {plan_option, command_option, urls_option}) other->excludes(flag.option);
     auto* out_dir_option =
         app.add_option("--out-dir", config.out_dir,
                        "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
@@ -375,10 +345,9 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "(default for download: 2)")
             ->check(CLI::Range(0, 100))
             ->type_name("N");
-    plan_option->excludes(urls_option);
     // Each becomes a setting; given for a plan no type of which reads it, a warning says so (the run goes on).
-    const std::pair<CLI::Option*, const char*> setting_flags[] = {
-        {out_dir_option, "out_dir"}, {retries_option, "retries"}, {max_output_option, "max_output"}};
+    const std::pair<CLI::Option*, const char*> setting_flags[] = {{out_dir_option, "out_dir"},
+                                                                  {retries_option, "retries"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->check(kUnsigned)
         ->capture_default_str();
@@ -694,33 +663,28 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     try {
         app.parse(argc, argv);
         config.fork_server = worker_bin_option->count() == 0;  // a binary of the user's own is exec'd (decision 102)
-        // --urls FILE is the tutorial's name for --task download --inputs FILE.
-        if (urls_option->count() > 0) {
-            if (task_option->count() > 0 && task != "download")
-                throw CLI::ValidationError("--urls",
-                                           fmt::format("downloads URLs, but --task {} asks for other tasks", task));
-            if (!registry.find("download"))
-                throw CLI::ValidationError("--urls", fmt::format("{} has no download task type", program.name));
-            task = "download";
-            config.inputs_path = config.urls_path;
-            config.inputs_flag = "--urls";
+        // A type's flag that picks the tasks (--urls FILE: --task download --inputs FILE;
+        // --command TEMPLATE: a command per --inputs line) is --task of its type.
+        for (const TypeFlag& flag : type_flags) {
+            if (flag.declared.picks == Flag::Picks::Nothing || flag.option->count() == 0) continue;
+            const std::string name = flag.option->get_name();
+            if (task_option->count() > 0 && task != flag.type)
+                throw CLI::ValidationError(
+                    name, fmt::format("makes {} tasks, but --task {} asks for other tasks", flag.type, task));
+            task = flag.type;
+            if (flag.declared.picks == Flag::Picks::InputsFile) {
+                config.inputs_path = *flag.value;
+                config.inputs_flag = name;
+            } else if (config.inputs_path.empty()) {
+                throw CLI::ValidationError(name,
+                                           fmt::format("needs --inputs FILE (or --inputs - for standard input): a "
+                                                       "{} task runs per line",
+                                                       flag.type));
+            }
         }
-        if (command_option->count() > 0) {
-            if (!registry.find("command"))
-                throw CLI::ValidationError("--command", fmt::format("{} has no command task type", program.name));
-            if (config.inputs_path.empty())
-                throw CLI::ValidationError("--command",
-                                           "needs --inputs FILE (or --inputs - for standard input): the "
-                                           "template runs once per line");
-            if (config.command.empty()) throw CLI::ValidationError("--command", "the template is empty");
-            task = "command";
-        }
-        if (*parse_size(max_output) > kMaxCommandOutput)
-            throw CLI::ValidationError("--max-output",
-                                       fmt::format("'{}' is over {}K: a task's stdout and stderr must fit "
-                                                   "in one message of the protocol",
-                                                   max_output, kMaxCommandOutput / 1024));
         for (const TypeFlag& flag : type_flags) {  // given or not: its default is its setting
+            const bool picks = flag.declared.picks != Flag::Picks::Nothing;
+            if (flag.declared.key.empty() || (picks && flag.option->count() == 0)) continue;  // only when given
             try {
                 config.settings[flag.declared.key] = flag.declared.read(*flag.value);
             } catch (const std::invalid_argument& e) {  // a given value failed the validator already
@@ -735,7 +699,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                                fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead",
                                                            printable(setting), key, flag, flag));
             for (const TypeFlag& flag : type_flags)
-                if (setting.substr(0, equals) == flag.declared.key)
+                if (!flag.declared.key.empty() && setting.substr(0, equals) == flag.declared.key)
                     throw CLI::ValidationError(
                         "--set",
                         fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead", printable(setting),
@@ -861,12 +825,12 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     for (const auto& [option, key] : setting_flags)
         if (option->count() > 0) config.given_settings.emplace_back(option->get_name(), key);
     for (const TypeFlag& flag : type_flags)
-        if (flag.option->count() > 0) config.given_settings.emplace_back(flag.option->get_name(), flag.declared.key);
+        if (flag.option->count() > 0 && !flag.declared.key.empty())
+            config.given_settings.emplace_back(flag.option->get_name(), flag.declared.key);
     config.task = task;
     if (tasks_option->count() == 0)
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0)
             config.tasks = static_cast<int>(count);
-    config.max_output = *parse_size(max_output);
     config.max_worker_memory = *parse_size(max_worker_memory);
     if (retries_option->count() > 0) config.task_retries = config.retries;
     config.output = output == "tag"     ? OutputBlocks::Tag

@@ -201,8 +201,8 @@ void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types, 
 
 // What of the run's settings changes what its tasks produce (decision 128): every --set KEY
 // (the run cannot tell what a type does with it) and each flag of a plan's type declared
-// changes_results, but for a generated_only one (what it changes is in the tasks' params,
-// which --resume checks already). The journal records them when there are any (a journal
+// changes_results, but for a generated_only one or one that picks the tasks (what it changes
+// is in the tasks' params, which --resume checks already). The journal records them when there are any (a journal
 // without them was written with none); --resume refuses a journal written under others.
 Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types) {
     std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
@@ -216,7 +216,8 @@ Json result_settings(const RunConfig& config, const Registry& registry, const st
         if (!declared.contains(key)) identity[key] = value;
     for (const TaskType* type : types)
         for (const Flag& flag : type->flags())
-            if (flag.changes_results && !flag.generated_only && config.settings.contains(flag.key))
+            if (flag.changes_results && !flag.generated_only && flag.picks == Flag::Picks::Nothing &&
+                config.settings.contains(flag.key))
                 identity[flag.key] = config.settings[flag.key];
     return identity;
 }
@@ -324,7 +325,6 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"prefetch", config.prefetch > 0 ? nlohmann::json(config.prefetch) : nlohmann::json("auto")},
         {"max_in_flight", config.prefetch > 0 ? static_cast<std::size_t>(config.prefetch) : kMaxWindow},
         {"pin_cpus", config.pin_cpus},
-        {"urls", config.urls_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.urls_path.string())},
         {"inputs", config.inputs_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.inputs_path.string())},
         {"settings", config.settings},
         {"out_dir", config.out_dir.string()},
