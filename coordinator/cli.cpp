@@ -37,10 +37,6 @@ namespace {
 
 constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
 
-// The command type's own limit (tasks/command/command.cpp): two streams of this size and
-// the rest of a result fit in proto::kMaxFrameBytes.
-constexpr std::uint64_t kMaxCommandOutput = 1536 * 1024;
-
 CLI::Validator size_validator(std::uint64_t least) {
     return CLI::Validator(
         [least](std::string& text) -> std::string {
@@ -172,6 +168,7 @@ std::string task_help(const Registry& registry) {
 // A type's flag (TaskType::flags()) as an option of the program.
 struct TypeFlag {
     Flag declared;
+    std::string type;                    // the type that declares it (the first, when shared)
     std::unique_ptr<std::string> value;  // where CLI11 writes it; its default until given
     CLI::Option* option = nullptr;
 };
@@ -192,7 +189,7 @@ std::vector<TypeFlag> add_type_flags(CLI::App& app, const Registry& registry) {
                                     flag.name, flag.key, same->declared.key));
                 continue;
             }
-            TypeFlag made{std::move(flag), std::make_unique<std::string>(), nullptr};
+            TypeFlag made{std::move(flag), type->name(), std::make_unique<std::string>(), nullptr};
             *made.value = made.declared.default_value;
             const Flag& declared = made.declared;
             const std::string value_name = !declared.value_name.empty()          ? declared.value_name
@@ -231,27 +228,67 @@ const CLI::Validator kSetting(
 
 }  // namespace
 
-ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* argv) {
-    if (argc > 1 && std::string_view(argv[1]) == "parallel") return parse_parallel(program, argc - 1, argv + 1);
-    const Registry& registry = program.registry;
+namespace {
+
+// The command line as CLI11 reads it, before the one validation step (decide()): the run's
+// configuration where a flag's value goes there as it is, the text of the flags whose value
+// needs more than CLI11's checks, and the options whose presence decide() asks about.
+struct CommandLine {
     RunConfig config;
-    config.worker_bin = program.worker.path;
-    config.worker_prefix = program.worker.prefix;
-    config.worker_command = worker_command(program);
-    config.workers = available_cpus();
-    config.command_line.assign(argv, argv + argc);
-    std::string task = program.default_task;
+    std::string task;
     std::vector<std::string> modes{"sequential", "threads", "processes"};
     std::string cpus;
     bool pin = false;
+    std::vector<std::string> settings;  // --set KEY=VALUE
+    std::vector<TypeFlag> type_flags;
+    std::string output = "group";
+    std::string prefetch = "auto";
+    std::string max_worker_memory = "0";
+    std::string progress = "auto";
+    bool quiet = false;
+    int verbose = 0;
+    std::string launch = "local";
+    std::string slurm_args;
+    std::string mpirun_args;
+    KeygenConfig keygen;
+    ReportConfig report;
+    TaskId report_task = 0;
+    CancelConfig cancel;
+    // The coordinator's flags that become settings, with the setting each becomes; given for a
+    // plan no type of which reads it, a warning says so (the run goes on).
+    std::vector<std::pair<CLI::Option*, const char*>> setting_flags;
+    CLI::Option* workers_option = nullptr;
+    CLI::Option* task_option = nullptr;
+    CLI::Option* tasks_option = nullptr;
+    CLI::Option* inputs_option = nullptr;
+    CLI::Option* plan_option = nullptr;
+    CLI::Option* output_option = nullptr;
+    CLI::Option* out_dir_option = nullptr;
+    CLI::Option* retries_option = nullptr;
+    CLI::Option* mode_option = nullptr;
+    CLI::Option* worker_bin_option = nullptr;
+    CLI::Option* progress_option = nullptr;
+    CLI::Option* wait_option = nullptr;
+    CLI::Option* launch_option = nullptr;
+    CLI::Option* slurm_args_option = nullptr;
+    CLI::Option* mpirun_args_option = nullptr;
+    CLI::Option* keys_option = nullptr;
+    CLI::Option* insecure_option = nullptr;
+    CLI::Option* expect_option = nullptr;
+    CLI::Option* report_task_option = nullptr;
+    CLI::App* keygen_command = nullptr;
+    CLI::App* report_command = nullptr;
+    CLI::App* cancel_command = nullptr;
+};
 
-    std::vector<std::string> settings;
-    CLI::App app{
-        fmt::format("{}: runs one plan of tasks sequentially, on a pool of threads and on a pool of worker processes,\n"
-                    "prints each result as it completes, then compares the modes' wall times. Task types: {}.\n",
-                    program.name, registry.names_text())};
-    app.set_version_flag("--version", fmt::format("{} (taskfarm {})", program.name, version()));
-    app.get_formatter()->column_width(34);
+// The run's tasks: how many workers, which type, how many tasks or from which file, the types'
+// own flags, and the settings every task reads.
+void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program) {
+    RunConfig& config = cl.config;
+    const Registry& registry = program.registry;
+    std::string& task = cl.task;
+    std::vector<std::string>& settings = cl.settings;
+    std::vector<TypeFlag>& type_flags = cl.type_flags;
     auto* workers_option =
         app.add_option("-w,--workers", config.workers,
                        "worker processes (and threads) to run tasks on; with --listen, 0 runs on remote workers only")
@@ -273,7 +310,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                              ->capture_default_str();
     // The types' own flags, each in a group of its type's name (before the coordinator's, which
     // follow under OPTIONS).
-    std::vector<TypeFlag> type_flags = add_type_flags(app, registry);
+    type_flags = add_type_flags(app, registry);
     app.add_option("--set", settings,
                    "a setting every task can read (Context::settings()), for the user's own task types;\n"
                    "VALUE is JSON if it parses as JSON, else a string. Repeatable: --set lang=en --set k=3")
@@ -307,57 +344,18 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             ->excludes(tasks_option)
             ->excludes(inputs_option);
     inputs_option->excludes(tasks_option);
-    auto* command_option =
-        app.add_option("--command", config.command,
-                       "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read as the tasks\n"
-                       "go out; every line an input, as it is, # and blank lines too), with GNU parallel's\n"
-                       "replacement strings, quoted where the shell would change them: {} the line, {.} without\n"
-                       "extension, {/} base name, {//} directory, {/.} base name without extension, {#} task\n"
-                       "number from 1; no replacement string: the line is appended. Write {} bare: '{}' ends\n"
-                       "the quoting, and \"{}\" RUNS THE INPUT AS CODE (as in GNU parallel). stdout: the\n"
-                       "commands' output alone (--output). Runs only\n"
-                       "the processes mode unless --mode says otherwise. GNU parallel's own command line:\n"
-                       "`coordinator parallel --help`. See docs/commands.md")
-            ->type_name("TEMPLATE")
-            ->excludes(plan_option)
-            ->excludes(task_option)
-            ->excludes(tasks_option);
-    std::string max_output = "1M";
-    auto* max_output_option =
-        app.add_option(
-               "--max-output", max_output,
-               fmt::format("command: bytes of each task's stdout and of its stderr kept for the console and\n"
-                           "the journal (the byte counts are of the whole); at most {}K, so that a result fits\n"
-                           "in one message",
-                           kMaxCommandOutput / 1024))
-            ->check(size_validator(0))
-            ->capture_default_str();
-    std::string output = "group";
-    auto* output_option =
-        app.add_option(
-               "--output", output,
-               "command output on stdout: plain (the default with --command and --task command: the\n"
-               "commands' stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU parallel\n"
-               "prints them; failed tasks' result lines and the table go to stderr), group (the default otherwise: "
-               "each\n"
-               "task's stdout and stderr as one block under its result line, lines marked \"  | \" and \"  ! \"),\n"
-               "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
-            ->check(CLI::IsMember({"plain", "group", "tag", "none"}))
-            ->capture_default_str();
-    auto* urls_option =
-        app.add_option(
-               "--urls", config.urls_path,
-               "download: fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
-               "https:// URL per line, blank lines and lines starting with # skipped; implies --task download;\n"
-               "- reads stdin")
-            ->type_name("FILE")
-            ->excludes(tasks_option)
-            ->excludes(inputs_option)
-            ->excludes(command_option);
-    // A flag for the tasks a type generates goes with no plan of other tasks.
+    // A type's flag that picks the run's tasks (--command, --urls) brings them: no --plan, no
+    // --tasks, no other such flag, and none of the flags for the tasks a type generates.
+    for (const TypeFlag& flag : type_flags) {
+        if (flag.declared.picks == Flag::Picks::Nothing) continue;
+        flag.option->excludes(plan_option)->excludes(tasks_option);
+        if (flag.declared.picks == Flag::Picks::InputsFile) flag.option->excludes(inputs_option);
+        for (const TypeFlag& other : type_flags)
+            if (&other != &flag && (other.declared.generated_only || other.declared.picks != Flag::Picks::Nothing))
+                flag.option->excludes(other.option);
+    }
     for (const TypeFlag& flag : type_flags)
-        if (flag.declared.generated_only)
-            for (CLI::Option* other : {plan_option, command_option, urls_option}) other->excludes(flag.option);
+        if (flag.declared.generated_only) plan_option->excludes(flag.option);
     auto* out_dir_option =
         app.add_option("--out-dir", config.out_dir,
                        "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
@@ -375,13 +373,27 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "(default for download: 2)")
             ->check(CLI::Range(0, 100))
             ->type_name("N");
-    plan_option->excludes(urls_option);
     // Each becomes a setting; given for a plan no type of which reads it, a warning says so (the run goes on).
-    const std::pair<CLI::Option*, const char*> setting_flags[] = {
-        {out_dir_option, "out_dir"}, {retries_option, "retries"}, {max_output_option, "max_output"}};
+    cl.setting_flags = {{out_dir_option, "out_dir"}, {retries_option, "retries"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->check(kUnsigned)
         ->capture_default_str();
+    cl.workers_option = workers_option;
+    cl.task_option = task_option;
+    cl.tasks_option = tasks_option;
+    cl.inputs_option = inputs_option;
+    cl.plan_option = plan_option;
+    cl.out_dir_option = out_dir_option;
+    cl.retries_option = retries_option;
+}
+
+// Where the tasks run: the modes, pinning, prefetch and the worker program.
+void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program) {
+    RunConfig& config = cl.config;
+    std::vector<std::string>& modes = cl.modes;
+    std::string& cpus = cl.cpus;
+    bool& pin = cl.pin;
+    std::string& prefetch = cl.prefetch;
     auto* mode_option =
         app.add_option("-m,--mode", modes,
                        "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
@@ -402,7 +414,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "CPUs to pin to, e.g. 0-3,6 (implies --pin); each must be one this process may\n"
                    "use (sched_getaffinity, see taskset)")
         ->check(kCpuList);
-    std::string prefetch = "auto";
     app.add_option("--prefetch", prefetch,
                    fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
                                "It holds one until the tasks' times are known and it has sent a result, then as many\n"
@@ -420,6 +431,29 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                           "--fork-server`, forks the local workers); each worker given here is exec'd, with\n"
                           "`worker --connect ...`",
                           program.name));
+    cl.mode_option = mode_option;
+    cl.worker_bin_option = worker_bin_option;
+}
+
+// What the run shows and writes: console output, reports, the journal, progress, logs, pictures
+// and the live view.
+void add_output_options(CLI::App& app, CommandLine& cl) {
+    RunConfig& config = cl.config;
+    std::string& output = cl.output;
+    std::string& progress = cl.progress;
+    bool& quiet = cl.quiet;
+    int& verbose = cl.verbose;
+    auto* output_option =
+        app.add_option(
+               "--output", output,
+               "command output on stdout: plain (the default with --command and --task command: the\n"
+               "commands' stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU parallel\n"
+               "prints them; failed tasks' result lines and the table go to stderr), group (the default otherwise: "
+               "each\n"
+               "task's stdout and stderr as one block under its result line, lines marked \"  | \" and \"  ! \"),\n"
+               "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
+            ->check(CLI::IsMember({"plain", "group", "tag", "none"}))
+            ->capture_default_str();
     app.add_option("--json", config.json_path,
                    "write the report as JSON to FILE when the run ends. For --json, --trace and --timeline:\n"
                    "- (or /dev/stdout) is stdout, and the result lines and table then go to stderr; a\n"
@@ -439,53 +473,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                    "for one task and mode is refused")
         ->check(kPath)
         ->type_name("FILE");
-    app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
-        ->check(seconds_between(0.001, 3600))
-        ->capture_default_str();
-    app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
-                   "a worker (or coordinator) silent this long is dead")
-        ->check(seconds_between(kMinHeartbeatTimeout, 86'400))
-        ->capture_default_str();
-    app.add_option("--start-timeout", config.start_timeout_s, "seconds to wait for every worker's HELLO")
-        ->check(seconds_between(0.1, 3600))
-        ->capture_default_str();
-    app.add_option("--task-timeout", config.task_timeout_s,
-                   "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
-                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit).\n"
-                   "A command gets SIGTERM, then SIGKILL after --set command_grace_s=S (2 s); a worker that\n"
-                   "has not stopped its task a second after that is killed, and with it its commands")
-        ->check(seconds_between(0, 31'536'000))
-        ->capture_default_str();
-    app.add_option("--max-attempts", config.max_attempts,
-                   "tries per task when its worker dies or goes silent under it; then the task fails")
-        ->check(CLI::Range(1, 100))
-        ->capture_default_str();
-    app.add_option("--max-respawns", config.max_respawns, "replacement workers to start, per mode, for ones that died")
-        ->check(CLI::Range(0, 100'000))
-        ->capture_default_str();
-    app.add_option("--max-tasks-per-worker", config.max_tasks_per_worker,
-                   "processes: a worker that has run N tasks exits and is replaced (recycled, not counted as\n"
-                   "a death or a task's attempt); 0: never. No effect on the coordinator's own threads")
-        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1'000'000'000}))
-        ->type_name("N")
-        ->capture_default_str();
-    std::string max_worker_memory = "0";
-    app.add_option("--max-worker-memory", max_worker_memory,
-                   "processes: a worker whose resident memory (as it reports it, in heartbeats and results)\n"
-                   "passes SIZE finishes its task, exits and is replaced; K, M, G are x1024; 0: no limit.\n"
-                   "A worker that starts above SIZE stops the run with exit 2")
-        ->check(size_validator(0))
-        ->type_name("SIZE")
-        ->capture_default_str();
-    app.add_option("--drain-timeout", config.drain_timeout_s,
-                   "after SIGTERM (or SIGHUP) no task starts and the running ones may finish for S seconds;\n"
-                   "then, or at a second SIGTERM more than 1 s after the first, or a SIGINT, they are cancelled")
-        ->check(seconds_between(0, 31'536'000))
-        ->type_name("S")
-        ->capture_default_str();
-    std::string progress = "auto";
-    bool quiet = false;
-    int verbose = 0;
     auto* progress_option =
         app.add_option("--progress", progress,
                        "progress on stderr: auto (a bar redrawn in place if stderr is a terminal, else a log line\n"
@@ -543,6 +530,65 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             },
             fmt::format("SECONDS in [{:g} - {:g}]", 0.0, 31'536'000.0)))
         ->needs(ui_option);
+    cl.output_option = output_option;
+    cl.progress_option = progress_option;
+}
+
+// How the run watches its workers and tasks: heartbeats, timeouts, attempts, recycling, drain.
+void add_health_options(CLI::App& app, CommandLine& cl) {
+    RunConfig& config = cl.config;
+    std::string& max_worker_memory = cl.max_worker_memory;
+    app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
+        ->check(seconds_between(0.001, 3600))
+        ->capture_default_str();
+    app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
+                   "a worker (or coordinator) silent this long is dead")
+        ->check(seconds_between(kMinHeartbeatTimeout, 86'400))
+        ->capture_default_str();
+    app.add_option("--start-timeout", config.start_timeout_s, "seconds to wait for every worker's HELLO")
+        ->check(seconds_between(0.1, 3600))
+        ->capture_default_str();
+    app.add_option("--task-timeout", config.task_timeout_s,
+                   "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
+                   "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit).\n"
+                   "A command gets SIGTERM, then SIGKILL after --set command_grace_s=S (2 s); a worker that\n"
+                   "has not stopped its task a second after that is killed, and with it its commands")
+        ->check(seconds_between(0, 31'536'000))
+        ->capture_default_str();
+    app.add_option("--max-attempts", config.max_attempts,
+                   "tries per task when its worker dies or goes silent under it; then the task fails")
+        ->check(CLI::Range(1, 100))
+        ->capture_default_str();
+    app.add_option("--max-respawns", config.max_respawns, "replacement workers to start, per mode, for ones that died")
+        ->check(CLI::Range(0, 100'000))
+        ->capture_default_str();
+    app.add_option("--max-tasks-per-worker", config.max_tasks_per_worker,
+                   "processes: a worker that has run N tasks exits and is replaced (recycled, not counted as\n"
+                   "a death or a task's attempt); 0: never. No effect on the coordinator's own threads")
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1'000'000'000}))
+        ->type_name("N")
+        ->capture_default_str();
+    app.add_option("--max-worker-memory", max_worker_memory,
+                   "processes: a worker whose resident memory (as it reports it, in heartbeats and results)\n"
+                   "passes SIZE finishes its task, exits and is replaced; K, M, G are x1024; 0: no limit.\n"
+                   "A worker that starts above SIZE stops the run with exit 2")
+        ->check(size_validator(0))
+        ->type_name("SIZE")
+        ->capture_default_str();
+    app.add_option("--drain-timeout", config.drain_timeout_s,
+                   "after SIGTERM (or SIGHUP) no task starts and the running ones may finish for S seconds;\n"
+                   "then, or at a second SIGTERM more than 1 s after the first, or a SIGINT, they are cancelled")
+        ->check(seconds_between(0, 31'536'000))
+        ->type_name("S")
+        ->capture_default_str();
+}
+
+// Workers on other machines: --listen and its keys, or a launcher (Slurm, mpirun) that starts them.
+void add_remote_options(CLI::App& app, CommandLine& cl) {
+    RunConfig& config = cl.config;
+    std::string& launch = cl.launch;
+    std::string& slurm_args = cl.slurm_args;
+    std::string& mpirun_args = cl.mpirun_args;
     auto* listen_option =
         app.add_option("--listen", config.listen,
                        "also accept workers started by hand on other machines (`worker --connect`) on this tcp\n"
@@ -580,7 +626,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "run with no worker left waits for one before the remaining tasks fail")
             ->check(seconds_between(0.1, 86'400))
             ->capture_default_str();
-    std::string launch = "local";
     auto* launch_option =
         app.add_option("--launch", launch,
                        "how the worker processes start: local (forked here), slurm (one `srun` job step of\n"
@@ -591,18 +636,30 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "processes mode runs. See docs/multihost.md")
             ->check(CLI::IsMember({"local", "slurm", "mpirun"}))
             ->capture_default_str();
-    std::string slurm_args;
     auto* slurm_args_option = app.add_option("--slurm-args", slurm_args,
                                              "with --launch slurm: more srun options, split as the shell would, e.g.\n"
                                              "--slurm-args '--partition=short --time=10'")
                                   ->type_name("'ARGS'");
-    std::string mpirun_args;
     auto* mpirun_args_option =
         app.add_option("--mpirun-args", mpirun_args,
                        "with --launch mpirun: more mpirun options, split as the shell would, e.g.\n"
                        "--mpirun-args '--hostfile hosts --map-by node'")
             ->type_name("'ARGS'");
-    KeygenConfig keygen;
+    cl.keys_option = keys_option;
+    cl.insecure_option = insecure_option;
+    cl.expect_option = expect_option;
+    cl.wait_option = wait_option;
+    cl.launch_option = launch_option;
+    cl.slurm_args_option = slurm_args_option;
+    cl.mpirun_args_option = mpirun_args_option;
+}
+
+// keygen, report and cancel.
+void add_subcommands(CLI::App& app, CommandLine& cl) {
+    KeygenConfig& keygen = cl.keygen;
+    ReportConfig& report = cl.report;
+    TaskId& report_task = cl.report_task;
+    CancelConfig& cancel = cl.cancel;
     auto* keygen_command =
         app.add_subcommand("keygen",
                            "write CurveZMQ key pairs for remote workers into DIR and exit: coordinator.secret,\n"
@@ -615,7 +672,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "Secret files get mode 0600; an existing key file is never overwritten (exit 2). Keep\n"
         "coordinator.secret on the coordinator's machine; copy worker.secret and coordinator.public to\n"
         "each worker machine. See docs/multihost.md.");
-    ReportConfig report;
     auto* report_command =
         app.add_subcommand("report",
                            "summarise a --results journal, finished or not, and exit: per mode, counts, failures by\n"
@@ -623,7 +679,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                            "cost, and what --resume would run (`coordinator report --help`)");
     report_command->add_option("JOURNAL", report.journal, "the journal (--results FILE); - reads standard input")
         ->required();
-    TaskId report_task = 0;
     auto* report_task_option = report_command
                                    ->add_option("--task", report_task,
                                                 "tell this task's whole story instead: every attempt, worker,\n"
@@ -639,7 +694,6 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "would cut it off). A line that is not a journal line exits 2 naming FILE:LINE. 'what --resume\n"
         "would run' comes from --resume's own reading of the journal; tasks of the plan that never\n"
         "reached it (ids past the last one it names) would run too. See docs/reliability.md.");
-    CancelConfig cancel;
     auto* cancel_command =
         app.add_subcommand("cancel",
                            "cancel tasks of a live run by id, without stopping the run: a running task is stopped and\n"
@@ -660,6 +714,13 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         "answers once it has applied the request, and a line per task says what it did. Exit status: 0 every\n"
         "task is cancelled, 1 some task is not (not in the plan, no mode running) or no answer within 5 s,\n"
         "2 no such run.");
+    cl.keygen_command = keygen_command;
+    cl.report_command = report_command;
+    cl.report_task_option = report_task_option;
+    cl.cancel_command = cancel_command;
+}
+
+void add_footer(CLI::App& app, const ProgramInfo& program) {
     app.footer(
         std::string(
             "The table: speedup = sequential wall_s / wall_s; efficiency = speedup / workers; cpu_s = user + system\n"
@@ -690,191 +751,203 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
             "          {0} --launch slurm --pin --task cpu --tasks 1000 --results run.jsonl",
             program.name, worker_command(program)));
+}
 
-    try {
-        app.parse(argc, argv);
-        config.fork_server = worker_bin_option->count() == 0;  // a binary of the user's own is exec'd (decision 102)
-        // --urls FILE is the tutorial's name for --task download --inputs FILE.
-        if (urls_option->count() > 0) {
-            if (task_option->count() > 0 && task != "download")
-                throw CLI::ValidationError("--urls",
-                                           fmt::format("downloads URLs, but --task {} asks for other tasks", task));
-            if (!registry.find("download"))
-                throw CLI::ValidationError("--urls", fmt::format("{} has no download task type", program.name));
-            task = "download";
-            config.inputs_path = config.urls_path;
-            config.inputs_flag = "--urls";
-        }
-        if (command_option->count() > 0) {
-            if (!registry.find("command"))
-                throw CLI::ValidationError("--command", fmt::format("{} has no command task type", program.name));
-            if (config.inputs_path.empty())
-                throw CLI::ValidationError("--command",
-                                           "needs --inputs FILE (or --inputs - for standard input): the "
-                                           "template runs once per line");
-            if (config.command.empty()) throw CLI::ValidationError("--command", "the template is empty");
-            task = "command";
-        }
-        if (*parse_size(max_output) > kMaxCommandOutput)
-            throw CLI::ValidationError("--max-output",
-                                       fmt::format("'{}' is over {}K: a task's stdout and stderr must fit "
-                                                   "in one message of the protocol",
-                                                   max_output, kMaxCommandOutput / 1024));
-        for (const TypeFlag& flag : type_flags) {  // given or not: its default is its setting
-            try {
-                config.settings[flag.declared.key] = flag.declared.read(*flag.value);
-            } catch (const std::invalid_argument& e) {  // a given value failed the validator already
-                throw CLI::ValidationError(flag.option->get_name(), fmt::format("default {}", e.what()));
-            }
-        }
-        for (const std::string& setting : settings) {
-            const auto equals = setting.find('=');
-            for (const auto& [key, flag] : kFlagSettings)
-                if (setting.substr(0, equals) == key)
-                    throw CLI::ValidationError("--set",
-                                               fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead",
-                                                           printable(setting), key, flag, flag));
-            for (const TypeFlag& flag : type_flags)
-                if (setting.substr(0, equals) == flag.declared.key)
-                    throw CLI::ValidationError(
-                        "--set",
-                        fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead", printable(setting),
-                                    flag.declared.key, flag.option->get_name(), flag.option->get_name()));
-            const std::string value = setting.substr(equals + 1);
-            Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
-            if (parsed.is_discarded()) parsed = Json(value);
-            // The coordinator waits out this grace too (Schedule's overrun), so it must be one.
-            if (setting.substr(0, equals) == "command_grace_s")
-                if (const std::string why = command_groups::check_grace(parsed); !why.empty())
-                    throw CLI::ValidationError("--set",
-                                               fmt::format("'{}': command_grace_s {}", printable(setting), why));
-            config.settings[setting.substr(0, equals)] = std::move(parsed);
-        }
-        if (keygen_command->parsed()) return keygen;
-        if (report_command->parsed()) {
-            if (report_task_option->count() > 0) report.task = report_task;
-            return report;
-        }
-        if (cancel_command->parsed()) return cancel;
-        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s);
-            !why.empty())
-            throw CLI::ValidationError("--heartbeat-interval", why);
-        for (auto name = modes.begin(); name != modes.end(); ++name)
-            if (std::find(modes.begin(), name, *name) != name || (*name == "all" && modes.size() > 1))
-                throw CLI::ValidationError(
-                    "--mode", fmt::format("'{}' names a mode twice (all is every mode): each mode runs once per run",
-                                          fmt::join(modes, ",")));
-        const bool processes =
-            !config.listen.empty() || std::find_if(modes.begin(), modes.end(), [](const std::string& name) {
-                                          return name == "processes" || name == "all";
-                                      }) != modes.end();
-        if (std::error_code ec; processes && std::filesystem::temp_directory_path(ec).empty()) {
-            // The processes mode makes its socket directory there (libstdc++ also reads TMP, TEMP, TEMPDIR).
-            const char* tmpdir = std::getenv("TMPDIR");
-            throw CLI::ValidationError("TMPDIR", fmt::format("cannot use TMPDIR '{}': {}",
-                                                             printable(tmpdir ? tmpdir : "", 200), ec.message()));
-        }
-        const bool stepped = launch == "slurm" || launch == "mpirun";
-        if (wait_option->count() > 0 && config.listen.empty() && !stepped)
-            throw CLI::ValidationError("--wait-workers",
-                                       "is for remote workers: it needs --listen or --launch slurm|mpirun");
-        if (slurm_args_option->count() > 0 && launch != "slurm")
-            throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
-        if (mpirun_args_option->count() > 0 && launch != "mpirun")
-            throw CLI::ValidationError("--mpirun-args", "goes to mpirun: it needs --launch mpirun");
-        if (launch_option->count() > 0 && stepped) {
-            const StepLauncher launcher = launch == "slurm" ? StepLauncher::Slurm : StepLauncher::Mpirun;
-            // The workers are remote workers that this coordinator starts, with keys of the run's own.
-            for (const CLI::Option* option : {keys_option, insecure_option, expect_option})
-                if (option->count() > 0)
-                    throw CLI::ValidationError(option->get_name(),
-                                               fmt::format("cannot go with --launch {}, which makes keys for the run "
-                                                           "and waits for the --workers it starts",
-                                                           launch));
-            if (launcher == StepLauncher::Slurm && workers_option->count() == 0) {
-                const char* ntasks = std::getenv("SLURM_NTASKS");
-                int value = 0;
-                const std::string_view text = ntasks ? ntasks : "";
-                const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-                if (!ntasks || ec != std::errc{} || end != text.data() + text.size() || value < 1)
-                    throw CLI::ValidationError(
-                        "--workers", fmt::format("--launch slurm starts --workers N workers, by default $SLURM_NTASKS, "
-                                                 "which is {}: give --workers N outside an allocation",
-                                                 ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
-                config.workers = value;
-            }
-            if (launcher == StepLauncher::Mpirun && workers_option->count() == 0)
-                throw CLI::ValidationError("--workers",
-                                           "--launch mpirun starts --workers N workers: give --workers N (the slots "
-                                           "of the job, e.g. $NSLOTS, $PBS_NP)");
-            if (config.workers < 1)
-                throw CLI::ValidationError("--workers", fmt::format("--launch {} needs at least 1 worker", launch));
-            const std::string& args_text = launcher == StepLauncher::Slurm ? slurm_args : mpirun_args;
-            StepConfig step{.launcher = launcher, .tasks = config.workers, .pin = pin || !cpus.empty()};
-            try {
-                step.args = split_launcher_args(args_text);
-            } catch (const std::invalid_argument& e) {
-                throw CLI::ValidationError(launcher == StepLauncher::Slurm ? "--slurm-args" : "--mpirun-args",
-                                           fmt::format("cannot split '{}': {}", printable(args_text), e.what()));
-            }
-            for (const std::string& name : modes)
-                if (name != "processes" && mode_option->count() > 0)
-                    throw CLI::ValidationError(
-                        "--mode", fmt::format("'{}' cannot run with --launch {}: its workers are worker processes, "
-                                              "so only the processes mode runs",
-                                              name, launch));
-            modes = {"processes"};
-            if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
-            config.expect_workers = config.workers;
-            config.step = std::move(step);
-            config.workers = 0;
-        } else if (!config.listen.empty()) {
-            for (const std::string& name : modes)
-                if (name != "processes" && mode_option->count() > 0)
-                    throw CLI::ValidationError(
-                        "--mode", fmt::format("'{}' cannot run with --listen: remote workers are worker processes, "
-                                              "so only the processes mode runs; compare the modes without --listen",
-                                              name));
-            modes = {"processes"};
-            const auto endpoint = *curve::parse_tcp_endpoint(config.listen, /*wildcard_port=*/true);
-            // Loopback too: any user of this machine can connect to a port on it.
-            if (config.keys_dir.empty() && !config.insecure)
-                throw CLI::ValidationError(
-                    "--listen", fmt::format("'{}' without --keys would hand tasks and results, unencrypted, to any "
-                                            "peer that connects (on loopback, any user of this machine): give --keys "
-                                            "DIR (see `coordinator keygen --help`), or --insecure where you trust them",
-                                            config.listen));
-        }
-        if (config.workers == 0 && config.listen.empty())
-            throw CLI::ValidationError("--workers",
-                                       "0 starts no worker; 0 local workers needs --listen and remote "
-                                       "workers");
-        if (config.workers == 0 && config.expect_workers == 0)
+// The one validation step: what CLI11 cannot check alone (flags that go together, values that
+// depend on others, the environment) throws CLI::ValidationError naming the flag; then the
+// text of the flags becomes the configuration, decided: nothing changes it after this.
+ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
+    RunConfig& config = cl.config;
+    const Registry& registry = program.registry;
+    std::string& task = cl.task;
+    std::vector<std::string>& modes = cl.modes;
+    std::string& cpus = cl.cpus;
+    bool& pin = cl.pin;
+    std::vector<std::string>& settings = cl.settings;
+    std::vector<TypeFlag>& type_flags = cl.type_flags;
+    std::string& output = cl.output;
+    std::string& prefetch = cl.prefetch;
+    std::string& max_worker_memory = cl.max_worker_memory;
+    std::string& progress = cl.progress;
+    bool& quiet = cl.quiet;
+    int& verbose = cl.verbose;
+    std::string& launch = cl.launch;
+    std::string& slurm_args = cl.slurm_args;
+    std::string& mpirun_args = cl.mpirun_args;
+    KeygenConfig& keygen = cl.keygen;
+    ReportConfig& report = cl.report;
+    TaskId& report_task = cl.report_task;
+    CancelConfig& cancel = cl.cancel;
+    config.fork_server = cl.worker_bin_option->count() == 0;  // a binary of the user's own is exec'd (decision 102)
+    // A type's flag that picks the tasks (--urls FILE: --task download --inputs FILE;
+    // --command TEMPLATE: a command per --inputs line) is --task of its type.
+    for (const TypeFlag& flag : type_flags) {
+        if (flag.declared.picks == Flag::Picks::Nothing || flag.option->count() == 0) continue;
+        const std::string name = flag.option->get_name();
+        if (cl.task_option->count() > 0 && task != flag.type)
             throw CLI::ValidationError(
-                "--expect-workers", fmt::format("--workers 0 starts no local worker: give --expect-workers M (M >= 1), "
-                                                "the remote workers to wait for; got {}",
-                                                expect_option->count() > 0 ? "0" : "none"));
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e) == 0 ? ExitCode::Ok : ExitCode::Usage;
+                name, fmt::format("makes {} tasks, but --task {} asks for other tasks", flag.type, task));
+        task = flag.type;
+        if (flag.declared.picks == Flag::Picks::InputsFile) {
+            config.inputs_path = *flag.value;
+            config.inputs_flag = name;
+        } else if (config.inputs_path.empty()) {
+            throw CLI::ValidationError(name, fmt::format("needs --inputs FILE (or --inputs - for standard input): a "
+                                                         "{} task runs per line",
+                                                         flag.type));
+        }
     }
+    for (const TypeFlag& flag : type_flags) {  // given or not: its default is its setting
+        const bool picks = flag.declared.picks != Flag::Picks::Nothing;
+        if (flag.declared.key.empty() || (picks && flag.option->count() == 0)) continue;  // only when given
+        try {
+            config.settings[flag.declared.key] = flag.declared.read(*flag.value);
+        } catch (const std::invalid_argument& e) {  // a given value failed the validator already
+            throw CLI::ValidationError(flag.option->get_name(), fmt::format("default {}", e.what()));
+        }
+    }
+    for (const std::string& setting : settings) {
+        const auto equals = setting.find('=');
+        for (const auto& [key, flag] : kFlagSettings)
+            if (setting.substr(0, equals) == key)
+                throw CLI::ValidationError(
+                    "--set", fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead", printable(setting),
+                                         key, flag, flag));
+        for (const TypeFlag& flag : type_flags)
+            if (!flag.declared.key.empty() && setting.substr(0, equals) == flag.declared.key)
+                throw CLI::ValidationError(
+                    "--set", fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead", printable(setting),
+                                         flag.declared.key, flag.option->get_name(), flag.option->get_name()));
+        const std::string value = setting.substr(equals + 1);
+        Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
+        if (parsed.is_discarded()) parsed = Json(value);
+        // The coordinator waits out this grace too (Schedule's overrun), so it must be one.
+        if (setting.substr(0, equals) == "command_grace_s")
+            if (const std::string why = command_groups::check_grace(parsed); !why.empty())
+                throw CLI::ValidationError("--set", fmt::format("'{}': command_grace_s {}", printable(setting), why));
+        config.settings[setting.substr(0, equals)] = std::move(parsed);
+    }
+    if (cl.keygen_command->parsed()) return keygen;
+    if (cl.report_command->parsed()) {
+        if (cl.report_task_option->count() > 0) report.task = report_task;
+        return report;
+    }
+    if (cl.cancel_command->parsed()) return cancel;
+    if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
+        throw CLI::ValidationError("--heartbeat-interval", why);
+    for (auto name = modes.begin(); name != modes.end(); ++name)
+        if (std::find(modes.begin(), name, *name) != name || (*name == "all" && modes.size() > 1))
+            throw CLI::ValidationError(
+                "--mode", fmt::format("'{}' names a mode twice (all is every mode): each mode runs once per run",
+                                      fmt::join(modes, ",")));
+    const bool processes =
+        !config.listen.empty() || std::find_if(modes.begin(), modes.end(), [](const std::string& name) {
+                                      return name == "processes" || name == "all";
+                                  }) != modes.end();
+    if (std::error_code ec; processes && std::filesystem::temp_directory_path(ec).empty()) {
+        // The processes mode makes its socket directory there (libstdc++ also reads TMP, TEMP, TEMPDIR).
+        const char* tmpdir = std::getenv("TMPDIR");
+        throw CLI::ValidationError(
+            "TMPDIR", fmt::format("cannot use TMPDIR '{}': {}", printable(tmpdir ? tmpdir : "", 200), ec.message()));
+    }
+    const bool stepped = launch == "slurm" || launch == "mpirun";
+    if (cl.wait_option->count() > 0 && config.listen.empty() && !stepped)
+        throw CLI::ValidationError("--wait-workers",
+                                   "is for remote workers: it needs --listen or --launch slurm|mpirun");
+    if (cl.slurm_args_option->count() > 0 && launch != "slurm")
+        throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
+    if (cl.mpirun_args_option->count() > 0 && launch != "mpirun")
+        throw CLI::ValidationError("--mpirun-args", "goes to mpirun: it needs --launch mpirun");
+    if (cl.launch_option->count() > 0 && stepped) {
+        const StepLauncher launcher = launch == "slurm" ? StepLauncher::Slurm : StepLauncher::Mpirun;
+        // The workers are remote workers that this coordinator starts, with keys of the run's own.
+        for (const CLI::Option* option : {cl.keys_option, cl.insecure_option, cl.expect_option})
+            if (option->count() > 0)
+                throw CLI::ValidationError(option->get_name(),
+                                           fmt::format("cannot go with --launch {}, which makes keys for the run "
+                                                       "and waits for the --workers it starts",
+                                                       launch));
+        if (launcher == StepLauncher::Slurm && cl.workers_option->count() == 0) {
+            const char* ntasks = std::getenv("SLURM_NTASKS");
+            int value = 0;
+            const std::string_view text = ntasks ? ntasks : "";
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+            if (!ntasks || ec != std::errc{} || end != text.data() + text.size() || value < 1)
+                throw CLI::ValidationError(
+                    "--workers", fmt::format("--launch slurm starts --workers N workers, by default $SLURM_NTASKS, "
+                                             "which is {}: give --workers N outside an allocation",
+                                             ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
+            config.workers = value;
+        }
+        if (launcher == StepLauncher::Mpirun && cl.workers_option->count() == 0)
+            throw CLI::ValidationError("--workers",
+                                       "--launch mpirun starts --workers N workers: give --workers N (the slots "
+                                       "of the job, e.g. $NSLOTS, $PBS_NP)");
+        if (config.workers < 1)
+            throw CLI::ValidationError("--workers", fmt::format("--launch {} needs at least 1 worker", launch));
+        const std::string& args_text = launcher == StepLauncher::Slurm ? slurm_args : mpirun_args;
+        StepConfig step{.launcher = launcher, .tasks = config.workers, .pin = pin || !cpus.empty()};
+        try {
+            step.args = split_launcher_args(args_text);
+        } catch (const std::invalid_argument& e) {
+            throw CLI::ValidationError(launcher == StepLauncher::Slurm ? "--slurm-args" : "--mpirun-args",
+                                       fmt::format("cannot split '{}': {}", printable(args_text), e.what()));
+        }
+        for (const std::string& name : modes)
+            if (name != "processes" && cl.mode_option->count() > 0)
+                throw CLI::ValidationError(
+                    "--mode", fmt::format("'{}' cannot run with --launch {}: its workers are worker processes, "
+                                          "so only the processes mode runs",
+                                          name, launch));
+        modes = {"processes"};
+        if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+        config.expect_workers = config.workers;
+        config.step = std::move(step);
+        config.workers = 0;
+    } else if (!config.listen.empty()) {
+        for (const std::string& name : modes)
+            if (name != "processes" && cl.mode_option->count() > 0)
+                throw CLI::ValidationError(
+                    "--mode", fmt::format("'{}' cannot run with --listen: remote workers are worker processes, "
+                                          "so only the processes mode runs; compare the modes without --listen",
+                                          name));
+        modes = {"processes"};
+        const auto endpoint = *curve::parse_tcp_endpoint(config.listen, /*wildcard_port=*/true);
+        // Loopback too: any user of this machine can connect to a port on it.
+        if (config.keys_dir.empty() && !config.insecure)
+            throw CLI::ValidationError(
+                "--listen", fmt::format("'{}' without --keys would hand tasks and results, unencrypted, to any "
+                                        "peer that connects (on loopback, any user of this machine): give --keys "
+                                        "DIR (see `coordinator keygen --help`), or --insecure where you trust them",
+                                        config.listen));
+    }
+    if (config.workers == 0 && config.listen.empty())
+        throw CLI::ValidationError("--workers",
+                                   "0 starts no worker; 0 local workers needs --listen and remote "
+                                   "workers");
+    if (config.workers == 0 && config.expect_workers == 0)
+        throw CLI::ValidationError("--expect-workers",
+                                   fmt::format("--workers 0 starts no local worker: give --expect-workers M (M >= 1), "
+                                               "the remote workers to wait for; got {}",
+                                               cl.expect_option->count() > 0 ? "0" : "none"));
 
-    for (const auto& [option, key] : setting_flags)
+    for (const auto& [option, key] : cl.setting_flags)
         if (option->count() > 0) config.given_settings.emplace_back(option->get_name(), key);
     for (const TypeFlag& flag : type_flags)
-        if (flag.option->count() > 0) config.given_settings.emplace_back(flag.option->get_name(), flag.declared.key);
+        if (flag.option->count() > 0 && !flag.declared.key.empty())
+            config.given_settings.emplace_back(flag.option->get_name(), flag.declared.key);
     config.task = task;
-    if (tasks_option->count() == 0)
+    if (cl.tasks_option->count() == 0)
         if (const std::uint64_t count = registry.at(task).default_count(); count > 0)
             config.tasks = static_cast<int>(count);
-    config.max_output = *parse_size(max_output);
     config.max_worker_memory = *parse_size(max_worker_memory);
-    if (retries_option->count() > 0) config.task_retries = config.retries;
+    if (cl.retries_option->count() > 0) config.task_retries = config.retries;
     config.output = output == "tag"     ? OutputBlocks::Tag
                     : output == "none"  ? OutputBlocks::None
                     : output == "plain" ? OutputBlocks::Plain
                                         : OutputBlocks::Group;
-    if (output_option->count() == 0 && task == "command") config.output = OutputBlocks::Plain;
-    config.modes_given = mode_option->count() > 0;
+    if (cl.output_option->count() == 0 && task == "command") config.output = OutputBlocks::Plain;
+    config.modes_given = cl.mode_option->count() > 0;
     config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
     if (!cpus.empty())
         config.pin_cpus = parse_cpu_list(cpus);
@@ -893,10 +966,43 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                             : ProgressMode::Auto;
     if (quiet) {
         config.log_level = "warn";
-        if (progress_option->count() == 0) config.progress = ProgressMode::Never;
+        if (cl.progress_option->count() == 0) config.progress = ProgressMode::Never;
     }
     if (verbose > 0) config.log_level = verbose > 1 ? "trace" : "debug";
     return config;
+}
+
+}  // namespace
+
+ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* argv) {
+    if (argc > 1 && std::string_view(argv[1]) == "parallel") return parse_parallel(program, argc - 1, argv + 1);
+    CommandLine cl;
+    RunConfig& config = cl.config;
+    config.worker_bin = program.worker.path;
+    config.worker_prefix = program.worker.prefix;
+    config.worker_command = worker_command(program);
+    config.workers = available_cpus();
+    config.command_line.assign(argv, argv + argc);
+    cl.task = program.default_task;
+    CLI::App app{
+        fmt::format("{}: runs one plan of tasks sequentially, on a pool of threads and on a pool of worker processes,\n"
+                    "prints each result as it completes, then compares the modes' wall times. Task types: {}.\n",
+                    program.name, program.registry.names_text())};
+    app.set_version_flag("--version", fmt::format("{} (taskfarm {})", program.name, version()));
+    app.get_formatter()->column_width(34);
+    add_task_options(app, cl, program);
+    add_mode_options(app, cl, program);
+    add_output_options(app, cl);
+    add_health_options(app, cl);
+    add_remote_options(app, cl);
+    add_subcommands(app, cl);
+    add_footer(app, program);
+    try {
+        app.parse(argc, argv);
+        return decide(cl, program);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? ExitCode::Ok : ExitCode::Usage;
+    }
 }
 
 }  // namespace taskfarm

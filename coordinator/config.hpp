@@ -24,25 +24,25 @@ struct RunConfig {
     std::string task = "sleep";  // --task: a registered type's name
     int tasks = 10;
     std::filesystem::path plan_path;  // --plan: tasks from this JSON Lines file instead
-    // download: --urls FILE, one URL per line; empty: the built-in server's synthetic images.
-    std::filesystem::path urls_path;
-    // --inputs FILE (or --urls, which is --task download --inputs FILE): a task per line.
+    // --inputs FILE, or a type's flag that is it (Flag::Picks::InputsFile: --urls, which is
+    // --task download --inputs FILE): a task per line.
     std::filesystem::path inputs_path;
     std::string inputs_flag = "--inputs";  // which flag gave inputs_path, for messages
     // The types' own flags (TaskType::flags(), given or their defaults: "duration_s", "cpu_n",
-    // "max_bytes", a user's) and --set KEY=VALUE; the coordinator's flags join them in settings_json().
+    // "max_bytes", "max_output", "command" when given, a user's) and --set KEY=VALUE; the
+    // coordinator's flags join them in settings_json().
     Json settings = Json::object();
     // The flags given on the command line that become settings, with the setting each becomes
     // ({"--retries", "retries"}; "--out-dir" is "out_dir"): one that no type of the plan reads
     // is warned about before the run, which still runs.
     std::vector<std::pair<std::string, std::string>> given_settings;
     std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
-    std::uint32_t retries = 2;  // --retries, the setting "retries": download's tries after a transient failure
+    // --retries, the setting "retries" (an engine-wide flag): the default is download's tries
+    // after a transient failure, which that type reads instead of the engine's reruns.
+    std::uint32_t retries = 2;
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
     bool modes_given = false;                   // --mode was given: a plan with side effects keeps these modes
-    std::string command;                        // --command TEMPLATE, for each line of --inputs (the setting "command")
-    std::uint64_t max_output = 256 * 1024;      // command: bytes of stdout and of stderr kept per task
     OutputBlocks output = OutputBlocks::Group;  // --output: command output on the console
     int prefetch = 0;                           // tasks a worker may hold at once; 0: auto (see DispatchOptions)
     // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.

@@ -42,46 +42,58 @@
 namespace taskfarm {
 namespace {
 
-void check_config(RunConfig& config) {
+bool runs_processes(const RunConfig& config) {
+    return std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
+}
+
+// The keys of --keys and --authorized, read for a run with worker processes; none without
+// --keys. The modes may be narrowed later (choose_modes), never to add processes.
+std::optional<curve::ServerKeys> read_keys(const RunConfig& config) {
+    if (!runs_processes(config) || config.keys_dir.empty()) return std::nullopt;
+    if (!curve::available())
+        throw ConfigError(
+            "--keys: this libzmq was built without CURVE support (libsodium), so it cannot encrypt; "
+            "install a libzmq with CURVE (Debian's libzmq5 has it)");
+    std::optional<curve::ServerKeys> keys;
+    try {
+        keys = curve::read_server_keys(config.keys_dir);
+    } catch (const std::runtime_error& e) {
+        throw ConfigError(fmt::format("--keys: {}", e.what()));
+    }
+    if (!config.authorized_dir.empty()) {
+        try {
+            for (auto& key : curve::read_authorised_keys(config.authorized_dir))
+                keys->workers.push_back(std::move(key));
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--authorized: {}", e.what()));
+        }
+    }
+    if (keys->workers.empty())
+        throw ConfigError(
+            fmt::format("--keys: no worker key is authorised: '{}' has no worker.public and no "
+                        "--authorized DIR was given",
+                        config.keys_dir.string()));
+    return keys;
+}
+
+void check_worker_bin(const RunConfig& config) {
+    if (runs_processes(config) && ::access(config.worker_bin.c_str(), X_OK) != 0)
+        throw ConfigError(
+            fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
+}
+
+// What the run will do that the user may not expect, said once the modes are decided.
+void warn_config(const RunConfig& config) {
     const bool pool =
         std::any_of(config.modes.begin(), config.modes.end(), [](Mode m) { return m != Mode::Sequential; });
     if (pool && !config.pin_cpus.empty() && std::cmp_greater(config.workers, config.pin_cpus.size()))
         spdlog::warn("{} workers on {} CPU(s) ({}): pinning round-robin, so some share a CPU", config.workers,
                      config.pin_cpus.size(), format_cpu_list(config.pin_cpus));
-    const bool processes = std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
     if ((config.max_tasks_per_worker > 0 || config.max_worker_memory > 0) &&
         std::any_of(config.modes.begin(), config.modes.end(), [](Mode m) { return m != Mode::Processes; }))
         spdlog::warn(
             "--max-tasks-per-worker and --max-worker-memory recycle worker processes: in the sequential and "
             "threads modes, whose tasks run in the coordinator's own threads, they do nothing");
-    if (!processes) return;
-    if (!config.keys_dir.empty()) {
-        if (!curve::available())
-            throw ConfigError(
-                "--keys: this libzmq was built without CURVE support (libsodium), so it cannot encrypt; "
-                "install a libzmq with CURVE (Debian's libzmq5 has it)");
-        try {
-            config.server_keys = curve::read_server_keys(config.keys_dir);
-        } catch (const std::runtime_error& e) {
-            throw ConfigError(fmt::format("--keys: {}", e.what()));
-        }
-        if (!config.authorized_dir.empty()) {
-            try {
-                for (auto& key : curve::read_authorised_keys(config.authorized_dir))
-                    config.server_keys->workers.push_back(std::move(key));
-            } catch (const std::runtime_error& e) {
-                throw ConfigError(fmt::format("--authorized: {}", e.what()));
-            }
-        }
-        if (config.server_keys->workers.empty())
-            throw ConfigError(
-                fmt::format("--keys: no worker key is authorised: '{}' has no worker.public and no "
-                            "--authorized DIR was given",
-                            config.keys_dir.string()));
-    }
-    if (::access(config.worker_bin.c_str(), X_OK) != 0)
-        throw ConfigError(
-            fmt::format("--worker-bin: cannot run '{}': {}", config.worker_bin.string(), std::strerror(errno)));
 }
 
 // A bad report path, or a file given twice, fails before the run, not after it.
@@ -184,25 +196,26 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
 // a user's work (a program's own types, --command) runs once, in processes, so that its
 // journal, table and report hold one mode. With --mode given, a type whose tasks have side
 // effects gets a warning when several modes will each run every task.
-void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types, const Registry& registry) {
+std::vector<Mode> choose_modes(const RunConfig& config, const std::vector<const TaskType*>& types,
+                               const Registry& registry) {
     if (!config.modes_given) {
         const bool demo = std::all_of(types.begin(), types.end(), [&](const TaskType* type) {
             return registry.builtin(type) && !type->side_effects();
         });
-        if (!demo) config.modes = {Mode::Processes};
-        return;
+        return demo ? config.modes : std::vector<Mode>{Mode::Processes};
     }
     const auto acting =
         std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
     if (acting != types.end() && config.modes.size() > 1)
         spdlog::warn("--mode: each of the {} modes runs every {} task again, side effects and all", config.modes.size(),
                      (*acting)->name());
+    return config.modes;
 }
 
 // What of the run's settings changes what its tasks produce (decision 128): every --set KEY
 // (the run cannot tell what a type does with it) and each flag of a plan's type declared
-// changes_results, but for a generated_only one (what it changes is in the tasks' params,
-// which --resume checks already). The journal records them when there are any (a journal
+// changes_results, but for a generated_only one or one that picks the tasks (what it changes
+// is in the tasks' params, which --resume checks already). The journal records them when there are any (a journal
 // without them was written with none); --resume refuses a journal written under others.
 Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types) {
     std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
@@ -217,7 +230,8 @@ Json result_settings(const RunConfig& config, const Registry& registry, const st
         if (!declared.contains(key)) identity[key] = value;
     for (const TaskType* type : types)
         for (const Flag& flag : type->flags())
-            if (flag.changes_results && !flag.generated_only && config.settings.contains(flag.key))
+            if (flag.changes_results && !flag.generated_only && flag.picks == Flag::Picks::Nothing &&
+                config.settings.contains(flag.key))
                 identity[flag.key] = config.settings[flag.key];
     return identity;
 }
@@ -325,7 +339,6 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"prefetch", config.prefetch > 0 ? nlohmann::json(config.prefetch) : nlohmann::json("auto")},
         {"max_in_flight", config.prefetch > 0 ? static_cast<std::size_t>(config.prefetch) : kMaxWindow},
         {"pin_cpus", config.pin_cpus},
-        {"urls", config.urls_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.urls_path.string())},
         {"inputs", config.inputs_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.inputs_path.string())},
         {"settings", config.settings},
         {"out_dir", config.out_dir.string()},
@@ -431,119 +444,248 @@ void linger(const LiveView& live, double linger_s, SignalWatcher& signals) {
         never.wait_for(lock, stop, std::chrono::duration<double>(linger_s), [] { return false; });
 }
 
-ExitCode run(const ProgramInfo& program, RunConfig config) {
+// The run decided (decision 163): the command line's configuration, checked, with what only
+// the plan tells (the modes without --mode, decision 127) and what the files say (the keys);
+// the plan, and the settings every task sees. Nothing changes the configuration after this.
+struct DecidedRun {
+    RunConfig config;
+    Plan plan;
+    Json settings;
+    std::unique_ptr<ParallelOutput> plain_output;  // --output plain's, with its spill directory; null: not plain
+};
+
+DecidedRun decide_run(const ProgramInfo& program, RunConfig config) {
     if (!config.log_level.empty()) set_log_level(config.log_level);
-    check_config(config);
+    config.server_keys = read_keys(config);
+    check_worker_bin(config);
     check_files(config);
-    // What runs of ours that were killed (SIGKILL) left in $TMPDIR: their pids are gone.
-    if (const std::size_t swept = sweep_stale_temp_dirs(); swept > 0)
-        spdlog::info("removed {} temporary director{} left by killed runs", swept, swept == 1 ? "y" : "ies");
     // A type's services (the built-in image server) bind now; their threads start after the
     // SignalWatcher, like every thread.
     Json settings = settings_json(config);
     // --output plain with local workers: a command's stream longer than a result holds comes
     // whole through a file of this directory, as with `coordinator parallel`.
-    const bool plain = config.output == OutputBlocks::Plain && !config.parallel;
-    ParallelOutput plain_output;
-    if (plain && config.listen.empty() && !config.step) {
+    std::unique_ptr<ParallelOutput> plain_output;
+    if (config.output == OutputBlocks::Plain && !config.parallel) plain_output = std::make_unique<ParallelOutput>();
+    if (plain_output && config.listen.empty() && !config.step) {
         std::error_code ec;
         const std::filesystem::path base = std::filesystem::temp_directory_path(ec);
         try {
-            plain_output.spool_dir = make_temp_dir(ec ? std::filesystem::path("/tmp") : base, "plain");
-            settings["spill_dir"] = plain_output.spool_dir.string();
+            plain_output->spool_dir = make_temp_dir(ec ? std::filesystem::path("/tmp") : base, "plain");
+            settings["spill_dir"] = plain_output->spool_dir.string();
         } catch (const std::system_error& e) {
             spdlog::warn("no temporary directory ({}): a command's output over --max-output is cut", e.what());
         }
     }
     Plan plan = make_plan(config, program.registry, settings);
-    const std::vector<const TaskType*>& types = plan.types;
-    warn_unread_settings(config, types);
-    choose_modes(config, types, program.registry);
-    // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
-    std::optional<ForkServer> fork_server;
-    if (kForkServerUsable && config.fork_server && config.workers > 0 && !config.step &&
-        std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end()) {
+    warn_unread_settings(config, plan.types);
+    config.modes = choose_modes(config, plan.types, program.registry);
+    warn_config(config);
+    return {std::move(config), std::move(plan), std::move(settings), std::move(plain_output)};
+}
+
+// The journal the run appends to: --resume's, else --results' (check_files: the same file
+// when both); empty: none.
+const std::filesystem::path& journal_path(const RunConfig& config) {
+    return config.resume_path.empty() ? config.results_path : config.resume_path;
+}
+
+// Forks the local workers when processes mode runs them, started while this process has no
+// thread and no ZeroMQ context: it forks from a copy of us. Null: they are exec'd.
+std::unique_ptr<ForkServer> start_fork_server(const RunConfig& config, const std::vector<const TaskType*>& types) {
+    if (!kForkServerUsable || !config.fork_server || config.workers == 0 || config.step || !runs_processes(config))
+        return nullptr;
+    try {
+        std::vector<std::string> preload;  // the plan's types only: libcurl in every fork made each one dearer
+        for (const TaskType* type : types) preload.push_back(type->name());
+        return std::make_unique<ForkServer>(config.worker_bin, config.worker_prefix, config.log_level, preload);
+    } catch (const std::exception& e) {  // the workers are exec'd then, as with --worker-bin
+        spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
+        return nullptr;
+    }
+}
+
+// Standard input can be read once: kept in a private temporary file for the modes after the
+// first, and read whole before the run for --resume, which checks the journal against the
+// whole plan (disk, not memory, either way).
+void keep_stdin(const RunConfig& config, Plan& plan) {
+    if (!plan.stdin_spool) return;
+    if (!config.resume_path.empty()) {
+        plan.stdin_spool->read_all();
+        count_tasks(plan);
+    } else if (config.modes.size() > 1) {
+        plan.stdin_spool->keep();
+    }
+}
+
+// Locked before --resume reads (and may repair) the journal, so that no other run appends to
+// it between the reading and the writing.
+std::unique_ptr<JournalSink> open_journal(const RunConfig& config) {
+    if (journal_path(config).empty()) return nullptr;
+    try {
+        return std::make_unique<JournalSink>(journal_path(config), /*create=*/config.resume_path.empty());
+    } catch (const ConfigError& e) {
+        throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
+    }
+}
+
+// --resume: the tasks the journal has as ok, per mode, after checking that it was written
+// under the same settings; the journal notes this run's settings when there are any.
+Done resume_from_journal(const RunConfig& config, const Registry& registry, const Plan& plan, JournalSink* journal) {
+    const Json identity = result_settings(config, registry, plan.types);
+    if (!config.resume_path.empty()) check_resume_settings(config.resume_path, identity, registry);
+    Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
+    if (journal && !identity.empty()) journal->note_settings(std::string(to_string(config.modes.front())), identity);
+    if (!config.resume_path.empty() && std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) {
+            const auto found = done.find(std::string(to_string(m)));
+            return (found == done.end() ? 0 : found->second.size()) == plan.count;
+        }))
+        fmt::print(stderr, "nothing to do: all {} tasks are ok in '{}'\n", *plan.count,
+                   printable(config.resume_path.string()));
+    return done;
+}
+
+// The console's sinks, added to the run's: the result lines (or `coordinator parallel`'s and
+// --output plain's GNU parallel output) behind the progress bar.
+struct Console {
+    std::FILE* results_out = stdout;  // the result lines and the table
+    ConsoleSink* lines = nullptr;
+    ParallelSink* parallel = nullptr;
+    ProgressSink* progress = nullptr;
+    bool plain = false;  // --output plain: `parallel` shows the commands' own output
+};
+
+// `plain_output`: --output plain's (null: not plain).
+Console add_console(const RunConfig& config, const ParallelOutput* plain_output, FanOutSink& sinks) {
+    Console made;
+    // A report on stdout must be all there is on it; the results and the table then go to stderr.
+    // --output plain: stdout is the commands' own (or stderr's too, under a report on stdout).
+    const bool plain = plain_output != nullptr;
+    made.results_out = report_on_stdout(config) || plain ? stderr : stdout;
+    made.plain = plain;
+    // `coordinator parallel`: the jobs' output as GNU parallel prints it, in place of the result lines.
+    std::unique_ptr<ResultSink> console;
+    if (config.parallel || plain) {
+        auto sink = std::make_unique<ParallelSink>(plain ? *plain_output : *config.parallel,
+                                                   report_on_stdout(config) ? stderr : stdout);
+        if (plain) sinks.add(std::make_unique<ConsoleSink>(made.results_out, config.output));
+        made.parallel = sink.get();
+        console = std::move(sink);
+    } else {
+        auto sink = std::make_unique<ConsoleSink>(made.results_out, config.output);
+        made.lines = sink.get();
+        console = std::move(sink);
+    }
+    if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
+        auto sink = std::make_unique<ProgressSink>(
+            ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(::fileno(made.results_out)) == 1},
+            std::move(console));
+        made.progress = sink.get();
+        sinks.add(std::move(sink));
+    } else {
+        sinks.add(std::move(console));
+    }
+    return made;
+}
+
+// Runs the plan in each mode in turn, skipping what the journal has as ok, a report per mode
+// into `reports` (kept when a later mode throws); stops at a drain or at a plan that ended early.
+void run_modes(const RunConfig& config, const Plan& plan, const Done& done, const RunShared& shared,
+               CancelBoard& cancels, SignalWatcher& signals, ResultSink& sinks, std::vector<RunReport>& reports) {
+    for (Mode mode : config.modes) {
+        if (signals.drain_token().stop_requested()) break;  // a stop is a drain too
+        cancels.clear();                                    // a cancel is for the mode that runs when it comes
+        // A mode with tasks done in the journal skips them as its cursor goes.
+        const auto found = done.find(std::string(to_string(mode)));
+        static const IdSet none;
+        const IdSet& done_here = found == done.end() ? none : found->second;
+        std::optional<Plan> own;
+        if (!done_here.empty()) own = skipping(plan, done_here);
+        const Plan& todo = own ? *own : plan;
+        const std::size_t earlier = done_here.size();
+        if (earlier > 0)
+            spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode), earlier,
+                         *plan.count, *todo.count);
+        // A resumed mode's row counts the whole plan, the journal's ok tasks among its ok;
+        // its times are this run's, so a mode with nothing left has none (and no speedup).
+        RunReport report;
+        if (todo.count == std::uint64_t{0}) {
+            report.mode = to_string(mode);
+            report.workers = report.cpus_used = 0;
+        } else {
+            report = make_runner(mode, config, shared, signals.token(), signals.drain_token())->run(todo, sinks);
+        }
+        cancels.close();  // until the next mode, a cancel is answered "nothing cancelled"
+        report.tasks += earlier;
+        report.ok += earlier;
+        reports.push_back(std::move(report));
+        if (!reports.back().plan_error.empty()) break;  // the plan ended early: no mode runs it again
+    }
+}
+
+// The table on the console and the files written after the run (--json, --trace, --timeline);
+// returns what could not be written, for the exit status.
+std::vector<std::string> write_outputs(const RunConfig& config, const Plan& plan, const std::vector<RunReport>& reports,
+                                       const Console& console, const SignalWatcher& signals, const JournalSink* journal,
+                                       RecordingSink* recording) {
+    if (!config.parallel) {
+        const std::string summary = summary_text(reports);
+        const bool written = std::fwrite(summary.data(), 1, summary.size(), console.results_out) == summary.size();
+        // After an EPIPE the console sink has said so; the files below are still written.
+        if ((std::fflush(console.results_out) != 0 || !written) && signals.signal() != SIGPIPE)
+            spdlog::error("cannot write the table: {}", std::strerror(errno));
+    }
+    // An output that could not be written (a full disk, say) fails the run, after the
+    // others are written: the results on stdout and in the other files still count.
+    std::vector<std::string> output_errors;
+    if (journal && journal->lost() > 0)
+        output_errors.push_back(fmt::format("--results '{}' lacks {} line(s): {}", journal_path(config).string(),
+                                            journal->lost(), journal->error()));
+    if (!config.json_path.empty()) {
         try {
-            std::vector<std::string> preload;  // the plan's types only: libcurl in every fork made each one dearer
-            for (const TaskType* type : types) preload.push_back(type->name());
-            fork_server.emplace(config.worker_bin, config.worker_prefix, config.log_level, preload);
-        } catch (const std::exception& e) {  // the workers are exec'd then, as with --worker-bin
-            spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
+            write_json(config, plan, reports);
+        } catch (const std::exception& e) {
+            output_errors.push_back(fmt::format("--json: {}", e.what()));
         }
     }
-    make_out_dirs(config, types);
-    if (plan.stdin_spool) {
-        // Standard input can be read once: kept in a private temporary file for the modes
-        // after the first, and read whole before the run for --resume, which checks the
-        // journal against the whole plan (disk, not memory, either way).
-        if (!config.resume_path.empty()) {
-            plan.stdin_spool->read_all();
-            count_tasks(plan);
-        } else if (config.modes.size() > 1) {
-            plan.stdin_spool->keep();
+    if (recording) {
+        try {
+            write_pictures(config, recording->take(), reports);
+        } catch (const std::exception& e) {
+            output_errors.push_back(e.what());
         }
     }
+    if (console.plain && console.parallel && console.parallel->cut() > 0)
+        output_errors.push_back(
+            fmt::format("the output of {} task(s) was cut (said above for each)", console.parallel->cut()));
+    for (const std::string& error : output_errors) spdlog::error("{}", error);
+    if (recording && recording->dropped() > 0)
+        spdlog::warn("--trace/--timeline: drew the first {} results; {} more were not kept", kMaxRecordedResults,
+                     recording->dropped());
+    return output_errors;
+}
+
+// The run over a decided configuration, in named steps: what must happen before any thread
+// starts (the fork server, the journal's lock, the live view's port), the sinks, the modes,
+// then the outputs and the exit status.
+ExitCode run(const ProgramInfo& program, const RunConfig& config, Plan& plan, const Json& settings,
+             const ParallelOutput* plain_output) {
+    // What runs of ours that were killed (SIGKILL) left in $TMPDIR: their pids are gone.
+    if (const std::size_t swept = sweep_stale_temp_dirs(); swept > 0)
+        spdlog::info("removed {} temporary director{} left by killed runs", swept, swept == 1 ? "y" : "ies");
+    const std::unique_ptr<ForkServer> fork_server = start_fork_server(config, plan.types);
+    make_out_dirs(config, plan.types);
+    keep_stdin(config, plan);
     check_recording(config, plan);
-    // The journal this run appends to: --resume's, else --results' (check_files: the same file when both).
-    const std::filesystem::path& journal_path = config.resume_path.empty() ? config.results_path : config.resume_path;
-    // Locked before --resume reads (and may repair) the journal, so that no other run
-    // appends to it between the reading and the writing.
-    std::unique_ptr<JournalSink> journal_sink;
-    if (!journal_path.empty()) {
-        try {
-            journal_sink = std::make_unique<JournalSink>(journal_path, /*create=*/config.resume_path.empty());
-        } catch (const ConfigError& e) {
-            throw ConfigError(fmt::format("{}: {}", config.resume_path.empty() ? "--results" : "--resume", e.what()));
-        }
-    }
+    std::unique_ptr<JournalSink> journal_sink = open_journal(config);
     // --ui binds now: a port in use is exit 2 before the run, naming --ui.
     std::unique_ptr<LiveView> live;
     if (!config.ui.empty())
         live = std::make_unique<LiveView>(config.ui, command_text(config.command_line),
                                           config.step && config.step->launcher == StepLauncher::Slurm);
-    const Json identity = result_settings(config, program.registry, types);
-    if (!config.resume_path.empty()) check_resume_settings(config.resume_path, identity, program.registry);
-    const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
-    if (journal_sink && !identity.empty())
-        journal_sink->note_settings(std::string(to_string(config.modes.front())), identity);
-    const auto done_in = [&](Mode mode) -> const IdSet& {
-        static const IdSet none;
-        const auto found = done.find(std::string(to_string(mode)));
-        return found == done.end() ? none : found->second;
-    };
-    if (!config.resume_path.empty() &&
-        std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) { return done_in(m).size() == plan.count; }))
-        fmt::print(stderr, "nothing to do: all {} tasks are ok in '{}'\n", *plan.count,
-                   printable(config.resume_path.string()));
-    // A report on stdout must be all there is on it; the results and the table then go to stderr.
-    // --output plain: stdout is the commands' own (or stderr's too, under a report on stdout).
-    std::FILE* const results_out = report_on_stdout(config) || plain ? stderr : stdout;
+    const Done done = resume_from_journal(config, program.registry, plan, journal_sink.get());
+
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
-    // `coordinator parallel`: the jobs' output as GNU parallel prints it, in place of the result lines.
-    std::unique_ptr<ResultSink> console;
-    ConsoleSink* console_sink = nullptr;
-    ParallelSink* parallel_sink = nullptr;
-    if (config.parallel || plain) {
-        auto sink = std::make_unique<ParallelSink>(plain ? plain_output : *config.parallel,
-                                                   report_on_stdout(config) ? stderr : stdout);
-        if (plain) sinks.add(std::make_unique<ConsoleSink>(results_out, config.output));
-        parallel_sink = sink.get();
-        console = std::move(sink);
-    } else {
-        auto sink = std::make_unique<ConsoleSink>(results_out, config.output);
-        console_sink = sink.get();
-        console = std::move(sink);
-    }
-    ProgressSink* progress = nullptr;
-    if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
-        auto sink = std::make_unique<ProgressSink>(
-            ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(::fileno(results_out)) == 1},
-            std::move(console));
-        progress = sink.get();
-        sinks.add(std::move(sink));
-    } else {
-        sinks.add(std::move(console));
-    }
+    const Console console = add_console(config, plain_output, sinks);
     RecordingSink* recording = nullptr;
     if (!config.trace_path.empty() || !config.timeline_path.empty()) {
         auto sink = std::make_unique<RecordingSink>(kMaxRecordedResults);
@@ -562,47 +704,21 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     }
     // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
     // the whole plan for no one; SIGPIPE itself is ignored (coordinator_main).
-    if (console_sink) console_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
-    if (parallel_sink) {
-        parallel_sink->on_halt([&signals](bool now) { signals.halt(now); });
-        parallel_sink->on_closed([&signals] { signals.stop(SIGPIPE); });
+    if (console.lines) console.lines->on_closed([&signals] { signals.stop(SIGPIPE); });
+    if (console.parallel) {
+        console.parallel->on_halt([&signals](bool now) { signals.halt(now); });
+        console.parallel->on_closed([&signals] { signals.stop(SIGPIPE); });
     }
     for (const auto& service : plan.services) service->start();
     CancelBoard cancels;
     const ControlServer control(cancels);  // `coordinator cancel --run PID ID...`
+    const RunShared shared{program.registry, settings, &cancels, fork_server.get()};
     std::vector<RunReport> reports;
-    const RunShared shared{program.registry, settings, &cancels, fork_server ? &*fork_server : nullptr};
     try {
-        for (Mode mode : config.modes) {
-            if (signals.drain_token().stop_requested()) break;  // a stop is a drain too
-            cancels.clear();                                    // a cancel is for the mode that runs when it comes
-            // A mode with tasks done in the journal skips them as its cursor goes.
-            const IdSet& done_here = done_in(mode);
-            std::optional<Plan> own;
-            if (!done_here.empty()) own = skipping(plan, done_here);
-            const Plan& todo = own ? *own : plan;
-            const std::size_t earlier = done_here.size();
-            if (earlier > 0)
-                spdlog::info("{}: {} of {} tasks done in the journal; running the other {}", to_string(mode), earlier,
-                             *plan.count, *todo.count);
-            // A resumed mode's row counts the whole plan, the journal's ok tasks among its ok;
-            // its times are this run's, so a mode with nothing left has none (and no speedup).
-            RunReport report;
-            if (todo.count == std::uint64_t{0}) {
-                report.mode = to_string(mode);
-                report.workers = report.cpus_used = 0;
-            } else {
-                report = make_runner(mode, config, shared, signals.token(), signals.drain_token())->run(todo, sinks);
-            }
-            cancels.close();  // until the next mode, a cancel is answered "nothing cancelled"
-            report.tasks += earlier;
-            report.ok += earlier;
-            reports.push_back(std::move(report));
-            if (!reports.back().plan_error.empty()) break;  // the plan ended early: no mode runs it again
-        }
+        run_modes(config, plan, done, shared, cancels, signals, sinks, reports);
     } catch (const std::exception&) {
         // The run failed (no report for this mode): what it recorded still helps to see why.
-        if (progress) progress->close();
+        if (console.progress) console.progress->close();
         try {
             if (recording) write_pictures(config, recording->take(), reports);
         } catch (const std::exception& e) {
@@ -610,46 +726,14 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
         }
         throw;
     }
-    if (progress) progress->close();
-    if (!config.parallel) {
-        const std::string summary = summary_text(reports);
-        const bool written = std::fwrite(summary.data(), 1, summary.size(), results_out) == summary.size();
-        // After an EPIPE the console sink has said so; the files below are still written.
-        if ((std::fflush(results_out) != 0 || !written) && signals.signal() != SIGPIPE)
-            spdlog::error("cannot write the table: {}", std::strerror(errno));
-    }
-    // An output that could not be written (a full disk, say) fails the run, after the
-    // others are written: the results on stdout and in the other files still count.
-    std::vector<std::string> output_errors;
-    if (journal && journal->lost() > 0)
-        output_errors.push_back(fmt::format("--results '{}' lacks {} line(s): {}", journal_path.string(),
-                                            journal->lost(), journal->error()));
-    if (!config.json_path.empty()) {
-        try {
-            write_json(config, plan, reports);
-        } catch (const std::exception& e) {
-            output_errors.push_back(fmt::format("--json: {}", e.what()));
-        }
-    }
-    if (recording) {
-        try {
-            write_pictures(config, recording->take(), reports);
-        } catch (const std::exception& e) {
-            output_errors.push_back(e.what());
-        }
-    }
-    if (plain && parallel_sink && parallel_sink->cut() > 0)
-        output_errors.push_back(
-            fmt::format("the output of {} task(s) was cut (said above for each)", parallel_sink->cut()));
-    for (const std::string& error : output_errors) spdlog::error("{}", error);
-    if (recording && recording->dropped() > 0)
-        spdlog::warn("--trace/--timeline: drew the first {} results; {} more were not kept", kMaxRecordedResults,
-                     recording->dropped());
+    if (console.progress) console.progress->close();
+    const std::vector<std::string> output_errors =
+        write_outputs(config, plan, reports, console, signals, journal, recording);
 
     ExitCode code = exit_code(signals.signal(), reports, output_errors);
     if (config.parallel && signals.signal() == 0 && output_errors.empty() &&
         std::all_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.plan_error.empty(); }))
-        code = static_cast<ExitCode>(parallel_sink->exit_status());
+        code = static_cast<ExitCode>(console.parallel->exit_status());
     if (live) {
         live->state().finish(reports);
         if (signals.signal() == 0) linger(*live, config.ui_linger_s, signals);
@@ -692,7 +776,9 @@ int coordinator_main(const ProgramInfo& program, int argc, const char* const* ar
         if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
         if (auto* report = std::get_if<ReportConfig>(&parsed)) return journal_report(*report);
         if (auto* cancel = std::get_if<CancelConfig>(&parsed)) return static_cast<int>(cancel_tasks(*cancel));
-        return static_cast<int>(run(program, std::get<RunConfig>(std::move(parsed))));
+        DecidedRun decided = decide_run(program, std::get<RunConfig>(std::move(parsed)));
+        return static_cast<int>(
+            run(program, decided.config, decided.plan, decided.settings, decided.plain_output.get()));
     } catch (const ConfigError& e) {
         spdlog::error("{}", e.what());
         return static_cast<int>(ExitCode::Usage);

@@ -894,7 +894,7 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         config.modes = {Mode::Processes};
         config.modes_given = true;
         config.workers = job_slots(options.jobs, output->commands.size());
-        config.max_output = 1536 * 1024;  // the most a result carries (tasks/command/command.cpp)
+        config.settings["max_output"] = 1536 * 1024;  // the most a result carries (the command type's --max-output)
         config.progress = ProgressMode::Never;
         config.log_level = "warn";
         if (options.retries > 0) config.retries = config.task_retries = options.retries - 1;

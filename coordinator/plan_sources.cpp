@@ -417,10 +417,7 @@ private:
 
 Json settings_json(const RunConfig& config) {
     Json settings = {
-        {"retries", config.retries},       {"seed", config.seed}, {"tasks", config.tasks}, {"workers", config.workers},
-        {"max_output", config.max_output},
-    };
-    if (!config.command.empty()) settings["command"] = config.command;
+        {"retries", config.retries}, {"seed", config.seed}, {"tasks", config.tasks}, {"workers", config.workers}};
     for (const auto& [key, value] : config.settings.items()) settings[key] = value;
     return settings;
 }

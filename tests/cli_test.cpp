@@ -83,7 +83,7 @@ TEST(Cli, DownloadDefaultsToFifteenImagesOfTheBuiltInServer) {
     const auto& config = std::get<RunConfig>(parsed.result);
     EXPECT_EQ(config.task, "download");
     EXPECT_EQ(config.tasks, 15);
-    EXPECT_TRUE(config.urls_path.empty());
+    EXPECT_TRUE(config.inputs_path.empty());
     EXPECT_EQ(config.out_dir, "downloads");
     EXPECT_EQ(config.settings.at("max_bytes"), 100u * 1024 * 1024);  // the download type's flags' defaults
     EXPECT_EQ(config.retries, 2u);
@@ -119,7 +119,8 @@ TEST(Cli, UrlsImplyDownload) {
     const auto parsed = parse({"--urls", "urls.txt", "--max-bytes", "1M"});
     const auto& config = std::get<RunConfig>(parsed.result);
     EXPECT_EQ(config.task, "download");
-    EXPECT_EQ(config.urls_path, "urls.txt");
+    EXPECT_EQ(config.inputs_path, "urls.txt");
+    EXPECT_EQ(config.inputs_flag, "--urls");  // the messages about the file name the flag given
     EXPECT_EQ(config.settings.at("max_bytes"), 1u << 20);
     EXPECT_EQ(std::get<RunConfig>(parse({"--urls", "u", "--task", "download"}).result).task, "download");
 }
@@ -156,6 +157,52 @@ TEST(Cli, DownloadsFlagsAreTheDownloadTypesOwn) {
     ASSERT_NE(group, std::string::npos);
     EXPECT_GT(stock.find("\n  --max-bytes"), group);  // each one's line of help, under the type
     EXPECT_GT(stock.find("\n  --bandwidth"), group);
+}
+
+// The same for the command type's flags and download's --urls, which pick the run's tasks
+// (Flag::Picks): a program without the type has none of them, and the stock one lists each
+// under its type and reads it into the settings.
+TEST(Cli, CommandsFlagsAreTheCommandTypesOwn) {
+    Registry sleeps_only;
+    sleeps_only.add(sleep_type());
+    const ProgramInfo program{"sleeper", sleeps_only, testing::stock_program().worker};
+    const auto run = [](const ProgramInfo& info, std::vector<std::string> args) {
+        args.insert(args.begin(), info.name);
+        std::vector<const char*> argv;
+        for (const std::string& arg : args) argv.push_back(arg.c_str());
+        ::testing::internal::CaptureStdout();
+        ::testing::internal::CaptureStderr();
+        auto result = parse_cli(info, static_cast<int>(argv.size()), argv.data());
+        const std::string out = ::testing::internal::GetCapturedStdout();
+        return std::pair{std::move(result), out + ::testing::internal::GetCapturedStderr()};
+    };
+    const std::string help = run(program, {"--help"}).second;
+    for (const std::string flag : {"--command", "--max-output", "--urls"}) {
+        // No option line of it (other flags' help may name it).
+        EXPECT_EQ(help.find("\n  " + flag + " "), std::string::npos) << flag;
+        const auto given = run(program, {flag, "1", "--inputs", "f"}).first;
+        ASSERT_TRUE(std::holds_alternative<ExitCode>(given)) << flag;
+        EXPECT_EQ(std::get<ExitCode>(given), ExitCode::Usage) << flag;
+    }
+    EXPECT_FALSE(std::get<RunConfig>(run(program, {}).first).settings.contains("max_output"));
+    const std::string stock = run(testing::stock_program(), {"--help"}).second;
+    const auto command_group = stock.find("command task type");
+    ASSERT_NE(command_group, std::string::npos);
+    EXPECT_GT(stock.find("\n  --command"), command_group);  // each one's line of help, under its type
+    EXPECT_GT(stock.find("\n  --max-output"), command_group);
+    const auto download_group = stock.find("download task type");
+    ASSERT_NE(download_group, std::string::npos);
+    EXPECT_GT(stock.find("\n  --urls"), download_group);
+    const auto commands =
+        run(testing::stock_program(), {"--command", "gzip {}", "--inputs", "f", "--max-output", "2K"});
+    const auto& config = std::get<RunConfig>(commands.first);
+    EXPECT_EQ(config.task, "command");
+    EXPECT_EQ(config.settings.at("command"), "gzip {}");
+    EXPECT_EQ(config.settings.at("max_output"), 2048u);
+    EXPECT_EQ(std::get<RunConfig>(run(testing::stock_program(), {"--task", "command", "--inputs", "f"}).first)
+                  .settings.at("max_output"),
+              1024u * 1024)
+        << "--max-output's default";
 }
 
 TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {
@@ -285,6 +332,11 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{{"--urls", "u.txt", "--file-size", "1M"}, "--urls", "--file-size"},
         BadValue{{"--urls", "u.txt", "--latency", "1"}, "--urls", "--latency"},
         BadValue{{"--plan", "p.jsonl", "--urls", "u.txt"}, "--plan", "--urls"},
+        BadValue{{"--command", "echo {}", "--plan", "p.jsonl"}, "--command", "--plan"},
+        BadValue{{"--command", "echo {}", "--inputs", "f", "--task", "sleep"}, "--command", "sleep"},
+        BadValue{{"--command", "echo {}", "--urls", "u.txt"}, "--command", "--urls"},
+        BadValue{{"--command", "", "--inputs", "f"}, "--command", "the template is empty"},
+        BadValue{{"--command", "echo {}", "--inputs", "f", "--max-output", "2M"}, "--max-output", "1536K"},
         BadValue{{"--plan", "p.jsonl", "--bandwidth", "1M"}, "--plan", "--bandwidth"},
         BadValue{{"--listen", "nope"}, "--listen", "nope"},
         BadValue{{"--listen", "tcp://127.0.0.1"}, "--listen", "tcp://127.0.0.1"},

@@ -119,6 +119,17 @@ TEST(Coordinator, AFlagNoTaskOfThePlanUsesIsNamedInAWarning) {
     }
 }
 
+// The run's configuration is decided, modes included, before anything speaks of it: commands
+// run in the processes mode alone, so recycling is not said to do nothing in other modes.
+TEST(Coordinator, WarningsSpeakOfTheModesDecidedForThePlan) {
+    const testing::TempDir dir;
+    const Output output = run_binary("coordinator", {"--command", "true", "--inputs", testing::numbers(dir, 1).string(),
+                                                     "--workers", "1", "--max-tasks-per-worker", "1"});
+    EXPECT_EQ(output.exit_code, 0) << output.err;
+    EXPECT_EQ(output.err.find("they do nothing"), std::string::npos) << output.err;
+    EXPECT_NE(output.err.find("processes"), std::string::npos) << output.err;  // the one mode that ran
+}
+
 TEST(Coordinator, TooManyCpuTasksForCpuNExitTwoNamingTheFlags) {
     const Output output = run_binary("coordinator", {"--task", "cpu", "--tasks", "2000", "--cpu-n", "1000000000"});
     EXPECT_EQ(output.exit_code, 2);

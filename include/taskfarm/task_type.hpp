@@ -180,8 +180,9 @@ struct Generate {
 // A command-line flag that a task type declares (TaskType::flags()): whatever program
 // registers the type (the coordinator, a user's App) lists it in --help under the type,
 // reads it, and puts its value into the run's settings under `key`, given or not (the
-// default then), where the type's tasks, generate() and prepare() read it. A bad value stops
-// the run with exit 2 and a message that names the flag.
+// default then; a flag that `picks` the tasks only when given), where the type's tasks,
+// generate() and prepare() read it. A bad value stops the run with exit 2 and a message that
+// names the flag.
 struct Flag {
     enum class Type {
         Text,    // the text as it is, a JSON string
@@ -199,9 +200,18 @@ struct Flag {
     double most = std::numeric_limits<double>::max();
     // Whether the value changes what tasks produce (--cpu-n: yes; a limit on output kept: no).
     bool changes_results = true;
-    // Only for tasks the type generates (--task NAME --tasks N): refused with --plan, --inputs'
-    // alias --urls and --command, which bring their own tasks.
+    // Only for tasks the type generates (--task NAME --tasks N): refused with --plan and with
+    // a flag that picks the tasks (`picks`), which bring their own tasks.
     bool generated_only = false;
+    // What giving the flag does besides its setting. Nothing: only the setting. PerInput: the
+    // run's tasks are of this type, one per line of --inputs FILE, which it needs (the
+    // command type's --command TEMPLATE). InputsFile: the same, the value being that FILE
+    // (the download type's --urls FILE is --task download --inputs FILE); its messages name
+    // the flag, and `key` may be empty (no setting). Either one is --task NAME as well (another
+    // --task is refused) and goes with no --plan, no --tasks and no other such flag; it makes
+    // its setting only when given, so `default_value` may be empty.
+    enum class Picks { Nothing, PerInput, InputsFile };
+    Picks picks = Picks::Nothing;
     // Optional: reads the text into the setting instead of `type`; throws std::invalid_argument
     // saying why the text is bad (the program adds the flag's name).
     std::function<Json(const std::string& text)> parse{};

@@ -198,6 +198,56 @@ public:
     }
 
     std::vector<std::string> settings_read() const override { return {"max_output", "spill_dir"}; }
+
+    // --command picks the run's tasks (one per --inputs line); --max-output is every command's.
+    std::vector<Flag> flags() const override {
+        return {
+            Flag{.name = "--command",
+                 .key = "command",
+                 .help = "run /bin/sh -c TEMPLATE once per line of --inputs (- : standard input, read as the tasks\n"
+                         "go out; every line an input, as it is, # and blank lines too), with GNU parallel's\n"
+                         "replacement strings, quoted where the shell would change them: {} the line, {.} without\n"
+                         "extension, {/} base name, {//} directory, {/.} base name without extension, {#} task\n"
+                         "number from 1; no replacement string: the line is appended. Write {} bare: '{}' ends\n"
+                         "the quoting, and \"{}\" RUNS THE INPUT AS CODE (as in GNU parallel). stdout: the\n"
+                         "commands' output alone (--output). Runs only\n"
+                         "the processes mode unless --mode says otherwise. GNU parallel's own command line:\n"
+                         "`coordinator parallel --help`. See docs/commands.md",
+                 .value_name = "TEMPLATE",
+                 .changes_results = true,  // in the tasks' params, which --resume checks
+                 .picks = Flag::Picks::PerInput,
+                 .parse =
+                     [](const std::string& text) {
+                         if (text.empty()) throw std::invalid_argument("the template is empty");
+                         return Json(text);
+                     }},
+            Flag{.name = "--max-output",
+                 .key = "max_output",
+                 .type = Flag::Type::Size,
+                 .default_value = "1M",
+                 .help = fmt::format("bytes of each task's stdout and of its stderr kept in the journal (the\n"
+                                     "byte counts are of the whole); at most {}K, so that a result fits in one\n"
+                                     "message. With --output plain and local workers a longer stream still\n"
+                                     "reaches stdout whole, through a temporary file; elsewhere the cut is said\n"
+                                     "on stderr and fails the run",
+                                     kMostOutput / 1024),
+                 .value_name = "SIZE",
+                 .changes_results = false,
+                 .parse =
+                     [](const std::string& text) {
+                         const auto bytes = parse_size(text);
+                         if (!bytes)
+                             throw std::invalid_argument(
+                                 fmt::format("'{}' is not a size like 1000, 200K, 1.5M or 2G", printable(text, 100)));
+                         if (*bytes > kMostOutput)
+                             throw std::invalid_argument(
+                                 fmt::format("'{}' is over {}K: a task's stdout and stderr "
+                                             "must fit in one message of the protocol",
+                                             printable(text, 100), kMostOutput / 1024));
+                         return Json(*bytes);
+                     }},
+        };
+    }
     bool side_effects() const override { return true; }
 
     Value run(const Params& params, Context& context) const override {

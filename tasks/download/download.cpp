@@ -535,10 +535,17 @@ public:
     }
 
     std::uint64_t default_count() const override { return 15; }  // the tutorial's 15 images
-    // Its limits (every download) and the built-in server's shape (only the images it serves,
-    // so those go with no --plan, --urls or --command). --retries is the engine's flag too.
+    // --urls FILE, its limits (every download) and the built-in server's shape (only the images
+    // it serves, so those go with no --plan, --urls or --command). --retries is the engine's
+    // flag, which download reads as its own (settings_read).
     std::vector<Flag> flags() const override {
         return {
+            Flag{.name = "--urls",
+                 .help = "fetch each URL in FILE instead of the built-in server's images; one http:// or\n"
+                         "https:// URL per line, blank lines and lines starting with # skipped; implies --task\n"
+                         "download; - reads stdin",
+                 .value_name = "FILE",
+                 .picks = Flag::Picks::InputsFile},
             Flag{.name = "--max-bytes",
                  .key = "max_bytes",
                  .type = Flag::Type::Size,

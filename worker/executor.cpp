@@ -1,0 +1,152 @@
+#include "executor.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "wire.hpp"
+
+namespace taskfarm {
+
+void Executor::set_settings(Json settings) {
+    std::lock_guard lock(mutex_);
+    if (settings_received_) {
+        spdlog::warn("ignored a second setup from the coordinator");
+        return;
+    }
+    settings_ = std::move(settings);
+    settings_received_ = true;
+}
+
+void Executor::push(proto::Task&& task) {
+    {
+        std::lock_guard lock(mutex_);
+        queue(std::move(task));
+    }
+    ready_.notify_one();
+}
+
+void Executor::push(proto::TaskBatch&& batch) {
+    {
+        std::lock_guard lock(mutex_);
+        for (proto::Task& task : batch.tasks) queue(std::move(task));
+    }
+    ready_.notify_one();
+}
+
+void Executor::take_results(std::vector<proto::Result>& out) {
+    out.clear();
+    std::lock_guard lock(outbox_mutex_);
+    out.swap(outbox_);
+}
+
+std::vector<proto::TaskRef> Executor::give_back_if_busy_for(Clock::duration limit, Clock::duration& busy) {
+    std::vector<proto::TaskRef> returned;
+    std::lock_guard lock(mutex_);
+    if (queue_.empty() || !running_since_) return returned;
+    busy = Clock::now() - *running_since_;
+    if (busy < limit) return returned;
+    for (const Queued& queued : queue_) returned.push_back({queued.task.id, queued.attempt});
+    queue_.clear();
+    return returned;
+}
+
+bool Executor::has_queued() {
+    std::lock_guard lock(mutex_);
+    return !queue_.empty();
+}
+
+std::vector<proto::Result> Executor::cancel(const std::vector<proto::TaskRef>& tasks) {
+    std::vector<proto::Result> dropped;
+    std::lock_guard lock(mutex_);
+    for (const proto::TaskRef& ref : tasks) {
+        if (running_stop_ && running_.id == ref.id && running_.attempt == ref.attempt) {
+            running_stop_->request_stop();
+            continue;
+        }
+        const auto queued = std::find_if(queue_.begin(), queue_.end(), [&](const Queued& q) {
+            return q.task.id == ref.id && q.attempt == ref.attempt;
+        });
+        if (queued == queue_.end()) continue;  // done already, or never here
+        proto::Result result;
+        result.id = ref.id;
+        result.attempt = ref.attempt;
+        result.kind = queued->kind;
+        result.error = "cancelled before it started";
+        dropped.push_back(std::move(result));
+        queue_.erase(queued);
+    }
+    return dropped;
+}
+
+void Executor::queue(proto::Task&& task) {
+    std::string kind = task.kind;
+    const std::uint32_t attempt = task.attempt;
+    queue_.push_back({proto::to_spec(std::move(task), registry_), attempt, std::move(kind)});
+}
+
+void Executor::loop(std::stop_token stop, zmq::context_t& context) {
+    zmq::socket_t wake(context, zmq::socket_type::pair);
+    wire::configure(wake, zmq::socket_type::pair);
+    wake.connect(kResultsEndpoint);
+    struct ThreadDone {
+        const Registry& registry;
+        ~ThreadDone() { registry.thread_done(); }
+    } thread_done{registry_};
+    RunEnv env = env_;
+    env.stop = stop;
+    env.settings = &settings_;
+    while (true) {
+        Queued next;
+        // A stop of the task's own, for a cancel of it alone; the executor's stop stops it too.
+        std::stop_source own;
+        {
+            // Out of the queue and running in one step: a cancel in between would find it
+            // neither queued nor running, and be lost.
+            std::unique_lock lock(mutex_);
+            if (!ready_.wait(lock, stop, [this] { return !queue_.empty(); })) return;
+            next = std::move(queue_.front());
+            queue_.pop_front();
+            running_since_ = Clock::now();
+            running_ = {next.task.id, next.attempt};
+            running_stop_ = &own;
+        }
+        const std::stop_callback link(stop, [&own] { own.request_stop(); });
+        env.stop = own.get_token();
+        if (board_) board_->started(next.task.id, next.attempt);
+        TaskResult result = next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
+        if (board_) board_->ended();
+        {
+            // Before the result goes out: the coordinator answers it with the next task,
+            // which must not look queued behind this finished one and be given back.
+            std::lock_guard lock(mutex_);
+            running_since_.reset();
+            running_stop_ = nullptr;
+        }
+        if (stop.stop_requested()) return;
+        proto::Result message;
+        proto::to_message(std::move(result), message);
+        message.kind = std::move(next.kind);
+        bool was_empty = false;
+        {
+            std::lock_guard lock(outbox_mutex_);
+            was_empty = outbox_.empty();
+            outbox_.push_back(std::move(message));
+        }
+        // A blocking send: inproc to our own socket thread, which never stops reading.
+        if (was_empty) wake.send(zmq::str_buffer("!"), zmq::send_flags::none);
+    }
+}
+
+TaskResult Executor::unknown_kind(const Queued& queued) const {
+    TaskResult result;
+    result.id = queued.task.id;
+    result.attempt = queued.attempt;
+    result.worker = env_.worker;
+    result.error = fmt::format("this worker has no task type '{}' (it knows {})", queued.kind, registry_.names_text());
+    return result;
+}
+
+}  // namespace taskfarm
