@@ -185,6 +185,17 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
 // journal, table and report hold one mode. With --mode given, a type whose tasks have side
 // effects gets a warning when several modes will each run every task.
 void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types, const Registry& registry) {
+    // Resources are handed out by the processes mode alone (docs/resources.md).
+    const bool asked = !config.task_resources.empty() || config.resources_asked->load();
+    if (asked && config.modes_given &&
+        std::any_of(config.modes.begin(), config.modes.end(), [](Mode mode) { return mode != Mode::Processes; }))
+        throw ConfigError(
+            "--mode: tasks of this plan ask for resources (--task-resources or a plan line's \"resources\"), "
+            "which only the processes mode hands out: give --mode processes");
+    if (asked || config.resources_given) {
+        if (!config.modes_given) config.modes = {Mode::Processes};
+        return;
+    }
     if (!config.modes_given) {
         const bool demo = std::all_of(types.begin(), types.end(), [&](const TaskType* type) {
             return registry.builtin(type) && !type->side_effects();

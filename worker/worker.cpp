@@ -48,6 +48,33 @@ constexpr const char* kMonitorEndpoint = "inproc://monitor";
 // the connection, which is what a CURVE server does with a client that has the wrong server key.
 constexpr int kMaxHandshakeFailures = 3;
 
+// CUDA_VISIBLE_DEVICES for one task that holds GPUs (docs/resources.md), and as it was after
+// it. Set in the worker's environment on the thread that runs tasks, just before the task:
+// a command the task starts inherits it, and so does CUDA first used by the task itself.
+// Only a task that holds GPUs changes the environment; no other thread of the worker reads it.
+class TaskGpus {
+public:
+    explicit TaskGpus(const std::string& gpus) : set_(!gpus.empty()) {
+        if (!set_) return;
+        if (const char* before = std::getenv(kVariable)) before_ = before;
+        ::setenv(kVariable, gpus.c_str(), 1);
+    }
+    ~TaskGpus() {
+        if (!set_) return;
+        if (before_)
+            ::setenv(kVariable, before_->c_str(), 1);
+        else
+            ::unsetenv(kVariable);
+    }
+    TaskGpus(const TaskGpus&) = delete;
+    TaskGpus& operator=(const TaskGpus&) = delete;
+
+private:
+    static constexpr const char* kVariable = "CUDA_VISIBLE_DEVICES";
+    bool set_;
+    std::optional<std::string> before_;
+};
+
 struct WorkerConfig {
     std::string connect;
     std::string name;
@@ -220,7 +247,10 @@ private:
             const std::stop_callback link(stop, [&own] { own.request_stop(); });
             env.stop = own.get_token();
             if (board_) board_->started(next.task.id, next.attempt);
-            TaskResult result = next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
+            TaskResult result = [&] {
+                const TaskGpus gpus(next.task.gpus);
+                return next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
+            }();
             if (board_) board_->ended();
             {
                 // Before the result goes out: the coordinator answers it with the next task,
