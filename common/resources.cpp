@@ -62,9 +62,12 @@ std::vector<std::string> split(std::string_view text) {
 
 bool on_path(const char* program) {
     const char* path = std::getenv("PATH");
-    if (!path) return false;
-    for (const std::string& dir : split(path))
+    for (std::string_view dirs = path ? path : ""; !dirs.empty();) {
+        const auto colon = dirs.find(':');
+        const std::string dir(dirs.substr(0, colon));
         if (!dir.empty() && ::access((dir + "/" + program).c_str(), X_OK) == 0) return true;
+        dirs = colon == std::string_view::npos ? std::string_view() : dirs.substr(colon + 1);
+    }
     return false;
 }
 

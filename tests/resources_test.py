@@ -124,6 +124,36 @@ class Resources(unittest.TestCase):
         self.assertEqual(results[6]["value"]["stdout"].strip(), "none:unset", "a task that asks for none sees none")
         self.assertLessEqual(most_at_once({i: results[i] for i in range(6)}), 2)
 
+    def test_gpus_are_found_in_cuda_visible_devices_else_from_nvidia_smi(self):
+        # A stand-in nvidia-smi first on PATH: two GPUs, one of them split by MIG.
+        bin_dir = os.path.join(self.tmp, "bin")
+        os.mkdir(bin_dir)
+        with open(os.path.join(bin_dir, "nvidia-smi"), "w") as f:
+            f.write("#!/bin/sh\n[ \"$1\" = -L ] || exit 9\n"
+                    "echo 'GPU 0: NVIDIA H200 (UUID: GPU-aaaa)'\n"
+                    "echo 'GPU 1: NVIDIA H200 (UUID: GPU-bbbb)'\n"
+                    "echo '  MIG 1g.18gb     Device  0: (UUID: MIG-cccc)'\n")
+        os.chmod(os.path.join(bin_dir, "nvidia-smi"), 0o755)
+        inputs = os.path.join(self.tmp, "inputs.txt")
+        with open(inputs, "w") as f:
+            f.write("".join(f"{i}\n" for i in range(4)))
+        base = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"])
+        base.pop("CUDA_VISIBLE_DEVICES", None)
+        for name, env, want in (("smi", base, {"0", "1"}), ("visible", dict(base, CUDA_VISIBLE_DEVICES="7"), {"7"})):
+            run = subprocess.run([COORDINATOR, "--command", "test -n {} && echo $CUDA_VISIBLE_DEVICES",
+                                  "--inputs", inputs, "--workers", "2", "--task-resources", "gpu=1",
+                                  "--results", f"{name}.jsonl", "-q", "--progress", "never"],
+                                 capture_output=True, text=True, timeout=120, cwd=self.tmp, env=env)
+            self.assertEqual(run.returncode, 0, f"{name}: {run.stderr}")
+            results = journal(os.path.join(self.tmp, f"{name}.jsonl"))
+            seen = {entry["value"]["stdout"].strip() for entry in results.values()}
+            self.assertTrue(seen and seen <= want, f"{name}: {seen}")
+        run = subprocess.run([COORDINATOR, "--command", "true", "--inputs", inputs, "--task-resources", "gpu=1", "-q"],
+                             capture_output=True, text=True, timeout=60, cwd=self.tmp,
+                             env=dict(base, CUDA_VISIBLE_DEVICES=""))
+        self.assertEqual(run.returncode, 2, run.stderr)
+        self.assertIn("--task-resources: asks for gpu=1, but the local workers have 0 GPU(s)", run.stderr)
+
     def test_a_request_no_worker_can_meet_stops_the_run_before_it_starts(self):
         plan = os.path.join(self.tmp, "plan.jsonl")
         with open(plan, "w") as f:
