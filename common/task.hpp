@@ -57,6 +57,9 @@ struct TaskSpec {
     // The GPUs this attempt holds, "3,5": set by the schedule as it hands the task out, and
     // the task's CUDA_VISIBLE_DEVICES where it runs; empty: none.
     std::string gpus{};
+    // Earlier tasks of the plan that must end ok before it starts (a plan line's "after",
+    // processes mode); one that fails fails it, "dependency N failed", and it never runs.
+    std::vector<TaskId> after{};
 };
 
 // What one task cost where it ran (decision 92). Measured by run_task() in every mode; a

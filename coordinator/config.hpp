@@ -105,6 +105,8 @@ struct RunConfig {
     bool resources_given = false;  // any of those flags: the run hands out resources, in processes mode only
     // Set by the plan's reader once a task asks for resources (a plan line's "resources").
     std::shared_ptr<std::atomic<bool>> resources_asked = std::make_shared<std::atomic<bool>>(false);
+    // ... and once a task has an "after" (dependencies, processes mode only too).
+    std::shared_ptr<std::atomic<bool>> after_asked = std::make_shared<std::atomic<bool>>(false);
 
     // `coordinator parallel` (parallel_cli.hpp): GNU parallel's output and exit status
     // instead of the result lines and the table; null for every other run.

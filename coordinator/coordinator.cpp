@@ -186,12 +186,15 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
 // effects gets a warning when several modes will each run every task.
 void choose_modes(RunConfig& config, const std::vector<const TaskType*>& types, const Registry& registry) {
     // Resources are handed out by the processes mode alone (docs/resources.md).
-    const bool asked = !config.task_resources.empty() || config.resources_asked->load();
+    const bool after = config.after_asked->load();
+    const bool asked = !config.task_resources.empty() || config.resources_asked->load() || after;
     if (asked && config.modes_given &&
         std::any_of(config.modes.begin(), config.modes.end(), [](Mode mode) { return mode != Mode::Processes; }))
         throw ConfigError(
-            "--mode: tasks of this plan ask for resources (--task-resources or a plan line's \"resources\"), "
-            "which only the processes mode hands out: give --mode processes");
+            fmt::format("--mode: tasks of this plan {}, which only the processes mode {}: give --mode processes",
+                        after ? "wait for others (a plan line's \"after\")"
+                              : "ask for resources (--task-resources or a plan line's \"resources\")",
+                        after ? "orders" : "hands out"));
     if (asked || config.resources_given) {
         if (!config.modes_given) config.modes = {Mode::Processes};
         return;

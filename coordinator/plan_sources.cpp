@@ -73,6 +73,7 @@ struct TaskResources {
     ResourceRequest fallback;                  // --task-resources
     const RunConfig* config = nullptr;         // null: nothing checked (read_plan, for tests)
     std::shared_ptr<std::atomic<bool>> asked;  // set once a task asks for any
+    std::shared_ptr<std::atomic<bool>> after;  // set once a task has an "after"
 
     void apply(TaskSpec& task, const Json* given) const {
         task.resources = given ? resources_from_json(*given) : fallback;
@@ -85,10 +86,34 @@ struct TaskResources {
 };
 
 TaskResources task_resources(const RunConfig& config) {
-    return {config.task_resources, &config, config.resources_asked};
+    return {config.task_resources, &config, config.resources_asked, config.after_asked};
 }
 
-TaskSpec parse_line(const std::string& text, const Registry& registry, const TaskResources& resources) {
+// A plan line's "after": ids of earlier tasks, each once. A task may wait only for tasks before
+// it, so no chain of them can come back to itself (a cycle could never run).
+std::vector<TaskId> dependencies(const Json& after, TaskId id) {
+    if (!after.is_array())
+        throw std::invalid_argument(
+            fmt::format("\"after\": want a list of task ids such as [0, 2], not {}", printable(after.dump(), 100)));
+    std::vector<TaskId> ids;
+    for (const Json& item : after) {
+        if (!item.is_number_unsigned())
+            throw std::invalid_argument(
+                fmt::format("\"after\": {} is not a task id (a whole number >= 0)", printable(item.dump(), 100)));
+        const TaskId dependency = item.get<TaskId>();
+        if (dependency >= id)
+            throw std::invalid_argument(
+                fmt::format("\"after\": task {} {}: a task may wait only for tasks before it in the plan, so that no "
+                            "cycle can be written",
+                            dependency, dependency == id ? "is this task itself" : "comes later"));
+        if (std::find(ids.begin(), ids.end(), dependency) != ids.end())
+            throw std::invalid_argument(fmt::format("\"after\": task {} given twice", dependency));
+        ids.push_back(dependency);
+    }
+    return ids;
+}
+
+TaskSpec parse_line(const std::string& text, const Registry& registry, const TaskResources& resources, TaskId id) {
     Json line;
     try {
         line = parse_strict(text);
@@ -117,6 +142,11 @@ TaskSpec parse_line(const std::string& text, const Registry& registry, const Tas
         own.erase("kind");
         own.erase("timeout_s");
         own.erase("resources");
+        if (const auto after = line.find("after"); after != line.end()) {
+            task.after = dependencies(*after, id);
+            if (resources.after) resources.after->store(true, std::memory_order_relaxed);
+        }
+        own.erase("after");
         task.params = task.type->parse(own);
     } catch (const std::invalid_argument& e) {
         throw LineError(e.what());
@@ -291,7 +321,7 @@ private:
 
 MakeTask plan_line_maker(const Registry& registry, TaskResources resources = {}) {
     return {[&registry, resources = std::move(resources)](const std::string& line, TaskId id) {
-        TaskSpec task = parse_line(line, registry, resources);
+        TaskSpec task = parse_line(line, registry, resources, id);
         task.id = id;
         return task;
     }};

@@ -227,6 +227,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     };
     const TaskSpec& task = live_.at(done.index);
     if (cancelled_.contains(done.index) && !message.ok) {
+        failed_.insert(done.index);
         ++finished_;
         actions_.record(task, cancelled(with_host(proto::to_result(message, worker.name, task.type))));
         retire(done.index);
@@ -236,6 +237,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
         retries_.push_front({done.index, done.number + 1});
         actions_.record_retry(task, with_host(proto::to_result(message, worker.name, task.type)));
     } else {
+        if (!message.ok) failed_.insert(done.index);
         ++finished_;
         actions_.record(task, with_host(proto::to_result(message, worker.name, task.type)));
         retire(done.index);
@@ -605,6 +607,17 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
                 continue;
             }
             const TaskSpec& task = this->task(attempt.index);
+            if (!task.after.empty()) {
+                bool waits = false;
+                if (const auto dependency = unmet_dependency(task, waits); dependency && !waits) {
+                    pop_pending();
+                    fail(attempt, {}, fmt::format("dependency {} failed", *dependency), Clock::duration::zero());
+                    continue;
+                } else if (dependency) {  // it starts once its dependencies have ended ok
+                    asking_head_ = true;
+                    break;
+                }
+            }
             if (!task.resources.empty()) {
                 // It starts as soon as it arrives, and holds what it asks for from now: alone,
                 // to a local worker that holds nothing (the pool is the local workers').
@@ -653,7 +666,12 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
 bool Schedule::send_asking(Clock::time_point now) {
     asking_head_ = false;
     const Attempt& next = peek_pending();
-    if (task(next.index).resources.empty() || skipped(next)) return true;  // for the usual way
+    if (skipped(next)) return true;  // for the usual way
+    if (bool waits = false; unmet_dependency(task(next.index), waits) && waits) {
+        asking_head_ = true;
+        return false;
+    }
+    if (task(next.index).resources.empty()) return true;
     for (auto it = workers_.begin(); it != workers_.end(); ++it)
         if (!it->second.remote && it->second.in_flight.empty() && limit(it->second) > 0) {
             send_tasks(it, 1, now);
@@ -661,6 +679,19 @@ bool Schedule::send_asking(Clock::time_point now) {
         }
     asking_head_ = true;
     return false;
+}
+
+std::optional<TaskId> Schedule::unmet_dependency(const TaskSpec& task, bool& waits) const {
+    std::optional<TaskId> first;
+    for (const TaskId dependency : task.after) {
+        if (failed_.contains(dependency)) {
+            waits = false;
+            return dependency;
+        }
+        if (!first && live_.contains(static_cast<std::size_t>(dependency))) first = dependency;
+    }
+    waits = first.has_value();
+    return first;
 }
 
 Schedule::Take Schedule::take_resources(std::size_t index, std::string& why) {
@@ -852,6 +883,7 @@ void Schedule::fail(const Attempt& attempt, const std::string& worker, std::stri
     result.worker = worker;
     result.error = std::move(error);
     result.run_time = ran;
+    failed_.insert(attempt.index);
     ++finished_;
     actions_.record(task, std::move(result));
     retire(attempt.index);

@@ -35,6 +35,7 @@
 #include "report.hpp"
 #include "errors.hpp"
 #include "events.hpp"
+#include "id_set.hpp"
 #include "resources.hpp"
 #include "running_board.hpp"
 
@@ -296,7 +297,14 @@ private:
     };
     std::optional<Pool> pool_;       // made at the first task that asks
     std::set<std::size_t> holding_;  // tasks that hold resources, by id
-    bool asking_head_ = false;       // the next task asks for resources the last try could not place
+    bool asking_head_ = false;       // the next task asks for resources the last try could not place,
+                                     // or waits for earlier tasks (TaskSpec::after) still running
+    // Dependencies (TaskSpec::after, earlier tasks only): one is done when it is no longer
+    // live (taken from the plan, no final result yet) and has not failed. Only failures are
+    // recorded, so a run without them keeps no more than it did.
+    IdSet failed_;  // tasks whose final result is not ok
+    // The first task of `task.after` that failed, or that has no final result yet (`waits`).
+    std::optional<TaskId> unmet_dependency(const TaskSpec& task, bool& waits) const;
 
     const Plan& plan_;
     const DispatchOptions options_;

@@ -183,5 +183,55 @@ class Resources(unittest.TestCase):
             self.assertIn(expected, run.stderr, flags)
 
 
+class Dependencies(unittest.TestCase):
+    """A plan line's "after": afterok, in the processes mode."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.tmp = self.dir.name
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def test_a_task_runs_after_its_dependencies_and_not_at_all_when_one_failed(self):
+        plan = os.path.join(self.tmp, "plan.jsonl")
+        lines = [
+            {"kind": "command", "shell": "sleep 0.2; echo made > first"},
+            {"kind": "command", "shell": "cat first", "after": [0]},  # fails unless 0 has ended
+            {"kind": "command", "shell": "exit 3"},
+            {"kind": "command", "shell": "touch ran3", "after": [1, 2]},
+            {"kind": "command", "shell": "touch ran4", "after": [3]},
+            {"kind": "command", "shell": "echo free"},
+        ]
+        with open(plan, "w") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
+        run = subprocess.run([COORDINATOR, "--plan", plan, "--workers", "3", "--results", "run.jsonl", "-q",
+                              "--progress", "never"], capture_output=True, text=True, timeout=120, cwd=self.tmp)
+        self.assertEqual(run.returncode, 1, run.stderr)
+        results = journal(os.path.join(self.tmp, "run.jsonl"))
+        self.assertEqual(sorted(results), list(range(6)))
+        self.assertEqual(results[1]["value"]["stdout"], "made\n")
+        self.assertEqual([results[i]["ok"] for i in range(6)], [True, True, False, False, False, True])
+        self.assertEqual(results[3]["error"], "dependency 2 failed")
+        self.assertEqual(results[4]["error"], "dependency 3 failed")
+        for name in ("ran3", "ran4"):
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, name)), f"{name}: a dependent ran")
+        self.assertGreaterEqual(results[1]["start_s"], results[0]["end_s"])
+
+    def test_a_task_that_waits_for_itself_or_a_later_one_is_refused_at_its_line(self):
+        plan = os.path.join(self.tmp, "plan.jsonl")
+        for after, expected in (([1], "plan.jsonl:2: \"after\": task 1 is this task itself"),
+                                ([2], "plan.jsonl:2: \"after\": task 2 comes later"),
+                                (["x"], "plan.jsonl:2: \"after\": \"x\" is not a task id")):
+            with open(plan, "w") as f:
+                f.write('{"kind":"sleep","seconds":0,"after":[1]}\n'.replace("[1]", "[]"))
+                f.write(json.dumps({"kind": "sleep", "seconds": 0, "after": after}) + "\n")
+                f.write('{"kind":"sleep","seconds":0}\n')
+            run = subprocess.run([COORDINATOR, "--plan", plan, "-q"], capture_output=True, text=True, timeout=60,
+                                 cwd=self.tmp)
+            self.assertEqual(run.returncode, 2, run.stderr)
+            self.assertIn(expected, run.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

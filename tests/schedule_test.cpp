@@ -1136,5 +1136,36 @@ TEST(ScheduleResources, ARequestTheWorkersCanNeverMeetFailsItsTaskInsteadOfWaiti
     EXPECT_TRUE(rig.world.sent.empty());
 }
 
+TEST(ScheduleDependencies, ATaskStartsAfterItsDependenciesAndFailsWithoutRunningWhenOneFailed) {
+    std::vector<TaskSpec> list;
+    for (TaskId i = 0; i < 5; ++i) list.push_back(testing::task_of("sleep", {{"seconds", 0.001}}, i));
+    list[2].after = {0};
+    list[3].after = {0, 1};
+    list[4].after = {3};
+    Rig rig(Plan::of(std::move(list)), {.workers = 1, .prefetch = 8});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1", 0.000001);  // task 0: its first result earns the worker a window
+    std::vector<TaskId> sent;
+    for (const Attempt& attempt : rig.world.sent_to("w1")) sent.push_back(attempt.index);
+    EXPECT_EQ(sent, (std::vector<TaskId>{0, 1, 2})) << "3 waits for 1, which has no result yet";
+    proto::Result failed = rig.result_of(rig.world.sent_to("w1").at(1));
+    failed.ok = false;
+    failed.error = "exited with status 3";
+    rig.answered.emplace(1, 1);
+    rig.schedule.result("w1", failed, rig.now);
+    rig.schedule.tick(rig.now);
+    rig.answer_all("w1");
+    std::map<TaskId, std::string> errors;
+    for (const TaskResult& result : rig.world.recorded) errors[result.id] = result.ok ? "ok" : result.error;
+    EXPECT_EQ(errors, (std::map<TaskId, std::string>{{0, "ok"},
+                                                     {1, "exited with status 3"},
+                                                     {2, "ok"},
+                                                     {3, "dependency 1 failed"},
+                                                     {4, "dependency 3 failed"}}));
+    for (const Attempt& attempt : rig.world.sent_to("w1")) EXPECT_LT(attempt.index, 3u) << "a dependent ran";
+    EXPECT_TRUE(rig.schedule.done());
+}
+
 }  // namespace
 }  // namespace taskfarm
