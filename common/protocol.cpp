@@ -230,10 +230,12 @@ void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out) {
     out.kind = task.type->name();
     out.params = task.params;
     out.timeout_s = task.timeout_s;
+    out.gpus = task.gpus;
 }
 
 TaskSpec to_spec(Task message, const Registry& registry) {
-    return TaskSpec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s};
+    return TaskSpec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s,
+                    {},         std::move(message.gpus)};
 }
 
 Result to_message(TaskResult result) {

@@ -64,7 +64,22 @@ struct Task {
     std::string kind;              // required: a task type's name
     Json params = Json::object();  // required: a map, what the type's run() reads
     double timeout_s = 0;          // 0: none
-    TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, params, timeout_s)
+    // The task's CUDA_VISIBLE_DEVICES: the GPUs it holds ("3,5", docs/resources.md). Empty:
+    // none, and then not sent at all, so a task that holds none costs not a byte more.
+    std::string gpus;
+    template <typename Packer>
+    void msgpack_pack(Packer& packer) const {
+        if (gpus.empty())
+            msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s)
+                .msgpack_pack(packer);
+        else
+            msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s, gpus)
+                .msgpack_pack(packer);
+    }
+    void msgpack_unpack(msgpack::object const& object) {
+        ::taskfarm::detail::unpack_map(object, msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(
+                                                   type, v, id, attempt, kind, params, timeout_s, gpus));
+    }
 };
 
 // What a task cost where it ran (TaskCost), inside a result. Missing (an older worker) or

@@ -14,6 +14,8 @@
 
 #include <taskfarm/task_type.hpp>
 
+#include "resources.hpp"
+
 namespace taskfarm {
 
 class Gil;
@@ -51,6 +53,13 @@ struct TaskSpec {
     const TaskType* type = nullptr;  // never null in a plan; owned by the Registry
     Params params{};                 // what the plan says: the journal's "params"
     double timeout_s = 0;            // fail the task when it runs longer; 0: no limit
+    ResourceRequest resources{};     // what it must hold to run (processes mode); empty: nothing
+    // The GPUs this attempt holds, "3,5": set by the schedule as it hands the task out, and
+    // the task's CUDA_VISIBLE_DEVICES where it runs; empty: none.
+    std::string gpus{};
+    // Earlier tasks of the plan that must end ok before it starts (a plan line's "after",
+    // processes mode); one that fails fails it, "dependency N failed", and it never runs.
+    std::vector<TaskId> after{};
 };
 
 // What one task cost where it ran (decision 92). Measured by run_task() in every mode; a

@@ -37,6 +37,62 @@ namespace {
 
 constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
 
+// Resources (docs/resources.md): --worker-resources, --gpus and --task-resources, in a group
+// of their own; read by finish() once the command line is parsed.
+struct ResourceFlags {
+    std::string worker;
+    std::string gpus;
+    std::string task;
+    CLI::Option* worker_option = nullptr;
+    CLI::Option* gpus_option = nullptr;
+    CLI::Option* task_option = nullptr;
+
+    void add(CLI::App& app) {
+        const auto checked = [](auto parse) {
+            return CLI::Validator(
+                [parse](std::string& text) -> std::string {
+                    try {
+                        parse(text);
+                        return "";
+                    } catch (const std::invalid_argument& e) {
+                        return e.what();
+                    }
+                },
+                "LIST");
+        };
+        const std::string group = "Resources (processes mode; docs/resources.md)";
+        worker_option = app.add_option("--worker-resources", worker,
+                                       "what the local worker processes have, together: NAME=COUNT,... (slot=2,\n"
+                                       "license=1). cpus (the CPUs this process may use) and mem (MiB of memory)\n"
+                                       "unless given. A task that asks for some starts only when all of it is free")
+                            ->check(checked(parse_resources))
+                            ->group(group);
+        gpus_option = app.add_option("--gpus", gpus,
+                                     "GPU ids the local workers share (0,1); default: CUDA_VISIBLE_DEVICES, else\n"
+                                     "nvidia-smi -L. A task holding some runs with CUDA_VISIBLE_DEVICES set to them")
+                          ->check(checked(parse_gpu_list))
+                          ->group(group);
+        task_option = app.add_option("--task-resources", task,
+                                     "what each task asks for (gpu=1,mem=2G) unless its plan line's \"resources\"\n"
+                                     "says; one that asks goes to a local worker that holds no other task")
+                          ->check(checked(parse_resources))
+                          ->group(group);
+    }
+
+    // Sets config's resources; a request the workers can never meet exits 2 naming the flag.
+    void finish(RunConfig& config) const {
+        std::optional<std::vector<std::string>> ids;
+        if (gpus_option->count() > 0) ids = parse_gpu_list(gpus);
+        config.resources = std::make_shared<const LocalResources>(
+            worker_option->count() > 0 ? parse_resources(worker) : ResourceRequest{}, std::move(ids));
+        if (task_option->count() == 0) return;
+        config.task_resources = parse_resources(task);
+        if (const std::string why = unmet_resources(config, config.task_resources); !why.empty())
+            throw CLI::ValidationError("--task-resources", why);
+    }
+    bool given() const { return worker_option->count() + gpus_option->count() + task_option->count() > 0; }
+};
+
 CLI::Validator size_validator(std::uint64_t least) {
     return CLI::Validator(
         [least](std::string& text) -> std::string {
@@ -254,6 +310,7 @@ struct CommandLine {
     ReportConfig report;
     TaskId report_task = 0;
     CancelConfig cancel;
+    ResourceFlags resources;  // --worker-resources, --gpus, --task-resources
     // The coordinator's flags that become settings, with the setting each becomes; given for a
     // plan no type of which reads it, a warning says so (the run goes on).
     std::vector<std::pair<CLI::Option*, const char*>> setting_flags;
@@ -422,6 +479,7 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                                kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
         ->check(kPrefetch)
         ->capture_default_str();
+    cl.resources.add(app);
     auto* worker_bin_option = app.add_option(
         "--worker-bin", config.worker_bin,
         program.worker.prefix.empty()
@@ -833,6 +891,8 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
         return report;
     }
     if (cl.cancel_command->parsed()) return cancel;
+    cl.resources.finish(config);
+    config.resources_given = cl.resources.given();
     if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
         throw CLI::ValidationError("--heartbeat-interval", why);
     for (auto name = modes.begin(); name != modes.end(); ++name)

@@ -1,6 +1,7 @@
 #pragma once
 // RunConfig: everything the command line decides, checked, with defaults.
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -12,12 +13,18 @@
 #include "console_modes.hpp"
 #include "curve.hpp"
 #include "mode.hpp"
+#include "resources.hpp"
 #include "step.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
 
 struct ParallelOutput;  // parallel_output.hpp
+struct RunConfig;
+
+// Why `request` can never be met by the local workers of `config`, or empty: more than they
+// have, or no local worker at all (--workers 0: resources are the local workers').
+std::string unmet_resources(const RunConfig& config, const ResourceRequest& request);
 
 struct RunConfig {
     int workers = 4;
@@ -90,6 +97,16 @@ struct RunConfig {
     // nodes can reach. step->args: --slurm-args or --mpirun-args split into words; step->pin:
     // --pin.
     std::optional<StepConfig> step;
+
+    // Resources (docs/resources.md): what the local workers have, together (--worker-resources,
+    // --gpus), and what each task asks for unless its plan line says (--task-resources).
+    std::shared_ptr<const LocalResources> resources = std::make_shared<const LocalResources>();
+    ResourceRequest task_resources;
+    bool resources_given = false;  // any of those flags: the run hands out resources, in processes mode only
+    // Set by the plan's reader once a task asks for resources (a plan line's "resources").
+    std::shared_ptr<std::atomic<bool>> resources_asked = std::make_shared<std::atomic<bool>>(false);
+    // ... and once a task has an "after" (dependencies, processes mode only too).
+    std::shared_ptr<std::atomic<bool>> after_asked = std::make_shared<std::atomic<bool>>(false);
 
     // `coordinator parallel` (parallel_cli.hpp): GNU parallel's output and exit status
     // instead of the result lines and the table; null for every other run.

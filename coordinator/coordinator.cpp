@@ -198,6 +198,17 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
 // effects gets a warning when several modes will each run every task.
 std::vector<Mode> choose_modes(const RunConfig& config, const std::vector<const TaskType*>& types,
                                const Registry& registry) {
+    // Resources are handed out by the processes mode alone (docs/resources.md).
+    const bool after = config.after_asked->load();
+    const bool asked = !config.task_resources.empty() || config.resources_asked->load() || after;
+    if (asked && config.modes_given &&
+        std::any_of(config.modes.begin(), config.modes.end(), [](Mode mode) { return mode != Mode::Processes; }))
+        throw ConfigError(
+            fmt::format("--mode: tasks of this plan {}, which only the processes mode {}: give --mode processes",
+                        after ? "wait for others (a plan line's \"after\")"
+                              : "ask for resources (--task-resources or a plan line's \"resources\")",
+                        after ? "orders" : "hands out"));
+    if (asked || config.resources_given) return config.modes_given ? config.modes : std::vector<Mode>{Mode::Processes};
     if (!config.modes_given) {
         const bool demo = std::all_of(types.begin(), types.end(), [&](const TaskType* type) {
             return registry.builtin(type) && !type->side_effects();
@@ -454,17 +465,22 @@ struct DecidedRun {
     std::unique_ptr<ParallelOutput> plain_output;  // --output plain's, with its spill directory; null: not plain
 };
 
-DecidedRun decide_run(const ProgramInfo& program, RunConfig config) {
+// On the heap, where it stays: the plan's cursors keep pointers to the configuration.
+std::unique_ptr<DecidedRun> decide_run(const ProgramInfo& program, RunConfig given) {
+    auto decided = std::make_unique<DecidedRun>();
+    decided->config = std::move(given);
+    RunConfig& config = decided->config;
     if (!config.log_level.empty()) set_log_level(config.log_level);
     config.server_keys = read_keys(config);
     check_worker_bin(config);
     check_files(config);
     // A type's services (the built-in image server) bind now; their threads start after the
     // SignalWatcher, like every thread.
-    Json settings = settings_json(config);
+    Json& settings = decided->settings;
+    settings = settings_json(config);
     // --output plain with local workers: a command's stream longer than a result holds comes
     // whole through a file of this directory, as with `coordinator parallel`.
-    std::unique_ptr<ParallelOutput> plain_output;
+    std::unique_ptr<ParallelOutput>& plain_output = decided->plain_output;
     if (config.output == OutputBlocks::Plain && !config.parallel) plain_output = std::make_unique<ParallelOutput>();
     if (plain_output && config.listen.empty() && !config.step) {
         std::error_code ec;
@@ -476,11 +492,12 @@ DecidedRun decide_run(const ProgramInfo& program, RunConfig config) {
             spdlog::warn("no temporary directory ({}): a command's output over --max-output is cut", e.what());
         }
     }
-    Plan plan = make_plan(config, program.registry, settings);
+    decided->plan = make_plan(config, program.registry, settings);
+    const Plan& plan = decided->plan;
     warn_unread_settings(config, plan.types);
     config.modes = choose_modes(config, plan.types, program.registry);
     warn_config(config);
-    return {std::move(config), std::move(plan), std::move(settings), std::move(plain_output)};
+    return decided;
 }
 
 // The journal the run appends to: --resume's, else --results' (check_files: the same file
@@ -776,9 +793,9 @@ int coordinator_main(const ProgramInfo& program, int argc, const char* const* ar
         if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
         if (auto* report = std::get_if<ReportConfig>(&parsed)) return journal_report(*report);
         if (auto* cancel = std::get_if<CancelConfig>(&parsed)) return static_cast<int>(cancel_tasks(*cancel));
-        DecidedRun decided = decide_run(program, std::get<RunConfig>(std::move(parsed)));
+        const std::unique_ptr<DecidedRun> decided = decide_run(program, std::get<RunConfig>(std::move(parsed)));
         return static_cast<int>(
-            run(program, decided.config, decided.plan, decided.settings, decided.plain_output.get()));
+            run(program, decided->config, decided->plan, decided->settings, decided->plain_output.get()));
     } catch (const ConfigError& e) {
         spdlog::error("{}", e.what());
         return static_cast<int>(ExitCode::Usage);

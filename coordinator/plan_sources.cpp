@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cerrno>
 #include <cstring>
@@ -67,7 +68,53 @@ Json parse_strict(const std::string& text) {
     return Json::parse(text, check);
 }
 
-TaskSpec parse_line(const std::string& text, const Registry& registry) {
+// What each task of the plan asks for (docs/resources.md): its line's "resources", else
+// --task-resources; a request the local workers can never meet is the line's problem.
+struct TaskResources {
+    ResourceRequest fallback;                  // --task-resources
+    const RunConfig* config = nullptr;         // null: nothing checked (read_plan, for tests)
+    std::shared_ptr<std::atomic<bool>> asked;  // set once a task asks for any
+    std::shared_ptr<std::atomic<bool>> after;  // set once a task has an "after"
+
+    void apply(TaskSpec& task, const Json* given) const {
+        task.resources = given ? resources_from_json(*given) : fallback;
+        if (task.resources.empty()) return;
+        if (config)
+            if (const std::string why = unmet_resources(*config, task.resources); !why.empty())
+                throw std::invalid_argument(why);
+        if (asked) asked->store(true, std::memory_order_relaxed);
+    }
+};
+
+TaskResources task_resources(const RunConfig& config) {
+    return {config.task_resources, &config, config.resources_asked, config.after_asked};
+}
+
+// A plan line's "after": ids of earlier tasks, each once. A task may wait only for tasks before
+// it, so no chain of them can come back to itself (a cycle could never run).
+std::vector<TaskId> dependencies(const Json& after, TaskId id) {
+    if (!after.is_array())
+        throw std::invalid_argument(
+            fmt::format("\"after\": want a list of task ids such as [0, 2], not {}", printable(after.dump(), 100)));
+    std::vector<TaskId> ids;
+    for (const Json& item : after) {
+        if (!item.is_number_unsigned())
+            throw std::invalid_argument(
+                fmt::format("\"after\": {} is not a task id (a whole number >= 0)", printable(item.dump(), 100)));
+        const TaskId dependency = item.get<TaskId>();
+        if (dependency >= id)
+            throw std::invalid_argument(
+                fmt::format("\"after\": task {} {}: a task may wait only for tasks before it in the plan, so that no "
+                            "cycle can be written",
+                            dependency, dependency == id ? "is this task itself" : "comes later"));
+        if (std::find(ids.begin(), ids.end(), dependency) != ids.end())
+            throw std::invalid_argument(fmt::format("\"after\": task {} given twice", dependency));
+        ids.push_back(dependency);
+    }
+    return ids;
+}
+
+TaskSpec parse_line(const std::string& text, const Registry& registry, const TaskResources& resources, TaskId id) {
     Json line;
     try {
         line = parse_strict(text);
@@ -96,9 +143,17 @@ TaskSpec parse_line(const std::string& text, const Registry& registry) {
         task.type = registry.find(*kind);
         if (!task.type) throw LineError(fmt::format("unknown kind \"{}\" (want {})", *kind, registry.names_text()));
         task.timeout_s = fields.seconds("timeout_s").value_or(kTimeoutNotGiven);
-        Params own = line;  // the type's fields: all but those two
+        const auto asked = line.find("resources");
+        resources.apply(task, asked == line.end() ? nullptr : &*asked);
+        Params own = line;  // the type's fields: all but those three
         own.erase("kind");
         own.erase("timeout_s");
+        own.erase("resources");
+        if (const auto after = line.find("after"); after != line.end()) {
+            task.after = dependencies(*after, id);
+            if (resources.after) resources.after->store(true, std::memory_order_relaxed);
+        }
+        own.erase("after");
         task.params = task.type->parse(own);
     } catch (const std::invalid_argument& e) {
         throw LineError(e.what());
@@ -271,19 +326,19 @@ private:
     std::uint64_t tasks_ = 0;
 };
 
-MakeTask plan_line_maker(const Registry& registry) {
-    return {[&registry](const std::string& line, TaskId id) {
-        TaskSpec task = parse_line(line, registry);
+MakeTask plan_line_maker(const Registry& registry, TaskResources resources = {}) {
+    return {[&registry, resources = std::move(resources)](const std::string& line, TaskId id) {
+        TaskSpec task = parse_line(line, registry, resources, id);
         task.id = id;
         return task;
     }};
 }
 
 // Holds a copy of the settings: the plan may outlive the caller's.
-MakeTask input_line_maker(const TaskType& type, const Json& run_settings) {
+MakeTask input_line_maker(const TaskType& type, const Json& run_settings, TaskResources resources = {}) {
     const bool verbatim = type.name() == "command";
-    auto make = [&type, verbatim, settings = std::make_shared<const Json>(run_settings)](const std::string& line,
-                                                                                         TaskId id) {
+    auto make = [&type, verbatim, settings = std::make_shared<const Json>(run_settings),
+                 resources = std::move(resources)](const std::string& line, TaskId id) {
         const auto first = line.find_first_not_of(" \t\r");
         const std::string_view input =
             verbatim ? std::string_view(line)
@@ -291,10 +346,12 @@ MakeTask input_line_maker(const TaskType& type, const Json& run_settings) {
         // Checked as a plan line is: a type's parameters cannot come from its input line
         // (sleep's, say) fail here, not in every task.
         const Input numbered{.line = input, .index = id, .settings = *settings};
-        return TaskSpec{.id = id,
-                        .type = &type,
-                        .params = type.parse(type.from_numbered_input(numbered)),
-                        .timeout_s = kTimeoutNotGiven};
+        TaskSpec task{.id = id,
+                      .type = &type,
+                      .params = type.parse(type.from_numbered_input(numbered)),
+                      .timeout_s = kTimeoutNotGiven};
+        resources.apply(task, nullptr);
+        return task;
     };
     return {std::move(make), verbatim};
 }
@@ -317,6 +374,7 @@ public:
                 task.type = &source_.type_;
                 task.params = source_.make(next_, random_);
                 task.timeout_s = source_.timeout_s_;
+                if (!source_.resources_.empty()) task.resources = source_.resources_;
                 ++next_;
                 return true;
             }
@@ -345,6 +403,9 @@ private:
     const std::uint64_t seed_;
     const Json settings_;  // a copy: the plan may outlive the caller's
     const double timeout_s_;
+
+public:
+    ResourceRequest resources_;  // --task-resources, for every task
 };
 
 // A plan file: every cursor reads it again, from the first line.
@@ -665,6 +726,14 @@ std::shared_ptr<StdinSpool> spool_for(const std::filesystem::path& path, const s
 
 }  // namespace
 
+std::string unmet_resources(const RunConfig& config, const ResourceRequest& request) {
+    if (request.empty()) return {};
+    if (config.workers == 0)
+        return fmt::format("asks for {}, but resources are the local workers' and --workers is 0",
+                           resources_text(request));
+    return config.resources->unmet(request);
+}
+
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings) {
     Plan plan;
     const double timeout_s = config.task_timeout_s;
@@ -673,10 +742,10 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
             plan.stdin_spool = spool_for(config.plan_path, "--plan");
             plan.stdin_spool->read_all();
             plan.source = std::make_shared<StdinSource>(plan.stdin_spool, "", "no tasks in the plan",
-                                                        plan_line_maker(registry), timeout_s);
+                                                        plan_line_maker(registry, task_resources(config)), timeout_s);
         } else {
             plan.source = std::make_shared<FileSource>(config.plan_path, "--plan", "", "no tasks in the plan",
-                                                       plan_line_maker(registry), timeout_s);
+                                                       plan_line_maker(registry, task_resources(config)), timeout_s);
         }
         count_tasks(plan);
     } else if (!config.inputs_path.empty()) {
@@ -685,12 +754,13 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
         plan.types = {&type};
         if (config.inputs_path == "-" || read_once(config.inputs_path)) {
             plan.stdin_spool = spool_for(config.inputs_path, config.inputs_flag);
-            plan.source = std::make_shared<StdinSource>(plan.stdin_spool, prefix, "no inputs in the list",
-                                                        input_line_maker(type, settings), timeout_s);
+            plan.source =
+                std::make_shared<StdinSource>(plan.stdin_spool, prefix, "no inputs in the list",
+                                              input_line_maker(type, settings, task_resources(config)), timeout_s);
         } else {
             plan.source =
                 std::make_shared<FileSource>(config.inputs_path, config.inputs_flag, prefix, "no inputs in the list",
-                                             input_line_maker(type, settings), timeout_s);
+                                             input_line_maker(type, settings, task_resources(config)), timeout_s);
             count_tasks(plan);
         }
     } else {
@@ -702,6 +772,7 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
         }
         const auto count = static_cast<std::uint64_t>(config.tasks);
         auto source = std::make_shared<GeneratedSource>(type, count, config.seed, settings, timeout_s);
+        source->resources_ = config.task_resources;  // checked against the workers by parse_cli
         // A type that cannot make these tasks is found out now, not in the middle of the run:
         // its first task, and its last (with a generator of its own: the last is made again
         // in its turn), where an index too large for the type shows.

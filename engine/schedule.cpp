@@ -213,6 +213,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     const Attempt done = *attempt;
     const bool was_running = attempt == worker.in_flight.begin();
     worker.in_flight.erase(attempt);
+    release(done.index);
     worker.running_since = now;  // the next one, if any, starts now
     if (was_running && !worker.in_flight.empty()) front_started(worker, now);
     worker.delivered = true;
@@ -226,6 +227,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     };
     const TaskSpec& task = live_.at(done.index);
     if (cancelled_.contains(done.index) && !message.ok) {
+        failed_.insert(done.index);
         ++finished_;
         actions_.record(task, cancelled(with_host(proto::to_result(message, worker.name, task.type))));
         retire(done.index);
@@ -235,6 +237,7 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
         retries_.push_front({done.index, done.number + 1});
         actions_.record_retry(task, with_host(proto::to_result(message, worker.name, task.type)));
     } else {
+        if (!message.ok) failed_.insert(done.index);
         ++finished_;
         actions_.record(task, with_host(proto::to_result(message, worker.name, task.type)));
         retire(done.index);
@@ -361,6 +364,7 @@ void Schedule::returned(const PeerId& peer, const proto::Returned& message, Cloc
         if (attempt == in_flight.end()) continue;  // stale: not one it holds
         const Attempt given = *attempt;
         in_flight.erase(attempt);
+        release(given.index);
         if (cancelled_.contains(given.index)) {  // never ran: its cancel is the result
             record_cancelled(given, worker->second.name, Clock::duration::zero());
             continue;
@@ -423,6 +427,7 @@ void Schedule::watch_overruns(Clock::time_point now) {
         Worker& worker = workers_.at(peer);
         const Attempt attempt = worker.in_flight.front();
         worker.in_flight.pop_front();
+        release(attempt.index);
         const double timeout_s = task(attempt.index).timeout_s;
         fail(attempt, worker.name,
              fmt::format("timed out after {:g} s: worker {} did not stop it, so it was {}", timeout_s, worker.name,
@@ -567,6 +572,10 @@ void Schedule::dispatch(Clock::time_point now) {
     // Shallowest queue first, and a fair share each, so a short plan spreads over every
     // worker before any worker queues more.
     while (pending() > 0) {
+        if (asking_head_) {
+            if (!send_asking(now)) break;
+            continue;
+        }
         auto target = workers_.end();
         std::size_t open = 0;
         for (auto it = workers_.begin(); it != workers_.end(); ++it) {
@@ -598,8 +607,39 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
                 continue;
             }
             const TaskSpec& task = this->task(attempt.index);
+            if (!task.after.empty()) {
+                bool waits = false;
+                if (const auto dependency = unmet_dependency(task, waits); dependency && !waits) {
+                    pop_pending();
+                    fail(attempt, {}, fmt::format("dependency {} failed", *dependency), Clock::duration::zero());
+                    continue;
+                } else if (dependency) {  // it starts once its dependencies have ended ok
+                    asking_head_ = true;
+                    break;
+                }
+            }
+            if (!task.resources.empty()) {
+                // It starts as soon as it arrives, and holds what it asks for from now: alone,
+                // to a local worker that holds nothing (the pool is the local workers').
+                if (!batch_.empty() || !worker.in_flight.empty() || worker.remote) {
+                    asking_head_ = true;
+                    break;
+                }
+                std::string why;
+                const Take took = take_resources(attempt.index, why);
+                if (took == Take::Busy) {
+                    asking_head_ = true;
+                    break;
+                }
+                if (took == Take::Never) {
+                    pop_pending();
+                    fail(attempt, {}, "not run: " + why, Clock::duration::zero());
+                    continue;
+                }
+            }
             const std::size_t size = task_bytes_(task, attempt.number);
             if (size > max_batch_bytes_) {
+                release(attempt.index);
                 pop_pending();
                 fail(attempt, {},
                      fmt::format("not sent: task {} takes {} bytes encoded, more than the {} bytes a message to a "
@@ -621,6 +661,107 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
         if (!actions_.send_tasks(target->first, batch_))
             return lose_worker(target->first, fmt::format("worker {} disconnected", worker.name), now);
     }
+}
+
+bool Schedule::send_asking(Clock::time_point now) {
+    asking_head_ = false;
+    const Attempt& next = peek_pending();
+    if (skipped(next)) return true;  // for the usual way
+    if (bool waits = false; unmet_dependency(task(next.index), waits) && waits) {
+        asking_head_ = true;
+        return false;
+    }
+    if (task(next.index).resources.empty()) return true;
+    for (auto it = workers_.begin(); it != workers_.end(); ++it)
+        if (!it->second.remote && it->second.in_flight.empty() && limit(it->second) > 0) {
+            send_tasks(it, 1, now);
+            return !asking_head_;
+        }
+    asking_head_ = true;
+    return false;
+}
+
+std::optional<TaskId> Schedule::unmet_dependency(const TaskSpec& task, bool& waits) const {
+    std::optional<TaskId> first;
+    for (const TaskId dependency : task.after) {
+        if (failed_.contains(dependency)) {
+            waits = false;
+            return dependency;
+        }
+        if (!first && live_.contains(static_cast<std::size_t>(dependency))) first = dependency;
+    }
+    waits = first.has_value();
+    return first;
+}
+
+Schedule::Take Schedule::take_resources(std::size_t index, std::string& why) {
+    TaskSpec& task = live_.at(index);
+    if (!pool_) {
+        Pool pool;
+        if (options_.resources) {
+            pool.total = options_.resources->counts();
+            pool.gpus = options_.resources->gpus();
+        }
+        pool.free = pool.total;
+        pool.gpu_free.assign(pool.gpus.size(), true);
+        pool_ = std::move(pool);
+    }
+    Pool& pool = *pool_;
+    const auto named = [&pool](const std::string& name) {
+        const auto found =
+            std::find_if(pool.free.begin(), pool.free.end(), [&](const auto& r) { return r.name == name; });
+        return found == pool.free.end() ? nullptr : &*found;
+    };
+    const auto gpus_free = static_cast<std::uint64_t>(std::count(pool.gpu_free.begin(), pool.gpu_free.end(), true));
+    bool busy = false;
+    for (const auto& [name, amount] : task.resources) {
+        const bool gpu = name == kGpuResource;
+        const ResourceAmount* free = gpu ? nullptr : named(name);
+        const std::uint64_t total =
+            gpu ? pool.gpus.size() : (free ? pool.total[static_cast<std::size_t>(free - pool.free.data())].amount : 0);
+        if (amount > total) {
+            why = options_.resources ? options_.resources->unmet(task.resources)
+                                     : fmt::format("asks for {}={}, but the workers have no resources", name, amount);
+            return Take::Never;
+        }
+        if (amount > (gpu ? gpus_free : free->amount)) busy = true;
+    }
+    if (busy) return Take::Busy;
+    for (const auto& [name, amount] : task.resources) {
+        if (name != kGpuResource) {
+            named(name)->amount -= amount;
+            continue;
+        }
+        std::uint64_t left = amount;
+        for (std::size_t i = 0; i < pool.gpus.size() && left > 0; ++i)
+            if (pool.gpu_free[i]) {
+                pool.gpu_free[i] = false;
+                task.gpus += (task.gpus.empty() ? "" : ",") + pool.gpus[i];
+                --left;
+            }
+    }
+    holding_.insert(index);
+    return Take::Taken;
+}
+
+void Schedule::release(std::size_t index) {
+    if (holding_.empty() || holding_.erase(index) == 0) return;
+    TaskSpec& task = live_.at(index);
+    Pool& pool = *pool_;
+    for (const auto& [name, amount] : task.resources)
+        if (name != kGpuResource)
+            for (ResourceAmount& free : pool.free)
+                if (free.name == name) free.amount += amount;
+    // Its GPUs by id: "3,5" of the pool's list.
+    std::string_view held = task.gpus;
+    while (!held.empty()) {
+        const auto comma = held.find(',');
+        const std::string_view id = held.substr(0, comma);
+        for (std::size_t i = 0; i < pool.gpus.size(); ++i)
+            if (pool.gpus[i] == id) pool.gpu_free[i] = true;
+        held = comma == std::string_view::npos ? std::string_view() : held.substr(comma + 1);
+    }
+    task.gpus.clear();
 }
 
 void Schedule::front_started(const Worker& worker, Clock::time_point now) {
@@ -674,6 +815,7 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
         spdlog::warn("{}; requeueing its {} task(s), none of them started", reason, lost.in_flight.size());
     actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason, .lost = true});
     for (std::size_t i = lost.in_flight.size(); i-- > 0;) {
+        release(lost.in_flight[i].index);
         if (running == i)
             retry_or_fail(lost.in_flight[i], lost.name, reason, now);
         else
@@ -741,6 +883,7 @@ void Schedule::fail(const Attempt& attempt, const std::string& worker, std::stri
     result.worker = worker;
     result.error = std::move(error);
     result.run_time = ran;
+    failed_.insert(attempt.index);
     ++finished_;
     actions_.record(task, std::move(result));
     retire(attempt.index);

@@ -20,6 +20,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -34,6 +35,8 @@
 #include "report.hpp"
 #include "errors.hpp"
 #include "events.hpp"
+#include "id_set.hpp"
+#include "resources.hpp"
 #include "running_board.hpp"
 
 namespace taskfarm {
@@ -65,6 +68,10 @@ struct DispatchOptions {
     // called stuck and killed: the command type's grace from SIGTERM to SIGKILL
     // (command_groups::grace), to which the schedule adds a second for the result to come.
     std::chrono::milliseconds stop_grace{2000};
+    // What the local workers have, together (docs/resources.md): a task that asks for
+    // resources (TaskSpec::resources) goes only to a local worker that holds no task, once
+    // all it asks for is free, and holds it until its result. Null: none at all.
+    std::shared_ptr<const LocalResources> resources{};
 };
 
 // --prefetch auto: a worker holds at most this many tasks...
@@ -273,6 +280,31 @@ private:
     bool skipped(const Attempt& attempt) const { return !cancelled_.empty() && cancelled_.contains(attempt.index); }
     void fail_pending(const std::string& reason);
     std::size_t remote_workers() const;
+
+    // Resources (DispatchOptions::resources). The task that asks for some waits at the head
+    // of the queue until they are free (first come, first served: nothing overtakes it).
+    enum class Take { Taken, Busy, Never };
+    // Takes what task `index` asks for if it is all free: Taken (held until release()),
+    // Busy, or Never (more than the workers have; `why` says so).
+    Take take_resources(std::size_t index, std::string& why);
+    void release(std::size_t index);          // what task `index` holds, if anything
+    bool send_asking(Clock::time_point now);  // the head asks for resources: to an idle local worker
+    struct Pool {
+        ResourceRequest total;          // named counts, by name
+        ResourceRequest free;           // the same names, what is not held
+        std::vector<std::string> gpus;  // ids
+        std::vector<bool> gpu_free;
+    };
+    std::optional<Pool> pool_;       // made at the first task that asks
+    std::set<std::size_t> holding_;  // tasks that hold resources, by id
+    bool asking_head_ = false;       // the next task asks for resources the last try could not place,
+                                     // or waits for earlier tasks (TaskSpec::after) still running
+    // Dependencies (TaskSpec::after, earlier tasks only): one is done when it is no longer
+    // live (taken from the plan, no final result yet) and has not failed. Only failures are
+    // recorded, so a run without them keeps no more than it did.
+    IdSet failed_;  // tasks whose final result is not ok
+    // The first task of `task.after` that failed, or that has no final result yet (`waits`).
+    std::optional<TaskId> unmet_dependency(const TaskSpec& task, bool& waits) const;
 
     const Plan& plan_;
     const DispatchOptions options_;

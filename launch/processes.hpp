@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "control.hpp"
 #include "curve.hpp"
+#include "resources.hpp"
 #include "runner.hpp"
 #include "step.hpp"
 
@@ -45,6 +47,7 @@ struct ProcessesOptions {
     // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
     // of step->tasks workers, with keys made for the run; the runner fills in step->worker.
     std::optional<StepConfig> step;
+    std::shared_ptr<const LocalResources> resources{};  // what the local workers have (DispatchOptions::resources)
 };
 
 class ProcessesRunner final : public Runner {

@@ -42,6 +42,21 @@ TEST(Protocol, TaskRoundTripsWithEveryField) {
     EXPECT_EQ(back.timeout_s, 7.5);
 }
 
+TEST(Protocol, ATaskCarriesTheGpusItHoldsAndOneThatHoldsNoneHasNoSuchKey) {
+    TaskSpec spec{4, type("sleep"), {{"seconds", 0}}, 0};
+    const std::string plain = encode(to_message(spec, 1));
+    EXPECT_EQ(plain.find("gpus"), std::string::npos) << "a task that holds no GPU costs not a byte more";
+    spec.gpus = "3,5";
+    const Message message = decode(encode(to_message(spec, 1)));
+    const auto* task = std::get_if<Task>(&message);
+    ASSERT_NE(task, nullptr) << rejection(encode(to_message(spec, 1)));
+    EXPECT_EQ(task->gpus, "3,5");
+    EXPECT_EQ(to_spec(*task, builtin_types()).gpus, "3,5");
+    const Message none = decode(plain);
+    ASSERT_NE(std::get_if<Task>(&none), nullptr);
+    EXPECT_EQ(std::get<Task>(none).gpus, "");
+}
+
 TEST(Protocol, ParamsAndValuesKeepEveryJsonTypeAndNesting) {
     const Json params = {{"text", "a b\u00e9"},
                          {"n", 18446744073709551615u},

@@ -1017,5 +1017,155 @@ TEST(Schedule, ACancelledTaskIsRecordedAtOnceWhenQueuedAndWhenItsWorkerAnswersWh
     for (const Attempt& sent : rig.world.sent_to("w1")) EXPECT_NE(sent.index, 3u) << "a cancelled task was sent";
 }
 
+// Resources (docs/resources.md): `asking` tasks ask for `request`, then `free` ones ask for nothing.
+Plan asking(std::size_t tasks, const ResourceRequest& request) {
+    std::vector<TaskSpec> list;
+    for (std::size_t i = 0; i < tasks; ++i) {
+        list.push_back(testing::task_of("sleep", {{"seconds", 0.001}}, static_cast<TaskId>(i)));
+        list.back().resources = request;
+    }
+    return Plan::of(std::move(list));
+}
+
+// The tasks the schedule handed out and has no result for, by the rig's record.
+std::vector<Attempt> unanswered(const Rig& rig) {
+    std::vector<Attempt> open;
+    for (const Sent& sent : rig.world.sent)
+        for (const Attempt& attempt : sent.attempts)
+            if (!rig.answered.contains({attempt.index, attempt.number})) open.push_back(attempt);
+    return open;
+}
+
+TEST(ScheduleResources, ANamedCountLimitsHowManyRunAtOnceWhateverTheWorkers) {
+    Rig rig(asking(6, {{"slot", 1}}),
+            {.workers = 4, .resources = std::make_shared<const LocalResources>(ResourceRequest{{"slot", 2}})});
+    rig.spawn_all();
+    for (const char* name : {"w1", "w2", "w3", "w4"}) rig.hello(name);
+    std::set<PeerId> used;
+    std::size_t most = 0;
+    for (int round = 0; rig.world.recorded.size() < 6; ++round) {
+        ASSERT_LT(round, 20) << "the tasks never finished";
+        const auto open = unanswered(rig);
+        ASSERT_FALSE(open.empty()) << "nothing runs, " << rig.world.recorded.size() << " done";
+        most = std::max(most, open.size());
+        for (const Sent& sent : rig.world.sent) {
+            EXPECT_EQ(sent.attempts.size(), 1u) << "a task that holds resources goes alone";
+            used.insert(sent.peer);
+        }
+        // One result at a time, from the worker that got its task first.
+        const Attempt first = open.front();
+        for (const Sent& sent : rig.world.sent)
+            if (std::any_of(sent.attempts.begin(), sent.attempts.end(),
+                            [&](const Attempt& a) { return a.index == first.index; })) {
+                rig.answered.emplace(first.index, first.number);
+                rig.schedule.result(sent.peer, rig.result_of(first), rig.now);
+                rig.schedule.tick(rig.now);
+                break;
+            }
+    }
+    EXPECT_EQ(most, 2u) << "slot=2: two at once, never more, on four workers";
+    EXPECT_GE(used.size(), 2u);
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 6u);
+}
+
+TEST(ScheduleResources, EachGpuGoesToOneTaskAtATimeAndComesBackWithItsResult) {
+    Rig rig(asking(4, {{"gpu", 1}}), {.workers = 3,
+                                      .resources = std::make_shared<const LocalResources>(
+                                          ResourceRequest{}, std::vector<std::string>{"3", "5"})});
+    rig.spawn_all();
+    for (const char* name : {"w1", "w2", "w3"}) rig.hello(name);
+    ASSERT_EQ(rig.world.sent.size(), 2u);
+    std::set<std::string> held;
+    for (const Sent& sent : rig.world.sent) held.insert(rig.schedule.task(sent.attempts.at(0).index).gpus);
+    EXPECT_EQ(held, (std::set<std::string>{"3", "5"}));
+    // The task on GPU 5 ends: the next task gets 5, and no other.
+    const Sent on5 =
+        rig.schedule.task(rig.world.sent[0].attempts[0].index).gpus == "5" ? rig.world.sent[0] : rig.world.sent[1];
+    rig.answered.emplace(on5.attempts[0].index, 1);
+    rig.schedule.result(on5.peer, rig.result_of(on5.attempts[0]), rig.now);
+    rig.schedule.tick(rig.now);
+    ASSERT_EQ(rig.world.sent.size(), 3u);
+    EXPECT_EQ(rig.schedule.task(rig.world.sent[2].attempts.at(0).index).gpus, "5");
+}
+
+TEST(ScheduleResources, AWorkerLostUnderATaskGivesItsGpuBackAndTheTaskRunsAgainWithOne) {
+    Rig rig(asking(1, {{"gpu", 1}}),
+            {.workers = 2,
+             .resources = std::make_shared<const LocalResources>(ResourceRequest{}, std::vector<std::string>{"0"})});
+    rig.spawn_all();
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.sent.size(), 1u);
+    const PeerId first = rig.world.sent[0].peer;
+    rig.hello("w2");
+    rig.schedule.exited(rig.world.pids.at(first == "w1" ? 0 : 1), "worker died (signal 9)", rig.now);
+    rig.schedule.tick(rig.now);
+    ASSERT_EQ(rig.world.sent.size(), 2u) << "the GPU of the lost worker was not given back";
+    EXPECT_NE(rig.world.sent[1].peer, first);
+    EXPECT_EQ(rig.world.sent[1].attempts.at(0).number, 2u);
+    EXPECT_EQ(rig.schedule.task(0).gpus, "0");
+}
+
+TEST(ScheduleResources, ATaskAsksOnlyLocalWorkersAndWaitsForOneThatHoldsNothing) {
+    Rig rig(asking(2, {{"slot", 1}}),
+            {.workers = 1,
+             .prefetch = 8,
+             .listening = true,
+             .resources = std::make_shared<const LocalResources>(ResourceRequest{{"slot", 4}})});
+    rig.spawn_all();
+    rig.remote_hello("r1");
+    EXPECT_TRUE(rig.world.sent.empty()) << "a remote worker has none of the local workers' resources";
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.sent.size(), 1u);
+    EXPECT_EQ(rig.world.sent[0].peer, "w1");
+    EXPECT_EQ(rig.world.sent[0].attempts.size(), 1u) << "queued behind another, it would hold its slot idle";
+    rig.answer_all("w1");
+    ASSERT_EQ(rig.world.sent.size(), 2u);
+    EXPECT_EQ(rig.world.sent[1].peer, "w1");
+}
+
+TEST(ScheduleResources, ARequestTheWorkersCanNeverMeetFailsItsTaskInsteadOfWaitingForever) {
+    Rig rig(asking(1, {{"gpu", 2}}),
+            {.workers = 1,
+             .resources = std::make_shared<const LocalResources>(ResourceRequest{}, std::vector<std::string>{"0"})});
+    rig.spawn_all();
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.recorded.size(), 1u);
+    EXPECT_FALSE(rig.world.recorded[0].ok);
+    EXPECT_NE(rig.world.recorded[0].error.find("not run: asks for gpu=2"), std::string::npos)
+        << rig.world.recorded[0].error;
+    EXPECT_TRUE(rig.world.sent.empty());
+}
+
+TEST(ScheduleDependencies, ATaskStartsAfterItsDependenciesAndFailsWithoutRunningWhenOneFailed) {
+    std::vector<TaskSpec> list;
+    for (TaskId i = 0; i < 5; ++i) list.push_back(testing::task_of("sleep", {{"seconds", 0.001}}, i));
+    list[2].after = {0};
+    list[3].after = {0, 1};
+    list[4].after = {3};
+    Rig rig(Plan::of(std::move(list)), {.workers = 1, .prefetch = 8});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.answer_all("w1", 0.000001);  // task 0: its first result earns the worker a window
+    std::vector<TaskId> sent;
+    for (const Attempt& attempt : rig.world.sent_to("w1")) sent.push_back(attempt.index);
+    EXPECT_EQ(sent, (std::vector<TaskId>{0, 1, 2})) << "3 waits for 1, which has no result yet";
+    proto::Result failed = rig.result_of(rig.world.sent_to("w1").at(1));
+    failed.ok = false;
+    failed.error = "exited with status 3";
+    rig.answered.emplace(1, 1);
+    rig.schedule.result("w1", failed, rig.now);
+    rig.schedule.tick(rig.now);
+    rig.answer_all("w1");
+    std::map<TaskId, std::string> errors;
+    for (const TaskResult& result : rig.world.recorded) errors[result.id] = result.ok ? "ok" : result.error;
+    EXPECT_EQ(errors, (std::map<TaskId, std::string>{{0, "ok"},
+                                                     {1, "exited with status 3"},
+                                                     {2, "ok"},
+                                                     {3, "dependency 1 failed"},
+                                                     {4, "dependency 3 failed"}}));
+    for (const Attempt& attempt : rig.world.sent_to("w1")) EXPECT_LT(attempt.index, 3u) << "a dependent ran";
+    EXPECT_TRUE(rig.schedule.done());
+}
+
 }  // namespace
 }  // namespace taskfarm

@@ -1,6 +1,9 @@
 #include "executor.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include <fmt/format.h>
@@ -9,6 +12,36 @@
 #include "wire.hpp"
 
 namespace taskfarm {
+namespace {
+
+// CUDA_VISIBLE_DEVICES for one task that holds GPUs (docs/resources.md), and as it was after
+// it. Set in the worker's environment on the thread that runs tasks, just before the task:
+// a command the task starts inherits it, and so does CUDA first used by the task itself.
+// Only a task that holds GPUs changes the environment; no other thread of the worker reads it.
+class TaskGpus {
+public:
+    explicit TaskGpus(const std::string& gpus) : set_(!gpus.empty()) {
+        if (!set_) return;
+        if (const char* before = std::getenv(kVariable)) before_ = before;
+        ::setenv(kVariable, gpus.c_str(), 1);
+    }
+    ~TaskGpus() {
+        if (!set_) return;
+        if (before_)
+            ::setenv(kVariable, before_->c_str(), 1);
+        else
+            ::unsetenv(kVariable);
+    }
+    TaskGpus(const TaskGpus&) = delete;
+    TaskGpus& operator=(const TaskGpus&) = delete;
+
+private:
+    static constexpr const char* kVariable = "CUDA_VISIBLE_DEVICES";
+    bool set_;
+    std::optional<std::string> before_;
+};
+
+}  // namespace
 
 void Executor::set_settings(Json settings) {
     std::lock_guard lock(mutex_);
@@ -116,7 +149,10 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
         const std::stop_callback link(stop, [&own] { own.request_stop(); });
         env.stop = own.get_token();
         if (board_) board_->started(next.task.id, next.attempt);
-        TaskResult result = next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
+        TaskResult result = [&] {
+            const TaskGpus gpus(next.task.gpus);
+            return next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
+        }();
         if (board_) board_->ended();
         {
             // Before the result goes out: the coordinator answers it with the next task,
