@@ -137,7 +137,7 @@ ForkServer::ForkServer(const std::filesystem::path& binary, const std::vector<st
     args.insert(args.end(), {"--preload", types});
     try {
         process_ = std::make_unique<Process>(Process{bp::child(
-            bp::exe = binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,
+            bp::exe = binary.string(), bp::args = args, bp::std_in < bp::null,
             bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = HandOverChannel{ends[1]})});
     } catch (...) {
         ::close(ends[0]);
@@ -246,7 +246,9 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
 }
 
 pid_t ProcessPool::exec_worker(const std::vector<std::string>& args, int cpu) {
-    bp::child process(bp::exe = launch_.binary.string(), bp::args = args, bp::std_out > bp::null, bp::std_in < bp::null,
+    // Its stdout and stderr are the program's, as a task's on the program's own threads
+    // (decision 167); the worker itself writes nothing to stdout.
+    bp::child process(bp::exe = launch_.binary.string(), bp::args = args, bp::std_in < bp::null,
                       bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = PinToCpu(cpu));
     const pid_t pid = process.id();
     process.detach();  // reaped here, by pid (waitpid), like a forked one

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 PUBLIC_CLASSES = ["App", "Farm", "Context", "Context::Waiting", "Fields", "Flag", "TaskType", "TaskError",
-                  "detail::Outcome"]
+                  "detail::Outcome", "detail::FlushOutput"]
 THROWN_OR_DERIVED = ["TaskType", "TaskError", "TaskStopped", "TaskFailed", "RunService"]
 ALLOWED = [re.compile(r"taskfarm::version\(\)$")]
 ALLOWED += [re.compile(rf"taskfarm::{re.escape(c)}::(~?\w+)(\[abi:cxx11\])?\(") for c in PUBLIC_CLASSES]

@@ -27,6 +27,17 @@ class Registry;
 // A function as a task type: `fn(params, context)` returns the task's value.
 using TaskFunction = std::function<Value(const Params&, Context&)>;
 
+namespace detail {
+// Flushes std::cout, std::cerr and C's stdout after a function's task, returned or thrown,
+// in every mode: what it wrote is out before its result is (docs/api.md, "Output").
+struct FlushOutput {
+    FlushOutput() = default;
+    FlushOutput(const FlushOutput&) = delete;
+    FlushOutput& operator=(const FlushOutput&) = delete;
+    ~FlushOutput();
+};
+}  // namespace detail
+
 struct TaskOptions {
     std::string summary;                       // one line for --help
     bool writes_files = false;                 // see TaskType::writes_files()
@@ -59,7 +70,10 @@ public:
             if (!normal.contains(key)) throw std::invalid_argument("unknown field \"" + key + "\"");
         return normal;
     }
-    Value run(const Params& params, Context& context) const override { return Value(fn_(read(params), context)); }
+    Value run(const Params& params, Context& context) const override {
+        const detail::FlushOutput flush;
+        return Value(fn_(read(params), context));
+    }
 
 private:
     // `params` as a P; throws std::invalid_argument with nlohmann's reason, naming the field

@@ -45,6 +45,12 @@ struct FarmOptions {
     // A JSON Lines journal of every result (the coordinator's --results FILE): appended to,
     // locked while the farm runs. Empty: none.
     std::filesystem::path journal{};
+    // Resume from the journal (when it exists): a task submitted whose type and parameters are
+    // ok in it is not run again; its result, from the journal, is delivered as if it had run
+    // (same id, value and attempts). Each ok line stands for one submit. The farm's settings
+    // must be those the journal's last run recorded, or the first submit throws
+    // std::invalid_argument naming the setting. New tasks' ids follow the journal's.
+    bool resume = false;
     std::uint32_t retries = 0;               // a failed task runs up to this many more times (--retries)
     double timeout_s = 0;                    // a task running longer fails; 0: no limit (submit may say otherwise)
     std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
