@@ -25,8 +25,9 @@ public:
 
     std::string name() const override { return name_; }
     std::string summary() const override { return options_.summary; }
-    bool writes_files() const override { return options_.writes_files; }
-    std::vector<std::string> settings_read() const override { return options_.settings_read; }
+    TaskTraits traits() const override {
+        return {.settings_read = options_.settings_read, .writes_files = options_.writes_files};
+    }
     std::vector<Flag> flags() const override { return options_.flags; }
     Value run(const Params& params, Context& context) const override {
         const detail::FlushOutput flush;

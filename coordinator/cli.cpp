@@ -864,7 +864,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         if (flag.option->count() > 0) config.given_settings.emplace_back(flag.option->get_name(), flag.declared.key);
     config.task = task;
     if (tasks_option->count() == 0)
-        if (const std::uint64_t count = registry.at(task).default_count(); count > 0)
+        if (const std::uint64_t count = registry.at(task).traits().default_count; count > 0)
             config.tasks = static_cast<int>(count);
     config.max_output = *parse_size(max_output);
     config.max_worker_memory = *parse_size(max_worker_memory);

@@ -40,8 +40,8 @@ struct FlushOutput {
 
 struct TaskOptions {
     std::string summary;                       // one line for --help
-    bool writes_files = false;                 // see TaskType::writes_files()
-    std::vector<std::string> settings_read{};  // see TaskType::settings_read(), e.g. {"max_bytes"}
+    bool writes_files = false;                 // see TaskTraits::writes_files
+    std::vector<std::string> settings_read{};  // see TaskTraits::settings_read, e.g. {"max_bytes"}
     std::vector<Flag> flags{};                 // its own command-line flags: see TaskType::flags() and Flag
 };
 
@@ -60,8 +60,9 @@ public:
         : name_(std::move(name)), fn_(std::move(fn)), options_(std::move(options)) {}
     std::string name() const override { return name_; }
     std::string summary() const override { return options_.summary; }
-    bool writes_files() const override { return options_.writes_files; }
-    std::vector<std::string> settings_read() const override { return options_.settings_read; }
+    TaskTraits traits() const override {
+        return {.settings_read = options_.settings_read, .writes_files = options_.writes_files};
+    }
     std::vector<Flag> flags() const override { return options_.flags; }
     Params parse(const Params& fields) const override {
         if (!fields.is_object()) throw std::invalid_argument("parameters must be a JSON object");

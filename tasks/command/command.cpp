@@ -229,7 +229,7 @@ public:
 
     // --command TEMPLATE is the setting "command"; without it each line is a shell command
     // of its own, as GNU parallel runs a list of commands.
-    Params from_numbered_input(const Input& input) const override {
+    Params from_input(const Input& input) const override {
         const auto found = input.settings.find("command");
         if (found == input.settings.end() || !found->is_string()) return Params{{"shell", std::string(input.line)}};
         return Params{{"shell", command::expand(found->get_ref<const std::string&>(), input.line, input.index + 1)}};
@@ -241,8 +241,7 @@ public:
             "{\"kind\":\"command\",...} lines");
     }
 
-    std::vector<std::string> settings_read() const override { return {"max_output"}; }
-    bool side_effects() const override { return true; }
+    TaskTraits traits() const override { return {.settings_read = {"max_output"}, .side_effects = true}; }
 
     Value run(const Params& params, Context& context) const override {
         const Params checked = parse(params);  // they may come from the wire
