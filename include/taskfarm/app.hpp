@@ -107,6 +107,13 @@ private:
     TaskOptions options_;
 };
 
+// The built-in download type (docs/downloads.md): a task {"url": "http(s)://..."} fetches the
+// URL into Context::out_dir() and its value says {"http_status", "bytes", "sha256", "path",
+// ...}; its limits come from the settings (max_bytes, retries, min_speed, stall_s). Every
+// Farm and every App{"NAME"} has it already; App{"NAME", false}.add(download_type()) takes
+// it alone.
+std::shared_ptr<const TaskType> download_type();
+
 class App {
 public:
     // `name` appears in --help, --version and logs. The built-in types (sleep, cpu,

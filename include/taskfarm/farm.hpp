@@ -61,6 +61,9 @@ struct FarmOptions {
     // so that a program submitting a million tasks holds a bounded queue.
     std::size_t max_queued = 10'000;
     std::string log_level{};  // the workers' and the engine's spdlog level; empty: SPDLOG_LEVEL or info
+    // Where tasks save files: Context::out_dir() is OUT_DIR/<mode> ("processes", ...), as the
+    // coordinator's --out-dir. Empty: "downloads".
+    std::filesystem::path out_dir{};
 };
 
 // A task that did not succeed, as the program sees it: Result::value() throws it.
