@@ -108,7 +108,8 @@ public:
         space_.wait(lock, [&] { return queue_.size() < options_.max_queued || closed_ || failed(); });
         if (failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
-        if (const auto found = resumed_.find(resume_key(type_name, task.params)); found != resumed_.end()) {
+        if (const auto found = resumed_.empty() ? resumed_.end() : resumed_.find(resume_key(type_name, task.params));
+            found != resumed_.end()) {
             // Ok in the journal already: its result, not a run (decision 168).
             auto outcome = std::make_shared<detail::Outcome>(std::move(found->second.front()));
             found->second.pop_front();
