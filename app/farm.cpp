@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -105,7 +106,13 @@ public:
         std::unique_lock lock(mutex_);
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
         if (!started_) start(lock);
-        space_.wait(lock, [&] { return queue_.size() < options_.max_queued || closed_ || failed(); });
+        if (queue_.size() >= std::max<std::size_t>(options_.max_queued, 1)) {
+            // Full: wait until the engine has taken half, not for each task it takes, so that a
+            // program submitting faster than the workers run is woken once per half a queue.
+            ++submitters_waiting_;
+            space_.wait(lock, [&] { return queue_.size() <= low_water() || closed_ || failed(); });
+            --submitters_waiting_;
+        }
         if (failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
         if (const auto found = resumed_.empty() ? resumed_.end() : resumed_.find(resume_key(type_name, task.params));
@@ -242,7 +249,7 @@ private:
         if (queue_.empty()) return false;
         task = std::move(queue_.front());
         queue_.pop_front();
-        space_.notify_one();
+        if (submitters_waiting_ > 0 && queue_.size() <= low_water()) space_.notify_all();
         return true;
     }
 
@@ -254,6 +261,7 @@ private:
     }
 
     bool failed() const { return !engine_error_.empty(); }
+    std::size_t low_water() const { return options_.max_queued / 2; }
 
     void deliver(const TaskSpec& task, const TaskResult& result) {
         auto outcome = std::make_shared<detail::Outcome>();
@@ -424,7 +432,9 @@ private:
     std::deque<std::shared_ptr<const detail::Outcome>> done_;
     IdSet completed_;  // ids whose result came: ranges, so it stays small as results come in order
     TaskId next_id_ = 0;
-    std::uint64_t queued_total_ = 0;  // tasks handed to the engine (a resumed one is not)
+    std::uint64_t queued_total_ = 0;
+    int submitters_waiting_ =
+        0;  // submit() calls waiting for room in the queue  // tasks handed to the engine (a resumed one is not)
     // A resumed journal's ok results not yet claimed by a submit, by resume_key().
     std::unordered_map<std::string, std::deque<detail::Outcome>> resumed_;
     std::uint64_t outstanding_ = 0;  // submitted, result not taken

@@ -57,8 +57,9 @@ struct FarmOptions {
     std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never
     int max_attempts = 3;                    // tries of a task whose worker died under it
     Json settings = Json::object();          // Context::settings() of every task
-    // submit() waits while this many submitted tasks have not been handed to a worker yet,
-    // so that a program submitting a million tasks holds a bounded queue.
+    // submit() waits when this many submitted tasks have not been handed to a worker yet
+    // (until half of them have been), so that a program submitting a million tasks holds a
+    // bounded queue.
     std::size_t max_queued = 10'000;
     std::string log_level{};  // the workers' and the engine's spdlog level; empty: SPDLOG_LEVEL or info
     // Where tasks save files: Context::out_dir() is OUT_DIR/<mode> ("processes", ...), as the
