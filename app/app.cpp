@@ -1,7 +1,9 @@
 #include <taskfarm/app.hpp>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <stdexcept>
 #include <utility>
 
@@ -23,10 +25,14 @@ public:
 
     std::string name() const override { return name_; }
     std::string summary() const override { return options_.summary; }
-    bool writes_files() const override { return options_.writes_files; }
-    std::vector<std::string> settings_read() const override { return options_.settings_read; }
+    TaskTraits traits() const override {
+        return {.settings_read = options_.settings_read, .writes_files = options_.writes_files};
+    }
     std::vector<Flag> flags() const override { return options_.flags; }
-    Value run(const Params& params, Context& context) const override { return fn_(params, context); }
+    Value run(const Params& params, Context& context) const override {
+        const detail::FlushOutput flush;
+        return fn_(params, context);
+    }
 
 private:
     std::string name_;
@@ -35,6 +41,12 @@ private:
 };
 
 }  // namespace
+
+detail::FlushOutput::~FlushOutput() {
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(stdout);
+}
 
 std::filesystem::path this_program() {
     std::error_code ec;

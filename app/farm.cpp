@@ -8,12 +8,16 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <mutex>
+#include <set>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include <fmt/format.h>
@@ -21,14 +25,17 @@
 
 #include "config.hpp"
 #include "control.hpp"
+#include "errors.hpp"
 #include "function_type.hpp"
 #include "id_set.hpp"
+#include "journal_line.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
 #include "process_pool.hpp"
 #include "sinks.hpp"
 #include "task.hpp"
+#include "text.hpp"
 #include "worker.hpp"
 
 namespace taskfarm {
@@ -64,11 +71,25 @@ Mode engine_mode(FarmMode mode) {
     return Mode::Processes;
 }
 
+// What a resumed journal's ok results are matched by: the type and the parameters as parse()
+// made them (the journal holds those).
+std::string resume_key(const std::string& type, const Params& params) { return type + '\n' + params.dump(); }
+
 }  // namespace
 
 class Farm::Impl {
 public:
-    explicit Impl(FarmOptions options) : options_(std::move(options)) { add_builtin_types(registry_); }
+    explicit Impl(FarmOptions options) : options_(std::move(options)) {
+        // The engine's log lines as the coordinator writes them, on stderr (spdlog's own
+        // default writes to stdout, which is the program's).
+        std::string name = "farm";
+        try {
+            name = this_program().filename().string();
+        } catch (const std::exception&) {
+        }
+        init_logging(name);
+        add_builtin_types(registry_);
+    }
 
     ~Impl() {
         close();
@@ -85,10 +106,30 @@ public:
         std::unique_lock lock(mutex_);
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
         if (!started_) start(lock);
-        space_.wait(lock, [&] { return queue_.size() < options_.max_queued || closed_ || failed(); });
+        if (queue_.size() >= std::max<std::size_t>(options_.max_queued, 1)) {
+            // Full: wait until the engine has taken half, not for each task it takes, so that a
+            // program submitting faster than the workers run is woken once per half a queue.
+            ++submitters_waiting_;
+            space_.wait(lock, [&] { return queue_.size() <= low_water() || closed_ || failed(); });
+            --submitters_waiting_;
+        }
         if (failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
+        if (const auto found = resumed_.empty() ? resumed_.end() : resumed_.find(resume_key(type_name, task.params));
+            found != resumed_.end()) {
+            // Ok in the journal already: its result, not a run (decision 168).
+            auto outcome = std::make_shared<detail::Outcome>(std::move(found->second.front()));
+            found->second.pop_front();
+            if (found->second.empty()) resumed_.erase(found);
+            const TaskId id = outcome->id;
+            completed_.insert(id);
+            done_.push_back(std::move(outcome));
+            ++outstanding_;
+            done_cv_.notify_all();
+            return {id};
+        }
         task.id = next_id_++;
+        ++queued_total_;
         const bool was_empty = queue_.empty();
         queue_.push_back(std::move(task));
         ++outstanding_;
@@ -155,7 +196,7 @@ private:
         std::optional<std::uint64_t> counted() const override {
             std::lock_guard lock(farm_.mutex_);
             if (!farm_.closed_ || !farm_.queue_.empty()) return std::nullopt;
-            return farm_.next_id_;
+            return farm_.queued_total_;
         }
 
     private:
@@ -208,7 +249,7 @@ private:
         if (queue_.empty()) return false;
         task = std::move(queue_.front());
         queue_.pop_front();
-        space_.notify_one();
+        if (submitters_waiting_ > 0 && queue_.size() <= low_water()) space_.notify_all();
         return true;
     }
 
@@ -220,6 +261,7 @@ private:
     }
 
     bool failed() const { return !engine_error_.empty(); }
+    std::size_t low_water() const { return options_.max_queued / 2; }
 
     void deliver(const TaskSpec& task, const TaskResult& result) {
         auto outcome = std::make_shared<detail::Outcome>();
@@ -241,6 +283,8 @@ private:
     // With the lock held, at the first submit: the fork server first (while this process may
     // still have no thread), then the engine's thread.
     void start(std::unique_lock<std::mutex>& lock) {
+        // The journal first: a journal that cannot be opened or resumed throws before anything starts.
+        std::unique_ptr<JournalSink> journal = open_journal();
         started_ = true;
         wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (wake_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
@@ -251,6 +295,7 @@ private:
         config_.max_worker_memory = options_.max_worker_memory;
         config_.max_attempts = options_.max_attempts;
         config_.log_level = options_.log_level;
+        if (!options_.out_dir.empty()) config_.out_dir = options_.out_dir;
         config_.worker_bin = this_program();
         config_.worker_prefix = {"worker"};
         config_.worker_command = config_.worker_bin.filename().string() + " worker";
@@ -274,13 +319,7 @@ private:
         }
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
-        if (!options_.journal.empty()) {
-            try {
-                sinks_.add(std::make_unique<JournalSink>(options_.journal, /*create=*/true));
-            } catch (const std::exception& e) {
-                throw std::invalid_argument(fmt::format("FarmOptions::journal: {}", e.what()));
-            }
-        }
+        if (journal) sinks_.add(std::move(journal));
         sinks_.add(std::make_unique<Sink>(*this));
         cancels_.clear();
         lock.unlock();  // the runner's threads may take tasks as soon as they start
@@ -305,6 +344,86 @@ private:
         lock.lock();
     }
 
+    // The journal, locked; with resume, what it holds as ok read into resumed_ first, and its
+    // settings compared with the farm's.
+    std::unique_ptr<JournalSink> open_journal() {
+        if (options_.journal.empty()) return nullptr;
+        const bool resuming = options_.resume && std::filesystem::exists(options_.journal);
+        std::unique_ptr<JournalSink> sink;
+        try {
+            sink = std::make_unique<JournalSink>(options_.journal, /*create=*/true);
+            if (resuming) read_journal();
+        } catch (const ConfigError& e) {
+            throw std::invalid_argument(fmt::format("FarmOptions::journal: {}", e.what()));
+        }
+        const Json& settings = options_.settings;
+        if (settings.is_object() && !settings.empty())
+            sink->note_settings(std::string(to_string(engine_mode(options_.mode))), settings);
+        return sink;
+    }
+
+    // Reads the journal's ok results into resumed_ (the ids of new tasks start after its
+    // largest) and refuses settings other than those its last run recorded.
+    void read_journal() {
+        const std::string flag = "FarmOptions::resume";
+        const auto& path = options_.journal;
+        const std::uintmax_t length = complete_length(path, flag);
+        std::error_code ec;
+        if (std::filesystem::file_size(path, ec) > length && !ec) {
+            // A torn last line: the farm was killed while writing it. Appending goes on from a line end.
+            spdlog::warn("{}: cutting a torn last line off '{}'", flag, printable(path.string()));
+            std::filesystem::resize_file(path, length, ec);
+            if (ec)
+                throw ConfigError(
+                    fmt::format("cannot cut the torn last line off '{}': {}", printable(path.string()), ec.message()));
+        }
+        std::ifstream in(path, std::ios::binary);
+        JournalLineReader reader(in, flag, path.string(), length);
+        Json recorded = Json::object();
+        std::string recorded_at = "it records none";
+        for (std::string text; reader.next(text);) {
+            const std::string at = reader.where();
+            const Json entry = parse_journal_line(text, at);
+            check_journal_line(entry, at);
+            if (const auto event = entry.find("event"); event != entry.end()) {
+                if (*event == "settings" && entry.contains("settings") && entry.at("settings").is_object()) {
+                    recorded = entry.at("settings");
+                    recorded_at = fmt::format("{}:{}", printable(path.string()), reader.number());
+                }
+                continue;
+            }
+            const TaskId id = entry.at("id").get<TaskId>();
+            next_id_ = std::max(next_id_, id + 1);
+            // A failed task, a failed attempt, or a line whose value was left out (over the
+            // journal's limit): runs again.
+            if (!entry.at("ok").get<bool>() || entry.value("retrying", false) || entry.contains("cut")) continue;
+            const auto kind = entry.find("kind");
+            const auto params = entry.find("params");
+            if (kind == entry.end() || !kind->is_string() || params == entry.end()) continue;
+            detail::Outcome outcome;
+            outcome.id = id;
+            outcome.type = kind->get<std::string>();
+            outcome.ok = true;
+            outcome.attempts = entry.value("attempt", std::uint32_t{1});
+            outcome.value = entry.value("value", Value());
+            resumed_[resume_key(outcome.type, *params)].push_back(std::move(outcome));
+        }
+        const Json now = options_.settings.is_object() ? options_.settings : Json::object();
+        std::set<std::string> keys;
+        for (const auto& [key, value] : now.items()) keys.insert(key);
+        for (const auto& [key, value] : recorded.items()) keys.insert(key);
+        const auto shown = [](const Json& value) { return value.is_null() ? std::string("not given") : value.dump(); };
+        for (const std::string& key : keys) {
+            const Json value_now = now.value(key, Json(nullptr));
+            const Json value_then = recorded.value(key, Json(nullptr));
+            if (value_now != value_then)
+                throw ConfigError(fmt::format(
+                    "{}: setting \"{}\" is {} now, but the journal's results were made with {} ({}): resume with "
+                    "the same settings, or write a new journal",
+                    flag, printable(key), printable(shown(value_now)), printable(shown(value_then)), recorded_at));
+        }
+    }
+
     mutable std::mutex mutex_;
     std::condition_variable space_;      // the queue has room
     std::condition_variable queued_cv_;  // a task was queued, or the farm closed
@@ -313,6 +432,11 @@ private:
     std::deque<std::shared_ptr<const detail::Outcome>> done_;
     IdSet completed_;  // ids whose result came: ranges, so it stays small as results come in order
     TaskId next_id_ = 0;
+    std::uint64_t queued_total_ = 0;
+    int submitters_waiting_ =
+        0;  // submit() calls waiting for room in the queue  // tasks handed to the engine (a resumed one is not)
+    // A resumed journal's ok results not yet claimed by a submit, by resume_key().
+    std::unordered_map<std::string, std::deque<detail::Outcome>> resumed_;
     std::uint64_t outstanding_ = 0;  // submitted, result not taken
     bool started_ = false;
     bool closed_ = false;

@@ -160,8 +160,19 @@ const char* version() { return TASKFARM_VERSION; }
 
 // --- Context ---
 
-Context::Context(const Setup& setup, void* gil_hold)
-    : setup_(setup), worker_(setup.worker), mode_(setup.mode), gil_hold_(gil_hold) {}
+Context::Context(const detail::ContextSetup& setup)
+    : worker_(setup.worker),
+      mode_(setup.mode),
+      id_(setup.id),
+      attempt_(setup.attempt),
+      stop_(setup.stop),
+      deadline_(setup.deadline),
+      timeout_s_(setup.timeout_s),
+      settings_(setup.settings),
+      out_dir_(setup.out_dir),
+      scratch_base_(setup.scratch_base),
+      isolated_(setup.isolated),
+      gil_hold_(setup.gil_hold) {}
 
 Context::~Context() {
     if (!scratch_) return;
@@ -175,20 +186,19 @@ void Context::check() const {
     if (expired()) throw TaskStopped(timed_out());
 }
 
-std::string Context::timed_out() const { return fmt::format("timed out after {:g} s", setup_.timeout_s); }
+std::string Context::timed_out() const { return fmt::format("timed out after {:g} s", timeout_s_); }
 
-const Json& Context::settings() const { return setup_.settings ? *setup_.settings : empty_object(); }
+const Json& Context::settings() const { return settings_ ? *settings_ : empty_object(); }
 
 std::filesystem::path Context::out_dir() const {
-    return setup_.out_dir && !setup_.out_dir->empty() ? *setup_.out_dir : std::filesystem::path(".");
+    return out_dir_ && !out_dir_->empty() ? *out_dir_ : std::filesystem::path(".");
 }
 
 const std::filesystem::path& Context::scratch_dir() {
     if (!scratch_) {
         std::error_code ec;
-        std::filesystem::path base = setup_.scratch_base && !setup_.scratch_base->empty()
-                                         ? *setup_.scratch_base
-                                         : std::filesystem::temp_directory_path(ec);
+        std::filesystem::path base =
+            scratch_base_ && !scratch_base_->empty() ? *scratch_base_ : std::filesystem::temp_directory_path(ec);
         if (ec) base = "/tmp";
         // Named with our pid, and removed at exit() too, or by the next run if we are killed.
         try {
@@ -226,7 +236,7 @@ void Context::switch_point() const {
 
 Params TaskType::generate(Generate& args) const { return Params{{"index", args.index}}; }
 
-Params TaskType::from_input(std::string_view line) const { return Params{{"input", std::string(line)}}; }
+Params TaskType::from_input(const Input& input) const { return Params{{"input", std::string(input.line)}}; }
 
 std::string TaskType::describe(const Value& value) const {
     std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
@@ -276,7 +286,7 @@ std::string Registry::names_text() const {
 void Registry::thread_done() const noexcept {
     for (const auto& type : types_) {
         try {
-            type->thread_done();
+            if (const RunHooks* hooks = run_hooks(*type)) hooks->thread_done();
         } catch (...) {  // clean-up is best effort; the thread is ending anyway
         }
     }
@@ -302,16 +312,16 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     result.type = task.type;
     result.worker = env.worker;
     const auto started = std::chrono::steady_clock::now();
-    Context::Setup setup{.worker = env.worker,
-                         .mode = env.mode,
-                         .id = task.id,
-                         .attempt = attempt,
-                         .stop = env.stop,
-                         .timeout_s = task.timeout_s,
-                         .settings = env.settings,
-                         .out_dir = &env.out_dir,
-                         .scratch_base = &env.scratch_base,
-                         .isolated = env.isolated};
+    detail::ContextSetup setup{.worker = env.worker,
+                               .mode = env.mode,
+                               .id = task.id,
+                               .attempt = attempt,
+                               .stop = env.stop,
+                               .timeout_s = task.timeout_s,
+                               .settings = env.settings,
+                               .out_dir = &env.out_dir,
+                               .scratch_base = &env.scratch_base,
+                               .isolated = env.isolated};
     if (task.timeout_s > 0)
         setup.deadline = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                        std::chrono::duration<double>(task.timeout_s));
@@ -324,7 +334,8 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     try {
         if (!task.type) throw std::logic_error("task without a type");
         Gil::Hold hold(env.gil);  // released inside wherever the task says it waits
-        Context context(setup, env.gil ? &hold : nullptr);
+        setup.gil_hold = env.gil ? &hold : nullptr;
+        Context context(setup);
         struct TakeChildUsage {  // also when run() throws
             const Context& context;
             std::optional<Context::ChildUsage>& out;

@@ -20,6 +20,53 @@ namespace taskfarm {
 
 class Gil;
 
+// What the engine knows where a task runs, for its Context; filled by run_task() (or a test).
+struct detail::ContextSetup {
+    std::string_view worker{};  // "seq", "t3", "w2", or a remote worker's --name
+    std::string_view mode{};    // "sequential", "threads", "gil-threads" or "processes"
+    TaskId id = kNoId;
+    std::uint32_t attempt = 1;  // 1 for the first try
+    std::stop_token stop{};
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+    double timeout_s = 0;                                 // what the deadline came from; 0: none
+    const Json* settings = nullptr;                       // null: none
+    const std::filesystem::path* out_dir = nullptr;       // null: the working directory
+    const std::filesystem::path* scratch_base = nullptr;  // where scratch_dir() makes its directory; null: TMPDIR
+    bool isolated = false;
+    void* gil_hold = nullptr;  // a Gil::Hold held by the engine around run(); null outside gil-threads mode
+};
+
+// Something a task type keeps running in the coordinator for a whole run, e.g. the built-in
+// download's image server. Made by RunHooks::prepare(), destroyed after the last mode.
+class RunService {
+public:
+    virtual ~RunService() = default;
+    // Called once the coordinator has set up its signal handling: start threads here, not
+    // in prepare(), so that they inherit it.
+    virtual void start() {}
+};
+
+// The engine's hooks into a type that keeps something across its tasks (the built-in
+// download: its image server, a connection pool per thread, libcurl): a built-in type
+// derives from TaskType and from this; the engine asks run_hooks() for them.
+class RunHooks {
+public:
+    virtual ~RunHooks() = default;
+    // Called in the coordinator before a plan of this type is generated (--task NAME,
+    // without --plan or --inputs); may add to the settings that generate() sees.
+    virtual std::unique_ptr<RunService> prepare(Json& /*settings*/) const { return nullptr; }
+    // Called on each thread that ran tasks (of any type) before it ends, and on the
+    // coordinator's own thread after the sequential mode: release per-thread resources.
+    virtual void thread_done() const {}
+    // Called once in the fork server of a program's local workers, before it forks any of
+    // them: load what the first task would, so that every worker starts with it loaded.
+    // Single-threaded: start no thread here. A throw is logged at debug level and ignored.
+    virtual void preload() const {}
+};
+
+// The type's RunHooks, or null for a type without any (every user's type).
+inline const RunHooks* run_hooks(const TaskType& type) { return dynamic_cast<const RunHooks*>(&type); }
+
 // The task types a program knows, by name. Filled before the run (the built-ins, then the
 // user's), read-only after, so any thread may look up.
 class Registry {
@@ -36,7 +83,7 @@ public:
     // "sleep, cpu, download, fail or crash", in registration order.
     std::string names_text() const;
     const std::vector<std::shared_ptr<const TaskType>>& types() const { return types_; }
-    // TaskType::thread_done() of every type, for a thread that ran tasks and is ending.
+    // RunHooks::thread_done() of every type, for a thread that ran tasks and is ending.
     void thread_done() const noexcept;
 
 private:

@@ -998,7 +998,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
             config.given_settings.emplace_back(flag.option->get_name(), flag.declared.key);
     config.task = task;
     if (cl.tasks_option->count() == 0)
-        if (const std::uint64_t count = registry.at(task).default_count(); count > 0)
+        if (const std::uint64_t count = registry.at(task).traits().default_count; count > 0)
             config.tasks = static_cast<int>(count);
     config.max_worker_memory = *parse_size(max_worker_memory);
     if (cl.retries_option->count() > 0) config.task_retries = config.retries;

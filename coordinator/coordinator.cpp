@@ -179,9 +179,10 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
     for (const auto& [flag, key] : config.given_settings) {
         if (key == "retries") continue;  // the engine reruns failed tasks of every other type (--retries)
         const bool read = std::any_of(types.begin(), types.end(), [&key = key](const TaskType* type) {
-            std::vector<std::string> keys = type->settings_read();
+            const TaskTraits traits = type->traits();
+            std::vector<std::string> keys = traits.settings_read;
             for (const Flag& declared : type->flags()) keys.push_back(declared.key);
-            return key == "out_dir" ? type->writes_files() : std::find(keys.begin(), keys.end(), key) != keys.end();
+            return key == "out_dir" ? traits.writes_files : std::find(keys.begin(), keys.end(), key) != keys.end();
         });
         if (read) continue;
         std::string names;
@@ -211,12 +212,12 @@ std::vector<Mode> choose_modes(const RunConfig& config, const std::vector<const 
     if (asked || config.resources_given) return config.modes_given ? config.modes : std::vector<Mode>{Mode::Processes};
     if (!config.modes_given) {
         const bool demo = std::all_of(types.begin(), types.end(), [&](const TaskType* type) {
-            return registry.builtin(type) && !type->side_effects();
+            return registry.builtin(type) && !type->traits().side_effects;
         });
         return demo ? config.modes : std::vector<Mode>{Mode::Processes};
     }
     const auto acting =
-        std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->side_effects(); });
+        std::find_if(types.begin(), types.end(), [](const TaskType* type) { return type->traits().side_effects; });
     if (acting != types.end() && config.modes.size() > 1)
         spdlog::warn("--mode: each of the {} modes runs every {} task again, side effects and all", config.modes.size(),
                      (*acting)->name());
@@ -276,7 +277,8 @@ void check_resume_settings(const std::filesystem::path& journal, const Json& ide
 // --out-dir/<mode>/ for every mode, made before the run when a type of the plan saves files,
 // so that a bad --out-dir stops it with exit 2 rather than failing every task.
 void make_out_dirs(const RunConfig& config, const std::vector<const TaskType*>& types) {
-    if (std::none_of(types.begin(), types.end(), [](const TaskType* type) { return type->writes_files(); })) return;
+    if (std::none_of(types.begin(), types.end(), [](const TaskType* type) { return type->traits().writes_files; }))
+        return;
     for (Mode mode : config.modes) {
         const std::filesystem::path dir = config.out_dir / to_string(mode);
         std::error_code ec;

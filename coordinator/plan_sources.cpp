@@ -346,10 +346,8 @@ MakeTask input_line_maker(const TaskType& type, const Json& run_settings, TaskRe
         // Checked as a plan line is: a type's parameters cannot come from its input line
         // (sleep's, say) fail here, not in every task.
         const Input numbered{.line = input, .index = id, .settings = *settings};
-        TaskSpec task{.id = id,
-                      .type = &type,
-                      .params = type.parse(type.from_numbered_input(numbered)),
-                      .timeout_s = kTimeoutNotGiven};
+        TaskSpec task{
+            .id = id, .type = &type, .params = type.parse(type.from_input(numbered)), .timeout_s = kTimeoutNotGiven};
         resources.apply(task, nullptr);
         return task;
     };
@@ -766,7 +764,8 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
     } else {
         const TaskType& type = registry.at(config.task);
         try {
-            if (auto service = type.prepare(settings)) plan.services.push_back(std::move(service));
+            if (const RunHooks* hooks = run_hooks(type))
+                if (auto service = hooks->prepare(settings)) plan.services.push_back(std::move(service));
         } catch (const std::exception& e) {
             throw ConfigError(fmt::format("--task {}: cannot prepare the run: {}", type.name(), e.what()));
         }

@@ -120,7 +120,7 @@ inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] =
 // here to find out).
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings);
 
-// Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_numbered_input
+// Reads a list of inputs, one per line, into tasks of `type` (TaskType::from_input
 // with the run's `settings`, then TaskType::parse, as for a plan line), all held in memory
 // (for tests; make_plan() reads lazily). Blank
 // lines and lines whose first non-blank character is '#' are skipped, as is blank space

@@ -105,24 +105,23 @@ struct HandOverChannel {
     }
 };
 
-// Runs in the child between fork and exec: stdin and stdout become /dev/null, which the
-// parent opened close-on-exec, so that no other copy of it outlives the exec. (Boost.Process's
-// bp::null leaves the descriptors it opened in the worker, and so in every command it runs.)
-struct NullStdio {
+// Runs in the child between fork and exec: stdin becomes /dev/null, which the parent opened
+// close-on-exec, so that no other copy of it outlives the exec. (Boost.Process's bp::null
+// leaves the descriptor it opened in the worker, and so in every command it runs.) stdout and
+// stderr stay the program's (decision 167).
+struct NullStdin {
     int fd = -1;
     template <typename Executor>
     void operator()(Executor&) const {
-        for (const int target : {STDIN_FILENO, STDOUT_FILENO}) {
-            if (fd == target)
-                ::fcntl(fd, F_SETFD, 0);
-            else if (fd >= 0)
-                ::dup2(fd, target);
-        }
+        if (fd == STDIN_FILENO)
+            ::fcntl(fd, F_SETFD, 0);
+        else if (fd >= 0)
+            ::dup2(fd, STDIN_FILENO);
     }
 };
 
-// /dev/null for NullStdio, opened once, close-on-exec. -1 if it cannot be (the child then
-// keeps the parent's stdin and stdout).
+// /dev/null for NullStdin, opened once, close-on-exec. -1 if it cannot be (the child then
+// keeps the parent's stdin).
 int null_device() {
     static const int fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
     return fd;
@@ -160,7 +159,7 @@ ForkServer::ForkServer(const std::filesystem::path& binary, const std::vector<st
     args.insert(args.end(), {"--preload", types});
     try {
         process_ = std::make_unique<Process>(Process{bp::child(
-            bp::exe = binary.string(), bp::args = args, bp::extend::on_exec_setup = NullStdio{null_device()},
+            bp::exe = binary.string(), bp::args = args, bp::extend::on_exec_setup = NullStdin{null_device()},
             bp::extend::on_exec_setup = DieWithParent{}, bp::extend::on_exec_setup = HandOverChannel{ends[1]})});
     } catch (...) {
         ::close(ends[0]);
@@ -269,8 +268,10 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
 }
 
 pid_t ProcessPool::exec_worker(const std::vector<std::string>& args, int cpu) {
+    // Its stdout and stderr are the program's, as a task's on the program's own threads
+    // (decision 167); the worker itself writes nothing to stdout.
     bp::child process(bp::exe = launch_.binary.string(), bp::args = args,
-                      bp::extend::on_exec_setup = NullStdio{null_device()}, bp::extend::on_exec_setup = DieWithParent{},
+                      bp::extend::on_exec_setup = NullStdin{null_device()}, bp::extend::on_exec_setup = DieWithParent{},
                       bp::extend::on_exec_setup = PinToCpu(cpu));
     const pid_t pid = process.id();
     process.detach();  // reaped here, by pid (waitpid), like a forked one

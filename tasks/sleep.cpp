@@ -61,7 +61,8 @@ public:
 
     // A line of --inputs is its seconds: `yes 0 | head -n 100000 | coordinator --task sleep
     // --inputs -` is 100,000 no-ops read from standard input.
-    Params from_input(std::string_view line) const override {
+    Params from_input(const Input& input) const override {
+        const std::string_view line = input.line;
         double seconds = 0;
         const auto [end, error] = std::from_chars(line.data(), line.data() + line.size(), seconds);
         if (error != std::errc{} || end != line.data() + line.size())

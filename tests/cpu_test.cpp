@@ -164,7 +164,7 @@ TEST(Gil, ATaskThatSaysItWaitsLetsAnotherThreadHaveTheLock) {
     Gil gil;
     std::atomic<bool> other_ran{false};
     Gil::Hold hold(&gil);
-    const Context context(Context::Setup{.worker = "t1"}, &hold);
+    const Context context(detail::ContextSetup{.worker = "t1", .gil_hold = &hold});
     {
         const auto waiting = context.waiting();
         std::jthread other([&] {

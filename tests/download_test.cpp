@@ -82,7 +82,7 @@ TaskResult download(const DownloadTask& task, std::stop_token stop = {}) {
 std::string saved_path(const TaskResult& result) { return result.value.at("path").get<std::string>(); }
 
 // Closes the connections the download type keeps for this thread.
-void close_connections() { testing::type("download")->thread_done(); }
+void close_connections() { run_hooks(*testing::type("download"))->thread_done(); }
 
 // The body at `url`, fetched by the executor itself.
 std::string fetch(const std::string& url) {
@@ -805,9 +805,9 @@ TEST(DownloadRun, AForkedWorkerStartsWithLibcurlItsForkServerLoaded) {
     // A plan of downloads: its fork server preloads libcurl (decision 145), so the worker
     // has it from its first instruction. A plan without downloads: ForkServer.PreloadsOnly...
     const testing::TempDir dir;
-    testing::Running sleeper("coordinator", {"--mode", "processes", "--workers", "1", "--task", "download", "--tasks",
-                                             "1", "--latency", "60", "--out-dir", dir.path().string(),
-                                             "--drain-timeout", "0"});
+    testing::Running sleeper(
+        "coordinator", {"--mode", "processes", "--workers", "1", "--task", "download", "--tasks", "1", "--latency",
+                        "60", "--out-dir", dir.path().string(), "--drain-timeout", "0"});
     const pid_t worker = started_worker(sleeper);
     ASSERT_GT(worker, 0) << sleeper.err();
     const pid_t server = testing::fork_server_of(sleeper.pid());

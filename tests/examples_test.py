@@ -5,6 +5,8 @@ mode, the journal, and a worker started by hand.
 
   /usr/bin/python3 tests/examples_test.py -v          TASKFARM_BUILD_DIR names the build to install
 """
+import functools
+import http.server
 import json
 import os
 import re
@@ -12,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -72,6 +75,31 @@ class Sum(unittest.TestCase):
         done = run([self.program, "1000", "2"], cwd=self.dir)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout, "332833500\n")
+
+    def test_the_built_in_download_is_used_from_the_program(self):
+        served = self.dir / "served"
+        served.mkdir()
+        sizes = {"a.bin": 1000, "b.bin": 2500, "c.bin": 70000}
+        for name, size in sizes.items():
+            (served / name).write_bytes(bytes(i % 251 for i in range(size)))
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        handler = functools.partial(Quiet, directory=str(served))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            urls = [f"http://127.0.0.1:{server.server_address[1]}/{name}" for name in sizes]
+            done = run([self.program.parent / "bytes", self.dir / "out", *urls], cwd=self.dir)
+        finally:
+            server.shutdown()
+            server.server_close()
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout, f"3 files, {sum(sizes.values())} bytes\n")
+        saved = sorted(p.stat().st_size for p in (self.dir / "out" / "processes").iterdir())
+        self.assertEqual(saved, sorted(sizes.values()))
 
     def test_results_feed_new_tasks(self):
         done = run([self.program.parent / "chains", "30"], cwd=self.dir)

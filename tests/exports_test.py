@@ -9,14 +9,15 @@ import subprocess
 import sys
 
 PUBLIC_CLASSES = ["App", "Farm", "Context", "Context::Waiting", "Fields", "Flag", "TaskType", "TaskError",
-                  "detail::Outcome"]
-THROWN_OR_DERIVED = ["TaskType", "TaskError", "TaskStopped", "TaskFailed", "RunService"]
-ALLOWED = [re.compile(r"taskfarm::version\(\)$")]
+                  "detail::Outcome", "detail::FlushOutput"]
+THROWN_OR_DERIVED = ["TaskType", "TaskError", "TaskStopped", "TaskFailed"]
+ALLOWED = [re.compile(r"taskfarm::version\(\)$"), re.compile(r"taskfarm::download_type\(\)$")]
 ALLOWED += [re.compile(rf"taskfarm::{re.escape(c)}::(~?\w+)(\[abi:cxx11\])?\(") for c in PUBLIC_CLASSES]
 ALLOWED += [re.compile(rf"(typeinfo|typeinfo name|vtable) for taskfarm::{c}$") for c in THROWN_OR_DERIVED]
 # What a user needs for sure: registering, submitting, taking results, running a worker.
 REQUIRED = ["taskfarm::App::run(", "taskfarm::Farm::submit(", "taskfarm::Farm::next[abi:cxx11](",
-            "taskfarm::Farm::run_worker(", "taskfarm::Context::check(", "typeinfo for taskfarm::TaskType"]
+            "taskfarm::Farm::run_worker(", "taskfarm::Context::check(", "taskfarm::download_type(",
+            "typeinfo for taskfarm::TaskType"]
 
 
 def main(library):

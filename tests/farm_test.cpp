@@ -1,14 +1,18 @@
 // The farm from a program's own main(), through the public API only: this test program is
 // its own worker (`farm_test worker ...`), as a user's program is.
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <cstdio>
 #include <fstream>
+#include <iostream>
 #include <map>
+#include <regex>
 #include <set>
 #include <string>
 #include <thread>
@@ -47,6 +51,20 @@ void register_types(Farm& farm) {
         return Value(n % 2 == 0 ? n / 2 : 3 * n + 1);
     });
     farm.task("noop", [](const Params&, Context&) { return Value(nullptr); });
+    farm.task("slow-square", [](const Params& params, Context&) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        const auto x = params.at("x").get<long>();
+        return Value(x * x);
+    });
+    // Writes a line to each of std::cout, C's stdout and std::cerr, none of them flushed.
+    farm.task("say", [](const Params& params, Context&) {
+        const auto x = params.at("x").get<long>();
+        // One write per line: pieces written by several threads (threads mode) interleave.
+        std::cout << ("cout " + std::to_string(x) + "\n");
+        std::printf("printf %ld\n", x);
+        std::cerr << ("cerr " + std::to_string(x) + "\n");
+        return Value(x);
+    });
     farm.task("refuse", [](const Params& params, Context&) -> Value {
         throw std::runtime_error("refused " + std::to_string(params.at("x").get<long>()));
     });
@@ -222,6 +240,79 @@ TEST(Farm, ACancelledTaskIsStoppedAndSaysSo) {
     EXPECT_FALSE(farm.cancel(held)) << "cancelled twice";
 }
 
+// While it lives, this process's stdout and stderr are files (what a farm's workers inherit
+// when they start).
+class RedirectedOutput {
+public:
+    RedirectedOutput(const std::filesystem::path& out, const std::filesystem::path& err)
+        : saved_out_(::dup(1)), saved_err_(::dup(2)) {
+        std::cout.flush();
+        std::fflush(stdout);
+        redirect(1, out);
+        redirect(2, err);
+    }
+    ~RedirectedOutput() {
+        std::cout.flush();
+        std::fflush(stdout);
+        ::dup2(saved_out_, 1);
+        ::dup2(saved_err_, 2);
+        ::close(saved_out_);
+        ::close(saved_err_);
+    }
+
+private:
+    static void redirect(int fd, const std::filesystem::path& path) {
+        const int file = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        ::dup2(file, fd);
+        ::close(file);
+    }
+    int saved_out_;
+    int saved_err_;
+};
+
+// How often each line occurs in `path`.
+std::map<std::string, int> line_counts(const std::filesystem::path& path) {
+    std::map<std::string, int> counts;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) ++counts[line];
+    return counts;
+}
+
+// One rule in every mode (decision 167): what a function writes to stdout and stderr goes to
+// the program's stdout and stderr, each line once, written before its result is delivered.
+TEST(Farm, AFunctionsOutputGoesToTheProgramsStdoutAndStderrInEveryMode) {
+    for (const FarmMode mode : {FarmMode::Sequential, FarmMode::Threads, FarmMode::Processes}) {
+        SCOPED_TRACE(static_cast<int>(mode));
+        taskfarm::testing::TempDir dir;
+        const auto out = dir / "out";
+        const auto err = dir / "err";
+        std::map<std::string, int> out_when_delivered;
+        {
+            const RedirectedOutput redirected(out, err);
+            Farm farm{{.mode = mode, .workers = 3}};
+            register_types(farm);
+            for (long x = 0; x < 30; ++x) farm.submit("say", {{"x", x}});
+            long sum = 0;
+            for (const auto& result : farm.as_completed<long>()) sum += result.value();
+            EXPECT_EQ(sum, 435);
+            // Every task's output is out by the time its result is: before close().
+            out_when_delivered = line_counts(out);
+            farm.close();
+        }
+        const auto out_lines = line_counts(out);
+        const auto err_lines = line_counts(err);
+        for (long x = 0; x < 30; ++x) {
+            for (const auto& line : {"cout " + std::to_string(x), "printf " + std::to_string(x)}) {
+                EXPECT_EQ(out_when_delivered[line], 1) << line << " in stdout when the results were in";
+                EXPECT_EQ(out_lines.count(line) ? out_lines.at(line) : 0, 1) << line << " in stdout";
+            }
+            const std::string line = "cerr " + std::to_string(x);
+            EXPECT_EQ(err_lines.count(line) ? err_lines.at(line) : 0, 1) << line << " in stderr";
+        }
+        EXPECT_EQ(out_lines.size(), 60u) << "stdout holds the functions' lines only";
+    }
+}
+
 TEST(Farm, TypedParametersAreCheckedAtSubmitNamingTheField) {
     Farm farm{{.mode = FarmMode::Threads, .workers = 2}};
     register_types(farm);
@@ -278,9 +369,139 @@ TEST(Farm, MemoryStaysFlatFor200000TasksConsumedAsTheyComplete) {
     EXPECT_LT(rss_late - rss_early, 24 * 1024) << "KiB: from " << rss_early << " to " << rss_late;
 }
 
+// A program that sums squares with its farm resuming from a journal: `farm_test sum-squares
+// JOURNAL COUNT` prints the sum of x*x for x below COUNT.
+int sum_squares(const std::filesystem::path& journal, long count) {
+    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .journal = journal, .resume = true}};
+    register_types(farm);
+    for (long x = 0; x < count; ++x) farm.submit("slow-square", {{"x", x}});
+    long sum = 0;
+    for (const auto& result : farm.as_completed<long>()) sum += result.value();
+    std::printf("%ld\n", sum);
+    return 0;
+}
+
+// Killed (SIGKILL) mid-way, the program is run again: what the journal has as ok is not run
+// again but delivered from it, so the sum is right and each task is ok once in the journal.
+TEST(Farm, AKilledFarmResumesFromItsJournalRunningEachTaskOnce) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    constexpr long kCount = 300;
+    const auto ok_lines = [&] {
+        std::vector<Value> lines;
+        if (!std::filesystem::exists(journal)) return lines;
+        std::ifstream in(journal);
+        for (std::string text; std::getline(in, text);) {
+            try {
+                Value line = Value::parse(text);
+                if (!line.contains("event") && line.at("ok").get<bool>()) lines.push_back(std::move(line));
+            } catch (const std::exception&) {  // a line being written
+            }
+        }
+        return lines;
+    };
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::size_t before_kill = 0;
+    {
+        taskfarm::testing::Running first(self, {"sum-squares", journal.string(), std::to_string(kCount)});
+        ASSERT_TRUE(taskfarm::testing::eventually([&] { return ok_lines().size() >= 40; }, std::chrono::seconds(60)));
+        first.signal(SIGKILL);
+        const auto killed = first.wait();
+        EXPECT_NE(killed.exit_code, 0);
+        before_kill = ok_lines().size();
+    }
+    ASSERT_LT(before_kill, static_cast<std::size_t>(kCount)) << "the first run finished before it was killed";
+    const auto second = taskfarm::testing::run_binary(self, {"sum-squares", journal.string(), std::to_string(kCount)});
+    ASSERT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_EQ(second.out, "8955050\n");  // 0^2 + ... + 299^2
+    std::map<long, int> ok_by_x;
+    std::set<std::uint64_t> ids;
+    for (const auto& line : ok_lines()) {
+        ++ok_by_x[line.at("params").at("x").get<long>()];
+        EXPECT_TRUE(ids.insert(line.at("id").get<std::uint64_t>()).second) << "id twice: " << line.dump();
+    }
+    EXPECT_EQ(ok_by_x.size(), static_cast<std::size_t>(kCount));
+    for (const auto& [x, count] : ok_by_x) EXPECT_EQ(count, 1) << "x " << x;
+    // A third run runs nothing: every result comes from the journal.
+    const auto third = taskfarm::testing::run_binary(self, {"sum-squares", journal.string(), std::to_string(kCount)});
+    ASSERT_EQ(third.exit_code, 0) << third.err;
+    EXPECT_EQ(third.out, "8955050\n");
+    EXPECT_EQ(ok_lines().size(), static_cast<std::size_t>(kCount));
+}
+
+// A farm's log lines are the coordinator's (time, program[pid], level), on stderr; a killed
+// farm's torn last journal line is cut off before resuming.
+TEST(Farm, LogsGoToStderrInTheCoordinatorsPatternAndATornLineIsCut) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    {
+        Farm farm{{.mode = FarmMode::Sequential, .journal = journal}};
+        register_types(farm);
+        farm.submit("square", {{"x", 4}});
+        farm.wait();
+    }
+    std::ofstream(journal, std::ios::app) << R"({"mode":"sequential","id":1,"ok":tr)";  // killed while writing
+    const auto out = dir / "out";
+    const auto err = dir / "err";
+    {
+        const RedirectedOutput redirected(out, err);
+        Farm farm{{.mode = FarmMode::Sequential, .journal = journal, .resume = true}};
+        register_types(farm);
+        farm.submit("square", {{"x", 4}});
+        farm.submit("square", {{"x", 5}});
+        long sum = 0;
+        for (const auto& result : farm.as_completed<long>()) sum += result.value();
+        EXPECT_EQ(sum, 41);
+    }
+    EXPECT_EQ(taskfarm::testing::read_file(out), "") << "a log line on stdout";
+    const std::string logged = taskfarm::testing::read_file(err);
+    const std::regex pattern(
+        R"((^|\n)\d\d:\d\d:\d\d\.\d{3} farm_test\[\d+\] warn\w* FarmOptions::resume: cutting a torn last line)");
+    EXPECT_TRUE(std::regex_search(logged, pattern)) << logged;
+    const auto lines = taskfarm::testing::read_result_lines(journal);
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_EQ(lines[1].at("params"), Value({{"x", 5}}));
+    EXPECT_EQ(lines[1].at("id"), 1) << "the new task's id follows the journal's";
+}
+
+TEST(Farm, ResumingUnderOtherSettingsIsRefusedNamingTheSetting) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    {
+        Farm farm{{.mode = FarmMode::Threads, .workers = 2, .journal = journal, .settings = {{"chunk", 200}}}};
+        register_types(farm);
+        farm.submit("square", {{"x", 3}});
+        EXPECT_EQ(farm.next()->as<long>().value(), 9);
+    }
+    Farm farm{
+        {.mode = FarmMode::Threads, .workers = 2, .journal = journal, .resume = true, .settings = {{"chunk", 100}}}};
+    register_types(farm);
+    try {
+        farm.submit("square", {{"x", 3}});
+        ADD_FAILURE() << "resumed under another setting";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(
+            std::string(e.what()).find("setting \"chunk\" is 100 now, but the journal's results were made with 200"),
+            std::string::npos)
+            << e.what();
+    }
+    // The same settings resume: the task is delivered from the journal, not run.
+    Farm same{
+        {.mode = FarmMode::Threads, .workers = 2, .journal = journal, .resume = true, .settings = {{"chunk", 200}}}};
+    register_types(same);
+    const auto handle = same.submit("square", {{"x", 3}});
+    const auto result = same.next();
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->id(), handle.id);
+    EXPECT_EQ(result->as<long>().value(), 9);
+    same.close();
+    EXPECT_EQ(taskfarm::testing::read_result_lines(journal).size(), 1u);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc == 4 && std::strcmp(argv[1], "sum-squares") == 0) return sum_squares(argv[2], std::atol(argv[3]));
     // The farm's workers run this same program: `farm_test worker ...`.
     if (Farm::is_worker(argc, argv)) {
         Farm farm;

@@ -483,6 +483,7 @@ class BenchQuick(unittest.TestCase):
         "no-op tasks/s at 1,000 against 100,000": 1,
         "128 workers all said hello (+1 no-op task)": 1,
         "registered no-op function, processes, 2 workers": 1,
+        "20,000 no-op submissions from code (Farm), processes, 2 workers": 1,
     }
 
     def test_quick_measures_every_row_and_writes_the_json(self):
@@ -513,8 +514,9 @@ class BenchQuick(unittest.TestCase):
                 self.assertIsInstance(r["met"], bool, r)
                 self.assertIn("yes" if r["met"] else "NO", done.stdout)
         self.assertEqual(counts, self.ROWS)
-        # + the memory rows, the two --ui rows' >= 0.9, and CPU per command against xargs'
-        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2 + 1)
+        # + the memory rows, the two --ui rows' >= 0.9, CPU per command against xargs', and the
+        # Farm's submissions from code against the built-in no-op
+        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2 + 1 + 1)
         for key, values in results["samples"].items():
             self.assertEqual(len(values), 1, key)
         self.assertIn("fetch.wall_s", results["samples"])

@@ -47,7 +47,7 @@ public:
         read.finish();
         return Params{{"text", *text}};
     }
-    Params from_input(std::string_view line) const override { return Params{{"text", std::string(line)}}; }
+    Params from_input(const taskfarm::Input& input) const override { return Params{{"text", std::string(input.line)}}; }
     Value run(const Params& params, Context& context) const override {
         std::string text = params.at("text").get<std::string>();
         for (char& c : text) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));

@@ -46,7 +46,7 @@ std::optional<std::vector<std::string>> serve_forks(const Registry& registry, in
     for (const auto& type : registry.types()) {
         if (preload && std::find(preload->begin(), preload->end(), type->name()) == preload->end()) continue;
         try {
-            type->preload();
+            if (const RunHooks* hooks = run_hooks(*type)) hooks->preload();
         } catch (const std::exception& e) {  // its first task will say so again, in its result
             spdlog::debug("cannot preload task type '{}': {}", type->name(), e.what());
         }

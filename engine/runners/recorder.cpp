@@ -155,7 +155,7 @@ std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, st
 
 std::uint32_t engine_retries(const TaskType* type, std::uint32_t retries) {
     if (retries == 0 || !type) return 0;
-    const std::vector<std::string> reads = type->settings_read();
+    const std::vector<std::string> reads = type->traits().settings_read;
     return std::find(reads.begin(), reads.end(), "retries") != reads.end() ? 0 : retries;
 }
 

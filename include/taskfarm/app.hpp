@@ -27,10 +27,21 @@ class Registry;
 // A function as a task type: `fn(params, context)` returns the task's value.
 using TaskFunction = std::function<Value(const Params&, Context&)>;
 
+namespace detail {
+// Flushes std::cout, std::cerr and C's stdout after a function's task, returned or thrown,
+// in every mode: what it wrote is out before its result is (docs/api.md, "Output").
+struct FlushOutput {
+    FlushOutput() = default;
+    FlushOutput(const FlushOutput&) = delete;
+    FlushOutput& operator=(const FlushOutput&) = delete;
+    ~FlushOutput();
+};
+}  // namespace detail
+
 struct TaskOptions {
     std::string summary;                       // one line for --help
-    bool writes_files = false;                 // see TaskType::writes_files()
-    std::vector<std::string> settings_read{};  // see TaskType::settings_read(), e.g. {"max_bytes"}
+    bool writes_files = false;                 // see TaskTraits::writes_files
+    std::vector<std::string> settings_read{};  // see TaskTraits::settings_read, e.g. {"max_bytes"}
     std::vector<Flag> flags{};                 // its own command-line flags: see TaskType::flags() and Flag
 };
 
@@ -49,8 +60,9 @@ public:
         : name_(std::move(name)), fn_(std::move(fn)), options_(std::move(options)) {}
     std::string name() const override { return name_; }
     std::string summary() const override { return options_.summary; }
-    bool writes_files() const override { return options_.writes_files; }
-    std::vector<std::string> settings_read() const override { return options_.settings_read; }
+    TaskTraits traits() const override {
+        return {.settings_read = options_.settings_read, .writes_files = options_.writes_files};
+    }
     std::vector<Flag> flags() const override { return options_.flags; }
     Params parse(const Params& fields) const override {
         if (!fields.is_object()) throw std::invalid_argument("parameters must be a JSON object");
@@ -59,7 +71,10 @@ public:
             if (!normal.contains(key)) throw std::invalid_argument("unknown field \"" + key + "\"");
         return normal;
     }
-    Value run(const Params& params, Context& context) const override { return Value(fn_(read(params), context)); }
+    Value run(const Params& params, Context& context) const override {
+        const detail::FlushOutput flush;
+        return Value(fn_(read(params), context));
+    }
 
 private:
     // `params` as a P; throws std::invalid_argument with nlohmann's reason, naming the field
@@ -91,6 +106,13 @@ private:
     Fn fn_;
     TaskOptions options_;
 };
+
+// The built-in download type (docs/downloads.md): a task {"url": "http(s)://..."} fetches the
+// URL into Context::out_dir() and its value says {"http_status", "bytes", "sha256", "path",
+// ...}; its limits come from the settings (max_bytes, retries, min_speed, stall_s). Every
+// Farm and every App{"NAME"} has it already; App{"NAME", false}.add(download_type()) takes
+// it alone.
+std::shared_ptr<const TaskType> download_type();
 
 class App {
 public:

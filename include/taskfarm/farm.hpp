@@ -45,16 +45,26 @@ struct FarmOptions {
     // A JSON Lines journal of every result (the coordinator's --results FILE): appended to,
     // locked while the farm runs. Empty: none.
     std::filesystem::path journal{};
+    // Resume from the journal (when it exists): a task submitted whose type and parameters are
+    // ok in it is not run again; its result, from the journal, is delivered as if it had run
+    // (same id, value and attempts). Each ok line stands for one submit. The farm's settings
+    // must be those the journal's last run recorded, or the first submit throws
+    // std::invalid_argument naming the setting. New tasks' ids follow the journal's.
+    bool resume = false;
     std::uint32_t retries = 0;               // a failed task runs up to this many more times (--retries)
     double timeout_s = 0;                    // a task running longer fails; 0: no limit (submit may say otherwise)
     std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
     std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never
     int max_attempts = 3;                    // tries of a task whose worker died under it
     Json settings = Json::object();          // Context::settings() of every task
-    // submit() waits while this many submitted tasks have not been handed to a worker yet,
-    // so that a program submitting a million tasks holds a bounded queue.
+    // submit() waits when this many submitted tasks have not been handed to a worker yet
+    // (until half of them have been), so that a program submitting a million tasks holds a
+    // bounded queue.
     std::size_t max_queued = 10'000;
     std::string log_level{};  // the workers' and the engine's spdlog level; empty: SPDLOG_LEVEL or info
+    // Where tasks save files: Context::out_dir() is OUT_DIR/<mode> ("processes", ...), as the
+    // coordinator's --out-dir. Empty: "downloads".
+    std::filesystem::path out_dir{};
 };
 
 // A task that did not succeed, as the program sees it: Result::value() throws it.

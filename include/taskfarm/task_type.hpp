@@ -53,42 +53,31 @@ struct TaskFailed : std::runtime_error {
     Value value;
 };
 
-// What a running task may ask of the engine. One per task; valid while run() runs.
+namespace detail {
+struct ContextSetup;  // the engine's, not the API's
+}  // namespace detail
+
+// What a running task may ask of the engine. One per task, made by the engine; valid while
+// run() runs.
 class Context {
 public:
-    // What the engine knows where the task runs; filled by the engine (or a test).
-    struct Setup {
-        std::string_view worker{};  // "seq", "t3", "w2", or a remote worker's --name
-        std::string_view mode{};    // "sequential", "threads", "gil-threads" or "processes"
-        TaskId id = kNoId;
-        std::uint32_t attempt = 1;  // 1 for the first try
-        std::stop_token stop{};
-        std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
-        double timeout_s = 0;                                 // what the deadline came from; 0: none
-        const Json* settings = nullptr;                       // null: none
-        const std::filesystem::path* out_dir = nullptr;       // null: the working directory
-        const std::filesystem::path* scratch_base = nullptr;  // where scratch_dir() makes its directory; null: TMPDIR
-        bool isolated = false;
-    };
-
-    // `gil`: held by the engine around run(); null outside gil-threads mode.
-    explicit Context(const Setup& setup, void* gil_hold = nullptr);
+    explicit Context(const detail::ContextSetup& setup);
     ~Context();  // removes the scratch directory, if one was made
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
 
     const std::string& worker() const { return worker_; }
     const std::string& mode() const { return mode_; }
-    TaskId id() const { return setup_.id; }
-    std::uint32_t attempt() const { return setup_.attempt; }
+    TaskId id() const { return id_; }
+    std::uint32_t attempt() const { return attempt_; }
 
     // Cancellation: a run that stops (Ctrl-C, a worker told to shut down) requests a stop;
     // a task with a timeout has a deadline. A long task checks one of these often and
     // returns or throws soon after; check() throws TaskStopped for either.
-    const std::stop_token& stop_token() const { return setup_.stop; }
-    bool stop_requested() const { return setup_.stop.stop_requested(); }
-    std::chrono::steady_clock::time_point deadline() const { return setup_.deadline; }
-    bool expired() const { return std::chrono::steady_clock::now() >= setup_.deadline; }
+    const std::stop_token& stop_token() const { return stop_; }
+    bool stop_requested() const { return stop_.stop_requested(); }
+    std::chrono::steady_clock::time_point deadline() const { return deadline_; }
+    bool expired() const { return std::chrono::steady_clock::now() >= deadline_; }
     void check() const;
     // The error of a task that ran past its deadline: "timed out after 2.5 s".
     std::string timed_out() const;
@@ -107,7 +96,7 @@ public:
     const std::filesystem::path& scratch_dir();
     // True in a worker process of its own (processes mode): a crash there costs only that
     // worker. False on the coordinator's threads, where a crash would end the whole run.
-    bool isolated() const { return setup_.isolated; }
+    bool isolated() const { return isolated_; }
 
     // What processes a task started and waited for cost, for a type that runs programs (the
     // built-in command): their CPU seconds and the peak resident memory of the largest, as
@@ -144,22 +133,20 @@ public:
     void switch_point() const;
 
 private:
-    Setup setup_;
     std::string worker_;
     std::string mode_;
+    TaskId id_;
+    std::uint32_t attempt_;
+    std::stop_token stop_;
+    std::chrono::steady_clock::time_point deadline_;
+    double timeout_s_;
+    const Json* settings_;
+    const std::filesystem::path* out_dir_;
+    const std::filesystem::path* scratch_base_;
+    bool isolated_;
     void* gil_hold_;  // a Gil::Hold, or null
     std::optional<std::filesystem::path> scratch_;
     std::optional<ChildUsage> child_usage_;
-};
-
-// Something a task type keeps running in the coordinator for a whole run, e.g. the built-in
-// download's image server. Made by TaskType::prepare(), destroyed after the last mode.
-class RunService {
-public:
-    virtual ~RunService() = default;
-    // Called once the coordinator has set up its signal handling: start threads here, not
-    // in prepare(), so that they inherit it.
-    virtual void start() {}
 };
 
 // What `--inputs FILE` gives a type to make the task of one line from.
@@ -174,15 +161,14 @@ struct Generate {
     std::uint64_t index = 0;
     std::uint64_t count = 0;
     std::mt19937_64& random;  // seeded by --seed; tasks draw from it in order, 0 to N-1
-    const Json& settings;     // Context::settings(), plus what prepare() added
+    const Json& settings;     // Context::settings() (the built-in download adds its server's URLs)
 };
 
 // A command-line flag that a task type declares (TaskType::flags()): whatever program
 // registers the type (the coordinator, a user's App) lists it in --help under the type,
 // reads it, and puts its value into the run's settings under `key`, given or not (the
-// default then; a flag that `picks` the tasks only when given), where the type's tasks,
-// generate() and prepare() read it. A bad value stops the run with exit 2 and a message that
-// names the flag.
+// default then; a flag that `picks` the tasks only when given), where the type's tasks and
+// generate() read it. A bad value stops the run with exit 2 and a message that names the flag.
 struct Flag {
     enum class Type {
         Text,    // the text as it is, a JSON string
@@ -220,6 +206,24 @@ struct Flag {
     Json read(const std::string& text) const;
 };
 
+// What the engine needs to know of a type besides its hooks: a value (TaskType::traits()).
+struct TaskTraits {
+    // The keys of Context::settings() its tasks (or generate()) read besides its flags': the
+    // coordinator warns (and still runs) when a flag is given that no type of the plan reads
+    // (--retries for sleeps).
+    std::vector<std::string> settings_read{};
+    // Its tasks save files into Context::out_dir(): the coordinator then makes
+    // --out-dir/<mode> before the run, so a bad --out-dir fails at once (exit 2).
+    bool writes_files = false;
+    // Its tasks act on the world beyond Context::out_dir() (a user's command may delete or
+    // send anything): a plan with such tasks runs in one mode, processes, unless --mode names
+    // others, and a warning says when several modes will each run every task.
+    bool side_effects = false;
+    // How many tasks `--task NAME` makes when --tasks is not given; 0: the run's default (10).
+    std::uint64_t default_count = 0;
+};
+
+// A type's hooks: name() and run() are all a type must have; the rest have defaults.
 class TaskType {
 public:
     virtual ~TaskType() = default;
@@ -242,31 +246,15 @@ public:
     virtual Params parse(const Params& fields) const { return fields; }
     // Task `args.index` of `--task NAME --tasks N`. The default: {"index": i}.
     virtual Params generate(Generate& args) const;
-    // The task for one line of --inputs FILE. The default: {"input": line}.
-    virtual Params from_input(std::string_view line) const;
-    // The same, for a type that needs more than the line: the task's number and the run's
-    // settings (the built-in command expands --command TEMPLATE with them). The default
-    // calls from_input(input.line).
-    virtual Params from_numbered_input(const Input& input) const { return from_input(input.line); }
-    // How many tasks `--task NAME` makes when --tasks is not given; 0: the run's default (10).
-    virtual std::uint64_t default_count() const { return 0; }
-    // Called in the coordinator before a plan of this type is generated (--task NAME,
-    // without --plan or --inputs); may add to the settings that generate() sees.
-    virtual std::unique_ptr<RunService> prepare(Json& /*settings*/) const { return nullptr; }
+    // The task for one line of --inputs FILE (`input.line`; its number and the run's settings
+    // are there too: the built-in command expands --command TEMPLATE with them). The
+    // default: {"input": line}.
+    virtual Params from_input(const Input& input) const;
     // Its own command-line flags, each a setting its tasks read (see Flag). Two types may
     // declare the same flag with the same key: the first registered one's declaration is used.
     virtual std::vector<Flag> flags() const { return {}; }
-    // The keys of Context::settings() its tasks (or prepare/generate) read besides its flags':
-    // the coordinator warns (and still runs) when a flag is given that no type of the plan
-    // reads (--retries for sleeps).
-    virtual std::vector<std::string> settings_read() const { return {}; }
-    // Whether its tasks save files into Context::out_dir(): the coordinator then makes
-    // --out-dir/<mode> before the run, so a bad --out-dir fails at once (exit 2).
-    virtual bool writes_files() const { return false; }
-    // Whether its tasks act on the world beyond Context::out_dir() (a user's command may
-    // delete or send anything): a plan with such tasks runs in one mode, processes, unless
-    // --mode names others, and a warning says when several modes will each run every task.
-    virtual bool side_effects() const { return false; }
+    // What the engine needs to know of it (see TaskTraits). The default: nothing special.
+    virtual TaskTraits traits() const { return {}; }
 
     // The value in words for the console, e.g. "slept 0.370 s". The default: compact JSON.
     virtual std::string describe(const Value& value) const;
@@ -274,15 +262,6 @@ public:
     // interleaves (a command's stdout and stderr); called for failed tasks too when their
     // value is not null (TaskFailed). The console makes it printable. The default: none.
     virtual std::string output(const Value& /*value*/) const { return {}; }
-    // Called on each thread that ran tasks (of any type) before it ends, and on the
-    // coordinator's own thread after the sequential mode: release per-thread resources
-    // (the built-in download keeps a connection pool per thread).
-    virtual void thread_done() const {}
-    // Called once in the fork server of a program's local workers, before it forks any of
-    // them: load what the first task would (the built-in download loads and initialises
-    // libcurl), so that every worker starts with it loaded. Single-threaded: start no thread
-    // here. A throw is logged at debug level and ignored. The default: nothing.
-    virtual void preload() const {}
 };
 
 // The longest duration a task field may give (a year): a longer one would overflow the

@@ -185,7 +185,7 @@ public:
 
     // --command TEMPLATE is the setting "command"; without it each line is a shell command
     // of its own, as GNU parallel runs a list of commands.
-    Params from_numbered_input(const Input& input) const override {
+    Params from_input(const Input& input) const override {
         const auto found = input.settings.find("command");
         if (found == input.settings.end() || !found->is_string()) return Params{{"shell", std::string(input.line)}};
         return Params{{"shell", command::expand(found->get_ref<const std::string&>(), input.line, input.index + 1)}};
@@ -197,7 +197,7 @@ public:
             "{\"kind\":\"command\",...} lines");
     }
 
-    std::vector<std::string> settings_read() const override { return {"max_output", "spill_dir"}; }
+    TaskTraits traits() const override { return {.settings_read = {"max_output", "spill_dir"}, .side_effects = true}; }
 
     // --command picks the run's tasks (one per --inputs line); --max-output is every command's.
     std::vector<Flag> flags() const override {
@@ -248,7 +248,6 @@ public:
                      }},
         };
     }
-    bool side_effects() const override { return true; }
 
     Value run(const Params& params, Context& context) const override {
         const Params checked = parse(params);  // they may come from the wire

@@ -503,7 +503,7 @@ Json read_bandwidth(const std::string& text) {
     return size.read(text);
 }
 
-class DownloadType final : public TaskType {
+class DownloadType final : public TaskType, public RunHooks {
 public:
     std::string name() const override { return "download"; }
     std::string summary() const override {
@@ -522,7 +522,8 @@ public:
         return Params{{"url", *url}};
     }
 
-    Params from_input(std::string_view url) const override {
+    Params from_input(const Input& input) const override {
+        const std::string_view url = input.line;
         if (const std::string problem = url_problem(url); !problem.empty())
             throw std::invalid_argument(
                 fmt::format("'{}' is not an http:// or https:// URL: {}", printable(url, 200), problem));
@@ -534,10 +535,9 @@ public:
         return Params{{"url", args.settings.at("served_urls").at(args.index)}};
     }
 
-    std::uint64_t default_count() const override { return 15; }  // the tutorial's 15 images
     // --urls FILE, its limits (every download) and the built-in server's shape (only the images
     // it serves, so those go with no --plan, --urls or --command). --retries is the engine's
-    // flag, which download reads as its own (settings_read).
+    // flag too.
     std::vector<Flag> flags() const override {
         return {
             Flag{.name = "--urls",
@@ -595,8 +595,10 @@ public:
                  .parse = read_bandwidth},
         };
     }
-    std::vector<std::string> settings_read() const override { return {"retries"}; }
-    bool writes_files() const override { return true; }
+    // The tutorial's 15 images without --tasks.
+    TaskTraits traits() const override {
+        return {.settings_read = {"retries"}, .writes_files = true, .default_count = 15};
+    }
 
     std::unique_ptr<RunService> prepare(Json& settings) const override { return serve_images(settings); }
 

@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include <taskfarm/task_type.hpp>
+#include "task.hpp"
 
 namespace taskfarm {
 
