@@ -602,6 +602,45 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                        "with --launch mpirun: more mpirun options, split as the shell would, e.g.\n"
                        "--mpirun-args '--hostfile hosts --map-by node'")
             ->type_name("'ARGS'");
+    // --alloc slurm: allocations on demand (launch/alloc.hpp, docs/cluster.md).
+    std::string alloc;
+    AllocConfig alloc_config;
+    std::string alloc_args;
+    auto* alloc_option =
+        app.add_option("--alloc", alloc,
+                       "submit Slurm allocations (`sbatch`) while tasks wait, each one `srun` step of\n"
+                       "--alloc-workers workers that connect back with keys made for the run: at most --max-allocs\n"
+                       "at once, one waiting in the queue at a time; one whose workers are idle while no task waits\n"
+                       "is cancelled, and the run's end cancels every one left. Only the processes mode runs.\n"
+                       "See docs/cluster.md")
+            ->check(CLI::IsMember({"slurm"}))
+            ->excludes(launch_option);
+    app.add_option("--max-allocs", alloc_config.max_allocs,
+                   "with --alloc: the most allocations of the run at once, queued ones included")
+        ->check(CLI::Range(1, 1000))
+        ->needs(alloc_option)
+        ->capture_default_str();
+    app.add_option("--alloc-workers", alloc_config.workers,
+                   "with --alloc: workers per allocation (sbatch --ntasks, one CPU each)")
+        ->check(CLI::Range(1, 100'000))
+        ->needs(alloc_option)
+        ->capture_default_str();
+    auto* alloc_time_option =
+        app.add_option("--alloc-time", alloc_config.time_limit,
+                       "with --alloc (needed): each allocation's time limit, sbatch --time: MINUTES, MM:SS,\n"
+                       "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS. A task its end interrupts runs again elsewhere")
+            ->check(CLI::Validator(
+                [](std::string& text) -> std::string {
+                    return is_slurm_time(text) ? "" : fmt::format("'{}' is not a Slurm time limit", printable(text));
+                },
+                "TIME"))
+            ->needs(alloc_option);
+    auto* alloc_args_option =
+        app.add_option("--alloc-args", alloc_args,
+                       "with --alloc: more sbatch options, after taskfarm's own (yours win), split as the shell\n"
+                       "would, e.g. --alloc-args '--partition=short --account=proj'")
+            ->type_name("'ARGS'")
+            ->needs(alloc_option);
     KeygenConfig keygen;
     auto* keygen_command =
         app.add_subcommand("keygen",
@@ -775,14 +814,40 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
                                                              printable(tmpdir ? tmpdir : "", 200), ec.message()));
         }
         const bool stepped = launch == "slurm" || launch == "mpirun";
-        if (wait_option->count() > 0 && config.listen.empty() && !stepped)
+        if (wait_option->count() > 0 && config.listen.empty() && !stepped && alloc_option->count() == 0)
             throw CLI::ValidationError("--wait-workers",
-                                       "is for remote workers: it needs --listen or --launch slurm|mpirun");
+                                       "is for remote workers: it needs --listen, --launch slurm|mpirun or --alloc slurm");
         if (slurm_args_option->count() > 0 && launch != "slurm")
             throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
         if (mpirun_args_option->count() > 0 && launch != "mpirun")
             throw CLI::ValidationError("--mpirun-args", "goes to mpirun: it needs --launch mpirun");
-        if (launch_option->count() > 0 && stepped) {
+        if (alloc_option->count() > 0) {
+            if (alloc_time_option->count() == 0)
+                throw CLI::ValidationError("--alloc-time", "--alloc slurm needs each allocation's time limit, e.g. "
+                                                           "--alloc-time 30 (minutes) or --alloc-time 2:00:00");
+            for (const CLI::Option* option : {keys_option, insecure_option, expect_option})
+                if (option->count() > 0)
+                    throw CLI::ValidationError(option->get_name(),
+                                               "cannot go with --alloc slurm, which makes keys for the run and starts "
+                                               "its workers itself");
+            try {
+                alloc_config.args = split_launcher_args(alloc_args);
+            } catch (const std::invalid_argument& e) {
+                throw CLI::ValidationError(alloc_args_option->get_name(),
+                                           fmt::format("cannot split '{}': {}", printable(alloc_args), e.what()));
+            }
+            for (const std::string& name : modes)
+                if (name != "processes" && mode_option->count() > 0)
+                    throw CLI::ValidationError(
+                        "--mode", fmt::format("'{}' cannot run with --alloc slurm: its workers are worker processes, "
+                                              "so only the processes mode runs",
+                                              name));
+            modes = {"processes"};
+            if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+            if (workers_option->count() == 0) config.workers = 0;
+            alloc_config.give_up = std::chrono::milliseconds(static_cast<std::int64_t>(config.wait_workers_s * 1000));
+            config.alloc = std::move(alloc_config);
+        } else if (launch_option->count() > 0 && stepped) {
             const StepLauncher launcher = launch == "slurm" ? StepLauncher::Slurm : StepLauncher::Mpirun;
             // The workers are remote workers that this coordinator starts, with keys of the run's own.
             for (const CLI::Option* option : {keys_option, insecure_option, expect_option})
@@ -849,7 +914,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
             throw CLI::ValidationError("--workers",
                                        "0 starts no worker; 0 local workers needs --listen and remote "
                                        "workers");
-        if (config.workers == 0 && config.expect_workers == 0)
+        if (config.workers == 0 && config.expect_workers == 0 && !config.alloc)
             throw CLI::ValidationError(
                 "--expect-workers", fmt::format("--workers 0 starts no local worker: give --expect-workers M (M >= 1), "
                                                 "the remote workers to wait for; got {}",

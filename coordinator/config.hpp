@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "alloc.hpp"
 #include "console_modes.hpp"
 #include "curve.hpp"
 #include "mode.hpp"
@@ -90,6 +91,9 @@ struct RunConfig {
     // nodes can reach. step->args: --slurm-args or --mpirun-args split into words; step->pin:
     // --pin.
     std::optional<StepConfig> step;
+    // --alloc slurm: the remote workers come in Slurm allocations that the coordinator submits
+    // while tasks wait (launch/alloc.hpp); listen as for step; workers 0 unless given.
+    std::optional<AllocConfig> alloc;
 
     // `coordinator parallel` (parallel_cli.hpp): GNU parallel's output and exit status
     // instead of the result lines and the table; null for every other run.

@@ -27,7 +27,8 @@ ProcessesOptions processes_options(const RunConfig& config) {
             .server_keys = config.server_keys,
             .expect_workers = config.expect_workers,
             .wait_workers_s = config.wait_workers_s,
-            .step = config.step};
+            .step = config.step,
+            .alloc = config.alloc};
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "alloc.hpp"
 #include "control.hpp"
 #include "curve.hpp"
 #include "runner.hpp"
@@ -45,6 +46,9 @@ struct ProcessesOptions {
     // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
     // of step->tasks workers, with keys made for the run; the runner fills in step->worker.
     std::optional<StepConfig> step;
+    // --alloc slurm: the remote workers come in allocations submitted while tasks wait (see
+    // alloc.hpp), with keys made for the run.
+    std::optional<AllocConfig> alloc;
 };
 
 class ProcessesRunner final : public Runner {
