@@ -815,16 +815,17 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
         }
         const bool stepped = launch == "slurm" || launch == "mpirun";
         if (wait_option->count() > 0 && config.listen.empty() && !stepped && alloc_option->count() == 0)
-            throw CLI::ValidationError("--wait-workers",
-                                       "is for remote workers: it needs --listen, --launch slurm|mpirun or --alloc slurm");
+            throw CLI::ValidationError(
+                "--wait-workers", "is for remote workers: it needs --listen, --launch slurm|mpirun or --alloc slurm");
         if (slurm_args_option->count() > 0 && launch != "slurm")
             throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
         if (mpirun_args_option->count() > 0 && launch != "mpirun")
             throw CLI::ValidationError("--mpirun-args", "goes to mpirun: it needs --launch mpirun");
         if (alloc_option->count() > 0) {
             if (alloc_time_option->count() == 0)
-                throw CLI::ValidationError("--alloc-time", "--alloc slurm needs each allocation's time limit, e.g. "
-                                                           "--alloc-time 30 (minutes) or --alloc-time 2:00:00");
+                throw CLI::ValidationError("--alloc-time",
+                                           "--alloc slurm needs each allocation's time limit, e.g. "
+                                           "--alloc-time 30 (minutes) or --alloc-time 2:00:00");
             for (const CLI::Option* option : {keys_option, insecure_option, expect_option})
                 if (option->count() > 0)
                     throw CLI::ValidationError(option->get_name(),

@@ -348,8 +348,7 @@ void Allocator::tick(Clock::time_point now) {
             fmt::format("not allocating another: tasks wait, but allocation {} has not started yet (one "
                         "waits in the queue at a time)",
                         starting->first));
-    if (now < next_try_)
-        return say(fmt::format("not allocating: backing off after {} failed sbatch(es)", failures_));
+    if (now < next_try_) return say(fmt::format("not allocating: backing off after {} failed sbatch(es)", failures_));
     submit(now, demand);
 }
 

@@ -94,10 +94,10 @@ std::vector<std::string> step_worker_command(const ProcessesOptions& config, con
 }  // namespace
 
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
-    ModeRecorder recorder(Mode::Processes,
-                          config_.workers + (config_.alloc ? config_.alloc->max_allocs * config_.alloc->workers
-                                                           : config_.expect_workers),
-                          plan, sink);
+    ModeRecorder recorder(
+        Mode::Processes,
+        config_.workers + (config_.alloc ? config_.alloc->max_allocs * config_.alloc->workers : config_.expect_workers),
+        plan, sink);
     {
         const PrivateDir dir;
         zmq::context_t context(1);  // before its sockets: closing it waits for them
@@ -128,12 +128,21 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                           .heartbeat_timeout_s = config_.heartbeat_timeout_s,
                           .log_level = config_.log_level,
                           .fork_server = fork_server_});
-        DispatchOptions options{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
-                            millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
-                            static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns, config_.pin_cpus,
-                            !config_.listen.empty(), config_.expect_workers, millis(config_.wait_workers_s),
-                            config_.task_retries, config_.max_tasks_per_worker, config_.max_worker_memory,
-                            std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_))};
+        DispatchOptions options{config_.workers,
+                                config_.prefetch,
+                                millis(config_.heartbeat_interval_s),
+                                millis(config_.heartbeat_timeout_s),
+                                millis(config_.start_timeout_s),
+                                static_cast<std::uint32_t>(config_.max_attempts),
+                                config_.max_respawns,
+                                config_.pin_cpus,
+                                !config_.listen.empty(),
+                                config_.expect_workers,
+                                millis(config_.wait_workers_s),
+                                config_.task_retries,
+                                config_.max_tasks_per_worker,
+                                config_.max_worker_memory,
+                                std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_))};
         options.workers_on_demand = config_.alloc.has_value();
         Dispatcher dispatcher(router, pool, plan, recorder, std::move(options), stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
@@ -164,8 +173,8 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
             const std::string worker_endpoint = endpoint_for_workers(listener->endpoint());
             allocator.emplace(*config_.alloc, step_worker_command(config_, worker_endpoint, run_keys->dir()),
                               run_keys->dir());
-            dispatcher.watch([&allocator, &dispatcher, next = std::chrono::steady_clock::time_point{}]() mutable
-                             -> std::optional<std::string> {
+            dispatcher.watch([&allocator, &dispatcher,
+                              next = std::chrono::steady_clock::time_point{}]() mutable -> std::optional<std::string> {
                 const auto now = std::chrono::steady_clock::now();
                 if (now >= next) {
                     auto load = dispatcher.remote_load();
