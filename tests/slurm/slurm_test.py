@@ -369,7 +369,7 @@ class SlurmAlloc(SlurmCase):
 
     def test_alloc_runs_each_task_once_in_at_most_max_allocs_allocations(self):
         results = self.dir / "run.jsonl"
-        process, name = self.start(["--max-allocs", "2", "--alloc-workers", "2", "--alloc-time", "5",
+        process, name = self.start(["--max-allocs", "2", "--alloc-workers", "1", "--alloc-time", "5",
                                     "--task", "sleep", "--duration", "0.02", "--tasks", "300",
                                     "--results", str(results)])
         most, out, err = self.watch(process, name)
@@ -421,6 +421,24 @@ class SlurmAlloc(SlurmCase):
         after = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in ok} - {cancelled[0]}
         self.assertTrue(after, "no task ran outside the cancelled allocation")
         self.assertEqual(self.our_jobs(name), {})
+        self.assert_nothing_left()
+
+    def test_ctrl_c_cancels_every_allocation(self):
+        results = self.dir / "run.jsonl"
+        process, name = self.start(["--max-allocs", "2", "--alloc-workers", "2", "--alloc-time", "5",
+                                    "--task", "sleep", "--duration", "0.3", "--tasks", "100",
+                                    "--results", str(results)])
+        wait_until("4 results in the journal", lambda: len(journal(results)) >= 4)
+        wait_until("a second allocation", lambda: len(self.our_jobs(name)) == 2)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT_S)
+        self.assertEqual(process.returncode, 130, err)
+        # Each ended on its own (its workers were told to shut down) or was cancelled.
+        self.assertEqual(len(re.findall(r"--alloc: allocation \d+ left the queue", err)), 2, err)
+        self.assertIn("none is left in the queue", err)
+        self.assertEqual(self.our_jobs(name), {})
+        ids = Counter(line["id"] for line in journal(results) if line["ok"])
+        self.assertEqual(max(ids.values()), 1, "a task recorded ok twice")
         self.assert_nothing_left()
 
     def test_a_failing_sbatch_backs_off_and_fails_the_run_with_its_error(self):
