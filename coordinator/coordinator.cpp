@@ -340,6 +340,12 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"command", config.command_line},
         {"listen", config.listen.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.listen)},
         {"expect_workers", config.expect_workers},
+        {"alloc", config.alloc ? nlohmann::json{{"scheduler", "slurm"},
+                                                {"max_allocs", config.alloc->max_allocs},
+                                                {"workers", config.alloc->workers},
+                                                {"time_limit", config.alloc->time_limit},
+                                                {"args", config.alloc->args}}
+                               : nlohmann::json(nullptr)},
     };
 }
 
