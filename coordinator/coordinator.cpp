@@ -491,7 +491,8 @@ ExitCode run(const ProgramInfo& program, RunConfig config) {
     std::unique_ptr<LiveView> live;
     if (!config.ui.empty())
         live = std::make_unique<LiveView>(config.ui, command_text(config.command_line),
-                                          config.step && config.step->launcher == StepLauncher::Slurm);
+                                          (config.step && config.step->launcher == StepLauncher::Slurm) ||
+                                              config.alloc);
     const Json identity = result_settings(config, program.registry, types);
     if (!config.resume_path.empty()) check_resume_settings(config.resume_path, identity, program.registry);
     const Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);

@@ -32,6 +32,7 @@ constexpr auto kMaxBackoff = std::chrono::seconds(60);      // ... up to this
 constexpr auto kCommandTimeout = std::chrono::seconds(60);  // sbatch, squeue, scancel: killed after
 constexpr auto kGoneTimeout = std::chrono::seconds(30);     // after scancel, until squeue shows none
 constexpr auto kStopPoll = std::chrono::milliseconds(100);
+constexpr std::size_t kMaxDecisions = 200;  // kept for the report; the log has them all
 
 struct Ran {
     bool started = false;
@@ -234,6 +235,31 @@ void Allocator::say(const std::string& why) {
     if (why == said_) return;
     said_ = why;
     spdlog::info("--alloc: {}", why);
+    remember(why);
+}
+
+void Allocator::remember(std::string what) {
+    if (decisions_.size() >= kMaxDecisions) {
+        ++decisions_left_out_;
+        return;
+    }
+    decisions_.push_back(
+        {{"at_s", std::chrono::duration<double>(Clock::now() - began_).count()}, {"what", std::move(what)}});
+}
+
+nlohmann::json Allocator::report() const {
+    std::lock_guard lock(mutex_);
+    nlohmann::json left = nlohmann::json::array();
+    for (const auto& [job, allocation] : live_) left.push_back(job);
+    return {{"scheduler", "slurm"},
+            {"submitted", submitted_},
+            {"most_at_once", most_at_once_},
+            {"sbatch_failures", failures_},
+            {"last_error", last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_)},
+            {"gave_up", gave_up_ ? nlohmann::json(*gave_up_) : nlohmann::json(nullptr)},
+            {"left_in_queue", left},
+            {"decisions", decisions_},
+            {"decisions_not_listed", decisions_left_out_}};
 }
 
 bool Allocator::poll_queue(Clock::time_point now) {
@@ -267,6 +293,7 @@ bool Allocator::poll_queue(Clock::time_point now) {
             next_try_ = now + std::min<Clock::duration>(
                                   kMaxBackoff, kFirstBackoff * (1 << std::min<std::size_t>(failures_ - 1, 10)));
             spdlog::error("--alloc: {}", last_error_);
+            remember(last_error_);
         } else {
             spdlog::info("--alloc: allocation {} left the queue after {}{}", job->first,
                          seconds_of(now - gone.submitted), gone.cancelled ? " (cancelled)" : "");
@@ -330,6 +357,7 @@ void Allocator::tick(Clock::time_point now) {
                     failures_, seconds_of(now - failing_since_), std::chrono::duration<double>(config_.give_up).count(),
                     last_error_);
                 spdlog::error("--alloc: {}", *gave_up_);
+                remember(*gave_up_);
             }
             return;
         }
@@ -380,6 +408,7 @@ void Allocator::submit(Clock::time_point now, const AllocDemand& demand) {
         next_try_ = now + backoff;
         spdlog::error("--alloc: cannot submit an allocation ({}): {}; trying again in {}", printable(shown),
                       last_error_, seconds_of(backoff));
+        remember(fmt::format("cannot submit an allocation: {}; trying again in {}", last_error_, seconds_of(backoff)));
         said_.clear();
         return;
     }
@@ -388,11 +417,12 @@ void Allocator::submit(Clock::time_point now, const AllocDemand& demand) {
     ++submitted_;
     most_at_once_ = std::max(most_at_once_, live_.size());
     said_.clear();
-    spdlog::info(
-        "--alloc: allocating: {} task(s) wait and {} allocation(s) exist (--max-allocs {}): submitted job {}: "
-        "{} --wrap=...",
-        demand.waiting >= (std::size_t{1} << 30) ? std::string("many") : std::to_string(demand.waiting),
-        live_.size() - 1, config_.max_allocs, job, printable(shown));
+    const std::string why =
+        fmt::format("allocating: {} task(s) wait and {} allocation(s) exist (--max-allocs {}): submitted job {}",
+                    demand.waiting >= (std::size_t{1} << 30) ? std::string("many") : std::to_string(demand.waiting),
+                    live_.size() - 1, config_.max_allocs, job);
+    spdlog::info("--alloc: {}: {} --wrap=...", why, printable(shown));
+    remember(why);
 }
 
 void Allocator::cancel(const std::vector<std::string>& jobs, const std::string& why) {
@@ -406,6 +436,7 @@ void Allocator::cancel(const std::vector<std::string>& jobs, const std::string& 
                      ran.started ? describe_status("scancel", ran.status) : "scancel did not start", one_line(ran.err));
     else
         spdlog::info("--alloc: cancelled allocation(s) {}: {}", list, why);
+    remember(fmt::format("cancelled allocation(s) {}: {}", list, why));
     for (const std::string& job : jobs)
         if (const auto found = live_.find(job); found != live_.end()) found->second.cancelled = true;
 }

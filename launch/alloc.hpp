@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace taskfarm {
 
 struct AllocConfig {
@@ -62,6 +64,10 @@ public:
     // none of them. Returns a summary for the log.
     std::string stop(std::chrono::milliseconds grace);
 
+    // For the run's report (after stop()): what was submitted, what is left, and each
+    // decision with its reason and time, as logged.
+    nlohmann::json report() const;
+
     // The batch script of an allocation: one srun step of the workers.
     std::string worker_script() const;
 
@@ -80,6 +86,7 @@ private:
     void submit(Clock::time_point now, const AllocDemand& demand);
     void cancel(const std::vector<std::string>& jobs, const std::string& why);
     void say(const std::string& why);  // logs `why` when it differs from the last
+    void remember(std::string what);   // a decision, for report()
     std::string output_tail(const std::string& job) const;
 
     const AllocConfig config_;
@@ -102,6 +109,9 @@ private:
     std::string last_error_;             // sbatch's stderr, last failure
     std::string said_;                   // the last reason logged
     bool stopped_ = false;
+    const Clock::time_point began_ = Clock::now();
+    nlohmann::json decisions_ = nlohmann::json::array();  // {at_s, what}, the first kMaxDecisions
+    std::size_t decisions_left_out_ = 0;
     std::jthread thread_;  // last: it uses everything above
 };
 

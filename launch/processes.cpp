@@ -94,6 +94,7 @@ std::vector<std::string> step_worker_command(const ProcessesOptions& config, con
 }  // namespace
 
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
+    nlohmann::json allocations = nullptr;  // --alloc: the allocator's account, for the report
     ModeRecorder recorder(
         Mode::Processes,
         config_.workers + (config_.alloc ? config_.alloc->max_allocs * config_.alloc->workers : config_.expect_workers),
@@ -187,7 +188,10 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         dispatcher.run();
         recorder.stop_clock();
         dispatcher.shutdown_workers();
-        if (allocator) spdlog::info("{}", allocator->stop(kStepGrace));
+        if (allocator) {
+            spdlog::info("{}", allocator->stop(kStepGrace));
+            allocations = allocator->report();
+        }
         if (step) {
             // Its status is not the run's: a worker killed on the way makes it non-zero, and
             // that worker's tasks ran elsewhere.
@@ -197,7 +201,9 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
         dispatcher.end_commands();  // what a worker killed with its command's guardian left
     }                               // every worker is reaped here, so cpu_s includes them
-    return recorder.finish(stop_.stop_requested() || drain_.stop_requested());
+    RunReport report = recorder.finish(stop_.stop_requested() || drain_.stop_requested());
+    report.allocations = std::move(allocations);
+    return report;
 }
 
 }  // namespace taskfarm

@@ -369,9 +369,10 @@ class SlurmAlloc(SlurmCase):
 
     def test_alloc_runs_each_task_once_in_at_most_max_allocs_allocations(self):
         results = self.dir / "run.jsonl"
+        report = self.dir / "report.json"
         process, name = self.start(["--max-allocs", "2", "--alloc-workers", "1", "--alloc-time", "5",
                                     "--task", "sleep", "--duration", "0.02", "--tasks", "300",
-                                    "--results", str(results)])
+                                    "--results", str(results), "--json", str(report)])
         most, out, err = self.watch(process, name)
         self.assertEqual(process.returncode, 0, err)
         lines = journal(results)
@@ -385,6 +386,15 @@ class SlurmAlloc(SlurmCase):
         self.assertLessEqual(jobs, submitted, err)
         self.assertTrue(all(line["host"] in NODES for line in lines))
         self.assertIn("none is left in the queue", err)
+        # The report says what was submitted and why, decision by decision.
+        allocations = json.loads(report.read_text())["runs"][0]["allocations"]
+        self.assertEqual(allocations["submitted"], len(submitted))
+        self.assertEqual(allocations["left_in_queue"], [])
+        self.assertLessEqual(allocations["most_at_once"], 2)
+        decisions = [d["what"] for d in allocations["decisions"]]
+        self.assertTrue(any(d.startswith("allocating: 300 task(s) wait and 0 allocation(s) exist") for d in decisions),
+                        decisions)
+        self.assertIn("not allocating: tasks wait, but 2 allocation(s) exist (--max-allocs 2)", decisions)
         self.assertEqual(self.our_jobs(name), {})
         self.assert_nothing_left()
 
