@@ -435,6 +435,32 @@ class SlurmAlloc(SlurmCase):
         self.assertEqual(self.our_jobs(name), {})
         self.assert_nothing_left()
 
+    def test_an_idle_allocation_is_cancelled_and_a_new_one_comes_when_work_does(self):
+        # Inputs on stdin, a slow producer: two commands, then nothing (the allocation idles),
+        # then two more.
+        results = self.dir / "run.jsonl"
+        process = subprocess.Popen([str(COORDINATOR), "--alloc", "slurm", "--alloc-time", "5", "--progress", "never",
+                                    "--command", "echo {}", "--inputs", "-", "--results", str(results)],
+                                   cwd=self.dir, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        self.addCleanup(self.end, process)
+        name = f"taskfarm-alloc-{process.pid}"
+        process.stdin.write("a\nb\n")
+        process.stdin.flush()
+        wait_until("2 results", lambda: len(journal(results)) == 2)
+        first = journal(results)[0]["worker"].rsplit("-", 1)[1].split(".")[0]
+        wait_until(f"allocation {first} to leave the queue", lambda: first not in self.our_jobs(name))
+        out, err = process.communicate("c\nd\n", timeout=WAIT_S)
+        self.assertEqual(process.returncode, 0, err)
+        self.assertIn(f"--alloc: cancelled allocation(s) {first}: no task waits and its workers have held none for "
+                      "2 s", err)
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines if line["ok"]), Counter(range(4)))
+        later = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in lines[2:]}
+        self.assertNotIn(first, later, "the later tasks ran in the cancelled allocation")
+        self.assertEqual(self.our_jobs(name), {})
+        self.assert_nothing_left()
+
     def test_ctrl_c_cancels_every_allocation(self):
         results = self.dir / "run.jsonl"
         process, name = self.start(["--max-allocs", "2", "--alloc-workers", "2", "--alloc-time", "5",
