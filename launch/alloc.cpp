@@ -287,11 +287,8 @@ bool Allocator::poll_queue(Clock::time_point now) {
         const Allocation& gone = job->second;
         if (!gone.connected && !gone.cancelled && !stopped_) {
             // Its batch script or its srun step failed: as a failed sbatch, it backs off.
-            last_error_ = fmt::format("allocation {} ended after {} before any of its workers connected{}", job->first,
-                                      seconds_of(now - gone.submitted), output_tail(job->first));
-            if (failures_++ == 0) failing_since_ = now;
-            next_try_ = now + std::min<Clock::duration>(
-                                  kMaxBackoff, kFirstBackoff * (1 << std::min<std::size_t>(failures_ - 1, 10)));
+            failed(now, fmt::format("allocation {} ended after {} before any of its workers connected{}", job->first,
+                                    seconds_of(now - gone.submitted), output_tail(job->first)));
             spdlog::error("--alloc: {}", last_error_);
             remember(last_error_);
         } else {
@@ -301,6 +298,15 @@ bool Allocator::poll_queue(Clock::time_point now) {
         job = live_.erase(job);
     }
     return true;
+}
+
+Allocator::Clock::duration Allocator::failed(Clock::time_point now, std::string error) {
+    last_error_ = std::move(error);
+    if (failures_++ == 0) failing_since_ = now;
+    const auto backoff =
+        std::min<Clock::duration>(kMaxBackoff, kFirstBackoff * (1 << std::min<std::size_t>(failures_ - 1, 10)));
+    next_try_ = now + backoff;
+    return backoff;
 }
 
 std::string Allocator::output_tail(const std::string& job) const {
@@ -362,8 +368,8 @@ void Allocator::tick(Clock::time_point now) {
             return;
         }
     }
-    const auto active = static_cast<std::size_t>(
-        std::count_if(live_.begin(), live_.end(), [](const auto& entry) { return !entry.second.cancelled; }));
+    // Cancelled ones too: squeue shows them until they are gone.
+    const std::size_t active = live_.size();
     const auto starting = std::find_if(live_.begin(), live_.end(), [](const auto& entry) {
         return !entry.second.cancelled && !entry.second.connected;
     });
@@ -399,13 +405,9 @@ void Allocator::submit(Clock::time_point now, const AllocDemand& demand) {
         shown += shell_quote(argv[i]);
     }
     if (!ok) {
-        last_error_ =
-            fmt::format("{}: {}", ran.started ? describe_status("sbatch", ran.status) : "sbatch did not start",
-                        one_line(ran.err.empty() ? ran.out : ran.err));
-        if (failures_++ == 0) failing_since_ = now;
-        const auto backoff =
-            std::min<Clock::duration>(kMaxBackoff, kFirstBackoff * (1 << std::min<std::size_t>(failures_ - 1, 10)));
-        next_try_ = now + backoff;
+        const auto backoff = failed(
+            now, fmt::format("{}: {}", ran.started ? describe_status("sbatch", ran.status) : "sbatch did not start",
+                             one_line(ran.err.empty() ? ran.out : ran.err)));
         spdlog::error("--alloc: cannot submit an allocation ({}): {}; trying again in {}", printable(shown),
                       last_error_, seconds_of(backoff));
         remember(fmt::format("cannot submit an allocation: {}; trying again in {}", last_error_, seconds_of(backoff)));

@@ -84,6 +84,9 @@ private:
     void tick(Clock::time_point now);
     bool poll_queue(Clock::time_point now);  // false: squeue failed, nothing learnt
     void submit(Clock::time_point now, const AllocDemand& demand);
+    // A failed sbatch, or an allocation that ended before a worker of it connected: counts
+    // it and sets the backoff, which it returns.
+    Clock::duration failed(Clock::time_point now, std::string error);
     void cancel(const std::vector<std::string>& jobs, const std::string& why);
     void say(const std::string& why);  // logs `why` when it differs from the last
     void remember(std::string what);   // a decision, for report()
