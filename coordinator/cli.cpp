@@ -311,6 +311,12 @@ struct CommandLine {
     TaskId report_task = 0;
     CancelConfig cancel;
     ResourceFlags resources;  // --worker-resources, --gpus, --task-resources
+    std::string alloc;        // --alloc slurm (launch/alloc.hpp)
+    AllocConfig alloc_config;
+    std::string alloc_args;
+    CLI::Option* alloc_option = nullptr;
+    CLI::Option* alloc_time_option = nullptr;
+    CLI::Option* alloc_args_option = nullptr;
     // The coordinator's flags that become settings, with the setting each becomes; given for a
     // plan no type of which reads it, a warning says so (the run goes on).
     std::vector<std::pair<CLI::Option*, const char*>> setting_flags;
@@ -703,6 +709,42 @@ void add_remote_options(CLI::App& app, CommandLine& cl) {
                        "with --launch mpirun: more mpirun options, split as the shell would, e.g.\n"
                        "--mpirun-args '--hostfile hosts --map-by node'")
             ->type_name("'ARGS'");
+    // --alloc slurm: allocations on demand (launch/alloc.hpp, docs/cluster.md).
+    auto* alloc_option =
+        app.add_option("--alloc", cl.alloc,
+                       "submit Slurm allocations (`sbatch`) while tasks wait, each one `srun` step of\n"
+                       "--alloc-workers workers that connect back with keys made for the run: at most --max-allocs\n"
+                       "at once, one waiting in the queue at a time; one whose workers are idle while no task waits\n"
+                       "is cancelled, and the run's end cancels every one left. Only the processes mode runs.\n"
+                       "See docs/cluster.md")
+            ->check(CLI::IsMember({"slurm"}))
+            ->excludes(launch_option);
+    app.add_option("--max-allocs", cl.alloc_config.max_allocs,
+                   "with --alloc: the most allocations of the run at once, queued ones included")
+        ->check(CLI::Range(1, 1000))
+        ->needs(alloc_option)
+        ->capture_default_str();
+    app.add_option("--alloc-workers", cl.alloc_config.workers,
+                   "with --alloc: workers per allocation (sbatch --ntasks, one CPU each)")
+        ->check(CLI::Range(1, 100'000))
+        ->needs(alloc_option)
+        ->capture_default_str();
+    auto* alloc_time_option =
+        app.add_option("--alloc-time", cl.alloc_config.time_limit,
+                       "with --alloc (needed): each allocation's time limit, sbatch --time: MINUTES, MM:SS,\n"
+                       "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS. A task its end interrupts runs again elsewhere")
+            ->check(CLI::Validator(
+                [](std::string& text) -> std::string {
+                    return is_slurm_time(text) ? "" : fmt::format("'{}' is not a Slurm time limit", printable(text));
+                },
+                "TIME"))
+            ->needs(alloc_option);
+    auto* alloc_args_option =
+        app.add_option("--alloc-args", cl.alloc_args,
+                       "with --alloc: more sbatch options, after taskfarm's own (yours win), split as the shell\n"
+                       "would, e.g. --alloc-args '--partition=short --account=proj'")
+            ->type_name("'ARGS'")
+            ->needs(alloc_option);
     cl.keys_option = keys_option;
     cl.insecure_option = insecure_option;
     cl.expect_option = expect_option;
@@ -710,6 +752,9 @@ void add_remote_options(CLI::App& app, CommandLine& cl) {
     cl.launch_option = launch_option;
     cl.slurm_args_option = slurm_args_option;
     cl.mpirun_args_option = mpirun_args_option;
+    cl.alloc_option = alloc_option;
+    cl.alloc_time_option = alloc_time_option;
+    cl.alloc_args_option = alloc_args_option;
 }
 
 // keygen, report and cancel.
@@ -911,14 +956,42 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
             "TMPDIR", fmt::format("cannot use TMPDIR '{}': {}", printable(tmpdir ? tmpdir : "", 200), ec.message()));
     }
     const bool stepped = launch == "slurm" || launch == "mpirun";
-    if (cl.wait_option->count() > 0 && config.listen.empty() && !stepped)
+    if (cl.wait_option->count() > 0 && config.listen.empty() && !stepped && cl.alloc_option->count() == 0)
         throw CLI::ValidationError("--wait-workers",
-                                   "is for remote workers: it needs --listen or --launch slurm|mpirun");
+                                   "is for remote workers: it needs --listen, --launch slurm|mpirun or --alloc slurm");
     if (cl.slurm_args_option->count() > 0 && launch != "slurm")
         throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
     if (cl.mpirun_args_option->count() > 0 && launch != "mpirun")
         throw CLI::ValidationError("--mpirun-args", "goes to mpirun: it needs --launch mpirun");
-    if (cl.launch_option->count() > 0 && stepped) {
+    if (cl.alloc_option->count() > 0) {
+        AllocConfig& alloc_config = cl.alloc_config;
+        if (cl.alloc_time_option->count() == 0)
+            throw CLI::ValidationError("--alloc-time",
+                                       "--alloc slurm needs each allocation's time limit, e.g. "
+                                       "--alloc-time 30 (minutes) or --alloc-time 2:00:00");
+        for (const CLI::Option* option : {cl.keys_option, cl.insecure_option, cl.expect_option})
+            if (option->count() > 0)
+                throw CLI::ValidationError(option->get_name(),
+                                           "cannot go with --alloc slurm, which makes keys for the run and starts "
+                                           "its workers itself");
+        try {
+            alloc_config.args = split_launcher_args(cl.alloc_args);
+        } catch (const std::invalid_argument& e) {
+            throw CLI::ValidationError(cl.alloc_args_option->get_name(),
+                                       fmt::format("cannot split '{}': {}", printable(cl.alloc_args), e.what()));
+        }
+        for (const std::string& name : modes)
+            if (name != "processes" && cl.mode_option->count() > 0)
+                throw CLI::ValidationError(
+                    "--mode", fmt::format("'{}' cannot run with --alloc slurm: its workers are worker processes, "
+                                          "so only the processes mode runs",
+                                          name));
+        modes = {"processes"};
+        if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+        if (cl.workers_option->count() == 0) config.workers = 0;
+        alloc_config.give_up = std::chrono::milliseconds(static_cast<std::int64_t>(config.wait_workers_s * 1000));
+        config.alloc = std::move(alloc_config);
+    } else if (cl.launch_option->count() > 0 && stepped) {
         const StepLauncher launcher = launch == "slurm" ? StepLauncher::Slurm : StepLauncher::Mpirun;
         // The workers are remote workers that this coordinator starts, with keys of the run's own.
         for (const CLI::Option* option : {cl.keys_option, cl.insecure_option, cl.expect_option})
@@ -985,7 +1058,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
         throw CLI::ValidationError("--workers",
                                    "0 starts no worker; 0 local workers needs --listen and remote "
                                    "workers");
-    if (config.workers == 0 && config.expect_workers == 0)
+    if (config.workers == 0 && config.expect_workers == 0 && !config.alloc)
         throw CLI::ValidationError("--expect-workers",
                                    fmt::format("--workers 0 starts no local worker: give --expect-workers M (M >= 1), "
                                                "the remote workers to wait for; got {}",

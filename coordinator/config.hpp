@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "alloc.hpp"
 #include "console_modes.hpp"
 #include "curve.hpp"
 #include "mode.hpp"
@@ -97,6 +98,9 @@ struct RunConfig {
     // nodes can reach. step->args: --slurm-args or --mpirun-args split into words; step->pin:
     // --pin.
     std::optional<StepConfig> step;
+    // --alloc slurm: the remote workers come in Slurm allocations that the coordinator submits
+    // while tasks wait (launch/alloc.hpp); listen as for step; workers 0 unless given.
+    std::optional<AllocConfig> alloc;
 
     // Resources (docs/resources.md): what the local workers have, together (--worker-resources,
     // --gpus), and what each task asks for unless its plan line says (--task-resources).

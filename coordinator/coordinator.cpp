@@ -367,6 +367,12 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"command", config.command_line},
         {"listen", config.listen.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.listen)},
         {"expect_workers", config.expect_workers},
+        {"alloc", config.alloc ? nlohmann::json{{"scheduler", "slurm"},
+                                                {"max_allocs", config.alloc->max_allocs},
+                                                {"workers", config.alloc->workers},
+                                                {"time_limit", config.alloc->time_limit},
+                                                {"args", config.alloc->args}}
+                               : nlohmann::json(nullptr)},
     };
 }
 
@@ -699,8 +705,9 @@ ExitCode run(const ProgramInfo& program, const RunConfig& config, Plan& plan, co
     // --ui binds now: a port in use is exit 2 before the run, naming --ui.
     std::unique_ptr<LiveView> live;
     if (!config.ui.empty())
-        live = std::make_unique<LiveView>(config.ui, command_text(config.command_line),
-                                          config.step && config.step->launcher == StepLauncher::Slurm);
+        live =
+            std::make_unique<LiveView>(config.ui, command_text(config.command_line),
+                                       (config.step && config.step->launcher == StepLauncher::Slurm) || config.alloc);
     const Done done = resume_from_journal(config, program.registry, plan, journal_sink.get());
 
     FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs

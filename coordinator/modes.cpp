@@ -28,7 +28,8 @@ ProcessesOptions processes_options(const RunConfig& config) {
             .expect_workers = config.expect_workers,
             .wait_workers_s = config.wait_workers_s,
             .step = config.step,
-            .resources = config.resources};
+            .resources = config.resources,
+            .alloc = config.alloc};
 }
 
 }  // namespace

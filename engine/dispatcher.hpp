@@ -51,6 +51,9 @@ public:
     // started them ended): see Schedule::no_more_workers.
     void watch(std::function<std::optional<std::string>()> check) { watch_ = std::move(check); }
 
+    // See Schedule::remote_load; for a watch().
+    Schedule::RemoteLoad remote_load() const { return schedule_.remote_load(); }
+
     // Tasks asked for on `board` (`coordinator cancel`) are cancelled: see Schedule::cancel.
     void watch_cancels(CancelBoard* board) { cancels_ = board; }
 

@@ -130,6 +130,7 @@ nlohmann::json report_json(const std::vector<RunReport>& reports, const RunRepor
         {"failures_not_listed", report.failed - std::min(report.failed, report.failures.size())},
         {"plan_error", report.plan_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(report.plan_error)},
         {"placement", placement},
+        {"allocations", report.allocations},
         {"task_cost",
          {{"measured", report.cost.measured},
           {"user_s", report.cost.user_s},

@@ -65,6 +65,9 @@ struct RunReport {
     std::string plan_error;
     std::vector<Placement> placement;  // by worker name (w2 before w10); a respawned worker again
     CostTotals cost;                   // of this run's results (a resumed mode: not the journal's earlier ones)
+    // --alloc: what the allocator submitted and why it did or did not (Allocator::report());
+    // null otherwise.
+    nlohmann::json allocations = nullptr;
 };
 
 // cpu_s / (cpu_span_s * cpus_available): the share of the CPUs this coordinator may run on

@@ -454,6 +454,7 @@ void Schedule::watch_remote(Clock::time_point now) {
         return;
     }
     if (no_more_workers_) return fail_pending(fmt::format("not run: {}", *no_more_workers_));
+    if (options_.workers_on_demand) return;
     if (alone_since_ == Clock::time_point{}) {
         alone_since_ = now;
         spdlog::warn("no worker is left; waiting up to {:.1f} s (--wait-workers) for a remote worker to attach",
@@ -467,6 +468,14 @@ void Schedule::watch_remote(Clock::time_point now) {
 void Schedule::no_more_workers(const std::string& reason) {
     if (!dispatching_) throw RunError(reason);
     no_more_workers_ = reason;
+}
+
+Schedule::RemoteLoad Schedule::remote_load() const {
+    RemoteLoad load;
+    if (!draining_ && dispatching_ && !stop_.stop_requested()) load.waiting = pending();
+    for (const auto& [peer, worker] : workers_)
+        if (worker.remote) load.workers.emplace_back(worker.name, worker.in_flight.size());
+    return load;
 }
 
 std::size_t Schedule::remote_workers() const {

@@ -72,6 +72,9 @@ struct DispatchOptions {
     // resources (TaskSpec::resources) goes only to a local worker that holds no task, once
     // all it asks for is free, and holds it until its result. Null: none at all.
     std::shared_ptr<const LocalResources> resources{};
+    // An allocator starts remote workers as tasks wait (--alloc): a run with no worker waits
+    // for it, as long as it takes, instead of wait_remote; its no_more_workers() ends the wait.
+    bool workers_on_demand = false;
 };
 
 // --prefetch auto: a worker holds at most this many tasks...
@@ -195,6 +198,13 @@ public:
     // reported last get SIGKILL (kill_group), in case a worker died with its command's
     // guardian and left the command running.
     void end_commands();
+    // What an allocator of remote workers (--alloc) goes by: the tasks that wait for a worker
+    // (none while draining), and each connected remote worker's name and the tasks it holds.
+    struct RemoteLoad {
+        std::size_t waiting = 0;
+        std::vector<std::pair<std::string, std::size_t>> workers;
+    };
+    RemoteLoad remote_load() const;
     // The worker's name, or nullopt for a peer that has not said hello.
     std::optional<std::string> name_of(const PeerId& peer) const;
     std::size_t finished() const { return finished_; }

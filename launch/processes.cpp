@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
+#include "alloc.hpp"
 #include "command_groups.hpp"
 #include "dispatcher.hpp"
 #include "errors.hpp"
@@ -30,6 +31,8 @@ constexpr auto kStepGrace = std::chrono::milliseconds(5000);
 // When srun ends under a running coordinator, a `scancel` of the whole job may be the cause,
 // and its SIGTERM on its way to the coordinator too: that ends the run as a signal does.
 constexpr auto kSignalGrace = std::chrono::milliseconds(1000);
+// --alloc: how often the allocator is told what waits (it asks Slurm less often).
+constexpr auto kDemandInterval = std::chrono::milliseconds(100);
 constexpr std::size_t kMaxIpcPath = 107;  // sizeof(sockaddr_un::sun_path) - 1
 
 std::chrono::milliseconds millis(double seconds) {
@@ -91,7 +94,11 @@ std::vector<std::string> step_worker_command(const ProcessesOptions& config, con
 }  // namespace
 
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
-    ModeRecorder recorder(Mode::Processes, config_.workers + config_.expect_workers, plan, sink);
+    nlohmann::json allocations = nullptr;  // --alloc: the allocator's account, for the report
+    ModeRecorder recorder(
+        Mode::Processes,
+        config_.workers + (config_.alloc ? config_.alloc->max_allocs * config_.alloc->workers : config_.expect_workers),
+        plan, sink);
     {
         const PrivateDir dir;
         zmq::context_t context(1);  // before its sockets: closing it waits for them
@@ -100,7 +107,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         const std::string endpoint = "ipc://" + (dir.path() / "coordinator").string();
         router.bind(endpoint);            // before the Listener's options: local workers stay on plaintext ipc
         std::optional<RunKeys> run_keys;  // --launch slurm|mpirun: made for this run, in the working directory
-        if (config_.step) run_keys.emplace(std::filesystem::current_path());
+        if (config_.step || config_.alloc) run_keys.emplace(std::filesystem::current_path());
         std::optional<Listener> listener;  // after the router: it unbinds from it when it goes
         if (!config_.listen.empty()) {
             listener.emplace(
@@ -130,7 +137,8 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                             !config_.listen.empty(), config_.expect_workers, millis(config_.wait_workers_s),
                             config_.task_retries, config_.max_tasks_per_worker, config_.max_worker_memory,
                             std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_)),
-                            config_.resources},
+                            config_.resources,
+                            /*workers_on_demand=*/config_.alloc.has_value()},
             stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
         std::optional<WorkerStep> step;  // after the listener: its workers connect to it
@@ -155,9 +163,29 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                 return fmt::format("the {} of the workers ended ({})", noun, step->describe(false));
             });
         }
+        std::optional<Allocator> allocator;  // after the listener: its workers connect to it
+        if (config_.alloc) {
+            const std::string worker_endpoint = endpoint_for_workers(listener->endpoint());
+            allocator.emplace(*config_.alloc, step_worker_command(config_, worker_endpoint, run_keys->dir()),
+                              run_keys->dir());
+            dispatcher.watch([&allocator, &dispatcher,
+                              next = std::chrono::steady_clock::time_point{}]() mutable -> std::optional<std::string> {
+                const auto now = std::chrono::steady_clock::now();
+                if (now >= next) {
+                    auto load = dispatcher.remote_load();
+                    allocator->update({load.waiting, std::move(load.workers)});
+                    next = now + kDemandInterval;
+                }
+                return allocator->gave_up();
+            });
+        }
         dispatcher.run();
         recorder.stop_clock();
         dispatcher.shutdown_workers();
+        if (allocator) {
+            spdlog::info("{}", allocator->stop(kStepGrace));
+            allocations = allocator->report();
+        }
         if (step) {
             // Its status is not the run's: a worker killed on the way makes it non-zero, and
             // that worker's tasks ran elsewhere.
@@ -167,7 +195,9 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
         dispatcher.end_commands();  // what a worker killed with its command's guardian left
     }                               // every worker is reaped here, so cpu_s includes them
-    return recorder.finish(stop_.stop_requested() || drain_.stop_requested());
+    RunReport report = recorder.finish(stop_.stop_requested() || drain_.stop_requested());
+    report.allocations = std::move(allocations);
+    return report;
 }
 
 }  // namespace taskfarm

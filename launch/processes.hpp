@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "alloc.hpp"
 #include "control.hpp"
 #include "curve.hpp"
 #include "resources.hpp"
@@ -48,6 +49,9 @@ struct ProcessesOptions {
     // of step->tasks workers, with keys made for the run; the runner fills in step->worker.
     std::optional<StepConfig> step;
     std::shared_ptr<const LocalResources> resources{};  // what the local workers have (DispatchOptions::resources)
+    // --alloc slurm: the remote workers come in allocations submitted while tasks wait (see
+    // alloc.hpp), with keys made for the run.
+    std::optional<AllocConfig> alloc;
 };
 
 class ProcessesRunner final : public Runner {

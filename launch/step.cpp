@@ -29,10 +29,18 @@ namespace {
 constexpr std::size_t kKeptLines = 8;  // of the launcher's stderr, for the reason it ended
 constexpr auto kPollInterval = std::chrono::milliseconds(20);
 
-// `name` as execv wants it: a path, found in PATH when it has no slash (execvp may allocate
-// between fork and exec, so the search happens before the fork).
 std::string find_program(StepLauncher launcher) {
     const std::string name = program_of(launcher);
+    if (auto found = find_in_path(name)) return *found;
+    throw RunError(fmt::format("--launch {}: cannot start '{}': not found in PATH ({})", launch_name(launcher), name,
+                               launcher == StepLauncher::Slurm
+                                   ? "is this a Slurm client machine? Debian's package is slurm-client"
+                                   : "Debian's packages are openmpi-bin and mpich"));
+}
+
+}  // namespace
+
+std::optional<std::string> find_in_path(const std::string& name) {
     if (name.find('/') != std::string::npos) return name;
     const char* path = std::getenv("PATH");
     std::string_view dirs = path ? path : "/usr/bin:/bin";
@@ -44,13 +52,8 @@ std::string find_program(StepLauncher launcher) {
         if (colon == std::string_view::npos) break;
         dirs.remove_prefix(colon + 1);
     }
-    throw RunError(fmt::format("--launch {}: cannot start '{}': not found in PATH ({})", launch_name(launcher), name,
-                               launcher == StepLauncher::Slurm
-                                   ? "is this a Slurm client machine? Debian's package is slurm-client"
-                                   : "Debian's packages are openmpi-bin and mpich"));
+    return std::nullopt;
 }
-
-}  // namespace
 
 const char* program_of(StepLauncher launcher) { return launcher == StepLauncher::Slurm ? "srun" : "mpirun"; }
 const char* step_noun(StepLauncher launcher) {

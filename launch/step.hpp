@@ -24,6 +24,10 @@ namespace taskfarm {
 // nodes of an allocation can most likely reach; 127.0.0.1 when there is none.
 std::string first_non_loopback_address();
 
+// `name` as execv wants it: a path, found in PATH when it has no slash (execvp may allocate
+// between fork and exec, so the search happens before the fork); nullopt when it is not there.
+std::optional<std::string> find_in_path(const std::string& name);
+
 // Splits --slurm-args or --mpirun-args as the shell would (quotes, backslashes), without
 // running anything: command substitution and undefined variables are refused. Throws
 // std::invalid_argument.

@@ -271,6 +271,11 @@ TEST(Cli, HelpExitsZeroAndExplainsEveryFlag) {
                              "--launch",
                              "--slurm-args",
                              "--mpirun-args",
+                             "--alloc",
+                             "--max-allocs",
+                             "--alloc-workers",
+                             "--alloc-time",
+                             "--alloc-args",
                              "--min-speed",
                              "--stall-time",
                              "keygen",
@@ -376,6 +381,21 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{{"--launch", "slurm", "--workers", "2", "--slurm-args", "-p $(id -un)"},
                  "--slurm-args",
                  "command substitution"},
+        BadValue{{"--alloc", "pbs"}, "--alloc", "pbs"},
+        BadValue{{"--alloc", "slurm"}, "--alloc-time", "--alloc slurm needs"},
+        BadValue{{"--alloc", "slurm", "--alloc-time", "1h"}, "--alloc-time", "'1h' is not a Slurm time limit"},
+        BadValue{{"--alloc", "slurm", "--alloc-time", "5", "--max-allocs", "0"}, "--max-allocs", "0"},
+        BadValue{{"--alloc", "slurm", "--alloc-time", "5", "--alloc-workers", "0"}, "--alloc-workers", "0"},
+        BadValue{{"--max-allocs", "2"}, "--max-allocs", "--alloc"},
+        BadValue{{"--alloc-args", "-p short"}, "--alloc-args", "--alloc"},
+        BadValue{{"--alloc", "slurm", "--alloc-time", "5", "--launch", "slurm"}, "--launch", "--alloc"},
+        BadValue{{"--alloc", "slurm", "--alloc-time", "5", "--alloc-args", "-p $(id -un)"},
+                 "--alloc-args",
+                 "command substitution"},
+        BadValue{{"--alloc", "slurm", "--alloc-time", "5", "--mode", "threads"}, "--mode", "threads"},
+        BadValue{{"--alloc", "slurm", "--alloc-time", "5", "--listen", "tcp://127.0.0.1:*", "--insecure"},
+                 "--insecure",
+                 "--alloc slurm"},
         BadValue{{"keygen"}, "DIR", "required"},
         // What cannot work is refused before the run, naming the flag and the value.
         BadValue{{"--heartbeat-interval", "1", "--heartbeat-timeout", "1"},
@@ -471,6 +491,29 @@ TEST(Cli, LaunchSlurmTakesWorkersAndListenWhenGiven) {
     EXPECT_FALSE(config.step->pin);
     EXPECT_EQ(config.listen, "tcp://127.0.0.1:5555");
     EXPECT_TRUE(config.step->args.empty());
+}
+
+TEST(Cli, AllocSlurmListensWithRunKeysAndStartsNoLocalWorker) {
+    const auto parsed = parse({"--alloc", "slurm", "--max-allocs", "3", "--alloc-workers", "4", "--alloc-time",
+                               "1-02:00", "--alloc-args", "--partition=short --comment='a b'", "--wait-workers", "7"});
+    const auto& config = std::get<RunConfig>(parsed.result);
+    ASSERT_TRUE(config.alloc);
+    EXPECT_EQ(config.alloc->max_allocs, 3);
+    EXPECT_EQ(config.alloc->workers, 4);
+    EXPECT_EQ(config.alloc->time_limit, "1-02:00");
+    EXPECT_EQ(config.alloc->args, (std::vector<std::string>{"--partition=short", "--comment=a b"}));
+    EXPECT_EQ(config.alloc->give_up, std::chrono::milliseconds(7000));
+    EXPECT_EQ(config.workers, 0);  // no local worker unless --workers is given
+    EXPECT_FALSE(config.step);
+    EXPECT_EQ(config.modes, std::vector<Mode>{Mode::Processes});
+    EXPECT_TRUE(config.listen.starts_with("tcp://") && config.listen.ends_with(":*")) << config.listen;
+    for (const char* time : {"30", "30:00", "2:00:00", "1-2", "1-2:30", "1-2:30:00"}) EXPECT_TRUE(is_slurm_time(time));
+    for (const char* time : {"", "1h", "-5", "1:2:3:4", "UNLIMITED", "1-"}) EXPECT_FALSE(is_slurm_time(time)) << time;
+    // The allocation of a worker, from the name its batch script gives it (NODE-JOBID.RANK).
+    EXPECT_EQ(alloc_job_of("tf1-12.0"), "12");
+    EXPECT_EQ(alloc_job_of("node-a-7.3"), "7");
+    EXPECT_EQ(alloc_job_of("tf1-1234"), "");  // NODE-PID: a worker of no allocation
+    EXPECT_EQ(alloc_job_of("w1"), "");
 }
 
 TEST(Cli, LaunchMpirunStartsWorkersWithItsOwnArgs) {

@@ -631,6 +631,30 @@ TEST(Schedule, WhenNoMoreWorkersWillComeBeforeTheFirstTaskItIsARunError) {
     EXPECT_THROW(rig.schedule.no_more_workers("the step ended"), RunError);
 }
 
+TEST(Schedule, WithWorkersOnDemandNoWorkerWaitsForTheAllocatorNotWaitWorkers) {
+    // --alloc: an allocation may wait in Slurm's queue longer than --wait-workers.
+    Rig rig(sleeps(2), {.workers = 0, .listening = true, .wait_remote = milliseconds(500), .workers_on_demand = true});
+    for (int i = 0; i < 20; ++i) rig.advance(milliseconds(100));
+    EXPECT_TRUE(rig.world.recorded.empty()) << "an allocation may still start";
+    EXPECT_EQ(rig.schedule.remote_load().waiting, 2u);
+    EXPECT_TRUE(rig.schedule.remote_load().workers.empty());
+    rig.remote_hello("tf1-7.0");
+    const auto load = rig.schedule.remote_load();
+    EXPECT_EQ(load.waiting, 1u) << "the first task went out";
+    ASSERT_EQ(load.workers.size(), 1u);
+    EXPECT_EQ(load.workers[0], std::make_pair(std::string("tf1-7.0"), std::size_t{1}));
+}
+
+TEST(Schedule, WithWorkersOnDemandTheAllocatorGivingUpFailsWhatWaits) {
+    Rig rig(sleeps(2), {.workers = 0, .listening = true, .wait_remote = milliseconds(500), .workers_on_demand = true});
+    rig.advance(milliseconds(100));
+    rig.schedule.no_more_workers("cannot get an allocation: sbatch failed");
+    rig.advance(milliseconds(100));
+    ASSERT_EQ(rig.world.recorded.size(), 2u);
+    for (const auto& result : rig.world.recorded)
+        EXPECT_EQ(result.error, "not run: cannot get an allocation: sbatch failed");
+}
+
 TEST(Schedule, BatchesAreCappedByEncodedBytes) {
     // Tasks of 40,000 bytes, 128 to a window: about 5.1 MB, more than one frame may hold.
     Rig rig(sleeps(300), {.workers = 1}, [](const TaskSpec&, std::uint32_t) { return std::size_t{40000}; });

@@ -9,6 +9,7 @@ program's name that other runs on the machine share."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -73,7 +74,9 @@ def pids_with(text):
     return found
 
 
-class SlurmLaunch(unittest.TestCase):
+class SlurmCase(unittest.TestCase):
+    """The cluster, a temporary directory, and what every test asserts at its end."""
+
     def setUp(self):
         self.env = cluster_env()
         self.dir = Path(tempfile.mkdtemp(prefix="taskfarm-slurm-test-"))
@@ -123,6 +126,8 @@ class SlurmLaunch(unittest.TestCase):
         self.assertEqual(pids_with(text), [], f"processes still running with {text} on their command line")
         self.assertEqual(list(self.dir.glob(".taskfarm-keys-*")), [], "the run's key directory is still there")
 
+
+class SlurmLaunch(SlurmCase):
     def test_sbatch_job_of_four_workers_runs_each_task_once(self):
         results = self.dir / "run.jsonl"
         job = self.submit(4, ["--task", "sleep", "--duration", "0.01", "--tasks", "200", "--results", str(results)])
@@ -321,6 +326,180 @@ class SlurmLaunch(unittest.TestCase):
         self.assertEqual(ok, Counter(range(200)))
         out = (self.dir / f"taskfarm-{second}.out").read_text()
         self.assertIn(f"{len(done_before)} of 200 tasks done in the journal", out)
+        self.assert_nothing_left()
+
+
+class SlurmAlloc(SlurmCase):
+    """coordinator --alloc slurm, run outside any allocation: it submits its own with sbatch."""
+
+    def start(self, args):
+        """Starts the coordinator in the test's directory; returns the process and its job name."""
+        process = subprocess.Popen([str(COORDINATOR), "--alloc", "slurm", "--progress", "never"] + args,
+                                   cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        self.addCleanup(self.end, process)
+        return process, f"taskfarm-alloc-{process.pid}"
+
+    def end(self, process):
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        # Whatever a failed test left: the run's jobs are named after its pid.
+        subprocess.run(["scancel", "--name", f"taskfarm-alloc-{process.pid}"], env=self.env, timeout=30, check=False)
+
+    def our_jobs(self, name):
+        """Our allocations in squeue: job id -> state."""
+        text = self.slurm("squeue", "--noheader", "--name", name, "--format=%i %t")
+        return dict(line.split() for line in text.splitlines())
+
+    def watch(self, process, name, until=None):
+        """Polls squeue until the run ends; returns (the most allocations seen at once, the
+        run's stdout and stderr). `until(jobs)` is called at each poll while it returns False."""
+        most = 0
+        deadline = time.monotonic() + WAIT_S
+        while process.poll() is None:
+            jobs = self.our_jobs(name)
+            most = max(most, len(jobs))
+            if until and until(jobs):
+                until = None
+            self.assertLess(time.monotonic(), deadline, "the run did not end")
+            time.sleep(0.1)
+        out, err = process.communicate()
+        return most, out, err
+
+    def test_alloc_runs_each_task_once_in_at_most_max_allocs_allocations(self):
+        results = self.dir / "run.jsonl"
+        report = self.dir / "report.json"
+        process, name = self.start(["--max-allocs", "2", "--alloc-workers", "1", "--alloc-time", "5",
+                                    "--task", "sleep", "--duration", "0.02", "--tasks", "300",
+                                    "--results", str(results), "--json", str(report)])
+        most, out, err = self.watch(process, name)
+        self.assertEqual(process.returncode, 0, err)
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(300)))
+        self.assertTrue(all(line["ok"] for line in lines))
+        self.assertGreaterEqual(most, 1)
+        self.assertLessEqual(most, 2, "more allocations than --max-allocs at once")
+        # The workers are NODE-JOBID.RANK; every job is one the run said it submitted.
+        submitted = set(re.findall(r"--alloc: allocating: .*submitted job (\d+)", err))
+        jobs = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in lines}
+        self.assertLessEqual(jobs, submitted, err)
+        self.assertTrue(all(line["host"] in NODES for line in lines))
+        self.assertIn("none is left in the queue", err)
+        # The report says what was submitted and why, decision by decision.
+        allocations = json.loads(report.read_text())["runs"][0]["allocations"]
+        self.assertEqual(allocations["submitted"], len(submitted))
+        self.assertEqual(allocations["left_in_queue"], [])
+        self.assertLessEqual(allocations["most_at_once"], 2)
+        decisions = [d["what"] for d in allocations["decisions"]]
+        self.assertTrue(any(d.startswith("allocating: 300 task(s) wait and 0 allocation(s) exist") for d in decisions),
+                        decisions)
+        self.assertIn("not allocating: tasks wait, but 2 allocation(s) exist (--max-allocs 2)", decisions)
+        self.assertEqual(self.our_jobs(name), {})
+        self.assert_nothing_left()
+
+    def test_an_allocation_cancelled_mid_run_has_its_tasks_run_elsewhere(self):
+        # As an allocation whose time limit ends mid-task: Slurm ends it the same way.
+        results = self.dir / "run.jsonl"
+        process, name = self.start(["--max-allocs", "2", "--alloc-workers", "2", "--alloc-time", "5",
+                                    "--task", "sleep", "--duration", "0.3", "--tasks", "40",
+                                    "--results", str(results)])
+        cancelled = []
+
+        def cancel_one(jobs):  # the first allocation, once its workers have run tasks
+            lines = journal(results)
+            ran = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in lines}
+            running = sorted((job for job, state in jobs.items() if state == "R" and job in ran), key=int)
+            if len(lines) < 4 or not running:
+                return False
+            self.slurm("scancel", running[0])
+            cancelled.append(running[0])
+            return True
+
+        most, out, err = self.watch(process, name, cancel_one)
+        self.assertEqual(process.returncode, 0, err)
+        self.assertEqual(len(cancelled), 1, "no allocation ran tasks")
+        lines = journal(results)
+        ok = [line for line in lines if line["ok"]]
+        self.assertEqual(Counter(line["id"] for line in ok), Counter(range(40)))
+        self.assertLessEqual(most, 2)
+        self.assertRegex(err, rf"--alloc: allocation {cancelled[0]} left the queue")
+        # Its workers were lost with tasks in hand (running ones charged, queued ones
+        # requeued), and a new allocation took its place while tasks waited.
+        self.assertRegex(err, rf"worker tf\d-{cancelled[0]}\.\d \S.*; requeueing its [1-9]\d* task\(s\)")
+        self.assertTrue(any(line["attempt"] >= 2 for line in ok), "no task ran a second time")
+        submitted = re.findall(r"--alloc: allocating: .*submitted job (\d+)", err)
+        self.assertGreaterEqual(len(submitted), 3, err)
+        after = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in ok} - {cancelled[0]}
+        self.assertTrue(after, "no task ran outside the cancelled allocation")
+        self.assertEqual(self.our_jobs(name), {})
+        self.assert_nothing_left()
+
+    def test_an_idle_allocation_is_cancelled_and_a_new_one_comes_when_work_does(self):
+        # Inputs on stdin, a slow producer: two commands, then nothing (the allocation idles),
+        # then two more.
+        results = self.dir / "run.jsonl"
+        process = subprocess.Popen([str(COORDINATOR), "--alloc", "slurm", "--alloc-time", "5", "--progress", "never",
+                                    "--command", "echo {}", "--inputs", "-", "--results", str(results)],
+                                   cwd=self.dir, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        self.addCleanup(self.end, process)
+        name = f"taskfarm-alloc-{process.pid}"
+        process.stdin.write("a\nb\n")
+        process.stdin.flush()
+        wait_until("2 results", lambda: len(journal(results)) == 2)
+        first = journal(results)[0]["worker"].rsplit("-", 1)[1].split(".")[0]
+        wait_until(f"allocation {first} to leave the queue", lambda: first not in self.our_jobs(name))
+        out, err = process.communicate("c\nd\n", timeout=WAIT_S)
+        self.assertEqual(process.returncode, 0, err)
+        self.assertIn(f"--alloc: cancelled allocation(s) {first}: no task waits and its workers have held none for "
+                      "2 s", err)
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines if line["ok"]), Counter(range(4)))
+        later = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in lines[2:]}
+        self.assertNotIn(first, later, "the later tasks ran in the cancelled allocation")
+        self.assertEqual(self.our_jobs(name), {})
+        self.assert_nothing_left()
+
+    def test_ctrl_c_cancels_every_allocation(self):
+        results = self.dir / "run.jsonl"
+        process, name = self.start(["--max-allocs", "2", "--alloc-workers", "2", "--alloc-time", "5",
+                                    "--task", "sleep", "--duration", "0.3", "--tasks", "100",
+                                    "--results", str(results)])
+        wait_until("4 results in the journal", lambda: len(journal(results)) >= 4)
+        wait_until("a second allocation", lambda: len(self.our_jobs(name)) == 2)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT_S)
+        self.assertEqual(process.returncode, 130, err)
+        # Each ended on its own (its workers were told to shut down) or was cancelled.
+        self.assertEqual(len(re.findall(r"--alloc: allocation \d+ left the queue", err)), 2, err)
+        self.assertIn("none is left in the queue", err)
+        self.assertEqual(self.our_jobs(name), {})
+        ids = Counter(line["id"] for line in journal(results) if line["ok"])
+        self.assertEqual(max(ids.values()), 1, "a task recorded ok twice")
+        self.assert_nothing_left()
+
+    def test_a_failing_sbatch_backs_off_and_fails_the_run_with_its_error(self):
+        # --wait-workers bounds how long sbatch may fail with nothing running: 3 s here
+        # (tries at 0, 1 and 3 s).
+        results = self.dir / "run.jsonl"
+        process, name = self.start(["--max-allocs", "2", "--alloc-time", "5", "--alloc-args", "--partition=nope",
+                                    "--wait-workers", "3", "--task", "sleep", "--duration", "0.01", "--tasks", "5",
+                                    "--results", str(results)])
+        out, err = process.communicate(timeout=WAIT_S)
+        self.assertEqual(process.returncode, 1, err)
+        tries = re.findall(r"--alloc: cannot submit an allocation \(sbatch .*--partition=nope'?\): sbatch exited with "
+                           r"status 1: (.*); trying again in (\S+) s", err)
+        self.assertGreaterEqual(len(tries), 2, err)
+        self.assertEqual([delay for _, delay in tries[:2]], ["1.0", "2.0"])
+        self.assertIn("Invalid partition name specified", tries[0][0])
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(5)))
+        for line in lines:
+            self.assertFalse(line["ok"])
+            self.assertRegex(line["error"], r"^not run: cannot get an allocation: sbatch failed \d+ time\(s\) over "
+                                            r".*Invalid partition name specified")
+        self.assertEqual(self.our_jobs(name), {})
         self.assert_nothing_left()
 
 
