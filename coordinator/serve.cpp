@@ -1,0 +1,728 @@
+// `coordinator serve`: one processes-mode runner that never ends while the server is up, fed
+// by a plan whose cursor hands out the tasks of every job, one job after another in turn
+// (round-robin between jobs with waiting tasks), and says Later while none waits, as the
+// farm's does (app/farm.cpp). Each job is a directory of the state directory: its tasks
+// (tasks.jsonl, written before the job is accepted) and its journal (results.jsonl, the
+// --results format, a line written before the result is shown to anyone). A restart reads
+// them back: a task with a final result in the journal never runs again, every other one
+// does (decisions 177-180).
+
+#include "serve.hpp"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <zmq.hpp>
+
+#include "control.hpp"
+#include "errors.hpp"
+#include "journal_line.hpp"
+#include "log.hpp"
+#include "modes.hpp"
+#include "plan_sources.hpp"
+#include "process_pool.hpp"
+#include "service.hpp"
+#include "signals.hpp"
+#include "sinks.hpp"
+#include "text.hpp"
+#include "wire.hpp"
+
+namespace taskfarm {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kForkServerUsable = false;  // as the coordinator (decision 104)
+#else
+constexpr bool kForkServerUsable = true;
+#endif
+
+double unix_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+// A directory the service may use: made 0700 when missing (its parent must exist), else it
+// must be this user's, 0700, and not a symlink. Throws ConfigError naming `flag`.
+void private_dir(const fs::path& dir, const std::string& flag) {
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+        throw ConfigError(fmt::format("{} '{}': cannot create the directory: {}", flag, printable(dir.string()),
+                                      std::strerror(errno)));
+    if (const std::string why = service::untrusted(dir); !why.empty())
+        throw ConfigError(fmt::format("{} '{}': {}", flag, printable(dir.string()), why));
+}
+
+// Writes `text` to `path` whole or throws: through a temporary file renamed over it.
+void write_file(const fs::path& path, const std::string& text) {
+    const fs::path temporary = path.string() + ".tmp";
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        out << text;
+        out.flush();
+        if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", temporary.string()));
+    }
+    fs::rename(temporary, path);
+}
+
+struct Job {
+    std::uint64_t id = 0;
+    std::string name;
+    fs::path dir;
+    double submitted = 0;
+    std::vector<TaskSpec> tasks;      // their ids are their index in the job
+    std::deque<std::uint32_t> todo;   // not handed to the engine yet, in order
+    std::vector<std::uint8_t> final;  // 1: its final result is in the journal
+    std::vector<json> results;        // the final results, in journal order
+    std::vector<std::size_t> sizes;   // each one's size in a reply, near enough
+    std::uint64_t ok = 0;
+    std::uint64_t failed = 0;
+    std::uint64_t running = 0;  // handed to the engine, no final result yet
+    bool committed = false;
+    bool cancelled = false;
+    std::unique_ptr<JournalSink> journal;  // open while the job is not done
+    std::ofstream task_file;               // tasks.jsonl while the job is being submitted
+
+    bool done() const { return committed && results.size() == tasks.size(); }
+    std::string state() const {
+        if (!committed) return "submitting";
+        if (done()) return cancelled ? "cancelled" : failed > 0 ? "failed" : "ok";
+        if (cancelled) return "cancelling";
+        return running > 0 ? "running" : "waiting";
+    }
+    json summary() const {
+        return {{"job", id},        {"name", name},       {"state", state()},       {"tasks", tasks.size()}, {"ok", ok},
+                {"failed", failed}, {"running", running}, {"waiting", todo.size()}, {"submitted", submitted}};
+    }
+};
+
+// What a client sees of a result: the journal line's fields that say what came of the task.
+json client_result(std::uint64_t job, const json& line) {
+    json out = {{"job", job},
+                {"id", line.value("id", TaskId{0})},
+                {"kind", line.value("kind", std::string("?"))},
+                {"ok", line.value("ok", false)},
+                {"attempt", line.value("attempt", 1)},
+                {"worker", line.value("worker", std::string())}};
+    out["value"] = line.contains("value") ? line.at("value") : json(nullptr);
+    if (!out["ok"].get<bool>()) out["error"] = line.value("error", std::string());
+    if (line.value("cancelled", false)) out["cancelled"] = true;
+    return out;
+}
+
+class Server {
+public:
+    Server(const ProgramInfo& program, ServeConfig config) : program_(program), config_(std::move(config)) {}
+
+    ~Server() {
+        if (wake_fd_ >= 0) ::close(wake_fd_);
+        if (loop_fd_ >= 0) ::close(loop_fd_);
+        if (lock_fd_ >= 0) ::close(lock_fd_);
+    }
+
+    int run() {
+        private_dir(config_.socket.parent_path(), "--socket");
+        private_dir(config_.state, "--state");
+        take_lock();
+        private_dir(config_.state / "jobs", "--state");
+        load_jobs();
+        wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        loop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (wake_fd_ < 0 || loop_fd_ < 0) throw RunError(fmt::format("eventfd: {}", std::strerror(errno)));
+
+        RunConfig run;
+        run.modes = {Mode::Processes};
+        run.workers = config_.workers;
+        run.task_retries = config_.retries;
+        run.log_level = config_.log_level;
+        run.worker_bin = program_.worker.path;
+        run.worker_prefix = program_.worker.prefix;
+        run.worker_command = program_.worker.path.filename().string();
+        run.tasks = 0;
+        settings_ = settings_json(run);
+        // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
+        std::optional<ForkServer> fork_server;
+        if (kForkServerUsable) {
+            try {
+                std::vector<std::string> preload;
+                for (const auto& type : program_.registry.types()) preload.push_back(type->name());
+                fork_server.emplace(run.worker_bin, run.worker_prefix, run.log_level, preload);
+            } catch (const std::exception& e) {
+                spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
+            }
+        }
+        SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config_.drain_timeout_s * 1000)));
+
+        zmq::context_t context(1);
+        zmq::socket_t router(context, zmq::socket_type::router);
+        wire::configure(router, zmq::socket_type::router);
+        const std::string endpoint = "ipc://" + config_.socket.string();
+        try {
+            router.bind(endpoint);
+        } catch (const zmq::error_t& e) {
+            throw ConfigError(
+                fmt::format("--socket '{}': cannot bind: {}", printable(config_.socket.string()), e.what()));
+        }
+        ::chmod(config_.socket.c_str(), 0600);
+
+        Plan plan;
+        plan.source = std::make_shared<Source>(*this);
+        for (const auto& type : program_.registry.types()) plan.types.push_back(type.get());
+        ServerSink sink(*this);
+        cancels_.clear();
+        const RunShared shared{program_.registry, settings_, &cancels_, fork_server ? &*fork_server : nullptr};
+        auto runner = make_runner(Mode::Processes, run, shared, signals.token(), signals.drain_token());
+        std::atomic<bool> engine_over{false};
+        std::string engine_error;
+        std::thread engine([&] {
+            try {
+                runner->run(plan, sink);
+            } catch (const std::exception& e) {
+                engine_error = e.what();
+            }
+            engine_over = true;
+            poke(loop_fd_);
+        });
+        {
+            std::lock_guard lock(mutex_);
+            fmt::print(stderr, "serving {} with {} workers; state in {} ({} job(s) from it)\n", config_.socket.string(),
+                       config_.workers, config_.state.string(), jobs_.size());
+        }
+        std::fflush(stderr);
+
+        bool stopping = false;
+        while (!engine_over) {
+            if (!stopping && signals.drain_token().stop_requested()) {
+                stopping = true;
+                std::lock_guard lock(mutex_);
+                shutting_down_ = true;  // results of tasks cut short now are not final: they run again
+                poke(wake_fd_);
+                queued_cv_.notify_all();
+            }
+            zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, loop_fd_, ZMQ_POLLIN, 0}};
+            zmq::poll(items, 2, std::chrono::milliseconds(200));
+            if (items[1].revents & ZMQ_POLLIN) {
+                std::uint64_t count = 0;
+                while (::read(loop_fd_, &count, sizeof count) < 0 && errno == EINTR) {
+                }
+            }
+            for (int i = 0; i < 256 && (items[0].revents & ZMQ_POLLIN); ++i) {
+                zmq::message_t identity;
+                if (!router.recv(identity, zmq::recv_flags::dontwait)) break;
+                std::vector<zmq::message_t> body;
+                for (bool more = identity.more(); more;) {
+                    zmq::message_t part;
+                    if (!router.recv(part, zmq::recv_flags::none)) break;
+                    more = part.more();
+                    body.push_back(std::move(part));
+                }
+                std::string error;
+                std::optional<json> request;
+                if (body.size() != 1)
+                    error = "a request is one frame";
+                else
+                    request = service::decode(body.front().to_string_view(), error);
+                if (!request) {
+                    wire::send_to(router, identity.to_string_view(),
+                                  service::encode({{"ok", false}, {"error", error}}));
+                    continue;
+                }
+                if (auto reply = handle(*request, identity.to_string(), stopping))
+                    wire::send_to(router, identity.to_string_view(), service::encode(*reply));
+            }
+            answer_waits(router, stopping);
+        }
+        engine.join();
+        runner.reset();
+        answer_waits(router, true);
+        if (!engine_error.empty()) {
+            spdlog::error("the engine stopped: {}", engine_error);
+            return static_cast<int>(ExitCode::TasksFailed);
+        }
+        fmt::print(stderr, "server stopped; jobs not done go on when it starts again with --state {}\n",
+                   config_.state.string());
+        return signals.signal() == SIGINT ? static_cast<int>(ExitCode::Interrupted) : static_cast<int>(ExitCode::Ok);
+    }
+
+private:
+    // The plan the runner reads: every job's tasks in turn.
+    class Source final : public PlanSource {
+    public:
+        explicit Source(Server& server) : server_(server) {}
+        std::unique_ptr<TaskCursor> open() const override { return std::make_unique<Cursor>(server_); }
+
+    private:
+        Server& server_;
+    };
+
+    class Cursor final : public TaskCursor {
+    public:
+        explicit Cursor(Server& server) : server_(server) {}
+        bool next(TaskSpec& task) override {
+            std::unique_lock lock(server_.mutex_);
+            server_.queued_cv_.wait(lock, [&] { return server_.has_ready() || server_.shutting_down_; });
+            return !server_.shutting_down_ && server_.pop(task);
+        }
+        Take take(TaskSpec& task) override {
+            std::lock_guard lock(server_.mutex_);
+            if (server_.shutting_down_) return Take::End;
+            if (server_.pop(task)) return Take::Task;
+            // The wake-up is read under the lock that commit() writes it under: none is lost.
+            std::uint64_t count = 0;
+            while (::read(server_.wake_fd_, &count, sizeof count) < 0 && errno == EINTR) {
+            }
+            return Take::Later;
+        }
+        int ready_fd() const override { return server_.wake_fd_; }
+
+    private:
+        Server& server_;
+    };
+
+    class ServerSink final : public ResultSink {
+    public:
+        explicit ServerSink(Server& server) : server_(server) {}
+
+    protected:
+        void begin_mode_(const std::string&, std::size_t) override {}
+        void sink_it_(const TaskSpec& task, const TaskResult& result) override { server_.result(task, result); }
+
+    private:
+        Server& server_;
+    };
+
+    static void poke(int fd) {
+        const std::uint64_t one = 1;
+        while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    }
+
+    void take_lock() {
+        const fs::path path = config_.state / "lock";
+        lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (lock_fd_ < 0)
+            throw ConfigError(fmt::format("--state '{}': cannot open its lock: {}", printable(config_.state.string()),
+                                          std::strerror(errno)));
+        if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
+            throw ConfigError(fmt::format("--state '{}': another server uses it", printable(config_.state.string())));
+    }
+
+    // Under mutex_.
+    bool has_ready() const { return !ready_.empty(); }
+
+    // Under mutex_: the next task of the job whose turn it is, with an id of the server's own.
+    bool pop(TaskSpec& task) {
+        while (!ready_.empty()) {
+            const std::uint64_t id = ready_.front();
+            ready_.pop_front();
+            Job& job = jobs_.at(id);
+            if (job.todo.empty() || job.cancelled) continue;
+            const std::uint32_t index = job.todo.front();
+            job.todo.pop_front();
+            if (!job.todo.empty()) ready_.push_back(id);  // its next task waits for the other jobs' turns
+            task = job.tasks[index];
+            task.id = next_task_++;
+            live_.emplace(task.id, std::make_pair(id, index));
+            ++job.running;
+            return true;
+        }
+        return false;
+    }
+
+    // A result from the engine (any thread).
+    void result(const TaskSpec& task, const TaskResult& result) {
+        std::lock_guard lock(mutex_);
+        const auto found = live_.find(task.id);
+        if (found == live_.end()) return;
+        const auto [job_id, index] = found->second;
+        Job& job = jobs_.at(job_id);
+        if (!result.retrying) {
+            live_.erase(found);
+            --job.running;
+            // Stopping: a task cut short is not done; the journal does not say it is, so it
+            // runs again when the server starts again.
+            if (shutting_down_ && !result.ok && !job.cancelled) return;
+        }
+        if (!job.journal || job.final[index]) return;
+        TaskSpec local = task;
+        local.id = index;
+        TaskResult mine = result;
+        mine.id = index;
+        job.journal->on_result(local, mine);
+        if (!result.retrying) record(job, local, mine);
+    }
+
+    // Under mutex_: `result` is in the job's journal; now clients may see it.
+    void record(Job& job, const TaskSpec& task, const TaskResult& result) {
+        job.final[task.id] = 1;
+        (result.ok ? job.ok : job.failed) += 1;
+        json line = {
+            {"id", task.id},           {"kind", kind_name(result)}, {"ok", result.ok},      {"attempt", result.attempt},
+            {"worker", result.worker}, {"value", result.value},     {"error", result.error}};
+        if (result.cancelled) line["cancelled"] = true;
+        add_result(job, client_result(job.id, line));
+        if (job.done()) job.journal.reset();
+        poke(loop_fd_);
+    }
+
+    static void add_result(Job& job, json result) {
+        // The size it takes in a reply, near enough (strings counted whole, as msgpack holds them).
+        const std::size_t size = 64 + result["value"].dump(-1, ' ', false, json::error_handler_t::replace).size() +
+                                 result.value("error", std::string()).size();
+        job.results.push_back(std::move(result));
+        job.sizes.push_back(size);
+    }
+
+    // Under mutex_: the job's tasks not handed out yet are cancelled, recorded as such.
+    std::size_t cancel_waiting(Job& job) {
+        std::size_t count = 0;
+        for (const std::uint32_t index : job.todo) {
+            TaskSpec task = job.tasks[index];
+            task.id = index;
+            TaskResult result;
+            result.id = index;
+            result.type = task.type;
+            result.attempt = 0;
+            result = cancelled(std::move(result));
+            if (job.journal) job.journal->on_result(task, result);
+            record(job, task, result);
+            ++count;
+        }
+        job.todo.clear();
+        return count;
+    }
+
+    // Reads every job of the state directory back (at start, before any thread).
+    void load_jobs() {
+        std::error_code ec;
+        for (const auto& entry : fs::directory_iterator(config_.state / "jobs", ec)) {
+            const std::string name = entry.path().filename().string();
+            if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+            const std::uint64_t id = std::stoull(name);
+            next_job_ = std::max(next_job_, id + 1);
+            if (!fs::exists(entry.path() / "committed")) {
+                // Its submit never finished: nobody was told its id.
+                fs::remove_all(entry.path(), ec);
+                continue;
+            }
+            try {
+                load_job(id, entry.path());
+            } catch (const std::exception& e) {
+                spdlog::error("job {}: cannot read it back, so it is left out: {}", id, e.what());
+                jobs_.erase(id);
+            }
+        }
+        for (auto& [id, job] : jobs_)
+            if (!job.todo.empty()) ready_.push_back(id);
+    }
+
+    void load_job(std::uint64_t id, const fs::path& dir) {
+        Job& job = jobs_[id];
+        job.id = id;
+        job.dir = dir;
+        job.committed = true;
+        job.cancelled = fs::exists(dir / "cancelled");
+        {
+            std::ifstream in(dir / "job.json");
+            const json head = json::parse(in, nullptr, false);
+            if (head.is_object()) {
+                job.name = head.value("name", std::string());
+                job.submitted = head.value("submitted", 0.0);
+            }
+        }
+        {
+            const fs::path path = dir / "tasks.jsonl";
+            std::ifstream in(path, std::ios::binary);
+            JournalLineReader reader(in, "serve", path.string());
+            std::string text;
+            while (reader.next(text)) {
+                const json line = parse_journal_line(text, reader.where());
+                job.tasks.push_back(task_of(line, job.tasks.size()));
+            }
+        }
+        job.final.assign(job.tasks.size(), 0);
+        const fs::path journal = dir / "results.jsonl";
+        if (fs::exists(journal)) {
+            // A line torn by a kill is cut off, so that appending goes on from a clean line end.
+            const std::uintmax_t length = complete_length(journal, "serve");
+            if (fs::file_size(journal) != length) fs::resize_file(journal, length);
+            std::ifstream in(journal, std::ios::binary);
+            JournalLineReader reader(in, "serve", journal.string(), length);
+            std::string text;
+            while (reader.next(text)) {
+                const json line = parse_journal_line(text, reader.where());
+                check_journal_line(line, reader.where());
+                if (line.contains("event") || line.value("retrying", false)) continue;
+                const auto index = line.at("id").get<std::uint64_t>();
+                if (index >= job.tasks.size() || job.final[index]) continue;
+                job.final[index] = 1;
+                (line.value("ok", false) ? job.ok : job.failed) += 1;
+                add_result(job, client_result(id, line));
+            }
+        }
+        for (std::uint32_t i = 0; i < job.tasks.size(); ++i)
+            if (!job.final[i]) job.todo.push_back(i);
+        if (!job.done()) open_journal(job);
+        if (job.cancelled) cancel_waiting(job);
+    }
+
+    void open_journal(Job& job) {
+        job.journal = std::make_unique<JournalSink>(job.dir / "results.jsonl", /*create=*/true);
+        job.journal->begin_mode(std::string(to_string(Mode::Processes)), job.tasks.size());
+    }
+
+    // A task of a submit or of tasks.jsonl: {"kind": TYPE, "params": {...}, "timeout_s": S}.
+    TaskSpec task_of(const json& line, std::size_t index) const {
+        if (!line.is_object() || !line.contains("kind") || !line.at("kind").is_string())
+            throw std::invalid_argument(fmt::format("task {}: no \"kind\"", index));
+        const TaskType* type = program_.registry.find(line.at("kind").get<std::string>());
+        if (!type)
+            throw std::invalid_argument(fmt::format("task {}: this server knows no type '{}' (it knows {})", index,
+                                                    printable(line.at("kind").get<std::string>()),
+                                                    program_.registry.names_text()));
+        TaskSpec task;
+        task.type = type;
+        task.id = index;
+        try {
+            task.params = type->parse(line.contains("params") ? line.at("params") : json::object());
+        } catch (const std::exception& e) {
+            throw std::invalid_argument(fmt::format("task {} ({}): {}", index, type->name(), e.what()));
+        }
+        const json timeout = line.contains("timeout_s") ? line.at("timeout_s") : json(0);
+        if (!timeout.is_number() || timeout.get<double>() < 0)
+            throw std::invalid_argument(fmt::format("task {}: \"timeout_s\" must be a number >= 0", index));
+        task.timeout_s = timeout.get<double>();
+        return task;
+    }
+
+    Job* find_job(const json& request, std::string& error) {
+        if (!request.contains("job") || !request.at("job").is_number_unsigned()) {
+            error = "no job id";
+            return nullptr;
+        }
+        const auto found = jobs_.find(request.at("job").get<std::uint64_t>());
+        if (found == jobs_.end() || !found->second.committed) {
+            error = fmt::format("no job {}", request.at("job").get<std::uint64_t>());
+            return nullptr;
+        }
+        return &found->second;
+    }
+
+    static json refuse(std::string error) { return {{"ok", false}, {"error", std::move(error)}}; }
+
+    // One request; nullopt for a wait that is answered later.
+    std::optional<json> handle(const json& request, const std::string& identity, bool stopping) {
+        const std::string op = request.value("op", std::string());
+        json reply;
+        try {
+            reply = dispatch(op, request, identity, stopping);
+        } catch (const std::exception& e) {
+            reply = refuse(e.what());
+        }
+        if (reply.is_null()) return std::nullopt;
+        if (request.contains("seq")) reply["seq"] = request.at("seq");
+        return reply;
+    }
+
+    json dispatch(const std::string& op, const json& request, const std::string& identity, bool stopping) {
+        std::unique_lock lock(mutex_);
+        std::string error;
+        if (op == "create") {
+            if (stopping) return refuse("the server is stopping");
+            Job& job = jobs_[next_job_];
+            job.id = next_job_++;
+            job.name = request.value("name", std::string());
+            job.submitted = unix_now();
+            job.dir = config_.state / "jobs" / std::to_string(job.id);
+            fs::create_directory(job.dir);
+            write_file(job.dir / "job.json", json{{"name", job.name}, {"submitted", job.submitted}}.dump(
+                                                 -1, ' ', false, json::error_handler_t::replace));
+            job.task_file.open(job.dir / "tasks.jsonl", std::ios::binary | std::ios::trunc);
+            return {{"ok", true}, {"job", job.id}};
+        }
+        if (op == "add" || op == "commit") {
+            if (!request.contains("job") || !request.at("job").is_number_unsigned()) return refuse("no job id");
+            const auto found = jobs_.find(request.at("job").get<std::uint64_t>());
+            if (found == jobs_.end() || found->second.committed) return refuse("no job being submitted with that id");
+            Job& job = found->second;
+            try {
+                if (op == "add") {
+                    const json& tasks = request.contains("tasks") ? request.at("tasks") : json();
+                    if (!tasks.is_array()) throw std::invalid_argument("no \"tasks\" array");
+                    for (const json& line : tasks) {
+                        TaskSpec task = task_of(line, job.tasks.size());
+                        job.task_file << journal_line_text({{"kind", task.type->name()},
+                                                            {"params", task.params},
+                                                            {"timeout_s", task.timeout_s}})
+                                      << '\n';
+                        job.tasks.push_back(std::move(task));
+                    }
+                    job.task_file.flush();
+                    if (!job.task_file) throw std::runtime_error("cannot write the job's tasks.jsonl");
+                    return {{"ok", true}, {"tasks", job.tasks.size()}};
+                }
+                if (stopping) throw std::runtime_error("the server is stopping");
+                if (job.tasks.empty()) throw std::invalid_argument("a job needs at least one task");
+                job.task_file.close();
+                if (!job.task_file) throw std::runtime_error("cannot write the job's tasks.jsonl");
+                open_journal(job);
+                write_file(job.dir / "committed", "");
+            } catch (const std::exception& e) {
+                // The submit fails whole: nothing of it stays.
+                std::error_code ec;
+                fs::remove_all(job.dir, ec);
+                jobs_.erase(found);
+                return refuse(e.what());
+            }
+            job.committed = true;
+            job.final.assign(job.tasks.size(), 0);
+            for (std::uint32_t i = 0; i < job.tasks.size(); ++i) job.todo.push_back(i);
+            ready_.push_back(job.id);
+            poke(wake_fd_);
+            queued_cv_.notify_all();
+            spdlog::info("job {}: {} task(s) submitted", job.id, job.tasks.size());
+            return {{"ok", true}, {"job", job.id}, {"tasks", job.tasks.size()}};
+        }
+        if (op == "status") {
+            json jobs = json::array();
+            if (request.contains("job")) {
+                Job* job = find_job(request, error);
+                if (!job) return refuse(error);
+                jobs.push_back(job->summary());
+            } else {
+                for (const auto& [id, job] : jobs_)
+                    if (job.committed) jobs.push_back(job.summary());
+            }
+            return {{"ok", true},
+                    {"pid", ::getpid()},
+                    {"workers", config_.workers},
+                    {"state", config_.state.string()},
+                    {"stopping", stopping},
+                    {"jobs", std::move(jobs)}};
+        }
+        if (op == "cancel") {
+            Job* job = find_job(request, error);
+            if (!job) return refuse(error);
+            if (job->done())
+                return {{"ok", true}, {"job", job->id}, {"queued", 0}, {"running", 0}, {"state", job->state()}};
+            if (!job->cancelled) {
+                write_file(job->dir / "cancelled", "");
+                job->cancelled = true;
+            }
+            const std::size_t queued = cancel_waiting(*job);
+            std::vector<TaskId> running;
+            for (const auto& [task, where] : live_)
+                if (where.first == job->id) running.push_back(task);
+            const std::uint64_t id = job->id;
+            lock.unlock();
+            std::size_t stopped = 0;
+            if (!running.empty())
+                for (const CancelOutcome& outcome : cancels_.request(running, std::chrono::milliseconds(2000)))
+                    stopped += outcome.cancelled ? 1 : 0;
+            return {{"ok", true}, {"job", id}, {"queued", queued}, {"running", stopped}};
+        }
+        if (op == "wait") {
+            Job* job = find_job(request, error);
+            if (!job) return refuse(error);
+            const json from = request.value("from", json(0));
+            if (!from.is_number_unsigned()) return refuse("\"from\" must be a whole number");
+            waits_.push_back({identity, job->id, from.get<std::size_t>(), request.value("seq", json(nullptr)),
+                              std::chrono::steady_clock::now() + service::kWaitPoll});
+            poke(loop_fd_);
+            return nullptr;
+        }
+        return refuse(fmt::format("unknown request '{}'", printable(op)));
+    }
+
+    struct Wait {
+        std::string identity;
+        std::uint64_t job;
+        std::size_t from;
+        json seq;
+        std::chrono::steady_clock::time_point deadline;
+    };
+
+    // Answers each wait that has something new, whose job is done, or that waited kWaitPoll.
+    void answer_waits(zmq::socket_t& router, bool now) {
+        std::vector<std::pair<std::string, std::string>> replies;
+        {
+            std::lock_guard lock(mutex_);
+            const auto clock = std::chrono::steady_clock::now();
+            for (auto wait = waits_.begin(); wait != waits_.end();) {
+                const Job& job = jobs_.at(wait->job);
+                const bool fresh = job.results.size() > wait->from;
+                if (!fresh && !job.done() && !now && clock < wait->deadline) {
+                    ++wait;
+                    continue;
+                }
+                json results = json::array();
+                std::size_t bytes = 0;
+                std::size_t at = wait->from;
+                for (; at < job.results.size(); ++at) {
+                    if (!results.empty() &&
+                        (bytes + job.sizes[at] > service::kReplyBytes || results.size() >= service::kChunkTasks))
+                        break;
+                    bytes += job.sizes[at];
+                    results.push_back(job.results[at]);
+                }
+                json reply = {{"ok", true},
+                              {"job", job.id},
+                              {"from", wait->from},
+                              {"results", std::move(results)},
+                              {"done", job.done() && at == job.results.size()},
+                              {"summary", job.summary()}};
+                if (!wait->seq.is_null()) reply["seq"] = wait->seq;
+                replies.emplace_back(wait->identity, service::encode(reply));
+                wait = waits_.erase(wait);
+            }
+        }
+        for (const auto& [identity, frame] : replies) wire::send_to(router, identity, frame);
+    }
+
+    const ProgramInfo& program_;
+    ServeConfig config_;
+    Json settings_;
+    int lock_fd_ = -1;
+    int wake_fd_ = -1;  // the cursor's: a task may be ready
+    int loop_fd_ = -1;  // the main loop's: a result came, or the engine ended
+
+    std::mutex mutex_;
+    std::condition_variable queued_cv_;
+    std::map<std::uint64_t, Job> jobs_;
+    std::uint64_t next_job_ = 1;
+    std::deque<std::uint64_t> ready_;                                           // jobs with waiting tasks, in turn
+    std::unordered_map<TaskId, std::pair<std::uint64_t, std::uint32_t>> live_;  // server id -> job, index
+    TaskId next_task_ = 0;
+    bool shutting_down_ = false;
+    std::vector<Wait> waits_;  // the main loop's only
+    CancelBoard cancels_;
+};
+
+}  // namespace
+
+int serve(const ProgramInfo& program, const ServeConfig& config) {
+    if (!config.log_level.empty()) set_log_level(config.log_level);
+    Server server(program, config);
+    return server.run();
+}
+
+}  // namespace taskfarm
