@@ -254,6 +254,7 @@ public:
         engine.join();
         runner.reset();
         answer_waits(router, true);
+        ::unlink(config_.socket.c_str());  // a client then says "no server there" at once
         if (!engine_error.empty()) {
             spdlog::error("the engine stopped: {}", engine_error);
             return static_cast<int>(ExitCode::TasksFailed);
