@@ -84,9 +84,36 @@ void write_file(const fs::path& path, const std::string& text) {
     fs::rename(temporary, path);
 }
 
+// A job that waits for another (submit --after, --afterok, --afternotok).
+struct Dependency {
+    enum class If { Any, Ok, NotOk };
+    std::uint64_t job = 0;
+    If when = If::Any;
+};
+
+const char* if_name(Dependency::If when) {
+    switch (when) {
+        case Dependency::If::Ok: return "afterok";
+        case Dependency::If::NotOk: return "afternotok";
+        case Dependency::If::Any: break;
+    }
+    return "after";
+}
+
+std::optional<Dependency::If> if_of(std::string_view name) {
+    if (name == "after") return Dependency::If::Any;
+    if (name == "afterok") return Dependency::If::Ok;
+    if (name == "afternotok") return Dependency::If::NotOk;
+    return std::nullopt;
+}
+
 struct Job {
     std::uint64_t id = 0;
     std::string name;
+    int priority = 0;               // a job of higher priority takes its turns first
+    std::vector<Dependency> after;  // its tasks wait until these jobs are done
+    bool released = true;           // its dependencies are done (or it has none)
+    std::string skipped;            // why it did not run (a dependency's outcome); empty: it ran
     fs::path dir;
     double submitted = 0;
     std::vector<TaskSpec> tasks;      // their ids are their index in the job
@@ -105,13 +132,30 @@ struct Job {
     bool done() const { return committed && results.size() == tasks.size(); }
     std::string state() const {
         if (!committed) return "submitting";
-        if (done()) return cancelled ? "cancelled" : failed > 0 ? "failed" : "ok";
+        if (done()) return !skipped.empty() ? "skipped" : cancelled ? "cancelled" : failed > 0 ? "failed" : "ok";
         if (cancelled) return "cancelling";
+        if (!released) return "held";
         return running > 0 ? "running" : "waiting";
     }
+    json after_json() const {
+        json out = json::array();
+        for (const Dependency& dependency : after)
+            out.push_back({{"job", dependency.job}, {"if", if_name(dependency.when)}});
+        return out;
+    }
     json summary() const {
-        return {{"job", id},        {"name", name},       {"state", state()},       {"tasks", tasks.size()}, {"ok", ok},
-                {"failed", failed}, {"running", running}, {"waiting", todo.size()}, {"submitted", submitted}};
+        return {{"job", id},
+                {"name", name},
+                {"state", state()},
+                {"priority", priority},
+                {"after", after_json()},
+                {"why", skipped},
+                {"tasks", tasks.size()},
+                {"ok", ok},
+                {"failed", failed},
+                {"running", running},
+                {"waiting", todo.size()},
+                {"submitted", submitted}};
     }
 };
 
@@ -333,8 +377,13 @@ private:
     // Under mutex_: the next task of the job whose turn it is, with an id of the server's own.
     bool pop(TaskSpec& task) {
         while (!ready_.empty()) {
-            const std::uint64_t id = ready_.front();
-            ready_.pop_front();
+            // The first job of the highest priority among those waiting; the ring keeps turns
+            // within a priority.
+            auto at = ready_.begin();
+            for (auto it = ready_.begin(); it != ready_.end(); ++it)
+                if (jobs_.at(*it).priority > jobs_.at(*at).priority) at = it;
+            const std::uint64_t id = *at;
+            ready_.erase(at);
             Job& job = jobs_.at(id);
             if (job.todo.empty() || job.cancelled) continue;
             const std::uint32_t index = job.todo.front();
@@ -381,8 +430,51 @@ private:
             {"worker", result.worker}, {"value", result.value},     {"error", result.error}};
         if (result.cancelled) line["cancelled"] = true;
         add_result(job, client_result(job.id, line));
-        if (job.done()) job.journal.reset();
+        if (job.done()) {
+            job.journal.reset();
+            release_dependents();
+        }
         poke(loop_fd_);
+    }
+
+    // Under mutex_: each held job whose dependencies are all done now runs, or, when one
+    // ended otherwise than it asked (afterok of a job with failures, afternotok of one
+    // without), has its tasks recorded as not run, with the reason.
+    void release_dependents() {
+        for (auto& [id, job] : jobs_) release(job);
+    }
+
+    void release(Job& job) {
+        if (job.released || !job.committed) return;
+        std::string why;
+        for (const Dependency& dependency : job.after) {
+            const auto found = jobs_.find(dependency.job);
+            if (found == jobs_.end()) {
+                why = fmt::format("not run: job {} is gone (--{} {})", dependency.job, if_name(dependency.when),
+                                  dependency.job);
+                break;
+            }
+            const Job& before = found->second;
+            if (!before.done()) return;  // still held
+            if (dependency.when == Dependency::If::Ok && before.failed > 0)
+                why = fmt::format("not run: job {} had {} task(s) not ok (--afterok {})", before.id, before.failed,
+                                  before.id);
+            if (dependency.when == Dependency::If::NotOk && before.failed == 0)
+                why = fmt::format("not run: job {} had every task ok (--afternotok {})", before.id, before.id);
+            if (!why.empty()) break;
+        }
+        job.released = true;
+        if (why.empty()) {
+            if (!job.todo.empty() && !job.cancelled) {
+                ready_.push_back(job.id);
+                if (wake_fd_ >= 0) poke(wake_fd_);
+                queued_cv_.notify_all();
+            }
+            return;
+        }
+        spdlog::info("job {}: {}", job.id, why);
+        job.skipped = why;
+        cancel_waiting(job, why);
     }
 
     static void add_result(Job& job, json result) {
@@ -394,9 +486,10 @@ private:
     }
 
     // Under mutex_: the job's tasks not handed out yet are cancelled, recorded as such.
-    std::size_t cancel_waiting(Job& job) {
+    std::size_t cancel_waiting(Job& job, const std::string& why = {}) {
         std::size_t count = 0;
-        for (const std::uint32_t index : job.todo) {
+        const std::deque<std::uint32_t> todo = std::exchange(job.todo, {});
+        for (const std::uint32_t index : todo) {
             TaskSpec task = job.tasks[index];
             task.id = index;
             TaskResult result;
@@ -404,36 +497,41 @@ private:
             result.type = task.type;
             result.attempt = 0;
             result = cancelled(std::move(result));
+            if (!why.empty()) result.error = why;
             if (job.journal) job.journal->on_result(task, result);
             record(job, task, result);
             ++count;
         }
-        job.todo.clear();
         return count;
     }
 
     // Reads every job of the state directory back (at start, before any thread).
     void load_jobs() {
         std::error_code ec;
+        // In id order: a job waits only for older ones, which are then read back first.
+        std::map<std::uint64_t, fs::path> found;
         for (const auto& entry : fs::directory_iterator(config_.state / "jobs", ec)) {
             const std::string name = entry.path().filename().string();
-            if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-            const std::uint64_t id = std::stoull(name);
+            if (name.empty() || name.size() > 18 || name.find_first_not_of("0123456789") != std::string::npos) continue;
+            found.emplace(std::stoull(name), entry.path());
+        }
+        for (const auto& [id, dir] : found) {
             next_job_ = std::max(next_job_, id + 1);
-            if (!fs::exists(entry.path() / "committed")) {
+            if (!fs::exists(dir / "committed")) {
                 // Its submit never finished: nobody was told its id.
-                fs::remove_all(entry.path(), ec);
+                fs::remove_all(dir, ec);
                 continue;
             }
             try {
-                load_job(id, entry.path());
+                load_job(id, dir);
             } catch (const std::exception& e) {
                 spdlog::error("job {}: cannot read it back, so it is left out: {}", id, e.what());
                 jobs_.erase(id);
             }
         }
         for (auto& [id, job] : jobs_)
-            if (!job.todo.empty()) ready_.push_back(id);
+            if (!job.todo.empty() && job.released && !job.cancelled) ready_.push_back(id);
+        release_dependents();
     }
 
     void load_job(std::uint64_t id, const fs::path& dir) {
@@ -448,6 +546,9 @@ private:
             if (head.is_object()) {
                 job.name = head.value("name", std::string());
                 job.submitted = head.value("submitted", 0.0);
+                job.priority = head.value("priority", 0);
+                job.after = dependencies(head.value("after", json::array()));
+                job.released = job.after.empty();
             }
         }
         {
@@ -503,16 +604,30 @@ private:
         TaskSpec task;
         task.type = type;
         task.id = index;
-        try {
-            task.params = type->parse(line.contains("params") ? line.at("params") : json::object());
-        } catch (const std::exception& e) {
-            throw std::invalid_argument(fmt::format("task {} ({}): {}", index, type->name(), e.what()));
-        }
+        // As the client's make_plan() made them (a plan line parsed, a generated task as its
+        // type made it): not parsed again here, as a run does not parse a generated task; a
+        // task whose parameters its type refuses fails when it runs, as one from the wire does.
+        task.params = line.contains("params") ? line.at("params") : json::object();
+        if (!task.params.is_object())
+            throw std::invalid_argument(fmt::format("task {}: \"params\" must be an object", index));
         const json timeout = line.contains("timeout_s") ? line.at("timeout_s") : json(0);
         if (!timeout.is_number() || timeout.get<double>() < 0)
             throw std::invalid_argument(fmt::format("task {}: \"timeout_s\" must be a number >= 0", index));
         task.timeout_s = timeout.get<double>();
         return task;
+    }
+
+    // [{"job": N, "if": "after|afterok|afternotok"}, ...]; throws std::invalid_argument.
+    static std::vector<Dependency> dependencies(const json& list) {
+        std::vector<Dependency> out;
+        if (!list.is_array()) throw std::invalid_argument("\"after\" must be a list");
+        for (const json& entry : list) {
+            const auto when = entry.is_object() ? if_of(entry.value("if", std::string())) : std::nullopt;
+            if (!when || !entry.contains("job") || !entry.at("job").is_number_unsigned())
+                throw std::invalid_argument("a dependency is {\"job\": N, \"if\": \"after|afterok|afternotok\"}");
+            out.push_back({entry.at("job").get<std::uint64_t>(), *when});
+        }
+        return out;
     }
 
     Job* find_job(const json& request, std::string& error) {
@@ -549,14 +664,31 @@ private:
         std::string error;
         if (op == "create") {
             if (stopping) return refuse("the server is stopping");
+            // Only jobs submitted already: a job waits only for older ones, so there is no cycle.
+            const std::vector<Dependency> after = dependencies(request.value("after", json::array()));
+            for (const Dependency& dependency : after) {
+                const auto found = jobs_.find(dependency.job);
+                if (found == jobs_.end() || !found->second.committed)
+                    return refuse(fmt::format("--{} {}: no such job", if_name(dependency.when), dependency.job));
+            }
+            const json priority = request.value("priority", json(0));
+            if (!priority.is_number_integer() || priority.get<std::int64_t>() < -1000 ||
+                priority.get<std::int64_t>() > 1000)
+                return refuse("--priority must be a whole number from -1000 to 1000");
             Job& job = jobs_[next_job_];
             job.id = next_job_++;
             job.name = request.value("name", std::string());
             job.submitted = unix_now();
+            job.priority = priority.get<int>();
+            job.after = after;
+            job.released = after.empty();
             job.dir = config_.state / "jobs" / std::to_string(job.id);
             fs::create_directory(job.dir);
-            write_file(job.dir / "job.json", json{{"name", job.name}, {"submitted", job.submitted}}.dump(
-                                                 -1, ' ', false, json::error_handler_t::replace));
+            write_file(job.dir / "job.json", json{{"name", job.name},
+                                                  {"submitted", job.submitted},
+                                                  {"priority", job.priority},
+                                                  {"after", job.after_json()}}
+                                                 .dump(-1, ' ', false, json::error_handler_t::replace));
             job.task_file.open(job.dir / "tasks.jsonl", std::ios::binary | std::ios::trunc);
             return {{"ok", true}, {"job", job.id}};
         }
@@ -597,9 +729,13 @@ private:
             job.committed = true;
             job.final.assign(job.tasks.size(), 0);
             for (std::uint32_t i = 0; i < job.tasks.size(); ++i) job.todo.push_back(i);
-            ready_.push_back(job.id);
-            poke(wake_fd_);
-            queued_cv_.notify_all();
+            if (job.released) {
+                ready_.push_back(job.id);
+                poke(wake_fd_);
+                queued_cv_.notify_all();
+            } else {
+                release(job);  // its dependencies may be done already
+            }
             spdlog::info("job {}: {} task(s) submitted", job.id, job.tasks.size());
             return {{"ok", true}, {"job", job.id}, {"tasks", job.tasks.size()}};
         }

@@ -211,8 +211,10 @@ int wait_job(Client& client, std::uint64_t job, bool quiet) {
         if (reply.value("done", false)) {
             const json& summary = reply.at("summary");
             const auto failed = summary.value("failed", std::uint64_t{0});
-            fmt::print(stderr, "job {}: {}: {} ok, {} failed of {}\n", job, summary.value("state", std::string()),
-                       summary.value("ok", std::uint64_t{0}), failed, summary.value("tasks", std::uint64_t{0}));
+            const std::string why = summary.value("why", std::string());
+            fmt::print(stderr, "job {}: {}: {} ok, {} failed of {}{}\n", job, summary.value("state", std::string()),
+                       summary.value("ok", std::uint64_t{0}), failed, summary.value("tasks", std::uint64_t{0}),
+                       why.empty() ? std::string() : "; " + printable(why));
             return failed == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::TasksFailed);
         }
     }
@@ -259,6 +261,10 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     std::string name;
     bool wait = false;
     bool quiet = false;
+    int priority = 0;
+    std::vector<std::uint64_t> after;
+    std::vector<std::uint64_t> after_ok;
+    std::vector<std::uint64_t> after_not_ok;
     CLI::App app{
         fmt::format("{} submit: hands a job to the server and prints its id. The tasks are what a run takes: --tasks\n"
                     "tasks of --task, a --plan file, or a task of --task per line of --inputs (--command TEMPLATE: a\n"
@@ -285,6 +291,23 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
         ->capture_default_str();
     app.add_option("--seed", config.seed, "seed of the generated tasks")->capture_default_str();
     app.add_option("--name", name, "a name for the job, shown by status and jobs");
+    app.add_option("--after", after, "start once these jobs are done, however they ended (JOB,JOB...)")
+        ->delimiter(',')
+        ->type_name("JOB");
+    app.add_option("--afterok", after_ok,
+                   "start once these jobs are done with every task ok; if one is not, this job's tasks are\n"
+                   "recorded as not run, with the reason")
+        ->delimiter(',')
+        ->type_name("JOB");
+    app.add_option("--afternotok", after_not_ok,
+                   "start once these jobs are done, only if one of them has a task not ok (else not run)")
+        ->delimiter(',')
+        ->type_name("JOB");
+    app.add_option("--priority", priority,
+                   "a job of higher priority takes the workers' turns before jobs of lower priority;\n"
+                   "jobs of one priority take turns")
+        ->check(CLI::Range(-1000, 1000))
+        ->capture_default_str();
     app.add_flag("--wait", wait, "then wait for it, as `wait JOB` does");
     app.add_flag("-q,--quiet", quiet, "with --wait: no result lines, only the exit status");
     plan_option->excludes(inputs_option);
@@ -313,7 +336,11 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
                         task));
     const std::string cwd = fs::current_path().string();
     Client client(fs::absolute(socket));
-    json created = client.ask_once({{"op", "create"}, {"name", name}});
+    json dependencies = json::array();
+    for (const auto& [list, when] : {std::pair{&after, "after"}, {&after_ok, "afterok"}, {&after_not_ok, "afternotok"}})
+        for (const std::uint64_t job : *list) dependencies.push_back({{"job", job}, {"if", when}});
+    json created =
+        client.ask_once({{"op", "create"}, {"name", name}, {"priority", priority}, {"after", std::move(dependencies)}});
     check(created, "submit");
     const auto job = created.at("job").get<std::uint64_t>();
     json chunk = json::array();

@@ -253,6 +253,59 @@ class Service(unittest.TestCase):
         self.assertIn("another server", second.stderr)
         self.stop()
 
+    def submit(self, *args):
+        result = self.client("submit", *args, check=True, cwd=self.dir)
+        return int(result.stdout.strip())
+
+    def test_a_dependency_chain_runs_in_order_and_a_failed_dependencys_dependents_are_reported(self):
+        self.start(workers=4)
+        order = self.dir / "order"
+        first = self.submit("--inputs", str(self.inputs("a", 4)), "--command", f"sleep 0.1; echo {{}} >> {order}")
+        second = self.submit("--inputs", str(self.inputs("b", 4)), "--command", f"echo {{}} >> {order}",
+                             "--afterok", str(first))
+        third = self.submit("--inputs", str(self.inputs("c", 4)), "--command", f"echo {{}} >> {order}",
+                            "--after", str(second))
+        self.assertEqual(self.client("wait", "-q", str(third)).returncode, 0)
+        lines = order.read_text().split()
+        self.assertEqual([line[0] for line in lines], list("aaaabbbbcccc"), lines)
+        # A failed dependency: its afterok dependents (and theirs) are reported, not run; its
+        # afternotok one runs.
+        failing = self.submit("--task", "fail", "--tasks", "2")
+        skipped = self.submit("--task", "sleep", "--tasks", "3", "--afterok", str(failing))
+        skipped_too = self.submit("--task", "sleep", "--tasks", "1", "--afterok", str(skipped))
+        rescue = self.submit("--task", "sleep", "--tasks", "1", "--afternotok", str(failing))
+        result = self.client("wait", str(skipped))
+        self.assertEqual(result.returncode, 1)
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        self.assertEqual(sorted(line["id"] for line in lines), [0, 1, 2])
+        for line in lines:
+            self.assertFalse(line["ok"])
+            self.assertIn(f"job {failing} had 2 task(s) not ok (--afterok {failing})", line["error"])
+        self.assertIn("not run", result.stderr)
+        self.assertEqual(self.client("wait", "-q", str(skipped_too)).returncode, 1)
+        self.assertEqual(self.client("wait", "-q", str(rescue)).returncode, 0)
+        jobs = self.jobs()
+        self.assertEqual([jobs[j]["state"] for j in (failing, skipped, skipped_too, rescue)],
+                         ["failed", "skipped", "skipped", "ok"])
+        # Only jobs that exist: so a cycle cannot be written.
+        result = self.client("submit", "--task", "sleep", "--afterok", "99")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--afterok 99: no such job", result.stderr)
+        self.stop()
+
+    def test_a_job_of_higher_priority_takes_the_turns_first(self):
+        self.start(workers=1)
+        low = self.submit("--inputs", str(self.inputs("l", 8)), "--command", "sleep 0.2; : {}")
+        wait_until(lambda: self.jobs()[low]["running"] >= 1, "the first job to start")
+        high = self.submit("--inputs", str(self.inputs("h", 5)), "--command", "sleep 0.2; : {}", "--priority", "10")
+        for job in (low, high):
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        ends = {job: sorted(r["end_s"] for r in final_results(self.state / "jobs" / str(job) / "results.jsonl"))
+                for job in (low, high)}
+        # Taking turns, 5 of the first job's tasks would end before the last of the second's.
+        self.assertLessEqual(sum(end < ends[high][-1] for end in ends[low]), 2, ends)
+        self.stop()
+
     def test_every_subcommand_has_help(self):
         for command in ("serve", "submit", "status", "jobs", "wait", "cancel"):
             result = subprocess.run([COORDINATOR, command, "--help"], capture_output=True, text=True, timeout=WAIT_S)
