@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <string_view>
 
 #include <CLI/CLI.hpp>
@@ -113,9 +114,19 @@ public:
     }
 
     // The reply, or nullopt when none came within kSilence.
-    std::optional<json> ask(json request) {
+    std::optional<json> ask(const json& request) { return reply_to(post(request)); }
+
+    // Sends `request` without waiting for its reply: its number, for reply_to().
+    std::uint64_t post(json request) {
         request["seq"] = ++seq_;
-        wire::send(*socket_, service::encode(request));
+        if (!wire::send(*socket_, service::encode(request)))
+            throw RunError(fmt::format("cannot send to the server at {}", socket_path_.string()));
+        return seq_;
+    }
+
+    // The reply to request `seq`, or nullopt when none came within kSilence; replies to
+    // requests before it are dropped (so collect several in the order they were posted).
+    std::optional<json> reply_to(std::uint64_t seq) {
         const auto deadline = std::chrono::steady_clock::now() + service::kSilence;
         while (true) {
             zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0}};
@@ -126,7 +137,7 @@ public:
             std::string error;
             auto reply = service::decode(frame.to_string_view(), error);
             if (!reply) throw RunError(fmt::format("the server's reply: {}", error));
-            if (reply->value("seq", std::uint64_t{0}) == seq_) return reply;
+            if (reply->value("seq", std::uint64_t{0}) == seq) return reply;
         }
     }
 
@@ -345,9 +356,19 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     const auto job = created.at("job").get<std::uint64_t>();
     json chunk = json::array();
     std::size_t bytes = 0;
+    // Chunks go out a few ahead of their replies, so that the server reads one while the
+    // next is made.
+    std::deque<std::uint64_t> posted;
+    const auto answered = [&] {
+        const auto reply = client.reply_to(posted.front());
+        if (!reply) throw RunError("the server did not answer within 5 s");
+        check(*reply, "submit");
+        posted.pop_front();
+    };
     const auto send = [&] {
         if (chunk.empty()) return;
-        check(client.ask_once({{"op", "add"}, {"job", job}, {"tasks", chunk}}), "submit");
+        posted.push_back(client.post({{"op", "add"}, {"job", job}, {"tasks", chunk}}));
+        if (posted.size() >= service::kChunksAhead) answered();
         chunk = json::array();
         bytes = 0;
     };
@@ -363,6 +384,7 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
         bytes += size;
     }
     send();
+    while (!posted.empty()) answered();
     const json committed = client.ask_once({{"op", "commit"}, {"job", job}});
     check(committed, "submit");
     fmt::print("{}\n", job);

@@ -39,8 +39,10 @@ std::string untrusted(const std::filesystem::path& dir);
 
 // A wait reply holds results up to about this many bytes (one larger result alone is sent).
 inline constexpr std::size_t kReplyBytes = std::size_t{3} << 20;
-// A submit sends its tasks in chunks of at most this many (and kReplyBytes).
-inline constexpr std::size_t kChunkTasks = 512;
+// A submit sends its tasks in chunks of at most this many (and kReplyBytes), up to
+// kChunksAhead of them before their replies.
+inline constexpr std::size_t kChunkTasks = 1000;
+inline constexpr std::size_t kChunksAhead = 4;
 // The server answers a wait within this long even when nothing new came, so that a client
 // knows it is alive; a client that hears nothing for kSilence connects again (the server
 // restarted) and asks again from where it was.
