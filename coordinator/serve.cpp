@@ -630,6 +630,21 @@ private:
         return out;
     }
 
+    // Under mutex_: the job's summary, with why it waits when it is held by a dependency.
+    json summary_of(const Job& job) const {
+        json out = job.summary();
+        if (job.released || !job.committed) return out;
+        std::string why;
+        for (const Dependency& dependency : job.after) {
+            const auto found = jobs_.find(dependency.job);
+            if (found != jobs_.end() && found->second.done()) continue;
+            why += fmt::format("{}job {} is not done (--{} {})", why.empty() ? "held: " : "; ", dependency.job,
+                               if_name(dependency.when), dependency.job);
+        }
+        out["why"] = why;
+        return out;
+    }
+
     Job* find_job(const json& request, std::string& error) {
         if (!request.contains("job") || !request.at("job").is_number_unsigned()) {
             error = "no job id";
@@ -744,10 +759,10 @@ private:
             if (request.contains("job")) {
                 Job* job = find_job(request, error);
                 if (!job) return refuse(error);
-                jobs.push_back(job->summary());
+                jobs.push_back(summary_of(*job));
             } else {
                 for (const auto& [id, job] : jobs_)
-                    if (job.committed) jobs.push_back(job.summary());
+                    if (job.committed) jobs.push_back(summary_of(job));
             }
             return {{"ok", true},
                     {"pid", ::getpid()},
@@ -826,7 +841,7 @@ private:
                               {"from", wait->from},
                               {"results", std::move(results)},
                               {"done", job.done() && at == job.results.size()},
-                              {"summary", job.summary()}};
+                              {"summary", summary_of(job)}};
                 if (!wait->seq.is_null()) reply["seq"] = wait->seq;
                 replies.emplace_back(wait->identity, service::encode(reply));
                 wait = waits_.erase(wait);

@@ -434,6 +434,10 @@ int status_command(const ProgramInfo& program, int argc, const char* const* argv
         fmt::print("server pid {}, {} workers, state in {}{}\n", reply.value("pid", 0), reply.value("workers", 0),
                    printable(reply.value("state", std::string())), reply.value("stopping", false) ? " (stopping)" : "");
     print_jobs(reply.at("jobs"));
+    // Why a job does not run: held by a dependency, or skipped because of one.
+    for (const json& one : reply.at("jobs"))
+        if (const std::string why = one.value("why", std::string()); !why.empty())
+            fmt::print("job {}: {}\n", one.value("job", 0), printable(why));
     return static_cast<int>(ExitCode::Ok);
 }
 

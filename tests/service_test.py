@@ -259,6 +259,12 @@ class Service(unittest.TestCase):
 
     def test_a_dependency_chain_runs_in_order_and_a_failed_dependencys_dependents_are_reported(self):
         self.start(workers=4)
+        # A held job says what it waits for.
+        slow = self.submit("--inputs", str(self.inputs("s", 1)), "--command", "sleep 1; : {}")
+        held = self.submit("--task", "sleep", "--tasks", "1", "--afterok", str(slow))
+        status = self.client("status", str(held), check=True).stdout
+        self.assertIn(f"job {held}: held: job {slow} is not done (--afterok {slow})", status)
+        self.assertEqual(self.client("wait", "-q", str(held)).returncode, 0)
         order = self.dir / "order"
         first = self.submit("--inputs", str(self.inputs("a", 4)), "--command", f"sleep 0.1; echo {{}} >> {order}")
         second = self.submit("--inputs", str(self.inputs("b", 4)), "--command", f"echo {{}} >> {order}",
