@@ -202,6 +202,26 @@ class Service(unittest.TestCase):
         self.assertEqual(sorted(json.loads(line)["id"] for line in out.splitlines()), list(range(count)))
         self.stop()
 
+    def test_held_jobs_stay_held_across_a_kill_9_and_run_after_it(self):
+        server = self.start(workers=2)
+        first = self.submit_commands("a", 6, "sleep 0.4; : {}")
+        second = self.submit("--inputs", str(self.inputs("b", 2)), "--command", "true {}", "--afterok", str(first))
+        third = self.submit("--task", "sleep", "--tasks", "1", "--after", str(second))
+        wait_until(lambda: self.jobs()[first]["ok"] >= 1, "a first result")
+        pids = descendants(server.pid)
+        self.all_pids.update(pids)
+        server.kill()
+        server.wait()
+        wait_until(lambda: not any(alive(pid) for pid in pids), "the workers to die with the server", timeout=10)
+        self.start(workers=2)
+        states = {job: summary["state"] for job, summary in self.jobs().items()}
+        self.assertEqual(states[second], "held")
+        self.assertEqual(self.client("wait", "-q", str(third)).returncode, 0)
+        self.check_once(first, 6)
+        self.check_once(second, 2)
+        self.check_once(third, 1)
+        self.stop()
+
     def test_a_second_local_user_can_neither_submit_nor_read(self):
         if os.getuid() != 0 or not shutil.which("setpriv"):
             self.skipTest("needs root and setpriv to act as another user")
