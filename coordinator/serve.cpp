@@ -268,6 +268,8 @@ public:
                 std::uint64_t count = 0;
                 while (::read(loop_fd_, &count, sizeof count) < 0 && errno == EINTR) {
                 }
+                std::lock_guard lock(mutex_);
+                loop_poked_ = false;  // before answer_waits() looks: a result after this pokes again
             }
             for (int i = 0; i < 256 && (items[0].revents & ZMQ_POLLIN); ++i) {
                 zmq::message_t identity;
@@ -434,7 +436,12 @@ private:
             job.journal.reset();
             release_dependents();
         }
-        poke(loop_fd_);
+        // Only a parked wait needs the loop now, and one wake-up serves every result until
+        // the loop has read it: not a system call and a context switch per result.
+        if (!waits_.empty() && !loop_poked_) {
+            loop_poked_ = true;
+            poke(loop_fd_);
+        }
     }
 
     // Under mutex_: each held job whose dependencies are all done now runs, or, when one
@@ -865,7 +872,8 @@ private:
     std::unordered_map<TaskId, std::pair<std::uint64_t, std::uint32_t>> live_;  // server id -> job, index
     TaskId next_task_ = 0;
     bool shutting_down_ = false;
-    std::vector<Wait> waits_;  // the main loop's only
+    std::vector<Wait> waits_;  // parked waits, under mutex_
+    bool loop_poked_ = false;  // loop_fd_ was written and the loop has not read it yet
     CancelBoard cancels_;
 };
 
