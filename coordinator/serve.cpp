@@ -29,6 +29,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -129,7 +130,13 @@ struct Job {
     std::unique_ptr<JournalSink> journal;  // open while the job is not done
     std::ofstream task_file;               // tasks.jsonl while the job is being submitted
 
-    bool done() const { return committed && results.size() == tasks.size(); }
+    // Once done, a job keeps only its counts in memory: its tasks and results are on disk
+    // (a wait reads them back from its journal).
+    std::size_t total = 0;     // its tasks, once committed
+    std::size_t finished = 0;  // of those, with a final result
+    bool unloaded = false;
+
+    bool done() const { return committed && finished == total; }
     std::string state() const {
         if (!committed) return "submitting";
         if (done()) return !skipped.empty() ? "skipped" : cancelled ? "cancelled" : failed > 0 ? "failed" : "ok";
@@ -150,7 +157,7 @@ struct Job {
                 {"priority", priority},
                 {"after", after_json()},
                 {"why", skipped},
-                {"tasks", tasks.size()},
+                {"tasks", total},
                 {"ok", ok},
                 {"failed", failed},
                 {"running", running},
@@ -426,14 +433,16 @@ private:
     // Under mutex_: `result` is in the job's journal; now clients may see it.
     void record(Job& job, const TaskSpec& task, const TaskResult& result) {
         job.final[task.id] = 1;
+        ++job.finished;
         (result.ok ? job.ok : job.failed) += 1;
         json line = {
             {"id", task.id},           {"kind", kind_name(result)}, {"ok", result.ok},      {"attempt", result.attempt},
             {"worker", result.worker}, {"value", result.value},     {"error", result.error}};
         if (result.cancelled) line["cancelled"] = true;
-        add_result(job, client_result(job.id, line));
+        add_result(job.results, job.sizes, client_result(job.id, line));
         if (job.done()) {
             job.journal.reset();
+            unload(job);
             release_dependents();
         }
         // Only a parked wait needs the loop now, and one wake-up serves every result until
@@ -484,12 +493,12 @@ private:
         cancel_waiting(job, why);
     }
 
-    static void add_result(Job& job, json result) {
+    static void add_result(std::vector<json>& results, std::vector<std::size_t>& sizes, json result) {
         // The size it takes in a reply, near enough (strings counted whole, as msgpack holds them).
         const std::size_t size = 64 + result["value"].dump(-1, ' ', false, json::error_handler_t::replace).size() +
                                  result.value("error", std::string()).size();
-        job.results.push_back(std::move(result));
-        job.sizes.push_back(size);
+        results.push_back(std::move(result));
+        sizes.push_back(size);
     }
 
     // Under mutex_: the job's tasks not handed out yet are cancelled, recorded as such.
@@ -568,30 +577,67 @@ private:
                 job.tasks.push_back(task_of(line, job.tasks.size()));
             }
         }
-        job.final.assign(job.tasks.size(), 0);
+        job.total = job.tasks.size();
+        job.final.assign(job.total, 0);
         const fs::path journal = dir / "results.jsonl";
         if (fs::exists(journal)) {
             // A line torn by a kill is cut off, so that appending goes on from a clean line end.
             const std::uintmax_t length = complete_length(journal, "serve");
             if (fs::file_size(journal) != length) fs::resize_file(journal, length);
-            std::ifstream in(journal, std::ios::binary);
-            JournalLineReader reader(in, "serve", journal.string(), length);
-            std::string text;
-            while (reader.next(text)) {
-                const json line = parse_journal_line(text, reader.where());
-                check_journal_line(line, reader.where());
-                if (line.contains("event") || line.value("retrying", false)) continue;
-                const auto index = line.at("id").get<std::uint64_t>();
-                if (index >= job.tasks.size() || job.final[index]) continue;
-                job.final[index] = 1;
-                (line.value("ok", false) ? job.ok : job.failed) += 1;
-                add_result(job, client_result(id, line));
-            }
+            read_results(job, job.results, job.sizes);
         }
-        for (std::uint32_t i = 0; i < job.tasks.size(); ++i)
+        for (std::uint32_t i = 0; i < job.total; ++i)
             if (!job.final[i]) job.todo.push_back(i);
         if (!job.done()) open_journal(job);
         if (job.cancelled) cancel_waiting(job);
+        if (job.done()) unload(job);
+    }
+
+    // The final results in the job's journal, in its order, as clients see them; while the job
+    // is loaded, its counts too.
+    void read_results(Job& job, std::vector<json>& results, std::vector<std::size_t>& sizes) {
+        const fs::path journal = job.dir / "results.jsonl";
+        std::ifstream in(journal, std::ios::binary);
+        JournalLineReader reader(in, "serve", journal.string(), complete_length(journal, "serve"));
+        std::vector<std::uint8_t> seen(job.total, 0);
+        std::string text;
+        while (reader.next(text)) {
+            const json line = parse_journal_line(text, reader.where());
+            check_journal_line(line, reader.where());
+            if (line.contains("event") || line.value("retrying", false)) continue;
+            const auto index = line.at("id").get<std::uint64_t>();
+            if (index >= job.total || seen[index]) continue;
+            seen[index] = 1;
+            if (!job.unloaded) {
+                job.final[index] = 1;
+                ++job.finished;
+                (line.value("ok", false) ? job.ok : job.failed) += 1;
+            }
+            add_result(results, sizes, client_result(job.id, line));
+        }
+    }
+
+    // A job that is done: its tasks and results leave memory.
+    static void unload(Job& job) {
+        job.unloaded = true;
+        std::vector<TaskSpec>().swap(job.tasks);
+        std::vector<std::uint8_t>().swap(job.final);
+        std::vector<json>().swap(job.results);
+        std::vector<std::size_t>().swap(job.sizes);
+    }
+
+    // Under mutex_: the results a wait reads, from memory or, for a job that is done, from its
+    // journal (the last one read is kept, as a wait reads a job's results chunk by chunk).
+    std::pair<const std::vector<json>*, const std::vector<std::size_t>*> results_of(Job& job) {
+        if (!job.unloaded) return {&job.results, &job.sizes};
+        if (cached_job_ != job.id) {
+            cached_results_.clear();
+            cached_sizes_.clear();
+            cached_job_ = 0;
+            read_results(job, cached_results_, cached_sizes_);
+            cached_job_ = job.id;
+        }
+        return {&cached_results_, &cached_sizes_};
     }
 
     void open_journal(Job& job) {
@@ -749,8 +795,9 @@ private:
                 return refuse(e.what());
             }
             job.committed = true;
-            job.final.assign(job.tasks.size(), 0);
-            for (std::uint32_t i = 0; i < job.tasks.size(); ++i) job.todo.push_back(i);
+            job.total = job.tasks.size();
+            job.final.assign(job.total, 0);
+            for (std::uint32_t i = 0; i < job.total; ++i) job.todo.push_back(i);
             if (job.released) {
                 ready_.push_back(job.id);
                 poke(wake_fd_);
@@ -827,27 +874,36 @@ private:
             std::lock_guard lock(mutex_);
             const auto clock = std::chrono::steady_clock::now();
             for (auto wait = waits_.begin(); wait != waits_.end();) {
-                const Job& job = jobs_.at(wait->job);
-                const bool fresh = job.results.size() > wait->from;
-                if (!fresh && !job.done() && !now && clock < wait->deadline) {
+                Job& job = jobs_.at(wait->job);
+                if (!job.done() && job.results.size() <= wait->from && !now && clock < wait->deadline) {
                     ++wait;
+                    continue;
+                }
+                const std::vector<json>* all = nullptr;
+                const std::vector<std::size_t>* sizes = nullptr;
+                try {
+                    std::tie(all, sizes) = results_of(job);
+                } catch (const std::exception& e) {
+                    replies.emplace_back(wait->identity,
+                                         service::encode({{"ok", false}, {"error", e.what()}, {"seq", wait->seq}}));
+                    wait = waits_.erase(wait);
                     continue;
                 }
                 json results = json::array();
                 std::size_t bytes = 0;
                 std::size_t at = wait->from;
-                for (; at < job.results.size(); ++at) {
+                for (; at < all->size(); ++at) {
                     if (!results.empty() &&
-                        (bytes + job.sizes[at] > service::kReplyBytes || results.size() >= service::kChunkTasks))
+                        (bytes + (*sizes)[at] > service::kReplyBytes || results.size() >= service::kChunkTasks))
                         break;
-                    bytes += job.sizes[at];
-                    results.push_back(job.results[at]);
+                    bytes += (*sizes)[at];
+                    results.push_back((*all)[at]);
                 }
                 json reply = {{"ok", true},
                               {"job", job.id},
                               {"from", wait->from},
                               {"results", std::move(results)},
-                              {"done", job.done() && at == job.results.size()},
+                              {"done", job.done() && at >= all->size()},
                               {"summary", summary_of(job)}};
                 if (!wait->seq.is_null()) reply["seq"] = wait->seq;
                 replies.emplace_back(wait->identity, service::encode(reply));
@@ -873,7 +929,10 @@ private:
     TaskId next_task_ = 0;
     bool shutting_down_ = false;
     std::vector<Wait> waits_;  // parked waits, under mutex_
-    bool loop_poked_ = false;  // loop_fd_ was written and the loop has not read it yet
+    bool loop_poked_ = false;
+    std::uint64_t cached_job_ = 0;  // whose results below are read back from its journal; 0: none
+    std::vector<json> cached_results_;
+    std::vector<std::size_t> cached_sizes_;  // loop_fd_ was written and the loop has not read it yet
     CancelBoard cancels_;
 };
 

@@ -171,6 +171,11 @@ class Service(unittest.TestCase):
             for other, (other_start, other_end) in spans.items():
                 self.assertTrue(start < other_end and other_start < end, spans)
         self.assertTrue(all(self.jobs()[job]["state"] == "ok" for job in ids))
+        # A job that is done is read back from its journal: the same results, again and again.
+        for _ in range(2):
+            again = self.client("wait", str(ids[0]))
+            self.assertEqual(again.returncode, 0)
+            self.assertEqual(sorted(again.stdout.splitlines()), sorted(waits[ids[0]].stdout.splitlines()))
         self.stop()
 
     def test_kill_9_mid_job_and_a_restart_lose_nothing(self):
