@@ -188,12 +188,13 @@ public:
         if (wake_fd_ >= 0) ::close(wake_fd_);
         if (loop_fd_ >= 0) ::close(loop_fd_);
         if (lock_fd_ >= 0) ::close(lock_fd_);
+        if (socket_lock_fd_ >= 0) ::close(socket_lock_fd_);
     }
 
     int run() {
         private_dir(config_.socket.parent_path(), "--socket");
         private_dir(config_.state, "--state");
-        take_lock();
+        take_locks();
         private_dir(config_.state / "jobs", "--state");
         load_jobs();
         wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -370,14 +371,23 @@ private:
         }
     }
 
-    void take_lock() {
-        const fs::path path = config_.state / "lock";
-        lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (lock_fd_ < 0)
-            throw ConfigError(fmt::format("--state '{}': cannot open its lock: {}", printable(config_.state.string()),
-                                          std::strerror(errno)));
-        if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
-            throw ConfigError(fmt::format("--state '{}': another server uses it", printable(config_.state.string())));
+    // The state directory and the socket are each one server's: a second one is refused
+    // rather than left to take over the first's socket or append to its journals.
+    void take_locks() {
+        lock_fd_ = lock(config_.state / "lock", "--state", config_.state);
+        socket_lock_fd_ = lock(config_.socket.string() + ".lock", "--socket", config_.socket);
+    }
+
+    static int lock(const fs::path& path, const char* flag, const fs::path& what) {
+        const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            throw ConfigError(
+                fmt::format("{} '{}': cannot open its lock: {}", flag, printable(what.string()), std::strerror(errno)));
+        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            ::close(fd);
+            throw ConfigError(fmt::format("{} '{}': another server uses it", flag, printable(what.string())));
+        }
+        return fd;
     }
 
     // Under mutex_.
@@ -917,6 +927,7 @@ private:
     ServeConfig config_;
     Json settings_;
     int lock_fd_ = -1;
+    int socket_lock_fd_ = -1;
     int wake_fd_ = -1;  // the cursor's: a task may be ready
     int loop_fd_ = -1;  // the main loop's: a result came, or the engine ended
 

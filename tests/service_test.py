@@ -275,7 +275,15 @@ class Service(unittest.TestCase):
         second = subprocess.run([COORDINATOR, "serve", "--socket", str(self.dir / "other" / "socket"), "--state",
                                  str(self.state)], capture_output=True, text=True, timeout=WAIT_S)
         self.assertEqual(second.returncode, 2)
+        self.assertIn("--state", second.stderr)
         self.assertIn("another server", second.stderr)
+        # So is one on the same socket: it would take the first one's clients.
+        second = subprocess.run([COORDINATOR, "serve", "--socket", str(self.socket), "--state", str(self.dir / "other")],
+                                capture_output=True, text=True, timeout=WAIT_S)
+        self.assertEqual(second.returncode, 2)
+        self.assertIn("--socket", second.stderr)
+        self.assertIn("another server", second.stderr)
+        self.assertEqual(self.client("status").returncode, 0)
         self.stop()
 
     def submit(self, *args):
