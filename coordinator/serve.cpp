@@ -25,6 +25,7 @@
 #include <ctime>
 #include <deque>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -210,6 +211,10 @@ public:
         run.worker_prefix = program_.worker.prefix;
         run.worker_command = program_.worker.path.filename().string();
         run.tasks = 0;
+        // A server that stays up replaces every worker that dies, for as long as it runs: a
+        // run's limit (100) would leave it with no workers after enough crashing tasks, each of
+        // which is charged to its task (--max-attempts) all the same.
+        run.max_respawns = std::numeric_limits<int>::max();
         settings_ = settings_json(run);
         // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
         std::optional<ForkServer> fork_server;

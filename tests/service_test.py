@@ -227,6 +227,19 @@ class Service(unittest.TestCase):
         self.check_once(third, 1)
         self.stop()
 
+    def test_workers_killed_by_many_tasks_are_always_replaced(self):
+        # 40 tasks that kill their worker, each tried 3 times: more deaths than a run's
+        # --max-respawns (100) allows; a server must still have its workers afterwards.
+        self.start(workers=4)
+        crashing = self.submit("--task", "crash", "--tasks", "40")
+        self.assertEqual(self.client("wait", "-q", str(crashing)).returncode, 1)
+        self.assertEqual(self.jobs()[crashing]["failed"], 40)
+        plan = self.dir / "plan.jsonl"
+        plan.write_text('{"kind":"sleep","seconds":0}\n' * 8)
+        after = self.submit("--plan", str(plan))
+        self.assertEqual(self.client("wait", "-q", str(after)).returncode, 0)
+        self.stop()
+
     def test_a_second_local_user_can_neither_submit_nor_read(self):
         if os.getuid() != 0 or not shutil.which("setpriv"):
             self.skipTest("needs root and setpriv to act as another user")
