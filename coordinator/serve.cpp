@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -196,6 +197,10 @@ public:
         private_dir(config_.socket.parent_path(), "--socket");
         private_dir(config_.state, "--state");
         take_locks();
+        // Each unfinished job holds its journal open: at most half the descriptors this
+        // process may open, so that workers, clients and respawns always have theirs.
+        if (struct rlimit limit{}; ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+            max_unfinished_ = std::max<std::size_t>(16, limit.rlim_cur / 2 > 64 ? limit.rlim_cur / 2 - 64 : 0);
         private_dir(config_.state / "jobs", "--state");
         load_jobs();
         wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -747,6 +752,13 @@ private:
         std::string error;
         if (op == "create") {
             if (stopping) return refuse("the server is stopping");
+            const auto unfinished = static_cast<std::size_t>(
+                std::count_if(jobs_.begin(), jobs_.end(), [](const auto& entry) { return !entry.second.done(); }));
+            if (unfinished >= max_unfinished_)
+                return refuse(
+                    fmt::format("the server holds {} unfinished jobs, its most (half of `ulimit -n`, "
+                                "less 64): submit again once some are done",
+                                unfinished));
             // Only jobs submitted already: a job waits only for older ones, so there is no cycle.
             const std::vector<Dependency> after = dependencies(request.value("after", json::array()));
             for (const Dependency& dependency : after) {
@@ -932,6 +944,7 @@ private:
     ServeConfig config_;
     Json settings_;
     int lock_fd_ = -1;
+    std::size_t max_unfinished_ = 100'000;  // jobs not done at once (each holds its journal open)
     int socket_lock_fd_ = -1;
     int wake_fd_ = -1;  // the cursor's: a task may be ready
     int loop_fd_ = -1;  // the main loop's: a result came, or the engine ended

@@ -9,6 +9,7 @@ TASKFARM_COORDINATOR names the coordinator binary (CTest sets it)."""
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -84,12 +85,14 @@ class Service(unittest.TestCase):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start(self, workers=4):
+    def start(self, workers=4, files=None):
         log = open(self.dir / "server.log", "ab")
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))) if files else None
         self.server = subprocess.Popen(
             [COORDINATOR, "serve", "--socket", str(self.socket), "--state", str(self.state), "--workers", str(workers)],
             stdout=log,
             stderr=log,
+            preexec_fn=limit,
         )
         wait_until(lambda: self.socket.exists() and self.client("status").returncode == 0, "the server to answer")
         wait_until(lambda: len(descendants(self.server.pid)) >= workers + 1, "the workers")
@@ -238,6 +241,23 @@ class Service(unittest.TestCase):
         plan.write_text('{"kind":"sleep","seconds":0}\n' * 8)
         after = self.submit("--plan", str(plan))
         self.assertEqual(self.client("wait", "-q", str(after)).returncode, 0)
+        self.stop()
+
+    def test_unfinished_jobs_are_bounded_by_the_descriptors(self):
+        # ulimit -n 100: at most 16 unfinished jobs (each holds its journal open); the next
+        # submit is refused with the reason, and the server goes on.
+        self.start(workers=1, files=100)
+        first = self.submit_commands("a", 1, "sleep 30; : {}")
+        plan = self.dir / "plan.jsonl"
+        plan.write_text('{"kind":"sleep","seconds":0}\n')
+        held = [self.submit("--plan", str(plan), "--after", str(first)) for _ in range(15)]
+        result = self.client("submit", "--task", "sleep", "--tasks", "1")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("16 unfinished jobs", result.stderr)
+        self.client("cancel", str(first), check=True)
+        for job in held:
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        self.assertEqual(self.client("submit", "--task", "sleep", "--tasks", "1").returncode, 0)
         self.stop()
 
     def test_a_second_local_user_can_neither_submit_nor_read(self):
