@@ -32,6 +32,7 @@
 #include "plan_sources.hpp"
 #include "process_pool.hpp"
 #include "progress.hpp"
+#include "service.hpp"
 #include "modes.hpp"
 #include "signals.hpp"
 #include "sinks.hpp"
@@ -796,6 +797,7 @@ int coordinator_main(const ProgramInfo& program, int argc, const char* const* ar
     // of a signal that kills us with workers running and the socket directory left behind.
     // Workers get the default back (process_pool.cpp).
     ::signal(SIGPIPE, SIG_IGN);
+    if (auto code = service_main(program, argc, argv)) return *code;  // serve, submit, wait... (service.hpp)
     auto parsed = parse_cli(program, argc, argv);
     if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {

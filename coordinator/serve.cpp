@@ -1,0 +1,976 @@
+// `coordinator serve`: one processes-mode runner that never ends while the server is up, fed
+// by a plan whose cursor hands out the tasks of every job, one job after another in turn
+// (round-robin between jobs with waiting tasks), and says Later while none waits, as the
+// farm's does (app/farm.cpp). Each job is a directory of the state directory: its tasks
+// (tasks.jsonl, written before the job is accepted) and its journal (results.jsonl, the
+// --results format, a line written before the result is shown to anyone). A restart reads
+// them back: a task with a final result in the journal never runs again, every other one
+// does (decisions 177-180).
+
+#include "serve.hpp"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <zmq.hpp>
+
+#include "control.hpp"
+#include "errors.hpp"
+#include "journal_line.hpp"
+#include "log.hpp"
+#include "modes.hpp"
+#include "plan_sources.hpp"
+#include "process_pool.hpp"
+#include "service.hpp"
+#include "signals.hpp"
+#include "sinks.hpp"
+#include "text.hpp"
+#include "wire.hpp"
+
+namespace taskfarm {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kForkServerUsable = false;  // as the coordinator (decision 104)
+#else
+constexpr bool kForkServerUsable = true;
+#endif
+
+double unix_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+// A directory the service may use: made 0700 when missing (its parent must exist), else it
+// must be this user's, 0700, and not a symlink. Throws ConfigError naming `flag`.
+void private_dir(const fs::path& dir, const std::string& flag) {
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+        throw ConfigError(fmt::format("{} '{}': cannot create the directory: {}", flag, printable(dir.string()),
+                                      std::strerror(errno)));
+    if (const std::string why = service::untrusted(dir); !why.empty())
+        throw ConfigError(fmt::format("{} '{}': {}", flag, printable(dir.string()), why));
+}
+
+// Writes `text` to `path` whole or throws: through a temporary file renamed over it.
+void write_file(const fs::path& path, const std::string& text) {
+    const fs::path temporary = path.string() + ".tmp";
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        out << text;
+        out.flush();
+        if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", temporary.string()));
+    }
+    fs::rename(temporary, path);
+}
+
+// A job that waits for another (submit --after, --afterok, --afternotok).
+struct Dependency {
+    enum class If { Any, Ok, NotOk };
+    std::uint64_t job = 0;
+    If when = If::Any;
+};
+
+const char* if_name(Dependency::If when) {
+    switch (when) {
+        case Dependency::If::Ok: return "afterok";
+        case Dependency::If::NotOk: return "afternotok";
+        case Dependency::If::Any: break;
+    }
+    return "after";
+}
+
+std::optional<Dependency::If> if_of(std::string_view name) {
+    if (name == "after") return Dependency::If::Any;
+    if (name == "afterok") return Dependency::If::Ok;
+    if (name == "afternotok") return Dependency::If::NotOk;
+    return std::nullopt;
+}
+
+struct Job {
+    std::uint64_t id = 0;
+    std::string name;
+    int priority = 0;               // a job of higher priority takes its turns first
+    std::vector<Dependency> after;  // its tasks wait until these jobs are done
+    bool released = true;           // its dependencies are done (or it has none)
+    std::string skipped;            // why it did not run (a dependency's outcome); empty: it ran
+    fs::path dir;
+    double submitted = 0;
+    std::vector<TaskSpec> tasks;      // their ids are their index in the job
+    std::deque<std::uint32_t> todo;   // not handed to the engine yet, in order
+    std::vector<std::uint8_t> final;  // 1: its final result is in the journal
+    std::vector<json> results;        // the final results, in journal order
+    std::vector<std::size_t> sizes;   // each one's size in a reply, near enough
+    std::uint64_t ok = 0;
+    std::uint64_t failed = 0;
+    std::uint64_t running = 0;  // handed to the engine, no final result yet
+    bool committed = false;
+    bool cancelled = false;
+    std::unique_ptr<JournalSink> journal;  // open while the job is not done
+    std::ofstream task_file;               // tasks.jsonl while the job is being submitted
+
+    // Once done, a job keeps only its counts in memory: its tasks and results are on disk
+    // (a wait reads them back from its journal).
+    std::size_t total = 0;     // its tasks, once committed
+    std::size_t finished = 0;  // of those, with a final result
+    bool unloaded = false;
+
+    bool done() const { return committed && finished == total; }
+    std::string state() const {
+        if (!committed) return "submitting";
+        if (done()) return !skipped.empty() ? "skipped" : cancelled ? "cancelled" : failed > 0 ? "failed" : "ok";
+        if (cancelled) return "cancelling";
+        if (!released) return "held";
+        return running > 0 ? "running" : "waiting";
+    }
+    json after_json() const {
+        json out = json::array();
+        for (const Dependency& dependency : after)
+            out.push_back({{"job", dependency.job}, {"if", if_name(dependency.when)}});
+        return out;
+    }
+    json summary() const {
+        return {{"job", id},
+                {"name", name},
+                {"state", state()},
+                {"priority", priority},
+                {"after", after_json()},
+                {"why", skipped},
+                {"tasks", total},
+                {"ok", ok},
+                {"failed", failed},
+                {"running", running},
+                {"waiting", todo.size()},
+                {"submitted", submitted}};
+    }
+};
+
+// What a client sees of a result: the journal line's fields that say what came of the task.
+json client_result(std::uint64_t job, const json& line) {
+    json out = {{"job", job},
+                {"id", line.value("id", TaskId{0})},
+                {"kind", line.value("kind", std::string("?"))},
+                {"ok", line.value("ok", false)},
+                {"attempt", line.value("attempt", 1)},
+                {"worker", line.value("worker", std::string())}};
+    out["value"] = line.contains("value") ? line.at("value") : json(nullptr);
+    if (!out["ok"].get<bool>()) out["error"] = line.value("error", std::string());
+    if (line.value("cancelled", false)) out["cancelled"] = true;
+    return out;
+}
+
+class Server {
+public:
+    Server(const ProgramInfo& program, ServeConfig config) : program_(program), config_(std::move(config)) {}
+
+    ~Server() {
+        if (wake_fd_ >= 0) ::close(wake_fd_);
+        if (loop_fd_ >= 0) ::close(loop_fd_);
+        if (lock_fd_ >= 0) ::close(lock_fd_);
+        if (socket_lock_fd_ >= 0) ::close(socket_lock_fd_);
+    }
+
+    int run() {
+        private_dir(config_.socket.parent_path(), "--socket");
+        private_dir(config_.state, "--state");
+        take_locks();
+        // Each unfinished job holds its journal open: at most half the descriptors this
+        // process may open, so that workers, clients and respawns always have theirs.
+        if (struct rlimit limit{}; ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+            max_unfinished_ = std::max<std::size_t>(16, limit.rlim_cur / 2 > 64 ? limit.rlim_cur / 2 - 64 : 0);
+        private_dir(config_.state / "jobs", "--state");
+        load_jobs();
+        wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        loop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (wake_fd_ < 0 || loop_fd_ < 0) throw RunError(fmt::format("eventfd: {}", std::strerror(errno)));
+
+        RunConfig run;
+        run.modes = {Mode::Processes};
+        run.workers = config_.workers;
+        run.task_retries = config_.retries;
+        run.log_level = config_.log_level;
+        run.worker_bin = program_.worker.path;
+        run.worker_prefix = program_.worker.prefix;
+        run.worker_command = program_.worker.path.filename().string();
+        run.tasks = 0;
+        // A server that stays up replaces every worker that dies, for as long as it runs: a
+        // run's limit (100) would leave it with no workers after enough crashing tasks, each of
+        // which is charged to its task (--max-attempts) all the same.
+        run.max_respawns = std::numeric_limits<int>::max();
+        settings_ = settings_json(run);
+        // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
+        std::optional<ForkServer> fork_server;
+        if (kForkServerUsable) {
+            try {
+                std::vector<std::string> preload;
+                for (const auto& type : program_.registry.types()) preload.push_back(type->name());
+                fork_server.emplace(run.worker_bin, run.worker_prefix, run.log_level, preload);
+            } catch (const std::exception& e) {
+                spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
+            }
+        }
+        SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config_.drain_timeout_s * 1000)));
+
+        zmq::context_t context(1);
+        zmq::socket_t router(context, zmq::socket_type::router);
+        wire::configure(router, zmq::socket_type::router);
+        const std::string endpoint = "ipc://" + config_.socket.string();
+        try {
+            router.bind(endpoint);
+        } catch (const zmq::error_t& e) {
+            throw ConfigError(
+                fmt::format("--socket '{}': cannot bind: {}", printable(config_.socket.string()), e.what()));
+        }
+        ::chmod(config_.socket.c_str(), 0600);
+
+        Plan plan;
+        plan.source = std::make_shared<Source>(*this);
+        for (const auto& type : program_.registry.types()) plan.types.push_back(type.get());
+        ServerSink sink(*this);
+        cancels_.clear();
+        const RunShared shared{program_.registry, settings_, &cancels_, fork_server ? &*fork_server : nullptr};
+        auto runner = make_runner(Mode::Processes, run, shared, signals.token(), signals.drain_token());
+        std::atomic<bool> engine_over{false};
+        std::string engine_error;
+        std::thread engine([&] {
+            try {
+                runner->run(plan, sink);
+            } catch (const std::exception& e) {
+                engine_error = e.what();
+            }
+            engine_over = true;
+            poke(loop_fd_);
+        });
+        {
+            std::lock_guard lock(mutex_);
+            fmt::print(stderr, "serving {} with {} workers; state in {} ({} job(s) from it)\n", config_.socket.string(),
+                       config_.workers, config_.state.string(), jobs_.size());
+        }
+        std::fflush(stderr);
+
+        bool stopping = false;
+        while (!engine_over) {
+            if (!stopping && signals.drain_token().stop_requested()) {
+                stopping = true;
+                std::lock_guard lock(mutex_);
+                shutting_down_ = true;  // results of tasks cut short now are not final: they run again
+                poke(wake_fd_);
+                queued_cv_.notify_all();
+            }
+            zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, loop_fd_, ZMQ_POLLIN, 0}};
+            zmq::poll(items, 2, std::chrono::milliseconds(200));
+            if (items[1].revents & ZMQ_POLLIN) {
+                std::uint64_t count = 0;
+                while (::read(loop_fd_, &count, sizeof count) < 0 && errno == EINTR) {
+                }
+                std::lock_guard lock(mutex_);
+                loop_poked_ = false;  // before answer_waits() looks: a result after this pokes again
+            }
+            for (int i = 0; i < 256 && (items[0].revents & ZMQ_POLLIN); ++i) {
+                zmq::message_t identity;
+                if (!router.recv(identity, zmq::recv_flags::dontwait)) break;
+                std::vector<zmq::message_t> body;
+                for (bool more = identity.more(); more;) {
+                    zmq::message_t part;
+                    if (!router.recv(part, zmq::recv_flags::none)) break;
+                    more = part.more();
+                    body.push_back(std::move(part));
+                }
+                std::string error;
+                std::optional<json> request;
+                if (body.size() != 1)
+                    error = "a request is one frame";
+                else
+                    request = service::decode(body.front().to_string_view(), error);
+                if (!request) {
+                    wire::send_to(router, identity.to_string_view(),
+                                  service::encode({{"ok", false}, {"error", error}}));
+                    continue;
+                }
+                if (auto reply = handle(*request, identity.to_string(), stopping))
+                    wire::send_to(router, identity.to_string_view(), service::encode(*reply));
+            }
+            answer_waits(router, stopping);
+        }
+        engine.join();
+        runner.reset();
+        answer_waits(router, true);
+        ::unlink(config_.socket.c_str());  // a client then says "no server there" at once
+        if (!engine_error.empty()) {
+            spdlog::error("the engine stopped: {}", engine_error);
+            return static_cast<int>(ExitCode::TasksFailed);
+        }
+        fmt::print(stderr, "server stopped; jobs not done go on when it starts again with --state {}\n",
+                   config_.state.string());
+        return signals.signal() == SIGINT ? static_cast<int>(ExitCode::Interrupted) : static_cast<int>(ExitCode::Ok);
+    }
+
+private:
+    // The plan the runner reads: every job's tasks in turn.
+    class Source final : public PlanSource {
+    public:
+        explicit Source(Server& server) : server_(server) {}
+        std::unique_ptr<TaskCursor> open() const override { return std::make_unique<Cursor>(server_); }
+
+    private:
+        Server& server_;
+    };
+
+    class Cursor final : public TaskCursor {
+    public:
+        explicit Cursor(Server& server) : server_(server) {}
+        bool next(TaskSpec& task) override {
+            std::unique_lock lock(server_.mutex_);
+            server_.queued_cv_.wait(lock, [&] { return server_.has_ready() || server_.shutting_down_; });
+            return !server_.shutting_down_ && server_.pop(task);
+        }
+        Take take(TaskSpec& task) override {
+            std::lock_guard lock(server_.mutex_);
+            if (server_.shutting_down_) return Take::End;
+            if (server_.pop(task)) return Take::Task;
+            // The wake-up is read under the lock that commit() writes it under: none is lost.
+            std::uint64_t count = 0;
+            while (::read(server_.wake_fd_, &count, sizeof count) < 0 && errno == EINTR) {
+            }
+            return Take::Later;
+        }
+        int ready_fd() const override { return server_.wake_fd_; }
+
+    private:
+        Server& server_;
+    };
+
+    class ServerSink final : public ResultSink {
+    public:
+        explicit ServerSink(Server& server) : server_(server) {}
+
+    protected:
+        void begin_mode_(const std::string&, std::size_t) override {}
+        void sink_it_(const TaskSpec& task, const TaskResult& result) override { server_.result(task, result); }
+
+    private:
+        Server& server_;
+    };
+
+    static void poke(int fd) {
+        const std::uint64_t one = 1;
+        while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    }
+
+    // The state directory and the socket are each one server's: a second one is refused
+    // rather than left to take over the first's socket or append to its journals.
+    void take_locks() {
+        lock_fd_ = lock(config_.state / "lock", "--state", config_.state);
+        socket_lock_fd_ = lock(config_.socket.string() + ".lock", "--socket", config_.socket);
+    }
+
+    static int lock(const fs::path& path, const char* flag, const fs::path& what) {
+        const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            throw ConfigError(
+                fmt::format("{} '{}': cannot open its lock: {}", flag, printable(what.string()), std::strerror(errno)));
+        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            ::close(fd);
+            throw ConfigError(fmt::format("{} '{}': another server uses it", flag, printable(what.string())));
+        }
+        return fd;
+    }
+
+    // Under mutex_.
+    bool has_ready() const { return !ready_.empty(); }
+
+    // Under mutex_: the next task of the job whose turn it is, with an id of the server's own.
+    bool pop(TaskSpec& task) {
+        while (!ready_.empty()) {
+            // The first job of the highest priority among those waiting; the ring keeps turns
+            // within a priority.
+            auto at = ready_.begin();
+            for (auto it = ready_.begin(); it != ready_.end(); ++it)
+                if (jobs_.at(*it).priority > jobs_.at(*at).priority) at = it;
+            const std::uint64_t id = *at;
+            ready_.erase(at);
+            Job& job = jobs_.at(id);
+            if (job.todo.empty() || job.cancelled) continue;
+            const std::uint32_t index = job.todo.front();
+            job.todo.pop_front();
+            if (!job.todo.empty()) ready_.push_back(id);  // its next task waits for the other jobs' turns
+            task = job.tasks[index];
+            task.id = next_task_++;
+            live_.emplace(task.id, std::make_pair(id, index));
+            ++job.running;
+            return true;
+        }
+        return false;
+    }
+
+    // A result from the engine (any thread).
+    void result(const TaskSpec& task, const TaskResult& result) {
+        std::lock_guard lock(mutex_);
+        const auto found = live_.find(task.id);
+        if (found == live_.end()) return;
+        const auto [job_id, index] = found->second;
+        Job& job = jobs_.at(job_id);
+        if (!result.retrying) {
+            live_.erase(found);
+            --job.running;
+            // Stopping: a task cut short is not done; the journal does not say it is, so it
+            // runs again when the server starts again.
+            if (shutting_down_ && !result.ok && !job.cancelled) return;
+        }
+        if (!job.journal || job.final[index]) return;
+        TaskSpec local = task;
+        local.id = index;
+        TaskResult mine = result;
+        mine.id = index;
+        job.journal->on_result(local, mine);
+        if (!result.retrying) record(job, local, mine);
+    }
+
+    // Under mutex_: `result` is in the job's journal; now clients may see it.
+    void record(Job& job, const TaskSpec& task, const TaskResult& result) {
+        job.final[task.id] = 1;
+        ++job.finished;
+        (result.ok ? job.ok : job.failed) += 1;
+        json line = {
+            {"id", task.id},           {"kind", kind_name(result)}, {"ok", result.ok},      {"attempt", result.attempt},
+            {"worker", result.worker}, {"value", result.value},     {"error", result.error}};
+        if (result.cancelled) line["cancelled"] = true;
+        add_result(job.results, job.sizes, client_result(job.id, line));
+        if (job.done()) {
+            job.journal.reset();
+            unload(job);
+            release_dependents();
+        }
+        // Only a parked wait needs the loop now, and one wake-up serves every result until
+        // the loop has read it: not a system call and a context switch per result.
+        if (!waits_.empty() && !loop_poked_) {
+            loop_poked_ = true;
+            poke(loop_fd_);
+        }
+    }
+
+    // Under mutex_: each held job whose dependencies are all done now runs, or, when one
+    // ended otherwise than it asked (afterok of a job with failures, afternotok of one
+    // without), has its tasks recorded as not run, with the reason.
+    void release_dependents() {
+        for (auto& [id, job] : jobs_) release(job);
+    }
+
+    void release(Job& job) {
+        if (job.released || !job.committed) return;
+        std::string why;
+        for (const Dependency& dependency : job.after) {
+            const auto found = jobs_.find(dependency.job);
+            if (found == jobs_.end()) {
+                why = fmt::format("not run: job {} is gone (--{} {})", dependency.job, if_name(dependency.when),
+                                  dependency.job);
+                break;
+            }
+            const Job& before = found->second;
+            if (!before.done()) return;  // still held
+            if (dependency.when == Dependency::If::Ok && before.failed > 0)
+                why = fmt::format("not run: job {} had {} task(s) not ok (--afterok {})", before.id, before.failed,
+                                  before.id);
+            if (dependency.when == Dependency::If::NotOk && before.failed == 0)
+                why = fmt::format("not run: job {} had every task ok (--afternotok {})", before.id, before.id);
+            if (!why.empty()) break;
+        }
+        job.released = true;
+        if (why.empty()) {
+            if (!job.todo.empty() && !job.cancelled) {
+                ready_.push_back(job.id);
+                if (wake_fd_ >= 0) poke(wake_fd_);
+                queued_cv_.notify_all();
+            }
+            return;
+        }
+        spdlog::info("job {}: {}", job.id, why);
+        job.skipped = why;
+        cancel_waiting(job, why);
+    }
+
+    static void add_result(std::vector<json>& results, std::vector<std::size_t>& sizes, json result) {
+        // The size it takes in a reply, near enough (strings counted whole, as msgpack holds them).
+        const std::size_t size = 64 + result["value"].dump(-1, ' ', false, json::error_handler_t::replace).size() +
+                                 result.value("error", std::string()).size();
+        results.push_back(std::move(result));
+        sizes.push_back(size);
+    }
+
+    // Under mutex_: the job's tasks not handed out yet are cancelled, recorded as such.
+    std::size_t cancel_waiting(Job& job, const std::string& why = {}) {
+        std::size_t count = 0;
+        const std::deque<std::uint32_t> todo = std::exchange(job.todo, {});
+        for (const std::uint32_t index : todo) {
+            TaskSpec task = job.tasks[index];
+            task.id = index;
+            TaskResult result;
+            result.id = index;
+            result.type = task.type;
+            result.attempt = 0;
+            result = cancelled(std::move(result));
+            if (!why.empty()) result.error = why;
+            if (job.journal) job.journal->on_result(task, result);
+            record(job, task, result);
+            ++count;
+        }
+        return count;
+    }
+
+    // Reads every job of the state directory back (at start, before any thread).
+    void load_jobs() {
+        std::error_code ec;
+        // In id order: a job waits only for older ones, which are then read back first.
+        std::map<std::uint64_t, fs::path> found;
+        for (const auto& entry : fs::directory_iterator(config_.state / "jobs", ec)) {
+            const std::string name = entry.path().filename().string();
+            if (name.empty() || name.size() > 18 || name.find_first_not_of("0123456789") != std::string::npos) continue;
+            found.emplace(std::stoull(name), entry.path());
+        }
+        for (const auto& [id, dir] : found) {
+            next_job_ = std::max(next_job_, id + 1);
+            if (!fs::exists(dir / "committed")) {
+                // Its submit never finished: nobody was told its id.
+                fs::remove_all(dir, ec);
+                continue;
+            }
+            try {
+                load_job(id, dir);
+            } catch (const std::exception& e) {
+                spdlog::error("job {}: cannot read it back, so it is left out: {}", id, e.what());
+                jobs_.erase(id);
+            }
+        }
+        for (auto& [id, job] : jobs_)
+            if (!job.todo.empty() && job.released && !job.cancelled) ready_.push_back(id);
+        release_dependents();
+    }
+
+    void load_job(std::uint64_t id, const fs::path& dir) {
+        Job& job = jobs_[id];
+        job.id = id;
+        job.dir = dir;
+        job.committed = true;
+        job.cancelled = fs::exists(dir / "cancelled");
+        {
+            std::ifstream in(dir / "job.json");
+            const json head = json::parse(in, nullptr, false);
+            if (head.is_object()) {
+                job.name = head.value("name", std::string());
+                job.submitted = head.value("submitted", 0.0);
+                job.priority = head.value("priority", 0);
+                job.after = dependencies(head.value("after", json::array()));
+                job.released = job.after.empty();
+            }
+        }
+        {
+            const fs::path path = dir / "tasks.jsonl";
+            std::ifstream in(path, std::ios::binary);
+            JournalLineReader reader(in, "serve", path.string());
+            std::string text;
+            while (reader.next(text)) {
+                const json line = parse_journal_line(text, reader.where());
+                job.tasks.push_back(task_of(line, job.tasks.size()));
+            }
+        }
+        job.total = job.tasks.size();
+        job.final.assign(job.total, 0);
+        const fs::path journal = dir / "results.jsonl";
+        if (fs::exists(journal)) {
+            // A line torn by a kill is cut off, so that appending goes on from a clean line end.
+            const std::uintmax_t length = complete_length(journal, "serve");
+            if (fs::file_size(journal) != length) fs::resize_file(journal, length);
+            read_results(job, job.results, job.sizes);
+        }
+        for (std::uint32_t i = 0; i < job.total; ++i)
+            if (!job.final[i]) job.todo.push_back(i);
+        if (!job.done()) open_journal(job);
+        if (job.cancelled) cancel_waiting(job);
+        if (job.done()) unload(job);
+    }
+
+    // The final results in the job's journal, in its order, as clients see them; while the job
+    // is loaded, its counts too.
+    void read_results(Job& job, std::vector<json>& results, std::vector<std::size_t>& sizes) {
+        const fs::path journal = job.dir / "results.jsonl";
+        std::ifstream in(journal, std::ios::binary);
+        JournalLineReader reader(in, "serve", journal.string(), complete_length(journal, "serve"));
+        std::vector<std::uint8_t> seen(job.total, 0);
+        std::string text;
+        while (reader.next(text)) {
+            const json line = parse_journal_line(text, reader.where());
+            check_journal_line(line, reader.where());
+            if (line.contains("event") || line.value("retrying", false)) continue;
+            const auto index = line.at("id").get<std::uint64_t>();
+            if (index >= job.total || seen[index]) continue;
+            seen[index] = 1;
+            if (!job.unloaded) {
+                job.final[index] = 1;
+                ++job.finished;
+                (line.value("ok", false) ? job.ok : job.failed) += 1;
+            }
+            add_result(results, sizes, client_result(job.id, line));
+        }
+    }
+
+    // A job that is done: its tasks and results leave memory.
+    static void unload(Job& job) {
+        job.unloaded = true;
+        std::vector<TaskSpec>().swap(job.tasks);
+        std::vector<std::uint8_t>().swap(job.final);
+        std::vector<json>().swap(job.results);
+        std::vector<std::size_t>().swap(job.sizes);
+    }
+
+    // Under mutex_: the results a wait reads, from memory or, for a job that is done, from its
+    // journal (the last one read is kept, as a wait reads a job's results chunk by chunk).
+    std::pair<const std::vector<json>*, const std::vector<std::size_t>*> results_of(Job& job) {
+        if (!job.unloaded) return {&job.results, &job.sizes};
+        if (cached_job_ != job.id) {
+            cached_results_.clear();
+            cached_sizes_.clear();
+            cached_job_ = 0;
+            read_results(job, cached_results_, cached_sizes_);
+            cached_job_ = job.id;
+        }
+        return {&cached_results_, &cached_sizes_};
+    }
+
+    void open_journal(Job& job) {
+        job.journal = std::make_unique<JournalSink>(job.dir / "results.jsonl", /*create=*/true);
+        job.journal->begin_mode(std::string(to_string(Mode::Processes)), job.tasks.size());
+    }
+
+    // A task of a submit or of tasks.jsonl: {"kind": TYPE, "params": {...}, "timeout_s": S}.
+    TaskSpec task_of(const json& line, std::size_t index) const {
+        if (!line.is_object() || !line.contains("kind") || !line.at("kind").is_string())
+            throw std::invalid_argument(fmt::format("task {}: no \"kind\"", index));
+        const TaskType* type = program_.registry.find(line.at("kind").get<std::string>());
+        if (!type)
+            throw std::invalid_argument(fmt::format("task {}: this server knows no type '{}' (it knows {})", index,
+                                                    printable(line.at("kind").get<std::string>()),
+                                                    program_.registry.names_text()));
+        TaskSpec task;
+        task.type = type;
+        task.id = index;
+        // As the client's make_plan() made them (a plan line parsed, a generated task as its
+        // type made it): not parsed again here, as a run does not parse a generated task; a
+        // task whose parameters its type refuses fails when it runs, as one from the wire does.
+        task.params = line.contains("params") ? line.at("params") : json::object();
+        if (!task.params.is_object())
+            throw std::invalid_argument(fmt::format("task {}: \"params\" must be an object", index));
+        const json timeout = line.contains("timeout_s") ? line.at("timeout_s") : json(0);
+        if (!timeout.is_number() || timeout.get<double>() < 0)
+            throw std::invalid_argument(fmt::format("task {}: \"timeout_s\" must be a number >= 0", index));
+        task.timeout_s = timeout.get<double>();
+        return task;
+    }
+
+    // [{"job": N, "if": "after|afterok|afternotok"}, ...]; throws std::invalid_argument.
+    static std::vector<Dependency> dependencies(const json& list) {
+        std::vector<Dependency> out;
+        if (!list.is_array()) throw std::invalid_argument("\"after\" must be a list");
+        for (const json& entry : list) {
+            const auto when = entry.is_object() ? if_of(entry.value("if", std::string())) : std::nullopt;
+            if (!when || !entry.contains("job") || !entry.at("job").is_number_unsigned())
+                throw std::invalid_argument("a dependency is {\"job\": N, \"if\": \"after|afterok|afternotok\"}");
+            out.push_back({entry.at("job").get<std::uint64_t>(), *when});
+        }
+        return out;
+    }
+
+    // Under mutex_: the job's summary, with why it waits when it is held by a dependency.
+    json summary_of(const Job& job) const {
+        json out = job.summary();
+        if (job.released || !job.committed) return out;
+        std::string why;
+        for (const Dependency& dependency : job.after) {
+            const auto found = jobs_.find(dependency.job);
+            if (found != jobs_.end() && found->second.done()) continue;
+            why += fmt::format("{}job {} is not done (--{} {})", why.empty() ? "held: " : "; ", dependency.job,
+                               if_name(dependency.when), dependency.job);
+        }
+        out["why"] = why;
+        return out;
+    }
+
+    Job* find_job(const json& request, std::string& error) {
+        if (!request.contains("job") || !request.at("job").is_number_unsigned()) {
+            error = "no job id";
+            return nullptr;
+        }
+        const auto found = jobs_.find(request.at("job").get<std::uint64_t>());
+        if (found == jobs_.end() || !found->second.committed) {
+            error = fmt::format("no job {}", request.at("job").get<std::uint64_t>());
+            return nullptr;
+        }
+        return &found->second;
+    }
+
+    static json refuse(std::string error) { return {{"ok", false}, {"error", std::move(error)}}; }
+
+    // One request; nullopt for a wait that is answered later.
+    std::optional<json> handle(const json& request, const std::string& identity, bool stopping) {
+        const std::string op = request.value("op", std::string());
+        json reply;
+        try {
+            reply = dispatch(op, request, identity, stopping);
+        } catch (const std::exception& e) {
+            reply = refuse(e.what());
+        }
+        if (reply.is_null()) return std::nullopt;
+        if (request.contains("seq")) reply["seq"] = request.at("seq");
+        return reply;
+    }
+
+    json dispatch(const std::string& op, const json& request, const std::string& identity, bool stopping) {
+        std::unique_lock lock(mutex_);
+        std::string error;
+        if (op == "create") {
+            if (stopping) return refuse("the server is stopping");
+            const auto unfinished = static_cast<std::size_t>(
+                std::count_if(jobs_.begin(), jobs_.end(), [](const auto& entry) { return !entry.second.done(); }));
+            if (unfinished >= max_unfinished_)
+                return refuse(
+                    fmt::format("the server holds {} unfinished jobs, its most (half of `ulimit -n`, "
+                                "less 64): submit again once some are done",
+                                unfinished));
+            // Only jobs submitted already: a job waits only for older ones, so there is no cycle.
+            const std::vector<Dependency> after = dependencies(request.value("after", json::array()));
+            for (const Dependency& dependency : after) {
+                const auto found = jobs_.find(dependency.job);
+                if (found == jobs_.end() || !found->second.committed)
+                    return refuse(fmt::format("--{} {}: no such job", if_name(dependency.when), dependency.job));
+            }
+            const json priority = request.value("priority", json(0));
+            if (!priority.is_number_integer() || priority.get<std::int64_t>() < -1000 ||
+                priority.get<std::int64_t>() > 1000)
+                return refuse("--priority must be a whole number from -1000 to 1000");
+            Job& job = jobs_[next_job_];
+            job.id = next_job_++;
+            job.name = request.value("name", std::string());
+            job.submitted = unix_now();
+            job.priority = priority.get<int>();
+            job.after = after;
+            job.released = after.empty();
+            job.dir = config_.state / "jobs" / std::to_string(job.id);
+            fs::create_directory(job.dir);
+            write_file(job.dir / "job.json", json{{"name", job.name},
+                                                  {"submitted", job.submitted},
+                                                  {"priority", job.priority},
+                                                  {"after", job.after_json()}}
+                                                 .dump(-1, ' ', false, json::error_handler_t::replace));
+            job.task_file.open(job.dir / "tasks.jsonl", std::ios::binary | std::ios::trunc);
+            return {{"ok", true}, {"job", job.id}};
+        }
+        if (op == "add" || op == "commit") {
+            if (!request.contains("job") || !request.at("job").is_number_unsigned()) return refuse("no job id");
+            const auto found = jobs_.find(request.at("job").get<std::uint64_t>());
+            if (found == jobs_.end() || found->second.committed) return refuse("no job being submitted with that id");
+            Job& job = found->second;
+            try {
+                if (op == "add") {
+                    const json& tasks = request.contains("tasks") ? request.at("tasks") : json();
+                    if (!tasks.is_array()) throw std::invalid_argument("no \"tasks\" array");
+                    for (const json& line : tasks) {
+                        TaskSpec task = task_of(line, job.tasks.size());
+                        job.task_file << journal_line_text({{"kind", task.type->name()},
+                                                            {"params", task.params},
+                                                            {"timeout_s", task.timeout_s}})
+                                      << '\n';
+                        job.tasks.push_back(std::move(task));
+                    }
+                    job.task_file.flush();
+                    if (!job.task_file) throw std::runtime_error("cannot write the job's tasks.jsonl");
+                    return {{"ok", true}, {"tasks", job.tasks.size()}};
+                }
+                if (stopping) throw std::runtime_error("the server is stopping");
+                if (job.tasks.empty()) throw std::invalid_argument("a job needs at least one task");
+                job.task_file.close();
+                if (!job.task_file) throw std::runtime_error("cannot write the job's tasks.jsonl");
+                open_journal(job);
+                write_file(job.dir / "committed", "");
+            } catch (const std::exception& e) {
+                // The submit fails whole: nothing of it stays.
+                std::error_code ec;
+                fs::remove_all(job.dir, ec);
+                jobs_.erase(found);
+                return refuse(e.what());
+            }
+            job.committed = true;
+            job.total = job.tasks.size();
+            job.final.assign(job.total, 0);
+            for (std::uint32_t i = 0; i < job.total; ++i) job.todo.push_back(i);
+            if (job.released) {
+                ready_.push_back(job.id);
+                poke(wake_fd_);
+                queued_cv_.notify_all();
+            } else {
+                release(job);  // its dependencies may be done already
+            }
+            spdlog::info("job {}: {} task(s) submitted", job.id, job.tasks.size());
+            return {{"ok", true}, {"job", job.id}, {"tasks", job.tasks.size()}};
+        }
+        if (op == "status") {
+            json jobs = json::array();
+            if (request.contains("job")) {
+                Job* job = find_job(request, error);
+                if (!job) return refuse(error);
+                jobs.push_back(summary_of(*job));
+            } else {
+                for (const auto& [id, job] : jobs_)
+                    if (job.committed) jobs.push_back(summary_of(job));
+            }
+            return {{"ok", true},
+                    {"pid", ::getpid()},
+                    {"workers", config_.workers},
+                    {"state", config_.state.string()},
+                    {"stopping", stopping},
+                    {"jobs", std::move(jobs)}};
+        }
+        if (op == "cancel") {
+            Job* job = find_job(request, error);
+            if (!job) return refuse(error);
+            if (job->done())
+                return {{"ok", true}, {"job", job->id}, {"queued", 0}, {"running", 0}, {"state", job->state()}};
+            if (!job->cancelled) {
+                write_file(job->dir / "cancelled", "");
+                job->cancelled = true;
+            }
+            const std::size_t queued = cancel_waiting(*job);
+            std::vector<TaskId> running;
+            for (const auto& [task, where] : live_)
+                if (where.first == job->id) running.push_back(task);
+            const std::uint64_t id = job->id;
+            lock.unlock();
+            std::size_t stopped = 0;
+            if (!running.empty())
+                for (const CancelOutcome& outcome : cancels_.request(running, std::chrono::milliseconds(2000)))
+                    stopped += outcome.cancelled ? 1 : 0;
+            return {{"ok", true}, {"job", id}, {"queued", queued}, {"running", stopped}};
+        }
+        if (op == "wait") {
+            Job* job = find_job(request, error);
+            if (!job) return refuse(error);
+            const json from = request.value("from", json(0));
+            if (!from.is_number_unsigned()) return refuse("\"from\" must be a whole number");
+            waits_.push_back({identity, job->id, from.get<std::size_t>(), request.value("seq", json(nullptr)),
+                              std::chrono::steady_clock::now() + service::kWaitPoll});
+            poke(loop_fd_);
+            return nullptr;
+        }
+        return refuse(fmt::format("unknown request '{}'", printable(op)));
+    }
+
+    struct Wait {
+        std::string identity;
+        std::uint64_t job;
+        std::size_t from;
+        json seq;
+        std::chrono::steady_clock::time_point deadline;
+    };
+
+    // Answers each wait that has something new, whose job is done, or that waited kWaitPoll.
+    void answer_waits(zmq::socket_t& router, bool now) {
+        std::vector<std::pair<std::string, std::string>> replies;
+        {
+            std::lock_guard lock(mutex_);
+            const auto clock = std::chrono::steady_clock::now();
+            for (auto wait = waits_.begin(); wait != waits_.end();) {
+                Job& job = jobs_.at(wait->job);
+                if (!job.done() && job.results.size() <= wait->from && !now && clock < wait->deadline) {
+                    ++wait;
+                    continue;
+                }
+                const std::vector<json>* all = nullptr;
+                const std::vector<std::size_t>* sizes = nullptr;
+                try {
+                    std::tie(all, sizes) = results_of(job);
+                } catch (const std::exception& e) {
+                    replies.emplace_back(wait->identity,
+                                         service::encode({{"ok", false}, {"error", e.what()}, {"seq", wait->seq}}));
+                    wait = waits_.erase(wait);
+                    continue;
+                }
+                json results = json::array();
+                std::size_t bytes = 0;
+                std::size_t at = wait->from;
+                for (; at < all->size(); ++at) {
+                    if (!results.empty() &&
+                        (bytes + (*sizes)[at] > service::kReplyBytes || results.size() >= service::kChunkTasks))
+                        break;
+                    bytes += (*sizes)[at];
+                    results.push_back((*all)[at]);
+                }
+                json reply = {{"ok", true},
+                              {"job", job.id},
+                              {"from", wait->from},
+                              {"results", std::move(results)},
+                              {"done", job.done() && at >= all->size()},
+                              {"summary", summary_of(job)}};
+                if (!wait->seq.is_null()) reply["seq"] = wait->seq;
+                replies.emplace_back(wait->identity, service::encode(reply));
+                wait = waits_.erase(wait);
+            }
+        }
+        for (const auto& [identity, frame] : replies) wire::send_to(router, identity, frame);
+    }
+
+    const ProgramInfo& program_;
+    ServeConfig config_;
+    Json settings_;
+    int lock_fd_ = -1;
+    std::size_t max_unfinished_ = 100'000;  // jobs not done at once (each holds its journal open)
+    int socket_lock_fd_ = -1;
+    int wake_fd_ = -1;  // the cursor's: a task may be ready
+    int loop_fd_ = -1;  // the main loop's: a result came, or the engine ended
+
+    std::mutex mutex_;
+    std::condition_variable queued_cv_;
+    std::map<std::uint64_t, Job> jobs_;
+    std::uint64_t next_job_ = 1;
+    std::deque<std::uint64_t> ready_;                                           // jobs with waiting tasks, in turn
+    std::unordered_map<TaskId, std::pair<std::uint64_t, std::uint32_t>> live_;  // server id -> job, index
+    TaskId next_task_ = 0;
+    bool shutting_down_ = false;
+    std::vector<Wait> waits_;  // parked waits, under mutex_
+    bool loop_poked_ = false;
+    std::uint64_t cached_job_ = 0;  // whose results below are read back from its journal; 0: none
+    std::vector<json> cached_results_;
+    std::vector<std::size_t> cached_sizes_;  // loop_fd_ was written and the loop has not read it yet
+    CancelBoard cancels_;
+};
+
+}  // namespace
+
+int serve(const ProgramInfo& program, const ServeConfig& config) {
+    if (!config.log_level.empty()) set_log_level(config.log_level);
+    Server server(program, config);
+    return server.run();
+}
+
+}  // namespace taskfarm

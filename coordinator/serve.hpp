@@ -1,0 +1,25 @@
+#pragma once
+// `coordinator serve` (coordinator/serve.cpp): see service.hpp and docs/service.md.
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "coordinator.hpp"
+
+namespace taskfarm {
+
+struct ServeConfig {
+    std::filesystem::path socket;  // the socket; its directory is made 0700
+    std::filesystem::path state;   // jobs/ and the lock; default: the socket's directory
+    int workers = 4;
+    std::uint32_t retries = 0;    // a failed task runs up to this many more times
+    double drain_timeout_s = 25;  // SIGTERM: how long running tasks may take to finish
+    std::string log_level;
+};
+
+// Runs the server until SIGINT/SIGTERM/SIGHUP; its exit code. Throws ConfigError for a bad
+// socket or state directory, or one another server holds.
+int serve(const ProgramInfo& program, const ServeConfig& config);
+
+}  // namespace taskfarm
