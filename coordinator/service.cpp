@@ -293,7 +293,8 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     auto* inputs_option =
         app.add_option("--inputs", config.inputs_path, "a task of --task per line of FILE (- : stdin)")
             ->type_name("FILE");
-    app.add_option("--command", config.command,
+    std::string command;
+    app.add_option("--command", command,
                    "a command per --inputs line, {} standing for the line (as `coordinator --command`); it runs\n"
                    "in this directory")
         ->type_name("TEMPLATE");
@@ -328,13 +329,14 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
                     "files.txt --wait. See docs/service.md.",
                     program.name));
     if (auto code = parse(app, argc, argv)) return *code;
-    if (!config.command.empty() && config.inputs_path.empty())
+    if (!command.empty()) config.settings["command"] = command;  // the command type's flag (decision 162)
+    if (!command.empty() && config.inputs_path.empty())
         throw ConfigError("--command needs --inputs FILE: a command per line of it");
     if (task.empty()) task = !config.inputs_path.empty() ? "command" : program.default_task;
     if (!registry.find(task))
         throw ConfigError(
             fmt::format("--task: unknown task type '{}' (want {})", printable(task), registry.names_text()));
-    if (!config.command.empty() && task != "command") throw ConfigError("--command runs commands: it takes no --task");
+    if (!command.empty() && task != "command") throw ConfigError("--command runs commands: it takes no --task");
     config.task = task;
     config.modes = {Mode::Processes};
 
