@@ -963,6 +963,14 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
         throw CLI::ValidationError("--slurm-args", "goes to srun: it needs --launch slurm");
     if (cl.mpirun_args_option->count() > 0 && launch != "mpirun")
         throw CLI::ValidationError("--mpirun-args", "goes to mpirun: it needs --launch mpirun");
+    // Remote workers (--alloc, --launch, --listen) are worker processes: only the processes mode
+    // runs, and a --mode that names another is refused.
+    const auto processes_only = [&](const std::string& what, std::string_view why) {
+        for (const std::string& name : modes)
+            if (name != "processes" && cl.mode_option->count() > 0)
+                throw CLI::ValidationError("--mode", fmt::format("'{}' cannot run with {}: {}", name, what, why));
+        modes = {"processes"};
+    };
     if (cl.alloc_option->count() > 0) {
         AllocConfig& alloc_config = cl.alloc_config;
         if (cl.alloc_time_option->count() == 0)
@@ -980,13 +988,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
             throw CLI::ValidationError(cl.alloc_args_option->get_name(),
                                        fmt::format("cannot split '{}': {}", printable(cl.alloc_args), e.what()));
         }
-        for (const std::string& name : modes)
-            if (name != "processes" && cl.mode_option->count() > 0)
-                throw CLI::ValidationError(
-                    "--mode", fmt::format("'{}' cannot run with --alloc slurm: its workers are worker processes, "
-                                          "so only the processes mode runs",
-                                          name));
-        modes = {"processes"};
+        processes_only("--alloc slurm", "its workers are worker processes, so only the processes mode runs");
         if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
         if (cl.workers_option->count() == 0) config.workers = 0;
         alloc_config.give_up = std::chrono::milliseconds(static_cast<std::int64_t>(config.wait_workers_s * 1000));
@@ -1026,25 +1028,15 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
             throw CLI::ValidationError(launcher == StepLauncher::Slurm ? "--slurm-args" : "--mpirun-args",
                                        fmt::format("cannot split '{}': {}", printable(args_text), e.what()));
         }
-        for (const std::string& name : modes)
-            if (name != "processes" && cl.mode_option->count() > 0)
-                throw CLI::ValidationError(
-                    "--mode", fmt::format("'{}' cannot run with --launch {}: its workers are worker processes, "
-                                          "so only the processes mode runs",
-                                          name, launch));
-        modes = {"processes"};
+        processes_only("--launch " + launch, "its workers are worker processes, so only the processes mode runs");
         if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
         config.expect_workers = config.workers;
         config.step = std::move(step);
         config.workers = 0;
     } else if (!config.listen.empty()) {
-        for (const std::string& name : modes)
-            if (name != "processes" && cl.mode_option->count() > 0)
-                throw CLI::ValidationError(
-                    "--mode", fmt::format("'{}' cannot run with --listen: remote workers are worker processes, "
-                                          "so only the processes mode runs; compare the modes without --listen",
-                                          name));
-        modes = {"processes"};
+        processes_only("--listen",
+                       "remote workers are worker processes, so only the processes mode runs; "
+                       "compare the modes without --listen");
         const auto endpoint = *curve::parse_tcp_endpoint(config.listen, /*wildcard_port=*/true);
         // Loopback too: any user of this machine can connect to a port on it.
         if (config.keys_dir.empty() && !config.insecure)
