@@ -735,9 +735,10 @@ private:
 
     // One request; nullopt for a wait that is answered later.
     std::optional<json> handle(const json& request, const std::string& identity, bool stopping) {
-        const std::string op = request.value("op", std::string());
         json reply;
         try {
+            // Inside the try: an "op" that is not a string throws, and is refused like any bad request.
+            const std::string op = request.value("op", std::string());
             reply = dispatch(op, request, identity, stopping);
         } catch (const std::exception& e) {
             reply = refuse(e.what());

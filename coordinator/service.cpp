@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
+#include "checks.hpp"
 #include "config.hpp"
 #include "errors.hpp"
 #include "json_msgpack.hpp"
@@ -187,12 +188,16 @@ void check(const json& reply, const std::string& what) {
         throw ConfigError(fmt::format("{}: {}", what, printable(reply.value("error", std::string("refused")))));
 }
 
+// A job id as submit printed it: a whole number (CLI11 would read -1 as 2^64-1, and "1,,2" as 1, 2).
+const CLI::Validator kJobId([](std::string& text) { return check_unsigned(text); }, "JOB");
+
 void add_socket_option(CLI::App& app, fs::path& socket) {
     socket = service::default_socket();
     app.add_option("--socket", socket,
                    "the server's socket: $TASKFARM_SOCKET, else $XDG_RUNTIME_DIR/taskfarm/socket, else\n"
                    "/tmp/taskfarm-UID/socket. Its directory is the server's own (mode 0700): only its user may connect")
         ->capture_default_str()
+        ->check(CLI::Validator([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, ""))
         ->type_name("PATH");
 }
 
@@ -254,7 +259,7 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
         ->capture_default_str();
     app.add_option("--drain-timeout", config.drain_timeout_s,
                    "SIGTERM: seconds running tasks may take to finish (those cut short run again at the next start)")
-        ->check(CLI::Range(0.0, 86400.0))
+        ->check(CLI::Validator([](std::string& text) { return check_seconds(text, 0, 86400); }, "SECONDS"))
         ->capture_default_str();
     app.add_option("--log-level", config.log_level, "spdlog level of the server and its workers");
     app.footer("See docs/service.md.");
@@ -299,20 +304,25 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
                    "in this directory")
         ->type_name("TEMPLATE");
     app.add_option("--task-timeout", config.task_timeout_s, "a task running longer fails; 0: no limit")
-        ->check(CLI::Range(0.0, 1e9))
+        ->check(CLI::Validator([](std::string& text) { return check_seconds(text, 0, 1e9); }, "SECONDS"))
         ->capture_default_str();
-    app.add_option("--seed", config.seed, "seed of the generated tasks")->capture_default_str();
+    app.add_option("--seed", config.seed, "seed of the generated tasks")
+        ->check(CLI::Validator([](std::string& text) { return check_unsigned(text); }, "UINT"))
+        ->capture_default_str();
     app.add_option("--name", name, "a name for the job, shown by status and jobs");
     app.add_option("--after", after, "start once these jobs are done, however they ended (JOB,JOB...)")
+        ->check(kJobId)
         ->delimiter(',')
         ->type_name("JOB");
     app.add_option("--afterok", after_ok,
                    "start once these jobs are done with every task ok; if one is not, this job's tasks are\n"
                    "recorded as not run, with the reason")
+        ->check(kJobId)
         ->delimiter(',')
         ->type_name("JOB");
     app.add_option("--afternotok", after_not_ok,
                    "start once these jobs are done, only if one of them has a task not ok (else not run)")
+        ->check(kJobId)
         ->delimiter(',')
         ->type_name("JOB");
     app.add_option("--priority", priority,
@@ -377,6 +387,13 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     auto cursor = plan.open();
     TaskSpec spec;
     while (cursor->next(spec)) {
+        // Refused, not dropped: the server does not order or hold them yet (docs/service.md).
+        if (!spec.after.empty() || !spec.resources.empty())
+            throw ConfigError(
+                fmt::format("task {}: a plan line's \"{}\" is for a one-shot run; the server does not "
+                            "{} yet (docs/service.md)",
+                            spec.id, spec.after.empty() ? "resources" : "after",
+                            spec.after.empty() ? "hand out resources" : "order tasks within a job"));
         json params = spec.params;
         // A command runs where it was submitted, not where the server was started.
         if (spec.type->name() == "command" && params.is_object() && !params.contains("cwd")) params["cwd"] = cwd;
@@ -417,7 +434,7 @@ int status_command(const ProgramInfo& program, int argc, const char* const* argv
                                          program.name)};
     app.name(program.name + (jobs_only ? " jobs" : " status"));
     add_socket_option(app, socket);
-    if (!jobs_only) app.add_option("JOB", job, "a job id, as submit printed it");
+    if (!jobs_only) app.add_option("JOB", job, "a job id, as submit printed it")->check(kJobId);
     app.add_flag("--json", as_json, "the server's answer as one JSON object");
     if (auto code = parse(app, argc, argv)) return *code;
     Client client(fs::absolute(socket));
@@ -455,7 +472,7 @@ int wait_command(const ProgramInfo& program, int argc, const char* const* argv) 
         program.name)};
     app.name(program.name + " wait");
     add_socket_option(app, socket);
-    app.add_option("JOB", job, "the job's id, as submit printed it")->required();
+    app.add_option("JOB", job, "the job's id, as submit printed it")->check(kJobId)->required();
     app.add_flag("-q,--quiet", quiet, "no result lines, only the exit status and the summary on stderr");
     if (auto code = parse(app, argc, argv)) return *code;
     Client client(fs::absolute(socket));
@@ -472,7 +489,7 @@ int cancel_command(const ProgramInfo& program, int argc, const char* const* argv
                     program.name)};
     app.name(program.name + " cancel");
     add_socket_option(app, socket);
-    app.add_option("JOB", job, "the job's id, as submit printed it")->required();
+    app.add_option("JOB", job, "the job's id, as submit printed it")->check(kJobId)->required();
     if (auto code = parse(app, argc, argv)) return *code;
     Client client(fs::absolute(socket));
     const json reply = client.ask_once({{"op", "cancel"}, {"job", job}});

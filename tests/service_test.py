@@ -62,6 +62,42 @@ def wait_until(condition, what, timeout=WAIT_S):
         time.sleep(0.05)
 
 
+def zmtp_request(path, body):
+    """Sends one frame to the server's socket as a ZeroMQ DEALER would (ZMTP 3.0, NULL
+    mechanism) and returns the reply's frame: for requests a real client never makes."""
+    import socket
+    import struct
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(WAIT_S)
+    conn.connect(str(path))
+
+    def read(n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise EOFError("the server closed the connection")
+            data += chunk
+        return data
+
+    def frame():
+        flags = read(1)[0]
+        size = struct.unpack(">Q", read(8))[0] if flags & 2 else read(1)[0]
+        return flags, read(size)
+
+    conn.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\0" * 16 + b"\0" + b"\0" * 31)
+    read(64)
+    ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    conn.sendall(bytes([0x04, len(ready)]) + ready)
+    frame()  # the server's READY
+    conn.sendall(bytes([0, len(body)]) + body)
+    while True:
+        flags, data = frame()
+        if not flags & 4:  # a message, not a command
+            conn.close()
+            return data
+
+
 def final_results(journal):
     """The journal's final result lines (no events, no retried attempts)."""
     lines = [json.loads(line) for line in Path(journal).read_text().splitlines() if line]
@@ -316,6 +352,34 @@ class Service(unittest.TestCase):
         self.assertEqual(second.returncode, 2)
         self.assertIn("--socket", second.stderr)
         self.assertIn("another server", second.stderr)
+        self.assertEqual(self.client("status").returncode, 0)
+        self.stop()
+
+    def test_bad_values_are_refused_and_a_bad_request_leaves_the_server_up(self):
+        self.start(workers=1)
+        # {"op": 5}: an op that is not a string is refused like any bad request (it ended the server).
+        reply = zmtp_request(self.socket, b"\x81\xa2op\x05")
+        self.assertIn(b"error", reply)
+        self.assertEqual(self.client("status").returncode, 0)
+        # Values that cannot be right exit 2 naming the flag, before anything reaches the server.
+        plan = self.dir / "after.jsonl"
+        plan.write_text('{"kind":"sleep","seconds":0}\n{"kind":"sleep","seconds":0,"after":[0]}\n')
+        gpu = self.dir / "gpu.jsonl"
+        gpu.write_text('{"kind":"sleep","seconds":0,"resources":{"slot":1}}\n')
+        for args, text in ((["submit", "--task", "sleep", "--task-timeout", "nan"], "--task-timeout"),
+                           (["submit", "--task", "sleep", "--after", "-1"], "--after"),
+                           (["submit", "--task", "sleep", "--afterok", "1,,2"], "--afterok"),
+                           (["wait", "-1"], "JOB"),
+                           (["submit", "--plan", str(plan)], "after"),
+                           (["submit", "--plan", str(gpu)], "resources")):
+            result = self.client(*args)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn(text, result.stderr, args)
+        for args, text in ((["--drain-timeout", "nan"], "--drain-timeout"), (["--socket", ""], "--socket")):
+            result = subprocess.run([COORDINATOR, "serve", "--state", str(self.dir / "other"), *args],
+                                    capture_output=True, text=True, timeout=WAIT_S)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn(text, result.stderr, args)
         self.assertEqual(self.client("status").returncode, 0)
         self.stop()
 
