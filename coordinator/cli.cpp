@@ -37,6 +37,18 @@ namespace {
 
 constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
 
+// --worker-resources: named counts; GPUs have ids, so they come from --gpus (a count of them
+// would be taken and never handed out).
+ResourceRequest parse_worker_resources(std::string_view text) {
+    ResourceRequest have = parse_resources(text);
+    for (const ResourceAmount& item : have)
+        if (item.name == kGpuResource)
+            throw std::invalid_argument(
+                "gpu: GPUs have ids: give --gpus 0,1 (default: CUDA_VISIBLE_DEVICES, "
+                "else nvidia-smi -L)");
+    return have;
+}
+
 // Resources (docs/resources.md): --worker-resources, --gpus and --task-resources, in a group
 // of their own; read by finish() once the command line is parsed.
 struct ResourceFlags {
@@ -65,7 +77,7 @@ struct ResourceFlags {
                                        "what the local worker processes have, together: NAME=COUNT,... (slot=2,\n"
                                        "license=1). cpus (the CPUs this process may use) and mem (MiB of memory)\n"
                                        "unless given. A task that asks for some starts only when all of it is free")
-                            ->check(checked(parse_resources))
+                            ->check(checked(parse_worker_resources))
                             ->group(group);
         gpus_option = app.add_option("--gpus", gpus,
                                      "GPU ids the local workers share (0,1); default: CUDA_VISIBLE_DEVICES, else\n"
@@ -84,7 +96,7 @@ struct ResourceFlags {
         std::optional<std::vector<std::string>> ids;
         if (gpus_option->count() > 0) ids = parse_gpu_list(gpus);
         config.resources = std::make_shared<const LocalResources>(
-            worker_option->count() > 0 ? parse_resources(worker) : ResourceRequest{}, std::move(ids));
+            worker_option->count() > 0 ? parse_worker_resources(worker) : ResourceRequest{}, std::move(ids));
         if (task_option->count() == 0) return;
         config.task_resources = parse_resources(task);
         if (const std::string why = unmet_resources(config, config.task_resources); !why.empty())

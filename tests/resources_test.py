@@ -176,6 +176,7 @@ class Resources(unittest.TestCase):
                                  "--task-resources: asks for slot=3, but the local workers have 2 in all"),
                                 (["--task-resources", "gpu=x"], "--task-resources: resource gpu: amount 'x'"),
                                 (["--gpus", "0,0"], "--gpus: GPU 0 listed twice"),
+                                (["--worker-resources", "gpu=2"], "GPUs have ids: give --gpus"),
                                 (["--task-resources", "slot=1", "--worker-resources", "slot=1", "--mode", "threads"],
                                  "only the processes mode hands out")):
             run = self.run_coordinator("--command", "true", "--inputs", inputs, *flags)
