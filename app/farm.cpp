@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -25,6 +26,7 @@
 
 #include "config.hpp"
 #include "control.hpp"
+#include "curve.hpp"
 #include "errors.hpp"
 #include "function_type.hpp"
 #include "id_set.hpp"
@@ -34,6 +36,7 @@
 #include "plan_sources.hpp"
 #include "process_pool.hpp"
 #include "sinks.hpp"
+#include "step.hpp"
 #include "task.hpp"
 #include "text.hpp"
 #include "worker.hpp"
@@ -74,6 +77,94 @@ Mode engine_mode(FarmMode mode) {
 // What a resumed journal's ok results are matched by: the type and the parameters as parse()
 // made them (the journal holds those).
 std::string resume_key(const std::string& type, const Params& params) { return type + '\n' + params.dump(); }
+
+// FarmOptions' remote workers, checked as the coordinator's decide() checks --listen,
+// --keys and --launch slurm, into `config`: std::invalid_argument naming the option.
+void remote_workers(const FarmOptions& options, RunConfig& config) {
+    const auto refuse = [](const std::string& option, const std::string& why) {
+        throw std::invalid_argument(fmt::format("FarmOptions::{}: {}", option, why));
+    };
+    if ((!options.listen.empty() || options.slurm) && options.mode != FarmMode::Processes)
+        refuse(options.slurm ? "slurm" : "listen", "remote workers are worker processes: it needs FarmMode::Processes");
+    if (!options.listen.empty() && !curve::parse_tcp_endpoint(options.listen, /*wildcard_port=*/true))
+        refuse("listen",
+               fmt::format("'{}' is not tcp://HOST:PORT (PORT * picks a free one)", printable(options.listen)));
+    config.listen = options.listen;
+    config.wait_workers_s = options.wait_workers_s;
+    if (!(options.wait_workers_s > 0)) refuse("wait_workers_s", "must be a number of seconds above 0");
+    if (options.slurm) {
+        if (!options.keys.empty() || options.insecure || options.expect_workers > 0)
+            refuse(!options.keys.empty() ? "keys"
+                   : options.insecure    ? "insecure"
+                                         : "expect_workers",
+                   "cannot go with a Slurm step, which makes keys for the run and waits for the workers it starts");
+        int tasks = options.slurm->tasks;
+        if (tasks == 0) {
+            const char* ntasks = std::getenv("SLURM_NTASKS");
+            const std::string_view text = ntasks ? ntasks : "";
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), tasks);
+            if (!ntasks || ec != std::errc{} || end != text.data() + text.size() || tasks < 1)
+                refuse("slurm", fmt::format("tasks 0 means $SLURM_NTASKS, which is {}: give SlurmStep::tasks outside "
+                                            "an allocation",
+                                            ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
+        }
+        if (tasks < 1) refuse("slurm", fmt::format("tasks must be at least 1, not {}", tasks));
+        StepConfig step{.launcher = StepLauncher::Slurm, .tasks = tasks, .pin = options.slurm->pin};
+        try {
+            step.args = split_launcher_args(options.slurm->args);
+        } catch (const std::invalid_argument& e) {
+            refuse("slurm", fmt::format("cannot split args '{}': {}", printable(options.slurm->args), e.what()));
+        }
+        if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+        config.expect_workers = tasks;
+        config.workers = 0;
+        config.step = std::move(step);
+        return;
+    }
+    if (options.expect_workers < 0) refuse("expect_workers", "must be 0 or more");
+    if (!options.listen.empty()) {
+        if (options.keys.empty() && !options.insecure)
+            refuse("listen", fmt::format("'{}' without keys would hand tasks and results, unencrypted, to any peer "
+                                         "that connects: give FarmOptions::keys (a `coordinator keygen` directory), "
+                                         "or insecure = true where you trust them",
+                                         printable(options.listen)));
+        if (!options.keys.empty() && options.insecure) refuse("insecure", "cannot go with keys");
+        config.expect_workers = options.expect_workers;
+        if (!options.keys.empty()) {
+            if (!curve::available())
+                refuse("keys", "this libzmq was built without CURVE support (libsodium), so it cannot encrypt");
+            try {
+                config.server_keys = curve::read_server_keys(options.keys);
+            } catch (const std::runtime_error& e) {
+                refuse("keys", e.what());
+            }
+            if (!options.authorized.empty()) {
+                try {
+                    for (auto& key : curve::read_authorised_keys(options.authorized))
+                        config.server_keys->workers.push_back(std::move(key));
+                } catch (const std::runtime_error& e) {
+                    refuse("authorized", e.what());
+                }
+            }
+            if (config.server_keys->workers.empty())
+                refuse("keys", fmt::format("no worker key is authorised: '{}' has no worker.public and "
+                                           "FarmOptions::authorized names no directory",
+                                           printable(options.keys.string())));
+        }
+    } else {
+        for (const auto& [given, name] : {std::pair{!options.keys.empty(), "keys"},
+                                          {!options.authorized.empty(), "authorized"},
+                                          {options.insecure, "insecure"},
+                                          {options.expect_workers > 0, "expect_workers"}})
+            if (given) refuse(name, "is for remote workers: it needs FarmOptions::listen");
+    }
+    if (options.workers < 0) refuse("workers", "must be 0 or more");
+    if (options.workers == 0 && config.listen.empty())
+        refuse("workers", "0 starts no worker: 0 local workers needs FarmOptions::listen and remote workers");
+    if (options.workers == 0 && config.expect_workers == 0)
+        refuse("expect_workers",
+               "workers = 0 starts no local worker: give expect_workers M (M >= 1), the remote workers to wait for");
+}
 
 }  // namespace
 
@@ -172,6 +263,14 @@ public:
     std::uint64_t outstanding() const {
         std::lock_guard lock(mutex_);
         return outstanding_;
+    }
+
+    std::string endpoint() const {
+        std::unique_lock lock(mutex_);
+        if (!started_ || config_.listen.empty()) return "";
+        done_cv_.wait(lock, [&] { return !endpoint_.empty() || failed() || closed_; });
+        if (endpoint_.empty() && failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
+        return endpoint_;
     }
 
     void close() {
@@ -283,13 +382,23 @@ private:
     // With the lock held, at the first submit: the fork server first (while this process may
     // still have no thread), then the engine's thread.
     void start(std::unique_lock<std::mutex>& lock) {
-        // The journal first: a journal that cannot be opened or resumed throws before anything starts.
+        // The options and the journal first: bad ones, or a journal that cannot be opened or
+        // resumed, throw before anything starts.
+        config_.workers = options_.workers;
+        remote_workers(options_, config_);
         std::unique_ptr<JournalSink> journal = open_journal();
         started_ = true;
         wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (wake_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
         config_.modes = {engine_mode(options_.mode)};
-        config_.workers = options_.workers;
+        if (!config_.listen.empty())
+            config_.on_listening = [this](const std::string& endpoint) {
+                {
+                    std::lock_guard guard(mutex_);
+                    endpoint_ = endpoint;
+                }
+                done_cv_.notify_all();
+            };
         config_.task_retries = options_.retries;
         config_.max_tasks_per_worker = options_.max_tasks_per_worker;
         config_.max_worker_memory = options_.max_worker_memory;
@@ -308,7 +417,8 @@ private:
 #else
         constexpr bool kForkServerUsable = true;
 #endif
-        if (kForkServerUsable && options_.mode == FarmMode::Processes) {
+        // Not for a Slurm step's workers, as the coordinator (srun starts them).
+        if (kForkServerUsable && options_.mode == FarmMode::Processes && !config_.step && config_.workers > 0) {
             try {
                 std::vector<std::string> preload;  // what the farm's types need, nothing more (decision 145)
                 for (const auto& type : registry_.types()) preload.push_back(type->name());
@@ -425,9 +535,9 @@ private:
     }
 
     mutable std::mutex mutex_;
-    std::condition_variable space_;      // the queue has room
-    std::condition_variable queued_cv_;  // a task was queued, or the farm closed
-    std::condition_variable done_cv_;    // a result came, or the engine ended
+    std::condition_variable space_;            // the queue has room
+    std::condition_variable queued_cv_;        // a task was queued, or the farm closed
+    mutable std::condition_variable done_cv_;  // a result came, the engine ended, or it listens
     std::deque<TaskSpec> queue_;
     std::deque<std::shared_ptr<const detail::Outcome>> done_;
     IdSet completed_;  // ids whose result came: ranges, so it stays small as results come in order
@@ -441,6 +551,7 @@ private:
     bool started_ = false;
     bool closed_ = false;
     std::string engine_error_;
+    std::string endpoint_;  // where remote workers connect, once bound
     int wake_fd_ = -1;
 
     RunConfig config_;
@@ -486,6 +597,7 @@ std::optional<Result<>> Farm::try_next() { return impl_->next(false); }
 void Farm::wait() { impl_->wait_all(); }
 bool Farm::cancel(TaskHandle task) { return impl_->cancel(task.id); }
 std::uint64_t Farm::outstanding() const { return impl_->outstanding(); }
+std::string Farm::endpoint() const { return impl_->endpoint(); }
 void Farm::close() { impl_->close(); }
 
 }  // namespace taskfarm

@@ -29,7 +29,8 @@ ProcessesOptions processes_options(const RunConfig& config) {
             .wait_workers_s = config.wait_workers_s,
             .step = config.step,
             .resources = config.resources,
-            .alloc = config.alloc};
+            .alloc = config.alloc,
+            .on_listening = config.on_listening};
 }
 
 }  // namespace
