@@ -130,26 +130,12 @@ void remote_workers(const FarmOptions& options, RunConfig& config) {
                                          printable(options.listen)));
         if (!options.keys.empty() && options.insecure) refuse("insecure", "cannot go with keys");
         config.expect_workers = options.expect_workers;
-        if (!options.keys.empty()) {
-            if (!curve::available())
-                refuse("keys", "this libzmq was built without CURVE support (libsodium), so it cannot encrypt");
-            try {
-                config.server_keys = curve::read_server_keys(options.keys);
-            } catch (const std::runtime_error& e) {
-                refuse("keys", e.what());
-            }
-            if (!options.authorized.empty()) {
-                try {
-                    for (auto& key : curve::read_authorised_keys(options.authorized))
-                        config.server_keys->workers.push_back(std::move(key));
-                } catch (const std::runtime_error& e) {
-                    refuse("authorized", e.what());
-                }
-            }
-            if (config.server_keys->workers.empty())
-                refuse("keys", fmt::format("no worker key is authorised: '{}' has no worker.public and "
-                                           "FarmOptions::authorized names no directory",
-                                           printable(options.keys.string())));
+        config.keys_dir = options.keys;
+        config.authorized_dir = options.authorized;
+        try {
+            config.server_keys = read_keys(config, "FarmOptions::keys", "FarmOptions::authorized");
+        } catch (const ConfigError& e) {
+            throw std::invalid_argument(e.what());
         }
     } else {
         for (const auto& [given, name] : {std::pair{!options.keys.empty(), "keys"},
@@ -384,13 +370,13 @@ private:
     void start(std::unique_lock<std::mutex>& lock) {
         // The options and the journal first: bad ones, or a journal that cannot be opened or
         // resumed, throw before anything starts.
+        config_.modes = {engine_mode(options_.mode)};
         config_.workers = options_.workers;
         remote_workers(options_, config_);
         std::unique_ptr<JournalSink> journal = open_journal();
         started_ = true;
         wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (wake_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
-        config_.modes = {engine_mode(options_.mode)};
         if (!config_.listen.empty())
             config_.on_listening = [this](const std::string& endpoint) {
                 {
@@ -411,29 +397,17 @@ private:
         config_.settings = options_.settings.is_object() ? options_.settings : Json::object();
         settings_ = settings_json(config_);
         if (!options_.log_level.empty()) set_log_level(options_.log_level);
-            // As the coordinator does (decision 104): sanitized builds exec every worker.
-#if defined(__SANITIZE_ADDRESS__)
-        constexpr bool kForkServerUsable = false;
-#else
-        constexpr bool kForkServerUsable = true;
-#endif
-        // Not for a Slurm step's workers, as the coordinator (srun starts them).
-        if (kForkServerUsable && options_.mode == FarmMode::Processes && !config_.step && config_.workers > 0) {
-            try {
-                std::vector<std::string> preload;  // what the farm's types need, nothing more (decision 145)
-                for (const auto& type : registry_.types()) preload.push_back(type->name());
-                fork_server_.emplace(config_.worker_bin, config_.worker_prefix, config_.log_level, preload);
-            } catch (const std::exception& e) {
-                spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
-            }
-        }
+        // The coordinator's fork server, with the farm's types preloaded (decision 145).
+        std::vector<const TaskType*> types;
+        for (const auto& type : registry_.types()) types.push_back(type.get());
+        fork_server_ = start_fork_server(config_, types);
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
         if (journal) sinks_.add(std::move(journal));
         sinks_.add(std::make_unique<Sink>(*this));
         cancels_.clear();
         lock.unlock();  // the runner's threads may take tasks as soon as they start
-        const RunShared shared{registry_, settings_, &cancels_, fork_server_ ? &*fork_server_ : nullptr};
+        const RunShared shared{registry_, settings_, &cancels_, fork_server_.get()};
         runner_ = make_runner(config_.modes.front(), config_, shared, stop_.get_token(), drain_.get_token());
         engine_ = std::thread([this] {
             try {
@@ -556,7 +530,7 @@ private:
 
     RunConfig config_;
     Json settings_;
-    std::optional<ForkServer> fork_server_;
+    std::unique_ptr<ForkServer> fork_server_;
     Plan plan_;
     FanOutSink sinks_;
     CancelBoard cancels_;
