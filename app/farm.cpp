@@ -413,9 +413,13 @@ private:
             try {
                 report_ = runner_->run(plan_, sinks_);
             } catch (const std::exception& e) {
-                spdlog::error("{}", e.what());
+                // The processes mode names the coordinator's flag for an endpoint it cannot
+                // bind; the program set FarmOptions::listen.
+                std::string why = e.what();
+                if (why.starts_with("--listen: ")) why = "FarmOptions::listen: " + why.substr(10);
+                spdlog::error("{}", why);
                 std::lock_guard guard(mutex_);
-                engine_error_ = e.what();
+                engine_error_ = why;
             }
             {
                 std::lock_guard guard(mutex_);

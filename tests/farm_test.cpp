@@ -1,7 +1,10 @@
 // The farm from a program's own main(), through the public API only: this test program is
 // its own worker (`farm_test worker ...`), as a user's program is.
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -584,6 +587,40 @@ TEST(Farm, BadRemoteWorkerOptionsAreRefusedNamingTheOption) {
             EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
         }
     }
+}
+
+// An endpoint that cannot be bound (another socket holds the port) stops the farm, and
+// endpoint() and next() say why, naming FarmOptions::listen.
+TEST(Farm, AListenEndpointInUseIsSaidNamingTheOption) {
+    const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(holder, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    ASSERT_EQ(::listen(holder, 1), 0);
+    socklen_t length = sizeof address;
+    ASSERT_EQ(::getsockname(holder, reinterpret_cast<sockaddr*>(&address), &length), 0);
+    const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    {
+        Farm farm{{.workers = 1, .listen = endpoint, .insecure = true}};
+        register_types(farm);
+        farm.submit("square", {{"x", 2}});
+        const std::string expected = "FarmOptions::listen: cannot listen on '" + endpoint + "'";
+        try {
+            static_cast<void>(farm.endpoint());
+            ADD_FAILURE() << "bound a port in use";
+        } catch (const std::runtime_error& e) {
+            EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+        }
+        try {
+            static_cast<void>(farm.next());
+            ADD_FAILURE() << "a result from a farm that did not start";
+        } catch (const std::runtime_error& e) {
+            EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+        }
+    }
+    ::close(holder);
 }
 
 // `farm_test slurm-sum COUNT TASKS JOURNAL`: COUNT squares on a Slurm step of TASKS workers
