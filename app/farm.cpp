@@ -24,6 +24,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "checks.hpp"
 #include "config.hpp"
 #include "control.hpp"
 #include "curve.hpp"
@@ -78,7 +79,7 @@ Mode engine_mode(FarmMode mode) {
 // made them (the journal holds those).
 std::string resume_key(const std::string& type, const Params& params) { return type + '\n' + params.dump(); }
 
-// FarmOptions' remote workers, checked as the coordinator's decide() checks --listen,
+// FarmOptions' heartbeats and remote workers, checked as the coordinator's decide() checks --listen,
 // --keys and --launch slurm, into `config`: std::invalid_argument naming the option.
 void remote_workers(const FarmOptions& options, RunConfig& config) {
     const auto refuse = [](const std::string& option, const std::string& why) {
@@ -89,6 +90,19 @@ void remote_workers(const FarmOptions& options, RunConfig& config) {
     if (!options.listen.empty() && !curve::parse_tcp_endpoint(options.listen, /*wildcard_port=*/true))
         refuse("listen",
                fmt::format("'{}' is not tcp://HOST:PORT (PORT * picks a free one)", printable(options.listen)));
+    if (!(options.heartbeat_interval_s >= 0.001 && options.heartbeat_interval_s <= 3600))
+        refuse("heartbeat_interval_s",
+               fmt::format("{:g} is not from 0.001 to 3600 seconds", options.heartbeat_interval_s));
+    if (!(options.heartbeat_timeout_s >= kMinHeartbeatTimeout && options.heartbeat_timeout_s <= 86'400))
+        refuse("heartbeat_timeout_s", fmt::format("{:g} is not from {:g} to 86400 seconds", options.heartbeat_timeout_s,
+                                                  kMinHeartbeatTimeout));
+    if (options.heartbeat_interval_s * 2 > options.heartbeat_timeout_s)
+        refuse("heartbeat_interval_s",
+               fmt::format("{:g} must be at most half of heartbeat_timeout_s {:g}: a worker is lost when silent for "
+                           "the timeout, so two heartbeats must fit in it",
+                           options.heartbeat_interval_s, options.heartbeat_timeout_s));
+    config.heartbeat_interval_s = options.heartbeat_interval_s;
+    config.heartbeat_timeout_s = options.heartbeat_timeout_s;
     config.listen = options.listen;
     config.wait_workers_s = options.wait_workers_s;
     if (!(options.wait_workers_s > 0)) refuse("wait_workers_s", "must be a number of seconds above 0");

@@ -559,6 +559,47 @@ TEST(Farm, RemoteWorkersStartedByHandRunTheTasksAndAKilledOnesTaskIsRequeued) {
     for (const auto& [id, count] : ok_lines) EXPECT_EQ(count, 1) << "task " << id;
 }
 
+// A remote worker that goes silent (SIGSTOP: a hung machine) is lost after the heartbeat
+// timeout, and the task it held runs again on the other, delivered once.
+TEST(Farm, ASilentRemoteWorkerIsLostAfterTheHeartbeatTimeoutAndItsTaskRunsElsewhere) {
+    taskfarm::testing::TempDir dir;
+    const auto keys = dir / "keys";
+    const auto made = taskfarm::testing::run_binary("coordinator", {"keygen", keys.string()});
+    ASSERT_EQ(made.exit_code, 0) << made.err;
+    const auto pidfile = dir / "pid";
+    Farm farm{{.workers = 0,
+               .heartbeat_interval_s = 0.1,
+               .heartbeat_timeout_s = 1.0,
+               .settings = {{"pidfile", pidfile.string()}},
+               .listen = "tcp://127.0.0.1:*",
+               .keys = keys,
+               .expect_workers = 2}};
+    register_types(farm);
+    for (long x = 0; x < 8; ++x) farm.submit("hold", {{"x", x}});
+    const std::string endpoint = farm.endpoint();
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::vector<std::unique_ptr<taskfarm::testing::Running>> workers;
+    for (const char* name : {"r1", "r2"})
+        workers.push_back(std::make_unique<taskfarm::testing::Running>(
+            self, std::vector<std::string>{"worker", "--connect", endpoint, "--name", name, "--keys", keys.string(),
+                                           "--heartbeat-interval", "0.1"}));
+    ASSERT_TRUE(
+        taskfarm::testing::eventually([&] { return std::filesystem::exists(pidfile); }, std::chrono::seconds(30)));
+    pid_t pid = 0;
+    std::ifstream(pidfile) >> pid;
+    ASSERT_TRUE(pid == workers[0]->pid() || pid == workers[1]->pid()) << pid;
+    ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+    std::map<taskfarm::TaskId, int> seen;
+    for (const auto& result : farm.as_completed<long>()) {
+        ++seen[result.id()];
+        EXPECT_EQ(result.value(), static_cast<long>(result.id()));
+        if (result.id() == 3) EXPECT_EQ(result.attempts(), 2u);
+    }
+    EXPECT_EQ(seen.size(), 8u);
+    for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << "task " << id;
+    ::kill(pid, SIGKILL);
+}
+
 // Remote-worker options that cannot work are refused at the first submit, naming the option,
 // before anything starts: the coordinator's rules for --listen, --keys and --launch slurm.
 TEST(Farm, BadRemoteWorkerOptionsAreRefusedNamingTheOption) {
@@ -573,6 +614,9 @@ TEST(Farm, BadRemoteWorkerOptionsAreRefusedNamingTheOption) {
         {{.workers = 0}, "FarmOptions::workers: 0 starts no worker"},
         {{.workers = 0, .listen = "tcp://127.0.0.1:*", .insecure = true}, "FarmOptions::expect_workers: "},
         {{.expect_workers = 2}, "FarmOptions::expect_workers: is for remote workers"},
+        {{.heartbeat_interval_s = 2, .heartbeat_timeout_s = 3},
+         "FarmOptions::heartbeat_interval_s: 2 must be at most half"},
+        {{.heartbeat_timeout_s = 0.01}, "FarmOptions::heartbeat_timeout_s: 0.01 is not from 0.1"},
         {{.insecure = true, .slurm = taskfarm::SlurmStep{.tasks = 2}}, "FarmOptions::insecure: cannot go with a Slurm"},
         {{.slurm = taskfarm::SlurmStep{}}, "FarmOptions::slurm: tasks 0 means $SLURM_NTASKS, which is not set"},
         {{.slurm = taskfarm::SlurmStep{.tasks = 1, .args = "--x='open"}}, "FarmOptions::slurm: cannot split args"},

@@ -67,7 +67,12 @@ struct FarmOptions {
     std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
     std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never
     int max_attempts = 3;                    // tries of a task whose worker died under it
-    Json settings = Json::object();          // Context::settings() of every task
+    // Heartbeats both ways between the farm and each worker process: one silent for the timeout
+    // (a hung or unplugged machine, a stopped process) is lost, its tasks requeued (as the
+    // coordinator's --heartbeat-interval and --heartbeat-timeout; at least two fit in a timeout).
+    double heartbeat_interval_s = 0.2;
+    double heartbeat_timeout_s = 2.0;
+    Json settings = Json::object();  // Context::settings() of every task
     // submit() waits when this many submitted tasks have not been handed to a worker yet
     // (until half of them have been), so that a program submitting a million tasks holds a
     // bounded queue.
