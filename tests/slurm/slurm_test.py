@@ -350,6 +350,21 @@ class SlurmFarm(SlurmCase):
         self.assertIn("srun exited with status 0", self.output(job, "err"))
         self.assert_nothing_left()
 
+    def test_a_farm_outside_an_allocation_has_srun_allocate_its_step(self):
+        farm_test = Path(os.environ["TASKFARM_FARM_TEST"])
+        results = self.dir / "run.jsonl"
+        # SlurmStep{.tasks = 2, .args = "--time=5"}: srun allocates the two workers itself.
+        done = subprocess.run([str(farm_test), "slurm-sum", "100", "2", str(results)], cwd=self.dir, env=self.env,
+                              timeout=WAIT_S, capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout, "328350\n")  # 0^2 + ... + 99^2
+        self.assertIn("--ntasks=2", done.stderr)
+        self.assertIn("--time=5", done.stderr)
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(100)))
+        self.assertLessEqual(len({line["worker"] for line in lines}), 2)
+        self.assert_nothing_left()
+
 
 class SlurmAlloc(SlurmCase):
     """coordinator --alloc slurm, run outside any allocation: it submits its own with sbatch."""
