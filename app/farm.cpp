@@ -81,7 +81,7 @@ std::string resume_key(const std::string& type, const Params& params) { return t
 
 // FarmOptions' heartbeats and remote workers, checked as the coordinator's decide() checks --listen,
 // --keys and --launch slurm, into `config`: std::invalid_argument naming the option.
-void remote_workers(const FarmOptions& options, RunConfig& config) {
+void worker_options(const FarmOptions& options, RunConfig& config) {
     const auto refuse = [](const std::string& option, const std::string& why) {
         throw std::invalid_argument(fmt::format("FarmOptions::{}: {}", option, why));
     };
@@ -386,7 +386,7 @@ private:
         // resumed, throw before anything starts.
         config_.modes = {engine_mode(options_.mode)};
         config_.workers = options_.workers;
-        remote_workers(options_, config_);
+        worker_options(options_, config_);
         std::unique_ptr<JournalSink> journal = open_journal();
         started_ = true;
         wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -6,8 +6,8 @@
 #include <spdlog/spdlog.h>
 
 #include "errors.hpp"
-#include "process_pool.hpp"
 #include "mode_runners.hpp"
+#include "process_pool.hpp"
 #include "processes.hpp"
 
 namespace taskfarm {
