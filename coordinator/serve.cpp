@@ -44,6 +44,7 @@
 #include "errors.hpp"
 #include "journal_line.hpp"
 #include "journal_report.hpp"
+#include "listener.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
@@ -267,6 +268,16 @@ public:
                 fmt::format("--socket '{}': cannot bind: {}", printable(config_.socket.string()), e.what()));
         }
         ::chmod(config_.socket.c_str(), 0600);
+        // Clients over tcp: CURVE, and only keys the ZAP handler knows; the ipc endpoint bound
+        // above stays plaintext, for this user only.
+        std::optional<Listener> tcp;
+        if (!config_.listen_clients.empty()) {
+            try {
+                tcp.emplace(context, router, ListenConfig{config_.listen_clients, config_.client_keys});
+            } catch (const ConfigError& e) {
+                throw ConfigError(fmt::format("--listen-clients: {}", e.what()));
+            }
+        }
 
         Plan plan;
         plan.source = std::make_shared<Source>(*this);
@@ -290,6 +301,7 @@ public:
             std::lock_guard lock(mutex_);
             fmt::print(stderr, "serving {} with {} workers; state in {} ({} job(s) from it)\n", config_.socket.string(),
                        config_.workers, config_.state.string(), jobs_.size());
+            if (tcp) fmt::print(stderr, "clients over tcp at {}\n", tcp->describe());
         }
         std::fflush(stderr);
 

@@ -4,9 +4,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "coordinator.hpp"
+#include "curve.hpp"
 #include "resources.hpp"
 
 namespace taskfarm {
@@ -22,6 +24,10 @@ struct ServeConfig {
     // What the workers have, together (--worker-resources, --gpus): a task's "resources" are
     // taken from it while it runs (docs/resources.md).
     std::shared_ptr<const LocalResources> resources = std::make_shared<const LocalResources>();
+    // --listen-clients tcp://ADDR:PORT with --keys DIR: clients over tcp, CURVE, each holding a
+    // key authorised in DIR (worker.public, as `coordinator keygen` writes it). Empty: none.
+    std::string listen_clients;
+    std::optional<curve::ServerKeys> client_keys;
 };
 
 // Runs the server until SIGINT/SIGTERM/SIGHUP; its exit code. Throws ConfigError for a bad

@@ -29,6 +29,7 @@
 
 #include "flag_checks.hpp"
 #include "config.hpp"
+#include "curve.hpp"
 #include "errors.hpp"
 #include "journal_report.hpp"
 #include "json_msgpack.hpp"
@@ -130,30 +131,56 @@ int connect_error(const fs::path& path) {
     return error;
 }
 
+// Where a client finds the server: the local socket, or --connect tcp://HOST:PORT with
+// --keys DIR (worker.secret and coordinator.public, as `coordinator keygen` writes them).
+struct ServerAddress {
+    fs::path socket;
+    std::string connect;
+    fs::path keys;
+};
+
 // A client's connection: one request at a time, each with a number its reply carries back,
 // so that a late reply to an earlier request (the server was slow, or restarted) is dropped.
 class Client {
 public:
-    explicit Client(fs::path socket) : socket_path_(std::move(socket)) {
-        const fs::path dir = socket_path_.parent_path();
+    explicit Client(const ServerAddress& address) {
+        if (!address.connect.empty()) {
+            // Over tcp only with keys: the server admits no one else, and a client without
+            // them would only wait for a handshake that never ends.
+            if (address.keys.empty())
+                throw ConfigError("--connect needs --keys DIR: the server admits only clients holding a key it knows");
+            try {
+                keys_ = curve::read_client_keys(address.keys);
+            } catch (const std::runtime_error& e) {
+                throw ConfigError(fmt::format("--keys: {}", e.what()));
+            }
+            endpoint_ = address.connect;
+            where_ = address.connect;
+            connect();
+            return;
+        }
+        const fs::path socket_path = fs::absolute(address.socket);
+        endpoint_ = "ipc://" + socket_path.string();
+        where_ = socket_path.string();
+        const fs::path dir = socket_path.parent_path();
         // Only a directory of this user's, 0700: another user's could hold a server that
         // reads what we submit.
         if (const std::string why = service::untrusted(dir); !why.empty())
-            throw ConfigError(fmt::format("--socket '{}': its directory {}", printable(socket_path_.string()), why));
+            throw ConfigError(fmt::format("--socket '{}': its directory {}", printable(socket_path.string()), why));
         struct stat info {};
-        if (::lstat(socket_path_.c_str(), &info) != 0 || !S_ISSOCK(info.st_mode))
+        if (::lstat(socket_path.c_str(), &info) != 0 || !S_ISSOCK(info.st_mode))
             throw ConfigError(
                 fmt::format("--socket '{}': no server there (start one with `coordinator serve "
                             "--socket {}`)",
-                            printable(socket_path_.string()), printable(socket_path_.string())));
+                            printable(socket_path.string()), printable(socket_path.string())));
         // A socket left by a server that died: nobody listens, and ZeroMQ would wait for one
         // in silence. Asked once here, it is said at once, as for no socket at all.
-        if (const int error = connect_error(socket_path_); error != 0)
+        if (const int error = connect_error(socket_path); error != 0)
             throw ConfigError(
                 fmt::format("--socket '{}': no server there ({}{}; start one with `coordinator serve --socket {}`)",
-                            printable(socket_path_.string()), std::strerror(error),
+                            printable(socket_path.string()), std::strerror(error),
                             error == ECONNREFUSED ? ": the socket is left from a server that is gone" : "",
-                            printable(socket_path_.string())));
+                            printable(socket_path.string())));
         connect();
     }
 
@@ -164,7 +191,7 @@ public:
     std::uint64_t post(json request) {
         request["seq"] = ++seq_;
         if (!wire::send(*socket_, service::encode(request)))
-            throw RunError(fmt::format("cannot send to the server at {}", socket_path_.string()));
+            throw RunError(fmt::format("cannot send to the server at {}", where_));
         return seq_;
     }
 
@@ -194,9 +221,7 @@ public:
                 if (said) fmt::print(stderr, "the server answers again\n");
                 return *reply;
             }
-            if (!said)
-                fmt::print(stderr, "the server at {} does not answer; asking again until it does\n",
-                           socket_path_.string());
+            if (!said) fmt::print(stderr, "the server at {} does not answer; asking again until it does\n", where_);
             said = true;
             connect();
         }
@@ -208,9 +233,7 @@ public:
     std::jthread keep_alive(json request, std::chrono::duration<double> period) {
         request["seq"] = 0;
         return std::jthread([this, frame = service::encode(request), period](std::stop_token stop) {
-            zmq::socket_t socket(context_, zmq::socket_type::dealer);
-            wire::configure(socket, zmq::socket_type::dealer);
-            socket.connect("ipc://" + socket_path_.string());
+            zmq::socket_t socket = open_socket();
             std::mutex mutex;
             std::condition_variable_any wake;
             std::unique_lock lock(mutex);
@@ -229,20 +252,31 @@ public:
     json ask_once(const json& request) {
         auto reply = ask(request);
         if (!reply)
-            throw RunError(fmt::format("the server at {} did not answer within {} s", socket_path_.string(),
-                                       service::kSilence.count() / 1000));
+            throw RunError(fmt::format("the server at {} did not answer within {} s{}", where_,
+                                       service::kSilence.count() / 1000,
+                                       keys_ ? " (over tcp: a server that does not know this client's key "
+                                               "never answers it; are --keys the server's?)"
+                                             : ""));
         return *reply;
     }
 
 private:
-    void connect() {
-        socket_.reset();
-        socket_.emplace(context_, zmq::socket_type::dealer);
-        wire::configure(*socket_, zmq::socket_type::dealer);
-        socket_->connect("ipc://" + socket_path_.string());
+    zmq::socket_t open_socket() {
+        zmq::socket_t socket(context_, zmq::socket_type::dealer);
+        wire::configure(socket, zmq::socket_type::dealer);
+        if (keys_) wire::configure_curve_client(socket, *keys_);
+        socket.connect(endpoint_);
+        return socket;
     }
 
-    fs::path socket_path_;
+    void connect() {
+        socket_.reset();
+        socket_.emplace(open_socket());
+    }
+
+    std::string endpoint_;  // ipc://PATH or tcp://HOST:PORT
+    std::string where_;     // for messages
+    std::optional<curve::ClientKeys> keys_;
     zmq::context_t context_{1};
     std::optional<zmq::socket_t> socket_;
     std::uint64_t seq_ = 0;
@@ -257,6 +291,9 @@ void check(const json& reply, const std::string& what) {
 // A job id as submit printed it.
 const CLI::Validator kJobId = whole_number("JOB");
 
+// A client's --socket, and --connect with --keys for a server over tcp.
+void add_address_options(CLI::App& app, ServerAddress& address);
+
 void add_socket_option(CLI::App& app, fs::path& socket) {
     socket = service::default_socket();
     app.add_option("--socket", socket,
@@ -265,6 +302,25 @@ void add_socket_option(CLI::App& app, fs::path& socket) {
         ->capture_default_str()
         ->check(CLI::Validator([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, ""))
         ->type_name("PATH");
+}
+
+void add_address_options(CLI::App& app, ServerAddress& address) {
+    add_socket_option(app, address.socket);
+    auto* connect =
+        app.add_option("--connect", address.connect,
+                       "a server over tcp (serve --listen-clients), instead of --socket: tcp://HOST:PORT, with --keys")
+            ->check(CLI::Validator(
+                [](std::string& text) -> std::string {
+                    return curve::parse_tcp_endpoint(text, /*wildcard_port=*/false)
+                               ? ""
+                               : fmt::format("'{}' is not tcp://HOST:PORT", printable(text, 100));
+                },
+                "ENDPOINT"))
+            ->type_name("ENDPOINT");
+    app.add_option("--keys", address.keys,
+                   "with --connect: the key directory of `coordinator keygen` (worker.secret, coordinator.public)")
+        ->needs(connect)
+        ->type_name("DIR");
 }
 
 // Parses argv with `app`; an exit code for --help or a bad flag, nullopt to go on.
@@ -347,6 +403,23 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
                    "killed or interrupted); a live client says so every quarter of it")
         ->check(seconds_between(0.1, 3600))
         ->capture_default_str();
+    std::string keys;
+    auto* listen = app.add_option("--listen-clients", config.listen_clients,
+                                  "clients over tcp too (submit/status/... --connect), CURVE-encrypted, with --keys:\n"
+                                  "tcp://ADDR:PORT (port * picks one, said on stderr)")
+                       ->check(CLI::Validator(
+                           [](std::string& text) -> std::string {
+                               return curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)
+                                          ? ""
+                                          : fmt::format("'{}' is not tcp://ADDR:PORT", printable(text, 100));
+                           },
+                           "ENDPOINT"))
+                       ->type_name("ENDPOINT");
+    app.add_option("--keys", keys,
+                   "with --listen-clients: a `coordinator keygen` directory; the server's key is\n"
+                   "coordinator.secret, and it admits the clients holding the secret of worker.public")
+        ->needs(listen)
+        ->type_name("DIR");
     std::string worker_resources;
     std::string gpus;
     app.add_option("--worker-resources", worker_resources,
@@ -360,6 +433,19 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
     app.add_option("--log-level", config.log_level, "spdlog level of the server and its workers");
     app.footer("See docs/service.md.");
     if (auto code = parse(app, argc, argv)) return *code;
+    if (!config.listen_clients.empty()) {
+        // Never plaintext: a client may run any command as this user.
+        if (keys.empty())
+            throw ConfigError("--listen-clients needs --keys DIR: clients over tcp are admitted by key only");
+        if (!curve::available()) throw ConfigError("--listen-clients: this libzmq was built without CURVE support");
+        try {
+            config.client_keys = curve::read_server_keys(keys);
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--keys: {}", e.what()));
+        }
+        if (config.client_keys->workers.empty())
+            throw ConfigError(fmt::format("--keys '{}': no worker.public: no client could be admitted", keys));
+    }
     std::optional<std::vector<std::string>> gpu_ids;
     if (!gpus.empty()) gpu_ids = parse_gpu_list(gpus);
     config.resources = std::make_shared<const LocalResources>(
@@ -373,7 +459,7 @@ void send_tasks(Client& client, const Plan& plan, std::uint64_t job);
 
 int submit_command(const ProgramInfo& program, int argc, const char* const* argv) {
     const Registry& registry = program.registry;
-    fs::path socket;
+    ServerAddress address;
     RunConfig config;
     std::string task;
     std::string name;
@@ -390,7 +476,7 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
                     "command per line, in this directory). Task types: {}.",
                     program.name, registry.names_text())};
     app.name(program.name + " submit");
-    add_socket_option(app, socket);
+    add_address_options(app, address);
     auto* task_option = app.add_option("-t,--task", task, "the tasks' type")->type_name("NAME");
     app.add_option("-n,--tasks", config.tasks, "how many tasks of --task")
         ->check(CLI::Range(1, 100'000'000))
@@ -459,7 +545,7 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
 
     // The tasks' resources are checked, each at its line, against what the server's workers
     // have, as a run checks them against its own (docs/resources.md).
-    Client client(fs::absolute(socket));
+    Client client(address);
     const json server = client.ask_once({{"op", "status"}, {"jobs", false}});
     check(server, "status");
     {
@@ -567,18 +653,18 @@ void print_jobs(const json& jobs) {
 // optional for status), parsed one way for each of status, wait, cancel, explain and logs.
 struct JobCommand {
     CLI::App app;
-    fs::path socket;
+    ServerAddress address;
     std::optional<std::uint64_t> job;
 
     JobCommand(const ProgramInfo& program, const char* name, std::string description, bool job_required)
         : app(std::move(description)) {
         app.name(program.name + " " + name);
-        add_socket_option(app, socket);
+        add_address_options(app, address);
         auto* option = app.add_option("JOB", job, "the job's id, as submit printed it")->check(kJobId);
         if (job_required) option->required();
     }
     // After parse(): the server's connection.
-    Client connect() const { return Client(fs::absolute(socket)); }
+    Client connect() const { return Client(address); }
 };
 
 // `status [JOB]` (the server and its jobs, or one job and why its tasks wait) and `jobs`.

@@ -639,6 +639,41 @@ class Service(unittest.TestCase):
         self.assertIn("no job 99", result.stderr)
         self.stop()
 
+    def test_tcp_clients_with_the_key_can_submit_and_others_are_refused(self):
+        keys, other = self.dir / "keys", self.dir / "other"
+        for where in (keys, other):
+            subprocess.run([COORDINATOR, "keygen", str(where)], check=True, capture_output=True, timeout=WAIT_S)
+        # Never plaintext: --listen-clients without --keys is refused.
+        result = subprocess.run([COORDINATOR, "serve", "--socket", str(self.dir / "x" / "socket"), "--listen-clients",
+                                 "tcp://127.0.0.1:*"], capture_output=True, text=True, timeout=WAIT_S)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--listen-clients needs --keys", result.stderr)
+        self.start(workers=2, args=("--listen-clients", "tcp://127.0.0.1:*", "--keys", str(keys)))
+        log = (self.dir / "server.log").read_text()
+        endpoint = log.split("clients over tcp at ", 1)[1].split()[0]
+        self.assertTrue(endpoint.startswith("tcp://127.0.0.1:"), log)
+
+        def remote(*args, key_dir=keys):
+            command = [COORDINATOR, args[0], "--connect", endpoint, *(["--keys", str(key_dir)] if key_dir else []),
+                       *args[1:]]
+            return subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S, cwd=self.dir)
+
+        result = remote("submit", "--task", "sleep", "--tasks", "3", "--wait", "-q")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        job = int(result.stdout.strip())
+        self.assertEqual(remote("status", str(job)).returncode, 0)
+        self.assertIn("3 ok", remote("logs", str(job)).stdout)
+        # Another key pair: the handshake is refused, the client hears nothing and says so.
+        result = remote("submit", "--task", "sleep", "--tasks", "1", key_dir=other)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("are --keys the server's?", result.stderr)
+        self.assertEqual(result.stdout, "")
+        result = remote("status", key_dir=None)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--connect needs --keys", result.stderr)
+        self.assertEqual(list(self.jobs()), [job])
+        self.stop()
+
     def check_journal(self, job, expected):
         """Each task's one final line in the job's journal, ok or not as `expected` says."""
         results = final_results(self.state / "jobs" / str(job) / "results.jsonl")
