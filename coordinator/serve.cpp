@@ -571,9 +571,12 @@ private:
             unload(job);
             release_dependents();
         }
-        // Only a parked wait needs the loop now, and one wake-up serves every result until
-        // the loop has read it: not a system call and a context switch per result.
-        if (!waits_.empty() && !loop_poked_) {
+        // Only a parked wait that takes this result (not a `wait -q`, which wants the end
+        // only) needs the loop now, and one wake-up serves every result until the loop has
+        // read it: not a system call and a context switch per result.
+        if (!loop_poked_ && !waits_.empty() && std::any_of(waits_.begin(), waits_.end(), [&](const Wait& wait) {
+                return wait.job == job.id && (wait.results || job.done());
+            })) {
             loop_poked_ = true;
             poke(loop_fd_);
         }
@@ -817,9 +820,17 @@ private:
         }
     }
 
-    // A job that is done: its tasks and results leave memory.
-    static void unload(Job& job) {
+    // A job that is done: its tasks and results leave memory. Its results become the one
+    // job's kept for waits (results_of()): a wait that is behind, as most are when a job of
+    // short tasks ends, then does not read them back from the journal (it cost a fifth of
+    // the server's time on 20,000 no-op tasks).
+    void unload(Job& job) {
         job.unloaded = true;
+        if (job.journal == nullptr && job.results.size() == job.total) {
+            cached_results_ = std::move(job.results);
+            cached_sizes_ = std::move(job.sizes);
+            cached_job_ = job.id;
+        }
         std::vector<TaskSpec>().swap(job.tasks);
         std::vector<std::uint8_t>().swap(job.final);
         job.todo.clear();
@@ -1226,7 +1237,10 @@ private:
             if (!job) return refuse(error);
             const json from = request.value("from", json(0));
             if (!from.is_number_unsigned()) return refuse("\"from\" must be a whole number");
-            waits_.push_back({identity, job->id, from.get<std::size_t>(), request.value("seq", json(nullptr)),
+            const json results = request.value("results", json(true));
+            if (!results.is_boolean()) return refuse("\"results\" must be true or false");
+            waits_.push_back({identity, job->id, from.get<std::size_t>(), results.get<bool>(),
+                              request.value("seq", json(nullptr)),
                               std::chrono::steady_clock::now() + service::kWaitPoll});
             poke(loop_fd_);
             return nullptr;
@@ -1264,6 +1278,7 @@ private:
         std::string identity;
         std::uint64_t job;
         std::size_t from;
+        bool results;  // false (wait -q): only the end and the summary
         json seq;
         std::chrono::steady_clock::time_point deadline;
     };
@@ -1276,8 +1291,18 @@ private:
             const auto clock = std::chrono::steady_clock::now();
             for (auto wait = waits_.begin(); wait != waits_.end();) {
                 Job& job = jobs_.at(wait->job);
-                if (!job.done() && job.results.size() <= wait->from && !now && clock < wait->deadline) {
+                if (!job.done() && (!wait->results || job.results.size() <= wait->from) && !now &&
+                    clock < wait->deadline) {
                     ++wait;
+                    continue;
+                }
+                if (!wait->results) {  // no results to read, from memory or the journal
+                    json reply = {{"ok", true},         {"job", job.id},
+                                  {"from", wait->from}, {"results", json::array()},
+                                  {"done", job.done()}, {"summary", summary_of(job)}};
+                    if (!wait->seq.is_null()) reply["seq"] = wait->seq;
+                    replies.emplace_back(wait->identity, service::encode(reply));
+                    wait = waits_.erase(wait);
                     continue;
                 }
                 const std::vector<json>* all = nullptr;

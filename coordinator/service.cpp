@@ -339,7 +339,9 @@ std::optional<int> parse(CLI::App& app, int argc, const char* const* argv) {
 int wait_job(Client& client, std::uint64_t job, bool quiet) {
     std::size_t from = 0;
     while (true) {
-        const json reply = client.ask_until_answered({{"op", "wait"}, {"job", job}, {"from", from}});
+        // Quiet: the server says only when the job is done, and reads no results for it.
+        const json reply =
+            client.ask_until_answered({{"op", "wait"}, {"job", job}, {"from", from}, {"results", !quiet}});
         check(reply, fmt::format("wait {}", job));
         for (const json& result : reply.at("results")) {
             if (!quiet) fmt::print("{}\n", dump(result));
