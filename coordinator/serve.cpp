@@ -124,6 +124,20 @@ std::string contradiction(const std::vector<Dependency>& after) {
     return service::contradiction(ok, not_ok);
 }
 
+// A final result as recorded, made into what a client sees (client_result()) only when a
+// wait asks for it, on the server's loop: not on the engine's thread, which would then hand
+// out tasks more slowly, and never for a job no `wait` without -q reads.
+struct Fresh {
+    TaskId id = 0;
+    std::string kind;
+    bool ok = false;
+    bool cancelled = false;
+    std::uint32_t attempt = 0;
+    std::string worker;
+    json value;
+    std::string error;
+};
+
 struct Job {
     std::uint64_t id = 0;
     std::string name;
@@ -140,8 +154,9 @@ struct Job {
     // `todo`, until each of them is ok; it fails, not run, once one is not (decision 220).
     std::unordered_map<std::uint32_t, std::uint32_t> blocked;                  // task -> how many not done
     std::unordered_map<std::uint32_t, std::vector<std::uint32_t>> dependents;  // task -> those waiting for it
-    std::vector<json> results;                                                 // the final results, in journal order
+    std::vector<json> results;       // the final results, in journal order, as clients see them
     std::vector<std::size_t> sizes;  // each one's size in a reply, near enough
+    std::vector<Fresh> fresh;        // results after those, not made into `results` yet
     std::uint64_t ok = 0;
     std::uint64_t failed = 0;
     std::uint64_t handed = 0;   // handed to the engine, no final result yet
@@ -350,6 +365,12 @@ public:
             }
             answer_waits(router, stopping);
             if (const auto now = std::chrono::steady_clock::now(); now >= next_expiry) {
+                std::vector<std::vector<TaskSpec>> dead;
+                {
+                    std::lock_guard lock(mutex_);
+                    dead.swap(retired_);
+                }
+                dead.clear();  // without the lock
                 drop_silent_submits();
                 next_expiry = now + std::chrono::milliseconds(200);
             }
@@ -559,11 +580,8 @@ private:
         job.final[task.id] = result.ok ? 1 : 2;
         ++job.finished;
         (result.ok ? job.ok : job.failed) += 1;
-        json line = {
-            {"id", task.id},           {"kind", kind_name(result)}, {"ok", result.ok},      {"attempt", result.attempt},
-            {"worker", result.worker}, {"value", result.value},     {"error", result.error}};
-        if (result.cancelled) line["cancelled"] = true;
-        add_result(job.results, job.sizes, client_result(job.id, line));
+        job.fresh.push_back({task.id, kind_name(result), result.ok, result.cancelled, result.attempt, result.worker,
+                             result.value, result.error});
         // Its dependents, which may finish the job (and unload it) themselves.
         if (!job.dependents.empty() && !job.done()) settle(job, static_cast<std::uint32_t>(task.id));
         if (job.done() && !job.unloaded) {
@@ -704,6 +722,23 @@ private:
         cancel_waiting(job, why);
     }
 
+    // The fresh results made into what clients see, after `results`.
+    static void materialize(std::uint64_t job, std::vector<Fresh>& fresh, std::vector<json>& results,
+                            std::vector<std::size_t>& sizes) {
+        for (Fresh& one : fresh) {
+            json line = {{"id", one.id},
+                         {"kind", std::move(one.kind)},
+                         {"ok", one.ok},
+                         {"attempt", one.attempt},
+                         {"worker", std::move(one.worker)},
+                         {"value", std::move(one.value)},
+                         {"error", std::move(one.error)}};
+            if (one.cancelled) line["cancelled"] = true;
+            add_result(results, sizes, client_result(job, line));
+        }
+        fresh.clear();
+    }
+
     static void add_result(std::vector<json>& results, std::vector<std::size_t>& sizes, json result) {
         // The size it takes in a reply, near enough (strings counted whole, as msgpack holds them).
         const std::size_t size = 64 + result["value"].dump(-1, ' ', false, json::error_handler_t::replace).size() +
@@ -826,11 +861,15 @@ private:
     // the server's time on 20,000 no-op tasks).
     void unload(Job& job) {
         job.unloaded = true;
-        if (job.journal == nullptr && job.results.size() == job.total) {
+        if (job.journal == nullptr && job.results.size() + job.fresh.size() == job.total) {
             cached_results_ = std::move(job.results);
             cached_sizes_ = std::move(job.sizes);
+            cached_fresh_ = std::move(job.fresh);
             cached_job_ = job.id;
         }
+        // Freed by the loop, not here on the engine's thread (20,000 tasks take a while).
+        retired_.push_back(std::move(job.tasks));
+        std::vector<Fresh>().swap(job.fresh);
         std::vector<TaskSpec>().swap(job.tasks);
         std::vector<std::uint8_t>().swap(job.final);
         job.todo.clear();
@@ -843,14 +882,19 @@ private:
     // Under mutex_: the results a wait reads, from memory or, for a job that is done, from its
     // journal (the last one read is kept, as a wait reads a job's results chunk by chunk).
     std::pair<const std::vector<json>*, const std::vector<std::size_t>*> results_of(Job& job) {
-        if (!job.unloaded) return {&job.results, &job.sizes};
+        if (!job.unloaded) {
+            materialize(job.id, job.fresh, job.results, job.sizes);
+            return {&job.results, &job.sizes};
+        }
         if (cached_job_ != job.id) {
             cached_results_.clear();
             cached_sizes_.clear();
+            cached_fresh_.clear();
             cached_job_ = 0;
             read_results(job, cached_results_, cached_sizes_);
             cached_job_ = job.id;
         }
+        materialize(job.id, cached_fresh_, cached_results_, cached_sizes_);
         return {&cached_results_, &cached_sizes_};
     }
 
@@ -1291,7 +1335,7 @@ private:
             const auto clock = std::chrono::steady_clock::now();
             for (auto wait = waits_.begin(); wait != waits_.end();) {
                 Job& job = jobs_.at(wait->job);
-                if (!job.done() && (!wait->results || job.results.size() <= wait->from) && !now &&
+                if (!job.done() && (!wait->results || job.results.size() + job.fresh.size() <= wait->from) && !now &&
                     clock < wait->deadline) {
                     ++wait;
                     continue;
@@ -1362,11 +1406,13 @@ private:
     std::map<std::string, std::uint64_t> in_use_;  // resources the tasks handed out hold
     TaskId next_task_ = 0;
     bool shutting_down_ = false;
-    std::vector<Wait> waits_;  // parked waits, under mutex_
-    bool loop_poked_ = false;
+    std::vector<Wait> waits_;       // parked waits, under mutex_
+    bool loop_poked_ = false;       // loop_fd_ was written and the loop has not read it yet
     std::uint64_t cached_job_ = 0;  // whose results below are read back from its journal; 0: none
     std::vector<json> cached_results_;
-    std::vector<std::size_t> cached_sizes_;  // loop_fd_ was written and the loop has not read it yet
+    std::vector<std::size_t> cached_sizes_;
+    std::vector<Fresh> cached_fresh_;
+    std::vector<std::vector<TaskSpec>> retired_;  // tasks of jobs done, for the loop to free
     CancelBoard cancels_;
 };
 
