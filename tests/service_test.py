@@ -674,6 +674,31 @@ class Service(unittest.TestCase):
         self.assertEqual(list(self.jobs()), [job])
         self.stop()
 
+    def test_explain_says_a_job_of_higher_priority_goes_first(self):
+        # One worker, busy with a long task: the next jobs' tasks all wait in the server.
+        self.start(workers=1)
+        busy = self.submit("--inputs", str(self.inputs("busy", 1)), "--command", "sleep 30; : {}")
+        wait_until(lambda: self.jobs()[busy]["running"] == 1, "the long task to start")
+        low = self.submit("--task", "sleep", "--tasks", "4")
+        high = self.submit("--task", "sleep", "--tasks", "4", "--priority", "5")
+        # The worker may hold a task or two ahead of the one it runs; the next of the low job's
+        # waits for the high job's, and the one after it for that one.
+        why = [self.client("explain", str(low), str(task), check=True).stdout.strip() for task in range(4)]
+        held = sum("prefetch" in line for line in why)
+        self.assertLess(held, 3, why)
+        self.assertTrue(all("prefetch" in line for line in why[:held]), why)
+        self.assertEqual(why[held], f"task {held}: job {high} has priority 5, above this job's 0: its tasks go first")
+        self.assertIn(f"task {held + 1}: 1 task(s) of this job go before it; the next of them: job {high} has priority",
+                      why[held + 1])
+        result = self.client("explain", str(low), "7")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(f"job {low} has no task 7", result.stderr)
+        self.client("cancel", str(busy), check=True)
+        for job in (low, high):
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        self.assertIn(f"job {low} is done: ok", self.client("explain", str(low), check=True).stdout)
+        self.stop()
+
     def check_journal(self, job, expected):
         """Each task's one final line in the job's journal, ok or not as `expected` says."""
         results = final_results(self.state / "jobs" / str(job) / "results.jsonl")
