@@ -389,6 +389,8 @@ class Service(unittest.TestCase):
             result = self.client(*args)
             self.assertEqual(result.returncode, 2, (args, result.stderr))
             self.assertIn(text, result.stderr, args)
+        # A refused submit leaves no job behind, at once (not after --submit-timeout, 10 s).
+        self.assertEqual(list((self.state / "jobs").iterdir()), [])
         for args, text in ((["--drain-timeout", "nan"], "--drain-timeout"), (["--socket", ""], "--socket"),
                            (["--worker-resources", "gpu=2"], "--gpus"), (["--gpus", "0,0"], "--gpus"),
                            (["--submit-timeout", "0"], "--submit-timeout")):
