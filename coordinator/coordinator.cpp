@@ -738,10 +738,11 @@ int coordinator_main(const ProgramInfo& program, int argc, const char* const* ar
     // of a signal that kills us with workers running and the socket directory left behind.
     // Workers get the default back (process_pool.cpp).
     ::signal(SIGPIPE, SIG_IGN);
-    if (auto code = service_main(program, argc, argv)) return *code;  // serve, submit, wait... (service.hpp)
-    auto parsed = parse_cli(program, argc, argv);
-    if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {
+        // serve, submit, wait... (service.hpp): their errors end here too, as a run's do.
+        if (auto code = service_main(program, argc, argv)) return *code;
+        auto parsed = parse_cli(program, argc, argv);
+        if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
         if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
         if (auto* report = std::get_if<ReportConfig>(&parsed)) return journal_report(*report);
         if (auto* cancel = std::get_if<CancelConfig>(&parsed)) return static_cast<int>(cancel_tasks(*cancel));
