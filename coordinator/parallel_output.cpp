@@ -90,23 +90,41 @@ void write_file(const std::filesystem::path& path, const std::string& text) {
 }  // namespace
 
 ParallelOutput::~ParallelOutput() {
-    if (plan_fd >= 0) ::close(plan_fd);
     std::error_code ec;
     if (spool_dir.empty()) return;
     std::filesystem::remove_all(spool_dir, ec);
     forget_temp_dir(spool_dir);
 }
 
+void ParallelOutput::add(std::uint64_t id, ParallelJob job) const {
+    std::lock_guard lock(mutex_);
+    jobs_.insert_or_assign(id, std::move(job));
+}
+
+ParallelJob ParallelOutput::job(std::uint64_t id, bool last) const {
+    std::lock_guard lock(mutex_);
+    const auto found = jobs_.find(id);
+    if (found == jobs_.end()) {
+        ParallelJob none;
+        none.seq = id + 1;
+        return none;
+    }
+    if (!last) return found->second;
+    ParallelJob job = std::move(found->second);
+    jobs_.erase(found);
+    return job;
+}
+
 ParallelSink::ParallelSink(const ParallelOutput& output, std::FILE* out) : output_(output), out_(out) {
     if (output_.joblog == "-") {
         joblog_ = out_;  // `-` is stdout, as everywhere (and as parallel's --joblog -)
     } else if (!output_.joblog.empty()) {
-        joblog_ = std::fopen(output_.joblog.c_str(), "we");  // close-on-exec
+        joblog_ = std::fopen(output_.joblog.c_str(), output_.joblog_append ? "ae" : "we");  // close-on-exec
         if (!joblog_)
             throw ConfigError(fmt::format("--joblog: cannot write '{}': {}", printable(output_.joblog.string()),
                                           std::strerror(errno)));
     }
-    if (joblog_) {
+    if (joblog_ && !output_.joblog_append) {
         std::fputs("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n", joblog_);
         std::fflush(joblog_);
     }
@@ -143,28 +161,26 @@ void ParallelSink::failed() {
     if (on_closed_) on_closed_();
 }
 
-void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
+void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
+    const ParallelJob job = output_.job(result.id, !result.retrying);
     // --pipe: a job's chunk is not needed once it has its last try.
-    if (!result.retrying && !output_.spool_dir.empty() && task.params.is_object())
-        if (const auto in = task.params.find("stdin"); in != task.params.end() && in->is_string())
-            ::unlink(in->get_ref<const std::string&>().c_str());
+    if (!result.retrying && !job.stdin_path.empty()) ::unlink(job.stdin_path.c_str());
     // After --halt now the running jobs were killed: parallel shows none of them. After --halt
     // soon they finish, and their output, joblog lines and results are kept as any job's.
     const bool halted_before = halted_;
     if (result.retrying || (halted_ && output_.halt.when == ParallelHalt::When::Now)) return remove_files(result);
-    const std::uint64_t job = result.id;
-    const std::string command = job < output_.commands.size() ? output_.commands[job] : std::string();
+    const std::string& command = job.command;
     Finished finished;
     std::string out_cut, err_cut;
     finished.out = stream(result, "stdout", out_cut);
     finished.err = stream(result, "stderr", err_cut);
-    const std::string results_out = output_.results_dirs.empty() ? std::string() : finished.out;
-    const std::string results_err = output_.results_dirs.empty() ? std::string() : finished.err;
+    const std::string results_out = job.results_dir.empty() ? std::string() : finished.out;
+    const std::string results_err = job.results_dir.empty() ? std::string() : finished.err;
     // Never silent: a cut stream is said on stderr after the job's own, and fails the run.
     for (const std::string* cut : {&out_cut, &err_cut})
         if (!cut->empty()) {
-            finished.err += output_.commands.empty() ? fmt::format("taskfarm: task {}: {}\n", job, *cut)
-                                                     : fmt::format("parallel: job {}: {}\n", job + 1, *cut);
+            finished.err += output_.named_jobs ? fmt::format("parallel: job {}: {}\n", job.seq, *cut)
+                                               : fmt::format("taskfarm: task {}: {}\n", result.id, *cut);
             ++cut_;
         }
     if (result.error.starts_with("timed out"))
@@ -174,11 +190,11 @@ void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
             command);
     // No command ran (a worker died, say): `coordinator parallel` says so; --output plain
     // has the result line on stderr for it.
-    if (!result.ok && finished.err.empty() && !result.value.is_object() && !output_.commands.empty())
-        finished.err = fmt::format("parallel: job {} failed: {}\n", job + 1, result.error);
-    if (!output_.tags.empty() && job < output_.tags.size()) {
-        finished.out = tagged(finished.out, output_.tags[job]);
-        finished.err = tagged(finished.err, output_.tags[job]);
+    if (!result.ok && finished.err.empty() && !result.value.is_object() && output_.named_jobs)
+        finished.err = fmt::format("parallel: job {} failed: {}\n", job.seq, result.error);
+    if (output_.tagged) {
+        finished.out = tagged(finished.out, job.tag);
+        finished.err = tagged(finished.err, job.tag);
     }
     if (output_.verbose) finished.out = command + "\n" + finished.out;
     const int signal = signal_number(result.value);
@@ -194,20 +210,20 @@ void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     if (joblog_) {
         const double start = std::chrono::duration<double>(began_.time_since_epoch()).count() + result.start_s;
         finished.joblog =
-            fmt::format("{}\t:\t{:.3f}\t{:10.3f}\t0\t{}\t{}\t{}\t{}\n", job + 1, start, result.run_time.count(),
+            fmt::format("{}\t:\t{:.3f}\t{:10.3f}\t0\t{}\t{}\t{}\t{}\n", job.seq, start, result.run_time.count(),
                         result.value.is_object() ? result.value.value("stdout_bytes", 0) : 0, signal > 0 ? 0 : status,
                         signal, command);
     }
-    if (!output_.results_dirs.empty() && job < output_.results_dirs.size()) {
-        const std::filesystem::path dir = output_.results_dirs[job];
+    if (!job.results_dir.empty()) {
+        const std::filesystem::path dir = job.results_dir;
         std::error_code ec;
         std::filesystem::create_directories(dir, ec);
-        write_file(dir / "seq", std::to_string(job + 1));
+        write_file(dir / "seq", std::to_string(job.seq));
         write_file(dir / "stdout", results_out);
         write_file(dir / "stderr", results_err);
     }
     if (output_.keep_order) {
-        waiting_.emplace(job, std::move(finished));
+        waiting_.emplace(result.id, std::move(finished));
         for (auto next = waiting_.find(next_); next != waiting_.end(); next = waiting_.find(next_)) {
             write(next->second);
             waiting_.erase(next);
@@ -239,19 +255,20 @@ void ParallelSink::check_halt(const TaskResult& result, int status) {
     const bool relevant = halt.on == ParallelHalt::On::Completed || (halt.on == ParallelHalt::On::Fail) != result.ok;
     if (!relevant) return;
     // As parallel: N% of the jobs is a number of jobs, not rounded.
-    const double needed = halt.percent ? halt.count / 100.0 * static_cast<double>(output_.commands.size()) : halt.count;
+    const double needed =
+        halt.percent ? halt.count / 100.0 * static_cast<double>(output_.total.value_or(done_)) : halt.count;
     if (static_cast<double>(counted) < needed) return;
     halted_ = true;
     // As parallel: the job's own status when one job was needed (fail=1, or N% of the jobs
     // is one), the share of failed jobs in percent (rounded up) for fail=N%, the number
     // failed for fail=N; done=... as fail=...; 0 after success=...
-    if (halt.on == ParallelHalt::On::Success)
+    if (halt.on == ParallelHalt::On::Success || needed == 0)
         halt_status_ = 0;
     else if (needed == 1)
         halt_status_ = status;
     else if (halt.percent)
         halt_status_ = static_cast<int>(
-            std::ceil(static_cast<double>(failed_) * 100.0 / static_cast<double>(output_.commands.size())));
+            std::ceil(static_cast<double>(failed_) * 100.0 / static_cast<double>(output_.total.value_or(done_))));
     else
         halt_status_ = static_cast<int>(std::min<std::size_t>(failed_, 101));
     if (on_halt_) on_halt_(halt.when == ParallelHalt::When::Now);
@@ -263,6 +280,8 @@ void ParallelSink::flush_() {
 
 int ParallelSink::exit_status() const {
     if (halted_) return halt_status_ != 0 || cut_ == 0 ? halt_status_ : 1;
+    // As parallel: --halt ...=0 or =0% that never halted exits 0.
+    if (output_.halt.when != ParallelHalt::When::Never && output_.halt.count == 0) return cut_ > 0 ? 1 : 0;
     // As parallel: with --halt ...=N% that never halted, the share of failed jobs in percent.
     if (output_.halt.when != ParallelHalt::When::Never && output_.halt.percent && done_ > 0 && failed_ + cut_ > 0)
         return static_cast<int>(std::ceil(static_cast<double>(failed_ + cut_) * 100.0 / static_cast<double>(done_)));
