@@ -76,11 +76,12 @@ struct Options {
     double delay_s = 0;         // --delay: between the starts of jobs
     bool resume = false, resume_failed = false;
     std::vector<std::string> arg_files;
-    std::string replace = "{}";    // -I STR: what stands for the whole input
-    bool no_run_if_empty = false;  // -r
-    std::string trim = "n";        // --trim n|l|r|lr|rl
-    std::string wd;                // --wd DIR
-    bool pipe = false;             // --pipe: each job's stdin is a chunk of ours
+    std::string replace = "{}";                            // -I STR: what stands for the whole input
+    bool no_run_if_empty = false;                          // -r
+    std::string trim = "n";                                // --trim n|l|r|lr|rl
+    std::string wd;                                        // --wd DIR
+    bool pipe = false;                                     // --pipe: each job's stdin is a chunk of ours
+    ParallelOutput::Live live = ParallelOutput::Live::No;  // --line-buffer, --ungroup
     std::size_t block = 1024 * 1024;
     std::optional<std::string> recstart, recend;  // neither: a record ends with "\n"
 };
@@ -103,8 +104,9 @@ constexpr char kHelp[] =
     "with the command as now given), --results DIR, --retries N (tries in all), --timeout S (also 1m30s;\n"
     "0: none), --delay S (between job starts), --group, --link, -a FILE; --pipe with --block SIZE (1.5M,\n"
     "100k, 1Mi; 0: 1M), --recstart STR, --recend STR, -N N (each job's standard input is a chunk of ours,\n"
-    "cut after a record's end). A job's output comes whole when it ends, byte for byte, however long:\n"
-    "--line-buffer, --ungroup and {{= perl =}} are refused.\n"
+    "cut after a record's end). A job's output comes whole when it ends (--group), byte for byte, however\n"
+    "long; --line-buffer: line by line as it comes, lines of jobs mixed; --ungroup (-u): as it comes (with\n"
+    "-k both are --group). {{= perl =}} is refused.\n"
     "Any other option: exit 2 naming it. Exit status: the number of failed jobs (at most 101), a job whose\n"
     "output could not be written whole counted as failed; with --halt on failure, as parallel's; 255 where\n"
     "parallel takes a value and then fails with 255 (--block -1).\n";
@@ -399,9 +401,6 @@ std::string results_name(const std::string& value) {
 // What to use instead of an option of parallel's that users type often and that is not
 // taken; "" for any other.
 std::string refused(const std::string& name) {
-    if (name == "line-buffer" || name == "lb" || name == "u" || name == "ungroup")
-        return "a job's output comes whole when it ends, never mixed with another's (as --group); leave the "
-               "option out, or have each job write a file of its own ('CMD > out.{#}') to watch it as it runs";
     if (name == "pipepart" || name == "roundrobin" || name == "round-robin" || name == "cat" || name == "fifo")
         return "use --pipe (with --block SIZE) and read the chunk from standard input";
     if (name == "S" || name == "sshlogin" || name == "slf" || name == "sshloginfile" || name == "transfer" ||
@@ -1043,6 +1042,10 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                     options.no_run_if_empty = true;
                 else if (name == "pipe" || name == "spreadstdin")
                     options.pipe = true;
+                else if (name == "line-buffer" || name == "lb")
+                    options.live = ParallelOutput::Live::Lines;
+                else if (name == "u" || name == "ungroup")
+                    options.live = ParallelOutput::Live::Bytes;
                 else if (name == "resume")
                     options.resume = true;
                 else if (name == "resume-failed")
@@ -1187,6 +1190,8 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         output->named_jobs = true;
         output->tagged = options.tag || options.tagstring.has_value();
         output->keep_order = options.keep_order;
+        // With -k the output comes in job order, each job's whole (--line-buffer's bytes, later).
+        output->live = options.keep_order ? ParallelOutput::Live::No : options.live;
         output->verbose = options.verbose;
         output->joblog = joblog;
         output->joblog_append = joblog_append;

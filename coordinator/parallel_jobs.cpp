@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "errors.hpp"
+#include "parallel_cli.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
@@ -148,6 +149,11 @@ std::optional<std::uint64_t> ParallelJobs::counted() const {
 
 TaskSpec ParallelJobs::task_of(ParallelJob job) {
     Json params{{"shell", job.command}};
+    // --line-buffer, --ungroup: the job writes to files that the sink copies out as they grow.
+    if (output_->live != ParallelOutput::Live::No)
+        params["shell"] =
+            fmt::format("{{ {}\n}} >{} 2>{}", job.command, parallel::quote(output_->live_path(made_, "out").string()),
+                        parallel::quote(output_->live_path(made_, "err").string()));
     if (!cwd_.empty()) params["cwd"] = cwd_;
     if (!job.stdin_path.empty()) params["stdin"] = job.stdin_path;
     TaskSpec task;

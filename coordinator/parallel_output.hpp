@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -40,12 +41,16 @@ struct ParallelJob {
 // puts each job here as it makes its task (add), and the sink takes it at its last result
 // (take), so only the jobs under way are held, however long the input.
 struct ParallelOutput {
-    bool named_jobs = false;       // `coordinator parallel`: messages say "parallel: job N" (else --output plain's)
-    bool tagged = false;           // --tag/--tagstring
-    bool keep_order = false;       // -k
-    bool verbose = false;          // -v: the command before its output
-    std::filesystem::path joblog;  // --joblog FILE; empty: none
-    bool joblog_append = false;    // --joblog +FILE, or --resume of a joblog: no header, appended
+    bool named_jobs = false;  // `coordinator parallel`: messages say "parallel: job N" (else --output plain's)
+    bool tagged = false;      // --tag/--tagstring
+    bool keep_order = false;  // -k
+    // --line-buffer (whole lines) or --ungroup (bytes as they come): each job's stdout and
+    // stderr go to files of spool_dir (live_path) that the sink copies out as they grow.
+    enum class Live { No, Lines, Bytes };
+    Live live = Live::No;
+    bool verbose = false;                // -v: the command before its output
+    std::filesystem::path joblog;        // --joblog FILE; empty: none
+    bool joblog_append = false;          // --joblog +FILE, or --resume of a joblog: no header, appended
     std::optional<std::uint64_t> total;  // the number of jobs, when known before the run (--halt N% needs it)
     ParallelHalt halt;
     // Where workers put the streams longer than a result holds (spill_dir), and --pipe's
@@ -55,6 +60,11 @@ struct ParallelOutput {
     ~ParallelOutput();
     ParallelOutput(const ParallelOutput&) = delete;
     ParallelOutput& operator=(const ParallelOutput&) = delete;
+
+    // --line-buffer, --ungroup: where the job of task `id` writes stream `name` ("out", "err").
+    std::filesystem::path live_path(std::uint64_t id, const char* name) const {
+        return spool_dir / ("live-" + std::to_string(id) + "." + name);
+    }
 
     void add(std::uint64_t id, ParallelJob job) const;
     // The job of task `id` (an empty one for a task that is no job: --output plain); with
@@ -96,6 +106,8 @@ private:
     struct Finished {
         std::string out, err, joblog;
     };
+    class Live;
+    std::unique_ptr<Live> live_;  // --line-buffer, --ungroup: copies the jobs' files out as they grow
     void write(const Finished& finished);
     void failed();  // a write to `out` failed: errno says why
     void check_halt(const TaskResult& result, int status);

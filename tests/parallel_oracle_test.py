@@ -23,6 +23,9 @@ COORDINATOR = os.environ.get("TASKFARM_COORDINATOR", "coordinator")
 # The feeders' wait: for a file, at most five seconds.
 WAIT = "w() { for i in $(seq 100); do [ -e $1 ] && return; sleep 0.05; done; echo gave-up-$1; }; "
 
+# A job's wait (in its own shell): for the file `seen`, at most five seconds.
+JOB_WAIT = "for i in $(seq 100); do [ -e seen ] && break; sleep 0.05; done; [ -e seen ] || echo gave-up"
+
 # (name, snippet). Order-sensitive rows use -k or -j1.
 TABLE = [
     ("one source", "$P -k echo ::: a b c"),
@@ -221,7 +224,21 @@ TABLE = [
     ("--resume-failed {#} keeps its number", "$P -k --joblog jl 'exit {}' ::: 0 1 0; "
      "$P -k --resume-failed --joblog jl echo {#} {} ::: 0 1 0"),
     ("--resume-failed with -k and --pipe",
-     "seq 6 | $P --pipe -N2 --joblog jl 'grep -q 3'; seq 6 | $P -k --pipe -N2 --resume-failed --joblog jl cat"),
+     "seq 6 | $P -j1 --pipe -N2 --joblog jl 'grep -q 3'; "
+     "seq 6 | $P -j1 -k --pipe -N2 --resume-failed --joblog jl cat"),
+    # --line-buffer, --ungroup: a job's output is out as it comes (the reader downstream
+    # makes the file that the job waits for once it has read the first line).
+    ("--line-buffer: a line is out before its job ends",
+     "$P --line-buffer 'echo one; " + JOB_WAIT + "; echo two; : {}' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("--lb --tag", "$P --lb --tag 'echo one; " + JOB_WAIT + "; echo two' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("-u: bytes are out before the job ends",
+     "$P -u 'echo one; " + JOB_WAIT + "; printf two; : {}' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("--ungroup -v", "$P --ungroup -v 'echo one; " + JOB_WAIT + "; : {}' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("--line-buffer: a last line without newline", "$P -j1 --line-buffer 'printf {}' ::: a b"),
+    ("--line-buffer -k: in order", "$P -j2 -k --line-buffer 'sleep 0.{}; echo {}; echo e{} >&2' ::: 3 1 2>&1"),
+    ("--line-buffer: stderr", "$P -j1 --line-buffer 'echo o{}; echo e{} >&2' ::: a b 2>&1 >/dev/null"),
+    ("--line-buffer: output over a megabyte", "seq 400000 > big; $P --line-buffer cat ::: big | cksum"),
+    ("--line-buffer --joblog", "$P -j1 --lb --joblog jl 'echo {}; exit {}' ::: 0 2; cut -f1,7,9 jl"),
     # Jobs start as their input comes: the feeder waits for a file that the first job makes
     # before it gives the rest (it gives up after five seconds, and says so).
     ("stdin: the first job runs before the input ends",
@@ -284,7 +301,7 @@ class ParallelOracle(unittest.TestCase):
                 self.assertEqual(ours[0], theirs[0], f"exit status differs; our stderr: {ours[2]!r}")
 
     def test_an_option_it_does_not_take_exits_2_naming_it(self):
-        for option in ["--bar", "--retry-failed", "-S", "--memfree", "--line-buffer", "--ungroup", "-u", "--shuf"]:
+        for option in ["--bar", "--retry-failed", "-S", "--memfree", "--pipepart", "--eta", "--roundrobin", "--shuf"]:
             with self.subTest(option):
                 result = subprocess.run([COORDINATOR, "parallel", option, "1", "echo", ":::", "a"],
                                         capture_output=True, text=True, timeout=30)
