@@ -341,6 +341,24 @@ class ParallelOracle(unittest.TestCase):
             self.assertFalse([link for link in result.stdout.splitlines() if link.startswith(tmpdir)], result.stdout)
 
 
+    def test_an_inherited_input_descriptor_never_reaches_a_command(self):
+        # `:::: <(...)` is a descriptor the run inherits: each command lists where its
+        # descriptors above 2 lead, and none may be that pipe.
+        listing = "for f in /proc/self/fd/*; do [ ${f##*/} -gt 2 ] && readlink $f; done; : {}"
+        read_end, write_end = os.pipe()
+        os.set_inheritable(read_end, True)
+        os.write(write_end, b"a\nb\n")
+        os.close(write_end)
+        pipe_link = os.readlink(f"/proc/self/fd/{read_end}")
+        try:
+            result = subprocess.run([COORDINATOR, "parallel", "-j2", "-k", listing, "::::", f"/dev/fd/{read_end}"],
+                                    capture_output=True, text=True, timeout=30, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn(pipe_link, result.stdout.split("\n"))
+
+
 class CommandInputs(unittest.TestCase):
     """--command's inputs: the descriptor a list comes on never reaches a command."""
 
