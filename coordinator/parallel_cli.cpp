@@ -974,9 +974,22 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 options.halt = parse_halt(value_of(flag, inline_value));
             else if (name == "joblog")
                 options.joblog = value_of(flag, inline_value);
-            else if (name == "results" || name == "res")
+            else if (name == "results" || name == "res") {
                 options.results = value_of(flag, inline_value);
-            else if (name == "retries") {
+                // parallel's other forms: one table (NAME.csv, .tsv, .json), or a file per job named
+                // by replacement strings; only the tree of directories is made here.
+                for (const char* table : {".csv", ".tsv", ".json"})
+                    if (options.results.ends_with(table))
+                        throw Usage(
+                            fmt::format("{} {}: one {} table of every job is not supported: give a "
+                                        "directory (DIR/1/VALUE/stdout, ...)",
+                                        flag, printable(options.results), table + 1));
+                if (replaces(pieces_of(options.results, {})))
+                    throw Usage(
+                        fmt::format("{} {}: a file per job named by replacement strings is not supported: "
+                                    "give a directory (DIR/1/VALUE/stdout, ...)",
+                                    flag, printable(options.results)));
+            } else if (name == "retries") {
                 options.retries = static_cast<std::uint32_t>(whole_number(flag, value_of(flag, inline_value)));
                 if (options.retries == 0)
                     throw Usage(

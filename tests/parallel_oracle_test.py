@@ -323,7 +323,8 @@ class ParallelOracle(unittest.TestCase):
                      ["--halt", "now"], ["--halt", "now,fail=1.5"], ["-N", "-1"], ["--header", "x"], ["--colsep", "("],
                      ["--block", "1x"], ["--block", "1KB"], ["--trim", "x"], ["--wd", "/no/such/dir"], ["-I", ""],
                      ["--timeout", "10%"], ["--timeout", "-1"], ["--delay", "x"], ["--delay", "1auto"],
-                     ["--retries", "x"], ["--retries", "0"], ["--resume", "--joblog", "-"]]:
+                     ["--retries", "x"], ["--retries", "0"], ["--results", "o.csv"], ["--results", "r/{}"],
+                     ["--resume", "--joblog", "-"]]:
             with self.subTest(args):
                 result = subprocess.run([COORDINATOR, "parallel", *args, "echo", ":::", "a"], capture_output=True,
                                         text=True, timeout=30)
