@@ -528,7 +528,17 @@ public:
             buffer_.append(chunk, got);
         }
     }
-    bool ready() const { return ended_ || buffer_.find(separator_, scanned_) != std::string::npos || in_->ready(); }
+    // Whether next() has a value without waiting: what has come is read (one read that does
+    // not wait), and must hold a whole value.
+    bool ready() {
+        if (ended_ || buffer_.find(separator_, scanned_) != std::string::npos) return true;
+        if (!in_->ready()) return false;
+        char chunk[65536];
+        const std::size_t got = in_->read(chunk, sizeof chunk);
+        if (got == 0) ended_ = true;
+        buffer_.append(chunk, got);
+        return ended_ || buffer_.find(separator_, scanned_) != std::string::npos;
+    }
     bool stopped() const { return in_->stopped(); }
 
 private:
@@ -564,7 +574,8 @@ public:
         chunks_.pop_front();
         return true;
     }
-    bool ready() const { return !chunks_.empty() || done_ || in_->ready(); }
+    // Whether next() has a chunk without waiting (a block is read whole, so only one cut already).
+    bool ready() const { return !chunks_.empty() || done_; }
 
 private:
     void write_chunk(std::string_view bytes) {

@@ -251,6 +251,10 @@ TABLE = [
     ("tail -f queue | parallel",
      WAIT + ": > q; (tail -n +1 -f q & echo $! > tail.pid; wait) | $P -k 'echo {}; touch {}.done' & "
      "echo a >> q; w a.done; echo b >> q; w b.done; kill $(cat tail.pid); wait"),
+    ("stdin: a line begun does not hold back the job before it",
+     WAIT + "(printf 'a\\nb'; w a.done; printf '\\nc\\n') | $P -k 'touch {}.done; echo {}'"),
+    ("--pipe: a block begun does not hold back the chunk before it",
+     WAIT + "(printf 'a\\nb'; w a.done; printf '\\n') | $P --pipe --block 2 -N1 -k 'read x; touch $x.done; echo $x'"),
     ("-0 on stdin as it comes", WAIT + "(printf 'a\\0'; w a.done; printf 'b\\0') | $P -0 -k 'touch {}.done; echo {}'"),
     ("--header : on stdin as it comes",
      WAIT + "(echo h; echo a; w a.done; echo b) | $P --header : -k 'touch {h}.done; echo {h}'"),
