@@ -22,6 +22,7 @@
 namespace taskfarm {
 
 struct ParallelOutput;  // parallel_output.hpp
+class PlanSource;       // engine/plan.hpp
 struct RunConfig;
 
 // Why `request` can never be met by the local workers of `config`, or empty: more than they
@@ -33,6 +34,9 @@ struct RunConfig {
     std::string task = "sleep";  // --task: a registered type's name
     int tasks = 10;
     std::filesystem::path plan_path;  // --plan: tasks from this JSON Lines file instead
+    // A plan made by the command line itself (`coordinator parallel`'s jobs, made as their
+    // input comes): of command tasks, its count what counted() says before the run.
+    std::shared_ptr<const PlanSource> plan_source;
     // --inputs FILE, or a type's flag that is it (Flag::Picks::InputsFile: --urls, which is
     // --task download --inputs FILE): a task per line.
     std::filesystem::path inputs_path;

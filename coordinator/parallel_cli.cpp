@@ -1,6 +1,8 @@
 #include "parallel_cli.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,17 +10,21 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
 #include <regex>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
 #include "affinity.hpp"
-#include "journal_line.hpp"
-#include "temp_dirs.hpp"
+#include "errors.hpp"
+#include "parallel_jobs.hpp"
 #include "parallel_output.hpp"
+#include "plan_sources.hpp"
+#include "temp_dirs.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -41,14 +47,17 @@ std::string quote(std::string_view text) {
 
 namespace {
 
-// An option this parser does not know, or a bad value: exit 2 with the line.
+// An option this parser does not know, or a bad value: exit 2 with the line (or `status`,
+// where GNU parallel takes the value and then fails with its own status).
 struct Usage : std::runtime_error {
-    using std::runtime_error::runtime_error;
+    explicit Usage(const std::string& what, int exit_status = 2) : std::runtime_error(what), status(exit_status) {}
+    int status;
 };
 
 struct Source {
     std::vector<std::string> values;
     bool linked = false;  // :::+ or ::::+: goes with the source before it, value by value
+    std::string file;     // a :::: or -a source not yet read ("-": standard input); values then empty
 };
 
 enum class Multi { None, X, M };
@@ -58,18 +67,21 @@ struct Options {
     bool keep_order = false, dry_run = false, tag = false, verbose = false, quote_words = false, null = false,
          link = false;
     std::optional<std::string> tagstring, colsep, header;
-    std::size_t max_args = 0;  // -N; 0: one record a job
+    std::optional<std::size_t> max_args;  // -N; 0: one record a job, none of it inserted
     Multi multi = Multi::None;
     ParallelHalt halt;
     std::string joblog, results;
-    std::uint32_t retries = 0;  // total tries; 0: not given
-    double timeout_s = 0;
+    std::uint32_t retries = 0;  // total tries; 0: not given (one)
+    double timeout_s = 0;       // 0: none
+    double delay_s = 0;         // --delay: between the starts of jobs
+    bool resume = false, resume_failed = false;
     std::vector<std::string> arg_files;
-    std::string replace = "{}";    // -I STR: what stands for the whole input
-    bool no_run_if_empty = false;  // -r
-    std::string trim = "n";        // --trim n|l|r|lr|rl
-    std::string wd;                // --wd DIR
-    bool pipe = false;             // --pipe: each job's stdin is a chunk of ours
+    std::string replace = "{}";                            // -I STR: what stands for the whole input
+    bool no_run_if_empty = false;                          // -r
+    std::string trim = "n";                                // --trim n|l|r|lr|rl
+    std::string wd;                                        // --wd DIR
+    bool pipe = false;                                     // --pipe: each job's stdin is a chunk of ours
+    ParallelOutput::Live live = ParallelOutput::Live::No;  // --line-buffer, --ungroup
     std::size_t block = 1024 * 1024;
     std::optional<std::string> recstart, recend;  // neither: a record ends with "\n"
 };
@@ -79,118 +91,144 @@ constexpr char kHelp[] =
     "GNU parallel's command line, run as command tasks on worker processes (alias parallel='{0} parallel').\n"
     "Inputs: ::: ARGS, :::: FILES, :::+ and ::::+ (linked to the source before), -a FILE, else standard input;\n"
     "several sources: every combination (--link: value by value). Every line is an input, byte for byte,\n"
-    "nothing trimmed or skipped (unless --trim, -r); -0: NUL-separated.\n"
+    "nothing trimmed or skipped (unless --trim, -r); -0: NUL-separated. Jobs start as the first source\n"
+    "(standard input, a file) comes, as parallel's: `tail -f queue | {0} parallel` runs each line as it is\n"
+    "added (all of it is read first for -X and -m without -N, --halt N%, or a first source that is linked).\n"
     "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX,\n"
     "--header : (then {{NAME}}). A value is quoted only where the shell would change it, as parallel does: so\n"
     "\"{{}}\" in double quotes runs an input such as $(cmd) as code; write {{}} bare.\n"
-    "Options: -j N|N%|+N|-N, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N, -n N, -X, -m, -0,\n"
-    "-I STR, -r, --trim n|l|r|lr|rl, --wd DIR, --env VAR (every variable reaches a command here),\n"
-    "--halt now|soon,fail|success|done=N|N%, --joblog FILE, --results DIR, --retries N (tries in all),\n"
-    "--timeout S, --group, --link, -a FILE; --pipe with --block SIZE, --recstart STR, --recend STR, -N N\n"
-    "(each job's standard input is a chunk of ours, cut after a record's end). A job's output comes whole\n"
-    "when it ends, byte for byte, however long: --line-buffer, --ungroup, --delay and {{= perl =}} are\n"
-    "refused.\n"
+    "Options: -j N|N%|+N|-N|0, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N (0: no argument\n"
+    "inserted), -n N, -X, -m, -0, -I STR, -r, --trim n|l|r|lr|rl, --wd DIR, --env VAR (every variable reaches\n"
+    "a command here), --halt 0|1|2|-1|-2|N%|never|now|soon,fail|success|done=N|N%, --joblog [+]FILE,\n"
+    "--resume and --resume-failed (with --joblog: skip the jobs it has, or has as succeeded; the others run\n"
+    "with the command as now given), --results DIR, --retries N (tries in all), --timeout S (also 1m30s;\n"
+    "0: none), --delay S (between job starts), --group, --link, -a FILE; --pipe with --block SIZE (1.5M,\n"
+    "100k, 1Mi; 0: 1M), --recstart STR, --recend STR, -N N (each job's standard input is a chunk of ours,\n"
+    "cut after a record's end). A job's output comes whole when it ends (--group), byte for byte, however\n"
+    "long; --line-buffer: line by line as it comes, lines of jobs mixed; --ungroup (-u): as it comes (with\n"
+    "-k both are --group). {{= perl =}} is refused.\n"
     "Any other option: exit 2 naming it. Exit status: the number of failed jobs (at most 101), a job whose\n"
-    "output could not be written whole counted as failed; with --halt on failure, as parallel's.\n";
+    "output could not be written whole counted as failed; with --halt on failure, as parallel's; 255 where\n"
+    "parallel takes a value and then fails with 255 (--block -1).\n";
 
-std::vector<std::string> split(const std::string& text, char separator) {
-    std::vector<std::string> parts;
-    std::size_t at = 0;
-    while (at < text.size()) {
-        const auto end = text.find(separator, at);
-        if (end == std::string::npos) {
-            parts.push_back(text.substr(at));
-            break;
-        }
-        parts.push_back(text.substr(at, end - at));
-        at = end + 1;
-    }
-    return parts;
-}
-
-std::string read_whole(const std::string& name) {
-    if (name == "-") {
-        std::string text;
-        char buffer[65536];
-        for (;;) {
-            const ssize_t got = ::read(STDIN_FILENO, buffer, sizeof buffer);
-            if (got < 0 && errno == EINTR) continue;
-            if (got < 0) throw Usage(fmt::format("cannot read standard input: {}", std::strerror(errno)));
-            if (got == 0) return text;
-            text.append(buffer, static_cast<std::size_t>(got));
-        }
-    }
-    std::FILE* file = std::fopen(name.c_str(), "re");  // close-on-exec
-    if (!file) throw Usage(fmt::format("cannot open input file '{}': {}", printable(name), std::strerror(errno)));
-    std::string text;
-    char buffer[65536];
-    for (std::size_t got; (got = std::fread(buffer, 1, sizeof buffer, file)) > 0;) text.append(buffer, got);
-    const bool failed = std::ferror(file) != 0;
-    std::fclose(file);
-    if (failed) throw Usage(fmt::format("cannot read input file '{}'", printable(name)));
-    return text;
-}
-
-std::size_t positive(std::string_view flag, const std::string& text) {
+// A whole number from 0 (-N, --retries).
+std::size_t whole_number(std::string_view flag, const std::string& text) {
     std::size_t value = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc{} || end != text.data() + text.size() || value < 1 || value > 1'000'000)
-        throw Usage(fmt::format("{}: '{}' is not a whole number from 1", flag, printable(text)));
+    if (ec != std::errc{} || end != text.data() + text.size() || value > 1'000'000)
+        throw Usage(fmt::format("{}: '{}' is not a whole number from 0", flag, printable(text)));
     return value;
 }
 
-// --block SIZE as parallel reads it: K M G T (and Ki, Mi...) are powers of 1024, k m g t of 1000.
+// Seconds as parallel writes them (--timeout, --delay): 2.5, or with units s m h d as in 1m30s.
+double seconds(std::string_view flag, const std::string& text) {
+    static const std::regex kPlain(R"([0-9]+(\.[0-9]+)?)");
+    static const std::regex kUnits(R"(([0-9]+(\.[0-9]+)?[dhmsDHMS])+)");
+    const auto bad = [&](std::string_view why) {
+        return Usage(fmt::format("{}: '{}' {}", flag, printable(text), why));
+    };
+    if (text.ends_with('%')) throw bad("is a percentage of the median run time, which is not supported: give seconds");
+    if (text.ends_with("auto")) throw bad("(a delay that adapts) is not supported: give seconds");
+    if (std::regex_match(text, kPlain)) return std::stod(text);
+    if (!std::regex_match(text, kUnits)) throw bad("is not seconds, such as 2.5 or 1m30s");
+    double total = 0;
+    static const std::regex kPart(R"(([0-9]+(\.[0-9]+)?)([dhmsDHMS]))");
+    for (std::sregex_iterator part(text.begin(), text.end(), kPart), end; part != end; ++part) {
+        const char unit = static_cast<char>(std::tolower((*part)[3].str()[0]));
+        total += std::stod((*part)[1].str()) * (unit == 'd' ? 86400 : unit == 'h' ? 3600 : unit == 'm' ? 60 : 1);
+    }
+    return total;
+}
+
+// --block SIZE as parallel reads it: a number (1.5 too) and a unit; K M G T P E (and Ki, Mi...,
+// any case) are powers of 1024, k m g t p e of 1000; 0 or nothing: 1M. What parallel takes and
+// then fails on (a negative size, one under a byte) exits 255, as its does.
 std::size_t block_size(const std::string& text) {
-    std::size_t value = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    std::string unit(end, text.data() + text.size());
-    if (unit.size() == 2 && (unit[1] == 'i' || unit[1] == 'I'))
-        unit = std::string(1, static_cast<char>(std::toupper(unit[0])));
-    static const std::string kUnits = "KMGTkmgt";
-    const auto found = unit.empty() ? std::string::npos : kUnits.find(unit);
-    if (ec != std::errc{} || value == 0 || (!unit.empty() && (unit.size() != 1 || found == std::string::npos)))
-        throw Usage(fmt::format("--block: '{}' is not a size such as 1M, 100k or 65536", printable(text)));
-    for (std::size_t i = 0; i <= found % 4 && !unit.empty(); ++i) value *= found < 4 ? 1024 : 1000;
-    if (value > (std::size_t{1} << 30)) throw Usage(fmt::format("--block: '{}' is over 1G", printable(text)));
-    return value;
+    if (text.empty() || text == "0") return 1024 * 1024;
+    static const std::regex kSize(R"((-?)([0-9]+(\.[0-9]*)?|\.[0-9]+)(([kmgtpeKMGTPE])([iI]?))?)");
+    std::smatch match;
+    if (!std::regex_match(text, match, kSize))
+        throw Usage(fmt::format("--block: '{}' is not a size such as 1M, 1.5M, 100k or 65536", printable(text)));
+    double value = std::stod(match[2].str());
+    if (match[4].matched) {
+        const char unit = match[5].str()[0];
+        const bool binary = std::isupper(static_cast<unsigned char>(unit)) || match[6].length() > 0;
+        const auto power = std::string("kmgtpe").find(static_cast<char>(std::tolower(unit))) + 1;
+        for (std::size_t i = 0; i < power; ++i) value *= binary ? 1024 : 1000;
+    }
+    if (match[1].length() > 0)
+        throw Usage(fmt::format("--block: '{}' is negative (GNU parallel takes it with --pipe and dies: exit 255 "
+                                "as it does; -N jobs per slot is --pipepart's, which is not supported)",
+                                printable(text)),
+                    255);
+    if (value < 1)
+        throw Usage(fmt::format("--block: '{}' is under one byte (GNU parallel takes it and dies: exit 255 as it "
+                                "does)",
+                                printable(text)),
+                    255);
+    if (value > static_cast<double>(std::size_t{1} << 30))
+        throw Usage(fmt::format("--block: '{}' is over 1G (a block is held in memory here)", printable(text)));
+    return static_cast<std::size_t>(value);
 }
 
-// -j N|N%|+N|-N; 0: as many as there are jobs.
-int job_slots(const std::string& text, std::size_t jobs) {
+// -j N|N%|+N|-N; 0: as many as there are jobs (`jobs`; nullopt: not known yet, as with input
+// read as it comes: then 64, or the jobs already made if more).
+int job_slots(const std::string& text, std::optional<std::size_t> jobs, std::size_t made = 0) {
     const int cpus = available_cpus();
+    const auto bad = [&] { return Usage(fmt::format("-j: '{}' is not N, N%, +N, -N or 0", printable(text))); };
     auto number = [&](std::string_view digits) {
         int value = 0;
         const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
-        if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || value < 0)
-            throw Usage(fmt::format("-j: '{}' is not N, N%, +N or -N", printable(text)));
+        if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || value < 0) throw bad();
         return value;
     };
     long slots = 0;
-    if (!text.empty() && text.back() == '%')
-        slots = static_cast<long>(cpus) * number(std::string_view(text).substr(0, text.size() - 1)) / 100;
-    else if (!text.empty() && text[0] == '+')
+    if (!text.empty() && text.back() == '%') {
+        // As parallel: a fraction of a percent is taken, and a share under one slot is one.
+        static const std::regex kPercent(R"([0-9]+(\.[0-9]+)?%)");
+        if (!std::regex_match(text, kPercent)) throw bad();
+        const double percent = std::stod(text);
+        if (percent == 0) throw Usage(fmt::format("-j: '{}' is no job slot at all", printable(text)));
+        slots = std::max(1L, static_cast<long>(cpus * percent / 100));
+    } else if (!text.empty() && text[0] == '+') {
         slots = cpus + number(std::string_view(text).substr(1));
-    else if (!text.empty() && text[0] == '-')
+    } else if (!text.empty() && text[0] == '-') {
         slots = cpus - number(std::string_view(text).substr(1));
-    else if ((slots = number(text)) == 0)
-        slots = static_cast<long>(jobs);
+    } else if (std::filesystem::is_regular_file(text)) {
+        throw Usage(
+            fmt::format("-j {}: a file of job slots (read again as jobs run) is not supported: give the "
+                        "number, -j \"$(cat {})\"",
+                        printable(text), printable(text)));
+    } else if ((slots = number(text)) == 0) {
+        slots = jobs ? static_cast<long>(*jobs) : std::max<long>(64, static_cast<long>(made));
+    }
     slots = std::clamp<long>(slots, 1, 1024);
-    return static_cast<int>(std::min<long>(slots, std::max<long>(1, static_cast<long>(jobs))));
+    if (!jobs) return static_cast<int>(slots);
+    return static_cast<int>(std::min<long>(slots, std::max<long>(1, static_cast<long>(*jobs))));
 }
 
-ParallelHalt parse_halt(const std::string& text) {
+// --halt as parallel reads it: 0 1 2 -1 -2 are never, soon,fail=1, now,fail=1, soon,success=1
+// and now,success=1; N% is soon,fail=N%; else WHEN[,WHY=N|N%] split at commas and equals signs.
+ParallelHalt parse_halt(const std::string& given) {
+    static const std::map<std::string, std::string> kShort = {
+        {"0", "never"}, {"1", "soon,fail=1"}, {"2", "now,fail=1"}, {"-1", "soon,success=1"}, {"-2", "now,success=1"}};
+    std::string text = kShort.contains(given) ? kShort.at(given) : given;
+    static const std::regex kPercent(R"([0-9]+%)");
+    if (std::regex_match(text, kPercent)) text = "soon,fail=" + text;
+    std::vector<std::string> parts;
+    static const std::regex kSeparator("[,=]");
+    for (std::sregex_token_iterator part(text.begin(), text.end(), kSeparator, -1), end; part != end; ++part)
+        parts.push_back(part->str());
+    const auto bad = [&](std::string_view why) {
+        return Usage(fmt::format("--halt: '{}' {} (0|1|2|-1|-2|N%|never|now|soon,fail|success|done=N|N%)",
+                                 printable(given), why));
+    };
     ParallelHalt halt;
-    if (text == "0" || text == "never") return halt;
-    if (text == "1") return {ParallelHalt::When::Soon, ParallelHalt::On::Fail, 1, false};
-    if (text == "2") return {ParallelHalt::When::Now, ParallelHalt::On::Fail, 1, false};
-    const auto comma = text.find(',');
-    const std::string when = text.substr(0, comma);
-    if (comma == std::string::npos || (when != "now" && when != "soon"))
-        throw Usage(fmt::format("--halt: '{}' is not now|soon,fail|success|done=N|N%", printable(text)));
-    halt.when = when == "now" ? ParallelHalt::When::Now : ParallelHalt::When::Soon;
-    const std::string rest = text.substr(comma + 1);
-    const auto equals = rest.find('=');
-    const std::string on = rest.substr(0, equals);
+    if (parts.empty() || (parts[0] != "never" && parts[0] != "soon" && parts[0] != "now"))
+        throw bad("does not start with never, soon or now");
+    if (parts[0] == "never") return halt;
+    halt.when = parts[0] == "now" ? ParallelHalt::When::Now : ParallelHalt::When::Soon;
+    const std::string on = parts.size() > 1 ? parts[1] : "";
     if (on == "fail")
         halt.on = ParallelHalt::On::Fail;
     else if (on == "success")
@@ -198,17 +236,15 @@ ParallelHalt parse_halt(const std::string& text) {
     else if (on == "done")
         halt.on = ParallelHalt::On::Completed;
     else
-        throw Usage(fmt::format("--halt: '{}' is not now|soon,fail|success|done=N|N%", printable(text)));
-    std::string count = equals == std::string::npos ? "1" : rest.substr(equals + 1);
-    if (!count.empty() && count.back() == '%') {
+        throw bad(fmt::format("has no fail, success or done after {}", parts[0]));
+    std::string count = parts.size() > 2 ? parts[2] : "";
+    static const std::regex kCount(R"([0-9]+%?)");
+    if (!std::regex_match(count, kCount)) throw bad(fmt::format("has no whole number N or N% after {}", on));
+    if (count.back() == '%') {
         halt.percent = true;
         count.pop_back();
     }
-    double value = 0;
-    const auto [end, ec] = std::from_chars(count.data(), count.data() + count.size(), value);
-    if (count.empty() || ec != std::errc{} || end != count.data() + count.size() || value <= 0)
-        throw Usage(fmt::format("--halt: '{}' is not now|soon,fail|success|done=N|N%", printable(text)));
-    halt.count = value;
+    halt.count = std::stod(count);
     return halt;
 }
 
@@ -319,8 +355,10 @@ std::string expand(const std::vector<Piece>& pieces, const std::vector<std::stri
 }
 
 // -X: each word of the template with {} in it repeated for each argument; -m: {} is all of them.
+// -N0: `args` is empty, and the word is there once for each of `records` with nothing in it.
 std::string expand_context(const std::string& text, const std::map<std::string, long>& names,
-                           const std::string& replace, const std::vector<std::string>& args, std::size_t sequence) {
+                           const std::string& replace, const std::vector<std::string>& args, std::size_t sequence,
+                           std::size_t records = 1) {
     std::string command;
     std::size_t at = 0;
     while (at < text.size()) {
@@ -333,9 +371,10 @@ std::string expand_context(const std::string& text, const std::map<std::string, 
         const bool context =
             std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind == Piece::Kind::All; });
         if (context) {
-            for (std::size_t i = 0; i < args.size(); ++i) {
+            const std::size_t times = args.empty() ? std::max<std::size_t>(1, records) : args.size();
+            for (std::size_t i = 0; i < times; ++i) {
                 if (i > 0) command += ' ';
-                command += expand(pieces, {args[i]}, sequence);
+                command += args.empty() ? expand(pieces, {}, sequence) : expand(pieces, {args[i]}, sequence);
             }
         } else {
             command += expand(pieces, args, sequence);
@@ -359,58 +398,17 @@ std::string results_name(const std::string& value) {
     return name.empty() ? std::string("\\0") : name;
 }
 
-// The plan: one {"kind":"command","shell":...} line per job, in a file with no name (O_TMPFILE)
-// that the run reads through /proc/self/fd; close-on-exec, so no command inherits it.
-std::filesystem::path write_plan(const std::vector<std::string>& commands, const std::string& wd,
-                                 const std::vector<std::string>& stdins, int& fd_out) {
-    std::error_code ec;
-    std::filesystem::path dir = std::filesystem::temp_directory_path(ec);
-    if (ec) dir = "/tmp";
-    const int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0)
-        throw Usage(fmt::format("cannot make the plan's temporary file in '{}': {}", printable(dir.string()),
-                                std::strerror(errno)));
-    std::string text;
-    for (std::size_t job = 0; job < commands.size(); ++job) {
-        Json line{{"kind", "command"}, {"shell", commands[job]}};
-        if (!wd.empty()) line["cwd"] = wd;
-        if (job < stdins.size()) line["stdin"] = stdins[job];
-        // A command that is not UTF-8 (an input's bytes) is kept exactly, in "bytes".
-        keep_exact_bytes(line);
-        text += line.dump(-1, ' ', false, Json::error_handler_t::replace);
-        text += '\n';
-    }
-    for (std::size_t at = 0; at < text.size();) {
-        const ssize_t wrote = ::write(fd, text.data() + at, text.size() - at);
-        if (wrote < 0 && errno == EINTR) continue;
-        if (wrote < 0) {
-            const int error = errno;
-            ::close(fd);
-            throw Usage(fmt::format("cannot write the plan's temporary file: {}", std::strerror(error)));
-        }
-        at += static_cast<std::size_t>(wrote);
-    }
-    fd_out = fd;
-    return fmt::format("/proc/self/fd/{}", fd);
-}
-
 // What to use instead of an option of parallel's that users type often and that is not
 // taken; "" for any other.
 std::string refused(const std::string& name) {
-    if (name == "line-buffer" || name == "lb" || name == "u" || name == "ungroup")
-        return "a job's output comes whole when it ends, never mixed with another's (as --group); leave the "
-               "option out, or have each job write a file of its own ('CMD > out.{#}') to watch it as it runs";
-    if (name == "delay")
-        return "jobs start as soon as a slot is free; to space them out, sleep in the command "
-               "('sleep {#}; CMD' starts job N after N seconds) or lower -j";
     if (name == "pipepart" || name == "roundrobin" || name == "round-robin" || name == "cat" || name == "fifo")
         return "use --pipe (with --block SIZE) and read the chunk from standard input";
     if (name == "S" || name == "sshlogin" || name == "slf" || name == "sshloginfile" || name == "transfer" ||
         name == "return" || name == "cleanup" || name == "trc")
         return "jobs run on this machine; for other machines start workers there (taskfarm's --listen and "
                "`worker --connect`)";
-    if (name == "resume" || name == "resume-failed")
-        return "keep a journal with --results FILE and --resume FILE in the full command line (--command)";
+    if (name == "retry-failed")
+        return "give the command again with --resume-failed and the same --joblog: the failed jobs run again";
     if (name == "bar" || name == "eta" || name == "progress")
         return "the full command line (--command) shows progress on stderr";
     if (name == "memfree" || name == "load" || name == "noswap") return "set -j to what the machine can take";
@@ -446,83 +444,498 @@ void drop_blank_lines(std::string& text) {
     text = std::move(kept);
 }
 
+// A descriptor that a job maker reads, on a thread that another may stop: every wait for
+// input also watches `stop_fd` (an eventfd of the maker's).
+class Input {
+public:
+    Input(int fd, bool owned, std::string name, int stop_fd)
+        : fd_(fd), owned_(owned), name_(std::move(name)), stop_fd_(stop_fd) {}
+    ~Input() {
+        if (owned_) ::close(fd_);
+    }
+    Input(const Input&) = delete;
+    Input& operator=(const Input&) = delete;
+
+    // Standard input for "-", else the file at `path`, opened now (close-on-exec, as is a
+    // descriptor of ours that names it: `:::: <(cmd)`).
+    static std::unique_ptr<Input> open(const std::string& path, int stop_fd) {
+        if (path == "-") return std::make_unique<Input>(STDIN_FILENO, false, "standard input", stop_fd);
+        keep_from_commands(path);
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) throw Usage(fmt::format("cannot open input file '{}': {}", printable(path), std::strerror(errno)));
+        return std::make_unique<Input>(fd, true, fmt::format("input file '{}'", printable(path)), stop_fd);
+    }
+
+    // Up to `size` bytes; 0 at the end, or once stopped (stopped() then says so).
+    std::size_t read(char* buffer, std::size_t size) {
+        while (!stopped_) {
+            pollfd fds[] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+            if (::poll(fds, 2, -1) < 0 && errno != EINTR)
+                throw ConfigError(fmt::format("cannot wait for {}: {}", name_, std::strerror(errno)));
+            if (fds[1].revents != 0) {
+                stopped_ = true;
+                break;
+            }
+            if (fds[0].revents == 0) continue;
+            const ssize_t got = ::read(fd_, buffer, size);
+            if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+            if (got < 0) throw ConfigError(fmt::format("cannot read {}: {}", name_, std::strerror(errno)));
+            return static_cast<std::size_t>(got);
+        }
+        return 0;
+    }
+    // Whether read() would not wait.
+    bool ready() const {
+        pollfd fd{fd_, POLLIN, 0};
+        return ::poll(&fd, 1, 0) > 0;
+    }
+    bool stopped() const { return stopped_; }
+
+private:
+    int fd_;
+    bool owned_;
+    std::string name_;
+    int stop_fd_;
+    bool stopped_ = false;
+};
+
+// The values of an input, each ended by `separator` ('\n', or NUL with -0), the last one
+// also by the end of input; read as they are asked for.
+class ValueReader {
+public:
+    ValueReader(std::unique_ptr<Input> in, char separator) : in_(std::move(in)), separator_(separator) {}
+    // The next value; false at the end.
+    bool next(std::string& value) {
+        while (true) {
+            if (const auto end = buffer_.find(separator_, scanned_); end != std::string::npos) {
+                value.assign(buffer_, start_, end - start_);
+                start_ = scanned_ = end + 1;
+                return true;
+            }
+            scanned_ = buffer_.size();
+            if (ended_) {
+                if (start_ == buffer_.size()) return false;
+                value.assign(buffer_, start_);
+                start_ = scanned_ = buffer_.size();
+                return true;
+            }
+            buffer_.erase(0, start_);  // what was handed out goes: memory holds one value and a read
+            scanned_ -= start_;
+            start_ = 0;
+            char chunk[65536];
+            const std::size_t got = in_->read(chunk, sizeof chunk);
+            if (got == 0) ended_ = true;
+            buffer_.append(chunk, got);
+        }
+    }
+    // Whether next() has a value without waiting: what has come is read (one read that does
+    // not wait), and must hold a whole value.
+    bool ready() {
+        if (ended_ || buffer_.find(separator_, scanned_) != std::string::npos) return true;
+        if (!in_->ready()) return false;
+        char chunk[65536];
+        const std::size_t got = in_->read(chunk, sizeof chunk);
+        if (got == 0) ended_ = true;
+        buffer_.append(chunk, got);
+        return ended_ || buffer_.find(separator_, scanned_) != std::string::npos;
+    }
+    bool stopped() const { return in_->stopped(); }
+
+private:
+    std::unique_ptr<Input> in_;
+    char separator_;
+    std::string buffer_;
+    std::size_t start_ = 0;    // the next value starts here
+    std::size_t scanned_ = 0;  // no separator before here
+    bool ended_ = false;
+};
+
 // --pipe: standard input cut into chunks as parallel cuts it: read until a multiple of the
 // block is held, then cut after the last record end that a record start follows; the rest
 // goes with the next chunk; with -N N, after every Nth record instead. No such place: the
-// block grows by 1.3 (said on stderr), as parallel's. Each chunk is a file of `dir`, written as it is read; returns
-// their paths.
-std::vector<std::string> write_chunks(const Options& options, const std::filesystem::path& dir) {
-    std::vector<std::string> paths;
-    // As parallel: only one of them given, the other is empty.
-    const std::string recend = options.recend.value_or(options.recstart ? "" : "\n");
-    const std::string separator = recend + options.recstart.value_or("");
-    const auto write_chunk = [&](std::string_view bytes) {
-        const std::string path = (dir / fmt::format("chunk-{}", paths.size() + 1)).string();
+// block grows by 1.3 (said on stderr), as parallel's. Each chunk is a file of `dir`, written
+// as it is read, a block at a time, so memory holds a block or two however long the input.
+class ChunkReader {
+public:
+    ChunkReader(const Options& options, std::filesystem::path dir, std::unique_ptr<Input> in)
+        : recend_(options.recend.value_or(options.recstart ? "" : "\n")),  // as parallel: one given, the other is empty
+          separator_(recend_ + options.recstart.value_or("")),
+          records_(options.max_args.value_or(0)),
+          drop_blank_(options.no_run_if_empty),
+          block_(options.block),
+          dir_(std::move(dir)),
+          in_(std::move(in)) {}
+
+    // The next chunk's file; false at the end.
+    bool next(std::string& path) {
+        while (chunks_.empty() && !done_) fill();
+        if (chunks_.empty() || in_->stopped()) return false;
+        path = std::move(chunks_.front());
+        chunks_.pop_front();
+        return true;
+    }
+    // Whether next() has a chunk without waiting (a block is read whole, so only one cut already).
+    bool ready() const { return !chunks_.empty() || done_; }
+
+private:
+    void write_chunk(std::string_view bytes) {
+        const std::string path = (dir_ / fmt::format("chunk-{}", ++written_)).string();
         std::FILE* file = std::fopen(path.c_str(), "wxe");
         const bool written = file && std::fwrite(bytes.data(), 1, bytes.size(), file) == bytes.size();
         if ((file && std::fclose(file) != 0) || !written)
-            throw Usage(fmt::format("--pipe: cannot write '{}': {}", printable(path), std::strerror(errno)));
-        paths.push_back(path);
-    };
+            throw ConfigError(fmt::format("--pipe: cannot write '{}': {}", printable(path), std::strerror(errno)));
+        chunks_.push_back(path);
+    }
     // Where the Nth record end (as parallel counts them: from the second byte on) ends; npos: fewer.
-    const auto nth_end = [&](const std::string& buffer) {
+    std::size_t nth_end() const {
         std::size_t at = 0;
-        for (std::size_t k = 0; k < options.max_args; ++k)
-            if ((at = buffer.find(separator, at + 1)) == std::string::npos) return at;
-        return at + recend.size();
-    };
-    std::string buffer;
-    bool end = false;
-    std::size_t block = options.block;
-    while (!end) {
-        const std::size_t want = block - buffer.size() % block;
-        const std::size_t old = buffer.size();
-        buffer.resize(old + want);
+        for (std::size_t k = 0; k < records_; ++k)
+            if ((at = buffer_.find(separator_, at + 1)) == std::string::npos) return at;
+        return at + recend_.size();
+    }
+    // Reads up to the next multiple of the block, and cuts what it can.
+    void fill() {
+        const std::size_t want = block_ - buffer_.size() % block_;
+        const std::size_t old = buffer_.size();
+        buffer_.resize(old + want);
         std::size_t got = 0;
+        bool end = false;
         while (got < want) {
-            const ssize_t n = ::read(STDIN_FILENO, buffer.data() + old + got, want - got);
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0) throw Usage(fmt::format("--pipe: cannot read standard input: {}", std::strerror(errno)));
+            const std::size_t n = in_->read(buffer_.data() + old + got, want - got);
             if (n == 0) {
                 end = true;
                 break;
             }
-            got += static_cast<std::size_t>(n);
+            got += n;
         }
-        buffer.resize(old + got);
-        if (options.no_run_if_empty) {
-            drop_blank_lines(buffer);
-            if (buffer.empty()) continue;  // no chunk, and the block stays (or the input ended)
-        }
+        buffer_.resize(old + got);
+        if (drop_blank_) drop_blank_lines(buffer_);
         bool written = false;
-        if (options.max_args > 0) {
+        if (!buffer_.empty() && records_ > 0) {
             // -N N: a chunk at every Nth record end, the end of input too.
-            for (std::size_t cut; !buffer.empty() && (cut = nth_end(buffer)) != std::string::npos;) {
-                write_chunk(std::string_view(buffer).substr(0, cut));
-                buffer.erase(0, cut);
+            for (std::size_t cut; !buffer_.empty() && (cut = nth_end()) != std::string::npos;) {
+                write_chunk(std::string_view(buffer_).substr(0, cut));
+                buffer_.erase(0, cut);
                 written = true;
             }
-        } else if (!end) {
-            const auto found = buffer.rfind(separator);
-            if (const std::size_t cut = found == std::string::npos ? 0 : found + recend.size(); cut > 0) {
-                write_chunk(std::string_view(buffer).substr(0, cut));
-                buffer.erase(0, cut);
+        } else if (!buffer_.empty() && !end) {
+            const auto found = buffer_.rfind(separator_);
+            if (const std::size_t cut = found == std::string::npos ? 0 : found + recend_.size(); cut > 0) {
+                write_chunk(std::string_view(buffer_).substr(0, cut));
+                buffer_.erase(0, cut);
                 written = true;
             }
         }
-        if (end) break;
-        if (!written) {
+        if (end) {
+            if (!buffer_.empty() && !in_->stopped()) write_chunk(buffer_);
+            buffer_.clear();
+            done_ = true;
+        } else if (!written && !buffer_.empty()) {
             const std::size_t grown = std::min<std::size_t>(
-                static_cast<std::size_t>(std::ceil(static_cast<double>(block) * 1.3 + 1)), (std::size_t{1} << 31) - 1);
-            fmt::print(stderr, "parallel: Warning: A record was longer than {}. Increasing to --blocksize {}.\n", block,
-                       grown);
-            block = grown;
+                static_cast<std::size_t>(std::ceil(static_cast<double>(block_) * 1.3 + 1)), (std::size_t{1} << 31) - 1);
+            fmt::print(stderr, "parallel: Warning: A record was longer than {}. Increasing to --blocksize {}.\n",
+                       block_, grown);
+            block_ = grown;
         }
     }
-    if (!buffer.empty()) write_chunk(buffer);
-    return paths;
-}
 
+    const std::string recend_, separator_;
+    const std::size_t records_;  // -N; 0: by the block
+    const bool drop_blank_;      // -r
+    std::size_t block_;
+    const std::filesystem::path dir_;
+    std::unique_ptr<Input> in_;
+    std::string buffer_;
+    std::deque<std::string> chunks_;  // written, not yet handed out
+    std::size_t written_ = 0;
+    bool done_ = false;
+};
+
+bool blank(const std::string& value) { return value.find_first_not_of(" \t\n\r\v\f") == std::string::npos; }
+
+// The jobs of a run, made one at a time from its sources: every combination of them (linked
+// ones go value by value: with --link the shorter wraps round, with :::+ the shortest ends
+// them; the first source changes slowest), -N
+// records a job, or (-X, -m) the records spread over the job slots. The first source, when
+// it is read from a file or standard input, is read as the jobs are made, unless all of it
+// must be known first (it is linked, or -X/-m spread the records); the others are read whole.
+// With --pipe a record is a chunk of standard input.
+class Jobs final : public JobMaker {
+public:
+    Jobs(const Options& options, std::vector<Source> sources, std::string command_template,
+         const std::filesystem::path& spool_dir, std::unordered_set<std::uint64_t> skip)
+        : options_(options), sources_(std::move(sources)), skip_(std::move(skip)) {
+        stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (stop_fd_ < 0) throw Usage(fmt::format("cannot make an eventfd: {}", std::strerror(errno)));
+        if (options_.pipe) {
+            chunks_.emplace(options_, spool_dir, Input::open("-", stop_fd_));
+            sources_ = {Source{{""}, false, {}}};
+        }
+        const char separator = options_.null ? '\0' : '\n';
+        // -X, -m without -N (or with -N0, as parallel): the records spread over the job slots.
+        const bool spread = options_.multi != Multi::None && options_.max_args.value_or(0) == 0;
+        const bool first_linked = sources_.size() > 1 && (options_.link || sources_[1].linked);
+        for (std::size_t s = 0; s < sources_.size(); ++s) {
+            if (sources_[s].file.empty()) continue;
+            ValueReader reader(Input::open(sources_[s].file, stop_fd_), separator);
+            if (s == 0 && !spread && !first_linked) {
+                stream_.emplace(std::move(reader));
+                continue;
+            }
+            for (std::string value; reader.next(value);) sources_[s].values.push_back(std::move(value));
+        }
+        // -r: a value of white space alone is no value, in every source (--pipe: in its chunks).
+        if (options_.no_run_if_empty && !options_.pipe)
+            for (Source& source : sources_) std::erase_if(source.values, blank);
+        if (options_.colsep) {
+            try {
+                colsep_.emplace(*options_.colsep);
+            } catch (const std::regex_error& e) {
+                throw Usage(fmt::format("--colsep: '{}' is not a regular expression: {}", printable(*options_.colsep),
+                                        e.what()));
+            }
+        }
+        // --header :: each source's first value names it.
+        if (options_.header) {
+            long position = 1;
+            for (std::size_t s = 0; s < sources_.size(); ++s) {
+                std::string first;
+                if (s == 0 && stream_) {
+                    if (!stream_value(first)) continue;
+                } else if (sources_[s].values.empty()) {
+                    continue;
+                } else {
+                    first = sources_[s].values.front();
+                    sources_[s].values.erase(sources_[s].values.begin());
+                }
+                for (const std::string& name : columns(first)) names_.emplace(name, position++);
+            }
+        }
+        if (stream_) {
+            std::string first;
+            if (stream_value(first))
+                pending_ = std::move(first);
+            else
+                stream_.reset();  // no value: as an empty source of ::: (below)
+        }
+        // As parallel: `:::` with no value is one empty value when another source has values.
+        const bool any = pending_ || std::any_of(sources_.begin(), sources_.end(),
+                                                 [](const Source& source) { return !source.values.empty(); });
+        if (any)
+            for (std::size_t s = 0; s < sources_.size(); ++s)
+                if (sources_[s].values.empty() && !(s == 0 && stream_)) sources_[s].values.emplace_back();
+        for (std::size_t s = 0; s < sources_.size(); ++s) {
+            if (s > 0 && (sources_[s].linked || options_.link))
+                groups_.back().push_back(s);
+            else
+                groups_.push_back({s});
+        }
+        // As parallel: --link goes to the end of the longest source, the shorter wrapping
+        // round; :::+ and ::::+ stop at the end of the shortest.
+        for (const auto& group : groups_) {
+            std::size_t length = sources_[group.front()].values.size();
+            for (std::size_t s : group)
+                length = options_.link ? std::max(length, sources_[s].values.size())
+                                       : std::min(length, sources_[s].values.size());
+            if (length == 0 && !(stream_ && group.front() == 0)) none_ = true;
+            lengths_.push_back(length);
+        }
+        index_.assign(groups_.size(), 0);
+        // Jobs: a record each, -N of them, or (-X, -m) the records spread over the job slots.
+        if (options_.pipe) {
+            per_job_ = 1;  // a chunk each (-N N is N records a chunk)
+        } else if (options_.max_args.value_or(0) > 0) {
+            per_job_ = *options_.max_args;  // also with -X, -m: -n 2 -X is two a command
+        } else if (spread && !none_) {
+            std::size_t records = 1;
+            for (std::size_t length : lengths_) records *= length;
+            const auto slots = static_cast<std::size_t>(job_slots(options_.jobs, records));
+            per_job_ = (records + slots - 1) / slots;
+        }
+        const std::vector<Piece> pieces = pieces_of(command_template, names_, options_.replace);
+        const bool append = !replaces(pieces) && !options_.pipe;
+        template_ = append ? command_template + " " + options_.replace : command_template;
+        pieces_ = append ? pieces_of(template_, names_, options_.replace) : pieces;
+        if (options_.tagstring) tag_pieces_ = pieces_of(*options_.tagstring, names_, options_.replace);
+    }
+    ~Jobs() override { ::close(stop_fd_); }
+    Jobs(const Jobs&) = delete;
+    Jobs& operator=(const Jobs&) = delete;
+
+    bool next(ParallelJob& job) override {
+        while (true) {
+            std::vector<std::string> args, raw, record;
+            std::size_t taken = 0;
+            std::string chunk;
+            for (; taken < per_job_ && next_record(record, chunk); ++taken)
+                for (const std::string& value : record) {
+                    raw.push_back(value);
+                    for (std::string& column : columns(value)) args.push_back(std::move(column));
+                }
+            if (taken == 0) return false;
+            const std::uint64_t sequence = ++sequence_;
+            if (skip_.contains(sequence)) {  // --resume: done before
+                if (!chunk.empty()) ::unlink(chunk.c_str());
+                continue;
+            }
+            if (options_.max_args == std::size_t{0} && !options_.pipe) args.clear();  // -N0: none inserted
+            job = make(args, raw, sequence, taken);
+            job.stdin_path = std::move(chunk);
+            return true;
+        }
+    }
+    bool ready() override {
+        if (chunks_) return chunks_->ready();
+        if (!stream_ || have_current_) return true;
+        return pending_ || stream_->ready();
+    }
+    void stop() override {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const auto written = ::write(stop_fd_, &one, sizeof one);
+    }
+
+private:
+    // --trim: of each column (of each value without --colsep).
+    std::vector<std::string> columns(const std::string& value) const {
+        if (!colsep_) return {trimmed(value, options_.trim)};
+        std::vector<std::string> parts;
+        std::sregex_token_iterator part(value.begin(), value.end(), *colsep_, -1), end;
+        for (; part != end; ++part) parts.push_back(trimmed(part->str(), options_.trim));
+        if (parts.empty()) parts.push_back("");
+        return parts;
+    }
+
+    // The streamed first source's next value (-r: not a blank one).
+    bool stream_value(std::string& value) {
+        if (pending_) {
+            value = std::move(*pending_);
+            pending_.reset();
+            return true;
+        }
+        while (stream_->next(value))
+            if (!(options_.no_run_if_empty && blank(value))) return true;
+        return false;
+    }
+
+    // The next record: each source's value; --pipe: the chunk's file in `chunk`.
+    bool next_record(std::vector<std::string>& record, std::string& chunk) {
+        record.assign(sources_.size(), std::string());
+        if (chunks_) return chunks_->next(chunk);
+        if (none_ || ended_) return false;
+        const std::size_t first = stream_ ? 1 : 0;  // the groups that go round in memory
+        if (stream_ && !have_current_) {
+            if (!stream_value(current_)) return false;
+            have_current_ = true;
+        }
+        if (stream_) record[0] = current_;
+        for (std::size_t g = first; g < groups_.size(); ++g)
+            for (std::size_t s : groups_[g]) record[s] = sources_[s].values[index_[g] % sources_[s].values.size()];
+        std::size_t g = groups_.size();
+        while (g > first && ++index_[g - 1] == lengths_[g - 1]) index_[--g] = 0;
+        if (g == first) {
+            if (stream_)
+                have_current_ = false;
+            else
+                ended_ = true;
+        }
+        return true;
+    }
+
+    ParallelJob make(const std::vector<std::string>& args, const std::vector<std::string>& raw, std::uint64_t sequence,
+                     std::size_t records) const {
+        ParallelJob job;
+        job.seq = sequence;
+        // As parallel: -m -N0 repeats the word for each record, as -X does.
+        const bool context = options_.multi == Multi::X || (options_.multi == Multi::M && args.empty());
+        job.command = context ? expand_context(template_, names_, options_.replace, args, sequence, records)
+                              : expand(pieces_, args, sequence);
+        if (options_.tagstring) {
+            // A tag is text, not shell code: the values go in as they are.
+            for (const Piece& piece : tag_pieces_) {
+                if (piece.kind == Piece::Kind::Text) {
+                    job.tag += piece.text;
+                } else if (piece.kind == Piece::Kind::All) {
+                    for (std::size_t i = 0; i < args.size(); ++i)
+                        job.tag += (i > 0 ? " " : "") + modified(args[i], piece.modifier);
+                } else if (piece.kind == Piece::Kind::Sequence) {
+                    job.tag += std::to_string(sequence);
+                } else if (piece.kind == Piece::Kind::Position) {
+                    const long count = static_cast<long>(args.size());
+                    const long index = piece.position > 0 ? piece.position - 1 : count + piece.position;
+                    if (index >= 0 && index < count)
+                        job.tag += modified(args[static_cast<std::size_t>(index)], piece.modifier);
+                }
+            }
+        } else if (options_.tag) {
+            for (std::size_t i = 0; i < args.size(); ++i) job.tag += (i > 0 ? " " : "") + args[i];
+        }
+        if (!options_.results.empty()) {
+            std::filesystem::path dir = options_.results;
+            for (std::size_t s = 0; s < sources_.size() && s < raw.size(); ++s)
+                dir = dir / std::to_string(s + 1) / results_name(raw[s]);
+            job.results_dir = dir.string();
+        }
+        return job;
+    }
+
+    const Options options_;
+    std::vector<Source> sources_;
+    const std::unordered_set<std::uint64_t> skip_;  // --resume: the jobs done before
+    int stop_fd_ = -1;
+    std::optional<ChunkReader> chunks_;   // --pipe
+    std::optional<ValueReader> stream_;   // the first source, read as it goes
+    std::optional<std::string> pending_;  // its first value, read to know that it has one
+    std::string current_;                 // its value in the records being made
+    bool have_current_ = false;
+    std::optional<std::regex> colsep_;
+    std::map<std::string, long> names_;  // --header :
+    std::vector<std::vector<std::size_t>> groups_;
+    std::vector<std::size_t> lengths_;
+    std::vector<std::size_t> index_;  // of each group
+    bool none_ = false;               // a source without values: no record at all
+    bool ended_ = false;              // every record made
+    std::size_t per_job_ = 1;
+    std::string template_;
+    std::vector<Piece> pieces_, tag_pieces_;
+    std::uint64_t sequence_ = 0;
+};
+
+// --resume, --resume-failed: the jobs that the joblog has (as succeeded: exit 0, no signal),
+// as parallel reads it. Sets `append` when it has a header line to append after.
+std::unordered_set<std::uint64_t> done_in_joblog(const std::string& path, bool only_succeeded, bool& append) {
+    std::unordered_set<std::uint64_t> done;
+    std::FILE* file = std::fopen(path.c_str(), "re");
+    if (!file) {
+        if (errno == ENOENT) return done;  // a first run: every job runs, and the joblog is made
+        throw Usage(fmt::format("--joblog: cannot read '{}': {}", printable(path), std::strerror(errno)));
+    }
+    static const std::regex kAny(R"(([0-9]+)(\t|\s).*)");
+    static const std::regex kSucceeded(R"(([0-9]+)(\t[^\t]+){5}\t0\t0\t.*)");
+    static const std::regex kFormat(R"([0-9]+\s+\S+\s+([-0-9.]+\s+){6}.*)");
+    char* text = nullptr;
+    std::size_t capacity = 0;
+    std::size_t number = 0;
+    for (ssize_t length; (length = ::getline(&text, &capacity, file)) > 0;) {
+        std::string line(text, static_cast<std::size_t>(length));
+        if (line.back() == '\n') line.pop_back();
+        if (++number == 1) {  // the header, as parallel takes it: whatever the first line is
+            append = true;
+            continue;
+        }
+        std::smatch match;
+        if (std::regex_match(line, match, only_succeeded ? kSucceeded : kAny)) {
+            done.insert(std::stoull(match[1].str()));
+        } else if (!std::regex_match(line, kFormat)) {
+            std::free(text);
+            std::fclose(file);
+            throw Usage(
+                fmt::format("--joblog {}:{}: not a joblog line: '{}'", printable(path), number, printable(line, 100)));
+        }
+    }
+    std::free(text);
+    std::fclose(file);
+    return done;
+}
 // A directory of our own for the workers' long streams and --pipe's chunks (removed at the
 // end, also after a kill: common/temp_dirs).
 std::filesystem::path make_spool_dir() {
@@ -558,7 +971,7 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             else if (name == "tagstring")
                 options.tagstring = value_of(flag, inline_value);
             else if (name == "N" || name == "n" || name == "max-args")
-                options.max_args = positive(flag, value_of(flag, inline_value));
+                options.max_args = whole_number(flag, value_of(flag, inline_value));
             else if (name == "C" || name == "colsep")
                 options.colsep = value_of(flag, inline_value);
             else if (name == "header") {
@@ -572,11 +985,28 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 options.halt = parse_halt(value_of(flag, inline_value));
             else if (name == "joblog")
                 options.joblog = value_of(flag, inline_value);
-            else if (name == "results" || name == "res")
+            else if (name == "results" || name == "res") {
                 options.results = value_of(flag, inline_value);
-            else if (name == "retries")
-                options.retries = static_cast<std::uint32_t>(positive(flag, value_of(flag, inline_value)));
-            else if (name == "a" || name == "arg-file")
+                // parallel's other forms: one table (NAME.csv, .tsv, .json), or a file per job named
+                // by replacement strings; only the tree of directories is made here.
+                for (const char* table : {".csv", ".tsv", ".json"})
+                    if (options.results.ends_with(table))
+                        throw Usage(
+                            fmt::format("{} {}: one {} table of every job is not supported: give a "
+                                        "directory (DIR/1/VALUE/stdout, ...)",
+                                        flag, printable(options.results), table + 1));
+                if (replaces(pieces_of(options.results, {})))
+                    throw Usage(
+                        fmt::format("{} {}: a file per job named by replacement strings is not supported: "
+                                    "give a directory (DIR/1/VALUE/stdout, ...)",
+                                    flag, printable(options.results)));
+            } else if (name == "retries") {
+                options.retries = static_cast<std::uint32_t>(whole_number(flag, value_of(flag, inline_value)));
+                if (options.retries == 0)
+                    throw Usage(
+                        "--retries 0 (parallel: try a failing job forever) is not supported: give the "
+                        "tries in all, e.g. --retries 100");
+            } else if (name == "a" || name == "arg-file")
                 options.arg_files.push_back(value_of(flag, inline_value));
             else if (name == "I") {
                 options.replace = value_of(flag, inline_value);
@@ -604,12 +1034,11 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 options.recend = value_of(flag, inline_value);
             else if (name == "regexp")
                 throw Usage("--regexp is not supported: --recstart and --recend are fixed strings here");
-            else if (name == "timeout") {
-                const std::string text = value_of(flag, inline_value);
-                const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), options.timeout_s);
-                if (ec != std::errc{} || end != text.data() + text.size() || options.timeout_s <= 0)
-                    throw Usage(fmt::format("--timeout: '{}' is not a number of seconds", printable(text)));
-            } else {
+            else if (name == "timeout")
+                options.timeout_s = seconds(flag, value_of(flag, inline_value));
+            else if (name == "delay")
+                options.delay_s = seconds(flag, value_of(flag, inline_value));
+            else {
                 took_value = false;
                 if (inline_value) {
                     if (name == "k" || name == "keep-order" || name == "dry-run" || name == "tag")
@@ -637,6 +1066,14 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                     options.no_run_if_empty = true;
                 else if (name == "pipe" || name == "spreadstdin")
                     options.pipe = true;
+                else if (name == "line-buffer" || name == "lb")
+                    options.live = ParallelOutput::Live::Lines;
+                else if (name == "u" || name == "ungroup")
+                    options.live = ParallelOutput::Live::Bytes;
+                else if (name == "resume")
+                    options.resume = true;
+                else if (name == "resume-failed")
+                    options.resume_failed = true;
                 else if (name == "group" || name == "no-notice" || name == "will-cite")
                     ;
                 else if (const std::string why = refused(name); !why.empty())
@@ -713,16 +1150,10 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
                 "sources)");
         if (options.pipe && options.recend.value_or("x").empty() && options.recstart.value_or("").empty())
             throw Usage("--pipe: --recstart and --recend are both empty");
-        auto output = std::make_shared<ParallelOutput>();
-        output->spool_dir = make_spool_dir();
-        const char separator_char = options.null ? '\0' : '\n';
+        if (command_template.empty())
+            throw Usage("no command: give COMMAND before ::: (running each input as a command is not supported)");
         std::vector<Source> sources;
-        for (const std::string& file : options.arg_files) sources.push_back({split(read_whole(file), separator_char)});
-        std::vector<std::string> stdins;  // --pipe: each job's chunk
-        if (options.pipe) {
-            stdins = write_chunks(options, output->spool_dir);
-            sources.push_back({std::vector<std::string>(stdins.size())});
-        }
+        for (const std::string& file : options.arg_files) sources.push_back({{}, false, file});
         while (at < argc) {
             const std::string kind = argv[at++];
             const bool files = kind.starts_with("::::");
@@ -732,156 +1163,64 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             std::vector<std::string> values;
             for (; at < argc && !separator(argv[at]); ++at) values.push_back(argv[at]);
             if (files) {
-                for (std::size_t i = 0; i < values.size(); ++i)
-                    sources.push_back({split(read_whole(values[i]), separator_char), linked && i == 0});
+                for (std::size_t i = 0; i < values.size(); ++i) sources.push_back({{}, linked && i == 0, values[i]});
             } else {
-                sources.push_back({std::move(values), linked});
+                sources.push_back({std::move(values), linked, {}});
             }
         }
-        if (sources.empty()) sources.push_back({split(read_whole("-"), separator_char)});
-        // -r: a value of white space alone is no value, in every source.
-        if (options.no_run_if_empty && !options.pipe)  // --pipe: in its chunks (drop_blank_lines)
-            for (Source& source : sources)
-                std::erase_if(source.values, [](const std::string& value) {
-                    return value.find_first_not_of(" \t\n\r\v\f") == std::string::npos;
-                });
-        // As parallel: `:::` with no value is one empty value when another source has values.
-        if (std::any_of(sources.begin(), sources.end(), [](const Source& s) { return !s.values.empty(); }))
-            for (Source& source : sources)
-                if (source.values.empty()) source.values.emplace_back();
-        if (command_template.empty())
-            throw Usage("no command: give COMMAND before ::: (running each input as a command is not supported)");
+        if (sources.empty() && !options.pipe) sources.push_back({{}, false, "-"});
 
-        // --colsep: each value split into columns; --header :: each source's first value names it.
-        std::optional<std::regex> colsep;
-        if (options.colsep) {
-            try {
-                colsep.emplace(*options.colsep);
-            } catch (const std::regex_error& e) {
-                throw Usage(fmt::format("--colsep: '{}' is not a regular expression: {}", printable(*options.colsep),
-                                        e.what()));
-            }
+        // --resume, --resume-failed: the jobs the joblog has (as succeeded) are not run again.
+        std::string joblog = options.joblog;
+        bool joblog_append = false;
+        if (joblog.starts_with('+')) {  // --joblog +FILE: appended to, without a header
+            joblog.erase(0, 1);
+            joblog_append = true;
         }
-        // --trim: of each column (of each value without --colsep).
-        const auto columns = [&](const std::string& value) {
-            if (!colsep) return std::vector<std::string>{trimmed(value, options.trim)};
-            std::vector<std::string> parts;
-            std::sregex_token_iterator part(value.begin(), value.end(), *colsep, -1), end;
-            for (; part != end; ++part) parts.push_back(trimmed(part->str(), options.trim));
-            if (parts.empty()) parts.push_back("");
-            return parts;
-        };
-        std::map<std::string, long> names;
-        if (options.header) {
-            long position = 1;
-            for (Source& source : sources) {
-                if (source.values.empty()) continue;
-                for (const std::string& name : columns(source.values.front())) names.emplace(name, position++);
-                source.values.erase(source.values.begin());
-            }
+        std::unordered_set<std::uint64_t> skip;
+        if (options.resume || options.resume_failed) {
+            if (joblog.empty() || joblog == "-")
+                throw Usage(
+                    fmt::format("{} needs --joblog FILE, which it reads (--results DIR alone is not enough "
+                                "here)",
+                                options.resume_failed ? "--resume-failed" : "--resume"));
+            if (!options.dry_run) skip = done_in_joblog(joblog, options.resume_failed, joblog_append);
         }
 
-        // Records: every combination of the sources (linked ones go value by value, the
-        // shorter wrapping round); the first source changes slowest.
-        std::vector<std::vector<std::size_t>> groups;
-        for (std::size_t i = 0; i < sources.size(); ++i) {
-            if (i > 0 && (sources[i].linked || options.link))
-                groups.back().push_back(i);
-            else
-                groups.push_back({i});
-        }
-        std::vector<std::size_t> lengths;
-        bool none = false;
-        for (const auto& group : groups) {
-            std::size_t longest = 0;
-            for (std::size_t s : group) {
-                longest = std::max(longest, sources[s].values.size());
-                if (sources[s].values.empty()) none = true;
-            }
-            lengths.push_back(longest);
-        }
-        std::vector<std::vector<std::string>> records;  // each source's value
-        if (!none) {
-            std::vector<std::size_t> index(groups.size(), 0);
-            for (;;) {
-                std::vector<std::string> record(sources.size());
-                for (std::size_t g = 0; g < groups.size(); ++g)
-                    for (std::size_t s : groups[g]) record[s] = sources[s].values[index[g] % sources[s].values.size()];
-                records.push_back(std::move(record));
-                std::size_t g = groups.size();
-                while (g > 0 && ++index[g - 1] == lengths[g - 1]) index[--g] = 0;
-                if (g == 0) break;
-            }
-        }
-        if (records.empty()) return ExitCode::Ok;  // parallel runs nothing for no input
-
-        // Jobs: a record each, -N of them, or (-X, -m) the records spread over the job slots.
-        std::size_t per_job = 1;
-        if (options.pipe) {
-            per_job = 1;  // a chunk each (-N N is N records a chunk)
-        } else if (options.max_args > 0) {
-            per_job = options.max_args;  // also with -X, -m: -n 2 -X is two a command
-        } else if (options.multi != Multi::None) {
-            const auto slots = static_cast<std::size_t>(job_slots(options.jobs, records.size()));
-            per_job = (records.size() + slots - 1) / slots;
-        }
-        const std::vector<Piece> pieces = pieces_of(command_template, names, options.replace);
-        const bool append = !replaces(pieces) && !options.pipe;
-        const std::string full_template = append ? command_template + " " + options.replace : command_template;
-        const std::vector<Piece> full_pieces = append ? pieces_of(full_template, names, options.replace) : pieces;
-        const std::vector<Piece> tag_pieces =
-            options.tagstring ? pieces_of(*options.tagstring, names, options.replace) : std::vector<Piece>{};
-        for (std::size_t first = 0; first < records.size(); first += per_job) {
-            const std::size_t sequence = first / per_job + 1;
-            std::vector<std::string> args;
-            std::vector<std::string> raw;
-            for (std::size_t r = first; r < std::min(records.size(), first + per_job); ++r)
-                for (const std::string& value : records[r]) {
-                    raw.push_back(value);
-                    for (std::string& column : columns(value)) args.push_back(std::move(column));
-                }
-            output->commands.push_back(options.multi == Multi::X
-                                           ? expand_context(full_template, names, options.replace, args, sequence)
-                                           : expand(full_pieces, args, sequence));
-            if (options.tagstring) {
-                // A tag is text, not shell code: the values go in as they are.
-                std::string tag;
-                for (const Piece& piece : tag_pieces) {
-                    if (piece.kind == Piece::Kind::Text) {
-                        tag += piece.text;
-                    } else if (piece.kind == Piece::Kind::All) {
-                        for (std::size_t i = 0; i < args.size(); ++i)
-                            tag += (i > 0 ? " " : "") + modified(args[i], piece.modifier);
-                    } else if (piece.kind == Piece::Kind::Sequence) {
-                        tag += std::to_string(sequence);
-                    } else if (piece.kind == Piece::Kind::Position) {
-                        const long count = static_cast<long>(args.size());
-                        const long index = piece.position > 0 ? piece.position - 1 : count + piece.position;
-                        if (index >= 0 && index < count)
-                            tag += modified(args[static_cast<std::size_t>(index)], piece.modifier);
-                    }
-                }
-                output->tags.push_back(std::move(tag));
-            } else if (options.tag) {
-                std::string tag;
-                for (std::size_t i = 0; i < args.size(); ++i) tag += (i > 0 ? " " : "") + args[i];
-                output->tags.push_back(std::move(tag));
-            }
-            if (!options.results.empty()) {
-                std::filesystem::path dir = options.results;
-                for (std::size_t s = 0; s < sources.size() && s < raw.size(); ++s)
-                    dir = dir / std::to_string(s + 1) / results_name(raw[s]);
-                output->results_dirs.push_back(dir.string());
-            }
-        }
+        auto output = std::make_shared<ParallelOutput>();
+        output->spool_dir = make_spool_dir();
+        auto jobs =
+            std::make_unique<Jobs>(options, std::move(sources), command_template, output->spool_dir, std::move(skip));
         if (options.dry_run) {
-            for (const std::string& command : output->commands) fmt::print("{}\n", command);
+            for (ParallelJob job; jobs->next(job);) fmt::print("{}\n", job.command);
             return ExitCode::Ok;
         }
+        // The jobs whose input has come (all of them for --halt N%, which counts them): made
+        // now, to know how many workers to start; the others as their input comes.
+        std::deque<ParallelJob> first;
+        bool ended = false;
+        constexpr std::size_t kAhead = 1024;
+        while (first.empty() || options.halt.percent || (first.size() < kAhead && jobs->ready())) {
+            ParallelJob job;
+            if (!jobs->next(job)) {
+                ended = true;
+                break;
+            }
+            first.push_back(std::move(job));
+        }
+        if (first.empty()) return ExitCode::Ok;  // parallel runs nothing for no input
+        const std::optional<std::size_t> total = ended ? std::optional<std::size_t>(first.size()) : std::nullopt;
+
+        output->named_jobs = true;
+        output->tagged = options.tag || options.tagstring.has_value();
         output->keep_order = options.keep_order;
+        // With -k the output comes in job order, each job's whole (--line-buffer's bytes, later).
+        output->live = options.keep_order ? ParallelOutput::Live::No : options.live;
         output->verbose = options.verbose;
-        output->joblog = options.joblog;
+        output->joblog = joblog;
+        output->joblog_append = joblog_append;
         output->halt = options.halt;
+        output->total = total;
 
         RunConfig config;
         config.worker_bin = program.worker.path;
@@ -890,23 +1229,30 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         config.command_line.assign(argv, argv + argc);
         config.command_line.insert(config.command_line.begin(), program.name);
         config.task = "command";
-        if (!program.registry.find("command")) throw Usage(fmt::format("{} has no command task type", program.name));
+        const TaskType* command_type = program.registry.find("command");
+        if (!command_type) throw Usage(fmt::format("{} has no command task type", program.name));
         config.modes = {Mode::Processes};
         config.modes_given = true;
-        config.workers = job_slots(options.jobs, output->commands.size());
+        config.workers = job_slots(options.jobs, total, first.size());
         config.settings["max_output"] = 1536 * 1024;  // the most a result carries (the command type's --max-output)
         config.progress = ProgressMode::Never;
         config.log_level = "warn";
-        if (options.retries > 0) config.retries = config.task_retries = options.retries - 1;
+        if (options.retries > 1) config.retries = config.task_retries = options.retries - 1;
         config.task_timeout_s = options.timeout_s;
-        // --halt: a worker holds one job at a time, so that no job starts after the one that halts.
-        if (options.halt.when != ParallelHalt::When::Never) config.prefetch = 1;
-        config.plan_path = write_plan(output->commands, options.wd, stdins, output->plan_fd);
+        // --halt: a worker holds one job at a time, so that no job starts after the one that halts;
+        // --delay: so that a job starts when it is handed out.
+        if (options.halt.when != ParallelHalt::When::Never || options.delay_s > 0) config.prefetch = 1;
+        config.plan_source =
+            std::make_shared<ParallelJobs>(std::move(first), ended ? nullptr : std::move(jobs), *command_type,
+                                           options.wd, options.timeout_s, options.delay_s, output);
         // A stream longer than a result holds comes whole through a file there.
         config.settings["spill_dir"] = output->spool_dir.string();
         config.parallel = std::move(output);
         return config;
     } catch (const Usage& e) {
+        fmt::print(stderr, "{}: {}\n", who, e.what());
+        return static_cast<ExitCode>(e.status);
+    } catch (const ConfigError& e) {  // an input that cannot be read
         fmt::print(stderr, "{}: {}\n", who, e.what());
         return ExitCode::Usage;
     }

@@ -1,12 +1,21 @@
 #include "parallel_output.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <csignal>
 #include <cmath>
 #include <cstring>
+#include <charconv>
 #include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -89,24 +98,168 @@ void write_file(const std::filesystem::path& path, const std::string& text) {
 
 }  // namespace
 
+// --line-buffer, --ungroup: a thread watches the spool directory (inotify) and copies what
+// each job adds to its files to stdout and stderr as it comes: whole lines (each with its
+// tag), or with --ungroup any bytes; finish() copies the rest when the job has ended.
+class ParallelSink::Live {
+public:
+    Live(const ParallelOutput& output, std::FILE* out) : output_(output), out_(out) {
+        inotify_fd_ = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+        stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (inotify_fd_ < 0 || stop_fd_ < 0 ||
+            ::inotify_add_watch(inotify_fd_, output_.spool_dir.c_str(), IN_MODIFY | IN_CLOSE_WRITE) < 0) {
+            const int error = errno;
+            if (inotify_fd_ >= 0) ::close(inotify_fd_);
+            if (stop_fd_ >= 0) ::close(stop_fd_);
+            throw ConfigError(fmt::format("--line-buffer: cannot watch '{}': {}", printable(output_.spool_dir.string()),
+                                          std::strerror(error)));
+        }
+        // The thread takes no signal: the process's are handled elsewhere (SignalWatcher).
+        sigset_t all;
+        sigset_t before;
+        sigfillset(&all);
+        for (int synchronous : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT}) sigdelset(&all, synchronous);
+        ::pthread_sigmask(SIG_BLOCK, &all, &before);
+        thread_ = std::thread([this] { watch(); });
+        ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
+    }
+    ~Live() {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const auto written = ::write(stop_fd_, &one, sizeof one);
+        thread_.join();
+        for (auto& [id, job] : jobs_)
+            for (Stream& stream : job.streams)
+                if (stream.fd >= 0) ::close(stream.fd);
+        ::close(inotify_fd_);
+        ::close(stop_fd_);
+    }
+    Live(const Live&) = delete;
+    Live& operator=(const Live&) = delete;
+
+    // The job of task `id` ended: the rest of its output, then its files go.
+    void finish(std::uint64_t id, const ParallelJob& job) {
+        std::lock_guard lock(mutex_);
+        for (int s = 0; s < 2; ++s) copy(id, s, &job);
+        const auto found = jobs_.find(id);
+        if (found != jobs_.end()) {
+            for (Stream& stream : found->second.streams)
+                if (stream.fd >= 0) ::close(stream.fd);
+            jobs_.erase(found);
+        }
+        for (const char* name : {"out", "err"}) ::unlink(output_.live_path(id, name).c_str());
+    }
+
+private:
+    struct Stream {
+        int fd = -1;
+        std::string pending;  // --line-buffer: a line not ended yet
+    };
+    struct Job {
+        Stream streams[2];  // stdout, stderr
+        bool announced = false;
+    };
+
+    void watch() {
+        alignas(inotify_event) char events[16384];
+        while (true) {
+            pollfd fds[] = {{inotify_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+            if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+            if (fds[1].revents != 0) return;
+            const ssize_t got = ::read(inotify_fd_, events, sizeof events);
+            for (ssize_t at = 0; at < got;) {
+                const auto* event = reinterpret_cast<const inotify_event*>(events + at);
+                at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+                if (event->len == 0) continue;
+                const std::string_view name(event->name);
+                if (!name.starts_with("live-") || (!name.ends_with(".out") && !name.ends_with(".err"))) continue;
+                const auto digits = name.substr(5, name.size() - 9);
+                std::uint64_t id = 0;
+                if (std::from_chars(digits.data(), digits.data() + digits.size(), id).ec != std::errc{}) continue;
+                std::lock_guard lock(mutex_);
+                if (!finished_.contains(id)) copy(id, name.ends_with(".out") ? 0 : 1, nullptr);
+            }
+        }
+    }
+
+    // What stream `s` of task `id` has that was not copied yet: at its job's end (`ended`)
+    // all of it, else whole lines only with --line-buffer. With mutex_ held.
+    void copy(std::uint64_t id, int s, const ParallelJob* ended) {
+        if (ended) finished_.insert(id);
+        Job& job = jobs_[id];
+        Stream& stream = job.streams[s];
+        if (stream.fd < 0)
+            stream.fd = ::open(output_.live_path(id, s == 0 ? "out" : "err").c_str(), O_RDONLY | O_CLOEXEC);
+        char buffer[65536];
+        for (ssize_t got; stream.fd >= 0 && (got = ::read(stream.fd, buffer, sizeof buffer)) > 0;)
+            stream.pending.append(buffer, static_cast<std::size_t>(got));
+        std::size_t whole = stream.pending.size();
+        if (!ended && output_.live == ParallelOutput::Live::Lines) {
+            const auto newline = stream.pending.rfind('\n');
+            whole = newline == std::string::npos ? 0 : newline + 1;
+        }
+        const bool announce = output_.verbose && !job.announced && (whole > 0 || (ended && s == 1));
+        if (whole == 0 && !announce) return;
+        const ParallelJob info = ended ? *ended : output_.job(id, false);
+        if (announce) {  // -v: the command before the job's first output
+            job.announced = true;
+            const std::string line = info.command + "\n";
+            std::fwrite(line.data(), 1, line.size(), out_);
+        }
+        std::string text = stream.pending.substr(0, whole);
+        stream.pending.erase(0, whole);
+        if (output_.tagged) text = tagged(text, info.tag);
+        std::FILE* to = s == 0 ? out_ : stderr;
+        if (s == 1) std::fflush(out_);
+        std::fwrite(text.data(), 1, text.size(), to);
+        std::fflush(to);
+    }
+
+    const ParallelOutput& output_;
+    std::FILE* out_;
+    int inotify_fd_ = -1;
+    int stop_fd_ = -1;
+    std::mutex mutex_;
+    std::unordered_map<std::uint64_t, Job> jobs_;
+    std::unordered_set<std::uint64_t> finished_;  // ended: no copy after finish()
+    std::thread thread_;
+};
+
 ParallelOutput::~ParallelOutput() {
-    if (plan_fd >= 0) ::close(plan_fd);
     std::error_code ec;
     if (spool_dir.empty()) return;
     std::filesystem::remove_all(spool_dir, ec);
     forget_temp_dir(spool_dir);
 }
 
+void ParallelOutput::add(std::uint64_t id, ParallelJob job) const {
+    std::lock_guard lock(mutex_);
+    jobs_.insert_or_assign(id, std::move(job));
+}
+
+ParallelJob ParallelOutput::job(std::uint64_t id, bool last) const {
+    std::lock_guard lock(mutex_);
+    const auto found = jobs_.find(id);
+    if (found == jobs_.end()) {
+        ParallelJob none;
+        none.seq = id + 1;
+        return none;
+    }
+    if (!last) return found->second;
+    ParallelJob job = std::move(found->second);
+    jobs_.erase(found);
+    return job;
+}
+
 ParallelSink::ParallelSink(const ParallelOutput& output, std::FILE* out) : output_(output), out_(out) {
     if (output_.joblog == "-") {
         joblog_ = out_;  // `-` is stdout, as everywhere (and as parallel's --joblog -)
     } else if (!output_.joblog.empty()) {
-        joblog_ = std::fopen(output_.joblog.c_str(), "we");  // close-on-exec
+        joblog_ = std::fopen(output_.joblog.c_str(), output_.joblog_append ? "ae" : "we");  // close-on-exec
         if (!joblog_)
             throw ConfigError(fmt::format("--joblog: cannot write '{}': {}", printable(output_.joblog.string()),
                                           std::strerror(errno)));
     }
-    if (joblog_) {
+    if (joblog_ && !output_.joblog_append) {
         std::fputs("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n", joblog_);
         std::fflush(joblog_);
     }
@@ -116,7 +269,11 @@ ParallelSink::~ParallelSink() {
     if (joblog_ && joblog_ != out_) std::fclose(joblog_);
 }
 
-void ParallelSink::begin_mode_(const std::string&, std::size_t) { began_ = std::chrono::system_clock::now(); }
+void ParallelSink::begin_mode_(const std::string&, std::size_t) {
+    began_ = std::chrono::system_clock::now();
+    // After the signal watcher: the thread starts here, not before it.
+    if (output_.live != ParallelOutput::Live::No && !live_) live_ = std::make_unique<Live>(output_, out_);
+}
 
 void ParallelSink::write(const Finished& finished) {
     // A job's stdout, then its stderr, as parallel writes them; --joblog in the same order.
@@ -143,28 +300,27 @@ void ParallelSink::failed() {
     if (on_closed_) on_closed_();
 }
 
-void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
+void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
+    const ParallelJob job = output_.job(result.id, !result.retrying);
     // --pipe: a job's chunk is not needed once it has its last try.
-    if (!result.retrying && !output_.spool_dir.empty() && task.params.is_object())
-        if (const auto in = task.params.find("stdin"); in != task.params.end() && in->is_string())
-            ::unlink(in->get_ref<const std::string&>().c_str());
+    if (!result.retrying && !job.stdin_path.empty()) ::unlink(job.stdin_path.c_str());
     // After --halt now the running jobs were killed: parallel shows none of them. After --halt
     // soon they finish, and their output, joblog lines and results are kept as any job's.
     const bool halted_before = halted_;
+    if (live_) live_->finish(result.id, job);  // what it wrote that is not out yet, first
     if (result.retrying || (halted_ && output_.halt.when == ParallelHalt::When::Now)) return remove_files(result);
-    const std::uint64_t job = result.id;
-    const std::string command = job < output_.commands.size() ? output_.commands[job] : std::string();
+    const std::string& command = job.command;
     Finished finished;
     std::string out_cut, err_cut;
     finished.out = stream(result, "stdout", out_cut);
     finished.err = stream(result, "stderr", err_cut);
-    const std::string results_out = output_.results_dirs.empty() ? std::string() : finished.out;
-    const std::string results_err = output_.results_dirs.empty() ? std::string() : finished.err;
+    const std::string results_out = job.results_dir.empty() ? std::string() : finished.out;
+    const std::string results_err = job.results_dir.empty() ? std::string() : finished.err;
     // Never silent: a cut stream is said on stderr after the job's own, and fails the run.
     for (const std::string* cut : {&out_cut, &err_cut})
         if (!cut->empty()) {
-            finished.err += output_.commands.empty() ? fmt::format("taskfarm: task {}: {}\n", job, *cut)
-                                                     : fmt::format("parallel: job {}: {}\n", job + 1, *cut);
+            finished.err += output_.named_jobs ? fmt::format("parallel: job {}: {}\n", job.seq, *cut)
+                                               : fmt::format("taskfarm: task {}: {}\n", result.id, *cut);
             ++cut_;
         }
     if (result.error.starts_with("timed out"))
@@ -174,13 +330,13 @@ void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
             command);
     // No command ran (a worker died, say): `coordinator parallel` says so; --output plain
     // has the result line on stderr for it.
-    if (!result.ok && finished.err.empty() && !result.value.is_object() && !output_.commands.empty())
-        finished.err = fmt::format("parallel: job {} failed: {}\n", job + 1, result.error);
-    if (!output_.tags.empty() && job < output_.tags.size()) {
-        finished.out = tagged(finished.out, output_.tags[job]);
-        finished.err = tagged(finished.err, output_.tags[job]);
+    if (!result.ok && finished.err.empty() && !result.value.is_object() && output_.named_jobs)
+        finished.err = fmt::format("parallel: job {} failed: {}\n", job.seq, result.error);
+    if (output_.tagged) {
+        finished.out = tagged(finished.out, job.tag);
+        finished.err = tagged(finished.err, job.tag);
     }
-    if (output_.verbose) finished.out = command + "\n" + finished.out;
+    if (output_.verbose && !live_) finished.out = command + "\n" + finished.out;
     const int signal = signal_number(result.value);
     int status = 0;
     if (result.ok)
@@ -194,20 +350,20 @@ void ParallelSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     if (joblog_) {
         const double start = std::chrono::duration<double>(began_.time_since_epoch()).count() + result.start_s;
         finished.joblog =
-            fmt::format("{}\t:\t{:.3f}\t{:10.3f}\t0\t{}\t{}\t{}\t{}\n", job + 1, start, result.run_time.count(),
+            fmt::format("{}\t:\t{:.3f}\t{:10.3f}\t0\t{}\t{}\t{}\t{}\n", job.seq, start, result.run_time.count(),
                         result.value.is_object() ? result.value.value("stdout_bytes", 0) : 0, signal > 0 ? 0 : status,
                         signal, command);
     }
-    if (!output_.results_dirs.empty() && job < output_.results_dirs.size()) {
-        const std::filesystem::path dir = output_.results_dirs[job];
+    if (!job.results_dir.empty()) {
+        const std::filesystem::path dir = job.results_dir;
         std::error_code ec;
         std::filesystem::create_directories(dir, ec);
-        write_file(dir / "seq", std::to_string(job + 1));
+        write_file(dir / "seq", std::to_string(job.seq));
         write_file(dir / "stdout", results_out);
         write_file(dir / "stderr", results_err);
     }
     if (output_.keep_order) {
-        waiting_.emplace(job, std::move(finished));
+        waiting_.emplace(result.id, std::move(finished));
         for (auto next = waiting_.find(next_); next != waiting_.end(); next = waiting_.find(next_)) {
             write(next->second);
             waiting_.erase(next);
@@ -239,19 +395,20 @@ void ParallelSink::check_halt(const TaskResult& result, int status) {
     const bool relevant = halt.on == ParallelHalt::On::Completed || (halt.on == ParallelHalt::On::Fail) != result.ok;
     if (!relevant) return;
     // As parallel: N% of the jobs is a number of jobs, not rounded.
-    const double needed = halt.percent ? halt.count / 100.0 * static_cast<double>(output_.commands.size()) : halt.count;
+    const double needed =
+        halt.percent ? halt.count / 100.0 * static_cast<double>(output_.total.value_or(done_)) : halt.count;
     if (static_cast<double>(counted) < needed) return;
     halted_ = true;
     // As parallel: the job's own status when one job was needed (fail=1, or N% of the jobs
     // is one), the share of failed jobs in percent (rounded up) for fail=N%, the number
     // failed for fail=N; done=... as fail=...; 0 after success=...
-    if (halt.on == ParallelHalt::On::Success)
+    if (halt.on == ParallelHalt::On::Success || needed == 0)
         halt_status_ = 0;
     else if (needed == 1)
         halt_status_ = status;
     else if (halt.percent)
         halt_status_ = static_cast<int>(
-            std::ceil(static_cast<double>(failed_) * 100.0 / static_cast<double>(output_.commands.size())));
+            std::ceil(static_cast<double>(failed_) * 100.0 / static_cast<double>(output_.total.value_or(done_))));
     else
         halt_status_ = static_cast<int>(std::min<std::size_t>(failed_, 101));
     if (on_halt_) on_halt_(halt.when == ParallelHalt::When::Now);
@@ -263,6 +420,8 @@ void ParallelSink::flush_() {
 
 int ParallelSink::exit_status() const {
     if (halted_) return halt_status_ != 0 || cut_ == 0 ? halt_status_ : 1;
+    // As parallel: --halt ...=0 or =0% that never halted exits 0.
+    if (output_.halt.when != ParallelHalt::When::Never && output_.halt.count == 0) return cut_ > 0 ? 1 : 0;
     // As parallel: with --halt ...=N% that never halted, the share of failed jobs in percent.
     if (output_.halt.when != ParallelHalt::When::Never && output_.halt.percent && done_ > 0 && failed_ + cut_ > 0)
         return static_cast<int>(std::ceil(static_cast<double>(failed_ + cut_) * 100.0 / static_cast<double>(done_)));

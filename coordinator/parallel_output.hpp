@@ -7,7 +7,11 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "sink.hpp"
@@ -20,20 +24,35 @@ struct ParallelHalt {
     enum class On { Fail, Success, Completed };  // done=N: any job
     When when = When::Never;
     On on = On::Fail;
-    double count = 1;      // jobs, or percent when `percent`
+    double count = 1;      // jobs, or percent when `percent`; 0: the first that counts halts, status 0
     bool percent = false;  // count is a percentage of all jobs
 };
 
-// What parse_parallel() decided about output, per job (a job is the task with the same id).
+// One job of `coordinator parallel`, as its inputs made it.
+struct ParallelJob {
+    std::string command;      // its shell command
+    std::string tag;          // --tag/--tagstring: its tag
+    std::string results_dir;  // --results DIR: its directory; empty: none
+    std::string stdin_path;   // --pipe: its chunk; empty: none
+    std::uint64_t seq = 0;    // {#}, and the joblog's Seq (from 1; --resume skips some)
+};
+
+// What parse_parallel() decided about output. A job is the task with the same id: the plan
+// puts each job here as it makes its task (add), and the sink takes it at its last result
+// (take), so only the jobs under way are held, however long the input.
 struct ParallelOutput {
-    std::vector<std::string> commands;      // each job's shell command
-    std::vector<std::string> tags;          // --tag/--tagstring: each job's tag; empty: no tags
-    std::vector<std::string> results_dirs;  // --results DIR: each job's directory; empty: none
-    bool keep_order = false;                // -k
-    bool verbose = false;                   // -v: the command before its output
-    std::filesystem::path joblog;           // --joblog FILE; empty: none
+    bool named_jobs = false;  // `coordinator parallel`: messages say "parallel: job N" (else --output plain's)
+    bool tagged = false;      // --tag/--tagstring
+    bool keep_order = false;  // -k
+    // --line-buffer (whole lines) or --ungroup (bytes as they come): each job's stdout and
+    // stderr go to files of spool_dir (live_path) that the sink copies out as they grow.
+    enum class Live { No, Lines, Bytes };
+    Live live = Live::No;
+    bool verbose = false;                // -v: the command before its output
+    std::filesystem::path joblog;        // --joblog FILE; empty: none
+    bool joblog_append = false;          // --joblog +FILE, or --resume of a joblog: no header, appended
+    std::optional<std::uint64_t> total;  // the number of jobs, when known before the run (--halt N% needs it)
     ParallelHalt halt;
-    int plan_fd = -1;  // the plan's file (parse_parallel), closed with this
     // Where workers put the streams longer than a result holds (spill_dir), and --pipe's
     // chunks: removed, with what is left in it, with this.
     std::filesystem::path spool_dir;
@@ -41,6 +60,20 @@ struct ParallelOutput {
     ~ParallelOutput();
     ParallelOutput(const ParallelOutput&) = delete;
     ParallelOutput& operator=(const ParallelOutput&) = delete;
+
+    // --line-buffer, --ungroup: where the job of task `id` writes stream `name` ("out", "err").
+    std::filesystem::path live_path(std::uint64_t id, const char* name) const {
+        return spool_dir / ("live-" + std::to_string(id) + "." + name);
+    }
+
+    void add(std::uint64_t id, ParallelJob job) const;
+    // The job of task `id` (an empty one for a task that is no job: --output plain); with
+    // `last`, forgotten.
+    ParallelJob job(std::uint64_t id, bool last) const;
+
+private:
+    mutable std::mutex mutex_;
+    mutable std::unordered_map<std::uint64_t, ParallelJob> jobs_;
 };
 
 // Writes each finished job's stdout to `out` and its stderr to stderr, whole and in one
@@ -73,6 +106,8 @@ private:
     struct Finished {
         std::string out, err, joblog;
     };
+    class Live;
+    std::unique_ptr<Live> live_;  // --line-buffer, --ungroup: copies the jobs' files out as they grow
     void write(const Finished& finished);
     void failed();  // a write to `out` failed: errno says why
     void check_halt(const TaskResult& result, int status);

@@ -225,8 +225,8 @@ private:
     std::size_t number_ = 0;
 };
 
-// A list named by a descriptor of ours (`--inputs <(...)` is /dev/fd/63): close-on-exec from
-// now on, so that no command of the run inherits it (the descriptor we read is our own).
+}  // namespace
+
 void keep_from_commands(const std::filesystem::path& path) {
     const std::string text = path.string();
     for (const std::string_view prefix : {"/dev/fd/", "/proc/self/fd/"}) {
@@ -240,6 +240,8 @@ void keep_from_commands(const std::filesystem::path& path) {
         }
     }
 }
+
+namespace {
 
 std::unique_ptr<LineSource> open_file(const std::filesystem::path& path, const std::string& flag) {
     keep_from_commands(path);
@@ -735,7 +737,11 @@ std::string unmet_resources(const RunConfig& config, const ResourceRequest& requ
 Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings) {
     Plan plan;
     const double timeout_s = config.task_timeout_s;
-    if (!config.plan_path.empty()) {
+    if (config.plan_source) {
+        plan.source = config.plan_source;
+        plan.count = config.plan_source->counted();
+        plan.types = {&registry.at(config.task)};
+    } else if (!config.plan_path.empty()) {
         if (config.plan_path == "-" || read_once(config.plan_path)) {
             plan.stdin_spool = spool_for(config.plan_path, "--plan");
             plan.stdin_spool->read_all();

@@ -105,6 +105,10 @@ inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] =
                                                                                   {"workers", "--workers"},
                                                                                   {"served_urls", "--task download"}};
 
+// A list named by a descriptor of ours (`--inputs <(...)` is /dev/fd/63): close-on-exec from
+// now on, so that no command of the run inherits it (the descriptor we read is our own).
+void keep_from_commands(const std::filesystem::path& path);
+
 // Deterministic: the same config (seed included) gives the same plan on every machine.
 // With config.plan_path the tasks come from that file (read_plan); with config.inputs_path,
 // a task of --task per line of it (read_inputs); else --tasks tasks of --task, each from

@@ -265,7 +265,8 @@ TEST(Command, APlainOutputThatWasCutIsSaidOnStderrAndFails) {
         std::FILE* out = std::fopen(out_path.c_str(), "w");
         ASSERT_NE(out, nullptr);
         ParallelOutput output;
-        output.commands = {"cat big"};
+        output.named_jobs = true;
+        output.add(0, ParallelJob{.command = "cat big", .tag = {}, .results_dir = {}, .stdin_path = {}, .seq = 1});
         ParallelSink sink(output, out);
         TaskResult result;
         result.id = 0;

@@ -19,6 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 COORDINATOR = os.environ.get("TASKFARM_COORDINATOR", "coordinator")
 
+
+# The feeders' wait: for a file, at most five seconds.
+WAIT = "w() { for i in $(seq 100); do [ -e $1 ] && return; sleep 0.05; done; echo gave-up-$1; }; "
+
+# A job's wait (in its own shell): for the file `seen`, at most five seconds.
+JOB_WAIT = "for i in $(seq 100); do [ -e seen ] && break; sleep 0.05; done; [ -e seen ] || echo gave-up"
+
 # (name, snippet). Order-sensitive rows use -k or -j1.
 TABLE = [
     ("one source", "$P -k echo ::: a b c"),
@@ -154,7 +161,109 @@ TABLE = [
     ("--pipe -r over blocks", "seq 30000 | sed 's/5/\\n/' | $P --pipe -r --block 10k -k wc -l"),
     ("--pipe -r, nothing left", "printf '\\n \\n' | $P --pipe -r -k 'echo x; cat'"),
     ("--pipe with no input", "printf '' | $P --pipe -k 'echo x; cat'"),
+    # The value forms parallel's man page gives for the options taken.
+    ("--halt N% is soon,fail=N%", "$P -j1 --halt 10% 'echo {}; exit {}' ::: 0 1 2 0 0 0 0 0 0 0"),
+    ("--halt N% never reached", "$P -j1 --halt 50% 'echo {}; exit {}' ::: 0 1 2 0 0 0 0 0 0 0"),
+    ("--halt 1% of ten jobs", "$P -j1 --halt 1% 'echo {}; exit {}' ::: 0 1 2 0 0 0 0 0 0 0"),
+    ("--halt -1 is soon,success=1", "$P -j1 --halt -1 'echo {}; exit {}' ::: 1 0 2"),
+    ("--halt -2 is now,success=1", "$P -j1 --halt -2 'echo {}; exit {}' ::: 1 0 2"),
+    ("--halt 0", "$P -j1 --halt 0 'echo {}; exit {}' ::: 1 0 2"),
+    ("--halt never", "$P -j1 --halt never 'echo {}; exit {}' ::: 1 0 2"),
+    ("--halt now,fail=0", "$P -j1 --halt now,fail=0 'echo {}; exit {}' ::: 0 1 2"),
+    ("--halt now,fail=0%", "$P -j1 --halt now,fail=0% 'echo {}; exit {}' ::: 0 1 2"),
+    ("--halt now,fail=150%", "$P -j1 --halt now,fail=150% 'echo {}; exit {}' ::: 0 1 2 0"),
+    ("--halt soon,success=50%", "$P -j1 --halt soon,success=50% 'echo {}; exit {}' ::: 0 1 0 0 0"),
+    ("--halt now=fail=1", "$P -j1 --halt now=fail=1 'echo {}; exit {}' ::: 0 3 0"),
+    ("--halt now,done=50%", "$P -j1 --halt now,done=50% 'echo {}; exit {}' ::: 4 0 1 0"),
+    ("--pipe -N0 is by the block", "seq 2000 | $P --pipe -N0 -k wc -c"),
+    ("--pipe -N 0", "seq 2000 | $P --pipe -N 0 -k wc -c"),
+    ("--pipe --block 0 is 1M", "seq 300000 | $P --pipe --block 0 -k wc -c"),
+    ("--pipe --block '' is 1M", "seq 300000 | $P --pipe --block '' -k wc -c"),
+    ("--pipe --block 1.5k", "seq 2000 | $P --pipe --block 1.5k -k wc -c"),
+    ("--pipe --block 0.5k", "seq 2000 | $P --pipe --block 0.5k -k wc -c"),
+    ("--pipe --block 2.7", "seq 5 | $P --pipe --block 2.7 -k 'cat; echo .'"),
+    ("--pipe --block 1.5M", "seq 400000 | $P --pipe --block 1.5M -k wc -c"),
+    ("--pipe --block 1K", "seq 2000 | $P --pipe --block 1K -k wc -c"),
+    ("--pipe --block 1Ki", "seq 2000 | $P --pipe --block 1Ki -k wc -c"),
+    ("--pipe --block 1ki", "seq 2000 | $P --pipe --block 1ki -k wc -c"),
+    ("--pipe --block 1k", "seq 2000 | $P --pipe --block 1k -k wc -c"),
+    ("--pipe --block -1 exits 255", "seq 20 | $P --pipe --block -1 -k wc -c"),
+    ("--pipe --block 0.1 exits 255", "seq 20 | $P --pipe --block 0.1 -k wc -c"),
+    ("-N0: no argument", "$P -k -N0 echo foo ::: 1 2 3"),
+    ("-n0", "$P -k -n0 echo foo ::: 1 2"),
+    ("-N0 {#}", "$P -k -N0 echo foo {#} ::: 1 2 3"),
+    ("-N0 {}", "$P -k -N0 echo foo {} ::: 1 2 3"),
+    ("-N0 -X", "$P -k -N0 -X echo a{}b ::: 1 2 3"),
+    ("-N0 --tag", "$P -k -N0 --tag echo x ::: 1 2"),
+    ("-N0 --dry-run", "$P -k -N0 --dry-run echo foo ::: 1 2"),
+    ("-N0 -m", "$P -k -N0 -m echo a{}b ::: 1 2 3"),
+    ("-N0 -X -j1, a word after", "$P -k -j1 -N0 -X echo a{}b c ::: 1 2 3"),
+    (":::+ stops at the shortest", "$P -k echo {1}{2} ::: a b c :::+ 1 2"),
+    (":::+ then :::", "$P -k echo {1}{2}{3} ::: a b c :::+ 1 2 3 4 ::: x y"),
+    ("-j N.N%", "$P -j 50.5% -k echo ::: a b"),
+    ("-j 1%", "$P -j 1% echo {%} ::: a"),
+    ("-j 02", "$P -j 02 -k echo ::: a b"),
+    ("--timeout 0 is none", "$P -k --timeout 0 'sleep 0.2; echo {}' ::: a"),
+    ("--timeout with units", "$P -k --timeout 1s 'sleep {}; echo {}' ::: 0 5"),
+    ("--timeout 1m", "$P -k --timeout 1m 'echo {}' ::: a"),
+    ("--timeout 0.5m1s", "$P -k --timeout 0.5m1s 'echo {}' ::: a"),
+    ("--joblog +FILE appends, no header", "$P --joblog +jl echo ::: a; $P --joblog +jl echo ::: b; cut -f1,7,9 jl"),
+    # --delay, --resume, --resume-failed.
+    ("--delay", "$P -k --delay 0.1 echo ::: a b c"),
+    ("--delay 0.1s", "$P -k --delay 0.1s echo ::: a b"),
+    # Starts a second apart however slowly the workers come up (so half a second is safe).
+    ("--delay spaces the starts",
+     "$P -j2 --delay 1 'date +%s.%N; : {}' ::: 1 2 | sort | awk 'NR==1{a=$1} NR==2{print ($1-a >= 0.5)}'"),
+    ("--resume-failed runs the failed jobs with the command as now given",
+     "$P -k --joblog jl 'echo {}; exit {}' ::: 0 1 2 0; $P -k --resume-failed --joblog jl 'echo fixed {}' "
+     "::: 0 1 2 0 3; cut -f1,7,9 jl"),
+    ("--resume skips every job in the joblog",
+     "$P -k --joblog jl 'echo {}; exit {}' ::: 0 1; $P -k --resume --joblog jl 'echo again {}' ::: 0 1 2; "
+     "cut -f1,7,9 jl"),
+    ("--resume without a joblog yet", "$P -k --resume --joblog jl echo ::: a b; cut -f1,7,9 jl"),
+    ("--resume-failed {#} keeps its number", "$P -k --joblog jl 'exit {}' ::: 0 1 0; "
+     "$P -k --resume-failed --joblog jl echo {#} {} ::: 0 1 0"),
+    ("--resume-failed with -k and --pipe",
+     "seq 6 | $P -j1 --pipe -N2 --joblog jl 'grep -q 3'; "
+     "seq 6 | $P -j1 -k --pipe -N2 --resume-failed --joblog jl cat"),
+    # --line-buffer, --ungroup: a job's output is out as it comes (the reader downstream
+    # makes the file that the job waits for once it has read the first line).
+    ("--line-buffer: a line is out before its job ends",
+     "$P --line-buffer 'echo one; " + JOB_WAIT + "; echo two; : {}' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("--lb --tag", "$P --lb --tag 'echo one; " + JOB_WAIT + "; echo two' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("-u: bytes are out before the job ends",
+     "$P -u 'echo one; " + JOB_WAIT + "; printf two; : {}' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("--ungroup -v", "$P --ungroup -v 'echo one; " + JOB_WAIT + "; : {}' ::: a | (read x; touch seen; echo $x; cat)"),
+    ("--line-buffer: a last line without newline", "$P -j1 --line-buffer 'printf {}' ::: a b"),
+    ("--line-buffer -k: in order", "$P -j2 -k --line-buffer 'sleep 0.{}; echo {}; echo e{} >&2' ::: 3 1 2>&1"),
+    ("--line-buffer: stderr", "$P -j1 --line-buffer 'echo o{}; echo e{} >&2' ::: a b 2>&1 >/dev/null"),
+    ("--line-buffer: output over a megabyte", "seq 400000 > big; $P --line-buffer cat ::: big | cksum"),
+    ("--line-buffer --joblog", "$P -j1 --lb --joblog jl 'echo {}; exit {}' ::: 0 2; cut -f1,7,9 jl"),
+    # Jobs start as their input comes: the feeder waits for a file that the first job makes
+    # before it gives the rest (it gives up after five seconds, and says so).
+    ("stdin: the first job runs before the input ends",
+     WAIT + "(echo a; w a.done; echo b) | $P -k 'touch {}.done; echo {}'"),
+    ("a :::: FIFO: the first job runs before the input ends",
+     WAIT + "mkfifo f; $P -k 'touch {1}{2}.done; echo {1}{2}' :::: f ::: 1 & exec 3>f; echo a >&3; w a1.done; "
+     "echo b >&3; w b1.done; exec 3>&-; wait"),
+    ("--pipe: the first chunk runs before the input ends",
+     WAIT + "(echo a; w a.done; echo b) | $P --pipe --block 2 -N1 -k 'read x; touch $x.done; echo $x'"),
+    ("tail -f queue | parallel",
+     WAIT + ": > q; (tail -n +1 -f q & echo $! > tail.pid; wait) | $P -k 'echo {}; touch {}.done' & "
+     "echo a >> q; w a.done; echo b >> q; w b.done; kill $(cat tail.pid); wait"),
+    ("stdin: a line begun does not hold back the job before it",
+     WAIT + "(printf 'a\\nb'; w a.done; printf '\\nc\\n') | $P -k 'touch {}.done; echo {}'"),
+    ("--pipe: a block begun does not hold back the chunk before it",
+     WAIT + "(printf 'a\\nb'; w a.done; printf '\\n') | $P --pipe --block 2 -N1 -k 'read x; touch $x.done; echo $x'"),
+    ("-0 on stdin as it comes", WAIT + "(printf 'a\\0'; w a.done; printf 'b\\0') | $P -0 -k 'touch {}.done; echo {}'"),
+    ("--header : on stdin as it comes",
+     WAIT + "(echo h; echo a; w a.done; echo b) | $P --header : -k 'touch {h}.done; echo {h}'"),
+    ("stdin first, ::: after", "printf 'a\\nb\\n' | $P -k echo {1}{2} :::: - ::: x y"),
+    ("-r on stdin as it comes", "printf '\\n \\na\\n\\nb\\n' | $P -r -k echo '[{}]'"),
+    ("stdin empty, ::: with values", "printf '' | $P -k echo '[{1}|{2}]' :::: - ::: x"),
+    ("stdin linked to ::: after", "printf 'a\\nb\\nc\\n' | $P -k echo {1}{2} :::: - :::+ x y"),
 ]
+
 
 
 def run(snippet, program, directory, env):
@@ -196,7 +305,7 @@ class ParallelOracle(unittest.TestCase):
                 self.assertEqual(ours[0], theirs[0], f"exit status differs; our stderr: {ours[2]!r}")
 
     def test_an_option_it_does_not_take_exits_2_naming_it(self):
-        for option in ["--bar", "--delay", "-S", "--resume", "--line-buffer", "--ungroup", "-u", "--shuf"]:
+        for option in ["--bar", "--retry-failed", "-S", "--memfree", "--pipepart", "--eta", "--roundrobin", "--shuf"]:
             with self.subTest(option):
                 result = subprocess.run([COORDINATOR, "parallel", option, "1", "echo", ":::", "a"],
                                         capture_output=True, text=True, timeout=30)
@@ -214,8 +323,12 @@ class ParallelOracle(unittest.TestCase):
         self.assertEqual(result.stdout, "")
 
     def test_a_bad_value_exits_2_naming_the_option(self):
-        for args in [["-j", "x"], ["--halt", "later"], ["-N", "0"], ["--header", "x"], ["--colsep", "("],
-                     ["--block", "1x"], ["--trim", "x"], ["--wd", "/no/such/dir"], ["-I", ""]]:
+        for args in [["-j", "x"], ["-j", "0%"], ["-j", "1.5"], ["--halt", "later"], ["--halt", "3"],
+                     ["--halt", "now"], ["--halt", "now,fail=1.5"], ["-N", "-1"], ["--header", "x"], ["--colsep", "("],
+                     ["--block", "1x"], ["--block", "1KB"], ["--trim", "x"], ["--wd", "/no/such/dir"], ["-I", ""],
+                     ["--timeout", "10%"], ["--timeout", "-1"], ["--delay", "x"], ["--delay", "1auto"],
+                     ["--retries", "x"], ["--retries", "0"], ["--results", "o.csv"], ["--results", "r/{}"],
+                     ["--resume", "--joblog", "-"]]:
             with self.subTest(args):
                 result = subprocess.run([COORDINATOR, "parallel", *args, "echo", ":::", "a"], capture_output=True,
                                         text=True, timeout=30)
@@ -231,6 +344,24 @@ class ParallelOracle(unittest.TestCase):
                                     capture_output=True, text=True, timeout=30, env=dict(os.environ, TMPDIR=tmpdir))
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertFalse([link for link in result.stdout.splitlines() if link.startswith(tmpdir)], result.stdout)
+
+
+    def test_an_inherited_input_descriptor_never_reaches_a_command(self):
+        # `:::: <(...)` is a descriptor the run inherits: each command lists where its
+        # descriptors above 2 lead, and none may be that pipe.
+        listing = "for f in /proc/self/fd/*; do [ ${f##*/} -gt 2 ] && readlink $f; done; : {}"
+        read_end, write_end = os.pipe()
+        os.set_inheritable(read_end, True)
+        os.write(write_end, b"a\nb\n")
+        os.close(write_end)
+        pipe_link = os.readlink(f"/proc/self/fd/{read_end}")
+        try:
+            result = subprocess.run([COORDINATOR, "parallel", "-j2", "-k", listing, "::::", f"/dev/fd/{read_end}"],
+                                    capture_output=True, text=True, timeout=30, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn(pipe_link, result.stdout.split("\n"))
 
 
 class CommandInputs(unittest.TestCase):
