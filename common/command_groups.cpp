@@ -1,6 +1,9 @@
 #include "command_groups.hpp"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,7 +11,10 @@
 #include <cerrno>
 #include <cmath>
 #include <mutex>
+#include <string_view>
 #include <system_error>
+
+#include <fmt/format.h>
 
 namespace taskfarm::command_groups {
 namespace {
@@ -20,15 +26,21 @@ struct Registry {
     std::mutex mutex;
     std::vector<std::int64_t> groups;  // guarded by mutex
     std::atomic<int> fd{-1};
+    std::atomic<bool> changed{false};  // since the last take_change(), woken or not
     std::once_flag made;
 };
+
+std::mutex table_dir_mutex;
+std::filesystem::path table_dir;  // guarded by table_dir_mutex
 
 Registry& registry() {
     static Registry* const instance = new Registry;  // never destroyed: children may end during exit
     return *instance;
 }
 
-void changed() {
+void changed(bool wake) {
+    registry().changed.store(true);
+    if (!wake) return;
     const int fd = registry().fd.load();
     if (fd < 0) return;
     const std::uint64_t one = 1;
@@ -43,17 +55,17 @@ void add(pid_t group) {
         std::lock_guard lock(registry().mutex);
         registry().groups.push_back(group);
     }
-    changed();
+    changed(true);
 }
 
-void remove(pid_t group) {
+void remove(pid_t group, bool wake) {
     {
         std::lock_guard lock(registry().mutex);
         auto& groups = registry().groups;
         if (const auto found = std::find(groups.begin(), groups.end(), group); found != groups.end())
             groups.erase(found);
     }
-    changed();
+    changed(wake);
 }
 
 std::vector<std::int64_t> live() {
@@ -75,7 +87,52 @@ int change_fd() {
 bool take_change() {
     const int fd = registry().fd.load();
     std::uint64_t count = 0;
-    return fd >= 0 && ::read(fd, &count, sizeof count) == static_cast<ssize_t>(sizeof count) && count > 0;
+    if (fd >= 0) (void)::read(fd, &count, sizeof count);  // emptied, so that a poll sleeps again
+    return registry().changed.exchange(false);
+}
+
+void use_table_dir(const std::filesystem::path& dir) {
+    std::lock_guard lock(table_dir_mutex);
+    table_dir = dir;
+}
+
+std::string table_file() {
+    std::lock_guard lock(table_dir_mutex);
+    if (table_dir.empty()) return "";
+    return (table_dir / fmt::format("command-groups-{}-{}", ::getpgrp(), ::getpid())).string();
+}
+
+std::vector<pid_t> groups_in_table(const std::filesystem::path& file) {
+    std::vector<pid_t> groups;
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return groups;
+    // Shorter when its process died before it was sized: a read past its end would be SIGBUS.
+    struct stat status {};
+    void* memory = MAP_FAILED;
+    if (::fstat(fd, &status) == 0 && static_cast<std::size_t>(status.st_size) >= sizeof(Table))
+        memory = ::mmap(nullptr, sizeof(Table), PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (memory == MAP_FAILED) return groups;
+    const Table& table = *static_cast<const Table*>(memory);
+    const std::uint32_t used = std::min(table.used.load(), kTableSlots);
+    for (std::uint32_t at = 0; at < used; ++at)
+        if (const pid_t group = table.slots[at].load(); group > 1) groups.push_back(group);  // never kill(0), kill(-1)
+    ::munmap(memory, sizeof(Table));
+    return groups;
+}
+
+std::vector<pid_t> take_tables(const std::filesystem::path& dir, pid_t group) {
+    std::vector<pid_t> groups;
+    const std::string prefix = fmt::format("command-groups-{}-", group);
+    std::error_code error;
+    std::vector<std::filesystem::path> files;
+    for (std::filesystem::directory_iterator at(dir, error), end; !error && at != end; at.increment(error))
+        if (at->path().filename().string().starts_with(prefix)) files.push_back(at->path());
+    for (const auto& file : files) {
+        for (const pid_t found : groups_in_table(file)) groups.push_back(found);
+        std::filesystem::remove(file, error);
+    }
+    return groups;
 }
 
 std::string check_grace(const nlohmann::json& value) {

@@ -8,8 +8,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -17,17 +19,46 @@
 
 namespace taskfarm::command_groups {
 
+// The groups of the commands a process runs now, in memory its guardian shares
+// (tasks/command/child.cpp): a command writes its group into a slot before it execs, and
+// its caller clears the slot before it reaps it. In a process given a table directory
+// (use_table_dir(): a worker its coordinator started), the memory is a file there, which
+// the coordinator reads when it reaps the worker (take_tables()): it knows every group of
+// the worker's commands from their first instant, with no message about them (decision 206).
+inline constexpr std::uint32_t kTableSlots = 64 * 1024;  // commands at once in one process
+struct Table {
+    std::atomic<std::int64_t> grace_ns{0};
+    std::atomic<std::uint32_t> used{0};  // slots below this may hold a group
+    std::atomic<pid_t> slots[kTableSlots];
+};
+
+// Called once, before the first command: this process's table goes in a file of `dir`.
+void use_table_dir(const std::filesystem::path& dir);
+// "DIR/command-groups-PGRP-PID" for this process, or "" with no table directory.
+std::string table_file();
+// The groups in the tables of the processes of process group `group` (a worker's, whose id
+// is its pid) in `dir`; the files are removed. Call it once they are dead, before the
+// worker is reaped. Nothing when there are none.
+std::vector<pid_t> take_tables(const std::filesystem::path& dir, pid_t group);
+// The groups in one table file, which stays.
+std::vector<pid_t> groups_in_table(const std::filesystem::path& file);
+
 // At most this many groups go in one report; a worker runs one command at a time.
 inline constexpr std::size_t kMaxReported = 64;
 
-// Thread-safe. `group` is the command's process group id (its pid).
+// Thread-safe. `group` is the command's process group id (its pid). add() wakes change_fd()
+// at once: a command that runs on must be known before its worker can die. remove() wakes it
+// only when `wake` says so: a command type's task queues its result next, and the worker's
+// loop, woken for the result, takes the change first (take_change()) and sends it before
+// the result, one wake-up for both.
 void add(pid_t group);
-void remove(pid_t group);
+void remove(pid_t group, bool wake = true);
 // The groups added and not removed, at most kMaxReported of them.
 std::vector<std::int64_t> live();
 
 // A descriptor that becomes readable after add() or remove() (an eventfd; made by the first
-// call, never closed); take_change() reads it: true if anything changed since the last call.
+// call, never closed); take_change() reads it: true if anything changed since the last call,
+// a remove() that did not wake it included.
 int change_fd();
 bool take_change();
 

@@ -24,6 +24,7 @@
 #include <spdlog/spdlog.h>
 
 #include "child_signals.hpp"
+#include "command_groups.hpp"
 #include "fork_protocol.hpp"
 
 namespace bp = boost::process;
@@ -372,6 +373,7 @@ std::vector<WorkerExit> ProcessPool::reap_exited() {
     std::erase_if(children_, [&](const std::unique_ptr<Child>& child) {
         if (child->pid < 0 || !has_exited(child->pid)) return false;
         kill_group(child->pid);  // what it left running dies with it
+        end_commands_of(child->pid);
         int status = 0;
         if (::waitpid(child->pid, &status, WNOHANG) != child->pid) return false;
         exits.push_back({child->id, child->name, describe_status(status)});
@@ -403,10 +405,23 @@ void ProcessPool::kill(pid_t id) {
     });
 }
 
-void ProcessPool::kill_and_reap(const Child& child) {
+void ProcessPool::end_commands_of(pid_t pid) const {
+    if (launch_.state_dir.empty() || pid <= 0) return;
+    for (const pid_t group : command_groups::take_tables(launch_.state_dir, pid)) {
+        spdlog::debug("ending process group {} of a command of the worker with pid {}", group, pid);
+        ::kill(-group, SIGKILL);
+    }
+}
+
+void ProcessPool::kill_and_reap(const Child& child) const {
     if (child.pid < 0) return;
     kill_group(child.pid);
     ::kill(child.pid, SIGKILL);
+    // Dead, not reaped: the table of its commands is final, and their groups still ours.
+    siginfo_t info{};
+    while (::waitid(P_PID, static_cast<id_t>(child.pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR) {
+    }
+    end_commands_of(child.pid);
     while (::waitpid(child.pid, nullptr, 0) < 0 && errno == EINTR) {
     }
 }

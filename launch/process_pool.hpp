@@ -123,7 +123,11 @@ public:
 
 private:
     struct Child;
-    static void kill_and_reap(const Child& child);
+    void kill_and_reap(const Child& child) const;
+    // SIGKILL to the groups of the commands a dead worker (`pid`, its group's id) ran, from
+    // the tables its processes kept in state_dir (command_groups::take_tables, decision 206):
+    // its guardian may have died with it. Called before the worker is reaped.
+    void end_commands_of(pid_t pid) const;
     pid_t exec_worker(const std::vector<std::string>& args, int cpu);
     void give_up_fork_server(const std::string& why);
     WorkerLaunch launch_;

@@ -4,6 +4,8 @@
 // coordinator, checked by pid.
 
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -12,8 +14,10 @@
 
 #include <gtest/gtest.h>
 
+#include "command/child.hpp"
 #include "command/template.hpp"
 #include "command/words.hpp"
+#include "command_groups.hpp"
 #include "parallel_output.hpp"
 #include "support.hpp"
 
@@ -165,6 +169,40 @@ TEST(Command, OneGuardianServesEveryCommandOfAProcess) {
     EXPECT_GE(cmdline.size(), 12u) << cmdline;
     for (int i = 0; i < 5; ++i) ASSERT_TRUE(run_command({{"shell", "true"}}).ok);
     EXPECT_EQ(guardians_of(::getpid()), guardians);
+}
+
+// A worker's commands' groups are in a file of its state directory, which its coordinator
+// reads if it dies with its guardian (decision 206): a command's group is there before its
+// program runs (this one copies the file), no report needed, and gone once it is reaped.
+TEST(Command, AGroupIsInItsWorkersTableFileBeforeItsProgramRuns) {
+    testing::TempDir dir;
+    const std::string copy = (dir.path() / "copy").string();
+    const pid_t child = ::fork();  // a process of its own, as a worker: its own guardian and table
+    if (child == 0) {
+        ::setpgid(0, 0);
+        command_groups::use_table_dir(dir.path());
+        command::ChildSpec spec;
+        spec.argv = {"cp", command_groups::table_file(), copy};
+        spec.env = {"PATH=/usr/bin:/bin"};
+        int code = 3;
+        try {
+            code = command::run_child(spec, command::Watch{}).exit_code.value_or(4);
+        } catch (...) {
+        }
+        std::_Exit(code);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << status;
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    const std::vector<pid_t> groups = command_groups::groups_in_table(copy);
+    ASSERT_EQ(groups.size(), 1u);
+    EXPECT_NE(groups[0], child);                                          // cp's own group
+    EXPECT_TRUE(command_groups::take_tables(dir.path(), child).empty());  // reaped: cleared
+    std::vector<std::string> left;
+    for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+        left.push_back(entry.path().filename().string());
+    EXPECT_EQ(left, std::vector<std::string>{"copy"});  // the table's file is removed
 }
 
 TEST(Command, AnArgvRunsWithoutAShellAndKeepsEachArgumentWhole) {

@@ -22,6 +22,7 @@
 #include "fork_server.hpp"
 #include "log.hpp"
 #include "process_title.hpp"
+#include "command_groups.hpp"
 #include "session.hpp"
 #include "text.hpp"
 
@@ -224,6 +225,9 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         spdlog::error("--pin: cannot run on CPU {}: {}", config.pin, e.what());
         return static_cast<int>(ExitCode::Usage);
     }
+    // Its commands' groups in a file there, which the coordinator reads if this worker dies
+    // (with their guardian, say): no message about each command (decision 206).
+    if (!config.state_dir.empty()) command_groups::use_table_dir(config.state_dir);
     try {
         return run_session(config);
     } catch (const std::exception& e) {

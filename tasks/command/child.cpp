@@ -78,16 +78,13 @@ void nap(long long ns) {
     }
 }
 
-// The groups of the commands this process runs, in memory shared with its guardian
-// (MAP_SHARED, made before the guardian is forked): the command writes its own group id
-// into its slot before it execs, and the caller clears the slot once the group is killed,
-// so the guardian knows every live group without a message per command.
-constexpr std::uint32_t kSlots = 64 * 1024;  // commands at once in one process; pages are touched as used
-struct GuardTable {
-    std::atomic<std::int64_t> grace_ns{0};
-    std::atomic<std::uint32_t> used{0};  // slots below this may hold a group
-    std::atomic<pid_t> slots[kSlots];
-};
+// The groups of the commands this process runs (command_groups::Table), in memory shared
+// with its guardian (MAP_SHARED, made before the guardian is forked), and for a worker with
+// its coordinator (a file of command_groups::use_table_dir()): the command writes its own
+// group id into its slot before it execs, and the caller clears the slot once the group is
+// killed, so the guardian and the coordinator know every live group without a message.
+constexpr std::uint32_t kSlots = command_groups::kTableSlots;  // pages are touched as used
+using GuardTable = command_groups::Table;
 
 // The guardian outlives its caller to end the commands' groups if the caller dies (SIGKILL,
 // a crash): PR_SET_PDEATHSIG reaches only each command's own process, not what it started.
@@ -152,8 +149,10 @@ public:
         std::lock_guard lock(mutex_);
         if (owner_ != ::getpid()) adopt();
         if (!table_) {
-            void* memory =
-                ::mmap(nullptr, sizeof(GuardTable), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+            void* memory = map_file();
+            in_file_.store(memory != MAP_FAILED);
+            if (memory == MAP_FAILED)
+                memory = ::mmap(nullptr, sizeof(GuardTable), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
             if (memory == MAP_FAILED)
                 throw std::system_error(errno, std::generic_category(), "cannot map a guardian's table");
             table_ = new (memory) GuardTable;
@@ -183,6 +182,9 @@ public:
     // guardian is gone. -1 when there is none.
     int watch_fd() const { return watch_.load(); }
     pid_t pid() const { return guardian_pid_.load(); }
+    // Whether the table is in command_groups::table_file(), where the coordinator reads it:
+    // then a command's group needs no report (command_groups::add).
+    bool in_file() const { return in_file_.load(); }
 
     // After a poll found the guardian's pipe without a reader: a new guardian, with the
     // same table, so the groups running now are guarded again.
@@ -192,10 +194,26 @@ public:
     }
 
 private:
+    // The table in command_groups::table_file(), sized (sparse: pages are made as slots are
+    // used); MAP_FAILED when this process has no such file or it cannot be made.
+    static void* map_file() {
+        const std::string path = command_groups::table_file();
+        if (path.empty()) return MAP_FAILED;
+        const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0) return MAP_FAILED;
+        void* memory = MAP_FAILED;
+        if (::ftruncate(fd, sizeof(GuardTable)) == 0)
+            memory = ::mmap(nullptr, sizeof(GuardTable), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        ::close(fd);
+        if (memory == MAP_FAILED) ::unlink(path.c_str());
+        return memory;
+    }
+
     // Called with the lock held: forget what a parent process left us.
     void adopt() {
         if (table_) ::munmap(table_, sizeof(GuardTable));
         table_ = nullptr;
+        in_file_.store(false);
         if (to_guardian_ >= 0) ::close(to_guardian_);
         to_guardian_ = -1;
         watch_.store(-1);
@@ -240,6 +258,7 @@ private:
     int to_guardian_ = -1;
     std::atomic<int> watch_{-1};
     std::atomic<pid_t> guardian_pid_{-1};
+    std::atomic<bool> in_file_{false};
 };
 
 struct StartFailure {
@@ -473,7 +492,9 @@ public:
         rusage ignored{};
         while (::wait4(pid_, &status, 0, usage ? usage : &ignored) < 0 && errno == EINTR) {
         }
-        if (reported_) command_groups::remove(pid_);  // killed before it was reaped: nothing is left of it
+        // Killed before it was reaped: nothing is left of it. Told with the task's result,
+        // which follows (a worker's loop sends the change first), not with a wake-up of its own.
+        if (reported_) command_groups::remove(pid_, /*wake=*/false);
         reported_ = false;
         pid_ = -1;
         return status;
@@ -582,7 +603,8 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     };
     bool ending = false;  // SIGTERM sent
     auto kill_at = Clock::time_point::max();
-    const auto report_at = Clock::now() + kReportAfter;
+    // A worker's coordinator reads the groups in the table's file: no report then.
+    const auto report_at = guard.in_file() ? Clock::time_point::max() : Clock::now() + kReportAfter;
     while (true) {
         const auto now = Clock::now();
         if (!child_process.reported() && now >= report_at) child_process.report();

@@ -64,8 +64,10 @@ struct Outcome {
 // killed; on a timeout or a stop the group gets SIGTERM, then SIGKILL after Watch::grace.
 // The calling process's guardian (one per process, started with its first command, shown
 // as "worker-guard PID" in ps) does the same for every group it runs if the process dies
-// first, and the group is in command_groups::live() while it runs, for a process that
-// outlives both (the coordinator of a worker) to end it. The program is started without a
+// first. For a process that outlives both (the coordinator of a worker) to end it, the group
+// is in the file of command_groups::table_file() from before the program runs, when the
+// process has one (a worker its coordinator started), else in command_groups::live() once
+// the command has run 1 ms. The program is started without a
 // copy of this process (clone with CLONE_VM | CLONE_VFORK) and with no other process. Throws
 // std::runtime_error ("cannot run 'prog': No such file or directory") when it cannot start.
 Outcome run_child(const ChildSpec& spec, const Watch& watch);
