@@ -1,6 +1,8 @@
 #include "protocol.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <span>
@@ -168,6 +170,55 @@ void encode_batch_of(std::string& out, std::span<const std::string_view> encoded
     packer.pack(std::string_view("tasks"));
     packer.pack_array(static_cast<std::uint32_t>(encoded_tasks.size()));
     for (const std::string_view task : encoded_tasks) out.append(task);
+}
+
+// Appends without std::string::append's general path for every few bytes msgpack writes.
+struct ResultFrame::Writer {
+    ResultFrame& frame;
+    void write(const char* data, std::size_t size) {
+        std::string& buffer = frame.frame_;
+        if (frame.used_ + size > buffer.size()) buffer.resize(std::max(2 * buffer.size(), frame.used_ + size + 4096));
+        std::memcpy(buffer.data() + frame.used_, data, size);
+        frame.used_ += size;
+    }
+};
+
+void ResultFrame::clear() {
+    used_ = 0;
+    starts_.clear();
+    Writer writer{*this};
+    msgpack::packer<Writer> packer(writer);
+    // The keys in ResultBatch's order, as TASKFARM_MSGPACK_MAP packs them.
+    const ResultBatch header;
+    packer.pack_map(3);
+    packer.pack(std::string_view("type"));
+    packer.pack(header.type);
+    packer.pack(std::string_view("v"));
+    packer.pack(header.v);
+    packer.pack(std::string_view("results"));
+    writer.write("\xdd\0\0\0\0", 5);  // array 32, its count written by take()
+}
+
+void ResultFrame::add(const Result& result) {
+    starts_.push_back(used_);
+    Writer writer{*this};
+    msgpack::pack(writer, result);
+}
+
+void ResultFrame::drop_last() {
+    used_ = starts_.back();
+    starts_.pop_back();
+}
+
+std::string_view ResultFrame::take() {
+    if (count() == 1) return std::string_view(frame_).substr(starts_[0], used_ - starts_[0]);
+    const auto n = static_cast<std::uint32_t>(count());
+    char* at = frame_.data() + starts_[0] - 4;  // big-endian, as msgpack writes it
+    at[0] = static_cast<char>(n >> 24);
+    at[1] = static_cast<char>(n >> 16);
+    at[2] = static_cast<char>(n >> 8);
+    at[3] = static_cast<char>(n);
+    return std::string_view(frame_).substr(0, used_);
 }
 
 Message decode(std::string_view frame) {
