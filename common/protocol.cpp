@@ -177,9 +177,20 @@ struct ResultFrame::Writer {
     ResultFrame& frame;
     void write(const char* data, std::size_t size) {
         std::string& buffer = frame.frame_;
-        if (frame.used_ + size > buffer.size()) buffer.resize(std::max(2 * buffer.size(), frame.used_ + size + 4096));
-        std::memcpy(buffer.data() + frame.used_, data, size);
+        if (frame.used_ + size > buffer.size()) [[unlikely]]
+            grow(size);
+        char* out = buffer.data() + frame.used_;
         frame.used_ += size;
+        if (size > 8) {
+            std::memcpy(out, data, size);
+            return;
+        }
+        // Most writes are a few bytes (a type byte, a number, a short key): copied in place.
+        for (std::size_t i = 0; i < size; ++i) out[i] = data[i];
+    }
+    [[gnu::noinline]] void grow(std::size_t size) {
+        std::string& buffer = frame.frame_;
+        buffer.resize(std::max(2 * buffer.size(), frame.used_ + size + 4096));
     }
 };
 
