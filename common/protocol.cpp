@@ -156,6 +156,26 @@ void append_encoded(std::string& out, const Task& message) {
     msgpack::pack(writer, message);
 }
 
+void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attempt_number) {
+    // Named as Task's fields are, since the macro makes each key of its variable's name.
+    const std::string type = "task";
+    const int v = kVersion;
+    const TaskId id = task.id;
+    const std::uint32_t attempt = attempt_number;
+    const std::string kind = task.type->name();
+    const Json& params = task.params;
+    const double timeout_s = task.timeout_s;
+    const std::string& gpus = task.gpus;
+    StringWriter writer{out};
+    msgpack::packer<StringWriter> packer(writer);
+    if (gpus.empty())
+        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s)
+            .msgpack_pack(packer);
+    else
+        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s, gpus)
+            .msgpack_pack(packer);
+}
+
 void encode_batch_of(std::string& out, std::span<const std::string_view> encoded_tasks) {
     out.clear();
     StringWriter writer{out};

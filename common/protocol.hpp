@@ -197,6 +197,9 @@ void encode_to(std::string& out, const ResultBatch& message);
 // A `task` message appended to `out` (not cleared): the coordinator encodes each task once,
 // to count its bytes, and sends those bytes (decision 151).
 void append_encoded(std::string& out, const Task& message);
+// The same bytes as append_encoded(out, to_message(task, attempt)), packed from the task
+// itself: no copy of its params into a Task first.
+void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attempt);
 // A `tasks` message of tasks encoded already (each a whole `task` message, in order) into
 // `out` (cleared first): byte for byte what encode_to() makes of a TaskBatch of them.
 void encode_batch_of(std::string& out, std::span<const std::string_view> encoded_tasks);

@@ -411,6 +411,19 @@ TEST(Protocol, AResultFrameDecodesAsTheBatchOfWhatWasAddedOrAsItsOneResult) {
     }
 }
 
+// The coordinator packs a task from its spec (no copy of the params into a Task first):
+// byte for byte what the Task message makes.
+TEST(Protocol, ATaskPackedFromItsSpecIsTheTaskMessage) {
+    TaskSpec plain{41, type("sleep"), {{"seconds", 0.25}, {"note", "x"}}, 0};
+    TaskSpec full{42, type("cpu"), {{"lo", 1}, {"hi", 9}}, 2.5};
+    full.gpus = "3,5";
+    for (const TaskSpec* task : {&plain, &full}) {
+        std::string out = "before";
+        append_encoded(out, *task, 3);
+        EXPECT_EQ(out, "before" + encode(to_message(*task, 3))) << task->id;
+    }
+}
+
 TEST(Protocol, BatchesRoundTripInOrder) {
     TaskBatch tasks;
     for (TaskId id = 0; id < 3; ++id)
