@@ -7,7 +7,8 @@ out. Instruction counts do not depend on how loaded the machine is; a timing wou
 here is timed. The budgets, the value measured when they were set and how to update them are
 in tests/perf_budget.json.
 
-  perf_test.py COORDINATOR [CASE ...]     (cases: threads, processes, worker; default: every one)
+  perf_test.py COORDINATOR [CASE ...]     (cases: threads, threads_console, processes, worker;
+                                          default: every one)
 
 The worker case counts the other side of processes mode: the two workers' instructions (the
 coordinator runs natively and starts each worker, exec'd rather than forked, under callgrind
@@ -26,6 +27,8 @@ BUDGET_FILE = os.path.join(HERE, "perf_budget.json")
 # The coordinator's flags per case; stdout goes to /dev/null as in scripts/bench.
 CASES = {
     "threads": ["--mode", "threads", "--workers", "2"],
+    # The same with stdout a file: every console line formatted and written (decision 203).
+    "threads_console": ["--mode", "threads", "--workers", "2"],
     # Only the coordinator is counted: callgrind does not follow the workers (no
     # --trace-children), so this is the coordinator's side of processes mode.
     "processes": ["--mode", "processes", "--workers", "2"],
@@ -40,8 +43,9 @@ def instructions(coordinator, case, tasks):
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
                    coordinator, *CASES[case], "--tasks", str(tasks), "--duration", "0",
                    "-q", "--progress", "never"]
-        with open(os.devnull, "w") as devnull:
-            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240)
+        stdout = os.path.join(tmp, "stdout.txt") if case == "threads_console" else os.devnull
+        with open(stdout, "w") as out:
+            run = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, timeout=240)
         if run.returncode != 0:
             sys.exit(f"{' '.join(command)} exited {run.returncode}:\n{run.stderr[-3000:]}")
         found = re.search(r"Collected : (\d+)", run.stderr)
