@@ -1,6 +1,8 @@
 #include "protocol.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <span>
@@ -154,6 +156,26 @@ void append_encoded(std::string& out, const Task& message) {
     msgpack::pack(writer, message);
 }
 
+void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attempt_number) {
+    // Named as Task's fields are, since the macro makes each key of its variable's name.
+    const std::string type = "task";
+    const int v = kVersion;
+    const TaskId id = task.id;
+    const std::uint32_t attempt = attempt_number;
+    const std::string kind = task.type->name();
+    const Json& params = task.params;
+    const double timeout_s = task.timeout_s;
+    const std::string& gpus = task.gpus;
+    StringWriter writer{out};
+    msgpack::packer<StringWriter> packer(writer);
+    if (gpus.empty())
+        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s)
+            .msgpack_pack(packer);
+    else
+        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s, gpus)
+            .msgpack_pack(packer);
+}
+
 void encode_batch_of(std::string& out, std::span<const std::string_view> encoded_tasks) {
     out.clear();
     StringWriter writer{out};
@@ -168,6 +190,66 @@ void encode_batch_of(std::string& out, std::span<const std::string_view> encoded
     packer.pack(std::string_view("tasks"));
     packer.pack_array(static_cast<std::uint32_t>(encoded_tasks.size()));
     for (const std::string_view task : encoded_tasks) out.append(task);
+}
+
+// Appends without std::string::append's general path for every few bytes msgpack writes.
+struct ResultFrame::Writer {
+    ResultFrame& frame;
+    void write(const char* data, std::size_t size) {
+        std::string& buffer = frame.frame_;
+        if (frame.used_ + size > buffer.size()) [[unlikely]]
+            grow(size);
+        char* out = buffer.data() + frame.used_;
+        frame.used_ += size;
+        if (size > 8) {
+            std::memcpy(out, data, size);
+            return;
+        }
+        // Most writes are a few bytes (a type byte, a number, a short key): copied in place.
+        for (std::size_t i = 0; i < size; ++i) out[i] = data[i];
+    }
+    [[gnu::noinline]] void grow(std::size_t size) {
+        std::string& buffer = frame.frame_;
+        buffer.resize(std::max(2 * buffer.size(), frame.used_ + size + 4096));
+    }
+};
+
+void ResultFrame::clear() {
+    used_ = 0;
+    starts_.clear();
+    Writer writer{*this};
+    msgpack::packer<Writer> packer(writer);
+    // The keys in ResultBatch's order, as TASKFARM_MSGPACK_MAP packs them.
+    const ResultBatch header;
+    packer.pack_map(3);
+    packer.pack(std::string_view("type"));
+    packer.pack(header.type);
+    packer.pack(std::string_view("v"));
+    packer.pack(header.v);
+    packer.pack(std::string_view("results"));
+    writer.write("\xdd\0\0\0\0", 5);  // array 32, its count written by take()
+}
+
+void ResultFrame::add(const Result& result) {
+    starts_.push_back(used_);
+    Writer writer{*this};
+    msgpack::pack(writer, result);
+}
+
+void ResultFrame::drop_last() {
+    used_ = starts_.back();
+    starts_.pop_back();
+}
+
+std::string_view ResultFrame::take() {
+    if (count() == 1) return std::string_view(frame_).substr(starts_[0], used_ - starts_[0]);
+    const auto n = static_cast<std::uint32_t>(count());
+    char* at = frame_.data() + starts_[0] - 4;  // big-endian, as msgpack writes it
+    at[0] = static_cast<char>(n >> 24);
+    at[1] = static_cast<char>(n >> 16);
+    at[2] = static_cast<char>(n >> 8);
+    at[3] = static_cast<char>(n);
+    return std::string_view(frame_).substr(0, used_);
 }
 
 Message decode(std::string_view frame) {

@@ -197,9 +197,37 @@ void encode_to(std::string& out, const ResultBatch& message);
 // A `task` message appended to `out` (not cleared): the coordinator encodes each task once,
 // to count its bytes, and sends those bytes (decision 151).
 void append_encoded(std::string& out, const Task& message);
+// The same bytes as append_encoded(out, to_message(task, attempt)), packed from the task
+// itself: no copy of its params into a Task first.
+void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attempt);
 // A `tasks` message of tasks encoded already (each a whole `task` message, in order) into
 // `out` (cleared first): byte for byte what encode_to() makes of a TaskBatch of them.
 void encode_batch_of(std::string& out, std::span<const std::string_view> encoded_tasks);
+
+// Results to the coordinator, each packed once, straight into the frame (decision 200): a
+// `results` message whose array count is written when the frame is taken (as a 32-bit
+// count, which every msgpack reader takes for any size), or the one result's own `result`
+// message when it holds one. The worker adds results until the frame is full or too large,
+// then takes it; clear() keeps the capacity, so a steady stream of frames allocates nothing.
+class ResultFrame {
+public:
+    ResultFrame() { clear(); }
+    void clear();
+    void add(const Result& result);
+    // Takes the last result added back out (it made the frame too large).
+    void drop_last();
+    std::size_t count() const { return starts_.size(); }
+    // Bytes of the frame take() would give now.
+    std::size_t bytes() const { return count() == 1 ? used_ - starts_[0] : used_; }
+    // The frame, at least one result in it; valid until the next call that changes this.
+    std::string_view take();
+
+private:
+    struct Writer;       // msgpack's packer writes through it, straight into frame_
+    std::string frame_;  // its first used_ bytes are the frame; the rest is room
+    std::size_t used_ = 0;
+    std::vector<std::size_t> starts_;  // where each result begins in frame_
+};
 
 // Never throws and never trusts `frame`: anything but a complete, valid message of this
 // version is a DecodeError saying why. A batch is accepted only if every element is valid.

@@ -328,7 +328,7 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     // A worker process runs one task at a time, so its own usage is the task's, helper
     // threads of the task included; a thread of the coordinator has only its own.
     if (env.isolated) PeakMemory::instance().before();
-    const bool measure = env.isolated || !env.cost_per_slice;
+    const bool measure = !env.cost_per_slice;
     const rusage usage_before = measure ? usage_at_start(env.isolated, started) : rusage{};
     std::optional<Context::ChildUsage> children;
     try {

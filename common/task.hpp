@@ -115,7 +115,8 @@ struct TaskCost {
     enum class Scope {
         None,     // not measured
         Thread,   // the thread that ran it (RUSAGE_THREAD): sequential, threads, gil-threads
-        Process,  // the worker process that ran it (RUSAGE_SELF delta): processes mode
+        Process,  // the worker process that ran it: processes mode; a frame of results shares
+                  // the process's CPU since the last frame by run time (decision 201)
         Tree,     // the processes it started and waited for (wait4): a command's tree
     };
     Scope scope = Scope::None;
@@ -176,7 +177,8 @@ struct RunEnv {
     Gil* gil = nullptr;
     bool isolated = false;  // a worker process of its own (see Context::isolated)
     // The runner measures this thread's CPU per slice of tasks and shares it out (threads
-    // mode, decision 150): run_task() leaves a result's cost None unless a tree's.
+    // mode, decision 150), or the worker its process's per frame of results (decision 201):
+    // run_task() leaves a result's cost None unless a tree's.
     bool cost_per_slice = false;
     const Json* settings = nullptr;        // the run's settings; null: none
     std::filesystem::path out_dir{};       // Context::out_dir(); empty: the working directory

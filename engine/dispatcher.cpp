@@ -175,9 +175,8 @@ void Dispatcher::kill_group(pid_t group) {
 }
 
 std::size_t Dispatcher::encode_task(const TaskSpec& task, std::uint32_t attempt) {
-    proto::to_message(task, attempt, message_);
     const std::size_t at = encoded_.size();
-    proto::append_encoded(encoded_, message_);
+    proto::append_encoded(encoded_, task, attempt);
     const std::size_t size = encoded_.size() - at;
     if (size > proto::kMaxBatchBytes) {
         encoded_.resize(at);  // never sent: the schedule fails it

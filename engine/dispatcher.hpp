@@ -105,7 +105,6 @@ private:
     std::string encoded_;                   // tasks counted since the last frame, back to back
     std::vector<Encoded> encoded_at_;       // where each is in encoded_
     std::vector<std::string_view> pieces_;  // reused for every frame
-    proto::Task message_;                   // reused for every task
     Schedule schedule_;                     // after everything its actions use
 
     std::map<std::string, RejectLog> rejects_;  // rate-limits rejection logs per peer

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include <fmt/compile.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -98,14 +99,46 @@ void ConsoleSink::begin_mode_(const std::string& mode, std::size_t tasks) {
 void ConsoleSink::sink_it_(const TaskSpec&, const TaskResult& result) {
     // --output plain: stdout is the commands' own; only what failed is told, on stderr.
     if (discarded_ || (blocks_ == OutputBlocks::Plain && result.ok)) return;
-    // The worker's name, error and value come from another process: one task, one line.
-    const std::string outcome = printable(result.ok         ? describe_value(result)
-                                          : result.retrying ? "FAILED, runs again (--retries): " + result.error
-                                                            : "FAILED: " + result.error);
-    const std::string attempt = result.attempt > 1 ? fmt::format(" (attempt {})", result.attempt) : "";
-    print("{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}{}\n{}", mode_, result.id,
-          printable(result.worker), result.end_s, result.run_time.count(), outcome, attempt,
-          output_block(result, blocks_));
+    if (closed_) return;
+    // The worker's name, error and value come from another process: one task, one line. Text
+    // that is printable already is used as it is (no copy); the format is compiled (decision 203).
+    const std::string described = result.ok         ? describe_value(result)
+                                  : result.retrying ? "FAILED, runs again (--retries): " + result.error
+                                                    : "FAILED: " + result.error;
+    const auto shown = [](const std::string& text, std::string& scratch) -> std::string_view {
+        if (is_printable(text)) return text;
+        scratch = printable(text);
+        return scratch;
+    };
+    std::string outcome_scratch;
+    std::string worker_scratch;
+    const std::string_view outcome = shown(described, outcome_scratch);
+    const std::string_view worker = shown(result.worker, worker_scratch);
+    if (!in_block_) line_.clear();
+    fmt::format_to(std::back_inserter(line_),
+                   FMT_COMPILE("{:<10} task {:>4} on {:<6} done at {:>7.3f} s, ran {:.3f} s: {}"), mode_, result.id,
+                   worker, result.end_s, result.run_time.count(), outcome);
+    if (result.attempt > 1) fmt::format_to(std::back_inserter(line_), FMT_COMPILE(" (attempt {})"), result.attempt);
+    line_.push_back('\n');
+    if (blocks_ != OutputBlocks::None && blocks_ != OutputBlocks::Plain && result.type && !result.value.is_null()) {
+        const std::string block = output_block(result, blocks_);
+        line_.append(block.data(), block.data() + block.size());
+    }
+    if (in_block_) return;  // written with the rest of the block
+    if (std::fwrite(line_.data(), 1, line_.size(), out_) != line_.size()) failed(errno);
+    if (line_by_line_) flush_();
+}
+
+void ConsoleSink::sink_all_(std::span<const Finished> batch) {
+    // A slice of a thread's results (decision 149): formatted into one buffer and written
+    // with one fwrite, one flush on a terminal: a lock of stdout per block, not per line.
+    if (discarded_ || closed_) return;
+    line_.clear();
+    in_block_ = true;
+    ResultSink::sink_all_(batch);
+    in_block_ = false;
+    if (closed_ || line_.size() == 0) return;
+    if (std::fwrite(line_.data(), 1, line_.size(), out_) != line_.size()) failed(errno);
     if (line_by_line_) flush_();
 }
 

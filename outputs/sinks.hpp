@@ -38,6 +38,7 @@ public:
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;
     void sink_it_(const TaskSpec& task, const TaskResult& result) override;
+    void sink_all_(std::span<const Finished> batch) override;
     void flush_() override;
 
 private:
@@ -52,6 +53,7 @@ private:
     bool closed_ = false;  // a write failed with EPIPE: nobody reads any more
     bool error_logged_ = false;
     fmt::memory_buffer line_;  // each line is formatted here: no allocation per result once it is grown
+    bool in_block_ = false;    // sink_all_() gathers a block of lines in line_, written at its end
     std::function<void()> on_closed_;
 };
 

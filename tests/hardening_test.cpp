@@ -265,6 +265,48 @@ TEST(Printable, AResultIsOneLineWhateverItsWorkerSays) {
               "boom\\x1b[2J\\x1b[H\\nprocesses  task    8 on w2     done: ok\n");
 }
 
+// A block of results (a threads-mode slice, decision 203) prints exactly the lines that one
+// result at a time prints, cleaned up the same way.
+TEST(Printable, ABlockOfResultsPrintsWhatOneAtATimePrints) {
+    std::vector<Finished> batch(3);
+    batch[0].result.id = 7;
+    batch[0].result.worker = "w\x1b[31m1";
+    batch[0].result.error = "boom\nprocesses  task    8 on w2     done: ok";
+    batch[1].result.id = 8;
+    batch[1].result.ok = true;
+    batch[1].result.worker = "t2";
+    batch[1].result.attempt = 3;
+    batch[2].result.id = 9;
+    batch[2].result.retrying = true;
+    batch[2].result.error = "again";
+    batch[2].result.worker = "t1";
+    const auto printed = [&](bool as_block) {
+        std::FILE* out = std::tmpfile();
+        {
+            ConsoleSink sink(out);
+            sink.begin_mode("threads", 3);
+            if (as_block)
+                sink.on_results(batch);
+            else
+                for (const Finished& done : batch) sink.on_result(done.task, done.result);
+            sink.flush();
+        }
+        std::rewind(out);
+        std::string text(4096, '\0');
+        text.resize(std::fread(text.data(), 1, text.size(), out));
+        std::fclose(out);
+        return text;
+    };
+    const std::string one_at_a_time = printed(false);
+    EXPECT_EQ(printed(true), one_at_a_time);
+    EXPECT_EQ(one_at_a_time,
+              "== threads: 3 tasks\n"
+              "threads    task    7 on w\\x1b[31m1 done at   0.000 s, ran 0.000 s: FAILED: "
+              "boom\\nprocesses  task    8 on w2     done: ok\n"
+              "threads    task    8 on t2     done at   0.000 s, ran 0.000 s:  (attempt 3)\n"
+              "threads    task    9 on t1     done at   0.000 s, ran 0.000 s: FAILED, runs again (--retries): again\n");
+}
+
 TEST(Printable, AHelloNameWithControlBytesIsRejected) {
     proto::Hello hello;
     hello.name = "w1\x1b]0;owned\x07";

@@ -7,7 +7,12 @@ out. Instruction counts do not depend on how loaded the machine is; a timing wou
 here is timed. The budgets, the value measured when they were set and how to update them are
 in tests/perf_budget.json.
 
-  perf_test.py COORDINATOR [CASE ...]     (cases: threads, processes; default: every one)
+  perf_test.py COORDINATOR [CASE ...]     (cases: threads, threads_console, processes, worker;
+                                          default: every one)
+
+The worker case counts the other side of processes mode: the two workers' instructions (the
+coordinator runs natively and starts each worker, exec'd rather than forked, under callgrind
+through a small wrapper given as --worker-bin), summed.
 """
 import json
 import os
@@ -22,9 +27,13 @@ BUDGET_FILE = os.path.join(HERE, "perf_budget.json")
 # The coordinator's flags per case; stdout goes to /dev/null as in scripts/bench.
 CASES = {
     "threads": ["--mode", "threads", "--workers", "2"],
+    # The same with stdout a file: every console line formatted and written (decision 203).
+    "threads_console": ["--mode", "threads", "--workers", "2"],
     # Only the coordinator is counted: callgrind does not follow the workers (no
     # --trace-children), so this is the coordinator's side of processes mode.
     "processes": ["--mode", "processes", "--workers", "2"],
+    # The workers only: see worker_instructions().
+    "worker": ["--mode", "processes", "--workers", "2"],
 }
 
 
@@ -34,8 +43,9 @@ def instructions(coordinator, case, tasks):
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
                    coordinator, *CASES[case], "--tasks", str(tasks), "--duration", "0",
                    "-q", "--progress", "never"]
-        with open(os.devnull, "w") as devnull:
-            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240)
+        stdout = os.path.join(tmp, "stdout.txt") if case == "threads_console" else os.devnull
+        with open(stdout, "w") as out:
+            run = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, timeout=240)
         if run.returncode != 0:
             sys.exit(f"{' '.join(command)} exited {run.returncode}:\n{run.stderr[-3000:]}")
         found = re.search(r"Collected : (\d+)", run.stderr)
@@ -44,8 +54,40 @@ def instructions(coordinator, case, tasks):
         return int(found.group(1))
 
 
+def worker_instructions(coordinator, tasks):
+    """Instructions callgrind counts in the workers of one processes-mode run, summed."""
+    worker = os.path.join(os.path.dirname(os.path.abspath(coordinator)), "worker")
+    with tempfile.TemporaryDirectory() as tmp:
+        wrapper = os.path.join(tmp, "worker-under-callgrind")
+        with open(wrapper, "w") as f:
+            f.write(f"#!/bin/sh\nexec valgrind --tool=callgrind --dump-instr=no "
+                    f"--callgrind-out-file={tmp}/callgrind.%p --log-file={tmp}/log.%p {worker} \"$@\"\n")
+        os.chmod(wrapper, 0o755)
+        command = [os.path.abspath(coordinator), *CASES["worker"], "--tasks", str(tasks), "--duration", "0", "-q",
+                   "--progress", "never", "--worker-bin", wrapper,
+                   # valgrind starts a worker in about a second and slows each one down
+                   # some fifty times: more time to say hello and to answer.
+                   "--heartbeat-timeout", "60"]
+        with open(os.devnull, "w") as devnull:
+            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240, cwd=tmp)
+        if run.returncode != 0:
+            sys.exit(f"{' '.join(command)} exited {run.returncode}:\n{run.stderr[-3000:]}")
+        counts = []
+        for name in os.listdir(tmp):
+            if name.startswith("log."):
+                with open(os.path.join(tmp, name)) as f:
+                    found = re.search(r"Collected : (\d+)", f.read())
+                if found:
+                    counts.append(int(found.group(1)))
+        if len(counts) != 2:
+            sys.exit(f"expected the counts of 2 workers, found {len(counts)} in {os.listdir(tmp)}")
+        return sum(counts)
+
+
 def per_task(coordinator, case, small, large):
-    return (instructions(coordinator, case, large) - instructions(coordinator, case, small)) / (large - small)
+    count = (lambda tasks: worker_instructions(coordinator, tasks)) if case == "worker" else (
+        lambda tasks: instructions(coordinator, case, tasks))
+    return (count(large) - count(small)) / (large - small)
 
 
 def main():

@@ -372,6 +372,58 @@ TEST(Protocol, ABatchOfTasksEncodedAlreadyIsTheBatchEncodedWhole) {
     }
 }
 
+// The worker packs each result once, into the frame (decision 200): what it sends decodes as
+// the batch of those results, or as the one result's own message, and a frame cleared and
+// filled again holds nothing of the last.
+TEST(Protocol, AResultFrameDecodesAsTheBatchOfWhatWasAddedOrAsItsOneResult) {
+    ResultFrame frame;
+    for (const std::size_t count : {1u, 2u, 3u, 300u}) {
+        frame.clear();
+        for (TaskId id = 0; id < count; ++id) {
+            TaskResult result;
+            result.id = id * 7;
+            result.ok = id % 2 == 0;
+            result.error = result.ok ? "" : "failed";
+            result.value = Json{{"n", id}};
+            frame.add(to_message(std::move(result)));
+        }
+        TaskResult dropped;
+        dropped.id = 99999;
+        frame.add(to_message(std::move(dropped)));
+        frame.drop_last();
+        ASSERT_EQ(frame.count(), count);
+        const std::string sent(frame.take());
+        EXPECT_EQ(sent.size(), frame.bytes());
+        const Message message = decode(sent);
+        if (count == 1) {
+            ASSERT_TRUE(std::holds_alternative<Result>(message)) << rejection(sent);
+            EXPECT_EQ(std::get<Result>(message).id, 0u);
+            continue;
+        }
+        ASSERT_TRUE(std::holds_alternative<ResultBatch>(message)) << count << ": " << rejection(sent);
+        const auto& back = std::get<ResultBatch>(message).results;
+        ASSERT_EQ(back.size(), count);
+        for (TaskId id = 0; id < count; ++id) {
+            EXPECT_EQ(back[id].id, id * 7);
+            EXPECT_EQ(back[id].ok, id % 2 == 0);
+            EXPECT_EQ(back[id].value, (Json{{"n", id}}));
+        }
+    }
+}
+
+// The coordinator packs a task from its spec (no copy of the params into a Task first):
+// byte for byte what the Task message makes.
+TEST(Protocol, ATaskPackedFromItsSpecIsTheTaskMessage) {
+    TaskSpec plain{41, type("sleep"), {{"seconds", 0.25}, {"note", "x"}}, 0};
+    TaskSpec full{42, type("cpu"), {{"lo", 1}, {"hi", 9}}, 2.5};
+    full.gpus = "3,5";
+    for (const TaskSpec* task : {&plain, &full}) {
+        std::string out = "before";
+        append_encoded(out, *task, 3);
+        EXPECT_EQ(out, "before" + encode(to_message(*task, 3))) << task->id;
+    }
+}
+
 TEST(Protocol, BatchesRoundTripInOrder) {
     TaskBatch tasks;
     for (TaskId id = 0; id < 3; ++id)

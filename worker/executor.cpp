@@ -1,5 +1,7 @@
 #include "executor.hpp"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <optional>
@@ -13,6 +15,11 @@
 
 namespace taskfarm {
 namespace {
+
+// The cost scope of a result whose task's share of the process's CPU take_results() fills in.
+constexpr std::string_view kShared = "process";
+
+double seconds(const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; }
 
 // CUDA_VISIBLE_DEVICES for one task that holds GPUs (docs/resources.md), and as it was after
 // it. Set in the worker's environment on the thread that runs tasks, just before the task:
@@ -69,10 +76,42 @@ void Executor::push(proto::TaskBatch&& batch) {
     ready_.notify_one();
 }
 
+void Executor::process_cpu(double& user_s, double& sys_s) {
+    rusage usage{};
+    ::getrusage(RUSAGE_SELF, &usage);
+    user_s = seconds(usage.ru_utime);
+    sys_s = seconds(usage.ru_stime);
+}
+
 void Executor::take_results(std::vector<proto::Result>& out) {
     out.clear();
-    std::lock_guard lock(outbox_mutex_);
-    out.swap(outbox_);
+    {
+        std::lock_guard lock(outbox_mutex_);
+        out.swap(outbox_);
+    }
+    // Tasks that ran and carry no cost of their own yet are marked "process" with nothing
+    // counted by the loop; a command's tree ("tree") and a task never run ("") are left alone.
+    double ran = 0;
+    std::size_t sharing = 0;
+    for (const proto::Result& result : out) {
+        if (result.cost.scope != kShared) continue;
+        ran += result.run_s;
+        ++sharing;
+    }
+    if (sharing == 0) return;  // what the process used meanwhile goes to the next ones
+    double user = 0;
+    double sys = 0;
+    process_cpu(user, sys);
+    const double user_used = std::max(0.0, user - shared_user_s_);
+    const double sys_used = std::max(0.0, sys - shared_sys_s_);
+    shared_user_s_ = user;
+    shared_sys_s_ = sys;
+    for (proto::Result& result : out) {
+        if (result.cost.scope != kShared) continue;
+        const double share = ran > 0 ? result.run_s / ran : 1.0 / static_cast<double>(sharing);
+        result.cost.user_s = user_used * share;
+        result.cost.sys_s = sys_used * share;
+    }
 }
 
 std::vector<proto::TaskRef> Executor::give_back_if_busy_for(Clock::duration limit, Clock::duration& busy) {
@@ -131,10 +170,23 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
     RunEnv env = env_;
     env.stop = stop;
     env.settings = &settings_;
+    env.cost_per_slice = true;  // shared out per frame by take_results()
+    // A stop of the running task's own, for a cancel of it alone; the executor's stop stops it
+    // too. Made once and made again only after a cancel used it: no allocation per task.
+    std::stop_source own;
+    std::optional<std::stop_callback<std::function<void()>>> link;
+    const auto relink = [&] {
+        link.reset();  // waits for a callback that runs now
+        own = std::stop_source();
+        link.emplace(stop, std::function<void()>([source = own]() mutable { source.request_stop(); }));
+    };
+    relink();
     while (true) {
         Queued next;
-        // A stop of the task's own, for a cancel of it alone; the executor's stop stops it too.
-        std::stop_source own;
+        if (own.stop_requested()) {
+            if (stop.stop_requested()) return;
+            relink();  // the last task's cancel used it
+        }
         {
             // Out of the queue and running in one step: a cancel in between would find it
             // neither queued nor running, and be lost.
@@ -146,7 +198,6 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
             running_ = {next.task.id, next.attempt};
             running_stop_ = &own;
         }
-        const std::stop_callback link(stop, [&own] { own.request_stop(); });
         env.stop = own.get_token();
         if (board_) board_->started(next.task.id, next.attempt);
         TaskResult result = [&] {
@@ -165,6 +216,7 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
         proto::Result message;
         proto::to_message(std::move(result), message);
         message.kind = std::move(next.kind);
+        if (message.cost.scope.empty() && next.task.type) message.cost.scope = kShared;  // measured per frame
         bool was_empty = false;
         {
             std::lock_guard lock(outbox_mutex_);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -36,7 +37,9 @@ public:
         : registry_(registry),
           env_(std::move(env)),
           board_(board),
-          thread_([this, &context](std::stop_token stop) { loop(stop, context); }) {}
+          thread_([this, &context](std::stop_token stop) { loop(stop, context); }) {
+        process_cpu(shared_user_s_, shared_sys_s_);  // what starting the worker took is no task's
+    }
 
     // The run's settings, from the coordinator's SETUP; only the first counts, and it comes
     // before any task (the tasks read them on the executor's thread).
@@ -45,7 +48,9 @@ public:
     void push(proto::Task&& task);
     void push(proto::TaskBatch&& batch);
 
-    // Moves the finished results into `out` (cleared first).
+    // Moves the finished results into `out` (cleared first). The tasks among them that ran
+    // share the process's CPU time since the last take, in proportion to their run times:
+    // one getrusage per frame, not per task (decision 201). A command's tree keeps its own.
     void take_results(std::vector<proto::Result>& out);
 
     // The tasks not started yet, if the running one has run longer than `limit`; they will
@@ -68,6 +73,7 @@ private:
         std::string kind;  // the task's type name, kept for the error when this program lacks it
     };
 
+    static void process_cpu(double& user_s, double& sys_s);  // this process's CPU so far
     void queue(proto::Task&& task);
     void loop(std::stop_token stop, zmq::context_t& context);
     TaskResult unknown_kind(const Queued& queued) const;
@@ -85,7 +91,10 @@ private:
     std::stop_source* running_stop_ = nullptr;        // its own stop, for a cancel
     std::mutex outbox_mutex_;
     std::vector<proto::Result> outbox_;  // finished, not yet sent
-    std::jthread thread_;                // last: starts after the members it uses exist
+    // The socket thread's: the process's user and system CPU seconds when take_results() last shared them.
+    double shared_user_s_ = 0;
+    double shared_sys_s_ = 0;
+    std::jthread thread_;  // last: starts after the members it uses exist
 };
 
 }  // namespace taskfarm

@@ -87,49 +87,45 @@ private:
     int failures_ = 0;  // NO_DETAIL failures in a row
 };
 
-// Encodes results[first, first + count) into `frame`: a `result` message for one, else `results`.
-void encode_results(const std::vector<proto::Result>& results, std::size_t first, std::size_t count,
-                    proto::ResultBatch& batch, std::string& frame) {
-    if (count == 1) return proto::encode_to(frame, results[first]);
-    const auto begin = results.begin() + static_cast<std::ptrdiff_t>(first);
-    batch.results.assign(begin, begin + static_cast<std::ptrdiff_t>(count));
-    proto::encode_to(frame, batch);
-}
-
 // Sends `results` in order, as few frames as fit: at most kMaxResultsPerFrame results and
 // proto::kMaxBatchBytes each, since the coordinator drops a frame over its limit together
-// with the connection. A frame that comes out too large is split in halves until it fits;
-// a result too large on its own goes as a failure of its task, saying so, because its
-// value could never reach the coordinator.
-void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, proto::ResultBatch& batch,
-                  std::string& frame) {
+// with the connection. Each result is packed once, into the frame (decision 200); one that
+// would take the frame over the byte limit goes into the next. A result too large on its own
+// goes as a failure of its task, saying so, because its value could never reach the coordinator.
+void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, proto::ResultFrame& frame) {
     // Read once a frame, not once a result: the coordinator recycles a worker by it.
     const std::uint64_t rss = resident_bytes();
-    for (proto::Result& result : results) result.rss = rss;
-    for (std::size_t first = 0; first < results.size();) {
-        std::size_t count = std::min(results.size() - first, kMaxResultsPerFrame);
-        encode_results(results, first, count, batch, frame);
-        while (frame.size() > proto::kMaxBatchBytes && count > 1) {
-            count /= 2;
-            encode_results(results, first, count, batch, frame);
-        }
-        if (frame.size() > proto::kMaxBatchBytes) {
-            const proto::Result& large = results[first];
+    frame.clear();
+    for (std::size_t i = 0; i < results.size();) {
+        proto::Result& result = results[i];
+        result.rss = rss;
+        frame.add(result);
+        if (frame.bytes() > proto::kMaxBatchBytes) {
+            const std::size_t bytes = frame.bytes();
+            frame.drop_last();
+            if (frame.count() > 0) {  // it goes first in the next frame
+                wire::send(dealer, frame.take());
+                frame.clear();
+                continue;
+            }
             proto::Result failed;
-            failed.id = large.id;
-            failed.attempt = large.attempt;
-            failed.kind = large.kind;
-            failed.run_s = large.run_s;
-            failed.rss = large.rss;
+            failed.id = result.id;
+            failed.attempt = result.attempt;
+            failed.kind = result.kind;
+            failed.run_s = result.run_s;
+            failed.rss = result.rss;
             failed.error = fmt::format(
                 "its result takes {} bytes encoded, more than the {} bytes a message to the "
                 "coordinator may hold",
-                frame.size(), proto::kMaxBatchBytes);
-            spdlog::warn("task {}: {}", large.id, failed.error);
-            proto::encode_to(frame, failed);
+                bytes, proto::kMaxBatchBytes);
+            spdlog::warn("task {}: {}", result.id, failed.error);
+            frame.add(failed);
         }
-        wire::send(dealer, frame);
-        first += count;
+        ++i;
+        if (frame.count() == kMaxResultsPerFrame || i == results.size()) {
+            wire::send(dealer, frame.take());
+            frame.clear();
+        }
     }
 }
 
@@ -183,8 +179,7 @@ int run_session(const WorkerConfig& config) {
     const int groups_changed = command_groups::change_fd();
     HandshakeVerdict verdict(config);
     std::vector<proto::Result> finished;
-    proto::ResultBatch batch;
-    std::string frame;
+    proto::ResultFrame frame;
 
     while (true) {
         const auto silence_limit = heard ? timeout : connect_timeout;
@@ -221,7 +216,7 @@ int run_session(const WorkerConfig& config) {
             next_heartbeat = Clock::now() + interval;
         }
         if (!finished.empty()) {
-            send_results(dealer, finished, batch, frame);
+            send_results(dealer, finished, frame);
             finished.clear();
             next_heartbeat = Clock::now() + interval;  // any frame is a sign of life
         }
@@ -237,7 +232,7 @@ int run_session(const WorkerConfig& config) {
                     executor.push(std::move(*tasks));
                 } else if (auto* cancel = std::get_if<proto::Cancel>(&message)) {
                     std::vector<proto::Result> dropped = executor.cancel(cancel->tasks);
-                    if (!dropped.empty()) send_results(dealer, dropped, batch, frame);
+                    if (!dropped.empty()) send_results(dealer, dropped, frame);
                 } else if (auto* setup = std::get_if<proto::Setup>(&message)) {
                     executor.set_settings(std::move(setup->settings));
                 } else if (std::holds_alternative<proto::Shutdown>(message)) {
