@@ -308,6 +308,7 @@ struct CommandLine {
     std::string cpus;
     bool pin = false;
     std::vector<std::string> settings;  // --set KEY=VALUE
+    std::uint32_t retries = 0;          // --retries, when given
     std::vector<TypeFlag> type_flags;
     std::string output = "group";
     std::string prefetch = "auto";
@@ -379,8 +380,8 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                                 "NAME"))
                             ->capture_default_str();
     auto* tasks_option = app.add_option("-n,--tasks", config.tasks,
-                                        "number of tasks in the plan (a type may have its own\n"
-                                        "default: 15 for download)")
+                                        "number of tasks in the plan (a type may have a default of\n"
+                                        "its own: see --task)")
                              ->check(CLI::Range(1, 100'000'000))
                              ->capture_default_str();
     // The types' own flags, each in a group of its type's name (before the coordinator's, which
@@ -440,12 +441,10 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
             ->type_name("DIR")
             ->capture_default_str();
     auto* retries_option =
-        app.add_option("--retries", config.retries,
+        app.add_option("--retries", cl.retries,
                        "runs a failed task up to N more times, on any worker, in every mode; each failed attempt\n"
-                       "is in --results, the last one is the task's result (default: 0). download retries inside\n"
-                       "its tasks instead, only on a transient failure (HTTP 5xx, connection refused or reset,\n"
-                       "truncated body, stall, connect timeout), 0.25 s, 0.5 s, 1 s ... apart, never on 4xx\n"
-                       "(default for download: 2)")
+                       "is in --results, the last one is the task's result (default: 0). A type that retries\n"
+                       "inside its tasks (see --task) takes N for its own tries instead, with its own default")
             ->check(CLI::Range(0, 100))
             ->type_name("N");
     // Each becomes a setting; given for a plan no type of which reads it, a warning says so (the run goes on).
@@ -476,8 +475,8 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                        "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
                        "does not; a task of your own lets go inside Context::waiting()), processes (--workers worker\n"
                        "processes over ZeroMQ), or all (all four). Not given: the three below for a plan of the\n"
-                       "built-in demo types (sleep, cpu, download, fail, crash), processes alone for anything else\n"
-                       "(a program's own types, --command), which then runs once. With --listen\n"
+                       "built-in demo types, processes alone for anything else (a program's own types, a type\n"
+                       "whose tasks act on the world), which then runs once. With --listen\n"
                        "only processes runs: remote workers are worker processes")
             ->delimiter(',')
             ->check(kModeList)
@@ -522,11 +521,11 @@ void add_output_options(CLI::App& app, CommandLine& cl) {
     auto* output_option =
         app.add_option(
                "--output", output,
-               "command output on stdout: plain (the default with --command and --task command: the\n"
-               "commands' stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU parallel\n"
-               "prints them; failed tasks' result lines and the table go to stderr), group (the default otherwise: "
-               "each\n"
-               "task's stdout and stderr as one block under its result line, lines marked \"  | \" and \"  ! \"),\n"
+               "the tasks' output on stdout: plain (the default for a --task whose type asks for it, as\n"
+               "commands do: their stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU\n"
+               "parallel prints them; failed tasks' result lines and the table go to stderr), group (the default\n"
+               "otherwise: each task's stdout and stderr as one block under its result line, lines marked\n"
+               "\"  | \" and \"  ! \"),\n"
                "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
             ->check(CLI::IsMember({"plain", "group", "tag", "none"}))
             ->capture_default_str();
@@ -835,6 +834,24 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
     cl.cancel_command = cancel_command;
 }
 
+// The Examples of --help: each registered type's (TaskTraits::examples), the default --task's
+// first, so that a program lists the commands of the types it has and no others.
+std::string type_examples(const ProgramInfo& program) {
+    const TaskType* first = program.registry.find(program.default_task);
+    std::vector<const TaskType*> types;
+    if (first) types.push_back(first);
+    for (const auto& type : program.registry.types())
+        if (type.get() != first) types.push_back(type.get());
+    std::string text;
+    for (const TaskType* type : types)
+        for (std::string example : type->traits().examples) {
+            for (auto at = example.find("{program}"); at != std::string::npos; at = example.find("{program}", at))
+                example.replace(at, 9, program.name);
+            text += (text.empty() ? " " : "          ") + example + "\n";
+        }
+    return text.empty() ? fmt::format(" {} --workers 4 --tasks 8\n", program.name) : text;
+}
+
 void add_footer(CLI::App& app, const ProgramInfo& program) {
     app.footer(
         std::string(
@@ -850,13 +867,8 @@ void add_footer(CLI::App& app, const ProgramInfo& program) {
             "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
             "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n"
             "The same request again within 1 s (timeout(1) and a closing terminal send theirs twice) is one.\n") +
+        "Examples:" + type_examples(program) +
         fmt::format(
-            "Examples: {0} --workers 8 --task download\n"
-            "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
-            "          {0} parallel -j 4 -k gzip -k ::: *.txt      (GNU parallel's command line)\n"
-            "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
-            "          {0} --workers 2 --task cpu --tasks 8 --mode all --pin\n"
-            "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
             "Remote workers (docs/multihost.md):\n"
             "          {0} keygen keys\n"
             "A journal's story (docs/reliability.md):\n"
@@ -864,7 +876,7 @@ void add_footer(CLI::App& app, const ProgramInfo& program) {
             "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
             "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
             "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
-            "          {0} --launch slurm --pin --task cpu --tasks 1000 --results run.jsonl",
+            "          {0} --launch slurm --pin --plan plan.jsonl --results run.jsonl",
             program.name, worker_command(program)));
 }
 
@@ -1078,12 +1090,12 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
         if (const std::uint64_t count = registry.at(task).traits().default_count; count > 0)
             config.tasks = static_cast<int>(count);
     config.max_worker_memory = *parse_size(max_worker_memory);
-    if (cl.retries_option->count() > 0) config.task_retries = config.retries;
+    if (cl.retries_option->count() > 0) config.retries = config.task_retries = cl.retries;
     config.output = output == "tag"     ? OutputBlocks::Tag
                     : output == "none"  ? OutputBlocks::None
                     : output == "plain" ? OutputBlocks::Plain
                                         : OutputBlocks::Group;
-    if (cl.output_option->count() == 0 && task == "command") config.output = OutputBlocks::Plain;
+    if (cl.output_option->count() == 0 && registry.at(task).traits().plain_output) config.output = OutputBlocks::Plain;
     config.modes_given = cl.mode_option->count() > 0;
     config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
     if (!cpus.empty())

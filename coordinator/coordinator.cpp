@@ -357,7 +357,7 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"settings", config.settings},
         {"out_dir", config.out_dir.string()},
         {"max_bytes", config.settings.value("max_bytes", nlohmann::json(nullptr))},
-        {"retries", config.retries},
+        {"retries", config.retries ? nlohmann::json(*config.retries) : nlohmann::json(nullptr)},
         {"task_retries", config.task_retries},
         {"max_tasks_per_worker", config.max_tasks_per_worker},
         {"max_worker_memory", config.max_worker_memory},

@@ -7,6 +7,7 @@
 #include "affinity.hpp"
 #include "builtin.hpp"
 #include "cli.hpp"
+#include "plan_sources.hpp"
 #include "task.hpp"
 #include "support.hpp"
 
@@ -86,7 +87,8 @@ TEST(Cli, DownloadDefaultsToFifteenImagesOfTheBuiltInServer) {
     EXPECT_TRUE(config.inputs_path.empty());
     EXPECT_EQ(config.out_dir, "downloads");
     EXPECT_EQ(config.settings.at("max_bytes"), 100u * 1024 * 1024);  // the download type's flags' defaults
-    EXPECT_EQ(config.retries, 2u);
+    EXPECT_FALSE(config.retries) << "download's own default of 2 applies, not the program's";
+    EXPECT_FALSE(settings_json(config).contains("retries"));
     EXPECT_EQ(config.settings.at("file_size"), 200u * 1024);
     EXPECT_EQ(config.settings.at("latency_s"), 0.2);
     EXPECT_EQ(config.settings.at("bandwidth"), 0u);
@@ -102,6 +104,7 @@ TEST(Cli, ReadsEveryDownloadValueWithSizeSuffixes) {
     EXPECT_EQ(config.settings.at("bandwidth"), 65'536u);
     EXPECT_EQ(config.settings.at("max_bytes"), 2u << 30);
     EXPECT_EQ(config.retries, 0u);
+    EXPECT_EQ(settings_json(config).at("retries"), 0u);
     EXPECT_EQ(config.out_dir, "pictures");
     EXPECT_EQ(config.settings.at("min_speed"), 1024u);  // the defaults: a drip of a byte a second fails
     EXPECT_EQ(config.settings.at("stall_s"), 15);
@@ -203,6 +206,44 @@ TEST(Cli, CommandsFlagsAreTheCommandTypesOwn) {
                   .settings.at("max_output"),
               1024u * 1024)
         << "--max-output's default";
+}
+
+// A user's type with the command type's traits: its run shows the output alone on stdout
+// (plain) by default, and --help's examples are the registered types' own, none of a type the
+// program lacks.
+class PrintType final : public TaskType {
+public:
+    std::string name() const override { return "print"; }
+    Value run(const Params& params, Context&) const override { return params; }
+    TaskTraits traits() const override {
+        return {.plain_output = true, .examples = {"{program} --task print --inputs lines.txt"}};
+    }
+};
+
+TEST(Cli, ATypesTraitsGiveTheDefaultOutputAndTheHelpExamples) {
+    Registry registry;
+    registry.add(sleep_type());
+    registry.add(std::make_shared<PrintType>());
+    const ProgramInfo program{"printer", registry, testing::stock_program().worker};
+    const auto run = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), "printer");
+        std::vector<const char*> argv;
+        for (const std::string& arg : args) argv.push_back(arg.c_str());
+        ::testing::internal::CaptureStdout();
+        ::testing::internal::CaptureStderr();
+        auto result = parse_cli(program, static_cast<int>(argv.size()), argv.data());
+        const std::string out = ::testing::internal::GetCapturedStdout();
+        static_cast<void>(::testing::internal::GetCapturedStderr());
+        return std::pair{std::move(result), out};
+    };
+    EXPECT_EQ(std::get<RunConfig>(run({"--task", "print"}).first).output, OutputBlocks::Plain);
+    EXPECT_EQ(std::get<RunConfig>(run({"--task", "print", "--output", "tag"}).first).output, OutputBlocks::Tag);
+    EXPECT_EQ(std::get<RunConfig>(run({"--task", "sleep"}).first).output, OutputBlocks::Group);
+    const std::string help = run({"--help"}).second;
+    EXPECT_NE(help.find("printer --task print --inputs lines.txt"), std::string::npos) << help;
+    EXPECT_NE(help.find("printer --workers 4 --task sleep"), std::string::npos) << help;
+    for (const char* other : {"--command", "--urls", "--task download", "--task cpu", "parallel -j"})
+        EXPECT_EQ(help.find(other), std::string::npos) << other << " in\n" << help;
 }
 
 TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {
