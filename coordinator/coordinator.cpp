@@ -498,7 +498,7 @@ std::unique_ptr<DecidedRun> decide_run(const ProgramInfo& program, RunConfig giv
             plain_output->spool_dir = make_temp_dir(ec ? std::filesystem::path("/tmp") : base, "plain");
             settings["spill_dir"] = plain_output->spool_dir.string();
         } catch (const std::system_error& e) {
-            spdlog::warn("no temporary directory ({}): a command's output over --max-output is cut", e.what());
+            spdlog::warn("no temporary directory ({}): a task's output longer than a result holds is cut", e.what());
         }
     }
     decided->plan = make_plan(config, program.registry, settings);
