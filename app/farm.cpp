@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -23,8 +24,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "checks.hpp"
 #include "config.hpp"
 #include "control.hpp"
+#include "curve.hpp"
 #include "errors.hpp"
 #include "function_type.hpp"
 #include "id_set.hpp"
@@ -34,6 +37,7 @@
 #include "plan_sources.hpp"
 #include "process_pool.hpp"
 #include "sinks.hpp"
+#include "step.hpp"
 #include "task.hpp"
 #include "text.hpp"
 #include "worker.hpp"
@@ -74,6 +78,93 @@ Mode engine_mode(FarmMode mode) {
 // What a resumed journal's ok results are matched by: the type and the parameters as parse()
 // made them (the journal holds those).
 std::string resume_key(const std::string& type, const Params& params) { return type + '\n' + params.dump(); }
+
+// FarmOptions' heartbeats and remote workers, checked as the coordinator's decide() checks --listen,
+// --keys and --launch slurm, into `config`: std::invalid_argument naming the option.
+void worker_options(const FarmOptions& options, RunConfig& config) {
+    const auto refuse = [](const std::string& option, const std::string& why) {
+        throw std::invalid_argument(fmt::format("FarmOptions::{}: {}", option, why));
+    };
+    if ((!options.listen.empty() || options.slurm) && options.mode != FarmMode::Processes)
+        refuse(options.slurm ? "slurm" : "listen", "remote workers are worker processes: it needs FarmMode::Processes");
+    if (!options.listen.empty() && !curve::parse_tcp_endpoint(options.listen, /*wildcard_port=*/true))
+        refuse("listen",
+               fmt::format("'{}' is not tcp://HOST:PORT (PORT * picks a free one)", printable(options.listen)));
+    if (!(options.heartbeat_interval_s >= 0.001 && options.heartbeat_interval_s <= 3600))
+        refuse("heartbeat_interval_s",
+               fmt::format("{:g} is not from 0.001 to 3600 seconds", options.heartbeat_interval_s));
+    if (!(options.heartbeat_timeout_s >= kMinHeartbeatTimeout && options.heartbeat_timeout_s <= 86'400))
+        refuse("heartbeat_timeout_s", fmt::format("{:g} is not from {:g} to 86400 seconds", options.heartbeat_timeout_s,
+                                                  kMinHeartbeatTimeout));
+    if (options.heartbeat_interval_s * 2 > options.heartbeat_timeout_s)
+        refuse("heartbeat_interval_s",
+               fmt::format("{:g} must be at most half of heartbeat_timeout_s {:g}: a worker is lost when silent for "
+                           "the timeout, so two heartbeats must fit in it",
+                           options.heartbeat_interval_s, options.heartbeat_timeout_s));
+    config.heartbeat_interval_s = options.heartbeat_interval_s;
+    config.heartbeat_timeout_s = options.heartbeat_timeout_s;
+    config.listen = options.listen;
+    config.wait_workers_s = options.wait_workers_s;
+    if (!(options.wait_workers_s > 0)) refuse("wait_workers_s", "must be a number of seconds above 0");
+    if (options.slurm) {
+        if (!options.keys.empty() || options.insecure || options.expect_workers > 0)
+            refuse(!options.keys.empty() ? "keys"
+                   : options.insecure    ? "insecure"
+                                         : "expect_workers",
+                   "cannot go with a Slurm step, which makes keys for the run and waits for the workers it starts");
+        int tasks = options.slurm->tasks;
+        if (tasks == 0) {
+            const char* ntasks = std::getenv("SLURM_NTASKS");
+            const std::string_view text = ntasks ? ntasks : "";
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), tasks);
+            if (!ntasks || ec != std::errc{} || end != text.data() + text.size() || tasks < 1)
+                refuse("slurm", fmt::format("tasks 0 means $SLURM_NTASKS, which is {}: give SlurmStep::tasks outside "
+                                            "an allocation",
+                                            ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
+        }
+        if (tasks < 1) refuse("slurm", fmt::format("tasks must be at least 1, not {}", tasks));
+        StepConfig step{.launcher = StepLauncher::Slurm, .tasks = tasks, .pin = options.slurm->pin};
+        try {
+            step.args = split_launcher_args(options.slurm->args);
+        } catch (const std::invalid_argument& e) {
+            refuse("slurm", fmt::format("cannot split args '{}': {}", printable(options.slurm->args), e.what()));
+        }
+        if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+        config.expect_workers = tasks;
+        config.workers = 0;
+        config.step = std::move(step);
+        return;
+    }
+    if (options.expect_workers < 0) refuse("expect_workers", "must be 0 or more");
+    if (!options.listen.empty()) {
+        if (options.keys.empty() && !options.insecure)
+            refuse("listen", fmt::format("'{}' without keys would hand tasks and results, unencrypted, to any peer "
+                                         "that connects: give FarmOptions::keys (a `coordinator keygen` directory), "
+                                         "or insecure = true where you trust them",
+                                         printable(options.listen)));
+        if (!options.keys.empty() && options.insecure) refuse("insecure", "cannot go with keys");
+        config.expect_workers = options.expect_workers;
+        config.keys_dir = options.keys;
+        config.authorized_dir = options.authorized;
+        try {
+            config.server_keys = read_keys(config, "FarmOptions::keys", "FarmOptions::authorized");
+        } catch (const ConfigError& e) {
+            throw std::invalid_argument(e.what());
+        }
+    } else {
+        for (const auto& [given, name] : {std::pair{!options.keys.empty(), "keys"},
+                                          {!options.authorized.empty(), "authorized"},
+                                          {options.insecure, "insecure"},
+                                          {options.expect_workers > 0, "expect_workers"}})
+            if (given) refuse(name, "is for remote workers: it needs FarmOptions::listen");
+    }
+    if (options.workers < 0) refuse("workers", "must be 0 or more");
+    if (options.workers == 0 && config.listen.empty())
+        refuse("workers", "0 starts no worker: 0 local workers needs FarmOptions::listen and remote workers");
+    if (options.workers == 0 && config.expect_workers == 0)
+        refuse("expect_workers",
+               "workers = 0 starts no local worker: give expect_workers M (M >= 1), the remote workers to wait for");
+}
 
 }  // namespace
 
@@ -172,6 +263,14 @@ public:
     std::uint64_t outstanding() const {
         std::lock_guard lock(mutex_);
         return outstanding_;
+    }
+
+    std::string endpoint() const {
+        std::unique_lock lock(mutex_);
+        if (!started_ || config_.listen.empty()) return "";
+        done_cv_.wait(lock, [&] { return !endpoint_.empty() || failed() || closed_; });
+        if (endpoint_.empty() && failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
+        return endpoint_;
     }
 
     void close() {
@@ -283,13 +382,23 @@ private:
     // With the lock held, at the first submit: the fork server first (while this process may
     // still have no thread), then the engine's thread.
     void start(std::unique_lock<std::mutex>& lock) {
-        // The journal first: a journal that cannot be opened or resumed throws before anything starts.
+        // The options and the journal first: bad ones, or a journal that cannot be opened or
+        // resumed, throw before anything starts.
+        config_.modes = {engine_mode(options_.mode)};
+        config_.workers = options_.workers;
+        worker_options(options_, config_);
         std::unique_ptr<JournalSink> journal = open_journal();
         started_ = true;
         wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (wake_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
-        config_.modes = {engine_mode(options_.mode)};
-        config_.workers = options_.workers;
+        if (!config_.listen.empty())
+            config_.on_listening = [this](const std::string& endpoint) {
+                {
+                    std::lock_guard guard(mutex_);
+                    endpoint_ = endpoint;
+                }
+                done_cv_.notify_all();
+            };
         config_.task_retries = options_.retries;
         config_.max_tasks_per_worker = options_.max_tasks_per_worker;
         config_.max_worker_memory = options_.max_worker_memory;
@@ -302,36 +411,29 @@ private:
         config_.settings = options_.settings.is_object() ? options_.settings : Json::object();
         settings_ = settings_json(config_);
         if (!options_.log_level.empty()) set_log_level(options_.log_level);
-            // As the coordinator does (decision 104): sanitized builds exec every worker.
-#if defined(__SANITIZE_ADDRESS__)
-        constexpr bool kForkServerUsable = false;
-#else
-        constexpr bool kForkServerUsable = true;
-#endif
-        if (kForkServerUsable && options_.mode == FarmMode::Processes) {
-            try {
-                std::vector<std::string> preload;  // what the farm's types need, nothing more (decision 145)
-                for (const auto& type : registry_.types()) preload.push_back(type->name());
-                fork_server_.emplace(config_.worker_bin, config_.worker_prefix, config_.log_level, preload);
-            } catch (const std::exception& e) {
-                spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
-            }
-        }
+        // The coordinator's fork server, with the farm's types preloaded (decision 145).
+        std::vector<const TaskType*> types;
+        for (const auto& type : registry_.types()) types.push_back(type.get());
+        fork_server_ = start_fork_server(config_, types);
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
         if (journal) sinks_.add(std::move(journal));
         sinks_.add(std::make_unique<Sink>(*this));
         cancels_.clear();
         lock.unlock();  // the runner's threads may take tasks as soon as they start
-        const RunShared shared{registry_, settings_, &cancels_, fork_server_ ? &*fork_server_ : nullptr};
+        const RunShared shared{registry_, settings_, &cancels_, fork_server_.get()};
         runner_ = make_runner(config_.modes.front(), config_, shared, stop_.get_token(), drain_.get_token());
         engine_ = std::thread([this] {
             try {
                 report_ = runner_->run(plan_, sinks_);
             } catch (const std::exception& e) {
-                spdlog::error("{}", e.what());
+                // The processes mode names the coordinator's flag for an endpoint it cannot
+                // bind; the program set FarmOptions::listen.
+                std::string why = e.what();
+                if (why.starts_with("--listen: ")) why = "FarmOptions::listen: " + why.substr(10);
+                spdlog::error("{}", why);
                 std::lock_guard guard(mutex_);
-                engine_error_ = e.what();
+                engine_error_ = why;
             }
             {
                 std::lock_guard guard(mutex_);
@@ -425,9 +527,9 @@ private:
     }
 
     mutable std::mutex mutex_;
-    std::condition_variable space_;      // the queue has room
-    std::condition_variable queued_cv_;  // a task was queued, or the farm closed
-    std::condition_variable done_cv_;    // a result came, or the engine ended
+    std::condition_variable space_;            // the queue has room
+    std::condition_variable queued_cv_;        // a task was queued, or the farm closed
+    mutable std::condition_variable done_cv_;  // a result came, the engine ended, or it listens
     std::deque<TaskSpec> queue_;
     std::deque<std::shared_ptr<const detail::Outcome>> done_;
     IdSet completed_;  // ids whose result came: ranges, so it stays small as results come in order
@@ -441,11 +543,12 @@ private:
     bool started_ = false;
     bool closed_ = false;
     std::string engine_error_;
+    std::string endpoint_;  // where remote workers connect, once bound
     int wake_fd_ = -1;
 
     RunConfig config_;
     Json settings_;
-    std::optional<ForkServer> fork_server_;
+    std::unique_ptr<ForkServer> fork_server_;
     Plan plan_;
     FanOutSink sinks_;
     CancelBoard cancels_;
@@ -486,6 +589,7 @@ std::optional<Result<>> Farm::try_next() { return impl_->next(false); }
 void Farm::wait() { impl_->wait_all(); }
 bool Farm::cancel(TaskHandle task) { return impl_->cancel(task.id); }
 std::uint64_t Farm::outstanding() const { return impl_->outstanding(); }
+std::string Farm::endpoint() const { return impl_->endpoint(); }
 void Farm::close() { impl_->close(); }
 
 }  // namespace taskfarm

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
@@ -86,6 +87,16 @@ ResourceRequest parse_resources(std::string_view text) {
     return sorted(std::move(request));
 }
 
+ResourceRequest parse_worker_resources(std::string_view text) {
+    ResourceRequest have = parse_resources(text);
+    for (const ResourceAmount& item : have)
+        if (item.name == kGpuResource)
+            throw std::invalid_argument(
+                "gpu: GPUs have ids: give --gpus 0,1 (default: CUDA_VISIBLE_DEVICES, "
+                "else nvidia-smi -L)");
+    return have;
+}
+
 ResourceRequest resources_from_json(const Json& object) {
     if (!object.is_object())
         throw std::invalid_argument(
@@ -93,14 +104,19 @@ ResourceRequest resources_from_json(const Json& object) {
     ResourceRequest request;
     for (const auto& [name, value] : object.items()) {
         check_name(name);
+        // One rule for every count (decision 218): a JSON number, a whole one >= 1. The one
+        // string taken is a size with its unit for "mem" ("8G"): "1" is a count written as
+        // text, which a plan generator that quotes everything would hand us by mistake.
         std::uint64_t amount = 0;
         if (value.is_number_unsigned() && value.get<std::uint64_t>() >= 1)
             amount = value.get<std::uint64_t>();
-        else if (value.is_string())
+        else if (value.is_string() && name == "mem" && !value.get_ref<const std::string&>().empty() &&
+                 !std::isdigit(static_cast<unsigned char>(value.get_ref<const std::string&>().back())))
             amount = amount_of(name, value.get_ref<const std::string&>());
         else
-            throw std::invalid_argument(
-                fmt::format("\"resources\": {}: want a whole number >= 1, not {}", name, printable(value.dump(), 100)));
+            throw std::invalid_argument(fmt::format(
+                "\"resources\": {}: want a whole number >= 1{}, not {}", name,
+                name == "mem" ? " (MiB) or a size with its unit such as \"2G\"" : "", printable(value.dump(), 100)));
         request.push_back({name, amount});
     }
     return sorted(std::move(request));

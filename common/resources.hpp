@@ -31,7 +31,11 @@ inline constexpr std::string_view kGpuResource = "gpu";
 // for "mem" a size in MiB or with K, M or G ("2G"). Throws std::invalid_argument saying what
 // is wrong.
 ResourceRequest parse_resources(std::string_view text);
-// A plan line's {"gpu": 1, "mem": "2G"}, by the same rules.
+// What workers have (--worker-resources, as parse_resources), never "gpu": GPUs have ids, so
+// they come from --gpus (a count of them would be taken and never handed out).
+ResourceRequest parse_worker_resources(std::string_view text);
+// A plan line's {"gpu": 1, "mem": "2G"}: each count a JSON number, a whole one >= 1; "mem"
+// may be a size with its unit ("2G"). Throws std::invalid_argument.
 ResourceRequest resources_from_json(const Json& object);
 // "gpu=1,slot=2".
 std::string resources_text(const ResourceRequest& request);

@@ -25,11 +25,11 @@
 #include "curve.hpp"
 #include "coordinator.hpp"
 #include "dispatcher.hpp"
+#include "flag_checks.hpp"
 #include "live_view.hpp"
 #include "log.hpp"
 #include "parallel_cli.hpp"
 #include "plan_sources.hpp"
-#include "program_options.hpp"
 #include "step.hpp"
 #include "text.hpp"
 
@@ -37,18 +37,6 @@ namespace taskfarm {
 namespace {
 
 constexpr std::string_view kModeNames[] = {"sequential", "threads", "gil-threads", "processes"};
-
-// --worker-resources: named counts; GPUs have ids, so they come from --gpus (a count of them
-// would be taken and never handed out).
-ResourceRequest parse_worker_resources(std::string_view text) {
-    ResourceRequest have = parse_resources(text);
-    for (const ResourceAmount& item : have)
-        if (item.name == kGpuResource)
-            throw std::invalid_argument(
-                "gpu: GPUs have ids: give --gpus 0,1 (default: CUDA_VISIBLE_DEVICES, "
-                "else nvidia-smi -L)");
-    return have;
-}
 
 // Resources (docs/resources.md): --worker-resources, --gpus and --task-resources, in a group
 // of their own; read by finish() once the command line is parsed.
@@ -148,8 +136,6 @@ const CLI::Validator kCpuList(
         }
     },
     "LIST");
-
-const CLI::Validator kUnsigned([](std::string& text) { return check_unsigned(text); }, "UINT");
 
 // An empty path names no file: refused here rather than met as a filesystem error later.
 const CLI::Validator kPath(

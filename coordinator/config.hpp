@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -101,6 +102,8 @@ struct RunConfig {
     // --alloc slurm: the remote workers come in Slurm allocations that the coordinator submits
     // while tasks wait (launch/alloc.hpp); listen as for step; workers 0 unless given.
     std::optional<AllocConfig> alloc;
+    // Told the endpoint remote workers connect to once `listen` is bound (a Farm's endpoint()).
+    std::function<void(const std::string&)> on_listening;
 
     // Resources (docs/resources.md): what the local workers have, together (--worker-resources,
     // --gpus), and what each task asks for unless its plan line says (--task-resources).

@@ -43,40 +43,6 @@
 namespace taskfarm {
 namespace {
 
-bool runs_processes(const RunConfig& config) {
-    return std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
-}
-
-// The keys of --keys and --authorized, read for a run with worker processes; none without
-// --keys. The modes may be narrowed later (choose_modes), never to add processes.
-std::optional<curve::ServerKeys> read_keys(const RunConfig& config) {
-    if (!runs_processes(config) || config.keys_dir.empty()) return std::nullopt;
-    if (!curve::available())
-        throw ConfigError(
-            "--keys: this libzmq was built without CURVE support (libsodium), so it cannot encrypt; "
-            "install a libzmq with CURVE (Debian's libzmq5 has it)");
-    std::optional<curve::ServerKeys> keys;
-    try {
-        keys = curve::read_server_keys(config.keys_dir);
-    } catch (const std::runtime_error& e) {
-        throw ConfigError(fmt::format("--keys: {}", e.what()));
-    }
-    if (!config.authorized_dir.empty()) {
-        try {
-            for (auto& key : curve::read_authorised_keys(config.authorized_dir))
-                keys->workers.push_back(std::move(key));
-        } catch (const std::runtime_error& e) {
-            throw ConfigError(fmt::format("--authorized: {}", e.what()));
-        }
-    }
-    if (keys->workers.empty())
-        throw ConfigError(
-            fmt::format("--keys: no worker key is authorised: '{}' has no worker.public and no "
-                        "--authorized DIR was given",
-                        config.keys_dir.string()));
-    return keys;
-}
-
 void check_worker_bin(const RunConfig& config) {
     if (runs_processes(config) && ::access(config.worker_bin.c_str(), X_OK) != 0)
         throw ConfigError(
@@ -417,16 +383,6 @@ std::string summary_text(const std::vector<RunReport>& reports) {
     return text;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-// AddressSanitizer knows a process's threads by the ids it saw them start with; a worker cloned
-// from the fork server has another id than the one it inherited, so LeakSanitizer could not
-// scan its stack and would report false leaks at its exit. Sanitized builds exec every worker
-// (decision 104); the fork path is covered by the release build's tests.
-constexpr bool kForkServerUsable = false;
-#else
-constexpr bool kForkServerUsable = true;
-#endif
-
 ExitCode exit_code(int signal, const std::vector<RunReport>& reports, const std::vector<std::string>& output_errors) {
     switch (signal) {
         case SIGHUP: return ExitCode::HungUp;
@@ -513,21 +469,6 @@ std::unique_ptr<DecidedRun> decide_run(const ProgramInfo& program, RunConfig giv
 // when both); empty: none.
 const std::filesystem::path& journal_path(const RunConfig& config) {
     return config.resume_path.empty() ? config.results_path : config.resume_path;
-}
-
-// Forks the local workers when processes mode runs them, started while this process has no
-// thread and no ZeroMQ context: it forks from a copy of us. Null: they are exec'd.
-std::unique_ptr<ForkServer> start_fork_server(const RunConfig& config, const std::vector<const TaskType*>& types) {
-    if (!kForkServerUsable || !config.fork_server || config.workers == 0 || config.step || !runs_processes(config))
-        return nullptr;
-    try {
-        std::vector<std::string> preload;  // the plan's types only: libcurl in every fork made each one dearer
-        for (const TaskType* type : types) preload.push_back(type->name());
-        return std::make_unique<ForkServer>(config.worker_bin, config.worker_prefix, config.log_level, preload);
-    } catch (const std::exception& e) {  // the workers are exec'd then, as with --worker-bin
-        spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
-        return nullptr;
-    }
 }
 
 // Standard input can be read once: kept in a private temporary file for the modes after the
@@ -797,10 +738,11 @@ int coordinator_main(const ProgramInfo& program, int argc, const char* const* ar
     // of a signal that kills us with workers running and the socket directory left behind.
     // Workers get the default back (process_pool.cpp).
     ::signal(SIGPIPE, SIG_IGN);
-    if (auto code = service_main(program, argc, argv)) return *code;  // serve, submit, wait... (service.hpp)
-    auto parsed = parse_cli(program, argc, argv);
-    if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
     try {
+        // serve, submit, wait... (service.hpp): their errors end here too, as a run's do.
+        if (auto code = service_main(program, argc, argv)) return *code;
+        auto parsed = parse_cli(program, argc, argv);
+        if (auto* code = std::get_if<ExitCode>(&parsed)) return static_cast<int>(*code);
         if (auto* keys = std::get_if<KeygenConfig>(&parsed)) return static_cast<int>(keygen(*keys));
         if (auto* report = std::get_if<ReportConfig>(&parsed)) return journal_report(*report);
         if (auto* cancel = std::get_if<CancelConfig>(&parsed)) return static_cast<int>(cancel_tasks(*cancel));

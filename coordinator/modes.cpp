@@ -1,10 +1,27 @@
 #include "modes.hpp"
 
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "errors.hpp"
 #include "mode_runners.hpp"
+#include "process_pool.hpp"
 #include "processes.hpp"
 
 namespace taskfarm {
 namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer knows a process's threads by the ids it saw them start with; a worker cloned
+// from the fork server has another id than the one it inherited, so LeakSanitizer could not
+// scan its stack and would report false leaks at its exit. Sanitized builds exec every worker
+// (decision 104); the fork path is covered by the release build's tests.
+constexpr bool kForkServerUsable = false;
+#else
+constexpr bool kForkServerUsable = true;
+#endif
 
 ProcessesOptions processes_options(const RunConfig& config) {
     return {.workers = config.workers,
@@ -29,10 +46,57 @@ ProcessesOptions processes_options(const RunConfig& config) {
             .wait_workers_s = config.wait_workers_s,
             .step = config.step,
             .resources = config.resources,
-            .alloc = config.alloc};
+            .alloc = config.alloc,
+            .on_listening = config.on_listening};
 }
 
 }  // namespace
+
+bool runs_processes(const RunConfig& config) {
+    return std::find(config.modes.begin(), config.modes.end(), Mode::Processes) != config.modes.end();
+}
+
+std::optional<curve::ServerKeys> read_keys(const RunConfig& config, std::string_view keys_flag,
+                                           std::string_view authorized_flag) {
+    if (!runs_processes(config) || config.keys_dir.empty()) return std::nullopt;
+    if (!curve::available())
+        throw ConfigError(
+            fmt::format("{}: this libzmq was built without CURVE support (libsodium), so it cannot encrypt; "
+                        "install a libzmq with CURVE (Debian's libzmq5 has it)",
+                        keys_flag));
+    std::optional<curve::ServerKeys> keys;
+    try {
+        keys = curve::read_server_keys(config.keys_dir);
+    } catch (const std::runtime_error& e) {
+        throw ConfigError(fmt::format("{}: {}", keys_flag, e.what()));
+    }
+    if (!config.authorized_dir.empty()) {
+        try {
+            for (auto& key : curve::read_authorised_keys(config.authorized_dir))
+                keys->workers.push_back(std::move(key));
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("{}: {}", authorized_flag, e.what()));
+        }
+    }
+    if (keys->workers.empty())
+        throw ConfigError(
+            fmt::format("{}: no worker key is authorised: '{}' has no worker.public and no {} DIR was given", keys_flag,
+                        config.keys_dir.string(), authorized_flag));
+    return keys;
+}
+
+std::unique_ptr<ForkServer> start_fork_server(const RunConfig& config, const std::vector<const TaskType*>& types) {
+    if (!kForkServerUsable || !config.fork_server || config.workers == 0 || config.step || !runs_processes(config))
+        return nullptr;
+    try {
+        std::vector<std::string> preload;  // the plan's types only: libcurl in every fork made each one dearer
+        for (const TaskType* type : types) preload.push_back(type->name());
+        return std::make_unique<ForkServer>(config.worker_bin, config.worker_prefix, config.log_level, preload);
+    } catch (const std::exception& e) {  // the workers are exec'd then, as with --worker-bin
+        spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
+        return nullptr;
+    }
+}
 
 std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop,
                                     std::stop_token drain) {

@@ -4,6 +4,9 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <string_view>
+#include <vector>
 #include <stop_token>
 
 #include "config.hpp"
@@ -21,6 +24,20 @@ struct RunShared {
     CancelBoard* cancels = nullptr;     // tasks `coordinator cancel` asks for; null: none can be
     ForkServer* fork_server = nullptr;  // forks the local workers; null: they are exec'd
 };
+
+// Whether the run's modes include processes.
+bool runs_processes(const RunConfig& config);
+
+// The keys of config.keys_dir and config.authorized_dir, read for a run with worker processes;
+// none without keys_dir. Throws ConfigError naming `keys_flag` or `authorized_flag` (the
+// coordinator's --keys and --authorized; a Farm's FarmOptions::keys ...).
+std::optional<curve::ServerKeys> read_keys(const RunConfig& config, std::string_view keys_flag = "--keys",
+                                           std::string_view authorized_flag = "--authorized");
+
+// Forks the local workers when processes mode runs them, started while this process has no
+// thread and no ZeroMQ context: it forks from a copy of us, with `types` preloaded. Null: they
+// are exec'd (a sanitized build, --worker-bin, no local worker, a Slurm step, or it failed).
+std::unique_ptr<ForkServer> start_fork_server(const RunConfig& config, const std::vector<const TaskType*>& types);
 
 // Builds the runner for `mode`; `stop` interrupts it (SIGINT; running tasks are cancelled),
 // `drain` lets it start no more tasks (SIGTERM; running tasks finish). See SignalWatcher.

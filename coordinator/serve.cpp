@@ -30,17 +30,21 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
 #include "control.hpp"
 #include "errors.hpp"
 #include "journal_line.hpp"
+#include "journal_report.hpp"
+#include "listener.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
@@ -110,6 +114,30 @@ std::optional<Dependency::If> if_of(std::string_view name) {
     return std::nullopt;
 }
 
+// Why a job with these dependencies could never run; empty when it could.
+std::string contradiction(const std::vector<Dependency>& after) {
+    std::vector<std::uint64_t> ok;
+    std::vector<std::uint64_t> not_ok;
+    for (const Dependency& dependency : after)
+        if (dependency.when != Dependency::If::Any)
+            (dependency.when == Dependency::If::Ok ? ok : not_ok).push_back(dependency.job);
+    return service::contradiction(ok, not_ok);
+}
+
+// A final result as recorded, made into what a client sees (client_result()) only when a
+// wait asks for it, on the server's loop: not on the engine's thread, which would then hand
+// out tasks more slowly, and never for a job no `wait` without -q reads.
+struct Fresh {
+    TaskId id = 0;
+    std::string kind;
+    bool ok = false;
+    bool cancelled = false;
+    std::uint32_t attempt = 0;
+    std::string worker;
+    json value;
+    std::string error;
+};
+
 struct Job {
     std::uint64_t id = 0;
     std::string name;
@@ -120,15 +148,24 @@ struct Job {
     fs::path dir;
     double submitted = 0;
     std::vector<TaskSpec> tasks;      // their ids are their index in the job
-    std::deque<std::uint32_t> todo;   // not handed to the engine yet, in order
-    std::vector<std::uint8_t> final;  // 1: its final result is in the journal
-    std::vector<json> results;        // the final results, in journal order
-    std::vector<std::size_t> sizes;   // each one's size in a reply, near enough
+    std::deque<std::uint32_t> todo;   // not handed to the engine yet, in order, none waiting for another
+    std::vector<std::uint8_t> final;  // its final result is in the journal: 1 ok, 2 not ok; 0 not yet
+    // A plan line's "after" (tasks of the same job, each before it): a task waits here, out of
+    // `todo`, until each of them is ok; it fails, not run, once one is not (decision 220).
+    std::unordered_map<std::uint32_t, std::uint32_t> blocked;                  // task -> how many not done
+    std::unordered_map<std::uint32_t, std::vector<std::uint32_t>> dependents;  // task -> those waiting for it
+    std::vector<json> results;       // the final results, in journal order, as clients see them
+    std::vector<std::size_t> sizes;  // each one's size in a reply, near enough
+    std::vector<Fresh> fresh;        // results after those, not made into `results` yet
     std::uint64_t ok = 0;
     std::uint64_t failed = 0;
-    std::uint64_t running = 0;  // handed to the engine, no final result yet
+    std::uint64_t handed = 0;   // handed to the engine, no final result yet
+    std::uint64_t started = 0;  // of those, begun on a worker (the others wait in a worker's prefetch)
     bool committed = false;
     bool cancelled = false;
+    // While it is being submitted: when its client last said anything about it (create, add,
+    // touch). A submit silent for --submit-timeout is dropped: its client is gone.
+    std::chrono::steady_clock::time_point touched;
     std::unique_ptr<JournalSink> journal;  // open while the job is not done
     std::ofstream task_file;               // tasks.jsonl while the job is being submitted
 
@@ -144,7 +181,7 @@ struct Job {
         if (done()) return !skipped.empty() ? "skipped" : cancelled ? "cancelled" : failed > 0 ? "failed" : "ok";
         if (cancelled) return "cancelling";
         if (!released) return "held";
-        return running > 0 ? "running" : "waiting";
+        return started > 0 ? "running" : "waiting";
     }
     json after_json() const {
         json out = json::array();
@@ -162,8 +199,8 @@ struct Job {
                 {"tasks", total},
                 {"ok", ok},
                 {"failed", failed},
-                {"running", running},
-                {"waiting", todo.size()},
+                {"running", started},
+                {"waiting", todo.size() + blocked.size() + handed - started},
                 {"submitted", submitted}};
     }
 };
@@ -220,6 +257,7 @@ public:
         // run's limit (100) would leave it with no workers after enough crashing tasks, each of
         // which is charged to its task (--max-attempts) all the same.
         run.max_respawns = std::numeric_limits<int>::max();
+        run.resources = config_.resources;
         settings_ = settings_json(run);
         // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
         std::optional<ForkServer> fork_server;
@@ -245,6 +283,16 @@ public:
                 fmt::format("--socket '{}': cannot bind: {}", printable(config_.socket.string()), e.what()));
         }
         ::chmod(config_.socket.c_str(), 0600);
+        // Clients over tcp: CURVE, and only keys the ZAP handler knows; the ipc endpoint bound
+        // above stays plaintext, for this user only.
+        std::optional<Listener> tcp;
+        if (!config_.listen_clients.empty()) {
+            try {
+                tcp.emplace(context, router, ListenConfig{config_.listen_clients, config_.client_keys});
+            } catch (const ConfigError& e) {
+                throw ConfigError(fmt::format("--listen-clients: {}", e.what()));
+            }
+        }
 
         Plan plan;
         plan.source = std::make_shared<Source>(*this);
@@ -268,10 +316,12 @@ public:
             std::lock_guard lock(mutex_);
             fmt::print(stderr, "serving {} with {} workers; state in {} ({} job(s) from it)\n", config_.socket.string(),
                        config_.workers, config_.state.string(), jobs_.size());
+            if (tcp) fmt::print(stderr, "clients over tcp at {}\n", tcp->describe());
         }
         std::fflush(stderr);
 
         bool stopping = false;
+        auto next_expiry = std::chrono::steady_clock::now();
         while (!engine_over) {
             if (!stopping && signals.drain_token().stop_requested()) {
                 stopping = true;
@@ -314,6 +364,16 @@ public:
                     wire::send_to(router, identity.to_string_view(), service::encode(*reply));
             }
             answer_waits(router, stopping);
+            if (const auto now = std::chrono::steady_clock::now(); now >= next_expiry) {
+                std::vector<std::vector<TaskSpec>> dead;
+                {
+                    std::lock_guard lock(mutex_);
+                    dead.swap(retired_);
+                }
+                dead.clear();  // without the lock
+                drop_silent_submits();
+                next_expiry = now + std::chrono::milliseconds(200);
+            }
         }
         engine.join();
         runner.reset();
@@ -344,8 +404,13 @@ private:
         explicit Cursor(Server& server) : server_(server) {}
         bool next(TaskSpec& task) override {
             std::unique_lock lock(server_.mutex_);
-            server_.queued_cv_.wait(lock, [&] { return server_.has_ready() || server_.shutting_down_; });
-            return !server_.shutting_down_ && server_.pop(task);
+            while (true) {
+                server_.queued_cv_.wait(lock, [&] { return server_.has_ready() || server_.shutting_down_; });
+                if (server_.shutting_down_) return false;
+                if (server_.pop(task)) return true;
+                // Only tasks whose resources are taken: a result frees some and notifies.
+                server_.queued_cv_.wait_for(lock, std::chrono::milliseconds(100));
+            }
         }
         Take take(TaskSpec& task) override {
             std::lock_guard lock(server_.mutex_);
@@ -366,6 +431,11 @@ private:
     class ServerSink final : public ResultSink {
     public:
         explicit ServerSink(Server& server) : server_(server) {}
+
+        bool wants_task_starts() const override { return true; }
+        void on_task_started(const RunEvent& event) override {
+            if (event.kind == RunEvent::Kind::TaskStarted) server_.task_started(event);
+        }
 
     protected:
         void begin_mode_(const std::string&, std::size_t) override {}
@@ -401,10 +471,39 @@ private:
     }
 
     // Under mutex_.
-    bool has_ready() const { return !ready_.empty(); }
+    bool has_ready() const {
+        for (const std::uint64_t id : ready_) {
+            const Job& job = jobs_.at(id);
+            if (!job.todo.empty() && !job.cancelled && fits(job.tasks[job.todo.front()].resources)) return true;
+        }
+        return false;
+    }
+
+    // What the workers have, {"cpus": 2, "mem": 7936, "slot": 2, "gpu": 2}, and (in "in_use")
+    // how much of it the running tasks hold.
+    json resources_json() const {
+        json have = json::object();
+        for (const auto& [name, amount] : config_.resources->counts()) have[name] = amount;
+        have[std::string(kGpuResource)] = config_.resources->gpus().size();
+        return have;
+    }
+
+    // Under mutex_: whether the resources `request` asks for are free now (among the server's
+    // workers, less what the tasks handed out hold).
+    bool fits(const ResourceRequest& request) const {
+        for (const auto& [name, amount] : request) {
+            const auto used = in_use_.find(name);
+            if ((used == in_use_.end() ? 0 : used->second) + amount > config_.resources->amount(name)) return false;
+        }
+        return true;
+    }
 
     // Under mutex_: the next task of the job whose turn it is, with an id of the server's own.
+    // A job whose next task's resources are taken lets the next job have the turn.
     bool pop(TaskSpec& task) {
+        // Jobs whose next task does not fit now, put back in the ring as they were found.
+        std::vector<std::uint64_t> passed;
+        bool found = false;
         while (!ready_.empty()) {
             // The first job of the highest priority among those waiting; the ring keeps turns
             // within a priority.
@@ -416,15 +515,23 @@ private:
             Job& job = jobs_.at(id);
             if (job.todo.empty() || job.cancelled) continue;
             const std::uint32_t index = job.todo.front();
+            if (!fits(job.tasks[index].resources)) {
+                passed.push_back(id);
+                continue;
+            }
             job.todo.pop_front();
             if (!job.todo.empty()) ready_.push_back(id);  // its next task waits for the other jobs' turns
             task = job.tasks[index];
+            task.after.clear();  // the server held it until they were ok: the engine's ids are others
             task.id = next_task_++;
-            live_.emplace(task.id, std::make_pair(id, index));
-            ++job.running;
-            return true;
+            for (const auto& [name, amount] : task.resources) in_use_[name] += amount;
+            live_.emplace(task.id, Live{id, index, false});
+            ++job.handed;
+            found = true;
+            break;
         }
-        return false;
+        ready_.insert(ready_.begin(), passed.begin(), passed.end());
+        return found;
     }
 
     // A result from the engine (any thread).
@@ -432,11 +539,20 @@ private:
         std::lock_guard lock(mutex_);
         const auto found = live_.find(task.id);
         if (found == live_.end()) return;
-        const auto [job_id, index] = found->second;
+        const auto [job_id, index, started] = found->second;
         Job& job = jobs_.at(job_id);
+        if (started) {  // a retry begins again (a start of its own); a final result ends it
+            found->second.started = false;
+            --job.started;
+        }
         if (!result.retrying) {
             live_.erase(found);
-            --job.running;
+            --job.handed;
+            if (!job.tasks.empty() && !job.tasks[index].resources.empty()) {
+                for (const auto& [name, amount] : job.tasks[index].resources) in_use_[name] -= amount;
+                poke(wake_fd_);  // a task that waits for them may fit now
+                queued_cv_.notify_all();
+            }
             // Stopping: a task cut short is not done; the journal does not say it is, so it
             // runs again when the server starts again.
             if (shutting_down_ && !result.ok && !job.cancelled) return;
@@ -450,26 +566,119 @@ private:
         if (!result.retrying) record(job, local, mine);
     }
 
+    // A task began on a worker (any thread): until then it is one a worker holds ahead.
+    void task_started(const RunEvent& event) {
+        std::lock_guard lock(mutex_);
+        const auto found = live_.find(event.task);
+        if (found == live_.end() || found->second.started) return;
+        found->second.started = true;
+        ++jobs_.at(found->second.job).started;
+    }
+
     // Under mutex_: `result` is in the job's journal; now clients may see it.
     void record(Job& job, const TaskSpec& task, const TaskResult& result) {
-        job.final[task.id] = 1;
+        job.final[task.id] = result.ok ? 1 : 2;
         ++job.finished;
         (result.ok ? job.ok : job.failed) += 1;
-        json line = {
-            {"id", task.id},           {"kind", kind_name(result)}, {"ok", result.ok},      {"attempt", result.attempt},
-            {"worker", result.worker}, {"value", result.value},     {"error", result.error}};
-        if (result.cancelled) line["cancelled"] = true;
-        add_result(job.results, job.sizes, client_result(job.id, line));
-        if (job.done()) {
+        job.fresh.push_back({task.id, kind_name(result), result.ok, result.cancelled, result.attempt, result.worker,
+                             result.value, result.error});
+        // Its dependents, which may finish the job (and unload it) themselves.
+        if (!job.dependents.empty() && !job.done()) settle(job, static_cast<std::uint32_t>(task.id));
+        if (job.done() && !job.unloaded) {
             job.journal.reset();
             unload(job);
             release_dependents();
         }
-        // Only a parked wait needs the loop now, and one wake-up serves every result until
-        // the loop has read it: not a system call and a context switch per result.
-        if (!waits_.empty() && !loop_poked_) {
+        // Only a parked wait that takes this result (not a `wait -q`, which wants the end
+        // only) needs the loop now, and one wake-up serves every result until the loop has
+        // read it: not a system call and a context switch per result.
+        if (!loop_poked_ && !waits_.empty() && std::any_of(waits_.begin(), waits_.end(), [&](const Wait& wait) {
+                return wait.job == job.id && (wait.results || job.done());
+            })) {
             loop_poked_ = true;
             poke(loop_fd_);
+        }
+    }
+
+    // Under mutex_: task `index` of `job` has its final result: each task waiting for it is
+    // ready once none of its dependencies is left, or fails, not run, when this one failed
+    // (and so on down the chain, without recursion: a chain may be a job long).
+    void settle(Job& job, std::uint32_t index) {
+        std::vector<std::uint32_t> done{index};
+        while (!done.empty() && !job.unloaded) {
+            const std::uint32_t before = done.back();
+            done.pop_back();
+            const auto waiting = job.dependents.find(before);
+            if (waiting == job.dependents.end()) continue;
+            const std::vector<std::uint32_t> after = std::move(waiting->second);
+            job.dependents.erase(waiting);
+            const bool ok = job.final[before] == 1;
+            for (const std::uint32_t task : after) {
+                const auto count = job.blocked.find(task);
+                if (count == job.blocked.end()) continue;  // failed already, by another dependency
+                if (ok && --count->second > 0) continue;
+                job.blocked.erase(count);
+                if (ok) {
+                    if (job.todo.empty() && job.released && !job.cancelled) {
+                        ready_.push_back(job.id);
+                        if (wake_fd_ >= 0) poke(wake_fd_);
+                        queued_cv_.notify_all();
+                    }
+                    job.todo.push_back(task);
+                    continue;
+                }
+                record_not_run(job, task, fmt::format("not run: dependency {} failed", before), false);
+                done.push_back(task);
+            }
+        }
+    }
+
+    // Under mutex_: task `index`, never handed out, is recorded as not run (failed), or as
+    // cancelled, with `why`.
+    void record_not_run(Job& job, std::uint32_t index, const std::string& why, bool as_cancelled) {
+        TaskSpec task = job.tasks[index];
+        task.id = index;
+        TaskResult result;
+        result.id = index;
+        result.type = task.type;
+        result.attempt = 0;
+        if (as_cancelled) result = cancelled(std::move(result));
+        if (!why.empty()) result.error = why;
+        if (job.journal) job.journal->on_result(task, result);
+        // Not record()'s settle(): the caller goes down the chain itself.
+        auto dependents = std::exchange(job.dependents, {});
+        record(job, task, result);
+        if (!job.unloaded) job.dependents = std::move(dependents);
+    }
+
+    // Under mutex_: each task of a committed job whose result is not final goes to `todo`, or
+    // waits for its dependencies (`blocked`), or, one of them not ok, fails, not run.
+    void arrange(Job& job) {
+        job.todo.clear();
+        job.blocked.clear();
+        job.dependents.clear();
+        for (std::uint32_t i = 0; i < job.total && !job.unloaded; ++i) {
+            if (job.final[i]) continue;
+            std::uint32_t waits = 0;
+            std::optional<TaskId> failed;
+            for (const TaskId before : job.tasks[i].after) {
+                if (job.final[before] == 2) failed = before;
+                if (job.final[before] == 0) {
+                    ++waits;
+                    job.dependents[static_cast<std::uint32_t>(before)].push_back(i);
+                }
+            }
+            if (failed) {
+                // Undo what this task put in `dependents`: it is done now.
+                for (const TaskId before : job.tasks[i].after)
+                    if (auto at = job.dependents.find(static_cast<std::uint32_t>(before)); at != job.dependents.end())
+                        std::erase(at->second, i);
+                record_not_run(job, i, fmt::format("not run: dependency {} failed", *failed), false);
+            } else if (waits > 0) {
+                job.blocked.emplace(i, waits);
+            } else {
+                job.todo.push_back(i);
+            }
         }
     }
 
@@ -513,6 +722,23 @@ private:
         cancel_waiting(job, why);
     }
 
+    // The fresh results made into what clients see, after `results`.
+    static void materialize(std::uint64_t job, std::vector<Fresh>& fresh, std::vector<json>& results,
+                            std::vector<std::size_t>& sizes) {
+        for (Fresh& one : fresh) {
+            json line = {{"id", one.id},
+                         {"kind", std::move(one.kind)},
+                         {"ok", one.ok},
+                         {"attempt", one.attempt},
+                         {"worker", std::move(one.worker)},
+                         {"value", std::move(one.value)},
+                         {"error", std::move(one.error)}};
+            if (one.cancelled) line["cancelled"] = true;
+            add_result(results, sizes, client_result(job, line));
+        }
+        fresh.clear();
+    }
+
     static void add_result(std::vector<json>& results, std::vector<std::size_t>& sizes, json result) {
         // The size it takes in a reply, near enough (strings counted whole, as msgpack holds them).
         const std::size_t size = 64 + result["value"].dump(-1, ' ', false, json::error_handler_t::replace).size() +
@@ -523,22 +749,15 @@ private:
 
     // Under mutex_: the job's tasks not handed out yet are cancelled, recorded as such.
     std::size_t cancel_waiting(Job& job, const std::string& why = {}) {
-        std::size_t count = 0;
-        const std::deque<std::uint32_t> todo = std::exchange(job.todo, {});
-        for (const std::uint32_t index : todo) {
-            TaskSpec task = job.tasks[index];
-            task.id = index;
-            TaskResult result;
-            result.id = index;
-            result.type = task.type;
-            result.attempt = 0;
-            result = cancelled(std::move(result));
-            if (!why.empty()) result.error = why;
-            if (job.journal) job.journal->on_result(task, result);
-            record(job, task, result);
-            ++count;
-        }
-        return count;
+        std::vector<std::uint32_t> waiting(job.todo.begin(), job.todo.end());
+        for (const auto& [index, count] : job.blocked) waiting.push_back(index);
+        std::sort(waiting.begin(), waiting.end());
+        job.todo.clear();
+        job.blocked.clear();
+        job.dependents.clear();  // none of them runs: none waits for another any more
+        for (const std::uint32_t index : waiting)
+            if (!job.unloaded) record_not_run(job, index, why, true);
+        return waiting.size();
     }
 
     // Reads every job of the state directory back (at start, before any thread).
@@ -606,11 +825,10 @@ private:
             if (fs::file_size(journal) != length) fs::resize_file(journal, length);
             read_results(job, job.results, job.sizes);
         }
-        for (std::uint32_t i = 0; i < job.total; ++i)
-            if (!job.final[i]) job.todo.push_back(i);
         if (!job.done()) open_journal(job);
-        if (job.cancelled) cancel_waiting(job);
-        if (job.done()) unload(job);
+        arrange(job);  // a dependency that failed before the restart fails its dependents now
+        if (job.cancelled && !job.unloaded) cancel_waiting(job);
+        if (job.done() && !job.unloaded) unload(job);
     }
 
     // The final results in the job's journal, in its order, as clients see them; while the job
@@ -629,7 +847,7 @@ private:
             if (index >= job.total || seen[index]) continue;
             seen[index] = 1;
             if (!job.unloaded) {
-                job.final[index] = 1;
+                job.final[index] = line.value("ok", false) ? 1 : 2;
                 ++job.finished;
                 (line.value("ok", false) ? job.ok : job.failed) += 1;
             }
@@ -637,11 +855,26 @@ private:
         }
     }
 
-    // A job that is done: its tasks and results leave memory.
-    static void unload(Job& job) {
+    // A job that is done: its tasks and results leave memory. Its results become the one
+    // job's kept for waits (results_of()): a wait that is behind, as most are when a job of
+    // short tasks ends, then does not read them back from the journal (it cost a fifth of
+    // the server's time on 20,000 no-op tasks).
+    void unload(Job& job) {
         job.unloaded = true;
+        if (job.journal == nullptr && job.results.size() + job.fresh.size() == job.total) {
+            cached_results_ = std::move(job.results);
+            cached_sizes_ = std::move(job.sizes);
+            cached_fresh_ = std::move(job.fresh);
+            cached_job_ = job.id;
+        }
+        // Freed by the loop, not here on the engine's thread (20,000 tasks take a while).
+        retired_.push_back(std::move(job.tasks));
+        std::vector<Fresh>().swap(job.fresh);
         std::vector<TaskSpec>().swap(job.tasks);
         std::vector<std::uint8_t>().swap(job.final);
+        job.todo.clear();
+        job.blocked.clear();
+        job.dependents.clear();
         std::vector<json>().swap(job.results);
         std::vector<std::size_t>().swap(job.sizes);
     }
@@ -649,14 +882,19 @@ private:
     // Under mutex_: the results a wait reads, from memory or, for a job that is done, from its
     // journal (the last one read is kept, as a wait reads a job's results chunk by chunk).
     std::pair<const std::vector<json>*, const std::vector<std::size_t>*> results_of(Job& job) {
-        if (!job.unloaded) return {&job.results, &job.sizes};
+        if (!job.unloaded) {
+            materialize(job.id, job.fresh, job.results, job.sizes);
+            return {&job.results, &job.sizes};
+        }
         if (cached_job_ != job.id) {
             cached_results_.clear();
             cached_sizes_.clear();
+            cached_fresh_.clear();
             cached_job_ = 0;
             read_results(job, cached_results_, cached_sizes_);
             cached_job_ = job.id;
         }
+        materialize(job.id, cached_fresh_, cached_results_, cached_sizes_);
         return {&cached_results_, &cached_sizes_};
     }
 
@@ -687,7 +925,43 @@ private:
         if (!timeout.is_number() || timeout.get<double>() < 0)
             throw std::invalid_argument(fmt::format("task {}: \"timeout_s\" must be a number >= 0", index));
         task.timeout_s = timeout.get<double>();
+        // "after": earlier tasks of the job, each once (so never a cycle); "resources": counts
+        // the server's workers have (docs/resources.md).
+        if (line.contains("after")) {
+            const json& after = line.at("after");
+            if (!after.is_array()) throw std::invalid_argument(fmt::format("task {}: \"after\" must be a list", index));
+            for (const json& before : after) {
+                if (!before.is_number_unsigned() || before.get<std::uint64_t>() >= index)
+                    throw std::invalid_argument(
+                        fmt::format("task {}: \"after\": {} is not a task before it", index, before.dump()));
+                if (std::find(task.after.begin(), task.after.end(), before.get<TaskId>()) != task.after.end())
+                    throw std::invalid_argument(
+                        fmt::format("task {}: \"after\": {} given twice", index, before.dump()));
+                task.after.push_back(before.get<TaskId>());
+            }
+        }
+        if (line.contains("resources")) {
+            try {
+                task.resources = resources_from_json(line.at("resources"));
+            } catch (const std::invalid_argument& e) {
+                throw std::invalid_argument(fmt::format("task {}: {}", index, e.what()));
+            }
+            if (const std::string why = config_.resources->unmet(task.resources); !why.empty())
+                throw std::invalid_argument(fmt::format("task {}: {}", index, why));
+        }
         return task;
+    }
+
+    // A task as tasks.jsonl holds it and a submit sends it.
+    static json task_line(const TaskSpec& task) {
+        json line = {{"kind", task.type->name()}, {"params", task.params}, {"timeout_s", task.timeout_s}};
+        if (!task.after.empty()) line["after"] = task.after;
+        if (!task.resources.empty()) {
+            json resources = json::object();
+            for (const auto& [name, amount] : task.resources) resources[name] = amount;
+            line["resources"] = std::move(resources);
+        }
+        return line;
     }
 
     // [{"job": N, "if": "after|afterok|afternotok"}, ...]; throws std::invalid_argument.
@@ -700,6 +974,7 @@ private:
                 throw std::invalid_argument("a dependency is {\"job\": N, \"if\": \"after|afterok|afternotok\"}");
             out.push_back({entry.at("job").get<std::uint64_t>(), *when});
         }
+        if (const std::string why = contradiction(out); !why.empty()) throw std::invalid_argument(why);
         return out;
     }
 
@@ -716,6 +991,87 @@ private:
         }
         out["why"] = why;
         return out;
+    }
+
+    // Under mutex_: why the job's tasks (or task `one`) are not running, a line each, as
+    // `hq task explain` says it: its dependencies, the resources it asks for, the priority or
+    // the turns of other jobs, a worker's prefetch.
+    json explain(const Job& job, std::optional<std::uint32_t> one) const {
+        json lines = json::array();
+        if (job.unloaded || job.done()) {
+            lines.push_back(fmt::format("job {} is done: {}{}", job.id, job.state(),
+                                        job.skipped.empty() ? std::string() : ": " + job.skipped));
+            return lines;
+        }
+        std::map<std::uint32_t, bool> handed;  // task -> started
+        for (const auto& [id, live] : live_)
+            if (live.job == job.id) handed[live.index] = live.started;
+        const auto wait_for = [&](std::uint32_t task) {
+            std::vector<std::string> open;
+            for (const TaskId before : job.tasks[task].after)
+                if (!job.final[before]) open.push_back(std::to_string(before));
+            return fmt::format("waits for task(s) {} of this job to end ok (its \"after\")", fmt::join(open, ", "));
+        };
+        // Why the job's next waiting task does not start now.
+        const auto next_why = [&](std::uint32_t task) -> std::string {
+            if (job.cancelled) return "its job is cancelled";
+            if (!job.released) return summary_of(job).value("why", std::string("held by a dependency"));
+            const ResourceRequest& asks = job.tasks[task].resources;
+            if (!fits(asks)) {
+                std::vector<std::string> taken;
+                for (const auto& [name, amount] : asks) {
+                    const auto used = in_use_.find(name);
+                    taken.push_back(fmt::format("{} {} of {} held", name, used == in_use_.end() ? 0 : used->second,
+                                                config_.resources->amount(name)));
+                }
+                return fmt::format("asks for {}, which is not free ({}): it starts when running tasks give it back",
+                                   resources_text(asks), fmt::join(taken, ", "));
+            }
+            for (const std::uint64_t other : ready_) {
+                const Job& before = jobs_.at(other);
+                if (before.priority > job.priority && !before.todo.empty())
+                    return fmt::format("job {} has priority {}, above this job's {}: its tasks go first", other,
+                                       before.priority, job.priority);
+            }
+            if (!asks.empty())
+                return fmt::format("asks for {}, which is free: it goes to the next worker that holds no task",
+                                   resources_text(asks));
+            return "its turn comes: the jobs with tasks waiting take turns, a task each, as workers ask";
+        };
+        if (one) {
+            const std::uint32_t task = *one;
+            std::string why;
+            if (job.final[task])
+                why = job.final[task] == 1 ? "done, ok" : "done, not ok";
+            else if (const auto at = handed.find(task); at != handed.end())
+                why = at->second ? "running on a worker"
+                                 : "held by a worker, ahead of the task it runs (prefetch): it starts after that one";
+            else if (job.blocked.contains(task))
+                why = wait_for(task);
+            else if (!job.todo.empty() && job.todo.front() == task)
+                why = next_why(task);
+            else
+                why = fmt::format("{} task(s) of this job go before it; the next of them: {}",
+                                  std::find(job.todo.begin(), job.todo.end(), task) - job.todo.begin(),
+                                  job.todo.empty() ? std::string("-") : next_why(job.todo.front()));
+            lines.push_back(fmt::format("task {}: {}", task, why));
+            return lines;
+        }
+        std::size_t running = 0;
+        for (const auto& [task, started] : handed) running += started ? 1 : 0;
+        if (running > 0) lines.push_back(fmt::format("{} task(s) running", running));
+        if (handed.size() > running)
+            lines.push_back(fmt::format("{} task(s) held by workers ahead of the ones they run (prefetch)",
+                                        handed.size() - running));
+        if (!job.blocked.empty()) {
+            const std::uint32_t first = std::min_element(job.blocked.begin(), job.blocked.end())->first;
+            lines.push_back(fmt::format("{} task(s) wait for other tasks of this job; task {} {}", job.blocked.size(),
+                                        first, wait_for(first)));
+        }
+        if (!job.todo.empty())
+            lines.push_back(fmt::format("{} task(s) wait; the next, task {}: {}", job.todo.size(), job.todo.front(),
+                                        next_why(job.todo.front())));
+        return lines;
     }
 
     Job* find_job(const json& request, std::string& error) {
@@ -786,23 +1142,30 @@ private:
                                                   {"after", job.after_json()}}
                                                  .dump(-1, ' ', false, json::error_handler_t::replace));
             job.task_file.open(job.dir / "tasks.jsonl", std::ios::binary | std::ios::trunc);
-            return {{"ok", true}, {"job", job.id}};
+            job.touched = std::chrono::steady_clock::now();
+            // The client says it is alive at least this often while it makes and sends the tasks.
+            return {{"ok", true}, {"job", job.id}, {"touch_s", config_.submit_timeout_s / 4}};
         }
-        if (op == "add" || op == "commit") {
+        if (op == "add" || op == "commit" || op == "touch" || op == "drop") {
             if (!request.contains("job") || !request.at("job").is_number_unsigned()) return refuse("no job id");
             const auto found = jobs_.find(request.at("job").get<std::uint64_t>());
-            if (found == jobs_.end() || found->second.committed) return refuse("no job being submitted with that id");
+            if (found == jobs_.end() || found->second.committed)
+                return refuse(fmt::format("no job being submitted with that id (one silent for {} s is dropped)",
+                                          config_.submit_timeout_s));
             Job& job = found->second;
+            job.touched = std::chrono::steady_clock::now();
+            if (op == "touch") return {{"ok", true}};
+            if (op == "drop") {  // the client gave up (a bad plan line after some were sent)
+                drop_submitting(found);
+                return {{"ok", true}};
+            }
             try {
                 if (op == "add") {
                     const json& tasks = request.contains("tasks") ? request.at("tasks") : json();
                     if (!tasks.is_array()) throw std::invalid_argument("no \"tasks\" array");
                     for (const json& line : tasks) {
                         TaskSpec task = task_of(line, job.tasks.size());
-                        job.task_file << journal_line_text({{"kind", task.type->name()},
-                                                            {"params", task.params},
-                                                            {"timeout_s", task.timeout_s}})
-                                      << '\n';
+                        job.task_file << journal_line_text(task_line(task)) << '\n';
                         job.tasks.push_back(std::move(task));
                     }
                     job.task_file.flush();
@@ -816,16 +1179,13 @@ private:
                 open_journal(job);
                 write_file(job.dir / "committed", "");
             } catch (const std::exception& e) {
-                // The submit fails whole: nothing of it stays.
-                std::error_code ec;
-                fs::remove_all(job.dir, ec);
-                jobs_.erase(found);
+                drop_submitting(found);  // the submit fails whole: nothing of it stays
                 return refuse(e.what());
             }
             job.committed = true;
             job.total = job.tasks.size();
             job.final.assign(job.total, 0);
-            for (std::uint32_t i = 0; i < job.total; ++i) job.todo.push_back(i);
+            arrange(job);
             if (job.released) {
                 ready_.push_back(job.id);
                 poke(wake_fd_);
@@ -836,13 +1196,45 @@ private:
             spdlog::info("job {}: {} task(s) submitted", job.id, job.tasks.size());
             return {{"ok", true}, {"job", job.id}, {"tasks", job.tasks.size()}};
         }
+        if (op == "report") {  // `logs JOB`: the job's journal, summed up as `coordinator report` does
+            Job* job = find_job(request, error);
+            if (!job) return refuse(error);
+            ReportConfig report;
+            report.journal = job->dir / "results.jsonl";
+            if (request.contains("task")) {
+                if (!request.at("task").is_number_unsigned()) return refuse("\"task\" must be a whole number");
+                report.task = request.at("task").get<TaskId>();
+            }
+            const json slowest = request.value("slowest", json(5));
+            if (!slowest.is_number_unsigned() || slowest.get<std::uint64_t>() > 1000)
+                return refuse("\"slowest\" must be a whole number from 0 to 1000");
+            report.slowest = slowest.get<int>();
+            const std::uint64_t id = job->id;
+            lock.unlock();  // the journal is read without the lock: results go on being written
+            return {{"ok", true}, {"job", id}, {"report", journal_report_json(report)}};
+        }
+        if (op == "explain") {
+            Job* job = find_job(request, error);
+            if (!job) return refuse(error);
+            std::optional<std::uint32_t> task;
+            if (request.contains("task")) {
+                const json& given = request.at("task");
+                if (!given.is_number_unsigned() || given.get<std::uint64_t>() >= job->total)
+                    return refuse(fmt::format("job {} has no task {} (it has {}: 0 to {})", job->id, given.dump(),
+                                              job->total, job->total == 0 ? 0 : job->total - 1));
+                task = given.get<std::uint32_t>();
+            }
+            return {{"ok", true}, {"job", job->id}, {"why", explain(*job, task)}};
+        }
         if (op == "status") {
             json jobs = json::array();
+            json why;
             if (request.contains("job")) {
                 Job* job = find_job(request, error);
                 if (!job) return refuse(error);
                 jobs.push_back(summary_of(*job));
-            } else {
+                why = explain(*job, std::nullopt);
+            } else if (request.value("jobs", true)) {
                 for (const auto& [id, job] : jobs_)
                     if (job.committed) jobs.push_back(summary_of(job));
             }
@@ -851,6 +1243,10 @@ private:
                     {"workers", config_.workers},
                     {"state", config_.state.string()},
                     {"stopping", stopping},
+                    {"resources", resources_json()},
+                    {"in_use", in_use_},
+                    {"explain", std::move(why)},
+                    {"gpus", config_.resources->gpus()},
                     {"jobs", std::move(jobs)}};
         }
         if (op == "cancel") {
@@ -862,16 +1258,22 @@ private:
                 write_file(job->dir / "cancelled", "");
                 job->cancelled = true;
             }
-            const std::size_t queued = cancel_waiting(*job);
-            std::vector<TaskId> running;
-            for (const auto& [task, where] : live_)
-                if (where.first == job->id) running.push_back(task);
+            std::size_t queued = cancel_waiting(*job);
+            // Those handed to the engine: running on a worker, or held by one ahead of its
+            // current task (prefetch), which never ran and count with the waiting ones.
+            std::vector<TaskId> handed;
+            std::set<TaskId> began;
+            for (const auto& [task, live] : live_)
+                if (live.job == job->id) {
+                    handed.push_back(task);
+                    if (live.started) began.insert(task);
+                }
             const std::uint64_t id = job->id;
             lock.unlock();
             std::size_t stopped = 0;
-            if (!running.empty())
-                for (const CancelOutcome& outcome : cancels_.request(running, std::chrono::milliseconds(2000)))
-                    stopped += outcome.cancelled ? 1 : 0;
+            if (!handed.empty())
+                for (const CancelOutcome& outcome : cancels_.request(handed, std::chrono::milliseconds(2000)))
+                    if (outcome.cancelled) (began.contains(outcome.id) ? stopped : queued) += 1;
             return {{"ok", true}, {"job", id}, {"queued", queued}, {"running", stopped}};
         }
         if (op == "wait") {
@@ -879,7 +1281,10 @@ private:
             if (!job) return refuse(error);
             const json from = request.value("from", json(0));
             if (!from.is_number_unsigned()) return refuse("\"from\" must be a whole number");
-            waits_.push_back({identity, job->id, from.get<std::size_t>(), request.value("seq", json(nullptr)),
+            const json results = request.value("results", json(true));
+            if (!results.is_boolean()) return refuse("\"results\" must be true or false");
+            waits_.push_back({identity, job->id, from.get<std::size_t>(), results.get<bool>(),
+                              request.value("seq", json(nullptr)),
                               std::chrono::steady_clock::now() + service::kWaitPoll});
             poke(loop_fd_);
             return nullptr;
@@ -887,10 +1292,37 @@ private:
         return refuse(fmt::format("unknown request '{}'", printable(op)));
     }
 
+    // Under mutex_: a job whose submit did not finish leaves no trace (its client was told no id).
+    void drop_submitting(std::map<std::uint64_t, Job>::iterator job) {
+        job->second.task_file.close();
+        std::error_code ec;
+        fs::remove_all(job->second.dir, ec);
+        jobs_.erase(job);
+    }
+
+    // Drops each job being submitted whose client said nothing for --submit-timeout: it was
+    // killed or interrupted, and would otherwise hold its tasks and a descriptor until a restart.
+    void drop_silent_submits() {
+        std::lock_guard lock(mutex_);
+        const auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            std::chrono::duration<double>(config_.submit_timeout_s));
+        const auto now = std::chrono::steady_clock::now();
+        for (auto job = jobs_.begin(); job != jobs_.end();) {
+            const auto next = std::next(job);
+            if (!job->second.committed && now - job->second.touched > limit) {
+                spdlog::warn("job {}: its submit said nothing for {} s: dropped ({} task(s) sent)", job->first,
+                             config_.submit_timeout_s, job->second.tasks.size());
+                drop_submitting(job);
+            }
+            job = next;
+        }
+    }
+
     struct Wait {
         std::string identity;
         std::uint64_t job;
         std::size_t from;
+        bool results;  // false (wait -q): only the end and the summary
         json seq;
         std::chrono::steady_clock::time_point deadline;
     };
@@ -903,8 +1335,18 @@ private:
             const auto clock = std::chrono::steady_clock::now();
             for (auto wait = waits_.begin(); wait != waits_.end();) {
                 Job& job = jobs_.at(wait->job);
-                if (!job.done() && job.results.size() <= wait->from && !now && clock < wait->deadline) {
+                if (!job.done() && (!wait->results || job.results.size() + job.fresh.size() <= wait->from) && !now &&
+                    clock < wait->deadline) {
                     ++wait;
+                    continue;
+                }
+                if (!wait->results) {  // no results to read, from memory or the journal
+                    json reply = {{"ok", true},         {"job", job.id},
+                                  {"from", wait->from}, {"results", json::array()},
+                                  {"done", job.done()}, {"summary", summary_of(job)}};
+                    if (!wait->seq.is_null()) reply["seq"] = wait->seq;
+                    replies.emplace_back(wait->identity, service::encode(reply));
+                    wait = waits_.erase(wait);
                     continue;
                 }
                 const std::vector<json>* all = nullptr;
@@ -954,15 +1396,23 @@ private:
     std::condition_variable queued_cv_;
     std::map<std::uint64_t, Job> jobs_;
     std::uint64_t next_job_ = 1;
-    std::deque<std::uint64_t> ready_;                                           // jobs with waiting tasks, in turn
-    std::unordered_map<TaskId, std::pair<std::uint64_t, std::uint32_t>> live_;  // server id -> job, index
+    std::deque<std::uint64_t> ready_;  // jobs with waiting tasks, in turn
+    struct Live {
+        std::uint64_t job;
+        std::uint32_t index;
+        bool started;  // begun on a worker (not only held ahead by one)
+    };
+    std::unordered_map<TaskId, Live> live_;        // server id -> job, index
+    std::map<std::string, std::uint64_t> in_use_;  // resources the tasks handed out hold
     TaskId next_task_ = 0;
     bool shutting_down_ = false;
-    std::vector<Wait> waits_;  // parked waits, under mutex_
-    bool loop_poked_ = false;
+    std::vector<Wait> waits_;       // parked waits, under mutex_
+    bool loop_poked_ = false;       // loop_fd_ was written and the loop has not read it yet
     std::uint64_t cached_job_ = 0;  // whose results below are read back from its journal; 0: none
     std::vector<json> cached_results_;
-    std::vector<std::size_t> cached_sizes_;  // loop_fd_ was written and the loop has not read it yet
+    std::vector<std::size_t> cached_sizes_;
+    std::vector<Fresh> cached_fresh_;
+    std::vector<std::vector<TaskSpec>> retired_;  // tasks of jobs done, for the loop to free
     CancelBoard cancels_;
 };
 

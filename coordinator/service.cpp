@@ -3,28 +3,40 @@
 
 #include "service.hpp"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <condition_variable>
 #include <deque>
+#include <mutex>
+#include <stop_token>
+#include <thread>
 #include <string_view>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <msgpack.hpp>
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
-#include "checks.hpp"
+#include "flag_checks.hpp"
 #include "config.hpp"
+#include "curve.hpp"
 #include "errors.hpp"
+#include "journal_report.hpp"
 #include "json_msgpack.hpp"
 #include "log.hpp"
 #include "plan_sources.hpp"
 #include "protocol.hpp"
+#include "resources.hpp"
 #include "serve.hpp"
 #include "text.hpp"
 #include "wire.hpp"
@@ -86,6 +98,16 @@ std::string untrusted(const std::filesystem::path& dir) {
     return {};
 }
 
+std::string contradiction(const std::vector<std::uint64_t>& after_ok, const std::vector<std::uint64_t>& after_not_ok) {
+    for (const std::uint64_t job : after_ok)
+        if (std::find(after_not_ok.begin(), after_not_ok.end(), job) != after_not_ok.end())
+            return fmt::format(
+                "--afterok {0} and --afternotok {0}: job {0} cannot end both with every task ok and with one "
+                "not ok, so this job could never run",
+                job);
+    return {};
+}
+
 }  // namespace service
 
 namespace {
@@ -95,22 +117,70 @@ using nlohmann::json;
 
 std::string dump(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
 
+// 0 when a server accepts a connection on the socket at `path`, else the errno of connect().
+int connect_error(const fs::path& path) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (path.native().size() >= sizeof address.sun_path) return 0;  // ZeroMQ says what is wrong with it
+    std::memcpy(address.sun_path, path.c_str(), path.native().size());
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0;
+    int error = 0;
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) error = errno;
+    ::close(fd);
+    return error;
+}
+
+// Where a client finds the server: the local socket, or --connect tcp://HOST:PORT with
+// --keys DIR (worker.secret and coordinator.public, as `coordinator keygen` writes them).
+struct ServerAddress {
+    fs::path socket;
+    std::string connect;
+    fs::path keys;
+};
+
 // A client's connection: one request at a time, each with a number its reply carries back,
 // so that a late reply to an earlier request (the server was slow, or restarted) is dropped.
 class Client {
 public:
-    explicit Client(fs::path socket) : socket_path_(std::move(socket)) {
-        const fs::path dir = socket_path_.parent_path();
+    explicit Client(const ServerAddress& address) {
+        if (!address.connect.empty()) {
+            // Over tcp only with keys: the server admits no one else, and a client without
+            // them would only wait for a handshake that never ends.
+            if (address.keys.empty())
+                throw ConfigError("--connect needs --keys DIR: the server admits only clients holding a key it knows");
+            try {
+                keys_ = curve::read_client_keys(address.keys);
+            } catch (const std::runtime_error& e) {
+                throw ConfigError(fmt::format("--keys: {}", e.what()));
+            }
+            endpoint_ = address.connect;
+            where_ = address.connect;
+            connect();
+            return;
+        }
+        const fs::path socket_path = fs::absolute(address.socket);
+        endpoint_ = "ipc://" + socket_path.string();
+        where_ = socket_path.string();
+        const fs::path dir = socket_path.parent_path();
         // Only a directory of this user's, 0700: another user's could hold a server that
         // reads what we submit.
         if (const std::string why = service::untrusted(dir); !why.empty())
-            throw ConfigError(fmt::format("--socket '{}': its directory {}", printable(socket_path_.string()), why));
+            throw ConfigError(fmt::format("--socket '{}': its directory {}", printable(socket_path.string()), why));
         struct stat info {};
-        if (::lstat(socket_path_.c_str(), &info) != 0 || !S_ISSOCK(info.st_mode))
+        if (::lstat(socket_path.c_str(), &info) != 0 || !S_ISSOCK(info.st_mode))
             throw ConfigError(
                 fmt::format("--socket '{}': no server there (start one with `coordinator serve "
                             "--socket {}`)",
-                            printable(socket_path_.string()), printable(socket_path_.string())));
+                            printable(socket_path.string()), printable(socket_path.string())));
+        // A socket left by a server that died: nobody listens, and ZeroMQ would wait for one
+        // in silence. Asked once here, it is said at once, as for no socket at all.
+        if (const int error = connect_error(socket_path); error != 0)
+            throw ConfigError(
+                fmt::format("--socket '{}': no server there ({}{}; start one with `coordinator serve --socket {}`)",
+                            printable(socket_path.string()), std::strerror(error),
+                            error == ECONNREFUSED ? ": the socket is left from a server that is gone" : "",
+                            printable(socket_path.string())));
         connect();
     }
 
@@ -121,7 +191,7 @@ public:
     std::uint64_t post(json request) {
         request["seq"] = ++seq_;
         if (!wire::send(*socket_, service::encode(request)))
-            throw RunError(fmt::format("cannot send to the server at {}", socket_path_.string()));
+            throw RunError(fmt::format("cannot send to the server at {}", where_));
         return seq_;
     }
 
@@ -151,32 +221,62 @@ public:
                 if (said) fmt::print(stderr, "the server answers again\n");
                 return *reply;
             }
-            if (!said)
-                fmt::print(stderr, "the server at {} does not answer; asking again until it does\n",
-                           socket_path_.string());
+            if (!said) fmt::print(stderr, "the server at {} does not answer; asking again until it does\n", where_);
             said = true;
             connect();
         }
+    }
+
+    // Until destroyed, a thread of its own sends `request` every `period` on a connection of its
+    // own (replies unread are dropped with it): so the server knows a submit is alive while
+    // this thread makes its tasks, however long one takes (a slow --inputs -).
+    std::jthread keep_alive(json request, std::chrono::duration<double> period) {
+        request["seq"] = 0;
+        return std::jthread([this, frame = service::encode(request), period](std::stop_token stop) {
+            zmq::socket_t socket = open_socket();
+            std::mutex mutex;
+            std::condition_variable_any wake;
+            std::unique_lock lock(mutex);
+            while (true) {
+                wake.wait_for(lock, stop, period, [] { return false; });
+                if (stop.stop_requested()) return;
+                wire::send(socket, frame);
+                zmq::message_t reply;
+                while (socket.recv(reply, zmq::recv_flags::dontwait)) {
+                }
+            }
+        });
     }
 
     // ask(), or RunError when the server does not answer.
     json ask_once(const json& request) {
         auto reply = ask(request);
         if (!reply)
-            throw RunError(fmt::format("the server at {} did not answer within {} s", socket_path_.string(),
-                                       service::kSilence.count() / 1000));
+            throw RunError(fmt::format("the server at {} did not answer within {} s{}", where_,
+                                       service::kSilence.count() / 1000,
+                                       keys_ ? " (over tcp: a server that does not know this client's key "
+                                               "never answers it; are --keys the server's?)"
+                                             : ""));
         return *reply;
     }
 
 private:
-    void connect() {
-        socket_.reset();
-        socket_.emplace(context_, zmq::socket_type::dealer);
-        wire::configure(*socket_, zmq::socket_type::dealer);
-        socket_->connect("ipc://" + socket_path_.string());
+    zmq::socket_t open_socket() {
+        zmq::socket_t socket(context_, zmq::socket_type::dealer);
+        wire::configure(socket, zmq::socket_type::dealer);
+        if (keys_) wire::configure_curve_client(socket, *keys_);
+        socket.connect(endpoint_);
+        return socket;
     }
 
-    fs::path socket_path_;
+    void connect() {
+        socket_.reset();
+        socket_.emplace(open_socket());
+    }
+
+    std::string endpoint_;  // ipc://PATH or tcp://HOST:PORT
+    std::string where_;     // for messages
+    std::optional<curve::ClientKeys> keys_;
     zmq::context_t context_{1};
     std::optional<zmq::socket_t> socket_;
     std::uint64_t seq_ = 0;
@@ -188,8 +288,11 @@ void check(const json& reply, const std::string& what) {
         throw ConfigError(fmt::format("{}: {}", what, printable(reply.value("error", std::string("refused")))));
 }
 
-// A job id as submit printed it: a whole number (CLI11 would read -1 as 2^64-1, and "1,,2" as 1, 2).
-const CLI::Validator kJobId([](std::string& text) { return check_unsigned(text); }, "JOB");
+// A job id as submit printed it.
+const CLI::Validator kJobId = whole_number("JOB");
+
+// A client's --socket, and --connect with --keys for a server over tcp.
+void add_address_options(CLI::App& app, ServerAddress& address);
 
 void add_socket_option(CLI::App& app, fs::path& socket) {
     socket = service::default_socket();
@@ -199,6 +302,25 @@ void add_socket_option(CLI::App& app, fs::path& socket) {
         ->capture_default_str()
         ->check(CLI::Validator([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, ""))
         ->type_name("PATH");
+}
+
+void add_address_options(CLI::App& app, ServerAddress& address) {
+    add_socket_option(app, address.socket);
+    auto* connect =
+        app.add_option("--connect", address.connect,
+                       "a server over tcp (serve --listen-clients), instead of --socket: tcp://HOST:PORT, with --keys")
+            ->check(CLI::Validator(
+                [](std::string& text) -> std::string {
+                    return curve::parse_tcp_endpoint(text, /*wildcard_port=*/false)
+                               ? ""
+                               : fmt::format("'{}' is not tcp://HOST:PORT", printable(text, 100));
+                },
+                "ENDPOINT"))
+            ->type_name("ENDPOINT");
+    app.add_option("--keys", address.keys,
+                   "with --connect: the key directory of `coordinator keygen` (worker.secret, coordinator.public)")
+        ->needs(connect)
+        ->type_name("DIR");
 }
 
 // Parses argv with `app`; an exit code for --help or a bad flag, nullopt to go on.
@@ -217,7 +339,9 @@ std::optional<int> parse(CLI::App& app, int argc, const char* const* argv) {
 int wait_job(Client& client, std::uint64_t job, bool quiet) {
     std::size_t from = 0;
     while (true) {
-        const json reply = client.ask_until_answered({{"op", "wait"}, {"job", job}, {"from", from}});
+        // Quiet: the server says only when the job is done, and reads no results for it.
+        const json reply =
+            client.ask_until_answered({{"op", "wait"}, {"job", job}, {"from", from}, {"results", !quiet}});
         check(reply, fmt::format("wait {}", job));
         for (const json& result : reply.at("results")) {
             if (!quiet) fmt::print("{}\n", dump(result));
@@ -234,6 +358,21 @@ int wait_job(Client& client, std::uint64_t job, bool quiet) {
             return failed == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::TasksFailed);
         }
     }
+}
+
+// A flag whose value `parse` reads (it throws std::invalid_argument saying what is wrong).
+template <class Parse>
+CLI::Validator resources_check(Parse parse) {
+    return CLI::Validator(
+        [parse](std::string& text) -> std::string {
+            try {
+                parse(text);
+                return "";
+            } catch (const std::invalid_argument& e) {
+                return e.what();
+            }
+        },
+        "LIST");
 }
 
 int serve_command(const ProgramInfo& program, int argc, const char* const* argv) {
@@ -259,19 +398,70 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
         ->capture_default_str();
     app.add_option("--drain-timeout", config.drain_timeout_s,
                    "SIGTERM: seconds running tasks may take to finish (those cut short run again at the next start)")
-        ->check(CLI::Validator([](std::string& text) { return check_seconds(text, 0, 86400); }, "SECONDS"))
+        ->check(seconds_between(0, 86400))
         ->capture_default_str();
+    app.add_option("--submit-timeout", config.submit_timeout_s,
+                   "a job being submitted whose client says nothing for this long is dropped (the client was\n"
+                   "killed or interrupted); a live client says so every quarter of it")
+        ->check(seconds_between(0.1, 3600))
+        ->capture_default_str();
+    std::string keys;
+    auto* listen = app.add_option("--listen-clients", config.listen_clients,
+                                  "clients over tcp too (submit/status/... --connect), CURVE-encrypted, with --keys:\n"
+                                  "tcp://ADDR:PORT (port * picks one, said on stderr)")
+                       ->check(CLI::Validator(
+                           [](std::string& text) -> std::string {
+                               return curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)
+                                          ? ""
+                                          : fmt::format("'{}' is not tcp://ADDR:PORT", printable(text, 100));
+                           },
+                           "ENDPOINT"))
+                       ->type_name("ENDPOINT");
+    app.add_option("--keys", keys,
+                   "with --listen-clients: a `coordinator keygen` directory; the server's key is\n"
+                   "coordinator.secret, and it admits the clients holding the secret of worker.public")
+        ->needs(listen)
+        ->type_name("DIR");
+    std::string worker_resources;
+    std::string gpus;
+    app.add_option("--worker-resources", worker_resources,
+                   "what the workers have, together: NAME=COUNT,... (slot=2,license=1); cpus and mem (MiB)\n"
+                   "unless given. A task that asks for some starts when all of it is free")
+        ->check(resources_check(parse_worker_resources));
+    app.add_option("--gpus", gpus,
+                   "GPU ids the workers share (0,1); default: CUDA_VISIBLE_DEVICES, else nvidia-smi -L. A task\n"
+                   "holding some runs with CUDA_VISIBLE_DEVICES set to them")
+        ->check(resources_check(parse_gpu_list));
     app.add_option("--log-level", config.log_level, "spdlog level of the server and its workers");
     app.footer("See docs/service.md.");
     if (auto code = parse(app, argc, argv)) return *code;
+    if (!config.listen_clients.empty()) {
+        // Never plaintext: a client may run any command as this user.
+        if (keys.empty())
+            throw ConfigError("--listen-clients needs --keys DIR: clients over tcp are admitted by key only");
+        if (!curve::available()) throw ConfigError("--listen-clients: this libzmq was built without CURVE support");
+        try {
+            config.client_keys = curve::read_server_keys(keys);
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--keys: {}", e.what()));
+        }
+        if (config.client_keys->workers.empty())
+            throw ConfigError(fmt::format("--keys '{}': no worker.public: no client could be admitted", keys));
+    }
+    std::optional<std::vector<std::string>> gpu_ids;
+    if (!gpus.empty()) gpu_ids = parse_gpu_list(gpus);
+    config.resources = std::make_shared<const LocalResources>(
+        worker_resources.empty() ? ResourceRequest{} : parse_worker_resources(worker_resources), std::move(gpu_ids));
     config.socket = fs::absolute(config.socket);
     config.state = state.empty() ? config.socket.parent_path() : fs::absolute(state);
     return serve(program, config);
 }
 
+void send_tasks(Client& client, const Plan& plan, std::uint64_t job);
+
 int submit_command(const ProgramInfo& program, int argc, const char* const* argv) {
     const Registry& registry = program.registry;
-    fs::path socket;
+    ServerAddress address;
     RunConfig config;
     std::string task;
     std::string name;
@@ -281,13 +471,14 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     std::vector<std::uint64_t> after;
     std::vector<std::uint64_t> after_ok;
     std::vector<std::uint64_t> after_not_ok;
+    std::string task_resources;
     CLI::App app{
         fmt::format("{} submit: hands a job to the server and prints its id. The tasks are what a run takes: --tasks\n"
                     "tasks of --task, a --plan file, or a task of --task per line of --inputs (--command TEMPLATE: a\n"
                     "command per line, in this directory). Task types: {}.",
                     program.name, registry.names_text())};
     app.name(program.name + " submit");
-    add_socket_option(app, socket);
+    add_address_options(app, address);
     auto* task_option = app.add_option("-t,--task", task, "the tasks' type")->type_name("NAME");
     app.add_option("-n,--tasks", config.tasks, "how many tasks of --task")
         ->check(CLI::Range(1, 100'000'000))
@@ -304,11 +495,9 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
                    "in this directory")
         ->type_name("TEMPLATE");
     app.add_option("--task-timeout", config.task_timeout_s, "a task running longer fails; 0: no limit")
-        ->check(CLI::Validator([](std::string& text) { return check_seconds(text, 0, 1e9); }, "SECONDS"))
+        ->check(seconds_between(0, 1e9))
         ->capture_default_str();
-    app.add_option("--seed", config.seed, "seed of the generated tasks")
-        ->check(CLI::Validator([](std::string& text) { return check_unsigned(text); }, "UINT"))
-        ->capture_default_str();
+    app.add_option("--seed", config.seed, "seed of the generated tasks")->check(kUnsigned)->capture_default_str();
     app.add_option("--name", name, "a name for the job, shown by status and jobs");
     app.add_option("--after", after, "start once these jobs are done, however they ended (JOB,JOB...)")
         ->check(kJobId)
@@ -330,6 +519,10 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
                    "jobs of one priority take turns")
         ->check(CLI::Range(-1000, 1000))
         ->capture_default_str();
+    app.add_option("--task-resources", task_resources,
+                   "what each task asks for (gpu=1,slot=2,mem=2G) unless its plan line's \"resources\" says:\n"
+                   "it starts when the server's workers have that much free (serve --worker-resources, --gpus)")
+        ->check(resources_check(parse_resources));
     app.add_flag("--wait", wait, "then wait for it, as `wait JOB` does");
     app.add_flag("-q,--quiet", quiet, "with --wait: no result lines, only the exit status");
     plan_option->excludes(inputs_option);
@@ -349,6 +542,30 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     if (!command.empty() && task != "command") throw ConfigError("--command runs commands: it takes no --task");
     config.task = task;
     config.modes = {Mode::Processes};
+    // A job that could never run is refused here, as the server would refuse it.
+    if (const std::string why = service::contradiction(after_ok, after_not_ok); !why.empty()) throw ConfigError(why);
+
+    // The tasks' resources are checked, each at its line, against what the server's workers
+    // have, as a run checks them against its own (docs/resources.md).
+    Client client(address);
+    const json server = client.ask_once({{"op", "status"}, {"jobs", false}});
+    check(server, "status");
+    {
+        ResourceRequest have;
+        const json counts = server.value("resources", json::object());
+        for (const auto& [resource, amount] : counts.items())
+            if (resource != kGpuResource && amount.is_number_unsigned() && amount.get<std::uint64_t>() > 0)
+                have.push_back({resource, amount.get<std::uint64_t>()});
+        std::sort(have.begin(), have.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+        config.workers = server.value("workers", 1);
+        config.resources =
+            std::make_shared<const LocalResources>(std::move(have), server.value("gpus", std::vector<std::string>()));
+    }
+    if (!task_resources.empty()) {
+        config.task_resources = parse_resources(task_resources);
+        if (const std::string why = unmet_resources(config, config.task_resources); !why.empty())
+            throw ConfigError(fmt::format("--task-resources: {} (the server's workers)", why));
+    }
 
     Json settings = settings_json(config);
     Plan plan = make_plan(config, registry, settings);
@@ -357,8 +574,6 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
             fmt::format("--task {}: its tasks need a service of this process, which ends before they "
                         "run (give download --inputs of URLs)",
                         task));
-    const std::string cwd = fs::current_path().string();
-    Client client(fs::absolute(socket));
     json dependencies = json::array();
     for (const auto& [list, when] : {std::pair{&after, "after"}, {&after_ok, "afterok"}, {&after_not_ok, "afternotok"}})
         for (const std::uint64_t job : *list) dependencies.push_back({{"job", job}, {"if", when}});
@@ -366,6 +581,28 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
         client.ask_once({{"op", "create"}, {"name", name}, {"priority", priority}, {"after", std::move(dependencies)}});
     check(created, "submit");
     const auto job = created.at("job").get<std::uint64_t>();
+    try {
+        // A submit that goes silent (killed, interrupted) is dropped by the server: this says
+        // it is alive however long the tasks take to make.
+        const std::jthread alive = client.keep_alive({{"op", "touch"}, {"job", job}},
+                                                     std::chrono::duration<double>(created.value("touch_s", 2.5)));
+        send_tasks(client, plan, job);
+    } catch (...) {
+        // A bad line after some were sent, or the server refused: the job goes at once.
+        client.ask({{"op", "drop"}, {"job", job}});
+        throw;
+    }
+    const json committed = client.ask_once({{"op", "commit"}, {"job", job}});
+    check(committed, "submit");
+    fmt::print("{}\n", job);
+    std::fflush(stdout);
+    if (!wait) return static_cast<int>(ExitCode::Ok);
+    return wait_job(client, job, quiet);
+}
+
+// Makes the plan's tasks and sends them to job `job`, in chunks, a few ahead of the replies.
+void send_tasks(Client& client, const Plan& plan, std::uint64_t job) {
+    const std::string cwd = fs::current_path().string();
     json chunk = json::array();
     std::size_t bytes = 0;
     // Chunks go out a few ahead of their replies, so that the server reads one while the
@@ -387,29 +624,22 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     auto cursor = plan.open();
     TaskSpec spec;
     while (cursor->next(spec)) {
-        // Refused, not dropped: the server does not order or hold them yet (docs/service.md).
-        if (!spec.after.empty() || !spec.resources.empty())
-            throw ConfigError(
-                fmt::format("task {}: a plan line's \"{}\" is for a one-shot run; the server does not "
-                            "{} yet (docs/service.md)",
-                            spec.id, spec.after.empty() ? "resources" : "after",
-                            spec.after.empty() ? "hand out resources" : "order tasks within a job"));
         json params = spec.params;
         // A command runs where it was submitted, not where the server was started.
         if (spec.type->name() == "command" && params.is_object() && !params.contains("cwd")) params["cwd"] = cwd;
         const std::size_t size = 64 + dump(params).size();
         if (!chunk.empty() && (chunk.size() >= service::kChunkTasks || bytes + size > service::kReplyBytes)) send();
-        chunk.push_back({{"kind", spec.type->name()}, {"params", std::move(params)}, {"timeout_s", spec.timeout_s}});
+        json line = {{"kind", spec.type->name()}, {"params", std::move(params)}, {"timeout_s", spec.timeout_s}};
+        if (!spec.after.empty()) line["after"] = spec.after;  // earlier tasks of the job (decision 220)
+        if (!spec.resources.empty()) {
+            json& resources = line["resources"] = json::object();
+            for (const auto& [resource, amount] : spec.resources) resources[resource] = amount;
+        }
+        chunk.push_back(std::move(line));
         bytes += size;
     }
     send();
     while (!posted.empty()) answered();
-    const json committed = client.ask_once({{"op", "commit"}, {"job", job}});
-    check(committed, "submit");
-    fmt::print("{}\n", job);
-    std::fflush(stdout);
-    if (!wait) return static_cast<int>(ExitCode::Ok);
-    return wait_job(client, job, quiet);
 }
 
 void print_jobs(const json& jobs) {
@@ -421,27 +651,43 @@ void print_jobs(const json& jobs) {
                    job.value("running", 0), job.value("waiting", 0), printable(job.value("name", std::string())));
 }
 
-// `status [JOB]` (the server and its jobs, or one job) and `jobs` (the jobs).
-int status_command(const ProgramInfo& program, int argc, const char* const* argv, bool jobs_only) {
-    fs::path socket;
+// A client subcommand that asks about a job: its --socket and its JOB argument (required, or
+// optional for status), parsed one way for each of status, wait, cancel, explain and logs.
+struct JobCommand {
+    CLI::App app;
+    ServerAddress address;
     std::optional<std::uint64_t> job;
+
+    JobCommand(const ProgramInfo& program, const char* name, std::string description, bool job_required)
+        : app(std::move(description)) {
+        app.name(program.name + " " + name);
+        add_address_options(app, address);
+        auto* option = app.add_option("JOB", job, "the job's id, as submit printed it")->check(kJobId);
+        if (job_required) option->required();
+    }
+    // After parse(): the server's connection.
+    Client connect() const { return Client(address); }
+};
+
+// `status [JOB]` (the server and its jobs, or one job and why its tasks wait) and `jobs`.
+int status_command(const ProgramInfo& program, int argc, const char* const* argv, bool jobs_only) {
+    JobCommand command(program, jobs_only ? "jobs" : "status",
+                       jobs_only ? fmt::format("{} jobs: the server's jobs, a line each (state, tasks ok, failed, "
+                                               "running, waiting)",
+                                               program.name)
+                                 : fmt::format("{} status [JOB]: the server (pid, workers, their resources, state "
+                                               "directory) and its jobs, or one job and why its tasks wait",
+                                               program.name),
+                       false);
+    if (jobs_only) command.app.remove_option(command.app.get_option("JOB"));
     bool as_json = false;
-    CLI::App app{jobs_only ? fmt::format("{} jobs: the server's jobs, a line each (state, tasks ok, failed, running, "
-                                         "waiting)",
-                                         program.name)
-                           : fmt::format("{} status [JOB]: the server (pid, workers, state directory) and its jobs, or "
-                                         "one job",
-                                         program.name)};
-    app.name(program.name + (jobs_only ? " jobs" : " status"));
-    add_socket_option(app, socket);
-    if (!jobs_only) app.add_option("JOB", job, "a job id, as submit printed it")->check(kJobId);
-    app.add_flag("--json", as_json, "the server's answer as one JSON object");
-    if (auto code = parse(app, argc, argv)) return *code;
-    Client client(fs::absolute(socket));
+    command.app.add_flag("--json", as_json, "the server's answer as one JSON object");
+    if (auto code = parse(command.app, argc, argv)) return *code;
+    Client client = command.connect();
     json request = {{"op", "status"}};
-    if (job) request["job"] = *job;
+    if (command.job) request["job"] = *command.job;
     const json reply = client.ask_once(request);
-    check(reply, job ? fmt::format("status {}", *job) : std::string("status"));
+    check(reply, command.job ? fmt::format("status {}", *command.job) : std::string("status"));
     if (as_json) {
         json out = reply;
         out.erase("seq");
@@ -449,53 +695,105 @@ int status_command(const ProgramInfo& program, int argc, const char* const* argv
         fmt::print("{}\n", dump(out));
         return static_cast<int>(ExitCode::Ok);
     }
-    if (!jobs_only && !job)
-        fmt::print("server pid {}, {} workers, state in {}{}\n", reply.value("pid", 0), reply.value("workers", 0),
-                   printable(reply.value("state", std::string())), reply.value("stopping", false) ? " (stopping)" : "");
+    if (!jobs_only && !command.job) {
+        std::vector<std::string> have;
+        const json counts = reply.value("resources", json::object());
+        for (const auto& [name, amount] : counts.items())
+            if (amount.is_number_unsigned() && (name != kGpuResource || amount.get<std::uint64_t>() > 0))
+                have.push_back(fmt::format("{}={}", name, amount.get<std::uint64_t>()));
+        fmt::print("server pid {}, {} workers ({}), state in {}{}\n", reply.value("pid", 0), reply.value("workers", 0),
+                   printable(fmt::format("{}", fmt::join(have, ","))), printable(reply.value("state", std::string())),
+                   reply.value("stopping", false) ? " (stopping)" : "");
+    }
     print_jobs(reply.at("jobs"));
     // Why a job does not run: held by a dependency, or skipped because of one.
     for (const json& one : reply.at("jobs"))
         if (const std::string why = one.value("why", std::string()); !why.empty())
             fmt::print("job {}: {}\n", one.value("job", 0), printable(why));
+    // One job: why its tasks wait.
+    if (reply.contains("explain") && reply.at("explain").is_array())
+        for (const json& line : reply.at("explain")) fmt::print("  {}\n", printable(line.get<std::string>()));
+    return static_cast<int>(ExitCode::Ok);
+}
+
+int explain_command(const ProgramInfo& program, int argc, const char* const* argv) {
+    JobCommand command(program, "explain",
+                       fmt::format("{} explain JOB [TASK]: why the job's tasks, or that task, are not running: "
+                                   "a dependency,\nthe resources it asks for, a job of higher priority, the other "
+                                   "jobs' turns, a worker's prefetch",
+                                   program.name),
+                       true);
+    std::optional<std::uint64_t> task;
+    command.app.add_option("TASK", task, "a task of the job: its id (its line in the plan, from 0)")->check(kUnsigned);
+    if (auto code = parse(command.app, argc, argv)) return *code;
+    Client client = command.connect();
+    json request = {{"op", "explain"}, {"job", *command.job}};
+    if (task) request["task"] = *task;
+    const json reply = client.ask_once(request);
+    check(reply, fmt::format("explain {}", *command.job));
+    for (const json& line : reply.at("why")) fmt::print("{}\n", printable(line.get<std::string>()));
+    return static_cast<int>(ExitCode::Ok);
+}
+
+int logs_command(const ProgramInfo& program, int argc, const char* const* argv) {
+    JobCommand command(program, "logs",
+                       fmt::format("{0} logs JOB: what the job's journal says, as `{0} report JOURNAL` prints it "
+                                   "(counts,\nfailures by reason, retries, the slowest tasks, the workers, what "
+                                   "would run again), read by the server",
+                                   program.name),
+                       true);
+    std::optional<std::uint64_t> task;
+    bool as_json = false;
+    int slowest = 5;
+    command.app.add_option("--task", task, "that task's whole story only")->check(kUnsigned)->type_name("ID");
+    command.app.add_option("--slowest", slowest, "how many of the slowest tasks to list")
+        ->check(CLI::Range(0, 1000))
+        ->capture_default_str();
+    command.app.add_flag("--json", as_json, "the report as one JSON document");
+    if (auto code = parse(command.app, argc, argv)) return *code;
+    Client client = command.connect();
+    json request = {{"op", "report"}, {"job", *command.job}, {"slowest", slowest}};
+    if (task) request["task"] = *task;
+    const json reply = client.ask_once(request);
+    check(reply, fmt::format("logs {}", *command.job));
+    if (as_json)
+        fmt::print("{}\n", dump(reply.at("report")));
+    else
+        fmt::print("{}", journal_report_text(reply.at("report")));
     return static_cast<int>(ExitCode::Ok);
 }
 
 int wait_command(const ProgramInfo& program, int argc, const char* const* argv) {
-    fs::path socket;
-    std::uint64_t job = 0;
+    JobCommand command(
+        program, "wait",
+        fmt::format(
+            "{} wait JOB: prints the job's results as they complete, a JSON line each (from its first, so a\n"
+            "second wait, or one after the server restarted, sees them all), until the job is done. Exit status:\n"
+            "0 every task ok, 1 some failed or were cancelled, 2 no such job. A server that stops answering is\n"
+            "asked again until it does (a restarted one goes on where it was).",
+            program.name),
+        true);
     bool quiet = false;
-    CLI::App app{fmt::format(
-        "{} wait JOB: prints the job's results as they complete, a JSON line each (from its first, so a\n"
-        "second wait, or one after the server restarted, sees them all), until the job is done. Exit status:\n"
-        "0 every task ok, 1 some failed or were cancelled, 2 no such job. A server that stops answering is\n"
-        "asked again until it does (a restarted one goes on where it was).",
-        program.name)};
-    app.name(program.name + " wait");
-    add_socket_option(app, socket);
-    app.add_option("JOB", job, "the job's id, as submit printed it")->check(kJobId)->required();
-    app.add_flag("-q,--quiet", quiet, "no result lines, only the exit status and the summary on stderr");
-    if (auto code = parse(app, argc, argv)) return *code;
-    Client client(fs::absolute(socket));
-    return wait_job(client, job, quiet);
+    command.app.add_flag("-q,--quiet", quiet, "no result lines, only the exit status and the summary on stderr");
+    if (auto code = parse(command.app, argc, argv)) return *code;
+    Client client = command.connect();
+    return wait_job(client, *command.job, quiet);
 }
 
 int cancel_command(const ProgramInfo& program, int argc, const char* const* argv) {
-    fs::path socket;
-    std::uint64_t job = 0;
-    CLI::App app{
+    JobCommand command(
+        program, "cancel",
         fmt::format("{0} cancel JOB: cancels a job of the server: its waiting tasks never run, its running ones are\n"
                     "stopped; each is recorded as cancelled. (`{0} cancel --run DIR_OR_PID ID...` cancels tasks of a\n"
                     "one-shot run instead: `{0} cancel --run 1 0 --help`.)",
-                    program.name)};
-    app.name(program.name + " cancel");
-    add_socket_option(app, socket);
-    app.add_option("JOB", job, "the job's id, as submit printed it")->check(kJobId)->required();
-    if (auto code = parse(app, argc, argv)) return *code;
-    Client client(fs::absolute(socket));
-    const json reply = client.ask_once({{"op", "cancel"}, {"job", job}});
-    check(reply, fmt::format("cancel {}", job));
-    fmt::print("job {}: {} waiting task(s) cancelled, {} running task(s) stopped\n", job, reply.value("queued", 0),
-               reply.value("running", 0));
+                    program.name),
+        true);
+    if (auto code = parse(command.app, argc, argv)) return *code;
+    Client client = command.connect();
+    const json reply = client.ask_once({{"op", "cancel"}, {"job", *command.job}});
+    check(reply, fmt::format("cancel {}", *command.job));
+    fmt::print("job {}: {} waiting task(s) cancelled, {} running task(s) stopped\n", *command.job,
+               reply.value("queued", 0), reply.value("running", 0));
     return static_cast<int>(ExitCode::Ok);
 }
 
@@ -514,20 +812,14 @@ std::optional<int> service_main(const ProgramInfo& program, int argc, const char
     if (command == "submit") run = submit_command;
     if (command == "wait") run = wait_command;
     if (command == "cancel") run = cancel_command;
+    if (command == "explain") run = explain_command;
+    if (command == "logs") run = logs_command;
     if (command == "status")
         run = [](const ProgramInfo& p, int c, const char* const* v) { return status_command(p, c, v, false); };
     if (command == "jobs")
         run = [](const ProgramInfo& p, int c, const char* const* v) { return status_command(p, c, v, true); };
     if (!run) return std::nullopt;
-    try {
-        return run(program, argc - 1, argv + 1);
-    } catch (const ConfigError& e) {
-        spdlog::error("{}", e.what());
-        return static_cast<int>(ExitCode::Usage);
-    } catch (const std::exception& e) {
-        spdlog::error("{}", e.what());
-        return static_cast<int>(ExitCode::TasksFailed);
-    }
+    return run(program, argc - 1, argv + 1);  // coordinator_main() turns what it throws into an exit code
 }
 
 }  // namespace taskfarm

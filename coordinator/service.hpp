@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -18,7 +19,8 @@
 namespace taskfarm {
 
 // The service's subcommands, when argv[1] names one (serve, submit, status, jobs, wait, and
-// cancel without --run, which is the one-shot run's): its exit code. nullopt otherwise.
+// cancel without --run, which is the one-shot run's): its exit code. nullopt otherwise. Throws
+// ConfigError (exit 2) or another exception (exit 1), as the one-shot run does.
 std::optional<int> service_main(const ProgramInfo& program, int argc, const char* const* argv);
 
 namespace service {
@@ -36,6 +38,10 @@ std::filesystem::path default_socket();
 // Why `dir` may not hold the service's socket or state: not a directory of this user's with
 // mode 0700 (a symlink is not one); empty when it may.
 std::string untrusted(const std::filesystem::path& dir);
+
+// Why a job waiting for `after_ok` (--afterok) and `after_not_ok` (--afternotok) could never
+// run: one job in both (it cannot end both ways). Empty when it could.
+std::string contradiction(const std::vector<std::uint64_t>& after_ok, const std::vector<std::uint64_t>& after_not_ok);
 
 // A wait reply holds results up to about this many bytes (one larger result alone is sent).
 inline constexpr std::size_t kReplyBytes = std::size_t{3} << 20;

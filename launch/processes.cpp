@@ -114,6 +114,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                 context, router,
                 ListenConfig{config_.listen, run_keys ? std::optional(run_keys->server()) : config_.server_keys});
             spdlog::info("listening for remote workers on {}", listener->describe());
+            if (config_.on_listening) config_.on_listening(endpoint_for_workers(listener->endpoint()));
             if (config_.expect_workers > 0 && !config_.step)
                 spdlog::info("waiting up to {:.0f} s for {} remote worker(s): {} --connect {}{}",
                              config_.wait_workers_s, config_.expect_workers, config_.worker_command,

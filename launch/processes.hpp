@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stop_token>
@@ -52,6 +53,9 @@ struct ProcessesOptions {
     // --alloc slurm: the remote workers come in allocations submitted while tasks wait (see
     // alloc.hpp), with keys made for the run.
     std::optional<AllocConfig> alloc;
+    // Called once `listen` is bound, with the endpoint remote workers connect to (the real
+    // port; a wildcard address as this host's name): how a Farm tells its program.
+    std::function<void(const std::string&)> on_listening{};
 };
 
 class ProcessesRunner final : public Runner {

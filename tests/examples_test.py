@@ -108,6 +108,40 @@ class Sum(unittest.TestCase):
         self.assertEqual(len(steps), 29)
         self.assertEqual(steps["27"], "111")
 
+    def test_workers_started_by_hand_connect_to_the_farm_with_keys(self):
+        keys = self.dir / "keys"
+        made = run([PREFIX / "bin" / "coordinator", "keygen", keys])
+        self.assertEqual(made.returncode, 0, made.stderr)
+        cluster = self.program.parent / "cluster"
+        farm = subprocess.Popen([str(cluster), "200", "listen", "tcp://127.0.0.1:*", str(keys), "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.dir)
+        workers = []
+        try:
+            endpoint, log = None, ""
+            deadline = time.monotonic() + 30
+            while endpoint is None and time.monotonic() < deadline:
+                line = farm.stderr.readline()
+                log += line
+                found = re.search(r"--connect (tcp://127\.0\.0\.1:\d+) --keys", line)
+                if found:
+                    endpoint = found.group(1)
+            self.assertIsNotNone(endpoint, log)
+            for name in ["a", "b"]:
+                workers.append(subprocess.Popen([str(cluster), "worker", "--connect", endpoint, "--keys", str(keys),
+                                                 "--name", name], stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL))
+            out, err = farm.communicate(timeout=120)
+            self.assertEqual(farm.returncode, 0, log + err)
+            self.assertEqual(out, "2646700\n")  # 0^2 + ... + 199^2
+            self.assertIn("2 remote worker(s) attached", err)
+            for worker in workers:
+                self.assertEqual(worker.wait(timeout=30), 0)
+        finally:
+            for process in [farm, *workers]:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
 
 class Install(unittest.TestCase):
     def test_the_prefix_has_binaries_headers_library_and_package(self):

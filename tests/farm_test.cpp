@@ -1,7 +1,10 @@
 // The farm from a program's own main(), through the public API only: this test program is
 // its own worker (`farm_test worker ...`), as a user's program is.
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -12,6 +15,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <regex>
 #include <set>
 #include <string>
@@ -498,10 +502,189 @@ TEST(Farm, ResumingUnderOtherSettingsIsRefusedNamingTheSetting) {
     EXPECT_EQ(taskfarm::testing::read_result_lines(journal).size(), 1u);
 }
 
+// Remote workers started by hand (`farm_test worker --connect ENDPOINT --keys DIR`, as a user
+// starts their program on another machine) join a farm listening with CurveZMQ keys; the one
+// killed (SIGKILL) mid-task has its task requeued on the other, delivered once.
+TEST(Farm, RemoteWorkersStartedByHandRunTheTasksAndAKilledOnesTaskIsRequeued) {
+    taskfarm::testing::TempDir dir;
+    const auto keys = dir / "keys";
+    const auto made = taskfarm::testing::run_binary("coordinator", {"keygen", keys.string()});
+    ASSERT_EQ(made.exit_code, 0) << made.err;
+    const auto pidfile = dir / "pid";
+    const auto journal = dir / "journal.jsonl";
+    Farm farm{{.workers = 0,
+               .journal = journal,
+               .settings = {{"pidfile", pidfile.string()}},
+               .listen = "tcp://127.0.0.1:*",
+               .keys = keys,
+               .expect_workers = 2}};
+    register_types(farm);
+    EXPECT_EQ(farm.endpoint(), "") << "not started yet";
+    for (long x = 0; x < 20; ++x) farm.submit("hold", {{"x", x}});
+    const std::string endpoint = farm.endpoint();
+    ASSERT_TRUE(endpoint.starts_with("tcp://127.0.0.1:")) << endpoint;
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::vector<std::unique_ptr<taskfarm::testing::Running>> workers;
+    for (const char* name : {"r1", "r2"})
+        workers.push_back(std::make_unique<taskfarm::testing::Running>(
+            self, std::vector<std::string>{"worker", "--connect", endpoint, "--name", name, "--keys", keys.string()}));
+    ASSERT_TRUE(
+        taskfarm::testing::eventually([&] { return std::filesystem::exists(pidfile); }, std::chrono::seconds(30)));
+    pid_t pid = 0;
+    std::ifstream(pidfile) >> pid;
+    const bool killed_r1 = pid == workers[0]->pid();
+    ASSERT_TRUE(killed_r1 || pid == workers[1]->pid()) << "task 3 ran in neither remote worker: " << pid;
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    std::map<taskfarm::TaskId, int> seen;
+    long sum = 0;
+    for (const auto& result : farm.as_completed<long>()) {
+        ++seen[result.id()];
+        sum += result.value();
+        if (result.id() == 3) EXPECT_EQ(result.attempts(), 2u);
+    }
+    EXPECT_EQ(sum, 190);  // 0 + ... + 19
+    EXPECT_EQ(seen.size(), 20u);
+    for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << "task " << id;
+    farm.close();
+    // The survivor got SHUTDOWN from the farm (exit 0); every ok line names a remote worker.
+    const auto done = workers[killed_r1 ? 1 : 0]->wait(std::chrono::seconds(30));
+    EXPECT_EQ(done.exit_code, 0) << done.err;
+    std::map<std::uint64_t, int> ok_lines;
+    for (const auto& line : taskfarm::testing::read_result_lines(journal)) {
+        if (!line.at("ok").get<bool>()) continue;
+        ++ok_lines[line.at("id").get<std::uint64_t>()];
+        EXPECT_TRUE(line.at("worker") == "r1" || line.at("worker") == "r2") << line.dump();
+    }
+    EXPECT_EQ(ok_lines.size(), 20u);
+    for (const auto& [id, count] : ok_lines) EXPECT_EQ(count, 1) << "task " << id;
+}
+
+// A remote worker that goes silent (SIGSTOP: a hung machine) is lost after the heartbeat
+// timeout, and the task it held runs again on the other, delivered once.
+TEST(Farm, ASilentRemoteWorkerIsLostAfterTheHeartbeatTimeoutAndItsTaskRunsElsewhere) {
+    taskfarm::testing::TempDir dir;
+    const auto keys = dir / "keys";
+    const auto made = taskfarm::testing::run_binary("coordinator", {"keygen", keys.string()});
+    ASSERT_EQ(made.exit_code, 0) << made.err;
+    const auto pidfile = dir / "pid";
+    Farm farm{{.workers = 0,
+               .heartbeat_interval_s = 0.1,
+               .heartbeat_timeout_s = 1.0,
+               .settings = {{"pidfile", pidfile.string()}},
+               .listen = "tcp://127.0.0.1:*",
+               .keys = keys,
+               .expect_workers = 2}};
+    register_types(farm);
+    for (long x = 0; x < 8; ++x) farm.submit("hold", {{"x", x}});
+    const std::string endpoint = farm.endpoint();
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::vector<std::unique_ptr<taskfarm::testing::Running>> workers;
+    for (const char* name : {"r1", "r2"})
+        workers.push_back(std::make_unique<taskfarm::testing::Running>(
+            self, std::vector<std::string>{"worker", "--connect", endpoint, "--name", name, "--keys", keys.string(),
+                                           "--heartbeat-interval", "0.1"}));
+    ASSERT_TRUE(
+        taskfarm::testing::eventually([&] { return std::filesystem::exists(pidfile); }, std::chrono::seconds(30)));
+    pid_t pid = 0;
+    std::ifstream(pidfile) >> pid;
+    ASSERT_TRUE(pid == workers[0]->pid() || pid == workers[1]->pid()) << pid;
+    ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+    std::map<taskfarm::TaskId, int> seen;
+    for (const auto& result : farm.as_completed<long>()) {
+        ++seen[result.id()];
+        EXPECT_EQ(result.value(), static_cast<long>(result.id()));
+        if (result.id() == 3) EXPECT_EQ(result.attempts(), 2u);
+    }
+    EXPECT_EQ(seen.size(), 8u);
+    for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << "task " << id;
+    ::kill(pid, SIGKILL);
+}
+
+// Remote-worker options that cannot work are refused at the first submit, naming the option,
+// before anything starts: the coordinator's rules for --listen, --keys and --launch slurm.
+TEST(Farm, BadRemoteWorkerOptionsAreRefusedNamingTheOption) {
+    taskfarm::testing::TempDir dir;
+    ::unsetenv("SLURM_NTASKS");
+    const std::vector<std::pair<FarmOptions, std::string>> cases{
+        {{.listen = "tcp://127.0.0.1:*"}, "FarmOptions::listen: 'tcp://127.0.0.1:*' without keys"},
+        {{.listen = "127.0.0.1:5555", .insecure = true}, "FarmOptions::listen: '127.0.0.1:5555' is not tcp://"},
+        {{.mode = FarmMode::Threads, .listen = "tcp://127.0.0.1:*", .insecure = true},
+         "FarmOptions::listen: remote workers are worker processes"},
+        {{.listen = "tcp://127.0.0.1:*", .keys = dir / "none"}, "FarmOptions::keys: "},
+        {{.workers = 0}, "FarmOptions::workers: 0 starts no worker"},
+        {{.workers = 0, .listen = "tcp://127.0.0.1:*", .insecure = true}, "FarmOptions::expect_workers: "},
+        {{.expect_workers = 2}, "FarmOptions::expect_workers: is for remote workers"},
+        {{.heartbeat_interval_s = 2, .heartbeat_timeout_s = 3},
+         "FarmOptions::heartbeat_interval_s: 2 must be at most half"},
+        {{.heartbeat_timeout_s = 0.01}, "FarmOptions::heartbeat_timeout_s: 0.01 is not from 0.1"},
+        {{.insecure = true, .slurm = taskfarm::SlurmStep{.tasks = 2}}, "FarmOptions::insecure: cannot go with a Slurm"},
+        {{.slurm = taskfarm::SlurmStep{}}, "FarmOptions::slurm: tasks 0 means $SLURM_NTASKS, which is not set"},
+        {{.slurm = taskfarm::SlurmStep{.tasks = 1, .args = "--x='open"}}, "FarmOptions::slurm: cannot split args"},
+    };
+    for (const auto& [options, expected] : cases) {
+        Farm farm{options};
+        register_types(farm);
+        try {
+            farm.submit("square", {{"x", 1}});
+            ADD_FAILURE() << "not refused: " << expected;
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+        }
+    }
+}
+
+// An endpoint that cannot be bound (another socket holds the port) stops the farm, and
+// endpoint() and next() say why, naming FarmOptions::listen.
+TEST(Farm, AListenEndpointInUseIsSaidNamingTheOption) {
+    const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(holder, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    ASSERT_EQ(::listen(holder, 1), 0);
+    socklen_t length = sizeof address;
+    ASSERT_EQ(::getsockname(holder, reinterpret_cast<sockaddr*>(&address), &length), 0);
+    const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    {
+        Farm farm{{.workers = 1, .listen = endpoint, .insecure = true}};
+        register_types(farm);
+        farm.submit("square", {{"x", 2}});
+        const std::string expected = "FarmOptions::listen: cannot listen on '" + endpoint + "'";
+        try {
+            static_cast<void>(farm.endpoint());
+            ADD_FAILURE() << "bound a port in use";
+        } catch (const std::runtime_error& e) {
+            EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+        }
+        try {
+            static_cast<void>(farm.next());
+            ADD_FAILURE() << "a result from a farm that did not start";
+        } catch (const std::runtime_error& e) {
+            EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+        }
+    }
+    ::close(holder);
+}
+
+// `farm_test slurm-sum COUNT TASKS JOURNAL`: COUNT squares on a Slurm step of TASKS workers
+// (0: $SLURM_NTASKS), their sum printed (tests/slurm/slurm_test.py runs it on a real cluster).
+int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
+    Farm farm{{.journal = journal, .slurm = taskfarm::SlurmStep{.tasks = tasks, .args = "--time=5"}}};
+    register_types(farm);
+    for (long x = 0; x < count; ++x) farm.submit("square", {{"x", x}});
+    long sum = 0;
+    for (const auto& result : farm.as_completed<long>()) sum += result.value();
+    std::printf("%ld\n", sum);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc == 4 && std::strcmp(argv[1], "sum-squares") == 0) return sum_squares(argv[2], std::atol(argv[3]));
+    if (argc == 5 && std::strcmp(argv[1], "slurm-sum") == 0)
+        return slurm_sum(std::atol(argv[2]), std::atoi(argv[3]), argv[4]);
     // The farm's workers run this same program: `farm_test worker ...`.
     if (Farm::is_worker(argc, argv)) {
         Farm farm;

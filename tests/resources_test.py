@@ -169,6 +169,16 @@ class Resources(unittest.TestCase):
         run = self.run_coordinator("--plan", plan, "--worker-resources", "license=1")
         self.assertEqual(run.returncode, 2, run.stderr)
         self.assertIn("plan.jsonl:1: asks for licence=1, but the local workers have no licence", run.stderr)
+        # A count is a JSON number, a whole one: "1" as text, 1.5, -1 and true are refused at
+        # their line; mem alone also takes a size with its unit ("2G").
+        for value in ('"1"', "1.5", "-1", "true", '"2G"'):
+            with open(plan, "w") as f:
+                f.write('{"kind":"sleep","seconds":0,"resources":{"mem":"1G"}}\n')
+                f.write('{"kind":"sleep","seconds":0,"resources":{"slot":%s}}\n' % value)
+            run = self.run_coordinator("--plan", plan, "--worker-resources", "slot=2")
+            self.assertEqual(run.returncode, 2, (value, run.stderr))
+            self.assertIn("plan.jsonl:2:", run.stderr, value)
+            self.assertIn("slot: want a whole number >= 1", run.stderr, value)
         inputs = os.path.join(self.tmp, "inputs.txt")
         with open(inputs, "w") as f:
             f.write("a\n")

@@ -484,6 +484,9 @@ class BenchQuick(unittest.TestCase):
         "128 workers all said hello (+1 no-op task)": 1,
         "registered no-op function, processes, 2 workers": 1,
         "20,000 no-op submissions from code (Farm), processes, 2 workers": 1,
+        # coordinator serve: the plan through a server against a one-shot run; a task's latency
+        "20,000 no-op, processes, 2 workers, through `serve` (submit --wait -q)": 1,
+        "1 task from `submit --wait` to its first result, a server running": 1,
     }
 
     def test_quick_measures_every_row_and_writes_the_json(self):
@@ -515,8 +518,8 @@ class BenchQuick(unittest.TestCase):
                 self.assertIn("yes" if r["met"] else "NO", done.stdout)
         self.assertEqual(counts, self.ROWS)
         # + the memory rows, the two --ui rows' >= 0.9, CPU per command against xargs', and the
-        # Farm's submissions from code against the built-in no-op
-        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2 + 1 + 1)
+        # Farm's submissions from code against the built-in no-op, and the server's throughput
+        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2 + 1 + 1 + 1)
         for key, values in results["samples"].items():
             self.assertEqual(len(values), 1, key)
         self.assertIn("fetch.wall_s", results["samples"])

@@ -121,11 +121,12 @@ class Service(unittest.TestCase):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start(self, workers=4, files=None):
+    def start(self, workers=4, files=None, args=()):
         log = open(self.dir / "server.log", "ab")
         limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))) if files else None
         self.server = subprocess.Popen(
-            [COORDINATOR, "serve", "--socket", str(self.socket), "--state", str(self.state), "--workers", str(workers)],
+            [COORDINATOR, "serve", "--socket", str(self.socket), "--state", str(self.state), "--workers", str(workers),
+             *args],
             stdout=log,
             stderr=log,
             preexec_fn=limit,
@@ -360,22 +361,39 @@ class Service(unittest.TestCase):
         # {"op": 5}: an op that is not a string is refused like any bad request (it ended the server).
         reply = zmtp_request(self.socket, b"\x81\xa2op\x05")
         self.assertIn(b"error", reply)
+        # {"op": "create", "after": [{"job": 1, "if": "afterok"}, {"job": 1, "if": "afternotok"}]}: refused.
+        after = b"\x92" + b"\x82\xa3job\x01\xa2if\xa7afterok" + b"\x82\xa3job\x01\xa2if\xaaafternotok"
+        reply = zmtp_request(self.socket, b"\x82\xa2op\xa6create\xa5after" + after)
+        self.assertIn(b"could never run", reply)
         self.assertEqual(self.client("status").returncode, 0)
         # Values that cannot be right exit 2 naming the flag, before anything reaches the server.
         plan = self.dir / "after.jsonl"
-        plan.write_text('{"kind":"sleep","seconds":0}\n{"kind":"sleep","seconds":0,"after":[0]}\n')
-        gpu = self.dir / "gpu.jsonl"
-        gpu.write_text('{"kind":"sleep","seconds":0,"resources":{"slot":1}}\n')
+        plan.write_text('{"kind":"sleep","seconds":0}\n{"kind":"sleep","seconds":0,"after":[1]}\n')
+        # A count is a JSON number: "1" as text is refused at its line, as in a one-shot run.
+        text = self.dir / "text.jsonl"
+        text.write_text('{"kind":"sleep","seconds":0}\n{"kind":"sleep","seconds":0,"resources":{"cpus":"1"}}\n')
+        slot = self.dir / "slot.jsonl"
+        slot.write_text('{"kind":"sleep","seconds":0,"resources":{"slot":1}}\n')
         for args, text in ((["submit", "--task", "sleep", "--task-timeout", "nan"], "--task-timeout"),
                            (["submit", "--task", "sleep", "--after", "-1"], "--after"),
                            (["submit", "--task", "sleep", "--afterok", "1,,2"], "--afterok"),
                            (["wait", "-1"], "JOB"),
-                           (["submit", "--plan", str(plan)], "after"),
-                           (["submit", "--plan", str(gpu)], "resources")):
+                           (["submit", "--task", "sleep", "--afterok", "1", "--afternotok", "1"],
+                            "--afterok 1 and --afternotok 1"),
+                           (["submit", "--plan", str(plan)], "after.jsonl:2"),
+                           (["submit", "--plan", str(text)], "text.jsonl:2"),
+                           (["submit", "--plan", str(slot)], "slot.jsonl:1: asks for slot=1, but the local workers "
+                                                             "have no slot"),
+                           (["submit", "--task", "sleep", "--task-resources", "slot=x"], "--task-resources"),
+                           (["submit", "--task", "sleep", "--task-resources", "cpus=100000"], "--task-resources")):
             result = self.client(*args)
             self.assertEqual(result.returncode, 2, (args, result.stderr))
             self.assertIn(text, result.stderr, args)
-        for args, text in ((["--drain-timeout", "nan"], "--drain-timeout"), (["--socket", ""], "--socket")):
+        # A refused submit leaves no job behind, at once (not after --submit-timeout, 10 s).
+        self.assertEqual(list((self.state / "jobs").iterdir()), [])
+        for args, text in ((["--drain-timeout", "nan"], "--drain-timeout"), (["--socket", ""], "--socket"),
+                           (["--worker-resources", "gpu=2"], "--gpus"), (["--gpus", "0,0"], "--gpus"),
+                           (["--submit-timeout", "0"], "--submit-timeout")):
             result = subprocess.run([COORDINATOR, "serve", "--state", str(self.dir / "other"), *args],
                                     capture_output=True, text=True, timeout=WAIT_S)
             self.assertEqual(result.returncode, 2, (args, result.stderr))
@@ -442,8 +460,255 @@ class Service(unittest.TestCase):
         self.assertLessEqual(sum(end < ends[high][-1] for end in ends[low]), 2, ends)
         self.stop()
 
+    def test_an_interrupted_or_silent_submit_is_dropped_and_counted_against_the_limit(self):
+        # ulimit -n 100: at most 16 unfinished jobs; a submit silent for 1 s is dropped.
+        self.start(workers=1, files=100, args=("--submit-timeout", "1"))
+        jobs = self.state / "jobs"
+        # A submit interrupted while it sends its tasks: its job goes, tasks, files and all.
+        submit = subprocess.Popen([COORDINATOR, "submit", "--socket", str(self.socket), "--task", "sleep", "--tasks",
+                                   "5000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_until(lambda: (jobs / "1" / "tasks.jsonl").exists() and (jobs / "1" / "tasks.jsonl").stat().st_size > 0,
+                   "the submit to send tasks")
+        submit.send_signal(signal.SIGINT)
+        submit.communicate(timeout=WAIT_S)
+        self.assertNotEqual(submit.returncode, 0)
+        wait_until(lambda: not (jobs / "1").exists(), "the interrupted submit's job to be dropped", timeout=15)
+        # Raw creates that never add nor commit count against the limit, and go when silent.
+        create = b"\x81\xa2op\xa6create"
+        replies = [zmtp_request(self.socket, create) for _ in range(17)]
+        self.assertTrue(all(b"error" not in reply for reply in replies[:16]), replies)
+        self.assertIn(b"16 unfinished jobs", replies[16])
+        wait_until(lambda: not any(jobs.iterdir()), "the silent submits to be dropped", timeout=15)
+        # A submit that stays alive longer than the timeout (its tasks are slow to come) is kept.
+        slow = subprocess.Popen(f"(echo a; sleep 2.5; echo b) | {COORDINATOR} submit --socket {self.socket} "
+                                f"--inputs - --command 'true {{}}' --wait -q", shell=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        out, err = slow.communicate(timeout=WAIT_S)
+        self.assertEqual(slow.returncode, 0, err)
+        self.check_once(int(out.strip()), 2)
+        self.assertEqual(list(self.jobs()), [int(out.strip())])
+        self.stop()
+
+    def test_a_dead_servers_socket_is_said_at_once_with_exit_2(self):
+        server = self.start(workers=1)
+        pids = descendants(server.pid)
+        self.all_pids.update(pids)
+        server.kill()
+        server.wait()
+        self.assertTrue(self.socket.exists())  # left behind by the kill
+        for args in (["status"], ["jobs"], ["wait", "1"], ["cancel", "1"], ["submit", "--task", "sleep"]):
+            result = self.client(*args)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn("no server there", result.stderr)
+            self.assertIn("a server that is gone", result.stderr)
+
+    def test_cancel_counts_only_started_tasks_as_running(self):
+        # Quick tasks first, so that each worker holds tasks ahead (prefetch) of a slow one.
+        self.start(workers=2)
+        inputs = self.dir / "mixed.txt"
+        inputs.write_text("".join(f"q{i}\n" for i in range(40)) + "".join(f"s{i}\n" for i in range(20)))
+        job = self.submit("--inputs", str(inputs), "--command", "case {} in s*) sleep 30;; esac")
+        wait_until(lambda: self.jobs()[job]["ok"] == 40 and self.jobs()[job]["running"] == 2, "both workers on slow ones")
+        self.assertEqual(self.jobs()[job]["running"], 2)
+        self.assertEqual(self.jobs()[job]["waiting"], 18)
+        result = self.client("cancel", str(job), check=True)
+        self.assertIn(f"job {job}: 18 waiting task(s) cancelled, 2 running task(s) stopped", result.stdout)
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 1)
+        self.stop()
+
+    def test_resources_limit_what_runs_at_once_and_gpu_tasks_see_their_gpus(self):
+        # 4 workers, 2 GPUs (ids 3 and 5, a fake list) and slot=1: never more than 2 GPU tasks at
+        # once, each with CUDA_VISIBLE_DEVICES naming the one it holds; one slot task at a time,
+        # while a job that asks for nothing runs beside them.
+        self.start(workers=4, args=("--gpus", "3,5", "--worker-resources", "slot=1"))
+        self.assertIn("gpu=2", self.client("status", check=True).stdout)
+        log = self.dir / "log"
+        gpu = self.dir / "gpu.jsonl"
+        shell = f"echo start $CUDA_VISIBLE_DEVICES >> {log}; sleep 0.3; echo end $CUDA_VISIBLE_DEVICES >> {log}"
+        gpu.write_text("".join(json.dumps({"kind": "command", "shell": shell, "resources": {"gpu": 1}}) + "\n"
+                               for _ in range(6)))
+        gpus = self.submit("--plan", str(gpu))
+        slots = self.dir / "slots.txt"
+        slots.write_text("".join(f"s{i}\n" for i in range(4)))
+        slot_log = self.dir / "slot_log"
+        slotted = self.submit("--inputs", str(slots), "--command", f"echo start >> {slot_log}; sleep 0.2; "
+                              f"echo end >> {slot_log}; : {{}}", "--task-resources", "slot=1")
+        free = self.submit("--task", "sleep", "--tasks", "4")
+        for job in (gpus, slotted, free):
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        held, most = {}, 0
+        for line in log.read_text().split("\n"):
+            if not line:
+                continue
+            what, _, device = line.partition(" ")
+            self.assertIn(device, ("3", "5"))  # one GPU each, one of the list
+            held[device] = held.get(device, 0) + (1 if what == "start" else -1)
+            self.assertLessEqual(held[device], 1, "two tasks held one GPU")
+            most = max(most, sum(held.values()))
+        self.assertEqual(most, 2)
+        depth = 0
+        for line in slot_log.read_text().split():
+            depth += 1 if line == "start" else -1
+            self.assertLessEqual(depth, 1, "two slot tasks at once")
+        # Why a task waits: the resources it asks for.
+        blocker = self.dir / "blocker.jsonl"
+        blocker.write_text(json.dumps({"kind": "command", "shell": "sleep 30", "resources": {"slot": 1}}) + "\n")
+        first = self.submit("--plan", str(blocker))
+        second = self.submit("--plan", str(blocker))
+        wait_until(lambda: self.jobs()[first]["running"] == 1, "the first slot task to start")
+        self.assertIn("task 0: asks for slot=1, which is not free (slot 1 of 1 held)",
+                      self.client("explain", str(second), "0", check=True).stdout)
+        self.assertIn("asks for slot=1, which is not free", self.client("status", str(second), check=True).stdout)
+        self.assertIn("task 0: running on a worker", self.client("explain", str(first), "0", check=True).stdout)
+        for job in (first, second):
+            self.client("cancel", str(job), check=True)
+        self.stop()
+
+    def test_tasks_of_a_job_wait_for_their_after_and_a_failed_ones_dependents_are_not_run(self):
+        self.start(workers=4)
+        order = self.dir / "order"
+        lines = [
+            {"kind": "command", "shell": f"sleep 0.3; echo a >> {order}"},
+            {"kind": "command", "shell": f"echo b >> {order}", "after": [0]},
+            {"kind": "command", "shell": "exit 3"},
+            {"kind": "command", "shell": f"echo never >> {order}", "after": [2]},
+            {"kind": "command", "shell": f"echo never >> {order}", "after": [1, 3]},
+            {"kind": "command", "shell": f"echo c >> {order}", "after": [1]},
+        ]
+        plan = self.dir / "plan.jsonl"
+        plan.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        job = self.submit("--plan", str(plan))
+        wait_until(lambda: self.jobs()[job]["ok"] + self.jobs()[job]["failed"] >= 1, "a first result")
+        result = self.client("wait", str(job))
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(order.read_text().split(), ["a", "b", "c"])
+        by_id = {line["id"]: line for line in map(json.loads, result.stdout.splitlines())}
+        self.assertEqual(sorted(by_id), list(range(6)))
+        self.assertEqual([by_id[i]["ok"] for i in range(6)], [True, True, False, False, False, True])
+        self.assertIn("not run: dependency 2 failed", by_id[3]["error"])
+        self.assertIn("not run: dependency 3 failed", by_id[4]["error"])
+        self.check_journal(job, {0: True, 1: True, 2: False, 3: False, 4: False, 5: True})
+        # Why a task waits: the tasks it waits for.
+        chain = self.dir / "chain.jsonl"
+        chain.write_text(json.dumps({"kind": "command", "shell": "sleep 30"}) + "\n" +
+                         json.dumps({"kind": "sleep", "seconds": 0, "after": [0]}) + "\n")
+        held = self.submit("--plan", str(chain))
+        wait_until(lambda: self.jobs()[held]["running"] == 1, "the first task to start")
+        self.assertIn("task 1: waits for task(s) 0 of this job to end ok",
+                      self.client("explain", str(held), "1", check=True).stdout)
+        self.assertIn("1 task(s) wait for other tasks of this job", self.client("status", str(held), check=True).stdout)
+        self.client("cancel", str(held), check=True)
+        self.assertEqual(self.client("wait", "-q", str(held)).returncode, 1)
+        self.stop()
+
+    def test_tasks_waiting_for_others_stay_waiting_across_a_kill_9(self):
+        server = self.start(workers=2)
+        lines = [{"kind": "command", "shell": "exit 1"}, {"kind": "command", "shell": "sleep 30"},
+                 {"kind": "sleep", "seconds": 0, "after": [0]}, {"kind": "sleep", "seconds": 0, "after": [1]}]
+        plan = self.dir / "plan.jsonl"
+        plan.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        job = self.submit("--plan", str(plan))
+        wait_until(lambda: self.jobs()[job]["failed"] >= 2 and self.jobs()[job]["running"] == 1, "task 0 to fail")
+        pids = descendants(server.pid)
+        self.all_pids.update(pids)
+        server.kill()
+        server.wait()
+        wait_until(lambda: not any(alive(pid) for pid in pids), "the workers to die with the server", timeout=10)
+        self.start(workers=2)
+        self.assertEqual(self.jobs()[job]["running"], 1)  # task 1 again; 3 waits for it
+        self.assertIn("task 3: waits for task(s) 1", self.client("explain", str(job), "3", check=True).stdout)
+        self.client("cancel", str(job), check=True)
+        result = self.client("wait", str(job))
+        by_id = {line["id"]: line for line in map(json.loads, result.stdout.splitlines())}
+        self.assertEqual(sorted(by_id), [0, 1, 2, 3])
+        self.assertIn("not run: dependency 0 failed", by_id[2]["error"])
+        self.check_journal(job, {0: False, 1: False, 2: False, 3: False})
+        self.stop()
+
+    def test_logs_sums_up_a_jobs_journal(self):
+        self.start(workers=2)
+        job = self.submit("--task", "fail", "--tasks", "3")
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 1)
+        result = self.client("logs", str(job), check=True)
+        self.assertIn("3 task(s) in the journal, 0 ok, 3 failed", result.stdout)
+        report = json.loads(self.client("logs", str(job), "--json", check=True).stdout)
+        self.assertEqual(report, json.loads(subprocess.run(
+            [COORDINATOR, "report", "--json", str(self.state / "jobs" / str(job) / "results.jsonl")],
+            capture_output=True, text=True, check=True).stdout))
+        self.assertIn("task 1", self.client("logs", str(job), "--task", "1", check=True).stdout)
+        result = self.client("logs", "99")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("no job 99", result.stderr)
+        self.stop()
+
+    def test_tcp_clients_with_the_key_can_submit_and_others_are_refused(self):
+        keys, other = self.dir / "keys", self.dir / "other"
+        for where in (keys, other):
+            subprocess.run([COORDINATOR, "keygen", str(where)], check=True, capture_output=True, timeout=WAIT_S)
+        # Never plaintext: --listen-clients without --keys is refused.
+        result = subprocess.run([COORDINATOR, "serve", "--socket", str(self.dir / "x" / "socket"), "--listen-clients",
+                                 "tcp://127.0.0.1:*"], capture_output=True, text=True, timeout=WAIT_S)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--listen-clients needs --keys", result.stderr)
+        self.start(workers=2, args=("--listen-clients", "tcp://127.0.0.1:*", "--keys", str(keys)))
+        log = (self.dir / "server.log").read_text()
+        endpoint = log.split("clients over tcp at ", 1)[1].split()[0]
+        self.assertTrue(endpoint.startswith("tcp://127.0.0.1:"), log)
+
+        def remote(*args, key_dir=keys):
+            command = [COORDINATOR, args[0], "--connect", endpoint, *(["--keys", str(key_dir)] if key_dir else []),
+                       *args[1:]]
+            return subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S, cwd=self.dir)
+
+        result = remote("submit", "--task", "sleep", "--tasks", "3", "--wait", "-q")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        job = int(result.stdout.strip())
+        self.assertEqual(remote("status", str(job)).returncode, 0)
+        self.assertIn("3 ok", remote("logs", str(job)).stdout)
+        # Another key pair: the handshake is refused, the client hears nothing and says so.
+        result = remote("submit", "--task", "sleep", "--tasks", "1", key_dir=other)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("are --keys the server's?", result.stderr)
+        self.assertEqual(result.stdout, "")
+        result = remote("status", key_dir=None)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--connect needs --keys", result.stderr)
+        self.assertEqual(list(self.jobs()), [job])
+        self.stop()
+
+    def test_explain_says_a_job_of_higher_priority_goes_first(self):
+        # One worker, busy with a long task: the next jobs' tasks all wait in the server.
+        self.start(workers=1)
+        busy = self.submit("--inputs", str(self.inputs("busy", 1)), "--command", "sleep 30; : {}")
+        wait_until(lambda: self.jobs()[busy]["running"] == 1, "the long task to start")
+        low = self.submit("--task", "sleep", "--tasks", "4")
+        high = self.submit("--task", "sleep", "--tasks", "4", "--priority", "5")
+        # The worker may hold a task or two ahead of the one it runs; the next of the low job's
+        # waits for the high job's, and the one after it for that one.
+        why = [self.client("explain", str(low), str(task), check=True).stdout.strip() for task in range(4)]
+        held = sum("prefetch" in line for line in why)
+        self.assertLess(held, 3, why)
+        self.assertTrue(all("prefetch" in line for line in why[:held]), why)
+        self.assertEqual(why[held], f"task {held}: job {high} has priority 5, above this job's 0: its tasks go first")
+        self.assertIn(f"task {held + 1}: 1 task(s) of this job go before it; the next of them: job {high} has priority",
+                      why[held + 1])
+        result = self.client("explain", str(low), "7")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn(f"job {low} has no task 7", result.stderr)
+        self.client("cancel", str(busy), check=True)
+        for job in (low, high):
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        self.assertIn(f"job {low} is done: ok", self.client("explain", str(low), check=True).stdout)
+        self.stop()
+
+    def check_journal(self, job, expected):
+        """Each task's one final line in the job's journal, ok or not as `expected` says."""
+        results = final_results(self.state / "jobs" / str(job) / "results.jsonl")
+        self.assertEqual(Counter(r["id"] for r in results), Counter(list(expected)))
+        self.assertEqual({r["id"]: r["ok"] for r in results}, expected)
+
     def test_every_subcommand_has_help(self):
-        for command in ("serve", "submit", "status", "jobs", "wait", "cancel"):
+        for command in ("serve", "submit", "status", "jobs", "wait", "cancel", "explain", "logs"):
             result = subprocess.run([COORDINATOR, command, "--help"], capture_output=True, text=True, timeout=WAIT_S)
             self.assertEqual(result.returncode, 0, command)
             self.assertIn("--socket", result.stdout)

@@ -19,10 +19,10 @@
 #include "checks.hpp"
 #include "curve.hpp"
 #include "errors.hpp"
+#include "flag_checks.hpp"
 #include "fork_server.hpp"
 #include "log.hpp"
 #include "process_title.hpp"
-#include "program_options.hpp"
 #include "session.hpp"
 #include "text.hpp"
 

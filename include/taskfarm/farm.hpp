@@ -39,6 +39,17 @@ enum class FarmMode {
     Sequential,  // one thread of this process, one task at a time
 };
 
+// A Slurm job step of workers (the coordinator's `--launch slurm`): the farm runs one `srun`
+// whose tasks are this program's workers (`PROGRAM worker --connect ...`), connecting back
+// over tcp with CurveZMQ keys made for the run (in a directory under the working directory,
+// which the nodes share; removed at the end). Inside an allocation srun uses its CPUs;
+// outside one it allocates them itself (`args` says how, e.g. "--partition debug").
+struct SlurmStep {
+    int tasks = 0;       // workers (srun --ntasks); 0: $SLURM_NTASKS
+    std::string args{};  // srun's options before the worker's command, split as a shell would
+    bool pin = false;    // srun --cpu-bind=cores
+};
+
 struct FarmOptions {
     FarmMode mode = FarmMode::Processes;
     int workers = 4;  // worker processes or threads
@@ -56,7 +67,12 @@ struct FarmOptions {
     std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
     std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never
     int max_attempts = 3;                    // tries of a task whose worker died under it
-    Json settings = Json::object();          // Context::settings() of every task
+    // Heartbeats both ways between the farm and each worker process: one silent for the timeout
+    // (a hung or unplugged machine, a stopped process) is lost, its tasks requeued (as the
+    // coordinator's --heartbeat-interval and --heartbeat-timeout; at least two fit in a timeout).
+    double heartbeat_interval_s = 0.2;
+    double heartbeat_timeout_s = 2.0;
+    Json settings = Json::object();  // Context::settings() of every task
     // submit() waits when this many submitted tasks have not been handed to a worker yet
     // (until half of them have been), so that a program submitting a million tasks holds a
     // bounded queue.
@@ -65,6 +81,25 @@ struct FarmOptions {
     // Where tasks save files: Context::out_dir() is OUT_DIR/<mode> ("processes", ...), as the
     // coordinator's --out-dir. Empty: "downloads".
     std::filesystem::path out_dir{};
+
+    // Remote workers (FarmMode::Processes only; see docs/multihost.md): workers on other
+    // machines, this same program started there as `PROGRAM worker --connect ENDPOINT --keys
+    // DIR`, join the farm's local ones. `listen`: the tcp endpoint to bind ("tcp://*:5555";
+    // port * picks a free one, and endpoint() says which). `keys`: a `coordinator keygen`
+    // directory (CurveZMQ: the farm admits only workers holding an authorised key);
+    // `authorized`: a directory of more worker keys (NAME.public); `insecure`: plaintext,
+    // without keys. `expect_workers`: remote workers to wait for (up to `wait_workers_s`)
+    // before the first task; with `workers = 0` (remote workers only) at least 1.
+    std::string listen{};
+    std::filesystem::path keys{};
+    std::filesystem::path authorized{};
+    bool insecure = false;
+    int expect_workers = 0;
+    double wait_workers_s = 60;  // also how long a farm with no worker left waits for one
+    // A Slurm job step of `slurm->tasks` workers instead of local ones (`workers` is not used):
+    // see SlurmStep. `listen` may name the address the nodes reach (default: this machine's
+    // first non-loopback address, port *); `keys`, `insecure` and `expect_workers` may not be given.
+    std::optional<SlurmStep> slurm{};
 };
 
 // A task that did not succeed, as the program sees it: Result::value() throws it.
@@ -202,6 +237,11 @@ public:
     // Cancels a task: one not started never runs, a running one is stopped (through its
     // stop token); its result is a failure with cancelled(). False if it already completed.
     bool cancel(TaskHandle task);
+    // The tcp endpoint remote workers connect to (`listen` with its real port; a wildcard
+    // address as this machine's name), once the workers have started (at the first submit):
+    // waits until it is bound. Empty for a farm without `listen` or `slurm`, or not started.
+    // Throws std::runtime_error when the farm stopped before binding (e.g. the address is taken).
+    std::string endpoint() const;
     // Tasks submitted whose results have not been taken.
     std::uint64_t outstanding() const;
     // Lets the running tasks finish and stops the workers; submit() throws afterwards.

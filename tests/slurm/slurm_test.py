@@ -319,6 +319,43 @@ class SlurmLaunch(SlurmCase):
         self.assert_nothing_left()
 
 
+class SlurmFarm(SlurmCase):
+    """taskfarm::Farm with a Slurm step (FarmOptions::slurm), from a program's own main(): farm_test."""
+
+    def test_a_farm_in_an_sbatch_job_sums_in_code_on_its_step_each_task_once(self):
+        farm_test = Path(os.environ["TASKFARM_FARM_TEST"])
+        results = self.dir / "run.jsonl"
+        # SlurmStep::tasks 0: the job's $SLURM_NTASKS workers.
+        job = self.slurm("sbatch", "--parsable", "--ntasks=3", f"--chdir={self.dir}",
+                         f"--output={self.dir}/job-%j.out", f"--error={self.dir}/job-%j.err",
+                         "--wrap", f"exec {farm_test} slurm-sum 200 0 {results}").strip().split(";")[0]
+        self.jobs.append(job)
+        self.assertEqual(self.wait_job(job), "0:0", self.output(job, "err"))
+        self.assertEqual(self.output(job), "2646700\n")  # 0^2 + ... + 199^2
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(200)))
+        self.assertTrue(all(line["ok"] and line["mode"] == "processes" for line in lines))
+        workers = {line["worker"] for line in lines}
+        self.assertLessEqual(len(workers), 3)
+        self.assertIn("srun exited with status 0", self.output(job, "err"))
+        self.assert_nothing_left()
+
+    def test_a_farm_outside_an_allocation_has_srun_allocate_its_step(self):
+        farm_test = Path(os.environ["TASKFARM_FARM_TEST"])
+        results = self.dir / "run.jsonl"
+        # SlurmStep{.tasks = 2, .args = "--time=5"}: srun allocates the two workers itself.
+        done = subprocess.run([str(farm_test), "slurm-sum", "100", "2", str(results)], cwd=self.dir, env=self.env,
+                              timeout=WAIT_S, capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout, "328350\n")  # 0^2 + ... + 99^2
+        self.assertIn("--ntasks=2", done.stderr)
+        self.assertIn("--time=5", done.stderr)
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(100)))
+        self.assertLessEqual(len({line["worker"] for line in lines}), 2)
+        self.assert_nothing_left()
+
+
 class SlurmAlloc(SlurmCase):
     """coordinator --alloc slurm, run outside any allocation: it submits its own with sbatch."""
 

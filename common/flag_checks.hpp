@@ -1,10 +1,13 @@
 #pragma once
-// The options both programs' command lines have alike (the coordinator's cli.cpp and the
-// worker's options.cpp), with their checks written once. Header-only and CLI11's: only
-// the two option files include it (each links CLI11); nothing else in common/ needs CLI11.
+// The CLI11 validators and options that the programs' command lines share: the one-shot run's
+// flags (coordinator/cli.cpp), the service's subcommands (service.cpp) and the worker's
+// (worker/options.cpp): one rule for a number of seconds, a whole number, the heartbeats and
+// the log level, so that a value is refused the same way, with the same words, by each
+// (common/checks.hpp). Header-only: only those option files include it (each links CLI11).
 
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -15,11 +18,18 @@
 
 namespace taskfarm {
 
-// A number of seconds from `lo` to `hi`.
+// A number of seconds in [lo, hi]: finite, written in full.
 inline CLI::Validator seconds_between(double lo, double hi) {
     return CLI::Validator([lo, hi](std::string& text) { return check_seconds(text, lo, hi); },
                           fmt::format("SECONDS in [{:g} - {:g}]", lo, hi));
 }
+
+// A whole number from 0 (CLI11 would read -1 as 2^64-1, and "1,,2" as 1, 2), shown as `name`.
+inline CLI::Validator whole_number(std::string name) {
+    return CLI::Validator([](std::string& text) { return check_unsigned(text); }, std::move(name));
+}
+
+inline const CLI::Validator kUnsigned = whole_number("UINT");
 
 // --log-level: one of spdlog's levels.
 inline CLI::Option* add_log_level_option(CLI::App& app, std::string& level, const std::string& help) {
