@@ -290,6 +290,7 @@ struct CommandLine {
     std::string cpus;
     bool pin = false;
     std::vector<std::string> settings;  // --set KEY=VALUE
+    std::uint32_t retries = 0;          // --retries, when given
     std::vector<TypeFlag> type_flags;
     std::string output = "group";
     std::string prefetch = "auto";
@@ -346,25 +347,25 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
     std::string& task = cl.task;
     std::vector<std::string>& settings = cl.settings;
     std::vector<TypeFlag>& type_flags = cl.type_flags;
-    auto* workers_option =
+    cl.workers_option =
         app.add_option("-w,--workers", config.workers,
                        "worker processes (and threads) to run tasks on; with --listen, 0 runs on remote workers only")
             ->check(CLI::Range(0, 1024))
             ->capture_default_str();
-    auto* task_option = app.add_option("-t,--task", task, task_help(registry))
-                            ->check(CLI::Validator(
-                                [&registry](std::string& text) -> std::string {
-                                    return registry.find(text) ? ""
-                                                               : fmt::format("unknown task type '{}' (want {})", text,
-                                                                             registry.names_text());
-                                },
-                                "NAME"))
-                            ->capture_default_str();
-    auto* tasks_option = app.add_option("-n,--tasks", config.tasks,
-                                        "number of tasks in the plan (a type may have its own\n"
-                                        "default: 15 for download)")
-                             ->check(CLI::Range(1, 100'000'000))
-                             ->capture_default_str();
+    cl.task_option = app.add_option("-t,--task", task, task_help(registry))
+                         ->check(CLI::Validator(
+                             [&registry](std::string& text) -> std::string {
+                                 return registry.find(text) ? ""
+                                                            : fmt::format("unknown task type '{}' (want {})", text,
+                                                                          registry.names_text());
+                             },
+                             "NAME"))
+                         ->capture_default_str();
+    cl.tasks_option = app.add_option("-n,--tasks", config.tasks,
+                                     "number of tasks in the plan (a type may have a default of\n"
+                                     "its own: see --task)")
+                          ->check(CLI::Range(1, 100'000'000))
+                          ->capture_default_str();
     // The types' own flags, each in a group of its type's name (before the coordinator's, which
     // follow under OPTIONS).
     type_flags = add_type_flags(app, registry);
@@ -373,7 +374,7 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                    "VALUE is JSON if it parses as JSON, else a string. Repeatable: --set lang=en --set k=3")
         ->check(kSetting)
         ->take_all();
-    auto* inputs_option =
+    cl.inputs_option =
         app.add_option(
                "--inputs", config.inputs_path,
                "one task of --task per line of FILE (blank lines and lines starting with # skipped): the type\n"
@@ -385,7 +386,7 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                "stdin:LINE). A line over 4 MiB is refused as it is read. Several modes read it again from a\n"
                "private temporary copy; with --resume it is read whole first")
             ->type_name("FILE");
-    auto* plan_option =
+    cl.plan_option =
         app.add_option(
                "--plan", config.plan_path,
                "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its parameters},\n"
@@ -397,23 +398,23 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin\n"
                "(whole, into a private temporary file, before the run). Read again as tasks go out: never held")
             ->type_name("FILE")
-            ->excludes(task_option)
-            ->excludes(tasks_option)
-            ->excludes(inputs_option);
-    inputs_option->excludes(tasks_option);
+            ->excludes(cl.task_option)
+            ->excludes(cl.tasks_option)
+            ->excludes(cl.inputs_option);
+    cl.inputs_option->excludes(cl.tasks_option);
     // A type's flag that picks the run's tasks (--command, --urls) brings them: no --plan, no
     // --tasks, no other such flag, and none of the flags for the tasks a type generates.
     for (const TypeFlag& flag : type_flags) {
         if (flag.declared.picks == Flag::Picks::Nothing) continue;
-        flag.option->excludes(plan_option)->excludes(tasks_option);
-        if (flag.declared.picks == Flag::Picks::InputsFile) flag.option->excludes(inputs_option);
+        flag.option->excludes(cl.plan_option)->excludes(cl.tasks_option);
+        if (flag.declared.picks == Flag::Picks::InputsFile) flag.option->excludes(cl.inputs_option);
         for (const TypeFlag& other : type_flags)
             if (&other != &flag && (other.declared.generated_only || other.declared.picks != Flag::Picks::Nothing))
                 flag.option->excludes(other.option);
     }
     for (const TypeFlag& flag : type_flags)
-        if (flag.declared.generated_only) plan_option->excludes(flag.option);
-    auto* out_dir_option =
+        if (flag.declared.generated_only) cl.plan_option->excludes(flag.option);
+    cl.out_dir_option =
         app.add_option("--out-dir", config.out_dir,
                        "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
                        "a download is named <task id>-<name from the URL or a sanitised Content-Disposition>,\n"
@@ -421,27 +422,18 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
             ->check(kPath)
             ->type_name("DIR")
             ->capture_default_str();
-    auto* retries_option =
-        app.add_option("--retries", config.retries,
+    cl.retries_option =
+        app.add_option("--retries", cl.retries,
                        "runs a failed task up to N more times, on any worker, in every mode; each failed attempt\n"
-                       "is in --results, the last one is the task's result (default: 0). download retries inside\n"
-                       "its tasks instead, only on a transient failure (HTTP 5xx, connection refused or reset,\n"
-                       "truncated body, stall, connect timeout), 0.25 s, 0.5 s, 1 s ... apart, never on 4xx\n"
-                       "(default for download: 2)")
+                       "is in --results, the last one is the task's result (default: 0). A type that retries\n"
+                       "inside its tasks (see --task) takes N for its own tries instead, with its own default")
             ->check(CLI::Range(0, 100))
             ->type_name("N");
     // Each becomes a setting; given for a plan no type of which reads it, a warning says so (the run goes on).
-    cl.setting_flags = {{out_dir_option, "out_dir"}, {retries_option, "retries"}};
+    cl.setting_flags = {{cl.out_dir_option, "out_dir"}, {cl.retries_option, "retries"}};
     app.add_option("--seed", config.seed, "seed for random task parameters; the same seed gives the same plan")
         ->check(kUnsigned)
         ->capture_default_str();
-    cl.workers_option = workers_option;
-    cl.task_option = task_option;
-    cl.tasks_option = tasks_option;
-    cl.inputs_option = inputs_option;
-    cl.plan_option = plan_option;
-    cl.out_dir_option = out_dir_option;
-    cl.retries_option = retries_option;
 }
 
 // Where the tasks run: the modes, pinning, prefetch and the worker program.
@@ -451,15 +443,15 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
     std::string& cpus = cl.cpus;
     bool& pin = cl.pin;
     std::string& prefetch = cl.prefetch;
-    auto* mode_option =
+    cl.mode_option =
         app.add_option("-m,--mode", modes,
                        "comma-separated modes to run, in order: sequential (one thread), threads (a pool of --workers\n"
                        "threads in the coordinator), gil-threads (the same pool, but a task must hold one global lock\n"
                        "while it computes and lets go while it sleeps, like CPython's GIL: sleeps overlap, computing\n"
                        "does not; a task of your own lets go inside Context::waiting()), processes (--workers worker\n"
                        "processes over ZeroMQ), or all (all four). Not given: the three below for a plan of the\n"
-                       "built-in demo types (sleep, cpu, download, fail, crash), processes alone for anything else\n"
-                       "(a program's own types, --command), which then runs once. With --listen\n"
+                       "built-in demo types, processes alone for anything else (a program's own types, a type\n"
+                       "whose tasks act on the world), which then runs once. With --listen\n"
                        "only processes runs: remote workers are worker processes")
             ->delimiter(',')
             ->check(kModeList)
@@ -480,7 +472,7 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
         ->check(kPrefetch)
         ->capture_default_str();
     cl.resources.add(app);
-    auto* worker_bin_option = app.add_option(
+    cl.worker_bin_option = app.add_option(
         "--worker-bin", config.worker_bin,
         program.worker.prefix.empty()
             ? std::string("worker executable (default: `worker` next to this binary, whose fork server forks\n"
@@ -489,8 +481,6 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                           "--fork-server`, forks the local workers); each worker given here is exec'd, with\n"
                           "`worker --connect ...`",
                           program.name));
-    cl.mode_option = mode_option;
-    cl.worker_bin_option = worker_bin_option;
 }
 
 // What the run shows and writes: console output, reports, the journal, progress, logs, pictures
@@ -501,14 +491,14 @@ void add_output_options(CLI::App& app, CommandLine& cl) {
     std::string& progress = cl.progress;
     bool& quiet = cl.quiet;
     int& verbose = cl.verbose;
-    auto* output_option =
+    cl.output_option =
         app.add_option(
                "--output", output,
-               "command output on stdout: plain (the default with --command and --task command: the\n"
-               "commands' stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU parallel\n"
-               "prints them; failed tasks' result lines and the table go to stderr), group (the default otherwise: "
-               "each\n"
-               "task's stdout and stderr as one block under its result line, lines marked \"  | \" and \"  ! \"),\n"
+               "the tasks' output on stdout: plain (the default for a --task whose type asks for it, as\n"
+               "commands do: their stdout alone on stdout, each task's whole, and their stderr on stderr, as GNU\n"
+               "parallel prints them; failed tasks' result lines and the table go to stderr), group (the default\n"
+               "otherwise: each task's stdout and stderr as one block under its result line, lines marked\n"
+               "\"  | \" and \"  ! \"),\n"
                "tag (the same, each line starting with \"task ID\", for grep) or none (the journal still has them)")
             ->check(CLI::IsMember({"plain", "group", "tag", "none"}))
             ->capture_default_str();
@@ -531,7 +521,7 @@ void add_output_options(CLI::App& app, CommandLine& cl) {
                    "for one task and mode is refused")
         ->check(kPath)
         ->type_name("FILE");
-    auto* progress_option =
+    cl.progress_option =
         app.add_option("--progress", progress,
                        "progress on stderr: auto (a bar redrawn in place if stderr is a terminal, else a log line\n"
                        "every few seconds), always (the bar, even into a pipe) or never")
@@ -541,11 +531,9 @@ void add_output_options(CLI::App& app, CommandLine& cl) {
         app.add_flag("-q,--quiet", quiet, "only warnings and errors on stderr, no progress; stdout is unchanged");
     auto* verbose_flag =
         app.add_flag("-v,--verbose", verbose, "debug logs on stderr, the worker processes' included; -vv: trace");
-    auto* level_option =
-        app.add_option("--log-level", config.log_level,
-                       "log level on stderr, worker processes included (default: info,\n"
-                       "or SPDLOG_LEVEL)")
-            ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
+    auto* level_option = add_log_level_option(app, config.log_level,
+                                              "log level on stderr, worker processes included (default: info,\n"
+                                              "or SPDLOG_LEVEL)");
     quiet_flag->excludes(verbose_flag)->excludes(level_option);
     verbose_flag->excludes(level_option);
     app.add_option("--trace", config.trace_path,
@@ -588,21 +576,15 @@ void add_output_options(CLI::App& app, CommandLine& cl) {
             },
             fmt::format("SECONDS in [{:g} - {:g}]", 0.0, 31'536'000.0)))
         ->needs(ui_option);
-    cl.output_option = output_option;
-    cl.progress_option = progress_option;
 }
 
 // How the run watches its workers and tasks: heartbeats, timeouts, attempts, recycling, drain.
 void add_health_options(CLI::App& app, CommandLine& cl) {
     RunConfig& config = cl.config;
     std::string& max_worker_memory = cl.max_worker_memory;
-    app.add_option("--heartbeat-interval", config.heartbeat_interval_s, "seconds between heartbeats, both ways")
-        ->check(seconds_between(0.001, 3600))
-        ->capture_default_str();
-    app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
-                   "a worker (or coordinator) silent this long is dead")
-        ->check(seconds_between(kMinHeartbeatTimeout, 86'400))
-        ->capture_default_str();
+    add_heartbeat_options(app, config.heartbeat_interval_s, config.heartbeat_timeout_s,
+                          "seconds between heartbeats, both ways",
+                          "a worker (or coordinator) silent this long is dead");
     app.add_option("--start-timeout", config.start_timeout_s, "seconds to wait for every worker's HELLO")
         ->check(seconds_between(0.1, 3600))
         ->capture_default_str();
@@ -654,7 +636,7 @@ void add_remote_options(CLI::App& app, CommandLine& cl) {
                        "Needs --keys, or --insecure for plaintext. See docs/multihost.md")
             ->check(kListenEndpoint)
             ->type_name("tcp://ADDR:PORT");
-    auto* keys_option =
+    cl.keys_option =
         app.add_option("--keys", config.keys_dir,
                        "encrypt and authenticate remote workers with CurveZMQ: this coordinator's key pair\n"
                        "(coordinator.secret) and the authorised worker key (worker.public) from DIR, as\n"
@@ -665,26 +647,26 @@ void add_remote_options(CLI::App& app, CommandLine& cl) {
                    "also admit the workers whose public keys are in DIR, one NAME.public file each (e.g. a\n"
                    "worker.public from `coordinator keygen --worker-only`, renamed hostb.public)")
         ->type_name("DIR")
-        ->needs(keys_option);
-    auto* insecure_option =
+        ->needs(cl.keys_option);
+    cl.insecure_option =
         app.add_flag("--insecure", config.insecure,
                      "listen in plaintext, without --keys: tasks and results travel unencrypted, and any peer that\n"
                      "can connect gets tasks (on loopback, any user of this machine). Only where you trust them all")
             ->needs(listen_option)
-            ->excludes(keys_option);
-    auto* expect_option =
+            ->excludes(cl.keys_option);
+    cl.expect_option =
         app.add_option("--expect-workers", config.expect_workers,
                        "remote workers to wait for before handing out the first task; more may join later")
             ->check(CLI::Range(0, 100'000))
             ->needs(listen_option)
             ->capture_default_str();
-    auto* wait_option =
+    cl.wait_option =
         app.add_option("--wait-workers", config.wait_workers_s,
                        "seconds to wait for the --expect-workers (exit 1 if they do not all come), and how long a\n"
                        "run with no worker left waits for one before the remaining tasks fail")
             ->check(seconds_between(0.1, 86'400))
             ->capture_default_str();
-    auto* launch_option =
+    cl.launch_option =
         app.add_option("--launch", launch,
                        "how the worker processes start: local (forked here), slurm (one `srun` job step of\n"
                        "--workers tasks, default $SLURM_NTASKS, one CPU each, connecting back over tcp with keys\n"
@@ -694,17 +676,16 @@ void add_remote_options(CLI::App& app, CommandLine& cl) {
                        "processes mode runs. See docs/multihost.md")
             ->check(CLI::IsMember({"local", "slurm", "mpirun"}))
             ->capture_default_str();
-    auto* slurm_args_option = app.add_option("--slurm-args", slurm_args,
-                                             "with --launch slurm: more srun options, split as the shell would, e.g.\n"
-                                             "--slurm-args '--partition=short --time=10'")
-                                  ->type_name("'ARGS'");
-    auto* mpirun_args_option =
-        app.add_option("--mpirun-args", mpirun_args,
-                       "with --launch mpirun: more mpirun options, split as the shell would, e.g.\n"
-                       "--mpirun-args '--hostfile hosts --map-by node'")
-            ->type_name("'ARGS'");
+    cl.slurm_args_option = app.add_option("--slurm-args", slurm_args,
+                                          "with --launch slurm: more srun options, split as the shell would, e.g.\n"
+                                          "--slurm-args '--partition=short --time=10'")
+                               ->type_name("'ARGS'");
+    cl.mpirun_args_option = app.add_option("--mpirun-args", mpirun_args,
+                                           "with --launch mpirun: more mpirun options, split as the shell would, e.g.\n"
+                                           "--mpirun-args '--hostfile hosts --map-by node'")
+                                ->type_name("'ARGS'");
     // --alloc slurm: allocations on demand (launch/alloc.hpp, docs/cluster.md).
-    auto* alloc_option =
+    cl.alloc_option =
         app.add_option("--alloc", cl.alloc,
                        "submit Slurm allocations (`sbatch`) while tasks wait, each one `srun` step of\n"
                        "--alloc-workers workers that connect back with keys made for the run: at most --max-allocs\n"
@@ -712,18 +693,18 @@ void add_remote_options(CLI::App& app, CommandLine& cl) {
                        "is cancelled, and the run's end cancels every one left. Only the processes mode runs.\n"
                        "See docs/cluster.md")
             ->check(CLI::IsMember({"slurm"}))
-            ->excludes(launch_option);
+            ->excludes(cl.launch_option);
     app.add_option("--max-allocs", cl.alloc_config.max_allocs,
                    "with --alloc: the most allocations of the run at once, queued ones included")
         ->check(CLI::Range(1, 1000))
-        ->needs(alloc_option)
+        ->needs(cl.alloc_option)
         ->capture_default_str();
     app.add_option("--alloc-workers", cl.alloc_config.workers,
                    "with --alloc: workers per allocation (sbatch --ntasks, one CPU each)")
         ->check(CLI::Range(1, 100'000))
-        ->needs(alloc_option)
+        ->needs(cl.alloc_option)
         ->capture_default_str();
-    auto* alloc_time_option =
+    cl.alloc_time_option =
         app.add_option("--alloc-time", cl.alloc_config.time_limit,
                        "with --alloc (needed): each allocation's time limit, sbatch --time: MINUTES, MM:SS,\n"
                        "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS. A task its end interrupts runs again elsewhere")
@@ -732,23 +713,13 @@ void add_remote_options(CLI::App& app, CommandLine& cl) {
                     return is_slurm_time(text) ? "" : fmt::format("'{}' is not a Slurm time limit", printable(text));
                 },
                 "TIME"))
-            ->needs(alloc_option);
-    auto* alloc_args_option =
+            ->needs(cl.alloc_option);
+    cl.alloc_args_option =
         app.add_option("--alloc-args", cl.alloc_args,
                        "with --alloc: more sbatch options, after taskfarm's own (yours win), split as the shell\n"
                        "would, e.g. --alloc-args '--partition=short --account=proj'")
             ->type_name("'ARGS'")
-            ->needs(alloc_option);
-    cl.keys_option = keys_option;
-    cl.insecure_option = insecure_option;
-    cl.expect_option = expect_option;
-    cl.wait_option = wait_option;
-    cl.launch_option = launch_option;
-    cl.slurm_args_option = slurm_args_option;
-    cl.mpirun_args_option = mpirun_args_option;
-    cl.alloc_option = alloc_option;
-    cl.alloc_time_option = alloc_time_option;
-    cl.alloc_args_option = alloc_args_option;
+            ->needs(cl.alloc_option);
 }
 
 // keygen, report and cancel.
@@ -757,64 +728,79 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
     ReportConfig& report = cl.report;
     TaskId& report_task = cl.report_task;
     CancelConfig& cancel = cl.cancel;
-    auto* keygen_command =
+    cl.keygen_command =
         app.add_subcommand("keygen",
                            "write CurveZMQ key pairs for remote workers into DIR and exit: coordinator.secret,\n"
                            "coordinator.public, worker.secret, worker.public (`coordinator keygen --help`)");
-    keygen_command->add_option("DIR", keygen.dir, "directory for the keys, created (mode 0700) if missing")->required();
-    keygen_command->add_flag("--worker-only", keygen.worker_only,
-                             "write only worker.secret and worker.public: a key of its own for another\n"
-                             "worker machine, admitted with the coordinator's --authorized DIR");
-    keygen_command->footer(
+    cl.keygen_command->add_option("DIR", keygen.dir, "directory for the keys, created (mode 0700) if missing")
+        ->required();
+    cl.keygen_command->add_flag("--worker-only", keygen.worker_only,
+                                "write only worker.secret and worker.public: a key of its own for another\n"
+                                "worker machine, admitted with the coordinator's --authorized DIR");
+    cl.keygen_command->footer(
         "Secret files get mode 0600; an existing key file is never overwritten (exit 2). Keep\n"
         "coordinator.secret on the coordinator's machine; copy worker.secret and coordinator.public to\n"
         "each worker machine. See docs/multihost.md.");
-    auto* report_command =
+    cl.report_command =
         app.add_subcommand("report",
                            "summarise a --results journal, finished or not, and exit: per mode, counts, failures by\n"
                            "reason, retried tasks and why, the slowest, each worker's load and deaths, what the tasks\n"
                            "cost, and what --resume would run (`coordinator report --help`)");
-    report_command->add_option("JOURNAL", report.journal, "the journal (--results FILE); - reads standard input")
+    cl.report_command->add_option("JOURNAL", report.journal, "the journal (--results FILE); - reads standard input")
         ->required();
-    auto* report_task_option = report_command
-                                   ->add_option("--task", report_task,
-                                                "tell this task's whole story instead: every attempt, worker,\n"
-                                                "host, reason, time and cost, mode by mode")
-                                   ->type_name("ID");
-    report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
-    report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
+    cl.report_task_option = cl.report_command
+                                ->add_option("--task", report_task,
+                                             "tell this task's whole story instead: every attempt, worker,\n"
+                                             "host, reason, time and cost, mode by mode")
+                                ->type_name("ID");
+    cl.report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
+    cl.report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
         ->check(CLI::Range(0, 1000000))
         ->type_name("N")
         ->capture_default_str();
-    report_command->footer(
+    cl.report_command->footer(
         "Reads the journal without changing it (a torn last line is reported and left out, as --resume\n"
         "would cut it off). A line that is not a journal line exits 2 naming FILE:LINE. 'what --resume\n"
         "would run' comes from --resume's own reading of the journal; tasks of the plan that never\n"
         "reached it (ids past the last one it names) would run too. See docs/reliability.md.");
-    auto* cancel_command =
+    cl.cancel_command =
         app.add_subcommand("cancel",
                            "cancel tasks of a live run by id, without stopping the run: a running task is stopped and\n"
                            "recorded as cancelled, a queued one is when its turn comes (`coordinator cancel --help`)");
-    cancel_command
+    cl.cancel_command
         ->add_option("--run", cancel.run,
                      "the run: its coordinator's pid (the run logs it at start), or its control directory\n"
                      "($TMPDIR/taskfarm-run-PID-XXXXXX). Only a directory of this user's, mode 0700, not a\n"
                      "symlink, with a socket of this user's is used; others are skipped with a message")
         ->required()
         ->type_name("DIR_OR_PID");
-    cancel_command->add_option("ID", cancel.ids, "task ids, as the result lines and the journal show them")
+    cl.cancel_command->add_option("ID", cancel.ids, "task ids, as the result lines and the journal show them")
         ->required()
         ->check(CLI::Range(std::uint64_t{0}, kNoId - 1));
-    cancel_command->footer(
+    cl.cancel_command->footer(
         "A cancelled task fails with \"cancelled (coordinator cancel)\" (\"cancelled\": true in --results) and is\n"
         "never retried; --resume runs it again. The cancel is for the mode that runs when it comes. The run\n"
         "answers once it has applied the request, and a line per task says what it did. Exit status: 0 every\n"
         "task is cancelled, 1 some task is not (not in the plan, no mode running) or no answer within 5 s,\n"
         "2 no such run.");
-    cl.keygen_command = keygen_command;
-    cl.report_command = report_command;
-    cl.report_task_option = report_task_option;
-    cl.cancel_command = cancel_command;
+}
+
+// The Examples of --help: each registered type's (TaskTraits::examples), the default --task's
+// first, so that a program lists the commands of the types it has and no others.
+std::string type_examples(const ProgramInfo& program) {
+    const TaskType* first = program.registry.find(program.default_task);
+    std::vector<const TaskType*> types;
+    if (first) types.push_back(first);
+    for (const auto& type : program.registry.types())
+        if (type.get() != first) types.push_back(type.get());
+    std::string text;
+    for (const TaskType* type : types)
+        for (std::string example : type->traits().examples) {
+            for (auto at = example.find("{program}"); at != std::string::npos; at = example.find("{program}", at))
+                example.replace(at, 9, program.name);
+            text += (text.empty() ? " " : "          ") + example + "\n";
+        }
+    return text.empty() ? fmt::format(" {} --workers 4 --tasks 8\n", program.name) : text;
 }
 
 void add_footer(CLI::App& app, const ProgramInfo& program) {
@@ -832,13 +818,8 @@ void add_footer(CLI::App& app, const ProgramInfo& program) {
             "SIGHUP/SIGINT/SIGQUIT/SIGTERM, 141 stdout closed by its reader (as with | head). SIGTERM and SIGHUP\n"
             "drain (no new task, the running ones finish, --drain-timeout); SIGINT and SIGQUIT cancel at once.\n"
             "The same request again within 1 s (timeout(1) and a closing terminal send theirs twice) is one.\n") +
+        "Examples:" + type_examples(program) +
         fmt::format(
-            "Examples: {0} --workers 8 --task download\n"
-            "          ls *.txt | {0} --command 'gzip -k {{}}' --inputs -\n"
-            "          {0} parallel -j 4 -k gzip -k ::: *.txt      (GNU parallel's command line)\n"
-            "          {0} --workers 4 --task sleep --tasks 8 --duration 0.5\n"
-            "          {0} --workers 2 --task cpu --tasks 8 --mode all --pin\n"
-            "          {0} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60\n"
             "Remote workers (docs/multihost.md):\n"
             "          {0} keygen keys\n"
             "A journal's story (docs/reliability.md):\n"
@@ -846,7 +827,7 @@ void add_footer(CLI::App& app, const ProgramInfo& program) {
             "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
             "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
             "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
-            "          {0} --launch slurm --pin --task cpu --tasks 1000 --results run.jsonl",
+            "          {0} --launch slurm --pin --plan plan.jsonl --results run.jsonl",
             program.name, worker_command(program)));
 }
 
@@ -932,8 +913,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
     if (cl.cancel_command->parsed()) return cancel;
     cl.resources.finish(config);
     config.resources_given = cl.resources.given();
-    if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s); !why.empty())
-        throw CLI::ValidationError("--heartbeat-interval", why);
+    require_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s);
     for (auto name = modes.begin(); name != modes.end(); ++name)
         if (std::find(modes.begin(), name, *name) != name || (*name == "all" && modes.size() > 1))
             throw CLI::ValidationError(
@@ -1060,12 +1040,12 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
         if (const std::uint64_t count = registry.at(task).traits().default_count; count > 0)
             config.tasks = static_cast<int>(count);
     config.max_worker_memory = *parse_size(max_worker_memory);
-    if (cl.retries_option->count() > 0) config.task_retries = config.retries;
+    if (cl.retries_option->count() > 0) config.retries = config.task_retries = cl.retries;
     config.output = output == "tag"     ? OutputBlocks::Tag
                     : output == "none"  ? OutputBlocks::None
                     : output == "plain" ? OutputBlocks::Plain
                                         : OutputBlocks::Group;
-    if (cl.output_option->count() == 0 && task == "command") config.output = OutputBlocks::Plain;
+    if (cl.output_option->count() == 0 && registry.at(task).traits().plain_output) config.output = OutputBlocks::Plain;
     config.modes_given = cl.mode_option->count() > 0;
     config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
     if (!cpus.empty())

@@ -50,9 +50,9 @@ struct RunConfig {
     // is warned about before the run, which still runs.
     std::vector<std::pair<std::string, std::string>> given_settings;
     std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
-    // --retries, the setting "retries" (an engine-wide flag): the default is download's tries
-    // after a transient failure, which that type reads instead of the engine's reruns.
-    std::uint32_t retries = 2;
+    // --retries when given, the setting "retries": a type that retries inside its tasks reads
+    // it instead of the engine's reruns (task_retries), with a default of its own when not given.
+    std::optional<std::uint32_t> retries;
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
     bool modes_given = false;                   // --mode was given: a plan with side effects keeps these modes
@@ -74,7 +74,7 @@ struct RunConfig {
     int max_attempts = 3;
     int max_respawns = 100;
     // --retries given: a failed task runs up to this many more times (engine_retries); without
-    // the flag 0, while `retries` keeps the download type's own default.
+    // the flag 0.
     std::uint32_t task_retries = 0;
     std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
     std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never

@@ -323,7 +323,7 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"settings", config.settings},
         {"out_dir", config.out_dir.string()},
         {"max_bytes", config.settings.value("max_bytes", nlohmann::json(nullptr))},
-        {"retries", config.retries},
+        {"retries", config.retries ? nlohmann::json(*config.retries) : nlohmann::json(nullptr)},
         {"task_retries", config.task_retries},
         {"max_tasks_per_worker", config.max_tasks_per_worker},
         {"max_worker_memory", config.max_worker_memory},
@@ -454,7 +454,7 @@ std::unique_ptr<DecidedRun> decide_run(const ProgramInfo& program, RunConfig giv
             plain_output->spool_dir = make_temp_dir(ec ? std::filesystem::path("/tmp") : base, "plain");
             settings["spill_dir"] = plain_output->spool_dir.string();
         } catch (const std::system_error& e) {
-            spdlog::warn("no temporary directory ({}): a command's output over --max-output is cut", e.what());
+            spdlog::warn("no temporary directory ({}): a task's output longer than a result holds is cut", e.what());
         }
     }
     decided->plan = make_plan(config, program.registry, settings);

@@ -338,7 +338,7 @@ MakeTask plan_line_maker(const Registry& registry, TaskResources resources = {})
 
 // Holds a copy of the settings: the plan may outlive the caller's.
 MakeTask input_line_maker(const TaskType& type, const Json& run_settings, TaskResources resources = {}) {
-    const bool verbatim = type.name() == "command";
+    const bool verbatim = type.traits().verbatim_inputs;
     auto make = [&type, verbatim, settings = std::make_shared<const Json>(run_settings),
                  resources = std::move(resources)](const std::string& line, TaskId id) {
         const auto first = line.find_first_not_of(" \t\r");
@@ -477,8 +477,8 @@ private:
 }  // namespace
 
 Json settings_json(const RunConfig& config) {
-    Json settings = {
-        {"retries", config.retries}, {"seed", config.seed}, {"tasks", config.tasks}, {"workers", config.workers}};
+    Json settings = {{"seed", config.seed}, {"tasks", config.tasks}, {"workers", config.workers}};
+    if (config.retries) settings["retries"] = *config.retries;
     for (const auto& [key, value] : config.settings.items()) settings[key] = value;
     return settings;
 }

@@ -94,8 +94,9 @@ private:
 };
 
 // The settings every task sees (Context::settings()): the coordinator's flag that tasks read
-// (retries) and the run's seed, tasks and workers, then config.settings on top (the types' own
-// flags, --command and --max-output among them, and --set KEY=VALUE).
+// (retries, only when --retries is given) and the run's seed, tasks and workers, then
+// config.settings on top (the types' own flags, --command and --max-output among them, and
+// --set KEY=VALUE).
 Json settings_json(const RunConfig& config);
 // The settings keys settings_json() fills from flags (and the types' prepare(): served_urls),
 // with the flag each comes from: --set may not replace them (nor a type's flag: parse_cli).

@@ -77,6 +77,9 @@ public:
     std::string summary() const override {
         return "counts the primes in [i*N, (i+1)*N), N from --cpu-n (plan: \"n\", or \"lo\" and \"hi\")";
     }
+    TaskTraits traits() const override {
+        return {.examples = {"{program} --workers 2 --task cpu --tasks 8 --mode all --pin"}};
+    }
 
     // {"n":N} is [0, N); {"lo":L,"hi":H} is [L, H). The journal holds the second form.
     Params parse(const Params& fields) const override {

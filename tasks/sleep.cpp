@@ -50,6 +50,9 @@ class SleepType final : public TaskType {
 public:
     std::string name() const override { return "sleep"; }
     std::string summary() const override { return "waits --duration seconds (plan: \"seconds\")"; }
+    TaskTraits traits() const override {
+        return {.examples = {"{program} --workers 4 --task sleep --tasks 8 --duration 0.5"}};
+    }
 
     Params parse(const Params& fields) const override {
         Fields read(fields);

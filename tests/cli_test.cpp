@@ -7,6 +7,7 @@
 #include "affinity.hpp"
 #include "builtin.hpp"
 #include "cli.hpp"
+#include "plan_sources.hpp"
 #include "task.hpp"
 #include "support.hpp"
 
@@ -27,6 +28,18 @@ Parsed parse(std::vector<std::string> args) {
     auto result = parse_cli(testing::stock_program(), static_cast<int>(argv.size()), argv.data());
     ::testing::internal::GetCapturedStdout();
     return {std::move(result), ::testing::internal::GetCapturedStderr()};
+}
+
+// Parses `args` as the program `info`: the result and what it printed (stdout, then stderr).
+std::pair<ParsedCli, std::string> run_program(const ProgramInfo& info, std::vector<std::string> args) {
+    args.insert(args.begin(), info.name);
+    std::vector<const char*> argv;
+    for (const std::string& arg : args) argv.push_back(arg.c_str());
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    auto result = parse_cli(info, static_cast<int>(argv.size()), argv.data());
+    const std::string out = ::testing::internal::GetCapturedStdout();
+    return {std::move(result), out + ::testing::internal::GetCapturedStderr()};
 }
 
 TEST(Cli, DefaultsRunTenOneSecondSleepsInEveryMode) {
@@ -86,7 +99,8 @@ TEST(Cli, DownloadDefaultsToFifteenImagesOfTheBuiltInServer) {
     EXPECT_TRUE(config.inputs_path.empty());
     EXPECT_EQ(config.out_dir, "downloads");
     EXPECT_EQ(config.settings.at("max_bytes"), 100u * 1024 * 1024);  // the download type's flags' defaults
-    EXPECT_EQ(config.retries, 2u);
+    EXPECT_FALSE(config.retries) << "download's own default of 2 applies, not the program's";
+    EXPECT_FALSE(settings_json(config).contains("retries"));
     EXPECT_EQ(config.settings.at("file_size"), 200u * 1024);
     EXPECT_EQ(config.settings.at("latency_s"), 0.2);
     EXPECT_EQ(config.settings.at("bandwidth"), 0u);
@@ -102,6 +116,7 @@ TEST(Cli, ReadsEveryDownloadValueWithSizeSuffixes) {
     EXPECT_EQ(config.settings.at("bandwidth"), 65'536u);
     EXPECT_EQ(config.settings.at("max_bytes"), 2u << 30);
     EXPECT_EQ(config.retries, 0u);
+    EXPECT_EQ(settings_json(config).at("retries"), 0u);
     EXPECT_EQ(config.out_dir, "pictures");
     EXPECT_EQ(config.settings.at("min_speed"), 1024u);  // the defaults: a drip of a byte a second fails
     EXPECT_EQ(config.settings.at("stall_s"), 15);
@@ -131,16 +146,7 @@ TEST(Cli, DownloadsFlagsAreTheDownloadTypesOwn) {
     Registry sleeps_only;
     sleeps_only.add(sleep_type());
     const ProgramInfo program{"sleeper", sleeps_only, testing::stock_program().worker};
-    const auto run = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), "sleeper");
-        std::vector<const char*> argv;
-        for (const std::string& arg : args) argv.push_back(arg.c_str());
-        ::testing::internal::CaptureStdout();
-        ::testing::internal::CaptureStderr();
-        auto result = parse_cli(program, static_cast<int>(argv.size()), argv.data());
-        const std::string out = ::testing::internal::GetCapturedStdout();
-        return std::pair{std::move(result), out + ::testing::internal::GetCapturedStderr()};
-    };
+    const auto run = [&](std::vector<std::string> args) { return run_program(program, std::move(args)); };
     const auto [help, help_text] = run({"--help"});
     for (const char* flag : {"--max-bytes", "--min-speed", "--stall-time", "--file-size", "--latency", "--bandwidth"}) {
         EXPECT_EQ(help_text.find(flag), std::string::npos) << flag;
@@ -166,26 +172,16 @@ TEST(Cli, CommandsFlagsAreTheCommandTypesOwn) {
     Registry sleeps_only;
     sleeps_only.add(sleep_type());
     const ProgramInfo program{"sleeper", sleeps_only, testing::stock_program().worker};
-    const auto run = [](const ProgramInfo& info, std::vector<std::string> args) {
-        args.insert(args.begin(), info.name);
-        std::vector<const char*> argv;
-        for (const std::string& arg : args) argv.push_back(arg.c_str());
-        ::testing::internal::CaptureStdout();
-        ::testing::internal::CaptureStderr();
-        auto result = parse_cli(info, static_cast<int>(argv.size()), argv.data());
-        const std::string out = ::testing::internal::GetCapturedStdout();
-        return std::pair{std::move(result), out + ::testing::internal::GetCapturedStderr()};
-    };
-    const std::string help = run(program, {"--help"}).second;
+    const std::string help = run_program(program, {"--help"}).second;
     for (const std::string flag : {"--command", "--max-output", "--urls"}) {
         // No option line of it (other flags' help may name it).
         EXPECT_EQ(help.find("\n  " + flag + " "), std::string::npos) << flag;
-        const auto given = run(program, {flag, "1", "--inputs", "f"}).first;
+        const auto given = run_program(program, {flag, "1", "--inputs", "f"}).first;
         ASSERT_TRUE(std::holds_alternative<ExitCode>(given)) << flag;
         EXPECT_EQ(std::get<ExitCode>(given), ExitCode::Usage) << flag;
     }
-    EXPECT_FALSE(std::get<RunConfig>(run(program, {}).first).settings.contains("max_output"));
-    const std::string stock = run(testing::stock_program(), {"--help"}).second;
+    EXPECT_FALSE(std::get<RunConfig>(run_program(program, {}).first).settings.contains("max_output"));
+    const std::string stock = run_program(testing::stock_program(), {"--help"}).second;
     const auto command_group = stock.find("command task type");
     ASSERT_NE(command_group, std::string::npos);
     EXPECT_GT(stock.find("\n  --command"), command_group);  // each one's line of help, under its type
@@ -194,15 +190,43 @@ TEST(Cli, CommandsFlagsAreTheCommandTypesOwn) {
     ASSERT_NE(download_group, std::string::npos);
     EXPECT_GT(stock.find("\n  --urls"), download_group);
     const auto commands =
-        run(testing::stock_program(), {"--command", "gzip {}", "--inputs", "f", "--max-output", "2K"});
+        run_program(testing::stock_program(), {"--command", "gzip {}", "--inputs", "f", "--max-output", "2K"});
     const auto& config = std::get<RunConfig>(commands.first);
     EXPECT_EQ(config.task, "command");
     EXPECT_EQ(config.settings.at("command"), "gzip {}");
     EXPECT_EQ(config.settings.at("max_output"), 2048u);
-    EXPECT_EQ(std::get<RunConfig>(run(testing::stock_program(), {"--task", "command", "--inputs", "f"}).first)
+    EXPECT_EQ(std::get<RunConfig>(run_program(testing::stock_program(), {"--task", "command", "--inputs", "f"}).first)
                   .settings.at("max_output"),
               1024u * 1024)
         << "--max-output's default";
+}
+
+// A user's type with the command type's traits: its run shows the output alone on stdout
+// (plain) by default, and --help's examples are the registered types' own, none of a type the
+// program lacks.
+class PrintType final : public TaskType {
+public:
+    std::string name() const override { return "print"; }
+    Value run(const Params& params, Context&) const override { return params; }
+    TaskTraits traits() const override {
+        return {.plain_output = true, .examples = {"{program} --task print --inputs lines.txt"}};
+    }
+};
+
+TEST(Cli, ATypesTraitsGiveTheDefaultOutputAndTheHelpExamples) {
+    Registry registry;
+    registry.add(sleep_type());
+    registry.add(std::make_shared<PrintType>());
+    const ProgramInfo program{"printer", registry, testing::stock_program().worker};
+    const auto run = [&](std::vector<std::string> args) { return run_program(program, std::move(args)); };
+    EXPECT_EQ(std::get<RunConfig>(run({"--task", "print"}).first).output, OutputBlocks::Plain);
+    EXPECT_EQ(std::get<RunConfig>(run({"--task", "print", "--output", "tag"}).first).output, OutputBlocks::Tag);
+    EXPECT_EQ(std::get<RunConfig>(run({"--task", "sleep"}).first).output, OutputBlocks::Group);
+    const std::string help = run({"--help"}).second;
+    EXPECT_NE(help.find("printer --task print --inputs lines.txt"), std::string::npos) << help;
+    EXPECT_NE(help.find("printer --workers 4 --task sleep"), std::string::npos) << help;
+    for (const char* other : {"--command", "--urls", "--task download", "--task cpu", "parallel -j"})
+        EXPECT_EQ(help.find(other), std::string::npos) << other << " in\n" << help;
 }
 
 TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {

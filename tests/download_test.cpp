@@ -70,7 +70,8 @@ struct DownloadTask {
 };
 
 DownloadTask download_task(TaskId id, const std::string& url, const fs::path& dir, double timeout_s = 0) {
-    return {testing::task_of("download", {{"url", url}}, id, timeout_s), dir, {{"max_bytes", 100 << 20}}};
+    return {
+        testing::task_of("download", {{"url", url}}, id, timeout_s), dir, {{"max_bytes", 100 << 20}, {"retries", 0}}};
 }
 
 TaskResult download(const DownloadTask& task, std::stop_token stop = {}) {
@@ -469,6 +470,23 @@ TEST(DownloadExecutor, RetriesA500UntilItRecoversButNeverA404) {
     const TaskResult failed = download(missing);
     EXPECT_EQ(failed.error, fmt::format("cannot download '{}': HTTP 404", missing.spec.params.at("url")));
     EXPECT_EQ(server.count("missing"), 1);  // one try: a 404 is not retried
+    close_connections();
+}
+
+// The default of 2 further tries is the type's own: the run's settings have "retries" only
+// when --retries is given (settings_json), so a run without it still retries.
+TEST(DownloadExecutor, RetriesTwiceWhenTheSettingsHaveNoRetries) {
+    const PythonServer server = PythonServer::hostile();
+    testing::TempDir dir;
+    DownloadTask flaky = download_task(0, server.url("/flaky/default/2"), dir.path());
+    flaky.settings.erase("retries");
+    const TaskResult recovered = download(flaky);
+    ASSERT_TRUE(recovered.ok) << recovered.error;
+    EXPECT_EQ(recovered.value.at("tries"), 3u);
+    DownloadTask failing = download_task(1, server.url("/flaky/always/3"), dir.path());
+    failing.settings.erase("retries");
+    const TaskResult failed = download(failing);
+    EXPECT_TRUE(failed.error.ends_with("HTTP 500 (3 tries)")) << failed.error;
     close_connections();
 }
 

@@ -18,23 +18,11 @@ import unittest
 from collections import Counter
 from pathlib import Path
 
+from processes import pids_with
+
 COORDINATOR = Path(os.environ["TASKFARM_COORDINATOR"])
 WORKER = COORDINATOR.parent / "worker"
 WAIT_S = 60
-
-
-def pids_with(text):
-    """Pids of processes (not this one) whose command line contains `text`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            pass
-    return found
 
 
 def journal(path):

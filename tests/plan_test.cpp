@@ -181,6 +181,32 @@ TEST(UrlList, SkipsBlankLinesCommentsAndSpaceAroundUrls) {
     EXPECT_EQ(all_tasks(plan)[1].id, 1u);
 }
 
+// A user's type that takes its inputs as they are (TaskTraits::verbatim_inputs), as the
+// built-in command does, or, without the trait, as every other type does.
+class EchoType final : public TaskType {
+public:
+    explicit EchoType(bool verbatim) : verbatim_(verbatim) {}
+    std::string name() const override { return "echo"; }
+    Value run(const Params& params, Context&) const override { return params; }
+    TaskTraits traits() const override { return {.verbatim_inputs = verbatim_}; }
+
+private:
+    bool verbatim_;
+};
+
+TEST(InputList, ATypesTraitSaysWhetherEveryLineIsATaskAsItIs) {
+    const auto inputs = [](bool verbatim) {
+        std::istringstream in("# notes\n\n  x  \ny\n");
+        const EchoType type(verbatim);
+        const Plan plan = read_inputs(in, "in.txt", type, Json::object());
+        std::vector<std::string> lines;
+        for (const TaskSpec& task : all_tasks(plan)) lines.push_back(task.params.at("input"));
+        return lines;
+    };
+    EXPECT_EQ(inputs(true), (std::vector<std::string>{"# notes", "", "  x  ", "y"}));
+    EXPECT_EQ(inputs(false), (std::vector<std::string>{"x", "y"}));
+}
+
 TEST(UrlList, NamesTheLineThatIsNotAnHttpUrl) {
     const auto error = [](const std::string& text) -> std::string {
         std::istringstream in(text);

@@ -19,6 +19,7 @@
 #include "checks.hpp"
 #include "curve.hpp"
 #include "errors.hpp"
+#include "flag_checks.hpp"
 #include "fork_server.hpp"
 #include "log.hpp"
 #include "process_title.hpp"
@@ -54,11 +55,6 @@ const CLI::Validator kAllowedCpu(
         return fmt::format("'{}' is not a CPU this process may use (it may use {})", text, format_cpu_list(allowed));
     },
     "");  // the option's type_name says what it wants
-
-CLI::Validator seconds_between(double lo, double hi) {
-    return CLI::Validator([lo, hi](std::string& text) { return check_seconds(text, lo, hi); },
-                          fmt::format("SECONDS in [{:g} - {:g}]", lo, hi));
-}
 
 }  // namespace
 
@@ -130,17 +126,11 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         ->capture_default_str();
     app.add_option("--parent-pid", config.parent_pid, "exit when this process (the coordinator) dies")
         ->check(CLI::PositiveNumber);
-    app.add_option("--heartbeat-interval", config.heartbeat_interval_s,
-                   "seconds between heartbeats; use the coordinator's --heartbeat-interval")
-        ->check(seconds_between(0.001, 3600))
-        ->capture_default_str();
-    app.add_option("--heartbeat-timeout", config.heartbeat_timeout_s,
-                   "exit when the coordinator is silent this many seconds; use the coordinator's\n"
-                   "--heartbeat-timeout")
-        ->check(seconds_between(kMinHeartbeatTimeout, 86'400))
-        ->capture_default_str();
-    app.add_option("--log-level", config.log_level, "log level on stderr (default: SPDLOG_LEVEL, else info)")
-        ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))));
+    add_heartbeat_options(app, config.heartbeat_interval_s, config.heartbeat_timeout_s,
+                          "seconds between heartbeats; use the coordinator's --heartbeat-interval",
+                          "exit when the coordinator is silent this many seconds; use the coordinator's\n"
+                          "--heartbeat-timeout");
+    add_log_level_option(app, config.log_level, "log level on stderr (default: SPDLOG_LEVEL, else info)");
     app.add_flag("--fork-server", fork_server,
                  "instead of connecting, fork workers on the coordinator's requests on descriptor 3, with\n"
                  "--parent-pid (the coordinator starts one itself for its local workers; see decision 101)");
@@ -160,9 +150,7 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
         if (fork_server && config.parent_pid <= 0)
             throw CLI::ValidationError("--fork-server", "needs --parent-pid, the coordinator it forks workers for");
         if (!fork_server && config.connect.empty()) throw CLI::RequiredError("--connect");
-        if (const std::string why = check_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s);
-            !why.empty())
-            throw CLI::ValidationError("--heartbeat-interval", why);
+        require_heartbeats(config.heartbeat_interval_s, config.heartbeat_timeout_s);
         const auto tcp = curve::parse_tcp_endpoint(config.connect, false);
         if (!config.keys_dir.empty() && !tcp)
             throw CLI::ValidationError("--keys", fmt::format("only for tcp:// endpoints, not '{}'", config.connect));

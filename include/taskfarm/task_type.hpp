@@ -221,6 +221,14 @@ struct TaskTraits {
     bool side_effects = false;
     // How many tasks `--task NAME` makes when --tasks is not given; 0: the run's default (10).
     std::uint64_t default_count = 0;
+    // Each line of --inputs FILE is one task as it is: no line skipped (blank, or starting
+    // with #), nothing trimmed (a command's inputs: a file named " x " is an input too).
+    bool verbatim_inputs = false;
+    // Its tasks' output() is what the user ran it for (a command's stdout): a run of this
+    // --task shows the output alone on stdout (--output plain) unless --output says otherwise.
+    bool plain_output = false;
+    // Command lines for the Examples of --help, "{program}" standing for the program's name.
+    std::vector<std::string> examples{};
 };
 
 // A type's hooks: name() and run() are all a type must have; the rest have defaults.

@@ -197,7 +197,14 @@ public:
             "{\"kind\":\"command\",...} lines");
     }
 
-    TaskTraits traits() const override { return {.settings_read = {"max_output", "spill_dir"}, .side_effects = true}; }
+    TaskTraits traits() const override {
+        return {.settings_read = {"max_output", "spill_dir"},
+                .side_effects = true,
+                .verbatim_inputs = true,
+                .plain_output = true,
+                .examples = {"ls *.txt | {program} --command 'gzip -k {}' --inputs -",
+                             "{program} parallel -j 4 -k gzip -k ::: *.txt      (GNU parallel's command line)"}};
+    }
 
     // --command picks the run's tasks (one per --inputs line); --max-output is every command's.
     std::vector<Flag> flags() const override {

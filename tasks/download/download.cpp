@@ -508,7 +508,8 @@ public:
     std::string name() const override { return "download"; }
     std::string summary() const override {
         return "fetches a URL into --out-dir/<mode> (plan: \"url\"; --urls FILE; without either, the built-in "
-               "image server's --tasks images, 15 by default)";
+               "image server's --tasks images, 15 by default); tries a transient failure (HTTP 5xx, refused or "
+               "reset, truncated, stalled) again 0.25 s, 0.5 s, 1 s ... apart, --retries times (default: 2)";
     }
 
     Params parse(const Params& fields) const override {
@@ -597,7 +598,11 @@ public:
     }
     // The tutorial's 15 images without --tasks.
     TaskTraits traits() const override {
-        return {.settings_read = {"retries"}, .writes_files = true, .default_count = 15};
+        return {.settings_read = {"retries"},
+                .writes_files = true,
+                .default_count = 15,
+                .examples = {"{program} --workers 8 --task download",
+                             "{program} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60"}};
     }
 
     std::unique_ptr<RunService> prepare(Json& settings) const override { return serve_images(settings); }
@@ -614,7 +619,7 @@ public:
             .id = context.id(),
             .dir = context.out_dir(),
             .max_bytes = settings.value("max_bytes", std::uint64_t{0}),
-            .retries = settings.value("retries", std::uint32_t{0}),
+            .retries = settings.value("retries", kDefaultRetries),
             .min_speed = settings.value("min_speed", kMinSpeed),
             .stall_s = std::lround(
                 std::clamp(settings.value("stall_s", static_cast<double>(kStallTimeout.count())), 1.0, kMaxSeconds))};

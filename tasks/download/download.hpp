@@ -20,6 +20,8 @@ inline constexpr std::chrono::seconds kConnectTimeout{10};
 // a second cannot hold a task for ever. The defaults of --min-speed and --stall-time.
 inline constexpr std::chrono::seconds kStallTimeout{15};
 inline constexpr std::uint64_t kMinSpeed = 1024;
+// Further tries after a transient failure when the run's settings have no "retries" (--retries).
+inline constexpr std::uint32_t kDefaultRetries = 2;
 inline constexpr std::size_t kMaxFileNameBytes = 120;  // of the sanitised name, before the "NNN-" prefix
 
 // Why `url` cannot be a download task, or empty when it can: it must be an absolute

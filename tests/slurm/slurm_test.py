@@ -13,11 +13,15 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from processes import pids_with  # noqa: E402
 
 COORDINATOR = Path(os.environ["TASKFARM_COORDINATOR"])
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "slurm.sbatch"
@@ -58,20 +62,6 @@ def journal(path):
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     return [line for line in lines if "event" not in line]
-
-
-def pids_with(text):
-    """Pids of processes (not this one) whose command line contains `text`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            pass
-    return found
 
 
 class SlurmCase(unittest.TestCase):
