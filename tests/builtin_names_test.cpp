@@ -1,7 +1,8 @@
 // Issue 25's rule that the built-in task types own their flags and settings: no source of
-// engine/ or coordinator/ names one (TaskType::flags()' names and keys, the settings a type's
-// prepare() makes, those it reads that the run does not give itself). The names are taken
-// from the registered types when the test runs, so a flag added to tasks/ is covered at once.
+// engine/, launch/, outputs/ or coordinator/ names one (TaskType::flags()' names and keys, the
+// settings a type's prepare() makes, those it reads that the run does not give itself). The
+// names are taken from the registered types when the test runs, so a flag added to tasks/ is
+// covered at once.
 
 #include <algorithm>
 #include <filesystem>
@@ -74,6 +75,7 @@ const std::vector<Allowed> kAllowed = {
     {"coordinator/parallel_cli.cpp", "", "`coordinator parallel` is GNU parallel's command line over the command type"},
     {"coordinator/parallel_output.cpp", "--max-output", "the same: its cut says which flag kept the output short"},
     {"coordinator/coordinator.cpp", "command", "--json's field \"command\" is the run's command line"},
+    {"outputs/pictures.cpp", "command", "--trace's \"command\" is the run's command line too"},
     {"coordinator/service.cpp", "--command", "the service's submit has its own --command (left, issue 25)"},
     {"coordinator/service.cpp", "command", "the same: submit's --command sets the command type's setting"},
 };
@@ -81,7 +83,7 @@ const std::vector<Allowed> kAllowed = {
 std::vector<std::filesystem::path> sources() {
     std::vector<std::filesystem::path> found;
     const std::filesystem::path root(TASKFARM_SOURCE_DIR);
-    for (const char* room : {"engine", "coordinator"})
+    for (const char* room : {"engine", "launch", "outputs", "coordinator"})
         for (const auto& entry : std::filesystem::recursive_directory_iterator(root / room)) {
             const auto extension = entry.path().extension();
             if (entry.is_regular_file() && (extension == ".cpp" || extension == ".hpp"))
@@ -91,7 +93,7 @@ std::vector<std::filesystem::path> sources() {
     return found;
 }
 
-TEST(BuiltinNames, NoSourceOfTheEngineOrTheCoordinatorNamesABuiltInTypesFlagOrSetting) {
+TEST(BuiltinNames, NoSourceBelowTheTypesNamesABuiltInTypesFlagOrSetting) {
     const std::vector<Name> wanted = builtin_names();
     // Every type's flags are there to look for: download's --urls, command's --max-output.
     ASSERT_GE(wanted.size(), 20u);
