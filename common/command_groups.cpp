@@ -19,9 +19,6 @@
 namespace taskfarm::command_groups {
 namespace {
 
-constexpr double kDefaultGraceS = 2;
-constexpr double kMostGraceS = 3600;
-
 struct Registry {
     std::mutex mutex;
     std::vector<std::int64_t> groups;  // guarded by mutex

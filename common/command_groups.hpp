@@ -62,8 +62,11 @@ std::vector<std::int64_t> live();
 int change_fd();
 bool take_change();
 
-// The command type's grace between SIGTERM and SIGKILL (--set command_grace_s=S, 2 s),
-// from the run's settings: a value that check_grace() refuses gives the default.
+// The command type's grace between SIGTERM and SIGKILL (its flag --command-grace, the setting
+// command_grace_s), from the run's settings: a value that check_grace() refuses gives the default.
+// The schedule waits it out too before it calls a worker stuck (launch/processes.cpp).
+inline constexpr double kDefaultGraceS = 2;
+inline constexpr double kMostGraceS = 3600;
 std::chrono::duration<double> grace(const nlohmann::json& settings);
 // Why `value` cannot be command_grace_s ("must be a number of seconds in [0, 3600]"), or "".
 std::string check_grace(const nlohmann::json& value);

@@ -21,7 +21,6 @@
 
 #include "affinity.hpp"
 #include "checks.hpp"
-#include "command_groups.hpp"
 #include "curve.hpp"
 #include "coordinator.hpp"
 #include "dispatcher.hpp"
@@ -387,22 +386,18 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                "private temporary copy; with --resume it is read whole first")
             ->type_name("FILE");
     cl.plan_option =
-        app.add_option(
-               "--plan", config.plan_path,
-               "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its parameters},\n"
-               "e.g. {\"kind\":\"sleep\",\"seconds\":0.5}, {\"kind\":\"cpu\",\"n\":2000000} (primes below n; or\n"
-               "\"lo\" and \"hi\") or {\"kind\":\"download\",\"url\":\"https://...\"} or\n"
-               "{\"kind\":\"command\",\"argv\":[\"gzip\",\"a b\"]} (or \"shell\":\"...\"; see docs/commands.md); any\n"
-               "line may add \"timeout_s\";\n"
-               "{\"kind\":\"fail\"} and {\"kind\":\"crash\"} inject faults (see docs/reliability.md); blank lines\n"
-               "and lines starting with # are skipped; a bad line stops the run before it starts; - reads stdin\n"
-               "(whole, into a private temporary file, before the run). Read again as tasks go out: never held")
+        app.add_option("--plan", config.plan_path,
+                       "run the tasks in FILE instead: JSON Lines, one task per line, {\"kind\":TYPE, its parameters}\n"
+                       "(each type's under --task, e.g. {\"kind\":TYPE,\"PARAMETER\":VALUE}); any line may add\n"
+                       "\"timeout_s\"; blank lines and lines starting with # are skipped; a bad line stops the run\n"
+                       "before it starts; - reads stdin (whole, into a private temporary file, before the run).\n"
+                       "Read again as tasks go out: never held")
             ->type_name("FILE")
             ->excludes(cl.task_option)
             ->excludes(cl.tasks_option)
             ->excludes(cl.inputs_option);
     cl.inputs_option->excludes(cl.tasks_option);
-    // A type's flag that picks the run's tasks (--command, --urls) brings them: no --plan, no
+    // A type's flag that picks the run's tasks (Flag::picks) brings them: no --plan, no
     // --tasks, no other such flag, and none of the flags for the tasks a type generates.
     for (const TypeFlag& flag : type_flags) {
         if (flag.declared.picks == Flag::Picks::Nothing) continue;
@@ -414,14 +409,11 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
     }
     for (const TypeFlag& flag : type_flags)
         if (flag.declared.generated_only) cl.plan_option->excludes(flag.option);
-    cl.out_dir_option =
-        app.add_option("--out-dir", config.out_dir,
-                       "tasks that save files (download, a user's type) save into DIR/<mode>/ (made if missing);\n"
-                       "a download is named <task id>-<name from the URL or a sanitised Content-Disposition>,\n"
-                       "written to a temp file and renamed when complete")
-            ->check(kPath)
-            ->type_name("DIR")
-            ->capture_default_str();
+    cl.out_dir_option = app.add_option("--out-dir", config.out_dir,
+                                       "tasks that save files (see --task) save into DIR/<mode>/ (made if missing)")
+                            ->check(kPath)
+                            ->type_name("DIR")
+                            ->capture_default_str();
     cl.retries_option =
         app.add_option("--retries", cl.retries,
                        "runs a failed task up to N more times, on any worker, in every mode; each failed attempt\n"
@@ -591,8 +583,8 @@ void add_health_options(CLI::App& app, CommandLine& cl) {
     app.add_option("--task-timeout", config.task_timeout_s,
                    "a task running longer than this many seconds fails with \"timed out\" (not retried);\n"
                    "0: no limit. A plan line's \"timeout_s\" overrides it for that task (0 there: no limit).\n"
-                   "A command gets SIGTERM, then SIGKILL after --set command_grace_s=S (2 s); a worker that\n"
-                   "has not stopped its task a second after that is killed, and with it its commands")
+                   "A worker that has not stopped its task a second after that and the grace its type gives\n"
+                   "a task to stop (a type's flag, under --task's types below) is killed, and with it its processes")
         ->check(seconds_between(0, 31'536'000))
         ->capture_default_str();
     app.add_option("--max-attempts", config.max_attempts,
@@ -788,7 +780,7 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
 // The Examples of --help: each registered type's (TaskTraits::examples), the default --task's
 // first, so that a program lists the commands of the types it has and no others.
 std::string type_examples(const ProgramInfo& program) {
-    const TaskType* first = program.registry.find(program.default_task);
+    const TaskType* first = program.registry.find(default_task(program));
     std::vector<const TaskType*> types;
     if (first) types.push_back(first);
     for (const auto& type : program.registry.types())
@@ -822,10 +814,10 @@ void add_footer(CLI::App& app, const ProgramInfo& program) {
         fmt::format(
             "Remote workers (docs/multihost.md):\n"
             "          {0} keygen keys\n"
-            "A journal's story (docs/reliability.md):\n"
-            "          {0} report run.jsonl [--task ID] [--json]\n"
             "          {0} --listen tcp://*:5555 --keys keys --workers 0 --expect-workers 2\n"
             "          {1} --connect tcp://COORDINATOR-HOST:5555 --keys keys      (on each worker machine)\n"
+            "A journal's story (docs/reliability.md):\n"
+            "          {0} report run.jsonl [--task ID] [--json]\n"
             "On Slurm, in an sbatch script (docs/examples/slurm.sbatch): one srun step of $SLURM_NTASKS workers:\n"
             "          {0} --launch slurm --pin --plan plan.jsonl --results run.jsonl",
             program.name, worker_command(program)));
@@ -857,8 +849,8 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
     TaskId& report_task = cl.report_task;
     CancelConfig& cancel = cl.cancel;
     config.fork_server = cl.worker_bin_option->count() == 0;  // a binary of the user's own is exec'd (decision 102)
-    // A type's flag that picks the tasks (--urls FILE: --task download --inputs FILE;
-    // --command TEMPLATE: a command per --inputs line) is --task of its type.
+    // A type's flag that picks the tasks (Picks::InputsFile: --task NAME --inputs FILE;
+    // Picks::PerInput: a task per --inputs line) is --task of its type.
     for (const TypeFlag& flag : type_flags) {
         if (flag.declared.picks == Flag::Picks::Nothing || flag.option->count() == 0) continue;
         const std::string name = flag.option->get_name();
@@ -896,13 +888,14 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
                 throw CLI::ValidationError(
                     "--set", fmt::format("'{}': the run sets '{}' itself, from {}; give {} instead", printable(setting),
                                          flag.declared.key, flag.option->get_name(), flag.option->get_name()));
+        for (const auto& type : registry.types())
+            for (const std::string& made : type->traits().settings_made)
+                if (setting.substr(0, equals) == made)
+                    throw CLI::ValidationError("--set", fmt::format("'{}': the run sets '{}' itself, for --task {}",
+                                                                    printable(setting), made, type->name()));
         const std::string value = setting.substr(equals + 1);
         Json parsed = Json::parse(value, nullptr, /*allow_exceptions=*/false);
         if (parsed.is_discarded()) parsed = Json(value);
-        // The coordinator waits out this grace too (Schedule's overrun), so it must be one.
-        if (setting.substr(0, equals) == "command_grace_s")
-            if (const std::string why = command_groups::check_grace(parsed); !why.empty())
-                throw CLI::ValidationError("--set", fmt::format("'{}': command_grace_s {}", printable(setting), why));
         config.settings[setting.substr(0, equals)] = std::move(parsed);
     }
     if (cl.keygen_command->parsed()) return keygen;
@@ -1082,7 +1075,7 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
     config.worker_command = worker_command(program);
     config.workers = available_cpus();
     config.command_line.assign(argv, argv + argc);
-    cl.task = program.default_task;
+    cl.task = default_task(program);
     CLI::App app{
         fmt::format("{}: runs one plan of tasks sequentially, on a pool of threads and on a pool of worker processes,\n"
                     "prints each result as it completes, then compares the modes' wall times. Task types: {}.\n",

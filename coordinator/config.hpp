@@ -31,19 +31,19 @@ std::string unmet_resources(const RunConfig& config, const ResourceRequest& requ
 
 struct RunConfig {
     int workers = 4;
-    std::string task = "sleep";  // --task: a registered type's name
+    std::string task;  // --task: a registered type's name (parse_cli: the program's default when not given)
     int tasks = 10;
     std::filesystem::path plan_path;  // --plan: tasks from this JSON Lines file instead
     // A plan made by the command line itself (`coordinator parallel`'s jobs, made as their
     // input comes): of command tasks, its count what counted() says before the run.
     std::shared_ptr<const PlanSource> plan_source;
-    // --inputs FILE, or a type's flag that is it (Flag::Picks::InputsFile: --urls, which is
-    // --task download --inputs FILE): a task per line.
+    // --inputs FILE, or a type's flag that is it (Flag::Picks::InputsFile: --task NAME --inputs
+    // FILE): a task per line.
     std::filesystem::path inputs_path;
     std::string inputs_flag = "--inputs";  // which flag gave inputs_path, for messages
-    // The types' own flags (TaskType::flags(), given or their defaults: "duration_s", "cpu_n",
-    // "max_bytes", "max_output", "command" when given, a user's) and --set KEY=VALUE; the
-    // coordinator's flags join them in settings_json().
+    // The types' own flags (TaskType::flags(), given or their defaults; a flag that picks the
+    // tasks only when given) and --set KEY=VALUE; the coordinator's flags join them in
+    // settings_json().
     Json settings = Json::object();
     // The flags given on the command line that become settings, with the setting each becomes
     // ({"--retries", "retries"}; "--out-dir" is "out_dir"): one that no type of the plan reads

@@ -84,7 +84,7 @@ void check_files(const RunConfig& config) {
     using Role = NamedFile::Role;
     // Every file the run reads against every file it writes (decision 120).
     check_distinct({{"--plan", config.plan_path, Role::Input},
-                    {config.inputs_flag.c_str(), config.inputs_path, Role::Input},  // --urls too
+                    {config.inputs_flag.c_str(), config.inputs_path, Role::Input},  // or a type's flag that is it
                     {"--worker-bin", config.worker_bin, Role::Input},
                     {"--resume", config.resume_path, Role::Journal},
                     {"--results", config.results_path},
@@ -140,8 +140,7 @@ void check_recording(const RunConfig& config, const Plan& plan) {
 
 // A flag that no type of the plan reads (neither declares it in flags() nor lists its setting
 // in settings_read()) is most likely a mistake (--retries for sleeps): said, not silently
-// ignored. Not refused: scripts/sweep passes the same flags (-- --duration 0.2 --cpu-n 1e8)
-// to runs of every type.
+// ignored. Not refused: scripts/sweep passes the same types' flags to runs of every type.
 void warn_unread_settings(const RunConfig& config, const std::vector<const TaskType*>& types) {
     for (const auto& [flag, key] : config.given_settings) {
         if (key == "retries") continue;  // the engine reruns failed tasks of every other type (--retries)
@@ -155,13 +154,13 @@ void warn_unread_settings(const RunConfig& config, const std::vector<const TaskT
         std::string names;
         for (const TaskType* type : types) names += (names.empty() ? "" : ", ") + type->name();
         spdlog::warn("{}: no task of this plan uses it (its task types: {}); it is for {}", flag, names,
-                     key == "out_dir" ? "types that save files, such as download" : "other task types");
+                     key == "out_dir" ? "types that save files (see --task)" : "other task types");
     }
 }
 
 // The modes a run takes without --mode (decision 127), decided here alone: the comparison of
 // the modes is the tutorial's lesson, the default for a plan of the built-in demo types only;
-// a user's work (a program's own types, --command) runs once, in processes, so that its
+// a user's work (a program's own types, a type with side effects) runs once, in processes, so that its
 // journal, table and report hold one mode. With --mode given, a type whose tasks have side
 // effects gets a warning when several modes will each run every task.
 std::vector<Mode> choose_modes(const RunConfig& config, const std::vector<const TaskType*>& types,
@@ -200,10 +199,8 @@ Json result_settings(const RunConfig& config, const Registry& registry, const st
     std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
     for (const auto& type : registry.types())
         for (const Flag& flag : type->flags()) declared.insert(flag.key);
-    // Settings of the built-in types that say how a run goes, not what a task produces: how
-    // long a cancelled command's group gets between SIGTERM and SIGKILL.
-    // Where a command's long streams go (spill_dir) is not what it produces either.
-    for (const char* policy : {"command_grace_s", "spill_dir"}) declared.insert(policy);
+    // The run's own settings (a spill directory `coordinator parallel` puts there) are not a task's either.
+    for (const auto& [key, flag] : kFlagSettings) declared.emplace(key);
     Json identity = Json::object();
     for (const auto& [key, value] : config.settings.items())
         if (!declared.contains(key)) identity[key] = value;
@@ -311,8 +308,6 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
     return {
         {"workers", config.workers},
         {"tasks", count ? nlohmann::json(*count) : nlohmann::json(nullptr)},
-        {"duration", config.settings.value("duration_s", nlohmann::json(nullptr))},
-        {"cpu_n", config.settings.value("cpu_n", nlohmann::json(nullptr))},
         {"plan", config.plan_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.plan_path.string())},
         {"seed", config.seed},
         {"modes", modes},
@@ -322,15 +317,11 @@ nlohmann::json config_json(const RunConfig& config, const Plan& plan) {
         {"inputs", config.inputs_path.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.inputs_path.string())},
         {"settings", config.settings},
         {"out_dir", config.out_dir.string()},
-        {"max_bytes", config.settings.value("max_bytes", nlohmann::json(nullptr))},
         {"retries", config.retries ? nlohmann::json(*config.retries) : nlohmann::json(nullptr)},
         {"task_retries", config.task_retries},
         {"max_tasks_per_worker", config.max_tasks_per_worker},
         {"max_worker_memory", config.max_worker_memory},
         {"drain_timeout_s", config.drain_timeout_s},
-        {"file_size", config.settings.value("file_size", nlohmann::json(nullptr))},
-        {"latency_s", config.settings.value("latency_s", nlohmann::json(nullptr))},
-        {"bandwidth", config.settings.value("bandwidth", nlohmann::json(nullptr))},
         {"command", config.command_line},
         {"listen", config.listen.empty() ? nlohmann::json(nullptr) : nlohmann::json(config.listen)},
         {"expect_workers", config.expect_workers},
@@ -732,7 +723,9 @@ ExitCode keygen(const KeygenConfig& config) {
 
 }  // namespace
 
-int coordinator_main(const ProgramInfo& program, int argc, const char* const* argv) {
+int coordinator_main(const ProgramInfo& given, int argc, const char* const* argv) {
+    ProgramInfo program = given;
+    program.default_task = default_task(given);
     init_logging(program.name);
     // A closed stdout is then an EPIPE the console sink sees and stops the run for, instead
     // of a signal that kills us with workers running and the socket directory left behind.

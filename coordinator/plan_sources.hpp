@@ -1,6 +1,6 @@
 #pragma once
 // Where a run's tasks come from: generators for --task, readers over --plan, --inputs
-// and --urls, standard input read as the run goes; and the settings every task sees.
+// and a type's flag that is --inputs, standard input read as the run goes; and the settings every task sees.
 
 #include <condition_variable>
 #include <cstdio>
@@ -95,16 +95,18 @@ private:
 
 // The settings every task sees (Context::settings()): the coordinator's flag that tasks read
 // (retries, only when --retries is given) and the run's seed, tasks and workers, then
-// config.settings on top (the types' own flags, --command and --max-output among them, and
-// --set KEY=VALUE).
+// config.settings on top (the types' own flags and --set KEY=VALUE).
 Json settings_json(const RunConfig& config);
-// The settings keys settings_json() fills from flags (and the types' prepare(): served_urls),
-// with the flag each comes from: --set may not replace them (nor a type's flag: parse_cli).
+// The settings keys the run gives itself, with the flag each comes from: settings_json() fills
+// the first four, and --output plain a spill directory for a task's streams longer than a
+// result holds (a type with TaskTraits::plain_output reads it). --set may not replace them (nor
+// a type's flag, nor what a type's prepare() makes: TaskTraits::settings_made; parse_cli), and
+// they are not what a task produces (result_settings).
 inline constexpr std::pair<std::string_view, std::string_view> kFlagSettings[] = {{"retries", "--retries"},
                                                                                   {"seed", "--seed"},
                                                                                   {"tasks", "--tasks"},
                                                                                   {"workers", "--workers"},
-                                                                                  {"served_urls", "--task download"}};
+                                                                                  {"spill_dir", "--output plain"}};
 
 // A list named by a descriptor of ours (`--inputs <(...)` is /dev/fd/63): close-on-exec from
 // now on, so that no command of the run inherits it (the descriptor we read is our own).

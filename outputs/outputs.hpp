@@ -1,6 +1,6 @@
 #pragma once
-// The files the coordinator reads and writes by name: --plan, --urls, --json, --trace,
-// --timeline, --results, --resume. How a report reaches its path (docs/observability.md):
+// The files the coordinator reads and writes by name: --plan, --inputs (or a type's flag that
+// is it), --json, --trace, --timeline, --results, --resume. How a report reaches its path (docs/observability.md):
 //   `-`, or a path naming our own stdout (/dev/stdout): written to standard output;
 //   a regular file, or a new path: a temp file beside it renamed over it, keeping its mode;
 //   a symlink: followed, and the file it resolves to is written that way;
@@ -33,7 +33,7 @@ void write_report(const std::filesystem::path& path, std::string_view text);
 struct NamedFile {
     enum class Role {
         Output,   // written: a report, a journal
-        Input,    // read: --plan, --inputs, --urls, --worker-bin
+        Input,    // read: --plan, --inputs (or a type's flag that is it), --worker-bin
         Journal,  // --resume: read, then appended to
         Console,  // standard output or error (`fd`), by whatever the shell made of them
     };

@@ -229,6 +229,17 @@ TEST(Cli, ATypesTraitsGiveTheDefaultOutputAndTheHelpExamples) {
         EXPECT_EQ(help.find(other), std::string::npos) << other << " in\n" << help;
 }
 
+// No type is the default by its name: without --task a program runs its registry's first type.
+TEST(Cli, WithoutTaskTheProgramsFirstRegisteredTypeRuns) {
+    Registry registry;
+    registry.add(std::make_shared<PrintType>());
+    registry.add(sleep_type());
+    const ProgramInfo program{"printer", registry, testing::stock_program().worker};
+    EXPECT_EQ(std::get<RunConfig>(run_program(program, {}).first).task, "print");
+    const ProgramInfo chosen{"printer", registry, testing::stock_program().worker, "sleep"};
+    EXPECT_EQ(std::get<RunConfig>(run_program(chosen, {}).first).task, "sleep");
+}
+
 TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {
     const auto parsed = parse({"--plan", "p.jsonl", "--out-dir", "d", "--retries", "5"});
     EXPECT_EQ(std::get<RunConfig>(parsed.result).out_dir, "d");
@@ -366,6 +377,11 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{{"--command", "echo {}", "--urls", "u.txt"}, "--command", "--urls"},
         BadValue{{"--command", "", "--inputs", "f"}, "--command", "the template is empty"},
         BadValue{{"--command", "echo {}", "--inputs", "f", "--max-output", "2M"}, "--max-output", "1536K"},
+        BadValue{{"--command-grace", "-1"}, "--command-grace", "-1"},
+        BadValue{{"--command-grace", "3601"}, "--command-grace", "3601"},
+        BadValue{{"--set", "command_grace_s=1"}, "--set", "give --command-grace instead"},
+        BadValue{{"--set", "served_urls=[]"}, "--set", "itself, for --task download"},
+        BadValue{{"--set", "spill_dir=/tmp"}, "--set", "from --output plain"},
         BadValue{{"--plan", "p.jsonl", "--bandwidth", "1M"}, "--plan", "--bandwidth"},
         BadValue{{"--listen", "nope"}, "--listen", "nope"},
         BadValue{{"--listen", "tcp://127.0.0.1"}, "--listen", "tcp://127.0.0.1"},

@@ -563,7 +563,7 @@ TEST_P(TreeInMode, ATimeoutLeavesNoProcessBehind) {
             dir / "plan.jsonl",
             json{{"kind", "command"}, {"shell", process_tree(dir / "pids", ignore)}, {"timeout_s", 2}}.dump() + "\n");
         const Output output = run_binary("coordinator", {"--plan", (dir / "plan.jsonl").string(), "--mode", GetParam(),
-                                                         "--workers", "1", "--set", "command_grace_s=0.3"});
+                                                         "--workers", "1", "--command-grace", "0.3"});
         EXPECT_EQ(output.exit_code, 1) << output.err;
         EXPECT_NE(output.out.find("FAILED: timed out after 2 s"), std::string::npos) << output.out;
         const std::vector<pid_t> pids = read_pids(dir / "pids");
@@ -576,9 +576,9 @@ TEST_P(TreeInMode, SigtermOfTheCoordinatorLeavesNoProcessBehind) {
     for (const bool ignore : {false, true}) {
         testing::TempDir dir;
         // --drain-timeout 0: the drain cancels the running command at once.
-        testing::Running coordinator(
-            "coordinator", {"--plan", tree_plan(dir, ignore).string(), "--mode", GetParam(), "--workers", "1", "--set",
-                            "command_grace_s=0.3", "--drain-timeout", "0"});
+        testing::Running coordinator("coordinator",
+                                     {"--plan", tree_plan(dir, ignore).string(), "--mode", GetParam(), "--workers", "1",
+                                      "--command-grace", "0.3", "--drain-timeout", "0"});
         const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
         coordinator.signal(SIGTERM);
         const Output output = coordinator.wait();
@@ -590,7 +590,7 @@ TEST_P(TreeInMode, SigtermOfTheCoordinatorLeavesNoProcessBehind) {
 TEST_P(TreeInMode, SigkillOfTheCoordinatorLeavesNoProcessBehind) {
     testing::TempDir dir;
     testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", GetParam(),
-                                                 "--workers", "1", "--set", "command_grace_s=0.3"});
+                                                 "--workers", "1", "--command-grace", "0.3"});
     const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
     coordinator.signal(SIGKILL);
     coordinator.wait();
@@ -603,9 +603,8 @@ INSTANTIATE_TEST_SUITE_P(Modes, TreeInMode, ::testing::Values("sequential", "thr
 
 TEST(CommandLine, AKilledWorkerLeavesNoProcessBehind) {
     testing::TempDir dir;
-    testing::Running coordinator("coordinator",
-                                 {"--plan", tree_plan(dir, true).string(), "--mode", "processes", "--workers", "1",
-                                  "--max-attempts", "1", "--set", "command_grace_s=0.3"});
+    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "processes",
+                                                 "--workers", "1", "--max-attempts", "1", "--command-grace", "0.3"});
     const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
     std::vector<pid_t> workers = testing::workers_of(coordinator.pid());
     workers.erase(
@@ -657,8 +656,8 @@ TEST(CommandLine, AWorkerKilledWithItsGuardianLeavesNoProcessBehind) {
 // groups: when the coordinator that runs the command dies, the new guardian ends the tree.
 TEST(CommandLine, AKilledGuardianIsReplacedAndEndsTheTreeWhenItsCallerDies) {
     testing::TempDir dir;
-    testing::Running coordinator("coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "sequential",
-                                                 "--set", "command_grace_s=0.3"});
+    testing::Running coordinator(
+        "coordinator", {"--plan", tree_plan(dir, true).string(), "--mode", "sequential", "--command-grace", "0.3"});
     const std::vector<pid_t> pids = wait_for_tree(dir / "pids");
     const std::vector<pid_t> first = guardians_of(coordinator.pid());
     ASSERT_EQ(first.size(), 1u) << coordinator.err();

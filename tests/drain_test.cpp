@@ -218,7 +218,7 @@ TEST_P(CancelInMode, CoordinatorCancelStopsOneRunningOrQueuedTaskAndTheRunGoesOn
     testing::Running coordinator(
         "coordinator", {"--command", fmt::format("echo {{}} $$ >> {}; exec sleep 300", started.string()), "--inputs",
                         numbers(dir, 4).string(), "--mode", GetParam(), "--workers", "2", "--results", journal.string(),
-                        "--set", "command_grace_s=0.3"});
+                        "--command-grace", "0.3"});
     const std::size_t running = GetParam() == "sequential" ? 1 : 2;
     ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == running; }, std::chrono::seconds(30)))
         << coordinator.err();

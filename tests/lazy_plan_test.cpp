@@ -50,6 +50,7 @@ std::vector<TaskSpec> eager_reference(const RunConfig& config, const Json& setti
 TEST(LazyPlan, TheGeneratorGivesTheEagerPlansTasksToEveryCursor) {
     for (const std::uint64_t seed : {1, 7, 42}) {
         RunConfig config;
+        config.task = "sleep";
         config.tasks = 500;
         config.settings["duration_s"] = {0.1, 3};
         config.seed = seed;
@@ -153,6 +154,7 @@ std::string journal_lines(const std::vector<TaskId>& ids, const std::string& mod
 
 Plan zero_sleeps(int tasks) {
     RunConfig config;
+    config.task = "sleep";
     config.tasks = tasks;
     config.settings["duration_s"] = {0, 0};
     return testing::plan_for(config);

@@ -14,6 +14,7 @@ namespace {
 
 RunConfig sleeps(int tasks, double lo, double hi, std::uint64_t seed = 1) {
     RunConfig config;
+    config.task = "sleep";
     config.tasks = tasks;
     config.settings["duration_s"] = {lo, hi};  // what sleep's --duration LO:HI sets
     config.seed = seed;

@@ -21,6 +21,7 @@ using testing::CollectingSink;
 RunConfig config_for(int workers, int tasks, double lo, double hi) {
     RunConfig config;
     config.workers = workers;
+    config.task = "sleep";
     config.tasks = tasks;
     config.settings["duration_s"] = {lo, hi};  // what sleep's --duration LO:HI sets
     config.worker_bin = testing::bin("worker");

@@ -171,7 +171,7 @@ TEST_P(CtrlCInMode, CtrlCOnTheTerminalCancelsSaysSoAndASecondPressIsTheSameReque
     // Ignores SIGTERM, so the stop takes command_grace_s: the second Ctrl-C comes during it.
     const std::string command = fmt::format("echo {{}} $$ >> {}; trap '' TERM; sleep 300", started.string());
     Job job(coordinator({"--mode", GetParam(), "--workers", "2", "--command", command, "--inputs",
-                         numbers(dir, 4).string(), "--set", "command_grace_s=1.5", "--output", "group"}));
+                         numbers(dir, 4).string(), "--command-grace", "1.5", "--output", "group"}));
     ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 2; }, std::chrono::seconds(30)))
         << job.err();
     ::kill(-job.pid(), SIGINT);
@@ -214,7 +214,7 @@ TEST(Cancel, ASymlinkOrDirectoryPlantedByAnotherUserIsSkipped) {
     const auto journal = dir / "journal.jsonl";
     Job victim(coordinator({"--mode", "threads", "--workers", "2", "--command",
                             fmt::format("echo {{}} >> {}; exec sleep 300", started.string()), "--inputs",
-                            numbers(dir, 2).string(), "--results", journal.string(), "--set", "command_grace_s=0.3"}),
+                            numbers(dir, 2).string(), "--results", journal.string(), "--command-grace", "0.3"}),
                {"TMPDIR=" + victim_tmp.string()});
     Job fake({"/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
               testing::bin("coordinator").string(), "--mode", "threads", "--workers", "1", "--task", "sleep", "--tasks",
@@ -290,7 +290,7 @@ TEST(Cancel, TheAnswerSaysWhatTheRunDidWithEachTask) {
     const auto journal = dir / "journal.jsonl";
     testing::Running run("coordinator", {"--command", fmt::format("echo {{}} >> {}; exec sleep 300", started.string()),
                                          "--inputs", numbers(dir, 3).string(), "--mode", "processes", "--workers", "1",
-                                         "--results", journal.string(), "--set", "command_grace_s=0.3"});
+                                         "--results", journal.string(), "--command-grace", "0.3"});
     ASSERT_TRUE(testing::eventually([&] { return lines_of(started).size() == 1; }, std::chrono::seconds(30)))
         << run.err();
     const std::string pid = std::to_string(run.pid());

@@ -226,9 +226,14 @@ struct TaskTraits {
     bool verbatim_inputs = false;
     // Its tasks' output() is what the user ran it for (a command's stdout): a run of this
     // --task shows the output alone on stdout (--output plain) unless --output says otherwise.
+    // With --output plain and local workers the setting "spill_dir" names a directory where a
+    // task may leave a stream longer than a result holds, to reach stdout whole.
     bool plain_output = false;
     // Command lines for the Examples of --help, "{program}" standing for the program's name.
     std::vector<std::string> examples{};
+    // The keys of the settings its prepare() (RunHooks) adds (the built-in download's server's
+    // URLs): the run gives them, so `--set KEY=...` of one is refused (exit 2).
+    std::vector<std::string> settings_made{};
 };
 
 // A type's hooks: name() and run() are all a type must have; the rest have defaults.

@@ -206,7 +206,8 @@ public:
                              "{program} parallel -j 4 -k gzip -k ::: *.txt      (GNU parallel's command line)"}};
     }
 
-    // --command picks the run's tasks (one per --inputs line); --max-output is every command's.
+    // --command picks the run's tasks (one per --inputs line); --max-output and --command-grace are
+    // every command's.
     std::vector<Flag> flags() const override {
         return {
             Flag{.name = "--command",
@@ -253,6 +254,15 @@ public:
                                              printable(text, 100), kMostOutput / 1024));
                          return Json(*bytes);
                      }},
+            Flag{.name = "--command-grace",
+                 .key = "command_grace_s",
+                 .type = Flag::Type::Number,
+                 .default_value = fmt::format("{:g}", command_groups::kDefaultGraceS),
+                 .help = "seconds a command's process group gets between SIGTERM and SIGKILL when its task is\n"
+                         "cancelled or timed out; the coordinator waits for it too before it calls the worker stuck",
+                 .value_name = "SECONDS",
+                 .most = command_groups::kMostGraceS,
+                 .changes_results = false},
         };
     }
 
@@ -287,7 +297,7 @@ public:
         watch.max_output = max_output;
         if (const auto dir = settings.find("spill_dir"); dir != settings.end() && dir->is_string())
             watch.spill_dir = dir->get<std::string>();
-        // --set command_grace_s=S; the coordinator waits it out too before it calls a worker stuck.
+        // --command-grace S; the coordinator waits it out too before it calls a worker stuck.
         watch.grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(command_groups::grace(settings));
         command::Outcome outcome;
         {

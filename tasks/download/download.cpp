@@ -507,7 +507,9 @@ class DownloadType final : public TaskType, public RunHooks {
 public:
     std::string name() const override { return "download"; }
     std::string summary() const override {
-        return "fetches a URL into --out-dir/<mode> (plan: \"url\"; --urls FILE; without either, the built-in "
+        return "fetches a URL into --out-dir/<mode> as <task id>-<name from the URL or a sanitised "
+               "Content-Disposition>, renamed there when complete (plan: \"url\"; --urls FILE; without either, the "
+               "built-in "
                "image server's --tasks images, 15 by default); tries a transient failure (HTTP 5xx, refused or "
                "reset, truncated, stalled) again 0.25 s, 0.5 s, 1 s ... apart, --retries times (default: 2)";
     }
@@ -602,7 +604,8 @@ public:
                 .writes_files = true,
                 .default_count = 15,
                 .examples = {"{program} --workers 8 --task download",
-                             "{program} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60"}};
+                             "{program} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60"},
+                .settings_made = {"served_urls"}};
     }
 
     std::unique_ptr<RunService> prepare(Json& settings) const override { return serve_images(settings); }
