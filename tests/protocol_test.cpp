@@ -1,4 +1,5 @@
 #include <cmath>
+#include <limits>
 #include <random>
 #include <fmt/format.h>
 #include <sstream>
@@ -422,6 +423,78 @@ TEST(Protocol, ATaskPackedFromItsSpecIsTheTaskMessage) {
         append_encoded(out, *task, 3);
         EXPECT_EQ(out, "before" + encode(to_message(*task, 3))) << task->id;
     }
+}
+
+// The hot frames are read and written by a fast path of their own (decision 241): what it
+// reads must be what msgpack's object tree reads, frame for frame, valid or not, and what it
+// writes must be byte for byte what msgpack-c writes.
+TEST(Protocol, TheFastPathReadsAndWritesWhatTheGeneralOneDoes) {
+    const Json odd = Json{{"n", -5},
+                          {"big", -70000},
+                          {"huge", std::numeric_limits<std::int64_t>::min()},
+                          {"u", 300},
+                          {"u64", std::numeric_limits<std::uint64_t>::max()},
+                          {"f", -0.125},
+                          {"s", std::string(40, 'x')},
+                          {"long", std::string(300, 'y')},
+                          {"list", Json::array({nullptr, true, false, Json::array({1, 2}), Json::object()})}};
+    TaskBatch tasks;
+    ResultBatch results;
+    for (TaskId id = 0; id < 20; ++id) {
+        TaskSpec spec{id * 1000, type("sleep"), id % 3 ? Json{{"seconds", 0.5 * id}} : odd, id % 2 ? 3.0 : 0};
+        if (id == 7) spec.gpus = "3,5";
+        tasks.tasks.push_back(to_message(spec, 1 + id % 3));
+        std::string packed;
+        append_encoded(packed, spec, 1 + id % 3);
+        EXPECT_EQ(packed, encode(tasks.tasks.back())) << id;
+        TaskResult result;
+        result.id = id;
+        result.ok = id % 2;
+        result.error = result.ok ? "" : "failed";
+        result.value = id % 3 ? Json{{"slept_s", 0.0}} : odd;
+        result.cost.scope = TaskCost::Scope::Process;
+        result.cost.max_rss_kb = id % 2 ? -1 : 4096;
+        results.results.push_back(to_message(std::move(result)));
+        ResultFrame frame;
+        frame.add(results.results.back());
+        EXPECT_EQ(std::string(frame.take()), encode(results.results.back())) << id;
+    }
+    const std::vector<std::string> seeds{encode(tasks), encode(results), encode(tasks.tasks[7]),
+                                         encode(results.results[3])};
+    std::mt19937_64 random(11);
+    std::size_t both_read = 0;
+    for (int round = 0; round < 4000; ++round) {
+        std::string frame = seeds[random() % seeds.size()];
+        const int edits = static_cast<int>(random() % 4);  // 0: the valid frame
+        for (int e = 0; e < edits && !frame.empty(); ++e) {
+            const std::size_t at = random() % frame.size();
+            switch (random() % 3) {
+                case 0: frame[at] = static_cast<char>(random()); break;
+                case 1: frame.erase(at, 1); break;
+                default: frame.insert(at, 1, static_cast<char>(random())); break;
+            }
+        }
+        const Message fast = decode(frame);
+        const Message general = detail::decode_general(frame);
+        ASSERT_EQ(fast.index(), general.index()) << round;
+        if (const auto* error = std::get_if<DecodeError>(&general)) {
+            EXPECT_EQ(std::get<DecodeError>(fast).reason, error->reason) << round;
+            continue;
+        }
+        ++both_read;
+        const auto encoded = [](const Message& message) {
+            return std::visit(
+                [](const auto& read) -> std::string {
+                    if constexpr (std::is_same_v<std::decay_t<decltype(read)>, DecodeError>)
+                        return {};
+                    else
+                        return encode(read);
+                },
+                message);
+        };
+        EXPECT_EQ(encoded(fast), encoded(general)) << round;
+    }
+    EXPECT_GT(both_read, 1000u);
 }
 
 TEST(Protocol, BatchesRoundTripInOrder) {
