@@ -8,6 +8,7 @@
 #include <limits>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <sstream>
 #include <string_view>
 
@@ -246,6 +247,9 @@ public:
         }
         bytes(reinterpret_cast<const char*>(data.data()), size);
     }
+
+    // A value packed already.
+    void raw(std::string_view packed) { bytes(packed.data(), packed.size()); }
 
     // As json_msgpack.hpp's pack adaptor writes it.
     void json(const Json& value) {
@@ -501,7 +505,55 @@ public:
         return false;  // binary, ext, or not msgpack
     }
 
+    // Walks over one value as json() would read it, making nothing: false wherever json()
+    // could fail, and also for a map of more than kSkimKeys keys (its keys are compared pairwise
+    // for a repeat): the caller then reads it with json(), which refuses what it must.
+    bool skim(int depth) {
+        if (!need(1)) return false;
+        const std::uint8_t head = *at_;
+        if (head == 0xc0 || head == 0xc2 || head == 0xc3) {
+            ++at_;
+            return true;
+        }
+        if (head == 0xca || head == 0xcb) {
+            double ignored = 0;
+            return number(ignored);
+        }
+        if (head <= 0x7f || head >= 0xe0 || (head >= 0xcc && head <= 0xd3)) {
+            Integer ignored;
+            return integer(ignored);
+        }
+        if ((head & 0xe0) == 0xa0 || (head >= 0xd9 && head <= 0xdb)) {
+            std::string_view ignored;
+            return str(ignored);
+        }
+        if (depth >= kMaxFastDepth) return false;
+        std::uint32_t size = 0;
+        if ((head & 0xf0) == 0x90 || head == 0xdc || head == 0xdd) {
+            if (!array(size)) return false;
+            for (std::uint32_t k = 0; k < size; ++k)
+                if (!skim(depth + 1)) return false;
+            return true;
+        }
+        if ((head & 0xf0) == 0x80 || head == 0xde || head == 0xdf) {
+            if (!map(size) || size > kSkimKeys) return false;
+            std::string_view keys[kSkimKeys];
+            for (std::uint32_t k = 0; k < size; ++k) {
+                if (!str(keys[k])) return false;
+                for (std::uint32_t before = 0; before < k; ++before)
+                    if (keys[before] == keys[k]) return false;
+                if (!skim(depth + 1)) return false;
+            }
+            return true;
+        }
+        return false;
+    }
+
+    const char* position() const { return reinterpret_cast<const char*>(at_); }
+    void rewind(const char* to) { at_ = reinterpret_cast<const std::uint8_t*>(to); }
+
 private:
+    static constexpr std::uint32_t kSkimKeys = 16;
     // Well inside decode()'s unpack_limit depth (32), so that nothing read here is refused there.
     static constexpr int kMaxFastDepth = 24;
 
@@ -615,14 +667,29 @@ bool read_result(FastReader& in, Result& out, int depth) {
     });
 }
 
-bool read_task(FastReader& in, Task& out, int depth) {
+// Params that are a map `skim` takes stay msgpack with ParamsAs::Packed; others are read as JSON.
+bool read_params(FastReader& in, Task& out, int depth, ParamsAs as) {
+    if (as == ParamsAs::Packed) {
+        const char* start = in.position();
+        std::uint32_t size = 0;
+        FastReader look = in;
+        if (look.map(size) && in.skim(depth)) {
+            out.packed_params.assign(start, in.position());
+            return true;
+        }
+        in.rewind(start);
+    }
+    return in.json(out.params, depth);
+}
+
+bool read_task(FastReader& in, Task& out, int depth, ParamsAs as) {
     return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
         if (is(key, "type")) return bit = 1, in.str(out.type);
         if (is(key, "v")) return bit = 2, read_version(in, out.v);
         if (is(key, "id")) return bit = 4, in.unsigned_number(out.id);
         if (is(key, "attempt")) return bit = 8, read_attempt(in, out.attempt);
         if (is(key, "kind")) return bit = 16, in.str(out.kind);
-        if (is(key, "params")) return bit = 32, in.json(out.params, depth + 1);
+        if (is(key, "params")) return bit = 32, read_params(in, out, depth + 1, as);
         if (is(key, "timeout_s")) return bit = 64, in.number(out.timeout_s);
         if (is(key, "gpus")) return bit = 128, in.str(out.gpus);
         return false;
@@ -656,7 +723,8 @@ std::string_view first_type(std::string_view frame) {
 }
 
 // The frame read by the fast path, or nullopt for decode()'s general one.
-std::optional<Message> decode_fast(std::string_view frame) {
+std::optional<Message> decode_fast(std::string_view frame, ParamsAs as) {
+    const auto read_task_as = [as](FastReader& in, Task& task, int depth) { return read_task(in, task, depth, as); };
     const std::string_view type = first_type(frame);
     FastReader in(frame);
     if (type == "results") {
@@ -666,7 +734,7 @@ std::optional<Message> decode_fast(std::string_view frame) {
     }
     if (type == "tasks") {
         TaskBatch batch;
-        if (!read_batch(in, "tasks", batch.tasks, batch.v, read_task) || batch.v != kVersion) return std::nullopt;
+        if (!read_batch(in, "tasks", batch.tasks, batch.v, read_task_as) || batch.v != kVersion) return std::nullopt;
         return checked(std::move(batch));
     }
     if (type == "result") {
@@ -676,7 +744,7 @@ std::optional<Message> decode_fast(std::string_view frame) {
     }
     if (type == "task") {
         Task task;
-        if (!read_task(in, task, 0) || !in.done() || task.v != kVersion) return std::nullopt;
+        if (!read_task(in, task, 0, as) || !in.done() || task.v != kVersion) return std::nullopt;
         return checked(std::move(task));
     }
     return std::nullopt;
@@ -807,7 +875,10 @@ void ResultFrame::add(const Result& result) {
     packer.str("run_s");
     packer.number(result.run_s);
     packer.str("value");
-    packer.json(result.value);
+    if (result.packed_value.empty())
+        packer.json(result.value);
+    else
+        packer.raw(result.packed_value);
     packer.str("cost");
     packer.map(4);
     packer.str("scope");
@@ -838,9 +909,9 @@ std::string_view ResultFrame::take() {
     return std::string_view(frame_).substr(0, used_);
 }
 
-Message decode(std::string_view frame) {
+Message decode(std::string_view frame, ParamsAs params) {
     if (frame.size() <= kMaxFrameBytes)
-        if (auto fast = decode_fast(frame)) return std::move(*fast);
+        if (auto fast = decode_fast(frame, params)) return std::move(*fast);
     return detail::decode_general(frame);
 }
 
@@ -907,9 +978,49 @@ void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out) {
     out.gpus = task.gpus;
 }
 
-TaskSpec to_spec(Task message, const Registry& registry) {
-    return TaskSpec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s,
-                    {},         std::move(message.gpus)};
+TaskSpec to_spec(Task message, const Registry& registry, std::string* packed) {
+    TaskSpec spec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s,
+                  {},         std::move(message.gpus)};
+    if (!message.packed_params.empty()) {
+        if (packed && spec.type && dynamic_cast<const PackedRun*>(spec.type))
+            *packed = std::move(message.packed_params);
+        else
+            spec.params = params_from_packed(message.packed_params);
+    }
+    return spec;
+}
+
+Json params_from_packed(std::string_view packed) {
+    FastReader in(packed);
+    Json params;
+    if (!in.json(params, 1) || !in.done() || !params.is_object())
+        throw std::invalid_argument("params that are not a msgpack map");
+    return params;
+}
+
+bool packed_number(std::string_view packed, std::string_view key, double& out) {
+    FastReader in(packed);
+    std::uint32_t size = 0;
+    if (!in.map(size)) return false;
+    for (std::uint32_t k = 0; k < size; ++k) {
+        std::string_view name;
+        if (!in.str(name)) return false;
+        if (name == key) return in.number(out);
+        if (!in.skim(1)) return false;
+    }
+    return false;
+}
+
+std::string packed_object(std::string_view key, double number) {
+    std::string out;
+    StringWriter writer{out};
+    {
+        FastPacker packer(writer);
+        packer.map(1);
+        packer.str(key);
+        packer.number(number);
+    }
+    return out;
 }
 
 Result to_message(TaskResult result) {
