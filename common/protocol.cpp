@@ -1,20 +1,28 @@
 #include "protocol.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <optional>
 #include <span>
+#include <stdexcept>
 #include <sstream>
 #include <string_view>
 
 #include <fmt/format.h>
 
+#include "msgpack_fast.hpp"
 #include "text.hpp"
 
 namespace taskfarm::proto {
 namespace {
+
+using fast::FastPacker;
+using fast::FastReader;
+static_assert(fast::kMaxContainer == kMaxBatch);
 
 // msgpack's packer writes through any `write(data, size)`; this one appends to a string.
 struct StringWriter {
@@ -133,6 +141,166 @@ Message checked(T message) {
 // what it keeps into the message before the frame goes away.
 bool reference_in_place(msgpack::type::object_type, std::size_t, void*) { return true; }
 
+// Whether `key` is `name`: the size first, then a compare of a known length that the compiler
+// does in place (a plain == on string_view was a call per key and most of reading a result).
+template <std::size_t N>
+bool is(std::string_view key, const char (&name)[N]) {
+    return key.size() == N - 1 && std::memcmp(key.data(), name, N - 1) == 0;
+}
+
+// Reads one map of `fields`: each key a string, given at most once, known to `field` (which
+// reads its value and says whether it could); `field(key, bit)` sets the key's bit.
+template <typename Field>
+bool read_fields(FastReader& in, Field&& field) {
+    std::uint32_t size = 0;
+    if (!in.map(size)) return false;
+    std::uint32_t seen = 0;
+    for (std::uint32_t k = 0; k < size; ++k) {
+        std::string_view key;
+        if (!in.str(key)) return false;
+        std::uint32_t bit = 0;
+        if (!field(key, bit) || (seen & bit)) return false;
+        seen |= bit;
+    }
+    return true;
+}
+
+bool read_version(FastReader& in, int& out) {
+    std::uint64_t value = 0;
+    if (!in.unsigned_number(value) || value > static_cast<std::uint64_t>(std::numeric_limits<int>::max())) return false;
+    out = static_cast<int>(value);
+    return true;
+}
+
+bool read_attempt(FastReader& in, std::uint32_t& out) {
+    std::uint64_t value = 0;
+    if (!in.unsigned_number(value) || value > std::numeric_limits<std::uint32_t>::max()) return false;
+    out = static_cast<std::uint32_t>(value);
+    return true;
+}
+
+bool read_cost(FastReader& in, Cost& out) {
+    return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
+        if (is(key, "scope")) return bit = 1, in.str(out.scope);
+        if (is(key, "user_s")) return bit = 2, in.number(out.user_s);
+        if (is(key, "sys_s")) return bit = 4, in.number(out.sys_s);
+        if (is(key, "max_rss_kb")) {
+            bit = 8;
+            FastReader::Integer value;
+            if (!in.integer(value)) return false;
+            if (value.negative) {
+                out.max_rss_kb = value.i;
+                return true;
+            }
+            if (value.u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return false;
+            out.max_rss_kb = static_cast<std::int64_t>(value.u);
+            return true;
+        }
+        return false;
+    });
+}
+
+// `depth`: the containers around the message (0 alone, 2 in a batch's array).
+bool read_result(FastReader& in, Result& out, int depth) {
+    return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
+        if (is(key, "type")) return bit = 1, in.str(out.type);
+        if (is(key, "v")) return bit = 2, read_version(in, out.v);
+        if (is(key, "id")) return bit = 4, in.unsigned_number(out.id);
+        if (is(key, "attempt")) return bit = 8, read_attempt(in, out.attempt);
+        if (is(key, "kind")) return bit = 16, in.str(out.kind);
+        if (is(key, "ok")) return bit = 32, in.boolean(out.ok);
+        if (is(key, "error")) return bit = 64, in.str(out.error);
+        if (is(key, "run_s")) return bit = 128, in.number(out.run_s);
+        if (is(key, "value")) return bit = 256, in.json(out.value, depth + 1);
+        if (is(key, "cost")) return bit = 512, read_cost(in, out.cost);
+        if (is(key, "rss")) return bit = 1024, in.unsigned_number(out.rss);
+        return false;
+    });
+}
+
+// Params that are a map `skim` takes stay msgpack with ParamsAs::Packed; others are read as JSON.
+bool read_params(FastReader& in, Task& out, int depth, ParamsAs as) {
+    if (as == ParamsAs::Packed) {
+        const char* start = in.position();
+        std::uint32_t size = 0;
+        FastReader look = in;
+        if (look.map(size) && in.skim(depth)) {
+            out.packed_params.assign(start, in.position());
+            return true;
+        }
+        in.rewind(start);
+    }
+    return in.json(out.params, depth);
+}
+
+bool read_task(FastReader& in, Task& out, int depth, ParamsAs as) {
+    return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
+        if (is(key, "type")) return bit = 1, in.str(out.type);
+        if (is(key, "v")) return bit = 2, read_version(in, out.v);
+        if (is(key, "id")) return bit = 4, in.unsigned_number(out.id);
+        if (is(key, "attempt")) return bit = 8, read_attempt(in, out.attempt);
+        if (is(key, "kind")) return bit = 16, in.str(out.kind);
+        if (is(key, "params")) return bit = 32, read_params(in, out, depth + 1, as);
+        if (is(key, "timeout_s")) return bit = 64, in.number(out.timeout_s);
+        if (is(key, "gpus")) return bit = 128, in.str(out.gpus);
+        return false;
+    });
+}
+
+// A batch: {"type": batch, "v": N, elements: [...]} in this order, as our encoders write it.
+template <typename Element, typename Read>
+bool read_batch(FastReader& in, std::string_view elements_key, std::vector<Element>& elements, int& v, Read read) {
+    std::uint32_t size = 0;
+    std::string_view key;
+    if (!in.map(size) || size != 3) return false;
+    std::string_view type;
+    if (!in.str(key) || !is(key, "type") || !in.str(type)) return false;
+    if (!in.str(key) || !is(key, "v") || !read_version(in, v)) return false;
+    if (!in.str(key) || key != elements_key || !in.array(size)) return false;
+    elements.resize(size);
+    for (Element& element : elements)
+        if (!read(in, element, 2)) return false;
+    return in.done();
+}
+
+// The message's type, if the frame is a map whose first key is "type".
+std::string_view first_type(std::string_view frame) {
+    FastReader in(frame);
+    std::uint32_t size = 0;
+    std::string_view key;
+    std::string_view type;
+    if (!in.map(size) || size == 0 || !in.str(key) || !is(key, "type") || !in.str(type)) return {};
+    return type;
+}
+
+// The frame read by the fast path, or nullopt for decode()'s general one.
+std::optional<Message> decode_fast(std::string_view frame, ParamsAs as) {
+    const auto read_task_as = [as](FastReader& in, Task& task, int depth) { return read_task(in, task, depth, as); };
+    const std::string_view type = first_type(frame);
+    FastReader in(frame);
+    if (type == "results") {
+        ResultBatch batch;
+        if (!read_batch(in, "results", batch.results, batch.v, read_result) || batch.v != kVersion) return std::nullopt;
+        return checked(std::move(batch));
+    }
+    if (type == "tasks") {
+        TaskBatch batch;
+        if (!read_batch(in, "tasks", batch.tasks, batch.v, read_task_as) || batch.v != kVersion) return std::nullopt;
+        return checked(std::move(batch));
+    }
+    if (type == "result") {
+        Result result;
+        if (!read_result(in, result, 0) || !in.done() || result.v != kVersion) return std::nullopt;
+        return checked(std::move(result));
+    }
+    if (type == "task") {
+        Task task;
+        if (!read_task(in, task, 0, as) || !in.done() || task.v != kVersion) return std::nullopt;
+        return checked(std::move(task));
+    }
+    return std::nullopt;
+}
+
 }  // namespace
 
 std::string encode(const Hello& message) { return pack(message); }
@@ -156,24 +324,29 @@ void append_encoded(std::string& out, const Task& message) {
     msgpack::pack(writer, message);
 }
 
-void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attempt_number) {
-    // Named as Task's fields are, since the macro makes each key of its variable's name.
-    const std::string type = "task";
-    const int v = kVersion;
-    const TaskId id = task.id;
-    const std::uint32_t attempt = attempt_number;
-    const std::string kind = task.type->name();
-    const Json& params = task.params;
-    const double timeout_s = task.timeout_s;
-    const std::string& gpus = task.gpus;
+void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attempt) {
+    // The keys in Task's order, as its msgpack_pack writes them (gpus only when it holds some).
     StringWriter writer{out};
-    msgpack::packer<StringWriter> packer(writer);
-    if (gpus.empty())
-        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s)
-            .msgpack_pack(packer);
-    else
-        msgpack::type::make_define_map MSGPACK_DEFINE_MAP_IMPL(type, v, id, attempt, kind, params, timeout_s, gpus)
-            .msgpack_pack(packer);
+    FastPacker packer(writer);
+    packer.map(task.gpus.empty() ? 7 : 8);
+    packer.str("type");
+    packer.str("task");
+    packer.str("v");
+    packer.unsigned_number(kVersion);
+    packer.str("id");
+    packer.unsigned_number(task.id);
+    packer.str("attempt");
+    packer.unsigned_number(attempt);
+    packer.str("kind");
+    packer.str(task.type->name());
+    packer.str("params");
+    packer.json(task.params);
+    packer.str("timeout_s");
+    packer.number(task.timeout_s);
+    if (!task.gpus.empty()) {
+        packer.str("gpus");
+        packer.str(task.gpus);
+    }
 }
 
 void encode_batch_of(std::string& out, std::span<const std::string_view> encoded_tasks) {
@@ -232,8 +405,43 @@ void ResultFrame::clear() {
 
 void ResultFrame::add(const Result& result) {
     starts_.push_back(used_);
+    // The keys in Result's order, as TASKFARM_MSGPACK_MAP packs them, staged (FastPacker).
     Writer writer{*this};
-    msgpack::pack(writer, result);
+    FastPacker packer(writer);
+    packer.map(11);
+    packer.str("type");
+    packer.str(result.type);
+    packer.str("v");
+    packer.signed_number(result.v);
+    packer.str("id");
+    packer.unsigned_number(result.id);
+    packer.str("attempt");
+    packer.unsigned_number(result.attempt);
+    packer.str("kind");
+    packer.str(result.kind);
+    packer.str("ok");
+    packer.boolean(result.ok);
+    packer.str("error");
+    packer.str(result.error);
+    packer.str("run_s");
+    packer.number(result.run_s);
+    packer.str("value");
+    if (result.packed_value.empty())
+        packer.json(result.value);
+    else
+        packer.raw(result.packed_value);
+    packer.str("cost");
+    packer.map(4);
+    packer.str("scope");
+    packer.str(result.cost.scope);
+    packer.str("user_s");
+    packer.number(result.cost.user_s);
+    packer.str("sys_s");
+    packer.number(result.cost.sys_s);
+    packer.str("max_rss_kb");
+    packer.signed_number(result.cost.max_rss_kb);
+    packer.str("rss");
+    packer.unsigned_number(result.rss);
 }
 
 void ResultFrame::drop_last() {
@@ -252,7 +460,13 @@ std::string_view ResultFrame::take() {
     return std::string_view(frame_).substr(0, used_);
 }
 
-Message decode(std::string_view frame) {
+Message decode(std::string_view frame, ParamsAs params) {
+    if (frame.size() <= kMaxFrameBytes)
+        if (auto fast = decode_fast(frame, params)) return std::move(*fast);
+    return detail::decode_general(frame);
+}
+
+Message detail::decode_general(std::string_view frame) {
     if (frame.size() > kMaxFrameBytes)
         return DecodeError{fmt::format("frame of {} bytes exceeds the limit of {}", frame.size(), kMaxFrameBytes)};
     // The defaults (2^32-1 of everything) would let one garbage frame ask for gigabytes.
@@ -315,9 +529,49 @@ void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out) {
     out.gpus = task.gpus;
 }
 
-TaskSpec to_spec(Task message, const Registry& registry) {
-    return TaskSpec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s,
-                    {},         std::move(message.gpus)};
+TaskSpec to_spec(Task message, const Registry& registry, std::string* packed) {
+    TaskSpec spec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s,
+                  {},         std::move(message.gpus)};
+    if (!message.packed_params.empty()) {
+        if (packed && spec.type && dynamic_cast<const PackedRun*>(spec.type))
+            *packed = std::move(message.packed_params);
+        else
+            spec.params = params_from_packed(message.packed_params);
+    }
+    return spec;
+}
+
+Json params_from_packed(std::string_view packed) {
+    FastReader in(packed);
+    Json params;
+    if (!in.json(params, 1) || !in.done() || !params.is_object())
+        throw std::invalid_argument("params that are not a msgpack map");
+    return params;
+}
+
+bool packed_number(std::string_view packed, std::string_view key, double& out) {
+    FastReader in(packed);
+    std::uint32_t size = 0;
+    if (!in.map(size)) return false;
+    for (std::uint32_t k = 0; k < size; ++k) {
+        std::string_view name;
+        if (!in.str(name)) return false;
+        if (name == key) return in.number(out);
+        if (!in.skim(1)) return false;
+    }
+    return false;
+}
+
+std::string packed_object(std::string_view key, double number) {
+    std::string out;
+    StringWriter writer{out};
+    {
+        FastPacker packer(writer);
+        packer.map(1);
+        packer.str(key);
+        packer.number(number);
+    }
+    return out;
 }
 
 Result to_message(TaskResult result) {

@@ -67,6 +67,9 @@ struct Task {
     // The task's CUDA_VISIBLE_DEVICES: the GPUs it holds ("3,5", docs/resources.md). Empty:
     // none, and then not sent at all, so a task that holds none costs not a byte more.
     std::string gpus;
+    // Read with ParamsAs::Packed (a worker): the params as the frame held them (a msgpack map),
+    // `params` then empty (decision 242). Not a field of the message: encode() packs `params`.
+    std::string packed_params;
     template <typename Packer>
     void msgpack_pack(Packer& packer) const {
         if (gpus.empty())
@@ -105,6 +108,9 @@ struct Result {
     Json value;             // what the type's run() returned, or a failure's TaskFailed value; else nil
     Cost cost;              // what it cost (the host is the worker's, from its hello)
     std::uint64_t rss = 0;  // the worker's resident bytes when it sent this; 0: not known
+    // The value as msgpack, from a PackedRun (decision 242), `value` then null: ResultFrame
+    // writes it as the value; encode() does not (it packs `value`). Set by the worker's executor.
+    std::string packed_value;
     TASKFARM_MSGPACK_MAP(type, v, id, attempt, kind, ok, error, run_s, value, cost, rss)
 };
 
@@ -231,14 +237,31 @@ private:
 
 // Never throws and never trusts `frame`: anything but a complete, valid message of this
 // version is a DecodeError saying why. A batch is accepted only if every element is valid.
-Message decode(std::string_view frame);
+// The frames of the hot path (task, tasks, result, results) in the form our encoders write are
+// read straight from their bytes (decision 241); any other frame by msgpack's object tree.
+// ParamsAs::Packed (the worker's): a task's params read by the fast path stay msgpack, in
+// Task::packed_params, for to_spec() to keep or to make JSON (decision 242).
+enum class ParamsAs { Json, Packed };
+Message decode(std::string_view frame, ParamsAs params = ParamsAs::Json);
+namespace detail {
+// decode() without that fast path: what it must agree with (tests).
+Message decode_general(std::string_view frame);
+}  // namespace detail
 
 // Conversions between the wire and the task model.
 Task to_message(const TaskSpec& task, std::uint32_t attempt);
 void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out);  // reuses out's strings
 // The task `message` (from decode()) asks for; its type from `registry`, or null when this
 // program has no type of that name.
-TaskSpec to_spec(Task message, const Registry& registry);
+// Params that came packed (Task::packed_params) become JSON, unless `packed` is given and the
+// type is a PackedRun: they then move there, for run_task() (decision 242).
+TaskSpec to_spec(Task message, const Registry& registry, std::string* packed = nullptr);
+// Params kept as msgpack (Task::packed_params), as JSON; throws std::invalid_argument if they are not a map.
+Json params_from_packed(std::string_view packed);
+// The number under `key` in the msgpack map `packed`; false when absent or not a number.
+bool packed_number(std::string_view packed, std::string_view key, double& out);
+// {key: number} as msgpack, as a value packed by msgpack-c would be.
+std::string packed_object(std::string_view key, double number);
 Result to_message(TaskResult result);
 void to_message(TaskResult&& result, Result& out);  // reuses out's strings
 // `type`: the task's type in the plan (the result's own "kind" is not trusted).

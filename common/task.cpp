@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "gil.hpp"
+#include "protocol.hpp"
 #include "temp_dirs.hpp"
 
 namespace taskfarm {
@@ -306,6 +307,12 @@ std::string describe_value(const TaskResult& result) {
 }
 
 TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& env) {
+    std::string no_value;
+    return run_task(task, attempt, env, {}, no_value);
+}
+
+TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& env, std::string_view packed_params,
+                    std::string& packed_value) {
     TaskResult result;
     result.id = task.id;
     result.attempt = attempt;
@@ -342,7 +349,10 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
             ~TakeChildUsage() { out = context.child_usage(); }
         } take_child_usage{context, children};
         const RunningTask running(task.id);  // an exit() from the function is said (temp_dirs.hpp)
-        result.value = task.type->run(task.params, context);
+        const auto* packed = packed_params.empty() ? nullptr : dynamic_cast<const PackedRun*>(task.type);
+        if (packed == nullptr || !packed->run_packed(packed_params, context, packed_value))
+            result.value = packed_params.empty() ? task.type->run(task.params, context)
+                                                 : task.type->run(proto::params_from_packed(packed_params), context);
         // Past its deadline is a timeout in every mode, whether or not the task noticed: a
         // thread cannot be killed, but its late result must not count where a worker's would not.
         if (context.expired()) throw TaskStopped(context.timed_out());
@@ -362,7 +372,7 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
     const auto ran = std::chrono::steady_clock::now() - started;
     result.run_time = ran;
     TaskCost& cost = result.cost;
-    cost.host = this_node();
+    if (!env.isolated) cost.host = this_node();  // a worker's results take their host from its hello
     if (children) {
         cost.scope = TaskCost::Scope::Tree;
         cost.user_s = children->user_s;

@@ -67,6 +67,18 @@ public:
 // The type's RunHooks, or null for a type without any (every user's type).
 inline const RunHooks* run_hooks(const TaskType& type) { return dynamic_cast<const RunHooks*>(&type); }
 
+// A built-in type that can run a task from its params as msgpack bytes, as a worker received
+// them, and give its value the same way, so that a task such as the no-op sleep costs no JSON
+// at all in a worker (decision 242). The engine's, not the API's: a user's type never has it.
+class PackedRun {
+public:
+    virtual ~PackedRun() = default;
+    // Runs the task whose params are the msgpack map `params` and sets `value` (a msgpack
+    // value), or returns false without running it: run() then runs it with the params as JSON.
+    // Throws as run() does.
+    virtual bool run_packed(std::string_view params, Context& context, std::string& value) const = 0;
+};
+
 // The task types a program knows, by name. Filled before the run (the built-ins, then the
 // user's), read-only after, so any thread may look up.
 class Registry {
@@ -188,5 +200,10 @@ struct RunEnv {
 // Runs one task to completion, failure or cancellation. Never throws: every error becomes
 // TaskResult{ok = false, error}. The same function runs in every mode.
 TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& env);
+// The same in a worker for a task whose params came as msgpack (decision 242): `packed_params`
+// (a map; `task.params` is then empty) go to the type's PackedRun::run_packed() if it has one,
+// which sets `packed_value` (the result's value then null), and to run() as JSON otherwise.
+TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& env, std::string_view packed_params,
+                    std::string& packed_value);
 
 }  // namespace taskfarm

@@ -136,9 +136,9 @@ void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& bod
         if (!wire::send_to(router_, identity, setup_)) return;
         return schedule_.hello(identity, *hello, remote, now);
     }
-    if (auto* result = std::get_if<proto::Result>(&message)) return schedule_.result(identity, *result, now);
+    if (auto* result = std::get_if<proto::Result>(&message)) return schedule_.result(identity, std::move(*result), now);
     if (auto* results = std::get_if<proto::ResultBatch>(&message)) {
-        for (const proto::Result& result : results->results) schedule_.result(identity, result, now);
+        for (proto::Result& result : results->results) schedule_.result(identity, std::move(result), now);
         return;
     }
     if (auto* returned = std::get_if<proto::Returned>(&message)) return schedule_.returned(identity, *returned, now);

@@ -196,6 +196,10 @@ void Schedule::start_dispatching(Clock::time_point now) {
 }
 
 void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::time_point now) {
+    result(peer, proto::Result(message), now);
+}
+
+void Schedule::result(const PeerId& peer, proto::Result&& message, Clock::time_point now) {
     const auto found = workers_.find(peer);
     if (found == workers_.end()) {
         spdlog::debug("ignored result of task {} from a worker no longer in the run", message.id);
@@ -229,17 +233,17 @@ void Schedule::result(const PeerId& peer, const proto::Result& message, Clock::t
     if (cancelled_.contains(done.index) && !message.ok) {
         failed_.insert(done.index);
         ++finished_;
-        actions_.record(task, cancelled(with_host(proto::to_result(message, worker.name, task.type))));
+        actions_.record(task, cancelled(with_host(proto::to_result(std::move(message), worker.name, task.type))));
         retire(done.index);
     } else if (!message.ok && !draining_ && done.number <= engine_retries(task.type, options_.retries)) {
         // --retries: a failure runs again, on whichever worker is free first; not while
         // draining, which starts nothing.
         retries_.push_front({done.index, done.number + 1});
-        actions_.record_retry(task, with_host(proto::to_result(message, worker.name, task.type)));
+        actions_.record_retry(task, with_host(proto::to_result(std::move(message), worker.name, task.type)));
     } else {
         if (!message.ok) failed_.insert(done.index);
         ++finished_;
-        actions_.record(task, with_host(proto::to_result(message, worker.name, task.type)));
+        actions_.record(task, with_host(proto::to_result(std::move(message), worker.name, task.type)));
         retire(done.index);
     }
     check_recycle(found, now);

@@ -162,6 +162,8 @@ public:
                Clock::time_point now);
     void frame(const PeerId& peer, Clock::time_point now);  // any frame: a sign of life
     void result(const PeerId& peer, const proto::Result& result, Clock::time_point now);
+    // The same, taking the result's strings and value rather than copying them.
+    void result(const PeerId& peer, proto::Result&& result, Clock::time_point now);
     void returned(const PeerId& peer, const proto::Returned& returned, Clock::time_point now);
     void heartbeat(const PeerId& peer, const proto::Heartbeat& heartbeat, Clock::time_point now);
     // SIGTERM: no task is handed out any more; the run is done once no worker holds one.

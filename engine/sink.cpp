@@ -19,13 +19,23 @@ void ResultSink::on_result(const TaskSpec& task, const TaskResult& result) {
         sink_it_(task, result);
     } catch (const std::exception& e) {  // a sink never stops the run
         spdlog::error("cannot record result of task {}: {}", result.id, e.what());
+    } catch (...) {
+        spdlog::error("cannot record result of task {}: an unknown error", result.id);
     }
 }
 
 void ResultSink::on_results(std::span<const Finished> batch) {
     if (batch.empty()) return;
     std::lock_guard lock(mutex_);
-    sink_all_(batch);
+    try {
+        sink_all_(batch);
+    } catch (const std::exception& e) {  // a sink never stops the run
+        spdlog::error("cannot record results of tasks {} to {}: {}", batch.front().result.id, batch.back().result.id,
+                      e.what());
+    } catch (...) {
+        spdlog::error("cannot record results of tasks {} to {}: an unknown error", batch.front().result.id,
+                      batch.back().result.id);
+    }
 }
 
 void ResultSink::sink_all_(std::span<const Finished> batch) {
@@ -34,6 +44,8 @@ void ResultSink::sink_all_(std::span<const Finished> batch) {
             sink_it_(done.task, done.result);
         } catch (const std::exception& e) {  // a sink never stops the run
             spdlog::error("cannot record result of task {}: {}", done.result.id, e.what());
+        } catch (...) {
+            spdlog::error("cannot record result of task {}: an unknown error", done.result.id);
         }
     }
 }
@@ -44,6 +56,8 @@ void ResultSink::on_event(const RunEvent& event) {
         event_it_(event);
     } catch (const std::exception& e) {  // a sink never stops the run
         spdlog::error("cannot record {} event of worker {}: {}", to_string(event.kind), event.worker, e.what());
+    } catch (...) {
+        spdlog::error("cannot record {} event of worker {}: an unknown error", to_string(event.kind), event.worker);
     }
 }
 
@@ -53,6 +67,8 @@ void ResultSink::flush() {
         flush_();
     } catch (const std::exception& e) {  // a sink never stops the run
         spdlog::error("cannot flush results: {}", e.what());
+    } catch (...) {
+        spdlog::error("cannot flush results: an unknown error");
     }
 }
 

@@ -135,6 +135,11 @@ void ConsoleSink::sink_all_(std::span<const Finished> batch) {
     if (discarded_ || closed_) return;
     line_.clear();
     in_block_ = true;
+    // Whatever escapes the lines, in_block_ goes back: a later single result is written.
+    struct EndBlock {
+        bool& in_block;
+        ~EndBlock() { in_block = false; }
+    } end_block{in_block_};
     ResultSink::sink_all_(batch);
     in_block_ = false;
     if (closed_ || line_.size() == 0) return;

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "builtin.hpp"
+#include "protocol.hpp"
 
 namespace taskfarm {
 namespace {
@@ -46,7 +47,7 @@ double round_to_ms(double seconds) { return std::round(seconds * 1000.0) / 1000.
 // specified bit for bit, so it could give other plans on other standard libraries.
 double unit_interval(std::mt19937_64& generator) { return static_cast<double>(generator() >> 11) * 0x1.0p-53; }
 
-class SleepType final : public TaskType {
+class SleepType final : public TaskType, public PackedRun {
 public:
     std::string name() const override { return "sleep"; }
     std::string summary() const override { return "waits --duration seconds (plan: \"seconds\")"; }
@@ -123,6 +124,18 @@ public:
         if (context.stop_requested()) throw TaskStopped("cancelled");
         if (wake == context.deadline()) throw TaskStopped(context.timed_out());
         return number_object("slept_s", slept);
+    }
+
+    // In a worker, a sleep of 0 (the no-op) from its packed params, with its value packed: no
+    // JSON either way (decision 242). Any other sleep, or params that run() would refuse, go
+    // to run(), which sleeps or says what is wrong.
+    bool run_packed(std::string_view params, Context& context, std::string& value) const override {
+        double seconds = -1;
+        if (!proto::packed_number(params, "seconds", seconds) || seconds != 0) return false;
+        context.check();
+        static const std::string slept_nothing = proto::packed_object("slept_s", 0.0);
+        value = slept_nothing;
+        return true;
     }
 
     std::string describe(const Value& value) const override {

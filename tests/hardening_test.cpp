@@ -307,6 +307,52 @@ TEST(Printable, ABlockOfResultsPrintsWhatOneAtATimePrints) {
               "threads    task    9 on t1     done at   0.000 s, ran 0.000 s: FAILED, runs again (--retries): again\n");
 }
 
+// A result whose type throws something that is not a std::exception while the console
+// writes a block (a threads-mode slice) costs that one line: the rest of the block, and the
+// results after it one at a time, are still written, and nothing reaches the runner.
+TEST(Printable, AThrowingTypeInABlockLosesNoOtherLine) {
+    struct Throws final : TaskType {
+        std::string name() const override { return "throws"; }
+        Value run(const Params&, Context&) const override { return nullptr; }
+        std::string describe(const Value& value) const override {
+            if (value == "bad") throw 42;
+            return value.get<std::string>();
+        }
+    };
+    const Throws type;
+    const auto result = [&](TaskId id, const char* value) {
+        Finished done;
+        done.result.id = id;
+        done.result.ok = true;
+        done.result.type = &type;
+        done.result.worker = "t1";
+        done.result.value = value;
+        return done;
+    };
+    std::vector<Finished> block{result(1, "bad"), result(2, "two")};
+    std::FILE* out = std::tmpfile();
+    ASSERT_NE(out, nullptr);
+    {
+        ConsoleSink sink(out);
+        sink.begin_mode("threads", 4);
+        EXPECT_NO_THROW(sink.on_results(block));
+        const Finished single = result(3, "three");
+        sink.on_result(single.task, single.result);
+        std::vector<Finished> next{result(4, "four")};
+        sink.on_results(next);
+        sink.flush();
+    }
+    std::rewind(out);
+    std::string text(4096, '\0');
+    text.resize(std::fread(text.data(), 1, text.size(), out));
+    std::fclose(out);
+    EXPECT_EQ(text,
+              "== threads: 4 tasks\n"
+              "threads    task    2 on t1     done at   0.000 s, ran 0.000 s: two\n"
+              "threads    task    3 on t1     done at   0.000 s, ran 0.000 s: three\n"
+              "threads    task    4 on t1     done at   0.000 s, ran 0.000 s: four\n");
+}
+
 TEST(Printable, AHelloNameWithControlBytesIsRejected) {
     proto::Hello hello;
     hello.name = "w1\x1b]0;owned\x07";

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <limits>
 #include <random>
 #include <fmt/format.h>
 #include <sstream>
@@ -422,6 +423,149 @@ TEST(Protocol, ATaskPackedFromItsSpecIsTheTaskMessage) {
         append_encoded(out, *task, 3);
         EXPECT_EQ(out, "before" + encode(to_message(*task, 3))) << task->id;
     }
+}
+
+// The hot frames are read and written by a fast path of their own (decision 241): what it
+// reads must be what msgpack's object tree reads, frame for frame, valid or not, and what it
+// writes must be byte for byte what msgpack-c writes.
+TEST(Protocol, TheFastPathReadsAndWritesWhatTheGeneralOneDoes) {
+    const Json odd = Json{{"n", -5},
+                          {"big", -70000},
+                          {"huge", std::numeric_limits<std::int64_t>::min()},
+                          {"u", 300},
+                          {"u64", std::numeric_limits<std::uint64_t>::max()},
+                          {"f", -0.125},
+                          {"s", std::string(40, 'x')},
+                          {"long", std::string(300, 'y')},
+                          {"list", Json::array({nullptr, true, false, Json::array({1, 2}), Json::object()})}};
+    TaskBatch tasks;
+    ResultBatch results;
+    for (TaskId id = 0; id < 20; ++id) {
+        TaskSpec spec{id * 1000, type("sleep"), id % 3 ? Json{{"seconds", 0.5 * id}} : odd, id % 2 ? 3.0 : 0};
+        if (id == 7) spec.gpus = "3,5";
+        tasks.tasks.push_back(to_message(spec, 1 + id % 3));
+        std::string packed;
+        append_encoded(packed, spec, 1 + id % 3);
+        EXPECT_EQ(packed, encode(tasks.tasks.back())) << id;
+        TaskResult result;
+        result.id = id;
+        result.ok = id % 2;
+        result.error = result.ok ? "" : "failed";
+        result.value = id % 3 ? Json{{"slept_s", 0.0}} : odd;
+        result.cost.scope = TaskCost::Scope::Process;
+        result.cost.max_rss_kb = id % 2 ? -1 : 4096;
+        results.results.push_back(to_message(std::move(result)));
+        ResultFrame frame;
+        frame.add(results.results.back());
+        EXPECT_EQ(std::string(frame.take()), encode(results.results.back())) << id;
+    }
+    const std::vector<std::string> seeds{encode(tasks), encode(results), encode(tasks.tasks[7]),
+                                         encode(results.results[3])};
+    std::mt19937_64 random(11);
+    std::size_t both_read = 0;
+    for (int round = 0; round < 4000; ++round) {
+        std::string frame = seeds[random() % seeds.size()];
+        const int edits = static_cast<int>(random() % 4);  // 0: the valid frame
+        for (int e = 0; e < edits && !frame.empty(); ++e) {
+            const std::size_t at = random() % frame.size();
+            switch (random() % 3) {
+                case 0: frame[at] = static_cast<char>(random()); break;
+                case 1: frame.erase(at, 1); break;
+                default: frame.insert(at, 1, static_cast<char>(random())); break;
+            }
+        }
+        const Message fast = decode(frame);
+        const Message general = detail::decode_general(frame);
+        ASSERT_EQ(fast.index(), general.index()) << round;
+        // As a worker reads it (params kept as msgpack where they can be): the same message
+        // once the params are made JSON, or the same refusal.
+        Message packed = decode(frame, ParamsAs::Packed);
+        ASSERT_EQ(packed.index(), general.index()) << round;
+        const auto unpack = [](Task& task) {
+            if (task.packed_params.empty()) return;
+            task.params = params_from_packed(task.packed_params);
+            task.packed_params.clear();
+        };
+        if (auto* task = std::get_if<Task>(&packed)) unpack(*task);
+        if (auto* batch = std::get_if<TaskBatch>(&packed))
+            for (Task& task : batch->tasks) unpack(task);
+        if (const auto* error = std::get_if<DecodeError>(&general)) {
+            EXPECT_EQ(std::get<DecodeError>(fast).reason, error->reason) << round;
+            continue;
+        }
+        ++both_read;
+        const auto encoded = [](const Message& message) {
+            return std::visit(
+                [](const auto& read) -> std::string {
+                    if constexpr (std::is_same_v<std::decay_t<decltype(read)>, DecodeError>)
+                        return {};
+                    else
+                        return encode(read);
+                },
+                message);
+        };
+        EXPECT_EQ(encoded(fast), encoded(general)) << round;
+        EXPECT_EQ(encoded(packed), encoded(general)) << round;
+    }
+    EXPECT_GT(both_read, 1000u);
+}
+
+// A worker keeps a task's params as msgpack for a type that runs from them (decision 242):
+// the no-op sleep decodes nothing and packs its value as the JSON run's would be packed;
+// any other sleep, bad params and other types run from JSON as before.
+TEST(Protocol, AWorkerRunsTheNoOpFromItsPackedParams) {
+    struct AsWorker {
+        TaskSpec spec;
+        std::string packed;
+    };
+    const auto as_worker = [](const TaskSpec& spec) {
+        const Message message = decode(encode(to_message(spec, 1)), ParamsAs::Packed);
+        AsWorker read;
+        read.spec = to_spec(std::get<Task>(message), builtin_types(), &read.packed);
+        return read;
+    };
+    const RunEnv env{.worker = "w1", .mode = "processes", .isolated = true, .cost_per_slice = true};
+    const auto run_as_worker = [&](const TaskSpec& spec, std::string& value) {
+        const AsWorker read = as_worker(spec);
+        return run_task(read.spec, 1, env, read.packed, value);
+    };
+    const AsWorker noop = as_worker(TaskSpec{1, type("sleep"), {{"seconds", 0.0}}, 0});
+    EXPECT_FALSE(noop.packed.empty());
+    EXPECT_EQ(noop.spec.params, Json::object());
+    EXPECT_EQ(params_from_packed(noop.packed), (Json{{"seconds", 0.0}}));
+    const AsWorker cpu = as_worker(TaskSpec{2, type("cpu"), {{"lo", 1}, {"hi", 9}}, 0});
+    EXPECT_TRUE(cpu.packed.empty());
+    EXPECT_EQ(cpu.spec.params, (Json{{"lo", 1}, {"hi", 9}}));
+
+    Result packed;
+    const TaskResult ran = run_task(noop.spec, 1, env, noop.packed, packed.packed_value);
+    ASSERT_TRUE(ran.ok) << ran.error;
+    EXPECT_TRUE(ran.value.is_null());
+    EXPECT_FALSE(packed.packed_value.empty());
+    to_message(TaskResult(ran), packed);
+    Result reference = packed;  // the same result with the value the JSON run gives
+    reference.packed_value.clear();
+    reference.value = Json{{"slept_s", 0.0}};
+    ResultFrame frame;
+    frame.add(reference);
+    const std::string expected(frame.take());
+    frame.clear();
+    frame.add(packed);
+    EXPECT_EQ(std::string(frame.take()), expected);
+    const Message back = decode(expected);
+    EXPECT_EQ(to_result(std::get<Result>(back), "w1", type("sleep")).value, (Json{{"slept_s", 0}}));
+
+    std::string none;
+    const TaskResult slept = run_as_worker(TaskSpec{3, type("sleep"), {{"seconds", 0.001}}, 0}, none);
+    ASSERT_TRUE(slept.ok) << slept.error;
+    EXPECT_GE(slept.value.at("slept_s").get<double>(), 0.0);
+    EXPECT_TRUE(none.empty());
+    const TaskResult refused = run_as_worker(TaskSpec{4, type("sleep"), {{"seconds", "soon"}}, 0}, none);
+    EXPECT_FALSE(refused.ok);
+    EXPECT_EQ(refused.error, "sleep needs \"seconds\"");
+    const TaskResult negative = run_as_worker(TaskSpec{5, type("sleep"), {{"seconds", -1}}, 0}, none);
+    EXPECT_FALSE(negative.ok);
+    EXPECT_EQ(negative.error, run_task(TaskSpec{5, type("sleep"), {{"seconds", -1}}, 0}, 1, env).error);
 }
 
 TEST(Protocol, BatchesRoundTripInOrder) {

@@ -156,7 +156,9 @@ std::vector<proto::Result> Executor::cancel(const std::vector<proto::TaskRef>& t
 void Executor::queue(proto::Task&& task) {
     std::string kind = task.kind;
     const std::uint32_t attempt = task.attempt;
-    queue_.push_back({proto::to_spec(std::move(task), registry_), attempt, std::move(kind)});
+    std::string packed;
+    TaskSpec spec = proto::to_spec(std::move(task), registry_, &packed);
+    queue_.push_back({std::move(spec), attempt, std::move(kind), std::move(packed)});
 }
 
 void Executor::loop(std::stop_token stop, zmq::context_t& context) {
@@ -200,9 +202,11 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
         }
         env.stop = own.get_token();
         if (board_) board_->started(next.task.id, next.attempt);
+        proto::Result message;  // its packed value, if the type gives one, set by run_task
         TaskResult result = [&] {
             const TaskGpus gpus(next.task.gpus);
-            return next.task.type ? run_task(next.task, next.attempt, env) : unknown_kind(next);
+            return next.task.type ? run_task(next.task, next.attempt, env, next.packed_params, message.packed_value)
+                                  : unknown_kind(next);
         }();
         if (board_) board_->ended();
         {
@@ -213,7 +217,6 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
             running_stop_ = nullptr;
         }
         if (stop.stop_requested()) return;
-        proto::Result message;
         proto::to_message(std::move(result), message);
         message.kind = std::move(next.kind);
         if (message.cost.scope.empty() && next.task.type) message.cost.scope = kShared;  // measured per frame

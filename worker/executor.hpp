@@ -70,7 +70,8 @@ private:
     struct Queued {
         TaskSpec task;
         std::uint32_t attempt;
-        std::string kind;  // the task's type name, kept for the error when this program lacks it
+        std::string kind;           // the task's type name, kept for the error when this program lacks it
+        std::string packed_params;  // for a PackedRun type: its params as msgpack (decision 242)
     };
 
     static void process_cpu(double& user_s, double& sys_s);  // this process's CPU so far

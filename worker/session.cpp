@@ -225,7 +225,7 @@ int run_session(const WorkerConfig& config) {
             while (dealer.recv(incoming, zmq::recv_flags::dontwait)) {
                 last_heard = Clock::now();
                 heard = true;
-                auto message = proto::decode(incoming.to_string_view());
+                auto message = proto::decode(incoming.to_string_view(), proto::ParamsAs::Packed);  // decision 242
                 if (auto* task = std::get_if<proto::Task>(&message)) {
                     executor.push(std::move(*task));
                 } else if (auto* tasks = std::get_if<proto::TaskBatch>(&message)) {
