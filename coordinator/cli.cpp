@@ -1047,7 +1047,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
                                         : OutputBlocks::Group;
     if (cl.output_option->count() == 0 && registry.at(task).traits().plain_output) config.output = OutputBlocks::Plain;
     config.modes_given = cl.mode_option->count() > 0;
-    config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
+    config.prefetch = prefetch == "auto" ? 0 : parse_whole<int>(prefetch).value_or(0);  // checked by kPrefetch
     if (!cpus.empty())
         config.pin_cpus = parse_cpu_list(cpus);
     else if (pin)

@@ -418,5 +418,63 @@ class CommandInputs(unittest.TestCase):
                     self.assertEqual(sorted(os.listdir(directory)), ["data"])  # nothing left behind
 
 
+JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+
+
+class ValuesAreScanned(unittest.TestCase):
+    """Values and joblog lines are read by scanning, never std::regex (which recursed once a
+    character: a long value was a stack overflow, SIGSEGV) nor std::sto* (whose out_of_range
+    was exit 1): a malformed one is exit 2 naming the option or FILE:LINE."""
+
+    def parallel(self, *args, directory=None):
+        return subprocess.run([COORDINATOR, "parallel", *args], capture_output=True, text=True, timeout=60,
+                              cwd=directory)
+
+    def test_a_malformed_joblog_line_is_exit_2_naming_file_and_line(self):
+        with tempfile.TemporaryDirectory() as directory:
+            for name, line in [("a 30-digit Seq", "1" * 30 + "\t:\t1.0\t0.1\t0\t0\t0\t0\techo a"),
+                               ("a long line without tabs", "1 " + "x" * 1_000_000),
+                               ("a field that is no number", "1\t:\tx\t0.1\t0\t0\t0\t0\techo a")]:
+                for flag in ["--resume", "--resume-failed"]:
+                    with self.subTest(name, flag=flag):
+                        with open(os.path.join(directory, "jl"), "w") as f:
+                            f.write(JOBLOG_HEADER + "1\t:\t1.0\t0.1\t0\t0\t0\t0\techo a\n" + line + "\n")
+                        result = self.parallel(flag, "--joblog", "jl", "echo", ":::", "a", directory=directory)
+                        self.assertEqual(result.returncode, 2, result.stderr[:300])
+                        self.assertIn("jl:3:", result.stderr)
+                        self.assertEqual(result.stdout, "")
+
+    def test_a_long_joblog_line_is_read(self):
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "jl"), "w") as f:
+                f.write(JOBLOG_HEADER + "1\t:\t1.0\t0.1\t0\t0\t0\t0\techo " + "a\tb" * 500_000 + "\n")
+            result = self.parallel("-k", "--resume-failed", "--joblog", "jl", "echo", ":::", "a", "b",
+                                   directory=directory)
+            self.assertEqual(result.returncode, 0, result.stderr[:300])
+            self.assertEqual(result.stdout, "b\n")
+
+    def test_a_long_or_huge_value_is_exit_2_naming_its_option(self):
+        digits = "1" * 100_000
+        for args in [["--delay", digits], ["--timeout", digits + "s"], ["-j", digits + "%"], ["--block", digits],
+                     ["--halt", "now,fail=" + digits], ["--halt", digits + "%"], ["-j", "1" * 30]]:
+            with self.subTest(args[0], length=len(args[1])):
+                result = self.parallel(*args, "echo", ":::", "a")
+                self.assertIn(result.returncode, (0, 2), result.stderr[:300])
+                if result.returncode == 2:
+                    self.assertIn(args[0], result.stderr)
+        # A position past a long's range: exit 2 naming it, not exit 1.
+        result = self.parallel("echo", "{" + "9" * 30 + "}", ":::", "a")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("9" * 30, result.stderr)
+
+    def test_a_fixed_colsep_splits_a_long_line(self):
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "in"), "w") as f:
+                f.write(" " * 1_000_000 + "\tb\n")
+            result = self.parallel("--colsep", "\\t", "echo", "{2}", "::::", "in", directory=directory)
+            self.assertEqual(result.returncode, 0, result.stderr[:300])
+            self.assertEqual(result.stdout, "b\n")
+
+
 if __name__ == "__main__":
     unittest.main()
