@@ -466,7 +466,7 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
     app.add_option("--prefetch", prefetch,
                    fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
                                "It holds one until the tasks' times are known and it has sent a result, then as many\n"
-                               "as take about {:g} ms; short tasks travel in batches (of at most 4 MiB), and a long\n"
+                               "as take about {:g} ms (commands: 20); short tasks travel in batches (of at most 4 MiB), and a long\n"
                                "task never has others waiting behind it",
                                kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
         ->check(kPrefetch)
