@@ -154,6 +154,11 @@ std::optional<double> decimal(std::string_view text) {
     return value;
 }
 
+// -X, -m: the most bytes the arguments of one command add to it. A shell command is one
+// argument of `sh -c`, which Linux caps at 128 KiB (MAX_ARG_STRLEN): near that, fewer
+// commands than parallel's (which cuts at about 64 KiB less the environment) or xargs'.
+constexpr std::size_t kMostCommandBytes = 120 * 1024;
+
 // The string a regex matches when it is a fixed one (letters, and \\t or an escaped
 // special character), else nullopt.
 std::optional<std::string> literal_of(std::string_view regex) {
@@ -849,6 +854,24 @@ public:
         template_ = append ? command_template + " " + options_.replace : command_template;
         pieces_ = append ? pieces_of(template_, names_, options_.replace) : pieces;
         if (options_.tagstring) tag_pieces_ = pieces_of(*options_.tagstring, names_, options_.replace);
+        if (options_.multi != Multi::None && !options_.pipe) {
+            for (std::size_t at = 0; at < template_.size();) {
+                const auto start = template_.find_first_not_of(" \t", at);
+                if (start == std::string::npos) break;
+                auto end = template_.find_first_of(" \t", start);
+                if (end == std::string::npos) end = template_.size();
+                const std::vector<Piece> word =
+                    pieces_of(template_.substr(start, end - start), names_, options_.replace);
+                const auto all = static_cast<std::size_t>(
+                    std::count_if(word.begin(), word.end(), [](const Piece& p) { return p.kind == Piece::Kind::All; }));
+                per_arg_.words += all;
+                const std::size_t replaced = all * options_.replace.size();  // {} itself is not repeated
+                if (all > 0 && options_.multi == Multi::X && end - start > replaced)
+                    per_arg_.text += end - start - replaced;
+                at = end;
+            }
+            per_arg_.budget = kMostCommandBytes > template_.size() ? kMostCommandBytes - template_.size() : 0;
+        }
     }
     ~Jobs() override = default;
     Jobs(const Jobs&) = delete;
@@ -859,11 +882,31 @@ public:
             std::vector<std::string> args, raw, record;
             std::size_t taken = 0;
             std::string chunk;
-            for (; taken < per_job_ && next_record(record, chunk); ++taken)
-                for (const std::string& value : record) {
-                    raw.push_back(value);
-                    for (std::string& column : columns(value)) args.push_back(std::move(column));
+            std::size_t bytes = 0;  // -X, -m: what the arguments add to the command, at most
+            for (; taken < per_job_; ++taken) {
+                if (held_) {
+                    record = std::move(*held_);
+                    held_.reset();
+                } else if (!next_record(record, chunk)) {
+                    break;
                 }
+                std::vector<std::string> more;
+                for (const std::string& value : record)
+                    for (std::string& column : columns(value)) more.push_back(std::move(column));
+                if (per_arg_.words > 0) {
+                    // As parallel: a command line of many arguments is cut at its length limit.
+                    std::size_t cost = 0;
+                    for (const std::string& arg : more)
+                        cost += per_arg_.words * (parallel::quote(arg).size() + 1) + per_arg_.text;
+                    if (taken > 0 && bytes + cost > per_arg_.budget) {
+                        held_ = std::move(record);  // the next job's first
+                        break;
+                    }
+                    bytes += cost;
+                }
+                raw.insert(raw.end(), record.begin(), record.end());
+                for (std::string& arg : more) args.push_back(std::move(arg));
+            }
             if (taken == 0) return false;
             const std::uint64_t sequence = ++sequence_;
             if (skip_.contains(sequence)) {  // --resume: done before
@@ -878,6 +921,7 @@ public:
     }
     bool ready() override {
         if (chunks_) return chunks_->ready();
+        if (held_) return true;
         if (!stream_ || have_current_) return true;
         return pending_ || stream_->ready();
     }
@@ -965,6 +1009,8 @@ private:
                         job.tag += (i > 0 ? " " : "") + modified(args[i], piece.modifier);
                 } else if (piece.kind == Piece::Kind::Sequence) {
                     job.tag += std::to_string(sequence);
+                } else if (piece.kind == Piece::Kind::Slot) {
+                    job.tag += kSlotInTag;  // the slot is known at the result
                 } else if (piece.kind == Piece::Kind::Position) {
                     const long count = static_cast<long>(args.size());
                     const long index = piece.position > 0 ? piece.position - 1 : count + piece.position;
@@ -1002,6 +1048,13 @@ private:
     bool none_ = false;               // a source without values: no record at all
     bool ended_ = false;              // every record made
     std::size_t per_job_ = 1;
+    // -X, -m: what each argument adds to a command at most: its quoted length (and a space)
+    // once for each of `words` replacement strings, and `text`, the rest of the words it repeats (-X);
+    // a job takes arguments while they add no more than `budget` (words 0: no limit).
+    struct {
+        std::size_t words = 0, text = 0, budget = 0;
+    } per_arg_;
+    std::optional<std::vector<std::string>> held_;  // a record taken that did not fit its job
     std::string template_;
     std::vector<Piece> pieces_, tag_pieces_;
     std::uint64_t sequence_ = 0;

@@ -204,7 +204,12 @@ private:
         }
         std::string text = stream.pending.substr(0, whole);
         stream.pending.erase(0, whole);
-        if (output_.tagged) text = tagged(text, info.tag);
+        if (output_.tagged) {
+            // A job's slot ({%}) is known at its end: lines out before it have none.
+            std::string tag = info.tag;
+            std::erase(tag, kSlotInTag);
+            text = tagged(text, tag);
+        }
         std::FILE* to = s == 0 ? out_ : stderr;
         if (s == 1) std::fflush(out_);
         std::fwrite(text.data(), 1, text.size(), to);
@@ -298,7 +303,15 @@ void ParallelSink::failed() {
 }
 
 void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
-    const ParallelJob job = output_.job(result.id, !result.retrying);
+    ParallelJob job = output_.job(result.id, !result.retrying);
+    // {%} in --tagstring: the job's slot, the number of the worker that ran it (w2: 2), as
+    // the command's {%} is.
+    if (job.tag.find(kSlotInTag) != std::string::npos) {
+        const std::string slot = result.worker.starts_with('w') ? result.worker.substr(1) : result.worker;
+        std::string resolved;
+        for (const char c : job.tag) c == kSlotInTag ? resolved += slot : resolved += c;
+        job.tag = std::move(resolved);
+    }
     // --pipe: a job's chunk is not needed once it has its last try.
     if (!result.retrying && !job.stdin_path.empty()) ::unlink(job.stdin_path.c_str());
     // After --halt now the running jobs were killed: parallel shows none of them. After --halt
