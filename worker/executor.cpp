@@ -232,11 +232,15 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
         // (the coordinator's refill then arrives while the last tasks run), or the outbox is
         // full. The socket thread also takes what waits at each of its own wake-ups, at
         // least every kGiveBackAfter / 2 while tasks are queued, so no result waits longer.
+        // Only with a board: a coordinator that loses this worker reads there which task ran;
+        // without one (a remote worker) it takes the oldest task without a result as the one
+        // that ran, which a held result would make wrong.
         bool wake_now = false;
         {
             std::lock_guard lock(outbox_mutex_);
             outbox_.push_back(std::move(message));
-            if (!woken_ && (queued < kHoldWhileQueued || outbox_.size() >= kMostHeld)) wake_now = woken_ = true;
+            if (!woken_ && (!board_ || queued < kHoldWhileQueued || outbox_.size() >= kMostHeld))
+                wake_now = woken_ = true;
         }
         // A blocking send: inproc to our own socket thread, which never stops reading.
         if (wake_now) wake.send(zmq::str_buffer("!"), zmq::send_flags::none);
