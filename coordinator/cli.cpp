@@ -463,12 +463,14 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                    "CPUs to pin to, e.g. 0-3,6 (implies --pin); each must be one this process may\n"
                    "use (sched_getaffinity, see taskset)")
         ->check(kCpuList);
-    app.add_option("--prefetch", prefetch,
-                   fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
-                               "It holds one until the tasks' times are known and it has sent a result, then as many\n"
-                               "as take about {:g} ms (commands: 20); short tasks travel in batches (of at most 4 MiB), and a long\n"
-                               "task never has others waiting behind it",
-                               kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
+    app.add_option(
+           "--prefetch", prefetch,
+           fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
+                       "It holds one until the tasks' times are known and it has sent a result, then as many\n"
+                       "as take about {:g} ms ({:g} ms of commands); short tasks travel in batches (of at most\n"
+                       "4 MiB), and a long task never has others waiting behind it",
+                       kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count(),
+                       std::chrono::duration<double, std::milli>(kCommandQueueBudget).count()))
         ->check(kPrefetch)
         ->capture_default_str();
     cl.resources.add(app);
