@@ -48,6 +48,12 @@ std::string quote(std::string_view text) {
 
 namespace {
 
+// The length of parallel::quote(text), without making it.
+std::size_t quoted_size(std::string_view text) {
+    if (is_plain_shell_word(text)) return text.size();
+    return text.size() + 2 + 4 * static_cast<std::size_t>(std::count(text.begin(), text.end(), '\''));
+}
+
 // An option this parser does not know, or a bad value: exit 2 with the line (or `status`,
 // where GNU parallel takes the value and then fails with its own status).
 struct Usage : std::runtime_error {
@@ -896,15 +902,14 @@ public:
                 if (per_arg_.words > 0) {
                     // As parallel: a command line of many arguments is cut at its length limit.
                     std::size_t cost = 0;
-                    for (const std::string& arg : more)
-                        cost += per_arg_.words * (parallel::quote(arg).size() + 1) + per_arg_.text;
+                    for (const std::string& arg : more) cost += per_arg_.words * (quoted_size(arg) + 1) + per_arg_.text;
                     if (taken > 0 && bytes + cost > per_arg_.budget) {
                         held_ = std::move(record);  // the next job's first
                         break;
                     }
                     bytes += cost;
                 }
-                raw.insert(raw.end(), record.begin(), record.end());
+                raw.insert(raw.end(), std::make_move_iterator(record.begin()), std::make_move_iterator(record.end()));
                 for (std::string& arg : more) args.push_back(std::move(arg));
             }
             if (taken == 0) return false;
