@@ -14,6 +14,18 @@
 
 namespace taskfarm {
 
+// `text` in full as a whole number of type T (from_chars: no sign for an unsigned T, no
+// space, no exception past T's range), or nullopt. Numbers from users and files are read so,
+// never with std::sto* (which throws std::out_of_range) nor std::regex (which recurses once a
+// character and overflows the stack on a long text).
+template <class T>
+std::optional<T> parse_whole(std::string_view text) {
+    T value{};
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+    return value;
+}
+
 // A number of seconds: finite (no nan, inf), written in full (no trailing text).
 inline std::optional<double> parse_finite(std::string_view text) {
     double value = 0;

@@ -1,12 +1,15 @@
 #pragma once
 // The process groups of the commands this process runs now (tasks/command/child.cpp), for
-// a process that outlives it to end them: a worker reports them to its coordinator in each
-// heartbeat, and the coordinator SIGKILLs the groups of a worker it loses (killed with the
-// command's guardian, say) and, at the end of a run, of every worker (decision 116).
-// Also the command's grace, which the coordinator must wait out before it calls a worker
-// that overran a timeout stuck.
+// a process that outlives it to end them. A worker its coordinator started keeps them in a
+// table file of the coordinator's --state-dir (`command-groups-PGRP-PID`), which the
+// coordinator reads when it reaps the worker (found dead, killed as lost, at the end of the
+// run) and SIGKILLs every group in it (decision 206); only a worker without that file (one
+// started by hand) reports them in its heartbeats (decision 116). Also the command's grace,
+// which the coordinator must wait out before it calls a worker that overran a timeout stuck.
 
+#include <signal.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -18,6 +21,16 @@
 #include <nlohmann/json.hpp>
 
 namespace taskfarm::command_groups {
+
+// Sends `signal` to process group `group`, one recorded as a command's: every such kill
+// goes through here. Refuses 0 and 1 (kill(0) and kill(-1) mean this group and every
+// process), negative numbers, and the caller's own group (a table or report that names it
+// would be our own death). Async-signal-safe (a guardian calls it after fork). True when
+// sent.
+inline bool kill_group(pid_t group, int signal) {
+    if (group <= 1 || group == ::getpgrp()) return false;
+    return ::kill(-group, signal) == 0;
+}
 
 // The groups of the commands a process runs now, in memory its guardian shares
 // (tasks/command/child.cpp): a command writes its group into a slot before it execs, and

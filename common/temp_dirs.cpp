@@ -17,6 +17,8 @@
 
 #include <fmt/format.h>
 
+#include "checks.hpp"
+
 namespace taskfarm {
 namespace {
 
@@ -72,7 +74,7 @@ pid_t pid_in(const std::string& name) {
     const std::string digits = name.substr(before + 1, last - before - 1);
     if (what.empty() || !std::all_of(what.begin(), what.end(), [](char c) { return c >= 'a' && c <= 'z'; })) return 0;
     if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return 0;
-    return static_cast<pid_t>(std::stol(digits));
+    return parse_whole<pid_t>(digits).value_or(0);
 }
 
 }  // namespace

@@ -455,12 +455,14 @@ void add_mode_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                    "CPUs to pin to, e.g. 0-3,6 (implies --pin); each must be one this process may\n"
                    "use (sched_getaffinity, see taskset)")
         ->check(kCpuList);
-    app.add_option("--prefetch", prefetch,
-                   fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
-                               "It holds one until the tasks' times are known and it has sent a result, then as many\n"
-                               "as take about {:g} ms; short tasks travel in batches (of at most 4 MiB), and a long\n"
-                               "task never has others waiting behind it",
-                               kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count()))
+    app.add_option(
+           "--prefetch", prefetch,
+           fmt::format("the most tasks a worker process may hold at once, K (1 to 10000) or auto ({}).\n"
+                       "It holds one until the tasks' times are known and it has sent a result, then as many\n"
+                       "as take about {:g} ms ({:g} ms of commands); short tasks travel in batches (of at most\n"
+                       "4 MiB), and a long task never has others waiting behind it",
+                       kMaxWindow, std::chrono::duration<double, std::milli>(kQueueBudget).count(),
+                       std::chrono::duration<double, std::milli>(kCommandQueueBudget).count()))
         ->check(kPrefetch)
         ->capture_default_str();
     cl.resources.add(app);
@@ -1040,7 +1042,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
                                         : OutputBlocks::Group;
     if (cl.output_option->count() == 0 && registry.at(task).traits().plain_output) config.output = OutputBlocks::Plain;
     config.modes_given = cl.mode_option->count() > 0;
-    config.prefetch = prefetch == "auto" ? 0 : std::stoi(prefetch);
+    config.prefetch = prefetch == "auto" ? 0 : parse_whole<int>(prefetch).value_or(0);  // checked by kPrefetch
     if (!cpus.empty())
         config.pin_cpus = parse_cpu_list(cpus);
     else if (pin)

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -13,7 +14,6 @@
 #include <iterator>
 #include <map>
 #include <memory>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -153,15 +153,58 @@ std::int64_t rss_of(const json& cost) {
 // The error with what differs between tasks of one cause blanked out: quoted names and
 // URLs, worker and thread names, task ids and fractional numbers (times). Whole numbers
 // stay: an HTTP status, an exit status or a signal is the reason.
+// Scanned in one pass (std::regex recurses once a character: a long error overflowed the stack).
 std::string reason_of(const std::string& error) {
-    static const std::regex quoted("'[^']*'");
-    static const std::regex names("\\b([wt])[0-9]+\\b");
-    static const std::regex tasks("\\btask [0-9]+\\b");
-    static const std::regex fractions("[0-9]+\\.[0-9]+");
-    std::string reason = std::regex_replace(error, quoted, "'...'");
-    reason = std::regex_replace(reason, names, "$1N");
-    reason = std::regex_replace(reason, tasks, "task N");
-    return std::regex_replace(reason, fractions, "N.N");
+    const auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+    const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    const auto digits_at = [&](std::size_t at) {
+        std::size_t end = at;
+        while (end < error.size() && digit(error[end])) ++end;
+        return end - at;
+    };
+    std::string reason;
+    reason.reserve(error.size());
+    for (std::size_t at = 0; at < error.size();) {
+        const char c = error[at];
+        const bool starts_word = at == 0 || !word(error[at - 1]);
+        if (c == '\'') {  // 'quoted', when it closes
+            if (const auto close = error.find('\'', at + 1); close != std::string::npos) {
+                reason += "'...'";
+                at = close + 1;
+                continue;
+            }
+        } else if (starts_word && (c == 'w' || c == 't')) {  // w3, t12 as whole words
+            const std::size_t n = digits_at(at + 1);
+            if (n > 0 && (at + 1 + n == error.size() || !word(error[at + 1 + n]))) {
+                reason += c;
+                reason += 'N';
+                at += 1 + n;
+                continue;
+            }
+        }
+        if (starts_word && error.compare(at, 5, "task ") == 0) {  // task 12 as whole words
+            const std::size_t n = digits_at(at + 5);
+            if (n > 0 && (at + 5 + n == error.size() || !word(error[at + 5 + n]))) {
+                reason += "task N";
+                at += 5 + n;
+                continue;
+            }
+        }
+        if (digit(c)) {  // 1.25 as N.N; a whole number stays
+            const std::size_t n = digits_at(at);
+            if (at + n < error.size() && error[at + n] == '.' && digits_at(at + n + 1) > 0) {
+                reason += "N.N";
+                at += n + 1 + digits_at(at + n + 1);
+                continue;
+            }
+            reason.append(error, at, n);
+            at += n;
+            continue;
+        }
+        reason += c;
+        ++at;
+    }
+    return reason;
 }
 
 // Sorted ids as [[first, last], ...].

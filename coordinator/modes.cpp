@@ -26,6 +26,7 @@ constexpr bool kForkServerUsable = true;
 ProcessesOptions processes_options(const RunConfig& config) {
     return {.workers = config.workers,
             .prefetch = config.prefetch,
+            .commands = config.task == "command",
             .pin_cpus = config.pin_cpus,
             .out_dir = config.out_dir,
             .worker_bin = config.worker_bin,

@@ -26,6 +26,7 @@
 #include "plan_sources.hpp"
 #include "temp_dirs.hpp"
 #include "text.hpp"
+#include "unique_fd.hpp"
 
 namespace taskfarm {
 
@@ -46,6 +47,12 @@ std::string quote(std::string_view text) {
 }  // namespace parallel
 
 namespace {
+
+// The length of parallel::quote(text), without making it.
+std::size_t quoted_size(std::string_view text) {
+    if (is_plain_shell_word(text)) return text.size();
+    return text.size() + 2 + 4 * static_cast<std::size_t>(std::count(text.begin(), text.end(), '\''));
+}
 
 // An option this parser does not know, or a bad value: exit 2 with the line (or `status`,
 // where GNU parallel takes the value and then fails with its own status).
@@ -120,23 +127,86 @@ std::size_t whole_number(std::string_view flag, const std::string& text) {
     return value;
 }
 
+// Values are read by scanning, never with std::regex (whose matcher recurses once a character:
+// a long value overflows the stack) nor std::sto* (which throw past the type's range).
+// How many digits `text` starts with.
+std::size_t leading_digits(std::string_view text) {
+    std::size_t count = 0;
+    while (count < text.size() && text[count] >= '0' && text[count] <= '9') ++count;
+    return count;
+}
+
+// The number D+ or D+.D+ that `text` starts with, and its `length`; nullopt when there is
+// none or it is past a double's range.
+std::optional<double> leading_decimal(std::string_view text, std::size_t& length) {
+    length = leading_digits(text);
+    if (length == 0) return std::nullopt;
+    if (length < text.size() && text[length] == '.') {
+        const std::size_t fraction = leading_digits(text.substr(length + 1));
+        if (fraction == 0) return std::nullopt;
+        length += 1 + fraction;
+    }
+    double value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + length, value);
+    if (ec != std::errc{} || end != text.data() + length || !std::isfinite(value)) return std::nullopt;
+    return value;
+}
+
+// `text` in full as D+ or D+.D+.
+std::optional<double> decimal(std::string_view text) {
+    std::size_t length = 0;
+    const auto value = leading_decimal(text, length);
+    if (!value || length != text.size()) return std::nullopt;
+    return value;
+}
+
+// -X, -m: the most bytes the arguments of one command add to it. A shell command is one
+// argument of `sh -c`, which Linux caps at 128 KiB (MAX_ARG_STRLEN): near that, fewer
+// commands than parallel's (which cuts at about 64 KiB less the environment) or xargs'.
+constexpr std::size_t kMostCommandBytes = 120 * 1024;
+
+// The string a regex matches when it is a fixed one (letters, and \\t or an escaped
+// special character), else nullopt.
+std::optional<std::string> literal_of(std::string_view regex) {
+    constexpr std::string_view kSpecial = "\\^$.|?*+()[]{}";
+    std::string literal;
+    for (std::size_t at = 0; at < regex.size(); ++at) {
+        const char c = regex[at];
+        if (c != '\\') {
+            if (kSpecial.find(c) != std::string_view::npos) return std::nullopt;
+            literal += c;
+        } else if (at + 1 < regex.size() && regex[at + 1] == 't') {
+            literal += '\t';
+            ++at;
+        } else if (at + 1 < regex.size() && kSpecial.find(regex[at + 1]) != std::string_view::npos) {
+            literal += regex[++at];
+        } else {
+            return std::nullopt;
+        }
+    }
+    return literal;
+}
+
 // Seconds as parallel writes them (--timeout, --delay): 2.5, or with units s m h d as in 1m30s.
 double seconds(std::string_view flag, const std::string& text) {
-    static const std::regex kPlain(R"([0-9]+(\.[0-9]+)?)");
-    static const std::regex kUnits(R"(([0-9]+(\.[0-9]+)?[dhmsDHMS])+)");
     const auto bad = [&](std::string_view why) {
         return Usage(fmt::format("{}: '{}' {}", flag, printable(text), why));
     };
     if (text.ends_with('%')) throw bad("is a percentage of the median run time, which is not supported: give seconds");
     if (text.ends_with("auto")) throw bad("(a delay that adapts) is not supported: give seconds");
-    if (std::regex_match(text, kPlain)) return std::stod(text);
-    if (!std::regex_match(text, kUnits)) throw bad("is not seconds, such as 2.5 or 1m30s");
+    if (const auto plain = decimal(text)) return *plain;
     double total = 0;
-    static const std::regex kPart(R"(([0-9]+(\.[0-9]+)?)([dhmsDHMS]))");
-    for (std::sregex_iterator part(text.begin(), text.end(), kPart), end; part != end; ++part) {
-        const char unit = static_cast<char>(std::tolower((*part)[3].str()[0]));
-        total += std::stod((*part)[1].str()) * (unit == 'd' ? 86400 : unit == 'h' ? 3600 : unit == 'm' ? 60 : 1);
-    }
+    std::string_view rest = text;
+    do {
+        std::size_t length = 0;
+        const auto value = leading_decimal(rest, length);
+        if (!value || length == rest.size()) throw bad("is not seconds, such as 2.5 or 1m30s");
+        const char unit = static_cast<char>(std::tolower(static_cast<unsigned char>(rest[length])));
+        if (unit != 'd' && unit != 'h' && unit != 'm' && unit != 's') throw bad("is not seconds, such as 2.5 or 1m30s");
+        total += *value * (unit == 'd' ? 86400 : unit == 'h' ? 3600 : unit == 'm' ? 60 : 1);
+        rest.remove_prefix(length + 1);
+    } while (!rest.empty());
+    if (!std::isfinite(total)) throw bad("is not seconds, such as 2.5 or 1m30s");
     return total;
 }
 
@@ -145,18 +215,35 @@ double seconds(std::string_view flag, const std::string& text) {
 // then fails on (a negative size, one under a byte) exits 255, as its does.
 std::size_t block_size(const std::string& text) {
     if (text.empty() || text == "0") return 1024 * 1024;
-    static const std::regex kSize(R"((-?)([0-9]+(\.[0-9]*)?|\.[0-9]+)(([kmgtpeKMGTPE])([iI]?))?)");
-    std::smatch match;
-    if (!std::regex_match(text, match, kSize))
-        throw Usage(fmt::format("--block: '{}' is not a size such as 1M, 1.5M, 100k or 65536", printable(text)));
-    double value = std::stod(match[2].str());
-    if (match[4].matched) {
-        const char unit = match[5].str()[0];
-        const bool binary = std::isupper(static_cast<unsigned char>(unit)) || match[6].length() > 0;
-        const auto power = std::string("kmgtpe").find(static_cast<char>(std::tolower(unit))) + 1;
-        for (std::size_t i = 0; i < power; ++i) value *= binary ? 1024 : 1000;
+    // [-](D+[.D*] | .D+)[unit[i]]
+    const auto bad = [&] {
+        return Usage(fmt::format("--block: '{}' is not a size such as 1M, 1.5M, 100k or 65536", printable(text)));
+    };
+    std::string_view rest = text;
+    const bool negative = rest.starts_with('-');
+    if (negative) rest.remove_prefix(1);
+    std::size_t length = leading_digits(rest);
+    if (length < rest.size() && rest[length] == '.') {
+        const std::size_t fraction = leading_digits(rest.substr(length + 1));
+        if (length == 0 && fraction == 0) throw bad();
+        length += 1 + fraction;
     }
-    if (match[1].length() > 0)
+    if (length == 0) throw bad();
+    double value = 0;
+    if (const auto [end, ec] = std::from_chars(rest.data(), rest.data() + length, value);
+        ec != std::errc{} || end != rest.data() + length || !std::isfinite(value))
+        throw bad();
+    rest.remove_prefix(length);
+    if (!rest.empty()) {
+        const char unit = rest[0];
+        const auto power =
+            std::string_view("kmgtpe").find(static_cast<char>(std::tolower(static_cast<unsigned char>(unit))));
+        if (power == std::string_view::npos || rest.size() > 2 || (rest.size() == 2 && std::tolower(rest[1]) != 'i'))
+            throw bad();
+        const bool binary = std::isupper(static_cast<unsigned char>(unit)) || rest.size() == 2;
+        for (std::size_t i = 0; i <= power; ++i) value *= binary ? 1024 : 1000;
+    }
+    if (negative)
         throw Usage(fmt::format("--block: '{}' is negative (GNU parallel takes it with --pipe and dies: exit 255 "
                                 "as it does; -N jobs per slot is --pipepart's, which is not supported)",
                                 printable(text)),
@@ -185,9 +272,9 @@ int job_slots(const std::string& text, std::optional<std::size_t> jobs, std::siz
     long slots = 0;
     if (!text.empty() && text.back() == '%') {
         // As parallel: a fraction of a percent is taken, and a share under one slot is one.
-        static const std::regex kPercent(R"([0-9]+(\.[0-9]+)?%)");
-        if (!std::regex_match(text, kPercent)) throw bad();
-        const double percent = std::stod(text);
+        const auto given = decimal(std::string_view(text).substr(0, text.size() - 1));
+        if (!given) throw bad();
+        const double percent = *given;
         if (percent == 0) throw Usage(fmt::format("-j: '{}' is no job slot at all", printable(text)));
         slots = std::max(1L, static_cast<long>(cpus * percent / 100));
     } else if (!text.empty() && text[0] == '+') {
@@ -213,12 +300,14 @@ ParallelHalt parse_halt(const std::string& given) {
     static const std::map<std::string, std::string> kShort = {
         {"0", "never"}, {"1", "soon,fail=1"}, {"2", "now,fail=1"}, {"-1", "soon,success=1"}, {"-2", "now,success=1"}};
     std::string text = kShort.contains(given) ? kShort.at(given) : given;
-    static const std::regex kPercent(R"([0-9]+%)");
-    if (std::regex_match(text, kPercent)) text = "soon,fail=" + text;
+    if (text.size() > 1 && text.back() == '%' && leading_digits(text) == text.size() - 1) text = "soon,fail=" + text;
     std::vector<std::string> parts;
-    static const std::regex kSeparator("[,=]");
-    for (std::sregex_token_iterator part(text.begin(), text.end(), kSeparator, -1), end; part != end; ++part)
-        parts.push_back(part->str());
+    for (std::size_t at = 0;;) {
+        const std::size_t separator = text.find_first_of(",=", at);
+        parts.push_back(text.substr(at, separator - at));
+        if (separator == std::string::npos) break;
+        at = separator + 1;
+    }
     const auto bad = [&](std::string_view why) {
         return Usage(fmt::format("--halt: '{}' {} (0|1|2|-1|-2|N%|never|now|soon,fail|success|done=N|N%)",
                                  printable(given), why));
@@ -238,13 +327,14 @@ ParallelHalt parse_halt(const std::string& given) {
     else
         throw bad(fmt::format("has no fail, success or done after {}", parts[0]));
     std::string count = parts.size() > 2 ? parts[2] : "";
-    static const std::regex kCount(R"([0-9]+%?)");
-    if (!std::regex_match(count, kCount)) throw bad(fmt::format("has no whole number N or N% after {}", on));
-    if (count.back() == '%') {
+    if (count.ends_with('%')) {
         halt.percent = true;
         count.pop_back();
     }
-    halt.count = std::stod(count);
+    const auto number = decimal(count);
+    if (!number || leading_digits(count) != count.size())
+        throw bad(fmt::format("has no whole number N or N% after {}", on));
+    halt.count = *number;
     return halt;
 }
 
@@ -293,8 +383,19 @@ std::vector<Piece> pieces_of(const std::string& text, const std::map<std::string
             if (close != std::string::npos) {
                 const std::string inner = text.substr(at + 1, close - at - 1);
                 std::optional<Piece> found;
-                static const std::regex kPositional(R"((-?[0-9]+)(\.|/|//|/\.)?)");
-                std::smatch match;
+                // -?D+ and a modifier; not 0 nor -0
+                const std::size_t sign = inner.starts_with('-') ? 1 : 0;
+                const std::size_t digits = leading_digits(std::string_view(inner).substr(sign));
+                const std::string modifier = inner.substr(sign + digits);
+                long position = 0;
+                const bool positional = digits > 0 && (modifier.empty() || modifier == "." || modifier == "/" ||
+                                                       modifier == "//" || modifier == "/.");
+                if (positional) {
+                    const auto [end, ec] = std::from_chars(inner.data(), inner.data() + sign + digits, position);
+                    if (ec != std::errc{})
+                        throw Usage(
+                            fmt::format("'{{{}}}': no input has that many columns or sources", printable(inner, 100)));
+                }
                 if ((inner.empty() && replace == "{}") || inner == "." || inner == "/" || inner == "//" ||
                     inner == "/.")
                     found = Piece{Piece::Kind::All, {}, 0, inner};
@@ -302,8 +403,8 @@ std::vector<Piece> pieces_of(const std::string& text, const std::map<std::string
                     found = Piece{Piece::Kind::Sequence, {}, 0, {}};
                 else if (inner == "%")
                     found = Piece{Piece::Kind::Slot, {}, 0, {}};
-                else if (std::regex_match(inner, match, kPositional) && match[1].str() != "0" && match[1].str() != "-0")
-                    found = Piece{Piece::Kind::Position, {}, std::stol(match[1].str()), match[2].str()};
+                else if (positional && position != 0)
+                    found = Piece{Piece::Kind::Position, {}, position, modifier};
                 else if (const auto name = names.find(inner); name != names.end())
                     found = Piece{Piece::Kind::Position, {}, name->second, {}};
                 if (found) {
@@ -665,10 +766,10 @@ public:
     Jobs(const Options& options, std::vector<Source> sources, std::string command_template,
          const std::filesystem::path& spool_dir, std::unordered_set<std::uint64_t> skip)
         : options_(options), sources_(std::move(sources)), skip_(std::move(skip)) {
-        stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (stop_fd_ < 0) throw Usage(fmt::format("cannot make an eventfd: {}", std::strerror(errno)));
+        stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (stop_fd_.get() < 0) throw Usage(fmt::format("cannot make an eventfd: {}", std::strerror(errno)));
         if (options_.pipe) {
-            chunks_.emplace(options_, spool_dir, Input::open("-", stop_fd_));
+            chunks_.emplace(options_, spool_dir, Input::open("-", stop_fd_.get()));
             sources_ = {Source{{""}, false, {}}};
         }
         const char separator = options_.null ? '\0' : '\n';
@@ -677,7 +778,7 @@ public:
         const bool first_linked = sources_.size() > 1 && (options_.link || sources_[1].linked);
         for (std::size_t s = 0; s < sources_.size(); ++s) {
             if (sources_[s].file.empty()) continue;
-            ValueReader reader(Input::open(sources_[s].file, stop_fd_), separator);
+            ValueReader reader(Input::open(sources_[s].file, stop_fd_.get()), separator);
             if (s == 0 && !spread && !first_linked) {
                 stream_.emplace(std::move(reader));
                 continue;
@@ -687,7 +788,9 @@ public:
         // -r: a value of white space alone is no value, in every source (--pipe: in its chunks).
         if (options_.no_run_if_empty && !options_.pipe)
             for (Source& source : sources_) std::erase_if(source.values, blank);
-        if (options_.colsep) {
+        if (options_.colsep && (colsep_literal_ = literal_of(*options_.colsep))) {
+            if (colsep_literal_->empty()) colsep_literal_.reset();  // as the regex "": no split
+        } else if (options_.colsep) {
             try {
                 colsep_.emplace(*options_.colsep);
             } catch (const std::regex_error& e) {
@@ -757,8 +860,26 @@ public:
         template_ = append ? command_template + " " + options_.replace : command_template;
         pieces_ = append ? pieces_of(template_, names_, options_.replace) : pieces;
         if (options_.tagstring) tag_pieces_ = pieces_of(*options_.tagstring, names_, options_.replace);
+        if (options_.multi != Multi::None && !options_.pipe) {
+            for (std::size_t at = 0; at < template_.size();) {
+                const auto start = template_.find_first_not_of(" \t", at);
+                if (start == std::string::npos) break;
+                auto end = template_.find_first_of(" \t", start);
+                if (end == std::string::npos) end = template_.size();
+                const std::vector<Piece> word =
+                    pieces_of(template_.substr(start, end - start), names_, options_.replace);
+                const auto all = static_cast<std::size_t>(
+                    std::count_if(word.begin(), word.end(), [](const Piece& p) { return p.kind == Piece::Kind::All; }));
+                per_arg_.words += all;
+                const std::size_t replaced = all * options_.replace.size();  // {} itself is not repeated
+                if (all > 0 && options_.multi == Multi::X && end - start > replaced)
+                    per_arg_.text += end - start - replaced;
+                at = end;
+            }
+            per_arg_.budget = kMostCommandBytes > template_.size() ? kMostCommandBytes - template_.size() : 0;
+        }
     }
-    ~Jobs() override { ::close(stop_fd_); }
+    ~Jobs() override = default;
     Jobs(const Jobs&) = delete;
     Jobs& operator=(const Jobs&) = delete;
 
@@ -767,11 +888,30 @@ public:
             std::vector<std::string> args, raw, record;
             std::size_t taken = 0;
             std::string chunk;
-            for (; taken < per_job_ && next_record(record, chunk); ++taken)
-                for (const std::string& value : record) {
-                    raw.push_back(value);
-                    for (std::string& column : columns(value)) args.push_back(std::move(column));
+            std::size_t bytes = 0;  // -X, -m: what the arguments add to the command, at most
+            for (; taken < per_job_; ++taken) {
+                if (held_) {
+                    record = std::move(*held_);
+                    held_.reset();
+                } else if (!next_record(record, chunk)) {
+                    break;
                 }
+                std::vector<std::string> more;
+                for (const std::string& value : record)
+                    for (std::string& column : columns(value)) more.push_back(std::move(column));
+                if (per_arg_.words > 0) {
+                    // As parallel: a command line of many arguments is cut at its length limit.
+                    std::size_t cost = 0;
+                    for (const std::string& arg : more) cost += per_arg_.words * (quoted_size(arg) + 1) + per_arg_.text;
+                    if (taken > 0 && bytes + cost > per_arg_.budget) {
+                        held_ = std::move(record);  // the next job's first
+                        break;
+                    }
+                    bytes += cost;
+                }
+                raw.insert(raw.end(), std::make_move_iterator(record.begin()), std::make_move_iterator(record.end()));
+                for (std::string& arg : more) args.push_back(std::move(arg));
+            }
             if (taken == 0) return false;
             const std::uint64_t sequence = ++sequence_;
             if (skip_.contains(sequence)) {  // --resume: done before
@@ -786,19 +926,34 @@ public:
     }
     bool ready() override {
         if (chunks_) return chunks_->ready();
+        if (held_) return true;
         if (!stream_ || have_current_) return true;
         return pending_ || stream_->ready();
     }
     void stop() override {
         const std::uint64_t one = 1;
-        [[maybe_unused]] const auto written = ::write(stop_fd_, &one, sizeof one);
+        [[maybe_unused]] const auto written = ::write(stop_fd_.get(), &one, sizeof one);
     }
 
 private:
     // --trim: of each column (of each value without --colsep).
     std::vector<std::string> columns(const std::string& value) const {
-        if (!colsep_) return {trimmed(value, options_.trim)};
         std::vector<std::string> parts;
+        if (colsep_literal_) {
+            // As std::sregex_token_iterator's split: an empty last part after a separator is
+            // dropped.
+            for (std::size_t at = 0;;) {
+                const std::size_t found = value.find(*colsep_literal_, at);
+                if (found == std::string::npos) {
+                    if (at < value.size() || at == 0) parts.push_back(trimmed(value.substr(at), options_.trim));
+                    break;
+                }
+                parts.push_back(trimmed(value.substr(at, found - at), options_.trim));
+                at = found + colsep_literal_->size();
+            }
+            return parts;
+        }
+        if (!colsep_) return {trimmed(value, options_.trim)};
         std::sregex_token_iterator part(value.begin(), value.end(), *colsep_, -1), end;
         for (; part != end; ++part) parts.push_back(trimmed(part->str(), options_.trim));
         if (parts.empty()) parts.push_back("");
@@ -859,6 +1014,8 @@ private:
                         job.tag += (i > 0 ? " " : "") + modified(args[i], piece.modifier);
                 } else if (piece.kind == Piece::Kind::Sequence) {
                     job.tag += std::to_string(sequence);
+                } else if (piece.kind == Piece::Kind::Slot) {
+                    job.tag += kSlotInTag;  // the slot is known at the result
                 } else if (piece.kind == Piece::Kind::Position) {
                     const long count = static_cast<long>(args.size());
                     const long index = piece.position > 0 ? piece.position - 1 : count + piece.position;
@@ -881,20 +1038,28 @@ private:
     const Options options_;
     std::vector<Source> sources_;
     const std::unordered_set<std::uint64_t> skip_;  // --resume: the jobs done before
-    int stop_fd_ = -1;
+    UniqueFd stop_fd_;
     std::optional<ChunkReader> chunks_;   // --pipe
     std::optional<ValueReader> stream_;   // the first source, read as it goes
     std::optional<std::string> pending_;  // its first value, read to know that it has one
     std::string current_;                 // its value in the records being made
     bool have_current_ = false;
     std::optional<std::regex> colsep_;
-    std::map<std::string, long> names_;  // --header :
+    std::optional<std::string> colsep_literal_;  // --colsep with no regex syntax: split without std::regex
+    std::map<std::string, long> names_;          // --header :
     std::vector<std::vector<std::size_t>> groups_;
     std::vector<std::size_t> lengths_;
     std::vector<std::size_t> index_;  // of each group
     bool none_ = false;               // a source without values: no record at all
     bool ended_ = false;              // every record made
     std::size_t per_job_ = 1;
+    // -X, -m: what each argument adds to a command at most: its quoted length (and a space)
+    // once for each of `words` replacement strings, and `text`, the rest of the words it repeats (-X);
+    // a job takes arguments while they add no more than `budget` (words 0: no limit).
+    struct {
+        std::size_t words = 0, text = 0, budget = 0;
+    } per_arg_;
+    std::optional<std::vector<std::string>> held_;  // a record taken that did not fit its job
     std::string template_;
     std::vector<Piece> pieces_, tag_pieces_;
     std::uint64_t sequence_ = 0;
@@ -909,28 +1074,45 @@ std::unordered_set<std::uint64_t> done_in_joblog(const std::string& path, bool o
         if (errno == ENOENT) return done;  // a first run: every job runs, and the joblog is made
         throw Usage(fmt::format("--joblog: cannot read '{}': {}", printable(path), std::strerror(errno)));
     }
-    static const std::regex kAny(R"(([0-9]+)(\t|\s).*)");
-    static const std::regex kSucceeded(R"(([0-9]+)(\t[^\t]+){5}\t0\t0\t.*)");
-    static const std::regex kFormat(R"([0-9]+\s+\S+\s+([-0-9.]+\s+){6}.*)");
     char* text = nullptr;
     std::size_t capacity = 0;
     std::size_t number = 0;
+    const auto malformed = [&](std::string_view line, std::string_view why) {
+        std::string message = fmt::format("--joblog {}:{}: not a joblog line ({}): '{}'", printable(path), number, why,
+                                          printable(line, 100));
+        std::free(text);
+        std::fclose(file);
+        return Usage(message);
+    };
     for (ssize_t length; (length = ::getline(&text, &capacity, file)) > 0;) {
-        std::string line(text, static_cast<std::size_t>(length));
-        if (line.back() == '\n') line.pop_back();
+        std::string_view line(text, static_cast<std::size_t>(length));
+        if (line.back() == '\n') line.remove_suffix(1);
         if (++number == 1) {  // the header, as parallel takes it: whatever the first line is
             append = true;
             continue;
         }
-        std::smatch match;
-        if (std::regex_match(line, match, only_succeeded ? kSucceeded : kAny)) {
-            done.insert(std::stoull(match[1].str()));
-        } else if (!std::regex_match(line, kFormat)) {
-            std::free(text);
-            std::fclose(file);
-            throw Usage(
-                fmt::format("--joblog {}:{}: not a joblog line: '{}'", printable(path), number, printable(line, 100)));
+        // Seq Host Starttime JobRuntime Send Receive Exitval Signal Command, split at tabs
+        // (the command may hold more).
+        std::string_view fields[8];
+        std::string_view rest = line;
+        for (std::string_view& field : fields) {
+            const std::size_t tab = rest.find('\t');
+            if (tab == std::string_view::npos) throw malformed(line, "fewer than 9 tab-separated fields");
+            field = rest.substr(0, tab);
+            rest.remove_prefix(tab + 1);
         }
+        std::uint64_t seq = 0;
+        if (const auto [end, ec] = std::from_chars(fields[0].data(), fields[0].data() + fields[0].size(), seq);
+            fields[0].empty() || ec != std::errc{} || end != fields[0].data() + fields[0].size())
+            throw malformed(line, "Seq is not a whole number below 2^64");
+        for (std::size_t f = 2; f < 8; ++f) {  // JobRuntime comes padded with spaces
+            std::string_view number = fields[f];
+            while (number.starts_with(' ')) number.remove_prefix(1);
+            while (number.ends_with(' ')) number.remove_suffix(1);
+            if (number.empty() || number.find_first_not_of("-0123456789.") != std::string_view::npos)
+                throw malformed(line, "a field from Starttime to Signal is not a number");
+        }
+        if (!only_succeeded || (fields[6] == "0" && fields[7] == "0")) done.insert(seq);
     }
     std::free(text);
     std::fclose(file);

@@ -36,19 +36,18 @@ class ParallelJobs::Cursor final : public TaskCursor {
 public:
     explicit Cursor(ParallelJobs& jobs) : jobs_(jobs) {
         if (jobs_.delay_s_ > 0) {
-            timer_fd_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-            if (timer_fd_ < 0) throw ConfigError(fmt::format("--delay: cannot make a timer: {}", std::strerror(errno)));
+            timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+            if (timer_fd_.get() < 0)
+                throw ConfigError(fmt::format("--delay: cannot make a timer: {}", std::strerror(errno)));
         }
     }
-    ~Cursor() override {
-        if (timer_fd_ >= 0) ::close(timer_fd_);
-    }
+    ~Cursor() override = default;
     Cursor(const Cursor&) = delete;
     Cursor& operator=(const Cursor&) = delete;
 
     bool next(TaskSpec& task) override { return step(task, true) == Take::Task; }
     Take take(TaskSpec& task) override { return step(task, false); }
-    int ready_fd() const override { return delaying_ ? timer_fd_ : jobs_.wake_fd_; }
+    int ready_fd() const override { return delaying_ ? timer_fd_.get() : jobs_.wake_fd_.get(); }
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -58,7 +57,7 @@ private:
         // A runner asks for the next task once it has handed out the one before (it holds
         // one task at a time), so that is when the one before starts: the delay counts from
         // there, not from when it was taken (before the workers were up, for the first).
-        if (timer_fd_ >= 0) {
+        if (timer_fd_.get() >= 0) {
             const auto now = Clock::now();
             if (std::exchange(handed_, false))
                 next_at_ =
@@ -69,14 +68,15 @@ private:
                 itimerspec when{};
                 when.it_value.tv_sec = static_cast<time_t>(left / 1'000'000'000);
                 when.it_value.tv_nsec = static_cast<long>(left % 1'000'000'000);
-                ::timerfd_settime(timer_fd_, 0, &when, nullptr);
+                ::timerfd_settime(timer_fd_.get(), 0, &when, nullptr);
                 delaying_ = true;
                 return Take::Later;
             }
-            if (std::exchange(delaying_, false)) drain_fd(timer_fd_);
+            if (std::exchange(delaying_, false)) drain_fd(timer_fd_.get());
         }
         jobs_.start();
-        if (!wait) drain_fd(jobs_.wake_fd_);  // before the queue is looked at: a task that comes after wakes it again
+        if (!wait)
+            drain_fd(jobs_.wake_fd_.get());  // before the queue is looked at: a task that comes after wakes it again
         {
             std::unique_lock lock(jobs_.mutex_);
             while (jobs_.queue_.empty() && !jobs_.ended_) {
@@ -95,12 +95,12 @@ private:
             jobs_.queue_.pop_front();
         }
         jobs_.changed_.notify_all();  // room for the next task
-        handed_ = timer_fd_ >= 0;
+        handed_ = timer_fd_.get() >= 0;
         return Take::Task;
     }
 
     ParallelJobs& jobs_;
-    int timer_fd_ = -1;  // --delay: readable at next_at_
+    UniqueFd timer_fd_;  // --delay: readable at next_at_
     bool delaying_ = false;
     bool handed_ = false;  // a task was handed out, and no take came since
     Clock::time_point next_at_{};
@@ -115,8 +115,8 @@ ParallelJobs::ParallelJobs(std::deque<ParallelJob> first, std::unique_ptr<JobMak
       timeout_s_(timeout_s),
       delay_s_(delay_s),
       output_(std::move(output)) {
-    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake_fd_ < 0) throw ConfigError(fmt::format("cannot make an eventfd: {}", std::strerror(errno)));
+    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (wake_fd_.get() < 0) throw ConfigError(fmt::format("cannot make an eventfd: {}", std::strerror(errno)));
     for (ParallelJob& job : first) queue_.push_back(task_of(std::move(job)));
     if (!maker_) {
         ended_ = true;
@@ -134,7 +134,6 @@ ParallelJobs::~ParallelJobs() {
         maker_->stop();
         thread_.join();
     }
-    ::close(wake_fd_);
 }
 
 std::unique_ptr<TaskCursor> ParallelJobs::open() const {
@@ -189,7 +188,7 @@ void ParallelJobs::start() {
 void ParallelJobs::make() {
     const auto wake = [this] {  // with mutex_ held
         changed_.notify_all();
-        if (std::exchange(waiting_, false)) signal_fd(wake_fd_);
+        if (std::exchange(waiting_, false)) signal_fd(wake_fd_.get());
     };
     std::optional<std::string> error;
     try {

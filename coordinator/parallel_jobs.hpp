@@ -15,6 +15,7 @@
 
 #include "parallel_output.hpp"
 #include "plan.hpp"
+#include "unique_fd.hpp"
 
 namespace taskfarm {
 
@@ -62,7 +63,7 @@ private:
     const double delay_s_;
     std::shared_ptr<const ParallelOutput> output_;
     mutable bool opened_ = false;
-    int wake_fd_ = -1;  // eventfd: readable when a task came for a cursor that got Later
+    UniqueFd wake_fd_;  // eventfd: readable when a task came for a cursor that got Later
 
     mutable std::mutex mutex_;
     std::condition_variable changed_;

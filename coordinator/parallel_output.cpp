@@ -23,6 +23,7 @@
 #include "errors.hpp"
 #include "temp_dirs.hpp"
 #include "text.hpp"
+#include "unique_fd.hpp"
 
 namespace taskfarm {
 namespace {
@@ -104,13 +105,11 @@ void write_file(const std::filesystem::path& path, const std::string& text) {
 class ParallelSink::Live {
 public:
     Live(const ParallelOutput& output, std::FILE* out) : output_(output), out_(out) {
-        inotify_fd_ = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-        stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (inotify_fd_ < 0 || stop_fd_ < 0 ||
-            ::inotify_add_watch(inotify_fd_, output_.spool_dir.c_str(), IN_MODIFY | IN_CLOSE_WRITE) < 0) {
+        inotify_fd_.reset(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+        stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (inotify_fd_.get() < 0 || stop_fd_.get() < 0 ||
+            ::inotify_add_watch(inotify_fd_.get(), output_.spool_dir.c_str(), IN_MODIFY | IN_CLOSE_WRITE) < 0) {
             const int error = errno;
-            if (inotify_fd_ >= 0) ::close(inotify_fd_);
-            if (stop_fd_ >= 0) ::close(stop_fd_);
             throw ConfigError(fmt::format("--line-buffer: cannot watch '{}': {}", printable(output_.spool_dir.string()),
                                           std::strerror(error)));
         }
@@ -125,13 +124,11 @@ public:
     }
     ~Live() {
         const std::uint64_t one = 1;
-        [[maybe_unused]] const auto written = ::write(stop_fd_, &one, sizeof one);
+        [[maybe_unused]] const auto written = ::write(stop_fd_.get(), &one, sizeof one);
         thread_.join();
         for (auto& [id, job] : jobs_)
             for (Stream& stream : job.streams)
                 if (stream.fd >= 0) ::close(stream.fd);
-        ::close(inotify_fd_);
-        ::close(stop_fd_);
     }
     Live(const Live&) = delete;
     Live& operator=(const Live&) = delete;
@@ -162,10 +159,10 @@ private:
     void watch() {
         alignas(inotify_event) char events[16384];
         while (true) {
-            pollfd fds[] = {{inotify_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+            pollfd fds[] = {{inotify_fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
             if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
             if (fds[1].revents != 0) return;
-            const ssize_t got = ::read(inotify_fd_, events, sizeof events);
+            const ssize_t got = ::read(inotify_fd_.get(), events, sizeof events);
             for (ssize_t at = 0; at < got;) {
                 const auto* event = reinterpret_cast<const inotify_event*>(events + at);
                 at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
@@ -207,7 +204,12 @@ private:
         }
         std::string text = stream.pending.substr(0, whole);
         stream.pending.erase(0, whole);
-        if (output_.tagged) text = tagged(text, info.tag);
+        if (output_.tagged) {
+            // A job's slot ({%}) is known at its end: lines out before it have none.
+            std::string tag = info.tag;
+            std::erase(tag, kSlotInTag);
+            text = tagged(text, tag);
+        }
         std::FILE* to = s == 0 ? out_ : stderr;
         if (s == 1) std::fflush(out_);
         std::fwrite(text.data(), 1, text.size(), to);
@@ -216,8 +218,8 @@ private:
 
     const ParallelOutput& output_;
     std::FILE* out_;
-    int inotify_fd_ = -1;
-    int stop_fd_ = -1;
+    UniqueFd inotify_fd_;
+    UniqueFd stop_fd_;
     std::mutex mutex_;
     std::unordered_map<std::uint64_t, Job> jobs_;
     std::unordered_set<std::uint64_t> finished_;  // ended: no copy after finish()
@@ -301,7 +303,15 @@ void ParallelSink::failed() {
 }
 
 void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
-    const ParallelJob job = output_.job(result.id, !result.retrying);
+    ParallelJob job = output_.job(result.id, !result.retrying);
+    // {%} in --tagstring: the job's slot, the number of the worker that ran it (w2: 2), as
+    // the command's {%} is.
+    if (job.tag.find(kSlotInTag) != std::string::npos) {
+        const std::string slot = result.worker.starts_with('w') ? result.worker.substr(1) : result.worker;
+        std::string resolved;
+        for (const char c : job.tag) c == kSlotInTag ? resolved += slot : resolved += c;
+        job.tag = std::move(resolved);
+    }
     // --pipe: a job's chunk is not needed once it has its last try.
     if (!result.retrying && !job.stdin_path.empty()) ::unlink(job.stdin_path.c_str());
     // After --halt now the running jobs were killed: parallel shows none of them. After --halt

@@ -28,10 +28,14 @@ struct ParallelHalt {
     bool percent = false;  // count is a percentage of all jobs
 };
 
+// Stands for {%} in a job's --tagstring until its slot is known (at its result): no value
+// holds a NUL (not argv, nor a line: -0's values are cut at it).
+inline constexpr char kSlotInTag = '\0';
+
 // One job of `coordinator parallel`, as its inputs made it.
 struct ParallelJob {
     std::string command;      // its shell command
-    std::string tag;          // --tag/--tagstring: its tag
+    std::string tag;          // --tag/--tagstring: its tag, kSlotInTag where {%} goes
     std::string results_dir;  // --results DIR: its directory; empty: none
     std::string stdin_path;   // --pipe: its chunk; empty: none
     std::uint64_t seq = 0;    // {#}, and the joblog's Seq (from 1; --resume skips some)

@@ -41,6 +41,7 @@
 #include <zmq.hpp>
 
 #include "control.hpp"
+#include "checks.hpp"
 #include "errors.hpp"
 #include "journal_line.hpp"
 #include "journal_report.hpp"
@@ -768,7 +769,7 @@ private:
         for (const auto& entry : fs::directory_iterator(config_.state / "jobs", ec)) {
             const std::string name = entry.path().filename().string();
             if (name.empty() || name.size() > 18 || name.find_first_not_of("0123456789") != std::string::npos) continue;
-            found.emplace(std::stoull(name), entry.path());
+            if (const auto id = parse_whole<std::uint64_t>(name)) found.emplace(*id, entry.path());
         }
         for (const auto& [id, dir] : found) {
             next_job_ = std::max(next_job_, id + 1);

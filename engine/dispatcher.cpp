@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "command_groups.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {
@@ -171,7 +172,7 @@ void Dispatcher::kill(pid_t pid) { pool_.kill(pid); }
 LastRunning Dispatcher::last_running(pid_t pid) { return pool_.last_running(pid); }
 
 void Dispatcher::kill_group(pid_t group) {
-    if (group > 1 && group != ::getpgrp()) ::kill(-group, SIGKILL);  // ESRCH: it ended already
+    command_groups::kill_group(group, SIGKILL);  // false when it ended already
 }
 
 std::size_t Dispatcher::encode_task(const TaskSpec& task, std::uint32_t attempt) {

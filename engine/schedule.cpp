@@ -499,7 +499,7 @@ void Schedule::send_heartbeats(Clock::time_point now) {
 std::size_t Schedule::window() const {
     const std::size_t most = options_.prefetch > 0 ? static_cast<std::size_t>(options_.prefetch) : kMaxWindow;
     if (run_s_estimate_ < 0) return 1;  // nothing known yet: as if every task were long
-    const double budget_s = std::chrono::duration<double>(kQueueBudget).count();
+    const double budget_s = std::chrono::duration<double>(options_.queue_budget).count();
     if (run_s_estimate_ * static_cast<double>(most) <= budget_s) return most;
     return std::clamp(static_cast<std::size_t>(budget_s / run_s_estimate_), std::size_t{1}, most);
 }

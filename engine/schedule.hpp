@@ -41,6 +41,18 @@
 
 namespace taskfarm {
 
+// --prefetch auto: a worker holds at most this many tasks...
+inline constexpr std::size_t kMaxWindow = 128;
+// ...and, whatever --prefetch says, no more than it should get through in this long, so
+// that at the end of a run no worker sits on work another could have done.
+inline constexpr std::chrono::microseconds kQueueBudget{2000};
+// Commands' budget (decision 237): a command costs a process start, ~1-2 ms, so at 2 ms a
+// worker would hold one or two and send a frame per result; at 20 ms it holds ~10 and its
+// results travel in batches (the worker's executor sends them once its queue runs low), a
+// fraction of the thread wake-ups per command, for at most 20 ms of queued work at the end of
+// a run (a command that runs past 20 ms has the ones queued behind it given back).
+inline constexpr std::chrono::microseconds kCommandQueueBudget{20000};
+
 struct DispatchOptions {
     int workers = 1;
     // The most tasks a worker may hold at once; 0 (auto): kMaxWindow. It holds fewer while
@@ -75,13 +87,9 @@ struct DispatchOptions {
     // An allocator starts remote workers as tasks wait (--alloc): a run with no worker waits
     // for it, as long as it takes, instead of wait_remote; its no_more_workers() ends the wait.
     bool workers_on_demand = false;
+    // How much work a worker may hold queued (see kQueueBudget).
+    std::chrono::microseconds queue_budget = kQueueBudget;
 };
-
-// --prefetch auto: a worker holds at most this many tasks...
-inline constexpr std::size_t kMaxWindow = 128;
-// ...and, whatever --prefetch says, no more than it should get through in this long, so
-// that at the end of a run no worker sits on work another could have done.
-inline constexpr std::chrono::microseconds kQueueBudget{2000};
 
 // A connected worker: its ZeroMQ routing id.
 using PeerId = std::string;

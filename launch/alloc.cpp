@@ -10,7 +10,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
-#include <regex>
 #include <set>
 
 #include <fmt/format.h>
@@ -161,9 +160,23 @@ std::string seconds_of(Clock::duration duration) {
 
 }  // namespace
 
+// D+(:D+){0,2} or D+-D+(:D+){0,2}, scanned (std::regex recurses once a character).
 bool is_slurm_time(const std::string& text) {
-    static const std::regex forms(R"(\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2})");
-    return std::regex_match(text, forms);
+    const auto digits = [](std::string_view part) {
+        return !part.empty() && part.find_first_not_of("0123456789") == std::string_view::npos;
+    };
+    std::string_view rest = text;
+    if (const auto dash = rest.find('-'); dash != std::string_view::npos) {
+        if (!digits(rest.substr(0, dash))) return false;
+        rest.remove_prefix(dash + 1);
+    }
+    for (int parts = 0; parts < 3; ++parts) {
+        const auto colon = rest.find(':');
+        if (!digits(rest.substr(0, colon))) return false;
+        if (colon == std::string_view::npos) return true;
+        rest.remove_prefix(colon + 1);
+    }
+    return false;
 }
 
 std::string alloc_job_of(const std::string& name) {

@@ -409,7 +409,7 @@ void ProcessPool::end_commands_of(pid_t pid) const {
     if (launch_.state_dir.empty() || pid <= 0) return;
     for (const pid_t group : command_groups::take_tables(launch_.state_dir, pid)) {
         spdlog::debug("ending process group {} of a command of the worker with pid {}", group, pid);
-        ::kill(-group, SIGKILL);
+        command_groups::kill_group(group, SIGKILL);
     }
 }
 

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "checks.hpp"
 #include "errors.hpp"
 #include "text.hpp"
 
@@ -64,7 +65,7 @@ Resolved resolve(const fs::path& given) {
             const std::string name = path.filename().string();
             if (dir == fs::path(fmt::format("/proc/{}/fd", ::getpid())) && !name.empty() &&
                 name.find_first_not_of("0123456789") == std::string::npos && name.size() < 9)
-                resolved.own_fd = std::stoi(name);
+                resolved.own_fd = parse_whole<int>(name).value_or(-1);
             return resolved;
         }
         resolved.path = path.filename().empty() ? dir : dir / path.filename();

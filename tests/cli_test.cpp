@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 
 #include <gtest/gtest.h>
@@ -238,6 +239,25 @@ TEST(Cli, WithoutTaskTheProgramsFirstRegisteredTypeRuns) {
     EXPECT_EQ(std::get<RunConfig>(run_program(program, {}).first).task, "print");
     const ProgramInfo chosen{"printer", registry, testing::stock_program().worker, "sleep"};
     EXPECT_EQ(std::get<RunConfig>(run_program(chosen, {}).first).task, "sleep");
+}
+
+// Descriptors open in this process now.
+std::size_t open_descriptors() {
+    std::size_t count = 0;
+    for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) ++count;
+    return count;
+}
+
+// A job maker that throws in its constructor (a bad --colsep, after its eventfd is made)
+// leaves no descriptor open: each is owned by an object (UniqueFd) that closes it.
+TEST(Cli, ParallelThatRefusesAValueLeavesNoDescriptorOpen) {
+    const std::size_t before = open_descriptors();
+    for (int i = 0; i < 3; ++i) {
+        const auto parsed = parse({"parallel", "--colsep", "(", "echo", ":::", "a"});
+        EXPECT_EQ(std::get<ExitCode>(parsed.result), ExitCode::Usage);
+        EXPECT_NE(parsed.err.find("--colsep"), std::string::npos) << parsed.err;
+    }
+    EXPECT_EQ(open_descriptors(), before);
 }
 
 TEST(Cli, APlanMayHaveDownloadsSoItTakesTheirFlags) {

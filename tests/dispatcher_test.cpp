@@ -1,12 +1,19 @@
 // The dispatcher against real worker processes on a real ipc:// socket, with a rogue
 // peer on the same socket.
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <set>
 #include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "command_groups.hpp"
 #include "dispatcher.hpp"
 #include "process_pool.hpp"
 #include "support.hpp"
@@ -225,6 +232,48 @@ TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
 
 INSTANTIATE_TEST_SUITE_P(Prefetch, LargeTasks, ::testing::Values(1, 8, 0),
                          [](const auto& p) { return p.param == 0 ? std::string("auto") : std::to_string(p.param); });
+
+// A worker's table file of command groups is read when the worker is reaped and every group
+// in it is SIGKILLed (decision 206): one that names the coordinator's own group (a stale or
+// forged file), or 0 or 1, is refused like every other kill of a recorded group. The
+// "coordinator" here is a child in a group of its own; before the rule it died by SIGKILL.
+TEST(ProcessPool, ATableThatNamesItsOwnGroupIsNotKilled) {
+    testing::TempDir dir;
+    const pid_t coordinator = ::fork();
+    if (coordinator == 0) {
+        ::setpgid(0, 0);
+        int code = 0;
+        try {
+            ProcessPool pool({.binary = "/bin/sh", .prefix = {"-c", "exec sleep 30", "sh"}, .state_dir = dir.path()});
+            const pid_t worker = pool.spawn("w1");  // exec'd: its id is its pid and its group
+            const std::string file = (dir.path() / fmt::format("command-groups-{}-{}", worker, worker)).string();
+            const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+            if (fd < 0 || ::ftruncate(fd, sizeof(command_groups::Table)) != 0) std::_Exit(3);
+            void* memory = ::mmap(nullptr, sizeof(command_groups::Table), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            ::close(fd);
+            if (memory == MAP_FAILED) std::_Exit(4);
+            auto& table = *static_cast<command_groups::Table*>(memory);
+            table.slots[0] = ::getpgrp();
+            table.slots[1] = 1;
+            table.slots[2] = 0;
+            table.used = 3;
+            ::munmap(memory, sizeof(command_groups::Table));
+            pool.kill(worker);  // reaps it, reading the table
+            code = pool.alive() == 0 ? 0 : 5;
+        } catch (...) {
+            code = 6;
+        }
+        std::_Exit(code);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(coordinator, &status, 0), coordinator);
+    EXPECT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    if (WIFEXITED(status)) EXPECT_EQ(WEXITSTATUS(status), 0);
+    EXPECT_FALSE(command_groups::kill_group(::getpgrp(), 0));
+    EXPECT_FALSE(command_groups::kill_group(0, 0));
+    EXPECT_FALSE(command_groups::kill_group(1, 0));
+    EXPECT_FALSE(command_groups::kill_group(-5, 0));
+}
 
 }  // namespace
 }  // namespace taskfarm

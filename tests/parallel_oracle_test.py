@@ -11,9 +11,11 @@ Usage: parallel_oracle_test.py [-v] [unittest args]; TASKFARM_COORDINATOR names 
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
@@ -209,6 +211,12 @@ TABLE = [
     ("--timeout 0.5m1s", "$P -k --timeout 0.5m1s 'echo {}' ::: a"),
     ("--joblog +FILE appends, no header", "$P --joblog +jl echo ::: a; $P --joblog +jl echo ::: b; cut -f1,7,9 jl"),
     # --delay, --resume, --resume-failed.
+    # -X, -m: a command line of many arguments is cut at the length a shell command may have.
+    ("-X cuts long command lines", "seq 60000 | $P -X -k echo | awk '{n+=NF} length>131072{b=1} END{print n, b+0}'"),
+    ("-m cuts long command lines", "seq 60000 | $P -m -k echo | awk '{n+=NF} length>131072{b=1} END{print n, b+0}'"),
+    ("-X with a word around {}", "seq 60000 | $P -X -k echo a{}b | awk '{n+=NF} length>131072{b=1} END{print n, b+0}'"),
+    ("--tagstring {%} is the slot", "$P -j1 -k --tagstring 'slot{%}-{}' echo ::: a b"),
+    ("--tagstring {%} with two slots", "$P -j2 --tagstring '{%}' 'echo {%}' ::: a b c d | awk '$1 != $2'"),
     ("--delay", "$P -k --delay 0.1 echo ::: a b c"),
     ("--delay 0.1s", "$P -k --delay 0.1s echo ::: a b"),
     # Starts a second apart however slowly the workers come up (so half a second is safe).
@@ -416,6 +424,139 @@ class CommandInputs(unittest.TestCase):
                     self.assertEqual(result.returncode, 0, result.stderr)
                     self.assertTrue(result.stdout == bytes(range(256)) * 2000, len(result.stdout))
                     self.assertEqual(sorted(os.listdir(directory)), ["data"])  # nothing left behind
+
+
+JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+
+
+class ValuesAreScanned(unittest.TestCase):
+    """Values and joblog lines are read by scanning, never std::regex (which recursed once a
+    character: a long value was a stack overflow, SIGSEGV) nor std::sto* (whose out_of_range
+    was exit 1): a malformed one is exit 2 naming the option or FILE:LINE."""
+
+    def parallel(self, *args, directory=None):
+        return subprocess.run([COORDINATOR, "parallel", *args], capture_output=True, text=True, timeout=60,
+                              cwd=directory)
+
+    def test_a_malformed_joblog_line_is_exit_2_naming_file_and_line(self):
+        with tempfile.TemporaryDirectory() as directory:
+            for name, line in [("a 30-digit Seq", "1" * 30 + "\t:\t1.0\t0.1\t0\t0\t0\t0\techo a"),
+                               ("a long line without tabs", "1 " + "x" * 1_000_000),
+                               ("a field that is no number", "1\t:\tx\t0.1\t0\t0\t0\t0\techo a")]:
+                for flag in ["--resume", "--resume-failed"]:
+                    with self.subTest(name, flag=flag):
+                        with open(os.path.join(directory, "jl"), "w") as f:
+                            f.write(JOBLOG_HEADER + "1\t:\t1.0\t0.1\t0\t0\t0\t0\techo a\n" + line + "\n")
+                        result = self.parallel(flag, "--joblog", "jl", "echo", ":::", "a", directory=directory)
+                        self.assertEqual(result.returncode, 2, result.stderr[:300])
+                        self.assertIn("jl:3:", result.stderr)
+                        self.assertEqual(result.stdout, "")
+
+    def test_a_long_joblog_line_is_read(self):
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "jl"), "w") as f:
+                f.write(JOBLOG_HEADER + "1\t:\t1.0\t0.1\t0\t0\t0\t0\techo " + "a\tb" * 500_000 + "\n")
+            result = self.parallel("-k", "--resume-failed", "--joblog", "jl", "echo", ":::", "a", "b",
+                                   directory=directory)
+            self.assertEqual(result.returncode, 0, result.stderr[:300])
+            self.assertEqual(result.stdout, "b\n")
+
+    def test_a_long_or_huge_value_is_exit_2_naming_its_option(self):
+        digits = "1" * 100_000
+        for args in [["--delay", digits], ["--timeout", digits + "s"], ["-j", digits + "%"], ["--block", digits],
+                     ["--halt", "now,fail=" + digits], ["--halt", digits + "%"], ["-j", "1" * 30]]:
+            with self.subTest(args[0], length=len(args[1])):
+                result = self.parallel(*args, "echo", ":::", "a")
+                self.assertIn(result.returncode, (0, 2), result.stderr[:300])
+                if result.returncode == 2:
+                    self.assertIn(args[0], result.stderr)
+        # A position past a long's range: exit 2 naming it, not exit 1.
+        result = self.parallel("echo", "{" + "9" * 30 + "}", ":::", "a")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("9" * 30, result.stderr)
+
+    def test_a_fixed_colsep_splits_a_long_line(self):
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "in"), "w") as f:
+                f.write(" " * 1_000_000 + "\tb\n")
+            result = self.parallel("--colsep", "\\t", "echo", "{2}", "::::", "in", directory=directory)
+            self.assertEqual(result.returncode, 0, result.stderr[:300])
+            self.assertEqual(result.stdout, "b\n")
+
+
+def processes_with(marker):
+    """The pids of live processes (not zombies) whose environment holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker.encode() in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+class Interrupted(unittest.TestCase):
+    """`coordinator parallel` cut short, as users do it: its reader gone (`| head -1`), or
+    Ctrl-C. It exits without running the rest, and nothing it started is left: every process
+    of the run (workers, guardians, commands) has TMPDIR set to a directory of the test's."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="parallel-interrupted-")
+        self.marker = f"TMPDIR={self.tmp}"
+        self.env = dict(os.environ, TMPDIR=self.tmp)
+
+    def tearDown(self):
+        for pid in processes_with(self.marker):  # what a failure left
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def assert_none_left(self):
+        self.assertEqual(processes_with(self.marker), [])
+
+    def test_a_closed_pipe_ends_the_run_and_leaves_no_process(self):
+        # Jobs 1 and 2 write at once; the other 38 take 30 s each on 2 slots, 10 minutes in all.
+        result = subprocess.run(
+            ["bash", "-c",
+             f"{COORDINATOR} parallel -j2 'echo {{}}; seq 100000; [ {{}} -le 2 ] || sleep 30' ::: $(seq 40) | head -1"],
+            capture_output=True, text=True, timeout=60, env=self.env)
+        self.assertEqual(result.stdout, "1\n" if result.stdout.startswith("1") else "2\n")
+        self.assert_none_left()
+
+    def test_ctrl_c_ends_the_run_and_leaves_no_process(self):
+        run = subprocess.Popen([COORDINATOR, "parallel", "-j2", "sleep 30; echo {}", ":::", *map(str, range(40))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, start_new_session=True)
+        try:
+            # Until both commands run (sleep's environment has the marker too).
+            for _ in range(600):
+                sleeps = [pid for pid in processes_with(self.marker) if command_line(pid).startswith(b"sleep\0")]
+                if len(sleeps) == 2:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(len(sleeps), 2)
+            os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the foreground group
+            out, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        self.assertEqual(run.returncode, 130, err)
+        self.assertEqual(out, b"")
+        self.assert_none_left()
 
 
 if __name__ == "__main__":

@@ -468,6 +468,7 @@ class BenchQuick(unittest.TestCase):
         "15 downloads, 0.05 s latency, 8 workers": 2,
         "1,000 `true` commands, 2 workers (start to exit)": 2,
         "1,000 `true` commands, 2 workers: CPU per command": 2,  # against xargs' and GNU parallel's
+        "20,000 short values to `true`, `parallel -j 2 -X` (start to exit)": 1,
         "no-op, processes, 1,000 tasks": 1,
         "no-op, processes, 10,000 tasks": 1,
         "no-op, processes, 100,000 tasks": 1,
@@ -518,8 +519,9 @@ class BenchQuick(unittest.TestCase):
                 self.assertIn("yes" if r["met"] else "NO", done.stdout)
         self.assertEqual(counts, self.ROWS)
         # + the memory rows, the two --ui rows' >= 0.9, CPU per command against xargs', and the
-        # Farm's submissions from code against the built-in no-op, and the server's throughput
-        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2 + 1 + 1 + 1)
+        # Farm's submissions from code against the built-in no-op, and the server's throughput,
+        # and `parallel -X` against xargs' default
+        self.assertEqual(sum(1 for r in rows if r["target"]), 14 + 5 + 2 + 1 + 1 + 1 + 1)
         for key, values in results["samples"].items():
             self.assertEqual(len(values), 1, key)
         self.assertIn("fetch.wall_s", results["samples"])

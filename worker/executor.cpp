@@ -88,6 +88,7 @@ void Executor::take_results(std::vector<proto::Result>& out) {
     {
         std::lock_guard lock(outbox_mutex_);
         out.swap(outbox_);
+        woken_ = false;
     }
     // Tasks that ran and carry no cost of their own yet are marked "process" with nothing
     // counted by the loop; a command's tree ("tree") and a task never run ("") are left alone.
@@ -128,6 +129,12 @@ std::vector<proto::TaskRef> Executor::give_back_if_busy_for(Clock::duration limi
 bool Executor::has_queued() {
     std::lock_guard lock(mutex_);
     return !queue_.empty();
+}
+
+bool Executor::has_queued_or_results() {
+    if (has_queued()) return true;
+    std::lock_guard lock(outbox_mutex_);
+    return !outbox_.empty();
 }
 
 std::vector<proto::Result> Executor::cancel(const std::vector<proto::TaskRef>& tasks) {
@@ -209,25 +216,37 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
                                   : unknown_kind(next);
         }();
         if (board_) board_->ended();
+        std::size_t queued = 0;
         {
             // Before the result goes out: the coordinator answers it with the next task,
             // which must not look queued behind this finished one and be given back.
             std::lock_guard lock(mutex_);
             running_since_.reset();
             running_stop_ = nullptr;
+            queued = queue_.size();
         }
         if (stop.stop_requested()) return;
         proto::to_message(std::move(result), message);
         message.kind = std::move(next.kind);
         if (message.cost.scope.empty() && next.task.type) message.cost.scope = kShared;  // measured per frame
-        bool was_empty = false;
+        // The socket thread is woken once per batch (decision 237): while kHoldWhileQueued or
+        // more tasks are queued here, the result waits for the next ones, and they leave as
+        // one frame, answered by one frame of tasks; the wake comes when the queue runs low
+        // (the coordinator's refill then arrives while the last tasks run), or the outbox is
+        // full. The socket thread also takes what waits at each of its own wake-ups, at
+        // least every kGiveBackAfter / 2 while tasks are queued, so no result waits longer.
+        // Only with a board: a coordinator that loses this worker reads there which task ran;
+        // without one (a remote worker) it takes the oldest task without a result as the one
+        // that ran, which a held result would make wrong.
+        bool wake_now = false;
         {
             std::lock_guard lock(outbox_mutex_);
-            was_empty = outbox_.empty();
             outbox_.push_back(std::move(message));
+            if (!woken_ && (!board_ || queued < kHoldWhileQueued || outbox_.size() >= kMostHeld))
+                wake_now = woken_ = true;
         }
         // A blocking send: inproc to our own socket thread, which never stops reading.
-        if (was_empty) wake.send(zmq::str_buffer("!"), zmq::send_flags::none);
+        if (wake_now) wake.send(zmq::str_buffer("!"), zmq::send_flags::none);
     }
 }
 

@@ -26,8 +26,10 @@ inline constexpr const char* kResultsEndpoint = "inproc://results";
 
 // Runs tasks one at a time on its own thread, so the socket thread keeps heartbeating.
 // Results collect in an outbox; the executor wakes the socket thread (a byte over an
-// inproc PAIR socket that it owns) only when the outbox was empty, so a burst of short
-// tasks costs one wake-up and leaves as one `results` frame.
+// inproc PAIR socket that it owns) once per batch: not while two or more tasks are queued
+// behind the one that ended (they will end soon: the queue holds about kQueueBudget of
+// work), so a run of short tasks costs one wake-up and one `results` frame per batch. The
+// socket thread takes the outbox at every wake-up of its own (take_results()).
 class Executor {
 public:
     using Clock = std::chrono::steady_clock;
@@ -58,6 +60,8 @@ public:
     std::vector<proto::TaskRef> give_back_if_busy_for(Clock::duration limit, Clock::duration& busy);
 
     bool has_queued();
+    // Tasks queued, or results not taken yet.
+    bool has_queued_or_results();
 
     // The coordinator's cancel: the running attempt among `tasks` is stopped (its result
     // comes as usual); queued ones are dropped and returned as failed results, to be sent.
@@ -92,6 +96,11 @@ private:
     std::stop_source* running_stop_ = nullptr;        // its own stop, for a cancel
     std::mutex outbox_mutex_;
     std::vector<proto::Result> outbox_;  // finished, not yet sent
+    bool woken_ = false;                 // the socket thread was woken for outbox_ and has not taken it
+    // Results wait in the outbox while this many tasks or more are queued behind...
+    static constexpr std::size_t kHoldWhileQueued = 2;
+    // ...and fewer than this many wait.
+    static constexpr std::size_t kMostHeld = 64;
     // The socket thread's: the process's user and system CPU seconds when take_results() last shared them.
     double shared_user_s_ = 0;
     double shared_sys_s_ = 0;

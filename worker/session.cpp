@@ -184,7 +184,9 @@ int run_session(const WorkerConfig& config) {
     while (true) {
         const auto silence_limit = heard ? timeout : connect_timeout;
         auto wake_at = std::min(next_heartbeat, last_heard + silence_limit);
-        if (executor.has_queued()) wake_at = std::min(wake_at, Clock::now() + kGiveBackAfter / 2);
+        // Also while results wait in the executor's outbox (after a give-back or a cancel
+        // emptied the queue behind them): taken at the next wake-up, at most this late.
+        if (executor.has_queued_or_results()) wake_at = std::min(wake_at, Clock::now() + kGiveBackAfter / 2);
         zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0},
                                    {results.handle(), 0, ZMQ_POLLIN, 0},
                                    {monitor.handle(), 0, ZMQ_POLLIN, 0},
@@ -203,8 +205,10 @@ int run_session(const WorkerConfig& config) {
             zmq::message_t wake;
             while (results.recv(wake, zmq::recv_flags::dontwait)) {
             }
-            executor.take_results(finished);
         }
+        // At every wake-up, not only the executor's: results wait in its outbox while tasks
+        // are queued behind them (Executor), and leave with the next frame we send.
+        executor.take_results(finished);
         // The commands' groups as they are now, at once, so that the coordinator can end
         // them if this worker dies; read after the results, and sent before them: a
         // command's group is gone before its result is queued, so the coordinator never

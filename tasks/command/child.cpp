@@ -29,6 +29,7 @@
 
 #include "child_signals.hpp"
 #include "command_groups.hpp"
+#include "unique_fd.hpp"
 #include "process_title.hpp"
 
 namespace taskfarm::command {
@@ -43,26 +44,7 @@ constexpr auto kStopCheck = std::chrono::milliseconds(50);
 // no wake-up of the worker's loop and no message.
 constexpr auto kReportAfter = std::chrono::milliseconds(1);
 
-class Fd {
-public:
-    Fd() = default;
-    explicit Fd(int fd) : fd_(fd) {}
-    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    Fd& operator=(Fd&& other) noexcept {
-        reset(std::exchange(other.fd_, -1));
-        return *this;
-    }
-    ~Fd() { reset(); }
-    int get() const { return fd_; }
-    int release() { return std::exchange(fd_, -1); }
-    void reset(int fd = -1) {
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = fd;
-    }
-
-private:
-    int fd_ = -1;
-};
+using Fd = UniqueFd;
 
 // Close-on-exec, so that no other child (another thread's command, a worker) keeps an end
 // open past its exec and hides an end of file from us.
@@ -111,20 +93,19 @@ using GuardTable = command_groups::Table;
     for (std::uint32_t at = 0; at < used; ++at) {
         const pid_t group = table->slots[at].load();
         if (group <= 1) continue;
-        ::kill(-group, SIGTERM);
+        command_groups::kill_group(group, SIGTERM);
         if (count < std::size(groups)) groups[count++] = group;
     }
     if (count == 0) ::_exit(0);
     const auto any_left = [&] {
         for (std::uint32_t i = 0; i < count; ++i)
-            if (::kill(-groups[i], 0) == 0) return true;
+            if (command_groups::kill_group(groups[i], 0)) return true;
         return false;
     };
     constexpr long long kStep = 20'000'000;
     const long long grace_ns = table->grace_ns.load();
     for (long long waited = 0; waited < grace_ns && any_left(); waited += kStep) nap(kStep);
-    for (std::uint32_t at = 0; at < used; ++at)
-        if (const pid_t group = table->slots[at].load(); group > 1) ::kill(-group, SIGKILL);
+    for (std::uint32_t at = 0; at < used; ++at) command_groups::kill_group(table->slots[at].load(), SIGKILL);
     ::_exit(0);
 }
 
@@ -465,7 +446,7 @@ public:
     explicit Child(std::atomic<pid_t>* slot) : slot_(slot) {}
     ~Child() {
         if (pid_ > 0) {
-            ::kill(-pid_, SIGKILL);
+            command_groups::kill_group(pid_, SIGKILL);
             reap();
         }
         if (slot_) Guard::instance().give_back(slot_);
@@ -610,11 +591,11 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
         if (!child_process.reported() && now >= report_at) child_process.report();
         if (!ending && (watch.stop.stop_requested() || now >= watch.deadline)) {
             outcome.end = watch.stop.stop_requested() ? Outcome::End::Stopped : Outcome::End::TimedOut;
-            ::kill(-pid, SIGTERM);
+            command_groups::kill_group(pid, SIGTERM);
             ending = true;
             kill_at = now + watch.grace;
         } else if (now >= kill_at) {
-            ::kill(-pid, SIGKILL);
+            command_groups::kill_group(pid, SIGKILL);
             kill_at = Clock::time_point::max();
         }
         auto wake = std::min(now + kStopCheck, kill_at);
@@ -635,7 +616,7 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     }
     // The program is gone; whatever it started in its group ends with it, so that it never
     // outlives its task, nor keeps the pipes open.
-    ::kill(-pid, SIGKILL);
+    command_groups::kill_group(pid, SIGKILL);
     const auto give_up = Clock::now() + watch.grace;  // only a process that left the group still writes
     while ((out_read.get() >= 0 || err_read.get() >= 0) && Clock::now() < give_up) {
         pollfd polled[] = {{out_read.get(), POLLIN, 0}, {err_read.get(), POLLIN, 0}};
