@@ -715,16 +715,20 @@ ExitCode keygen(const KeygenConfig& config) {
         throw ConfigError("keygen: this libzmq was built without CURVE support (libsodium), so it cannot make keys");
     std::vector<std::filesystem::path> written;
     try {
-        written = curve::write_key_directory(config.dir, config.worker_only);
+        written = curve::write_key_directory(config.dir, config.worker_only   ? std::vector<std::string>{"worker"}
+                                                         : config.client_only ? std::vector<std::string>{"client"}
+                                                                              : curve::kAllKeyPairs);
     } catch (const std::runtime_error& e) {
         throw ConfigError(fmt::format("keygen: {}", e.what()));
     }
     for (const auto& path : written) {
         const std::string name = path.filename().string();
         const char* use = name == "coordinator.secret"   ? "keep it on the coordinator's machine only"
-                          : name == "coordinator.public" ? "copy it to every worker machine"
+                          : name == "coordinator.public" ? "copy it to every worker and client machine"
                           : name == "worker.secret"      ? "copy it to each worker machine (mode 0600)"
-                                                         : "the coordinator admits workers holding worker.secret";
+                          : name == "worker.public"      ? "the coordinator admits workers holding worker.secret"
+                          : name == "client.secret"      ? "copy it to each machine that submits over tcp (mode 0600)"
+                                                    : "serve --listen-clients admits clients holding client.secret";
         fmt::print("{:<40} {}\n", path.string(), use);
     }
     return ExitCode::Ok;

@@ -247,7 +247,7 @@ public:
         RunConfig run;
         run.modes = {Mode::Processes};
         run.workers = config_.workers;
-        run.task_retries = config_.retries;
+        if (config_.retries) set_retries(run, *config_.retries);  // else download keeps its own default
         run.log_level = config_.log_level;
         run.worker_bin = program_.worker.path;
         run.worker_prefix = program_.worker.prefix;
@@ -288,7 +288,9 @@ public:
         std::optional<Listener> tcp;
         if (!config_.listen_clients.empty()) {
             try {
-                tcp.emplace(context, router, ListenConfig{config_.listen_clients, config_.client_keys});
+                tcp.emplace(context, router,
+                            ListenConfig{config_.listen_clients, config_.client_keys, "client",
+                                         "put it in a NAME.public file in serve's --authorized-clients directory"});
             } catch (const ConfigError& e) {
                 throw ConfigError(fmt::format("--listen-clients: {}", e.what()));
             }

@@ -130,6 +130,7 @@ class Service(unittest.TestCase):
             stdout=log,
             stderr=log,
             preexec_fn=limit,
+            cwd=self.dir,  # where download tasks write (downloads/)
         )
         wait_until(lambda: self.socket.exists() and self.client("status").returncode == 0, "the server to answer")
         wait_until(lambda: len(descendants(self.server.pid)) >= workers + 1, "the workers")
@@ -393,7 +394,9 @@ class Service(unittest.TestCase):
         self.assertEqual(list((self.state / "jobs").iterdir()), [])
         for args, text in ((["--drain-timeout", "nan"], "--drain-timeout"), (["--socket", ""], "--socket"),
                            (["--worker-resources", "gpu=2"], "--gpus"), (["--gpus", "0,0"], "--gpus"),
-                           (["--submit-timeout", "0"], "--submit-timeout")):
+                           (["--submit-timeout", "0"], "--submit-timeout"), (["--log-level", "bogus"], "--log-level"),
+                           (["--retries", "-1"], "--retries"), (["--workers", "0"], "--workers"),
+                           (["--state", ""], "--state"), (["--listen-clients", "tcp://x"], "--listen-clients")):
             result = subprocess.run([COORDINATOR, "serve", "--state", str(self.dir / "other"), *args],
                                     capture_output=True, text=True, timeout=WAIT_S)
             self.assertEqual(result.returncode, 2, (args, result.stderr))
@@ -665,15 +668,79 @@ class Service(unittest.TestCase):
         job = int(result.stdout.strip())
         self.assertEqual(remote("status", str(job)).returncode, 0)
         self.assertIn("3 ok", remote("logs", str(job)).stdout)
-        # Another key pair: the handshake is refused, the client hears nothing and says so.
+        # A worker machine's key (worker.secret, which every worker holds, even passed off as
+        # client.secret) is refused on the client socket: the server's ZAP handler says so,
+        # and the client says it at once, from the handshake, not after hearing nothing.
+        stolen, stranger = self.dir / "stolen", self.dir / "stranger"
+        for where, secret in ((stolen, keys / "worker.secret"), (stranger, other / "client.secret")):
+            where.mkdir(mode=0o700)
+            shutil.copy(keys / "coordinator.public", where / "coordinator.public")
+            for name in ("worker.secret", "client.secret"):
+                shutil.copy(secret, where / name)
+                os.chmod(where / name, 0o600)
+            result = remote("submit", "--task", "sleep", "--tasks", "1", key_dir=where)
+            self.assertEqual(result.returncode, 1, (where, result.stderr))
+            self.assertIn("refused this client (ZAP status 400)", result.stderr)
+            self.assertEqual(result.stdout, "")
+        self.assertIn("refused a client from", (self.dir / "server.log").read_text())
+        # Another server's public key: the server closes the handshake; said at once too.
         result = remote("submit", "--task", "sleep", "--tasks", "1", key_dir=other)
         self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("closed the connection during the CURVE handshake", result.stderr)
         self.assertIn("are --keys the server's?", result.stderr)
         self.assertEqual(result.stdout, "")
+        # A client directory with only a worker's key is refused before it connects.
+        (stolen / "client.secret").unlink()
+        result = remote("status", key_dir=stolen)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("no client.secret", result.stderr)
         result = remote("status", key_dir=None)
         self.assertEqual(result.returncode, 2)
         self.assertIn("--connect needs --keys", result.stderr)
         self.assertEqual(list(self.jobs()), [job])
+        self.stop()
+        # serve refuses to admit the workers' key as a client's, and a directory with no client key.
+        authorized = self.dir / "authorized"
+        authorized.mkdir()
+        shutil.copy(keys / "worker.public", authorized / "hostb.public")
+        (other / "client.public").unlink()
+        for args, text in ((["--keys", str(keys), "--authorized-clients", str(authorized)], "--authorized-clients"),
+                           (["--keys", str(other)], "no client.public")):
+            result = subprocess.run([COORDINATOR, "serve", "--socket", str(self.dir / "y" / "socket"),
+                                     "--listen-clients", "tcp://127.0.0.1:*", *args],
+                                    capture_output=True, text=True, timeout=WAIT_S)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn(text, result.stderr, args)
+
+    def test_serve_retries_reach_a_download_tasks_own_tries(self):
+        # A loopback HTTP server that fails every request with 500 (a transient failure, which
+        # download tries again, 2 more times by default) and counts them.
+        import http.server
+        import threading
+        hits = []
+
+        class Failing(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self.addCleanup(httpd.server_close)
+        self.addCleanup(httpd.shutdown)
+        urls = self.dir / "urls.txt"
+        urls.write_text(f"http://127.0.0.1:{httpd.server_address[1]}/a.jpg\n")
+        # --retries 0: one try, not download's default of three.
+        self.start(workers=1, args=("--retries", "0"))
+        job = self.submit("--task", "download", "--inputs", str(urls))
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 1)
+        self.assertEqual(hits, ["/a.jpg"])
+        self.assertIn("HTTP 500", final_results(self.state / "jobs" / str(job) / "results.jsonl")[0]["error"])
         self.stop()
 
     def test_explain_says_a_job_of_higher_priority_goes_first(self):
