@@ -31,6 +31,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <stop_token>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
@@ -305,6 +306,8 @@ public:
         auto runner = make_runner(Mode::Processes, run, shared, signals.token(), signals.drain_token());
         std::atomic<bool> engine_over{false};
         std::string engine_error;
+        // `logs`: journals summed up off the loop (decision 231).
+        std::jthread reporter([this](std::stop_token stop) { report_journals(stop); });
         std::thread engine([&] {
             try {
                 runner->run(plan, sink);
@@ -366,6 +369,7 @@ public:
                     wire::send_to(router, identity.to_string_view(), service::encode(*reply));
             }
             answer_waits(router, stopping);
+            send_reported(router);
             if (const auto now = std::chrono::steady_clock::now(); now >= next_expiry) {
                 std::vector<std::vector<TaskSpec>> dead;
                 {
@@ -380,6 +384,10 @@ public:
         engine.join();
         runner.reset();
         answer_waits(router, true);
+        reporter.request_stop();
+        reports_cv_.notify_all();
+        reporter.join();
+        send_reported(router);
         ::unlink(config_.socket.c_str());  // a client then says "no server there" at once
         if (!engine_error.empty()) {
             spdlog::error("the engine stopped: {}", engine_error);
@@ -1211,9 +1219,12 @@ private:
             if (!slowest.is_number_unsigned() || slowest.get<std::uint64_t>() > 1000)
                 return refuse("\"slowest\" must be a whole number from 0 to 1000");
             report.slowest = slowest.get<int>();
-            const std::uint64_t id = job->id;
-            lock.unlock();  // the journal is read without the lock: results go on being written
-            return {{"ok", true}, {"job", id}, {"report", journal_report_json(report)}};
+            // Read on the reporter's thread, not here: a journal of a million lines would hold
+            // every other client (and the waits) for a second or more. Its reply comes back
+            // to the loop through `reported_`.
+            reports_.push_back({identity, request.value("seq", json(nullptr)), job->id, std::move(report)});
+            reports_cv_.notify_one();
+            return nullptr;
         }
         if (op == "explain") {
             Job* job = find_job(request, error);
@@ -1292,6 +1303,40 @@ private:
             return nullptr;
         }
         return refuse(fmt::format("unknown request '{}'", printable(op)));
+    }
+
+    // The reporter's thread: each `logs` request's journal summed up, as `coordinator report`
+    // does, without the lock (results go on being written), the reply handed to the loop.
+    void report_journals(std::stop_token stop) {
+        std::unique_lock lock(mutex_);
+        while (true) {
+            reports_cv_.wait(lock, stop, [&] { return !reports_.empty(); });
+            if (reports_.empty()) return;  // stopped
+            Report request = std::move(reports_.front());
+            reports_.pop_front();
+            lock.unlock();
+            json reply;
+            try {
+                reply = {{"ok", true}, {"job", request.job}, {"report", journal_report_json(request.config)}};
+            } catch (const std::exception& e) {
+                reply = {{"ok", false}, {"error", e.what()}};
+            }
+            if (!request.seq.is_null()) reply["seq"] = request.seq;
+            std::string frame = service::encode(reply);
+            lock.lock();
+            reported_.emplace_back(std::move(request.identity), std::move(frame));
+            poke(loop_fd_);
+        }
+    }
+
+    // The loop: the reporter's replies, sent.
+    void send_reported(zmq::socket_t& router) {
+        std::vector<std::pair<std::string, std::string>> replies;
+        {
+            std::lock_guard lock(mutex_);
+            replies.swap(reported_);
+        }
+        for (const auto& [identity, frame] : replies) wire::send_to(router, identity, frame);
     }
 
     // Under mutex_: a job whose submit did not finish leaves no trace (its client was told no id).
@@ -1415,6 +1460,15 @@ private:
     std::vector<std::size_t> cached_sizes_;
     std::vector<Fresh> cached_fresh_;
     std::vector<std::vector<TaskSpec>> retired_;  // tasks of jobs done, for the loop to free
+    struct Report {                               // a `logs` request, for the reporter's thread
+        std::string identity;
+        json seq;
+        std::uint64_t job;
+        ReportConfig config;
+    };
+    std::deque<Report> reports_;                                 // under mutex_
+    std::condition_variable_any reports_cv_;                     // a report to make, or stop
+    std::vector<std::pair<std::string, std::string>> reported_;  // replies for the loop, under mutex_
     CancelBoard cancels_;
 };
 

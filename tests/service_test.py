@@ -644,6 +644,41 @@ class Service(unittest.TestCase):
         self.assertIn("no job 99", result.stderr)
         self.stop()
 
+    def test_logs_reads_the_journal_off_the_servers_loop(self):
+        self.start(workers=1)
+        job = self.submit("--task", "sleep", "--tasks", "2")
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        # The job's journal made a FIFO: `logs` blocks reading it until this test writes it,
+        # and meanwhile the server answers every other client (on its loop, it answered none).
+        journal = self.state / "jobs" / str(job) / "results.jsonl"
+        text = journal.read_bytes()
+        journal.unlink()
+        os.mkfifo(journal)
+        logs = subprocess.Popen([COORDINATOR, "logs", "--socket", str(self.socket), str(job)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        writer = []
+
+        def server_reads():  # a writer may open a FIFO without waiting only once a reader has
+            try:
+                writer.append(os.open(journal, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                return False
+            return True
+
+        wait_until(server_reads, "the server to open the journal")
+        try:
+            result = self.client("status")  # the server reads the FIFO, which has nothing yet
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        finally:
+            os.set_blocking(writer[0], True)
+            os.write(writer[0], text)
+            os.close(writer[0])
+        out, err = logs.communicate(timeout=WAIT_S)
+        self.assertEqual(logs.returncode, 0, err)
+        self.assertIn("2 task(s) in the journal, 2 ok", out)
+        self.stop()
+
     def test_tcp_clients_with_the_key_can_submit_and_others_are_refused(self):
         keys, other = self.dir / "keys", self.dir / "other"
         for where in (keys, other):
