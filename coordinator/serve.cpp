@@ -68,6 +68,9 @@ constexpr bool kForkServerUsable = false;  // as the coordinator (decision 104)
 constexpr bool kForkServerUsable = true;
 #endif
 
+// The workers' memory, in MiB: what a task's peak RSS is counted against (decision 230).
+constexpr std::string_view kMem = "mem";
+
 double unix_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 // A directory the service may use: made 0700 when missing (its parent must exist), else it
@@ -162,6 +165,9 @@ struct Job {
     std::uint64_t failed = 0;
     std::uint64_t handed = 0;   // handed to the engine, no final result yet
     std::uint64_t started = 0;  // of those, begun on a worker (the others wait in a worker's prefetch)
+    // The most memory one of its tasks took (its results' cost.max_rss_kb, in MiB, rounded up):
+    // each next task that asks for no "mem" holds this much of the workers' (decision 230).
+    std::uint64_t peak_mib = 0;
     bool committed = false;
     bool cancelled = false;
     // While it is being submitted: when its client last said anything about it (create, add,
@@ -202,6 +208,7 @@ struct Job {
                 {"failed", failed},
                 {"running", started},
                 {"waiting", todo.size() + blocked.size() + handed - started},
+                {"peak_mem_mib", peak_mib},
                 {"submitted", submitted}};
     }
 };
@@ -484,7 +491,7 @@ private:
     bool has_ready() const {
         for (const std::uint64_t id : ready_) {
             const Job& job = jobs_.at(id);
-            if (!job.todo.empty() && !job.cancelled && fits(job.tasks[job.todo.front()].resources)) return true;
+            if (!job.todo.empty() && !job.cancelled && fits(admitted(job, job.todo.front()))) return true;
         }
         return false;
     }
@@ -496,6 +503,29 @@ private:
         for (const auto& [name, amount] : config_.resources->counts()) have[name] = amount;
         have[std::string(kGpuResource)] = config_.resources->gpus().size();
         return have;
+    }
+
+    // Under mutex_: what task `index` of `job` holds while it runs: what it asks for, and, when
+    // it asks for no "mem" and the workers have some, as much as the job's tasks took at
+    // most so far (their peak RSS; none before one of them ended), at most all of it, so that
+    // it always fits alone (decision 230).
+    ResourceRequest admitted(const Job& job, std::uint32_t index) const {
+        ResourceRequest request = job.tasks[index].resources;
+        if (job.peak_mib == 0) return request;
+        const std::uint64_t mem = config_.resources->amount(kMem);
+        if (mem == 0) return request;
+        for (const auto& [name, amount] : request)
+            if (name == kMem) return request;
+        const auto at = std::lower_bound(request.begin(), request.end(), kMem,
+                                         [](const ResourceAmount& a, std::string_view name) { return a.name < name; });
+        request.insert(at, {std::string(kMem), std::min(job.peak_mib, mem)});
+        return request;
+    }
+
+    // For explain: where a "mem" the task did not ask for comes from.
+    std::string mem_note(const Job& job, std::uint32_t index) const {
+        if (admitted(job, index).size() == job.tasks[index].resources.size()) return "";
+        return fmt::format(" (mem: the peak memory of this job's tasks so far, {} MiB)", job.peak_mib);
     }
 
     // Under mutex_: whether the resources `request` asks for are free now (among the server's
@@ -525,7 +555,8 @@ private:
             Job& job = jobs_.at(id);
             if (job.todo.empty() || job.cancelled) continue;
             const std::uint32_t index = job.todo.front();
-            if (!fits(job.tasks[index].resources)) {
+            ResourceRequest holds = admitted(job, index);
+            if (!fits(holds)) {
                 passed.push_back(id);
                 continue;
             }
@@ -534,8 +565,8 @@ private:
             task = job.tasks[index];
             task.after.clear();  // the server held it until they were ok: the engine's ids are others
             task.id = next_task_++;
-            for (const auto& [name, amount] : task.resources) in_use_[name] += amount;
-            live_.emplace(task.id, Live{id, index, false});
+            for (const auto& [name, amount] : holds) in_use_[name] += amount;
+            live_.emplace(task.id, Live{id, index, false, std::move(holds)});
             ++job.handed;
             found = true;
             break;
@@ -549,17 +580,22 @@ private:
         std::lock_guard lock(mutex_);
         const auto found = live_.find(task.id);
         if (found == live_.end()) return;
-        const auto [job_id, index, started] = found->second;
+        const auto job_id = found->second.job;
+        const auto index = found->second.index;
         Job& job = jobs_.at(job_id);
-        if (started) {  // a retry begins again (a start of its own); a final result ends it
+        if (found->second.started) {  // a retry begins again (a start of its own); a final result ends it
             found->second.started = false;
             --job.started;
         }
+        if (result.cost.max_rss_kb > 0)
+            job.peak_mib = std::max<std::uint64_t>(job.peak_mib,
+                                                   (static_cast<std::uint64_t>(result.cost.max_rss_kb) + 1023) / 1024);
         if (!result.retrying) {
+            const ResourceRequest held = std::move(found->second.holds);
             live_.erase(found);
             --job.handed;
-            if (!job.tasks.empty() && !job.tasks[index].resources.empty()) {
-                for (const auto& [name, amount] : job.tasks[index].resources) in_use_[name] -= amount;
+            if (!held.empty()) {
+                for (const auto& [name, amount] : held) in_use_[name] -= amount;
                 poke(wake_fd_);  // a task that waits for them may fit now
                 queued_cv_.notify_all();
             }
@@ -857,6 +893,9 @@ private:
             if (index >= job.total || seen[index]) continue;
             seen[index] = 1;
             if (!job.unloaded) {
+                if (const auto cost = line.find("cost"); cost != line.end() && cost->is_object())
+                    if (const auto rss = cost->find("max_rss_kb"); rss != cost->end() && rss->is_number_unsigned())
+                        job.peak_mib = std::max<std::uint64_t>(job.peak_mib, (rss->get<std::uint64_t>() + 1023) / 1024);
                 job.final[index] = line.value("ok", false) ? 1 : 2;
                 ++job.finished;
                 (line.value("ok", false) ? job.ok : job.failed) += 1;
@@ -1026,7 +1065,7 @@ private:
         const auto next_why = [&](std::uint32_t task) -> std::string {
             if (job.cancelled) return "its job is cancelled";
             if (!job.released) return summary_of(job).value("why", std::string("held by a dependency"));
-            const ResourceRequest& asks = job.tasks[task].resources;
+            const ResourceRequest asks = admitted(job, task);
             if (!fits(asks)) {
                 std::vector<std::string> taken;
                 for (const auto& [name, amount] : asks) {
@@ -1034,8 +1073,8 @@ private:
                     taken.push_back(fmt::format("{} {} of {} held", name, used == in_use_.end() ? 0 : used->second,
                                                 config_.resources->amount(name)));
                 }
-                return fmt::format("asks for {}, which is not free ({}): it starts when running tasks give it back",
-                                   resources_text(asks), fmt::join(taken, ", "));
+                return fmt::format("asks for {}, which is not free ({}): it starts when running tasks give it back{}",
+                                   resources_text(asks), fmt::join(taken, ", "), mem_note(job, task));
             }
             for (const std::uint64_t other : ready_) {
                 const Job& before = jobs_.at(other);
@@ -1044,8 +1083,8 @@ private:
                                        before.priority, job.priority);
             }
             if (!asks.empty())
-                return fmt::format("asks for {}, which is free: it goes to the next worker that holds no task",
-                                   resources_text(asks));
+                return fmt::format("asks for {}, which is free: it goes to the next worker that holds no task{}",
+                                   resources_text(asks), mem_note(job, task));
             return "its turn comes: the jobs with tasks waiting take turns, a task each, as workers ask";
         };
         if (one) {
@@ -1447,7 +1486,8 @@ private:
     struct Live {
         std::uint64_t job;
         std::uint32_t index;
-        bool started;  // begun on a worker (not only held ahead by one)
+        bool started;           // begun on a worker (not only held ahead by one)
+        ResourceRequest holds;  // what it holds until its final result (admitted())
     };
     std::unordered_map<TaskId, Live> live_;        // server id -> job, index
     std::map<std::string, std::uint64_t> in_use_;  // resources the tasks handed out hold

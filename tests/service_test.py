@@ -778,6 +778,31 @@ class Service(unittest.TestCase):
         self.assertIn("HTTP 500", final_results(self.state / "jobs" / str(job) / "results.jsonl")[0]["error"])
         self.stop()
 
+    def test_a_jobs_tasks_hold_the_peak_memory_its_tasks_took(self):
+        # Workers with mem=200 (MiB); each task of the job takes some 70 MiB (a Python process
+        # holding 50 MiB). Task 0 runs first (the others are "after" it) and its peak is
+        # recorded; each next task then holds as much of the 200, so at most 2 run at once on
+        # the 4 workers.
+        self.start(workers=4, args=("--worker-resources", "mem=200"))
+        log = self.dir / "log"
+        shell = (f"echo start >> {log}; python3 -c 'import time; b = bytearray(50 << 20); "
+                 f"b[::4096] = bytes(len(b) // 4096); time.sleep(0.4)'; echo end >> {log}")
+        plan = self.dir / "mem.jsonl"
+        plan.write_text("".join(json.dumps({"kind": "command", "shell": shell, **({"after": [0]} if i else {})}) + "\n"
+                                for i in range(7)))
+        job = self.submit("--plan", str(plan))
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        depth, most = 0, 0
+        for line in log.read_text().split():
+            depth += 1 if line == "start" else -1
+            most = max(most, depth)
+        self.assertLess(most, 4)  # not the 4 workers' worth
+        peak = self.jobs()[job]["peak_mem_mib"]
+        self.assertGreaterEqual(peak, 50)
+        self.assertLess(peak, 200)
+        self.assertLessEqual(most, 200 // peak)
+        self.stop()
+
     def test_explain_says_a_job_of_higher_priority_goes_first(self):
         # One worker, busy with a long task: the next jobs' tasks all wait in the server.
         self.start(workers=1)
