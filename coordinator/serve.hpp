@@ -17,9 +17,9 @@ struct ServeConfig {
     std::filesystem::path socket;  // the socket; its directory is made 0700
     std::filesystem::path state;   // jobs/ and the lock; default: the socket's directory
     int workers = 4;
-    std::optional<std::uint32_t> retries;  // --retries: a failed task runs up to this many more times
-    double drain_timeout_s = 25;           // SIGTERM: how long running tasks may take to finish
-    double submit_timeout_s = 10;          // a job being submitted whose client is silent this long is dropped
+    std::optional<std::uint32_t> retries{};  // --retries: a failed task runs up to this many more times
+    double drain_timeout_s = 25;             // SIGTERM: how long running tasks may take to finish
+    double submit_timeout_s = 10;            // a job being submitted whose client is silent this long is dropped
     std::string log_level;
     // What the workers have, together (--worker-resources, --gpus): a task's "resources" are
     // taken from it while it runs (docs/resources.md).
