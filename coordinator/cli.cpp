@@ -180,21 +180,24 @@ const CLI::Validator kListenEndpoint(
     },
     "");  // the option's type_name says what it wants
 
+}  // namespace
+
+std::string check_ui_address(const std::string& text) {
+    const auto address = parse_ui_address(text);
+    if (!address)
+        return fmt::format("'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
+                           printable(text, 100));
+    const std::string loopback = address->port == 0
+                                     ? std::string("127.0.0.1:0")
+                                     : fmt::format("127.0.0.1:{}, or --ui 127.0.0.1:0 for a free port", address->port);
+    const std::string why = check_listen_host(address->host, "--ui", loopback);
+    return why.empty() ? "" : fmt::format("cannot serve on '{}': {}", printable(text, 100), why);
+}
+
+namespace {
+
 // --ui [ADDR:]PORT: ADDR by --listen's rules, so what --listen refuses --ui refuses too.
-const CLI::Validator kUiAddress(
-    [](std::string& text) -> std::string {
-        const auto address = parse_ui_address(text);
-        if (!address)
-            return fmt::format(
-                "'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
-                printable(text, 100));
-        const std::string loopback =
-            address->port == 0 ? std::string("127.0.0.1:0")
-                               : fmt::format("127.0.0.1:{}, or --ui 127.0.0.1:0 for a free port", address->port);
-        const std::string why = check_listen_host(address->host, "--ui", loopback);
-        return why.empty() ? "" : fmt::format("cannot serve on '{}': {}", printable(text, 100), why);
-    },
-    "");
+const CLI::Validator kUiAddress([](std::string& text) -> std::string { return check_ui_address(text); }, "");
 
 }  // namespace
 

@@ -46,6 +46,7 @@
 #include "journal_line.hpp"
 #include "journal_report.hpp"
 #include "listener.hpp"
+#include "live_view.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
@@ -278,7 +279,13 @@ public:
                 spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
             }
         }
+        // --ui binds now (a port in use: exit 2 naming --ui), after the fork server has forked.
+        if (!config_.ui.empty()) {
+            view_ = std::make_unique<LiveView>(config_.ui, fmt::format("{} serve", program_.name), false);
+            view_sink_ = view_->sink();
+        }
         SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config_.drain_timeout_s * 1000)));
+        if (view_) view_->start();
 
         zmq::context_t context(1);
         zmq::socket_t router(context, zmq::socket_type::router);
@@ -329,6 +336,7 @@ public:
             fmt::print(stderr, "serving {} with {} workers; state in {} ({} job(s) from it)\n", config_.socket.string(),
                        config_.workers, config_.state.string(), jobs_.size());
             if (tcp) fmt::print(stderr, "clients over tcp at {}\n", tcp->describe());
+            if (view_) fmt::print(stderr, "live view: {}\n", view_->url());
         }
         std::fflush(stderr);
 
@@ -390,6 +398,7 @@ public:
         }
         engine.join();
         runner.reset();
+        if (view_) view_->state().finish({});
         answer_waits(router, true);
         reporter.request_stop();
         reports_cv_.notify_all();
@@ -452,11 +461,22 @@ private:
         bool wants_task_starts() const override { return true; }
         void on_task_started(const RunEvent& event) override {
             if (event.kind == RunEvent::Kind::TaskStarted) server_.task_started(event);
+            if (server_.view_sink_) server_.view_sink_->on_task_started(event);
         }
 
     protected:
-        void begin_mode_(const std::string&, std::size_t) override {}
-        void sink_it_(const TaskSpec& task, const TaskResult& result) override { server_.result(task, result); }
+        // The live view's one mode: every job's tasks not done when the engine starts, then
+        // each job's as it is committed (add_live_tasks()).
+        void begin_mode_(const std::string& mode, std::size_t) override {
+            if (server_.view_sink_) server_.view_sink_->begin_mode(mode, server_.unfinished_tasks());
+        }
+        void sink_it_(const TaskSpec& task, const TaskResult& result) override {
+            server_.result(task, result);
+            if (server_.view_sink_) server_.view_sink_->on_result(task, result);
+        }
+        void event_it_(const RunEvent& event) override {
+            if (server_.view_sink_) server_.view_sink_->on_event(event);
+        }
 
     private:
         Server& server_;
@@ -526,6 +546,15 @@ private:
     std::string mem_note(const Job& job, std::uint32_t index) const {
         if (admitted(job, index).size() == job.tasks[index].resources.size()) return "";
         return fmt::format(" (mem: the peak memory of this job's tasks so far, {} MiB)", job.peak_mib);
+    }
+
+    // The tasks of committed jobs without a final result (for the live view's count).
+    std::size_t unfinished_tasks() {
+        std::lock_guard lock(mutex_);
+        std::size_t count = 0;
+        for (const auto& [id, job] : jobs_)
+            if (job.committed) count += job.total - job.finished;
+        return count;
     }
 
     // Under mutex_: whether the resources `request` asks for are free now (among the server's
@@ -691,6 +720,7 @@ private:
         if (as_cancelled) result = cancelled(std::move(result));
         if (!why.empty()) result.error = why;
         if (job.journal) job.journal->on_result(task, result);
+        if (view_ && wake_fd_ >= 0) view_->state().add_tasks(-1);  // it never reaches a worker: not in the count
         // Not record()'s settle(): the caller goes down the chain itself.
         auto dependents = std::exchange(job.dependents, {});
         record(job, task, result);
@@ -1234,6 +1264,8 @@ private:
             job.committed = true;
             job.total = job.tasks.size();
             job.final.assign(job.total, 0);
+            // Counted before arrange() and release() may record some as not run (and uncount them).
+            if (view_) view_->state().add_tasks(static_cast<std::int64_t>(job.total));
             arrange(job);
             if (job.released) {
                 ready_.push_back(job.id);
@@ -1510,6 +1542,8 @@ private:
     std::condition_variable_any reports_cv_;                     // a report to make, or stop
     std::vector<std::pair<std::string, std::string>> reported_;  // replies for the loop, under mutex_
     CancelBoard cancels_;
+    std::unique_ptr<LiveView> view_;         // --ui
+    std::unique_ptr<ResultSink> view_sink_;  // its sink, fed by ServerSink
 };
 
 }  // namespace

@@ -27,6 +27,8 @@ struct ServeConfig {
     // --listen-clients tcp://ADDR:PORT with --keys DIR: clients over tcp, CURVE, each holding a
     // client key authorised (client.public of DIR, --authorized-clients), never a worker's. Empty: none.
     std::string listen_clients;
+    // --ui [ADDR:]PORT: the live view of the server's workers and their tasks. Empty: none.
+    std::string ui;
     std::optional<curve::ServerKeys> client_keys;
 };
 

@@ -29,6 +29,7 @@
 
 #include "flag_checks.hpp"
 #include "config.hpp"
+#include "cli.hpp"
 #include "curve.hpp"
 #include "errors.hpp"
 #include "journal_report.hpp"
@@ -544,6 +545,12 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
                    "GPU ids the workers share (0,1); default: CUDA_VISIBLE_DEVICES, else nvidia-smi -L. A task\n"
                    "holding some runs with CUDA_VISIBLE_DEVICES set to them")
         ->check(resources_check(parse_gpu_list));
+    app.add_option("--ui", config.ui,
+                   "serve a live view of the server on http://ADDR:PORT (as a run's --ui): a lane per worker with\n"
+                   "a bar per task, every job's tasks in one count (done, running, queued), failures; the URL,\n"
+                   "with its secret path, is printed on stderr")
+        ->check(CLI::Validator([](std::string& text) { return check_ui_address(text); }, ""))
+        ->type_name("[ADDR:]PORT");
     add_log_level_option(app, config.log_level, "spdlog level of the server and its workers");
     app.footer("See docs/service.md.");
     if (auto code = parse(app, argc, argv)) return *code;

@@ -139,6 +139,16 @@ void LiveState::begin_mode(const std::string& mode, std::size_t tasks) {
     added.changed = generation_;
 }
 
+void LiveState::add_tasks(std::int64_t more) {
+    std::lock_guard lock(mutex_);
+    if (modes_.empty()) return;
+    Mode& mode = modes_.back();
+    const auto done = static_cast<std::int64_t>(mode.ok + mode.failed);
+    mode.tasks = static_cast<std::size_t>(std::max(done, static_cast<std::int64_t>(mode.tasks) + more));
+    mode.end_s = mode.ok + mode.failed >= mode.tasks ? now_s(mode) : -1;
+    mode.changed = generation_;
+}
+
 void LiveState::result(const TaskResult& result) {
     std::lock_guard lock(mutex_);
     if (modes_.empty()) return;

@@ -34,6 +34,9 @@ public:
     LiveState(std::string title, bool slurm);
 
     void begin_mode(const std::string& mode, std::size_t tasks);
+    // The running mode's count of tasks grows by `more` (less when negative): a server's
+    // mode goes on as jobs come (and tasks recorded without running leave it).
+    void add_tasks(std::int64_t more);
     void result(const TaskResult& result);
     void event(const RunEvent& event);
     // The modes' reports, once the run is over: the comparison table, and the end of the stream.

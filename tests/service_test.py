@@ -803,6 +803,34 @@ class Service(unittest.TestCase):
         self.assertLessEqual(most, 200 // peak)
         self.stop()
 
+    def test_the_live_view_shows_the_servers_workers_and_every_jobs_tasks(self):
+        import re
+        import urllib.request
+        self.start(workers=2, args=("--ui", "127.0.0.1:0"))
+        found = re.search(r"live view: (http://127\.0\.0\.1:\d+/[0-9a-f]{32}/)\n", (self.dir / "server.log").read_text())
+        self.assertTrue(found, (self.dir / "server.log").read_text())
+        jobs = [self.submit("--task", "sleep", "--tasks", str(n)) for n in (3, 4)]
+        for job in jobs:
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        held = self.submit("--task", "sleep", "--tasks", "2", "--afternotok", str(jobs[0]))  # never runs
+
+        def snapshot():  # the first event a page gets: the whole state
+            with urllib.request.urlopen(found.group(1) + "events", timeout=WAIT_S) as stream:
+                for raw in stream:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("data: "):
+                        return json.loads(line[len("data: "):])
+
+        wait_until(lambda: self.jobs()[held]["state"] == "skipped", "the held job to be skipped")
+        modes = snapshot()["modes"]
+        self.assertEqual(len(modes), 1)
+        mode = modes[0]
+        # The first job's warm-up is not counted: only what was submitted, less the skipped job.
+        self.assertEqual((mode["tasks"], mode["ok"], mode["failed"], mode["running"]), (7, 7, 0, 0), mode)
+        self.assertEqual({lane["name"] for lane in mode["lanes"]} - {"w1", "w2"}, set(), mode["lanes"])
+        self.assertEqual(sum(bar[5] for bar in mode["bars"]), 7)
+        self.stop()
+
     def test_explain_says_a_job_of_higher_priority_goes_first(self):
         # One worker, busy with a long task: the next jobs' tasks all wait in the server.
         self.start(workers=1)
