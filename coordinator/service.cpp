@@ -349,6 +349,9 @@ void check(const json& reply, const std::string& what) {
 // A job id as submit printed it.
 const CLI::Validator kJobId = whole_number("JOB");
 
+// A path flag's value: an empty one names no file (refused naming the flag, not met later).
+const CLI::Validator kPathGiven([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, "");
+
 // A client's --socket, and --connect with --keys for a server over tcp.
 void add_address_options(CLI::App& app, ServerAddress& address);
 
@@ -358,7 +361,7 @@ void add_socket_option(CLI::App& app, fs::path& socket) {
                    "the server's socket: $TASKFARM_SOCKET, else $XDG_RUNTIME_DIR/taskfarm/socket, else\n"
                    "/tmp/taskfarm-UID/socket. Its directory is the server's own (mode 0700): only its user may connect")
         ->capture_default_str()
-        ->check(CLI::Validator([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, ""))
+        ->check(kPathGiven)
         ->type_name("PATH");
 }
 
@@ -491,7 +494,7 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
     app.add_option("--state", state,
                    "directory of the jobs (made 0700): give the same one to a restarted server. Default: the\n"
                    "socket's directory")
-        ->check(CLI::Validator([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, ""))
+        ->check(kPathGiven)
         ->type_name("DIR");
     app.add_option("-w,--workers", config.workers, "worker processes the jobs share")
         ->check(CLI::Range(1, 1024))
@@ -599,9 +602,11 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
         ->capture_default_str();
     auto* plan_option =
         app.add_option("--plan", config.plan_path, "JSON Lines, a task per line: {\"kind\":TYPE, its parameters}")
+            ->check(kPathGiven)
             ->type_name("FILE");
     auto* inputs_option =
         app.add_option("--inputs", config.inputs_path, "a task of --task per line of FILE (- : stdin)")
+            ->check(kPathGiven)
             ->type_name("FILE");
     std::string command;
     app.add_option("--command", command,

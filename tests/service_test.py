@@ -386,7 +386,8 @@ class Service(unittest.TestCase):
                            (["submit", "--plan", str(slot)], "slot.jsonl:1: asks for slot=1, but the local workers "
                                                              "have no slot"),
                            (["submit", "--task", "sleep", "--task-resources", "slot=x"], "--task-resources"),
-                           (["submit", "--task", "sleep", "--task-resources", "cpus=100000"], "--task-resources")):
+                           (["submit", "--task", "sleep", "--task-resources", "cpus=100000"], "--task-resources"),
+                           (["submit", "--plan", ""], "--plan"), (["submit", "--inputs", ""], "--inputs")):
             result = self.client(*args)
             self.assertEqual(result.returncode, 2, (args, result.stderr))
             self.assertIn(text, result.stderr, args)
