@@ -393,6 +393,7 @@ public:
                 }
                 dead.clear();  // without the lock
                 drop_silent_submits();
+                if (view_) view_->state().set_jobs(live_jobs());
                 next_expiry = now + std::chrono::milliseconds(200);
             }
         }
@@ -466,7 +467,7 @@ private:
 
     protected:
         // The live view's one mode: every job's tasks not done when the engine starts, then
-        // each job's as it is committed (add_live_tasks()).
+        // each job's as it is committed (LiveState::add_tasks()).
         void begin_mode_(const std::string& mode, std::size_t) override {
             if (server_.view_sink_) server_.view_sink_->begin_mode(mode, server_.unfinished_tasks());
         }
@@ -546,6 +547,29 @@ private:
     std::string mem_note(const Job& job, std::uint32_t index) const {
         if (admitted(job, index).size() == job.tasks[index].resources.size()) return "";
         return fmt::format(" (mem: the peak memory of this job's tasks so far, {} MiB)", job.peak_mib);
+    }
+
+    // For the live page (every 200 ms): the jobs not done and the last kLiveDoneJobs done, newest
+    // first, and what the workers have and the running tasks hold.
+    json live_jobs() {
+        constexpr std::size_t kLiveDoneJobs = 20;
+        std::lock_guard lock(mutex_);
+        json jobs = json::array();
+        std::size_t done = 0;
+        for (auto it = jobs_.rbegin(); it != jobs_.rend(); ++it) {
+            const Job& job = it->second;
+            if (!job.committed || (job.done() && ++done > kLiveDoneJobs)) continue;
+            json summary = job.summary();
+            jobs.push_back({{"job", summary["job"]},
+                            {"name", summary["name"]},
+                            {"state", summary["state"]},
+                            {"tasks", summary["tasks"]},
+                            {"ok", summary["ok"]},
+                            {"failed", summary["failed"]},
+                            {"running", summary["running"]},
+                            {"waiting", summary["waiting"]}});
+        }
+        return {{"jobs", std::move(jobs)}, {"resources", resources_json()}, {"in_use", in_use_}};
     }
 
     // The tasks of committed jobs without a final result (for the live view's count).

@@ -826,10 +826,17 @@ class Service(unittest.TestCase):
         modes = snapshot()["modes"]
         self.assertEqual(len(modes), 1)
         mode = modes[0]
-        # The first job's warm-up is not counted: only what was submitted, less the skipped job.
+        # What was submitted, less the skipped job's tasks, which never reach a worker.
         self.assertEqual((mode["tasks"], mode["ok"], mode["failed"], mode["running"]), (7, 7, 0, 0), mode)
         self.assertEqual({lane["name"] for lane in mode["lanes"]} - {"w1", "w2"}, set(), mode["lanes"])
         self.assertEqual(sum(bar[5] for bar in mode["bars"]), 7)
+        # The jobs, newest first, and what the workers have.
+        wait_until(lambda: len(snapshot().get("jobs", {}).get("jobs", [])) == 3, "the jobs on the page")
+        server = snapshot()["jobs"]
+        self.assertEqual([(j["job"], j["state"], j["tasks"], j["ok"]) for j in server["jobs"]],
+                         [(held, "skipped", 2, 0), (jobs[1], "ok", 4, 4), (jobs[0], "ok", 3, 3)])
+        self.assertEqual(server["resources"]["gpu"], 0)
+        self.assertIn("cpus", server["resources"])
         self.stop()
 
     def test_explain_says_a_job_of_higher_priority_goes_first(self):
