@@ -399,7 +399,7 @@ private:
                 }
                 done_cv_.notify_all();
             };
-        config_.task_retries = options_.retries;
+        if (options_.retries) set_retries(config_, *options_.retries);  // else download keeps its own default
         config_.max_tasks_per_worker = options_.max_tasks_per_worker;
         config_.max_worker_memory = options_.max_worker_memory;
         config_.max_attempts = options_.max_attempts;

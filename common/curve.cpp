@@ -67,9 +67,8 @@ KeyPair generate() {
     return {public_key, secret_key};
 }
 
-std::vector<std::filesystem::path> write_key_directory(const std::filesystem::path& dir, bool worker_only) {
-    std::vector<std::string> names{"worker"};
-    if (!worker_only) names.insert(names.begin(), "coordinator");
+std::vector<std::filesystem::path> write_key_directory(const std::filesystem::path& dir,
+                                                       const std::vector<std::string>& names) {
     std::vector<std::filesystem::path> paths;
     for (const std::string& name : names)
         for (const char* suffix : {".secret", ".public"}) paths.push_back(dir / (name + suffix));
@@ -148,8 +147,8 @@ std::vector<AuthorisedKey> read_authorised_keys(const std::filesystem::path& dir
     return keys;
 }
 
-ClientKeys read_client_keys(const std::filesystem::path& dir) {
-    return {read_key_pair(dir, "worker"), read_key(dir / "coordinator.public")};
+ClientKeys read_client_keys(const std::filesystem::path& dir, std::string_view name) {
+    return {read_key_pair(dir, name), read_key(dir / "coordinator.public")};
 }
 
 std::string decode(std::string_view z85) {

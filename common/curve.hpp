@@ -8,6 +8,9 @@
 //   coordinator.public  its public key: every worker needs it to know whom it talks to
 //   worker.secret       a worker secret key (mode 0600): copied to each worker machine
 //   worker.public       its public key: the coordinator admits workers holding the secret
+//   client.secret       a client key (mode 0600): for `submit`, `status`... over tcp to a server
+//   client.public       its public key: `serve --listen-clients` admits clients holding the
+//                       secret, and never a worker key (a worker machine is not a client)
 
 #include <filesystem>
 #include <optional>
@@ -35,11 +38,14 @@ struct ServerKeys {
     std::vector<AuthorisedKey> workers;  // the coordinator refuses to listen while this is empty
 };
 
-// What a worker connecting with --keys needs.
+// What a worker (or a service client) connecting with --keys needs.
 struct ClientKeys {
-    KeyPair worker;
+    KeyPair worker;                 // its own pair: worker.secret, or client.secret for a client
     std::string server_public_key;  // Z85: the coordinator's
 };
+
+// The key pairs `coordinator keygen DIR` writes, by name (DIR/NAME.secret, DIR/NAME.public).
+inline const std::vector<std::string> kAllKeyPairs{"coordinator", "worker", "client"};
 
 // Whether this libzmq can do CURVE (it was built with libsodium or tweetnacl).
 bool available();
@@ -47,10 +53,12 @@ bool available();
 // A fresh key pair from zmq_curve_keypair. Throws std::runtime_error.
 KeyPair generate();
 
-// Writes DIR/coordinator.* and DIR/worker.* (only DIR/worker.* with `worker_only`), creating
-// DIR (mode 0700) if needed. Secret files get mode 0600. Writes nothing and throws
-// std::runtime_error naming the file when any of them already exists. Returns the paths written.
-std::vector<std::filesystem::path> write_key_directory(const std::filesystem::path& dir, bool worker_only);
+// Writes DIR/NAME.secret and DIR/NAME.public for each of `names` (kAllKeyPairs, or "worker"
+// alone for another worker machine...), creating DIR (mode 0700) if needed. Secret files get
+// mode 0600. Writes nothing and throws std::runtime_error naming the file when any of them
+// already exists. Returns the paths written.
+std::vector<std::filesystem::path> write_key_directory(const std::filesystem::path& dir,
+                                                       const std::vector<std::string>& names);
 
 // Reads one Z85 key file. Throws std::runtime_error "cannot read key 'PATH': reason" when
 // the file is missing or does not hold exactly one Z85 key.
@@ -68,8 +76,9 @@ ServerKeys read_server_keys(const std::filesystem::path& keys_dir);
 // there is none.
 std::vector<AuthorisedKey> read_authorised_keys(const std::filesystem::path& dir);
 
-// A worker's keys from `dir`: worker.secret and coordinator.public.
-ClientKeys read_client_keys(const std::filesystem::path& dir);
+// A worker's keys from `dir`: worker.secret and coordinator.public; `name` "client": a
+// service client's, client.secret and coordinator.public.
+ClientKeys read_client_keys(const std::filesystem::path& dir, std::string_view name = "worker");
 
 // The 32 raw bytes of a Z85 key (for comparing with what ZAP hands over).
 std::string decode(std::string_view z85);

@@ -179,21 +179,24 @@ const CLI::Validator kListenEndpoint(
     },
     "");  // the option's type_name says what it wants
 
+}  // namespace
+
+std::string check_ui_address(const std::string& text) {
+    const auto address = parse_ui_address(text);
+    if (!address)
+        return fmt::format("'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
+                           printable(text, 100));
+    const std::string loopback = address->port == 0
+                                     ? std::string("127.0.0.1:0")
+                                     : fmt::format("127.0.0.1:{}, or --ui 127.0.0.1:0 for a free port", address->port);
+    const std::string why = check_listen_host(address->host, "--ui", loopback);
+    return why.empty() ? "" : fmt::format("cannot serve on '{}': {}", printable(text, 100), why);
+}
+
+namespace {
+
 // --ui [ADDR:]PORT: ADDR by --listen's rules, so what --listen refuses --ui refuses too.
-const CLI::Validator kUiAddress(
-    [](std::string& text) -> std::string {
-        const auto address = parse_ui_address(text);
-        if (!address)
-            return fmt::format(
-                "'{}' is not [ADDRESS:]PORT (e.g. 8080, 127.0.0.1:8080, *:8080; PORT 0 picks a free one)",
-                printable(text, 100));
-        const std::string loopback =
-            address->port == 0 ? std::string("127.0.0.1:0")
-                               : fmt::format("127.0.0.1:{}, or --ui 127.0.0.1:0 for a free port", address->port);
-        const std::string why = check_listen_host(address->host, "--ui", loopback);
-        return why.empty() ? "" : fmt::format("cannot serve on '{}': {}", printable(text, 100), why);
-    },
-    "");
+const CLI::Validator kUiAddress([](std::string& text) -> std::string { return check_ui_address(text); }, "");
 
 }  // namespace
 
@@ -724,17 +727,24 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
     CancelConfig& cancel = cl.cancel;
     cl.keygen_command =
         app.add_subcommand("keygen",
-                           "write CurveZMQ key pairs for remote workers into DIR and exit: coordinator.secret,\n"
-                           "coordinator.public, worker.secret, worker.public (`coordinator keygen --help`)");
+                           "write CurveZMQ key pairs for remote workers and service clients into DIR and exit:\n"
+                           "coordinator.*, worker.*, client.* (`coordinator keygen --help`)");
     cl.keygen_command->add_option("DIR", keygen.dir, "directory for the keys, created (mode 0700) if missing")
         ->required();
-    cl.keygen_command->add_flag("--worker-only", keygen.worker_only,
-                                "write only worker.secret and worker.public: a key of its own for another\n"
-                                "worker machine, admitted with the coordinator's --authorized DIR");
+    auto* worker_only =
+        cl.keygen_command->add_flag("--worker-only", keygen.worker_only,
+                                    "write only worker.secret and worker.public: a key of its own for another\n"
+                                    "worker machine, admitted with the coordinator's --authorized DIR");
+    cl.keygen_command
+        ->add_flag("--client-only", keygen.client_only,
+                   "write only client.secret and client.public: a key of its own for another client of\n"
+                   "`serve --listen-clients`, admitted with serve's --authorized-clients DIR")
+        ->excludes(worker_only);
     cl.keygen_command->footer(
         "Secret files get mode 0600; an existing key file is never overwritten (exit 2). Keep\n"
         "coordinator.secret on the coordinator's machine; copy worker.secret and coordinator.public to\n"
-        "each worker machine. See docs/multihost.md.");
+        "each worker machine, client.secret and coordinator.public to a machine that submits to a\n"
+        "server over tcp (a worker's key is refused there). See docs/multihost.md, docs/service.md.");
     cl.report_command =
         app.add_subcommand("report",
                            "summarise a --results journal, finished or not, and exit: per mode, counts, failures by\n"
@@ -746,6 +756,7 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
                                 ->add_option("--task", report_task,
                                              "tell this task's whole story instead: every attempt, worker,\n"
                                              "host, reason, time and cost, mode by mode")
+                                ->check(kUnsigned)  // not -1 read as 2^64-1
                                 ->type_name("ID");
     cl.report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
     cl.report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
@@ -1035,7 +1046,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
         if (const std::uint64_t count = registry.at(task).traits().default_count; count > 0)
             config.tasks = static_cast<int>(count);
     config.max_worker_memory = *parse_size(max_worker_memory);
-    if (cl.retries_option->count() > 0) config.retries = config.task_retries = cl.retries;
+    if (cl.retries_option->count() > 0) set_retries(config, cl.retries);
     config.output = output == "tag"     ? OutputBlocks::Tag
                     : output == "none"  ? OutputBlocks::None
                     : output == "plain" ? OutputBlocks::Plain

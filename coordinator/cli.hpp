@@ -19,4 +19,8 @@ using ParsedCli = std::variant<RunConfig, KeygenConfig, ReportConfig, CancelConf
 // value and returns ExitCode::Usage.
 ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* argv);
 
+// Why `text` is no --ui [ADDR:]PORT this machine can serve on ("" when it is): the run's and
+// `serve --ui`'s one check.
+std::string check_ui_address(const std::string& text);
+
 }  // namespace taskfarm

@@ -124,10 +124,20 @@ struct RunConfig {
     std::shared_ptr<ParallelOutput> parallel;
 };
 
+// A retries count given (--retries N, serve --retries N, FarmOptions::retries, parallel's):
+// both ways a failed task runs again hear it, the engine's reruns (task_retries) and the setting
+// "retries" that a type retrying inside its task reads instead (download's tries): every place
+// that takes a count sets it through this one (decision 229).
+inline void set_retries(RunConfig& config, std::uint32_t retries) {
+    config.retries = retries;
+    config.task_retries = retries;
+}
+
 // `coordinator keygen DIR`: writes key pairs for CURVE instead of running anything.
 struct KeygenConfig {
     std::filesystem::path dir;
     bool worker_only = false;  // only worker.secret and worker.public
+    bool client_only = false;  // only client.secret and client.public (a service client's)
 };
 
 }  // namespace taskfarm

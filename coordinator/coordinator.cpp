@@ -486,12 +486,41 @@ std::unique_ptr<JournalSink> open_journal(const RunConfig& config) {
     }
 }
 
+// --resume of a plan with "after": a task the journal has as ok runs again when a task it
+// waits for runs again (its line gone from the journal, or not ok there), since what it read
+// may change; and so on down the chain. One pass of the plan, in order: a task's
+// dependencies come before it.
+// The journal says which ({"event":"rerun"}), so that their next ok line is theirs.
+void rerun_dependents(const Plan& plan, Done& done, JournalSink* journal) {
+    for (auto& [mode, ids] : done) {
+        std::uint64_t again = 0;
+        nlohmann::json ranges = nlohmann::json::array();  // [[first, last], ...] of those run again
+        const auto cursor = plan.open();
+        for (TaskSpec task; cursor->next(task);) {
+            if (!ids.contains(task.id)) continue;
+            if (std::all_of(task.after.begin(), task.after.end(), [&](TaskId before) { return ids.contains(before); }))
+                continue;
+            ids.erase(task.id);  // before its dependents are looked at: they come later
+            ++again;
+            if (!ranges.empty() && ranges.back()[1].get<TaskId>() + 1 == task.id)
+                ranges.back()[1] = task.id;
+            else
+                ranges.push_back({task.id, task.id});
+        }
+        if (again == 0) continue;
+        spdlog::info("{}: {} task(s) ok in the journal run again: a task they wait for (\"after\") runs again", mode,
+                     again);
+        if (journal) journal->note_rerun(mode, ranges);
+    }
+}
+
 // --resume: the tasks the journal has as ok, per mode, after checking that it was written
 // under the same settings; the journal notes this run's settings when there are any.
 Done resume_from_journal(const RunConfig& config, const Registry& registry, const Plan& plan, JournalSink* journal) {
     const Json identity = result_settings(config, registry, plan.types);
     if (!config.resume_path.empty()) check_resume_settings(config.resume_path, identity, registry);
     Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
+    if (!done.empty() && config.after_asked->load()) rerun_dependents(plan, done, journal);
     if (journal && !identity.empty()) journal->note_settings(std::string(to_string(config.modes.front())), identity);
     if (!config.resume_path.empty() && std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) {
             const auto found = done.find(std::string(to_string(m)));
@@ -706,16 +735,20 @@ ExitCode keygen(const KeygenConfig& config) {
         throw ConfigError("keygen: this libzmq was built without CURVE support (libsodium), so it cannot make keys");
     std::vector<std::filesystem::path> written;
     try {
-        written = curve::write_key_directory(config.dir, config.worker_only);
+        written = curve::write_key_directory(config.dir, config.worker_only   ? std::vector<std::string>{"worker"}
+                                                         : config.client_only ? std::vector<std::string>{"client"}
+                                                                              : curve::kAllKeyPairs);
     } catch (const std::runtime_error& e) {
         throw ConfigError(fmt::format("keygen: {}", e.what()));
     }
     for (const auto& path : written) {
         const std::string name = path.filename().string();
         const char* use = name == "coordinator.secret"   ? "keep it on the coordinator's machine only"
-                          : name == "coordinator.public" ? "copy it to every worker machine"
+                          : name == "coordinator.public" ? "copy it to every worker and client machine"
                           : name == "worker.secret"      ? "copy it to each worker machine (mode 0600)"
-                                                         : "the coordinator admits workers holding worker.secret";
+                          : name == "worker.public"      ? "the coordinator admits workers holding worker.secret"
+                          : name == "client.secret"      ? "copy it to each machine that submits over tcp (mode 0600)"
+                                                    : "serve --listen-clients admits clients holding client.secret";
         fmt::print("{:<40} {}\n", path.string(), use);
     }
     return ExitCode::Ok;

@@ -1419,7 +1419,7 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         config.settings["max_output"] = 1536 * 1024;  // the most a result carries (the command type's --max-output)
         config.progress = ProgressMode::Never;
         config.log_level = "warn";
-        if (options.retries > 1) config.retries = config.task_retries = options.retries - 1;
+        if (options.retries > 1) set_retries(config, options.retries - 1);
         config.task_timeout_s = options.timeout_s;
         // --halt: a worker holds one job at a time, so that no job starts after the one that halts;
         // --delay: so that a job starts when it is handed out.

@@ -31,6 +31,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <stop_token>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
@@ -46,6 +47,7 @@
 #include "journal_line.hpp"
 #include "journal_report.hpp"
 #include "listener.hpp"
+#include "live_view.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
@@ -67,6 +69,9 @@ constexpr bool kForkServerUsable = false;  // as the coordinator (decision 104)
 #else
 constexpr bool kForkServerUsable = true;
 #endif
+
+// The workers' memory, in MiB: what a task's peak RSS is counted against (decision 230).
+constexpr std::string_view kMem = "mem";
 
 double unix_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
@@ -162,6 +167,9 @@ struct Job {
     std::uint64_t failed = 0;
     std::uint64_t handed = 0;   // handed to the engine, no final result yet
     std::uint64_t started = 0;  // of those, begun on a worker (the others wait in a worker's prefetch)
+    // The most memory one of its tasks took (its results' cost.max_rss_kb, in MiB, rounded up):
+    // each next task that asks for no "mem" holds this much of the workers' (decision 230).
+    std::uint64_t peak_mib = 0;
     bool committed = false;
     bool cancelled = false;
     // While it is being submitted: when its client last said anything about it (create, add,
@@ -202,6 +210,7 @@ struct Job {
                 {"failed", failed},
                 {"running", started},
                 {"waiting", todo.size() + blocked.size() + handed - started},
+                {"peak_mem_mib", peak_mib},
                 {"submitted", submitted}};
     }
 };
@@ -248,7 +257,7 @@ public:
         RunConfig run;
         run.modes = {Mode::Processes};
         run.workers = config_.workers;
-        run.task_retries = config_.retries;
+        if (config_.retries) set_retries(run, *config_.retries);  // else download keeps its own default
         run.log_level = config_.log_level;
         run.worker_bin = program_.worker.path;
         run.worker_prefix = program_.worker.prefix;
@@ -271,7 +280,13 @@ public:
                 spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
             }
         }
+        // --ui binds now (a port in use: exit 2 naming --ui), after the fork server has forked.
+        if (!config_.ui.empty()) {
+            view_ = std::make_unique<LiveView>(config_.ui, fmt::format("{} serve", program_.name), false);
+            view_sink_ = view_->sink();
+        }
         SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config_.drain_timeout_s * 1000)));
+        if (view_) view_->start();
 
         zmq::context_t context(1);
         zmq::socket_t router(context, zmq::socket_type::router);
@@ -289,7 +304,9 @@ public:
         std::optional<Listener> tcp;
         if (!config_.listen_clients.empty()) {
             try {
-                tcp.emplace(context, router, ListenConfig{config_.listen_clients, config_.client_keys});
+                tcp.emplace(context, router,
+                            ListenConfig{config_.listen_clients, config_.client_keys, "client",
+                                         "put it in a NAME.public file in serve's --authorized-clients directory"});
             } catch (const ConfigError& e) {
                 throw ConfigError(fmt::format("--listen-clients: {}", e.what()));
             }
@@ -304,6 +321,8 @@ public:
         auto runner = make_runner(Mode::Processes, run, shared, signals.token(), signals.drain_token());
         std::atomic<bool> engine_over{false};
         std::string engine_error;
+        // `logs`: journals summed up off the loop (decision 231).
+        std::jthread reporter([this](std::stop_token stop) { report_journals(stop); });
         std::thread engine([&] {
             try {
                 runner->run(plan, sink);
@@ -318,6 +337,7 @@ public:
             fmt::print(stderr, "serving {} with {} workers; state in {} ({} job(s) from it)\n", config_.socket.string(),
                        config_.workers, config_.state.string(), jobs_.size());
             if (tcp) fmt::print(stderr, "clients over tcp at {}\n", tcp->describe());
+            if (view_) fmt::print(stderr, "live view: {}\n", view_->url());
         }
         std::fflush(stderr);
 
@@ -365,6 +385,7 @@ public:
                     wire::send_to(router, identity.to_string_view(), service::encode(*reply));
             }
             answer_waits(router, stopping);
+            send_reported(router);
             if (const auto now = std::chrono::steady_clock::now(); now >= next_expiry) {
                 std::vector<std::vector<TaskSpec>> dead;
                 {
@@ -373,12 +394,18 @@ public:
                 }
                 dead.clear();  // without the lock
                 drop_silent_submits();
+                if (view_) view_->state().set_jobs(live_jobs());
                 next_expiry = now + std::chrono::milliseconds(200);
             }
         }
         engine.join();
         runner.reset();
+        if (view_) view_->state().finish({});
         answer_waits(router, true);
+        reporter.request_stop();
+        reports_cv_.notify_all();
+        reporter.join();
+        send_reported(router);
         ::unlink(config_.socket.c_str());  // a client then says "no server there" at once
         if (!engine_error.empty()) {
             spdlog::error("the engine stopped: {}", engine_error);
@@ -436,11 +463,22 @@ private:
         bool wants_task_starts() const override { return true; }
         void on_task_started(const RunEvent& event) override {
             if (event.kind == RunEvent::Kind::TaskStarted) server_.task_started(event);
+            if (server_.view_sink_) server_.view_sink_->on_task_started(event);
         }
 
     protected:
-        void begin_mode_(const std::string&, std::size_t) override {}
-        void sink_it_(const TaskSpec& task, const TaskResult& result) override { server_.result(task, result); }
+        // The live view's one mode: every job's tasks not done when the engine starts, then
+        // each job's as it is committed (LiveState::add_tasks()).
+        void begin_mode_(const std::string& mode, std::size_t) override {
+            if (server_.view_sink_) server_.view_sink_->begin_mode(mode, server_.unfinished_tasks());
+        }
+        void sink_it_(const TaskSpec& task, const TaskResult& result) override {
+            server_.result(task, result);
+            if (server_.view_sink_) server_.view_sink_->on_result(task, result);
+        }
+        void event_it_(const RunEvent& event) override {
+            if (server_.view_sink_) server_.view_sink_->on_event(event);
+        }
 
     private:
         Server& server_;
@@ -475,7 +513,7 @@ private:
     bool has_ready() const {
         for (const std::uint64_t id : ready_) {
             const Job& job = jobs_.at(id);
-            if (!job.todo.empty() && !job.cancelled && fits(job.tasks[job.todo.front()].resources)) return true;
+            if (!job.todo.empty() && !job.cancelled && fits(admitted(job, job.todo.front()))) return true;
         }
         return false;
     }
@@ -487,6 +525,61 @@ private:
         for (const auto& [name, amount] : config_.resources->counts()) have[name] = amount;
         have[std::string(kGpuResource)] = config_.resources->gpus().size();
         return have;
+    }
+
+    // Under mutex_: what task `index` of `job` holds while it runs: what it asks for, and, when
+    // it asks for no "mem" and the workers have some, as much as the job's tasks took at
+    // most so far (their peak RSS; none before one of them ended), at most all of it, so that
+    // it always fits alone (decision 230).
+    ResourceRequest admitted(const Job& job, std::uint32_t index) const {
+        ResourceRequest request = job.tasks[index].resources;
+        if (job.peak_mib == 0) return request;
+        const std::uint64_t mem = config_.resources->amount(kMem);
+        if (mem == 0) return request;
+        for (const auto& [name, amount] : request)
+            if (name == kMem) return request;
+        const auto at = std::lower_bound(request.begin(), request.end(), kMem,
+                                         [](const ResourceAmount& a, std::string_view name) { return a.name < name; });
+        request.insert(at, {std::string(kMem), std::min(job.peak_mib, mem)});
+        return request;
+    }
+
+    // For explain: where a "mem" the task did not ask for comes from.
+    std::string mem_note(const Job& job, std::uint32_t index) const {
+        if (admitted(job, index).size() == job.tasks[index].resources.size()) return "";
+        return fmt::format(" (mem: the peak memory of this job's tasks so far, {} MiB)", job.peak_mib);
+    }
+
+    // For the live page (every 200 ms): the jobs not done and the last kLiveDoneJobs done, newest
+    // first, and what the workers have and the running tasks hold.
+    json live_jobs() {
+        constexpr std::size_t kLiveDoneJobs = 20;
+        std::lock_guard lock(mutex_);
+        json jobs = json::array();
+        std::size_t done = 0;
+        for (auto it = jobs_.rbegin(); it != jobs_.rend(); ++it) {
+            const Job& job = it->second;
+            if (!job.committed || (job.done() && ++done > kLiveDoneJobs)) continue;
+            json summary = job.summary();
+            jobs.push_back({{"job", summary["job"]},
+                            {"name", summary["name"]},
+                            {"state", summary["state"]},
+                            {"tasks", summary["tasks"]},
+                            {"ok", summary["ok"]},
+                            {"failed", summary["failed"]},
+                            {"running", summary["running"]},
+                            {"waiting", summary["waiting"]}});
+        }
+        return {{"jobs", std::move(jobs)}, {"resources", resources_json()}, {"in_use", in_use_}};
+    }
+
+    // The tasks of committed jobs without a final result (for the live view's count).
+    std::size_t unfinished_tasks() {
+        std::lock_guard lock(mutex_);
+        std::size_t count = 0;
+        for (const auto& [id, job] : jobs_)
+            if (job.committed) count += job.total - job.finished;
+        return count;
     }
 
     // Under mutex_: whether the resources `request` asks for are free now (among the server's
@@ -516,7 +609,8 @@ private:
             Job& job = jobs_.at(id);
             if (job.todo.empty() || job.cancelled) continue;
             const std::uint32_t index = job.todo.front();
-            if (!fits(job.tasks[index].resources)) {
+            ResourceRequest holds = admitted(job, index);
+            if (!fits(holds)) {
                 passed.push_back(id);
                 continue;
             }
@@ -525,8 +619,8 @@ private:
             task = job.tasks[index];
             task.after.clear();  // the server held it until they were ok: the engine's ids are others
             task.id = next_task_++;
-            for (const auto& [name, amount] : task.resources) in_use_[name] += amount;
-            live_.emplace(task.id, Live{id, index, false});
+            for (const auto& [name, amount] : holds) in_use_[name] += amount;
+            live_.emplace(task.id, Live{id, index, false, std::move(holds)});
             ++job.handed;
             found = true;
             break;
@@ -540,17 +634,22 @@ private:
         std::lock_guard lock(mutex_);
         const auto found = live_.find(task.id);
         if (found == live_.end()) return;
-        const auto [job_id, index, started] = found->second;
+        const auto job_id = found->second.job;
+        const auto index = found->second.index;
         Job& job = jobs_.at(job_id);
-        if (started) {  // a retry begins again (a start of its own); a final result ends it
+        if (found->second.started) {  // a retry begins again (a start of its own); a final result ends it
             found->second.started = false;
             --job.started;
         }
+        if (result.cost.max_rss_kb > 0)
+            job.peak_mib = std::max<std::uint64_t>(job.peak_mib,
+                                                   (static_cast<std::uint64_t>(result.cost.max_rss_kb) + 1023) / 1024);
         if (!result.retrying) {
+            const ResourceRequest held = std::move(found->second.holds);
             live_.erase(found);
             --job.handed;
-            if (!job.tasks.empty() && !job.tasks[index].resources.empty()) {
-                for (const auto& [name, amount] : job.tasks[index].resources) in_use_[name] -= amount;
+            if (!held.empty()) {
+                for (const auto& [name, amount] : held) in_use_[name] -= amount;
                 poke(wake_fd_);  // a task that waits for them may fit now
                 queued_cv_.notify_all();
             }
@@ -646,6 +745,7 @@ private:
         if (as_cancelled) result = cancelled(std::move(result));
         if (!why.empty()) result.error = why;
         if (job.journal) job.journal->on_result(task, result);
+        if (view_ && wake_fd_ >= 0) view_->state().add_tasks(-1);  // it never reaches a worker: not in the count
         // Not record()'s settle(): the caller goes down the chain itself.
         auto dependents = std::exchange(job.dependents, {});
         record(job, task, result);
@@ -848,6 +948,9 @@ private:
             if (index >= job.total || seen[index]) continue;
             seen[index] = 1;
             if (!job.unloaded) {
+                if (const auto cost = line.find("cost"); cost != line.end() && cost->is_object())
+                    if (const auto rss = cost->find("max_rss_kb"); rss != cost->end() && rss->is_number_unsigned())
+                        job.peak_mib = std::max<std::uint64_t>(job.peak_mib, (rss->get<std::uint64_t>() + 1023) / 1024);
                 job.final[index] = line.value("ok", false) ? 1 : 2;
                 ++job.finished;
                 (line.value("ok", false) ? job.ok : job.failed) += 1;
@@ -1017,7 +1120,7 @@ private:
         const auto next_why = [&](std::uint32_t task) -> std::string {
             if (job.cancelled) return "its job is cancelled";
             if (!job.released) return summary_of(job).value("why", std::string("held by a dependency"));
-            const ResourceRequest& asks = job.tasks[task].resources;
+            const ResourceRequest asks = admitted(job, task);
             if (!fits(asks)) {
                 std::vector<std::string> taken;
                 for (const auto& [name, amount] : asks) {
@@ -1025,8 +1128,8 @@ private:
                     taken.push_back(fmt::format("{} {} of {} held", name, used == in_use_.end() ? 0 : used->second,
                                                 config_.resources->amount(name)));
                 }
-                return fmt::format("asks for {}, which is not free ({}): it starts when running tasks give it back",
-                                   resources_text(asks), fmt::join(taken, ", "));
+                return fmt::format("asks for {}, which is not free ({}): it starts when running tasks give it back{}",
+                                   resources_text(asks), fmt::join(taken, ", "), mem_note(job, task));
             }
             for (const std::uint64_t other : ready_) {
                 const Job& before = jobs_.at(other);
@@ -1035,8 +1138,8 @@ private:
                                        before.priority, job.priority);
             }
             if (!asks.empty())
-                return fmt::format("asks for {}, which is free: it goes to the next worker that holds no task",
-                                   resources_text(asks));
+                return fmt::format("asks for {}, which is free: it goes to the next worker that holds no task{}",
+                                   resources_text(asks), mem_note(job, task));
             return "its turn comes: the jobs with tasks waiting take turns, a task each, as workers ask";
         };
         if (one) {
@@ -1186,6 +1289,8 @@ private:
             job.committed = true;
             job.total = job.tasks.size();
             job.final.assign(job.total, 0);
+            // Counted before arrange() and release() may record some as not run (and uncount them).
+            if (view_) view_->state().add_tasks(static_cast<std::int64_t>(job.total));
             arrange(job);
             if (job.released) {
                 ready_.push_back(job.id);
@@ -1210,9 +1315,12 @@ private:
             if (!slowest.is_number_unsigned() || slowest.get<std::uint64_t>() > 1000)
                 return refuse("\"slowest\" must be a whole number from 0 to 1000");
             report.slowest = slowest.get<int>();
-            const std::uint64_t id = job->id;
-            lock.unlock();  // the journal is read without the lock: results go on being written
-            return {{"ok", true}, {"job", id}, {"report", journal_report_json(report)}};
+            // Read on the reporter's thread, not here: a journal of a million lines would hold
+            // every other client (and the waits) for a second or more. Its reply comes back
+            // to the loop through `reported_`.
+            reports_.push_back({identity, request.value("seq", json(nullptr)), job->id, std::move(report)});
+            reports_cv_.notify_one();
+            return nullptr;
         }
         if (op == "explain") {
             Job* job = find_job(request, error);
@@ -1291,6 +1399,40 @@ private:
             return nullptr;
         }
         return refuse(fmt::format("unknown request '{}'", printable(op)));
+    }
+
+    // The reporter's thread: each `logs` request's journal summed up, as `coordinator report`
+    // does, without the lock (results go on being written), the reply handed to the loop.
+    void report_journals(std::stop_token stop) {
+        std::unique_lock lock(mutex_);
+        while (true) {
+            reports_cv_.wait(lock, stop, [&] { return !reports_.empty(); });
+            if (reports_.empty()) return;  // stopped
+            Report request = std::move(reports_.front());
+            reports_.pop_front();
+            lock.unlock();
+            json reply;
+            try {
+                reply = {{"ok", true}, {"job", request.job}, {"report", journal_report_json(request.config)}};
+            } catch (const std::exception& e) {
+                reply = {{"ok", false}, {"error", e.what()}};
+            }
+            if (!request.seq.is_null()) reply["seq"] = request.seq;
+            std::string frame = service::encode(reply);
+            lock.lock();
+            reported_.emplace_back(std::move(request.identity), std::move(frame));
+            poke(loop_fd_);
+        }
+    }
+
+    // The loop: the reporter's replies, sent.
+    void send_reported(zmq::socket_t& router) {
+        std::vector<std::pair<std::string, std::string>> replies;
+        {
+            std::lock_guard lock(mutex_);
+            replies.swap(reported_);
+        }
+        for (const auto& [identity, frame] : replies) wire::send_to(router, identity, frame);
     }
 
     // Under mutex_: a job whose submit did not finish leaves no trace (its client was told no id).
@@ -1401,7 +1543,8 @@ private:
     struct Live {
         std::uint64_t job;
         std::uint32_t index;
-        bool started;  // begun on a worker (not only held ahead by one)
+        bool started;           // begun on a worker (not only held ahead by one)
+        ResourceRequest holds;  // what it holds until its final result (admitted())
     };
     std::unordered_map<TaskId, Live> live_;        // server id -> job, index
     std::map<std::string, std::uint64_t> in_use_;  // resources the tasks handed out hold
@@ -1414,7 +1557,18 @@ private:
     std::vector<std::size_t> cached_sizes_;
     std::vector<Fresh> cached_fresh_;
     std::vector<std::vector<TaskSpec>> retired_;  // tasks of jobs done, for the loop to free
+    struct Report {                               // a `logs` request, for the reporter's thread
+        std::string identity;
+        json seq;
+        std::uint64_t job;
+        ReportConfig config;
+    };
+    std::deque<Report> reports_;                                 // under mutex_
+    std::condition_variable_any reports_cv_;                     // a report to make, or stop
+    std::vector<std::pair<std::string, std::string>> reported_;  // replies for the loop, under mutex_
     CancelBoard cancels_;
+    std::unique_ptr<LiveView> view_;         // --ui
+    std::unique_ptr<ResultSink> view_sink_;  // its sink, fed by ServerSink
 };
 
 }  // namespace

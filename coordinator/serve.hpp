@@ -17,16 +17,18 @@ struct ServeConfig {
     std::filesystem::path socket;  // the socket; its directory is made 0700
     std::filesystem::path state;   // jobs/ and the lock; default: the socket's directory
     int workers = 4;
-    std::uint32_t retries = 0;     // a failed task runs up to this many more times
-    double drain_timeout_s = 25;   // SIGTERM: how long running tasks may take to finish
-    double submit_timeout_s = 10;  // a job being submitted whose client is silent this long is dropped
+    std::optional<std::uint32_t> retries{};  // --retries: a failed task runs up to this many more times
+    double drain_timeout_s = 25;             // SIGTERM: how long running tasks may take to finish
+    double submit_timeout_s = 10;            // a job being submitted whose client is silent this long is dropped
     std::string log_level;
     // What the workers have, together (--worker-resources, --gpus): a task's "resources" are
     // taken from it while it runs (docs/resources.md).
     std::shared_ptr<const LocalResources> resources = std::make_shared<const LocalResources>();
     // --listen-clients tcp://ADDR:PORT with --keys DIR: clients over tcp, CURVE, each holding a
-    // key authorised in DIR (worker.public, as `coordinator keygen` writes it). Empty: none.
+    // client key authorised (client.public of DIR, --authorized-clients), never a worker's. Empty: none.
     std::string listen_clients;
+    // --ui [ADDR:]PORT: the live view of the server's workers and their tasks. Empty: none.
+    std::string ui;
     std::optional<curve::ServerKeys> client_keys;
 };
 

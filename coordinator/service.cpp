@@ -29,6 +29,7 @@
 
 #include "flag_checks.hpp"
 #include "config.hpp"
+#include "cli.hpp"
 #include "curve.hpp"
 #include "errors.hpp"
 #include "journal_report.hpp"
@@ -132,7 +133,7 @@ int connect_error(const fs::path& path) {
 }
 
 // Where a client finds the server: the local socket, or --connect tcp://HOST:PORT with
-// --keys DIR (worker.secret and coordinator.public, as `coordinator keygen` writes them).
+// --keys DIR (client.secret and coordinator.public, as `coordinator keygen` writes them).
 struct ServerAddress {
     fs::path socket;
     std::string connect;
@@ -149,11 +150,19 @@ public:
             // them would only wait for a handshake that never ends.
             if (address.keys.empty())
                 throw ConfigError("--connect needs --keys DIR: the server admits only clients holding a key it knows");
+            // A client's own key, never a worker's: the server admits client keys only.
+            if (!fs::exists(address.keys / "client.secret"))
+                throw ConfigError(fmt::format(
+                    "--keys '{}': no client.secret: a client holds a key of its own, not a worker's (`coordinator "
+                    "keygen DIR` writes one, `coordinator keygen --client-only DIR` one more, admitted by serve's "
+                    "--authorized-clients)",
+                    printable(address.keys.string())));
             try {
-                keys_ = curve::read_client_keys(address.keys);
+                keys_ = curve::read_client_keys(address.keys, "client");
             } catch (const std::runtime_error& e) {
                 throw ConfigError(fmt::format("--keys: {}", e.what()));
             }
+            keys_dir_ = address.keys;
             endpoint_ = address.connect;
             where_ = address.connect;
             connect();
@@ -200,8 +209,13 @@ public:
     std::optional<json> reply_to(std::uint64_t seq) {
         const auto deadline = std::chrono::steady_clock::now() + service::kSilence;
         while (true) {
-            zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0}};
-            zmq::poll(items, 1, wire::poll_timeout(deadline));
+            zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0},
+                                       {monitor_ ? monitor_->handle() : nullptr, 0, ZMQ_POLLIN, 0}};
+            zmq::poll(items, monitor_ ? 2 : 1, wire::poll_timeout(deadline));
+            if (monitor_ && (items[1].revents & ZMQ_POLLIN)) {
+                handshake_events();  // throws when the server will not have this client
+                continue;
+            }
             if (!(items[0].revents & ZMQ_POLLIN)) return std::nullopt;
             zmq::message_t frame;
             if (!socket_->recv(frame, zmq::recv_flags::dontwait)) continue;
@@ -270,8 +284,47 @@ private:
     }
 
     void connect() {
+        monitor_.reset();
         socket_.reset();
         socket_.emplace(open_socket());
+        if (!keys_) return;
+        // Over tcp, the handshake's outcome, so that a key the server refuses is said at once
+        // rather than after kSilence of nothing (a refused CURVE client hears no reply at all).
+        const std::string endpoint = fmt::format("inproc://client-monitor-{}", ++monitors_);
+        if (::zmq_socket_monitor(socket_->handle(), endpoint.c_str(),
+                                 ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                     ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0)
+            return;  // no monitor: a refusal is said after kSilence, as before
+        monitor_.emplace(context_, zmq::socket_type::pair);
+        wire::configure(*monitor_, zmq::socket_type::pair);
+        monitor_->connect(endpoint);
+        handshake_failures_ = 0;
+    }
+
+    // Reads the monitor's events; throws RunError once the server has refused this client's
+    // key (ZAP), or closed the handshake kMaxHandshakeFailures times in a row (what a CURVE
+    // server does with a client that has another server's public key).
+    void handshake_events() {
+        while (const auto event = wire::receive_monitor_event(*monitor_)) {
+            switch (event->event) {
+                case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: handshake_failures_ = 0; break;
+                case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+                    throw RunError(fmt::format(
+                        "the server at {} refused this client (ZAP status {}): its key {} (of '{}') is not one it "
+                        "admits; are --keys the server's? It admits client.public of its --keys and the keys "
+                        "in its --authorized-clients, never a worker's",
+                        where_, event->value, keys_->worker.public_key,
+                        printable((keys_dir_ / "client.secret").string())));
+                case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    if (++handshake_failures_ < kMaxHandshakeFailures) break;
+                    throw RunError(fmt::format(
+                        "the server at {} closed the connection during the CURVE handshake {} times; are --keys "
+                        "the server's? Is '{}' the public key of the server listening there?",
+                        where_, handshake_failures_, printable((keys_dir_ / "coordinator.public").string())));
+                default: break;
+            }
+        }
     }
 
     std::string endpoint_;  // ipc://PATH or tcp://HOST:PORT
@@ -280,6 +333,11 @@ private:
     zmq::context_t context_{1};
     std::optional<zmq::socket_t> socket_;
     std::uint64_t seq_ = 0;
+    static constexpr int kMaxHandshakeFailures = 3;
+    std::optional<zmq::socket_t> monitor_;  // over tcp: the handshake's events (after context_: closed first)
+    int monitors_ = 0;
+    int handshake_failures_ = 0;
+    fs::path keys_dir_;
 };
 
 // A refusal from the server: exit 2 (a job that does not exist, a bad task), with its reason.
@@ -291,6 +349,9 @@ void check(const json& reply, const std::string& what) {
 // A job id as submit printed it.
 const CLI::Validator kJobId = whole_number("JOB");
 
+// A path flag's value: an empty one names no file (refused naming the flag, not met later).
+const CLI::Validator kPathGiven([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, "");
+
 // A client's --socket, and --connect with --keys for a server over tcp.
 void add_address_options(CLI::App& app, ServerAddress& address);
 
@@ -300,7 +361,7 @@ void add_socket_option(CLI::App& app, fs::path& socket) {
                    "the server's socket: $TASKFARM_SOCKET, else $XDG_RUNTIME_DIR/taskfarm/socket, else\n"
                    "/tmp/taskfarm-UID/socket. Its directory is the server's own (mode 0700): only its user may connect")
         ->capture_default_str()
-        ->check(CLI::Validator([](std::string& text) { return text.empty() ? "the path is empty" : ""; }, ""))
+        ->check(kPathGiven)
         ->type_name("PATH");
 }
 
@@ -318,7 +379,8 @@ void add_address_options(CLI::App& app, ServerAddress& address) {
                 "ENDPOINT"))
             ->type_name("ENDPOINT");
     app.add_option("--keys", address.keys,
-                   "with --connect: the key directory of `coordinator keygen` (worker.secret, coordinator.public)")
+                   "with --connect: a key directory of `coordinator keygen` (client.secret, coordinator.public;\n"
+                   "a worker's key is refused)")
         ->needs(connect)
         ->type_name("DIR");
 }
@@ -375,6 +437,49 @@ CLI::Validator resources_check(Parse parse) {
         "LIST");
 }
 
+// The server's key pair and the client keys it admits over tcp: client.public of `keys` and
+// each NAME.public of `authorized` (when given); never the workers' key (worker.public of
+// `keys`), which every worker machine holds: a worker is not a client (decision 228).
+curve::ServerKeys client_admission(const fs::path& keys, const std::string& authorized) {
+    curve::ServerKeys admitted;
+    try {
+        admitted.server = curve::read_key_pair(keys, "coordinator");
+        if (fs::exists(keys / "client.public"))
+            admitted.workers.push_back({"client", curve::read_key(keys / "client.public")});
+    } catch (const std::runtime_error& e) {
+        throw ConfigError(fmt::format("--keys: {}", e.what()));
+    }
+    if (!authorized.empty()) {
+        try {
+            for (auto& key : curve::read_authorised_keys(authorized)) admitted.workers.push_back(std::move(key));
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--authorized-clients: {}", e.what()));
+        }
+    }
+    if (admitted.workers.empty())
+        throw ConfigError(fmt::format(
+            "--keys '{}': no client.public and no --authorized-clients DIR: no client could be admitted (`coordinator "
+            "keygen --client-only {}` adds a client key to a directory made before clients had their own)",
+            printable(keys.string()), printable(keys.string())));
+    if (fs::exists(keys / "worker.public")) {
+        std::string worker;
+        try {
+            worker = curve::read_key(keys / "worker.public");
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--keys: {}", e.what()));
+        }
+        for (const curve::AuthorisedKey& key : admitted.workers)
+            if (key.public_key == worker)
+                throw ConfigError(
+                    fmt::format("{} '{}': the key '{}' is the workers' (worker.public of --keys): every worker machine "
+                                "holds its secret, so a worker could submit commands; give clients a key of their own "
+                                "(`coordinator keygen --client-only DIR`)",
+                                key.name == "client" ? "--keys" : "--authorized-clients",
+                                printable(key.name == "client" ? keys.string() : authorized), key.name));
+    }
+    return admitted;
+}
+
 int serve_command(const ProgramInfo& program, int argc, const char* const* argv) {
     ServeConfig config;
     std::string state;
@@ -389,13 +494,17 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
     app.add_option("--state", state,
                    "directory of the jobs (made 0700): give the same one to a restarted server. Default: the\n"
                    "socket's directory")
+        ->check(kPathGiven)
         ->type_name("DIR");
     app.add_option("-w,--workers", config.workers, "worker processes the jobs share")
         ->check(CLI::Range(1, 1024))
         ->capture_default_str();
-    app.add_option("--retries", config.retries, "a failed task runs up to N more times")
-        ->check(CLI::Range(0, 100))
-        ->capture_default_str();
+    std::uint32_t retries = 0;
+    auto* retries_option =
+        app.add_option("--retries", retries,
+                       "a failed task runs up to N more times (download: tries N more times in its task);\n"
+                       "default: 0, and download's own 2")
+            ->check(CLI::Range(0, 100));
     app.add_option("--drain-timeout", config.drain_timeout_s,
                    "SIGTERM: seconds running tasks may take to finish (those cut short run again at the next start)")
         ->check(seconds_between(0, 86400))
@@ -419,7 +528,14 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
                        ->type_name("ENDPOINT");
     app.add_option("--keys", keys,
                    "with --listen-clients: a `coordinator keygen` directory; the server's key is\n"
-                   "coordinator.secret, and it admits the clients holding the secret of worker.public")
+                   "coordinator.secret, and it admits the clients holding the secret of client.public (never\n"
+                   "a worker's key: worker.secret is on every worker machine)")
+        ->needs(listen)
+        ->type_name("DIR");
+    std::string authorized_clients;
+    app.add_option("--authorized-clients", authorized_clients,
+                   "with --listen-clients: more client keys admitted, a NAME.public file each (the client.public\n"
+                   "of `coordinator keygen --client-only`, renamed)")
         ->needs(listen)
         ->type_name("DIR");
     std::string worker_resources;
@@ -432,21 +548,22 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
                    "GPU ids the workers share (0,1); default: CUDA_VISIBLE_DEVICES, else nvidia-smi -L. A task\n"
                    "holding some runs with CUDA_VISIBLE_DEVICES set to them")
         ->check(resources_check(parse_gpu_list));
-    app.add_option("--log-level", config.log_level, "spdlog level of the server and its workers");
+    app.add_option("--ui", config.ui,
+                   "serve a live view of the server on http://ADDR:PORT (as a run's --ui): a lane per worker with\n"
+                   "a bar per task, every job's tasks in one count (done, running, queued), failures; the URL,\n"
+                   "with its secret path, is printed on stderr")
+        ->check(CLI::Validator([](std::string& text) { return check_ui_address(text); }, ""))
+        ->type_name("[ADDR:]PORT");
+    add_log_level_option(app, config.log_level, "spdlog level of the server and its workers");
     app.footer("See docs/service.md.");
     if (auto code = parse(app, argc, argv)) return *code;
+    if (retries_option->count() > 0) config.retries = retries;
     if (!config.listen_clients.empty()) {
         // Never plaintext: a client may run any command as this user.
         if (keys.empty())
             throw ConfigError("--listen-clients needs --keys DIR: clients over tcp are admitted by key only");
         if (!curve::available()) throw ConfigError("--listen-clients: this libzmq was built without CURVE support");
-        try {
-            config.client_keys = curve::read_server_keys(keys);
-        } catch (const std::runtime_error& e) {
-            throw ConfigError(fmt::format("--keys: {}", e.what()));
-        }
-        if (config.client_keys->workers.empty())
-            throw ConfigError(fmt::format("--keys '{}': no worker.public: no client could be admitted", keys));
+        config.client_keys = client_admission(keys, authorized_clients);
     }
     std::optional<std::vector<std::string>> gpu_ids;
     if (!gpus.empty()) gpu_ids = parse_gpu_list(gpus);
@@ -485,9 +602,11 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
         ->capture_default_str();
     auto* plan_option =
         app.add_option("--plan", config.plan_path, "JSON Lines, a task per line: {\"kind\":TYPE, its parameters}")
+            ->check(kPathGiven)
             ->type_name("FILE");
     auto* inputs_option =
         app.add_option("--inputs", config.inputs_path, "a task of --task per line of FILE (- : stdin)")
+            ->check(kPathGiven)
             ->type_name("FILE");
     std::string command;
     app.add_option("--command", command,

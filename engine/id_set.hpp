@@ -25,6 +25,8 @@ public:
     // Adds `id`; false if it was there already.
     bool insert(TaskId id);
     bool contains(TaskId id) const;
+    // Removes `id`; false if it was not there.
+    bool erase(TaskId id);
     std::uint64_t size() const { return size_; }
     bool empty() const { return size_ == 0; }
 
@@ -50,6 +52,24 @@ inline bool IdSet::insert(TaskId id) {
     word |= bit;
     ++size_;
     if (++chunk.count == kChunkIds) chunk.bits.reset();
+    return true;
+}
+
+inline bool IdSet::erase(TaskId id) {
+    const auto found = chunks_.find(id >> kChunkBits);
+    if (found == chunks_.end()) return false;
+    Chunk& chunk = found->second;
+    if (chunk.count == kChunkIds) {  // a full chunk is a count alone: its bits again, all set
+        chunk.bits = std::make_unique<std::array<std::uint64_t, kChunkIds / 64>>();
+        chunk.bits->fill(~std::uint64_t{0});
+    }
+    const std::uint64_t offset = id & (kChunkIds - 1);
+    std::uint64_t& word = (*chunk.bits)[offset / 64];
+    const std::uint64_t bit = std::uint64_t{1} << (offset % 64);
+    if (!(word & bit)) return false;
+    word &= ~bit;
+    --size_;
+    if (--chunk.count == 0) chunks_.erase(found);
     return true;
 }
 

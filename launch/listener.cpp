@@ -92,7 +92,7 @@ std::string Listener::describe() const {
     if (!config_.keys) return fmt::format("{} (plaintext, no authentication)", endpoint_);
     std::string names;
     for (const curve::AuthorisedKey& key : config_.keys->workers) names += (names.empty() ? "" : ", ") + key.name;
-    return fmt::format("{} (CURVE; worker keys authorised: {})", endpoint_, names);
+    return fmt::format("{} (CURVE; {} keys authorised: {})", endpoint_, config_.peer, names);
 }
 
 void Listener::serve(std::stop_token stop, zmq::context_t& context, std::promise<void>& ready) {
@@ -125,10 +125,8 @@ void Listener::serve(std::stop_token stop, zmq::context_t& context, std::promise
             const std::string key = request[6].to_string();
             if (const auto found = authorised.find(key); found != authorised.end())
                 return {request[1].to_string(), {"200", "OK", "CURVE key '" + found->second + "'"}};
-            log.warn(address,
-                     "refused a worker from {}: its public key {} is not authorised (to admit it, put it in "
-                     "a NAME.public file in the --authorized directory)",
-                     address, curve::encode(key));
+            log.warn(address, "refused a {} from {}: its public key {} is not authorised (to admit it, {})",
+                     config_.peer, address, curve::encode(key), config_.admit_hint);
             return {request[1].to_string(), {"400", "key not authorised", ""}};
         }
         log.warn(address, "refused a connection from {}: mechanism {} on a {} endpoint", address, mechanism,

@@ -23,6 +23,10 @@ namespace taskfarm {
 struct ListenConfig {
     std::string endpoint;                   // tcp://ADDR:PORT; port * picks a free one
     std::optional<curve::ServerKeys> keys;  // CURVE when set, plaintext otherwise
+    // Whom it admits, for its log lines: "worker" (the coordinator's --listen), "client"
+    // (serve --listen-clients), and how to admit another key.
+    std::string peer = "worker";
+    std::string admit_hint = "put it in a NAME.public file in the --authorized directory";
 };
 
 class Listener {

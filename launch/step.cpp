@@ -131,7 +131,7 @@ RunKeys::RunKeys(const std::filesystem::path& parent) {
                                    std::strerror(errno)));
     dir_ = pattern;
     try {
-        curve::write_key_directory(dir_, /*worker_only=*/false);
+        curve::write_key_directory(dir_, {"coordinator", "worker"});
         server_ = curve::read_server_keys(dir_);
     } catch (const std::exception& e) {
         std::error_code ec;

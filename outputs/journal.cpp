@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 #include <functional>
+#include <map>
+#include <set>
 #include <optional>
 #include <vector>
 
@@ -46,8 +48,8 @@ struct Line {
 
 // Calls `each` for every line of the journal's complete lines, parsed; empty lines are
 // skipped. Throws ConfigError naming the line for one that is not a journal line.
-void for_each_line(const JournalSource& journal, const std::string& flag,
-                   const std::function<void(const Line&)>& each) {
+void for_each_line(const JournalSource& journal, const std::string& flag, const std::function<void(const Line&)>& each,
+                   const std::function<void(const nlohmann::json&)>& on_event = nullptr) {
     const std::unique_ptr<std::istream> opened = journal.open();
     std::istream& in = *opened;
     // Bounded per line, and every message FILE:LINE (journal_line.hpp).
@@ -60,7 +62,10 @@ void for_each_line(const JournalSource& journal, const std::string& flag,
         check_journal_line(entry, at);
         // What happened on the way (a lost attempt, a lost worker; decision 93) says
         // nothing about what is done.
-        if (entry.contains("event")) continue;
+        if (entry.contains("event")) {
+            if (on_event) on_event(entry);
+            continue;
+        }
         const auto kind = entry.find("kind");
         const auto params = entry.find("params");
         if (kind == entry.end() || !kind->is_string())
@@ -85,28 +90,51 @@ std::string where(const std::string& flag, const JournalSource& journal, std::si
 Done read_ok_lines(const JournalSource& journal, const std::string& flag,
                    const std::function<void(const Line&)>& also = nullptr) {
     Done done;
-    for_each_line(journal, flag, [&](const Line& line) {
-        if (also) also(line);
-        if (!line.ok) return;
-        // One run writes one line per task and mode, and a resume reruns only what is not
-        // ok: a second ok line means two runs appended at once (or a hand edit), and the
-        // counts built on this journal would be wrong.
-        if (done[line.mode].insert(line.id)) return;
-        std::size_t first = 0;
-        try {
-            for_each_line(journal, flag, [&](const Line& earlier) {
-                if (earlier.ok && earlier.id == line.id && earlier.mode == line.mode) {
-                    first = earlier.number;
-                    throw std::range_error("found");
-                }
-            });
-        } catch (const std::range_error&) {
-        }
-        throw ConfigError(
-            fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs wrote to this "
-                        "journal, so it cannot say what is done",
-                        where(flag, journal, line.number), line.id, printable(line.mode), first));
-    });
+    // Tasks ok above that a resume ran again ({"event":"rerun"}: a dependency of theirs ran
+    // again): the next ok line of each is theirs, not a second run's.
+    std::map<std::string, std::set<TaskId>> again;
+    const auto on_event = [&](const nlohmann::json& entry) {
+        if (entry.value("event", std::string()) != "rerun" || !entry.contains("ids") || !entry.at("ids").is_array())
+            return;
+        std::set<TaskId>& ids = again[entry.value("mode", std::string())];
+        for (const nlohmann::json& range : entry.at("ids"))
+            if (range.is_array() && range.size() == 2 && range[0].is_number_unsigned() && range[1].is_number_unsigned())
+                for (TaskId id = range[0].get<TaskId>(); id <= range[1].get<TaskId>() && ids.size() < kCheckChunk; ++id)
+                    ids.insert(id);
+    };
+    for_each_line(
+        journal, flag,
+        [&](const Line& line) {
+            if (also) also(line);
+            if (!line.ok) {
+                // A task run again that failed this time is not done any more.
+                if (const auto found = again.find(line.mode); found != again.end() && found->second.erase(line.id) > 0)
+                    done[line.mode].erase(line.id);
+                return;
+            }
+            // One run writes one line per task and mode, and a resume reruns only what is not
+            // ok (or what waits for a task it reruns, said by a "rerun" event first): a second
+            // ok line otherwise means two runs appended at once (or a hand edit), and the counts
+            // built on this journal would be wrong.
+            if (done[line.mode].insert(line.id)) return;
+            if (const auto found = again.find(line.mode); found != again.end() && found->second.erase(line.id) > 0)
+                return;
+            std::size_t first = 0;
+            try {
+                for_each_line(journal, flag, [&](const Line& earlier) {
+                    if (earlier.ok && earlier.id == line.id && earlier.mode == line.mode) {
+                        first = earlier.number;
+                        throw std::range_error("found");
+                    }
+                });
+            } catch (const std::range_error&) {
+            }
+            throw ConfigError(
+                fmt::format("{}: task {} of {} is ok a second time (first on line {}); two runs wrote to this "
+                            "journal, so it cannot say what is done",
+                            where(flag, journal, line.number), line.id, printable(line.mode), first));
+        },
+        on_event);
     return done;
 }
 

@@ -139,6 +139,23 @@ void LiveState::begin_mode(const std::string& mode, std::size_t tasks) {
     added.changed = generation_;
 }
 
+void LiveState::add_tasks(std::int64_t more) {
+    std::lock_guard lock(mutex_);
+    if (modes_.empty()) return;
+    Mode& mode = modes_.back();
+    const auto done = static_cast<std::int64_t>(mode.ok + mode.failed);
+    mode.tasks = static_cast<std::size_t>(std::max(done, static_cast<std::int64_t>(mode.tasks) + more));
+    mode.end_s = mode.ok + mode.failed >= mode.tasks ? now_s(mode) : -1;
+    mode.changed = generation_;
+}
+
+void LiveState::set_jobs(nlohmann::json jobs) {
+    std::lock_guard lock(mutex_);
+    if (jobs == jobs_) return;
+    jobs_ = std::move(jobs);
+    jobs_changed_ = generation_;
+}
+
 void LiveState::result(const TaskResult& result) {
     std::lock_guard lock(mutex_);
     if (modes_.empty()) return;
@@ -258,6 +275,7 @@ nlohmann::json LiveState::document(std::uint64_t since, std::size_t failures_fro
                                {"failures_total", failures_total_},
                                {"finished", reports_.has_value()}};
     if (reports_) document["reports"] = *reports_;
+    if (!jobs_.is_null() && jobs_changed_ >= since) document["jobs"] = jobs_;
     if (since == 0) document["title"] = title_;
     return document;
 }
@@ -272,7 +290,8 @@ std::optional<nlohmann::json> LiveState::delta() {
     const bool running = !modes_.empty() && modes_.back().end_s < 0;
     const bool changed =
         std::any_of(modes_.begin(), modes_.end(), [&](const Mode& m) { return m.changed >= generation_; });
-    const bool news = changed || running || failures_sent_ < failures_.size() || (reports_ && !reports_sent_);
+    const bool news = changed || running || failures_sent_ < failures_.size() || (reports_ && !reports_sent_) ||
+                      (!jobs_.is_null() && jobs_changed_ >= generation_);
     std::optional<nlohmann::json> out;
     if (news) out = document(generation_, failures_sent_);
     failures_sent_ = failures_.size();

@@ -34,6 +34,13 @@ public:
     LiveState(std::string title, bool slurm);
 
     void begin_mode(const std::string& mode, std::size_t tasks);
+    // The running mode's count of tasks grows by `more` (less when negative): a server's
+    // mode goes on as jobs come (and tasks recorded without running leave it).
+    void add_tasks(std::int64_t more);
+    // A server's jobs and its workers' resources, as the page's Jobs panel shows them:
+    // {"jobs": [{"job","name","state","tasks","ok","failed","running","waiting"}...],
+    //  "resources": {NAME: COUNT}, "in_use": {NAME: COUNT}}; sent again when it changes.
+    void set_jobs(nlohmann::json jobs);
     void result(const TaskResult& result);
     void event(const RunEvent& event);
     // The modes' reports, once the run is over: the comparison table, and the end of the stream.
@@ -96,7 +103,9 @@ private:
     std::vector<FailureLine> failures_;
     std::size_t failures_total_ = 0;
     std::optional<nlohmann::json> reports_;
-    std::uint64_t generation_ = 1;  // what changes now is stamped with it; delta() moves it on
+    nlohmann::json jobs_;             // set_jobs(); null: not a server
+    std::uint64_t jobs_changed_ = 0;  // the generation it changed in
+    std::uint64_t generation_ = 1;    // what changes now is stamped with it; delta() moves it on
     std::size_t failures_sent_ = 0;
     bool reports_sent_ = false;
 };

@@ -242,6 +242,10 @@ void JournalSink::note_settings(const std::string& mode, const nlohmann::json& s
     write_line({{"event", "settings"}, {"mode", mode}, {"settings", settings}});
 }
 
+void JournalSink::note_rerun(const std::string& mode, const nlohmann::json& ranges) {
+    write_line({{"event", "rerun"}, {"mode", mode}, {"ids", ranges}});
+}
+
 void JournalSink::write_line(const nlohmann::json& line) {
     if (lost_ > 0) {  // after a failed write, nothing more: the file stays a journal --resume can read
         ++lost_;

@@ -71,6 +71,10 @@ public:
     // Writes `{"event":"settings","mode":MODE,"settings":SETTINGS}`: what the run's results
     // depend on besides its tasks, which --resume compares (journal_settings()).
     void note_settings(const std::string& mode, const nlohmann::json& settings);
+    // Writes `{"event":"rerun","mode":MODE,"ids":[[FIRST,LAST],...]}`: tasks ok above that this
+    // run runs again (a task they wait for runs again), so that their next ok line is not
+    // taken for a second run's by --resume.
+    void note_rerun(const std::string& mode, const nlohmann::json& ranges);
     // Lines that could not be written (a full disk, say), and why the first one failed.
     std::size_t lost() const { return lost_; }
     const std::string& error() const { return error_; }

@@ -457,6 +457,8 @@ INSTANTIATE_TEST_SUITE_P(
                  "--insecure",
                  "--alloc slurm"},
         BadValue{{"keygen"}, "DIR", "required"},
+        BadValue{{"report", "--task", "-1", "j.jsonl"}, "--task", "'-1' is not a whole number"},
+        BadValue{{"keygen", "d", "--worker-only", "--client-only"}, "--client-only", "excludes"},
         // What cannot work is refused before the run, naming the flag and the value.
         BadValue{{"--heartbeat-interval", "1", "--heartbeat-timeout", "1"},
                  "--heartbeat-interval",

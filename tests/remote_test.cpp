@@ -93,13 +93,13 @@ std::set<std::string> workers_in(const std::map<int, json>& lines) {
     return names;
 }
 
-TEST(Keygen, WritesFourZ85KeysWithPrivateSecretFilesAndNeverOverwrites) {
+TEST(Keygen, WritesSixZ85KeysWithPrivateSecretFilesAndNeverOverwrites) {
     testing::TempDir dir;
     const fs::path keys = dir / "keys";
     const Output output = run_binary("coordinator", {"keygen", keys.string()});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     EXPECT_NE(output.out.find("worker.secret"), std::string::npos) << output.out;
-    for (const char* name : {"coordinator", "worker"}) {
+    for (const char* name : {"coordinator", "worker", "client"}) {
         SCOPED_TRACE(name);
         const fs::path secret = keys / (std::string(name) + ".secret");
         const fs::path pub = keys / (std::string(name) + ".public");
@@ -130,6 +130,11 @@ TEST(Keygen, WritesFourZ85KeysWithPrivateSecretFilesAndNeverOverwrites) {
     ASSERT_EQ(partial.exit_code, 0) << partial.err;
     EXPECT_TRUE(fs::exists(dir / "other" / "worker.secret"));
     EXPECT_FALSE(fs::exists(dir / "other" / "coordinator.secret"));
+    EXPECT_FALSE(fs::exists(dir / "other" / "client.secret"));
+    const Output client = run_binary("coordinator", {"keygen", (dir / "client").string(), "--client-only"});
+    ASSERT_EQ(client.exit_code, 0) << client.err;
+    EXPECT_TRUE(fs::exists(dir / "client" / "client.secret"));
+    EXPECT_FALSE(fs::exists(dir / "client" / "worker.secret"));
 }
 
 TEST(Remote, AuthorisedWorkersOverLoopbackRunEveryTaskBesideALocalOne) {

@@ -229,6 +229,43 @@ class Dependencies(unittest.TestCase):
             self.assertFalse(os.path.exists(os.path.join(self.tmp, name)), f"{name}: a dependent ran")
         self.assertGreaterEqual(results[1]["start_s"], results[0]["end_s"])
 
+    def test_resume_reruns_the_tasks_after_one_that_runs_again(self):
+        # 0 writes a file, 1 reads it (after 0), 2 reads what 1 wrote (after 1), 3 is free. Task
+        # 0's line removed from the journal: --resume runs 0 again, then 1 and 2, which are ok
+        # in the journal but read what 0 made, and not 3.
+        plan = os.path.join(self.tmp, "plan.jsonl")
+        lines = [
+            {"kind": "command", "shell": "echo $$ > first; echo x >> ran0"},
+            {"kind": "command", "shell": "cp first second; echo x >> ran1", "after": [0]},
+            {"kind": "command", "shell": "cat second; echo x >> ran2", "after": [1]},
+            {"kind": "command", "shell": "echo x >> ran3"},
+        ]
+        with open(plan, "w") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
+        args = [COORDINATOR, "--plan", plan, "--workers", "2", "-q", "--progress", "never"]
+        run = subprocess.run([*args, "--results", "run.jsonl"], capture_output=True, text=True, timeout=120,
+                             cwd=self.tmp)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        path = os.path.join(self.tmp, "run.jsonl")
+        with open(path) as f:
+            kept = [line for line in f if json.loads(line).get("id") != 0]
+        with open(path, "w") as f:
+            f.write("".join(kept))
+        run = subprocess.run([*args, "--resume", "run.jsonl"], capture_output=True, text=True, timeout=120,
+                             cwd=self.tmp)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        for task, runs in ((0, 2), (1, 2), (2, 2), (3, 1)):
+            with open(os.path.join(self.tmp, f"ran{task}")) as f:
+                self.assertEqual(len(f.read().split()), runs, f"task {task}")
+        results = journal(path)
+        with open(os.path.join(self.tmp, "first")) as f:
+            self.assertEqual(results[2]["value"]["stdout"], f.read())  # the last line of each id
+        # The journal says which ran again, so it stays one that --resume reads: nothing to do.
+        run = subprocess.run([*args, "--resume", "run.jsonl"], capture_output=True, text=True, timeout=120,
+                             cwd=self.tmp)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertIn("nothing to do", run.stderr)
+
     def test_a_task_that_waits_for_itself_or_a_later_one_is_refused_at_its_line(self):
         plan = os.path.join(self.tmp, "plan.jsonl")
         for after, expected in (([1], "plan.jsonl:2: \"after\": task 1 is this task itself"),

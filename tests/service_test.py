@@ -130,6 +130,7 @@ class Service(unittest.TestCase):
             stdout=log,
             stderr=log,
             preexec_fn=limit,
+            cwd=self.dir,  # where download tasks write (downloads/)
         )
         wait_until(lambda: self.socket.exists() and self.client("status").returncode == 0, "the server to answer")
         wait_until(lambda: len(descendants(self.server.pid)) >= workers + 1, "the workers")
@@ -385,7 +386,8 @@ class Service(unittest.TestCase):
                            (["submit", "--plan", str(slot)], "slot.jsonl:1: asks for slot=1, but the local workers "
                                                              "have no slot"),
                            (["submit", "--task", "sleep", "--task-resources", "slot=x"], "--task-resources"),
-                           (["submit", "--task", "sleep", "--task-resources", "cpus=100000"], "--task-resources")):
+                           (["submit", "--task", "sleep", "--task-resources", "cpus=100000"], "--task-resources"),
+                           (["submit", "--plan", ""], "--plan"), (["submit", "--inputs", ""], "--inputs")):
             result = self.client(*args)
             self.assertEqual(result.returncode, 2, (args, result.stderr))
             self.assertIn(text, result.stderr, args)
@@ -393,7 +395,9 @@ class Service(unittest.TestCase):
         self.assertEqual(list((self.state / "jobs").iterdir()), [])
         for args, text in ((["--drain-timeout", "nan"], "--drain-timeout"), (["--socket", ""], "--socket"),
                            (["--worker-resources", "gpu=2"], "--gpus"), (["--gpus", "0,0"], "--gpus"),
-                           (["--submit-timeout", "0"], "--submit-timeout")):
+                           (["--submit-timeout", "0"], "--submit-timeout"), (["--log-level", "bogus"], "--log-level"),
+                           (["--retries", "-1"], "--retries"), (["--workers", "0"], "--workers"),
+                           (["--state", ""], "--state"), (["--listen-clients", "tcp://x"], "--listen-clients")):
             result = subprocess.run([COORDINATOR, "serve", "--state", str(self.dir / "other"), *args],
                                     capture_output=True, text=True, timeout=WAIT_S)
             self.assertEqual(result.returncode, 2, (args, result.stderr))
@@ -641,6 +645,41 @@ class Service(unittest.TestCase):
         self.assertIn("no job 99", result.stderr)
         self.stop()
 
+    def test_logs_reads_the_journal_off_the_servers_loop(self):
+        self.start(workers=1)
+        job = self.submit("--task", "sleep", "--tasks", "2")
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        # The job's journal made a FIFO: `logs` blocks reading it until this test writes it,
+        # and meanwhile the server answers every other client (on its loop, it answered none).
+        journal = self.state / "jobs" / str(job) / "results.jsonl"
+        text = journal.read_bytes()
+        journal.unlink()
+        os.mkfifo(journal)
+        logs = subprocess.Popen([COORDINATOR, "logs", "--socket", str(self.socket), str(job)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        writer = []
+
+        def server_reads():  # a writer may open a FIFO without waiting only once a reader has
+            try:
+                writer.append(os.open(journal, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                return False
+            return True
+
+        wait_until(server_reads, "the server to open the journal")
+        try:
+            result = self.client("status")  # the server reads the FIFO, which has nothing yet
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        finally:
+            os.set_blocking(writer[0], True)
+            os.write(writer[0], text)
+            os.close(writer[0])
+        out, err = logs.communicate(timeout=WAIT_S)
+        self.assertEqual(logs.returncode, 0, err)
+        self.assertIn("2 task(s) in the journal, 2 ok", out)
+        self.stop()
+
     def test_tcp_clients_with_the_key_can_submit_and_others_are_refused(self):
         keys, other = self.dir / "keys", self.dir / "other"
         for where in (keys, other):
@@ -665,15 +704,139 @@ class Service(unittest.TestCase):
         job = int(result.stdout.strip())
         self.assertEqual(remote("status", str(job)).returncode, 0)
         self.assertIn("3 ok", remote("logs", str(job)).stdout)
-        # Another key pair: the handshake is refused, the client hears nothing and says so.
+        # A worker machine's key (worker.secret, which every worker holds, even passed off as
+        # client.secret) is refused on the client socket: the server's ZAP handler says so,
+        # and the client says it at once, from the handshake, not after hearing nothing.
+        stolen, stranger = self.dir / "stolen", self.dir / "stranger"
+        for where, secret in ((stolen, keys / "worker.secret"), (stranger, other / "client.secret")):
+            where.mkdir(mode=0o700)
+            shutil.copy(keys / "coordinator.public", where / "coordinator.public")
+            for name in ("worker.secret", "client.secret"):
+                shutil.copy(secret, where / name)
+                os.chmod(where / name, 0o600)
+            result = remote("submit", "--task", "sleep", "--tasks", "1", key_dir=where)
+            self.assertEqual(result.returncode, 1, (where, result.stderr))
+            self.assertIn("refused this client (ZAP status 400)", result.stderr)
+            self.assertEqual(result.stdout, "")
+        self.assertIn("refused a client from", (self.dir / "server.log").read_text())
+        # Another server's public key: the server closes the handshake; said at once too.
         result = remote("submit", "--task", "sleep", "--tasks", "1", key_dir=other)
         self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("closed the connection during the CURVE handshake", result.stderr)
         self.assertIn("are --keys the server's?", result.stderr)
         self.assertEqual(result.stdout, "")
+        # A client directory with only a worker's key is refused before it connects.
+        (stolen / "client.secret").unlink()
+        result = remote("status", key_dir=stolen)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("no client.secret", result.stderr)
         result = remote("status", key_dir=None)
         self.assertEqual(result.returncode, 2)
         self.assertIn("--connect needs --keys", result.stderr)
         self.assertEqual(list(self.jobs()), [job])
+        self.stop()
+        # serve refuses to admit the workers' key as a client's, and a directory with no client key.
+        authorized = self.dir / "authorized"
+        authorized.mkdir()
+        shutil.copy(keys / "worker.public", authorized / "hostb.public")
+        (other / "client.public").unlink()
+        for args, text in ((["--keys", str(keys), "--authorized-clients", str(authorized)], "--authorized-clients"),
+                           (["--keys", str(other)], "no client.public")):
+            result = subprocess.run([COORDINATOR, "serve", "--socket", str(self.dir / "y" / "socket"),
+                                     "--listen-clients", "tcp://127.0.0.1:*", *args],
+                                    capture_output=True, text=True, timeout=WAIT_S)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn(text, result.stderr, args)
+
+    def test_serve_retries_reach_a_download_tasks_own_tries(self):
+        # A loopback HTTP server that fails every request with 500 (a transient failure, which
+        # download tries again, 2 more times by default) and counts them.
+        import http.server
+        import threading
+        hits = []
+
+        class Failing(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self.addCleanup(httpd.server_close)
+        self.addCleanup(httpd.shutdown)
+        urls = self.dir / "urls.txt"
+        urls.write_text(f"http://127.0.0.1:{httpd.server_address[1]}/a.jpg\n")
+        # --retries 0: one try, not download's default of three.
+        self.start(workers=1, args=("--retries", "0"))
+        job = self.submit("--task", "download", "--inputs", str(urls))
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 1)
+        self.assertEqual(hits, ["/a.jpg"])
+        self.assertIn("HTTP 500", final_results(self.state / "jobs" / str(job) / "results.jsonl")[0]["error"])
+        self.stop()
+
+    def test_a_jobs_tasks_hold_the_peak_memory_its_tasks_took(self):
+        # Workers with mem=200 (MiB); each task of the job takes some 70 MiB (a Python process
+        # holding 50 MiB). Task 0 runs first (the others are "after" it) and its peak is
+        # recorded; each next task then holds as much of the 200, so at most 2 run at once on
+        # the 4 workers.
+        self.start(workers=4, args=("--worker-resources", "mem=200"))
+        log = self.dir / "log"
+        shell = (f"echo start >> {log}; python3 -c 'import time; b = bytearray(50 << 20); "
+                 f"b[::4096] = bytes(len(b) // 4096); time.sleep(0.4)'; echo end >> {log}")
+        plan = self.dir / "mem.jsonl"
+        plan.write_text("".join(json.dumps({"kind": "command", "shell": shell, **({"after": [0]} if i else {})}) + "\n"
+                                for i in range(7)))
+        job = self.submit("--plan", str(plan))
+        self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        depth, most = 0, 0
+        for line in log.read_text().split():
+            depth += 1 if line == "start" else -1
+            most = max(most, depth)
+        self.assertLess(most, 4)  # not the 4 workers' worth
+        peak = self.jobs()[job]["peak_mem_mib"]
+        self.assertGreaterEqual(peak, 50)
+        self.assertLess(peak, 200)
+        self.assertLessEqual(most, 200 // peak)
+        self.stop()
+
+    def test_the_live_view_shows_the_servers_workers_and_every_jobs_tasks(self):
+        import re
+        import urllib.request
+        self.start(workers=2, args=("--ui", "127.0.0.1:0"))
+        found = re.search(r"live view: (http://127\.0\.0\.1:\d+/[0-9a-f]{32}/)\n", (self.dir / "server.log").read_text())
+        self.assertTrue(found, (self.dir / "server.log").read_text())
+        jobs = [self.submit("--task", "sleep", "--tasks", str(n)) for n in (3, 4)]
+        for job in jobs:
+            self.assertEqual(self.client("wait", "-q", str(job)).returncode, 0)
+        held = self.submit("--task", "sleep", "--tasks", "2", "--afternotok", str(jobs[0]))  # never runs
+
+        def snapshot():  # the first event a page gets: the whole state
+            with urllib.request.urlopen(found.group(1) + "events", timeout=WAIT_S) as stream:
+                for raw in stream:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("data: "):
+                        return json.loads(line[len("data: "):])
+
+        wait_until(lambda: self.jobs()[held]["state"] == "skipped", "the held job to be skipped")
+        modes = snapshot()["modes"]
+        self.assertEqual(len(modes), 1)
+        mode = modes[0]
+        # What was submitted, less the skipped job's tasks, which never reach a worker.
+        self.assertEqual((mode["tasks"], mode["ok"], mode["failed"], mode["running"]), (7, 7, 0, 0), mode)
+        self.assertEqual({lane["name"] for lane in mode["lanes"]} - {"w1", "w2"}, set(), mode["lanes"])
+        self.assertEqual(sum(bar[5] for bar in mode["bars"]), 7)
+        # The jobs, newest first, and what the workers have.
+        wait_until(lambda: len(snapshot().get("jobs", {}).get("jobs", [])) == 3, "the jobs on the page")
+        server = snapshot()["jobs"]
+        self.assertEqual([(j["job"], j["state"], j["tasks"], j["ok"]) for j in server["jobs"]],
+                         [(held, "skipped", 2, 0), (jobs[1], "ok", 4, 4), (jobs[0], "ok", 3, 3)])
+        self.assertEqual(server["resources"]["gpu"], 0)
+        self.assertIn("cpus", server["resources"])
         self.stop()
 
     def test_explain_says_a_job_of_higher_priority_goes_first(self):

@@ -62,7 +62,9 @@ struct FarmOptions {
     // must be those the journal's last run recorded, or the first submit throws
     // std::invalid_argument naming the setting. New tasks' ids follow the journal's.
     bool resume = false;
-    std::uint32_t retries = 0;               // a failed task runs up to this many more times (--retries)
+    // A failed task runs up to this many more times (--retries); a type that retries inside its
+    // task (download) reads it as its own count. Unset: no reruns, and download's default (2).
+    std::optional<std::uint32_t> retries{};
     double timeout_s = 0;                    // a task running longer fails; 0: no limit (submit may say otherwise)
     std::uint64_t max_tasks_per_worker = 0;  // recycle a worker process after this many tasks; 0: never
     std::uint64_t max_worker_memory = 0;     // ... or past this many resident bytes; 0: never

@@ -244,9 +244,26 @@ function applyState(state) {
   more.hidden = state.failures_total <= failuresShown;
   more.textContent = `and ${state.failures_total - failuresShown} more: the journal (--results) has every one`;
   if (state.reports) showTable(state.reports);
+  if (state.jobs) showJobs(state.jobs);
   const status = document.getElementById("status");
   status.textContent = state.finished ? "run over" : "live";
   status.className = "status " + (state.finished ? "over" : "live");
+}
+
+// A server's (coordinator serve --ui): its jobs, and what its workers have and hold.
+function showJobs(server) {
+  const body = document.querySelector("#jobs tbody");
+  body.replaceChildren();
+  for (const j of server.jobs) {
+    const row = el("tr", {"data-job": String(j.job), "data-state": j.state});
+    for (const text of [String(j.job), j.name, j.state, String(j.tasks), String(j.ok), String(j.failed),
+                        String(j.running), String(j.waiting)])
+      row.append(el("td", {}, text));
+    body.append(row);
+  }
+  const held = Object.entries(server.resources).map(([name, count]) => `${name} ${server.in_use[name] || 0}/${count}`);
+  document.getElementById("resources").textContent = held.length ? `held: ${held.join(", ")}` : "";
+  document.getElementById("jobs-section").hidden = false;
 }
 
 function showTable(reports) {
