@@ -1,6 +1,7 @@
 #include "modes.hpp"
 
 #include <algorithm>
+#include <set>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -124,6 +125,30 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
                                                      std::move(drain), shared.cancels, shared.fork_server);
     }
     return nullptr;
+}
+
+// What of the run's settings changes what its tasks produce (decision 128): every --set KEY
+// (the run cannot tell what a type does with it) and each flag of a plan's type declared
+// changes_results, but for a generated_only one or one that picks the tasks (what it changes
+// is in the tasks' params, which --resume checks already). The journal records them when there are any (a journal
+// without them was written with none); --resume refuses a journal written under others.
+Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types) {
+    std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
+    for (const auto& type : registry.types())
+        for (const Flag& flag : type->flags()) declared.insert(flag.key);
+    // Settings of the built-in types that say how a run goes, not what a task produces: how
+    // long a cancelled command's group gets between SIGTERM and SIGKILL.
+    // Where a command's long streams go (spill_dir) is not what it produces either.
+    for (const char* policy : {"command_grace_s", "spill_dir"}) declared.insert(policy);
+    Json identity = Json::object();
+    for (const auto& [key, value] : config.settings.items())
+        if (!declared.contains(key)) identity[key] = value;
+    for (const TaskType* type : types)
+        for (const Flag& flag : type->flags())
+            if (flag.changes_results && !flag.generated_only && flag.picks == Flag::Picks::Nothing &&
+                config.settings.contains(flag.key))
+                identity[flag.key] = config.settings[flag.key];
+    return identity;
 }
 
 }  // namespace taskfarm
