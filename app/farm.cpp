@@ -5,6 +5,7 @@
 
 #include <taskfarm/farm.hpp>
 
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -42,6 +43,7 @@
 #include "process_pool.hpp"
 #include "progress.hpp"
 #include "sinks.hpp"
+#include "signals.hpp"
 #include "step.hpp"
 #include "task.hpp"
 #include "text.hpp"
@@ -70,6 +72,17 @@ std::optional<int> TaskError::exit() const {
 void detail::Outcome::raise() const { throw TaskError(id, type, error, attempts, cancelled, value); }
 
 namespace {
+
+// The stop signals' names (SignalWatcher's), for the farm's error.
+std::string stop_signal_name(int signal) {
+    switch (signal) {
+        case SIGINT: return "SIGINT";
+        case SIGTERM: return "SIGTERM";
+        case SIGHUP: return "SIGHUP";
+        case SIGQUIT: return "SIGQUIT";
+        default: return fmt::format("signal {}", signal);
+    }
+}
 
 ProgressMode progress_mode(FarmProgress progress) {
     switch (progress) {
@@ -354,6 +367,11 @@ public:
         done_cv_.notify_all();
     }
 
+    int signal() const {
+        std::lock_guard lock(mutex_);
+        return signals_ ? signals_->signal() : 0;
+    }
+
     std::string ui_url() const {
         std::lock_guard lock(mutex_);
         return live_ ? live_->url() : "";
@@ -464,6 +482,9 @@ private:
         if (!(options_.progress_interval_s > 0 && options_.progress_interval_s <= 86'400))
             throw std::invalid_argument(fmt::format(
                 "FarmOptions::progress_interval_s: {:g} is not from 0 to 86400 seconds", options_.progress_interval_s));
+        if (!(options_.drain_timeout_s >= 0 && options_.drain_timeout_s <= 86'400))
+            throw std::invalid_argument(fmt::format("FarmOptions::drain_timeout_s: {:g} is not from 0 to 86400 seconds",
+                                                    options_.drain_timeout_s));
         if (!options_.ui.empty() && !parse_ui_address(options_.ui))
             throw std::invalid_argument(fmt::format(
                 "FarmOptions::ui: '{}' is not [ADDRESS:]PORT (e.g. \"127.0.0.1:0\")", printable(options_.ui)));
@@ -507,6 +528,11 @@ private:
             }
         }
         started_ = true;
+        // Before the farm's own threads (the progress timer, the live view's, the engine's),
+        // which inherit the blocked stop signals.
+        if (options_.signals)
+            signals_ = std::make_unique<SignalWatcher>(
+                std::chrono::milliseconds(static_cast<std::int64_t>(options_.drain_timeout_s * 1000)));
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
         if (journal) sinks_.add(std::move(journal));
@@ -529,7 +555,8 @@ private:
         cancels_.clear();
         lock.unlock();  // the runner's threads may take tasks as soon as they start
         const RunShared shared{registry_, settings_, &cancels_, fork_server_.get()};
-        runner_ = make_runner(config_.modes.front(), config_, shared, stop_.get_token(), drain_.get_token());
+        runner_ = make_runner(config_.modes.front(), config_, shared, signals_ ? signals_->token() : stop_.get_token(),
+                              signals_ ? signals_->drain_token() : drain_.get_token());
         engine_ = std::thread([this] {
             try {
                 report_ = runner_->run(plan_, sinks_);
@@ -544,6 +571,12 @@ private:
             }
             {
                 std::lock_guard guard(mutex_);
+                const int signal = signals_ ? signals_->signal() : 0;
+                if (engine_error_.empty() && signal != 0)
+                    engine_error_ = fmt::format("{} (FarmOptions::signals): {}", stop_signal_name(signal),
+                                                signals_->token().stop_requested()
+                                                    ? "the running tasks were cancelled"
+                                                    : "the running tasks finished, no other started");
                 if (engine_error_.empty() && done_.size() < outstanding_ && !closed_)
                     engine_error_ = "the engine ended with tasks not done";
             }
@@ -646,6 +679,7 @@ private:
     CancelBoard cancels_;
     std::stop_source stop_;
     std::stop_source drain_;
+    std::unique_ptr<SignalWatcher> signals_;  // FarmOptions::signals: its tokens, not stop_'s and drain_'s
     std::unique_ptr<Runner> runner_;
     RunReport report_;
     std::thread engine_;
@@ -683,6 +717,7 @@ bool Farm::cancel(TaskHandle task) { return impl_->cancel(task.id); }
 std::uint64_t Farm::outstanding() const { return impl_->outstanding(); }
 std::string Farm::endpoint() const { return impl_->endpoint(); }
 std::string Farm::ui_url() const { return impl_->ui_url(); }
+int Farm::signal() const { return impl_->signal(); }
 void Farm::close() { impl_->close(); }
 
 }  // namespace taskfarm

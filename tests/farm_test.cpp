@@ -925,6 +925,49 @@ TEST(Farm, AnMpirunJobOfWorkersRunsEachTaskOnce) {
     EXPECT_EQ(std::system(left.c_str()), 256) << "the mpirun job is left";
 }
 
+// FarmOptions::signals: SIGTERM drains a farm as it drains the coordinator. The running tasks
+// finish (no line of the journal failed), the program's next() throws saying so and it exits
+// 128 + 15, its workers are gone; a resume runs exactly the rest.
+TEST(Farm, SigtermDrainsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const auto ok_count = [&] {
+        const std::string text = std::filesystem::exists(journal) ? taskfarm::testing::read_file(journal) : "";
+        std::size_t count = 0;
+        for (auto at = text.find("\"ok\":true"); at != std::string::npos; at = text.find("\"ok\":true", at + 1))
+            ++count;
+        return count;
+    };
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    taskfarm::testing::Running first(self, {"drain-sum", journal.string(), "300"});
+    ASSERT_TRUE(taskfarm::testing::eventually([&] { return ok_count() >= 40; }, std::chrono::seconds(60)));
+    const std::vector<pid_t> workers = taskfarm::testing::workers_of(first.pid());
+    EXPECT_FALSE(workers.empty());
+    first.signal(SIGTERM);
+    const auto drained = first.wait();
+    EXPECT_EQ(drained.exit_code, 128 + SIGTERM) << drained.err;
+    EXPECT_NE(drained.err.find("the farm stopped: SIGTERM (FarmOptions::signals): the running tasks finished"),
+              std::string::npos)
+        << drained.err;
+    // A farm's plan has no count: the drain says so rather than print the engine's placeholder.
+    EXPECT_NE(drained.err.find("finish; those not handed out stay for --resume"), std::string::npos) << drained.err;
+    for (const pid_t pid : workers)
+        EXPECT_TRUE(taskfarm::testing::eventually([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(10)))
+            << "worker " << pid << " is left";
+    const auto lines = taskfarm::testing::read_result_lines(journal);
+    ASSERT_LT(lines.size(), 300u) << "the farm finished before it was drained";
+    for (const auto& line : lines)
+        EXPECT_TRUE(line.at("ok").get<bool>()) << "a task stopped by a drain: " << line.dump();
+    const auto second = taskfarm::testing::run_binary(self, {"sum-squares", journal.string(), "300"});
+    ASSERT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_EQ(second.out, "8955050\n");
+    std::map<long, int> ok_by_x;
+    for (const auto& line : taskfarm::testing::read_result_lines(journal))
+        ++ok_by_x[line.at("params").at("x").get<long>()];
+    EXPECT_EQ(ok_by_x.size(), 300u);
+    for (const auto& [x, count] : ok_by_x) EXPECT_EQ(count, 1) << "x " << x;
+}
+
 // `farm_test slurm-sum COUNT TASKS JOURNAL`: COUNT squares on a Slurm step of TASKS workers
 // (0: $SLURM_NTASKS), their sum printed (tests/slurm/slurm_test.py runs it on a real cluster).
 int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
@@ -937,9 +980,27 @@ int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
     return 0;
 }
 
+// `farm_test drain-sum JOURNAL COUNT`: sum-squares with FarmOptions::signals; a stop signal
+// ends it with 128 + the signal, after what the farm said.
+int drain_sum(const std::filesystem::path& journal, long count) {
+    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .journal = journal, .resume = true, .signals = true}};
+    register_types(farm);
+    long sum = 0;
+    try {
+        for (long x = 0; x < count; ++x) farm.submit("slow-square", {{"x", x}});
+        for (const auto& result : farm.as_completed<long>()) sum += result.value();
+    } catch (const std::runtime_error& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 128 + farm.signal();
+    }
+    std::printf("%ld\n", sum);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc == 4 && std::strcmp(argv[1], "drain-sum") == 0) return drain_sum(argv[2], std::atol(argv[3]));
     if (argc == 4 && std::strcmp(argv[1], "sum-squares") == 0) return sum_squares(argv[2], std::atol(argv[3]));
     if (argc == 5 && std::strcmp(argv[1], "slurm-sum") == 0)
         return slurm_sum(std::atol(argv[2]), std::atoi(argv[3]), argv[4]);

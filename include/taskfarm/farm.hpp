@@ -126,6 +126,15 @@ struct FarmOptions {
     // elapsed time, ETA ("processes [####------]  400/1000  ..."). Log lines go above the bar.
     FarmProgress progress = FarmProgress::Never;
     double progress_interval_s = 5;  // between two progress lines where there is no bar
+    // The stop signals as the coordinator takes them: SIGTERM or SIGHUP drains (no task starts
+    // any more, the running ones finish; after drain_timeout_s they are cancelled), SIGINT or
+    // SIGQUIT stops (the running tasks are cancelled); a second one stops at once. Then next()
+    // and submit() throw std::runtime_error ("the farm stopped: SIGTERM ..."), signal() says
+    // which came (main() returns 128 + it, as the coordinator exits), and the journal holds
+    // what finished, for a resume. The farm takes them from its first submit (which blocks
+    // them in the calling thread: start threads of your own after it) until it is destroyed.
+    bool signals = false;
+    double drain_timeout_s = 25;
     // The live view (the coordinator's --ui): a page of the running tasks, one lane per worker,
     // in the browser, served on "[ADDR:]PORT" (ADDR 127.0.0.1 when absent; PORT 0 picks a free
     // one) from the first submit until the farm is destroyed; ui_url() says where, with the
@@ -287,6 +296,8 @@ public:
     // The live view's address (FarmOptions::ui), with its secret path: "http://HOST:PORT/TOKEN/".
     // Empty for a farm without `ui`, or before the first submit started it.
     std::string ui_url() const;
+    // The first stop signal the farm took (FarmOptions::signals), 0 if none.
+    int signal() const;
     // Tasks submitted whose results have not been taken.
     std::uint64_t outstanding() const;
     // Lets the running tasks finish and stops the workers; submit() throws afterwards.
