@@ -298,6 +298,7 @@ public:
         task.id = next_id_++;
         ++queued_total_;
         if (progress_) progress_->set_total(queued_total_);
+        if (live_) live_->state().set_tasks(queued_total_);
         const bool was_empty = queue_.empty();
         queue_.push_back(std::move(task));
         ++outstanding_;

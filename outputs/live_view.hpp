@@ -34,6 +34,9 @@ public:
     LiveState(std::string title, bool slurm);
 
     void begin_mode(const std::string& mode, std::size_t tasks);
+    // The running mode's number of tasks, for a plan that grows as the run goes (a Farm's
+    // submits), where begin_mode() was told 0 (not known).
+    void set_tasks(std::size_t tasks);
     void result(const TaskResult& result);
     void event(const RunEvent& event);
     // The modes' reports, once the run is over: the comparison table, and the end of the stream.
@@ -96,6 +99,7 @@ private:
     std::vector<FailureLine> failures_;
     std::size_t failures_total_ = 0;
     std::optional<nlohmann::json> reports_;
+    std::size_t given_tasks_ = 0;   // set_tasks()'s, for a mode begun with 0
     std::uint64_t generation_ = 1;  // what changes now is stamped with it; delta() moves it on
     std::size_t failures_sent_ = 0;
     bool reports_sent_ = false;

@@ -815,6 +815,7 @@ TEST(Farm, TheLiveViewServesItsPageAndEventsOnLoopback) {
         ASSERT_EQ(state.at("modes").size(), 1u);
         EXPECT_EQ(state.at("modes")[0].at("name"), "threads");
         EXPECT_EQ(state.at("modes")[0].at("ok"), 12);
+        EXPECT_EQ(state.at("modes")[0].at("tasks"), 12) << "the tasks submitted, not 0";
         EXPECT_NE(events.find("event: end\n"), std::string::npos) << events;
     }
     for (const std::string bad : {"nonsense", "127.0.0.1:70000"}) {
