@@ -969,6 +969,37 @@ TEST(Farm, SigtermDrainsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
     for (const auto& [x, count] : ok_by_x) EXPECT_EQ(count, 1) << "x " << x;
 }
 
+// ... and SIGINT stops it: the running tasks are cancelled, the program is told so and exits
+// 128 + 2, its workers are gone, and a resume runs the rest (the cancelled ones too).
+TEST(Farm, SigintStopsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    taskfarm::testing::Running first(self, {"drain-sum", journal.string(), "300"});
+    ASSERT_TRUE(taskfarm::testing::eventually(
+        [&] { return std::filesystem::exists(journal) && std::filesystem::file_size(journal) > 2000; },
+        std::chrono::seconds(60)));
+    const std::vector<pid_t> workers = taskfarm::testing::workers_of(first.pid());
+    first.signal(SIGINT);
+    const auto stopped = first.wait();
+    EXPECT_EQ(stopped.exit_code, 128 + SIGINT) << stopped.err;
+    EXPECT_NE(stopped.err.find("the farm stopped: SIGINT (FarmOptions::signals): the running tasks were cancelled"),
+              std::string::npos)
+        << stopped.err;
+    for (const pid_t pid : workers)
+        EXPECT_TRUE(taskfarm::testing::eventually([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(10)))
+            << "worker " << pid << " is left";
+    ASSERT_LT(taskfarm::testing::read_result_lines(journal).size(), 300u) << "the farm finished before it was stopped";
+    const auto second = taskfarm::testing::run_binary(self, {"sum-squares", journal.string(), "300"});
+    ASSERT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_EQ(second.out, "8955050\n");
+    std::map<long, int> ok_by_x;
+    for (const auto& line : taskfarm::testing::read_result_lines(journal))
+        if (line.at("ok").get<bool>()) ++ok_by_x[line.at("params").at("x").get<long>()];
+    EXPECT_EQ(ok_by_x.size(), 300u);
+    for (const auto& [x, count] : ok_by_x) EXPECT_EQ(count, 1) << "x " << x;
+}
+
 // `farm_test slurm-sum COUNT TASKS JOURNAL`: COUNT squares on a Slurm step of TASKS workers
 // (0: $SLURM_NTASKS), their sum printed (tests/slurm/slurm_test.py runs it on a real cluster).
 int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
