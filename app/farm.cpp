@@ -533,7 +533,8 @@ private:
         // which inherit the blocked stop signals.
         if (options_.signals)
             signals_ = std::make_unique<SignalWatcher>(
-                std::chrono::milliseconds(static_cast<std::int64_t>(options_.drain_timeout_s * 1000)));
+                std::chrono::milliseconds(static_cast<std::int64_t>(options_.drain_timeout_s * 1000)),
+                "FarmOptions::drain_timeout_s");
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
         if (journal) sinks_.add(std::move(journal));

@@ -950,6 +950,8 @@ TEST(Farm, SigtermDrainsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
     EXPECT_NE(drained.err.find("the farm stopped: SIGTERM (FarmOptions::signals): the running tasks finished"),
               std::string::npos)
         << drained.err;
+    EXPECT_NE(drained.err.find("the running ones finish (up to FarmOptions::drain_timeout_s 25 s)"), std::string::npos)
+        << drained.err;
     // A farm's plan has no count: the drain says so rather than print the engine's placeholder.
     EXPECT_NE(drained.err.find("finish; those not handed out stay for --resume"), std::string::npos) << drained.err;
     for (const pid_t pid : workers)
