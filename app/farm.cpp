@@ -5,12 +5,14 @@
 
 #include <taskfarm/farm.hpp>
 
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -24,6 +26,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "alloc.hpp"
 #include "checks.hpp"
 #include "config.hpp"
 #include "control.hpp"
@@ -31,12 +34,16 @@
 #include "errors.hpp"
 #include "function_type.hpp"
 #include "id_set.hpp"
+#include "journal.hpp"
 #include "journal_line.hpp"
+#include "live_view.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
 #include "process_pool.hpp"
+#include "progress.hpp"
 #include "sinks.hpp"
+#include "signals.hpp"
 #include "step.hpp"
 #include "task.hpp"
 #include "text.hpp"
@@ -66,6 +73,26 @@ void detail::Outcome::raise() const { throw TaskError(id, type, error, attempts,
 
 namespace {
 
+// The stop signals' names (SignalWatcher's), for the farm's error.
+std::string stop_signal_name(int signal) {
+    switch (signal) {
+        case SIGINT: return "SIGINT";
+        case SIGTERM: return "SIGTERM";
+        case SIGHUP: return "SIGHUP";
+        case SIGQUIT: return "SIGQUIT";
+        default: return fmt::format("signal {}", signal);
+    }
+}
+
+ProgressMode progress_mode(FarmProgress progress) {
+    switch (progress) {
+        case FarmProgress::Auto: return ProgressMode::Auto;
+        case FarmProgress::Always: return ProgressMode::Always;
+        case FarmProgress::Never: break;
+    }
+    return ProgressMode::Never;
+}
+
 Mode engine_mode(FarmMode mode) {
     switch (mode) {
         case FarmMode::Threads: return Mode::Threads;
@@ -85,8 +112,12 @@ void worker_options(const FarmOptions& options, RunConfig& config) {
     const auto refuse = [](const std::string& option, const std::string& why) {
         throw std::invalid_argument(fmt::format("FarmOptions::{}: {}", option, why));
     };
-    if ((!options.listen.empty() || options.slurm) && options.mode != FarmMode::Processes)
-        refuse(options.slurm ? "slurm" : "listen", "remote workers are worker processes: it needs FarmMode::Processes");
+    // Who starts the remote workers: at most one of slurm, mpirun and alloc.
+    const char* starter = options.slurm ? "slurm" : options.mpirun ? "mpirun" : options.alloc ? "alloc" : nullptr;
+    if (int(options.slurm.has_value()) + int(options.mpirun.has_value()) + int(options.alloc.has_value()) > 1)
+        refuse(options.alloc ? "alloc" : "mpirun", "give one of slurm, mpirun and alloc: each starts the workers");
+    if ((!options.listen.empty() || starter) && options.mode != FarmMode::Processes)
+        refuse(starter ? starter : "listen", "remote workers are worker processes: it needs FarmMode::Processes");
     if (!options.listen.empty() && !curve::parse_tcp_endpoint(options.listen, /*wildcard_port=*/true))
         refuse("listen",
                fmt::format("'{}' is not tcp://HOST:PORT (PORT * picks a free one)", printable(options.listen)));
@@ -106,12 +137,57 @@ void worker_options(const FarmOptions& options, RunConfig& config) {
     config.listen = options.listen;
     config.wait_workers_s = options.wait_workers_s;
     if (!(options.wait_workers_s > 0)) refuse("wait_workers_s", "must be a number of seconds above 0");
+    if (starter && (!options.keys.empty() || options.insecure || options.expect_workers > 0))
+        refuse(!options.keys.empty() ? "keys"
+               : options.insecure    ? "insecure"
+                                     : "expect_workers",
+               fmt::format("cannot go with {}, which make{} keys for the run and wait{} for the workers {} start{}",
+                           options.slurm    ? "a Slurm step"
+                           : options.mpirun ? "an mpirun job"
+                                            : "Slurm allocations",
+                           options.alloc ? "" : "s", options.alloc ? "" : "s", options.alloc ? "they" : "it",
+                           options.alloc ? "" : "s"));
+    if (options.alloc) {
+        const SlurmAllocations& given = *options.alloc;
+        if (!is_slurm_time(given.time))
+            refuse("alloc", fmt::format("time '{}' is not a time limit of sbatch --time: MINUTES, MM:SS, "
+                                        "HH:MM:SS, DAYS-HOURS, DAYS-HH:MM or DAYS-HH:MM:SS",
+                                        printable(given.time)));
+        if (given.workers < 1) refuse("alloc", fmt::format("workers must be at least 1, not {}", given.workers));
+        if (given.max_allocs < 1)
+            refuse("alloc", fmt::format("max_allocs must be at least 1, not {}", given.max_allocs));
+        AllocConfig alloc;
+        alloc.max_allocs = given.max_allocs;
+        alloc.workers = given.workers;
+        alloc.time_limit = given.time;
+        try {
+            alloc.args = split_launcher_args(given.args);
+        } catch (const std::invalid_argument& e) {
+            refuse("alloc", fmt::format("cannot split args '{}': {}", printable(given.args), e.what()));
+        }
+        alloc.give_up = std::chrono::milliseconds(static_cast<std::int64_t>(options.wait_workers_s * 1000));
+        if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+        config.workers = 0;
+        config.alloc = std::move(alloc);
+        return;
+    }
+    if (options.mpirun) {
+        const MpirunStep& given = *options.mpirun;
+        if (given.tasks < 1)
+            refuse("mpirun", fmt::format("tasks must be at least 1 (the slots of the job), not {}", given.tasks));
+        StepConfig step{.launcher = StepLauncher::Mpirun, .tasks = given.tasks, .pin = given.pin};
+        try {
+            step.args = split_launcher_args(given.args);
+        } catch (const std::invalid_argument& e) {
+            refuse("mpirun", fmt::format("cannot split args '{}': {}", printable(given.args), e.what()));
+        }
+        if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+        config.expect_workers = given.tasks;
+        config.workers = 0;
+        config.step = std::move(step);
+        return;
+    }
     if (options.slurm) {
-        if (!options.keys.empty() || options.insecure || options.expect_workers > 0)
-            refuse(!options.keys.empty() ? "keys"
-                   : options.insecure    ? "insecure"
-                                         : "expect_workers",
-                   "cannot go with a Slurm step, which makes keys for the run and waits for the workers it starts");
         int tasks = options.slurm->tasks;
         if (tasks == 0) {
             const char* ntasks = std::getenv("SLURM_NTASKS");
@@ -221,6 +297,8 @@ public:
         }
         task.id = next_id_++;
         ++queued_total_;
+        if (progress_) progress_->set_total(queued_total_);
+        if (live_) live_->state().set_tasks(queued_total_);
         const bool was_empty = queue_.empty();
         queue_.push_back(std::move(task));
         ++outstanding_;
@@ -283,7 +361,21 @@ public:
         space_.notify_all();
         if (engine_.joinable()) engine_.join();
         cancels_.close();
+        // The bar erased; the page shows the run as over (and stays up until destruction).
+        if (progress_) progress_->close();
+        if (live_)
+            live_->state().finish(engine_error_.empty() ? std::vector<RunReport>{report_} : std::vector<RunReport>{});
         done_cv_.notify_all();
+    }
+
+    int signal() const {
+        std::lock_guard lock(mutex_);
+        return signals_ ? signals_->signal() : 0;
+    }
+
+    std::string ui_url() const {
+        std::lock_guard lock(mutex_);
+        return live_ ? live_->url() : "";
     }
 
 private:
@@ -388,8 +480,16 @@ private:
         config_.workers = options_.workers;
         worker_options(options_, config_);
         std::unique_ptr<JournalSink> journal = open_journal();
-        started_ = true;
-        wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (!(options_.progress_interval_s > 0 && options_.progress_interval_s <= 86'400))
+            throw std::invalid_argument(fmt::format(
+                "FarmOptions::progress_interval_s: {:g} is not from 0 to 86400 seconds", options_.progress_interval_s));
+        if (!(options_.drain_timeout_s >= 0 && options_.drain_timeout_s <= 86'400))
+            throw std::invalid_argument(fmt::format("FarmOptions::drain_timeout_s: {:g} is not from 0 to 86400 seconds",
+                                                    options_.drain_timeout_s));
+        if (!options_.ui.empty() && !parse_ui_address(options_.ui))
+            throw std::invalid_argument(fmt::format(
+                "FarmOptions::ui: '{}' is not [ADDRESS:]PORT (e.g. \"127.0.0.1:0\")", printable(options_.ui)));
+        if (wake_fd_ < 0) wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);  // kept by a start that threw
         if (wake_fd_ < 0) throw std::runtime_error(fmt::format("eventfd: {}", std::strerror(errno)));
         if (!config_.listen.empty())
             config_.on_listening = [this](const std::string& endpoint) {
@@ -415,14 +515,50 @@ private:
         std::vector<const TaskType*> types;
         for (const auto& type : registry_.types()) types.push_back(type.get());
         fork_server_ = start_fork_server(config_, types);
+        // The live view binds now (after the fork, which its socket must not go through): a
+        // port in use throws from this submit, naming the option, and nothing has started.
+        if (!options_.ui.empty()) {
+            try {
+                live_ = std::make_unique<LiveView>(options_.ui, config_.worker_bin.filename().string(),
+                                                   config_.step && config_.step->launcher == StepLauncher::Slurm);
+            } catch (const ConfigError& e) {
+                fork_server_.reset();
+                std::string why = e.what();
+                if (why.starts_with("--ui: ")) why = "FarmOptions::ui: " + why.substr(6);
+                throw std::invalid_argument(why);
+            }
+        }
+        started_ = true;
+        // Before the farm's own threads (the progress timer, the live view's, the engine's),
+        // which inherit the blocked stop signals.
+        if (options_.signals)
+            signals_ = std::make_unique<SignalWatcher>(
+                std::chrono::milliseconds(static_cast<std::int64_t>(options_.drain_timeout_s * 1000)),
+                "FarmOptions::drain_timeout_s");
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
         if (journal) sinks_.add(std::move(journal));
+        if (const auto style = progress_style(progress_mode(options_.progress), STDERR_FILENO)) {
+            // No result lines to print under it: the program has the results.
+            auto sink = std::make_unique<ProgressSink>(
+                ProgressOptions{.style = *style,
+                                .log_interval = std::chrono::milliseconds(
+                                    static_cast<std::int64_t>(options_.progress_interval_s * 1000)),
+                                .lines_share_terminal = false},
+                std::make_unique<FanOutSink>());
+            progress_ = sink.get();
+            sinks_.add(std::move(sink));
+        }
+        if (live_) {
+            sinks_.add(live_->sink());
+            live_->start();
+        }
         sinks_.add(std::make_unique<Sink>(*this));
         cancels_.clear();
         lock.unlock();  // the runner's threads may take tasks as soon as they start
         const RunShared shared{registry_, settings_, &cancels_, fork_server_.get()};
-        runner_ = make_runner(config_.modes.front(), config_, shared, stop_.get_token(), drain_.get_token());
+        runner_ = make_runner(config_.modes.front(), config_, shared, signals_ ? signals_->token() : stop_.get_token(),
+                              signals_ ? signals_->drain_token() : drain_.get_token());
         engine_ = std::thread([this] {
             try {
                 report_ = runner_->run(plan_, sinks_);
@@ -437,6 +573,12 @@ private:
             }
             {
                 std::lock_guard guard(mutex_);
+                const int signal = signals_ ? signals_->signal() : 0;
+                if (engine_error_.empty() && signal != 0)
+                    engine_error_ = fmt::format("{} (FarmOptions::signals): {}", stop_signal_name(signal),
+                                                signals_->token().stop_requested()
+                                                    ? "the running tasks were cancelled"
+                                                    : "the running tasks finished, no other started");
                 if (engine_error_.empty() && done_.size() < outstanding_ && !closed_)
                     engine_error_ = "the engine ended with tasks not done";
             }
@@ -446,54 +588,51 @@ private:
         lock.lock();
     }
 
-    // The journal, locked; with resume, what it holds as ok read into resumed_ first, and its
-    // settings compared with the farm's.
+    // The journal, locked; with resume, its settings compared with the farm's and what it holds
+    // as ok read into resumed_. The settings that change results (result_settings(), as the
+    // coordinator's --resume has them) are noted in it.
     std::unique_ptr<JournalSink> open_journal() {
         if (options_.journal.empty()) return nullptr;
         const bool resuming = options_.resume && std::filesystem::exists(options_.journal);
+        std::vector<const TaskType*> types;
+        for (const auto& type : registry_.types()) types.push_back(type.get());
+        RunConfig given;
+        given.settings = options_.settings.is_object() ? options_.settings : Json::object();
+        const Json identity = result_settings(given, registry_, types);
         std::unique_ptr<JournalSink> sink;
         try {
             sink = std::make_unique<JournalSink>(options_.journal, /*create=*/true);
-            if (resuming) read_journal();
+            if (resuming) read_journal(identity);
         } catch (const ConfigError& e) {
             throw std::invalid_argument(fmt::format("FarmOptions::journal: {}", e.what()));
         }
-        const Json& settings = options_.settings;
-        if (settings.is_object() && !settings.empty())
-            sink->note_settings(std::string(to_string(engine_mode(options_.mode))), settings);
+        if (!identity.empty()) sink->note_settings(std::string(to_string(engine_mode(options_.mode))), identity);
         return sink;
     }
 
-    // Reads the journal's ok results into resumed_ (the ids of new tasks start after its
-    // largest) and refuses settings other than those its last run recorded.
-    void read_journal() {
+    // Refuses settings other than those the journal's last run recorded, then reads its ok
+    // results into resumed_ (the ids of new tasks start after its largest).
+    void read_journal(const Json& identity) {
         const std::string flag = "FarmOptions::resume";
         const auto& path = options_.journal;
-        const std::uintmax_t length = complete_length(path, flag);
-        std::error_code ec;
-        if (std::filesystem::file_size(path, ec) > length && !ec) {
-            // A torn last line: the farm was killed while writing it. Appending goes on from a line end.
-            spdlog::warn("{}: cutting a torn last line off '{}'", flag, printable(path.string()));
-            std::filesystem::resize_file(path, length, ec);
-            if (ec)
-                throw ConfigError(
-                    fmt::format("cannot cut the torn last line off '{}': {}", printable(path.string()), ec.message()));
+        const std::uintmax_t length = cut_torn_line(path, flag);
+        if (const auto changed = changed_setting(path, identity, flag)) {
+            const auto shown = [](const Json& value) {
+                return value.is_null() ? std::string("not given") : value.dump();
+            };
+            throw ConfigError(fmt::format(
+                "{}: setting \"{}\" is {} now, but the journal's results were made with {} ({}): resume with "
+                "the same settings, or write a new journal",
+                flag, printable(changed->key), printable(shown(changed->now)), printable(shown(changed->then)),
+                changed->where));
         }
         std::ifstream in(path, std::ios::binary);
         JournalLineReader reader(in, flag, path.string(), length);
-        Json recorded = Json::object();
-        std::string recorded_at = "it records none";
         for (std::string text; reader.next(text);) {
             const std::string at = reader.where();
             const Json entry = parse_journal_line(text, at);
             check_journal_line(entry, at);
-            if (const auto event = entry.find("event"); event != entry.end()) {
-                if (*event == "settings" && entry.contains("settings") && entry.at("settings").is_object()) {
-                    recorded = entry.at("settings");
-                    recorded_at = fmt::format("{}:{}", printable(path.string()), reader.number());
-                }
-                continue;
-            }
+            if (entry.contains("event")) continue;
             const TaskId id = entry.at("id").get<TaskId>();
             next_id_ = std::max(next_id_, id + 1);
             // A failed task, a failed attempt, or a line whose value was left out (over the
@@ -509,20 +648,6 @@ private:
             outcome.attempts = entry.value("attempt", std::uint32_t{1});
             outcome.value = entry.value("value", Value());
             resumed_[resume_key(outcome.type, *params)].push_back(std::move(outcome));
-        }
-        const Json now = options_.settings.is_object() ? options_.settings : Json::object();
-        std::set<std::string> keys;
-        for (const auto& [key, value] : now.items()) keys.insert(key);
-        for (const auto& [key, value] : recorded.items()) keys.insert(key);
-        const auto shown = [](const Json& value) { return value.is_null() ? std::string("not given") : value.dump(); };
-        for (const std::string& key : keys) {
-            const Json value_now = now.value(key, Json(nullptr));
-            const Json value_then = recorded.value(key, Json(nullptr));
-            if (value_now != value_then)
-                throw ConfigError(fmt::format(
-                    "{}: setting \"{}\" is {} now, but the journal's results were made with {} ({}): resume with "
-                    "the same settings, or write a new journal",
-                    flag, printable(key), printable(shown(value_now)), printable(shown(value_then)), recorded_at));
         }
     }
 
@@ -550,10 +675,13 @@ private:
     Json settings_;
     std::unique_ptr<ForkServer> fork_server_;
     Plan plan_;
+    std::unique_ptr<LiveView> live_;    // before sinks_: its sink refers to its state
+    ProgressSink* progress_ = nullptr;  // in sinks_
     FanOutSink sinks_;
     CancelBoard cancels_;
     std::stop_source stop_;
     std::stop_source drain_;
+    std::unique_ptr<SignalWatcher> signals_;  // FarmOptions::signals: its tokens, not stop_'s and drain_'s
     std::unique_ptr<Runner> runner_;
     RunReport report_;
     std::thread engine_;
@@ -590,6 +718,8 @@ void Farm::wait() { impl_->wait_all(); }
 bool Farm::cancel(TaskHandle task) { return impl_->cancel(task.id); }
 std::uint64_t Farm::outstanding() const { return impl_->outstanding(); }
 std::string Farm::endpoint() const { return impl_->endpoint(); }
+std::string Farm::ui_url() const { return impl_->ui_url(); }
+int Farm::signal() const { return impl_->signal(); }
 void Farm::close() { impl_->close(); }
 
 }  // namespace taskfarm

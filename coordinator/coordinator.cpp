@@ -190,28 +190,6 @@ std::vector<Mode> choose_modes(const RunConfig& config, const std::vector<const 
     return config.modes;
 }
 
-// What of the run's settings changes what its tasks produce (decision 128): every --set KEY
-// (the run cannot tell what a type does with it) and each flag of a plan's type declared
-// changes_results, but for a generated_only one or one that picks the tasks (what it changes
-// is in the tasks' params, which --resume checks already). The journal records them when there are any (a journal
-// without them was written with none); --resume refuses a journal written under others.
-Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types) {
-    std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
-    for (const auto& type : registry.types())
-        for (const Flag& flag : type->flags()) declared.insert(flag.key);
-    // The run's own settings (a spill directory `coordinator parallel` puts there) are not a task's either.
-    for (const auto& [key, flag] : kFlagSettings) declared.emplace(key);
-    Json identity = Json::object();
-    for (const auto& [key, value] : config.settings.items())
-        if (!declared.contains(key)) identity[key] = value;
-    for (const TaskType* type : types)
-        for (const Flag& flag : type->flags())
-            if (flag.changes_results && !flag.generated_only && flag.picks == Flag::Picks::Nothing &&
-                config.settings.contains(flag.key))
-                identity[flag.key] = config.settings[flag.key];
-    return identity;
-}
-
 // The setting `key` as the command line gives it: a type's flag ("--times") or "--set KEY".
 std::string setting_flag(const std::string& key, const Registry& registry) {
     for (const auto& type : registry.types())
@@ -221,21 +199,14 @@ std::string setting_flag(const std::string& key, const Registry& registry) {
 }
 
 void check_resume_settings(const std::filesystem::path& journal, const Json& identity, const Registry& registry) {
-    const auto recorded =
-        journal_settings(journal, "--resume").value_or(JournalSettings{Json::object(), "it records none"});
-    std::set<std::string> keys;
-    for (const auto& [key, value] : identity.items()) keys.insert(key);
-    for (const auto& [key, value] : recorded.settings.items()) keys.insert(key);
+    const auto changed = changed_setting(journal, identity, "--resume");
+    if (!changed) return;
     const auto shown = [](const Json& value) { return value.is_null() ? std::string("not given") : value.dump(); };
-    for (const std::string& key : keys) {
-        const Json now = identity.value(key, Json(nullptr));
-        const Json then = recorded.settings.value(key, Json(nullptr));
-        if (now == then) continue;
-        throw ConfigError(fmt::format(
-            "--resume: {} is {} now, but the journal's results were made with {} ({}): resume with the same "
-            "value, or write a new journal (--results)",
-            setting_flag(key, registry), printable(shown(now)), printable(shown(then)), recorded.where));
-    }
+    throw ConfigError(
+        fmt::format("--resume: {} is {} now, but the journal's results were made with {} ({}): resume with the same "
+                    "value, or write a new journal (--results)",
+                    setting_flag(changed->key, registry), printable(shown(changed->now)),
+                    printable(shown(changed->then)), changed->where));
 }
 
 // --out-dir/<mode>/ for every mode, made before the run when a type of the plan saves files,

@@ -1,11 +1,13 @@
 #include "modes.hpp"
 
 #include <algorithm>
+#include <set>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "errors.hpp"
+#include "plan_sources.hpp"
 #include "mode_runners.hpp"
 #include "process_pool.hpp"
 #include "processes.hpp"
@@ -125,6 +127,28 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
                                                      std::move(drain), shared.cancels, shared.fork_server);
     }
     return nullptr;
+}
+
+// What of the run's settings changes what its tasks produce (decision 128): every --set KEY
+// (the run cannot tell what a type does with it) and each flag of a plan's type declared
+// changes_results, but for a generated_only one or one that picks the tasks (what it changes
+// is in the tasks' params, which --resume checks already). The journal records them when there are any (a journal
+// without them was written with none); --resume refuses a journal written under others.
+Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types) {
+    std::set<std::string> declared;  // keys of every registered type's flags: the rest came from --set
+    for (const auto& type : registry.types())
+        for (const Flag& flag : type->flags()) declared.insert(flag.key);
+    // The run's own settings (a spill directory `coordinator parallel` puts there) are not a task's either.
+    for (const auto& [key, flag] : kFlagSettings) declared.emplace(key);
+    Json identity = Json::object();
+    for (const auto& [key, value] : config.settings.items())
+        if (!declared.contains(key)) identity[key] = value;
+    for (const TaskType* type : types)
+        for (const Flag& flag : type->flags())
+            if (flag.changes_results && !flag.generated_only && flag.picks == Flag::Picks::Nothing &&
+                config.settings.contains(flag.key))
+                identity[flag.key] = config.settings[flag.key];
+    return identity;
 }
 
 }  // namespace taskfarm

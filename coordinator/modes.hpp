@@ -44,6 +44,13 @@ std::unique_ptr<ForkServer> start_fork_server(const RunConfig& config, const std
 std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const RunShared& shared, std::stop_token stop,
                                     std::stop_token drain = {});
 
+// What of the run's settings changes what its tasks produce, which a journal records and a
+// resume compares (decision 128): every setting no registered type declares as a flag (the
+// run cannot tell what a type does with it), and each flag of `types` declared changes_results
+// that neither is generated_only nor picks the tasks; not the command type's policies
+// (command_grace_s, spill_dir). The coordinator's --resume and a Farm's resume both use it.
+Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types);
+
 // Where the tasks of `mode` save files: --out-dir/<mode>, absolute.
 inline std::filesystem::path mode_out_dir(const RunConfig& config, Mode mode) {
     return mode_out_dir(config.out_dir, mode);

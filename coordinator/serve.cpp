@@ -44,6 +44,7 @@
 #include "control.hpp"
 #include "checks.hpp"
 #include "errors.hpp"
+#include "journal.hpp"
 #include "journal_line.hpp"
 #include "journal_report.hpp"
 #include "listener.hpp"
@@ -922,8 +923,7 @@ private:
         const fs::path journal = dir / "results.jsonl";
         if (fs::exists(journal)) {
             // A line torn by a kill is cut off, so that appending goes on from a clean line end.
-            const std::uintmax_t length = complete_length(journal, "serve");
-            if (fs::file_size(journal) != length) fs::resize_file(journal, length);
+            cut_torn_line(journal, "serve");
             read_results(job, job.results, job.sizes);
         }
         if (!job.done()) open_journal(job);

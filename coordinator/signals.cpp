@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -35,7 +36,8 @@ bool drains(int signal) { return signal == SIGTERM || signal == SIGHUP; }
 
 }  // namespace
 
-SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout) : drain_timeout_(drain_timeout) {
+SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout, std::string drain_option)
+    : drain_timeout_(drain_timeout), drain_option_(std::move(drain_option)) {
     const sigset_t set = stop_signals();
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
     thread_ = std::jthread([this, set](std::stop_token done) {
@@ -50,7 +52,7 @@ SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout) : drain_ti
             // as GNU parallel's does (its deadline was never set, so it cancelled at once).
             if (drain_.stop_requested() && !stop_.stop_requested() && signal_.load() != 0 &&
                 std::chrono::steady_clock::now() >= drain_deadline_) {
-                spdlog::warn("--drain-timeout {:g} s passed: cancelling the tasks still running",
+                spdlog::warn("{} {:g} s passed: cancelling the tasks still running", drain_option_,
                              std::chrono::duration<double>(drain_timeout_).count());
                 stop_.request_stop();
             }
@@ -87,9 +89,10 @@ void SignalWatcher::on_signal(int received, int sender) {
             drain_deadline_ = now + drain_timeout_;
             drain_.request_stop();
             spdlog::warn(
-                "{} received: draining: no new task starts, the running ones finish (up to --drain-timeout "
+                "{} received: draining: no new task starts, the running ones finish (up to {} "
                 "{:g} s); a SIGTERM or SIGHUP more than {:g} s from now, or Ctrl-C, cancels them{}",
-                signal_name(received), std::chrono::duration<double>(drain_timeout_).count(), window, from);
+                signal_name(received), drain_option_, std::chrono::duration<double>(drain_timeout_).count(), window,
+                from);
             return;
         }
     }

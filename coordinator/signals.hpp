@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <stop_token>
+#include <string>
 #include <thread>
 
 namespace taskfarm {
@@ -26,7 +27,10 @@ class SignalWatcher {
 public:
     static constexpr std::chrono::milliseconds kSameRequest{1000};
 
-    explicit SignalWatcher(std::chrono::milliseconds drain_timeout = std::chrono::milliseconds(25'000));
+    // `drain_option` names the drain timeout's setting in the log: the coordinator's flag, or
+    // a Farm's FarmOptions::drain_timeout_s.
+    explicit SignalWatcher(std::chrono::milliseconds drain_timeout = std::chrono::milliseconds(25'000),
+                           std::string drain_option = "--drain-timeout");
     ~SignalWatcher();
     SignalWatcher(const SignalWatcher&) = delete;
     SignalWatcher& operator=(const SignalWatcher&) = delete;
@@ -53,6 +57,7 @@ private:
     bool repeats(int received, int sender, std::chrono::steady_clock::time_point since) const;
 
     const std::chrono::milliseconds drain_timeout_;
+    const std::string drain_option_;
     std::stop_source stop_;
     std::stop_source drain_;
     std::atomic<int> signal_{0};

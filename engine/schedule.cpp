@@ -350,7 +350,13 @@ void Schedule::drain(Clock::time_point) {
     draining_ = true;
     std::size_t held = 0;
     for (const auto& [peer, worker] : workers_) held += worker.in_flight.size();
-    spdlog::info("draining: {} task(s) held by workers finish; {} not handed out stay for --resume", held, pending());
+    // A plan read as the run goes (standard input, a Farm's submits) has no count: its number
+    // of tasks not handed out is not known, and kUnknownFresh is no count to print.
+    const std::size_t waiting = pending();
+    if (waiting >= kUnknownFresh)
+        spdlog::info("draining: {} task(s) held by workers finish; those not handed out stay for --resume", held);
+    else
+        spdlog::info("draining: {} task(s) held by workers finish; {} not handed out stay for --resume", held, waiting);
 }
 
 void Schedule::returned(const PeerId& peer, const proto::Returned& message, Clock::time_point) {

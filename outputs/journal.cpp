@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include <fmt/format.h>
@@ -210,8 +211,8 @@ Done check_journal(const JournalSource& journal, const Plan& plan, const std::st
     return done;
 }
 
-Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan) {
-    const std::uintmax_t complete = complete_length(path, "--resume");
+std::uintmax_t cut_torn_line(const std::filesystem::path& path, const std::string& flag) {
+    const std::uintmax_t complete = complete_length(path, flag);
     std::error_code ec;
     if (const auto size = std::filesystem::file_size(path, ec); !ec && complete < size) {
         std::ifstream in(path, std::ios::binary);
@@ -228,9 +229,28 @@ Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan
         std::filesystem::resize_file(path, complete, ec);
         if (ec)
             throw ConfigError(
-                fmt::format("--resume: cannot repair journal '{}': {}", printable(path.string()), ec.message()));
+                fmt::format("{}: cannot repair journal '{}': {}", flag, printable(path.string()), ec.message()));
     }
+    return complete;
+}
+
+Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan) {
+    const std::uintmax_t complete = cut_torn_line(path, "--resume");
     return check_journal(JournalSource::file(path, complete, "--resume"), plan, "--resume");
+}
+
+std::optional<ChangedSetting> changed_setting(const std::filesystem::path& path, const Json& identity,
+                                              const std::string& flag) {
+    const auto recorded = journal_settings(path, flag).value_or(JournalSettings{Json::object(), "it records none"});
+    std::set<std::string> keys;
+    for (const auto& [key, value] : identity.items()) keys.insert(key);
+    for (const auto& [key, value] : recorded.settings.items()) keys.insert(key);
+    for (const std::string& key : keys) {
+        Json now = identity.value(key, Json(nullptr));
+        Json then = recorded.settings.value(key, Json(nullptr));
+        if (now != then) return ChangedSetting{key, std::move(now), std::move(then), recorded.where};
+    }
+    return std::nullopt;
 }
 
 std::optional<JournalSettings> journal_settings(const std::filesystem::path& path, const std::string& flag) {

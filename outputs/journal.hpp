@@ -57,6 +57,25 @@ struct JournalSettings {
 };
 std::optional<JournalSettings> journal_settings(const std::filesystem::path& path, const std::string& flag);
 
+// Cuts a torn last line (a run killed while writing it) off the journal at `path`, with a
+// warning that gives its size and first bytes, so that appending goes on from a line end;
+// returns the length of its complete lines. Every reader that appends to a journal it reads
+// (--resume, a Farm's resume, the service's restart) repairs it through this. Throws
+// ConfigError naming `flag` when the file cannot be read or cut.
+std::uintmax_t cut_torn_line(const std::filesystem::path& path, const std::string& flag);
+
+// The first setting (by key) whose value in `identity` (what changes results, now) is not the
+// one the journal's last run recorded (journal_settings(); a journal without any recorded
+// none); null `now` or `then`: not given. nullopt: all agree. Throws as journal_settings().
+struct ChangedSetting {
+    std::string key;
+    Json now;
+    Json then;
+    std::string where;  // "FILE:LINE" of the recorded settings, or "it records none"
+};
+std::optional<ChangedSetting> changed_setting(const std::filesystem::path& path, const Json& identity,
+                                              const std::string& flag);
+
 // What a journal records as ok per mode, without a plan to check it against: for readers
 // of journals (a report). Throws ConfigError as above, naming `flag`.
 Done read_done(const std::filesystem::path& path, const std::string& flag);

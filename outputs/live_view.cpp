@@ -134,7 +134,7 @@ void LiveState::begin_mode(const std::string& mode, std::size_t tasks) {
     if (!modes_.empty()) close(modes_.back());
     Mode& added = modes_.emplace_back();
     added.name = mode;
-    added.tasks = tasks;
+    added.tasks = tasks > 0 ? tasks : given_tasks_;
     added.began = Clock::now();
     added.changed = generation_;
 }
@@ -154,6 +154,14 @@ void LiveState::set_jobs(nlohmann::json jobs) {
     if (jobs == jobs_) return;
     jobs_ = std::move(jobs);
     jobs_changed_ = generation_;
+}
+
+void LiveState::set_tasks(std::size_t tasks) {
+    std::lock_guard lock(mutex_);
+    given_tasks_ = tasks;
+    if (modes_.empty() || modes_.back().end_s >= 0) return;  // begin_mode takes it
+    modes_.back().tasks = tasks;
+    modes_.back().changed = generation_;
 }
 
 void LiveState::result(const TaskResult& result) {

@@ -41,6 +41,9 @@ public:
     // {"jobs": [{"job","name","state","tasks","ok","failed","running","waiting"}...],
     //  "resources": {NAME: COUNT}, "in_use": {NAME: COUNT}}; sent again when it changes.
     void set_jobs(nlohmann::json jobs);
+    // The running mode's number of tasks, for a plan that grows as the run goes (a Farm's
+    // submits), where begin_mode() was told 0 (not known).
+    void set_tasks(std::size_t tasks);
     void result(const TaskResult& result);
     void event(const RunEvent& event);
     // The modes' reports, once the run is over: the comparison table, and the end of the stream.
@@ -105,6 +108,7 @@ private:
     std::optional<nlohmann::json> reports_;
     nlohmann::json jobs_;             // set_jobs(); null: not a server
     std::uint64_t jobs_changed_ = 0;  // the generation it changed in
+    std::size_t given_tasks_ = 0;     // set_tasks()'s, for a mode begun with 0
     std::uint64_t generation_ = 1;    // what changes now is stamped with it; delta() moves it on
     std::size_t failures_sent_ = 0;
     bool reports_sent_ = false;

@@ -165,12 +165,23 @@ void ProgressSink::close() {
     if (status_) status_->clear();
 }
 
+void ProgressSink::set_total(std::size_t total) {
+    std::lock_guard lock(state_mutex_);
+    given_total_ = total;
+    if (mode_name_.empty() || closed_) return;  // begin_mode_ takes it
+    total_ = total;
+    if (done_ >= total_) return;
+    // More tasks after all of them were done: the mode runs on.
+    finished_.reset();
+    running_ = true;
+}
+
 void ProgressSink::begin_mode_(const std::string& mode, std::size_t tasks) {
     print([&] { printed_->begin_mode(mode, tasks); });
     {
         std::lock_guard lock(state_mutex_);
         mode_name_ = mode;
-        total_ = tasks;
+        total_ = tasks > 0 ? tasks : given_total_;
         done_ = 0;
         failed_ = 0;
         started_ = Clock::now();

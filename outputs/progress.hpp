@@ -107,6 +107,9 @@ public:
 
     // Stops the timer and erases the bar; call before printing the report. Idempotent.
     void close();
+    // The number of tasks, for a plan that grows as the run goes (a Farm's submits): the bar's
+    // N/TOTAL and ETA, where begin_mode() was told 0 (not known). Thread-safe.
+    void set_total(std::size_t total);
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;
@@ -131,6 +134,7 @@ private:
     mutable std::mutex state_mutex_;
     std::string mode_name_;
     std::size_t total_ = 0;
+    std::size_t given_total_ = 0;  // set_total()'s, for a mode begun with 0
     std::size_t done_ = 0;
     std::size_t failed_ = 0;
     bool running_ = false;  // a mode began and is not complete

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -43,7 +44,17 @@ struct Box {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Box, width, height)
 
+// Opened by the progress test: "gate" tasks wait for it (threads mode: this process).
+std::atomic<bool> gate_open{false};
+
 void register_types(Farm& farm) {
+    farm.task("gate", [](const Params& params, Context& context) {
+        for (int i = 0; i < 2000 && !gate_open; ++i) {
+            context.check();
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        return params.at("x");
+    });
     farm.task<Box>("area", [](const Box& box, Context&) { return box.width * box.height; });
     farm.task("square", [](const Params& params, Context&) {
         const auto x = params.at("x").get<long>();
@@ -460,7 +471,7 @@ TEST(Farm, LogsGoToStderrInTheCoordinatorsPatternAndATornLineIsCut) {
     EXPECT_EQ(taskfarm::testing::read_file(out), "") << "a log line on stdout";
     const std::string logged = taskfarm::testing::read_file(err);
     const std::regex pattern(
-        R"((^|\n)\d\d:\d\d:\d\d\.\d{3} farm_test\[\d+\] warn\w* FarmOptions::resume: cutting a torn last line)");
+        R"((^|\n)\d\d:\d\d:\d\d\.\d{3} farm_test\[\d+\] warn\w* journal '[^']*' ends in a torn line of 35 bytes)");
     EXPECT_TRUE(std::regex_search(logged, pattern)) << logged;
     const auto lines = taskfarm::testing::read_result_lines(journal);
     ASSERT_EQ(lines.size(), 2u);
@@ -620,6 +631,21 @@ TEST(Farm, BadRemoteWorkerOptionsAreRefusedNamingTheOption) {
         {{.insecure = true, .slurm = taskfarm::SlurmStep{.tasks = 2}}, "FarmOptions::insecure: cannot go with a Slurm"},
         {{.slurm = taskfarm::SlurmStep{}}, "FarmOptions::slurm: tasks 0 means $SLURM_NTASKS, which is not set"},
         {{.slurm = taskfarm::SlurmStep{.tasks = 1, .args = "--x='open"}}, "FarmOptions::slurm: cannot split args"},
+        {{.insecure = true, .mpirun = taskfarm::MpirunStep{.tasks = 2}},
+         "FarmOptions::insecure: cannot go with an mpirun job"},
+        {{.mpirun = taskfarm::MpirunStep{}}, "FarmOptions::mpirun: tasks must be at least 1"},
+        {{.mpirun = taskfarm::MpirunStep{.tasks = 1, .args = "'open"}}, "FarmOptions::mpirun: cannot split args"},
+        {{.mode = FarmMode::Threads, .mpirun = taskfarm::MpirunStep{.tasks = 1}},
+         "FarmOptions::mpirun: remote workers are worker processes"},
+        {{.slurm = taskfarm::SlurmStep{.tasks = 1}, .mpirun = taskfarm::MpirunStep{.tasks = 1}},
+         "FarmOptions::mpirun: give one of slurm, mpirun and alloc"},
+        {{.alloc = taskfarm::SlurmAllocations{}}, "FarmOptions::alloc: time '' is not a time limit of sbatch --time"},
+        {{.alloc = taskfarm::SlurmAllocations{.time = "30", .workers = 0}},
+         "FarmOptions::alloc: workers must be at least 1"},
+        {{.alloc = taskfarm::SlurmAllocations{.time = "30", .max_allocs = 0}},
+         "FarmOptions::alloc: max_allocs must be at least 1"},
+        {{.keys = dir / "none", .alloc = taskfarm::SlurmAllocations{.time = "30"}},
+         "FarmOptions::keys: cannot go with Slurm allocations"},
     };
     for (const auto& [options, expected] : cases) {
         Farm farm{options};
@@ -667,6 +693,315 @@ TEST(Farm, AListenEndpointInUseIsSaidNamingTheOption) {
     ::close(holder);
 }
 
+// Progress on a stderr that is a file: FarmProgress::Always draws the bar there (its final
+// count always), Auto logs a line every progress_interval_s while tasks run, Never (the
+// default) writes none.
+TEST(Farm, ProgressGoesToARedirectedStderrAsTheOptionAsks) {
+    taskfarm::testing::TempDir dir;
+    const auto out = dir / "out";
+    const auto err = dir / "err";
+    {
+        const RedirectedOutput redirected(out, err);
+        Farm farm{{.mode = FarmMode::Threads, .workers = 2, .progress = taskfarm::FarmProgress::Always}};
+        register_types(farm);
+        for (long x = 0; x < 20; ++x) farm.submit("square", {{"x", x}});
+        long sum = 0;
+        for (const auto& result : farm.as_completed<long>()) sum += result.value();
+        EXPECT_EQ(sum, 2470);
+    }
+    const std::string bar = taskfarm::testing::read_file(err);
+    EXPECT_TRUE(std::regex_search(bar, std::regex(R"(\rthreads +\[#+\] 20/20  [0-9.]+ tasks/s)"))) << bar;
+    EXPECT_EQ(taskfarm::testing::read_file(out), "");
+
+    // Auto on a file: log lines, while the gate holds the tasks (a condition, not a time).
+    gate_open = false;
+    {
+        const RedirectedOutput redirected(out, err);
+        Farm farm{{.mode = FarmMode::Threads,
+                   .workers = 2,
+                   .progress = taskfarm::FarmProgress::Auto,
+                   .progress_interval_s = 0.05}};
+        register_types(farm);
+        for (long x = 0; x < 4; ++x) farm.submit("gate", {{"x", x}});
+        const std::regex line(R"(info\w* threads: 0/4 tasks done, 0 failed, 0.0 tasks/s, [0-9.]+s elapsed, ETA \?)");
+        for (int i = 0; i < 1000 && !std::regex_search(taskfarm::testing::read_file(err), line); ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        gate_open = true;
+        farm.wait();
+    }
+    const std::string logged = taskfarm::testing::read_file(err);
+    EXPECT_TRUE(std::regex_search(logged, std::regex(R"(info\w* threads: 0/4 tasks done)"))) << logged;
+    EXPECT_EQ(logged.find('\r'), std::string::npos) << "a control character in a file";
+
+    {
+        const RedirectedOutput redirected(out, err);
+        Farm farm{{.mode = FarmMode::Threads, .workers = 2}};
+        register_types(farm);
+        for (long x = 0; x < 20; ++x) farm.submit("square", {{"x", x}});
+        farm.wait();
+    }
+    EXPECT_EQ(taskfarm::testing::read_file(err), "") << "progress without asking";
+}
+
+// GET PATH from 127.0.0.1:PORT over a socket of its own (HTTP/1.1, Connection: close): the
+// status and the body, de-chunked.
+std::pair<int, std::string> http_get(int port, const std::string& path) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const timeval patience{30, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<std::uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+        ::close(fd);
+        return {0, ""};
+    }
+    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    EXPECT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+    std::string raw;
+    char buffer[4096];
+    for (ssize_t got; (got = ::recv(fd, buffer, sizeof buffer, 0)) > 0;)
+        raw.append(buffer, static_cast<std::size_t>(got));
+    ::close(fd);
+    const auto head_end = raw.find("\r\n\r\n");
+    if (head_end == std::string::npos || !raw.starts_with("HTTP/1.1 ")) return {0, raw};
+    const std::string head = raw.substr(0, head_end);
+    std::string body = raw.substr(head_end + 4);
+    if (head.find("chunked") != std::string::npos) {
+        std::string whole;
+        for (std::size_t at = 0;;) {
+            const auto line_end = body.find("\r\n", at);
+            if (line_end == std::string::npos) break;
+            const std::size_t size = std::stoul(body.substr(at, line_end - at), nullptr, 16);
+            if (size == 0) break;
+            whole += body.substr(line_end + 2, size);
+            at = line_end + 2 + size + 2;
+        }
+        body = whole;
+    }
+    return {std::stoi(raw.substr(9, 3)), body};
+}
+
+// FarmOptions::ui: the live view on loopback, from the first submit. Its page is served at
+// the secret path only; after close() its event stream gives the final state (the mode, its
+// ok count, finished) and ends. A bad address or a port in use throws, naming the option.
+TEST(Farm, TheLiveViewServesItsPageAndEventsOnLoopback) {
+    {
+        Farm farm{{.mode = FarmMode::Threads, .workers = 2, .ui = "127.0.0.1:0"}};
+        register_types(farm);
+        EXPECT_EQ(farm.ui_url(), "") << "before the first submit";
+        for (long x = 0; x < 12; ++x) farm.submit("square", {{"x", x}});
+        const std::string url = farm.ui_url();
+        std::smatch parts;
+        ASSERT_TRUE(std::regex_match(url, parts, std::regex(R"(http://127\.0\.0\.1:(\d+)(/\w+/))"))) << url;
+        const int port = std::stoi(parts[1]);
+        const std::string path = parts[2];
+        long sum = 0;
+        for (const auto& result : farm.as_completed<long>()) sum += result.value();
+        EXPECT_EQ(sum, 506);
+        const auto [status, page] = http_get(port, path);
+        EXPECT_EQ(status, 200);
+        EXPECT_TRUE(page.starts_with("<!doctype html>")) << page.substr(0, 200);
+        EXPECT_EQ(http_get(port, "/events").first, 404) << "served without the secret path";
+        farm.close();
+        const auto [events_status, events] = http_get(port, path + "events");
+        EXPECT_EQ(events_status, 200);
+        const auto first = events.find("event: state\ndata: ");
+        ASSERT_NE(first, std::string::npos) << events;
+        const auto data_at = first + std::strlen("event: state\ndata: ");
+        const Value state = Value::parse(events.substr(data_at, events.find('\n', data_at) - data_at));
+        EXPECT_TRUE(state.at("finished").get<bool>());
+        ASSERT_EQ(state.at("modes").size(), 1u);
+        EXPECT_EQ(state.at("modes")[0].at("name"), "threads");
+        EXPECT_EQ(state.at("modes")[0].at("ok"), 12);
+        EXPECT_EQ(state.at("modes")[0].at("tasks"), 12) << "the tasks submitted, not 0";
+        EXPECT_NE(events.find("event: end\n"), std::string::npos) << events;
+    }
+    for (const std::string bad : {"nonsense", "127.0.0.1:70000"}) {
+        Farm farm{{.mode = FarmMode::Threads, .workers = 1, .ui = bad}};
+        register_types(farm);
+        try {
+            farm.submit("square", {{"x", 2}});
+            ADD_FAILURE() << "took ui " << bad;
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("FarmOptions::ui: '" + bad + "'"), std::string::npos) << e.what();
+        }
+    }
+    const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    ASSERT_EQ(::listen(holder, 1), 0);
+    socklen_t length = sizeof address;
+    ASSERT_EQ(::getsockname(holder, reinterpret_cast<sockaddr*>(&address), &length), 0);
+    {
+        Farm farm{
+            {.mode = FarmMode::Threads, .workers = 1, .ui = "127.0.0.1:" + std::to_string(ntohs(address.sin_port))}};
+        register_types(farm);
+        try {
+            farm.submit("square", {{"x", 2}});
+            ADD_FAILURE() << "bound a port in use";
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("FarmOptions::ui: cannot listen on 127.0.0.1:"), std::string::npos)
+                << e.what();
+        }
+    }
+    ::close(holder);
+}
+
+// A Farm's resume compares what changes results, as the coordinator's --resume does: a
+// type's flag declared changes_results = false and the command type's policy (command_grace_s)
+// may differ; a setting no type declares may not. The journal notes only those.
+TEST(Farm, ResumeComparesOnlyTheSettingsThatChangeResults) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const auto make = [&](long cap, double grace, long chunk) {
+        auto farm = std::make_unique<Farm>(
+            FarmOptions{.mode = FarmMode::Threads,
+                        .workers = 1,
+                        .journal = journal,
+                        .resume = true,
+                        .settings = {{"log_cap", cap}, {"command_grace_s", grace}, {"chunk", chunk}}});
+        register_types(*farm);
+        taskfarm::TaskOptions options;
+        options.flags = {
+            {.name = "--log-cap", .key = "log_cap", .type = taskfarm::Flag::Type::Count, .changes_results = false}};
+        farm->task(
+            "cube", [](const Params& params, Context&) { return Value(params.at("x").get<long>() * 3); },
+            std::move(options));
+        return farm;
+    };
+    {
+        auto farm = make(10, 1, 7);
+        farm->submit("cube", {{"x", 2}});
+        EXPECT_EQ(farm->next()->as<long>().value(), 6);
+    }
+    {
+        auto farm = make(20, 5, 7);  // neither changes results
+        farm->submit("cube", {{"x", 2}});
+        EXPECT_EQ(farm->next()->as<long>().value(), 6);
+    }
+    EXPECT_EQ(taskfarm::testing::read_result_lines(journal).size(), 1u) << "the resumed task ran again";
+    const std::string text = taskfarm::testing::read_file(journal);
+    EXPECT_NE(text.find(R"("settings":{"chunk":7})"), std::string::npos) << text;
+    auto farm = make(20, 5, 8);
+    try {
+        farm->submit("cube", {{"x", 2}});
+        ADD_FAILURE() << "resumed under another chunk";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(R"(setting "chunk" is 8 now, but the journal's results were made with 7)"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+// FarmOptions::mpirun: the workers are one real `mpirun -n 2` of this program; each task runs
+// once (the journal), and nothing of the job is left afterwards.
+TEST(Farm, AnMpirunJobOfWorkersRunsEachTaskOnce) {
+    if (std::system("command -v mpirun >/dev/null 2>&1") != 0) GTEST_SKIP() << "no mpirun (tests/mpirun_test.py fails)";
+    ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);  // Open MPI refuses root otherwise (containers)
+    ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    {
+        Farm farm{{.journal = journal, .mpirun = taskfarm::MpirunStep{.tasks = 2, .args = "--oversubscribe"}}};
+        register_types(farm);
+        for (long x = 0; x < 100; ++x) farm.submit("square", {{"x", x}});
+        long sum = 0;
+        for (const auto& result : farm.as_completed<long>()) sum += result.value();
+        EXPECT_EQ(sum, 328350);
+    }
+    std::set<long> ids;
+    std::set<std::string> workers;
+    for (const auto& line : taskfarm::testing::read_result_lines(journal)) {
+        EXPECT_TRUE(ids.insert(line.at("id").get<long>()).second) << line.dump();
+        workers.insert(line.value("worker", ""));
+    }
+    EXPECT_EQ(ids.size(), 100u);
+    EXPECT_FALSE(workers.contains("")) << "a result without its worker";
+    // No child of this process is an mpirun left ("[m]" keeps the shell's own command line out).
+    const std::string left = "pgrep -P " + std::to_string(::getpid()) + " -f '[m]pirun' >/dev/null";
+    EXPECT_EQ(std::system(left.c_str()), 256) << "the mpirun job is left";
+}
+
+// FarmOptions::signals: SIGTERM drains a farm as it drains the coordinator. The running tasks
+// finish (no line of the journal failed), the program's next() throws saying so and it exits
+// 128 + 15, its workers are gone; a resume runs exactly the rest.
+TEST(Farm, SigtermDrainsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const auto ok_count = [&] {
+        const std::string text = std::filesystem::exists(journal) ? taskfarm::testing::read_file(journal) : "";
+        std::size_t count = 0;
+        for (auto at = text.find("\"ok\":true"); at != std::string::npos; at = text.find("\"ok\":true", at + 1))
+            ++count;
+        return count;
+    };
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    taskfarm::testing::Running first(self, {"drain-sum", journal.string(), "300"});
+    ASSERT_TRUE(taskfarm::testing::eventually([&] { return ok_count() >= 40; }, std::chrono::seconds(60)));
+    const std::vector<pid_t> workers = taskfarm::testing::workers_of(first.pid());
+    EXPECT_FALSE(workers.empty());
+    first.signal(SIGTERM);
+    const auto drained = first.wait();
+    EXPECT_EQ(drained.exit_code, 128 + SIGTERM) << drained.err;
+    EXPECT_NE(drained.err.find("the farm stopped: SIGTERM (FarmOptions::signals): the running tasks finished"),
+              std::string::npos)
+        << drained.err;
+    EXPECT_NE(drained.err.find("the running ones finish (up to FarmOptions::drain_timeout_s 25 s)"), std::string::npos)
+        << drained.err;
+    // A farm's plan has no count: the drain says so rather than print the engine's placeholder.
+    EXPECT_NE(drained.err.find("finish; those not handed out stay for --resume"), std::string::npos) << drained.err;
+    for (const pid_t pid : workers)
+        EXPECT_TRUE(taskfarm::testing::eventually([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(10)))
+            << "worker " << pid << " is left";
+    const auto lines = taskfarm::testing::read_result_lines(journal);
+    ASSERT_LT(lines.size(), 300u) << "the farm finished before it was drained";
+    for (const auto& line : lines)
+        EXPECT_TRUE(line.at("ok").get<bool>()) << "a task stopped by a drain: " << line.dump();
+    const auto second = taskfarm::testing::run_binary(self, {"sum-squares", journal.string(), "300"});
+    ASSERT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_EQ(second.out, "8955050\n");
+    std::map<long, int> ok_by_x;
+    for (const auto& line : taskfarm::testing::read_result_lines(journal))
+        ++ok_by_x[line.at("params").at("x").get<long>()];
+    EXPECT_EQ(ok_by_x.size(), 300u);
+    for (const auto& [x, count] : ok_by_x) EXPECT_EQ(count, 1) << "x " << x;
+}
+
+// ... and SIGINT stops it: the running tasks are cancelled, the program is told so and exits
+// 128 + 2, its workers are gone, and a resume runs the rest (the cancelled ones too).
+TEST(Farm, SigintStopsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
+    taskfarm::testing::TempDir dir;
+    const auto journal = dir / "journal.jsonl";
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    taskfarm::testing::Running first(self, {"drain-sum", journal.string(), "300"});
+    ASSERT_TRUE(taskfarm::testing::eventually(
+        [&] { return std::filesystem::exists(journal) && std::filesystem::file_size(journal) > 2000; },
+        std::chrono::seconds(60)));
+    const std::vector<pid_t> workers = taskfarm::testing::workers_of(first.pid());
+    first.signal(SIGINT);
+    const auto stopped = first.wait();
+    EXPECT_EQ(stopped.exit_code, 128 + SIGINT) << stopped.err;
+    EXPECT_NE(stopped.err.find("the farm stopped: SIGINT (FarmOptions::signals): the running tasks were cancelled"),
+              std::string::npos)
+        << stopped.err;
+    for (const pid_t pid : workers)
+        EXPECT_TRUE(taskfarm::testing::eventually([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(10)))
+            << "worker " << pid << " is left";
+    ASSERT_LT(taskfarm::testing::read_result_lines(journal).size(), 300u) << "the farm finished before it was stopped";
+    const auto second = taskfarm::testing::run_binary(self, {"sum-squares", journal.string(), "300"});
+    ASSERT_EQ(second.exit_code, 0) << second.err;
+    EXPECT_EQ(second.out, "8955050\n");
+    std::map<long, int> ok_by_x;
+    for (const auto& line : taskfarm::testing::read_result_lines(journal))
+        if (line.at("ok").get<bool>()) ++ok_by_x[line.at("params").at("x").get<long>()];
+    EXPECT_EQ(ok_by_x.size(), 300u);
+    for (const auto& [x, count] : ok_by_x) EXPECT_EQ(count, 1) << "x " << x;
+}
+
 // `farm_test slurm-sum COUNT TASKS JOURNAL`: COUNT squares on a Slurm step of TASKS workers
 // (0: $SLURM_NTASKS), their sum printed (tests/slurm/slurm_test.py runs it on a real cluster).
 int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
@@ -679,9 +1014,27 @@ int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
     return 0;
 }
 
+// `farm_test drain-sum JOURNAL COUNT`: sum-squares with FarmOptions::signals; a stop signal
+// ends it with 128 + the signal, after what the farm said.
+int drain_sum(const std::filesystem::path& journal, long count) {
+    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .journal = journal, .resume = true, .signals = true}};
+    register_types(farm);
+    long sum = 0;
+    try {
+        for (long x = 0; x < count; ++x) farm.submit("slow-square", {{"x", x}});
+        for (const auto& result : farm.as_completed<long>()) sum += result.value();
+    } catch (const std::runtime_error& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 128 + farm.signal();
+    }
+    std::printf("%ld\n", sum);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc == 4 && std::strcmp(argv[1], "drain-sum") == 0) return drain_sum(argv[2], std::atol(argv[3]));
     if (argc == 4 && std::strcmp(argv[1], "sum-squares") == 0) return sum_squares(argv[2], std::atol(argv[3]));
     if (argc == 5 && std::strcmp(argv[1], "slurm-sum") == 0)
         return slurm_sum(std::atol(argv[2]), std::atoi(argv[3]), argv[4]);

@@ -50,6 +50,32 @@ struct SlurmStep {
     bool pin = false;    // srun --cpu-bind=cores
 };
 
+// An mpirun job of workers (the coordinator's --launch mpirun, Open MPI or MPICH): the farm
+// runs one `mpirun -n TASKS` whose ranks are this program's workers, connecting back over tcp
+// with CurveZMQ keys made for the run (in a directory under the working directory, which the
+// hosts share; removed at the end).
+struct MpirunStep {
+    int tasks = 0;       // workers (mpirun -n): at least 1, the slots of the job (e.g. $NSLOTS, $PBS_NP)
+    std::string args{};  // mpirun's options before the worker's command ("--hostfile hosts"), split as a shell would
+    bool pin = false;    // mpirun -bind-to core
+};
+
+// Slurm allocations on demand (the coordinator's --alloc slurm, docs/cluster.md): while tasks
+// wait for a worker, the farm submits allocations with `sbatch`, each one `srun` step of
+// `workers` workers of this program that connect back with keys made for the run; an idle
+// one is cancelled, and the farm's end cancels those left.
+struct SlurmAllocations {
+    std::string time{};  // each allocation's time limit (sbatch --time, needed): "30", "2:00:00", "1-0"
+    int workers = 1;     // workers per allocation (sbatch --ntasks, one CPU each)
+    int max_allocs = 1;  // allocations of the farm at once, queued ones included
+    std::string args{};  // more sbatch options, after taskfarm's own (yours win), split as a shell would
+};
+
+// Progress on stderr (the coordinator's --progress): Auto draws a bar redrawn in place where
+// stderr is a terminal whose TERM is not "dumb", and logs a line every progress_interval_s
+// elsewhere (a pipe, a file); Always draws the bar wherever stderr goes; Never shows none.
+enum class FarmProgress { Never, Auto, Always };
+
 struct FarmOptions {
     FarmMode mode = FarmMode::Processes;
     int workers = 4;  // worker processes or threads
@@ -98,10 +124,35 @@ struct FarmOptions {
     bool insecure = false;
     int expect_workers = 0;
     double wait_workers_s = 60;  // also how long a farm with no worker left waits for one
+    // Progress on stderr: tasks done of those handed to the workers so far, failures, tasks/s,
+    // elapsed time, ETA ("processes [####------]  400/1000  ..."). Log lines go above the bar.
+    FarmProgress progress = FarmProgress::Never;
+    double progress_interval_s = 5;  // between two progress lines where there is no bar
+    // The stop signals as the coordinator takes them: SIGTERM or SIGHUP drains (no task starts
+    // any more, the running ones finish; after drain_timeout_s they are cancelled), SIGINT or
+    // SIGQUIT stops (the running tasks are cancelled); a second one stops at once. Then next()
+    // and submit() throw std::runtime_error ("the farm stopped: SIGTERM ..."), signal() says
+    // which came (main() returns 128 + it, as the coordinator exits), and the journal holds
+    // what finished, for a resume. The farm takes them from its first submit (which blocks
+    // them in the calling thread: start threads of your own after it) until it is destroyed.
+    bool signals = false;
+    double drain_timeout_s = 25;
+    // The live view (the coordinator's --ui): a page of the running tasks, one lane per worker,
+    // in the browser, served on "[ADDR:]PORT" (ADDR 127.0.0.1 when absent; PORT 0 picks a free
+    // one) from the first submit until the farm is destroyed; ui_url() says where, with the
+    // secret path without which the page is refused. Empty: none.
+    std::string ui{};
+
     // A Slurm job step of `slurm->tasks` workers instead of local ones (`workers` is not used):
     // see SlurmStep. `listen` may name the address the nodes reach (default: this machine's
     // first non-loopback address, port *); `keys`, `insecure` and `expect_workers` may not be given.
     std::optional<SlurmStep> slurm{};
+    // An mpirun job of `mpirun->tasks` workers instead of local ones, as `slurm` (its rules too).
+    std::optional<MpirunStep> mpirun{};
+    // Workers in Slurm allocations submitted while tasks wait, instead of local ones (`workers`
+    // is not used); `listen` as for `slurm`, whose other rules hold too; `wait_workers_s` is also
+    // how long sbatch may keep failing with no allocation and no worker before the farm stops.
+    std::optional<SlurmAllocations> alloc{};
 };
 
 // A task that did not succeed, as the program sees it: Result::value() throws it.
@@ -244,6 +295,11 @@ public:
     // waits until it is bound. Empty for a farm without `listen` or `slurm`, or not started.
     // Throws std::runtime_error when the farm stopped before binding (e.g. the address is taken).
     std::string endpoint() const;
+    // The live view's address (FarmOptions::ui), with its secret path: "http://HOST:PORT/TOKEN/".
+    // Empty for a farm without `ui`, or before the first submit started it.
+    std::string ui_url() const;
+    // The first stop signal the farm took (FarmOptions::signals), 0 if none.
+    int signal() const;
     // Tasks submitted whose results have not been taken.
     std::uint64_t outstanding() const;
     // Lets the running tasks finish and stops the workers; submit() throws afterwards.
