@@ -1106,10 +1106,10 @@ std::unordered_set<std::uint64_t> done_in_joblog(const std::string& path, bool o
             fields[0].empty() || ec != std::errc{} || end != fields[0].data() + fields[0].size())
             throw malformed(line, "Seq is not a whole number below 2^64");
         for (std::size_t f = 2; f < 8; ++f) {  // JobRuntime comes padded with spaces
-            std::string_view number = fields[f];
-            while (number.starts_with(' ')) number.remove_prefix(1);
-            while (number.ends_with(' ')) number.remove_suffix(1);
-            if (number.empty() || number.find_first_not_of("-0123456789.") != std::string_view::npos)
+            std::string_view value = fields[f];
+            while (value.starts_with(' ')) value.remove_prefix(1);
+            while (value.ends_with(' ')) value.remove_suffix(1);
+            if (value.empty() || value.find_first_not_of("-0123456789.") != std::string_view::npos)
                 throw malformed(line, "a field from Starttime to Signal is not a number");
         }
         if (!only_succeeded || (fields[6] == "0" && fields[7] == "0")) done.insert(seq);

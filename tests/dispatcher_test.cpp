@@ -268,7 +268,9 @@ TEST(ProcessPool, ATableThatNamesItsOwnGroupIsNotKilled) {
     int status = 0;
     ASSERT_EQ(::waitpid(coordinator, &status, 0), coordinator);
     EXPECT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-    if (WIFEXITED(status)) EXPECT_EQ(WEXITSTATUS(status), 0);
+    if (WIFEXITED(status)) {
+        EXPECT_EQ(WEXITSTATUS(status), 0);
+    }
     EXPECT_FALSE(command_groups::kill_group(::getpgrp(), 0));
     EXPECT_FALSE(command_groups::kill_group(0, 0));
     EXPECT_FALSE(command_groups::kill_group(1, 0));

@@ -551,7 +551,9 @@ TEST(Farm, RemoteWorkersStartedByHandRunTheTasksAndAKilledOnesTaskIsRequeued) {
     for (const auto& result : farm.as_completed<long>()) {
         ++seen[result.id()];
         sum += result.value();
-        if (result.id() == 3) EXPECT_EQ(result.attempts(), 2u);
+        if (result.id() == 3) {
+            EXPECT_EQ(result.attempts(), 2u);
+        }
     }
     EXPECT_EQ(sum, 190);  // 0 + ... + 19
     EXPECT_EQ(seen.size(), 20u);
@@ -604,7 +606,9 @@ TEST(Farm, ASilentRemoteWorkerIsLostAfterTheHeartbeatTimeoutAndItsTaskRunsElsewh
     for (const auto& result : farm.as_completed<long>()) {
         ++seen[result.id()];
         EXPECT_EQ(result.value(), static_cast<long>(result.id()));
-        if (result.id() == 3) EXPECT_EQ(result.attempts(), 2u);
+        if (result.id() == 3) {
+            EXPECT_EQ(result.attempts(), 2u);
+        }
     }
     EXPECT_EQ(seen.size(), 8u);
     for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << "task " << id;

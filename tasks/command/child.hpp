@@ -29,7 +29,7 @@ struct Watch {
     std::size_t max_output = 256 * 1024;                                  // bytes of each stream kept
     // Not empty: a stream longer than max_output goes whole into a file of its own made in
     // this directory (Captured::file), so that nothing of it is lost.
-    std::string spill_dir;
+    std::string spill_dir{};
 };
 
 struct Captured {
