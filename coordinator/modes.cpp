@@ -25,10 +25,11 @@ constexpr bool kForkServerUsable = false;
 constexpr bool kForkServerUsable = true;
 #endif
 
-ProcessesOptions processes_options(const RunConfig& config) {
+ProcessesOptions processes_options(const RunConfig& config, const Registry& registry) {
+    const TaskType* type = registry.find(config.task);
     return {.workers = config.workers,
             .prefetch = config.prefetch,
-            .commands = config.task == "command",
+            .commands = type && type->traits().starts_processes,
             .pin_cpus = config.pin_cpus,
             .out_dir = config.out_dir,
             .worker_bin = config.worker_bin,
@@ -123,7 +124,7 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
             return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry,
                                                    drain, config.task_retries, shared.cancels);
         case Mode::Processes:
-            return std::make_unique<ProcessesRunner>(processes_options(config), shared.settings, std::move(stop),
+            return std::make_unique<ProcessesRunner>(processes_options(config, shared.registry), shared.settings, std::move(stop),
                                                      std::move(drain), shared.cancels, shared.fork_server);
     }
     return nullptr;

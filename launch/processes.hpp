@@ -27,7 +27,7 @@ class ForkServer;
 struct ProcessesOptions {
     int workers = 4;                              // local worker processes
     int prefetch = 0;                             // tasks a worker may hold at once; 0: auto (see DispatchOptions)
-    bool commands = false;                        // the plan is commands: kCommandQueueBudget (decision 237)
+    bool commands = false;                        // its tasks start processes (TaskTraits): kCommandQueueBudget (decision 237)
     std::vector<int> pin_cpus;                    // worker i runs only on pin_cpus[i % size]; empty: not pinned
     std::filesystem::path out_dir = "downloads";  // the tasks' files go to out_dir/processes
     std::filesystem::path worker_bin;             // the program to start as a local worker

@@ -229,6 +229,10 @@ struct TaskTraits {
     // With --output plain and local workers the setting "spill_dir" names a directory where a
     // task may leave a stream longer than a result holds, to reach stdout whole.
     bool plain_output = false;
+    // Each task starts a process of its own (a user's command), which costs a millisecond or
+    // two: a worker then holds about 20 ms of its tasks rather than 2 ms, so that results
+    // travel in batches (decision 237).
+    bool starts_processes = false;
     // Command lines for the Examples of --help, "{program}" standing for the program's name.
     std::vector<std::string> examples{};
     // The keys of the settings its prepare() (RunHooks) adds (the built-in download's server's

@@ -202,6 +202,7 @@ public:
                 .side_effects = true,
                 .verbatim_inputs = true,
                 .plain_output = true,
+                .starts_processes = true,
                 .examples = {"ls *.txt | {program} --command 'gzip -k {}' --inputs -",
                              "{program} parallel -j 4 -k gzip -k ::: *.txt      (GNU parallel's command line)"}};
     }
