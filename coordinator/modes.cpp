@@ -124,8 +124,9 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
             return std::make_unique<ThreadsRunner>(config.workers, true, config.pin_cpus, env(""), shared.registry,
                                                    drain, config.task_retries, shared.cancels);
         case Mode::Processes:
-            return std::make_unique<ProcessesRunner>(processes_options(config, shared.registry), shared.settings, std::move(stop),
-                                                     std::move(drain), shared.cancels, shared.fork_server);
+            return std::make_unique<ProcessesRunner>(processes_options(config, shared.registry), shared.settings,
+                                                     std::move(stop), std::move(drain), shared.cancels,
+                                                     shared.fork_server);
     }
     return nullptr;
 }
