@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <filesystem>
 
 #include <CLI/CLI.hpp>
@@ -759,6 +760,13 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
                                 ->check(kUnsigned)  // not -1 read as 2^64-1
                                 ->type_name("ID");
     cl.report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
+    cl.report_command
+        ->add_option("--plan", report.plan_path,
+                     "the plan the journal was written by (a run's --plan FILE): what --resume would run is\n"
+                     "then worked out against it, as --resume does, with the tasks ok in the journal that run\n"
+                     "again because a task they wait for (\"after\") does")
+        ->check(kPath)
+        ->type_name("FILE");
     cl.report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
         ->check(CLI::Range(0, 1000000))
         ->type_name("N")
@@ -767,7 +775,8 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
         "Reads the journal without changing it (a torn last line is reported and left out, as --resume\n"
         "would cut it off). A line that is not a journal line exits 2 naming FILE:LINE. 'what --resume\n"
         "would run' comes from --resume's own reading of the journal; tasks of the plan that never\n"
-        "reached it (ids past the last one it names) would run too. See docs/reliability.md.");
+        "reached it (ids past the last one it names) would run too; with --plan, the plan's own count,\n"
+        "and the dependents of a task that runs again (\"after\"). See docs/reliability.md.");
     cl.cancel_command =
         app.add_subcommand("cancel",
                            "cancel tasks of a live run by id, without stopping the run: a running task is stopped and\n"
@@ -914,6 +923,13 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
     if (cl.keygen_command->parsed()) return keygen;
     if (cl.report_command->parsed()) {
         if (cl.report_task_option->count() > 0) report.task = report_task;
+        if (!report.plan_path.empty()) {
+            std::ifstream in(report.plan_path);
+            if (!in)
+                throw ConfigError(fmt::format("--plan '{}': cannot read it: {}", printable(report.plan_path.string()),
+                                              std::strerror(errno)));
+            report.plan = std::make_shared<const Plan>(read_plan(in, report.plan_path.string(), program.registry));
+        }
         return report;
     }
     if (cl.cancel_command->parsed()) return cancel;
