@@ -589,6 +589,11 @@ private:
             const Job& job = it->second;
             if (!job.committed || (job.done() && ++done > kLiveDoneJobs)) continue;
             json summary = job.summary();
+            // What `explain JOB` says, for a job not done: why its tasks wait.
+            std::string why;
+            if (!job.done())
+                for (const json& line : explain(job, std::nullopt))
+                    why += (why.empty() ? "" : "; ") + line.get<std::string>();
             jobs.push_back({{"job", summary["job"]},
                             {"name", summary["name"]},
                             {"state", summary["state"]},
@@ -596,7 +601,8 @@ private:
                             {"ok", summary["ok"]},
                             {"failed", summary["failed"]},
                             {"running", summary["running"]},
-                            {"waiting", summary["waiting"]}});
+                            {"waiting", summary["waiting"]},
+                            {"why", std::move(why)}});
         }
         return {{"jobs", std::move(jobs)}, {"resources", resources_json()}, {"in_use", in_use_}};
     }

@@ -840,9 +840,34 @@ class Service(unittest.TestCase):
         self.assertIn("cpus", server["resources"])
         self.stop()
 
+    def live_page(self):
+        """The live page's address, from the server's stderr (serve --ui)."""
+        found = re.search(r"live view: (http://127\.0\.0\.1:\d+/[0-9a-f]{32}/)\n", (self.dir / "server.log").read_text())
+        self.assertTrue(found, (self.dir / "server.log").read_text())
+        return found.group(1)
+
+    def page_jobs_until(self, page, what, predicate):
+        """Reads one stream of the live page's events until its Jobs panel (the jobs by id)
+        satisfies `predicate`, and returns it: the first event is the whole state, the next
+        ones what changed."""
+        import urllib.request
+        deadline = time.monotonic() + WAIT_S / 2
+        with urllib.request.urlopen(page + "events", timeout=WAIT_S / 2) as stream:
+            for raw in stream:
+                if time.monotonic() > deadline:
+                    break
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    event = json.loads(line[len("data: "):])
+                    if "jobs" in event:
+                        jobs = {j["job"]: j for j in event["jobs"]["jobs"]}
+                        if predicate(jobs):
+                            return jobs
+        raise AssertionError(f"timed out waiting for {what}")
+
     def test_explain_says_a_job_of_higher_priority_goes_first(self):
         # One worker, busy with a long task: the next jobs' tasks all wait in the server.
-        self.start(workers=1)
+        self.start(workers=1, args=("--ui", "127.0.0.1:0"))
         busy = self.submit("--inputs", str(self.inputs("busy", 1)), "--command", "sleep 30; : {}")
         wait_until(lambda: self.jobs()[busy]["running"] == 1, "the long task to start")
         low = self.submit("--task", "sleep", "--tasks", "4")
@@ -856,6 +881,13 @@ class Service(unittest.TestCase):
         self.assertEqual(why[held], f"task {held}: job {high} has priority 5, above this job's 0: its tasks go first")
         self.assertIn(f"task {held + 1}: 1 task(s) of this job go before it; the next of them: job {high} has priority",
                       why[held + 1])
+        # The live page's Jobs panel says what `explain JOB` says, for each job not done.
+        page = self.live_page()
+        said = self.client("explain", str(low), check=True).stdout.strip().splitlines()
+        jobs = self.page_jobs_until(page, "the page says why the job waits",
+                                    lambda jobs: jobs.get(low, {}).get("why") == "; ".join(said))
+        self.assertIn(f"job {high} has priority 5, above this job's 0", jobs[low]["why"])
+        self.assertIn("1 task(s) running", jobs[busy]["why"])
         result = self.client("explain", str(low), "7")
         self.assertEqual(result.returncode, 2)
         self.assertIn(f"job {low} has no task 7", result.stderr)
