@@ -529,10 +529,10 @@ private:
         return fd;
     }
 
-    // "4 workers", "2 workers and remote ones (--listen tcp://...)", "a Slurm job step of 4 workers".
+    // "4 workers", "2 workers and remote ones (--listen tcp://...)", "4 workers in one Slurm job step".
     std::string workers_text() const {
         if (config_.step)
-            return fmt::format("a {} of {} workers", step_noun(config_.step->launcher), config_.step->tasks);
+            return fmt::format("{} workers in one {}", config_.step->tasks, step_noun(config_.step->launcher));
         const std::string local = fmt::format("{} workers", config_.workers);
         return config_.listen.empty() ? local : fmt::format("{} and remote ones (--listen {})", local, config_.listen);
     }

@@ -486,8 +486,9 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
     ServeConfig config;
     std::string state;
     CLI::App app{fmt::format(
-        "{} serve: a farm that stays up. Owns --workers worker processes and runs the jobs that `{} submit`\n"
-        "hands it, several at once, taking their tasks in turn (round-robin between jobs with tasks waiting).\n"
+        "{} serve: a farm that stays up. Owns --workers worker processes, and remote ones (--listen, --launch),\n"
+        "and runs the jobs that `{} submit` hands it, several at once, taking their tasks in turn (round-robin\n"
+        "between jobs with tasks waiting).\n"
         "Each job's tasks and journal are kept under --state, so a server killed and started again with the\n"
         "same --state goes on with every job: a task with a result in its journal never runs again.",
         program.name, program.name)};

@@ -305,7 +305,7 @@ class SlurmLaunch(SlurmCase):
                                   env=self.env, timeout=WAIT_S, capture_output=True, text=True)
 
         wait_until("the server to answer", lambda: socket.exists() and client("status").returncode == 0)
-        self.assertIn("a Slurm job step of 3 workers", (self.dir / "server.log").read_text())
+        self.assertIn("with 3 workers in one Slurm job step;", (self.dir / "server.log").read_text())
         plan = self.dir / "plan.jsonl"
         plan.write_text("".join(json.dumps({"kind": "cpu", "lo": i * 1000, "hi": (i + 1) * 1000}) + "\n"
                                 for i in range(30)))
