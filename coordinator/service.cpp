@@ -904,9 +904,12 @@ int status_command(const ProgramInfo& program, int argc, const char* const* argv
         for (const auto& [name, amount] : counts.items())
             if (amount.is_number_unsigned() && (name != kGpuResource || amount.get<std::uint64_t>() > 0))
                 have.push_back(fmt::format("{}={}", name, amount.get<std::uint64_t>()));
-        fmt::print("server pid {}, {} workers ({}), state in {}{}\n", reply.value("pid", 0), reply.value("workers", 0),
-                   printable(fmt::format("{}", fmt::join(have, ","))), printable(reply.value("state", std::string())),
-                   reply.value("stopping", false) ? " (stopping)" : "");
+        const json remote = reply.value("remote_workers", json(nullptr));
+        fmt::print(
+            "server pid {}, {} workers ({}){}, state in {}{}\n", reply.value("pid", 0), reply.value("workers", 0),
+            printable(fmt::format("{}", fmt::join(have, ","))),
+            remote.is_string() ? fmt::format(", remote workers at {}", printable(remote.get<std::string>())) : "",
+            printable(reply.value("state", std::string())), reply.value("stopping", false) ? " (stopping)" : "");
     }
     print_jobs(reply.at("jobs"));
     // Why a job does not run: held by a dependency, or skipped because of one.

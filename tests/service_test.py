@@ -134,7 +134,7 @@ class Service(unittest.TestCase):
             cwd=self.dir,  # where download tasks write (downloads/)
         )
         wait_until(lambda: self.socket.exists() and self.client("status").returncode == 0, "the server to answer")
-        wait_until(lambda: len(descendants(self.server.pid)) >= workers + 1, "the workers")
+        wait_until(lambda: len(descendants(self.server.pid)) >= (workers + 1 if workers else 0), "the workers")
         self.all_pids.update(descendants(self.server.pid))
         return self.server
 
@@ -978,6 +978,30 @@ class Service(unittest.TestCase):
         # The survivor is told to stop with the server.
         self.stop()
         self.assertEqual(remotes[1].wait(timeout=WAIT_S), 0)
+
+    def test_a_server_of_remote_workers_only_holds_tasks_until_one_attaches(self):
+        """serve --workers 0 --listen: a job submitted before any worker waits (no fork server,
+        no local worker), and runs once one attaches; `status` says where workers connect."""
+        keys = self.dir / "keys"
+        subprocess.run([COORDINATOR, "keygen", str(keys)], check=True, capture_output=True, timeout=WAIT_S)
+        self.start(workers=0, args=("--listen", "tcp://127.0.0.1:*", "--keys", str(keys)))
+        self.assertEqual(descendants(self.server.pid), [])
+        log = self.dir / "server.log"
+        wait_until(lambda: "workers over tcp at " in log.read_text(), "the workers' endpoint on stderr")
+        endpoint = re.search(r"workers over tcp at (tcp://127\.0\.0\.1:\d+): ", log.read_text())[1]
+        self.assertIn(f", remote workers at {endpoint}, ", self.client("status", check=True).stdout)
+        job = self.submit_commands("w", 4, "echo {}")
+        status = self.jobs()[job]
+        self.assertEqual((status["state"], status["running"], status["ok"], status["failed"]), ("waiting", 0, 0, 0))
+        remote = subprocess.Popen([str(Path(COORDINATOR).parent / "worker"), "--connect", endpoint, "--keys", str(keys)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+        self.all_pids.add(remote.pid)
+        result = self.client("wait", str(job))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.check_once(job, 4)
+        self.assertEqual({json.loads(line)["worker"] for line in result.stdout.splitlines()}, {f"{os.uname().nodename}-{remote.pid}"})
+        self.stop()
+        self.assertEqual(remote.wait(timeout=WAIT_S), 0)
 
     def test_every_subcommand_has_help(self):
         for command in ("serve", "submit", "status", "jobs", "wait", "cancel", "explain", "logs"):
