@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <filesystem>
 
 #include <CLI/CLI.hpp>
@@ -166,20 +167,51 @@ std::string check_listen_host(const std::string& host, std::string_view flag, st
                                std::strerror(error), flag, loopback);
 }
 
-const CLI::Validator kListenEndpoint(
-    [](std::string& text) -> std::string {
-        if (const auto endpoint = curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)) {
-            const std::string why = check_listen_host(endpoint->host, "--listen", "tcp://127.0.0.1:PORT");
-            return why.empty() ? "" : fmt::format("cannot listen on '{}': {}", printable(text, 100), why);
-        }
-        return fmt::format(
-            "'{}' is not tcp://ADDRESS:PORT (e.g. tcp://10.0.0.5:5555; tcp://*:5555 for every "
-            "interface; PORT * picks a free one)",
-            text);
-    },
-    "");  // the option's type_name says what it wants
+const CLI::Validator kListenEndpoint([](std::string& text) -> std::string { return check_listen_endpoint(text); },
+                                     "");  // the option's type_name says what it wants
 
 }  // namespace
+
+StepConfig launch_step(StepLauncher launcher, std::optional<int> workers, const std::string& args_text) {
+    if (launcher == StepLauncher::Slurm && !workers) {
+        const char* ntasks = std::getenv("SLURM_NTASKS");
+        int value = 0;
+        const std::string_view text = ntasks ? ntasks : "";
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (!ntasks || ec != std::errc{} || end != text.data() + text.size() || value < 1)
+            throw CLI::ValidationError(
+                "--workers", fmt::format("--launch slurm starts --workers N workers, by default $SLURM_NTASKS, "
+                                         "which is {}: give --workers N outside an allocation",
+                                         ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
+        workers = value;
+    }
+    if (!workers)
+        throw CLI::ValidationError("--workers",
+                                   "--launch mpirun starts --workers N workers: give --workers N (the slots "
+                                   "of the job, e.g. $NSLOTS, $PBS_NP)");
+    if (*workers < 1)
+        throw CLI::ValidationError("--workers",
+                                   fmt::format("--launch {} needs at least 1 worker", launch_name(launcher)));
+    StepConfig step{.launcher = launcher, .tasks = *workers};
+    try {
+        step.args = split_launcher_args(args_text);
+    } catch (const std::invalid_argument& e) {
+        throw CLI::ValidationError(launcher == StepLauncher::Slurm ? "--slurm-args" : "--mpirun-args",
+                                   fmt::format("cannot split '{}': {}", printable(args_text), e.what()));
+    }
+    return step;
+}
+
+std::string check_listen_endpoint(const std::string& text) {
+    if (const auto endpoint = curve::parse_tcp_endpoint(text, /*wildcard_port=*/true)) {
+        const std::string why = check_listen_host(endpoint->host, "--listen", "tcp://127.0.0.1:PORT");
+        return why.empty() ? "" : fmt::format("cannot listen on '{}': {}", printable(text, 100), why);
+    }
+    return fmt::format(
+        "'{}' is not tcp://ADDRESS:PORT (e.g. tcp://10.0.0.5:5555; tcp://*:5555 for every "
+        "interface; PORT * picks a free one)",
+        text);
+}
 
 std::string check_ui_address(const std::string& text) {
     const auto address = parse_ui_address(text);
@@ -759,6 +791,13 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
                                 ->check(kUnsigned)  // not -1 read as 2^64-1
                                 ->type_name("ID");
     cl.report_command->add_flag("--json", report.json, "the report as one JSON document on stdout, for scripts");
+    cl.report_command
+        ->add_option("--plan", report.plan_path,
+                     "the plan the journal was written by (a run's --plan FILE): what --resume would run is\n"
+                     "then worked out against it, as --resume does, with the tasks ok in the journal that run\n"
+                     "again because a task they wait for (\"after\") does")
+        ->check(kPath)
+        ->type_name("FILE");
     cl.report_command->add_option("--slowest", report.slowest, "how many of the slowest tasks to list per mode")
         ->check(CLI::Range(0, 1000000))
         ->type_name("N")
@@ -767,7 +806,8 @@ void add_subcommands(CLI::App& app, CommandLine& cl) {
         "Reads the journal without changing it (a torn last line is reported and left out, as --resume\n"
         "would cut it off). A line that is not a journal line exits 2 naming FILE:LINE. 'what --resume\n"
         "would run' comes from --resume's own reading of the journal; tasks of the plan that never\n"
-        "reached it (ids past the last one it names) would run too. See docs/reliability.md.");
+        "reached it (ids past the last one it names) would run too; with --plan, the plan's own count,\n"
+        "and the dependents of a task that runs again (\"after\"). See docs/reliability.md.");
     cl.cancel_command =
         app.add_subcommand("cancel",
                            "cancel tasks of a live run by id, without stopping the run: a running task is stopped and\n"
@@ -914,6 +954,13 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
     if (cl.keygen_command->parsed()) return keygen;
     if (cl.report_command->parsed()) {
         if (cl.report_task_option->count() > 0) report.task = report_task;
+        if (!report.plan_path.empty()) {
+            std::ifstream in(report.plan_path);
+            if (!in)
+                throw ConfigError(fmt::format("--plan '{}': cannot read it: {}", printable(report.plan_path.string()),
+                                              std::strerror(errno)));
+            report.plan = std::make_shared<const Plan>(read_plan(in, report.plan_path.string(), program.registry));
+        }
         return report;
     }
     if (cl.cancel_command->parsed()) return cancel;
@@ -982,32 +1029,11 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
                                            fmt::format("cannot go with --launch {}, which makes keys for the run "
                                                        "and waits for the --workers it starts",
                                                        launch));
-        if (launcher == StepLauncher::Slurm && cl.workers_option->count() == 0) {
-            const char* ntasks = std::getenv("SLURM_NTASKS");
-            int value = 0;
-            const std::string_view text = ntasks ? ntasks : "";
-            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-            if (!ntasks || ec != std::errc{} || end != text.data() + text.size() || value < 1)
-                throw CLI::ValidationError(
-                    "--workers", fmt::format("--launch slurm starts --workers N workers, by default $SLURM_NTASKS, "
-                                             "which is {}: give --workers N outside an allocation",
-                                             ntasks ? fmt::format("'{}'", printable(ntasks)) : "not set"));
-            config.workers = value;
-        }
-        if (launcher == StepLauncher::Mpirun && cl.workers_option->count() == 0)
-            throw CLI::ValidationError("--workers",
-                                       "--launch mpirun starts --workers N workers: give --workers N (the slots "
-                                       "of the job, e.g. $NSLOTS, $PBS_NP)");
-        if (config.workers < 1)
-            throw CLI::ValidationError("--workers", fmt::format("--launch {} needs at least 1 worker", launch));
-        const std::string& args_text = launcher == StepLauncher::Slurm ? slurm_args : mpirun_args;
-        StepConfig step{.launcher = launcher, .tasks = config.workers, .pin = pin || !cpus.empty()};
-        try {
-            step.args = split_launcher_args(args_text);
-        } catch (const std::invalid_argument& e) {
-            throw CLI::ValidationError(launcher == StepLauncher::Slurm ? "--slurm-args" : "--mpirun-args",
-                                       fmt::format("cannot split '{}': {}", printable(args_text), e.what()));
-        }
+        StepConfig step =
+            launch_step(launcher, cl.workers_option->count() > 0 ? std::optional(config.workers) : std::nullopt,
+                        launcher == StepLauncher::Slurm ? slurm_args : mpirun_args);
+        step.pin = pin || !cpus.empty();
+        config.workers = step.tasks;
         processes_only("--launch " + launch, "its workers are worker processes, so only the processes mode runs");
         if (config.listen.empty()) config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
         config.expect_workers = config.workers;

@@ -23,4 +23,14 @@ ParsedCli parse_cli(const ProgramInfo& program, int argc, const char* const* arg
 // `serve --ui`'s one check.
 std::string check_ui_address(const std::string& text);
 
+// Why `text` is no --listen tcp://ADDR:PORT this machine can bind ("" when it is): the run's
+// and `serve --listen`'s one check.
+std::string check_listen_endpoint(const std::string& text);
+
+// --launch slurm|mpirun: the job step of `workers` workers (--workers; not given: $SLURM_NTASKS
+// for Slurm), with `args_text` (--slurm-args, --mpirun-args) split as the shell would; not
+// pinned. The run's and `serve --launch`'s one reading. Throws CLI::ValidationError naming
+// the flag.
+StepConfig launch_step(StepLauncher launcher, std::optional<int> workers, const std::string& args_text);
+
 }  // namespace taskfarm

@@ -96,6 +96,9 @@ struct RunConfig {
     int expect_workers = 0;                        // remote workers to wait for before the first task
     double wait_workers_s = 60.0;                  // ... and how long; also how long a run with no worker left waits
     std::optional<curve::ServerKeys> server_keys;  // read from keys_dir by the coordinator before the run
+    // A server's (serve --listen): with no worker left, tasks wait for the next one to attach
+    // as long as it takes, instead of wait_workers_s.
+    bool workers_any_time = false;
 
     // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
     // of step->tasks workers that the coordinator starts (workers is then 0 and expect_workers

@@ -457,30 +457,22 @@ std::unique_ptr<JournalSink> open_journal(const RunConfig& config) {
     }
 }
 
-// --resume of a plan with "after": a task the journal has as ok runs again when a task it
-// waits for runs again (its line gone from the journal, or not ok there), since what it read
-// may change; and so on down the chain. One pass of the plan, in order: a task's
-// dependencies come before it.
+// --resume of a plan with "after": the tasks ok in the journal that run again because a task
+// they wait for does (rerun_dependents(), outputs/journal.hpp, which `report --plan` asks too).
 // The journal says which ({"event":"rerun"}), so that their next ok line is theirs.
-void rerun_dependents(const Plan& plan, Done& done, JournalSink* journal) {
+void rerun_dependents_per_mode(const Plan& plan, Done& done, JournalSink* journal) {
     for (auto& [mode, ids] : done) {
-        std::uint64_t again = 0;
+        const std::vector<TaskId> again = rerun_dependents(plan, ids);
+        if (again.empty()) continue;
         nlohmann::json ranges = nlohmann::json::array();  // [[first, last], ...] of those run again
-        const auto cursor = plan.open();
-        for (TaskSpec task; cursor->next(task);) {
-            if (!ids.contains(task.id)) continue;
-            if (std::all_of(task.after.begin(), task.after.end(), [&](TaskId before) { return ids.contains(before); }))
-                continue;
-            ids.erase(task.id);  // before its dependents are looked at: they come later
-            ++again;
-            if (!ranges.empty() && ranges.back()[1].get<TaskId>() + 1 == task.id)
-                ranges.back()[1] = task.id;
+        for (const TaskId id : again) {
+            if (!ranges.empty() && ranges.back()[1].get<TaskId>() + 1 == id)
+                ranges.back()[1] = id;
             else
-                ranges.push_back({task.id, task.id});
+                ranges.push_back({id, id});
         }
-        if (again == 0) continue;
         spdlog::info("{}: {} task(s) ok in the journal run again: a task they wait for (\"after\") runs again", mode,
-                     again);
+                     again.size());
         if (journal) journal->note_rerun(mode, ranges);
     }
 }
@@ -491,7 +483,7 @@ Done resume_from_journal(const RunConfig& config, const Registry& registry, cons
     const Json identity = result_settings(config, registry, plan.types);
     if (!config.resume_path.empty()) check_resume_settings(config.resume_path, identity, registry);
     Done done = config.resume_path.empty() ? Done{} : read_journal_for_resume(config.resume_path, plan);
-    if (!done.empty() && config.after_asked->load()) rerun_dependents(plan, done, journal);
+    if (!done.empty() && config.after_asked->load()) rerun_dependents_per_mode(plan, done, journal);
     if (journal && !identity.empty()) journal->note_settings(std::string(to_string(config.modes.front())), identity);
     if (!config.resume_path.empty() && std::all_of(config.modes.begin(), config.modes.end(), [&](Mode m) {
             const auto found = done.find(std::string(to_string(m)));

@@ -242,10 +242,25 @@ struct ResumeView {
     std::string refused;  // --resume would refuse the journal: why
     std::string unknown;  // the report could not ask: why
     TaskId plan_size = 0;
+    bool plan_given = false;                        // --plan: plan_size is the plan's, and reruns are known
+    std::map<std::string, std::size_t> dependents;  // per mode: tasks ok in the journal that run again ("after")
 };
 
-ResumeView resume_view(const Journal& journal) {
+ResumeView resume_view(const Journal& journal, const Plan* given) {
     ResumeView view;
+    if (given) {
+        // --resume's own reading of the journal against the plan, then its rule for "after".
+        view.plan_given = true;
+        view.plan_size = given->count.value_or(0);
+        try {
+            view.done = check_journal(JournalSource::text(journal.text, journal.name), *given);
+        } catch (const ConfigError& e) {
+            view.refused = e.what();
+            return view;
+        }
+        for (auto& [mode, ids] : view.done) view.dependents[mode] = rerun_dependents(*given, ids).size();
+        return view;
+    }
     TaskId highest = 0;
     bool any = false;
     for (const Line& line : journal.lines)
@@ -460,7 +475,11 @@ json mode_json(const Journal& journal, const ModeLines& mode, const ResumeView& 
         std::vector<TaskId> rest_ids;
         const auto cursor = rest.open();
         for (TaskSpec task; cursor->next(task);) rest_ids.push_back(task.id);
-        would_run = {{"count", rest_ids.size()}, {"ranges", ranges_of(rest_ids)}, {"after_id", resume.plan_size - 1}};
+        const auto dependents = resume.dependents.find(mode.mode);
+        would_run = {{"count", rest_ids.size()},
+                     {"ranges", ranges_of(rest_ids)},
+                     {"after_id", resume.plan_given ? json(nullptr) : json(resume.plan_size - 1)},
+                     {"dependents", dependents == resume.dependents.end() ? 0 : dependents->second}};
     }
     std::size_t tasks = 0;
     for (const auto& [id, task] : mode.tasks)
@@ -547,7 +566,7 @@ std::string step_text(const json& step) {
 
 json journal_report_json(const ReportConfig& config) {
     const Journal journal = parse(config);
-    const ResumeView resume = resume_view(journal);
+    const ResumeView resume = resume_view(journal, config.plan.get());
     std::size_t events = 0;
     for (const Line& line : journal.lines) events += line.event() ? 1 : 0;
     json report = {
@@ -658,13 +677,24 @@ std::string journal_report_text(const json& report) {
                                format_kib(cost["max_rss_kb"].is_number() ? cost["max_rss_kb"].get<std::int64_t>() : -1),
                                fmt::join(cost["scopes"].get<std::vector<std::string>>(), "+"));
         if (const json& rest = mode["resume_would_run"]; rest.is_object()) {
+            // Without --plan, the tasks past the journal's last id are not known; with it, none are left out.
+            const std::string beyond = rest["after_id"].is_null() ? std::string()
+                                                                  : fmt::format(", and any task of the plan after {}",
+                                                                                rest["after_id"].get<TaskId>());
+            const std::size_t dependents = rest.value("dependents", std::size_t{0});
+            const std::string why = dependents == 0
+                                        ? std::string()
+                                        : fmt::format(
+                                              " ({} of them ok in the journal, run again because a task they wait "
+                                              "for does)",
+                                              dependents);
             if (rest["count"].get<std::size_t>() == 0)
-                out += fmt::format("--resume would run none of tasks 0-{}, and any task of the plan after {}\n",
-                                   rest["after_id"].get<TaskId>(), rest["after_id"].get<TaskId>());
+                out += rest["after_id"].is_null() ? std::string("--resume would run none of the plan's tasks\n")
+                                                  : fmt::format("--resume would run none of tasks 0-{}{}\n",
+                                                                rest["after_id"].get<TaskId>(), beyond);
             else
-                out += fmt::format("--resume would run {} task(s): {}, and any task of the plan after {}\n",
-                                   rest["count"].get<std::size_t>(), ranges_text(rest["ranges"]),
-                                   rest["after_id"].get<TaskId>());
+                out += fmt::format("--resume would run {} task(s): {}{}{}\n", rest["count"].get<std::size_t>(),
+                                   ranges_text(rest["ranges"]), beyond, why);
         }
     }
     return out;

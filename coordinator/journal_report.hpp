@@ -7,11 +7,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "plan.hpp"
 #include "task.hpp"
 
 namespace taskfarm {
@@ -21,6 +23,11 @@ struct ReportConfig {
     std::optional<TaskId> task;     // --task ID: that task's story only
     bool json = false;              // --json: the report as one JSON document
     int slowest = 5;                // --slowest N
+    // --plan FILE: the plan the journal was written by, read whole. With it, what --resume
+    // would run is worked out against it, as --resume does (its ids, kinds and parameters, and
+    // the tasks ok in the journal that run again because a task they wait for does: "after").
+    std::filesystem::path plan_path;
+    std::shared_ptr<const Plan> plan;
 };
 
 // The report as JSON (what --json prints). Throws ConfigError naming FILE:LINE for a line

@@ -48,6 +48,7 @@ ProcessesOptions processes_options(const RunConfig& config, const Registry& regi
             .server_keys = config.server_keys,
             .expect_workers = config.expect_workers,
             .wait_workers_s = config.wait_workers_s,
+            .workers_any_time = config.workers_any_time,
             .step = config.step,
             .resources = config.resources,
             .alloc = config.alloc,

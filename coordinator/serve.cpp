@@ -269,10 +269,29 @@ public:
         // which is charged to its task (--max-attempts) all the same.
         run.max_respawns = std::numeric_limits<int>::max();
         run.resources = config_.resources;
+        // Remote workers (decision 247): the one-shot run's listener and job step, in the engine.
+        run.listen = config_.listen;
+        run.server_keys = config_.worker_keys;
+        if (config_.step) {
+            run.step = config_.step;
+            run.expect_workers = config_.step->tasks;
+            run.wait_workers_s = config_.wait_workers_s;
+        } else if (!config_.listen.empty()) {
+            // Workers started by hand come and go: with none left, the tasks wait for the next.
+            run.workers_any_time = true;
+        }
+        run.on_listening = [this](const std::string& endpoint) {
+            std::lock_guard lock(mutex_);
+            workers_endpoint_ = endpoint;
+            if (config_.step) return;
+            fmt::print(stderr, "workers over tcp at {}: {} --connect {} --keys DIR\n", endpoint,
+                       program_.worker.path.filename().string(), endpoint);
+            std::fflush(stderr);
+        };
         settings_ = settings_json(run);
         // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
         std::optional<ForkServer> fork_server;
-        if (kForkServerUsable) {
+        if (kForkServerUsable && config_.workers > 0) {
             try {
                 std::vector<std::string> preload;
                 for (const auto& type : program_.registry.types()) preload.push_back(type->name());
@@ -335,8 +354,8 @@ public:
         });
         {
             std::lock_guard lock(mutex_);
-            fmt::print(stderr, "serving {} with {} workers; state in {} ({} job(s) from it)\n", config_.socket.string(),
-                       config_.workers, config_.state.string(), jobs_.size());
+            fmt::print(stderr, "serving {} with {}; state in {} ({} job(s) from it)\n", config_.socket.string(),
+                       workers_text(), config_.state.string(), jobs_.size());
             if (tcp) fmt::print(stderr, "clients over tcp at {}\n", tcp->describe());
             if (view_) fmt::print(stderr, "live view: {}\n", view_->url());
         }
@@ -510,6 +529,14 @@ private:
         return fd;
     }
 
+    // "4 workers", "2 workers and remote ones (--listen tcp://...)", "4 workers in one Slurm job step".
+    std::string workers_text() const {
+        if (config_.step)
+            return fmt::format("{} workers in one {}", config_.step->tasks, step_noun(config_.step->launcher));
+        const std::string local = fmt::format("{} workers", config_.workers);
+        return config_.listen.empty() ? local : fmt::format("{} and remote ones (--listen {})", local, config_.listen);
+    }
+
     // Under mutex_.
     bool has_ready() const {
         for (const std::uint64_t id : ready_) {
@@ -562,6 +589,11 @@ private:
             const Job& job = it->second;
             if (!job.committed || (job.done() && ++done > kLiveDoneJobs)) continue;
             json summary = job.summary();
+            // What `explain JOB` says, for a job not done: why its tasks wait.
+            std::string why;
+            if (!job.done())
+                for (const json& line : explain(job, std::nullopt))
+                    why += (why.empty() ? "" : "; ") + line.get<std::string>();
             jobs.push_back({{"job", summary["job"]},
                             {"name", summary["name"]},
                             {"state", summary["state"]},
@@ -569,7 +601,8 @@ private:
                             {"ok", summary["ok"]},
                             {"failed", summary["failed"]},
                             {"running", summary["running"]},
-                            {"waiting", summary["waiting"]}});
+                            {"waiting", summary["waiting"]},
+                            {"why", std::move(why)}});
         }
         return {{"jobs", std::move(jobs)}, {"resources", resources_json()}, {"in_use", in_use_}};
     }
@@ -1350,6 +1383,7 @@ private:
             return {{"ok", true},
                     {"pid", ::getpid()},
                     {"workers", config_.workers},
+                    {"remote_workers", workers_endpoint_.empty() ? json(nullptr) : json(workers_endpoint_)},
                     {"state", config_.state.string()},
                     {"stopping", stopping},
                     {"resources", resources_json()},
@@ -1528,6 +1562,7 @@ private:
 
     const ProgramInfo& program_;
     ServeConfig config_;
+    std::string workers_endpoint_;  // where remote workers connect (--listen, --launch); empty: none
     Json settings_;
     int lock_fd_ = -1;
     std::size_t max_unfinished_ = 100'000;  // jobs not done at once (each holds its journal open)

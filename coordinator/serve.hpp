@@ -10,6 +10,7 @@
 #include "coordinator.hpp"
 #include "curve.hpp"
 #include "resources.hpp"
+#include "step.hpp"
 
 namespace taskfarm {
 
@@ -30,6 +31,15 @@ struct ServeConfig {
     // --ui [ADDR:]PORT: the live view of the server's workers and their tasks. Empty: none.
     std::string ui;
     std::optional<curve::ServerKeys> client_keys;
+    // Remote workers besides the `workers` local ones (decision 247), as a one-shot run's:
+    // --listen tcp://ADDR:PORT for workers started by hand (`worker --connect`), admitted by
+    // worker_keys (coordinator.secret and worker.public of --keys, --authorized); or --launch
+    // slurm|mpirun: one job step of step->tasks workers (workers is then 0), with keys made
+    // for the server, which they have wait_workers_s to attach with. Empty/none: local only.
+    std::string listen;
+    std::optional<curve::ServerKeys> worker_keys;
+    std::optional<StepConfig> step;
+    double wait_workers_s = 60;
 };
 
 // Runs the server until SIGINT/SIGTERM/SIGHUP; its exit code. Throws ConfigError for a bad

@@ -35,10 +35,12 @@
 #include "journal_report.hpp"
 #include "json_msgpack.hpp"
 #include "log.hpp"
+#include "modes.hpp"
 #include "plan_sources.hpp"
 #include "protocol.hpp"
 #include "resources.hpp"
 #include "serve.hpp"
+#include "step.hpp"
 #include "text.hpp"
 #include "wire.hpp"
 
@@ -484,8 +486,9 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
     ServeConfig config;
     std::string state;
     CLI::App app{fmt::format(
-        "{} serve: a farm that stays up. Owns --workers worker processes and runs the jobs that `{} submit`\n"
-        "hands it, several at once, taking their tasks in turn (round-robin between jobs with tasks waiting).\n"
+        "{} serve: a farm that stays up. Owns --workers worker processes, and remote ones (--listen, --launch),\n"
+        "and runs the jobs that `{} submit` hands it, several at once, taking their tasks in turn (round-robin\n"
+        "between jobs with tasks waiting).\n"
         "Each job's tasks and journal are kept under --state, so a server killed and started again with the\n"
         "same --state goes on with every job: a task with a result in its journal never runs again.",
         program.name, program.name)};
@@ -496,9 +499,11 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
                    "socket's directory")
         ->check(kPathGiven)
         ->type_name("DIR");
-    app.add_option("-w,--workers", config.workers, "worker processes the jobs share")
-        ->check(CLI::Range(1, 1024))
-        ->capture_default_str();
+    auto* workers_option = app.add_option("-w,--workers", config.workers,
+                                          "worker processes the jobs share, on this machine (with --launch: the\n"
+                                          "job step's workers); 0 with --listen: remote workers only")
+                               ->check(CLI::Range(0, 1024))
+                               ->capture_default_str();
     std::uint32_t retries = 0;
     auto* retries_option =
         app.add_option("--retries", retries,
@@ -526,11 +531,46 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
                            },
                            "ENDPOINT"))
                        ->type_name("ENDPOINT");
+    // Remote workers, as a one-shot run takes them (docs/multihost.md): by hand, or a job step.
+    auto* listen_workers =
+        app.add_option("--listen", config.listen,
+                       "also accept workers started by hand on other machines (`worker --connect ENDPOINT\n"
+                       "--keys DIR`) on this tcp endpoint, CURVE-encrypted, with --keys (PORT * picks one, said\n"
+                       "on stderr). A worker that dies has its tasks run elsewhere; none left: tasks wait")
+            ->check(CLI::Validator([](std::string& text) { return check_listen_endpoint(text); }, ""))
+            ->type_name("tcp://ADDR:PORT");
+    std::string launch = "local";
+    app.add_option("--launch", launch,
+                   "how the worker processes start: local (forked here), slurm (one `srun` job step of\n"
+                   "--workers tasks, default $SLURM_NTASKS, connecting back over tcp with keys made for the\n"
+                   "server in its working directory) or mpirun (one `mpirun -n N` of --workers workers), as\n"
+                   "a run's --launch. The server stops, exit 1, if the step ends")
+        ->check(CLI::IsMember({"local", "slurm", "mpirun"}))
+        ->capture_default_str();
+    std::string slurm_args;
+    auto* slurm_args_option =
+        app.add_option("--slurm-args", slurm_args, "with --launch slurm: more srun options, split as the shell would")
+            ->type_name("'ARGS'");
+    std::string mpirun_args;
+    auto* mpirun_args_option = app.add_option("--mpirun-args", mpirun_args,
+                                              "with --launch mpirun: more mpirun options, split as the shell would")
+                                   ->type_name("'ARGS'");
+    auto* wait_option = app.add_option("--wait-workers", config.wait_workers_s,
+                                       "with --launch: seconds the step's workers have to attach (exit 1 if they\n"
+                                       "do not all come), and how long tasks wait once they are all gone")
+                            ->check(seconds_between(0.1, 86'400))
+                            ->capture_default_str();
     app.add_option("--keys", keys,
-                   "with --listen-clients: a `coordinator keygen` directory; the server's key is\n"
-                   "coordinator.secret, and it admits the clients holding the secret of client.public (never\n"
-                   "a worker's key: worker.secret is on every worker machine)")
-        ->needs(listen)
+                   "with --listen-clients or --listen: a `coordinator keygen` directory; the server's key is\n"
+                   "coordinator.secret; it admits the clients holding the secret of client.public (never a\n"
+                   "worker's key: worker.secret is on every worker machine), and the workers holding the\n"
+                   "secret of worker.public (never a client's)")
+        ->type_name("DIR");
+    std::string authorized;
+    app.add_option("--authorized", authorized,
+                   "with --listen: more worker keys admitted, a NAME.public file each (a worker.public of\n"
+                   "`coordinator keygen --worker-only`, renamed)")
+        ->needs(listen_workers)
         ->type_name("DIR");
     std::string authorized_clients;
     app.add_option("--authorized-clients", authorized_clients,
@@ -558,6 +598,50 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
     app.footer("See docs/service.md.");
     if (auto code = parse(app, argc, argv)) return *code;
     if (retries_option->count() > 0) config.retries = retries;
+    if (!keys.empty() && config.listen_clients.empty() && config.listen.empty())
+        throw ConfigError("--keys is for --listen-clients or --listen: without either, nobody connects over tcp");
+    if (slurm_args_option->count() > 0 && launch != "slurm")
+        throw ConfigError("--slurm-args goes to srun: it needs --launch slurm");
+    if (mpirun_args_option->count() > 0 && launch != "mpirun")
+        throw ConfigError("--mpirun-args goes to mpirun: it needs --launch mpirun");
+    if (launch == "slurm" || launch == "mpirun") {
+        // The one-shot run's step (launch/step.hpp): remote workers the server starts, with keys
+        // of its own, made in its working directory.
+        const StepLauncher launcher = launch == "slurm" ? StepLauncher::Slurm : StepLauncher::Mpirun;
+        if (!config.listen.empty() || !authorized.empty())
+            throw ConfigError(
+                fmt::format("--listen cannot go with --launch {}, which makes keys for the server and "
+                            "listens for the workers it starts",
+                            launch));
+        try {
+            config.step =
+                launch_step(launcher, workers_option->count() > 0 ? std::optional(config.workers) : std::nullopt,
+                            launcher == StepLauncher::Slurm ? slurm_args : mpirun_args);
+        } catch (const CLI::ValidationError& e) {
+            throw ConfigError(e.what());  // "--workers: ..."
+        }
+        config.listen = fmt::format("tcp://{}:*", first_non_loopback_address());
+        config.workers = 0;
+    } else {
+        if (wait_option->count() > 0)
+            throw ConfigError(
+                "--wait-workers is for the workers of --launch slurm|mpirun: workers that join by "
+                "--listen may come at any time");
+        if (config.workers == 0 && config.listen.empty())
+            throw ConfigError("--workers 0 starts no worker: give --listen and start remote workers, or --launch");
+        if (!config.listen.empty()) {
+            // Never plaintext: a worker gets the jobs' tasks, commands with their inputs.
+            if (keys.empty())
+                throw ConfigError(
+                    "--listen needs --keys DIR: remote workers are admitted by key only (`coordinator "
+                    "keygen DIR`; each worker machine gets worker.secret and coordinator.public)");
+            RunConfig admission;  // read as a run reads its --keys and --authorized
+            admission.modes = {Mode::Processes};
+            admission.keys_dir = keys;
+            admission.authorized_dir = authorized;
+            config.worker_keys = read_keys(admission, "--keys", "--authorized");
+        }
+    }
     if (!config.listen_clients.empty()) {
         // Never plaintext: a client may run any command as this user.
         if (keys.empty())
@@ -820,9 +904,12 @@ int status_command(const ProgramInfo& program, int argc, const char* const* argv
         for (const auto& [name, amount] : counts.items())
             if (amount.is_number_unsigned() && (name != kGpuResource || amount.get<std::uint64_t>() > 0))
                 have.push_back(fmt::format("{}={}", name, amount.get<std::uint64_t>()));
-        fmt::print("server pid {}, {} workers ({}), state in {}{}\n", reply.value("pid", 0), reply.value("workers", 0),
-                   printable(fmt::format("{}", fmt::join(have, ","))), printable(reply.value("state", std::string())),
-                   reply.value("stopping", false) ? " (stopping)" : "");
+        const json remote = reply.value("remote_workers", json(nullptr));
+        fmt::print(
+            "server pid {}, {} workers ({}){}, state in {}{}\n", reply.value("pid", 0), reply.value("workers", 0),
+            printable(fmt::format("{}", fmt::join(have, ","))),
+            remote.is_string() ? fmt::format(", remote workers at {}", printable(remote.get<std::string>())) : "",
+            printable(reply.value("state", std::string())), reply.value("stopping", false) ? " (stopping)" : "");
     }
     print_jobs(reply.at("jobs"));
     // Why a job does not run: held by a dependency, or skipped because of one.

@@ -84,8 +84,9 @@ struct DispatchOptions {
     // resources (TaskSpec::resources) goes only to a local worker that holds no task, once
     // all it asks for is free, and holds it until its result. Null: none at all.
     std::shared_ptr<const LocalResources> resources{};
-    // An allocator starts remote workers as tasks wait (--alloc): a run with no worker waits
-    // for it, as long as it takes, instead of wait_remote; its no_more_workers() ends the wait.
+    // An allocator starts remote workers as tasks wait (--alloc), or a server's remote workers
+    // may attach at any time (serve --listen): a run with no worker waits for one, as long as it
+    // takes, instead of wait_remote; an allocator's no_more_workers() ends the wait.
     bool workers_on_demand = false;
     // How much work a worker may hold queued (see kQueueBudget).
     std::chrono::microseconds queue_budget = kQueueBudget;

@@ -132,14 +132,15 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                           .fork_server = fork_server_});
         Dispatcher dispatcher(
             router, pool, plan, recorder,
-            DispatchOptions{
-                config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
-                millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
-                static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns, config_.pin_cpus,
-                !config_.listen.empty(), config_.expect_workers, millis(config_.wait_workers_s), config_.task_retries,
-                config_.max_tasks_per_worker, config_.max_worker_memory,
-                std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_)), config_.resources,
-                /*workers_on_demand=*/config_.alloc.has_value(), config_.commands ? kCommandQueueBudget : kQueueBudget},
+            DispatchOptions{config_.workers, config_.prefetch, millis(config_.heartbeat_interval_s),
+                            millis(config_.heartbeat_timeout_s), millis(config_.start_timeout_s),
+                            static_cast<std::uint32_t>(config_.max_attempts), config_.max_respawns, config_.pin_cpus,
+                            !config_.listen.empty(), config_.expect_workers, millis(config_.wait_workers_s),
+                            config_.task_retries, config_.max_tasks_per_worker, config_.max_worker_memory,
+                            std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_)),
+                            config_.resources,
+                            /*workers_on_demand=*/config_.alloc.has_value() || config_.workers_any_time,
+                            config_.commands ? kCommandQueueBudget : kQueueBudget},
             stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
         std::optional<WorkerStep> step;  // after the listener: its workers connect to it

@@ -277,4 +277,18 @@ Done read_done(const std::filesystem::path& path, const std::string& flag) {
     return read_ok_lines(JournalSource::file(path, complete_length(path, flag), flag), flag);
 }
 
+std::vector<TaskId> rerun_dependents(const Plan& plan, IdSet& done) {
+    std::vector<TaskId> again;
+    if (done.empty()) return again;
+    const auto cursor = plan.open();
+    for (TaskSpec task; cursor->next(task);) {
+        if (task.after.empty() || !done.contains(task.id)) continue;
+        if (std::all_of(task.after.begin(), task.after.end(), [&](TaskId before) { return done.contains(before); }))
+            continue;
+        done.erase(task.id);  // before its dependents are looked at: they come later
+        again.push_back(task.id);
+    }
+    return again;
+}
+
 }  // namespace taskfarm

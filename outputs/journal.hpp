@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "id_set.hpp"
 #include "plan.hpp"
@@ -47,6 +48,13 @@ Done check_journal(const JournalSource& journal, const Plan& plan, const std::st
 // Only when the two differ is the journal read again, a million ids at a time, to name the
 // first line that does not match.
 Done read_journal_for_resume(const std::filesystem::path& path, const Plan& plan);
+
+// --resume of a plan with "after": a task `done` has as ok runs again when a task it waits for
+// runs again (not in `done`: its line gone from the journal, or not ok there), since what it
+// read may change; and so on down the chain. Erases them from `done` and returns their ids in
+// plan order. One pass of a cursor over `plan`, in order: a task's dependencies come before
+// it. The one rule of a run's --resume and of `coordinator report --plan`.
+std::vector<TaskId> rerun_dependents(const Plan& plan, IdSet& done);
 
 // The settings the last run that wrote to the journal at `path` recorded (JournalSink::
 // note_settings()), with "FILE:LINE" of that line; nullopt for a journal without one (a run

@@ -91,6 +91,49 @@ class MpirunLaunch(unittest.TestCase):
         self.assertTrue(any(line["attempt"] >= 2 for line in journal(results)), "no task ran a second time")
         self.assert_nothing_left()
 
+    def test_serve_owns_an_mpirun_of_workers_and_one_killed_loses_nothing(self):
+        # coordinator serve --launch mpirun: a submitted job's tasks run on the mpirun's workers,
+        # each ok once though one is killed mid-job; SIGTERM ends the server and the mpirun.
+        socket = self.dir / "server" / "socket"
+        log_path = self.dir / "server.log"
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen([str(COORDINATOR), "serve", "--socket", str(socket), "--launch", "mpirun",
+                                       "--workers", "3", "--mpirun-args", "--oversubscribe"],
+                                      cwd=self.dir, env=self.env, stdout=log, stderr=log)
+        self.addCleanup(lambda: server.poll() is None and server.kill())
+
+        def client(*args):
+            return subprocess.run([str(COORDINATOR), args[0], "--socket", str(socket), *args[1:]], cwd=self.dir,
+                                  env=self.env, timeout=WAIT_S, capture_output=True, text=True)
+
+        deadline = time.monotonic() + WAIT_S
+        while not (socket.exists() and client("status").returncode == 0):
+            self.assertLess(time.monotonic(), deadline, log_path.read_text())
+            time.sleep(0.05)
+        plan = self.dir / "plan.jsonl"
+        plan.write_text("".join(json.dumps({"kind": "sleep", "seconds": 0.2}) + "\n" for _ in range(15)))
+        job = client("submit", "--plan", str(plan))
+        self.assertEqual(job.returncode, 0, job.stderr)
+        self.assertIn("serving", log_path.read_text())
+        self.assertIn("with 3 workers in one mpirun job;", log_path.read_text())
+        results = self.dir / "server" / "jobs" / job.stdout.strip() / "results.jsonl"
+        while len(journal(results)) < 3:
+            self.assertLess(time.monotonic(), deadline, "no results")
+            time.sleep(0.05)
+        workers = [pid for pid in pids_with(str(self.dir)) if Path(f"/proc/{pid}/exe").resolve() == WORKER.resolve()]
+        self.assertEqual(len(workers), 3, workers)
+        os.kill(workers[0], signal.SIGKILL)
+        done = client("wait", "-q", job.stdout.strip())
+        self.assertEqual(done.returncode, 0, done.stderr)
+        ok = Counter(line["id"] for line in journal(results) if line["ok"])
+        self.assertEqual(ok, Counter(range(15)))
+        self.assertTrue(all(line["ok"] for line in journal(results)))
+        self.assertRegex(log_path.read_text(), rf"worker \S+-{workers[0]} \S.*; requeueing its [1-9]\d* task\(s\)")
+        server.send_signal(signal.SIGTERM)
+        self.assertEqual(server.wait(timeout=WAIT_S), 0, log_path.read_text())
+        self.assertIn("the mpirun job of the workers ended: mpirun exited", log_path.read_text())
+        self.assert_nothing_left()
+
     def test_without_mpirun_the_run_says_which_package(self):
         env = dict(self.env, PATH=str(self.dir))  # no mpirun there
         done = subprocess.run([str(COORDINATOR), "--launch", "mpirun", "--workers", "2", "--task", "sleep",

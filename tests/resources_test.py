@@ -251,9 +251,25 @@ class Dependencies(unittest.TestCase):
             kept = [line for line in f if json.loads(line).get("id") != 0]
         with open(path, "w") as f:
             f.write("".join(kept))
+
+        def report(*more):
+            done = subprocess.run([COORDINATOR, "report", "run.jsonl", *more], capture_output=True, text=True,
+                                  timeout=60, cwd=self.tmp)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            return done.stdout
+
+        # `report --plan` says what --resume will run, by its rule: 0 and its dependents 1 and 2.
+        # Without the plan the report cannot know the "after"s: task 0 only.
+        would = json.loads(report("--json", "--plan", plan))["modes"][0]["resume_would_run"]
+        self.assertEqual((would["count"], would["ranges"], would["dependents"]), (3, [[0, 2]], 2))
+        self.assertIn("--resume would run 3 task(s): 0-2 (2 of them ok in the journal, run again because a task "
+                      "they wait for does)\n", report("--plan", plan))
+        self.assertIn("--resume would run it again", report("--plan", plan, "--task", "2"))
+        self.assertEqual(json.loads(report("--json"))["modes"][0]["resume_would_run"]["ranges"], [[0, 0]])
         run = subprocess.run([*args, "--resume", "run.jsonl"], capture_output=True, text=True, timeout=120,
                              cwd=self.tmp)
         self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertIn("--resume would run none of the plan's tasks\n", report("--plan", plan))
         for task, runs in ((0, 2), (1, 2), (2, 2), (3, 1)):
             with open(os.path.join(self.tmp, f"ran{task}")) as f:
                 self.assertEqual(len(f.read().split()), runs, f"task {task}")

@@ -9,6 +9,7 @@ TASKFARM_COORDINATOR names the coordinator binary (CTest sets it)."""
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -133,7 +134,7 @@ class Service(unittest.TestCase):
             cwd=self.dir,  # where download tasks write (downloads/)
         )
         wait_until(lambda: self.socket.exists() and self.client("status").returncode == 0, "the server to answer")
-        wait_until(lambda: len(descendants(self.server.pid)) >= workers + 1, "the workers")
+        wait_until(lambda: len(descendants(self.server.pid)) >= (workers + 1 if workers else 0), "the workers")
         self.all_pids.update(descendants(self.server.pid))
         return self.server
 
@@ -839,9 +840,34 @@ class Service(unittest.TestCase):
         self.assertIn("cpus", server["resources"])
         self.stop()
 
+    def live_page(self):
+        """The live page's address, from the server's stderr (serve --ui)."""
+        found = re.search(r"live view: (http://127\.0\.0\.1:\d+/[0-9a-f]{32}/)\n", (self.dir / "server.log").read_text())
+        self.assertTrue(found, (self.dir / "server.log").read_text())
+        return found.group(1)
+
+    def page_jobs_until(self, page, what, predicate):
+        """Reads one stream of the live page's events until its Jobs panel (the jobs by id)
+        satisfies `predicate`, and returns it: the first event is the whole state, the next
+        ones what changed."""
+        import urllib.request
+        deadline = time.monotonic() + WAIT_S / 2
+        with urllib.request.urlopen(page + "events", timeout=WAIT_S / 2) as stream:
+            for raw in stream:
+                if time.monotonic() > deadline:
+                    break
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    event = json.loads(line[len("data: "):])
+                    if "jobs" in event:
+                        jobs = {j["job"]: j for j in event["jobs"]["jobs"]}
+                        if predicate(jobs):
+                            return jobs
+        raise AssertionError(f"timed out waiting for {what}")
+
     def test_explain_says_a_job_of_higher_priority_goes_first(self):
         # One worker, busy with a long task: the next jobs' tasks all wait in the server.
-        self.start(workers=1)
+        self.start(workers=1, args=("--ui", "127.0.0.1:0"))
         busy = self.submit("--inputs", str(self.inputs("busy", 1)), "--command", "sleep 30; : {}")
         wait_until(lambda: self.jobs()[busy]["running"] == 1, "the long task to start")
         low = self.submit("--task", "sleep", "--tasks", "4")
@@ -855,6 +881,13 @@ class Service(unittest.TestCase):
         self.assertEqual(why[held], f"task {held}: job {high} has priority 5, above this job's 0: its tasks go first")
         self.assertIn(f"task {held + 1}: 1 task(s) of this job go before it; the next of them: job {high} has priority",
                       why[held + 1])
+        # The live page's Jobs panel says what `explain JOB` says, for each job not done.
+        page = self.live_page()
+        said = self.client("explain", str(low), check=True).stdout.strip().splitlines()
+        jobs = self.page_jobs_until(page, "the page says why the job waits",
+                                    lambda jobs: jobs.get(low, {}).get("why") == "; ".join(said))
+        self.assertIn(f"job {high} has priority 5, above this job's 0", jobs[low]["why"])
+        self.assertIn("1 task(s) running", jobs[busy]["why"])
         result = self.client("explain", str(low), "7")
         self.assertEqual(result.returncode, 2)
         self.assertIn(f"job {low} has no task 7", result.stderr)
@@ -869,6 +902,106 @@ class Service(unittest.TestCase):
         results = final_results(self.state / "jobs" / str(job) / "results.jsonl")
         self.assertEqual(Counter(r["id"] for r in results), Counter(list(expected)))
         self.assertEqual({r["id"]: r["ok"] for r in results}, expected)
+
+    def test_remote_workers_join_the_server_and_one_killed_loses_nothing(self):
+        """serve --listen: workers started by hand (`worker --connect` with the workers' key)
+        run the tasks of submitted jobs beside the local one; a kill -9 of one mid-job has its
+        task run elsewhere, each task ok once; a worker with another key is refused."""
+        keys, other = self.dir / "keys", self.dir / "other"
+        for where in (keys, other):
+            subprocess.run([COORDINATOR, "keygen", str(where)], check=True, capture_output=True, timeout=WAIT_S)
+        for args, text in ((["--listen", "tcp://127.0.0.1:*"], "--listen needs --keys"),
+                           (["--workers", "0"], "--workers 0 starts no worker"),
+                           (["--wait-workers", "5"], "--wait-workers is for the workers of --launch"),
+                           (["--keys", str(keys)], "--keys is for --listen-clients or --listen"),
+                           (["--listen", "tcp://10.255.255.1:*", "--keys", str(keys)], "not an address of this machine"),
+                           (["--launch", "slurm", "--workers", "2", "--listen", "tcp://127.0.0.1:*", "--keys", str(keys)],
+                            "--listen cannot go with --launch slurm")):
+            result = subprocess.run([COORDINATOR, "serve", "--socket", str(self.dir / "x" / "socket"), *args],
+                                    capture_output=True, text=True, timeout=WAIT_S)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn(text, result.stderr, args)
+        self.start(workers=1, args=("--listen", "tcp://127.0.0.1:*", "--keys", str(keys)))
+        log = self.dir / "server.log"
+        wait_until(lambda: "workers over tcp at " in log.read_text(), "the workers' endpoint on stderr")
+        endpoint = re.search(r"workers over tcp at (tcp://127\.0\.0\.1:\d+): worker --connect ", log.read_text())[1]
+        self.assertEqual(json.loads(self.client("status", "--json", check=True).stdout)["remote_workers"], endpoint)
+        worker_bin = Path(COORDINATOR).parent / "worker"
+
+        def worker(key_dir):
+            return subprocess.Popen([str(worker_bin), "--connect", endpoint, "--keys", str(key_dir)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=self.dir)
+
+        # Another server's worker key: refused at once, exit 1, and the server says so.
+        stranger = self.dir / "stranger"
+        stranger.mkdir(mode=0o700)
+        shutil.copy(keys / "coordinator.public", stranger / "coordinator.public")
+        shutil.copy(other / "worker.secret", stranger / "worker.secret")
+        os.chmod(stranger / "worker.secret", 0o600)
+        refused = worker(stranger)
+        _, err = refused.communicate(timeout=WAIT_S)
+        self.assertEqual(refused.returncode, 1, err)
+        self.assertIn("refused this worker", err)
+        wait_until(lambda: "refused a worker from" in log.read_text(), "the server's word on the refused worker")
+        remotes = [worker(keys) for _ in range(2)]
+        self.all_pids.update(w.pid for w in remotes)
+        wait_until(lambda: log.read_text().count("remote worker ") >= 2, "both remote workers to attach")
+        count = 30
+        job = self.submit_commands("r", count, "sleep 0.2; : {}")
+        journal = self.state / "jobs" / str(job) / "results.jsonl"
+        names = {w.pid: None for w in remotes}
+
+        def ran_on(pid):
+            if not journal.exists():
+                return []
+            return [r for r in final_results(journal) if str(r.get("worker", "")).endswith(f"-{pid}")]
+
+        # A result from each remote worker, then kill -9 of the first while it runs its next task.
+        wait_until(lambda: all(ran_on(w.pid) for w in remotes), "a result from each remote worker")
+        for w in remotes:
+            names[w.pid] = ran_on(w.pid)[0]["worker"]
+        remotes[0].kill()
+        remotes[0].wait()
+        result = self.client("wait", "-q", str(job))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.check_once(job, count)
+        workers = Counter(r["worker"] for r in final_results(journal))
+        self.assertIn(names[remotes[1].pid], workers)
+        self.assertIn(names[remotes[0].pid], workers)
+        self.assertEqual(len(workers), 3, workers)  # the local one and the two remote ones
+        # The task the killed worker ran went to another worker as its second attempt.
+        again = [r for r in final_results(journal) if r["attempt"] > 1]
+        self.assertEqual(len(again), 1, again)
+        self.assertNotEqual(again[0]["worker"], names[remotes[0].pid])
+        self.assertRegex(log.read_text(), rf"worker {names[remotes[0].pid]} .*; task {again[0]['id']} \(attempt 1\) "
+                                          r"was running; requeueing")
+        # The survivor is told to stop with the server.
+        self.stop()
+        self.assertEqual(remotes[1].wait(timeout=WAIT_S), 0)
+
+    def test_a_server_of_remote_workers_only_holds_tasks_until_one_attaches(self):
+        """serve --workers 0 --listen: a job submitted before any worker waits (no fork server,
+        no local worker), and runs once one attaches; `status` says where workers connect."""
+        keys = self.dir / "keys"
+        subprocess.run([COORDINATOR, "keygen", str(keys)], check=True, capture_output=True, timeout=WAIT_S)
+        self.start(workers=0, args=("--listen", "tcp://127.0.0.1:*", "--keys", str(keys)))
+        self.assertEqual(descendants(self.server.pid), [])
+        log = self.dir / "server.log"
+        wait_until(lambda: "workers over tcp at " in log.read_text(), "the workers' endpoint on stderr")
+        endpoint = re.search(r"workers over tcp at (tcp://127\.0\.0\.1:\d+): ", log.read_text())[1]
+        self.assertIn(f", remote workers at {endpoint}, ", self.client("status", check=True).stdout)
+        job = self.submit_commands("w", 4, "echo {}")
+        status = self.jobs()[job]
+        self.assertEqual((status["state"], status["running"], status["ok"], status["failed"]), ("waiting", 0, 0, 0))
+        remote = subprocess.Popen([str(Path(COORDINATOR).parent / "worker"), "--connect", endpoint, "--keys", str(keys)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+        self.all_pids.add(remote.pid)
+        result = self.client("wait", str(job))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.check_once(job, 4)
+        self.assertEqual({json.loads(line)["worker"] for line in result.stdout.splitlines()}, {f"{os.uname().nodename}-{remote.pid}"})
+        self.stop()
+        self.assertEqual(remote.wait(timeout=WAIT_S), 0)
 
     def test_every_subcommand_has_help(self):
         for command in ("serve", "submit", "status", "jobs", "wait", "cancel", "explain", "logs"):

@@ -257,7 +257,7 @@ function showJobs(server) {
   for (const j of server.jobs) {
     const row = el("tr", {"data-job": String(j.job), "data-state": j.state});
     for (const text of [String(j.job), j.name, j.state, String(j.tasks), String(j.ok), String(j.failed),
-                        String(j.running), String(j.waiting)])
+                        String(j.running), String(j.waiting), j.why || ""])
       row.append(el("td", {}, text));
     body.append(row);
   }

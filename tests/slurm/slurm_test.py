@@ -290,6 +290,38 @@ class SlurmLaunch(SlurmCase):
         self.assertIn("srun exited with status 0", done.stderr)
         self.assert_nothing_left()
 
+    def test_serve_owns_a_slurm_step_and_runs_submitted_jobs_on_it(self):
+        # coordinator serve --launch slurm outside an allocation: srun allocates its step of 3
+        # workers, which run a submitted job's tasks, each once; SIGTERM ends step and server.
+        socket = self.dir / "server" / "socket"
+        log = open(self.dir / "server.log", "wb")
+        server = subprocess.Popen([str(COORDINATOR), "serve", "--socket", str(socket), "--launch", "slurm",
+                                   "--workers", "3", "--slurm-args", "--time=5"],
+                                  cwd=self.dir, env=self.env, stdout=log, stderr=log)
+        self.addCleanup(lambda: server.poll() is None and server.kill())
+
+        def client(*args):
+            return subprocess.run([str(COORDINATOR), args[0], "--socket", str(socket), *args[1:]], cwd=self.dir,
+                                  env=self.env, timeout=WAIT_S, capture_output=True, text=True)
+
+        wait_until("the server to answer", lambda: socket.exists() and client("status").returncode == 0)
+        self.assertIn("with 3 workers in one Slurm job step;", (self.dir / "server.log").read_text())
+        plan = self.dir / "plan.jsonl"
+        plan.write_text("".join(json.dumps({"kind": "cpu", "lo": i * 1000, "hi": (i + 1) * 1000}) + "\n"
+                                for i in range(30)))
+        done = client("submit", "--plan", str(plan), "--wait", "-q")
+        self.assertEqual(done.returncode, 0, done.stderr + (self.dir / "server.log").read_text())
+        job = done.stdout.strip()
+        lines = journal(self.dir / "server" / "jobs" / job / "results.jsonl")
+        self.assertEqual(Counter(line["id"] for line in lines), Counter(range(30)))
+        workers = {line["worker"] for line in lines}
+        self.assertTrue(workers and all(re.fullmatch(r"tf[123]-\d+", name) for name in workers), workers)
+        self.assertLessEqual(len(workers), 3)
+        server.send_signal(signal.SIGTERM)
+        self.assertEqual(server.wait(timeout=WAIT_S), 0, (self.dir / "server.log").read_text())
+        self.assertIn("srun exited with status 0", (self.dir / "server.log").read_text())
+        self.assert_nothing_left()
+
     def test_the_example_script_runs_a_plan_and_resumes_after_scancel(self):
         # As the README says: sbatch the script, scancel it, sbatch it again.
         script = self.dir / "slurm.sbatch"
