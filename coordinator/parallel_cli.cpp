@@ -14,12 +14,12 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <unordered_set>
 
 #include <fmt/format.h>
 
 #include "affinity.hpp"
+#include "column_split.hpp"
 #include "errors.hpp"
 #include "parallel_jobs.hpp"
 #include "parallel_output.hpp"
@@ -85,7 +85,7 @@ struct Options {
     std::vector<std::string> arg_files;
     std::string replace = "{}";                            // -I STR: what stands for the whole input
     bool no_run_if_empty = false;                          // -r
-    std::string trim = "n";                                // --trim n|l|r|lr|rl
+    std::string trim;                                      // --trim n|l|r|lr|rl; not given: lr with --colsep
     std::string wd;                                        // --wd DIR
     bool pipe = false;                                     // --pipe: each job's stdin is a chunk of ours
     ParallelOutput::Live live = ParallelOutput::Live::No;  // --line-buffer, --ungroup
@@ -101,9 +101,10 @@ constexpr char kHelp[] =
     "nothing trimmed or skipped (unless --trim, -r); -0: NUL-separated. Jobs start as the first source\n"
     "(standard input, a file) comes, as parallel's: `tail -f queue | {0} parallel` runs each line as it is\n"
     "added (all of it is read first for -X and -m without -N, --halt N%, or a first source that is linked).\n"
-    "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX,\n"
-    "--header : (then {{NAME}}). A value is quoted only where the shell would change it, as parallel does: so\n"
-    "\"{{}}\" in double quotes runs an input such as $(cmd) as code; write {{}} bare.\n"
+    "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX\n"
+    "(Perl's syntax and split, as parallel's: columns trimmed unless --trim; a match that backtracks past a\n"
+    "limit is exit 2), --header : (then {{NAME}}). A value is quoted only where the shell would change it, as\n"
+    "parallel does: so \"{{}}\" in double quotes runs an input such as $(cmd) as code; write {{}} bare.\n"
     "Options: -j N|N%|+N|-N|0, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N (0: no argument\n"
     "inserted), -n N, -X, -m, -0, -I STR, -r, --trim n|l|r|lr|rl, --wd DIR, --env VAR (every variable reaches\n"
     "a command here), --halt 0|1|2|-1|-2|N%|never|now|soon,fail|success|done=N|N%, --joblog [+]FILE,\n"
@@ -164,28 +165,6 @@ std::optional<double> decimal(std::string_view text) {
 // argument of `sh -c`, which Linux caps at 128 KiB (MAX_ARG_STRLEN): near that, fewer
 // commands than parallel's (which cuts at about 64 KiB less the environment) or xargs'.
 constexpr std::size_t kMostCommandBytes = 120 * 1024;
-
-// The string a regex matches when it is a fixed one (letters, and \\t or an escaped
-// special character), else nullopt.
-std::optional<std::string> literal_of(std::string_view regex) {
-    constexpr std::string_view kSpecial = "\\^$.|?*+()[]{}";
-    std::string literal;
-    for (std::size_t at = 0; at < regex.size(); ++at) {
-        const char c = regex[at];
-        if (c != '\\') {
-            if (kSpecial.find(c) != std::string_view::npos) return std::nullopt;
-            literal += c;
-        } else if (at + 1 < regex.size() && regex[at + 1] == 't') {
-            literal += '\t';
-            ++at;
-        } else if (at + 1 < regex.size() && kSpecial.find(regex[at + 1]) != std::string_view::npos) {
-            literal += regex[++at];
-        } else {
-            return std::nullopt;
-        }
-    }
-    return literal;
-}
 
 // Seconds as parallel writes them (--timeout, --delay): 2.5, or with units s m h d as in 1m30s.
 double seconds(std::string_view flag, const std::string& text) {
@@ -788,12 +767,10 @@ public:
         // -r: a value of white space alone is no value, in every source (--pipe: in its chunks).
         if (options_.no_run_if_empty && !options_.pipe)
             for (Source& source : sources_) std::erase_if(source.values, blank);
-        if (options_.colsep && (colsep_literal_ = literal_of(*options_.colsep))) {
-            if (colsep_literal_->empty()) colsep_literal_.reset();  // as the regex "": no split
-        } else if (options_.colsep) {
+        if (options_.colsep) {
             try {
                 colsep_.emplace(*options_.colsep);
-            } catch (const std::regex_error& e) {
+            } catch (const std::invalid_argument& e) {
                 throw Usage(fmt::format("--colsep: '{}' is not a regular expression: {}", printable(*options_.colsep),
                                         e.what()));
             }
@@ -938,25 +915,15 @@ public:
 private:
     // --trim: of each column (of each value without --colsep).
     std::vector<std::string> columns(const std::string& value) const {
-        std::vector<std::string> parts;
-        if (colsep_literal_) {
-            // As std::sregex_token_iterator's split: an empty last part after a separator is
-            // dropped.
-            for (std::size_t at = 0;;) {
-                const std::size_t found = value.find(*colsep_literal_, at);
-                if (found == std::string::npos) {
-                    if (at < value.size() || at == 0) parts.push_back(trimmed(value.substr(at), options_.trim));
-                    break;
-                }
-                parts.push_back(trimmed(value.substr(at, found - at), options_.trim));
-                at = found + colsep_literal_->size();
-            }
-            return parts;
-        }
         if (!colsep_) return {trimmed(value, options_.trim)};
-        std::sregex_token_iterator part(value.begin(), value.end(), *colsep_, -1), end;
-        for (; part != end; ++part) parts.push_back(trimmed(part->str(), options_.trim));
-        if (parts.empty()) parts.push_back("");
+        std::vector<std::string> parts;
+        try {
+            parts = colsep_->split(value);
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--colsep: '{}': {} (a simpler pattern, or a fixed string, splits it)",
+                                          printable(*options_.colsep), e.what()));
+        }
+        for (std::string& part : parts) part = trimmed(std::move(part), options_.trim);
         return parts;
     }
 
@@ -1044,9 +1011,8 @@ private:
     std::optional<std::string> pending_;  // its first value, read to know that it has one
     std::string current_;                 // its value in the records being made
     bool have_current_ = false;
-    std::optional<std::regex> colsep_;
-    std::optional<std::string> colsep_literal_;  // --colsep with no regex syntax: split without std::regex
-    std::map<std::string, long> names_;          // --header :
+    std::optional<ColumnSplit> colsep_;
+    std::map<std::string, long> names_;  // --header :
     std::vector<std::vector<std::size_t>> groups_;
     std::vector<std::size_t> lengths_;
     std::vector<std::size_t> index_;  // of each group
@@ -1310,6 +1276,8 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             }
             break;
         }
+        // As parallel: --colsep trims its columns unless --trim says otherwise.
+        if (options.trim.empty()) options.trim = options.colsep ? "lr" : "n";
         // The command: its words up to the first input separator, joined by spaces (shell code).
         const auto separator = [](std::string_view word) {
             return word == ":::" || word == ":::+" || word == "::::" || word == "::::+";
