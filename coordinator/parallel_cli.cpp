@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -404,33 +405,58 @@ bool replaces(const std::vector<Piece>& pieces) {
     return std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind != Piece::Kind::Text; });
 }
 
-std::string join_quoted(const std::vector<std::string>& args, const std::string& modifier) {
-    std::string joined;
-    for (const std::string& arg : args) {
-        if (!joined.empty()) joined += ' ';
-        joined += parallel::quote(modified(arg, modifier));
+// parallel::quote(text), appended to `out` (-X puts tens of thousands of values in one
+// command: one copy each, no string of its own).
+void append_quoted(std::string& out, std::string_view text) {
+    if (is_plain_shell_word(text)) {
+        out += text;
+        return;
     }
-    return joined;
+    out += '\'';
+    for (char c : text) {
+        if (c == '\'')
+            out += "'\"'\"'";
+        else
+            out += c;
+    }
+    out += '\'';
 }
 
-std::string expand(const std::vector<Piece>& pieces, const std::vector<std::string>& args, std::size_t sequence) {
-    std::string command;
+void append_modified(std::string& out, const std::string& value, const std::string& modifier) {
+    if (modifier.empty())
+        append_quoted(out, value);
+    else
+        append_quoted(out, modified(value, modifier));
+}
+
+// The command of `pieces` with `count` arguments from `args`, appended to `command`.
+void expand_into(std::string& command, const std::vector<Piece>& pieces, const std::string* args, std::size_t count,
+                 std::size_t sequence) {
     for (const Piece& piece : pieces) {
         switch (piece.kind) {
             case Piece::Kind::Text: command += piece.text; break;
-            case Piece::Kind::All: command += join_quoted(args, piece.modifier); break;
+            case Piece::Kind::All:
+                for (std::size_t i = 0; i < count; ++i) {
+                    if (i > 0) command += ' ';
+                    append_modified(command, args[i], piece.modifier);
+                }
+                break;
             case Piece::Kind::Sequence: command += std::to_string(sequence); break;
             // The worker's number, from 1 (TASKFARM_WORKER is w1, w2, ... in processes mode).
             case Piece::Kind::Slot: command += "${TASKFARM_WORKER#w}"; break;
             case Piece::Kind::Position: {
-                const long count = static_cast<long>(args.size());
-                const long index = piece.position > 0 ? piece.position - 1 : count + piece.position;
-                if (index >= 0 && index < count)
-                    command += parallel::quote(modified(args[static_cast<std::size_t>(index)], piece.modifier));
+                const long index = piece.position > 0 ? piece.position - 1 : static_cast<long>(count) + piece.position;
+                if (index >= 0 && index < static_cast<long>(count))
+                    append_modified(command, args[static_cast<std::size_t>(index)], piece.modifier);
                 break;
             }
         }
     }
+}
+
+std::string expand(const std::vector<Piece>& pieces, const std::vector<std::string>& args, std::size_t sequence) {
+    std::string command;
+    expand_into(command, pieces, args.data(), args.size(), sequence);
     return command;
 }
 
@@ -454,10 +480,10 @@ std::string expand_context(const std::string& text, const std::map<std::string, 
             const std::size_t times = args.empty() ? std::max<std::size_t>(1, records) : args.size();
             for (std::size_t i = 0; i < times; ++i) {
                 if (i > 0) command += ' ';
-                command += args.empty() ? expand(pieces, {}, sequence) : expand(pieces, {args[i]}, sequence);
+                expand_into(command, pieces, args.empty() ? nullptr : &args[i], args.empty() ? 0 : 1, sequence);
             }
         } else {
-            command += expand(pieces, args, sequence);
+            expand_into(command, pieces, args.data(), args.size(), sequence);
         }
         at = word_end;
     }
@@ -767,6 +793,7 @@ public:
         // -r: a value of white space alone is no value, in every source (--pipe: in its chunks).
         if (options_.no_run_if_empty && !options_.pipe)
             for (Source& source : sources_) std::erase_if(source.values, blank);
+        plain_values_ = !options_.colsep && options_.trim == "n";
         if (options_.colsep) {
             try {
                 colsep_.emplace(*options_.colsep);
@@ -861,6 +888,7 @@ public:
     Jobs& operator=(const Jobs&) = delete;
 
     bool next(ParallelJob& job) override {
+        std::vector<std::string> more;
         while (true) {
             std::vector<std::string> args, raw, record;
             std::size_t taken = 0;
@@ -873,21 +901,26 @@ public:
                 } else if (!next_record(record, chunk)) {
                     break;
                 }
-                std::vector<std::string> more;
-                for (const std::string& value : record)
-                    for (std::string& column : columns(value)) more.push_back(std::move(column));
+                // A value is its one column unless --colsep or --trim change it (-X: tens of
+                // thousands of values a job, each copied once).
+                more.clear();
+                if (!plain_values_)
+                    for (const std::string& value : record)
+                        for (std::string& column : columns(value)) more.push_back(std::move(column));
+                std::vector<std::string>& these = plain_values_ ? record : more;
                 if (per_arg_.words > 0) {
                     // As parallel: a command line of many arguments is cut at its length limit.
                     std::size_t cost = 0;
-                    for (const std::string& arg : more) cost += per_arg_.words * (quoted_size(arg) + 1) + per_arg_.text;
+                    for (const std::string& arg : these)
+                        cost += per_arg_.words * (quoted_size(arg) + 1) + per_arg_.text;
                     if (taken > 0 && bytes + cost > per_arg_.budget) {
                         held_ = std::move(record);  // the next job's first
                         break;
                     }
                     bytes += cost;
                 }
-                raw.insert(raw.end(), std::make_move_iterator(record.begin()), std::make_move_iterator(record.end()));
-                for (std::string& arg : more) args.push_back(std::move(arg));
+                if (taken == 0 && !options_.results.empty()) raw = record;  // --results: the first record names it
+                for (std::string& arg : these) args.push_back(std::move(arg));
             }
             if (taken == 0) return false;
             const std::uint64_t sequence = ++sequence_;
@@ -1012,6 +1045,7 @@ private:
     std::string current_;                 // its value in the records being made
     bool have_current_ = false;
     std::optional<ColumnSplit> colsep_;
+    bool plain_values_ = false;          // no --colsep, no --trim: a value is its one column, as it is
     std::map<std::string, long> names_;  // --header :
     std::vector<std::vector<std::size_t>> groups_;
     std::vector<std::size_t> lengths_;
@@ -1347,10 +1381,15 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         }
         // The jobs whose input has come (all of them for --halt N%, which counts them): made
         // now, to know how many workers to start; the others as their input comes.
+        // -X, -m: a job of thousands of values takes a millisecond to make; once there is one
+        // for each slot, the workers start while the thread makes the rest.
         std::deque<ParallelJob> first;
         bool ended = false;
-        constexpr std::size_t kAhead = 1024;
-        while (first.empty() || options.halt.percent || (first.size() < kAhead && jobs->ready())) {
+        const std::size_t ahead =
+            options.multi == Multi::None
+                ? 1024
+                : static_cast<std::size_t>(job_slots(options.jobs, std::numeric_limits<std::size_t>::max() / 2));
+        while (first.empty() || options.halt.percent || (first.size() < ahead && jobs->ready())) {
             ParallelJob job;
             if (!jobs->next(job)) {
                 ended = true;
