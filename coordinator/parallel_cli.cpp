@@ -101,7 +101,8 @@ constexpr char kHelp[] =
     "several sources: every combination (--link: value by value). Every line is an input, byte for byte,\n"
     "nothing trimmed or skipped (unless --trim, -r); -0: NUL-separated. Jobs start as the first source\n"
     "(standard input, a file) comes, as parallel's: `tail -f queue | {0} parallel` runs each line as it is\n"
-    "added (all of it is read first for -X and -m without -N, --halt N%, or a first source that is linked).\n"
+    "added (-X and -m without -N read ahead until each slot has a full command, and spread the values over\n"
+    "the slots if the input ends first; all of it is read first for --halt N% or a linked first source).\n"
     "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX\n"
     "(Perl's syntax and split, as parallel's: columns trimmed unless --trim; a match that backtracks past a\n"
     "limit is exit 2), --header : (then {{NAME}}). A value is quoted only where the shell would change it, as\n"
@@ -399,6 +400,15 @@ std::vector<Piece> pieces_of(const std::string& text, const std::map<std::string
     }
     if (!literal.text.empty()) pieces.push_back(literal);
     return pieces;
+}
+
+// -X, -m: whether each value makes the command longer, so that the length limit cuts a
+// job (the command has {}, or gets it appended); not with positional {1} alone.
+bool replaces_every_value(const std::string& command_template, const std::string& replace) {
+    const std::vector<Piece> pieces = pieces_of(command_template, {}, replace);
+    const bool any =
+        std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind != Piece::Kind::Text; });
+    return !any || std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind == Piece::Kind::All; });
 }
 
 bool replaces(const std::vector<Piece>& pieces) {
@@ -781,11 +791,36 @@ public:
         // -X, -m without -N (or with -N0, as parallel): the records spread over the job slots.
         const bool spread = options_.multi != Multi::None && options_.max_args.value_or(0) == 0;
         const bool first_linked = sources_.size() > 1 && (options_.link || sources_[1].linked);
+        // -X, -m of one source read from a file or standard input: as parallel, values fill each
+        // command to its length limit as they come, and are spread over the slots only when the
+        // input ends before every slot has a full command. So values are read ahead until they
+        // would fill a command for each slot (then the rest streams) or the input ends.
+        const bool fill = spread && sources_.size() == 1 && !options_.header && !options_.pipe &&
+                          replaces_every_value(command_template, options_.replace);
         for (std::size_t s = 0; s < sources_.size(); ++s) {
             if (sources_[s].file.empty()) continue;
             ValueReader reader(Input::open(sources_[s].file, stop_fd_.get()), separator);
             if (s == 0 && !spread && !first_linked) {
                 stream_.emplace(std::move(reader));
+                continue;
+            }
+            if (fill) {
+                const std::size_t enough =
+                    static_cast<std::size_t>(job_slots(options_.jobs, std::size_t{1} << 30)) * kMostCommandBytes;
+                std::size_t bytes = 0;
+                std::string value;
+                while (bytes <= enough && reader.next(value)) {
+                    bytes += value.size() + 1;
+                    ahead_.push_back(std::move(value));
+                }
+                if (bytes > enough) {  // more than the slots' commands hold: fill them as values come
+                    stream_.emplace(std::move(reader));
+                    filling_ = true;
+                    continue;
+                }
+                sources_[s].values.assign(std::make_move_iterator(ahead_.begin()),
+                                          std::make_move_iterator(ahead_.end()));
+                ahead_.clear();
                 continue;
             }
             for (std::string value; reader.next(value);) sources_[s].values.push_back(std::move(value));
@@ -853,6 +888,8 @@ public:
             per_job_ = 1;  // a chunk each (-N N is N records a chunk)
         } else if (options_.max_args.value_or(0) > 0) {
             per_job_ = *options_.max_args;  // also with -X, -m: -n 2 -X is two a command
+        } else if (filling_) {
+            per_job_ = std::numeric_limits<std::size_t>::max();  // cut at the length limit alone
         } else if (spread && !none_) {
             std::size_t records = 1;
             for (std::size_t length : lengths_) records *= length;
@@ -938,7 +975,7 @@ public:
         if (chunks_) return chunks_->ready();
         if (held_) return true;
         if (!stream_ || have_current_) return true;
-        return pending_ || stream_->ready();
+        return pending_ || !ahead_.empty() || stream_->ready();
     }
     void stop() override {
         const std::uint64_t one = 1;
@@ -966,6 +1003,11 @@ private:
             value = std::move(*pending_);
             pending_.reset();
             return true;
+        }
+        while (!ahead_.empty()) {
+            value = std::move(ahead_.front());
+            ahead_.pop_front();
+            if (!(options_.no_run_if_empty && blank(value))) return true;
         }
         while (stream_->next(value))
             if (!(options_.no_run_if_empty && blank(value))) return true;
@@ -1042,6 +1084,8 @@ private:
     std::optional<ChunkReader> chunks_;   // --pipe
     std::optional<ValueReader> stream_;   // the first source, read as it goes
     std::optional<std::string> pending_;  // its first value, read to know that it has one
+    std::deque<std::string> ahead_;       // -X, -m: its values read ahead, before the rest of it
+    bool filling_ = false;                // -X, -m: commands filled to the limit as values come
     std::string current_;                 // its value in the records being made
     bool have_current_ = false;
     std::optional<ColumnSplit> colsep_;
