@@ -261,6 +261,11 @@ TABLE = [
     # before it gives the rest (it gives up after five seconds, and says so).
     ("stdin: the first job runs before the input ends",
      WAIT + "(echo a; w a.done; echo b) | $P -k 'touch {}.done; echo {}'"),
+    # -X fills a command to its length limit and runs it while more values come (30,000 values
+    # are more than one command holds).
+    ("-X: the first job runs before the input ends",
+     WAIT + "exec 3>&1; (seq 30000; w seen >/dev/null; [ -e seen ] && echo streamed >&3) | "
+     "$P -j1 -X 'touch seen; :' >/dev/null"),
     ("a :::: FIFO: the first job runs before the input ends",
      WAIT + "mkfifo f; $P -k 'touch {1}{2}.done; echo {1}{2}' :::: f ::: 1 & exec 3>f; echo a >&3; w a1.done; "
      "echo b >&3; w b1.done; exec 3>&-; wait"),
