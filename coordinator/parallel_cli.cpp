@@ -850,7 +850,9 @@ public:
                     first = sources_[s].values.front();
                     sources_[s].values.erase(sources_[s].values.begin());
                 }
-                for (const std::string& name : columns(first)) names_.emplace(name, position++);
+                // As parallel: the names are the header's columns untrimmed ("n , m" names "n " and " m").
+                const std::vector<std::string> names = colsep_ ? split(first) : columns(first);
+                for (const std::string& name : names) names_.emplace(name, position++);
             }
         }
         if (stream_) {
@@ -986,15 +988,19 @@ private:
     // --trim: of each column (of each value without --colsep).
     std::vector<std::string> columns(const std::string& value) const {
         if (!colsep_) return {trimmed(value, options_.trim)};
-        std::vector<std::string> parts;
+        std::vector<std::string> parts = split(value);
+        for (std::string& part : parts) part = trimmed(std::move(part), options_.trim);
+        return parts;
+    }
+
+    // --colsep's split of `value`, untrimmed; a match past PCRE2's limits is exit 2 naming it.
+    std::vector<std::string> split(const std::string& value) const {
         try {
-            parts = colsep_->split(value);
+            return colsep_->split(value);
         } catch (const std::runtime_error& e) {
             throw ConfigError(fmt::format("--colsep: '{}': {} (a simpler pattern, or a fixed string, splits it)",
                                           printable(*options_.colsep), e.what()));
         }
-        for (std::string& part : parts) part = trimmed(std::move(part), options_.trim);
-        return parts;
     }
 
     // The streamed first source's next value (-r: not a blank one).

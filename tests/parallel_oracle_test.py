@@ -54,6 +54,7 @@ TABLE = [
     ("--colsep tab file", "printf 'a\\tb\\nc\\td\\n' > f; $P -k --colsep '\\t' echo {2}:{1} :::: f"),
     ("--header :", "$P -k --header : echo {x}-{y} ::: x 1 2 ::: y 3 4"),
     ("--header : --colsep", "printf 'n,m\\n1,2\\n' | $P -k --header : --colsep , echo {m}{n}"),
+    ("--header : --colsep: names untrimmed", "printf 'n , m\\n1,2\\n' | $P -k --header : --colsep , echo '[{m}]' '[{ m}]'"),
     # --colsep is Perl's split(/REGEX/, $value, -1), columns trimmed unless --trim says otherwise.
     ("--colsep trims", "$P -k --colsep , echo '[{1}]' '[{2}]' ::: ' a , b ' ' ,c'"),
     ("--colsep keeps empty columns", "$P -k --colsep , echo '[{1}]' '[{-1}]' '[{2}]' ::: a,b, ,a a,,b"),
@@ -507,6 +508,14 @@ class ValuesAreScanned(unittest.TestCase):
                         self.assertEqual(result.stdout, "")
                     else:
                         self.assertLessEqual(len(result.stdout), 1_000_001)
+        # The header's names are split by the same matcher.
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "in"), "w") as f:
+                f.write("a" * 1_000_000 + "\n1\n")
+            result = self.parallel("--header", ":", "--colsep", "(a|aa)*b", "echo", "::::", "in", directory=directory)
+            self.assertIn(result.returncode, (0, 2), result.stderr[:300])
+            if result.returncode == 2:
+                self.assertIn("--colsep", result.stderr)
 
     def test_a_fixed_colsep_splits_a_long_line(self):
         with tempfile.TemporaryDirectory() as directory:
