@@ -11,15 +11,16 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <unordered_set>
 
 #include <fmt/format.h>
 
 #include "affinity.hpp"
+#include "column_split.hpp"
 #include "errors.hpp"
 #include "parallel_jobs.hpp"
 #include "parallel_output.hpp"
@@ -85,7 +86,7 @@ struct Options {
     std::vector<std::string> arg_files;
     std::string replace = "{}";                            // -I STR: what stands for the whole input
     bool no_run_if_empty = false;                          // -r
-    std::string trim = "n";                                // --trim n|l|r|lr|rl
+    std::string trim;                                      // --trim n|l|r|lr|rl; not given: lr with --colsep
     std::string wd;                                        // --wd DIR
     bool pipe = false;                                     // --pipe: each job's stdin is a chunk of ours
     ParallelOutput::Live live = ParallelOutput::Live::No;  // --line-buffer, --ungroup
@@ -100,10 +101,12 @@ constexpr char kHelp[] =
     "several sources: every combination (--link: value by value). Every line is an input, byte for byte,\n"
     "nothing trimmed or skipped (unless --trim, -r); -0: NUL-separated. Jobs start as the first source\n"
     "(standard input, a file) comes, as parallel's: `tail -f queue | {0} parallel` runs each line as it is\n"
-    "added (all of it is read first for -X and -m without -N, --halt N%, or a first source that is linked).\n"
-    "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX,\n"
-    "--header : (then {{NAME}}). A value is quoted only where the shell would change it, as parallel does: so\n"
-    "\"{{}}\" in double quotes runs an input such as $(cmd) as code; write {{}} bare.\n"
+    "added (-X and -m without -N read ahead until each slot has a full command, and spread the values over\n"
+    "the slots if the input ends first; all of it is read first for --halt N% or a linked first source).\n"
+    "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX\n"
+    "(Perl's syntax and split, as parallel's: columns trimmed unless --trim; a match that backtracks past a\n"
+    "limit is exit 2), --header : (then {{NAME}}). A value is quoted only where the shell would change it, as\n"
+    "parallel does: so \"{{}}\" in double quotes runs an input such as $(cmd) as code; write {{}} bare.\n"
     "Options: -j N|N%|+N|-N|0, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N (0: no argument\n"
     "inserted), -n N, -X, -m, -0, -I STR, -r, --trim n|l|r|lr|rl, --wd DIR, --env VAR (every variable reaches\n"
     "a command here), --halt 0|1|2|-1|-2|N%|never|now|soon,fail|success|done=N|N%, --joblog [+]FILE,\n"
@@ -164,28 +167,6 @@ std::optional<double> decimal(std::string_view text) {
 // argument of `sh -c`, which Linux caps at 128 KiB (MAX_ARG_STRLEN): near that, fewer
 // commands than parallel's (which cuts at about 64 KiB less the environment) or xargs'.
 constexpr std::size_t kMostCommandBytes = 120 * 1024;
-
-// The string a regex matches when it is a fixed one (letters, and \\t or an escaped
-// special character), else nullopt.
-std::optional<std::string> literal_of(std::string_view regex) {
-    constexpr std::string_view kSpecial = "\\^$.|?*+()[]{}";
-    std::string literal;
-    for (std::size_t at = 0; at < regex.size(); ++at) {
-        const char c = regex[at];
-        if (c != '\\') {
-            if (kSpecial.find(c) != std::string_view::npos) return std::nullopt;
-            literal += c;
-        } else if (at + 1 < regex.size() && regex[at + 1] == 't') {
-            literal += '\t';
-            ++at;
-        } else if (at + 1 < regex.size() && kSpecial.find(regex[at + 1]) != std::string_view::npos) {
-            literal += regex[++at];
-        } else {
-            return std::nullopt;
-        }
-    }
-    return literal;
-}
 
 // Seconds as parallel writes them (--timeout, --delay): 2.5, or with units s m h d as in 1m30s.
 double seconds(std::string_view flag, const std::string& text) {
@@ -421,37 +402,71 @@ std::vector<Piece> pieces_of(const std::string& text, const std::map<std::string
     return pieces;
 }
 
+// -X, -m: whether each value makes the command longer, so that the length limit cuts a
+// job (the command has {}, or gets it appended); not with positional {1} alone.
+bool replaces_every_value(const std::string& command_template, const std::string& replace) {
+    const std::vector<Piece> pieces = pieces_of(command_template, {}, replace);
+    const bool any =
+        std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind != Piece::Kind::Text; });
+    return !any || std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind == Piece::Kind::All; });
+}
+
 bool replaces(const std::vector<Piece>& pieces) {
     return std::any_of(pieces.begin(), pieces.end(), [](const Piece& p) { return p.kind != Piece::Kind::Text; });
 }
 
-std::string join_quoted(const std::vector<std::string>& args, const std::string& modifier) {
-    std::string joined;
-    for (const std::string& arg : args) {
-        if (!joined.empty()) joined += ' ';
-        joined += parallel::quote(modified(arg, modifier));
+// parallel::quote(text), appended to `out` (-X puts tens of thousands of values in one
+// command: one copy each, no string of its own).
+void append_quoted(std::string& out, std::string_view text) {
+    if (is_plain_shell_word(text)) {
+        out += text;
+        return;
     }
-    return joined;
+    out += '\'';
+    for (char c : text) {
+        if (c == '\'')
+            out += "'\"'\"'";
+        else
+            out += c;
+    }
+    out += '\'';
 }
 
-std::string expand(const std::vector<Piece>& pieces, const std::vector<std::string>& args, std::size_t sequence) {
-    std::string command;
+void append_modified(std::string& out, const std::string& value, const std::string& modifier) {
+    if (modifier.empty())
+        append_quoted(out, value);
+    else
+        append_quoted(out, modified(value, modifier));
+}
+
+// The command of `pieces` with `count` arguments from `args`, appended to `command`.
+void expand_into(std::string& command, const std::vector<Piece>& pieces, const std::string* args, std::size_t count,
+                 std::size_t sequence) {
     for (const Piece& piece : pieces) {
         switch (piece.kind) {
             case Piece::Kind::Text: command += piece.text; break;
-            case Piece::Kind::All: command += join_quoted(args, piece.modifier); break;
+            case Piece::Kind::All:
+                for (std::size_t i = 0; i < count; ++i) {
+                    if (i > 0) command += ' ';
+                    append_modified(command, args[i], piece.modifier);
+                }
+                break;
             case Piece::Kind::Sequence: command += std::to_string(sequence); break;
             // The worker's number, from 1 (TASKFARM_WORKER is w1, w2, ... in processes mode).
             case Piece::Kind::Slot: command += "${TASKFARM_WORKER#w}"; break;
             case Piece::Kind::Position: {
-                const long count = static_cast<long>(args.size());
-                const long index = piece.position > 0 ? piece.position - 1 : count + piece.position;
-                if (index >= 0 && index < count)
-                    command += parallel::quote(modified(args[static_cast<std::size_t>(index)], piece.modifier));
+                const long index = piece.position > 0 ? piece.position - 1 : static_cast<long>(count) + piece.position;
+                if (index >= 0 && index < static_cast<long>(count))
+                    append_modified(command, args[static_cast<std::size_t>(index)], piece.modifier);
                 break;
             }
         }
     }
+}
+
+std::string expand(const std::vector<Piece>& pieces, const std::vector<std::string>& args, std::size_t sequence) {
+    std::string command;
+    expand_into(command, pieces, args.data(), args.size(), sequence);
     return command;
 }
 
@@ -475,10 +490,10 @@ std::string expand_context(const std::string& text, const std::map<std::string, 
             const std::size_t times = args.empty() ? std::max<std::size_t>(1, records) : args.size();
             for (std::size_t i = 0; i < times; ++i) {
                 if (i > 0) command += ' ';
-                command += args.empty() ? expand(pieces, {}, sequence) : expand(pieces, {args[i]}, sequence);
+                expand_into(command, pieces, args.empty() ? nullptr : &args[i], args.empty() ? 0 : 1, sequence);
             }
         } else {
-            command += expand(pieces, args, sequence);
+            expand_into(command, pieces, args.data(), args.size(), sequence);
         }
         at = word_end;
     }
@@ -776,6 +791,12 @@ public:
         // -X, -m without -N (or with -N0, as parallel): the records spread over the job slots.
         const bool spread = options_.multi != Multi::None && options_.max_args.value_or(0) == 0;
         const bool first_linked = sources_.size() > 1 && (options_.link || sources_[1].linked);
+        // -X, -m of one source read from a file or standard input: as parallel, values fill each
+        // command to its length limit as they come, and are spread over the slots only when the
+        // input ends before every slot has a full command. So values are read ahead until they
+        // would fill a command for each slot (then the rest streams) or the input ends.
+        const bool fill = spread && sources_.size() == 1 && !options_.header && !options_.pipe &&
+                          replaces_every_value(command_template, options_.replace);
         for (std::size_t s = 0; s < sources_.size(); ++s) {
             if (sources_[s].file.empty()) continue;
             ValueReader reader(Input::open(sources_[s].file, stop_fd_.get()), separator);
@@ -783,17 +804,35 @@ public:
                 stream_.emplace(std::move(reader));
                 continue;
             }
+            if (fill) {
+                const std::size_t enough =
+                    static_cast<std::size_t>(job_slots(options_.jobs, std::size_t{1} << 30)) * kMostCommandBytes;
+                std::size_t bytes = 0;
+                std::string value;
+                while (bytes <= enough && reader.next(value)) {
+                    bytes += value.size() + 1;
+                    ahead_.push_back(std::move(value));
+                }
+                if (bytes > enough) {  // more than the slots' commands hold: fill them as values come
+                    stream_.emplace(std::move(reader));
+                    filling_ = true;
+                    continue;
+                }
+                sources_[s].values.assign(std::make_move_iterator(ahead_.begin()),
+                                          std::make_move_iterator(ahead_.end()));
+                ahead_.clear();
+                continue;
+            }
             for (std::string value; reader.next(value);) sources_[s].values.push_back(std::move(value));
         }
         // -r: a value of white space alone is no value, in every source (--pipe: in its chunks).
         if (options_.no_run_if_empty && !options_.pipe)
             for (Source& source : sources_) std::erase_if(source.values, blank);
-        if (options_.colsep && (colsep_literal_ = literal_of(*options_.colsep))) {
-            if (colsep_literal_->empty()) colsep_literal_.reset();  // as the regex "": no split
-        } else if (options_.colsep) {
+        plain_values_ = !options_.colsep && options_.trim == "n";
+        if (options_.colsep) {
             try {
                 colsep_.emplace(*options_.colsep);
-            } catch (const std::regex_error& e) {
+            } catch (const std::invalid_argument& e) {
                 throw Usage(fmt::format("--colsep: '{}' is not a regular expression: {}", printable(*options_.colsep),
                                         e.what()));
             }
@@ -811,7 +850,9 @@ public:
                     first = sources_[s].values.front();
                     sources_[s].values.erase(sources_[s].values.begin());
                 }
-                for (const std::string& name : columns(first)) names_.emplace(name, position++);
+                // As parallel: the names are the header's columns untrimmed ("n , m" names "n " and " m").
+                const std::vector<std::string> names = colsep_ ? split(first) : columns(first);
+                for (const std::string& name : names) names_.emplace(name, position++);
             }
         }
         if (stream_) {
@@ -849,6 +890,8 @@ public:
             per_job_ = 1;  // a chunk each (-N N is N records a chunk)
         } else if (options_.max_args.value_or(0) > 0) {
             per_job_ = *options_.max_args;  // also with -X, -m: -n 2 -X is two a command
+        } else if (filling_) {
+            per_job_ = std::numeric_limits<std::size_t>::max();  // cut at the length limit alone
         } else if (spread && !none_) {
             std::size_t records = 1;
             for (std::size_t length : lengths_) records *= length;
@@ -884,6 +927,7 @@ public:
     Jobs& operator=(const Jobs&) = delete;
 
     bool next(ParallelJob& job) override {
+        std::vector<std::string> more;
         while (true) {
             std::vector<std::string> args, raw, record;
             std::size_t taken = 0;
@@ -896,21 +940,26 @@ public:
                 } else if (!next_record(record, chunk)) {
                     break;
                 }
-                std::vector<std::string> more;
-                for (const std::string& value : record)
-                    for (std::string& column : columns(value)) more.push_back(std::move(column));
+                // A value is its one column unless --colsep or --trim change it (-X: tens of
+                // thousands of values a job, each copied once).
+                more.clear();
+                if (!plain_values_)
+                    for (const std::string& value : record)
+                        for (std::string& column : columns(value)) more.push_back(std::move(column));
+                std::vector<std::string>& these = plain_values_ ? record : more;
                 if (per_arg_.words > 0) {
                     // As parallel: a command line of many arguments is cut at its length limit.
                     std::size_t cost = 0;
-                    for (const std::string& arg : more) cost += per_arg_.words * (quoted_size(arg) + 1) + per_arg_.text;
+                    for (const std::string& arg : these)
+                        cost += per_arg_.words * (quoted_size(arg) + 1) + per_arg_.text;
                     if (taken > 0 && bytes + cost > per_arg_.budget) {
                         held_ = std::move(record);  // the next job's first
                         break;
                     }
                     bytes += cost;
                 }
-                raw.insert(raw.end(), std::make_move_iterator(record.begin()), std::make_move_iterator(record.end()));
-                for (std::string& arg : more) args.push_back(std::move(arg));
+                if (taken == 0 && !options_.results.empty()) raw = record;  // --results: the first record names it
+                for (std::string& arg : these) args.push_back(std::move(arg));
             }
             if (taken == 0) return false;
             const std::uint64_t sequence = ++sequence_;
@@ -928,7 +977,7 @@ public:
         if (chunks_) return chunks_->ready();
         if (held_) return true;
         if (!stream_ || have_current_) return true;
-        return pending_ || stream_->ready();
+        return pending_ || !ahead_.empty() || stream_->ready();
     }
     void stop() override {
         const std::uint64_t one = 1;
@@ -938,26 +987,20 @@ public:
 private:
     // --trim: of each column (of each value without --colsep).
     std::vector<std::string> columns(const std::string& value) const {
-        std::vector<std::string> parts;
-        if (colsep_literal_) {
-            // As std::sregex_token_iterator's split: an empty last part after a separator is
-            // dropped.
-            for (std::size_t at = 0;;) {
-                const std::size_t found = value.find(*colsep_literal_, at);
-                if (found == std::string::npos) {
-                    if (at < value.size() || at == 0) parts.push_back(trimmed(value.substr(at), options_.trim));
-                    break;
-                }
-                parts.push_back(trimmed(value.substr(at, found - at), options_.trim));
-                at = found + colsep_literal_->size();
-            }
-            return parts;
-        }
         if (!colsep_) return {trimmed(value, options_.trim)};
-        std::sregex_token_iterator part(value.begin(), value.end(), *colsep_, -1), end;
-        for (; part != end; ++part) parts.push_back(trimmed(part->str(), options_.trim));
-        if (parts.empty()) parts.push_back("");
+        std::vector<std::string> parts = split(value);
+        for (std::string& part : parts) part = trimmed(std::move(part), options_.trim);
         return parts;
+    }
+
+    // --colsep's split of `value`, untrimmed; a match past PCRE2's limits is exit 2 naming it.
+    std::vector<std::string> split(const std::string& value) const {
+        try {
+            return colsep_->split(value);
+        } catch (const std::runtime_error& e) {
+            throw ConfigError(fmt::format("--colsep: '{}': {} (a simpler pattern, or a fixed string, splits it)",
+                                          printable(*options_.colsep), e.what()));
+        }
     }
 
     // The streamed first source's next value (-r: not a blank one).
@@ -966,6 +1009,11 @@ private:
             value = std::move(*pending_);
             pending_.reset();
             return true;
+        }
+        while (!ahead_.empty()) {
+            value = std::move(ahead_.front());
+            ahead_.pop_front();
+            if (!(options_.no_run_if_empty && blank(value))) return true;
         }
         while (stream_->next(value))
             if (!(options_.no_run_if_empty && blank(value))) return true;
@@ -1042,11 +1090,13 @@ private:
     std::optional<ChunkReader> chunks_;   // --pipe
     std::optional<ValueReader> stream_;   // the first source, read as it goes
     std::optional<std::string> pending_;  // its first value, read to know that it has one
+    std::deque<std::string> ahead_;       // -X, -m: its values read ahead, before the rest of it
+    bool filling_ = false;                // -X, -m: commands filled to the limit as values come
     std::string current_;                 // its value in the records being made
     bool have_current_ = false;
-    std::optional<std::regex> colsep_;
-    std::optional<std::string> colsep_literal_;  // --colsep with no regex syntax: split without std::regex
-    std::map<std::string, long> names_;          // --header :
+    std::optional<ColumnSplit> colsep_;
+    bool plain_values_ = false;          // no --colsep, no --trim: a value is its one column, as it is
+    std::map<std::string, long> names_;  // --header :
     std::vector<std::vector<std::size_t>> groups_;
     std::vector<std::size_t> lengths_;
     std::vector<std::size_t> index_;  // of each group
@@ -1310,6 +1360,8 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
             }
             break;
         }
+        // As parallel: --colsep trims its columns unless --trim says otherwise.
+        if (options.trim.empty()) options.trim = options.colsep ? "lr" : "n";
         // The command: its words up to the first input separator, joined by spaces (shell code).
         const auto separator = [](std::string_view word) {
             return word == ":::" || word == ":::+" || word == "::::" || word == "::::+";
@@ -1379,10 +1431,15 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         }
         // The jobs whose input has come (all of them for --halt N%, which counts them): made
         // now, to know how many workers to start; the others as their input comes.
+        // -X, -m: a job of thousands of values takes a millisecond to make; once there is one
+        // for each slot, the workers start while the thread makes the rest.
         std::deque<ParallelJob> first;
         bool ended = false;
-        constexpr std::size_t kAhead = 1024;
-        while (first.empty() || options.halt.percent || (first.size() < kAhead && jobs->ready())) {
+        const std::size_t ahead =
+            options.multi == Multi::None
+                ? 1024
+                : static_cast<std::size_t>(job_slots(options.jobs, std::numeric_limits<std::size_t>::max() / 2));
+        while (first.empty() || options.halt.percent || (first.size() < ahead && jobs->ready())) {
             ParallelJob job;
             if (!jobs->next(job)) {
                 ended = true;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What one command costs in processes and system calls, counted by strace (label perf).
 
-Runs `coordinator --command /usr/bin/true` (the program by its path: dash's builtin `true`
-would hide a shell's exec) under `strace -f -c` (every process of the run: the
+Runs `coordinator --command true` (no shell syntax: the worker execs it, as xargs does,
+searching a PATH whose first three directories lack it: each is passed with a lookup, not an
+execve that fails) under `strace -f -c` (every process of the run: the
 coordinator, the fork server, the workers, the guardians and the commands) at two numbers of
 inputs and divides the difference in counts by the difference in inputs, so start-up and
 shutdown cancel out. Counts do not depend on how loaded the machine is, except the calls that
@@ -37,10 +38,15 @@ def counts(coordinator, inputs):
         with open(listing, "w") as f:
             f.writelines(f"{i}\n" for i in range(inputs))
         summary = os.path.join(tmp, "strace.txt")
-        command = ["strace", "-f", "-c", "-o", summary, coordinator, "--command", TRUE, "--inputs", listing,
+        empty = [os.path.join(tmp, name) for name in ("a", "b", "c")]
+        for directory in empty:
+            os.mkdir(directory)
+        path = ":".join(empty + [os.path.dirname(TRUE)])
+        command = ["strace", "-f", "-c", "-o", summary, coordinator, "--command", "true", "--inputs", listing,
                    "--mode", "processes", "--workers", "2", "-q", "--progress", "never"]
         with open(os.devnull, "w") as devnull:
-            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240)
+            run = subprocess.run(command, stdout=devnull, stderr=subprocess.PIPE, text=True, timeout=240,
+                                 env=dict(os.environ, PATH=path))
         if run.returncode != 0:
             sys.exit(f"{' '.join(command)} exited {run.returncode}:\n{run.stderr[-3000:]}")
         calls = {}

@@ -54,6 +54,17 @@ TABLE = [
     ("--colsep tab file", "printf 'a\\tb\\nc\\td\\n' > f; $P -k --colsep '\\t' echo {2}:{1} :::: f"),
     ("--header :", "$P -k --header : echo {x}-{y} ::: x 1 2 ::: y 3 4"),
     ("--header : --colsep", "printf 'n,m\\n1,2\\n' | $P -k --header : --colsep , echo {m}{n}"),
+    ("--header : --colsep: names untrimmed", "printf 'n , m\\n1,2\\n' | $P -k --header : --colsep , echo '[{m}]' '[{ m}]'"),
+    # --colsep is Perl's split(/REGEX/, $value, -1), columns trimmed unless --trim says otherwise.
+    ("--colsep trims", "$P -k --colsep , echo '[{1}]' '[{2}]' ::: ' a , b ' ' ,c'"),
+    ("--colsep keeps empty columns", "$P -k --colsep , echo '[{1}]' '[{-1}]' '[{2}]' ::: a,b, ,a a,,b"),
+    ("--colsep a regex", "$P -k --colsep '\\s*[;|]\\s*' echo '[{1}]' '[{2}]' '[{3}]' ::: 'a ; b|c' 'x'"),
+    ("--colsep Perl classes", "$P -k --colsep '\\d+' echo {3}{2}{1} ::: a1b22c"),
+    ("--colsep a group is a column", "$P -k --colsep '([,;])' echo {1} {2} {3} {4} ::: 'a;b' 'c,d'"),
+    ("--colsep an empty match", "$P -k --colsep 'x*' echo '[{1}]' '[{2}]' '[{3}]' '[{-1}]' ::: abc axxb"),
+    ("--colsep '' splits between characters", "$P -k --colsep '' echo {3}{2}{1} ::: abc"),
+    ("--colsep lookahead", "$P -k --colsep '(?=[A-Z])' echo {2} {1} ::: fooBar"),
+    ("--colsep alternation, first wins", "$P -k --colsep 'a|ab' echo '[{1}]' '[{2}]' ::: xaby"),
     ("-k keeps order", "$P -j3 -k 'sleep 0.{}; echo {}' ::: 3 1 2"),
     ("-j N%", "$P -j 200% -k echo ::: a b"),
     ("-j +N", "$P -j +1 -k echo ::: a b"),
@@ -251,6 +262,11 @@ TABLE = [
     # before it gives the rest (it gives up after five seconds, and says so).
     ("stdin: the first job runs before the input ends",
      WAIT + "(echo a; w a.done; echo b) | $P -k 'touch {}.done; echo {}'"),
+    # -X fills a command to its length limit and runs it while more values come (30,000 values
+    # are more than one command holds).
+    ("-X: the first job runs before the input ends",
+     WAIT + "exec 3>&1; (seq 30000; w seen >/dev/null; [ -e seen ] && echo streamed >&3) | "
+     "$P -j1 -X 'touch seen; :' >/dev/null"),
     ("a :::: FIFO: the first job runs before the input ends",
      WAIT + "mkfifo f; $P -k 'touch {1}{2}.done; echo {1}{2}' :::: f ::: 1 & exec 3>f; echo a >&3; w a1.done; "
      "echo b >&3; w b1.done; exec 3>&-; wait"),
@@ -333,6 +349,7 @@ class ParallelOracle(unittest.TestCase):
     def test_a_bad_value_exits_2_naming_the_option(self):
         for args in [["-j", "x"], ["-j", "0%"], ["-j", "1.5"], ["--halt", "later"], ["--halt", "3"],
                      ["--halt", "now"], ["--halt", "now,fail=1.5"], ["-N", "-1"], ["--header", "x"], ["--colsep", "("],
+                     ["--colsep", "a{2,1}"], ["--colsep", "(?<=a+)b"],
                      ["--block", "1x"], ["--block", "1KB"], ["--trim", "x"], ["--wd", "/no/such/dir"], ["-I", ""],
                      ["--timeout", "10%"], ["--timeout", "-1"], ["--delay", "x"], ["--delay", "1auto"],
                      ["--retries", "x"], ["--retries", "0"], ["--results", "o.csv"], ["--results", "r/{}"],
@@ -474,6 +491,31 @@ class ValuesAreScanned(unittest.TestCase):
         result = self.parallel("echo", "{" + "9" * 30 + "}", ":::", "a")
         self.assertEqual(result.returncode, 2, result.stderr)
         self.assertIn("9" * 30, result.stderr)
+
+    def test_a_backtracking_colsep_on_a_huge_line_neither_crashes_nor_hangs(self):
+        # std::regex recursed once a character: SIGSEGV. PCRE2 backtracks on the heap under a
+        # limit: the split is made, or exit 2 naming --colsep.
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "in"), "w") as f:
+                f.write("a" * 1_000_000 + "\n")
+            for pattern in ["(a|aa)*b", "(a|aa)*$", "(a*)*[bc]", "(?:a|a)+,"]:
+                with self.subTest(pattern):
+                    result = self.parallel("-k", "--colsep", pattern, "echo", "{1}", "::::", "in",
+                                           directory=directory)
+                    self.assertIn(result.returncode, (0, 2), result.stderr[:300])
+                    if result.returncode == 2:
+                        self.assertIn("--colsep", result.stderr)
+                        self.assertEqual(result.stdout, "")
+                    else:
+                        self.assertLessEqual(len(result.stdout), 1_000_001)
+        # The header's names are split by the same matcher.
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "in"), "w") as f:
+                f.write("a" * 1_000_000 + "\n1\n")
+            result = self.parallel("--header", ":", "--colsep", "(a|aa)*b", "echo", "::::", "in", directory=directory)
+            self.assertIn(result.returncode, (0, 2), result.stderr[:300])
+            if result.returncode == 2:
+                self.assertIn("--colsep", result.stderr)
 
     def test_a_fixed_colsep_splits_a_long_line(self):
         with tempfile.TemporaryDirectory() as directory:

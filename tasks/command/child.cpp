@@ -293,7 +293,11 @@ void exec_in_path(const Launch& launch) {
             ::memcpy(buffer, at, length);
             if (length > 0) buffer[length++] = '/';  // an empty entry is the working directory
             ::memcpy(buffer + length, file, file_length + 1);
-            exec(buffer);
+            // A directory without the file is passed with a lookup: an execve copies in the
+            // arguments and the environment before it looks (-X: 120 KiB, for each entry of
+            // PATH before the program's).
+            const bool absent = ::access(buffer, F_OK) != 0 && (errno == ENOENT || errno == ENOTDIR);
+            if (!absent) exec(buffer);
             switch (errno) {
                 case EACCES: denied = true; break;
                 case ENOENT:

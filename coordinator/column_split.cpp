@@ -1,0 +1,130 @@
+#include "column_split.hpp"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace taskfarm {
+
+namespace {
+
+// Each match may take this many steps of the matcher (PCRE2's default is ten times more, about
+// a second): a separator that needs more on one value is no separator anyone means.
+constexpr std::uint32_t kMatchSteps = 1'000'000;
+// And this much heap for its backtracking (KiB; the interpreter), or stack (the JIT's own).
+constexpr std::uint32_t kHeapKiB = 64 * 1024;
+constexpr std::size_t kJitStack = 8 * 1024 * 1024;
+
+std::string pcre2_message(int code) {
+    PCRE2_UCHAR buffer[256];
+    if (pcre2_get_error_message(code, buffer, sizeof buffer) < 0) return fmt::format("PCRE2 error {}", code);
+    return reinterpret_cast<const char*>(buffer);
+}
+
+}  // namespace
+
+std::optional<std::string> fixed_string_of(std::string_view regex) {
+    constexpr std::string_view kSpecial = "\\^$.|?*+()[]{}";
+    std::string literal;
+    for (std::size_t at = 0; at < regex.size(); ++at) {
+        const char c = regex[at];
+        if (c != '\\') {
+            if (kSpecial.find(c) != std::string_view::npos) return std::nullopt;
+            literal += c;
+        } else if (at + 1 < regex.size() && regex[at + 1] == 't') {
+            literal += '\t';
+            ++at;
+        } else if (at + 1 < regex.size() && kSpecial.find(regex[at + 1]) != std::string_view::npos) {
+            literal += regex[++at];
+        } else {
+            return std::nullopt;
+        }
+    }
+    if (literal.empty()) return std::nullopt;  // the empty regex splits between characters
+    return literal;
+}
+
+struct ColumnSplit::Compiled {
+    pcre2_code* code = nullptr;
+    pcre2_match_context* context = nullptr;
+    pcre2_jit_stack* jit_stack = nullptr;
+    pcre2_match_data* data = nullptr;  // one split at a time (a job maker is one thread)
+    std::uint32_t groups = 0;
+    ~Compiled() {
+        pcre2_match_data_free(data);
+        pcre2_jit_stack_free(jit_stack);
+        pcre2_match_context_free(context);
+        pcre2_code_free(code);
+    }
+};
+
+ColumnSplit::ColumnSplit(std::string pattern) : literal_(fixed_string_of(pattern)) {
+    if (literal_) return;
+    auto compiled = std::make_unique<Compiled>();
+    int error = 0;
+    PCRE2_SIZE offset = 0;
+    compiled->code =
+        pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), 0, &error, &offset, nullptr);
+    if (!compiled->code) throw std::invalid_argument(fmt::format("{} at offset {}", pcre2_message(error), offset));
+    compiled->context = pcre2_match_context_create(nullptr);
+    compiled->data = pcre2_match_data_create_from_pattern(compiled->code, nullptr);
+    if (!compiled->context || !compiled->data) throw std::bad_alloc();
+    pcre2_set_match_limit(compiled->context, kMatchSteps);
+    pcre2_set_heap_limit(compiled->context, kHeapKiB);
+    // The JIT (where the platform has it) is several times faster; without it, the interpreter.
+    if (pcre2_jit_compile(compiled->code, PCRE2_JIT_COMPLETE) == 0) {
+        compiled->jit_stack = pcre2_jit_stack_create(32 * 1024, kJitStack, nullptr);
+        if (compiled->jit_stack) pcre2_jit_stack_assign(compiled->context, nullptr, compiled->jit_stack);
+    }
+    pcre2_pattern_info(compiled->code, PCRE2_INFO_CAPTURECOUNT, &compiled->groups);
+    compiled_ = std::move(compiled);
+}
+
+ColumnSplit::~ColumnSplit() = default;
+ColumnSplit::ColumnSplit(ColumnSplit&&) noexcept = default;
+ColumnSplit& ColumnSplit::operator=(ColumnSplit&&) noexcept = default;
+
+std::vector<std::string> ColumnSplit::split(std::string_view value) const {
+    std::vector<std::string> columns;
+    if (value.empty()) return {std::string()};  // as parallel: an empty value is one empty column
+    if (literal_) {
+        for (std::size_t at = 0;;) {
+            const std::size_t found = value.find(*literal_, at);
+            if (found == std::string_view::npos) {
+                columns.emplace_back(value.substr(at));
+                return columns;
+            }
+            columns.emplace_back(value.substr(at, found - at));
+            at = found + literal_->size();
+        }
+    }
+    const auto* subject = reinterpret_cast<PCRE2_SPTR>(value.data());
+    std::size_t at = 0;  // where the column being cut starts
+    while (at < value.size()) {
+        // As Perl's split: a match must end past the column's start (no empty match there;
+        // the matcher tries the pattern's other ways first, then the next position).
+        const int found = pcre2_match(compiled_->code, subject, value.size(), at, PCRE2_NOTEMPTY_ATSTART,
+                                      compiled_->data, compiled_->context);
+        if (found == PCRE2_ERROR_NOMATCH) break;
+        if (found < 0)
+            throw std::runtime_error(
+                fmt::format("matching a value of {} bytes stopped: {}", value.size(), pcre2_message(found)));
+        const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(compiled_->data);
+        columns.emplace_back(value.substr(at, ovector[0] - at));
+        for (std::uint32_t group = 1; group <= compiled_->groups; ++group) {
+            const PCRE2_SIZE start = ovector[2 * group];
+            if (static_cast<int>(group) < found && start != PCRE2_UNSET)
+                columns.emplace_back(value.substr(start, ovector[2 * group + 1] - start));
+            else
+                columns.emplace_back();  // a group that took no part: Perl's undef
+        }
+        at = ovector[1];
+    }
+    columns.emplace_back(value.substr(at));  // the last column, empty too (limit -1)
+    return columns;
+}
+
+}  // namespace taskfarm
