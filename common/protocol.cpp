@@ -200,8 +200,19 @@ bool read_cost(FastReader& in, Cost& out) {
     });
 }
 
+// A value skim() takes is walked over with ValuesAs::Skip (left null); any other is read as JSON,
+// which refuses what it must, so a frame is accepted or refused alike either way.
+bool read_value(FastReader& in, Json& out, int depth, ValuesAs as) {
+    if (as == ValuesAs::Skip) {
+        const char* start = in.position();
+        if (in.skim(depth)) return true;
+        in.rewind(start);
+    }
+    return in.json(out, depth);
+}
+
 // `depth`: the containers around the message (0 alone, 2 in a batch's array).
-bool read_result(FastReader& in, Result& out, int depth) {
+bool read_result(FastReader& in, Result& out, int depth, ValuesAs as) {
     return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
         if (is(key, "type")) return bit = 1, in.str(out.type);
         if (is(key, "v")) return bit = 2, read_version(in, out.v);
@@ -211,7 +222,7 @@ bool read_result(FastReader& in, Result& out, int depth) {
         if (is(key, "ok")) return bit = 32, in.boolean(out.ok);
         if (is(key, "error")) return bit = 64, in.str(out.error);
         if (is(key, "run_s")) return bit = 128, in.number(out.run_s);
-        if (is(key, "value")) return bit = 256, in.json(out.value, depth + 1);
+        if (is(key, "value")) return bit = 256, read_value(in, out.value, depth + 1, as);
         if (is(key, "cost")) return bit = 512, read_cost(in, out.cost);
         if (is(key, "rss")) return bit = 1024, in.unsigned_number(out.rss);
         return false;
@@ -274,13 +285,17 @@ std::string_view first_type(std::string_view frame) {
 }
 
 // The frame read by the fast path, or nullopt for decode()'s general one.
-std::optional<Message> decode_fast(std::string_view frame, ParamsAs as) {
+std::optional<Message> decode_fast(std::string_view frame, ParamsAs as, ValuesAs values) {
     const auto read_task_as = [as](FastReader& in, Task& task, int depth) { return read_task(in, task, depth, as); };
+    const auto read_result_as = [values](FastReader& in, Result& result, int depth) {
+        return read_result(in, result, depth, values);
+    };
     const std::string_view type = first_type(frame);
     FastReader in(frame);
     if (type == "results") {
         ResultBatch batch;
-        if (!read_batch(in, "results", batch.results, batch.v, read_result) || batch.v != kVersion) return std::nullopt;
+        if (!read_batch(in, "results", batch.results, batch.v, read_result_as) || batch.v != kVersion)
+            return std::nullopt;
         return checked(std::move(batch));
     }
     if (type == "tasks") {
@@ -290,7 +305,7 @@ std::optional<Message> decode_fast(std::string_view frame, ParamsAs as) {
     }
     if (type == "result") {
         Result result;
-        if (!read_result(in, result, 0) || !in.done() || result.v != kVersion) return std::nullopt;
+        if (!read_result(in, result, 0, values) || !in.done() || result.v != kVersion) return std::nullopt;
         return checked(std::move(result));
     }
     if (type == "task") {
@@ -460,9 +475,9 @@ std::string_view ResultFrame::take() {
     return std::string_view(frame_).substr(0, used_);
 }
 
-Message decode(std::string_view frame, ParamsAs params) {
+Message decode(std::string_view frame, ParamsAs params, ValuesAs values) {
     if (frame.size() <= kMaxFrameBytes)
-        if (auto fast = decode_fast(frame, params)) return std::move(*fast);
+        if (auto fast = decode_fast(frame, params, values)) return std::move(*fast);
     return detail::decode_general(frame);
 }
 

@@ -489,8 +489,18 @@ TEST(Protocol, TheFastPathReadsAndWritesWhatTheGeneralOneDoes) {
         if (auto* task = std::get_if<Task>(&packed)) unpack(*task);
         if (auto* batch = std::get_if<TaskBatch>(&packed))
             for (Task& task : batch->tasks) unpack(task);
+        // As a coordinator whose sinks read no value does (decision 250): the same message but
+        // for the values it walked over (null), or the same refusal.
+        Message skipped = decode(frame, ParamsAs::Json, ValuesAs::Skip);
+        ASSERT_EQ(skipped.index(), general.index()) << round;
+        const auto without_values = [](Message& message) {
+            if (auto* result = std::get_if<Result>(&message)) result->value = nullptr;
+            if (auto* batch = std::get_if<ResultBatch>(&message))
+                for (Result& result : batch->results) result.value = nullptr;
+        };
         if (const auto* error = std::get_if<DecodeError>(&general)) {
             EXPECT_EQ(std::get<DecodeError>(fast).reason, error->reason) << round;
+            EXPECT_EQ(std::get<DecodeError>(skipped).reason, error->reason) << round;
             continue;
         }
         ++both_read;
@@ -506,8 +516,39 @@ TEST(Protocol, TheFastPathReadsAndWritesWhatTheGeneralOneDoes) {
         };
         EXPECT_EQ(encoded(fast), encoded(general)) << round;
         EXPECT_EQ(encoded(packed), encoded(general)) << round;
+        Message general_without = general;
+        without_values(general_without);
+        without_values(skipped);
+        EXPECT_EQ(encoded(skipped), encoded(general_without)) << round;
     }
     EXPECT_GT(both_read, 1000u);
+}
+
+// A coordinator none of whose sinks reads a value drops the values it can walk over, and
+// decodes every other field as before (decision 250); a value the walk refuses (a map of more
+// keys than it compares) is read as JSON as before.
+TEST(Protocol, ResultsReadWithoutTheirValuesKeepEverythingElse) {
+    Json wide = Json::object();
+    for (int key = 0; key < 20; ++key) wide[fmt::format("k{}", key)] = key;
+    for (const Json& value : {Json{{"slept_s", 0.0}}, Json::array({1, "two", nullptr}), Json(-3), wide}) {
+        TaskResult made;
+        made.id = 9;
+        made.attempt = 2;
+        made.ok = true;
+        made.value = value;
+        made.cost.scope = TaskCost::Scope::Process;
+        made.cost.user_s = 0.25;
+        const Result sent = to_message(std::move(made));
+        const std::string frame = encode(sent);
+        const Message read = decode(frame, ParamsAs::Json, ValuesAs::Skip);
+        ASSERT_TRUE(std::holds_alternative<Result>(read)) << rejection(frame);
+        const Result& got = std::get<Result>(read);
+        EXPECT_EQ(got.value, value.size() > 16 ? value : Json()) << value.dump();
+        Result expected = sent;
+        expected.value = got.value;
+        EXPECT_EQ(encode(got), encode(expected)) << value.dump();
+        EXPECT_EQ(std::get<Result>(decode(frame)).value, value);  // ValuesAs::Json, the default
+    }
 }
 
 // A worker keeps a task's params as msgpack for a type that runs from them (decision 242):
