@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <sstream>
 #include <string_view>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -82,7 +83,8 @@ std::string problem(const Task& message) {
     if (message.id == kNoId) return no_id_problem("task");
     if (message.kind.empty()) return fmt::format("task {} without a kind", message.id);
     if (message.attempt == 0) return fmt::format("task {} has attempt 0", message.id);
-    if (!message.params.is_object()) return fmt::format("task {} has params that are not a map", message.id);
+    if (message.packed_params.empty() && !message.params.is_object())  // packed: a map (read_params)
+        return fmt::format("task {} has params that are not a map", message.id);
     return {};
 }
 
@@ -244,18 +246,22 @@ bool read_params(FastReader& in, Task& out, int depth, ParamsAs as) {
     return in.json(out.params, depth);
 }
 
+// Into a Task(Task::Unread): params absent are an empty map, as a default Task's.
 bool read_task(FastReader& in, Task& out, int depth, ParamsAs as) {
-    return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
+    bool params = false;
+    const bool read = read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
         if (is(key, "type")) return bit = 1, in.str(out.type);
         if (is(key, "v")) return bit = 2, read_version(in, out.v);
         if (is(key, "id")) return bit = 4, in.unsigned_number(out.id);
         if (is(key, "attempt")) return bit = 8, read_attempt(in, out.attempt);
         if (is(key, "kind")) return bit = 16, in.str(out.kind);
-        if (is(key, "params")) return bit = 32, read_params(in, out, depth + 1, as);
+        if (is(key, "params")) return bit = 32, params = true, read_params(in, out, depth + 1, as);
         if (is(key, "timeout_s")) return bit = 64, in.number(out.timeout_s);
         if (is(key, "gpus")) return bit = 128, in.str(out.gpus);
         return false;
     });
+    if (read && !params) out.params = Json::object();
+    return read;
 }
 
 // A batch: {"type": batch, "v": N, elements: [...]} in this order, as our encoders write it.
@@ -268,9 +274,15 @@ bool read_batch(FastReader& in, std::string_view elements_key, std::vector<Eleme
     if (!in.str(key) || !is(key, "type") || !in.str(type)) return false;
     if (!in.str(key) || !is(key, "v") || !read_version(in, v)) return false;
     if (!in.str(key) || key != elements_key || !in.array(size)) return false;
-    elements.resize(size);
-    for (Element& element : elements)
-        if (!read(in, element, 2)) return false;
+    elements.clear();
+    elements.reserve(size);
+    for (std::uint32_t k = 0; k < size; ++k) {
+        if constexpr (std::is_same_v<Element, Task>)
+            elements.emplace_back(Task::Unread{});
+        else
+            elements.emplace_back();
+        if (!read(in, elements.back(), 2)) return false;
+    }
     return in.done();
 }
 
@@ -309,7 +321,7 @@ std::optional<Message> decode_fast(std::string_view frame, ParamsAs as, ValuesAs
         return checked(std::move(result));
     }
     if (type == "task") {
-        Task task;
+        Task task(Task::Unread{});
         if (!read_task(in, task, 0, as) || !in.done() || task.v != kVersion) return std::nullopt;
         return checked(std::move(task));
     }

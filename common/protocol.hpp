@@ -57,6 +57,11 @@ struct Setup {
 
 // Coordinator -> worker: run this.
 struct Task {
+    // A Task whose params are null, not an empty map (whose making allocates): what the fast
+    // path of decode() reads a task into, and then sets (decision 251).
+    struct Unread {};
+    Task() = default;
+    explicit Task(Unread) : params() {}
     std::string type = "task";
     int v = kVersion;
     TaskId id = kNoId;  // required

@@ -551,6 +551,38 @@ TEST(Protocol, ResultsReadWithoutTheirValuesKeepEverythingElse) {
     }
 }
 
+// The fast path reads a task into one without params (its default map is an allocation,
+// decision 251): a task frame without "params" still reads as an empty map, as the general
+// decoder's default, alone and in a batch, and one whose params are nil is still refused.
+TEST(Protocol, ATaskWithoutParamsReadsAsAnEmptyMapAndNilParamsAreRefused) {
+    const auto task_frame = [](bool with_params) {
+        std::stringstream buffer;
+        msgpack::packer packer(buffer);
+        packer.pack_map(with_params ? 5 : 4);
+        packer.pack(std::string("type")).pack(std::string("task"));
+        packer.pack(std::string("v")).pack(kVersion);
+        packer.pack(std::string("id")).pack(3);
+        packer.pack(std::string("kind")).pack(std::string("sleep"));
+        if (with_params) packer.pack(std::string("params")).pack_nil();
+        return buffer.str();
+    };
+    for (const ParamsAs as : {ParamsAs::Json, ParamsAs::Packed}) {
+        const Message alone = decode(task_frame(false), as);
+        ASSERT_TRUE(std::holds_alternative<Task>(alone)) << rejection(task_frame(false));
+        EXPECT_EQ(std::get<Task>(alone).params, Json::object());
+        const std::string tasks[] = {task_frame(false), task_frame(false)};
+        std::string batch;
+        encode_batch_of(batch, std::vector<std::string_view>{tasks[0], tasks[1]});
+        const Message both = decode(batch, as);
+        ASSERT_TRUE(std::holds_alternative<TaskBatch>(both)) << rejection(batch);
+        for (const Task& task : std::get<TaskBatch>(both).tasks) EXPECT_EQ(task.params, Json::object());
+        const Message nil = decode(task_frame(true), as);
+        ASSERT_TRUE(std::holds_alternative<DecodeError>(nil));
+        EXPECT_EQ(std::get<DecodeError>(nil).reason, "task 3 has params that are not a map");
+    }
+    EXPECT_EQ(Task().params, Json::object());  // a Task made by hand has none, as before
+}
+
 // A worker keeps a task's params as msgpack for a type that runs from them (decision 242):
 // the no-op sleep decodes nothing and packs its value as the JSON run's would be packed;
 // any other sleep, bad params and other types run from JSON as before.
@@ -572,7 +604,7 @@ TEST(Protocol, AWorkerRunsTheNoOpFromItsPackedParams) {
     };
     const AsWorker noop = as_worker(TaskSpec{1, type("sleep"), {{"seconds", 0.0}}, 0});
     EXPECT_FALSE(noop.packed.empty());
-    EXPECT_EQ(noop.spec.params, Json::object());
+    EXPECT_TRUE(noop.spec.params.is_null());  // nothing made: they are in `packed` (decision 251)
     EXPECT_EQ(params_from_packed(noop.packed), (Json{{"seconds", 0.0}}));
     const AsWorker cpu = as_worker(TaskSpec{2, type("cpu"), {{"lo", 1}, {"hi", 9}}, 0});
     EXPECT_TRUE(cpu.packed.empty());
