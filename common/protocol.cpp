@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <sstream>
 #include <string_view>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -82,7 +83,8 @@ std::string problem(const Task& message) {
     if (message.id == kNoId) return no_id_problem("task");
     if (message.kind.empty()) return fmt::format("task {} without a kind", message.id);
     if (message.attempt == 0) return fmt::format("task {} has attempt 0", message.id);
-    if (!message.params.is_object()) return fmt::format("task {} has params that are not a map", message.id);
+    if (message.packed_params.empty() && !message.params.is_object())  // packed: a map (read_params)
+        return fmt::format("task {} has params that are not a map", message.id);
     return {};
 }
 
@@ -200,8 +202,19 @@ bool read_cost(FastReader& in, Cost& out) {
     });
 }
 
+// A value skim() takes is walked over with ValuesAs::Skip (left null); any other is read as JSON,
+// which refuses what it must, so a frame is accepted or refused alike either way.
+bool read_value(FastReader& in, Json& out, int depth, ValuesAs as) {
+    if (as == ValuesAs::Skip) {
+        const char* start = in.position();
+        if (in.skim(depth)) return true;
+        in.rewind(start);
+    }
+    return in.json(out, depth);
+}
+
 // `depth`: the containers around the message (0 alone, 2 in a batch's array).
-bool read_result(FastReader& in, Result& out, int depth) {
+bool read_result(FastReader& in, Result& out, int depth, ValuesAs as) {
     return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
         if (is(key, "type")) return bit = 1, in.str(out.type);
         if (is(key, "v")) return bit = 2, read_version(in, out.v);
@@ -211,7 +224,7 @@ bool read_result(FastReader& in, Result& out, int depth) {
         if (is(key, "ok")) return bit = 32, in.boolean(out.ok);
         if (is(key, "error")) return bit = 64, in.str(out.error);
         if (is(key, "run_s")) return bit = 128, in.number(out.run_s);
-        if (is(key, "value")) return bit = 256, in.json(out.value, depth + 1);
+        if (is(key, "value")) return bit = 256, read_value(in, out.value, depth + 1, as);
         if (is(key, "cost")) return bit = 512, read_cost(in, out.cost);
         if (is(key, "rss")) return bit = 1024, in.unsigned_number(out.rss);
         return false;
@@ -233,18 +246,22 @@ bool read_params(FastReader& in, Task& out, int depth, ParamsAs as) {
     return in.json(out.params, depth);
 }
 
+// Into a Task(Task::Unread): params absent are an empty map, as a default Task's.
 bool read_task(FastReader& in, Task& out, int depth, ParamsAs as) {
-    return read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
+    bool params = false;
+    const bool read = read_fields(in, [&](std::string_view key, std::uint32_t& bit) {
         if (is(key, "type")) return bit = 1, in.str(out.type);
         if (is(key, "v")) return bit = 2, read_version(in, out.v);
         if (is(key, "id")) return bit = 4, in.unsigned_number(out.id);
         if (is(key, "attempt")) return bit = 8, read_attempt(in, out.attempt);
         if (is(key, "kind")) return bit = 16, in.str(out.kind);
-        if (is(key, "params")) return bit = 32, read_params(in, out, depth + 1, as);
+        if (is(key, "params")) return bit = 32, params = true, read_params(in, out, depth + 1, as);
         if (is(key, "timeout_s")) return bit = 64, in.number(out.timeout_s);
         if (is(key, "gpus")) return bit = 128, in.str(out.gpus);
         return false;
     });
+    if (read && !params) out.params = Json::object();
+    return read;
 }
 
 // A batch: {"type": batch, "v": N, elements: [...]} in this order, as our encoders write it.
@@ -257,9 +274,15 @@ bool read_batch(FastReader& in, std::string_view elements_key, std::vector<Eleme
     if (!in.str(key) || !is(key, "type") || !in.str(type)) return false;
     if (!in.str(key) || !is(key, "v") || !read_version(in, v)) return false;
     if (!in.str(key) || key != elements_key || !in.array(size)) return false;
-    elements.resize(size);
-    for (Element& element : elements)
-        if (!read(in, element, 2)) return false;
+    elements.clear();
+    elements.reserve(size);
+    for (std::uint32_t k = 0; k < size; ++k) {
+        if constexpr (std::is_same_v<Element, Task>)
+            elements.emplace_back(Task::Unread{});
+        else
+            elements.emplace_back();
+        if (!read(in, elements.back(), 2)) return false;
+    }
     return in.done();
 }
 
@@ -274,13 +297,17 @@ std::string_view first_type(std::string_view frame) {
 }
 
 // The frame read by the fast path, or nullopt for decode()'s general one.
-std::optional<Message> decode_fast(std::string_view frame, ParamsAs as) {
+std::optional<Message> decode_fast(std::string_view frame, ParamsAs as, ValuesAs values) {
     const auto read_task_as = [as](FastReader& in, Task& task, int depth) { return read_task(in, task, depth, as); };
+    const auto read_result_as = [values](FastReader& in, Result& result, int depth) {
+        return read_result(in, result, depth, values);
+    };
     const std::string_view type = first_type(frame);
     FastReader in(frame);
     if (type == "results") {
         ResultBatch batch;
-        if (!read_batch(in, "results", batch.results, batch.v, read_result) || batch.v != kVersion) return std::nullopt;
+        if (!read_batch(in, "results", batch.results, batch.v, read_result_as) || batch.v != kVersion)
+            return std::nullopt;
         return checked(std::move(batch));
     }
     if (type == "tasks") {
@@ -290,11 +317,11 @@ std::optional<Message> decode_fast(std::string_view frame, ParamsAs as) {
     }
     if (type == "result") {
         Result result;
-        if (!read_result(in, result, 0) || !in.done() || result.v != kVersion) return std::nullopt;
+        if (!read_result(in, result, 0, values) || !in.done() || result.v != kVersion) return std::nullopt;
         return checked(std::move(result));
     }
     if (type == "task") {
-        Task task;
+        Task task(Task::Unread{});
         if (!read_task(in, task, 0, as) || !in.done() || task.v != kVersion) return std::nullopt;
         return checked(std::move(task));
     }
@@ -460,9 +487,9 @@ std::string_view ResultFrame::take() {
     return std::string_view(frame_).substr(0, used_);
 }
 
-Message decode(std::string_view frame, ParamsAs params) {
+Message decode(std::string_view frame, ParamsAs params, ValuesAs values) {
     if (frame.size() <= kMaxFrameBytes)
-        if (auto fast = decode_fast(frame, params)) return std::move(*fast);
+        if (auto fast = decode_fast(frame, params, values)) return std::move(*fast);
     return detail::decode_general(frame);
 }
 

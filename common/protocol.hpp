@@ -57,6 +57,11 @@ struct Setup {
 
 // Coordinator -> worker: run this.
 struct Task {
+    // A Task whose params are null, not an empty map (whose making allocates): what the fast
+    // path of decode() reads a task into, and then sets (decision 251).
+    struct Unread {};
+    Task() = default;
+    explicit Task(Unread) : params() {}
     std::string type = "task";
     int v = kVersion;
     TaskId id = kNoId;  // required
@@ -242,7 +247,11 @@ private:
 // ParamsAs::Packed (the worker's): a task's params read by the fast path stay msgpack, in
 // Task::packed_params, for to_spec() to keep or to make JSON (decision 242).
 enum class ParamsAs { Json, Packed };
-Message decode(std::string_view frame, ParamsAs params = ParamsAs::Json);
+// ValuesAs::Skip (a coordinator none of whose sinks reads a value: ResultSink::wants_values()):
+// a result's value that the fast path can walk over is checked and dropped, Result::value left
+// null, instead of being made JSON for nobody (decision 250). Any other frame reads as with Json.
+enum class ValuesAs { Json, Skip };
+Message decode(std::string_view frame, ParamsAs params = ParamsAs::Json, ValuesAs values = ValuesAs::Json);
 namespace detail {
 // decode() without that fast path: what it must agree with (tests).
 Message decode_general(std::string_view frame);

@@ -114,7 +114,7 @@ void Dispatcher::drain_incoming() {
 void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& body) {
     const auto now = Clock::now();
     schedule_.frame(identity, now);
-    auto message = proto::decode(body.to_string_view());
+    auto message = proto::decode(body.to_string_view(), proto::ParamsAs::Json, values_);
     if (auto* hello = std::get_if<proto::Hello>(&message)) {
         if (schedule_.name_of(identity)) return reject(identity, "second HELLO");
         // Only the Listener's ZAP handler sets a User-Id, so a frame with one came over tcp.

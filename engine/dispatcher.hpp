@@ -91,6 +91,8 @@ private:
     WorkerLauncher& pool_;
     const Plan& plan_;
     ModeRecorder& recorder_;
+    // Results' values are decoded only for a sink that reads them (decision 250).
+    const proto::ValuesAs values_ = recorder_.values_wanted() ? proto::ValuesAs::Json : proto::ValuesAs::Skip;
     const std::stop_token stop_;
     const std::stop_token drain_;
     // Each task is encoded once (decision 151): the schedule's byte count for the cap of a

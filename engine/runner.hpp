@@ -72,6 +72,9 @@ public:
     // `when` in seconds since the start of the mode, on the clock results are stamped with.
     double seconds_at(std::chrono::steady_clock::time_point when) const;
     std::size_t recorded() const;
+    // Whether a sink reads results' values (ResultSink::wants_values()): else a processes-mode
+    // coordinator need not decode them (decision 250).
+    bool values_wanted() const { return values_wanted_; }
     // Starts the mode's clock again, now: for a run that waited for remote workers before its
     // first task, so the wait (a person or a scheduler starting them) is not counted. Call it
     // before the first result, from the thread that records.
@@ -97,6 +100,7 @@ private:
     ResultSink& sink_;
     const Plan& plan_;  // its known_count() is the report's tasks once the mode is over
     const bool starts_wanted_ = sink_.wants_task_starts();
+    const bool values_wanted_ = sink_.wants_values();
     mutable std::mutex mutex_;
     RunReport report_;
     std::atomic<bool> unflushed_{false};  // a result went to the sink since the last flush

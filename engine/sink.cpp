@@ -88,6 +88,10 @@ bool FanOutSink::wants_task_starts() const {
     return std::any_of(sinks_.begin(), sinks_.end(), [](const auto& sink) { return sink->wants_task_starts(); });
 }
 
+bool FanOutSink::wants_values() const {
+    return std::any_of(sinks_.begin(), sinks_.end(), [](const auto& sink) { return sink->wants_values(); });
+}
+
 void FanOutSink::on_task_started(const RunEvent& event) {
     for (auto& sink : sinks_)
         if (sink->wants_task_starts()) sink->on_task_started(event);

@@ -40,6 +40,11 @@ public:
     // sink's lock, once per task, so that starts never queue behind results on it: such a
     // sink synchronises itself (the live view's state has a lock of its own).
     virtual void on_task_started(const RunEvent&) {}
+    // Whether the sink reads TaskResult::value. When no sink of a run does, the coordinator of
+    // processes mode drops the values its workers send rather than decode them (decision 250):
+    // their results reach the sinks with a null value. Fixed before the first mode begins;
+    // a sink that reads them, or may, keeps the default.
+    virtual bool wants_values() const { return true; }
 
 protected:
     virtual void begin_mode_(const std::string& mode, std::size_t tasks) = 0;
@@ -60,6 +65,7 @@ public:
     void add(std::unique_ptr<ResultSink> sink) { sinks_.push_back(std::move(sink)); }
     bool wants_task_starts() const override;
     void on_task_started(const RunEvent& event) override;  // sinks_ is fixed by then: no lock
+    bool wants_values() const override;
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;

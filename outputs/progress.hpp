@@ -110,6 +110,8 @@ public:
     // The number of tasks, for a plan that grows as the run goes (a Farm's submits): the bar's
     // N/TOTAL and ETA, where begin_mode() was told 0 (not known). Thread-safe.
     void set_total(std::size_t total);
+    // The bar reads no value; the sink it prints through may.
+    bool wants_values() const override { return printed_ && printed_->wants_values(); }
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;

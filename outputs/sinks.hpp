@@ -34,6 +34,8 @@ public:
     explicit ConsoleSink(std::FILE* out, OutputBlocks blocks = OutputBlocks::Group);
     // Set before the first result arrives; called at most once, with the sink's lock held.
     void on_closed(std::function<void()> callback) { on_closed_ = std::move(callback); }
+    // A line describes its value (TaskType::describe) unless nothing reads the lines.
+    bool wants_values() const override { return !discarded_; }
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override;

@@ -489,8 +489,18 @@ TEST(Protocol, TheFastPathReadsAndWritesWhatTheGeneralOneDoes) {
         if (auto* task = std::get_if<Task>(&packed)) unpack(*task);
         if (auto* batch = std::get_if<TaskBatch>(&packed))
             for (Task& task : batch->tasks) unpack(task);
+        // As a coordinator whose sinks read no value does (decision 250): the same message but
+        // for the values it walked over (null), or the same refusal.
+        Message skipped = decode(frame, ParamsAs::Json, ValuesAs::Skip);
+        ASSERT_EQ(skipped.index(), general.index()) << round;
+        const auto without_values = [](Message& message) {
+            if (auto* result = std::get_if<Result>(&message)) result->value = nullptr;
+            if (auto* batch = std::get_if<ResultBatch>(&message))
+                for (Result& result : batch->results) result.value = nullptr;
+        };
         if (const auto* error = std::get_if<DecodeError>(&general)) {
             EXPECT_EQ(std::get<DecodeError>(fast).reason, error->reason) << round;
+            EXPECT_EQ(std::get<DecodeError>(skipped).reason, error->reason) << round;
             continue;
         }
         ++both_read;
@@ -506,8 +516,71 @@ TEST(Protocol, TheFastPathReadsAndWritesWhatTheGeneralOneDoes) {
         };
         EXPECT_EQ(encoded(fast), encoded(general)) << round;
         EXPECT_EQ(encoded(packed), encoded(general)) << round;
+        Message general_without = general;
+        without_values(general_without);
+        without_values(skipped);
+        EXPECT_EQ(encoded(skipped), encoded(general_without)) << round;
     }
     EXPECT_GT(both_read, 1000u);
+}
+
+// A coordinator none of whose sinks reads a value drops the values it can walk over, and
+// decodes every other field as before (decision 250); a value the walk refuses (a map of more
+// keys than it compares) is read as JSON as before.
+TEST(Protocol, ResultsReadWithoutTheirValuesKeepEverythingElse) {
+    Json wide = Json::object();
+    for (int key = 0; key < 20; ++key) wide[fmt::format("k{}", key)] = key;
+    for (const Json& value : {Json{{"slept_s", 0.0}}, Json::array({1, "two", nullptr}), Json(-3), wide}) {
+        TaskResult made;
+        made.id = 9;
+        made.attempt = 2;
+        made.ok = true;
+        made.value = value;
+        made.cost.scope = TaskCost::Scope::Process;
+        made.cost.user_s = 0.25;
+        const Result sent = to_message(std::move(made));
+        const std::string frame = encode(sent);
+        const Message read = decode(frame, ParamsAs::Json, ValuesAs::Skip);
+        ASSERT_TRUE(std::holds_alternative<Result>(read)) << rejection(frame);
+        const Result& got = std::get<Result>(read);
+        EXPECT_EQ(got.value, value.size() > 16 ? value : Json()) << value.dump();
+        Result expected = sent;
+        expected.value = got.value;
+        EXPECT_EQ(encode(got), encode(expected)) << value.dump();
+        EXPECT_EQ(std::get<Result>(decode(frame)).value, value);  // ValuesAs::Json, the default
+    }
+}
+
+// The fast path reads a task into one without params (its default map is an allocation,
+// decision 251): a task frame without "params" still reads as an empty map, as the general
+// decoder's default, alone and in a batch, and one whose params are nil is still refused.
+TEST(Protocol, ATaskWithoutParamsReadsAsAnEmptyMapAndNilParamsAreRefused) {
+    const auto task_frame = [](bool with_params) {
+        std::stringstream buffer;
+        msgpack::packer packer(buffer);
+        packer.pack_map(with_params ? 5 : 4);
+        packer.pack(std::string("type")).pack(std::string("task"));
+        packer.pack(std::string("v")).pack(kVersion);
+        packer.pack(std::string("id")).pack(3);
+        packer.pack(std::string("kind")).pack(std::string("sleep"));
+        if (with_params) packer.pack(std::string("params")).pack_nil();
+        return buffer.str();
+    };
+    for (const ParamsAs as : {ParamsAs::Json, ParamsAs::Packed}) {
+        const Message alone = decode(task_frame(false), as);
+        ASSERT_TRUE(std::holds_alternative<Task>(alone)) << rejection(task_frame(false));
+        EXPECT_EQ(std::get<Task>(alone).params, Json::object());
+        const std::string tasks[] = {task_frame(false), task_frame(false)};
+        std::string batch;
+        encode_batch_of(batch, std::vector<std::string_view>{tasks[0], tasks[1]});
+        const Message both = decode(batch, as);
+        ASSERT_TRUE(std::holds_alternative<TaskBatch>(both)) << rejection(batch);
+        for (const Task& task : std::get<TaskBatch>(both).tasks) EXPECT_EQ(task.params, Json::object());
+        const Message nil = decode(task_frame(true), as);
+        ASSERT_TRUE(std::holds_alternative<DecodeError>(nil));
+        EXPECT_EQ(std::get<DecodeError>(nil).reason, "task 3 has params that are not a map");
+    }
+    EXPECT_EQ(Task().params, Json::object());  // a Task made by hand has none, as before
 }
 
 // A worker keeps a task's params as msgpack for a type that runs from them (decision 242):
@@ -531,7 +604,7 @@ TEST(Protocol, AWorkerRunsTheNoOpFromItsPackedParams) {
     };
     const AsWorker noop = as_worker(TaskSpec{1, type("sleep"), {{"seconds", 0.0}}, 0});
     EXPECT_FALSE(noop.packed.empty());
-    EXPECT_EQ(noop.spec.params, Json::object());
+    EXPECT_TRUE(noop.spec.params.is_null());  // nothing made: they are in `packed` (decision 251)
     EXPECT_EQ(params_from_packed(noop.packed), (Json{{"seconds", 0.0}}));
     const AsWorker cpu = as_worker(TaskSpec{2, type("cpu"), {{"lo", 1}, {"hi", 9}}, 0});
     EXPECT_TRUE(cpu.packed.empty());

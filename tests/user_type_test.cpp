@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -63,6 +64,31 @@ struct Box {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Box, width, height)
 
+// Values of every JSON type and nesting, for the journal to keep as the function made them.
+const std::vector<Value>& mixed_values() {
+    static const std::vector<Value> values = [] {
+        Value wide = Value::object();  // more keys than the coordinator walks over in place
+        for (int key = 0; key < 20; ++key) wide[fmt::format("k{:02}", key)] = key % 2 ? Value(key) : Value(-key);
+        return std::vector<Value>{
+            Value(),
+            Value(true),
+            Value(-7),
+            Value(std::numeric_limits<std::uint64_t>::max()),
+            Value(0.1),
+            Value(-2.5e300),
+            Value("text \xce\xb4 with \"quotes\" and \\"),
+            Value::array({1, "two", Value::array({3.5, Value::array()}), Value::object(), nullptr, false}),
+            Value{{"a", {{"b", Value::array({1, 2, {{"c", -1}}})}}},
+                  {"empty", Value::object()},
+                  {"list", Value::array()}},
+            Value{{"slept_s", 0.0}},
+            wide,
+            Value(std::string(300, 'y')),
+        };
+    }();
+    return values;
+}
+
 void register_types(taskfarm::App& made) {
     made.task<Box>("area", [](const Box& box, Context&) { return box.width * box.height; });
     made.task("reverse", [](const Params& params, Context& context) {
@@ -90,6 +116,10 @@ void register_types(taskfarm::App& made) {
     });
     // Fails with an error of 40 MB, more than a journal line holds.
     made.task("vast", [](const Params&, Context&) -> Value { throw std::runtime_error(std::string(40'000'000, 'e')); });
+    // Its input line is an index into mixed_values(): a value of every JSON type.
+    made.task("mixed", [](const Params& params, Context&) {
+        return mixed_values().at(std::stoul(params.at("input").get<std::string>()));
+    });
     made.add(std::make_shared<Shout>());
     // Keeps 16 MiB more of touched memory at each task, for good: a worker that grows.
     made.task("leak", [](const Params&, Context&) {
@@ -584,4 +614,45 @@ TEST(UserType, AResultOverTheJournalLineLimitIsCutAndTheJournalStillReads) {
     EXPECT_EQ(resumed.exit_code, 1) << resumed.err.substr(0, 2000);
     EXPECT_EQ(resumed.err.find("not a journal line"), std::string::npos);
     EXPECT_EQ(taskfarm::testing::read_json_lines(journal).size(), 2u);
+}
+
+// A processes-mode coordinator decodes its workers' values only for a sink that reads them
+// (decision 250): with the console's lines going to /dev/null the journal still reads them, and
+// writes each value byte for byte as with a console that prints them. (In processes mode a
+// whole double travels as an integer, as msgpack-c packs it: 0.0 is written 0 there.)
+TEST(UserType, TheJournalKeepsEveryTypeOfValueWhetherOrNotTheConsoleReadsThem) {
+    taskfarm::testing::TempDir dir;
+    std::vector<std::string> lines;
+    for (std::size_t index = 0; index < mixed_values().size(); ++index) lines.push_back(std::to_string(index));
+    const auto inputs = write_lines(dir, "indices.txt", lines);
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    // Each value as the journal wrote it, by mode, then id.
+    const auto values = [](const std::filesystem::path& journal) {
+        std::map<std::string, std::map<std::uint64_t, std::string>> found;
+        for (const auto& line : taskfarm::testing::read_json_lines(journal)) {
+            if (line.contains("event")) continue;
+            EXPECT_TRUE(line.at("ok").get<bool>()) << line.dump();
+            const auto id = line.at("id").get<std::uint64_t>();
+            EXPECT_EQ(line.at("value"), mixed_values().at(id)) << line.dump();  // numbers compare by value
+            found[line.at("mode")][id] = line.at("value").dump();
+        }
+        return found;
+    };
+    const auto quiet_journal = dir / "quiet.jsonl";
+    const auto quiet = taskfarm::testing::run_binary(
+        "/bin/sh", {"-c", fmt::format("exec '{}' --task mixed --inputs '{}' --mode threads,processes --workers 2 "
+                                      "--progress never --results '{}' >/dev/null",
+                                      self, inputs.string(), quiet_journal.string())});
+    ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+    const auto printed_journal = dir / "printed.jsonl";
+    const auto printed = coordinator({"--task", "mixed", "--inputs", inputs.string(), "--mode", "threads,processes",
+                                      "--workers", "2", "--progress", "never", "--results", printed_journal.string()});
+    ASSERT_EQ(printed.exit_code, 0) << printed.err;
+    EXPECT_NE(printed.out.find("-2.5e+300"), std::string::npos) << printed.out;  // the console described them
+    auto quiet_values = values(quiet_journal);
+    auto printed_values = values(printed_journal);
+    for (const char* mode : {"threads", "processes"}) {
+        EXPECT_EQ(quiet_values[mode].size(), mixed_values().size()) << mode;
+        EXPECT_EQ(quiet_values[mode], printed_values[mode]) << mode;
+    }
 }
