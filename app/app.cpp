@@ -26,7 +26,9 @@ public:
     std::string name() const override { return name_; }
     std::string summary() const override { return options_.summary; }
     TaskTraits traits() const override {
-        return {.settings_read = options_.settings_read, .writes_files = options_.writes_files};
+        return {.settings_read = options_.settings_read,
+                .writes_files = options_.writes_files,
+                .out_dir = options_.out_dir};
     }
     std::vector<Flag> flags() const override { return options_.flags; }
     Value run(const Params& params, Context& context) const override {

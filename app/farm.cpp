@@ -504,7 +504,7 @@ private:
         config_.max_worker_memory = options_.max_worker_memory;
         config_.max_attempts = options_.max_attempts;
         config_.log_level = options_.log_level;
-        if (!options_.out_dir.empty()) config_.out_dir = options_.out_dir;
+        config_.out_dir = options_.out_dir.empty() ? default_out_dir(registry_) : options_.out_dir;
         config_.worker_bin = this_program();
         config_.worker_prefix = {"worker"};
         config_.worker_command = config_.worker_bin.filename().string() + " worker";

@@ -275,6 +275,20 @@ const TaskType& Registry::at(std::string_view name) const {
     throw std::invalid_argument(fmt::format("unknown task type \"{}\" (want {})", name, names_text()));
 }
 
+std::filesystem::path default_out_dir(const std::vector<const TaskType*>& types) {
+    for (const TaskType* type : types) {
+        const TaskTraits traits = type->traits();
+        if (traits.writes_files && !traits.out_dir.empty()) return traits.out_dir;
+    }
+    return ".";
+}
+
+std::filesystem::path default_out_dir(const Registry& registry) {
+    std::vector<const TaskType*> types;
+    for (const auto& type : registry.types()) types.push_back(type.get());
+    return default_out_dir(types);
+}
+
 std::string Registry::names_text() const {
     std::string text;
     for (std::size_t i = 0; i < types_.size(); ++i) {

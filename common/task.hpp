@@ -107,6 +107,12 @@ private:
 // The registry with the built-in types (tasks/builtin.cpp).
 void add_builtin_types(Registry& registry);
 
+// --out-dir when not given, for a run of `types` (in order): the TaskTraits::out_dir of the
+// first that writes files and names one, else "." (the working directory). One rule for the
+// coordinator (the plan's types), serve, a Farm and a worker (every type they register).
+std::filesystem::path default_out_dir(const std::vector<const TaskType*>& types);
+std::filesystem::path default_out_dir(const Registry& registry);
+
 struct TaskSpec {
     TaskId id = kNoId;
     const TaskType* type = nullptr;  // never null in a plan; owned by the Registry

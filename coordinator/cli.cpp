@@ -245,6 +245,9 @@ std::string task_help(const Registry& registry) {
     for (const auto& type : registry.types()) {
         const std::string summary = type->summary();
         text += fmt::format("\n  {}{}", type->name(), summary.empty() ? "" : ": " + summary);
+        const TaskTraits traits = type->traits();
+        if (traits.writes_files && !traits.out_dir.empty())
+            text += fmt::format(" (--out-dir default: {})", traits.out_dir);
     }
     return text;
 }
@@ -444,11 +447,12 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
     }
     for (const TypeFlag& flag : type_flags)
         if (flag.declared.generated_only) cl.plan_option->excludes(flag.option);
-    cl.out_dir_option = app.add_option("--out-dir", config.out_dir,
-                                       "tasks that save files (see --task) save into DIR/<mode>/ (made if missing)")
-                            ->check(kPath)
-                            ->type_name("DIR")
-                            ->capture_default_str();
+    cl.out_dir_option =
+        app.add_option("--out-dir", config.out_dir,
+                       "tasks that save files (see --task) save into DIR/<mode>/ (made if missing). Default: the\n"
+                       "directory the plan's first such type names (see --task), else the working directory")
+            ->check(kPath)
+            ->type_name("DIR");
     cl.retries_option =
         app.add_option("--retries", cl.retries,
                        "runs a failed task up to N more times, on any worker, in every mode; each failed attempt\n"

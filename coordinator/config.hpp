@@ -49,7 +49,9 @@ struct RunConfig {
     // ({"--retries", "retries"}; "--out-dir" is "out_dir"): one that no type of the plan reads
     // is warned about before the run, which still runs.
     std::vector<std::pair<std::string, std::string>> given_settings;
-    std::filesystem::path out_dir = "downloads";  // files go to out_dir/<mode>/
+    // Files go to out_dir/<mode>/: --out-dir, else (decided with the plan) default_out_dir() of
+    // the plan's types, the directory its first type that writes files names.
+    std::filesystem::path out_dir{};
     // --retries when given, the setting "retries": a type that retries inside its tasks reads
     // it instead of the engine's reruns (task_retries), with a default of its own when not given.
     std::optional<std::uint32_t> retries;

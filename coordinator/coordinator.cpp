@@ -421,6 +421,7 @@ std::unique_ptr<DecidedRun> decide_run(const ProgramInfo& program, RunConfig giv
     }
     decided->plan = make_plan(config, program.registry, settings);
     const Plan& plan = decided->plan;
+    if (config.out_dir.empty()) config.out_dir = default_out_dir(plan.types);
     warn_unread_settings(config, plan.types);
     config.modes = choose_modes(config, plan.types, program.registry);
     warn_config(config);

@@ -264,6 +264,7 @@ public:
         run.worker_prefix = program_.worker.prefix;
         run.worker_command = program_.worker.path.filename().string();
         run.tasks = 0;
+        run.out_dir = default_out_dir(program_.registry);  // any registered type may be submitted
         // A server that stays up replaces every worker that dies, for as long as it runs: a
         // run's limit (100) would leave it with no workers after enough crashing tasks, each of
         // which is charged to its task (--max-attempts) all the same.

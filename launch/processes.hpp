@@ -25,15 +25,15 @@ class ForkServer;
 
 // What processes mode needs of the run's configuration, and nothing else.
 struct ProcessesOptions {
-    int workers = 4;                              // local worker processes
-    int prefetch = 0;                             // tasks a worker may hold at once; 0: auto (see DispatchOptions)
-    bool commands = false;                        // its tasks start processes (TaskTraits): kCommandQueueBudget (decision 237)
-    std::vector<int> pin_cpus;                    // worker i runs only on pin_cpus[i % size]; empty: not pinned
-    std::filesystem::path out_dir = "downloads";  // the tasks' files go to out_dir/processes
-    std::filesystem::path worker_bin;             // the program to start as a local worker
-    std::vector<std::string> worker_prefix;       // arguments before its own (an App: "worker")
-    std::string worker_command = "worker";        // how a person starts one by hand, for messages
-    std::string log_level;                        // passed to the workers; empty: their default
+    int workers = 4;                   // local worker processes
+    int prefetch = 0;                  // tasks a worker may hold at once; 0: auto (see DispatchOptions)
+    bool commands = false;             // its tasks start processes (TaskTraits): kCommandQueueBudget (decision 237)
+    std::vector<int> pin_cpus;         // worker i runs only on pin_cpus[i % size]; empty: not pinned
+    std::filesystem::path out_dir{};   // the tasks' files go to out_dir/processes
+    std::filesystem::path worker_bin;  // the program to start as a local worker
+    std::vector<std::string> worker_prefix;  // arguments before its own (an App: "worker")
+    std::string worker_command = "worker";   // how a person starts one by hand, for messages
+    std::string log_level;                   // passed to the workers; empty: their default
     double heartbeat_interval_s = 0.2;
     double heartbeat_timeout_s = 2.0;
     double start_timeout_s = 10.0;

@@ -1,6 +1,7 @@
 // Issue 25's rule that the built-in task types own their flags and settings: no source of
 // engine/, launch/, outputs/ or coordinator/ names one (TaskType::flags()' names and keys, the
-// settings a type's prepare() makes, those it reads that the run does not give itself). The
+// settings a type's prepare() makes, those it reads that the run does not give itself, the
+// directory it names for --out-dir: download's "downloads"). The
 // names are taken from the registered types when the test runs, so a flag added to tasks/ is
 // covered at once.
 
@@ -22,7 +23,7 @@ namespace taskfarm {
 namespace {
 
 struct Name {
-    std::string text;  // "--cpu-n", or a setting's key: "cpu_n"
+    std::string text;  // "--cpu-n", or a setting's key: "cpu_n", or its --out-dir: "downloads"
     std::string type;  // the built-in type that owns it
     bool flag = false;
 };
@@ -42,6 +43,7 @@ std::vector<Name> builtin_names() {
         }
         const TaskTraits traits = type->traits();
         for (const std::string& key : traits.settings_made) names.push_back({key, type->name()});
+        if (!traits.out_dir.empty()) names.push_back({traits.out_dir, type->name()});
         for (const std::string& key : traits.settings_read)
             if (!run_gives.contains(key)) names.push_back({key, type->name()});
     }
@@ -51,7 +53,8 @@ std::vector<Name> builtin_names() {
 bool word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; }
 
 // Where `line` names `name`: a flag as "--name" not followed by more of a name (so "--command"
-// is not in "--command-grace"); a setting as a string literal "key" or as key= (--set key=S).
+// is not in "--command-grace"); a setting (or a directory) as a string literal "key" or as key=
+// (--set key=S).
 bool names(const std::string& line, const Name& name) {
     if (name.flag) {
         for (auto at = line.find(name.text); at != std::string::npos; at = line.find(name.text, at + 1))

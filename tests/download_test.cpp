@@ -758,6 +758,25 @@ TEST(DownloadRun, AnOutDirThatCannotBeMadeIsAUsageError) {
     EXPECT_NE(output.err.find("--out-dir: cannot create directory"), std::string::npos) << output.err;
 }
 
+// Without --out-dir the files go to downloads/<mode>/ of the working directory: the directory
+// the download type names (TaskTraits::out_dir), which the coordinator, the worker's --help
+// and the type's line in --task's help take from it.
+TEST(DownloadRun, WithoutOutDirFilesGoIntoTheTypesOwnDirectory) {
+    testing::TempDir dir;
+    const Output output =
+        run_binary("/bin/sh", {"-c", "cd \"$1\" && shift && exec \"$@\"", "sh", dir.path().string(),
+                               testing::bin("coordinator").string(), "--task", "download", "--tasks", "2", "--workers",
+                               "2", "--mode", "sequential,processes", "--file-size", "1K", "--latency", "0"});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    for (const char* mode : {"sequential", "processes"}) {
+        std::size_t files = 0;
+        for (const auto& entry : fs::directory_iterator(dir / "downloads" / mode)) files += entry.is_regular_file();
+        EXPECT_EQ(files, 2u) << mode;
+    }
+    EXPECT_NE(run_binary("coordinator", {"--help"}).out.find("(--out-dir default: downloads)"), std::string::npos);
+    EXPECT_NE(run_binary("worker", {"--help"}).out.find("(default: downloads,"), std::string::npos);
+}
+
 // What a running process has mapped, from /proc/PID/maps: the libraries it has loaded.
 std::string mapped_files(pid_t pid) { return testing::read_file(fs::path("/proc") / std::to_string(pid) / "maps"); }
 

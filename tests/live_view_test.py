@@ -34,8 +34,8 @@ def chromium_or_skip(test):
         if path:
             return path
     if os.environ.get("CI") == "true":
-        test.fail("chromium is not installed (scripts/setup installs it): the live view cannot be tested in a browser")
-    test.skipTest("chromium is not installed (scripts/setup installs it)")
+        test.fail("chromium is not installed (scripts/test installs it): the live view cannot be tested in a browser")
+    test.skipTest("chromium is not installed (scripts/test installs it)")
 
 
 class Dom(html.parser.HTMLParser):

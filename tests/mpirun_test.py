@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""coordinator --launch mpirun with a real mpirun (Debian's Open MPI, which scripts/setup
+"""coordinator --launch mpirun with a real mpirun (Debian's Open MPI, which scripts/test
 installs): the workers as one `mpirun -n N`, each task once, a worker killed mid-run with its
 tasks finished by the others, and nothing left afterwards. Without mpirun these tests fail,
 never skip.
@@ -34,7 +34,7 @@ def journal(path):
 class MpirunLaunch(unittest.TestCase):
     def setUp(self):
         if not shutil.which("mpirun"):
-            raise AssertionError("mpirun is not installed (scripts/setup installs openmpi-bin)")
+            raise AssertionError("mpirun is not installed (scripts/test installs openmpi-bin)")
         self.dir = Path(tempfile.mkdtemp(prefix="taskfarm-mpirun-test-"))
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         # Open MPI refuses to run as root without these; the tests run as root in CI.

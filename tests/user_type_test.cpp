@@ -166,6 +166,15 @@ void register_types(taskfarm::App& made) {
             return Value{{"repeated", text}};
         },
         repeat);
+    // Save their input into a file of that name in Context::out_dir(): one names the directory
+    // --out-dir defaults to, the other names none.
+    const auto save = [](const Params& params, Context& context) {
+        const std::filesystem::path file = context.out_dir() / params.at("input").get<std::string>();
+        std::ofstream(file) << "saved";
+        return Value{{"path", file.string()}};
+    };
+    made.task("keep", save, {.summary = "saves its input", .writes_files = true, .out_dir = "kept"});
+    made.task("drop", save, {.summary = "saves its input too", .writes_files = true});
     // A value of 40,000 bytes, or of 5 MB for the input "huge": more than a frame may hold.
     made.task("bulky", [](const Params& params, Context&) {
         return Value{{"text", std::string(params.at("input") == "huge" ? 5'000'000 : 40'000, 'x')}};
@@ -318,6 +327,41 @@ TEST(UserType, AScratchDirectoryIsTheTasksOwnAndGoneAfterIt) {
         dirs.insert(scratch);
     }
     EXPECT_EQ(dirs.size(), 6u);  // one per task and mode
+}
+
+// Runs this program as a coordinator in the working directory `cwd`.
+taskfarm::testing::Output coordinator_in(const std::filesystem::path& cwd, std::vector<std::string> args) {
+    args.insert(args.begin(), {"-c", "cd \"$1\" && shift && exec \"$@\"", "sh", cwd.string(),
+                               std::filesystem::read_symlink("/proc/self/exe").string()});
+    return taskfarm::testing::run_binary("/bin/sh", args);
+}
+
+// --out-dir's default is the directory the plan's type names (TaskTraits::out_dir), else the
+// working directory: never the built-in download's, which this program has but the plan does not use.
+TEST(UserType, FilesGoWhereThePlansTypeSaysWithoutOutDir) {
+    taskfarm::testing::TempDir dir;
+    const auto inputs = write_lines(dir, "names.txt", {"a", "b"});
+    for (const char* type : {"keep", "drop"}) {
+        const std::filesystem::path cwd = dir / type;
+        std::filesystem::create_directory(cwd);
+        const auto output = coordinator_in(
+            cwd, {"--task", type, "--inputs", inputs.string(), "--mode", "threads,processes", "--workers", "2"});
+        ASSERT_EQ(output.exit_code, 0) << output.err;
+        const std::filesystem::path saved = std::string(type) == "keep" ? cwd / "kept" : cwd;
+        for (const char* mode : {"threads", "processes"})
+            for (const char* name : {"a", "b"})
+                EXPECT_EQ(taskfarm::testing::read_file(saved / mode / name), "saved") << type << " " << mode;
+        EXPECT_FALSE(std::filesystem::exists(cwd / "downloads")) << type;
+    }
+    const auto given = coordinator_in(dir.path(), {"--task", "keep", "--inputs", inputs.string(), "--mode", "processes",
+                                                   "--out-dir", (dir / "mine").string()});
+    ASSERT_EQ(given.exit_code, 0) << given.err;
+    EXPECT_EQ(taskfarm::testing::read_file(dir / "mine" / "processes" / "a"), "saved");
+    EXPECT_FALSE(std::filesystem::exists(dir / "kept"));
+    // --help says which directory each type names.
+    const auto help = coordinator({"--help"});
+    EXPECT_NE(help.out.find("keep: saves its input (--out-dir default: kept)"), std::string::npos) << help.out;
+    EXPECT_NE(help.out.find("drop: saves its input too\n"), std::string::npos) << help.out;
 }
 
 TEST(UserType, HelpAndVersionNameTheProgramAndItsTypes) {

@@ -103,10 +103,11 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
             },
             "NAME"));
     app.add_option("--out-dir", config.out_dir,
-                   "where tasks save files (downloads, a task type's outputs); the coordinator's own\n"
-                   "workers get its --out-dir/processes")
-        ->type_name("DIR")
-        ->capture_default_str();
+                   fmt::format("where tasks save files (a task type's outputs); the coordinator's own workers get its\n"
+                               "--out-dir/processes (default: {}, the directory of this program's first type that\n"
+                               "saves files and names one, else the working directory)",
+                               default_out_dir(registry).string()))
+        ->type_name("DIR");
     app.add_option("--scratch-dir", config.scratch_dir,
                    "where tasks make their scratch directories (default: TMPDIR); the coordinator gives its own\n"
                    "workers its private run directory, removed after the run, so a killed worker's go with it")
@@ -167,6 +168,7 @@ int worker_main(const std::string& name, const Registry& registry, int argc, con
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::Usage);
     }
+    if (config.out_dir.empty()) config.out_dir = default_out_dir(registry);
     if (fork_server) {
         init_logging("fork-server");
         if (!config.log_level.empty()) set_log_level(config.log_level);

@@ -27,7 +27,8 @@ struct WorkerConfig {
     int pin = -1;  // the one CPU to run on; -1: any
     // Where tasks save files (Context::out_dir()): the worker's own, never the coordinator's
     // say, so a coordinator cannot make it write elsewhere.
-    std::filesystem::path out_dir = "downloads";
+    // Empty until worker_main decides: --out-dir, else default_out_dir() of its registry.
+    std::filesystem::path out_dir{};
     std::filesystem::path scratch_dir;  // where tasks' scratch directories go; empty: TMPDIR
     std::filesystem::path state_dir;    // where its RunningBoard goes (a coordinator's own workers); empty: none
 };

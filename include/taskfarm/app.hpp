@@ -41,6 +41,7 @@ struct FlushOutput {
 struct TaskOptions {
     std::string summary;                       // one line for --help
     bool writes_files = false;                 // see TaskTraits::writes_files
+    std::string out_dir{};                     // see TaskTraits::out_dir: --out-dir when not given
     std::vector<std::string> settings_read{};  // see TaskTraits::settings_read, e.g. {"max_bytes"}
     std::vector<Flag> flags{};                 // its own command-line flags: see TaskType::flags() and Flag
 };
@@ -61,7 +62,9 @@ public:
     std::string name() const override { return name_; }
     std::string summary() const override { return options_.summary; }
     TaskTraits traits() const override {
-        return {.settings_read = options_.settings_read, .writes_files = options_.writes_files};
+        return {.settings_read = options_.settings_read,
+                .writes_files = options_.writes_files,
+                .out_dir = options_.out_dir};
     }
     std::vector<Flag> flags() const override { return options_.flags; }
     Params parse(const Params& fields) const override {

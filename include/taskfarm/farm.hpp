@@ -107,7 +107,8 @@ struct FarmOptions {
     std::size_t max_queued = 10'000;
     std::string log_level{};  // the workers' and the engine's spdlog level; empty: SPDLOG_LEVEL or info
     // Where tasks save files: Context::out_dir() is OUT_DIR/<mode> ("processes", ...), as the
-    // coordinator's --out-dir. Empty: "downloads".
+    // coordinator's --out-dir. Empty: the TaskTraits::out_dir of the first registered type that
+    // writes files and names one (the built-ins come first: download's "downloads").
     std::filesystem::path out_dir{};
 
     // Remote workers (FarmMode::Processes only; see docs/multihost.md): workers on other

@@ -87,7 +87,8 @@ public:
     // --retries, ...) and --set KEY=VALUE. An object, maybe empty.
     const Json& settings() const;
     // Where a task may save files it produces: --out-dir/<mode> in the coordinator, the
-    // worker's own --out-dir in a worker process. Made before the run for types whose
+    // worker's own --out-dir in a worker process (not given: the TaskTraits::out_dir of the
+    // run's first type that writes files and names one). Made before the run for types whose
     // writes_files() says so.
     std::filesystem::path out_dir() const;
     // A new empty directory of this task's own, made at the first call and removed with
@@ -215,6 +216,10 @@ struct TaskTraits {
     // Its tasks save files into Context::out_dir(): the coordinator then makes
     // --out-dir/<mode> before the run, so a bad --out-dir fails at once (exit 2).
     bool writes_files = false;
+    // The directory --out-dir is when not given, for a run whose first type that writes files
+    // names one (the built-in download: "downloads"). Empty: none of its own; a run of types
+    // that name none saves into the working directory (./<mode>/).
+    std::string out_dir{};
     // Its tasks act on the world beyond Context::out_dir() (a user's command may delete or
     // send anything): a plan with such tasks runs in one mode, processes, unless --mode names
     // others, and a warning says when several modes will each run every task.

@@ -602,6 +602,7 @@ public:
     TaskTraits traits() const override {
         return {.settings_read = {"retries"},
                 .writes_files = true,
+                .out_dir = "downloads",
                 .default_count = 15,
                 .examples = {"{program} --workers 8 --task download",
                              "{program} --workers 8 --urls urls.txt --out-dir ~/pictures --task-timeout 60"},
