@@ -16,7 +16,10 @@ std::optional<Mode> parse_mode(std::string_view name) {
 }
 
 std::filesystem::path mode_out_dir(const std::filesystem::path& out_dir, Mode mode) {
-    return (std::filesystem::absolute(out_dir) / to_string(mode)).lexically_normal();
+    // Empty: not decided by a program (a RunConfig made in code): the working directory, as
+    // default_out_dir() says for types that name none.
+    const std::filesystem::path base = out_dir.empty() ? std::filesystem::path(".") : out_dir;
+    return (std::filesystem::absolute(base) / to_string(mode)).lexically_normal();
 }
 
 }  // namespace taskfarm

@@ -15,7 +15,7 @@ std::string_view to_string(Mode mode);  // "sequential", "threads", "gil-threads
 std::optional<Mode> parse_mode(std::string_view name);
 
 // Where the tasks of `mode` save files: out_dir/<mode>, absolute, so that a worker process
-// with another working directory agrees.
+// with another working directory agrees. An empty out_dir is the working directory.
 std::filesystem::path mode_out_dir(const std::filesystem::path& out_dir, Mode mode);
 
 }  // namespace taskfarm
