@@ -139,14 +139,20 @@ void LiveState::begin_mode(const std::string& mode, std::size_t tasks) {
     added.changed = generation_;
 }
 
+// The mode's count of tasks is now `tasks` (never below those done): it has ended when all
+// are done, and goes on again when more come after it seemed over (a Farm's submits racing
+// its results, a server's next job).
+void LiveState::resize(Mode& mode, std::int64_t tasks) {
+    const auto done = static_cast<std::int64_t>(mode.ok + mode.failed);
+    mode.tasks = static_cast<std::size_t>(std::max(done, tasks));
+    mode.end_s = mode.ok + mode.failed >= mode.tasks ? now_s(mode) : -1;
+    mode.changed = generation_;
+}
+
 void LiveState::add_tasks(std::int64_t more) {
     std::lock_guard lock(mutex_);
     if (modes_.empty()) return;
-    Mode& mode = modes_.back();
-    const auto done = static_cast<std::int64_t>(mode.ok + mode.failed);
-    mode.tasks = static_cast<std::size_t>(std::max(done, static_cast<std::int64_t>(mode.tasks) + more));
-    mode.end_s = mode.ok + mode.failed >= mode.tasks ? now_s(mode) : -1;
-    mode.changed = generation_;
+    resize(modes_.back(), static_cast<std::int64_t>(modes_.back().tasks) + more);
 }
 
 void LiveState::set_jobs(nlohmann::json jobs) {
@@ -159,9 +165,8 @@ void LiveState::set_jobs(nlohmann::json jobs) {
 void LiveState::set_tasks(std::size_t tasks) {
     std::lock_guard lock(mutex_);
     given_tasks_ = tasks;
-    if (modes_.empty() || modes_.back().end_s >= 0) return;  // begin_mode takes it
-    modes_.back().tasks = tasks;
-    modes_.back().changed = generation_;
+    if (modes_.empty()) return;  // begin_mode takes it
+    resize(modes_.back(), static_cast<std::int64_t>(tasks));
 }
 
 void LiveState::result(const TaskResult& result) {

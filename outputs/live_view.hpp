@@ -96,6 +96,7 @@ private:
     Lane& lane(Mode& mode, const std::string& worker, std::uint32_t* index = nullptr);
     double now_s(const Mode& mode) const;
     void close(Mode& mode);
+    void resize(Mode& mode, std::int64_t tasks);
     nlohmann::json mode_json(const Mode& mode, std::size_t index, std::uint64_t since) const;
     nlohmann::json document(std::uint64_t since, std::size_t failures_from) const;
 

@@ -68,6 +68,26 @@ TEST(LiveState, CountsLanesRunningTasksAndBarsFollowTheRun) {
     EXPECT_EQ(snapshot["title"], "coordinator --ui 0");
 }
 
+// A Farm tells the count as it submits, and its results may catch up with its submits: a
+// mode that seemed over goes on when more come, and counts them all (the Farm's live view
+// said 11 of 12 when the 12th submit came after the 11th result).
+TEST(LiveState, TasksGivenAfterAllSeemedDoneCountAndTheModeGoesOn) {
+    LiveState state("farm", false);
+    state.begin_mode("threads", 0);
+    state.set_tasks(1);
+    state.result(result_of(0, "t1", 0.0, 0.1));
+    EXPECT_EQ(state.snapshot()["modes"][0]["ended"], true);
+    state.set_tasks(2);
+    nlohmann::json mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(mode["tasks"], 2);
+    EXPECT_EQ(mode["ended"], false);
+    state.result(result_of(1, "t1", 0.1, 0.2));
+    mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(mode["tasks"], 2);
+    EXPECT_EQ(mode["ok"], 2);
+    EXPECT_EQ(mode["ended"], true);
+}
+
 TEST(LiveState, TinyTasksShareABarThatCountsThem) {
     LiveState state("", false);
     state.begin_mode("processes", 10'000);
