@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <regex>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -665,17 +667,36 @@ TEST(Farm, BadRemoteWorkerOptionsAreRefusedNamingTheOption) {
 
 // An endpoint that cannot be bound (another socket holds the port) stops the farm, and
 // endpoint() and next() say why, naming FarmOptions::listen.
+// A tcp port on loopback that this process holds listening until the end of the scope, for
+// a farm to find in use. Throws (the test fails) where it cannot.
+class HeldPort {
+public:
+    HeldPort() : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t length = sizeof address;
+        if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+            ::listen(fd_, 1) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+            const int error = errno;
+            if (fd_ >= 0) ::close(fd_);
+            throw std::system_error(error, std::generic_category(), "holding a loopback port");
+        }
+        port_ = ntohs(address.sin_port);
+    }
+    HeldPort(const HeldPort&) = delete;
+    HeldPort& operator=(const HeldPort&) = delete;
+    ~HeldPort() { ::close(fd_); }
+    int port() const { return port_; }
+
+private:
+    int fd_;
+    int port_ = 0;
+};
+
 TEST(Farm, AListenEndpointInUseIsSaidNamingTheOption) {
-    const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_GE(holder, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-    ASSERT_EQ(::listen(holder, 1), 0);
-    socklen_t length = sizeof address;
-    ASSERT_EQ(::getsockname(holder, reinterpret_cast<sockaddr*>(&address), &length), 0);
-    const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    const HeldPort held;
+    const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(held.port());
     {
         Farm farm{{.workers = 1, .listen = endpoint, .insecure = true}};
         register_types(farm);
@@ -694,7 +715,6 @@ TEST(Farm, AListenEndpointInUseIsSaidNamingTheOption) {
             EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
         }
     }
-    ::close(holder);
 }
 
 // Progress on a stderr that is a file: FarmProgress::Always draws the bar there (its final
@@ -832,17 +852,9 @@ TEST(Farm, TheLiveViewServesItsPageAndEventsOnLoopback) {
             EXPECT_NE(std::string(e.what()).find("FarmOptions::ui: '" + bad + "'"), std::string::npos) << e.what();
         }
     }
-    const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-    ASSERT_EQ(::listen(holder, 1), 0);
-    socklen_t length = sizeof address;
-    ASSERT_EQ(::getsockname(holder, reinterpret_cast<sockaddr*>(&address), &length), 0);
     {
-        Farm farm{
-            {.mode = FarmMode::Threads, .workers = 1, .ui = "127.0.0.1:" + std::to_string(ntohs(address.sin_port))}};
+        const HeldPort held;
+        Farm farm{{.mode = FarmMode::Threads, .workers = 1, .ui = "127.0.0.1:" + std::to_string(held.port())}};
         register_types(farm);
         try {
             farm.submit("square", {{"x", 2}});
@@ -852,7 +864,6 @@ TEST(Farm, TheLiveViewServesItsPageAndEventsOnLoopback) {
                 << e.what();
         }
     }
-    ::close(holder);
 }
 
 // A Farm's resume compares what changes results, as the coordinator's --resume does: a

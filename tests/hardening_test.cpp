@@ -47,6 +47,15 @@ Output run_shell(const std::string& script) {
 
 void write_text(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
+// What was written to `out` (a tmpfile()), up to 4 KiB; `out` is closed.
+std::string read_back_and_close(std::FILE* out) {
+    std::rewind(out);
+    std::string text(4096, '\0');
+    text.resize(std::fread(text.data(), 1, text.size(), out));
+    std::fclose(out);
+    return text;
+}
+
 unsigned mode_of(const fs::path& path) {
     struct stat st {};
     EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
@@ -255,10 +264,7 @@ TEST(Printable, AResultIsOneLineWhateverItsWorkerSays) {
         sink.on_result(TaskSpec{}, result);
         sink.flush();
     }
-    std::rewind(out);
-    std::string text(4096, '\0');
-    text.resize(std::fread(text.data(), 1, text.size(), out));
-    std::fclose(out);
+    const std::string text = read_back_and_close(out);
     EXPECT_EQ(text,
               "== processes: 1 tasks\n"
               "processes  task    7 on w\\x1b[31m1 done at   0.000 s, ran 0.000 s: FAILED: "
@@ -291,11 +297,7 @@ TEST(Printable, ABlockOfResultsPrintsWhatOneAtATimePrints) {
                 for (const Finished& done : batch) sink.on_result(done.task, done.result);
             sink.flush();
         }
-        std::rewind(out);
-        std::string text(4096, '\0');
-        text.resize(std::fread(text.data(), 1, text.size(), out));
-        std::fclose(out);
-        return text;
+        return read_back_and_close(out);
     };
     const std::string one_at_a_time = printed(false);
     EXPECT_EQ(printed(true), one_at_a_time);
@@ -342,10 +344,7 @@ TEST(Printable, AThrowingTypeInABlockLosesNoOtherLine) {
         sink.on_results(next);
         sink.flush();
     }
-    std::rewind(out);
-    std::string text(4096, '\0');
-    text.resize(std::fread(text.data(), 1, text.size(), out));
-    std::fclose(out);
+    const std::string text = read_back_and_close(out);
     EXPECT_EQ(text,
               "== threads: 4 tasks\n"
               "threads    task    2 on t1     done at   0.000 s, ran 0.000 s: two\n"
