@@ -796,8 +796,9 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     if (found->second.remote) actions_.send_shutdown(peer);
     const Worker lost = std::move(found->second);
     workers_.erase(found);
-    // Its commands, which its death may have orphaned (a guardian killed with it): before the
-    // worker is reaped, so that a group a command of it still holds has not ended (decision 116).
+    // Its tasks' process groups, which its death may have orphaned (a guardian killed with it):
+    // before the worker is reaped, so that a group a task of it still holds has not ended
+    // (decision 116).
     kill_groups(lost);
     // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
     // local socket that we did not start, only loses its tasks. Killed first: its board is

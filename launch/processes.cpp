@@ -195,7 +195,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         }
         for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
-        dispatcher.end_commands();  // what a worker killed with its command's guardian left
+        dispatcher.end_commands();  // what a worker killed with a task's guardian left
     }                               // every worker is reaped here, so cpu_s includes them
     RunReport report = recorder.finish(stop_.stop_requested() || drain_.stop_requested());
     report.allocations = std::move(allocations);
