@@ -851,7 +851,7 @@ public:
                     sources_[s].values.erase(sources_[s].values.begin());
                 }
                 // As parallel: the names are the header's columns untrimmed ("n , m" names "n " and " m").
-                const std::vector<std::string> names = colsep_ ? split(first) : columns(first);
+                const std::vector<std::string> names = colsep_ ? split(first, true) : columns(first);
                 for (const std::string& name : names) names_.emplace(name, position++);
             }
         }
@@ -993,13 +993,17 @@ private:
         return parts;
     }
 
-    // --colsep's split of `value`, untrimmed; a match past PCRE2's limits is exit 2 naming it.
-    std::vector<std::string> split(const std::string& value) const {
+    // --colsep's split of `value`, untrimmed; a match past PCRE2's limits (steps, memory, the
+    // run's time) is exit 2 naming it and the value: the header, or job N's.
+    std::vector<std::string> split(const std::string& value, bool header = false) const {
         try {
             return colsep_->split(value);
         } catch (const std::runtime_error& e) {
-            throw ConfigError(fmt::format("--colsep: '{}': {} (a simpler pattern, or a fixed string, splits it)",
-                                          printable(*options_.colsep), e.what()));
+            throw ConfigError(
+                fmt::format("--colsep: '{}': {}, in {} \"{}\" (a simpler pattern, or a fixed string, splits it)",
+                            printable(*options_.colsep), e.what(),
+                            header ? std::string("the header") : fmt::format("the value of job {}", sequence_ + 1),
+                            printable(value, 40)));
         }
     }
 

@@ -517,6 +517,24 @@ class ValuesAreScanned(unittest.TestCase):
             if result.returncode == 2:
                 self.assertIn("--colsep", result.stderr)
 
+    def test_a_colsep_slow_at_every_position_stops_naming_the_value(self):
+        # PCRE2's step limit is per start position: just under it at each of a million positions
+        # was half a minute of matching. The run's matching time is bounded too (decision 274).
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "in"), "w") as f:
+                f.write("x\n" + "a" * 1_000_000 + "b\n")
+            result = self.parallel("-k", "--colsep", "(a|aa){1,12}b", "echo", "{1}", "::::", "in",
+                                   directory=directory)
+            self.assertEqual(result.returncode, 2, result.stderr[:300])
+            self.assertIn("--colsep: '(a|aa){1,12}b'", result.stderr)
+            self.assertIn("the value of job 2 \"aaaa", result.stderr)
+            self.assertIn("more than the", result.stderr)
+            # The header's names are split by the same matcher, under the same budget.
+            result = self.parallel("--header", ":", "--colsep", "(a|aa){1,12}b", "echo", "::::", "in",
+                                   directory=directory)
+            self.assertEqual(result.returncode, 2, result.stderr[:300])
+            self.assertIn("the value of job 1", result.stderr)
+
     def test_a_fixed_colsep_splits_a_long_line(self):
         with tempfile.TemporaryDirectory() as directory:
             with open(os.path.join(directory, "in"), "w") as f:
