@@ -239,9 +239,12 @@ std::size_t block_size(const std::string& text) {
     return static_cast<std::size_t>(value);
 }
 
+// The most job slots, whatever -j says (-j 0: one per job, up to this).
+constexpr long kMostSlots = 1024;
+
 // -j N|N%|+N|-N; 0: as many as there are jobs (`jobs`; nullopt: not known yet, as with input
-// read as it comes: then 64, or the jobs already made if more).
-int job_slots(const std::string& text, std::optional<std::size_t> jobs, std::size_t made = 0) {
+// read as it comes: then kMostSlots, whose workers start as jobs wait for one).
+int job_slots(const std::string& text, std::optional<std::size_t> jobs) {
     const int cpus = available_cpus();
     const auto bad = [&] { return Usage(fmt::format("-j: '{}' is not N, N%, +N, -N or 0", printable(text))); };
     auto number = [&](std::string_view digits) {
@@ -268,9 +271,9 @@ int job_slots(const std::string& text, std::optional<std::size_t> jobs, std::siz
                         "number, -j \"$(cat {})\"",
                         printable(text), printable(text)));
     } else if ((slots = number(text)) == 0) {
-        slots = jobs ? static_cast<long>(*jobs) : std::max<long>(64, static_cast<long>(made));
+        slots = jobs ? static_cast<long>(*jobs) : kMostSlots;
     }
-    slots = std::clamp<long>(slots, 1, 1024);
+    slots = std::clamp<long>(slots, 1, kMostSlots);
     if (!jobs) return static_cast<int>(slots);
     return static_cast<int>(std::min<long>(slots, std::max<long>(1, static_cast<long>(*jobs))));
 }
@@ -1476,7 +1479,15 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         if (!command_type) throw Usage(fmt::format("{} has no command task type", program.name));
         config.modes = {Mode::Processes};
         config.modes_given = true;
-        config.workers = job_slots(options.jobs, total, first.size());
+        config.workers = job_slots(options.jobs, total);
+        // -j 0 while the input still comes: a slot for each job that waits, as parallel's, not
+        // kMostSlots idle workers for a short input: a worker starts when a job waits and
+        // every worker has one (none starting), and holds one job at a time.
+        const bool slot_per_job = !options.jobs.empty() && options.jobs.find_first_not_of('0') == std::string::npos;
+        if (!total && slot_per_job) {
+            config.spawn_on_demand = true;
+            config.prefetch = 1;
+        }
         config.settings["max_output"] = 1536 * 1024;  // the most a result carries (the command type's --max-output)
         config.progress = ProgressMode::Never;
         config.log_level = "warn";
