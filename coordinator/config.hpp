@@ -101,6 +101,10 @@ struct RunConfig {
     // A server's (serve --listen): with no worker left, tasks wait for the next one to attach
     // as long as it takes, instead of wait_workers_s.
     bool workers_any_time = false;
+    // The local workers (up to `workers`) start one at a time as tasks wait for one, none
+    // idle and none starting, instead of all at the start (coordinator parallel -j 0 while
+    // its input still comes: a slot per job that is waiting, as GNU parallel's).
+    bool spawn_on_demand = false;
 
     // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
     // of step->tasks workers that the coordinator starts (workers is then 0 and expect_workers

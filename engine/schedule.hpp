@@ -91,6 +91,10 @@ struct DispatchOptions {
     bool workers_on_demand = false;
     // How much work a worker may hold queued (see kQueueBudget).
     std::chrono::microseconds queue_budget = kQueueBudget;
+    // The `workers` local workers are spawned one at a time, each when a task waits and no
+    // worker can take it (every one holds its limit, none is still starting), instead of all
+    // at the start: as many as the work has needed at once, at most `workers`.
+    bool spawn_on_demand = false;
 };
 
 // A connected worker: its ZeroMQ routing id.
@@ -263,6 +267,10 @@ private:
     };
 
     void spawn(const std::string& name, int cpu, Clock::time_point now);
+    // The next of the initial workers to spawn: all at the start, or with spawn_on_demand
+    // when a task waits for one (wants_worker()).
+    void spawn_next(Clock::time_point now);
+    bool wants_worker() const;
     void start_dispatching(Clock::time_point now);
     void watch_start(Clock::time_point now);
     void watch_liveness(Clock::time_point now);

@@ -140,7 +140,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                             std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_)),
                             config_.resources,
                             /*workers_on_demand=*/config_.alloc.has_value() || config_.workers_any_time,
-                            config_.commands ? kCommandQueueBudget : kQueueBudget},
+                            config_.commands ? kCommandQueueBudget : kQueueBudget, config_.spawn_on_demand},
             stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
         std::optional<WorkerStep> step;  // after the listener: its workers connect to it
