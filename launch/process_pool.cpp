@@ -204,13 +204,46 @@ bool ForkServer::request(const std::vector<std::string>& args, int cpu) {
     return false;
 }
 
+int ForkServer::receive(ForkReply& reply) {
+    while (channel_ >= 0) {
+        const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+        if (got == 0) {
+            give_up("is gone");
+        } else if (got != static_cast<ssize_t>(sizeof reply) || (reply.pid == kForkServerReady.pid && ready_)) {
+            give_up("sent a reply that is not one");
+        } else if (reply.pid == kForkServerReady.pid) {
+            ready_ = true;  // no fork answers pid 0: the server's word that it can fork, sent once, first
+        } else {
+            return 1;
+        }
+    }
+    return -1;
+}
+
+bool ForkServer::wait_ready(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (channel_ >= 0 && !ready_) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd readable{channel_, POLLIN, 0};
+        if (::poll(&readable, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+        if (readable.revents == 0) continue;
+        // Its first packet; receive() would take the reply to a request after it.
+        ForkReply reply;
+        const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+        if (got == static_cast<ssize_t>(sizeof reply) && reply.pid == kForkServerReady.pid)
+            ready_ = true;
+        else
+            give_up(got == 0 ? "is gone" : "sent a reply before it was ready");
+    }
+    return ready_;
+}
+
 std::optional<ForkReply> ForkServer::take_reply() {
-    if (channel_ < 0) return std::nullopt;
     ForkReply reply;
-    const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
-    if (got == static_cast<ssize_t>(sizeof reply)) return reply;
-    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return std::nullopt;
-    give_up(got == 0 ? "is gone" : "sent a reply that is not one");
+    if (receive(reply) == 1) return reply;
     return std::nullopt;
 }
 

@@ -39,6 +39,9 @@ public:
     // >= 0, without waiting; false when the server is gone or cannot take it now (then it
     // is given up: not asked again).
     bool request(const std::vector<std::string>& args, int cpu);
+    // Waits until the server has preloaded its types and can fork (its first packet,
+    // kForkServerReady), at most `timeout`; true once it has. Nothing else is waited for.
+    bool wait_ready(std::chrono::milliseconds timeout);
     // The next reply, if one came (it never waits); nullopt if none yet. A server that
     // closed its end is given up (alive() false).
     std::optional<ForkReply> take_reply();
@@ -52,8 +55,12 @@ public:
 
 private:
     struct Process;
+    // Reads one packet into `reply` without waiting: 1 when one came, 0 when none did, -1 when
+    // the server is given up. kForkServerReady is taken here, never returned.
+    int receive(ForkReply& reply);
     std::unique_ptr<Process> process_;
     int channel_ = -1;  // our end of the socket; -1 once the server is gone
+    bool ready_ = false;  // kForkServerReady came
 };
 
 struct WorkerLaunch {

@@ -15,6 +15,7 @@
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
+#include "process_pool.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -195,6 +196,35 @@ TEST(ForkServer, PreloadsOnlyWhatThePlansTypesNeed) {
     EXPECT_NE(proc_file(server, "cmdline").find(std::string("--preload\0sleep", 15)), std::string::npos);
     coordinator.signal(SIGTERM);
     coordinator.wait();
+}
+
+// Decision 262: the server's first packet says it has preloaded the plan's types (libcurl for
+// downloads), and the processes mode's clock starts only after it came.
+TEST(ForkServer, SaysItIsReadyOnlyOnceItsTypesArePreloaded) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    ForkServer server(testing::bin("worker"), {}, "", {"download"});
+    ASSERT_TRUE(server.wait_ready(std::chrono::seconds(30)));
+    EXPECT_NE(proc_file(server.pid(), "maps").find("libcurl"), std::string::npos);
+    EXPECT_TRUE(server.wait_ready(std::chrono::milliseconds(0)));  // once ready, always
+    EXPECT_FALSE(server.take_reply().has_value());                  // the ready packet is no fork's reply
+    EXPECT_TRUE(server.alive());
+}
+
+TEST(ForkServer, TheProcessesModesClockStartsOnceTheServerIsReady) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    // --json -: the report on stdout, so the mode's header goes to stderr with the log.
+    const Output output = testing::run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1",
+                                                              "--duration", "0", "--log-level", "debug", "--json", "-"});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    const auto ready = output.err.find("the fork server is ready; the processes mode's clock starts");
+    const auto header = output.err.find("== processes");
+    ASSERT_NE(ready, std::string::npos) << output.err;
+    ASSERT_NE(header, std::string::npos) << output.err;
+    EXPECT_LT(ready, header) << output.err;
 }
 
 TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
