@@ -59,7 +59,7 @@ private:
     // the server is given up. kForkServerReady is taken here, never returned.
     int receive(ForkReply& reply);
     std::unique_ptr<Process> process_;
-    int channel_ = -1;  // our end of the socket; -1 once the server is gone
+    int channel_ = -1;    // our end of the socket; -1 once the server is gone
     bool ready_ = false;  // kForkServerReady came
 };
 

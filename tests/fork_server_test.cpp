@@ -208,7 +208,7 @@ TEST(ForkServer, SaysItIsReadyOnlyOnceItsTypesArePreloaded) {
     ASSERT_TRUE(server.wait_ready(std::chrono::seconds(30)));
     EXPECT_NE(proc_file(server.pid(), "maps").find("libcurl"), std::string::npos);
     EXPECT_TRUE(server.wait_ready(std::chrono::milliseconds(0)));  // once ready, always
-    EXPECT_FALSE(server.take_reply().has_value());                  // the ready packet is no fork's reply
+    EXPECT_FALSE(server.take_reply().has_value());                 // the ready packet is no fork's reply
     EXPECT_TRUE(server.alive());
 }
 
@@ -217,8 +217,9 @@ TEST(ForkServer, TheProcessesModesClockStartsOnceTheServerIsReady) {
     GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
 #endif
     // --json -: the report on stdout, so the mode's header goes to stderr with the log.
-    const Output output = testing::run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1",
-                                                              "--duration", "0", "--log-level", "debug", "--json", "-"});
+    const Output output =
+        testing::run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "0",
+                                            "--log-level", "debug", "--json", "-"});
     ASSERT_EQ(output.exit_code, 0) << output.err;
     const auto ready = output.err.find("the fork server is ready; the processes mode's clock starts");
     const auto header = output.err.find("== processes");
