@@ -195,13 +195,24 @@ bool ForkServer::request(const std::vector<std::string>& args, int cpu) {
         request += '\0';
         request += arg;
     }
-    // A request is one small packet, and the socket holds many: one that does not fit now
-    // means the server has stopped taking them.
-    if (::send(channel_, request.data(), request.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
-        static_cast<ssize_t>(request.size()))
-        return true;
-    give_up(fmt::format("cannot be asked for a worker ({})", std::strerror(errno)));
-    return false;
+    queued_.push_back(std::move(request));
+    send_queued();
+    return channel_ >= 0;
+}
+
+void ForkServer::send_queued() {
+    while (channel_ >= 0 && !queued_.empty()) {
+        const std::string& request = queued_.front();
+        if (::send(channel_, request.data(), request.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+            static_cast<ssize_t>(request.size())) {
+            queued_.pop_front();
+            continue;
+        }
+        // The socket's buffer is full of requests the server has not read yet: each reply to
+        // come makes room (it answers them in order), so the rest wait for take_reply().
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR) return;
+        give_up(fmt::format("cannot be asked for a worker ({})", std::strerror(errno)));
+    }
 }
 
 int ForkServer::receive(ForkReply& reply) {
@@ -243,12 +254,15 @@ bool ForkServer::wait_ready(std::chrono::milliseconds timeout) {
 
 std::optional<ForkReply> ForkServer::take_reply() {
     ForkReply reply;
-    if (receive(reply) == 1) return reply;
+    const int got = receive(reply);
+    send_queued();  // a reply read is room for a request
+    if (got == 1) return reply;
     return std::nullopt;
 }
 
 void ForkServer::give_up(const std::string& why) {
     if (channel_ < 0) return;
+    queued_.clear();  // their workers are exec'd by the pool
     spdlog::warn("the fork server (pid {}) {}; workers are exec'd from now on", pid(), why);
     ::close(channel_);
     channel_ = -1;
@@ -322,6 +336,7 @@ void ProcessPool::take_fork_replies() {
     while (server->alive()) {
         const auto reply = server->take_reply();
         if (!reply) break;
+        last_fork_reply_ = std::chrono::steady_clock::now();
         const auto child = waiting();
         if (child == children_.end()) {  // asked by nobody: not ours to keep
             if (reply->pid > 0) {
@@ -346,8 +361,11 @@ void ProcessPool::take_fork_replies() {
             children_.erase(child);
         }
     }
-    if (const auto oldest = waiting(); oldest != children_.end() && server->alive() &&
-                                       std::chrono::steady_clock::now() - (*oldest)->asked > kForkReplyTimeout)
+    // Stuck: a worker asked for has waited kForkReplyTimeout, and no answer came meanwhile (a
+    // worker far down a queue of hundreds waits for those before it, not for a stuck server).
+    if (const auto oldest = waiting();
+        oldest != children_.end() && server->alive() &&
+        std::chrono::steady_clock::now() - std::max((*oldest)->asked, last_fork_reply_) > kForkReplyTimeout)
         server->give_up(fmt::format("did not answer within {} s (stopped or stuck?)",
                                     std::chrono::duration_cast<std::chrono::seconds>(kForkReplyTimeout).count()));
     if (server->alive()) return;

@@ -228,6 +228,25 @@ TEST(ForkServer, TheProcessesModesClockStartsOnceTheServerIsReady) {
     EXPECT_LT(ready, header) << output.err;
 }
 
+// Decision 265: more requests than the socket's buffer holds wait in the coordinator and go as
+// replies make room: every worker of hundreds asked at once is forked, none exec'd (before,
+// the first request that did not fit gave the server up, and the rest were exec'd).
+TEST(ForkServer, HundredsOfWorkersAskedAtOnceAreAllForked) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    const Output output =
+        testing::run_binary("coordinator", {"--mode", "processes", "--workers", "400", "--tasks", "400", "--duration",
+                                            "0", "--log-level", "debug", "--progress", "never", "--json", "-"});
+    ASSERT_EQ(output.exit_code, 0) << output.err.substr(0, 3000);
+    EXPECT_EQ(nlohmann::json::parse(output.out)["runs"][0]["ok"], 400);
+    std::size_t forked = 0;
+    for (std::size_t at = 0; (at = output.err.find("forked worker ", at)) != std::string::npos; ++at) ++forked;
+    EXPECT_EQ(forked, 400u);
+    EXPECT_EQ(output.err.find("workers are exec'd"), std::string::npos);
+    EXPECT_EQ(output.err.find("instead of the fork server"), std::string::npos);
+}
+
 TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {
     testing::Running coordinator(
         "coordinator", {"--mode", "processes", "--workers", "2", "--tasks", "2", "--duration", "60", "--worker-bin",
