@@ -1,7 +1,8 @@
 #pragma once
 // The fork server's protocol with its coordinator (decision 101): one SOCK_SEQPACKET socket,
 // descriptor 3 in the server, one request or reply per packet. Request: "CPU\0ARG\0ARG..."
-// (the worker's arguments after the program and its prefix); reply: a ForkReply.
+// (the worker's arguments after the program and its prefix); reply: a ForkReply. The server's
+// first packet, once it has preloaded its types, is kForkServerReady (decision 262).
 
 #include <cstddef>
 #include <cstdint>
@@ -18,5 +19,8 @@ struct ForkReply {
     std::int32_t pid = -1;
     std::int32_t error = 0;
 };
+
+// The server is ready to fork (its preload done): a reply with pid 0, which no fork answers.
+inline constexpr ForkReply kForkServerReady{.pid = 0, .error = 0};
 
 }  // namespace taskfarm

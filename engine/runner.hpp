@@ -100,6 +100,9 @@ private:
     ResultSink& sink_;
     const Plan& plan_;  // its known_count() is the report's tasks once the mode is over
     const bool starts_wanted_ = sink_.wants_task_starts();
+    // Unique in the process, so that a thread's cached start slot (started()) names this mode.
+    const std::uint64_t serial_ = next_serial();
+    static std::uint64_t next_serial();
     const bool values_wanted_ = sink_.wants_values();
     mutable std::mutex mutex_;
     RunReport report_;

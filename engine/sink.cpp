@@ -2,10 +2,29 @@
 
 #include <algorithm>
 #include <exception>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
 namespace taskfarm {
+
+void StartSlot::lock() const {
+    while (busy_.exchange(true, std::memory_order_acquire))
+        while (busy_.load(std::memory_order_relaxed)) std::this_thread::yield();
+}
+
+void StartSlot::set(TaskId task, double at_s) {
+    lock();
+    seen_ = {seen_.serial + 1, task, at_s};
+    busy_.store(false, std::memory_order_release);
+}
+
+StartSlot::Seen StartSlot::get() const {
+    lock();
+    const Seen seen = seen_;
+    busy_.store(false, std::memory_order_release);
+    return seen;
+}
 
 void ResultSink::begin_mode(const std::string& mode, std::size_t tasks) {
     std::lock_guard lock(mutex_);
@@ -95,6 +114,16 @@ bool FanOutSink::wants_values() const {
 void FanOutSink::on_task_started(const RunEvent& event) {
     for (auto& sink : sinks_)
         if (sink->wants_task_starts()) sink->on_task_started(event);
+}
+
+StartSlot* FanOutSink::start_slot(const std::string& worker) {
+    ResultSink* wanting = nullptr;
+    for (auto& sink : sinks_) {
+        if (!sink->wants_task_starts()) continue;
+        if (wanting) return nullptr;
+        wanting = sink.get();
+    }
+    return wanting ? wanting->start_slot(worker) : nullptr;
 }
 
 void FanOutSink::event_it_(const RunEvent& event) {

@@ -3,7 +3,9 @@
 // class serialises calls (like spdlog's base_sink), so a sink never locks for itself.
 // on_event() reports what else happened (worker lifecycle, requeues); most sinks ignore it.
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -14,6 +16,26 @@
 #include "task.hpp"
 
 namespace taskfarm {
+
+// The latest task a worker (or thread) started, for a sink that shows what runs now (the live
+// view): the runner writes each start here instead of calling the sink per task, and the sink
+// reads it when it looks (decision 263). Any thread: a spin lock of its own, held for a few
+// stores, so that several writers or a reader never see half of a start.
+class StartSlot {
+public:
+    struct Seen {
+        std::uint64_t serial = 0;  // starts written so far; 0: none yet
+        TaskId task = kNoId;
+        double at_s = 0;  // seconds since the mode began, as RunEvent::at_s
+    };
+    void set(TaskId task, double at_s);
+    Seen get() const;
+
+private:
+    void lock() const;
+    mutable std::atomic<bool> busy_{false};
+    Seen seen_;
+};
 
 // A result with its task, as a runner hands several over at once (ResultSink::on_results).
 struct Finished {
@@ -40,6 +62,12 @@ public:
     // sink's lock, once per task, so that starts never queue behind results on it: such a
     // sink synchronises itself (the live view's state has a lock of its own).
     virtual void on_task_started(const RunEvent&) {}
+    // For a sink that wants_task_starts(): where the starts of `worker`'s tasks in the mode
+    // begun last go, written by the runner without a call per task (then on_task_started()
+    // is not called for them); null, the default, to be called instead. The slot lives as
+    // long as the sink. Called from any thread, without the sink's lock, once per worker and
+    // mode of the thread that starts its tasks.
+    virtual StartSlot* start_slot(const std::string& /*worker*/) { return nullptr; }
     // Whether the sink reads TaskResult::value. When no sink of a run does, the coordinator of
     // processes mode drops the values its workers send rather than decode them (decision 250):
     // their results reach the sinks with a null value. Fixed before the first mode begins;
@@ -65,6 +93,8 @@ public:
     void add(std::unique_ptr<ResultSink> sink) { sinks_.push_back(std::move(sink)); }
     bool wants_task_starts() const override;
     void on_task_started(const RunEvent& event) override;  // sinks_ is fixed by then: no lock
+    // The slot of the one sink that wants starts; null when several do (each is called).
+    StartSlot* start_slot(const std::string& worker) override;
     bool wants_values() const override;
 
 protected:

@@ -195,27 +195,74 @@ bool ForkServer::request(const std::vector<std::string>& args, int cpu) {
         request += '\0';
         request += arg;
     }
-    // A request is one small packet, and the socket holds many: one that does not fit now
-    // means the server has stopped taking them.
-    if (::send(channel_, request.data(), request.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
-        static_cast<ssize_t>(request.size()))
-        return true;
-    give_up(fmt::format("cannot be asked for a worker ({})", std::strerror(errno)));
-    return false;
+    queued_.push_back(std::move(request));
+    send_queued();
+    return channel_ >= 0;
+}
+
+void ForkServer::send_queued() {
+    while (channel_ >= 0 && !queued_.empty()) {
+        const std::string& request = queued_.front();
+        if (::send(channel_, request.data(), request.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+            static_cast<ssize_t>(request.size())) {
+            queued_.pop_front();
+            continue;
+        }
+        // The socket's buffer is full of requests the server has not read yet: each reply to
+        // come makes room (it answers them in order), so the rest wait for take_reply().
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR) return;
+        give_up(fmt::format("cannot be asked for a worker ({})", std::strerror(errno)));
+    }
+}
+
+int ForkServer::receive(ForkReply& reply) {
+    while (channel_ >= 0) {
+        const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+        if (got == 0) {
+            give_up("is gone");
+        } else if (got != static_cast<ssize_t>(sizeof reply) || (reply.pid == kForkServerReady.pid && ready_)) {
+            give_up("sent a reply that is not one");
+        } else if (reply.pid == kForkServerReady.pid) {
+            ready_ = true;  // no fork answers pid 0: the server's word that it can fork, sent once, first
+        } else {
+            return 1;
+        }
+    }
+    return -1;
+}
+
+bool ForkServer::wait_ready(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (channel_ >= 0 && !ready_) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd readable{channel_, POLLIN, 0};
+        if (::poll(&readable, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+        if (readable.revents == 0) continue;
+        // Its first packet; receive() would take the reply to a request after it.
+        ForkReply reply;
+        const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+        if (got == static_cast<ssize_t>(sizeof reply) && reply.pid == kForkServerReady.pid)
+            ready_ = true;
+        else
+            give_up(got == 0 ? "is gone" : "sent a reply before it was ready");
+    }
+    return ready_;
 }
 
 std::optional<ForkReply> ForkServer::take_reply() {
-    if (channel_ < 0) return std::nullopt;
     ForkReply reply;
-    const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
-    if (got == static_cast<ssize_t>(sizeof reply)) return reply;
-    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return std::nullopt;
-    give_up(got == 0 ? "is gone" : "sent a reply that is not one");
+    const int got = receive(reply);
+    send_queued();  // a reply read is room for a request
+    if (got == 1) return reply;
     return std::nullopt;
 }
 
 void ForkServer::give_up(const std::string& why) {
     if (channel_ < 0) return;
+    queued_.clear();  // their workers are exec'd by the pool
     spdlog::warn("the fork server (pid {}) {}; workers are exec'd from now on", pid(), why);
     ::close(channel_);
     channel_ = -1;
@@ -289,6 +336,7 @@ void ProcessPool::take_fork_replies() {
     while (server->alive()) {
         const auto reply = server->take_reply();
         if (!reply) break;
+        last_fork_reply_ = std::chrono::steady_clock::now();
         const auto child = waiting();
         if (child == children_.end()) {  // asked by nobody: not ours to keep
             if (reply->pid > 0) {
@@ -313,8 +361,11 @@ void ProcessPool::take_fork_replies() {
             children_.erase(child);
         }
     }
-    if (const auto oldest = waiting(); oldest != children_.end() && server->alive() &&
-                                       std::chrono::steady_clock::now() - (*oldest)->asked > kForkReplyTimeout)
+    // Stuck: a worker asked for has waited kForkReplyTimeout, and no answer came meanwhile (a
+    // worker far down a queue of hundreds waits for those before it, not for a stuck server).
+    if (const auto oldest = waiting();
+        oldest != children_.end() && server->alive() &&
+        std::chrono::steady_clock::now() - std::max((*oldest)->asked, last_fork_reply_) > kForkReplyTimeout)
         server->give_up(fmt::format("did not answer within {} s (stopped or stuck?)",
                                     std::chrono::duration_cast<std::chrono::seconds>(kForkReplyTimeout).count()));
     if (server->alive()) return;

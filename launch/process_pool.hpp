@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -36,9 +37,13 @@ public:
     ForkServer& operator=(const ForkServer&) = delete;
 
     // Asks for a worker running the program with `args` (after PREFIX), pinned to `cpu` when
-    // >= 0, without waiting; false when the server is gone or cannot take it now (then it
-    // is given up: not asked again).
+    // >= 0, without waiting; false when the server is gone (then it is given up: not asked
+    // again). A request the socket cannot take now (a full buffer: hundreds asked at once)
+    // waits here, in order, and is sent as replies make room (take_reply(); decision 265).
     bool request(const std::vector<std::string>& args, int cpu);
+    // Waits until the server has preloaded its types and can fork (its first packet,
+    // kForkServerReady), at most `timeout`; true once it has. Nothing else is waited for.
+    bool wait_ready(std::chrono::milliseconds timeout);
     // The next reply, if one came (it never waits); nullopt if none yet. A server that
     // closed its end is given up (alive() false).
     std::optional<ForkReply> take_reply();
@@ -52,8 +57,15 @@ public:
 
 private:
     struct Process;
+    // Reads one packet into `reply` without waiting: 1 when one came, 0 when none did, -1 when
+    // the server is given up. kForkServerReady is taken here, never returned.
+    int receive(ForkReply& reply);
+    // Sends the requests that waited for room, in order, while the socket takes them.
+    void send_queued();
+    std::deque<std::string> queued_;  // requests not sent yet
     std::unique_ptr<Process> process_;
-    int channel_ = -1;  // our end of the socket; -1 once the server is gone
+    int channel_ = -1;    // our end of the socket; -1 once the server is gone
+    bool ready_ = false;  // kForkServerReady came
 };
 
 struct WorkerLaunch {
@@ -84,7 +96,7 @@ public:
     // HELLO. Throws when it cannot start. Never waits on the fork server: a forked worker's
     // pid is not known until the server answers, so the id returned stands for it (its
     // pid for an exec'd worker, else a number above any pid: see id_of()) in every call and
-    // exit until it ends. A server that does not answer within kForkReplyTimeout is given
+    // exit until it ends. A server that answers nothing for kForkReplyTimeout is given
     // up and the worker exec'd instead.
     pid_t spawn(const std::string& name, int cpu = -1) override;
 
@@ -112,7 +124,8 @@ public:
 
     std::size_t alive() const;
 
-    // How long a fork request may wait for its reply before the server is given up. Well
+    // How long a fork request may wait for its reply, with no other reply meanwhile, before
+    // the server is given up. Well
     // within the time a worker has to say hello (--start-timeout, 10 s by default), so the
     // worker exec'd instead still makes it.
     static constexpr auto kForkReplyTimeout = std::chrono::seconds(2);
@@ -134,8 +147,9 @@ private:
     std::vector<std::unique_ptr<Child>> children_;
     std::map<pid_t, pid_t> ended_;  // id -> pid of workers reaped whose board was not read yet  // live ones only, and
                                     // those asked of the fork server
-    std::vector<WorkerExit> failed_;  // could not start: reported by the next reap_exited()
-    pid_t next_id_;                   // for the next worker asked of the fork server
+    std::vector<WorkerExit> failed_;                           // could not start: reported by the next reap_exited()
+    pid_t next_id_;                                            // for the next worker asked of the fork server
+    std::chrono::steady_clock::time_point last_fork_reply_{};  // when the fork server last answered
 };
 
 // Where the worker binary is when --worker-bin is not given: next to this executable.

@@ -94,6 +94,13 @@ std::vector<std::string> step_worker_command(const ProcessesOptions& config, con
 }  // namespace
 
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
+    // The fork server serves every mode of the run and loads the plan's types once: its start
+    // is not this mode's, whose clock starts once it can fork (decision 262). Its workers'
+    // start is, as ever (decision 5). A server not ready in time is waited for as before.
+    if (fork_server_) {
+        const bool ready = fork_server_->wait_ready(ProcessPool::kForkReplyTimeout);
+        spdlog::debug("the fork server is {}; the processes mode's clock starts", ready ? "ready" : "not ready yet");
+    }
     nlohmann::json allocations = nullptr;  // --alloc: the allocator's account, for the report
     ModeRecorder recorder(
         Mode::Processes,

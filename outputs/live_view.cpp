@@ -101,20 +101,30 @@ double LiveState::now_s(const Mode& mode) const {
     return std::chrono::duration<double>(Clock::now() - mode.began).count();
 }
 
+std::optional<std::pair<TaskId, double>> LiveState::running_task(const Lane& lane) {
+    const StartSlot::Seen seen = lane.start->get();
+    if (seen.serial == lane.ended_start) return std::nullopt;
+    return std::pair{seen.task, seen.at_s};
+}
+
 LiveState::Lane& LiveState::lane(Mode& mode, const std::string& worker, std::uint32_t* index) {
     static const std::string kUnassigned = "unassigned";              // a result that never ran anywhere
     const std::string& name = worker.empty() ? kUnassigned : worker;  // no copy per task
-    auto [found, added] = mode.lane_of.try_emplace(name, static_cast<std::uint32_t>(mode.lanes.size()));
-    if (added) {
-        // In-process lanes (seq, t1...) never get a WorkerStarted event.
-        Lane& added_lane = mode.lanes.emplace_back();
-        added_lane.name = name;
-        added_lane.where = fmt::format("this machine, coordinator pid {}", ::getpid());
-        mode.changed = generation_;
+    std::uint32_t at = mode.last_lane;
+    if (at >= mode.lanes.size() || mode.lanes[at].name != name) {
+        auto [found, added] = mode.lane_of.try_emplace(name, static_cast<std::uint32_t>(mode.lanes.size()));
+        if (added) {
+            // In-process lanes (seq, t1...) never get a WorkerStarted event.
+            Lane& added_lane = mode.lanes.emplace_back();
+            added_lane.name = name;
+            added_lane.where = fmt::format("this machine, coordinator pid {}", ::getpid());
+            mode.changed = generation_;
+        }
+        at = mode.last_lane = found->second;
     }
-    Lane& lane = mode.lanes[found->second];
+    Lane& lane = mode.lanes[at];
     lane.changed = generation_;
-    if (index) *index = found->second;
+    if (index) *index = at;
     return lane;
 }
 
@@ -171,14 +181,41 @@ void LiveState::set_tasks(std::size_t tasks) {
 
 void LiveState::result(const TaskResult& result) {
     std::lock_guard lock(mutex_);
-    if (modes_.empty()) return;
+    if (Lane* lane = record(result)) end_start(*lane, result.id);
+}
+
+void LiveState::results(std::span<const Finished> batch) {
+    std::lock_guard lock(mutex_);
+    // A lane's latest start can only be ended by its latest result: the slot is read once per
+    // run of one lane's results, not once per result.
+    Lane* lane = nullptr;
+    TaskId last = kNoId;
+    for (const Finished& done : batch) {
+        Lane* now = record(done.result);
+        if (lane && now != lane) end_start(*lane, last);
+        lane = now;
+        last = done.result.id;
+    }
+    if (lane) end_start(*lane, last);
+}
+
+void LiveState::end_start(Lane& lane, TaskId task) {
+    if (const StartSlot::Seen start = lane.start->get(); start.task == task) lane.ended_start = start.serial;
+}
+
+LiveState::Lane* LiveState::record(const TaskResult& result) {
+    if (modes_.empty()) return nullptr;
     Mode& mode = modes_.back();
     mode.changed = generation_;
     ++(result.ok ? mode.ok : mode.failed);
-    std::uint32_t index = 0;
-    Lane& lane = this->lane(mode, result.worker, &index);
+    std::uint32_t index = mode.last_lane;
+    Lane* found = index < mode.lanes.size() && mode.lanes[index].name == result.worker ? &mode.lanes[index] : nullptr;
+    if (found)
+        found->changed = generation_;
+    else
+        found = &this->lane(mode, result.worker, &index);
+    Lane& lane = *found;
     ++lane.done;
-    if (lane.running && lane.running->first == result.id) lane.running.reset();
     const int status = result.ok ? kOk : kFailed;
     const double merge_s = std::max(kMergeLeast_s, result.end_s * kMergeShare);
     Bar* last = lane.last_bar ? &mode.bars[*lane.last_bar] : nullptr;
@@ -196,6 +233,13 @@ void LiveState::result(const TaskResult& result) {
         if (failures_.size() < kMaxFailures) failures_.push_back({mode.name, result.id, result.worker, result.error});
     }
     if (mode.ok + mode.failed >= mode.tasks) mode.end_s = std::max(result.end_s, now_s(mode));
+    return &lane;
+}
+
+StartSlot* LiveState::start_slot(const std::string& worker) {
+    std::lock_guard lock(mutex_);
+    if (modes_.empty()) return nullptr;
+    return lane(modes_.back(), worker).start.get();
 }
 
 void LiveState::event(const RunEvent& event) {
@@ -203,18 +247,19 @@ void LiveState::event(const RunEvent& event) {
     if (modes_.empty()) return;
     Mode& mode = modes_.back();
     Lane& lane = this->lane(mode, event.worker);
+    const StartSlot::Seen start = lane.start->get();
     switch (event.kind) {
-        case RunEvent::Kind::TaskStarted: lane.running.emplace(event.task, event.at_s); break;
+        case RunEvent::Kind::TaskStarted: lane.start->set(event.task, event.at_s); break;
         case RunEvent::Kind::WorkerStarted:
             lane.alive = true;
             lane.where = where_of(event.detail, slurm_);
             break;
         case RunEvent::Kind::WorkerExited:
             lane.alive = false;
-            lane.running.reset();
+            lane.ended_start = start.serial;
             break;
         case RunEvent::Kind::Requeued:
-            if (lane.running && lane.running->first == event.task) lane.running.reset();
+            if (start.task == event.task) lane.ended_start = start.serial;
             // The lost attempt, drawn as such; never merged.
             mode.bars.push_back(
                 {mode.lane_of.at(lane.name), event.started_s, event.at_s, false, 1, event.task, generation_});
@@ -244,15 +289,16 @@ nlohmann::json LiveState::mode_json(const Mode& mode, std::size_t index, std::ui
     std::size_t running = 0;
     for (std::size_t i = 0; i < mode.lanes.size(); ++i) {
         const Lane& lane = mode.lanes[i];
-        if (lane.running) ++running;
+        const auto runs = running_task(lane);
+        if (runs) ++running;
         if (lane.changed < since) continue;
-        lanes.push_back({{"i", i},
-                         {"name", lane.name},
-                         {"where", lane.where},
-                         {"alive", lane.alive},
-                         {"done", lane.done},
-                         {"running", lane.running ? nlohmann::json::array({lane.running->first, lane.running->second})
-                                                  : nlohmann::json(nullptr)}});
+        lanes.push_back(
+            {{"i", i},
+             {"name", lane.name},
+             {"where", lane.where},
+             {"alive", lane.alive},
+             {"done", lane.done},
+             {"running", runs ? nlohmann::json::array({runs->first, runs->second}) : nlohmann::json(nullptr)}});
     }
     nlohmann::json bars = nlohmann::json::array();
     for (std::size_t i = 0; i < mode.bars.size(); ++i) {
@@ -298,8 +344,18 @@ nlohmann::json LiveState::snapshot() {
     return document(0, 0);
 }
 
+void LiveState::note_starts() {
+    for (Mode& mode : modes_)
+        for (Lane& lane : mode.lanes)
+            if (const std::uint64_t serial = lane.start->get().serial; serial != lane.seen_start) {
+                lane.seen_start = serial;
+                lane.changed = mode.changed = generation_;
+            }
+}
+
 std::optional<nlohmann::json> LiveState::delta() {
     std::lock_guard lock(mutex_);
+    note_starts();
     const bool running = !modes_.empty() && modes_.back().end_s < 0;
     const bool changed =
         std::any_of(modes_.begin(), modes_.end(), [&](const Mode& m) { return m.changed >= generation_; });

@@ -3,14 +3,16 @@
 // mode: counts, a lane per worker or thread with its bars and running task, failures; at the
 // end the comparison table) and turns it into JSON: a whole snapshot for a page that
 // connects, and every kFlushInterval a delta of what changed. LiveView serves the page with
-// cpp-httplib and pushes those as server-sent events. The sink only updates memory under a
-// lock, in O(1) per task: no I/O and no JSON on the runners' threads.
+// cpp-httplib and pushes those as server-sent events. The sink only updates memory, in O(1)
+// per task: no I/O and no JSON on the runners' threads; results take the state's lock once
+// per batch a runner hands over, and a task's start is a slot the runner writes (decision 263).
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -45,7 +47,13 @@ public:
     // submits), where begin_mode() was told 0 (not known).
     void set_tasks(std::size_t tasks);
     void result(const TaskResult& result);
+    // Several results under one lock: the same as result() for each, in order.
+    void results(std::span<const Finished> batch);
     void event(const RunEvent& event);
+    // Where the running mode's lane of `worker` keeps its latest start, made if new: a runner
+    // writes each start there without a call (ResultSink::start_slot, decision 263). Null
+    // before the first mode.
+    StartSlot* start_slot(const std::string& worker);
     // The modes' reports, once the run is over: the comparison table, and the end of the stream.
     void finish(const std::vector<RunReport>& reports);
 
@@ -70,8 +78,12 @@ private:
         std::string where;  // "this machine, pid 42", "remote host b7", "Slurm node n3"
         bool alive = true;
         std::size_t done = 0;
-        std::optional<std::pair<TaskId, double>> running;  // id and start, seconds of the mode
-        std::optional<std::size_t> last_bar;               // index into Mode::bars
+        std::unique_ptr<StartSlot> start = std::make_unique<StartSlot>();  // never moves: runners keep it
+        // The start whose task has ended (its result came, it was requeued, the worker went):
+        // the lane runs a task when its latest start is a later one.
+        std::uint64_t ended_start = 0;
+        std::uint64_t seen_start = 0;         // the latest start a delta has looked at
+        std::optional<std::size_t> last_bar;  // index into Mode::bars
         std::uint64_t changed = 0;
     };
     struct Mode {
@@ -85,6 +97,7 @@ private:
         std::unordered_map<std::string, std::uint32_t> lane_of;
         std::vector<Bar> bars;
         std::uint64_t changed = 0;
+        std::uint32_t last_lane = 0;  // of the last result: a batch's come from few lanes
     };
     struct FailureLine {
         std::string mode;
@@ -94,6 +107,14 @@ private:
     };
 
     Lane& lane(Mode& mode, const std::string& worker, std::uint32_t* index = nullptr);
+    // Counts the result and draws it; its lane, or null before the first mode (under mutex_).
+    Lane* record(const TaskResult& result);
+    // The lane's latest start has ended if it is `task`'s (under mutex_).
+    static void end_start(Lane& lane, TaskId task);
+    // The task the lane runs now, if any: its id and start, seconds of the mode.
+    static std::optional<std::pair<TaskId, double>> running_task(const Lane& lane);
+    // Marks the lanes whose start slot changed since the last delta (under mutex_).
+    void note_starts();
     double now_s(const Mode& mode) const;
     void close(Mode& mode);
     void resize(Mode& mode, std::int64_t tasks);
@@ -121,10 +142,12 @@ public:
     explicit LiveSink(LiveState& state) : state_(state) {}
     bool wants_task_starts() const override { return true; }
     void on_task_started(const RunEvent& event) override { state_.event(event); }  // LiveState locks
+    StartSlot* start_slot(const std::string& worker) override { return state_.start_slot(worker); }
 
 protected:
     void begin_mode_(const std::string& mode, std::size_t tasks) override { state_.begin_mode(mode, tasks); }
     void sink_it_(const TaskSpec&, const TaskResult& result) override { state_.result(result); }
+    void sink_all_(std::span<const Finished> batch) override { state_.results(batch); }
     void event_it_(const RunEvent& event) override { state_.event(event); }
 
 private:

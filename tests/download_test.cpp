@@ -212,6 +212,21 @@ TEST(Digest, Sha256OfKnownVectors) {
 
 // --- the built-in server ---------------------------------------------------------------
 
+// The bytes are the documented ones (docs/downloads.md, README's run) whichever way they are
+// made: whole, or in the server's chunks that start anywhere in a pixel word (decision 264).
+TEST(ImageServer, TheDocumentedImagesAreMadeByteForByteWholeOrInPieces) {
+    ImageServer fixture({.images = 2, .file_size = 204'800, .latency_s = 0});
+    EXPECT_EQ(sha256_hex(fixture.image(0)), "9d170234f301da278116cb796ea4b46f1a3dbb36a0ac41025aedb4ae6b4d068c");
+    EXPECT_EQ(sha256_hex(fixture.image(1)).substr(0, 12), "5118efd0def8");
+    const std::string whole = fixture.image(1);
+    for (const std::size_t piece : {std::size_t{1}, std::size_t{7}, std::size_t{4093}, std::size_t{65'536}}) {
+        std::string pieces;
+        for (std::size_t at = 0; at < whole.size(); at += piece)
+            pieces += fixture.piece(1, at, std::min(piece, whole.size() - at));
+        EXPECT_EQ(pieces, whole) << piece;
+    }
+}
+
 TEST(ImageServer, ImagesHaveExactlyTheFileSizeAndAConsistentPpmHeader) {
     for (std::uint64_t size : {0ull, 1ull, 40ull, 100ull, 1000ull, 204'800ull, 1'000'003ull}) {
         ImageServer fixture({.images = 2, .file_size = size, .latency_s = 0});

@@ -15,6 +15,7 @@
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
+#include "process_pool.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -195,6 +196,55 @@ TEST(ForkServer, PreloadsOnlyWhatThePlansTypesNeed) {
     EXPECT_NE(proc_file(server, "cmdline").find(std::string("--preload\0sleep", 15)), std::string::npos);
     coordinator.signal(SIGTERM);
     coordinator.wait();
+}
+
+// Decision 262: the server's first packet says it has preloaded the plan's types (libcurl for
+// downloads), and the processes mode's clock starts only after it came.
+TEST(ForkServer, SaysItIsReadyOnlyOnceItsTypesArePreloaded) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    ForkServer server(testing::bin("worker"), {}, "", {"download"});
+    ASSERT_TRUE(server.wait_ready(std::chrono::seconds(30)));
+    EXPECT_NE(proc_file(server.pid(), "maps").find("libcurl"), std::string::npos);
+    EXPECT_TRUE(server.wait_ready(std::chrono::milliseconds(0)));  // once ready, always
+    EXPECT_FALSE(server.take_reply().has_value());                 // the ready packet is no fork's reply
+    EXPECT_TRUE(server.alive());
+}
+
+TEST(ForkServer, TheProcessesModesClockStartsOnceTheServerIsReady) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    // --json -: the report on stdout, so the mode's header goes to stderr with the log.
+    const Output output =
+        testing::run_binary("coordinator", {"--mode", "processes", "--workers", "1", "--tasks", "1", "--duration", "0",
+                                            "--log-level", "debug", "--json", "-"});
+    ASSERT_EQ(output.exit_code, 0) << output.err;
+    const auto ready = output.err.find("the fork server is ready; the processes mode's clock starts");
+    const auto header = output.err.find("== processes");
+    ASSERT_NE(ready, std::string::npos) << output.err;
+    ASSERT_NE(header, std::string::npos) << output.err;
+    EXPECT_LT(ready, header) << output.err;
+}
+
+// Decision 265: more requests than the socket's buffer holds wait in the coordinator and go as
+// replies make room: every worker of hundreds asked at once is forked, none exec'd (before,
+// the first request that did not fit gave the server up, and the rest were exec'd).
+TEST(ForkServer, HundredsOfWorkersAskedAtOnceAreAllForked) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "sanitized builds exec their workers: no fork server (decisions 101, 104)";
+#endif
+    const Output output =
+        testing::run_binary("coordinator", {"--mode", "processes", "--workers", "400", "--tasks", "400", "--duration",
+                                            "0", "--log-level", "debug", "--progress", "never", "--json", "-"});
+    ASSERT_EQ(output.exit_code, 0) << output.err.substr(0, 3000);
+    EXPECT_EQ(nlohmann::json::parse(output.out)["runs"][0]["ok"], 400);
+    std::size_t forked = 0;
+    for (std::size_t at = 0; (at = output.err.find("forked worker ", at)) != std::string::npos; ++at) ++forked;
+    EXPECT_EQ(forked, 400u);
+    EXPECT_EQ(output.err.find("workers are exec'd"), std::string::npos);
+    EXPECT_EQ(output.err.find("instead of the fork server"), std::string::npos);
 }
 
 TEST(ForkServer, AWorkerBinIsExecdWithoutAForkServer) {

@@ -3,9 +3,15 @@
 // share bars, and that deltas hold only what changed. tests/live_view_test.py runs the page
 // in Chromium.
 
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "live_view.hpp"
+#include "plan.hpp"
+#include "runner.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -160,6 +166,124 @@ TEST(LiveState, WorkersSayWhereTheyRunAndWhenTheyAreGone) {
     ASSERT_EQ(mode["bars"].size(), 1u);
     EXPECT_EQ(mode["bars"][0][4], 2);  // lost
     EXPECT_EQ(mode["bars"][0][5], 0);  // no finished task in it
+}
+
+// Decision 263: a runner writes each start into its lane's slot (no call, no lock of the
+// state's); the lane runs the slot's task until that task's result, a requeue or the
+// worker's exit ends it, and a later start of the same task (a retry) runs again.
+TEST(LiveState, AStartWrittenToItsLanesSlotRunsUntilItsResult) {
+    LiveState state("", false);
+    state.begin_mode("threads", 3);
+    StartSlot* t1 = state.start_slot("t1");
+    ASSERT_NE(t1, nullptr);
+    EXPECT_EQ(state.start_slot("t1"), t1);  // one per lane
+    ASSERT_TRUE(state.delta());
+    t1->set(0, 0.25);
+    auto delta = state.delta();  // the start alone is news
+    ASSERT_TRUE(delta);
+    ASSERT_EQ((*delta)["modes"][0]["lanes"].size(), 1u);
+    EXPECT_EQ((*delta)["modes"][0]["lanes"][0]["running"], nlohmann::json::array({0, 0.25}));
+    EXPECT_EQ((*delta)["modes"][0]["running"], 1);
+    TaskResult failed = result_of(0, "t1", 0.25, 0.5, false, "retried");
+    state.result(failed);
+    EXPECT_TRUE(lane_named(state.snapshot()["modes"][0], "t1")["running"].is_null());
+    t1->set(0, 0.5);  // its second attempt
+    EXPECT_EQ(lane_named(state.snapshot()["modes"][0], "t1")["running"], nlohmann::json::array({0, 0.5}));
+    // Results handed over in a batch: the lane's latest start ends only with its own result.
+    t1->set(1, 0.75);
+    std::vector<Finished> batch(2);
+    batch[0].result = result_of(0, "t1", 0.5, 0.75);
+    batch[1].result = result_of(2, "t2", 0.0, 0.8);
+    state.results(batch);
+    nlohmann::json mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(lane_named(mode, "t1")["running"], nlohmann::json::array({1, 0.75}));
+    EXPECT_EQ(mode["running"], 1);
+    batch.resize(1);
+    batch[0].result = result_of(1, "t1", 0.75, 0.9);
+    state.results(batch);
+    mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(mode["running"], 0);
+    EXPECT_EQ(mode["ok"], 3);
+    EXPECT_EQ(mode["failed"], 1);
+    EXPECT_EQ(lane_named(mode, "t1")["done"], 3);
+}
+
+// Many threads writing starts into their slots while another hands results over in batches
+// and a third takes deltas: no start is half-written, and the counts add up.
+TEST(LiveState, StartsFromManyThreadsAtOnceAreWhole) {
+    LiveState state("", false);
+    constexpr int kThreads = 4;
+    constexpr TaskId kEach = 20'000;
+    state.begin_mode("threads", kThreads * kEach);
+    std::vector<std::jthread> threads;
+    for (int t = 0; t < kThreads; ++t)
+        threads.emplace_back([&state, t] {
+            const std::string name = fmt::format("t{}", t + 1);
+            StartSlot* slot = state.start_slot(name);
+            std::vector<Finished> batch;
+            for (TaskId i = 0; i < kEach; ++i) {
+                const TaskId id = static_cast<TaskId>(t) * kEach + i;
+                slot->set(id, static_cast<double>(id));  // a start's time says whose it is
+                batch.push_back({{}, result_of(id, name, static_cast<double>(id), static_cast<double>(id))});
+                if (batch.size() == 64 || i + 1 == kEach) {
+                    state.results(batch);
+                    batch.clear();
+                }
+            }
+        });
+    std::jthread reader([&state](std::stop_token stop) {
+        while (!stop.stop_requested()) {
+            const auto delta = state.delta();
+            if (!delta) continue;
+            for (const auto& lane : (*delta)["modes"][0]["lanes"]) {
+                if (lane["running"].is_null()) continue;
+                ASSERT_EQ(lane["running"][0].get<double>(), lane["running"][1].get<double>());
+            }
+        }
+    });
+    threads.clear();  // joined
+    reader.request_stop();
+    reader.join();
+    const nlohmann::json mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(mode["ok"], kThreads * kEach);
+    EXPECT_EQ(mode["running"], 0);
+    for (int t = 0; t < kThreads; ++t) EXPECT_EQ(lane_named(mode, fmt::format("t{}", t + 1))["done"], kEach);
+}
+
+// The threads runner writes its starts through the slot (ModeRecorder::started): a thread on a
+// long task shows it running while the other's results come, and a run's end leaves none.
+TEST(LiveState, AThreadsRunShowsWhatRunsThroughTheSlots) {
+    RunConfig config;
+    config.workers = 2;
+    config.task = "sleep";
+    config.tasks = 41;
+    config.settings["duration_s"] = {0.0, 0.0};  // no-ops, but for the one made long below
+    config.worker_bin = testing::bin("worker");
+    std::vector<TaskSpec> tasks;
+    const Plan made = testing::plan_for(config);
+    const auto cursor = made.open();
+    for (TaskSpec task; cursor->take(task) == TaskCursor::Take::Task;) tasks.push_back(task);
+    ASSERT_EQ(tasks.size(), 41u);
+    tasks[0].params.at("seconds") = 60.0;
+    const Plan plan = Plan::of(std::move(tasks));
+    LiveState state("", false);
+    FanOutSink sinks;
+    sinks.add(std::make_unique<LiveSink>(state));
+    std::stop_source stop;
+    std::jthread run([&] { testing::runner_for(Mode::Threads, config, stop.get_token())->run(plan, sinks); });
+    nlohmann::json mode;
+    EXPECT_TRUE(testing::eventually(
+        [&] {
+            mode = state.snapshot()["modes"][0];
+            return mode["ok"] == 40 && mode["running"] == 1;
+        },
+        std::chrono::seconds(30)))
+        << mode.dump();
+    bool long_one_runs = false;
+    for (const auto& lane : mode["lanes"]) long_one_runs = long_one_runs || lane["running"][0] == 0;
+    EXPECT_TRUE(long_one_runs) << mode.dump();
+    stop.request_stop();
+    run.join();
 }
 
 }  // namespace

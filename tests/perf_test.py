@@ -7,7 +7,7 @@ out. Instruction counts do not depend on how loaded the machine is; a timing wou
 here is timed. The budgets, the value measured when they were set and how to update them are
 in tests/perf_budget.json.
 
-  perf_test.py COORDINATOR [CASE ...]     (cases: threads, threads_console, processes, worker;
+  perf_test.py COORDINATOR [CASE ...]     (cases: threads, threads_console, threads_ui, processes, worker;
                                           default: every one)
 
 The worker case counts the other side of processes mode: the two workers' instructions (the
@@ -29,6 +29,8 @@ CASES = {
     "threads": ["--mode", "threads", "--workers", "2"],
     # The same with stdout a file: every console line formatted and written (decision 203).
     "threads_console": ["--mode", "threads", "--workers", "2"],
+    # The same with the live view on and no browser (decision 263): what --ui adds per task.
+    "threads_ui": ["--mode", "threads", "--workers", "2", "--ui", "127.0.0.1:0", "--ui-linger", "0"],
     # Only the coordinator is counted: callgrind does not follow the workers (no
     # --trace-children), so this is the coordinator's side of processes mode.
     "processes": ["--mode", "processes", "--workers", "2"],

@@ -56,6 +56,9 @@ std::optional<std::vector<std::string>> serve_forks(const Registry& registry, in
     char comm[17] = {};
     ::prctl(PR_GET_NAME, comm);
     ::prctl(PR_SET_NAME, kForkServerName);
+    // Ready: the coordinator starts its processes mode's clock on this (decision 262).
+    if (::send(channel, &kForkServerReady, sizeof kForkServerReady, MSG_NOSIGNAL) != sizeof kForkServerReady)
+        return std::nullopt;  // the coordinator is gone
     std::vector<char> request(kMaxForkRequest + 1);
     while (true) {
         const ssize_t got = ::recv(channel, request.data(), request.size(), 0);

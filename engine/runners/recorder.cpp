@@ -178,6 +178,16 @@ void ModeRecorder::started(const TaskSpec& task, std::uint32_t attempt, const st
                            std::chrono::steady_clock::time_point when) {
     if (!starts_wanted_) return;
     const double at_s = seconds_at(when);
+    // The slot this thread last wrote a start into, and for whom: a thread of threads mode
+    // starts one worker's tasks, the dispatcher a frame's worth of one worker's at a time.
+    struct Cached {
+        std::uint64_t recorder = 0;
+        std::string worker;
+        StartSlot* slot = nullptr;
+    };
+    thread_local Cached cached;
+    if (cached.recorder != serial_ || cached.worker != worker) cached = {serial_, worker, sink_.start_slot(worker)};
+    if (cached.slot) return cached.slot->set(task.id, at_s);
     sink_.on_task_started({.kind = RunEvent::Kind::TaskStarted,
                            .at_s = at_s,
                            .worker = worker,
@@ -186,6 +196,11 @@ void ModeRecorder::started(const TaskSpec& task, std::uint32_t attempt, const st
                            .task_type = task.type,
                            .attempt = attempt,
                            .started_s = at_s});
+}
+
+std::uint64_t ModeRecorder::next_serial() {
+    static std::atomic<std::uint64_t> serials{0};
+    return ++serials;
 }
 
 double ModeRecorder::seconds_at(std::chrono::steady_clock::time_point when) const {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -268,6 +269,12 @@ std::string ImageServer::image(int image) const {
     return bytes;
 }
 
+std::string ImageServer::piece(int image, std::uint64_t offset, std::size_t size) const {
+    std::string bytes;
+    image_bytes(image, offset, size, bytes);
+    return bytes;
+}
+
 std::uint64_t ImageServer::requests() const { return server_->requests; }
 
 // "P6\n# taskfarm synthetic image 3<spaces>\n256 200\n255\n": a binary PPM header whose
@@ -293,15 +300,22 @@ void ImageServer::image_bytes(int image, std::uint64_t offset, std::size_t size,
     const std::string head = header(image);
     out.resize(size);
     const std::uint64_t stream = splitmix64(options_.seed * 0x100000001b3 + static_cast<std::uint64_t>(image));
-    for (std::size_t i = 0; i < size; ++i) {
-        const std::uint64_t at = offset + i;
-        if (at < head.size()) {
-            out[i] = head[at];
-        } else {
-            const std::uint64_t pixel_byte = at - head.size();
-            out[i] = static_cast<char>(splitmix64(stream ^ (pixel_byte / 8)) >> (8 * (pixel_byte % 8)));
-        }
+    std::size_t i = 0;
+    for (; i < size && offset + i < head.size(); ++i) out[i] = head[offset + i];
+    // Pixel byte b is byte b % 8 (the lowest first) of splitmix64(stream ^ b / 8): made a word
+    // at a time, not a byte at a time (decision 264), while 8 responses on 2 cores compete
+    // with the downloads for the CPU.
+    const auto pixel = [&](std::size_t at) { return offset + at - head.size(); };
+    const auto byte_at = [&](std::uint64_t b) {
+        return static_cast<char>(splitmix64(stream ^ (b / 8)) >> (8 * (b % 8)));
+    };
+    for (; i < size && pixel(i) % 8 != 0; ++i) out[i] = byte_at(pixel(i));
+    for (; i + 8 <= size; i += 8) {
+        std::uint64_t word = splitmix64(stream ^ (pixel(i) / 8));
+        if constexpr (std::endian::native == std::endian::big) word = __builtin_bswap64(word);
+        std::memcpy(out.data() + i, &word, sizeof word);
     }
+    for (; i < size; ++i) out[i] = byte_at(pixel(i));
 }
 
 }  // namespace taskfarm

@@ -46,7 +46,9 @@ public:
     std::string name(int image) const;      // "photo-3.ppm"
     std::vector<std::string> urls() const;  // one per image, in order
     std::string image(int image) const;     // its bytes, as served
-    std::uint64_t requests() const;         // answered so far, 404s included
+    // `size` of its bytes from `offset`, as the server sends them a chunk at a time.
+    std::string piece(int image, std::uint64_t offset, std::size_t size) const;
+    std::uint64_t requests() const;  // answered so far, 404s included
 
 private:
     class Server;
