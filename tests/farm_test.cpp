@@ -18,6 +18,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <ranges>
 #include <regex>
 #include <set>
 #include <string>
@@ -1029,6 +1030,20 @@ int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
     return 0;
 }
 
+// `farm_test noop-map TASKS MAX_QUEUED`: TASKS no-op functions through Farm::map on 2 worker
+// processes, at most MAX_QUEUED of them waiting; prints how many were ok (tests/perf_test.py
+// counts this process's instructions per task: the Farm's side of processes mode).
+int noop_map(long tasks, std::size_t max_queued) {
+    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .max_queued = max_queued}};
+    register_types(farm);
+    long ok = 0;
+    farm.map(
+        "noop", std::views::iota(0L, tasks), [](long) { return Params::object(); },
+        [&](const taskfarm::Result<>& result) { ok += result.ok() ? 1 : 0; });
+    std::printf("%ld\n", ok);
+    return ok == tasks ? 0 : 1;
+}
+
 // `farm_test drain-sum JOURNAL COUNT`: sum-squares with FarmOptions::signals; a stop signal
 // ends it with 128 + the signal, after what the farm said.
 int drain_sum(const std::filesystem::path& journal, long count) {
@@ -1051,6 +1066,8 @@ int drain_sum(const std::filesystem::path& journal, long count) {
 int main(int argc, char** argv) {
     if (argc == 4 && std::strcmp(argv[1], "drain-sum") == 0) return drain_sum(argv[2], std::atol(argv[3]));
     if (argc == 4 && std::strcmp(argv[1], "sum-squares") == 0) return sum_squares(argv[2], std::atol(argv[3]));
+    if (argc == 4 && std::strcmp(argv[1], "noop-map") == 0)
+        return noop_map(std::atol(argv[2]), static_cast<std::size_t>(std::atol(argv[3])));
     if (argc == 5 && std::strcmp(argv[1], "slurm-sum") == 0)
         return slurm_sum(std::atol(argv[2]), std::atoi(argv[3]), argv[4]);
     // The farm's workers run this same program: `farm_test worker ...`.
