@@ -1044,6 +1044,19 @@ int noop_map(long tasks, std::size_t max_queued) {
     return ok == tasks ? 0 : 1;
 }
 
+// `farm_test alloc-sum COUNT JOURNAL`: COUNT slow squares in Slurm allocations the farm submits
+// while they wait (FarmOptions::alloc: at most 2 at once, 1 worker each, 5 minutes), their sum
+// printed (tests/slurm/slurm_test.py runs it on a real cluster, outside any allocation).
+int alloc_sum(long count, const std::filesystem::path& journal) {
+    Farm farm{{.journal = journal, .alloc = taskfarm::SlurmAllocations{.time = "5", .workers = 1, .max_allocs = 2}}};
+    register_types(farm);
+    for (long x = 0; x < count; ++x) farm.submit("slow-square", {{"x", x}});
+    long sum = 0;
+    for (const auto& result : farm.as_completed<long>()) sum += result.value();
+    std::printf("%ld\n", sum);
+    return 0;
+}
+
 // `farm_test drain-sum JOURNAL COUNT`: sum-squares with FarmOptions::signals; a stop signal
 // ends it with 128 + the signal, after what the farm said.
 int drain_sum(const std::filesystem::path& journal, long count) {
@@ -1068,6 +1081,7 @@ int main(int argc, char** argv) {
     if (argc == 4 && std::strcmp(argv[1], "sum-squares") == 0) return sum_squares(argv[2], std::atol(argv[3]));
     if (argc == 4 && std::strcmp(argv[1], "noop-map") == 0)
         return noop_map(std::atol(argv[2]), static_cast<std::size_t>(std::atol(argv[3])));
+    if (argc == 4 && std::strcmp(argv[1], "alloc-sum") == 0) return alloc_sum(std::atol(argv[2]), argv[3]);
     if (argc == 5 && std::strcmp(argv[1], "slurm-sum") == 0)
         return slurm_sum(std::atol(argv[2]), std::atoi(argv[3]), argv[4]);
     // The farm's workers run this same program: `farm_test worker ...`.
