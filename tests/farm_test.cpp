@@ -387,16 +387,22 @@ TEST(Farm, MemoryStaysFlatFor200000TasksConsumedAsTheyComplete) {
     EXPECT_LT(rss_late - rss_early, 24 * 1024) << "KiB: from " << rss_early << " to " << rss_late;
 }
 
-// A program that sums squares with its farm resuming from a journal: `farm_test sum-squares
-// JOURNAL COUNT` prints the sum of x*x for x below COUNT.
-int sum_squares(const std::filesystem::path& journal, long count) {
-    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .journal = journal, .resume = true}};
+// The types registered in `farm`, then `type` (a square of "x") for each x below `count`: prints
+// the sum of the values.
+int print_sum(Farm& farm, const std::string& type, long count) {
     register_types(farm);
-    for (long x = 0; x < count; ++x) farm.submit("slow-square", {{"x", x}});
+    for (long x = 0; x < count; ++x) farm.submit(type, {{"x", x}});
     long sum = 0;
     for (const auto& result : farm.as_completed<long>()) sum += result.value();
     std::printf("%ld\n", sum);
     return 0;
+}
+
+// A program that sums squares with its farm resuming from a journal: `farm_test sum-squares
+// JOURNAL COUNT` prints the sum of x*x for x below COUNT.
+int sum_squares(const std::filesystem::path& journal, long count) {
+    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .journal = journal, .resume = true}};
+    return print_sum(farm, "slow-square", count);
 }
 
 // Killed (SIGKILL) mid-way, the program is run again: what the journal has as ok is not run
@@ -1022,12 +1028,7 @@ TEST(Farm, SigintStopsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
 // (0: $SLURM_NTASKS), their sum printed (tests/slurm/slurm_test.py runs it on a real cluster).
 int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
     Farm farm{{.journal = journal, .slurm = taskfarm::SlurmStep{.tasks = tasks, .args = "--time=5"}}};
-    register_types(farm);
-    for (long x = 0; x < count; ++x) farm.submit("square", {{"x", x}});
-    long sum = 0;
-    for (const auto& result : farm.as_completed<long>()) sum += result.value();
-    std::printf("%ld\n", sum);
-    return 0;
+    return print_sum(farm, "square", count);
 }
 
 // `farm_test noop-map TASKS MAX_QUEUED`: TASKS no-op functions through Farm::map on 2 worker
@@ -1049,12 +1050,7 @@ int noop_map(long tasks, std::size_t max_queued) {
 // printed (tests/slurm/slurm_test.py runs it on a real cluster, outside any allocation).
 int alloc_sum(long count, const std::filesystem::path& journal) {
     Farm farm{{.journal = journal, .alloc = taskfarm::SlurmAllocations{.time = "5", .workers = 1, .max_allocs = 2}}};
-    register_types(farm);
-    for (long x = 0; x < count; ++x) farm.submit("slow-square", {{"x", x}});
-    long sum = 0;
-    for (const auto& result : farm.as_completed<long>()) sum += result.value();
-    std::printf("%ld\n", sum);
-    return 0;
+    return print_sum(farm, "slow-square", count);
 }
 
 // `farm_test drain-sum JOURNAL COUNT`: sum-squares with FarmOptions::signals; a stop signal
