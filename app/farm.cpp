@@ -19,9 +19,11 @@
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <span>
 #include <thread>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -265,11 +267,16 @@ public:
 
     Registry registry_;
     FarmOptions options_;
+    std::vector<const TaskType*> as_given_;  // registered functions, whose params submit() moves, not parses
+
+    bool as_given(const TaskType* type) const {
+        return std::find(as_given_.begin(), as_given_.end(), type) != as_given_.end();
+    }
 
     TaskHandle submit(const std::string& type_name, Params params, double timeout_s) {
         const TaskType& type = registry_.at(type_name);  // throws std::invalid_argument naming the known types
-        TaskSpec task{
-            .type = &type, .params = type.parse(params), .timeout_s = timeout_s < 0 ? options_.timeout_s : timeout_s};
+        // A function's parse() returns its params as they are: they are moved, not copied.
+        if (!as_given(&type)) params = type.parse(params);
         std::unique_lock lock(mutex_);
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
         if (!started_) start(lock);
@@ -282,7 +289,7 @@ public:
         }
         if (failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
-        if (const auto found = resumed_.empty() ? resumed_.end() : resumed_.find(resume_key(type_name, task.params));
+        if (const auto found = resumed_.empty() ? resumed_.end() : resumed_.find(resume_key(type_name, params));
             found != resumed_.end()) {
             // Ok in the journal already: its result, not a run (decision 168).
             auto outcome = std::make_shared<detail::Outcome>(std::move(found->second.front()));
@@ -295,22 +302,22 @@ public:
             done_cv_.notify_all();
             return {id};
         }
-        task.id = next_id_++;
+        const TaskId id = next_id_++;
         ++queued_total_;
         if (progress_) progress_->set_total(queued_total_);
         if (live_) live_->state().set_tasks(queued_total_);
         const bool was_empty = queue_.empty();
-        queue_.push_back(std::move(task));
+        queue_.emplace_back(id, &type, std::move(params), timeout_s < 0 ? options_.timeout_s : timeout_s);
         ++outstanding_;
         // Only an empty queue can have a cursor waiting on it (its Later read the wake-up
         // away under this lock): one write per burst, not per task.
         if (was_empty) wake();
-        return {queue_.back().id};
+        return {id};
     }
 
     std::optional<Result<>> next(bool wait) {
         std::unique_lock lock(mutex_);
-        if (wait) done_cv_.wait(lock, [&] { return !done_.empty() || outstanding_ == 0 || failed(); });
+        if (wait) await_done(lock, [&] { return !done_.empty() || outstanding_ == 0 || failed(); });
         if (done_.empty()) {
             if (failed() && outstanding_ > 0)
                 throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
@@ -324,7 +331,7 @@ public:
 
     void wait_all() {
         std::unique_lock lock(mutex_);
-        done_cv_.wait(lock, [&] { return done_.size() == outstanding_ || failed(); });
+        await_done(lock, [&] { return done_.size() == outstanding_ || failed(); });
         if (failed() && done_.size() < outstanding_)
             throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
     }
@@ -346,7 +353,7 @@ public:
     std::string endpoint() const {
         std::unique_lock lock(mutex_);
         if (!started_ || config_.listen.empty()) return "";
-        done_cv_.wait(lock, [&] { return !endpoint_.empty() || failed() || closed_; });
+        await_done(lock, [&] { return !endpoint_.empty() || failed() || closed_; });
         if (endpoint_.empty() && failed()) throw std::runtime_error(fmt::format("the farm stopped: {}", engine_error_));
         return endpoint_;
     }
@@ -428,11 +435,40 @@ private:
         void begin_mode_(const std::string&, std::size_t) override {}
         void sink_it_(const TaskSpec& task, const TaskResult& result) override {
             if (result.retrying) return;
-            farm_.deliver(task, result);
+            auto outcome = outcome_of(task, result);
+            farm_.deliver({&outcome, 1});
+        }
+        // Threads mode hands over a slice of a thread's results at once: one lock, one wake.
+        void sink_all_(std::span<const Finished> batch) override {
+            outcomes_.clear();
+            for (const Finished& done : batch)
+                if (!done.result.retrying) outcomes_.push_back(outcome_of(done.task, done.result));
+            farm_.deliver(outcomes_);
+            outcomes_.clear();
         }
 
     private:
+        // Under the sink's lock.
+        std::shared_ptr<const detail::Outcome> outcome_of(const TaskSpec& task, const TaskResult& result) {
+            auto outcome = std::make_shared<detail::Outcome>();
+            outcome->id = task.id;
+            if (task.type != named_) {  // name() makes a string: once per type, not per result
+                named_ = task.type;
+                name_ = task.type ? task.type->name() : std::string();
+            }
+            outcome->type = task.type ? name_ : kind_name(result);
+            outcome->ok = result.ok;
+            outcome->attempts = result.attempt;
+            outcome->cancelled = result.cancelled;
+            outcome->error = result.error;
+            outcome->value = result.value;
+            return outcome;
+        }
+
         Impl& farm_;
+        const TaskType* named_ = nullptr;
+        std::string name_;
+        std::vector<std::shared_ptr<const detail::Outcome>> outcomes_;
     };
 
     // With the lock held.
@@ -442,6 +478,14 @@ private:
         queue_.pop_front();
         if (submitters_waiting_ > 0 && queue_.size() <= low_water()) space_.notify_all();
         return true;
+    }
+
+    // done_cv_.wait(), counted, so that a result wakes only a thread that waits for one.
+    template <class Predicate>
+    void await_done(std::unique_lock<std::mutex>& lock, Predicate ready) const {
+        ++done_waiters_;
+        done_cv_.wait(lock, ready);
+        --done_waiters_;
     }
 
     void wake() {
@@ -454,21 +498,18 @@ private:
     bool failed() const { return !engine_error_.empty(); }
     std::size_t low_water() const { return options_.max_queued / 2; }
 
-    void deliver(const TaskSpec& task, const TaskResult& result) {
-        auto outcome = std::make_shared<detail::Outcome>();
-        outcome->id = task.id;
-        outcome->type = task.type ? task.type->name() : kind_name(result);
-        outcome->ok = result.ok;
-        outcome->attempts = result.attempt;
-        outcome->cancelled = result.cancelled;
-        outcome->error = result.error;
-        outcome->value = result.value;
+    void deliver(std::span<std::shared_ptr<const detail::Outcome>> outcomes) {
+        if (outcomes.empty()) return;
+        bool waiters = false;
         {
             std::lock_guard lock(mutex_);
-            completed_.insert(task.id);
-            done_.push_back(std::move(outcome));
+            for (auto& outcome : outcomes) {
+                completed_.insert(outcome->id);
+                done_.push_back(std::move(outcome));
+            }
+            waiters = done_waiters_ > 0;
         }
-        done_cv_.notify_all();
+        if (waiters) done_cv_.notify_all();
     }
 
     // With the lock held, at the first submit: the fork server first (while this process may
@@ -537,6 +578,7 @@ private:
                 "FarmOptions::drain_timeout_s");
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
+        const bool fan_out = journal || options_.progress != FarmProgress::Never || live_;
         if (journal) sinks_.add(std::move(journal));
         if (const auto style = progress_style(progress_mode(options_.progress), STDERR_FILENO)) {
             // No result lines to print under it: the program has the results.
@@ -553,7 +595,11 @@ private:
             sinks_.add(live_->sink());
             live_->start();
         }
-        sinks_.add(std::make_unique<Sink>(*this));
+        // Alone, the program's sink is the run's: no fan-out's lock per result.
+        if (fan_out)
+            sinks_.add(std::make_unique<Sink>(*this));
+        else
+            alone_ = std::make_unique<Sink>(*this);
         cancels_.clear();
         lock.unlock();  // the runner's threads may take tasks as soon as they start
         const RunShared shared{registry_, settings_, &cancels_, fork_server_.get()};
@@ -561,7 +607,7 @@ private:
                               signals_ ? signals_->drain_token() : drain_.get_token());
         engine_ = std::thread([this] {
             try {
-                report_ = runner_->run(plan_, sinks_);
+                report_ = runner_->run(plan_, alone_ ? *alone_ : static_cast<ResultSink&>(sinks_));
             } catch (const std::exception& e) {
                 // The processes mode names the coordinator's flag for an endpoint it cannot
                 // bind; the program set FarmOptions::listen.
@@ -655,6 +701,7 @@ private:
     std::condition_variable space_;            // the queue has room
     std::condition_variable queued_cv_;        // a task was queued, or the farm closed
     mutable std::condition_variable done_cv_;  // a result came, the engine ended, or it listens
+    mutable int done_waiters_ = 0;             // threads in await_done()
     std::deque<TaskSpec> queue_;
     std::deque<std::shared_ptr<const detail::Outcome>> done_;
     IdSet completed_;  // ids whose result came: ranges, so it stays small as results come in order
@@ -678,6 +725,7 @@ private:
     std::unique_ptr<LiveView> live_;    // before sinks_: its sink refers to its state
     ProgressSink* progress_ = nullptr;  // in sinks_
     FanOutSink sinks_;
+    std::unique_ptr<ResultSink> alone_;  // the program's sink when it is the only one (not in sinks_)
     CancelBoard cancels_;
     std::stop_source stop_;
     std::stop_source drain_;
@@ -693,7 +741,11 @@ Farm::~Farm() = default;
 
 Farm& Farm::task(const std::string& name, TaskFunction fn, TaskOptions options) {
     if (!fn) throw std::invalid_argument(fmt::format("cannot register task type '{}': no function", name));
-    return add(make_function_type(name, std::move(fn), std::move(options)));
+    auto type = make_function_type(name, std::move(fn), std::move(options));
+    const TaskType* added = type.get();
+    add(std::move(type));
+    impl_->as_given_.push_back(added);  // its parse() is TaskType's: the params as they are
+    return *this;
 }
 
 Farm& Farm::add(std::shared_ptr<const TaskType> type) {

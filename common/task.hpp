@@ -10,6 +10,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <taskfarm/task_type.hpp>
@@ -101,7 +102,13 @@ public:
 private:
     std::vector<std::shared_ptr<const TaskType>> types_;  // in registration order
     std::vector<const TaskType*> builtins_;
-    std::map<std::string, const TaskType*, std::less<>> by_name_;
+    // Looked up once per task in a worker and per submit in a Farm: hashed, not a tree of
+    // string compares (decision 267).
+    struct NameHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view name) const noexcept { return std::hash<std::string_view>{}(name); }
+    };
+    std::unordered_map<std::string, const TaskType*, NameHash, std::equal_to<>> by_name_;
 };
 
 // The registry with the built-in types (tasks/builtin.cpp).

@@ -125,7 +125,9 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
             if (config_.expect_workers > 0 && !config_.step)
                 spdlog::info("waiting up to {:.0f} s for {} remote worker(s): {} --connect {}{}",
                              config_.wait_workers_s, config_.expect_workers, config_.worker_command,
-                             endpoint_for_workers(listener->endpoint()), config_.server_keys ? " --keys DIR" : "");
+                             endpoint_for_workers(listener->endpoint()),
+                             // A plaintext listener's workers must say so too, or they refuse to connect.
+                             config_.server_keys ? " --keys DIR" : " --insecure");
         }
         ProcessPool pool({.binary = config_.worker_bin,
                           .prefix = config_.worker_prefix,

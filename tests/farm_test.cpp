@@ -18,6 +18,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <ranges>
 #include <regex>
 #include <set>
 #include <string>
@@ -386,16 +387,22 @@ TEST(Farm, MemoryStaysFlatFor200000TasksConsumedAsTheyComplete) {
     EXPECT_LT(rss_late - rss_early, 24 * 1024) << "KiB: from " << rss_early << " to " << rss_late;
 }
 
-// A program that sums squares with its farm resuming from a journal: `farm_test sum-squares
-// JOURNAL COUNT` prints the sum of x*x for x below COUNT.
-int sum_squares(const std::filesystem::path& journal, long count) {
-    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .journal = journal, .resume = true}};
+// The types registered in `farm`, then `type` (a square of "x") for each x below `count`: prints
+// the sum of the values.
+int print_sum(Farm& farm, const std::string& type, long count) {
     register_types(farm);
-    for (long x = 0; x < count; ++x) farm.submit("slow-square", {{"x", x}});
+    for (long x = 0; x < count; ++x) farm.submit(type, {{"x", x}});
     long sum = 0;
     for (const auto& result : farm.as_completed<long>()) sum += result.value();
     std::printf("%ld\n", sum);
     return 0;
+}
+
+// A program that sums squares with its farm resuming from a journal: `farm_test sum-squares
+// JOURNAL COUNT` prints the sum of x*x for x below COUNT.
+int sum_squares(const std::filesystem::path& journal, long count) {
+    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .journal = journal, .resume = true}};
+    return print_sum(farm, "slow-square", count);
 }
 
 // Killed (SIGKILL) mid-way, the program is run again: what the journal has as ok is not run
@@ -1021,12 +1028,29 @@ TEST(Farm, SigintStopsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
 // (0: $SLURM_NTASKS), their sum printed (tests/slurm/slurm_test.py runs it on a real cluster).
 int slurm_sum(long count, int tasks, const std::filesystem::path& journal) {
     Farm farm{{.journal = journal, .slurm = taskfarm::SlurmStep{.tasks = tasks, .args = "--time=5"}}};
+    return print_sum(farm, "square", count);
+}
+
+// `farm_test noop-map TASKS MAX_QUEUED`: TASKS no-op functions through Farm::map on 2 worker
+// processes, at most MAX_QUEUED of them waiting; prints how many were ok (tests/perf_test.py
+// counts this process's instructions per task: the Farm's side of processes mode).
+int noop_map(long tasks, std::size_t max_queued) {
+    Farm farm{{.mode = FarmMode::Processes, .workers = 2, .max_queued = max_queued}};
     register_types(farm);
-    for (long x = 0; x < count; ++x) farm.submit("square", {{"x", x}});
-    long sum = 0;
-    for (const auto& result : farm.as_completed<long>()) sum += result.value();
-    std::printf("%ld\n", sum);
-    return 0;
+    long ok = 0;
+    farm.map(
+        "noop", std::views::iota(0L, tasks), [](long) { return Params::object(); },
+        [&](const taskfarm::Result<>& result) { ok += result.ok() ? 1 : 0; });
+    std::printf("%ld\n", ok);
+    return ok == tasks ? 0 : 1;
+}
+
+// `farm_test alloc-sum COUNT JOURNAL`: COUNT slow squares in Slurm allocations the farm submits
+// while they wait (FarmOptions::alloc: at most 2 at once, 1 worker each, 5 minutes), their sum
+// printed (tests/slurm/slurm_test.py runs it on a real cluster, outside any allocation).
+int alloc_sum(long count, const std::filesystem::path& journal) {
+    Farm farm{{.journal = journal, .alloc = taskfarm::SlurmAllocations{.time = "5", .workers = 1, .max_allocs = 2}}};
+    return print_sum(farm, "slow-square", count);
 }
 
 // `farm_test drain-sum JOURNAL COUNT`: sum-squares with FarmOptions::signals; a stop signal
@@ -1051,6 +1075,9 @@ int drain_sum(const std::filesystem::path& journal, long count) {
 int main(int argc, char** argv) {
     if (argc == 4 && std::strcmp(argv[1], "drain-sum") == 0) return drain_sum(argv[2], std::atol(argv[3]));
     if (argc == 4 && std::strcmp(argv[1], "sum-squares") == 0) return sum_squares(argv[2], std::atol(argv[3]));
+    if (argc == 4 && std::strcmp(argv[1], "noop-map") == 0)
+        return noop_map(std::atol(argv[2]), static_cast<std::size_t>(std::atol(argv[3])));
+    if (argc == 4 && std::strcmp(argv[1], "alloc-sum") == 0) return alloc_sum(std::atol(argv[2]), argv[3]);
     if (argc == 5 && std::strcmp(argv[1], "slurm-sum") == 0)
         return slurm_sum(std::atol(argv[2]), std::atoi(argv[3]), argv[4]);
     // The farm's workers run this same program: `farm_test worker ...`.

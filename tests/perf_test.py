@@ -7,12 +7,17 @@ out. Instruction counts do not depend on how loaded the machine is; a timing wou
 here is timed. The budgets, the value measured when they were set and how to update them are
 in tests/perf_budget.json.
 
-  perf_test.py COORDINATOR [CASE ...]     (cases: threads, threads_console, threads_ui, processes, worker;
-                                          default: every one)
+  perf_test.py COORDINATOR [CASE ...]     (cases: threads, threads_console, threads_ui, processes,
+                                          worker, farm; default: every one)
 
 The worker case counts the other side of processes mode: the two workers' instructions (the
 coordinator runs natively and starts each worker, exec'd rather than forked, under callgrind
 through a small wrapper given as --worker-bin), summed.
+
+The farm case counts a program's own process while it drives a taskfarm::Farm: `farm_test
+noop-map TASKS 1000` (TASKFARM_FARM_TEST names it), Farm::map of a no-op function on 2 worker
+processes with at most 1,000 tasks queued, so both sizes run as a long map does: submits,
+results taken as they come, the submitter waiting for room. Its workers are not counted.
 """
 import json
 import os
@@ -36,15 +41,25 @@ CASES = {
     "processes": ["--mode", "processes", "--workers", "2"],
     # The workers only: see worker_instructions().
     "worker": ["--mode", "processes", "--workers", "2"],
+    # farm_test's own main(): see farm_command().
+    "farm": [],
 }
+
+
+def farm_command(tasks):
+    """The program that drives a Farm, with its arguments, for `tasks` no-op tasks."""
+    program = os.environ.get("TASKFARM_FARM_TEST")
+    if not program:
+        sys.exit("the farm case needs TASKFARM_FARM_TEST, the path of build/bin/farm_test")
+    return [program, "noop-map", str(tasks), "1000"]
 
 
 def instructions(coordinator, case, tasks):
     """Instructions callgrind counts for one run of `tasks` no-op tasks."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
-                   coordinator, *CASES[case], "--tasks", str(tasks), "--duration", "0",
-                   "-q", "--progress", "never"]
+        run_what = farm_command(tasks) if case == "farm" else [
+            coordinator, *CASES[case], "--tasks", str(tasks), "--duration", "0", "-q", "--progress", "never"]
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out", *run_what]
         stdout = os.path.join(tmp, "stdout.txt") if case == "threads_console" else os.devnull
         with open(stdout, "w") as out:
             run = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, timeout=240)

@@ -293,6 +293,9 @@ TEST(Remote, PlaintextRunsWithInsecureAndWithoutItExitsTwoNamingIt) {
     const std::string endpoint = endpoint_of(coordinator);
     ASSERT_FALSE(endpoint.empty()) << coordinator.err();
     EXPECT_NE(coordinator.err().find("(plaintext"), std::string::npos) << coordinator.err();
+    // The command it shows for the workers is one they accept: plaintext needs --insecure there too.
+    EXPECT_NE(coordinator.err().find("worker --connect " + endpoint + " --insecure"), std::string::npos)
+        << coordinator.err();
     std::vector<std::string> insecure{"--insecure"};
     if (::geteuid() == 0) insecure.push_back("--insecure-as-root");  // see the test below
     Running worker("worker", worker_args(endpoint, "r1", std::nullopt, insecure));

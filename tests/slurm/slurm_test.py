@@ -391,11 +391,12 @@ class SlurmFarm(SlurmCase):
 class SlurmAlloc(SlurmCase):
     """coordinator --alloc slurm, run outside any allocation: it submits its own with sbatch."""
 
-    def start(self, args):
-        """Starts the coordinator in the test's directory; returns the process and its job name."""
-        process = subprocess.Popen([str(COORDINATOR), "--alloc", "slurm", "--progress", "never"] + args,
-                                   cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+    def start(self, args, command=None):
+        """Starts the coordinator (or `command`, a program that allocates as it does) in the test's
+        directory; returns the process and its job name."""
+        command = command or [str(COORDINATOR), "--alloc", "slurm", "--progress", "never"]
+        process = subprocess.Popen(command + args, cwd=self.dir, env=self.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
         self.addCleanup(self.end, process)
         return process, f"taskfarm-alloc-{process.pid}"
 
@@ -536,6 +537,30 @@ class SlurmAlloc(SlurmCase):
         self.assertEqual(self.our_jobs(name), {})
         ids = Counter(line["id"] for line in journal(results) if line["ok"])
         self.assertEqual(max(ids.values()), 1, "a task recorded ok twice")
+        self.assert_nothing_left()
+
+    def test_a_farm_with_alloc_sums_in_code_and_leaves_no_allocation(self):
+        # farm_test alloc-sum: a Farm in its own main() with FarmOptions::alloc{.time = "5",
+        # .workers = 1, .max_allocs = 2}, 200 squares of 10 ms each, its workers the same program.
+        farm_test = Path(os.environ["TASKFARM_FARM_TEST"])
+        results = self.dir / "run.jsonl"
+        process, name = self.start(["alloc-sum", "200", str(results)], command=[str(farm_test)])
+        most, out, err = self.watch(process, name)
+        self.assertEqual(process.returncode, 0, err)
+        self.assertEqual(out, "2646700\n")  # 0^2 + ... + 199^2, summed in code
+        lines = journal(results)
+        self.assertEqual(Counter(line["id"] for line in lines if line["ok"]), Counter(range(200)))
+        self.assertGreaterEqual(most, 1)
+        self.assertLessEqual(most, 2, "more allocations than SlurmAllocations::max_allocs at once")
+        submitted = set(re.findall(r"--alloc: allocating: .*submitted job (\d+)", err))
+        jobs = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in lines}
+        self.assertTrue(jobs, err)
+        self.assertLessEqual(jobs, submitted, err)
+        self.assertTrue(all(line["host"] in NODES for line in lines))
+        # The farm's end released them: none of its jobs in squeue, no process of the run left
+        # (the workers, their srun and slurmstepd name the run's key directory under self.dir).
+        self.assertIn("none is left in the queue", err)
+        self.assertEqual(self.our_jobs(name), {})
         self.assert_nothing_left()
 
     def test_a_failing_sbatch_backs_off_and_fails_the_run_with_its_error(self):
