@@ -252,21 +252,14 @@ std::string task_help(const Registry& registry) {
     return text;
 }
 
-// A type's flag (TaskType::flags()) as an option of the program.
-struct TypeFlag {
-    Flag declared;
-    std::string type;                    // the type that declares it (the first, when shared)
-    std::unique_ptr<std::string> value;  // where CLI11 writes it; its default until given
-    CLI::Option* option = nullptr;
-};
+}  // namespace
 
-// Adds every registered type's flags to `app`, each under its type's name in --help. Two types
-// that declare the same flag share it when they give it the same key; another key is a
-// program that cannot run (std::logic_error, before any parse).
-std::vector<TypeFlag> add_type_flags(CLI::App& app, const Registry& registry) {
+std::vector<TypeFlag> add_type_flags(CLI::App& app, const Registry& registry, CLI::Option* plan, CLI::Option* tasks,
+                                     CLI::Option* inputs, bool picking_only) {
     std::vector<TypeFlag> added;
     for (const auto& type : registry.types()) {
         for (Flag& flag : type->flags()) {
+            if (picking_only && flag.picks == Flag::Picks::Nothing) continue;
             const auto same = std::find_if(added.begin(), added.end(),
                                            [&](const TypeFlag& other) { return other.declared.name == flag.name; });
             if (same != added.end()) {
@@ -301,8 +294,56 @@ std::vector<TypeFlag> add_type_flags(CLI::App& app, const Registry& registry) {
             added.push_back(std::move(made));
         }
     }
+    // A type's flag that picks the run's tasks (Flag::picks) brings them: no --plan, no
+    // --tasks, no other such flag, and none of the flags for the tasks a type generates.
+    const auto exclude = [](CLI::Option* flag, CLI::Option* other) {
+        if (other) flag->excludes(other);
+    };
+    for (const TypeFlag& flag : added) {
+        if (flag.declared.picks == Flag::Picks::Nothing) continue;
+        exclude(flag.option, plan);
+        exclude(flag.option, tasks);
+        if (flag.declared.picks == Flag::Picks::InputsFile) exclude(flag.option, inputs);
+        for (const TypeFlag& other : added)
+            if (&other != &flag && (other.declared.generated_only || other.declared.picks != Flag::Picks::Nothing))
+                flag.option->excludes(other.option);
+    }
+    for (const TypeFlag& flag : added)
+        if (flag.declared.generated_only) exclude(plan, flag.option);
     return added;
 }
+
+void decide_type_flags(const std::vector<TypeFlag>& flags, bool task_given, std::string& task, RunConfig& config) {
+    // A type's flag that picks the tasks (Picks::InputsFile: --task NAME --inputs FILE;
+    // Picks::PerInput: a task per --inputs line) is --task of its type.
+    for (const TypeFlag& flag : flags) {
+        if (flag.declared.picks == Flag::Picks::Nothing || flag.option->count() == 0) continue;
+        const std::string name = flag.option->get_name();
+        if (task_given && task != flag.type)
+            throw CLI::ValidationError(
+                name, fmt::format("makes {} tasks, but --task {} asks for other tasks", flag.type, task));
+        task = flag.type;
+        if (flag.declared.picks == Flag::Picks::InputsFile) {
+            config.inputs_path = *flag.value;
+            config.inputs_flag = name;
+        } else if (config.inputs_path.empty()) {
+            throw CLI::ValidationError(name, fmt::format("needs --inputs FILE (or --inputs - for standard input): a "
+                                                         "{} task runs per line",
+                                                         flag.type));
+        }
+    }
+    for (const TypeFlag& flag : flags) {  // given or not: its default is its setting
+        const bool picks = flag.declared.picks != Flag::Picks::Nothing;
+        if (flag.declared.key.empty() || (picks && flag.option->count() == 0)) continue;  // only when given
+        try {
+            config.settings[flag.declared.key] = flag.declared.read(*flag.value);
+        } catch (const std::invalid_argument& e) {  // a given value failed the validator already
+            throw CLI::ValidationError(flag.option->get_name(), fmt::format("default {}", e.what()));
+        }
+    }
+}
+
+namespace {
 
 // --set KEY=VALUE: VALUE as JSON when it parses as JSON (3, 0.5, true, "x", [1,2]), else as a string.
 const CLI::Validator kSetting(
@@ -403,9 +444,6 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
                                      "its own: see --task)")
                           ->check(CLI::Range(1, 100'000'000))
                           ->capture_default_str();
-    // The types' own flags, each in a group of its type's name (before the coordinator's, which
-    // follow under OPTIONS).
-    type_flags = add_type_flags(app, registry);
     app.add_option("--set", settings,
                    "a setting every task can read (Context::settings()), for the user's own task types;\n"
                    "VALUE is JSON if it parses as JSON, else a string. Repeatable: --set lang=en --set k=3")
@@ -435,18 +473,9 @@ void add_task_options(CLI::App& app, CommandLine& cl, const ProgramInfo& program
             ->excludes(cl.tasks_option)
             ->excludes(cl.inputs_option);
     cl.inputs_option->excludes(cl.tasks_option);
-    // A type's flag that picks the run's tasks (Flag::picks) brings them: no --plan, no
-    // --tasks, no other such flag, and none of the flags for the tasks a type generates.
-    for (const TypeFlag& flag : type_flags) {
-        if (flag.declared.picks == Flag::Picks::Nothing) continue;
-        flag.option->excludes(cl.plan_option)->excludes(cl.tasks_option);
-        if (flag.declared.picks == Flag::Picks::InputsFile) flag.option->excludes(cl.inputs_option);
-        for (const TypeFlag& other : type_flags)
-            if (&other != &flag && (other.declared.generated_only || other.declared.picks != Flag::Picks::Nothing))
-                flag.option->excludes(other.option);
-    }
-    for (const TypeFlag& flag : type_flags)
-        if (flag.declared.generated_only) cl.plan_option->excludes(flag.option);
+    // The types' own flags, each in a group of its type's name (before the coordinator's, which
+    // follow under OPTIONS).
+    type_flags = add_type_flags(app, registry, cl.plan_option, cl.tasks_option, cl.inputs_option);
     cl.out_dir_option =
         app.add_option("--out-dir", config.out_dir,
                        "tasks that save files (see --task) save into DIR/<mode>/ (made if missing). Default: the\n"
@@ -860,7 +889,7 @@ void add_footer(CLI::App& app, const ProgramInfo& program) {
             "min(workers, CPUs available)); util = cpu_s / (T x C), the share of the machine kept busy: T from the\n"
             "mode's start to its last worker reaped, C the CPUs this process may use (one busy core of two: 50%).\n"
             "The second table (task cost): per mode, the tasks' own user and system CPU seconds and their largest\n"
-            "peak memory, measured where each ran (scope thread, process or a command's tree; docs/reliability.md).\n"
+            "peak memory, measured where each ran (scope thread, process or tree; docs/reliability.md).\n"
             "Exit status: 0 every task ok, 1 some task failed (or an output file could not be written), 2 bad usage\n"
             "(also: an output that is a directory, two flags naming the same file, a file read that is also\n"
             "written, --inputs L --json L), 129/130/131/143 stopped by\n"
@@ -906,33 +935,7 @@ ParsedCli decide(CommandLine& cl, const ProgramInfo& program) {
     TaskId& report_task = cl.report_task;
     CancelConfig& cancel = cl.cancel;
     config.fork_server = cl.worker_bin_option->count() == 0;  // a binary of the user's own is exec'd (decision 102)
-    // A type's flag that picks the tasks (Picks::InputsFile: --task NAME --inputs FILE;
-    // Picks::PerInput: a task per --inputs line) is --task of its type.
-    for (const TypeFlag& flag : type_flags) {
-        if (flag.declared.picks == Flag::Picks::Nothing || flag.option->count() == 0) continue;
-        const std::string name = flag.option->get_name();
-        if (cl.task_option->count() > 0 && task != flag.type)
-            throw CLI::ValidationError(
-                name, fmt::format("makes {} tasks, but --task {} asks for other tasks", flag.type, task));
-        task = flag.type;
-        if (flag.declared.picks == Flag::Picks::InputsFile) {
-            config.inputs_path = *flag.value;
-            config.inputs_flag = name;
-        } else if (config.inputs_path.empty()) {
-            throw CLI::ValidationError(name, fmt::format("needs --inputs FILE (or --inputs - for standard input): a "
-                                                         "{} task runs per line",
-                                                         flag.type));
-        }
-    }
-    for (const TypeFlag& flag : type_flags) {  // given or not: its default is its setting
-        const bool picks = flag.declared.picks != Flag::Picks::Nothing;
-        if (flag.declared.key.empty() || (picks && flag.option->count() == 0)) continue;  // only when given
-        try {
-            config.settings[flag.declared.key] = flag.declared.read(*flag.value);
-        } catch (const std::invalid_argument& e) {  // a given value failed the validator already
-            throw CLI::ValidationError(flag.option->get_name(), fmt::format("default {}", e.what()));
-        }
-    }
+    decide_type_flags(type_flags, cl.task_option->count() > 0, task, config);
     for (const std::string& setting : settings) {
         const auto equals = setting.find('=');
         for (const auto& [key, flag] : kFlagSettings)

@@ -3,6 +3,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <time.h>
+
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -17,6 +19,18 @@ constexpr std::uint32_t kMatchSteps = 1'000'000;
 // And this much heap for its backtracking (KiB; the interpreter), or stack (the JIT's own).
 constexpr std::uint32_t kHeapKiB = 64 * 1024;
 constexpr std::size_t kJitStack = 8 * 1024 * 1024;
+// The step limit is PCRE2's per start position, so a pattern just under it at each of a
+// million positions ran for half a minute: the time the matcher takes is bounded as well,
+// over the whole run, by what a pattern anyone means takes with room to spare (a JIT-compiled
+// `\s*,\s*` takes ~0.01 us a byte): kFreeNs, and kNsPerByte more for each byte split so far.
+constexpr std::int64_t kFreeNs = 2'000'000'000;
+constexpr std::int64_t kNsPerByte = 2'000;
+
+std::int64_t coarse_now_ns() {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);  // the vDSO's: no system call, a few ns
+    return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
 
 std::string pcre2_message(int code) {
     PCRE2_UCHAR buffer[256];
@@ -53,6 +67,11 @@ struct ColumnSplit::Compiled {
     pcre2_jit_stack* jit_stack = nullptr;
     pcre2_match_data* data = nullptr;  // one split at a time (a job maker is one thread)
     std::uint32_t groups = 0;
+    // The time budget: what the splits so far took and were allowed, and when this one began.
+    std::int64_t spent_ns = 0;
+    std::int64_t allowed_ns = kFreeNs;
+    std::int64_t began_ns = 0;
+    bool over = false;
     ~Compiled() {
         pcre2_match_data_free(data);
         pcre2_jit_stack_free(jit_stack);
@@ -69,10 +88,35 @@ ColumnSplit::ColumnSplit(std::string pattern) : literal_(fixed_string_of(pattern
     compiled->code =
         pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), 0, &error, &offset, nullptr);
     if (!compiled->code) throw std::invalid_argument(fmt::format("{} at offset {}", pcre2_message(error), offset));
+    // The same pattern with a callout first, after the options PCRE2 reads only at its very
+    // start ((*UTF), (*CRLF), ...): the matcher calls it at each start position it tries (the
+    // first alternative is always tried first), where the time is checked. Compiled second,
+    // so that an error's offset is of the pattern as given.
+    std::size_t head = 0;
+    while (pattern.compare(head, 2, "(*") == 0) {
+        const std::size_t close = pattern.find(')', head);
+        if (close == std::string::npos) break;
+        head = close + 1;
+    }
+    const std::string timed = pattern.substr(0, head) + "(?C1)" + pattern.substr(head);
+    pcre2_code* with_callout =
+        pcre2_compile(reinterpret_cast<PCRE2_SPTR>(timed.data()), timed.size(), 0, &error, &offset, nullptr);
+    if (!with_callout) throw std::invalid_argument(fmt::format("{} at offset {}", pcre2_message(error), offset));
+    pcre2_code_free(compiled->code);
+    compiled->code = with_callout;
     compiled->context = pcre2_match_context_create(nullptr);
     compiled->data = pcre2_match_data_create_from_pattern(compiled->code, nullptr);
     if (!compiled->context || !compiled->data) throw std::bad_alloc();
     pcre2_set_match_limit(compiled->context, kMatchSteps);
+    pcre2_set_callout(
+        compiled->context,
+        [](pcre2_callout_block*, void* data) {
+            auto& c = *static_cast<Compiled*>(data);
+            if (c.spent_ns + (coarse_now_ns() - c.began_ns) <= c.allowed_ns) return 0;
+            c.over = true;
+            return static_cast<int>(PCRE2_ERROR_CALLOUT);
+        },
+        compiled.get());
     pcre2_set_heap_limit(compiled->context, kHeapKiB);
     // The JIT (where the platform has it) is several times faster; without it, the interpreter.
     if (pcre2_jit_compile(compiled->code, PCRE2_JIT_COMPLETE) == 0) {
@@ -102,6 +146,14 @@ std::vector<std::string> ColumnSplit::split(std::string_view value) const {
         }
     }
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(value.data());
+    Compiled& c = *compiled_;
+    c.allowed_ns += static_cast<std::int64_t>(value.size()) * kNsPerByte;
+    c.began_ns = coarse_now_ns();
+    // Coarse (4 ms ticks): a short split counts a tick or none, which evens out over many.
+    struct Account {
+        Compiled& c;
+        ~Account() { c.spent_ns += coarse_now_ns() - c.began_ns; }
+    } account{c};
     std::size_t at = 0;  // where the column being cut starts
     while (at < value.size()) {
         // As Perl's split: a match must end past the column's start (no empty match there;
@@ -109,6 +161,12 @@ std::vector<std::string> ColumnSplit::split(std::string_view value) const {
         const int found = pcre2_match(compiled_->code, subject, value.size(), at, PCRE2_NOTEMPTY_ATSTART,
                                       compiled_->data, compiled_->context);
         if (found == PCRE2_ERROR_NOMATCH) break;
+        if (found < 0 && c.over)
+            throw std::runtime_error(fmt::format(
+                "matching took {:.1f} s, more than the {:.1f} s allowed so far ({} s and {} us a byte of the "
+                "values split), at a value of {} bytes",
+                static_cast<double>(c.spent_ns + coarse_now_ns() - c.began_ns) / 1e9,
+                static_cast<double>(c.allowed_ns) / 1e9, kFreeNs / 1'000'000'000, kNsPerByte / 1000, value.size()));
         if (found < 0)
             throw std::runtime_error(
                 fmt::format("matching a value of {} bytes stopped: {}", value.size(), pcre2_message(found)));

@@ -15,8 +15,9 @@ namespace taskfarm {
 // empty column. A fixed separator (letters, \t, escaped special characters) is cut with
 // string search; any other goes to PCRE2 (Perl's syntax), whose matcher keeps its
 // backtracking on the heap, never the stack, under a limit of steps and of memory for each
-// match: a pattern that backtracks without end on a long value stops with an error instead of
-// crashing or hanging (decision 253).
+// match, and of time for the whole run's matching (2 s, and 2 us more for each byte split):
+// a pattern that backtracks without end on a long value, or near the step limit at each of
+// its positions, stops with an error instead of crashing or hanging (decisions 253, 274).
 class ColumnSplit {
 public:
     // Throws std::invalid_argument saying what is wrong with `pattern` and where.
@@ -27,7 +28,7 @@ public:
     ColumnSplit(const ColumnSplit&) = delete;
     ColumnSplit& operator=(const ColumnSplit&) = delete;
 
-    // Throws std::runtime_error when matching `value` ran past the limits.
+    // Throws std::runtime_error when matching `value` ran past the limits (of its own or the run's).
     std::vector<std::string> split(std::string_view value) const;
     // Whether the separator is cut without the regex engine.
     bool fixed() const { return literal_.has_value(); }

@@ -35,7 +35,7 @@ struct RunConfig {
     int tasks = 10;
     std::filesystem::path plan_path;  // --plan: tasks from this JSON Lines file instead
     // A plan made by the command line itself (`coordinator parallel`'s jobs, made as their
-    // input comes): of command tasks, its count what counted() says before the run.
+    // input comes): its count what counted() says before the run.
     std::shared_ptr<const PlanSource> plan_source;
     // --inputs FILE, or a type's flag that is it (Flag::Picks::InputsFile: --task NAME --inputs
     // FILE): a task per line.
@@ -58,7 +58,7 @@ struct RunConfig {
     std::uint64_t seed = 1;
     std::vector<Mode> modes{Mode::Sequential, Mode::Threads, Mode::Processes};
     bool modes_given = false;                   // --mode was given: a plan with side effects keeps these modes
-    OutputBlocks output = OutputBlocks::Group;  // --output: command output on the console
+    OutputBlocks output = OutputBlocks::Group;  // --output: the tasks' output blocks on the console
     int prefetch = 0;                           // tasks a worker may hold at once; 0: auto (see DispatchOptions)
     // --pin: worker (or thread) i runs only on pin_cpus[i % size]; empty: not pinned.
     std::vector<int> pin_cpus;
@@ -101,6 +101,10 @@ struct RunConfig {
     // A server's (serve --listen): with no worker left, tasks wait for the next one to attach
     // as long as it takes, instead of wait_workers_s.
     bool workers_any_time = false;
+    // The local workers (up to `workers`) start one at a time as tasks wait for one, none
+    // idle and none starting, instead of all at the start (coordinator parallel -j 0 while
+    // its input still comes: a slot per job that is waiting, as GNU parallel's).
+    bool spawn_on_demand = false;
 
     // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
     // of step->tasks workers that the coordinator starts (workers is then 0 and expect_workers
@@ -131,7 +135,7 @@ struct RunConfig {
 
 // A retries count given (--retries N, serve --retries N, FarmOptions::retries, parallel's):
 // both ways a failed task runs again hear it, the engine's reruns (task_retries) and the setting
-// "retries" that a type retrying inside its task reads instead (download's tries): every place
+// "retries" that a type retrying inside its task reads instead (its own tries): every place
 // that takes a count sets it through this one (decision 229).
 inline void set_retries(RunConfig& config, std::uint32_t retries) {
     config.retries = retries;

@@ -139,8 +139,8 @@ void check_recording(const RunConfig& config, const Plan& plan) {
 }
 
 // A flag that no type of the plan reads (neither declares it in flags() nor lists its setting
-// in settings_read()) is most likely a mistake (--retries for sleeps): said, not silently
-// ignored. Not refused: scripts/sweep passes the same types' flags to runs of every type.
+// in settings_read()) is most likely a mistake (a type's flag given for a plan of other types):
+// said, not silently ignored. Not refused: scripts/sweep passes the same types' flags to runs of every type.
 void warn_unread_settings(const RunConfig& config, const std::vector<const TaskType*>& types) {
     for (const auto& [flag, key] : config.given_settings) {
         if (key == "retries") continue;  // the engine reruns failed tasks of every other type (--retries)
@@ -401,11 +401,11 @@ std::unique_ptr<DecidedRun> decide_run(const ProgramInfo& program, RunConfig giv
     config.server_keys = read_keys(config);
     check_worker_bin(config);
     check_files(config);
-    // A type's services (the built-in image server) bind now; their threads start after the
+    // A type's services (TaskType::prepare's) bind now; their threads start after the
     // SignalWatcher, like every thread.
     Json& settings = decided->settings;
     settings = settings_json(config);
-    // --output plain with local workers: a command's stream longer than a result holds comes
+    // --output plain with local workers: a task's stream longer than a result holds comes
     // whole through a file of this directory, as with `coordinator parallel`.
     std::unique_ptr<ParallelOutput>& plain_output = decided->plain_output;
     if (config.output == OutputBlocks::Plain && !config.parallel) plain_output = std::make_unique<ParallelOutput>();

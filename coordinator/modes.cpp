@@ -49,6 +49,7 @@ ProcessesOptions processes_options(const RunConfig& config, const Registry& regi
             .expect_workers = config.expect_workers,
             .wait_workers_s = config.wait_workers_s,
             .workers_any_time = config.workers_any_time,
+            .spawn_on_demand = config.spawn_on_demand,
             .step = config.step,
             .resources = config.resources,
             .alloc = config.alloc,

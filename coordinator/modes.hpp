@@ -47,8 +47,8 @@ std::unique_ptr<Runner> make_runner(Mode mode, const RunConfig& config, const Ru
 // What of the run's settings changes what its tasks produce, which a journal records and a
 // resume compares (decision 128): every setting no registered type declares as a flag (the
 // run cannot tell what a type does with it), and each flag of `types` declared changes_results
-// that neither is generated_only nor picks the tasks; not the command type's policies
-// (command_grace_s, spill_dir). The coordinator's --resume and a Farm's resume both use it.
+// that neither is generated_only nor picks the tasks; not a type's policies (its flags declared
+// not to change results, "spill_dir"). The coordinator's --resume and a Farm's resume both use it.
 Json result_settings(const RunConfig& config, const Registry& registry, const std::vector<const TaskType*>& types);
 
 // Where the tasks of `mode` save files: --out-dir/<mode>, absolute.

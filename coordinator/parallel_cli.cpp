@@ -105,9 +105,11 @@ constexpr char kHelp[] =
     "the slots if the input ends first; all of it is read first for --halt N% or a linked first source).\n"
     "Replacement strings: {{}} {{.}} {{/}} {{//}} {{/.}} {{#}} {{%}}, positional {{1}} {{2.}} {{-1}}, --colsep REGEX\n"
     "(Perl's syntax and split, as parallel's: columns trimmed unless --trim; a match that backtracks past a\n"
-    "limit is exit 2), --header : (then {{NAME}}). A value is quoted only where the shell would change it, as\n"
-    "parallel does: so \"{{}}\" in double quotes runs an input such as $(cmd) as code; write {{}} bare.\n"
-    "Options: -j N|N%|+N|-N|0, -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N (0: no argument\n"
+    "limit, or matching past 2 s and 2 us a byte split, is exit 2), --header : (then {{NAME}}). A value is\n"
+    "quoted only where the shell would change it, as parallel does: so \"{{}}\" in double quotes runs an\n"
+    "input such as $(cmd) as code; write {{}} bare.\n"
+    "Options: -j N|N%|+N|-N|0 (0: a slot per job, up to 1024; while the input comes, a worker starts when a\n"
+    "job waits for one), -k, --dry-run, -v, -q, --tag, --tagstring STR, -N N (0: no argument\n"
     "inserted), -n N, -X, -m, -0, -I STR, -r, --trim n|l|r|lr|rl, --wd DIR, --env VAR (every variable reaches\n"
     "a command here), --halt 0|1|2|-1|-2|N%|never|now|soon,fail|success|done=N|N%, --joblog [+]FILE,\n"
     "--resume and --resume-failed (with --joblog: skip the jobs it has, or has as succeeded; the others run\n"
@@ -239,9 +241,12 @@ std::size_t block_size(const std::string& text) {
     return static_cast<std::size_t>(value);
 }
 
+// The most job slots, whatever -j says (-j 0: one per job, up to this).
+constexpr long kMostSlots = 1024;
+
 // -j N|N%|+N|-N; 0: as many as there are jobs (`jobs`; nullopt: not known yet, as with input
-// read as it comes: then 64, or the jobs already made if more).
-int job_slots(const std::string& text, std::optional<std::size_t> jobs, std::size_t made = 0) {
+// read as it comes: then kMostSlots, whose workers start as jobs wait for one).
+int job_slots(const std::string& text, std::optional<std::size_t> jobs) {
     const int cpus = available_cpus();
     const auto bad = [&] { return Usage(fmt::format("-j: '{}' is not N, N%, +N, -N or 0", printable(text))); };
     auto number = [&](std::string_view digits) {
@@ -268,9 +273,9 @@ int job_slots(const std::string& text, std::optional<std::size_t> jobs, std::siz
                         "number, -j \"$(cat {})\"",
                         printable(text), printable(text)));
     } else if ((slots = number(text)) == 0) {
-        slots = jobs ? static_cast<long>(*jobs) : std::max<long>(64, static_cast<long>(made));
+        slots = jobs ? static_cast<long>(*jobs) : kMostSlots;
     }
-    slots = std::clamp<long>(slots, 1, 1024);
+    slots = std::clamp<long>(slots, 1, kMostSlots);
     if (!jobs) return static_cast<int>(slots);
     return static_cast<int>(std::min<long>(slots, std::max<long>(1, static_cast<long>(*jobs))));
 }
@@ -851,7 +856,7 @@ public:
                     sources_[s].values.erase(sources_[s].values.begin());
                 }
                 // As parallel: the names are the header's columns untrimmed ("n , m" names "n " and " m").
-                const std::vector<std::string> names = colsep_ ? split(first) : columns(first);
+                const std::vector<std::string> names = colsep_ ? split(first, true) : columns(first);
                 for (const std::string& name : names) names_.emplace(name, position++);
             }
         }
@@ -993,13 +998,17 @@ private:
         return parts;
     }
 
-    // --colsep's split of `value`, untrimmed; a match past PCRE2's limits is exit 2 naming it.
-    std::vector<std::string> split(const std::string& value) const {
+    // --colsep's split of `value`, untrimmed; a match past PCRE2's limits (steps, memory, the
+    // run's time) is exit 2 naming it and the value: the header, or job N's.
+    std::vector<std::string> split(const std::string& value, bool header = false) const {
         try {
             return colsep_->split(value);
         } catch (const std::runtime_error& e) {
-            throw ConfigError(fmt::format("--colsep: '{}': {} (a simpler pattern, or a fixed string, splits it)",
-                                          printable(*options_.colsep), e.what()));
+            throw ConfigError(
+                fmt::format("--colsep: '{}': {}, in {} \"{}\" (a simpler pattern, or a fixed string, splits it)",
+                            printable(*options_.colsep), e.what(),
+                            header ? std::string("the header") : fmt::format("the value of job {}", sequence_ + 1),
+                            printable(value, 40)));
         }
     }
 
@@ -1472,7 +1481,15 @@ ParsedCli parse_parallel(const ProgramInfo& program, int argc, const char* const
         if (!command_type) throw Usage(fmt::format("{} has no command task type", program.name));
         config.modes = {Mode::Processes};
         config.modes_given = true;
-        config.workers = job_slots(options.jobs, total, first.size());
+        config.workers = job_slots(options.jobs, total);
+        // -j 0 while the input still comes: a slot for each job that waits, as parallel's, not
+        // kMostSlots idle workers for a short input: a worker starts when a job waits and
+        // every worker has one (none starting), and holds one job at a time.
+        const bool slot_per_job = !options.jobs.empty() && options.jobs.find_first_not_of('0') == std::string::npos;
+        if (!total && slot_per_job) {
+            config.spawn_on_demand = true;
+            config.prefetch = 1;
+        }
         config.settings["max_output"] = 1536 * 1024;  // the most a result carries (the command type's --max-output)
         config.progress = ProgressMode::Never;
         config.log_level = "warn";

@@ -127,9 +127,8 @@ TaskSpec parse_line(const std::string& text, const Registry& registry, const Tas
         throw LineError(fmt::format("not JSON: {}", what.substr(what.find("] ") + 2)));
     }
     if (!line.is_object())
-        throw LineError(
-            fmt::format("want a JSON object like {{\"kind\":\"sleep\",\"seconds\":1}}, not {}", line.dump()));
-    // Bytes that are not UTF-8 (a command's), kept as a journal line keeps them.
+        throw LineError(fmt::format("want a JSON object like {{\"kind\":TYPE, its parameters}}, not {}", line.dump()));
+    // Bytes that are not UTF-8 (a file name's, say), kept as a journal line keeps them.
     try {
         put_back_exact_bytes(line);
     } catch (const std::invalid_argument& e) {
@@ -255,7 +254,7 @@ std::unique_ptr<LineSource> open_file(const std::filesystem::path& path, const s
 // The task of one non-skipped line; throws what the line's problem is.
 struct MakeTask {
     std::function<TaskSpec(const std::string& line, TaskId id)> make;
-    // Every line is a task, as it is: none skipped, nothing trimmed (a command's inputs:
+    // Every line is a task, as it is: none skipped, nothing trimmed (TaskTraits::verbatim_inputs:
     // a file named "#notes" or " x " is an input like any other, as for GNU parallel).
     bool verbatim = false;
 };
@@ -346,7 +345,7 @@ MakeTask input_line_maker(const TaskType& type, const Json& run_settings, TaskRe
             verbatim ? std::string_view(line)
                      : std::string_view(line).substr(first, line.find_last_not_of(" \t\r") - first + 1);
         // Checked as a plan line is: a type's parameters cannot come from its input line
-        // (sleep's, say) fail here, not in every task.
+        // (a number out of range, say) fail here, not in every task.
         const Input numbered{.line = input, .index = id, .settings = *settings};
         TaskSpec task{
             .id = id, .type = &type, .params = type.parse(type.from_input(numbered)), .timeout_s = kTimeoutNotGiven};

@@ -136,10 +136,9 @@ Plan make_plan(const RunConfig& config, const Registry& registry, Json& settings
 Plan read_inputs(std::istream& in, const std::string& name, const TaskType& type, const Json& settings);
 
 // Reads a JSON Lines plan, one task per line: {"kind":TYPE, "timeout_s":S (optional), the
-// type's parameters...}, e.g.
-//   {"kind":"sleep","seconds":0.5}
-//   {"kind":"cpu","n":2000000}          primes below n, i.e. "lo":0,"hi":n
-//   {"kind":"download","url":"https://example.com/a.jpg"}
+// type's parameters...}, e.g. of a type "square" whose parameter is "x":
+//   {"kind":"square","x":3}
+//   {"kind":"square","x":4,"timeout_s":2.5}
 // Blank lines and lines whose first non-blank character is '#' are skipped. The first bad
 // line throws ConfigError("NAME:LINE: problem"); so does a plan without tasks. A line's
 // "timeout_s" is its task's (0: no limit); without one the task gets kTimeoutNotGiven,

@@ -258,7 +258,7 @@ public:
         RunConfig run;
         run.modes = {Mode::Processes};
         run.workers = config_.workers;
-        if (config_.retries) set_retries(run, *config_.retries);  // else download keeps its own default
+        if (config_.retries) set_retries(run, *config_.retries);  // else a type that retries itself keeps its default
         run.log_level = config_.log_level;
         run.worker_bin = program_.worker.path;
         run.worker_prefix = program_.worker.prefix;

@@ -507,8 +507,8 @@ int serve_command(const ProgramInfo& program, int argc, const char* const* argv)
     std::uint32_t retries = 0;
     auto* retries_option =
         app.add_option("--retries", retries,
-                       "a failed task runs up to N more times (download: tries N more times in its task);\n"
-                       "default: 0, and download's own 2")
+                       "a failed task runs up to N more times; a type that retries inside its tasks takes N for\n"
+                       "its own tries instead. Default: 0, and such a type's own")
             ->check(CLI::Range(0, 100));
     app.add_option("--drain-timeout", config.drain_timeout_s,
                    "SIGTERM: seconds running tasks may take to finish (those cut short run again at the next start)")
@@ -675,28 +675,28 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     std::string task_resources;
     CLI::App app{
         fmt::format("{} submit: hands a job to the server and prints its id. The tasks are what a run takes: --tasks\n"
-                    "tasks of --task, a --plan file, or a task of --task per line of --inputs (--command TEMPLATE: a\n"
-                    "command per line, in this directory). Task types: {}.",
+                    "tasks of --task, a --plan file, a task of --task per line of --inputs, or what a type's flag\n"
+                    "below makes. Task types: {}.",
                     program.name, registry.names_text())};
     app.name(program.name + " submit");
     add_address_options(app, address);
     auto* task_option = app.add_option("-t,--task", task, "the tasks' type")->type_name("NAME");
-    app.add_option("-n,--tasks", config.tasks, "how many tasks of --task")
-        ->check(CLI::Range(1, 100'000'000))
-        ->capture_default_str();
+    auto* tasks_option = app.add_option("-n,--tasks", config.tasks, "how many tasks of --task")
+                             ->check(CLI::Range(1, 100'000'000))
+                             ->capture_default_str();
     auto* plan_option =
         app.add_option("--plan", config.plan_path, "JSON Lines, a task per line: {\"kind\":TYPE, its parameters}")
             ->check(kPathGiven)
             ->type_name("FILE");
     auto* inputs_option =
-        app.add_option("--inputs", config.inputs_path, "a task of --task per line of FILE (- : stdin)")
+        app.add_option("--inputs", config.inputs_path,
+                       "a task of --task per line of FILE (- : stdin); without --task, of the type whose flag makes\n"
+                       "a task per --inputs line (see below), its flag not given")
             ->check(kPathGiven)
             ->type_name("FILE");
-    std::string command;
-    app.add_option("--command", command,
-                   "a command per --inputs line, {} standing for the line (as `coordinator --command`); it runs\n"
-                   "in this directory")
-        ->type_name("TEMPLATE");
+    // The types' flags that pick the tasks, as a run has them.
+    const std::vector<TypeFlag> type_flags =
+        add_type_flags(app, registry, plan_option, tasks_option, inputs_option, /*picking_only=*/true);
     app.add_option("--task-timeout", config.task_timeout_s, "a task running longer fails; 0: no limit")
         ->check(seconds_between(0, 1e9))
         ->capture_default_str();
@@ -730,19 +730,26 @@ int submit_command(const ProgramInfo& program, int argc, const char* const* argv
     app.add_flag("-q,--quiet", quiet, "with --wait: no result lines, only the exit status");
     plan_option->excludes(inputs_option);
     plan_option->excludes(task_option);
-    app.footer(
-        fmt::format("Example: {0} submit --task sleep --tasks 8; {0} submit --command 'gzip -k {{}}' --inputs "
-                    "files.txt --wait. See docs/service.md.",
-                    program.name));
+    app.footer(fmt::format("Example: {0} submit --task {1} --tasks 8 --wait. See docs/service.md.", program.name,
+                           program.default_task));
     if (auto code = parse(app, argc, argv)) return *code;
-    if (!command.empty()) config.settings["command"] = command;  // the command type's flag (decision 162)
-    if (!command.empty() && config.inputs_path.empty())
-        throw ConfigError("--command needs --inputs FILE: a command per line of it");
-    if (task.empty()) task = !config.inputs_path.empty() ? "command" : program.default_task;
+    try {
+        decide_type_flags(type_flags, task_option->count() > 0, task, config);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? static_cast<int>(ExitCode::Ok) : static_cast<int>(ExitCode::Usage);
+    }
+    // --inputs alone: a task per line of the first type with a flag that makes one per --inputs
+    // line (Flag::Picks::PerInput), made from the line alone; else of --task's default (decision 258).
+    if (task.empty() && !config.inputs_path.empty())
+        for (const TypeFlag& flag : type_flags)
+            if (flag.declared.picks == Flag::Picks::PerInput) {
+                task = flag.type;
+                break;
+            }
+    if (task.empty()) task = program.default_task;
     if (!registry.find(task))
         throw ConfigError(
             fmt::format("--task: unknown task type '{}' (want {})", printable(task), registry.names_text()));
-    if (!command.empty() && task != "command") throw ConfigError("--command runs commands: it takes no --task");
     config.task = task;
     config.modes = {Mode::Processes};
     // A job that could never run is refused here, as the server would refuse it.
@@ -826,10 +833,13 @@ void send_tasks(Client& client, const Plan& plan, std::uint64_t job) {
     };
     auto cursor = plan.open();
     TaskSpec spec;
+    const TaskType* type = nullptr;
+    std::string dir_param;  // type's TaskTraits::dir_param
     while (cursor->next(spec)) {
         json params = spec.params;
-        // A command runs where it was submitted, not where the server was started.
-        if (spec.type->name() == "command" && params.is_object() && !params.contains("cwd")) params["cwd"] = cwd;
+        // A task whose type says where it runs runs where it was submitted, not where the server was started.
+        if (spec.type != type) dir_param = (type = spec.type)->traits().dir_param;
+        if (!dir_param.empty() && params.is_object() && !params.contains(dir_param)) params[dir_param] = cwd;
         const std::size_t size = 64 + dump(params).size();
         if (!chunk.empty() && (chunk.size() >= service::kChunkTasks || bytes + size > service::kReplyBytes)) send();
         json line = {{"kind", spec.type->name()}, {"params", std::move(params)}, {"timeout_s", spec.timeout_s}};

@@ -1,6 +1,10 @@
 #include "signals.hpp"
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <string>
@@ -10,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "temp_dirs.hpp"
+#include "unique_fd.hpp"
 
 namespace taskfarm {
 namespace {
@@ -41,13 +46,38 @@ SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout, std::strin
     const sigset_t set = stop_signals();
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
     thread_ = std::jthread([this, set](std::stop_token done) {
+        // The signals through a signalfd, and the end of the watch through an eventfd, so that
+        // the run's end does not wait out a timeout (it waited 0-100 ms, at every exit); the
+        // 100 ms wake stays for --drain-timeout's deadline. Without them, sigtimedwait.
+        const UniqueFd signals(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+        const UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        const std::stop_callback on_done(done, [&wake] {
+            const std::uint64_t one = 1;
+            if (wake.get() < 0) return;
+            [[maybe_unused]] const auto wrote = ::write(wake.get(), &one, sizeof one);
+        });
         const timespec poll{0, 100'000'000};
         while (!done.stop_requested()) {
-            siginfo_t info{};
-            const int received = ::sigtimedwait(&set, &info, &poll);
+            int received = 0;
+            int code = 0;
+            pid_t sender = 0;
+            if (signals.get() >= 0 && wake.get() >= 0) {
+                pollfd polled[] = {{signals.get(), POLLIN, 0}, {wake.get(), POLLIN, 0}};
+                ::poll(polled, 2, 100);
+                signalfd_siginfo info{};
+                if (::read(signals.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+                    received = static_cast<int>(info.ssi_signo);
+                    code = info.ssi_code;
+                    sender = static_cast<pid_t>(info.ssi_pid);
+                }
+            } else {
+                siginfo_t info{};
+                received = ::sigtimedwait(&set, &info, &poll);
+                code = info.si_code;
+                sender = info.si_pid;
+            }
             // Sent by a process (kill, timeout(1), a shell), or by the kernel (a terminal's Ctrl-C): 0.
-            if (received > 0)
-                on_signal(received, info.si_code == SI_USER || info.si_code == SI_QUEUE ? info.si_pid : 0);
+            if (received > 0) on_signal(received, code == SI_USER || code == SI_QUEUE ? sender : 0);
             // --drain-timeout bounds a drain a signal began; --halt soon's waits for its tasks,
             // as GNU parallel's does (its deadline was never set, so it cancelled at once).
             if (drain_.stop_requested() && !stop_.stop_requested() && signal_.load() != 0 &&

@@ -3,7 +3,7 @@
 // serves a control socket in a private directory of its own, and the ids asked for go on a
 // CancelBoard that every mode reads. A queued task is recorded as cancelled when its turn
 // comes (at once in processes mode, where the coordinator holds the queue); a running one is stopped through its stop
-// token (the path a stop takes: a sleep wakes, a command's process group is killed) and recorded as cancelled. A
+// token (the path a stop takes: a task that waits wakes, a task's process group is killed) and recorded as cancelled. A
 // cancelled task is never retried; --resume runs it again, as any task that is not ok.
 
 #include <atomic>

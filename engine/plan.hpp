@@ -61,8 +61,8 @@ struct Plan {
     std::optional<std::uint64_t> count;
     // The types of its tasks, each once, in order of first use.
     std::vector<const TaskType*> types;
-    // What the plan's types keep running for the run (TaskType::prepare), e.g. the built-in
-    // image server; started by the coordinator once its signal handling is set up.
+    // What the plan's types keep running for the run (TaskType::prepare), e.g. a server its
+    // tasks fetch from; started by the coordinator once its signal handling is set up.
     std::vector<std::unique_ptr<RunService>> services;
     // Standard input, for a plan read from it (--inputs -, --plan -); null otherwise.
     std::shared_ptr<StdinSpool> stdin_spool;

@@ -27,8 +27,8 @@ struct Runner {
 };
 
 // --retries: how many more times the engine runs a failed task of `type`: `retries`, or 0
-// for a type that retries inside its own tasks (one that reads the "retries" setting, as
-// download does), so that no failure is retried twice over.
+// for a type that retries inside its own tasks (one that reads the "retries" setting), so
+// that no failure is retried twice over.
 std::uint32_t engine_retries(const TaskType* type, std::uint32_t retries);
 
 // Shared by the runners: times the mode, stamps start_s/end_s on each result, tallies

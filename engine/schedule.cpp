@@ -63,7 +63,8 @@ Schedule::Schedule(const Plan& plan, DispatchOptions options, ScheduleActions& a
 Schedule::Clock::time_point Schedule::next_deadline() const {
     // Spawning is most of the start-up: one worker per tick, and between two spawns whoever
     // is up says hello, gets work and hears heartbeats, however many are still to come.
-    if (to_spawn_ > 0) return began_;  // passed already: tick at once
+    // With spawn_on_demand, only while a task waits for a worker.
+    if (to_spawn_ > 0 && (!options_.spawn_on_demand || wants_worker())) return began_;  // passed: tick at once
     return std::min(next_heartbeat_, next_watch_);
 }
 
@@ -99,15 +100,27 @@ std::optional<std::string> Schedule::name_of(const PeerId& peer) const {
     return worker->second.name;
 }
 
+void Schedule::spawn_next(Clock::time_point now) {
+    const int i = options_.workers - to_spawn_--;
+    spawn(fmt::format("w{}", i + 1),
+          options_.cpus.empty() ? -1 : options_.cpus[static_cast<std::size_t>(i) % options_.cpus.size()], now);
+    if (options_.spawn_on_demand)
+        all_hello_ = false;  // until this one says hello
+    else if (to_spawn_ == 0 && !all_hello_)
+        all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+}
+
+bool Schedule::wants_worker() const {
+    if (to_spawn_ <= 0 || !dispatching_ || draining_) return false;
+    if (std::any_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return !s.second.said_hello; }))
+        return false;  // one at a time: the one starting takes the next task
+    for (const auto& [peer, worker] : workers_)
+        if (worker.in_flight.size() < limit(worker)) return false;
+    return pending() > 0;
+}
+
 void Schedule::tick(Clock::time_point now) {
-    if (to_spawn_ > 0) {
-        const int i = options_.workers - to_spawn_--;
-        spawn(fmt::format("w{}", i + 1),
-              options_.cpus.empty() ? -1 : options_.cpus[static_cast<std::size_t>(i) % options_.cpus.size()], now);
-        if (to_spawn_ == 0 && !all_hello_)
-            all_hello_ =
-                std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
-    }
+    if (to_spawn_ > 0 && !options_.spawn_on_demand) spawn_next(now);
     // Checked on a timer, not at every event: at 100,000s of results a second, walking
     // every worker each time would cost more than the results.
     if (now >= next_watch_) {
@@ -120,6 +133,7 @@ void Schedule::tick(Clock::time_point now) {
     }
     if (now >= next_heartbeat_) send_heartbeats(now);
     dispatch(now);
+    if (options_.spawn_on_demand && wants_worker()) spawn_next(now);
 }
 
 void Schedule::spawn(const std::string& name, int cpu, Clock::time_point now) {
@@ -176,7 +190,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
         actions_.note(
             {.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = remote_detail(worker.host)});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
-    if (!all_hello_ && to_spawn_ == 0)
+    if (!all_hello_ && (to_spawn_ == 0 || options_.spawn_on_demand))
         all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
     if (!dispatching_ && remote_workers() >= static_cast<std::size_t>(options_.expect_remote)) start_dispatching(now);
 }
@@ -796,8 +810,9 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     if (found->second.remote) actions_.send_shutdown(peer);
     const Worker lost = std::move(found->second);
     workers_.erase(found);
-    // Its commands, which its death may have orphaned (a guardian killed with it): before the
-    // worker is reaped, so that a group a command of it still holds has not ended (decision 116).
+    // Its tasks' process groups, which its death may have orphaned (a guardian killed with it):
+    // before the worker is reaped, so that a group a task of it still holds has not ended
+    // (decision 116).
     kill_groups(lost);
     // Only a process we spawned is ours to kill and replace; a remote worker, or a peer on the
     // local socket that we did not start, only loses its tasks. Killed first: its board is

@@ -46,11 +46,12 @@ inline constexpr std::size_t kMaxWindow = 128;
 // ...and, whatever --prefetch says, no more than it should get through in this long, so
 // that at the end of a run no worker sits on work another could have done.
 inline constexpr std::chrono::microseconds kQueueBudget{2000};
-// Commands' budget (decision 237): a command costs a process start, ~1-2 ms, so at 2 ms a
-// worker would hold one or two and send a frame per result; at 20 ms it holds ~10 and its
-// results travel in batches (the worker's executor sends them once its queue runs low), a
-// fraction of the thread wake-ups per command, for at most 20 ms of queued work at the end of
-// a run (a command that runs past 20 ms has the ones queued behind it given back).
+// The budget of a type whose tasks start processes (TaskTraits::starts_processes, decision
+// 237): a process start costs ~1-2 ms, so at 2 ms a worker would hold one or two such tasks and
+// send a frame per result; at 20 ms it holds ~10 and its results travel in batches (the
+// worker's executor sends them once its queue runs low), a fraction of the thread wake-ups per
+// task, for at most 20 ms of queued work at the end of a run (a task that runs past 20 ms has
+// the ones queued behind it given back).
 inline constexpr std::chrono::microseconds kCommandQueueBudget{20000};
 
 struct DispatchOptions {
@@ -77,7 +78,7 @@ struct DispatchOptions {
     std::uint64_t max_tasks_per_worker = 0;
     std::uint64_t max_worker_memory = 0;
     // How long past its deadline a task may take to stop in its worker before the worker is
-    // called stuck and killed: the command type's grace from SIGTERM to SIGKILL
+    // called stuck and killed: the grace a task's process group gets from SIGTERM to SIGKILL
     // (command_groups::grace), to which the schedule adds a second for the result to come.
     std::chrono::milliseconds stop_grace{2000};
     // What the local workers have, together (docs/resources.md): a task that asks for
@@ -90,6 +91,10 @@ struct DispatchOptions {
     bool workers_on_demand = false;
     // How much work a worker may hold queued (see kQueueBudget).
     std::chrono::microseconds queue_budget = kQueueBudget;
+    // The `workers` local workers are spawned one at a time, each when a task waits and no
+    // worker can take it (every one holds its limit, none is still starting), instead of all
+    // at the start: as many as the work has needed at once, at most `workers`.
+    bool spawn_on_demand = false;
 };
 
 // A connected worker: its ZeroMQ routing id.
@@ -121,7 +126,7 @@ public:
     // What a local worker process of ours that has ended (exited, or kill()ed) was running,
     // as it recorded it itself (its RunningBoard); Known::No where nothing says.
     virtual LastRunning last_running(pid_t /*pid*/) { return {}; }
-    // SIGKILLs process group `group`: a command a local worker of ours reported running (in
+    // SIGKILLs process group `group`: one a task of a local worker of ours reported running (in
     // its heartbeats) when the worker was lost or the run ended (decision 116).
     virtual void kill_group(pid_t /*group*/) {}
     // Sends `attempts` to `peer` in one frame, to run in this order. False: the peer is gone.
@@ -205,9 +210,9 @@ public:
     bool done() const;
     // Sends SHUTDOWN to every connected worker.
     void shutdown_workers();
-    // The run is over and its local workers are gone: the groups of the commands they
-    // reported last get SIGKILL (kill_group), in case a worker died with its command's
-    // guardian and left the command running.
+    // The run is over and its local workers are gone: the process groups of their tasks that
+    // they reported last get SIGKILL (kill_group), in case a worker died with the guardian of
+    // a task's group and left the group running.
     void end_commands();
     // What an allocator of remote workers (--alloc) goes by: the tasks that wait for a worker
     // (none while draining), and each connected remote worker's name and the tasks it holds.
@@ -246,7 +251,7 @@ private:
         std::uint64_t ran = 0;      // results it sent (recycling counts them)
         std::uint64_t rss = 0;      // resident bytes, as it last reported; 0: not known
         std::string retiring;       // why it is to be recycled once it holds no task; empty: not
-        std::vector<pid_t> groups;  // its commands' process groups, as it last reported; only ours are kept
+        std::vector<pid_t> groups;  // its tasks' process groups, as it last reported; only ours are kept
     };
     // A worker of ours that was told to shut down to be recycled: replaced when it exits.
     struct Retired {
@@ -262,6 +267,10 @@ private:
     };
 
     void spawn(const std::string& name, int cpu, Clock::time_point now);
+    // The next of the initial workers to spawn: all at the start, or with spawn_on_demand
+    // when a task waits for one (wants_worker()).
+    void spawn_next(Clock::time_point now);
+    bool wants_worker() const;
     void start_dispatching(Clock::time_point now);
     void watch_start(Clock::time_point now);
     void watch_liveness(Clock::time_point now);

@@ -179,7 +179,7 @@ ForkServer::~ForkServer() {
     // of ours may take, and then sits out the whole grace after the server has exited.
     const auto deadline = std::chrono::steady_clock::now() + kForkServerGrace;
     while (process_->child.running(ec) && !ec && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     if (process_->child.running(ec) && !ec) {
         process_->child.terminate(ec);
         if (ec) spdlog::warn("cannot kill the fork server (pid {}): {}", process_->child.id(), ec.message());
@@ -435,7 +435,7 @@ std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
             exits.push_back(std::move(exit));
         }
         if (children_.empty() || std::chrono::steady_clock::now() >= deadline) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a worker exits within ms of SHUTDOWN
     }
     // A worker the fork server never forked is not asked for any more: the server is given
     // up, so one it forks now is killed by it.

@@ -140,7 +140,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                             std::chrono::ceil<std::chrono::milliseconds>(command_groups::grace(settings_)),
                             config_.resources,
                             /*workers_on_demand=*/config_.alloc.has_value() || config_.workers_any_time,
-                            config_.commands ? kCommandQueueBudget : kQueueBudget},
+                            config_.commands ? kCommandQueueBudget : kQueueBudget, config_.spawn_on_demand},
             stop_, settings_, drain_);
         if (cancels_) dispatcher.watch_cancels(cancels_);
         std::optional<WorkerStep> step;  // after the listener: its workers connect to it
@@ -195,7 +195,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
         }
         for (const WorkerExit& exit : pool.stop_all(kShutdownGrace))
             recorder.note({.kind = RunEvent::Kind::WorkerExited, .worker = exit.name, .detail = exit.reason});
-        dispatcher.end_commands();  // what a worker killed with its command's guardian left
+        dispatcher.end_commands();  // what a worker killed with a task's guardian left
     }                               // every worker is reaped here, so cpu_s includes them
     RunReport report = recorder.finish(stop_.stop_requested() || drain_.stop_requested());
     report.allocations = std::move(allocations);

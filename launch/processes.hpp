@@ -48,6 +48,7 @@ struct ProcessesOptions {
     int expect_workers = 0;
     double wait_workers_s = 60.0;
     bool workers_any_time = false;  // with none left, tasks wait for a worker as long as it takes (serve)
+    bool spawn_on_demand = false;   // the local workers start as tasks wait for one (DispatchOptions)
     // --launch slurm|mpirun: the remote workers are one launcher job (an srun step, an mpirun)
     // of step->tasks workers, with keys made for the run; the runner fills in step->worker.
     std::optional<StepConfig> step;

@@ -3,10 +3,10 @@
 
 namespace taskfarm {
 
-// --output: a type's output block (a command's stdout and stderr) under its task's line as
-// it is (Group), each line starting with "task ID" (Tag, like GNU parallel's --tag), or none.
-// Plain: a command's stdout alone on stdout and its stderr on stderr, as GNU parallel prints
-// them, the lines of failed tasks (with no blocks) and the table on stderr.
+// --output: a type's output block (TaskType::output: a program's stdout and stderr, say) under
+// its task's line as it is (Group), each line starting with "task ID" (Tag, like GNU parallel's
+// --tag), or none. Plain: a task's stdout alone on stdout and its stderr on stderr, as GNU
+// parallel prints them, the lines of failed tasks (with no blocks) and the table on stderr.
 enum class OutputBlocks { Group, Tag, None, Plain };
 
 // --progress: auto draws the bar only where stderr is a terminal whose TERM is not dumb,

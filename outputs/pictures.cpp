@@ -254,7 +254,8 @@ private:
     static std::string header(double height) {
         return fmt::format(
             R"svg(<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{0}" height="{1:.0f}" viewBox="0 0 {0} {1:.0f}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">
+<svg xmlns="http://www.w3.org/2000/svg" width="{0}" height="{1:.0f}" viewBox="0 0 {0} {1:.0f}" )svg"
+            R"svg(font-family="DejaVu Sans, Helvetica, Arial, sans-serif">
 <defs>
 <pattern id="taskfarm-lost" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">
 <rect width="6" height="6" fill="#fbe3e3"/><line x1="0" y1="0" x2="0" y2="6" stroke="{2}" stroke-width="2"/>
@@ -278,11 +279,10 @@ private:
         if (failed > 0) summary += fmt::format(", {} failed", failed);
         if (lost > 0) summary += fmt::format(", {} {} lost", lost, lost == 1 ? "attempt" : "attempts");
         summary += mode.report ? ", " + report_text(modes_, *mode.report) : ", did not finish";
-        body_ +=
-            fmt::format(
-                R"(<g class="mode"><text class="mode-title" x="{}" y="{:.1f}" font-size="13" font-weight="bold">{}</text>)",
-                kMargin, top + 16, xml_text(summary)) +
-            "\n";
+        body_ += fmt::format(R"(<g class="mode"><text class="mode-title" x="{}" y="{:.1f}" font-size="13" )"
+                             R"(font-weight="bold">{}</text>)",
+                             kMargin, top + 16, xml_text(summary)) +
+                 "\n";
 
         const double lanes_top = top + kPanelHead;
         const double lanes_bottom = lanes_top + kLane * static_cast<double>(std::max<std::size_t>(lanes.size(), 1));
@@ -311,9 +311,9 @@ private:
             if (event.kind != RunEvent::Kind::Requeued) marker(event, bar_y(event.worker));
         if (const double wall = wall_of(mode); wall > 0)
             body_ +=
-                fmt::format(
-                    R"(<line class="wall" x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}" stroke-width="1.5" stroke-dasharray="5,3"><title>wall time {4}</title></line>)",
-                    x_of(wall), lanes_top - 4, lanes_bottom + 4, kInk, seconds_text(wall)) +
+                fmt::format(R"(<line class="wall" x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}" )"
+                            R"(stroke-width="1.5" stroke-dasharray="5,3"><title>wall time {4}</title></line>)",
+                            x_of(wall), lanes_top - 4, lanes_bottom + 4, kInk, seconds_text(wall)) +
                 "\n";
         body_ += "</g>\n";
         return lanes_bottom + kPanelGap;
@@ -330,19 +330,17 @@ private:
             fmt::format("task {} ({}), attempt {}, on {}: {} to {}, {}", result.id, kind_name(result), result.attempt,
                         lane_of(result), seconds_text(result.start_s), seconds_text(result.end_s),
                         result.ok ? describe_value(result) : "FAILED: " + result.error);
-        body_ +=
-            fmt::format(
-                R"(<rect class="task {}{}" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" fill="{}"{}><title>{}</title></rect>)",
-                result.ok ? "ok" : "failed", retried ? " retry" : "", x, y, width, kBar,
-                result.ok ? kOkColour : kFailedColour, outline, xml_text(tip)) +
-            "\n";
+        body_ += fmt::format(R"(<rect class="task {}{}" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" )"
+                             R"(fill="{}"{}><title>{}</title></rect>)",
+                             result.ok ? "ok" : "failed", retried ? " retry" : "", x, y, width, kBar,
+                             result.ok ? kOkColour : kFailedColour, outline, xml_text(tip)) +
+                 "\n";
         const std::string label = std::to_string(result.id);
         if (width >= 7.0 * static_cast<double>(label.size()) + 6)
-            body_ +=
-                fmt::format(
-                    R"(<text class="task-id" x="{:.2f}" y="{:.1f}" font-size="10" fill="#ffffff" text-anchor="middle">{}</text>)",
-                    x + width / 2, y + kBar - 3.5, label) +
-                "\n";
+            body_ += fmt::format(R"(<text class="task-id" x="{:.2f}" y="{:.1f}" font-size="10" fill="#ffffff" )"
+                                 R"(text-anchor="middle">{}</text>)",
+                                 x + width / 2, y + kBar - 3.5, label) +
+                     "\n";
     }
 
     void lost_bar(const RunEvent& event, double y) {
@@ -352,11 +350,11 @@ private:
             fmt::format("task {} ({}), attempt {}, lost with {}: {} to {}, {}; queued again", event.task,
                         (event.task_type ? event.task_type->name() : std::string("?")), event.attempt, event.worker,
                         seconds_text(event.started_s), seconds_text(event.at_s), event.detail);
-        body_ +=
-            fmt::format(
-                R"svg(<rect class="attempt lost" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"><title>{}</title></rect>)svg",
-                x, y, width, kBar, kFailedColour, xml_text(tip)) +
-            "\n";
+        body_ += fmt::format(
+                     R"svg(<rect class="attempt lost" x="{:.2f}" y="{:.1f}" width="{:.2f}" height="{}" rx="2" )svg"
+                     R"svg(fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"><title>{}</title></rect>)svg",
+                     x, y, width, kBar, kFailedColour, xml_text(tip)) +
+                 "\n";
     }
 
     void marker(const RunEvent& event, double y) {
@@ -370,11 +368,10 @@ private:
                     x - 6, y, kBar / 2, kBar / 2, kStartColour, xml_text(tip)) +
                 "\n";
         else
-            body_ +=
-                fmt::format(
-                    R"(<rect class="event exit" x="{:.2f}" y="{:.1f}" width="2.5" height="{}" fill="{}"><title>{}</title></rect>)",
-                    x, y, kBar, kInk, xml_text(tip)) +
-                "\n";
+            body_ += fmt::format(R"(<rect class="event exit" x="{:.2f}" y="{:.1f}" width="2.5" height="{}" )"
+                                 R"(fill="{}"><title>{}</title></rect>)",
+                                 x, y, kBar, kInk, xml_text(tip)) +
+                     "\n";
     }
 
     void axis(double bottom) {
@@ -386,15 +383,16 @@ private:
             const double seconds = step_ * i;
             body_ +=
                 fmt::format(
-                    R"(<line x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}"/><text class="tick" x="{0:.2f}" y="{4:.1f}" font-size="11" text-anchor="middle">{5:.{6}f} s</text>)",
+                    R"(<line x1="{0:.2f}" y1="{1:.1f}" x2="{0:.2f}" y2="{2:.1f}" stroke="{3}"/><text )"
+                    R"(class="tick" x="{0:.2f}" y="{4:.1f}" font-size="11" text-anchor="middle">{5:.{6}f} s</text>)",
                     x_of(seconds), y, y + 5, kInk, y + 18, seconds, decimals_) +
                 "\n";
         }
-        body_ +=
-            fmt::format(
-                R"(<text x="{:.1f}" y="{:.1f}" font-size="11" text-anchor="middle" fill="#555555">seconds since the start of each mode; one lane per worker or thread</text></g>)",
-                kLeft + kPlotWidth / 2, y + 34) +
-            "\n";
+        body_ += fmt::format(
+                     R"(<text x="{:.1f}" y="{:.1f}" font-size="11" text-anchor="middle" fill="#555555">seconds since )"
+                     R"(the start of each mode; one lane per worker or thread</text></g>)",
+                     kLeft + kPlotWidth / 2, y + 34) +
+                 "\n";
     }
 
     double legend(double y) {
@@ -418,20 +416,19 @@ private:
                 x + 1, y + 1, kBar - 2, kOkColour, kInk),
             "ok on a later attempt");
         item(
-            fmt::format(
-                R"svg(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="url(#taskfarm-lost)" stroke="{}" stroke-dasharray="3,2"/>)svg",
-                x, y, kBar, kFailedColour),
+            fmt::format(R"svg(<rect x="{:.1f}" y="{:.1f}" width="14" height="{}" rx="2" fill="url(#taskfarm-lost)" )svg"
+                        R"svg(stroke="{}" stroke-dasharray="3,2"/>)svg",
+                        x, y, kBar, kFailedColour),
             "attempt lost with its worker, retried");
         item(fmt::format(R"(<path d="M{:.1f},{:.1f} l6,{} l-6,{} z" fill="{}"/>)", x + 4, y, kBar / 2, kBar / 2,
                          kStartColour),
              "worker started");
         item(fmt::format(R"(<rect x="{:.1f}" y="{:.1f}" width="2.5" height="{}" fill="{}"/>)", x + 6, y, kBar, kInk),
              "worker exited");
-        item(
-            fmt::format(
-                R"(<line x1="{0:.1f}" y1="{1:.1f}" x2="{0:.1f}" y2="{2:.1f}" stroke="{3}" stroke-width="1.5" stroke-dasharray="5,3"/>)",
-                x + 7, y - 2, y + kBar + 2, kInk),
-            "wall time");
+        item(fmt::format(R"(<line x1="{0:.1f}" y1="{1:.1f}" x2="{0:.1f}" y2="{2:.1f}" stroke="{3}" stroke-width="1.5" )"
+                         R"(stroke-dasharray="5,3"/>)",
+                         x + 7, y - 2, y + kBar + 2, kInk),
+             "wall time");
         body_ += "</g>\n";
         return y + kBar;
     }

@@ -25,7 +25,7 @@ namespace taskfarm {
 // per result.
 // A write that fails with EPIPE (the reader of a pipe has gone, as with `| head`) calls
 // `on_closed` once, and nothing more is written.
-// A type's output block (TaskType::output, e.g. a command's stdout and stderr) follows its
+// A type's output block (TaskType::output, e.g. a program's stdout and stderr) follows its
 // task's line in the same write, so two tasks' blocks never interleave (see OutputBlocks).
 // When `out` is /dev/null (scripts/bench, `> /dev/null`) no result line is formatted at all:
 // per task, only the work the run asked for.

@@ -54,6 +54,19 @@ class MpirunLaunch(unittest.TestCase):
         self.assertEqual(pids_with(text), [], f"processes still running with {text} on their command line")
         self.assertEqual(list(self.dir.glob(".taskfarm-keys-*")), [], "the run's key directory is still there")
 
+    def kill_a_worker_of_three(self, results, deadline):
+        """Once `results` holds 3 results, SIGKILLs one of the run's 3 workers; returns its pid."""
+        while len(journal(results)) < 3:
+            self.assertLess(time.monotonic(), deadline, "no results")
+            time.sleep(0.05)
+        workers = [pid for pid in pids_with(str(self.dir)) if Path(f"/proc/{pid}/exe").resolve() == WORKER.resolve()]
+        self.assertEqual(len(workers), 3, workers)
+        os.kill(workers[0], signal.SIGKILL)
+        return workers[0]
+
+    def assert_each_ok_once(self, results, count):
+        self.assertEqual(Counter(line["id"] for line in journal(results) if line["ok"]), Counter(range(count)))
+
     def test_one_mpirun_of_three_workers_runs_each_task_once(self):
         results = self.dir / "run.jsonl"
         run = self.start("--workers", "3", "--task", "sleep", "--duration", "0.01", "--tasks", "150",
@@ -76,18 +89,11 @@ class MpirunLaunch(unittest.TestCase):
         results = self.dir / "run.jsonl"
         run = self.start("--workers", "3", "--task", "sleep", "--duration", "0.2", "--tasks", "30",
                          "--results", str(results))
-        deadline = time.monotonic() + WAIT_S
-        while len(journal(results)) < 3:
-            self.assertLess(time.monotonic(), deadline, "no results")
-            time.sleep(0.05)
-        workers = [pid for pid in pids_with(str(self.dir)) if Path(f"/proc/{pid}/exe").resolve() == WORKER.resolve()]
-        self.assertEqual(len(workers), 3, workers)
-        os.kill(workers[0], signal.SIGKILL)
+        killed = self.kill_a_worker_of_three(results, time.monotonic() + WAIT_S)
         out, err = run.communicate(timeout=WAIT_S)
         self.assertEqual(run.returncode, 0, err)
-        ok = Counter(line["id"] for line in journal(results) if line["ok"])
-        self.assertEqual(ok, Counter(range(30)))
-        self.assertRegex(err, rf"worker \S+-{workers[0]} \S.*; requeueing its [1-9]\d* task\(s\)")
+        self.assert_each_ok_once(results, 30)
+        self.assertRegex(err, rf"worker \S+-{killed} \S.*; requeueing its [1-9]\d* task\(s\)")
         self.assertTrue(any(line["attempt"] >= 2 for line in journal(results)), "no task ran a second time")
         self.assert_nothing_left()
 
@@ -117,18 +123,12 @@ class MpirunLaunch(unittest.TestCase):
         self.assertIn("serving", log_path.read_text())
         self.assertIn("with 3 workers in one mpirun job;", log_path.read_text())
         results = self.dir / "server" / "jobs" / job.stdout.strip() / "results.jsonl"
-        while len(journal(results)) < 3:
-            self.assertLess(time.monotonic(), deadline, "no results")
-            time.sleep(0.05)
-        workers = [pid for pid in pids_with(str(self.dir)) if Path(f"/proc/{pid}/exe").resolve() == WORKER.resolve()]
-        self.assertEqual(len(workers), 3, workers)
-        os.kill(workers[0], signal.SIGKILL)
+        killed = self.kill_a_worker_of_three(results, deadline)
         done = client("wait", "-q", job.stdout.strip())
         self.assertEqual(done.returncode, 0, done.stderr)
-        ok = Counter(line["id"] for line in journal(results) if line["ok"])
-        self.assertEqual(ok, Counter(range(15)))
+        self.assert_each_ok_once(results, 15)
         self.assertTrue(all(line["ok"] for line in journal(results)))
-        self.assertRegex(log_path.read_text(), rf"worker \S+-{workers[0]} \S.*; requeueing its [1-9]\d* task\(s\)")
+        self.assertRegex(log_path.read_text(), rf"worker \S+-{killed} \S.*; requeueing its [1-9]\d* task\(s\)")
         server.send_signal(signal.SIGTERM)
         self.assertEqual(server.wait(timeout=WAIT_S), 0, log_path.read_text())
         self.assertIn("the mpirun job of the workers ended: mpirun exited", log_path.read_text())

@@ -65,11 +65,14 @@ TABLE = [
     ("--colsep '' splits between characters", "$P -k --colsep '' echo {3}{2}{1} ::: abc"),
     ("--colsep lookahead", "$P -k --colsep '(?=[A-Z])' echo {2} {1} ::: fooBar"),
     ("--colsep alternation, first wins", "$P -k --colsep 'a|ab' echo '[{1}]' '[{2}]' ::: xaby"),
+    ("--colsep an option at its start", "$P -k --colsep '(?i)x' echo {2}{1} ::: aXb cxd"),
     ("-k keeps order", "$P -j3 -k 'sleep 0.{}; echo {}' ::: 3 1 2"),
     ("-j N%", "$P -j 200% -k echo ::: a b"),
     ("-j +N", "$P -j +1 -k echo ::: a b"),
     ("-j -N", "$P -j -1 -k echo ::: a b"),
     ("-j0", "$P -j0 -k echo ::: a b"),
+    ("-j0 while the input still comes", "(printf 'a\\nb\\n'; sleep 0.3; printf 'c\\n') | $P -j0 -k echo"),
+    ("-j0 slow jobs on input still coming", "(printf 'a\\nb\\n'; sleep 0.3; printf 'c\\n') | $P -j0 'sleep 1; echo {}' | sort"),
     ("-j2 bundled", "$P -kj2 echo ::: a b"),
     ("--jobs=", "$P --jobs=2 -k echo ::: a b"),
     ("--dry-run quoting", "$P -k --dry-run echo ::: 'a b' \"it's\" '$x' plain-1.x/y '' '~' 'a=b'"),
@@ -517,6 +520,24 @@ class ValuesAreScanned(unittest.TestCase):
             if result.returncode == 2:
                 self.assertIn("--colsep", result.stderr)
 
+    def test_a_colsep_slow_at_every_position_stops_naming_the_value(self):
+        # PCRE2's step limit is per start position: just under it at each of a million positions
+        # was half a minute of matching. The run's matching time is bounded too (decision 274).
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "in"), "w") as f:
+                f.write("x\n" + "a" * 1_000_000 + "b\n")
+            result = self.parallel("-k", "--colsep", "(a|aa){1,12}b", "echo", "{1}", "::::", "in",
+                                   directory=directory)
+            self.assertEqual(result.returncode, 2, result.stderr[:300])
+            self.assertIn("--colsep: '(a|aa){1,12}b'", result.stderr)
+            self.assertIn("the value of job 2 \"aaaa", result.stderr)
+            self.assertIn("more than the", result.stderr)
+            # The header's names are split by the same matcher, under the same budget.
+            result = self.parallel("--header", ":", "--colsep", "(a|aa){1,12}b", "echo", "::::", "in",
+                                   directory=directory)
+            self.assertEqual(result.returncode, 2, result.stderr[:300])
+            self.assertIn("the value of job 1", result.stderr)
+
     def test_a_fixed_colsep_splits_a_long_line(self):
         with tempfile.TemporaryDirectory() as directory:
             with open(os.path.join(directory, "in"), "w") as f:
@@ -547,6 +568,46 @@ def command_line(pid):
             return f.read()
     except OSError:
         return b""
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class SlotPerJob(unittest.TestCase):
+    """-j 0 while the input still comes: a worker for each job that waits, as parallel runs a
+    job for each, not 64 (or 1,024) idle ones for a 3-line input (decision 275)."""
+
+    def test_three_lines_on_an_open_input_start_three_workers_that_run_at_once(self):
+        tmp = tempfile.mkdtemp(prefix="parallel-j0-")
+        marker = f"TMPDIR={tmp}"
+        run = subprocess.Popen([COORDINATOR, "parallel", "-j0", "-k", "touch {}; sleep 30; echo {%}"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp,
+                               env=dict(os.environ, TMPDIR=tmp))
+        try:
+            run.stdin.write(b"a\nb\nc\n")
+            run.stdin.flush()  # and kept open: the input is still coming
+            for _ in range(600):  # until the three jobs run, each in its own worker
+                if all(os.path.exists(os.path.join(tmp, name)) for name in "abc"):
+                    break
+                time.sleep(0.05)
+            workers = [pid for pid in processes_with(marker) if comm(pid) == "worker"]
+            self.assertEqual(len(workers), 3, [command_line(pid).rstrip(b"\0")[:20] for pid in workers])
+        finally:
+            for pid in processes_with(marker):
+                if command_line(pid).startswith(b"sleep\0"):
+                    os.kill(pid, signal.SIGKILL)  # the jobs end now, each with its slot
+            out, err = run.communicate(timeout=60)
+            for pid in processes_with(marker):
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(tmp, ignore_errors=True)
+        # Each job's shell goes on after its sleep is killed: each says its own slot.
+        self.assertEqual(run.returncode, 0, err)
+        self.assertEqual(sorted(out.split()), [b"1", b"2", b"3"])
 
 
 class Interrupted(unittest.TestCase):

@@ -123,7 +123,7 @@ TEST(PlanFile, NamesTheFileTheLineAndTheProblem) {
     EXPECT_EQ(plan_error("{\"kind\":\"sleep\",\"seconds\":1,\"url\":\"x\"}"), "p.jsonl:1: unknown field \"url\"");
     EXPECT_EQ(plan_error("{\"seconds\":1}"), "p.jsonl:1: no \"kind\"");
     EXPECT_EQ(plan_error("{\"kind\":7}"), "p.jsonl:1: \"kind\" must be a string, not 7");
-    EXPECT_EQ(plan_error("[1,2]"), "p.jsonl:1: want a JSON object like {\"kind\":\"sleep\",\"seconds\":1}, not [1,2]");
+    EXPECT_EQ(plan_error("[1,2]"), "p.jsonl:1: want a JSON object like {\"kind\":TYPE, its parameters}, not [1,2]");
     EXPECT_EQ(plan_error("\n\n{\"kind\":\"sleep\",").rfind("p.jsonl:3: not JSON: ", 0), 0u);
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\"}"), "p.jsonl:1: cpu needs \"n\", or \"lo\" and \"hi\"");
     EXPECT_EQ(plan_error("{\"kind\":\"cpu\",\"lo\":5}"), "p.jsonl:1: cpu needs \"n\", or \"lo\" and \"hi\"");

@@ -27,6 +27,39 @@ std::string rejection(std::string_view frame) {
 
 const TaskType* type(std::string_view name) { return testing::type(name); }
 
+// One of `seeds`, edited `least` to 3 + `least` times at random places: a byte changed, taken
+// out or put in.
+std::string mutated(const std::vector<std::string>& seeds, std::mt19937_64& random, int least) {
+    std::string frame = seeds[random() % seeds.size()];
+    const int edits = least + static_cast<int>(random() % 4);
+    for (int e = 0; e < edits && !frame.empty(); ++e) {
+        const std::size_t at = random() % frame.size();
+        switch (random() % 3) {
+            case 0: frame[at] = static_cast<char>(random()); break;
+            case 1: frame.erase(at, 1); break;
+            default: frame.insert(at, 1, static_cast<char>(random())); break;
+        }
+    }
+    return frame;
+}
+
+// A task packed by hand, {"type":"task","v":kVersion,"id":ID,"kind":"sleep"}, then `more` keys
+// and values in turn: what no encoder of ours writes (an id of another type, a key again, a
+// key no version has).
+template <typename Id, typename... More>
+std::string hand_packed_task(const Id& id, const More&... more) {
+    static_assert(sizeof...(More) % 2 == 0, "keys and values in turn");
+    std::stringstream buffer;
+    msgpack::packer packer(buffer);
+    packer.pack_map(4 + sizeof...(More) / 2);
+    packer.pack(std::string("type")).pack(std::string("task"));
+    packer.pack(std::string("v")).pack(kVersion);
+    packer.pack(std::string("id")).pack(id);
+    packer.pack(std::string("kind")).pack(std::string("sleep"));
+    (packer.pack(more), ...);
+    return buffer.str();
+}
+
 TEST(Protocol, TaskRoundTripsWithEveryField) {
     TaskSpec spec{42, type("sleep"), {{"seconds", 0.25}}, 7.5};
     const Message message = decode(encode(to_message(spec, 3)));
@@ -259,29 +292,13 @@ TEST(Protocol, RejectsMissingRequiredFields) {
 }
 
 TEST(Protocol, RejectsAFieldOfTheWrongType) {
-    // {"type":"task","v":1,"id":"seven","kind":"sleep"}
-    std::stringstream buffer;
-    msgpack::packer packer(buffer);
-    packer.pack_map(4);
-    packer.pack(std::string("type")).pack(std::string("task"));
-    packer.pack(std::string("v")).pack(kVersion);
-    packer.pack(std::string("id")).pack(std::string("seven"));
-    packer.pack(std::string("kind")).pack(std::string("sleep"));
-    EXPECT_EQ(rejection(buffer.str()).rfind("malformed message: ", 0), 0u) << rejection(buffer.str());
+    const std::string frame = hand_packed_task(std::string("seven"));
+    EXPECT_EQ(rejection(frame).rfind("malformed message: ", 0), 0u) << rejection(frame);
 }
 
 // A peer's id that no TaskId holds is named, not reported as msgpack-c's "std::bad_cast".
 TEST(Protocol, SaysWhatIsWrongWithAnIdThatIsNotAWholeNumber) {
-    const auto task_with_id = [](auto id) {
-        std::stringstream buffer;
-        msgpack::packer packer(buffer);
-        packer.pack_map(4);
-        packer.pack(std::string("type")).pack(std::string("task"));
-        packer.pack(std::string("v")).pack(kVersion);
-        packer.pack(std::string("id")).pack(id);
-        packer.pack(std::string("kind")).pack(std::string("sleep"));
-        return rejection(buffer.str());
-    };
+    const auto task_with_id = [](auto id) { return rejection(hand_packed_task(id)); };
     EXPECT_EQ(task_with_id(-1), "malformed message: \"id\" must be a whole number >= 0, not -1");
     EXPECT_EQ(task_with_id(2.5), "malformed message: \"id\" must be a whole number >= 0, not 2.5");
     EXPECT_EQ(task_with_id(std::string("seven")),
@@ -333,16 +350,7 @@ TEST(Protocol, SurvivesRandomMutationsOfValidFrames) {
     std::mt19937_64 random(7);
     std::size_t accepted = 0;
     for (int round = 0; round < 20000; ++round) {
-        std::string frame = seeds[random() % seeds.size()];
-        const int edits = 1 + static_cast<int>(random() % 4);
-        for (int e = 0; e < edits && !frame.empty(); ++e) {
-            const std::size_t at = random() % frame.size();
-            switch (random() % 3) {
-                case 0: frame[at] = static_cast<char>(random()); break;
-                case 1: frame.erase(at, 1); break;
-                default: frame.insert(at, 1, static_cast<char>(random())); break;
-            }
-        }
+        const std::string frame = mutated(seeds, random, 1);
         if (!std::holds_alternative<DecodeError>(decode(frame))) ++accepted;  // must simply not crash
     }
     EXPECT_LT(accepted, 20000u);
@@ -464,16 +472,7 @@ TEST(Protocol, TheFastPathReadsAndWritesWhatTheGeneralOneDoes) {
     std::mt19937_64 random(11);
     std::size_t both_read = 0;
     for (int round = 0; round < 4000; ++round) {
-        std::string frame = seeds[random() % seeds.size()];
-        const int edits = static_cast<int>(random() % 4);  // 0: the valid frame
-        for (int e = 0; e < edits && !frame.empty(); ++e) {
-            const std::size_t at = random() % frame.size();
-            switch (random() % 3) {
-                case 0: frame[at] = static_cast<char>(random()); break;
-                case 1: frame.erase(at, 1); break;
-                default: frame.insert(at, 1, static_cast<char>(random())); break;
-            }
-        }
+        const std::string frame = mutated(seeds, random, 0);  // 0 edits: the valid frame
         const Message fast = decode(frame);
         const Message general = detail::decode_general(frame);
         ASSERT_EQ(fast.index(), general.index()) << round;
@@ -699,30 +698,15 @@ TEST(Protocol, RejectsABatchWithOneBadElementNamingIt) {
 }
 
 TEST(Protocol, RejectsAKeyGivenTwice) {
-    // {"type":"task","v":1,"id":1,"id":2,"kind":"sleep"}: which id was meant?
-    std::stringstream buffer;
-    msgpack::packer packer(buffer);
-    packer.pack_map(5);
-    packer.pack(std::string("type")).pack(std::string("task"));
-    packer.pack(std::string("v")).pack(kVersion);
-    packer.pack(std::string("id")).pack(1);
-    packer.pack(std::string("id")).pack(2);
-    packer.pack(std::string("kind")).pack(std::string("sleep"));
-    EXPECT_EQ(rejection(buffer.str()), "malformed message: duplicate key 'id'");
+    // {"type":"task","v":1,"id":1,"kind":"sleep","id":2}: which id was meant?
+    EXPECT_EQ(rejection(hand_packed_task(1, std::string("id"), 2)), "malformed message: duplicate key 'id'");
 }
 
 TEST(Protocol, IgnoresUnknownKeysAndKeepsDefaultsForMissingOnes) {
     // {"type":"task","v":1,"id":3,"kind":"sleep","colour":"blue"}: a newer peer's extra field.
-    std::stringstream buffer;
-    msgpack::packer packer(buffer);
-    packer.pack_map(5);
-    packer.pack(std::string("type")).pack(std::string("task"));
-    packer.pack(std::string("v")).pack(kVersion);
-    packer.pack(std::string("id")).pack(3);
-    packer.pack(std::string("kind")).pack(std::string("sleep"));
-    packer.pack(std::string("colour")).pack(std::string("blue"));
-    const Message message = decode(buffer.str());
-    ASSERT_TRUE(std::holds_alternative<Task>(message)) << rejection(buffer.str());
+    const std::string frame = hand_packed_task(3, std::string("colour"), std::string("blue"));
+    const Message message = decode(frame);
+    ASSERT_TRUE(std::holds_alternative<Task>(message)) << rejection(frame);
     EXPECT_EQ(std::get<Task>(message).attempt, 1u);
     EXPECT_EQ(std::get<Task>(message).timeout_s, 0);
 }

@@ -308,6 +308,26 @@ TEST(Schedule, EveryTaskIsRecordedOnceAndTheRunIsDone) {
     EXPECT_TRUE(rig.schedule.done());
 }
 
+TEST(Schedule, WithSpawnOnDemandAWorkerStartsOnlyWhenATaskWaitsForOne) {
+    // -j 0 of a streamed input (decision 275): up to 64 workers, started as tasks wait.
+    Rig rig(sleeps(3), {.workers = 64, .prefetch = 1, .spawn_on_demand = true});
+    rig.spawn_all();
+    ASSERT_EQ(rig.world.spawned, std::vector<std::string>{"w1"}) << "one at a time: the next once w1 is up";
+    rig.hello("w1");  // takes task 0; two wait, so w2 starts
+    EXPECT_EQ(rig.world.spawned, (std::vector<std::string>{"w1", "w2"}));
+    rig.answer_all("w1");  // w1 is free again before w2 is up: it takes the next, no third worker
+    rig.spawn_all();
+    EXPECT_EQ(rig.world.spawned, (std::vector<std::string>{"w1", "w2"}));
+    EXPECT_FALSE(rig.schedule.done()) << "w2 has not said hello";
+    rig.hello("w2");  // takes the last task: nothing waits, no w3
+    rig.spawn_all();
+    EXPECT_EQ(rig.world.spawned.size(), 2u);
+    while (rig.answer_all("w1") + rig.answer_all("w2") > 0) {
+    }
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 3u);
+    EXPECT_TRUE(rig.schedule.done()) << "done with 2 of the 64 workers it may start";
+}
+
 TEST(Schedule, TheRunIsNotDoneUntilTheLastWorkerSaidHello) {
     Rig rig(sleeps(1), {.workers = 2});
     rig.spawn_all();

@@ -533,5 +533,54 @@ class BenchQuick(unittest.TestCase):
         self.assertIn("--fast", done.stderr)
 
 
+class Packages(unittest.TestCase):
+    """scripts/test and scripts/setup's apt step, with stand-ins for dpkg-query, apt-get, sudo,
+    cmake and ctest first in PATH (apt itself cannot run in a test: it needs root and the
+    network): the stand-in apt-get writes each call to a log, the stand-in dpkg-query says
+    every package is missing, or every one installed."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="taskfarm-packages-test-"))
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(self.dir)]))
+        self.log = self.dir / "apt.log"
+        self.log.touch()
+        stand_ins = {
+            "apt-get": f'echo "$*" >>{self.log}',
+            "sudo": 'exec "$@"',
+            "cmake": "exit 0",
+            "ctest": "exit 0",
+            "dpkg-query": '[ -n "${FAKE_INSTALLED:-}" ] && echo "install ok installed"; exit 0',
+        }
+        for name, body in stand_ins.items():
+            path = self.dir / name
+            path.write_text(f"#!/bin/sh\n{body}\n")
+            path.chmod(0o755)
+
+    def run_script(self, script, installed):
+        env = {"PATH": f"{self.dir}:{os.environ['PATH']}", "FAKE_INSTALLED": "1" if installed else "",
+               "TASKFARM_PACKAGES": ""}
+        done = run([REPO / "scripts" / script], env=env, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return self.log.read_text().splitlines()
+
+    def test_a_run_of_test_and_its_setup_updates_apt_once_and_installs_once(self):
+        calls = self.run_script("test", installed=False)
+        self.assertEqual(calls.count("update -qq"), 1, calls)
+        installs = [call.split() for call in calls if call.startswith("install")]
+        self.assertEqual(len(installs), 1, calls)
+        # setup's packages and the tests' in the one apt run.
+        for package in ("g++", "libpcre2-dev", "libgtest-dev", "chromium", "openmpi-bin"):
+            self.assertIn(package, installs[0])
+
+    def test_setup_alone_updates_once(self):
+        calls = self.run_script("setup", installed=False)
+        self.assertEqual(calls.count("update -qq"), 1, calls)
+        self.assertNotIn("chromium", " ".join(calls))  # the tests' packages are scripts/test's
+
+    def test_nothing_runs_apt_when_every_package_is_installed(self):
+        self.assertEqual(self.run_script("test", installed=True), [])
+        self.assertEqual(self.run_script("setup", installed=True), [])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -410,6 +410,21 @@ class Service(unittest.TestCase):
         result = self.client("submit", *args, check=True, cwd=self.dir)
         return int(result.stdout.strip())
 
+    def test_a_job_runs_where_it_was_submitted_and_inputs_alone_are_commands(self):
+        # The server runs in self.dir; the jobs are submitted from another directory, and their
+        # commands run there (the command type's TaskTraits::dir_param). --inputs without --task
+        # or --command: each line is a command (decision 258).
+        self.start(workers=1)
+        elsewhere = self.dir / "elsewhere"
+        elsewhere.mkdir()
+        lines = elsewhere / "lines.txt"
+        lines.write_text("pwd\n")
+        for args in (["--inputs", str(lines)], ["--inputs", str(lines), "--command", "{}; : x"]):
+            result = self.client("submit", *args, "--wait", check=True, cwd=elsewhere)
+            values = [json.loads(line)["value"] for line in result.stdout.splitlines() if line.startswith("{")]
+            self.assertEqual([value["stdout"] for value in values], [f"{os.path.realpath(elsewhere)}\n"], args)
+        self.stop()
+
     def test_a_dependency_chain_runs_in_order_and_a_failed_dependencys_dependents_are_reported(self):
         self.start(workers=4)
         # A held job says what it waits for.

@@ -238,6 +238,11 @@ struct TaskTraits {
     // two: a worker then holds about 20 ms of its tasks rather than 2 ms, so that results
     // travel in batches (decision 237).
     bool starts_processes = false;
+    // The parameter of its tasks that names the directory they run in (a command's working
+    // directory): a job handed to a server (`submit`) sets it, where a task does not, to the
+    // directory submit ran in, so that the task runs where it was submitted rather than where
+    // the server was started. Empty: none.
+    std::string dir_param{};
     // Command lines for the Examples of --help, "{program}" standing for the program's name.
     std::vector<std::string> examples{};
     // The keys of the settings its prepare() (RunHooks) adds (the built-in download's server's

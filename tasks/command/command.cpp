@@ -203,6 +203,7 @@ public:
                 .verbatim_inputs = true,
                 .plain_output = true,
                 .starts_processes = true,
+                .dir_param = "cwd",
                 .examples = {"ls *.txt | {program} --command 'gzip -k {}' --inputs -",
                              "{program} parallel -j 4 -k gzip -k ::: *.txt      (GNU parallel's command line)"}};
     }

@@ -46,6 +46,9 @@ bool shell_word(std::string_view word) {
 
 std::optional<std::vector<std::string>> plain_words(std::string_view command) {
     std::vector<std::string> words;
+    // -X sends tens of thousands of words a command: one allocation for the list, and each
+    // run of plain characters appended at once.
+    words.reserve(static_cast<std::size_t>(std::count(command.begin(), command.end(), ' ')) + 1);
     bool first_has_equals = false;
     std::size_t at = 0;
     while (true) {
@@ -64,9 +67,12 @@ std::optional<std::vector<std::string>> plain_words(std::string_view command) {
                 word += command[at + 1];
                 at += 2;
             } else if (plain(c)) {
-                if (c == '=' && words.empty()) first_has_equals = true;
-                word += c;
-                ++at;
+                std::size_t end = at + 1;
+                while (end < command.size() && plain(command[end])) ++end;
+                if (words.empty() && command.substr(at, end - at).find('=') != std::string_view::npos)
+                    first_has_equals = true;
+                word.append(command.substr(at, end - at));
+                at = end;
             } else {
                 return std::nullopt;
             }
