@@ -19,7 +19,7 @@
 namespace taskfarm::command_groups {
 namespace {
 
-struct Registry {
+struct GroupTable {
     std::mutex mutex;
     std::vector<std::int64_t> groups;  // guarded by mutex
     std::atomic<int> fd{-1};
@@ -30,15 +30,15 @@ struct Registry {
 std::mutex table_dir_mutex;
 std::filesystem::path table_dir;  // guarded by table_dir_mutex
 
-Registry& registry() {
-    static Registry* const instance = new Registry;  // never destroyed: children may end during exit
+GroupTable& group_table() {
+    static GroupTable* const instance = new GroupTable;  // never destroyed: children may end during exit
     return *instance;
 }
 
 void changed(bool wake) {
-    registry().changed.store(true);
+    group_table().changed.store(true);
     if (!wake) return;
-    const int fd = registry().fd.load();
+    const int fd = group_table().fd.load();
     if (fd < 0) return;
     const std::uint64_t one = 1;
     while (::write(fd, &one, sizeof one) < 0 && errno == EINTR) {
@@ -49,16 +49,16 @@ void changed(bool wake) {
 
 void add(pid_t group) {
     {
-        std::lock_guard lock(registry().mutex);
-        registry().groups.push_back(group);
+        std::lock_guard lock(group_table().mutex);
+        group_table().groups.push_back(group);
     }
     changed(true);
 }
 
 void remove(pid_t group, bool wake) {
     {
-        std::lock_guard lock(registry().mutex);
-        auto& groups = registry().groups;
+        std::lock_guard lock(group_table().mutex);
+        auto& groups = group_table().groups;
         if (const auto found = std::find(groups.begin(), groups.end(), group); found != groups.end())
             groups.erase(found);
     }
@@ -66,13 +66,13 @@ void remove(pid_t group, bool wake) {
 }
 
 std::vector<std::int64_t> live() {
-    std::lock_guard lock(registry().mutex);
-    const auto& groups = registry().groups;
+    std::lock_guard lock(group_table().mutex);
+    const auto& groups = group_table().groups;
     return {groups.begin(), groups.begin() + static_cast<std::ptrdiff_t>(std::min(groups.size(), kMaxReported))};
 }
 
 int change_fd() {
-    Registry& r = registry();
+    GroupTable& r = group_table();
     std::call_once(r.made, [&r] {
         const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot make an eventfd");
@@ -82,10 +82,10 @@ int change_fd() {
 }
 
 bool take_change() {
-    const int fd = registry().fd.load();
+    const int fd = group_table().fd.load();
     std::uint64_t count = 0;
     if (fd >= 0) (void)::read(fd, &count, sizeof count);  // emptied, so that a poll sleeps again
-    return registry().changed.exchange(false);
+    return group_table().changed.exchange(false);
 }
 
 void use_table_dir(const std::filesystem::path& dir) {

@@ -25,18 +25,18 @@ namespace {
 constexpr std::uint64_t kNoTask = ~std::uint64_t{0};
 thread_local std::uint64_t running_task = kNoTask;
 
-struct Registry {
+struct TempDirTable {
     std::mutex mutex;
     std::vector<std::pair<pid_t, std::string>> paths;  // the pid that made each
 };
 
 void at_exit();
 
-Registry& registry() {
-    static Registry* const made = [] {
-        auto* registry = new Registry;  // never destroyed: at_exit() may run after statics go
+TempDirTable& temp_dir_table() {
+    static TempDirTable* const made = [] {
+        auto* table = new TempDirTable;  // never destroyed: at_exit() may run after statics go
         std::atexit(at_exit);
-        return registry;
+        return table;
     }();
     return *made;
 }
@@ -80,7 +80,7 @@ pid_t pid_in(const std::string& name) {
 }  // namespace
 
 std::filesystem::path make_temp_dir(const std::filesystem::path& base, std::string_view what) {
-    Registry& all = registry();
+    TempDirTable& all = temp_dir_table();
     std::string pattern = pattern_for(base, what);
     if (!::mkdtemp(pattern.data()))
         throw std::system_error(errno, std::generic_category(),
@@ -91,7 +91,7 @@ std::filesystem::path make_temp_dir(const std::filesystem::path& base, std::stri
 }
 
 int make_temp_file(const std::filesystem::path& base, std::string_view what, std::filesystem::path& path) {
-    Registry& all = registry();
+    TempDirTable& all = temp_dir_table();
     std::string pattern = pattern_for(base, what);
     const int fd = ::mkostemp(pattern.data(), O_CLOEXEC);  // no command may inherit it
     if (fd < 0) return fd;
@@ -102,19 +102,19 @@ int make_temp_file(const std::filesystem::path& base, std::string_view what, std
 }
 
 void keep_track_of(const std::filesystem::path& path) {
-    Registry& all = registry();
+    TempDirTable& all = temp_dir_table();
     std::lock_guard lock(all.mutex);
     all.paths.emplace_back(::getpid(), path.string());
 }
 
 void forget_temp_dir(const std::filesystem::path& path) {
-    Registry& all = registry();
+    TempDirTable& all = temp_dir_table();
     std::lock_guard lock(all.mutex);
     std::erase_if(all.paths, [&](const auto& entry) { return entry.second == path.string(); });
 }
 
 void remove_temp_dirs() {
-    Registry& all = registry();
+    TempDirTable& all = temp_dir_table();
     std::vector<std::pair<pid_t, std::string>> paths;
     {
         std::lock_guard lock(all.mutex);
@@ -149,7 +149,7 @@ std::size_t sweep_stale_temp_dirs() {
 }
 
 RunningTask::RunningTask(std::uint64_t id) : previous_(running_task) {
-    registry();  // the exit handler is in place before the function runs
+    temp_dir_table();  // the exit handler is in place before the function runs
     running_task = id;
 }
 

@@ -27,7 +27,7 @@ namespace taskfarm {
 namespace {
 
 constexpr std::size_t kKeptLines = 8;  // of the launcher's stderr, for the reason it ended
-constexpr auto kPollInterval = std::chrono::milliseconds(20);
+constexpr auto kStepPollInterval = std::chrono::milliseconds(20);
 
 std::string find_program(StepLauncher launcher) {
     const std::string name = program_of(launcher);
@@ -250,7 +250,7 @@ std::optional<std::string> WorkerStep::ended() {
 bool WorkerStep::wait_until(std::chrono::steady_clock::time_point deadline) {
     while (!ended()) {
         if (std::chrono::steady_clock::now() >= deadline) return false;
-        std::this_thread::sleep_for(kPollInterval);
+        std::this_thread::sleep_for(kStepPollInterval);
     }
     return true;
 }
