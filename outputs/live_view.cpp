@@ -371,7 +371,9 @@ std::optional<nlohmann::json> LiveState::delta() {
 
 // ---- LiveView
 
-namespace {
+// A named namespace, not an anonymous one: LiveView::Server holds an Http, and in a unity build
+// (decision 278) GCC would warn of a member whose type has internal linkage.
+namespace live_http {
 
 // cpp-httplib's handling of one request (parsing, routing, the response, a chunked stream)
 // on a connection the door has vetted; its own accept loop and thread pool are not used:
@@ -455,7 +457,10 @@ private:
     const std::optional<Clock::time_point> deadline_;
 };
 
-}  // namespace
+}  // namespace live_http
+
+using live_http::Connection;
+using live_http::Http;
 
 class LiveView::Server : public std::enable_shared_from_this<LiveView::Server> {
 public:
