@@ -15,16 +15,6 @@
 namespace taskfarm {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-// AddressSanitizer knows a process's threads by the ids it saw them start with; a worker cloned
-// from the fork server has another id than the one it inherited, so LeakSanitizer could not
-// scan its stack and would report false leaks at its exit. Sanitized builds exec every worker
-// (decision 104); the fork path is covered by the release build's tests.
-constexpr bool kForkServerUsable = false;
-#else
-constexpr bool kForkServerUsable = true;
-#endif
-
 ProcessesOptions processes_options(const RunConfig& config, const Registry& registry) {
     const TaskType* type = registry.find(config.task);
     return {.workers = config.workers,

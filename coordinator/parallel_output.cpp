@@ -90,7 +90,7 @@ void remove_files(const TaskResult& result) {
         if (const std::string file = text_field(result.value, key); !file.empty()) ::unlink(file.c_str());
 }
 
-void write_file(const std::filesystem::path& path, const std::string& text) {
+void write_results_file(const std::filesystem::path& path, const std::string& text) {
     std::FILE* file = std::fopen(path.c_str(), "we");  // close-on-exec, as every file of ours
     const bool written = file && std::fwrite(text.data(), 1, text.size(), file) == text.size();
     if ((file && std::fclose(file) != 0) || !written)
@@ -368,9 +368,9 @@ void ParallelSink::sink_it_(const TaskSpec&, const TaskResult& result) {
         const std::filesystem::path dir = job.results_dir;
         std::error_code ec;
         std::filesystem::create_directories(dir, ec);
-        write_file(dir / "seq", std::to_string(job.seq));
-        write_file(dir / "stdout", results_out);
-        write_file(dir / "stderr", results_err);
+        write_results_file(dir / "seq", std::to_string(job.seq));
+        write_results_file(dir / "stdout", results_out);
+        write_results_file(dir / "stderr", results_err);
     }
     if (output_.keep_order) {
         waiting_.emplace(result.id, std::move(finished));

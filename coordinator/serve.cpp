@@ -65,11 +65,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kForkServerUsable = false;  // as the coordinator (decision 104)
-#else
-constexpr bool kForkServerUsable = true;
-#endif
 
 // The workers' memory, in MiB: what a task's peak RSS is counted against (decision 230).
 constexpr std::string_view kMem = "mem";
@@ -87,7 +82,7 @@ void private_dir(const fs::path& dir, const std::string& flag) {
 }
 
 // Writes `text` to `path` whole or throws: through a temporary file renamed over it.
-void write_file(const fs::path& path, const std::string& text) {
+void write_file_whole(const fs::path& path, const std::string& text) {
     const fs::path temporary = path.string() + ".tmp";
     {
         std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
@@ -1274,7 +1269,7 @@ private:
             job.released = after.empty();
             job.dir = config_.state / "jobs" / std::to_string(job.id);
             fs::create_directory(job.dir);
-            write_file(job.dir / "job.json", json{{"name", job.name},
+            write_file_whole(job.dir / "job.json", json{{"name", job.name},
                                                   {"submitted", job.submitted},
                                                   {"priority", job.priority},
                                                   {"after", job.after_json()}}
@@ -1315,7 +1310,7 @@ private:
                 job.task_file.close();
                 if (!job.task_file) throw std::runtime_error("cannot write the job's tasks.jsonl");
                 open_journal(job);
-                write_file(job.dir / "committed", "");
+                write_file_whole(job.dir / "committed", "");
             } catch (const std::exception& e) {
                 drop_submitting(found);  // the submit fails whole: nothing of it stays
                 return refuse(e.what());
@@ -1399,7 +1394,7 @@ private:
             if (job->done())
                 return {{"ok", true}, {"job", job->id}, {"queued", 0}, {"running", 0}, {"state", job->state()}};
             if (!job->cancelled) {
-                write_file(job->dir / "cancelled", "");
+                write_file_whole(job->dir / "cancelled", "");
                 job->cancelled = true;
             }
             std::size_t queued = cancel_waiting(*job);

@@ -10,12 +10,10 @@
 namespace taskfarm {
 namespace {
 
-double seconds(const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; }
-
 double cpu_seconds(int who) {
     rusage usage{};
     ::getrusage(who, &usage);
-    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+    return seconds_of(usage.ru_utime) + seconds_of(usage.ru_stime);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+
+#include <sys/time.h>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -99,6 +101,11 @@ std::string format_placement(const std::vector<RunReport>& reports);
 nlohmann::json report_json(const std::vector<RunReport>& reports, const RunReport& report);
 
 // User + system CPU seconds of this process, and of its reaped children.
+// A rusage time in seconds.
+inline double seconds_of(const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+}
+
 struct CpuTimes {
     double self_s = 0;
     double children_s = 0;

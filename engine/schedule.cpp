@@ -190,6 +190,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
         actions_.note(
             {.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = remote_detail(worker.host)});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
+    some_hello_ = true;
     if (!all_hello_ && (to_spawn_ == 0 || options_.spawn_on_demand))
         all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
     if (!dispatching_ && remote_workers() >= static_cast<std::size_t>(options_.expect_remote)) start_dispatching(now);
@@ -869,6 +870,15 @@ void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::tim
     const Spawned lost = spawned->second;
     spawned_.erase(spawned);
     actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason, .lost = true});
+    // On demand (spawn_on_demand), once a worker of the run said hello, a later one lost before
+    // its hello is the machine saying no (out of processes, too loaded to start one in time):
+    // the run goes on with the workers it has and starts no more.
+    if (options_.spawn_on_demand && some_hello_) {
+        spdlog::warn("{}; no more workers are started on demand", reason);
+        to_spawn_ = 0;
+        all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+        return;
+    }
     // At start-up this is a broken installation, not bad luck.
     if (!all_hello_) throw RunError(fmt::format("{} before saying hello", reason));
     spdlog::warn("{}", reason);

@@ -361,6 +361,7 @@ private:
     std::size_t finished_ = 0;                                // tasks with a final result
     int respawns_ = 0;
     bool all_hello_ = false;                      // every initial worker was spawned and said HELLO
+    bool some_hello_ = false;                     // a worker of ours said HELLO
     bool dispatching_ = false;                    // tasks go out: the remote workers of --expect-workers are here
     const Clock::time_point began_;               // the remote workers' deadline counts from it
     Clock::time_point alone_since_{};             // listening: since when no worker is left; unset while one is

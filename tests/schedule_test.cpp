@@ -328,6 +328,25 @@ TEST(Schedule, WithSpawnOnDemandAWorkerStartsOnlyWhenATaskWaitsForOne) {
     EXPECT_TRUE(rig.schedule.done()) << "done with 2 of the 64 workers it may start";
 }
 
+TEST(Schedule, WithSpawnOnDemandAWorkerLostBeforeItsHelloLaterInTheRunStopsTheSpawningNotTheRun) {
+    // -j 0 on a machine out of processes: w2's fork failed. The run goes on with w1.
+    Rig rig(sleeps(3), {.workers = 64, .prefetch = 1, .spawn_on_demand = true});
+    rig.spawn_all();
+    rig.hello("w1");  // two wait: w2 starts
+    ASSERT_EQ(rig.world.spawned, (std::vector<std::string>{"w1", "w2"}));
+    EXPECT_NO_THROW(rig.schedule.exited(rig.world.pids.at(1), "worker w2 could not start", rig.now));
+    while (rig.answer_all("w1") > 0) rig.spawn_all();
+    EXPECT_EQ(rig.world.spawned.size(), 2u) << "no more started on demand";
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 3u) << "every task ran on w1";
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(Schedule, WithSpawnOnDemandTheFirstWorkerLostBeforeItsHelloIsStillABrokenInstallation) {
+    Rig rig(sleeps(3), {.workers = 64, .prefetch = 1, .spawn_on_demand = true});
+    rig.spawn_all();
+    EXPECT_THROW(rig.schedule.exited(rig.world.pids.at(0), "worker w1 exited 127", rig.now), RunError);
+}
+
 TEST(Schedule, TheRunIsNotDoneUntilTheLastWorkerSaidHello) {
     Rig rig(sleeps(1), {.workers = 2});
     rig.spawn_all();

@@ -14,6 +14,7 @@
 #include "errors.hpp"
 #include "gil.hpp"
 #include "mode_runners.hpp"
+#include "report.hpp"
 
 namespace taskfarm {
 namespace {
@@ -26,8 +27,6 @@ void pin_or_warn(int cpu, const std::string& name) {
         spdlog::warn("{}; thread {} runs unpinned", e.what(), name);
     }
 }
-
-double seconds(const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; }
 
 rusage thread_usage() {
     rusage usage{};
@@ -74,8 +73,8 @@ public:
     // Measures the slice and hands over what the thread holds.
     void close_slice(std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) {
         const rusage usage = thread_usage();
-        const double user = std::max(0.0, seconds(usage.ru_utime) - seconds(usage_.ru_utime));
-        const double sys = std::max(0.0, seconds(usage.ru_stime) - seconds(usage_.ru_stime));
+        const double user = std::max(0.0, seconds_of(usage.ru_utime) - seconds_of(usage_.ru_utime));
+        const double sys = std::max(0.0, seconds_of(usage.ru_stime) - seconds_of(usage_.ru_stime));
         usage_ = usage;
         slice_began_ = now;
         std::lock_guard lock(mutex_);
