@@ -187,16 +187,19 @@ void LiveState::result(const TaskResult& result) {
 void LiveState::results(std::span<const Finished> batch) {
     std::lock_guard lock(mutex_);
     // A lane's latest start can only be ended by its latest result: the slot is read once per
-    // run of one lane's results, not once per result.
-    Lane* lane = nullptr;
+    // run of one lane's results, not once per result. The lane is held by its index: a result
+    // on a new lane grows the vector, which moves the others.
+    std::optional<std::size_t> lane;
     TaskId last = kNoId;
     for (const Finished& done : batch) {
-        Lane* now = record(done.result);
-        if (lane && now != lane) end_start(*lane, last);
-        lane = now;
+        const Lane* now = record(done.result);
+        std::optional<std::size_t> at;
+        if (now) at = static_cast<std::size_t>(now - modes_.back().lanes.data());
+        if (lane && at != lane) end_start(modes_.back().lanes[*lane], last);
+        lane = at;
         last = done.result.id;
     }
-    if (lane) end_start(*lane, last);
+    if (lane) end_start(modes_.back().lanes[*lane], last);
 }
 
 void LiveState::end_start(Lane& lane, TaskId task) {
