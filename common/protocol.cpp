@@ -560,7 +560,7 @@ TaskSpec to_spec(Task message, const Registry& registry, std::string* packed) {
     TaskSpec spec{message.id, registry.find(message.kind), std::move(message.params), message.timeout_s,
                   {},         std::move(message.gpus)};
     if (!message.packed_params.empty()) {
-        if (packed && spec.type && dynamic_cast<const PackedRun*>(spec.type))
+        if (packed && spec.type && registry.packed_run(spec.type))
             *packed = std::move(message.packed_params);
         else
             spec.params = params_from_packed(message.packed_params);

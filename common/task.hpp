@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <taskfarm/task_type.hpp>
@@ -91,6 +92,9 @@ public:
     bool builtin(const TaskType* type) const;
     // Null when there is none of that name.
     const TaskType* find(std::string_view name) const;
+    // The type's PackedRun, or null (a user's type, a type of another registry): found when
+    // the type was added, not by a dynamic_cast per task (decision 281).
+    const PackedRun* packed_run(const TaskType* type) const;
     // Throws std::invalid_argument naming the known types.
     const TaskType& at(std::string_view name) const;
     // "sleep, cpu, download, fail or crash", in registration order.
@@ -109,6 +113,7 @@ private:
         std::size_t operator()(std::string_view name) const noexcept { return std::hash<std::string_view>{}(name); }
     };
     std::unordered_map<std::string, const TaskType*, NameHash, std::equal_to<>> by_name_;
+    std::vector<std::pair<const TaskType*, const PackedRun*>> packed_;  // the few types that have one
 };
 
 // The registry with the built-in types (tasks/builtin.cpp).
@@ -208,6 +213,9 @@ struct RunEnv {
     const Json* settings = nullptr;        // the run's settings; null: none
     std::filesystem::path out_dir{};       // Context::out_dir(); empty: the working directory
     std::filesystem::path scratch_base{};  // where Context::scratch_dir() makes its own; empty: TMPDIR
+    // A worker's types: run_task() asks it for a type's PackedRun (decision 281); null: a
+    // dynamic_cast finds it.
+    const Registry* registry = nullptr;
 };
 
 // Runs one task to completion, failure or cancellation. Never throws: every error becomes

@@ -1,6 +1,7 @@
 // The cpu executor's answers, its cancellation, and the GIL it computes under.
 
 #include <atomic>
+#include <chrono>
 #include <random>
 #include <thread>
 #include <vector>
@@ -174,6 +175,22 @@ TEST(Gil, ATaskThatSaysItWaitsLetsAnotherThreadHaveTheLock) {
     }  // joined while this thread waited: the other one had the lock
     EXPECT_TRUE(other_ran);
     EXPECT_EQ(gil.contenders(), 1u);  // and this one has it back
+}
+
+// Decision 280: no deadline, no clock read; a deadline still expires when it has passed.
+TEST(Context, ExpiresOnlyPastADeadlineItHas) {
+    const Context none(detail::ContextSetup{.worker = "t1"});
+    EXPECT_EQ(none.deadline(), std::chrono::steady_clock::time_point::max());
+    EXPECT_FALSE(none.expired());
+    EXPECT_NO_THROW(none.check());
+    const auto now = std::chrono::steady_clock::now();
+    const Context past(
+        detail::ContextSetup{.worker = "t1", .deadline = now - std::chrono::milliseconds(1), .timeout_s = 0.5});
+    EXPECT_TRUE(past.expired());
+    EXPECT_THROW(past.check(), TaskStopped);
+    const Context later(
+        detail::ContextSetup{.worker = "t1", .deadline = now + std::chrono::hours(1), .timeout_s = 3600});
+    EXPECT_FALSE(later.expired());
 }
 
 TEST(Gil, ANullGilHoldsNothing) {

@@ -585,6 +585,36 @@ TEST(Protocol, ATaskWithoutParamsReadsAsAnEmptyMapAndNilParamsAreRefused) {
 // A worker keeps a task's params as msgpack for a type that runs from them (decision 242):
 // the no-op sleep decodes nothing and packs its value as the JSON run's would be packed;
 // any other sleep, bad params and other types run from JSON as before.
+// Decision 281: a registry finds each type's PackedRun when the type is added; a worker's
+// run_task() asks it instead of casting per task, and runs the no-op from its bytes alike.
+TEST(Protocol, ARegistryKnowsWhichOfItsTypesRunFromPackedParams) {
+    const Registry& builtins = builtin_types();
+    ASSERT_NE(builtins.packed_run(type("sleep")), nullptr);
+    EXPECT_EQ(builtins.packed_run(type("sleep")), dynamic_cast<const PackedRun*>(type("sleep")));
+    EXPECT_EQ(builtins.packed_run(type("cpu")), nullptr);
+    EXPECT_EQ(builtins.packed_run(nullptr), nullptr);
+    Registry other;
+    add_builtin_types(other);
+    EXPECT_NE(other.packed_run(other.find("sleep")), nullptr);
+    EXPECT_EQ(builtins.packed_run(other.find("sleep")), nullptr);  // another registry's type
+
+    const TaskSpec noop{1, type("sleep"), {{"seconds", 0.0}}, 0};
+    const Message message = decode(encode(to_message(noop, 1)), ParamsAs::Packed);
+    std::string packed;
+    const TaskSpec spec = to_spec(std::get<Task>(message), builtins, &packed);
+    ASSERT_FALSE(packed.empty());
+    RunEnv env{.worker = "w1", .mode = "processes", .isolated = true, .cost_per_slice = true};
+    std::string cast_value;
+    const TaskResult cast = run_task(spec, 1, env, packed, cast_value);
+    env.registry = &builtins;
+    std::string looked_up_value;
+    const TaskResult looked_up = run_task(spec, 1, env, packed, looked_up_value);
+    ASSERT_TRUE(looked_up.ok) << looked_up.error;
+    EXPECT_TRUE(looked_up.value.is_null());  // ran from its bytes: the value is packed
+    EXPECT_FALSE(looked_up_value.empty());
+    EXPECT_EQ(looked_up_value, cast_value);
+}
+
 TEST(Protocol, AWorkerRunsTheNoOpFromItsPackedParams) {
     struct AsWorker {
         TaskSpec spec;

@@ -12,6 +12,7 @@
 #include <iterator>
 #include <limits>
 #include <map>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -198,6 +199,23 @@ std::filesystem::path write_lines(const taskfarm::testing::TempDir& dir, const s
     std::ofstream out(dir / name);
     for (const std::string& line : lines) out << line << "\n";
     return dir / name;
+}
+
+// Decision 282: a type's default params are built in place; what they hold is as before.
+TEST(UserType, TheDefaultParamsAreTheTasksIndexOrItsInputLine) {
+    struct Bare final : taskfarm::TaskType {
+        std::string name() const override { return "bare"; }
+        Value run(const Params&, Context&) const override { return nullptr; }
+    };
+    const Bare bare;
+    std::mt19937_64 random(1);
+    const taskfarm::Json settings = taskfarm::Json::object();
+    taskfarm::Generate generate{.index = 41, .count = 100, .random = random, .settings = settings};
+    const Params made = bare.generate(generate);
+    EXPECT_EQ(made, (Params{{"index", 41}}));
+    EXPECT_TRUE(made.at("index").is_number_unsigned());
+    const Params read = bare.from_input(taskfarm::Input{.line = "two words", .index = 3, .settings = settings});
+    EXPECT_EQ(read, (Params{{"input", "two words"}}));
 }
 
 TEST(UserType, RunsInEveryModeWithItsValueInTheJournalExactlyOnce) {

@@ -180,6 +180,7 @@ void Executor::loop(std::stop_token stop, zmq::context_t& context) {
     env.stop = stop;
     env.settings = &settings_;
     env.cost_per_slice = true;  // shared out per frame by take_results()
+    env.registry = &registry_;
     // A stop of the running task's own, for a cancel of it alone; the executor's stop stops it
     // too. Made once and made again only after a cancel used it: no allocation per task.
     std::stop_source own;

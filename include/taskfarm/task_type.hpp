@@ -77,7 +77,11 @@ public:
     const std::stop_token& stop_token() const { return stop_; }
     bool stop_requested() const { return stop_.stop_requested(); }
     std::chrono::steady_clock::time_point deadline() const { return deadline_; }
-    bool expired() const { return std::chrono::steady_clock::now() >= deadline_; }
+    // A task without a timeout reads no clock here (decision 280).
+    bool expired() const {
+        return deadline_ != std::chrono::steady_clock::time_point::max() &&
+               std::chrono::steady_clock::now() >= deadline_;
+    }
     void check() const;
     // The error of a task that ran past its deadline: "timed out after 2.5 s".
     std::string timed_out() const;
