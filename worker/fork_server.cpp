@@ -14,6 +14,7 @@
 #include <exception>
 
 #include <spdlog/spdlog.h>
+#include <zmq.h>
 
 namespace taskfarm {
 namespace {
@@ -51,6 +52,11 @@ std::optional<std::vector<std::string>> serve_forks(const Registry& registry, in
             spdlog::debug("cannot preload task type '{}': {}", type->name(), e.what());
         }
     }
+    // What starting a ZeroMQ context loads once per process and keeps, loaded here once rather
+    // than in every worker: glibc's name-service set-up, which libzmq's PGM start-up
+    // (getprotobyname) reads, nsswitch.conf and a search for libnss_db in ~40 directories
+    // (decision 284). The context itself ends here; each worker makes its own.
+    if (void* context = ::zmq_ctx_new()) ::zmq_ctx_term(context);
     // /proc/PID/comm and ps: the server is "fork-server"; a worker has the program's name.
     // (Its command line is the server's until worker_main overwrites it: "worker w3".)
     char comm[17] = {};
