@@ -279,7 +279,7 @@ public:
         if (!as_given(&type)) params = type.parse(params);
         std::unique_lock lock(mutex_);
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
-        if (!started_) start(lock);
+        if (!started_) start(lock, type);
         if (queue_.size() >= std::max<std::size_t>(options_.max_queued, 1)) {
             // Full: wait until the engine has taken half, not for each task it takes, so that a
             // program submitting faster than the workers run is woken once per half a queue.
@@ -368,8 +368,12 @@ public:
         space_.notify_all();
         if (engine_.joinable()) engine_.join();
         // The bar erased; the page shows the run as over (and stays up until destruction).
-        if (session_)
+        if (session_) {
             session_->finish(engine_error_.empty() ? std::vector<RunReport>{report_} : std::vector<RunReport>{});
+            // FarmOptions::signals: this thread gets its mask back if it is the first submit's.
+            std::lock_guard lock(mutex_);  // signal() reads it
+            session_->end_signals();
+        }
         done_cv_.notify_all();
     }
 
@@ -425,6 +429,9 @@ private:
     };
 
     // The final result of each task to the program; failed attempts that run again are not.
+    // A result that cannot be made into the program's (a type's name() that throws, no memory)
+    // is handed over as failed, saying why: a sink never stops the run (decision 240), and the
+    // program waits for every task it submitted (decision 292).
     class Sink final : public ResultSink {
     public:
         explicit Sink(Impl& farm) : farm_(farm) {}
@@ -433,26 +440,43 @@ private:
         void begin_mode_(const std::string&, std::size_t) override {}
         void sink_it_(const TaskSpec& task, const TaskResult& result) override {
             if (result.retrying) return;
-            auto outcome = outcome_of(task, result);
+            auto outcome = outcome_or_error(task, result);
             farm_.deliver({&outcome, 1});
         }
         // Threads mode hands over a slice of a thread's results at once: one lock, one wake.
         void sink_all_(std::span<const Finished> batch) override {
             outcomes_.clear();
             for (const Finished& done : batch)
-                if (!done.result.retrying) outcomes_.push_back(outcome_of(done.task, done.result));
+                if (!done.result.retrying) outcomes_.push_back(outcome_or_error(done.task, done.result));
             farm_.deliver(outcomes_);
             outcomes_.clear();
         }
 
     private:
+        std::shared_ptr<const detail::Outcome> outcome_or_error(const TaskSpec& task, const TaskResult& result) {
+            std::string why;
+            try {
+                return outcome_of(task, result);
+            } catch (const std::exception& e) {
+                why = e.what();
+            } catch (...) {
+                why = "an unknown error";
+            }
+            spdlog::error("cannot hand over the result of task {}: {}", task.id, why);
+            auto outcome = std::make_shared<detail::Outcome>();
+            outcome->id = task.id;
+            outcome->attempts = result.attempt;
+            outcome->error = "cannot hand over its result: " + why;
+            return outcome;
+        }
+
         // Under the sink's lock.
         std::shared_ptr<const detail::Outcome> outcome_of(const TaskSpec& task, const TaskResult& result) {
             auto outcome = std::make_shared<detail::Outcome>();
             outcome->id = task.id;
             if (task.type != named_) {  // name() makes a string: once per type, not per result
-                named_ = task.type;
                 name_ = task.type ? task.type->name() : std::string();
+                named_ = task.type;  // after name(), which may throw
             }
             outcome->type = task.type ? name_ : kind_name(result);
             outcome->ok = result.ok;
@@ -512,7 +536,7 @@ private:
 
     // With the lock held, at the first submit: the fork server first (while this process may
     // still have no thread), then the engine's thread.
-    void start(std::unique_lock<std::mutex>& lock) {
+    void start(std::unique_lock<std::mutex>& lock, const TaskType& first) {
         // The options and the journal first: bad ones, or a journal that cannot be opened or
         // resumed, throw before anything starts.
         config_.modes = {engine_mode(options_.mode)};
@@ -551,10 +575,12 @@ private:
         settings_ = settings_json(config_);
         if (!options_.log_level.empty()) set_log_level(options_.log_level);
         // The coordinator's session (decision 290): the fork server, then the live view's port
-        // (a port in use throws from this submit, naming the option, and nothing has started),
-        // with the farm's types preloaded (decision 145).
+        // (a port in use throws from this submit, naming the option, and nothing has started).
+        // The server preloads the program's own types and the first task's, not every built-in
+        // one: libcurl in the server is in every worker forked from it (decision 293).
         std::vector<const TaskType*> types;
-        for (const auto& type : registry_.types()) types.push_back(type.get());
+        for (const auto& type : registry_.types())
+            if (!registry_.builtin(type.get()) || type.get() == &first) types.push_back(type.get());
         auto session = std::make_unique<RunSession>(config_, registry_, settings_, types);
         try {
             session->open_live_view({options_.ui, config_.worker_bin.filename().string(), "FarmOptions::ui"});

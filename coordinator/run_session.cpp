@@ -97,6 +97,12 @@ void RunSession::finish(const std::vector<RunReport>& reports) {
 
 std::stop_token RunSession::stop_token() const { return signals_ ? signals_->token() : stop_.get_token(); }
 std::stop_token RunSession::drain_token() const { return signals_ ? signals_->drain_token() : drain_.get_token(); }
-int RunSession::signal() const { return signals_ ? signals_->signal() : 0; }
+int RunSession::signal() const { return signals_ ? signals_->signal() : ended_signal_; }
+
+void RunSession::end_signals() {
+    if (!signals_) return;
+    ended_signal_ = signals_->signal();
+    signals_.reset();
+}
 
 }  // namespace taskfarm

@@ -89,6 +89,10 @@ public:
     // The run is over: the bar erased, the live view's page shows `reports` as the run's.
     void finish(const std::vector<RunReport>& reports);
 
+    // Ends the stop signals' watch (the calling thread gets its mask back when it is the one
+    // that called start()); signal() still says which came.
+    void end_signals();
+
     std::stop_token stop_token() const;
     std::stop_token drain_token() const;
     SignalWatcher* signals() { return signals_.get(); }  // null without start(SignalSetup)
@@ -115,6 +119,7 @@ private:
     std::stop_source stop_;
     std::stop_source drain_;
     std::unique_ptr<SignalWatcher> signals_;  // its tokens, when given, not stop_'s and drain_'s
+    int ended_signal_ = 0;                    // signal() of the watch end_signals() ended
 };
 
 }  // namespace taskfarm
