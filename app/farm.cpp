@@ -454,14 +454,17 @@ private:
 
     private:
         std::shared_ptr<const detail::Outcome> outcome_or_error(const TaskSpec& task, const TaskResult& result) {
-            std::string why;
             try {
                 return outcome_of(task, result);
             } catch (const std::exception& e) {
-                why = e.what();
+                return failure(task, result, e.what());
             } catch (...) {
-                why = "an unknown error";
+                return failure(task, result, "an unknown error");
             }
+        }
+
+        static std::shared_ptr<const detail::Outcome> failure(const TaskSpec& task, const TaskResult& result,
+                                                              const std::string& why) {
             spdlog::error("cannot hand over the result of task {}: {}", task.id, why);
             auto outcome = std::make_shared<detail::Outcome>();
             outcome->id = task.id;
