@@ -1,10 +1,10 @@
 #pragma once
 // The engine side of a run, one object for the coordinator's run() and a Farm (decision 290):
 // what must happen before any thread starts (the fork server, the live view's port), the sinks
-// every run has in front of the caller's (journal, progress, live view), the stop signals and
-// the runner's stop and drain tokens, the cancel board, and one mode's runner over a plan into
-// those sinks, which gives its RunReport. The coordinator runs one per mode (run_modes), a Farm
-// one over the queue its program fills.
+// every run has beside the caller's own (journal, progress, live view), the stop signals and
+// the runner's stop and drain tokens, the cancel board, and a mode's runner over a plan into
+// those sinks, which gives its RunReport. The coordinator runs a runner per mode through one
+// session (run_modes), a Farm one runner over the queue its program fills.
 //
 // In this order:
 //   RunSession session(config, registry, settings, types);  // the fork server
