@@ -42,8 +42,8 @@
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
-#include "process_pool.hpp"
 #include "progress.hpp"
+#include "run_session.hpp"
 #include "sinks.hpp"
 #include "signals.hpp"
 #include "step.hpp"
@@ -279,7 +279,7 @@ public:
         if (!as_given(&type)) params = type.parse(params);
         std::unique_lock lock(mutex_);
         if (closed_) throw std::logic_error("Farm::submit: the farm is closed");
-        if (!started_) start(lock);
+        if (!started_) start(lock, type);
         if (queue_.size() >= std::max<std::size_t>(options_.max_queued, 1)) {
             // Full: wait until the engine has taken half, not for each task it takes, so that a
             // program submitting faster than the workers run is woken once per half a queue.
@@ -341,7 +341,7 @@ public:
             std::lock_guard lock(mutex_);
             if (!started_ || closed_ || id >= next_id_ || completed_.contains(id)) return false;
         }
-        const auto outcomes = cancels_.request({id});
+        const auto outcomes = session_->cancels().request({id});
         return !outcomes.empty() && outcomes.front().cancelled;
     }
 
@@ -367,17 +367,19 @@ public:
         }
         space_.notify_all();
         if (engine_.joinable()) engine_.join();
-        cancels_.close();
         // The bar erased; the page shows the run as over (and stays up until destruction).
-        if (progress_) progress_->close();
-        if (live_)
-            live_->state().finish(engine_error_.empty() ? std::vector<RunReport>{report_} : std::vector<RunReport>{});
+        if (session_) {
+            session_->finish(engine_error_.empty() ? std::vector<RunReport>{report_} : std::vector<RunReport>{});
+            // FarmOptions::signals: this thread gets its mask back if it is the first submit's.
+            std::lock_guard lock(mutex_);  // signal() reads it
+            session_->end_signals();
+        }
         done_cv_.notify_all();
     }
 
     int signal() const {
         std::lock_guard lock(mutex_);
-        return signals_ ? signals_->signal() : 0;
+        return session_ ? session_->signal() : 0;
     }
 
     std::string ui_url() const {
@@ -427,6 +429,9 @@ private:
     };
 
     // The final result of each task to the program; failed attempts that run again are not.
+    // A result that cannot be made into the program's (a type's name() that throws, no memory)
+    // is handed over as failed, saying why: a sink never stops the run (decision 240), and the
+    // program waits for every task it submitted (decision 292).
     class Sink final : public ResultSink {
     public:
         explicit Sink(Impl& farm) : farm_(farm) {}
@@ -435,26 +440,46 @@ private:
         void begin_mode_(const std::string&, std::size_t) override {}
         void sink_it_(const TaskSpec& task, const TaskResult& result) override {
             if (result.retrying) return;
-            auto outcome = outcome_of(task, result);
+            auto outcome = outcome_or_error(task, result);
             farm_.deliver({&outcome, 1});
         }
         // Threads mode hands over a slice of a thread's results at once: one lock, one wake.
         void sink_all_(std::span<const Finished> batch) override {
             outcomes_.clear();
             for (const Finished& done : batch)
-                if (!done.result.retrying) outcomes_.push_back(outcome_of(done.task, done.result));
+                if (!done.result.retrying) outcomes_.push_back(outcome_or_error(done.task, done.result));
             farm_.deliver(outcomes_);
             outcomes_.clear();
         }
 
     private:
+        std::shared_ptr<const detail::Outcome> outcome_or_error(const TaskSpec& task, const TaskResult& result) {
+            try {
+                return outcome_of(task, result);
+            } catch (const std::exception& e) {
+                return failure(task, result, e.what());
+            } catch (...) {
+                return failure(task, result, "an unknown error");
+            }
+        }
+
+        static std::shared_ptr<const detail::Outcome> failure(const TaskSpec& task, const TaskResult& result,
+                                                              const std::string& why) {
+            spdlog::error("cannot hand over the result of task {}: {}", task.id, why);
+            auto outcome = std::make_shared<detail::Outcome>();
+            outcome->id = task.id;
+            outcome->attempts = result.attempt;
+            outcome->error = "cannot hand over its result: " + why;
+            return outcome;
+        }
+
         // Under the sink's lock.
         std::shared_ptr<const detail::Outcome> outcome_of(const TaskSpec& task, const TaskResult& result) {
             auto outcome = std::make_shared<detail::Outcome>();
             outcome->id = task.id;
             if (task.type != named_) {  // name() makes a string: once per type, not per result
-                named_ = task.type;
                 name_ = task.type ? task.type->name() : std::string();
+                named_ = task.type;  // after name(), which may throw
             }
             outcome->type = task.type ? name_ : kind_name(result);
             outcome->ok = result.ok;
@@ -514,7 +539,7 @@ private:
 
     // With the lock held, at the first submit: the fork server first (while this process may
     // still have no thread), then the engine's thread.
-    void start(std::unique_lock<std::mutex>& lock) {
+    void start(std::unique_lock<std::mutex>& lock, const TaskType& first) {
         // The options and the journal first: bad ones, or a journal that cannot be opened or
         // resumed, throw before anything starts.
         config_.modes = {engine_mode(options_.mode)};
@@ -552,62 +577,45 @@ private:
         config_.settings = options_.settings.is_object() ? options_.settings : Json::object();
         settings_ = settings_json(config_);
         if (!options_.log_level.empty()) set_log_level(options_.log_level);
-        // The coordinator's fork server, with the farm's types preloaded (decision 145).
+        // The coordinator's session (decision 290): the fork server, then the live view's port
+        // (a port in use throws from this submit, naming the option, and nothing has started).
+        // The server preloads the program's own types and the first task's, not every built-in
+        // one: libcurl in the server is in every worker forked from it (decision 293).
         std::vector<const TaskType*> types;
-        for (const auto& type : registry_.types()) types.push_back(type.get());
-        fork_server_ = start_fork_server(config_, types);
-        // The live view binds now (after the fork, which its socket must not go through): a
-        // port in use throws from this submit, naming the option, and nothing has started.
-        if (!options_.ui.empty()) {
-            try {
-                live_ = std::make_unique<LiveView>(options_.ui, config_.worker_bin.filename().string(),
-                                                   config_.step && config_.step->launcher == StepLauncher::Slurm);
-            } catch (const ConfigError& e) {
-                fork_server_.reset();
-                std::string why = e.what();
-                if (why.starts_with("--ui: ")) why = "FarmOptions::ui: " + why.substr(6);
-                throw std::invalid_argument(why);
-            }
+        for (const auto& type : registry_.types())
+            if (!registry_.builtin(type.get()) || type.get() == &first) types.push_back(type.get());
+        auto session = std::make_unique<RunSession>(config_, registry_, settings_, types);
+        try {
+            session->open_live_view({options_.ui, config_.worker_bin.filename().string(), "FarmOptions::ui"});
+        } catch (const ConfigError& e) {
+            throw std::invalid_argument(e.what());
         }
+        session_ = std::move(session);
         started_ = true;
-        // Before the farm's own threads (the progress timer, the live view's, the engine's),
-        // which inherit the blocked stop signals.
-        if (options_.signals)
-            signals_ = std::make_unique<SignalWatcher>(
-                std::chrono::milliseconds(static_cast<std::int64_t>(options_.drain_timeout_s * 1000)),
-                "FarmOptions::drain_timeout_s");
         plan_.source = std::make_shared<Source>(*this);
         for (const auto& type : registry_.types()) plan_.types.push_back(type.get());
-        const bool fan_out = journal || options_.progress != FarmProgress::Never || live_;
-        if (journal) sinks_.add(std::move(journal));
-        if (const auto style = progress_style(progress_mode(options_.progress), STDERR_FILENO)) {
-            // No result lines to print under it: the program has the results.
-            auto sink = std::make_unique<ProgressSink>(
-                ProgressOptions{.style = *style,
-                                .log_interval = std::chrono::milliseconds(
-                                    static_cast<std::int64_t>(options_.progress_interval_s * 1000)),
-                                .lines_share_terminal = false},
-                std::make_unique<FanOutSink>());
-            progress_ = sink.get();
-            sinks_.add(std::move(sink));
-        }
-        if (live_) {
-            sinks_.add(live_->sink());
-            live_->start();
-        }
-        // Alone, the program's sink is the run's: no fan-out's lock per result.
-        if (fan_out)
-            sinks_.add(std::make_unique<Sink>(*this));
-        else
-            alone_ = std::make_unique<Sink>(*this);
-        cancels_.clear();
+        session_->add_journal(std::move(journal));
+        // No result lines to print under the bar: the program has the results.
+        progress_ =
+            session_->add_progress(progress_mode(options_.progress),
+                                   ProgressOptions{.log_interval = std::chrono::milliseconds(
+                                                       static_cast<std::int64_t>(options_.progress_interval_s * 1000)),
+                                                   .lines_share_terminal = false},
+                                   nullptr);
+        session_->add(std::make_unique<Sink>(*this));
+        // The stop signals, when the farm takes them, before the farm's own threads (the
+        // progress timer, the live view's, the engine's), which inherit the blocked signals.
+        session_->start(options_.signals
+                            ? std::optional<SignalSetup>(SignalSetup{
+                                  std::chrono::milliseconds(static_cast<std::int64_t>(options_.drain_timeout_s * 1000)),
+                                  "FarmOptions::drain_timeout_s"})
+                            : std::nullopt);
+        live_ = session_->live();
+        runner_ = session_->runner(config_.modes.front());
         lock.unlock();  // the runner's threads may take tasks as soon as they start
-        const RunShared shared{registry_, settings_, &cancels_, fork_server_.get()};
-        runner_ = make_runner(config_.modes.front(), config_, shared, signals_ ? signals_->token() : stop_.get_token(),
-                              signals_ ? signals_->drain_token() : drain_.get_token());
         engine_ = std::thread([this] {
             try {
-                report_ = runner_->run(plan_, alone_ ? *alone_ : static_cast<ResultSink&>(sinks_));
+                report_ = session_->run(*runner_, plan_);
             } catch (const std::exception& e) {
                 // The processes mode names the coordinator's flag for an endpoint it cannot
                 // bind; the program set FarmOptions::listen.
@@ -619,10 +627,10 @@ private:
             }
             {
                 std::lock_guard guard(mutex_);
-                const int signal = signals_ ? signals_->signal() : 0;
+                const int signal = session_->signal();
                 if (engine_error_.empty() && signal != 0)
                     engine_error_ = fmt::format("{} (FarmOptions::signals): {}", stop_signal_name(signal),
-                                                signals_->token().stop_requested()
+                                                session_->stop_token().stop_requested()
                                                     ? "the running tasks were cancelled"
                                                     : "the running tasks finished, no other started");
                 if (engine_error_.empty() && done_.size() < outstanding_ && !closed_)
@@ -720,17 +728,11 @@ private:
 
     RunConfig config_;
     Json settings_;
-    std::unique_ptr<ForkServer> fork_server_;
     Plan plan_;
-    std::unique_ptr<LiveView> live_;    // before sinks_: its sink refers to its state
-    ProgressSink* progress_ = nullptr;  // in sinks_
-    FanOutSink sinks_;
-    std::unique_ptr<ResultSink> alone_;  // the program's sink when it is the only one (not in sinks_)
-    CancelBoard cancels_;
-    std::stop_source stop_;
-    std::stop_source drain_;
-    std::unique_ptr<SignalWatcher> signals_;  // FarmOptions::signals: its tokens, not stop_'s and drain_'s
-    std::unique_ptr<Runner> runner_;
+    std::unique_ptr<RunSession> session_;  // the fork server, the sinks, the signals, the cancel board
+    LiveView* live_ = nullptr;             // the session's
+    ProgressSink* progress_ = nullptr;     // the session's
+    std::unique_ptr<Runner> runner_;       // after the session: refers to its tokens and fork server
     RunReport report_;
     std::thread engine_;
 };

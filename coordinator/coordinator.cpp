@@ -30,8 +30,8 @@
 #include "outputs.hpp"
 #include "parallel_output.hpp"
 #include "plan_sources.hpp"
-#include "process_pool.hpp"
 #include "progress.hpp"
+#include "run_session.hpp"
 #include "service.hpp"
 #include "modes.hpp"
 #include "signals.hpp"
@@ -506,7 +506,7 @@ struct Console {
 };
 
 // `plain_output`: --output plain's (null: not plain).
-Console add_console(const RunConfig& config, const ParallelOutput* plain_output, FanOutSink& sinks) {
+Console add_console(const RunConfig& config, const ParallelOutput* plain_output, RunSession& session) {
     Console made;
     // A report on stdout must be all there is on it; the results and the table then go to stderr.
     // --output plain: stdout is the commands' own (or stderr's too, under a report on stdout).
@@ -518,7 +518,7 @@ Console add_console(const RunConfig& config, const ParallelOutput* plain_output,
     if (config.parallel || plain) {
         auto sink = std::make_unique<ParallelSink>(plain ? *plain_output : *config.parallel,
                                                    report_on_stdout(config) ? stderr : stdout);
-        if (plain) sinks.add(std::make_unique<ConsoleSink>(made.results_out, config.output));
+        if (plain) session.add(std::make_unique<ConsoleSink>(made.results_out, config.output));
         made.parallel = sink.get();
         console = std::move(sink);
     } else {
@@ -526,25 +526,18 @@ Console add_console(const RunConfig& config, const ParallelOutput* plain_output,
         made.lines = sink.get();
         console = std::move(sink);
     }
-    if (const auto style = progress_style(config.progress, STDERR_FILENO)) {
-        auto sink = std::make_unique<ProgressSink>(
-            ProgressOptions{.style = *style, .lines_share_terminal = ::isatty(::fileno(made.results_out)) == 1},
-            std::move(console));
-        made.progress = sink.get();
-        sinks.add(std::move(sink));
-    } else {
-        sinks.add(std::move(console));
-    }
+    made.progress = session.add_progress(
+        config.progress, ProgressOptions{.lines_share_terminal = ::isatty(::fileno(made.results_out)) == 1},
+        std::move(console));
     return made;
 }
 
 // Runs the plan in each mode in turn, skipping what the journal has as ok, a report per mode
 // into `reports` (kept when a later mode throws); stops at a drain or at a plan that ended early.
-void run_modes(const RunConfig& config, const Plan& plan, const Done& done, const RunShared& shared,
-               CancelBoard& cancels, SignalWatcher& signals, ResultSink& sinks, std::vector<RunReport>& reports) {
+void run_modes(const RunConfig& config, const Plan& plan, const Done& done, RunSession& session,
+               std::vector<RunReport>& reports) {
     for (Mode mode : config.modes) {
-        if (signals.drain_token().stop_requested()) break;  // a stop is a drain too
-        cancels.clear();                                    // a cancel is for the mode that runs when it comes
+        if (session.drain_token().stop_requested()) break;  // a stop is a drain too
         // A mode with tasks done in the journal skips them as its cursor goes.
         const auto found = done.find(std::string(to_string(mode)));
         static const IdSet none;
@@ -563,9 +556,8 @@ void run_modes(const RunConfig& config, const Plan& plan, const Done& done, cons
             report.mode = to_string(mode);
             report.workers = report.cpus_used = 0;
         } else {
-            report = make_runner(mode, config, shared, signals.token(), signals.drain_token())->run(todo, sinks);
+            report = session.run(*session.runner(mode), todo);
         }
-        cancels.close();  // until the next mode, a cancel is answered "nothing cancelled"
         report.tasks += earlier;
         report.ok += earlier;
         reports.push_back(std::move(report));
@@ -623,37 +615,27 @@ ExitCode run(const ProgramInfo& program, const RunConfig& config, Plan& plan, co
     // What runs of ours that were killed (SIGKILL) left in $TMPDIR: their pids are gone.
     if (const std::size_t swept = sweep_stale_temp_dirs(); swept > 0)
         spdlog::info("removed {} temporary director{} left by killed runs", swept, swept == 1 ? "y" : "ies");
-    const std::unique_ptr<ForkServer> fork_server = start_fork_server(config, plan.types);
+    RunSession session(config, program.registry, settings, plan.types);  // the fork server, before any thread
     make_out_dirs(config, plan.types);
     keep_stdin(config, plan);
     check_recording(config, plan);
     std::unique_ptr<JournalSink> journal_sink = open_journal(config);
     // --ui binds now: a port in use is exit 2 before the run, naming --ui.
-    std::unique_ptr<LiveView> live;
-    if (!config.ui.empty())
-        live =
-            std::make_unique<LiveView>(config.ui, command_text(config.command_line),
-                                       (config.step && config.step->launcher == StepLauncher::Slurm) || config.alloc);
+    session.open_live_view({config.ui, command_text(config.command_line)});
     const Done done = resume_from_journal(config, program.registry, plan, journal_sink.get());
 
-    FanOutSink sinks;  // before the SignalWatcher: a progress bar swaps log sinks while no other thread logs
-    const Console console = add_console(config, plain_output, sinks);
+    const Console console = add_console(config, plain_output, session);
     RecordingSink* recording = nullptr;
     if (!config.trace_path.empty() || !config.timeline_path.empty()) {
         auto sink = std::make_unique<RecordingSink>(kMaxRecordedResults);
         recording = sink.get();
-        sinks.add(std::move(sink));
+        session.add(std::move(sink));
     }
-    JournalSink* const journal = journal_sink.get();
-    if (journal_sink) sinks.add(std::move(journal_sink));
-    if (live) sinks.add(live->sink());
-
-    SignalWatcher signals(std::chrono::milliseconds(
-        static_cast<std::int64_t>(config.drain_timeout_s * 1000)));  // before any thread starts
-    if (live) {
-        live->start();
-        fmt::print(stderr, "live view: {}\n", live->url());
-    }
+    JournalSink* const journal = session.add_journal(std::move(journal_sink));
+    session.start(SignalSetup{std::chrono::milliseconds(static_cast<std::int64_t>(config.drain_timeout_s * 1000)),
+                              "--drain-timeout"});
+    SignalWatcher& signals = *session.signals();
+    if (session.live()) fmt::print(stderr, "live view: {}\n", session.live()->url());
     // Nobody reads the results any more (`| head`): stop as a signal would, rather than run
     // the whole plan for no one; SIGPIPE itself is ignored (coordinator_main).
     if (console.lines) console.lines->on_closed([&signals] { signals.stop(SIGPIPE); });
@@ -662,15 +644,13 @@ ExitCode run(const ProgramInfo& program, const RunConfig& config, Plan& plan, co
         console.parallel->on_closed([&signals] { signals.stop(SIGPIPE); });
     }
     for (const auto& service : plan.services) service->start();
-    CancelBoard cancels;
-    const ControlServer control(cancels);  // `coordinator cancel --run PID ID...`
-    const RunShared shared{program.registry, settings, &cancels, fork_server.get()};
+    const ControlServer control(session.cancels());  // `coordinator cancel --run PID ID...`
     std::vector<RunReport> reports;
     try {
-        run_modes(config, plan, done, shared, cancels, signals, sinks, reports);
+        run_modes(config, plan, done, session, reports);
     } catch (const std::exception&) {
         // The run failed (no report for this mode): what it recorded still helps to see why.
-        if (console.progress) console.progress->close();
+        session.end_progress();
         try {
             if (recording) write_pictures(config, recording->take(), reports);
         } catch (const std::exception& e) {
@@ -678,7 +658,7 @@ ExitCode run(const ProgramInfo& program, const RunConfig& config, Plan& plan, co
         }
         throw;
     }
-    if (console.progress) console.progress->close();
+    session.end_progress();
     const std::vector<std::string> output_errors =
         write_outputs(config, plan, reports, console, signals, journal, recording);
 
@@ -686,9 +666,9 @@ ExitCode run(const ProgramInfo& program, const RunConfig& config, Plan& plan, co
     if (config.parallel && signals.signal() == 0 && output_errors.empty() &&
         std::all_of(reports.begin(), reports.end(), [](const RunReport& r) { return r.plan_error.empty(); }))
         code = static_cast<ExitCode>(console.parallel->exit_status());
-    if (live) {
-        live->state().finish(reports);
-        if (signals.signal() == 0) linger(*live, config.ui_linger_s, signals);
+    if (session.live()) {
+        session.finish(reports);
+        if (signals.signal() == 0) linger(*session.live(), config.ui_linger_s, signals);
     }
     return code;
 }

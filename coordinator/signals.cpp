@@ -44,7 +44,7 @@ bool drains(int signal) { return signal == SIGTERM || signal == SIGHUP; }
 SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout, std::string drain_option)
     : drain_timeout_(drain_timeout), drain_option_(std::move(drain_option)) {
     const sigset_t set = stop_signals();
-    ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    ::pthread_sigmask(SIG_BLOCK, &set, &previous_);
     thread_ = std::jthread([this, set](std::stop_token done) {
         // The signals through a signalfd, and the end of the watch through an eventfd, so that
         // the run's end does not wait out a timeout (it waited 0-100 ms, at every exit); the
@@ -165,8 +165,19 @@ bool SignalWatcher::stop(int signal) {
 SignalWatcher::~SignalWatcher() {
     thread_.request_stop();
     thread_.join();
-    const sigset_t set = stop_signals();
-    ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    // A thread's mask is its own: only the thread that blocked the signals can unblock them, and
+    // it unblocks those it had not blocked itself before. Another thread's is left as it is.
+    if (!::pthread_equal(::pthread_self(), blocker_)) {
+        spdlog::warn(
+            "the stop signals stay blocked in the thread that began watching them: the watch ended on "
+            "another thread (a Farm with signals is closed on the thread of its first submit)");
+        return;
+    }
+    sigset_t unblock;
+    sigemptyset(&unblock);
+    for (int signal : {SIGHUP, SIGINT, SIGQUIT, SIGTERM})
+        if (sigismember(&previous_, signal) == 0) sigaddset(&unblock, signal);
+    ::pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
 }
 
 }  // namespace taskfarm

@@ -1,5 +1,8 @@
 #pragma once
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <atomic>
 #include <chrono>
 #include <stop_token>
@@ -21,7 +24,8 @@ namespace taskfarm {
 // A stop is also a drain. Either way the run ends the same: workers shut down and reaped,
 // the partial table printed, the socket directory removed, exit 128 + the first signal.
 // Construct it before any other thread starts: it blocks these signals in the calling
-// thread, whose mask new threads inherit, and waits for them on a thread of its own. A
+// thread, whose mask new threads inherit, and waits for them on a thread of its own. Destroy
+// it on that thread, which gets its mask back (another thread cannot change it: decision 294). A
 // SIGINT during a stop exits at once (130); the workers die with us through PR_SET_PDEATHSIG.
 class SignalWatcher {
 public:
@@ -56,6 +60,8 @@ private:
     // Whether `received` repeats the request that began at `since` (then it is logged as such).
     bool repeats(int received, int sender, std::chrono::steady_clock::time_point since) const;
 
+    const pthread_t blocker_ = ::pthread_self();  // the thread whose mask the constructor changed
+    sigset_t previous_{};                         // its mask before
     const std::chrono::milliseconds drain_timeout_;
     const std::string drain_option_;
     std::stop_source stop_;

@@ -50,7 +50,17 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Box, width, height)
 // Opened by the progress test: "gate" tasks wait for it (threads mode: this process).
 std::atomic<bool> gate_open{false};
 
+// Whether this process has libcurl mapped: the download type loads it when it first runs, a
+// fork server that preloads that type before it forks a worker.
+bool libcurl_mapped() {
+    std::ifstream maps("/proc/self/maps");
+    for (std::string line; std::getline(maps, line);)
+        if (line.find("libcurl") != std::string::npos) return true;
+    return false;
+}
+
 void register_types(Farm& farm) {
+    farm.task("libcurl-mapped", [](const Params&, Context&) { return Value(libcurl_mapped()); });
     farm.task("gate", [](const Params& params, Context& context) {
         for (int i = 0; i < 2000 && !gate_open; ++i) {
             context.check();
@@ -951,6 +961,115 @@ TEST(Farm, AnMpirunJobOfWorkersRunsEachTaskOnce) {
 // FarmOptions::signals: SIGTERM drains a farm as it drains the coordinator. The running tasks
 // finish (no line of the journal failed), the program's next() throws saying so and it exits
 // 128 + 15, its workers are gone; a resume runs exactly the rest.
+TEST(Farm, ItsForkServerPreloadsItsOwnTypesAndTheFirstTasksNotEveryBuiltInOne) {
+    // A worker per task (recycled after one), each forked from the server: what it has mapped
+    // before its task is what the server preloaded.
+    {
+        Farm farm{{.mode = FarmMode::Processes, .workers = 1, .max_tasks_per_worker = 1}};
+        register_types(farm);
+        for (int i = 0; i < 2; ++i) farm.submit("libcurl-mapped", Params::object());
+        for (const auto& result : farm.as_completed<bool>()) EXPECT_FALSE(result.value()) << "task " << result.id();
+    }
+#if !defined(__SANITIZE_ADDRESS__)  // sanitized builds exec every worker (decision 104): nothing is preloaded
+    Farm farm{{.mode = FarmMode::Processes, .workers = 1, .retries = 0, .max_tasks_per_worker = 1}};
+    register_types(farm);
+    farm.submit("download", {{"url", "http://127.0.0.1:9/nothing-listens"}});  // fails: it needs only to be first
+    const auto mapped = farm.submit("libcurl-mapped", Params::object());
+    for (const auto& result : farm.as_completed())
+        if (result.id() == mapped.id) EXPECT_TRUE(result.as<bool>().value());
+#endif
+}
+
+// Whether this thread blocks `signal`.
+bool blocked_here(int signal) {
+    sigset_t mask;
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+    return sigismember(&mask, signal) == 1;
+}
+
+TEST(Farm, TakingSignalsChangesOnlyTheFirstSubmitsThreadsMaskAndClosingThereGivesItBack) {
+    // This thread blocks SIGHUP on purpose, as a program may; the farms are driven from another.
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    ::pthread_sigmask(SIG_BLOCK, &hup, nullptr);
+    {
+        Farm farm{{.mode = FarmMode::Threads, .workers = 2, .signals = true}};
+        register_types(farm);
+        std::thread first([&] {
+            farm.submit("square", {{"x", 3}});
+            EXPECT_TRUE(blocked_here(SIGINT));  // the watcher's, while the farm runs
+            farm.wait();
+            farm.close();  // on this thread: its mask comes back
+            for (const int signal : {SIGINT, SIGTERM, SIGQUIT}) EXPECT_FALSE(blocked_here(signal)) << signal;
+        });
+        first.join();
+    }
+    {
+        Farm farm{{.mode = FarmMode::Threads, .workers = 2, .signals = true}};
+        register_types(farm);
+        std::thread first([&] {
+            farm.submit("square", {{"x", 3}});
+            farm.wait();
+        });
+        first.join();
+    }  // closed here, on a thread that did not block them: its mask is its own
+    EXPECT_TRUE(blocked_here(SIGHUP));
+    EXPECT_FALSE(blocked_here(SIGINT));
+    ::pthread_sigmask(SIG_UNBLOCK, &hup, nullptr);
+}
+
+// A type whose name() throws once `names_refused` is set (after it was registered), so that the
+// farm cannot make its results into the program's.
+std::atomic<bool> names_refused{false};
+
+class Unnamed final : public taskfarm::TaskType {
+public:
+    std::string name() const override {
+        if (names_refused) throw std::runtime_error("no name today");
+        return "unnamed";
+    }
+    Value run(const Params& params, Context&) const override { return params.at("x"); }
+};
+
+TEST(Farm, AResultThatCannotBeHandedOverFailsAloneAndTheOthersCome) {
+    // Threads mode hands the sink a thread's results as a batch, sequential one at a time: a
+    // result that throws in either lost the rest of the batch, or itself, and wait() never returned.
+    for (const FarmMode mode : {FarmMode::Threads, FarmMode::Sequential}) {
+        SCOPED_TRACE(mode == FarmMode::Threads ? "threads" : "sequential");
+        Farm farm{{.mode = mode, .workers = 2}};
+        register_types(farm);
+        farm.add(std::make_shared<Unnamed>());
+        names_refused = true;
+        constexpr long kTasks = 400;
+        for (long x = 0; x < kTasks; ++x) farm.submit(x % 2 == 0 ? "square" : "unnamed", {{"x", x}});
+        long squares = 0, sum = 0, refused = 0;
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (squares + refused < kTasks && std::chrono::steady_clock::now() < deadline) {
+            const auto result = farm.try_next();
+            if (!result) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                continue;
+            }
+            if (result->id() % 2 == 0) {
+                ++squares;
+                sum += result->as<long>().value();
+            } else {
+                ++refused;
+                EXPECT_FALSE(result->ok());
+                EXPECT_EQ(result->error().reason(), "cannot hand over its result: no name today");
+            }
+        }
+        names_refused = false;
+        EXPECT_EQ(squares, kTasks / 2);
+        EXPECT_EQ(refused, kTasks / 2);
+        long expected = 0;
+        for (long x = 0; x < kTasks; x += 2) expected += x * x;
+        EXPECT_EQ(sum, expected);
+        EXPECT_EQ(farm.outstanding(), 0u);
+    }
+}
+
 TEST(Farm, SigtermDrainsAFarmThatTakesSignalsAndAResumeRunsTheRest) {
     taskfarm::testing::TempDir dir;
     const auto journal = dir / "journal.jsonl";
