@@ -316,7 +316,8 @@ TEST(Command, AProgramStartsWithEverySignalAtItsDefaultAndNoneBlocked) {
                 lines += status.substr(status.find(key), status.find('\n', status.find(key)) + 1 - status.find(key));
             return lines;
         };
-        const std::string defaults = "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n";
+        const std::string defaults =
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n";
         int code = 0;
         try {
             ::signal(SIGUSR1, SIG_IGN);
