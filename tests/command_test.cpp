@@ -256,6 +256,92 @@ TEST(Command, AProgramThatCannotStartFailsSayingWhy) {
     EXPECT_EQ(result.error, "cannot change to directory '/no/such/dir': No such file or directory");
 }
 
+// A name is looked up in the PATH once per process and the file found is exec'd at once
+// after that, as a shell's hash table does; a file that no longer runs is looked up afresh,
+// and a PATH with a relative directory is searched every time (decision 286).
+TEST(Command, AProgramsPathIsFoundOnceAndSearchedAgainWhenItNoLongerRuns) {
+    testing::TempDir dir;
+    const std::filesystem::path early = dir.path() / "early";
+    const std::filesystem::path late = dir.path() / "late";
+    const std::filesystem::path here = dir.path() / "here";
+    for (const auto& path : {early, late, here}) std::filesystem::create_directory(path);
+    const auto program = [](const std::filesystem::path& path, const std::string& says) {
+        write_file(path, "#!/bin/sh\necho " + says + "\n");
+        std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+    };
+    const auto run = [&](const std::string& path, const std::string& cwd = "") {
+        command::ChildSpec spec;
+        spec.argv = {"taskfarm-path-probe"};
+        spec.env = {"PATH=" + path};
+        spec.cwd = cwd;
+        try {
+            return command::run_child(spec, command::Watch{}).out.head;
+        } catch (const std::exception& e) {
+            return std::string(e.what());
+        }
+    };
+    const std::string path = early.string() + ":" + late.string();
+    program(late / "taskfarm-path-probe", "late");
+    EXPECT_EQ(run(path), "late\n");
+    program(early / "taskfarm-path-probe", "early");
+    EXPECT_EQ(run(path), "late\n");  // found before: not looked up again while it runs
+    std::filesystem::remove(late / "taskfarm-path-probe");
+    EXPECT_EQ(run(path), "early\n");  // gone: searched afresh
+    std::filesystem::remove(early / "taskfarm-path-probe");
+    EXPECT_EQ(run(path), "cannot run 'taskfarm-path-probe': No such file or directory");
+    program(late / "taskfarm-path-probe", "late again");
+    EXPECT_EQ(run(path), "late again\n");
+    // "." is the command's working directory, which may differ per task: no cache.
+    const std::string relative = ".:" + late.string();
+    EXPECT_EQ(run(relative, here.string()), "late again\n");
+    program(here / "taskfarm-path-probe", "here");
+    EXPECT_EQ(run(relative, here.string()), "here\n");
+}
+
+// A program starts with every signal at its default and none blocked, whatever its caller
+// ignored or handled; a disposition changed after a process's first command is reset too,
+// within SignalsToReset::kRereadEvery (256) commands (decision 285).
+void on_signal(int) {}
+
+TEST(Command, AProgramStartsWithEverySignalAtItsDefaultAndNoneBlocked) {
+    const pid_t child = ::fork();  // the test's own dispositions stay as they are
+    if (child == 0) {
+        const auto status_of = [] {
+            command::ChildSpec spec;
+            spec.argv = {"cat", "/proc/self/status"};
+            spec.env = {"PATH=/usr/bin:/bin"};
+            const std::string status = command::run_child(spec, command::Watch{}).out.head;
+            std::string lines;
+            for (const char* key : {"SigBlk:", "SigIgn:", "SigCgt:"})
+                lines += status.substr(status.find(key), status.find('\n', status.find(key)) + 1 - status.find(key));
+            return lines;
+        };
+        const std::string defaults =
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n";
+        int code = 0;
+        try {
+            ::signal(SIGUSR1, SIG_IGN);
+            ::signal(SIGUSR2, on_signal);
+            if (status_of() != defaults) code |= 1;
+            ::signal(SIGHUP, SIG_IGN);  // after the first command
+            for (int i = 0; i < 256; ++i) {
+                command::ChildSpec spec;
+                spec.argv = {"true"};
+                spec.env = {"PATH=/usr/bin:/bin"};
+                command::run_child(spec, command::Watch{});
+            }
+            if (status_of() != defaults) code |= 2;
+        } catch (...) {
+            code |= 4;
+        }
+        std::_Exit(code);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << status;
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "1: not at default at the first command; 2: not after 256 more; 4: threw";
+}
+
 // Bytes, not text: a stream is kept as it came (the journal keeps bytes that are not UTF-8
 // exactly), cut to --max-output with no mark in it; stdout_bytes says how many there were.
 TEST(Command, KeepsTheFirstMaxOutputBytesAsTheyCameAndCountsThemAll) {

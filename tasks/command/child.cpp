@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -18,7 +19,10 @@
 #include <cerrno>
 #include <mutex>
 #include <stdexcept>
+#include <string>
+#include <string_view>
 #include <system_error>
+#include <unordered_map>
 #include <utility>
 
 #include <fmt/format.h>
@@ -58,6 +62,107 @@ void nap(long long ns) {
     timespec left{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
     while (::nanosleep(&left, &left) != 0 && errno == EINTR) {
     }
+}
+
+// This process's pid without a system call per command (glibc keeps no copy): read once,
+// and again in the child of each fork() (pthread_atfork), so that a process forked from one
+// that ran commands (without exec) has its own.
+std::atomic<pid_t> cached_pid{0};
+
+pid_t this_pid() {
+    static std::once_flag registered;
+    std::call_once(registered, [] { ::pthread_atfork(nullptr, nullptr, [] { cached_pid.store(::getpid()); }); });
+    pid_t pid = cached_pid.load(std::memory_order_relaxed);
+    if (pid == 0) {
+        pid = ::getpid();
+        cached_pid.store(pid);
+    }
+    return pid;
+}
+
+// The signals whose disposition is not SIG_DFL (ignored, or a handler), which the child sets
+// back to default before it unblocks its signals (decision 285). Read with sigaction queries
+// at a process's first command and again at every kRereadEvery-th, so that a disposition a
+// program changes while it runs is seen within that many commands; read afresh in a process
+// forked from the one that read it. A worker and the coordinator change none after their
+// start: their commands reset what is not default (SIGPIPE, where ignored) and nothing else.
+class SignalsToReset {
+public:
+    static constexpr std::uint32_t kRereadEvery = 256;
+
+    sigset_t get() {
+        std::lock_guard lock(mutex_);
+        if (owner_ != this_pid() || uses_++ % kRereadEvery == 0) read();
+        return set_;
+    }
+
+private:
+    void read() {
+        owner_ = this_pid();
+        ::sigemptyset(&set_);
+        for (int signal = 1; signal < NSIG; ++signal) {
+            struct sigaction current {};
+            // glibc refuses its own two (SIGCANCEL, SIGSETXID), as the resets it replaces did.
+            if (signal == SIGKILL || signal == SIGSTOP || ::sigaction(signal, nullptr, &current) != 0) continue;
+            if (current.sa_handler != SIG_DFL) ::sigaddset(&set_, signal);
+        }
+    }
+
+    std::mutex mutex_;
+    pid_t owner_ = 0;
+    std::uint32_t uses_ = 0;
+    sigset_t set_{};
+};
+
+SignalsToReset& signals_to_reset() {
+    static SignalsToReset* const signals = new SignalsToReset;  // never destroyed: commands may end during exit
+    return *signals;
+}
+
+// Where a program's name was found in a PATH, per (PATH, name), as a shell's hash table keeps
+// it (decision 286): the next command of that name execs the path at once, without a lookup
+// per directory. A cached path that fails to exec is forgotten and the PATH searched afresh;
+// a PATH with a relative directory (".", an empty entry) is searched every time, since the
+// working directory may differ. A program put earlier in the PATH after the first lookup is
+// not seen by this process while the cached one still runs, as in bash before `hash -r`.
+class PathCache {
+public:
+    static constexpr std::size_t kMostEntries = 1024;
+
+    static bool cacheable(std::string_view path) {
+        for (std::size_t at = 0;;) {
+            const std::size_t end = std::min(path.find(':', at), path.size());
+            if (end == at || path[at] != '/') return false;
+            if (end == path.size()) return true;
+            at = end + 1;
+        }
+    }
+
+    std::string find(const std::string& key) {
+        std::lock_guard lock(mutex_);
+        const auto found = found_.find(key);
+        return found == found_.end() ? std::string() : found->second;
+    }
+
+    void keep(std::string key, std::string file) {
+        std::lock_guard lock(mutex_);
+        if (found_.size() >= kMostEntries) found_.clear();
+        found_.insert_or_assign(std::move(key), std::move(file));
+    }
+
+    void forget(const std::string& key) {
+        std::lock_guard lock(mutex_);
+        found_.erase(key);
+    }
+
+private:
+    std::mutex mutex_;
+    std::unordered_map<std::string, std::string> found_;
+};
+
+PathCache& path_cache() {
+    static PathCache* const cache = new PathCache;  // never destroyed, as the guard
+    return *cache;
 }
 
 // The groups of the commands this process runs (command_groups::Table), in memory shared
@@ -128,7 +233,7 @@ public:
     // A free slot for a command, the guardian started (again) if it is not running.
     std::atomic<pid_t>* take(std::chrono::nanoseconds grace) {
         std::lock_guard lock(mutex_);
-        if (owner_ != ::getpid()) adopt();
+        if (owner_ != this_pid()) adopt();
         if (!table_) {
             void* memory = map_file();
             in_file_.store(memory != MAP_FAILED);
@@ -171,7 +276,7 @@ public:
     // same table, so the groups running now are guarded again.
     void restart_if_gone() {
         std::lock_guard lock(mutex_);
-        if (owner_ == ::getpid() && table_ && guardian_ > 0 && gone()) start();
+        if (owner_ == this_pid() && table_ && guardian_ > 0 && gone()) start();
     }
 
 private:
@@ -201,7 +306,7 @@ private:
         guardian_ = -1;
         guardian_pid_.store(-1);
         free_.clear();
-        owner_ = ::getpid();
+        owner_ = this_pid();
     }
 
     bool gone() const {
@@ -242,6 +347,9 @@ private:
     std::atomic<bool> in_file_{false};
 };
 
+// A file's path as exec_in_path() builds it: a PATH entry, '/', a name.
+constexpr std::size_t kTriedBytes = PATH_MAX + NAME_MAX + 2;
+
 struct StartFailure {
     int stage = -1;  // -1: none; 0: chdir; 1: exec
     int error = 0;
@@ -253,6 +361,10 @@ struct Launch {
     char* const* argv;
     char* const* envp;
     const char* path;       // where to look for argv[0] without '/': the PATH of envp
+    const char* cached;     // where argv[0] was found before (PathCache), tried first; nullptr: none
+    char* tried;            // the file of the exec under way, "" after one failed: kTriedBytes
+    bool cached_failed;     // written by the child: `cached` did not exec
+    const sigset_t* reset;  // the signals to set back to SIG_DFL (SignalsToReset)
     char* const* fallback;  // exec'd when argv cannot be (nullptr: none)
     char** script;          // {"/bin/sh", FILE, argv[1], ...}: for a file without a #! line
     const char* cwd;
@@ -268,24 +380,34 @@ struct Launch {
 // execvp(), with the PATH of the command's environment rather than ours (which a child that
 // shares our memory must not change): async-signal-safe, on the child's stack. Returns
 // with errno set when it cannot exec.
-void exec_in_path(const Launch& launch) {
+void exec_in_path(Launch& launch) {
     const char* file = launch.argv[0];
     const auto exec = [&](const char* path) {
+        if (path != launch.tried) {  // the caller's, to cache once this succeeds
+            const std::size_t length = ::strlen(path);
+            length < kTriedBytes ? static_cast<void>(::memcpy(launch.tried, path, length + 1))
+                                 : static_cast<void>(launch.tried[0] = '\0');
+        }
         ::execve(path, launch.argv, launch.envp);
         if (errno == ENOEXEC) {  // as execvp: a script without "#!" is run by /bin/sh
             launch.script[1] = const_cast<char*>(path);
             ::execve(launch.script[0], launch.script, launch.envp);
             errno = ENOEXEC;
         }
+        launch.tried[0] = '\0';
     };
     if (::strchr(file, '/')) return exec(file);
+    if (launch.cached) {
+        exec(launch.cached);
+        launch.cached_failed = true;  // gone, or no longer a program: searched afresh below
+    }
     const std::size_t file_length = ::strlen(file);
     if (file_length > NAME_MAX) {
         errno = ENAMETOOLONG;
         return;
     }
     bool denied = false;
-    char buffer[PATH_MAX + NAME_MAX + 2];
+    char* const buffer = launch.tried;
     for (const char* at = launch.path;;) {
         const char* end = ::strchrnul(at, ':');
         std::size_t length = static_cast<std::size_t>(end - at);
@@ -328,11 +450,12 @@ int child(void* argument) {
     drop_stop_signals_meant_for_the_parent(launch.caller, launch.guardian);
     // Ignored signals stay ignored across exec (the coordinator ignores SIGPIPE), and the
     // mask is inherited: give the program what a shell would. A handler of the caller's must
-    // not run here either, in its memory: every signal is blocked until this is done.
+    // not run here either, in its memory: every signal is blocked until this is done. Only
+    // the signals that are not at SIG_DFL are set (decision 285): the others already are.
     struct sigaction default_action {};
     default_action.sa_handler = SIG_DFL;
     for (int signal = 1; signal < NSIG; ++signal)
-        if (signal != SIGKILL && signal != SIGSTOP) ::sigaction(signal, &default_action, nullptr);
+        if (::sigismember(launch.reset, signal) == 1) ::sigaction(signal, &default_action, nullptr);
     sigset_t none;
     ::sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -348,6 +471,7 @@ int child(void* argument) {
     }
     exec_in_path(launch);
     const int error = errno;
+    launch.tried[0] = '\0';  // not found: nothing to cache, whatever the fallback runs
     if (launch.fallback) ::execve(launch.fallback[0], launch.fallback, launch.envp);
     launch.failure = {1, error};
     ::_exit(127);
@@ -545,15 +669,33 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     auto [out_read, out_write] = make_pipe();
     auto [err_read, err_write] = make_pipe();
 
+    const char* const path = search_path(spec.env);
+    // (PATH, name) -> the file found there before; only for a name without '/' and a PATH of
+    // absolute directories (PathCache).
+    std::string cache_key;
+    std::string cached;
+    if (spec.argv[0].find('/') == std::string::npos && PathCache::cacheable(path)) {
+        cache_key.reserve(std::strlen(path) + spec.argv[0].size() + 1);
+        cache_key.append(path).append(1, '\0').append(spec.argv[0]);
+        cached = path_cache().find(cache_key);
+    }
+    char tried[kTriedBytes];
+    tried[0] = '\0';
+    const sigset_t reset = signals_to_reset().get();
+
     Guard& guard = Guard::instance();
     Child child_process(guard.take(std::chrono::duration_cast<std::chrono::nanoseconds>(watch.grace)));
     Launch launch{.argv = argv.data(),
                   .envp = envp.data(),
-                  .path = search_path(spec.env),
+                  .path = path,
+                  .cached = cached.empty() ? nullptr : cached.c_str(),
+                  .tried = tried,
+                  .cached_failed = false,
+                  .reset = &reset,
                   .fallback = spec.fallback.empty() ? nullptr : fallback.data(),
                   .script = script.data(),
                   .cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str(),
-                  .caller = ::getpid(),
+                  .caller = this_pid(),
                   .guardian = guard.pid(),
                   .null = input.get() >= 0 ? input.get() : dev_null(),
                   .out = out_write.get(),
@@ -569,6 +711,14 @@ Outcome run_child(const ChildSpec& spec, const Watch& watch) {
     child_process.started(pid);
     out_write.reset();
     err_write.reset();
+    if (!cache_key.empty()) {
+        const bool found = launch.failure.stage < 0 && tried[0] != '\0';
+        if (found && cached != tried) {
+            path_cache().keep(std::move(cache_key), tried);
+        } else if (!found && launch.cached_failed) {
+            path_cache().forget(cache_key);  // found nowhere now (the shell's fallback ran, or nothing)
+        }
+    }
     if (launch.failure.stage >= 0) {
         child_process.reap();
         if (launch.failure.stage == 0)
