@@ -442,9 +442,6 @@ class SlurmAlloc(SlurmCase):
         self.assertLessEqual(most, 2, "more allocations than --max-allocs at once")
         # The workers are NODE-JOBID.RANK; every job is one the run said it submitted.
         submitted = set(re.findall(r"--alloc: allocating: .*submitted job (\d+)", err))
-        # A farm's plan has no count: the log says no number (it said "many task(s) wait").
-        self.assertIn("--alloc: allocating: tasks wait and 0 allocation(s) exist (--max-allocs 2)", err)
-        self.assertNotIn("many", err)
         jobs = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in lines}
         self.assertLessEqual(jobs, submitted, err)
         self.assertTrue(all(line["host"] in NODES for line in lines))
