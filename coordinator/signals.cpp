@@ -2,7 +2,6 @@
 
 #include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -13,6 +12,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "stop_wake.hpp"
 #include "temp_dirs.hpp"
 #include "unique_fd.hpp"
 
@@ -50,19 +50,14 @@ SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout, std::strin
         // the run's end does not wait out a timeout (it waited 0-100 ms, at every exit); the
         // 100 ms wake stays for --drain-timeout's deadline. Without them, sigtimedwait.
         const UniqueFd signals(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
-        const UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-        const std::stop_callback on_done(done, [&wake] {
-            const std::uint64_t one = 1;
-            if (wake.get() < 0) return;
-            [[maybe_unused]] const auto wrote = ::write(wake.get(), &one, sizeof one);
-        });
+        const StopWake wake(done);
         const timespec poll{0, 100'000'000};
         while (!done.stop_requested()) {
             int received = 0;
             int code = 0;
             pid_t sender = 0;
-            if (signals.get() >= 0 && wake.get() >= 0) {
-                pollfd polled[] = {{signals.get(), POLLIN, 0}, {wake.get(), POLLIN, 0}};
+            if (signals.get() >= 0 && wake.fd() >= 0) {
+                pollfd polled[] = {{signals.get(), POLLIN, 0}, {wake.fd(), POLLIN, 0}};
                 ::poll(polled, 2, 100);
                 signalfd_siginfo info{};
                 if (::read(signals.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {

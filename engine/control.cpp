@@ -1,7 +1,6 @@
 #include "control.hpp"
 
 #include <fcntl.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,9 +15,9 @@
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
+#include "stop_wake.hpp"
 #include "text.hpp"
 #include "temp_dirs.hpp"
-#include "unique_fd.hpp"
 #include "wire.hpp"
 
 namespace taskfarm {
@@ -333,16 +332,11 @@ ControlServer::ControlServer(CancelBoard& board) : board_(board) {
     thread_ = std::jthread([this, context, socket](std::stop_token stop) mutable {
         // The end of the run wakes the poll at once (an eventfd), rather than after kPoll: every
         // run's exit waited for it.
-        const UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-        const std::stop_callback on_stop(stop, [&wake] {
-            const std::uint64_t one = 1;
-            if (wake.get() < 0) return;
-            [[maybe_unused]] const auto wrote = ::write(wake.get(), &one, sizeof one);
-        });
+        const StopWake wake(stop);
         while (!stop.stop_requested()) {
-            zmq::pollitem_t items[] = {{socket->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake.get(), ZMQ_POLLIN, 0}};
+            zmq::pollitem_t items[] = {{socket->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake.fd(), ZMQ_POLLIN, 0}};
             try {
-                zmq::poll(items, wake.get() >= 0 ? 2 : 1, kPoll);
+                zmq::poll(items, wake.fd() >= 0 ? 2 : 1, kPoll);
                 if (!(items[0].revents & ZMQ_POLLIN)) continue;
                 zmq::message_t request;
                 if (!socket->recv(request, zmq::recv_flags::dontwait)) continue;

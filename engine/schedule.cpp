@@ -64,13 +64,12 @@ Schedule::Clock::time_point Schedule::next_deadline() const {
     // Spawning is most of the start-up: one worker per tick, and between two spawns whoever
     // is up says hello, gets work and hears heartbeats, however many are still to come.
     // With spawn_on_demand, only while a task waits for a worker.
-    if (to_spawn_ > 0 && (!options_.spawn_on_demand || wants_worker())) return began_;  // passed: tick at once
+    if (spawns_now()) return began_;  // passed: tick at once
     return std::min(next_heartbeat_, next_watch_);
 }
 
 bool Schedule::done() const {
-    if (draining_)
-        return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w.second.in_flight.empty(); });
+    if (draining_) return held_ == 0;  // asked at every pass of the loop: a count, not a walk of the workers
     // A short plan may be done before the last worker is up; the run still waits for its
     // hello (its placement goes in the report, and one that cannot start is an error).
     return all_finished() && all_hello_;
@@ -107,20 +106,28 @@ void Schedule::spawn_next(Clock::time_point now) {
     if (options_.spawn_on_demand)
         all_hello_ = false;  // until this one says hello
     else if (to_spawn_ == 0 && !all_hello_)
-        all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+        all_hello_ = every_spawned_said_hello();
 }
 
-bool Schedule::wants_worker() const {
-    if (to_spawn_ <= 0 || !dispatching_ || draining_) return false;
-    if (std::any_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return !s.second.said_hello; }))
-        return false;  // one at a time: the one starting takes the next task
-    for (const auto& [peer, worker] : workers_)
-        if (worker.in_flight.size() < limit(worker)) return false;
-    return pending() > 0;
+bool Schedule::spawns_now() const {
+    // None while draining or stopping: nothing more is handed out, so a worker would only start
+    // and be shut down (a SIGTERM during the start-up spawned the rest of the workers anyway).
+    if (to_spawn_ <= 0 || draining_ || stop_.stop_requested()) return false;
+    if (!options_.spawn_on_demand) return true;
+    // O(1): asked twice per pass of the dispatcher's loop (next_deadline() and tick()), with up
+    // to 1,024 workers (`parallel -j 0`). One at a time: while one is starting, it takes the next
+    // task. unplaced_ is what the last dispatch() found; a result or a hello since then may have
+    // made room, which only makes the loop tick at once, where dispatch() looks again.
+    return dispatching_ && starting_ == 0 && unplaced_;
+}
+
+void Schedule::forget_spawned(std::map<pid_t, Spawned>::iterator spawned) {
+    if (!spawned->second.said_hello) --starting_;
+    spawned_.erase(spawned);
 }
 
 void Schedule::tick(Clock::time_point now) {
-    if (to_spawn_ > 0 && !options_.spawn_on_demand) spawn_next(now);
+    if (!options_.spawn_on_demand && spawns_now()) spawn_next(now);
     // Checked on a timer, not at every event: at 100,000s of results a second, walking
     // every worker each time would cost more than the results.
     if (now >= next_watch_) {
@@ -133,12 +140,14 @@ void Schedule::tick(Clock::time_point now) {
     }
     if (now >= next_heartbeat_) send_heartbeats(now);
     dispatch(now);
-    if (options_.spawn_on_demand && wants_worker()) spawn_next(now);
+    if (options_.spawn_on_demand && spawns_now()) spawn_next(now);
 }
 
 void Schedule::spawn(const std::string& name, int cpu, Clock::time_point now) {
     const pid_t pid = actions_.spawn(name, cpu);
-    spawned_[pid] = Spawned{name, cpu, now};
+    if (const auto reused = spawned_.find(pid); reused != spawned_.end()) forget_spawned(reused);
+    spawned_.emplace(pid, Spawned{name, cpu, now});
+    ++starting_;
     actions_.note({.kind = RunEvent::Kind::WorkerStarted, .worker = name, .detail = fmt::format("pid {}", pid)});
 }
 
@@ -170,7 +179,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
             remote->address.empty() ? "an unknown address" : remote->address, remote->user,
             dispatching_ ? "" : fmt::format(" ({} of {} expected)", remote_workers() + 1, options_.expect_remote));
     } else if (auto spawned = spawned_.find(pid); spawned != spawned_.end()) {
-        spawned->second.said_hello = true;
+        if (!std::exchange(spawned->second.said_hello, true)) --starting_;
         if (spawned->second.cpu >= 0 && spawned->second.cpu != hello.cpu)
             spdlog::warn("worker {} (pid {}) was to run on cpu {} only, but reports {}", hello.name, hello.pid,
                          spawned->second.cpu, hello.cpu >= 0 ? fmt::format("cpu {}", hello.cpu) : "several CPUs");
@@ -191,8 +200,7 @@ void Schedule::hello(const PeerId& peer, const proto::Hello& hello, const std::o
             {.kind = RunEvent::Kind::WorkerStarted, .worker = hello.name, .detail = remote_detail(worker.host)});
     spdlog::debug("worker {} (pid {}, cpu {}) said hello", hello.name, hello.pid, hello.cpu);
     some_hello_ = true;
-    if (!all_hello_ && (to_spawn_ == 0 || options_.spawn_on_demand))
-        all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+    if (!all_hello_ && (to_spawn_ == 0 || options_.spawn_on_demand)) all_hello_ = every_spawned_said_hello();
     if (!dispatching_ && remote_workers() >= static_cast<std::size_t>(options_.expect_remote)) start_dispatching(now);
 }
 
@@ -232,6 +240,7 @@ void Schedule::result(const PeerId& peer, proto::Result&& message, Clock::time_p
     const Attempt done = *attempt;
     const bool was_running = attempt == worker.in_flight.begin();
     worker.in_flight.erase(attempt);
+    --held_;
     release(done.index);
     worker.running_since = now;  // the next one, if any, starts now
     if (was_running && !worker.in_flight.empty()) front_started(worker, now);
@@ -300,7 +309,7 @@ void Schedule::check_recycle(std::map<PeerId, Worker>::iterator found, Clock::ti
     const auto spawned = spawned_.find(worker.pid);
     spdlog::info("recycling worker {} (pid {}): {}", worker.name, worker.pid, worker.retiring);
     retired_[worker.pid] = Retired{worker.name, spawned->second.cpu, now};
-    spawned_.erase(spawned);
+    forget_spawned(spawned);
     actions_.send_shutdown(found->first);
     actions_.recycled(worker.name, worker.retiring);
     workers_.erase(found);
@@ -363,15 +372,14 @@ void Schedule::record_cancelled(const Attempt& attempt, const std::string& worke
 void Schedule::drain(Clock::time_point) {
     if (draining_) return;
     draining_ = true;
-    std::size_t held = 0;
-    for (const auto& [peer, worker] : workers_) held += worker.in_flight.size();
     // A plan read as the run goes (standard input, a Farm's submits) has no count: its number
     // of tasks not handed out is not known, and kUnknownFresh is no count to print.
     const std::size_t waiting = pending();
-    if (waiting >= kUnknownFresh)
-        spdlog::info("draining: {} task(s) held by workers finish; those not handed out stay for --resume", held);
+    if (!counted(waiting))
+        spdlog::info("draining: {} task(s) held by workers finish; those not handed out stay for --resume", held_);
     else
-        spdlog::info("draining: {} task(s) held by workers finish; {} not handed out stay for --resume", held, waiting);
+        spdlog::info("draining: {} task(s) held by workers finish; {} not handed out stay for --resume", held_,
+                     waiting);
 }
 
 void Schedule::returned(const PeerId& peer, const proto::Returned& message, Clock::time_point) {
@@ -389,6 +397,7 @@ void Schedule::returned(const PeerId& peer, const proto::Returned& message, Cloc
         if (attempt == in_flight.end()) continue;  // stale: not one it holds
         const Attempt given = *attempt;
         in_flight.erase(attempt);
+        --held_;
         release(given.index);
         if (cancelled_.contains(given.index)) {  // never ran: its cancel is the result
             record_cancelled(given, worker->second.name, Clock::duration::zero());
@@ -452,6 +461,7 @@ void Schedule::watch_overruns(Clock::time_point now) {
         Worker& worker = workers_.at(peer);
         const Attempt attempt = worker.in_flight.front();
         worker.in_flight.pop_front();
+        --held_;
         release(attempt.index);
         const double timeout_s = task(attempt.index).timeout_s;
         fail(attempt, worker.name,
@@ -498,6 +508,7 @@ void Schedule::no_more_workers(const std::string& reason) {
 Schedule::RemoteLoad Schedule::remote_load() const {
     RemoteLoad load;
     if (!draining_ && dispatching_ && !stop_.stop_requested()) load.waiting = pending();
+    load.counted = counted(load.waiting);
     for (const auto& [peer, worker] : workers_)
         if (worker.remote) load.workers.emplace_back(worker.name, worker.in_flight.size());
     return load;
@@ -595,12 +606,14 @@ void Schedule::pop_pending() {
 void Schedule::dispatch(Clock::time_point now) {
     // Work starts at the first hello: a worker holds one task until results show that tasks
     // are short, so an early worker cannot take work that later ones should have had.
+    unplaced_ = false;
     if (!dispatching_ || draining_) return;
     has_fresh();  // a line awaited from a slow producer may have come (plan_ready_fd())
     if (workers_.empty()) {
         if (pending() > 0 && spawned_.empty() && retired_.empty() && to_spawn_ == 0 && !options_.listening)
             fail_pending(fmt::format("not run: every worker died and --max-respawns {} replacements are used up",
                                      options_.max_respawns));
+        unplaced_ = pending() > 0;
         return;
     }
     // Shallowest queue first, and a fair share each, so a short plan spreads over every
@@ -617,7 +630,10 @@ void Schedule::dispatch(Clock::time_point now) {
             ++open;
             if (target == workers_.end() || it->second.in_flight.size() < target->second.in_flight.size()) target = it;
         }
-        if (target == workers_.end()) break;
+        if (target == workers_.end()) {
+            unplaced_ = true;  // every worker holds its limit
+            break;
+        }
         const std::size_t share = std::max<std::size_t>(1, (pending() + open - 1) / open);
         send_tasks(target, std::min({limit(target->second) - target->second.in_flight.size(), share, pending()}), now);
     }
@@ -691,6 +707,7 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
         if (batch_.empty()) return;
         count -= batch_.size();
         worker.in_flight.insert(worker.in_flight.end(), batch_.begin(), batch_.end());
+        held_ += batch_.size();
         if (std::exchange(idle, false)) front_started(worker, now);
         if (!actions_.send_tasks(target->first, batch_))
             return lose_worker(target->first, fmt::format("worker {} disconnected", worker.name), now);
@@ -712,6 +729,7 @@ bool Schedule::send_asking(Clock::time_point now) {
             return !asking_head_;
         }
     asking_head_ = true;
+    unplaced_ = true;  // no local worker is idle: a new one could take it
     return false;
 }
 
@@ -811,6 +829,7 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     if (found->second.remote) actions_.send_shutdown(peer);
     const Worker lost = std::move(found->second);
     workers_.erase(found);
+    held_ -= lost.in_flight.size();
     // Its tasks' process groups, which its death may have orphaned (a guardian killed with it):
     // before the worker is reaped, so that a group a task of it still holds has not ended
     // (decision 116).
@@ -822,7 +841,7 @@ void Schedule::lose_worker(const PeerId& peer, const std::string& reason, Clock:
     const bool ours = spawned != spawned_.end();
     const int cpu = ours ? spawned->second.cpu : -1;
     if (ours) {
-        spawned_.erase(spawned);
+        forget_spawned(spawned);
         actions_.kill(lost.pid);
     }
     // Which of its tasks it had started (decision 110): what its board says, the one attempt
@@ -868,7 +887,7 @@ void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::tim
     const auto spawned = spawned_.find(pid);
     if (spawned == spawned_.end()) return;
     const Spawned lost = spawned->second;
-    spawned_.erase(spawned);
+    forget_spawned(spawned);
     actions_.note({.kind = RunEvent::Kind::WorkerExited, .worker = lost.name, .detail = reason, .lost = true});
     // On demand (spawn_on_demand), once a worker of the run said hello, a later one lost before
     // its hello is the machine saying no (out of processes, too loaded to start one in time):
@@ -876,7 +895,7 @@ void Schedule::lose_unconnected(pid_t pid, const std::string& reason, Clock::tim
     if (options_.spawn_on_demand && some_hello_) {
         spdlog::warn("{}; no more workers are started on demand", reason);
         to_spawn_ = 0;
-        all_hello_ = std::all_of(spawned_.begin(), spawned_.end(), [](const auto& s) { return s.second.said_hello; });
+        all_hello_ = every_spawned_said_hello();
         return;
     }
     // At start-up this is a broken installation, not bad luck.

@@ -218,6 +218,9 @@ public:
     // (none while draining), and each connected remote worker's name and the tasks it holds.
     struct RemoteLoad {
         std::size_t waiting = 0;
+        // False for a plan without a count (a Farm's submits, standard input) while tasks are
+        // still to come: `waiting` is then only "some", a stand-in, never a number to print.
+        bool counted = true;
         std::vector<std::pair<std::string, std::size_t>> workers;
     };
     RemoteLoad remote_load() const;
@@ -268,9 +271,16 @@ private:
 
     void spawn(const std::string& name, int cpu, Clock::time_point now);
     // The next of the initial workers to spawn: all at the start, or with spawn_on_demand
-    // when a task waits for one (wants_worker()).
+    // when a task waits for one (spawns_now()).
     void spawn_next(Clock::time_point now);
-    bool wants_worker() const;
+    // Whether the next initial worker is to be spawned now: one per tick at the start; with
+    // spawn_on_demand, when the last dispatch left a task no worker could take and none is
+    // starting. Never while draining or stopping.
+    bool spawns_now() const;
+    // Every process of ours said hello (none is starting).
+    bool every_spawned_said_hello() const { return starting_ == 0; }
+    // Erases a process of ours, keeping starting_.
+    void forget_spawned(std::map<pid_t, Spawned>::iterator spawned);
     void start_dispatching(Clock::time_point now);
     void watch_start(Clock::time_point now);
     void watch_liveness(Clock::time_point now);
@@ -346,6 +356,8 @@ private:
     // Not yet sent: the retries and returned tasks first, then the cursor's, made as they go
     // out: only the tasks handed out and not finished are held (live_), never the plan.
     static constexpr std::size_t kUnknownFresh = std::size_t{1} << 30;
+    // Whether a number of pending() tasks is one (not the stand-in for an unknown count).
+    static bool counted(std::size_t pending) { return pending < kUnknownFresh; }
     std::deque<Attempt> retries_;
     mutable std::unique_ptr<TaskCursor> cursor_;
     mutable std::optional<std::size_t> peeked_;  // the cursor's next task, made and in live_, not yet taken
@@ -357,8 +369,13 @@ private:
     Attempt next_fresh_{0, 1};                                // scratch for peek_pending() of a fresh task
     std::map<PeerId, Worker> workers_;                        // connected: said hello, not lost
     std::map<pid_t, Spawned> spawned_;                        // live processes of ours, by pid
+    int starting_ = 0;                                        // of spawned_, those that have not said hello
+    // The last dispatch() left a task that no worker could take (all at their limit, or none);
+    // true before the first, so that the first on-demand worker is spawned at once.
+    bool unplaced_ = true;
     int to_spawn_ = 0;                                        // initial workers not spawned yet; one per tick
     std::size_t finished_ = 0;                                // tasks with a final result
+    std::size_t held_ = 0;                                    // attempts in the workers' in_flight, all together
     int respawns_ = 0;
     bool all_hello_ = false;                      // every initial worker was spawned and said HELLO
     bool some_hello_ = false;                     // a worker of ours said HELLO

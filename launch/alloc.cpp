@@ -158,21 +158,24 @@ std::string seconds_of(Clock::duration duration) {
     return fmt::format("{:.1f} s", std::chrono::duration<double>(duration).count());
 }
 
+// One or more decimal digits: a Slurm job id (as sbatch --parsable prints it and a worker's
+// name carries it), or a field of a time limit.
+bool all_digits(std::string_view text) {
+    return !text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
 }  // namespace
 
 // D+(:D+){0,2} or D+-D+(:D+){0,2}, scanned (std::regex recurses once a character).
 bool is_slurm_time(const std::string& text) {
-    const auto digits = [](std::string_view part) {
-        return !part.empty() && part.find_first_not_of("0123456789") == std::string_view::npos;
-    };
     std::string_view rest = text;
     if (const auto dash = rest.find('-'); dash != std::string_view::npos) {
-        if (!digits(rest.substr(0, dash))) return false;
+        if (!all_digits(rest.substr(0, dash))) return false;
         rest.remove_prefix(dash + 1);
     }
     for (int parts = 0; parts < 3; ++parts) {
         const auto colon = rest.find(':');
-        if (!digits(rest.substr(0, colon))) return false;
+        if (!all_digits(rest.substr(0, colon))) return false;
         if (colon == std::string_view::npos) return true;
         rest.remove_prefix(colon + 1);
     }
@@ -185,7 +188,7 @@ std::string alloc_job_of(const std::string& name) {
     const auto dot = name.find('.', dash);
     if (dot == std::string::npos || dot == dash + 1) return "";
     const std::string job = name.substr(dash + 1, dot - dash - 1);
-    return std::all_of(job.begin(), job.end(), [](char c) { return c >= '0' && c <= '9'; }) ? job : "";
+    return all_digits(job) ? job : "";
 }
 
 Allocator::Allocator(AllocConfig config, std::vector<std::string> worker, std::filesystem::path dir)
@@ -410,8 +413,7 @@ void Allocator::submit(Clock::time_point now, const AllocDemand& demand) {
     argv.push_back("--wrap=" + worker_script());
     const Ran ran = run_command(argv);
     const std::string job = ran.out.substr(0, ran.out.find_first_of(";\n"));
-    const bool ok = ran.started && ran.status == 0 && !job.empty() &&
-                    std::all_of(job.begin(), job.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const bool ok = ran.started && ran.status == 0 && all_digits(job);
     std::string shown;
     for (std::size_t i = 0; i + 1 < argv.size(); ++i) {
         if (i > 0) shown += ' ';
@@ -432,9 +434,10 @@ void Allocator::submit(Clock::time_point now, const AllocDemand& demand) {
     ++submitted_;
     most_at_once_ = std::max(most_at_once_, live_.size());
     said_.clear();
+    // A plan without a count (a Farm's) says no number, as the drain's log does (decision 235).
     const std::string why =
-        fmt::format("allocating: {} task(s) wait and {} allocation(s) exist (--max-allocs {}): submitted job {}",
-                    demand.waiting >= (std::size_t{1} << 30) ? std::string("many") : std::to_string(demand.waiting),
+        fmt::format("allocating: {} and {} allocation(s) exist (--max-allocs {}): submitted job {}",
+                    demand.counted ? fmt::format("{} task(s) wait", demand.waiting) : std::string("tasks wait"),
                     live_.size() - 1, config_.max_allocs, job);
     spdlog::info("--alloc: {}: {} --wrap=...", why, printable(shown));
     remember(why);

@@ -37,6 +37,7 @@ bool is_slurm_time(const std::string& text);
 // What the run asks of the allocator, from the dispatcher's schedule (Schedule::RemoteLoad).
 struct AllocDemand {
     std::size_t waiting = 0;                                   // tasks no worker holds yet
+    bool counted = true;  // false: `waiting` stands for an unknown number (Schedule::RemoteLoad::counted)
     std::vector<std::pair<std::string, std::size_t>> workers;  // connected remote workers: name, tasks held
 };
 

@@ -26,6 +26,7 @@
 #include "child_signals.hpp"
 #include "command_groups.hpp"
 #include "fork_protocol.hpp"
+#include "stop_wake.hpp"
 
 namespace bp = boost::process;
 
@@ -215,7 +216,7 @@ void ForkServer::send_queued() {
     }
 }
 
-int ForkServer::receive(ForkReply& reply) {
+int ForkServer::receive(ForkReply& reply, bool until_ready) {
     while (channel_ >= 0) {
         const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
         if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
@@ -225,6 +226,9 @@ int ForkServer::receive(ForkReply& reply) {
             give_up("sent a reply that is not one");
         } else if (reply.pid == kForkServerReady.pid) {
             ready_ = true;  // no fork answers pid 0: the server's word that it can fork, sent once, first
+            if (until_ready) return 0;
+        } else if (!ready_) {
+            give_up("sent a reply before it was ready");
         } else {
             return 1;
         }
@@ -232,22 +236,19 @@ int ForkServer::receive(ForkReply& reply) {
     return -1;
 }
 
-bool ForkServer::wait_ready(std::chrono::milliseconds timeout) {
+bool ForkServer::wait_ready(std::chrono::milliseconds timeout, const std::stop_token& stop,
+                            const std::stop_token& drain) {
+    if (ready_ || channel_ < 0) return ready_;
+    // A SIGINT or SIGTERM meanwhile ends the wait at once (the run starts nothing more).
+    const StopWake woken(stop, drain);
     const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (channel_ >= 0 && !ready_) {
+    ForkReply packet;
+    while (channel_ >= 0 && !ready_ && !stop.stop_requested() && !drain.stop_requested()) {
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) break;
-        pollfd readable{channel_, POLLIN, 0};
-        if (::poll(&readable, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
-        if (readable.revents == 0) continue;
-        // Its first packet; receive() would take the reply to a request after it.
-        ForkReply reply;
-        const ssize_t got = ::recv(channel_, &reply, sizeof reply, MSG_DONTWAIT);
-        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-        if (got == static_cast<ssize_t>(sizeof reply) && reply.pid == kForkServerReady.pid)
-            ready_ = true;
-        else
-            give_up(got == 0 ? "is gone" : "sent a reply before it was ready");
+        pollfd polled[] = {{channel_, POLLIN, 0}, {woken.fd(), POLLIN, 0}};
+        if (::poll(polled, woken.fd() >= 0 ? 2 : 1, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+        receive(packet, /*until_ready=*/true);
     }
     return ready_;
 }
@@ -306,6 +307,7 @@ pid_t ProcessPool::spawn(const std::string& name, int cpu) {
             spdlog::debug("asked the fork server for worker {} (id {}, cpu {})", name, id, cpu);
             children_.push_back(
                 std::make_unique<Child>(Child{name, -1, id, cpu, std::move(args), std::chrono::steady_clock::now()}));
+            ++unanswered_;
             return id;
         }
     }
@@ -329,7 +331,9 @@ pid_t ProcessPool::exec_worker(const std::vector<std::string>& args, int cpu) {
 void ProcessPool::take_fork_replies() {
     ForkServer* server = launch_.fork_server;
     if (!server) return;
+    // The oldest worker that waits for its answer; O(1) when none does (every reap asks).
     const auto waiting = [this] {
+        if (unanswered_ == 0) return children_.end();
         return std::find_if(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; });
     };
     // Answers come in the order asked: each is the oldest waiting worker's.
@@ -347,6 +351,7 @@ void ProcessPool::take_fork_replies() {
             continue;
         }
         Child& asked = **child;
+        --unanswered_;
         if (reply->pid < 0) {
             failed_.push_back(
                 {asked.id, asked.name, fmt::format("the fork server cannot fork it: {}", std::strerror(reply->error))});
@@ -368,7 +373,7 @@ void ProcessPool::take_fork_replies() {
         std::chrono::steady_clock::now() - std::max((*oldest)->asked, last_fork_reply_) > kForkReplyTimeout)
         server->give_up(fmt::format("did not answer within {} s (stopped or stuck?)",
                                     std::chrono::duration_cast<std::chrono::seconds>(kForkReplyTimeout).count()));
-    if (server->alive()) return;
+    if (server->alive() || unanswered_ == 0) return;
     // Given up: what it was asked for is exec'd instead (or, killed meanwhile, forgotten).
     for (auto child = children_.begin(); child != children_.end();) {
         Child& asked = **child;
@@ -376,6 +381,7 @@ void ProcessPool::take_fork_replies() {
             ++child;
             continue;
         }
+        --unanswered_;
         if (!asked.killed) {
             try {
                 asked.pid = exec_worker(asked.args, asked.cpu);
@@ -393,10 +399,9 @@ void ProcessPool::take_fork_replies() {
 }
 
 int ProcessPool::fork_reply_fd() const {
-    if (!launch_.fork_server) return -1;
-    const bool waiting =
-        std::any_of(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; });
-    return waiting ? launch_.fork_server->channel() : -1;
+    // Asked at every pass of the dispatcher's loop: a count, not a walk of up to 1,024 workers.
+    if (!launch_.fork_server || unanswered_ == 0) return -1;
+    return launch_.fork_server->channel();
 }
 
 pid_t ProcessPool::id_of(pid_t pid) {
@@ -490,9 +495,7 @@ std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
     }
     // A worker the fork server never forked is not asked for any more: the server is given
     // up, so one it forks now is killed by it.
-    if (launch_.fork_server &&
-        std::any_of(children_.begin(), children_.end(), [](const auto& child) { return child->pid < 0; }))
-        launch_.fork_server->give_up("had not answered by the end of the mode");
+    if (launch_.fork_server && unanswered_ > 0) launch_.fork_server->give_up("had not answered by the end of the mode");
     for (const auto& child : children_) {
         if (child->pid < 0) {
             exits.push_back({child->id, child->name, "never started: the fork server did not answer"});
@@ -503,6 +506,7 @@ std::vector<WorkerExit> ProcessPool::stop_all(std::chrono::milliseconds grace) {
         exits.push_back({child->id, child->name, "killed after the shutdown grace period"});
     }
     children_.clear();
+    unanswered_ = 0;
     return exits;
 }
 

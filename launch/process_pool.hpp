@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -42,8 +43,10 @@ public:
     // waits here, in order, and is sent as replies make room (take_reply(); decision 265).
     bool request(const std::vector<std::string>& args, int cpu);
     // Waits until the server has preloaded its types and can fork (its first packet,
-    // kForkServerReady), at most `timeout`; true once it has. Nothing else is waited for.
-    bool wait_ready(std::chrono::milliseconds timeout);
+    // kForkServerReady), at most `timeout`, and no longer than `stop` or `drain` (the run's
+    // SIGINT and SIGTERM) is requested; true once it has. Nothing else is waited for.
+    bool wait_ready(std::chrono::milliseconds timeout, const std::stop_token& stop = {},
+                    const std::stop_token& drain = {});
     // The next reply, if one came (it never waits); nullopt if none yet. A server that
     // closed its end is given up (alive() false).
     std::optional<ForkReply> take_reply();
@@ -58,8 +61,10 @@ public:
 private:
     struct Process;
     // Reads one packet into `reply` without waiting: 1 when one came, 0 when none did, -1 when
-    // the server is given up. kForkServerReady is taken here, never returned.
-    int receive(ForkReply& reply);
+    // the server is given up. kForkServerReady is taken here, never returned: it must come
+    // first, and once. `until_ready` (wait_ready()): 0 once it came, before reading on, so that
+    // a request's reply after it is not taken (and lost) there but by take_reply().
+    int receive(ForkReply& reply, bool until_ready = false);
     // Sends the requests that waited for room, in order, while the socket takes them.
     void send_queued();
     std::deque<std::string> queued_;  // requests not sent yet
@@ -149,6 +154,7 @@ private:
                                     // those asked of the fork server
     std::vector<WorkerExit> failed_;                           // could not start: reported by the next reap_exited()
     pid_t next_id_;                                            // for the next worker asked of the fork server
+    std::size_t unanswered_ = 0;  // of children_, those asked of the fork server with no answer yet (pid < 0)
     std::chrono::steady_clock::time_point last_fork_reply_{};  // when the fork server last answered
 };
 

@@ -96,10 +96,15 @@ std::vector<std::string> step_worker_command(const ProcessesOptions& config, con
 RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
     // The fork server serves every mode of the run and loads the plan's types once: its start
     // is not this mode's, whose clock starts once it can fork (decision 262). Its workers'
-    // start is, as ever (decision 5). A server not ready in time is waited for as before.
+    // start is, as ever (decision 5). A server not ready in time is waited for as before. A
+    // SIGINT or SIGTERM ends the wait at once, and the schedule then starts no worker.
     if (fork_server_) {
-        const bool ready = fork_server_->wait_ready(ProcessPool::kForkReplyTimeout);
-        spdlog::debug("the fork server is {}; the processes mode's clock starts", ready ? "ready" : "not ready yet");
+        const bool ready = fork_server_->wait_ready(ProcessPool::kForkReplyTimeout, stop_, drain_);
+        if (stop_.stop_requested() || drain_.stop_requested())
+            spdlog::debug("stopped while waiting for the fork server: no worker is started");
+        else
+            spdlog::debug("the fork server is {}; the processes mode's clock starts",
+                          ready ? "ready" : "not ready yet");
     }
     nlohmann::json allocations = nullptr;  // --alloc: the allocator's account, for the report
     ModeRecorder recorder(
@@ -184,7 +189,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
                 const auto now = std::chrono::steady_clock::now();
                 if (now >= next) {
                     auto load = dispatcher.remote_load();
-                    allocator->update({load.waiting, std::move(load.workers)});
+                    allocator->update({load.waiting, load.counted, std::move(load.workers)});
                     next = now + kDemandInterval;
                 }
                 return allocator->gave_up();

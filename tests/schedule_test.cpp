@@ -684,6 +684,22 @@ TEST(Schedule, WithWorkersOnDemandNoWorkerWaitsForTheAllocatorNotWaitWorkers) {
     EXPECT_EQ(load.workers[0], std::make_pair(std::string("tf1-7.0"), std::size_t{1}));
 }
 
+// A plan without a count (a Farm's submits, standard input): what waits is "some", not a number,
+// and the allocator's log must not print the stand-in (it said "many task(s) wait").
+TEST(Schedule, WithoutAPlanCountTheRemoteLoadSaysItsWaitingIsNoCount) {
+    Plan plan = sleeps(2);
+    plan.count.reset();
+    Rig rig(std::move(plan), {.workers = 0, .listening = true, .workers_on_demand = true});
+    rig.advance(milliseconds(100));
+    const auto load = rig.schedule.remote_load();
+    EXPECT_GT(load.waiting, 0u);
+    EXPECT_FALSE(load.counted);
+    Rig counted(sleeps(2), {.workers = 0, .listening = true, .workers_on_demand = true});
+    counted.advance(milliseconds(100));
+    EXPECT_TRUE(counted.schedule.remote_load().counted);
+    EXPECT_EQ(counted.schedule.remote_load().waiting, 2u);
+}
+
 TEST(Schedule, WithWorkersOnDemandTheAllocatorGivingUpFailsWhatWaits) {
     Rig rig(sleeps(2), {.workers = 0, .listening = true, .wait_remote = milliseconds(500), .workers_on_demand = true});
     rig.advance(milliseconds(100));
@@ -970,6 +986,55 @@ TEST(Schedule, DrainingHandsOutNothingMoreAndIsDoneOnceNoWorkerHoldsATask) {
     ASSERT_EQ(rig.world.recorded.size(), 2u);
     EXPECT_TRUE(rig.world.retried.empty());
     EXPECT_EQ(rig.schedule.finished(), 2u) << "the 8 not handed out have no result: --resume runs them";
+}
+
+// A SIGTERM during the start-up (or while the fork server starts): the workers not spawned yet
+// are not, since nothing more is handed out; before, the ticks spawned every one and shut them
+// down again. The run is done at once, and the loop does not tick at once for a spawn.
+TEST(Schedule, NoWorkerIsSpawnedOnceTheRunDrains) {
+    for (const bool on_demand : {false, true}) {
+        Rig rig(sleeps(10), {.workers = 4, .prefetch = 1, .spawn_on_demand = on_demand});
+        rig.schedule.drain(rig.now);
+        for (int tick = 0; tick < 8; ++tick) rig.advance(milliseconds(100));
+        EXPECT_TRUE(rig.world.spawned.empty()) << on_demand;
+        EXPECT_TRUE(rig.schedule.done()) << on_demand;
+        EXPECT_GT(rig.schedule.next_deadline(), rig.now) << on_demand;
+    }
+    Rig rig(sleeps(10), {.workers = 4, .prefetch = 1});
+    rig.schedule.tick(rig.now);  // w1
+    rig.hello("w1");             // w2, and w1 holds a task
+    rig.schedule.drain(rig.now);
+    rig.spawn_all();
+    EXPECT_EQ(rig.world.spawned, (std::vector<std::string>{"w1", "w2"}));
+    EXPECT_FALSE(rig.schedule.done()) << "w1 holds a task";
+    EXPECT_EQ(rig.answer_all("w1"), 1u);
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+// The counts that keep a pass of the loop O(1) (starting_, held_) follow every way a worker
+// comes and goes: a worker lost with tasks, one lost before its hello, a recycled one.
+TEST(Schedule, WithSpawnOnDemandWorkersLostOrReplacedKeepTheSpawningAndTheDrainRight) {
+    Rig rig(sleeps(6), {.workers = 8, .prefetch = 1, .spawn_on_demand = true});
+    rig.spawn_all();
+    rig.hello("w1");  // holds task 0; w2 starts
+    rig.hello("w2");  // holds task 1; w3 starts
+    ASSERT_EQ(rig.world.spawned.size(), 3u);
+    // w2 dies holding its task: it is replaced (a respawn, not an on-demand start) and its task requeued.
+    rig.world.exited.insert(rig.world.pids.at(1));
+    rig.schedule.exited(rig.world.pids.at(1), "worker w2 died", rig.now);
+    rig.schedule.tick(rig.now);
+    ASSERT_EQ(rig.world.spawned.size(), 4u);
+    EXPECT_EQ(rig.world.spawned.back(), "w2");
+    rig.hello("w3");
+    rig.hello("w2");  // the replacement
+    rig.spawn_all();
+    rig.schedule.drain(rig.now);
+    EXPECT_FALSE(rig.schedule.done()) << "w1, w2 and w3 hold tasks";
+    rig.answer_all("w1");
+    rig.answer_all("w3");
+    EXPECT_FALSE(rig.schedule.done()) << "w2 holds one";
+    rig.answer_all("w2");
+    EXPECT_TRUE(rig.schedule.done());
 }
 
 TEST(Schedule, RecyclesAWorkerAtMaxTasksAndReplacesItWithoutARespawnOrAnAttempt) {

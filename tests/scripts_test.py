@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -581,6 +582,35 @@ class Packages(unittest.TestCase):
     def test_nothing_runs_apt_when_every_package_is_installed(self):
         self.assertEqual(self.run_script("test", installed=True), [])
         self.assertEqual(self.run_script("setup", installed=True), [])
+
+    def run_fuzz(self, installed):
+        """scripts/fuzz in a copy of the scripts, whose built fuzzer is a stand-in that exits 0."""
+        root = self.dir / "repo"
+        (root / "scripts").mkdir(parents=True)
+        for script in ("fuzz", "setup", "install-packages"):
+            shutil.copy2(REPO / "scripts" / script, root / "scripts" / script)
+        (root / "tests" / "fuzz" / "corpus" / "decode").mkdir(parents=True)
+        (root / "tests" / "fuzz" / "corpus" / "decode" / "seed").write_bytes(b"\x80")
+        fuzzer = root / "build-fuzz" / "bin" / "decode_fuzzer"
+        fuzzer.parent.mkdir(parents=True)
+        fuzzer.write_text("#!/bin/sh\nexit 0\n")
+        fuzzer.chmod(0o755)
+        env = {"PATH": f"{self.dir}:{os.environ['PATH']}", "FAKE_INSTALLED": "1" if installed else ""}
+        done = run([root / "scripts" / "fuzz", "1"], env=env, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return self.log.read_text().splitlines()
+
+    def test_fuzz_installs_clang_with_setups_packages_in_one_apt_run(self):
+        # It ran an apt-get update of its own for clang, beside the package step (decision 297).
+        calls = self.run_fuzz(installed=False)
+        self.assertEqual(calls.count("update -qq"), 1, calls)
+        installs = [call.split() for call in calls if call.startswith("install")]
+        self.assertEqual(len(installs), 1, calls)
+        for package in ("clang", "libclang-rt-dev", "libgtest-dev", "python3", "g++", "libzmq3-dev"):
+            self.assertIn(package, installs[0])
+
+    def test_fuzz_runs_no_apt_when_every_package_is_installed(self):
+        self.assertEqual(self.run_fuzz(installed=True), [])
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ std::filesystem::path numbers(const TempDir& dir, int count) {
 }
 
 Running::Running(const std::string& program, const std::vector<std::string>& args) {
-    const std::string exe = bin(program).string();
+    const std::string exe = program.find('/') == std::string::npos ? bin(program).string() : program;
     std::vector<char*> argv{const_cast<char*>(exe.c_str())};
     for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
     argv.push_back(nullptr);

@@ -95,6 +95,7 @@ Output run_binary(const std::string& program, const std::vector<std::string>& ar
 // test if still there.
 class Running {
 public:
+    // `program`: a name in build/bin, or a path (one with a '/').
     Running(const std::string& program, const std::vector<std::string>& args);
     ~Running();
     Running(const Running&) = delete;

@@ -553,6 +553,9 @@ class SlurmAlloc(SlurmCase):
         self.assertGreaterEqual(most, 1)
         self.assertLessEqual(most, 2, "more allocations than SlurmAllocations::max_allocs at once")
         submitted = set(re.findall(r"--alloc: allocating: .*submitted job (\d+)", err))
+        # A farm's plan has no count: the log says no number (it said "many task(s) wait").
+        self.assertIn("--alloc: allocating: tasks wait and 0 allocation(s) exist (--max-allocs 2)", err)
+        self.assertNotIn("many", err)
         jobs = {line["worker"].rsplit("-", 1)[1].split(".")[0] for line in lines}
         self.assertTrue(jobs, err)
         self.assertLessEqual(jobs, submitted, err)
