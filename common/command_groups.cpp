@@ -93,10 +93,17 @@ void use_table_dir(const std::filesystem::path& dir) {
     table_dir = dir;
 }
 
+std::filesystem::path table_path(const std::filesystem::path& dir, pid_t group, pid_t pid) {
+    return dir / fmt::format("command-groups-{}", group) / std::to_string(pid);
+}
+
 std::string table_file() {
     std::lock_guard lock(table_dir_mutex);
     if (table_dir.empty()) return "";
-    return (table_dir / fmt::format("command-groups-{}-{}", ::getpgrp(), ::getpid())).string();
+    const std::filesystem::path path = table_path(table_dir, ::getpgrp(), ::getpid());
+    // Made by the group's first process; another of the group may have made it already.
+    if (::mkdir(path.parent_path().c_str(), 0700) != 0 && errno != EEXIST) return "";
+    return path.string();
 }
 
 std::vector<pid_t> groups_in_table(const std::filesystem::path& file) {
@@ -120,15 +127,16 @@ std::vector<pid_t> groups_in_table(const std::filesystem::path& file) {
 
 std::vector<pid_t> take_tables(const std::filesystem::path& dir, pid_t group) {
     std::vector<pid_t> groups;
-    const std::string prefix = fmt::format("command-groups-{}-", group);
+    const std::filesystem::path group_dir = table_path(dir, group, 0).parent_path();
     std::error_code error;
     std::vector<std::filesystem::path> files;
-    for (std::filesystem::directory_iterator at(dir, error), end; !error && at != end; at.increment(error))
-        if (at->path().filename().string().starts_with(prefix)) files.push_back(at->path());
+    for (std::filesystem::directory_iterator at(group_dir, error), end; !error && at != end; at.increment(error))
+        files.push_back(at->path());
     for (const auto& file : files) {
         for (const pid_t found : groups_in_table(file)) groups.push_back(found);
         std::filesystem::remove(file, error);
     }
+    std::filesystem::remove(group_dir, error);  // gone already when the group ran no command
     return groups;
 }
 

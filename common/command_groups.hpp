@@ -1,7 +1,7 @@
 #pragma once
 // The process groups of the commands this process runs now (tasks/command/child.cpp), for
 // a process that outlives it to end them. A worker its coordinator started keeps them in a
-// table file of the coordinator's --state-dir (`command-groups-PGRP-PID`), which the
+// table file of the coordinator's --state-dir (`command-groups-PGRP/PID`), which the
 // coordinator reads when it reaps the worker (found dead, killed as lost, at the end of the
 // run) and SIGKILLs every group in it (decision 206); only a worker without that file (one
 // started by hand) reports them in its heartbeats (decision 116). Also the command's grace,
@@ -47,11 +47,15 @@ struct Table {
 
 // Called once, before the first command: this process's table goes in a file of `dir`.
 void use_table_dir(const std::filesystem::path& dir);
-// "DIR/command-groups-PGRP-PID" for this process, or "" with no table directory.
+// "DIR/command-groups-GROUP/PID": the tables of one process group sit in a directory of their
+// own, so that reaping a worker reads its group's directory, not every worker's files (a run
+// that ends 1,000 workers listed 1,000 files a reap).
+std::filesystem::path table_path(const std::filesystem::path& dir, pid_t group, pid_t pid);
+// table_path() of this process, its directory made, or "" with no table directory.
 std::string table_file();
 // The groups in the tables of the processes of process group `group` (a worker's, whose id
-// is its pid) in `dir`; the files are removed. Call it once they are dead, before the
-// worker is reaped. Nothing when there are none.
+// is its pid) in `dir`; the files and their directory are removed. Call it once they are
+// dead, before the worker is reaped. Nothing when there are none.
 std::vector<pid_t> take_tables(const std::filesystem::path& dir, pid_t group);
 // The groups in one table file, which stays.
 std::vector<pid_t> groups_in_table(const std::filesystem::path& file);

@@ -2,8 +2,8 @@
 """What one command costs in processes and system calls, counted by strace (label perf).
 
 Runs `coordinator --command true` (no shell syntax: the worker execs it, as xargs does,
-searching a PATH whose first three directories lack it: each is passed with a lookup, not an
-execve that fails) under `strace -f -c` (every process of the run: the
+searching a PATH whose first three directories lack it: the PATH is searched once per worker,
+so a search per command shows as three `access` calls more per command) under `strace -f -c` (every process of the run: the
 coordinator, the fork server, the workers, the guardians and the commands) at two numbers of
 inputs and divides the difference in counts by the difference in inputs, so start-up and
 shutdown cancel out. Counts do not depend on how loaded the machine is, except the calls that
@@ -72,6 +72,11 @@ def main():
         "processes": sum(per.get(name, 0) for name in PROCESS_CALLS),
         "execve": per.get("execve", 0),
         "syscalls": sum(per.values()),
+        # The child's signal resets (decision 285: the ones not at default, and always the
+        # six a command's life depends on) and the PATH search (decision 286: once per
+        # worker and name; the one left is the loader's own).
+        "rt_sigaction": per.get("rt_sigaction", 0),
+        "access": per.get("access", 0),
     }
     print("per command: " + ", ".join(f"{name} {value:.2f}" for name, value in sorted(measured.items())))
     print("busiest calls per command: " +

@@ -246,7 +246,9 @@ TEST(ProcessPool, ATableThatNamesItsOwnGroupIsNotKilled) {
         try {
             ProcessPool pool({.binary = "/bin/sh", .prefix = {"-c", "exec sleep 30", "sh"}, .state_dir = dir.path()});
             const pid_t worker = pool.spawn("w1");  // exec'd: its id is its pid and its group
-            const std::string file = (dir.path() / fmt::format("command-groups-{}-{}", worker, worker)).string();
+            const std::filesystem::path path = command_groups::table_path(dir.path(), worker, worker);
+            std::filesystem::create_directory(path.parent_path());
+            const std::string file = path.string();
             const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
             if (fd < 0 || ::ftruncate(fd, sizeof(command_groups::Table)) != 0) std::_Exit(3);
             void* memory = ::mmap(nullptr, sizeof(command_groups::Table), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

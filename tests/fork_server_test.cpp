@@ -355,6 +355,7 @@ TEST(ForkServer, ARunWithoutWorkerProcessesStartsNone) {
                                                  "60", "--drain-timeout", "0"});
     ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== threads") != std::string::npos; },
                                     std::chrono::seconds(10)));
+    EXPECT_EQ(testing::children_of(coordinator.pid()), std::vector<pid_t>{});
     coordinator.signal(SIGTERM);
     EXPECT_EQ(coordinator.wait(std::chrono::seconds(20)).exit_code, 143);
 }

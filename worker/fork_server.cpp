@@ -16,17 +16,21 @@
 #include <spdlog/spdlog.h>
 #include <zmq.h>
 
+#include "this_pid.hpp"
+
 namespace taskfarm {
 namespace {
 
 // fork(), except that the child's parent is our parent, the coordinator: glibc's fork has no
 // such flag. The process is single-threaded and holds no lock, so glibc's fork handlers have
-// nothing to do; its main thread's cached thread id stays the server's (decision 101).
+// nothing to do; its main thread's cached thread id stays the server's (decision 101). Our
+// own atfork handler (this_pid.hpp's) does not run either: become_worker() does its work.
 pid_t fork_as_sibling() { return static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0)); }
 
 // In the new child, before it runs any worker code: what the coordinator's exec'd workers
 // get between fork and exec (process_pool.cpp), plus the pin.
 void become_worker(int channel, pid_t coordinator, int cpu, const char* comm) {
+    forget_this_pid();
     ::close(channel);
     ::prctl(PR_SET_NAME, comm);  // the program's name again, not the server's, in ps and /proc
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);

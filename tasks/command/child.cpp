@@ -35,6 +35,7 @@
 #include "command_groups.hpp"
 #include "unique_fd.hpp"
 #include "process_title.hpp"
+#include "this_pid.hpp"
 
 namespace taskfarm::command {
 namespace {
@@ -64,28 +65,13 @@ void nap(long long ns) {
     }
 }
 
-// This process's pid without a system call per command (glibc keeps no copy): read once,
-// and again in the child of each fork() (pthread_atfork), so that a process forked from one
-// that ran commands (without exec) has its own.
-std::atomic<pid_t> cached_pid{0};
-
-pid_t this_pid() {
-    static std::once_flag registered;
-    std::call_once(registered, [] { ::pthread_atfork(nullptr, nullptr, [] { cached_pid.store(::getpid()); }); });
-    pid_t pid = cached_pid.load(std::memory_order_relaxed);
-    if (pid == 0) {
-        pid = ::getpid();
-        cached_pid.store(pid);
-    }
-    return pid;
-}
-
 // The signals whose disposition is not SIG_DFL (ignored, or a handler), which the child sets
-// back to default before it unblocks its signals (decision 285). Read with sigaction queries
-// at a process's first command and again at every kRereadEvery-th, so that a disposition a
-// program changes while it runs is seen within that many commands; read afresh in a process
-// forked from the one that read it. A worker and the coordinator change none after their
-// start: their commands reset what is not default (SIGPIPE, where ignored) and nothing else.
+// back to default before it unblocks its signals (decision 285), and always the ones a
+// command's life depends on (SIGPIPE, the stop signals, SIGCHLD: an ignored one would survive
+// the exec). Read with sigaction queries at a process's first command and again at every
+// kRereadEvery-th, so that another disposition a program changes while it runs is seen within
+// that many commands; read afresh in a process forked from the one that read it. A worker and
+// the coordinator change none after their start.
 class SignalsToReset {
 public:
     static constexpr std::uint32_t kRereadEvery = 256;
@@ -106,6 +92,7 @@ private:
             if (signal == SIGKILL || signal == SIGSTOP || ::sigaction(signal, nullptr, &current) != 0) continue;
             if (current.sa_handler != SIG_DFL) ::sigaddset(&set_, signal);
         }
+        for (const int signal : {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGCHLD}) ::sigaddset(&set_, signal);
     }
 
     std::mutex mutex_;
