@@ -99,6 +99,7 @@ RunReport ProcessesRunner::run(const Plan& plan, ResultSink& sink) {
     // start is, as ever (decision 5). A server not ready in time is waited for as before. A
     // SIGINT or SIGTERM ends the wait at once, and the schedule then starts no worker.
     if (fork_server_) {
+        spdlog::debug("waiting for the fork server to say it is ready");
         const bool ready = fork_server_->wait_ready(ProcessPool::kForkReplyTimeout, stop_, drain_);
         if (stop_.stop_requested() || drain_.stop_requested())
             spdlog::debug("stopped while waiting for the fork server: no worker is started");

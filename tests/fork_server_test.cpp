@@ -277,14 +277,17 @@ TEST(ForkServer, ASignalWhileTheServerStartsEndsTheRunAtOnceWithNoWorkerStartedA
         testing::Running coordinator(coordinator_copy.string(),
                                      {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "0",
                                       "--log-level", "debug", "--results", (dir / "r.jsonl").string()});
-        // The server is up and the run past its signal set-up (its control socket's directory is
-        // made after it): the signal reaches the run, which waits for the server.
+        // The server is up, the run past its signal set-up (its control socket's directory is
+        // made after it) and the processes mode in its wait for the server (its log says so just
+        // before: a signal before the mode starts ends the run before the wait, with no message
+        // of it): the signal reaches the run while it waits.
         pid_t server = -1;
         ASSERT_TRUE(testing::eventually(
             [&] {
                 const auto children = testing::children_of(coordinator.pid());
                 server = children.size() == 1 ? children[0] : -1;
-                return server > 0 && has_control_dir(coordinator.pid());
+                return server > 0 && has_control_dir(coordinator.pid()) &&
+                       coordinator.err().find("waiting for the fork server to say it is ready") != std::string::npos;
             },
             std::chrono::seconds(20)))
             << coordinator.err();
