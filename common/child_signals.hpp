@@ -18,10 +18,14 @@
 
 namespace taskfarm {
 
+// The signals that stop or drain a run (the coordinator's SignalWatcher blocks and takes them):
+// the one list of them.
+inline constexpr int kStopSignals[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+
 inline void drop_stop_signals_meant_for_the_parent(pid_t keep_a = 0, pid_t keep_b = 0) {
     sigset_t stops;
     ::sigemptyset(&stops);
-    for (int signal : {SIGHUP, SIGINT, SIGQUIT, SIGTERM}) ::sigaddset(&stops, signal);
+    for (const int signal : kStopSignals) ::sigaddset(&stops, signal);
     sigset_t again;
     ::sigemptyset(&again);
     const timespec now{0, 0};
@@ -32,7 +36,7 @@ inline void drop_stop_signals_meant_for_the_parent(pid_t keep_a = 0, pid_t keep_
             info.si_code == SI_USER && info.si_pid > 0 && (info.si_pid == keep_a || info.si_pid == keep_b);
         if (asked) ::sigaddset(&again, info.si_signo);
     }
-    for (int signal : {SIGHUP, SIGINT, SIGQUIT, SIGTERM})
+    for (const int signal : kStopSignals)
         if (::sigismember(&again, signal) == 1) ::kill(::getpid(), signal);
 }
 

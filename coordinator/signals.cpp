@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "child_signals.hpp"
 #include "stop_wake.hpp"
 #include "temp_dirs.hpp"
 #include "unique_fd.hpp"
@@ -22,7 +23,7 @@ namespace {
 sigset_t stop_signals() {
     sigset_t set;
     sigemptyset(&set);
-    for (int signal : {SIGHUP, SIGINT, SIGQUIT, SIGTERM}) sigaddset(&set, signal);
+    for (const int signal : kStopSignals) sigaddset(&set, signal);
     return set;
 }
 
@@ -170,7 +171,7 @@ SignalWatcher::~SignalWatcher() {
     }
     sigset_t unblock;
     sigemptyset(&unblock);
-    for (int signal : {SIGHUP, SIGINT, SIGQUIT, SIGTERM})
+    for (const int signal : kStopSignals)
         if (sigismember(&previous_, signal) == 0) sigaddset(&unblock, signal);
     ::pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
 }

@@ -92,7 +92,8 @@ private:
             if (signal == SIGKILL || signal == SIGSTOP || ::sigaction(signal, nullptr, &current) != 0) continue;
             if (current.sa_handler != SIG_DFL) ::sigaddset(&set_, signal);
         }
-        for (const int signal : {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGCHLD}) ::sigaddset(&set_, signal);
+        for (const int signal : kStopSignals) ::sigaddset(&set_, signal);
+        for (const int signal : {SIGPIPE, SIGCHLD}) ::sigaddset(&set_, signal);
     }
 
     std::mutex mutex_;
