@@ -631,7 +631,11 @@ void Schedule::dispatch(Clock::time_point now) {
             if (target == workers_.end() || it->second.in_flight.size() < target->second.in_flight.size()) target = it;
         }
         if (target == workers_.end()) {
-            unplaced_ = true;  // every worker holds its limit
+            // Every worker holds its limit: a new one could take the next task, unless it waits for
+            // an earlier task or for resources that others hold (a worker brings neither).
+            const Head head = judge_head();
+            if (head == Head::Failed) continue;
+            unplaced_ = head == Head::Goes;
             break;
         }
         const std::size_t share = std::max<std::size_t>(1, (pending() + open - 1) / open);
@@ -660,8 +664,7 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
             if (!task.after.empty()) {
                 bool waits = false;
                 if (const auto dependency = unmet_dependency(task, waits); dependency && !waits) {
-                    pop_pending();
-                    fail(attempt, {}, fmt::format("dependency {} failed", *dependency), Clock::duration::zero());
+                    fail_head(attempt, fmt::format("dependency {} failed", *dependency));
                     continue;
                 } else if (dependency) {  // it starts once its dependencies have ended ok
                     asking_head_ = true;
@@ -682,20 +685,16 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
                     break;
                 }
                 if (took == Take::Never) {
-                    pop_pending();
-                    fail(attempt, {}, "not run: " + why, Clock::duration::zero());
+                    fail_head(attempt, "not run: " + why);
                     continue;
                 }
             }
             const std::size_t size = task_bytes_(task, attempt.number);
             if (size > max_batch_bytes_) {
                 release(attempt.index);
-                pop_pending();
-                fail(attempt, {},
-                     fmt::format("not sent: task {} takes {} bytes encoded, more than the {} bytes a message to a "
-                                 "worker may hold",
-                                 task.id, size, max_batch_bytes_),
-                     Clock::duration::zero());
+                fail_head(attempt, fmt::format("not sent: task {} takes {} bytes encoded, more than the {} bytes a "
+                                               "message to a worker may hold",
+                                               task.id, size, max_batch_bytes_));
                 continue;
             }
             if (!batch_.empty() && bytes + size > max_batch_bytes_) break;
@@ -714,22 +713,45 @@ void Schedule::send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t
     }
 }
 
+Schedule::Head Schedule::judge_head() {
+    const Attempt next = peek_pending();   // a copy: fail_head() pops it
+    if (skipped(next)) return Head::Goes;  // its cancel is recorded when it comes up
+    const TaskSpec& task = this->task(next.index);
+    if (!task.after.empty()) {
+        bool waits = false;
+        const auto dependency = unmet_dependency(task, waits);
+        if (dependency && waits) return Head::Waits;
+        if (dependency) {
+            fail_head(next, fmt::format("dependency {} failed", *dependency));
+            return Head::Failed;
+        }
+    }
+    if (task.resources.empty()) return Head::Goes;
+    std::string why;
+    switch (resources_free(next.index, why)) {
+        case Take::Never: fail_head(next, "not run: " + why); return Head::Failed;
+        case Take::Busy: return Head::Waits;
+        case Take::Taken: break;
+    }
+    return Head::Goes;
+}
+
 bool Schedule::send_asking(Clock::time_point now) {
     asking_head_ = false;
-    const Attempt& next = peek_pending();
-    if (skipped(next)) return true;  // for the usual way
-    if (bool waits = false; unmet_dependency(task(next.index), waits) && waits) {
-        asking_head_ = true;
-        return false;
+    switch (judge_head()) {
+        case Head::Failed: return true;
+        case Head::Waits: asking_head_ = true; return false;
+        case Head::Goes: break;
     }
-    if (task(next.index).resources.empty()) return true;
+    const Attempt& next = peek_pending();
+    if (skipped(next) || task(next.index).resources.empty()) return true;  // for the usual way
     for (auto it = workers_.begin(); it != workers_.end(); ++it)
         if (!it->second.remote && it->second.in_flight.empty() && limit(it->second) > 0) {
             send_tasks(it, 1, now);
             return !asking_head_;
         }
     asking_head_ = true;
-    unplaced_ = true;  // no local worker is idle: a new one could take it
+    unplaced_ = true;  // what it asks for is free and no local worker is idle: a new one could take it
     return false;
 }
 
@@ -746,8 +768,7 @@ std::optional<TaskId> Schedule::unmet_dependency(const TaskSpec& task, bool& wai
     return first;
 }
 
-Schedule::Take Schedule::take_resources(std::size_t index, std::string& why) {
-    TaskSpec& task = live_.at(index);
+Schedule::Pool& Schedule::pool() {
     if (!pool_) {
         Pool pool;
         if (options_.resources) {
@@ -758,17 +779,17 @@ Schedule::Take Schedule::take_resources(std::size_t index, std::string& why) {
         pool.gpu_free.assign(pool.gpus.size(), true);
         pool_ = std::move(pool);
     }
-    Pool& pool = *pool_;
-    const auto named = [&pool](const std::string& name) {
-        const auto found =
-            std::find_if(pool.free.begin(), pool.free.end(), [&](const auto& r) { return r.name == name; });
-        return found == pool.free.end() ? nullptr : &*found;
-    };
+    return *pool_;
+}
+
+Schedule::Take Schedule::resources_free(std::size_t index, std::string& why) {
+    const TaskSpec& task = live_.at(index);
+    Pool& pool = this->pool();
     const auto gpus_free = static_cast<std::uint64_t>(std::count(pool.gpu_free.begin(), pool.gpu_free.end(), true));
     bool busy = false;
     for (const auto& [name, amount] : task.resources) {
         const bool gpu = name == kGpuResource;
-        const ResourceAmount* free = gpu ? nullptr : named(name);
+        const ResourceAmount* free = gpu ? nullptr : pool.free_of(name);
         const std::uint64_t total =
             gpu ? pool.gpus.size() : (free ? pool.total[static_cast<std::size_t>(free - pool.free.data())].amount : 0);
         if (amount > total) {
@@ -778,10 +799,16 @@ Schedule::Take Schedule::take_resources(std::size_t index, std::string& why) {
         }
         if (amount > (gpu ? gpus_free : free->amount)) busy = true;
     }
-    if (busy) return Take::Busy;
+    return busy ? Take::Busy : Take::Taken;
+}
+
+Schedule::Take Schedule::take_resources(std::size_t index, std::string& why) {
+    if (const Take fits = resources_free(index, why); fits != Take::Taken) return fits;
+    TaskSpec& task = live_.at(index);
+    Pool& pool = *pool_;
     for (const auto& [name, amount] : task.resources) {
         if (name != kGpuResource) {
-            named(name)->amount -= amount;
+            pool.free_of(name)->amount -= amount;
             continue;
         }
         std::uint64_t left = amount;
@@ -801,9 +828,7 @@ void Schedule::release(std::size_t index) {
     TaskSpec& task = live_.at(index);
     Pool& pool = *pool_;
     for (const auto& [name, amount] : task.resources)
-        if (name != kGpuResource)
-            for (ResourceAmount& free : pool.free)
-                if (free.name == name) free.amount += amount;
+        if (name != kGpuResource) pool.free_of(name)->amount += amount;
     // Its GPUs by id: "3,5" of the pool's list.
     std::string_view held = task.gpus;
     while (!held.empty()) {
@@ -950,6 +975,11 @@ void Schedule::fail(const Attempt& attempt, const std::string& worker, std::stri
     ++finished_;
     actions_.record(task, std::move(result));
     retire(attempt.index);
+}
+
+void Schedule::fail_head(Attempt attempt, std::string error) {
+    pop_pending();
+    fail(attempt, {}, std::move(error), Clock::duration::zero());
 }
 
 void Schedule::fail_pending(const std::string& reason) {

@@ -319,6 +319,7 @@ private:
     // A pending attempt of a task cancelled (and recorded) while it was pending.
     bool skipped(const Attempt& attempt) const { return !cancelled_.empty() && cancelled_.contains(attempt.index); }
     void fail_pending(const std::string& reason);
+    void fail_head(Attempt attempt, std::string error);  // the next pending attempt fails unsent
     std::size_t remote_workers() const;
 
     // Resources (DispatchOptions::resources). The task that asks for some waits at the head
@@ -327,15 +328,30 @@ private:
     // Takes what task `index` asks for if it is all free: Taken (held until release()),
     // Busy, or Never (more than the workers have; `why` says so).
     Take take_resources(std::size_t index, std::string& why);
+    // The same answer, taking nothing: Taken says all of it is free now.
+    Take resources_free(std::size_t index, std::string& why);
     void release(std::size_t index);          // what task `index` holds, if anything
     bool send_asking(Clock::time_point now);  // the head asks for resources: to an idle local worker
+    // Whether the next pending task could go to a worker now, a new one included (-j 0 starts
+    // one only then): Waits for an earlier task (TaskSpec::after) or for resources others hold,
+    // which no worker brings; Failed (recorded, popped) when a dependency failed or it asks for
+    // more than the workers have; Goes otherwise. Takes nothing.
+    enum class Head { Goes, Waits, Failed };
+    Head judge_head();
     struct Pool {
         ResourceRequest total;          // named counts, by name
         ResourceRequest free;           // the same names, what is not held
         std::vector<std::string> gpus;  // ids
         std::vector<bool> gpu_free;
+        // What is free of a named count; null for a name the workers do not have.
+        ResourceAmount* free_of(const std::string& name) {
+            for (ResourceAmount& amount : free)
+                if (amount.name == name) return &amount;
+            return nullptr;
+        }
     };
-    std::optional<Pool> pool_;       // made at the first task that asks
+    Pool& pool();                    // made at the first task that asks
+    std::optional<Pool> pool_;       // see pool()
     std::set<std::size_t> holding_;  // tasks that hold resources, by id
     bool asking_head_ = false;       // the next task asks for resources the last try could not place,
                                      // or waits for earlier tasks (TaskSpec::after) still running
@@ -373,9 +389,9 @@ private:
     // The last dispatch() left a task that no worker could take (all at their limit, or none);
     // true before the first, so that the first on-demand worker is spawned at once.
     bool unplaced_ = true;
-    int to_spawn_ = 0;                                        // initial workers not spawned yet; one per tick
-    std::size_t finished_ = 0;                                // tasks with a final result
-    std::size_t held_ = 0;                                    // attempts in the workers' in_flight, all together
+    int to_spawn_ = 0;          // initial workers not spawned yet; one per tick
+    std::size_t finished_ = 0;  // tasks with a final result
+    std::size_t held_ = 0;      // attempts in the workers' in_flight, all together
     int respawns_ = 0;
     bool all_hello_ = false;                      // every initial worker was spawned and said HELLO
     bool some_hello_ = false;                     // a worker of ours said HELLO

@@ -233,6 +233,45 @@ TEST_P(LargeTasks, TravelInFramesThatFitAndEachIsRecordedOnce) {
 INSTANTIATE_TEST_SUITE_P(Prefetch, LargeTasks, ::testing::Values(1, 8, 0),
                          [](const auto& p) { return p.param == 0 ? std::string("auto") : std::to_string(p.param); });
 
+// -j 0 (spawn_on_demand) with tasks that each ask for one slot of `slots` (decision 311): a worker
+// starts for a task whose slot is free while every worker is busy, never for one that waits for
+// a slot (the worker holding it is idle when it comes back), so the run ends with exactly
+// `slots` workers of the 8 it may start, however fast they start.
+class SlotsOnDemand : public ::testing::TestWithParam<int> {};
+
+TEST_P(SlotsOnDemand, StartAWorkerPerSlotAndNoneForATaskThatWaitsForOne) {
+    Rig rig;
+    std::vector<TaskSpec> list = all_tasks(sleeps(6, 0.2));
+    for (TaskSpec& task : list) task.resources = {{"slot", 1}};
+    const Plan plan = Plan::of(std::move(list));
+    const int slots = GetParam();
+    CollectingSink sink;
+    {
+        ProcessPool pool({.binary = testing::bin("worker"), .endpoint = rig.endpoint});
+        ModeRecorder recorder(Mode::Processes, 8, plan, sink);
+        std::stop_source never;
+        Dispatcher dispatcher(rig.router, pool, plan, recorder,
+                              DispatchOptions{.workers = 8,
+                                              .resources = std::make_shared<const LocalResources>(
+                                                  ResourceRequest{{"slot", static_cast<std::uint64_t>(slots)}}),
+                                              .spawn_on_demand = true},
+                              never.get_token());
+        dispatcher.run();
+        EXPECT_EQ(pool.alive(), static_cast<std::size_t>(slots)) << "workers started";
+        dispatcher.shutdown_workers();
+        pool.stop_all(std::chrono::seconds(1));
+    }
+    ASSERT_EQ(sink.results.size(), 6u);
+    std::set<std::string> workers;
+    for (const TaskResult& result : sink.results) {
+        EXPECT_TRUE(result.ok) << result.error;
+        workers.insert(result.worker);
+    }
+    EXPECT_LE(workers.size(), static_cast<std::size_t>(slots));
+}
+
+INSTANTIATE_TEST_SUITE_P(Slots, SlotsOnDemand, ::testing::Values(1, 2));
+
 // A worker's table file of command groups is read when the worker is reaped and every group
 // in it is SIGKILLed (decision 206): one that names the coordinator's own group (a stale or
 // forged file), or 0 or 1, is refused like every other kill of a recorded group. The

@@ -1264,6 +1264,94 @@ TEST(ScheduleResources, ARequestTheWorkersCanNeverMeetFailsItsTaskInsteadOfWaiti
     EXPECT_TRUE(rig.world.sent.empty());
 }
 
+// -j 0 (spawn_on_demand) and resources (decision 311): the pool is every local worker's, so a
+// new worker helps a task at the head only when what it asks for is free.
+DispatchOptions on_demand_with(ResourceRequest counts, std::vector<std::string> gpus = {}) {
+    return {.workers = 8,
+            .prefetch = 1,
+            .resources = std::make_shared<const LocalResources>(std::move(counts), std::move(gpus)),
+            .spawn_on_demand = true};
+}
+
+// `tasks` sleeps, of which task 1 alone asks for `request`.
+Plan second_asks(std::size_t tasks, const ResourceRequest& request) {
+    std::vector<TaskSpec> list = all_tasks(sleeps(tasks));
+    list[1].resources = request;
+    return Plan::of(std::move(list));
+}
+
+TEST(ScheduleResources, WithSpawnOnDemandATaskWhoseResourcesAreBusyStartsNoWorker) {
+    Rig rig(asking(4, {{"slot", 1}}), on_demand_with({{"slot", 1}}));
+    rig.spawn_all();
+    rig.hello("w1");  // takes task 0 and the one slot: task 1 waits for it, not for a worker
+    rig.spawn_all();
+    EXPECT_EQ(rig.world.spawned, std::vector<std::string>{"w1"}) << "a new worker would wait beside w1";
+    while (rig.answer_all("w1") > 0) rig.spawn_all();
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 4u);
+    EXPECT_EQ(rig.world.spawned.size(), 1u) << "w1 was idle whenever the slot was free";
+    EXPECT_TRUE(rig.schedule.done());
+}
+
+TEST(ScheduleResources, WithSpawnOnDemandATaskWhoseResourcesAreFreeStartsAWorkerWhenNoneIsIdle) {
+    // slot=2: w1 holds one, the next task's slot is free and w1 is busy, so w2 starts for it; the
+    // third task waits for a slot, so no w3, whatever the 8 workers -j 0 may start.
+    Rig rig(asking(5, {{"slot", 1}}), on_demand_with({{"slot", 2}}));
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.spawn_all();
+    ASSERT_EQ(rig.world.spawned, (std::vector<std::string>{"w1", "w2"}));
+    rig.hello("w2");
+    rig.spawn_all();
+    EXPECT_EQ(rig.world.spawned.size(), 2u) << "both slots are held";
+    EXPECT_EQ(unanswered(rig).size(), 2u);
+    while (rig.answer_all("w1") + rig.answer_all("w2") > 0) rig.spawn_all();
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 5u);
+    EXPECT_EQ(rig.world.spawned.size(), 2u);
+}
+
+TEST(ScheduleResources, WithSpawnOnDemandATaskThatAsksNothingKeepsAResourceTaskFromAFreeSlot) {
+    // Task 0 asks for nothing and runs on w1; task 1's GPU is free and w1 is busy: w2 starts.
+    Rig rig(second_asks(2, {{"gpu", 1}}), on_demand_with({}, {"0"}));
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.spawn_all();
+    ASSERT_EQ(rig.world.spawned, (std::vector<std::string>{"w1", "w2"}));
+    rig.hello("w2");
+    ASSERT_EQ(rig.world.sent_to("w2").size(), 1u);
+    EXPECT_EQ(rig.schedule.task(rig.world.sent_to("w2")[0].index).gpus, "0");
+}
+
+TEST(ScheduleResources, WithSpawnOnDemandARequestNoWorkerCanMeetFailsAtOnceAndStartsNone) {
+    // Task 0 asks for nothing and keeps w1 busy; task 1 asks for two GPUs of one: no worker, new
+    // or idle, could ever run it, so it fails now instead of starting w2 to fail there.
+    Rig rig(second_asks(3, {{"gpu", 2}}), on_demand_with({}, {"0"}));
+    rig.spawn_all();
+    rig.hello("w1");
+    ASSERT_EQ(rig.world.recorded.size(), 1u);
+    EXPECT_EQ(rig.world.recorded[0].id, 1);
+    EXPECT_NE(rig.world.recorded[0].error.find("not run: asks for gpu=2"), std::string::npos)
+        << rig.world.recorded[0].error;
+    rig.spawn_all();  // task 2 asks for nothing and waits behind task 0: that one may start w2
+    EXPECT_EQ(rig.world.spawned, (std::vector<std::string>{"w1", "w2"}));
+}
+
+TEST(ScheduleDependencies, WithSpawnOnDemandATaskThatWaitsForAnEarlierOneStartsNoWorker) {
+    // The same rule as resources (decision 311): task 1 waits for task 0, not for a worker.
+    std::vector<TaskSpec> list;
+    for (TaskId i = 0; i < 3; ++i) list.push_back(testing::task_of("sleep", {{"seconds", 0.001}}, i));
+    list[1].after = {0};
+    list[2].after = {1};
+    Rig rig(Plan::of(std::move(list)), {.workers = 8, .prefetch = 1, .spawn_on_demand = true});
+    rig.spawn_all();
+    rig.hello("w1");
+    rig.spawn_all();
+    EXPECT_EQ(rig.world.spawned, std::vector<std::string>{"w1"});
+    while (rig.answer_all("w1") > 0) rig.spawn_all();
+    EXPECT_EQ(ids_of(rig.world.recorded).size(), 3u);
+    EXPECT_EQ(rig.world.spawned.size(), 1u);
+    EXPECT_TRUE(rig.schedule.done());
+}
+
 TEST(ScheduleDependencies, ATaskStartsAfterItsDependenciesAndFailsWithoutRunningWhenOneFailed) {
     std::vector<TaskSpec> list;
     for (TaskId i = 0; i < 5; ++i) list.push_back(testing::task_of("sleep", {{"seconds", 0.001}}, i));
