@@ -12,11 +12,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
 #include "support.hpp"
@@ -293,10 +295,19 @@ TEST(HardInputs, WhatAKilledRunLeftIsRemovedByTheNextRun) {
         const TmpDir use(tmp.path());
         testing::Running coordinator("coordinator",
                                      {"--mode", "processes", "--workers", "2", "--tasks", "4", "--duration", "60"});
-        ASSERT_TRUE(testing::eventually([&] { return coordinator.out().find("== processes") != std::string::npos; },
-                                        std::chrono::seconds(30)))
+        // Its control directory and the processes mode's, which holds the socket: the mode makes
+        // it after its "== processes" line, so that line is no sign of it (under load the test
+        // looked in between and found one directory). Wait for the two directories themselves.
+        const auto both_made = [&] {
+            std::set<std::string> made;
+            for (const std::string& name : run_leftovers(tmp.path()))
+                for (const char* what : {"run", "ipc"})
+                    if (name.starts_with(fmt::format("taskfarm-{}-{}-", what, coordinator.pid()))) made.insert(what);
+            return made.size() == 2;
+        };
+        ASSERT_TRUE(testing::eventually(both_made, std::chrono::seconds(30)))
+            << fmt::format("{}", fmt::join(run_leftovers(tmp.path()), " ")) << "\n"
             << coordinator.err();
-        ASSERT_GE(run_leftovers(tmp.path()).size(), 2u);  // the control directory and the socket's
         coordinator.signal(SIGKILL);
         coordinator.wait();
         ASSERT_GE(run_leftovers(tmp.path()).size(), 2u);
