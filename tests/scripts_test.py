@@ -549,7 +549,7 @@ class Packages(unittest.TestCase):
         stand_ins = {
             "apt-get": f'echo "$*" >>{self.log}',
             "sudo": 'exec "$@"',
-            "cmake": "exit 0",
+            "cmake": f'echo "$*" >>{self.dir / "cmake.log"}',  # the configure's arguments; builds nothing
             "ctest": "exit 0",
             "dpkg-query": '[ -n "${FAKE_INSTALLED:-}" ] && echo "install ok installed"; exit 0',
         }
@@ -583,8 +583,19 @@ class Packages(unittest.TestCase):
         self.assertEqual(self.run_script("test", installed=True), [])
         self.assertEqual(self.run_script("setup", installed=True), [])
 
-    def run_fuzz(self, installed):
-        """scripts/fuzz in a copy of the scripts, whose built fuzzer is a stand-in that exits 0."""
+    def clang(self, links_libfuzzer, where):
+        """A stand-in clang++ in `where` (put first in PATH by run_fuzz): one that links a
+        -fsanitize=fuzzer probe, or one that cannot (no libFuzzer runtime)."""
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / "clang++"
+        path.write_text("#!/bin/sh\n" + ('case "$*" in *-fsanitize=fuzzer*) exit 0;; esac\n' if links_libfuzzer else "")
+                        + "exit 1\n")
+        path.chmod(0o755)
+        return path
+
+    def run_fuzz(self, installed, clang_dir=None):
+        """scripts/fuzz in a copy of the scripts, whose built fuzzer is a stand-in that exits 0;
+        `clang_dir` goes first in PATH. Returns apt-get's calls and cmake's."""
         root = self.dir / "repo"
         (root / "scripts").mkdir(parents=True)
         for script in ("fuzz", "setup", "install-packages"):
@@ -595,23 +606,41 @@ class Packages(unittest.TestCase):
         fuzzer.parent.mkdir(parents=True)
         fuzzer.write_text("#!/bin/sh\nexit 0\n")
         fuzzer.chmod(0o755)
-        env = {"PATH": f"{self.dir}:{os.environ['PATH']}", "FAKE_INSTALLED": "1" if installed else ""}
+        path = f"{self.dir}:{os.environ['PATH']}"
+        env = {"PATH": f"{clang_dir}:{path}" if clang_dir else path, "FAKE_INSTALLED": "1" if installed else ""}
         done = run([root / "scripts" / "fuzz", "1"], env=env, timeout=60)
         self.assertEqual(done.returncode, 0, done.stderr)
-        return self.log.read_text().splitlines()
+        cmake = self.dir / "cmake.log"
+        return self.log.read_text().splitlines(), cmake.read_text().splitlines() if cmake.exists() else []
 
     def test_fuzz_installs_clang_with_setups_packages_in_one_apt_run(self):
         # It ran an apt-get update of its own for clang, beside the package step (decision 297).
-        calls = self.run_fuzz(installed=False)
+        # The clang++ first in PATH cannot link a libFuzzer target: Debian's is installed.
+        calls, cmake = self.run_fuzz(installed=False, clang_dir=self.clang(False, self.dir / "old").parent)
         self.assertEqual(calls.count("update -qq"), 1, calls)
         installs = [call.split() for call in calls if call.startswith("install")]
         self.assertEqual(len(installs), 1, calls)
         for package in ("clang", "libclang-rt-dev", "libgtest-dev", "python3", "g++", "libzmq3-dev"):
             self.assertIn(package, installs[0])
+        self.assertIn("-DCMAKE_CXX_COMPILER=/usr/bin/clang++", cmake[0].split())
+
+    def test_fuzz_uses_a_clang_in_path_that_links_libfuzzer_and_installs_no_clang(self):
+        # A clang of one's own (not Debian's: dpkg-query says nothing is installed) that links
+        # the probe: no clang package is named, the rest still is, and the build uses that clang
+        # (decision 312; before, Debian's clang was installed beside it).
+        clang = self.clang(True, self.dir / "llvm" / "bin")
+        calls, cmake = self.run_fuzz(installed=False, clang_dir=clang.parent)
+        installs = [call.split() for call in calls if call.startswith("install")]
+        self.assertEqual(len(installs), 1, calls)
+        for package in ("libgtest-dev", "python3", "g++"):
+            self.assertIn(package, installs[0])
+        for package in ("clang", "libclang-rt-dev"):
+            self.assertNotIn(package, installs[0])
+        self.assertIn(f"-DCMAKE_CXX_COMPILER={clang}", cmake[0].split())
 
     def test_fuzz_runs_no_apt_when_every_package_is_installed(self):
-        self.assertEqual(self.run_fuzz(installed=True), [])
-
+        calls, _ = self.run_fuzz(installed=True, clang_dir=self.clang(False, self.dir / "old").parent)
+        self.assertEqual(calls, [])
 
 if __name__ == "__main__":
     unittest.main()
