@@ -370,7 +370,7 @@ public:
         // The bar erased; the page shows the run as over (and stays up until destruction).
         if (session_) {
             session_->finish(engine_error_.empty() ? std::vector<RunReport>{report_} : std::vector<RunReport>{});
-            // FarmOptions::signals: this thread gets its mask back if it is the first submit's.
+            // FarmOptions::signals: the handlers go, what was there before comes back (any thread).
             std::lock_guard lock(mutex_);  // signal() reads it
             session_->end_signals();
         }
@@ -603,12 +603,16 @@ private:
                                                    .lines_share_terminal = false},
                                    nullptr);
         session_->add(std::make_unique<Sink>(*this));
-        // The stop signals, when the farm takes them, before the farm's own threads (the
-        // progress timer, the live view's, the engine's), which inherit the blocked signals.
+        // The stop signals, when the farm takes them: through handlers, so that no thread of
+        // the program's has its mask changed (decision 313); the farm's own threads (the
+        // watcher's, the live view's, the engine's and those it starts) are made with them
+        // blocked, so none is interrupted, and this thread gets its mask back when start() returns.
+        std::optional<StopSignalsBlocked> own_threads;
+        if (options_.signals) own_threads.emplace();
         session_->start(options_.signals
                             ? std::optional<SignalSetup>(SignalSetup{
                                   std::chrono::milliseconds(static_cast<std::int64_t>(options_.drain_timeout_s * 1000)),
-                                  "FarmOptions::drain_timeout_s"})
+                                  "FarmOptions::drain_timeout_s", /*handlers=*/true})
                             : std::nullopt);
         live_ = session_->live();
         runner_ = session_->runner(config_.modes.front());

@@ -58,7 +58,10 @@ ProgressSink* RunSession::add_progress(ProgressMode mode, ProgressOptions option
 void RunSession::start(const std::optional<SignalSetup>& signals) {
     // The watcher before any thread of ours, which inherit its blocked signals; the sinks were
     // made before it (a progress bar swaps log sinks while no other thread logs).
-    if (signals) signals_ = std::make_unique<SignalWatcher>(signals->drain_timeout, signals->option);
+    if (signals)
+        signals_ = std::make_unique<SignalWatcher>(
+            signals->drain_timeout, signals->option,
+            signals->handlers ? SignalWatcher::Take::Handlers : SignalWatcher::Take::Mask);
     if (live_) {
         added_.push_back(live_->sink());
         live_->start();

@@ -47,6 +47,9 @@ struct LiveViewSetup {
 struct SignalSetup {
     std::chrono::milliseconds drain_timeout;
     std::string option;
+    // Taken through handlers, changing no thread's mask (SignalWatcher::Take::Handlers: a Farm),
+    // rather than blocked in the calling thread and the threads it starts after (the coordinator).
+    bool handlers = false;
 };
 
 class RunSession {
@@ -73,8 +76,9 @@ public:
     ProgressSink* add_progress(ProgressMode mode, ProgressOptions options, std::unique_ptr<ResultSink> lines);
 
     // With `signals`, the SignalWatcher, which blocks the stop signals in the calling thread and
-    // every thread started after it (so: before any other); without, the tokens are the
-    // session's own (stop() and drain() ask them). Then the live view's thread starts.
+    // every thread started after it (so: before any other), or with signals->handlers takes
+    // them through handlers; without, the tokens are the session's own (stop() and drain() ask
+    // them). Then the live view's thread starts.
     void start(const std::optional<SignalSetup>& signals);
 
     // The runner for `mode`; the cancel board takes requests from now (a cancel is for the mode
@@ -89,8 +93,9 @@ public:
     // The run is over: the bar erased, the live view's page shows `reports` as the run's.
     void finish(const std::vector<RunReport>& reports);
 
-    // Ends the stop signals' watch (the calling thread gets its mask back when it is the one
-    // that called start()); signal() still says which came.
+    // Ends the stop signals' watch (with a mask, the calling thread gets it back when it is the
+    // one that called start(); with handlers, what was there before is put back, from any
+    // thread); signal() still says which came.
     void end_signals();
 
     std::stop_token stop_token() const;

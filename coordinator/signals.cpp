@@ -1,11 +1,17 @@
 #include "signals.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -40,37 +46,129 @@ const char* signal_name(int signal) {
 
 bool drains(int signal) { return signal == SIGTERM || signal == SIGHUP; }
 
+// Take::Handlers: a handler writes what came into one pipe of the process, which the watchers
+// read. The pipe is made once and never closed (a handler may be running on another thread
+// while a watcher ends); records are smaller than PIPE_BUF, so each write and read is whole.
+struct Caught {
+    int signal;
+    int code;
+    pid_t sender;
+};
+std::atomic<int> caught_write_fd{-1};
+
+void on_stop_signal(int signal, siginfo_t* info, void*) {
+    const int saved = errno;
+    const Caught caught{signal, info ? info->si_code : 0, info ? info->si_pid : 0};
+    if (const int fd = caught_write_fd.load(std::memory_order_relaxed); fd >= 0) {
+        [[maybe_unused]] const ssize_t written = ::write(fd, &caught, sizeof caught);  // full: dropped
+    }
+    errno = saved;
+}
+
+// The handlers, installed by the first watcher of the process that takes signals this way and
+// put back by the last (two Farms at once share them, as they would share a mask).
+class Handlers {
+public:
+    static Handlers& get() {
+        static Handlers* const handlers = new Handlers;  // never destroyed: a watcher may end during exit
+        return *handlers;
+    }
+
+    // The pipe's end to read.
+    int acquire() {
+        std::lock_guard lock(mutex_);
+        if (read_fd_ < 0) {
+            int fds[2];
+            if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+                spdlog::error("cannot take the stop signals: pipe2: {}", std::strerror(errno));
+                return -1;
+            }
+            read_fd_ = fds[0];
+            caught_write_fd.store(fds[1]);
+        }
+        if (users_++ > 0) return read_fd_;
+        Caught stale{};
+        while (::read(read_fd_, &stale, sizeof stale) > 0) {
+        }  // from a handler that ran as the last watcher ended
+        struct sigaction action {};
+        action.sa_sigaction = on_stop_signal;
+        action.sa_flags = SA_SIGINFO | SA_RESTART;
+        action.sa_mask = stop_signals();  // one at a time
+        for (std::size_t i = 0; i < std::size(kStopSignals); ++i) {
+            // An ignored one stays ignored, as it does for a watcher that blocks them (the
+            // kernel drops it): nohup's SIGHUP.
+            installed_[i] = ::sigaction(kStopSignals[i], nullptr, &previous_[i]) == 0 &&
+                            !(previous_[i].sa_handler == SIG_IGN && !(previous_[i].sa_flags & SA_SIGINFO)) &&
+                            ::sigaction(kStopSignals[i], &action, nullptr) == 0;
+        }
+        return read_fd_;
+    }
+
+    void release() {
+        std::lock_guard lock(mutex_);
+        if (--users_ > 0) return;
+        for (std::size_t i = 0; i < std::size(kStopSignals); ++i)
+            if (std::exchange(installed_[i], false)) ::sigaction(kStopSignals[i], &previous_[i], nullptr);
+    }
+
+private:
+    std::mutex mutex_;
+    int users_ = 0;
+    int read_fd_ = -1;
+    struct sigaction previous_[std::size(kStopSignals)]{};
+    bool installed_[std::size(kStopSignals)] = {};
+};
+
 }  // namespace
 
-SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout, std::string drain_option)
-    : drain_timeout_(drain_timeout), drain_option_(std::move(drain_option)) {
+StopSignalsBlocked::StopSignalsBlocked() {
     const sigset_t set = stop_signals();
     ::pthread_sigmask(SIG_BLOCK, &set, &previous_);
-    thread_ = std::jthread([this, set](std::stop_token done) {
-        // The signals through a signalfd, and the end of the watch through an eventfd, so that
-        // the run's end does not wait out a timeout (it waited 0-100 ms, at every exit); the
-        // 100 ms wake stays for --drain-timeout's deadline. Without them, sigtimedwait.
-        const UniqueFd signals(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+}
+
+StopSignalsBlocked::~StopSignalsBlocked() { ::pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
+
+SignalWatcher::SignalWatcher(std::chrono::milliseconds drain_timeout, std::string drain_option, Take take)
+    : take_(take), drain_timeout_(drain_timeout), drain_option_(std::move(drain_option)) {
+    const sigset_t set = stop_signals();
+    const int caught = take_ == Take::Handlers ? Handlers::get().acquire() : -1;
+    if (take_ == Take::Mask) ::pthread_sigmask(SIG_BLOCK, &set, &previous_);
+    thread_ = std::jthread([this, set, caught](std::stop_token done) {
+        // Mask: the signals through a signalfd; Handlers: the pipe its handlers write to. The end
+        // of the watch through an eventfd, so that the run's end does not wait out a timeout (it
+        // waited 0-100 ms, at every exit); the 100 ms wake stays for --drain-timeout's deadline.
+        // Without them, sigtimedwait.
+        if (take_ == Take::Handlers) ::pthread_sigmask(SIG_BLOCK, &set, nullptr);  // never this thread
+        const UniqueFd signals(take_ == Take::Mask ? ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK) : -1);
+        const int source = take_ == Take::Mask ? signals.get() : caught;
         const StopWake wake(done);
         const timespec poll{0, 100'000'000};
         while (!done.stop_requested()) {
             int received = 0;
             int code = 0;
             pid_t sender = 0;
-            if (signals.get() >= 0 && wake.fd() >= 0) {
-                pollfd polled[] = {{signals.get(), POLLIN, 0}, {wake.fd(), POLLIN, 0}};
+            if (source >= 0 && wake.fd() >= 0) {
+                pollfd polled[] = {{source, POLLIN, 0}, {wake.fd(), POLLIN, 0}};
                 ::poll(polled, 2, 100);
-                signalfd_siginfo info{};
-                if (::read(signals.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
-                    received = static_cast<int>(info.ssi_signo);
-                    code = info.ssi_code;
-                    sender = static_cast<pid_t>(info.ssi_pid);
+                if (take_ == Take::Mask) {
+                    signalfd_siginfo info{};
+                    if (::read(source, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+                        received = static_cast<int>(info.ssi_signo);
+                        code = info.ssi_code;
+                        sender = static_cast<pid_t>(info.ssi_pid);
+                    }
+                } else if (Caught got{}; ::read(source, &got, sizeof got) == static_cast<ssize_t>(sizeof got)) {
+                    received = got.signal;
+                    code = got.code;
+                    sender = got.sender;
                 }
-            } else {
+            } else if (take_ == Take::Mask) {
                 siginfo_t info{};
                 received = ::sigtimedwait(&set, &info, &poll);
                 code = info.si_code;
                 sender = info.si_pid;
+            } else {
+                ::nanosleep(&poll, nullptr);  // no pipe or eventfd: only the drain's deadline is kept
             }
             // Sent by a process (kill, timeout(1), a shell), or by the kernel (a terminal's Ctrl-C): 0.
             if (received > 0) on_signal(received, code == SI_USER || code == SI_QUEUE ? sender : 0);
@@ -159,6 +257,12 @@ bool SignalWatcher::stop(int signal) {
 }
 
 SignalWatcher::~SignalWatcher() {
+    if (take_ == Take::Handlers) {
+        Handlers::get().release();  // process-wide: from any thread
+        thread_.request_stop();
+        thread_.join();
+        return;
+    }
     thread_.request_stop();
     thread_.join();
     // A thread's mask is its own: only the thread that blocked the signals can unblock them, and

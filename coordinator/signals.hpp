@@ -23,18 +23,25 @@ namespace taskfarm {
 // the log and otherwise ignored; later, it is a second request.
 // A stop is also a drain. Either way the run ends the same: workers shut down and reaped,
 // the partial table printed, the socket directory removed, exit 128 + the first signal.
-// Construct it before any other thread starts: it blocks these signals in the calling
-// thread, whose mask new threads inherit, and waits for them on a thread of its own. Destroy
-// it on that thread, which gets its mask back (another thread cannot change it: decision 294). A
-// SIGINT during a stop exits at once (130); the workers die with us through PR_SET_PDEATHSIG.
+// It takes them in one of two ways (Take):
+// - Mask (the coordinator, a program of its own): construct it before any other thread starts:
+//   it blocks these signals in the calling thread, whose mask new threads inherit, and waits
+//   for them on a thread of its own. Destroy it on that thread, which gets its mask back.
+// - Handlers (a Farm, a library in someone else's program, decision 313): it changes no
+//   thread's mask; it installs a handler for each of them that is not ignored (the first
+//   watcher of the process does; the last puts back what was there), which hands the signal
+//   to its thread. Whoever makes threads that must not be interrupted (the Farm's own) makes
+//   them inside a StopSignalsBlocked. It may be destroyed on any thread.
+// A SIGINT during a stop exits at once (130); the workers die with us through PR_SET_PDEATHSIG.
 class SignalWatcher {
 public:
     static constexpr std::chrono::milliseconds kSameRequest{1000};
+    enum class Take { Mask, Handlers };
 
     // `drain_option` names the drain timeout's setting in the log: the coordinator's flag, or
     // a Farm's FarmOptions::drain_timeout_s.
     explicit SignalWatcher(std::chrono::milliseconds drain_timeout = std::chrono::milliseconds(25'000),
-                           std::string drain_option = "--drain-timeout");
+                           std::string drain_option = "--drain-timeout", Take take = Take::Mask);
     ~SignalWatcher();
     SignalWatcher(const SignalWatcher&) = delete;
     SignalWatcher& operator=(const SignalWatcher&) = delete;
@@ -60,7 +67,8 @@ private:
     // Whether `received` repeats the request that began at `since` (then it is logged as such).
     bool repeats(int received, int sender, std::chrono::steady_clock::time_point since) const;
 
-    const pthread_t blocker_ = ::pthread_self();  // the thread whose mask the constructor changed
+    const Take take_;
+    const pthread_t blocker_ = ::pthread_self();  // Mask: the thread whose mask the constructor changed
     sigset_t previous_{};                         // its mask before
     const std::chrono::milliseconds drain_timeout_;
     const std::string drain_option_;
@@ -74,6 +82,20 @@ private:
     std::chrono::steady_clock::time_point stop_began_{};   // the stop's first signal
     int stop_signal_ = 0;                                  // that signal; 0: the stop came otherwise
     std::jthread thread_;
+};
+
+// Blocks the stop signals in the calling thread for its lifetime, then gives the thread back
+// the mask it had: the threads made meanwhile keep them blocked (they inherit the mask), so a
+// stop signal never interrupts them; it goes to a thread of the program's.
+class StopSignalsBlocked {
+public:
+    StopSignalsBlocked();
+    ~StopSignalsBlocked();
+    StopSignalsBlocked(const StopSignalsBlocked&) = delete;
+    StopSignalsBlocked& operator=(const StopSignalsBlocked&) = delete;
+
+private:
+    sigset_t previous_{};
 };
 
 }  // namespace taskfarm

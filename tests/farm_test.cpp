@@ -13,11 +13,14 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <ranges>
 #include <regex>
 #include <set>
@@ -987,36 +990,107 @@ bool blocked_here(int signal) {
     return sigismember(&mask, signal) == 1;
 }
 
-TEST(Farm, TakingSignalsChangesOnlyTheFirstSubmitsThreadsMaskAndClosingThereGivesItBack) {
-    // This thread blocks SIGHUP on purpose, as a program may; the farms are driven from another.
+// The disposition of `signal` now: SIG_DFL, SIG_IGN or a handler.
+void (*disposition(int signal))(int) {
+    struct sigaction now {};
+    ::sigaction(signal, nullptr, &now);
+    return now.sa_handler;
+}
+
+void program_handler(int) {}
+
+TEST(Farm, TakingSignalsChangesNoThreadsMaskAndPutsBackWhatWasThereFromAnyThread) {
+    // This thread blocks SIGHUP on purpose, as a program may; SIGQUIT has a handler of the
+    // program's and SIGHUP is ignored (nohup): the farm leaves those as they are.
     sigset_t hup;
     sigemptyset(&hup);
     sigaddset(&hup, SIGHUP);
     ::pthread_sigmask(SIG_BLOCK, &hup, nullptr);
+    struct sigaction mine {};
+    mine.sa_handler = program_handler;
+    struct sigaction quit_before {};
+    ::sigaction(SIGQUIT, &mine, &quit_before);
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    struct sigaction hup_before {};
+    ::sigaction(SIGHUP, &ignore, &hup_before);
+    // Fed on one thread, closed on it: its mask never changes.
     {
         Farm farm{{.mode = FarmMode::Threads, .workers = 2, .signals = true}};
         register_types(farm);
         std::thread first([&] {
             farm.submit("square", {{"x", 3}});
-            EXPECT_TRUE(blocked_here(SIGINT));  // the watcher's, while the farm runs
+            for (const int signal : {SIGINT, SIGTERM, SIGQUIT}) EXPECT_FALSE(blocked_here(signal)) << signal;
+            EXPECT_NE(disposition(SIGTERM), SIG_DFL) << "the farm's handler, while it runs";
+            EXPECT_EQ(disposition(SIGHUP), SIG_IGN) << "an ignored one stays ignored";
             farm.wait();
-            farm.close();  // on this thread: its mask comes back
+            farm.close();
             for (const int signal : {SIGINT, SIGTERM, SIGQUIT}) EXPECT_FALSE(blocked_here(signal)) << signal;
         });
         first.join();
+        EXPECT_EQ(disposition(SIGTERM), SIG_DFL);
+        EXPECT_EQ(disposition(SIGQUIT), program_handler);
     }
+    // Fed on one thread and destroyed on another while the first still runs: before, the first
+    // kept the stop signals blocked for the rest of its life (decision 294's "Left").
+    {
+        std::mutex mutex;
+        std::condition_variable cv;
+        bool fed = false;
+        bool destroyed = false;
+        std::optional<Farm> farm;
+        farm.emplace(FarmOptions{.mode = FarmMode::Threads, .workers = 2, .signals = true});
+        register_types(*farm);
+        std::thread first([&] {
+            farm->submit("square", {{"x", 3}});
+            farm->wait();
+            std::unique_lock lock(mutex);
+            fed = true;
+            cv.notify_all();
+            cv.wait(lock, [&] { return destroyed; });
+            for (const int signal : {SIGINT, SIGTERM, SIGQUIT}) EXPECT_FALSE(blocked_here(signal)) << signal;
+        });
+        {
+            std::unique_lock lock(mutex);
+            cv.wait(lock, [&] { return fed; });
+        }
+        farm.reset();  // on this thread
+        EXPECT_EQ(disposition(SIGTERM), SIG_DFL);
+        EXPECT_EQ(disposition(SIGINT), SIG_DFL);
+        EXPECT_EQ(disposition(SIGQUIT), program_handler);
+        {
+            std::lock_guard lock(mutex);
+            destroyed = true;
+        }
+        cv.notify_all();
+        first.join();
+    }
+    EXPECT_TRUE(blocked_here(SIGHUP));
+    EXPECT_FALSE(blocked_here(SIGINT));
+    ::sigaction(SIGQUIT, &quit_before, nullptr);
+    ::sigaction(SIGHUP, &hup_before, nullptr);
+    ::pthread_sigmask(SIG_UNBLOCK, &hup, nullptr);
+}
+
+TEST(Farm, AStopSignalThatLandsOnAThreadOfTheProgramsMadeBeforeTheFirstSubmitIsTheFarms) {
+    // A thread of the program's made before the farm took the signals blocks none of them, so
+    // the kernel may hand it a SIGTERM sent to the process: while the farm blocked them in the
+    // thread of its first submit, it did, and the default action ended the program (decision
+    // 313). Now the farm's handler takes it on whichever thread it lands.
+    std::atomic<bool> done{false};
+    std::thread program([&] {
+        while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
     {
         Farm farm{{.mode = FarmMode::Threads, .workers = 2, .signals = true}};
         register_types(farm);
-        std::thread first([&] {
-            farm.submit("square", {{"x", 3}});
-            farm.wait();
-        });
-        first.join();
-    }  // closed here, on a thread that did not block them: its mask is its own
-    EXPECT_TRUE(blocked_here(SIGHUP));
-    EXPECT_FALSE(blocked_here(SIGINT));
-    ::pthread_sigmask(SIG_UNBLOCK, &hup, nullptr);
+        farm.submit("square", {{"x", 3}});
+        ::kill(::getpid(), SIGTERM);
+        EXPECT_TRUE(taskfarm::testing::eventually([&] { return farm.signal() == SIGTERM; }, std::chrono::seconds(10)));
+    }
+    done = true;
+    program.join();
+    EXPECT_EQ(disposition(SIGTERM), SIG_DFL);
 }
 
 // A type whose name() throws once `names_refused` is set (after it was registered), so that the

@@ -134,8 +134,9 @@ struct FarmOptions {
     // SIGQUIT stops (the running tasks are cancelled); a second one stops at once. Then next()
     // and submit() throw std::runtime_error ("the farm stopped: SIGTERM ..."), signal() says
     // which came (main() returns 128 + it, as the coordinator exits), and the journal holds
-    // what finished, for a resume. The farm takes them from its first submit (which blocks
-    // them in the calling thread: start threads of your own after it) until it is destroyed.
+    // what finished, for a resume. The farm takes them from its first submit until it is
+    // closed or destroyed, on any thread, through handlers of its own (an ignored one stays
+    // ignored); no thread of the program's has its signal mask changed.
     bool signals = false;
     double drain_timeout_s = 25;
     // The live view (the coordinator's --ui): a page of the running tasks, one lane per worker,
