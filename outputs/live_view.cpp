@@ -161,7 +161,11 @@ void LiveState::resize(Mode& mode, std::int64_t tasks) {
 
 void LiveState::add_tasks(std::int64_t more) {
     std::lock_guard lock(mutex_);
-    if (modes_.empty()) return;
+    if (modes_.empty()) {  // set_tasks()'s count, which begin_mode() takes, grows
+        given_tasks_ =
+            static_cast<std::size_t>(std::max<std::int64_t>(0, static_cast<std::int64_t>(given_tasks_) + more));
+        return;
+    }
     resize(modes_.back(), static_cast<std::int64_t>(modes_.back().tasks) + more);
 }
 

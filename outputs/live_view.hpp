@@ -37,7 +37,8 @@ public:
 
     void begin_mode(const std::string& mode, std::size_t tasks);
     // The running mode's count of tasks grows by `more` (less when negative): a server's
-    // mode goes on as jobs come (and tasks recorded without running leave it).
+    // mode goes on as jobs come (and tasks recorded without running leave it). Before the
+    // first mode, set_tasks()'s count does.
     void add_tasks(std::int64_t more);
     // A server's jobs and its workers' resources, as the page's Jobs panel shows them:
     // {"jobs": [{"job","name","state","tasks","ok","failed","running","waiting"}...],
