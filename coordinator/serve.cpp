@@ -49,6 +49,7 @@
 #include "journal_report.hpp"
 #include "listener.hpp"
 #include "live_view.hpp"
+#include "run_session.hpp"
 #include "log.hpp"
 #include "modes.hpp"
 #include "plan_sources.hpp"
@@ -64,7 +65,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
 
 // The workers' memory, in MiB: what a task's peak RSS is counted against (decision 230).
 constexpr std::string_view kMem = "mem";
@@ -285,24 +285,20 @@ public:
             std::fflush(stderr);
         };
         settings_ = settings_json(run);
-        // While this process has no thread and no ZeroMQ context: it forks from a copy of us.
-        std::optional<ForkServer> fork_server;
-        if (kForkServerUsable && config_.workers > 0) {
-            try {
-                std::vector<std::string> preload;
-                for (const auto& type : program_.registry.types()) preload.push_back(type->name());
-                fork_server.emplace(run.worker_bin, run.worker_prefix, run.log_level, preload);
-            } catch (const std::exception& e) {
-                spdlog::warn("cannot start the fork server, so workers will be exec'd: {}", e.what());
-            }
-        }
-        // --ui binds now (a port in use: exit 2 naming --ui), after the fork server has forked.
-        if (!config_.ui.empty()) {
-            view_ = std::make_unique<LiveView>(config_.ui, fmt::format("{} serve", program_.name), false);
-            view_sink_ = view_->sink();
-        }
-        SignalWatcher signals(std::chrono::milliseconds(static_cast<std::int64_t>(config_.drain_timeout_s * 1000)));
-        if (view_) view_->start();
+        // What a one-shot run sets up before its threads, through the same session (decision 307):
+        // the fork server (while this process has no thread and no ZeroMQ context; every
+        // registered type preloaded, since any may be submitted), --ui's port (a port in use: exit
+        // 2 naming --ui), the sinks, then the stop signals and the live view's thread.
+        std::vector<const TaskType*> types;
+        for (const auto& type : program_.registry.types()) types.push_back(type.get());
+        RunSession session(run, program_.registry, settings_, types);
+        session.open_live_view({config_.ui, fmt::format("{} serve", program_.name)});
+        view_ = session.live();
+        cancels_ = &session.cancels();
+        session.add(std::make_unique<ServerSink>(*this));
+        session.start(SignalSetup{std::chrono::milliseconds(static_cast<std::int64_t>(config_.drain_timeout_s * 1000)),
+                                  "--drain-timeout"});
+        SignalWatcher& signals = *session.signals();
 
         zmq::context_t context(1);
         zmq::socket_t router(context, zmq::socket_type::router);
@@ -330,18 +326,15 @@ public:
 
         Plan plan;
         plan.source = std::make_shared<Source>(*this);
-        for (const auto& type : program_.registry.types()) plan.types.push_back(type.get());
-        ServerSink sink(*this);
-        cancels_.clear();
-        const RunShared shared{program_.registry, settings_, &cancels_, fork_server ? &*fork_server : nullptr};
-        auto runner = make_runner(Mode::Processes, run, shared, signals.token(), signals.drain_token());
+        plan.types = types;
+        auto runner = session.runner(Mode::Processes);
         std::atomic<bool> engine_over{false};
         std::string engine_error;
         // `logs`: journals summed up off the loop (decision 231).
         std::jthread reporter([this](std::stop_token stop) { report_journals(stop); });
         std::thread engine([&] {
             try {
-                runner->run(plan, sink);
+                session.run(*runner, plan);
             } catch (const std::exception& e) {
                 engine_error = e.what();
             }
@@ -416,7 +409,7 @@ public:
         }
         engine.join();
         runner.reset();
-        if (view_) view_->state().finish({});
+        session.finish({});  // the page shows the server as over
         answer_waits(router, true);
         reporter.request_stop();
         reports_cv_.notify_all();
@@ -479,22 +472,14 @@ private:
         bool wants_task_starts() const override { return true; }
         void on_task_started(const RunEvent& event) override {
             if (event.kind == RunEvent::Kind::TaskStarted) server_.task_started(event);
-            if (server_.view_sink_) server_.view_sink_->on_task_started(event);
         }
 
     protected:
-        // The live view's one mode: every job's tasks not done when the engine starts, then
-        // each job's as it is committed (LiveState::add_tasks()).
-        void begin_mode_(const std::string& mode, std::size_t) override {
-            if (server_.view_sink_) server_.view_sink_->begin_mode(mode, server_.unfinished_tasks());
-        }
-        void sink_it_(const TaskSpec& task, const TaskResult& result) override {
-            server_.result(task, result);
-            if (server_.view_sink_) server_.view_sink_->on_result(task, result);
-        }
-        void event_it_(const RunEvent& event) override {
-            if (server_.view_sink_) server_.view_sink_->on_event(event);
-        }
+        // The live view's one mode counts every job's tasks not done when the engine starts,
+        // then each job's as it is committed (LiveState::add_tasks()); this sink comes before
+        // the view's, whose begin_mode() takes the count (set_tasks()).
+        void begin_mode_(const std::string&, std::size_t) override { server_.count_for_view(); }
+        void sink_it_(const TaskSpec& task, const TaskResult& result) override { server_.result(task, result); }
 
     private:
         Server& server_;
@@ -603,13 +588,15 @@ private:
         return {{"jobs", std::move(jobs)}, {"resources", resources_json()}, {"in_use", in_use_}};
     }
 
-    // The tasks of committed jobs without a final result (for the live view's count).
-    std::size_t unfinished_tasks() {
+    // The live view's count: the tasks of committed jobs without a final result, under the
+    // lock that commits (and their add_tasks()) take, so that none is counted twice or lost.
+    void count_for_view() {
+        if (!view_) return;
         std::lock_guard lock(mutex_);
         std::size_t count = 0;
         for (const auto& [id, job] : jobs_)
             if (job.committed) count += job.total - job.finished;
-        return count;
+        view_->state().set_tasks(count);
     }
 
     // Under mutex_: whether the resources `request` asks for are free now (among the server's
@@ -1270,10 +1257,10 @@ private:
             job.dir = config_.state / "jobs" / std::to_string(job.id);
             fs::create_directory(job.dir);
             write_file_whole(job.dir / "job.json", json{{"name", job.name},
-                                                  {"submitted", job.submitted},
-                                                  {"priority", job.priority},
-                                                  {"after", job.after_json()}}
-                                                 .dump(-1, ' ', false, json::error_handler_t::replace));
+                                                        {"submitted", job.submitted},
+                                                        {"priority", job.priority},
+                                                        {"after", job.after_json()}}
+                                                       .dump(-1, ' ', false, json::error_handler_t::replace));
             job.task_file.open(job.dir / "tasks.jsonl", std::ios::binary | std::ios::trunc);
             job.touched = std::chrono::steady_clock::now();
             // The client says it is alive at least this often while it makes and sends the tasks.
@@ -1411,7 +1398,7 @@ private:
             lock.unlock();
             std::size_t stopped = 0;
             if (!handed.empty())
-                for (const CancelOutcome& outcome : cancels_.request(handed, std::chrono::milliseconds(2000)))
+                for (const CancelOutcome& outcome : cancels_->request(handed, std::chrono::milliseconds(2000)))
                     if (outcome.cancelled) (began.contains(outcome.id) ? stopped : queued) += 1;
             return {{"ok", true}, {"job", id}, {"queued", queued}, {"running", stopped}};
         }
@@ -1597,9 +1584,8 @@ private:
     std::deque<Report> reports_;                                 // under mutex_
     std::condition_variable_any reports_cv_;                     // a report to make, or stop
     std::vector<std::pair<std::string, std::string>> reported_;  // replies for the loop, under mutex_
-    CancelBoard cancels_;
-    std::unique_ptr<LiveView> view_;         // --ui
-    std::unique_ptr<ResultSink> view_sink_;  // its sink, fed by ServerSink
+    CancelBoard* cancels_ = nullptr;                             // the session's, while run() runs
+    LiveView* view_ = nullptr;                                   // --ui: the session's, while run() runs
 };
 
 }  // namespace

@@ -69,6 +69,9 @@ public:
     // wants one (the live view), nothing otherwise.
     void started(const TaskSpec& task, std::uint32_t attempt, const std::string& worker,
                  std::chrono::steady_clock::time_point when = std::chrono::steady_clock::now());
+    // Where `worker`'s starts go with no call (ResultSink::start_slot), for a thread that starts
+    // only that worker's tasks: it asks once. Null when no sink wants starts or none gives a slot.
+    StartSlot* start_slot(const std::string& worker) { return starts_wanted_ ? sink_.start_slot(worker) : nullptr; }
     // `when` in seconds since the start of the mode, on the clock results are stamped with.
     double seconds_at(std::chrono::steady_clock::time_point when) const;
     std::size_t recorded() const;

@@ -8,22 +8,17 @@
 
 namespace taskfarm {
 
-void StartSlot::lock() const {
-    while (busy_.exchange(true, std::memory_order_acquire))
-        while (busy_.load(std::memory_order_relaxed)) std::this_thread::yield();
-}
-
-void StartSlot::set(TaskId task, double at_s) {
-    lock();
-    seen_ = {seen_.serial + 1, task, at_s};
-    busy_.store(false, std::memory_order_release);
-}
-
 StartSlot::Seen StartSlot::get() const {
-    lock();
-    const Seen seen = seen_;
-    busy_.store(false, std::memory_order_release);
-    return seen;
+    while (true) {
+        const std::uint64_t before = sequence_.load(std::memory_order_acquire);
+        if (before % 2 != 0) {  // a start is being written: a few stores away
+            std::this_thread::yield();
+            continue;
+        }
+        const Seen seen{before / 2, task_.load(std::memory_order_relaxed), at_s_.load(std::memory_order_relaxed)};
+        std::atomic_thread_fence(std::memory_order_acquire);  // the fields read before the count again
+        if (sequence_.load(std::memory_order_relaxed) == before) return seen;
+    }
 }
 
 void ResultSink::begin_mode(const std::string& mode, std::size_t tasks) {

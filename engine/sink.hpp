@@ -19,8 +19,10 @@ namespace taskfarm {
 
 // The latest task a worker (or thread) started, for a sink that shows what runs now (the live
 // view): the runner writes each start here instead of calling the sink per task, and the sink
-// reads it when it looks (decision 263). Any thread: a spin lock of its own, held for a few
-// stores, so that several writers or a reader never see half of a start.
+// reads it when it looks (decision 263). One writer at a time (the thread that starts the
+// worker's tasks, or the sink under its own lock), any number of readers: a sequence count
+// (odd while a start is written) that a reader reads before and after, and reads again when
+// they differ, so a writer never waits and a reader never sees half of a start (decision 306).
 class StartSlot {
 public:
     struct Seen {
@@ -28,13 +30,20 @@ public:
         TaskId task = kNoId;
         double at_s = 0;  // seconds since the mode began, as RunEvent::at_s
     };
-    void set(TaskId task, double at_s);
+    void set(TaskId task, double at_s) {
+        const std::uint64_t sequence = sequence_.load(std::memory_order_relaxed);
+        sequence_.store(sequence + 1, std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_release);  // odd before the fields change
+        task_.store(task, std::memory_order_relaxed);
+        at_s_.store(at_s, std::memory_order_relaxed);
+        sequence_.store(sequence + 2, std::memory_order_release);
+    }
     Seen get() const;
 
 private:
-    void lock() const;
-    mutable std::atomic<bool> busy_{false};
-    Seen seen_;
+    std::atomic<std::uint64_t> sequence_{0};  // twice the starts written, +1 while one is
+    std::atomic<TaskId> task_{kNoId};
+    std::atomic<double> at_s_{0};
 };
 
 // A result with its task, as a runner hands several over at once (ResultSink::on_results).

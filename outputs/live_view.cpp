@@ -161,7 +161,11 @@ void LiveState::resize(Mode& mode, std::int64_t tasks) {
 
 void LiveState::add_tasks(std::int64_t more) {
     std::lock_guard lock(mutex_);
-    if (modes_.empty()) return;
+    if (modes_.empty()) {  // set_tasks()'s count, which begin_mode() takes, grows
+        given_tasks_ =
+            static_cast<std::size_t>(std::max<std::int64_t>(0, static_cast<std::int64_t>(given_tasks_) + more));
+        return;
+    }
     resize(modes_.back(), static_cast<std::int64_t>(modes_.back().tasks) + more);
 }
 
@@ -181,48 +185,76 @@ void LiveState::set_tasks(std::size_t tasks) {
 
 void LiveState::result(const TaskResult& result) {
     std::lock_guard lock(mutex_);
-    if (Lane* lane = record(result)) end_start(*lane, result.id);
+    if (modes_.empty()) return;
+    Mode& mode = modes_.back();
+    mode.changed = generation_;
+    std::uint32_t index = 0;
+    Lane& lane = this->lane(mode, result.worker, &index);
+    record(mode, lane, index, result);
+    end_start(lane, result.id);
+    if (mode.ok + mode.failed >= mode.tasks) mode.end_s = std::max(result.end_s, now_s(mode));
 }
+
+namespace {
+
+// The same worker's name: inline for the few bytes of one ("t1", "w12"), where a call of
+// memcmp per result is most of the cost.
+bool same_name(const std::string& a, const std::string& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+
+}  // namespace
 
 void LiveState::results(std::span<const Finished> batch) {
     std::lock_guard lock(mutex_);
-    // A lane's latest start can only be ended by its latest result: the slot is read once per
-    // run of one lane's results, not once per result. The lane is held by its index: a result
-    // on a new lane grows the vector, which moves the others.
-    std::optional<std::size_t> lane;
-    TaskId last = kNoId;
-    for (const Finished& done : batch) {
-        const Lane* now = record(done.result);
-        std::optional<std::size_t> at;
-        if (now) at = static_cast<std::size_t>(now - modes_.back().lanes.data());
-        if (lane && at != lane) end_start(modes_.back().lanes[*lane], last);
-        lane = at;
-        last = done.result.id;
+    if (modes_.empty() || batch.empty()) return;
+    Mode& mode = modes_.back();
+    mode.changed = generation_;
+    // A batch comes in runs of one lane's results (a thread's slice is all its own): the lane
+    // is looked up, and its latest start read, once a run, not once a result (decision 306).
+    double last_end_s = 0;
+    for (std::size_t from = 0; from < batch.size();) {
+        const std::string& worker = batch[from].result.worker;
+        std::uint32_t index = 0;
+        Lane& lane = this->lane(mode, worker, &index);  // may grow mode.lanes: held for this run only
+        std::size_t to = from;
+        for (; to < batch.size() && same_name(batch[to].result.worker, worker); ++to) {
+            const TaskResult& result = batch[to].result;
+            if (!record_short(mode, lane, result)) record(mode, lane, index, result);
+            last_end_s = std::max(last_end_s, result.end_s);
+        }
+        end_start(lane, batch[to - 1].result.id);  // only its latest result can end its latest start
+        from = to;
     }
-    if (lane) end_start(modes_.back().lanes[*lane], last);
+    if (mode.ok + mode.failed >= mode.tasks) mode.end_s = std::max(last_end_s, now_s(mode));
 }
 
 void LiveState::end_start(Lane& lane, TaskId task) {
     if (const StartSlot::Seen start = lane.start->get(); start.task == task) lane.ended_start = start.serial;
 }
 
-LiveState::Lane* LiveState::record(const TaskResult& result) {
-    if (modes_.empty()) return nullptr;
-    Mode& mode = modes_.back();
-    mode.changed = generation_;
-    ++(result.ok ? mode.ok : mode.failed);
-    std::uint32_t index = mode.last_lane;
-    Lane* found = index < mode.lanes.size() && mode.lanes[index].name == result.worker ? &mode.lanes[index] : nullptr;
-    if (found)
-        found->changed = generation_;
-    else
-        found = &this->lane(mode, result.worker, &index);
-    Lane& lane = *found;
+bool LiveState::record_short(Mode& mode, Lane& lane, const TaskResult& result) {
+    if (!result.ok || !lane.last_bar) return false;
+    Bar& last = mode.bars[*lane.last_bar];
+    const double merge_s = std::max(kMergeLeast_s, result.end_s * kMergeShare);
+    if (!last.ok || result.end_s - result.start_s >= merge_s || result.start_s - last.end_s >= merge_s) return false;
+    ++mode.ok;
     ++lane.done;
-    const int status = result.ok ? kOk : kFailed;
+    last.end_s = std::max(last.end_s, result.end_s);
+    ++last.tasks;
+    last.changed = generation_;
+    return true;
+}
+
+void LiveState::record(Mode& mode, Lane& lane, std::uint32_t index, const TaskResult& result) {
+    ++(result.ok ? mode.ok : mode.failed);
+    ++lane.done;
     const double merge_s = std::max(kMergeLeast_s, result.end_s * kMergeShare);
     Bar* last = lane.last_bar ? &mode.bars[*lane.last_bar] : nullptr;
-    if (last && last->ok == (status == kOk) && result.end_s - result.start_s < merge_s &&
+    if (last && last->ok == result.ok && result.end_s - result.start_s < merge_s &&
         result.start_s - last->end_s < merge_s) {
         last->end_s = std::max(last->end_s, result.end_s);
         ++last->tasks;
@@ -235,8 +267,6 @@ LiveState::Lane* LiveState::record(const TaskResult& result) {
         ++failures_total_;
         if (failures_.size() < kMaxFailures) failures_.push_back({mode.name, result.id, result.worker, result.error});
     }
-    if (mode.ok + mode.failed >= mode.tasks) mode.end_s = std::max(result.end_s, now_s(mode));
-    return &lane;
 }
 
 StartSlot* LiveState::start_slot(const std::string& worker) {
@@ -356,8 +386,18 @@ void LiveState::note_starts() {
             }
 }
 
-std::optional<nlohmann::json> LiveState::delta() {
+std::optional<nlohmann::json> LiveState::delta(bool wanted) {
     std::lock_guard lock(mutex_);
+    if (!wanted) {
+        // No page to send it to: a page that connects gets a snapshot, and the next delta holds
+        // what changes after this one, so only the generation moves on (decision 306).
+        for (Mode& mode : modes_)
+            for (Lane& lane : mode.lanes) lane.seen_start = lane.start->get().serial;
+        failures_sent_ = failures_.size();
+        reports_sent_ = reports_.has_value();
+        ++generation_;
+        return std::nullopt;
+    }
     note_starts();
     const bool running = !modes_.empty() && modes_.back().end_s < 0;
     const bool changed =
@@ -608,7 +648,7 @@ private:
             }
             std::lock_guard lock(mutex_);  // deltas go out in the order made, after any snapshot taken before
             const bool finished = state_->finished();
-            const auto delta = state_->delta();
+            const auto delta = state_->delta(!pages_.empty());  // nothing built for no page
             if (delta && !pages_.empty()) {
                 const auto message = sse("state", *delta);
                 for (auto& page : pages_) {

@@ -37,7 +37,8 @@ public:
 
     void begin_mode(const std::string& mode, std::size_t tasks);
     // The running mode's count of tasks grows by `more` (less when negative): a server's
-    // mode goes on as jobs come (and tasks recorded without running leave it).
+    // mode goes on as jobs come (and tasks recorded without running leave it). Before the
+    // first mode, set_tasks()'s count does.
     void add_tasks(std::int64_t more);
     // A server's jobs and its workers' resources, as the page's Jobs panel shows them:
     // {"jobs": [{"job","name","state","tasks","ok","failed","running","waiting"}...],
@@ -59,8 +60,9 @@ public:
 
     // Everything, for a page that connects now.
     nlohmann::json snapshot();
-    // What changed since the last delta() (nullopt: nothing, and no mode running).
-    std::optional<nlohmann::json> delta();
+    // What changed since the last delta() (nullopt: nothing, and no mode running). `wanted`
+    // false: no one would read it, so none is made (nullopt), and the next holds what changes after.
+    std::optional<nlohmann::json> delta(bool wanted = true);
     bool finished() const;
 
 private:
@@ -107,8 +109,12 @@ private:
     };
 
     Lane& lane(Mode& mode, const std::string& worker, std::uint32_t* index = nullptr);
-    // Counts the result and draws it; its lane, or null before the first mode (under mutex_).
-    Lane* record(const TaskResult& result);
+    // Counts the result into `mode` and `lane` (the lane at `index`, marked changed by lane())
+    // and draws it (under mutex_).
+    void record(Mode& mode, Lane& lane, std::uint32_t index, const TaskResult& result);
+    // record() of the common case, inline: an ok result merged into the lane's last bar; false
+    // (nothing done) when it is not that.
+    bool record_short(Mode& mode, Lane& lane, const TaskResult& result);
     // The lane's latest start has ended if it is `task`'s (under mutex_).
     static void end_start(Lane& lane, TaskId task);
     // The task the lane runs now, if any: its id and start, seconds of the mode.

@@ -89,7 +89,7 @@ protected:
     void event_it_(const RunEvent& event) override;
 
 private:
-    void write_line(const nlohmann::json& line);
+    void write_line(nlohmann::json line);
 
     std::filesystem::path path_;
     std::FILE* file_ = nullptr;

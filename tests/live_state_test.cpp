@@ -250,6 +250,49 @@ TEST(LiveState, StartsFromManyThreadsAtOnceAreWhole) {
     for (int t = 0; t < kThreads; ++t) EXPECT_EQ(lane_named(mode, fmt::format("t{}", t + 1))["done"], kEach);
 }
 
+// Decision 306: a batch in runs of several lanes counts each result on its own lane, merges
+// short ok ones into the lane's last bar and ends a lane's start only with its own result; a
+// delta no page reads is not made, and the next one holds what changed after it.
+TEST(LiveState, BatchesOfSeveralLanesAndDeltasNoPageReads) {
+    LiveState state("", false);
+    state.begin_mode("threads", 7);
+    StartSlot* t1 = state.start_slot("t1");
+    StartSlot* t2 = state.start_slot("t2");
+    t1->set(2, 0.0020);
+    t2->set(5, 0.0025);
+    std::vector<Finished> batch(5);
+    batch[0].result = result_of(0, "t1", 0.0000, 0.0001);
+    batch[1].result = result_of(1, "t1", 0.0001, 0.0002);
+    batch[2].result = result_of(3, "t2", 0.0000, 0.0001);
+    batch[3].result = result_of(4, "t2", 0.0001, 0.0002, false, "no");  // a failure is a bar of its own
+    batch[4].result = result_of(2, "t1", 0.0002, 0.0003);               // ends t1's start
+    state.results(batch);
+    EXPECT_FALSE(state.delta(false));  // nobody reads it: none made
+    nlohmann::json mode = state.snapshot()["modes"][0];
+    EXPECT_EQ(mode["ok"], 4);
+    EXPECT_EQ(mode["failed"], 1);
+    EXPECT_EQ(lane_named(mode, "t1")["done"], 3);
+    EXPECT_EQ(lane_named(mode, "t2")["done"], 2);
+    EXPECT_TRUE(lane_named(mode, "t1")["running"].is_null());
+    EXPECT_EQ(lane_named(mode, "t2")["running"], nlohmann::json::array({5, 0.0025}));
+    ASSERT_EQ(mode["bars"].size(), 3u);  // t1's three tasks in one bar, t2's ok one, t2's failure
+    EXPECT_EQ(mode["bars"][0][5], 3);
+    EXPECT_EQ(mode["bars"][2][4], 1);  // failed
+    EXPECT_EQ(state.snapshot()["failures"].size(), 1u);
+    // After the unmade delta, the next holds only what changed since: t2's last result.
+    batch.resize(1);
+    batch[0].result = result_of(5, "t2", 0.0025, 0.0030, false, "again");
+    state.results(batch);
+    const auto delta = state.delta();
+    ASSERT_TRUE(delta);
+    ASSERT_EQ((*delta)["modes"][0]["lanes"].size(), 1u);
+    EXPECT_EQ((*delta)["modes"][0]["lanes"][0]["name"], "t2");
+    EXPECT_EQ((*delta)["modes"][0]["bars"].size(), 1u);
+    ASSERT_EQ((*delta)["failures"].size(), 1u);  // the new failure, not the one before the unmade delta
+    EXPECT_EQ((*delta)["failures"][0]["error"], "again");
+    EXPECT_EQ((*delta)["modes"][0]["ended"], false);  // 6 of 7
+}
+
 // The threads runner writes its starts through the slot (ModeRecorder::started): a thread on a
 // long task shows it running while the other's results come, and a run's end leaves none.
 TEST(LiveState, AThreadsRunShowsWhatRunsThroughTheSlots) {

@@ -13,10 +13,12 @@ namespace taskfarm {
 // attempt that is run again goes to `recorder` as a retry. Nullopt when `env.stop` stopped
 // the run: a task stopped so has no result. A task that a cancel asks for on the board of
 // `cancels` (the calling thread's lane) is not run, or stopped, and its result is
-// cancelled(); `env.stop` is then the lane's for its run.
+// cancelled(); `env.stop` is then the lane's for its run. `starts`: the thread's start slot
+// (ModeRecorder::start_slot), where each attempt's start goes with no call; null: through
+// ModeRecorder::started().
 std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, std::uint32_t retries,
                                            const std::stop_token& drain, ModeRecorder& recorder,
-                                           CancelBoard::Lane& cancels);
+                                           CancelBoard::Lane& cancels, StartSlot* starts = nullptr);
 
 // Every task in plan order on the calling thread, pinned to `cpu` for the run when cpu >= 0.
 class SequentialRunner final : public Runner {

@@ -137,8 +137,14 @@ TaskResult run_attempt(const TaskSpec& task, std::uint32_t attempt, RunEnv& env,
 
 std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, std::uint32_t retries,
                                            const std::stop_token& drain, ModeRecorder& recorder,
-                                           CancelBoard::Lane& cancels) {
-    recorder.started(task, 1, env.worker);
+                                           CancelBoard::Lane& cancels, StartSlot* starts) {
+    const auto started = [&](std::uint32_t attempt) {
+        if (starts)
+            starts->set(task.id, recorder.seconds_at(std::chrono::steady_clock::now()));
+        else
+            recorder.started(task, attempt, env.worker);
+    };
+    started(1);
     TaskResult result = run_attempt(task, 1, env, cancels);
     // Asked once, on the first failure: settings_read() builds a list.
     const std::uint32_t more = result.ok ? 0 : engine_retries(task.type, retries);
@@ -146,7 +152,7 @@ std::optional<TaskResult> run_with_retries(const TaskSpec& task, RunEnv& env, st
            !drain.stop_requested()) {
         const std::uint32_t next = result.attempt + 1;
         recorder.record_retry(task, std::move(result));
-        recorder.started(task, next, env.worker);
+        started(next);
         result = run_attempt(task, next, env, cancels);
     }
     if (env.stop.stop_requested()) return std::nullopt;

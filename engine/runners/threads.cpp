@@ -168,6 +168,7 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
                 env.cost_per_slice = true;
                 Outbox& outbox = *outboxes[static_cast<std::size_t>(i)];
                 CancelBoard::Lane lane(cancels_, env.stop);
+                StartSlot* const starts = recorder.start_slot(name);  // this thread's lane's, asked once
                 struct ThreadDone {
                     const Registry& registry;
                     ~ThreadDone() { registry.thread_done(); }
@@ -181,7 +182,8 @@ RunReport ThreadsRunner::run(const Plan& plan, ResultSink& sink) {
                 TaskSpec task;
                 // A drain lets each thread finish the task it runs, and take no other.
                 while (!stop.stop_requested() && !drain_.stop_requested() && take(task, outbox)) {
-                    std::optional<TaskResult> result = run_with_retries(task, env, retries_, drain_, recorder, lane);
+                    std::optional<TaskResult> result =
+                        run_with_retries(task, env, retries_, drain_, recorder, lane, starts);
                     if (!result) return;  // cancelled mid-task: not a result
                     outbox.add(task, std::move(*result));
                 }
