@@ -209,6 +209,7 @@ private:
     std::vector<proto::Result> finished_;
     proto::ResultFrame frame_;
     std::optional<int> exit_code_;
+    bool refill_owed_ = false;  // results went since the last tasks came: the coordinator's answer is owed
 
     // Tasks started plus tasks ended by the task thread, odd while one runs: the watcher looks
     // whether it moved, so the task thread tells no one per task (a relaxed store).
@@ -326,9 +327,11 @@ void Session::run_tasks(std::stop_token stop) {
         if (executor_.send_due(low)) {
             // The queue ran low: the coordinator's answer to an earlier frame may be here. A look
             // that does not wait (the dealer alone, one system call when nothing came), and the
-            // results wait again if it brought tasks: one frame a batch, not three.
+            // results wait again if it brought tasks. While that answer is still owed, the last
+            // queued task runs first and the results go when the queue is empty: one frame a
+            // batch, not three.
             if (low && !receive()) break;
-            if (!low || executor_.send_due(low)) send_finished(false);
+            if (!low || (executor_.send_due(low) && !(refill_owed_ && executor_.has_queued()))) send_finished(false);
             now = Clock::now();  // the next task starts after the look and the send, not at the last one's end
         }
     }
@@ -392,6 +395,7 @@ void Session::send_finished(bool groups_woke) {
         next_heartbeat_ = Clock::now() + interval_;
     }
     if (!finished_.empty()) {
+        refill_owed_ = true;
         send_results(dealer_, finished_, frame_);
         finished_.clear();
         next_heartbeat_ = Clock::now() + interval_;  // any frame is a sign of life
@@ -406,8 +410,10 @@ bool Session::receive() {
         auto message = proto::decode(incoming.to_string_view(), proto::ParamsAs::Packed);  // decision 242
         if (auto* task = std::get_if<proto::Task>(&message)) {
             executor_.push(std::move(*task));
+            refill_owed_ = false;
         } else if (auto* tasks = std::get_if<proto::TaskBatch>(&message)) {
             executor_.push(std::move(*tasks));
+            refill_owed_ = false;
         } else if (auto* cancel = std::get_if<proto::Cancel>(&message)) {
             std::vector<proto::Result> dropped = executor_.cancel(cancel->tasks);
             if (!dropped.empty()) send_results(dealer_, dropped, frame_);
