@@ -177,6 +177,8 @@ private:
     bool receive();
     // With the socket held: the outbox, after the commands' groups if they changed (decision 116).
     void send_finished(bool groups_woke);
+    // With the socket held: a heartbeat with the resident memory and the commands' groups of `now`.
+    void send_heartbeat(Clock::time_point now);
     // The watcher, with the socket held, while the task thread stays inside the task of `mark`.
     bool hold(std::uint64_t mark);
     Clock::time_point deadline(bool watcher) const;
@@ -382,6 +384,13 @@ bool Session::hold(std::uint64_t mark) {
     return true;
 }
 
+void Session::send_heartbeat(Clock::time_point now) {
+    heartbeat_.rss = resident_bytes();
+    heartbeat_.groups = command_groups::live();
+    wire::send(dealer_, proto::encode(heartbeat_));
+    next_heartbeat_ = now + interval_;
+}
+
 void Session::send_finished(bool groups_woke) {
     executor_.take_results(finished_);
     // The commands' groups as they are now, at once, so that the coordinator can end them if
@@ -389,10 +398,7 @@ void Session::send_finished(bool groups_woke) {
     // before its result is queued, so the coordinator never holds the group of a task whose
     // result it has (decision 116).
     if ((groups_woke || command_groups::pending()) && command_groups::take_change()) {
-        heartbeat_.rss = resident_bytes();
-        heartbeat_.groups = command_groups::live();
-        wire::send(dealer_, proto::encode(heartbeat_));
-        next_heartbeat_ = Clock::now() + interval_;
+        send_heartbeat(Clock::now());
     }
     if (!finished_.empty()) {
         refill_owed_ = true;
@@ -477,10 +483,7 @@ bool Session::serve(std::chrono::milliseconds wait, bool watcher) {
         return over(ExitCode::TasksFailed);
     }
     if (now >= next_heartbeat_) {
-        heartbeat_.rss = resident_bytes();
-        heartbeat_.groups = command_groups::live();
-        wire::send(dealer_, proto::encode(heartbeat_));
-        next_heartbeat_ = now + interval_;
+        send_heartbeat(now);
     }
     return true;
 }
