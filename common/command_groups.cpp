@@ -88,6 +88,8 @@ bool take_change() {
     return group_table().changed.exchange(false);
 }
 
+bool pending() { return group_table().changed.load(); }
+
 void use_table_dir(const std::filesystem::path& dir) {
     std::lock_guard lock(table_dir_mutex);
     table_dir = dir;

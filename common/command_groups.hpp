@@ -78,6 +78,9 @@ std::vector<std::int64_t> live();
 // a remove() that did not wake it included.
 int change_fd();
 bool take_change();
+// Whether take_change() would say true now, without a system call: a loop that did not poll
+// change_fd() asks this before it sends results, and calls take_change() only then.
+bool pending();
 
 // The command type's grace between SIGTERM and SIGKILL (its flag --command-grace, the setting
 // command_grace_s), from the run's settings: a value that check_grace() refuses gives the default.

@@ -343,13 +343,13 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
 }
 
 TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& env, std::string_view packed_params,
-                    std::string& packed_value) {
+                    std::string& packed_value, std::chrono::steady_clock::time_point started) {
     TaskResult result;
     result.id = task.id;
     result.attempt = attempt;
     result.type = task.type;
     result.worker = env.worker;
-    const auto started = std::chrono::steady_clock::now();
+    if (started == std::chrono::steady_clock::time_point{}) started = std::chrono::steady_clock::now();
     detail::ContextSetup setup{.worker = env.worker,
                                .mode = env.mode,
                                .id = task.id,

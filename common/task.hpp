@@ -224,7 +224,9 @@ TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& e
 // The same in a worker for a task whose params came as msgpack (decision 242): `packed_params`
 // (a map; `task.params` is then empty) go to the type's PackedRun::run_packed() if it has one,
 // which sets `packed_value` (the result's value then null), and to run() as JSON otherwise.
+// `started`, when given, is the caller's clock read for the task's start (the worker's, which
+// also marks it running): run_task then reads the clock once, at the end (decision 302).
 TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& env, std::string_view packed_params,
-                    std::string& packed_value);
+                    std::string& packed_value, std::chrono::steady_clock::time_point started = {});
 
 }  // namespace taskfarm

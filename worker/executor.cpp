@@ -11,8 +11,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "wire.hpp"
-
 namespace taskfarm {
 namespace {
 
@@ -50,8 +48,12 @@ private:
 
 }  // namespace
 
+Executor::Executor(const Registry& registry, RunEnv env, RunningBoard* board)
+    : registry_(registry), env_(std::move(env)), board_(board) {
+    process_cpu(shared_user_s_, shared_sys_s_);  // what starting the worker took is no task's
+}
+
 void Executor::set_settings(Json settings) {
-    std::lock_guard lock(mutex_);
     if (settings_received_) {
         spdlog::warn("ignored a second setup from the coordinator");
         return;
@@ -60,20 +62,10 @@ void Executor::set_settings(Json settings) {
     settings_received_ = true;
 }
 
-void Executor::push(proto::Task&& task) {
-    {
-        std::lock_guard lock(mutex_);
-        queue(std::move(task));
-    }
-    ready_.notify_one();
-}
+void Executor::push(proto::Task&& task) { queue(std::move(task)); }
 
 void Executor::push(proto::TaskBatch&& batch) {
-    {
-        std::lock_guard lock(mutex_);
-        for (proto::Task& task : batch.tasks) queue(std::move(task));
-    }
-    ready_.notify_one();
+    for (proto::Task& task : batch.tasks) queue(std::move(task));
 }
 
 void Executor::process_cpu(double& user_s, double& sys_s) {
@@ -85,11 +77,7 @@ void Executor::process_cpu(double& user_s, double& sys_s) {
 
 void Executor::take_results(std::vector<proto::Result>& out) {
     out.clear();
-    {
-        std::lock_guard lock(outbox_mutex_);
-        out.swap(outbox_);
-        woken_ = false;
-    }
+    out.swap(outbox_);
     // Tasks that ran and carry no cost of their own yet are marked "process" with nothing
     // counted by the loop; a command's tree ("tree") and a task never run ("") are left alone.
     double ran = 0;
@@ -115,34 +103,27 @@ void Executor::take_results(std::vector<proto::Result>& out) {
     }
 }
 
-std::vector<proto::TaskRef> Executor::give_back_if_busy_for(Clock::duration limit, Clock::duration& busy) {
+std::vector<proto::TaskRef> Executor::give_back_if_busy_for(Clock::duration limit, Clock::time_point now,
+                                                            Clock::duration& busy) {
     std::vector<proto::TaskRef> returned;
-    std::lock_guard lock(mutex_);
     if (queue_.empty() || !running_since_) return returned;
-    busy = Clock::now() - *running_since_;
+    busy = now - *running_since_;
     if (busy < limit) return returned;
     for (const Queued& queued : queue_) returned.push_back({queued.task.id, queued.attempt});
     queue_.clear();
     return returned;
 }
 
-bool Executor::has_queued() {
-    std::lock_guard lock(mutex_);
-    return !queue_.empty();
-}
-
-bool Executor::has_queued_or_results() {
-    if (has_queued()) return true;
-    std::lock_guard lock(outbox_mutex_);
-    return !outbox_.empty();
+std::optional<Executor::Clock::time_point> Executor::give_back_due(Clock::duration limit) const {
+    if (queue_.empty() || !running_since_) return std::nullopt;
+    return *running_since_ + limit;
 }
 
 std::vector<proto::Result> Executor::cancel(const std::vector<proto::TaskRef>& tasks) {
     std::vector<proto::Result> dropped;
-    std::lock_guard lock(mutex_);
     for (const proto::TaskRef& ref : tasks) {
-        if (running_stop_ && running_.id == ref.id && running_.attempt == ref.attempt) {
-            running_stop_->request_stop();
+        if (running_since_ && running_.id == ref.id && running_.attempt == ref.attempt) {
+            own_.request_stop();
             continue;
         }
         const auto queued = std::find_if(queue_.begin(), queue_.end(), [&](const Queued& q) {
@@ -168,87 +149,69 @@ void Executor::queue(proto::Task&& task) {
     queue_.push_back({std::move(spec), attempt, std::move(kind), std::move(packed)});
 }
 
-void Executor::loop(std::stop_token stop, zmq::context_t& context) {
-    zmq::socket_t wake(context, zmq::socket_type::pair);
-    wire::configure(wake, zmq::socket_type::pair);
-    wake.connect(kResultsEndpoint);
-    struct ThreadDone {
-        const Registry& registry;
-        ~ThreadDone() { registry.thread_done(); }
-    } thread_done{registry_};
-    RunEnv env = env_;
-    env.stop = stop;
-    env.settings = &settings_;
-    env.cost_per_slice = true;  // shared out per frame by take_results()
-    env.registry = &registry_;
-    // A stop of the running task's own, for a cancel of it alone; the executor's stop stops it
-    // too. Made once and made again only after a cancel used it: no allocation per task.
-    std::stop_source own;
-    std::optional<std::stop_callback<std::function<void()>>> link;
-    const auto relink = [&] {
-        link.reset();  // waits for a callback that runs now
-        own = std::stop_source();
-        link.emplace(stop, std::function<void()>([source = own]() mutable { source.request_stop(); }));
-    };
-    relink();
-    while (true) {
-        Queued next;
-        if (own.stop_requested()) {
-            if (stop.stop_requested()) return;
-            relink();  // the last task's cancel used it
-        }
-        {
-            // Out of the queue and running in one step: a cancel in between would find it
-            // neither queued nor running, and be lost.
-            std::unique_lock lock(mutex_);
-            if (!ready_.wait(lock, stop, [this] { return !queue_.empty(); })) return;
-            next = std::move(queue_.front());
-            queue_.pop_front();
-            running_since_ = Clock::now();
-            running_ = {next.task.id, next.attempt};
-            running_stop_ = &own;
-        }
-        env.stop = own.get_token();
-        if (board_) board_->started(next.task.id, next.attempt);
-        proto::Result message;  // its packed value, if the type gives one, set by run_task
-        TaskResult result = [&] {
-            const TaskGpus gpus(next.task.gpus);
-            return next.task.type ? run_task(next.task, next.attempt, env, next.packed_params, message.packed_value)
-                                  : unknown_kind(next);
-        }();
-        if (board_) board_->ended();
-        std::size_t queued = 0;
-        {
-            // Before the result goes out: the coordinator answers it with the next task,
-            // which must not look queued behind this finished one and be given back.
-            std::lock_guard lock(mutex_);
-            running_since_.reset();
-            running_stop_ = nullptr;
-            queued = queue_.size();
-        }
-        if (stop.stop_requested()) return;
-        proto::to_message(std::move(result), message);
-        message.kind = std::move(next.kind);
-        if (message.cost.scope.empty() && next.task.type) message.cost.scope = kShared;  // measured per frame
-        // The socket thread is woken once per batch (decision 237): while kHoldWhileQueued or
-        // more tasks are queued here, the result waits for the next ones, and they leave as
-        // one frame, answered by one frame of tasks; the wake comes when the queue runs low
-        // (the coordinator's refill then arrives while the last tasks run), or the outbox is
-        // full. The socket thread also takes what waits at each of its own wake-ups, at
-        // least every kGiveBackAfter / 2 while tasks are queued, so no result waits longer.
-        // Only with a board: a coordinator that loses this worker reads there which task ran;
-        // without one (a remote worker) it takes the oldest task without a result as the one
-        // that ran, which a held result would make wrong.
-        bool wake_now = false;
-        {
-            std::lock_guard lock(outbox_mutex_);
-            outbox_.push_back(std::move(message));
-            if (!woken_ && (!board_ || queued < kHoldWhileQueued || outbox_.size() >= kMostHeld))
-                wake_now = woken_ = true;
-        }
-        // A blocking send: inproc to our own socket thread, which never stops reading.
-        if (wake_now) wake.send(zmq::str_buffer("!"), zmq::send_flags::none);
+void Executor::start(std::stop_token stop) {
+    thread_stop_ = std::move(stop);
+    env_.settings = &settings_;
+    env_.cost_per_slice = true;  // shared out per frame by take_results()
+    env_.registry = &registry_;
+    own_.request_stop();  // so that begin() links a fresh one
+}
+
+void Executor::begin(Clock::time_point now) {
+    if (own_.stop_requested()) {  // the last task's cancel used it
+        link_.reset();            // waits for a callback that runs now
+        own_ = std::stop_source();
+        link_.emplace(thread_stop_, std::function<void()>([source = own_]() mutable { source.request_stop(); }));
     }
+    // Out of the queue and running in one step, under the socket: a cancel in between would
+    // find it neither queued nor running, and be lost.
+    next_ = std::move(queue_.front());
+    queue_.pop_front();
+    running_since_ = now;
+    running_ = {next_.task.id, next_.attempt};
+    env_.stop = own_.get_token();
+}
+
+Executor::Clock::time_point Executor::run(Clock::time_point started) {
+    if (board_) board_->started(next_.task.id, next_.attempt);
+    result_ = proto::Result{};  // its packed value, if the type gives one, set by run_task
+    TaskResult result = [&] {
+        const TaskGpus gpus(next_.task.gpus);
+        return next_.task.type
+                   ? run_task(next_.task, next_.attempt, env_, next_.packed_params, result_.packed_value, started)
+                   : unknown_kind(next_);
+    }();
+    if (board_) board_->ended();
+    // One clock read a task: run_task's end, which is also the next task's start when it
+    // follows at once (decision 302).
+    const Clock::time_point ended = started + std::chrono::duration_cast<Clock::duration>(result.run_time);
+    proto::to_message(std::move(result), result_);
+    result_.kind = std::move(next_.kind);
+    if (result_.cost.scope.empty() && next_.task.type) result_.cost.scope = kShared;  // measured per frame
+    return ended;
+}
+
+void Executor::end() {
+    // Before the result goes out: the coordinator answers it with the next task, which must
+    // not look queued behind this finished one and be given back.
+    running_since_.reset();
+    outbox_.push_back(std::move(result_));
+}
+
+bool Executor::send_due(bool& because_low) const {
+    // The outbox goes once per batch (decision 237): while kHoldWhileQueued or more tasks are
+    // queued here, the results wait for the next ones, and they leave as one frame, answered
+    // by one frame of tasks; they go when the queue runs low (the coordinator's refill then
+    // arrives while the last tasks run), or the outbox is full. What waits goes at the latest
+    // when the task thread runs out of tasks or the watcher takes the socket over (decision 301).
+    // Only with a board: a coordinator that loses this worker reads there which task ran;
+    // without one (a remote worker) it takes the oldest task without a result as the one
+    // that ran, which a held result would make wrong.
+    because_low = false;
+    if (outbox_.empty()) return false;
+    if (!board_ || outbox_.size() >= kMostHeld) return true;
+    because_low = queue_.size() < kHoldWhileQueued;
+    return because_low;
 }
 
 TaskResult Executor::unknown_kind(const Queued& queued) const {

@@ -1,10 +1,21 @@
 #include "session.hpp"
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <iterator>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -33,6 +44,14 @@ constexpr int kMaxHandshakeFailures = 3;
 // Past this, the running task is slow enough that the tasks queued behind it are better
 // off on another worker: they go back to the coordinator (`returned`).
 constexpr auto kGiveBackAfter = std::chrono::milliseconds(20);
+// Past this inside one task, the watcher thread takes the socket over from the task thread
+// (decision 301): well above a short task, so a run of them never hands the socket over, and
+// short enough that the watcher has it within 2 x kWatchAfter (it looks every kWatchAfter),
+// before kGiveBackAfter and far inside any heartbeat interval.
+constexpr auto kWatchAfter = std::chrono::milliseconds(5);
+// While it runs tasks back to back, the task thread looks at the socket (a poll that does not
+// wait) at least this often, for cancels, heartbeats and the coordinator's silence.
+constexpr auto kServeEvery = std::chrono::milliseconds(1);
 // Most results in one `results` frame; more go in several.
 constexpr std::size_t kMaxResultsPerFrame = 256;
 
@@ -129,13 +148,350 @@ void send_results(zmq::socket_t& dealer, std::vector<proto::Result>& results, pr
     }
 }
 
+// The worker's two threads and its socket (decision 301). The task thread runs the tasks,
+// always on itself (a type keeps per-thread state: the download type's connections), and
+// between tasks it has the socket: it takes frames, sends results, heartbeats and answers
+// the monitor itself, with no hand-off to another thread. The watcher sleeps meanwhile; when
+// the task thread has been inside one task for kWatchAfter, the watcher takes the socket over
+// (a mutex: ZeroMQ lets a socket change threads across a full barrier) and does all that
+// while the task runs, with give-backs and cancels of it; the task thread, its task done,
+// wakes it to let go and has the socket again.
+class Session {
+public:
+    Session(const WorkerConfig& config, zmq::socket_t& dealer, zmq::socket_t& monitor, RunningBoard* board);
+    ~Session();  // joins the task thread
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    // The watcher, on the calling thread, until the session ends; returns the exit code.
+    int watch();
+
+private:
+    enum class TaskThread { Idle, Busy, Done };  // waiting on the socket, running tasks, ended
+
+    void run_tasks(std::stop_token stop);  // the task thread
+    // With the socket held: polls it for `wait` at most, then does what came and what is due.
+    // false when the session is over (exit_code_ set).
+    bool serve(std::chrono::milliseconds wait, bool watcher);
+    // With the socket held: the frames that came, without waiting. false when the session is over.
+    bool receive();
+    // With the socket held: the outbox, after the commands' groups if they changed (decision 116).
+    void send_finished(bool groups_woke);
+    // With the socket held: a heartbeat with the resident memory and the commands' groups of `now`.
+    void send_heartbeat(Clock::time_point now);
+    // The watcher, with the socket held, while the task thread stays inside the task of `mark`.
+    bool hold(std::uint64_t mark);
+    Clock::time_point deadline(bool watcher) const;
+    bool over(ExitCode code);
+    void set_state(TaskThread state);  // the task thread's
+    void wake_watcher() const;
+    void drain_wake() const;
+
+    const WorkerConfig& config_;
+    zmq::socket_t& dealer_;
+    zmq::socket_t& monitor_;
+    const Clock::duration interval_;
+    const Clock::duration timeout_;
+    // Until the coordinator's first frame, it may not be up yet (a worker started by hand or by
+    // a scheduler before it): wait --connect-timeout for it, then the heartbeat timeout.
+    const Clock::duration connect_timeout_;
+    const int groups_fd_;  // readable when the commands' groups changed
+    const int wake_fd_;    // an eventfd: the task thread wakes the watcher through it
+
+    // Held by whichever thread has the socket: the task thread between tasks, the watcher while
+    // a task runs long. Guards the dealer and monitor sockets, executor_ and the members up to
+    // the next blank line.
+    std::mutex socket_;
+    Executor executor_;
+    bool heard_ = false;
+    Clock::time_point last_heard_ = Clock::now();
+    Clock::time_point next_heartbeat_ = Clock::now() + interval_;
+    proto::Heartbeat heartbeat_;  // with the resident memory of the moment (recycling) and the commands' groups
+    HandshakeVerdict verdict_;
+    std::vector<proto::Result> finished_;
+    proto::ResultFrame frame_;
+    std::optional<int> exit_code_;
+    bool refill_owed_ = false;  // results went since the last tasks came: the coordinator's answer is owed
+
+    // Tasks started plus tasks ended by the task thread, odd while one runs: the watcher looks
+    // whether it moved, so the task thread tells no one per task (a relaxed store).
+    std::atomic<std::uint64_t> marks_{0};
+    std::mutex state_mutex_;
+    std::condition_variable state_changed_;
+    TaskThread state_ = TaskThread::Idle;  // guarded by state_mutex_
+    TaskThread told_ = TaskThread::Idle;   // the task thread's: what it last set
+    std::jthread thread_;                  // last: starts after the members it uses exist
+};
+
+Session::Session(const WorkerConfig& config, zmq::socket_t& dealer, zmq::socket_t& monitor, RunningBoard* board)
+    : config_(config),
+      dealer_(dealer),
+      monitor_(monitor),
+      interval_(std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_interval_s))),
+      timeout_(std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_timeout_s))),
+      connect_timeout_(std::chrono::duration_cast<Clock::duration>(Seconds(config.connect_timeout_s))),
+      groups_fd_(command_groups::change_fd()),
+      wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
+      executor_(*config.registry,
+                RunEnv{.worker = config.name,
+                       .mode = "processes",
+                       .isolated = true,
+                       .out_dir = config.out_dir,
+                       .scratch_base = config.scratch_dir},
+                board),
+      verdict_(config) {
+    if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot make an eventfd");
+    thread_ = std::jthread([this](std::stop_token stop) { run_tasks(std::move(stop)); });
+}
+
+Session::~Session() {
+    thread_.request_stop();
+    if (thread_.joinable()) thread_.join();
+    ::close(wake_fd_);
+}
+
+void Session::wake_watcher() const {
+    const std::uint64_t one = 1;
+    while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+}
+
+void Session::drain_wake() const {
+    std::uint64_t count = 0;
+    (void)::read(wake_fd_, &count, sizeof count);
+}
+
+void Session::set_state(TaskThread state) {
+    if (state == told_) return;
+    told_ = state;
+    {
+        std::lock_guard lock(state_mutex_);
+        state_ = state;
+    }
+    state_changed_.notify_one();  // no system call when the watcher does not wait there
+    if (state == TaskThread::Done) wake_watcher();
+}
+
+bool Session::over(ExitCode code) {
+    exit_code_ = static_cast<int>(code);
+    return false;
+}
+
+Clock::time_point Session::deadline(bool watcher) const {
+    Clock::time_point at = std::min(next_heartbeat_, last_heard_ + (heard_ ? timeout_ : connect_timeout_));
+    if (watcher) {
+        if (const auto due = executor_.give_back_due(kGiveBackAfter)) at = std::min(at, *due);
+    }
+    return at;
+}
+
+void Session::run_tasks(std::stop_token stop) {
+    struct ThreadDone {
+        const Registry& registry;
+        ~ThreadDone() { registry.thread_done(); }
+    } thread_done{*config_.registry};
+    std::uint64_t mark = 0;
+    std::unique_lock socket(socket_);
+    executor_.start(stop);
+    Clock::time_point now = Clock::now();
+    Clock::time_point next_serve = now;
+    while (!stop.stop_requested()) {
+        if (!executor_.has_queued()) {
+            if (executor_.has_results()) send_finished(false);  // a cancel or a give-back emptied the queue
+            set_state(TaskThread::Idle);                        // the watcher sleeps until told otherwise
+            if (!serve(wire::poll_timeout(deadline(false)), false)) break;
+            now = Clock::now();
+            next_serve = now + kServeEvery;
+            continue;
+        }
+        set_state(TaskThread::Busy);  // once a burst: the watcher looks every kWatchAfter from now on
+        if (now >= next_serve) {
+            // Tasks back to back: a look at the socket that does not wait, at most every kServeEvery.
+            if (!serve(std::chrono::milliseconds(0), false)) break;
+            now = Clock::now();
+            next_serve = now + kServeEvery;
+            continue;  // a cancel may have emptied the queue
+        }
+        executor_.begin(now);
+        marks_.store(++mark, std::memory_order_release);
+        socket.unlock();
+        now = executor_.run(now);
+        marks_.store(++mark, std::memory_order_release);
+        if (!socket.try_lock()) {
+            // The watcher took the socket over while the task ran: it lets go when woken.
+            wake_watcher();
+            socket.lock();
+            now = Clock::now();
+        }
+        if (stop.stop_requested()) break;  // the watcher ended the session: the result goes nowhere
+        executor_.end();
+        bool low = false;
+        if (executor_.send_due(low)) {
+            // The queue ran low: the coordinator's answer to an earlier frame may be here. A look
+            // that does not wait (the dealer alone, one system call when nothing came), and the
+            // results wait again if it brought tasks. While that answer is still owed, the last
+            // queued task runs first and the results go when the queue is empty: one frame a
+            // batch, not three.
+            if (low && !receive()) break;
+            if (!low || (executor_.send_due(low) && !(refill_owed_ && executor_.has_queued()))) send_finished(false);
+            now = Clock::now();  // the next task starts after the look and the send, not at the last one's end
+        }
+    }
+    set_state(TaskThread::Done);
+}
+
+int Session::watch() {
+    std::uint64_t seen = marks_.load(std::memory_order_acquire);
+    bool groups_seen = false;  // the groups' descriptor woke us between tasks: the task thread reads it
+    while (true) {
+        {
+            std::unique_lock lock(state_mutex_);
+            state_changed_.wait(lock, [this] { return state_ != TaskThread::Idle; });
+            if (state_ == TaskThread::Done) break;
+        }
+        // Tasks run: a look every kWatchAfter at whether the task thread is still inside the
+        // same one, and at once when a command started (its group must reach the coordinator).
+        pollfd fds[] = {{wake_fd_, POLLIN, 0}, {groups_seen ? -1 : groups_fd_, POLLIN, 0}};
+        const int woke = ::poll(fds, 2, static_cast<int>(kWatchAfter.count()));
+        if (woke > 0 && (fds[0].revents & POLLIN)) drain_wake();  // the task thread ended, or a stale wake
+        const bool groups_woke = woke > 0 && (fds[1].revents & POLLIN);
+        const std::uint64_t mark = marks_.load(std::memory_order_acquire);
+        const bool in_task = (mark & 1) != 0;
+        groups_seen = groups_woke && !in_task;
+        const bool take = in_task && (mark == seen || groups_woke);
+        seen = mark;
+        if (!take) continue;
+        std::unique_lock socket(socket_);
+        drain_wake();  // a wake from a task that ended before this take-over is no reason to let go
+        if (marks_.load(std::memory_order_acquire) != mark) continue;  // it ended: the task thread waits for the socket
+        if (!hold(mark)) {
+            thread_.request_stop();  // stops the running task; its result goes nowhere
+            return *exit_code_;
+        }
+    }
+    std::lock_guard socket(socket_);
+    return exit_code_.value_or(static_cast<int>(ExitCode::Ok));
+}
+
+bool Session::hold(std::uint64_t mark) {
+    spdlog::trace("the watcher takes the socket: a task runs long");
+    // What the task thread held in its outbox goes at once.
+    auto wait = std::chrono::milliseconds(0);
+    while (marks_.load(std::memory_order_acquire) == mark) {
+        if (!serve(wait, true)) return false;
+        wait = wire::poll_timeout(deadline(true));
+    }
+    return true;
+}
+
+void Session::send_heartbeat(Clock::time_point now) {
+    heartbeat_.rss = resident_bytes();
+    heartbeat_.groups = command_groups::live();
+    wire::send(dealer_, proto::encode(heartbeat_));
+    next_heartbeat_ = now + interval_;
+}
+
+void Session::send_finished(bool groups_woke) {
+    executor_.take_results(finished_);
+    // The commands' groups as they are now, at once, so that the coordinator can end them if
+    // this worker dies; read after the results, and sent before them: a command's group is gone
+    // before its result is queued, so the coordinator never holds the group of a task whose
+    // result it has (decision 116).
+    if ((groups_woke || command_groups::pending()) && command_groups::take_change()) {
+        send_heartbeat(Clock::now());
+    }
+    if (!finished_.empty()) {
+        refill_owed_ = true;
+        send_results(dealer_, finished_, frame_);
+        finished_.clear();
+        next_heartbeat_ = Clock::now() + interval_;  // any frame is a sign of life
+    }
+}
+
+bool Session::receive() {
+    zmq::message_t incoming;
+    while (dealer_.recv(incoming, zmq::recv_flags::dontwait)) {
+        last_heard_ = Clock::now();
+        heard_ = true;
+        auto message = proto::decode(incoming.to_string_view(), proto::ParamsAs::Packed);  // decision 242
+        if (auto* task = std::get_if<proto::Task>(&message)) {
+            executor_.push(std::move(*task));
+            refill_owed_ = false;
+        } else if (auto* tasks = std::get_if<proto::TaskBatch>(&message)) {
+            executor_.push(std::move(*tasks));
+            refill_owed_ = false;
+        } else if (auto* cancel = std::get_if<proto::Cancel>(&message)) {
+            std::vector<proto::Result> dropped = executor_.cancel(cancel->tasks);
+            if (!dropped.empty()) send_results(dealer_, dropped, frame_);
+        } else if (auto* setup = std::get_if<proto::Setup>(&message)) {
+            executor_.set_settings(std::move(setup->settings));
+        } else if (std::holds_alternative<proto::Shutdown>(message)) {
+            spdlog::debug("shutdown requested");
+            return over(ExitCode::Ok);
+        } else if (auto* error = std::get_if<proto::DecodeError>(&message)) {
+            spdlog::warn("rejected a frame from the coordinator: {}", error->reason);
+        }
+    }
+    return true;
+}
+
+bool Session::serve(std::chrono::milliseconds wait, bool watcher) {
+    zmq::pollitem_t items[] = {{dealer_.handle(), 0, ZMQ_POLLIN, 0},
+                               {monitor_.handle(), 0, ZMQ_POLLIN, 0},
+                               {nullptr, groups_fd_, ZMQ_POLLIN, 0},
+                               {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+    // The wake is the watcher's alone: the task thread's task ended, let go.
+    zmq::poll(items, watcher ? 4 : 3, wait);
+    if (items[1].revents & ZMQ_POLLIN) {
+        while (const auto event = wire::receive_monitor_event(monitor_)) {
+            const std::string refusal = heard_ ? "" : verdict_.on_event(*event);
+            if (refusal.empty()) continue;
+            spdlog::error("{}; exiting", refusal);
+            return over(ExitCode::TasksFailed);
+        }
+    }
+    if (watcher && (items[3].revents & ZMQ_POLLIN)) drain_wake();
+    // The watcher sends what waits in the outbox (the task thread held it by end()'s rule before
+    // its task ran long); the task thread's own held results wait for that rule.
+    const bool groups_woke = (items[2].revents & ZMQ_POLLIN) != 0;
+    if (groups_woke || command_groups::pending() || (watcher && executor_.has_results())) send_finished(groups_woke);
+    if ((items[0].revents & ZMQ_POLLIN) && !receive()) return false;
+    const auto now = Clock::now();
+    Clock::duration busy{};
+    if (auto returned = executor_.give_back_if_busy_for(kGiveBackAfter, now, busy); !returned.empty()) {
+        spdlog::debug("giving back {} task(s) queued behind one running for {:.3f} s", returned.size(),
+                      Seconds(busy).count());
+        proto::Returned message;
+        message.busy_s = Seconds(busy).count();
+        for (std::size_t first = 0; first < returned.size(); first += proto::kMaxBatch) {
+            const auto begin = returned.begin() + static_cast<std::ptrdiff_t>(first);
+            message.tasks.assign(
+                begin, begin + static_cast<std::ptrdiff_t>(std::min(proto::kMaxBatch, returned.size() - first)));
+            wire::send(dealer_, proto::encode(message));
+        }
+        next_heartbeat_ = now + interval_;
+    }
+    if (!heard_ && now - last_heard_ > connect_timeout_) {
+        spdlog::error(
+            "no coordinator answered at {} within {:.1f} s (--connect-timeout): is it running and listening "
+            "there, and does every firewall on the way let the port through?; exiting",
+            config_.connect, config_.connect_timeout_s);
+        return over(ExitCode::TasksFailed);
+    }
+    if (heard_ && now - last_heard_ > timeout_) {
+        spdlog::error("coordinator silent for {:.1f} s; exiting", Seconds(now - last_heard_).count());
+        return over(ExitCode::TasksFailed);
+    }
+    if (now >= next_heartbeat_) {
+        send_heartbeat(now);
+    }
+    return true;
+}
+
 }  // namespace
 
 int run_session(const WorkerConfig& config) {
     zmq::context_t context(1);
-    zmq::socket_t results(context, zmq::socket_type::pair);  // bound before the executor connects
-    wire::configure(results, zmq::socket_type::pair);
-    results.bind(kResultsEndpoint);
     zmq::socket_t dealer(context, zmq::socket_type::dealer);
     wire::configure(dealer, zmq::socket_type::dealer);
     if (config.keys) wire::configure_curve_client(dealer, *config.keys);
@@ -160,129 +516,8 @@ int run_session(const WorkerConfig& config) {
     wire::send(dealer, proto::encode(hello));
     spdlog::debug("connected to {} (pid {}, cpu {})", config.connect, hello.pid, hello.cpu);
 
-    Executor executor(context, *config.registry,
-                      RunEnv{.worker = config.name,
-                             .mode = "processes",
-                             .isolated = true,
-                             .out_dir = config.out_dir,
-                             .scratch_base = config.scratch_dir},
-                      board.get());
-    const auto interval = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_interval_s));
-    const auto timeout = std::chrono::duration_cast<Clock::duration>(Seconds(config.heartbeat_timeout_s));
-    // Until the coordinator's first frame, it may not be up yet (a worker started by hand or by
-    // a scheduler before it): wait --connect-timeout for it, then the heartbeat timeout.
-    const auto connect_timeout = std::chrono::duration_cast<Clock::duration>(Seconds(config.connect_timeout_s));
-    bool heard = false;
-    auto last_heard = Clock::now();
-    auto next_heartbeat = Clock::now() + interval;
-    proto::Heartbeat heartbeat;  // with the resident memory of the moment (recycling) and the commands' groups
-    const int groups_changed = command_groups::change_fd();
-    HandshakeVerdict verdict(config);
-    std::vector<proto::Result> finished;
-    proto::ResultFrame frame;
-
-    while (true) {
-        const auto silence_limit = heard ? timeout : connect_timeout;
-        auto wake_at = std::min(next_heartbeat, last_heard + silence_limit);
-        // Also while results wait in the executor's outbox (after a give-back or a cancel
-        // emptied the queue behind them): taken at the next wake-up, at most this late.
-        if (executor.has_queued_or_results()) wake_at = std::min(wake_at, Clock::now() + kGiveBackAfter / 2);
-        zmq::pollitem_t items[] = {{dealer.handle(), 0, ZMQ_POLLIN, 0},
-                                   {results.handle(), 0, ZMQ_POLLIN, 0},
-                                   {monitor.handle(), 0, ZMQ_POLLIN, 0},
-                                   {nullptr, groups_changed, ZMQ_POLLIN, 0}};
-        zmq::poll(items, 4, wire::poll_timeout(wake_at));
-        if (items[2].revents & ZMQ_POLLIN) {
-            while (const auto event = wire::receive_monitor_event(monitor)) {
-                const std::string refusal = heard ? "" : verdict.on_event(*event);
-                if (refusal.empty()) continue;
-                spdlog::error("{}; exiting", refusal);
-                executor.stop();
-                return static_cast<int>(ExitCode::TasksFailed);
-            }
-        }
-        if (items[1].revents & ZMQ_POLLIN) {
-            zmq::message_t wake;
-            while (results.recv(wake, zmq::recv_flags::dontwait)) {
-            }
-        }
-        // At every wake-up, not only the executor's: results wait in its outbox while tasks
-        // are queued behind them (Executor), and leave with the next frame we send.
-        executor.take_results(finished);
-        // The commands' groups as they are now, at once, so that the coordinator can end
-        // them if this worker dies; read after the results, and sent before them: a
-        // command's group is gone before its result is queued, so the coordinator never
-        // holds the group of a task whose result it has (decision 116).
-        if (command_groups::take_change()) {
-            heartbeat.rss = resident_bytes();
-            heartbeat.groups = command_groups::live();
-            wire::send(dealer, proto::encode(heartbeat));
-            next_heartbeat = Clock::now() + interval;
-        }
-        if (!finished.empty()) {
-            send_results(dealer, finished, frame);
-            finished.clear();
-            next_heartbeat = Clock::now() + interval;  // any frame is a sign of life
-        }
-        if (items[0].revents & ZMQ_POLLIN) {
-            zmq::message_t incoming;
-            while (dealer.recv(incoming, zmq::recv_flags::dontwait)) {
-                last_heard = Clock::now();
-                heard = true;
-                auto message = proto::decode(incoming.to_string_view(), proto::ParamsAs::Packed);  // decision 242
-                if (auto* task = std::get_if<proto::Task>(&message)) {
-                    executor.push(std::move(*task));
-                } else if (auto* tasks = std::get_if<proto::TaskBatch>(&message)) {
-                    executor.push(std::move(*tasks));
-                } else if (auto* cancel = std::get_if<proto::Cancel>(&message)) {
-                    std::vector<proto::Result> dropped = executor.cancel(cancel->tasks);
-                    if (!dropped.empty()) send_results(dealer, dropped, frame);
-                } else if (auto* setup = std::get_if<proto::Setup>(&message)) {
-                    executor.set_settings(std::move(setup->settings));
-                } else if (std::holds_alternative<proto::Shutdown>(message)) {
-                    spdlog::debug("shutdown requested");
-                    executor.stop();
-                    return static_cast<int>(ExitCode::Ok);
-                } else if (auto* error = std::get_if<proto::DecodeError>(&message)) {
-                    spdlog::warn("rejected a frame from the coordinator: {}", error->reason);
-                }
-            }
-        }
-        Clock::duration busy{};
-        if (auto returned = executor.give_back_if_busy_for(kGiveBackAfter, busy); !returned.empty()) {
-            spdlog::debug("giving back {} task(s) queued behind one running for {:.3f} s", returned.size(),
-                          Seconds(busy).count());
-            proto::Returned message;
-            message.busy_s = Seconds(busy).count();
-            for (std::size_t first = 0; first < returned.size(); first += proto::kMaxBatch) {
-                const auto begin = returned.begin() + static_cast<std::ptrdiff_t>(first);
-                message.tasks.assign(
-                    begin, begin + static_cast<std::ptrdiff_t>(std::min(proto::kMaxBatch, returned.size() - first)));
-                wire::send(dealer, proto::encode(message));
-            }
-            next_heartbeat = Clock::now() + interval;
-        }
-        const auto now = Clock::now();
-        if (!heard && now - last_heard > connect_timeout) {
-            spdlog::error(
-                "no coordinator answered at {} within {:.1f} s (--connect-timeout): is it running and listening "
-                "there, and does every firewall on the way let the port through?; exiting",
-                config.connect, config.connect_timeout_s);
-            executor.stop();
-            return static_cast<int>(ExitCode::TasksFailed);
-        }
-        if (heard && now - last_heard > timeout) {
-            spdlog::error("coordinator silent for {:.1f} s; exiting", Seconds(now - last_heard).count());
-            executor.stop();
-            return static_cast<int>(ExitCode::TasksFailed);
-        }
-        if (now >= next_heartbeat) {
-            heartbeat.rss = resident_bytes();
-            heartbeat.groups = command_groups::live();
-            wire::send(dealer, proto::encode(heartbeat));
-            next_heartbeat = now + interval;
-        }
-    }
+    Session session(config, dealer, monitor, board.get());  // before the sockets go: it joins its thread
+    return session.watch();
 }
 
 }  // namespace taskfarm
