@@ -367,7 +367,10 @@ void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attemp
     packer.str("kind");
     packer.str(task.type->name());
     packer.str("params");
-    packer.json(task.params);
+    if (task.packed_params.empty())
+        packer.json(task.params);
+    else
+        packer.raw(task.packed_params);  // a map already (decision 316)
     packer.str("timeout_s");
     packer.number(task.timeout_s);
     if (!task.gpus.empty()) {
@@ -551,7 +554,7 @@ void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out) {
     out.id = task.id;
     out.attempt = attempt;
     out.kind = task.type->name();
-    out.params = task.params;
+    out.params = params_of(task);
     out.timeout_s = task.timeout_s;
     out.gpus = task.gpus;
 }
@@ -574,6 +577,10 @@ Json params_from_packed(std::string_view packed) {
     if (!in.json(params, 1) || !in.done() || !params.is_object())
         throw std::invalid_argument("params that are not a msgpack map");
     return params;
+}
+
+Json params_of(const TaskSpec& task) {
+    return task.packed_params.empty() ? task.params : params_from_packed(task.packed_params);
 }
 
 bool packed_number(std::string_view packed, std::string_view key, double& out) {

@@ -51,7 +51,7 @@ Schedule::Schedule(const Plan& plan, DispatchOptions options, ScheduleActions& a
       stop_(std::move(stop)),
       task_bytes_(std::move(task_bytes)),
       max_batch_bytes_(max_batch_bytes),
-      cursor_(plan.open()),
+      cursor_(plan.open_packed()),  // params packed where they can be: they go out as msgpack (decision 316)
       to_spawn_(options_.workers),
       all_hello_(options_.workers <= 0),
       // Without remote workers to wait for, work starts at the first hello.

@@ -18,6 +18,7 @@
 
 #include "errors.hpp"
 #include "journal_line.hpp"
+#include "protocol.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -205,7 +206,7 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"worker", result.worker},
         {"start_s", result.start_s},
         {"end_s", result.end_s},
-        {"params", task.params},
+        {"params", proto::params_of(task)},  // packed in processes mode (decision 316)
         {"value", result.value},  // a failed task's too, when it has one (TaskFailed)
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
         {"host", measured ? nlohmann::json(result.cost.host) : nlohmann::json(nullptr)},
