@@ -42,7 +42,7 @@ public:
     ~ModeRecorder();
     ModeRecorder(const ModeRecorder&) = delete;
     ModeRecorder& operator=(const ModeRecorder&) = delete;
-    void record(const TaskSpec& task, TaskResult result);
+    void record(const TaskSpec& task, TaskResult&& result);  // taken, not copied
     // Sets result's end_s (now) and start_s, as record() does.
     void stamp(TaskResult& result, std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
     // Results stamped already, tallied under one lock and handed to the sink in one call.

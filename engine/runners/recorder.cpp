@@ -44,7 +44,7 @@ void ModeRecorder::flush_later(std::stop_token stop) {
     }
 }
 
-void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
+void ModeRecorder::record(const TaskSpec& task, TaskResult&& result) {
     stamp(result);  // times are taken here, on one clock, so results from other processes line up
     {
         std::lock_guard lock(mutex_);
