@@ -92,6 +92,9 @@ public:
     // the same numbers from args.random, byte for byte what packing generate()'s JSON writes.
     // Throws as generate() does.
     virtual void generate_packed(Generate& args, std::string& params) const = 0;
+    // Whether, with these settings, every task gets the same params and generate_packed()
+    // draws nothing: the cursor then makes them once and copies them for each task.
+    virtual bool same_for_every_task(const Json& /*settings*/) const { return false; }
 };
 
 // The task types a program knows, by name. Filled before the run (the built-ins, then the

@@ -363,24 +363,30 @@ public:
                     double timeout_s)
         : type_(type), count_(count), seed_(seed), settings_(settings), timeout_s_(timeout_s) {}
 
-    std::unique_ptr<TaskCursor> open() const override { return std::make_unique<Cursor>(*this, nullptr); }
+    std::unique_ptr<TaskCursor> open() const override { return std::make_unique<Cursor>(*this, nullptr, false); }
     // Params packed where the type can make them so (decision 316): the same draws, the same bytes.
     std::unique_ptr<TaskCursor> open_packed() const override {
-        return std::make_unique<Cursor>(*this, dynamic_cast<const PackedGenerate*>(&type_));
+        const auto* packed = dynamic_cast<const PackedGenerate*>(&type_);
+        return std::make_unique<Cursor>(*this, packed, packed && packed->same_for_every_task(settings_));
     }
 
 private:
     class Cursor final : public TaskCursor {
     public:
-        Cursor(const GeneratedSource& source, const PackedGenerate* packed)
-            : source_(source), packed_(packed), random_(source.seed_) {}
+        Cursor(const GeneratedSource& source, const PackedGenerate* packed, bool same)
+            : source_(source), packed_(packed), same_(same), random_(source.seed_) {}
         bool next(TaskSpec& task) override {
             if (next_ >= source_.count_) return false;
             task.id = next_;
             task.type = &source_.type_;
             if (packed_) {
                 task.params = Params();
-                source_.make_packed(*packed_, next_, random_, task.packed_params);
+                if (!same_) {
+                    source_.make_packed(*packed_, next_, random_, task.packed_params);
+                } else {  // made once, copied after
+                    if (made_.empty()) source_.make_packed(*packed_, next_, random_, made_);
+                    task.packed_params = made_;
+                }
             } else {
                 task.params = source_.make(next_, random_);
                 task.packed_params.clear();
@@ -394,6 +400,8 @@ private:
     private:
         const GeneratedSource& source_;
         const PackedGenerate* packed_;  // null: params as JSON
+        const bool same_;               // every task's params are made_ (PackedGenerate::same_for_every_task)
+        std::string made_;
         std::mt19937_64 random_;
         std::uint64_t next_ = 0;
     };

@@ -94,6 +94,11 @@ public:
     void generate_packed(Generate& args, std::string& params) const override {
         params = proto::packed_object("seconds", seconds(args));
     }
+    // A fixed --duration (not a range): every task sleeps as long, and nothing is drawn.
+    bool same_for_every_task(const Json& settings) const override {
+        const auto given = settings.find("duration_s");
+        return given == settings.end() || given->at(0).get<double>() == given->at(1).get<double>();
+    }
 
     // A task's seconds: --duration's, or one drawn from its range.
     static double seconds(Generate& args) {
