@@ -383,10 +383,10 @@ void append_encoded(std::string& out, const TaskSpec& task, std::uint32_t attemp
     packer.str("kind");
     packer.str(task.type->name());
     packer.str("params");
-    if (task.packed_params.empty())
+    if (!task.packed_params)
         packer.json(task.params);
     else
-        packer.raw(task.packed_params);  // a map already (decision 316)
+        packer.raw(*task.packed_params);  // a map already (decision 316)
     packer.str("timeout_s");
     packer.number(task.timeout_s);
     if (!task.gpus.empty()) {
@@ -596,7 +596,7 @@ Json params_from_packed(std::string_view packed) {
 }
 
 Json params_of(const TaskSpec& task) {
-    return task.packed_params.empty() ? task.params : params_from_packed(task.packed_params);
+    return task.packed_params ? params_from_packed(*task.packed_params) : task.params;
 }
 
 bool packed_number(std::string_view packed, std::string_view key, double& out) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -154,9 +155,10 @@ struct TaskSpec {
     // processes mode); one that fails fails it, "dependency N failed", and it never runs.
     std::vector<TaskId> after{};
     // `params` as a msgpack map, `params` then null: from a cursor opened packed, whose type
-    // makes them so (PackedGenerate); empty for every other task. Read the two through
-    // proto::params_of() where JSON is wanted (decision 316).
-    std::string packed_params{};
+    // makes them so (PackedGenerate); none for every other task. Read the two through
+    // proto::params_of() where JSON is wanted (decision 316). An optional, not an empty string:
+    // a TaskSpec without one copies and moves as cheaply as before (a worker copies its tasks).
+    std::optional<std::string> packed_params{};
 };
 
 // What one task cost where it ran (decision 92). Measured by run_task() in every mode; a

@@ -382,14 +382,14 @@ private:
             if (packed_) {
                 task.params = Params();
                 if (!same_) {
-                    source_.make_packed(*packed_, next_, random_, task.packed_params);
+                    source_.make_packed(*packed_, next_, random_, task.packed_params.emplace());
                 } else {  // made once, copied after
                     if (made_.empty()) source_.make_packed(*packed_, next_, random_, made_);
                     task.packed_params = made_;
                 }
             } else {
                 task.params = source_.make(next_, random_);
-                task.packed_params.clear();
+                task.packed_params.reset();
             }
             task.timeout_s = source_.timeout_s_;
             if (!source_.resources_.empty()) task.resources = source_.resources_;

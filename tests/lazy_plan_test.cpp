@@ -103,9 +103,9 @@ TEST(LazyPlan, APackedCursorGivesTheSameTasksAsTheBytesTheJsonMakes) {
             while (json->next(a)) {
                 ASSERT_TRUE(packed->next(b));
                 ASSERT_EQ(a.id, b.id);
-                EXPECT_TRUE(a.packed_params.empty());
-                EXPECT_EQ(b.packed_params.empty(), task != "sleep") << task << " task " << b.id;
-                if (!b.packed_params.empty()) EXPECT_TRUE(b.params.is_null());
+                EXPECT_FALSE(a.packed_params);
+                EXPECT_EQ(b.packed_params.has_value(), task == "sleep") << task << " task " << b.id;
+                if (b.packed_params) EXPECT_TRUE(b.params.is_null());
                 EXPECT_EQ(proto::params_of(b), a.params) << task << " " << duration << " task " << a.id;
                 std::string from_json;
                 std::string from_packed;
@@ -128,7 +128,7 @@ TEST(LazyPlan, APackedTaskRunsInTheCoordinatorAsItsJsonWould) {
     const Plan plan = make_plan(config, builtin_types(), settings);
     TaskSpec task;
     ASSERT_TRUE(plan.open_packed()->next(task));
-    ASSERT_FALSE(task.packed_params.empty());
+    ASSERT_TRUE(task.packed_params);
     const TaskResult result = run_task(task, 1, RunEnv{.worker = "t1", .mode = "threads"});
     EXPECT_TRUE(result.ok) << result.error;
     EXPECT_EQ(result.value, (Json{{"slept_s", 0.0}}));
