@@ -114,7 +114,7 @@ private:
     // While a frame is handled: when it came, the time its results are recorded at (one clock
     // read per frame, not per result); unset between frames.
     std::optional<Clock::time_point> frame_at_;
-    proto::TaskBatch batch_;                    // reused for every batch sent
+    proto::TaskBatch batch_;  // reused for every batch sent
     std::string frame_;
     const std::string heartbeat_ = proto::encode(proto::Heartbeat{});
     const std::string setup_;  // SETUP with the run's settings, the same for every worker

@@ -369,17 +369,17 @@ private:
     // Nodes of retired tasks, emptied, for has_fresh() to fill again (at most kSpareNodes).
     static constexpr std::size_t kSpareNodes = 1024;
     mutable std::vector<LiveTable::node_type> spare_;
-    std::uint64_t taken_ = 0;                                 // fresh tasks taken from the cursor
-    Attempt next_fresh_{0, 1};                                // scratch for peek_pending() of a fresh task
-    std::map<PeerId, Worker> workers_;                        // connected: said hello, not lost
-    std::map<pid_t, Spawned> spawned_;                        // live processes of ours, by pid
-    int starting_ = 0;                                        // of spawned_, those that have not said hello
+    std::uint64_t taken_ = 0;           // fresh tasks taken from the cursor
+    Attempt next_fresh_{0, 1};          // scratch for peek_pending() of a fresh task
+    std::map<PeerId, Worker> workers_;  // connected: said hello, not lost
+    std::map<pid_t, Spawned> spawned_;  // live processes of ours, by pid
+    int starting_ = 0;                  // of spawned_, those that have not said hello
     // The last dispatch() left a task that no worker could take (all at their limit, or none);
     // true before the first, so that the first on-demand worker is spawned at once.
     bool unplaced_ = true;
-    int to_spawn_ = 0;                                        // initial workers not spawned yet; one per tick
-    std::size_t finished_ = 0;                                // tasks with a final result
-    std::size_t held_ = 0;                                    // attempts in the workers' in_flight, all together
+    int to_spawn_ = 0;          // initial workers not spawned yet; one per tick
+    std::size_t finished_ = 0;  // tasks with a final result
+    std::size_t held_ = 0;      // attempts in the workers' in_flight, all together
     int respawns_ = 0;
     bool all_hello_ = false;                      // every initial worker was spawned and said HELLO
     bool some_hello_ = false;                     // a worker of ours said HELLO

@@ -207,7 +207,7 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
         {"start_s", result.start_s},
         {"end_s", result.end_s},
         {"params", proto::params_of(task)},  // packed in processes mode (decision 316)
-        {"value", result.value},  // a failed task's too, when it has one (TaskFailed)
+        {"value", result.value},             // a failed task's too, when it has one (TaskFailed)
         {"error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error)},
         {"host", measured ? nlohmann::json(result.cost.host) : nlohmann::json(nullptr)},
         {"cost", cost_json(result.cost)},

@@ -82,9 +82,10 @@ TEST(LazyPlan, TheGeneratorGivesTheEagerPlansTasksToEveryCursor) {
 // a worker must get byte for byte the frame the JSON params made, and the journal the same
 // params; a type that cannot pack them (cpu) gives JSON as before; a resumed plan packs too.
 TEST(LazyPlan, APackedCursorGivesTheSameTasksAsTheBytesTheJsonMakes) {
-    for (const auto& [task, duration] : std::vector<std::pair<std::string, Json>>{
-             {"sleep", Json::array({0, 0})}, {"sleep", Json::array({0.5, 0.5})}, {"sleep", Json::array({0.1, 3})},
-             {"cpu", nullptr}}) {
+    for (const auto& [task, duration] : std::vector<std::pair<std::string, Json>>{{"sleep", Json::array({0, 0})},
+                                                                                  {"sleep", Json::array({0.5, 0.5})},
+                                                                                  {"sleep", Json::array({0.1, 3})},
+                                                                                  {"cpu", nullptr}}) {
         RunConfig config;
         config.task = task;
         config.tasks = 300;
