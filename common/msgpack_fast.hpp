@@ -244,10 +244,12 @@ public:
         return true;
     }
 
+    // Assigned only when it differs: a message's default ("result", "task") and an empty error
+    // are most of what comes, and std::string::assign is a call even for those.
     bool str(std::string& out) {
         std::string_view text;
         if (!str(text)) return false;
-        out.assign(text);
+        if (text != out) out.assign(text);
         return true;
     }
 

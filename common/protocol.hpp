@@ -267,6 +267,8 @@ void to_message(const TaskSpec& task, std::uint32_t attempt, Task& out);  // reu
 TaskSpec to_spec(Task message, const Registry& registry, std::string* packed = nullptr);
 // Params kept as msgpack (Task::packed_params), as JSON; throws std::invalid_argument if they are not a map.
 Json params_from_packed(std::string_view packed);
+// A task's params as JSON: TaskSpec::params, or its packed_params made JSON (decision 316).
+Json params_of(const TaskSpec& task);
 // The number under `key` in the msgpack map `packed`; false when absent or not a number.
 bool packed_number(std::string_view packed, std::string_view key, double& out);
 // {key: number} as msgpack, as a value packed by msgpack-c would be.

@@ -338,6 +338,12 @@ std::string describe_value(const TaskResult& result) {
 }
 
 TaskResult run_task(const TaskSpec& task, std::uint32_t attempt, const RunEnv& env) {
+    if (task.packed_params) {  // made packed (decision 316): run as JSON here, its value as JSON
+        TaskSpec unpacked = task;
+        unpacked.params = proto::params_of(task);
+        unpacked.packed_params.reset();
+        return run_task(unpacked, attempt, env);
+    }
     std::string no_value;
     return run_task(task, attempt, env, {}, no_value);
 }

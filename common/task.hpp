@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -81,6 +82,22 @@ public:
     virtual bool run_packed(std::string_view params, Context& context, std::string& value) const = 0;
 };
 
+// A built-in type that can make the params of a task it generates as msgpack bytes, for a
+// cursor opened packed (PlanSource::open_packed: the schedule of processes mode), so that a
+// generated no-op costs no JSON in the coordinator either (decision 316). The engine's, not
+// the API's: a user's type never has it.
+class PackedGenerate {
+public:
+    virtual ~PackedGenerate() = default;
+    // The params generate() would give for `args`, as a msgpack map into `params`, drawing
+    // the same numbers from args.random, byte for byte what packing generate()'s JSON writes.
+    // Throws as generate() does.
+    virtual void generate_packed(Generate& args, std::string& params) const = 0;
+    // Whether, with these settings, every task gets the same params and generate_packed()
+    // draws nothing: the cursor then makes them once and copies them for each task.
+    virtual bool same_for_every_task(const Json& /*settings*/) const { return false; }
+};
+
 // The task types a program knows, by name. Filled before the run (the built-ins, then the
 // user's), read-only after, so any thread may look up.
 class Registry {
@@ -137,6 +154,11 @@ struct TaskSpec {
     // Earlier tasks of the plan that must end ok before it starts (a plan line's "after",
     // processes mode); one that fails fails it, "dependency N failed", and it never runs.
     std::vector<TaskId> after{};
+    // `params` as a msgpack map, `params` then null: from a cursor opened packed, whose type
+    // makes them so (PackedGenerate); none for every other task. Read the two through
+    // proto::params_of() where JSON is wanted (decision 316). An optional, not an empty string:
+    // a TaskSpec without one copies and moves as cheaply as before (a worker copies its tasks).
+    std::optional<std::string> packed_params{};
 };
 
 // What one task cost where it ran (decision 92). Measured by run_task() in every mode; a

@@ -363,40 +363,74 @@ public:
                     double timeout_s)
         : type_(type), count_(count), seed_(seed), settings_(settings), timeout_s_(timeout_s) {}
 
-    std::unique_ptr<TaskCursor> open() const override {
-        class Cursor final : public TaskCursor {
-        public:
-            explicit Cursor(const GeneratedSource& source) : source_(source), random_(source.seed_) {}
-            bool next(TaskSpec& task) override {
-                if (next_ >= source_.count_) return false;
-                task.id = next_;
-                task.type = &source_.type_;
-                task.params = source_.make(next_, random_);
-                task.timeout_s = source_.timeout_s_;
-                if (!source_.resources_.empty()) task.resources = source_.resources_;
-                ++next_;
-                return true;
-            }
-
-        private:
-            const GeneratedSource& source_;
-            std::mt19937_64 random_;
-            std::uint64_t next_ = 0;
-        };
-        return std::make_unique<Cursor>(*this);
+    std::unique_ptr<TaskCursor> open() const override { return std::make_unique<Cursor>(*this, nullptr, false); }
+    // Params packed where the type can make them so (decision 316): the same draws, the same bytes.
+    std::unique_ptr<TaskCursor> open_packed() const override {
+        const auto* packed = dynamic_cast<const PackedGenerate*>(&type_);
+        return std::make_unique<Cursor>(*this, packed, packed && packed->same_for_every_task(settings_));
     }
 
+private:
+    class Cursor final : public TaskCursor {
+    public:
+        Cursor(const GeneratedSource& source, const PackedGenerate* packed, bool same)
+            : source_(source), packed_(packed), same_(same), random_(source.seed_) {}
+        bool next(TaskSpec& task) override {
+            if (next_ >= source_.count_) return false;
+            task.id = next_;
+            task.type = &source_.type_;
+            if (packed_) {
+                task.params = Params();
+                if (!same_) {
+                    source_.make_packed(*packed_, next_, random_, task.packed_params.emplace());
+                } else {  // made once, copied after
+                    if (made_.empty()) source_.make_packed(*packed_, next_, random_, made_);
+                    task.packed_params = made_;
+                }
+            } else {
+                task.params = source_.make(next_, random_);
+                task.packed_params.reset();
+            }
+            task.timeout_s = source_.timeout_s_;
+            if (!source_.resources_.empty()) task.resources = source_.resources_;
+            ++next_;
+            return true;
+        }
+
+    private:
+        const GeneratedSource& source_;
+        const PackedGenerate* packed_;  // null: params as JSON
+        const bool same_;               // every task's params are made_ (PackedGenerate::same_for_every_task)
+        std::string made_;
+        std::mt19937_64 random_;
+        std::uint64_t next_ = 0;
+    };
+
+public:
     Params make(std::uint64_t index, std::mt19937_64& random) const {
         Generate args{.index = index, .count = count_, .random = random, .settings = settings_};
         try {
             return type_.generate(args);
         } catch (const std::exception& e) {
-            throw ConfigError(
-                fmt::format("--task {}: cannot make task {} of {}: {}", type_.name(), index, count_, e.what()));
+            throw cannot_make(index, e);
+        }
+    }
+    void make_packed(const PackedGenerate& packed, std::uint64_t index, std::mt19937_64& random,
+                     std::string& params) const {
+        Generate args{.index = index, .count = count_, .random = random, .settings = settings_};
+        try {
+            packed.generate_packed(args, params);
+        } catch (const std::exception& e) {
+            throw cannot_make(index, e);
         }
     }
 
 private:
+    ConfigError cannot_make(std::uint64_t index, const std::exception& e) const {
+        return ConfigError(
+            fmt::format("--task {}: cannot make task {} of {}: {}", type_.name(), index, count_, e.what()));
+    }
+
     const TaskType& type_;
     const std::uint64_t count_;
     const std::uint64_t seed_;

@@ -113,6 +113,11 @@ void Dispatcher::drain_incoming() {
 
 void Dispatcher::on_frame(const std::string& identity, const zmq::message_t& body) {
     const auto now = Clock::now();
+    frame_at_ = now;
+    struct Done {  // on every way out
+        std::optional<Clock::time_point>& at;
+        ~Done() { at.reset(); }
+    } done{frame_at_};
     schedule_.frame(identity, now);
     auto message = proto::decode(body.to_string_view(), proto::ParamsAs::Json, values_);
     if (auto* hello = std::get_if<proto::Hello>(&message)) {
@@ -224,7 +229,9 @@ bool Dispatcher::send_heartbeat(const PeerId& peer) { return wire::send_to(route
 
 void Dispatcher::send_shutdown(const PeerId& peer) { wire::send_to(router_, peer, proto::encode(proto::Shutdown{})); }
 
-void Dispatcher::record(const TaskSpec& task, TaskResult result) { recorder_.record(task, std::move(result)); }
+void Dispatcher::record(const TaskSpec& task, TaskResult result) {
+    recorder_.record(task, std::move(result), frame_at_ ? *frame_at_ : Clock::now());
+}
 
 void Dispatcher::record_retry(const TaskSpec& task, TaskResult result) {
     recorder_.record_retry(task, std::move(result));

@@ -111,7 +111,10 @@ private:
 
     std::map<std::string, RejectLog> rejects_;  // rate-limits rejection logs per peer
     Clock::time_point next_reap_;               // exited workers are reaped this often
-    proto::TaskBatch batch_;                    // reused for every batch sent
+    // While a frame is handled: when it came, the time its results are recorded at (one clock
+    // read per frame, not per result); unset between frames.
+    std::optional<Clock::time_point> frame_at_;
+    proto::TaskBatch batch_;  // reused for every batch sent
     std::string frame_;
     const std::string heartbeat_ = proto::encode(proto::Heartbeat{});
     const std::string setup_;  // SETUP with the run's settings, the same for every worker

@@ -39,7 +39,12 @@ class SkippingSource final : public PlanSource {
 public:
     SkippingSource(std::shared_ptr<const PlanSource> source, const IdSet& skip)
         : source_(std::move(source)), skip_(skip) {}
-    std::unique_ptr<TaskCursor> open() const override {
+    std::unique_ptr<TaskCursor> open() const override { return skipping(source_->open()); }
+    std::unique_ptr<TaskCursor> open_packed() const override { return skipping(source_->open_packed()); }
+    std::optional<std::uint64_t> counted() const override { return source_->counted(); }
+
+private:
+    std::unique_ptr<TaskCursor> skipping(std::unique_ptr<TaskCursor> inner) const {
         class Cursor final : public TaskCursor {
         public:
             Cursor(std::unique_ptr<TaskCursor> inner, const IdSet& skip) : inner_(std::move(inner)), skip_(skip) {}
@@ -60,11 +65,9 @@ public:
             std::unique_ptr<TaskCursor> inner_;
             const IdSet& skip_;
         };
-        return std::make_unique<Cursor>(source_->open(), skip_);
+        return std::make_unique<Cursor>(std::move(inner), skip_);
     }
-    std::optional<std::uint64_t> counted() const override { return source_->counted(); }
 
-private:
     std::shared_ptr<const PlanSource> source_;
     const IdSet& skip_;
 };

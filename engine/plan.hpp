@@ -46,6 +46,10 @@ class PlanSource {
 public:
     virtual ~PlanSource() = default;
     virtual std::unique_ptr<TaskCursor> open() const = 0;
+    // The same tasks, with their params as msgpack (TaskSpec::packed_params) where the source
+    // can make them so (a generated plan of a PackedGenerate type), as JSON otherwise: for a
+    // reader that sends them on packed and reads them through proto::params_of() (decision 316).
+    virtual std::unique_ptr<TaskCursor> open_packed() const { return open(); }
     // How many tasks a cursor found when it reached the end of a plan whose size was not
     // known before (standard input); nullopt until then.
     virtual std::optional<std::uint64_t> counted() const { return std::nullopt; }
@@ -68,6 +72,7 @@ struct Plan {
     std::shared_ptr<StdinSpool> stdin_spool;
 
     std::unique_ptr<TaskCursor> open() const { return source->open(); }
+    std::unique_ptr<TaskCursor> open_packed() const { return source->open_packed(); }
     // count, or what a cursor that reached the end of standard input counted.
     std::optional<std::uint64_t> known_count() const;
 

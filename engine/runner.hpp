@@ -42,7 +42,9 @@ public:
     ~ModeRecorder();
     ModeRecorder(const ModeRecorder&) = delete;
     ModeRecorder& operator=(const ModeRecorder&) = delete;
-    void record(const TaskSpec& task, TaskResult result);
+    void record(const TaskSpec& task, TaskResult&& result);  // taken, not copied
+    // The same, stamped at `now` (a clock read already: processes mode's frame of results).
+    void record(const TaskSpec& task, TaskResult&& result, std::chrono::steady_clock::time_point now);
     // Sets result's end_s (now) and start_s, as record() does.
     void stamp(TaskResult& result, std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
     // Results stamped already, tallied under one lock and handed to the sink in one call.

@@ -297,7 +297,7 @@ private:
     bool all_finished() const;  // every task of the plan has its final result
     Attempt& peek_pending();    // pending() > 0
     void pop_pending();
-    void retire(std::size_t index) { live_.erase(index); }  // the task has its final result
+    void retire(std::size_t index);  // the task has its final result
     void send_tasks(std::map<PeerId, Worker>::iterator target, std::size_t count, Clock::time_point now);
     void front_started(const Worker& worker, Clock::time_point now);  // in_flight.front() runs from now
     // The one place a worker is lost (death, exit, silence, disconnection, an overrun):
@@ -380,12 +380,16 @@ private:
     mutable bool cursor_ended_ = false;
     mutable bool cursor_waiting_ = false;  // the cursor's next line has not come yet (a slow producer)
     mutable std::optional<std::string> plan_error_;
-    mutable std::unordered_map<std::size_t, TaskSpec> live_;  // by id: peeked, in flight or to be retried
-    std::uint64_t taken_ = 0;                                 // fresh tasks taken from the cursor
-    Attempt next_fresh_{0, 1};                                // scratch for peek_pending() of a fresh task
-    std::map<PeerId, Worker> workers_;                        // connected: said hello, not lost
-    std::map<pid_t, Spawned> spawned_;                        // live processes of ours, by pid
-    int starting_ = 0;                                        // of spawned_, those that have not said hello
+    using LiveTable = std::unordered_map<std::size_t, TaskSpec>;
+    mutable LiveTable live_;  // by id: peeked, in flight or to be retried
+    // Nodes of retired tasks, emptied, for has_fresh() to fill again (at most kSpareNodes).
+    static constexpr std::size_t kSpareNodes = 1024;
+    mutable std::vector<LiveTable::node_type> spare_;
+    std::uint64_t taken_ = 0;           // fresh tasks taken from the cursor
+    Attempt next_fresh_{0, 1};          // scratch for peek_pending() of a fresh task
+    std::map<PeerId, Worker> workers_;  // connected: said hello, not lost
+    std::map<pid_t, Spawned> spawned_;  // live processes of ours, by pid
+    int starting_ = 0;                  // of spawned_, those that have not said hello
     // The last dispatch() left a task that no worker could take (all at their limit, or none);
     // true before the first, so that the first on-demand worker is spawned at once.
     bool unplaced_ = true;

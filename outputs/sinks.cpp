@@ -18,6 +18,7 @@
 
 #include "errors.hpp"
 #include "journal_line.hpp"
+#include "protocol.hpp"
 #include "text.hpp"
 
 namespace taskfarm {
@@ -208,7 +209,7 @@ void JournalSink::sink_it_(const TaskSpec& task, const TaskResult& result) {
     members.emplace("worker", result.worker);
     members.emplace("start_s", result.start_s);
     members.emplace("end_s", result.end_s);
-    members.emplace("params", task.params);
+    members.emplace("params", proto::params_of(task));  // packed in processes mode (decision 316)
     members.emplace("value", result.value);  // a failed task's too, when it has one (TaskFailed)
     members.emplace("error", result.ok ? nlohmann::json(nullptr) : nlohmann::json(result.error));
     members.emplace("host", measured ? nlohmann::json(result.cost.host) : nlohmann::json(nullptr));

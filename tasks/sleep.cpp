@@ -47,7 +47,7 @@ double round_to_ms(double seconds) { return std::round(seconds * 1000.0) / 1000.
 // specified bit for bit, so it could give other plans on other standard libraries.
 double unit_interval(std::mt19937_64& generator) { return static_cast<double>(generator() >> 11) * 0x1.0p-53; }
 
-class SleepType final : public TaskType, public PackedRun {
+class SleepType final : public TaskType, public PackedRun, public PackedGenerate {
 public:
     std::string name() const override { return "sleep"; }
     std::string summary() const override { return "waits --duration seconds (plan: \"seconds\")"; }
@@ -87,7 +87,21 @@ public:
         return {duration};
     }
 
-    Params generate(Generate& args) const override {
+    Params generate(Generate& args) const override { return number_object("seconds", seconds(args)); }
+
+    // The same params as msgpack, for the schedule of processes mode (decision 316): no JSON
+    // made, packed and destroyed per task in the coordinator.
+    void generate_packed(Generate& args, std::string& params) const override {
+        params = proto::packed_object("seconds", seconds(args));
+    }
+    // A fixed --duration (not a range): every task sleeps as long, and nothing is drawn.
+    bool same_for_every_task(const Json& settings) const override {
+        const auto given = settings.find("duration_s");
+        return given == settings.end() || given->at(0).get<double>() == given->at(1).get<double>();
+    }
+
+    // A task's seconds: --duration's, or one drawn from its range.
+    static double seconds(Generate& args) {
         const auto given = args.settings.find("duration_s");  // absent: a program that reads no flags
         double lo = 1;
         double span = 0;
@@ -95,7 +109,7 @@ public:
             lo = given->at(0).get<double>();
             span = given->at(1).get<double>() - lo;
         }
-        return number_object("seconds", span > 0 ? round_to_ms(lo + span * unit_interval(args.random)) : lo);
+        return span > 0 ? round_to_ms(lo + span * unit_interval(args.random)) : lo;
     }
 
     Value run(const Params& params, Context& context) const override {

@@ -15,6 +15,7 @@
 #include "id_set.hpp"
 #include "journal.hpp"
 #include "plan.hpp"
+#include "protocol.hpp"
 #include "support.hpp"
 
 namespace taskfarm {
@@ -75,6 +76,63 @@ TEST(LazyPlan, TheGeneratorGivesTheEagerPlansTasksToEveryCursor) {
         EXPECT_FALSE(first->next(a));
         EXPECT_FALSE(second->next(b));
     }
+}
+
+// Decision 316: the schedule's cursor (open_packed) makes a generated sleep's params as msgpack;
+// a worker must get byte for byte the frame the JSON params made, and the journal the same
+// params; a type that cannot pack them (cpu) gives JSON as before; a resumed plan packs too.
+TEST(LazyPlan, APackedCursorGivesTheSameTasksAsTheBytesTheJsonMakes) {
+    for (const auto& [task, duration] : std::vector<std::pair<std::string, Json>>{{"sleep", Json::array({0, 0})},
+                                                                                  {"sleep", Json::array({0.5, 0.5})},
+                                                                                  {"sleep", Json::array({0.1, 3})},
+                                                                                  {"cpu", nullptr}}) {
+        RunConfig config;
+        config.task = task;
+        config.tasks = 300;
+        if (!duration.is_null()) config.settings["duration_s"] = duration;
+        config.seed = 9;
+        Json settings = settings_json(config);
+        const Plan plan = make_plan(config, builtin_types(), settings);
+        IdSet done;
+        for (TaskId id = 0; id < 300; id += 3) done.insert(id);
+        const Plan rest = skipping(plan, done);
+        for (const Plan* which : {&plan, &rest}) {
+            const auto json = which->open();
+            const auto packed = which->open_packed();
+            TaskSpec a;
+            TaskSpec b;
+            while (json->next(a)) {
+                ASSERT_TRUE(packed->next(b));
+                ASSERT_EQ(a.id, b.id);
+                EXPECT_FALSE(a.packed_params);
+                EXPECT_EQ(b.packed_params.has_value(), task == "sleep") << task << " task " << b.id;
+                if (b.packed_params) EXPECT_TRUE(b.params.is_null());
+                EXPECT_EQ(proto::params_of(b), a.params) << task << " " << duration << " task " << a.id;
+                std::string from_json;
+                std::string from_packed;
+                proto::append_encoded(from_json, a, 2);
+                proto::append_encoded(from_packed, b, 2);
+                EXPECT_EQ(from_packed, from_json) << task << " " << duration << " task " << a.id;
+            }
+            EXPECT_FALSE(packed->next(b));
+        }
+    }
+}
+
+// A packed task run where a JSON one is (threads mode's run_task) runs from its params as JSON.
+TEST(LazyPlan, APackedTaskRunsInTheCoordinatorAsItsJsonWould) {
+    RunConfig config;
+    config.task = "sleep";
+    config.tasks = 1;
+    config.settings["duration_s"] = {0, 0};
+    Json settings = settings_json(config);
+    const Plan plan = make_plan(config, builtin_types(), settings);
+    TaskSpec task;
+    ASSERT_TRUE(plan.open_packed()->next(task));
+    ASSERT_TRUE(task.packed_params);
+    const TaskResult result = run_task(task, 1, RunEnv{.worker = "t1", .mode = "threads"});
+    EXPECT_TRUE(result.ok) << result.error;
+    EXPECT_EQ(result.value, (Json{{"slept_s", 0.0}}));
 }
 
 TEST(LazyPlan, AFileIsCheckedWholeBeforeTheRunAndNamesALateBadLine) {

@@ -426,7 +426,9 @@ TEST(Protocol, ATaskPackedFromItsSpecIsTheTaskMessage) {
     TaskSpec plain{41, type("sleep"), {{"seconds", 0.25}, {"note", "x"}}, 0};
     TaskSpec full{42, type("cpu"), {{"lo", 1}, {"hi", 9}}, 2.5};
     full.gpus = "3,5";
-    for (const TaskSpec* task : {&plain, &full}) {
+    TaskSpec packed{43, type("sleep"), {}, 1.5};  // params made packed (decision 316)
+    packed.packed_params = packed_object("seconds", 0.25);
+    for (const TaskSpec* task : {&plain, &full, &packed}) {
         std::string out = "before";
         append_encoded(out, *task, 3);
         EXPECT_EQ(out, "before" + encode(to_message(*task, 3))) << task->id;

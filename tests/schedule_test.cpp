@@ -1383,5 +1383,56 @@ TEST(ScheduleDependencies, ATaskStartsAfterItsDependenciesAndFailsWithoutRunning
     EXPECT_TRUE(rig.schedule.done());
 }
 
+// Decision 317: a retired task's node in the schedule's table is filled again by a later task;
+// nothing of the earlier one (its params, GPUs, resources, dependencies) stays with it.
+// The cursor writes only what a task has, as the generator does (its resources only when some).
+TEST(Schedule, ATaskInARetiredTasksPlaceCarriesNothingOfIt) {
+    class Source final : public PlanSource {
+    public:
+        std::unique_ptr<TaskCursor> open() const override {
+            class Cursor final : public TaskCursor {
+            public:
+                bool next(TaskSpec& task) override {
+                    if (next_ == 6) return false;
+                    task.id = next_;
+                    task.type = testing::task_of("sleep", {}, 0).type;
+                    task.params = Json{{"seconds", 0.001 * static_cast<double>(next_ + 1)}};
+                    if (next_ == 0) task.resources = ResourceRequest{{"gpu", 1}};
+                    if (next_ == 1) task.after = {0};
+                    ++next_;
+                    return true;
+                }
+
+            private:
+                TaskId next_ = 0;
+            };
+            return std::make_unique<Cursor>();
+        }
+    };
+    Plan plan;
+    plan.source = std::make_shared<Source>();
+    plan.count = 6;
+    Rig rig(std::move(plan),
+            {.workers = 1,
+             .resources = std::make_shared<const LocalResources>(ResourceRequest{}, std::vector<std::string>{"7"})});
+    rig.spawn_all();
+    rig.hello("w1");
+    std::set<std::size_t> checked;
+    for (int round = 0; rig.world.recorded.size() < 6; ++round) {
+        ASSERT_LT(round, 10) << "the tasks never finished";
+        for (const Attempt& attempt : unanswered(rig)) {
+            const TaskSpec& task = rig.schedule.task(attempt.index);
+            EXPECT_EQ(task.id, attempt.index);
+            EXPECT_EQ(task.params, (Json{{"seconds", 0.001 * static_cast<double>(attempt.index + 1)}})) << task.id;
+            EXPECT_EQ(task.gpus, attempt.index == 0 ? "7" : "") << task.id;
+            EXPECT_EQ(task.resources.empty(), attempt.index != 0) << task.id;
+            EXPECT_EQ(task.after, attempt.index == 1 ? std::vector<TaskId>{0} : std::vector<TaskId>{}) << task.id;
+            checked.insert(attempt.index);
+        }
+        rig.answer_all("w1");
+    }
+    EXPECT_EQ(checked.size(), 6u);
+}
+
 }  // namespace
 }  // namespace taskfarm

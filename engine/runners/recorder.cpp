@@ -44,8 +44,12 @@ void ModeRecorder::flush_later(std::stop_token stop) {
     }
 }
 
-void ModeRecorder::record(const TaskSpec& task, TaskResult result) {
-    stamp(result);  // times are taken here, on one clock, so results from other processes line up
+void ModeRecorder::record(const TaskSpec& task, TaskResult&& result) {
+    record(task, std::move(result), std::chrono::steady_clock::now());
+}
+
+void ModeRecorder::record(const TaskSpec& task, TaskResult&& result, std::chrono::steady_clock::time_point now) {
+    stamp(result, now);  // times are taken here, on one clock, so results from other processes line up
     {
         std::lock_guard lock(mutex_);
         tally(result);

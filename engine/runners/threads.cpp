@@ -59,7 +59,7 @@ public:
         recorder_.stamp(result, now);
         std::unique_lock lock(mutex_);
         if (held_.empty()) oldest_ = now;
-        held_.push_back({std::move(task), std::move(result)});
+        held_.emplace_back(std::move(task), std::move(result));  // in place: one move of each, not two
         if (held_.size() < kSliceResults && now - slice_began_ < kSlice) {
             if (held_.size() == 1) {
                 lock.unlock();
