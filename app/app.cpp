@@ -14,6 +14,7 @@
 
 #include "coordinator.hpp"
 #include "function_type.hpp"
+#include "protocol.hpp"
 #include "task.hpp"
 #include "worker.hpp"
 
@@ -21,7 +22,10 @@ namespace taskfarm {
 namespace {
 
 // A user's function as a task type: parameters as the plan gives them, the value as it returns.
-class FunctionType final : public TaskType {
+// Its tasks of --task NAME --tasks N get the default params ({"index": i}),
+// which it also makes as msgpack for the schedule of processes mode (decision 321): a user's
+// no-op costs the coordinator no JSON a task, as the built-in one does not (decision 316).
+class FunctionType final : public TaskType, public PackedGenerate {
 public:
     FunctionType(std::string name, TaskFunction fn, TaskOptions options)
         : name_(std::move(name)), fn_(std::move(fn)), options_(std::move(options)) {}
@@ -37,6 +41,9 @@ public:
     Value run(const Params& params, Context& context) const override {
         const detail::FlushOutput flush;
         return fn_(params, context);
+    }
+    void generate_packed(Generate& args, std::string& params) const override {
+        params = proto::packed_object("index", args.index);
     }
 
 private:

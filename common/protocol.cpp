@@ -624,6 +624,18 @@ std::string packed_object(std::string_view key, double number) {
     return out;
 }
 
+std::string packed_object(std::string_view key, std::uint64_t number) {
+    std::string out;
+    StringWriter writer{out};
+    {
+        FastPacker packer(writer);
+        packer.map(1);
+        packer.str(key);
+        packer.unsigned_number(number);
+    }
+    return out;
+}
+
 Result to_message(TaskResult result) {
     Result message;
     to_message(std::move(result), message);

@@ -273,6 +273,7 @@ Json params_of(const TaskSpec& task);
 bool packed_number(std::string_view packed, std::string_view key, double& out);
 // {key: number} as msgpack, as a value packed by msgpack-c would be.
 std::string packed_object(std::string_view key, double number);
+std::string packed_object(std::string_view key, std::uint64_t number);
 Result to_message(TaskResult result);
 void to_message(TaskResult&& result, Result& out);  // reuses out's strings
 // `type`: the task's type in the plan (the result's own "kind" is not trusted).

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "errors.hpp"
+#include "function_type.hpp"
 #include "id_set.hpp"
 #include "journal.hpp"
 #include "plan.hpp"
@@ -81,6 +82,36 @@ TEST(LazyPlan, TheGeneratorGivesTheEagerPlansTasksToEveryCursor) {
 // Decision 316: the schedule's cursor (open_packed) makes a generated sleep's params as msgpack;
 // a worker must get byte for byte the frame the JSON params made, and the journal the same
 // params; a type that cannot pack them (cpu) gives JSON as before; a resumed plan packs too.
+// Every task of `plan` and of it resumed (a third done), opened packed and as JSON: the same
+// ids, the same params and the same frame bytes; `packs`: whether the packed cursor made them so.
+void expect_packed_as_json(const Plan& plan, bool packs, const std::string& label) {
+    IdSet done;
+    for (TaskId id = 0; id < plan.count; id += 3) done.insert(id);
+    const Plan rest = skipping(plan, done);
+    for (const Plan* which : {&plan, &rest}) {
+        const auto json = which->open();
+        const auto packed = which->open_packed();
+        TaskSpec a;
+        TaskSpec b;
+        while (json->next(a)) {
+            ASSERT_TRUE(packed->next(b));
+            ASSERT_EQ(a.id, b.id);
+            EXPECT_FALSE(a.packed_params);
+            EXPECT_EQ(b.packed_params.has_value(), packs) << label << " task " << b.id;
+            if (b.packed_params) {
+                EXPECT_TRUE(b.params.is_null());
+            }
+            EXPECT_EQ(proto::params_of(b), a.params) << label << " task " << a.id;
+            std::string from_json;
+            std::string from_packed;
+            proto::append_encoded(from_json, a, 2);
+            proto::append_encoded(from_packed, b, 2);
+            EXPECT_EQ(from_packed, from_json) << label << " task " << a.id;
+        }
+        EXPECT_FALSE(packed->next(b));
+    }
+}
+
 TEST(LazyPlan, APackedCursorGivesTheSameTasksAsTheBytesTheJsonMakes) {
     for (const auto& [task, duration] : std::vector<std::pair<std::string, Json>>{{"sleep", Json::array({0, 0})},
                                                                                   {"sleep", Json::array({0.5, 0.5})},
@@ -93,30 +124,21 @@ TEST(LazyPlan, APackedCursorGivesTheSameTasksAsTheBytesTheJsonMakes) {
         config.seed = 9;
         Json settings = settings_json(config);
         const Plan plan = make_plan(config, builtin_types(), settings);
-        IdSet done;
-        for (TaskId id = 0; id < 300; id += 3) done.insert(id);
-        const Plan rest = skipping(plan, done);
-        for (const Plan* which : {&plan, &rest}) {
-            const auto json = which->open();
-            const auto packed = which->open_packed();
-            TaskSpec a;
-            TaskSpec b;
-            while (json->next(a)) {
-                ASSERT_TRUE(packed->next(b));
-                ASSERT_EQ(a.id, b.id);
-                EXPECT_FALSE(a.packed_params);
-                EXPECT_EQ(b.packed_params.has_value(), task == "sleep") << task << " task " << b.id;
-                if (b.packed_params) EXPECT_TRUE(b.params.is_null());
-                EXPECT_EQ(proto::params_of(b), a.params) << task << " " << duration << " task " << a.id;
-                std::string from_json;
-                std::string from_packed;
-                proto::append_encoded(from_json, a, 2);
-                proto::append_encoded(from_packed, b, 2);
-                EXPECT_EQ(from_packed, from_json) << task << " " << duration << " task " << a.id;
-            }
-            EXPECT_FALSE(packed->next(b));
-        }
+        expect_packed_as_json(plan, task == "sleep", task + " " + duration.dump());
     }
+}
+
+// Decision 321: a user's function packs its default params ({"index": i}) too, past the
+// one-byte, two-byte and four-byte integers.
+TEST(LazyPlan, APackedCursorOfAUsersFunctionGivesTheBytesItsJsonMakes) {
+    Registry registry;
+    registry.add(make_function_type("noop", [](const Params&, Context&) { return Value(); }, {}));
+    RunConfig config;
+    config.task = "noop";
+    config.tasks = 70'000;
+    Json settings = settings_json(config);
+    const Plan plan = make_plan(config, registry, settings);
+    expect_packed_as_json(plan, true, "noop");
 }
 
 // A packed task run where a JSON one is (threads mode's run_task) runs from its params as JSON.
