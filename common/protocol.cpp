@@ -595,8 +595,13 @@ Json params_from_packed(std::string_view packed) {
     return params;
 }
 
+// Packed params read back as their type's parse() gives them, so that the text is the JSON
+// path's: msgpack keeps no difference between 0 and 0.0 (a whole double packs as an integer),
+// and the journal's text is what --resume compares with the plan's, byte for byte.
 Json params_of(const TaskSpec& task) {
-    return task.packed_params ? params_from_packed(*task.packed_params) : task.params;
+    if (!task.packed_params) return task.params;
+    Json params = params_from_packed(*task.packed_params);
+    return task.type ? task.type->parse(params) : params;
 }
 
 bool packed_number(std::string_view packed, std::string_view key, double& out) {

@@ -85,7 +85,9 @@ public:
 // A built-in type that can make the params of a task it generates as msgpack bytes, for a
 // cursor opened packed (PlanSource::open_packed: the schedule of processes mode), so that a
 // generated no-op costs no JSON in the coordinator either (decision 316). The engine's, not
-// the API's: a user's type never has it.
+// the API's: a type of the user's own making never has it (the library's wrapper of a user's
+// function does, decision 321). Its parse() must give back, from the packed params read as
+// JSON, the params generate() gives: proto::params_of() reads them through it.
 class PackedGenerate {
 public:
     virtual ~PackedGenerate() = default;
