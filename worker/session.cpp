@@ -169,7 +169,8 @@ public:
 private:
     enum class TaskThread { Idle, Busy, Done };  // waiting on the socket, running tasks, ended
 
-    void run_tasks(std::stop_token stop);  // the task thread
+    void run_tasks(std::stop_token stop);  // the task thread: serve_tasks, and what it throws
+    void serve_tasks(std::stop_token stop);
     // With the socket held: polls it for `wait` at most, then does what came and what is due.
     // false when the session is over (exit_code_ set).
     bool serve(std::chrono::milliseconds wait, bool watcher);
@@ -286,6 +287,25 @@ Clock::time_point Session::deadline(bool watcher) const {
 }
 
 void Session::run_tasks(std::stop_token stop) {
+    try {
+        serve_tasks(stop);
+    } catch (const std::exception& e) {
+        // What the socket loop on the main thread did before (decision 301): said, and the worker
+        // exits failed, rather than std::terminate for an exception out of a thread.
+        spdlog::error("{}; exiting", e.what());
+        // Thrown inside a task, while the watcher may hold the socket until the task's mark moves:
+        // moved, and the watcher woken, before the socket is asked for.
+        if (const std::uint64_t mark = marks_.load(std::memory_order_acquire); mark & 1) {
+            marks_.store(mark + 1, std::memory_order_release);
+            wake_watcher();
+        }
+        const std::lock_guard socket(socket_);
+        exit_code_ = static_cast<int>(ExitCode::TasksFailed);
+    }
+    set_state(TaskThread::Done);
+}
+
+void Session::serve_tasks(std::stop_token stop) {
     struct ThreadDone {
         const Registry& registry;
         ~ThreadDone() { registry.thread_done(); }
@@ -337,7 +357,9 @@ void Session::run_tasks(std::stop_token stop) {
             now = Clock::now();  // the next task starts after the look and the send, not at the last one's end
         }
     }
-    set_state(TaskThread::Done);
+    // The socket is held here. A shutdown asked for while results were held (decision 237's
+    // rule) does not drop them: they go, as the socket loop sent its outbox at every wake-up.
+    if (exit_code_ == static_cast<int>(ExitCode::Ok) && executor_.has_results()) send_finished(false);
 }
 
 int Session::watch() {
