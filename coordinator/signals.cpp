@@ -55,9 +55,21 @@ struct Caught {
     pid_t sender;
 };
 std::atomic<int> caught_write_fd{-1};
+std::atomic<pid_t> caught_pid{0};  // the process that installed the handlers
 
 void on_stop_signal(int signal, siginfo_t* info, void*) {
     const int saved = errno;
+    if (::getpid() != caught_pid.load(std::memory_order_relaxed)) {
+        // A child the program forked without an exec inherited the handler and the pipe: the
+        // signal is its own, not the farm's, so it does what it would have done there (the
+        // default: end it; it is blocked here until the handler returns).
+        struct sigaction fallback {};
+        fallback.sa_handler = SIG_DFL;
+        ::sigaction(signal, &fallback, nullptr);
+        ::raise(signal);
+        errno = saved;
+        return;
+    }
     const Caught caught{signal, info ? info->si_code : 0, info ? info->si_pid : 0};
     if (const int fd = caught_write_fd.load(std::memory_order_relaxed); fd >= 0) {
         [[maybe_unused]] const ssize_t written = ::write(fd, &caught, sizeof caught);  // full: dropped
@@ -74,22 +86,25 @@ public:
         return *handlers;
     }
 
-    // The pipe's end to read.
+    // The pipe's end to read; -1 when there is none (said). Every acquire() is paired with a
+    // release(), whatever it returned.
     int acquire() {
         std::lock_guard lock(mutex_);
+        ++users_;
         if (read_fd_ < 0) {
             int fds[2];
             if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
                 spdlog::error("cannot take the stop signals: pipe2: {}", std::strerror(errno));
-                return -1;
+                return -1;  // no handler either: one that could tell no one would swallow the signal
             }
             read_fd_ = fds[0];
             caught_write_fd.store(fds[1]);
         }
-        if (users_++ > 0) return read_fd_;
+        if (installed_now_) return read_fd_;
         Caught stale{};
         while (::read(read_fd_, &stale, sizeof stale) > 0) {
         }  // from a handler that ran as the last watcher ended
+        caught_pid.store(::getpid(), std::memory_order_relaxed);
         struct sigaction action {};
         action.sa_sigaction = on_stop_signal;
         action.sa_flags = SA_SIGINFO | SA_RESTART;
@@ -101,20 +116,29 @@ public:
                             !(previous_[i].sa_handler == SIG_IGN && !(previous_[i].sa_flags & SA_SIGINFO)) &&
                             ::sigaction(kStopSignals[i], &action, nullptr) == 0;
         }
+        installed_now_ = true;
         return read_fd_;
     }
 
     void release() {
         std::lock_guard lock(mutex_);
-        if (--users_ > 0) return;
-        for (std::size_t i = 0; i < std::size(kStopSignals); ++i)
-            if (std::exchange(installed_[i], false)) ::sigaction(kStopSignals[i], &previous_[i], nullptr);
+        if (--users_ > 0 || !installed_now_) return;
+        for (std::size_t i = 0; i < std::size(kStopSignals); ++i) {
+            if (!std::exchange(installed_[i], false)) continue;
+            // Put back only where ours is still there: a handler the program set meanwhile is its own.
+            struct sigaction now {};
+            if (::sigaction(kStopSignals[i], nullptr, &now) == 0 && (now.sa_flags & SA_SIGINFO) &&
+                now.sa_sigaction == on_stop_signal)
+                ::sigaction(kStopSignals[i], &previous_[i], nullptr);
+        }
+        installed_now_ = false;
     }
 
 private:
     std::mutex mutex_;
     int users_ = 0;
     int read_fd_ = -1;
+    bool installed_now_ = false;  // the handlers are in place
     struct sigaction previous_[std::size(kStopSignals)]{};
     bool installed_[std::size(kStopSignals)] = {};
 };

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -978,8 +979,11 @@ TEST(Farm, ItsForkServerPreloadsItsOwnTypesAndTheFirstTasksNotEveryBuiltInOne) {
     register_types(farm);
     farm.submit("download", {{"url", "http://127.0.0.1:9/nothing-listens"}});  // fails: it needs only to be first
     const auto mapped = farm.submit("libcurl-mapped", Params::object());
-    for (const auto& result : farm.as_completed())
-        if (result.id() == mapped.id) EXPECT_TRUE(result.as<bool>().value());
+    for (const auto& result : farm.as_completed()) {
+        if (result.id() == mapped.id) {
+            EXPECT_TRUE(result.as<bool>().value());
+        }
+    }
 #endif
 }
 
@@ -1091,6 +1095,33 @@ TEST(Farm, AStopSignalThatLandsOnAThreadOfTheProgramsMadeBeforeTheFirstSubmitIsT
     done = true;
     program.join();
     EXPECT_EQ(disposition(SIGTERM), SIG_DFL);
+}
+
+TEST(Farm, AStopSignalToAChildTheProgramForkedEndsTheChildNotTheFarm) {
+    // A child forked without an exec inherits the farm's handler and its pipe: a SIGTERM sent to
+    // the child went into the parent's farm, which stopped, and the child lived on. The handler
+    // now tells a child by its pid and lets the signal do there what it would have done.
+    Farm farm{{.mode = FarmMode::Threads, .workers = 2, .signals = true}};
+    register_types(farm);
+    farm.submit("square", {{"x", 3}});
+    ASSERT_NE(disposition(SIGTERM), SIG_DFL);  // the farm's handler is in place
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        for (;;) ::pause();  // only a signal ends it
+    }
+    ::kill(child, SIGTERM);
+    int status = 0;
+    const bool ended = taskfarm::testing::eventually([&] { return ::waitpid(child, &status, WNOHANG) == child; },
+                                                     std::chrono::seconds(10));
+    if (!ended) {  // before: the child lived on, its SIGTERM taken for the farm's
+        ::kill(child, SIGKILL);
+        ::waitpid(child, &status, 0);
+    }
+    ASSERT_TRUE(ended) << "the child outlived its SIGTERM";
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "status " << status;
+    farm.wait();
+    EXPECT_EQ(farm.signal(), 0);
 }
 
 // A type whose name() throws once `names_refused` is set (after it was registered), so that the
